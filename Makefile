@@ -1,0 +1,33 @@
+# Set-up is two commands: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU build of torch 2.13.0 installs quickly on our machines; any torch>=2.4 works.
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: venv demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "torch==$(TORCH_VERSION)"
+	$(PIP) install -q -e ".[test,demo]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m xattr.demo
+
+test: venv
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+$(VENV)/.bench: $(VENV)/.installed
+	$(PIP) install -q -e ".[bench]"
+	touch $@
+
+bench: $(VENV)/.bench
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) xattr-demo-output

@@ -1,0 +1,108 @@
+"""Input validation with messages that say what to do. Never a silent wrong answer."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+from torch import nn
+
+from . import tree as T
+
+
+def is_traced(t: torch.Tensor) -> bool:
+    """True inside vmap/grad wrappers or torch.compile, where data-dependent checks must not run."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+def check_float_inputs(selected: tuple, method: str) -> None:
+    for leaf in T.leaves(selected):
+        if isinstance(leaf, torch.Tensor) and not (leaf.is_floating_point() or leaf.is_complex()):
+            raise TypeError(
+                f"{method} differentiates with respect to its inputs, but got a {leaf.dtype} tensor "
+                f"of shape {tuple(leaf.shape)}. Integer inputs (token ids) have no gradient: split the "
+                "model at its embedding with xattr.at_layer(model, model.embedding) and attribute "
+                "the embedding output instead, or attribute with a perturbation method."
+            )
+
+
+def check_finite(out: torch.Tensor, what: str = "the model") -> None:
+    if isinstance(out, torch.Tensor) and not is_traced(out) and out.numel() and not torch.isfinite(out).all():
+        bad = (~torch.isfinite(out)).sum()
+        raise FloatingPointError(
+            f"{what} returned {int(bad)} non-finite value(s) (nan/inf) for these inputs; attributions "
+            "of non-finite outputs are meaningless. Check the inputs' range, the baselines, and "
+            "log/softmax layers (use log_softmax instead of log(softmax))."
+        )
+
+
+def check_baseline(x: torch.Tensor, b, name: str = "baselines") -> torch.Tensor:
+    """Broadcasts a baseline (number or tensor) to x's shape, or raises a clear error."""
+    if not isinstance(b, torch.Tensor):
+        return torch.full_like(x, float(b))
+    try:
+        shape = torch.broadcast_shapes(b.shape, x.shape)
+    except RuntimeError:
+        shape = None
+    if shape != x.shape:
+        raise ValueError(
+            f"{name} of shape {tuple(b.shape)} does not broadcast to the input's shape {tuple(x.shape)}. "
+            "Give a number, one baseline per example (same shape as the input), or a single example "
+            f"of shape {(1,) + tuple(x.shape[1:])} that is broadcast across the batch."
+        )
+    return b.to(dtype=x.dtype, device=x.device).expand_as(x)
+
+
+def baselines_like(selected, baselines, *, name: str = "baselines"):
+    """Matches a baselines tree (or a single number/tensor for every leaf) to the inputs' tree."""
+    n_leaves = len(T.leaves(selected))
+    if isinstance(baselines, (int, float, torch.Tensor)) and n_leaves == 1:
+        return T.tree_map(lambda x: check_baseline(x, baselines, name), selected)
+    if isinstance(baselines, (int, float)):
+        return T.tree_map(lambda x: check_baseline(x, baselines, name), selected)
+    try:
+        return T.tree_map(lambda x, b: check_baseline(x, b, name), selected, baselines)
+    except (ValueError, TypeError) as err:
+        if "does not broadcast" in str(err):
+            raise
+        raise ValueError(
+            f"{name} must have the same structure as the attributed inputs (or be one number); "
+            f"inputs have {n_leaves} tensor(s): {err}"
+        ) from None
+
+
+def _modules(fn) -> list[nn.Module]:
+    """Finds nn.Modules behind a model function (through xattr wrappers and functools.partial)."""
+    found, seen, todo = [], set(), [fn]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or obj is None:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, nn.Module):
+            found.append(obj)
+            continue
+        if isinstance(obj, functools.partial):
+            todo.append(obj.func)
+        todo.extend(getattr(obj, attr, None) for attr in ("model", "__wrapped__", "__self__"))
+    return found
+
+
+_STOCHASTIC = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm, nn.AlphaDropout)
+
+
+def warn_if_training(fn) -> None:
+    for model in _modules(fn):
+        culprits = [type(m).__name__ for m in model.modules() if m.training and isinstance(m, _STOCHASTIC)]
+        if culprits:
+            warnings.warn(
+                f"{type(model).__name__} is in train mode and contains {sorted(set(culprits))}: dropout "
+                "makes attributions random and batch-norm makes each example depend on the rest of "
+                "the batch. Call model.eval() before attributing (xattr never changes the mode for you).",
+                UserWarning,
+                stacklevel=3,
+            )
+            return

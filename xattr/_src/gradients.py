@@ -1,0 +1,136 @@
+"""Per-example gradients through torch.func: the one differentiation primitive every method uses.
+
+NOTE: [Per-example gradients of a batch-native model]
+For a model whose examples do not interact (any model in eval mode), the gradient of the sum of
+the per-example outputs with respect to the batch is the batch of per-example gradients. So one
+VJP with a cotangent of ones gives all B gradients from one forward and one backward pass.
+Weighted cotangents give weighted gradients for free, which the path integral uses to apply its
+quadrature weights inside the backward pass. For K outputs per example the VJP is vmapped over
+K one-hot cotangents (`jacrev`'s trick): one forward, K backward passes in one vectorized call.
+
+NOTE: [Detached results]
+Outside any torch.func transform, the VJP runs under torch.no_grad(): the global autograd graph
+is not recorded, so attributions come back detached (as Captum's do) and no memory is held for
+the parameters' graph. Inside a torch.func transform (jacrev over an attribution function for
+Integrated Hessians, torch.func.grad over functional_call for attribution-regularised
+training) nothing is disabled and attributions stay differentiable at that transform's level.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import contextlib
+
+import torch
+from torch.func import vjp, vmap
+
+from . import tree as T
+from .checks import check_finite, check_float_inputs, warn_if_training
+
+
+def is_multi_output(f: Callable) -> bool:
+    return bool(getattr(f, "multi_output", False))
+
+
+def _rows(out: torch.Tensor, multi: bool) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"the model function must return a tensor, got {type(out).__name__}")
+    if multi:
+        if out.ndim != 2:
+            raise ValueError(f"a many-outputs target must give shape (B, K), got {tuple(out.shape)}")
+        return out
+    if out.ndim == 2 and out.shape[1] == 1:
+        return out[:, 0]
+    if out.ndim > 1:
+        raise ValueError(
+            f"the model returns {tuple(out.shape)} outputs per batch but a gradient method explains one "
+            "number per example. Choose it with xattr.target(model, t) (t: class index, LongTensor of "
+            "shape (B,), or xattr.outputs([...]) for several outputs at once)."
+        )
+    return out
+
+
+def vjp_rows(
+    f: Callable,
+    args: tuple,
+    argnums: tuple[int, ...],
+    *,
+    weights: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    method: str = "a gradient method",
+):
+    """Returns (outputs (R,) or (R, K), gradients of the selected args as a tuple of trees).
+
+    ``weights`` (R,) scales each row's cotangent; ``chunk_size`` bounds how many of the K output
+    cotangents are vmapped at once.
+    """
+    selected, rebuild = T.split_args(args, argnums)
+    check_float_inputs(selected, method)
+    multi = is_multi_output(f)
+
+    def fn(*sel):
+        return _rows(f(*rebuild(sel)), multi)
+
+    with detached():
+        return _vjp_rows(fn, selected, multi, weights, chunk_size)
+
+
+def detached():
+    """torch.no_grad() unless a torch.func transform is active. See NOTE: [Detached results]."""
+    if torch._C._functorch.maybe_current_level() is None:
+        return torch.no_grad()
+    return contextlib.nullcontext()
+
+
+def _vjp_rows(fn, selected, multi, weights, chunk_size):
+    out, pullback = vjp(fn, *selected)
+    check_finite(out)
+    if out.ndim == 0:  # one number for the whole batch ("aggregate" output)
+        return out, pullback(torch.ones_like(out) if weights is None else weights.sum())
+    w = torch.ones(out.shape[0], dtype=out.dtype, device=out.device) if weights is None else weights
+    if not multi:
+        return out, pullback(w.to(out.dtype))
+    k = out.shape[1]
+    eye = torch.eye(k, dtype=out.dtype, device=out.device)
+    cotangents = eye[:, None, :] * w.to(out.dtype)[None, :, None]  # (K, R, K)
+    grads = vmap(pullback, chunk_size=chunk_size)(cotangents)
+    return out, T.tree_map(lambda g: g.movedim(0, 1), grads)
+
+
+def value_and_grad(f: Callable, *, argnums: int | Sequence[int] = 0, chunk_size: int | None = None) -> Callable:
+    """Transforms a model function into one returning its outputs and per-example gradients.
+
+    Args:
+      f: model function returning one number per example (B,) — use ``xattr.target`` to choose
+        it — or ``(B, K)`` when the target is ``xattr.outputs``.
+      argnums: which positional argument(s) to differentiate; the others pass through untouched.
+      chunk_size: how many of the K output cotangents to vmap at once (many-outputs targets).
+
+    Returns:
+      ``fn(*args) -> (out, grads)`` with ``out`` of shape (B,) or (B, K) and ``grads`` shaped like
+      ``args[argnums]`` (a tuple for tuple ``argnums``), with a K axis after the batch for K outputs.
+
+    Example:
+      >>> out, g = xattr.value_and_grad(xattr.target(model, 0))(x)
+    """
+    nums, as_tuple = T.normalize_argnums(argnums)
+
+    def fn(*args):
+        warn_if_training(f)
+        out, grads = vjp_rows(f, args, nums, chunk_size=chunk_size)
+        return out, grads if as_tuple else grads[0]
+
+    fn.__wrapped__ = f
+    return fn
+
+
+def grad(f: Callable, *, argnums: int | Sequence[int] = 0, chunk_size: int | None = None) -> Callable:
+    """Like `value_and_grad`, returning only the gradients."""
+    vg = value_and_grad(f, argnums=argnums, chunk_size=chunk_size)
+
+    def fn(*args):
+        return vg(*args)[1]
+
+    fn.__wrapped__ = f
+    return fn

@@ -1,0 +1,179 @@
+"""Gradient attribution methods, each a short composition of the primitives.
+
+Shared arguments (every method here):
+  f: model function with one output per example (``xattr.target`` chooses it), or a
+     many-outputs target (``xattr.outputs``), which adds a K axis after the batch axis.
+  argnums: attributed positional argument(s) of f; the others pass through untouched (those
+     with the batch size in dim 0 are tiled with the inputs, NOTE: [Folding copies into the
+     batch axis]).
+  chunk_size: most model rows per forward/backward call (the one memory knob).
+Attributions have the structure and shapes of ``args[argnums]``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import tree as T
+from .checks import baselines_like
+from .gradients import grad, vjp_rows
+from .paths import path_integral
+from .sampling import index_rows, monte_carlo, normal_like, smooth, streams, uniform_rows, _per_leaf
+
+
+def saliency(f: Callable, *, argnums: int | Sequence[int] = 0, abs: bool = True, chunk_size: int | None = None) -> Callable:
+    """Saliency: the gradient of the output with respect to the input, ``|df/dx|`` by default.
+
+    Simonyan et al. 2013, "Deep Inside Convolutional Networks".
+
+    Example:
+      >>> xattr.saliency(xattr.target(model, 3))(x).shape == x.shape
+    """
+    g = grad(f, argnums=argnums, chunk_size=chunk_size)
+    return _wrap(lambda *args: T.tree_map(torch.abs, g(*args)) if abs else g(*args), f)
+
+
+def input_x_gradient(f: Callable, *, argnums: int | Sequence[int] = 0, chunk_size: int | None = None) -> Callable:
+    """Input x gradient: ``x * df/dx``. Shrikumar et al. 2016; exact (complete) for linear f with zero baseline."""
+    g = grad(f, argnums=argnums, chunk_size=chunk_size)
+    nums, as_tuple = T.normalize_argnums(argnums)
+
+    def fn(*args):
+        selected = T.split_args(args, nums)[0]
+        grads = g(*args)
+        return T.tree_map(lambda gr, x: gr * T.expand_like(x, gr), grads, selected if as_tuple else selected[0])
+
+    return _wrap(fn, f)
+
+
+def completeness_gap(f: Callable, args: tuple, argnums: int | Sequence[int], attributions, baselines) -> torch.Tensor:
+    """``sum(attributions) - (f(x) - f(baseline))`` per example: (B,), or (B, K) for K outputs.
+
+    The convergence delta of integrated gradients (and of any method satisfying completeness).
+    """
+    nums, as_tuple = T.normalize_argnums(argnums)
+    selected, rebuild = T.split_args(args, nums)
+    base = baselines_like(selected if as_tuple else selected[0], baselines)
+    base = base if as_tuple else (base,)
+    batch = T.batch_size(selected)
+    both = T.tree_map(lambda x, b: torch.cat([x, b]), selected, base)
+    call = tuple(a if i in nums else T.fold(a, 2, batch) for i, a in enumerate(args))
+    with torch.no_grad():
+        out = f(*T.split_args(call, nums)[1](both))
+    if out.ndim == 2 and out.shape[1] == 1 and not getattr(f, "multi_output", False):
+        out = out[:, 0]
+    attr = T.leaves(attributions if as_tuple else (attributions,))
+    k_axis = out.ndim - 1  # 1 for many outputs
+    total = sum(a.reshape(a.shape[: 1 + k_axis] + (-1,)).sum(-1) for a in attr)
+    return total - (out[:batch] - out[batch:])
+
+
+def integrated_gradients(
+    f: Callable,
+    *,
+    argnums: int | Sequence[int] = 0,
+    baselines: Any = 0.0,
+    n_steps: int = 50,
+    method: str = "gausslegendre",
+    chunk_size: int | None = None,
+    return_delta: bool = False,
+) -> Callable:
+    """Integrated gradients: ``(x - b) * integral_0^1 df(b + a (x - b))/dx da``.
+
+    Sundararajan et al. 2017, "Axiomatic Attribution for Deep Networks". Satisfies completeness
+    (``sum = f(x) - f(b)`` up to quadrature error), linearity, symmetry preservation, dummy and
+    implementation invariance.
+
+    Args (beyond the shared ones):
+      baselines: number, tensor broadcastable to the input, or tree like it; also a call keyword.
+      n_steps, method: quadrature (riemann_left/right/middle/trapezoid, gausslegendre).
+      return_delta: also return the completeness gap (B,) (``xattr.completeness_gap``).
+
+    Example:
+      >>> attr, delta = xattr.integrated_gradients(xattr.target(model, 3), return_delta=True)(x)
+    """
+    integral = path_integral(
+        f, argnums=argnums, baselines=baselines, n_steps=n_steps, method=method, chunk_size=chunk_size
+    )
+
+    def fn(*args, baselines=baselines):
+        attr = integral(*args, baselines=baselines)
+        return (attr, completeness_gap(f, args, argnums, attr, baselines)) if return_delta else attr
+
+    return _wrap(fn, f)
+
+
+def gradient_shap(
+    f: Callable,
+    *,
+    baselines: Any,
+    n_samples: int = 5,
+    stdevs: float | Sequence[float] = 0.0,
+    argnums: int | Sequence[int] = 0,
+    generator=None,
+    chunk_size: int | None = None,
+) -> Callable:
+    """Gradient SHAP (expected gradients): ``E[(x + e - b) * df(b + a (x + e - b))/dx]``.
+
+    The expectation is over baselines b drawn from the rows of ``baselines`` (N, ...), path
+    positions a ~ U(0, 1) and noise e ~ N(0, stdevs^2), with ``n_samples`` draws per example
+    (Lundberg & Lee 2017; Erion et al. 2021). Completeness holds in expectation.
+
+    Example:
+      >>> gs = xattr.gradient_shap(xattr.target(model, 3), baselines=x_train[:50], n_samples=25, generator=0)
+    """
+    nums, as_tuple = T.normalize_argnums(argnums)
+
+    def at_alpha(*args, baselines, alphas):
+        selected, rebuild = T.split_args(args, nums)
+        points = T.tree_map(lambda x, b: b + alphas.reshape((-1,) + (1,) * (x.ndim - 1)) * (x - b), selected, baselines)
+        _, grads = vjp_rows(f, rebuild(points), nums, method="gradient_shap")
+        return T.tree_map(lambda g, x, b: g * T.expand_like(x - b, g), grads, selected, baselines)
+
+    def fn(*args):
+        selected, _ = T.split_args(args, nums)
+        xs, batch = T.leaves(selected), T.batch_size(selected)
+        dist = baselines if as_tuple else (baselines,)
+        dist = T.tree_map(lambda d, x: _as_distribution(d, x), dist, selected)
+        gens = streams(generator, len(xs) + 2, xs[0].device)
+        noise = [normal_like(x, n_samples, sd, g) for x, sd, g in zip(xs, _per_leaf(stdevs, selected, "stdevs"), gens)]
+        idx = index_rows(batch, n_samples, T.batch_size(dist), gens[-2], xs[0].device)
+        alphas = uniform_rows(batch, n_samples, gens[-1], xs[0])
+        treedef = T.optree.tree_structure(selected, namespace="xattr")
+
+        def draw(start, stop):
+            noisy = [T.fold_rows(x.unsqueeze(0) + z[start:stop]) for x, z in zip(xs, noise)]
+            picked = T.tree_map(lambda d: d[idx[start:stop].reshape(-1)], dist)
+            return T.optree.tree_unflatten(treedef, noisy), {"baselines": picked, "alphas": alphas[start:stop].reshape(-1)}
+
+        out = monte_carlo(at_alpha, args, nums, n_samples, draw, chunk_size, "mean")
+        return out if as_tuple else out[0]
+
+    return _wrap(fn, f)
+
+
+def _as_distribution(d, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(d, torch.Tensor):
+        return torch.full((1,) + tuple(x.shape[1:]), float(d), dtype=x.dtype, device=x.device)
+    if tuple(d.shape[1:]) != tuple(x.shape[1:]):
+        raise ValueError(
+            f"baselines for gradient_shap are a distribution of shape (N, {', '.join(map(str, x.shape[1:]))}) "
+            f"matching one input example; got {tuple(d.shape)}"
+        )
+    return d.to(dtype=x.dtype, device=x.device)
+
+
+def _wrap(fn: Callable, f: Callable) -> Callable:
+    fn.__wrapped__ = f
+    return fn
+
+
+smoothgrad = functools.partial(smooth, reduce="mean")
+smoothgrad.__doc__ = "SmoothGrad (Smilkov et al. 2017): `smooth` with reduce='mean'."
+smoothgrad_sq = functools.partial(smooth, reduce="sq_mean")
+smoothgrad_sq.__doc__ = "SmoothGrad-squared (Hooker et al. 2019): `smooth` with reduce='sq_mean'."
+vargrad = functools.partial(smooth, reduce="var")
+vargrad.__doc__ = "VarGrad (Adebayo et al. 2018): `smooth` with reduce='var'."

@@ -1,0 +1,178 @@
+"""Monte Carlo transforms over attribution functions: the noise tunnel and baseline expectations.
+
+NOTE: [Explicit randomness]
+Every stochastic transform takes ``generator``: an int seed, a ``torch.Generator``, or None for
+torch's global generator. From it xattr derives one independent stream per random quantity (each
+input tensor's noise, baseline indices, path alphas) and draws each stream *example-major*:
+example i's draws are the i-th block of its stream. So with the same seed an example gets the
+same noise whatever the batch size it is in, and the draws are made before chunking, so the
+chunk size never changes them either.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import tree as T
+
+
+def streams(generator, n: int, device: torch.device) -> list:
+    """n independent generators on `device` derived from `generator` (see NOTE above)."""
+    if generator is None:
+        return [None] * n
+    if isinstance(generator, bool) or not isinstance(generator, (int, torch.Generator)):
+        raise TypeError(f"generator must be an int seed, a torch.Generator or None, got {type(generator).__name__}")
+    if isinstance(generator, torch.Generator):
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    else:
+        seed = generator
+    return [torch.Generator(device=device).manual_seed((seed + 0x9E3779B1 * (i + 1)) % 2**63) for i in range(n)]
+
+
+def normal_like(x: torch.Tensor, n: int, stdev: float, gen) -> torch.Tensor:
+    """(n, B, ...) Gaussian noise for x (B, ...), drawn example-major."""
+    z = torch.randn((x.shape[0], n) + tuple(x.shape[1:]), generator=gen, dtype=x.dtype, device=x.device)
+    return z.transpose(0, 1) * stdev
+
+
+def uniform_rows(batch: int, n: int, gen, like: torch.Tensor) -> torch.Tensor:
+    """(n, B) uniform draws on [0, 1), example-major."""
+    return torch.rand((batch, n), generator=gen, dtype=like.dtype, device=like.device).T
+
+
+def index_rows(batch: int, n: int, high: int, gen, device) -> torch.Tensor:
+    """(n, B) integer draws in [0, high), example-major."""
+    return torch.randint(0, high, (batch, n), generator=gen, device=device).T
+
+
+def monte_carlo(attr_fn: Callable, args: tuple, nums: tuple, n_samples: int, draw: Callable, chunk_size, reduce: str):
+    """Evaluates attr_fn on n_samples folded copies and reduces over them.
+
+    ``draw(start, stop)`` returns (attributed rows as a tuple of trees (c*B, ...), extra kwargs).
+    ``reduce``: "mean", "sq_mean" (mean of squares) or "var" (E[a^2] - E[a]^2).
+    """
+    if reduce not in ("mean", "sq_mean", "var"):
+        raise ValueError(f"reduce must be 'mean', 'sq_mean' or 'var', got {reduce!r}")
+    if not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    selected, rebuild = T.split_args(args, nums)
+    batch = T.batch_size(selected)
+    s1 = s2 = None
+    for start, stop in T.chunks(n_samples, batch, chunk_size):
+        c = stop - start
+        rows, kwargs = draw(start, stop)
+        passthrough = tuple(a if i in nums else T.fold(a, c, batch) for i, a in enumerate(args))
+        out = attr_fn(*T.split_args(passthrough, nums)[1](rows), **kwargs)
+        out = T.unfold(out, c)
+        p1 = T.tree_map(lambda a: a.sum(0), out)
+        s1 = p1 if s1 is None else T.tree_map(torch.add, s1, p1)
+        if reduce != "mean":
+            p2 = T.tree_map(lambda a: (a * a).sum(0), out)
+            s2 = p2 if s2 is None else T.tree_map(torch.add, s2, p2)
+    if reduce == "mean":
+        return T.tree_map(lambda a: a / n_samples, s1)
+    if reduce == "sq_mean":
+        return T.tree_map(lambda a: a / n_samples, s2)
+    return T.tree_map(lambda a, b: b / n_samples - (a / n_samples) ** 2, s1, s2)
+
+
+def _per_leaf(value, selected, name: str) -> list:
+    n = len(T.leaves(selected))
+    if isinstance(value, (int, float)):
+        return [float(value)] * n
+    value = list(value)
+    if len(value) != n:
+        raise ValueError(f"{name} has {len(value)} entries but there are {n} attributed input tensors")
+    return [float(v) for v in value]
+
+
+def smooth(
+    attr_fn: Callable,
+    *,
+    stdevs: float | Sequence[float] = 1.0,
+    n_samples: int = 5,
+    reduce: str = "mean",
+    argnums: int | Sequence[int] = 0,
+    generator=None,
+    chunk_size: int | None = None,
+) -> Callable:
+    """The noise tunnel: averages any attribution function over Gaussian-perturbed inputs.
+
+    ``smooth(a)(x) = reduce_{s=1..S} a(x + eps_s)`` with ``eps_s ~ N(0, stdevs^2 I)``.
+
+    Args:
+      attr_fn: any attribution function ``attr_fn(*args, **kw)`` (gradient, layer, perturbation).
+      stdevs: noise standard deviation, one number or one per attributed input tensor.
+      n_samples: S, the number of noisy copies.
+      reduce: "mean" (SmoothGrad), "sq_mean" (SmoothGrad-squared) or "var" (VarGrad).
+      argnums: which arguments receive noise; must be the ones attr_fn attributes.
+      generator: int seed or torch.Generator (NOTE: [Explicit randomness]).
+      chunk_size: most model rows (examples x copies) per call of attr_fn.
+
+    Returns:
+      ``fn(*args, **kw)`` with the structure and shapes of attr_fn's result.
+
+    Example:
+      >>> sg = xattr.smooth(xattr.saliency(xattr.target(model, 3)), stdevs=0.1, n_samples=25, generator=0)
+    """
+    nums, as_tuple = T.normalize_argnums(argnums)
+
+    def fn(*args, **kwargs):
+        selected, _ = T.split_args(args, nums)
+        xs = T.leaves(selected)
+        sds = _per_leaf(stdevs, selected, "stdevs")
+        gens = streams(generator, len(xs), xs[0].device)
+        noise = [normal_like(x, n_samples, sd, g) for x, sd, g in zip(xs, sds, gens)]
+        treedef = T.optree.tree_structure(selected, namespace="xattr")
+
+        def draw(start, stop):
+            noisy = [x.unsqueeze(0) + z[start:stop] for x, z in zip(xs, noise)]
+            return T.optree.tree_unflatten(treedef, [T.fold_rows(v) for v in noisy]), kwargs
+
+        return monte_carlo(attr_fn, args, nums, n_samples, draw, chunk_size, reduce)
+
+    fn.__wrapped__ = attr_fn
+    return fn
+
+
+def expectation(
+    attr_fn: Callable,
+    *,
+    baselines: Any,
+    n_samples: int = 5,
+    argnums: int | Sequence[int] = 0,
+    generator=None,
+    chunk_size: int | None = None,
+) -> Callable:
+    """Averages a baseline method over baselines drawn from a distribution.
+
+    ``expectation(a)(x) = mean_{s=1..S} a(x, baselines=b_s)``, ``b_s`` drawn uniformly from the
+    rows of ``baselines``: a tensor (N, ...) or a tree of tensors sharing N.
+    ``attr_fn`` must accept a ``baselines=`` keyword (every xattr baseline method does).
+
+    Example:
+      >>> eg = xattr.expectation(xattr.integrated_gradients(f), baselines=x_train[:100], n_samples=10)
+    """
+    nums, as_tuple = T.normalize_argnums(argnums)
+
+    def fn(*args, **kwargs):
+        selected, _ = T.split_args(args, nums)
+        batch = T.batch_size(selected)
+        dist = baselines if as_tuple else (baselines,)
+        n_dist = T.batch_size(dist)
+        ref = T.leaves(selected)[0]
+        (gen,) = streams(generator, 1, ref.device)
+        idx = index_rows(batch, n_samples, n_dist, gen, ref.device)
+
+        def draw(start, stop):
+            c = stop - start
+            rows = T.fold(selected, c, batch)
+            picked = T.tree_map(lambda d: d.to(ref.device)[idx[start:stop].reshape(-1)], dist)
+            return rows, {**kwargs, "baselines": picked if as_tuple else picked[0]}
+
+        return monte_carlo(attr_fn, args, nums, n_samples, draw, chunk_size, "mean")
+
+    fn.__wrapped__ = attr_fn
+    return fn

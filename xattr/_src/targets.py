@@ -1,0 +1,150 @@
+"""Choosing which model output to explain: `target(f, t)` and the many-outputs form `outputs(...)`.
+
+NOTE: [One output per example vs K outputs per example]
+Captum reads a Python list target as one target *per example*. A list is therefore ambiguous
+and xattr refuses it. One target per example is a LongTensor of shape (B,); K outputs for every
+example are `xattr.outputs([...])`, and attributions then gain a K axis right after the batch
+axis. The K outputs are differentiated in one pass by vmapping the VJP over K cotangents (see
+gradients.py), never by a Python loop over targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import tree as T
+from .checks import is_traced
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """K outputs of every example; build it with `xattr.outputs`."""
+
+    indices: Any  # None (every output), a list of ints/tuples, or a LongTensor (K,) / (B, K)
+
+
+def outputs(indices: Sequence | torch.Tensor | range | None = None) -> Outputs:
+    """Marks K outputs to be attributed at once, for every example.
+
+    Args:
+      indices: output indices ``[k_1, ..., k_K]`` (ints, or tuples for multi-dim outputs), a
+        LongTensor of shape (K,), a LongTensor of shape (B, K) for K different outputs per
+        example, or None for every output of the model.
+
+    Example:
+      >>> attr = xattr.saliency(xattr.target(model, xattr.outputs(range(10))))(x)  # (B, 10, *x.shape[1:])
+    """
+    if isinstance(indices, range):
+        indices = list(indices)
+    if isinstance(indices, (list, tuple)) and not indices:
+        raise ValueError("outputs([]) selects nothing; give at least one index, or None for all")
+    return Outputs(indices)
+
+
+def _flat_outputs(out: torch.Tensor) -> torch.Tensor:
+    return out.reshape(out.shape[0], -1) if out.ndim > 1 else out.unsqueeze(1)
+
+
+def _check_range(out: torch.Tensor, t, n_out: int) -> None:
+    if isinstance(t, torch.Tensor):
+        if t.numel() and not is_traced(t) and ((t < -n_out) | (t >= n_out)).any():
+            raise IndexError(f"target values must lie in [0, {n_out}) for a model with {n_out} outputs; got {t.tolist()}")
+    elif isinstance(t, int) and not -n_out <= t < n_out:
+        raise IndexError(f"target {t} is out of range for a model with {n_out} outputs (shape {tuple(out.shape)})")
+
+
+def _select_one(out: torch.Tensor, t) -> torch.Tensor:
+    """Picks one output per row: (R, ...) -> (R,)."""
+    if out.ndim < 2:
+        raise ValueError(f"target given but the model returns shape {tuple(out.shape)}, one value per example")
+    if isinstance(t, bool) or t is None:
+        raise TypeError(f"unsupported target {t!r}")
+    if isinstance(t, int):
+        _check_range(out, t, out.shape[1])
+        return out[:, t]
+    if isinstance(t, tuple):
+        for i, (ti, n) in enumerate(zip(t, out.shape[1:])):
+            if isinstance(ti, int) and not -n <= ti < n:
+                raise IndexError(f"target index {t} is out of range in output dim {i + 1} of size {n}")
+        return out[(slice(None),) + t]
+    if isinstance(t, torch.Tensor):
+        if t.is_floating_point():
+            raise TypeError("a target tensor must hold integer class indices (a LongTensor)")
+        if t.ndim == 0:
+            return _select_one(out, int(t)) if not is_traced(t) else out[:, t]
+        if t.ndim != 1:
+            raise ValueError(f"a per-example target must have shape (B,), got {tuple(t.shape)}")
+        _check_range(out, t, out.shape[1])
+        t = T.tile_rows(t.to(out.device), out.shape[0])
+        return out.reshape(out.shape[0], out.shape[1], -1)[torch.arange(out.shape[0], device=out.device), t].reshape(
+            (out.shape[0],) + tuple(out.shape[2:])
+        )
+    if isinstance(t, list):
+        raise TypeError(
+            "a list target is ambiguous (one target per example, or K targets for every example?). "
+            "Use torch.tensor([...]) of shape (B,) for one per example, or xattr.outputs([...]) for K "
+            "outputs of every example. xattr.compat.captum keeps Captum's per-example meaning."
+        )
+    if callable(t):
+        return t(out)
+    raise TypeError(f"unsupported target {t!r}: use an int, a tuple index, a LongTensor (B,), a callable or xattr.outputs")
+
+
+def _select_many(out: torch.Tensor, idx) -> torch.Tensor:
+    """Picks K outputs per row: (R, ...) -> (R, K)."""
+    if idx is None:
+        return _flat_outputs(out)
+    if isinstance(idx, torch.Tensor):
+        flat = _flat_outputs(out)
+        _check_range(out, idx, flat.shape[1])
+        if idx.ndim == 1:
+            return flat[:, idx.to(out.device)]
+        if idx.ndim == 2:
+            return torch.gather(flat, 1, T.tile_rows(idx.to(out.device), out.shape[0]))
+        raise ValueError(f"outputs(tensor) needs shape (K,) or (B, K), got {tuple(idx.shape)}")
+    if out.ndim == 2 and all(isinstance(i, int) for i in idx):
+        return _select_many(out, torch.tensor(idx, device=out.device))
+    return torch.stack([_select_one(out, i) for i in idx], dim=1)
+
+
+class Targeted:
+    """A model function restricted to chosen outputs. `multi_output` tells methods to add a K axis."""
+
+    def __init__(self, model: Callable, t):
+        self.model = model
+        self.t = t
+        self.multi_output = isinstance(t, Outputs)
+        self.__wrapped__ = model
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        out = self.model(*args, **kwargs)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"the model must return a tensor, got {type(out).__name__}")
+        if self.multi_output:
+            return _select_many(out, self.t.indices)
+        return _select_one(out, self.t)
+
+    def __repr__(self) -> str:
+        return f"target({self.model!r}, {self.t!r})"
+
+
+def target(f: Callable, t) -> Targeted:
+    """Restricts a model function to the outputs to explain.
+
+    Args:
+      f: model function, ``f(*args) -> Tensor`` with the batch in dim 0 (an ``nn.Module`` is one).
+      t: which output: an int class index; a tuple index into a multi-dimensional output; a
+        LongTensor (B,) with one index per example; a callable ``out -> (R,)``; or
+        ``xattr.outputs([...])`` for K outputs of every example at once.
+
+    Returns:
+      ``g(*args) -> (R,)``, or ``(R, K)`` for ``outputs``; every xattr method accepts it.
+
+    Example:
+      >>> ig = xattr.integrated_gradients(xattr.target(model, 3))
+      >>> ig(x).shape == x.shape
+    """
+    return Targeted(f, t)

@@ -1,0 +1,124 @@
+"""Pytree plumbing: choosing attributed arguments and folding copies into the batch axis.
+
+NOTE: [Folding copies into the batch axis]
+Every expanded axis (path steps, noise samples, baseline draws) is folded into dim 0 of the
+model's input, *copy-major*: n copies of a batch of B rows become n*B rows where row r belongs
+to example r % B. The model is called once per chunk of copies, which is the same work a plain
+batched torch call does (the "floor"). Anything per-example that travels with the rows (targets,
+pass-through arguments with a batch axis) is tiled the same way, so folds compose: a noise
+tunnel around integrated gradients gives n_steps * n_samples * B rows and row r is still example
+r % B. Measured faster than nested vmap for conv nets on CPU, and identical in value.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import optree
+import torch
+
+Tree = Any
+
+
+def tree_map(fn: Callable, tree: Tree, *rest: Tree) -> Tree:
+    return optree.tree_map(fn, tree, *rest, namespace="xattr")
+
+
+def leaves(tree: Tree) -> list:
+    return optree.tree_leaves(tree, namespace="xattr")
+
+
+def normalize_argnums(argnums: int | Sequence[int]) -> tuple[tuple[int, ...], bool]:
+    """Returns (argnums as a tuple, whether the caller asked for a tuple)."""
+    if isinstance(argnums, int):
+        return (argnums,), False
+    argnums = tuple(argnums)
+    if not argnums or not all(isinstance(a, int) for a in argnums):
+        raise TypeError(f"argnums must be an int or a non-empty tuple of ints, got {argnums!r}")
+    return argnums, True
+
+
+def split_args(args: tuple, argnums: tuple[int, ...]) -> tuple[tuple, Callable[[tuple], tuple]]:
+    """Pulls the attributed arguments out of args; returns them and a function putting them back."""
+    n = len(args)
+    idx = tuple(a + n if a < 0 else a for a in argnums)
+    for a, i in zip(argnums, idx):
+        if not 0 <= i < n:
+            raise IndexError(f"argnums={a} but the function was called with {n} positional argument(s)")
+
+    def rebuild(selected: tuple) -> tuple:
+        out = list(args)
+        for i, value in zip(idx, selected):
+            out[i] = value
+        return tuple(out)
+
+    return tuple(args[i] for i in idx), rebuild
+
+
+def batch_size(tree: Tree) -> int:
+    sizes = {leaf.shape[0] for leaf in leaves(tree) if isinstance(leaf, torch.Tensor) and leaf.ndim > 0}
+    if len(sizes) != 1:
+        raise ValueError(
+            "attributed inputs must all share one batch size in dim 0; "
+            f"got dim-0 sizes {sorted(sizes) if sizes else 'none (scalars only)'}"
+        )
+    return sizes.pop()
+
+
+def fold(tree: Tree, n: int, batch: int | None = None) -> Tree:
+    """Tiles every batched tensor leaf n times along dim 0 (copy-major). See the NOTE above.
+
+    With ``batch`` given, only tensors whose dim 0 equals it are tiled (pass-through arguments);
+    other leaves (scalars, non-batched tensors, non-tensors) are returned unchanged.
+    """
+
+    def tile(leaf):
+        if not isinstance(leaf, torch.Tensor) or leaf.ndim == 0:
+            return leaf
+        if batch is not None and leaf.shape[0] != batch:
+            return leaf
+        return leaf.repeat((n,) + (1,) * (leaf.ndim - 1))
+
+    return tree_map(tile, tree)
+
+
+def unfold(tree: Tree, n: int) -> Tree:
+    """(n*B, ...) -> (n, B, ...) for every leaf."""
+    return tree_map(lambda t: t.reshape((n, t.shape[0] // n) + tuple(t.shape[1:])), tree)
+
+
+def fold_rows(tree: Tree) -> Tree:
+    """(n, B, ...) -> (n*B, ...) for every leaf."""
+    return tree_map(lambda t: t.reshape((t.shape[0] * t.shape[1],) + tuple(t.shape[2:])), tree)
+
+
+def expand_like(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Inserts the K (many-outputs) axis into v when the gradient g carries one after the batch."""
+    return v.unsqueeze(1) if g.ndim == v.ndim + 1 else v
+
+
+def tile_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """Tiles a per-example tensor (B, ...) to `rows` folded rows (rows must be a multiple of B)."""
+    b = t.shape[0]
+    if rows == b:
+        return t
+    if rows % b:
+        raise ValueError(
+            f"a per-example tensor with {b} rows cannot follow a batch of {rows} rows; "
+            "its dim 0 must equal the batch size of the inputs"
+        )
+    return t.repeat((rows // b,) + (1,) * (t.ndim - 1))
+
+
+def chunks(n: int, batch: int, chunk_size: int | None) -> list[tuple[int, int]]:
+    """Splits n copies of a batch into (start, stop) ranges of at most chunk_size rows each.
+
+    ``chunk_size`` counts model rows (examples x copies), like Captum's internal_batch_size; a
+    chunk always holds at least one whole copy of the batch.
+    """
+    if chunk_size is None:
+        return [(0, n)]
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
+    per = max(1, chunk_size // batch)
+    return [(s, min(s + per, n)) for s in range(0, n, per)]
