@@ -138,7 +138,7 @@ def gradient_shap(
         xs, batch = T.leaves(selected), T.batch_size(selected)
         dist = baselines if as_tuple else (baselines,)
         dist = T.tree_map(lambda d, x: _as_distribution(d, x), dist, selected)
-        gens = streams(generator, len(xs) + 2, xs[0].device)
+        gens = streams(generator, len(xs) + 2)
         noise = [normal_like(x, n_samples, sd, g) for x, sd, g in zip(xs, _per_leaf(stdevs, selected, "stdevs"), gens)]
         idx = index_rows(batch, n_samples, T.batch_size(dist), gens[-2], xs[0].device)
         alphas = uniform_rows(batch, n_samples, gens[-1], xs[0])

@@ -3,10 +3,11 @@
 NOTE: [Explicit randomness]
 Every stochastic transform takes ``generator``: an int seed, a ``torch.Generator``, or None for
 torch's global generator. From it xattr derives one independent stream per random quantity (each
-input tensor's noise, baseline indices, path alphas) and draws each stream *example-major*:
-example i's draws are the i-th block of its stream. So with the same seed an example gets the
-same noise whatever the batch size it is in, and the draws are made before chunking, so the
-chunk size never changes them either.
+input tensor's noise, baseline indices, path alphas) and, within a stream, one generator per
+example (seeded by the stream and the example's index). So with the same seed an example gets
+the same draws whatever the batch size it is in, and all draws are made before chunking, so
+the chunk size never changes them either. With generator=None draws come from the global
+generator in one call and batch-size invariance is not promised.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import torch
 from . import tree as T
 
 
-def streams(generator, n: int, device: torch.device) -> list:
-    """n independent generators on `device` derived from `generator` (see NOTE above)."""
+def streams(generator, n: int) -> list:
+    """n independent stream seeds derived from `generator` (None: torch's global generator)."""
     if generator is None:
         return [None] * n
     if isinstance(generator, bool) or not isinstance(generator, (int, torch.Generator)):
@@ -28,23 +29,39 @@ def streams(generator, n: int, device: torch.device) -> list:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
     else:
         seed = generator
-    return [torch.Generator(device=device).manual_seed((seed + 0x9E3779B1 * (i + 1)) % 2**63) for i in range(n)]
+    return [(seed * 1_000_003 + 0x9E3779B1 * (i + 1)) % 2**62 for i in range(n)]
 
 
-def normal_like(x: torch.Tensor, n: int, stdev: float, gen) -> torch.Tensor:
-    """(n, B, ...) Gaussian noise for x (B, ...), drawn example-major."""
-    z = torch.randn((x.shape[0], n) + tuple(x.shape[1:]), generator=gen, dtype=x.dtype, device=x.device)
+def per_example(stream, batch: int, device, sample) -> torch.Tensor:
+    """(B, ...) draws, example i from its own generator seeded by (stream, i).
+
+    torch's bulk samplers do not have the prefix property (the values drawn for the first
+    elements depend on the total size drawn), so batch-size invariance needs one generator per
+    example. ``sample(size_prefix, generator)`` draws one example's block (or all, for None).
+    """
+    if stream is None:
+        return sample((batch,), None)
+    gens = (torch.Generator(device=device).manual_seed((stream + 0x51ED27 * (i + 1)) % 2**63) for i in range(batch))
+    return torch.stack([sample((), g) for g in gens])
+
+
+def normal_like(x: torch.Tensor, n: int, stdev: float, stream) -> torch.Tensor:
+    """(n, B, ...) Gaussian noise of std `stdev` for x (B, ...)."""
+    z = per_example(
+        stream, x.shape[0], x.device,
+        lambda pre, g: torch.randn(pre + (n,) + tuple(x.shape[1:]), generator=g, dtype=x.dtype, device=x.device),
+    )
     return z.transpose(0, 1) * stdev
 
 
-def uniform_rows(batch: int, n: int, gen, like: torch.Tensor) -> torch.Tensor:
-    """(n, B) uniform draws on [0, 1), example-major."""
-    return torch.rand((batch, n), generator=gen, dtype=like.dtype, device=like.device).T
+def uniform_rows(batch: int, n: int, stream, like: torch.Tensor) -> torch.Tensor:
+    """(n, B) uniform draws on [0, 1)."""
+    return per_example(stream, batch, like.device, lambda pre, g: torch.rand(pre + (n,), generator=g, dtype=like.dtype, device=like.device)).T
 
 
-def index_rows(batch: int, n: int, high: int, gen, device) -> torch.Tensor:
-    """(n, B) integer draws in [0, high), example-major."""
-    return torch.randint(0, high, (batch, n), generator=gen, device=device).T
+def index_rows(batch: int, n: int, high: int, stream, device) -> torch.Tensor:
+    """(n, B) integer draws in [0, high)."""
+    return per_example(stream, batch, device, lambda pre, g: torch.randint(0, high, pre + (n,), generator=g, device=device)).T
 
 
 def monte_carlo(attr_fn: Callable, args: tuple, nums: tuple, n_samples: int, draw: Callable, chunk_size, reduce: str):
@@ -123,7 +140,7 @@ def smooth(
         selected, _ = T.split_args(args, nums)
         xs = T.leaves(selected)
         sds = _per_leaf(stdevs, selected, "stdevs")
-        gens = streams(generator, len(xs), xs[0].device)
+        gens = streams(generator, len(xs))
         noise = [normal_like(x, n_samples, sd, g) for x, sd, g in zip(xs, sds, gens)]
         treedef = T.optree.tree_structure(selected, namespace="xattr")
 
@@ -163,7 +180,7 @@ def expectation(
         dist = baselines if as_tuple else (baselines,)
         n_dist = T.batch_size(dist)
         ref = T.leaves(selected)[0]
-        (gen,) = streams(generator, 1, ref.device)
+        (gen,) = streams(generator, 1)
         idx = index_rows(batch, n_samples, n_dist, gen, ref.device)
 
         def draw(start, stop):

@@ -1,0 +1,212 @@
+"""The primitives: target forms, K outputs in one pass, path_integral, smooth, expectation."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import xattr
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 6)).double().eval()
+
+
+X = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+
+
+def _loop_grad(model, x, pick):
+    """Reference: autograd on one example at a time."""
+    rows = []
+    for i in range(x.shape[0]):
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(pick(model(xi), i), xi)
+        rows.append(g)
+    return torch.cat(rows)
+
+
+@pytest.mark.parametrize(
+    "t, pick",
+    [
+        (2, lambda out, i: out[0, 2]),
+        (-1, lambda out, i: out[0, -1]),
+        ((4,), lambda out, i: out[0, 4]),
+        (torch.tensor([0, 1, 2, 3, 4]), lambda out, i: out[0, i]),
+        (torch.tensor(5), lambda out, i: out[0, 5]),
+        (lambda out: out[:, 1] * out[:, 2], lambda out, i: out[0, 1] * out[0, 2]),
+    ],
+)
+def test_target_forms_match_per_example_autograd(t, pick):
+    model = _model()
+    got = xattr.grad(xattr.target(model, t))(X)
+    torch.testing.assert_close(got, _loop_grad(model, X, pick))
+
+
+def test_tuple_target_on_multi_dim_output():
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 6).double()
+    f = lambda x: lin(x).reshape(-1, 2, 3)  # noqa: E731
+    got = xattr.grad(xattr.target(f, (1, 2)))(X)
+    torch.testing.assert_close(got, lin.weight[5].expand(5, 4))
+
+
+@pytest.mark.parametrize("idx", [None, [0, 3, 5], range(6), torch.tensor([5, 0])])
+def test_outputs_adds_k_axis_and_matches_single_targets(idx):
+    model = _model()
+    got = xattr.grad(xattr.target(model, xattr.outputs(idx)))(X)
+    ks = list(range(6)) if idx is None else [int(k) for k in idx]
+    assert got.shape == (5, len(ks), 4)
+    for j, k in enumerate(ks):
+        torch.testing.assert_close(got[:, j], _loop_grad(model, X, lambda out, i: out[0, k]))
+
+
+def test_outputs_per_example_matrix():
+    model = _model()
+    idx = torch.tensor([[0, 1], [1, 2], [2, 3], [3, 4], [4, 5]])
+    got = xattr.grad(xattr.target(model, xattr.outputs(idx)))(X)
+    for j in range(2):
+        torch.testing.assert_close(got[:, j], _loop_grad(model, X, lambda out, i: out[0, idx[i, j]]))
+
+
+def test_outputs_vmapped_in_chunks_equals_unchunked():
+    f = xattr.target(_model(), xattr.outputs(None))
+    torch.testing.assert_close(xattr.grad(f, chunk_size=2)(X), xattr.grad(f)(X))
+
+
+def test_value_and_grad_returns_selected_outputs():
+    model = _model()
+    out, g = xattr.value_and_grad(xattr.target(model, 3))(X)
+    torch.testing.assert_close(out, model(X)[:, 3])
+    assert g.shape == X.shape
+
+
+def test_aggregate_scalar_output():
+    w = torch.arange(4.0, dtype=torch.float64)
+    g = xattr.grad(lambda x: (x * w).sum())(X)
+    torch.testing.assert_close(g, w.expand(5, 4))
+
+
+@pytest.mark.parametrize("method", ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"])
+def test_quadrature_integrates_polynomials(method):
+    a, w = xattr.quadrature(method, 20)
+    assert len(a) == len(w) == 20
+    assert np.isclose(w.sum(), 1.0)  # every rule integrates constants exactly (trapezoid included)
+    exact_deg = 39 if method == "gausslegendre" else 1
+    for deg in range(0, min(exact_deg, 6) + 1):
+        if method in ("riemann_left", "riemann_right") and deg >= 1:
+            assert abs((w * a**deg).sum() - 1 / (deg + 1)) < 0.06
+        else:
+            assert abs((w * a**deg).sum() - 1 / (deg + 1)) < (1e-12 if exact_deg >= deg else 1e-2)
+
+
+def test_path_integral_profile_matches_loop():
+    model = _model()
+    f = xattr.target(model, 2)
+    b = torch.full_like(X, 0.5)
+    integral, prof = xattr.path_integral(f, baselines=b, n_steps=7, method="riemann_middle", return_profile=True)(X)
+    alphas, weights = xattr.quadrature("riemann_middle", 7)
+    torch.testing.assert_close(prof.alphas, torch.as_tensor(alphas))
+    torch.testing.assert_close(prof.weights, torch.as_tensor(weights))
+    for s, a in enumerate(alphas):
+        p = b + a * (X - b)
+        torch.testing.assert_close(prof.outputs[s], model(p)[:, 2].detach())
+        torch.testing.assert_close(prof.grads[s], _loop_grad(model, p, lambda out, i: out[0, 2]))
+    expect = sum(w * g for w, g in zip(weights, prof.grads)) * (X - b)
+    torch.testing.assert_close(integral, expect)
+    torch.testing.assert_close(xattr.integrated_gradients(f, baselines=b, n_steps=7, method="riemann_middle")(X), expect)
+
+
+def test_custom_path_line_integral():
+    """A curved path, feature j moving as a^(p_j), keeps the endpoints, so completeness holds."""
+    model = _model()
+    f = xattr.target(model, 0)
+    p = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+
+    def curved(x, b, alphas):
+        a = alphas.reshape(-1, *([1] * x.ndim))
+        return b + a**p * (x - b), p * a ** (p - 1) * (x - b)
+
+    attr = xattr.path_integral(f, path=curved, n_steps=200)(X)
+    gap = attr.sum(1) - (model(X)[:, 0] - model(torch.zeros_like(X))[:, 0]).detach()
+    assert gap.abs().max() < 1e-8
+    straight = xattr.integrated_gradients(f, n_steps=40)(X)
+    assert (attr - straight).abs().max() > 1e-4  # a different path gives different per-feature credit
+
+
+def test_ig_call_time_baselines_and_delta():
+    model = _model()
+    f = xattr.target(model, 1)
+    ig = xattr.integrated_gradients(f, return_delta=True)
+    b = torch.randn(1, 4, dtype=torch.float64)
+    attr, delta = ig(X, baselines=b)
+    ref = xattr.integrated_gradients(f, baselines=b.expand(5, 4))(X)
+    torch.testing.assert_close(attr, ref)
+    assert delta.shape == (5,) and delta.abs().max() < 1e-10
+
+
+def test_ig_many_outputs_delta_has_k_axis():
+    f = xattr.target(_model(), xattr.outputs([0, 2, 4]))
+    attr, delta = xattr.integrated_gradients(f, return_delta=True)(X)
+    assert attr.shape == (5, 3, 4) and delta.shape == (5, 3)
+    assert delta.abs().max() < 1e-10
+
+
+def test_passthrough_argument_is_tiled_with_the_folded_rows():
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 1).double()
+    f = lambda x, scale, bias: (lin(x)[:, 0] * scale + bias)  # noqa: E731
+    scale = torch.arange(1.0, 6.0, dtype=torch.float64)
+    attr = xattr.integrated_gradients(f, n_steps=5)(X, scale, 3.0)
+    torch.testing.assert_close(attr, lin.weight[0] * X * scale[:, None])
+
+
+def test_smooth_reductions_against_explicit_formula():
+    """With stdevs=0 every copy is the input: mean = a, sq_mean = a^2, var = 0."""
+    f = xattr.target(_model(), 3)
+    base = xattr.saliency(f, abs=False)(X)
+    torch.testing.assert_close(xattr.smoothgrad(xattr.saliency(f, abs=False), stdevs=0.0, n_samples=3)(X), base)
+    torch.testing.assert_close(xattr.smoothgrad_sq(xattr.saliency(f, abs=False), stdevs=0.0, n_samples=3)(X), base**2)
+    torch.testing.assert_close(xattr.vargrad(xattr.saliency(f, abs=False), stdevs=0.0, n_samples=3)(X), torch.zeros_like(X))
+
+
+def test_smooth_same_seed_any_batch_and_chunk():
+    sg = lambda **kw: xattr.smoothgrad(xattr.integrated_gradients(xattr.target(_model(), 3), n_steps=4), stdevs=0.3, n_samples=7, generator=11, **kw)  # noqa: E731
+    full = sg()(X)
+    torch.testing.assert_close(sg()(X[:2]), full[:2])
+    torch.testing.assert_close(sg(chunk_size=10)(X), full)
+    g = torch.Generator().manual_seed(5)
+    assert not torch.allclose(xattr.smooth(xattr.saliency(xattr.target(_model(), 3)), generator=g)(X), full)
+
+
+def test_expectation_equals_average_over_drawn_baselines():
+    f = xattr.target(_model(), 0)
+    dist = torch.randn(3, 4, dtype=torch.float64)
+    eg = xattr.expectation(xattr.integrated_gradients(f, n_steps=8), baselines=dist, n_samples=400, generator=0)(X)
+    exact = sum(xattr.integrated_gradients(f, n_steps=8, baselines=dist[j : j + 1])(X) for j in range(3)) / 3
+    assert (eg - exact).abs().max() < 0.1 * exact.abs().max()
+    single = xattr.expectation(xattr.integrated_gradients(f, n_steps=8), baselines=dist[:1], n_samples=2)(X)
+    torch.testing.assert_close(single, xattr.integrated_gradients(f, n_steps=8, baselines=dist[:1])(X))
+
+
+def test_argnums_tuple_and_dict_inputs():
+    torch.manual_seed(0)
+    la, lb = nn.Linear(2, 1).double(), nn.Linear(3, 1).double()
+    f = lambda a, d: (la(a) + lb(d["u"]) * d["v"].sum(1, keepdim=True))[:, 0]  # noqa: E731
+    a = torch.randn(4, 2, dtype=torch.float64)
+    d = {"u": torch.randn(4, 3, dtype=torch.float64), "v": torch.randn(4, 2, dtype=torch.float64)}
+    ga, gd = xattr.grad(f, argnums=(0, 1))(a, d)
+    assert ga.shape == a.shape and set(gd) == {"u", "v"}
+    attr = xattr.integrated_gradients(f, argnums=1, n_steps=30)(a, d)
+    gap = sum(v.sum(1) for v in attr.values()) - (f(a, d) - f(a, {k: torch.zeros_like(v) for k, v in d.items()})).detach()
+    assert gap.abs().max() < 1e-10
+
+
+def test_results_are_detached_but_differentiable_under_torch_func():
+    model = _model()
+    f = xattr.target(model, 0)
+    assert not xattr.saliency(f)(X).requires_grad
+    # Integrated Hessians-style: jacobian of the gradient w.r.t. the input = the Hessian.
+    h = torch.func.jacrev(lambda x: xattr.grad(f)(x).sum(0))(X)
+    ref = torch.stack([torch.func.hessian(lambda z: model(z[None])[0, 0])(X[i]) for i in range(5)])
+    torch.testing.assert_close(h.permute(1, 0, 2), ref)

@@ -1,0 +1,142 @@
+"""Every user mistake named in the design gets a clear error or warning (design section 2)."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import xattr
+
+
+def _mlp(dropout=False):
+    torch.manual_seed(0)
+    layers = [nn.Linear(4, 8), nn.ReLU()] + ([nn.Dropout(0.5)] if dropout else []) + [nn.Linear(8, 3)]
+    return nn.Sequential(*layers).eval()
+
+
+X = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+
+
+def test_baseline_shape_mismatch_says_what_shapes_work():
+    ig = xattr.integrated_gradients(xattr.target(_mlp(), 0), baselines=torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"baselines of shape \(3, 4\) does not broadcast to the input's shape \(5, 4\)"):
+        ig(X)
+
+
+def test_baseline_tree_structure_mismatch():
+    f = lambda d: d["a"].sum(1) + d["b"].sum(1)  # noqa: E731
+    ig = xattr.integrated_gradients(f, baselines={"a": torch.zeros(5, 2)})
+    with pytest.raises(ValueError, match="same structure as the attributed inputs"):
+        ig({"a": torch.ones(5, 2), "b": torch.ones(5, 3)})
+
+
+@pytest.mark.parametrize("t", [3, -4, (7,), torch.tensor([0, 1, 2, 3, 9])])
+def test_target_out_of_range(t):
+    with pytest.raises(IndexError, match="out of range|must lie in"):
+        xattr.saliency(xattr.target(_mlp(), t))(X)
+
+
+def test_many_outputs_out_of_range():
+    with pytest.raises(IndexError, match=r"must lie in \[0, 3\)"):
+        xattr.saliency(xattr.target(_mlp(), xattr.outputs(torch.tensor([0, 5]))))(X)
+
+
+def test_multi_output_model_without_target():
+    with pytest.raises(ValueError, match=r"returns \(5, 3\) outputs.*xattr.target"):
+        xattr.saliency(_mlp())(X)
+
+
+def test_list_target_is_refused_as_ambiguous():
+    with pytest.raises(TypeError, match="ambiguous.*xattr.outputs"):
+        xattr.saliency(xattr.target(_mlp(), [0, 1, 2, 0, 1]))(X)
+
+
+def test_float_target_tensor_refused():
+    with pytest.raises(TypeError, match="integer class indices"):
+        xattr.saliency(xattr.target(_mlp(), torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0])))(X)
+
+
+def test_per_example_target_with_wrong_batch():
+    with pytest.raises(ValueError, match="dim 0 must equal the batch size"):
+        xattr.saliency(xattr.target(_mlp(), torch.tensor([0, 1, 2])))(X)
+
+
+def test_integer_inputs_point_to_the_embedding():
+    emb = nn.Embedding(10, 4)
+    f = lambda ids: emb(ids).sum((1, 2))  # noqa: E731
+    with pytest.raises(TypeError, match="at_layer.*embedding"):
+        xattr.integrated_gradients(f)(torch.tensor([[1, 2], [3, 4]]))
+
+
+def test_non_finite_outputs():
+    f = lambda x: torch.log(x).sum(1)  # noqa: E731
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        xattr.saliency(f)(torch.tensor([[1.0, -1.0]]))
+
+
+def test_train_mode_with_dropout_warns_and_mode_is_kept():
+    model = _mlp(dropout=True).train()
+    with pytest.warns(UserWarning, match=r"train mode.*Dropout.*model.eval\(\)"):
+        xattr.saliency(xattr.target(model, 0))(X)
+    assert model.training
+
+
+def test_eval_mode_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        xattr.integrated_gradients(xattr.target(_mlp(dropout=True), 0))(X)
+
+
+def test_bad_options():
+    f = xattr.target(_mlp(), 0)
+    with pytest.raises(ValueError, match="unknown method 'simpson'"):
+        xattr.integrated_gradients(f, method="simpson")
+    with pytest.raises(ValueError, match="n_steps must be a positive int"):
+        xattr.integrated_gradients(f, n_steps=0)
+    with pytest.raises(ValueError, match="chunk_size must be a positive"):
+        xattr.integrated_gradients(f, chunk_size=0)(X)
+    with pytest.raises(ValueError, match="reduce must be"):
+        xattr.smooth(xattr.saliency(f), reduce="median")(X)
+    with pytest.raises(ValueError, match="n_samples must be a positive int"):
+        xattr.smooth(xattr.saliency(f), n_samples=0)(X)
+    with pytest.raises(TypeError, match="generator must be"):
+        xattr.smooth(xattr.saliency(f), generator="seed")(X)
+    with pytest.raises(IndexError, match="argnums=2"):
+        xattr.saliency(f, argnums=2)(X)
+    with pytest.raises(ValueError, match="stdevs has 2 entries"):
+        xattr.smooth(xattr.saliency(f), stdevs=(0.1, 0.2))(X)
+
+
+def test_gradient_shap_baseline_distribution_shape():
+    gs = xattr.gradient_shap(xattr.target(_mlp(), 0), baselines=torch.zeros(10, 3))
+    with pytest.raises(ValueError, match=r"distribution of shape \(N, 4\)"):
+        gs(X)
+
+
+def test_batch_size_mismatch_between_inputs():
+    f = lambda a, b: (a.sum(1) + b.sum(1))  # noqa: E731
+    with pytest.raises(ValueError, match="share one batch size"):
+        xattr.integrated_gradients(f, argnums=(0, 1))(torch.ones(3, 2), torch.ones(4, 2))
+
+
+def test_model_and_user_tensors_unchanged():
+    model = _mlp()
+    params = {k: v.clone() for k, v in model.state_dict().items()}
+    x = X.clone()
+    f = xattr.target(model, 1)
+    methods = [
+        xattr.saliency(f),
+        xattr.input_x_gradient(f),
+        xattr.integrated_gradients(f, return_delta=True),
+        xattr.gradient_shap(f, baselines=torch.zeros(2, 4), generator=0),
+        xattr.smoothgrad(xattr.saliency(f), stdevs=0.1, generator=0),
+    ]
+    for attr_fn in methods:
+        attr_fn(x)
+        assert torch.equal(x, X) and not x.requires_grad and x.grad is None
+        assert not model.training
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, params[k])
+        assert all(p.grad is None for p in model.parameters())
+        assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
