@@ -62,8 +62,8 @@ def vjp_rows(
 ):
     """Returns (outputs (R,) or (R, K), gradients of the selected args as a tuple of trees).
 
-    ``weights`` (R,) scales each row's cotangent; ``chunk_size`` bounds how many of the K output
-    cotangents are vmapped at once.
+    ``weights`` (R,) scales each row's cotangent. For K outputs, ``chunk_size`` (model rows, as
+    everywhere) bounds the backward work vmapped at once: max(1, chunk_size // R) cotangents.
     """
     selected, rebuild = T.split_args(args, argnums)
     check_float_inputs(selected, method)
@@ -94,7 +94,8 @@ def _vjp_rows(fn, selected, multi, weights, chunk_size):
     k = out.shape[1]
     eye = torch.eye(k, dtype=out.dtype, device=out.device)
     cotangents = eye[:, None, :] * w.to(out.dtype)[None, :, None]  # (K, R, K)
-    grads = vmap(pullback, chunk_size=chunk_size)(cotangents)
+    per = None if chunk_size is None else max(1, chunk_size // max(1, out.shape[0]))
+    grads = vmap(pullback, chunk_size=per)(cotangents)
     return out, T.tree_map(lambda g: g.movedim(0, 1), grads)
 
 
@@ -105,7 +106,8 @@ def value_and_grad(f: Callable, *, argnums: int | Sequence[int] = 0, chunk_size:
       f: model function returning one number per example (B,) — use ``xattr.target`` to choose
         it — or ``(B, K)`` when the target is ``xattr.outputs``.
       argnums: which positional argument(s) to differentiate; the others pass through untouched.
-      chunk_size: how many of the K output cotangents to vmap at once (many-outputs targets).
+      chunk_size: most model rows per backward call; with K outputs, K backward passes of B rows
+        are vmapped in groups of max(1, chunk_size // B).
 
     Returns:
       ``fn(*args) -> (out, grads)`` with ``out`` of shape (B,) or (B, K) and ``grads`` shaped like
