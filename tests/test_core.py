@@ -210,3 +210,18 @@ def test_results_are_detached_but_differentiable_under_torch_func():
     h = torch.func.jacrev(lambda x: xattr.grad(f)(x).sum(0))(X)
     ref = torch.stack([torch.func.hessian(lambda z: model(z[None])[0, 0])(X[i]) for i in range(5)])
     torch.testing.assert_close(h.permute(1, 0, 2), ref)
+
+
+def test_results_detached_even_when_inputs_require_grad():
+    f = lambda x: (x**3).sum(1)  # noqa: E731
+    x = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    for method in (xattr.input_x_gradient(f), xattr.integrated_gradients(f), xattr.gradient_shap(f, baselines=torch.zeros(1, 2), generator=0)):
+        assert not method(x).requires_grad  # no partial graph that would give wrong .backward() results
+
+
+def test_smooth_tiles_per_example_keyword_arguments():
+    model = _model()
+    f = xattr.target(model, 0)
+    b = torch.randn(5, 4, dtype=torch.float64)
+    got = xattr.smooth(xattr.integrated_gradients(f, n_steps=6), stdevs=0.0, n_samples=3)(X, baselines=b)
+    torch.testing.assert_close(got, xattr.integrated_gradients(f, n_steps=6, baselines=b)(X))

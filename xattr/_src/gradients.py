@@ -29,6 +29,25 @@ from . import tree as T
 from .checks import check_finite, check_float_inputs, warn_if_training
 
 
+def detached():
+    """torch.no_grad() unless a torch.func transform is active. See NOTE: [Detached results]."""
+    if torch._C._functorch.maybe_current_level() is None:
+        return torch.no_grad()
+    return contextlib.nullcontext()
+
+
+def attribution_fn(inner: Callable, wrapped: Callable) -> Callable:
+    """Marks a public attribution function: runs it `detached()`, records what it wraps."""
+
+    def fn(*args, **kwargs):
+        with detached():
+            return inner(*args, **kwargs)
+
+    fn.__wrapped__ = wrapped
+    fn.__doc__ = inner.__doc__
+    return fn
+
+
 def is_multi_output(f: Callable) -> bool:
     return bool(getattr(f, "multi_output", False))
 
@@ -72,18 +91,6 @@ def vjp_rows(
     def fn(*sel):
         return _rows(f(*rebuild(sel)), multi)
 
-    with detached():
-        return _vjp_rows(fn, selected, multi, weights, chunk_size)
-
-
-def detached():
-    """torch.no_grad() unless a torch.func transform is active. See NOTE: [Detached results]."""
-    if torch._C._functorch.maybe_current_level() is None:
-        return torch.no_grad()
-    return contextlib.nullcontext()
-
-
-def _vjp_rows(fn, selected, multi, weights, chunk_size):
     out, pullback = vjp(fn, *selected)
     check_finite(out)
     if out.ndim == 0:  # one number for the whole batch ("aggregate" output)
@@ -123,16 +130,11 @@ def value_and_grad(f: Callable, *, argnums: int | Sequence[int] = 0, chunk_size:
         out, grads = vjp_rows(f, args, nums, chunk_size=chunk_size)
         return out, grads if as_tuple else grads[0]
 
-    fn.__wrapped__ = f
-    return fn
+    return attribution_fn(fn, f)
 
 
 def grad(f: Callable, *, argnums: int | Sequence[int] = 0, chunk_size: int | None = None) -> Callable:
     """Like `value_and_grad`, returning only the gradients."""
     vg = value_and_grad(f, argnums=argnums, chunk_size=chunk_size)
 
-    def fn(*args):
-        return vg(*args)[1]
-
-    fn.__wrapped__ = f
-    return fn
+    return attribution_fn(lambda *args: vg(*args)[1], f)

@@ -19,7 +19,7 @@ import torch
 
 from . import tree as T
 from .checks import baselines_like
-from .gradients import grad, vjp_rows
+from .gradients import attribution_fn, grad, vjp_rows
 from .paths import path_integral
 from .sampling import index_rows, monte_carlo, normal_like, smooth, streams, uniform_rows, _per_leaf
 
@@ -149,7 +149,7 @@ def gradient_shap(
             picked = T.tree_map(lambda d: d[idx[start:stop].reshape(-1)], dist)
             return T.optree.tree_unflatten(treedef, noisy), {"baselines": picked, "alphas": alphas[start:stop].reshape(-1)}
 
-        out = monte_carlo(at_alpha, args, nums, n_samples, draw, chunk_size, "mean")
+        out = monte_carlo(at_alpha, args, {}, nums, n_samples, draw, chunk_size, "mean")
         return out if as_tuple else out[0]
 
     return _wrap(fn, f)
@@ -166,9 +166,7 @@ def _as_distribution(d, x: torch.Tensor) -> torch.Tensor:
     return d.to(dtype=x.dtype, device=x.device)
 
 
-def _wrap(fn: Callable, f: Callable) -> Callable:
-    fn.__wrapped__ = f
-    return fn
+_wrap = attribution_fn
 
 
 smoothgrad = functools.partial(smooth, reduce="mean")

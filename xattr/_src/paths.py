@@ -21,7 +21,7 @@ import torch
 
 from . import tree as T
 from .checks import baselines_like, warn_if_training
-from .gradients import vjp_rows
+from .gradients import attribution_fn, vjp_rows
 
 METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
@@ -134,7 +134,7 @@ def path_integral(
         profile = Profile(alphas, weights, torch.cat(profile_out), grads_all if as_tuple else grads_all[0])
         return result, profile
 
-    return fn
+    return attribution_fn(fn, f)
 
 
 def _walk(walk, selected, base, alphas):

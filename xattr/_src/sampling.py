@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import tree as T
+from .gradients import attribution_fn
 
 
 def streams(generator, n: int) -> list:
@@ -64,10 +65,11 @@ def index_rows(batch: int, n: int, high: int, stream, device) -> torch.Tensor:
     return per_example(stream, batch, device, lambda pre, g: torch.randint(0, high, pre + (n,), generator=g, device=device)).T
 
 
-def monte_carlo(attr_fn: Callable, args: tuple, nums: tuple, n_samples: int, draw: Callable, chunk_size, reduce: str):
+def monte_carlo(attr_fn: Callable, args: tuple, kwargs: dict, nums: tuple, n_samples: int, draw: Callable, chunk_size, reduce: str):
     """Evaluates attr_fn on n_samples folded copies and reduces over them.
 
-    ``draw(start, stop)`` returns (attributed rows as a tuple of trees (c*B, ...), extra kwargs).
+    ``draw(start, stop)`` returns (attributed rows as a tuple of trees (c*B, ...), extra kwargs
+    already of c*B rows). The caller's ``args`` and ``kwargs`` with a batch axis are tiled.
     ``reduce``: "mean", "sq_mean" (mean of squares) or "var" (E[a^2] - E[a]^2).
     """
     if reduce not in ("mean", "sq_mean", "var"):
@@ -79,9 +81,9 @@ def monte_carlo(attr_fn: Callable, args: tuple, nums: tuple, n_samples: int, dra
     s1 = s2 = None
     for start, stop in T.chunks(n_samples, batch, chunk_size):
         c = stop - start
-        rows, kwargs = draw(start, stop)
+        rows, extra = draw(start, stop)
         passthrough = tuple(a if i in nums else T.fold(a, c, batch) for i, a in enumerate(args))
-        out = attr_fn(*T.split_args(passthrough, nums)[1](rows), **kwargs)
+        out = attr_fn(*T.split_args(passthrough, nums)[1](rows), **T.fold(kwargs, c, batch), **extra)
         out = T.unfold(out, c)
         p1 = T.tree_map(lambda a: a.sum(0), out)
         s1 = p1 if s1 is None else T.tree_map(torch.add, s1, p1)
@@ -146,12 +148,11 @@ def smooth(
 
         def draw(start, stop):
             noisy = [x.unsqueeze(0) + z[start:stop] for x, z in zip(xs, noise)]
-            return T.optree.tree_unflatten(treedef, [T.fold_rows(v) for v in noisy]), kwargs
+            return T.optree.tree_unflatten(treedef, [T.fold_rows(v) for v in noisy]), {}
 
-        return monte_carlo(attr_fn, args, nums, n_samples, draw, chunk_size, reduce)
+        return monte_carlo(attr_fn, args, kwargs, nums, n_samples, draw, chunk_size, reduce)
 
-    fn.__wrapped__ = attr_fn
-    return fn
+    return attribution_fn(fn, attr_fn)
 
 
 def expectation(
@@ -187,9 +188,8 @@ def expectation(
             c = stop - start
             rows = T.fold(selected, c, batch)
             picked = T.tree_map(lambda d: d.to(ref.device)[idx[start:stop].reshape(-1)], dist)
-            return rows, {**kwargs, "baselines": picked if as_tuple else picked[0]}
+            return rows, {"baselines": picked if as_tuple else picked[0]}
 
-        return monte_carlo(attr_fn, args, nums, n_samples, draw, chunk_size, "mean")
+        return monte_carlo(attr_fn, args, kwargs, nums, n_samples, draw, chunk_size, "mean")
 
-    fn.__wrapped__ = attr_fn
-    return fn
+    return attribution_fn(fn, attr_fn)

@@ -1,0 +1,369 @@
+"""xattr.compat.captum against Captum 0.9's own numbers (stored; captum is not needed here).
+
+The cases live in tests/gen_captum_expected.py, which also wrote Captum's numbers into
+tests/captum_expected.py; both libraries go through the same ``run`` function.
+"""
+
+import dataclasses
+import math
+import os
+import re
+
+import pytest
+import torch
+
+from xattr.compat import captum as X
+
+try:  # tests/ on sys.path (pytest's default rootdir-less import mode) or tests as a package
+    from . import captum_expected as E
+    from . import gen_captum_expected as G
+except ImportError:
+    import captum_expected as E
+    import gen_captum_expected as G
+
+MODELS = G.build_models()
+CASES = {c.name: c for c in G.CASES}
+N_X = 4000  # samples for xattr's side of the statistical comparisons
+TOL = dict(rtol=1e-6, atol=1e-8)  # Captum's float32 step sizes and 10-digit storage
+
+
+def _close(out, expected, **tol):
+    """out has the structure of expected (tuple <-> tuple, tensor <-> list) and its values."""
+    tol = {**TOL, **tol}
+    if isinstance(expected, tuple):
+        assert isinstance(out, tuple) and len(out) == len(expected), f"expected a tuple of {len(expected)}"
+        for o, e in zip(out, expected):
+            _close(o, e, **tol)
+        return
+    assert isinstance(out, torch.Tensor), f"expected a tensor, got {type(out).__name__}"
+    e = torch.tensor(expected, dtype=out.dtype)
+    assert out.shape == e.shape
+    torch.testing.assert_close(out, e, **tol)
+
+
+def _split(case, out):
+    return out if case.kwargs.get("return_convergence_delta") else (out, None)
+
+
+# ----------------------------------------------------------------------------- conformance
+
+
+@pytest.mark.parametrize("name", [c.name for c in G.CASES if c.name != "ig_riemann_trapezoid"])
+def test_same_numbers_as_captum(name):
+    case = CASES[name]
+    attr, delta = _split(case, G.run(case, X, MODELS))
+    _close(attr, E.EXPECTED[name]["attr"])
+    if "delta" in E.EXPECTED[name]:
+        # deltas are differences of nearly equal numbers: compare on the scale of the outputs
+        _close(delta, E.EXPECTED[name]["delta"], atol=1e-7)
+
+
+def test_trapezoid_is_captum_times_n_over_n_minus_1():
+    """Documented difference: exact trapezoid weights (sum 1) vs Captum's (sum 1 - 1/n)."""
+    case = CASES["ig_riemann_trapezoid"]
+    n = case.kwargs["n_steps"]
+    attr, delta = G.run(case, X, MODELS)
+    _close(attr * (n - 1) / n, E.EXPECTED[case.name]["attr"])
+    # Captum's rule under-integrates, so its completeness gap is far larger than xattr's
+    captum_delta = torch.tensor(E.EXPECTED[case.name]["delta"], dtype=delta.dtype)
+    assert (delta.abs() < captum_delta.abs() / 10).all()
+
+
+def test_gradient_shap_one_baseline_converges_to_integrated_gradients():
+    """E over a ~ U(0, 1) of (x - b) * grad f(b + a (x - b)) is exactly the IG integral."""
+    case = next(c for c in G.STAT_CASES if c.name == "stat_gshap_one_baseline")
+    ig = E.EXPECTED["ig_row_baseline"]["attr"]  # same model, baseline and target; Captum's numbers
+    assert CASES["ig_row_baseline"].kwargs["target"] == case.kwargs["target"]
+    est = G.run(case, X, MODELS, n_samples=N_X, generator=0)
+    draws = _draws(case, N_X, seed=1)
+    tol = 5 * draws.std(0) / math.sqrt(N_X) + 1e-12
+    assert ((est - torch.tensor(ig, dtype=est.dtype)).abs() <= tol).all()
+
+
+# ----------------------------------------------------------------------------- statistical conformance
+
+
+def _repeat(inputs, m):
+    return tuple(_repeat(x, m) for x in inputs) if isinstance(inputs, tuple) else inputs.repeat((m,) + (1,) * (inputs.ndim - 1))
+
+
+def _draws(case, m, seed):
+    """m independent one-sample attributions per example, shaped (m, B, ...) (per input, for tuples).
+
+    One call on the inputs tiled m times: xattr draws every row independently.
+    """
+    one = {"nt_type": "smoothgrad"} if case.method == "NoiseTunnel" else {}
+    inputs = G.INPUTS[case.inputs]
+    batch = (inputs[0] if isinstance(inputs, tuple) else inputs).shape[0]
+    for v in case.kwargs.values():  # per-example keywords would have to be tiled too
+        assert not (isinstance(v, torch.Tensor) and v.shape[0] == batch and v.shape[0] > 1)
+    obj = _object(case)
+    out = obj.attribute(_repeat(inputs, m), **{**case.kwargs, **one, case.samples: 1, "generator": seed})
+    unfold = lambda t: t.reshape((m, batch) + tuple(t.shape[1:]))  # noqa: E731
+    return tuple(unfold(t) for t in out) if isinstance(out, tuple) else unfold(out)
+
+
+def _object(case):
+    model = MODELS[case.model]
+    if case.inner is not None:
+        return getattr(X, case.method)(getattr(X, case.inner)(model, **case.inner_ctor))
+    return getattr(X, case.method)(model, **case.ctor)
+
+
+def _per_sample_quantity(a, nt_type):
+    """The per-sample quantity whose mean the estimator takes (its spread sets the tolerance)."""
+    if nt_type == "smoothgrad_sq":
+        return a * a
+    if nt_type == "vargrad":
+        return (a - a.mean(0)) ** 2
+    return a
+
+
+def _product(dists):
+    """Every combination of rows of a tuple of baseline distributions (N1 * N2 * ... rows)."""
+    idx = torch.cartesian_prod(*[torch.arange(d.shape[0]) for d in dists]).reshape(-1, len(dists))
+    return tuple(d[idx[:, i]] for i, d in enumerate(dists))
+
+
+def _captum_pairing(case):
+    """Captum draws each input tensor's baseline independently (docs/migration.md); xattr draws
+    whole baseline examples. Drawing whole examples from the product distribution is Captum's."""
+    b = case.kwargs.get("baselines")
+    if isinstance(b, tuple) and sum(isinstance(t, torch.Tensor) and t.shape[0] > 1 for t in b) > 1:
+        return dataclasses.replace(case, kwargs={**case.kwargs, "baselines": _product(b)})
+    return case
+
+
+@pytest.mark.parametrize("case", G.STAT_CASES, ids=lambda c: c.name)
+def test_statistically_same_as_captum(case):
+    """xattr's N_X-sample estimate agrees with Captum's N_CAPTUM-sample one within 5 standard errors."""
+    case = _captum_pairing(case)
+    est = G.run(case, X, MODELS, **{case.samples: N_X, "generator": 0})
+    draws = _draws(case, N_X, seed=1)
+    nt_type = case.kwargs.get("nt_type", "smoothgrad")
+    expected = E.STAT[case.name]["attr"]
+    est, draws = (est, draws) if isinstance(est, tuple) else ((est,), (draws,))
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    for e, d, ref in zip(est, draws, expected):
+        q = _per_sample_quantity(d, nt_type)
+        tol = 5 * q.std(0) * math.sqrt(1 / N_X + 1 / G.N_CAPTUM) + 1e-9
+        err = (e - torch.tensor(ref, dtype=e.dtype)).abs()
+        assert (err <= tol).all(), f"errors {err.flatten().tolist()} over tolerances {tol.flatten().tolist()}"
+
+
+def test_gradient_shap_pairs_baselines_as_whole_examples():
+    """The documented difference above is real: joint and per-input draws have different expectations."""
+    case = next(c for c in G.STAT_CASES if c.name == "stat_gshap_pair_noise")
+    joint = G.run(case, X, MODELS, n_samples=N_X, generator=0)
+    paired = G.run(_captum_pairing(case), X, MODELS, n_samples=N_X, generator=0)
+    assert (joint[1] - paired[1]).abs().max() > 0.02  # about 10 standard errors here
+
+
+# ----------------------------------------------------------------------------- Captum's conventions
+
+
+def _ig(model="mlp"):
+    return X.IntegratedGradients(MODELS[model])
+
+
+@pytest.mark.parametrize(
+    "obj, kwargs",
+    [
+        (lambda m: X.Saliency(m), {}),
+        (lambda m: X.InputXGradient(m), {}),
+        (lambda m: X.IntegratedGradients(m), {"n_steps": 4}),
+        (lambda m: X.GradientShap(m), {"baselines": torch.zeros(3, 3, dtype=torch.float64), "generator": 0}),
+        (lambda m: X.NoiseTunnel(X.IntegratedGradients(m)), {"n_steps": 4, "nt_samples": 2, "generator": 0}),
+    ],
+    ids=["Saliency", "InputXGradient", "IntegratedGradients", "GradientShap", "NoiseTunnel"],
+)
+def test_tuple_in_tuple_out_tensor_in_tensor_out(obj, kwargs):
+    a = obj(MODELS["mlp"])
+    out = a.attribute(G.X, target=1, **kwargs)
+    assert isinstance(out, torch.Tensor) and out.shape == G.X.shape
+    out = a.attribute((G.X,), target=1, **kwargs)
+    assert isinstance(out, tuple) and len(out) == 1 and out[0].shape == G.X.shape
+    pair = X.Saliency(MODELS["two"]) if isinstance(a, X.Saliency) else None
+    if pair is not None:
+        out = pair.attribute(G.INPUTS["pair"], target=0, additional_forward_args=(G.SCALE,))
+        assert isinstance(out, tuple) and [o.shape for o in out] == [G.X1.shape, G.X2.shape]
+
+
+def test_target_forms_agree():
+    ig = _ig()
+    kw = dict(n_steps=5)
+    per_example = torch.stack([ig.attribute(G.X, target=t, **kw)[i] for i, t in enumerate([2, 0])])
+    torch.testing.assert_close(ig.attribute(G.X, target=[2, 0], **kw), per_example)
+    torch.testing.assert_close(ig.attribute(G.X, target=torch.tensor([2, 0]), **kw), per_example)
+    torch.testing.assert_close(ig.attribute(G.X, target=torch.tensor([1]), **kw), ig.attribute(G.X, target=1, **kw))
+    torch.testing.assert_close(ig.attribute(G.X, target=torch.tensor(1), **kw), ig.attribute(G.X, target=1, **kw))
+
+
+def test_list_of_tuples_target_is_one_per_example_under_folding():
+    """A Python list of tuples means one output per example, also when copies fill the batch axis."""
+    sal, ig = X.Saliency(MODELS["multi"]), X.IntegratedGradients(MODELS["multi"])
+    targets = [(1, 0), (0, 2)]
+    for method, kw in [(sal, {}), (ig, {"n_steps": 6}), (X.NoiseTunnel(ig), {"n_steps": 3, "stdevs": 0.0})]:
+        out = method.attribute(G.X, target=targets, **kw)
+        loop = torch.stack([method.attribute(G.X, target=t, **kw)[i] for i, t in enumerate(targets)])
+        torch.testing.assert_close(out, loop)
+
+
+def test_list_target_of_wrong_length_says_it_is_per_example():
+    with pytest.raises(ValueError, match="one target per example"):
+        _ig().attribute(G.X, target=[0, 1, 2])
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 100])
+def test_internal_batch_size_does_not_change_integrated_gradients(size):
+    for model, inputs, kw in [
+        ("mlp", G.X, {"target": [0, 2], "n_steps": 9}),
+        ("conv", G.IMG, {"target": 1, "n_steps": 6, "method": "riemann_right"}),
+        ("two", G.INPUTS["pair"], {"target": 1, "n_steps": 5, "additional_forward_args": (G.SCALE, 0.25)}),
+    ]:
+        ig = _ig(model)
+        ref = ig.attribute(inputs, **kw)
+        out = ig.attribute(inputs, internal_batch_size=size, **kw)
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-14)
+
+
+def test_additional_forward_args_single_value_is_wrapped_like_captum():
+    f = lambda x, scale: MODELS["mlp"](x) * scale  # noqa: E731
+    ig = X.IntegratedGradients(f)
+    torch.testing.assert_close(
+        ig.attribute(G.X, target=0, additional_forward_args=G.SCALE, n_steps=4),
+        ig.attribute(G.X, target=0, additional_forward_args=(G.SCALE,), n_steps=4),
+    )
+
+
+def test_baselines_forms():
+    ig = _ig()
+    kw = dict(target=1, n_steps=4)
+    zero = ig.attribute(G.X, **kw)
+    torch.testing.assert_close(ig.attribute(G.X, baselines=0, **kw), zero)
+    torch.testing.assert_close(ig.attribute(G.X, baselines=torch.zeros(1, 3, dtype=torch.float64), **kw), zero)
+    torch.testing.assert_close(ig.attribute(G.X, baselines=torch.zeros(2, 3, dtype=torch.float64), **kw), zero)
+    with pytest.raises(ValueError, match="give baselines as a tuple"):
+        X.IntegratedGradients(MODELS["two"]).attribute(G.INPUTS["pair"], baselines=torch.zeros(1, 3), target=0,
+                                                        additional_forward_args=(G.SCALE,))  # fmt: skip
+
+
+def test_inputs_that_require_grad_are_left_alone():
+    x = G.X.clone().requires_grad_(True)
+    out = _ig().attribute(x, target=1, n_steps=4)
+    assert x.requires_grad and x.grad is None
+    torch.testing.assert_close(out, _ig().attribute(G.X, target=1, n_steps=4))
+
+
+def test_properties_follow_captum():
+    m = MODELS["mlp"]
+    expected = {
+        X.Saliency(m): (False, False),
+        X.InputXGradient(m): (False, True),
+        X.IntegratedGradients(m): (True, True),
+        X.IntegratedGradients(m, multiply_by_inputs=False): (True, False),
+        X.GradientShap(m): (True, True),
+        X.NoiseTunnel(X.IntegratedGradients(m, multiply_by_inputs=False)): (True, False),
+        X.NoiseTunnel(X.Saliency(m)): (False, False),
+    }
+    for obj, (delta, mult) in expected.items():
+        assert (obj.has_convergence_delta(), obj.multiplies_by_inputs) == (delta, mult), type(obj).__name__
+
+
+# ----------------------------------------------------------------------------- GradientShap
+
+
+def test_gradient_shap_unsupported_options_raise_clearly():
+    gs = X.GradientShap(MODELS["mlp"])
+    with pytest.raises(NotImplementedError, match="one value per random sample"):
+        gs.attribute(G.X, baselines=G.B_DIST, target=0, return_convergence_delta=True)
+    with pytest.raises(NotImplementedError, match="multiply_by_inputs=False"):
+        X.GradientShap(MODELS["mlp"], multiply_by_inputs=False)
+
+
+def test_gradient_shap_draws_are_reproducible():
+    gs = X.GradientShap(MODELS["mlp"])
+    kw = dict(baselines=G.B_DIST, n_samples=7, stdevs=0.2, target=0)
+    a, b, c = (gs.attribute(G.X, generator=s, **kw) for s in (3, 3, 4))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, c)
+    torch.manual_seed(11)
+    d = gs.attribute(G.X, **kw)  # Captum's default: torch's global generator
+    torch.manual_seed(11)
+    torch.testing.assert_close(gs.attribute(G.X, **kw), d, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- NoiseTunnel
+
+
+@pytest.mark.parametrize("nt_type", ["smoothgrad", "smoothgrad_sq", "vargrad"])
+def test_noise_tunnel_without_noise_reduces_one_attribution(nt_type):
+    ig = _ig()
+    kw = dict(target=[1, 2], n_steps=5, baselines=G.B_EACH)
+    a = ig.attribute(G.X, **kw)
+    out = X.NoiseTunnel(ig).attribute(G.X, nt_type=nt_type, nt_samples=4, stdevs=0.0, **kw)
+    torch.testing.assert_close(out, {"smoothgrad": a, "smoothgrad_sq": a * a, "vargrad": 0 * a}[nt_type])
+
+
+def test_noise_tunnel_baseline_draws_for_tuple_inputs():
+    """draw_baseline_from_distrib with a one-row distribution (tensor and number) is that baseline."""
+    ig = X.IntegratedGradients(MODELS["two"])
+    kw = dict(baselines=(G.B_ROW, 0.1), target=1, n_steps=5, additional_forward_args=(G.SCALE, 0.25))
+    out = X.NoiseTunnel(ig).attribute(G.INPUTS["pair"], nt_samples=3, stdevs=0.0, draw_baseline_from_distrib=True, **kw)
+    torch.testing.assert_close(out, ig.attribute(G.INPUTS["pair"], **kw))
+
+
+def test_noise_tunnel_reductions_share_their_noise():
+    nt = X.NoiseTunnel(X.Saliency(MODELS["mlp"]))
+    kw = dict(nt_samples=6, stdevs=0.4, target=0, abs=False, generator=5)
+    mean, sq, var = (nt.attribute(G.X, nt_type=t, **kw) for t in ("smoothgrad", "smoothgrad_sq", "vargrad"))
+    torch.testing.assert_close(var, sq - mean * mean)
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 2, 4, 7])
+def test_noise_tunnel_sample_batches_do_not_change_the_result(batch_size):
+    nt = X.NoiseTunnel(_ig())
+    kw = dict(nt_type="vargrad", nt_samples=5, stdevs=0.3, target=[0, 1], n_steps=4, generator=2)
+    ref = nt.attribute(G.X, **kw)
+    torch.testing.assert_close(nt.attribute(G.X, nt_samples_batch_size=batch_size, **kw), ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch_size, layout", [(None, [0] * 5 + [1] * 5), (2, [0, 0, 1, 1, 0, 0, 1, 1, 0, 1])])
+def test_noise_tunnel_delta_layout_is_captums(batch_size, layout):
+    """One delta per noisy copy, example-major within each batch of nt_samples_batch_size copies."""
+    f = lambda x: (x * x).sum(1)  # noqa: E731  one riemann_left step from 0: delta = -|x + noise|^2
+    x = torch.tensor([[0.0, 0.0], [10.0, 0.0]], dtype=torch.float64)
+    nt = X.NoiseTunnel(X.IntegratedGradients(f))
+    attr, delta = nt.attribute(x, nt_samples=5, nt_samples_batch_size=batch_size, stdevs=0.1, n_steps=1,
+                               method="riemann_left", return_convergence_delta=True, generator=0)  # fmt: skip
+    assert delta.shape == (10,)
+    big = delta.abs() > 50
+    assert big.tolist() == [bool(e) for e in layout]
+
+
+def test_noise_tunnel_forwards_inner_keywords_and_rejects_unknown_ones():
+    nt = X.NoiseTunnel(X.Saliency(MODELS["mlp"]))
+    with pytest.raises(TypeError, match="n_steps"):
+        nt.attribute(G.X, target=0, n_steps=5)
+    with pytest.raises(ValueError, match="nt_type"):
+        nt.attribute(G.X, target=0, nt_type="smoothgrad_squared")
+
+
+def test_noise_tunnel_around_gradient_shap_runs_and_is_seeded():
+    nt = X.NoiseTunnel(X.GradientShap(MODELS["mlp"]))
+    kw = dict(nt_samples=3, nt_samples_batch_size=2, stdevs=0.1, baselines=G.B_DIST, n_samples=4, target=1)
+    a, b = nt.attribute(G.X, generator=9, **kw), nt.attribute(G.X, generator=9, **kw)
+    assert a.shape == G.X.shape
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- docs
+
+
+def test_migration_guide_example_runs():
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "migration.md")
+    if not os.path.exists(path):
+        pytest.skip("docs/migration.md is not shipped with the package")
+    blocks = re.findall(r"```python\n(.*?)```", open(path).read(), flags=re.S)
+    assert blocks, "docs/migration.md has no python example"
+    exec(compile(blocks[0], "docs/migration.md", "exec"), {})

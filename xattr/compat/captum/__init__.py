@@ -1,0 +1,16 @@
+"""Captum's API over xattr: change one import, keep your code, get xattr's numbers and speed.
+
+    from xattr.compat.captum import IntegratedGradients   # was: from captum.attr import ...
+
+Each class takes Captum 0.9's constructor arguments, and its ``attribute`` Captum's keywords,
+defaults and return conventions (tensor in -> tensor out, tuple in -> tuple out, a Python list
+target means one target per example), as a thin adapter over xattr's functional core. The
+deliberate differences (exact trapezoid weights, xattr's random streams, what is not supported)
+are listed in docs/migration.md.
+"""
+
+from ._convert import Attribution
+from .gradient import GradientShap, InputXGradient, IntegratedGradients, Saliency
+from .noise_tunnel import NoiseTunnel
+
+__all__ = ["Attribution", "GradientShap", "InputXGradient", "IntegratedGradients", "NoiseTunnel", "Saliency"]
