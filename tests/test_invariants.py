@@ -1,0 +1,221 @@
+"""Every registry entry (tests/registry.py) crossed with every shared invariant.
+
+Invariants: batch invariance, chunk invariance, dtype/shape preservation, determinism given a
+seed, many-outputs consistency, pytree inputs with a pass-through argument, per-call baselines,
+torch.compile, and no hidden state (no mutation of the model or the user's tensors, no hooks).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import xattr
+from xattr.testing import (
+    assert_trees_close,
+    check_batch_invariance,
+    check_chunk_invariance,
+    check_dtype_device,
+)
+from xattr.testing.strategies import ModelSpec, random_tensor
+
+from registry import BY_NAME, METHODS_UNDER_TEST, entries
+
+B = 4
+SPECS = {
+    "mlp": ModelSpec("mlp", seed=1, in_shape=(5,), n_out=3, activation="gelu", hidden=(6,), softmax=True),
+    "cnn": ModelSpec("cnn", seed=2, in_shape=(2, 4, 4), n_out=3, activation="relu", hidden=(3,), pool=True),
+}
+all_methods = pytest.mark.parametrize("method", METHODS_UNDER_TEST, ids=repr)
+both_models = pytest.mark.parametrize("kind", sorted(SPECS))
+
+
+def setup(kind: str, dtype: torch.dtype = torch.float64, batch: int = B):
+    spec = SPECS[kind]
+    model = ModelSpec(**{**spec.__dict__, "dtype": dtype}).build()
+    return model, random_tensor((batch,) + spec.in_shape, seed=7, dtype=dtype)
+
+
+@all_methods
+@both_models
+def test_batch_invariance(method, kind):
+    model, x = setup(kind)
+    by = "prefix" if method.stochastic else "example"  # seeded noise is drawn by batch position
+    check_batch_invariance(method.make(xattr.target(model, 1), generator=0), x, by=by)
+
+
+@all_methods
+@both_models
+def test_per_example_target_batch_invariance(method, kind):
+    model, x = setup(kind)
+    t = torch.tensor([2, 0, 1, 2])
+    fn = lambda x, t: method.make(xattr.target(model, t), generator=0)(x)  # noqa: E731
+    check_batch_invariance(fn, x, t, by="prefix" if method.stochastic else "example")
+
+
+@all_methods
+@both_models
+def test_chunk_invariance(method, kind):
+    model, x = setup(kind)
+    f = xattr.target(model, 1)
+    check_chunk_invariance(lambda cs: method.make(f, chunk_size=cs, generator=0), x, chunk_sizes=(1, B, 2 * B + 1))
+
+
+@all_methods
+@both_models
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_dtype_and_shape(method, kind, dtype):
+    model, x = setup(kind, dtype)
+    check_dtype_device(method.make(xattr.target(model, 0), generator=0), x)
+
+
+@all_methods
+def test_determinism_given_a_seed(method):
+    model, x = setup("mlp")
+    f = xattr.target(model, 2)
+    rng = torch.get_rng_state()
+    first, second = method.make(f, generator=5)(x), method.make(f, generator=5)(x)
+    assert torch.equal(torch.get_rng_state(), rng), "an int seed must not consume torch's global generator"
+    assert torch.equal(first, second)
+    if method.stochastic:
+        gens = [torch.Generator().manual_seed(11) for _ in range(2)]
+        a, b = (method.make(f, generator=g)(x) for g in gens)
+        assert torch.equal(a, b), "equally seeded torch.Generators must give equal results"
+        assert not torch.equal(first, method.make(f, generator=6)(x)), "a different seed must change the draws"
+
+
+@all_methods
+@both_models
+def test_many_outputs_match_single_targets(method, kind):
+    model, x = setup(kind)
+    ks = [2, 0, 1]
+    many = method.make(xattr.target(model, xattr.outputs(ks)), generator=0)(x)
+    check_dtype_device(lambda x: many, x, n_outputs=len(ks))
+    for j, k in enumerate(ks):
+        one = method.make(xattr.target(model, k), generator=0)(x)
+        assert_trees_close(many[:, j], one, what=f"outputs({ks})[:, {j}] vs target {k}")
+
+
+class TwoInputs(nn.Module):
+    """out = W3 (tanh(W1 a + W2 b) * scale): `scale` is a batched pass-through argument."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.lin_a, self.lin_b, self.out = nn.Linear(3, 4), nn.Linear(2, 4), nn.Linear(4, 3)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+        self.double().eval()
+
+    def forward(self, a, b, scale):
+        return self.out(torch.tanh(self.lin_a(a) + self.lin_b(b)) * scale)
+
+
+def _pytree_case(form: str):
+    model = TwoInputs()
+    a, b = random_tensor((B, 3), 1), random_tensor((B, 2), 2)
+    scale = 1.0 + random_tensor((B, 4), 3).abs()
+    if form == "dict":
+        f = xattr.target(lambda d, s: model(d["a"], d["b"], s), 1)
+        return f, ({"a": a, "b": b}, scale), 0, lambda attr: attr
+    f = xattr.target(lambda a, b, s: model(a, b, s), 1)
+    return f, (a, b, scale), (0, 1), lambda attr: {"a": attr[0], "b": attr[1]}
+
+
+@all_methods
+@pytest.mark.parametrize("form", ["dict", "tuple"])
+def test_pytree_inputs_with_pass_through_argument(method, form):
+    f, args, argnums, as_dict = _pytree_case(form)
+    fn = method.make(f, argnums=argnums, generator=0)
+    check_dtype_device(fn, *args, argnums=argnums)
+    check_batch_invariance(fn, *args, argnums=argnums, by="prefix" if method.stochastic else "example")
+    check_chunk_invariance(lambda cs: method.make(f, argnums=argnums, chunk_size=cs, generator=0), *args, chunk_sizes=(1, 9))
+    if method.deterministic:  # equals attributing the concatenated input of an equivalent model
+        flat_f = xattr.target(lambda z, s: _call_flat(f, form, z, s), 1)
+        z = torch.cat([args[0]["a"], args[0]["b"]], 1) if form == "dict" else torch.cat(args[:2], 1)
+        flat = method.make(flat_f, generator=0)(z, args[-1])
+        got = as_dict(fn(*args))
+        assert_trees_close(got, {"a": flat[:, :3], "b": flat[:, 3:]}, what="pytree vs concatenated input")
+
+
+def _call_flat(f, form, z, s):
+    a, b = z[:, :3], z[:, 3:]
+    return f.model({"a": a, "b": b}, s) if form == "dict" else f.model(a, b, s)
+
+
+@pytest.mark.parametrize("method", entries(baselines=True), ids=repr)
+def test_per_example_baselines_keyword(method):
+    model, x = setup("mlp")
+    base = random_tensor(x.shape, seed=9) * 0.1
+    fn = method.make(xattr.target(model, 1), generator=0)
+    check_batch_invariance(lambda x, b: fn(x, baselines=b), x, base, by="prefix" if method.stochastic else "example")
+    one = fn(x, baselines=base[:1])  # a single baseline broadcasts across the batch
+    assert_trees_close(one, fn(x, baselines=base[:1].expand_as(x)), what="broadcast baseline vs expanded")
+
+
+def _compile_available() -> bool:
+    try:
+        return hasattr(torch, "compile") and torch._dynamo.is_dynamo_supported()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.mark.skipif(not _compile_available(), reason="torch.compile is not supported on this platform")
+@pytest.mark.parametrize("name", ["saliency", "ig_gausslegendre"])
+def test_torch_compile_gives_the_same_numbers(name):
+    # aot_eager traces through dynamo and AOT autograd without a C++ toolchain (inductor adds ~20 s
+    # per test on CPU); set XATTR_COMPILE_BACKEND=inductor to compile fully.
+    torch._dynamo.reset()
+    model, x = setup("cnn")
+    fn = BY_NAME[name].make(xattr.target(model, 1))
+    compiled = torch.compile(fn, backend=os.environ.get("XATTR_COMPILE_BACKEND", "aot_eager"))
+    assert_trees_close(compiled(x), fn(x), what="torch.compile vs eager")
+    torch._dynamo.reset()
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks")
+
+
+def _snapshot(model: nn.Module, x: torch.Tensor) -> dict:
+    return {
+        "params": {k: (v.detach().clone(), v.requires_grad, v.grad, v._version) for k, v in model.named_parameters()},
+        "buffers": {k: v.clone() for k, v in model.named_buffers()},
+        "modes": [m.training for m in model.modules()],
+        "hooks": [len(getattr(m, h)) for m in model.modules() for h in _HOOK_DICTS],
+        "x": (x.detach().clone(), x.requires_grad, x.grad, x._version),
+    }
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(p, q) for p, q in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+@all_methods
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["plain", "requires_grad"])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_no_mutation_and_no_hooks_left(method, requires_grad, mode):
+    model, x = setup("mlp")  # no dropout/batch-norm: train mode is legitimate and must be kept
+    model.train(mode == "train")
+    x.requires_grad_(requires_grad)
+    before = _snapshot(model, x)
+    method.make(xattr.target(model, 0), generator=0)(x)
+    after = _snapshot(model, x)
+    changed = [k for k in before if not _same(before[k], after[k])]
+    assert not changed, f"{method.name} changed {changed}"
+
+
+@all_methods
+def test_results_are_detached_outside_transforms(method):
+    model, x = setup("mlp")
+    out = method.make(xattr.target(model, 0), generator=0)(x.requires_grad_())
+    assert not out.requires_grad and out.grad_fn is None
