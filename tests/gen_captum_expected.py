@@ -160,6 +160,24 @@ CASES = [
     Case("gshap_linear_one_baseline", "GradientShap", "linear2", "pair",
          {"baselines": (B_DIST2[0][:1], B_DIST2[1][:1]), "target": 1, "n_samples": 3,
           "additional_forward_args": (SCALE,)}),  # fmt: skip
+    # GradientShap without the (x - b) factor: a linear model's gradients are constant, so noise,
+    # baseline draws and path positions all cancel
+    Case("gshap_linear_local_noise", "GradientShap", "linear2", "pair",
+         {"baselines": B_DIST2, "stdevs": (0.3, 0.2), "target": [0, 1], "n_samples": 4,
+          "additional_forward_args": (SCALE,)}, ctor={"multiply_by_inputs": False}),  # fmt: skip
+    # GradientShap's deltas, one per (example, sample), example-major; deterministic with one
+    # baseline and no noise (exact completeness: zero up to rounding with the factor)
+    *[
+        Case(f"gshap_linear_{name}", "GradientShap", "linear2", "pair",
+             {"baselines": (B_DIST2[0][:1], B_DIST2[1][:1]), "target": [1, 0], "n_samples": 3,
+              "additional_forward_args": (SCALE,), "return_convergence_delta": True},
+             ctor={"multiply_by_inputs": mult})
+        for name, mult in [("delta", True), ("local_delta", False)]
+    ],  # fmt: skip
+    Case("nt_gshap_local_delta", "NoiseTunnel", "linear2", "pair",
+         {"nt_samples": 3, "nt_samples_batch_size": 2, "stdevs": (0.0, 0.0), "baselines": (B_DIST2[0][:1], 0.5),
+          "n_samples": 2, "target": [0, 1], "additional_forward_args": (SCALE,), "return_convergence_delta": True},
+         inner="GradientShap", inner_ctor={"multiply_by_inputs": False}),  # fmt: skip
     # NoiseTunnel with stdevs=0: deterministic, so every reduction and the delta layout compare exactly
     *[
         Case(f"nt_ig_{t}", "NoiseTunnel", "mlp", "x",
@@ -196,6 +214,8 @@ STAT_CASES = [
          samples="n_samples"),  # fmt: skip
     Case("stat_gshap_callable", "GradientShap", "conv", "img", {"baselines": _dist_fn, "stdevs": 0.1, "target": 1},
          samples="n_samples"),
+    Case("stat_gshap_local_noise", "GradientShap", "mlp", "x", {"baselines": B_DIST, "stdevs": 0.2, "target": 1},
+         ctor={"multiply_by_inputs": False}, samples="n_samples"),
 ]
 
 

@@ -12,6 +12,7 @@ import re
 import pytest
 import torch
 
+import xattr
 from xattr.compat import captum as X
 
 try:  # tests/ on sys.path (pytest's default rootdir-less import mode) or tests as a package
@@ -263,6 +264,8 @@ def test_properties_follow_captum():
         X.IntegratedGradients(m): (True, True),
         X.IntegratedGradients(m, multiply_by_inputs=False): (True, False),
         X.GradientShap(m): (True, True),
+        X.GradientShap(m, multiply_by_inputs=False): (True, False),
+        X.NoiseTunnel(X.GradientShap(m, multiply_by_inputs=False)): (True, False),
         X.NoiseTunnel(X.IntegratedGradients(m, multiply_by_inputs=False)): (True, False),
         X.NoiseTunnel(X.Saliency(m)): (False, False),
     }
@@ -273,12 +276,97 @@ def test_properties_follow_captum():
 # ----------------------------------------------------------------------------- GradientShap
 
 
-def test_gradient_shap_unsupported_options_raise_clearly():
-    gs = X.GradientShap(MODELS["mlp"])
-    with pytest.raises(NotImplementedError, match="one value per random sample"):
-        gs.attribute(G.X, baselines=G.B_DIST, target=0, return_convergence_delta=True)
-    with pytest.raises(NotImplementedError, match="multiply_by_inputs=False"):
-        X.GradientShap(MODELS["mlp"], multiply_by_inputs=False)
+class _Spy(torch.nn.Module):
+    """Records every row the model is evaluated at (the calls happen inside vjp, hence lists)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.rows = model, []
+
+    def forward(self, x):
+        self.rows += x.tolist()
+        return self.model(x)
+
+
+@pytest.mark.parametrize("multiply", [True, False], ids=["global", "local"])
+@pytest.mark.parametrize("chunk", [None, 2 * G.X.shape[0]], ids=["one_call", "chunked"])
+def test_gradient_shap_delta_is_its_definition(multiply, chunk):
+    """Captum's delta, by an explicit loop: for example i and sample s (row i * n + s),
+    sum(a_is) - (f(x_i) - f(b)) with a_is = [(x_i - b) *] grad f(p_is), p_is = b + alpha_is (x_i - b).
+
+    One baseline and no noise, so the sampled points p_is are the recorded rows strictly inside
+    the path (the model's other rows are x and b themselves); the attribution is mean_s a_is.
+    """
+    model, x, b, n, targets = MODELS["mlp"], G.X, G.B_ROW, 5, [2, 0]
+    spy = _Spy(model)
+    attr, delta = xattr.gradient_shap(
+        xattr.target(spy, torch.tensor(targets)), baselines=b, n_samples=n, generator=3, chunk_size=chunk,
+        multiply_by_inputs=multiply, return_delta=True,
+    )(x)  # fmt: skip
+    batch = x.shape[0]
+    assert delta.shape == (batch * n,)
+    rows = torch.tensor(spy.rows, dtype=x.dtype)
+    example = torch.arange(rows.shape[0]) % batch  # every call holds whole copies of the batch, copy-major
+    v = x[example] - b
+    alpha = ((rows - b) * v).sum(1) / (v * v).sum(1)
+    torch.testing.assert_close(rows, b + alpha[:, None] * v)  # every row lies on the path
+    inside = (alpha > 1e-9) & (alpha < 1 - 1e-9)
+    points = rows[inside].reshape(n, batch, -1)  # sample s of example i at [s, i]
+    f = lambda t, i: model(t[None])[0, targets[i]]  # noqa: E731
+    expected_attr, expected_delta = torch.zeros_like(x), torch.zeros(batch * n, dtype=x.dtype)
+    for i in range(batch):
+        for s in range(n):
+            p = points[s, i].clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(f(p, i), p)
+            a = (x[i] - b[0]) * g if multiply else g
+            expected_attr[i] += a / n
+            with torch.no_grad():
+                expected_delta[i * n + s] = a.sum() - (f(x[i], i) - f(b[0], i))
+    torch.testing.assert_close(attr, expected_attr, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(delta, expected_delta, rtol=1e-10, atol=1e-12)
+
+
+def test_gradient_shap_delta_layout_is_example_major():
+    """Rows i * n_samples ... (i + 1) * n_samples - 1 are example i's samples, as in Captum."""
+    f = lambda x: (x * x).sum(1)  # noqa: E731  from b = 0 the delta is (2 alpha - 1) |x + noise|^2
+    x = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
+    zero = torch.zeros(1, 2, dtype=torch.float64)
+    gs = X.GradientShap(f)
+    kw = dict(n_samples=4, stdevs=0.01, return_convergence_delta=True, generator=0)
+    attr, delta = gs.attribute(x, zero, **kw)
+    assert delta.shape == (12,)
+    assert (delta[:4].abs() < 0.01).all() and (delta[4:8].abs().max() > 1)
+    # seeded draws are per example (NOTE: [Explicit randomness]): the first k examples' blocks are
+    # what a batch of those k examples gets
+    for k in (1, 2):
+        torch.testing.assert_close(delta[: 4 * k], gs.attribute(x[:k], zero, **kw)[1])
+    # the mean of the deltas is the delta of the mean attribution (no noise: the same f(x + e))
+    kw["stdevs"] = 0.0
+    attr, delta = gs.attribute(x, zero, **kw)
+    torch.testing.assert_close(delta.reshape(3, 4).mean(1), attr.sum(1) - f(x))
+
+
+def test_gradient_shap_delta_does_not_change_the_attributions():
+    gs = X.GradientShap(MODELS["two"], multiply_by_inputs=False)
+    kw = dict(baselines=G.B_DIST2, n_samples=6, stdevs=(0.2, 0.1), target=[1, 0], additional_forward_args=(G.SCALE,),
+              generator=4)  # fmt: skip
+    attr, delta = gs.attribute(G.INPUTS["pair"], return_convergence_delta=True, **kw)
+    torch.testing.assert_close(attr, gs.attribute(G.INPUTS["pair"], **kw), rtol=0, atol=0)
+    assert delta.shape == (2 * 6,)
+
+
+def test_gradient_shap_many_outputs_delta():
+    """xattr.gradient_shap's delta carries the K axis: (B * n_samples, K), column k that of output k."""
+    model, b = MODELS["mlp"], G.B_DIST
+    many = xattr.gradient_shap(xattr.target(model, xattr.outputs([0, 2])), baselines=b, n_samples=3, stdevs=0.1,
+                               generator=1, return_delta=True)  # fmt: skip
+    attr, delta = many(G.X)
+    assert attr.shape == (2, 2, 3) and delta.shape == (6, 2)
+    for k, t in enumerate([0, 2]):
+        one_attr, one_delta = xattr.gradient_shap(xattr.target(model, t), baselines=b, n_samples=3, stdevs=0.1,
+                                                  generator=1, return_delta=True)(G.X)  # fmt: skip
+        torch.testing.assert_close(attr[:, k], one_attr)
+        torch.testing.assert_close(delta[:, k], one_delta)
 
 
 def test_gradient_shap_draws_are_reproducible():

@@ -225,3 +225,28 @@ def test_smooth_tiles_per_example_keyword_arguments():
     b = torch.randn(5, 4, dtype=torch.float64)
     got = xattr.smooth(xattr.integrated_gradients(f, n_steps=6), stdevs=0.0, n_samples=3)(X, baselines=b)
     torch.testing.assert_close(got, xattr.integrated_gradients(f, n_steps=6, baselines=b)(X))
+
+
+def test_aggregate_output_integrated_gradients_equals_per_example():
+    model = _model()
+    agg = lambda x: model(x)[:, 0].sum()  # noqa: E731
+    for method in ("riemann_left", "gausslegendre"):
+        got = xattr.integrated_gradients(agg, n_steps=16, method=method)(X)
+        torch.testing.assert_close(got, xattr.integrated_gradients(xattr.target(model, 0), n_steps=16, method=method)(X))
+
+
+def test_noise_tunnel_over_ig_with_per_example_baselines_fixed_at_build_time():
+    model = _model()
+    f = xattr.target(model, 0)
+    b = torch.randn(5, 4, dtype=torch.float64)
+    got = xattr.smoothgrad(xattr.integrated_gradients(f, n_steps=6, baselines=b), stdevs=0.0, n_samples=3)(X)
+    torch.testing.assert_close(got, xattr.integrated_gradients(f, n_steps=6, baselines=b)(X))
+
+
+def test_aggregate_output_completeness_gap_is_one_number():
+    model = _model()
+    agg = lambda x: model(x)[:, 0].sum()  # noqa: E731
+    attr, delta = xattr.integrated_gradients(agg, return_delta=True)(X)
+    per_example = xattr.integrated_gradients(xattr.target(model, 0), return_delta=True)(X)[1]
+    assert delta.ndim == 0
+    torch.testing.assert_close(delta, per_example.sum())

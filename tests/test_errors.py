@@ -140,3 +140,17 @@ def test_model_and_user_tensors_unchanged():
             assert torch.equal(v, params[k])
         assert all(p.grad is None for p in model.parameters())
         assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+
+
+def test_per_example_target_whose_length_divides_the_batch_is_refused():
+    x4 = X[:4]
+    with pytest.raises(ValueError, match="2 rows but the inputs have a batch of 4"):
+        xattr.saliency(xattr.target(_mlp(), torch.tensor([0, 1])))(x4)
+    with pytest.raises(ValueError, match="2 rows but the inputs have a batch of 4"):
+        xattr.integrated_gradients(xattr.target(_mlp(), xattr.outputs(torch.tensor([[0, 1], [1, 2]]))))(x4)
+
+
+def test_saliency_checks_batch_sizes_of_a_dict_input():
+    f = lambda d: d["a"].sum(1)  # noqa: E731
+    with pytest.raises(ValueError, match="share one batch size"):
+        xattr.saliency(f)({"a": torch.ones(5, 2), "b": torch.ones(2, 2)})

@@ -43,6 +43,8 @@ def check_baseline(x: torch.Tensor, b, name: str = "baselines") -> torch.Tensor:
     """Broadcasts a baseline (number or tensor) to x's shape, or raises a clear error."""
     if not isinstance(b, torch.Tensor):
         return torch.full_like(x, float(b))
+    if b.ndim == x.ndim and 1 < b.shape[0] != x.shape[0] and b.shape[0] == T.true_batch():
+        b = T.tile_rows(b, x.shape[0])  # per-example baselines inside a fold (noise tunnel, ...)
     try:
         shape = torch.broadcast_shapes(b.shape, x.shape)
     except RuntimeError:

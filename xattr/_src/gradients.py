@@ -93,8 +93,11 @@ def vjp_rows(
 
     out, pullback = vjp(fn, *selected)
     check_finite(out)
-    if out.ndim == 0:  # one number for the whole batch ("aggregate" output)
-        return out, pullback(torch.ones_like(out) if weights is None else weights.sum())
+    if out.ndim == 0:  # one number for the whole batch ("aggregate" output): weight rows afterwards
+        grads = pullback(torch.ones_like(out))
+        if weights is None:
+            return out, grads
+        return out, T.tree_map(lambda g: g * weights.reshape((-1,) + (1,) * (g.ndim - 1)).to(g.dtype), grads)
     w = torch.ones(out.shape[0], dtype=out.dtype, device=out.device) if weights is None else weights
     if not multi:
         return out, pullback(w.to(out.dtype))
@@ -127,7 +130,8 @@ def value_and_grad(f: Callable, *, argnums: int | Sequence[int] = 0, chunk_size:
 
     def fn(*args):
         warn_if_training(f)
-        out, grads = vjp_rows(f, args, nums, chunk_size=chunk_size)
+        with T.batch_scope(T.batch_size(T.split_args(args, nums)[0])):
+            out, grads = vjp_rows(f, args, nums, chunk_size=chunk_size)
         return out, grads if as_tuple else grads[0]
 
     return attribution_fn(fn, f)

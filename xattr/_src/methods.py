@@ -52,6 +52,8 @@ def input_x_gradient(f: Callable, *, argnums: int | Sequence[int] = 0, chunk_siz
 def completeness_gap(f: Callable, args: tuple, argnums: int | Sequence[int], attributions, baselines) -> torch.Tensor:
     """``sum(attributions) - (f(x) - f(baseline))`` per example: (B,), or (B, K) for K outputs.
 
+    For a model function returning one number for the whole batch, one number (0-d).
+
     The convergence delta of integrated gradients (and of any method satisfying completeness).
     """
     nums, as_tuple = T.normalize_argnums(argnums)
@@ -61,14 +63,27 @@ def completeness_gap(f: Callable, args: tuple, argnums: int | Sequence[int], att
     batch = T.batch_size(selected)
     both = T.tree_map(lambda x, b: torch.cat([x, b]), selected, base)
     call = tuple(a if i in nums else T.fold(a, 2, batch) for i, a in enumerate(args))
-    with torch.no_grad():
-        out = f(*T.split_args(call, nums)[1](both))
+    with torch.no_grad(), T.batch_scope(batch):
+        out = _outputs(f, T.split_args(call, nums)[1](both))
+        if out.ndim == 0:  # one number per call ("aggregate" output): evaluate x and b apart
+            total = sum(a.sum() for a in T.leaves(attributions))
+            return total - (_outputs(f, args) - _outputs(f, rebuild(base)))
+    return _gap(attributions if as_tuple else (attributions,), out[:batch], out[batch:])
+
+
+def _outputs(f: Callable, args: tuple) -> torch.Tensor:
+    """f's rows (R,), or (R, K) for many outputs (a trailing axis of one is dropped)."""
+    out = f(*args)
     if out.ndim == 2 and out.shape[1] == 1 and not getattr(f, "multi_output", False):
         out = out[:, 0]
-    attr = T.leaves(attributions if as_tuple else (attributions,))
-    k_axis = out.ndim - 1  # 1 for many outputs
-    total = sum(a.reshape(a.shape[: 1 + k_axis] + (-1,)).sum(-1) for a in attr)
-    return total - (out[:batch] - out[batch:])
+    return out
+
+
+def _gap(attributions: tuple, end: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """Each row's attributions summed over features, minus (end - start): (R,) or (R, K)."""
+    k_axis = end.ndim - 1  # 1 for many outputs
+    total = sum(a.reshape(a.shape[: 1 + k_axis] + (-1,)).sum(-1) for a in T.leaves(attributions))
+    return total - (end - start)
 
 
 def integrated_gradients(
@@ -115,6 +130,8 @@ def gradient_shap(
     argnums: int | Sequence[int] = 0,
     generator=None,
     chunk_size: int | None = None,
+    multiply_by_inputs: bool = True,
+    return_delta: bool = False,
 ) -> Callable:
     """Gradient SHAP (expected gradients): ``E[(x + e - b) * df(b + a (x + e - b))/dx]``.
 
@@ -122,16 +139,38 @@ def gradient_shap(
     positions a ~ U(0, 1) and noise e ~ N(0, stdevs^2), with ``n_samples`` draws per example
     (Lundberg & Lee 2017; Erion et al. 2021). Completeness holds in expectation.
 
+    Args (beyond the shared ones):
+      baselines: the baseline distribution, a tensor (N, ...) or a tree of them sharing N (a
+        number is a one-row distribution); xattr draws whole rows, one per sample.
+      n_samples: draws per example. stdevs: input noise, one number or one per input tensor.
+      generator: int seed or torch.Generator (NOTE: [Explicit randomness]).
+      multiply_by_inputs: False drops the ``(x + e - b)`` factor: the expected gradient at the
+        sampled points, ``E[df(b + a (x + e - b))/dx]`` ("local" attribution; Captum's
+        ``multiply_by_inputs=False``).
+      return_delta: also return each sample's convergence delta, ``sum(a_s) - (f(x + e_s) -
+        f(b_s))`` for the sample's attribution a_s (with or without the factor, as chosen): shape
+        (B * n_samples,), or (B * n_samples, K), example-major (example i's samples at rows
+        i * n_samples ... (i + 1) * n_samples - 1), which is Captum's layout. Costs one extra
+        forward pass at the noisy inputs and one at the baselines per sample.
+
+    Returns:
+      ``fn(*args)`` giving a tree like ``args[argnums]``, or ``(attributions, delta)``.
+
     Example:
       >>> gs = xattr.gradient_shap(xattr.target(model, 3), baselines=x_train[:50], n_samples=25, generator=0)
     """
     nums, as_tuple = T.normalize_argnums(argnums)
 
-    def at_alpha(*args, baselines, alphas):
+    def at_alpha(*args, baselines, alphas):  # one sample per row: its attribution (and delta)
         selected, rebuild = T.split_args(args, nums)
         points = T.tree_map(lambda x, b: b + alphas.reshape((-1,) + (1,) * (x.ndim - 1)) * (x - b), selected, baselines)
         _, grads = vjp_rows(f, rebuild(points), nums, method="gradient_shap")
-        return T.tree_map(lambda g, x, b: g * T.expand_like(x - b, g), grads, selected, baselines)
+        attr = grads
+        if multiply_by_inputs:
+            attr = T.tree_map(lambda g, x, b: g * T.expand_like(x - b, g), grads, selected, baselines)
+        if not return_delta:
+            return attr
+        return attr, _gap(attr, _outputs(f, rebuild(selected)), _outputs(f, rebuild(baselines)))
 
     def fn(*args):
         selected, _ = T.split_args(args, nums)
@@ -149,8 +188,11 @@ def gradient_shap(
             picked = T.tree_map(lambda d: d[idx[start:stop].reshape(-1)], dist)
             return T.optree.tree_unflatten(treedef, noisy), {"baselines": picked, "alphas": alphas[start:stop].reshape(-1)}
 
-        out = monte_carlo(at_alpha, args, {}, nums, n_samples, draw, chunk_size, "mean")
-        return out if as_tuple else out[0]
+        out = monte_carlo(at_alpha, args, {}, nums, n_samples, draw, chunk_size, "mean", collect=return_delta)
+        if not return_delta:
+            return out if as_tuple else out[0]
+        attr, delta = out  # delta (n_samples, B, ...) -> example-major (B * n_samples, ...)
+        return (attr if as_tuple else attr[0]), delta.transpose(0, 1).flatten(0, 1)
 
     return _wrap(fn, f)
 

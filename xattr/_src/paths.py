@@ -104,6 +104,10 @@ def path_integral(
 
     def fn(*args, baselines=baselines):
         warn_if_training(f)
+        with T.batch_scope(T.batch_size(T.split_args(args, nums)[0])):
+            return integrate(args, baselines)
+
+    def integrate(args, baselines):
         selected, rebuild = T.split_args(args, nums)
         base = baselines_like(selected if as_tuple else selected[0], baselines)
         base = base if as_tuple else (base,)

@@ -65,12 +65,19 @@ def index_rows(batch: int, n: int, high: int, stream, device) -> torch.Tensor:
     return per_example(stream, batch, device, lambda pre, g: torch.randint(0, high, pre + (n,), generator=g, device=device)).T
 
 
-def monte_carlo(attr_fn: Callable, args: tuple, kwargs: dict, nums: tuple, n_samples: int, draw: Callable, chunk_size, reduce: str):
+def monte_carlo(
+    attr_fn: Callable, args: tuple, kwargs: dict, nums: tuple, n_samples: int, draw: Callable, chunk_size, reduce: str,
+    collect: bool = False,
+):
     """Evaluates attr_fn on n_samples folded copies and reduces over them.
 
     ``draw(start, stop)`` returns (attributed rows as a tuple of trees (c*B, ...), extra kwargs
     already of c*B rows). The caller's ``args`` and ``kwargs`` with a batch axis are tiled.
     ``reduce``: "mean", "sq_mean" (mean of squares) or "var" (E[a^2] - E[a]^2).
+
+    ``collect``: attr_fn returns ``(attributions, aux)``, aux a tree of per-row values (c*B, ...)
+    that are kept, not reduced (a per-sample diagnostic such as a convergence delta). The result
+    is then ``(reduced, aux)`` with aux's leaves (n_samples, B, ...): copy s of example i at [s, i].
     """
     if reduce not in ("mean", "sq_mean", "var"):
         raise ValueError(f"reduce must be 'mean', 'sq_mean' or 'var', got {reduce!r}")
@@ -79,11 +86,16 @@ def monte_carlo(attr_fn: Callable, args: tuple, kwargs: dict, nums: tuple, n_sam
     selected, rebuild = T.split_args(args, nums)
     batch = T.batch_size(selected)
     s1 = s2 = None
+    kept = []
     for start, stop in T.chunks(n_samples, batch, chunk_size):
         c = stop - start
-        rows, extra = draw(start, stop)
         passthrough = tuple(a if i in nums else T.fold(a, c, batch) for i, a in enumerate(args))
-        out = attr_fn(*T.split_args(passthrough, nums)[1](rows), **T.fold(kwargs, c, batch), **extra)
+        with T.batch_scope(batch):
+            rows, extra = draw(start, stop)
+            out = attr_fn(*T.split_args(passthrough, nums)[1](rows), **T.fold(kwargs, c, batch), **extra)
+        if collect:
+            out, aux = out
+            kept.append(T.unfold(aux, c))
         out = T.unfold(out, c)
         p1 = T.tree_map(lambda a: a.sum(0), out)
         s1 = p1 if s1 is None else T.tree_map(torch.add, s1, p1)
@@ -91,10 +103,12 @@ def monte_carlo(attr_fn: Callable, args: tuple, kwargs: dict, nums: tuple, n_sam
             p2 = T.tree_map(lambda a: (a * a).sum(0), out)
             s2 = p2 if s2 is None else T.tree_map(torch.add, s2, p2)
     if reduce == "mean":
-        return T.tree_map(lambda a: a / n_samples, s1)
-    if reduce == "sq_mean":
-        return T.tree_map(lambda a: a / n_samples, s2)
-    return T.tree_map(lambda a, b: b / n_samples - (a / n_samples) ** 2, s1, s2)
+        result = T.tree_map(lambda a: a / n_samples, s1)
+    elif reduce == "sq_mean":
+        result = T.tree_map(lambda a: a / n_samples, s2)
+    else:
+        result = T.tree_map(lambda a, b: b / n_samples - (a / n_samples) ** 2, s1, s2)
+    return (result, T.tree_map(lambda *parts: torch.cat(parts), *kept)) if collect else result
 
 
 def _per_leaf(value, selected, name: str) -> list:

@@ -12,6 +12,8 @@ r % B. Measured faster than nested vmap for conv nets on CPU, and identical in v
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Any, Callable, Sequence
 
 import optree
@@ -97,9 +99,38 @@ def expand_like(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return v.unsqueeze(1) if g.ndim == v.ndim + 1 else v
 
 
+_BATCH: contextvars.ContextVar = contextvars.ContextVar("xattr_batch", default=None)
+
+
+@contextlib.contextmanager
+def batch_scope(batch: int):
+    """Records the caller's true batch size B for the duration of an attribution call.
+
+    The outermost call wins: inside a noise tunnel around IG, per-example tensors (targets,
+    baselines) must have B rows even though the inner method sees S*B folded rows.
+    """
+    if _BATCH.get() is not None:
+        yield
+        return
+    token = _BATCH.set(batch)
+    try:
+        yield
+    finally:
+        _BATCH.reset(token)
+
+
+def true_batch() -> int | None:
+    return _BATCH.get()
+
+
 def tile_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     """Tiles a per-example tensor (B, ...) to `rows` folded rows (rows must be a multiple of B)."""
-    b = t.shape[0]
+    b, true = t.shape[0], _BATCH.get()
+    if true is not None and b != true:
+        raise ValueError(
+            f"a per-example tensor has {b} rows but the inputs have a batch of {true}; "
+            "its dim 0 must equal the batch size of the inputs"
+        )
     if rows == b:
         return t
     if rows % b:

@@ -109,21 +109,15 @@ class GradientShap(Attribution):
     """``GradientShap(forward_func, multiply_by_inputs=True)``: expected gradients.
 
     xattr: ``xattr.gradient_shap(xattr.target(f, target), baselines=..., n_samples=...,
-    stdevs=..., generator=...)``. Random draws come from xattr's generator streams (torch's
-    global generator by default, or ``generator=`` on ``attribute``), so results agree with
-    Captum's in distribution, not draw for draw. Not supported (NotImplementedError, see
-    docs/migration.md): ``multiply_by_inputs=False`` and ``return_convergence_delta=True``.
+    stdevs=..., generator=..., multiply_by_inputs=..., return_delta=return_convergence_delta)``.
+    Random draws come from xattr's generator streams (torch's global generator by default, or
+    ``generator=`` on ``attribute``), so results agree with Captum's in distribution, not draw
+    for draw. The convergence delta is Captum's: one per (example, sample), example-major.
     """
 
     stochastic = True
 
     def __init__(self, forward_func: Callable, multiply_by_inputs: bool = True) -> None:
-        if not multiply_by_inputs:
-            raise NotImplementedError(
-                "GradientShap(multiply_by_inputs=False) (bare gradients at random points of the paths) has no "
-                "xattr counterpart: xattr.gradient_shap always multiplies by (input - baseline). Use "
-                "multiply_by_inputs=True, or IntegratedGradients(f, multiply_by_inputs=False) for a single baseline."
-            )
         super().__init__(forward_func)
         self._multiply_by_inputs = multiply_by_inputs
 
@@ -146,18 +140,12 @@ class GradientShap(Attribution):
 
     def _functional(self, call: Call, *, baselines, n_samples=5, stdevs=0.0, return_convergence_delta=False,
                     generator=None):  # fmt: skip
-        if return_convergence_delta:
-            raise NotImplementedError(
-                "GradientShap's convergence delta is one value per random sample (n_samples * batch of them), and "
-                "xattr.gradient_shap averages its samples without keeping them, so it cannot be returned. To check "
-                "completeness use IntegratedGradients(...).attribute(..., return_convergence_delta=True): with one "
-                "baseline and stdevs=0, GradientShap estimates integrated gradients."
-            )
         fn = xattr.gradient_shap(
             call.model, baselines=call.distribution(baselines), n_samples=n_samples, stdevs=stdevs,
-            argnums=call.argnums, generator=generator,
+            argnums=call.argnums, generator=generator, multiply_by_inputs=self._multiply_by_inputs,
+            return_delta=return_convergence_delta,
         )  # fmt: skip
-        return (lambda *args: (fn(*args), None)), ()
+        return (fn if return_convergence_delta else lambda *args: (fn(*args), None)), ()
 
     def has_convergence_delta(self) -> bool:
         return True

@@ -1,11 +1,13 @@
 """Captum's ``NoiseTunnel`` over ``xattr.smooth``, around any adapter's functional form.
 
 NOTE: [Noise tunnel deltas]
-Captum returns one convergence delta per noisy copy (nt_samples * batch of them). ``xattr.smooth``
-reduces the copies without keeping them, so the adapter records the inner deltas as smooth calls
-the inner function, one call per chunk of copies in order; each chunk's rows are copy-major
-(xattr's fold) and are reordered example-major within the chunk, which is Captum's layout (its
-partitions of nt_samples_batch_size copies are example-major inside and concatenated).
+Captum returns the inner method's deltas for every noisy copy (nt_samples * batch of them, times
+n_samples for GradientShap, whose delta is one per sample). ``xattr.smooth`` reduces the copies
+without keeping them, so the adapter records the inner deltas as smooth calls the inner function,
+one call per chunk of copies in order; each chunk's rows are copy-major (xattr's fold) and are
+reordered example-major within the chunk, keeping each row's own deltas together and in order,
+which is Captum's layout (its partitions of nt_samples_batch_size copies are example-major inside
+and concatenated).
 """
 
 from __future__ import annotations
@@ -81,8 +83,9 @@ class NoiseTunnel(Attribution):
 
         def attr_fn(*args):  # one chunk of noisy copies, folded copy-major
             attributions, delta = inner_fn(*args)
-            if with_delta:
-                deltas.append(delta.reshape(-1, batch[0]).T.reshape(-1))
+            if with_delta:  # (copies * B * per-row deltas,) copy-major -> example-major
+                rows = attributions[0].shape[0]
+                deltas.append(delta.reshape(rows // batch[0], batch[0], -1).transpose(0, 1).reshape(-1))
             return attributions
 
         body, tail = attr_fn, aux

@@ -1,0 +1,245 @@
+"""Image heatmaps of attributions, written as PNG files next to their inputs.
+
+matplotlib is imported only when a figure is drawn, and only its object-oriented API with the
+Agg canvas is used: nothing here touches pyplot, the global backend or any open window, so it
+is safe in scripts, tests and servers.
+
+Colour maps:
+  signed  attributions keep their sign: red pushes the explained output up, blue pushes it
+          down, white is zero ("RdBu_r", symmetric around 0).
+  abs     magnitudes only (saliency, SmoothGrad-squared, VarGrad): white is zero, dark red large.
+  auto    "abs" when every value is >= 0, else "signed".
+Each map is divided by a high percentile of its |values| (99.5 by default), so one outlier
+pixel does not wash out the rest; values beyond it saturate.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+SIGNED_CMAP = "RdBu_r"
+ABS_CMAP = "Reds"
+INPUT_CMAP = "gray_r"
+
+
+def _numpy(a) -> np.ndarray:
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().float().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def to_map(attr) -> np.ndarray:
+    """One example's attribution (C, H, W) or (H, W) -> an (H, W) map, summing over channels."""
+    a = _numpy(attr)
+    if a.ndim == 3:
+        a = a.sum(0)
+    if a.ndim != 2:
+        raise ValueError(f"an image attribution must have shape (C, H, W) or (H, W), got {a.shape}")
+    return a
+
+
+def to_image(x) -> np.ndarray:
+    """One input image (1, H, W), (3, H, W) or (H, W) -> (H, W) or (H, W, 3) scaled to [0, 1]."""
+    a = _numpy(x)
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    elif a.ndim == 3 and a.shape[0] == 3:
+        a = a.transpose(1, 2, 0)
+    elif a.ndim != 2:
+        raise ValueError(f"an input image must have shape (1, H, W), (3, H, W) or (H, W), got {a.shape}")
+    lo, hi = a.min(), a.max()
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def resolve_sign(a: np.ndarray, sign: str) -> str:
+    if sign not in ("auto", "signed", "abs"):
+        raise ValueError(f"sign must be 'auto', 'signed' or 'abs', got {sign!r}")
+    if sign == "auto":
+        return "abs" if (a >= 0).all() else "signed"
+    return sign
+
+
+def normalize(a: np.ndarray, sign: str = "auto", *, percentile: float = 99.5, scale: float | None = None):
+    """Scales a map to [-1, 1] ("signed") or [0, 1] ("abs"); returns (values, sign, scale)."""
+    sign = resolve_sign(a, sign)
+    v = np.abs(a) if sign == "abs" else a
+    if scale is None:
+        scale = float(np.percentile(np.abs(v), percentile))
+    scale = scale if scale > 0 else 1.0
+    lo = 0.0 if sign == "abs" else -1.0
+    return np.clip(v / scale, lo, 1.0), sign, scale
+
+
+def draw(ax, attr, image=None, *, sign: str = "auto", percentile: float = 99.5, scale: float | None = None, outline: bool = True):
+    """Draws one example's attribution on a matplotlib axis; returns the sign map used.
+
+    With ``image`` and ``outline``, the input's shape is traced as a thin grey contour.
+    """
+    values, sign, _ = normalize(to_map(attr), sign, percentile=percentile, scale=scale)
+    if sign == "signed":
+        ax.imshow(values, cmap=SIGNED_CMAP, vmin=-1, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(values, cmap=ABS_CMAP, vmin=0, vmax=1, interpolation="nearest")
+    if image is not None and outline:
+        img = to_image(image)
+        gray = img.mean(-1) if img.ndim == 3 else img
+        if gray.min() < 0.5 < gray.max():
+            k = max(1, 64 // max(gray.shape))  # small images: trace a smooth, upsampled outline
+            ys, xs = (np.linspace(0, n - 1, k * n) for n in gray.shape)
+            ax.contour(xs, ys, _upsample(gray, k), levels=[0.5], colors="0.3", linewidths=0.7, alpha=0.75)
+    _bare(ax)
+    return sign
+
+
+def _upsample(a: np.ndarray, k: int) -> np.ndarray:
+    """Bilinear k-fold upsampling of a 2D array (numpy only)."""
+    if k == 1:
+        return a
+    ys, xs = (np.linspace(0, n - 1, k * n) for n in a.shape)
+    rows = np.stack([np.interp(xs, np.arange(a.shape[1]), r) for r in a])
+    return np.stack([np.interp(ys, np.arange(a.shape[0]), c) for c in rows.T]).T
+
+
+def _bare(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_color("0.8")
+
+
+def _batch(a, name: str) -> list:
+    if isinstance(a, (list, tuple)):
+        return list(a)
+    arr = a if hasattr(a, "shape") else np.asarray(a)
+    if len(arr.shape) < 3:
+        raise ValueError(f"{name} must be batched, shape (B, C, H, W) or (B, H, W); got {tuple(arr.shape)}")
+    return [arr[i] for i in range(arr.shape[0])]
+
+
+def save_grid(
+    path,
+    images,
+    columns: Mapping[str, object],
+    *,
+    signs: Mapping[str, str] | str = "auto",
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+    shared_scale: str = "cell",
+    highlight: Sequence[int] | None = None,
+    examples_as: str = "rows",
+    input_title: str = "input",
+    cell: float = 1.15,
+    dpi: int = 150,
+) -> str:
+    """Writes a grid PNG: one row per example, the input first, then one column per attribution.
+
+    Args:
+      path: PNG file to write (parent folders are created).
+      images: inputs (B, C, H, W) or (B, H, W), or None for no input column.
+      columns: column title -> attributions (B, C, H, W) or (B, H, W) for the same B examples.
+      signs: "auto" | "signed" | "abs" for every column, or a mapping column title -> sign.
+      row_labels: one label per example.
+      title: figure title.
+      shared_scale: "cell" scales each map by itself; "row" shares one scale across an
+        example's maps, so they are comparable (e.g. the classes of one example).
+      highlight: per example, the index of one attribution column to frame (e.g. the
+        predicted class), or None.
+      examples_as: "rows" (default) or "columns" (a strip: input above, attributions below).
+      cell: size of one cell in inches.
+
+    Returns:
+      the path written, as a string.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if shared_scale not in ("cell", "row"):
+        raise ValueError(f"shared_scale must be 'cell' or 'row', got {shared_scale!r}")
+    if examples_as not in ("rows", "columns"):
+        raise ValueError(f"examples_as must be 'rows' or 'columns', got {examples_as!r}")
+    cols = {name: _batch(a, f"columns[{name!r}]") for name, a in columns.items()}
+    imgs = _batch(images, "images") if images is not None else None
+    n_ex = len(next(iter(cols.values()))) if cols else len(imgs)
+    for name, a in cols.items():
+        if len(a) != n_ex:
+            raise ValueError(f"column {name!r} has {len(a)} examples but the others have {n_ex}")
+    if row_labels is not None and len(row_labels) != n_ex:
+        raise ValueError(f"{len(row_labels)} row_labels for {n_ex} examples")
+    sign_of = (lambda n: signs) if isinstance(signs, str) else (lambda n: signs.get(n, "auto"))
+    offset = 1 if imgs is not None else 0
+    n_panels = offset + len(cols)
+    titles = ([input_title] if imgs is not None else []) + list(cols)
+    by_rows = examples_as == "rows"
+    n_rows, n_cols = (n_ex, n_panels) if by_rows else (n_panels, n_ex)
+    side_labels = row_labels if by_rows else titles
+    top_labels = titles if by_rows else row_labels
+
+    label_w = (0.55 if side_labels else 0.0) if by_rows else 0.95
+    lines = max((str(t).count("\n") + 1 for t in top_labels or []), default=0)
+    head = (0.45 if title else 0.12) + 0.16 * lines
+    foot = 0.6
+    fig = Figure(figsize=(label_w + cell * n_cols + 0.05, head + foot + cell * n_rows), dpi=dpi)
+    FigureCanvasAgg(fig)
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=label_w / width, right=1 - 0.05 / width, top=1 - head / height, bottom=foot / height, wspace=0.06, hspace=0.06)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    at = (lambda e, p: axes[e, p]) if by_rows else (lambda e, p: axes[p, e])
+    used = set()
+    for e in range(n_ex):
+        scales = {}
+        if shared_scale == "row" and cols:
+            mags = np.concatenate([np.abs(to_map(a[e])).ravel() for a in cols.values()])
+            scales = dict.fromkeys(cols, float(np.percentile(mags, 99.5)))
+        if imgs is not None:
+            ax = at(e, 0)
+            img = to_image(imgs[e])
+            ax.imshow(img, cmap=INPUT_CMAP if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+            _bare(ax)
+        for c, (name, a) in enumerate(cols.items()):
+            ax = at(e, offset + c)
+            used.add(draw(ax, a[e], imgs[e] if imgs is not None else None, sign=sign_of(name), scale=scales.get(name)))
+            if highlight is not None and highlight[e] == c:
+                for spine in ax.spines.values():
+                    spine.set_color("black")
+                    spine.set_linewidth(2.0)
+    for i, text in enumerate(side_labels or []):
+        axes[i, 0].set_ylabel(text, fontsize=8.5, rotation=0, ha="right", va="center", labelpad=5)
+    for j, text in enumerate(top_labels or []):
+        axes[0, j].set_title(text, fontsize=8.5)
+    if title:
+        fig.suptitle(title, fontsize=11, y=1 - 0.12 / height, va="top")
+    _legend(fig, used, foot / height, width)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi, facecolor="white")
+    return str(path)
+
+
+def _legend(fig, used: set, foot: float, width: float) -> None:
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    bars = [s for s in ("signed", "abs") if s in used]
+    for i, s in enumerate(bars):
+        w = min(0.34, 2.6 / width)  # at most 2.6 inches wide
+        x0 = 0.5 + (i - len(bars) / 2) * (w + 0.06) + 0.03
+        cax = fig.add_axes([x0, foot * 0.5, w, foot * 0.14])
+        norm = Normalize(-1, 1) if s == "signed" else Normalize(0, 1)
+        bar = fig.colorbar(ScalarMappable(norm, SIGNED_CMAP if s == "signed" else ABS_CMAP), cax=cax, orientation="horizontal")
+        bar.set_ticks([-1, 0, 1] if s == "signed" else [0, 1])
+        bar.set_ticklabels(["against", "0", "for"] if s == "signed" else ["0", "large"])
+        bar.ax.tick_params(labelsize=7, length=2)
+        bar.outline.set_linewidth(0.4)
+        cax.set_title("signed attribution" if s == "signed" else "|attribution|", fontsize=7.5, pad=2)
+
+
+def save_heatmap(path, attr, images=None, *, sign: str = "auto", name: str = "attribution", labels=None, title=None, **kw) -> str:
+    """Writes one method's heatmaps next to their inputs: a column per example, input above.
+
+    ``attr`` is batched, (B, C, H, W) or (B, H, W); for one example pass ``attr[None]``.
+    Other keywords go to `save_grid`.
+    """
+    kw.setdefault("examples_as", "columns")
+    return save_grid(path, images, {name: attr}, signs=sign, row_labels=labels, title=title, **kw)
