@@ -250,3 +250,22 @@ def test_aggregate_output_completeness_gap_is_one_number():
     per_example = xattr.integrated_gradients(xattr.target(model, 0), return_delta=True)(X)[1]
     assert delta.ndim == 0
     torch.testing.assert_close(delta, per_example.sum())
+
+
+def test_both_differentiation_backends_agree_for_k_outputs():
+    """NOTE: [Two differentiation backends]: top level uses autograd.grad, transforms use vjp+vmap."""
+    model = _model()
+    ig = xattr.integrated_gradients(xattr.target(model, xattr.outputs([0, 3, 5])), n_steps=6)
+    eager = ig(X)
+    under_vmap = torch.func.vmap(ig)(X.unsqueeze(0).expand(2, 5, 4))
+    torch.testing.assert_close(under_vmap[1], eager)
+    chunked = torch.func.vmap(xattr.integrated_gradients(xattr.target(model, xattr.outputs([0, 3, 5])), n_steps=6, chunk_size=5))
+    torch.testing.assert_close(chunked(X.unsqueeze(0))[0], eager)
+
+
+def test_output_independent_of_an_input_gives_zero_gradient():
+    f = lambda a, b: a.sum(1) * 2.0  # noqa: E731
+    ga, gb = xattr.grad(f, argnums=(0, 1))(X, X.clone())
+    torch.testing.assert_close(ga, torch.full_like(X, 2.0))
+    torch.testing.assert_close(gb, torch.zeros_like(X))
+    torch.testing.assert_close(xattr.grad(lambda a: torch.zeros(a.shape[0], dtype=a.dtype))(X), torch.zeros_like(X))

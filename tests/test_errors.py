@@ -154,3 +154,20 @@ def test_saliency_checks_batch_sizes_of_a_dict_input():
     f = lambda d: d["a"].sum(1)  # noqa: E731
     with pytest.raises(ValueError, match="share one batch size"):
         xattr.saliency(f)({"a": torch.ones(5, 2), "b": torch.ones(2, 2)})
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda f: xattr.smoothgrad(xattr.saliency(f), stdevs=0.1, generator=0),
+        lambda f: xattr.gradient_shap(f, baselines=torch.zeros(2, 4), generator=0),
+        lambda f: xattr.expectation(xattr.integrated_gradients(f), baselines=torch.zeros(2, 4), generator=0),
+        lambda f: xattr.integrated_gradients(xattr.target(f.model, xattr.outputs([0, 1]))),
+    ],
+)
+def test_train_mode_warns_exactly_once_through_compositions(make):
+    model = _mlp(dropout=True).train()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make(xattr.target(model, 0))(X)
+    assert sum("train mode" in str(w.message) for w in caught) == 1

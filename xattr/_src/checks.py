@@ -97,6 +97,9 @@ _STOCHASTIC = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm, n
 
 
 def warn_if_training(fn) -> None:
+    """Warns once per outermost attribution call (nested calls run inside its batch scope)."""
+    if T.true_batch() is not None:
+        return
     for model in _modules(fn):
         culprits = [type(m).__name__ for m in model.modules() if m.training and isinstance(m, _STOCHASTIC)]
         if culprits:

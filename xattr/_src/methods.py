@@ -21,7 +21,7 @@ from . import tree as T
 from .checks import baselines_like
 from .gradients import attribution_fn, grad, vjp_rows
 from .paths import path_integral
-from .sampling import index_rows, monte_carlo, normal_like, smooth, streams, uniform_rows, _per_leaf
+from .sampling import index_rows, monte_carlo, noisy_rows, normal_like, smooth, streams, uniform_rows, _per_leaf
 
 
 def saliency(f: Callable, *, argnums: int | Sequence[int] = 0, abs: bool = True, chunk_size: int | None = None) -> Callable:
@@ -172,6 +172,8 @@ def gradient_shap(
             return attr
         return attr, _gap(attr, _outputs(f, rebuild(selected)), _outputs(f, rebuild(baselines)))
 
+    at_alpha.__wrapped__ = f  # lets monte_carlo find the model for its train-mode warning
+
     def fn(*args):
         selected, _ = T.split_args(args, nums)
         xs, batch = T.leaves(selected), T.batch_size(selected)
@@ -184,7 +186,7 @@ def gradient_shap(
         treedef = T.optree.tree_structure(selected, namespace="xattr")
 
         def draw(start, stop):
-            noisy = [T.fold_rows(x.unsqueeze(0) + z[start:stop]) for x, z in zip(xs, noise)]
+            noisy = [noisy_rows(x, z, start, stop) for x, z in zip(xs, noise)]
             picked = T.tree_map(lambda d: d[idx[start:stop].reshape(-1)], dist)
             return T.optree.tree_unflatten(treedef, noisy), {"baselines": picked, "alphas": alphas[start:stop].reshape(-1)}
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import tree as T
+from .checks import warn_if_training
 from .gradients import attribution_fn
 
 
@@ -46,13 +47,22 @@ def per_example(stream, batch: int, device, sample) -> torch.Tensor:
     return torch.stack([sample((), g) for g in gens])
 
 
-def normal_like(x: torch.Tensor, n: int, stdev: float, stream) -> torch.Tensor:
-    """(n, B, ...) Gaussian noise of std `stdev` for x (B, ...)."""
+def normal_like(x: torch.Tensor, n: int, stdev: float, stream) -> torch.Tensor | None:
+    """(n, B, ...) Gaussian noise of std `stdev` for x (B, ...); None when stdev is 0."""
+    if stdev == 0:
+        return None
     z = per_example(
         stream, x.shape[0], x.device,
         lambda pre, g: torch.randn(pre + (n,) + tuple(x.shape[1:]), generator=g, dtype=x.dtype, device=x.device),
     )
     return z.transpose(0, 1) * stdev
+
+
+def noisy_rows(x: torch.Tensor, noise: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
+    """Copies start..stop of x (B, ...) plus their noise, folded to ((stop - start) * B, ...)."""
+    if noise is None:
+        return T.fold(x, stop - start)
+    return T.fold_rows(x.unsqueeze(0) + noise[start:stop])
 
 
 def uniform_rows(batch: int, n: int, stream, like: torch.Tensor) -> torch.Tensor:
@@ -83,6 +93,7 @@ def monte_carlo(
         raise ValueError(f"reduce must be 'mean', 'sq_mean' or 'var', got {reduce!r}")
     if not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    warn_if_training(attr_fn)
     selected, rebuild = T.split_args(args, nums)
     batch = T.batch_size(selected)
     s1 = s2 = None
@@ -161,8 +172,8 @@ def smooth(
         treedef = T.optree.tree_structure(selected, namespace="xattr")
 
         def draw(start, stop):
-            noisy = [x.unsqueeze(0) + z[start:stop] for x, z in zip(xs, noise)]
-            return T.optree.tree_unflatten(treedef, [T.fold_rows(v) for v in noisy]), {}
+            noisy = [noisy_rows(x, z, start, stop) for x, z in zip(xs, noise)]
+            return T.optree.tree_unflatten(treedef, noisy), {}
 
         return monte_carlo(attr_fn, args, kwargs, nums, n_samples, draw, chunk_size, reduce)
 

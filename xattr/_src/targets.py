@@ -79,9 +79,8 @@ def _select_one(out: torch.Tensor, t) -> torch.Tensor:
             raise ValueError(f"a per-example target must have shape (B,), got {tuple(t.shape)}")
         _check_range(out, t, out.shape[1])
         t = T.tile_rows(t.to(out.device), out.shape[0])
-        return out.reshape(out.shape[0], out.shape[1], -1)[torch.arange(out.shape[0], device=out.device), t].reshape(
-            (out.shape[0],) + tuple(out.shape[2:])
-        )
+        index = t.reshape((-1, 1) + (1,) * (out.ndim - 2)).expand((out.shape[0], 1) + tuple(out.shape[2:]))
+        return out.gather(1, index).squeeze(1)
     if isinstance(t, list):
         raise TypeError(
             "a list target is ambiguous (one target per example, or K targets for every example?). "
