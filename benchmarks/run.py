@@ -1,0 +1,170 @@
+"""Side-by-side benchmark of xattr against Captum and the plain-torch floor.
+
+    python -m benchmarks.run                      # CPU suite (3-conv CNN), writes benchmarks/RESULTS.md
+    python -m benchmarks.run --quick              # fewer rounds, for a smoke test
+    python -m benchmarks.run --device cuda        # GPU suite (ResNet-50), if a GPU and torchvision exist
+    python -m benchmarks.run --device all         # both
+    python -m benchmarks.run --only IG --out -    # workloads whose name contains "IG", print only
+
+See benchmarks/README.md for what is measured and how targets are judged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+
+import torch
+
+from . import timing
+
+TARGETS = {
+    "gradient": "<= 1.05x floor and never slower than Captum",
+    "many": "<= 1.1x floor (1 forward + K backward) and >= 1.3x faster than Captum's loop",
+}
+COLUMNS = ["workload", "xattr ms", "Captum ms", "floor ms", "xattr/floor", "Captum/floor",
+           "Captum/xattr", "agreement", "target met"]
+
+
+def judge(family: str, x_floor: float, speedup: float, agreed: bool) -> str:
+    limit, min_speedup = (1.05, 1.0) if family == "gradient" else (1.1, 1.3)
+    misses = []
+    if x_floor > limit:
+        misses.append(f"xattr/floor {x_floor:.3f} > {limit}")
+    if speedup < min_speedup:
+        misses.append(f"Captum/xattr {speedup:.3f} < {min_speedup}")
+    if not agreed:
+        misses.append("attributions disagree")
+    return "yes" if not misses else "no: " + "; ".join(misses)
+
+
+def run_suite(model_name: str, device: str, args) -> tuple[list[list[str]], list[str]]:
+    from .workloads import build  # noqa: PLC0415 (imports captum)
+
+    rows, notes = [], []
+    for w in build(model_name, device):
+        if args.only and args.only.lower() not in w.name.lower():
+            continue
+        t0 = time.perf_counter()
+        try:
+            text, agreed = w.agreement()  # also a first (untimed) run of both libraries
+        except Exception as err:  # noqa: BLE001 (a failing workload must not hide the others)
+            msg = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+            rows.append([w.name] + ["-"] * 6 + [f"error: {msg}", "no: the run failed"])
+            notes.append(f"{w.name}: failed before timing with {msg}")
+            print(f"  {w.name}: FAILED {msg}", flush=True)
+            continue
+        contenders = {"xattr": w.xattr, "captum": w.captum, **{f"floor: {k}": v for k, v in w.floors.items()}, **w.info}
+        times = timing.interleaved(
+            contenders, device, warmup=1 if args.quick else 2, repeats=args.repeats,
+            max_repeats=args.repeats if args.quick else args.max_repeats, budget_s=args.budget,
+        )
+        med = {k: timing.median(v) for k, v in times.items()}
+        floor_name = min(w.floors, key=lambda k: med[f"floor: {k}"])
+        tx, tc, tf = med["xattr"], med["captum"], med[f"floor: {floor_name}"]
+        speedup = tc / tx
+        verdict = judge(w.family, tx / tf, speedup, agreed)
+        rows.append([w.name, f"{1e3 * tx:.1f}", f"{1e3 * tc:.1f}", f"{1e3 * tf:.1f}", f"{tx / tf:.2f}",
+                     f"{tc / tf:.2f}", f"{speedup:.2f}", text, verdict])
+        noise = ", ".join(f"{k} {100 * timing.spread(v):.0f}%" for k, v in times.items())
+        faults = ", ".join(f"{k} {timing.faulted_mib(contenders[k]):.0f}" for k in contenders) if device == "cpu" else ""
+        notes.append(f"{w.name}: {len(times['xattr'])} rounds; agreement judged {w.how}; "
+                     f"timing spread (IQR/median) {noise}" + (f"; MiB page-faulted per call: {faults}." if faults else "."))
+        if len(w.floors) > 1:
+            cands = ", ".join(f"{k} {1e3 * med['floor: ' + k]:.1f} ms" for k in w.floors)
+            notes.append(f"{w.name}: floor candidates {cands}; the floor is the fastest, {floor_name}.")
+        if w.info:
+            extra = ", ".join(f"{k} {1e3 * med[k]:.1f} ms = {med[k] / tf:.2f}x floor" for k in w.info)
+            notes.append(f"{w.name}: for reference (not a contender): {extra}.")
+        notes.extend(w.notes)
+        print(f"  {w.name}: xattr {1e3 * tx:.1f} ms, Captum {1e3 * tc:.1f} ms, floor {1e3 * tf:.1f} ms "
+              f"({floor_name}); x/floor {tx / tf:.2f}, C/floor {tc / tf:.2f}, C/x {speedup:.2f}; {text}; "
+              f"{verdict} [{time.perf_counter() - t0:.0f} s]", flush=True)
+    return rows, notes
+
+
+def table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", help="cpu (3-conv CNN), cuda (ResNet-50) or all")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--quick", action="store_true", help="5 rounds, 1 warm-up: a smoke test, not a result")
+    p.add_argument("--repeats", type=int, default=None, help="least number of timed rounds (default 9; 5 with --quick)")
+    p.add_argument("--max-repeats", type=int, default=101, help="most rounds while under --budget")
+    p.add_argument("--budget", type=float, default=8.0, help="seconds of timed rounds per workload before stopping at --repeats")
+    p.add_argument("--only", default="", help="run only workloads whose name contains this")
+    p.add_argument("--out", default="benchmarks/RESULTS.md", help="markdown output file, '-' to only print")
+    args = p.parse_args(argv)
+    args.repeats = args.repeats or (5 if args.quick else 9)
+    warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
+    warnings.filterwarnings("ignore", message=".*required_grads has been set automatically")
+
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    if not any(d.startswith("cuda") for d in devices):
+        why = "not requested (run with --device cuda or all)" if torch.cuda.is_available() else "no CUDA device on this machine"
+        gpu_note = ("GPU", None, [f"not run: {why}."])
+    else:
+        gpu_note = None
+    start = time.perf_counter()
+    info = timing.machine_info("cuda" if "cuda" in devices and torch.cuda.is_available() else "cpu")
+    sections, notes_all = [], []
+    for device in devices:
+        if device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                sections.append(("GPU", None, ["skipped: no CUDA device on this machine."]))
+                print("cuda: skipped (no CUDA device)")
+                continue
+            try:
+                import torchvision  # noqa: F401, PLC0415
+            except ImportError:
+                sections.append(("GPU", None, ["skipped: torchvision is not installed (ResNet-50 needs it)."]))
+                print("cuda: skipped (torchvision missing)")
+                continue
+            timing.configure(device, args.threads)
+            label, model = f"GPU: ResNet-50 (random weights), batch 8, 3x224x224 ({torch.cuda.get_device_name()})", "resnet50"
+        else:
+            timing.configure(device, args.threads)
+            label, model = f"CPU: 3-conv CNN, batch 16, 3x32x32, 10 classes, {torch.get_num_threads()} threads", "cnn"
+        print(f"{label}", flush=True)
+        rows, notes = run_suite(model, device, args)
+        sections.append((label, rows, notes))
+    if gpu_note:
+        sections.append(gpu_note)
+    elapsed = time.perf_counter() - start
+
+    md = ["# xattr benchmark results", "",
+          f"Written by `{' '.join(['python -m benchmarks.run'] + list(sys.argv[1:] if argv is None else argv))}` "
+          f"in {elapsed:.0f} s{' (--quick: a smoke test, not a result)' if args.quick else ''}.", ""]
+    md += [f"- {k}: {v}" for k, v in info.items()]
+    md += ["", "Times are medians of interleaved rounds (xattr, Captum and the floor run round-robin in one "
+           "process, after warm-up). Ratios are what count; CPU absolute times depend on the machine and "
+           "its load. Targets (from /work/shared/benchmarks.md):"]
+    md += [f"- {fam}: {t}" for fam, t in [("gradient methods", TARGETS["gradient"]), ("all classes", TARGETS["many"])]]
+    for label, rows, notes in sections:
+        md += ["", f"## {label}", ""]
+        if rows is not None:
+            md += [table(rows), ""]
+        md += ["Notes:", ""] + [f"- {n}" for n in notes]
+    md += ["", "Floors: IG = one forward+backward of the n_steps-times expanded batch; Saliency = one of the "
+           "batch; SmoothGrad and GradientShap = one of the 25-times expanded batch; all classes = one "
+           "forward of the 20-times expanded batch plus 10 backward passes (fastest plain-torch spelling). "
+           "Floor inputs are built before timing, so the floor times the model's work only.", ""]
+    text = "\n".join(md)
+    if args.out == "-":
+        print(text)
+    else:
+        with open(args.out, "w") as fh:
+            fh.write(text)
+        print(f"wrote {args.out} ({elapsed:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Timing helpers: interleaved round-robin runs, medians, machine and version info.
+
+Every contender of a workload is timed in the same process, in rounds: each round runs every
+contender once, in an order rotated from round to round, so that slow drifts of the machine
+(other processes, thermal state, allocator warm-up) hit all contenders alike. The figure that
+counts is the median over rounds.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import torch
+
+
+def configure(device: str, threads: int) -> None:
+    """Fixes the thread count (CPU) so runs are comparable with the reference figures."""
+    torch.set_num_threads(threads)
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_once(fn: Callable[[], object], device: str) -> float:
+    """Seconds for one call of fn, the device synchronized before and after."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    elapsed = time.perf_counter() - t0
+    del out
+    return elapsed
+
+
+def interleaved(
+    contenders: dict[str, Callable[[], object]],
+    device: str,
+    *,
+    warmup: int = 2,
+    repeats: int = 7,
+    max_repeats: int | None = None,
+    budget_s: float | None = None,
+) -> dict[str, list[float]]:
+    """Times every contender round-robin; returns {name: [seconds per round]}.
+
+    Runs ``warmup`` untimed rounds, then at least ``repeats`` timed rounds, adding rounds (up to
+    ``max_repeats``) while the rounds so far used less than ``budget_s`` seconds: cheap workloads
+    get more rounds, which makes their medians steadier.
+    """
+    names = list(contenders)
+    for _ in range(warmup):
+        for name in names:
+            time_once(contenders[name], device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    max_repeats = max(repeats, max_repeats or repeats)
+    spent, rounds = 0.0, 0
+    while rounds < repeats or (budget_s is not None and rounds < max_repeats and spent < budget_s):
+        order = names[rounds % len(names):] + names[: rounds % len(names)]
+        for name in order:
+            t = time_once(contenders[name], device)
+            times[name].append(t)
+            spent += t
+        rounds += 1
+    return times
+
+
+def faulted_mib(fn: Callable[[], object]) -> float:
+    """MiB of memory newly faulted in (minor page faults) during one call of fn; nan if unknown."""
+    try:
+        import resource  # noqa: PLC0415 (Unix only)
+    except ImportError:
+        return float("nan")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    fn()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    return (after - before) * resource.getpagesize() / 2**20
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float]) -> float:
+    """Relative interquartile range: a rough noise figure for one contender's timings."""
+    if len(values) < 4:
+        return float("nan")
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return (q[2] - q[0]) / statistics.median(values)
+
+
+def _cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_sha() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "xattr"], cwd=root, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return "unknown"
+        return sha.stdout.strip() + (" (xattr/ has uncommitted changes)" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def machine_info(device: str) -> dict[str, str]:
+    """Machine, versions and date for the header of RESULTS.md."""
+    import captum  # noqa: PLC0415 (benchmarks need captum; imported late so --help works without it)
+
+    import xattr  # noqa: PLC0415
+
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": f"{_cpu_model()} ({os.cpu_count()} logical CPUs)",
+        "torch threads": str(torch.get_num_threads()),
+        "load average at start (1/5/15 min)": _load(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "captum": captum.__version__,
+        "xattr": f"{xattr.__version__}, git {_git_sha()}",
+        "platform": platform.platform(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = str(torch.version.cuda)
+    return info
