@@ -34,28 +34,28 @@ def streams(generator, n: int) -> list:
     return [(seed * 1_000_003 + 0x9E3779B1 * (i + 1)) % 2**62 for i in range(n)]
 
 
-def per_example(stream, batch: int, device, sample) -> torch.Tensor:
-    """(B, ...) draws, example i from its own generator seeded by (stream, i).
+def per_example(stream, out: torch.Tensor, fill) -> torch.Tensor:
+    """Fills ``out`` (B, ...) in place, example i from its own generator seeded by (stream, i).
 
     torch's bulk samplers do not have the prefix property (the values drawn for the first
     elements depend on the total size drawn), so batch-size invariance needs one generator per
-    example. ``sample(size_prefix, generator)`` draws one example's block (or all, for None).
+    example. ``fill(view, generator)`` samples into a view in place; with no stream the whole
+    buffer is filled from the global generator in one call.
     """
     if stream is None:
-        return sample((batch,), None)
-    gens = (torch.Generator(device=device).manual_seed((stream + 0x51ED27 * (i + 1)) % 2**63) for i in range(batch))
-    return torch.stack([sample((), g) for g in gens])
+        fill(out, None)
+        return out
+    for i in range(out.shape[0]):
+        fill(out[i], torch.Generator(device=out.device).manual_seed((stream + 0x51ED27 * (i + 1)) % 2**63))
+    return out
 
 
 def normal_like(x: torch.Tensor, n: int, stdev: float, stream) -> torch.Tensor | None:
     """(n, B, ...) Gaussian noise of std `stdev` for x (B, ...); None when stdev is 0."""
     if stdev == 0:
         return None
-    z = per_example(
-        stream, x.shape[0], x.device,
-        lambda pre, g: torch.randn(pre + (n,) + tuple(x.shape[1:]), generator=g, dtype=x.dtype, device=x.device),
-    )
-    return z.transpose(0, 1) * stdev
+    z = torch.empty((x.shape[0], n) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    return per_example(stream, z, lambda v, g: v.normal_(0.0, stdev, generator=g)).transpose(0, 1)
 
 
 def noisy_rows(x: torch.Tensor, noise: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
@@ -67,12 +67,14 @@ def noisy_rows(x: torch.Tensor, noise: torch.Tensor | None, start: int, stop: in
 
 def uniform_rows(batch: int, n: int, stream, like: torch.Tensor) -> torch.Tensor:
     """(n, B) uniform draws on [0, 1)."""
-    return per_example(stream, batch, like.device, lambda pre, g: torch.rand(pre + (n,), generator=g, dtype=like.dtype, device=like.device)).T
+    u = torch.empty((batch, n), dtype=like.dtype, device=like.device)
+    return per_example(stream, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g)).T
 
 
 def index_rows(batch: int, n: int, high: int, stream, device) -> torch.Tensor:
     """(n, B) integer draws in [0, high)."""
-    return per_example(stream, batch, device, lambda pre, g: torch.randint(0, high, pre + (n,), generator=g, device=device)).T
+    idx = torch.empty((batch, n), dtype=torch.long, device=device)
+    return per_example(stream, idx, lambda v, g: v.random_(0, high, generator=g)).T
 
 
 def monte_carlo(
