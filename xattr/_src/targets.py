@@ -69,7 +69,10 @@ def _select_one(out: torch.Tensor, t) -> torch.Tensor:
         for i, (ti, n) in enumerate(zip(t, out.shape[1:])):
             if isinstance(ti, int) and not -n <= ti < n:
                 raise IndexError(f"target index {t} is out of range in output dim {i + 1} of size {n}")
-        return out[(slice(None),) + t]
+        picked = out[(slice(None),) + t]
+        if any(isinstance(ti, slice) for ti in t) and picked.ndim > 1:  # a region: summed (Captum's neurons)
+            picked = picked.reshape(picked.shape[0], -1).sum(1)
+        return picked
     if isinstance(t, torch.Tensor):
         if t.is_floating_point():
             raise TypeError("a target tensor must hold integer class indices (a LongTensor)")
@@ -135,7 +138,8 @@ def target(f: Callable, t) -> Targeted:
 
     Args:
       f: model function, ``f(*args) -> Tensor`` with the batch in dim 0 (an ``nn.Module`` is one).
-      t: which output: an int class index; a tuple index into a multi-dimensional output; a
+      t: which output: an int class index; a tuple index into a multi-dimensional output (with
+        slices, the region is summed); a
         LongTensor (B,) with one index per example; a callable ``out -> (R,)``; or
         ``xattr.outputs([...])`` for K outputs of every example at once.
 
@@ -147,3 +151,22 @@ def target(f: Callable, t) -> Targeted:
       >>> ig(x).shape == x.shape
     """
     return Targeted(f, t)
+
+
+def neuron(f: Callable, index) -> Targeted:
+    """Restricts a layer's activation to one neuron, a summed region, or K neurons at once.
+
+    Args:
+      f: a `Split` from ``xattr.at_layer`` (its ``act`` is used) or any function returning
+        activations with the batch in dim 0.
+      index: an int or tuple index into one example's activation (slices are summed, as in
+        Captum's neuron methods); a callable ``act -> (R,)``; or ``xattr.outputs([idx_1, ...])``
+        for K neurons in one call (attributions gain a K axis after the batch axis).
+
+    Example:
+      >>> split = xattr.at_layer(model, model.conv2)
+      >>> nig = xattr.integrated_gradients(xattr.neuron(split, (4, 2, 2)))(x)      # like x
+      >>> many = xattr.saliency(xattr.neuron(split, xattr.outputs([(0, 1, 1), (3, 2, 2)])))(x)
+    """
+    act = getattr(f, "act", f)
+    return Targeted(act, index)

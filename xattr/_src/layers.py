@@ -1,0 +1,231 @@
+"""Splitting a model at a module: `at_layer` gives the activation and the rest of the model.
+
+NOTE: [Splitting a model at a layer]
+``split = at_layer(f, module)`` gives two functions of the model's own arguments:
+  split.act(*args)     -> h, the module's output (or input, with inputs=True)
+  split.head(h, *args) -> f(*args) with the module's output replaced by h
+The head is the whole forward pass with h substituted, so skip connections that bypass the
+module keep working and the original arguments (token ids, masks) pass through. Gradients of
+the head with respect to h are layer gradients, so every input method becomes a layer method
+by applying it to ``split.head`` with ``argnums=0``. Hooks are registered inside each call and
+removed in a ``finally``: nothing stays on the model. The substituted h is cloned on entry, so
+in-place ops after the module (``ReLU(inplace=True)``) never write into the caller's tensor.
+
+A module called more than once per forward (torchvision ResNet's shared ``relu``) needs
+``call_index``: an int picks that call (0-based), ``"all"`` takes every call (act returns a
+tuple over calls and head substitutes each). The default, None, requires exactly one call and
+says so otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from . import tree as T
+from .checks import check_finite
+from .gradients import _rows, is_multi_output, vjp_rows
+
+
+class _Stop(Exception):
+    """Raised by a capture hook once every requested activation is in hand."""
+
+
+class Split:
+    """A model function split at one or more modules (see NOTE: [Splitting a model at a layer])."""
+
+    def __init__(self, f: Callable, modules, inputs: bool, call_index):
+        self.model = f
+        self.many = isinstance(modules, (list, tuple))
+        self.modules = list(modules) if self.many else [modules]
+        for m in self.modules:
+            if not isinstance(m, nn.Module):
+                raise TypeError(f"at_layer needs nn.Module layers, got {type(m).__name__}")
+        if not (call_index is None or call_index == "all" or (isinstance(call_index, int) and call_index >= 0)):
+            raise ValueError(f"call_index must be None, a non-negative int or 'all', got {call_index!r}")
+        self.inputs = inputs
+        self.call_index = call_index
+        self.act = _Act(self)
+        self.head = _Head(self)
+
+    @property
+    def multi_output(self) -> bool:
+        return is_multi_output(self.model)
+
+    # -- hooks -------------------------------------------------------------------------------
+    def _wanted(self, k: int) -> bool:
+        return self.call_index in (None, "all") or k == self.call_index
+
+    def _run(self, args, on_value: Callable, stop_when_done: bool):
+        """Runs f(*args) with hooks calling ``on_value(layer_i, call_k, value) -> replacement|None``."""
+        counts = [0] * len(self.modules)
+        handles = []
+
+        def make(i):
+            def hook(module, inp, out=None):
+                k = counts[i]
+                counts[i] += 1
+                if not self._wanted(k):
+                    return None
+                value = _unpack_inputs(inp) if self.inputs else out
+                new = on_value(i, k, value)
+                if new is None:
+                    return None
+                return _pack_inputs(new) if self.inputs else new
+
+            return hook
+
+        try:
+            for i, m in enumerate(self.modules):
+                h = m.register_forward_pre_hook(make(i)) if self.inputs else m.register_forward_hook(make(i))
+                handles.append(h)
+            try:
+                out = self.model(*args)
+            except _Stop:
+                out = None
+        finally:
+            for h in handles:
+                h.remove()
+        if not stop_when_done or out is not None:
+            self._check_counts(counts)
+        return out
+
+    def _check_counts(self, counts):
+        for m, c in zip(self.modules, counts):
+            name = type(m).__name__
+            if c == 0:
+                raise RuntimeError(f"the layer {name} was never called by the model's forward for these inputs")
+            if self.call_index is None and c > 1:
+                raise RuntimeError(
+                    f"the layer {name} is called {c} times per forward pass (a reused module); choose "
+                    "the call with at_layer(..., call_index=k) (0-based) or call_index='all'"
+                )
+            if isinstance(self.call_index, int) and self.call_index >= c:
+                raise RuntimeError(f"call_index={self.call_index} but the layer {name} is called only {c} time(s)")
+
+    def _pack(self, per_layer: list):
+        vals = [tuple(v) if self.call_index == "all" else v[0] for v in per_layer]
+        return tuple(vals) if self.many else vals[0]
+
+    def _unpack(self, h) -> list:
+        vals = list(h) if self.many else [h]
+        if len(vals) != len(self.modules):
+            raise ValueError(f"head expects {len(self.modules)} activations, got {len(vals)}")
+        return [list(v) if self.call_index == "all" else [v] for v in vals]
+
+
+def _unpack_inputs(inp: tuple):
+    return inp[0] if len(inp) == 1 else inp
+
+
+def _pack_inputs(value):
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _clone(tree):
+    return T.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, tree)
+
+
+class _Act:
+    """split.act(*args): the layer's activation(s), computed as far as the layer and no further."""
+
+    def __init__(self, split: Split):
+        self.split = split
+        self.model = split.model
+
+    def __call__(self, *args):
+        s = self.split
+        got: list[list] = [[] for _ in s.modules]
+        need = sum(1 for _ in s.modules) if isinstance(s.call_index, int) else None
+
+        def on_value(i, k, value):
+            got[i].append(_clone(value))
+            if need is not None and sum(len(g) for g in got) == need:
+                raise _Stop
+            return None
+
+        s._run(args, on_value, stop_when_done=need is not None)
+        return s._pack(got)
+
+
+class _Head:
+    """split.head(h, *args): the model's output with the layer's activation(s) replaced by h."""
+
+    def __init__(self, split: Split):
+        self.split = split
+        self.model = split.model
+
+    @property
+    def multi_output(self) -> bool:
+        return self.split.multi_output
+
+    def __call__(self, h, *args):
+        s = self.split
+        given = s._unpack(h)
+
+        def on_value(i, k, value):
+            pos = k if s.call_index == "all" else 0
+            return _clone(given[i][pos])
+
+        return s._run(args, on_value, stop_when_done=False)
+
+
+def at_layer(f: Callable, layer: nn.Module | Sequence[nn.Module], *, inputs: bool = False, call_index=None) -> Split:
+    """Splits a model function at a module (or several) into activation and head.
+
+    Args:
+      f: model function (may be ``xattr.target(model, t)``: the head then returns the target).
+      layer: the module, or a list of modules (activations become a tuple, one per module).
+      inputs: split at the module's input instead of its output (Captum's
+        ``attribute_to_layer_input``); a module with several positional inputs gives a tuple.
+      call_index: for modules called more than once per forward: an int (0-based) or "all".
+
+    Returns:
+      A `Split` with ``act(*args) -> h`` and ``head(h, *args) -> f(*args) with h substituted``.
+
+    Example:
+      >>> split = xattr.at_layer(xattr.target(model, 3), model.conv2)
+      >>> h = split.act(x)
+      >>> layer_ig = xattr.integrated_gradients(split.head)(h, x)   # attributions shaped like h
+    """
+    return Split(f, layer, inputs, call_index)
+
+
+def layer_vjp_rows(split: Split, args: tuple, *, weights=None, chunk_size=None):
+    """(h, outputs, dF/dh) at the rows ``args``, in one forward and one backward pass at top level.
+
+    At top level the capture hook substitutes a detached copy of the activation that requires
+    grad, and the same forward continues to the output: one pass, like Captum's layer hooks.
+    Inside torch.func transforms it is ``act`` followed by a VJP of ``head`` (two forwards).
+    """
+    eager = torch._C._functorch.maybe_current_level() is None and not torch.compiler.is_compiling()
+    if not eager:
+        h = split.act(*args)
+        out, grads = vjp_rows(split.head, (h,) + tuple(args), (0,), weights=weights, chunk_size=chunk_size, method="a layer method")
+        return h, out, grads[0]
+    got: list[list] = [[] for _ in split.modules]
+
+    def substitute(i, k, value):
+        fresh = T.tree_map(lambda t: t.detach().requires_grad_() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, value)
+        got[i].append(fresh)
+        return _clone(fresh)
+
+    multi = split.multi_output
+    with torch.enable_grad():
+        out = _rows(split._run(args, substitute, stop_when_done=False), multi)
+    check_finite(out)
+    h = split._pack(got)
+    w = (torch.ones(out.shape[0], device=out.device) if weights is None else weights).to(out.dtype)
+    flat = T.leaves(h)
+    if not multi:
+        grads = torch.autograd.grad(out, flat, w if out.ndim else None, allow_unused=True)
+    else:
+        k = out.shape[1]
+        cots = torch.eye(k, dtype=out.dtype, device=out.device)[:, None, :] * w[None, :, None]
+        per = [torch.autograd.grad(out, flat, cots[j], retain_graph=j < k - 1, allow_unused=True) for j in range(k)]
+        grads = [torch.stack(gs, 1) for gs in zip(*per)]
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, flat)]
+    treedef = T.optree.tree_structure(h, namespace="xattr")
+    return T.tree_map(lambda t: t.detach(), h), out.detach(), T.optree.tree_unflatten(treedef, grads)
