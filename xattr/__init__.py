@@ -16,9 +16,20 @@ from ._src.methods import (
     smoothgrad_sq,
     vargrad,
 )
+from ._src.layer_methods import (
+    grad_cam,
+    gradient_x_activation,
+    layer_activation,
+    layer_gradient_shap,
+    layer_integrated_gradients,
+    upsample,
+)
+from ._src.layer_paths import conductance, internal_influence
+from ._src.neuron_methods import neuron_conductance
 from ._src.paths import Profile, path_integral, quadrature
 from ._src.sampling import expectation, smooth
 from ._src.targets import Outputs, neuron, outputs, target
+from ._src.tokens import reference_tokens, token_scores
 
 __version__ = "0.1.0"
 
@@ -28,20 +39,31 @@ __all__ = [
     "Split",
     "at_layer",
     "completeness_gap",
+    "conductance",
     "expectation",
     "grad",
+    "grad_cam",
     "gradient_shap",
+    "gradient_x_activation",
     "input_x_gradient",
     "integrated_gradients",
+    "internal_influence",
+    "layer_activation",
+    "layer_gradient_shap",
+    "layer_integrated_gradients",
     "neuron",
+    "neuron_conductance",
     "outputs",
     "path_integral",
     "quadrature",
+    "reference_tokens",
     "saliency",
     "smooth",
     "smoothgrad",
     "smoothgrad_sq",
     "target",
+    "token_scores",
+    "upsample",
     "value_and_grad",
     "vargrad",
 ]

@@ -194,31 +194,39 @@ def at_layer(f: Callable, layer: nn.Module | Sequence[nn.Module], *, inputs: boo
 
 
 def layer_vjp_rows(split: Split, args: tuple, *, weights=None, chunk_size=None):
-    """(h, outputs, dF/dh) at the rows ``args``, in one forward and one backward pass at top level.
+    """(h, outputs, dF/dh) at the rows ``args``: one forward and one backward pass at top level.
 
-    At top level the capture hook substitutes a detached copy of the activation that requires
-    grad, and the same forward continues to the output: one pass, like Captum's layer hooks.
-    Inside torch.func transforms it is ``act`` followed by a VJP of ``head`` (two forwards).
+    NOTE: [Layer gradients are total derivatives]
+    dF/dh is taken by adding a zero tensor z to each chosen activation and differentiating with
+    respect to z, not by substituting h. So with several layers where one feeds the next, each
+    gets its own full gradient (paths through the later layers included), as Captum computes
+    per layer, while layer IG (which substitutes h through ``head``) moves all layers at once.
+    At top level z is created inside the capture hook, so h, the outputs and dF/dh come from one
+    forward and one backward pass, like Captum's layer hooks. Inside torch.func transforms z must
+    exist before the VJP, so ``act`` runs first (two forwards).
     """
+    multi = split.multi_output
     eager = torch._C._functorch.maybe_current_level() is None and not torch.compiler.is_compiling()
     if not eager:
         h = split.act(*args)
-        out, grads = vjp_rows(split.head, (h,) + tuple(args), (0,), weights=weights, chunk_size=chunk_size, method="a layer method")
+        out, grads = vjp_rows(_Perturbed(split), (T.tree_map(torch.zeros_like, h),) + tuple(args), (0,),
+                              weights=weights, chunk_size=chunk_size, method="a layer method")  # fmt: skip
         return h, out, grads[0]
-    got: list[list] = [[] for _ in split.modules]
+    hs: list[list] = [[] for _ in split.modules]
+    zs: list[list] = [[] for _ in split.modules]
 
-    def substitute(i, k, value):
-        fresh = T.tree_map(lambda t: t.detach().requires_grad_() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, value)
-        got[i].append(fresh)
-        return _clone(fresh)
+    def add_zero(i, k, value):
+        z = T.tree_map(lambda t: torch.zeros_like(t).requires_grad_() if _is_float(t) else t, value)
+        hs[i].append(T.tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, value))
+        zs[i].append(z)
+        return T.tree_map(lambda t, zt: t + zt if _is_float(t) else t, value, z)
 
-    multi = split.multi_output
     with torch.enable_grad():
-        out = _rows(split._run(args, substitute, stop_when_done=False), multi)
+        out = _rows(split._run(args, add_zero, stop_when_done=False), multi)
     check_finite(out)
-    h = split._pack(got)
+    h, z = split._pack(hs), split._pack(zs)
+    flat = [t for t in T.leaves(z) if _is_float(t)]
     w = (torch.ones(out.shape[0], device=out.device) if weights is None else weights).to(out.dtype)
-    flat = T.leaves(h)
     if not multi:
         grads = torch.autograd.grad(out, flat, w if out.ndim else None, allow_unused=True)
     else:
@@ -226,6 +234,29 @@ def layer_vjp_rows(split: Split, args: tuple, *, weights=None, chunk_size=None):
         cots = torch.eye(k, dtype=out.dtype, device=out.device)[:, None, :] * w[None, :, None]
         per = [torch.autograd.grad(out, flat, cots[j], retain_graph=j < k - 1, allow_unused=True) for j in range(k)]
         grads = [torch.stack(gs, 1) for gs in zip(*per)]
-    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, flat)]
-    treedef = T.optree.tree_structure(h, namespace="xattr")
-    return T.tree_map(lambda t: t.detach(), h), out.detach(), T.optree.tree_unflatten(treedef, grads)
+    grads = iter([torch.zeros_like(t) if g is None else g for g, t in zip(grads, flat)])
+    g = T.tree_map(lambda t: next(grads) if _is_float(t) else t, h)
+    return h, out.detach(), g
+
+
+def _is_float(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.is_floating_point()
+
+
+class _Perturbed:
+    """``(z, *args) -> f(*args)`` with z added to the chosen activation(s) (see NOTE above)."""
+
+    def __init__(self, split: Split):
+        self.split = split
+        self.model = split.model
+        self.multi_output = split.multi_output
+
+    def __call__(self, z, *args):
+        s = self.split
+        given = s._unpack(z)
+
+        def add(i, k, value):
+            zt = given[i][k if s.call_index == "all" else 0]
+            return T.tree_map(lambda t, d: t + d if _is_float(t) else t, value, zt)
+
+        return s._run(args, add, stop_when_done=False)

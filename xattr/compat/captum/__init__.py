@@ -11,6 +11,36 @@ are listed in docs/migration.md.
 
 from ._convert import Attribution
 from .gradient import GradientShap, InputXGradient, IntegratedGradients, Saliency
+from .layer import (
+    InternalInfluence,
+    LayerActivation,
+    LayerAttribution,
+    LayerConductance,
+    LayerGradCam,
+    LayerGradientShap,
+    LayerGradientXActivation,
+    LayerIntegratedGradients,
+)
+from .neuron import NeuronConductance, NeuronGradient, NeuronGradientShap, NeuronIntegratedGradients
 from .noise_tunnel import NoiseTunnel
 
-__all__ = ["Attribution", "GradientShap", "InputXGradient", "IntegratedGradients", "NoiseTunnel", "Saliency"]
+__all__ = [
+    "Attribution",
+    "GradientShap",
+    "InputXGradient",
+    "IntegratedGradients",
+    "InternalInfluence",
+    "LayerActivation",
+    "LayerAttribution",
+    "LayerConductance",
+    "LayerGradCam",
+    "LayerGradientShap",
+    "LayerGradientXActivation",
+    "LayerIntegratedGradients",
+    "NeuronConductance",
+    "NeuronGradient",
+    "NeuronGradientShap",
+    "NeuronIntegratedGradients",
+    "NoiseTunnel",
+    "Saliency",
+]

@@ -1,0 +1,274 @@
+"""Layer attribution methods: what each unit of a layer contributes, as compositions over `at_layer`.
+
+Every method takes a `Split` (``split = xattr.at_layer(f, layer, inputs=..., call_index=...)``,
+NOTE: [Splitting a model at a layer]) and returns ``attr_fn(*args)`` giving attributions with
+the structure and shapes of the layer's activation ``h = split.act(*args)``: a tensor, the
+module's tuple, a tuple over layers for a list of layers, a tuple over calls for
+``call_index="all"``. ``f`` chooses the output (``xattr.target``); with ``xattr.outputs`` the
+attributions gain a K axis after the batch axis. Every argument of ``attr_fn`` reaches the model
+(token ids and masks pass through). Results are detached. Input-path methods (conductance,
+internal influence) live in layer_paths.py.
+
+For a split at several layers (or ``call_index="all"``), ``dF/dh`` is each layer's own total
+derivative in the unmodified model (NOTE: [Layer gradients are total derivatives]), as Captum
+computes per layer; layer IG instead moves every layer of the split along its path at once.
+
+Shared arguments:
+  argnums: for methods with a baseline, the argument(s) of f that the input-space ``baselines``
+     replace; the others are the same at the input and at the baseline.
+  chunk_size: most model rows (examples x copies) per forward/backward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import tree as T
+from .checks import baselines_like, warn_if_training
+from .gradients import attribution_fn
+from .layers import Split, layer_vjp_rows
+from .methods import _as_distribution, _gap, _outputs, completeness_gap, integrated_gradients
+from .sampling import _per_leaf, index_rows, monte_carlo, noisy_rows, normal_like, streams, uniform_rows
+
+
+def _at_both(fn: Callable, args: tuple, nums: tuple, base: tuple):
+    """(fn at args, fn at args with args[nums] replaced by base): one call on 2B rows, split."""
+    selected, rebuild = T.split_args(args, nums)
+    batch = T.batch_size(selected)
+    both = T.tree_map(lambda x, b: torch.cat([x, b]), selected, base)
+    call = tuple(a if i in nums else T.fold(a, 2, batch) for i, a in enumerate(args))
+    out = fn(*T.split_args(call, nums)[1](both))
+    return T.tree_map(lambda t: t[:batch], out), T.tree_map(lambda t: t[batch:], out)
+
+
+def _times(g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    return g * T.expand_like(h, g)
+
+
+def layer_activation(split: Split) -> Callable:
+    """The layer's activation itself, ``h = split.act(*args)`` (Captum's LayerActivation).
+
+    Returns:
+      ``fn(*args)`` giving h, detached: a tensor (B, ...) or the layer's tuple structure.
+
+    Example:
+      >>> h = xattr.layer_activation(xattr.at_layer(model, model.conv2))(x)
+    """
+    return attribution_fn(lambda *args: split.act(*args), split)
+
+
+def gradient_x_activation(split: Split, *, multiply: bool = True) -> Callable:
+    """Layer gradient times activation, ``dF/dh * h``; the layer analogue of input x gradient.
+
+    Shrikumar et al. 2016 (at a layer: Captum's LayerGradientXActivation). One forward and one
+    backward pass (K backward passes for ``xattr.outputs``). Complete, ``sum = F(x) - F(h=0)``,
+    when F is linear in h.
+
+    Args:
+      multiply: False returns the layer gradient ``dF/dh`` alone.
+
+    Returns:
+      ``fn(*args)`` giving a tree like h, with a K axis after the batch for ``xattr.outputs``.
+
+    Example:
+      >>> split = xattr.at_layer(xattr.target(model, 3), model.conv2)
+      >>> gxa = xattr.gradient_x_activation(split)(x)                        # like h
+    """
+
+    def fn(*args):
+        warn_if_training(split)
+        h, _, g = layer_vjp_rows(split, args)
+        return T.tree_map(_times, g, h) if multiply else g
+
+    return attribution_fn(fn, split)
+
+
+def grad_cam(split: Split, *, relu: bool = True, sum_channels: bool = True) -> Callable:
+    """Grad-CAM: activations weighted by their spatially averaged gradients, summed over channels.
+
+    Selvaraju et al. 2017, "Grad-CAM". For h (B, C, *spatial):
+    ``cam = relu(sum_c mean_spatial(dF/dh_c) * h_c)`` of shape (B, 1, *spatial), which is
+    Captum's LayerGradCam (``relu_attributions``, ``attr_dim_summation``). For h (B, C) the
+    gradient is used as is. One forward and one backward pass.
+
+    Args:
+      relu: keep only positive evidence (the paper's ReLU; Captum's default is False).
+      sum_channels: sum over channels keeping the axis; False keeps one map per channel.
+
+    Returns:
+      ``fn(*args)`` giving (B, 1, *spatial) per layer tensor ((B, C, *spatial) without
+      summation), with a K axis after the batch for ``xattr.outputs``. See `upsample`.
+
+    Example:
+      >>> cam = xattr.grad_cam(xattr.at_layer(xattr.target(model, 3), model.conv2))(x)
+      >>> heat = xattr.upsample(cam, x.shape[2:], mode="bilinear")           # (B, 1, H, W)
+    """
+
+    def cam(g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        ch = 1 + g.ndim - h.ndim  # the channel axis: 2 with a K axis
+        w = g.mean(tuple(range(ch + 1, g.ndim)), keepdim=True) if g.ndim > ch + 1 else g
+        out = _times(w, h)
+        out = out.sum(ch, keepdim=True) if sum_channels else out
+        return torch.relu(out) if relu else out
+
+    def fn(*args):
+        warn_if_training(split)
+        h, _, g = layer_vjp_rows(split, args)
+        return T.tree_map(cam, g, h)
+
+    return attribution_fn(fn, split)
+
+
+def upsample(attributions: torch.Tensor, size, mode: str = "nearest") -> torch.Tensor:
+    """Resizes layer attributions (B, [K,] C, *spatial) to ``size`` (Captum's LayerAttribution.interpolate).
+
+    ``torch.nn.functional.interpolate(attributions, size, mode=mode)``; a K axis (which needs
+    ``size`` as a tuple, one entry per spatial dim) is folded into the batch and restored.
+    """
+    if isinstance(size, int) or attributions.ndim == len(size) + 2:
+        return F.interpolate(attributions, size, mode=mode)
+    lead = attributions.shape[: attributions.ndim - len(size) - 1]
+    flat = attributions.reshape((-1,) + tuple(attributions.shape[len(lead) :]))
+    out = F.interpolate(flat, tuple(size), mode=mode)
+    return out.reshape(tuple(lead) + tuple(out.shape[1:]))
+
+
+def layer_integrated_gradients(
+    split: Split,
+    *,
+    argnums: int | Sequence[int] = 0,
+    baselines: Any = 0.0,
+    n_steps: int = 50,
+    method: str = "gausslegendre",
+    chunk_size: int | None = None,
+    return_delta: bool = False,
+) -> Callable:
+    """Integrated gradients of a layer: IG of ``split.head`` from ``act(baseline)`` to ``act(x)``.
+
+    Sundararajan et al. 2017 at a layer (Captum's LayerIntegratedGradients):
+
+        LIG_j = (h_j - h'_j) * int_0^1 dF/dh_j (h' + a (h - h')) da,   h = act(x), h' = act(b),
+
+    with ``b`` the *input-space* baseline for ``args[argnums]`` (token ids of a padding token
+    work too: only the layer's values are interpolated). This is exactly
+    ``integrated_gradients(split.head, baselines=act(b))(act(x), *args)``. Axioms: completeness
+    ``sum_j LIG_j = F(x) - F(b)`` (up to quadrature error) when every path from the inputs to
+    the output crosses the layer(s); IG's linearity, symmetry and dummy axioms in h.
+
+    Args: as ``xattr.integrated_gradients`` (``baselines`` is a number, a tensor broadcastable
+      to the input, or a tree like ``args[argnums]``; also a call keyword), and
+      return_delta: also return ``sum(LIG) - (F(x) - F(b))`` per example, (B,) or (B, K).
+
+    Returns:
+      ``fn(*args, baselines=...)`` giving a tree like h (K axis for ``xattr.outputs``), or
+      ``(attributions, delta)``.
+
+    Example:
+      >>> split = xattr.at_layer(xattr.target(model, 1), model.embedding)
+      >>> attr, delta = xattr.layer_integrated_gradients(split, baselines=pad_ids, return_delta=True)(ids)
+    """
+    nums, as_tuple = T.normalize_argnums(argnums)
+    ig = integrated_gradients(split.head, n_steps=n_steps, method=method, chunk_size=chunk_size)
+
+    def fn(*args, baselines=baselines):
+        warn_if_training(split)
+        selected, _ = T.split_args(args, nums)
+        with T.batch_scope(T.batch_size(selected)):
+            base = baselines_like(selected if as_tuple else selected[0], baselines)
+            h, h0 = _at_both(split.act, args, nums, base if as_tuple else (base,))
+            attr = ig(h, *args, baselines=h0)
+            return (attr, completeness_gap(split.model, args, argnums, attr, baselines)) if return_delta else attr
+
+    return attribution_fn(fn, split)
+
+
+def shap_samples(
+    at_alpha: Callable, *, argnums, baselines, n_samples: int, stdevs, generator, chunk_size, return_delta: bool
+) -> Callable:
+    """GradientShap's draws around any per-row attribution ``at_alpha(*rows, baselines, alphas)``.
+
+    The same draws as ``xattr.gradient_shap`` (same streams in the same order, NOTE: [Explicit
+    randomness]): noise for each input, one baseline row and one alpha ~ U(0, 1) per sample and
+    example, all made before chunking; ``monte_carlo`` averages over the ``n_samples`` copies.
+    With ``return_delta`` at_alpha returns ``(attr, delta)`` and the deltas come back
+    example-major, (B * n_samples, [K]), Captum's layout.
+    """
+    nums, as_tuple = T.normalize_argnums(argnums)
+
+    def fn(*args):
+        selected, _ = T.split_args(args, nums)
+        xs, batch = T.leaves(selected), T.batch_size(selected)
+        dist = T.tree_map(_as_distribution, baselines if as_tuple else (baselines,), selected)
+        gens = streams(generator, len(xs) + 2)
+        noise = [normal_like(x, n_samples, sd, g) for x, sd, g in zip(xs, _per_leaf(stdevs, selected, "stdevs"), gens)]
+        idx = index_rows(batch, n_samples, T.batch_size(dist), gens[-2], xs[0].device)
+        alphas = uniform_rows(batch, n_samples, gens[-1], xs[0])
+        treedef = T.optree.tree_structure(selected, namespace="xattr")
+
+        def draw(start, stop):
+            noisy = [noisy_rows(x, z, start, stop) for x, z in zip(xs, noise)]
+            picked = T.tree_map(lambda d: d[idx[start:stop].reshape(-1)], dist)
+            extra = {"baselines": picked, "alphas": alphas[start:stop].reshape(-1)}
+            return T.optree.tree_unflatten(treedef, noisy), extra
+
+        out = monte_carlo(at_alpha, args, {}, nums, n_samples, draw, chunk_size, "mean", collect=return_delta)
+        return (out[0], out[1].transpose(0, 1).flatten(0, 1)) if return_delta else out
+
+    return fn
+
+
+def layer_gradient_shap(
+    split: Split,
+    *,
+    argnums: int | Sequence[int] = 0,
+    baselines: Any,
+    n_samples: int = 5,
+    stdevs: float | Sequence[float] = 0.0,
+    generator=None,
+    chunk_size: int | None = None,
+    multiply_by_inputs: bool = True,
+    return_delta: bool = False,
+) -> Callable:
+    """Gradient SHAP at a layer: ``E[(h(x + e) - h(b)) * dF/dh(b + a (x + e - b))]``.
+
+    Lundberg & Lee 2017 at a layer (Captum's LayerGradientShap). The expectation is over input
+    noise e ~ N(0, stdevs^2), baselines b drawn from the rows of the input-space distribution
+    ``baselines`` and path positions a ~ U(0, 1), ``n_samples`` draws per example, exactly
+    ``xattr.gradient_shap``'s draws (the same seed gives the same e, b and a). Completeness
+    ``sum_j = F(x) - F(b)`` holds in expectation when F is affine in h along the path.
+
+    Args: as ``xattr.gradient_shap``: baselines (N, ...) or a tree of them; n_samples; stdevs;
+      generator (int seed or torch.Generator); chunk_size; and
+      multiply_by_inputs: False drops the ``(h(x + e) - h(b))`` factor (the expected layer gradient).
+      return_delta: also return each sample's ``sum(a_s) - (F(x + e_s) - F(b_s))``, shape
+        (B * n_samples,) or (B * n_samples, K), example-major (Captum's layout).
+
+    Returns:
+      ``fn(*args)`` giving a tree like h (K axis for ``xattr.outputs``), or ``(attributions, delta)``.
+
+    Example:
+      >>> split = xattr.at_layer(xattr.target(model, 3), model.conv2)
+      >>> a = xattr.layer_gradient_shap(split, baselines=x_train[:50], n_samples=25, generator=0)(x)
+    """
+    nums, _ = T.normalize_argnums(argnums)
+
+    def at_alpha(*args, baselines, alphas):  # one sample per row
+        selected, rebuild = T.split_args(args, nums)
+        points = T.tree_map(lambda x, b: b + alphas.reshape((-1,) + (1,) * (x.ndim - 1)) * (x - b), selected, baselines)
+        _, _, attr = layer_vjp_rows(split, rebuild(points))
+        if multiply_by_inputs:
+            attr = T.tree_map(lambda g, hx, hb: _times(g, hx - hb), attr, *_at_both(split.act, args, nums, baselines))
+        if not return_delta:
+            return attr
+        end, start = _at_both(lambda *a: _outputs(split.model, a), args, nums, baselines)
+        return attr, _gap((attr,), end, start)
+
+    at_alpha.__wrapped__ = split  # lets monte_carlo find the model for its train-mode warning
+    sample = shap_samples(
+        at_alpha, argnums=argnums, baselines=baselines, n_samples=n_samples, stdevs=stdevs, generator=generator,
+        chunk_size=chunk_size, return_delta=return_delta,
+    )  # fmt: skip
+    return attribution_fn(sample, split)
