@@ -30,8 +30,8 @@ from . import tree as T
 from .checks import baselines_like, warn_if_training
 from .gradients import attribution_fn
 from .layers import Split, layer_vjp_rows
-from .methods import _as_distribution, _gap, _outputs, completeness_gap, integrated_gradients
-from .sampling import _per_leaf, index_rows, monte_carlo, noisy_rows, normal_like, streams, uniform_rows
+from .methods import _gap, _outputs, completeness_gap, integrated_gradients
+from .sampling import shap_samples
 
 
 def _at_both(fn: Callable, args: tuple, nums: tuple, base: tuple):
@@ -183,41 +183,6 @@ def layer_integrated_gradients(
             return (attr, completeness_gap(split.model, args, argnums, attr, baselines)) if return_delta else attr
 
     return attribution_fn(fn, split)
-
-
-def shap_samples(
-    at_alpha: Callable, *, argnums, baselines, n_samples: int, stdevs, generator, chunk_size, return_delta: bool
-) -> Callable:
-    """GradientShap's draws around any per-row attribution ``at_alpha(*rows, baselines, alphas)``.
-
-    The same draws as ``xattr.gradient_shap`` (same streams in the same order, NOTE: [Explicit
-    randomness]): noise for each input, one baseline row and one alpha ~ U(0, 1) per sample and
-    example, all made before chunking; ``monte_carlo`` averages over the ``n_samples`` copies.
-    With ``return_delta`` at_alpha returns ``(attr, delta)`` and the deltas come back
-    example-major, (B * n_samples, [K]), Captum's layout.
-    """
-    nums, as_tuple = T.normalize_argnums(argnums)
-
-    def fn(*args):
-        selected, _ = T.split_args(args, nums)
-        xs, batch = T.leaves(selected), T.batch_size(selected)
-        dist = T.tree_map(_as_distribution, baselines if as_tuple else (baselines,), selected)
-        gens = streams(generator, len(xs) + 2)
-        noise = [normal_like(x, n_samples, sd, g) for x, sd, g in zip(xs, _per_leaf(stdevs, selected, "stdevs"), gens)]
-        idx = index_rows(batch, n_samples, T.batch_size(dist), gens[-2], xs[0].device)
-        alphas = uniform_rows(batch, n_samples, gens[-1], xs[0])
-        treedef = T.optree.tree_structure(selected, namespace="xattr")
-
-        def draw(start, stop):
-            noisy = [noisy_rows(x, z, start, stop) for x, z in zip(xs, noise)]
-            picked = T.tree_map(lambda d: d[idx[start:stop].reshape(-1)], dist)
-            extra = {"baselines": picked, "alphas": alphas[start:stop].reshape(-1)}
-            return T.optree.tree_unflatten(treedef, noisy), extra
-
-        out = monte_carlo(at_alpha, args, {}, nums, n_samples, draw, chunk_size, "mean", collect=return_delta)
-        return (out[0], out[1].transpose(0, 1).flatten(0, 1)) if return_delta else out
-
-    return fn
 
 
 def layer_gradient_shap(

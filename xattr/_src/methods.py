@@ -21,7 +21,7 @@ from . import tree as T
 from .checks import baselines_like
 from .gradients import attribution_fn, grad, vjp_rows
 from .paths import path_integral
-from .sampling import index_rows, monte_carlo, noisy_rows, normal_like, smooth, streams, uniform_rows, _per_leaf
+from .sampling import shap_samples, smooth
 
 
 def saliency(f: Callable, *, argnums: int | Sequence[int] = 0, abs: bool = True, chunk_size: int | None = None) -> Callable:
@@ -174,40 +174,19 @@ def gradient_shap(
 
     at_alpha.__wrapped__ = f  # lets monte_carlo find the model for its train-mode warning
 
+    sample = shap_samples(
+        at_alpha, argnums=argnums, baselines=baselines, n_samples=n_samples, stdevs=stdevs,
+        generator=generator, chunk_size=chunk_size, return_delta=return_delta,
+    )  # fmt: skip
+
     def fn(*args):
-        selected, _ = T.split_args(args, nums)
-        xs, batch = T.leaves(selected), T.batch_size(selected)
-        dist = baselines if as_tuple else (baselines,)
-        dist = T.tree_map(lambda d, x: _as_distribution(d, x), dist, selected)
-        gens = streams(generator, len(xs) + 2)
-        noise = [normal_like(x, n_samples, sd, g) for x, sd, g in zip(xs, _per_leaf(stdevs, selected, "stdevs"), gens)]
-        idx = index_rows(batch, n_samples, T.batch_size(dist), gens[-2], xs[0].device)
-        alphas = uniform_rows(batch, n_samples, gens[-1], xs[0])
-        treedef = T.optree.tree_structure(selected, namespace="xattr")
-
-        def draw(start, stop):
-            noisy = [noisy_rows(x, z, start, stop) for x, z in zip(xs, noise)]
-            picked = T.tree_map(lambda d: d[idx[start:stop].reshape(-1)], dist)
-            return T.optree.tree_unflatten(treedef, noisy), {"baselines": picked, "alphas": alphas[start:stop].reshape(-1)}
-
-        out = monte_carlo(at_alpha, args, {}, nums, n_samples, draw, chunk_size, "mean", collect=return_delta)
+        out = sample(*args)
         if not return_delta:
             return out if as_tuple else out[0]
-        attr, delta = out  # delta (n_samples, B, ...) -> example-major (B * n_samples, ...)
-        return (attr if as_tuple else attr[0]), delta.transpose(0, 1).flatten(0, 1)
+        attr, delta = out
+        return (attr if as_tuple else attr[0]), delta
 
     return _wrap(fn, f)
-
-
-def _as_distribution(d, x: torch.Tensor) -> torch.Tensor:
-    if not isinstance(d, torch.Tensor):
-        return torch.full((1,) + tuple(x.shape[1:]), float(d), dtype=x.dtype, device=x.device)
-    if tuple(d.shape[1:]) != tuple(x.shape[1:]):
-        raise ValueError(
-            f"baselines for gradient_shap are a distribution of shape (N, {', '.join(map(str, x.shape[1:]))}) "
-            f"matching one input example; got {tuple(d.shape)}"
-        )
-    return d.to(dtype=x.dtype, device=x.device)
 
 
 _wrap = attribution_fn

@@ -41,7 +41,7 @@ from . import tree as T
 from .checks import check_finite
 from .gradients import _rows, _zero_if_none, vjp_rows
 from .layers import Split, _clone
-from .paths import path_integral
+from .paths import path_integral, straight_line_unit
 from .targets import Outputs, Targeted
 
 
@@ -101,12 +101,6 @@ class _Conductance:
         return self.pick(h) * self.pick(dfdh)
 
 
-def _unit_velocity(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor):
-    """The straight line with velocity one: the path integral without the (x - x') factor."""
-    a = alphas.reshape((-1,) + (1,) * x.ndim)
-    return baseline + a * (x - baseline), torch.ones_like(x)
-
-
 def neuron_conductance(
     split: Split,
     index,
@@ -155,7 +149,7 @@ def neuron_conductance(
             "neuron_conductance explains one model output per example; pick it with xattr.target(model, t) "
             "(K neurons at once: index=xattr.outputs([...]))"
         )
-    path = None if multiply_by_inputs else _unit_velocity
+    path = None if multiply_by_inputs else straight_line_unit
     return path_integral(
         _Conductance(split, index), argnums=argnums, baselines=baselines, n_steps=n_steps, method=method,
         path=path, chunk_size=chunk_size,

@@ -52,6 +52,13 @@ def straight_line(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor)
     return baseline + a * (x - baseline), x - baseline
 
 
+def straight_line_unit(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor):
+    """The IG path with velocity one: the path integral of the bare gradients, without the
+    ``(x - b)`` factor (Captum's ``multiply_by_inputs=False``)."""
+    a = alphas.reshape((-1,) + (1,) * x.ndim)
+    return baseline + a * (x - baseline), torch.ones_like(x)
+
+
 @dataclass
 class Profile:
     """The integrand sampled along the path: what Split IG and saturation plots need.

@@ -220,3 +220,49 @@ def expectation(
         return monte_carlo(attr_fn, args, kwargs, nums, n_samples, draw, chunk_size, "mean")
 
     return attribution_fn(fn, attr_fn)
+
+
+def shap_samples(
+    at_alpha: Callable, *, argnums, baselines, n_samples: int, stdevs, generator, chunk_size, return_delta: bool
+) -> Callable:
+    """GradientShap's draws around any per-row attribution ``at_alpha(*rows, baselines, alphas)``.
+
+    The same draws as ``xattr.gradient_shap`` (same streams in the same order, NOTE: [Explicit
+    randomness]): noise for each input, one baseline row and one alpha ~ U(0, 1) per sample and
+    example, all made before chunking; ``monte_carlo`` averages over the ``n_samples`` copies.
+    With ``return_delta`` at_alpha returns ``(attr, delta)`` and the deltas come back
+    example-major, (B * n_samples, [K]), Captum's layout.
+    """
+    nums, as_tuple = T.normalize_argnums(argnums)
+
+    def fn(*args):
+        selected, _ = T.split_args(args, nums)
+        xs, batch = T.leaves(selected), T.batch_size(selected)
+        dist = T.tree_map(_as_distribution, baselines if as_tuple else (baselines,), selected)
+        gens = streams(generator, len(xs) + 2)
+        noise = [normal_like(x, n_samples, sd, g) for x, sd, g in zip(xs, _per_leaf(stdevs, selected, "stdevs"), gens)]
+        idx = index_rows(batch, n_samples, T.batch_size(dist), gens[-2], xs[0].device)
+        alphas = uniform_rows(batch, n_samples, gens[-1], xs[0])
+        treedef = T.optree.tree_structure(selected, namespace="xattr")
+
+        def draw(start, stop):
+            noisy = [noisy_rows(x, z, start, stop) for x, z in zip(xs, noise)]
+            picked = T.tree_map(lambda d: d[idx[start:stop].reshape(-1)], dist)
+            extra = {"baselines": picked, "alphas": alphas[start:stop].reshape(-1)}
+            return T.optree.tree_unflatten(treedef, noisy), extra
+
+        out = monte_carlo(at_alpha, args, {}, nums, n_samples, draw, chunk_size, "mean", collect=return_delta)
+        return (out[0], out[1].transpose(0, 1).flatten(0, 1)) if return_delta else out
+
+    return fn
+
+
+def _as_distribution(d, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(d, torch.Tensor):
+        return torch.full((1,) + tuple(x.shape[1:]), float(d), dtype=x.dtype, device=x.device)
+    if tuple(d.shape[1:]) != tuple(x.shape[1:]):
+        raise ValueError(
+            f"baselines for gradient SHAP are a distribution of shape (N, {', '.join(map(str, x.shape[1:]))}) "
+            f"matching one input example; got {tuple(d.shape)}"
+        )
+    return d.to(dtype=x.dtype, device=x.device)

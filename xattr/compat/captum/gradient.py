@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 import xattr
+from xattr._src.paths import straight_line_unit
 
 from ._convert import Attribution, Call
 
@@ -42,12 +43,6 @@ class InputXGradient(Attribution):
     @property
     def multiplies_by_inputs(self) -> bool:
         return True
-
-
-def _local_path(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor):
-    """The straight line with a unit velocity: the path integral of the bare gradients."""
-    a = alphas.reshape((-1,) + (1,) * x.ndim)
-    return baseline + a * (x - baseline), torch.ones_like(x)
 
 
 class IntegratedGradients(Attribution):
@@ -83,7 +78,7 @@ class IntegratedGradients(Attribution):
     def _functional(self, call: Call, *, baselines=None, n_steps=50, method="gausslegendre",
                     internal_batch_size=None, return_convergence_delta=False):  # fmt: skip
         bases = call.baselines(baselines)
-        path = None if self._multiply_by_inputs else _local_path
+        path = None if self._multiply_by_inputs else straight_line_unit
         integral = xattr.path_integral(
             call.model, argnums=call.argnums, n_steps=n_steps, method=method, path=path, chunk_size=internal_batch_size
         )

@@ -20,7 +20,7 @@ import xattr
 from xattr._src.checks import baselines_like
 
 from ._convert import Attribution, Call
-from .gradient import _local_path
+from xattr._src.paths import straight_line_unit
 
 
 class LayerAttribution(Attribution):
@@ -168,7 +168,7 @@ class LayerIntegratedGradients(_InputPath):
                 split, argnums=argnums, n_steps=n_steps, method=method, chunk_size=chunk_size
             )
         integral = xattr.path_integral(
-            split.head, n_steps=n_steps, method=method, path=_local_path, chunk_size=chunk_size
+            split.head, n_steps=n_steps, method=method, path=straight_line_unit, chunk_size=chunk_size
         )
         act = xattr.layer_activation(split)
 
