@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
-
 import xattr
 from xattr._src.paths import straight_line_unit
 
