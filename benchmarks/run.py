@@ -41,10 +41,11 @@ def judge(family: str, x_floor: float, speedup: float, agreed: bool) -> str:
 
 
 def run_suite(model_name: str, device: str, args) -> tuple[list[list[str]], list[str]]:
+    from .layer_workloads import build as build_layers  # noqa: PLC0415 (imports captum)
     from .workloads import build  # noqa: PLC0415 (imports captum)
 
     rows, notes = [], []
-    for w in build(model_name, device):
+    for w in build(model_name, device) + build_layers(model_name, device):
         if args.only and args.only.lower() not in w.name.lower():
             continue
         t0 = time.perf_counter()
@@ -146,7 +147,8 @@ def main(argv=None) -> int:
     md += ["", "Times are medians of interleaved rounds (xattr, Captum and the floor run round-robin in one "
            "process, after warm-up). Ratios are what count; CPU absolute times depend on the machine and "
            "its load. Targets (from /work/shared/benchmarks.md):"]
-    md += [f"- {fam}: {t}" for fam, t in [("gradient methods", TARGETS["gradient"]), ("all classes", TARGETS["many"])]]
+    md += [f"- {fam}: {t}" for fam, t in [("gradient methods (also layer IG and Grad-CAM)", TARGETS["gradient"]),
+                                             ("many outputs (all classes, K neurons)", TARGETS["many"])]]
     for label, rows, notes in sections:
         md += ["", f"## {label}", ""]
         if rows is not None:
@@ -154,7 +156,12 @@ def main(argv=None) -> int:
         md += ["Notes:", ""] + [f"- {n}" for n in notes]
     md += ["", "Floors: IG = one forward+backward of the n_steps-times expanded batch; Saliency = one of the "
            "batch; SmoothGrad and GradientShap = one of the 25-times expanded batch; all classes = one "
-           "forward of the 20-times expanded batch plus 10 backward passes (fastest plain-torch spelling). "
+           "forward of the 20-times expanded batch plus 10 backward passes (fastest plain-torch spelling); "
+           "neuron IG = one forward of the n_steps-times expanded batch up to the layer plus K backward "
+           "passes (fastest plain-torch spelling); layer IG = the layer activation of input and baseline "
+           "plus one forward+backward of the 50-times expanded path through the part of the model after "
+           "the layer; Grad-CAM = one forward + one backward to the layer (the model cut by hand at the "
+           "layer, or a forward hook: the faster counts). "
            "Floor inputs are built before timing, so the floor times the model's work only.", ""]
     text = "\n".join(md)
     if args.out == "-":

@@ -23,7 +23,7 @@ def check_float_inputs(selected: tuple, method: str) -> None:
         if isinstance(leaf, torch.Tensor) and not (leaf.is_floating_point() or leaf.is_complex()):
             raise TypeError(
                 f"{method} differentiates with respect to its inputs, but got a {leaf.dtype} tensor "
-                f"of shape {tuple(leaf.shape)}. Integer inputs (token ids) have no gradient: split the "
+                f"(per-example shape {tuple(leaf.shape[1:])}). Integer inputs (token ids) have no gradient: split the "
                 "model at its embedding with xattr.at_layer(model, model.embedding) and attribute "
                 "the embedding output instead, or attribute with a perturbation method."
             )

@@ -107,9 +107,31 @@ def _select_many(out: torch.Tensor, idx) -> torch.Tensor:
         if idx.ndim == 2:
             return torch.gather(flat, 1, T.tile_rows(idx.to(out.device), out.shape[0]))
         raise ValueError(f"outputs(tensor) needs shape (K,) or (B, K), got {tuple(idx.shape)}")
-    if out.ndim == 2 and all(isinstance(i, int) for i in idx):
-        return _select_many(out, torch.tensor(idx, device=out.device))
+    flat_idx = _flat_indices(out, idx)
+    if flat_idx is not None:  # one gather: K chained selects would each scatter a full-size zero
+        return _flat_outputs(out)[:, torch.tensor(flat_idx, device=out.device)]
     return torch.stack([_select_one(out, i) for i in idx], dim=1)
+
+
+def _flat_indices(out: torch.Tensor, idx) -> list[int] | None:
+    """Integer (or all-int tuple) indices as positions in the flattened per-example output.
+
+    None when an index is not a plain position (slices, callables), or a tuple does not address
+    one element; ranges are checked here with the same messages as single targets.
+    """
+    shape = tuple(out.shape[1:])
+    flat = []
+    for i in idx:
+        i = (i,) if isinstance(i, int) and not isinstance(i, bool) else i
+        if not (isinstance(i, tuple) and len(i) == len(shape) and all(isinstance(v, int) and not isinstance(v, bool) for v in i)):
+            return None
+        pos = 0
+        for d, (v, n) in enumerate(zip(i, shape)):
+            if not -n <= v < n:
+                raise IndexError(f"target index {i} is out of range in output dim {d + 1} of size {n}")
+            pos = pos * n + (v % n)
+        flat.append(pos)
+    return flat
 
 
 class Targeted:
