@@ -157,3 +157,20 @@ def test_never_called_layer_and_bad_arguments():
         xattr.at_layer(model, lambda x: x)
     with pytest.raises(ValueError, match="call_index"):
         xattr.at_layer(model, model.l1, call_index=-1)
+
+
+def test_act_stops_at_the_layer_after_the_first_full_pass():
+    model = _model()
+    calls = []
+    handle = model.out.register_forward_hook(lambda m, i, o: calls.append(1))
+    try:
+        split = xattr.at_layer(model, model.l1)
+        first = split.act(X)  # runs everything once to check l1 is called once
+        assert len(calls) == 1
+        again = split.act(X)  # now stops at l1: the output layer is not reached
+        assert len(calls) == 1
+        torch.testing.assert_close(first, again)
+        xattr.at_layer(model, model.relu, call_index=0).act(X)  # an int call_index stops at once
+        assert len(calls) == 1
+    finally:
+        handle.remove()

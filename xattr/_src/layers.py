@@ -14,7 +14,9 @@ in-place ops after the module (``ReLU(inplace=True)``) never write into the call
 A module called more than once per forward (torchvision ResNet's shared ``relu``) needs
 ``call_index``: an int picks that call (0-based), ``"all"`` takes every call (act returns a
 tuple over calls and head substitutes each). The default, None, requires exactly one call and
-says so otherwise.
+says so otherwise. ``act`` stops the forward pass at the layer once it knows that is safe: at
+once for an int call_index, and after the split's first complete forward pass (which checks the
+single call) for None.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Split:
             raise ValueError(f"call_index must be None, a non-negative int or 'all', got {call_index!r}")
         self.inputs = inputs
         self.call_index = call_index
+        self.checked_single_calls = False
         self.act = _Act(self)
         self.head = _Head(self)
 
@@ -90,6 +93,7 @@ class Split:
                 h.remove()
         if not stop_when_done or out is not None:
             self._check_counts(counts)
+            self.checked_single_calls = self.call_index is None
         return out
 
     def _check_counts(self, counts):
@@ -138,7 +142,10 @@ class _Act:
     def __call__(self, *args):
         s = self.split
         got: list[list] = [[] for _ in s.modules]
-        need = sum(1 for _ in s.modules) if isinstance(s.call_index, int) else None
+        # With call_index=None the first call runs the whole forward to check each layer is called
+        # exactly once; later calls stop at the layer (NOTE: [Splitting a model at a layer]).
+        once = isinstance(s.call_index, int) or (s.call_index is None and s.checked_single_calls)
+        need = len(s.modules) if once else None
 
         def on_value(i, k, value):
             got[i].append(_clone(value))
