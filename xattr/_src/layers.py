@@ -10,6 +10,8 @@ the head with respect to h are layer gradients, so every input method becomes a 
 by applying it to ``split.head`` with ``argnums=0``. Hooks are registered inside each call and
 removed in a ``finally``: nothing stays on the model. The substituted h is cloned on entry, so
 in-place ops after the module (``ReLU(inplace=True)``) never write into the caller's tensor.
+Where the model can be traced with torch.fx and nothing could differ, the head instead runs a
+pruned graph that skips the work h makes irrelevant (NOTE: [Traced heads] in fx_head.py).
 
 A module called more than once per forward (torchvision ResNet's shared ``relu``) needs
 ``call_index``: an int picks that call (0-based), ``"all"`` takes every call (act returns a
@@ -28,6 +30,7 @@ from torch import nn
 
 from . import tree as T
 from .checks import check_finite
+from .fx_head import traced_head
 from .gradients import _rows, is_multi_output, vjp_rows
 
 
@@ -158,7 +161,11 @@ class _Act:
 
 
 class _Head:
-    """split.head(h, *args): the model's output with the layer's activation(s) replaced by h."""
+    """split.head(h, *args): the model's output with the layer's activation(s) replaced by h.
+
+    Runs the fx-traced, pruned head where it is exact (NOTE: [Traced heads] in fx_head.py),
+    else the whole forward with a hook substituting h.
+    """
 
     def __init__(self, split: Split):
         self.split = split
@@ -170,6 +177,9 @@ class _Head:
 
     def __call__(self, h, *args):
         s = self.split
+        traced = traced_head(s, h, args)  # NOTE: [Traced heads]: the same numbers, less work
+        if traced is not None:
+            return traced(h, *args)
         given = s._unpack(h)
 
         def on_value(i, k, value):

@@ -1,0 +1,206 @@
+"""The fx-traced head (NOTE: [Traced heads]) equals the hook head exactly, or is not used."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import xattr
+from xattr._src import fx_head
+from xattr._src.layers import _Head
+
+torch.manual_seed(0)
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+        )  # fmt: skip
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Skip(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.layer, self.b = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        u = torch.tanh(self.a(x))
+        return self.b(self.layer(u) + u)
+
+
+class InPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.layer, self.b = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        u = self.a(x)
+        v = F.relu(self.layer(u)) + 1.0
+        v.mul_(2.0)
+        u.add_(1.0)  # written after the layer, read below
+        w = self.layer(v)  # a second call of the layer (call_index)
+        return self.b(w + u)
+
+
+class Tokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embedding, self.lin, self.out = nn.Embedding(10, 5), nn.Linear(5, 5), nn.Linear(5, 2)
+
+    def forward(self, ids, mask):
+        e = self.lin(self.embedding(ids))
+        e = e * mask.unsqueeze(-1)
+        return self.out(e.sum(1) / mask.sum(1, keepdim=True))
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.layer, self.b = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        u = self.a(x)
+        if u.sum() > 0:  # data-dependent Python control flow: not traceable
+            u = -u
+        return self.b(self.layer(u))
+
+
+def _double(m):
+    return m.double().eval()
+
+
+X = torch.randn(5, 4, dtype=torch.float64)
+CASES = {
+    "cnn": (lambda: _double(CNN()), lambda m: m.net[2], (torch.randn(3, 1, 6, 6, dtype=torch.float64),), {}),
+    "cnn-input": (lambda: _double(CNN()), lambda m: m.net[2], (torch.randn(3, 1, 6, 6, dtype=torch.float64),), {"inputs": True}),
+    "skip": (lambda: _double(Skip()), lambda m: m.layer, (X,), {}),
+    "inplace-0": (lambda: _double(InPlace()), lambda m: m.layer, (X,), {"call_index": 0}),
+    "inplace-1": (lambda: _double(InPlace()), lambda m: m.layer, (X,), {"call_index": 1}),
+    "tokens": (lambda: _double(Tokens()), lambda m: m.embedding,
+               (torch.randint(0, 10, (4, 7)), (torch.rand(4, 7) > 0.3).double()), {}),
+}  # fmt: skip
+
+
+def _hook_head(split, h, *args):
+    """The hook head alone (the traced one disabled)."""
+    saved = fx_head.traced_head
+    try:
+        import xattr._src.layers as L
+
+        L.traced_head = lambda *a: None
+        return _Head(split)(h, *args)
+    finally:
+        L.traced_head = saved
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("targeted", [False, True])
+def test_traced_head_equals_hook_head(name, targeted):
+    make, layer_of, args, kw = CASES[name]
+    model = make()
+    f = xattr.target(model, 1) if targeted else model
+    split = xattr.at_layer(f, layer_of(model), **kw)
+    h = split.act(*args)
+    h = h + 0.1 * torch.randn_like(h)
+    h_before = h.clone()
+    assert fx_head.traced_head(split, h, args) is not None
+    got, want = split.head(h, *args), _hook_head(split, h, *args)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert torch.equal(h, h_before)  # nothing written into the caller's h
+    g_got = torch.func.grad(lambda h: split.head(h, *args).sum())(h)
+    g_want = torch.func.grad(lambda h: _hook_head(split, h, *args).sum())(h)
+    torch.testing.assert_close(g_got, g_want, rtol=0, atol=0)
+    hs = torch.stack([h, 2 * h])
+    v_got = torch.func.vmap(lambda h: split.head(h, *args))(hs)
+    v_want = torch.stack([_hook_head(split, hi, *args) for hi in hs])
+    torch.testing.assert_close(v_got, v_want, rtol=0, atol=0)
+
+
+def test_skip_connection_keeps_the_part_still_used_and_drops_the_rest():
+    model = _double(CNN())
+    split = xattr.at_layer(model, model.net[2])
+    head = fx_head.traced_head(split, torch.zeros(1), (torch.zeros(1, 1, 6, 6, dtype=torch.float64),))
+    called = [n.target for n in head.gm.graph.nodes if n.op == "call_module"]
+    assert called == ["net.3", "net.4", "net.5", "net.6"]
+    model = _double(Skip())
+    split = xattr.at_layer(model, model.layer)
+    head = fx_head.traced_head(split, torch.zeros(1), (X,))
+    assert "a" in [n.target for n in head.gm.graph.nodes if n.op == "call_module"]
+
+
+def test_no_hooks_or_changes_on_the_model():
+    model = _double(Skip())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    split = xattr.at_layer(model, model.layer)
+    split.head(split.act(X), X)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert split.model is model
+
+
+@pytest.mark.parametrize("why", ["untraceable", "train", "hooked", "non-tensor", "many", "all", "function"])
+def test_falls_back_where_it_must(why):
+    model = _double(Branchy() if why == "untraceable" else Skip())
+    f, layer, kw, args = model, model.layer, {}, (X,)
+    if why == "train":
+        model.train()
+    if why == "many":
+        layer = [model.layer, model.b]
+    if why == "all":
+        kw = {"call_index": "all"}
+    if why == "function":
+        f = lambda x: model(x)  # noqa: E731
+    handle = model.a.register_forward_hook(lambda *a: None) if why == "hooked" else None
+    split = xattr.at_layer(f, layer, **kw)
+    h = split.act(*args)
+    if why == "non-tensor":
+        model.forward = lambda x, scale=1.0: Skip.forward(model, x) * scale
+        args = (X, 2.0)
+    assert fx_head.traced_head(split, h, args) is None
+    out = split.head(h, *args)  # the hook head still answers
+    assert out.shape[0] == X.shape[0]
+    if handle is not None:
+        handle.remove()
+
+
+def test_layer_ig_same_numbers_both_heads():
+    model = _double(CNN())
+    x = torch.randn(3, 1, 6, 6, dtype=torch.float64)
+    split = xattr.at_layer(xattr.target(model, torch.tensor([0, 2, 1])), model.net[2])
+    got = xattr.layer_integrated_gradients(split, n_steps=8)(x)
+    import xattr._src.layers as L
+
+    saved = L.traced_head
+    try:
+        L.traced_head = lambda *a: None
+        want = xattr.layer_integrated_gradients(split, n_steps=8)(x)
+    finally:
+        L.traced_head = saved
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+class Constant(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.layer = nn.Linear(4, 3), nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.layer(self.a(x)) * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+
+
+def test_constants_made_in_forward_stay_off_the_model_and_tracing_under_vmap():
+    model = _double(Constant())
+    names = set(model.__dict__)
+    split = xattr.at_layer(model, model.layer)
+    h = split.act(X)
+    hs = torch.stack([h, -h])
+    got = torch.func.vmap(lambda h: split.head(h, X))(hs)  # the first call, and the trace, inside vmap
+    assert set(model.__dict__) == names
+    assert fx_head.traced_head(split, h, (X,)) is not None
+    torch.testing.assert_close(got, torch.stack([_hook_head(split, hi, X) for hi in hs]), rtol=0, atol=0)

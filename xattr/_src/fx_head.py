@@ -1,0 +1,230 @@
+"""`Split.head` traced with torch.fx: the part of the model that h makes irrelevant is skipped.
+
+NOTE: [Traced heads]
+The hook head (layers.py) reruns the whole forward and throws the layer's own result away, so
+the work before the layer is paid on every call (n_steps times the rows, for layer IG). Where
+the model is an ``nn.Module`` (possibly inside ``xattr.target``) that ``torch.fx`` can trace,
+the head is instead a GraphModule in which the layer's call_module node (its output, or its
+input with ``inputs=True``) is a new first placeholder and every node that cannot reach the
+output is removed. Nodes before the layer that the rest still uses (skip connections, masks)
+stay, and the model's own arguments are still fed. The GraphModule shares the model's
+submodules and parameters by reference; nothing is registered on the model.
+
+Exactness first: the hook head runs whenever this one might differ: a model in train mode
+(dropout, batch-norm statistics), any module or global hook, a non-tensor argument or one left
+to its default (fx would bake Python values into the graph), several layers or
+``call_index="all"``, a layer not seen as exactly the call the hooks would see (traced through,
+or inside another leaf module), or a failed trace. Dead nodes are kept when they may write into
+a tensor that is still read (in-place ops, ``inplace=True`` modules, ``out=``) or draw random
+numbers. h is cloned on entry, as the hook head does. Traces are cached on the Split, keyed by
+the identity and mode of every module, parameter and buffer.
+"""
+
+from __future__ import annotations
+
+import inspect
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.nn.modules import module as _module
+
+from . import tree as T
+from .targets import Targeted
+
+_MISSING = object()
+_FRESH_MODULES = (
+    nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear, nn.modules.batchnorm._NormBase, nn.LayerNorm,
+    nn.GroupNorm, nn.Embedding, nn.EmbeddingBag, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
+)  # fmt: skip
+_FRESH_FUNCTIONS = {
+    F.conv1d, F.conv2d, F.conv3d, F.linear, F.embedding, torch.matmul, torch.cat, torch.stack,
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.matmul,
+}  # fmt: skip
+_RANDOM = ("rand", "bernoulli", "normal", "multinomial", "poisson", "dropout", "exponential", "geometric", "cauchy")
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks", "_global_forward_hooks_always_called")  # fmt: skip
+
+
+class TracedHead:
+    """``(h, *args) -> f(*args)`` with h substituted, on the traced and pruned graph."""
+
+    def __init__(self, gm: fx.GraphModule, fn, n_args: int):
+        self.gm, self.fn, self.n_args = gm, fn, n_args
+
+    def __call__(self, h, *args):
+        return self.fn(T.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, h), *args)
+
+
+def traced_head(split, h, args: tuple) -> TracedHead | None:
+    """The traced head for this call of ``split.head``, or None where the hook head must run."""
+    if split.many or split.call_index == "all" or not all(isinstance(a, torch.Tensor) for a in args):
+        return None
+    if split.inputs and not isinstance(h, torch.Tensor):
+        return None
+    model, chain = split.model, []
+    while isinstance(model, Targeted):
+        chain.append(model.t)
+        model = model.model
+    if not isinstance(model, nn.Module) or any(getattr(_module, g, None) for g in _GLOBAL_HOOKS):
+        return None
+    key = _state(model)
+    if key is None:
+        return None
+    cache = split.__dict__.setdefault("_traced_heads", {})
+    entry = cache.get(key, _MISSING)
+    if entry is _MISSING:
+        if torch.compiler.is_compiling():  # never trace inside dynamo
+            return None
+        cache.clear()  # one model state at a time: the cache never outgrows one entry
+        try:
+            entry = _build(split, model, chain)
+        except Exception:  # noqa: BLE001 (any tracing failure means: use the hook head)
+            entry = None
+        cache[key] = entry
+    if entry is None or len(args) != entry.n_args:
+        return None
+    return entry
+
+
+def _state(model: nn.Module):
+    """Identity of every module, parameter and buffer; None in train mode or with any hook."""
+    key = []
+    for m in model.modules():
+        if m.training or m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+            return None
+        key.append(id(m))
+        key.extend(id(t) for t in m._parameters.values())
+        key.extend(id(t) for t in m._buffers.values())
+    return tuple(key)
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaves):
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return any(m is x for x in self.leaves) or super().is_leaf_module(m, qualname)
+
+
+def _build(split, model: nn.Module, chain: list) -> TracedHead | None:
+    params = inspect.signature(model.forward).parameters.values()
+    if any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params):
+        return None
+    layer = split.modules[0]
+    tracer = _Tracer([layer])
+    before = set(model.__dict__)
+    try:  # the tracer stores tensors made in forward on the root (_tensor_constant0): moved to gm
+        graph = tracer.trace(model)
+        gm = fx.GraphModule(model, graph)
+    finally:
+        for name in set(model.__dict__) - before:
+            delattr(model, name)
+    graph = gm.graph
+    calls = []
+    for n in graph.nodes:
+        if n.op == "call_module":
+            m = gm.get_submodule(n.target)
+            if m is layer:
+                calls.append(n)
+            elif any(s is layer for s in m.modules()):
+                return None  # the layer also runs inside another leaf: the hooks would count it
+    k = 0 if split.call_index is None else split.call_index
+    if (split.call_index is None and len(calls) != 1) or k >= len(calls):
+        return None
+    node = calls[k]
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    with graph.inserting_before(next(iter(graph.nodes))):
+        h = graph.placeholder("xattr_h")
+    if split.inputs:
+        if len(node.args) != 1:
+            return None
+        node.args = (h,)
+    else:
+        node.replace_all_uses_with(h)
+    live = _live(graph, gm)
+    for n in reversed(list(graph.nodes)):
+        if n not in live and n.op not in ("placeholder", "output"):
+            graph.erase_node(n)
+    graph.lint()
+    gm.recompile()
+    fn = gm
+    for t in reversed(chain):
+        fn = Targeted(fn, t)
+    return TracedHead(gm, fn, len(placeholders))
+
+
+def _live(graph: fx.Graph, gm: fx.GraphModule) -> set:
+    """Nodes that reach the output, or may write into a tensor that is read, or draw random numbers."""
+    live: set = set()
+
+    def mark(n):
+        stack = [n]
+        while stack:
+            x = stack.pop()
+            if x not in live:
+                live.add(x)
+                stack.extend(x.all_input_nodes)
+
+    nodes = list(graph.nodes)
+    mark(nodes[-1])
+    changed = True
+    while changed:
+        changed = False
+        for n in nodes:
+            if n not in live and n.op != "placeholder" and (_random(n) or (_mutates(n, gm) and _touches_live(n, live, gm))):
+                mark(n)
+                changed = True
+    return live
+
+
+def _name(n) -> str:
+    if n.op == "call_method":
+        return n.target
+    return getattr(n.target, "__name__", "") if n.op == "call_function" else ""
+
+
+def _random(n) -> bool:
+    return any(r in _name(n).lower() for r in _RANDOM)
+
+
+def _mutates(n, gm) -> bool:
+    if n.op == "call_module":
+        return getattr(gm.get_submodule(n.target), "inplace", False) is True
+    if n.op not in ("call_function", "call_method"):
+        return False
+    name = _name(n)
+    return (
+        (name.endswith("_") and not name.startswith("_"))
+        or n.target is operator.setitem
+        or n.kwargs.get("inplace") is True
+        or n.kwargs.get("out") is not None
+        or any(a is True for a in n.args[1:])  # e.g. F.relu(x, True): conservative
+    )
+
+
+def _touches_live(n, live: set, gm) -> bool:
+    """Whether a tensor n may write into can alias one that live nodes read."""
+    seen, stack = set(), list(n.all_input_nodes)
+    while stack:
+        x = stack.pop()
+        if x in seen:
+            continue
+        seen.add(x)
+        if x in live or x.op == "get_attr":
+            return True
+        if x.op == "placeholder":
+            if any(u in live for u in x.users):
+                return True
+            continue
+        if x.op == "call_module":
+            m = gm.get_submodule(x.target)
+            if isinstance(m, _FRESH_MODULES) and not getattr(m, "inplace", False):
+                continue
+        elif x.op == "call_function" and x.target in _FRESH_FUNCTIONS:
+            continue
+        stack.extend(x.all_input_nodes)
+    return False
