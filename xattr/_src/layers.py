@@ -151,9 +151,12 @@ class _Act:
         need = len(s.modules) if once else None
 
         def on_value(i, k, value):
-            got[i].append(_clone(value))
-            if need is not None and sum(len(g) for g in got) == need:
+            if need is not None and sum(len(g) for g in got) + 1 == need:
+                # The forward stops here, so no later op can write into an output (an input
+                # may be the caller's own tensor: still copied).
+                got[i].append(_clone(value) if s.inputs else value)
                 raise _Stop
+            got[i].append(_clone(value))
             return None
 
         s._run(args, on_value, stop_when_done=need is not None)
