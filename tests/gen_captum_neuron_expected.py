@@ -24,6 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
+try:
+    from .gen_captum_expected import _build, _entry, _fmt, _randn  # noqa: F401
+except ImportError:  # run as a script
+    from gen_captum_expected import _build, _entry, _fmt, _randn  # noqa: F401
+
 N_CAPTUM = 20000  # samples behind each stored statistical reference
 
 PAD, CLS, SEP, VOCAB, SEQ = 0, 1, 2, 12, 5
@@ -63,12 +68,6 @@ class TinyText(nn.Module):
         return self.mlp(self.embedding(ids))
 
 
-def _build(seed: int, make) -> nn.Module:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return make().double().eval()
-
-
 def build_models() -> dict[str, nn.Module]:
     return {
         "mlp": _build(10, lambda: nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4), nn.Softplus(), nn.Linear(4, 3))),
@@ -80,9 +79,6 @@ def build_models() -> dict[str, nn.Module]:
         "text": _build(14, TinyText),
     }
 
-
-def _randn(seed: int, *shape: int) -> torch.Tensor:
-    return torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
 
 
 X = _randn(21, 2, 3)
@@ -199,32 +195,6 @@ EMBEDDING = Case("lig_embedding", "LayerIntegratedGradients", "text", "embedding
 
 
 # ----------------------------------------------------------------------------- writing the file
-
-
-def _fmt(v, indent: int) -> str:
-    """A tensor (or tuple of tensors) as nested lists, one line where it fits in 100 columns."""
-    pad = " " * (indent + 4)
-    if isinstance(v, tuple):
-        return "(\n" + "".join(f"{pad}{_fmt(t, indent + 4)},\n" for t in v) + " " * indent + ")"
-    if isinstance(v, torch.Tensor):
-        v = v.tolist()
-    if not isinstance(v, list):
-        return f"{v:.10g}"
-    line = "[" + ", ".join(_fmt(u, 0) for u in v) + "]"
-    if len(line) + indent <= 88:
-        return line
-    if not isinstance(v[0], list):  # a long flat list: four numbers a line
-        rows = [", ".join(_fmt(u, 0) for u in v[i : i + 4]) for i in range(0, len(v), 4)]
-        return "[\n" + "".join(f"{pad}{r},\n" for r in rows) + " " * indent + "]"
-    return "[\n" + "".join(f"{pad}{_fmt(u, indent + 4)},\n" for u in v) + " " * indent + "]"
-
-
-def _entry(case: Case, out) -> str:
-    attr, delta = out if case.kwargs.get("return_convergence_delta") else (out, None)
-    s = f'{{\n        "attr": {_fmt(attr, 8)},\n'
-    if delta is not None:
-        s += f'        "delta": {_fmt(delta, 8)},\n'
-    return s + "    }"
 
 
 def main() -> None:
