@@ -203,7 +203,7 @@ def build(model_name: str, device: str, *, neuron_steps: int = 20, n_neurons: in
         h.requires_grad_()
         return torch.autograd.grad(after_cam(h), h, cot)[0]
 
-    def cam_floor_hook():
+    def hooked_grad():  # one fwd+bwd with a forward hook making the layer's output the leaf
         got = []
 
         def hook(module, inp, out):
@@ -215,22 +215,13 @@ def build(model_name: str, device: str, *, neuron_steps: int = 20, n_neurons: in
             out = model(x)
         finally:
             handle.remove()
-        return torch.autograd.grad(out, got[0], cot)[0]
+        return got[0], torch.autograd.grad(out, got[0], cot)[0]
+
+    def cam_floor_hook():
+        return hooked_grad()[1]
 
     def cam_plain():  # the whole method in plain torch: hook, one fwd+bwd, channel weights, sum, relu
-        got = []
-
-        def hook(module, inp, out):
-            got.append(out.detach().requires_grad_())
-            return got[-1]
-
-        handle = cam_layer.register_forward_hook(hook)
-        try:
-            out = model(x)
-        finally:
-            handle.remove()
-        h = got[0]
-        g = torch.autograd.grad(out, h, cot)[0]
+        h, g = hooked_grad()
         return torch.relu((g.mean(tuple(range(2, g.ndim)), keepdim=True) * h.detach()).sum(1, keepdim=True))
 
     def cam_agree():
