@@ -132,3 +132,32 @@ BY_NAME = {m.name: m for m in METHODS_UNDER_TEST}
 def entries(**flags) -> list[Method]:
     """Registry entries whose flags have the given values, e.g. ``entries(complete=True)``."""
     return [m for m in METHODS_UNDER_TEST if all(getattr(m, k) == v for k, v in flags.items())]
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks")
+
+
+def state_snapshot(model: torch.nn.Module, x: torch.Tensor) -> dict:
+    """What an attribution call must leave unchanged: parameters, buffers, modes, hooks, the input."""
+    return {
+        "params": {k: (v.detach().clone(), v.requires_grad, v.grad, v._version) for k, v in model.named_parameters()},
+        "buffers": {k: v.clone() for k, v in model.named_buffers()},
+        "modes": [m.training for m in model.modules()],
+        "hooks": [len(getattr(m, h)) for m in model.modules() for h in _HOOK_DICTS],
+        "x": (x.detach().clone(), x.requires_grad, x.grad, x._version),
+    }
+
+
+def changed_state(before: dict, after: dict) -> list[str]:
+    """The keys of two `state_snapshot`s that differ."""
+    return [k for k in before if not _same(before[k], after[k])]
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(p, q) for p, q in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b

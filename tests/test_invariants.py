@@ -22,7 +22,7 @@ from xattr.testing import (
 )
 from xattr.testing.strategies import ModelSpec, random_tensor
 
-from registry import BY_NAME, METHODS_UNDER_TEST, entries
+from registry import BY_NAME, METHODS_UNDER_TEST, changed_state, entries, state_snapshot
 
 B = 4
 SPECS = {
@@ -177,29 +177,6 @@ def test_torch_compile_gives_the_same_numbers(name):
     torch._dynamo.reset()
 
 
-_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks")
-
-
-def _snapshot(model: nn.Module, x: torch.Tensor) -> dict:
-    return {
-        "params": {k: (v.detach().clone(), v.requires_grad, v.grad, v._version) for k, v in model.named_parameters()},
-        "buffers": {k: v.clone() for k, v in model.named_buffers()},
-        "modes": [m.training for m in model.modules()],
-        "hooks": [len(getattr(m, h)) for m in model.modules() for h in _HOOK_DICTS],
-        "x": (x.detach().clone(), x.requires_grad, x.grad, x._version),
-    }
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(_same(p, q) for p, q in zip(a, b))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return a == b
-
-
 @all_methods
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["plain", "requires_grad"])
 @pytest.mark.parametrize("mode", ["eval", "train"])
@@ -207,10 +184,9 @@ def test_no_mutation_and_no_hooks_left(method, requires_grad, mode):
     model, x = setup("mlp")  # no dropout/batch-norm: train mode is legitimate and must be kept
     model.train(mode == "train")
     x.requires_grad_(requires_grad)
-    before = _snapshot(model, x)
+    before = state_snapshot(model, x)
     method.make(xattr.target(model, 0), generator=0)(x)
-    after = _snapshot(model, x)
-    changed = [k for k in before if not _same(before[k], after[k])]
+    changed = changed_state(before, state_snapshot(model, x))
     assert not changed, f"{method.name} changed {changed}"
 
 
