@@ -248,36 +248,52 @@ def _entry(case: Case, out) -> str:
     return s + "    }"
 
 
-def main() -> None:
+def expected_lines(script: str, legend: str, stat_legend: str, cases, stat_cases, run, models, entry, n_captum) -> list[str]:
+    """The generated module up to STAT's closing brace: Captum's numbers for every case.
+
+    Each case runs from the same global seeds; a statistical case runs with ``n_captum`` samples.
+    """
     import captum
     import captum.attr
     import numpy as np
 
-    models = build_models()
     lines = [
-        '"""Captum ' + captum.__version__ + "'s numbers for tests/gen_captum_expected.py's cases. Generated, do not edit.",
+        '"""Captum ' + captum.__version__ + f"'s numbers for tests/{script}'s cases. Generated, do not edit.",
         "",
-        "Regenerate with: .venv/bin/python tests/gen_captum_expected.py",
-        "attr: the attributions (a tuple for tuple inputs); delta: the convergence delta when asked for.",
-        f"STAT: estimates from N_CAPTUM = {N_CAPTUM} samples, for the statistical cases.",
+        f"Regenerate with: .venv/bin/python tests/{script}",
+        legend,
+        stat_legend,
         '"""',
         "",
         "EXPECTED = {",
     ]
-    for case in CASES:
+    for case in cases:
         torch.manual_seed(0)
         np.random.seed(0)
-        lines.append(f'    "{case.name}": {_entry(case, run(case, captum.attr, models))},')
+        lines.append(f'    "{case.name}": {entry(case, run(case, captum.attr, models))},')
     lines += ["}", "", "STAT = {"]
-    for case in STAT_CASES:
+    for case in stat_cases:
         torch.manual_seed(0)
         np.random.seed(0)
-        lines.append(f'    "{case.name}": {_entry(case, run(case, captum.attr, models, **{case.samples: N_CAPTUM}))},')
-    lines += ["}", ""]
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "captum_expected.py")
+        lines.append(f'    "{case.name}": {entry(case, run(case, captum.attr, models, **{case.samples: n_captum}))},')
+    return lines + ["}", ""]
+
+
+def write_expected(filename: str, lines: list[str], summary: str) -> None:
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), filename)
     with open(path, "w") as fh:
         fh.write("\n".join(lines))
-    print(f"wrote {path}: {len(CASES)} cases, {len(STAT_CASES)} statistical cases")
+    print(f"wrote {path}: {summary}")
+
+
+def main() -> None:
+    lines = expected_lines(
+        "gen_captum_expected.py",
+        "attr: the attributions (a tuple for tuple inputs); delta: the convergence delta when asked for.",
+        f"STAT: estimates from N_CAPTUM = {N_CAPTUM} samples, for the statistical cases.",
+        CASES, STAT_CASES, run, build_models(), _entry, N_CAPTUM,
+    )  # fmt: skip
+    write_expected("captum_expected.py", lines, f"{len(CASES)} cases, {len(STAT_CASES)} statistical cases")
 
 
 if __name__ == "__main__":

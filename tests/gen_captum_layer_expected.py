@@ -15,7 +15,6 @@ imports only torch: tests/test_compat_layer.py runs the same cases through
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,41 +233,24 @@ def _entry(case: Case, out) -> str:
 def main() -> None:
     import warnings
 
-    import captum
     import captum.attr
-    import numpy as np
 
     warnings.filterwarnings("ignore")  # Captum's multiple-layer notice
     models = build_models()
-    lines = [
-        '"""Captum ' + captum.__version__ + "'s numbers for tests/gen_captum_layer_expected.py's cases. Generated, do not edit.",
-        "",
-        "Regenerate with: .venv/bin/python tests/gen_captum_layer_expected.py",
+    lines = G.expected_lines(
+        "gen_captum_layer_expected.py",
         "attr: the attributions (a tuple for tuple layers; list: True marks a list of layers); delta: when asked for.",
         f"STAT: estimates from N_CAPTUM = {N_CAPTUM} samples. INTERPOLATE: LayerAttribution.interpolate of a stored map.",
-        '"""',
-        "",
-        "EXPECTED = {",
-    ]
-    for case in CASES:
-        torch.manual_seed(0)
-        np.random.seed(0)
-        lines.append(f'    "{case.name}": {_entry(case, run(case, captum.attr, models))},')
-    lines += ["}", "", "STAT = {"]
-    for case in STAT_CASES:
-        torch.manual_seed(0)
-        np.random.seed(0)
-        lines.append(f'    "{case.name}": {_entry(case, run(case, captum.attr, models, **{case.samples: N_CAPTUM}))},')
-    lines += ["}", "", "INTERPOLATE = {"]
+        CASES, STAT_CASES, run, models, _entry, N_CAPTUM,
+    )  # fmt: skip
+    lines += ["INTERPOLATE = {"]
     for name, dims, mode in INTERPOLATE:
         case = next(c for c in CASES if c.name == name)
         out = captum.attr.LayerAttribution.interpolate(run(case, captum.attr, models), dims, mode)
         lines.append(f'    ("{name}", {dims!r}, "{mode}"): {G._fmt(out.detach(), 4)},')
     lines += ["}", ""]
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "captum_layer_expected.py")
-    with open(path, "w") as fh:
-        fh.write("\n".join(lines))
-    print(f"wrote {path}: {len(CASES)} cases, {len(STAT_CASES)} statistical cases, {len(INTERPOLATE)} interpolations")
+    summary = f"{len(CASES)} cases, {len(STAT_CASES)} statistical cases, {len(INTERPOLATE)} interpolations"
+    G.write_expected("captum_layer_expected.py", lines, summary)
 
 
 if __name__ == "__main__":

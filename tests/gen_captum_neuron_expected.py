@@ -17,7 +17,6 @@ models (the tiny text model included) and the embedding case.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,24 +24,13 @@ import torch
 from torch import nn
 
 try:
-    from .gen_captum_expected import _build, _entry, _fmt, _randn  # noqa: F401
+    from .gen_captum_expected import TwoInputs, _build, _entry, _fmt, _randn, expected_lines, write_expected  # noqa: F401
 except ImportError:  # run as a script
-    from gen_captum_expected import _build, _entry, _fmt, _randn  # noqa: F401
+    from gen_captum_expected import TwoInputs, _build, _entry, _fmt, _randn, expected_lines, write_expected  # noqa: F401
 
 N_CAPTUM = 20000  # samples behind each stored statistical reference
 
 PAD, CLS, SEP, VOCAB, SEQ = 0, 1, 2, 12, 5
-
-
-class TwoInputs(nn.Module):
-    """f(x1, x2, scale, shift): l3's input mixes both attributed inputs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.l1, self.l2, self.l3 = nn.Linear(3, 4), nn.Linear(2, 4), nn.Linear(4, 2)
-
-    def forward(self, x1, x2, scale, shift=0.0):
-        return self.l3(torch.tanh(self.l1(x1) + self.l2(x2)) * scale + shift)
 
 
 class Joined(nn.Module):
@@ -198,35 +186,13 @@ EMBEDDING = Case("lig_embedding", "LayerIntegratedGradients", "text", "embedding
 
 
 def main() -> None:
-    import captum
-    import captum.attr
-    import numpy as np
-
-    models = build_models()
-    lines = [
-        '"""Captum ' + captum.__version__ + "'s numbers for tests/gen_captum_neuron_expected.py's cases. Generated, do not edit.",
-        "",
-        "Regenerate with: .venv/bin/python tests/gen_captum_neuron_expected.py",
+    lines = expected_lines(
+        "gen_captum_neuron_expected.py",
         "attr: the attributions (a tuple for tuple inputs); delta: the convergence delta when asked for.",
         f"STAT: estimates from N_CAPTUM = {N_CAPTUM} samples, for the statistical cases.",
-        '"""',
-        "",
-        "EXPECTED = {",
-    ]
-    for case in CASES + [EMBEDDING]:
-        torch.manual_seed(0)
-        np.random.seed(0)
-        lines.append(f'    "{case.name}": {_entry(case, run(case, captum.attr, models))},')
-    lines += ["}", "", "STAT = {"]
-    for case in STAT_CASES:
-        torch.manual_seed(0)
-        np.random.seed(0)
-        lines.append(f'    "{case.name}": {_entry(case, run(case, captum.attr, models, **{case.samples: N_CAPTUM}))},')
-    lines += ["}", ""]
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "captum_neuron_expected.py")
-    with open(path, "w") as fh:
-        fh.write("\n".join(lines))
-    print(f"wrote {path}: {len(CASES) + 1} cases, {len(STAT_CASES)} statistical cases")
+        CASES + [EMBEDDING], STAT_CASES, run, build_models(), _entry, N_CAPTUM,
+    )  # fmt: skip
+    write_expected("captum_neuron_expected.py", lines, f"{len(CASES) + 1} cases, {len(STAT_CASES)} statistical cases")
 
 
 if __name__ == "__main__":
