@@ -24,16 +24,37 @@ from ._src.layer_methods import (
     layer_integrated_gradients,
     upsample,
 )
+from ._src.backprop_methods import (
+    deconvolution,
+    deep_lift,
+    deep_lift_shap,
+    guided_backprop,
+    guided_grad_cam,
+    layer_deep_lift,
+    layer_deep_lift_shap,
+)
 from ._src.layer_paths import conductance, internal_influence
 from ._src.neuron_methods import neuron_conductance
 from ._src.paths import Profile, path_integral, quadrature
+from ._src.rules import rules
 from ._src.sampling import expectation, smooth
 from ._src.targets import Outputs, neuron, outputs, target
 from ._src.tokens import reference_tokens, token_scores
 
+from . import rule
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "deconvolution",
+    "deep_lift",
+    "deep_lift_shap",
+    "guided_backprop",
+    "guided_grad_cam",
+    "layer_deep_lift",
+    "layer_deep_lift_shap",
+    "rule",
+    "rules",
     "Outputs",
     "Profile",
     "Split",

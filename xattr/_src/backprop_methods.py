@@ -1,0 +1,345 @@
+"""Rule-based backpropagation methods: guided backprop, deconvolution, DeepLift, DeepLift SHAP.
+
+Each is a gradient of the model under `rules` (NOTE: [Intercepting operations]), so it works
+with ``F.relu``, in-place and reused ReLUs, and composes with ``at_layer`` and ``neuron``:
+
+    xattr.guided_backprop(xattr.neuron(split, idx))            # Captum's NeuronGuidedBackprop
+    xattr.deep_lift(xattr.neuron(split, idx), baselines=b)     # Captum's NeuronDeepLift
+
+Shared arguments: ``f``, ``argnums`` and ``chunk_size`` as in methods.py. DeepLift runs each
+example and its reference in one call (NOTE: [Paired rows]), so a call holds at least 2B rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import tree as T
+from .checks import baselines_like, warn_if_training
+from .deeplift_rules import Deconv, Guided, Rescale, paired_rows
+from .gradients import attribution_fn, vjp_rows
+from .layer_methods import grad_cam, upsample
+from .layers import Split, layer_vjp_rows
+from .methods import _gap
+from .rules import rules
+
+RESCALED = (F.relu, F.elu, F.leaky_relu, torch.sigmoid, torch.tanh, F.softplus, F.gelu, F.silu, F.max_pool2d, F.softmax)
+
+
+def deep_lift_rules(eps: float = 1e-10) -> dict:
+    """DeepLift's mapping: the Rescale rule for every elementwise nonlinearity, max-pool and softmax."""
+    rule = Rescale(eps)
+    return {op: rule for op in RESCALED}
+
+
+def _ruled_grad(f: Callable, mapping: Mapping, argnums, chunk_size) -> Callable:
+    ruled = rules(f, mapping)
+    nums, as_tuple = T.normalize_argnums(argnums)
+
+    def fn(*args):
+        warn_if_training(f)
+        with T.batch_scope(T.batch_size(T.split_args(args, nums)[0])):
+            grads = vjp_rows(ruled, args, nums, chunk_size=chunk_size, method="a rule-based method")[1]
+        return grads if as_tuple else grads[0]
+
+    return fn
+
+
+def guided_backprop(f: Callable, *, argnums: int | Sequence[int] = 0, chunk_size: int | None = None) -> Callable:
+    """Guided backpropagation: the gradient with ReLUs passing only positive gradients of active units.
+
+    Springenberg et al. 2015, "Striving for Simplicity". Every ReLU spelling is covered (``nn.ReLU``,
+    ``F.relu``, in place, reused), unlike Captum's, which skips ``F.relu``.
+
+    Example:
+      >>> gb = xattr.guided_backprop(xattr.target(model, 3))(x)          # like x
+    """
+    return attribution_fn(_ruled_grad(f, {F.relu: Guided()}, argnums, chunk_size), f)
+
+
+def deconvolution(f: Callable, *, argnums: int | Sequence[int] = 0, chunk_size: int | None = None) -> Callable:
+    """Deconvolution: the gradient with each ReLU's backward replaced by a ReLU of the gradient.
+
+    Zeiler & Fergus 2014, "Visualizing and Understanding Convolutional Networks".
+
+    Example:
+      >>> dc = xattr.deconvolution(xattr.target(model, 3))(x)            # like x
+    """
+    return attribution_fn(_ruled_grad(f, {F.relu: Deconv()}, argnums, chunk_size), f)
+
+
+def guided_grad_cam(split: Split, *, argnums: int | Sequence[int] = 0, mode: str = "nearest") -> Callable:
+    """Guided Grad-CAM: guided backprop times the layer's Grad-CAM upsampled to the input's size.
+
+    Selvaraju et al. 2017. ``split`` is ``xattr.at_layer(f, conv_layer)``; Grad-CAM's map (ReLU of
+    the channel-weighted sum) is resized with ``mode`` over the input's trailing dims.
+
+    Returns:
+      ``fn(*args)`` like ``args[argnums]`` (K axis after the batch for ``xattr.outputs``).
+
+    Example:
+      >>> ggc = xattr.guided_grad_cam(xattr.at_layer(xattr.target(model, 3), model.conv2))(x)
+    """
+    cam = grad_cam(split)
+    guided = guided_backprop(split.model, argnums=argnums)
+
+    def fn(*args):
+        heat = cam(*args)
+        return T.tree_map(lambda g: g * upsample(heat, tuple(g.shape[g.ndim - heat.ndim + 2 :]), mode), guided(*args))
+
+    return attribution_fn(fn, split)
+
+
+def _multipliers(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: int, chunk_size):
+    """DeepLift multipliers at ``copies`` copies of the inputs against ``base_rows`` (copies*B rows).
+
+    Returns (outputs at the inputs, outputs at the references, multipliers tree), all copy-major
+    with copies*B rows. Each call holds whole pairs of copies (NOTE: [Paired rows]).
+    """
+    selected = T.split_args(args, nums)[0]
+    batch = T.batch_size(selected)
+    ends, refs, grads = [], [], []
+    for s, e in T.chunks(copies, 2 * batch, chunk_size):
+        rows = (e - s) * batch
+        xs = T.fold(selected, e - s)
+        bs = T.tree_map(lambda b: b[s * batch : e * batch], base_rows)
+        both = T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), xs, bs)
+        call = tuple(a if i in nums else T.fold(a, 2 * (e - s), batch) for i, a in enumerate(args))
+        weights = _first_half(rows, T.leaves(selected)[0].device)
+        with paired_rows(2 * rows):
+            out, g = vjp_rows(ruled, T.split_args(call, nums)[1](both), nums, weights=weights, method="deep_lift")
+        ends.append(out[:rows])
+        refs.append(out[rows:])
+        grads.append(T.tree_map(lambda t: t[:rows], g))
+    cat = lambda *ts: torch.cat(ts)  # noqa: E731
+    return torch.cat(ends), torch.cat(refs), T.tree_map(cat, *grads)
+
+
+def _first_half(rows: int, device) -> torch.Tensor:
+    """Cotangent weights seeding the input half of 2 * rows paired rows."""
+    return torch.cat([torch.ones(rows, device=device), torch.zeros(rows, device=device)])
+
+
+def _combine(grads, xs, bs, multiply_by_inputs: bool, attribution_func):
+    if attribution_func is not None:
+        return attribution_func(grads, xs, bs)
+    if not multiply_by_inputs:
+        return grads
+    return T.tree_map(lambda g, x, b: g * T.expand_like(x - b, g), grads, xs, bs)
+
+
+def deep_lift(
+    f: Callable,
+    *,
+    baselines: Any = 0.0,
+    argnums: int | Sequence[int] = 0,
+    multiply_by_inputs: bool = True,
+    attribution_func: Callable | None = None,
+    eps: float = 1e-10,
+    mapping: Mapping | None = None,
+    chunk_size: int | None = None,
+    return_delta: bool = False,
+) -> Callable:
+    """DeepLift with the Rescale rule: ``(x - b) * m``, m the multipliers of a modified backward pass.
+
+    Shrikumar et al. 2017, "Learning Important Features Through Propagating Activation
+    Differences". Each elementwise nonlinearity (ReLU, ELU, LeakyReLU, sigmoid, tanh, softplus,
+    GELU, SiLU) passes ``g * (y - y_ref) / (x - x_ref)`` back instead of ``g * phi'(x)``; max-pool
+    and softmax have their own rules (`xattr.rule.Rescale`). Summation-to-delta holds exactly for
+    networks of affine maps, elementwise nonlinearities and max-pools:
+    ``sum(attributions) = f(x) - f(b)`` (tested; softmax inside the model breaks it).
+
+    Args (beyond the shared ones):
+      baselines: the reference: number, tensor broadcastable to the input, or tree like it;
+        also a call keyword.
+      multiply_by_inputs: False returns the multipliers m alone.
+      attribution_func: ``(multipliers, inputs, baselines) -> attributions`` replacing the
+        product (trees like ``args[argnums]``; Captum's ``custom_attribution_func``).
+      eps: below this ``|x - x_ref|`` the ordinary derivative is used.
+      mapping: rules added to (or replacing) the defaults, as for `xattr.rules`.
+      return_delta: also return ``sum(attributions) - (f(x) - f(b))`` per example, (B,) or (B, K).
+
+    Example:
+      >>> attr, delta = xattr.deep_lift(xattr.target(model, 3), baselines=0.0, return_delta=True)(x)
+    """
+    ruled = rules(f, {**deep_lift_rules(eps), **(mapping or {})})
+    nums, as_tuple = T.normalize_argnums(argnums)
+
+    def fn(*args, baselines=baselines):
+        warn_if_training(f)
+        selected = T.split_args(args, nums)[0]
+        with T.batch_scope(T.batch_size(selected)):
+            base = T.tree_map(lambda x, b: torch.broadcast_to(b, x.shape), selected, baselines_like(selected, baselines))
+            end, ref, m = _multipliers(ruled, args, nums, base, 1, chunk_size)
+        attr = _combine(m, selected, base, multiply_by_inputs, attribution_func)
+        out = attr if as_tuple else attr[0]
+        return (out, _gap(attr, end, ref)) if return_delta else out
+
+    return attribution_fn(fn, f)
+
+
+def _distribution(selected, baselines):
+    """The baseline distribution as a tree like ``selected`` of (N, ...) tensors, and N."""
+    if isinstance(baselines, (int, float)):
+        baselines = T.tree_map(lambda x: torch.full((1,) + tuple(x.shape[1:]), float(baselines), dtype=x.dtype), selected)
+    elif isinstance(baselines, torch.Tensor) and len(T.leaves(selected)) == 1:
+        baselines = T.tree_map(lambda x: baselines, selected)
+    sizes = {b.shape[0] for b in T.leaves(baselines)}
+    if len(sizes) != 1:
+        raise ValueError(f"every baseline tensor needs the same number of rows N; got {sorted(sizes)}")
+    for x, b in zip(T.leaves(selected), T.leaves(baselines)):
+        if tuple(b.shape[1:]) != tuple(x.shape[1:]):
+            raise ValueError(f"baselines rows of shape {tuple(b.shape[1:])} do not match inputs {tuple(x.shape[1:])}")
+    return baselines, sizes.pop()
+
+
+def deep_lift_shap(
+    f: Callable,
+    *,
+    baselines: Any,
+    argnums: int | Sequence[int] = 0,
+    multiply_by_inputs: bool = True,
+    attribution_func: Callable | None = None,
+    eps: float = 1e-10,
+    mapping: Mapping | None = None,
+    chunk_size: int | None = None,
+    return_delta: bool = False,
+) -> Callable:
+    """DeepLift SHAP: DeepLift averaged over a baseline distribution (Lundberg & Lee 2017).
+
+    Every example is compared with every one of the N baseline rows in batched calls (pairs of
+    copies, ``chunk_size`` bounding the rows per call) and the N attributions are averaged.
+
+    Args (beyond those of `deep_lift`):
+      baselines: the distribution, a tensor (N, ...) or a tree of them sharing N.
+      return_delta: also return the gap of each (example, baseline) pair, shape (B, N) or
+        (B, N, K).
+
+    Example:
+      >>> attr = xattr.deep_lift_shap(xattr.target(model, 3), baselines=x_train[:20])(x)
+    """
+    ruled = rules(f, {**deep_lift_rules(eps), **(mapping or {})})
+    nums, as_tuple = T.normalize_argnums(argnums)
+
+    def fn(*args, baselines=baselines):
+        warn_if_training(f)
+        selected = T.split_args(args, nums)[0]
+        batch = T.batch_size(selected)
+        dist, n = _distribution(selected, baselines)
+        base = T.tree_map(lambda b: b.repeat_interleave(batch, 0), dist)  # copy k is baseline row k
+        with T.batch_scope(batch):
+            end, ref, m = _multipliers(ruled, args, nums, base, n, chunk_size)
+        xs = T.fold(selected, n)
+        attr = _combine(m, xs, base, multiply_by_inputs, attribution_func)
+        mean = T.tree_map(lambda a: T.unfold(a, n).mean(0), attr)
+        out = mean if as_tuple else mean[0]
+        if not return_delta:
+            return out
+        gap = _gap(attr, end, ref)
+        return out, gap.reshape((n, batch) + tuple(gap.shape[1:])).movedim(0, 1)
+
+    return attribution_fn(fn, f)
+
+
+def _split_with(split: Split, mapping: Mapping) -> Split:
+    layers = split.modules if split.many else split.modules[0]
+    return Split(rules(split.model, mapping), layers, split.inputs, split.call_index)
+
+
+def _layer_pairs(split: Split, args: tuple, nums: tuple, base_rows, copies: int):
+    """(h, h_ref, multipliers at h, outputs, reference outputs) for copies x B paired rows."""
+    selected = T.split_args(args, nums)[0]
+    batch = T.batch_size(selected)
+    rows = copies * batch
+    both = T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), T.fold(selected, copies), base_rows)
+    call = tuple(a if i in nums else T.fold(a, 2 * copies, batch) for i, a in enumerate(args))
+    with paired_rows(2 * rows):
+        h, out, g = layer_vjp_rows(split, T.split_args(call, nums)[1](both), weights=_first_half(rows, out_device(selected)))
+    top, bottom = (lambda t: t[:rows]), (lambda t: t[rows:])  # noqa: E731
+    return T.tree_map(top, h), T.tree_map(bottom, h), T.tree_map(top, g), out[:rows], out[rows:]
+
+
+def out_device(selected):
+    return T.leaves(selected)[0].device
+
+
+def layer_deep_lift(
+    split: Split,
+    *,
+    baselines: Any = 0.0,
+    argnums: int | Sequence[int] = 0,
+    multiply_by_inputs: bool = True,
+    attribution_func: Callable | None = None,
+    eps: float = 1e-10,
+    mapping: Mapping | None = None,
+    return_delta: bool = False,
+) -> Callable:
+    """DeepLift at a layer: ``(h - h_ref) * m_h``, h the activation at the input and reference.
+
+    ``baselines`` replace ``args[argnums]`` in input space (Captum's LayerDeepLift); m_h are the
+    DeepLift multipliers of the output with respect to h. Summation-to-delta holds when every
+    path from the input to the output crosses the layer.
+
+    Returns:
+      ``fn(*args)`` like ``split.act(*args)``, or ``(attributions, delta)`` with delta (B,).
+
+    Example:
+      >>> attr = xattr.layer_deep_lift(xattr.at_layer(xattr.target(model, 3), model.conv2))(x)
+    """
+    ruled = _split_with(split, {**deep_lift_rules(eps), **(mapping or {})})
+    nums, _ = T.normalize_argnums(argnums)
+
+    def fn(*args, baselines=baselines):
+        warn_if_training(split)
+        selected = T.split_args(args, nums)[0]
+        with T.batch_scope(T.batch_size(selected)):
+            base = T.tree_map(lambda x, b: torch.broadcast_to(b, x.shape), selected, baselines_like(selected, baselines))
+            h, h_ref, m, end, ref = _layer_pairs(ruled, args, nums, base, 1)
+        attr = _combine(m, h, h_ref, multiply_by_inputs, attribution_func)
+        return (attr, _gap(T.leaves(attr), end, ref)) if return_delta else attr
+
+    return attribution_fn(fn, split)
+
+
+def layer_deep_lift_shap(
+    split: Split,
+    *,
+    baselines: Any,
+    argnums: int | Sequence[int] = 0,
+    multiply_by_inputs: bool = True,
+    attribution_func: Callable | None = None,
+    eps: float = 1e-10,
+    mapping: Mapping | None = None,
+    return_delta: bool = False,
+) -> Callable:
+    """`layer_deep_lift` averaged over a baseline distribution (N, ...) in input space.
+
+    Returns:
+      ``fn(*args)`` like ``split.act(*args)``, or ``(attributions, delta)`` with delta (B, N).
+
+    Example:
+      >>> split = xattr.at_layer(xattr.target(model, 3), model.conv2)
+      >>> attr = xattr.layer_deep_lift_shap(split, baselines=x_train[:20])(x)
+    """
+    ruled = _split_with(split, {**deep_lift_rules(eps), **(mapping or {})})
+    nums, _ = T.normalize_argnums(argnums)
+
+    def fn(*args, baselines=baselines):
+        warn_if_training(split)
+        selected = T.split_args(args, nums)[0]
+        batch = T.batch_size(selected)
+        dist, n = _distribution(selected, baselines)
+        base = T.tree_map(lambda b: b.repeat_interleave(batch, 0), dist)
+        with T.batch_scope(batch):
+            h, h_ref, m, end, ref = _layer_pairs(ruled, args, nums, base, n)
+        attr = _combine(m, h, h_ref, multiply_by_inputs, attribution_func)
+        mean = T.tree_map(lambda a: T.unfold(a, n).mean(0), attr)
+        if not return_delta:
+            return mean
+        gap = _gap(T.leaves(attr), end, ref)
+        return mean, gap.reshape((n, batch) + tuple(gap.shape[1:])).movedim(0, 1)
+
+    return attribution_fn(fn, split)

@@ -1,0 +1,203 @@
+"""The operations `rules` can intercept: each torch function mapped to a kind and a parser.
+
+A parser turns one intercepted call ``func(*args, **kwargs)`` into an `Op`: the tensors the rule
+sees (the input first, then weights), an out-of-place function of exactly those tensors, and
+whether the call was in place. Every spelling of an operation maps to one kind: ``nn.ReLU``,
+``F.relu``, ``torch.relu``, ``x.relu()``, ``torch.relu_`` and ``F.relu(x, inplace=True)`` are all
+kind ``"relu"``, so a rule for ``"relu"`` sees them all (NOTE: [Intercepting operations] in
+rules.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+class Op(NamedTuple):
+    """One intercepted call: ``fn(*tensors)`` recomputes its output out of place.
+
+    ``kind`` names the operation (``"relu"``, ``"max_pool"``, ``"linear"``, ...), ``tensors`` are
+    the differentiable inputs (input first; then weight and bias for linear/conv/norm kinds, a
+    missing bias is a zero tensor), ``options`` holds the non-tensor arguments (``dim``,
+    ``stride``...), ``func`` is the torch function that was called.
+    """
+
+    kind: str
+    fn: Callable
+    tensors: tuple
+    options: dict
+    func: Callable
+    inplace: bool
+
+
+ELEMENTWISE = frozenset({"relu", "elu", "leaky_relu", "sigmoid", "tanh", "softplus", "gelu", "silu"})
+AFFINE = frozenset({"linear", "conv", "batch_norm", "avg_pool"})  # affine in their input
+
+
+def _unary(kind: str, out_of_place: Callable, inplace_default: bool = False):
+    def parse(func, input, *rest, inplace=inplace_default, **options):
+        if rest:  # positional options after the input, in the functional's order
+            names = _POSITIONAL[kind]
+            options.update(zip(names, rest))
+            inplace = options.pop("inplace", inplace)
+        options.pop("inplace", None)
+        return Op(kind, functools.partial(out_of_place, **options), (input,), options, func, bool(inplace))
+
+    return parse
+
+
+_POSITIONAL = {
+    "relu": ("inplace",),
+    "elu": ("alpha", "inplace"),
+    "leaky_relu": ("negative_slope", "inplace"),
+    "softplus": ("beta", "threshold"),
+    "gelu": ("approximate",),
+    "silu": ("inplace",),
+    "sigmoid": (),
+    "tanh": (),
+}
+
+
+def _softmax(func, input, dim=None, _stacklevel=3, dtype=None):
+    if dim is None:
+        raise ValueError("xattr.rules needs softmax's dim given explicitly (implicit dim is deprecated in torch)")
+    options = {"dim": dim, "dtype": dtype}
+    return Op("softmax", functools.partial(torch.softmax, dim=dim, dtype=dtype), (input,), options, func, False)
+
+
+def _max_pool(nd: int):
+    pool = getattr(F, f"max_pool{nd}d_with_indices")
+
+    def parse(func, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+        return_indices = return_indices or func is pool
+        options = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+        fn = lambda x: pool(x, **options)[0]  # noqa: E731
+        return Op("max_pool", fn, (input,), dict(options, nd=nd, return_indices=return_indices), func, False)
+
+    return parse
+
+
+def _avg_pool(nd: int):
+    pool = getattr(F, f"avg_pool{nd}d")
+
+    def parse(func, input, *rest, **kwargs):
+        fn = lambda x: pool(x, *rest, **kwargs)  # noqa: E731
+        return Op("avg_pool", fn, (input,), {"nd": nd}, func, False)
+
+    return parse
+
+
+def _adaptive_avg_pool(nd: int):
+    pool = getattr(F, f"adaptive_avg_pool{nd}d")
+
+    def parse(func, input, output_size):
+        return Op("avg_pool", lambda x: pool(x, output_size), (input,), {"nd": nd}, func, False)
+
+    return parse
+
+
+def _bias(bias, weight: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.zeros(rows, dtype=weight.dtype, device=weight.device) if bias is None else bias
+
+
+def _linear(func, input, weight, bias=None):
+    fn = lambda x, w, b: F.linear(x, w, b)  # noqa: E731
+    return Op("linear", fn, (input, weight, _bias(bias, weight, weight.shape[0])), {}, func, False)
+
+
+def _conv(nd: int):
+    conv = getattr(torch, f"conv{nd}d")
+
+    def parse(func, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+        options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        fn = lambda x, w, b: conv(x, w, b, **options)  # noqa: E731
+        return Op("conv", fn, (input, weight, _bias(bias, weight, weight.shape[0])), dict(options, nd=nd), func, False)
+
+    return parse
+
+
+def _batch_norm(func, input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    if training:
+        return None  # batch statistics couple the examples: no rule applies (the train-mode warning says so)
+    c = running_mean.shape[0]
+    w = torch.ones(c, dtype=input.dtype, device=input.device) if weight is None else weight
+    b = torch.zeros(c, dtype=input.dtype, device=input.device) if bias is None else bias
+    fn = lambda x, w, b: F.batch_norm(x, running_mean, running_var, w, b, False, 0.0, eps)  # noqa: E731
+    options = {"running_mean": running_mean, "running_var": running_var, "eps": eps}
+    return Op("batch_norm", fn, (input, w, b), options, func, False)
+
+
+def _layer_norm(func, input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    shape = tuple(normalized_shape) if not isinstance(normalized_shape, int) else (normalized_shape,)
+    w = torch.ones(shape, dtype=input.dtype, device=input.device) if weight is None else weight
+    b = torch.zeros(shape, dtype=input.dtype, device=input.device) if bias is None else bias
+    fn = lambda x, w, b: F.layer_norm(x, shape, w, b, eps)  # noqa: E731
+    return Op("layer_norm", fn, (input, w, b), {"normalized_shape": shape, "eps": eps}, func, False)
+
+
+def _sdpa(func, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    if dropout_p:
+        return None
+    options = dict(attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+    fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, **options)  # noqa: E731
+    return Op("attention", fn, (query, key, value), options, func, False)
+
+
+def _fused_attention(func, *args, **kwargs):
+    return Op("fused_attention", None, (), {}, func, False)
+
+
+def _table() -> tuple[dict, dict]:
+    """(torch function -> parser, torch function -> kind)."""
+    unary = {
+        "relu": (torch.relu, [F.relu, torch.relu, torch.Tensor.relu], [torch.relu_, torch.Tensor.relu_, F.relu_]),
+        "elu": (F.elu, [F.elu], [F.elu_]),
+        "leaky_relu": (F.leaky_relu, [F.leaky_relu], [F.leaky_relu_]),
+        "sigmoid": (torch.sigmoid, [torch.sigmoid, torch.Tensor.sigmoid, F.sigmoid], [torch.sigmoid_, torch.Tensor.sigmoid_]),
+        "tanh": (torch.tanh, [torch.tanh, torch.Tensor.tanh, F.tanh], [torch.tanh_, torch.Tensor.tanh_]),
+        "softplus": (F.softplus, [F.softplus], []),
+        "gelu": (F.gelu, [F.gelu], []),
+        "silu": (F.silu, [F.silu], []),
+    }
+    table: dict = {}
+    kinds: dict = {}
+
+    def add(func, kind, parser):
+        table[func], kinds[func] = parser, kind
+
+    for kind, (fn, plain, inplace) in unary.items():
+        for f in plain:
+            add(f, kind, _unary(kind, fn))
+        for f in inplace:
+            add(f, kind, _unary(kind, fn, inplace_default=True))
+    for f in (F.softmax, torch.softmax, torch.Tensor.softmax):
+        add(f, "softmax", _softmax)
+    for nd in (1, 2, 3):
+        for f in (getattr(F, f"max_pool{nd}d"), getattr(torch, f"max_pool{nd}d"), getattr(F, f"max_pool{nd}d_with_indices")):
+            add(f, "max_pool", _max_pool(nd))
+        add(getattr(F, f"avg_pool{nd}d"), "avg_pool", _avg_pool(nd))
+        add(getattr(F, f"adaptive_avg_pool{nd}d"), "avg_pool", _adaptive_avg_pool(nd))
+        add(getattr(torch, f"conv{nd}d"), "conv", _conv(nd))
+    add(F.linear, "linear", _linear)
+    add(F.batch_norm, "batch_norm", _batch_norm)
+    add(F.layer_norm, "layer_norm", _layer_norm)
+    add(F.scaled_dot_product_attention, "attention", _sdpa)
+    add(F.multi_head_attention_forward, "fused_attention", _fused_attention)
+    return table, kinds
+
+
+PARSERS, KIND_OF = _table()
+KINDS = frozenset(KIND_OF.values())
+
+
+def parse(func, args: tuple, kwargs: dict) -> Op | None:
+    """The `Op` of an intercepted call, or None when `rules` has nothing to say about it."""
+    parser = PARSERS.get(func)
+    if parser is None:
+        return None
+    return parser(func, *args, **kwargs)
+

@@ -1,0 +1,265 @@
+"""`rules`: a model function whose backward pass follows chosen rules instead of the chain rule.
+
+NOTE: [Intercepting operations]
+Captum swaps backward passes with module hooks keyed on module types, so ``F.relu`` is missed,
+a module called twice breaks, and nothing fires under ``vmap`` (module backward hooks are not
+functorch-aware). ``rules(f, mapping)`` instead runs f under a ``TorchFunctionMode`` that sees
+every torch function call. Calls of a known kind (ops.py: every spelling of ReLU, pooling,
+softmax, linear, conv, norms, attention) are parsed into an `Op`; if a rule applies, the call is
+replaced by ``_Apply``, a ``torch.autograd.Function`` (with ``setup_context`` and
+``generate_vmap_rule=True``) whose forward is the op itself and whose backward is the rule's.
+Forward values never change: only gradients do. Everything else runs untouched, and so does
+every op no rule claims, so the cost is one dictionary lookup per torch call.
+
+Because the op is intercepted, not the module, the same rule applies to ``nn.ReLU``, ``F.relu``,
+``x.relu_()`` and a ReLU module reused five times, and works in plain functions that are not
+modules at all. In-place calls are recomputed out of place and copied back into their input.
+
+NOTE: [Choosing a rule]
+A mapping key is one of
+  - a torch function, standing for its kind: ``F.relu`` covers every ReLU spelling, ``F.linear``
+    every linear layer, ``torch.conv2d`` every 2-d convolution, ...;
+  - an ``nn.Module`` subclass (``nn.Conv2d``): ops run inside such a module (subclasses too);
+  - an ``nn.Module`` instance: ops run inside that module;
+  - a module name (``"features.0"``), resolved against ``root`` (found behind f when omitted).
+For each intercepted op, modules are searched from the innermost running module outwards; at
+each module its name, then the instance, then its type; then the op's kind. The first rule
+that accepts the op's kind (``rule.kinds``) wins; none leaves the ordinary gradient. Module keys
+track the running modules with global forward hooks that exist only during the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Mapping, NamedTuple
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from . import ops
+from .checks import _modules
+
+
+class Saved(NamedTuple):
+    """What a rule's backward receives: the op's input tensors (when the rule keeps them) and the
+    extra tensors its forward computed."""
+
+    inputs: tuple
+    extras: tuple
+
+
+class Rule:
+    """A modified backward pass for some kinds of operation (subclass it; see docs/rules.md).
+
+    Override ``backward(op, saved, grad)`` to return one gradient per tensor of ``op.tensors``
+    (None where there is none), and optionally ``forward(op, *tensors) -> (output, extras)`` to
+    compute tensors the backward needs. Set ``kinds`` to the op kinds the rule accepts and
+    ``keep_inputs = True`` to receive the op's inputs in ``saved.inputs``.
+    """
+
+    kinds: frozenset = frozenset()
+    keep_inputs: bool = False
+
+    def accepts(self, op: ops.Op) -> bool:
+        return op.kind in self.kinds
+
+    def keeps(self, op: ops.Op) -> bool:
+        """Whether the backward needs the op's input tensors (``saved.inputs``)."""
+        return self.keep_inputs
+
+    def forward(self, op: ops.Op, *tensors):
+        return op.fn(*tensors), ()
+
+    def backward(self, op: ops.Op, saved: Saved, grad: torch.Tensor) -> tuple:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+class _Apply(torch.autograd.Function):
+    """The op's forward with the rule's backward. Non-tensor inputs: the rule and the op."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(rule, op, *tensors):
+        out, extras = rule.forward(op, *tensors)
+        return (out, *extras)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        rule, op, *tensors = inputs
+        extras = output[1:]
+        ctx.mark_non_differentiable(*extras)
+        ctx.rule, ctx.op, ctx.n_inputs = rule, op, len(tensors)
+        kept = tuple(tensors) if rule.keeps(op) else ()
+        ctx.save_for_backward(*kept, *extras)
+        ctx.n_kept = len(kept)
+
+    @staticmethod
+    def backward(ctx, grad, *_):
+        saved = ctx.saved_tensors
+        grads = ctx.rule.backward(ctx.op, Saved(saved[: ctx.n_kept], saved[ctx.n_kept :]), grad)
+        if len(grads) != ctx.n_inputs:
+            raise RuntimeError(f"{ctx.rule!r}.backward returned {len(grads)} gradients for {ctx.n_inputs} tensors")
+        return (None, None, *grads)
+
+
+def apply_rule(rule: Rule, op: ops.Op):
+    """Runs ``op`` with ``rule``'s backward; handles in-place calls and returned pooling indices."""
+    tensors = op.tensors
+    if op.inplace and rule.keeps(op):
+        tensors = (tensors[0].clone(),) + tensors[1:]
+    light = op._replace(tensors=())  # the context must not hold the op's tensors
+    with torch._C.DisableTorchFunction():  # the rule's own ops are not intercepted again
+        out = _Apply.apply(rule, light, *tensors)[0]
+        if op.inplace:
+            out = op.tensors[0].copy_(out)
+        if op.options.get("return_indices"):
+            with torch.no_grad():
+                pool = getattr(torch.nn.functional, f"max_pool{op.options['nd']}d_with_indices")
+                keys = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+                indices = pool(op.tensors[0], **{k: op.options[k] for k in keys})[1]
+            return out, indices
+    return out
+
+
+class _Table:
+    """The mapping, sorted by key type (NOTE: [Choosing a rule])."""
+
+    def __init__(self, mapping: Mapping, root: nn.Module | None):
+        self.by_kind: dict = {}
+        self.by_name: dict = {}
+        self.by_module: dict = {}
+        self.by_type: dict = {}
+        for key, rule in mapping.items():
+            if not isinstance(rule, Rule):
+                raise TypeError(f"rules maps keys to xattr.rule.Rule objects; {key!r} maps to {type(rule).__name__}")
+            if isinstance(key, str):
+                self.by_name[key] = rule
+            elif isinstance(key, type) and issubclass(key, nn.Module):
+                self.by_type[key] = rule
+            elif isinstance(key, nn.Module):
+                self.by_module[id(key)] = (key, rule)
+            elif key in ops.KIND_OF:
+                self.by_kind[ops.KIND_OF[key]] = rule
+            else:
+                raise TypeError(
+                    f"rules cannot key on {key!r}: use a torch function ({sorted(ops.KINDS)} have one), an "
+                    "nn.Module subclass, an nn.Module instance, or a module name"
+                )
+        self.names: dict = {}
+        if self.by_name:
+            if root is None:
+                raise ValueError("rules keyed by module name need root=the model those names belong to")
+            self.names = {id(m): n for n, m in root.named_modules(remove_duplicate=False)}
+            missing = sorted(set(self.by_name) - set(self.names.values()))
+            if missing:
+                raise ValueError(f"no module named {missing} in {type(root).__name__}")
+        self.tracks_modules = bool(self.by_name or self.by_module or self.by_type)
+
+    def resolve(self, op: ops.Op, stack: list) -> Rule | None:
+        for module in reversed(stack):
+            for rule in self._module_rules(module):
+                if rule is not None and rule.accepts(op):
+                    return rule
+        rule = self.by_kind.get(op.kind)
+        return rule if rule is not None and rule.accepts(op) else None
+
+    def _module_rules(self, module):
+        if self.by_name:
+            yield self.by_name.get(self.names.get(id(module)))
+        if self.by_module:
+            yield self.by_module.get(id(module), (None, None))[1]
+        for cls in type(module).__mro__ if self.by_type else ():
+            yield self.by_type.get(cls)
+
+
+class _RulesMode(TorchFunctionMode):
+    def __init__(self, table: _Table):
+        super().__init__()
+        self.table = table
+        self.stack: list = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        parser = ops.PARSERS.get(func)
+        if parser is None:
+            return func(*args, **kwargs)
+        op = parser(func, *args, **kwargs)
+        rule = None if op is None else self.table.resolve(op, self.stack)
+        if rule is None:
+            return func(*args, **kwargs)
+        return apply_rule(rule, op)
+
+    @contextlib.contextmanager
+    def tracking(self):
+        """Keeps ``self.stack`` = the modules running now, with global hooks that die with the call."""
+        if not self.table.tracks_modules:
+            yield
+            return
+        stack = self.stack
+
+        def enter(module, args):
+            stack.append(module)
+
+        def leave(module, args, out):
+            if stack and stack[-1] is module:
+                stack.pop()
+
+        pre = nn.modules.module.register_module_forward_pre_hook(enter)
+        post = nn.modules.module.register_module_forward_hook(leave, always_call=True)
+        try:
+            yield
+        finally:
+            pre.remove()
+            post.remove()
+            stack.clear()
+
+
+class Ruled:
+    """``f`` with modified backward rules (the result of `rules`)."""
+
+    def __init__(self, f: Callable, table: _Table, mapping: Mapping):
+        self.model = f
+        self.__wrapped__ = f
+        self.table = table
+        self.mapping = dict(mapping)
+        self.multi_output = bool(getattr(f, "multi_output", False))
+
+    def __call__(self, *args, **kwargs):
+        mode = _RulesMode(self.table)
+        with mode, mode.tracking():
+            return self.model(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"rules({self.model!r}, {self.mapping!r})"
+
+
+def rules(f: Callable, mapping: Mapping, *, root: nn.Module | None = None) -> Ruled:
+    """Returns f with the backward pass of chosen operations replaced by rules.
+
+    The forward pass is unchanged; gradients of the result (through ``xattr.grad``, any xattr
+    method, ``torch.autograd`` or ``torch.func``) follow the rules. See NOTE: [Intercepting
+    operations] for how, and NOTE: [Choosing a rule] for the keys.
+
+    Args:
+      f: model function (an ``nn.Module``, an ``xattr.target``, any callable).
+      mapping: ``{key: rule}`` with keys torch functions (``F.relu`` stands for every ReLU
+        spelling), module types, module instances or module names; values `xattr.rule.Rule`s.
+      root: the module that names refer to; found behind f when omitted.
+
+    Returns:
+      ``g(*args)`` computing f(*args), whose gradients follow the rules.
+
+    Example:
+      >>> guided = xattr.rules(model, {F.relu: xattr.rule.Guided()})
+      >>> g = xattr.grad(xattr.target(guided, 3))(x)                  # guided backprop
+    """
+    if root is None and any(isinstance(k, str) for k in mapping):
+        found = _modules(f)
+        root = found[0] if len(found) == 1 else None
+    return Ruled(f, _Table(mapping, root), mapping)
