@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # The CPU build of torch 2.13.0 installs quickly on our machines; any torch>=2.4 works.
 TORCH_VERSION ?= 2.13.0
+# torchvision (ResNet/VGG tests and benchmarks) must match torch exactly; tests skip without it.
+TORCHVISION_VERSION ?= 0.28.0
 
 .PHONY: venv demo test bench clean
 
@@ -12,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "torch==$(TORCH_VERSION)"
 	$(PIP) install -q -e ".[test,demo]"
+	if $(PY) -c "import sys, torch; sys.exit(not torch.__version__.startswith('$(TORCH_VERSION)'))"; then \
+		$(PIP) install -q "torchvision==$(TORCHVISION_VERSION)"; \
+	else echo "torch is not $(TORCH_VERSION): torchvision not installed, its tests will skip"; fi
 	touch $@
 
 venv: $(VENV)/.installed
