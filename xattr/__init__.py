@@ -33,7 +33,9 @@ from ._src.backprop_methods import (
     layer_deep_lift,
     layer_deep_lift_shap,
 )
+from ._src.canonize import merge_batch_norm
 from ._src.layer_paths import conductance, internal_influence
+from ._src.lrp_methods import layer_lrp, lrp
 from ._src.neuron_methods import neuron_conductance
 from ._src.paths import Profile, path_integral, quadrature
 from ._src.rules import rules
@@ -53,6 +55,9 @@ __all__ = [
     "guided_grad_cam",
     "layer_deep_lift",
     "layer_deep_lift_shap",
+    "layer_lrp",
+    "lrp",
+    "merge_batch_norm",
     "rule",
     "rules",
     "Outputs",

@@ -2,13 +2,60 @@
 
     xattr.rules(model, {F.relu: xattr.rule.Guided()})          # guided backprop's backward
     xattr.rules(model, xattr.rule.deep_lift_rules())            # DeepLift's Rescale everywhere
+    xattr.lrp(f, composite=xattr.rule.epsilon_plus())           # an LRP composite
 
 See docs/rules.md for how rules are chosen and how to write one.
 """
 
 from ._src.deeplift_rules import Deconv, Guided, Rescale, paired_rows
 from ._src.backprop_methods import deep_lift_rules
+from ._src.lrp_rules import (
+    AlphaBeta,
+    Block,
+    Epsilon,
+    FixedAttention,
+    FixedStd,
+    Flat,
+    Gamma,
+    Pass,
+    PositiveWeights,
+    Refuse,
+    WSquare,
+    ZBox,
+    ZPlus,
+    epsilon_gamma_box,
+    epsilon_plus,
+    lrp_rules,
+)
 from ._src.ops import ELEMENTWISE, KINDS, Op
-from ._src.rules import Rule, Saved
+from ._src.rules import Rule, Saved, pullback
 
-__all__ = ["Deconv", "ELEMENTWISE", "Guided", "KINDS", "Op", "Rescale", "Rule", "Saved", "deep_lift_rules", "paired_rows"]
+__all__ = [
+    "AlphaBeta",
+    "Block",
+    "Deconv",
+    "ELEMENTWISE",
+    "Epsilon",
+    "FixedAttention",
+    "FixedStd",
+    "Flat",
+    "Gamma",
+    "Guided",
+    "KINDS",
+    "Op",
+    "Pass",
+    "PositiveWeights",
+    "Refuse",
+    "Rescale",
+    "Rule",
+    "Saved",
+    "WSquare",
+    "ZBox",
+    "ZPlus",
+    "deep_lift_rules",
+    "epsilon_gamma_box",
+    "epsilon_plus",
+    "lrp_rules",
+    "paired_rows",
+    "pullback",
+]

@@ -244,9 +244,10 @@ def deep_lift_shap(
     return attribution_fn(fn, f)
 
 
-def _split_with(split: Split, mapping: Mapping) -> Split:
+def _split_with(split: Split, mapping: Mapping, root=None) -> Split:
+    """The same split of ``rules(split.model, mapping)``."""
     layers = split.modules if split.many else split.modules[0]
-    return Split(rules(split.model, mapping), layers, split.inputs, split.call_index)
+    return Split(rules(split.model, mapping, root=root), layers, split.inputs, split.call_index)
 
 
 def _layer_pairs(split: Split, args: tuple, nums: tuple, base_rows, copies: int):

@@ -16,10 +16,10 @@ import contextlib
 import contextvars
 
 import torch
-from torch.func import jvp, vjp
+from torch.func import jvp
 
 from . import ops
-from .rules import Rule, Saved
+from .rules import Rule, Saved, pullback
 
 _ROWS: contextvars.ContextVar = contextvars.ContextVar("xattr_paired_rows", default=None)
 
@@ -136,9 +136,9 @@ class Rescale(Rule):
 
     def _max_pool(self, op, x, grad):
         if not _paired(x):
-            return vjp(op.fn, x)[1](grad)[0]
+            return pullback(op.fn, x)[1](grad)[0]
         x1, x2 = _halves(x)
-        (y1, pull1), (y2, pull2) = vjp(op.fn, x1), vjp(op.fn, x2)
+        (y1, pull1), (y2, pull2) = pullback(op.fn, x1), pullback(op.fn, x2)
         top = torch.maximum(y1, y2)
         dx = x1 - x2
         near = dx.abs() < self.eps

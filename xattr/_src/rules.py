@@ -18,7 +18,8 @@ modules at all. In-place calls are recomputed out of place and copied back into 
 NOTE: [Choosing a rule]
 A mapping key is one of
   - a torch function, standing for its kind: ``F.relu`` covers every ReLU spelling, ``F.linear``
-    every linear layer, ``torch.conv2d`` every 2-d convolution, ...;
+    every linear layer, ``torch.conv2d`` every convolution (1-d, 2-d and 3-d), ``F.max_pool2d``
+    every max-pool (two keys of one kind with different rules are an error);
   - an ``nn.Module`` subclass (``nn.Conv2d``): ops run inside such a module (subclasses too);
   - an ``nn.Module`` instance: ops run inside that module;
   - a module name (``"features.0"``), resolved against ``root`` (found behind f when omitted).
@@ -87,6 +88,8 @@ class _Apply(torch.autograd.Function):
     @staticmethod
     def forward(rule, op, *tensors):
         out, extras = rule.forward(op, *tensors)
+        if any(e is out for e in extras):
+            raise RuntimeError(f"{rule!r}.forward returned its output among its extras: return a copy (out.clone())")
         return (out, *extras)
 
     @staticmethod
@@ -106,6 +109,18 @@ class _Apply(torch.autograd.Function):
         if len(grads) != ctx.n_inputs:
             raise RuntimeError(f"{ctx.rule!r}.backward returned {len(grads)} gradients for {ctx.n_inputs} tensors")
         return (None, None, *grads)
+
+
+def pullback(fn: Callable, *primals: torch.Tensor):
+    """``torch.func.vjp(fn, *primals)`` for use inside a rule's backward.
+
+    NOTE: [vjp inside a rule]
+    Under ``vmap`` a rule's backward runs on saved tensors that belong to the vmapped forward;
+    handing such a tensor straight to ``torch.func.vjp`` trips an internal functorch assertion
+    (torch 2.13: "batched == nullptr"). A fresh copy made inside the backward is an ordinary
+    tensor of the current level, so the primals are cloned first (cheap next to the VJP).
+    """
+    return torch.func.vjp(fn, *(p.clone() for p in primals))
 
 
 def apply_rule(rule: Rule, op: ops.Op):
@@ -145,7 +160,13 @@ class _Table:
             elif isinstance(key, nn.Module):
                 self.by_module[id(key)] = (key, rule)
             elif key in ops.KIND_OF:
-                self.by_kind[ops.KIND_OF[key]] = rule
+                kind = ops.KIND_OF[key]
+                if kind in self.by_kind and self.by_kind[kind][1] is not rule:
+                    raise ValueError(
+                        f"{self.by_kind[kind][0]!r} and {key!r} both stand for every {kind!r} op but map to different "
+                        "rules; key by module type (e.g. nn.Conv1d vs nn.Conv2d) to tell them apart"
+                    )
+                self.by_kind[kind] = (key, rule)
             else:
                 raise TypeError(
                     f"rules cannot key on {key!r}: use a torch function ({sorted(ops.KINDS)} have one), an "
@@ -166,7 +187,7 @@ class _Table:
             for rule in self._module_rules(module):
                 if rule is not None and rule.accepts(op):
                     return rule
-        rule = self.by_kind.get(op.kind)
+        rule = self.by_kind.get(op.kind, (None, None))[1]
         return rule if rule is not None and rule.accepts(op) else None
 
     def _module_rules(self, module):

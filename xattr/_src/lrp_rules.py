@@ -1,0 +1,385 @@
+"""Layer-wise relevance propagation rules as `Rule`s, in gradient form.
+
+NOTE: [LRP in gradient form]
+xattr propagates a gradient-like signal g and reads relevance as ``R_t = t * g_t`` at any tensor
+t (Montavon et al. 2019 show the LRP rules are such modified gradients). A layer z = op(x; W, b)
+receives R_z = z * g_z and passes back
+
+    g_x = rho-op^T ( R_z / stab(z') ),   z' = op(x; rho(W), rho(b)),   stab(z') = z' + eps sign(z'),
+
+which is exactly R_x = x * g_x for the epsilon (rho = id), gamma (rho(w) = w + gamma w+) and
+alpha-beta rules. What needs no rule comes out right by itself: flatten and reshape carry R
+unchanged; sums (residual adds, average pooling) split R in proportion to their terms (LRP-0);
+a ReLU's ordinary derivative passes R_y to its input unchanged. Other elementwise activations
+take `Pass` (relevance unchanged, g_x = g_y * y / x). Attributions are ``x * g_x``, except with
+an input-layer rule (`ZBox`, `WSquare`, `Flat`), which hands back the input's relevance itself;
+see `lrp`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import ops
+from .rules import Rule, Saved, pullback
+
+WEIGHTED = frozenset({"linear", "conv", "batch_norm"})
+LAYERS = WEIGHTED | {"avg_pool", "max_pool"}
+
+
+def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """``z + eps * sign(z)`` with sign(0) = 1, so it is never 0 for eps > 0."""
+    return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+
+def transpose(op: ops.Op, x: torch.Tensor, weight, bias, s: torch.Tensor) -> torch.Tensor:
+    """``J^T s`` for the op's Jacobian with respect to its input, at weight (affine ops: any x)."""
+    if op.kind == "linear":
+        return s @ weight.to(s.dtype)
+    if op.kind == "conv" and isinstance(op.options["padding"], (int, tuple, list)):
+        conv_input = getattr(torch.nn.grad, f"conv{op.options['nd']}d_input")
+        o = op.options
+        return conv_input(x.shape, weight, s, o["stride"], o["padding"], o["dilation"], o["groups"])
+    rest = () if weight is None else (weight, bias)
+    return pullback(lambda t: op.fn(t, *rest), x)[1](s)[0]
+
+
+def _safe_divide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.where(b == 0, torch.zeros_like(a), a / torch.where(b == 0, torch.ones_like(b), b))
+
+
+class _Layer(Rule):
+    """Base of the rules for layers: linear, conv, batch-norm (weighted) and pooling."""
+
+    kinds = LAYERS
+    keep_inputs = True
+
+    def __init__(self, eps: float = 1e-9, zero_bias: bool = False):
+        self.eps = eps
+        self.zero_bias = zero_bias
+
+    def rho(self, w: torch.Tensor) -> torch.Tensor:
+        return w
+
+    def rho_bias(self, b: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(b) if self.zero_bias else self.rho(b)
+
+    def _modified(self, op, tensors):
+        if op.kind not in WEIGHTED:
+            return None, None
+        return self.rho(tensors[1]), self.rho_bias(tensors[2])
+
+    def forward(self, op, *tensors):
+        z = op.fn(*tensors)
+        w, b = self._modified(op, tensors)
+        z_mod = z if w is None or (w is tensors[1] and b is tensors[2]) else op.fn(tensors[0], w, b)
+        return z, (z / stabilize(z_mod, self.eps),)
+
+    def backward(self, op, saved: Saved, grad):
+        x, *params = saved.inputs
+        w, b = self._modified(op, (x, *params))
+        (ratio,) = saved.extras
+        g = transpose(op, x, w, b, grad * ratio)
+        return (g,) + (None,) * len(params)
+
+
+class Epsilon(_Layer):
+    """LRP-epsilon: ``R_i = sum_j x_i w_ij / (z_j + eps sign(z_j)) R_j``; eps -> 0 is LRP-0.
+
+    Bach et al. 2015. Applies to linear, conv, batch-norm and pooling layers.
+    """
+
+
+class Gamma(_Layer):
+    """LRP-gamma: weights (and biases) ``w + gamma * max(w, 0)``, favouring positive contributions.
+
+    Montavon et al. 2019. ``modify_bias=False`` keeps the bias as it is (Captum's GammaRule).
+    """
+
+    def __init__(self, gamma: float = 0.25, eps: float = 1e-9, zero_bias: bool = False, modify_bias: bool = True):
+        super().__init__(eps, zero_bias)
+        self.gamma = gamma
+        self.modify_bias = modify_bias
+
+    def rho(self, w):
+        return w + self.gamma * w.clamp(min=0)
+
+    def rho_bias(self, b):
+        if self.zero_bias:
+            return torch.zeros_like(b)
+        return self.rho(b) if self.modify_bias else b
+
+
+class PositiveWeights(_Layer):
+    """Weights clamped at zero, bias kept: ``z' = W+ x + b`` (Captum's Alpha1_Beta0_Rule).
+
+    Equal to alpha=1, beta=0 when inputs and biases are non-negative; `AlphaBeta` is the rule
+    for any sign.
+    """
+
+    def rho(self, w):
+        return w.clamp(min=0)
+
+    def rho_bias(self, b):
+        return torch.zeros_like(b) if self.zero_bias else b
+
+
+class AlphaBeta(Rule):
+    """LRP-alpha-beta: positive and negative contributions ``(x_i w_ij)+-`` propagated apart.
+
+    ``R_i = sum_j (alpha z+_ij / z+_j - beta z-_ij / z-_j) R_j`` with ``alpha - beta = 1``; the
+    bias joins the part of its sign (``bias=False`` drops it). Bach et al. 2015. Linear and conv.
+    """
+
+    kinds = frozenset({"linear", "conv"})
+    keep_inputs = True
+
+    def __init__(self, alpha: float = 1.0, beta: float = 0.0, eps: float = 1e-9, bias: bool = True):
+        if abs(alpha - beta - 1) > 1e-6:
+            raise ValueError(f"alpha - beta must be 1 to conserve relevance; got alpha={alpha}, beta={beta}")
+        self.alpha, self.beta, self.eps, self.bias = alpha, beta, eps, bias
+
+    def _parts(self, op, x, w, b):
+        xp, xn, wp, wn = x.clamp(min=0), x.clamp(max=0), w.clamp(min=0), w.clamp(max=0)
+        zero = torch.zeros_like(b)
+        bp, bn = (b.clamp(min=0), b.clamp(max=0)) if self.bias else (zero, zero)
+        z_pos = op.fn(xp, wp, bp) + op.fn(xn, wn, zero)
+        z_neg = op.fn(xp, wn, bn) + op.fn(xn, wp, zero)
+        return (xp, xn, wp, wn, zero), z_pos, z_neg
+
+    def forward(self, op, x, w, b):
+        z = op.fn(x, w, b)
+        _, z_pos, z_neg = self._parts(op, x, w, b)
+        return z, (z / stabilize(z_pos, self.eps), z / stabilize(z_neg, self.eps))
+
+    def backward(self, op, saved: Saved, grad):
+        x, w, b = saved.inputs
+        pos, neg = saved.extras
+        on, off = (x > 0).to(grad.dtype), (x < 0).to(grad.dtype)
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+
+        def back(weight, s):
+            return transpose(op, x, weight, None, s)
+
+        sp, sn = grad * pos, grad * neg
+        g = self.alpha * (on * back(wp, sp) + off * back(wn, sp))
+        if self.beta:
+            g = g - self.beta * (on * back(wn, sn) + off * back(wp, sn))
+        return (g, None, None)
+
+
+class ZPlus(AlphaBeta):
+    """LRP-z+: alpha=1, beta=0 without the bias (Montavon et al. 2017, deep Taylor decomposition)."""
+
+    def __init__(self, eps: float = 1e-9):
+        super().__init__(1.0, 0.0, eps, bias=False)
+
+
+class Pass(Rule):
+    """Relevance passes an elementwise op unchanged (``R_x = R_y``; g_x = g_y * y / x).
+
+    For ReLU this is its ordinary derivative; for tanh, sigmoid, GELU... it is the usual LRP
+    treatment of activations (Captum's handling of nn.Tanh). Also for any same-shape layer
+    (Captum's IdentityRule, e.g. on batch-norm).
+    """
+
+    kinds = ops.ELEMENTWISE | {"batch_norm"}
+
+    def forward(self, op, *tensors):
+        y = op.fn(*tensors)
+        return y, (_safe_divide(y, tensors[0]),)
+
+    def backward(self, op, saved: Saved, grad):
+        return (grad * saved.extras[0],) + (None,) * (2 if op.kind == "batch_norm" else 0)
+
+
+class _InputLayer(Rule):
+    """Rules for the layer reading the input: they return the input's relevance itself."""
+
+    kinds = frozenset({"linear", "conv"})
+    keep_inputs = True
+    input_layer = True
+
+    def __init__(self, eps: float = 1e-9):
+        self.eps = eps
+
+    def forward(self, op, x, w, b):
+        z = op.fn(x, w, b)
+        return z, (z.clone(),)
+
+
+class WSquare(_InputLayer):
+    """LRP-w^2: ``R_i = sum_j w_ij^2 / sum_i w_ij^2 R_j``, independent of x (Montavon et al. 2017)."""
+
+    def backward(self, op, saved: Saved, grad):
+        x, w, b = saved.inputs
+        (z,) = saved.extras
+        ones = torch.ones_like(x)
+        w2 = w * w
+        denom = op.fn(ones, w2, torch.zeros_like(b))
+        return (transpose(op, x, w2, None, z * grad / stabilize(denom, self.eps)), None, None)
+
+
+class Flat(_InputLayer):
+    """LRP-flat: relevance spread uniformly over each output's receptive field (w replaced by 1)."""
+
+    def backward(self, op, saved: Saved, grad):
+        x, w, b = saved.inputs
+        (z,) = saved.extras
+        ones_w, ones = torch.ones_like(w), torch.ones_like(x)
+        denom = op.fn(ones, ones_w, torch.zeros_like(b))
+        return (transpose(op, x, ones_w, None, z * grad / stabilize(denom, self.eps)), None, None)
+
+
+class ZBox(_InputLayer):
+    """LRP-z^B for inputs bounded by ``low <= x <= high`` (pixels): deep Taylor with box constraints.
+
+    ``R_i = sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) / (z_j - l.w+_j - h.w-_j) R_j``
+    (Montavon et al. 2017). ``low``/``high``: numbers or tensors broadcastable to one input.
+    """
+
+    def __init__(self, low, high, eps: float = 1e-9):
+        super().__init__(eps)
+        self.low, self.high = low, high
+
+    def backward(self, op, saved: Saved, grad):
+        x, w, b = saved.inputs
+        (z,) = saved.extras
+        low = torch.as_tensor(self.low, dtype=x.dtype, device=x.device).expand_as(x)
+        high = torch.as_tensor(self.high, dtype=x.dtype, device=x.device).expand_as(x)
+        wp, wn, zero = w.clamp(min=0), w.clamp(max=0), torch.zeros_like(b)
+        denom = op.fn(x, w, zero) - op.fn(low, wp, zero) - op.fn(high, wn, zero)
+        s = z * grad / stabilize(denom, self.eps)
+        r = x * transpose(op, x, w, None, s) - low * transpose(op, x, wp, None, s) - high * transpose(op, x, wn, None, s)
+        return (r, None, None)
+
+
+class FixedStd(Rule):
+    """Layer norm with its standard deviation held constant (Ali et al. 2022, the LN rule).
+
+    The centring ``x - mean(x)`` is linear and keeps its derivative; the division by the
+    standard deviation is treated as a constant scale, so relevance is conserved up to the bias.
+    """
+
+    kinds = frozenset({"layer_norm"})
+    keep_inputs = True
+
+    def forward(self, op, x, w, b):
+        y = op.fn(x, w, b)
+        dims = tuple(range(x.ndim - len(op.options["normalized_shape"]), x.ndim))
+        std = torch.sqrt(x.var(dims, unbiased=False, keepdim=True) + op.options["eps"])
+        return y, (std,)
+
+    def backward(self, op, saved: Saved, grad):
+        x, w, b = saved.inputs
+        (std,) = saved.extras
+        dims = tuple(range(x.ndim - len(op.options["normalized_shape"]), x.ndim))
+        v = grad * w / std
+        return (v - v.mean(dims, keepdim=True), None, None)
+
+
+class FixedAttention(Rule):
+    """Attention with the attention weights held constant (Ali et al. 2022, the AH rule).
+
+    For ``F.scaled_dot_product_attention``: relevance flows to the values through the weights
+    A (``g_v = A^T g``), none to queries and keys; conserved.
+    """
+
+    kinds = frozenset({"attention"})
+
+    def forward(self, op, q, k, v):
+        y = op.fn(q, k, v)
+        return y, (_attention_weights(q, k, op.options),)
+
+    def backward(self, op, saved: Saved, grad):
+        (a,) = saved.extras
+        return (None, None, a.transpose(-2, -1) @ grad)
+
+
+def _attention_weights(q, k, options) -> torch.Tensor:
+    scale = options["scale"] if options["scale"] is not None else q.shape[-1] ** -0.5
+    scores = (q @ k.transpose(-2, -1)) * scale
+    mask = options["attn_mask"]
+    if options["is_causal"]:
+        causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    return torch.softmax(scores, -1)
+
+
+class Block(Rule):
+    """No gradient through the op: its output is treated as a constant (e.g. explicit attention weights)."""
+
+    kinds = frozenset(ops.KINDS)
+
+    def backward(self, op, saved: Saved, grad):
+        return (None,) * _n_tensors(op)
+
+
+def _n_tensors(op) -> int:
+    return 3 if op.kind in WEIGHTED | {"layer_norm", "attention"} else 1
+
+
+class Refuse(Rule):
+    """Raises a clear error when an op it claims runs (for ops a method has no sound rule for)."""
+
+    kinds = frozenset(ops.KINDS)
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def forward(self, op, *tensors):
+        raise NotImplementedError(self.message)
+
+
+_SOFTMAX = (
+    "LRP has no relevance rule for softmax. Attribute the logits (leave the softmax out of the "
+    "model function), or, for attention written with an explicit softmax, map F.softmax to "
+    "xattr.rule.Block() (attention weights held constant, Ali et al. 2022)."
+)
+_FUSED = (
+    "LRP cannot see inside nn.MultiheadAttention: it runs as one fused op. Write attention with "
+    "F.scaled_dot_product_attention (xattr then holds the attention weights constant, the AH rule), "
+    "or map F.multi_head_attention_forward to a rule of your own."
+)
+
+
+def lrp_rules(eps: float = 1e-9) -> dict:
+    """The default LRP mapping (Captum's defaults): epsilon for every layer, activations pass.
+
+    Keys stand for kinds: ``torch.conv2d`` for every convolution, ``F.max_pool2d`` for every
+    max-pool, ``F.avg_pool2d`` for average and adaptive average pools. Linear, conv, batch-norm,
+    average and max pooling: `Epsilon`; tanh, sigmoid, ELU, GELU and
+    the other elementwise activations: `Pass` (ReLU keeps its derivative, which is the same);
+    layer norm: `FixedStd`; scaled-dot-product attention: `FixedAttention`; softmax and
+    nn.MultiheadAttention: a clear error.
+    """
+    layer, passing = Epsilon(eps), Pass()
+    mapping = {F.linear: layer, torch.conv2d: layer, F.batch_norm: layer, F.avg_pool2d: layer, F.max_pool2d: layer}
+    mapping.update({fn: passing for fn in (F.elu, F.leaky_relu, torch.sigmoid, torch.tanh, F.softplus, F.gelu, F.silu)})
+    mapping.update({F.layer_norm: FixedStd(), F.scaled_dot_product_attention: FixedAttention()})
+    mapping.update({F.softmax: Refuse(_SOFTMAX), F.multi_head_attention_forward: Refuse(_FUSED)})
+    return mapping
+
+
+def epsilon_gamma_box(first, low, high, *, gamma: float = 0.25, eps: float = 0.25) -> dict:
+    """A common composite (Montavon et al. 2019): z^B at ``first``, gamma for conv, epsilon for dense.
+
+    Args:
+      first: the module (or module name) reading the input.
+      low, high: the input's bounds for `ZBox`.
+      gamma, eps: the gamma and epsilon of the conv and dense layers.
+    """
+    mapping = lrp_rules()
+    mapping.update({torch.conv2d: Gamma(gamma), F.linear: Epsilon(eps)})
+    mapping[first] = ZBox(low, high)
+    return mapping
+
+
+def epsilon_plus(*, eps: float = 1e-6) -> dict:
+    """z+ for conv layers and epsilon for dense layers (a composite for ReLU CNNs)."""
+    mapping = lrp_rules()
+    mapping.update({torch.conv2d: ZPlus(), F.linear: Epsilon(eps)})
+    return mapping
