@@ -148,3 +148,41 @@ BY_NAME = {m.name: m for m in LAYER_METHODS_UNDER_TEST}
 def entries(**flags) -> list[LayerMethod]:
     """Registry entries whose flags have the given values, e.g. ``entries(complete=True)``."""
     return [m for m in LAYER_METHODS_UNDER_TEST if all(getattr(m, k) == v for k, v in flags.items())]
+
+
+# ----------------------------------------------------------------------------- rule-based methods (rules.py)
+
+
+def _layer_deep_lift(split, *, chunk_size=None, generator=None, index=None):
+    return xattr.layer_deep_lift(split)
+
+
+def _layer_deep_lift_shap(split, *, chunk_size=None, generator=None, index=None):
+    return _with_distribution(lambda dist: xattr.layer_deep_lift_shap(split, baselines=dist))
+
+
+def _neuron_deep_lift(split, *, chunk_size=None, generator=None, index=None):
+    return xattr.deep_lift(xattr.neuron(split, index), chunk_size=chunk_size)
+
+
+def _neuron_guided_backprop(split, *, chunk_size=None, generator=None, index=None):
+    return xattr.guided_backprop(xattr.neuron(split, index), chunk_size=chunk_size)
+
+
+def _neuron_deconvolution(split, *, chunk_size=None, generator=None, index=None):
+    return xattr.deconvolution(xattr.neuron(split, index), chunk_size=chunk_size)
+
+
+# Layer DeepLift is exact from the zero input baseline at a layer every path crosses (both test
+# models' layers are), so complete=True; its SHAP variant averages over a baseline distribution
+# (sum = f(x) - mean f(b_k)), so it is not. Neither takes chunk_size (one call of 2B or 2NB rows).
+# Guided Grad-CAM is not here: it needs a layer with spatial dims to upsample (the MLP's has none);
+# tests/test_deep_lift.py checks its invariants on the CNN.
+LAYER_METHODS_UNDER_TEST += [
+    LayerMethod("layer_deep_lift", _layer_deep_lift, chunked=False, complete=True),
+    LayerMethod("layer_deep_lift_shap", _layer_deep_lift_shap, chunked=False),
+    LayerMethod("neuron_deep_lift", _neuron_deep_lift, complete=True, **_neuron),
+    LayerMethod("neuron_guided_backprop", _neuron_guided_backprop, **_neuron),
+    LayerMethod("neuron_deconvolution", _neuron_deconvolution, **_neuron),
+]
+BY_NAME = {m.name: m for m in LAYER_METHODS_UNDER_TEST}

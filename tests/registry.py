@@ -161,3 +161,53 @@ def _same(a, b) -> bool:
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     return a == b
+
+
+# ----------------------------------------------------------------------------- rule-based methods (rules.py)
+
+
+def _guided(f, *, argnums=0, chunk_size=None, generator=0):
+    return xattr.guided_backprop(f, argnums=argnums, chunk_size=chunk_size)
+
+
+def _deconv(f, *, argnums=0, chunk_size=None, generator=0):
+    return xattr.deconvolution(f, argnums=argnums, chunk_size=chunk_size)
+
+
+def _deep_lift(f, *, argnums=0, chunk_size=None, generator=0):
+    return xattr.deep_lift(f, argnums=argnums, chunk_size=chunk_size)
+
+
+def constant_rows(x: torch.Tensor, n: int = 4) -> torch.Tensor:
+    """n distinct baselines shaped like one example of x, each constant over its features.
+
+    Deterministic methods over a distribution must see the same baselines however the inputs are
+    split into tensors (the pytree invariant compares a dict of inputs with their concatenation)
+    and equal baselines at swapped features (the symmetry axiom); constant rows give both, where
+    `baseline_distribution`'s grid gives neither.
+    """
+    values = torch.linspace(-0.5, 0.7, n, dtype=torch.float64).to(dtype=x.dtype, device=x.device)
+    return values.reshape((n,) + (1,) * (x.ndim - 1)).expand((n,) + tuple(x.shape[1:])).clone()
+
+
+def _deep_lift_shap(f, *, argnums=0, chunk_size=None, generator=0):
+    def attr_fn(*args, **kwargs):
+        dist = optree.tree_map(constant_rows, _selected(args, argnums), namespace="xattr")
+        return xattr.deep_lift_shap(f, baselines=dist, argnums=argnums, chunk_size=chunk_size)(*args, **kwargs)
+
+    return attr_fn
+
+
+# Guided backprop and deconvolution clamp the gradient at each ReLU (max(g, 0)), so they are not
+# linear in f: method(-f) != -method(f). DeepLift's rules are linear in the cotangent (Rescale
+# multiplies it by multipliers fixed by the forward pass; max-pool and softmax route it linearly),
+# so DeepLift and DeepLift SHAP are linear in f. DeepLift is exact on affine models from its zero
+# default baseline; DeepLift SHAP averages over a distribution of baselines, so its sum is
+# f(x) - mean f(b_k), not f(x) - f(0) (test_deep_lift.py checks that instead).
+METHODS_UNDER_TEST += [
+    Method("guided_backprop", _guided, linear=False),
+    Method("deconvolution", _deconv, linear=False),
+    Method("deep_lift", _deep_lift, complete=True, baselines=True),
+    Method("deep_lift_shap", _deep_lift_shap),
+]
+BY_NAME = {m.name: m for m in METHODS_UNDER_TEST}

@@ -86,9 +86,20 @@ def guided_grad_cam(split: Split, *, argnums: int | Sequence[int] = 0, mode: str
     cam = grad_cam(split)
     guided = guided_backprop(split.model, argnums=argnums)
 
+    def scale(g, heat):
+        if heat.ndim < 3 + int(split.multi_output):
+            raise ValueError(f"guided_grad_cam needs a layer with spatial dims (B, C, H, ...); its Grad-CAM map is {tuple(heat.shape)}")
+        if g.ndim != heat.ndim:
+            raise ValueError(
+                f"guided_grad_cam: an input of shape {tuple(g.shape)} has not the layout of the Grad-CAM map "
+                f"{tuple(heat.shape)} (batch, [K,] channels, then the same number of spatial dims); "
+                "attribute only image-like inputs with argnums"
+            )
+        return g * upsample(heat, tuple(g.shape[g.ndim - heat.ndim + 2 :]), mode)
+
     def fn(*args):
         heat = cam(*args)
-        return T.tree_map(lambda g: g * upsample(heat, tuple(g.shape[g.ndim - heat.ndim + 2 :]), mode), guided(*args))
+        return T.tree_map(lambda g: scale(g, heat), guided(*args))
 
     return attribution_fn(fn, split)
 
@@ -123,12 +134,24 @@ def _first_half(rows: int, device) -> torch.Tensor:
     return torch.cat([torch.ones(rows, device=device), torch.zeros(rows, device=device)])
 
 
-def _combine(grads, xs, bs, multiply_by_inputs: bool, attribution_func):
-    if attribution_func is not None:
-        return attribution_func(grads, xs, bs)
+def _combine(grads, xs, bs, multiply_by_inputs: bool, attribution_func, as_tuple: bool = True):
+    if attribution_func is not None:  # it sees (and returns) trees like args[argnums]
+        if as_tuple:
+            return attribution_func(grads, xs, bs)
+        return (attribution_func(grads[0], xs[0], bs[0]),)
     if not multiply_by_inputs:
         return grads
     return T.tree_map(lambda g, x, b: g * T.expand_like(x - b, g), grads, xs, bs)
+
+
+def _broadcast_baselines(selected: tuple, baselines, as_tuple: bool) -> tuple:
+    """The baselines as a tuple of trees like ``selected``, each leaf broadcast to its input's shape.
+
+    For an int ``argnums`` the baselines are a tree like ``args[argnums]`` (not wrapped in a tuple).
+    """
+    base = baselines_like(selected if as_tuple else selected[0], baselines)
+    base = base if as_tuple else (base,)
+    return T.tree_map(lambda x, b: torch.broadcast_to(b, x.shape), selected, base)
 
 
 def deep_lift(
@@ -172,21 +195,23 @@ def deep_lift(
         warn_if_training(f)
         selected = T.split_args(args, nums)[0]
         with T.batch_scope(T.batch_size(selected)):
-            base = T.tree_map(lambda x, b: torch.broadcast_to(b, x.shape), selected, baselines_like(selected, baselines))
+            base = _broadcast_baselines(selected, baselines, as_tuple)
             end, ref, m = _multipliers(ruled, args, nums, base, 1, chunk_size)
-        attr = _combine(m, selected, base, multiply_by_inputs, attribution_func)
+        attr = _combine(m, selected, base, multiply_by_inputs, attribution_func, as_tuple)
         out = attr if as_tuple else attr[0]
         return (out, _gap(attr, end, ref)) if return_delta else out
 
     return attribution_fn(fn, f)
 
 
-def _distribution(selected, baselines):
+def _distribution(selected, baselines, as_tuple: bool):
     """The baseline distribution as a tree like ``selected`` of (N, ...) tensors, and N."""
     if isinstance(baselines, (int, float)):
         baselines = T.tree_map(lambda x: torch.full((1,) + tuple(x.shape[1:]), float(baselines), dtype=x.dtype), selected)
     elif isinstance(baselines, torch.Tensor) and len(T.leaves(selected)) == 1:
         baselines = T.tree_map(lambda x: baselines, selected)
+    elif not as_tuple:  # a tree like args[argnums]; selected is a 1-tuple of it
+        baselines = (baselines,)
     sizes = {b.shape[0] for b in T.leaves(baselines)}
     if len(sizes) != 1:
         raise ValueError(f"every baseline tensor needs the same number of rows N; got {sorted(sizes)}")
@@ -228,12 +253,12 @@ def deep_lift_shap(
         warn_if_training(f)
         selected = T.split_args(args, nums)[0]
         batch = T.batch_size(selected)
-        dist, n = _distribution(selected, baselines)
+        dist, n = _distribution(selected, baselines, as_tuple)
         base = T.tree_map(lambda b: b.repeat_interleave(batch, 0), dist)  # copy k is baseline row k
         with T.batch_scope(batch):
             end, ref, m = _multipliers(ruled, args, nums, base, n, chunk_size)
         xs = T.fold(selected, n)
-        attr = _combine(m, xs, base, multiply_by_inputs, attribution_func)
+        attr = _combine(m, xs, base, multiply_by_inputs, attribution_func, as_tuple)
         mean = T.tree_map(lambda a: T.unfold(a, n).mean(0), attr)
         out = mean if as_tuple else mean[0]
         if not return_delta:
@@ -267,6 +292,13 @@ def out_device(selected):
     return T.leaves(selected)[0].device
 
 
+def _layer_gaps(split: Split, attr, end, ref):
+    """Summation-to-delta gap: (B,), or a tuple with one per layer for a split at several layers."""
+    if split.many:
+        return tuple(_gap(T.leaves(a), end, ref) for a in attr)
+    return _gap(T.leaves(attr), end, ref)
+
+
 def layer_deep_lift(
     split: Split,
     *,
@@ -285,22 +317,23 @@ def layer_deep_lift(
     path from the input to the output crosses the layer.
 
     Returns:
-      ``fn(*args)`` like ``split.act(*args)``, or ``(attributions, delta)`` with delta (B,).
+      ``fn(*args)`` like ``split.act(*args)``, or ``(attributions, delta)`` with delta (B,) (a
+      tuple of them, one per layer, for a split at several layers).
 
     Example:
       >>> attr = xattr.layer_deep_lift(xattr.at_layer(xattr.target(model, 3), model.conv2))(x)
     """
     ruled = _split_with(split, {**deep_lift_rules(eps), **(mapping or {})})
-    nums, _ = T.normalize_argnums(argnums)
+    nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args, baselines=baselines):
         warn_if_training(split)
         selected = T.split_args(args, nums)[0]
         with T.batch_scope(T.batch_size(selected)):
-            base = T.tree_map(lambda x, b: torch.broadcast_to(b, x.shape), selected, baselines_like(selected, baselines))
+            base = _broadcast_baselines(selected, baselines, as_tuple)
             h, h_ref, m, end, ref = _layer_pairs(ruled, args, nums, base, 1)
         attr = _combine(m, h, h_ref, multiply_by_inputs, attribution_func)
-        return (attr, _gap(T.leaves(attr), end, ref)) if return_delta else attr
+        return (attr, _layer_gaps(split, attr, end, ref)) if return_delta else attr
 
     return attribution_fn(fn, split)
 
@@ -326,13 +359,13 @@ def layer_deep_lift_shap(
       >>> attr = xattr.layer_deep_lift_shap(split, baselines=x_train[:20])(x)
     """
     ruled = _split_with(split, {**deep_lift_rules(eps), **(mapping or {})})
-    nums, _ = T.normalize_argnums(argnums)
+    nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args, baselines=baselines):
         warn_if_training(split)
         selected = T.split_args(args, nums)[0]
         batch = T.batch_size(selected)
-        dist, n = _distribution(selected, baselines)
+        dist, n = _distribution(selected, baselines, as_tuple)
         base = T.tree_map(lambda b: b.repeat_interleave(batch, 0), dist)
         with T.batch_scope(batch):
             h, h_ref, m, end, ref = _layer_pairs(ruled, args, nums, base, n)
@@ -341,6 +374,8 @@ def layer_deep_lift_shap(
         if not return_delta:
             return mean
         gap = _gap(T.leaves(attr), end, ref)
+        if split.many:
+            raise ValueError("layer_deep_lift_shap's return_delta needs a split at one layer")
         return mean, gap.reshape((n, batch) + tuple(gap.shape[1:])).movedim(0, 1)
 
     return attribution_fn(fn, split)

@@ -6,7 +6,8 @@ rows ``[x_1..x_B, r_1..r_B]``, so every intercepted op sees its input as two hal
 Rescale multiplier of an element is ``(y_i - y_ref_i) / (x_i - x_ref_i)`` with the same value on
 both halves. ``deep_lift`` records the number of rows it feeds (`paired_rows`); an op whose input
 has another number of rows in dim 0 (a parameter, a reshaped sequence layout) does not carry the
-batch, so it keeps its ordinary derivative. The rules propagate the gradient of each half from
+batch, so it keeps its ordinary derivative, and so does every op outside a `paired_rows` block
+(``rules(model, deep_lift_rules())`` alone never pairs example i with example i + B/2). The rules propagate the gradient of each half from
 that half's own cotangent; ``deep_lift`` seeds the input half only.
 """
 
@@ -36,8 +37,7 @@ def paired_rows(rows: int):
 
 def _paired(x: torch.Tensor) -> bool:
     expected = _ROWS.get()
-    n = x.shape[0] if x.ndim else 1
-    return n % 2 == 0 and (expected is None or n == expected)
+    return expected is not None and x.ndim > 0 and x.shape[0] == expected
 
 
 def _halves(t: torch.Tensor):

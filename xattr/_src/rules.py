@@ -176,11 +176,17 @@ class _Table:
         if self.by_name:
             if root is None:
                 raise ValueError("rules keyed by module name need root=the model those names belong to")
-            self.names = {id(m): n for n, m in root.named_modules(remove_duplicate=False)}
-            missing = sorted(set(self.by_name) - set(self.names.values()))
+            for n, m in root.named_modules(remove_duplicate=False):  # a shared module has several names
+                self.names.setdefault(id(m), []).append(n)
+            missing = sorted(set(self.by_name) - {n for names in self.names.values() for n in names})
             if missing:
                 raise ValueError(f"no module named {missing} in {type(root).__name__}")
         self.tracks_modules = bool(self.by_name or self.by_module or self.by_type)
+
+    def may_claim(self, func) -> bool:
+        """Whether some rule could apply to a call of func: ops no rule can claim are not parsed
+        (a parser may reject a call, e.g. softmax with an implicit dim, that runs fine untouched)."""
+        return self.tracks_modules or ops.KIND_OF[func] in self.by_kind
 
     def resolve(self, op: ops.Op, stack: list) -> Rule | None:
         for module in reversed(stack):
@@ -191,8 +197,8 @@ class _Table:
         return rule if rule is not None and rule.accepts(op) else None
 
     def _module_rules(self, module):
-        if self.by_name:
-            yield self.by_name.get(self.names.get(id(module)))
+        for name in self.names.get(id(module), ()):
+            yield self.by_name.get(name)
         if self.by_module:
             yield self.by_module.get(id(module), (None, None))[1]
         for cls in type(module).__mro__ if self.by_type else ():
@@ -208,7 +214,7 @@ class _RulesMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         parser = ops.PARSERS.get(func)
-        if parser is None:
+        if parser is None or not self.table.may_claim(func):
             return func(*args, **kwargs)
         op = parser(func, *args, **kwargs)
         rule = None if op is None else self.table.resolve(op, self.stack)
