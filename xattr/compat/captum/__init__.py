@@ -10,6 +10,19 @@ are listed in docs/migration.md.
 """
 
 from ._convert import Attribution
+from .backprop import (
+    Deconvolution,
+    DeepLift,
+    DeepLiftShap,
+    GuidedBackprop,
+    GuidedGradCam,
+    LayerDeepLift,
+    LayerDeepLiftShap,
+    NeuronDeconvolution,
+    NeuronDeepLift,
+    NeuronDeepLiftShap,
+    NeuronGuidedBackprop,
+)
 from .gradient import GradientShap, InputXGradient, IntegratedGradients, Saliency
 from .layer import (
     InternalInfluence,
@@ -26,20 +39,31 @@ from .noise_tunnel import NoiseTunnel
 
 __all__ = [
     "Attribution",
+    "Deconvolution",
+    "DeepLift",
+    "DeepLiftShap",
     "GradientShap",
+    "GuidedBackprop",
+    "GuidedGradCam",
     "InputXGradient",
     "IntegratedGradients",
     "InternalInfluence",
     "LayerActivation",
     "LayerAttribution",
     "LayerConductance",
+    "LayerDeepLift",
+    "LayerDeepLiftShap",
     "LayerGradCam",
     "LayerGradientShap",
     "LayerGradientXActivation",
     "LayerIntegratedGradients",
     "NeuronConductance",
+    "NeuronDeconvolution",
+    "NeuronDeepLift",
+    "NeuronDeepLiftShap",
     "NeuronGradient",
     "NeuronGradientShap",
+    "NeuronGuidedBackprop",
     "NeuronIntegratedGradients",
     "NoiseTunnel",
     "Saliency",
