@@ -42,11 +42,18 @@ def judge(family: str, x_floor: float, speedup: float, agreed: bool) -> str:
 
 def run_suite(model_name: str, device: str, args) -> tuple[list[list[str]], list[str]]:
     from .layer_workloads import build as build_layers  # noqa: PLC0415 (imports captum)
+    from .rule_workloads import build as build_rules  # noqa: PLC0415 (imports captum)
     from .workloads import build  # noqa: PLC0415 (imports captum)
 
     rows, notes = [], []
-    for w in build(model_name, device) + build_layers(model_name, device):
+    resnet = tuple(args.resnet_deeplift) if args.resnet_deeplift else None
+    for w in build(model_name, device) + build_layers(model_name, device) + build_rules(model_name, device, resnet=resnet):
         if args.only and args.only.lower() not in w.name.lower():
+            continue
+        if w.skip:
+            rows.append([w.name] + ["-"] * 6 + [f"skipped: {w.skip}", "-"])
+            notes.append(f"{w.name}: skipped: {w.skip}.")
+            print(f"  {w.name}: skipped ({w.skip})", flush=True)
             continue
         t0 = time.perf_counter()
         try:
@@ -57,18 +64,21 @@ def run_suite(model_name: str, device: str, args) -> tuple[list[list[str]], list
             notes.append(f"{w.name}: failed before timing with {msg}")
             print(f"  {w.name}: FAILED {msg}", flush=True)
             continue
-        contenders = {"xattr": w.xattr, "captum": w.captum, **{f"floor: {k}": v for k, v in w.floors.items()}, **w.info}
+        has_captum = w.captum is not None  # None: Captum fails on this workload (the agreement text says why)
+        contenders = {"xattr": w.xattr, **({"captum": w.captum} if has_captum else {}), **{f"floor: {k}": v for k, v in w.floors.items()}, **w.info}
         times = timing.interleaved(
             contenders, device, warmup=1 if args.quick else 2, repeats=args.repeats,
             max_repeats=args.repeats if args.quick else args.max_repeats, budget_s=args.budget,
         )
         med = {k: timing.median(v) for k, v in times.items()}
         floor_name = min(w.floors, key=lambda k: med[f"floor: {k}"])
-        tx, tc, tf = med["xattr"], med["captum"], med[f"floor: {floor_name}"]
-        speedup = tc / tx
+        tx, tf = med["xattr"], med[f"floor: {floor_name}"]
+        tc = med["captum"] if has_captum else float("nan")
+        speedup = tc / tx if has_captum else float("inf")  # Captum fails: "never slower than Captum" holds
         verdict = judge(w.family, tx / tf, speedup, agreed)
-        rows.append([w.name, f"{1e3 * tx:.1f}", f"{1e3 * tc:.1f}", f"{1e3 * tf:.1f}", f"{tx / tf:.2f}",
-                     f"{tc / tf:.2f}", f"{speedup:.2f}", text, verdict])
+        c_cells = [f"{1e3 * tc:.1f}", f"{tc / tf:.2f}", f"{speedup:.2f}"] if has_captum else ["fails", "-", "-"]
+        rows.append([w.name, f"{1e3 * tx:.1f}", c_cells[0], f"{1e3 * tf:.1f}", f"{tx / tf:.2f}",
+                     c_cells[1], c_cells[2], text, verdict])
         noise = ", ".join(f"{k} {100 * timing.spread(v):.0f}%" for k, v in times.items())
         faults = ", ".join(f"{k} {timing.faulted_mib(contenders[k]):.0f}" for k in contenders) if device == "cpu" else ""
         notes.append(f"{w.name}: {len(times['xattr'])} rounds; agreement judged {w.how}; "
@@ -80,8 +90,8 @@ def run_suite(model_name: str, device: str, args) -> tuple[list[list[str]], list
             extra = ", ".join(f"{k} {1e3 * med[k]:.1f} ms = {med[k] / tf:.2f}x floor" for k in w.info)
             notes.append(f"{w.name}: for reference (not a contender): {extra}.")
         notes.extend(w.notes)
-        print(f"  {w.name}: xattr {1e3 * tx:.1f} ms, Captum {1e3 * tc:.1f} ms, floor {1e3 * tf:.1f} ms "
-              f"({floor_name}); x/floor {tx / tf:.2f}, C/floor {tc / tf:.2f}, C/x {speedup:.2f}; {text}; "
+        print(f"  {w.name}: xattr {1e3 * tx:.1f} ms, Captum {c_cells[0]}{' ms' if has_captum else ''}, floor {1e3 * tf:.1f} ms "
+              f"({floor_name}); x/floor {tx / tf:.2f}, C/floor {c_cells[1]}, C/x {c_cells[2]}; {text}; "
               f"{verdict} [{time.perf_counter() - t0:.0f} s]", flush=True)
     return rows, notes
 
@@ -101,6 +111,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-repeats", type=int, default=101, help="most rounds while under --budget")
     p.add_argument("--budget", type=float, default=8.0, help="seconds of timed rounds per workload before stopping at --repeats")
     p.add_argument("--only", default="", help="run only workloads whose name contains this")
+    p.add_argument("--resnet-deeplift", type=int, nargs=2, metavar=("BATCH", "SIDE"), default=None,
+                   help="batch and image side of the ResNet-50 DeepLift workload (default: 2 112 on CPU, 8 224 on GPU)")
     p.add_argument("--out", default="benchmarks/RESULTS.md", help="markdown output file, '-' to only print")
     args = p.parse_args(argv)
     args.repeats = args.repeats or (5 if args.quick else 9)
@@ -122,9 +134,9 @@ def main(argv=None) -> int:
                 sections.append(("GPU", None, ["skipped: no CUDA device on this machine."]))
                 print("cuda: skipped (no CUDA device)")
                 continue
-            try:
-                import torchvision  # noqa: F401, PLC0415
-            except ImportError:
+            from xattr.testing.vision import models  # noqa: PLC0415
+
+            if models() is None:
                 sections.append(("GPU", None, ["skipped: torchvision is not installed (ResNet-50 needs it)."]))
                 print("cuda: skipped (torchvision missing)")
                 continue
@@ -147,7 +159,7 @@ def main(argv=None) -> int:
     md += ["", "Times are medians of interleaved rounds (xattr, Captum and the floor run round-robin in one "
            "process, after warm-up). Ratios are what count; CPU absolute times depend on the machine and "
            "its load. Targets (from /work/shared/benchmarks.md):"]
-    md += [f"- {fam}: {t}" for fam, t in [("gradient methods (also layer IG and Grad-CAM)", TARGETS["gradient"]),
+    md += [f"- {fam}: {t}" for fam, t in [("gradient methods (also layer IG, Grad-CAM, DeepLift, GuidedBackprop, LRP)", TARGETS["gradient"]),
                                              ("many outputs (all classes, K neurons)", TARGETS["many"])]]
     for label, rows, notes in sections:
         md += ["", f"## {label}", ""]
@@ -161,7 +173,8 @@ def main(argv=None) -> int:
            "passes (fastest plain-torch spelling); layer IG = the layer activation of input and baseline "
            "plus one forward+backward of the 50-times expanded path through the part of the model after "
            "the layer; Grad-CAM = one forward + one backward to the layer (the model cut by hand at the "
-           "layer, or a forward hook: the faster counts). "
+           "layer, or a forward hook: the faster counts); DeepLift = one forward+backward of the doubled "
+           "batch (inputs then baselines, 2B rows); GuidedBackprop and LRP = one of the batch. "
            "Floor inputs are built before timing, so the floor times the model's work only.", ""]
     text = "\n".join(md)
     if args.out == "-":

@@ -28,12 +28,13 @@ class Workload:
     name: str
     family: str  # "gradient" (<= 1.05x floor, never slower than Captum) or "many" (K outputs)
     xattr: Callable[[], object]
-    captum: Callable[[], object]
+    captum: Callable[[], object] | None  # None: Captum cannot run this workload (agreement says why)
     floors: dict[str, Callable[[], object]]  # candidate plain-torch floors; the fastest counts
     agreement: Callable[[], tuple[str, bool]]  # (text for the table, passed)
     how: str  # how agreement was judged
     notes: list[str] = field(default_factory=list)
     info: dict[str, Callable[[], object]] = field(default_factory=dict)  # timed for the notes only
+    skip: str | None = None  # why the workload cannot run here (e.g. torchvision missing)
 
 
 class SmallCNN(nn.Module):
@@ -66,9 +67,9 @@ def make_model(name: str, device: str) -> tuple[nn.Module, tuple[int, ...], int]
     if name == "cnn":
         return _seeded(SmallCNN).to(device).eval(), (3, 32, 32), 16
     if name == "resnet50":
-        import torchvision  # noqa: PLC0415 (only the GPU suite needs it)
+        from xattr.testing.vision import models  # noqa: PLC0415 (only the GPU suite needs torchvision)
 
-        model = _seeded(lambda: torchvision.models.resnet50(weights=None))
+        model = _seeded(lambda: models().resnet50(weights=None))
         return model.to(device).eval(), (3, 224, 224), 8
     raise ValueError(f"unknown model {name!r}")
 
