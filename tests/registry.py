@@ -190,6 +190,15 @@ def constant_rows(x: torch.Tensor, n: int = 4) -> torch.Tensor:
     return values.reshape((n,) + (1,) * (x.ndim - 1)).expand((n,) + tuple(x.shape[1:])).clone()
 
 
+# The shared models end in a softmax, which LRP's default rules refuse (attribute the logits);
+# for the invariants here the softmax keeps its ordinary gradient instead.
+_LRP_RULES = {k: v for k, v in xattr.rule.lrp_rules().items() if k is not torch.nn.functional.softmax}
+
+
+def _lrp(f, *, argnums=0, chunk_size=None, generator=0):
+    return xattr.lrp(f, composite=_LRP_RULES, argnums=argnums, chunk_size=chunk_size)
+
+
 def _deep_lift_shap(f, *, argnums=0, chunk_size=None, generator=0):
     def attr_fn(*args, **kwargs):
         dist = optree.tree_map(constant_rows, _selected(args, argnums), namespace="xattr")
@@ -209,5 +218,8 @@ METHODS_UNDER_TEST += [
     Method("deconvolution", _deconv, linear=False),
     Method("deep_lift", _deep_lift, complete=True, baselines=True),
     Method("deep_lift_shap", _deep_lift_shap),
+    # LRP-epsilon scales relevance by z / (z + eps sign z) per layer, which is not linear in f; on an
+    # affine model its relevance x * w sums to f(x) - f(0) (the bias absorbs the rest).
+    Method("lrp", _lrp, complete=True, linear=False),
 ]
 BY_NAME = {m.name: m for m in METHODS_UNDER_TEST}

@@ -70,7 +70,7 @@ def merge_batch_norm(model: nn.Module) -> nn.Module:
         if len(prev.users) != 1 or uses[prev.target] != 1 or uses[node.target] != 1:
             continue
         _fold(modules[prev.target], modules[node.target])
-        _replace(traced, node.target, nn.Identity())
+        _replace(traced, node.target, nn.Identity().train(False))  # the batch norm's mode (eval)
     traced.recompile()
     return traced
 
@@ -86,4 +86,4 @@ def _merge_sequential(model: nn.Module) -> None:
         for a, b in zip(names, names[1:]):
             if isinstance(seq._modules[a], _LAYERS) and isinstance(seq._modules[b], _NORMS):
                 _fold(seq._modules[a], seq._modules[b])
-                seq._modules[b] = nn.Identity()
+                seq._modules[b] = nn.Identity().train(False)

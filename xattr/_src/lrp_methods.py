@@ -16,7 +16,7 @@ from .backprop_methods import _split_with
 from .checks import warn_if_training
 from .gradients import attribution_fn, vjp_rows
 from .layers import Split, layer_vjp_rows
-from .lrp_rules import lrp_rules
+from .lrp_rules import ABOVE_SPLIT, lrp_rules
 from .rules import rules
 
 
@@ -98,7 +98,11 @@ def layer_lrp(
 
     def fn(*args):
         warn_if_training(split)
-        h, out, g = layer_vjp_rows(ruled, args)
+        token = ABOVE_SPLIT.set(True)
+        try:
+            h, out, g = layer_vjp_rows(ruled, args)
+        finally:
+            ABOVE_SPLIT.reset(token)
         attr = T.tree_map(lambda gi, hi: gi * T.expand_like(hi, gi), g, h)
         return (attr, _total(attr, out) - out) if return_delta else attr
 

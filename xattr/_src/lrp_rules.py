@@ -18,19 +18,26 @@ see `lrp`.
 
 from __future__ import annotations
 
+import contextvars
+
 import torch
 import torch.nn.functional as F
 
 from . import ops
+from .deeplift_rules import pool_with_indices, unpool
 from .rules import Rule, Saved, pullback
+
+# set by layer_lrp: an input-layer rule whose input depends on the layer's activation is an error
+ABOVE_SPLIT: contextvars.ContextVar = contextvars.ContextVar("xattr_layer_lrp", default=False)
 
 WEIGHTED = frozenset({"linear", "conv", "batch_norm"})
 LAYERS = WEIGHTED | {"avg_pool", "max_pool"}
 
 
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
-    """``z + eps * sign(z)`` with sign(0) = 1, so it is never 0 for eps > 0."""
-    return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+    """``z + eps * sign(z)`` with sign(0) = 1, so it is never 0 for eps > 0 (NOTE: [Float masks])."""
+    sign = torch.sign(z)
+    return z + eps * (sign + 1 - sign.abs())
 
 
 def transpose(op: ops.Op, x: torch.Tensor, weight, bias, s: torch.Tensor) -> torch.Tensor:
@@ -46,7 +53,8 @@ def transpose(op: ops.Op, x: torch.Tensor, weight, bias, s: torch.Tensor) -> tor
 
 
 def _safe_divide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.where(b == 0, torch.zeros_like(a), a / torch.where(b == 0, torch.ones_like(b), b))
+    """a / b, with 0 where b == 0 (float ops only, NOTE: [Float masks])."""
+    return torch.nan_to_num(a / b, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 class _Layer(Rule):
@@ -70,13 +78,23 @@ class _Layer(Rule):
             return None, None
         return self.rho(tensors[1]), self.rho_bias(tensors[2])
 
+    def keeps(self, op):
+        return op.kind != "max_pool"  # a max-pool keeps its argmax indices instead
+
     def forward(self, op, *tensors):
+        if op.kind == "max_pool":
+            x = tensors[0]
+            z, indices = pool_with_indices(op, x)
+            return z, (z / stabilize(z, self.eps), indices, x.new_zeros(()).expand(x.shape))
         z = op.fn(*tensors)
         w, b = self._modified(op, tensors)
         z_mod = z if w is None or (w is tensors[1] and b is tensors[2]) else op.fn(tensors[0], w, b)
         return z, (z / stabilize(z_mod, self.eps),)
 
     def backward(self, op, saved: Saved, grad):
+        if op.kind == "max_pool":
+            ratio, indices, like = saved.extras
+            return (unpool(grad * ratio, indices, like.shape, op.options["nd"]),)
         x, *params = saved.inputs
         w, b = self._modified(op, (x, *params))
         (ratio,) = saved.extras
@@ -205,6 +223,12 @@ class _InputLayer(Rule):
         self.eps = eps
 
     def forward(self, op, x, w, b):
+        if ABOVE_SPLIT.get() and x.requires_grad:
+            raise ValueError(
+                f"layer_lrp: the input-layer rule {type(self).__name__} sits above the layer, so it would hand "
+                "relevance (not a gradient) to it; split at or above the layer that reads the input, or use "
+                "xattr.lrp for the input's relevance"
+            )
         z = op.fn(x, w, b)
         return z, (z.clone(),)
 

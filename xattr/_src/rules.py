@@ -43,11 +43,12 @@ from .checks import _modules
 
 
 class Saved(NamedTuple):
-    """What a rule's backward receives: the op's input tensors (when the rule keeps them) and the
-    extra tensors its forward computed."""
+    """What a rule's backward receives: the op's input tensors (when the rule keeps them), the
+    extra tensors its forward computed, and its output (when the rule keeps it)."""
 
     inputs: tuple
     extras: tuple
+    output: torch.Tensor | None = None
 
 
 class Rule:
@@ -56,11 +57,13 @@ class Rule:
     Override ``backward(op, saved, grad)`` to return one gradient per tensor of ``op.tensors``
     (None where there is none), and optionally ``forward(op, *tensors) -> (output, extras)`` to
     compute tensors the backward needs. Set ``kinds`` to the op kinds the rule accepts and
-    ``keep_inputs = True`` to receive the op's inputs in ``saved.inputs``.
+    ``keep_inputs = True`` to receive the op's inputs in ``saved.inputs`` (``keep_output = True``:
+    its output in ``saved.output``).
     """
 
     kinds: frozenset = frozenset()
     keep_inputs: bool = False
+    keep_output: bool = False
 
     def accepts(self, op: ops.Op) -> bool:
         return op.kind in self.kinds
@@ -99,13 +102,16 @@ class _Apply(torch.autograd.Function):
         ctx.mark_non_differentiable(*extras)
         ctx.rule, ctx.op, ctx.n_inputs = rule, op, len(tensors)
         kept = tuple(tensors) if rule.keeps(op) else ()
-        ctx.save_for_backward(*kept, *extras)
+        ctx.keep_output = rule.keep_output
+        ctx.save_for_backward(*kept, *extras, *((output[0],) if rule.keep_output else ()))
         ctx.n_kept = len(kept)
 
     @staticmethod
     def backward(ctx, grad, *_):
         saved = ctx.saved_tensors
-        grads = ctx.rule.backward(ctx.op, Saved(saved[: ctx.n_kept], saved[ctx.n_kept :]), grad)
+        out = saved[-1] if ctx.keep_output else None
+        saved = saved[:-1] if ctx.keep_output else saved
+        grads = ctx.rule.backward(ctx.op, Saved(saved[: ctx.n_kept], saved[ctx.n_kept :], out), grad)
         if len(grads) != ctx.n_inputs:
             raise RuntimeError(f"{ctx.rule!r}.backward returned {len(grads)} gradients for {ctx.n_inputs} tensors")
         return (None, None, *grads)

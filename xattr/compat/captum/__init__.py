@@ -34,10 +34,18 @@ from .layer import (
     LayerGradientXActivation,
     LayerIntegratedGradients,
 )
+from .lrp import LRP, Alpha1_Beta0_Rule, EpsilonRule, GammaRule, IdentityRule, LayerLRP, PropagationRule
 from .neuron import NeuronConductance, NeuronGradient, NeuronGradientShap, NeuronIntegratedGradients
 from .noise_tunnel import NoiseTunnel
 
 __all__ = [
+    "Alpha1_Beta0_Rule",
+    "EpsilonRule",
+    "GammaRule",
+    "IdentityRule",
+    "LRP",
+    "LayerLRP",
+    "PropagationRule",
     "Attribution",
     "Deconvolution",
     "DeepLift",

@@ -1,0 +1,244 @@
+"""xattr.compat.captum's LRP and LayerLRP against Captum 0.9's own numbers (stored; no captum here).
+
+The cases live in tests/gen_captum_lrp_expected.py, which wrote Captum's numbers into
+tests/captum_lrp_expected.py; both libraries go through the same ``run`` function, with Captum's
+rule classes for Captum and xattr.compat.captum.lrp's lookalikes for xattr. Where Captum's hooks
+give a different answer (torch.tanh, a plain ``+``) or refuse the model (a reused layer), the
+tests show what xattr does instead: documented differences (docs/migration.md).
+"""
+
+import pytest
+import torch
+from torch import nn
+
+import xattr
+from xattr.compat.captum import lrp as X
+
+from registry import changed_state, state_snapshot
+
+try:  # tests/ on sys.path (pytest's default rootdir-less import mode) or tests as a package
+    from . import captum_lrp_expected as E
+    from . import gen_captum_lrp_expected as G
+except ImportError:
+    import captum_lrp_expected as E
+    import gen_captum_lrp_expected as G
+
+MODELS = G.build_models()
+CASES = {c.name: c for c in G.CASES + G.DIFFERENT}
+TOL = dict(rtol=1e-6, atol=1e-9)  # 10-digit storage
+
+
+def _close(out, expected, **tol):
+    tol = {**TOL, **tol}
+    if isinstance(expected, tuple):
+        assert isinstance(out, (tuple, list)) and len(out) == len(expected), f"expected {len(expected)} entries"
+        for o, e in zip(out, expected):
+            _close(o, e, **tol)
+        return
+    assert isinstance(out, torch.Tensor), f"expected a tensor, got {type(out).__name__}"
+    e = torch.tensor(expected, dtype=out.dtype)
+    assert out.shape == e.shape and not out.requires_grad
+    torch.testing.assert_close(out, e, **tol)
+
+
+def _split(case, out):
+    return out if case.kwargs.get("return_convergence_delta") else (out, None)
+
+
+def _check(out, case, expected):
+    attr, delta = _split(case, out)
+    if expected.get("list"):
+        assert isinstance(attr, list), "a list of layers gives a list (Captum's convention)"
+        assert delta is None or isinstance(delta, list)
+        attr, delta = tuple(attr), (tuple(delta) if delta is not None else None)
+    _close(attr, expected["attr"])
+    if "delta" in expected:
+        _close(delta, expected["delta"], atol=1e-8)
+
+
+@pytest.mark.parametrize("name", [c.name for c in G.CASES])
+def test_same_numbers_as_captum(name):
+    case = CASES[name]
+    _check(G.run(case, X, MODELS), case, E.EXPECTED[name])
+
+
+def test_rules_are_read_from_modules_and_left_there():
+    """Rules set as module.rule change the result; xattr leaves them on the modules (Captum deletes
+    them after each call) and changes nothing else on the model."""
+    model, x = MODELS["cnn"], G.INPUTS["img"]
+    default = X.LRP(model).attribute(x, target=2)
+    model.conv1.rule = X.GammaRule()
+    try:
+        before = state_snapshot(model, x)
+        ruled = X.LRP(model).attribute(x, target=2)
+        assert changed_state(before, state_snapshot(model, x)) == []
+        assert isinstance(model.conv1.rule, X.GammaRule)
+        torch.testing.assert_close(X.LRP(model).attribute(x, target=2), ruled)  # the rule applies again
+    finally:
+        del model.conv1.rule
+    assert not torch.allclose(ruled, default)
+
+
+def test_captum_delta_sign_and_compute_convergence_delta():
+    """Captum's delta is f(x) - sum(R), the opposite of xattr's return_delta."""
+    model, x = MODELS["cnn"], G.INPUTS["img"]
+    attr, delta = X.LRP(model).attribute(x, target=1, return_convergence_delta=True)
+    _, xattr_delta = xattr.lrp(xattr.target(model, 1), return_delta=True)(x)
+    torch.testing.assert_close(delta, -xattr_delta)
+    out = model(x)[:, 1].detach()
+    torch.testing.assert_close(X.LRP(model).compute_convergence_delta(attr, out), delta)
+    lrp = X.LRP(model)
+    assert lrp.has_convergence_delta() and lrp.multiplies_by_inputs
+
+
+def test_xattr_rules_as_module_rule():
+    """An xattr Rule set as module.rule is used as it is (here AlphaBeta, which Captum lacks)."""
+    model, x = MODELS["mlp"], G.INPUTS["x"]
+    model.l2.rule = xattr.rule.AlphaBeta(2.0, 1.0)
+    try:
+        got = X.LRP(model).attribute(x, target=1)
+    finally:
+        del model.l2.rule
+    composite = {**xattr.rule.lrp_rules(), model.l2: xattr.rule.AlphaBeta(2.0, 1.0)}
+    want = xattr.lrp(xattr.target(model, 1), composite=composite)(x)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("cls, kw, rule, expected", [
+    ("EpsilonRule", {"epsilon": 0.3}, xattr.rule.Epsilon, {"eps": 0.3}),
+    ("GammaRule", {"gamma": 0.7, "set_bias_to_zero": True}, xattr.rule.Gamma,
+     {"gamma": 0.7, "zero_bias": True, "modify_bias": False, "eps": 1e-9}),
+    ("Alpha1_Beta0_Rule", {"set_bias_to_zero": True}, xattr.rule.PositiveWeights, {"zero_bias": True, "eps": 1e-9}),
+])  # fmt: skip
+def test_rule_translation(cls, kw, rule, expected):
+    translated = X.xattr_rule(getattr(X, cls)(**kw))
+    assert type(translated) is rule and {k: getattr(translated, k) for k in expected} == expected
+
+
+def test_captum_rule_objects_are_translated():
+    """Captum's own rule objects (when captum is installed) give the lookalikes' numbers."""
+    captum_rules = pytest.importorskip("captum.attr._utils.lrp_rules")
+    model, x = MODELS["cnn"], G.INPUTS["img"]
+    results = []
+    for classes in (captum_rules, X):
+        model.conv1.rule, model.bn.rule = classes.GammaRule(0.4), classes.IdentityRule()
+        model.fc.rule = classes.Alpha1_Beta0_Rule(set_bias_to_zero=True)
+        try:
+            results.append(X.LRP(model).attribute(x, target=0))
+        finally:
+            del model.conv1.rule, model.bn.rule, model.fc.rule
+    torch.testing.assert_close(results[0], results[1])
+
+
+def test_unknown_rules_raise_on_construction():
+    model = MODELS["mlp"]
+    model.l1.rule = "epsilon"
+    try:
+        with pytest.raises(TypeError, match="module 'l1' has rule 'epsilon'"):
+            X.LRP(model)
+    finally:
+        del model.l1.rule
+
+
+def test_identity_rule_needs_a_same_shape_layer():
+    model = MODELS["mlp"]
+    model.l1.rule = X.IdentityRule()  # Linear(3, 6)
+    try:
+        with pytest.raises(ValueError, match="IdentityRule .* maps"):
+            X.LRP(model).attribute(G.INPUTS["x"], target=0)
+    finally:
+        del model.l1.rule
+
+
+def test_verbose_prints_the_rules(capsys):
+    model = MODELS["mlp"]
+    model.l1.rule = X.EpsilonRule(0.25)
+    try:
+        X.LRP(model).attribute(G.INPUTS["x"], target=0, verbose=True)
+    finally:
+        del model.l1.rule
+    assert "Applied Epsilon(eps=0.25" in capsys.readouterr().out
+
+
+def test_layer_lrp_is_xattr_layer_lrp_and_accepts_device_ids():
+    model, x = MODELS["cnn"], G.INPUTS["img"]
+    got = X.LayerLRP(model, model.conv2, None).attribute(x, target=1)
+    want = xattr.layer_lrp(xattr.at_layer(xattr.target(model, 1), model.conv2))(x)
+    torch.testing.assert_close(got, want)
+    assert X.LayerLRP(model, model.conv2).has_convergence_delta()
+
+
+# ----------------------------------------------------------------------------- documented differences
+
+
+@pytest.mark.parametrize("name", [c.name for c in G.DIFFERENT])
+def test_where_captum_differs_xattr_gives_the_module_numbers(name):
+    """torch.tanh: Captum applies the chain rule to relevance (multiplies it by tanh'); a plain
+    ``+``: Captum copies the relevance to both terms. xattr gives the numbers Captum gives for the
+    same model written with nn.Tanh, or with the addition in a module holding the epsilon rule."""
+    case = CASES[name]
+    out = G.run(case, X, MODELS)
+    same = E.EXPECTED[G.SAME_AS[name]]
+    _check(out, case, same)
+    captum = torch.tensor(E.DIFFERENT[name]["attr"], dtype=torch.float64)
+    assert (out[0] - captum).abs().max() > 0.05 * captum.abs().max()
+
+
+def test_residual_plus_conserves_where_captum_does_not():
+    """The residual model is bias-free and ReLU: xattr conserves relevance (delta ~ 0); Captum's
+    copies through ``+`` do not."""
+    _, delta = G.run(CASES["diff_res_plus"], X, MODELS)
+    torch.testing.assert_close(delta, torch.zeros_like(delta), atol=1e-8, rtol=0)
+    out = MODELS["res"](G.INPUTS["x"])[:, 1].detach()
+    assert (torch.tensor(E.DIFFERENT["diff_res_plus"]["delta"], dtype=out.dtype).abs() > 0.1 * out.abs()).any()
+
+
+def test_reused_layer_works_where_captum_refuses():
+    """Captum raises for a layer called twice; xattr propagates through both calls and, the model
+    being bias-free ReLU, conserves relevance. The result is a reference written out by hand."""
+    assert "used more than once" in E.ERRORS["reused_linear"][1]
+    model, x = MODELS["reused"], G.INPUTS["x"]
+    attr, delta = X.LRP(model).attribute(x, target=0, return_convergence_delta=True)
+    torch.testing.assert_close(delta, torch.zeros_like(delta), atol=1e-8, rtol=0)
+    w, v = model.lin.weight.detach(), model.out.weight.detach()[0]
+    for b in range(x.shape[0]):  # LRP-0 by hand: z1 = W x, a1 = relu(z1), z2 = W a1, a2 = relu(z2), y = v . a2
+        z1 = w @ x[b]
+        a1 = z1.clamp(min=0)
+        z2 = w @ a1
+        a2 = z2.clamp(min=0)
+        r2 = v * a2  # relevance of a2 (= of z2)
+        r1 = (w * a1[None, :] / z2[:, None] * r2[:, None]).sum(0)  # of a1 (= of z1)
+        r0 = (w * x[b][None, :] / z1[:, None] * r1[:, None]).sum(0)
+        torch.testing.assert_close(attr[b], r0)
+
+
+def test_functional_relu_and_reused_relu_match_captum():
+    """Captum handles these two (relevance is zero where ReLU is off); xattr agrees exactly —
+    checked in test_same_numbers_as_captum["lrp_frelu_reused_relu"]; here: it also conserves up
+    to the biases, which an all-zero-bias copy shows."""
+    model = G.FunctionalAndReused().double().eval()
+    model.load_state_dict(MODELS["frelu"].state_dict())
+    with torch.no_grad():
+        for m in (model.l1, model.l2, model.l3, model.l4):
+            m.bias.zero_()
+    _, delta = X.LRP(model).attribute(G.INPUTS["x"], target=2, return_convergence_delta=True)
+    torch.testing.assert_close(delta, torch.zeros_like(delta), atol=1e-8, rtol=0)
+
+
+def test_modules_captum_rejects_get_xattr_defaults():
+    """Captum needs a rule for every leaf module (nn.Flatten, nn.Softplus, nn.Conv1d raise there);
+    xattr uses its defaults: flatten carries relevance, activations pass it, conv1d is epsilon."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Softplus(), nn.Flatten(), nn.Linear(12, 2)).double().eval()
+    x = torch.randn(2, 2, 6, dtype=torch.float64)
+    got = X.LRP(model).attribute(x, target=1)
+    torch.testing.assert_close(got, xattr.lrp(xattr.target(model, 1))(x))
+
+
+def test_reused_module_in_layer_lrp_needs_call_index():
+    model = MODELS["frelu"]
+    with pytest.raises(RuntimeError, match="call_index"):
+        X.LayerLRP(model, model.relu).attribute(G.INPUTS["x"], target=0)
+    r = X.LayerLRP(model, model.relu, call_index=1).attribute(G.INPUTS["x"], target=0)
+    want = xattr.layer_lrp(xattr.at_layer(xattr.target(model, 0), model.relu, call_index=1))(G.INPUTS["x"])
+    torch.testing.assert_close(r, want)
