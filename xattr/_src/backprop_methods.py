@@ -120,7 +120,7 @@ def _multipliers(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: i
         both = T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), xs, bs)
         call = tuple(a if i in nums else T.fold(a, 2 * (e - s), batch) for i, a in enumerate(args))
         weights = _first_half(rows, T.leaves(selected)[0].device)
-        with paired_rows(2 * rows):
+        with paired_rows(2 * rows, reference_grads=False):
             out, g = vjp_rows(ruled, T.split_args(call, nums)[1](both), nums, weights=weights, method="deep_lift")
         ends.append(out[:rows])
         refs.append(out[rows:])
@@ -282,7 +282,7 @@ def _layer_pairs(split: Split, args: tuple, nums: tuple, base_rows, copies: int)
     rows = copies * batch
     both = T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), T.fold(selected, copies), base_rows)
     call = tuple(a if i in nums else T.fold(a, 2 * copies, batch) for i, a in enumerate(args))
-    with paired_rows(2 * rows):
+    with paired_rows(2 * rows, reference_grads=False):
         h, out, g = layer_vjp_rows(split, T.split_args(call, nums)[1](both), weights=_first_half(rows, out_device(selected)))
     top, bottom = (lambda t: t[:rows]), (lambda t: t[rows:])  # noqa: E731
     return T.tree_map(top, h), T.tree_map(bottom, h), T.tree_map(top, g), out[:rows], out[rows:]

@@ -24,13 +24,17 @@ from torch.func import jvp
 from . import ops
 from .rules import Rule, Saved, pullback
 
-_ROWS: contextvars.ContextVar = contextvars.ContextVar("xattr_paired_rows", default=None)
+_ROWS: contextvars.ContextVar = contextvars.ContextVar("xattr_paired_rows", default=(None, True))
 
 
 @contextlib.contextmanager
-def paired_rows(rows: int):
-    """Declares that ops of this many rows hold inputs then references (NOTE: [Paired rows])."""
-    token = _ROWS.set(rows)
+def paired_rows(rows: int, *, reference_grads: bool = True):
+    """Declares that ops of this many rows hold inputs then references (NOTE: [Paired rows]).
+
+    ``reference_grads=False`` promises that only the input half is seeded (deep_lift's case):
+    rules may then skip the reference half's multipliers and give it zero gradients.
+    """
+    token = _ROWS.set((rows, reference_grads))
     try:
         yield
     finally:
@@ -38,7 +42,7 @@ def paired_rows(rows: int):
 
 
 def _paired(x: torch.Tensor) -> bool:
-    expected = _ROWS.get()
+    expected = _ROWS.get()[0]
     return expected is not None and x.ndim > 0 and x.shape[0] == expected
 
 
@@ -203,7 +207,8 @@ class Rescale(Rule):
             return routed * inverse + near * unpool(g, own, shape, nd)
 
         g1, g2 = _halves(grad)
-        return torch.cat([multiplier(g1, i1), multiplier(g2, i2)])
+        first = multiplier(g1, i1)
+        return torch.cat([first, multiplier(g2, i2) if _ROWS.get()[1] else torch.zeros_like(first)])
 
 
 def _delta(t: torch.Tensor) -> torch.Tensor:

@@ -100,6 +100,7 @@ class _Apply(torch.autograd.Function):
         rule, op, *tensors = inputs
         extras = output[1:]
         ctx.mark_non_differentiable(*extras)
+        ctx.set_materialize_grads(False)  # the extras never get gradients: no zero tensors for them
         ctx.rule, ctx.op, ctx.n_inputs = rule, op, len(tensors)
         kept = tuple(tensors) if rule.keeps(op) else ()
         ctx.keep_output = rule.keep_output
@@ -108,6 +109,8 @@ class _Apply(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad, *_):
+        if grad is None:  # the op's output did not reach what is differentiated
+            return (None,) * (2 + ctx.n_inputs)
         saved = ctx.saved_tensors
         out = saved[-1] if ctx.keep_output else None
         saved = saved[:-1] if ctx.keep_output else saved
@@ -115,6 +118,25 @@ class _Apply(torch.autograd.Function):
         if len(grads) != ctx.n_inputs:
             raise RuntimeError(f"{ctx.rule!r}.backward returned {len(grads)} gradients for {ctx.n_inputs} tensors")
         return (None, None, *grads)
+
+
+class _ApplyEager(torch.autograd.Function):
+    """`_Apply` for plain autograd (no torch.func transform active).
+
+    NOTE: [Two Function classes]
+    ``Function.apply`` of a class with ``setup_context`` binds its arguments through
+    ``inspect.signature`` on every call (torch 2.13: ~20-40 us), once per ruled op. Outside
+    transforms nothing needs ``setup_context`` or the vmap rule, so this legacy-style class with
+    the same forward and backward runs instead.
+    """
+
+    @staticmethod
+    def forward(ctx, rule, op, *tensors):
+        output = _Apply.forward(rule, op, *tensors)
+        _Apply.setup_context(ctx, (rule, op, *tensors), output)
+        return output
+
+    backward = _Apply.backward
 
 
 def pullback(fn: Callable, *primals: torch.Tensor):
@@ -136,7 +158,8 @@ def apply_rule(rule: Rule, op: ops.Op):
         tensors = (tensors[0].clone(),) + tensors[1:]
     light = op._replace(tensors=())  # the context must not hold the op's tensors
     with torch._C.DisableTorchFunction():  # the rule's own ops are not intercepted again
-        out = _Apply.apply(rule, light, *tensors)[0]
+        function = _ApplyEager if torch._C._functorch.maybe_current_level() is None else _Apply
+        out = function.apply(rule, light, *tensors)[0]
         if op.inplace:
             out = op.tensors[0].copy_(out)
         if op.options.get("return_indices"):
