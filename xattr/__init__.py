@@ -24,6 +24,7 @@ from ._src.layer_methods import (
     layer_integrated_gradients,
     upsample,
 )
+from ._src.ablation import feature_ablation, occlusion, window_masks
 from ._src.backprop_methods import (
     deconvolution,
     deep_lift,
@@ -49,6 +50,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "deconvolution",
+    "feature_ablation",
+    "occlusion",
+    "window_masks",
     "deep_lift",
     "deep_lift_shap",
     "guided_backprop",
