@@ -15,6 +15,11 @@ import torch
 import xattr
 from xattr.compat import captum as X
 
+try:
+    from .stored import assert_matches_stored
+except ImportError:
+    from stored import assert_matches_stored
+
 try:  # tests/ on sys.path (pytest's default rootdir-less import mode) or tests as a package
     from . import captum_expected as E
     from . import gen_captum_expected as G
@@ -29,17 +34,7 @@ TOL = dict(rtol=1e-6, atol=1e-8)  # Captum's float32 step sizes and 10-digit sto
 
 
 def _close(out, expected, **tol):
-    """out has the structure of expected (tuple <-> tuple, tensor <-> list) and its values."""
-    tol = {**TOL, **tol}
-    if isinstance(expected, tuple):
-        assert isinstance(out, tuple) and len(out) == len(expected), f"expected a tuple of {len(expected)}"
-        for o, e in zip(out, expected):
-            _close(o, e, **tol)
-        return
-    assert isinstance(out, torch.Tensor), f"expected a tensor, got {type(out).__name__}"
-    e = torch.tensor(expected, dtype=out.dtype)
-    assert out.shape == e.shape
-    torch.testing.assert_close(out, e, **tol)
+    assert_matches_stored(out, expected, **{**TOL, **tol})
 
 
 def _split(case, out):

@@ -16,6 +16,11 @@ from xattr.compat.captum import lrp as X
 
 from registry import changed_state, state_snapshot
 
+try:
+    from .stored import assert_matches_stored
+except ImportError:
+    from stored import assert_matches_stored
+
 try:  # tests/ on sys.path (pytest's default rootdir-less import mode) or tests as a package
     from . import captum_lrp_expected as E
     from . import gen_captum_lrp_expected as G
@@ -29,16 +34,7 @@ TOL = dict(rtol=1e-6, atol=1e-9)  # 10-digit storage
 
 
 def _close(out, expected, **tol):
-    tol = {**TOL, **tol}
-    if isinstance(expected, tuple):
-        assert isinstance(out, (tuple, list)) and len(out) == len(expected), f"expected {len(expected)} entries"
-        for o, e in zip(out, expected):
-            _close(o, e, **tol)
-        return
-    assert isinstance(out, torch.Tensor), f"expected a tensor, got {type(out).__name__}"
-    e = torch.tensor(expected, dtype=out.dtype)
-    assert out.shape == e.shape and not out.requires_grad
-    torch.testing.assert_close(out, e, **tol)
+    assert_matches_stored(out, expected, **{**TOL, **tol})
 
 
 def _split(case, out):
