@@ -37,8 +37,13 @@ from .layer import (
 from .lrp import LRP, Alpha1_Beta0_Rule, EpsilonRule, GammaRule, IdentityRule, LayerLRP, PropagationRule
 from .neuron import NeuronConductance, NeuronGradient, NeuronGradientShap, NeuronIntegratedGradients
 from .noise_tunnel import NoiseTunnel
+from .robust import FGSM, PGD, AttackComparator, MinParamPerturbation
 
 __all__ = [
+    "AttackComparator",
+    "FGSM",
+    "MinParamPerturbation",
+    "PGD",
     "Alpha1_Beta0_Rule",
     "EpsilonRule",
     "GammaRule",

@@ -1,0 +1,124 @@
+"""xattr.compat.captum's FGSM, PGD, AttackComparator and MinParamPerturbation against Captum 0.9.
+
+The deterministic cases live in tests/gen_captum_robust_expected.py, which also wrote Captum's
+numbers into tests/captum_robust_expected.py; both libraries go through the same ``run``.
+Random starts, which Captum draws from torch's global generator, are compared live when captum
+is installed.
+"""
+
+import warnings
+
+import pytest
+import torch
+
+from xattr.compat import captum as X
+from xattr.compat.captum import robust as R
+
+try:  # tests/ on sys.path (pytest's default rootdir-less import mode) or tests as a package
+    from . import captum_robust_expected as E
+    from . import gen_captum_robust_expected as G
+except ImportError:
+    import captum_robust_expected as E
+    import gen_captum_robust_expected as G
+
+MODELS = G.build_models()
+CASES = {c.name: c for c in G.CASES}
+
+
+def _matches(out, expected, path="result"):
+    """out has expected's structure (dicts, tuples, None, numbers) and its values."""
+    if expected is None:
+        assert out is None, f"{path}: expected None"
+    elif isinstance(expected, dict):
+        assert isinstance(out, dict) and set(out) == set(expected), f"{path}: keys {sorted(out)} != {sorted(expected)}"
+        for k in expected:
+            _matches(out[k], expected[k], f"{path}[{k!r}]")
+    elif isinstance(expected, tuple):
+        assert isinstance(out, tuple) and len(out) == len(expected), f"{path}: expected a tuple of {len(expected)}"
+        for i, (o, e) in enumerate(zip(out, expected)):
+            _matches(o, e, f"{path}[{i}]")
+    elif isinstance(expected, float) and not isinstance(out, torch.Tensor):
+        assert out == pytest.approx(expected, rel=1e-9), path
+    else:
+        assert isinstance(out, torch.Tensor), f"{path}: expected a tensor, got {type(out).__name__}"
+        assert not out.requires_grad, f"{path}: compat results are detached"
+        torch.testing.assert_close(out, torch.tensor(expected, dtype=out.dtype), rtol=1e-6, atol=1e-8, msg=path)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_same_numbers_as_captum(name):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = G.run(CASES[name], R, MODELS)
+    _matches(out, E.EXPECTED[name])
+
+
+def test_exported_from_the_package_and_callable():
+    assert getattr(X, "FGSM", R.FGSM) is R.FGSM  # exported by xattr.compat.captum
+    model = MODELS["mlp"]
+    attack = R.FGSM(model, lower_bound=-1.0, upper_bound=1.0)
+    torch.testing.assert_close(attack(G.X, 0.1, G.Y), attack.perturb(G.X, 0.1, G.Y))
+    assert attack.bound(torch.tensor([-3.0, 3.0])).tolist() == [-1.0, 1.0]
+    assert attack.zero_thresh == 1e-6 and R.PGD(model).fgsm.zero_thresh == 1e-6
+
+
+def test_comparator_keeps_the_metric_type_and_warns_on_missing_args():
+    model = MODELS["mlp"]
+    cmp = R.AttackComparator(model, G.metric)
+    cmp.add_attack(R.FGSM(model), attack_kwargs={"epsilon": 0.1}, additional_attack_arg_names=["target", "missing"])
+    with pytest.raises(RuntimeError, match="same name"):
+        cmp.add_attack(R.FGSM(model))
+    with pytest.warns(UserWarning, match="missing"):
+        res = cmp.evaluate(G.X, target=G.Y)
+    assert isinstance(res["Original"], G.Metrics) and set(res["FGSM"]) == {"mean"}
+    cmp.reset()
+    assert cmp.summary() == {}
+
+
+def test_preproc_before_and_after_the_attack():
+    """apply_before_preproc: the attack sees the raw inputs and the model their preprocessing."""
+    model = MODELS["mlp"]
+    pre = lambda x: x * 2.0  # noqa: E731
+    shift = lambda x, d: x + d  # noqa: E731
+    cmp = R.AttackComparator(model, lambda out: out[:, 0], preproc_fn=pre)
+    cmp.add_attack(shift, "before", attack_kwargs={"d": 0.1})
+    cmp.add_attack(shift, "after", apply_before_preproc=False, attack_kwargs={"d": 0.1})
+    res = cmp.evaluate(G.X)
+    with torch.no_grad():
+        torch.testing.assert_close(res["before"]["mean"], model(pre(G.X + 0.1))[:, 0])
+        torch.testing.assert_close(res["after"]["mean"], model(pre(G.X) + 0.1)[:, 0])
+    x0 = float(G.X[0, 0])  # the model below is correct while 2 * x0 (+ shifts) stays below 3
+    for before, first in ((True, (1.5 - x0) // 0.5 * 0.5 + 0.5), (False, (3 - 2 * x0) // 0.5 * 0.5 + 0.5)):
+        mp = R.MinParamPerturbation(lambda x: x, shift, "d", 0.0, 50.0, 0.5, mode="binary", preproc_fn=pre,
+                                    apply_before_preproc=before, correct_fn=lambda out: bool((out[:, 0] < 3).all()))  # fmt: skip
+        adv, d = mp.evaluate(G.X[:1])
+        assert d == pytest.approx(first)
+        torch.testing.assert_close(adv, G.X[:1] + d if before else pre(G.X[:1]) + d)
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_random_start_matches_captum_under_the_same_global_seed(norm):
+    """Captum draws from torch's global generator; so does the adapter without ``generator``.
+
+    L2 with one example only: Captum 0.9 multiplies a (B,) radius into the last axis, which
+    broadcasts only for B = 1 (the adapter draws one radius per example).
+    """
+    robust = pytest.importorskip("captum.robust")
+    model = MODELS["mlp"]
+    x, y = (G.X, G.Y) if norm == "Linf" else (G.X[:1], G.Y[:1])
+    outs = []
+    for lib in (robust, R):
+        torch.manual_seed(5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            outs.append(lib.PGD(model, lower_bound=-2.0, upper_bound=2.0).perturb(x, 0.3, 0.05, 3, y, random_start=True, norm=norm))
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-6, atol=1e-8)
+
+
+def test_seeded_random_start():
+    model = MODELS["mlp"]
+    pgd = R.PGD(model)
+    a = pgd.perturb(G.X, 0.3, 0.05, 2, G.Y, random_start=True, norm="L2", generator=3)
+    torch.testing.assert_close(a, pgd.perturb(G.X, 0.3, 0.05, 2, G.Y, random_start=True, norm="L2", generator=3))
+    assert ((a - G.X).norm(dim=1) <= 0.3 + 1e-9).all()

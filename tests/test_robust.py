@@ -1,0 +1,323 @@
+"""xattr.robust: attacks against hand-written references and their invariants, and the metrics
+against explicit loops."""
+
+import functools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from xattr.robust import attack_comparator, fgsm, min_param_perturbation, pgd
+
+
+def _model(seed=0, d=5, c=3):
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(d, 8), nn.Tanh(), nn.Linear(8, c)).double().eval()
+
+
+def _x(seed=1, b=6, d=5):
+    return torch.randn(b, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+MODEL, X = _model(), _x()
+Y = torch.tensor([0, 1, 2, 0, 1, 2])
+
+
+def _reference_grad(f, x, y):
+    """d/dx of the summed per-example cross-entropy, by torch.autograd directly."""
+    x = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(F.cross_entropy(f(x), y, reduction="sum"), x)
+    return g
+
+
+def _loss(f, x, y):
+    with torch.no_grad():
+        return F.cross_entropy(f(x), y, reduction="none")
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def test_fgsm_is_one_signed_gradient_step():
+    g = _reference_grad(MODEL, X, Y)
+    torch.testing.assert_close(fgsm(MODEL, X, epsilon=0.1, target=Y), X + 0.1 * g.sign(), rtol=0, atol=0)
+    torch.testing.assert_close(fgsm(MODEL, X, epsilon=0.1, target=Y, targeted=True), X - 0.1 * g.sign(), rtol=0, atol=0)
+
+
+def test_pgd_one_step_is_fgsm_then_projection():
+    g = _reference_grad(MODEL, X, Y)
+    big = pgd(MODEL, X, radius=1.0, step_size=0.1, step_num=1, target=Y)
+    torch.testing.assert_close(big, fgsm(MODEL, X, epsilon=0.1, target=Y), rtol=0, atol=0)
+    small = pgd(MODEL, X, radius=0.04, step_size=0.1, step_num=1, target=Y)
+    torch.testing.assert_close(small, X + 0.04 * g.sign(), rtol=0, atol=1e-15)
+    # L2: the signed step (norm 0.1 * sqrt(5)) rescaled onto the sphere of radius 0.1
+    l2 = pgd(MODEL, X, radius=0.1, step_size=0.1, step_num=1, target=Y, norm="L2")
+    torch.testing.assert_close(l2, X + 0.1 * g.sign() / math.sqrt(5) * (1 - 1e-6), rtol=1e-6, atol=1e-12)
+    # direction="l2": a step along the normalised gradient
+    n = pgd(MODEL, X, radius=1.0, step_size=0.1, step_num=1, target=Y, norm="L2", direction="l2")
+    torch.testing.assert_close(n, X + 0.1 * g / g.norm(dim=1, keepdim=True))
+
+
+def test_default_target_is_the_prediction_and_custom_loss():
+    pred = MODEL(X).argmax(1)
+    torch.testing.assert_close(fgsm(MODEL, X, epsilon=0.1), fgsm(MODEL, X, epsilon=0.1, target=pred))
+    margin = lambda out, y: out.gather(1, y[:, None])[:, 0] * -1.0  # noqa: E731  (raise -logit_y)
+    x_adv = fgsm(MODEL, X, epsilon=0.1, target=Y, loss=margin)
+    x = X.clone().requires_grad_()
+    (g,) = torch.autograd.grad(margin(MODEL(x), Y).sum(), x)
+    torch.testing.assert_close(x_adv, X + 0.1 * g.sign())
+
+
+def test_targeted_and_untargeted_directions():
+    """On a linear model a small signed step moves every loss the way the attack asks."""
+    lin = nn.Linear(5, 3).double().eval()
+    up = fgsm(lin, X, epsilon=0.01, target=Y)
+    down = fgsm(lin, X, epsilon=0.01, target=Y, targeted=True)
+    assert (_loss(lin, up, Y) > _loss(lin, X, Y)).all()
+    assert (_loss(lin, down, Y) < _loss(lin, X, Y)).all()
+    far = pgd(MODEL, X, radius=0.5, step_size=0.05, step_num=10, target=Y)
+    assert _loss(MODEL, far, Y).sum() > _loss(MODEL, X, Y).sum()
+
+
+def test_per_example_sizes_equal_separate_calls():
+    eps = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.05, 0.4], dtype=torch.float64)
+    together = pgd(MODEL, X, radius=eps, step_size=eps / 2, step_num=3, target=Y, norm="L2")
+    for i in range(6):
+        alone = pgd(MODEL, X[i : i + 1], radius=float(eps[i]), step_size=float(eps[i]) / 2, step_num=3, target=Y[i : i + 1], norm="L2")
+        torch.testing.assert_close(together[i : i + 1], alone)
+
+
+# ----------------------------------------------------------------------------- constraints
+
+
+@given(
+    eps=st.floats(0.01, 1.0),
+    lo=st.floats(-2.0, -0.1),
+    hi=st.floats(0.1, 2.0),
+    norm=st.sampled_from(["Linf", "L2"]),
+    steps=st.integers(0, 4),
+    start=st.booleans(),
+)
+def test_results_stay_in_the_ball_and_the_bounds(eps, lo, hi, norm, steps, start):
+    x = X.clamp(lo, hi)
+    one = fgsm(MODEL, x, epsilon=eps, target=Y, lower_bound=lo, upper_bound=hi)
+    assert (one - x).abs().max() <= eps + 1e-12 and one.min() >= lo and one.max() <= hi
+    many = pgd(MODEL, x, radius=eps, step_size=eps / 3, step_num=steps, norm=norm, random_start=start, target=Y,
+               lower_bound=lo, upper_bound=hi, generator=0)  # fmt: skip
+    d = many - x
+    size = d.abs().amax(1) if norm == "Linf" else d.norm(dim=1)
+    assert (size <= eps * (1 + 1e-9)).all()
+    assert many.min() >= lo and many.max() <= hi
+
+
+def test_mask_is_respected():
+    mask = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0], dtype=torch.float64)  # broadcast over the batch
+    for out in (
+        fgsm(MODEL, X, epsilon=0.3, target=Y, mask=mask),
+        pgd(MODEL, X, radius=0.3, step_size=0.1, step_num=3, target=Y, mask=mask, random_start=True, generator=1),
+        pgd(MODEL, X, radius=0.3, step_size=0.1, step_num=3, target=Y, mask=mask, norm="L2", random_start=True, generator=1),
+    ):
+        assert torch.equal(out[:, mask == 0], X[:, mask == 0])
+        assert (out[:, mask == 1] != X[:, mask == 1]).all()
+
+
+def test_random_start_seeded_and_batch_size_invariant():
+    kw = dict(radius=0.3, step_size=0.1, step_num=2, target=Y, random_start=True)
+    for norm in ("Linf", "L2"):
+        a = pgd(MODEL, X, norm=norm, generator=7, **kw)
+        assert torch.equal(a, pgd(MODEL, X, norm=norm, generator=7, **kw))
+        assert not torch.equal(a, pgd(MODEL, X, norm=norm, generator=8, **kw))
+        head = pgd(MODEL, X[:2], norm=norm, generator=7, **{**kw, "target": Y[:2]})
+        torch.testing.assert_close(a[:2], head, rtol=0, atol=0)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(pgd(MODEL, X, generator=g1, **kw), pgd(MODEL, X, generator=g2, **kw))
+
+
+def test_random_start_fills_the_l2_ball():
+    """Radii r * U^(1/d): the fraction of starts inside radius t * r is t^d."""
+    x = torch.zeros(4000, 2, dtype=torch.float64)
+    lin = nn.Linear(2, 2).double().eval()
+    start = pgd(lin, x, radius=1.0, step_size=0.0, step_num=0, random_start=True, norm="L2", generator=0, target=0)
+    inside = (start.norm(dim=1) < 0.5).double().mean()
+    assert abs(float(inside) - 0.25) < 0.03
+
+
+# ----------------------------------------------------------------------------- purity, structure, transforms
+
+
+def test_never_mutates_inputs_or_model():
+    x = X.clone()
+    before = {k: v.clone() for k, v in MODEL.state_dict().items()}
+    out = pgd(MODEL, x, radius=0.3, step_size=0.1, step_num=2, target=Y, random_start=True, generator=0)
+    assert torch.equal(x, X) and not x.requires_grad and not out.requires_grad
+    assert all(torch.equal(v, before[k]) for k, v in MODEL.state_dict().items())
+    assert all(p.grad is None for p in MODEL.parameters())
+    leaf = X.clone().requires_grad_()
+    assert not fgsm(MODEL, leaf, epsilon=0.1, target=Y).requires_grad and leaf.grad is None
+
+
+def test_one_forward_pass_per_step_for_the_whole_batch():
+    calls = []
+
+    def counted(x):
+        calls.append(x.shape[0])
+        return MODEL(x)
+
+    pgd(counted, X, radius=0.3, step_size=0.1, step_num=3, target=Y)
+    assert calls == [6, 6, 6]
+    fgsm(counted, X, epsilon=0.1)  # plus one call for the default target (the prediction)
+    assert calls == [6] * 5
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 3), nn.Linear(2, 3)
+
+    def forward(self, x1, x2, scale):
+        return (self.a(x1) + torch.tanh(self.b(x2))) * scale
+
+
+def test_tuple_of_arguments_and_argnums():
+    torch.manual_seed(0)
+    model = TwoInputs().double().eval()
+    x1, x2, scale = _x(2, 6, 3), _x(3, 6, 2), _x(4, 6, 1).abs()
+    out = fgsm(model, (x1, x2, scale), epsilon=0.1, target=Y, argnums=(0, 1))
+    assert len(out) == 3 and out[2] is scale
+    a, b = x1.clone().requires_grad_(), x2.clone().requires_grad_()
+    g1, g2 = torch.autograd.grad(F.cross_entropy(model(a, b, scale), Y, reduction="sum"), (a, b))
+    torch.testing.assert_close(out[0], x1 + 0.1 * g1.sign())
+    torch.testing.assert_close(out[1], x2 + 0.1 * g2.sign())
+    only2 = pgd(model, (x1, x2, scale), radius=0.2, step_size=0.1, step_num=2, target=Y, argnums=1)
+    assert only2[0] is x1 and (only2[1] - x2).abs().max() <= 0.2 + 1e-12
+
+
+def test_adversarial_training_gradient_inside_torch_func():
+    """The attack runs inside torch.func.grad over the parameters (attribution-style training)."""
+    params = {k: v.detach() for k, v in MODEL.named_parameters()}
+
+    def training_loss(p):
+        f = functools.partial(torch.func.functional_call, MODEL, p)
+        x_adv = pgd(f, X, radius=0.2, step_size=0.1, step_num=2, target=Y)
+        return F.cross_entropy(f(x_adv), Y)
+
+    got = torch.func.grad(training_loss)(params)
+    x_adv = pgd(MODEL, X, radius=0.2, step_size=0.1, step_num=2, target=Y)
+    expected = torch.autograd.grad(F.cross_entropy(MODEL(x_adv), Y), list(MODEL.parameters()))
+    for (name, _), e in zip(MODEL.named_parameters(), expected):
+        torch.testing.assert_close(got[name], e)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="norm"):
+        pgd(MODEL, X, radius=0.1, step_size=0.1, step_num=1, target=Y, norm="L1")
+    with pytest.raises(ValueError, match="targeted attack needs target"):
+        fgsm(MODEL, X, epsilon=0.1, targeted=True)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        fgsm(MODEL, X, epsilon=0.1, target=Y, mask=torch.ones(3))
+    with pytest.raises(ValueError, match="epsilon"):
+        fgsm(MODEL, X, epsilon=torch.ones(2), target=Y)
+    with pytest.raises(TypeError, match="floating-point"):
+        fgsm(MODEL, Y, epsilon=0.1, target=Y)
+    with pytest.raises(ValueError, match=r"\(B, C\)"):
+        fgsm(lambda x: x.sum(1), X, epsilon=0.1, target=Y)
+    with pytest.raises(ValueError, match=r"\(B, C\)"):
+        pgd(lambda x: x.sum(1), X, radius=0.1, step_size=0.1, step_num=1)
+    with pytest.raises(ValueError, match="Original"):
+        attack_comparator(MODEL, X, lambda o: o, {"Original": lambda x: x})
+    with pytest.raises(ValueError, match="arg_max"):
+        min_param_perturbation(MODEL, X, lambda x, e: x, "e", 0.0, 0.1, 0.1)
+
+
+# ----------------------------------------------------------------------------- comparator
+
+
+class Shift:
+    """A deterministic stand-in for a random attack: attempt k adds k * step."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x, step):
+        self.calls += 1
+        return x + self.calls * step
+
+
+def accuracy(out, y):
+    return (out.argmax(1) == y).double()
+
+
+@pytest.mark.parametrize("per_eval", [1, 4])
+def test_attack_comparator_equals_explicit_loops(per_eval):
+    shift = Shift()
+    attacks = {
+        "fgsm": (functools.partial(fgsm, MODEL), {"epsilon": 0.2, "target": Y}),
+        "shift": (shift, {"step": 0.3}, 3),
+    }
+    res = attack_comparator(MODEL, X, accuracy, attacks, metric_kwargs={"y": Y}, perturbations_per_eval=per_eval)
+    assert list(res) == ["Original", "fgsm", "shift"]
+    orig = accuracy(MODEL(X), Y)
+    assert all(torch.equal(res["Original"][k], orig) for k in ("mean", "min", "max"))
+    one = accuracy(MODEL(fgsm(MODEL, X, epsilon=0.2, target=Y)), Y)
+    assert all(torch.equal(res["fgsm"][k], one) for k in ("mean", "min", "max"))
+    tries = torch.stack([accuracy(MODEL(X + k * 0.3), Y) for k in (1, 2, 3)])
+    torch.testing.assert_close(res["shift"]["mean"], tries.mean(0))
+    assert torch.equal(res["shift"]["min"], tries.amin(0)) and torch.equal(res["shift"]["max"], tries.amax(0))
+    assert shift.calls == 3
+
+
+def test_attack_comparator_tuple_metrics_numbers_and_no_original():
+    def metric(out):
+        return float(out.sum()), out.max(1).values
+
+    res = attack_comparator(MODEL, X, metric, {"a": (lambda x, s: x * s, {"s": 2.0})}, include_original=False)
+    assert list(res) == ["a"]
+    with torch.no_grad():
+        out = MODEL(X * 2.0)
+    assert res["a"]["mean"][0] == pytest.approx(float(out.sum()))
+    torch.testing.assert_close(res["a"]["max"][1], out.max(1).values)
+
+
+# ----------------------------------------------------------------------------- minimal perturbation
+
+
+THRESHOLDS = torch.tensor([0.375, 0.625, 0.815], dtype=torch.float64)  # off the grid of step 0.01
+FIRST_WRONG = [0.38, 0.63, 0.82]  # the first grid value past each threshold
+
+
+def _threshold_model(x):
+    """Class 0 while x[:, 0] > 0: untargeted FGSM moves x[:, 0] down by epsilon."""
+    return torch.stack([x[:, 0], torch.zeros_like(x[:, 0])], dim=1)
+
+
+@pytest.mark.parametrize("i", range(3))
+def test_min_param_linear_and_binary_find_the_threshold(i):
+    x = torch.zeros(1, 2, dtype=torch.float64)
+    x[0, 0] = THRESHOLDS[i]
+    y = torch.tensor([0])
+    attack = functools.partial(fgsm, _threshold_model, target=y)
+    found = {}
+    for mode in ("linear", "binary"):
+        adv, eps = min_param_perturbation(_threshold_model, x, attack, "epsilon", 0.0, 1.0, 0.01, mode=mode, target=y)
+        assert _threshold_model(adv).argmax(1).item() == 1
+        found[mode] = eps
+    assert found["linear"] == pytest.approx(FIRST_WRONG[i]) and found["binary"] == pytest.approx(FIRST_WRONG[i])
+
+
+def test_min_param_is_per_batch_and_none_when_never_fooled():
+    x = torch.stack([THRESHOLDS, torch.zeros(3, dtype=torch.float64)], dim=1)
+    y = torch.zeros(3, dtype=torch.long)
+    attack = functools.partial(fgsm, _threshold_model, target=y)
+    for mode in ("linear", "binary"):  # the first example to flip decides
+        adv, eps = min_param_perturbation(_threshold_model, x, attack, "epsilon", 0.0, 1.0, 0.01, mode=mode, target=y,
+                                          perturbations_per_eval=3)  # fmt: skip
+        assert eps == pytest.approx(0.38)
+        assert min_param_perturbation(_threshold_model, x, attack, "epsilon", 0.0, 0.3, 0.01, mode=mode, target=y) == (None, None)
+    per_example = lambda out, target: bool((out.argmax(1) == target)[2])  # noqa: E731  (a custom correct_fn)
+    _, eps = min_param_perturbation(_threshold_model, x, attack, "epsilon", 0.0, 1.0, 0.01, target=y, correct_fn=per_example)
+    assert eps == pytest.approx(0.82)
