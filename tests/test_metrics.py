@@ -1,0 +1,385 @@
+"""xattr.metrics: closed forms, explicit-loop definitions, invariances, Captum, known effects."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import xattr
+from xattr import metrics as M
+
+D = torch.float64
+
+
+def mlp(seed: int = 0, d: int = 6, n_out: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d, 8), nn.Tanh(), nn.Linear(8, n_out)).to(D).eval()
+
+
+def recording(perturb):
+    """A perturbation function that keeps what it returned, one entry per call."""
+    calls = []
+
+    def fn(x, *rest, generator=None):
+        out = perturb(x, *rest, generator=generator)
+        calls.append(out)
+        return out
+
+    fn.calls = calls
+    return fn
+
+
+# ---------------------------------------------------------------- infidelity
+
+
+def test_infidelity_closed_form_on_a_quadratic_model():
+    """f(x) = x'Ax/2, phi = Ax, I ~ N(0, s^2): f(x) - f(x - I) - I.phi = -I'AI/2, so infidelity is
+    E[(I'AI)^2]/4 = s^4/4 (tr(A)^2 + 2 tr(A^2)) whatever x. Tolerance: 4 standard errors of the
+    Monte Carlo mean over B * n samples, from the exact variance (cumulants of the quadratic form)."""
+    torch.manual_seed(1)
+    d, s, b, n = 5, 0.3, 8, 4000
+    r = torch.randn(d, d, dtype=D)
+    a = (r + r.T) / 2 + torch.eye(d, dtype=D)
+    f = lambda x: 0.5 * torch.einsum("bi,ij,bj->b", x, a, x)  # noqa: E731
+    x = torch.randn(b, d, dtype=D)
+    got = M.infidelity(f, xattr.saliency(f, abs=False), M.gaussian_noise(s), n_perturb_samples=n, generator=0)(x)
+    tr = [torch.trace(torch.linalg.matrix_power(a, k)).item() for k in range(1, 5)]
+    k1, k2, k3, k4 = tr[0], 2 * tr[1], 8 * tr[2], 48 * tr[3]  # cumulants of Q = z'Az, z ~ N(0, I)
+    m2 = k2 + k1**2
+    m4 = k4 + 4 * k3 * k1 + 3 * k2**2 + 6 * k2 * k1**2 + k1**4
+    exact = s**4 / 4 * (tr[0] ** 2 + 2 * tr[1])
+    assert exact == pytest.approx(s**4 / 4 * m2)
+    se = s**4 / 4 * math.sqrt((m4 - m2**2) / (b * n))
+    assert abs(got.mean().item() - exact) < 4 * se, (got.mean().item(), exact, se)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_infidelity_equals_its_definition_as_a_loop(normalize):
+    model = mlp()
+    f = xattr.target(model, 1)
+    x = torch.randn(3, 6, dtype=D)
+    rec = recording(M.gaussian_noise(0.2))
+    attr = xattr.integrated_gradients(f, n_steps=8)(x)
+    got = M.infidelity(f, attr, rec, n_perturb_samples=5, normalize=normalize, generator=3)(x)
+    assert len(rec.calls) == 3  # one call per example with its own generator
+    want = []
+    for i, (size, pert) in enumerate(rec.calls):
+        iphi = torch.stack([(size[j] * attr[i]).sum() for j in range(5)])
+        df = torch.stack([f(x[i : i + 1])[0] - f(pert[j : j + 1])[0] for j in range(5)])
+        beta = (iphi * df).sum() / (iphi * iphi).sum() if normalize else 1.0
+        want.append(((beta * iphi - df) ** 2).mean())
+    torch.testing.assert_close(got, torch.stack(want).detach())
+
+
+def test_infidelity_two_inputs_baselines_and_a_pass_through_argument():
+    torch.manual_seed(0)
+    w1, w2 = torch.randn(4, dtype=D), torch.randn(3, dtype=D)
+    f = lambda x1, x2, scale: torch.tanh(x1 @ w1) * scale + (x2 @ w2) ** 2  # noqa: E731
+    x1, x2, scale = torch.randn(2, 4, dtype=D), torch.randn(2, 3, dtype=D), torch.tensor([1.0, 2.0], dtype=D)
+    base = (torch.zeros(2, 4, dtype=D), torch.ones(1, 3, dtype=D))
+    rec = recording(M.subset_to_baseline(0.5))
+    attr_fn = xattr.input_x_gradient(f, argnums=(0, 1))
+    got = M.infidelity(f, attr_fn, rec, n_perturb_samples=4, baselines=base, argnums=(0, 1), generator=1)(x1, x2, scale)
+    attr = attr_fn(x1, x2, scale)
+    want = []
+    for i, (p1, p2) in enumerate(rec.calls):  # perturbed only: I = x - perturbed
+        vals = []
+        for j in range(4):
+            iphi = ((x1[i] - p1[j]) * attr[0][i]).sum() + ((x2[i] - p2[j]) * attr[1][i]).sum()
+            df = f(x1[i : i + 1], x2[i : i + 1], scale[i : i + 1]) - f(p1[j : j + 1], p2[j : j + 1], scale[i : i + 1])
+            vals.append((iphi - df[0]) ** 2)
+        want.append(torch.stack(vals).mean())
+    torch.testing.assert_close(got, torch.stack(want))
+    assert ((rec.calls[0][1] == 1) | (rec.calls[0][1] == x2[0])).all()  # baselines reached perturb_func
+
+
+def test_infidelity_batch_and_chunk_invariance():
+    model = mlp(2)
+    f = xattr.target(model, 0)
+    x = torch.randn(5, 6, dtype=D)
+    metric = lambda **kw: M.infidelity(f, xattr.saliency(f), M.gaussian_noise(0.1), n_perturb_samples=7, generator=4, **kw)  # noqa: E731
+    full = metric()(x)
+    torch.testing.assert_close(metric()(x[:2]), full[:2])  # seeds go by position in the batch: prefixes agree
+    torch.testing.assert_close(metric(chunk_size=10)(x), full)
+    torch.testing.assert_close(metric(memory_budget=1)(x), full)
+
+
+def test_infidelity_evaluates_all_copies_in_one_no_grad_call():
+    model = mlp(3)
+    rows = []
+
+    def f(x):
+        rows.append((x.shape[0], torch.is_grad_enabled()))
+        return model(x)[:, 0]
+
+    x = torch.randn(4, 6, dtype=D)
+    M.infidelity(f, torch.ones_like(x), M.gaussian_noise(0.1), n_perturb_samples=50)(x)
+    assert rows == [(4, False), (200, False)]
+
+
+def test_infidelity_errors():
+    f = xattr.target(mlp(), 0)
+    x = torch.randn(2, 6, dtype=D)
+    with pytest.raises(ValueError, match="generator"):
+        M.infidelity(f, torch.ones_like(x), lambda x: x + 1, generator=0)(x)
+    with pytest.raises(ValueError, match="shape"):
+        M.infidelity(f, torch.ones(2, 5, dtype=D), M.gaussian_noise(0.1))(x)
+    with pytest.raises(ValueError, match="one number per"):
+        M.infidelity(mlp(), torch.ones_like(x), M.gaussian_noise(0.1))(x)
+    with pytest.raises(ValueError, match="rows"):
+        M.infidelity(f, torch.ones_like(x), lambda x: x[:1])(x)
+
+
+# ---------------------------------------------------------------- sensitivity_max
+
+
+def test_sensitivity_max_equals_its_definition_as_a_loop():
+    f = xattr.target(mlp(4), 2)
+    x = torch.randn(3, 6, dtype=D)
+    sal = xattr.saliency(f)
+    rec = recording(M.uniform_noise)
+    got = M.sensitivity_max(sal, x, perturb_func=rec, perturb_radius=0.3, n_perturb_samples=6, generator=0)
+    want = []
+    for i, pert in enumerate(rec.calls):
+        assert (pert - x[i]).abs().max() <= 0.3
+        ref = sal(x[i : i + 1])
+        want.append(max((sal(pert[j : j + 1]) - ref).norm() for j in range(6)) / ref.norm())
+    torch.testing.assert_close(got, torch.stack(want))
+
+
+def test_sensitivity_max_calls_the_attribution_once_on_all_copies():
+    f = xattr.target(mlp(5), 0)
+    seen = []
+    occ = xattr.feature_ablation(f)
+
+    def attr_fn(x):
+        seen.append(x.shape[0])
+        return occ(x)
+
+    x = torch.randn(4, 6, dtype=D)
+    out = M.sensitivity_max(attr_fn, x, n_perturb_samples=10, generator=0)
+    assert seen == [4, 40] and out.shape == (4,) and (out > 0).all()
+    seen.clear()
+    chunked = M.sensitivity_max(attr_fn, x, n_perturb_samples=10, generator=0, chunk_size=12)
+    assert seen == [4] + [12] * 3 + [4]
+    torch.testing.assert_close(chunked, out)
+    torch.testing.assert_close(M.sensitivity_max(attr_fn, x[:2], n_perturb_samples=10, generator=0), out[:2])
+
+
+def test_sensitivity_max_with_a_per_example_target_and_zero_attributions():
+    model = mlp(6)
+    x = torch.randn(4, 6, dtype=D)
+    t = torch.tensor([0, 2, 1, 0])
+    got = M.sensitivity_max(xattr.saliency(xattr.target(model, t)), x, n_perturb_samples=3, generator=0)
+    for i in range(4):
+        one = M.sensitivity_max(xattr.saliency(xattr.target(model, int(t[i]))), x, n_perturb_samples=3, generator=0)
+        torch.testing.assert_close(got[i], one[i])
+    zero = M.sensitivity_max(lambda x: x * 0, x, n_perturb_samples=3)
+    assert (zero == 0).all()  # ||phi(x)|| = 0 counts as 1
+    inf = M.sensitivity_max(xattr.saliency(xattr.target(model, 0)), x, norm_ord=float("inf"), generator=0)
+    assert inf.shape == (4,)
+
+
+# ---------------------------------------------------------------- Captum
+
+
+def _captum():
+    return pytest.importorskip("captum.metrics")
+
+
+def _fixed_noise(x, scale=0.1, seed=123):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(x.shape, generator=g, dtype=x.dtype) * scale
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_infidelity_same_numbers_as_captum(normalize):
+    cm = _captum()
+    from captum.attr import IntegratedGradients
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 4)).to(D).eval()
+    x = torch.rand(3, 1, 4, 4, dtype=D)
+    attr = IntegratedGradients(model).attribute(x, target=2, n_steps=10)
+
+    def pair(x):  # deterministic given the example-major copies both libraries pass
+        noise = _fixed_noise(x)
+        return noise, x - noise
+
+    theirs = cm.infidelity(model, pair, x, attr, target=2, n_perturb_samples=6, normalize=normalize)
+    ours = M.infidelity(xattr.target(model, 2), attr, pair, n_perturb_samples=6, normalize=normalize)(x)
+    torch.testing.assert_close(ours, theirs)
+    as_captum = M.infidelity(xattr.target(model, 2), (attr,), pair, n_perturb_samples=6, normalize=normalize)(x)
+    torch.testing.assert_close(as_captum, theirs)  # Captum's 1-tuple of attributions is accepted
+
+    def to_base(x, baselines):  # perturbed only; Captum derives I = x - perturbed with its decorator
+        return x + (baselines - x) * (_fixed_noise(x, seed=7) > 0)
+
+    base = torch.full_like(x, 0.5)
+    captum_fn = cm.infidelity_perturb_func_decorator(multiply_by_inputs=False)(to_base)
+    theirs = cm.infidelity(model, captum_fn, x, attr, baselines=base, target=2, n_perturb_samples=4, normalize=normalize)
+    ours = M.infidelity(xattr.target(model, 2), attr, to_base, baselines=base, n_perturb_samples=4, normalize=normalize)(x)
+    torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
+def test_sensitivity_max_same_numbers_as_captum():
+    cm = _captum()
+    from captum.attr import Saliency
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 4)).to(D).eval()
+    x = torch.rand(3, 1, 4, 4, dtype=D)
+
+    def perturb(x, radius):
+        return x + radius * (2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(5), dtype=x.dtype) - 1)
+
+    theirs = cm.sensitivity_max(Saliency(model).attribute, x, perturb_func=perturb, perturb_radius=0.05,
+                                n_perturb_samples=7, target=1)  # fmt: skip
+    ours = M.sensitivity_max(xattr.saliency(xattr.target(model, 1)), x, perturb_func=perturb, perturb_radius=0.05,
+                             n_perturb_samples=7)  # fmt: skip
+    torch.testing.assert_close(ours, theirs)
+
+
+# ---------------------------------------------------------------- deletion / insertion
+
+
+def test_deletion_and_insertion_on_a_linear_model_with_exact_attributions():
+    torch.manual_seed(0)
+    w = torch.rand(8, dtype=D) + 0.1
+    f = lambda x: x @ w  # noqa: E731
+    x = torch.rand(2, 8, dtype=D) + 0.1
+    attr = xattr.input_x_gradient(f)(x)  # w * x: exact contributions with a zero baseline
+    dele = M.deletion(f, attr)(x)
+    ins = M.insertion(f, xattr.input_x_gradient(f))(x)
+    top = torch.sort(attr, dim=1, descending=True).values
+    removed = torch.cat([torch.zeros(2, 1, dtype=D), top.cumsum(1)], dim=1)
+    torch.testing.assert_close(dele.fractions, torch.arange(9, dtype=D) / 8)
+    torch.testing.assert_close(dele.scores, f(x)[:, None] - removed)
+    torch.testing.assert_close(ins.scores, removed)
+    assert (dele.scores.diff(dim=1) < 0).all() and (ins.scores.diff(dim=1) > 0).all()
+    trap = lambda s: ((s[:, 1:] + s[:, :-1]) / 2).sum(1) / 8  # noqa: E731
+    torch.testing.assert_close(dele.auc, trap(dele.scores))
+    torch.testing.assert_close(ins.auc, trap(ins.scores))
+    worse = M.deletion(f, -attr)(x)  # the reverse order deletes least first: a larger area
+    assert (worse.auc > dele.auc).all() and (M.insertion(f, -attr)(x).auc < ins.auc).all()
+
+
+def test_curves_with_a_feature_mask_steps_baselines_and_chunks():
+    torch.manual_seed(0)
+    w = torch.rand(1, 4, 4, dtype=D)
+    f = lambda x: (x * w).flatten(1).sum(1)  # noqa: E731
+    x = torch.rand(3, 1, 4, 4, dtype=D)
+    mask = M.patch_mask((1, 4, 4), (1, 2, 2))
+    assert mask.shape == (1, 1, 4, 4) and mask.unique().tolist() == [0, 1, 2, 3]
+    assert mask[0, 0, 0].tolist() == [0, 0, 1, 1] and mask[0, 0, 3].tolist() == [2, 2, 3, 3]
+    base = torch.full_like(x, 0.25)
+    attr = (x - base) * w
+    c = M.deletion(f, attr, feature_mask=mask, baselines=base, n_steps=2)(x)
+    torch.testing.assert_close(c.fractions, torch.tensor([0.0, 0.5, 1.0], dtype=D))
+    patch = torch.stack([attr[:, 0, :2, :2], attr[:, 0, :2, 2:], attr[:, 0, 2:, :2], attr[:, 0, 2:, 2:]], 1).flatten(2).sum(2)
+    top = torch.sort(patch, dim=1, descending=True).values
+    torch.testing.assert_close(c.scores[:, 1], f(x) - top[:, :2].sum(1))
+    torch.testing.assert_close(c.scores[:, 2], f(base))
+    torch.testing.assert_close(M.deletion(f, attr, feature_mask=mask, baselines=base, n_steps=2, chunk_size=3)(x).scores, c.scores)
+    torch.testing.assert_close(M.deletion(f, attr[1:], feature_mask=mask, baselines=base[1:], n_steps=2)(x[1:]).auc, c.auc[1:])
+
+
+# ---------------------------------------------------------------- sparseness / complexity
+
+
+def test_sparseness_and_complexity_known_values():
+    p = 10
+    one_hot = torch.zeros(2, p, dtype=D)
+    one_hot[:, 3] = -2.0
+    uniform = torch.full((2, p), 0.7, dtype=D)
+    torch.testing.assert_close(M.sparseness(one_hot), torch.full((2,), 1 - 1 / p, dtype=D))
+    torch.testing.assert_close(M.sparseness(uniform), torch.zeros(2, dtype=D))
+    torch.testing.assert_close(M.complexity(one_hot), torch.zeros(2, dtype=D))
+    torch.testing.assert_close(M.complexity(uniform), torch.full((2,), math.log(p), dtype=D))
+    assert M.sparseness(torch.zeros(1, p)).isnan().all() and M.complexity(torch.zeros(1, p)).isnan().all()
+    a = torch.randn(3, 2, 5, dtype=D)  # Gini from the mean absolute difference; tuples are concatenated
+    m = torch.cat([a.flatten(1), a[:, 0]], 1).abs()
+    gini = (m[:, :, None] - m[:, None, :]).abs().sum((1, 2)) / (2 * m.shape[1] * m.sum(1))
+    torch.testing.assert_close(M.sparseness((a, a[:, 0])), gini)
+    q = m / m.sum(1, keepdim=True)
+    torch.testing.assert_close(M.complexity((a, a[:, 0])), -(q * q.log()).sum(1))
+    f = xattr.target(mlp(), 0)
+    x = torch.randn(2, 6, dtype=D)
+    torch.testing.assert_close(M.sparseness(xattr.saliency(f), x), M.sparseness(xattr.saliency(f)(x)))
+
+
+# ---------------------------------------------------------------- similarity and randomization
+
+
+def test_similarity_measures():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    a = torch.tensor([[0.0, 0.0, 1.0, 3.0, 2.0, -1.0], [1.0, 2.0, 2.0, 0.0, 5.0, 4.0]], dtype=D)
+    b = torch.tensor([[0.0, 1.0, 1.0, 2.0, 5.0, 3.0], [4.0, 4.0, 1.0, 0.0, 0.0, 9.0]], dtype=D)
+    want = [scipy_stats.spearmanr(a[i], b[i]).statistic for i in range(2)]
+    torch.testing.assert_close(M.spearman(a, b), torch.tensor(want, dtype=D))
+    want_abs = [scipy_stats.spearmanr(a[i].abs(), b[i].abs()).statistic for i in range(2)]
+    torch.testing.assert_close(M.spearman(a, b, abs=True), torch.tensor(want_abs, dtype=D))
+    torch.testing.assert_close(M.top_k_intersection(a, b, k=2), torch.tensor([0.5, 0.5], dtype=D))
+    img = torch.rand(3, 2, 12, 12, dtype=D)
+    torch.testing.assert_close(M.ssim(img, img), torch.ones(3, dtype=D))
+    torch.testing.assert_close(M.ssim(img, 3 * img + 1), torch.ones(3, dtype=D))  # min-max scaled
+    assert (M.ssim(img, torch.rand(3, 2, 12, 12, dtype=D)) < 0.5).all()
+
+
+def _structured_images(b: int = 6) -> torch.Tensor:
+    """Dark images with one bright square each: most pixels are exactly zero."""
+    x = torch.zeros(b, 1, 8, 8, dtype=D)
+    for i in range(b):
+        r, c = (i * 3) % 5, (i * 2) % 5
+        x[i, 0, r : r + 3, c : c + 3] = 1.0 + 0.1 * i
+    return x
+
+
+def test_randomization_gradient_x_input_stays_similar_saliency_does_not():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))
+    model = model.to(D).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = _structured_images()
+    rng = torch.random.get_rng_state()
+    def ssim_abs(a, b):
+        return M.ssim(a.abs(), b.abs())
+
+    sims = ("spearman", "spearman_abs", "ssim", "topk", ssim_abs)
+    sal = M.randomization_check(model, lambda m: xattr.saliency(xattr.target(m, 1)), x, similarity=sims, generator=0)
+    ixg = M.randomization_check(model, lambda m: xattr.input_x_gradient(xattr.target(m, 1)), x, similarity=sims, generator=0)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # seeded re-initialisation leaves the global RNG alone
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the user's model is unchanged
+    assert sal.layers == ["5", "3", "1"] and sal.scores["spearman_abs"].shape == (3, 6)
+    full_sal, full_ixg = sal.scores["spearman_abs"][-1], ixg.scores["spearman_abs"][-1]  # every layer randomized
+    assert full_ixg.mean() > 0.75 and full_sal.mean().abs() < 0.3, (full_ixg, full_sal)
+    assert ixg.scores["ssim_abs"][-1].mean() > 0.4 and sal.scores["ssim_abs"][-1].mean() < 0.3
+    assert ixg.scores["topk"][-1].mean() > 0.6 and sal.scores["topk"][-1].mean() < 0.3
+    again = M.randomization_check(model, lambda m: xattr.saliency(xattr.target(m, 1)), x, similarity=sims, generator=0)
+    assert all(torch.equal(again.scores[k], sal.scores[k]) for k in sal.scores)
+
+
+def test_randomization_independent_mode_builder_and_layers():
+    torch.manual_seed(0)
+    state = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).to(D).state_dict()
+
+    def build():
+        m = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).to(D).eval()
+        m.load_state_dict(state)
+        return m
+
+    x = torch.randn(4, 6, dtype=D)
+    method = lambda m: xattr.saliency(xattr.target(m, 0), abs=False)  # noqa: E731
+    out = M.randomization_check(build, method, x, mode="independent", layers=["0", "2"], similarity=("spearman", "topk"),
+                                top_k=3, generator=1, keep=True)  # fmt: skip
+    assert out.layers == ["2", "0"] and set(out.scores) == {"spearman", "topk"} and len(out.attributions) == 2
+    casc = M.randomization_check(build(), method, x, layers=["0", "2"], similarity=("spearman",), generator=1, keep=True)
+    torch.testing.assert_close(casc.attributions[0], out.attributions[0])  # same seed per layer: step 1 agrees
+    with pytest.raises(ValueError, match="ssim"):
+        M.randomization_check(build, method, x, similarity=("ssim",), generator=0)
+    with pytest.raises(ValueError, match="mode"):
+        M.randomization_check(build, method, x, mode="bottom-up")

@@ -1,0 +1,147 @@
+"""Deletion and insertion curves (Petsiuk et al. 2018): the output as features leave or enter in attribution order.
+
+NOTE: [Deletion and insertion in one batched sweep]
+Features (elements, or the groups of a feature mask) are ranked per example by their summed
+attribution, highest first (ties keep the lower feature id first). Step k of S removes (deletion)
+or restores (insertion) the ``floor(k F / S)`` top-ranked features, for k = 0..S, so the curve
+has S + 1 points at the fractions ``floor(k F / S) / F``. A copy's keep mask is one comparison of
+each element's rank with the step's count, so no (S, F) coalition matrix is ever built; the
+S + 1 copies of the batch are folded into few no-grad model calls (NOTE: [Perturbed copies in
+one call]). The area under the curve is the trapezoid rule over those fractions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple, Sequence
+
+import torch
+
+from .._src import tree as T
+from .._src.checks import check_finite, warn_if_training
+from .._src.perturb import baseline_tree, copies_per_call, features, perturb
+from ._common import match_attributions, model_rows, passthrough, positive_nums, resolve
+
+
+class Curve(NamedTuple):
+    """A deletion or insertion curve: ``fractions`` (S+1,), ``scores`` (B, S+1), ``auc`` (B,)."""
+
+    fractions: torch.Tensor
+    scores: torch.Tensor
+    auc: torch.Tensor
+
+
+def deletion(f: Callable, attr_fn_or_attributions: Any, **options) -> Callable:
+    """Deletion curve: the output as the most-attributed features are set to their baseline.
+
+    A faithful attribution makes the output fall fast: lower area under the curve is better.
+    Options as `insertion`'s. Returns ``fn(*args) -> Curve``.
+    """
+    return _curve(f, attr_fn_or_attributions, insert=False, **options)
+
+
+def insertion(f: Callable, attr_fn_or_attributions: Any, **options) -> Callable:
+    """Insertion curve: the output as the most-attributed features are restored, starting from the baseline.
+
+    A faithful attribution makes the output rise fast: higher area under the curve is better.
+
+    Args:
+      f: model function with one output per example (``xattr.target``); a probability (e.g. a
+        softmax target) keeps curves comparable across examples.
+      attr_fn_or_attributions: an attribution function (called once) or attributions like ``args[argnums]``.
+      n_steps: S, the number of steps (at most F, the number of features); None: one per feature.
+      baselines: what a removed feature becomes (number, tensor broadcastable to the input, or a
+        tree like ``args[argnums]``): zeros, a blurred copy, the data mean.
+      feature_mask: int feature ids per element (NOTE: [Features and coalitions]); `patch_mask`
+        builds square patches. None: every element is a feature.
+      argnums, chunk_size, memory_budget: as for the perturbation methods.
+
+    Returns:
+      ``fn(*args) -> Curve(fractions, scores, auc)``.
+    """
+    return _curve(f, attr_fn_or_attributions, insert=True, **options)
+
+
+def _curve(
+    f: Callable,
+    attributions: Any,
+    *,
+    insert: bool,
+    n_steps: int | None = None,
+    baselines: Any = 0.0,
+    feature_mask: Any = None,
+    argnums: int | Sequence[int] = 0,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+) -> Callable:
+    if n_steps is not None and (not isinstance(n_steps, int) or n_steps < 1):
+        raise ValueError(f"n_steps must be a positive int or None, got {n_steps!r}")
+    nums, as_tuple = T.normalize_argnums(argnums)
+
+    def fn(*args):
+        warn_if_training(f)
+        idx = positive_nums(nums, len(args))
+        selected, _ = T.split_args(args, idx)
+        batch = T.batch_size(selected)
+        x = selected if as_tuple else selected[0]
+        phi = match_attributions(resolve(attributions, args), x)
+        masks, n_feat = features(selected, feature_mask)
+        base = baseline_tree(selected, baselines, as_tuple)
+        ranks = _element_ranks(phi if as_tuple else (phi,), masks, selected, n_feat)
+        steps = n_feat if n_steps is None else min(n_steps, n_feat)
+        counts = torch.arange(steps + 1, device=ranks[0].device) * n_feat // steps
+        per = copies_per_call(selected, batch, chunk_size, memory_budget)
+        outs = []
+        with torch.no_grad(), T.batch_scope(batch):
+            for s in range(0, steps + 1, per):
+                e = min(s + per, steps + 1)
+                c = counts[s:e].reshape((-1, 1))
+                rows = []
+                for xi, bi, ri in zip(T.leaves(selected), T.leaves(base), ranks):
+                    cnt = c.reshape((-1,) + (1,) * xi.ndim)
+                    keep = ri.unsqueeze(0) < cnt if insert else ri.unsqueeze(0) >= cnt
+                    rows.append(perturb(xi.unsqueeze(0), bi.unsqueeze(0), keep).reshape((-1,) + tuple(xi.shape[1:])))
+                tree = T.optree.tree_unflatten(T.optree.tree_structure(selected, namespace="xattr"), rows)
+                call = passthrough(args, idx, e - s, batch)
+                out = model_rows(f(*T.split_args(call, idx)[1](tree)))
+                check_finite(out)
+                outs.append(out.reshape(e - s, batch))
+        scores = torch.cat(outs).T  # (B, S+1)
+        fractions = (counts.to(scores.dtype) / n_feat)
+        return Curve(fractions, scores, torch.trapezoid(scores, fractions, dim=1))
+
+    return fn
+
+
+def _element_ranks(phi: tuple, masks, selected, n_feat: int) -> list:
+    """Each element's feature rank (0 = highest summed attribution) per example: one tensor per input."""
+    leaves_x, leaves_m, leaves_a = T.leaves(selected), T.leaves(masks), T.leaves(phi)
+    batch = leaves_x[0].shape[0]
+    ids = [torch.broadcast_to(m, x.shape).reshape(batch, -1) for m, x in zip(leaves_m, leaves_x)]
+    dtype = torch.promote_types(leaves_a[0].dtype, torch.float32)
+    score = torch.zeros(batch, n_feat, dtype=dtype, device=leaves_x[0].device)
+    for i, a in zip(ids, leaves_a):
+        score.scatter_add_(1, i, a.reshape(batch, -1).to(dtype))
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(n_feat, device=order.device).expand(batch, -1).contiguous())
+    return [torch.gather(rank, 1, i).reshape(x.shape) for i, x in zip(ids, leaves_x)]
+
+
+def patch_mask(shape: Sequence[int], patch: Sequence[int]) -> torch.Tensor:
+    """Feature ids (1, *shape) grouping one example's elements into patches (blocks) of size ``patch``.
+
+    ``patch`` has one entry per dim of ``shape`` (e.g. ``(3, 4, 4)`` for a 3x32x32 image: all
+    channels of a 4x4 window are one feature); edge blocks may be smaller. Ids run row-major over
+    the block grid.
+    """
+    shape, patch = tuple(shape), tuple(patch)
+    if len(shape) != len(patch) or any(p < 1 for p in patch):
+        raise ValueError(f"patch {patch} must give a positive size for each dim of {shape}")
+    grid = [math.ceil(s / p) for s, p in zip(shape, patch)]
+    ids = torch.zeros(shape, dtype=torch.long)
+    for d, (s, p, g) in enumerate(zip(shape, patch, grid)):
+        block = torch.arange(s) // p
+        stride = math.prod(grid[d + 1 :])
+        ids += (block * stride).reshape((-1,) + (1,) * (len(shape) - d - 1))
+    return ids.unsqueeze(0)

@@ -1,0 +1,113 @@
+"""Similarity of two attribution maps per example: rank correlation, SSIM, top-k intersection."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .._src import tree as T
+from ._common import flat
+
+
+def _ranks(v: torch.Tensor) -> torch.Tensor:
+    """Average ranks (ties share the mean of their positions) of each row of v (B, P), from 1."""
+    out = torch.empty(v.shape, dtype=torch.float64, device=v.device)
+    for i in range(v.shape[0]):
+        _, inverse, counts = torch.unique(v[i], sorted=True, return_inverse=True, return_counts=True)
+        last = counts.cumsum(0).to(torch.float64)
+        out[i] = (last - (counts.to(torch.float64) - 1) / 2)[inverse]
+    return out
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+
+
+def spearman(a: Any, b: Any, *, abs: bool = False) -> torch.Tensor:
+    """Spearman rank correlation of two maps per example: (B,), nan where a map is constant.
+
+    ``a``, ``b``: tensors (B, ...) or trees of them (all elements of an example together); with
+    ``abs`` the magnitudes are ranked (the sign is ignored).
+    """
+    fa, fb = flat(a).detach(), flat(b).detach()
+    if abs:
+        fa, fb = fa.abs(), fb.abs()
+    return _pearson(_ranks(fa), _ranks(fb)).to(_dtype(fa))
+
+
+def top_k_intersection(a: Any, b: Any, *, k: int | float = 0.1) -> torch.Tensor:
+    """The fraction of the k largest-magnitude elements of ``a`` that are also among ``b``'s: (B,).
+
+    ``k``: a count, or a fraction of the elements (0 < k <= 1, rounded up).
+    """
+    fa, fb = flat(a).detach().abs(), flat(b).detach().abs()
+    p = fa.shape[1]
+    kk = math.ceil(k * p) if isinstance(k, float) else int(k)
+    if not 1 <= kk <= p:
+        raise ValueError(f"k={k!r} gives {kk} of {p} elements; it must select between 1 and all of them")
+    ia = torch.topk(fa, kk, dim=1).indices
+    ib = torch.topk(fb, kk, dim=1).indices
+    hit = torch.zeros_like(fa, dtype=torch.bool).scatter_(1, ia, True)
+    return hit.gather(1, ib).sum(1).to(_dtype(fa)) / kk
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Structural similarity (Wang et al. 2004) of two image maps per example: (B,), at most 1.
+
+    Maps are (B, H, W) or (B, C, H, W); each is min-max scaled to [0, 1] per example, SSIM is
+    computed per channel with a Gaussian window (``window`` x ``window``, std ``sigma``; shrunk
+    to fit small maps) over the valid region, and averaged.
+    """
+    for m in (a, b):
+        if not isinstance(m, torch.Tensor) or m.ndim not in (3, 4):
+            raise ValueError("ssim compares image maps (B, H, W) or (B, C, H, W); leave 'ssim' out for other inputs")
+    if a.shape != b.shape:
+        raise ValueError(f"ssim needs maps of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    dtype = _dtype(a)
+    x, y = (_unit(m.detach().to(dtype)) for m in (a, b))
+    x, y = (m.reshape((-1, 1) + tuple(m.shape[-2:])) for m in (x, y))  # channels as rows
+    size = min(window, x.shape[-1], x.shape[-2])
+    size -= 1 - size % 2  # odd
+    g = torch.exp(-((torch.arange(size, dtype=dtype, device=x.device) - size // 2) ** 2) / (2 * sigma**2))
+    g = g / g.sum()
+    w = (g[:, None] * g[None, :]).reshape(1, 1, size, size)
+
+    def blur(t):
+        return F.conv2d(t, w)
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.reshape(a.shape[0], -1).mean(1)
+
+
+def _unit(m: torch.Tensor) -> torch.Tensor:
+    flat_m = m.reshape(m.shape[0], -1)
+    lo, hi = flat_m.min(1, keepdim=True).values, flat_m.max(1, keepdim=True).values
+    span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    return ((flat_m - lo) / span).reshape(m.shape)
+
+
+def _dtype(t: torch.Tensor) -> torch.dtype:
+    return t.dtype if t.is_floating_point() else torch.get_default_dtype()
+
+
+MEASURES = {
+    "spearman": lambda a, b, k: spearman(a, b),
+    "spearman_abs": lambda a, b, k: spearman(a, b, abs=True),
+    "ssim": lambda a, b, k: ssim(*(_one(t) for t in (a, b))),
+    "topk": lambda a, b, k: top_k_intersection(a, b, k=k),
+}
+
+
+def _one(t):
+    leaves = T.leaves(t)
+    if len(leaves) != 1:
+        raise ValueError("ssim compares one image map per example; the attributions have several tensors")
+    return leaves[0]
