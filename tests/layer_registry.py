@@ -186,3 +186,25 @@ LAYER_METHODS_UNDER_TEST += [
     LayerMethod("neuron_deconvolution", _neuron_deconvolution, **_neuron),
 ]
 BY_NAME = {m.name: m for m in LAYER_METHODS_UNDER_TEST}
+
+
+# ----------------------------------------------------------------------------- perturbation (layer_perturb.py)
+
+
+def _layer_feature_ablation(split, *, chunk_size=None, generator=None, index=None):
+    return xattr.layer_feature_ablation(split, chunk_size=chunk_size)
+
+
+def _neuron_feature_ablation(split, *, chunk_size=None, generator=None, index=None):
+    return xattr.feature_ablation(xattr.neuron(split, index), chunk_size=chunk_size)
+
+
+# Layer feature ablation ablates units to a zero *layer* baseline, which is not the layer's value
+# at a zero input, so it is not complete in the registry's sense; neuron feature ablation ablates
+# input elements to zero, so on affine models the drops sum to n(x) - n(0) (complete). Layer
+# feature permutation depends on the rest of the batch (tests/test_ablation.py).
+LAYER_METHODS_UNDER_TEST += [
+    LayerMethod("layer_feature_ablation", _layer_feature_ablation),
+    LayerMethod("neuron_feature_ablation", _neuron_feature_ablation, complete=True, **_neuron),
+]
+BY_NAME = {m.name: m for m in LAYER_METHODS_UNDER_TEST}

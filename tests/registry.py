@@ -223,3 +223,153 @@ METHODS_UNDER_TEST += [
     Method("lrp", _lrp, complete=True, linear=False),
 ]
 BY_NAME = {m.name: m for m in METHODS_UNDER_TEST}
+
+
+# ----------------------------------------------------------------------------- Shapley values (shapley.py)
+
+
+def shapley_groups(selected):
+    """Feature ids for exact Shapley values on the shared models, ids running on across tensors.
+
+    Exact Shapley values cost 2^F rows, so image-shaped inputs (B, C, H, W, ...) are grouped by
+    (channel, row): a CNN's dead input channel is still a set of whole features (the dummy axiom)
+    and 2x5x5 images make 10 features. Inputs (B, D) keep one feature per element.
+    """
+    start, ids = 0, []
+    for x in optree.tree_leaves(selected, namespace="xattr"):
+        lead = tuple(x.shape[1:3]) if x.ndim > 3 else tuple(x.shape[1:])
+        n = 1
+        for s in lead:
+            n *= s
+        m = torch.arange(start, start + n, device=x.device).reshape((1,) + lead + (1,) * (x.ndim - 1 - len(lead)))
+        ids.append(m)
+        start += n
+    it = iter(ids)
+    return optree.tree_map(lambda _: next(it), selected, namespace="xattr")
+
+
+def _group_share(attr, x):
+    """A group's value over its elements (the registry checks completeness over elements)."""
+    size = 1
+    for s in x.shape[3:]:
+        size *= s
+    return attr / size if x.ndim > 3 else attr
+
+
+def _shapley_values(f, *, argnums=0, chunk_size=None, generator=0):
+    def attr_fn(*args, **kwargs):
+        selected = _selected(args, argnums)
+        attr = xattr.shapley_values(f, feature_mask=shapley_groups(selected), argnums=argnums, chunk_size=chunk_size)(
+            *args, **kwargs
+        )
+        return optree.tree_map(lambda a, x: _group_share(a, x), attr, selected, namespace="xattr")
+
+    return attr_fn
+
+
+def _shapley_sampling(f, *, argnums=0, chunk_size=None, generator=0):
+    return xattr.shapley_value_sampling(f, n_samples=N_SAMPLES, argnums=argnums, generator=generator, chunk_size=chunk_size)
+
+
+# Shapley values copy a feature's value onto each of its elements (as feature ablation does); the
+# exact entry groups image rows (`shapley_groups`) and reports each element's equal share of its
+# group, so that its elements' sum is the features' sum, f(x) - f(0). Every sampled permutation's
+# marginal contributions telescope to f(x) - f(baseline), so the sampling estimate is exactly
+# complete too, and linear in f for a fixed seed (the permutations do not depend on f).
+METHODS_UNDER_TEST += [
+    Method("shapley_values", _shapley_values, complete=True, baselines=True),
+    Method("shapley_value_sampling", _shapley_sampling, complete=True, baselines=True, **_random),
+]
+BY_NAME = {m.name: m for m in METHODS_UNDER_TEST}
+
+
+# ----------------------------------------------------------------------------- feature ablation and occlusion (ablation.py)
+
+
+def _feature_ablation(f, *, argnums=0, chunk_size=None, generator=0):
+    return xattr.feature_ablation(f, argnums=argnums, chunk_size=chunk_size)
+
+
+def occlusion_windows(selected):
+    """Windows for the shared models: one element along the first per-example dim (an MLP's
+    feature, a CNN's channel: the dummy and symmetry axioms and the pytree/concatenation
+    comparison need whole features there), up to 2 along the others (2x2 patches, overlapping
+    with stride 1, so each element averages up to four windows)."""
+    return optree.tree_map(lambda x: (1,) + tuple(min(2, s) for s in x.shape[2:]), selected, namespace="xattr")
+
+
+def _occlusion(f, *, argnums=0, chunk_size=None, generator=0):
+    def attr_fn(*args, **kwargs):
+        windows = occlusion_windows(_selected(args, argnums))
+        return xattr.occlusion(f, sliding_window_shapes=windows, strides=1, argnums=argnums, chunk_size=chunk_size)(*args, **kwargs)
+
+    return attr_fn
+
+
+# Feature ablation with its default mask (every element a feature) and a zero baseline is exactly
+# complete on affine models: the drops w_i x_i sum to f(x) - f(0). Occlusion averages the drops of
+# overlapping windows, so its sum is not f(x) - f(0) (complete=False). Both are linear in f (a
+# difference of outputs at fixed inputs) and take per-call baselines. Feature permutation is not
+# here: its attributions depend on the rest of the batch by design (batch invariance cannot hold
+# and a batch of one is refused); tests/test_ablation.py checks its other invariants.
+METHODS_UNDER_TEST += [
+    Method("feature_ablation", _feature_ablation, complete=True, baselines=True),
+    Method("occlusion", _occlusion, baselines=True),
+]
+BY_NAME = {m.name: m for m in METHODS_UNDER_TEST}
+
+
+# ----------------------------------------------------------------------------- LIME and KernelSHAP (surrogate.py)
+
+
+def _n_groups(groups) -> int:
+    return max(int(m.max()) + 1 for m in optree.tree_leaves(groups, namespace="xattr"))
+
+
+def _kernel_shap_exact(f, *, argnums=0, chunk_size=None, generator=0):
+    def attr_fn(*args, **kwargs):
+        selected = _selected(args, argnums)
+        groups = shapley_groups(selected)
+        method = xattr.kernel_shap(
+            f, n_samples=2 ** _n_groups(groups), feature_mask=groups, argnums=argnums, chunk_size=chunk_size, generator=generator
+        )
+        return optree.tree_map(_group_share, method(*args, **kwargs), selected, namespace="xattr")
+
+    return attr_fn
+
+
+def _every_coalition(n_samples, n_features, generator):
+    ids = torch.arange(n_samples)
+    return (ids[:, None] >> torch.arange(n_features)) & 1
+
+
+def _uniform_weights(original, perturbed, coalitions):
+    return torch.ones(coalitions.shape[:2])
+
+
+def _lime_factorial(f, *, argnums=0, chunk_size=None, generator=0):
+    def attr_fn(*args, **kwargs):
+        selected = _selected(args, argnums)
+        groups = shapley_groups(selected)
+        method = xattr.lime(
+            f, n_samples=2 ** _n_groups(groups), feature_mask=groups, argnums=argnums, chunk_size=chunk_size, generator=generator,
+            perturb_func=_every_coalition, similarity_func=_uniform_weights, interpretable_model=xattr.linear_regression(),
+        )  # fmt: skip
+        return optree.tree_map(_group_share, method(*args, **kwargs), selected, namespace="xattr")
+
+    return attr_fn
+
+
+# Sampled KernelSHAP and LIME give a dummy feature a small non-zero coefficient (regression noise),
+# so the registry holds their exact forms, over the `shapley_groups` features: KernelSHAP with
+# n_samples >= 2^F enumerates every coalition with its Shapley kernel weight, which gives the
+# Shapley values (complete, linear, symmetric, dummy); LIME over every coalition with uniform
+# weights and least squares is a full factorial design, whose coefficients are the features' main
+# effects (exact w x on affine models, zero for dummies, linear in f). The custom perturb_func and
+# similarity_func (copies built in chunks) go through lime's pluggable paths. tests/test_surrogate.py
+# checks the sampled forms' invariants (seeded batch prefix, chunks, pytrees, many outputs).
+METHODS_UNDER_TEST += [
+    Method("kernel_shap_exact", _kernel_shap_exact, complete=True, baselines=True),
+    Method("lime_factorial", _lime_factorial, complete=True, baselines=True),
+]
+BY_NAME = {m.name: m for m in METHODS_UNDER_TEST}

@@ -24,7 +24,9 @@ from ._src.layer_methods import (
     layer_integrated_gradients,
     upsample,
 )
-from ._src.ablation import feature_ablation, occlusion, window_masks
+from ._src.ablation import feature_ablation, feature_permutation, occlusion, window_masks
+from ._src.layer_perturb import layer_feature_ablation, layer_feature_permutation
+from ._src.shapley import shapley_value_sampling, shapley_values
 from ._src.backprop_methods import (
     deconvolution,
     deep_lift,
@@ -41,16 +43,23 @@ from ._src.neuron_methods import neuron_conductance
 from ._src.paths import Profile, path_integral, quadrature
 from ._src.rules import rules
 from ._src.sampling import expectation, smooth
+from ._src.surrogate import exp_kernel_similarity, kernel_shap, lasso, lime, linear_regression, ridge
 from ._src.targets import Outputs, neuron, outputs, target
 from ._src.tokens import reference_tokens, token_scores
 
 from . import rule
+from . import concepts
+from . import metrics
+from . import robust
 
 __version__ = "0.1.0"
 
 __all__ = [
     "deconvolution",
     "feature_ablation",
+    "feature_permutation",
+    "layer_feature_ablation",
+    "layer_feature_permutation",
     "occlusion",
     "window_masks",
     "deep_lift",
@@ -62,6 +71,9 @@ __all__ = [
     "layer_lrp",
     "lrp",
     "merge_batch_norm",
+    "concepts",
+    "metrics",
+    "robust",
     "rule",
     "rules",
     "Outputs",
@@ -88,6 +100,8 @@ __all__ = [
     "quadrature",
     "reference_tokens",
     "saliency",
+    "shapley_value_sampling",
+    "shapley_values",
     "smooth",
     "smoothgrad",
     "smoothgrad_sq",
@@ -96,4 +110,10 @@ __all__ = [
     "upsample",
     "value_and_grad",
     "vargrad",
+    "exp_kernel_similarity",
+    "kernel_shap",
+    "lasso",
+    "lime",
+    "linear_regression",
+    "ridge",
 ]

@@ -1,4 +1,5 @@
-"""Feature ablation and occlusion: the output's drop when a feature (or window) takes its baseline.
+"""Feature ablation, occlusion and feature permutation: the output's drop when a feature (or a
+window) takes its baseline, or its values from another example of the batch.
 
 Shared arguments of the perturbation methods:
   f: model function with one output per example (``xattr.target``), ``xattr.outputs([...])`` for
@@ -12,6 +13,11 @@ Shared arguments of the perturbation methods:
   chunk_size: model rows per call; memory_budget: bytes of perturbed inputs per call when
      chunk_size is None (NOTE: [Perturbed copies in one call]).
   show_progress: a tqdm bar over the model calls.
+
+Bool and integer inputs (token ids) are perturbed exactly, with baselines of their dtype; the
+attributions are floating point. All model calls run under ``torch.no_grad``: the model is
+only called, never modified or hooked. docs/perturbation.md describes the engine
+(perturb.py), docs/methods/ each method.
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ import itertools
 import math
 from typing import Any, Callable, Sequence
 
+import optree
 import torch
 
 from . import tree as T
 from .checks import warn_if_training
 from .gradients import attribution_fn
-from .perturb import baseline_tree, evaluate, features, outputs_at, scatter_features
+from .perturb import Coalitions, baseline_tree, evaluate, features, outputs_at, scatter_features
+from .sampling import streams
 
 
 def _per_feature(diff: torch.Tensor) -> torch.Tensor:
@@ -45,9 +53,11 @@ def feature_ablation(
 ) -> Callable:
     """Feature ablation: ``a_i = f(x) - f(x with feature(i) set to its baseline)``.
 
-    Every element of a feature gets the feature's drop. F features cost F perturbed copies,
-    evaluated in as few model calls as the memory budget allows (Captum: one per copy by
-    default). Exact: equals the explicit loop over features (tested).
+    Every element of a feature gets the feature's drop. F features cost F perturbed copies
+    (``F * B`` model rows, plus B for ``f(x)``), evaluated in as few model calls as the memory
+    budget allows (Captum: one per copy by default). Exact: equals the explicit loop over
+    features (tested). With the default mask and a zero baseline it is complete on affine
+    models: the drops sum to ``f(x) - f(0)``.
 
     Returns:
       ``fn(*args, baselines=..., feature_mask=...)`` like ``args[argnums]`` (a K axis after
@@ -63,8 +73,8 @@ def feature_ablation(
         selected = T.split_args(args, nums)[0]
         masks, n = features(selected, feature_mask)
         base = baseline_tree(selected, baselines, as_tuple)
-        out, aggregate = outputs_at(f, args)
-        ablate_one = 1 - torch.eye(n, device=out.device)
+        out, aggregate = outputs_at(f, args, T.batch_size(selected))
+        ablate_one = ~torch.eye(n, dtype=torch.bool, device=T.leaves(masks)[0].device)
         outs = evaluate(f, args, nums, masks=masks, baselines=base, coalitions=ablate_one, aggregate=aggregate,
                         chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
         diff = _per_feature(out[:, None] - outs)
@@ -74,27 +84,127 @@ def feature_ablation(
     return attribution_fn(fn, f)
 
 
+def _positions(size: int, window: int, stride: int) -> list[int]:
+    """Window starts along one dim: from 0 by ``stride`` until a window reaches the end."""
+    return list(range(0, stride * math.ceil((size - window) / stride) + 1, stride))
+
+
+def _check_window(shape, window, strides) -> tuple[tuple, tuple]:
+    shape, window = tuple(shape), tuple(window) if isinstance(window, (tuple, list, torch.Size)) else (window,)
+    if len(window) != len(shape):
+        raise ValueError(f"sliding window {window} must have one entry per input dim {shape} (without the batch)")
+    strides = (strides,) * len(shape) if isinstance(strides, int) else tuple(strides)
+    if len(strides) != len(shape):
+        raise ValueError(f"strides {strides} must have one entry per input dim {shape}")
+    if any(not isinstance(v, int) or isinstance(v, bool) for v in window + strides):
+        raise TypeError(f"sliding window {window} and strides {strides} must be ints")
+    if any(w > s or w < 1 for w, s in zip(window, shape)):
+        raise ValueError(f"sliding window {window} does not fit the input {shape}")
+    if any(st < 1 for st in strides):
+        raise ValueError(f"strides {strides} must be positive")
+    return window, strides
+
+
 def window_masks(shape: Sequence[int], window: Sequence[int], strides: Sequence[int] | int) -> torch.Tensor:
     """Boolean masks (W, *shape) of every window position of a sliding window over one example.
 
     ``window`` and ``strides`` cover the trailing dims of ``shape`` (one entry per dim, or an
     int stride for all); windows start at 0 and step by the stride until one reaches the end
     of the dim, which may be cut short by the input's edge (Captum's placement:
-    ``ceil((size - window) / stride) + 1`` positions per dim).
+    ``ceil((size - window) / stride) + 1`` positions per dim). Positions are in row-major order
+    of their corners (the order of occlusion's copies).
     """
-    shape, window = tuple(shape), tuple(window)
-    if len(window) != len(shape):
-        raise ValueError(f"sliding window {window} must have one entry per input dim {shape} (without the batch)")
-    strides = (strides,) * len(shape) if isinstance(strides, int) else tuple(strides)
-    if len(strides) != len(shape):
-        raise ValueError(f"strides {strides} must have one entry per input dim {shape}")
-    if any(w > s or w < 1 for w, s in zip(window, shape)):
-        raise ValueError(f"sliding window {window} does not fit the input {shape}")
-    starts = [range(0, st * math.ceil((s - w) / st) + 1, st) for s, w, st in zip(shape, window, strides)]
+    shape = tuple(shape)
+    window, strides = _check_window(shape, window, strides)
+    starts = [_positions(s, w, st) for s, w, st in zip(shape, window, strides)]
     masks = torch.zeros((math.prod(len(r) for r in starts),) + shape, dtype=torch.bool)
     for i, corner in enumerate(itertools.product(*starts)):
         masks[(i,) + tuple(slice(c, c + w) for c, w in zip(corner, window))] = True
     return masks
+
+
+class _Grid:
+    """A sliding window's positions over one input, on the grid of cells its edges cut.
+
+    NOTE: [Occlusion on cells]
+    Along each dim the window's starts and (clipped) ends cut the axis into cells; every window
+    covers whole cells, so elements of one cell are occluded together and get the same
+    attribution. The cells (their product over dims) are occlusion's features: W windows over
+    P elements need a (W, cells) coalition matrix, not (W, P) masks, and it is made chunk by
+    chunk from the per-dim (positions, cells) cover tables (`Coalitions`), so even stride 1
+    (cells = elements) never holds all W masks. Averaging the drops over the windows that
+    cover a cell is a contraction of the per-dim tables with the drops, dim by dim.
+    """
+
+    def __init__(self, shape, window, strides, device):
+        self.shape = tuple(shape)
+        window, strides = _check_window(self.shape, window, strides)
+        if any(st > w for st, w in zip(strides, window)):
+            raise ValueError(f"strides {strides} exceed the sliding window {window}: elements between windows would never be occluded")
+        self.covers, cell_ids = [], []
+        for size, w, st in zip(self.shape, window, strides):
+            starts = _positions(size, w, st)
+            ends = [min(s + w, size) for s in starts]
+            cuts = torch.tensor(sorted({0, size, *starts, *ends}), device=device)
+            lo, hi = cuts[:-1], cuts[1:]
+            s_, e_ = torch.tensor(starts, device=device), torch.tensor(ends, device=device)
+            self.covers.append((s_[:, None] <= lo[None, :]) & (hi[None, :] <= e_[:, None]))  # (positions, cells)
+            cell_ids.append(torch.searchsorted(cuts, torch.arange(size, device=device), right=True) - 1)
+        self.n_windows = math.prod(c.shape[0] for c in self.covers)
+        self.n_cells = math.prod(c.shape[1] for c in self.covers)
+        ids = torch.zeros((), dtype=torch.long, device=device)
+        for c, cells in zip(self.covers, cell_ids):
+            ids = ids[..., None] * c.shape[1] + cells
+        self.cell_of = ids  # (*shape): each element's cell
+
+    def covered(self, start: int, stop: int) -> torch.Tensor:
+        """(stop - start, cells): which cells windows start..stop-1 cover."""
+        idx = torch.arange(start, stop, device=self.cell_of.device)
+        out = torch.ones((stop - start, 1), dtype=torch.bool, device=idx.device)
+        for d in range(len(self.covers) - 1, -1, -1):  # row-major: the last dim varies fastest
+            n = self.covers[d].shape[0]
+            rows = self.covers[d][idx % n]  # (c, cells_d)
+            out = (rows[:, :, None] & out[:, None, :]).reshape(stop - start, -1)
+            idx = idx // n
+        return out
+
+    def average(self, drops: torch.Tensor) -> torch.Tensor:
+        """(..., W) drops per window -> (..., cells): the mean drop of the windows covering each cell."""
+        lead = drops.shape[:-1]
+        t = drops.reshape(lead + tuple(c.shape[0] for c in self.covers))
+        counts = torch.ones((), dtype=drops.dtype, device=drops.device)
+        for c in self.covers:  # contract the positions of dim d with its cover table
+            c = c.to(drops.device, drops.dtype)
+            t = torch.tensordot(t, c, dims=([len(lead)], [0]))  # moves the dim's cells to the end
+            counts = counts[..., None] * c.sum(0)
+        return (t / counts.clamp(min=1)).reshape(lead + (self.n_cells,))
+
+
+def _per_input(value, n: int, is_item) -> list:
+    """One value per input: a single item for all, a tuple of n items, or a tree of items."""
+    if is_item(value):
+        return [value] * n
+    items = optree.tree_leaves(value, is_leaf=is_item, namespace="xattr")
+    if len(items) != n or not all(is_item(v) for v in items):
+        raise ValueError(f"expected one entry per attributed input tensor ({n}), got {value!r}")
+    return items
+
+
+def _strides_per_input(strides, n: int) -> list:
+    """Captum's reading: for several inputs a tuple of n entries is one per input."""
+    if n > 1 and isinstance(strides, (tuple, list)) and len(strides) == n:
+        if not all(_is_stride(v) for v in strides):
+            raise TypeError(f"strides {strides!r}: each input's entry must be an int or a tuple of ints")
+        return list(strides)
+    return _per_input(strides, n, _is_stride)
+
+
+def _is_shape(v) -> bool:
+    return isinstance(v, (tuple, list, torch.Size)) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+
+
+def _is_stride(v) -> bool:
+    return (isinstance(v, int) and not isinstance(v, bool)) or _is_shape(v)
 
 
 def occlusion(
@@ -111,12 +221,17 @@ def occlusion(
     """Occlusion: a sliding window set to the baseline; each element averages the drops of its windows.
 
     ``a_i = mean over windows w containing i of (f(x) - f(x with w occluded))`` (Zeiler &
-    Fergus 2014). W window positions cost W perturbed copies, batched into few calls.
+    Fergus 2014). W window positions cost W perturbed copies (``W * B`` model rows), batched
+    into few calls; the window positions are Captum's (`window_masks`), the last one along
+    each dim cut short by the edge. Exact: equals the explicit loop over windows (tested).
 
     Args (beyond the shared ones):
-      sliding_window_shapes: the window per input (without the batch dim); a tuple of them for
-        several inputs (each copy occludes one window of one input, as in Captum).
-      strides: an int or a tuple per dim (per input for several inputs).
+      sliding_window_shapes: the window per input (without the batch dim); for several
+        inputs a tuple of them in the inputs' leaf order, or a tree like the inputs (each copy
+        occludes one window of one input, as in Captum).
+      strides: an int or a tuple per dim; for several inputs the same for all, or one per
+        input (a tuple of as many entries as inputs is read per input, as in Captum). Each
+        stride must be at most its window (no element left unoccluded).
 
     Example:
       >>> attr = xattr.occlusion(xattr.target(model, 3), sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4))(x)
@@ -127,43 +242,122 @@ def occlusion(
         warn_if_training(f)
         selected = T.split_args(args, nums)[0]
         leaves = T.leaves(selected)
-        shapes = sliding_window_shapes if len(leaves) > 1 else (sliding_window_shapes,)
-        several = len(leaves) > 1 and isinstance(strides, (tuple, list)) and len(strides) == len(leaves)
-        steps = tuple(strides) if several else (strides,) * len(leaves)  # per input for several inputs
-        windows = [window_masks(x.shape[1:], w, st).to(x.device) for x, w, st in zip(leaves, shapes, steps)]
-        counts = [w.shape[0] for w in windows]
+        shapes = _per_input(sliding_window_shapes, len(leaves), _is_shape) if len(leaves) > 1 else [sliding_window_shapes]
+        steps = _strides_per_input(strides, len(leaves))
+        grids = [_Grid(x.shape[1:], w, st, x.device) for x, w, st in zip(leaves, shapes, steps)]
+        cells = [g.n_cells for g in grids]
+        offsets = [sum(cells[:i]) for i in range(len(grids))]
+        cell_ids = iter([(o + g.cell_of)[None] for g, o in zip(grids, offsets)])  # cells are the features
+        masks = T.tree_map(lambda _: next(cell_ids), selected)
         base = baseline_tree(selected, baselines, as_tuple)
-        out, aggregate = outputs_at(f, args)
-        outs = _occluded(f, args, nums, windows, base, aggregate, chunk_size, memory_budget, show_progress)
+        out, aggregate = outputs_at(f, args, T.batch_size(selected))
+        coalitions = Coalitions(sum(g.n_windows for g in grids), _window_rows(grids, offsets, sum(cells), leaves[0].device))
+        outs = evaluate(f, args, nums, masks=masks, baselines=base, coalitions=coalitions, aggregate=aggregate,
+                        chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
         diff = _per_feature(out[:, None] - outs)  # (B, [O,] W_total): window j of input i is one copy
-        pieces = iter(torch.split(diff, counts, dim=-1))
-
-        def spread(x, w):
-            w = w.reshape(w.shape[0], -1).to(diff.dtype)  # (W_i, P)
-            total = next(pieces) @ w  # (B, [O,] P)
-            return (total / w.sum(0).clamp(min=1)).reshape(diff.shape[:-1] + tuple(x.shape[1:]))
-
-        it = iter(windows)
-        attr = T.tree_map(lambda x: spread(x, next(it)), T.tree_map(lambda x: x[: diff.shape[0]], selected))
+        pieces = torch.split(diff, [g.n_windows for g in grids], dim=-1)
+        per_cell = torch.cat([g.average(p) for g, p in zip(grids, pieces)], -1)
+        attr = scatter_features(per_cell, masks, T.tree_map(lambda x: x[: diff.shape[0]], selected))
         return attr if as_tuple else attr[0]
 
     return attribution_fn(fn, f)
 
 
-def _occluded(f, args, nums, windows, base, aggregate, chunk_size, memory_budget, show_progress):
-    """f with one window occluded per copy, over the windows of every input in turn: (B, W[, O]).
+def _window_rows(grids, offsets, n_cells: int, device) -> Callable[[int, int], torch.Tensor]:
+    """Copies start..stop-1 -> (1, stop - start, cells): all kept but the copy's window."""
+    firsts = list(itertools.accumulate([0] + [g.n_windows for g in grids]))
 
-    Windows overlap, so they are not a partition into features: every element is its own
-    feature, and copy j keeps every element outside window j (of its input)."""
-    selected = T.split_args(args, nums)[0]
-    sizes = [w[0].numel() for w in windows]
-    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-    it = iter(offsets)
-    ids = T.tree_map(lambda x: next(it) + torch.arange(x[0].numel(), device=x.device).reshape((1,) + tuple(x.shape[1:])), selected)
-    blocks = []
-    for i, w in enumerate(windows):
-        keep = torch.ones(w.shape[0], sum(sizes), dtype=torch.bool, device=w.device)
-        keep[:, offsets[i] : offsets[i] + sizes[i]] = ~w.reshape(w.shape[0], -1)
-        blocks.append(keep)
-    return evaluate(f, args, nums, masks=ids, baselines=base, coalitions=torch.cat(blocks), aggregate=aggregate,
-                    chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
+    def rows(start: int, stop: int) -> torch.Tensor:
+        keep = torch.ones((stop - start, n_cells), dtype=torch.bool, device=device)
+        for g, off, lo, hi in zip(grids, offsets, firsts, firsts[1:]):
+            s, e = max(start, lo), min(stop, hi)
+            if s < e:
+                keep[s - start : e - start, off : off + g.n_cells] = ~g.covered(s - lo, e - lo)
+        return keep[None]
+
+    return rows
+
+
+class _Shuffled:
+    """Feature permutation's per-copy baselines: copy j is the batch reordered by perms[j],
+    made chunk by chunk (``self[s:e]`` is (e - s, B, ...))."""
+
+    def __init__(self, x: torch.Tensor, perms: torch.Tensor):
+        self.x, self.perms = x, perms
+
+    def __getitem__(self, sl: slice) -> torch.Tensor:
+        return self.x[self.perms[sl]]
+
+
+def _permutations(n: int, batch: int, generator, device) -> torch.Tensor:
+    """(n, batch): one uniformly random permutation of the batch per feature, never the identity
+    (Captum redraws it too: it would leave the feature in place and give zero)."""
+    (stream,) = streams(generator, 1)
+    gen = None if stream is None else torch.Generator().manual_seed(stream)
+    perms = torch.rand((n, batch), generator=gen, dtype=torch.float64).argsort(1)
+    ident = torch.arange(batch)
+    while True:
+        same = (perms == ident).all(1)
+        if not same.any():
+            return perms.to(device)
+        perms[same] = torch.rand((int(same.sum()), batch), generator=gen, dtype=torch.float64).argsort(1)
+
+
+def feature_permutation(
+    f: Callable,
+    *,
+    feature_mask: Any = None,
+    argnums: int | Sequence[int] = 0,
+    generator=None,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    show_progress: bool = False,
+) -> Callable:
+    """Permutation feature importance: ``a_i = f(x) - f(x with feature(i) shuffled across the batch)``.
+
+    Per feature j one random permutation pi_j of the B examples (never the identity) is drawn;
+    example b's copy j takes feature j's elements from example ``pi_j(b)`` and keeps the rest
+    (Breiman 2001; Fisher, Rudin & Dominici 2019; Captum's FeaturePermutation). A feature
+    spanning several tensors moves as one. F features cost F copies (``F * B`` model rows),
+    batched into few calls; the shuffled batches are made chunk by chunk. The attributions
+    depend on the whole batch by design: an example's result changes with its batch-mates, and
+    a batch of one cannot be permuted. Usually f is a per-example loss or the batch's mean
+    loss (aggregate mode: one row of attributions, one importance per feature).
+
+    Args (beyond the shared ones, see the module docstring):
+      generator: int seed, ``torch.Generator`` or None (torch's global generator); with a seed
+        the permutations, and so the result, are reproducible and do not depend on
+        ``chunk_size`` (NOTE: [Explicit randomness]).
+
+    Returns:
+      ``fn(*args, feature_mask=...)`` like ``args[argnums]`` (a K axis after the batch for
+      ``xattr.outputs``; one row for a model returning one number per batch).
+
+    Example:
+      >>> attr = xattr.feature_permutation(loss_per_example, feature_mask=columns, generator=0)(x, y)
+    """
+    nums, as_tuple = T.normalize_argnums(argnums)
+
+    def fn(*args, feature_mask=feature_mask):
+        warn_if_training(f)
+        selected = T.split_args(args, nums)[0]
+        batch = T.batch_size(selected)
+        if batch < 2:
+            raise ValueError(
+                "feature_permutation shuffles each feature across the batch, so it needs a batch of at least 2 "
+                f"examples (got {batch}); for one example use feature_ablation with a baseline"
+            )
+        masks, n = features(selected, feature_mask)
+        out, aggregate = outputs_at(f, args, batch)
+        device = T.leaves(masks)[0].device
+        perms = _permutations(n, batch, generator, device)
+        base = T.tree_map(lambda x: _Shuffled(x, perms.to(x.device)), selected)
+        permute_one = ~torch.eye(n, dtype=torch.bool, device=device)
+        outs = evaluate(f, args, nums, masks=masks, baselines=base, coalitions=permute_one, copy_baselines=True,
+                        aggregate=aggregate, chunk_size=chunk_size, memory_budget=memory_budget,
+                        show_progress=show_progress)  # fmt: skip
+        diff = _per_feature(out[:, None] - outs)
+        attr = scatter_features(diff, masks, T.tree_map(lambda x: x[: diff.shape[0]], selected))
+        return attr if as_tuple else attr[0]
+
+    return attribution_fn(fn, f)

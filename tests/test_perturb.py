@@ -1,0 +1,347 @@
+"""The perturbation engine (perturb.py) through its methods: masks and their errors, baselines,
+how copies become model calls (chunk_size, memory_budget, aggregate mode), progress bars, bool
+and integer inputs, pytrees with shared feature ids, pass-through arguments, many outputs,
+per-example masks and baselines, exact perturbed values, and a model left untouched.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import xattr
+from xattr._src.perturb import Coalitions, evaluate, features, keep_masks, perturb
+from xattr.testing import assert_trees_close
+from xattr.testing.strategies import ModelSpec, random_tensor
+
+from registry import changed_state, state_snapshot
+
+B = 3
+MLP = ModelSpec("mlp", seed=1, in_shape=(5,), n_out=3, activation="tanh", hidden=(4,))
+
+
+def mlp():
+    return MLP.build().eval(), random_tensor((B, 5), seed=7)
+
+
+class Counting:
+    """A model function that records the rows of every call."""
+
+    def __init__(self, f):
+        self.f, self.rows = f, []
+
+    def __call__(self, x, *rest):
+        self.rows.append(x.shape[0])
+        return self.f(x, *rest)
+
+
+def same(a, b):
+    """Equal up to the last bits: a model's matmuls may round differently for a different number
+    of rows per call (BLAS blocking), so a reference with other call sizes is not bitwise equal."""
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def ablate_by_hand(f, x, feature, base=0.0):
+    """f(x) - f(x with the elements where ``feature`` is True set to base), explicitly."""
+    with torch.no_grad():
+        return f(x) - f(torch.where(feature, torch.as_tensor(base, dtype=x.dtype), x))
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def test_mask_errors_say_what_is_wrong():
+    model, x = mlp()
+    fa = lambda **kw: xattr.feature_ablation(xattr.target(model, 0), **kw)(x)  # noqa: E731
+    with pytest.raises(TypeError, match="integer feature ids.*float"):
+        fa(feature_mask=torch.zeros(5))
+    with pytest.raises(TypeError, match="boolean mask is ambiguous"):
+        fa(feature_mask=torch.ones(5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"shape \(4,\) does not broadcast to the input \(3, 5\)"):
+        fa(feature_mask=torch.arange(4))
+    with pytest.raises(ValueError, match="more dims than the input"):
+        fa(feature_mask=torch.zeros(1, 1, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="2 rows for a batch of 3"):
+        fa(feature_mask=torch.zeros(2, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="ids must be >= 0"):
+        fa(feature_mask=torch.tensor([0, 1, -1, 2, 3]))
+    with pytest.raises(ValueError, match="structure of the attributed inputs"):
+        xattr.feature_ablation(lambda a, b: model(torch.cat([a, b], 1))[:, 0], argnums=(0, 1),
+                               feature_mask=(torch.arange(2),))(x[:, :2], x[:, 2:])  # fmt: skip
+
+
+def test_masks_broadcast_and_one_example_mask_gets_a_batch_axis():
+    x = torch.zeros(B, 2, 3)
+    (m,), n = features((x,), torch.tensor([0, 1, 2]))  # broadcast along dim 1
+    assert m.shape == (1, 1, 3) and n == 3
+    (m,), n = features((x,), torch.arange(6).reshape(B - 1, 3)[:1].expand(2, 3).contiguous() * 0 + torch.tensor([[0], [4]]))
+    assert m.shape == (1, 2, 3) and n == 5  # non-contiguous ids: F is the largest id plus one
+    (m,), n = features((x,), None)
+    assert torch.equal(m, torch.arange(6).reshape(1, 2, 3)) and n == 6
+
+
+def test_ids_shared_across_tensors_are_one_feature():
+    model, x = mlp()
+    f = xattr.target(model, 1)
+    g = lambda d: f(torch.cat([d["a"], d["b"]], 1))  # noqa: E731
+    d = {"a": x[:, :2], "b": x[:, 2:]}
+    masks = {"a": torch.tensor([0, 1]), "b": torch.tensor([1, 0, 2])}  # feature 0: a[0] and b[1]
+    got = xattr.feature_ablation(g, feature_mask=masks)(d)
+    flat = torch.tensor([0, 1, 1, 0, 2])
+    for j in range(3):
+        want = ablate_by_hand(f, x, (flat == j).expand_as(x))
+        assert torch.equal(got["a"][:, masks["a"] == j], want[:, None].expand(B, int((masks["a"] == j).sum())))
+        assert torch.equal(got["b"][:, masks["b"] == j], want[:, None].expand(B, int((masks["b"] == j).sum())))
+    # default masks number the elements across the tensors: the same as the concatenated input
+    assert torch.equal(torch.cat(list(xattr.feature_ablation(g)(d).values()), 1), xattr.feature_ablation(f)(x))
+
+
+def test_per_example_masks_and_baselines():
+    model, x = mlp()
+    f = xattr.target(model, 2)
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 0, 1, 0, 1], [0, 1, 2, 3, 4]])
+    base = random_tensor(x.shape, seed=3)
+    got = xattr.feature_ablation(f, feature_mask=mask, baselines=base)(x)
+    for b in range(B):
+        for j in range(int(mask[b].max()) + 1):
+            sel = mask[b] == j
+            with torch.no_grad():
+                xj = x[b : b + 1].clone()
+                xj[0, sel] = base[b, sel]
+                want = f(x[b : b + 1]) - f(xj)
+            same(got[b, sel], want.expand(int(sel.sum())))
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def test_baseline_errors():
+    model, x = mlp()
+    fa = xattr.feature_ablation(xattr.target(model, 0))
+    with pytest.raises(ValueError, match=r"baselines of shape \(2, 5\) does not broadcast"):
+        fa(x, baselines=torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="same structure"):
+        xattr.feature_ablation(lambda a, b: model(torch.cat([a, b], 1))[:, 0], argnums=(0, 1), baselines=(0.0, 0.0, 0.0))(x[:, :2], x[:, 2:])
+    emb = nn.Embedding(10, 4)
+    tok = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
+    f = lambda ids: emb(ids).sum((1, 2))  # noqa: E731
+    with pytest.raises(ValueError, match="torch.int64 input must be values of that dtype"):
+        xattr.feature_ablation(f, baselines=0.5)(tok)
+    flags = torch.tensor([[True, False], [False, True], [True, True]])
+    with pytest.raises(ValueError, match="torch.bool input"):
+        xattr.feature_ablation(lambda b: b.sum(1).double(), baselines=2)(flags)
+
+
+# ----------------------------------------------------------------------------- model calls
+
+
+def test_chunk_size_sets_the_rows_per_call():
+    model, x = mlp()  # 5 features: 5 copies of 3 rows
+    f = Counting(xattr.target(model, 0))
+    ref = xattr.feature_ablation(f)(x)
+    assert f.rows == [3, 15]  # f(x), then every copy in one call
+    for chunk, calls in [(1, [3] * 5), (3, [3] * 5), (7, [6, 6, 3]), (9, [9, 6]), (100, [15])]:
+        f.rows = []
+        same(xattr.feature_ablation(f, chunk_size=chunk)(x), ref)
+        assert f.rows == [3] + calls, (chunk, f.rows)
+    with pytest.raises(ValueError, match="chunk_size must be a positive"):
+        xattr.feature_ablation(f, chunk_size=0)(x)
+
+
+def test_memory_budget_sets_the_copies_per_call():
+    model, x = mlp()
+    f = Counting(xattr.target(model, 0))
+    copy_bytes = x.numel() * x.element_size()  # one perturbed copy of the batch: 120 bytes
+    ref = xattr.feature_ablation(f)(x)
+    for budget, calls in [(1, [3] * 5), (copy_bytes, [3] * 5), (2 * copy_bytes + 1, [6, 6, 3]), (5 * copy_bytes, [15])]:
+        f.rows = []
+        same(xattr.feature_ablation(f, memory_budget=budget)(x), ref)
+        assert f.rows == [3] + calls, (budget, f.rows)
+    f.rows = []
+    xattr.feature_ablation(f, memory_budget=1, chunk_size=9)(x)  # chunk_size wins
+    assert f.rows == [3, 9, 6]
+    with pytest.raises(ValueError, match="memory_budget must be a positive"):
+        xattr.feature_ablation(f, memory_budget=-5)(x)
+
+
+def test_occlusion_and_permutation_follow_the_budget_too():
+    model, x = mlp()
+    f = Counting(xattr.target(model, 0))
+    xattr.occlusion(f, sliding_window_shapes=(2,), chunk_size=6)(x)  # 4 windows
+    assert f.rows == [3, 6, 6]
+    f.rows = []
+    xattr.feature_permutation(f, memory_budget=3 * x.numel() * x.element_size(), generator=0)(x)
+    assert f.rows == [3, 9, 6]
+
+
+def test_aggregate_models_get_one_call_per_copy_and_one_row():
+    model, x = mlp()
+    loss = Counting(lambda x: model(x)[:, 0].sum())
+    mask = torch.tensor([0, 0, 1, 2, 2])
+    got = xattr.feature_ablation(loss, feature_mask=mask, chunk_size=100)(x)
+    assert loss.rows == [3, 3, 3, 3] and got.shape == (1, 5)
+    for j in range(3):
+        assert torch.equal(got[0, mask == j], ablate_by_hand(loss.f, x, (mask == j).expand_as(x)).expand(int((mask == j).sum())))
+    one = xattr.feature_ablation(lambda x: model(x)[:, 0].sum().reshape(1), feature_mask=mask)(x)  # a 1-element output
+    assert torch.equal(one, got)
+    with pytest.raises(ValueError, match="shared by all examples"):
+        xattr.feature_ablation(loss.f, feature_mask=torch.zeros(B, 5, dtype=torch.long))(x)
+    occ = xattr.occlusion(loss.f, sliding_window_shapes=(2,))(x)
+    assert occ.shape == (1, 5)
+
+
+def test_models_with_the_wrong_number_of_rows_are_refused():
+    model, x = mlp()
+    with pytest.raises(ValueError, match="one number per example.*xattr.target"):
+        xattr.feature_ablation(model)(x)  # (B, 3) outputs: which one?
+    with pytest.raises(ValueError, match=r"returned \(2,\) for a batch of 3"):
+        xattr.feature_ablation(lambda x: model(x)[:2, 0])(x)
+    with pytest.raises(ValueError, match="one output row per input row"):
+        xattr.feature_ablation(lambda x: model(x[:B])[:, 0])(x)  # ignores the folded copies
+    with pytest.raises(TypeError, match="must return a tensor"):
+        xattr.feature_ablation(lambda x: 1.0)(x)
+
+
+def test_show_progress_draws_a_bar(capsys):
+    model, x = mlp()
+    xattr.feature_ablation(xattr.target(model, 0), chunk_size=6, show_progress=True)(x)
+    err = capsys.readouterr().err
+    assert "perturbed copies" in err and "3/3" in err
+    xattr.feature_ablation(xattr.target(model, 0))(x)
+    assert capsys.readouterr().err == ""
+
+
+def test_show_progress_without_tqdm_warns_and_runs(monkeypatch):
+    model, x = mlp()
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # import tqdm.auto now fails
+    with pytest.warns(UserWarning, match="show_progress needs tqdm"):
+        attr = xattr.occlusion(xattr.target(model, 0), sliding_window_shapes=(2,), show_progress=True)(x)
+    assert attr.shape == x.shape
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def test_integer_token_ids_with_a_padding_baseline():
+    torch.manual_seed(0)
+    emb, lin = nn.Embedding(10, 4), nn.Linear(4, 2)
+    f = lambda ids, weights: lin((emb(ids) * weights[..., None]).mean(1))[:, 1]  # noqa: E731
+    ids = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8], [9, 1, 2, 3]])
+    weights = random_tensor((B, 4), seed=1, dtype=torch.float32).abs()  # a batched pass-through argument
+    got = xattr.feature_ablation(f, baselines=0)(ids, weights)
+    assert got.dtype == torch.get_default_dtype() and got.shape == ids.shape
+    for j in range(4):
+        with torch.no_grad():
+            ablated = ids.clone()
+            ablated[:, j] = 0
+            torch.testing.assert_close(got[:, j], f(ids, weights) - f(ablated, weights), rtol=1e-6, atol=1e-7)
+    words = torch.tensor([[0, 0, 1, 1]])  # two-token words
+    by_word = xattr.feature_ablation(f, baselines=0, feature_mask=words)(ids, weights)
+    assert torch.equal(by_word[:, 0], by_word[:, 1])
+    occ = xattr.occlusion(f, sliding_window_shapes=(2,), baselines=0)(ids, weights)
+    assert occ.shape == ids.shape
+    perm = xattr.feature_permutation(f, generator=0)(ids, weights)
+    assert perm.shape == ids.shape and torch.isfinite(perm).all()
+
+
+def test_bool_inputs():
+    w = torch.tensor([1.0, -2.0, 3.0, 0.5])
+    f = lambda b: b.to(w.dtype) @ w  # noqa: E731
+    flags = torch.tensor([[True, False, True, True], [False, True, True, False], [True, True, False, False]])
+    got = xattr.feature_ablation(f, baselines=False)(flags)
+    torch.testing.assert_close(got, flags * w, rtol=0, atol=0)  # dropping a flag costs its weight
+    flipped = xattr.feature_ablation(f, baselines=True)(flags)
+    torch.testing.assert_close(flipped, (flags.float() - 1) * w, rtol=0, atol=0)
+
+
+def test_perturbed_values_are_exact():
+    # b + keep * (x - b) rounds: kept elements must be x itself, ablated ones the baseline itself
+    x = torch.tensor([[0.1, 0.7, 1e-8]], dtype=torch.float64)
+    b = torch.tensor([[0.3, 1e10, 3.0]], dtype=torch.float64)
+    keep = torch.tensor([[[True, False, True]], [[False, True, True]]])
+    copies = perturb(x[None], b[None], keep)
+    assert torch.equal(copies, torch.tensor([[[0.1, 1e10, 1e-8]], [[0.3, 0.7, 1e-8]]], dtype=torch.float64))
+    assert torch.equal(perturb(x[None], b[None], keep.double()), copies)  # float 0/1 keeps too
+    seen = []
+    f = lambda x: (seen.append(x.clone()), x.sum(1))[1]  # noqa: E731
+    xattr.feature_ablation(f, baselines=b)(x)
+    for j, row in enumerate(seen[1]):
+        assert torch.equal(row[torch.arange(3) != j], x[0, torch.arange(3) != j]) and row[j] == b[0, j]
+
+
+def test_pass_through_arguments_are_tiled_and_non_tensors_pass_unchanged():
+    model, x = mlp()
+    scale = 1.0 + random_tensor((B, 5), seed=2).abs()
+    shift = torch.tensor([0.5, -0.5, 0.25, 0.0, 1.0], dtype=x.dtype)  # not batched (dim 0 is not B)
+    seen = []
+
+    def f(s, x, shift, power):
+        seen.append(s.shape[0])
+        return model(x * s + shift**power)[:, 1]
+
+    got = xattr.feature_ablation(f, argnums=1, chunk_size=6)(scale, x, shift, 2)
+    assert seen == [3, 6, 6, 3]
+    for j in range(5):
+        same(got[:, j], ablate_by_hand(lambda x: f(scale, x, shift, 2), x, (torch.arange(5) == j).expand_as(x)))
+
+
+def test_many_outputs_have_a_k_axis():
+    model, x = mlp()
+    for method in (xattr.feature_ablation, lambda f: xattr.occlusion(f, sliding_window_shapes=(2,)),
+                   lambda f: xattr.feature_permutation(f, generator=0)):  # fmt: skip
+        many = method(xattr.target(model, xattr.outputs([2, 0, 1])))(x)
+        assert many.shape == (B, 3, 5)
+        for j, k in enumerate([2, 0, 1]):
+            assert torch.equal(many[:, j], method(xattr.target(model, k))(x))
+
+
+def test_lazy_coalitions_equal_a_tensor():
+    model, x = mlp()
+    f = xattr.target(model, 0)
+    (masks,), n = features((x,), None)
+    z = torch.rand(7, n) > 0.5
+    base = (torch.zeros(1, 5, dtype=x.dtype),)
+    whole = evaluate(f, (x,), (0,), masks=(masks,), baselines=base, coalitions=z, chunk_size=6)
+    lazy = evaluate(f, (x,), (0,), masks=(masks,), baselines=base, coalitions=Coalitions(7, lambda s, e: z[s:e]), chunk_size=6)
+    assert torch.equal(whole, lazy) and whole.shape == (B, 7)
+    keep = keep_masks(z[None], (masks,), (x,), B)[0]
+    assert keep.shape == (7, 1, 5) and torch.equal(keep[:, 0], z)
+
+
+# ----------------------------------------------------------------------------- no hidden state
+
+
+@pytest.mark.parametrize("name", ["feature_ablation", "occlusion", "feature_permutation"])
+def test_the_model_is_only_called(name):
+    model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 3)).double().eval()
+    x = random_tensor((B, 5), seed=1).requires_grad_()
+    before = state_snapshot(model, x)
+    make = {
+        "feature_ablation": lambda f: xattr.feature_ablation(f),
+        "occlusion": lambda f: xattr.occlusion(f, sliding_window_shapes=(2,)),
+        "feature_permutation": lambda f: xattr.feature_permutation(f, generator=0),
+    }[name]
+    out = make(xattr.target(model, 1))(x)
+    assert not changed_state(before, state_snapshot(model, x))
+    assert not out.requires_grad
+    model.train()
+    with pytest.warns(UserWarning, match="train mode"):
+        make(xattr.target(model, 1))(x)
+    assert model.training and all(m.training for m in model.modules())
+
+
+def test_copies_per_call_counts_whole_copies():
+    # the engine's unit: a chunk of c copies of the batch; the last call holds the rest
+    model, x = mlp()
+    f = Counting(xattr.target(model, 0))
+    n = 5
+    for chunk in range(1, 20):
+        f.rows = []
+        xattr.feature_ablation(f, chunk_size=chunk)(x)
+        per = max(1, chunk // B)
+        assert len(f.rows) == 1 + math.ceil(n / per)
+        assert all(r % B == 0 for r in f.rows) and sum(f.rows[1:]) == n * B

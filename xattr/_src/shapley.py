@@ -1,0 +1,230 @@
+"""Shapley values of the features: exact over all 2^F coalitions, or sampled over permutations.
+
+A feature's Shapley value is its marginal contribution ``v(S + i) - v(S)`` averaged over the
+coalitions ``S`` of the other features, weighted as if the features joined in a uniformly random
+order; ``v(S)`` is the model at the input with the features outside ``S`` at their baseline
+(NOTE: [Features and coalitions] in perturb.py). The arguments shared with the other
+perturbation methods (baselines, feature_mask, argnums, chunk_size, memory_budget,
+show_progress, many outputs, aggregate-mode models) are described in ablation.py.
+
+NOTE: [Shapley sampling in one evaluation]
+A permutation p of the F features defines the chain of coalitions {}, {p_1}, {p_1, p_2}, ...,
+all F; the differences of v along the chain are the marginal contributions of p_1, p_2, ...,
+and they telescope to v(all) - v({}) = f(x) - f(baseline), so every sample is exactly complete.
+All S chains are known before the model runs, so their inner coalitions (S * (F - 1) per
+example, plus the empty one once) go through one `evaluate` call, folded into few model calls
+and made chunk by chunk from the ranks (`Coalitions`), never all at once; v(all) is f(x)
+itself. Permutations are drawn per example (NOTE: [Explicit randomness]), as the argsort of iid
+uniforms, so with an int seed an example gets the same permutations in any batch and for any
+chunk size. A model returning one number per batch shares one set of
+permutations across the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import tree as T
+from .checks import warn_if_training
+from .gradients import attribution_fn
+from .perturb import Coalitions, baseline_tree, evaluate, features, outputs_at, scatter_features
+from .sampling import per_example, streams
+
+MAX_FEATURES = 20  # exact Shapley values: 2^20 coalitions, about a million model rows per example
+
+
+def _features(selected: tuple, feature_mask, as_tuple: bool):
+    """`features`, with the mask of an int argnums a tree like that one argument (a dict of inputs)."""
+    return features(selected, feature_mask if as_tuple or feature_mask is None else (feature_mask,))
+
+
+def _prepare(f, args, nums, as_tuple, baselines, feature_mask):
+    warn_if_training(f)
+    selected = T.split_args(args, nums)[0]
+    masks, n = _features(selected, feature_mask, as_tuple)
+    base = baseline_tree(selected, baselines, as_tuple)
+    out, aggregate = outputs_at(f, args, T.batch_size(selected))
+    if aggregate and any(m.shape[0] > 1 for m in T.leaves(masks)) and T.batch_size(selected) > 1:
+        raise ValueError(
+            "the model returns one number per batch, so attributions have one row and coalitions are "
+            "shared by all examples: its feature_mask must be shared too (dim 0 of size 1)"
+        )
+    return selected, masks, n, base, out, aggregate
+
+
+def _spread(phi: torch.Tensor, masks, selected, as_tuple: bool):
+    """(rows, F[, O]) per-feature values -> attributions like the inputs, K axis after the batch."""
+    phi = phi.movedim(2, 1) if phi.ndim == 3 else phi
+    attr = scatter_features(phi, masks, T.tree_map(lambda x: x[: phi.shape[0]], selected))
+    return attr if as_tuple else attr[0]
+
+
+def _ranks(rows: int, n_samples: int, n: int, stream, antithetic: bool, device) -> torch.Tensor:
+    """(rows, n_samples, n): rank[b, s, i] = the position of feature i in example b's permutation s.
+
+    The argsort of iid uniforms is a uniformly random permutation; antithetic pairs each drawn
+    permutation with its reverse (rank -> n - 1 - rank), interleaved, cut to n_samples.
+    """
+    drawn = math.ceil(n_samples / 2) if antithetic else n_samples
+    u = torch.empty((rows, drawn, n), dtype=torch.float64, device=device)
+    rank = per_example(stream, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g)).argsort(-1)
+    if antithetic:
+        rank = torch.stack([rank, n - 1 - rank], dim=2).reshape(rows, 2 * drawn, n)[:, :n_samples]
+    return rank
+
+
+def shapley_value_sampling(
+    f: Callable,
+    *,
+    n_samples: int = 25,
+    baselines: Any = 0.0,
+    feature_mask: Any = None,
+    argnums: int | Sequence[int] = 0,
+    generator=None,
+    antithetic: bool = False,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    show_progress: bool = False,
+) -> Callable:
+    """Shapley values estimated from random feature permutations (Strumbelj & Kononenko 2010).
+
+    For each of ``n_samples`` uniformly random orders of the F features, the features are added
+    one at a time to the baseline (every feature removed); a feature's sample is the change of
+    the output when it joins. ``phi_i = (1/S) sum_s [v(P_s(i) + i) - v(P_s(i))]`` with
+    ``P_s(i)`` the features before i in order s. Unbiased; every sample sums exactly to
+    ``f(x) - f(baseline)``. All orders go through one batched evaluation (NOTE: [Shapley
+    sampling in one evaluation]): ``B * (1 + S * (F - 1))`` perturbed rows.
+
+    Args (beyond the perturbation methods' shared ones, see ablation.py):
+      n_samples: S, the number of permutations per example.
+      generator: int seed, ``torch.Generator`` or None (NOTE: [Explicit randomness]); each
+        example draws its own permutations.
+      antithetic: pair each permutation with its reverse (S/2 drawn, each used twice, an odd S
+        drops the last reverse); reduces the variance when contributions grow or shrink with
+        the coalition's size.
+
+    Returns:
+      ``fn(*args, baselines=..., feature_mask=...)`` like ``args[argnums]`` (a K axis after the
+      batch for ``xattr.outputs``).
+
+    Example:
+      >>> attr = xattr.shapley_value_sampling(xattr.target(model, 1), n_samples=50, generator=0)(x)
+    """
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    nums, as_tuple = T.normalize_argnums(argnums)
+
+    def fn(*args, baselines=baselines, feature_mask=feature_mask):
+        selected, masks, n, base, out, aggregate = _prepare(f, args, nums, as_tuple, baselines, feature_mask)
+        rows, device = out.shape[0], out.device
+        (stream,) = streams(generator, 1)
+        rank = _ranks(rows, n_samples, n, stream, antithetic, device)  # (rows, S, F)
+        coalitions = Coalitions(1 + n_samples * (n - 1), lambda s, e: _chain(rank, s, e), shared=rows == 1)
+        vals = evaluate(f, args, nums, masks=masks, baselines=base, coalitions=coalitions, aggregate=aggregate,
+                        chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
+        tail = tuple(vals.shape[2:])  # (O,) for many outputs
+        inner = vals[:, 1:].reshape((rows, n_samples, n - 1) + tail)
+        start = vals[:, :1, None].expand((rows, n_samples, 1) + tail)
+        end = out[:, None, None].expand((rows, n_samples, 1) + tail).to(vals.dtype)
+        v = torch.cat([start, inner, end], 2)  # (rows, S, F + 1[, O]): v along each chain
+        steps = v[:, :, 1:] - v[:, :, :-1]  # step j adds the feature of rank j
+        index = rank.reshape(rank.shape + (1,) * len(tail)).expand(rank.shape + tail)
+        phi = torch.gather(steps, 2, index).mean(1)  # (rows, F[, O])
+        return _spread(phi, masks, selected, as_tuple)
+
+    return attribution_fn(fn, f)
+
+
+def _chain(rank: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Copies start..stop-1 of the chains (rows, stop - start, F): copy 0 is the empty coalition,
+    copy 1 + s * (F - 1) + (j - 1) the first j features (j = 1 .. F-1) of permutation s."""
+    rows, _, n = rank.shape
+    parts = []
+    if start == 0:
+        parts.append(torch.zeros((rows, 1, n), dtype=torch.bool, device=rank.device))
+        start = 1
+    if stop > start and n > 1:
+        first, last = (start - 1) // (n - 1), (stop - 2) // (n - 1) + 1  # the permutations of copies start..stop-1
+        sizes = torch.arange(1, n, device=rank.device)
+        block = (rank[:, first:last, None, :] < sizes[:, None]).reshape(rows, -1, n)
+        offset = first * (n - 1) + 1
+        parts.append(block[:, start - offset : stop - offset])
+    return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+
+
+def _bits(codes: torch.Tensor, n: int) -> torch.Tensor:
+    """(len(codes), n) bool: the coalition coded c holds feature i when bit i of c is set."""
+    return ((codes[:, None] >> torch.arange(n, device=codes.device)) & 1).bool()
+
+
+def _weights(n: int) -> torch.Tensor:
+    """w[k] = k! (n - k - 1)! / n!: the Shapley weight of a coalition of k of the other features."""
+    return torch.tensor([1.0 / (n * math.comb(n - 1, k)) for k in range(n)], dtype=torch.float64)
+
+
+def shapley_values(
+    f: Callable,
+    *,
+    baselines: Any = 0.0,
+    feature_mask: Any = None,
+    argnums: int | Sequence[int] = 0,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    show_progress: bool = False,
+    max_features: int = MAX_FEATURES,
+) -> Callable:
+    """Exact Shapley values over all 2^F coalitions of the F features (Shapley 1953).
+
+    ``phi_i = sum_{S not containing i} |S|! (F - |S| - 1)! / F! * [v(S + i) - v(S)]``, with v
+    the model at the input whose features outside the coalition take their baseline. Every
+    coalition but the full one (which is f(x)) is evaluated once, in few batched calls:
+    ``B * (2^F - 1)`` perturbed rows. Efficient (the values sum to ``f(x) - f(baseline)``),
+    symmetric, dummy and linear, exactly (tested). Group inputs into at most ``max_features``
+    features with ``feature_mask``.
+
+    Args (beyond the perturbation methods' shared ones, see ablation.py):
+      max_features: refuse more features than this (the cost doubles with each one).
+
+    Returns:
+      ``fn(*args, baselines=..., feature_mask=...)`` like ``args[argnums]`` (a K axis after the
+      batch for ``xattr.outputs``).
+
+    Example:
+      >>> attr = xattr.shapley_values(xattr.target(model, 1), feature_mask=groups)(x)
+    """
+    nums, as_tuple = T.normalize_argnums(argnums)
+
+    def fn(*args, baselines=baselines, feature_mask=feature_mask):
+        selected = T.split_args(args, nums)[0]
+        n = _features(selected, feature_mask, as_tuple)[1]
+        if n > max_features:
+            raise ValueError(
+                f"shapley_values evaluates the model at all 2^F coalitions of the F features: F={n} would take "
+                f"{2**n:.3g} model rows per example (max_features={max_features}). Group the inputs into fewer "
+                "features with feature_mask, raise max_features if you can afford 2^F rows, or estimate the values "
+                "with xattr.shapley_value_sampling (n_samples * F rows) or xattr.kernel_shap."
+            )
+        selected, masks, n, base, out, aggregate = _prepare(f, args, nums, as_tuple, baselines, feature_mask)
+        rows, device = out.shape[0], out.device
+        every = Coalitions(2**n - 1, lambda s, e: _bits(torch.arange(s, e, device=device), n))  # not the full one
+        vals = evaluate(f, args, nums, masks=masks, baselines=base, coalitions=every, aggregate=aggregate,
+                        chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
+        tail = tuple(vals.shape[2:])
+        v = torch.cat([vals, out[:, None].to(vals.dtype)], 1).to(torch.float64)  # (rows, 2^F[, O]), v[:, c]
+        codes = torch.arange(2**n, device=device)
+        size = sum((codes >> i) & 1 for i in range(n)).clamp(max=n - 1)  # (the full coalition never lacks one)
+        w = _weights(n).to(device)[size]  # the weight of coalition c, by its size
+        phi = []
+        for i in range(n):  # c = high * 2^(i+1) + bit_i * 2^i + low: split bit i out as an axis of 2
+            split = (2 ** (n - 1 - i), 2, 2**i)
+            vi = v.reshape((rows,) + split + tail)
+            gain = (vi[:, :, 1] - vi[:, :, 0]).reshape((rows, -1) + tail)  # v(S + i) - v(S), S without i
+            wi = w.reshape(split)[:, 0].reshape((-1,) + (1,) * len(tail))
+            phi.append((gain * wi).sum(1))
+        phi = torch.stack(phi, 1).to(vals.dtype)  # (rows, F[, O])
+        return _spread(phi, masks, selected, as_tuple)
+
+    return attribution_fn(fn, f)

@@ -1,0 +1,344 @@
+"""LIME and KernelSHAP: a weighted linear surrogate over random coalitions, fitted per example.
+
+NOTE: [Surrogate methods in one evaluation]
+Both methods draw, for every example, N coalitions z in {0, 1}^F over its F features (NOTE:
+[Features and coalitions]); the model is evaluated at all B*N perturbed copies through one
+`evaluate` call (chunked only by the memory budget), and a linear model ``y ~ c + z.beta`` is
+fitted to every example's N outputs, weighted by a similarity kernel, by one batched solver
+(NOTE: [Batched surrogate fits] in solvers.py). The attributions are the coefficients beta.
+Draws come from one generator per example (NOTE: [Explicit randomness]), all made before any
+model call, so an example's attributions depend neither on the batch it is in nor on the chunk
+size. Models returning one number per batch (aggregate mode) are explained as one example: one
+set of coalitions for the whole batch, and one row of attributions.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import tree as T
+from .checks import warn_if_training
+from .gradients import attribution_fn
+from .perturb import baseline_tree, copies_per_call, evaluate, features, keep_masks, outputs_at, perturb, scatter_features
+from .sampling import per_example, streams
+from .solvers import constrained_lstsq, lasso, linear_regression, ridge, sklearn_fit  # noqa: F401  (re-exported)
+
+_EXP_KERNEL = "_xattr_exp_kernel"
+_MAX_ENUMERATED = 24  # kernel_shap enumerates every coalition when n_samples >= 2^F and F is at most this
+_MANY_FEATURES = 10_000  # Captum warns above this too
+
+
+def exp_kernel_similarity(distance: str = "cosine", kernel_width: float = 1.0) -> Callable:
+    """LIME's default similarity: ``exp(-d(x, x')^2 / (2 kernel_width^2))``.
+
+    ``d`` is the cosine distance ``1 - cos(x, x')`` (``distance="cosine"``) or the Euclidean
+    distance between an example's attributed inputs, flattened and concatenated, and its
+    perturbed copy (Captum's ``get_exp_kernel_similarity_function``). The returned function
+    has the `lime` ``similarity_func`` signature; `lime` recognises it and computes the same
+    weights from per-feature sums in O(N F) per example, without building the copies.
+    """
+    if distance not in ("cosine", "euclidean"):
+        raise ValueError(f"distance must be 'cosine' or 'euclidean', got {distance!r}")
+    if not kernel_width > 0:
+        raise ValueError(f"kernel_width must be positive, got {kernel_width}")
+
+    def similarity(original, perturbed, coalitions):
+        xs = [x.reshape(x.shape[0], 1, -1) for x in T.leaves(original)]
+        ps = [p.reshape(p.shape[0], p.shape[1], -1) for p in T.leaves(perturbed)]
+        x, p = torch.cat(xs, -1).to(_dtype(ps[0])), torch.cat(ps, -1).to(_dtype(ps[0]))
+        if distance == "cosine":
+            eps = 1e-8
+            d = 1 - (x * p).sum(-1) / (x.norm(dim=-1).clamp_min(eps) * p.norm(dim=-1).clamp_min(eps))
+        else:
+            d = (x - p).norm(dim=-1)
+        return torch.exp(-(d * d) / (2 * kernel_width**2))
+
+    setattr(similarity, _EXP_KERNEL, (distance, float(kernel_width)))
+    similarity.__name__ = f"exp_kernel_similarity({distance!r}, {kernel_width})"
+    return similarity
+
+
+def _dtype(x: torch.Tensor) -> torch.dtype:
+    return x.dtype if x.is_floating_point() else torch.get_default_dtype()
+
+
+def lime(
+    f: Callable,
+    *,
+    n_samples: int = 50,
+    baselines: Any = 0.0,
+    feature_mask: Any = None,
+    argnums: int | Sequence[int] = 0,
+    interpretable_model: Any = None,
+    similarity_func: Callable | None = None,
+    perturb_func: Callable | None = None,
+    generator=None,
+    return_input_shape: bool = True,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    show_progress: bool = False,
+) -> Callable:
+    """LIME (Ribeiro et al. 2016): coefficients of a weighted linear surrogate over random coalitions.
+
+    For each example draw N = ``n_samples`` coalitions ``z_n ~ Bernoulli(1/2)^F`` (feature f
+    kept where z = 1, set to its baseline where 0), evaluate ``y_n = f(x(z_n))``, weight each by
+    ``pi_n = similarity_func(x, x(z_n), z_n)`` and fit ``y ~ c + z.beta``; beta are the
+    attributions. Defaults are Captum's ``Lime``: ``interpretable_model = xattr.lasso(0.01)``
+    (``sklearn.linear_model.Lasso(alpha=0.01)`` with ``sample_weight``: minimises
+    ``1/(2 sum pi) sum pi_n (y_n - c - z_n.beta)^2 + 0.01 ||beta||_1``) and
+    ``similarity_func = exp_kernel_similarity("cosine", 1.0)``. All B*N copies go through one
+    batched evaluation and all B fits through one batched solver (NOTE: [Surrogate methods in
+    one evaluation]).
+
+    Args (the perturbation ones as in `feature_ablation`: baselines, feature_mask, argnums,
+    chunk_size, memory_budget, show_progress), and:
+      n_samples: coalitions per example (Captum's ``Lime.attribute`` defaults to 25).
+      interpretable_model: a solver ``(X (B, N, F), y (B, N, K), sample_weight (B, N)) ->
+        (coef (B, K, F), intercept (B, K))`` (`xattr.lasso`, `xattr.ridge`,
+        `xattr.linear_regression` or your own), or a scikit-learn style estimator with
+        ``fit(X, y, sample_weight=...)`` and ``coef_``, then cloned and fitted per example on
+        the CPU (slow; for checking).
+      similarity_func: ``(original, perturbed, coalitions) -> (B, N)`` weights: ``original`` is
+        the attributed argument(s) (leaves (B, ...)), ``perturbed`` the same tree with leaves
+        (B, N, ...) (the copies, built in memory-budget chunks along N), ``coalitions`` (B, N, F).
+        In aggregate mode B is 1 and each leaf keeps the whole batch after it.
+      perturb_func: ``(n_samples, n_features, generator) -> (n_samples, n_features)`` 0/1
+        coalitions, called once per example with that example's ``torch.Generator`` (on the
+        inputs' device; None for ``generator=None``): draw from it for reproducible results.
+      generator: int seed, torch.Generator or None (NOTE: [Explicit randomness]).
+      return_input_shape: True spreads each feature's coefficient over its elements (shaped
+        like ``args[argnums]``); False returns the coefficients, (B, F) (or (B, K, F)).
+
+    Returns:
+      ``fn(*args, baselines=..., feature_mask=...)``; a K axis after the batch for
+      ``xattr.outputs``.
+
+    Example:
+      >>> attr = xattr.lime(xattr.target(model, 1), n_samples=200, generator=0)(x)
+    """
+    nums, as_tuple = T.normalize_argnums(argnums)
+    _check_n_samples(n_samples, 1)
+    model = lasso(alpha=0.01) if interpretable_model is None else interpretable_model
+    if not (hasattr(model, "fit") or callable(model)):
+        raise TypeError(
+            "interpretable_model must be a solver (X, y, sample_weight) -> (coef, intercept) such as "
+            f"xattr.lasso(0.01), or an estimator with fit(X, y, sample_weight) and coef_; got {type(model).__name__}"
+        )
+    similarity = exp_kernel_similarity() if similarity_func is None else similarity_func
+
+    def fn(*args, baselines=baselines, feature_mask=feature_mask):
+        warn_if_training(f)
+        selected = T.split_args(args, nums)[0]
+        masks, n = features(selected, feature_mask)
+        _warn_if_many(n, "lime")
+        base = baseline_tree(selected, baselines, as_tuple)
+        out, aggregate = outputs_at(f, args, T.batch_size(selected))
+        rows = 1 if aggregate else T.batch_size(selected)
+        (stream,) = streams(generator, 1)
+        device = out.device
+        if perturb_func is None:
+            u = torch.empty(rows, n_samples, n, device=device)
+            z = (per_example(stream, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g)) < 0.5).to(u.dtype)
+        else:
+            z = _custom_draws(perturb_func, rows, n_samples, n, stream, device)
+        y = _evaluate(f, args, nums, masks, base, z, aggregate, chunk_size, memory_budget, show_progress)
+        zf = z.to(y.dtype)
+        w = _weights(similarity, selected, base, masks, zf, n, aggregate, as_tuple, chunk_size, memory_budget)
+        if hasattr(model, "fit"):
+            coef = sklearn_fit(model, zf, y, w.to(y.dtype))
+        else:
+            coef = model(zf, y, w.to(y.dtype))[0]
+        return _result(coef, out, masks, selected, as_tuple, return_input_shape)
+
+    return attribution_fn(fn, f)
+
+
+def kernel_shap(
+    f: Callable,
+    *,
+    n_samples: int = 50,
+    baselines: Any = 0.0,
+    feature_mask: Any = None,
+    argnums: int | Sequence[int] = 0,
+    generator=None,
+    return_input_shape: bool = True,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    show_progress: bool = False,
+) -> Callable:
+    """KernelSHAP (Lundberg & Lee 2017): Shapley values as a weighted regression over coalitions.
+
+    With M features, every example gets the empty coalition and N - 2 random ones (N =
+    ``n_samples``; the full coalition is the input itself), drawn as Captum's ``KernelShap``
+    draws them: a size k in 1..M-1 with probability proportional to ``(M - 1) / (k (M - k))``,
+    then k features uniformly. Sampling by the Shapley kernel makes every sample's weight 1;
+    ``phi`` minimises ``sum_n (f(x(z_n)) - f(b) - z_n.phi)^2`` subject to the efficiency
+    constraint ``sum(phi) = f(x) - f(b)``, imposed exactly (Captum approximates it by weighting
+    the two end coalitions 1e6 in an unconstrained fit). As N grows phi converges to the
+    Shapley values. When ``n_samples >= 2^M`` every coalition is used once with its Shapley
+    kernel weight ``(M - 1) / (C(M, k) k (M - k))`` and the result *is* the Shapley values.
+
+    Args: as `lime` (no surrogate options: the estimator is fixed); ``n_samples`` counts the two
+    end coalitions, as Captum's does (Captum defaults to 25).
+
+    Returns:
+      ``fn(*args, baselines=..., feature_mask=...)``: attributions shaped like ``args[argnums]``
+      (each feature's value on each of its elements), or (B, [K,] M) with
+      ``return_input_shape=False``; a K axis after the batch for ``xattr.outputs``.
+
+    Example:
+      >>> phi = xattr.kernel_shap(xattr.target(model, 1), n_samples=200, generator=0)(x)
+    """
+    nums, as_tuple = T.normalize_argnums(argnums)
+    _check_n_samples(n_samples, 2)
+
+    def fn(*args, baselines=baselines, feature_mask=feature_mask):
+        warn_if_training(f)
+        selected = T.split_args(args, nums)[0]
+        masks, m = features(selected, feature_mask)
+        _warn_if_many(m, "kernel_shap")
+        base = baseline_tree(selected, baselines, as_tuple)
+        out, aggregate = outputs_at(f, args, T.batch_size(selected))
+        rows = 1 if aggregate else T.batch_size(selected)
+        device = out.device
+        if m <= _MAX_ENUMERATED and n_samples >= 2**m:
+            z, w = _all_coalitions(m, device, out.dtype)
+            z, w = z[None], w[None].expand(rows, -1)
+        else:
+            (stream,) = streams(generator, 1)
+            z = _shapley_draws(rows, n_samples - 2, m, stream, device)
+            w = torch.ones(rows, z.shape[1], dtype=out.dtype, device=device)
+        empty = torch.zeros(z.shape[0], 1, m, dtype=z.dtype, device=device)
+        y = _evaluate(f, args, nums, masks, base, torch.cat([empty, z], 1), aggregate, chunk_size, memory_budget, show_progress)
+        full = out.reshape(rows, -1).to(y.dtype)  # f(x): (rows, K)
+        zf = z.to(y.dtype).expand(rows, -1, -1)
+        phi = constrained_lstsq(zf, y[:, 1:] - y[:, :1], w.to(y.dtype), full - y[:, 0])
+        return _result(phi, out, masks, selected, as_tuple, return_input_shape)
+
+    return attribution_fn(fn, f)
+
+
+def _warn_if_many(n_features: int, method: str) -> None:
+    if n_features > _MANY_FEATURES:
+        warnings.warn(
+            f"{method} fits a linear model over {n_features} features (an F x F system per example): group the "
+            "input's elements into fewer features with feature_mask (superpixels, patches, tokens)",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _check_n_samples(n_samples, least: int) -> None:
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < least:
+        raise ValueError(f"n_samples must be an int >= {least}, got {n_samples!r}")
+
+
+def _evaluate(f, args, nums, masks, base, z, aggregate, chunk_size, memory_budget, show_progress) -> torch.Tensor:
+    """The model at every coalition: (rows, N, K), K = 1 for one output per example."""
+    y = evaluate(f, args, nums, masks=masks, baselines=base, coalitions=z, aggregate=aggregate,
+                 chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
+    y = y if y.is_floating_point() else y.to(torch.get_default_dtype())
+    return y if y.ndim == 3 else y[..., None]
+
+
+def _result(coef, out, masks, selected, as_tuple, return_input_shape):
+    """coef (rows, K, F) -> attributions: (rows, F) or (rows, K, F), or spread onto the inputs."""
+    if out.ndim < 2:  # one output per example: no K axis
+        coef = coef[:, 0]
+    if not return_input_shape:
+        return coef
+    attr = scatter_features(coef, masks, T.tree_map(lambda x: x[: coef.shape[0]], selected))
+    return attr if as_tuple else attr[0]
+
+
+def _custom_draws(perturb_func, rows, n, F, stream, device) -> torch.Tensor:
+    z = torch.empty(rows, n, F, device=device)
+    for i in range(rows):
+        g = None if stream is None else torch.Generator(device=device).manual_seed((stream + 0x51ED27 * (i + 1)) % 2**63)
+        drawn = torch.as_tensor(perturb_func(n, F, g), device=device)
+        if tuple(drawn.shape) != (n, F):
+            raise ValueError(f"perturb_func must return ({n}, {F}) coalitions (n_samples, n_features), got {tuple(drawn.shape)}")
+        if not bool(((drawn == 0) | (drawn == 1)).all()):
+            raise ValueError("perturb_func must return 0/1 coalitions (1 keeps a feature, 0 sets it to its baseline)")
+        z[i] = drawn
+    return z
+
+
+def _shapley_draws(rows: int, n: int, m: int, stream, device) -> torch.Tensor:
+    """(rows, n, m) coalitions: a size k in 1..m-1 with probability ~ (m-1)/(k(m-k)), then k of the
+    m features uniformly, by selection sampling (feature j is taken with probability
+    (k - taken so far) / (m - j): every k-subset equally likely, exactly k taken, no sort)."""
+    u = torch.empty(rows, n, m + 1, device=device, dtype=torch.float64)
+    per_example(stream, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g))
+    sizes = torch.arange(1, m, dtype=torch.float64, device=device)
+    cdf = torch.cumsum((m - 1) / (sizes * (m - sizes)), 0)
+    need = (torch.searchsorted(cdf / cdf[-1], u[..., 0].contiguous(), right=True).clamp_max(m - 2) + 1).to(u.dtype)
+    z = torch.empty(rows, n, m, device=device, dtype=torch.get_default_dtype())
+    for j in range(m):
+        take = u[..., j + 1] * (m - j) < need
+        z[..., j] = take
+        need = need - take.to(need.dtype)
+    return z
+
+
+def _all_coalitions(m: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every coalition but the empty and the full one (2^m - 2, m), and its Shapley kernel weight."""
+    ids = torch.arange(1, 2**m - 1, device=device)
+    z = ((ids[:, None] >> torch.arange(m, device=device)) & 1).to(torch.get_default_dtype())
+    k = z.sum(1).long()
+    kernel = torch.tensor([0.0] + [(m - 1) / (math.comb(m, j) * j * (m - j)) for j in range(1, m)] + [0.0], dtype=torch.float64)
+    return z, kernel.to(device)[k].to(dtype)
+
+
+def _weights(similarity, selected, base, masks, z, n_features, aggregate, as_tuple, chunk_size, memory_budget) -> torch.Tensor:
+    """Similarity weights (rows, N) of every coalition."""
+    kind = getattr(similarity, _EXP_KERNEL, None)
+    if kind is not None:
+        return _exp_kernel_weights(kind, selected, base, masks, z, n_features, aggregate)
+    batch = T.batch_size(selected)
+    per = copies_per_call(selected, batch, chunk_size, memory_budget)
+    user = lambda tree: tree if as_tuple else tree[0]  # noqa: E731
+    original = T.tree_map(lambda x: x[None] if aggregate else x, selected)
+    parts = []
+    for s in range(0, z.shape[1], per):
+        e = min(s + per, z.shape[1])
+        keep = keep_masks(z[:, s:e] != 0, masks, selected, batch)
+        copies = T.tree_map(lambda x, b, kp: perturb(x.unsqueeze(0), b.unsqueeze(0), kp), selected, base, keep)  # (c, B, ...)
+        copies = T.tree_map(lambda c: c[None] if aggregate else c.transpose(0, 1), copies)
+        w = torch.as_tensor(similarity(user(original), user(copies), z[:, s:e]))
+        if tuple(w.shape) != (z.shape[0], e - s):
+            want = (z.shape[0], e - s)
+            raise ValueError(f"similarity_func must return {want} weights (examples, samples), got {tuple(w.shape)}")
+        parts.append(w.to(z))
+    return torch.cat(parts, 1)
+
+
+def _exp_kernel_weights(kind, selected, base, masks, z, n_features, aggregate) -> torch.Tensor:
+    """The exp kernel's weights from per-feature sums: with d = x - b and p = b + z*d elementwise,
+    x.p = x.b + z.(sum_f x d), |p|^2 = |b|^2 + z.(sum_f x^2 - b^2), |x - p|^2 = z'.(sum_f d^2), z' = 1 - z."""
+    distance, width = kind
+    dt = z.dtype
+    rows = T.batch_size(selected)
+    sums = torch.zeros(3, rows, n_features, dtype=dt, device=z.device)  # per feature: x d, x^2 - b^2, d^2
+    xb = bb = xx = 0.0
+    for x, b, m in zip(T.leaves(selected), T.leaves(base), T.leaves(masks)):
+        xf, bf = x.reshape(rows, -1).to(dt), torch.broadcast_to(b, x.shape).reshape(rows, -1).to(dt)
+        ids = torch.broadcast_to(m, x.shape).reshape(rows, -1)
+        d = xf - bf
+        vals = torch.stack([xf * d, xf * xf - bf * bf, d * d])
+        sums.scatter_add_(2, ids.expand(3, -1, -1), vals)
+        xb, bb, xx = xb + (xf * bf).sum(1), bb + (bf * bf).sum(1), xx + (xf * xf).sum(1)
+    if aggregate:  # the whole batch is one example
+        sums, xb, bb, xx = sums.sum(1, keepdim=True), xb.sum(0, keepdim=True), bb.sum(0, keepdim=True), xx.sum(0, keepdim=True)
+    lin = torch.einsum("bnf,sbf->sbn", z, sums)  # (3, rows, N)
+    if distance == "cosine":
+        eps = 1e-8
+        norm_p = (bb[:, None] + lin[1]).clamp_min(0).sqrt()
+        dist = 1 - (xb[:, None] + lin[0]) / (xx.sqrt()[:, None].clamp_min(eps) * norm_p.clamp_min(eps))
+    else:
+        dist = (sums[2].sum(1)[:, None] - lin[2]).clamp_min(0).sqrt()
+    return torch.exp(-(dist * dist) / (2 * width**2))
