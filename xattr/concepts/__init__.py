@@ -1,0 +1,35 @@
+"""Concept-based attribution: concept activation vectors (CAVs) and TCAV (Kim et al. 2018).
+
+Does the model's prediction for a class depend on a human concept ("stripes" for "zebra")?
+A concept is a set of example inputs; a CAV is the normal of a linear boundary between the
+layer activations of the concept's examples and of random examples; TCAV measures how often
+moving the activation towards the concept raises the output, and tests that against random
+CAVs. Built on ``xattr.at_layer``: activations are ``split.act``, sensitivities are the layer
+gradients of ``xattr.gradient_x_activation(split, multiply=False)``. See docs/tcav.md.
+
+    from xattr.concepts import Concept, tcav
+    res = tcav(model, ["conv2"], [Concept(0, "stripes", striped)], zebras, target=3,
+               randoms=random_images, n_random_runs=10, generator=0)
+    res["stripes"]["conv2"].score, res["stripes"]["conv2"].p_value
+"""
+
+from ._cache import fingerprint
+from ._classifier import CAV, LogisticRegression, fit_cav
+from ._data import Concept, random_concepts
+from ._stats import ttest
+from ._tcav import TCAVResult, TCAVScore, activations, cav, tcav
+
+__all__ = [
+    "CAV",
+    "Concept",
+    "LogisticRegression",
+    "TCAVResult",
+    "TCAVScore",
+    "activations",
+    "cav",
+    "fingerprint",
+    "fit_cav",
+    "random_concepts",
+    "tcav",
+    "ttest",
+]

@@ -1,0 +1,207 @@
+"""Concept activation vectors: a linear classifier between a concept's and a counterpart's activations.
+
+NOTE: [Which classifier makes the CAV]
+The CAV is the normal of a linear decision boundary between the layer activations of the
+concept's examples (label 1) and of the counterpart's (label 0), oriented towards the concept
+and scaled to unit length (Kim et al. 2018). ``classifier`` chooses the boundary:
+  None                 scikit-learn's ``SGDClassifier(alpha=0.01, max_iter=1000, tol=1e-3)``,
+                       the model inside Captum's DefaultClassifier, seeded from ``generator``;
+  an sklearn estimator any linear classifier with ``fit`` and ``coef_`` (LogisticRegression,
+                       LinearSVC, RidgeClassifier, ...), cloned and fitted (a ``random_state``
+                       left None is seeded from ``generator``);
+  LogisticRegression() xattr's own L2-regularised logistic regression, solved by L-BFGS in
+                       torch in float64: deterministic, on the activations' device, no sklearn;
+  a function           ``fn(X, y) -> w`` or ``(w, b)`` on tensors (w: (F,)); without b the
+                       boundary passes midway between the two class means.
+Accuracy is measured on a held-out ``test_fraction`` of the examples (Captum's 0.33 split),
+drawn from the same seeded stream, and is NaN for ``test_fraction=0``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import zlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class CAV:
+    """A concept activation vector at one layer (NOTE: [Which classifier makes the CAV]).
+
+    Attributes:
+      vector: (F,) unit normal of the boundary, pointing towards the concept.
+      weights: (F,) the classifier's raw weights (same direction, the classifier's scale).
+      bias: the classifier's intercept (decision: ``h @ weights + bias > 0`` means concept).
+      accuracy: held-out accuracy of the classifier (NaN without a test split).
+    """
+
+    vector: torch.Tensor
+    weights: torch.Tensor
+    bias: float
+    accuracy: float
+
+    def as_dict(self) -> dict:
+        """Plain tensors and numbers, for the cache."""
+        return {"vector": self.vector, "weights": self.weights, "bias": float(self.bias),
+                "accuracy": float(self.accuracy)}  # fmt: skip
+
+    @staticmethod
+    def from_dict(d: dict) -> "CAV":
+        return CAV(d["vector"], d["weights"], float(d["bias"]), float(d["accuracy"]))
+
+
+class LogisticRegression:
+    """L2-regularised binary logistic regression, solved by Newton's method in torch (float64).
+
+    Minimises ``mean(log(1 + exp(-s (x w + b)))) + l2 / 2 * |w|^2`` over the examples (s = +-1).
+    The optimal w lies in the span of the examples, so the problem is solved in the basis of
+    their (right) singular vectors: r <= min(N, F) unknowns whatever the layer's width, a few Newton
+    steps with a backtracking line search. Deterministic, runs where the activations are, no
+    sklearn. ``standardize`` fits on features scaled to unit variance and maps w back.
+    After ``fit``: ``coef_`` (1, F), ``intercept_`` (1,), ``classes_`` [0, 1] (sklearn's layout).
+    """
+
+    def __init__(self, l2: float = 1e-2, max_iter: int = 100, tol: float = 1e-10, standardize: bool = True):
+        self.l2, self.max_iter, self.tol, self.standardize = l2, max_iter, tol, standardize
+
+    def __repr__(self) -> str:
+        return (f"LogisticRegression(l2={self.l2}, max_iter={self.max_iter}, tol={self.tol}, "
+                f"standardize={self.standardize})")  # fmt: skip
+
+    def fit(self, X: torch.Tensor, y: torch.Tensor) -> "LogisticRegression":
+        X, y = X.detach().double(), y.detach().double().to(X.device)
+        mean = X.mean(0) if self.standardize else torch.zeros_like(X[0])
+        scale = X.std(0, unbiased=False).clamp_min(1e-12) if self.standardize else torch.ones_like(X[0])
+        Z = (X - mean) / scale
+        wide = Z.shape[0] <= Z.shape[1]  # eigenvectors of the smaller Gram matrix give the basis
+        lam, E = torch.linalg.eigh(Z @ Z.T if wide else Z.T @ Z)
+        keep = lam > lam.max().clamp_min(0) * 1e-12
+        lam, E = lam[keep], E[:, keep]
+        basis = Z.T @ (E / lam.sqrt()) if wide else E  # (F, r) orthonormal right singular vectors
+        A = torch.cat([Z @ basis, torch.ones_like(X[:, :1])], 1)  # features in the basis, and 1
+        reg = torch.full((A.shape[1],), float(self.l2), dtype=A.dtype, device=A.device)
+        reg[-1] = 0.0
+
+        def loss(theta):
+            z = A @ theta
+            return (F.softplus(z) - y * z).mean() + 0.5 * (reg * theta * theta).sum()
+
+        theta = torch.zeros(A.shape[1], dtype=A.dtype, device=A.device)
+        current = loss(theta)
+        for _ in range(self.max_iter):
+            p = torch.sigmoid(A @ theta)
+            grad = A.T @ (p - y) / len(y) + reg * theta
+            if float(grad.abs().max()) < self.tol:
+                break
+            hess = (A.T * (p * (1 - p) / len(y))) @ A + torch.diag(reg + 1e-12)
+            step, t = torch.linalg.solve(hess, grad), 1.0
+            while t > 1e-10:
+                new = loss(theta - t * step)
+                if new <= current - 1e-4 * t * float(grad @ step):
+                    break
+                t /= 2
+            theta, current = theta - t * step, new
+        coef = (basis @ theta[:-1]) / scale
+        self.coef_ = coef[None]
+        self.intercept_ = (theta[-1] - (coef * mean).sum()).reshape(1)
+        self.classes_ = torch.tensor([0, 1])
+        return self
+
+
+def classifier_tag(classifier) -> str:
+    """What identifies a classifier's configuration in cache keys."""
+    if classifier is None:
+        return "SGDClassifier(alpha=0.01,max_iter=1000,tol=0.001)"
+    if callable(classifier) and not hasattr(classifier, "fit"):
+        return f"{getattr(classifier, '__module__', '')}.{getattr(classifier, '__qualname__', repr(classifier))}"
+    return repr(classifier)
+
+
+def _fit(classifier, X: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, float]:
+    """Trains the classifier on (X, y in {0, 1}); returns (w (F,), b) towards label 1."""
+    if classifier is not None and callable(classifier) and not hasattr(classifier, "fit"):
+        got = classifier(X, y)
+        w, b = got if isinstance(got, tuple) else (got, None)
+        w = torch.as_tensor(w, dtype=X.dtype, device=X.device).reshape(-1)
+        if b is None:
+            b = -float(w @ (X[y == 1].mean(0) + X[y == 0].mean(0))) / 2
+        return w, float(b)
+    if isinstance(classifier, LogisticRegression):
+        est = copy.copy(classifier).fit(X, y)
+        return est.coef_[0].to(X.dtype), float(est.intercept_[0])
+    if classifier is None:
+        from sklearn.linear_model import SGDClassifier
+
+        est = SGDClassifier(alpha=0.01, max_iter=1000, tol=1e-3, random_state=seed % 2**32)
+    else:
+        if not hasattr(classifier, "fit"):
+            raise TypeError(f"classifier must be None, an estimator with fit/coef_, or a function; got {classifier!r}")
+        try:
+            from sklearn.base import clone
+
+            est = clone(classifier)
+        except (ImportError, TypeError):
+            est = copy.deepcopy(classifier)
+        if hasattr(est, "get_params") and est.get_params().get("random_state", 0) is None:
+            est.set_params(random_state=seed % 2**32)
+    est.fit(X.detach().cpu().numpy(), y.detach().cpu().long().numpy())
+    coef = torch.as_tensor(getattr(est, "coef_"), dtype=X.dtype).reshape(-1, X.shape[1])
+    if coef.shape[0] != 1:
+        raise ValueError(f"the classifier gave {coef.shape[0]} weight rows; a CAV needs a binary linear classifier")
+    intercept = getattr(est, "intercept_", 0.0)
+    b = float(torch.as_tensor(intercept, dtype=torch.float64).reshape(-1)[0]) if intercept is not None else 0.0
+    return coef[0].to(X.device), b
+
+
+def fit_cav(
+    concept: torch.Tensor, negative: torch.Tensor, *, classifier=None, generator=0, test_fraction: float = 0.33
+) -> CAV:
+    """The CAV separating two sets of layer activations (NOTE: [Which classifier makes the CAV]).
+
+    Args:
+      concept, negative: activations (N_c, F) and (N_n, F) (flatten layers first).
+      classifier: None (sklearn's SGDClassifier as in Captum), an sklearn linear estimator,
+        ``LogisticRegression()`` or a function ``(X, y) -> w | (w, b)``.
+      generator: int seed or torch.Generator for the split and the classifier (None: global).
+      test_fraction: share of the examples held out to measure accuracy.
+
+    Returns:
+      A `CAV`.
+    """
+    if concept.ndim != 2 or negative.ndim != 2 or concept.shape[1] != negative.shape[1]:
+        shapes = f"{tuple(concept.shape)} and {tuple(negative.shape)}"
+        raise ValueError(f"activations must be (N, F) with one F; got {shapes}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    seed = seed_of(generator)
+    X = torch.cat([concept, negative]).detach()
+    y = torch.cat([torch.ones(len(concept)), torch.zeros(len(negative))]).to(X.device)
+    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed)).to(X.device)
+    n_test = int(test_fraction * len(X))
+    test, train = perm[:n_test], perm[n_test:]
+    if len(torch.unique(y[train])) < 2:
+        raise ValueError("the training split holds examples of one class only; give both sets more examples")
+    w, b = _fit(classifier, X[train], y[train], seed)
+    acc = float(((X[test] @ w + b > 0).to(y.dtype) == y[test]).float().mean()) if n_test else math.nan
+    norm = w.norm()
+    vector = w / norm if norm > 0 else w
+    return CAV(vector, w, b, acc)
+
+
+def seed_of(generator, key: str = "") -> int:
+    """An int seed from ``generator`` (int, torch.Generator, None: global), mixed with ``key``."""
+    if generator is None:
+        base = int(torch.randint(0, 2**62, (1,)))
+    elif isinstance(generator, torch.Generator):
+        base = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    elif isinstance(generator, int) and not isinstance(generator, bool):
+        base = generator
+    else:
+        raise TypeError(f"generator must be an int seed, a torch.Generator or None, got {type(generator).__name__}")
+    if not key:
+        return base % 2**62
+    return (base * 1_000_003 + zlib.crc32(key.encode()) * 0x9E3779B1) % 2**62
