@@ -23,6 +23,7 @@ from .backprop import (
     NeuronDeepLiftShap,
     NeuronGuidedBackprop,
 )
+from .concepts import CAV, TCAV, Classifier, Concept, DefaultClassifier
 from .gradient import GradientShap, InputXGradient, IntegratedGradients, Saliency
 from .layer import (
     InternalInfluence,
@@ -38,8 +39,35 @@ from .lrp import LRP, Alpha1_Beta0_Rule, EpsilonRule, GammaRule, IdentityRule, L
 from .neuron import NeuronConductance, NeuronGradient, NeuronGradientShap, NeuronIntegratedGradients
 from .noise_tunnel import NoiseTunnel
 from .robust import FGSM, PGD, AttackComparator, MinParamPerturbation
+from .perturbation import (
+    FeatureAblation,
+    FeaturePermutation,
+    LayerFeatureAblation,
+    LayerFeaturePermutation,
+    NeuronFeatureAblation,
+    Occlusion,
+    ShapleyValues,
+    ShapleyValueSampling,
+)
+from .surrogate import KernelShap, Lime, LimeBase
 
 __all__ = [
+    "CAV",
+    "Classifier",
+    "Concept",
+    "DefaultClassifier",
+    "TCAV",
+    "FeatureAblation",
+    "FeaturePermutation",
+    "KernelShap",
+    "LayerFeatureAblation",
+    "LayerFeaturePermutation",
+    "Lime",
+    "LimeBase",
+    "NeuronFeatureAblation",
+    "Occlusion",
+    "ShapleyValueSampling",
+    "ShapleyValues",
     "AttackComparator",
     "FGSM",
     "MinParamPerturbation",
