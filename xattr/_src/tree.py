@@ -119,6 +119,17 @@ def batch_scope(batch: int):
         _BATCH.reset(token)
 
 
+@contextlib.contextmanager
+def outside_batch_scope():
+    """Runs a nested call as a new outermost call (its rows are its batch), e.g. a foreign
+    attribution function whose per-example arguments the caller has already tiled."""
+    token = _BATCH.set(None)
+    try:
+        yield
+    finally:
+        _BATCH.reset(token)
+
+
 def true_batch() -> int | None:
     return _BATCH.get()
 
