@@ -37,6 +37,7 @@ from .layer import (
 )
 from .lrp import LRP, Alpha1_Beta0_Rule, EpsilonRule, GammaRule, IdentityRule, LayerLRP, PropagationRule
 from .neuron import NeuronConductance, NeuronGradient, NeuronGradientShap, NeuronIntegratedGradients
+from .metrics import infidelity, infidelity_perturb_func_decorator, sensitivity_max
 from .noise_tunnel import NoiseTunnel
 from .robust import FGSM, PGD, AttackComparator, MinParamPerturbation
 from .perturbation import (
@@ -52,6 +53,9 @@ from .perturbation import (
 from .surrogate import KernelShap, Lime, LimeBase
 
 __all__ = [
+    "infidelity",
+    "infidelity_perturb_func_decorator",
+    "sensitivity_max",
     "CAV",
     "Classifier",
     "Concept",
