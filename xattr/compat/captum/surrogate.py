@@ -113,7 +113,7 @@ def _similarity(func, rows: _PerExample):
     """Captum's similarity_func as ``xattr.lime``'s (None for xattr's default)."""
     if func is None or hasattr(func, "_xattr_exp_kernel"):
         return func
-    if getattr(func, "__qualname__", "") == "get_exp_kernel_similarity_function.<locals>.default_exp_kernel":
+    if getattr(func, "__qualname__", "").endswith("get_exp_kernel_similarity_function.<locals>.default_exp_kernel"):
         found = inspect.getclosurevars(func).nonlocals
         return xattr.exp_kernel_similarity(found.get("distance_mode", "cosine"), found.get("kernel_width", 1.0))
 
