@@ -11,6 +11,7 @@ cm = pytest.importorskip("captum.metrics")
 ca = pytest.importorskip("captum.attr")
 
 D = torch.float64
+pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
 
 
 def _model():
