@@ -160,11 +160,14 @@ def keep_masks(coalitions: torch.Tensor, masks, selected, batch: int):
 def perturb(x: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Copies (c, B, ...): x where keep is 1, b where it is 0 (NOTE: [Perturbed copies in one call]).
 
-    Exact for every dtype. A float keep strictly between 0 and 1 (float inputs only) gives
-    ``b + keep * (x - b)``.
+    Exact for every dtype and finite values (float inputs: ``x * k + b * (1 - k)`` with k in
+    {0, 1}). A float keep strictly between 0 and 1 (float inputs only) gives ``b + keep * (x - b)``.
     """
-    if keep.dtype == torch.bool or not x.is_floating_point():
+    if not x.is_floating_point():
         return torch.where(keep.bool(), x, b)
+    if keep.dtype == torch.bool:  # exact: x * 1 + b * 0 == x and x * 0 + b * 1 == b for finite values
+        k = keep.to(x.dtype)  # float ops, ~10x faster than torch.where on CPU (NOTE: [Float masks])
+        return x * k + b * (1 - k)
     keep = keep.to(x.dtype)
     return torch.where(keep == 1, x, torch.where(keep == 0, b, b + keep * (x - b)))
 
