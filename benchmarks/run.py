@@ -5,6 +5,8 @@
     python -m benchmarks.run --device cuda        # GPU suite (ResNet-50), if a GPU and torchvision exist
     python -m benchmarks.run --device all         # both
     python -m benchmarks.run --only IG --out -    # workloads whose name contains "IG", print only
+    python -m benchmarks.run --only Lime --out -  # also Occlusion, FeatureAblation, Shapley, KernelShap,
+                                                  # infidelity, sensitivity, TCAV
 
 See benchmarks/README.md for what is measured and how targets are judged.
 """
@@ -217,8 +219,9 @@ def main(argv=None) -> int:
            "layer, or a forward hook: the faster counts); DeepLift = one forward+backward of the doubled "
            "batch (inputs then baselines, 2B rows); GuidedBackprop and LRP = one of the batch; occlusion, "
            "feature ablation, Shapley sampling, KernelSHAP and LIME = one no-grad forward of all perturbed copies "
-           "at once (with the unperturbed batch where the method needs f(x); above 4096 rows also the same rows in "
-           "calls of 4096, the faster counts); infidelity = one no-grad forward of the perturbed copies and x; "
+           "at once (with the unperturbed batch where the method needs f(x)), or the same rows in calls of at most 128 "
+           "(image models) or 4096 (tabular) rows, the faster counts; infidelity = the same for x and its perturbed "
+           "copies; "
            "sensitivity_max = one fwd+bwd of x and its perturbed copies; TCAV = the concept examples' activations "
            "(one no-grad forward) plus one forward+backward of the inputs to the layers (no classifier). "
            "Floor inputs are built before timing, so the floor times the model's work only.", ""]
