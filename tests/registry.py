@@ -19,6 +19,7 @@ from typing import Callable
 
 import optree
 import torch
+from torch import nn
 
 import xattr
 from xattr._src.paths import METHODS as QUADRATURES
@@ -373,3 +374,19 @@ METHODS_UNDER_TEST += [
     Method("lime_factorial", _lime_factorial, complete=True, baselines=True),
 ]
 BY_NAME = {m.name: m for m in METHODS_UNDER_TEST}
+
+
+class TwoInputs(nn.Module):
+    """Shared by the invariant and Shapley tests: out = W3 (tanh(W1 a + W2 b) * scale): `scale` is a batched pass-through argument."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.lin_a, self.lin_b, self.out = nn.Linear(3, 4), nn.Linear(2, 4), nn.Linear(4, 3)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+        self.double().eval()
+
+    def forward(self, a, b, scale):
+        return self.out(torch.tanh(self.lin_a(a) + self.lin_b(b)) * scale)

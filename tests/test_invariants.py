@@ -22,7 +22,7 @@ from xattr.testing import (
 )
 from xattr.testing.strategies import ModelSpec, random_tensor
 
-from registry import BY_NAME, METHODS_UNDER_TEST, changed_state, entries, state_snapshot
+from registry import BY_NAME, METHODS_UNDER_TEST, TwoInputs, changed_state, entries, state_snapshot
 
 B = 4
 SPECS = {
@@ -97,22 +97,6 @@ def test_many_outputs_match_single_targets(method, kind):
     for j, k in enumerate(ks):
         one = method.make(xattr.target(model, k), generator=0)(x)
         assert_trees_close(many[:, j], one, what=f"outputs({ks})[:, {j}] vs target {k}")
-
-
-class TwoInputs(nn.Module):
-    """out = W3 (tanh(W1 a + W2 b) * scale): `scale` is a batched pass-through argument."""
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(3)
-        self.lin_a, self.lin_b, self.out = nn.Linear(3, 4), nn.Linear(2, 4), nn.Linear(4, 3)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g))
-        self.double().eval()
-
-    def forward(self, a, b, scale):
-        return self.out(torch.tanh(self.lin_a(a) + self.lin_b(b)) * scale)
 
 
 def _pytree_case(form: str):

@@ -31,6 +31,8 @@ from xattr.testing import (
     check_symmetry,
 )
 from xattr.testing import strategies as xst
+
+from registry import TwoInputs
 from xattr.testing.strategies import ModelSpec, random_tensor
 
 from registry import shapley_groups
@@ -289,22 +291,6 @@ def test_per_example_masks():
     first = [mask[b].tolist().index(i) for b in range(3) for i in range(3)]
     per_feature = sampled(X).reshape(-1)[torch.tensor(first) + 5 * torch.arange(3).repeat_interleave(3)].reshape(3, 3)
     assert_trees_close(per_feature.sum(1), _f(X) - _f(torch.zeros_like(X)), **TIGHT)
-
-
-class TwoInputs(nn.Module):
-    """out = W3 (tanh(W1 a + W2 b) * scale): `scale` is a batched pass-through argument."""
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(3)
-        self.lin_a, self.lin_b, self.out = nn.Linear(3, 4), nn.Linear(2, 4), nn.Linear(4, 3)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g))
-        self.double().eval()
-
-    def forward(self, a, b, scale):
-        return self.out(torch.tanh(self.lin_a(a) + self.lin_b(b)) * scale)
 
 
 def test_pytree_inputs_with_a_shared_mask_and_a_pass_through_argument():
