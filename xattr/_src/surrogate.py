@@ -66,6 +66,17 @@ def _dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype if x.is_floating_point() else torch.get_default_dtype()
 
 
+def _prepare(f, args, nums, as_tuple, feature_mask, baselines, method: str):
+    """What both surrogate methods start from: (inputs, masks, F, baselines, f(x), aggregate, rows)."""
+    warn_if_training(f)
+    selected = T.split_args(args, nums)[0]
+    masks, n = features(selected, feature_mask)
+    _warn_if_many(n, method)
+    base = baseline_tree(selected, baselines, as_tuple)
+    out, aggregate = outputs_at(f, args, T.batch_size(selected))
+    return selected, masks, n, base, out, aggregate, 1 if aggregate else T.batch_size(selected)
+
+
 def lime(
     f: Callable,
     *,
@@ -131,13 +142,7 @@ def lime(
     similarity = exp_kernel_similarity() if similarity_func is None else similarity_func
 
     def fn(*args, baselines=baselines, feature_mask=feature_mask):
-        warn_if_training(f)
-        selected = T.split_args(args, nums)[0]
-        masks, n = features(selected, feature_mask)
-        _warn_if_many(n, "lime")
-        base = baseline_tree(selected, baselines, as_tuple)
-        out, aggregate = outputs_at(f, args, T.batch_size(selected))
-        rows = 1 if aggregate else T.batch_size(selected)
+        selected, masks, n, base, out, aggregate, rows = _prepare(f, args, nums, as_tuple, feature_mask, baselines, "lime")
         (stream,) = streams(generator, 1)
         device = out.device
         if perturb_func is None:
@@ -197,13 +202,7 @@ def kernel_shap(
     _check_n_samples(n_samples, 2)
 
     def fn(*args, baselines=baselines, feature_mask=feature_mask):
-        warn_if_training(f)
-        selected = T.split_args(args, nums)[0]
-        masks, m = features(selected, feature_mask)
-        _warn_if_many(m, "kernel_shap")
-        base = baseline_tree(selected, baselines, as_tuple)
-        out, aggregate = outputs_at(f, args, T.batch_size(selected))
-        rows = 1 if aggregate else T.batch_size(selected)
+        selected, masks, m, base, out, aggregate, rows = _prepare(f, args, nums, as_tuple, feature_mask, baselines, "kernel_shap")
         device = out.device
         if m <= _MAX_ENUMERATED and n_samples >= 2**m:
             z, w = _all_coalitions(m, device, out.dtype)
