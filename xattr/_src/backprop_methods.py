@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from . import tree as T
-from .checks import baselines_like, warn_if_training
+from .checks import baselines_tuple, warn_if_training
 from .deeplift_rules import Deconv, Guided, Rescale, paired_rows
 from .gradients import attribution_fn, vjp_rows
 from .layer_methods import grad_cam, upsample
@@ -149,9 +149,7 @@ def _broadcast_baselines(selected: tuple, baselines, as_tuple: bool) -> tuple:
 
     For an int ``argnums`` the baselines are a tree like ``args[argnums]`` (not wrapped in a tuple).
     """
-    base = baselines_like(selected if as_tuple else selected[0], baselines)
-    base = base if as_tuple else (base,)
-    return T.tree_map(lambda x, b: torch.broadcast_to(b, x.shape), selected, base)
+    return T.tree_map(lambda x, b: torch.broadcast_to(b, x.shape), selected, baselines_tuple(selected, baselines, as_tuple))
 
 
 def deep_lift(

@@ -76,6 +76,15 @@ def baselines_like(selected, baselines, *, name: str = "baselines"):
         ) from None
 
 
+def baselines_tuple(selected: tuple, baselines, as_tuple: bool, *, name: str = "baselines") -> tuple:
+    """`baselines_like` for a tuple of selected arguments: a tuple of trees like ``selected``.
+
+    For an int ``argnums`` (``as_tuple`` False) ``baselines`` is a tree like that one argument.
+    """
+    base = baselines_like(selected if as_tuple else selected[0], baselines, name=name)
+    return base if as_tuple else (base,)
+
+
 def _modules(fn) -> list[nn.Module]:
     """Finds nn.Modules behind a model function (through xattr wrappers and functools.partial)."""
     found, seen, todo = [], set(), [fn]

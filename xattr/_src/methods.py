@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import tree as T
-from .checks import baselines_like
+from .checks import baselines_tuple
 from .gradients import attribution_fn, grad, vjp_rows
 from .paths import path_integral
 from .sampling import shap_samples, smooth
@@ -58,8 +58,7 @@ def completeness_gap(f: Callable, args: tuple, argnums: int | Sequence[int], att
     """
     nums, as_tuple = T.normalize_argnums(argnums)
     selected, rebuild = T.split_args(args, nums)
-    base = baselines_like(selected if as_tuple else selected[0], baselines)
-    base = base if as_tuple else (base,)
+    base = baselines_tuple(selected, baselines, as_tuple)
     batch = T.batch_size(selected)
     both = T.tree_map(lambda x, b: torch.cat([x, b]), selected, base)
     call = tuple(a if i in nums else T.fold(a, 2, batch) for i, a in enumerate(args))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import tree as T
-from .checks import baselines_like, warn_if_training
+from .checks import baselines_tuple, warn_if_training
 from .gradients import attribution_fn, vjp_rows
 
 METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -116,8 +116,7 @@ def path_integral(
 
     def integrate(args, baselines):
         selected, rebuild = T.split_args(args, nums)
-        base = baselines_like(selected if as_tuple else selected[0], baselines)
-        base = base if as_tuple else (base,)
+        base = baselines_tuple(selected, baselines, as_tuple)
         batch = T.batch_size(selected)
         ref = T.leaves(selected)[0]
         alphas = torch.as_tensor(alphas_np, dtype=ref.dtype, device=ref.device)

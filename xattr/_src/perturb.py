@@ -38,7 +38,7 @@ import optree
 import torch
 
 from . import tree as T
-from .checks import baselines_like, check_finite
+from .checks import baselines_tuple, check_finite
 
 MEMORY_BUDGET = 64 * 2**20  # bytes of perturbed inputs per model call on an accelerator
 # On CPU a smaller call is faster: the activations of one call must stay in cache rather than be
@@ -311,8 +311,7 @@ def baseline_tree(selected: tuple, baselines, as_tuple: bool) -> tuple:
     Bool and integer inputs need baselines their dtype holds exactly (a clear error, not a
     silent truncation of 0.5 to 0)."""
     _check_exact(selected if as_tuple else selected[0], baselines)
-    base = baselines_like(selected if as_tuple else selected[0], baselines)
-    base = base if as_tuple else (base,)
+    base = baselines_tuple(selected, baselines, as_tuple)
     return T.tree_map(lambda x, b: torch.as_tensor(b, device=x.device).to(x.dtype), selected, base)
 
 
