@@ -43,9 +43,9 @@ import torch.nn.functional as F
 from torch import nn
 
 try:
-    from .gen_captum_expected import _build, _entry, _randn, expected_lines, write_expected
+    from .gen_captum_expected import _build, _entry, _randn, expected_lines, signature_lines, write_expected
 except ImportError:  # run as a script
-    from gen_captum_expected import _build, _entry, _randn, expected_lines, write_expected
+    from gen_captum_expected import _build, _entry, _randn, expected_lines, signature_lines, write_expected
 
 
 class TwoRelu(nn.Module):
@@ -322,14 +322,6 @@ CLASSES = [
 ]  # fmt: skip
 
 
-def parameters(fn) -> list:
-    """``[(name, repr(default) or None), ...]`` of a function's parameters after ``self``."""
-    import inspect
-
-    params = list(inspect.signature(inspect.unwrap(fn)).parameters.values())[1:]
-    return [(p.name, None if p.default is inspect.Parameter.empty else repr(p.default)) for p in params]
-
-
 # ----------------------------------------------------------------------------- writing the file
 
 
@@ -346,16 +338,7 @@ def main() -> None:
         "SIGNATURES: (name, repr(default) or None) of each class's __init__ and attribute parameters after self.",
         CASES + DIFF_CASES, [], run, build_models(), _entry, 0,
     )  # fmt: skip
-    lines += ["SIGNATURES = {"]
-    for name in CLASSES:
-        cls = getattr(captum.attr, name)
-        lines.append(f'    "{name}": {{')
-        for method in ("__init__", "attribute"):
-            lines.append(f'        "{method}": [')
-            lines += [f"            {p!r}," for p in parameters(getattr(cls, method))]
-            lines.append("        ],")
-        lines.append("    },")
-    lines += ["}", ""]
+    lines += signature_lines(captum.attr, CLASSES)
     summary = f"{len(CASES)} cases, {len(DIFF_CASES)} documented differences, {len(CLASSES)} signatures"
     write_expected("captum_backprop_expected.py", lines, summary)
 

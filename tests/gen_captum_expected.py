@@ -279,6 +279,33 @@ def expected_lines(script: str, legend: str, stat_legend: str, cases, stat_cases
     return lines + ["}", ""]
 
 
+def default_repr(value) -> str:
+    """repr of a default, with a function's address left out (``<function name>``)."""
+    return f"<function {value.__name__}>" if callable(value) and hasattr(value, "__name__") else repr(value)
+
+
+def parameters(fn) -> list:
+    """``[(name, default_repr(default) or None), ...]`` of a function's parameters after ``self``."""
+    import inspect
+
+    params = list(inspect.signature(inspect.unwrap(fn)).parameters.values())[1:]
+    return [(p.name, None if p.default is inspect.Parameter.empty else default_repr(p.default)) for p in params]
+
+
+def signature_lines(module, classes) -> list[str]:
+    """``SIGNATURES = {...}``: each class's __init__ and attribute parameters, as `parameters` gives them."""
+    lines = ["SIGNATURES = {"]
+    for name in classes:
+        cls = getattr(module, name)
+        lines.append(f'    "{name}": {{')
+        for method in ("__init__", "attribute"):
+            lines.append(f'        "{method}": [')
+            lines += [f"            {p!r}," for p in parameters(getattr(cls, method))]
+            lines.append("        ],")
+        lines.append("    },")
+    return lines + ["}", ""]
+
+
 def write_expected(filename: str, lines: list[str], summary: str) -> None:
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), filename)
     with open(path, "w") as fh:

@@ -36,9 +36,13 @@ import torch
 from torch import nn
 
 try:
-    from .gen_captum_expected import Reshape, TwoInputs, _build, _entry, _randn, expected_lines, write_expected
+    from .gen_captum_expected import (  # noqa: F401 (default_repr is used by the tests through this module)
+        Reshape, TwoInputs, _build, _entry, _randn, default_repr, expected_lines, signature_lines, write_expected,
+    )
 except ImportError:  # run as a script
-    from gen_captum_expected import Reshape, TwoInputs, _build, _entry, _randn, expected_lines, write_expected
+    from gen_captum_expected import (  # noqa: F401 (default_repr is used by the tests through this module)
+        Reshape, TwoInputs, _build, _entry, _randn, default_repr, expected_lines, signature_lines, write_expected,
+    )
 
 N_CAPTUM = 4000  # samples behind each stored statistical reference
 
@@ -369,19 +373,6 @@ CLASSES = [
 ]  # fmt: skip
 
 
-def default_repr(value) -> str:
-    """repr of a default, with a function's address left out (``<function name>``)."""
-    return f"<function {value.__name__}>" if callable(value) and hasattr(value, "__name__") else repr(value)
-
-
-def parameters(fn) -> list:
-    """``[(name, default_repr(default) or None), ...]`` of a function's parameters after ``self``."""
-    import inspect
-
-    params = list(inspect.signature(inspect.unwrap(fn)).parameters.values())[1:]
-    return [(p.name, None if p.default is inspect.Parameter.empty else default_repr(p.default)) for p in params]
-
-
 # ----------------------------------------------------------------------------- writing the file
 
 
@@ -418,16 +409,7 @@ def main() -> None:
             lines.append(f'    "{case.name}": {{"error": {type(out).__name__ + ": " + str(out).splitlines()[0]!r}}},')
         else:
             lines.append(f'    "{case.name}": {_entry(case, out)},')
-    lines += ["}", "", "SIGNATURES = {"]
-    for name in CLASSES:
-        cls = getattr(captum.attr, name)
-        lines.append(f'    "{name}": {{')
-        for method in ("__init__", "attribute"):
-            lines.append(f'        "{method}": [')
-            lines += [f"            {p!r}," for p in parameters(getattr(cls, method))]
-            lines.append("        ],")
-        lines.append("    },")
-    lines += ["}", ""]
+    lines += ["}", ""] + signature_lines(captum.attr, CLASSES)
     summary = f"{len(CASES)} cases, {len(STAT_CASES)} statistical cases, {len(DIFF_CASES)} documented differences"
     write_expected("captum_perturbation_expected.py", lines, summary)
 
