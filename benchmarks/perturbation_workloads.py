@@ -164,6 +164,23 @@ def _copies_per_call(x: torch.Tensor) -> int:
 # ---------------------------------------------------------------- tabular -----------------------
 
 
+def plain_feature_ablation(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """The whole method in plain torch, written for this one case (one (B, F) input, every feature
+    its own, zero baseline, one target per row): x and its F ablated copies in one no-grad forward,
+    the targets gathered, f(x) minus each copy's output. What a hand-written script costs."""
+    b, n = x.shape
+
+    def run():
+        with torch.no_grad():
+            keep = torch.ones(n + 1, n, dtype=x.dtype, device=x.device)
+            keep[1:].fill_diagonal_(0)  # row 0 keeps every feature (f(x)), row i + 1 drops feature i
+            out = model((x * keep[:, None, :]).reshape(-1, n)).reshape(n + 1, b, -1)
+            picked = out.gather(2, y.reshape(1, b, 1).expand(n + 1, b, 1))[..., 0]
+            return (picked[0] - picked[1:]).T
+
+    return run
+
+
 def _feature_ablation(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Workload:
     from captum.attr import FeatureAblation  # noqa: PLC0415
 
@@ -176,6 +193,7 @@ def _feature_ablation(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Wor
         lambda: fa_x(x), lambda: fa_c.attribute(x, target=y),
         forward_floors(model, torch.cat([x, _copies(x, 1 - eye)]), SPLIT_ROWS["tabular"]),
         lambda: exact(fa_x(x), fa_c.attribute(x, target=y)), "exact, tol 1e-5",
+        info={"plain-torch FeatureAblation": plain_feature_ablation(model, x, y)},
         notes=[f"FeatureAblation: xattr: feature_ablation(target(mlp, y)) (every feature its own, zero baseline); "
                f"Captum: FeatureAblation(mlp).attribute(x, target=y) (defaults: perturbations_per_eval=1, so {n} "
                f"forward calls of {x.shape[0]} rows); floor: one no-grad forward of the {(n + 1) * x.shape[0]} "

@@ -37,6 +37,20 @@ def test_target_out_of_range(t):
         xattr.saliency(xattr.target(_mlp(), t))(X)
 
 
+def test_target_checked_again_after_an_in_place_change():
+    """Targets are range-checked once per tensor; modifying the tensor in place re-arms the check."""
+    t = torch.tensor([0, 1, 2, 0, 1])
+    sal = xattr.saliency(xattr.target(_mlp(), t))
+    sal(X)
+    t[2] = 7
+    with pytest.raises(IndexError, match=r"must lie in \[0, 3\)"):
+        sal(X)
+    t[2] = 2
+    sal(X)
+    with pytest.raises(IndexError, match=r"must lie in \[0, 2\)"):  # the same tensor, a model with fewer outputs
+        xattr.saliency(xattr.target(nn.Linear(4, 2), t))(X)
+
+
 def test_many_outputs_out_of_range():
     with pytest.raises(IndexError, match=r"must lie in \[0, 3\)"):
         xattr.saliency(xattr.target(_mlp(), xattr.outputs(torch.tensor([0, 5]))))(X)
@@ -73,6 +87,21 @@ def test_non_finite_outputs():
     f = lambda x: torch.log(x).sum(1)  # noqa: E731
     with pytest.raises(FloatingPointError, match="non-finite"):
         xattr.saliency(f)(torch.tensor([[1.0, -1.0]]))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_outputs_of_a_perturbation_method(bad):
+    f = lambda x: x.sum(1) + torch.where(x[:, 0] == 0, bad, 0.0)  # noqa: E731  (finite at x, not at the baseline)
+    with pytest.raises(FloatingPointError, match="1 non-finite"):
+        xattr.feature_ablation(f)(torch.tensor([[1.0, 2.0]]))
+
+
+def test_outputs_whose_sum_overflows_are_finite():
+    """The finite check sums the outputs first; a sum that overflows falls back to the exact check."""
+    big = torch.finfo(torch.float32).max
+    f = lambda x: x.sum(1) * 0 + big  # noqa: E731  (every output finite, their sum inf)
+    attr = xattr.feature_ablation(f)(torch.ones(4, 3))
+    assert torch.equal(attr, torch.zeros(4, 3))
 
 
 def test_train_mode_with_dropout_warns_and_mode_is_kept():

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import xattr
-from xattr._src.perturb import Coalitions, evaluate, features, keep_masks, perturb
+from xattr._src.perturb import Coalitions, evaluate, features, first_id, keep_masks, perturb, scatter_features
 from xattr.testing import assert_trees_close
 from xattr.testing.strategies import ModelSpec, random_tensor
 
@@ -82,6 +82,24 @@ def test_masks_broadcast_and_one_example_mask_gets_a_batch_axis():
     assert m.shape == (1, 2, 3) and n == 5  # non-contiguous ids: F is the largest id plus one
     (m,), n = features((x,), None)
     assert torch.equal(m, torch.arange(6).reshape(1, 2, 3)) and n == 6
+
+
+@pytest.mark.parametrize("rows", [1, B])
+def test_default_masks_slice_what_explicit_ids_gather(rows):
+    """Default masks (ids running on across the tensors) take slices; the same ids given as a mask
+    take gathers: the copies' keep masks and the spread attributions must be identical."""
+    x = (torch.randn(B, 2, 3), torch.randn(B, 4))
+    default, n = features(x, None)
+    explicit = (torch.arange(6).reshape(1, 2, 3), torch.arange(6, 10).reshape(1, 4))
+    assert [first_id(m) for m in default] == [0, 6] and first_id(explicit[0]) is None and n == 10
+    z = torch.rand(rows, 5, n, generator=torch.Generator().manual_seed(0)) < 0.5
+    for a, b in zip(keep_masks(z, default, x, B), keep_masks(z, features(x, explicit)[0], x, B)):
+        assert torch.equal(a, b)
+    values = torch.randn(B, 7, n)  # a K axis of 7 outputs
+    for a, b in zip(scatter_features(values, default, x), scatter_features(values, explicit, x)):
+        assert torch.equal(a, b)
+    for a, b in zip(scatter_features(values[:, 0], default, x), scatter_features(values[:, 0], explicit, x)):
+        assert torch.equal(a, b)
 
 
 def test_ids_shared_across_tensors_are_one_feature():

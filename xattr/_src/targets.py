@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import tree as T
 from .checks import is_traced
@@ -48,10 +49,16 @@ def _flat_outputs(out: torch.Tensor) -> torch.Tensor:
     return out.reshape(out.shape[0], -1) if out.ndim > 1 else out.unsqueeze(1)
 
 
+_IN_RANGE = WeakIdKeyDictionary()  # target tensor -> (its version, output count) last found in range
+
+
 def _check_range(out: torch.Tensor, t, n_out: int) -> None:
     if isinstance(t, torch.Tensor):
-        if t.numel() and not is_traced(t) and ((t < -n_out) | (t >= n_out)).any():
+        if _IN_RANGE.get(t) == (t._version, n_out) or not t.numel() or is_traced(t):
+            return  # checked once per tensor (until it is modified): a target is reused by every call
+        if ((t < -n_out) | (t >= n_out)).any():
             raise IndexError(f"target values must lie in [0, {n_out}) for a model with {n_out} outputs; got {t.tolist()}")
+        _IN_RANGE[t] = (t._version, n_out)
     elif isinstance(t, int) and not -n_out <= t < n_out:
         raise IndexError(f"target {t} is out of range for a model with {n_out} outputs (shape {tuple(out.shape)})")
 
@@ -81,9 +88,10 @@ def _select_one(out: torch.Tensor, t) -> torch.Tensor:
         if t.ndim != 1:
             raise ValueError(f"a per-example target must have shape (B,), got {tuple(t.shape)}")
         _check_range(out, t, out.shape[1])
-        t = T.tile_rows(t.to(out.device), out.shape[0])
-        index = t.reshape((-1, 1) + (1,) * (out.ndim - 2)).expand((out.shape[0], 1) + tuple(out.shape[2:]))
-        return out.gather(1, index).squeeze(1)
+        n, b = T.copies_of(t, out.shape[0]), t.shape[0]  # rows fold n copies of the batch (copy-major)
+        grouped = out.reshape((n, b) + tuple(out.shape[1:]))
+        index = t.to(out.device).reshape((1, b, 1) + (1,) * (out.ndim - 2)).expand((n, b, 1) + tuple(out.shape[2:]))
+        return grouped.gather(2, index).reshape((out.shape[0],) + tuple(out.shape[2:]))
     if isinstance(t, list):
         raise TypeError(
             "a list target is ambiguous (one target per example, or K targets for every example?). "

@@ -23,10 +23,18 @@ Tree = Any
 
 
 def tree_map(fn: Callable, tree: Tree, *rest: Tree) -> Tree:
+    if type(tree) is tuple and _tensors(tree) and all(type(r) is tuple and len(r) == len(tree) and _tensors(r) for r in rest):
+        return tuple(fn(*leaf) for leaf in zip(tree, *rest))  # the common case, without flattening
     return optree.tree_map(fn, tree, *rest, namespace="xattr")
 
 
+def _tensors(items: tuple) -> bool:
+    return all(isinstance(v, torch.Tensor) for v in items)
+
+
 def leaves(tree: Tree) -> list:
+    if type(tree) is tuple and _tensors(tree):
+        return list(tree)
     return optree.tree_leaves(tree, namespace="xattr")
 
 
@@ -136,20 +144,24 @@ def true_batch() -> int | None:
 
 def tile_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     """Tiles a per-example tensor (B, ...) to `rows` folded rows (rows must be a multiple of B)."""
+    n = copies_of(t, rows)
+    return t if n == 1 else t.repeat((n,) + (1,) * (t.ndim - 1))
+
+
+def copies_of(t: torch.Tensor, rows: int) -> int:
+    """How many copies of the batch of a per-example tensor (B, ...) `rows` folded rows hold."""
     b, true = t.shape[0], _BATCH.get()
     if true is not None and b != true:
         raise ValueError(
             f"a per-example tensor has {b} rows but the inputs have a batch of {true}; "
             "its dim 0 must equal the batch size of the inputs"
         )
-    if rows == b:
-        return t
     if rows % b:
         raise ValueError(
             f"a per-example tensor with {b} rows cannot follow a batch of {rows} rows; "
             "its dim 0 must equal the batch size of the inputs"
         )
-    return t.repeat((rows // b,) + (1,) * (t.ndim - 1))
+    return rows // b
 
 
 def chunks(n: int, batch: int, chunk_size: int | None) -> list[tuple[int, int]]:
