@@ -125,6 +125,8 @@ def _multipliers(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: i
         ends.append(out[:rows])
         refs.append(out[rows:])
         grads.append(T.tree_map(lambda t: t[:rows], g))
+    if len(ends) == 1:  # one call: no copies
+        return ends[0], refs[0], grads[0]
     cat = lambda *ts: torch.cat(ts)  # noqa: E731
     return torch.cat(ends), torch.cat(refs), T.tree_map(cat, *grads)
 

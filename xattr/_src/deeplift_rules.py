@@ -60,12 +60,12 @@ def step(t: torch.Tensor) -> torch.Tensor:
     ``sign``/``clamp``/``mul`` 70-100 us on 524k elements). The rules run on every activation, so
     their masks are built from ``sign`` and ``clamp`` instead.
     """
-    return torch.sign(t).clamp(min=0)
+    return torch.sign(t).clamp_min_(0)
 
 
 def below(t: torch.Tensor, eps: float) -> torch.Tensor:
     """``[|t| < eps]`` as a float tensor (NOTE: [Float masks])."""
-    return torch.sign(eps - t.abs()).clamp(min=0)
+    return t.abs().neg_().add_(eps).sign_().clamp_min_(0)  # in place on one new tensor (vmap has rules for these)
 
 
 def derivative(op: ops.Op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -88,9 +88,9 @@ def _rescaled(op: ops.Op, x, y, eps: float) -> torch.Tensor:
     y1, y2 = _halves(y)
     dx = x1 - x2
     near = below(dx, eps)
-    far = 1 - near
-    ratio = (y1 - y2) * far / (dx + near)  # never 0/0: dx + near != 0 where near = 0 or 1
-    return ratio + near * derivative(op, x1, y1)
+    ratio = (y1 - y2).div_(dx.add_(near))  # never 0/0: dx + near != 0 where near = 0 or 1
+    ratio.mul_(near.neg().add_(1))  # zero where near
+    return ratio.add_(near.mul_(derivative(op, x1, y1)))
 
 
 def _both_halves(grad: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -105,11 +105,18 @@ def pool_with_indices(op: ops.Op, x: torch.Tensor):
     return pool(x, **{k: op.options[k] for k in keys})
 
 
-def unpool(v: torch.Tensor, indices: torch.Tensor, shape, nd: int) -> torch.Tensor:
-    """Adds each pooled value v into its argmax position: the max-pool's VJP, by indices."""
+def unpool(v: torch.Tensor, indices: torch.Tensor, shape, nd: int, *more, into: torch.Tensor | None = None) -> torch.Tensor:
+    """Adds each pooled value v into its argmax position: the max-pool's VJP, by indices.
+
+    ``more``: further (values, indices) pairs added into the same result (one buffer, no sums
+    of full-size tensors); ``into``: a contiguous zero tensor of ``shape`` to add into.
+    """
     shape = tuple(shape)
-    flat = v.new_zeros(shape[: len(shape) - nd] + (math.prod(shape[len(shape) - nd :]),))
-    return flat.scatter_add(-1, indices.flatten(-nd), v.flatten(-nd)).reshape(shape)
+    flat_shape = shape[: len(shape) - nd] + (math.prod(shape[len(shape) - nd :]),)
+    flat = v.new_zeros(flat_shape) if into is None else into.view(flat_shape)
+    for values, idx in ((v, indices), *zip(more[::2], more[1::2])):
+        flat.scatter_add_(-1, idx.flatten(-nd), values.flatten(-nd))
+    return flat.reshape(shape)
 
 
 class Guided(Rule):
@@ -122,7 +129,7 @@ class Guided(Rule):
     keep_output = True
 
     def backward(self, op, saved: Saved, grad):
-        return (torch.ops.aten.threshold_backward(grad.clamp(min=0), saved.output, 0),)
+        return (torch.ops.aten.threshold_backward(grad, saved.output, 0).clamp_min_(0),)
 
 
 class Deconv(Rule):
@@ -164,7 +171,7 @@ class Rescale(Rule):
             x1, x2 = _halves(x)
             dx = x1 - x2
             near = below(dx, self.eps)
-            inverse = (1 - near) / (dx + near)
+            inverse = near.neg().add_(1).div_(dx.add_(near))  # 1 / dx, and 0 where near
             return y, (indices, top - y2, y1 - top, inverse, near)
         y = op.fn(x)
         paired = _paired(x)
@@ -202,13 +209,17 @@ class Rescale(Rule):
         i1, i2 = _halves(indices)
         shape = inverse.shape
 
-        def multiplier(g, own):
-            routed = unpool(g * from_x, i1, shape, nd) + unpool(g * from_ref, i2, shape, nd)
-            return routed * inverse + near * unpool(g, own, shape, nd)
+        def multiplier(g, own, into):
+            routed = unpool(g * from_x, i1, shape, nd, g * from_ref, i2, into=into).mul_(inverse)
+            return routed.add_(unpool(g, own, shape, nd).mul_(near))
 
         g1, g2 = _halves(grad)
-        first = multiplier(g1, i1)
-        return torch.cat([first, multiplier(g2, i2) if _ROWS.get()[1] else torch.zeros_like(first)])
+        out = grad.new_zeros((2 * shape[0],) + tuple(shape[1:]))
+        first, second = _halves(out)
+        multiplier(g1, i1, first)
+        if _ROWS.get()[1]:  # else the reference half's gradient stays zero (only inputs are seeded)
+            multiplier(g2, i2, second)
+        return out
 
 
 def _delta(t: torch.Tensor) -> torch.Tensor:

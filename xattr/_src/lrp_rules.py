@@ -37,7 +37,7 @@ LAYERS = WEIGHTED | {"avg_pool", "max_pool"}
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
     """``z + eps * sign(z)`` with sign(0) = 1, so it is never 0 for eps > 0 (NOTE: [Float masks])."""
     sign = torch.sign(z)
-    return z + eps * (sign + 1 - sign.abs())
+    return sign.abs().neg_().add_(1).add_(sign).mul_(eps).add_(z)  # in place on one new tensor
 
 
 def transpose(op: ops.Op, x: torch.Tensor, weight, bias, s: torch.Tensor) -> torch.Tensor:
