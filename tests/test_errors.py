@@ -51,6 +51,14 @@ def test_target_checked_again_after_an_in_place_change():
         xattr.saliency(xattr.target(nn.Linear(4, 2), t))(X)
 
 
+def test_targets_made_in_inference_mode_are_checked_every_call():
+    with torch.inference_mode():
+        good, bad = torch.tensor([0, 1, 2, 0, 1]), torch.tensor([0, 1, 2, 0, 3])
+    assert xattr.saliency(xattr.target(_mlp(), good))(X).shape == X.shape
+    with pytest.raises(IndexError, match=r"must lie in \[0, 3\)"):
+        xattr.saliency(xattr.target(_mlp(), bad))(X)
+
+
 def test_many_outputs_out_of_range():
     with pytest.raises(IndexError, match=r"must lie in \[0, 3\)"):
         xattr.saliency(xattr.target(_mlp(), xattr.outputs(torch.tensor([0, 5]))))(X)

@@ -54,11 +54,13 @@ _IN_RANGE = WeakIdKeyDictionary()  # target tensor -> (its version, output count
 
 def _check_range(out: torch.Tensor, t, n_out: int) -> None:
     if isinstance(t, torch.Tensor):
-        if _IN_RANGE.get(t) == (t._version, n_out) or not t.numel() or is_traced(t):
+        version = None if t.is_inference() else t._version  # inference tensors have no version counter
+        if (version is not None and _IN_RANGE.get(t) == (version, n_out)) or not t.numel() or is_traced(t):
             return  # checked once per tensor (until it is modified): a target is reused by every call
         if ((t < -n_out) | (t >= n_out)).any():
             raise IndexError(f"target values must lie in [0, {n_out}) for a model with {n_out} outputs; got {t.tolist()}")
-        _IN_RANGE[t] = (t._version, n_out)
+        if version is not None:
+            _IN_RANGE[t] = (version, n_out)
     elif isinstance(t, int) and not -n_out <= t < n_out:
         raise IndexError(f"target {t} is out of range for a model with {n_out} outputs (shape {tuple(out.shape)})")
 
