@@ -90,6 +90,8 @@ def _select_one(out: torch.Tensor, t) -> torch.Tensor:
         if t.ndim != 1:
             raise ValueError(f"a per-example target must have shape (B,), got {tuple(t.shape)}")
         _check_range(out, t, out.shape[1])
+        if t.is_inference():  # made under torch.inference_mode: autograd cannot save it as the index
+            t = t.clone()
         n, b = T.copies_of(t, out.shape[0]), t.shape[0]  # rows fold n copies of the batch (copy-major)
         grouped = out.reshape((n, b) + tuple(out.shape[1:]))
         index = t.to(out.device).reshape((1, b, 1) + (1,) * (out.ndim - 2)).expand((n, b, 1) + tuple(out.shape[2:]))
