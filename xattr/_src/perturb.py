@@ -251,8 +251,10 @@ def evaluate(
 
     Model calls: ``ceil(K / c)`` with c copies per call (`copies_per_call`); one per copy in
     aggregate mode. Each call has ``c * B`` rows (fewer in the last). f(x) is not among them:
-    it is `outputs_at`'s own call of B rows, so that every output is the model at B rows or at
-    whole copies of them, and matches an explicit loop bit for bit (tested).
+    `outputs_at` evaluates it on exactly the B rows an explicit loop would (the brute-force tests
+    compare bit for bit). As one more copy in the first call it was measured about 20% faster on
+    a 0.2 ms tabular model, but matrix kernels round a row differently in a bigger batch, which
+    moved f(x) in its last bit.
     """
     selected = T.split_args(args, nums)[0]
     batch = T.batch_size(selected)
@@ -291,32 +293,12 @@ def evaluate(
                     f"batch of {batch}, folded into dim 0): a perturbation method needs one output row per input row"
                 )
             outs.append(out.reshape((e - s, batch) + tuple(out.shape[1:])))
-    return _stack(outs, aggregate, k, f)
-
-
-def _stack(outs: list, aggregate: bool, k: int, f: Callable) -> torch.Tensor:
-    """The calls' outputs (c, B, ...) -> (B, K[, O])."""
     if aggregate:
         return torch.cat(outs).reshape(1, k)
     out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (K, B, ...)
     if out.ndim == 3 and out.shape[2] == 1 and not getattr(f, "multi_output", False):
         out = out[..., 0]
     return out.transpose(0, 1)
-
-
-def _squeeze(out: torch.Tensor, f: Callable) -> torch.Tensor:
-    """(B, 1) -> (B,) unless f gives many outputs."""
-    return out[:, 0] if out.ndim == 2 and out.shape[1] == 1 and not getattr(f, "multi_output", False) else out
-
-
-def _check_per_example(out: torch.Tensor, f: Callable) -> None:
-    """One output (or, for ``xattr.outputs``, one row of K) per row, else a clear error."""
-    out = _squeeze(out, f)
-    if out.ndim > 2 or (out.ndim == 2 and not getattr(f, "multi_output", False)):
-        raise ValueError(
-            f"the model returns {tuple(out.shape)} outputs per batch but a perturbation method explains one "
-            "number per example: choose it with xattr.target(model, t), or xattr.outputs([...]) for several"
-        )
 
 
 def outputs_at(f: Callable, args: tuple, batch: int | None = None) -> tuple[torch.Tensor, bool]:
@@ -337,8 +319,14 @@ def outputs_at(f: Callable, args: tuple, batch: int | None = None) -> tuple[torc
             f"the model returned {tuple(out.shape)} for a batch of {batch}: a perturbation method needs one output "
             "row per example, or one number for the whole batch"
         )
-    _check_per_example(out, f)
-    return _squeeze(out, f), False
+    if out.ndim == 2 and out.shape[1] == 1 and not getattr(f, "multi_output", False):
+        out = out[:, 0]
+    if out.ndim > 2 or (out.ndim == 2 and not getattr(f, "multi_output", False)):
+        raise ValueError(
+            f"the model returns {tuple(out.shape)} outputs per batch but a perturbation method explains one "
+            "number per example: choose it with xattr.target(model, t), or xattr.outputs([...]) for several"
+        )
+    return out, False
 
 
 def baseline_tree(selected: tuple, baselines, as_tuple: bool) -> tuple:
