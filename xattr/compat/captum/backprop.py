@@ -50,9 +50,17 @@ def _attribution_func(custom: Callable | None):
     return fn
 
 
-def _rows_example_major(delta: torch.Tensor) -> torch.Tensor:
-    """xattr's (B, N) deltas of a baseline distribution as Captum's (B * N,), example-major."""
-    return delta.reshape(-1)
+def _with_shap_delta(method: Callable, return_delta: bool) -> Callable:
+    """``fn(*args) -> (attributions, delta or None)`` for a DeepLiftShap method: xattr's (B, N)
+    deltas of a baseline distribution as Captum's (B * N,), example-major."""
+
+    def fn(*args):
+        if not return_delta:
+            return method(*args), None
+        attr, delta = method(*args)
+        return attr, delta.reshape(-1)
+
+    return fn
 
 
 # ----------------------------------------------------------------------------- guided backprop, deconvolution
@@ -213,13 +221,7 @@ class DeepLiftShap(DeepLift):
             eps=self.eps, return_delta=return_convergence_delta,
         )  # fmt: skip
 
-        def fn(*args):
-            if not return_convergence_delta:
-                return dls(*args), None
-            attr, delta = dls(*args)
-            return attr, _rows_example_major(delta)
-
-        return fn, ()
+        return _with_shap_delta(dls, return_convergence_delta), ()
 
 
 # ----------------------------------------------------------------------------- layer DeepLift
@@ -298,13 +300,7 @@ class LayerDeepLiftShap(LayerDeepLift):
             eps=self.eps, return_delta=return_convergence_delta,
         )  # fmt: skip
 
-        def fn(*args):
-            if not return_convergence_delta:
-                return ldls(*args), None
-            attr, delta = ldls(*args)
-            return attr, _rows_example_major(delta)
-
-        return fn, ()
+        return _with_shap_delta(ldls, return_convergence_delta), ()
 
 
 # ----------------------------------------------------------------------------- neuron variants
