@@ -45,7 +45,7 @@ from xattr.metrics import gaussian_noise, uniform_noise
 
 from .layer_workloads import _cut
 from .perturbation_workloads import SPLIT_ROWS, forward_floors
-from .workloads import N_CLASSES, SEED, SmallCNN, Workload, _one_hot, _seeded, fwd_bwd, make_model
+from .workloads import N_CLASSES, SEED, SmallCNN, Workload, _one_hot, _seeded, agreement_tol, fwd_bwd, make_model
 
 INFIDELITY_STD = 0.1
 TCAV_LAYERS = ("conv2", "conv3")
@@ -60,8 +60,9 @@ def _seeded_call(fn: Callable[[], object]) -> Callable[[], object]:
     return run
 
 
-def _relative(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> tuple[str, bool]:
+def _relative(a: torch.Tensor, b: torch.Tensor, tol: float | None = None) -> tuple[str, bool]:
     """Max abs difference relative to the largest value (metric values can be far below 1)."""
+    tol = agreement_tol(b) if tol is None else tol
     diff, scale = float((a - b).abs().max()), float(b.abs().max())
     return f"max abs diff {diff:.1e} (max abs value {scale:.1e})", diff <= tol * scale
 

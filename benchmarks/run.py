@@ -85,7 +85,7 @@ def run_suite(model_name: str, device: str, args) -> tuple[list[list[str]], list
     suite = (build(model_name, device) + build_layers(model_name, device) + build_rules(model_name, device, resnet=resnet)
              + build_perturbation(model_name, device) + build_metrics(model_name, device))
     for w in suite:
-        if args.only and args.only.lower() not in w.name.lower():
+        if args.only and not any(part.strip().lower() in w.name.lower() for part in args.only.split(",")):
             continue
         if w.skip:
             rows.append([w.name] + ["-"] * 6 + [f"skipped: {w.skip}", "-"])
@@ -101,20 +101,39 @@ def run_suite(model_name: str, device: str, args) -> tuple[list[list[str]], list
             notes.append(f"{w.name}: failed before timing with {msg}")
             print(f"  {w.name}: FAILED {msg}", flush=True)
             continue
+        floors = dict(w.floors)
+        for k in list(floors):  # a floor spelling that cannot run here (say, out of GPU memory) drops out
+            if len(floors) > 1:
+                try:
+                    timing.time_once(floors[k], device)
+                except torch.cuda.OutOfMemoryError as err:
+                    del floors[k]
+                    notes.append(f"{w.name}: floor candidate {k} dropped: {type(err).__name__} (the others remain).")
+                    print(f"  {w.name}: floor candidate {k} dropped ({type(err).__name__})", flush=True)
+                    timing.release(device)
         has_captum = w.captum is not None  # None: Captum fails on this workload (the agreement text says why)
         # A Captum call that takes seconds (marked by perturbation_workloads.few_rounds) is timed in a few
         # rounds of its own after the others; the agreement call above was its warm-up.
         captum_rounds = getattr(w.captum, "rounds", None) if has_captum else None
         interleaved = has_captum and captum_rounds is None
-        contenders = {"xattr": w.xattr, **({"captum": w.captum} if has_captum else {}), **{f"floor: {k}": v for k, v in w.floors.items()}, **w.info}
-        times = timing.interleaved(
-            {k: v for k, v in contenders.items() if k != "captum" or interleaved}, device, warmup=1 if args.quick else 2,
-            repeats=args.repeats, max_repeats=args.repeats if args.quick else args.max_repeats, budget_s=args.budget,
-        )
-        if has_captum and not interleaved:
-            times["captum"] = [timing.time_once(w.captum, device) for _ in range(captum_rounds)]
+        contenders = {"xattr": w.xattr, **({"captum": w.captum} if has_captum else {}), **{f"floor: {k}": v for k, v in floors.items()}, **w.info}
+        try:
+            times = timing.interleaved(
+                {k: v for k, v in contenders.items() if k != "captum" or interleaved}, device, warmup=1 if args.quick else 2,
+                repeats=args.repeats, max_repeats=args.repeats if args.quick else args.max_repeats, budget_s=args.budget,
+            )
+            if has_captum and not interleaved:
+                times["captum"] = [timing.time_once(w.captum, device) for _ in range(captum_rounds)]
+        except Exception as err:  # noqa: BLE001 (as above: record it, go on with the next workload)
+            msg = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+            rows.append([w.name] + ["-"] * 6 + [f"{text}; timing failed: {msg}", "no: the run failed"])
+            notes.append(f"{w.name}: failed while timing with {msg}")
+            print(f"  {w.name}: FAILED while timing: {msg}", flush=True)
+            timing.release(device)
+            continue
+        timing.release(device)
         med = {k: timing.median(v) for k, v in times.items()}
-        floor_name = min(w.floors, key=lambda k: med[f"floor: {k}"])
+        floor_name = min(floors, key=lambda k: med[f"floor: {k}"])
         tx, tf = med["xattr"], med[f"floor: {floor_name}"]
         tc = med["captum"] if has_captum else float("nan")
         speedup = tc / tx if has_captum else float("inf")  # Captum fails: "never slower than Captum" holds
@@ -125,10 +144,11 @@ def run_suite(model_name: str, device: str, args) -> tuple[list[list[str]], list
         noise = ", ".join(f"{k} {100 * timing.spread(v):.0f}%" for k, v in times.items())
         faults = ", ".join(f"{k} {timing.faulted_mib(contenders[k]):.0f}" for k in contenders) if device == "cpu" else ""
         rounds = f"{len(times['xattr'])} rounds" + (f" (Captum: {captum_rounds} rounds of its own after them)" if captum_rounds else "")
-        notes.append(f"{w.name}: {rounds}; agreement judged {w.how}; "
+        how = w.how.replace("tol 1e-5", "tol 1e-3 (TF32 convolutions)") if device.startswith("cuda") else w.how
+        notes.append(f"{w.name}: {rounds}; agreement judged {how}; "
                      f"timing spread (IQR/median) {noise}" + (f"; MiB page-faulted per call: {faults}." if faults else "."))
-        if len(w.floors) > 1:
-            cands = ", ".join(f"{k} {1e3 * med['floor: ' + k]:.1f} ms" for k in w.floors)
+        if len(floors) > 1:
+            cands = ", ".join(f"{k} {1e3 * med['floor: ' + k]:.1f} ms" for k in floors)
             notes.append(f"{w.name}: floor candidates {cands}; the floor is the fastest, {floor_name}.")
         if w.info:
             extra = ", ".join(f"{k} {1e3 * med[k]:.1f} ms = {med[k] / tf:.2f}x floor" for k in w.info)
@@ -154,7 +174,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="least number of timed rounds (default 9; 5 with --quick)")
     p.add_argument("--max-repeats", type=int, default=101, help="most rounds while under --budget")
     p.add_argument("--budget", type=float, default=8.0, help="seconds of timed rounds per workload before stopping at --repeats")
-    p.add_argument("--only", default="", help="run only workloads whose name contains this")
+    p.add_argument("--only", default="", help="run only workloads whose name contains this (several: comma-separated)")
     p.add_argument("--resnet-deeplift", type=int, nargs=2, metavar=("BATCH", "SIDE"), default=None,
                    help="batch and image side of the ResNet-50 DeepLift workload (default: 2 112 on CPU, 8 224 on GPU)")
     p.add_argument("--out", default="benchmarks/RESULTS.md", help="markdown output file, '-' to only print")

@@ -186,6 +186,56 @@ def test_memory_budget_sets_the_copies_per_call():
         xattr.feature_ablation(f, memory_budget=-5)(x)
 
 
+class RunsOutOfMemory(Counting):
+    """A model function that raises CUDA's out-of-memory error for a first call of more than
+    ``most`` rows, and for later calls of more than ``most_after_first`` (``most`` unless set)."""
+
+    def __init__(self, f, most: int):
+        super().__init__(f)
+        self.most = self.most_after_first = most
+
+    def __call__(self, x, *rest):
+        self.rows.append(x.shape[0])
+        if x.shape[0] > (self.most if len(self.rows) == 1 else self.most_after_first):
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory: {x.shape[0]} rows")
+        return self.f(x, *rest)
+
+
+def test_a_call_out_of_memory_is_retried_with_half_the_copies():
+    model, x = mlp()  # 3 examples, 5 features: 5 copies of 3 rows
+    ref = xattr.feature_ablation(xattr.target(model, 0))(x)
+    f = RunsOutOfMemory(xattr.target(model, 0), most=7)
+    same(xattr.feature_ablation(f, memory_budget=2**20)(x), ref)
+    assert f.rows == [3, 15, 6, 6, 3], f.rows  # f(x); 5 copies in one call fail; then 2 per call
+    f = RunsOutOfMemory(xattr.target(model, 0), most=5)
+    same(xattr.feature_ablation(f, memory_budget=2**20)(x), ref)
+    assert f.rows == [3, 15, 6, 3, 3, 3, 3, 3], f.rows  # halved twice: 1 copy per call from the failed one on
+    f = RunsOutOfMemory(xattr.target(model, 0), most=6)
+    same(xattr.occlusion(f, sliding_window_shapes=(2,))(x), xattr.occlusion(xattr.target(model, 0), sliding_window_shapes=(2,))(x))
+    assert f.rows == [3, 12, 6, 6], f.rows  # 4 windows: all in one call fails, then 2 per call
+
+
+def test_out_of_memory_is_raised_when_the_copies_per_call_are_fixed_or_one():
+    model, x = mlp()
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        xattr.feature_ablation(RunsOutOfMemory(xattr.target(model, 0), most=7), chunk_size=9)(x)
+    f = RunsOutOfMemory(xattr.target(model, 0), most=3)
+    f.most_after_first = 0  # f(x) passes; every later call fails, one copy of the batch too
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        xattr.feature_ablation(f, memory_budget=2**20)(x)
+    assert f.rows == [3, 15, 6, 3], f.rows
+
+
+def test_the_accelerator_budget_is_a_64th_of_free_memory_within_bounds():
+    from xattr._src.perturb import MAX_MEMORY_BUDGET, MEMORY_BUDGET, budget_from_free, default_budget
+
+    assert budget_from_free(0) == MEMORY_BUDGET
+    assert budget_from_free(64 * 3 * MEMORY_BUDGET) == 3 * MEMORY_BUDGET
+    assert budget_from_free(80 * 2**30) == MAX_MEMORY_BUDGET
+    assert default_budget(torch.device("cpu")) < MEMORY_BUDGET
+    assert default_budget(torch.device("meta")) == MEMORY_BUDGET
+
+
 def test_occlusion_and_permutation_follow_the_budget_too():
     model, x = mlp()
     f = Counting(xattr.target(model, 0))
