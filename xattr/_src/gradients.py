@@ -99,15 +99,20 @@ def vjp_rows(
         return _rows(f(*rebuild(sel)), multi)
 
     out, pull = _forward(fn, selected)
-    check_finite(out)
+    # check_finite(out) waits for the device: on a GPU it comes after the backward is queued, so
+    # the host does not stall between forward and backward (the error is the same).
     if out.ndim == 0:  # one number for the whole batch ("aggregate" output): weight rows afterwards
         grads = pull(torch.ones_like(out), False)
+        check_finite(out)
         if weights is None:
             return out, grads
         return out, T.tree_map(lambda g: g * weights.reshape((-1,) + (1,) * (g.ndim - 1)).to(g.dtype), grads)
     w = (torch.ones(out.shape[0], device=out.device) if weights is None else weights).to(out.dtype)
     if not multi:
-        return out, pull(w, False)
+        grads = pull(w, False)
+        check_finite(out)
+        return out, grads
+    check_finite(out)
     k = out.shape[1]
     eye = torch.eye(k, dtype=out.dtype, device=out.device)
     cotangents = eye[:, None, :] * w[None, :, None]  # (K, R, K)

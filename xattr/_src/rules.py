@@ -91,7 +91,7 @@ class _Apply(torch.autograd.Function):
     @staticmethod
     def forward(rule, op, *tensors):
         out, extras = rule.forward(op, *tensors)
-        if any(e is out for e in extras):
+        if extras and any(e is out for e in extras):
             raise RuntimeError(f"{rule!r}.forward returned its output among its extras: return a copy (out.clone())")
         return (out, *extras)
 
@@ -131,10 +131,20 @@ class _ApplyEager(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, rule, op, *tensors):
-        output = _Apply.forward(rule, op, *tensors)
-        _Apply.setup_context(ctx, (rule, op, *tensors), output)
-        return output
+    def forward(ctx, rule, op, *tensors):  # _Apply.forward and setup_context, inlined (~60 calls per forward)
+        out, extras = rule.forward(op, *tensors)
+        ctx.set_materialize_grads(False)
+        ctx.rule, ctx.op, ctx.n_inputs, ctx.keep_output = rule, op, len(tensors), rule.keep_output
+        kept = tensors if rule.keeps(op) else ()
+        ctx.n_kept = len(kept)
+        if not extras:
+            ctx.save_for_backward(*kept, *((out,) if rule.keep_output else ()))
+            return (out,)
+        if any(e is out for e in extras):
+            raise RuntimeError(f"{rule!r}.forward returned its output among its extras: return a copy (out.clone())")
+        ctx.mark_non_differentiable(*extras)
+        ctx.save_for_backward(*kept, *extras, *((out,) if rule.keep_output else ()))
+        return (out, *extras)
 
     backward = _Apply.backward
 
@@ -156,7 +166,7 @@ def apply_rule(rule: Rule, op: ops.Op):
     tensors = op.tensors
     if op.inplace and rule.keeps(op):
         tensors = (tensors[0].clone(),) + tensors[1:]
-    light = op._replace(tensors=())  # the context must not hold the op's tensors
+    light = ops.Op(op.kind, op.fn, (), op.options, op.func, op.inplace)  # the context must not hold the op's tensors
     with torch._C.DisableTorchFunction():  # the rule's own ops are not intercepted again
         function = _ApplyEager if torch._C._functorch.maybe_current_level() is None else _Apply
         out = function.apply(rule, light, *tensors)[0]
@@ -211,11 +221,9 @@ class _Table:
             if missing:
                 raise ValueError(f"no module named {missing} in {type(root).__name__}")
         self.tracks_modules = bool(self.by_name or self.by_module or self.by_type)
-
-    def may_claim(self, func) -> bool:
-        """Whether some rule could apply to a call of func: ops no rule can claim are not parsed
-        (a parser may reject a call, e.g. softmax with an implicit dim, that runs fine untouched)."""
-        return self.tracks_modules or ops.KIND_OF[func] in self.by_kind
+        # The parsers of the ops some rule could claim: the others are not parsed (a parser may
+        # reject a call, e.g. softmax with an implicit dim, that runs fine untouched).
+        self.parsers = {func: parser for func, parser in ops.PARSERS.items() if self.tracks_modules or ops.KIND_OF[func] in self.by_kind}
 
     def resolve(self, op: ops.Op, stack: list) -> Rule | None:
         for module in reversed(stack):
@@ -237,14 +245,14 @@ class _Table:
 class _RulesMode(TorchFunctionMode):
     def __init__(self, table: _Table):
         super().__init__()
-        self.table = table
+        self.table, self.parsers = table, table.parsers
         self.stack: list = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        parser = self.parsers.get(func)
+        if parser is None:  # every call of the model passes here: keep it short
+            return func(*args, **kwargs) if kwargs else func(*args)
         kwargs = kwargs or {}
-        parser = ops.PARSERS.get(func)
-        if parser is None or not self.table.may_claim(func):
-            return func(*args, **kwargs)
         op = parser(func, *args, **kwargs)
         rule = None if op is None else self.table.resolve(op, self.stack)
         if rule is None:
