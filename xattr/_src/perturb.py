@@ -212,7 +212,9 @@ def default_budget(device: torch.device) -> int:
     if device.type != "cuda":
         return MEMORY_BUDGET
     free, _ = torch.cuda.mem_get_info(device)
-    return budget_from_free(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    stats = torch.cuda.memory_stats(device)  # one call: each of memory_reserved/allocated builds this dict
+    unused = stats.get("reserved_bytes.all.current", 0) - stats.get("allocated_bytes.all.current", 0)
+    return budget_from_free(free + unused)
 
 
 def budget_from_free(free_bytes: int) -> int:
@@ -240,9 +242,12 @@ class _Spans:
         return True
 
 
-def copies_per_call(selected, batch: int, chunk_size: int | None, memory_budget: int | None) -> int:
+def copies_per_call(selected, batch: int, chunk_size: int | None, memory_budget: int | None, n_copies: int | None = None) -> int:
     """Copies of the batch per model call: ``chunk_size // B`` rows' worth, else as many copies
-    as fit ``memory_budget`` bytes of perturbed inputs and `MAX_ROWS` rows; at least one."""
+    as fit ``memory_budget`` bytes of perturbed inputs and `MAX_ROWS` rows; at least one.
+
+    ``n_copies`` (how many copies there are, when known) spares the free-memory query on CUDA
+    when the smallest default budget already holds them all (the query costs ~1 ms there)."""
     if chunk_size is not None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size!r}")
@@ -251,10 +256,13 @@ def copies_per_call(selected, batch: int, chunk_size: int | None, memory_budget:
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
     leaves = T.leaves(selected)
     per_copy = sum(t.numel() * t.element_size() for t in leaves)
+    cap = max(1, MAX_ROWS // batch)
     if memory_budget is None:
-        memory_budget = default_budget(leaves[0].device)
+        device = leaves[0].device
+        enough = MEMORY_BUDGET // max(1, per_copy) >= min(cap, n_copies if n_copies is not None else cap)
+        memory_budget = MEMORY_BUDGET if device.type == "cuda" and enough else default_budget(device)
     by_bytes = memory_budget // max(1, per_copy)
-    return max(1, min(by_bytes, MAX_ROWS // batch))
+    return max(1, min(by_bytes, cap))
 
 
 class Coalitions:
@@ -310,7 +318,7 @@ def evaluate(
         k, shared, rows_of = z.shape[1], z.shape[0] == 1, lambda s, e: z[:, s:e]
     if aggregate and not shared:
         raise ValueError("a model returning one number per batch needs coalitions shared by all examples")
-    per = 1 if aggregate else copies_per_call(selected, batch, chunk_size, memory_budget)
+    per = 1 if aggregate else copies_per_call(selected, batch, chunk_size, memory_budget, k)
     spans = _Spans(k, per, adaptive=chunk_size is None and not aggregate)
     outs = []
     with torch.no_grad(), T.batch_scope(batch):

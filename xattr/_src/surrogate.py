@@ -299,7 +299,7 @@ def _weights(similarity, selected, base, masks, z, n_features, aggregate, as_tup
     if kind is not None:
         return _exp_kernel_weights(kind, selected, base, masks, z, n_features, aggregate)
     batch = T.batch_size(selected)
-    per = copies_per_call(selected, batch, chunk_size, memory_budget)
+    per = copies_per_call(selected, batch, chunk_size, memory_budget, z.shape[1])
     user = lambda tree: tree if as_tuple else tree[0]  # noqa: E731
     original = T.tree_map(lambda x: x[None] if aggregate else x, selected)
     parts = []

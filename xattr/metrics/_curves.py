@@ -90,7 +90,7 @@ def _curve(
         ranks = _element_ranks(phi if as_tuple else (phi,), masks, selected, n_feat)
         steps = n_feat if n_steps is None else min(n_steps, n_feat)
         counts = torch.arange(steps + 1, device=ranks[0].device) * n_feat // steps
-        per = copies_per_call(selected, batch, chunk_size, memory_budget)
+        per = copies_per_call(selected, batch, chunk_size, memory_budget, steps + 1)
         outs = []
         with torch.no_grad(), T.batch_scope(batch):
             for s in range(0, steps + 1, per):

@@ -65,7 +65,7 @@ def infidelity(
         drawn = draw_copies(perturb_func, x, n, batched=batched, generator=generator, what="perturb_func")
         pert, pert_size = _perturbation(drawn, x)
         iphi = _dot(pert_size, phi)  # (B, n)
-        per = copies_per_call(selected, batch, chunk_size, memory_budget)
+        per = copies_per_call(selected, batch, chunk_size, memory_budget, n)
         outs = []
         with torch.no_grad(), T.batch_scope(batch):
             for s in range(0, n, per):
