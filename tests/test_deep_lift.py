@@ -508,3 +508,46 @@ def test_guided_grad_cam_refuses_layers_and_inputs_without_spatial_dims():
     split = xattr.at_layer(xattr.target(two, 0), cnn[1])
     with pytest.raises(ValueError, match="layout of the Grad-CAM map"):
         xattr.guided_grad_cam(split, argnums=(0, 1))(torch.randn(2, 1, 6, 6), torch.randn(2, 2))
+
+
+# --------------------------------------------------------------------------- the two spellings of Rescale
+
+
+@pytest.mark.parametrize("kind", ["relu", "leaky_relu", "elu", "sigmoid", "tanh", "softplus", "gelu"])
+def test_rescale_multipliers_equal_in_both_spellings(kind):
+    """The float-mask spelling (CPU) and the torch.where one (other devices) give equal values,
+    at exact ties (x == x'), below eps, and elsewhere."""
+    from xattr._src import ops
+    from xattr._src.deeplift_rules import _rescaled
+
+    gen = torch.Generator().manual_seed(0)
+    x1 = torch.randn(4, 50, generator=gen, dtype=torch.float64)
+    x2 = torch.randn(4, 50, generator=gen, dtype=torch.float64)
+    x2[0] = x1[0]  # ties
+    x2[1, :25] = x1[1, :25] + 1e-12  # below eps
+    x = torch.cat([x1, x2])
+    func = {"relu": F.relu, "leaky_relu": F.leaky_relu, "elu": F.elu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "softplus": F.softplus, "gelu": F.gelu}[kind]
+    op = ops.PARSERS[func](func, x)
+    y = op.fn(x)
+    masks = _rescaled(op, x, y, 1e-10, where=False)
+    assert torch.equal(_rescaled(op, x, y, 1e-10, where=True), masks)
+    assert torch.isfinite(masks).all()
+
+
+def test_deep_lift_with_the_where_spelling_equals_the_default_also_under_vmap(monkeypatch):
+    from xattr._src import deeplift_rules
+
+    model, x, base = cnn_case()
+    dl = xattr.deep_lift(xattr.target(model, 2))
+    expected = dl(x, baselines=base)
+    batched = torch.func.vmap(lambda x, b: dl(x[None], baselines=b[None])[0])(x, base)
+    plain, calls = deeplift_rules._rescaled, []
+
+    def where_spelling(*args, **kwargs):
+        calls.append(1)
+        return plain(*args, **kwargs, where=True)
+
+    monkeypatch.setattr(deeplift_rules, "_rescaled", where_spelling)
+    assert torch.equal(dl(x, baselines=base), expected)
+    assert calls, "the where spelling must have run"
+    assert torch.equal(torch.func.vmap(lambda x, b: dl(x[None], baselines=b[None])[0])(x, base), batched)

@@ -747,3 +747,36 @@ def test_layer_lrp_refuses_an_input_layer_rule_above_the_split():
     r = xattr.layer_lrp(above, composite=composite)(x)
     assert r.shape == (3, 6)
     xattr.lrp(xattr.target(model, 1), composite=composite)(x)  # the input-level call is unaffected
+
+
+# ----------------------------------------------------------------------------- the two spellings of the stabilizer
+
+
+def test_stabilizer_spellings_are_equal_at_zero_signed_zero_nan_and_elsewhere():
+    from xattr._src.lrp_rules import stabilize
+
+    z = torch.cat([random_tensor((200,), seed=4), torch.tensor([0.0, -0.0, 1e-30, -1e-30, float("nan"), float("inf"), -float("inf")])])
+    for eps in (1e-9, 0.25, 0.0):
+        a, b = stabilize(z, eps, where=False), stabilize(z, eps, where=True)
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a[~a.isnan()], b[~b.isnan()]), eps
+        assert ((a[:-3] != 0) | (eps == 0.0)).all()
+
+
+def test_lrp_with_the_where_stabilizer_equals_the_default_also_under_vmap(monkeypatch):
+    from xattr._src import lrp_rules as module
+
+    model, x = setup("cnn")
+    fns = [xattr.lrp(xattr.target(model, 1), composite=m) for m in (lrp_rules(), epsilon_gamma_box("0", -3.0, 3.0))]
+    expected = [fn(x) for fn in fns]
+    batched = [torch.func.vmap(lambda xi: fn(xi[None])[0])(x) for fn in fns]
+    plain, calls = module.stabilize, []
+
+    def where_spelling(*args, **kwargs):
+        calls.append(1)
+        return plain(*args, **kwargs, where=True)
+
+    monkeypatch.setattr(module, "stabilize", where_spelling)
+    for fn, e, bt in zip(fns, expected, batched):
+        assert torch.equal(fn(x), e)
+        assert torch.equal(torch.func.vmap(lambda xi: fn(xi[None])[0])(x), bt)
+    assert calls, "the where spelling must have run"
