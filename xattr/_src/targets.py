@@ -65,8 +65,12 @@ def _check_range(out: torch.Tensor, t, n_out: int) -> None:
         raise IndexError(f"target {t} is out of range for a model with {n_out} outputs (shape {tuple(out.shape)})")
 
 
-def _select_one(out: torch.Tensor, t) -> torch.Tensor:
-    """Picks one output per row: (R, ...) -> (R,)."""
+def _select_one(out: torch.Tensor, t, memo: dict | None = None) -> torch.Tensor:
+    """Picks one output per row: (R, ...) -> (R,).
+
+    ``memo`` (a `Targeted`'s own dict) keeps the gather index of a per-example target tensor for
+    each row layout, keyed with the tensor's version: a method calls its model many times with
+    one target, and building the index (range check included) cost as much as the gather."""
     if out.ndim < 2:
         raise ValueError(f"target given but the model returns shape {tuple(out.shape)}, one value per example")
     if isinstance(t, bool) or t is None:
@@ -89,12 +93,22 @@ def _select_one(out: torch.Tensor, t) -> torch.Tensor:
             return _select_one(out, int(t)) if not is_traced(t) else out[:, t]
         if t.ndim != 1:
             raise ValueError(f"a per-example target must have shape (B,), got {tuple(t.shape)}")
+        n, b = T.copies_of(t, out.shape[0]), t.shape[0]  # rows fold n copies of the batch (copy-major)
+        key = None
+        if memo is not None and not t.is_inference() and not is_traced(t):
+            key = (t._version, n, out.shape[1], tuple(out.shape[2:]), out.device)
+            index = memo.get(key)
+            if index is not None:
+                return out.reshape((n, b) + tuple(out.shape[1:])).gather(2, index).reshape((out.shape[0],) + tuple(out.shape[2:]))
         _check_range(out, t, out.shape[1])
         if t.is_inference():  # made under torch.inference_mode: autograd cannot save it as the index
             t = t.clone()
-        n, b = T.copies_of(t, out.shape[0]), t.shape[0]  # rows fold n copies of the batch (copy-major)
         grouped = out.reshape((n, b) + tuple(out.shape[1:]))
         index = t.to(out.device).reshape((1, b, 1) + (1,) * (out.ndim - 2)).expand((n, b, 1) + tuple(out.shape[2:]))
+        if key is not None:
+            if len(memo) > 16:  # a handful of layouts per target in practice; never grow without bound
+                memo.clear()
+            memo[key] = index
         return grouped.gather(2, index).reshape((out.shape[0],) + tuple(out.shape[2:]))
     if isinstance(t, list):
         raise TypeError(
@@ -154,6 +168,7 @@ class Targeted:
         self.t = t
         self.multi_output = isinstance(t, Outputs)
         self.__wrapped__ = model
+        self._index_memo: dict = {}  # see _select_one
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         out = self.model(*args, **kwargs)
@@ -161,7 +176,7 @@ class Targeted:
             raise TypeError(f"the model must return a tensor, got {type(out).__name__}")
         if self.multi_output:
             return _select_many(out, self.t.indices)
-        return _select_one(out, self.t)
+        return _select_one(out, self.t, self._index_memo)
 
     def __repr__(self) -> str:
         return f"target({self.model!r}, {self.t!r})"
