@@ -104,9 +104,9 @@ def _inputs(batch: int, shape: tuple[int, ...], device: str, seed: int = SEED):
 
 
 def _delta_tol(device: str) -> float:
-    """Summation-to-delta tolerance: 1e-5 in float32 on CPU; 1e-3 on CUDA, whose convolutions run
-    in TF32 by default (torch.backends.cudnn.allow_tf32), so forward and backward differ at ~1e-3."""
-    return 1e-3 if device.startswith("cuda") else 1e-5
+    """Summation-to-delta tolerance: 1e-5 in float32 on CPU; 1e-4 on CUDA (checked with TF32 off,
+    `timing.full_fp32`, but forward and backward use other cuDNN algorithms)."""
+    return 1e-4 if device.startswith("cuda") else 1e-5
 
 
 def _delta_text(delta: torch.Tensor, gap: torch.Tensor, who: str = "xattr") -> tuple[str, float]:

@@ -8,6 +8,7 @@ counts is the median over rounds.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
@@ -30,6 +31,21 @@ def configure(device: str, threads: int) -> None:
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def full_fp32(device: str):
+    """TF32 off (cuDNN convolutions use it by default) for agreement checks on CUDA: two libraries
+    that batch the same work differently then differ at float32 rounding, not at TF32's 1e-3."""
+    if not device.startswith("cuda"):
+        yield
+        return
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def release(device: str) -> None:

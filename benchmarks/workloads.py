@@ -141,10 +141,10 @@ def plain_gradient_shap(model, x, y, dist, n: int, n_out: int) -> Callable[[], t
 
 
 def agreement_tol(t: torch.Tensor) -> float:
-    """Relative tolerance of an "exact" agreement: 1e-5 in float32 on CPU; 1e-3 on CUDA, whose
-    convolutions run in TF32 by default (torch.backends.cudnn.allow_tf32), so two libraries that
-    batch the same work differently differ at about 1e-4 there."""
-    return 1e-3 if t.is_cuda else 1e-5
+    """Relative tolerance of an "exact" agreement: 1e-5 in float32 on CPU; 1e-4 on CUDA, where
+    the runner checks agreement with TF32 off (`timing.full_fp32`) but cuDNN picks other
+    convolution algorithms for other batch sizes."""
+    return 1e-4 if t.is_cuda else 1e-5
 
 
 def exact(a: torch.Tensor, b: torch.Tensor, tol: float | None = None) -> tuple[str, bool]:
