@@ -413,3 +413,16 @@ def test_copies_per_call_counts_whole_copies():
         per = max(1, chunk // B)
         assert len(f.rows) == 1 + math.ceil(n / per)
         assert all(r % B == 0 for r in f.rows) and sum(f.rows[1:]) == n * B
+
+
+def test_cached_constants_are_not_shared_with_inference_mode_and_keep_signed_zeros():
+    from xattr._src.perturb import baseline_tree
+
+    x = (torch.zeros(2, 3),)
+    a, b = baseline_tree(x, 0.0, True)[0], baseline_tree(x, 0.0, True)[0]
+    assert a is b  # one tensor per value, dtype and device
+    neg = baseline_tree(x, -0.0, True)[0]
+    assert torch.signbit(neg) and not torch.signbit(a)
+    with torch.inference_mode():
+        c = baseline_tree(x, 0.0, True)[0]
+    assert c is not a and c.is_inference() and not a.is_inference()

@@ -32,7 +32,7 @@ import torch
 from . import tree as T
 from .checks import warn_if_training
 from .gradients import attribution_fn
-from .perturb import Coalitions, baseline_tree, evaluate, features, outputs_at, scatter_features
+from .perturb import Coalitions, baseline_tree, constant, evaluate, features, outputs_at, scatter_features
 from .sampling import streams
 
 
@@ -74,7 +74,8 @@ def feature_ablation(
         masks, n = features(selected, feature_mask)
         base = baseline_tree(selected, baselines, as_tuple)
         out, aggregate = outputs_at(f, args, T.batch_size(selected))
-        ablate_one = ~torch.eye(n, dtype=torch.bool, device=T.leaves(masks)[0].device)
+        device = T.leaves(masks)[0].device
+        ablate_one = constant(("ablate one", n, device), lambda: ~torch.eye(n, dtype=torch.bool, device=device))
         outs = evaluate(f, args, nums, masks=masks, baselines=base, coalitions=ablate_one, aggregate=aggregate,
                         chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
         diff = _per_feature(out[:, None] - outs)

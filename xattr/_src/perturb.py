@@ -386,6 +386,23 @@ def outputs_at(f: Callable, args: tuple, batch: int | None = None) -> tuple[torc
     return out, False
 
 
+_CONSTANTS: dict = {}  # (what, ..., dtype, device) -> a small constant tensor the engine never modifies
+
+
+def constant(key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """A cached small constant (a number baseline, feature ablation's coalitions): made once per
+    key instead of on every call, where on a GPU each is a kernel or a host-to-device copy.
+    Not cached under inference mode (an inference tensor cannot serve outside it)."""
+    if torch.is_inference_mode_enabled():
+        return make()
+    t = _CONSTANTS.get(key)
+    if t is None:
+        if len(_CONSTANTS) >= 64:
+            _CONSTANTS.clear()
+        t = _CONSTANTS[key] = make()
+    return t
+
+
 def baseline_tree(selected: tuple, baselines, as_tuple: bool) -> tuple:
     """Baselines as a tuple of trees like ``selected`` (for an int argnums, ``baselines`` is a tree
     like that one argument), each leaf a tensor of its input's dtype broadcastable to it.
@@ -396,7 +413,8 @@ def baseline_tree(selected: tuple, baselines, as_tuple: bool) -> tuple:
     if isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
         leaves = T.leaves(selected)
         if all(isinstance(x, torch.Tensor) and x.is_floating_point() for x in leaves):
-            return T.tree_map(lambda x: torch.tensor(baselines, dtype=x.dtype, device=x.device), selected)
+            return T.tree_map(lambda x: constant(("baseline", repr(baselines), x.dtype, x.device),
+                                                 lambda: torch.tensor(baselines, dtype=x.dtype, device=x.device)), selected)
     _check_exact(selected if as_tuple else selected[0], baselines)
     base = baselines_tuple(selected, baselines, as_tuple)
     return T.tree_map(lambda x, b: torch.as_tensor(b, device=x.device).to(x.dtype), selected, base)
