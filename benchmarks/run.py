@@ -167,6 +167,24 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def gpu_section(path: str) -> list[str]:
+    """The GPU section of a markdown file written by a ``--device cuda`` run, headed by that run's
+    command and machine lines (a GPU machine's run is merged into the CPU run's RESULTS.md)."""
+    lines = open(path).read().splitlines()
+    written = next(i for i, line in enumerate(lines) if line.startswith("Written by"))
+    machine = []
+    for line in lines[written + 2:]:
+        if not line.startswith("- "):
+            break
+        machine.append(line)
+    start = next(i for i, line in enumerate(lines) if line.startswith("## GPU"))
+    end = next((i for i, line in enumerate(lines) if i > start and (line.startswith("Floors:") or line.startswith("## "))), len(lines))
+    body = lines[start + 1:end]
+    while body and not body[-1].strip():
+        body.pop()
+    return [lines[start], "", f"From a separate run on a GPU machine: {lines[written][len('Written by '):]}", ""] + machine + body
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu (3-conv CNN), cuda (ResNet-50) or all")
@@ -179,6 +197,9 @@ def main(argv=None) -> int:
     p.add_argument("--resnet-deeplift", type=int, nargs=2, metavar=("BATCH", "SIDE"), default=None,
                    help="batch and image side of the ResNet-50 DeepLift workload (default: 2 112 on CPU, 8 224 on GPU)")
     p.add_argument("--out", default="benchmarks/RESULTS.md", help="markdown output file, '-' to only print")
+    p.add_argument("--gpu-from", default=None, metavar="FILE",
+                   help="markdown written by a --device cuda run on a GPU machine: its GPU section, with that "
+                        "run's machine lines, goes into this (CPU) run's output")
     args = p.parse_args(argv)
     args.repeats = args.repeats or (5 if args.quick else 9)
     warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
@@ -190,6 +211,7 @@ def main(argv=None) -> int:
         gpu_note = ("GPU", None, [f"not run: {why}."])
     else:
         gpu_note = None
+    gpu_md = gpu_section(args.gpu_from) if args.gpu_from and gpu_note else None
     start = time.perf_counter()
     info = timing.machine_info("cuda" if "cuda" in devices and torch.cuda.is_available() else "cpu")
     sections, notes_all = [], []
@@ -213,7 +235,7 @@ def main(argv=None) -> int:
         print(f"{label}", flush=True)
         rows, notes = run_suite(model, device, args)
         sections.append((label, rows, notes))
-    if gpu_note:
+    if gpu_note and not gpu_md:
         sections.append(gpu_note)
     elapsed = time.perf_counter() - start
 
@@ -230,6 +252,8 @@ def main(argv=None) -> int:
         if rows is not None:
             md += [table(rows), ""]
         md += ["Notes:", ""] + [f"- {n}" for n in notes]
+    if gpu_md:
+        md += [""] + gpu_md
     md += ["", "Floors: IG = one forward+backward of the n_steps-times expanded batch; Saliency = one of the "
            "batch; SmoothGrad and GradientShap = one of the 25-times expanded batch; all classes = one "
            "forward of the 20-times expanded batch plus 10 backward passes (fastest plain-torch spelling); "
