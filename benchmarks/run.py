@@ -14,6 +14,7 @@ See benchmarks/README.md for what is measured and how targets are judged.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -42,6 +43,7 @@ TARGET_GROUPS = [  # (label in RESULTS.md, families)
     ("metrics (infidelity, sensitivity_max)", ["metric"]),
     ("TCAV", ["tcav"]),
 ]
+GPU_RESULTS = "benchmarks/RESULTS-gpu.md"  # written on a GPU machine by --device cuda --out GPU_RESULTS
 COLUMNS = ["workload", "xattr ms", "Captum ms", "floor ms", "xattr/floor", "Captum/floor",
            "Captum/xattr", "agreement", "target met"]
 
@@ -197,9 +199,10 @@ def main(argv=None) -> int:
     p.add_argument("--resnet-deeplift", type=int, nargs=2, metavar=("BATCH", "SIDE"), default=None,
                    help="batch and image side of the ResNet-50 DeepLift workload (default: 2 112 on CPU, 8 224 on GPU)")
     p.add_argument("--out", default="benchmarks/RESULTS.md", help="markdown output file, '-' to only print")
-    p.add_argument("--gpu-from", default=None, metavar="FILE",
+    p.add_argument("--gpu-from", default=GPU_RESULTS, metavar="FILE",
                    help="markdown written by a --device cuda run on a GPU machine: its GPU section, with that "
-                        "run's machine lines, goes into this (CPU) run's output")
+                        f"run's machine lines, goes into this (CPU) run's output (default {GPU_RESULTS} when it "
+                        "exists; '' for none)")
     args = p.parse_args(argv)
     args.repeats = args.repeats or (5 if args.quick else 9)
     warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
@@ -211,7 +214,8 @@ def main(argv=None) -> int:
         gpu_note = ("GPU", None, [f"not run: {why}."])
     else:
         gpu_note = None
-    gpu_md = gpu_section(args.gpu_from) if args.gpu_from and gpu_note else None
+    from_file = args.gpu_from and gpu_note and (args.gpu_from != GPU_RESULTS or os.path.exists(GPU_RESULTS))
+    gpu_md = gpu_section(args.gpu_from) if from_file else None
     start = time.perf_counter()
     info = timing.machine_info("cuda" if "cuda" in devices and torch.cuda.is_available() else "cpu")
     sections, notes_all = [], []
