@@ -99,14 +99,7 @@ class _Apply(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         rule, op, *tensors = inputs
-        extras = output[1:]
-        ctx.mark_non_differentiable(*extras)
-        ctx.set_materialize_grads(False)  # the extras never get gradients: no zero tensors for them
-        ctx.rule, ctx.op, ctx.n_inputs = rule, op, len(tensors)
-        kept = tuple(tensors) if rule.keeps(op) else ()
-        ctx.keep_output = rule.keep_output
-        ctx.save_for_backward(*kept, *extras, *((output[0],) if rule.keep_output else ()))
-        ctx.n_kept = len(kept)
+        _save(ctx, rule, op, tensors, output[0], output[1:])
 
     @staticmethod
     def backward(ctx, grad, *_):
@@ -121,6 +114,17 @@ class _Apply(torch.autograd.Function):
         return (None, None, *grads)
 
 
+def _save(ctx, rule: Rule, op: ops.Op, tensors, out: torch.Tensor, extras: tuple) -> None:
+    """What every `_Apply*` keeps for the rule's backward."""
+    if extras:
+        ctx.mark_non_differentiable(*extras)
+    ctx.set_materialize_grads(False)  # the extras never get gradients: no zero tensors for them
+    ctx.rule, ctx.op, ctx.n_inputs, ctx.keep_output = rule, op, len(tensors), rule.keep_output
+    kept = tuple(tensors) if rule.keeps(op) else ()
+    ctx.n_kept = len(kept)
+    ctx.save_for_backward(*kept, *extras, *((out,) if rule.keep_output else ()))
+
+
 class _ApplyEager(torch.autograd.Function):
     """`_Apply` for plain autograd (no torch.func transform active).
 
@@ -132,20 +136,10 @@ class _ApplyEager(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, rule, op, *tensors):  # _Apply.forward and setup_context, inlined (~60 calls per forward)
-        out, extras = rule.forward(op, *tensors)
-        ctx.set_materialize_grads(False)
-        ctx.rule, ctx.op, ctx.n_inputs, ctx.keep_output = rule, op, len(tensors), rule.keep_output
-        kept = tensors if rule.keeps(op) else ()
-        ctx.n_kept = len(kept)
-        if not extras:
-            ctx.save_for_backward(*kept, *((out,) if rule.keep_output else ()))
-            return (out,)
-        if any(e is out for e in extras):
-            raise RuntimeError(f"{rule!r}.forward returned its output among its extras: return a copy (out.clone())")
-        ctx.mark_non_differentiable(*extras)
-        ctx.save_for_backward(*kept, *extras, *((out,) if rule.keep_output else ()))
-        return (out, *extras)
+    def forward(ctx, rule, op, *tensors):
+        output = _Apply.forward(rule, op, *tensors)
+        _save(ctx, rule, op, tensors, output[0], output[1:])
+        return output
 
     backward = _Apply.backward
 
@@ -160,10 +154,7 @@ class _ApplyEagerInPlace(torch.autograd.Function):
     def forward(ctx, rule, op, x):
         out = ops.IN_PLACE[op.kind](x, **op.options)
         ctx.mark_dirty(x)
-        ctx.set_materialize_grads(False)
-        ctx.rule, ctx.op, ctx.n_inputs, ctx.keep_output, ctx.n_kept = rule, op, 1, rule.keep_output, 0
-        if rule.keep_output:
-            ctx.save_for_backward(out)
+        _save(ctx, rule, op, (x,), out, ())
         return (out,)
 
     backward = _Apply.backward
