@@ -42,7 +42,7 @@ from torch import nn
 import xattr
 from xattr.testing.vision import models as vision_models
 
-from .workloads import N_CLASSES, SEED, SmallCNN, Workload, _one_hot, _seeded, exact, fwd_bwd, make_model
+from .workloads import N_CLASSES, SEED, SmallCNN, Workload, _one_hot, _seeded, device_tol, exact, fwd_bwd, make_model
 
 RESNET_DEEPLIFT = {"cpu": (2, 112), "cuda": (8, 224)}  # (batch, side) of the ResNet-50 DeepLift workload
 VGG_CFG = [32, "M", 64, "M", 128, 128, "M", 256, "M"]  # VGGStyle's features: conv widths, "M" = max-pool
@@ -103,12 +103,6 @@ def _inputs(batch: int, shape: tuple[int, ...], device: str, seed: int = SEED):
     return x, y
 
 
-def _delta_tol(device: str) -> float:
-    """Summation-to-delta tolerance: 1e-5 in float32 on CPU; 1e-4 on CUDA (checked with TF32 off,
-    `timing.full_fp32`, but forward and backward use other cuDNN algorithms)."""
-    return 1e-4 if device.startswith("cuda") else 1e-5
-
-
 def _delta_text(delta: torch.Tensor, gap: torch.Tensor, who: str = "xattr") -> tuple[str, float]:
     """Max abs delta as text (no '|': the text goes into a markdown table), and the delta relative
     to max(1, max abs(f(x) - f(b)))."""
@@ -152,7 +146,7 @@ def _deep_lift_cnn(device: str) -> Workload:
         avg_text, avg_ok = exact(xattr.deep_lift(fa, baselines=0.0)(x), DeepLift(avg).attribute(x, target=y).detach())
         text = (f"Captum breaks summation-to-delta at nn.ReLU -> nn.MaxPool2d: {tx}, {tc} (max abs(f(x)-f(0)) "
                 f"{float(gap.abs().max()):.1e}); {diff}; max-pools swapped for avg-pools: {avg_text}")
-        return text, rel_x <= _delta_tol(device) and avg_ok
+        return text, rel_x <= device_tol(device) and avg_ok
 
     both = torch.cat([x, torch.zeros_like(x)])
     return Workload(
@@ -203,14 +197,14 @@ def _deep_lift_resnet(device: str, batch: int, side: int) -> Workload:
             gap = f(x) - f(torch.zeros_like(x))
         tx, rel = _delta_text(d_x, gap)
         text = f"Captum: {'runs' if err is None else 'fails (' + err + ')'}; {tx} (max abs(f(x)-f(0)) {float(gap.abs().max()):.1e})"
-        return text, rel <= _delta_tol(device)
+        return text, rel <= device_tol(device)
 
     both = torch.cat([x, torch.zeros_like(x)])
     n_out = 1000
     return Workload(
         name, "gradient", lambda: dl_x(x), None,
         {"fwd+bwd of 2B rows": fwd_bwd(model, both, _one_hot(y, 2, n_out).to(device))},
-        agree, f"Captum fails, so xattr alone: summation-to-delta, |delta| <= {_delta_tol(device):.0e} x max(1, |f(x)-f(0)|)",
+        agree, f"Captum fails, so xattr alone: summation-to-delta, |delta| <= {device_tol(device):.0e} x max(1, |f(x)-f(0)|)",
         notes=[f"DeepLift (ResNet-50): torchvision resnet50(weights=None), eval, batch {batch}, 3x{side}x{side}; "
                "xattr: deep_lift(target(model, y), baselines=0.0); Captum's DeepLift(model) raises because "
                "each Bottleneck calls its ReLU module three times (a known Captum limitation). Floor: one "
