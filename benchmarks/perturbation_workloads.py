@@ -270,7 +270,7 @@ def _surrogate(kind: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_
                              - method(f, n_samples=n_samples, generator=10_001 + 2 * i)(x)).norm()) for i in range(NULL_PAIRS))
         lo, hi = null[int(0.01 * NULL_PAIRS)], null[int(0.99 * NULL_PAIRS) - 1]
         ok = lo <= dist <= hi
-        text = f"|xattr - Captum| {dist:.3f} (xattr vs xattr: {lo:.3f}..{hi:.3f} in 98% of {NULL_PAIRS} pairs)"
+        text = f"L2 distance to Captum {dist:.3f} (xattr to xattr: {lo:.3f}..{hi:.3f} in 98% of {NULL_PAIRS} pairs)"
         # elements whose estimates never vary (LIME's lasso zeroes most coefficients): there Captum must
         # give the same value
         fixed = per.std(0) <= 1e-12 * float(per.std(0).max())
