@@ -94,21 +94,20 @@ def _select_one(out: torch.Tensor, t, memo: dict | None = None) -> torch.Tensor:
         if t.ndim != 1:
             raise ValueError(f"a per-example target must have shape (B,), got {tuple(t.shape)}")
         n, b = T.copies_of(t, out.shape[0]), t.shape[0]  # rows fold n copies of the batch (copy-major)
-        key = None
+        key = index = None
         if memo is not None and not t.is_inference() and not is_traced(t):
             key = (t._version, n, out.shape[1], tuple(out.shape[2:]), out.device)
             index = memo.get(key)
-            if index is not None:
-                return out.reshape((n, b) + tuple(out.shape[1:])).gather(2, index).reshape((out.shape[0],) + tuple(out.shape[2:]))
-        _check_range(out, t, out.shape[1])
-        if t.is_inference():  # made under torch.inference_mode: autograd cannot save it as the index
-            t = t.clone()
+        if index is None:
+            _check_range(out, t, out.shape[1])
+            if t.is_inference():  # made under torch.inference_mode: autograd cannot save it as the index
+                t = t.clone()
+            index = t.to(out.device).reshape((1, b, 1) + (1,) * (out.ndim - 2)).expand((n, b, 1) + tuple(out.shape[2:]))
+            if key is not None:
+                if len(memo) > 16:  # a handful of layouts per target in practice; never grow without bound
+                    memo.clear()
+                memo[key] = index
         grouped = out.reshape((n, b) + tuple(out.shape[1:]))
-        index = t.to(out.device).reshape((1, b, 1) + (1,) * (out.ndim - 2)).expand((n, b, 1) + tuple(out.shape[2:]))
-        if key is not None:
-            if len(memo) > 16:  # a handful of layouts per target in practice; never grow without bound
-                memo.clear()
-            memo[key] = index
         return grouped.gather(2, index).reshape((out.shape[0],) + tuple(out.shape[2:]))
     if isinstance(t, list):
         raise TypeError(
