@@ -224,10 +224,11 @@ def test_perturbations_per_eval_caps_the_rows_per_call(cls, kwargs):
     rows = []
     obj = getattr(X, cls)(_counting(MODELS["mlp"], rows))
     default = obj.attribute(G.X, target=1, **kwargs)
-    assert rows[0] == 2 and len(rows) == 2, "f(x), then every copy in one call"
+    folded = cls in ("FeatureAblation", "Occlusion")  # f(x) is one more copy there
+    assert len(rows) == 1 if folded else (rows[0] == 2 and len(rows) == 2), "every copy in one call"
     rows.clear()
     capped = obj.attribute(G.X, target=1, perturbations_per_eval=3, **kwargs)
-    assert rows[0] == 2 and max(rows[1:]) == 6 and len(rows) > 2
+    assert max(rows) == 6 and len(rows) >= 2 and (folded or rows[0] == 2)
     torch.testing.assert_close(default, capped, rtol=0, atol=1e-12)
 
 

@@ -112,10 +112,10 @@ def test_ids_shared_across_tensors_are_one_feature():
     flat = torch.tensor([0, 1, 1, 0, 2])
     for j in range(3):
         want = ablate_by_hand(f, x, (flat == j).expand_as(x))
-        assert torch.equal(got["a"][:, masks["a"] == j], want[:, None].expand(B, int((masks["a"] == j).sum())))
-        assert torch.equal(got["b"][:, masks["b"] == j], want[:, None].expand(B, int((masks["b"] == j).sum())))
+        same(got["a"][:, masks["a"] == j], want[:, None].expand(B, int((masks["a"] == j).sum())))
+        same(got["b"][:, masks["b"] == j], want[:, None].expand(B, int((masks["b"] == j).sum())))
     # default masks number the elements across the tensors: the same as the concatenated input
-    assert torch.equal(torch.cat(list(xattr.feature_ablation(g)(d).values()), 1), xattr.feature_ablation(f)(x))
+    same(torch.cat(list(xattr.feature_ablation(g)(d).values()), 1), xattr.feature_ablation(f)(x))
 
 
 def test_per_example_masks_and_baselines():
@@ -158,14 +158,14 @@ def test_baseline_errors():
 
 
 def test_chunk_size_sets_the_rows_per_call():
-    model, x = mlp()  # 5 features: 5 copies of 3 rows
+    model, x = mlp()  # 5 features: x and 5 perturbed copies of 3 rows
     f = Counting(xattr.target(model, 0))
     ref = xattr.feature_ablation(f)(x)
-    assert f.rows == [3, 15]  # f(x), then every copy in one call
-    for chunk, calls in [(1, [3] * 5), (3, [3] * 5), (7, [6, 6, 3]), (9, [9, 6]), (100, [15])]:
+    assert f.rows == [18]  # f(x) is one more copy: all six in one call
+    for chunk, calls in [(1, [3] * 6), (3, [3] * 6), (7, [6, 6, 6]), (9, [9, 9]), (100, [18])]:
         f.rows = []
         same(xattr.feature_ablation(f, chunk_size=chunk)(x), ref)
-        assert f.rows == [3] + calls, (chunk, f.rows)
+        assert f.rows == calls, (chunk, f.rows)
     with pytest.raises(ValueError, match="chunk_size must be a positive"):
         xattr.feature_ablation(f, chunk_size=0)(x)
 
@@ -175,13 +175,13 @@ def test_memory_budget_sets_the_copies_per_call():
     f = Counting(xattr.target(model, 0))
     copy_bytes = x.numel() * x.element_size()  # one perturbed copy of the batch: 120 bytes
     ref = xattr.feature_ablation(f)(x)
-    for budget, calls in [(1, [3] * 5), (copy_bytes, [3] * 5), (2 * copy_bytes + 1, [6, 6, 3]), (5 * copy_bytes, [15])]:
+    for budget, calls in [(1, [3] * 6), (copy_bytes, [3] * 6), (2 * copy_bytes + 1, [6, 6, 6]), (5 * copy_bytes, [15, 3])]:
         f.rows = []
         same(xattr.feature_ablation(f, memory_budget=budget)(x), ref)
-        assert f.rows == [3] + calls, (budget, f.rows)
+        assert f.rows == calls, (budget, f.rows)
     f.rows = []
     xattr.feature_ablation(f, memory_budget=1, chunk_size=9)(x)  # chunk_size wins
-    assert f.rows == [3, 9, 6]
+    assert f.rows == [9, 9]
     with pytest.raises(ValueError, match="memory_budget must be a positive"):
         xattr.feature_ablation(f, memory_budget=-5)(x)
 
@@ -204,26 +204,25 @@ class RunsOutOfMemory(Counting):
 def test_a_call_out_of_memory_is_retried_with_half_the_copies():
     model, x = mlp()  # 3 examples, 5 features: 5 copies of 3 rows
     ref = xattr.feature_ablation(xattr.target(model, 0))(x)
-    f = RunsOutOfMemory(xattr.target(model, 0), most=7)
+    f = RunsOutOfMemory(xattr.target(model, 0), most=9)
     same(xattr.feature_ablation(f, memory_budget=2**20)(x), ref)
-    assert f.rows == [3, 15, 6, 6, 3], f.rows  # f(x); 5 copies in one call fail; then 2 per call
+    assert f.rows == [18, 9, 9], f.rows  # x and 5 copies in one call fail; then 3 per call
     f = RunsOutOfMemory(xattr.target(model, 0), most=5)
     same(xattr.feature_ablation(f, memory_budget=2**20)(x), ref)
-    assert f.rows == [3, 15, 6, 3, 3, 3, 3, 3], f.rows  # halved twice: 1 copy per call from the failed one on
+    assert f.rows == [18, 9] + [3] * 6, f.rows  # halved twice: 1 copy per call from the failed one on
     f = RunsOutOfMemory(xattr.target(model, 0), most=6)
     same(xattr.occlusion(f, sliding_window_shapes=(2,))(x), xattr.occlusion(xattr.target(model, 0), sliding_window_shapes=(2,))(x))
-    assert f.rows == [3, 12, 6, 6], f.rows  # 4 windows: all in one call fails, then 2 per call
+    assert f.rows == [15, 6, 6, 3], f.rows  # x and 4 windows: all in one call fails, then 2 per call
 
 
 def test_out_of_memory_is_raised_when_the_copies_per_call_are_fixed_or_one():
     model, x = mlp()
     with pytest.raises(torch.cuda.OutOfMemoryError):
         xattr.feature_ablation(RunsOutOfMemory(xattr.target(model, 0), most=7), chunk_size=9)(x)
-    f = RunsOutOfMemory(xattr.target(model, 0), most=3)
-    f.most_after_first = 0  # f(x) passes; every later call fails, one copy of the batch too
+    f = RunsOutOfMemory(xattr.target(model, 0), most=0)  # every call fails, one copy of the batch too
     with pytest.raises(torch.cuda.OutOfMemoryError):
         xattr.feature_ablation(f, memory_budget=2**20)(x)
-    assert f.rows == [3, 15, 6, 3], f.rows
+    assert f.rows == [18, 9, 3], f.rows
 
 
 def test_the_accelerator_budget_is_a_64th_of_free_memory_within_bounds():
@@ -239,8 +238,8 @@ def test_the_accelerator_budget_is_a_64th_of_free_memory_within_bounds():
 def test_occlusion_and_permutation_follow_the_budget_too():
     model, x = mlp()
     f = Counting(xattr.target(model, 0))
-    xattr.occlusion(f, sliding_window_shapes=(2,), chunk_size=6)(x)  # 4 windows
-    assert f.rows == [3, 6, 6]
+    xattr.occlusion(f, sliding_window_shapes=(2,), chunk_size=6)(x)  # x and 4 windows
+    assert f.rows == [6, 6, 3]
     f.rows = []
     xattr.feature_permutation(f, memory_budget=3 * x.numel() * x.element_size(), generator=0)(x)
     assert f.rows == [3, 9, 6]
@@ -251,11 +250,25 @@ def test_aggregate_models_get_one_call_per_copy_and_one_row():
     loss = Counting(lambda x: model(x)[:, 0].sum())
     mask = torch.tensor([0, 0, 1, 2, 2])
     got = xattr.feature_ablation(loss, feature_mask=mask, chunk_size=100)(x)
-    assert loss.rows == [3, 3, 3, 3] and got.shape == (1, 5)
+    assert loss.rows == [12, 3, 3, 3, 3] and got.shape == (1, 5)  # x and 3 copies in one call are refused
+    loss.rows = []
+    assert torch.equal(xattr.feature_ablation(loss, feature_mask=mask, chunk_size=100)(x), got)
+    assert loss.rows == [3, 3, 3, 3]  # a function seen returning one number goes one copy per call at once
     for j in range(3):
         assert torch.equal(got[0, mask == j], ablate_by_hand(loss.f, x, (mask == j).expand_as(x)).expand(int((mask == j).sum())))
     one = xattr.feature_ablation(lambda x: model(x)[:, 0].sum().reshape(1), feature_mask=mask)(x)  # a 1-element output
     assert torch.equal(one, got)
+    y = torch.tensor([0, 2, 1])
+    ce = Counting(lambda x: nn.functional.cross_entropy(model(x), y))  # raises for any batch but B rows
+    got = xattr.feature_ablation(ce, feature_mask=mask)(x)
+    assert ce.rows == [12, 3, 3, 3, 3] and got.shape == (1, 5)
+    assert torch.equal(got[0, mask == 1], ablate_by_hand(ce.f, x, (mask == 1).expand_as(x)).expand(1))
+
+    def per_example_but_broken(x):  # one number per example, but only for B rows
+        return (model(x) * y.double()[:, None]).sum(1)
+
+    with pytest.raises(RuntimeError, match="size of tensor a"):  # its own error, not an aggregate-mode one
+        xattr.feature_ablation(per_example_but_broken, feature_mask=mask)(x)
     with pytest.raises(ValueError, match="shared by all examples"):
         xattr.feature_ablation(loss.f, feature_mask=torch.zeros(B, 5, dtype=torch.long))(x)
     occ = xattr.occlusion(loss.f, sliding_window_shapes=(2,))(x)
@@ -266,8 +279,10 @@ def test_models_with_the_wrong_number_of_rows_are_refused():
     model, x = mlp()
     with pytest.raises(ValueError, match="one number per example.*xattr.target"):
         xattr.feature_ablation(model)(x)  # (B, 3) outputs: which one?
-    with pytest.raises(ValueError, match=r"returned \(2,\) for a batch of 3"):
+    with pytest.raises(ValueError, match=r"returned \(2,\) for 18 input rows \(6 copies of a batch of 3"):
         xattr.feature_ablation(lambda x: model(x)[:2, 0])(x)
+    with pytest.raises(ValueError, match=r"returned \(2,\) for a batch of 3"):
+        xattr.feature_permutation(lambda x: model(x)[:2, 0], generator=0)(x)
     with pytest.raises(ValueError, match="one output row per input row"):
         xattr.feature_ablation(lambda x: model(x[:B])[:, 0])(x)  # ignores the folded copies
     with pytest.raises(TypeError, match="must return a tensor"):
@@ -337,7 +352,7 @@ def test_perturbed_values_are_exact():
     seen = []
     f = lambda x: (seen.append(x.clone()), x.sum(1))[1]  # noqa: E731
     xattr.feature_ablation(f, baselines=b)(x)
-    for j, row in enumerate(seen[1]):
+    for j, row in enumerate(seen[0][1:]):  # seen[0][0] is x itself
         assert torch.equal(row[torch.arange(3) != j], x[0, torch.arange(3) != j]) and row[j] == b[0, j]
 
 
@@ -352,7 +367,7 @@ def test_pass_through_arguments_are_tiled_and_non_tensors_pass_unchanged():
         return model(x * s + shift**power)[:, 1]
 
     got = xattr.feature_ablation(f, argnums=1, chunk_size=6)(scale, x, shift, 2)
-    assert seen == [3, 6, 6, 3]
+    assert seen == [6, 6, 6]
     for j in range(5):
         same(got[:, j], ablate_by_hand(lambda x: f(scale, x, shift, 2), x, (torch.arange(5) == j).expand_as(x)))
 
@@ -411,8 +426,8 @@ def test_copies_per_call_counts_whole_copies():
         f.rows = []
         xattr.feature_ablation(f, chunk_size=chunk)(x)
         per = max(1, chunk // B)
-        assert len(f.rows) == 1 + math.ceil(n / per)
-        assert all(r % B == 0 for r in f.rows) and sum(f.rows[1:]) == n * B
+        assert len(f.rows) == math.ceil((n + 1) / per)  # x is one more copy
+        assert all(r % B == 0 for r in f.rows) and sum(f.rows) == (n + 1) * B
 
 
 def test_cached_constants_are_not_shared_with_inference_mode_and_keep_signed_zeros():

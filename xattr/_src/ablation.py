@@ -32,7 +32,7 @@ import torch
 from . import tree as T
 from .checks import warn_if_training
 from .gradients import attribution_fn
-from .perturb import Coalitions, baseline_tree, constant, evaluate, features, outputs_at, scatter_features
+from .perturb import Coalitions, baseline_tree, constant, evaluate, features, inputs_and_copies, outputs_at, scatter_features
 from .sampling import streams
 
 
@@ -73,11 +73,10 @@ def feature_ablation(
         selected = T.split_args(args, nums)[0]
         masks, n = features(selected, feature_mask)
         base = baseline_tree(selected, baselines, as_tuple)
-        out, aggregate = outputs_at(f, args, T.batch_size(selected))
         device = T.leaves(masks)[0].device
         ablate_one = constant(("ablate one", n, device), lambda: ~torch.eye(n, dtype=torch.bool, device=device))
-        outs = evaluate(f, args, nums, masks=masks, baselines=base, coalitions=ablate_one, aggregate=aggregate,
-                        chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
+        out, _, outs = inputs_and_copies(f, args, nums, T.batch_size(selected), masks=masks, baselines=base, coalitions=ablate_one,
+                                         chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
         diff = _per_feature(out[:, None] - outs)
         attr = scatter_features(diff, masks, T.tree_map(lambda x: x[: diff.shape[0]], selected))
         return attr if as_tuple else attr[0]
@@ -251,10 +250,9 @@ def occlusion(
         cell_ids = iter([(o + g.cell_of)[None] for g, o in zip(grids, offsets)])  # cells are the features
         masks = T.tree_map(lambda _: next(cell_ids), selected)
         base = baseline_tree(selected, baselines, as_tuple)
-        out, aggregate = outputs_at(f, args, T.batch_size(selected))
         coalitions = Coalitions(sum(g.n_windows for g in grids), _window_rows(grids, offsets, sum(cells), leaves[0].device))
-        outs = evaluate(f, args, nums, masks=masks, baselines=base, coalitions=coalitions, aggregate=aggregate,
-                        chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
+        out, _, outs = inputs_and_copies(f, args, nums, T.batch_size(selected), masks=masks, baselines=base, coalitions=coalitions,
+                                         chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
         diff = _per_feature(out[:, None] - outs)  # (B, [O,] W_total): window j of input i is one copy
         pieces = torch.split(diff, [g.n_windows for g in grids], dim=-1)
         per_cell = torch.cat([g.average(p) for g, p in zip(grids, pieces)], -1)

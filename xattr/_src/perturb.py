@@ -32,6 +32,7 @@ must be shared by all examples.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Callable
 
 import optree
@@ -287,6 +288,7 @@ def evaluate(
     memory_budget: int | None = None,
     show_progress: bool = False,
     aggregate: bool = False,
+    with_inputs: bool = False,
 ) -> torch.Tensor:
     """f at K perturbed copies of the inputs: (B, K) outputs, (B, K, O) for many outputs.
 
@@ -299,13 +301,13 @@ def evaluate(
         permutation's shuffled batches, made chunk by chunk).
       aggregate: f returns one number per call (then B is reported as 1 and each copy is a call).
 
+      with_inputs: the unperturbed inputs go first, as copy 0 of K + 1 (`inputs_and_copies`);
+        the first call's output is checked like `outputs_at`'s, and a model that returns one
+        number for it raises `_OneNumber` (aggregate mode cannot fold copies into one call).
+
     Model calls: ``ceil(K / c)`` with c copies per call (`copies_per_call`); one per copy in
     aggregate mode. Without ``chunk_size``, a call that runs out of memory is retried with half
     its copies, and the rest go at that size. Each call has ``c * B`` rows (fewer in the last).
-    f(x) is not among them: `outputs_at` evaluates it on exactly the B rows an explicit loop would (the brute-force tests
-    compare bit for bit). As one more copy in the first call it was measured about 20% faster on
-    a 0.2 ms tabular model, but matrix kernels round a row differently in a bigger batch, which
-    moved f(x) in its last bit.
     """
     selected = T.split_args(args, nums)[0]
     batch = T.batch_size(selected)
@@ -316,6 +318,10 @@ def evaluate(
         if z.shape[0] not in (1, batch):
             raise ValueError(f"coalitions for {z.shape[0]} examples but the batch has {batch}")
         k, shared, rows_of = z.shape[1], z.shape[0] == 1, lambda s, e: z[:, s:e]
+    if with_inputs:
+        if copy_baselines or aggregate:
+            raise ValueError("with_inputs needs shared baselines and a model with one output row per input row")
+        k, rows_of = k + 1, _after_ones(rows_of)
     if aggregate and not shared:
         raise ValueError("a model returning one number per batch needs coalitions shared by all examples")
     per = 1 if aggregate else copies_per_call(selected, batch, chunk_size, memory_budget, k)
@@ -336,6 +342,10 @@ def evaluate(
                 if not spans.shrink(s, e):  # a fixed chunk_size, or one copy per call already
                     raise
                 continue
+            except Exception as err:
+                if with_inputs and s == 0 and e > 1:  # perhaps a model of one number per batch (a loss)
+                    raise _OneNumber(err) from err
+                raise
             if not isinstance(out, torch.Tensor):
                 raise TypeError(f"the model function must return a tensor, got {type(out).__name__}")
             check_finite(out)
@@ -344,9 +354,11 @@ def evaluate(
                     raise ValueError(f"the model returned one number for the unperturbed batch but shape {tuple(out.shape)} for a perturbed one")
                 outs.append(out.reshape(1))
                 continue
+            if with_inputs and s == 0:
+                _check_rows(out, (e - s) * batch, getattr(f, "multi_output", False))
             if out.ndim == 0 or out.shape[0] != (e - s) * batch:
                 raise ValueError(
-                    f"the model returned {tuple(out.shape)} for {(e - s) * batch} input rows ({e - s} perturbed copies of a "
+                    f"the model returned {tuple(out.shape)} for {(e - s) * batch} input rows ({e - s} copies of a "
                     f"batch of {batch}, folded into dim 0): a perturbation method needs one output row per input row"
                 )
             outs.append(out.reshape((e - s, batch) + tuple(out.shape[1:])))
@@ -356,6 +368,89 @@ def evaluate(
     if out.ndim == 3 and out.shape[2] == 1 and not getattr(f, "multi_output", False):
         out = out[..., 0]
     return out.transpose(0, 1)
+
+
+class _OneNumber(Exception):
+    """The model returned one number for a first call of several copies, or raised ``error`` on
+    it (`evaluate` ``with_inputs``): perhaps it returns one number per batch."""
+
+    def __init__(self, error: Exception | None = None):
+        super().__init__()
+        self.error = error
+
+
+def _after_ones(rows_of: Callable[[int, int], torch.Tensor]) -> Callable[[int, int], torch.Tensor]:
+    """Coalitions with an all-keep copy 0 in front: copies s..e-1 of the K + 1."""
+
+    def rows(s: int, e: int) -> torch.Tensor:
+        z = rows_of(max(s, 1) - 1, e - 1)
+        z = z if z.ndim == 3 else z.unsqueeze(0)
+        if s > 0:
+            return z
+        return torch.cat([z.new_ones((z.shape[0], 1, z.shape[2])), z], 1)
+
+    return rows
+
+
+def _check_rows(out: torch.Tensor, rows: int, multi: bool) -> None:
+    """A first call's output, checked as `outputs_at` checks f(x)'s (raises `_OneNumber` for one
+    number where a batch of rows went in)."""
+    if out.ndim == 0 or (rows > 1 and out.numel() == 1):
+        raise _OneNumber
+    if out.shape[0] == rows:
+        _check_per_example(out, multi)
+
+
+def _check_per_example(out: torch.Tensor, multi: bool) -> None:
+    if out.ndim > 2 or (out.ndim == 2 and not multi and out.shape[1] != 1):
+        raise ValueError(
+            f"the model returns {tuple(out.shape)} outputs per batch but a perturbation method explains one "
+            "number per example: choose it with xattr.target(model, t), or xattr.outputs([...]) for several"
+        )
+
+
+def inputs_and_copies(f: Callable, args: tuple, nums: tuple, batch: int, **kwargs) -> tuple[torch.Tensor, bool, torch.Tensor]:
+    """(f(x), aggregate, f at the K copies): `outputs_at` and `evaluate` in one, f(x) folded into
+    the first model call as one more copy (a call fewer: on a small model each call's fixed cost
+    is a large part of the total).
+
+    A model that returns one number per batch cannot take folded copies: its first call returns
+    one number, or fails (a loss closed over B labels); it is thrown away, `outputs_at` finds the
+    aggregate mode, and each copy gets its own call. The function is remembered (weakly), so
+    later calls go that way at once. A failure of a per-example model is raised as it was. f(x)'s rows run in a bigger batch than f(x)
+    alone, so a matrix kernel may round them differently in the last bit (the brute-force
+    tests compare to 1e-12 in float64).
+    """
+    if not _known_one_number(f):
+        try:
+            outs = evaluate(f, args, nums, with_inputs=True, **kwargs)
+            return outs[:, 0], False, outs[:, 1:]
+        except _OneNumber as refused:
+            out, aggregate = outputs_at(f, args, batch)
+            if not aggregate and refused.error is not None:
+                raise refused.error  # the model fails on folded copies: its own error
+            if aggregate:
+                _remember_one_number(f)
+            return out, aggregate, evaluate(f, args, nums, aggregate=aggregate, **kwargs)
+    out, aggregate = outputs_at(f, args, batch)
+    return out, aggregate, evaluate(f, args, nums, aggregate=aggregate, **kwargs)
+
+
+_ONE_NUMBER = weakref.WeakSet()  # model functions seen returning one number per batch
+
+
+def _known_one_number(f: Callable) -> bool:
+    try:
+        return f in _ONE_NUMBER
+    except TypeError:  # not weakly referable (and so never remembered)
+        return False
+
+
+def _remember_one_number(f: Callable) -> None:
+    try:
+        _ONE_NUMBER.add(f)
+    except TypeError:
+        pass
 
 
 def outputs_at(f: Callable, args: tuple, batch: int | None = None) -> tuple[torch.Tensor, bool]:
@@ -378,11 +473,7 @@ def outputs_at(f: Callable, args: tuple, batch: int | None = None) -> tuple[torc
         )
     if out.ndim == 2 and out.shape[1] == 1 and not getattr(f, "multi_output", False):
         out = out[:, 0]
-    if out.ndim > 2 or (out.ndim == 2 and not getattr(f, "multi_output", False)):
-        raise ValueError(
-            f"the model returns {tuple(out.shape)} outputs per batch but a perturbation method explains one "
-            "number per example: choose it with xattr.target(model, t), or xattr.outputs([...]) for several"
-        )
+    _check_per_example(out, getattr(f, "multi_output", False))
     return out, False
 
 
