@@ -175,15 +175,10 @@ class Rescale(Rule):
     def forward(self, op, x):
         if op.kind == "max_pool":
             y, indices = pool_with_indices(op, x)
+            shape = x.new_zeros(()).expand(x.shape)  # the input's shape, no storage
             if not _paired(x):
-                return y, (indices, x.new_zeros(()).expand(x.shape))  # the input's shape, no storage
-            y1, y2 = _halves(y)
-            top = torch.maximum(y1, y2)
-            x1, x2 = _halves(x)
-            dx = x1 - x2
-            near = below(dx, self.eps)
-            inverse = near.neg().add_(1).div_(dx.add_(near))  # 1 / dx, and 0 where near
-            return y, (indices, top - y2, y1 - top, inverse, near)
+                return y, (indices, shape)
+            return y, (indices, shape, *self._max_pool_terms(op, x, y, indices))
         y = op.fn(x)
         paired = _paired(x)
         if op.kind == "softmax":
@@ -212,25 +207,53 @@ class Rescale(Rule):
         m = saved.extras[0]
         return (grad * m if m.shape[0] == grad.shape[0] else _both_halves(grad, m),)
 
+    def _max_pool_terms(self, op, x, y, indices) -> tuple:
+        """Per pooled output: the multipliers of its two argmax positions, for each half.
+
+        NOTE: [Max-pool multipliers per output]
+        An output's change ``y - y_ref`` splits into ``top - y_ref`` (x's maximum rising above the
+        reference's, routed to x's argmax a) and ``y - top`` (the reference's part, routed to its
+        argmax r), with ``top = max(y, y_ref)``. Each position p then divides what it receives by
+        ``dx_p = x_p - x_ref_p``, or, where ``|dx_p| < eps``, takes the ordinary gradient (from the
+        outputs whose argmax it is in its own half). Every term of p's sum is divided by the same
+        dx_p, so the division moves into the terms: each output carries one factor for a and one
+        for r, and ``dx`` is needed only at argmax positions, where ``x_a = y`` and ``x_ref_r = y_ref``
+        (two gathers of pooled size). Nothing of the input's size is computed in the forward,
+        and the backward is two scatters per half, like the ordinary max-pool backward.
+        """
+        nd = op.options["nd"]
+        y1, y2 = _halves(y)
+        i1, i2 = _halves(indices)
+        x1, x2 = _halves(x)
+        top = torch.maximum(y1, y2)
+        dx_a = y1 - _at(x2, i1, nd)  # dx at x's argmax
+        dx_r = _at(x1, i2, nd) - y2  # dx at the reference's argmax
+        near_a, near_r = below(dx_a, self.eps), below(dx_r, self.eps)
+        q_a = (top - y2).div_(dx_a.add_(near_a)).mul_(near_a.neg().add_(1))  # 0 where near (never 0/0)
+        q_r = (y1 - top).div_(dx_r.add_(near_r)).mul_(near_r.neg().add_(1))
+        if not _ROWS.get()[1]:  # only the input half is seeded: the reference half gets no gradient
+            return (q_a.add(near_a), q_r)
+        return (q_a.add(near_a), q_r, q_a, q_r.add(near_r))  # input half at (a, r); reference half at (a, r)
+
     def _max_pool(self, op, extras, grad):
         nd = op.options["nd"]
+        indices, shape = extras[0], extras[1].shape
         if len(extras) == 2:  # not paired: the ordinary gradient
-            return unpool(grad, extras[0], extras[1].shape, nd)
-        indices, from_x, from_ref, inverse, near = extras
+            return unpool(grad, indices, shape, nd)
         i1, i2 = _halves(indices)
-        shape = inverse.shape
-
-        def multiplier(g, own, into):
-            routed = unpool(g * from_x, i1, shape, nd, g * from_ref, i2, into=into).mul_(inverse)
-            return routed.add_(unpool(g, own, shape, nd).mul_(near))
-
         g1, g2 = _halves(grad)
-        out = grad.new_zeros((2 * shape[0],) + tuple(shape[1:]))
+        half = (shape[0] // 2,) + tuple(shape[1:])
+        out = grad.new_zeros(shape)
         first, second = _halves(out)
-        multiplier(g1, i1, first)
-        if _ROWS.get()[1]:  # else the reference half's gradient stays zero (only inputs are seeded)
-            multiplier(g2, i2, second)
+        unpool(g1 * extras[2], i1, half, nd, g1 * extras[3], i2, into=first)
+        if len(extras) == 6:  # NOTE: [Max-pool multipliers per output]
+            unpool(g2 * extras[4], i1, half, nd, g2 * extras[5], i2, into=second)
         return out
+
+
+def _at(t: torch.Tensor, indices: torch.Tensor, nd: int) -> torch.Tensor:
+    """t's values at a max-pool's flat spatial indices: shaped like the indices."""
+    return t.flatten(-nd).gather(-1, indices.flatten(-nd)).view(indices.shape)
 
 
 def _delta(t: torch.Tensor) -> torch.Tensor:
