@@ -68,13 +68,13 @@ def step(t: torch.Tensor) -> torch.Tensor:
 
 def below(t: torch.Tensor, eps: float) -> torch.Tensor:
     """``[|t| < eps]`` as a float tensor (NOTE: [Float masks])."""
-    return t.abs().neg_().add_(eps).sign_().clamp_min_(0)  # in place on one new tensor (vmap has rules for these)
+    return torch.rsub(t.abs(), eps).sign_().clamp_min_(0)
 
 
 def derivative(op: ops.Op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The ordinary derivative of an elementwise op at x (closed forms where cheap)."""
     if op.kind == "relu":
-        return step(x)
+        return torch.sign(y)  # y = relu(x) >= 0: one op for [x > 0]
     if op.kind == "sigmoid":
         return y * (1 - y)
     if op.kind == "tanh":
@@ -100,8 +100,9 @@ def _rescaled(op: ops.Op, x, y, eps: float, *, where: bool | None = None) -> tor
     dx = x1 - x2
     near = below(dx, eps)
     ratio = (y1 - y2).div_(dx.add_(near))  # never 0/0: dx + near != 0 where near = 0 or 1
-    ratio.mul_(near.neg().add_(1))  # zero where near
-    return ratio.add_(near.mul_(derivative(op, x1, y1)))
+    # lerp picks exactly at weights 0 and 1 (start + 0 * d below 1/2, end - d * 0 above): one
+    # kernel for "the derivative where near, else the ratio"
+    return torch.lerp(ratio, derivative(op, x1, y1), near)
 
 
 def _both_halves(grad: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
