@@ -63,17 +63,23 @@ def default_mask(selected) -> tuple[Any, int]:
     """Every element of every input its own feature: ids run on across the tensors.
 
     Each mask remembers its first id (`first_id`): its features are a contiguous range, so
-    copies and attributions are slices of the coalitions and values, not gathers.
+    copies and attributions are slices of the coalitions and values, not gathers. Masks of up
+    to `SMALL` ids are cached (`constant`).
     """
     masks, start = [], 0
     for leaf in T.leaves(selected):
-        n = math.prod(leaf.shape[1:])
-        m = torch.arange(start, start + n, device=leaf.device).reshape((1,) + tuple(leaf.shape[1:]))
-        m._xattr_first_id = start
-        masks.append(m)
+        n, shape = math.prod(leaf.shape[1:]), tuple(leaf.shape[1:])
+        make = lambda: _id_range(start, shape, leaf.device)  # noqa: E731
+        masks.append(constant(("default mask", start, shape, leaf.device), make) if n <= SMALL else make())
         start += n
     it = iter(masks)
     return T.tree_map(lambda _: next(it), selected), start
+
+
+def _id_range(start: int, shape: tuple, device) -> torch.Tensor:
+    m = torch.arange(start, start + math.prod(shape), device=device).reshape((1,) + shape)
+    m._xattr_first_id = start
+    return m
 
 
 def features(selected, feature_mask) -> tuple[Any, int]:
@@ -477,6 +483,7 @@ def outputs_at(f: Callable, args: tuple, batch: int | None = None) -> tuple[torc
     return out, False
 
 
+SMALL = 2**16  # elements of the largest constant worth caching (a default mask: 512 KiB)
 _CONSTANTS: dict = {}  # (what, ..., dtype, device) -> a small constant tensor the engine never modifies
 
 
