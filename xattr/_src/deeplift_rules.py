@@ -47,8 +47,8 @@ def _paired(x: torch.Tensor) -> bool:
 
 
 def _halves(t: torch.Tensor):
-    h = t.shape[0] // 2
-    return t[:h], t[h:]
+    """The input and reference halves of paired rows (an even count): one call, two views."""
+    return t.chunk(2)
 
 
 def step(t: torch.Tensor) -> torch.Tensor:
@@ -67,7 +67,11 @@ def step(t: torch.Tensor) -> torch.Tensor:
 
 
 def below(t: torch.Tensor, eps: float) -> torch.Tensor:
-    """``[|t| < eps]`` as a float tensor (NOTE: [Float masks])."""
+    """``[|t| < eps]`` as a float tensor (NOTE: [Float masks]): an in-place comparison keeps
+    t's float dtype, and is as fast as a float op (not a bool one). Under torch.func transforms
+    the same values come from sign and clamp, which have vmap rules (``lt_`` has none)."""
+    if torch._C._functorch.maybe_current_level() is None:
+        return t.abs().lt_(eps)
     return torch.rsub(t.abs(), eps).sign_().clamp_min_(0)
 
 
@@ -230,11 +234,15 @@ class Rescale(Rule):
         dx_a = y1 - _at(x2, i1, nd)  # dx at x's argmax
         dx_r = _at(x1, i2, nd) - y2  # dx at the reference's argmax
         near_a, near_r = below(dx_a, self.eps), below(dx_r, self.eps)
-        q_a = (top - y2).div_(dx_a.add_(near_a)).mul_(near_a.neg().add_(1))  # 0 where near (never 0/0)
-        q_r = (y1 - top).div_(dx_r.add_(near_r)).mul_(near_r.neg().add_(1))
+        q_a = (top - y2).div_(dx_a.add_(near_a))  # never 0/0: dx + near != 0
+        q_r = (y1 - top).div_(dx_r.add_(near_r))
+        one, zero = q_a.new_ones(()), q_a.new_zeros(())
+        # where near, the input half takes the ordinary gradient at a (x's argmax) and nothing at r;
+        # the reference half the reverse (lerp picks exactly at weights 0 and 1, see `_rescaled`)
+        first = (torch.lerp(q_a, one, near_a), torch.lerp(q_r, zero, near_r))
         if not _ROWS.get()[1]:  # only the input half is seeded: the reference half gets no gradient
-            return (q_a.add(near_a), q_r)
-        return (q_a.add(near_a), q_r, q_a, q_r.add(near_r))  # input half at (a, r); reference half at (a, r)
+            return first
+        return first + (torch.lerp(q_a, zero, near_a), torch.lerp(q_r, one, near_r))
 
     def _max_pool(self, op, extras, grad):
         nd = op.options["nd"]
@@ -245,7 +253,7 @@ class Rescale(Rule):
         g1, g2 = _halves(grad)
         half = (shape[0] // 2,) + tuple(shape[1:])
         out = grad.new_zeros(shape)
-        first, second = _halves(out)
+        first, second = out[: half[0]], out[half[0] :]  # slices: in-place writes into chunk() views are refused under grad mode
         unpool(g1 * extras[2], i1, half, nd, g1 * extras[3], i2, into=first)
         if len(extras) == 6:  # NOTE: [Max-pool multipliers per output]
             unpool(g2 * extras[4], i1, half, nd, g2 * extras[5], i2, into=second)
