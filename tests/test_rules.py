@@ -656,3 +656,47 @@ def test_guided_backprop_and_deconvolution_batch_vmap_and_many_outputs(name):
         assert_trees_close(many[:, j], method(xattr.target(model, k))(x), what=f"outputs K axis {j}")
     for cs in (1, 3):
         assert_trees_close(method(xattr.target(model, 1), chunk_size=cs)(x), fn(x), what=f"chunk_size={cs}")
+
+
+# --------------------------------------------------------------------------- rules as output hooks
+
+
+class HalveIncoming(Rule):
+    """A user's output-gradient rule: the op's own backward of ``g / 2`` (and the same as a backward)."""
+
+    kinds = frozenset({"relu"})
+    keep_output = True
+
+    def backward(self, op, saved: Saved, grad):
+        return (torch.ops.aten.threshold_backward(grad / 2, saved.output, 0),)
+
+    def output_grad(self, op, grad):
+        return grad / 2
+
+
+@pytest.mark.parametrize("rule", [Guided(), HalveIncoming()], ids=["guided", "user rule"])
+def test_output_hook_rules_equal_their_backward(rule, monkeypatch):
+    """Outside transforms an ``output_grad`` rule is a pre-hook on the op's node (NOTE: [Rules as
+    output hooks]); it must give what its ``backward`` gives through the `autograd.Function` path
+    and under torch.func, with an in-place ReLU and a ReLU applied to its own output."""
+    from xattr._src import rules as rules_module
+
+    torch.manual_seed(3)
+    ws = [torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)]
+
+    def f(x):
+        h = F.relu(x @ ws[0].T) * 2.0
+        h = torch.relu_(h @ ws[1].T - 0.5)  # in place
+        return F.relu(h) @ ws[2].T  # the same ReLU again on its own output
+
+    ruled = xattr.rules(f, {F.relu: rule})
+    hooked = [input_grad(ruled, X, k) for k in range(3)]
+    monkeypatch.setattr(rules_module, "_as_hook", lambda r: False)
+    by_function = [input_grad(ruled, X, k) for k in range(3)]
+    for k in range(3):
+        assert torch.equal(hooked[k], by_function[k]), k
+    by_vmap = torch.func.vmap(torch.func.grad(lambda x, k: ruled(x[None])[0, k]), in_dims=(0, None))
+    monkeypatch.undo()
+    assert_trees_close(torch.stack([by_vmap(X, k) for k in range(3)]), torch.stack(hooked), what="torch.func path")
+    if isinstance(rule, Guided):
+        assert not torch.equal(hooked[0], input_grad(f, X, 0))  # the rule changed something

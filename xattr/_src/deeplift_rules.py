@@ -147,6 +147,9 @@ class Guided(Rule):
     def backward(self, op, saved: Saved, grad):
         return (torch.ops.aten.threshold_backward(grad, saved.output, 0).clamp_min_(0),)
 
+    def output_grad(self, op, grad):  # the same values: max(g, 0) through the ReLU's own backward
+        return grad.clamp_min(0)
+
 
 class Deconv(Rule):
     """Deconvolution at ReLU: the ReLU is applied to the gradient instead, ``dx = max(g, 0)``.

@@ -60,6 +60,11 @@ class Rule:
     compute tensors the backward needs. Set ``kinds`` to the op kinds the rule accepts and
     ``keep_inputs = True`` to receive the op's inputs in ``saved.inputs`` (``keep_output = True``:
     its output in ``saved.output``).
+
+    A rule that is the op's ordinary backward of a changed output gradient (guided backprop:
+    the ReLU's own backward of ``max(g, 0)``) may also override ``output_grad(op, grad)``: outside
+    torch.func transforms the op then runs untouched and ``output_grad`` is a hook on its output
+    (NOTE: [Rules as output hooks]); ``backward`` must give the same values (transforms use it).
     """
 
     kinds: frozenset = frozenset()
@@ -77,6 +82,10 @@ class Rule:
         return op.fn(*tensors), ()
 
     def backward(self, op: ops.Op, saved: Saved, grad: torch.Tensor) -> tuple:
+        raise NotImplementedError
+
+    def output_grad(self, op: ops.Op, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient the op's ordinary backward should receive instead of ``grad`` (optional)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -163,6 +172,27 @@ class _ApplyEagerInPlace(torch.autograd.Function):
 def _runs_in_place(rule: Rule, op: ops.Op) -> bool:
     return (op.inplace and op.kind in ops.IN_PLACE and type(rule).forward is Rule.forward and not rule.keeps(op)
             and torch._C._functorch.maybe_current_level() is None)
+
+
+def _as_hook(rule: Rule) -> bool:
+    """NOTE: [Rules as output hooks]
+    An `autograd.Function` costs about 60 us of Python per call (apply, context, backward; measured
+    on CPU with tiny tensors), several times the op itself on a small batch, and on a GPU its
+    launches wait on that Python. A rule that only changes the gradient arriving at the op's
+    output needs none of it: the op runs as called (its own autograd node, in place if called so)
+    and ``output_grad`` is a pre-hook of its autograd node (`_hooked`). Outside transforms only: under torch.func the rule's ``backward`` runs through `_Apply` as usual."""
+    return type(rule).output_grad is not Rule.output_grad and torch._C._functorch.maybe_current_level() is None
+
+
+def _hooked(rule: Rule, op: ops.Op, out):
+    """``out`` with ``rule.output_grad`` as a pre-hook of its autograd node: it changes the gradient
+    arriving at this op's output, even if the tensor is modified in place later (a tensor hook
+    would follow the tensor's newest node instead), and costs less than a tensor hook."""
+    node = out.grad_fn if isinstance(out, torch.Tensor) else None
+    if node is not None:
+        light = ops.Op(op.kind, op.fn, (), op.options, op.func, op.inplace)  # the hook must not hold the inputs
+        node.register_prehook(lambda grads: (None if grads[0] is None else rule.output_grad(light, grads[0]),) + grads[1:])
+    return out
 
 
 def pullback(fn: Callable, *primals: torch.Tensor):
@@ -276,6 +306,8 @@ class _RulesMode(TorchFunctionMode):
         rule = None if op is None else self.table.resolve(op, self.stack)
         if rule is None:
             return func(*args, **kwargs)
+        if _as_hook(rule):
+            return _hooked(rule, op, func(*args, **kwargs))
         return apply_rule(rule, op)
 
     @contextlib.contextmanager
