@@ -658,45 +658,51 @@ def test_guided_backprop_and_deconvolution_batch_vmap_and_many_outputs(name):
         assert_trees_close(method(xattr.target(model, 1), chunk_size=cs)(x), fn(x), what=f"chunk_size={cs}")
 
 
-# --------------------------------------------------------------------------- rules as output hooks
+# --------------------------------------------------------------------------- rules as backward hooks
 
 
-class HalveIncoming(Rule):
-    """A user's output-gradient rule: the op's own backward of ``g / 2`` (and the same as a backward)."""
+class HalveGradient(Rule):
+    """A user's hook rule: half the ReLU's ordinary gradient (and the same as a backward)."""
 
     kinds = frozenset({"relu"})
     keep_output = True
 
     def backward(self, op, saved: Saved, grad):
-        return (torch.ops.aten.threshold_backward(grad / 2, saved.output, 0),)
+        return (torch.ops.aten.threshold_backward(grad, saved.output, 0).mul_(0.5),)
 
-    def output_grad(self, op, grad):
-        return grad / 2
+    def input_grad(self, op, grad):
+        return grad.mul_(0.5)
 
 
-@pytest.mark.parametrize("rule", [Guided(), HalveIncoming()], ids=["guided", "user rule"])
-def test_output_hook_rules_equal_their_backward(rule, monkeypatch):
-    """Outside transforms an ``output_grad`` rule is a pre-hook on the op's node (NOTE: [Rules as
-    output hooks]); it must give what its ``backward`` gives through the `autograd.Function` path
-    and under torch.func, with an in-place ReLU and a ReLU applied to its own output."""
+@pytest.mark.parametrize("rule", [Guided(), HalveGradient()], ids=["guided", "user rule"])
+def test_hook_rules_equal_their_backward(rule, monkeypatch):
+    """Outside transforms an ``input_grad`` rule is a hook on the op's node (NOTE: [Rules as
+    backward hooks]); it must give bit for bit what its ``backward`` gives through the
+    `autograd.Function` path, and the same under torch.func: with an in-place ReLU, an in-place
+    ReLU on a view (the Function path there), a ReLU partly applied to its own output, and a ReLU
+    whose output feeds two ops (whose gradients add up before the ReLU's node)."""
     from xattr._src import rules as rules_module
 
     torch.manual_seed(3)
     ws = [torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)]
+    hooked_calls = []
+    real = rules_module._hooked
+    monkeypatch.setattr(rules_module, "_hooked", lambda *a: (hooked_calls.append(a[1].kind), real(*a))[1])
 
     def f(x):
-        h = F.relu(x @ ws[0].T) * 2.0
-        h = torch.relu_(h @ ws[1].T - 0.5)  # in place
-        return F.relu(h) @ ws[2].T  # the same ReLU again on its own output
+        h = torch.relu_(x @ ws[0].T) * 2.0  # in place
+        h = h @ ws[1].T - 0.5
+        h[:, :3].relu_()  # in place on a view
+        h = F.relu(h)  # partly on its own output
+        return h @ ws[2].T + h.sum(1, keepdim=True)  # two consumers
 
     ruled = xattr.rules(f, {F.relu: rule})
     hooked = [input_grad(ruled, X, k) for k in range(3)]
-    monkeypatch.setattr(rules_module, "_as_hook", lambda r: False)
+    assert hooked_calls == ["relu"] * 6, hooked_calls  # two hooks per call: not on the view's ReLU
+    monkeypatch.setattr(rules_module, "_as_hook", lambda rule, op: False)
     by_function = [input_grad(ruled, X, k) for k in range(3)]
     for k in range(3):
         assert torch.equal(hooked[k], by_function[k]), k
     by_vmap = torch.func.vmap(torch.func.grad(lambda x, k: ruled(x[None])[0, k]), in_dims=(0, None))
-    monkeypatch.undo()
     assert_trees_close(torch.stack([by_vmap(X, k) for k in range(3)]), torch.stack(hooked), what="torch.func path")
-    if isinstance(rule, Guided):
-        assert not torch.equal(hooked[0], input_grad(f, X, 0))  # the rule changed something
+    assert not torch.equal(hooked[0], input_grad(f, X, 0))  # the rule changed something

@@ -147,8 +147,8 @@ class Guided(Rule):
     def backward(self, op, saved: Saved, grad):
         return (torch.ops.aten.threshold_backward(grad, saved.output, 0).clamp_min_(0),)
 
-    def output_grad(self, op, grad):  # the same values: max(g, 0) through the ReLU's own backward
-        return grad.clamp_min(0)
+    def input_grad(self, op, grad):  # grad: the ReLU's own threshold_backward, as in `backward`
+        return grad.clamp_min_(0)
 
 
 class Deconv(Rule):
