@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 import optree
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import tree as T
 from .checks import baselines_tuple, check_finite
@@ -327,7 +328,12 @@ def evaluate(
     if with_inputs:
         if copy_baselines or aggregate:
             raise ValueError("with_inputs needs shared baselines and a model with one output row per input row")
-        k, rows_of = k + 1, _after_ones(rows_of)
+        if isinstance(coalitions, Coalitions):
+            rows_of = _after_ones(rows_of)
+        else:
+            z = _with_ones(coalitions, z)
+            rows_of = lambda s, e: z[:, s:e]  # noqa: E731
+        k += 1
     if aggregate and not shared:
         raise ValueError("a model returning one number per batch needs coalitions shared by all examples")
     per = 1 if aggregate else copies_per_call(selected, batch, chunk_size, memory_budget, k)
@@ -396,6 +402,22 @@ def _after_ones(rows_of: Callable[[int, int], torch.Tensor]) -> Callable[[int, i
         return torch.cat([z.new_ones((z.shape[0], 1, z.shape[2])), z], 1)
 
     return rows
+
+
+_WITH_ONES = WeakIdKeyDictionary()  # coalitions tensor -> (its version, the same with an all-keep copy 0)
+
+
+def _with_ones(coalitions: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``z`` (coalitions as (1 or B, K, F)) with an all-keep copy in front; made once per coalitions
+    tensor (feature ablation's is a cached constant) and version."""
+    version = None if coalitions.is_inference() else coalitions._version
+    hit = _WITH_ONES.get(coalitions) if version is not None else None
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    z = _after_ones(lambda s, e: z[:, s:e])(0, z.shape[1] + 1)
+    if version is not None:
+        _WITH_ONES[coalitions] = (version, z)
+    return z
 
 
 def _check_rows(out: torch.Tensor, rows: int, multi: bool) -> None:
