@@ -356,6 +356,21 @@ def test_perturbed_values_are_exact():
         assert torch.equal(row[torch.arange(3) != j], x[0, torch.arange(3) != j]) and row[j] == b[0, j]
 
 
+def test_both_spellings_of_the_copies_are_exact(monkeypatch):
+    """Small copies are one torch.where, large ones (on CPU) float ops: the same values, bit for bit."""
+    from xattr._src import perturb as engine
+
+    x = random_tensor((3, 4, 50), seed=1)
+    b = random_tensor((3, 4, 50), seed=2) * 1e6
+    keep = torch.rand((7, 3, 4, 50), generator=torch.Generator().manual_seed(0)) > 0.5
+    monkeypatch.setattr(engine, "WHERE_ELEMENTS", 0)
+    by_float_ops = perturb(x[None], b[None], keep)
+    monkeypatch.setattr(engine, "WHERE_ELEMENTS", 10**9)
+    by_where = perturb(x[None], b[None], keep)
+    assert torch.equal(by_float_ops, by_where) and torch.equal(by_where, torch.where(keep, x, b))
+    assert (by_float_ops.signbit() == by_where.signbit()).all()
+
+
 def test_pass_through_arguments_are_tiled_and_non_tensors_pass_unchanged():
     model, x = mlp()
     scale = 1.0 + random_tensor((B, 5), seed=2).abs()

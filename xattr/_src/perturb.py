@@ -19,8 +19,9 @@ given, else as many copies as fit ``memory_budget`` bytes of perturbed inputs (d
 ``MEMORY_BUDGET`` on an accelerator, ``CPU_MEMORY_BUDGET`` on CPU; the model's activations for
 those rows come on top), and at most ``MAX_ROWS`` rows. A call always holds at least one whole
 copy of the batch. A perturbed element is exactly the input's or the baseline's value, for every
-dtype (``where(keep, x, b)`` for bool and integer inputs, ``x * k + b * (1 - k)`` with k in {0, 1}
-for floats), never ``b + keep * (x - b)``, which rounds. Pass-through arguments with the batch in dim 0 are
+dtype (``where(keep, x, b)``; for large float copies on CPU ``x * k + b * (1 - k)`` with k in
+{0, 1}, which is faster there and equal for finite values), never ``b + keep * (x - b)``, which
+rounds. Pass-through arguments with the batch in dim 0 are
 tiled with the copies. Coalitions and per-copy baselines can be made chunk by chunk
 (`Coalitions`, and any ``leaf[s:e]``-sliceable baseline), so K copies never have to exist at
 once: occlusion with stride 1 and feature permutation of every pixel stay within the budget.
@@ -58,6 +59,10 @@ CPU_MEMORY_BUDGET = 2 * 2**20
 # a small (tabular) model gets slower, not faster (measured on CPU: 20 features x 25 Shapley
 # samples x 32 rows in one call 7.1 ms, in calls of 4096 rows 3.4 ms: allocator page faults).
 MAX_ROWS = 4096
+# Perturbed copies of up to this many elements are one torch.where on CPU (four float ops
+# otherwise: per element where is ~10x slower there, but small tensors cost the calls, not the
+# elements); off the CPU always.
+WHERE_ELEMENTS = 2**15
 
 
 def default_mask(selected) -> tuple[Any, int]:
@@ -206,8 +211,11 @@ def perturb(x: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> torch.Tenso
     """
     if not x.is_floating_point():
         return torch.where(keep.bool(), x, b)
-    if keep.dtype == torch.bool:  # exact: x * 1 + b * 0 == x and x * 0 + b * 1 == b for finite values
-        k = keep.to(x.dtype)  # float ops, ~10x faster than torch.where on CPU (NOTE: [Float masks])
+    if keep.dtype == torch.bool:
+        if x.device.type != "cpu" or x.numel() * keep.shape[0] <= WHERE_ELEMENTS:
+            return torch.where(keep, x, b)  # one kernel
+        # exact: x * 1 + b * 0 == x and x * 0 + b * 1 == b for finite values
+        k = keep.to(x.dtype)  # float ops, ~10x faster than torch.where per element on CPU (NOTE: [Float masks])
         return torch.addcmul(b * (1 - k), x, k)  # b * (1 - k) is coalition-sized when b is shared
     keep = keep.to(x.dtype)
     return torch.where(keep == 1, x, torch.where(keep == 0, b, b + keep * (x - b)))
