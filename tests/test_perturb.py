@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 import xattr
-from xattr._src.perturb import Coalitions, evaluate, features, first_id, keep_masks, perturb, scatter_features
+from xattr._src.masks import features, first_id, keep_masks, scatter_features
+from xattr._src.perturb import Coalitions, evaluate, perturb
 from xattr.testing import assert_trees_close
 from xattr.testing.strategies import ModelSpec, random_tensor
 

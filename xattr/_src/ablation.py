@@ -32,7 +32,8 @@ import torch
 from . import tree as T
 from .checks import warn_if_training
 from .gradients import attribution_fn
-from .perturb import Coalitions, baseline_tree, constant, evaluate, features, inputs_and_copies, outputs_at, scatter_features
+from .masks import constant, features, scatter_features
+from .perturb import Coalitions, baseline_tree, evaluate, inputs_and_copies, outputs_at
 from .sampling import streams
 
 

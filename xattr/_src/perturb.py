@@ -34,14 +34,14 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Any, Callable
+from typing import Callable
 
-import optree
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import tree as T
 from .checks import baselines_tuple, check_finite
+from .masks import constant, keep_masks
 
 # On a CUDA device the default budget is 1/64 of the memory free for new tensors (the device's
 # free memory plus what PyTorch's allocator holds unused), kept between MEMORY_BUDGET and
@@ -63,144 +63,6 @@ MAX_ROWS = 4096
 # otherwise: per element where is ~10x slower there, but small tensors cost the calls, not the
 # elements); off the CPU always.
 WHERE_ELEMENTS = 2**15
-
-
-def default_mask(selected) -> tuple[Any, int]:
-    """Every element of every input its own feature: ids run on across the tensors.
-
-    Each mask remembers its first id (`first_id`): its features are a contiguous range, so
-    copies and attributions are slices of the coalitions and values, not gathers. Masks of up
-    to `SMALL` ids are cached (`constant`).
-    """
-    masks, start = [], 0
-    for leaf in T.leaves(selected):
-        n, shape = math.prod(leaf.shape[1:]), tuple(leaf.shape[1:])
-        make = lambda: _id_range(start, shape, leaf.device)  # noqa: E731
-        masks.append(constant(("default mask", start, shape, leaf.device), make) if n <= SMALL else make())
-        start += n
-    it = iter(masks)
-    return T.tree_map(lambda _: next(it), selected), start
-
-
-def _id_range(start: int, shape: tuple, device) -> torch.Tensor:
-    m = torch.arange(start, start + math.prod(shape), device=device).reshape((1,) + shape)
-    m._xattr_first_id = start
-    return m
-
-
-def features(selected, feature_mask) -> tuple[Any, int]:
-    """(mask tree like ``selected`` of long tensors broadcastable to each input, F).
-
-    ``feature_mask`` None gives `default_mask`; one tensor is used for a single input; a tree
-    must match the inputs (for one attributed argument, a tree like that argument). Ids must be non-negative integers; F is the largest id plus one.
-    """
-    if feature_mask is None:
-        return default_mask(selected)
-    if isinstance(feature_mask, torch.Tensor) and len(T.leaves(selected)) == 1:
-        feature_mask = T.tree_map(lambda _: feature_mask, selected)
-    elif len(selected) == 1 and _structure(feature_mask) != _structure(selected):
-        feature_mask = (feature_mask,)  # a tree like the one attributed argument (an int argnums)
-    try:
-        masks = T.tree_map(_check_mask, selected, feature_mask)
-    except (ValueError, TypeError) as err:
-        if "feature_mask" in str(err):
-            raise
-        raise ValueError(f"feature_mask must have the structure of the attributed inputs: {err}") from None
-    n = max((int(m.max()) + 1 for m in T.leaves(masks) if m.numel()), default=0)
-    if n == 0:
-        raise ValueError("feature_mask selects no features: the attributed inputs have no elements")
-    return masks, n
-
-
-def first_id(m: torch.Tensor) -> int | None:
-    """The first id of a `default_mask` leaf (ids first_id, first_id + 1, ... in row-major
-    order); None for any other mask."""
-    return getattr(m, "_xattr_first_id", None)
-
-
-def _structure(tree):
-    return optree.tree_structure(tree, namespace="xattr")
-
-
-def _check_mask(x: torch.Tensor, m) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"perturbation methods attribute tensors, got an input leaf of type {type(x).__name__}")
-    m = torch.as_tensor(m, device=x.device)
-    given = tuple(m.shape)
-    if m.is_floating_point() or m.is_complex() or m.dtype == torch.bool:
-        raise TypeError(
-            f"feature_mask must hold integer feature ids (0, 1, ..., F-1), got dtype {m.dtype}; "
-            "a boolean mask is ambiguous: use mask.long() for two features"
-        )
-    if m.ndim > x.ndim:
-        raise ValueError(f"feature_mask of shape {given} has more dims than the input {tuple(x.shape)}")
-    if m.ndim < x.ndim:  # a mask for one example: add the batch axis
-        m = m.reshape((1,) * (x.ndim - m.ndim) + tuple(m.shape))
-    if m.shape[0] not in (1, x.shape[0]):
-        raise ValueError(f"feature_mask has {m.shape[0]} rows for a batch of {x.shape[0]}: use 1 (shared) or B")
-    try:
-        fits = torch.broadcast_shapes(m.shape, x.shape) == x.shape
-    except RuntimeError:
-        fits = False
-    if not fits:
-        raise ValueError(
-            f"feature_mask of shape {given} does not broadcast to the input {tuple(x.shape)}: give one "
-            f"example's ids {tuple(x.shape[1:])} (or (1, ...)), or one mask per example {tuple(x.shape)}"
-        )
-    if m.numel() and int(m.min()) < 0:
-        raise ValueError(f"feature_mask ids must be >= 0, got {int(m.min())}")
-    return m.long()
-
-
-def scatter_features(values: torch.Tensor, masks, selected):
-    """Per-feature values (B, [K,] F) spread onto the inputs' elements: a tree like ``selected``.
-
-    The result has the inputs' shapes (with the K axis after the batch when values has one).
-    """
-
-    def spread(x, m):
-        if m.shape[0] not in (1, x.shape[0]):  # attributions of one row (aggregate mode)
-            raise ValueError(
-                "the model returns one number per batch, so attributions have one row: the feature_mask must be "
-                f"shared by all examples (dim 0 of size 1), got {m.shape[0]} rows"
-            )
-        start = first_id(m)
-        if start is not None:  # a range of ids: a slice
-            n = math.prod(x.shape[1:])
-            picked = values[..., start : start + n]
-            return picked.reshape(tuple(values.shape[:-1]) + tuple(x.shape[1:])).to(_float(x))
-        full = torch.broadcast_to(m, x.shape).reshape(x.shape[0], -1)
-        if values.ndim == 2:
-            return torch.gather(values, 1, full).reshape(x.shape).to(_float(x))
-        k = values.shape[1]
-        idx = full[:, None, :].expand(-1, k, -1)
-        return torch.gather(values, 2, idx).reshape((x.shape[0], k) + tuple(x.shape[1:])).to(_float(x))
-
-    return T.tree_map(spread, selected, masks)
-
-
-def _float(x: torch.Tensor) -> torch.dtype:
-    return x.dtype if x.is_floating_point() else torch.get_default_dtype()
-
-
-def keep_masks(coalitions: torch.Tensor, masks, selected, batch: int):
-    """Coalitions (B or 1, c, F) -> per input a keep tensor (c, B, ...) broadcastable to the copies."""
-
-    def one(x, m):
-        start = first_id(m)
-        if start is not None:  # a range of ids: a slice of the coalitions
-            z = coalitions[:, :, start : start + math.prod(x.shape[1:])]
-            return z.transpose(0, 1).reshape((z.shape[1], z.shape[0]) + tuple(x.shape[1:]))
-        rows = m.shape[0]
-        flat = torch.broadcast_to(m, (rows,) + tuple(x.shape[1:])).reshape(rows, -1)
-        z = coalitions
-        if z.shape[0] != flat.shape[0]:
-            shared = max(z.shape[0], flat.shape[0])
-            z, flat = z.expand(shared, -1, -1), flat.expand(shared, -1)
-        keep = torch.gather(z, 2, flat[:, None, :].expand(-1, z.shape[1], -1))  # (rows, c, P)
-        return keep.transpose(0, 1).reshape((z.shape[1], z.shape[0]) + tuple(x.shape[1:]))
-
-    return T.tree_map(one, selected, masks)
 
 
 def perturb(x: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -315,7 +177,6 @@ def evaluate(
         object whose ``leaf[s:e]`` is the (e - s, B, ...) tensor of copies s..e-1 (feature
         permutation's shuffled batches, made chunk by chunk).
       aggregate: f returns one number per call (then B is reported as 1 and each copy is a call).
-
       with_inputs: the unperturbed inputs go first, as copy 0 of K + 1 (`inputs_and_copies`);
         the first call's output is checked like `outputs_at`'s, and a model that returns one
         number for it raises `_OneNumber` (aggregate mode cannot fold copies into one call).
@@ -405,11 +266,14 @@ def _after_ones(rows_of: Callable[[int, int], torch.Tensor]) -> Callable[[int, i
     def rows(s: int, e: int) -> torch.Tensor:
         z = rows_of(max(s, 1) - 1, e - 1)
         z = z if z.ndim == 3 else z.unsqueeze(0)
-        if s > 0:
-            return z
-        return torch.cat([z.new_ones((z.shape[0], 1, z.shape[2])), z], 1)
+        return _ones_first(z) if s == 0 else z
 
     return rows
+
+
+def _ones_first(z: torch.Tensor) -> torch.Tensor:
+    """(R, K, F) coalitions -> (R, K + 1, F) with an all-keep copy 0."""
+    return torch.cat([z.new_ones((z.shape[0], 1, z.shape[2])), z], 1)
 
 
 _WITH_ONES = WeakIdKeyDictionary()  # coalitions tensor -> (its version, the same with an all-keep copy 0)
@@ -422,7 +286,7 @@ def _with_ones(coalitions: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     hit = _WITH_ONES.get(coalitions) if version is not None else None
     if hit is not None and hit[0] == version:
         return hit[1]
-    z = _after_ones(lambda s, e: z[:, s:e])(0, z.shape[1] + 1)
+    z = _ones_first(z)
     if version is not None:
         _WITH_ONES[coalitions] = (version, z)
     return z
@@ -451,24 +315,24 @@ def inputs_and_copies(f: Callable, args: tuple, nums: tuple, batch: int, **kwarg
     is a large part of the total).
 
     A model that returns one number per batch cannot take folded copies: its first call returns
-    one number, or fails (a loss closed over B labels); it is thrown away, `outputs_at` finds the
-    aggregate mode, and each copy gets its own call. The function is remembered (weakly), so
-    later calls go that way at once. A failure of a per-example model is raised as it was. f(x)'s rows run in a bigger batch than f(x)
-    alone, so a matrix kernel may round them differently in the last bit (the brute-force
-    tests compare to 1e-12 in float64).
+    one number, or fails (a loss closed over B labels); that call is thrown away, `outputs_at`
+    finds the aggregate mode, and each copy gets its own call. Such a function is remembered
+    (weakly), so later calls go that way at once. A per-example model that fails on the folded
+    call gets its own error. f(x)'s rows run in a bigger batch than f(x) alone, so a matrix kernel
+    may round them differently in the last bit (the brute-force tests compare to 1e-12 in float64).
     """
+    error = None
     if not _known_one_number(f):
         try:
             outs = evaluate(f, args, nums, with_inputs=True, **kwargs)
             return outs[:, 0], False, outs[:, 1:]
         except _OneNumber as refused:
-            out, aggregate = outputs_at(f, args, batch)
-            if not aggregate and refused.error is not None:
-                raise refused.error  # the model fails on folded copies: its own error
-            if aggregate:
-                _remember_one_number(f)
-            return out, aggregate, evaluate(f, args, nums, aggregate=aggregate, **kwargs)
+            error = refused.error
     out, aggregate = outputs_at(f, args, batch)
+    if aggregate:
+        _remember_one_number(f)
+    elif error is not None:
+        raise error  # the model fails on folded copies: its own error
     return out, aggregate, evaluate(f, args, nums, aggregate=aggregate, **kwargs)
 
 
@@ -511,24 +375,6 @@ def outputs_at(f: Callable, args: tuple, batch: int | None = None) -> tuple[torc
         out = out[:, 0]
     _check_per_example(out, getattr(f, "multi_output", False))
     return out, False
-
-
-SMALL = 2**16  # elements of the largest constant worth caching (a default mask: 512 KiB)
-_CONSTANTS: dict = {}  # (what, ..., dtype, device) -> a small constant tensor the engine never modifies
-
-
-def constant(key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """A cached small constant (a number baseline, feature ablation's coalitions): made once per
-    key instead of on every call, where on a GPU each is a kernel or a host-to-device copy.
-    Not cached under inference mode (an inference tensor cannot serve outside it)."""
-    if torch.is_inference_mode_enabled():
-        return make()
-    t = _CONSTANTS.get(key)
-    if t is None:
-        if len(_CONSTANTS) >= 64:
-            _CONSTANTS.clear()
-        t = _CONSTANTS[key] = make()
-    return t
 
 
 def baseline_tree(selected: tuple, baselines, as_tuple: bool) -> tuple:

@@ -30,7 +30,8 @@ import torch
 from . import tree as T
 from .checks import warn_if_training
 from .gradients import attribution_fn
-from .perturb import Coalitions, baseline_tree, evaluate, features, outputs_at, scatter_features
+from .masks import features, scatter_features
+from .perturb import Coalitions, baseline_tree, evaluate, outputs_at
 from .sampling import per_example, streams
 
 MAX_FEATURES = 20  # exact Shapley values: 2^20 coalitions, about a million model rows per example

@@ -23,7 +23,8 @@ import torch
 from . import tree as T
 from .checks import warn_if_training
 from .gradients import attribution_fn
-from .perturb import baseline_tree, copies_per_call, evaluate, features, keep_masks, outputs_at, perturb, scatter_features
+from .masks import features, keep_masks, scatter_features
+from .perturb import baseline_tree, copies_per_call, evaluate, outputs_at, perturb
 from .sampling import per_example, streams
 from .solvers import constrained_lstsq, lasso, linear_regression, ridge, sklearn_fit  # noqa: F401  (re-exported)
 

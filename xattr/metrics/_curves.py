@@ -19,7 +19,8 @@ import torch
 
 from .._src import tree as T
 from .._src.checks import check_finite, warn_if_training
-from .._src.perturb import baseline_tree, copies_per_call, features, perturb
+from .._src.masks import features
+from .._src.perturb import baseline_tree, copies_per_call, perturb
 from ._common import match_attributions, model_rows, passthrough, positive_nums, resolve
 
 

@@ -24,7 +24,8 @@ import torch
 import xattr
 from xattr._src import tree as T
 from xattr._src.checks import warn_if_training
-from xattr._src.perturb import Coalitions, evaluate, features, outputs_at, scatter_features
+from xattr._src.masks import features, scatter_features
+from xattr._src.perturb import Coalitions, evaluate, outputs_at
 
 from ._convert import Attribution, Call
 from .layer import LayerAttribution

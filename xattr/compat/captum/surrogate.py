@@ -32,7 +32,7 @@ import torch
 
 import xattr
 from xattr._src import tree as T
-from xattr._src.perturb import default_mask, features
+from xattr._src.masks import default_mask, features
 from xattr._src.solvers import sklearn_fit
 
 from ._convert import Attribution, Call
