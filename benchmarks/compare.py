@@ -72,11 +72,25 @@ def workloads(lib) -> dict[str, Callable[[], Callable[[], object]]]:
         "saliency": lambda: call(lib.saliency(lib.target(base, y)), x),
         "guided_backprop": lambda: call(lib.guided_backprop(lib.target(base, y)), x),
         "deep_lift": lambda: call(lib.deep_lift(lib.target(two_pool, y), baselines=0.0), x),
+        "deep_lift_resnet50": lambda: _resnet_deep_lift(lib),
         "lrp": lambda: call(lib.lrp(lib.target(W._seeded(lambda: R.VGGStyle()).eval(), y)), x),
         "occlusion": lambda: call(lib.occlusion(lib.target(base, y), sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4)), x),
         "feature_ablation": lambda: call(lib.feature_ablation(lib.target(tab, yt)), xt),
         "shapley_value_sampling": lambda: call(lib.shapley_value_sampling(lib.target(tab, yt), n_samples=25, generator=0), xt),
     }
+
+
+def _resnet_deep_lift(lib) -> Callable[[], object]:
+    """DeepLift on torchvision's ResNet-50 at the CPU suite's size (`rule_workloads.RESNET_DEEPLIFT`)."""
+    from xattr.testing.vision import models  # noqa: PLC0415
+
+    if models() is None:
+        raise SystemExit("deep_lift_resnet50 needs torchvision")
+    batch, side = R.RESNET_DEEPLIFT["cpu"]
+    model = W._seeded(lambda: models().resnet50(weights=None)).eval()
+    x, y = R._inputs(batch, (3, side, side), "cpu")
+    fn = lib.deep_lift(lib.target(model, y), baselines=0.0)
+    return lambda: fn(x)
 
 
 def main(argv=None) -> int:

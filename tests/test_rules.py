@@ -706,3 +706,34 @@ def test_hook_rules_equal_their_backward(rule, monkeypatch):
     by_vmap = torch.func.vmap(torch.func.grad(lambda x, k: ruled(x[None])[0, k]), in_dims=(0, None))
     assert_trees_close(torch.stack([by_vmap(X, k) for k in range(3)]), torch.stack(hooked), what="torch.func path")
     assert not torch.equal(hooked[0], input_grad(f, X, 0))  # the rule changed something
+
+
+def _node_names(out: torch.Tensor) -> set:
+    names, todo, seen = set(), [out.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        names.add(type(node).__name__)
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def test_an_in_place_call_under_a_rule_with_its_own_forward_is_written_in_place():
+    """DeepLift's Rescale at ``nn.ReLU(inplace=True)``: the result is written into the input inside
+    the rule's Function (no copy-back node whose backward adds a zero gradient), and the
+    attributions equal those of the same model with out-of-place ReLUs."""
+    torch.manual_seed(0)
+    in_place = nn.Sequential(nn.Linear(4, 6), nn.ReLU(inplace=True), nn.Linear(6, 2)).double().eval()
+    out_of_place = nn.Sequential(in_place[0], nn.ReLU(), in_place[2])
+    x, b = random_tensor((3, 4), seed=1), random_tensor((3, 4), seed=2)
+    ruled = xattr.rules(in_place, xattr.rule.deep_lift_rules())
+    z = torch.cat([x, b]).requires_grad_()
+    from xattr._src.deeplift_rules import paired_rows
+
+    with paired_rows(6):
+        names = _node_names(ruled(z))
+    assert "CopyBackwards" not in names and "_ApplyEagerInPlaceBackward" in names, names
+    a = xattr.deep_lift(xattr.target(in_place, 1), baselines=b)(x)
+    assert torch.equal(a, xattr.deep_lift(xattr.target(out_of_place, 1), baselines=b)(x))

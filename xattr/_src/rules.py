@@ -157,23 +157,29 @@ class _ApplyEager(torch.autograd.Function):
 
 
 class _ApplyEagerInPlace(torch.autograd.Function):
-    """`_ApplyEager` for an in-place elementwise call (``nn.ReLU(inplace=True)``, ``x.relu_()``)
-    whose rule keeps no input and has the default forward: the op runs in place on its input
-    (``mark_dirty``), as it would without the rule. Out of place plus a copy back costs two more
-    kernels and an autograd node per call (a ResNet-50 has 49 such ReLUs)."""
+    """`_ApplyEager` for an in-place call (``nn.ReLU(inplace=True)``, ``x.relu_()``) whose rule keeps
+    no input: the result is written into the input inside the Function (``mark_dirty``), as the
+    call would without the rule. With the default forward the op itself runs in place; a rule's
+    own forward (DeepLift's multipliers read the input) runs out of place, then its output is
+    copied in. A copy back outside the Function instead costs an autograd node whose backward
+    makes and adds a zero gradient for the overwritten input (a ResNet-50 has 49 such ReLUs)."""
 
     @staticmethod
     def forward(ctx, rule, op, x):
-        out = ops.IN_PLACE[op.kind](x, **op.options)
+        if type(rule).forward is Rule.forward:
+            out, extras = ops.IN_PLACE[op.kind](x, **op.options), ()
+        else:
+            y, *extras = _Apply.forward(rule, op, x)  # reads x before it is overwritten
+            out, extras = x.copy_(y), tuple(extras)
         ctx.mark_dirty(x)
-        _save(ctx, rule, op, (x,), out, ())
-        return (out,)
+        _save(ctx, rule, op, (x,), out, extras)
+        return (out, *extras)
 
     backward = _Apply.backward
 
 
 def _runs_in_place(rule: Rule, op: ops.Op) -> bool:
-    return (op.inplace and op.kind in ops.IN_PLACE and type(rule).forward is Rule.forward and not rule.keeps(op)
+    return (op.inplace and (op.kind in ops.IN_PLACE or type(rule).forward is not Rule.forward) and not rule.keeps(op)
             and torch._C._functorch.maybe_current_level() is None)
 
 
@@ -184,9 +190,10 @@ def _as_hook(rule: Rule, op: ops.Op) -> bool:
     plain one through the Function, 45 us through the hook), and its backward allocates the
     rule's gradient beside the chain rule's. A rule that is a function of the op's ordinary input
     gradient needs neither: the op runs as called, with its own autograd node, and
-    ``input_grad`` is a hook on that node that rewrites the node's fresh result in place (`_hooked`; guided backprop: one ``clamp_min_`` after the ReLU's own
-    backward, bit for bit what `Guided.backward` computes; about 2% faster on the CPU CNN, where
-    ten same-process comparisons ranged from -2% to +5%).
+    ``input_grad`` is a hook on that node that rewrites the node's fresh result in place
+    (`_hooked`; guided backprop: one ``clamp_min_`` after the ReLU's own backward, bit for bit
+    what `Guided.backward` computes; about 2% faster on the CPU CNN, where ten same-process
+    comparisons ranged from -2% to +5%).
 
     Only where the op surely makes its own node with a freshly computed gradient: an elementwise
     kind (each has a dedicated backward kernel), called out of place or in place on a tensor that
