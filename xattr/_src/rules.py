@@ -14,8 +14,8 @@ every op no rule claims, so the cost is one dictionary lookup per torch call.
 
 Because the op is intercepted, not the module, the same rule applies to ``nn.ReLU``, ``F.relu``,
 ``x.relu_()`` and a ReLU module reused five times, and works in plain functions that are not
-modules at all. In-place calls write into their input: for real (`_ApplyEagerInPlace`) where the
-rule needs neither the input nor a forward of its own, else recomputed out of place and copied back.
+modules at all. In-place calls write into their input: inside the rule's Function
+(`_ApplyEagerInPlace`) where the rule keeps no input, else recomputed out of place and copied back.
 
 NOTE: [Choosing a rule]
 A mapping key is one of
