@@ -35,7 +35,6 @@ def constant(key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
     return t
 
 
-
 def default_mask(selected) -> tuple[Any, int]:
     """Every element of every input its own feature: ids run on across the tensors.
 

@@ -68,8 +68,9 @@ WHERE_ELEMENTS = 2**15
 def perturb(x: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Copies (c, B, ...): x where keep is 1, b where it is 0 (NOTE: [Perturbed copies in one call]).
 
-    Exact for every dtype and finite values (float inputs: ``x * k + b * (1 - k)`` with k in
-    {0, 1}). A float keep strictly between 0 and 1 (float inputs only) gives ``b + keep * (x - b)``.
+    Exact for every dtype: one ``torch.where``, or for large float copies on CPU
+    ``x * k + b * (1 - k)`` with k in {0, 1} (equal for finite values). A float keep strictly
+    between 0 and 1 (float inputs only) gives ``b + keep * (x - b)``.
     """
     if not x.is_floating_point():
         return torch.where(keep.bool(), x, b)

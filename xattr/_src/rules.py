@@ -203,11 +203,17 @@ def _as_hook(rule: Rule, op: ops.Op) -> bool:
             and not (op.inplace and op.tensors[0]._base is not None) and torch._C._functorch.maybe_current_level() is None)
 
 
+def _without_tensors(op: ops.Op) -> ops.Op:
+    """``op`` without its tensors, for what outlives the call (a Function's context, a hook); built
+    directly: ``NamedTuple._replace`` costs twice as much per call."""
+    return ops.Op(op.kind, op.fn, (), op.options, op.func, op.inplace)
+
+
 def _hooked(rule: Rule, op: ops.Op, out):
     """``out`` with ``rule.input_grad`` on its autograd node (NOTE: [Rules as backward hooks])."""
     node = out.grad_fn if isinstance(out, torch.Tensor) else None
     if node is not None:
-        light = ops.Op(op.kind, op.fn, (), op.options, op.func, op.inplace)  # the hook must not hold the inputs
+        light = _without_tensors(op)  # the hook must not hold the inputs
         node.register_hook(lambda grad_inputs, grad_outputs: (rule.input_grad(light, grad_inputs[0]),) + grad_inputs[1:])
     return out
 
@@ -229,10 +235,10 @@ def apply_rule(rule: Rule, op: ops.Op):
     tensors = op.tensors
     if _runs_in_place(rule, op):
         with torch._C.DisableTorchFunction():
-            return _ApplyEagerInPlace.apply(rule, ops.Op(op.kind, op.fn, (), op.options, op.func, True), tensors[0])[0]
+            return _ApplyEagerInPlace.apply(rule, _without_tensors(op), tensors[0])[0]
     if op.inplace and rule.keeps(op):
         tensors = (tensors[0].clone(),) + tensors[1:]
-    light = ops.Op(op.kind, op.fn, (), op.options, op.func, op.inplace)  # the context must not hold the op's tensors
+    light = _without_tensors(op)  # the context must not hold the op's tensors
     with torch._C.DisableTorchFunction():  # the rule's own ops are not intercepted again
         function = _ApplyEager if torch._C._functorch.maybe_current_level() is None else _Apply
         out = function.apply(rule, light, *tensors)[0]
