@@ -34,6 +34,7 @@ from .checks import warn_if_training
 from .gradients import attribution_fn
 from .masks import constant, features, scatter_features
 from .perturb import Coalitions, baseline_tree, evaluate, inputs_and_copies, outputs_at
+from .prepared import OneCall, Prepared, served, signature
 from .sampling import streams
 
 
@@ -68,16 +69,25 @@ def feature_ablation(
       >>> attr = xattr.feature_ablation(xattr.target(model, 3), feature_mask=segments)(x)
     """
     nums, as_tuple = T.normalize_argnums(argnums)
+    prepared = Prepared()  # NOTE: [Prepared calls]
 
     def fn(*args, baselines=baselines, feature_mask=feature_mask):
         warn_if_training(f)
         selected = T.split_args(args, nums)[0]
-        masks, n = features(selected, feature_mask)
-        base = baseline_tree(selected, baselines, as_tuple)
-        device = T.leaves(masks)[0].device
-        ablate_one = constant(("ablate one", n, device), lambda: ~torch.eye(n, dtype=torch.bool, device=device))
-        out, _, outs = inputs_and_copies(f, args, nums, T.batch_size(selected), masks=masks, baselines=base, coalitions=ablate_one,
-                                         chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
+        key = None if show_progress else signature(args, nums, baselines, feature_mask)
+        found = served(prepared, key, args)
+        if found is not None:
+            out, outs, masks = found
+        else:
+            masks, n = features(selected, feature_mask)
+            base = baseline_tree(selected, baselines, as_tuple)
+            device = T.leaves(masks)[0].device
+            ablate_one = constant(("ablate one", n, device), lambda: ~torch.eye(n, dtype=torch.bool, device=device))
+            out, aggregate, outs = inputs_and_copies(f, args, nums, T.batch_size(selected), masks=masks, baselines=base, coalitions=ablate_one,
+                                                     chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
+            if key is not None and not aggregate:
+                prepared.add(key, lambda: OneCall.make(f, selected, masks, base, ablate_one, chunk_size=chunk_size, memory_budget=memory_budget,
+                                                       held=(baselines, feature_mask), state=masks))  # fmt: skip
         diff = _per_feature(out[:, None] - outs)
         attr = scatter_features(diff, masks, T.tree_map(lambda x: x[: diff.shape[0]], selected))
         return attr if as_tuple else attr[0]
@@ -238,22 +248,31 @@ def occlusion(
       >>> attr = xattr.occlusion(xattr.target(model, 3), sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4))(x)
     """
     nums, as_tuple = T.normalize_argnums(argnums)
+    prepared = Prepared()  # NOTE: [Prepared calls]
 
     def fn(*args, baselines=baselines):
         warn_if_training(f)
         selected = T.split_args(args, nums)[0]
-        leaves = T.leaves(selected)
-        shapes = _per_input(sliding_window_shapes, len(leaves), _is_shape) if len(leaves) > 1 else [sliding_window_shapes]
-        steps = _strides_per_input(strides, len(leaves))
-        grids = [_Grid(x.shape[1:], w, st, x.device) for x, w, st in zip(leaves, shapes, steps)]
-        cells = [g.n_cells for g in grids]
-        offsets = [sum(cells[:i]) for i in range(len(grids))]
-        cell_ids = iter([(o + g.cell_of)[None] for g, o in zip(grids, offsets)])  # cells are the features
-        masks = T.tree_map(lambda _: next(cell_ids), selected)
-        base = baseline_tree(selected, baselines, as_tuple)
-        coalitions = Coalitions(sum(g.n_windows for g in grids), _window_rows(grids, offsets, sum(cells), leaves[0].device))
-        out, _, outs = inputs_and_copies(f, args, nums, T.batch_size(selected), masks=masks, baselines=base, coalitions=coalitions,
-                                         chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
+        key = None if show_progress else signature(args, nums, baselines)
+        found = served(prepared, key, args)
+        if found is not None:
+            out, outs, (masks, grids) = found
+        else:
+            leaves = T.leaves(selected)
+            shapes = _per_input(sliding_window_shapes, len(leaves), _is_shape) if len(leaves) > 1 else [sliding_window_shapes]
+            steps = _strides_per_input(strides, len(leaves))
+            grids = [_Grid(x.shape[1:], w, st, x.device) for x, w, st in zip(leaves, shapes, steps)]
+            cells = [g.n_cells for g in grids]
+            offsets = [sum(cells[:i]) for i in range(len(grids))]
+            cell_ids = iter([(o + g.cell_of)[None] for g, o in zip(grids, offsets)])  # cells are the features
+            masks = T.tree_map(lambda _: next(cell_ids), selected)
+            base = baseline_tree(selected, baselines, as_tuple)
+            coalitions = Coalitions(sum(g.n_windows for g in grids), _window_rows(grids, offsets, sum(cells), leaves[0].device))
+            out, aggregate, outs = inputs_and_copies(f, args, nums, T.batch_size(selected), masks=masks, baselines=base, coalitions=coalitions,
+                                                     chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
+            if key is not None and not aggregate:
+                prepared.add(key, lambda: OneCall.make(f, selected, masks, base, coalitions, chunk_size=chunk_size, memory_budget=memory_budget,
+                                                       held=(baselines,), state=(masks, grids)))  # fmt: skip
         diff = _per_feature(out[:, None] - outs)  # (B, [O,] W_total): window j of input i is one copy
         pieces = torch.split(diff, [g.n_windows for g in grids], dim=-1)
         per_cell = torch.cat([g.average(p) for g, p in zip(grids, pieces)], -1)

@@ -137,8 +137,9 @@ def scatter_features(values: torch.Tensor, masks, selected):
         start = first_id(m)
         if start is not None:  # a range of ids: a slice
             n = math.prod(x.shape[1:])
-            picked = values[..., start : start + n]
-            return picked.reshape(tuple(values.shape[:-1]) + tuple(x.shape[1:])).to(_float(x))
+            picked = values[..., start : start + n] if start or n != values.shape[-1] else values
+            picked = picked.reshape(tuple(values.shape[:-1]) + tuple(x.shape[1:]))
+            return picked if picked.dtype == x.dtype else picked.to(_float(x))
         full = torch.broadcast_to(m, x.shape).reshape(x.shape[0], -1)
         if values.ndim == 2:
             return torch.gather(values, 1, full).reshape(x.shape).to(_float(x))

@@ -1,0 +1,220 @@
+"""Prepared calls (prepared.py, NOTE: [Prepared calls]): feature ablation or occlusion called again with inputs
+of one signature reuses what its first call prepared. The reference is always the general path:
+a fresh function's first call, which prepares nothing. Equality is bit for bit, since both make
+the same copies and call the model once with the same rows.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import xattr
+import xattr._src.ablation as ablation
+from xattr._src import tree as T
+from xattr._src.prepared import MAX_PREPARED, OneCall, Prepared, signature
+from xattr.testing.strategies import ModelSpec, random_tensor
+
+B = 3
+MLP = ModelSpec("mlp", seed=1, in_shape=(6,), n_out=3, activation="tanh", hidden=(5,))
+CNN = ModelSpec("cnn", seed=2, in_shape=(1, 4, 4), n_out=3, activation="relu")
+
+
+class Counting:
+    """A model function recording the rows of every call (and passing ``multi_output`` on)."""
+
+    def __init__(self, f):
+        self.f, self.rows = f, []
+        self.multi_output = getattr(f, "multi_output", False)
+
+    def __call__(self, *args):
+        self.rows.append(args[0].shape[0])
+        return self.f(*args)
+
+
+def _no_general_path(monkeypatch):
+    """From here on, the general path fails: a call that succeeds was served prepared."""
+
+    def fail(*_, **__):
+        raise AssertionError("the general path ran")
+
+    monkeypatch.setattr(ablation, "inputs_and_copies", fail)
+
+
+def _cases():
+    mlp, cnn = MLP.build().double().eval(), CNN.build().double().eval()
+    x, xc = random_tensor((B, 6), seed=3), random_tensor((B, 1, 4, 4), seed=4)
+    seg = torch.arange(16).reshape(1, 4, 4) // 5  # 4 segments
+    per_example = torch.randint(0, 3, (B, 6), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(1, 9, (B, 5), generator=torch.Generator().manual_seed(1))
+    emb = torch.nn.Embedding(9, 4).double()
+    return {
+        "default mask, zero baseline": (xattr.target(mlp, 1), (x,), {}),
+        "a shared feature mask": (xattr.target(cnn, torch.tensor([0, 2, 1])), (xc,), {"feature_mask": seg}),
+        "per-example masks and baselines": (xattr.target(mlp, 0), (x,), {"feature_mask": per_example, "baselines": x.flip(0)}),
+        "a number baseline": (xattr.target(mlp, 2), (x,), {"baselines": -0.5}),
+        "many outputs": (xattr.target(mlp, xattr.outputs([0, 2])), (x,), {}),
+        "integer token ids": (xattr.target(lambda t: mlp(emb(t).sum(1).repeat(1, 2)[:, :6]), 0), (tokens,), {"baselines": 0}),
+        "two inputs, ids across them": (xattr.target(lambda a, b: mlp(a + b), 1), (x, x.flip(1)), {"argnums": (0, 1)}),
+        "float32": (xattr.target(MLP.build().float().eval(), 1), (x.float(),), {}),
+        "occlusion": (xattr.target(cnn, 2), (xc,), {"method": xattr.occlusion, "sliding_window_shapes": (1, 2, 3), "strides": (1, 1, 2)}),
+        "occlusion of two inputs": (xattr.target(lambda a, b: cnn(a * b), 0), (xc, xc.flip(2)),
+                                    {"method": xattr.occlusion, "argnums": (0, 1), "sliding_window_shapes": ((1, 2, 2), (1, 3, 3)),
+                                     "baselines": 0.5}),
+    }
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_repeated_call_is_the_general_path_bit_for_bit_in_one_model_call(name, monkeypatch):
+    f, args, options = CASES[name]
+    options = dict(options)
+    method = options.pop("method", xattr.feature_ablation)
+    counted = Counting(f)
+    fa = method(counted, **options)
+    fa(*args)  # prepares
+    again = tuple(a.flip(0).contiguous() if a.is_floating_point() else (a + 1) % 9 for a in args)  # other values, one signature
+    expected = method(f, **options)(*again)
+    counted.rows = []
+    _no_general_path(monkeypatch)
+    got = fa(*again)
+    for g, e in zip(got if isinstance(got, tuple) else (got,), expected if isinstance(expected, tuple) else (expected,)):
+        assert g.dtype == e.dtype and g.shape == e.shape and torch.equal(g, e)
+    assert len(counted.rows) == 1  # x and its copies, one call
+
+
+def test_a_changed_mask_or_baseline_is_a_new_signature():
+    model, x = MLP.build().double().eval(), random_tensor((B, 6), seed=3)
+    f = xattr.target(model, 1)
+    mask, base = torch.tensor([0, 0, 1, 1, 2, 2]), torch.zeros(1, 6, dtype=torch.double)
+    fa = xattr.feature_ablation(f, feature_mask=mask, baselines=base)
+    fa(x)
+    mask[4:] = 0  # in place: a new version
+    assert torch.equal(fa(x), xattr.feature_ablation(f, feature_mask=mask.clone(), baselines=base)(x))
+    base += 0.25
+    assert torch.equal(fa(x), xattr.feature_ablation(f, feature_mask=mask, baselines=base.clone())(x))
+    assert torch.equal(fa(x, feature_mask=torch.tensor([0, 1, 2, 3, 4, 5])), xattr.feature_ablation(f, baselines=base)(x))
+    assert torch.equal(fa(x[:2]), xattr.feature_ablation(f, feature_mask=mask, baselines=base)(x[:2]))  # another batch
+    zero, negative_zero = fa(x, baselines=0.0), fa(x, baselines=-0.0)
+    assert torch.equal(zero, negative_zero)  # the same drops, but two signatures (signed zeros are copied as such)
+    assert signature((x,), (0,), 0.0, None) != signature((x,), (0,), -0.0, None)
+
+
+def test_signatures_that_take_the_general_path():
+    x = torch.zeros(2, 3)
+    assert signature((x,), (0,), 0.0, None) is not None
+    assert signature((x, x), (0,), 0.0, None) is None  # a pass-through argument
+    assert signature((x, x), (1, 0), 0.0, None) is None  # not in order
+    assert signature(((x, x),), (0,), 0.0, None) is None  # a pytree
+    assert signature((x,), (0,), True, None) is None  # a bool baseline
+    assert signature((x,), (0,), 0.0, [0, 1, 2]) is None  # a list mask
+    assert signature((x,), (0,), torch.nn.Parameter(torch.zeros(3)), None) is None  # a tensor subclass
+    with torch.inference_mode():
+        assert signature((x,), (0,), 0.0, None) is None
+    with T.batch_scope(2):  # inside another method's call
+        assert signature((x,), (0,), 0.0, None) is None
+    seen = []
+    torch.func.vmap(lambda r: seen.append(signature((r,), (0,), 0.0, None)) or r)(x[None])  # a transform
+    assert seen == [None]
+
+
+def test_a_model_whose_output_changed_gets_the_general_path_and_is_not_prepared_again():
+    model, x = MLP.build().double().eval(), random_tensor((B, 6), seed=3)
+
+    class Switch:
+        one_number = False
+
+        def __call__(self, t):
+            out = model(t)[:, 0]
+            return out.sum() if self.one_number else out
+
+    f = Counting(Switch())
+    fa = xattr.feature_ablation(f)
+    fa(x)
+    f.f.one_number = True  # now a loss: one number per batch (Captum's aggregate mode)
+    assert torch.equal(fa(x), xattr.feature_ablation(Switch.__call__.__get__(f.f))(x))
+    f.rows = []
+    fa(x)
+    assert f.rows[0] == B, f.rows  # known as one number per batch: no folded first call
+
+
+def test_out_of_memory_in_a_prepared_call_falls_back_and_is_not_prepared_again():
+    model, x = MLP.build().double().eval(), random_tensor((B, 6), seed=3)
+    reference = xattr.feature_ablation(xattr.target(model, 0))(x)
+
+    class Fails:
+        rows: list = []
+        most = 10**9
+
+        def __call__(self, t):
+            self.rows.append(t.shape[0])
+            if t.shape[0] > self.most:
+                raise torch.cuda.OutOfMemoryError(f"CUDA out of memory: {t.shape[0]} rows")
+            return model(t)[:, 0]
+
+    f = Fails()
+    fa = xattr.feature_ablation(f, memory_budget=2**20)
+    fa(x)  # prepared: 7 copies of 3 rows fit one call
+    f.most, f.rows = 12, []
+    torch.testing.assert_close(fa(x), reference, rtol=1e-12, atol=1e-14)
+    assert f.rows == [21, 21, 9, 9, 3], f.rows  # the prepared call fails, then the general path halves
+    f.rows = []
+    fa(x)
+    assert f.rows == [21, 9, 9, 3], f.rows  # not prepared again
+
+
+def test_a_prepared_call_still_checks_finite_outputs_and_train_mode(monkeypatch):
+    model = torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.Dropout(0.0)).double().eval()
+    x = random_tensor((B, 6), seed=3)
+    fa = xattr.feature_ablation(xattr.target(model, 0))
+    fa(x)
+    _no_general_path(monkeypatch)
+    model.train()
+    with pytest.warns(UserWarning, match="train mode"):
+        fa(x)
+    model.eval()
+    monkeypatch.undo()
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        fa(torch.full_like(x, float("inf")))
+
+
+def test_at_most_a_few_signatures_are_kept(monkeypatch):
+    made = []
+
+    class Recording(Prepared):
+        def __init__(self):
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(ablation, "Prepared", Recording)
+    model = MLP.build().double().eval()
+    fa = xattr.feature_ablation(xattr.target(model, 0))
+    for b in range(1, MAX_PREPARED + 3):
+        fa(random_tensor((b, 6), seed=b))
+    (prepared,) = made
+    assert len(prepared.calls) == MAX_PREPARED
+    assert [k[0][0][0] for k in prepared.calls] == list(range(3, MAX_PREPARED + 3))  # batch sizes, the newest kept
+    fa(random_tensor((1, 6), seed=9), feature_mask=torch.arange(6))
+    assert len(prepared.calls) == MAX_PREPARED
+
+
+def test_show_progress_is_never_prepared(capsys):
+    pytest.importorskip("tqdm")
+    model, x = MLP.build().double().eval(), random_tensor((B, 6), seed=3)
+    fa = xattr.feature_ablation(xattr.target(model, 0), show_progress=True)
+    for _ in range(2):
+        fa(x)
+        assert "perturbed copies" in capsys.readouterr().err  # a bar on every call
+
+
+def test_copies_that_need_several_calls_are_not_prepared(monkeypatch):
+    model, x = MLP.build().double().eval(), random_tensor((B, 6), seed=3)
+    f = Counting(xattr.target(model, 0))
+    fa = xattr.feature_ablation(f, chunk_size=2 * B)
+    first = fa(x)
+    assert f.rows == [2 * B] * 3 + [B], f.rows  # x and 6 copies, 2 per call
+    f.rows = []
+    monkeypatch.setattr(OneCall, "make", lambda *a, **k: pytest.fail("prepared again"))
+    assert torch.equal(fa(x), first) and f.rows == [2 * B] * 3 + [B]
