@@ -218,3 +218,20 @@ def test_copies_that_need_several_calls_are_not_prepared(monkeypatch):
     f.rows = []
     monkeypatch.setattr(OneCall, "make", lambda *a, **k: pytest.fail("prepared again"))
     assert torch.equal(fa(x), first) and f.rows == [2 * B] * 3 + [B]
+
+
+def test_large_keep_masks_are_not_kept(monkeypatch):
+    import xattr._src.prepared as prepared
+
+    model, x = MLP.build().double().eval(), random_tensor((B, 6), seed=3)
+    made = []
+    monkeypatch.setattr(ablation, "OneCall", type("Recording", (OneCall,), {"make": classmethod(lambda cls, *a, **k: made.append(OneCall.make(*a, **k)) or made[-1])}))
+    xattr.feature_ablation(xattr.target(model, 0))(x)
+    assert made[-1] is not None and made[-1].keep[0].numel() == 7 * 6  # x and 6 copies, shared by the batch
+    monkeypatch.setattr(prepared, "MAX_KEEP_BYTES", 7 * 6 - 1)
+    xattr.feature_ablation(xattr.target(model, 0))(x)
+    assert made[-1] is None
+    per_example = torch.arange(6).repeat(B, 1)  # (B, 6): the keep masks hold every example
+    monkeypatch.setattr(prepared, "MAX_KEEP_BYTES", 7 * 6)
+    xattr.feature_ablation(xattr.target(model, 0), feature_mask=per_example)(x)
+    assert made[-1] is None

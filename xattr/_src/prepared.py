@@ -14,8 +14,9 @@ by a new tensor). A later call with that signature makes the copies from the kep
 calls the model once. The per-call checks still run: the train-mode warning, finite outputs,
 one output row per input row. Everything else takes the general path: pytrees and
 pass-through arguments, calls nested in another method's batch, torch.func transforms,
-inference mode, progress bars, a model whose output no longer has the rows it had, and a call
-that runs out of memory (the general path retries it smaller).
+inference mode, progress bars, a model whose output no longer has the rows it had, a call
+that runs out of memory (the general path retries it smaller), and copies whose keep masks
+would take more than `MAX_KEEP_BYTES` (there the model's work dwarfs the preparation).
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from .masks import keep_masks
 from .perturb import Coalitions, _check_per_example, copies_per_call, perturb
 
 MAX_PREPARED = 4  # signatures kept per method function (the oldest goes first)
+# A prepared call keeps its keep masks (one bool per element of the copies shared by the batch);
+# above this many bytes it is not prepared: the model's work on such copies dwarfs the Python
+# that preparing saves, and a GPU should not hold large masks between calls.
+MAX_KEEP_BYTES = 2**24
 
 
 def signature(args: tuple, nums: tuple, *objs) -> tuple | None:
@@ -122,7 +127,8 @@ class OneCall:
     @classmethod
     def make(cls, f, selected: tuple, masks, base: tuple, coalitions, *, chunk_size, memory_budget, held=(), state=None):
         """For (K, F) shared coalitions, or a shared `Coalitions`: None unless the inputs and the K
-        copies fit one call. ``state`` is whatever else the method keeps (`served` gives it back)."""
+        copies fit one call and their keep masks `MAX_KEEP_BYTES`. ``state`` is whatever else the
+        method keeps (`served` gives it back)."""
         if len(selected) != len(T.leaves(selected)):  # a pytree argument
             return None
         lazy = isinstance(coalitions, Coalitions)
@@ -134,6 +140,8 @@ class OneCall:
         z = coalitions.rows(0, k - 1)[0] if lazy else coalitions
         z = torch.cat([z.new_ones((1, z.shape[1])), z]).unsqueeze(0)
         keep = keep_masks(z if z.dtype == torch.bool else z != 0, masks, selected, batch)
+        if sum(kp.numel() * kp.element_size() for kp in T.leaves(keep)) > MAX_KEEP_BYTES:
+            return None
         return cls(f, keep, base, batch, k, held, state)
 
     def run(self, args: tuple) -> tuple[torch.Tensor, torch.Tensor] | None:
