@@ -246,8 +246,12 @@ def evaluate(
             outs.append(out.reshape((e - s, batch) + tuple(out.shape[1:])))
     if aggregate:
         return torch.cat(outs).reshape(1, k)
-    out = outs[0] if len(outs) == 1 else torch.cat(outs)  # (K, B, ...)
-    if out.ndim == 3 and out.shape[2] == 1 and not getattr(f, "multi_output", False):
+    return batch_first(outs[0] if len(outs) == 1 else torch.cat(outs), getattr(f, "multi_output", False))
+
+
+def batch_first(out: torch.Tensor, multi: bool) -> torch.Tensor:
+    """The outputs of K copies, (K, B[, 1 or O]) -> (B, K[, O]): a single output's axis dropped."""
+    if out.ndim == 3 and out.shape[2] == 1 and not multi:
         out = out[..., 0]
     return out.transpose(0, 1)
 

@@ -28,7 +28,7 @@ import torch
 from . import tree as T
 from .checks import check_finite
 from .masks import keep_masks
-from .perturb import Coalitions, _check_per_example, copies_per_call, perturb
+from .perturb import Coalitions, _check_per_example, batch_first, copies_per_call, perturb
 
 MAX_PREPARED = 4  # signatures kept per method function (the oldest goes first)
 # A prepared call keeps its keep masks (one bool per element of the copies shared by the batch);
@@ -158,8 +158,5 @@ class OneCall:
         if out.ndim == 0 or out.shape[0] != rows_in:
             return None  # not one output row per input row any more: the general path says why
         _check_per_example(out, self.multi)
-        out = out.reshape((self.n_copies, self.batch) + tuple(out.shape[1:]))
-        if out.ndim == 3 and out.shape[2] == 1 and not self.multi:
-            out = out[..., 0]
-        out = out.transpose(0, 1)
+        out = batch_first(out.reshape((self.n_copies, self.batch) + tuple(out.shape[1:])), self.multi)
         return out[:, 0], out[:, 1:]
