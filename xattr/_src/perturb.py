@@ -20,8 +20,9 @@ given, else as many copies as fit ``memory_budget`` bytes of perturbed inputs (d
 those rows come on top), and at most ``MAX_ROWS`` rows. A call always holds at least one whole
 copy of the batch. A perturbed element is exactly the input's or the baseline's value, for every
 dtype (``where(keep, x, b)``; for large float copies on CPU ``x * k + b * (1 - k)`` with k in
-{0, 1}, which is faster there and equal for finite values), never ``b + keep * (x - b)``, which
-rounds. Pass-through arguments with the batch in dim 0 are
+{0, 1}, which is faster there and equal for finite values up to the sign of a zero: a kept -0.0
+comes out +0.0 beside a baseline >= 0, a removed one beside x >= 0 where the baseline is -0.0),
+never ``b + keep * (x - b)``, which rounds. Pass-through arguments with the batch in dim 0 are
 tiled with the copies. Coalitions and per-copy baselines can be made chunk by chunk
 (`Coalitions`, and any ``leaf[s:e]``-sliceable baseline), so K copies never have to exist at
 once: occlusion with stride 1 and feature permutation of every pixel stay within the budget.
@@ -69,7 +70,8 @@ def perturb(x: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> torch.Tenso
     """Copies (c, B, ...): x where keep is 1, b where it is 0 (NOTE: [Perturbed copies in one call]).
 
     Exact for every dtype: one ``torch.where``, or for large float copies on CPU
-    ``x * k + b * (1 - k)`` with k in {0, 1} (equal for finite values). A float keep strictly
+    ``x * k + b * (1 - k)`` with k in {0, 1} (equal for finite values, up to the sign of a zero:
+    ``x * 1 + b * 0`` is +0.0 for x = -0.0 and b >= 0). A float keep strictly
     between 0 and 1 (float inputs only) gives ``b + keep * (x - b)``.
     """
     if not x.is_floating_point():
@@ -77,7 +79,7 @@ def perturb(x: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> torch.Tenso
     if keep.dtype == torch.bool:
         if x.device.type != "cpu" or x.numel() * keep.shape[0] <= WHERE_ELEMENTS:
             return torch.where(keep, x, b)  # one kernel
-        # exact: x * 1 + b * 0 == x and x * 0 + b * 1 == b for finite values
+        # x * 1 + b * 0 == x and x * 0 + b * 1 == b for finite values (a zero's sign aside, see above)
         k = keep.to(x.dtype)  # float ops, ~10x faster than torch.where per element on CPU (NOTE: [Float masks])
         return torch.addcmul(b * (1 - k), x, k)  # b * (1 - k) is coalition-sized when b is shared
     keep = keep.to(x.dtype)
