@@ -780,3 +780,66 @@ def test_lrp_with_the_where_stabilizer_equals_the_default_also_under_vmap(monkey
         assert torch.equal(fn(x), e)
         assert torch.equal(torch.func.vmap(lambda xi: fn(xi[None])[0])(x), bt)
     assert calls, "the where spelling must have run"
+
+
+# --------------------------------------------------------------------------- rules as output hooks
+
+
+class _Hooked(nn.Module):
+    """Every layer kind the epsilon rule takes as an output hook, in the awkward spots: a conv
+    followed by batch-norm and an in-place ReLU (the hook's tensor is then modified in place),
+    an overlapping max-pool, a layer output with two consumers, a max-pool returning indices
+    (the Function path), an average pool and linear layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn, self.conv2 = nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3)
+        self.fc1, self.fc2 = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = torch.relu_(self.bn(self.conv1(x)))
+        h = F.max_pool2d(h, 3, stride=2, padding=1)  # overlapping windows: 8x8 -> 4x4
+        h2 = self.conv2(h)  # 2x2
+        p, _ = F.max_pool2d(h2, 2, return_indices=True)
+        a = F.avg_pool2d(h2, 2).flatten(1) + p.flatten(1)
+        return self.fc2(torch.relu(self.fc1(a))) + h2.mean((1, 2, 3))[:, None]  # h2: two consumers
+
+
+def test_epsilon_as_output_hooks_equals_its_function(monkeypatch):
+    """NOTE: [Rules as output hooks]: outside transforms, epsilon at linear, conv, batch-norm and
+    pooling layers keeps the op's own backward with a hook rescaling its output's gradient; the
+    attributions equal the autograd.Function path's and the torch.func path's."""
+    from xattr._src import rules as rules_module
+
+    model = _seeded(5, _Hooked)
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    x = random_tensor((3, 2, 8, 8), seed=6)
+    kinds = []
+    real = rules_module._scaled
+    monkeypatch.setattr(rules_module, "_scaled", lambda rule, op, out: (kinds.append(op.kind), real(rule, op, out))[1])
+    hooked = [xattr.lrp(xattr.target(model, k))(x) for k in range(3)]
+    assert sorted(set(kinds)) == ["avg_pool", "batch_norm", "conv", "linear", "max_pool"], kinds
+    assert kinds.count("max_pool") == 3  # once per call: the pool returning indices takes the Function path
+    monkeypatch.setattr(rules_module, "_as_output_hook", lambda rule, op: False)
+    by_function = [xattr.lrp(xattr.target(model, k))(x) for k in range(3)]
+    for k in range(3):
+        torch.testing.assert_close(hooked[k], by_function[k], rtol=1e-12, atol=1e-15)
+    monkeypatch.undo()
+    ruled = xattr.rules(model, xattr.rule.lrp_rules())
+    by_vmap = torch.func.vmap(torch.func.grad(lambda r, k: ruled(r[None])[0, k]), in_dims=(0, None))
+    for k in range(3):
+        torch.testing.assert_close(by_vmap(x, k) * x, hooked[k], rtol=1e-10, atol=1e-14)
+    assert not torch.equal(hooked[0], xattr.input_x_gradient(xattr.target(model, 0))(x))  # the rules changed something
+
+
+def test_output_hooks_only_for_rules_that_keep_the_ops_backward():
+    from xattr._src import ops
+
+    x = torch.zeros(1, 2, 4, 4)
+    conv = ops.PARSERS[torch.conv2d](torch.conv2d, x, torch.zeros(3, 2, 3, 3), torch.zeros(3))
+    pool = ops.PARSERS[torch.max_pool2d](torch.max_pool2d, x, 2)
+    assert Epsilon().scales_output(conv) and not Epsilon(zero_bias=True).scales_output(conv)
+    assert not Gamma(0.25).scales_output(conv) and not AlphaBeta(2.0, 1.0).scales_output(conv)
+    assert Gamma(0.25).scales_output(pool)  # a pool's backward does not use the weights' rule

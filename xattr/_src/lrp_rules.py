@@ -96,6 +96,16 @@ class _Layer(Rule):
     def keeps(self, op):
         return op.kind != "max_pool"  # a max-pool keeps its argmax indices instead
 
+    def scales_output(self, op):
+        """With unmodified weights (epsilon) the backward is the op's own VJP of ``grad * z / stab(z)``
+        (NOTE: [Rules as output hooks]); a max-pool's is too (its VJP routes to the argmax)."""
+        if type(self).forward is not _Layer.forward or type(self).backward is not _Layer.backward:
+            return False
+        return op.kind not in WEIGHTED or (type(self).rho is _Layer.rho and type(self).rho_bias is _Layer.rho_bias and not self.zero_bias)
+
+    def output_scale(self, op, out):
+        return out / stabilize(out, self.eps)
+
     def forward(self, op, *tensors):
         if op.kind == "max_pool":
             x = tensors[0]

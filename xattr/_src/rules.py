@@ -9,7 +9,8 @@ softmax, linear, conv, norms, attention) are parsed into an `Op`; if a rule appl
 replaced by ``_Apply``, a ``torch.autograd.Function`` (with ``setup_context`` and
 ``generate_vmap_rule=True``) whose forward is the op itself and whose backward is the rule's
 (a rule with ``input_grad`` runs as called, with a hook on its node: NOTE: [Rules as backward
-hooks]). Forward values never change: only gradients do. Everything else runs untouched, and so does
+hooks]; one that only rescales its output's gradient, with a hook on its output: NOTE: [Rules
+as output hooks]). Forward values never change: only gradients do. Everything else runs untouched, and so does
 every op no rule claims, so the cost is one dictionary lookup per torch call.
 
 Because the op is intercepted, not the module, the same rule applies to ``nn.ReLU``, ``F.relu``,
@@ -89,6 +90,16 @@ class Rule:
     def input_grad(self, op: ops.Op, grad: torch.Tensor) -> torch.Tensor:
         """The rule's gradient from the op's ordinary input gradient ``grad`` (optional; elementwise
         kinds). ``grad`` is the op's own backward result, used nowhere else: change it in place."""
+        raise NotImplementedError
+
+    def scales_output(self, op: ops.Op) -> bool:
+        """Whether, for this op, the rule's gradient is the op's ordinary VJP of the incoming
+        gradient times `output_scale` (NOTE: [Rules as output hooks]); decided before the op runs."""
+        return False
+
+    def output_scale(self, op: ops.Op, out: torch.Tensor) -> torch.Tensor:
+        """The factor of the incoming gradient, from the op's output (called without grad, where
+        `scales_output` said yes); ``backward`` must give the same gradients (transforms use it)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -203,6 +214,34 @@ def _as_hook(rule: Rule, op: ops.Op) -> bool:
             and not (op.inplace and op.tensors[0]._base is not None) and torch._C._functorch.maybe_current_level() is None)
 
 
+def _as_output_hook(rule: Rule, op: ops.Op) -> bool:
+    """NOTE: [Rules as output hooks]
+    Some rules keep the op's own backward and only rescale the gradient that reaches its output:
+    LRP-epsilon at a linear, conv or pooling layer passes ``g_x = op^T(g_z * z / stab(z))``, and
+    ``op^T`` is the op's ordinary VJP with respect to its input. Outside torch.func transforms
+    such an op runs as called, with its own autograd node, and a hook on its output tensor
+    multiplies the incoming gradient by ``output_scale`` (computed in the forward): no
+    `autograd.Function`, whose Python costs tens of microseconds per call in the forward and the
+    backward (NOTE: [Rules as backward hooks]), and the native backward kernel instead of the
+    rule's spelling of it. A hook registered on a tensor that is later modified in place (a conv
+    followed by ``ReLU(inplace=True)``) still receives the gradient with respect to the value the
+    op returned (torch's documented behaviour, tested here). Not for in-place calls or ops that
+    return indices. One difference outside the attributions: with ``loss.backward()`` the op's
+    parameters receive gradients (of the rescaled signal), where the Function gives them none.
+    """
+    return (rule.scales_output(op) and not op.inplace and not op.options.get("return_indices")
+            and torch._C._functorch.maybe_current_level() is None)
+
+
+def _scaled(rule: Rule, op: ops.Op, out):
+    """``out`` with a hook multiplying its incoming gradient by ``rule.output_scale(op, out)``."""
+    if isinstance(out, torch.Tensor) and out.requires_grad:
+        with torch.no_grad(), torch._C.DisableTorchFunction():
+            scale = rule.output_scale(op, out.detach())
+        out.register_hook(lambda g: None if g is None else g * scale)  # None: no gradient reached it
+    return out
+
+
 def _without_tensors(op: ops.Op) -> ops.Op:
     """``op`` without its tensors, for what outlives the call (a Function's context, a hook); built
     directly: ``NamedTuple._replace`` costs twice as much per call."""
@@ -240,8 +279,12 @@ def apply_rule(rule: Rule, op: ops.Op):
         tensors = (tensors[0].clone(),) + tensors[1:]
     light = _without_tensors(op)  # the context must not hold the op's tensors
     with torch._C.DisableTorchFunction():  # the rule's own ops are not intercepted again
-        function = _ApplyEager if torch._C._functorch.maybe_current_level() is None else _Apply
-        out = function.apply(rule, light, *tensors)[0]
+        eager = torch._C._functorch.maybe_current_level() is None
+        out = (_ApplyEager if eager else _Apply).apply(rule, light, *tensors)[0]
+        if not eager and not op.inplace:
+            # under vmap the outputs of a Function with several outputs are views that may not be
+            # modified in place, and models do (a conv or batch-norm followed by ReLU(inplace=True))
+            out = out.clone()
         if op.inplace:
             out = op.tensors[0].copy_(out)
         if op.options.get("return_indices"):
@@ -331,6 +374,8 @@ class _RulesMode(TorchFunctionMode):
             return func(*args, **kwargs)
         if _as_hook(rule, op):
             return _hooked(rule, op, func(*args, **kwargs))
+        if _as_output_hook(rule, op):
+            return _scaled(rule, op, func(*args, **kwargs))
         return apply_rule(rule, op)
 
     @contextlib.contextmanager
