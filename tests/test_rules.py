@@ -737,3 +737,16 @@ def test_an_in_place_call_under_a_rule_with_its_own_forward_is_written_in_place(
     assert "CopyBackwards" not in names and "_ApplyEagerInPlaceBackward" in names, names
     a = xattr.deep_lift(xattr.target(in_place, 1), baselines=b)(x)
     assert torch.equal(a, xattr.deep_lift(xattr.target(out_of_place, 1), baselines=b)(x))
+
+
+def test_ruled_outputs_may_be_modified_in_place_under_transforms():
+    """Under torch.func a ruled op runs as an autograd.Function, whose vmapped outputs can be
+    views that may not be modified in place: the model's in-place op after it (a conv or
+    batch-norm, then ReLU(inplace=True)) works, with the eager path's gradients."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(27, 2)).double().eval()
+    x = torch.randn(4, 2, 5, 5, dtype=torch.float64)
+    ruled = xattr.rules(model, {torch.conv2d: xattr.rule.Epsilon(), F.linear: xattr.rule.Epsilon()})
+    eager = xattr.grad(xattr.target(ruled, 0))(x)
+    by_vmap = torch.func.vmap(torch.func.grad(lambda r: ruled(r[None])[0, 0]))(x)
+    assert_trees_close(by_vmap, eager, what="torch.func path")
