@@ -11,6 +11,7 @@ import torch
 
 import xattr
 import xattr._src.ablation as ablation
+import xattr._src.prepared as prepared_module
 from xattr._src import tree as T
 from xattr._src.prepared import MAX_PREPARED, OneCall, Prepared, signature
 from xattr.testing.strategies import ModelSpec, random_tensor
@@ -38,7 +39,7 @@ def _no_general_path(monkeypatch):
     def fail(*_, **__):
         raise AssertionError("the general path ran")
 
-    monkeypatch.setattr(ablation, "inputs_and_copies", fail)
+    monkeypatch.setattr(prepared_module, "inputs_and_copies", fail)
 
 
 def _cases():
@@ -221,17 +222,15 @@ def test_copies_that_need_several_calls_are_not_prepared(monkeypatch):
 
 
 def test_large_keep_masks_are_not_kept(monkeypatch):
-    import xattr._src.prepared as prepared
-
     model, x = MLP.build().double().eval(), random_tensor((B, 6), seed=3)
     made = []
-    monkeypatch.setattr(ablation, "OneCall", type("Recording", (OneCall,), {"make": classmethod(lambda cls, *a, **k: made.append(OneCall.make(*a, **k)) or made[-1])}))
+    monkeypatch.setattr(prepared_module, "OneCall", type("Recording", (OneCall,), {"make": classmethod(lambda cls, *a, **k: made.append(OneCall.make(*a, **k)) or made[-1])}))
     xattr.feature_ablation(xattr.target(model, 0))(x)
     assert made[-1] is not None and made[-1].keep[0].numel() == 7 * 6  # x and 6 copies, shared by the batch
-    monkeypatch.setattr(prepared, "MAX_KEEP_BYTES", 7 * 6 - 1)
+    monkeypatch.setattr(prepared_module, "MAX_KEEP_BYTES", 7 * 6 - 1)
     xattr.feature_ablation(xattr.target(model, 0))(x)
     assert made[-1] is None
     per_example = torch.arange(6).repeat(B, 1)  # (B, 6): the keep masks hold every example
-    monkeypatch.setattr(prepared, "MAX_KEEP_BYTES", 7 * 6)
+    monkeypatch.setattr(prepared_module, "MAX_KEEP_BYTES", 7 * 6)
     xattr.feature_ablation(xattr.target(model, 0), feature_mask=per_example)(x)
     assert made[-1] is None

@@ -33,8 +33,8 @@ from . import tree as T
 from .checks import warn_if_training
 from .gradients import attribution_fn
 from .masks import constant, features, scatter_features
-from .perturb import Coalitions, baseline_tree, evaluate, inputs_and_copies, outputs_at
-from .prepared import OneCall, Prepared, served, signature
+from .perturb import Coalitions, baseline_tree, evaluate, outputs_at
+from .prepared import Prepared
 from .sampling import streams
 
 
@@ -74,20 +74,15 @@ def feature_ablation(
     def fn(*args, baselines=baselines, feature_mask=feature_mask):
         warn_if_training(f)
         selected = T.split_args(args, nums)[0]
-        key = None if show_progress else signature(args, nums, baselines, feature_mask)
-        found = served(prepared, key, args)
-        if found is not None:
-            out, outs, masks = found
-        else:
+
+        def setup():
             masks, n = features(selected, feature_mask)
-            base = baseline_tree(selected, baselines, as_tuple)
             device = T.leaves(masks)[0].device
             ablate_one = constant(("ablate one", n, device), lambda: ~torch.eye(n, dtype=torch.bool, device=device))
-            out, aggregate, outs = inputs_and_copies(f, args, nums, T.batch_size(selected), masks=masks, baselines=base, coalitions=ablate_one,
-                                                     chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
-            if key is not None and not aggregate:
-                prepared.add(key, lambda: OneCall.make(f, selected, masks, base, ablate_one, chunk_size=chunk_size, memory_budget=memory_budget,
-                                                       held=(baselines, feature_mask), state=masks))  # fmt: skip
+            return masks, baseline_tree(selected, baselines, as_tuple), ablate_one, masks
+
+        out, outs, masks = prepared.inputs_and_copies(f, args, nums, setup, keys=(baselines, feature_mask), chunk_size=chunk_size,
+                                                      memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
         diff = _per_feature(out[:, None] - outs)
         attr = scatter_features(diff, masks, T.tree_map(lambda x: x[: diff.shape[0]], selected))
         return attr if as_tuple else attr[0]
@@ -253,11 +248,8 @@ def occlusion(
     def fn(*args, baselines=baselines):
         warn_if_training(f)
         selected = T.split_args(args, nums)[0]
-        key = None if show_progress else signature(args, nums, baselines)
-        found = served(prepared, key, args)
-        if found is not None:
-            out, outs, (masks, grids) = found
-        else:
+
+        def setup():
             leaves = T.leaves(selected)
             shapes = _per_input(sliding_window_shapes, len(leaves), _is_shape) if len(leaves) > 1 else [sliding_window_shapes]
             steps = _strides_per_input(strides, len(leaves))
@@ -266,13 +258,11 @@ def occlusion(
             offsets = [sum(cells[:i]) for i in range(len(grids))]
             cell_ids = iter([(o + g.cell_of)[None] for g, o in zip(grids, offsets)])  # cells are the features
             masks = T.tree_map(lambda _: next(cell_ids), selected)
-            base = baseline_tree(selected, baselines, as_tuple)
             coalitions = Coalitions(sum(g.n_windows for g in grids), _window_rows(grids, offsets, sum(cells), leaves[0].device))
-            out, aggregate, outs = inputs_and_copies(f, args, nums, T.batch_size(selected), masks=masks, baselines=base, coalitions=coalitions,
-                                                     chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
-            if key is not None and not aggregate:
-                prepared.add(key, lambda: OneCall.make(f, selected, masks, base, coalitions, chunk_size=chunk_size, memory_budget=memory_budget,
-                                                       held=(baselines,), state=(masks, grids)))  # fmt: skip
+            return masks, baseline_tree(selected, baselines, as_tuple), coalitions, (masks, grids)
+
+        out, outs, (masks, grids) = prepared.inputs_and_copies(f, args, nums, setup, keys=(baselines,), chunk_size=chunk_size,
+                                                               memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
         diff = _per_feature(out[:, None] - outs)  # (B, [O,] W_total): window j of input i is one copy
         pieces = torch.split(diff, [g.n_windows for g in grids], dim=-1)
         per_cell = torch.cat([g.average(p) for g, p in zip(grids, pieces)], -1)

@@ -28,7 +28,7 @@ import torch
 from . import tree as T
 from .checks import check_finite
 from .masks import keep_masks
-from .perturb import Coalitions, _check_per_example, batch_first, copies_per_call, perturb
+from .perturb import Coalitions, _check_per_example, batch_first, copies_per_call, inputs_and_copies, perturb
 
 MAX_PREPARED = 4  # signatures kept per method function (the oldest goes first)
 # A prepared call keeps its keep masks (one bool per element of the copies shared by the batch);
@@ -96,6 +96,25 @@ class Prepared:
         if len(self.refused) >= 64:
             self.refused.clear()
         self.refused.add(key)
+
+    def inputs_and_copies(self, f, args: tuple, nums: tuple, setup: Callable[[], tuple], *, keys: tuple, chunk_size, memory_budget, show_progress):
+        """(f(x), f at the K copies, state): `perturb.inputs_and_copies`, served by the call
+        prepared for this signature when there is one.
+
+        ``setup()`` gives the method's (masks, baselines, coalitions, state); it runs on the general
+        path only. ``keys``: the call's baselines and feature mask (part of the signature)."""
+        key = None if show_progress else signature(args, nums, *keys)
+        found = served(self, key, args)
+        if found is not None:
+            return found
+        masks, base, coalitions, state = setup()
+        selected = T.split_args(args, nums)[0]
+        out, aggregate, outs = inputs_and_copies(f, args, nums, T.batch_size(selected), masks=masks, baselines=base, coalitions=coalitions,
+                                                 chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
+        if key is not None and not aggregate:
+            self.add(key, lambda: OneCall.make(f, selected, masks, base, coalitions, chunk_size=chunk_size, memory_budget=memory_budget,
+                                               held=keys, state=state))  # fmt: skip
+        return out, outs, state
 
 
 def served(prepared: Prepared, key: tuple | None, args: tuple) -> tuple | None:
