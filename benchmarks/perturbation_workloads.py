@@ -197,8 +197,11 @@ def _feature_ablation(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Wor
         lambda: fa_x(x), lambda: fa_c.attribute(x, target=y),
         forward_floors(model, torch.cat([x, _copies(x, 1 - eye)]), SPLIT_ROWS["tabular"]),
         lambda: exact(fa_x(x), fa_c.attribute(x, target=y)), "exact, tol 1e-5",
-        info={"plain-torch FeatureAblation": plain_feature_ablation(model, x, y)},
-        notes=[f"FeatureAblation: xattr: feature_ablation(target(mlp, y)) (every feature its own, zero baseline); "
+        info={"plain-torch FeatureAblation": plain_feature_ablation(model, x, y),
+              "xattr, a new function per call": lambda: xattr.feature_ablation(xattr.target(model, y))(x)},
+        notes=[f"FeatureAblation: xattr: feature_ablation(target(mlp, y)) (every feature its own, zero baseline), "
+               "called again and again with one signature, so after the first call a prepared call serves it "
+               "(NOTE: [Prepared calls]); 'xattr, a new function per call' (for reference) takes the general path every time; "
                f"Captum: FeatureAblation(mlp).attribute(x, target=y) (defaults: perturbations_per_eval=1, so {n} "
                f"forward calls of {x.shape[0]} rows); floor: one no-grad forward of the {(n + 1) * x.shape[0]} "
                "prebuilt rows (x and its ablated copies)."],

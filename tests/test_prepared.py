@@ -75,7 +75,7 @@ def test_a_repeated_call_is_the_general_path_bit_for_bit_in_one_model_call(name,
     method = options.pop("method", xattr.feature_ablation)
     counted = Counting(f)
     fa = method(counted, **options)
-    fa(*args)  # prepares
+    fa(*args), fa(*args)  # the second call prepares
     again = tuple(a.flip(0).contiguous() if a.is_floating_point() else (a + 1) % 9 for a in args)  # other values, one signature
     expected = method(f, **options)(*again)
     counted.rows = []
@@ -91,7 +91,7 @@ def test_a_changed_mask_or_baseline_is_a_new_signature():
     f = xattr.target(model, 1)
     mask, base = torch.tensor([0, 0, 1, 1, 2, 2]), torch.zeros(1, 6, dtype=torch.double)
     fa = xattr.feature_ablation(f, feature_mask=mask, baselines=base)
-    fa(x)
+    fa(x), fa(x)
     mask[4:] = 0  # in place: a new version
     assert torch.equal(fa(x), xattr.feature_ablation(f, feature_mask=mask.clone(), baselines=base)(x))
     base += 0.25
@@ -133,7 +133,7 @@ def test_a_model_whose_output_changed_gets_the_general_path_and_is_not_prepared_
 
     f = Counting(Switch())
     fa = xattr.feature_ablation(f)
-    fa(x)
+    fa(x), fa(x)
     f.f.one_number = True  # now a loss: one number per batch (Captum's aggregate mode)
     assert torch.equal(fa(x), xattr.feature_ablation(Switch.__call__.__get__(f.f))(x))
     f.rows = []
@@ -157,7 +157,7 @@ def test_out_of_memory_in_a_prepared_call_falls_back_and_is_not_prepared_again()
 
     f = Fails()
     fa = xattr.feature_ablation(f, memory_budget=2**20)
-    fa(x)  # prepared: 7 copies of 3 rows fit one call
+    fa(x), fa(x)  # prepared: 7 copies of 3 rows fit one call
     f.most, f.rows = 12, []
     torch.testing.assert_close(fa(x), reference, rtol=1e-12, atol=1e-14)
     assert f.rows == [21, 21, 9, 9, 3], f.rows  # the prepared call fails, then the general path halves
@@ -170,7 +170,7 @@ def test_a_prepared_call_still_checks_finite_outputs_and_train_mode(monkeypatch)
     model = torch.nn.Sequential(torch.nn.Linear(6, 3), torch.nn.Dropout(0.0)).double().eval()
     x = random_tensor((B, 6), seed=3)
     fa = xattr.feature_ablation(xattr.target(model, 0))
-    fa(x)
+    fa(x), fa(x)
     _no_general_path(monkeypatch)
     model.train()
     with pytest.warns(UserWarning, match="train mode"):
@@ -193,11 +193,11 @@ def test_at_most_a_few_signatures_are_kept(monkeypatch):
     model = MLP.build().double().eval()
     fa = xattr.feature_ablation(xattr.target(model, 0))
     for b in range(1, MAX_PREPARED + 3):
-        fa(random_tensor((b, 6), seed=b))
+        fa(random_tensor((b, 6), seed=b)), fa(random_tensor((b, 6), seed=b))
     (prepared,) = made
     assert len(prepared.calls) == MAX_PREPARED
     assert [k[0][0][0] for k in prepared.calls] == list(range(3, MAX_PREPARED + 3))  # batch sizes, the newest kept
-    fa(random_tensor((1, 6), seed=9), feature_mask=torch.arange(6))
+    fa(random_tensor((1, 6), seed=9), feature_mask=torch.arange(6)), fa(random_tensor((1, 6), seed=9), feature_mask=torch.arange(6))
     assert len(prepared.calls) == MAX_PREPARED
 
 
@@ -214,23 +214,33 @@ def test_copies_that_need_several_calls_are_not_prepared(monkeypatch):
     model, x = MLP.build().double().eval(), random_tensor((B, 6), seed=3)
     f = Counting(xattr.target(model, 0))
     fa = xattr.feature_ablation(f, chunk_size=2 * B)
-    first = fa(x)
-    assert f.rows == [2 * B] * 3 + [B], f.rows  # x and 6 copies, 2 per call
+    first, _ = fa(x), fa(x)  # the second call finds out: several calls
+    assert f.rows == ([2 * B] * 3 + [B]) * 2, f.rows  # x and 6 copies, 2 per call
     f.rows = []
     monkeypatch.setattr(OneCall, "make", lambda *a, **k: pytest.fail("prepared again"))
     assert torch.equal(fa(x), first) and f.rows == [2 * B] * 3 + [B]
+
+
+def test_a_one_off_call_prepares_nothing(monkeypatch):
+    model, x = MLP.build().double().eval(), random_tensor((B, 6), seed=3)
+    monkeypatch.setattr(OneCall, "make", lambda *a, **k: pytest.fail("prepared on the first call"))
+    fa = xattr.feature_ablation(xattr.target(model, 0))
+    fa(x)
+    fa(x[:2])  # another signature, also first met
 
 
 def test_large_keep_masks_are_not_kept(monkeypatch):
     model, x = MLP.build().double().eval(), random_tensor((B, 6), seed=3)
     made = []
     monkeypatch.setattr(prepared_module, "OneCall", type("Recording", (OneCall,), {"make": classmethod(lambda cls, *a, **k: made.append(OneCall.make(*a, **k)) or made[-1])}))
-    xattr.feature_ablation(xattr.target(model, 0))(x)
-    assert made[-1] is not None and made[-1].keep[0].numel() == 7 * 6  # x and 6 copies, shared by the batch
+
+    def twice(fa):
+        fa(x), fa(x)
+        return made[-1]
+
+    assert twice(xattr.feature_ablation(xattr.target(model, 0))).keep[0].numel() == 7 * 6  # x and 6 copies, shared by the batch
     monkeypatch.setattr(prepared_module, "MAX_KEEP_BYTES", 7 * 6 - 1)
-    xattr.feature_ablation(xattr.target(model, 0))(x)
-    assert made[-1] is None
+    assert twice(xattr.feature_ablation(xattr.target(model, 0))) is None
     per_example = torch.arange(6).repeat(B, 1)  # (B, 6): the keep masks hold every example
     monkeypatch.setattr(prepared_module, "MAX_KEEP_BYTES", 7 * 6)
-    xattr.feature_ablation(xattr.target(model, 0), feature_mask=per_example)(x)
-    assert made[-1] is None
+    assert twice(xattr.feature_ablation(xattr.target(model, 0), feature_mask=per_example)) is None
