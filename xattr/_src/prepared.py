@@ -107,6 +107,18 @@ class Prepared:
             self.refused.clear()
         self.refused.add(key)
 
+    def serve(self, key: tuple | None, args: tuple) -> tuple | None:
+        """(f(x), f at the copies, the method's state) from the call prepared for ``key``; None when
+        there is none, or it could not serve (it is then refused)."""
+        call = self.get(key)
+        if call is None:
+            return None
+        found = call.run(args)
+        if found is None:
+            self.refuse(key)
+            return None
+        return found + (call.state,)
+
     def inputs_and_copies(self, f, args: tuple, nums: tuple, setup: Callable[[], tuple], *, keys: tuple, chunk_size, memory_budget, show_progress):
         """(f(x), f at the K copies, state): `perturb.inputs_and_copies`, served by the call
         prepared for this signature when there is one.
@@ -114,7 +126,7 @@ class Prepared:
         ``setup()`` gives the method's (masks, baselines, coalitions, state); it runs on the general
         path only. ``keys``: the call's baselines and feature mask (part of the signature)."""
         key = None if show_progress else signature(args, nums, *keys)
-        found = served(self, key, args)
+        found = self.serve(key, args)
         if found is not None:
             return found
         masks, base, coalitions, state = setup()
@@ -125,19 +137,6 @@ class Prepared:
             self.add(key, lambda: OneCall.make(f, selected, masks, base, coalitions, chunk_size=chunk_size, memory_budget=memory_budget,
                                                held=keys, state=state))  # fmt: skip
         return out, outs, state
-
-
-def served(prepared: Prepared, key: tuple | None, args: tuple) -> tuple | None:
-    """(f(x), f at the copies, the method's state) from the call prepared for ``key``; None when
-    there is none, or it could not serve (it is then refused)."""
-    call = prepared.get(key)
-    if call is None:
-        return None
-    found = call.run(args)
-    if found is None:
-        prepared.refuse(key)
-        return None
-    return found + (call.state,)
 
 
 class OneCall:
@@ -157,7 +156,7 @@ class OneCall:
     def make(cls, f, selected: tuple, masks, base: tuple, coalitions, *, chunk_size, memory_budget, held=(), state=None):
         """For (K, F) shared coalitions, or a shared `Coalitions`: None unless the inputs and the K
         copies fit one call and their keep masks `MAX_KEEP_BYTES`. ``state`` is whatever else the
-        method keeps (`served` gives it back)."""
+        method keeps (`Prepared.serve` gives it back)."""
         if len(selected) != len(T.leaves(selected)):  # a pytree argument
             return None
         lazy = isinstance(coalitions, Coalitions)
