@@ -57,7 +57,8 @@ def _check_range(out: torch.Tensor, t, n_out: int) -> None:
         version = None if t.is_inference() else t._version  # inference tensors have no version counter
         if (version is not None and _IN_RANGE.get(t) == (version, n_out)) or not t.numel() or is_traced(t):
             return  # checked once per tensor (until it is modified): a target is reused by every call
-        if ((t < -n_out) | (t >= n_out)).any():
+        lo, hi = torch.aminmax(t)  # one reduction (a new target per batch pays this check every call)
+        if lo.item() < -n_out or hi.item() >= n_out:
             raise IndexError(f"target values must lie in [0, {n_out}) for a model with {n_out} outputs; got {t.tolist()}")
         if version is not None:
             _IN_RANGE[t] = (version, n_out)
