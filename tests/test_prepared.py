@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import xattr
 import xattr._src.ablation as ablation
@@ -244,3 +246,34 @@ def test_large_keep_masks_are_not_kept(monkeypatch):
     per_example = torch.arange(6).repeat(B, 1)  # (B, 6): the keep masks hold every example
     monkeypatch.setattr(prepared_module, "MAX_KEEP_BYTES", 7 * 6)
     assert twice(xattr.feature_ablation(xattr.target(model, 0), feature_mask=per_example)) is None
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batch=st.integers(1, 4),
+    width=st.integers(1, 7),
+    groups=st.integers(1, 7),
+    per_example=st.booleans(),
+    baseline=st.sampled_from(["zero", "number", "shared tensor", "per example"]),
+    seed=st.integers(0, 2**16),
+)
+def test_served_calls_equal_the_general_path(batch, width, groups, per_example, baseline, seed):
+    """Property: for random batches, widths, groupings and baselines, the third call with one
+    signature (served prepared) equals a fresh function's first call (the general path) bit for bit."""
+    g = torch.Generator().manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(width, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2)).double().eval()
+    x = torch.randn(batch, width, generator=g, dtype=torch.float64)
+    ids = torch.randint(0, min(groups, width), (batch if per_example else 1, width), generator=g)
+    base = {"zero": 0.0, "number": -0.5, "shared tensor": torch.randn(1, width, generator=g, dtype=torch.float64),
+            "per example": torch.randn(batch, width, generator=g, dtype=torch.float64)}[baseline]
+    f = xattr.target(model, torch.randint(0, 2, (batch,), generator=g))
+    fa = xattr.feature_ablation(f, feature_mask=ids, baselines=base)
+    fa(x), fa(x)
+    again = torch.randn(batch, width, generator=g, dtype=torch.float64)
+    real = prepared_module.inputs_and_copies
+    prepared_module.inputs_and_copies = lambda *a, **k: pytest.fail("the general path ran")  # served, or fail
+    try:
+        served = fa(again)
+    finally:
+        prepared_module.inputs_and_copies = real
+    assert torch.equal(served, xattr.feature_ablation(f, feature_mask=ids, baselines=base)(again))
