@@ -30,10 +30,11 @@ def mlp():
 
 
 class Counting:
-    """A model function that records the rows of every call."""
+    """A model function that records the rows of every call (and passes ``multi_output`` on)."""
 
     def __init__(self, f):
         self.f, self.rows = f, []
+        self.multi_output = getattr(f, "multi_output", False)
 
     def __call__(self, x, *rest):
         self.rows.append(x.shape[0])

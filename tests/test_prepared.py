@@ -18,21 +18,11 @@ from xattr._src import tree as T
 from xattr._src.prepared import MAX_PREPARED, OneCall, Prepared, signature
 from xattr.testing.strategies import ModelSpec, random_tensor
 
+from test_perturb import Counting
+
 B = 3
 MLP = ModelSpec("mlp", seed=1, in_shape=(6,), n_out=3, activation="tanh", hidden=(5,))
 CNN = ModelSpec("cnn", seed=2, in_shape=(1, 4, 4), n_out=3, activation="relu")
-
-
-class Counting:
-    """A model function recording the rows of every call (and passing ``multi_output`` on)."""
-
-    def __init__(self, f):
-        self.f, self.rows = f, []
-        self.multi_output = getattr(f, "multi_output", False)
-
-    def __call__(self, *args):
-        self.rows.append(args[0].shape[0])
-        return self.f(*args)
 
 
 def _no_general_path(monkeypatch):

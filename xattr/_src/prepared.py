@@ -119,18 +119,19 @@ class Prepared:
             return None
         return found + (call.state,)
 
-    def inputs_and_copies(self, f, args: tuple, nums: tuple, setup: Callable[[], tuple], *, keys: tuple, chunk_size, memory_budget, show_progress):
+    def inputs_and_copies(self, f, args: tuple, nums: tuple, selected: tuple, setup: Callable[[], tuple], *, keys: tuple,
+                          chunk_size, memory_budget, show_progress):  # fmt: skip
         """(f(x), f at the K copies, state): `perturb.inputs_and_copies`, served by the call
         prepared for this signature when there is one.
 
-        ``setup()`` gives the method's (masks, baselines, coalitions, state); it runs on the general
-        path only. ``keys``: the call's baselines and feature mask (part of the signature)."""
+        ``selected``: ``args[nums]``; ``setup()`` gives the method's (masks, baselines, coalitions,
+        state) and runs on the general path only; ``keys``: the call's baselines and feature mask
+        (part of the signature)."""
         key = None if show_progress else signature(args, nums, *keys)
         found = self.serve(key, args)
         if found is not None:
             return found
         masks, base, coalitions, state = setup()
-        selected = T.split_args(args, nums)[0]
         out, aggregate, outs = inputs_and_copies(f, args, nums, T.batch_size(selected), masks=masks, baselines=base, coalitions=coalitions,
                                                  chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
         if key is not None and not aggregate:
@@ -154,11 +155,10 @@ class OneCall:
 
     @classmethod
     def make(cls, f, selected: tuple, masks, base: tuple, coalitions, *, chunk_size, memory_budget, held=(), state=None):
-        """For (K, F) shared coalitions, or a shared `Coalitions`: None unless the inputs and the K
-        copies fit one call and their keep masks `MAX_KEEP_BYTES`. ``state`` is whatever else the
-        method keeps (`Prepared.serve` gives it back)."""
-        if len(selected) != len(T.leaves(selected)):  # a pytree argument
-            return None
+        """For (K, F) shared coalitions, or a shared `Coalitions`, and inputs that are plain tensors
+        (a call with a `signature`): None unless the inputs and the K copies fit one call and their
+        keep masks `MAX_KEEP_BYTES`. ``state`` is whatever else the method keeps (`Prepared.serve`
+        gives it back)."""
         lazy = isinstance(coalitions, Coalitions)
         if lazy and not coalitions.shared:
             return None
