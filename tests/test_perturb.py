@@ -11,6 +11,8 @@ import sys
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import xattr
@@ -379,6 +381,45 @@ def test_both_spellings_of_the_copies_are_exact(monkeypatch):
     monkeypatch.setattr(engine, "WHERE_ELEMENTS", 10**9)
     assert perturb(x0[None], b0[None], all_kept).signbit().all() and torch.equal(float_ops, x0.expand_as(float_ops))
     assert not float_ops.signbit().any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    copies=st.integers(1, 5),
+    batch=st.integers(1, 4),
+    width=st.integers(1, 6),
+    kind=st.sampled_from(["float64", "float32", "int64", "bool"]),
+    base_rows=st.sampled_from([0, 1, "batch"]),  # a number, one shared row, or one per example
+    keep_rows=st.sampled_from([1, "batch"]),
+    keep_dtype=st.sampled_from(["bool", "float"]),
+    where_elements=st.sampled_from([0, 10**9]),  # the float spelling or torch.where
+    seed=st.integers(0, 2**16),
+)
+def test_a_prepared_copier_makes_perturbs_copies_bit_for_bit(copies, batch, width, kind, base_rows, keep_rows, keep_dtype, where_elements, seed):
+    from xattr._src import perturb as engine
+
+    g = torch.Generator().manual_seed(seed)
+    dtype = getattr(torch, kind)
+    x = (torch.randn((batch, width), generator=g) * 3).to(dtype)
+    x[0, 0] = -0.0 if dtype.is_floating_point else x[0, 0]
+    b = (torch.randn((batch if base_rows == "batch" else max(base_rows, 1), width), generator=g) * 3).to(dtype)
+    b = b if base_rows != 0 else b[:1, :1]
+    keep = torch.rand((copies, batch if keep_rows == "batch" else 1, width), generator=g) < 0.5
+    keep = keep if keep_dtype == "bool" or not dtype.is_floating_point else keep.to(dtype)
+    old = engine.WHERE_ELEMENTS
+    try:
+        engine.WHERE_ELEMENTS = where_elements
+        make, nbytes = engine.copier(x[None], b[None], keep)
+        want, want_again = perturb(x[None], b[None], keep), perturb((x * 2)[None], b[None], keep)
+        engine.WHERE_ELEMENTS = 10**9 - where_elements  # chosen once: a later change does not matter
+        got, again = make(x[None]), make((x * 2)[None])
+    finally:
+        engine.WHERE_ELEMENTS = old
+    for mine, theirs in ((got, want), (again, want_again)):
+        assert mine.shape == theirs.shape and torch.equal(mine, theirs)
+        if dtype.is_floating_point:
+            assert torch.equal(mine.signbit(), theirs.signbit())  # signed zeros as perturb makes them
+    assert nbytes >= keep.numel() * (keep.dtype == torch.bool)  # it holds at least its mask
 
 
 def test_pass_through_arguments_are_tiled_and_non_tensors_pass_unchanged():

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import xattr
 import xattr._src.ablation as ablation
+import xattr._src.perturb as perturb_module
 import xattr._src.prepared as prepared_module
 from xattr._src import tree as T
 from xattr._src.prepared import MAX_PREPARED, OneCall, Prepared, signature
@@ -230,12 +231,27 @@ def test_large_keep_masks_are_not_kept(monkeypatch):
         fa(x), fa(x)
         return made[-1]
 
-    assert twice(xattr.feature_ablation(xattr.target(model, 0))).keep[0].numel() == 7 * 6  # x and 6 copies, shared by the batch
-    monkeypatch.setattr(prepared_module, "MAX_KEEP_BYTES", 7 * 6 - 1)
+    # x and 6 copies: a small torch.where on CPU keeps its bool mask at full size, every example
+    assert twice(xattr.feature_ablation(xattr.target(model, 0))).nbytes == 7 * B * 6
+    monkeypatch.setattr(prepared_module, "MAX_KEEP_BYTES", 7 * B * 6 - 1)
     assert twice(xattr.feature_ablation(xattr.target(model, 0))) is None
     per_example = torch.arange(6).repeat(B, 1)  # (B, 6): the keep masks hold every example
     monkeypatch.setattr(prepared_module, "MAX_KEEP_BYTES", 7 * 6)
     assert twice(xattr.feature_ablation(xattr.target(model, 0), feature_mask=per_example)) is None
+
+
+def test_large_float_copies_keep_float_masks(monkeypatch):
+    """Past WHERE_ELEMENTS on CPU the copies are x * k + b * (1 - k): the prepared call keeps k,
+    and b * (1 - k) too unless the baseline is per example (then it would be copies-sized)."""
+    model, x = MLP.build().double().eval(), random_tensor((B, 6), seed=3)
+    monkeypatch.setattr(perturb_module, "WHERE_ELEMENTS", 0)
+    made = []
+    monkeypatch.setattr(prepared_module, "OneCall", type("Recording", (OneCall,), {"make": classmethod(lambda cls, *a, **k: made.append(OneCall.make(*a, **k)) or made[-1])}))
+    for baselines, held in ((0.5, 2 * 7 * 6 * 8), (random_tensor((B, 6), seed=4), 7 * 6 * 8)):
+        fa = xattr.feature_ablation(xattr.target(model, 0), baselines=baselines)
+        first, second, third = fa(x), fa(x), fa(x)
+        assert made[-1].nbytes == held
+        assert torch.equal(third, first) and torch.equal(second, first)
 
 
 @settings(max_examples=25, deadline=None)

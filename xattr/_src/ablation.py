@@ -81,10 +81,9 @@ def feature_ablation(
             ablate_one = constant(("ablate one", n, device), lambda: ~torch.eye(n, dtype=torch.bool, device=device))
             return masks, baseline_tree(selected, baselines, as_tuple), ablate_one, masks
 
-        out, outs, masks = prepared.inputs_and_copies(f, args, nums, selected, setup, keys=(baselines, feature_mask), chunk_size=chunk_size,
-                                                      memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
-        diff = _per_feature(out[:, None] - outs)
-        attr = scatter_features(diff, masks, T.tree_map(lambda x: x[: diff.shape[0]], selected))
+        diff, masks = prepared.drops(f, args, nums, selected, setup, keys=(baselines, feature_mask), chunk_size=chunk_size,
+                                     memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
+        attr = scatter_features(diff, masks, selected)
         return attr if as_tuple else attr[0]
 
     return attribution_fn(fn, f)
@@ -261,12 +260,12 @@ def occlusion(
             coalitions = Coalitions(sum(g.n_windows for g in grids), _window_rows(grids, offsets, sum(cells), leaves[0].device))
             return masks, baseline_tree(selected, baselines, as_tuple), coalitions, (masks, grids)
 
-        out, outs, (masks, grids) = prepared.inputs_and_copies(f, args, nums, selected, setup, keys=(baselines,), chunk_size=chunk_size,
-                                                               memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
-        diff = _per_feature(out[:, None] - outs)  # (B, [O,] W_total): window j of input i is one copy
+        diff, (masks, grids) = prepared.drops(f, args, nums, selected, setup, keys=(baselines,), chunk_size=chunk_size,
+                                              memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
+        # diff: (B, [O,] W_total), window j of input i is one copy
         pieces = torch.split(diff, [g.n_windows for g in grids], dim=-1)
         per_cell = torch.cat([g.average(p) for g, p in zip(grids, pieces)], -1)
-        attr = scatter_features(per_cell, masks, T.tree_map(lambda x: x[: diff.shape[0]], selected))
+        attr = scatter_features(per_cell, masks, selected)
         return attr if as_tuple else attr[0]
 
     return attribution_fn(fn, f)
@@ -366,7 +365,7 @@ def feature_permutation(
                         aggregate=aggregate, chunk_size=chunk_size, memory_budget=memory_budget,
                         show_progress=show_progress)  # fmt: skip
         diff = _per_feature(out[:, None] - outs)
-        attr = scatter_features(diff, masks, T.tree_map(lambda x: x[: diff.shape[0]], selected))
+        attr = scatter_features(diff, masks, selected)
         return attr if as_tuple else attr[0]
 
     return attribution_fn(fn, f)

@@ -123,13 +123,15 @@ def _check_mask(x: torch.Tensor, m) -> torch.Tensor:
 
 
 def scatter_features(values: torch.Tensor, masks, selected):
-    """Per-feature values (B, [K,] F) spread onto the inputs' elements: a tree like ``selected``.
+    """Per-feature values (R, [K,] F) spread onto the inputs' elements: a tree like ``selected``.
 
-    The result has the inputs' shapes (with the K axis after the batch when values has one).
+    The result has the inputs' shapes with R rows (the batch, or one row for a model that
+    returns one number per batch), and the K axis after the rows when values has one.
     """
+    rows, lead = values.shape[0], values.shape[:-1]
 
     def spread(x, m):
-        if m.shape[0] not in (1, x.shape[0]):  # attributions of one row (aggregate mode)
+        if m.shape[0] not in (1, rows):  # attributions of one row (aggregate mode)
             raise ValueError(
                 "the model returns one number per batch, so attributions have one row: the feature_mask must be "
                 f"shared by all examples (dim 0 of size 1), got {m.shape[0]} rows"
@@ -138,14 +140,15 @@ def scatter_features(values: torch.Tensor, masks, selected):
         if start is not None:  # a range of ids: a slice
             n = math.prod(x.shape[1:])
             picked = values[..., start : start + n] if start or n != values.shape[-1] else values
-            picked = picked.reshape(tuple(values.shape[:-1]) + tuple(x.shape[1:]))
+            shape = lead + x.shape[1:]
+            picked = picked if picked.shape == shape else picked.reshape(shape)
             return picked if picked.dtype == x.dtype else picked.to(_float(x))
-        full = torch.broadcast_to(m, x.shape).reshape(x.shape[0], -1)
+        full = torch.broadcast_to(m, (rows,) + x.shape[1:]).reshape(rows, -1)
         if values.ndim == 2:
-            return torch.gather(values, 1, full).reshape(x.shape).to(_float(x))
+            return torch.gather(values, 1, full).reshape((rows,) + x.shape[1:]).to(_float(x))
         k = values.shape[1]
         idx = full[:, None, :].expand(-1, k, -1)
-        return torch.gather(values, 2, idx).reshape((x.shape[0], k) + tuple(x.shape[1:])).to(_float(x))
+        return torch.gather(values, 2, idx).reshape((rows, k) + x.shape[1:]).to(_float(x))
 
     return T.tree_map(spread, selected, masks)
 

@@ -86,6 +86,24 @@ def perturb(x: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> torch.Tenso
     return torch.where(keep == 1, x, torch.where(keep == 0, b, b + keep * (x - b)))
 
 
+def copier(x: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+    """(``v -> perturb(v, b, keep)`` for every v of x's shape, dtype and device, bytes it holds):
+    the kernel chosen and the mask's own work done once, for a prepared call (NOTE: [Prepared
+    calls]); the same copies bit for bit. A small ``torch.where`` takes its mask at full size (a
+    broadcast operand costs the CPU kernel twice the time); the float spelling keeps ``k`` and,
+    when it is no larger than ``k``, ``b * (1 - k)``."""
+    if not x.is_floating_point() or keep.dtype != torch.bool:
+        return (lambda v: perturb(v, b, keep)), keep.numel() * keep.element_size()
+    if x.device.type != "cpu" or x.numel() * keep.shape[0] <= WHERE_ELEMENTS:
+        full = keep.expand(torch.broadcast_shapes(keep.shape, x.shape)).contiguous() if x.device.type == "cpu" else keep
+        return (lambda v: torch.where(full, v, b)), full.numel()
+    k = keep.to(x.dtype)
+    if torch.broadcast_shapes(b.shape, k.shape) != k.shape:  # a baseline per example: b * (1 - k) is copies-sized
+        return (lambda v: torch.addcmul(b * (1 - k), v, k)), k.numel() * k.element_size()
+    kept_base = b * (1 - k)
+    return (lambda v: torch.addcmul(kept_base, v, k)), 2 * k.numel() * k.element_size()
+
+
 def default_budget(device: torch.device) -> int:
     """Bytes of perturbed inputs per call when neither chunk_size nor memory_budget is given."""
     if device.type == "cpu":

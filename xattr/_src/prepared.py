@@ -22,6 +22,7 @@ would take more than `MAX_KEEP_BYTES` (there the model's work dwarfs the prepara
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -29,7 +30,7 @@ import torch
 from . import tree as T
 from .checks import check_finite
 from .masks import keep_masks
-from .perturb import Coalitions, _check_per_example, batch_first, copies_per_call, inputs_and_copies, perturb
+from .perturb import Coalitions, _check_per_example, copier, copies_per_call, inputs_and_copies
 
 MAX_PREPARED = 4  # signatures kept per method function (the oldest goes first)
 # A prepared call keeps its keep masks (one bool per element of the copies shared by the batch);
@@ -41,13 +42,14 @@ MAX_KEEP_BYTES = 2**24
 def signature(args: tuple, nums: tuple, *objs) -> tuple | None:
     """The key of a call that a prepared call may serve, or None when it must take the general
     path (NOTE: [Prepared calls]): every argument a plain tensor, all of them attributed in
-    order, no enclosing method or transform, ``objs`` (baselines, feature mask) None, numbers
+    order, no enclosing method, torch.func transform or torch.compile, ``objs`` (baselines, feature mask) None, numbers
     or plain tensors."""
     if (
         nums != tuple(range(len(args)))
         or T.true_batch() is not None
         or torch.is_inference_mode_enabled()
         or torch._C._functorch.maybe_current_level() is not None
+        or torch.compiler.is_compiling()
     ):
         return None
     key = []
@@ -108,7 +110,7 @@ class Prepared:
         self.refused.add(key)
 
     def serve(self, key: tuple | None, args: tuple) -> tuple | None:
-        """(f(x), f at the copies, the method's state) from the call prepared for ``key``; None when
+        """(drops (B, [O,] K), the method's state) from the call prepared for ``key``; None when
         there is none, or it could not serve (it is then refused)."""
         call = self.get(key)
         if call is None:
@@ -117,12 +119,13 @@ class Prepared:
         if found is None:
             self.refuse(key)
             return None
-        return found + (call.state,)
+        return drops_of(found[0], found[1:]), call.state
 
-    def inputs_and_copies(self, f, args: tuple, nums: tuple, selected: tuple, setup: Callable[[], tuple], *, keys: tuple,
-                          chunk_size, memory_budget, show_progress):  # fmt: skip
-        """(f(x), f at the K copies, state): `perturb.inputs_and_copies`, served by the call
-        prepared for this signature when there is one.
+    def drops(self, f, args: tuple, nums: tuple, selected: tuple, setup: Callable[[], tuple], *, keys: tuple, chunk_size, memory_budget,
+              show_progress):  # fmt: skip
+        """(drops, state): ``f(x) - f(copy k)`` for the K copies, (B, [O,] K) (one row in
+        aggregate mode), from `perturb.inputs_and_copies`, or served by the call prepared for
+        this signature when there is one.
 
         ``selected``: ``args[nums]``; ``setup()`` gives the method's (masks, baselines, coalitions,
         state) and runs on the general path only; ``keys``: the call's baselines and feature mask
@@ -137,19 +140,27 @@ class Prepared:
         if key is not None and not aggregate:
             self.add(key, lambda: OneCall.make(f, selected, masks, base, coalitions, chunk_size=chunk_size, memory_budget=memory_budget,
                                                held=keys, state=state))  # fmt: skip
-        return out, outs, state
+        return drops_of(out, outs.movedim(1, 0)), state
+
+
+def drops_of(out: torch.Tensor, outs: torch.Tensor) -> torch.Tensor:
+    """f(x) (B, [O]) and the K copies' outputs copy-major (K, B, [O]) -> drops (B, [O,] K)."""
+    return (out - outs).movedim(0, -1)
 
 
 class OneCall:
     """The inputs and K coalitions' copies of them in one model call (copy 0: the inputs).
 
-    ``run(args)`` gives what `perturb.inputs_and_copies` gives, (f(x), f at the K copies), or
-    None when this call must take the general path. The copies are `perturb`'s, bit for bit.
+    ``run(args)`` gives the outputs of the inputs and their copies, copy-major, or None when
+    this call must take the general path. The copies are `perturb`'s, bit for bit.
     """
 
-    def __init__(self, f: Callable, keep: tuple, base: tuple, batch: int, n_copies: int, held: tuple, state):
-        self.f, self.keep, self.batch, self.n_copies, self.state = f, keep, batch, n_copies, state
-        self.base = tuple(b.unsqueeze(0) for b in base)
+    def __init__(self, f: Callable, selected: tuple, keep: tuple, base: tuple, batch: int, n_copies: int, held: tuple, state):
+        self.f, self.batch, self.n_copies, self.state = f, batch, n_copies, state
+        self.rows, self.copies_by_batch = n_copies * batch, (n_copies, batch)
+        made = [copier(x, b.unsqueeze(0), kp) for x, b, kp in zip(selected, base, keep)]
+        self.copies, self.nbytes = tuple(c for c, _ in made), sum(n for _, n in made)
+        self.shapes = tuple((self.rows,) + tuple(x.shape[1:]) for x in selected)
         self.multi = bool(getattr(f, "multi_output", False))
         self.held = held  # the signature's tensors, kept alive so that their ids stay theirs
 
@@ -170,21 +181,28 @@ class OneCall:
         keep = keep_masks(z if z.dtype == torch.bool else z != 0, masks, selected, batch)
         if sum(kp.numel() * kp.element_size() for kp in T.leaves(keep)) > MAX_KEEP_BYTES:
             return None
-        return cls(f, keep, base, batch, k, held, state)
+        call = cls(f, selected, keep, base, batch, k, held, state)
+        return call if call.nbytes <= MAX_KEEP_BYTES else None
 
-    def run(self, args: tuple) -> tuple[torch.Tensor, torch.Tensor] | None:
-        rows_in = self.n_copies * self.batch
-        with torch.no_grad(), T.batch_scope(self.batch):
-            rows = [perturb(x.unsqueeze(0), b, kp).reshape((rows_in,) + tuple(x.shape[1:])) for x, b, kp in zip(args, self.base, self.keep)]
+    def run(self, args: tuple) -> torch.Tensor | None:
+        """The outputs copy-major, (K + 1, B, [O]) (copy 0: f(x); a single output's axis dropped),
+        or None when this call must take the general path."""
+        if torch.is_grad_enabled():  # a method's call is already under no_grad (`detached`)
+            with torch.no_grad():
+                return self.run(args)
+        with T.batch_scope(self.batch):
+            rows = [copy(x).reshape(shape) for x, copy, shape in zip(args, self.copies, self.shapes)]
             try:
                 out = self.f(*rows)
             except torch.cuda.OutOfMemoryError:  # the general path retries with fewer copies
                 return None
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the model function must return a tensor, got {type(out).__name__}")
-        check_finite(out)
-        if out.ndim == 0 or out.shape[0] != rows_in:
+        if not out.is_floating_point() or not math.isfinite(out.sum().item()):
+            check_finite(out)  # `check_finite`'s own test: one sum (no torch.func or compile here: see `signature`)
+        if out.ndim == 0 or out.shape[0] != self.rows:
             return None  # not one output row per input row any more: the general path says why
         _check_per_example(out, self.multi)
-        out = batch_first(out.reshape((self.n_copies, self.batch) + tuple(out.shape[1:])), self.multi)
-        return out[:, 0], out[:, 1:]
+        if out.ndim == 2 and not self.multi:
+            return out.view(self.copies_by_batch) if out.is_contiguous() else out.reshape(self.copies_by_batch)
+        return out.reshape(self.copies_by_batch + out.shape[1:])

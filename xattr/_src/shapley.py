@@ -59,7 +59,7 @@ def _prepare(f, args, nums, as_tuple, baselines, feature_mask):
 def _spread(phi: torch.Tensor, masks, selected, as_tuple: bool):
     """(rows, F[, O]) per-feature values -> attributions like the inputs, K axis after the batch."""
     phi = phi.movedim(2, 1) if phi.ndim == 3 else phi
-    attr = scatter_features(phi, masks, T.tree_map(lambda x: x[: phi.shape[0]], selected))
+    attr = scatter_features(phi, masks, selected)
     return attr if as_tuple else attr[0]
 
 

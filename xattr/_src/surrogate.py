@@ -251,7 +251,7 @@ def _result(coef, out, masks, selected, as_tuple, return_input_shape):
         coef = coef[:, 0]
     if not return_input_shape:
         return coef
-    attr = scatter_features(coef, masks, T.tree_map(lambda x: x[: coef.shape[0]], selected))
+    attr = scatter_features(coef, masks, selected)
     return attr if as_tuple else attr[0]
 
 

@@ -110,7 +110,7 @@ def _select_one(out: torch.Tensor, t, memo: dict | None = None) -> torch.Tensor:
                 if len(memo) > 16:  # a handful of layouts per target in practice; never grow without bound
                     memo.clear()
                 memo[key] = index
-        return out.gather(1, index).reshape((out.shape[0],) + tuple(out.shape[2:]))
+        return out.gather(1, index).squeeze(1)  # (R, 1, ...) -> (R, ...): a view
     if isinstance(t, list):
         raise TypeError(
             "a list target is ambiguous (one target per example, or K targets for every example?). "

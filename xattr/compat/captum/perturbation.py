@@ -253,7 +253,7 @@ def _custom_permutation(model, perm_func, feature_mask, argnums, chunk_size, sho
                             show_progress=show_progress)  # fmt: skip
         diff = out[:, None] - outs
         diff = diff.movedim(2, 1) if diff.ndim == 3 else diff
-        return scatter_features(diff, masks, tuple(x[: diff.shape[0]] for x in selected))
+        return scatter_features(diff, masks, selected)
 
     return fn
 
