@@ -51,6 +51,9 @@ def _cases():
         "integer token ids": (xattr.target(lambda t: mlp(emb(t).sum(1).repeat(1, 2)[:, :6]), 0), (tokens,), {"baselines": 0}),
         "two inputs, ids across them": (xattr.target(lambda a, b: mlp(a + b), 1), (x, x.flip(1)), {"argnums": (0, 1)}),
         "float32": (xattr.target(MLP.build().float().eval(), 1), (x.float(),), {}),
+        # one number per row, as a view that starts past its storage's first element, and as a strided view
+        "an output with a storage offset": (lambda a: torch.cat([a.new_zeros(1), mlp(a)[:, 1]])[1:], (x,), {}),
+        "a strided output": (lambda a: mlp(a).repeat(1, 2)[:, 1:2], (x,), {}),
         "occlusion": (xattr.target(cnn, 2), (xc,), {"method": xattr.occlusion, "sliding_window_shapes": (1, 2, 3), "strides": (1, 1, 2)}),
         "occlusion of two inputs": (xattr.target(lambda a, b: cnn(a * b), 0), (xc, xc.flip(2)),
                                     {"method": xattr.occlusion, "argnums": (0, 1), "sliding_window_shapes": ((1, 2, 2), (1, 3, 3)),

@@ -31,8 +31,8 @@ import torch
 
 from . import tree as T
 from .checks import warn_if_training
-from .gradients import attribution_fn
-from .masks import constant, features, scatter_features
+from .gradients import attribution_fn, detached
+from .masks import constant, features, scatter_features, scatterer
 from .perturb import Coalitions, baseline_tree, evaluate, outputs_at
 from .prepared import Prepared
 from .sampling import streams
@@ -73,20 +73,22 @@ def feature_ablation(
 
     def fn(*args, baselines=baselines, feature_mask=feature_mask):
         warn_if_training(f)
-        selected = T.split_args(args, nums)[0]
+        key = prepared.key(args, nums, show_progress, baselines, feature_mask)
+        attr = prepared.serve(key, args)
+        if attr is None:
 
-        def setup():
-            masks, n = features(selected, feature_mask)
-            device = T.leaves(masks)[0].device
-            ablate_one = constant(("ablate one", n, device), lambda: ~torch.eye(n, dtype=torch.bool, device=device))
-            return masks, baseline_tree(selected, baselines, as_tuple), ablate_one, masks
+            def setup(selected):
+                masks, n = features(selected, feature_mask)
+                device = T.leaves(masks)[0].device
+                ablate_one = constant(("ablate one", n, device), lambda: ~torch.eye(n, dtype=torch.bool, device=device))
+                return masks, baseline_tree(selected, baselines, as_tuple), ablate_one, scatterer(masks, selected)
 
-        diff, masks = prepared.drops(f, args, nums, selected, setup, keys=(baselines, feature_mask), chunk_size=chunk_size,
-                                     memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
-        attr = scatter_features(diff, masks, selected)
+            with detached():
+                attr = prepared.attributions(key, f, args, nums, setup, held=(baselines, feature_mask), chunk_size=chunk_size,
+                                             memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
         return attr if as_tuple else attr[0]
 
-    return attribution_fn(fn, f)
+    return attribution_fn(fn, f, detach=False)  # the served path runs under no_grad itself
 
 
 def _positions(size: int, window: int, stride: int) -> list[int]:
@@ -246,29 +248,33 @@ def occlusion(
 
     def fn(*args, baselines=baselines):
         warn_if_training(f)
-        selected = T.split_args(args, nums)[0]
-
-        def setup():
-            leaves = T.leaves(selected)
-            shapes = _per_input(sliding_window_shapes, len(leaves), _is_shape) if len(leaves) > 1 else [sliding_window_shapes]
-            steps = _strides_per_input(strides, len(leaves))
-            grids = [_Grid(x.shape[1:], w, st, x.device) for x, w, st in zip(leaves, shapes, steps)]
-            cells = [g.n_cells for g in grids]
-            offsets = [sum(cells[:i]) for i in range(len(grids))]
-            cell_ids = iter([(o + g.cell_of)[None] for g, o in zip(grids, offsets)])  # cells are the features
-            masks = T.tree_map(lambda _: next(cell_ids), selected)
-            coalitions = Coalitions(sum(g.n_windows for g in grids), _window_rows(grids, offsets, sum(cells), leaves[0].device))
-            return masks, baseline_tree(selected, baselines, as_tuple), coalitions, (masks, grids)
-
-        diff, (masks, grids) = prepared.drops(f, args, nums, selected, setup, keys=(baselines,), chunk_size=chunk_size,
-                                              memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
-        # diff: (B, [O,] W_total), window j of input i is one copy
-        pieces = torch.split(diff, [g.n_windows for g in grids], dim=-1)
-        per_cell = torch.cat([g.average(p) for g, p in zip(grids, pieces)], -1)
-        attr = scatter_features(per_cell, masks, selected)
+        key = prepared.key(args, nums, show_progress, baselines)
+        attr = prepared.serve(key, args)
+        if attr is None:
+            with detached():
+                attr = prepared.attributions(key, f, args, nums, lambda selected: setup(selected, baselines), held=(baselines,),
+                                             chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
         return attr if as_tuple else attr[0]
 
-    return attribution_fn(fn, f)
+    def setup(selected, baselines):
+        leaves = T.leaves(selected)
+        shapes = _per_input(sliding_window_shapes, len(leaves), _is_shape) if len(leaves) > 1 else [sliding_window_shapes]
+        steps = _strides_per_input(strides, len(leaves))
+        grids = [_Grid(x.shape[1:], w, st, x.device) for x, w, st in zip(leaves, shapes, steps)]
+        cells = [g.n_cells for g in grids]
+        offsets = [sum(cells[:i]) for i in range(len(grids))]
+        cell_ids = iter([(o + g.cell_of)[None] for g, o in zip(grids, offsets)])  # cells are the features
+        masks = T.tree_map(lambda _: next(cell_ids), selected)
+        coalitions = Coalitions(sum(g.n_windows for g in grids), _window_rows(grids, offsets, sum(cells), leaves[0].device))
+        spread = scatterer(masks, selected)
+
+        def finish(diff):  # (B, [O,] W_total): window j of input i is one copy
+            pieces = torch.split(diff, [g.n_windows for g in grids], dim=-1)
+            return spread(torch.cat([g.average(p) for g, p in zip(grids, pieces)], -1))
+
+        return masks, baseline_tree(selected, baselines, as_tuple), coalitions, finish
+
+    return attribution_fn(fn, f, detach=False)  # the served path runs under no_grad itself
 
 
 def _window_rows(grids, offsets, n_cells: int, device) -> Callable[[int, int], torch.Tensor]:

@@ -43,8 +43,13 @@ def detached():
     return contextlib.nullcontext()
 
 
-def attribution_fn(inner: Callable, wrapped: Callable) -> Callable:
-    """Marks a public attribution function: runs it `detached()`, records what it wraps."""
+def attribution_fn(inner: Callable, wrapped: Callable, *, detach: bool = True) -> Callable:
+    """Marks a public attribution function: runs it `detached()` (``detach=False``: ``inner``
+    sees to that itself), records what it wraps."""
+
+    if not detach:  # no wrapper: a call layer costs a small model's loop a few percent
+        inner.__wrapped__ = wrapped
+        return inner
 
     def fn(*args, **kwargs):
         with detached():

@@ -153,6 +153,20 @@ def scatter_features(values: torch.Tensor, masks, selected):
     return T.tree_map(spread, selected, masks)
 
 
+def scatterer(masks, selected) -> Callable[[torch.Tensor], Any]:
+    """``values -> scatter_features(values, masks, selected)``, holding the inputs' shapes and
+    dtypes only (meta tensors), for a prepared call (NOTE: [Prepared calls]). One input of
+    shape (B, F) with every feature its own needs no work at all: the values are its
+    attributions."""
+    like = T.tree_map(lambda x: torch.empty(x.shape, dtype=x.dtype, device="meta"), selected)
+    if type(selected) is tuple and len(selected) == 1 and isinstance(selected[0], torch.Tensor) and selected[0].ndim == 2:
+        (x,), (m,) = selected, T.leaves(masks)
+        if first_id(m) == 0 and m.shape[-1] == x.shape[1]:
+            dtype = x.dtype
+            return lambda v: (v,) if v.dtype == dtype else scatter_features(v, masks, like)
+    return lambda v: scatter_features(v, masks, like)
+
+
 def _float(x: torch.Tensor) -> torch.dtype:
     return x.dtype if x.is_floating_point() else torch.get_default_dtype()
 

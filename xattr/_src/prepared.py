@@ -109,38 +109,39 @@ class Prepared:
             self.refused.clear()
         self.refused.add(key)
 
+    def key(self, args: tuple, nums: tuple, show_progress: bool, *objs) -> tuple | None:
+        """The call's `signature` (None with a progress bar: a served call draws none)."""
+        return None if show_progress else signature(args, nums, *objs)
+
     def serve(self, key: tuple | None, args: tuple) -> tuple | None:
-        """(drops (B, [O,] K), the method's state) from the call prepared for ``key``; None when
-        there is none, or it could not serve (it is then refused)."""
-        call = self.get(key)
+        """The attributions (a tuple, one per attributed input) from the call prepared for
+        ``key``: ``finish(drops)`` with the method's ``finish`` kept from its setup (drops:
+        ``f(x) - f(copy k)``, (B, [O,] K)). None when there is none, or it could not serve (it
+        is then refused). Runs under no_grad itself: the general path's `detached` is not
+        needed here, no torch.func transform is active (see `signature`)."""
+        call = self.calls.get(key) if key is not None else None
         if call is None:
             return None
         found = call.run(args)
         if found is None:
             self.refuse(key)
-            return None
-        return drops_of(found[0], found[1:]), call.state
+        return found
 
-    def drops(self, f, args: tuple, nums: tuple, selected: tuple, setup: Callable[[], tuple], *, keys: tuple, chunk_size, memory_budget,
-              show_progress):  # fmt: skip
-        """(drops, state): ``f(x) - f(copy k)`` for the K copies, (B, [O,] K) (one row in
-        aggregate mode), from `perturb.inputs_and_copies`, or served by the call prepared for
-        this signature when there is one.
-
-        ``selected``: ``args[nums]``; ``setup()`` gives the method's (masks, baselines, coalitions,
-        state) and runs on the general path only; ``keys``: the call's baselines and feature mask
-        (part of the signature)."""
-        key = None if show_progress else signature(args, nums, *keys)
-        found = self.serve(key, args)
-        if found is not None:
-            return found
-        masks, base, coalitions, state = setup()
+    def attributions(self, key: tuple | None, f, args: tuple, nums: tuple, setup: Callable[[tuple], tuple], *, held: tuple, chunk_size,
+                     memory_budget, show_progress):  # fmt: skip
+        """The general path of a method built on drops: ``setup(selected)`` gives its (masks,
+        baselines, coalitions, finish), `perturb.inputs_and_copies` evaluates the copies, and
+        ``finish(drops)`` the attributions (drops (B, [O,] K), one row in aggregate mode). A
+        signature met twice is prepared here for the next calls (NOTE: [Prepared calls]);
+        ``held``: the signature's baselines and feature mask (kept alive with it)."""
+        selected = T.split_args(args, nums)[0]
+        masks, base, coalitions, finish = setup(selected)
         out, aggregate, outs = inputs_and_copies(f, args, nums, T.batch_size(selected), masks=masks, baselines=base, coalitions=coalitions,
                                                  chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
         if key is not None and not aggregate:
             self.add(key, lambda: OneCall.make(f, selected, masks, base, coalitions, chunk_size=chunk_size, memory_budget=memory_budget,
-                                               held=keys, state=state))  # fmt: skip
-        return drops_of(out, outs.movedim(1, 0)), state
+                                               held=held, finish=finish))  # fmt: skip
+        return finish(drops_of(out, outs.movedim(1, 0)))
 
 
 def drops_of(out: torch.Tensor, outs: torch.Tensor) -> torch.Tensor:
@@ -155,8 +156,8 @@ class OneCall:
     this call must take the general path. The copies are `perturb`'s, bit for bit.
     """
 
-    def __init__(self, f: Callable, selected: tuple, keep: tuple, base: tuple, batch: int, n_copies: int, held: tuple, state):
-        self.f, self.batch, self.n_copies, self.state = f, batch, n_copies, state
+    def __init__(self, f: Callable, selected: tuple, keep: tuple, base: tuple, batch: int, n_copies: int, held: tuple, finish: Callable):
+        self.f, self.batch, self.n_copies, self.finish = f, batch, n_copies, finish
         self.rows, self.copies_by_batch = n_copies * batch, (n_copies, batch)
         made = [copier(x, b.unsqueeze(0), kp) for x, b, kp in zip(selected, base, keep)]
         self.copies, self.nbytes = tuple(c for c, _ in made), sum(n for _, n in made)
@@ -165,11 +166,11 @@ class OneCall:
         self.held = held  # the signature's tensors, kept alive so that their ids stay theirs
 
     @classmethod
-    def make(cls, f, selected: tuple, masks, base: tuple, coalitions, *, chunk_size, memory_budget, held=(), state=None):
+    def make(cls, f, selected: tuple, masks, base: tuple, coalitions, *, chunk_size, memory_budget, held=(), finish=None):
         """For (K, F) shared coalitions, or a shared `Coalitions`, and inputs that are plain tensors
         (a call with a `signature`): None unless the inputs and the K copies fit one call and their
-        keep masks `MAX_KEEP_BYTES`. ``state`` is whatever else the method keeps (`Prepared.serve`
-        gives it back)."""
+        keep masks `MAX_KEEP_BYTES`. ``finish``: the method's drops -> attributions (it must
+        hold no input: the signature fixes their shapes and dtypes, not their values)."""
         lazy = isinstance(coalitions, Coalitions)
         if lazy and not coalitions.shared:
             return None
@@ -181,13 +182,13 @@ class OneCall:
         keep = keep_masks(z if z.dtype == torch.bool else z != 0, masks, selected, batch)
         if sum(kp.numel() * kp.element_size() for kp in T.leaves(keep)) > MAX_KEEP_BYTES:
             return None
-        call = cls(f, selected, keep, base, batch, k, held, state)
+        call = cls(f, selected, keep, base, batch, k, held, finish)
         return call if call.nbytes <= MAX_KEEP_BYTES else None
 
-    def run(self, args: tuple) -> torch.Tensor | None:
-        """The outputs copy-major, (K + 1, B, [O]) (copy 0: f(x); a single output's axis dropped),
-        or None when this call must take the general path."""
-        if torch.is_grad_enabled():  # a method's call is already under no_grad (`detached`)
+    def run(self, args: tuple) -> tuple | None:
+        """``finish(drops)`` (the method's attributions) from one model call on the inputs and
+        their copies, or None when this call must take the general path."""
+        if torch.is_grad_enabled():  # a call from outside a method (a method's is under no_grad)
             with torch.no_grad():
                 return self.run(args)
         with T.batch_scope(self.batch):
@@ -203,6 +204,11 @@ class OneCall:
         if out.ndim == 0 or out.shape[0] != self.rows:
             return None  # not one output row per input row any more: the general path says why
         _check_per_example(out, self.multi)
-        if out.ndim == 2 and not self.multi:
-            return out.view(self.copies_by_batch) if out.is_contiguous() else out.reshape(self.copies_by_batch)
-        return out.reshape(self.copies_by_batch + out.shape[1:])
+        if (out.ndim == 1 or not self.multi) and out.is_contiguous():  # (R,) or (R, 1): one number per row
+            # f(x) broadcast along the copies and the copies batch-major, as two strided views of
+            # the rows (copy-major): the drops in one subtraction, laid out (B, K)
+            b, at = self.batch, out.storage_offset()
+            fx, copies = out.as_strided((b, 1), (1, 0), at), out.as_strided((b, self.n_copies - 1), (1, b), at + b)
+            return self.finish(fx - copies)
+        out = out.reshape(self.copies_by_batch + (out.shape[1:] if self.multi else ()))  # (R, 1): its axis dropped
+        return self.finish(drops_of(out[0], out[1:]))
