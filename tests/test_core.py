@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import xattr
+from xattr._src import tree as T
 
 
 def _model():
@@ -33,6 +34,7 @@ def _loop_grad(model, x, pick):
         (-1, lambda out, i: out[0, -1]),
         ((4,), lambda out, i: out[0, 4]),
         (torch.tensor([0, 1, 2, 3, 4]), lambda out, i: out[0, i]),
+        (torch.tensor([0, -1, 2, -3, 4]), lambda out, i: out[0, [0, -1, 2, -3, 4][i]]),  # negative: from the end, like an int
         (torch.tensor(5), lambda out, i: out[0, 5]),
         (lambda out: out[:, 1] * out[:, 2], lambda out, i: out[0, 1] * out[0, 2]),
     ],
@@ -269,3 +271,19 @@ def test_output_independent_of_an_input_gives_zero_gradient():
     torch.testing.assert_close(ga, torch.full_like(X, 2.0))
     torch.testing.assert_close(gb, torch.zeros_like(X))
     torch.testing.assert_close(xattr.grad(lambda a: torch.zeros(a.shape[0], dtype=a.dtype))(X), torch.zeros_like(X))
+
+
+@pytest.mark.parametrize("t", [torch.tensor([0, 1, 2, 3, 4]), torch.tensor([-1, 0, -6, 5, 3])])
+def test_a_per_example_target_picks_the_same_outputs_with_and_without_autograd(t):
+    """Without autograd or a transform a (R, C) output is read with one flat `take`, otherwise
+    with a gather: the same rows' outputs, for folded copies of the batch too."""
+    out = torch.randn(3 * 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    wide = out.T.contiguous().T  # column-major, the same values: `take` reads it in logical order
+    want = torch.stack([out[r, int(t[r % 5])] for r in range(15)])  # the explicit loop
+    f = xattr.target(lambda x: x, t)
+    with T.batch_scope(5):
+        for rows in (out, wide):
+            with torch.no_grad():
+                flat = f(rows)
+            gathered = f(rows.clone().requires_grad_(True))
+            assert torch.equal(flat, want) and torch.equal(gathered.detach(), want)

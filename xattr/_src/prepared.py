@@ -188,15 +188,20 @@ class OneCall:
     def run(self, args: tuple) -> tuple | None:
         """``finish(drops)`` (the method's attributions) from one model call on the inputs and
         their copies, or None when this call must take the general path."""
-        if torch.is_grad_enabled():  # a call from outside a method (a method's is under no_grad)
-            with torch.no_grad():
-                return self.run(args)
-        with T.batch_scope(self.batch):
-            rows = [copy(x).reshape(shape) for x, copy, shape in zip(args, self.copies, self.shapes)]
-            try:
-                out = self.f(*rows)
-            except torch.cuda.OutOfMemoryError:  # the general path retries with fewer copies
-                return None
+        grad = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)  # torch.no_grad without its Python layers
+        try:
+            with T.batch_scope(self.batch):
+                rows = [copy(x).reshape(shape) for x, copy, shape in zip(args, self.copies, self.shapes)]
+                try:
+                    out = self.f(*rows)
+                except torch.cuda.OutOfMemoryError:  # the general path retries with fewer copies
+                    return None
+            return self._finish(out)
+        finally:
+            torch._C._set_grad_enabled(grad)
+
+    def _finish(self, out) -> tuple | None:
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the model function must return a tensor, got {type(out).__name__}")
         if not out.is_floating_point() or not math.isfinite(out.sum().item()):

@@ -95,21 +95,30 @@ def _select_one(out: torch.Tensor, t, memo: dict | None = None) -> torch.Tensor:
         if t.ndim != 1:
             raise ValueError(f"a per-example target must have shape (B,), got {tuple(t.shape)}")
         n, b = T.copies_of(t, out.shape[0]), t.shape[0]  # rows fold n copies of the batch (copy-major)
+        # without autograd or a transform (a perturbation method's calls), a (R, C) output takes
+        # one flat `take` instead of a gather and a squeeze: one kernel call fewer per model call
+        flat = out.ndim == 2 and not torch.is_grad_enabled() and torch._C._functorch.maybe_current_level() is None
         key = index = None
         if memo is not None and not t.is_inference() and not is_traced(t):
-            key = (t._version, n, out.shape[1], tuple(out.shape[2:]), out.device)
+            key = (t._version, n, out.shape[1], tuple(out.shape[2:]), out.device, flat)
             index = memo.get(key)
         if index is None:
             _check_range(out, t, out.shape[1])
             if t.is_inference():  # made under torch.inference_mode: autograd cannot save it as the index
                 t = t.clone()
-            # (R, 1, ...): each row's target, tiled copy-major; contiguous along the rows, since a
-            # gather with a (R, 1) index is 2x as fast as one with the batch's index expanded
-            index = t.to(out.device).repeat(n).reshape((n * b, 1) + (1,) * (out.ndim - 2)).expand((n * b, 1) + tuple(out.shape[2:]))
+            tiled = t.to(out.device).repeat(n)  # each row's target, copy-major
+            tiled = torch.where(tiled < 0, tiled + out.shape[1], tiled)  # -1 is the last output, as an int target
+            if flat:  # row r's target at r * C + t in row-major order (`take` reads any layout so)
+                index = torch.arange(n * b, device=out.device) * out.shape[1] + tiled
+            else:  # (R, 1, ...): contiguous along the rows, since a gather with a (R, 1) index is
+                # 2x as fast as one with the batch's index expanded
+                index = tiled.reshape((n * b, 1) + (1,) * (out.ndim - 2)).expand((n * b, 1) + tuple(out.shape[2:]))
             if key is not None:
                 if len(memo) > 16:  # a handful of layouts per target in practice; never grow without bound
                     memo.clear()
                 memo[key] = index
+        if flat:
+            return out.take(index)
         return out.gather(1, index).squeeze(1)  # (R, 1, ...) -> (R, ...): a view
     if isinstance(t, list):
         raise TypeError(
