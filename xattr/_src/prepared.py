@@ -11,13 +11,21 @@ call, the method keeps what its second call with one *signature* found (a one-of
 not pay for preparing) and serves the third and later calls from it. A signature is the
 inputs' shapes, dtypes and devices, and the feature mask and baselines (numbers by value,
 tensors by identity and version counter; the prepared call holds them, so an identity cannot
-be reused by a new tensor). A served call makes the copies from the kept keep masks and calls
-the model once. The per-call checks still run: the train-mode warning, finite outputs,
-one output row per input row. Everything else takes the general path: pytrees and
-pass-through arguments, calls nested in another method's batch, torch.func transforms,
-inference mode, progress bars, a model whose output no longer has the rows it had, a call
-that runs out of memory (the general path retries it smaller), and copies whose keep masks
-would take more than `MAX_KEEP_BYTES` (there the model's work dwarfs the preparation).
+be reused by a new tensor). A served call makes the copies with a `perturb.copier` chosen when
+prepared (perturb's kernel and copies, its mask work done once), calls the model once, takes
+the drops f(x) - f(copy) (for one number per row, one subtraction of two strided views of the
+output rows), and hands them to the method's ``finish``, kept from its setup: feature
+ablation's spreads them over the features (no work at all for one (B, F) input with every
+feature its own), occlusion's averages the windows. It switches grad mode itself, so the
+method skips `detached` (one no_grad, not two). The per-call checks still run: the train-mode
+warning, finite outputs, one output row per input row. Everything else takes the general path:
+pytrees and pass-through arguments, calls nested in another method's batch, torch.func
+transforms, torch.compile, inference mode, progress bars, a model whose output no longer has
+the rows it had, a call that runs out of memory (the general path retries it smaller), and
+copies whose masks would hold more than `MAX_KEEP_BYTES` (there the model's work dwarfs the
+preparation). Each step of the served path was cut because it showed in the tabular benchmark:
+on a 0.2 ms model every tensor op after the model call costs 5-8 us (caches cold), and the
+served call is now a handful of them.
 """
 
 from __future__ import annotations
@@ -33,9 +41,10 @@ from .masks import keep_masks
 from .perturb import Coalitions, _check_per_example, copier, copies_per_call, inputs_and_copies
 
 MAX_PREPARED = 4  # signatures kept per method function (the oldest goes first)
-# A prepared call keeps its keep masks (one bool per element of the copies shared by the batch);
-# above this many bytes it is not prepared: the model's work on such copies dwarfs the Python
-# that preparing saves, and a GPU should not hold large masks between calls.
+# A prepared call keeps its copies' masks (bools, at full size when small; float 0/1 masks for
+# large CPU copies, see `perturb.copier`); above this many bytes it is not prepared: the model's
+# work on such copies dwarfs the Python that preparing saves, and a GPU should not hold large
+# masks between calls.
 MAX_KEEP_BYTES = 2**24
 
 

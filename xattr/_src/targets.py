@@ -106,13 +106,14 @@ def _select_one(out: torch.Tensor, t, memo: dict | None = None) -> torch.Tensor:
             _check_range(out, t, out.shape[1])
             if t.is_inference():  # made under torch.inference_mode: autograd cannot save it as the index
                 t = t.clone()
-            tiled = t.to(out.device).repeat(n)  # each row's target, copy-major
-            tiled = torch.where(tiled < 0, tiled + out.shape[1], tiled)  # -1 is the last output, as an int target
-            if flat:  # row r's target at r * C + t in row-major order (`take` reads any layout so)
-                index = torch.arange(n * b, device=out.device) * out.shape[1] + tiled
-            else:  # (R, 1, ...): contiguous along the rows, since a gather with a (R, 1) index is
-                # 2x as fast as one with the batch's index expanded
-                index = tiled.reshape((n * b, 1) + (1,) * (out.ndim - 2)).expand((n * b, 1) + tuple(out.shape[2:]))
+            c = out.shape[1]
+            t = t.to(out.device).remainder(c)  # in range (checked): -1 is the last output, as an int target
+            if flat:  # row r's target at r * C + t[r % B] in row-major order (`take` reads any layout so)
+                index = torch.arange(0, n * b * c, c, device=out.device)
+                index.view(n, b).add_(t)
+            else:  # (R, 1, ...), tiled copy-major: contiguous along the rows, since a gather with a
+                # (R, 1) index is 2x as fast as one with the batch's index expanded
+                index = t.repeat(n).reshape((n * b, 1) + (1,) * (out.ndim - 2)).expand((n * b, 1) + tuple(out.shape[2:]))
             if key is not None:
                 if len(memo) > 16:  # a handful of layouts per target in practice; never grow without bound
                     memo.clear()
