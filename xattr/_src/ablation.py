@@ -34,13 +34,8 @@ from .checks import warn_if_training
 from .gradients import attribution_fn, detached
 from .masks import constant, features, scatter_features, scatterer
 from .perturb import Coalitions, baseline_tree, evaluate, outputs_at
-from .prepared import Prepared
+from .prepared import Prepared, drops_of
 from .sampling import streams
-
-
-def _per_feature(diff: torch.Tensor) -> torch.Tensor:
-    """(B, F[, O]) -> (B, [O,] F): the K axis of many outputs goes after the batch."""
-    return diff.movedim(2, 1) if diff.ndim == 3 else diff
 
 
 def feature_ablation(
@@ -370,7 +365,7 @@ def feature_permutation(
         outs = evaluate(f, args, nums, masks=masks, baselines=base, coalitions=permute_one, copy_baselines=True,
                         aggregate=aggregate, chunk_size=chunk_size, memory_budget=memory_budget,
                         show_progress=show_progress)  # fmt: skip
-        diff = _per_feature(out[:, None] - outs)
+        diff = drops_of(out, outs.movedim(1, 0))
         attr = scatter_features(diff, masks, selected)
         return attr if as_tuple else attr[0]
 

@@ -51,8 +51,8 @@ MAX_KEEP_BYTES = 2**24
 def signature(args: tuple, nums: tuple, *objs) -> tuple | None:
     """The key of a call that a prepared call may serve, or None when it must take the general
     path (NOTE: [Prepared calls]): every argument a plain tensor, all of them attributed in
-    order, no enclosing method, torch.func transform or torch.compile, ``objs`` (baselines, feature mask) None, numbers
-    or plain tensors."""
+    order, no enclosing method, torch.func transform or torch.compile, ``objs`` (baselines,
+    feature mask) None, numbers or plain tensors."""
     if (
         nums != tuple(range(len(args)))
         or T.true_batch() is not None
@@ -128,7 +128,7 @@ class Prepared:
         ``f(x) - f(copy k)``, (B, [O,] K)). None when there is none, or it could not serve (it
         is then refused). Runs under no_grad itself: the general path's `detached` is not
         needed here, no torch.func transform is active (see `signature`)."""
-        call = self.calls.get(key) if key is not None else None
+        call = self.get(key)
         if call is None:
             return None
         found = call.run(args)
