@@ -286,3 +286,29 @@ def test_served_calls_equal_the_general_path(batch, width, groups, per_example, 
     finally:
         prepared_module.inputs_and_copies = real
     assert torch.equal(served, xattr.feature_ablation(f, feature_mask=ids, baselines=base)(again))
+
+
+def test_served_calls_are_detached_and_restore_grad_mode(monkeypatch):
+    """A served call switches grad mode off itself (no `detached` around it): its results carry no
+    graph even for inputs that require grad, and grad mode comes back as it was, also when the
+    model raises inside the served call."""
+    model, x = MLP.build().double().eval(), random_tensor((B, 6), seed=3).requires_grad_()
+    fail = []
+
+    def f(a):
+        if fail:
+            raise RuntimeError("the model failed")
+        return model(a)
+
+    fa = xattr.feature_ablation(xattr.target(f, 1))
+    fa(x), fa(x)
+    _no_general_path(monkeypatch)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            got = fa(x)
+            assert torch.is_grad_enabled() is grad
+        assert not got.requires_grad and got.grad_fn is None
+    fail.append(True)
+    with pytest.raises(RuntimeError, match="the model failed"):
+        fa(x)
+    assert torch.is_grad_enabled()
