@@ -161,7 +161,7 @@ def scatterer(masks, selected) -> Callable[[torch.Tensor], Any]:
     like = T.tree_map(lambda x: torch.empty(x.shape, dtype=x.dtype, device="meta"), selected)
     if type(selected) is tuple and len(selected) == 1 and isinstance(selected[0], torch.Tensor) and selected[0].ndim == 2:
         (x,), (m,) = selected, T.leaves(masks)
-        if first_id(m) == 0 and m.shape[-1] == x.shape[1]:
+        if first_id(m) == 0:  # the default mask of the sole input: ids 0..F-1, its elements in order
             dtype = x.dtype
             return lambda v: (v,) if v.dtype == dtype else scatter_features(v, masks, like)
     return lambda v: scatter_features(v, masks, like)

@@ -66,6 +66,13 @@ MAX_ROWS = 4096
 WHERE_ELEMENTS = 2**15
 
 
+def _by_where(x: torch.Tensor, keep: torch.Tensor) -> bool:
+    """Whether float copies with a bool keep are one ``torch.where`` (off the CPU, or small
+    enough that the calls cost more than the elements) rather than float ops: `perturb`'s
+    choice, which `copier` must make alike."""
+    return x.device.type != "cpu" or x.numel() * keep.shape[0] <= WHERE_ELEMENTS
+
+
 def perturb(x: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Copies (c, B, ...): x where keep is 1, b where it is 0 (NOTE: [Perturbed copies in one call]).
 
@@ -77,7 +84,7 @@ def perturb(x: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> torch.Tenso
     if not x.is_floating_point():
         return torch.where(keep.bool(), x, b)
     if keep.dtype == torch.bool:
-        if x.device.type != "cpu" or x.numel() * keep.shape[0] <= WHERE_ELEMENTS:
+        if _by_where(x, keep):
             return torch.where(keep, x, b)  # one kernel
         # x * 1 + b * 0 == x and x * 0 + b * 1 == b for finite values (a zero's sign aside, see above)
         k = keep.to(x.dtype)  # float ops, ~10x faster than torch.where per element on CPU (NOTE: [Float masks])
@@ -94,7 +101,7 @@ def copier(x: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> tuple[Callab
     when it is no larger than ``k``, ``b * (1 - k)``."""
     if not x.is_floating_point() or keep.dtype != torch.bool:
         return (lambda v: perturb(v, b, keep)), keep.numel() * keep.element_size()
-    if x.device.type != "cpu" or x.numel() * keep.shape[0] <= WHERE_ELEMENTS:
+    if _by_where(x, keep):
         full = keep.expand(torch.broadcast_shapes(keep.shape, x.shape)).contiguous() if x.device.type == "cpu" else keep
         return (lambda v: torch.where(full, v, b)), full.numel()
     k = keep.to(x.dtype)
