@@ -532,6 +532,18 @@ def test_rescale_multipliers_equal_in_both_spellings(kind):
     masks = _rescaled(op, x, y, 1e-10, where=False)
     assert torch.equal(_rescaled(op, x, y, 1e-10, where=True), masks)
     assert torch.isfinite(masks).all()
+    # without ties or differences below eps the CPU spelling takes the ratio alone (one reduction
+    # decides), and the padded form (a shared reference row) appends zero rows to the same values
+    apart = torch.cat([x1[2:], x2[2:]])
+    op = ops.PARSERS[func](func, apart)
+    y = op.fn(apart)
+    ratio = _rescaled(op, apart, y, 1e-10, where=False)
+    assert torch.equal(_rescaled(op, apart, y, 1e-10, where=True), ratio)
+    torch.testing.assert_close(ratio, (y[:2] - y[2:]) / (apart[:2] - apart[2:]), rtol=0, atol=0)
+    for where in (False, True):
+        for z, w in ((x, masks), (apart, ratio)):
+            padded = _rescaled(op, z, op.fn(z), 1e-10, where=where, rows=z.shape[0] + 3)
+            assert torch.equal(padded[: w.shape[0]], w) and torch.equal(padded[w.shape[0] :], torch.zeros_like(padded[w.shape[0] :]))
 
 
 def test_deep_lift_with_the_where_spelling_equals_the_default_also_under_vmap(monkeypatch):
@@ -604,3 +616,124 @@ def test_max_pool_rule_equals_its_formula_per_position(kernel, stride, padding, 
     halves = [(0, "x"), (1, "ref")] if reference_grads else [(0, "x")]
     want = max_pool_rule_by_positions(z.detach(), g, kernel, stride, padding, 1e-10, halves)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- one reference row shared by the batch
+
+
+def _rows_of(model, rows: list):
+    """model, recording the rows of every call (a module, so the rules still find its layers)."""
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x, *rest):
+            rows.append(x.shape[0])
+            return self.inner(x)
+
+    return Spy().eval()
+
+
+@st.composite
+def shared_cases(draw):
+    """A random small network, a batch of at least 2, and one reference for every example: a
+    number, or one row (broadcast over the batch)."""
+    model, x, base, t = draw(cases())
+    if x.shape[0] == 1:
+        x = torch.cat([x, x.flip(-1) * 0.5])
+    shared = draw(st.sampled_from(["number", "row"]))
+    reference = float(draw(st.sampled_from([0.0, 0.25, -0.5]))) if shared == "number" else base[:1]
+    return model, x, reference, t
+
+
+@given(shared_cases(), st.sampled_from(["int", "per example", "outputs", "outputs per example"]))
+def test_a_shared_reference_runs_one_row_for_the_batch_and_equals_paired_rows(case, which):
+    """NOTE: [Shared reference]: B + 1 rows, with the same attributions, multipliers and deltas as
+    the 2B paired rows of the same reference written out per example (which the layer-by-layer
+    reference checks), for every kind of target."""
+    model, x, reference, t = case
+    b, n = x.shape[0], n_out(model, x)
+    target = {
+        "int": t,
+        "per example": torch.arange(b) % n,
+        "outputs": xattr.outputs(list(range(n))),
+        "outputs per example": xattr.outputs(torch.stack([torch.arange(b) % n, (torch.arange(b) + 1) % n], 1)),
+    }[which]
+    rows = []
+    f = xattr.target(_rows_of(model, rows), target)
+    per_example = torch.full_like(x, reference) if isinstance(reference, float) else reference.expand_as(x).clone()
+    for multiply in (True, False):
+        rows.clear()
+        got, delta = xattr.deep_lift(f, baselines=reference, multiply_by_inputs=multiply, return_delta=True)(x)
+        assert rows == [b + 1], rows
+        want, want_delta = xattr.deep_lift(f, baselines=per_example, multiply_by_inputs=multiply, return_delta=True)(x)
+        assert rows == [b + 1, 2 * b], rows
+        assert_trees_close(got, want, atol=1e-12, rtol=1e-10, what=f"shared vs paired rows ({which})")
+        assert_trees_close(delta, want_delta, atol=1e-12, rtol=1e-10, what=f"deltas ({which})")
+        if multiply:  # summation-to-delta
+            assert delta.abs().max() <= 1e-10 + 1e-8 * got.abs().sum()
+
+
+def test_a_shared_reference_is_used_only_where_it_is_the_same_computation():
+    """2B rows, not B + 1: a reference per example, one example, a per-example argument beside the
+    input (its value at a shared row would be undefined), or a rule of the user's that does not
+    declare ``shares_reference``."""
+    model, x, base = cnn_case()
+    rows = []
+    spy = _rows_of(model, rows)
+    f = xattr.target(spy, 1)
+    xattr.deep_lift(f, baselines=0.5)(x)
+    xattr.deep_lift(f, baselines=base[:1])(x)
+    xattr.deep_lift(f, baselines=base)(x)
+    xattr.deep_lift(f, baselines=0.5)(x[:1])
+    assert rows == [B + 1, B + 1, 2 * B, 2]
+    rows.clear()
+    xattr.deep_lift(xattr.target(spy, 1), baselines=0.5, argnums=0)(x, torch.ones(B, 3))
+    assert rows == [2 * B]
+
+    class Halves(xattr.rule.Rescale):
+        shares_reference = False  # as a rule of the user's that reads paired rows as two halves
+
+    rows.clear()
+    got = xattr.deep_lift(f, baselines=0.5, mapping={F.elu: Halves()})(x)
+    assert rows == [2 * B]
+    assert_trees_close(got, xattr.deep_lift(f, baselines=0.5)(x), atol=1e-12, what="same values either way")
+
+
+def test_shared_paired_rows_need_unseeded_references():
+    with pytest.raises(ValueError, match="reference_grads=False"):
+        with xattr.rule.paired_rows(4, shared=True):
+            pass
+
+
+def test_a_shared_reference_under_vmap_equals_a_loop():
+    """Inside vmap (over groups of examples) the shared path pads multipliers by concatenation."""
+    model, x, base = cnn_case()
+    groups = torch.stack([x, x.flip(0) * 0.7])  # (2, B, ...)
+    dl = xattr.deep_lift(xattr.target(model, 2), baselines=base[:1])
+    got = torch.func.vmap(dl)(groups)
+    assert_trees_close(got, torch.stack([dl(g) for g in groups]), atol=1e-12, what="vmap over groups vs loop")
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(2, 2, 0), (3, 1, 1), (3, 2, 1)])
+def test_max_pool_rule_with_a_shared_reference_row_equals_its_formula(kernel, stride, padding):
+    """The max-pool rule against one reference row shared by h inputs, with exact ties: the input
+    rows get the formula's gradients for the reference written out per input, the shared row none."""
+    from xattr._src.deeplift_rules import Rescale, paired_rows
+
+    h = 3
+    x, ref = random_tensor((h, 2, 5, 6), seed=4), random_tensor((1, 2, 5, 6), seed=5)
+    x = torch.where(random_tensor((h, 2, 5, 6), seed=6) > 0.4, ref, x)  # ties with the shared row
+    z = torch.cat([x, ref]).requires_grad_()
+    g = random_tensor((h + 1, 2) + tuple(F.max_pool2d(x, kernel, stride, padding).shape[2:]), seed=7)
+    g[h:] = 0
+    pool = xattr.rules(lambda t: F.max_pool2d(t, kernel, stride, padding), {F.max_pool2d: Rescale()})
+    with paired_rows(h + 1, reference_grads=False, shared=True):
+        (got,) = torch.autograd.grad(pool(z), z, g)
+    full = torch.cat([x, ref.expand_as(x)])
+    g_full = torch.cat([g[:h], torch.zeros_like(g[:h])])
+    want = max_pool_rule_by_positions(full, g_full, kernel, stride, padding, 1e-10, [(0, "x")])
+    torch.testing.assert_close(got[:h], want[:h], rtol=1e-12, atol=1e-12)
+    assert torch.equal(got[h:], torch.zeros_like(got[h:]))

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from . import tree as T
 from .checks import baselines_tuple, warn_if_training
 from .deeplift_rules import Deconv, Guided, Rescale, paired_rows
-from .gradients import attribution_fn, vjp_rows
+from .gradients import attribution_fn, is_multi_output, vjp_rows
 from .layer_methods import grad_cam, upsample
 from .layers import Split, layer_vjp_rows
 from .methods import _gap
@@ -104,14 +104,22 @@ def guided_grad_cam(split: Split, *, argnums: int | Sequence[int] = 0, mode: str
     return attribution_fn(fn, split)
 
 
-def _multipliers(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: int, chunk_size):
+def _multipliers(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: int, chunk_size, *, shared: bool = False):
     """DeepLift multipliers at ``copies`` copies of the inputs against ``base_rows`` (copies*B rows).
 
     Returns (outputs at the inputs, outputs at the references, multipliers tree), all copy-major
-    with copies*B rows. Each call holds whole pairs of copies (NOTE: [Paired rows]).
+    with copies*B rows. Each call holds whole pairs of copies (NOTE: [Paired rows]); with
+    ``shared`` (one copy, `_shares_reference`), B input rows and one reference row (NOTE:
+    [Shared reference]).
     """
     selected = T.split_args(args, nums)[0]
     batch = T.batch_size(selected)
+    if shared:
+        both = T.tree_map(lambda x, b: torch.cat([x, b[:1].to(x.dtype)]), selected, base_rows)
+        with paired_rows(batch + 1, reference_grads=False, shared=True), T.shared_reference(batch):
+            out, g = vjp_rows(_ExpandShared(ruled), T.split_args(args, nums)[1](both), nums,
+                              weights=_first_half(batch, T.leaves(selected)[0].device), method="deep_lift")  # fmt: skip
+        return out[:batch], out[batch:], T.tree_map(lambda t: t[:batch], g)
     ends, refs, grads = [], [], []
     for s, e in T.chunks(copies, 2 * batch, chunk_size):
         rows = (e - s) * batch
@@ -129,6 +137,31 @@ def _multipliers(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: i
         return ends[0], refs[0], grads[0]
     cat = lambda *ts: torch.cat(ts)  # noqa: E731
     return torch.cat(ends), torch.cat(refs), T.tree_map(cat, *grads)
+
+
+class _ExpandShared:
+    """``f`` whose outputs of B + 1 rows come back as 2B (`tree.expand_shared`): the shared
+    reference row's outputs once per input row (NOTE: [Shared reference])."""
+
+    def __init__(self, f: Callable):
+        self.f, self.multi_output = f, is_multi_output(f)
+
+    def __call__(self, *args):
+        return T.expand_shared(self.f(*args))
+
+
+def _shares_reference(ruled, args: tuple, nums: tuple, base) -> bool:
+    """Whether DeepLift may run one reference row for the whole batch (NOTE: [Shared reference]):
+    more than one example, every baseline one row broadcast over the batch (a number, or a
+    tensor without a batch of its own), no per-example argument beside the inputs (its value
+    at the shared row would be undefined), and every rule declaring that it pairs rows so."""
+    batch = T.batch_size(T.split_args(args, nums)[0])
+    if batch < 2 or not all(r.shares_reference for r in ruled.mapping.values()):
+        return False
+    if any(b.ndim == 0 or b.stride(0) != 0 for b in T.leaves(base)):
+        return False
+    others = [a for i, a in enumerate(args) if i not in nums]
+    return not any(isinstance(t, torch.Tensor) and t.ndim > 0 and t.shape[0] == batch for t in T.leaves(others))
 
 
 def _first_half(rows: int, device) -> torch.Tensor:
@@ -150,7 +183,10 @@ def _broadcast_baselines(selected: tuple, baselines, as_tuple: bool) -> tuple:
     """The baselines as a tuple of trees like ``selected``, each leaf broadcast to its input's shape.
 
     For an int ``argnums`` the baselines are a tree like ``args[argnums]`` (not wrapped in a tuple).
+    A number becomes one element expanded (no storage per example: NOTE: [Shared reference]).
     """
+    if isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
+        return T.tree_map(lambda x: torch.full((), float(baselines), dtype=x.dtype, device=x.device).expand(x.shape), selected)
     return T.tree_map(lambda x, b: torch.broadcast_to(b, x.shape), selected, baselines_tuple(selected, baselines, as_tuple))
 
 
@@ -196,7 +232,8 @@ def deep_lift(
         selected = T.split_args(args, nums)[0]
         with T.batch_scope(T.batch_size(selected)):
             base = _broadcast_baselines(selected, baselines, as_tuple)
-            end, ref, m = _multipliers(ruled, args, nums, base, 1, chunk_size)
+            shared = _shares_reference(ruled, args, nums, base)
+            end, ref, m = _multipliers(ruled, args, nums, base, 1, chunk_size, shared=shared)
         attr = _combine(m, selected, base, multiply_by_inputs, attribution_func, as_tuple)
         out = attr if as_tuple else attr[0]
         return (out, _gap(attr, end, ref)) if return_delta else out

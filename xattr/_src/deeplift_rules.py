@@ -9,6 +9,17 @@ has another number of rows in dim 0 (a parameter, a reshaped sequence layout) do
 batch, so it keeps its ordinary derivative, and so does every op outside a `paired_rows` block
 (``rules(model, deep_lift_rules())`` alone never pairs example i with example i + B/2). The rules propagate the gradient of each half from
 that half's own cotangent; ``deep_lift`` seeds the input half only.
+
+NOTE: [Shared reference]
+When every example has the same reference (a number, or one row broadcast over the batch, the
+common case), the B reference rows are B copies of one computation. ``deep_lift`` then runs
+``[x_1..x_B, r]``: B + 1 rows instead of 2B, so the forward and the backward do a little over
+half of Captum's work (``paired_rows(B + 1, shared=True)``). The rules pair every input row with
+the last row by broadcasting, and give that row a zero gradient (only the input rows are
+seeded). Outputs of the shared row that differ per example (a target per example) are read
+row by row after `tree.expand_shared` repeats it. Rules declare that they work so with
+``Rule.shares_reference``; a mapping with any rule that does not (a user's own, by default)
+keeps the 2B rows.
 """
 
 from __future__ import annotations
@@ -24,17 +35,21 @@ from torch.func import jvp
 from . import ops
 from .rules import Rule, Saved, pullback
 
-_ROWS: contextvars.ContextVar = contextvars.ContextVar("xattr_paired_rows", default=(None, True))
+_ROWS: contextvars.ContextVar = contextvars.ContextVar("xattr_paired_rows", default=(None, True, False))
 
 
 @contextlib.contextmanager
-def paired_rows(rows: int, *, reference_grads: bool = True):
+def paired_rows(rows: int, *, reference_grads: bool = True, shared: bool = False):
     """Declares that ops of this many rows hold inputs then references (NOTE: [Paired rows]).
 
     ``reference_grads=False`` promises that only the input half is seeded (deep_lift's case):
     rules may then skip the reference half's multipliers and give it zero gradients.
+    ``shared=True``: the rows are ``rows - 1`` inputs and one reference row shared by all of them
+    (NOTE: [Shared reference]); it needs ``reference_grads=False``.
     """
-    token = _ROWS.set((rows, reference_grads))
+    if shared and reference_grads:
+        raise ValueError("paired_rows(shared=True) gives the shared reference row no gradient: pass reference_grads=False")
+    token = _ROWS.set((rows, reference_grads, shared))
     try:
         yield
     finally:
@@ -47,8 +62,30 @@ def _paired(x: torch.Tensor) -> bool:
 
 
 def _halves(t: torch.Tensor):
-    """The input and reference halves of paired rows (an even count): one call, two views."""
+    """The input rows and the reference rows of paired rows, as two views: two halves, or the
+    inputs and the one shared reference row (which broadcasts against them)."""
+    if _ROWS.get()[2]:
+        return t[:-1], t[-1:]
     return t.chunk(2)
+
+
+def _split(t: torch.Tensor, n: int):
+    """``t``'s first n rows and the rest; for backward passes, which read no context (on a GPU
+    autograd runs them on its own threads): n comes from a saved tensor's rows."""
+    return t[:n], t[n:]
+
+
+def _padded(m: torch.Tensor, rows: int) -> torch.Tensor:
+    """The input rows' multipliers m, with zero rows appended up to ``rows`` (a shared reference
+    row takes no gradient): the backward is then one product, like the plain op's."""
+    if m.shape[0] == rows:
+        return m
+    if torch._C._functorch.maybe_current_level() is not None:
+        return torch.cat([m, m.new_zeros((rows - m.shape[0],) + tuple(m.shape[1:]))])
+    out = m.new_empty((rows,) + tuple(m.shape[1:]))
+    out[: m.shape[0]] = m
+    out[m.shape[0] :] = 0
+    return out
 
 
 def step(t: torch.Tensor) -> torch.Tensor:
@@ -89,24 +126,41 @@ def derivative(op: ops.Op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return jvp(op.fn, (x,), (torch.ones_like(x),))[1]
 
 
-def _rescaled(op: ops.Op, x, y, eps: float, *, where: bool | None = None) -> torch.Tensor:
-    """Rescale multipliers of the input half (B rows): ``dy/dx``, or phi'(x) where |dx| < eps.
+def _rescaled(op: ops.Op, x, y, eps: float, *, where: bool | None = None, rows: int | None = None) -> torch.Tensor:
+    """Rescale multipliers of the input rows (B of them): ``dy/dx``, or phi'(x) where |dx| < eps.
 
-    Two spellings with equal values: float masks on CPU (NOTE: [Float masks]), and on other
+    ``rows``: the multipliers come with zero rows appended up to ``rows`` (for a shared reference
+    row, NOTE: [Shared reference]), written in place where the kernels allow it.
+
+    Three spellings with equal values: float masks on CPU (NOTE: [Float masks]), and on other
     devices (``where=None``: chosen by x's device) a ``torch.where`` of 8 kernels instead of 17,
-    since on a GPU each ReLU's multipliers cost kernel launches, not memory traffic.
+    since on a GPU each ReLU's multipliers cost kernel launches, not memory traffic. On CPU
+    outside torch.func transforms, where no ``|dx|`` is below eps (the common case: pre-activations
+    of an example and its reference rarely tie), the ratio alone, 4 kernels instead of 9.
     """
     x1, x2 = _halves(x)
     y1, y2 = _halves(y)
-    if where if where is not None else x.device.type != "cpu":
-        dx = x1 - x2
-        return torch.where(dx.abs() < eps, derivative(op, x1, y1), (y1 - y2).div_(dx))
     dx = x1 - x2
+    if where if where is not None else x.device.type != "cpu":
+        m = torch.where(dx.abs() < eps, derivative(op, x1, y1), (y1 - y2).div_(dx))
+        return m if rows is None else _padded(m, rows)
+    eager = torch._C._functorch.maybe_current_level() is None
+    out = None
+    if rows is not None and eager:
+        buffer = dx.new_empty((rows,) + tuple(dx.shape[1:]))
+        buffer[dx.shape[0] :] = 0
+        out = buffer[: dx.shape[0]]
+    if eager and dx.numel() and not bool(dx.abs().min() < eps):  # one reduction decides: no tie
+        m = torch.div(y1 - y2, dx, out=out)
+        return m if out is None else buffer
     near = below(dx, eps)
     ratio = (y1 - y2).div_(dx.add_(near))  # never 0/0: dx + near != 0 where near = 0 or 1
     # lerp picks exactly at weights 0 and 1 (start + 0 * d below 1/2, end - d * 0 above): one
     # kernel for "the derivative where near, else the ratio"
-    return torch.lerp(ratio, derivative(op, x1, y1), near)
+    m = torch.lerp(ratio, derivative(op, x1, y1), near, out=out)
+    if out is not None:
+        return buffer
+    return m if rows is None else _padded(m, rows)
 
 
 def _both_halves(grad: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -143,6 +197,7 @@ class Guided(Rule):
 
     kinds = frozenset({"relu"})
     keep_output = True
+    shares_reference = True  # pairs no rows
 
     def backward(self, op, saved: Saved, grad):
         return (torch.ops.aten.threshold_backward(grad, saved.output, 0).clamp_min_(0),)
@@ -158,6 +213,7 @@ class Deconv(Rule):
     """
 
     kinds = frozenset({"relu"})
+    shares_reference = True  # pairs no rows
 
     def backward(self, op, saved: Saved, grad):
         return (grad.clamp(min=0),)
@@ -176,6 +232,7 @@ class Rescale(Rule):
     """
 
     kinds = ops.ELEMENTWISE | {"max_pool", "softmax"}
+    shares_reference = True
 
     def __init__(self, eps: float = 1e-10):
         self.eps = eps
@@ -198,7 +255,7 @@ class Rescale(Rule):
             return y, (ratio, near, y.clone())
         if not paired:
             return y, (derivative(op, x, y),)
-        return y, (_rescaled(op, x, y, self.eps),)
+        return y, (_rescaled(op, x, y, self.eps, rows=x.shape[0] if _ROWS.get()[2] else None),)
 
     def backward(self, op, saved: Saved, grad):
         if op.kind == "max_pool":
@@ -252,23 +309,29 @@ class Rescale(Rule):
         indices, shape = extras[0], extras[1].shape
         if len(extras) == 2:  # not paired: the ordinary gradient
             return unpool(grad, indices, shape, nd)
-        i1, i2 = _halves(indices)
-        g1, g2 = _halves(grad)
-        half = (shape[0] // 2,) + tuple(shape[1:])
+        n = extras[2].shape[0]  # input rows: half of them, or all but a shared reference row
+        i1, i2 = _split(indices, n)
+        g1, g2 = _split(grad, n)
+        half = (n,) + tuple(shape[1:])
         out = grad.new_zeros(shape)
-        first, second = out[: half[0]], out[half[0] :]  # slices: in-place writes into chunk() views are refused under grad mode
-        unpool(g1 * extras[2], i1, half, nd, g1 * extras[3], i2, into=first)
+        first, second = out[:n], out[n:]  # slices: in-place writes into chunk() views are refused under grad mode
+        unpool(g1 * extras[2], i1, half, nd, g1 * extras[3], i2.expand(i1.shape), into=first)
         if len(extras) == 6:  # NOTE: [Max-pool multipliers per output]
             unpool(g2 * extras[4], i1, half, nd, g2 * extras[5], i2, into=second)
         return out
 
 
 def _at(t: torch.Tensor, indices: torch.Tensor, nd: int) -> torch.Tensor:
-    """t's values at a max-pool's flat spatial indices: shaped like the indices."""
+    """t's values at a max-pool's flat spatial indices, shaped like the indices; one row of
+    either (a shared reference row) stands for every row of the other."""
+    rows = max(t.shape[0], indices.shape[0])
+    t, indices = t.expand((rows,) + tuple(t.shape[1:])), indices.expand((rows,) + tuple(indices.shape[1:]))
     return t.flatten(-nd).gather(-1, indices.flatten(-nd)).view(indices.shape)
 
 
 def _delta(t: torch.Tensor) -> torch.Tensor:
+    """The input rows' differences from their references, on every row (any finite values on
+    the reference rows, which are not seeded)."""
     a, b = _halves(t)
     d = a - b
-    return torch.cat([d, d])
+    return torch.cat([d, d[: t.shape[0] - d.shape[0]]])

@@ -73,6 +73,9 @@ class Rule:
     kinds: frozenset = frozenset()
     keep_inputs: bool = False
     keep_output: bool = False
+    # True: works when DeepLift runs one reference row shared by the batch (NOTE: [Shared
+    # reference]): the rule pairs no rows, or pairs them through deeplift_rules' helpers
+    shares_reference: bool = False
 
     def accepts(self, op: ops.Op) -> bool:
         return op.kind in self.kinds

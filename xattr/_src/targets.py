@@ -94,6 +94,7 @@ def _select_one(out: torch.Tensor, t, memo: dict | None = None) -> torch.Tensor:
             return _select_one(out, int(t)) if not is_traced(t) else out[:, t]
         if t.ndim != 1:
             raise ValueError(f"a per-example target must have shape (B,), got {tuple(t.shape)}")
+        out = T.expand_shared(out)  # a reference row shared by the batch: one per example (deep_lift)
         n, b = T.copies_of(t, out.shape[0]), t.shape[0]  # rows fold n copies of the batch (copy-major)
         # without autograd or a transform (a perturbation method's calls), a (R, C) output takes
         # one flat `take` instead of a gather and a squeeze: one kernel call fewer per model call
@@ -142,7 +143,8 @@ def _select_many(out: torch.Tensor, idx) -> torch.Tensor:
         if idx.ndim == 1:
             return flat[:, idx.to(out.device)]
         if idx.ndim == 2:
-            return torch.gather(flat, 1, T.tile_rows(idx.to(out.device), out.shape[0]))
+            flat = T.expand_shared(flat)  # a reference row shared by the batch: one per example (deep_lift)
+            return torch.gather(flat, 1, T.tile_rows(idx.to(out.device), flat.shape[0]))
         raise ValueError(f"outputs(tensor) needs shape (K,) or (B, K), got {tuple(idx.shape)}")
     flat_idx = _flat_indices(out, idx)
     if flat_idx is not None:  # one gather: K chained selects would each scatter a full-size zero

@@ -149,6 +149,30 @@ def true_batch() -> int | None:
     return _BATCH.get()
 
 
+_SHARED: contextvars.ContextVar = contextvars.ContextVar("xattr_shared_reference", default=None)
+
+
+@contextlib.contextmanager
+def shared_reference(rows: int):
+    """Declares that calls of ``rows + 1`` rows hold ``rows`` inputs and one reference row shared
+    by all of them (DeepLift's NOTE: [Shared reference]); see `expand_shared`."""
+    token = _SHARED.set(rows)
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def expand_shared(t: torch.Tensor) -> torch.Tensor:
+    """Inside `shared_reference(B)`: a (B + 1, ...) tensor as (2B, ...), its last row repeated for
+    each input row, so that per-example selections (a target per example) apply row by row.
+    Anything else is returned unchanged."""
+    rows = _SHARED.get()
+    if rows is None or not isinstance(t, torch.Tensor) or t.ndim == 0 or t.shape[0] != rows + 1:
+        return t
+    return torch.cat([t[:rows], t[rows:].expand((rows,) + tuple(t.shape[1:]))])
+
+
 def tile_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     """Tiles a per-example tensor (B, ...) to `rows` folded rows (rows must be a multiple of B)."""
     n = copies_of(t, rows)
