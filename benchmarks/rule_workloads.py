@@ -126,6 +126,11 @@ def _captum_error(fn: Callable[[], object]) -> str | None:
 SHARED_FLOOR = "fwd+bwd of B + 1 rows"  # what xattr's DeepLift runs for a reference shared by the batch
 
 
+def _seeded_rows(y: torch.Tensor, n_out: int, device: str) -> torch.Tensor:
+    """Cotangent of B + 1 rows: each input row's target, nothing for the shared reference row."""
+    return torch.cat([_one_hot(y, 1, n_out), torch.zeros(1, n_out)]).to(device)
+
+
 def _deep_lift_cnn(device: str) -> Workload:
     from captum.attr import DeepLift  # noqa: PLC0415
 
@@ -161,7 +166,7 @@ def _deep_lift_cnn(device: str) -> Workload:
         agree, "summation-to-delta (xattr |delta| <= 1e-5 x max(1, |f(x)-f(0)|)) and exact agreement "
         "(tol 1e-5) on the same CNN with average pools (Captum's DeepLift breaks summation-to-delta where "
         "two hooked modules follow each other, here nn.ReLU -> nn.MaxPool2d, so the attributions differ)",
-        info={SHARED_FLOOR: fwd_bwd(model, both[: len(x) + 1], _one_hot(y, 1).to(device)[: len(x) + 1])},
+        info={SHARED_FLOOR: fwd_bwd(model, both[: len(x) + 1], _seeded_rows(y, N_CLASSES, device))},
         notes=["DeepLift (CNN): the suite's CNN with its max-pool as two modules (same weights and "
                "function; Captum's DeepLift refuses SmallCNN's reused self.pool: 'A Module MaxPool2d... "
                "is being used more than once'). xattr: deep_lift(target(model, y), baselines=0.0); "
@@ -237,7 +242,7 @@ def _deep_lift_resnet(device: str, batch: int, side: int) -> Workload:
         name, "gradient", lambda: dl_x(x), None,
         {"fwd+bwd of 2B rows": fwd_bwd(model, both, _one_hot(y, 2, n_out).to(device))},
         agree, f"Captum fails, so xattr alone: summation-to-delta, |delta| <= {device_tol(device):.0e} x max(1, |f(x)-f(0)|)",
-        info={SHARED_FLOOR: fwd_bwd(model, both[: batch + 1], _one_hot(y, 1, n_out).to(device)[: batch + 1])},
+        info={SHARED_FLOOR: fwd_bwd(model, both[: batch + 1], _seeded_rows(y, n_out, device))},
         notes=[f"DeepLift (ResNet-50): torchvision resnet50(weights=None), eval, batch {batch}, 3x{side}x{side}; "
                "xattr: deep_lift(target(model, y), baselines=0.0); Captum's DeepLift(model) raises because "
                "each Bottleneck calls its ReLU module three times (a known Captum limitation). Floor: one "

@@ -762,6 +762,22 @@ def test_stabilizer_spellings_are_equal_at_zero_signed_zero_nan_and_elsewhere():
         assert ((a[:-3] != 0) | (eps == 0.0)).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_stabilized_ratio_equals_z_over_the_stabilizer_bit_for_bit(dtype):
+    """``|z| / (|z| + eps)`` against the quotient written out: equal values everywhere (a zero
+    quotient may differ in sign only, which == ignores), nan where it is nan."""
+    from xattr._src.lrp_rules import stabilize, stabilized_ratio
+
+    special = [0.0, -0.0, 1e-30, -1e-30, 1e-9, -1e-9, 3e-8, -3e-8, float("nan"), float("inf"), -float("inf")]
+    z = torch.cat([random_tensor((2000,), seed=5) * s for s in (1e-9, 1e-6, 1.0, 1e6)] + [torch.tensor(special, dtype=torch.float64)]).to(dtype)
+    for eps in (1e-9, 1e-6, 0.25, 0.0, 7.0):
+        for where in (False, True):
+            want = z / stabilize(z, eps, where=where)
+            got = stabilized_ratio(z, eps)
+            assert torch.equal(got.isnan(), want.isnan()), (eps, where)
+            assert (got[~got.isnan()] == want[~want.isnan()]).all(), (eps, where)
+
+
 def test_lrp_with_the_where_stabilizer_equals_the_default_also_under_vmap(monkeypatch):
     from xattr._src import lrp_rules as module
 

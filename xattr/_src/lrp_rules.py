@@ -47,6 +47,18 @@ def stabilize(z: torch.Tensor, eps: float, *, where: bool | None = None) -> torc
     return sign.abs().neg_().add_(1).add_(sign).mul_(eps).add_(z)  # in place on one new tensor
 
 
+def stabilized_ratio(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """``z / stabilize(z, eps)``, as ``|z| / (|z| + eps)``: the stabilized value has z's sign and
+    size ``|z| + eps``, and IEEE rounding is symmetric in sign, so the quotients are equal (but for
+    the sign of a zero quotient at ``z = -0.0``). 3 kernels and 2 new tensors on every device,
+    where the quotient of `stabilize` costs 8 kernels on CPU (5 elsewhere): it runs on every ruled
+    layer's output. (Fresh tensors cost: a third one measured 1.5x the time of the two.)"""
+    a = z.abs()
+    if torch._C._functorch.maybe_current_level() is not None:
+        return a / (a + eps)
+    return a.div_(a + eps)
+
+
 def transpose(op: ops.Op, x: torch.Tensor, weight, bias, s: torch.Tensor) -> torch.Tensor:
     """``J^T s`` for the op's Jacobian with respect to its input, at weight (affine ops: any x)."""
     if op.kind == "linear":
@@ -104,17 +116,18 @@ class _Layer(Rule):
         return op.kind not in WEIGHTED or (type(self).rho is _Layer.rho and type(self).rho_bias is _Layer.rho_bias and not self.zero_bias)
 
     def output_scale(self, op, out):
-        return out / stabilize(out, self.eps)
+        return stabilized_ratio(out, self.eps)
 
     def forward(self, op, *tensors):
         if op.kind == "max_pool":
             x = tensors[0]
             z, indices = pool_with_indices(op, x)
-            return z, (z / stabilize(z, self.eps), indices, x.new_zeros(()).expand(x.shape))
+            return z, (stabilized_ratio(z, self.eps), indices, x.new_zeros(()).expand(x.shape))
         z = op.fn(*tensors)
         w, b = self._modified(op, tensors)
-        z_mod = z if w is None or (w is tensors[1] and b is tensors[2]) else op.fn(tensors[0], w, b)
-        return z, (z / stabilize(z_mod, self.eps),)
+        if w is None or (w is tensors[1] and b is tensors[2]):
+            return z, (stabilized_ratio(z, self.eps),)
+        return z, (z / stabilize(op.fn(tensors[0], w, b), self.eps),)
 
     def backward(self, op, saved: Saved, grad):
         if op.kind == "max_pool":
