@@ -83,8 +83,9 @@ def _padded(m: torch.Tensor, rows: int) -> torch.Tensor:
     if torch._C._functorch.maybe_current_level() is not None:
         return torch.cat([m, m.new_zeros((rows - m.shape[0],) + tuple(m.shape[1:]))])
     out = m.new_empty((rows,) + tuple(m.shape[1:]))
-    out[: m.shape[0]] = m
-    out[m.shape[0] :] = 0
+    head, tail = out.split_with_sizes([m.shape[0], rows - m.shape[0]])
+    head.copy_(m)
+    tail.zero_()
     return out
 
 
@@ -148,9 +149,9 @@ def _rescaled(op: ops.Op, x, y, eps: float, *, where: bool | None = None, rows: 
     out = None
     if rows is not None and eager:
         buffer = dx.new_empty((rows,) + tuple(dx.shape[1:]))
-        buffer[dx.shape[0] :] = 0
-        out = buffer[: dx.shape[0]]
-    if eager and dx.numel() and not bool(dx.abs().min() < eps):  # one reduction decides: no tie
+        out, tail = buffer.split_with_sizes([dx.shape[0], rows - dx.shape[0]])  # one call, two views
+        tail.zero_()
+    if eager and dx.numel() and not dx.abs().min().item() < eps:  # one reduction decides: no tie
         m = torch.div(y1 - y2, dx, out=out)
         return m if out is None else buffer
     near = below(dx, eps)

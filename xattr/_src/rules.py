@@ -140,9 +140,10 @@ class _Apply(torch.autograd.Function):
         return (None, None, *grads)
 
 
-def _save(ctx, rule: Rule, op: ops.Op, tensors, out: torch.Tensor, extras: tuple) -> None:
-    """What every `_Apply*` keeps for the rule's backward."""
-    if extras:
+def _save(ctx, rule: Rule, op: ops.Op, tensors, out: torch.Tensor, extras: tuple, *, returned: bool = True) -> None:
+    """What every `_Apply*` keeps for the rule's backward (``returned``: the extras are outputs
+    of the Function too, as `_Apply` needs for its vmap rule)."""
+    if extras and returned:
         ctx.mark_non_differentiable(*extras)
     ctx.set_materialize_grads(False)  # the extras never get gradients: no zero tensors for them
     ctx.rule, ctx.op, ctx.n_inputs, ctx.keep_output = rule, op, len(tensors), rule.keep_output
@@ -158,16 +159,20 @@ class _ApplyEager(torch.autograd.Function):
     ``Function.apply`` of a class with ``setup_context`` binds its arguments through
     ``inspect.signature`` on every call (torch 2.13: ~20-40 us), once per ruled op. Outside
     transforms nothing needs ``setup_context`` or the vmap rule, so this legacy-style class with
-    the same forward and backward runs instead.
+    the same forward and backward runs instead. It returns the op's output alone: the rule's
+    extras go to ``save_for_backward`` only (each further output of a Function costs autograd
+    a wrapper, ~5-10 us apiece; DeepLift's max-pool has four).
     """
 
     @staticmethod
     def forward(ctx, rule, op, *tensors):
-        output = _Apply.forward(rule, op, *tensors)
-        _save(ctx, rule, op, tensors, output[0], output[1:])
-        return output
+        out, *extras = _Apply.forward(rule, op, *tensors)
+        _save(ctx, rule, op, tensors, out, tuple(extras), returned=False)
+        return out
 
-    backward = _Apply.backward
+    @staticmethod
+    def backward(ctx, grad):
+        return _Apply.backward(ctx, grad)
 
 
 class _ApplyEagerInPlace(torch.autograd.Function):
@@ -186,10 +191,10 @@ class _ApplyEagerInPlace(torch.autograd.Function):
             y, *extras = _Apply.forward(rule, op, x)  # reads x before it is overwritten
             out, extras = x.copy_(y), tuple(extras)
         ctx.mark_dirty(x)
-        _save(ctx, rule, op, (x,), out, extras)
-        return (out, *extras)
+        _save(ctx, rule, op, (x,), out, extras, returned=False)
+        return out
 
-    backward = _Apply.backward
+    backward = _ApplyEager.backward
 
 
 def _runs_in_place(rule: Rule, op: ops.Op) -> bool:
@@ -277,13 +282,13 @@ def apply_rule(rule: Rule, op: ops.Op):
     tensors = op.tensors
     if _runs_in_place(rule, op):
         with torch._C.DisableTorchFunction():
-            return _ApplyEagerInPlace.apply(rule, _without_tensors(op), tensors[0])[0]
+            return _ApplyEagerInPlace.apply(rule, _without_tensors(op), tensors[0])
     if op.inplace and rule.keeps(op):
         tensors = (tensors[0].clone(),) + tensors[1:]
     light = _without_tensors(op)  # the context must not hold the op's tensors
     with torch._C.DisableTorchFunction():  # the rule's own ops are not intercepted again
         eager = torch._C._functorch.maybe_current_level() is None
-        out = (_ApplyEager if eager else _Apply).apply(rule, light, *tensors)[0]
+        out = _ApplyEager.apply(rule, light, *tensors) if eager else _Apply.apply(rule, light, *tensors)[0]
         if not eager and not op.inplace:
             # under vmap the outputs of a Function with several outputs are views that may not be
             # modified in place, and models do (a conv or batch-norm followed by ReLU(inplace=True))
