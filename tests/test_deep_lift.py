@@ -737,3 +737,25 @@ def test_max_pool_rule_with_a_shared_reference_row_equals_its_formula(kernel, st
     want = max_pool_rule_by_positions(full, g_full, kernel, stride, padding, 1e-10, [(0, "x")])
     torch.testing.assert_close(got[:h], want[:h], rtol=1e-12, atol=1e-12)
     assert torch.equal(got[h:], torch.zeros_like(got[h:]))
+
+
+@pytest.mark.parametrize("target", [2, "per example"])
+def test_layer_deep_lift_with_a_shared_reference_equals_paired_rows(target):
+    """Layer DeepLift runs B + 1 rows for a shared reference too; h_ref is the shared row's
+    activation for every example; values and deltas as with the reference written per example."""
+    model, x, base = cnn_case()
+    rows = []
+    spy = _rows_of(model, rows)
+    t = torch.tensor([0, 2, 1]) if target == "per example" else target
+    for layer in (1, 2, 4):
+        split = xattr.at_layer(xattr.target(spy, t), spy.inner[layer])
+        for reference in (0.25, base[:1]):
+            rows.clear()
+            got, delta = xattr.layer_deep_lift(split, baselines=reference, return_delta=True)(x)
+            want, want_delta = xattr.layer_deep_lift(split, baselines=torch.broadcast_to(torch.as_tensor(reference, dtype=x.dtype), x.shape).clone(), return_delta=True)(x)
+            assert rows == [B + 1, 2 * B], rows
+            assert_trees_close(got, want, atol=1e-12, rtol=1e-10, what=f"layer {layer}")
+            assert_trees_close(delta, want_delta, atol=1e-12, rtol=1e-10, what=f"layer {layer} deltas")
+        seen = []
+        xattr.layer_deep_lift(split, baselines=0.25, attribution_func=lambda m, h, h_ref: seen.append(h_ref) or m * (h - h_ref))(x)
+        assert seen[0].shape == got.shape and torch.equal(seen[0], seen[0][:1].expand_as(seen[0]))

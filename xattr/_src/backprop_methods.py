@@ -150,13 +150,13 @@ class _ExpandShared:
         return T.expand_shared(self.f(*args))
 
 
-def _shares_reference(ruled, args: tuple, nums: tuple, base) -> bool:
+def _shares_reference(mapping: Mapping, args: tuple, nums: tuple, base) -> bool:
     """Whether DeepLift may run one reference row for the whole batch (NOTE: [Shared reference]):
     more than one example, every baseline one row broadcast over the batch (a number, or a
     tensor without a batch of its own), no per-example argument beside the inputs (its value
     at the shared row would be undefined), and every rule declaring that it pairs rows so."""
     batch = T.batch_size(T.split_args(args, nums)[0])
-    if batch < 2 or not all(r.shares_reference for r in ruled.mapping.values()):
+    if batch < 2 or not all(r.shares_reference for r in mapping.values()):
         return False
     if any(b.ndim == 0 or b.stride(0) != 0 for b in T.leaves(base)):
         return False
@@ -232,7 +232,7 @@ def deep_lift(
         selected = T.split_args(args, nums)[0]
         with T.batch_scope(T.batch_size(selected)):
             base = _broadcast_baselines(selected, baselines, as_tuple)
-            shared = _shares_reference(ruled, args, nums, base)
+            shared = _shares_reference(ruled.mapping, args, nums, base)
             end, ref, m = _multipliers(ruled, args, nums, base, 1, chunk_size, shared=shared)
         attr = _combine(m, selected, base, multiply_by_inputs, attribution_func, as_tuple)
         out = attr if as_tuple else attr[0]
@@ -312,10 +312,18 @@ def _split_with(split: Split, mapping: Mapping, root=None) -> Split:
     return Split(rules(split.model, mapping, root=root), layers, split.inputs, split.call_index)
 
 
-def _layer_pairs(split: Split, args: tuple, nums: tuple, base_rows, copies: int):
-    """(h, h_ref, multipliers at h, outputs, reference outputs) for copies x B paired rows."""
+def _layer_pairs(split: Split, args: tuple, nums: tuple, base_rows, copies: int, *, shared: bool = False):
+    """(h, h_ref, multipliers at h, outputs, reference outputs) for copies x B paired rows, or
+    with ``shared`` (one copy) for B inputs and one reference row (NOTE: [Shared reference]):
+    h_ref is then that row's activation expanded over the batch."""
     selected = T.split_args(args, nums)[0]
     batch = T.batch_size(selected)
+    if shared:
+        both = T.tree_map(lambda x, b: torch.cat([x, b[:1].to(x.dtype)]), selected, base_rows)
+        with paired_rows(batch + 1, reference_grads=False, shared=True), T.shared_reference(batch):
+            h, out, g = layer_vjp_rows(split, T.split_args(args, nums)[1](both), weights=_first_half(batch, out_device(selected)))
+        head, ref = (lambda t: t[:batch]), (lambda t: t[batch:].expand((batch,) + tuple(t.shape[1:])))  # noqa: E731
+        return T.tree_map(head, h), T.tree_map(ref, h), T.tree_map(head, g), out[:batch], out[batch:]
     rows = copies * batch
     both = T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), T.fold(selected, copies), base_rows)
     call = tuple(a if i in nums else T.fold(a, 2 * copies, batch) for i, a in enumerate(args))
@@ -368,7 +376,8 @@ def layer_deep_lift(
         selected = T.split_args(args, nums)[0]
         with T.batch_scope(T.batch_size(selected)):
             base = _broadcast_baselines(selected, baselines, as_tuple)
-            h, h_ref, m, end, ref = _layer_pairs(ruled, args, nums, base, 1)
+            shared = _shares_reference(ruled.model.mapping, args, nums, base)
+            h, h_ref, m, end, ref = _layer_pairs(ruled, args, nums, base, 1, shared=shared)
         attr = _combine(m, h, h_ref, multiply_by_inputs, attribution_func)
         return (attr, _layer_gaps(split, attr, end, ref)) if return_delta else attr
 

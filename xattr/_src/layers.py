@@ -242,7 +242,7 @@ def layer_vjp_rows(split: Split, args: tuple, *, weights=None, chunk_size=None):
         return T.tree_map(lambda t, zt: t + zt if _is_float(t) else t, value, z)
 
     with torch.enable_grad():
-        out = _rows(split._run(args, add_zero, stop_when_done=False), multi)
+        out = _rows(T.expand_shared(split._run(args, add_zero, stop_when_done=False)), multi)  # NOTE: [Shared reference]
     check_finite(out)
     h, z = split._pack(hs), split._pack(zs)
     flat = [t for t in T.leaves(z) if _is_float(t)]
@@ -279,4 +279,4 @@ class _Perturbed:
             zt = given[i][k if s.call_index == "all" else 0]
             return T.tree_map(lambda t, d: t + d if _is_float(t) else t, value, zt)
 
-        return s._run(args, add, stop_when_done=False)
+        return T.expand_shared(s._run(args, add, stop_when_done=False))  # NOTE: [Shared reference]
