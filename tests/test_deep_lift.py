@@ -336,18 +336,30 @@ def _row_spy(model, rows: list):
     return spied
 
 
+class _Halves(xattr.rule.Rescale):
+    shares_reference = False  # as a rule of the user's that reads paired rows as two halves
+
+
 @pytest.mark.parametrize("chunk_size", [1, 2 * B, 2 * B + 1, 4 * B, 6 * B, 100])
-def test_deep_lift_shap_chunks_hold_pairs_of_copies(chunk_size):
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "paired"])
+def test_deep_lift_shap_chunks_hold_whole_copies(chunk_size, shared):
+    """Each call holds whole copies: B inputs and their one shared reference row (NOTE: [Shared
+    reference]), or B inputs and B references where a rule cannot share them."""
     model, x, _ = mlp_case()
     dist = random_tensor((5, 5), seed=17)
-    whole = xattr.deep_lift_shap(xattr.target(model, 1), baselines=dist)(x)
+    mapping = None if shared else {F.gelu: _Halves()}
+    whole = xattr.deep_lift_shap(xattr.target(model, 1), baselines=dist, mapping=mapping)(x)
     rows = []
-    got = xattr.deep_lift_shap(xattr.target(_row_spy(model, rows), 1), baselines=dist, chunk_size=chunk_size)(x)
+    got = xattr.deep_lift_shap(xattr.target(_row_spy(model, rows), 1), baselines=dist, chunk_size=chunk_size, mapping=mapping)(x)
     assert_trees_close(got, whole, what=f"chunk_size={chunk_size}")
-    copies_per_call = max(1, chunk_size // (2 * B))  # each copy is B inputs and their B references
-    assert sum(rows) == 2 * 5 * B
-    assert all(r % (2 * B) == 0 and r <= 2 * B * copies_per_call for r in rows), rows
+    per_copy = B + 1 if shared else 2 * B
+    copies_per_call = max(1, chunk_size // per_copy)
+    assert sum(rows) == 5 * per_copy
+    assert all(r % per_copy == 0 and r <= per_copy * copies_per_call for r in rows), rows
     assert len(rows) == math.ceil(5 / copies_per_call)
+    if shared:  # the same values as the paired rows
+        paired = xattr.deep_lift_shap(xattr.target(model, 1), baselines=dist, mapping={F.gelu: _Halves()})(x)
+        assert_trees_close(got, paired, atol=1e-12, rtol=1e-10, what="shared vs paired")
 
 
 # --------------------------------------------------------------------------- layer and neuron DeepLift
@@ -693,11 +705,8 @@ def test_a_shared_reference_is_used_only_where_it_is_the_same_computation():
     xattr.deep_lift(xattr.target(spy, 1), baselines=0.5, argnums=0)(x, torch.ones(B, 3))
     assert rows == [2 * B]
 
-    class Halves(xattr.rule.Rescale):
-        shares_reference = False  # as a rule of the user's that reads paired rows as two halves
-
     rows.clear()
-    got = xattr.deep_lift(f, baselines=0.5, mapping={F.elu: Halves()})(x)
+    got = xattr.deep_lift(f, baselines=0.5, mapping={F.elu: _Halves()})(x)
     assert rows == [2 * B]
     assert_trees_close(got, xattr.deep_lift(f, baselines=0.5)(x), atol=1e-12, what="same values either way")
 
@@ -759,3 +768,31 @@ def test_layer_deep_lift_with_a_shared_reference_equals_paired_rows(target):
         seen = []
         xattr.layer_deep_lift(split, baselines=0.25, attribution_func=lambda m, h, h_ref: seen.append(h_ref) or m * (h - h_ref))(x)
         assert seen[0].shape == got.shape and torch.equal(seen[0], seen[0][:1].expand_as(seen[0]))
+
+
+@pytest.mark.parametrize("which", ["cnn (max-pool)", "softmax (B,T,D)"])
+@pytest.mark.parametrize("target", ["per example", "outputs"])
+def test_deep_lift_shap_with_shared_rows_per_copy_equals_paired_rows(which, target):
+    """DeepLift SHAP and its layer variant run c copies with one reference row each (rows c*B + c)
+    through max-pool and softmax rules, with the values of the 2*c*B paired rows."""
+    if which.startswith("cnn"):
+        model, x, _ = cnn_case()
+        dist, layer = random_tensor((4, 2, 4, 4), seed=21), model[2]
+    else:
+        torch.manual_seed(0)
+        model = SoftmaxHead(5, 4, 2).eval()
+        x, dist, layer = random_tensor((B, 2, 5), seed=22), random_tensor((4, 2, 5), seed=23), model.lin
+    n = 3 if which.startswith("cnn") else 1
+    t = torch.arange(B) % n if target == "per example" else xattr.outputs(list(range(n)))
+    rows = []
+    f = xattr.target(_rows_of(model, rows), t)
+    paired = {torch.tanh: _Halves()}  # a rule that cannot share (for an op these models lack)
+    got, delta = xattr.deep_lift_shap(f, baselines=dist, return_delta=True)(x)
+    want, want_delta = xattr.deep_lift_shap(f, baselines=dist, return_delta=True, mapping=paired)(x)
+    assert rows == [4 * B + 4, 8 * B], rows
+    assert_trees_close(got, want, atol=1e-12, rtol=1e-10, what="deep_lift_shap: shared vs paired")
+    assert_trees_close(delta, want_delta, atol=1e-12, rtol=1e-10, what="deep_lift_shap deltas")
+    split = xattr.at_layer(f, layer if which.startswith("softmax") else f.model.inner[2])
+    got = xattr.layer_deep_lift_shap(split, baselines=dist)(x)
+    want = xattr.layer_deep_lift_shap(split, baselines=dist, mapping=paired)(x)
+    assert_trees_close(got, want, atol=1e-12, rtol=1e-10, what="layer_deep_lift_shap: shared vs paired")

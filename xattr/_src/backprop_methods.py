@@ -109,27 +109,27 @@ def _multipliers(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: i
 
     Returns (outputs at the inputs, outputs at the references, multipliers tree), all copy-major
     with copies*B rows. Each call holds whole pairs of copies (NOTE: [Paired rows]); with
-    ``shared`` (one copy, `_shares_reference`), B input rows and one reference row (NOTE:
-    [Shared reference]).
+    ``shared`` (`_can_share`; every copy's B reference rows are one row repeated), a call of c
+    copies holds their c*B input rows and one reference row per copy (NOTE: [Shared reference]).
     """
     selected = T.split_args(args, nums)[0]
     batch = T.batch_size(selected)
-    if shared:
-        both = T.tree_map(lambda x, b: torch.cat([x, b[:1].to(x.dtype)]), selected, base_rows)
-        with paired_rows(batch + 1, reference_grads=False, shared=True), T.shared_reference(batch):
-            out, g = vjp_rows(_ExpandShared(ruled), T.split_args(args, nums)[1](both), nums,
-                              weights=_first_half(batch, T.leaves(selected)[0].device), method="deep_lift")  # fmt: skip
-        return out[:batch], out[batch:], T.tree_map(lambda t: t[:batch], g)
+    device = T.leaves(selected)[0].device
     ends, refs, grads = [], [], []
-    for s, e in T.chunks(copies, 2 * batch, chunk_size):
-        rows = (e - s) * batch
-        xs = T.fold(selected, e - s)
-        bs = T.tree_map(lambda b: b[s * batch : e * batch], base_rows)
-        both = T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), xs, bs)
-        call = tuple(a if i in nums else T.fold(a, 2 * (e - s), batch) for i, a in enumerate(args))
-        weights = _first_half(rows, T.leaves(selected)[0].device)
-        with paired_rows(2 * rows, reference_grads=False):
-            out, g = vjp_rows(ruled, T.split_args(call, nums)[1](both), nums, weights=weights, method="deep_lift")
+    for s, e in T.chunks(copies, batch + 1 if shared else 2 * batch, chunk_size):
+        c, rows = e - s, (e - s) * batch
+        xs = T.fold(selected, c)
+        if shared:
+            bs = T.tree_map(lambda b: b[s * batch : e * batch : batch], base_rows)  # copy k's row
+            call = T.split_args(args, nums)[1](T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), xs, bs))
+            with paired_rows(rows + c, reference_grads=False, shared=c), T.shared_reference(rows, c):
+                out, g = vjp_rows(_ExpandShared(ruled), call, nums, weights=_first_half(rows, device), method="deep_lift")
+        else:
+            bs = T.tree_map(lambda b: b[s * batch : e * batch], base_rows)
+            both = T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), xs, bs)
+            call = tuple(a if i in nums else T.fold(a, 2 * c, batch) for i, a in enumerate(args))
+            with paired_rows(2 * rows, reference_grads=False):
+                out, g = vjp_rows(ruled, T.split_args(call, nums)[1](both), nums, weights=_first_half(rows, device), method="deep_lift")
         ends.append(out[:rows])
         refs.append(out[rows:])
         grads.append(T.tree_map(lambda t: t[:rows], g))
@@ -140,8 +140,8 @@ def _multipliers(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: i
 
 
 class _ExpandShared:
-    """``f`` whose outputs of B + 1 rows come back as 2B (`tree.expand_shared`): the shared
-    reference row's outputs once per input row (NOTE: [Shared reference])."""
+    """``f`` whose outputs of c*B + c rows come back as 2*c*B (`tree.expand_shared`): each shared
+    reference row's outputs once per input row of its copy (NOTE: [Shared reference])."""
 
     def __init__(self, f: Callable):
         self.f, self.multi_output = f, is_multi_output(f)
@@ -150,18 +150,22 @@ class _ExpandShared:
         return T.expand_shared(self.f(*args))
 
 
-def _shares_reference(mapping: Mapping, args: tuple, nums: tuple, base) -> bool:
-    """Whether DeepLift may run one reference row for the whole batch (NOTE: [Shared reference]):
-    more than one example, every baseline one row broadcast over the batch (a number, or a
-    tensor without a batch of its own), no per-example argument beside the inputs (its value
-    at the shared row would be undefined), and every rule declaring that it pairs rows so."""
+def _can_share(mapping: Mapping, args: tuple, nums: tuple) -> bool:
+    """Whether DeepLift may run one reference row per copy of the batch (NOTE: [Shared
+    reference]) where each copy's reference is one row: more than one example, no per-example
+    argument beside the inputs (its value at a shared row would be undefined), and every rule
+    declaring that it pairs rows so."""
     batch = T.batch_size(T.split_args(args, nums)[0])
     if batch < 2 or not all(r.shares_reference for r in mapping.values()):
         return False
-    if any(b.ndim == 0 or b.stride(0) != 0 for b in T.leaves(base)):
-        return False
     others = [a for i, a in enumerate(args) if i not in nums]
     return not any(isinstance(t, torch.Tensor) and t.ndim > 0 and t.shape[0] == batch for t in T.leaves(others))
+
+
+def _shares_reference(mapping: Mapping, args: tuple, nums: tuple, base) -> bool:
+    """`_can_share`, and every baseline one row broadcast over the batch (a number, or a tensor
+    without a batch of its own)."""
+    return all(b.ndim > 0 and b.stride(0) == 0 for b in T.leaves(base)) and _can_share(mapping, args, nums)
 
 
 def _first_half(rows: int, device) -> torch.Tensor:
@@ -293,7 +297,7 @@ def deep_lift_shap(
         dist, n = _distribution(selected, baselines, as_tuple)
         base = T.tree_map(lambda b: b.repeat_interleave(batch, 0), dist)  # copy k is baseline row k
         with T.batch_scope(batch):
-            end, ref, m = _multipliers(ruled, args, nums, base, n, chunk_size)
+            end, ref, m = _multipliers(ruled, args, nums, base, n, chunk_size, shared=_can_share(ruled.mapping, args, nums))
         xs = T.fold(selected, n)
         attr = _combine(m, xs, base, multiply_by_inputs, attribution_func, as_tuple)
         mean = T.tree_map(lambda a: T.unfold(a, n).mean(0), attr)
@@ -314,17 +318,22 @@ def _split_with(split: Split, mapping: Mapping, root=None) -> Split:
 
 def _layer_pairs(split: Split, args: tuple, nums: tuple, base_rows, copies: int, *, shared: bool = False):
     """(h, h_ref, multipliers at h, outputs, reference outputs) for copies x B paired rows, or
-    with ``shared`` (one copy) for B inputs and one reference row (NOTE: [Shared reference]):
-    h_ref is then that row's activation expanded over the batch."""
+    with ``shared`` for their inputs and one reference row per copy (NOTE: [Shared reference]):
+    h_ref is then each copy's row repeated over its batch (an expanded view for one copy)."""
     selected = T.split_args(args, nums)[0]
     batch = T.batch_size(selected)
-    if shared:
-        both = T.tree_map(lambda x, b: torch.cat([x, b[:1].to(x.dtype)]), selected, base_rows)
-        with paired_rows(batch + 1, reference_grads=False, shared=True), T.shared_reference(batch):
-            h, out, g = layer_vjp_rows(split, T.split_args(args, nums)[1](both), weights=_first_half(batch, out_device(selected)))
-        head, ref = (lambda t: t[:batch]), (lambda t: t[batch:].expand((batch,) + tuple(t.shape[1:])))  # noqa: E731
-        return T.tree_map(head, h), T.tree_map(ref, h), T.tree_map(head, g), out[:batch], out[batch:]
     rows = copies * batch
+    if shared:
+        bs = T.tree_map(lambda b: b[::batch], base_rows)  # copy k's row
+        both = T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), T.fold(selected, copies), bs)
+        with paired_rows(rows + copies, reference_grads=False, shared=copies), T.shared_reference(rows, copies):
+            h, out, g = layer_vjp_rows(split, T.split_args(args, nums)[1](both), weights=_first_half(rows, out_device(selected)))
+        def ref(t):  # each copy's reference row, once per example of the copy
+            one = t[rows:]
+            return one.expand((rows,) + tuple(one.shape[1:])) if copies == 1 else one.repeat_interleave(batch, 0)
+
+        head = lambda t: t[:rows]  # noqa: E731
+        return T.tree_map(head, h), T.tree_map(ref, h), T.tree_map(head, g), out[:rows], out[rows:]
     both = T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), T.fold(selected, copies), base_rows)
     call = tuple(a if i in nums else T.fold(a, 2 * copies, batch) for i, a in enumerate(args))
     with paired_rows(2 * rows, reference_grads=False):
@@ -414,7 +423,7 @@ def layer_deep_lift_shap(
         dist, n = _distribution(selected, baselines, as_tuple)
         base = T.tree_map(lambda b: b.repeat_interleave(batch, 0), dist)
         with T.batch_scope(batch):
-            h, h_ref, m, end, ref = _layer_pairs(ruled, args, nums, base, n)
+            h, h_ref, m, end, ref = _layer_pairs(ruled, args, nums, base, n, shared=_can_share(ruled.model.mapping, args, nums))
         attr = _combine(m, h, h_ref, multiply_by_inputs, attribution_func)
         mean = T.tree_map(lambda a: T.unfold(a, n).mean(0), attr)
         if not return_delta:

@@ -14,12 +14,15 @@ NOTE: [Shared reference]
 When every example has the same reference (a number, or one row broadcast over the batch, the
 common case), the B reference rows are B copies of one computation. ``deep_lift`` then runs
 ``[x_1..x_B, r]``: B + 1 rows instead of 2B, so the forward and the backward do a little over
-half of Captum's work (``paired_rows(B + 1, shared=True)``). The rules pair every input row with
+half of Captum's work (``paired_rows(B + 1, shared=1)``). The rules pair every input row with
 the last row by broadcasting, and give that row a zero gradient (only the input rows are
-seeded). Outputs of the shared row that differ per example (a target per example) are read
-row by row after `tree.expand_shared` repeats it. Rules declare that they work so with
-``Rule.shares_reference``; a mapping with any rule that does not (a user's own, by default)
-keeps the 2B rows.
+seeded). DeepLift SHAP is the same per baseline row: c copies of the batch, each against one
+distribution row, run as ``c*B + c`` rows (``shared=c``; the rules view the inputs as
+(c, B, ...) against references (c, 1, ...)). Outputs of a shared row that differ per example (a
+target per example) are read row by row after `tree.expand_shared` repeats it. Rules declare
+that they work so with ``Rule.shares_reference``; a mapping with any rule that does not (a
+user's own, by default) keeps the 2B rows, and so does a call with another per-example
+argument beside the inputs or a batch of one.
 """
 
 from __future__ import annotations
@@ -35,20 +38,24 @@ from torch.func import jvp
 from . import ops
 from .rules import Rule, Saved, pullback
 
-_ROWS: contextvars.ContextVar = contextvars.ContextVar("xattr_paired_rows", default=(None, True, False))
+_ROWS: contextvars.ContextVar = contextvars.ContextVar("xattr_paired_rows", default=(None, True, 0))
 
 
 @contextlib.contextmanager
-def paired_rows(rows: int, *, reference_grads: bool = True, shared: bool = False):
+def paired_rows(rows: int, *, reference_grads: bool = True, shared: int = 0):
     """Declares that ops of this many rows hold inputs then references (NOTE: [Paired rows]).
 
     ``reference_grads=False`` promises that only the input half is seeded (deep_lift's case):
     rules may then skip the reference half's multipliers and give it zero gradients.
-    ``shared=True``: the rows are ``rows - 1`` inputs and one reference row shared by all of them
-    (NOTE: [Shared reference]); it needs ``reference_grads=False``.
+    ``shared=c`` (``True`` is 1): the rows are ``rows - c`` inputs, c copies of a batch one after
+    the other, then c reference rows, one shared by each copy (NOTE: [Shared reference]); it
+    needs ``reference_grads=False``.
     """
+    shared = int(shared)
     if shared and reference_grads:
-        raise ValueError("paired_rows(shared=True) gives the shared reference row no gradient: pass reference_grads=False")
+        raise ValueError("paired_rows(shared=...) gives the shared reference rows no gradient: pass reference_grads=False")
+    if shared and (rows - shared) % shared:
+        raise ValueError(f"paired_rows: {rows - shared} input rows do not split into {shared} copies of a batch")
     token = _ROWS.set((rows, reference_grads, shared))
     try:
         yield
@@ -62,11 +69,22 @@ def _paired(x: torch.Tensor) -> bool:
 
 
 def _halves(t: torch.Tensor):
-    """The input rows and the reference rows of paired rows, as two views: two halves, or the
-    inputs and the one shared reference row (which broadcasts against them)."""
-    if _ROWS.get()[2]:
+    """The input rows and the reference rows of paired rows, as two views: two halves; or the
+    inputs and one shared reference row, which broadcasts against them; or, for c copies with a
+    shared row each, the inputs as (c, B, ...) and the references as (c, 1, ...) (results of
+    such views are flattened back with `_flat`)."""
+    c = _ROWS.get()[2]
+    if not c:
+        return t.chunk(2)
+    if c == 1:
         return t[:-1], t[-1:]
-    return t.chunk(2)
+    n = t.shape[0] - c
+    return t[:n].unflatten(0, (c, n // c)), t[n:].unsqueeze(1)
+
+
+def _flat(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """v in rows like ``like``'s: (c, B, ...) from `_halves` back to (c * B, ...)."""
+    return v.flatten(0, 1) if v.ndim > like.ndim else v
 
 
 def _split(t: torch.Tensor, n: int):
@@ -143,17 +161,19 @@ def _rescaled(op: ops.Op, x, y, eps: float, *, where: bool | None = None, rows: 
     y1, y2 = _halves(y)
     dx = x1 - x2
     if where if where is not None else x.device.type != "cpu":
-        m = torch.where(dx.abs() < eps, derivative(op, x1, y1), (y1 - y2).div_(dx))
+        m = _flat(torch.where(dx.abs() < eps, derivative(op, x1, y1), (y1 - y2).div_(dx)), x)
         return m if rows is None else _padded(m, rows)
     eager = torch._C._functorch.maybe_current_level() is None
     out = None
     if rows is not None and eager:
-        buffer = dx.new_empty((rows,) + tuple(dx.shape[1:]))
-        out, tail = buffer.split_with_sizes([dx.shape[0], rows - dx.shape[0]])  # one call, two views
+        buffer = x.new_empty((rows,) + tuple(x.shape[1:]))
+        n = dx.shape[0] * dx.shape[1] if dx.ndim > x.ndim else dx.shape[0]  # input rows
+        out, tail = buffer.split_with_sizes([n, rows - n])  # one call, two views
+        out = out.view(dx.shape)
         tail.zero_()
     if eager and dx.numel() and not dx.abs().min().item() < eps:  # one reduction decides: no tie
         m = torch.div(y1 - y2, dx, out=out)
-        return m if out is None else buffer
+        return _flat(m, x) if out is None else buffer
     near = below(dx, eps)
     ratio = (y1 - y2).div_(dx.add_(near))  # never 0/0: dx + near != 0 where near = 0 or 1
     # lerp picks exactly at weights 0 and 1 (start + 0 * d below 1/2, end - d * 0 above): one
@@ -161,6 +181,7 @@ def _rescaled(op: ops.Op, x, y, eps: float, *, where: bool | None = None, rows: 
     m = torch.lerp(ratio, derivative(op, x1, y1), near, out=out)
     if out is not None:
         return buffer
+    m = _flat(m, x)
     return m if rows is None else _padded(m, rows)
 
 
@@ -300,7 +321,7 @@ class Rescale(Rule):
         one, zero = q_a.new_ones(()), q_a.new_zeros(())
         # where near, the input half takes the ordinary gradient at a (x's argmax) and nothing at r;
         # the reference half the reverse (lerp picks exactly at weights 0 and 1, see `_rescaled`)
-        first = (torch.lerp(q_a, one, near_a), torch.lerp(q_r, zero, near_r))
+        first = (_flat(torch.lerp(q_a, one, near_a), y), _flat(torch.lerp(q_r, zero, near_r), y))
         if not _ROWS.get()[1]:  # only the input half is seeded: the reference half gets no gradient
             return first
         return first + (torch.lerp(q_a, zero, near_a), torch.lerp(q_r, one, near_r))
@@ -310,23 +331,26 @@ class Rescale(Rule):
         indices, shape = extras[0], extras[1].shape
         if len(extras) == 2:  # not paired: the ordinary gradient
             return unpool(grad, indices, shape, nd)
-        n = extras[2].shape[0]  # input rows: half of them, or all but a shared reference row
+        n = extras[2].shape[0]  # input rows: half of them, or all but the shared reference rows
         i1, i2 = _split(indices, n)
         g1, g2 = _split(grad, n)
+        if i2.shape[0] != n:  # c shared reference rows, each for a block of n / c input rows
+            c = i2.shape[0]
+            i2 = i2.unsqueeze(1).expand((c, n // c) + tuple(i2.shape[1:])).reshape(i1.shape)
         half = (n,) + tuple(shape[1:])
         out = grad.new_zeros(shape)
         first, second = out[:n], out[n:]  # slices: in-place writes into chunk() views are refused under grad mode
-        unpool(g1 * extras[2], i1, half, nd, g1 * extras[3], i2.expand(i1.shape), into=first)
+        unpool(g1 * extras[2], i1, half, nd, g1 * extras[3], i2, into=first)
         if len(extras) == 6:  # NOTE: [Max-pool multipliers per output]
             unpool(g2 * extras[4], i1, half, nd, g2 * extras[5], i2, into=second)
         return out
 
 
 def _at(t: torch.Tensor, indices: torch.Tensor, nd: int) -> torch.Tensor:
-    """t's values at a max-pool's flat spatial indices, shaped like the indices; one row of
-    either (a shared reference row) stands for every row of the other."""
-    rows = max(t.shape[0], indices.shape[0])
-    t, indices = t.expand((rows,) + tuple(t.shape[1:])), indices.expand((rows,) + tuple(indices.shape[1:]))
+    """t's values at a max-pool's flat spatial indices, shaped like the indices; the dims before
+    the spatial ones broadcast (a shared reference row stands for every row of its copy)."""
+    lead = torch.broadcast_shapes(t.shape[:-nd], indices.shape[:-nd])
+    t, indices = t.expand(lead + tuple(t.shape[-nd:])), indices.expand(lead + tuple(indices.shape[-nd:]))
     return t.flatten(-nd).gather(-1, indices.flatten(-nd)).view(indices.shape)
 
 
@@ -334,5 +358,5 @@ def _delta(t: torch.Tensor) -> torch.Tensor:
     """The input rows' differences from their references, on every row (any finite values on
     the reference rows, which are not seeded)."""
     a, b = _halves(t)
-    d = a - b
+    d = _flat(a - b, t)
     return torch.cat([d, d[: t.shape[0] - d.shape[0]]])

@@ -153,10 +153,11 @@ _SHARED: contextvars.ContextVar = contextvars.ContextVar("xattr_shared_reference
 
 
 @contextlib.contextmanager
-def shared_reference(rows: int):
-    """Declares that calls of ``rows + 1`` rows hold ``rows`` inputs and one reference row shared
-    by all of them (DeepLift's NOTE: [Shared reference]); see `expand_shared`."""
-    token = _SHARED.set(rows)
+def shared_reference(rows: int, copies: int = 1):
+    """Declares that calls of ``rows + copies`` rows hold ``rows`` inputs (``copies`` copies of
+    a batch, copy-major) and one reference row per copy, shared by that copy's inputs
+    (DeepLift's NOTE: [Shared reference]); see `expand_shared`."""
+    token = _SHARED.set((rows, copies))
     try:
         yield
     finally:
@@ -164,13 +165,17 @@ def shared_reference(rows: int):
 
 
 def expand_shared(t: torch.Tensor) -> torch.Tensor:
-    """Inside `shared_reference(B)`: a (B + 1, ...) tensor as (2B, ...), its last row repeated for
-    each input row, so that per-example selections (a target per example) apply row by row.
-    Anything else is returned unchanged."""
-    rows = _SHARED.get()
-    if rows is None or not isinstance(t, torch.Tensor) or t.ndim == 0 or t.shape[0] != rows + 1:
+    """Inside `shared_reference`: a (rows + copies, ...) tensor as (2 rows, ...), each reference
+    row repeated for every input row of its copy, so that per-example selections (a target per
+    example) apply row by row. Anything else is returned unchanged."""
+    shared = _SHARED.get()
+    if shared is None or not isinstance(t, torch.Tensor) or t.ndim == 0 or t.shape[0] != shared[0] + shared[1]:
         return t
-    return torch.cat([t[:rows], t[rows:].expand((rows,) + tuple(t.shape[1:]))])
+    rows, copies = shared
+    refs = t[rows:]
+    if copies == 1:
+        return torch.cat([t[:rows], refs.expand((rows,) + tuple(t.shape[1:]))])
+    return torch.cat([t[:rows], refs.repeat_interleave(rows // copies, 0)])
 
 
 def tile_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
