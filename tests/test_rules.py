@@ -708,6 +708,109 @@ def test_hook_rules_equal_their_backward(rule, monkeypatch):
     assert not torch.equal(hooked[0], input_grad(f, X, 0))  # the rule changed something
 
 
+class _ModeCalls:
+    """Counts calls that ran under the rules' torch function mode (the others were graph walks)."""
+
+    def __init__(self, monkeypatch):
+        from xattr._src import rules as rules_module
+
+        self.calls = 0
+        real = rules_module._RulesMode.tracking
+
+        def tracking(mode):
+            self.calls += 1
+            return real(mode)
+
+        monkeypatch.setattr(rules_module._RulesMode, "tracking", tracking)
+
+
+def _by_mode(ruled):
+    """The same ruled function with the graph walk turned off (NOTE: [Rules as graph hooks])."""
+    import copy
+
+    from xattr._src.rules import Ruled
+
+    table = copy.copy(ruled.table)
+    table.by_node = {}
+    return Ruled(ruled.model, table, ruled.mapping)
+
+
+@pytest.mark.parametrize("rule", [Guided(), HalveGradient()], ids=["guided", "user rule"])
+def test_hook_rules_on_the_graph_equal_the_mode_without_running_it(rule, monkeypatch):
+    """NOTE: [Rules as graph hooks]: a kind-keyed hook rule is put on the autograd graph after a
+    plain call, with no torch function mode, for every ReLU spelling, reuse and a tuple output;
+    bit for bit what the mode gives."""
+    torch.manual_seed(5)
+    w = [torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)]
+    relu = nn.ReLU()
+
+    def f(x):
+        h = relu(x @ w[0].T)
+        h = torch.relu_(h @ w[1].T - 0.3)  # in place, not on a view
+        h = relu(F.relu(h) - 0.1)  # reused module and the functional
+        return h @ w[2].T, h.sum(1)
+
+    counted = _ModeCalls(monkeypatch)
+    ruled = xattr.rules(f, {F.relu: rule})
+    graph = [input_grad(lambda x: ruled(x)[0], X, k) for k in range(3)]
+    x = X.detach().clone().requires_grad_()
+    graph_second = torch.autograd.grad(ruled(x)[1].sum(), x)[0]
+    assert counted.calls == 0
+    forced = _by_mode(ruled)
+    for k in range(3):
+        assert torch.equal(graph[k], input_grad(lambda x: forced(x)[0], X, k)), k
+    assert torch.equal(graph_second, torch.autograd.grad(forced(x)[1].sum(), x)[0])
+    assert counted.calls == 4
+    assert not torch.equal(graph[0], input_grad(lambda x: f(x)[0], X, 0))  # the rule changed something
+
+
+def test_an_in_place_op_on_a_view_sends_the_call_to_the_mode(monkeypatch):
+    """A CopySlices node may hide a ReLU: the call runs again under the mode, with its gradients."""
+    counted = _ModeCalls(monkeypatch)
+    torch.manual_seed(6)
+    w = torch.randn(4, 5, dtype=torch.float64)
+
+    def f(x):
+        h = x @ w.T
+        h[:, :2].relu_()
+        return -h  # negative gradients at the ReLU: guided backprop stops them
+
+    ruled = xattr.rules(f, {F.relu: Guided()})
+    got = input_grad(ruled, X, 1)
+    assert counted.calls == 1
+    assert torch.equal(got, input_grad(_by_mode(ruled), X, 1))
+    assert torch.equal(got, torch.zeros_like(got)) and not torch.equal(got, input_grad(f, X, 1))
+
+
+def test_a_tensor_with_a_history_keeps_its_own_gradients(monkeypatch):
+    """The walk stops at nodes made before the call: a ReLU in an input's history is not ruled
+    (as under the mode), so a gradient through it is the ordinary one."""
+    counted = _ModeCalls(monkeypatch)
+    w = random_tensor((3, 5), seed=7).requires_grad_()
+    outside = F.relu(w * 2.0)  # made before the ruled call
+    ruled = xattr.rules(lambda z: -3.0 * z.sum(1) + F.relu(z * 0.0 + 1.0).sum(1), {F.relu: Guided()})
+    (got,) = torch.autograd.grad(ruled(outside).sum(), w)  # -3 reaches the outside ReLU
+    assert counted.calls == 0
+    (want,) = torch.autograd.grad(-3.0 * F.relu(w * 2.0).sum(), w)  # its ordinary gradient
+    assert torch.equal(got, want) and (want < 0).any()  # guided, the outside ReLU would give 0
+
+
+def test_rules_the_graph_cannot_carry_keep_the_mode(monkeypatch):
+    """Deconvolution (a rule of the incoming gradient, not the ReLU's own), DeepLift's rules, module
+    keys, and calls under torch.func or without grad run under the mode."""
+    counted = _ModeCalls(monkeypatch)
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2)).double().eval()
+    x = X.detach().clone().requires_grad_()
+    for mapping in ({F.relu: Deconv()}, xattr.rule.deep_lift_rules(), {nn.ReLU: Guided()}):
+        xattr.rules(model, mapping)(x)
+    assert counted.calls == 3
+    guided = xattr.rules(model, {F.relu: Guided()})
+    with torch.no_grad():
+        guided(x)
+    torch.func.vmap(lambda r: guided(r[None]))(x)
+    assert counted.calls == 5
+
+
 def _node_names(out: torch.Tensor) -> set:
     names, todo, seen = set(), [out.grad_fn], set()
     while todo:
