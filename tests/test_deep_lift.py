@@ -565,6 +565,7 @@ def test_deep_lift_with_the_where_spelling_equals_the_default_also_under_vmap(mo
     dl = xattr.deep_lift(xattr.target(model, 2))
     expected = dl(x, baselines=base)
     batched = torch.func.vmap(lambda x, b: dl(x[None], baselines=b[None])[0])(x, base)
+    shared = [dl(x, baselines=base[:1]), xattr.deep_lift_shap(xattr.target(model, 2), baselines=base)(x)]  # one reference row per copy
     plain, calls = deeplift_rules._rescaled, []
 
     def where_spelling(*args, **kwargs):
@@ -575,6 +576,8 @@ def test_deep_lift_with_the_where_spelling_equals_the_default_also_under_vmap(mo
     assert torch.equal(dl(x, baselines=base), expected)
     assert calls, "the where spelling must have run"
     assert torch.equal(torch.func.vmap(lambda x, b: dl(x[None], baselines=b[None])[0])(x, base), batched)
+    assert torch.equal(dl(x, baselines=base[:1]), shared[0])
+    assert torch.equal(xattr.deep_lift_shap(xattr.target(model, 2), baselines=base)(x), shared[1])
 
 
 # --------------------------------------------------------------------------- the max-pool rule, both halves
