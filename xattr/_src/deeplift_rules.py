@@ -355,8 +355,9 @@ def _at(t: torch.Tensor, indices: torch.Tensor, nd: int) -> torch.Tensor:
 
 
 def _delta(t: torch.Tensor) -> torch.Tensor:
-    """The input rows' differences from their references, on every row (any finite values on
-    the reference rows, which are not seeded)."""
+    """The input rows' differences from their references, on every row: paired halves share
+    them (each pair has one multiplier); shared reference rows, which are not seeded, take the
+    first copies' values (any finite value would do there)."""
     a, b = _halves(t)
     d = _flat(a - b, t)
     return torch.cat([d, d[: t.shape[0] - d.shape[0]]])
