@@ -311,13 +311,15 @@ def apply_rule(rule: Rule, op: ops.Op):
 # needs nothing from the forward: outside torch.func transforms `Ruled` then calls f as it is,
 # with no torch function mode, and walks the graph of its outputs afterwards, putting
 # ``input_grad`` on every such node, as `_hooked` would have during the call (guided backprop:
-# a plain forward, then about 25 Python steps on the CPU benchmark's CNN, 5% faster than the
-# mode, which dispatches every torch call of the model in Python). The walk descends only into
+# a plain forward, then about 25 Python steps on the CPU benchmark's CNN, 3-5% faster than the
+# mode, which dispatches every torch call of the model in Python). ``input_grad`` then receives
+# the kind's plain call (``torch.relu``, no options): the graph does not say how it was spelled,
+# nor whether in place. The walk descends only into
 # nodes made during the call (autograd numbers nodes in the order they are made, per thread), so
 # a tensor that arrives with a history keeps its own gradients, as under the mode. An in-place op
 # on a view hides its node inside a ``CopySlices`` node; when the walk meets one it cannot tell
 # what is inside, so the call is run again under the mode (its first graph is dropped).
-_GRAPH_NODES = {"relu": frozenset({"ReluBackward0", "ReluBackward1"})}
+_GRAPH_NODES = {"relu": (torch.relu, frozenset({"ReluBackward0", "ReluBackward1"}))}  # kind: (plain call, node names)
 _PROBE = torch.zeros((), requires_grad=True)
 
 
@@ -405,8 +407,9 @@ class _Table:
             if (kind not in _GRAPH_NODES or kind not in rule.kinds or type(rule).accepts is not Rule.accepts
                     or type(rule).input_grad is Rule.input_grad):  # fmt: skip
                 return {}
-            light = _without_tensors(ops.PARSERS[key](key, torch.zeros(1)))
-            by_node.update(dict.fromkeys(_GRAPH_NODES[kind], (rule, light)))
+            plain, names = _GRAPH_NODES[kind]
+            light = _without_tensors(ops.PARSERS[plain](plain, torch.zeros(1)))
+            by_node.update(dict.fromkeys(names, (rule, light)))
         return by_node
 
     def resolve(self, op: ops.Op, stack: list) -> Rule | None:
