@@ -714,6 +714,29 @@ def test_a_shared_reference_is_used_only_where_it_is_the_same_computation():
     assert_trees_close(got, xattr.deep_lift(f, baselines=0.5)(x), atol=1e-12, what="same values either way")
 
 
+def test_a_shared_reference_for_dict_inputs_and_an_unbatched_argument():
+    """Trees of inputs share their reference leaf by leaf (a number for all, or one row each), and
+    an extra argument without a batch (a per-feature scale) does not stop the sharing."""
+    w = random_tensor((3, 5), seed=9)
+    rows = []
+
+    def f(d, scale):
+        rows.append(d["a"].shape[0])
+        return F.elu(torch.cat([d["a"], d["b"]], 1) * scale @ w.T)
+
+    g = xattr.target(f, 2)
+    x = {"a": random_tensor((B, 3), seed=10), "b": random_tensor((B, 2), seed=11)}
+    scale = random_tensor((5,), seed=12)
+    one = {"a": random_tensor((1, 3), seed=13), "b": random_tensor((1, 2), seed=14)}
+    for reference in (0.5, one):
+        rows.clear()
+        got = xattr.deep_lift(g, baselines=reference)(x, scale)
+        full = {k: torch.broadcast_to(torch.as_tensor(reference if isinstance(reference, float) else reference[k], dtype=v.dtype), v.shape).clone() for k, v in x.items()}
+        want = xattr.deep_lift(g, baselines=full)(x, scale)
+        assert rows == [B + 1, 2 * B], rows
+        assert_trees_close(got, want, atol=1e-12, rtol=1e-10, what=f"dict inputs, reference {type(reference).__name__}")
+
+
 def test_shared_paired_rows_need_unseeded_references():
     with pytest.raises(ValueError, match="reference_grads=False"):
         with xattr.rule.paired_rows(4, shared=True):
