@@ -119,6 +119,45 @@ def test_train_mode_with_dropout_warns_and_mode_is_kept():
     assert model.training
 
 
+def _train_mode_warnings(fn) -> int:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn()
+    return sum("train mode" in str(w.message) for w in caught)
+
+
+def test_the_train_mode_check_sees_mode_changes_and_modules_added_later():
+    """NOTE: [The train-mode check]: the model's dropout/batch-norm modules are remembered between
+    calls, so a later .train()/.eval() is seen at once, and so is a module added afterwards (by
+    attribute, add_module, Sequential.append or assignment into a Sequential)."""
+    model = _mlp(dropout=False).eval()
+    sal = xattr.saliency(xattr.target(model, 0))
+    assert _train_mode_warnings(lambda: sal(X)) == 0
+    model.train()  # no dropout or batch-norm yet: train mode is fine
+    assert _train_mode_warnings(lambda: sal(X)) == 0
+    for add in (lambda m: setattr(m, "extra", nn.Dropout()), lambda m: m.add_module("extra", nn.BatchNorm1d(3)),
+                lambda m: m.append(nn.Dropout()), lambda m: m.__setitem__(0, nn.Sequential(m[0], nn.Dropout()))):
+        grown = _mlp(dropout=False).train()
+        g = xattr.saliency(xattr.target(grown, 0))
+        assert _train_mode_warnings(lambda: g(X)) == 0
+        add(grown)
+        assert _train_mode_warnings(lambda: g(X)) == 1
+        grown.eval()
+        assert _train_mode_warnings(lambda: g(X)) == 0
+        grown.train()
+        assert _train_mode_warnings(lambda: g(X)) == 1
+
+
+def test_the_train_mode_check_works_for_modules_that_are_not_dictionary_keys():
+    class Unhashable(nn.Sequential):
+        __hash__ = None
+
+    model = Unhashable(nn.Linear(4, 3), nn.Dropout()).train()
+    assert _train_mode_warnings(lambda: xattr.saliency(xattr.target(model, 0))(X)) == 1
+    model.eval()
+    assert _train_mode_warnings(lambda: xattr.saliency(xattr.target(model, 0))(X)) == 0
+
+
 def test_eval_mode_does_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
