@@ -64,6 +64,11 @@ class Rule:
     ``keep_inputs = True`` to receive the op's inputs in ``saved.inputs`` (``keep_output = True``:
     its output in ``saved.output``).
 
+    A rule in a DeepLift mapping that never reads an example's row beside its reference's (it
+    pairs no rows) may set ``shares_reference = True``: DeepLift may then run one reference row
+    for the batch (NOTE: [Shared reference]); without it, the 2B paired rows. (The built-in
+    `Rescale` pairs rows through helpers that know both layouts.)
+
     A rule for an elementwise kind whose gradient is a function of the op's ordinary one
     (guided backprop: ``max(dx, 0)`` of the ReLU's own ``dx``) may also override
     ``input_grad(op, grad)``: outside torch.func transforms the op then runs untouched and
@@ -74,9 +79,7 @@ class Rule:
     kinds: frozenset = frozenset()
     keep_inputs: bool = False
     keep_output: bool = False
-    # True: works when DeepLift runs one reference row shared by the batch (NOTE: [Shared
-    # reference]): the rule pairs no rows, or pairs them through deeplift_rules' helpers
-    shares_reference: bool = False
+    shares_reference: bool = False  # see above and NOTE: [Shared reference]
 
     def accepts(self, op: ops.Op) -> bool:
         return op.kind in self.kinds
