@@ -127,9 +127,9 @@ def _train_mode_warnings(fn) -> int:
 
 
 def test_the_train_mode_check_sees_mode_changes_and_modules_added_later():
-    """NOTE: [The train-mode check]: the model's dropout/batch-norm modules are remembered between
-    calls, so a later .train()/.eval() is seen at once, and so is a module added afterwards (by
-    attribute, add_module, Sequential.append or assignment into a Sequential)."""
+    """The check runs on every call: a later .train()/.eval() is seen at once, and so is a dropout
+    or batch-norm module added afterwards (by attribute, add_module, Sequential.append or
+    assignment into a Sequential) to a function already built."""
     model = _mlp(dropout=False).eval()
     sal = xattr.saliency(xattr.target(model, 0))
     assert _train_mode_warnings(lambda: sal(X)) == 0
