@@ -42,7 +42,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from . import ops
-from . import tree as T
+from .graph_hooks import GRAPH_NODES, hook_graph, input_grad_hook, node_number
 from .checks import _modules
 
 
@@ -264,8 +264,7 @@ def _hooked(rule: Rule, op: ops.Op, out):
     """``out`` with ``rule.input_grad`` on its autograd node (NOTE: [Rules as backward hooks])."""
     node = out.grad_fn if isinstance(out, torch.Tensor) else None
     if node is not None:
-        light = _without_tensors(op)  # the hook must not hold the inputs
-        node.register_hook(lambda grad_inputs, grad_outputs: (rule.input_grad(light, grad_inputs[0]),) + grad_inputs[1:])
+        node.register_hook(input_grad_hook(rule, _without_tensors(op)))  # the hook must not hold the inputs
     return out
 
 
@@ -306,53 +305,6 @@ def apply_rule(rule: Rule, op: ops.Op):
                 indices = pool(op.tensors[0], **{k: op.options[k] for k in keys})[1]
             return out, indices
     return out
-
-
-# NOTE: [Rules as graph hooks]
-# A mapping whose every rule is a hook rule for op kinds that leave one recognisable node in the
-# autograd graph (ReLU: ``ReluBackward0``, whichever spelling called it), keyed by kind alone,
-# needs nothing from the forward: outside torch.func transforms `Ruled` then calls f as it is,
-# with no torch function mode, and walks the graph of its outputs afterwards, putting
-# ``input_grad`` on every such node, as `_hooked` would have during the call (guided backprop:
-# a plain forward, then about 25 Python steps on the CPU benchmark's CNN, 3-5% faster than the
-# mode, which dispatches every torch call of the model in Python). ``input_grad`` then receives
-# the kind's plain call (``torch.relu``, no options): the graph does not say how it was spelled,
-# nor whether in place. The walk descends only into
-# nodes made during the call (autograd numbers nodes in the order they are made, per thread), so
-# a tensor that arrives with a history keeps its own gradients, as under the mode. An in-place op
-# on a view hides its node inside a ``CopySlices`` node; when the walk meets one it cannot tell
-# what is inside, so the call is run again under the mode (its first graph is dropped).
-_GRAPH_NODES = {"relu": (torch.relu, frozenset({"ReluBackward0", "ReluBackward1"}))}  # kind: (plain call, node names)
-_PROBE = torch.zeros((), requires_grad=True)
-
-
-def _node_number() -> int:
-    """The number autograd gives the next node made in this thread (a probe node's, plus one)."""
-    return _PROBE.view(()).grad_fn._sequence_nr() + 1
-
-
-def _hook_graph(out, by_node: dict, first: int) -> bool:
-    """Puts each rule's ``input_grad`` on the nodes of its kind in the graph of ``out`` made since
-    node number ``first`` (NOTE: [Rules as graph hooks]); False where a CopySlices node may hide
-    one."""
-    leaves = (out,) if isinstance(out, torch.Tensor) else T.leaves(out)
-    todo = [t.grad_fn for t in leaves if isinstance(t, torch.Tensor) and t.grad_fn is not None]
-    todo = [node for node in todo if node._sequence_nr() >= first]
-    seen = set()
-    while todo:
-        node = todo.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        name = type(node).__name__
-        if name == "CopySlices":
-            return False
-        ruled = by_node.get(name)
-        if ruled is not None:
-            rule, light = ruled
-            node.register_hook(lambda grad_inputs, grad_outputs, rule=rule, light=light: (rule.input_grad(light, grad_inputs[0]),) + grad_inputs[1:])
-        todo.extend(n for n, _ in node.next_functions if n is not None and n._sequence_nr() >= first)
-    return True
 
 
 class _Table:
@@ -407,10 +359,10 @@ class _Table:
             return {}
         by_node = {}
         for kind, (key, rule) in self.by_kind.items():
-            if (kind not in _GRAPH_NODES or kind not in rule.kinds or type(rule).accepts is not Rule.accepts
+            if (kind not in GRAPH_NODES or kind not in rule.kinds or type(rule).accepts is not Rule.accepts
                     or type(rule).input_grad is Rule.input_grad):  # fmt: skip
                 return {}
-            plain, names = _GRAPH_NODES[kind]
+            plain, names = GRAPH_NODES[kind]
             light = _without_tensors(ops.PARSERS[plain](plain, torch.zeros(1)))
             by_node.update(dict.fromkeys(names, (rule, light)))
         return by_node
@@ -490,9 +442,9 @@ class Ruled:
 
     def __call__(self, *args, **kwargs):
         if self.table.by_node and torch.is_grad_enabled() and torch._C._functorch.maybe_current_level() is None:
-            first = _node_number()
+            first = node_number()
             out = self.model(*args, **kwargs)
-            if _hook_graph(out, self.table.by_node, first):  # NOTE: [Rules as graph hooks]
+            if hook_graph(out, self.table.by_node, first):  # NOTE: [Rules as graph hooks]
                 return out
         mode = _RulesMode(self.table)
         with mode, mode.tracking():
