@@ -89,7 +89,7 @@ def derivative(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(module, nn.ReLU):
         return (x > 0).double()
     if isinstance(module, nn.LeakyReLU):
-        return torch.where(x > 0, 1.0, module.negative_slope).double()
+        return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, module.negative_slope))  # two Python scalars would give float32
     if isinstance(module, nn.ELU):
         return torch.where(x > 0, torch.ones_like(x), module.alpha * torch.exp(x))
     if isinstance(module, nn.Sigmoid):
