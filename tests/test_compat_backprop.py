@@ -307,6 +307,24 @@ def test_reused_relu_module():
     assert delta.abs().max() < EXACT and attr.abs().min() > 0
 
 
+def test_captums_zeros_like_baseline_runs_one_shared_reference_row():
+    """``DeepLift(model).attribute(x, baselines=torch.zeros_like(x))``, Captum's usual spelling, runs
+    the examples and one shared reference row (NOTE: [Shared reference]), with the numbers and
+    deltas of the baseline given as the number 0 (test_same_numbers_as_captum holds those to
+    Captum's)."""
+    model = MODELS["relu"]
+    rows = []
+    handle = model.register_forward_pre_hook(lambda m, inp: rows.append(inp[0].shape[0]))
+    try:
+        attr, delta = X.DeepLift(model).attribute(G.X, torch.zeros_like(G.X), target=1, return_convergence_delta=True)
+    finally:
+        handle.remove()
+    assert rows == [G.X.shape[0] + 1]
+    want, want_delta = X.DeepLift(model).attribute(G.X, 0.0, target=1, return_convergence_delta=True)
+    assert torch.allclose(attr, want, rtol=1e-12, atol=1e-14) and torch.allclose(delta, want_delta, rtol=1e-12, atol=1e-14)
+    assert delta.abs().max() < EXACT
+
+
 # ----------------------------------------------------------------------------- Captum's conventions
 
 

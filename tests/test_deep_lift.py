@@ -340,6 +340,9 @@ class _Halves(xattr.rule.Rescale):
     shares_reference = False  # as a rule of the user's that reads paired rows as two halves
 
 
+PAIRED = {torch.tanh: _Halves()}  # a rule that cannot share: DeepLift keeps its 2B paired rows
+
+
 @pytest.mark.parametrize("chunk_size", [1, 2 * B, 2 * B + 1, 4 * B, 6 * B, 100])
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "paired"])
 def test_deep_lift_shap_chunks_hold_whole_copies(chunk_size, shared):
@@ -678,12 +681,11 @@ def test_a_shared_reference_runs_one_row_for_the_batch_and_equals_paired_rows(ca
     }[which]
     rows = []
     f = xattr.target(_rows_of(model, rows), target)
-    per_example = torch.full_like(x, reference) if isinstance(reference, float) else reference.expand_as(x).clone()
     for multiply in (True, False):
         rows.clear()
         got, delta = xattr.deep_lift(f, baselines=reference, multiply_by_inputs=multiply, return_delta=True)(x)
         assert rows == [b + 1], rows
-        want, want_delta = xattr.deep_lift(f, baselines=per_example, multiply_by_inputs=multiply, return_delta=True)(x)
+        want, want_delta = xattr.deep_lift(f, baselines=reference, multiply_by_inputs=multiply, return_delta=True, mapping=PAIRED)(x)
         assert rows == [b + 1, 2 * b], rows
         assert_trees_close(got, want, atol=1e-12, rtol=1e-10, what=f"shared vs paired rows ({which})")
         assert_trees_close(delta, want_delta, atol=1e-12, rtol=1e-10, what=f"deltas ({which})")
@@ -731,10 +733,31 @@ def test_a_shared_reference_for_dict_inputs_and_an_unbatched_argument():
     for reference in (0.5, one):
         rows.clear()
         got = xattr.deep_lift(g, baselines=reference)(x, scale)
-        full = {k: torch.broadcast_to(torch.as_tensor(reference if isinstance(reference, float) else reference[k], dtype=v.dtype), v.shape).clone() for k, v in x.items()}
-        want = xattr.deep_lift(g, baselines=full)(x, scale)
+        want = xattr.deep_lift(g, baselines=reference, mapping=PAIRED)(x, scale)
         assert rows == [B + 1, 2 * B], rows
         assert_trees_close(got, want, atol=1e-12, rtol=1e-10, what=f"dict inputs, reference {type(reference).__name__}")
+
+
+def test_a_batch_of_equal_reference_rows_is_shared_too():
+    """Captum's spelling ``baselines=torch.zeros_like(x)``: a (B, ...) reference whose rows are all
+    equal runs as one shared row (one comparison finds it), with the same attributions; rows that
+    differ in one element keep the 2B rows; under vmap no value is compared."""
+    model, x, base = cnn_case()
+    rows = []
+    f = xattr.target(_rows_of(model, rows), 1)
+    equal = base[:1].expand_as(x).clone()  # its own storage, one row repeated
+    got = xattr.deep_lift(f, baselines=equal)(x)
+    assert rows == [B + 1]
+    assert_trees_close(got, xattr.deep_lift(f, baselines=equal, mapping=PAIRED)(x), atol=1e-12, rtol=1e-10, what="equal rows")
+    almost = equal.clone()
+    almost[-1, 0, 0, 0] += 1e-9
+    rows.clear()
+    xattr.deep_lift(f, baselines=almost)(x)
+    assert rows == [2 * B]
+    groups = torch.stack([x, x.flip(0)])
+    batched = torch.func.vmap(lambda g: xattr.deep_lift(xattr.target(model, 1), baselines=torch.zeros_like(g))(g))(groups)
+    loop = torch.stack([xattr.deep_lift(xattr.target(model, 1), baselines=torch.zeros_like(g))(g) for g in groups])
+    assert_trees_close(batched, loop, atol=1e-12, what="vmap with a full zero reference")
 
 
 def test_shared_paired_rows_need_unseeded_references():
@@ -787,7 +810,7 @@ def test_layer_deep_lift_with_a_shared_reference_equals_paired_rows(target):
         for reference in (0.25, base[:1]):
             rows.clear()
             got, delta = xattr.layer_deep_lift(split, baselines=reference, return_delta=True)(x)
-            want, want_delta = xattr.layer_deep_lift(split, baselines=torch.broadcast_to(torch.as_tensor(reference, dtype=x.dtype), x.shape).clone(), return_delta=True)(x)
+            want, want_delta = xattr.layer_deep_lift(split, baselines=reference, return_delta=True, mapping=PAIRED)(x)
             assert rows == [B + 1, 2 * B], rows
             assert_trees_close(got, want, atol=1e-12, rtol=1e-10, what=f"layer {layer}")
             assert_trees_close(delta, want_delta, atol=1e-12, rtol=1e-10, what=f"layer {layer} deltas")
@@ -812,7 +835,7 @@ def test_deep_lift_shap_with_shared_rows_per_copy_equals_paired_rows(which, targ
     t = torch.arange(B) % n if target == "per example" else xattr.outputs(list(range(n)))
     rows = []
     f = xattr.target(_rows_of(model, rows), t)
-    paired = {torch.tanh: _Halves()}  # a rule that cannot share (for an op these models lack)
+    paired = PAIRED
     got, delta = xattr.deep_lift_shap(f, baselines=dist, return_delta=True)(x)
     want, want_delta = xattr.deep_lift_shap(f, baselines=dist, return_delta=True, mapping=paired)(x)
     assert rows == [4 * B + 4, 8 * B], rows

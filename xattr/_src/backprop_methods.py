@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from . import tree as T
-from .checks import baselines_tuple, warn_if_training
+from .checks import baselines_tuple, is_traced, warn_if_training
 from .deeplift_rules import Deconv, Guided, Rescale, paired_rows
 from .gradients import attribution_fn, is_multi_output, vjp_rows
 from .layer_methods import grad_cam, upsample
@@ -163,9 +163,13 @@ def _can_share(mapping: Mapping, args: tuple, nums: tuple) -> bool:
 
 
 def _shares_reference(mapping: Mapping, args: tuple, nums: tuple, base) -> bool:
-    """`_can_share`, and every baseline one row broadcast over the batch (a number, or a tensor
-    without a batch of its own)."""
-    return all(b.ndim > 0 and b.stride(0) == 0 for b in T.leaves(base)) and _can_share(mapping, args, nums)
+    """`_can_share`, and every baseline one row for the whole batch: a number, a tensor without a
+    batch of its own, or a batch of equal rows (Captum's ``baselines=torch.zeros_like(x)``; one
+    comparison, outside torch.func transforms, where a value cannot steer the computation)."""
+    leaves = T.leaves(base)
+    if any(b.ndim == 0 for b in leaves) or not _can_share(mapping, args, nums):
+        return False
+    return all(b.stride(0) == 0 or (not is_traced(b) and torch.equal(b, b[:1].expand_as(b))) for b in leaves)
 
 
 def _first_half(rows: int, device) -> torch.Tensor:

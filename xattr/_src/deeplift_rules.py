@@ -11,8 +11,8 @@ batch, so it keeps its ordinary derivative, and so does every op outside a `pair
 that half's own cotangent; ``deep_lift`` seeds the input half only.
 
 NOTE: [Shared reference]
-When every example has the same reference (a number, or one row broadcast over the batch, the
-common case), the B reference rows are B copies of one computation. ``deep_lift`` then runs
+When every example has the same reference (a number, one row broadcast over the batch, or a
+batch of equal rows: the common cases), the B reference rows are B copies of one computation. ``deep_lift`` then runs
 ``[x_1..x_B, r]``: B + 1 rows instead of 2B, so the forward and the backward do a little over
 half of Captum's work (``paired_rows(B + 1, shared=1)``). The rules pair every input row with
 the last row by broadcasting, and give that row a zero gradient (only the input rows are
