@@ -165,7 +165,8 @@ def _can_share(mapping: Mapping, args: tuple, nums: tuple) -> bool:
 def _shares_reference(mapping: Mapping, args: tuple, nums: tuple, base) -> bool:
     """`_can_share`, and every baseline one row for the whole batch: a number, a tensor without a
     batch of its own, or a batch of equal rows (Captum's ``baselines=torch.zeros_like(x)``; one
-    comparison, outside torch.func transforms, where a value cannot steer the computation)."""
+    comparison, which on a GPU waits for the device, and only outside torch.func transforms,
+    where a value cannot steer the computation)."""
     leaves = T.leaves(base)
     if any(b.ndim == 0 for b in leaves) or not _can_share(mapping, args, nums):
         return False
