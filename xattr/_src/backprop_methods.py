@@ -122,7 +122,7 @@ def _multipliers(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: i
         if shared:
             bs = T.tree_map(lambda b: b[s * batch : e * batch : batch], base_rows)  # copy k's row
             call = T.split_args(args, nums)[1](T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), xs, bs))
-            with paired_rows(rows + c, reference_grads=False, shared=c), T.shared_reference(rows, c):
+            with paired_rows(rows + c, reference_grads=False, shared=c):
                 out, g = vjp_rows(_ExpandShared(ruled), call, nums, weights=_first_half(rows, device), method="deep_lift")
         else:
             bs = T.tree_map(lambda b: b[s * batch : e * batch], base_rows)
@@ -331,13 +331,9 @@ def _layer_pairs(split: Split, args: tuple, nums: tuple, base_rows, copies: int,
     if shared:
         bs = T.tree_map(lambda b: b[::batch], base_rows)  # copy k's row
         both = T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), T.fold(selected, copies), bs)
-        with paired_rows(rows + copies, reference_grads=False, shared=copies), T.shared_reference(rows, copies):
+        with paired_rows(rows + copies, reference_grads=False, shared=copies):
             h, out, g = layer_vjp_rows(split, T.split_args(args, nums)[1](both), weights=_first_half(rows, out_device(selected)))
-        def ref(t):  # each copy's reference row, once per example of the copy
-            one = t[rows:]
-            return one.expand((rows,) + tuple(one.shape[1:])) if copies == 1 else one.repeat_interleave(batch, 0)
-
-        head = lambda t: t[:rows]  # noqa: E731
+        head, ref = (lambda t: t[:rows]), (lambda t: T.repeat_references(t[rows:], rows, copies))  # noqa: E731
         return T.tree_map(head, h), T.tree_map(ref, h), T.tree_map(head, g), out[:rows], out[rows:]
     both = T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), T.fold(selected, copies), base_rows)
     call = tuple(a if i in nums else T.fold(a, 2 * copies, batch) for i, a in enumerate(args))

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch.func import jvp
 
 from . import ops
+from . import tree as T
 from .rules import Rule, Saved, pullback
 
 _ROWS: contextvars.ContextVar = contextvars.ContextVar("xattr_paired_rows", default=(None, True, 0))
@@ -49,7 +50,8 @@ def paired_rows(rows: int, *, reference_grads: bool = True, shared: int = 0):
     rules may then skip the reference half's multipliers and give it zero gradients.
     ``shared=c`` (``True`` is 1): the rows are ``rows - c`` inputs, c copies of a batch one after
     the other, then c reference rows, one shared by each copy (NOTE: [Shared reference]); it
-    needs ``reference_grads=False``.
+    needs ``reference_grads=False``, and it also declares the layout to per-example output
+    selections (`tree.shared_reference`).
     """
     shared = int(shared)
     if shared and reference_grads:
@@ -58,7 +60,11 @@ def paired_rows(rows: int, *, reference_grads: bool = True, shared: int = 0):
         raise ValueError(f"paired_rows: {rows - shared} input rows do not split into {shared} copies of a batch")
     token = _ROWS.set((rows, reference_grads, shared))
     try:
-        yield
+        if shared:
+            with T.shared_reference(rows - shared, shared):
+                yield
+        else:
+            yield
     finally:
         _ROWS.reset(token)
 
@@ -335,8 +341,7 @@ class Rescale(Rule):
         i1, i2 = _split(indices, n)
         g1, g2 = _split(grad, n)
         if i2.shape[0] != n:  # c shared reference rows, each for a block of n / c input rows
-            c = i2.shape[0]
-            i2 = i2.unsqueeze(1).expand((c, n // c) + tuple(i2.shape[1:])).reshape(i1.shape)
+            i2 = T.repeat_references(i2, n, i2.shape[0])
         half = (n,) + tuple(shape[1:])
         out = grad.new_zeros(shape)
         first, second = out[:n], out[n:]  # slices: in-place writes into chunk() views are refused under grad mode

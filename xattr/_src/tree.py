@@ -172,10 +172,15 @@ def expand_shared(t: torch.Tensor) -> torch.Tensor:
     if shared is None or not isinstance(t, torch.Tensor) or t.ndim == 0 or t.shape[0] != shared[0] + shared[1]:
         return t
     rows, copies = shared
-    refs = t[rows:]
+    return torch.cat([t[:rows], repeat_references(t[rows:], rows, copies)])
+
+
+def repeat_references(refs: torch.Tensor, rows: int, copies: int) -> torch.Tensor:
+    """``copies`` reference rows, one per copy, repeated for each of their copy's input rows:
+    (rows, ...) in copy-major order (an expanded view for one copy)."""
     if copies == 1:
-        return torch.cat([t[:rows], refs.expand((rows,) + tuple(t.shape[1:]))])
-    return torch.cat([t[:rows], refs.repeat_interleave(rows // copies, 0)])
+        return refs.expand((rows,) + tuple(refs.shape[1:]))
+    return refs.repeat_interleave(rows // copies, 0)
 
 
 def tile_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
