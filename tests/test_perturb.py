@@ -388,7 +388,7 @@ def test_both_spellings_of_the_copies_are_exact(monkeypatch):
     copies=st.integers(1, 5),
     batch=st.integers(1, 4),
     width=st.integers(1, 6),
-    kind=st.sampled_from(["float64", "float32", "int64", "bool"]),
+    kind=st.sampled_from(["float64", "float32", "float16", "bfloat16", "int64", "bool"]),
     base_rows=st.sampled_from([0, 1, "batch"]),  # a number, one shared row, or one per example
     keep_rows=st.sampled_from([1, "batch"]),
     keep_dtype=st.sampled_from(["bool", "float"]),
@@ -402,6 +402,8 @@ def test_a_prepared_copier_makes_perturbs_copies_bit_for_bit(copies, batch, widt
     dtype = getattr(torch, kind)
     x = (torch.randn((batch, width), generator=g) * 3).to(dtype)
     x[0, 0] = -0.0 if dtype.is_floating_point else x[0, 0]
+    if dtype.is_floating_point and where_elements:  # torch.where's copies keep every value as it is
+        x[-1, -1], x[0, -1] = math.inf, math.nan
     b = (torch.randn((batch if base_rows == "batch" else max(base_rows, 1), width), generator=g) * 3).to(dtype)
     b = b if base_rows != 0 else b[:1, :1]
     keep = torch.rand((copies, batch if keep_rows == "batch" else 1, width), generator=g) < 0.5
@@ -415,10 +417,10 @@ def test_a_prepared_copier_makes_perturbs_copies_bit_for_bit(copies, batch, widt
         got, again = make(x[None]), make((x * 2)[None])
     finally:
         engine.WHERE_ELEMENTS = old
+    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
     for mine, theirs in ((got, want), (again, want_again)):
-        assert mine.shape == theirs.shape and torch.equal(mine, theirs)
-        if dtype.is_floating_point:
-            assert torch.equal(mine.signbit(), theirs.signbit())  # signed zeros as perturb makes them
+        assert mine.shape == theirs.shape and mine.dtype == theirs.dtype
+        assert torch.equal(mine.view(bits), theirs.view(bits))  # bit for bit: signed zeros, NaN and infinities as perturb makes them
     assert nbytes >= keep.numel() * (keep.dtype == torch.bool)  # it holds at least its mask
 
 
