@@ -177,9 +177,13 @@ def _rescaled(op: ops.Op, x, y, eps: float, *, where: bool | None = None, rows: 
         out, tail = buffer.split_with_sizes([n, rows - n])  # one call, two views
         out = out.view(dx.shape)
         tail.zero_()
-    if eager and dx.numel() and not dx.abs().min().item() < eps:  # one reduction decides: no tie
-        m = torch.div(y1 - y2, dx, out=out)
-        return _flat(m, x) if out is None else buffer
+    if eager and dx.numel():
+        # |dx|, then dy and the ratio, in one buffer (the multipliers' own when padded): on CPU a
+        # fresh tensor of an early layer's size can cost more to fault in than its kernel
+        scratch = torch.abs(dx, out=out) if out is not None else dx.abs()
+        if not scratch.min().item() < eps:  # one reduction decides: no tie
+            m = torch.sub(y1, y2, out=scratch).div_(dx)
+            return _flat(m, x) if out is None else buffer
     near = below(dx, eps)
     ratio = (y1 - y2).div_(dx.add_(near))  # never 0/0: dx + near != 0 where near = 0 or 1
     # lerp picks exactly at weights 0 and 1 (start + 0 * d below 1/2, end - d * 0 above): one
