@@ -234,9 +234,11 @@ def test_large_keep_masks_are_not_kept(monkeypatch):
         fa(x), fa(x)
         return made[-1]
 
-    # x and 6 copies: a small torch.where on CPU keeps its bool mask at full size, every example
-    assert twice(xattr.feature_ablation(xattr.target(model, 0))).nbytes == 7 * B * 6
-    monkeypatch.setattr(prepared_module, "MAX_KEEP_BYTES", 7 * B * 6 - 1)
+    # x and 6 copies: small copies on CPU (an integer addcmul on the float64 bits) keep the 0/1
+    # mask and the baseline's bits as int64 at full size, every example
+    full = 2 * 7 * B * 6 * 8
+    assert twice(xattr.feature_ablation(xattr.target(model, 0))).nbytes == full
+    monkeypatch.setattr(prepared_module, "MAX_KEEP_BYTES", full - 1)
     assert twice(xattr.feature_ablation(xattr.target(model, 0))) is None
     per_example = torch.arange(6).repeat(B, 1)  # (B, 6): the keep masks hold every example
     monkeypatch.setattr(prepared_module, "MAX_KEEP_BYTES", 7 * 6)
