@@ -203,7 +203,31 @@ def gpu_section(path: str) -> list[str]:
     body = lines[start + 1:end]
     while body and not body[-1].strip():
         body.pop()
-    return [lines[start], "", f"From a separate run on a GPU machine: {lines[written][len('Written by '):]}", ""] + machine + body
+    return [lines[start], "", f"From a separate run on a GPU machine: {lines[written][len('Written by '):]}", ""] + machine + _age(machine) + body
+
+
+def _age(machine: list[str]) -> list[str]:
+    """A machine line saying how many commits (and how many changing xattr/) came after the commit
+    a stored GPU run names, so that a reader knows the GPU figures predate them; none if unknown."""
+    import re  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    sha = next((m.group(1) for line in machine if line.startswith("- xattr:") for m in [re.search(r"git ([0-9a-f]{7,40})", line)] if m), None)
+    if sha is None:
+        return []
+    counts = []
+    for extra in ([], ["--", "xattr"]):
+        try:
+            out = subprocess.run(["git", "rev-list", "--count", f"{sha}..HEAD", *extra], capture_output=True, text=True, timeout=10,
+                                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return []
+        if out.returncode != 0 or not out.stdout.strip().isdigit():
+            return []
+        counts.append(int(out.stdout))
+    if counts[0] == 0:
+        return []
+    return [f"- age: {counts[0]} commits since {sha}, {counts[1]} of them changing xattr/: these GPU figures predate them"]
 
 
 def main(argv=None) -> int:

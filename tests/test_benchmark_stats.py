@@ -1,6 +1,7 @@
 """The benchmark runner's statistics: the bootstrap interval of a ratio of medians and the verdict
 that uses it (benchmarks/timing.py, benchmarks/run.py)."""
 
+import pathlib
 import random
 import statistics
 
@@ -80,3 +81,38 @@ def test_verdict_reports_misses_with_interval_and_flags_borderline_passes():
     assert judge("ablation-tabular", 1.5, 17.5, True, speedup_ci=(16.0, 19.0)).startswith(
         "no: Captum/xattr 17.500 < 20.0 (95% interval 16.00-19.00)")
     assert judge("gradient", 1.0, 1.2, False) == "no: attributions disagree"
+
+
+def _git(*args):
+    import subprocess
+
+    out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=pathlib.Path(__file__).resolve().parents[1])
+    if out.returncode != 0:
+        pytest.skip("not a git checkout")
+    return out.stdout.strip()
+
+
+def _gpu_file(tmp_path, sha):
+    text = "\n".join([
+        "# xattr benchmark results", "", "Written by `python -m benchmarks.run --device cuda` in 1 s.", "",
+        "- date: today", f"- xattr: 0.1.0, git {sha}", "", "## GPU: a model", "", "| a | b |", "|---|---|", "| 1 | 2 |", "",
+        "Floors: ...",
+    ])
+    path = tmp_path / "gpu.md"
+    path.write_text(text)
+    return str(path)
+
+
+def test_gpu_section_says_how_many_commits_it_predates(tmp_path):
+    from benchmarks.run import gpu_section
+
+    head = _git("rev-parse", "HEAD")
+    first = _git("rev-list", "--max-parents=0", "HEAD").splitlines()[0]
+    behind = int(_git("rev-list", "--count", f"{first}..HEAD"))
+    touching = int(_git("rev-list", "--count", f"{first}..HEAD", "--", "xattr"))
+    current = gpu_section(_gpu_file(tmp_path, head[:7]))
+    assert not any(line.startswith("- age:") for line in current)  # a run at HEAD is not stale
+    assert current[-3:] == ["| a | b |", "|---|---|", "| 1 | 2 |"]
+    old = gpu_section(_gpu_file(tmp_path, first[:7]))
+    age = [line for line in old if line.startswith("- age:")]
+    assert age == [f"- age: {behind} commits since {first[:7]}, {touching} of them changing xattr/: these GPU figures predate them"]
