@@ -157,7 +157,7 @@ def run_suite(model_name: str, device: str, args) -> tuple[list[list[str]], list
         tc = med["captum"] if has_captum else float("nan")
         speedup = tc / tx if has_captum else float("inf")  # Captum fails: "never slower than Captum" holds
         xf_ci = timing.ratio_interval(times["xattr"], times[f"floor: {floor_name}"])
-        cx_ci = timing.ratio_interval(times["captum"], times["xattr"]) if has_captum else None
+        cx_ci = timing.ratio_interval(times["captum"], times["xattr"], paired=interleaved) if has_captum else None
         verdict = judge(w.family, tx / tf, speedup, agreed, device, x_floor_ci=xf_ci, speedup_ci=cx_ci)
         c_cells = [f"{1e3 * tc:.1f}", f"{tc / tf:.2f}", f"{speedup:.2f}"] if has_captum else ["fails", "-", "-"]
         rows.append([w.name, f"{1e3 * tx:.1f}", c_cells[0], f"{1e3 * tf:.1f}", f"{tx / tf:.2f}",
@@ -210,22 +210,10 @@ def _age(machine: list[str]) -> list[str]:
     """A machine line saying how many commits (and how many changing xattr/) came after the commit
     a stored GPU run names, so that a reader knows the GPU figures predate them; none if unknown."""
     import re  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
 
     sha = next((m.group(1) for line in machine if line.startswith("- xattr:") for m in [re.search(r"git ([0-9a-f]{7,40})", line)] if m), None)
-    if sha is None:
-        return []
-    counts = []
-    for extra in ([], ["--", "xattr"]):
-        try:
-            out = subprocess.run(["git", "rev-list", "--count", f"{sha}..HEAD", *extra], capture_output=True, text=True, timeout=10,
-                                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # fmt: skip
-        except (OSError, subprocess.SubprocessError):
-            return []
-        if out.returncode != 0 or not out.stdout.strip().isdigit():
-            return []
-        counts.append(int(out.stdout))
-    if counts[0] == 0:
+    counts = None if sha is None else timing.commits_since(sha)
+    if not counts or counts[0] == 0:
         return []
     return [f"- age: {counts[0]} commits since {sha}, {counts[1]} of them changing xattr/: these GPU figures predate them"]
 

@@ -132,23 +132,25 @@ def spread(values: list[float]) -> float:
     return (q[2] - q[0]) / statistics.median(values)
 
 
-def ratio_interval(num: list[float], den: list[float], *, level: float = 0.95, draws: int = 2000,
-                   seed: int = 0) -> tuple[float, float]:
+def ratio_interval(num: list[float], den: list[float], *, paired: bool = True, level: float = 0.95,
+                   draws: int = 2000, seed: int = 0) -> tuple[float, float]:
     """A bootstrap interval for ``median(num) / median(den)``: the central ``level`` of that ratio
     over ``draws`` resamplings of the rounds (percentile bootstrap, a fixed seed).
 
-    Lists of equal length are taken as paired rounds (interleaved timing: round i of both ran
-    back to back) and resampled together, so a slow stretch of the machine moves both medians;
-    otherwise (Captum timed in rounds of its own) each list is resampled by itself.
+    ``paired``: round i of both lists ran back to back (interleaved timing), so the rounds are
+    resampled together and a slow stretch of the machine moves both medians; otherwise (Captum
+    timed in rounds of its own) each list is resampled by itself.
     """
     import numpy as np  # noqa: PLC0415
 
     a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    if paired and a.size != b.size:
+        raise ValueError(f"paired rounds need lists of one length, got {a.size} and {b.size}")
     if a.size < 2 or b.size < 2:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     ia = rng.integers(0, a.size, (draws, a.size))
-    ib = ia if a.size == b.size else rng.integers(0, b.size, (draws, b.size))
+    ib = ia if paired else rng.integers(0, b.size, (draws, b.size))
     ratios = np.median(a[ia], axis=1) / np.median(b[ib], axis=1)
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(ratios, [tail, 100 - tail])
@@ -166,16 +168,29 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git_sha() -> str:
+def git(*args: str) -> str | None:
+    """The stripped output of ``git ARGS`` in the repository, or None where git fails."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "xattr"], cwd=root, capture_output=True, text=True, timeout=10)
-        if sha.returncode != 0:
-            return "unknown"
-        return sha.stdout.strip() + (" (xattr/ has uncommitted changes)" if dirty.stdout.strip() else "")
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _git_sha() -> str:
+    sha = git("rev-parse", "--short", "HEAD")
+    if sha is None:
         return "unknown"
+    return sha + (" (xattr/ has uncommitted changes)" if git("status", "--porcelain", "--", "xattr") else "")
+
+
+def commits_since(sha: str) -> tuple[int, int] | None:
+    """(commits after ``sha`` up to HEAD, how many of them change xattr/), or None if unknown."""
+    counts = [git("rev-list", "--count", f"{sha}..HEAD", *extra) for extra in ((), ("--", "xattr"))]
+    if not all(c and c.isdigit() for c in counts):
+        return None
+    return int(counts[0]), int(counts[1])
 
 
 def _load() -> str:

@@ -55,8 +55,11 @@ def test_interval_matches_a_slow_bootstrap():
 def test_pairing_removes_the_shared_drift():
     num, den = _rounds(101, 1.1, 0.01, seed=5)
     paired = ratio_interval(num, den)
-    unpaired = ratio_interval(num, den[:-1])  # unequal lengths: each list resampled by itself
+    unpaired = ratio_interval(num, den, paired=False)  # each list resampled by itself
     assert paired[1] - paired[0] < 0.5 * (unpaired[1] - unpaired[0])
+    assert ratio_interval(num, den[:-1], paired=False)[0] > 0  # unpaired lists may differ in length
+    with pytest.raises(ValueError, match="paired rounds"):
+        ratio_interval(num, den[:-1])
 
 
 def test_interval_narrows_with_more_rounds():
