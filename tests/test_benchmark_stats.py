@@ -1,14 +1,13 @@
 """The benchmark runner's statistics: the bootstrap interval of a ratio of medians and the verdict
 that uses it (benchmarks/timing.py, benchmarks/run.py)."""
 
-import pathlib
 import random
 import statistics
 
 import pytest
 
 from benchmarks.run import judge
-from benchmarks.timing import ratio_interval
+from benchmarks.timing import git, ratio_interval
 
 
 def _rounds(n, ratio, noise, seed):
@@ -87,12 +86,10 @@ def test_verdict_reports_misses_with_interval_and_flags_borderline_passes():
 
 
 def _git(*args):
-    import subprocess
-
-    out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=pathlib.Path(__file__).resolve().parents[1])
-    if out.returncode != 0:
+    out = git(*args)
+    if out is None:
         pytest.skip("not a git checkout")
-    return out.stdout.strip()
+    return out
 
 
 def _gpu_file(tmp_path, sha):
