@@ -368,6 +368,8 @@ def test_custom_attribution_func_arity():
     model = MODELS["relu"]
     with pytest.raises(ValueError, match="1 to 3 parameters"):
         X.DeepLift(model).attribute(G.X, target=0, custom_attribution_func=lambda m, x, b, extra: m)
+    with pytest.raises(ValueError, match="returned 2 tensors for 1 attributed input"):  # Captum asserts too
+        X.DeepLift(model).attribute(G.X, target=0, custom_attribution_func=lambda m: (m[0], 2 * m[0]))
 
 
 def test_one_baseline_row_is_accepted_by_deep_lift_shap():

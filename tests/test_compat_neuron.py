@@ -149,6 +149,12 @@ def test_noise_tunnel_around_a_neuron_method():
 def test_bad_selector_and_grad_kwargs():
     model = MODELS["mlp"]
     with pytest.raises(TypeError, match="neuron_selector"):
-        X.NeuronGradient(model, model[2]).attribute(G.X, [0, 1])
+        X.NeuronGradient(model, model[2]).attribute(G.X, [0.5])
+    with pytest.raises(TypeError, match="neuron_selector"):
+        X.NeuronGradient(model, model[2]).attribute(G.X, "0")
+    # a list indexes like the tuple of its items, as in Captum: one neuron, not several
+    conv = MODELS["conv"]
+    torch.testing.assert_close(X.NeuronGradient(conv, conv[1]).attribute(G.IMG, [1, 0, 1]),
+                               X.NeuronGradient(conv, conv[1]).attribute(G.IMG, (1, 0, 1)))
     with pytest.raises(NotImplementedError, match="grad_kwargs"):
         X.NeuronConductance(model, model[2]).attribute(G.X, 1, target=0, grad_kwargs={"retain_graph": True})

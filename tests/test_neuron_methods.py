@@ -134,6 +134,62 @@ def test_neuron_gradient_tuple_inputs_and_extra_arguments():
         torch.testing.assert_close(o, r)
 
 
+class PairLayer(nn.Module):
+    """Returns two tensors, like Captum's MultiRelu: a neuron is chosen by a callable."""
+
+    def forward(self, a, b):
+        return torch.relu(a), torch.tanh(b)
+
+
+class TwoBranches(nn.Module):
+    def __init__(self):
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(11)
+            self.a, self.b, self.out = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(8, 3)
+        self.pair = PairLayer()
+        self.double()  # the test inputs are float64
+
+    def forward(self, x):
+        h1, h2 = self.pair(self.a(x), self.b(x))
+        return self.out(torch.cat([h1, h2], 1))
+
+
+def both_heads(outs):
+    return outs[0][:, 1] + 2 * outs[1][:, 2]
+
+
+@pytest.mark.parametrize("inputs", [False, True])
+def test_a_callable_neuron_reads_a_layer_of_several_tensors(inputs):
+    m = TwoBranches().eval()
+    split = xattr.at_layer(m, m.pair, inputs=inputs)
+    out = xattr.saliency(xattr.neuron(split, both_heads), abs=False)(X)
+    seen = []
+    hook = (m.pair.register_forward_pre_hook(lambda mod, i: seen.append(i)) if inputs
+            else m.pair.register_forward_hook(lambda mod, i, o: seen.append(o)))
+    try:
+        ref = []
+        for b in range(X.shape[0]):
+            xb = X[b : b + 1].clone().requires_grad_()
+            seen.clear()
+            m(xb)
+            ref.append(torch.autograd.grad(both_heads(seen[0]).sum(), xb)[0])
+    finally:
+        hook.remove()
+    torch.testing.assert_close(out, torch.cat(ref))
+    assert out.abs().sum() > 0
+    # the rule-based methods read it too: DeepLift of the neuron sums to its change from the baseline
+    dl = xattr.deep_lift(xattr.neuron(split, both_heads), baselines=0.0)(X)
+    act = split.act
+    torch.testing.assert_close(dl.sum(1), both_heads(act(X)) - both_heads(act(torch.zeros_like(X))), atol=1e-5, rtol=1e-5)
+
+
+def test_an_index_into_a_layer_of_several_tensors_says_to_use_a_callable():
+    m = TwoBranches().eval()
+    with pytest.raises(TypeError, match="returns 2 tensors.*callable"):
+        xattr.saliency(xattr.neuron(xattr.at_layer(m, m.pair), 1))(X)
+
+
 @pytest.mark.parametrize("method", ["riemann_middle", "riemann_trapezoid", "gausslegendre"])
 def test_neuron_integrated_gradients_matches_reference(method):
     m = MODELS["mlp"]

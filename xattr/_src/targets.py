@@ -186,6 +186,14 @@ class Targeted:
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         out = self.model(*args, **kwargs)
         if not isinstance(out, torch.Tensor):
+            if callable(self.t) and not self.multi_output:  # a selector may read a tuple of outputs
+                return self.t(out)
+            if isinstance(out, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in out):
+                raise TypeError(
+                    f"the model (or layer) returns {len(out)} tensors, so an index cannot pick one output of "
+                    "it; give a callable that takes them all and returns one value per row, e.g. "
+                    "lambda outs: outs[0][:, 3]"
+                )
             raise TypeError(f"the model must return a tensor, got {type(out).__name__}")
         if self.multi_output:
             return _select_many(out, self.t.indices)

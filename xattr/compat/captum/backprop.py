@@ -45,6 +45,12 @@ def _attribution_func(custom: Callable | None):
         as_tuple = (lambda t: (t,)) if single else tuple
         out = custom(*(as_tuple(multipliers), as_tuple(inputs), as_tuple(baselines))[:n])
         out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        want = len(as_tuple(multipliers))
+        if len(out) != want:
+            raise ValueError(
+                f"custom_attribution_func returned {len(out)} tensors for {want} attributed input(s); "
+                "it must return one attribution tensor per input"
+            )
         return out[0] if single else out
 
     return fn

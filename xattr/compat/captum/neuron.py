@@ -22,7 +22,12 @@ from .gradient import GradientShap, IntegratedGradients, Saliency
 
 
 def _selector(neuron_selector):
-    """Captum's neuron_selector (int, tuple of ints/slices, callable) as an ``xattr.neuron`` index."""
+    """Captum's neuron_selector (int, tuple of ints/slices, callable) as an ``xattr.neuron`` index.
+
+    A list indexes as the tuple of its items, as it does in Captum (``[1, 2]`` is the one neuron
+    ``(1, 2)``, not two neurons)."""
+    if isinstance(neuron_selector, list) and all(isinstance(i, (int, slice)) and not isinstance(i, bool) for i in neuron_selector):
+        neuron_selector = tuple(neuron_selector)
     if isinstance(neuron_selector, bool) or not (
         isinstance(neuron_selector, (int, tuple)) or callable(neuron_selector)
     ):
