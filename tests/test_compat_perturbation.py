@@ -195,6 +195,16 @@ def test_shapley_values_refuse_more_than_20_features():
         X.ShapleyValues(lambda x: x.sum(1)).attribute(torch.zeros(1, 21))
 
 
+def test_a_python_bool_baseline_is_a_number_as_in_captum():
+    w = torch.tensor([1.0, -2.0, 3.0])
+    flags = torch.tensor([[True, False, True], [False, True, True]])
+    f = lambda b: b.to(w.dtype) @ w  # noqa: E731
+    for cls in (X.FeatureAblation, X.ShapleyValues):
+        flipped = cls(f).attribute(flags, baselines=True)
+        torch.testing.assert_close(flipped, (flags.float() - 1) * w, rtol=0, atol=0)
+        torch.testing.assert_close(cls(f).attribute(flags, baselines=False), flags * w, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("perm_func", [None, G.roll_batch])
 def test_feature_permutation_needs_two_examples(perm_func):
     obj = X.FeaturePermutation(MODELS["mlp"], **({} if perm_func is None else {"perm_func": perm_func}))

@@ -290,7 +290,33 @@ def test_models_with_the_wrong_number_of_rows_are_refused():
     with pytest.raises(ValueError, match="one output row per input row"):
         xattr.feature_ablation(lambda x: model(x[:B])[:, 0])(x)  # ignores the folded copies
     with pytest.raises(TypeError, match="must return a tensor"):
-        xattr.feature_ablation(lambda x: 1.0)(x)
+        xattr.feature_ablation(lambda x: [1.0])(x)
+    with pytest.raises(TypeError, match="must return a tensor"):
+        xattr.shapley_values(lambda x: True)(x)
+    with pytest.raises(ValueError, match=r"outputs of shape \(3,\) per example"):  # the example's, not the folded rows'
+        xattr.shapley_values(model)(x)
+
+
+def test_a_python_number_is_one_number_for_the_batch():
+    """Captum's forward functions may return a Python float (a loss's .item()): aggregate mode."""
+    model, x = mlp()
+    mask = torch.tensor([0, 0, 1, 2, 2])
+    tensor_loss = lambda x: model(x)[:, 0].sum().to(torch.get_default_dtype())  # noqa: E731
+    python_loss = lambda x: float(model(x)[:, 0].sum())  # noqa: E731
+    for make in (lambda f: xattr.feature_ablation(f, feature_mask=mask), lambda f: xattr.shapley_values(f, feature_mask=mask),
+                 lambda f: xattr.occlusion(f, sliding_window_shapes=(2,))):  # fmt: skip
+        got = make(python_loss)(x)
+        assert got.shape[0] == 1
+        torch.testing.assert_close(got, make(tensor_loss)(x))
+
+
+@pytest.mark.parametrize("method", ["feature_ablation", "occlusion", "shapley_values", "shapley_value_sampling", "kernel_shap", "lime"])
+def test_an_empty_batch_is_refused_clearly(method):
+    model, x = mlp()
+    kwargs = {"occlusion": {"sliding_window_shapes": (2,)}, "shapley_value_sampling": {"n_samples": 2},
+              "kernel_shap": {"n_samples": 8}, "lime": {"n_samples": 8}}.get(method, {})  # fmt: skip
+    with pytest.raises(ValueError, match="batch is empty"):
+        getattr(xattr, method)(xattr.target(model, 0), **kwargs)(x[:0])
 
 
 def test_show_progress_draws_a_bar(capsys):
@@ -311,6 +337,25 @@ def test_show_progress_without_tqdm_warns_and_runs(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- inputs
+
+
+@pytest.mark.parametrize("method", ["feature_ablation", "shapley_values", "occlusion", "kernel_shap"])
+def test_attributions_are_as_wide_as_the_model_outputs(method):
+    """float16 inputs to a model answering in float32: the output differences are neither rounded
+    to float16 nor overflowed to inf; float32 inputs to a float64 model give float64."""
+    make = {"feature_ablation": lambda f: xattr.feature_ablation(f),
+            "shapley_values": lambda f: xattr.shapley_values(f),
+            "occlusion": lambda f: xattr.occlusion(f, sliding_window_shapes=(1,)),
+            "kernel_shap": lambda f: xattr.kernel_shap(f, n_samples=64, generator=0)}[method]
+    scale = torch.tensor([1e5, 2e5, 3.0001e5])
+    wide = lambda x: (x.float() * scale).sum(1)  # noqa: E731  (additive: every method is exact)
+    got = make(wide)(torch.ones(2, 3, dtype=torch.float16))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, scale.expand(2, 3))
+    double = lambda x: (x.double() * scale.double() / 3).sum(1)  # noqa: E731
+    got = make(double)(torch.ones(2, 3, dtype=torch.float32))
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, (scale.double() / 3).expand(2, 3))
 
 
 def test_integer_token_ids_with_a_padding_baseline():

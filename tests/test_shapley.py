@@ -320,7 +320,9 @@ def test_bool_and_int_inputs():
     bits = torch.tensor([[1, 0, 1, 1, 0, 1], [0, 1, 1, 0, 1, 1]], dtype=torch.bool)
     f = lambda x: torch.tanh(x.double() @ w) * (1 + x[:, 0].double())  # noqa: E731
     got = xattr.shapley_values(f, baselines=False)(bits)
-    assert got.dtype == torch.get_default_dtype()
+    assert got.dtype == torch.float64  # the default float dtype, widened to the float64 model's
+    got32 = xattr.shapley_values(lambda x: f(x).float(), baselines=False)(bits)
+    assert got32.dtype == torch.get_default_dtype()
     assert_trees_close(got.double(), brute_force(f, bits, baseline=False), atol=1e-6, rtol=1e-5)
     emb = nn.Embedding(10, 3).double()
     tokens = torch.tensor([[3, 1, 4, 1], [5, 9, 2, 6]])

@@ -388,7 +388,8 @@ def test_bool_and_integer_inputs(name):
     f = lambda t, k: (emb(t).sum(-1) * k).sum(1)  # noqa: E731
     fn = METHODS[name](f, argnums=(0, 1), baselines=(0, False), generator=0)
     attr_t, attr_k = fn(tokens, keep)
-    assert attr_t.dtype == attr_k.dtype == torch.get_default_dtype() and attr_t.shape == tokens.shape
+    # the default float dtype, widened to the float64 model's (a float32 result would round its answers)
+    assert attr_t.dtype == attr_k.dtype == torch.float64 and attr_t.shape == tokens.shape
     if name == "kernel_shap":  # 8 features, all 256 coalitions: the Shapley values of the pair games
         attr_t, attr_k = xattr.kernel_shap(f, n_samples=256, argnums=(0, 1), baselines=(0, False))(tokens, keep)
         with torch.no_grad():

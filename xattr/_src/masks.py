@@ -142,13 +142,13 @@ def scatter_features(values: torch.Tensor, masks, selected):
             picked = values[..., start : start + n] if start or n != values.shape[-1] else values
             shape = lead + x.shape[1:]
             picked = picked if picked.shape == shape else picked.reshape(shape)
-            return picked if picked.dtype == x.dtype else picked.to(_float(x))
+            return picked.to(_float(x, values))
         full = torch.broadcast_to(m, (rows,) + x.shape[1:]).reshape(rows, -1)
         if values.ndim == 2:
-            return torch.gather(values, 1, full).reshape((rows,) + x.shape[1:]).to(_float(x))
+            return torch.gather(values, 1, full).reshape((rows,) + x.shape[1:]).to(_float(x, values))
         k = values.shape[1]
         idx = full[:, None, :].expand(-1, k, -1)
-        return torch.gather(values, 2, idx).reshape((rows, k) + x.shape[1:]).to(_float(x))
+        return torch.gather(values, 2, idx).reshape((rows, k) + x.shape[1:]).to(_float(x, values))
 
     return T.tree_map(spread, selected, masks)
 
@@ -167,8 +167,12 @@ def scatterer(masks, selected) -> Callable[[torch.Tensor], Any]:
     return lambda v: scatter_features(v, masks, like)
 
 
-def _float(x: torch.Tensor) -> torch.dtype:
-    return x.dtype if x.is_floating_point() else torch.get_default_dtype()
+def _float(x: torch.Tensor, values: torch.Tensor) -> torch.dtype:
+    """The attributions' dtype: the input's float dtype (the default one for bool and integer
+    inputs), widened to the model outputs' where those are wider (float16 inputs to a model that
+    answers in float32 must not round its differences to float16, nor overflow them to inf)."""
+    own = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    return torch.promote_types(own, values.dtype) if values.is_floating_point() else own
 
 
 def keep_masks(coalitions: torch.Tensor, masks, selected, batch: int):

@@ -172,12 +172,12 @@ def copies_per_call(selected, batch: int, chunk_size: int | None, memory_budget:
     if chunk_size is not None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size!r}")
-        return max(1, chunk_size // batch)
+        return max(1, chunk_size // max(1, batch))
     if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1):
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
     leaves = T.leaves(selected)
     per_copy = sum(t.numel() * t.element_size() for t in leaves)
-    cap = max(1, MAX_ROWS // batch)
+    cap = max(1, MAX_ROWS // max(1, batch))  # an empty batch: one copy of nothing per call
     if memory_budget is None:
         device = leaves[0].device
         enough = MEMORY_BUDGET // max(1, per_copy) >= min(cap, n_copies if n_copies is not None else cap)
@@ -270,8 +270,7 @@ def evaluate(
                 if with_inputs and s == 0 and e > 1:  # perhaps a model of one number per batch (a loss)
                     raise _OneNumber(err) from err
                 raise
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"the model function must return a tensor, got {type(out).__name__}")
+            out = _as_output(out)
             check_finite(out)
             if aggregate:
                 if out.numel() != 1:
@@ -351,8 +350,8 @@ def _check_rows(out: torch.Tensor, rows: int, multi: bool) -> None:
 def _check_per_example(out: torch.Tensor, multi: bool) -> None:
     if out.ndim > 2 or (out.ndim == 2 and not multi and out.shape[1] != 1):
         raise ValueError(
-            f"the model returns {tuple(out.shape)} outputs per batch but a perturbation method explains one "
-            "number per example: choose it with xattr.target(model, t), or xattr.outputs([...]) for several"
+            f"the model returns outputs of shape {tuple(out.shape[1:])} per example but a perturbation method explains "
+            "one number per example: choose it with xattr.target(model, t), or xattr.outputs([...]) for several"
         )
 
 
@@ -368,6 +367,7 @@ def inputs_and_copies(f: Callable, args: tuple, nums: tuple, batch: int, **kwarg
     call gets its own error. f(x)'s rows run in a bigger batch than f(x) alone, so a matrix kernel
     may round them differently in the last bit (the brute-force tests compare to 1e-12 in float64).
     """
+    check_not_empty(batch)
     error = None
     if not _known_one_number(f):
         try:
@@ -400,16 +400,30 @@ def _remember_one_number(f: Callable) -> None:
         pass
 
 
+def _as_output(out) -> torch.Tensor:
+    """A model function's output as a tensor: a Python number is one number for the whole batch
+    (Captum's forward functions may return one, e.g. a loss's ``.item()``)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (int, float)) and not isinstance(out, bool):
+        return torch.tensor(float(out), dtype=torch.get_default_dtype())
+    raise TypeError(f"the model function must return a tensor, got {type(out).__name__}")
+
+
+def check_not_empty(batch: int | None) -> None:
+    if batch == 0:
+        raise ValueError("the batch is empty (0 examples): a perturbation method has nothing to perturb or attribute")
+
+
 def outputs_at(f: Callable, args: tuple, batch: int | None = None) -> tuple[torch.Tensor, bool]:
     """f at the unperturbed inputs: (B,) or (B, O), and whether f returns one number per batch.
 
     One number per batch is a 0-d output, or, when the batch size B > 1 is given, a 1-element
     one; with ``batch`` given, any other output must have B rows.
     """
+    check_not_empty(batch)
     with torch.no_grad():
-        out = f(*args)
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"the model function must return a tensor, got {type(out).__name__}")
+        out = _as_output(f(*args))
     check_finite(out)
     if out.ndim == 0 or (batch is not None and batch > 1 and out.numel() == 1):
         return out.reshape(1), True

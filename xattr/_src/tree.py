@@ -215,5 +215,5 @@ def chunks(n: int, batch: int, chunk_size: int | None) -> list[tuple[int, int]]:
         return [(0, n)]
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
-    per = max(1, chunk_size // batch)
+    per = max(1, chunk_size // max(1, batch))
     return [(s, min(s + per, n)) for s in range(0, n, per)]

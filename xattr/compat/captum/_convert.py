@@ -122,7 +122,7 @@ class Call:
         if len(baselines) != len(self.inputs):
             raise ValueError(f"baselines has {len(baselines)} entries but inputs has {len(self.inputs)} tensors")
         for b in baselines:
-            if not isinstance(b, (int, float, torch.Tensor)) or isinstance(b, bool):
+            if not isinstance(b, (int, float, torch.Tensor)):  # a bool is a number here, as in Captum (True: 1)
                 raise TypeError(f"each baseline must be a number or a tensor, got {type(b).__name__}")
         return tuple(float(b) if isinstance(b, int) else b for b in baselines)
 
