@@ -184,6 +184,16 @@ def test_a_callable_neuron_reads_a_layer_of_several_tensors(inputs):
     torch.testing.assert_close(dl.sum(1), both_heads(act(X)) - both_heads(act(torch.zeros_like(X))), atol=1e-5, rtol=1e-5)
 
 
+def test_an_index_with_too_few_dims_says_how_many_it_needs():
+    m = MODELS["conv"]
+    split = xattr.at_layer(m, m.get_submodule("1"))
+    dims = split.act(IMG).ndim - 1
+    with pytest.raises(ValueError, match=rf"index \(1,\) picks .* one index per dim \({dims} of them\)"):
+        xattr.saliency(xattr.neuron(split, (1,)))(IMG)
+    full = (1,) + (0,) * (dims - 1)
+    assert xattr.saliency(xattr.neuron(split, full))(IMG).shape == IMG.shape
+
+
 def test_an_index_into_a_layer_of_several_tensors_says_to_use_a_callable():
     m = TwoBranches().eval()
     with pytest.raises(TypeError, match="returns 2 tensors.*callable"):

@@ -75,9 +75,10 @@ def _rows(out: torch.Tensor, multi: bool) -> torch.Tensor:
         return out[:, 0]
     if out.ndim > 1:
         raise ValueError(
-            f"the model returns {tuple(out.shape)} outputs per batch but a gradient method explains one "
-            "number per example. Choose it with xattr.target(model, t) (t: class index, LongTensor of "
-            "shape (B,), or xattr.outputs([...]) for several outputs at once)."
+            f"the model function returns outputs of shape {tuple(out.shape[1:])} per example but a gradient method "
+            "explains one number per example. Choose it with xattr.target(model, t) (t: class index, LongTensor "
+            "of shape (B,), or xattr.outputs([...]) for several outputs at once); in xattr.compat.captum, with "
+            "target= or a neuron_selector that picks one value per example."
         )
     return out
 

@@ -10,6 +10,7 @@ gradients.py), never by a Python loop over targets.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -86,6 +87,12 @@ def _select_one(out: torch.Tensor, t, memo: dict | None = None) -> torch.Tensor:
         picked = out[(slice(None),) + t]
         if any(isinstance(ti, slice) for ti in t) and picked.ndim > 1:  # a region: summed (Captum's neurons)
             picked = picked.reshape(picked.shape[0], -1).sum(1)
+        elif picked.ndim > 1 and math.prod(picked.shape[1:]) != 1:
+            raise ValueError(
+                f"index {t} picks {tuple(picked.shape[1:])} values per example from outputs of shape "
+                f"{tuple(out.shape[1:])}: give one index per dim ({out.ndim - 1} of them), slices for a region "
+                "to sum, or a callable"
+            )
         return picked
     if isinstance(t, torch.Tensor):
         if t.is_floating_point():
