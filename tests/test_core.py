@@ -287,3 +287,21 @@ def test_a_per_example_target_picks_the_same_outputs_with_and_without_autograd(t
                 flat = f(rows)
             gathered = f(rows.clone().requires_grad_(True))
             assert torch.equal(flat, want) and torch.equal(gathered.detach(), want)
+
+
+def test_a_target_changed_behind_its_version_counter_is_read_again():
+    """A numpy array sharing the target's memory, or a ``.data`` write, leaves the version counter
+    as it was: the memoised gather index and range check still see the new labels (CPU)."""
+    buffer = np.array([0, 1, 2, 3, 4])
+    labels = torch.from_numpy(buffer)
+    out = torch.randn(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    f = xattr.target(lambda x: x, labels)
+    for values in ([0, 1, 2, 3, 4], [5, 5, 0, 0, -1], [2, 2, 2, 2, 2]):
+        buffer[:] = values
+        for grad in (False, True):  # the flat `take` and the gather keep separate indices
+            with torch.set_grad_enabled(grad):
+                got = f(out.clone().requires_grad_(grad))
+            assert torch.equal(got.detach(), out[torch.arange(5), torch.tensor(values) % 6])
+    labels.data[:] = torch.tensor([0, 0, 0, 0, 6])
+    with pytest.raises(IndexError, match="must lie in"):
+        f(out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -554,3 +555,32 @@ def test_cached_constants_are_not_shared_with_inference_mode_and_keep_signed_zer
     with torch.inference_mode():
         c = baseline_tree(x, 0.0, True)[0]
     assert c is not a and c.is_inference() and not a.is_inference()
+
+
+@pytest.mark.parametrize("method", ["feature_ablation", "occlusion", "shapley_values", "shapley_value_sampling", "kernel_shap", "lime",
+                                    "layer_feature_ablation"])  # fmt: skip
+def test_attributions_are_differentiable_under_torch_func_grad(method):
+    """NOTE: [Detached results]: inside a torch.func gradient transform the model calls are recorded
+    (they run under no_grad elsewhere), so d(sum of attributions)/dx equals central differences
+    (a no_grad there gave a zero gradient, and Lime's kernel a NaN one)."""
+    model, x = mlp()
+    f = xattr.target(model, 1)
+    make = {"feature_ablation": lambda: xattr.feature_ablation(f),
+            "occlusion": lambda: xattr.occlusion(f, sliding_window_shapes=(2,)),
+            "shapley_values": lambda: xattr.shapley_values(f),
+            "shapley_value_sampling": lambda: xattr.shapley_value_sampling(f, n_samples=3, generator=0),
+            "kernel_shap": lambda: xattr.kernel_shap(f, n_samples=40, generator=0),
+            "lime": lambda: xattr.lime(f, n_samples=40, generator=0),
+            "layer_feature_ablation": lambda: xattr.layer_feature_ablation(xattr.at_layer(f, model.get_submodule(
+                next(n for n, m in model.named_modules() if isinstance(m, nn.Linear)))))}[method]  # fmt: skip
+    attr = make()
+    g = torch.func.grad(lambda z: (attr(z) ** 2).sum())(x)
+    fd, eps = torch.zeros_like(x), 1e-6
+    for idx in np.ndindex(*x.shape):
+        e = torch.zeros_like(x)
+        e[idx] = eps
+        fd[idx] = ((attr(x + e) ** 2).sum() - (attr(x - e) ** 2).sum()) / (2 * eps)
+    assert g.abs().max() > 0
+    torch.testing.assert_close(g, fd, atol=1e-6, rtol=1e-5)
+    if method in ("feature_ablation", "occlusion", "shapley_values"):  # (the samplers draw: vmap refuses random ops)
+        assert not torch.func.vmap(attr)(x[:, None]).requires_grad  # vmap alone records nothing

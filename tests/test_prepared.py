@@ -99,6 +99,42 @@ def test_a_changed_mask_or_baseline_is_a_new_signature():
     assert signature((x,), (0,), 0.0, None) != signature((x,), (0,), -0.0, None)
 
 
+def test_writes_behind_the_version_counter_are_not_served_stale():
+    """``.data`` writes and numpy arrays sharing a CPU tensor's memory change values without a new
+    version: a prepared call compares the held tensors' values, and takes the general path."""
+    import numpy as np
+
+    model, x = MLP.build().double().eval(), random_tensor((B, 6), seed=3)
+    f = xattr.target(model, 1)
+    buffer = np.zeros((1, 6))
+    base, mask = torch.from_numpy(buffer), torch.tensor([0, 0, 1, 1, 2, 2])
+    fa = xattr.feature_ablation(f)
+    for _ in range(3):
+        fa(x, baselines=base, feature_mask=mask)
+    buffer[:] = 0.75
+    assert torch.equal(fa(x, baselines=base, feature_mask=mask), xattr.feature_ablation(f)(x, baselines=base.clone(), feature_mask=mask))
+    mask.data[:] = torch.tensor([2, 2, 0, 0, 1, 1])
+    assert torch.equal(fa(x, baselines=base, feature_mask=mask), xattr.feature_ablation(f)(x, baselines=base.clone(), feature_mask=mask.clone()))
+
+
+def test_lazily_negated_tensors_take_the_general_path():
+    """``z.conj().imag`` is a real tensor with the negative bit set, which has no bit-level view."""
+    model = MLP.build().float().eval()
+    f = xattr.target(model, 0)
+    def negated(r):  # -r, as a lazily negated view
+        return torch.complex(torch.zeros_like(r), r).conj().imag
+
+    x, b = negated(random_tensor((B, 6), seed=3, dtype=torch.float32)), negated(random_tensor((1, 6), seed=5, dtype=torch.float32))
+    assert x.is_neg() and b.is_neg() and x.abs().min() > 0
+    assert signature((x,), (0,), None, None) is None
+    for method, kwargs in ((xattr.feature_ablation, {}), (xattr.occlusion, {"sliding_window_shapes": (2,)})):
+        fn = method(f, **kwargs)
+        got = [fn(x), fn(x), fn(x), fn(x.resolve_neg(), baselines=b), fn(x.resolve_neg(), baselines=b)]
+        assert all(torch.equal(g, got[0]) for g in got[1:3])
+        assert torch.equal(got[3], got[4])
+        assert torch.equal(got[0], method(f, **kwargs)(x.resolve_neg()))
+
+
 def test_signatures_that_take_the_general_path():
     x = torch.zeros(2, 3)
     assert signature((x,), (0,), 0.0, None) is not None

@@ -15,8 +15,9 @@ Shared arguments of the perturbation methods:
   show_progress: a tqdm bar over the model calls.
 
 Bool and integer inputs (token ids) are perturbed exactly, with baselines of their dtype; the
-attributions are floating point. All model calls run under ``torch.no_grad``: the model is
-only called, never modified or hooked. docs/perturbation.md describes the engine
+attributions are floating point. All model calls run under ``torch.no_grad`` (inside a
+torch.func gradient transform they are recorded, so attributions are differentiable there): the
+model is only called, never modified or hooked. docs/perturbation.md describes the engine
 (perturb.py), docs/methods/ each method.
 """
 

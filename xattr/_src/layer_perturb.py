@@ -29,6 +29,7 @@ import torch
 from .ablation import feature_ablation, feature_permutation
 from .gradients import attribution_fn
 from .layers import Split
+from .perturb import model_calls
 
 
 def _check_split(split, name: str) -> Split:
@@ -38,7 +39,7 @@ def _check_split(split, name: str) -> Split:
 
 
 def _activation(split: Split, args: tuple):
-    with torch.no_grad():
+    with model_calls():
         return split.act(*args)
 
 

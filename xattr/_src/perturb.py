@@ -13,7 +13,7 @@ weighted regression). Occlusion's overlapping windows are coalitions over window
 
 NOTE: [Perturbed copies in one call]
 K coalitions for B examples make K*B model rows, folded copy-major into the batch (NOTE:
-[Folding copies into the batch axis]) and evaluated under ``torch.no_grad`` in as few calls as
+[Folding copies into the batch axis]) and evaluated under ``torch.no_grad`` (`model_calls`) in as few calls as
 the memory budget allows: ``chunk_size`` (model rows per call, the library-wide knob) when
 given, else as many copies as fit ``memory_budget`` bytes of perturbed inputs (default
 ``MEMORY_BUDGET`` on an accelerator, ``CPU_MEMORY_BUDGET`` on CPU; the model's activations for
@@ -33,6 +33,7 @@ must be shared by all examples.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from typing import Callable
@@ -251,7 +252,7 @@ def evaluate(
     per = 1 if aggregate else copies_per_call(selected, batch, chunk_size, memory_budget, k)
     spans = _Spans(k, per, adaptive=chunk_size is None and not aggregate)
     outs = []
-    with torch.no_grad(), T.batch_scope(batch):
+    with model_calls(), T.batch_scope(batch):
         for s, e in _progress(spans, show_progress, total=math.ceil(k / per)):
             zs = rows_of(s, e)
             zs = zs if zs.ndim == 3 else zs.unsqueeze(0)
@@ -400,6 +401,20 @@ def _remember_one_number(f: Callable) -> None:
         pass
 
 
+def model_calls():
+    """``torch.no_grad()`` for the model calls, unless a torch.func gradient transform (grad, vjp,
+    jacrev) is differentiating this call: attributions are then differentiable at its level, as
+    NOTE: [Detached results] promises (a no_grad inside the transformed function would make its
+    gradient zero). Under vmap alone, or outside transforms, nothing is recorded."""
+    if torch._C._functorch.maybe_current_level() is None:
+        return torch.no_grad()
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters  # noqa: PLC0415
+
+    if any(i.key() == torch._C._functorch.TransformType.Grad for i in retrieve_all_functorch_interpreters()):
+        return contextlib.nullcontext()
+    return torch.no_grad()
+
+
 def _as_output(out) -> torch.Tensor:
     """A model function's output as a tensor: a Python number is one number for the whole batch
     (Captum's forward functions may return one, e.g. a loss's ``.item()``)."""
@@ -422,7 +437,7 @@ def outputs_at(f: Callable, args: tuple, batch: int | None = None) -> tuple[torc
     one; with ``batch`` given, any other output must have B rows.
     """
     check_not_empty(batch)
-    with torch.no_grad():
+    with model_calls():
         out = _as_output(f(*args))
     check_finite(out)
     if out.ndim == 0 or (batch is not None and batch > 1 and out.numel() == 1):

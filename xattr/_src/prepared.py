@@ -11,7 +11,9 @@ call, the method keeps what its second call with one *signature* found (a one-of
 not pay for preparing) and serves the third and later calls from it. A signature is the
 inputs' shapes, dtypes and devices, and the feature mask and baselines (numbers by value,
 tensors by identity and version counter; the prepared call holds them, so an identity cannot
-be reused by a new tensor). A served call makes the copies with a `perturb.copier` chosen when
+be reused by a new tensor; on the CPU it also compares their values with a copy before serving,
+since a write through ``.data`` or a numpy array sharing the memory keeps the version; a
+lazily negated tensor, ``z.conj().imag``, is never served, as it has no bit-level view). A served call makes the copies with a `perturb.copier` chosen when
 prepared (perturb's kernel and copies, its mask work done once), calls the model once, takes
 the drops f(x) - f(copy) (for one number per row, one subtraction of two strided views of the
 output rows), and hands them to the method's ``finish``, kept from its setup: feature
@@ -63,13 +65,13 @@ def signature(args: tuple, nums: tuple, *objs) -> tuple | None:
         return None
     key = []
     for a in args:
-        if type(a) is not torch.Tensor:
+        if type(a) is not torch.Tensor or a.is_neg() or a.is_conj():  # lazy negation: no bit-level view of it
             return None
         key.append((a.shape, a.dtype, a.device))
     for o in objs:
         if o is None or type(o) in (int, float):
             key.append((type(o), repr(o)))  # repr: -0.0 is not 0.0 here (a signed zero is copied as such)
-        elif type(o) is torch.Tensor and not o.is_inference():
+        elif type(o) is torch.Tensor and not (o.is_inference() or o.is_neg() or o.is_conj()):
             key.append((id(o), o._version))
         else:
             return None
@@ -173,6 +175,9 @@ class OneCall:
         self.shapes = tuple((self.rows,) + tuple(x.shape[1:]) for x in selected)
         self.multi = bool(getattr(f, "multi_output", False))
         self.held = held  # the signature's tensors, kept alive so that their ids stay theirs
+        # and their values as prepared: a write that bypasses the version counter (through
+        # ``.data``, or a numpy array sharing a CPU tensor's memory) must not be served stale
+        self.snapshots = tuple((t, t.clone()) for t in held if isinstance(t, torch.Tensor) and t.device.type == "cpu")
 
     @classmethod
     def make(cls, f, selected: tuple, masks, base: tuple, coalitions, *, chunk_size, memory_budget, held=(), finish=None):
@@ -197,6 +202,9 @@ class OneCall:
     def run(self, args: tuple) -> tuple | None:
         """``finish(drops)`` (the method's attributions) from one model call on the inputs and
         their copies, or None when this call must take the general path."""
+        for t, as_prepared in self.snapshots:
+            if not torch.equal(t, as_prepared):
+                return None  # changed behind the version counter: the general path, from now on
         grad = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)  # torch.no_grad without its Python layers
         try:

@@ -335,10 +335,13 @@ def _exp_kernel_weights(kind, selected, base, masks, z, n_features, aggregate) -
     if aggregate:  # the whole batch is one example
         sums, xb, bb, xx = sums.sum(1, keepdim=True), xb.sum(0, keepdim=True), bb.sum(0, keepdim=True), xx.sum(0, keepdim=True)
     lin = torch.einsum("bnf,sbf->sbn", z, sums)  # (3, rows, N)
+    # norms clamped before their square roots (sqrt(max(s, eps^2)) = max(sqrt(s), eps)), and the
+    # euclidean distance used squared: no sqrt at 0, whose infinite derivative would make the
+    # gradient of an attribution NaN under torch.func.grad (a zero-norm copy: all features at a
+    # zero baseline)
     if distance == "cosine":
         eps = 1e-8
-        norm_p = (bb[:, None] + lin[1]).clamp_min(0).sqrt()
-        dist = 1 - (xb[:, None] + lin[0]) / (xx.sqrt()[:, None].clamp_min(eps) * norm_p.clamp_min(eps))
-    else:
-        dist = (sums[2].sum(1)[:, None] - lin[2]).clamp_min(0).sqrt()
-    return torch.exp(-(dist * dist) / (2 * width**2))
+        norm_p = (bb[:, None] + lin[1]).clamp_min(eps * eps).sqrt()
+        dist = 1 - (xb[:, None] + lin[0]) / (xx.clamp_min(eps * eps).sqrt()[:, None] * norm_p)
+        return torch.exp(-(dist * dist) / (2 * width**2))
+    return torch.exp(-(sums[2].sum(1)[:, None] - lin[2]).clamp_min(0) / (2 * width**2))

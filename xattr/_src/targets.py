@@ -50,19 +50,32 @@ def _flat_outputs(out: torch.Tensor) -> torch.Tensor:
     return out.reshape(out.shape[0], -1) if out.ndim > 1 else out.unsqueeze(1)
 
 
-_IN_RANGE = WeakIdKeyDictionary()  # target tensor -> (its version, output count) last found in range
+_IN_RANGE = WeakIdKeyDictionary()  # target tensor -> (its version, output count, its values) last found in range
+
+
+def unchanged(t: torch.Tensor, version: int, values: torch.Tensor | None) -> bool:
+    """Whether a target tensor still holds what a memo saw: its version counter, and on the CPU
+    its values too (a write through ``.data`` or through a numpy array sharing its memory leaves
+    the counter as it was; comparing a GPU tensor would wait for the device, and there only
+    ``.data`` writes go unseen)."""
+    return t._version == version and (values is None or torch.equal(t, values))
+
+
+def _snapshot(t: torch.Tensor) -> torch.Tensor | None:
+    return t.clone() if t.device.type == "cpu" else None
 
 
 def _check_range(out: torch.Tensor, t, n_out: int) -> None:
     if isinstance(t, torch.Tensor):
         version = None if t.is_inference() else t._version  # inference tensors have no version counter
-        if (version is not None and _IN_RANGE.get(t) == (version, n_out)) or not t.numel() or is_traced(t):
+        seen = _IN_RANGE.get(t) if version is not None else None
+        if (seen is not None and seen[1] == n_out and unchanged(t, *seen[::2])) or not t.numel() or is_traced(t):
             return  # checked once per tensor (until it is modified): a target is reused by every call
         lo, hi = torch.aminmax(t)  # one reduction (a new target per batch pays this check every call)
         if lo.item() < -n_out or hi.item() >= n_out:
             raise IndexError(f"target values must lie in [0, {n_out}) for a model with {n_out} outputs; got {t.tolist()}")
         if version is not None:
-            _IN_RANGE[t] = (version, n_out)
+            _IN_RANGE[t] = (version, n_out, _snapshot(t))
     elif isinstance(t, int) and not -n_out <= t < n_out:
         raise IndexError(f"target {t} is out of range for a model with {n_out} outputs (shape {tuple(out.shape)})")
 
@@ -109,9 +122,12 @@ def _select_one(out: torch.Tensor, t, memo: dict | None = None) -> torch.Tensor:
         key = index = None
         if memo is not None and not t.is_inference() and not is_traced(t):
             key = (t._version, n, out.shape[1], tuple(out.shape[2:]), out.device, flat)
-            index = memo.get(key)
+            index, values = memo.get(key, (None, None))
+            if index is not None and not unchanged(t, key[0], values):
+                index = None
         if index is None:
             _check_range(out, t, out.shape[1])
+            given = t
             if t.is_inference():  # made under torch.inference_mode: autograd cannot save it as the index
                 t = t.clone()
             c = out.shape[1]
@@ -125,7 +141,7 @@ def _select_one(out: torch.Tensor, t, memo: dict | None = None) -> torch.Tensor:
             if key is not None:
                 if len(memo) > 16:  # a handful of layouts per target in practice; never grow without bound
                     memo.clear()
-                memo[key] = index
+                memo[key] = (index, _snapshot(given))
         if flat:
             return out.take(index)
         return out.gather(1, index).squeeze(1)  # (R, 1, ...) -> (R, ...): a view
