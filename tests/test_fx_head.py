@@ -169,6 +169,42 @@ def test_falls_back_where_it_must(why):
         handle.remove()
 
 
+class Scaled(nn.Module):
+    """A plain attribute read by forward: fx bakes its value into the trace."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.a, self.layer, self.b = nn.Linear(4, 5), nn.Linear(5, 5), nn.Linear(5, 3)
+        self.temperature, self.options = 1.0, {"relu": True}
+
+    def forward(self, x):
+        h = self.layer(self.a(x))
+        h = torch.relu(h) if self.options["relu"] else torch.tanh(h)
+        return self.b(h) / self.temperature
+
+
+def test_a_changed_plain_attribute_is_a_new_trace():
+    model = _double(Scaled())
+    split = xattr.at_layer(model, model.layer)
+    lfa = xattr.layer_feature_ablation(xattr.at_layer(xattr.target(model, 1), model.layer))
+
+    def check():
+        with torch.no_grad():
+            torch.testing.assert_close(split.head(split.act(X), X), model(X), rtol=0, atol=0)
+        fresh = xattr.layer_feature_ablation(xattr.at_layer(xattr.target(model, 1), model.layer))(X)
+        torch.testing.assert_close(lfa(X), fresh, rtol=0, atol=0)
+
+    check()
+    traced = fx_head.traced_head(split, split.act(X), (X,))
+    assert traced is not None and fx_head.traced_head(split, split.act(X), (X,)) is traced  # cached while nothing changes
+    model.temperature = 0.25
+    check()
+    model.options["relu"] = False  # a container changed in place
+    check()
+    assert fx_head.traced_head(split, split.act(X), (X,)) is not traced
+
+
 def test_layer_ig_same_numbers_both_heads():
     model = _double(CNN())
     x = torch.randn(3, 1, 6, 6, dtype=torch.float64)

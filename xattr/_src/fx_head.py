@@ -17,7 +17,10 @@ to its default (fx would bake Python values into the graph), several layers or
 or inside another leaf module), or a failed trace. Dead nodes are kept when they may write into
 a tensor that is still read (in-place ops, ``inplace=True`` modules, ``out=``) or draw random
 numbers. h is cloned on entry, as the hook head does. Traces are cached on the Split, keyed by
-the identity and mode of every module, parameter and buffer.
+the identity and mode of every module, parameter and buffer, and by the plain attributes
+(numbers, strings, flags, containers of them by value; other objects by identity) of every
+module whose own forward is traced, the model's own classes (fx bakes what they read into the
+graph: a changed temperature is a new trace).
 """
 
 from __future__ import annotations
@@ -89,8 +92,12 @@ def traced_head(split, h, args: tuple) -> TracedHead | None:
     return entry
 
 
+_MODULE_OWN = frozenset(vars(nn.Module()))  # what every nn.Module holds (parameters, hooks, mode)
+
+
 def _state(model: nn.Module):
-    """Identity of every module, parameter and buffer; None in train mode or with any hook."""
+    """Identity of every module, parameter and buffer, and the plain attributes of modules that
+    fx traces through; None in train mode or with any hook."""
     key = []
     for m in model.modules():
         if m.training or m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
@@ -98,7 +105,22 @@ def _state(model: nn.Module):
         key.append(id(m))
         key.extend(id(t) for t in m._parameters.values())
         key.extend(id(t) for t in m._buffers.values())
+        if not type(m).__module__.startswith("torch.nn."):  # a model's own class: its forward is traced
+            # fx bakes the attributes its forward reads (a temperature, a flag) into the graph
+            key.append(tuple((k, _value(v)) for k, v in vars(m).items() if k not in _MODULE_OWN))
     return tuple(key)
+
+
+def _value(v):
+    """A plain attribute as a cache key: numbers and strings by value (repr: -0.0 and nan are
+    themselves), containers item by item, anything else (a tensor, a function) by identity."""
+    if v is None or isinstance(v, (bool, int, float, complex, str)):
+        return type(v), repr(v)
+    if isinstance(v, (tuple, list)):
+        return type(v), tuple(_value(i) for i in v)
+    if isinstance(v, dict):
+        return dict, tuple((repr(k), _value(i)) for k, i in v.items())
+    return id(v)
 
 
 class _Tracer(fx.Tracer):
