@@ -37,6 +37,9 @@ ACTIVATIONS = {
     "softplus": lambda: nn.Softplus(beta=1.5),
     "gelu": nn.GELU,
     "silu": nn.SiLU,
+    "hardswish": nn.Hardswish,  # MobileNetV3
+    "hardsigmoid": nn.Hardsigmoid,
+    "relu6": nn.ReLU6,  # MobileNetV2
 }
 
 
@@ -105,6 +108,13 @@ def derivative(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(module, nn.SiLU):
         s = 1 / (1 + torch.exp(-x))
         return s + x * s * (1 - s)
+    inside = ((x > -3) & (x < 3)).double()
+    if isinstance(module, nn.Hardswish):  # x * relu6(x + 3) / 6
+        return torch.where(x >= 3, torch.ones_like(x), inside * (2 * x + 3) / 6)
+    if isinstance(module, nn.Hardsigmoid):  # relu6(x + 3) / 6
+        return inside / 6
+    if isinstance(module, nn.ReLU6):
+        return ((x > 0) & (x < 6)).double()
     raise TypeError(type(module))
 
 

@@ -26,7 +26,8 @@ from .layers import Split, layer_vjp_rows
 from .methods import _gap
 from .rules import rules
 
-RESCALED = (F.relu, F.elu, F.leaky_relu, torch.sigmoid, torch.tanh, F.softplus, F.gelu, F.silu, F.max_pool2d, F.softmax)
+RESCALED = (F.relu, F.elu, F.leaky_relu, torch.sigmoid, torch.tanh, F.softplus, F.gelu, F.silu, F.hardswish, F.hardsigmoid,
+            F.relu6, F.hardtanh, F.max_pool2d, F.softmax)
 
 
 def deep_lift_rules(eps: float = 1e-10) -> dict:

@@ -34,7 +34,8 @@ class Op(NamedTuple):
     inplace: bool
 
 
-ELEMENTWISE = frozenset({"relu", "elu", "leaky_relu", "sigmoid", "tanh", "softplus", "gelu", "silu"})
+ELEMENTWISE = frozenset({"relu", "elu", "leaky_relu", "sigmoid", "tanh", "softplus", "gelu", "silu", "hardswish", "hardsigmoid",
+                         "relu6", "hardtanh"})
 AFFINE = frozenset({"linear", "conv", "batch_norm", "avg_pool"})  # affine in their input
 
 
@@ -57,6 +58,10 @@ _POSITIONAL = {
     "softplus": ("beta", "threshold"),
     "gelu": ("approximate",),
     "silu": ("inplace",),
+    "hardswish": ("inplace",),
+    "hardsigmoid": ("inplace",),
+    "relu6": ("inplace",),
+    "hardtanh": ("min_val", "max_val", "inplace"),
     "sigmoid": (),
     "tanh": (),
 }
@@ -162,6 +167,10 @@ def _table() -> tuple[dict, dict]:
         "softplus": (F.softplus, [F.softplus], []),
         "gelu": (F.gelu, [F.gelu], []),
         "silu": (F.silu, [F.silu], []),
+        "hardswish": (F.hardswish, [F.hardswish], []),  # MobileNetV3
+        "hardsigmoid": (F.hardsigmoid, [F.hardsigmoid], []),
+        "relu6": (F.relu6, [F.relu6], []),
+        "hardtanh": (F.hardtanh, [F.hardtanh], [F.hardtanh_]),  # nn.ReLU6 (MobileNetV2) calls it
     }
     table: dict = {}
     kinds: dict = {}
