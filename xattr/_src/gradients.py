@@ -43,6 +43,20 @@ def detached():
     return contextlib.nullcontext()
 
 
+def model_calls():
+    """``torch.no_grad()`` for the model calls, unless a torch.func gradient transform (grad, vjp,
+    jacrev) is differentiating this call: attributions are then differentiable at its level, as
+    NOTE: [Detached results] promises (a no_grad inside the transformed function would make its
+    gradient zero). Under vmap alone, or outside transforms, nothing is recorded."""
+    if torch._C._functorch.maybe_current_level() is None:
+        return torch.no_grad()
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters  # noqa: PLC0415
+
+    if any(i.key() == torch._C._functorch.TransformType.Grad for i in retrieve_all_functorch_interpreters()):
+        return contextlib.nullcontext()
+    return torch.no_grad()
+
+
 def attribution_fn(inner: Callable, wrapped: Callable, *, detach: bool = True) -> Callable:
     """Marks a public attribution function: runs it `detached()` (``detach=False``: ``inner``
     sees to that itself), records what it wraps."""

@@ -27,9 +27,8 @@ from typing import Any, Callable
 import torch
 
 from .ablation import feature_ablation, feature_permutation
-from .gradients import attribution_fn
+from .gradients import attribution_fn, model_calls
 from .layers import Split
-from .perturb import model_calls
 
 
 def _check_split(split, name: str) -> Split:

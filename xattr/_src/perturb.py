@@ -13,7 +13,7 @@ weighted regression). Occlusion's overlapping windows are coalitions over window
 
 NOTE: [Perturbed copies in one call]
 K coalitions for B examples make K*B model rows, folded copy-major into the batch (NOTE:
-[Folding copies into the batch axis]) and evaluated under ``torch.no_grad`` (`model_calls`) in as few calls as
+[Folding copies into the batch axis]) and evaluated under ``torch.no_grad`` (`gradients.model_calls`) in as few calls as
 the memory budget allows: ``chunk_size`` (model rows per call, the library-wide knob) when
 given, else as many copies as fit ``memory_budget`` bytes of perturbed inputs (default
 ``MEMORY_BUDGET`` on an accelerator, ``CPU_MEMORY_BUDGET`` on CPU; the model's activations for
@@ -33,7 +33,6 @@ must be shared by all examples.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import weakref
 from typing import Callable
@@ -43,6 +42,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from . import tree as T
 from .checks import baselines_tuple, check_finite
+from .gradients import model_calls
 from .masks import constant, keep_masks
 
 # On a CUDA device the default budget is 1/64 of the memory free for new tensors (the device's
@@ -399,20 +399,6 @@ def _remember_one_number(f: Callable) -> None:
         _ONE_NUMBER.add(f)
     except TypeError:
         pass
-
-
-def model_calls():
-    """``torch.no_grad()`` for the model calls, unless a torch.func gradient transform (grad, vjp,
-    jacrev) is differentiating this call: attributions are then differentiable at its level, as
-    NOTE: [Detached results] promises (a no_grad inside the transformed function would make its
-    gradient zero). Under vmap alone, or outside transforms, nothing is recorded."""
-    if torch._C._functorch.maybe_current_level() is None:
-        return torch.no_grad()
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters  # noqa: PLC0415
-
-    if any(i.key() == torch._C._functorch.TransformType.Grad for i in retrieve_all_functorch_interpreters()):
-        return contextlib.nullcontext()
-    return torch.no_grad()
 
 
 def _as_output(out) -> torch.Tensor:

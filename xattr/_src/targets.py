@@ -69,7 +69,7 @@ def _check_range(out: torch.Tensor, t, n_out: int) -> None:
     if isinstance(t, torch.Tensor):
         version = None if t.is_inference() else t._version  # inference tensors have no version counter
         seen = _IN_RANGE.get(t) if version is not None else None
-        if (seen is not None and seen[1] == n_out and unchanged(t, *seen[::2])) or not t.numel() or is_traced(t):
+        if (seen is not None and seen[1] == n_out and unchanged(t, seen[0], seen[2])) or not t.numel() or is_traced(t):
             return  # checked once per tensor (until it is modified): a target is reused by every call
         lo, hi = torch.aminmax(t)  # one reduction (a new target per batch pays this check every call)
         if lo.item() < -n_out or hi.item() >= n_out:
