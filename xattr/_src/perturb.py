@@ -13,10 +13,10 @@ weighted regression). Occlusion's overlapping windows are coalitions over window
 
 NOTE: [Perturbed copies in one call]
 K coalitions for B examples make K*B model rows, folded copy-major into the batch (NOTE:
-[Folding copies into the batch axis]) and evaluated under ``torch.no_grad`` (`gradients.model_calls`) in as few calls as
-the memory budget allows: ``chunk_size`` (model rows per call, the library-wide knob) when
-given, else as many copies as fit ``memory_budget`` bytes of perturbed inputs (default
-``MEMORY_BUDGET`` on an accelerator, ``CPU_MEMORY_BUDGET`` on CPU; the model's activations for
+[Folding copies into the batch axis]) and evaluated under ``torch.no_grad``
+(`gradients.model_calls`) in as few calls as the memory budget allows: ``chunk_size`` (model
+rows per call, the library-wide knob) when given, else as many copies as fit ``memory_budget``
+bytes of perturbed inputs (default ``MEMORY_BUDGET`` on an accelerator, ``CPU_MEMORY_BUDGET`` on CPU; the model's activations for
 those rows come on top), and at most ``MAX_ROWS`` rows. A call always holds at least one whole
 copy of the batch. A perturbed element is exactly the input's or the baseline's value, for every
 dtype (``where(keep, x, b)``; for large float copies on CPU ``x * k + b * (1 - k)`` with k in
@@ -173,12 +173,12 @@ def copies_per_call(selected, batch: int, chunk_size: int | None, memory_budget:
     if chunk_size is not None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size!r}")
-        return max(1, chunk_size // max(1, batch))
+        return max(1, chunk_size // batch)
     if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1):
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
     leaves = T.leaves(selected)
     per_copy = sum(t.numel() * t.element_size() for t in leaves)
-    cap = max(1, MAX_ROWS // max(1, batch))  # an empty batch: one copy of nothing per call
+    cap = max(1, MAX_ROWS // batch)
     if memory_budget is None:
         device = leaves[0].device
         enough = MEMORY_BUDGET // max(1, per_copy) >= min(cap, n_copies if n_copies is not None else cap)
