@@ -473,6 +473,28 @@ def test_eps_falls_back_to_the_ordinary_derivative():
     assert_trees_close(xattr.deep_lift(xattr.target(mlp, 0), baselines=bm, eps=1e9, multiply_by_inputs=False)(xm), gm, what="MLP eps=1e9")
 
 
+def test_float16_ties_take_the_derivative_not_nan():
+    # the default eps (1e-10) is 0 in float16: a tie x == x' must still take the derivative
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(8, 3), nn.Softmax(-1)).double()
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    base = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    base[0] = x[0]  # every difference of example 0 is an exact 0
+    f = xattr.target(model, 1)
+    want = xattr.deep_lift(f, baselines=base, multiply_by_inputs=False)(x)
+    got = xattr.deep_lift(xattr.target(model.half(), 1), baselines=base.half(), multiply_by_inputs=False)(x.half())
+    assert got.dtype == torch.float16 and torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("eps", [-1.0, float("nan")])
+def test_a_negative_eps_is_refused(eps):
+    model, x, base = mlp_case()
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        xattr.deep_lift(xattr.target(model, 0), baselines=base, eps=eps)(x)
+
+
 @pytest.mark.parametrize("case", [cnn_case, mlp_case], ids=["cnn", "mlp"])
 def test_vmap_over_examples_equals_the_batch(case):
     model, x, base = case()

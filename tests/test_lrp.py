@@ -859,3 +859,26 @@ def test_output_hooks_only_for_rules_that_keep_the_ops_backward():
     assert Epsilon().scales_output(conv) and not Epsilon(zero_bias=True).scales_output(conv)
     assert not Gamma(0.25).scales_output(conv) and not AlphaBeta(2.0, 1.0).scales_output(conv)
     assert Gamma(0.25).scales_output(pool)  # a pool's backward does not use the weights' rule
+
+
+def test_float16_zero_activations_give_zero_relevance_not_nan():
+    # eps 1e-9 is 0 in float16: z == 0 must still be stabilized (0 / 0 was NaN)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    with torch.no_grad():
+        model[0].weight[:3] = 0  # three units with z == 0 exactly
+        model[0].bias.zero_()
+    x = torch.rand(2, 4)
+    want = xattr.lrp(xattr.target(model, 1))(x)
+    for composite in (None, epsilon_plus()):
+        got = xattr.lrp(xattr.target(model.half(), 1), composite=composite)(x.half())
+        assert torch.isfinite(got).all()
+        if composite is None:
+            torch.testing.assert_close(got.float(), want, atol=1e-2, rtol=1e-2)
+        model.float()
+
+
+@pytest.mark.parametrize("rule", [Epsilon, Gamma, AlphaBeta, ZPlus, WSquare])
+def test_a_negative_eps_is_refused(rule):
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        rule(eps=-1.0)

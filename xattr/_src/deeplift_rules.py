@@ -128,6 +128,20 @@ def step(t: torch.Tensor) -> torch.Tensor:
     return torch.sign(t).clamp_min_(0)
 
 
+def floored(eps: float, dtype: torch.dtype) -> float:
+    """eps raised to the smallest normal number of ``dtype``: in float16 the defaults (1e-10,
+    1e-9) round to 0, and a tie (``x == x_ref``, ``z == 0``) would divide 0 by 0."""
+    return max(eps, torch.finfo(dtype).tiny) if dtype.is_floating_point else eps
+
+
+def checked_eps(eps: float, name: str) -> float:
+    """eps as a float, refusing a negative one (it would turn ties and stabilizers into 0/0)."""
+    eps = float(eps)
+    if not eps >= 0:
+        raise ValueError(f"{name}: eps must be >= 0, got {eps}")
+    return eps
+
+
 def below(t: torch.Tensor, eps: float) -> torch.Tensor:
     """``[|t| < eps]`` as a float tensor (NOTE: [Float masks]): an in-place comparison keeps
     t's float dtype, and is as fast as a float op (not a bool one). Under torch.func transforms
@@ -267,27 +281,28 @@ class Rescale(Rule):
     shares_reference = True
 
     def __init__(self, eps: float = 1e-10):
-        self.eps = eps
+        self.eps = checked_eps(eps, "Rescale")
 
     def forward(self, op, x):
+        eps = floored(self.eps, x.dtype)
         if op.kind == "max_pool":
             y, indices = pool_with_indices(op, x)
             shape = x.new_zeros(()).expand(x.shape)  # the input's shape, no storage
             if not _paired(x):
                 return y, (indices, shape)
-            return y, (indices, shape, *self._max_pool_terms(op, x, y, indices))
+            return y, (indices, shape, *self._max_pool_terms(op, x, y, indices, eps))
         y = op.fn(x)
         paired = _paired(x)
         if op.kind == "softmax":
             if not paired:
                 return y, (y.clone(),)
             dx, dy = _delta(x), _delta(y)
-            near = dx.abs() < self.eps
+            near = dx.abs() < eps
             ratio = dy / torch.where(near, torch.ones_like(dx), dx)
             return y, (ratio, near, y.clone())
         if not paired:
             return y, (derivative(op, x, y),)
-        return y, (_rescaled(op, x, y, self.eps, rows=x.shape[0] if _ROWS.get()[2] else None),)
+        return y, (_rescaled(op, x, y, eps, rows=x.shape[0] if _ROWS.get()[2] else None),)
 
     def backward(self, op, saved: Saved, grad):
         if op.kind == "max_pool":
@@ -304,7 +319,7 @@ class Rescale(Rule):
         m = saved.extras[0]
         return (grad * m if m.shape[0] == grad.shape[0] else _both_halves(grad, m),)
 
-    def _max_pool_terms(self, op, x, y, indices) -> tuple:
+    def _max_pool_terms(self, op, x, y, indices, eps: float) -> tuple:
         """Per pooled output: the multipliers of its two argmax positions, for each half.
 
         NOTE: [Max-pool multipliers per output]
@@ -325,7 +340,7 @@ class Rescale(Rule):
         top = torch.maximum(y1, y2)
         dx_a = y1 - _at(x2, i1, nd)  # dx at x's argmax
         dx_r = _at(x1, i2, nd) - y2  # dx at the reference's argmax
-        near_a, near_r = below(dx_a, self.eps), below(dx_r, self.eps)
+        near_a, near_r = below(dx_a, eps), below(dx_r, eps)
         q_a = (top - y2).div_(dx_a.add_(near_a))  # never 0/0: dx + near != 0
         q_r = (y1 - top).div_(dx_r.add_(near_r))
         one, zero = q_a.new_ones(()), q_a.new_zeros(())

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .deeplift_rules import pool_with_indices, unpool
+from .deeplift_rules import checked_eps, floored, pool_with_indices, unpool
 from .rules import Rule, Saved, pullback
 
 # set by layer_lrp: an input-layer rule whose input depends on the layer's activation is an error
@@ -41,6 +41,7 @@ def stabilize(z: torch.Tensor, eps: float, *, where: bool | None = None) -> torc
     (``where=None``: by z's device) a ``torch.where`` of 4 kernels instead of 7, which on a GPU
     is memory traffic saved on every layer's activation.
     """
+    eps = floored(eps, z.dtype)
     if where if where is not None else z.device.type != "cpu":
         return torch.where(z >= 0, z + eps, z - eps)
     sign = torch.sign(z)
@@ -53,7 +54,7 @@ def stabilized_ratio(z: torch.Tensor, eps: float) -> torch.Tensor:
     the sign of a zero quotient at ``z = -0.0``). 3 kernels and 2 new tensors on every device,
     where the quotient of `stabilize` costs 8 kernels on CPU (5 elsewhere): it runs on every ruled
     layer's output. (Fresh tensors cost: a third one measured 1.5x the time of the two.)"""
-    a = z.abs()
+    a, eps = z.abs(), floored(eps, z.dtype)
     if torch._C._functorch.maybe_current_level() is not None:
         return a / (a + eps)
     return a.div_(a + eps)
@@ -91,7 +92,7 @@ class _Layer(Rule):
     keep_inputs = True
 
     def __init__(self, eps: float = 1e-9, zero_bias: bool = False):
-        self.eps = eps
+        self.eps = checked_eps(eps, type(self).__name__)
         self.zero_bias = zero_bias
 
     def rho(self, w: torch.Tensor) -> torch.Tensor:
@@ -194,7 +195,7 @@ class AlphaBeta(Rule):
     def __init__(self, alpha: float = 1.0, beta: float = 0.0, eps: float = 1e-9, bias: bool = True):
         if abs(alpha - beta - 1) > 1e-6:
             raise ValueError(f"alpha - beta must be 1 to conserve relevance; got alpha={alpha}, beta={beta}")
-        self.alpha, self.beta, self.eps, self.bias = alpha, beta, eps, bias
+        self.alpha, self.beta, self.eps, self.bias = alpha, beta, checked_eps(eps, type(self).__name__), bias
 
     def _parts(self, op, x, w, b):
         xp, xn, wp, wn = x.clamp(min=0), x.clamp(max=0), w.clamp(min=0), w.clamp(max=0)
@@ -258,7 +259,7 @@ class _InputLayer(Rule):
     input_layer = True
 
     def __init__(self, eps: float = 1e-9):
-        self.eps = eps
+        self.eps = checked_eps(eps, type(self).__name__)
 
     def forward(self, op, x, w, b):
         if ABOVE_SPLIT.get() and x.requires_grad:
