@@ -37,10 +37,26 @@ from .checks import check_finite, check_float_inputs, warn_if_training
 
 
 def detached():
-    """torch.no_grad() unless a torch.func transform is active. See NOTE: [Detached results]."""
+    """torch.no_grad() unless a torch.func transform is active. See NOTE: [Detached results].
+
+    NOTE: [Inference mode]
+    Under ``torch.inference_mode()`` autograd records nothing, so every gradient would come back
+    zero (torch.func's vjp says nothing) or fail deep inside a rule's graph walk. An attribution
+    is a computation that needs autograd, so at top level it leaves inference mode for its own
+    duration; tensors made in inference mode among its arguments are copied first (autograd may
+    not save them), and the attributions returned are ordinary tensors.
+    """
     if torch._C._functorch.maybe_current_level() is None:
+        if torch.is_inference_mode_enabled():
+            return _outside_inference_mode()
         return torch.no_grad()
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _outside_inference_mode():
+    with torch.inference_mode(False), torch.no_grad():
+        yield
 
 
 def model_calls():
@@ -67,11 +83,34 @@ def attribution_fn(inner: Callable, wrapped: Callable, *, detach: bool = True) -
 
     def fn(*args, **kwargs):
         with detached():
+            if _made_in_inference_mode(args):  # NOTE: [Inference mode]
+                args = T.tree_map(_ordinary, args)
             return inner(*args, **kwargs)
 
     fn.__wrapped__ = wrapped
     fn.__doc__ = inner.__doc__
     return fn
+
+
+def _made_in_inference_mode(args: tuple) -> bool:
+    """Whether any tensor in args was made under inference mode (plain tensors checked first:
+    this runs on every call of every attribution function)."""
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            if a.is_inference():
+                return True
+        elif a is not None and not isinstance(a, (int, float, bool, str)):
+            if any(isinstance(t, torch.Tensor) and t.is_inference() for t in T.leaves(a)):
+                return True
+    return False
+
+
+def _ordinary(t):
+    """A copy of an inference tensor that autograd may save (NOTE: [Inference mode])."""
+    if isinstance(t, torch.Tensor) and t.is_inference():
+        with torch.inference_mode(False):
+            return t.clone()
+    return t
 
 
 def is_multi_output(f: Callable) -> bool:
