@@ -795,6 +795,33 @@ def test_a_tensor_with_a_history_keeps_its_own_gradients(monkeypatch):
     assert torch.equal(got, want) and (want < 0).any()  # guided, the outside ReLU would give 0
 
 
+def test_relus_fused_in_a_recurrent_call_keep_their_gradient_on_either_path(monkeypatch):
+    """nn.RNN(nonlinearity="relu") is one torch call: the mode never sees its ReLUs, but on CPU
+    they leave ReLU nodes in the graph. Models holding one take the mode, so guided backprop is
+    the same on both paths (and on cuDNN, which leaves no ReLU node): the fused ReLUs keep their
+    gradient, the model's own ReLU is guided."""
+    counted = _ModeCalls(monkeypatch)
+    torch.manual_seed(0)
+    rnn, fc = nn.RNN(3, 5, nonlinearity="relu", batch_first=True).double(), nn.Linear(5, 2).double()
+    model = nn.ModuleDict({"rnn": rnn, "fc": fc}).eval()
+
+    def f(x):
+        return fc(torch.relu(rnn(x)[0][:, -1]))
+
+    f.model = model  # how xattr finds the modules behind a plain function (as xattr.target does)
+    x = torch.randn(4, 6, 3, dtype=torch.float64, requires_grad=True)
+    ruled = xattr.rules(f, {F.relu: Guided()})
+    (got,) = torch.autograd.grad(ruled(x)[:, 1].sum(), x)
+    assert counted.calls == 1
+    h = rnn(x)[0][:, -1]  # the reference: the RNN's ordinary vector-Jacobian product of the
+    (g_h,) = torch.autograd.grad(fc(torch.relu(h))[:, 1].sum(), h, retain_graph=True)  # guided
+    (want,) = torch.autograd.grad(h, x, g_h.clamp_min(0) * (h > 0))  # gradient at the outer ReLU
+    assert torch.allclose(got, want) and want.abs().sum() > 0
+    hooked = xattr.rules(lambda x: fc(torch.relu(rnn(x)[0][:, -1])), {F.relu: Guided()})  # no modules found
+    (walked,) = torch.autograd.grad(hooked(x)[:, 1].sum(), x)
+    assert not torch.allclose(walked, want)  # the walk guides the fused ReLUs too: why models take the mode
+
+
 def test_rules_the_graph_cannot_carry_keep_the_mode(monkeypatch):
     """Deconvolution (a rule of the incoming gradient, not the ReLU's own), DeepLift's rules, module
     keys, and calls under torch.func or without grad run under the mode."""

@@ -13,7 +13,10 @@ graph does not say how the op was spelled, nor whether it ran in place. The walk
 into nodes made during the call (autograd numbers nodes in the order they are made, per thread),
 so a tensor that arrives with a history keeps its own gradients, as under the mode. An in-place
 op on a view hides its node inside a ``CopySlices`` node; when the walk meets one it cannot tell
-what is inside, so the call is run again under the mode (its first graph is dropped).
+what is inside, so the call is run again under the mode (its first graph is dropped). A ReLU
+inside one fused torch call (``nn.RNN(nonlinearity="relu")``: ``torch.rnn_relu``) is not seen by
+the mode, and on a GPU (cuDNN) leaves no ReLU node either, but on CPU it leaves ReLU nodes in
+the graph: models holding one take the mode, so the fused ReLUs keep their gradient everywhere.
 """
 
 from __future__ import annotations

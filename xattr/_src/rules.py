@@ -439,9 +439,11 @@ class Ruled:
         self.table = table
         self.mapping = dict(mapping)
         self.multi_output = bool(getattr(f, "multi_output", False))
+        # the graph holds ReLU nodes the mode cannot see inside these (NOTE: [Rules as graph hooks])
+        self.graph_hooks = bool(table.by_node) and not any(map(_fused_relus, _modules(f)))
 
     def __call__(self, *args, **kwargs):
-        if self.table.by_node and torch.is_grad_enabled() and torch._C._functorch.maybe_current_level() is None:
+        if self.graph_hooks and torch.is_grad_enabled() and torch._C._functorch.maybe_current_level() is None:
             first = node_number()
             out = self.model(*args, **kwargs)
             if hook_graph(out, self.table.by_node, first):  # NOTE: [Rules as graph hooks]
@@ -452,6 +454,18 @@ class Ruled:
 
     def __repr__(self) -> str:
         return f"rules({self.model!r}, {self.mapping!r})"
+
+
+def _fused_relus(model: nn.Module) -> bool:
+    """Whether the model holds an ``nn.RNN(nonlinearity="relu")``: one torch call, whose ReLUs a
+    torch function mode never sees, but which on CPU leaves ReLU nodes in the autograd graph."""
+    todo = [model]  # a plain walk: model.modules() costs 3x as much (checks._training_stochastic)
+    while todo:
+        m = todo.pop()
+        if isinstance(m, nn.RNNBase) and m.mode == "RNN_RELU":
+            return True
+        todo.extend(c for c in m._modules.values() if c is not None)
+    return False
 
 
 def rules(f: Callable, mapping: Mapping, *, root: nn.Module | None = None) -> Ruled:
