@@ -633,6 +633,50 @@ def test_merge_batch_norm_falls_back_to_sequential_neighbours():
     torch.testing.assert_close(merged(x), model(x))
 
 
+@pytest.mark.parametrize("traceable", [True, False])
+def test_merge_batch_norm_with_a_linear_on_the_last_dim_keeps_the_function(traceable):
+    """A linear acts on the last dim, BatchNorm1d on dim 1: merged only for (B, F) activations;
+    on (B, C, L) (here C == L, so a per-feature fold would run and be wrong) the merged linear
+    computes the two unmerged."""
+    torch.manual_seed(20)
+    seq = nn.Sequential(nn.Linear(5, 5), nn.BatchNorm1d(5), nn.ReLU()).double()
+    with torch.no_grad():
+        seq[1].running_mean.uniform_(-1, 1)
+        seq[1].running_var.uniform_(0.5, 2.0)
+        seq[1].weight.uniform_(-1.5, 1.5)
+    model = (seq if traceable else Untraceable2(seq)).eval()
+    merged = xattr.merge_batch_norm(model)
+    body = merged if traceable else merged.body
+    assert isinstance(body.get_submodule("0"), nn.Linear) and isinstance(body.get_submodule("1"), nn.Identity)
+    for shape in ((4, 5), (4, 5, 5)):
+        x = random_tensor(shape, seed=21)
+        torch.testing.assert_close(merged(x), model(x), msg=str(shape))
+    flat = random_tensor((4, 5), seed=22)  # LRP of the merged (B, F) model sees one layer with folded weights
+    got = run(merged, flat, 1, {**lrp_rules(), nn.Linear: Gamma(0.5)})
+    torch.testing.assert_close(got, reference_lrp([body.get_submodule("0"), body.get_submodule("2")], flat, 1, {0: ref_gamma(0.5)}))
+
+
+class Untraceable2(nn.Module):
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        h = self.body(x)
+        return h if h.sum() > -1e9 else -h
+
+
+def test_merge_batch_norm_leaves_batch_norms_without_running_statistics():
+    """track_running_stats=False: batch statistics even in eval mode, not an affine map."""
+    torch.manual_seed(23)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3, track_running_stats=False), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(3, 3), nn.BatchNorm1d(3)).double().eval()
+    merged = xattr.merge_batch_norm(model)
+    assert isinstance(merged.get_submodule("1"), nn.BatchNorm2d) and isinstance(merged.get_submodule("5"), nn.Identity)
+    x = random_tensor((2, 2, 5, 5), seed=24)
+    torch.testing.assert_close(merged(x), model(x))
+
+
 def test_merge_batch_norm_in_train_mode_raises():
     model = bn_model().train()
     with pytest.raises(ValueError, match="eval mode"):

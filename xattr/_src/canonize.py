@@ -7,6 +7,12 @@ it: ``W' = s W`` (per output channel), ``b' = s (b - mean) + beta``. The merged 
 the same function, but LRP rules such as gamma and alpha-beta now see the true weights of the
 composite layer (Montavon et al. 2019; Guillemot et al. 2020), instead of propagating through a
 separate elementwise layer.
+
+A linear layer acts on the last dim and a batch norm on dim 1: the two are the same dim only
+for activations of shape (B, F). A merged linear (`FoldedLinear`, still an ``nn.Linear``) keeps
+its original weights and the batch norm for other shapes, where it computes them unmerged. A
+batch norm without running statistics (``track_running_stats=False``) normalises by the batch's
+own statistics even in eval mode, is not affine, and is never merged.
 """
 
 from __future__ import annotations
@@ -14,16 +20,61 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = nn.modules.batchnorm._BatchNorm
 
 
+class FoldedLinear(nn.Linear):
+    """An ``nn.Linear`` with a following BatchNorm1d merged into it, for inputs of shape (B, F);
+    other shapes run the original weights, then the batch norm's affine map on dim 1 (NOTE:
+    [Merging batch norm])."""
+
+    def __init__(self, linear: nn.Linear, bn: nn.Module):
+        factory = {"device": linear.weight.device, "dtype": linear.weight.dtype}
+        super().__init__(linear.in_features, linear.out_features, bias=True, **factory)
+        self.train(linear.training)
+        scale, shift = _affine(bn)
+        with torch.no_grad():
+            self.register_buffer("unfolded_weight", linear.weight.detach().clone())
+            self.register_buffer("unfolded_bias", None if linear.bias is None else linear.bias.detach().clone())
+            self.register_buffer("norm_scale", scale.clone())
+            self.register_buffer("norm_shift", (shift - bn.running_mean * scale).clone())
+            self.weight.copy_(linear.weight)
+            self.bias.copy_(linear.bias if linear.bias is not None else torch.zeros_like(self.bias))
+        _fold(self, bn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 2:
+            return super().forward(x)
+        y = F.linear(x, self.unfolded_weight, self.unfolded_bias)
+        channel = (-1,) + (1,) * (y.ndim - 2)  # the batch norm's dim 1
+        return y * self.norm_scale.view(channel) + self.norm_shift.view(channel)
+
+
+def _affine(bn: nn.Module):
+    """(scale, beta) of an eval-mode batch norm: ``y = scale * (z - mean) + beta``."""
+    scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+
+
+def _mergeable(layer: nn.Module, bn: nn.Module) -> bool:
+    return isinstance(layer, _LAYERS) and isinstance(bn, _NORMS) and bn.running_var is not None
+
+
+def _merged(layer: nn.Module, bn: nn.Module) -> nn.Module:
+    """The layer to put in place of ``layer``, with ``bn`` merged (``layer`` may be changed)."""
+    if isinstance(layer, nn.Linear):
+        return FoldedLinear(layer, bn)
+    _fold(layer, bn)
+    return layer
+
+
 @torch.no_grad()
 def _fold(layer: nn.Module, bn: nn.Module) -> None:
-    scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
-    shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+    scale, shift = _affine(bn)
     bias = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
     layer.weight.mul_(scale.reshape((-1,) + (1,) * (layer.weight.ndim - 1)))
     new_bias = (bias - bn.running_mean) * scale + shift
@@ -43,7 +94,8 @@ def merge_batch_norm(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with each batch norm that directly follows a conv or linear merged into it.
 
     The original is untouched. The copy computes the same outputs (NOTE: [Merging batch norm]);
-    module names are kept, merged batch norms become ``nn.Identity``. Uses torch.fx when the
+    module names are kept, merged batch norms become ``nn.Identity``, merged linears
+    `FoldedLinear`s (an ``nn.Linear``); batch norms without running statistics stay. Uses torch.fx when the
     model traces; otherwise merges neighbours inside ``nn.Sequential`` containers.
 
     Example:
@@ -65,11 +117,11 @@ def merge_batch_norm(model: nn.Module) -> nn.Module:
         if node.op != "call_module" or not isinstance(modules[node.target], _NORMS):
             continue
         prev = node.args[0]
-        if not (isinstance(prev, fx.Node) and prev.op == "call_module" and isinstance(modules[prev.target], _LAYERS)):
+        if not (isinstance(prev, fx.Node) and prev.op == "call_module" and _mergeable(modules[prev.target], modules[node.target])):
             continue
         if len(prev.users) != 1 or uses[prev.target] != 1 or uses[node.target] != 1:
             continue
-        _fold(modules[prev.target], modules[node.target])
+        _replace(traced, prev.target, _merged(modules[prev.target], modules[node.target]))
         _replace(traced, node.target, nn.Identity().train(False))  # the batch norm's mode (eval)
     traced.recompile()
     return traced
@@ -84,6 +136,6 @@ def _merge_sequential(model: nn.Module) -> None:
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         names = list(seq._modules)
         for a, b in zip(names, names[1:]):
-            if isinstance(seq._modules[a], _LAYERS) and isinstance(seq._modules[b], _NORMS):
-                _fold(seq._modules[a], seq._modules[b])
+            if _mergeable(seq._modules[a], seq._modules[b]):
+                seq._modules[a] = _merged(seq._modules[a], seq._modules[b])
                 seq._modules[b] = nn.Identity().train(False)
