@@ -247,3 +247,14 @@ def test_train_mode_warns_exactly_once_through_compositions(make):
         warnings.simplefilter("always")
         make(xattr.target(model, 0))(X)
     assert sum("train mode" in str(w.message) for w in caught) == 1
+
+
+@pytest.mark.parametrize(
+    "method", ["saliency", "input_x_gradient", "grad", "value_and_grad", "guided_backprop", "deconvolution", "lrp",
+               "integrated_gradients", "deep_lift", "feature_ablation"])
+@pytest.mark.parametrize("chunk_size", [0, -3, 2.5, True])
+@pytest.mark.parametrize("many", [False, True], ids=["one output", "two outputs"])
+def test_every_method_refuses_a_chunk_size_that_is_not_a_positive_int(method, chunk_size, many):
+    f = xattr.target(_mlp(), xattr.outputs([0, 2]) if many else 0)
+    with pytest.raises(ValueError, match="chunk_size must be a positive number of rows"):
+        getattr(xattr, method)(f, chunk_size=chunk_size)(X)

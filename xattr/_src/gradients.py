@@ -150,6 +150,7 @@ def vjp_rows(
     ``weights`` (R,) scales each row's cotangent. For K outputs, ``chunk_size`` (model rows, as
     everywhere) bounds the backward work vmapped at once: max(1, chunk_size // R) cotangents.
     """
+    T.checked_chunk_size(chunk_size)
     selected, rebuild = T.split_args(args, argnums)
     check_float_inputs(selected, method)
     multi = is_multi_output(f)

@@ -170,9 +170,7 @@ def copies_per_call(selected, batch: int, chunk_size: int | None, memory_budget:
 
     ``n_copies`` (how many copies there are, when known) spares the free-memory query on CUDA
     when the smallest default budget already holds them all (the query costs ~1 ms there)."""
-    if chunk_size is not None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size!r}")
+    if T.checked_chunk_size(chunk_size) is not None:
         return max(1, chunk_size // batch)
     if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1):
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")

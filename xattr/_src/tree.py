@@ -205,15 +205,20 @@ def copies_of(t: torch.Tensor, rows: int) -> int:
     return rows // b
 
 
+def checked_chunk_size(chunk_size):
+    """chunk_size as given, when it is None or a positive int; else a ValueError."""
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size!r}")
+    return chunk_size
+
+
 def chunks(n: int, batch: int, chunk_size: int | None) -> list[tuple[int, int]]:
     """Splits n copies of a batch into (start, stop) ranges of at most chunk_size rows each.
 
     ``chunk_size`` counts model rows (examples x copies), like Captum's internal_batch_size; a
     chunk always holds at least one whole copy of the batch.
     """
-    if chunk_size is None:
+    if checked_chunk_size(chunk_size) is None:
         return [(0, n)]
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
     per = max(1, chunk_size // max(1, batch))
     return [(s, min(s + per, n)) for s in range(0, n, per)]
