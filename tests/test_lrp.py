@@ -706,6 +706,47 @@ def test_multihead_attention_is_refused():
         xattr.lrp(model)(random_tensor((2, 3, 4), seed=0))
 
 
+class Recurrent(nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.layer, self.head = layer, nn.Linear(4, 2)
+
+    def forward(self, x):
+        out = self.layer(x)
+        out = out[0] if isinstance(out, tuple) else out
+        return self.head(out[:, -1] if out.ndim == 3 else out)
+
+
+RECURRENT = {
+    "lstm": lambda: nn.LSTM(3, 4, batch_first=True), "gru": lambda: nn.GRU(3, 4, batch_first=True),
+    "rnn": lambda: nn.RNN(3, 4, batch_first=True), "rnn_relu": lambda: nn.RNN(3, 4, nonlinearity="relu", batch_first=True),
+    "lstm_cell": lambda: nn.LSTMCell(3, 4), "gru_cell": lambda: nn.GRUCell(3, 4), "rnn_cell": lambda: nn.RNNCell(3, 4),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(RECURRENT))
+def test_recurrent_layers_are_refused_and_can_be_let_through(kind):
+    """A fused recurrent op multiplies gates: no rule conserves through it, so LRP says so (it was
+    silently the plain gradient); dropping the entry runs it with the ordinary gradient."""
+    model = _seeded(22, lambda: Recurrent(RECURRENT[kind]()).double()).eval()
+    x = random_tensor((2, 5, 3) if "cell" not in kind else (2, 3), seed=1)
+    with pytest.raises(NotImplementedError, match="no rule for nn.LSTM, nn.GRU or nn.RNN"):
+        xattr.lrp(xattr.target(model, 0))(x)
+    composite = lrp_rules()
+    del composite[torch.lstm]
+    got = xattr.lrp(xattr.target(model, 0), composite=composite)(x)
+    # the head is the only ruled layer: epsilon's gradient w z / (z + eps sign z) at h, then the
+    # recurrent layer's ordinary gradient, times the input
+    x = x.clone().requires_grad_()
+    h = model.layer(x)
+    h = h[0] if isinstance(h, tuple) else h
+    h = h[:, -1] if h.ndim == 3 else h
+    z = model.head(h)[:, 0].detach()
+    g_h = model.head.weight[0].detach() * (z / (z + 1e-9 * torch.where(z >= 0, 1.0, -1.0)))[:, None]
+    (want,) = torch.autograd.grad(h, x, g_h)
+    torch.testing.assert_close(got, (x * want).detach())
+
+
 # ----------------------------------------------------------------------------- transforms and state
 
 

@@ -408,6 +408,14 @@ _FUSED = (
     "or map F.multi_head_attention_forward to a rule of your own."
 )
 
+_RECURRENT = (
+    "LRP has no rule for nn.LSTM, nn.GRU or nn.RNN: each runs as one fused op whose gates multiply "
+    "activations, and relevance through it would not be conserved. LRP for LSTMs (Arras et al. 2017) "
+    "needs the cell written out with its gates. To run anyway, with the layer's ordinary gradient, "
+    "pass a composite without the torch.lstm entry (it stands for every recurrent op): "
+    "c = xattr.rule.lrp_rules(); del c[torch.lstm]."
+)
+
 
 def lrp_rules(eps: float = 1e-9) -> dict:
     """The default LRP mapping (Captum's defaults): epsilon for every layer, activations pass.
@@ -416,15 +424,15 @@ def lrp_rules(eps: float = 1e-9) -> dict:
     max-pool, ``F.avg_pool2d`` for average and adaptive average pools. Linear, conv, batch-norm,
     average and max pooling: `Epsilon`; tanh, sigmoid, ELU, GELU and
     the other elementwise activations: `Pass` (ReLU keeps its derivative, which is the same);
-    layer norm: `FixedStd`; scaled-dot-product attention: `FixedAttention`; softmax and
-    nn.MultiheadAttention: a clear error.
+    layer norm: `FixedStd`; scaled-dot-product attention: `FixedAttention`; softmax,
+    nn.MultiheadAttention and the recurrent layers (LSTM, GRU, RNN): a clear error.
     """
     layer, passing = Epsilon(eps), Pass()
     mapping = {F.linear: layer, torch.conv2d: layer, F.batch_norm: layer, F.avg_pool2d: layer, F.max_pool2d: layer}
     mapping.update({fn: passing for fn in (F.elu, F.leaky_relu, torch.sigmoid, torch.tanh, F.softplus, F.gelu, F.silu,
                                                     F.hardswish, F.hardsigmoid, F.relu6, F.hardtanh)})
     mapping.update({F.layer_norm: FixedStd(), F.scaled_dot_product_attention: FixedAttention()})
-    mapping.update({F.softmax: Refuse(_SOFTMAX), F.multi_head_attention_forward: Refuse(_FUSED)})
+    mapping.update({F.softmax: Refuse(_SOFTMAX), F.multi_head_attention_forward: Refuse(_FUSED), torch.lstm: Refuse(_RECURRENT)})
     return mapping
 
 

@@ -156,6 +156,15 @@ def _fused_attention(func, *args, **kwargs):
     return Op("fused_attention", None, (), {}, func, False)
 
 
+def _fused_recurrent(func, *args, **kwargs):
+    return Op("fused_recurrent", None, (), {}, func, False)
+
+
+# nn.LSTM, nn.GRU, nn.RNN and their cells: one call each, whose gates and activations no rule sees
+RECURRENT = (torch.lstm, torch.gru, torch.rnn_tanh, torch.rnn_relu, torch.lstm_cell, torch.gru_cell, torch.rnn_tanh_cell,
+             torch.rnn_relu_cell)
+
+
 def _table() -> tuple[dict, dict]:
     """(torch function -> parser, torch function -> kind)."""
     unary = {
@@ -196,6 +205,8 @@ def _table() -> tuple[dict, dict]:
     add(F.layer_norm, "layer_norm", _layer_norm)
     add(F.scaled_dot_product_attention, "attention", _sdpa)
     add(F.multi_head_attention_forward, "fused_attention", _fused_attention)
+    for f in RECURRENT:
+        add(f, "fused_recurrent", _fused_recurrent)
     return table, kinds
 
 
