@@ -40,6 +40,12 @@ ACTIVATIONS = {
     "hardswish": nn.Hardswish,  # MobileNetV3
     "hardsigmoid": nn.Hardsigmoid,
     "relu6": nn.ReLU6,  # MobileNetV2
+    "mish": nn.Mish,
+    "selu": nn.SELU,
+    "celu": lambda: nn.CELU(0.8),
+    "softsign": nn.Softsign,
+    "logsigmoid": nn.LogSigmoid,
+    "threshold": lambda: nn.Threshold(0.1, -0.5),  # a jump: Rescale's ratio is exact across it
 }
 
 
@@ -115,6 +121,20 @@ def derivative(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return inside / 6
     if isinstance(module, nn.ReLU6):
         return ((x > 0) & (x < 6)).double()
+    if isinstance(module, nn.Mish):  # x tanh(softplus(x))
+        t = torch.tanh(torch.log1p(torch.exp(x)))
+        return t + x * (1 - t * t) / (1 + torch.exp(-x))
+    if isinstance(module, nn.SELU):
+        scale, alpha = 1.0507009873554804934193349852946, 1.6732632423543772848170429916717
+        return scale * torch.where(x > 0, torch.ones_like(x), alpha * torch.exp(x))
+    if isinstance(module, nn.CELU):
+        return torch.where(x > 0, torch.ones_like(x), torch.exp(x / module.alpha))
+    if isinstance(module, nn.Softsign):
+        return 1 / (1 + x.abs()) ** 2
+    if isinstance(module, nn.LogSigmoid):
+        return 1 / (1 + torch.exp(x))
+    if isinstance(module, nn.Threshold):
+        return (x > module.threshold).double()
     raise TypeError(type(module))
 
 
@@ -560,7 +580,11 @@ def test_guided_grad_cam_refuses_layers_and_inputs_without_spatial_dims():
 # --------------------------------------------------------------------------- the two spellings of Rescale
 
 
-@pytest.mark.parametrize("kind", ["relu", "leaky_relu", "elu", "sigmoid", "tanh", "softplus", "gelu"])
+SPELLED = {"relu": F.relu, "leaky_relu": F.leaky_relu, "elu": F.elu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "softplus": F.softplus,
+           "gelu": F.gelu, "mish": F.mish, "selu": F.selu, "celu": F.celu, "softsign": F.softsign, "logsigmoid": F.logsigmoid}
+
+
+@pytest.mark.parametrize("kind", sorted(SPELLED))
 def test_rescale_multipliers_equal_in_both_spellings(kind):
     """The float-mask spelling (CPU) and the torch.where one (other devices) give equal values,
     at exact ties (x == x'), below eps, and elsewhere."""
@@ -573,7 +597,7 @@ def test_rescale_multipliers_equal_in_both_spellings(kind):
     x2[0] = x1[0]  # ties
     x2[1, :25] = x1[1, :25] + 1e-12  # below eps
     x = torch.cat([x1, x2])
-    func = {"relu": F.relu, "leaky_relu": F.leaky_relu, "elu": F.elu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "softplus": F.softplus, "gelu": F.gelu}[kind]
+    func = SPELLED[kind]
     op = ops.PARSERS[func](func, x)
     y = op.fn(x)
     masks = _rescaled(op, x, y, 1e-10, where=False)

@@ -27,7 +27,7 @@ from .methods import _gap
 from .rules import rules
 
 RESCALED = (F.relu, F.elu, F.leaky_relu, torch.sigmoid, torch.tanh, F.softplus, F.gelu, F.silu, F.hardswish, F.hardsigmoid,
-            F.relu6, F.hardtanh, F.max_pool2d, F.softmax)
+            F.relu6, F.hardtanh, F.mish, F.selu, F.celu, F.softsign, F.logsigmoid, F.threshold, F.max_pool2d, F.softmax)
 
 
 def deep_lift_rules(eps: float = 1e-10) -> dict:

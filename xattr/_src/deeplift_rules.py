@@ -162,6 +162,11 @@ def derivative(op: ops.Op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if op.kind == "leaky_relu":
         slope = op.options.get("negative_slope", 0.01)
         return slope + (1 - slope) * step(x)
+    # torch's own backward of these two rounds a constant (1/alpha, 1/6) to float32: ~1e-8 off in float64
+    if op.kind == "celu":
+        return torch.exp(x.clamp(max=0) / op.options.get("alpha", 1.0))
+    if op.kind == "hardsigmoid":  # 1/6 on (-3, 3)
+        return torch.rsub(x.abs(), 3).sign_().clamp_min_(0).div_(6)
     return jvp(op.fn, (x,), (torch.ones_like(x),))[1]
 
 

@@ -430,7 +430,8 @@ def lrp_rules(eps: float = 1e-9) -> dict:
     layer, passing = Epsilon(eps), Pass()
     mapping = {F.linear: layer, torch.conv2d: layer, F.batch_norm: layer, F.avg_pool2d: layer, F.max_pool2d: layer}
     mapping.update({fn: passing for fn in (F.elu, F.leaky_relu, torch.sigmoid, torch.tanh, F.softplus, F.gelu, F.silu,
-                                                    F.hardswish, F.hardsigmoid, F.relu6, F.hardtanh)})
+                                                    F.hardswish, F.hardsigmoid, F.relu6, F.hardtanh, F.mish, F.selu,
+                                                    F.celu, F.softsign, F.logsigmoid, F.threshold)})
     mapping.update({F.layer_norm: FixedStd(), F.scaled_dot_product_attention: FixedAttention()})
     mapping.update({F.softmax: Refuse(_SOFTMAX), F.multi_head_attention_forward: Refuse(_FUSED), torch.lstm: Refuse(_RECURRENT)})
     return mapping

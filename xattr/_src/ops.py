@@ -35,7 +35,7 @@ class Op(NamedTuple):
 
 
 ELEMENTWISE = frozenset({"relu", "elu", "leaky_relu", "sigmoid", "tanh", "softplus", "gelu", "silu", "hardswish", "hardsigmoid",
-                         "relu6", "hardtanh"})
+                         "relu6", "hardtanh", "mish", "selu", "celu", "softsign", "logsigmoid", "threshold"})
 AFFINE = frozenset({"linear", "conv", "batch_norm", "avg_pool"})  # affine in their input
 
 
@@ -62,6 +62,12 @@ _POSITIONAL = {
     "hardsigmoid": ("inplace",),
     "relu6": ("inplace",),
     "hardtanh": ("min_val", "max_val", "inplace"),
+    "mish": ("inplace",),
+    "selu": ("inplace",),
+    "celu": ("alpha", "inplace"),
+    "softsign": (),
+    "logsigmoid": (),
+    "threshold": ("threshold", "value", "inplace"),
     "sigmoid": (),
     "tanh": (),
 }
@@ -180,6 +186,12 @@ def _table() -> tuple[dict, dict]:
         "hardsigmoid": (F.hardsigmoid, [F.hardsigmoid], []),
         "relu6": (F.relu6, [F.relu6], []),
         "hardtanh": (F.hardtanh, [F.hardtanh], [F.hardtanh_]),  # nn.ReLU6 (MobileNetV2) calls it
+        "mish": (F.mish, [F.mish], []),
+        "selu": (F.selu, [F.selu, torch.selu], [F.selu_, torch.selu_]),
+        "celu": (F.celu, [F.celu, torch.celu], [F.celu_, torch.celu_]),
+        "softsign": (F.softsign, [F.softsign], []),
+        "logsigmoid": (F.logsigmoid, [F.logsigmoid], []),
+        "threshold": (F.threshold, [F.threshold, torch.threshold], [F.threshold_, torch.threshold_]),
     }
     table: dict = {}
     kinds: dict = {}
