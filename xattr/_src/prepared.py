@@ -177,7 +177,7 @@ class OneCall:
         self.held = held  # the signature's tensors, kept alive so that their ids stay theirs
         # and their values as prepared: a write that bypasses the version counter (through
         # ``.data``, or a numpy array sharing a CPU tensor's memory) must not be served stale
-        self.snapshots = tuple((t, t.clone()) for t in held if isinstance(t, torch.Tensor) and t.device.type == "cpu")
+        self.snapshots = tuple((t, T.cpu_snapshot(t)) for t in held if isinstance(t, torch.Tensor) and t.device.type == "cpu")
 
     @classmethod
     def make(cls, f, selected: tuple, masks, base: tuple, coalitions, *, chunk_size, memory_budget, held=(), finish=None):

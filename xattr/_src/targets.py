@@ -54,15 +54,9 @@ _IN_RANGE = WeakIdKeyDictionary()  # target tensor -> (its version, output count
 
 
 def unchanged(t: torch.Tensor, version: int, values: torch.Tensor | None) -> bool:
-    """Whether a target tensor still holds what a memo saw: its version counter, and on the CPU
-    its values too (a write through ``.data`` or through a numpy array sharing its memory leaves
-    the counter as it was; comparing a GPU tensor would wait for the device, and there only
-    ``.data`` writes go unseen)."""
+    """Whether a target tensor still holds what a memo saw: its version counter, and its values
+    as `T.cpu_snapshot` kept them."""
     return t._version == version and (values is None or torch.equal(t, values))
-
-
-def _snapshot(t: torch.Tensor) -> torch.Tensor | None:
-    return t.clone() if t.device.type == "cpu" else None
 
 
 def _check_range(out: torch.Tensor, t, n_out: int) -> None:
@@ -75,7 +69,7 @@ def _check_range(out: torch.Tensor, t, n_out: int) -> None:
         if lo.item() < -n_out or hi.item() >= n_out:
             raise IndexError(f"target values must lie in [0, {n_out}) for a model with {n_out} outputs; got {t.tolist()}")
         if version is not None:
-            _IN_RANGE[t] = (version, n_out, _snapshot(t))
+            _IN_RANGE[t] = (version, n_out, T.cpu_snapshot(t))
     elif isinstance(t, int) and not -n_out <= t < n_out:
         raise IndexError(f"target {t} is out of range for a model with {n_out} outputs (shape {tuple(out.shape)})")
 
@@ -141,7 +135,7 @@ def _select_one(out: torch.Tensor, t, memo: dict | None = None) -> torch.Tensor:
             if key is not None:
                 if len(memo) > 16:  # a handful of layouts per target in practice; never grow without bound
                     memo.clear()
-                memo[key] = (index, _snapshot(given))
+                memo[key] = (index, T.cpu_snapshot(given))
         if flat:
             return out.take(index)
         return out.gather(1, index).squeeze(1)  # (R, 1, ...) -> (R, ...): a view

@@ -205,6 +205,16 @@ def copies_of(t: torch.Tensor, rows: int) -> int:
     return rows // b
 
 
+def cpu_snapshot(t: torch.Tensor) -> torch.Tensor | None:
+    """A copy of a CPU tensor's values, to compare with later (None on other devices).
+
+    A memo keyed on a tensor and its version counter misses writes that bypass the counter
+    (through ``.data``, or a numpy array sharing a CPU tensor's memory); comparing values with
+    this copy sees them. On a GPU comparing would wait for the device, so there only ``.data``
+    writes go unseen."""
+    return t.clone() if t.device.type == "cpu" else None
+
+
 def checked_chunk_size(chunk_size):
     """chunk_size as given, when it is None or a positive int; else a ValueError."""
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
