@@ -181,6 +181,56 @@ def test_smooth_same_seed_any_batch_and_chunk():
     assert not torch.allclose(xattr.smooth(xattr.saliency(xattr.target(_model(), 3)), generator=g)(X), full)
 
 
+FOLDS = [(outer, inner) for outer in ("smooth", "nested smooth", "expectation")
+         for inner in ("gradient_shap", "shapley_value_sampling", "kernel_shap", "lime")
+         if (outer, inner) != ("expectation", "gradient_shap")]  # it takes a distribution, not baselines per row
+
+
+@pytest.mark.parametrize(("outer", "inner"), FOLDS)
+def test_folding_transforms_around_seeded_stochastic_methods_are_batch_and_chunk_invariant(inner, outer):
+    """NOTE: [Seeds of folded copies]: the inner method's draws follow (example, copy), not the
+    row's place in its call; they still differ between copies and between examples."""
+    f = xattr.target(_model(), 3)
+    make = {
+        "gradient_shap": lambda: xattr.gradient_shap(f, baselines=torch.zeros(3, 4, dtype=torch.float64), n_samples=3, generator=2),
+        "shapley_value_sampling": lambda: xattr.shapley_value_sampling(f, n_samples=2, generator=2),
+        "kernel_shap": lambda: xattr.kernel_shap(f, n_samples=12, generator=2),
+        "lime": lambda: xattr.lime(f, n_samples=12, generator=2),
+    }[inner]
+
+    def transform(chunk_size=None):
+        if outer == "smooth":
+            return xattr.smooth(make(), stdevs=0.2, n_samples=3, generator=1, chunk_size=chunk_size)
+        if outer == "nested smooth":
+            return xattr.smooth(xattr.smooth(make(), stdevs=0.2, n_samples=2, generator=4, chunk_size=chunk_size),
+                                stdevs=0.2, n_samples=2, generator=1, chunk_size=chunk_size)
+        dist = torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        return xattr.expectation(_with_baselines(inner, f), baselines=dist, n_samples=3, generator=1, chunk_size=chunk_size)
+
+    full = transform()(X)
+    for chunk_size in (X.shape[0], 2 * X.shape[0]):
+        torch.testing.assert_close(transform(chunk_size)(X), full)
+    torch.testing.assert_close(transform()(X[:2]), full[:2])
+    # a fold of identical copies: different copies still get different draws (the average
+    # of 3 equal-seeded copies would equal one call)
+    if outer == "smooth":
+        same = xattr.smooth(make(), stdevs=0.0, n_samples=3, generator=1)(X)
+        assert not torch.allclose(same, make()(X))
+
+
+def _with_baselines(inner, f):
+    """The stochastic method with a baselines= keyword (for expectation)."""
+    def fn(x, baselines):
+        method = {
+            "shapley_value_sampling": lambda: xattr.shapley_value_sampling(f, baselines=baselines, n_samples=2, generator=2),
+            "kernel_shap": lambda: xattr.kernel_shap(f, baselines=baselines, n_samples=12, generator=2),
+            "lime": lambda: xattr.lime(f, baselines=baselines, n_samples=12, generator=2),
+        }[inner]
+        return method()(x)
+
+    return fn
+
+
 def test_expectation_equals_average_over_drawn_baselines():
     f = xattr.target(_model(), 0)
     dist = torch.randn(3, 4, dtype=torch.float64)

@@ -8,10 +8,21 @@ example (seeded by the stream and the example's index). So with the same seed an
 the same draws whatever the batch size it is in, and all draws are made before chunking, so
 the chunk size never changes them either. With generator=None draws come from the global
 generator in one call and batch-size invariance is not promised.
+
+NOTE: [Seeds of folded copies]
+A transform that folds S copies of the batch into one call of an inner attribution function
+(the noise tunnel, expectation, sensitivity) hands it rows that are copies, not examples. A
+seeded stochastic inner method (gradient SHAP, Shapley sampling, LIME, KernelSHAP) would seed
+by its row index, so which draws a copy got depended on how the copies were chunked, and on the
+batch size. `copy_blocks` therefore declares, for the inner call, that its rows are blocks of
+the true batch B, each block with an id that names the copy (and, nested, the copy of a copy);
+`row_seeds` seeds row i from (stream, example i mod B, its block's id). Outside any fold the
+id is 0 and the seeds are the plain per-example ones: a method's numbers do not change.
 """
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any, Callable, Sequence
 
 import torch
@@ -34,6 +45,43 @@ def streams(generator, n: int) -> list:
     return [(seed * 1_000_003 + 0x9E3779B1 * (i + 1)) % 2**62 for i in range(n)]
 
 
+_COPIES: contextvars.ContextVar = contextvars.ContextVar("xattr_copy_blocks", default=None)  # (B, block ids)
+
+
+def _mix(parent: int, copy: int) -> int:
+    return (parent * 0x100000001B3 + (copy + 1) * 0xC2B2AE3D27D4EB4F) % 2**61
+
+
+class copy_blocks:
+    """Declares that the inner call's rows are copies ``start..stop`` (copy-major, as `T.fold`
+    lays them out) of the caller's ``rows`` rows (NOTE: [Seeds of folded copies])."""
+
+    __slots__ = ("ids", "token")
+
+    def __init__(self, start: int, stop: int, rows: int):
+        outer = _COPIES.get()
+        if outer is None or rows != outer[0] * len(outer[1]):
+            outer = (rows, (0,))  # the caller's rows are a batch of examples
+        self.ids = (outer[0], tuple(_mix(q, p) for p in range(start, stop) for q in outer[1]))
+        self.token = None
+
+    def __enter__(self):
+        self.token = _COPIES.set(self.ids)
+
+    def __exit__(self, *exc) -> None:
+        _COPIES.reset(self.token)
+
+
+def row_seeds(stream: int, rows: int) -> list[int]:
+    """One generator seed per row of a draw for ``rows`` rows: the example's seed in its stream,
+    moved by the row's copy id when the rows are folded copies (NOTE: [Seeds of folded copies])."""
+    blocks = _COPIES.get()
+    if blocks is None or rows != blocks[0] * len(blocks[1]):
+        return [(stream + 0x51ED27 * (i + 1)) % 2**63 for i in range(rows)]
+    b, ids = blocks
+    return [(stream + 0x51ED27 * (i % b + 1) + 0x9E3779B97F4A7C15 * ids[i // b]) % 2**63 for i in range(rows)]
+
+
 def per_example(stream, out: torch.Tensor, fill) -> torch.Tensor:
     """Fills ``out`` (B, ...) in place, example i from its own generator seeded by (stream, i).
 
@@ -45,8 +93,8 @@ def per_example(stream, out: torch.Tensor, fill) -> torch.Tensor:
     if stream is None:
         fill(out, None)
         return out
-    for i in range(out.shape[0]):
-        fill(out[i], torch.Generator(device=out.device).manual_seed((stream + 0x51ED27 * (i + 1)) % 2**63))
+    for i, seed in enumerate(row_seeds(stream, out.shape[0])):
+        fill(out[i], torch.Generator(device=out.device).manual_seed(seed))
     return out
 
 
@@ -103,7 +151,7 @@ def monte_carlo(
     for start, stop in T.chunks(n_samples, batch, chunk_size):
         c = stop - start
         passthrough = tuple(a if i in nums else T.fold(a, c, batch) for i, a in enumerate(args))
-        with T.batch_scope(batch):
+        with T.batch_scope(batch), copy_blocks(start, stop, batch):  # NOTE: [Seeds of folded copies]
             rows, extra = draw(start, stop)
             out = attr_fn(*T.split_args(passthrough, nums)[1](rows), **T.fold(kwargs, c, batch), **extra)
         if collect:

@@ -25,7 +25,7 @@ from .checks import warn_if_training
 from .gradients import attribution_fn
 from .masks import features, keep_masks, scatter_features
 from .perturb import baseline_tree, copies_per_call, evaluate, outputs_at, perturb
-from .sampling import per_example, streams
+from .sampling import per_example, row_seeds, streams
 from .solvers import constrained_lstsq, lasso, linear_regression, ridge, sklearn_fit  # noqa: F401  (re-exported)
 
 _EXP_KERNEL = "_xattr_exp_kernel"
@@ -257,8 +257,9 @@ def _result(coef, out, masks, selected, as_tuple, return_input_shape):
 
 def _custom_draws(perturb_func, rows, n, F, stream, device) -> torch.Tensor:
     z = torch.empty(rows, n, F, device=device)
-    for i in range(rows):
-        g = None if stream is None else torch.Generator(device=device).manual_seed((stream + 0x51ED27 * (i + 1)) % 2**63)
+    seeds = [None] * rows if stream is None else row_seeds(stream, rows)
+    for i, seed in enumerate(seeds):
+        g = None if seed is None else torch.Generator(device=device).manual_seed(seed)
         drawn = torch.as_tensor(perturb_func(n, F, g), device=device)
         if tuple(drawn.shape) != (n, F):
             raise ValueError(f"perturb_func must return ({n}, {F}) coalitions (n_samples, n_features), got {tuple(drawn.shape)}")
