@@ -122,3 +122,68 @@ def test_seeded_random_start():
     a = pgd.perturb(G.X, 0.3, 0.05, 2, G.Y, random_start=True, norm="L2", generator=3)
     torch.testing.assert_close(a, pgd.perturb(G.X, 0.3, 0.05, 2, G.Y, random_start=True, norm="L2", generator=3))
     assert ((a - G.X).norm(dim=1) <= 0.3 + 1e-9).all()
+
+
+def _confident_model():
+    """Softmax of large logits: example 0's target probability below underflows to exactly 0."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        lin.weight.mul_(100)
+    return torch.nn.Sequential(lin, torch.nn.Softmax(-1)).eval()
+
+
+UNDERFLOW_X = torch.tensor([[1.0, -1.0, 2.0, 0.5], [0.01, 0.02, -0.01, 0.0], [0.03, -0.02, 0.0, 0.01]])
+
+
+def test_default_loss_leaves_an_underflowed_example_unchanged_as_captum():
+    """-log(0) = inf: the example's gradient is nan, Captum leaves it and attacks the others."""
+    model = _confident_model()
+    with torch.no_grad():
+        p = model(UNDERFLOW_X)
+    y = torch.stack([p[0].argmin(), p[1].argmax(), p[2].argmax()])
+    assert p[0, y[0]] == 0 and (p[1:].gather(1, y[1:, None]) > 0).all()
+    x = UNDERFLOW_X[1:].clone().requires_grad_()  # the others, by hand: one signed step of -log p_y
+    (g,) = torch.autograd.grad(-torch.log(model(x).gather(1, y[1:, None])).sum(), x)
+    for targeted, sign in ((False, 1.0), (True, -1.0)):
+        out = R.FGSM(model).perturb(UNDERFLOW_X, 0.1, y, targeted=targeted)
+        assert torch.equal(out[0], UNDERFLOW_X[0])
+        torch.testing.assert_close(out[1:], UNDERFLOW_X[1:] + sign * 0.1 * torch.where(g.abs() > 1e-6, g.sign(), 0))
+    out = R.PGD(model).perturb(UNDERFLOW_X, 0.3, 0.1, 3, y)
+    assert torch.equal(out[0], UNDERFLOW_X[0])
+    torch.testing.assert_close(out[1:], R.PGD(model).perturb(UNDERFLOW_X[1:], 0.3, 0.1, 3, y[1:]))
+
+
+def test_infinite_loss_gradients_move_by_their_sign_as_captum():
+    """-log of an output that is exactly 0 and linear in the input: gradient -inf, a full step;
+    0/0 = nan where a non-target output is 0: that element stays (Captum's |g| > zero_thresh)."""
+    x = torch.tensor([[0.0, 0.5, 0.5], [0.2, 0.0, 0.8], [0.3, 0.3, 0.4]])
+    out = R.FGSM(lambda z: z).perturb(x, 0.1, torch.tensor([0, 0, 2]))
+    torch.testing.assert_close(out, torch.tensor([[-0.1, 0.5, 0.5], [0.1, 0.0, 0.8], [0.3, 0.3, 0.3]]))
+
+
+def test_non_finite_losses_match_captum_live():
+    robust = pytest.importorskip("captum.robust")
+    model = _confident_model()
+    with torch.no_grad():
+        p = model(UNDERFLOW_X)
+    y = torch.stack([p[0].argmin(), p[1].argmax(), p[2].argmax()])
+    custom = lambda out, t: -torch.log(out.gather(1, t[:, None])[:, 0])  # noqa: E731  (a loss_func of one's own)
+    for loss in (None, custom):
+        outs = []
+        for lib in (robust, R):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                outs.append((lib.FGSM(model, loss).perturb(UNDERFLOW_X, 0.1, y),
+                             lib.PGD(model, loss, lower_bound=-1.0, upper_bound=1.0).perturb(UNDERFLOW_X, 0.3, 0.1, 3, y)))  # fmt: skip
+        for theirs, ours in zip(*outs):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_empty_batch_gives_empty_results():
+    model, x0, y0 = MODELS["mlp"], G.X[:0], G.Y[:0]
+    assert R.FGSM(model).perturb(x0, 0.1, y0).shape == x0.shape
+    for norm in ("Linf", "L2"):
+        out = R.PGD(model).perturb(x0, 0.3, 0.1, 2, y0, norm=norm, random_start=True)
+        assert out.shape == x0.shape

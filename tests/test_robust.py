@@ -213,6 +213,45 @@ def test_adversarial_training_gradient_inside_torch_func():
         torch.testing.assert_close(got[name], e)
 
 
+def _unrolled_l2_pgd(f, x, y, radius, step_size, step_num):
+    """PGD with normalised-gradient steps and L2 projection, written out with torch.autograd
+    (create_graph=True, so that the result stays a differentiable function of f's parameters)."""
+    xt = x.clone().requires_grad_()
+    for _ in range(step_num):
+        (g,) = torch.autograd.grad(F.cross_entropy(f(xt), y, reduction="sum"), xt, create_graph=True)
+        diff = xt + step_size * g / g.norm(dim=1, keepdim=True) - x
+        norm = diff.norm(dim=1, keepdim=True)
+        xt = x + diff * torch.where(norm > radius, radius / (norm + 1e-7), torch.ones_like(norm))
+    return xt
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_adversarial_training_through_an_l2_attack(fixed):
+    """Inside torch.func.grad the attack is differentiated through (the unrolled attack's
+    derivative); detaching x_adv gives the gradient at a fixed x_adv. The two differ for
+    direction="l2" (docs/robustness.md)."""
+    params = {k: v.detach() for k, v in MODEL.named_parameters()}
+    kw = dict(radius=0.3, step_size=0.2, step_num=3, target=Y, norm="L2", direction="l2")
+
+    def training_loss(p):
+        f = functools.partial(torch.func.functional_call, MODEL, p)
+        x_adv = pgd(f, X, **kw)
+        return F.cross_entropy(f(x_adv.detach() if fixed else x_adv), Y)
+
+    got = torch.func.grad(training_loss)(params)
+    ref_params = {k: v.clone().requires_grad_() for k, v in params.items()}
+    f = functools.partial(torch.func.functional_call, MODEL, ref_params)
+    x_adv = _unrolled_l2_pgd(f, X, Y, radius=0.3, step_size=0.2, step_num=3)
+    torch.testing.assert_close(x_adv.detach(), pgd(MODEL, X, **kw))
+    x_adv = x_adv.detach() if fixed else x_adv
+    expected = torch.autograd.grad(F.cross_entropy(f(x_adv), Y), list(ref_params.values()))
+    for name, e in zip(ref_params, expected):
+        torch.testing.assert_close(got[name], e)
+    if not fixed:
+        fixed_grads = torch.autograd.grad(F.cross_entropy(f(x_adv.detach()), Y), list(ref_params.values()))
+        assert max(float((e - d).abs().max()) for e, d in zip(expected, fixed_grads)) > 1e-5
+
+
 def test_errors():
     with pytest.raises(ValueError, match="norm"):
         pgd(MODEL, X, radius=0.1, step_size=0.1, step_num=1, target=Y, norm="L1")
@@ -232,6 +271,49 @@ def test_errors():
         attack_comparator(MODEL, X, lambda o: o, {"Original": lambda x: x})
     with pytest.raises(ValueError, match="arg_max"):
         min_param_perturbation(MODEL, X, lambda x, e: x, "e", 0.0, 0.1, 0.1)
+
+
+def test_a_non_finite_loss_is_named_as_the_loss():
+    """-log of a probability that underflowed to 0: the error blames the loss, not the model."""
+    neg_log = lambda out, y: -torch.log(torch.softmax(out * 1e4, 1)).gather(1, y[:, None])[:, 0]  # noqa: E731
+    assert not torch.isfinite(neg_log(MODEL(X), Y)).all()
+    for attack in (functools.partial(fgsm, epsilon=0.1), functools.partial(pgd, radius=0.1, step_size=0.1, step_num=1)):
+        with pytest.raises(FloatingPointError, match=r"the attack loss is non-finite .* -log\(p\)"):
+            attack(MODEL, X, target=Y, loss=neg_log)
+
+    def failing(x):
+        raise FloatingPointError("the model's own error")
+
+    with pytest.raises(FloatingPointError, match="the model's own error"):  # passed on as it is
+        fgsm(failing, X, epsilon=0.1, target=Y)
+
+
+def test_empty_batch_gives_empty_results():
+    x0, y0 = X[:0], Y[:0]
+    attacks = {
+        "fgsm": lambda: fgsm(MODEL, x0, epsilon=0.1, target=y0),
+        "fgsm, default target": lambda: fgsm(MODEL, x0, epsilon=0.1),
+    }
+    for norm in ("Linf", "L2"):
+        for direction in ("sign", "l2"):
+            for start in (False, True):
+                for generator in (None, 0):
+                    attacks[f"pgd {norm} {direction} {start} {generator}"] = functools.partial(
+                        pgd, MODEL, x0, radius=0.1, step_size=0.1, step_num=2, target=y0, norm=norm,
+                        direction=direction, random_start=start, generator=generator,
+                    )  # fmt: skip
+    for name, attack in attacks.items():
+        out = attack()
+        assert out.shape == (0, 5) and out.dtype == X.dtype, name
+    for per_eval in (1, 3):
+        res = attack_comparator(MODEL, x0, accuracy, {"fgsm": (functools.partial(fgsm, MODEL), {"epsilon": 0.1, "target": y0}, 2)},
+                                metric_kwargs={"y": y0}, perturbations_per_eval=per_eval)  # fmt: skip
+        assert list(res) == ["Original", "fgsm"]
+        assert all(v.shape == (0,) for r in res.values() for v in r.values())
+        for mode in ("linear", "binary"):  # every example of an empty batch is correct: never fooled
+            found = min_param_perturbation(MODEL, x0, functools.partial(fgsm, MODEL, target=y0), "epsilon", 0.0, 1.0, 0.1,
+                                           mode=mode, target=y0, perturbations_per_eval=per_eval)  # fmt: skip
+            assert found == (None, None)
 
 
 # ----------------------------------------------------------------------------- comparator
@@ -283,6 +365,71 @@ def test_attack_comparator_tuple_metrics_numbers_and_no_original():
     torch.testing.assert_close(res["a"]["max"][1], out.max(1).values)
 
 
+def _tree_model():
+    with torch.random.fork_rng():
+        torch.manual_seed(2)
+        lin_a, lin_b = nn.Linear(5, 3).double(), nn.Linear(4, 3).double()
+
+    def f(d, scale):  # a dict of tensors and a per-example tensor, as f's two arguments
+        return lin_a(d["a"]) * scale[:, None] + torch.tanh(lin_b(d["b"]))
+
+    return f
+
+
+def _tree_input(b):
+    g = torch.Generator().manual_seed(b)
+    d = {"a": torch.randn(b, 5, generator=g, dtype=torch.float64), "b": torch.randn(b, 4, generator=g, dtype=torch.float64)}
+    return d, torch.rand(b, generator=g, dtype=torch.float64) + 0.5
+
+
+def _tree_shift(x, step):
+    """Moves every leaf, the per-example scale included (a deterministic, non-gradient attack)."""
+    d, scale = x
+    return {k: v + step for k, v in d.items()}, scale * (1 + step)
+
+
+@pytest.mark.parametrize("b", [1, 4])
+def test_attack_comparator_groups_pytree_inputs_leafwise(b):
+    """perturbations_per_eval groups the copies leaf by leaf: the numbers are those of a loop."""
+    f, x = _tree_model(), _tree_input(b)
+    y = f(*x).argmax(1)
+    attacks = {
+        "fgsm": (functools.partial(fgsm, f), {"epsilon": 2.0, "target": y}),
+        "shift": (_tree_shift, {"step": 0.7}, 2),
+    }
+    with torch.no_grad():
+        loop = {
+            "Original": accuracy(f(*x), y),
+            "fgsm": accuracy(f(*fgsm(f, x, epsilon=2.0, target=y)), y),
+            "shift": accuracy(f(*_tree_shift(x, 0.7)), y),
+        }
+    assert not torch.equal(loop["fgsm"], loop["Original"])  # the attack changes the metric
+    for per_eval in (1, 2, 5):
+        res = attack_comparator(f, x, accuracy, attacks, metric_kwargs={"y": y}, perturbations_per_eval=per_eval)
+        assert list(res) == list(loop)
+        for name, expected in loop.items():
+            assert all(torch.equal(res[name][k], expected) for k in ("mean", "min", "max")), (per_eval, name)
+
+
+def test_grouping_splits_tuple_outputs_and_refuses_unshared_leaves():
+    def f(x, offset):
+        out = MODEL(x + offset)
+        return out, out.sum(1)
+
+    metric = lambda out: out[0][:, 0] + out[1]  # noqa: E731
+    attacks = {"shift": (lambda x, s: (x[0] + s, x[1]), {"s": 0.5})}
+    one, two = (attack_comparator(f, (X, 0.25), metric, attacks, perturbations_per_eval=n) for n in (1, 2))
+    with torch.no_grad():
+        expected = metric(f(X + 0.5, 0.25))
+    assert torch.equal(one["shift"]["mean"], expected) and torch.equal(two["shift"]["mean"], expected)
+    changes_offset = {"offset": (lambda x, s: (x[0], x[1] + s), {"s": 0.5})}
+    assert torch.equal(attack_comparator(f, (X, 0.25), metric, changes_offset)["offset"]["mean"], expected)
+    with pytest.raises(TypeError, match="perturbations_per_eval=1"):  # 0.25 and 0.75 cannot share one call
+        attack_comparator(f, (X, 0.25), metric, changes_offset, perturbations_per_eval=2)
+    with pytest.raises(ValueError, match="one row per input row"):
+        attack_comparator(lambda x: MODEL(x).sum(), X, lambda out: out, {"shift": lambda x: x + 1}, perturbations_per_eval=2)
+
+
 # ----------------------------------------------------------------------------- minimal perturbation
 
 
@@ -321,3 +468,52 @@ def test_min_param_is_per_batch_and_none_when_never_fooled():
     per_example = lambda out, target: bool((out.argmax(1) == target)[2])  # noqa: E731  (a custom correct_fn)
     _, eps = min_param_perturbation(_threshold_model, x, attack, "epsilon", 0.0, 1.0, 0.01, target=y, correct_fn=per_example)
     assert eps == pytest.approx(0.82)
+
+
+def test_min_param_groups_pytree_inputs_leafwise():
+    def f(d, scale):  # class 0 while d["a"][:, 0] * scale > 0
+        return torch.stack([d["a"][:, 0] * scale, torch.zeros_like(scale)], dim=1)
+
+    x = ({"a": torch.tensor([[0.3, 1.0]], dtype=torch.float64)}, torch.ones(1, dtype=torch.float64))
+    y = torch.tensor([0])
+    attack = functools.partial(fgsm, f, target=y)  # attacks the dict (argnums=0)
+    for mode in ("linear", "binary"):
+        for per_eval in (1, 3):
+            adv, eps = min_param_perturbation(f, x, attack, "epsilon", 0.0, 1.0, 1 / 16, mode=mode, target=y,
+                                              perturbations_per_eval=per_eval)  # fmt: skip
+            assert eps == 5 / 16, (mode, per_eval)  # the first grid value past 0.3
+            assert f(*adv).argmax(1).item() == 1
+
+
+def test_min_param_grid_is_built_by_index_and_excludes_arg_max():
+    """(0, 1, 0.1): the values i * 0.1 for i < 10; by repeated addition the eleventh would be
+    0.9999999999999999, arg_max in all but rounding."""
+    tried = []
+
+    def attack(x, v):
+        tried.append(v)
+        return x + v
+
+    correct_below = lambda out, thr: bool((out < thr).all())  # noqa: E731
+    for mode in ("linear", "binary"):
+        tried.clear()
+        found = min_param_perturbation(lambda x: x, torch.zeros(1), attack, "v", 0.0, 1.0, 0.1, mode=mode,
+                                       correct_fn=correct_below, correct_kwargs={"thr": 0.95})  # fmt: skip
+        assert found == (None, None), mode
+        assert set(tried) <= {i * 0.1 for i in range(10)}
+        if mode == "linear":
+            assert tried == [i * 0.1 for i in range(10)]
+        _, value = min_param_perturbation(lambda x: x, torch.zeros(1), attack, "v", 0.0, 1.0, 0.1, mode=mode,
+                                          correct_fn=correct_below, correct_kwargs={"thr": 0.85})  # fmt: skip
+        assert value == 9 * 0.1, mode  # the same float in both modes
+    # integer grids stay integers; a grid ending just below arg_max keeps its last value
+    _, steps = min_param_perturbation(lambda x: x, torch.zeros(1), attack, "v", 0, 10, 3,
+                                      correct_fn=correct_below, correct_kwargs={"thr": 8})  # fmt: skip
+    assert steps == 9 and isinstance(steps, int)
+    for mode in ("linear", "binary"):
+        _, value = min_param_perturbation(lambda x: x, torch.zeros(1), attack, "v", 0.0, 1.0 + 1e-6, 0.1, mode=mode,
+                                          correct_fn=correct_below, correct_kwargs={"thr": 0.95})  # fmt: skip
+        assert value == 10 * 0.1, mode
+    for bad in ((0.0, 1.0, 0.0), (0.0, 1.0, -0.1), (0.0, math.inf, 0.1), (math.nan, 1.0, 0.1)):
+        with pytest.raises(ValueError, match="arg_"):
+            min_param_perturbation(lambda x: x, torch.zeros(1), attack, "v", *bad)

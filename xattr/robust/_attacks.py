@@ -8,7 +8,10 @@ Each step is one forward and one backward pass for the whole batch: the per-exam
 example's gradient of its own loss (NOTE: [Per-example gradients of a batch-native model]).
 At top level the result is detached; inside a torch.func transform it stays at that
 transform's level, so an attack composes with ``torch.func.grad`` over the parameters
-(adversarial training) like any other xattr function (NOTE: [Detached results]).
+(adversarial training) like any other xattr function (NOTE: [Detached results]). There the
+gradient goes *through* the attack's steps: a sign step has zero derivative in the parameters,
+but a ``direction="l2"`` step does, so the result differs from the gradient at a fixed x_adv,
+which ``x_adv.detach()`` gives (docs/robustness.md).
 
 The ball is per attacked tensor and per example: for several attacked tensors each is projected
 to its own ball around its original value, as Captum does.
@@ -84,6 +87,7 @@ class _Setup:
         self.f, self.target, self.loss = f, target, cross_entropy if loss is None else loss
         self.sign = -1.0 if targeted else 1.0
         self.masks = self._masks(mask)
+        self.last_loss = None
 
     def _masks(self, mask) -> list:
         if mask is None:
@@ -105,17 +109,52 @@ class _Setup:
 
     def objective(self, *selected):
         """Per-example loss (B,) at the attacked inputs ``selected`` (f's other arguments fixed)."""
-        return self.loss(self.f(*self.rebuild_args(selected)), self.target)
+        self.last_loss = self.loss(self.f(*self.rebuild_args(selected)), self.target)
+        return self.last_loss
 
     def gradients(self, leaves: list) -> list:
         """One forward and one backward pass: each example's gradient of its own loss."""
         selected = T.optree.tree_unflatten(self.treedef, leaves)
-        _, grads = value_and_grad(self.objective, argnums=tuple(range(len(selected))))(*selected)
+        self.last_loss = None
+        try:
+            _, grads = value_and_grad(self.objective, argnums=tuple(range(len(selected))))(*selected)
+        except FloatingPointError as err:  # NOTE: [A non-finite attack loss]
+            loss_error = _non_finite_loss(self.last_loss)
+            if loss_error is None:
+                raise
+            raise loss_error from err
+        finally:
+            self.last_loss = None  # hold no tensor (nor its graph) between steps
         return T.leaves(grads)
 
     def output(self, leaves: list):
         new = self.rebuild_args(T.optree.tree_unflatten(self.treedef, leaves))
         return new if self.is_tuple else new[0]
+
+
+def _non_finite_loss(loss) -> FloatingPointError | None:
+    """The error for a non-finite attack loss, or None when the loss was finite (or never computed).
+
+    NOTE: [A non-finite attack loss]
+    ``value_and_grad`` refuses non-finite values of the function it differentiates, which for an
+    attack is the loss, not the model: its message would blame the model and speak of
+    attributions. A nan/inf loss (-log of a probability that underflowed to 0, say) gives its
+    example no direction, so it stays an error here, named for what it is. Captum's classes
+    (``xattr.compat.captum.FGSM`` / ``PGD``) instead follow Captum: an element moves by the sign
+    of its gradient only where that exceeds ``zero_thresh``, so an element whose gradient is nan
+    stays unchanged (NOTE: [Captum's non-finite losses] in xattr/compat/captum/robust.py).
+    """
+    if not isinstance(loss, torch.Tensor):
+        return None
+    bad = int((~torch.isfinite(loss.detach())).sum())
+    if not bad:
+        return None
+    return FloatingPointError(
+        f"the attack loss is non-finite (nan/inf) for {bad} of {loss.numel()} value(s) at these inputs, so it "
+        "gives no gradient direction there. Check the loss and the model outputs it reads: on probabilities "
+        "use log-probabilities (cross-entropy of logits, log_softmax) rather than -log(p), which is inf where "
+        "p underflows to 0."
+    )
 
 
 def _describe(leaf) -> str:
@@ -147,7 +186,7 @@ def _direction(g: torch.Tensor, kind: str, zero_threshold: float) -> torch.Tenso
         if zero_threshold > 0:
             return torch.where(g.abs() > zero_threshold, g.sign(), torch.zeros_like(g))
         return g.sign()
-    norms = g.reshape(g.shape[0], -1).norm(dim=1).reshape((-1,) + (1,) * (g.ndim - 1))
+    norms = _flat(g).norm(dim=1).reshape((-1,) + (1,) * (g.ndim - 1))
     return torch.where(norms > 0, g / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(g))
 
 
@@ -160,12 +199,17 @@ def _step(setup: _Setup, leaves: list, size: list, kind: str, zero_threshold: fl
     return out
 
 
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """(B, ...) as (B, d), also for an empty batch (where reshape cannot infer d from -1)."""
+    return t.reshape(t.shape[0], math.prod(t.shape[1:]))
+
+
 def _project(center: torch.Tensor, point: torch.Tensor, radius, norm: str) -> torch.Tensor:
     """The point of the ``norm`` ball of ``radius`` around ``center`` (per example) nearest ``point``."""
     diff = point - center
     if norm == "Linf":
         return center + torch.clamp(diff, -radius, radius)
-    norms = diff.reshape(diff.shape[0], -1).norm(dim=1).reshape((-1,) + (1,) * (diff.ndim - 1))
+    norms = _flat(diff).norm(dim=1).reshape((-1,) + (1,) * (diff.ndim - 1))
     return center + diff * torch.where(norms > radius, radius / (norms + 1e-7), torch.ones_like(norms))
 
 
@@ -178,9 +222,9 @@ def _random_start(x: torch.Tensor, radius, norm: str, mask, stream_z, stream_r) 
         z = per_example(stream_z, torch.empty_like(x), lambda v, g: v.normal_(0.0, 1.0, generator=g))
         u = torch.empty(x.shape[0], device=x.device)  # default dtype, as Captum's torch.rand(B): same global draws
         u = per_example(stream_r, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g))
-        flat = z.reshape(z.shape[0], -1)
+        flat = _flat(z)
         unit = (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).reshape(x.shape)
-        r = (u.to(x.dtype) ** (1.0 / x[0].numel())).reshape((-1,) + (1,) * (x.ndim - 1)) * radius
+        r = (u.to(x.dtype) ** (1.0 / flat.shape[1])).reshape((-1,) + (1,) * (x.ndim - 1)) * radius
         noise = r * unit
     return x + (noise if mask is None else noise * mask)
 

@@ -3,18 +3,26 @@
 NOTE: [Attempts grouped into one forward call]
 Both functions evaluate the model on attacked copies of the inputs. With
 ``perturbations_per_eval = n`` up to n copies are concatenated along dim 0 and evaluated in one
-call of f, whose output is split back into copies (every tensor argument is concatenated, so a
-tuple of f's arguments travels with its copy). For a batch-native model this changes only the
-speed, never the numbers. The attacks themselves are called one after another, in order.
+call of f, whose output is split back into copies. The copies are joined leaf by leaf over their
+pytrees (optree, namespace "xattr"): every tensor leaf with a batch axis is concatenated, so a
+tuple of f's arguments, a dict of tensors or any nesting of them travels with its copy; a leaf
+without one (a number, a flag, a 0-d tensor) must be the same in every copy and is passed once,
+else a TypeError asks for ``perturbations_per_eval=1``: keeping one copy's value for all would
+evaluate the other copies on inputs they do not hold. The output is split leaf by leaf too, and
+each output leaf must be a tensor with one row per grouped row. For a batch-native model this
+changes only the speed, never the numbers. The attacks themselves are called one after
+another, in order.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable, Iterable
 
 import torch
 
+from .._src import tree as T
 from .._src.gradients import detached
 
 ORIGINAL = "Original"
@@ -27,22 +35,71 @@ def call_model(f: Callable, x):
 
 
 def rows(x) -> int:
-    if isinstance(x, torch.Tensor):
-        return x.shape[0]
-    for item in x if isinstance(x, (tuple, list)) else ():
-        if isinstance(item, torch.Tensor) and item.ndim > 0:
-            return item.shape[0]
-    raise TypeError(f"cannot group inputs of type {type(x).__name__}: use perturbations_per_eval=1")
+    """The batch size of one input: dim 0 of its first tensor leaf that has a batch axis."""
+    for leaf in T.leaves(x):
+        if _batched(leaf):
+            return leaf.shape[0]
+    raise TypeError(f"cannot group inputs without a batched tensor ({type(x).__name__}): use perturbations_per_eval=1")
+
+
+def _batched(leaf) -> bool:
+    return isinstance(leaf, torch.Tensor) and leaf.ndim > 0
 
 
 def concat(xs: list):
-    """Copies of an input (tensors, or tuples whose tensors have a batch axis) stacked along dim 0."""
-    if isinstance(xs[0], torch.Tensor):
-        return torch.cat([x.to(xs[0].device) for x in xs])
-    if isinstance(xs[0], (tuple, list)):
-        columns = [[x[j] for x in xs] for j in range(len(xs[0]))]
-        return tuple(torch.cat(c) if all(isinstance(v, torch.Tensor) and v.ndim > 0 for v in c) else c[0] for c in columns)
-    raise TypeError(f"cannot group inputs of type {type(xs[0]).__name__}: use perturbations_per_eval=1")
+    """Copies of an input joined leaf-wise along dim 0 (NOTE: [Attempts grouped into one forward call])."""
+    flat = [T.optree.tree_flatten(x, namespace="xattr") for x in xs]
+    treedef = flat[0][1]
+    for _, other in flat[1:]:
+        if other != treedef:
+            raise TypeError(
+                f"cannot group copies of different structures ({treedef} and {other}): use perturbations_per_eval=1"
+            )
+    columns = zip(*(leaves for leaves, _ in flat))
+    return T.optree.tree_unflatten(treedef, [_join(list(column)) for column in columns])
+
+
+def _join(column: list):
+    """One leaf of every copy: concatenated when batched, else the value all copies share."""
+    first = column[0]
+    if all(_batched(v) for v in column):
+        return torch.cat([v.to(first.device) for v in column])
+    if all(_same(v, first) for v in column[1:]):
+        return first
+    raise TypeError(
+        f"cannot group copies whose {type(first).__name__} leaf without a batch axis differs between copies "
+        "(it cannot be concatenated): use perturbations_per_eval=1"
+    )
+
+
+def _same(v, first) -> bool:
+    if v is first:
+        return True
+    if isinstance(v, torch.Tensor) or isinstance(first, torch.Tensor):
+        both = isinstance(v, torch.Tensor) and isinstance(first, torch.Tensor)
+        return both and v.shape == first.shape and torch.equal(v, first.to(v.device))
+    try:
+        return bool(v == first)
+    except Exception:  # an object whose == is not a truth value
+        return False
+
+
+def split_rows(out, sizes: list) -> list:
+    """The output of one grouped call, split leaf-wise into the copies' ``sizes`` rows."""
+    total = sum(sizes)
+
+    def check(leaf):
+        if not _batched(leaf) or leaf.shape[0] != total:
+            shape = tuple(leaf.shape) if isinstance(leaf, torch.Tensor) else type(leaf).__name__
+            raise ValueError(
+                f"f returned {shape} for {total} grouped rows; every output must be a tensor with one row "
+                "per input row to be split back into copies: use perturbations_per_eval=1"
+            )
+        return leaf
+
+    out = T.tree_map(check, out)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [T.tree_map(lambda o, s=s, n=n: o[s : s + n], out) for s, n in zip(starts, sizes)]
 
 
 def grouped_forward(f: Callable) -> Callable:
@@ -53,9 +110,7 @@ def grouped_forward(f: Callable) -> Callable:
             if len(xs) == 1:
                 return [call_model(f, xs[0])]
             out = call_model(f, concat(xs))
-        sizes = [rows(x) for x in xs]
-        starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        return [out[s : s + n] for s, n in zip(starts, sizes)]
+        return split_rows(out, [rows(x) for x in xs])
 
     return forward
 
@@ -181,12 +236,24 @@ def attack_comparator(
 # ----------------------------------------------------------------------------- minimal parameter
 
 
-def drange(start, stop, step):
-    """start, start + step, ... while < stop, accumulated by repeated addition (Captum's grid)."""
-    value = start
-    while value < stop:
-        yield value
-        value += step
+def grid_size(arg_min, arg_max, arg_step) -> int:
+    """How many grid values ``arg_min + i * arg_step`` lie below ``arg_max``.
+
+    NOTE: [The search grid]
+    The i-th candidate is computed from its index, ``arg_min + i * arg_step``, and a value within
+    1e-9 steps of ``arg_max`` counts as ``arg_max``, which is excluded. Captum accumulates
+    ``value += arg_step``, whose rounding errors add up: for (0, 1, 0.1) its eleventh value is
+    0.9999999999999999 < 1, so its linear search also tries (in effect) arg_max, and its binary
+    search, which steps from its bounds, may or may not. By index, both modes search the same
+    grid and return the very same float for the same grid point.
+    """
+    below = lambda i: arg_min + i * arg_step < arg_max - 1e-9 * arg_step  # noqa: E731
+    n = max(0, math.ceil((arg_max - arg_min) / arg_step))
+    while n > 0 and not below(n - 1):
+        n -= 1
+    while below(n):
+        n += 1
+    return n
 
 
 def all_correct(outputs: torch.Tensor, target=None) -> bool:
@@ -203,10 +270,13 @@ def search(mode: str, arg_min, arg_max, arg_step, n_attempts: int, per_eval: int
 
     ``make(value) -> (model input, returned input)`` runs the attack once; ``first_wrong(list of
     model inputs)`` evaluates them in one call and gives the index of the first incorrect one or None.
+    Both modes run over the indices of the grid (NOTE: [The search grid]).
     """
+    n = grid_size(arg_min, arg_max, arg_step)
+    value_at = lambda i: arg_min + i * arg_step  # noqa: E731
     if mode == "linear":
         pending = []
-        for value in drange(arg_min, arg_max, arg_step):
+        for value in map(value_at, range(n)):
             for _ in range(n_attempts):
                 pending.append((value, *make(value)))
                 if len(pending) == per_eval:
@@ -219,24 +289,20 @@ def search(mode: str, arg_min, arg_max, arg_step, n_attempts: int, per_eval: int
             if found is not None:
                 return pending[found][2], pending[found][0]
         return None, None
-    low, high, best, best_input = arg_min, arg_max, None, None
+    low, high, best, best_input = 0, n, None, None  # indices: low untested or correct, high wrong or n
     while high > low:
-        mid_step = ((high - low) // arg_step) // 2
-        if mid_step == 0 and low + arg_step < high:
-            mid_step = 1
-        mid = low + mid_step * arg_step
+        mid = low + (high - low) // 2  # low itself once only it is left
         success, pending = False, []
         for i in range(n_attempts):
-            pending.append(make(mid))
+            pending.append(make(value_at(mid)))
             if len(pending) == per_eval or i == n_attempts - 1:
                 found = first_wrong([p[0] for p in pending])
                 if found is not None:
                     success, high = True, mid
-                    if best is None or best > mid:
-                        best, best_input = mid, pending[found][1]
+                    best, best_input = value_at(mid), pending[found][1]
                     break
                 pending = []
-        if math.isclose(low, mid):
+        if mid == low:
             break
         if not success:
             low = mid
@@ -244,6 +310,11 @@ def search(mode: str, arg_min, arg_max, arg_step, n_attempts: int, per_eval: int
 
 
 def check_search(arg_min, arg_max, arg_step, mode: str) -> str:
+    bounds = (arg_min, arg_max, arg_step)
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in bounds):
+        raise ValueError(f"arg_min, arg_max and arg_step must be finite numbers, got {bounds}")
+    if not arg_step > 0:
+        raise ValueError(f"arg_step must be positive, got {arg_step}")
     if not arg_max > arg_min + arg_step:
         raise ValueError(f"arg_max ({arg_max}) must exceed arg_min + arg_step ({arg_min} + {arg_step})")
     if not isinstance(mode, str) or mode.lower() not in ("linear", "binary"):
@@ -282,7 +353,8 @@ def min_param_perturbation(
       x: the inputs given to the attack.
       attack: ``attack(x, **kwargs)`` -> perturbed inputs, e.g. ``partial(xattr.robust.fgsm, f, target=y)``.
       arg_name: the attack's keyword searched over (``"epsilon"``).
-      arg_min, arg_max, arg_step: the grid (arg_max excluded).
+      arg_min, arg_max, arg_step: the grid ``arg_min + i * arg_step`` below arg_max (arg_max, and a
+        value within 1e-9 steps of it, excluded; NOTE: [The search grid]); arg_step > 0.
       mode: "linear" or "binary".
       correct_fn: ``correct_fn(outputs, **kw) -> bool``; default: argmax equals target for all.
       target: passed to correct_fn as ``target=`` when given.

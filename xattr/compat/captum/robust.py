@@ -7,7 +7,9 @@ Constructor arguments, ``perturb`` / ``evaluate`` keywords and return convention
 the model). The default loss is Captum's: ``-log(outputs)`` at the target, for a model that
 returns probabilities. Differences (docs/robustness.md): the ``bound`` attribute is read-only
 (bounds are the constructor's), PGD's L2 random start draws one radius per example (Captum's
-broadcasts a (B,) radius against the last axis), and ``generator=`` (xattr only) seeds it.
+broadcasts a (B,) radius against the last axis), ``generator=`` (xattr only) seeds it, the
+search grid is built by index (Captum's repeated addition can reach arg_max), and an empty
+batch gives empty results.
 """
 
 from __future__ import annotations
@@ -33,9 +35,44 @@ def _inputs(inputs) -> tuple[tuple, bool]:
 
 def _neg_log_loss(outputs: torch.Tensor, target) -> torch.Tensor:
     """Captum's default attack loss: ``-log(outputs)`` at the target (outputs are probabilities)."""
+    if outputs.shape[0] == 0:  # an empty batch: no target to select (its attack is empty too)
+        return outputs.new_zeros(0)
     t = captum_target(target, outputs.shape[0])
     neg_log = lambda out: -torch.log(out)  # noqa: E731
     return neg_log(outputs) if t is None else xattr.target(neg_log, t)(outputs)
+
+
+class _FiniteValue(torch.autograd.Function):
+    """The loss with its nan/inf values read as 0 and its gradient unchanged (NOTE below).
+
+    NOTE: [Captum's non-finite losses]
+    Captum differentiates whatever the loss is and moves an element by the sign of its gradient
+    only where ``|g| > zero_thresh``: an example whose target probability underflowed to 0
+    (``-log(0) = inf``) gets a nan gradient through a softmax and stays where it is, while the
+    other examples are attacked; an infinite gradient (-log of an output that is exactly 0 and
+    linear in the input) still moves its element by its sign. ``xattr.robust``'s attacks refuse a
+    non-finite loss (NOTE: [A non-finite attack loss]), so the adapter hands them the same
+    gradient under a finite value, which nothing reads: the attack uses only the gradient.
+    """
+
+    generate_vmap_rule = True  # composes with torch.func transforms
+
+    @staticmethod
+    def forward(loss: torch.Tensor) -> torch.Tensor:
+        return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+def _captum_loss(loss_func: Callable) -> Callable:
+    """``loss_func`` as Captum's FGSM step sees it: only its gradient counts (NOTE above)."""
+    return lambda outputs, target: _FiniteValue.apply(loss_func(outputs, target))
 
 
 class _Attack:
@@ -62,7 +99,7 @@ class _Attack:
             self.forward_func,
             inputs + extra_args(additional_forward_args),
             target=target,
-            loss=self.loss_func if self.loss_func is not None else _neg_log_loss,
+            loss=_captum_loss(self.loss_func if self.loss_func is not None else _neg_log_loss),
             mask=mask,
             lower_bound=self.lower_bound,
             upper_bound=self.upper_bound,
@@ -134,9 +171,7 @@ def _captum_forward(forward_func: Callable, additional_forward_args) -> Callable
             if n == 1:
                 return [forward_func(xs[0], *args)]
             out = forward_func(M.concat(xs), *args)
-        sizes = [x.shape[0] if isinstance(x, torch.Tensor) else x[0].shape[0] for x in xs]
-        starts = [sum(sizes[:i]) for i in range(n)]
-        return [out[s : s + b] for s, b in zip(starts, sizes)]
+        return M.split_rows(out, [M.rows(x) for x in xs])
 
     return forward
 
