@@ -258,3 +258,16 @@ def test_every_method_refuses_a_chunk_size_that_is_not_a_positive_int(method, ch
     f = xattr.target(_mlp(), xattr.outputs([0, 2]) if many else 0)
     with pytest.raises(ValueError, match="chunk_size must be a positive number of rows"):
         getattr(xattr, method)(f, chunk_size=chunk_size)(X)
+
+
+def test_an_empty_batch_with_an_empty_per_example_target():
+    """Gradient methods return empty attributions (a 0-row target divided by zero before), and a
+    0-row target never passes as a target for a batch that has rows."""
+    empty = torch.zeros(0, 4)
+    t = torch.zeros(0, dtype=torch.long)
+    f = xattr.target(_mlp(), t)
+    assert f(empty).shape == (0,)
+    for method in (xattr.saliency, xattr.integrated_gradients, xattr.input_x_gradient):
+        assert method(f)(empty).shape == (0, 4)
+    with pytest.raises(ValueError, match="0 rows cannot follow a batch of 5 rows"):
+        f(X)

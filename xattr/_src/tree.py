@@ -197,6 +197,10 @@ def copies_of(t: torch.Tensor, rows: int) -> int:
             f"a per-example tensor has {b} rows but the inputs have a batch of {true}; "
             "its dim 0 must equal the batch size of the inputs"
         )
+    if b == 0:  # an empty batch: no rows, no copies to count (rows must be 0 as well)
+        if rows:
+            raise ValueError(f"a per-example tensor with 0 rows cannot follow a batch of {rows} rows")
+        return 1
     if rows % b:
         raise ValueError(
             f"a per-example tensor with {b} rows cannot follow a batch of {rows} rows; "
