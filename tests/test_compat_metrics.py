@@ -66,3 +66,78 @@ def test_sensitivity_max_with_per_example_targets_matches_captum():
                              n_perturb_samples=6, target=target)  # fmt: skip
     torch.testing.assert_close(ours, theirs)
     assert ours.shape == (3,) and (ours > 0).all()
+
+
+def test_perturbations_returning_one_tuples_match_captum():
+    """Captum's own decorator returns ((I,), (x',)) and its default sensitivity perturbation (x',)
+    for one input tensor; both libraries accept them (NOTE: [Captum's perturbation functions])."""
+    model, x = _model(), torch.rand(3, 1, 4, 4, dtype=D)
+    attr = ca.Saliency(model).attribute(x, target=2, abs=False)
+    decorated = cm.infidelity_perturb_func_decorator(False)(lambda inp: inp - _noise(inp))
+    theirs = cm.infidelity(model, decorated, x, attr, target=2, n_perturb_samples=4)
+    ours = X.infidelity(model, decorated, x, attr, target=2, n_perturb_samples=4)
+    torch.testing.assert_close(ours, theirs)
+
+    def one_tuples(inp):
+        n = _noise(inp)
+        return (n,), (inp - n,)
+
+    torch.testing.assert_close(X.infidelity(model, one_tuples, x, attr, target=2, n_perturb_samples=4), theirs)
+    from captum.metrics._core.sensitivity import default_perturb_func
+
+    results = []
+    for lib, explain in ((cm, ca.Saliency(model).attribute), (X, X.Saliency(model).attribute)):
+        torch.manual_seed(4)  # the global generator: both draw all copies in one call
+        results.append(lib.sensitivity_max(explain, x, perturb_func=default_perturb_func, perturb_radius=0.5,
+                                           n_perturb_samples=3, target=1))  # fmt: skip
+    torch.testing.assert_close(results[1], results[0])
+    assert (results[0] > 0).all()
+
+
+def test_one_tuple_inputs_hand_perturb_func_a_tensor_as_captum():
+    model, x = _model(), torch.rand(3, 1, 4, 4, dtype=D)
+    attr = ca.Saliency(model).attribute(x, target=2, abs=False)
+    got = []
+
+    def pair(inp):
+        got.append(type(inp))
+        n = _noise(inp)
+        return n, inp - n
+
+    theirs = cm.infidelity(model, pair, (x,), (attr,), target=2, n_perturb_samples=4)
+    for a in ((attr,), attr):
+        torch.testing.assert_close(X.infidelity(model, pair, (x,), a, target=2, n_perturb_samples=4), theirs)
+    assert got == [torch.Tensor] * 3
+
+    def shake(inp, radius):
+        got.append(type(inp))
+        return inp + radius * torch.sin(5 * inp)
+
+    theirs = cm.sensitivity_max(ca.Saliency(model).attribute, (x,), perturb_func=shake, perturb_radius=0.5,
+                                n_perturb_samples=3, target=1)  # fmt: skip
+    ours = X.sensitivity_max(X.Saliency(model).attribute, (x,), perturb_func=shake, perturb_radius=0.5,
+                             n_perturb_samples=3, target=1)  # fmt: skip
+    torch.testing.assert_close(ours, theirs)
+    assert got[3:] == [torch.Tensor] * 2
+
+
+@pytest.mark.parametrize("kind", ["number", "one row", "per example"])
+def test_infidelity_baselines_reach_perturb_func_as_in_captum(kind):
+    """A number stays a number, a (1, ...) baseline stays (1, ...), a per-example one is repeated
+    for the copies (NOTE: [Captum's perturbation functions])."""
+    model, x = _model(), torch.rand(3, 1, 4, 4, dtype=D)
+    attr = ca.InputXGradient(model).attribute(x, target=1)
+    base = {"number": 0.5, "one row": torch.full((1, 1, 4, 4), 0.25, dtype=D), "per example": torch.rand_like(x)}[kind]
+    seen = []
+
+    def toward(inp, baselines):
+        b = torch.full_like(inp, baselines) if isinstance(baselines, float) else baselines
+        seen.append(baselines if isinstance(baselines, float) else tuple(baselines.shape))
+        mask = (_noise(inp, 7) > 0).to(inp.dtype)
+        return mask, inp * (1 - mask) + b * mask
+
+    theirs = cm.infidelity(model, toward, x, attr, baselines=base, target=1, n_perturb_samples=4)
+    ours = X.infidelity(model, toward, x, attr, baselines=base, target=1, n_perturb_samples=4)
+    torch.testing.assert_close(ours, theirs)
+    first, second = seen  # Captum's call, then xattr's
+    assert first == second == {"number": 0.5, "one row": (1, 1, 4, 4), "per example": (12, 1, 4, 4)}[kind]

@@ -80,7 +80,8 @@ def test_infidelity_two_inputs_baselines_and_a_pass_through_argument():
     f = lambda x1, x2, scale: torch.tanh(x1 @ w1) * scale + (x2 @ w2) ** 2  # noqa: E731
     x1, x2, scale = torch.randn(2, 4, dtype=D), torch.randn(2, 3, dtype=D), torch.tensor([1.0, 2.0], dtype=D)
     base = (torch.zeros(2, 4, dtype=D), torch.ones(1, 3, dtype=D))
-    rec = recording(M.subset_to_baseline(0.5))
+    subset = M.subset_to_baseline(0.5)
+    rec = recording(lambda x, b, generator=None: subset(x, b, generator=generator)[1])  # the perturbed input only
     attr_fn = xattr.input_x_gradient(f, argnums=(0, 1))
     got = M.infidelity(f, attr_fn, rec, n_perturb_samples=4, baselines=base, argnums=(0, 1), generator=1)(x1, x2, scale)
     attr = attr_fn(x1, x2, scale)
@@ -94,6 +95,30 @@ def test_infidelity_two_inputs_baselines_and_a_pass_through_argument():
         want.append(torch.stack(vals).mean())
     torch.testing.assert_close(got, torch.stack(want))
     assert ((rec.calls[0][1] == 1) | (rec.calls[0][1] == x2[0])).all()  # baselines reached perturb_func
+
+
+def test_subset_to_baseline_gives_exact_global_attributions_zero_infidelity():
+    """f = w.x + c: replacing a subset S of elements by the baseline b changes f by exactly
+    sum_S w_j (x_j - b_j), so the global attributions w * (x - b) (= IG = input x gradient = SHAP
+    here) predict every change when I is the 0/1 mask of S, and the gradient w does not (NOTE:
+    [Removal masks for global attributions]). Also where an element equals its baseline."""
+    torch.manual_seed(0)
+    w, x = torch.randn(8, dtype=D), torch.randn(4, 8, dtype=D)
+    f = lambda x: x @ w + 0.5  # noqa: E731
+    subset = M.subset_to_baseline(0.5)
+    metric = lambda attr, base: M.infidelity(f, attr, subset, baselines=base, n_perturb_samples=16, generator=0)(x)  # noqa: E731
+    assert metric(x * w, 0.0).max() < 1e-10
+    assert metric(xattr.integrated_gradients(f), 0.0).max() < 1e-10
+    assert (metric(w.expand_as(x), 0.0) > 1e-3).all()
+    base = torch.randn(1, 8, dtype=D)
+    x[:, 0] = base[0, 0]  # x == baseline: I is still the indicator, phi is 0 there
+    assert metric((x - base) * w, base).max() < 1e-10
+    assert (metric(w.expand_as(x), base) > 1e-3).all()
+    rec = recording(subset)
+    M.infidelity(f, x * w, rec, baselines=base, n_perturb_samples=16, generator=0)(x)
+    size, pert = rec.calls[0]  # example 0's 16 copies
+    assert set(size.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(pert, torch.where(size == 1, base, x[:1]))
 
 
 def test_infidelity_batch_and_chunk_invariance():
@@ -288,6 +313,70 @@ def test_curves_with_a_feature_mask_steps_baselines_and_chunks():
     torch.testing.assert_close(M.deletion(f, attr[1:], feature_mask=mask, baselines=base[1:], n_steps=2)(x[1:]).auc, c.auc[1:])
 
 
+def _curve_by_definition(f, x, attr, mask, n_steps, insert):
+    """One example's curve as a loop: its own ids (as they occur), ranked by summed attribution
+    (ties: lower id first), the top floor(k F / S) of them removed (restored) at step k."""
+    ids = mask.unique()  # sorted
+    order = ids[torch.sort(torch.stack([attr[mask == j].sum() for j in ids]), descending=True, stable=True).indices]
+    n = len(ids)
+    steps = n if n_steps is None else min(n_steps, n)
+    counts = [k * n // steps for k in range(steps + 1)]
+    zero = torch.zeros_like(x)
+    rows = [torch.where(torch.isin(mask, order[:c]), x, zero) if insert else torch.where(torch.isin(mask, order[:c]), zero, x)
+            for c in counts]  # fmt: skip
+    scores = torch.stack([f(r[None])[0] for r in rows])
+    fractions = torch.tensor(counts, dtype=D) / n
+    return fractions, scores, ((scores[1:] + scores[:-1]) / 2 * fractions.diff()).sum()
+
+
+@pytest.mark.parametrize("insert", [False, True])
+@pytest.mark.parametrize("n_steps", [None, 2, 6])
+def test_curves_with_per_example_masks_are_each_examples_own(insert, n_steps):
+    """Per-example masks with 4, 8 and 3 features (numbered from 1, and with gaps): each example's
+    curve is its definition with its own features, and what it gets alone; the batch sweeps the
+    most steps and repeats a shorter curve's last point (NOTE: [Each example's own features])."""
+    torch.manual_seed(0)
+    w = torch.randn(8, dtype=D)
+    f = lambda x: torch.tanh(x @ w)  # noqa: E731
+    x, attr = torch.rand(3, 8, dtype=D), torch.randn(3, 8, dtype=D)
+    mask = torch.tensor([[1, 1, 2, 2, 3, 3, 4, 4], [0, 1, 2, 3, 4, 5, 6, 7], [5, 5, 5, 0, 0, 9, 9, 9]])
+    curve = M.insertion if insert else M.deletion
+    batched = curve(f, attr, feature_mask=mask, n_steps=n_steps)(x)
+    assert batched.fractions.shape == batched.scores.shape == (3, (8 if n_steps is None else n_steps) + 1)
+    for i in range(3):
+        fractions, scores, auc = _curve_by_definition(f, x[i], attr[i], mask[i], n_steps, insert)
+        k = len(scores)
+        torch.testing.assert_close(batched.fractions[i, :k], fractions)
+        torch.testing.assert_close(batched.scores[i, :k], scores)
+        torch.testing.assert_close(batched.fractions[i, k:], torch.ones(batched.scores.shape[1] - k, dtype=D))
+        torch.testing.assert_close(batched.scores[i, k:], scores[-1].expand(batched.scores.shape[1] - k))
+        torch.testing.assert_close(batched.auc[i], auc)
+        alone = curve(f, attr[i : i + 1], feature_mask=mask[i : i + 1], n_steps=n_steps)(x[i : i + 1])
+        torch.testing.assert_close(alone.fractions, fractions)
+        torch.testing.assert_close(alone.scores[0], scores)
+        torch.testing.assert_close(alone.auc[0], auc)
+
+
+def test_curves_ids_from_one_equal_ids_from_zero():
+    """A mask with ids 1..k is the same k features as ids 0..k-1 (id 0 unused is no phantom step),
+    shared or per example."""
+    torch.manual_seed(1)
+    w = torch.randn(8, dtype=D)
+    f = lambda x: torch.tanh(x @ w)  # noqa: E731
+    x, attr = torch.rand(2, 8, dtype=D), torch.randn(2, 8, dtype=D)
+    shared = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    per_example = torch.stack([shared, torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])])
+    for mask in (shared, per_example):
+        for curve in (M.deletion, M.insertion):
+            for n_steps in (None, 3):
+                zero = curve(f, attr, feature_mask=mask, n_steps=n_steps)(x)
+                one = curve(f, attr, feature_mask=mask + 1, n_steps=n_steps)(x)
+                for a, b in zip(one, zero):
+                    torch.testing.assert_close(a, b)
+    c = M.deletion(f, attr, feature_mask=shared + 1)(x)
+    torch.testing.assert_close(c.fractions, torch.arange(5, dtype=D) / 4)
+
+
 # ---------------------------------------------------------------- sparseness / complexity
 
 
@@ -383,3 +472,20 @@ def test_randomization_independent_mode_builder_and_layers():
         M.randomization_check(build, method, x, similarity=("ssim",), generator=0)
     with pytest.raises(ValueError, match="mode"):
         M.randomization_check(build, method, x, mode="bottom-up")
+
+
+def test_sensitivity_of_a_seeded_stochastic_attribution_is_chunk_and_batch_invariant():
+    """NOTE: [Seeds of folded copies]: the perturbed copies' SmoothGrad noise follows (example,
+    copy), not the row's place in a chunk (chunk_size=B gave every copy phi(x)'s noise)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).double().eval()
+    x = torch.rand(4, 6, dtype=torch.float64)
+    f = xattr.target(model, torch.tensor([0, 2, 2, 1]))
+    sg = xattr.smoothgrad(xattr.saliency(f), stdevs=0.1, n_samples=4, generator=1)
+    full = M.sensitivity_max(sg, x, perturb_radius=0.05, n_perturb_samples=5, generator=0)
+    for chunk_size in (4, 8, 12):
+        torch.testing.assert_close(M.sensitivity_max(sg, x, perturb_radius=0.05, n_perturb_samples=5, generator=0,
+                                                     chunk_size=chunk_size), full)
+    f2 = xattr.target(model, torch.tensor([0, 2]))
+    sg2 = xattr.smoothgrad(xattr.saliency(f2), stdevs=0.1, n_samples=4, generator=1)
+    torch.testing.assert_close(M.sensitivity_max(sg2, x[:2], perturb_radius=0.05, n_perturb_samples=5, generator=0), full[:2])

@@ -25,6 +25,21 @@ from .._src import tree as T
 from .._src.sampling import streams
 
 
+def batch_of(tree) -> int:
+    """The batch size (dim 0) of a tree of tensors; a ValueError for an empty batch.
+
+    NOTE: [Empty batches]
+    Every metric calls this first, on its inputs (or, for the metrics of attributions alone, on
+    the attributions): with 0 examples there is nothing to evaluate, and the reshapes to (B, -1)
+    further on would fail with an unhelpful message. Worded as the perturbation methods' check
+    (``xattr._src.perturb.check_not_empty``).
+    """
+    batch = T.batch_size(tree)
+    if batch == 0:
+        raise ValueError("the batch is empty (0 examples): a metric has nothing to evaluate")
+    return batch
+
+
 def accepts_generator(fn: Callable) -> bool:
     try:
         return "generator" in inspect.signature(fn).parameters

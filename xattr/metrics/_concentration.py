@@ -6,11 +6,13 @@ from typing import Any
 
 import torch
 
-from ._common import flat, resolve
+from ._common import batch_of, flat, resolve
 
 
 def _magnitudes(attributions: Any, args: tuple) -> torch.Tensor:
-    a = flat(resolve(attributions, args)).abs()
+    phi = resolve(attributions, args)
+    batch_of(phi)  # NOTE: [Empty batches]
+    a = flat(phi).abs()
     return a if a.is_floating_point() else a.to(torch.get_default_dtype())
 
 

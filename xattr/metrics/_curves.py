@@ -8,6 +8,17 @@ has S + 1 points at the fractions ``floor(k F / S) / F``. A copy's keep mask is 
 each element's rank with the step's count, so no (S, F) coalition matrix is ever built; the
 S + 1 copies of the batch are folded into few no-grad model calls (NOTE: [Perturbed copies in
 one call]). The area under the curve is the trapezoid rule over those fractions.
+
+NOTE: [Each example's own features]
+F is counted per example: the ids that occur in that example's mask (a per-example mask, e.g.
+superpixels, may have any number of segments, and ids need not be consecutive: labels 1..k are
+k features). An example's curve is the one it gets alone: its own F_i, ``S_i = min(n_steps,
+F_i)`` steps (F_i for None) and counts ``floor(k F_i / S_i)``; only the ranking among its own
+ids matters, so skipped ids never become phantom steps. The batch is swept with
+``S = max_i S_i`` steps; an example with fewer has its last point (all features removed or
+restored) repeated, which adds nothing to its area. Fractions are then per example: a mask with
+one row per example (B > 1) gives ``fractions`` of shape (B, S + 1); a shared mask (None, or one
+row) gives every example the same F, and ``fractions`` stays (S + 1,).
 """
 
 from __future__ import annotations
@@ -21,11 +32,15 @@ from .._src import tree as T
 from .._src.checks import check_finite, warn_if_training
 from .._src.masks import features
 from .._src.perturb import baseline_tree, copies_per_call, perturb
-from ._common import match_attributions, model_rows, passthrough, positive_nums, resolve
+from ._common import batch_of, match_attributions, model_rows, passthrough, positive_nums, resolve
 
 
 class Curve(NamedTuple):
-    """A deletion or insertion curve: ``fractions`` (S+1,), ``scores`` (B, S+1), ``auc`` (B,)."""
+    """A deletion or insertion curve: ``fractions`` (S+1,), ``scores`` (B, S+1), ``auc`` (B,).
+
+    ``fractions`` is (B, S+1) for a feature mask with one row per example (NOTE: [Each
+    example's own features]); ``fractions.expand_as(scores)`` reads both forms alike.
+    """
 
     fractions: torch.Tensor
     scores: torch.Tensor
@@ -50,11 +65,13 @@ def insertion(f: Callable, attr_fn_or_attributions: Any, **options) -> Callable:
       f: model function with one output per example (``xattr.target``); a probability (e.g. a
         softmax target) keeps curves comparable across examples.
       attr_fn_or_attributions: an attribution function (called once) or attributions like ``args[argnums]``.
-      n_steps: S, the number of steps (at most F, the number of features); None: one per feature.
+      n_steps: S, the number of steps (at most F, the number of features, counted per example:
+        the ids its mask uses); None: one per feature.
       baselines: what a removed feature becomes (number, tensor broadcastable to the input, or a
         tree like ``args[argnums]``): zeros, a blurred copy, the data mean.
-      feature_mask: int feature ids per element (NOTE: [Features and coalitions]); `patch_mask`
-        builds square patches. None: every element is a feature.
+      feature_mask: int feature ids per element (NOTE: [Features and coalitions]), shared or
+        one mask per example (each example's curve then depends only on its own ids, NOTE: [Each
+        example's own features]); `patch_mask` builds square patches. None: every element is a feature.
       argnums, chunk_size, memory_budget: as for the perturbation methods.
 
     Returns:
@@ -83,23 +100,22 @@ def _curve(
         warn_if_training(f)
         idx = positive_nums(nums, len(args))
         selected, _ = T.split_args(args, idx)
-        batch = T.batch_size(selected)
+        batch = batch_of(selected)
         x = selected if as_tuple else selected[0]
         phi = match_attributions(resolve(attributions, args), x)
         masks, n_feat = features(selected, feature_mask)
         base = baseline_tree(selected, baselines, as_tuple)
-        ranks = _element_ranks(phi if as_tuple else (phi,), masks, selected, n_feat)
-        steps = n_feat if n_steps is None else min(n_steps, n_feat)
-        counts = torch.arange(steps + 1, device=ranks[0].device) * n_feat // steps
+        ranks, n_own = _element_ranks(phi if as_tuple else (phi,), masks, selected, n_feat)
+        counts, steps = _step_counts(n_own, n_steps)  # (B, S+1)
         per = copies_per_call(selected, batch, chunk_size, memory_budget, steps + 1)
         outs = []
         with torch.no_grad(), T.batch_scope(batch):
             for s in range(0, steps + 1, per):
                 e = min(s + per, steps + 1)
-                c = counts[s:e].reshape((-1, 1))
+                c = counts[:, s:e].T  # (e - s, B)
                 rows = []
                 for xi, bi, ri in zip(T.leaves(selected), T.leaves(base), ranks):
-                    cnt = c.reshape((-1,) + (1,) * xi.ndim)
+                    cnt = c.reshape(tuple(c.shape) + (1,) * (xi.ndim - 1))
                     keep = ri.unsqueeze(0) < cnt if insert else ri.unsqueeze(0) >= cnt
                     rows.append(perturb(xi.unsqueeze(0), bi.unsqueeze(0), keep).reshape((-1,) + tuple(xi.shape[1:])))
                 tree = T.optree.tree_unflatten(T.optree.tree_structure(selected, namespace="xattr"), rows)
@@ -108,25 +124,47 @@ def _curve(
                 check_finite(out)
                 outs.append(out.reshape(e - s, batch))
         scores = torch.cat(outs).T  # (B, S+1)
-        fractions = (counts.to(scores.dtype) / n_feat)
-        return Curve(fractions, scores, torch.trapezoid(scores, fractions, dim=1))
+        fractions = counts.to(scores.dtype) / n_own.to(scores.dtype)[:, None]
+        auc = torch.trapezoid(scores, fractions, dim=1)
+        return Curve(fractions if _per_example(masks, batch) else fractions[0], scores, auc)
 
     return fn
 
 
-def _element_ranks(phi: tuple, masks, selected, n_feat: int) -> list:
-    """Each element's feature rank (0 = highest summed attribution) per example: one tensor per input."""
+def _element_ranks(phi: tuple, masks, selected, n_feat: int) -> tuple[list, torch.Tensor]:
+    """Each element's feature rank per example (0 = highest summed attribution), one tensor per
+    input, and each example's number of features F_i, (B,): the ids its mask uses, ranked among
+    themselves (NOTE: [Each example's own features])."""
     leaves_x, leaves_m, leaves_a = T.leaves(selected), T.leaves(masks), T.leaves(phi)
     batch = leaves_x[0].shape[0]
+    device = leaves_x[0].device
     ids = [torch.broadcast_to(m, x.shape).reshape(batch, -1) for m, x in zip(leaves_m, leaves_x)]
     dtype = torch.promote_types(leaves_a[0].dtype, torch.float32)
-    score = torch.zeros(batch, n_feat, dtype=dtype, device=leaves_x[0].device)
+    score = torch.zeros(batch, n_feat, dtype=dtype, device=device)
+    present = torch.zeros(batch, n_feat, dtype=torch.long, device=device)
     for i, a in zip(ids, leaves_a):
         score.scatter_add_(1, i, a.reshape(batch, -1).to(dtype))
+        present.scatter_(1, i, 1)
     order = torch.sort(score, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(n_feat, device=order.device).expand(batch, -1).contiguous())
-    return [torch.gather(rank, 1, i).reshape(x.shape) for i, x in zip(ids, leaves_x)]
+    # an id's rank counts only the used ids before it (an unused id's rank is never looked up)
+    in_order = present.gather(1, order).cumsum(1) - 1
+    rank = torch.empty_like(order).scatter_(1, order, in_order)
+    return [torch.gather(rank, 1, i).reshape(x.shape) for i, x in zip(ids, leaves_x)], present.sum(1)
+
+
+def _step_counts(n_own: torch.Tensor, n_steps: int | None) -> tuple[torch.Tensor, int]:
+    """The features removed (restored) at each step, (B, S+1), and S: example i's
+    ``floor(k F_i / S_i)`` for k <= S_i, then F_i (NOTE: [Each example's own features])."""
+    own_steps = n_own if n_steps is None else n_own.clamp(max=n_steps)
+    steps = int(own_steps.max())
+    k = torch.arange(steps + 1, device=n_own.device)
+    counts = k * n_own[:, None] // own_steps[:, None]
+    return torch.where(k <= own_steps[:, None], counts, n_own[:, None]), steps
+
+
+def _per_example(masks, batch: int) -> bool:
+    """Whether a feature mask has one row per example (B > 1): then each example has its own fractions."""
+    return batch > 1 and any(m.shape[0] == batch for m in T.leaves(masks))
 
 
 def patch_mask(shape: Sequence[int], patch: Sequence[int]) -> torch.Tensor:

@@ -9,7 +9,9 @@ import torch
 from .._src import tree as T
 from .._src.checks import baselines_like, check_finite, warn_if_training
 from .._src.perturb import copies_per_call
-from ._common import draw_copies, match_attributions, model_rows, passthrough, positive_nums, resolve, same_structure
+from ._common import (
+    batch_of, draw_copies, match_attributions, model_rows, passthrough, positive_nums, resolve, same_structure,
+)  # fmt: skip
 
 
 def infidelity(
@@ -34,14 +36,16 @@ def infidelity(
       perturb_func: ``perturb_func(x[, baselines][, generator=g])`` returning either
         ``(I, perturbed)`` or only the perturbed input (then ``I = x - perturbed``); called on
         example-major copies (NOTE: [Perturbed copies of each example]). Receives the baselines
-        (broadcast to the copies) when ``baselines`` is given.
+        (full tensors like the copies, also for a number) when ``baselines`` is given; see
+        `subset_to_baseline` for the ``I`` that suits global attributions.
       n_perturb_samples: perturbations per example.
       normalize: scale the attributions by the optimal ``beta = E[I.phi dF] / E[(I.phi)^2]``
         first (Captum's ``normalize``), which makes the metric blind to the attributions' scale.
       argnums: the attributed argument(s); the others pass through, tiled with the copies.
       generator: int seed or torch.Generator (NOTE: [Explicit randomness]); needs a
         perturb_func with a ``generator`` keyword.
-      chunk_size, memory_budget: model rows, or bytes of perturbed inputs, per no-grad call.
+      chunk_size, memory_budget: model rows, or bytes of perturbed inputs, per no-grad call
+        (default budget: 2 MiB on CPU, at least 64 MiB on an accelerator; at most 4096 rows).
 
     Returns:
       ``fn(*args) -> (B,)`` tensor of infidelities (lower is better).
@@ -55,7 +59,7 @@ def infidelity(
         warn_if_training(f)
         idx = positive_nums(nums, len(args))
         selected, rebuild = T.split_args(args, idx)
-        batch = T.batch_size(selected)
+        batch = batch_of(selected)
         x = selected if as_tuple else selected[0]
         phi = match_attributions(resolve(attr_fn_or_attributions, args), x)
         with torch.no_grad():

@@ -2,6 +2,20 @@
 
 They follow NOTE: [Perturbed copies of each example]: called with the copies of one example (or
 of all examples when no generator is given) and a ``generator`` keyword.
+
+NOTE: [Removal masks for global attributions]
+Infidelity compares ``I . phi`` with ``f(x) - f(x - I)``. A global attribution (integrated
+gradients, input x gradient, SHAP) already carries the factor ``x - baseline``: for a linear
+``f = w . x`` it is ``phi_j = w_j (x_j - b_j)``, and setting a subset S of elements to their
+baselines changes the output by ``sum_{j in S} phi_j``. So for such attributions ``I`` must be
+the 0/1 removal indicator of S, not the displacement ``x - perturbed = 1_S (x - b)``, which
+counts the input factor twice (and gives the plain gradient ``w`` the perfect score instead).
+That is what Captum's ``infidelity_perturb_func_decorator(multiply_by_inputs=True)`` computes
+by dividing ``x - perturbed`` by ``x - baseline``; `subset_to_baseline` knows the indicator, so
+it divides nothing and needs no guard where ``x == baseline`` (there ``I`` is the indicator,
+1 where the element was replaced, and a global attribution is 0 anyway). For local attributions
+(the gradient) a perturbation function returning only the perturbed input gives
+``I = x - perturbed``.
 """
 
 from __future__ import annotations
@@ -45,20 +59,22 @@ def gaussian_noise(std: float = 0.1) -> Callable:
 
 
 def subset_to_baseline(p: float = 0.5) -> Callable:
-    """A perturbation function for `infidelity` with baselines: each element independently takes its
-    baseline value with probability p. ``I = x - perturbed = keep_out * (x - baseline)``.
+    """A perturbation function for `infidelity` with baselines, for global attributions (IG, input
+    x gradient, SHAP): each element independently takes its baseline value with probability p.
 
-    Returns ``perturb(x, baselines, *, generator=None) -> perturbed`` (the perturbation is derived).
+    Returns ``perturb(x, baselines, *, generator=None) -> (I, perturbed)`` with ``I`` the 0/1
+    mask of the replaced elements (NOTE: [Removal masks for global attributions]). ``x`` is a
+    tensor or a tuple of tensors; ``baselines`` has its structure and shapes.
     """
     if not 0 < p <= 1:
         raise ValueError(f"p must lie in (0, 1], got {p!r}")
 
     def perturb(x, baselines, *, generator=None):
-        def one(t, b):
-            out = torch.empty(t.shape, dtype=t.dtype, device=t.device).bernoulli_(p, generator=generator)
-            return t + out * (b - t)
+        def draw(t):
+            return torch.empty(t.shape, dtype=t.dtype, device=t.device).bernoulli_(p, generator=generator)
 
-        return T.tree_map(one, x, baselines)
+        removed = T.tree_map(draw, x)
+        return removed, T.tree_map(lambda t, b, r: torch.where(r != 0, b, t), x, baselines, removed)
 
     perturb.__name__ = f"subset_to_baseline({p})"
     return perturb

@@ -21,6 +21,7 @@ from torch import nn
 
 from .._src import tree as T
 from .._src.sampling import streams
+from ._common import batch_of
 from ._similarity import MEASURES
 
 
@@ -86,6 +87,7 @@ def randomization_check(
     order = list(reversed(names))  # top (output) first
     seeds = _seeds(generator, len(order))
     original = _detach(method_builder(trained)(*args))
+    batch_of(original)  # NOTE: [Empty batches]: before any layer is re-initialised
     scores = {name: [] for name, _ in measures}
     kept = []
     work = fresh() if mode == "cascading" else None

@@ -8,7 +8,8 @@ import torch
 
 from .._src import tree as T
 from .._src.checks import warn_if_training
-from ._common import draw_copies, flat, n_positional, passthrough, positive_nums, same_structure
+from .._src.sampling import copy_blocks
+from ._common import batch_of, draw_copies, flat, n_positional, passthrough, positive_nums, same_structure
 from ._noise import uniform_noise
 
 
@@ -51,7 +52,7 @@ def sensitivity_max(
     idx = positive_nums(nums, len(args))
     warn_if_training(attr_fn)
     selected, rebuild = T.split_args(args, idx)
-    batch = T.batch_size(selected)
+    batch = batch_of(selected)
     x = selected if as_tuple else selected[0]
     n = n_perturb_samples
     phi0 = _detach(attr_fn(*args))
@@ -65,7 +66,8 @@ def sensitivity_max(
         for s, e in T.chunks(n, batch, chunk_size):
             rows = T.tree_map(lambda p: p[:, s:e].transpose(0, 1).reshape((-1,) + tuple(p.shape[2:])), pert)
             call = passthrough(args, idx, e - s, batch)
-            phi = _detach(attr_fn(*T.split_args(call, idx)[1](rows if as_tuple else (rows,))))
+            with copy_blocks(s, e, batch):  # a seeded stochastic attr_fn: NOTE: [Seeds of folded copies]
+                phi = _detach(attr_fn(*T.split_args(call, idx)[1](rows if as_tuple else (rows,))))
             got = flat(phi).reshape(e - s, batch, -1)
             if got.shape[-1] != ref.shape[-1]:
                 raise ValueError(

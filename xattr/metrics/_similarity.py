@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .._src import tree as T
-from ._common import flat
+from ._common import batch_of, flat
 
 
 def _ranks(v: torch.Tensor) -> torch.Tensor:
@@ -34,7 +34,7 @@ def spearman(a: Any, b: Any, *, abs: bool = False) -> torch.Tensor:
     ``a``, ``b``: tensors (B, ...) or trees of them (all elements of an example together); with
     ``abs`` the magnitudes are ranked (the sign is ignored).
     """
-    fa, fb = flat(a).detach(), flat(b).detach()
+    fa, fb = _flat_pair(a, b)
     if abs:
         fa, fb = fa.abs(), fb.abs()
     return _pearson(_ranks(fa), _ranks(fb)).to(_dtype(fa))
@@ -45,7 +45,7 @@ def top_k_intersection(a: Any, b: Any, *, k: int | float = 0.1) -> torch.Tensor:
 
     ``k``: a count, or a fraction of the elements (0 < k <= 1, rounded up).
     """
-    fa, fb = flat(a).detach().abs(), flat(b).detach().abs()
+    fa, fb = (m.abs() for m in _flat_pair(a, b))
     p = fa.shape[1]
     kk = math.ceil(k * p) if isinstance(k, float) else int(k)
     if not 1 <= kk <= p:
@@ -68,6 +68,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1
             raise ValueError("ssim compares image maps (B, H, W) or (B, C, H, W); leave 'ssim' out for other inputs")
     if a.shape != b.shape:
         raise ValueError(f"ssim needs maps of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    batch_of(a)  # NOTE: [Empty batches]
     dtype = _dtype(a)
     x, y = (_unit(m.detach().to(dtype)) for m in (a, b))
     x, y = (m.reshape((-1, 1) + tuple(m.shape[-2:])) for m in (x, y))  # channels as rows
@@ -85,6 +86,12 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
     return s.reshape(a.shape[0], -1).mean(1)
+
+
+def _flat_pair(a: Any, b: Any) -> tuple:
+    """Both maps as detached (B, P) rows; see NOTE: [Empty batches]."""
+    batch_of(a), batch_of(b)
+    return flat(a).detach(), flat(b).detach()
 
 
 def _unit(m: torch.Tensor) -> torch.Tensor:
