@@ -174,3 +174,26 @@ def test_act_stops_at_the_layer_after_the_first_full_pass():
         assert len(calls) == 1
     finally:
         handle.remove()
+
+
+def test_act_checks_single_calls_again_for_each_input_shape():
+    """The whole-forward check ran only on a split's first call: a later input whose shape makes
+    the forward call the layer twice (one call per chunk of tokens) silently got the first
+    chunk's activation."""
+
+    class Chunked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.out = nn.Linear(3, 5), nn.Linear(5, 2)
+
+        def forward(self, x):  # the encoder runs once per chunk of 4 tokens
+            return self.out(torch.cat([self.enc(c) for c in x.split(4, dim=1)], 1).mean(1))
+
+    torch.manual_seed(0)
+    model = Chunked().eval()
+    split = xattr.at_layer(model, model.enc)
+    short = torch.randn(2, 4, 3)
+    torch.testing.assert_close(split.act(short), model.enc(short))
+    torch.testing.assert_close(split.act(short), model.enc(short))  # the same shape: stops at the layer
+    with pytest.raises(RuntimeError, match="called 2 times"):
+        split.act(torch.randn(2, 8, 3))

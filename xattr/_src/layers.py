@@ -52,7 +52,7 @@ class Split:
             raise ValueError(f"call_index must be None, a non-negative int or 'all', got {call_index!r}")
         self.inputs = inputs
         self.call_index = call_index
-        self.checked_single_calls = False
+        self.checked_single_calls: set = set()  # signatures (`_signature`) of args checked with a whole forward
         self.act = _Act(self)
         self.head = _Head(self)
 
@@ -96,7 +96,8 @@ class Split:
                 h.remove()
         if not stop_when_done or out is not None:
             self._check_counts(counts)
-            self.checked_single_calls = self.call_index is None
+            if self.call_index is None:
+                self.checked_single_calls.add(_signature(args))
         return out
 
     def _check_counts(self, counts):
@@ -135,6 +136,11 @@ def _clone(tree):
     return T.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, tree)
 
 
+def _signature(args) -> tuple:
+    """The shapes, dtypes and devices of args' tensors (other leaves by type)."""
+    return tuple((t.shape, t.dtype, t.device) if isinstance(t, torch.Tensor) else type(t) for t in T.leaves(args))
+
+
 class _Act:
     """split.act(*args): the layer's activation(s), computed as far as the layer and no further."""
 
@@ -145,9 +151,11 @@ class _Act:
     def __call__(self, *args):
         s = self.split
         got: list[list] = [[] for _ in s.modules]
-        # With call_index=None the first call runs the whole forward to check each layer is called
-        # exactly once; later calls stop at the layer (NOTE: [Splitting a model at a layer]).
-        once = isinstance(s.call_index, int) or (s.call_index is None and s.checked_single_calls)
+        # With call_index=None the first call for each signature of the arguments (their shapes,
+        # dtypes and devices) runs the whole forward to check each layer is called exactly once;
+        # later calls with it stop at the layer (NOTE: [Splitting a model at a layer]). Another
+        # shape may call the layer another number of times (a layer run per chunk of tokens).
+        once = isinstance(s.call_index, int) or (s.call_index is None and _signature(args) in s.checked_single_calls)
         need = len(s.modules) if once else None
 
         def on_value(i, k, value):
