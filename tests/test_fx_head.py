@@ -1,5 +1,7 @@
 """The fx-traced head (NOTE: [Traced heads]) equals the hook head exactly, or is not used."""
 
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -240,3 +242,74 @@ def test_constants_made_in_forward_stay_off_the_model_and_tracing_under_vmap():
     assert set(model.__dict__) == names
     assert fx_head.traced_head(split, h, (X,)) is not None
     torch.testing.assert_close(got, torch.stack([_hook_head(split, hi, X) for hi in hs]), rtol=0, atol=0)
+
+
+SCALE = 1.0  # read by GlobalScaled.forward
+
+
+class Configured(nn.Module):
+    """Reads a config object's attribute (Hugging Face style) and a module-level global."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+        self.config = types.SimpleNamespace(temperature=1.0, inner=types.SimpleNamespace(flip=False))
+
+    def forward(self, x):
+        y = self.b(torch.tanh(self.layer(x))) / self.config.temperature * SCALE
+        return -y if self.config.inner.flip else y
+
+
+def test_config_objects_changed_in_place_and_globals_are_a_new_trace():
+    global SCALE
+    model = _double(Configured())
+    split = xattr.at_layer(model, model.layer)
+
+    def check():
+        with torch.no_grad():
+            torch.testing.assert_close(split.head(split.act(X), X), model(X), rtol=0, atol=0)
+
+    try:
+        check()
+        traced = fx_head.traced_head(split, split.act(X), (X,))
+        assert traced is not None
+        model.config.temperature = 4.0  # the same object, changed in place
+        check()
+        model.config.inner.flip = True  # one level further down
+        check()
+        SCALE = 3.0
+        check()
+        assert fx_head.traced_head(split, split.act(X), (X,)) is not traced
+    finally:
+        SCALE = 1.0
+
+
+class Storing(nn.Module):
+    """A forward that keeps its features on the module (a feature-extraction habit)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+        self.features = None
+
+    def forward(self, x):
+        h = torch.tanh(self.layer(x))
+        self.features = h
+        return self.b(h)
+
+
+def test_a_forward_writing_its_attributes_is_not_traced_and_keeps_no_proxy(monkeypatch):
+    model = _double(Storing())
+    model(X)
+    builds = []
+    real = fx_head._build
+    monkeypatch.setattr(fx_head, "_build", lambda *a: builds.append(1) or real(*a))
+    lig = xattr.layer_integrated_gradients(xattr.at_layer(xattr.target(model, 1), model.layer), n_steps=4)
+    got = [lig(X) for _ in range(3)]
+    assert isinstance(model.features, torch.Tensor)  # not an fx Proxy left by the trace
+    assert len(builds) == 1  # tried once, then the hook head for good
+    split = xattr.at_layer(xattr.target(model, 1), model.layer)
+    monkeypatch.setattr("xattr._src.layers.traced_head", lambda *a: None)  # the hook head only
+    hook = xattr.layer_integrated_gradients(split, n_steps=4)(X)
+    for g in got:
+        torch.testing.assert_close(g, hook, rtol=0, atol=0)

@@ -18,15 +18,20 @@ or inside another leaf module), or a failed trace. Dead nodes are kept when they
 a tensor that is still read (in-place ops, ``inplace=True`` modules, ``out=``) or draw random
 numbers. h is cloned on entry, as the hook head does. Traces are cached on the Split, keyed by
 the identity and mode of every module, parameter and buffer, and by the plain attributes
-(numbers, strings, flags, containers of them by value; other objects by identity) of every
-module whose own forward is traced, the model's own classes (fx bakes what they read into the
-graph: a changed temperature is a new trace).
+(numbers, strings, flags, containers of them by value; plain objects such as a config
+namespace by identity and their attributes; other objects by identity) of every module whose
+own forward is traced, the model's own classes, and the module-level names their forwards
+read (fx bakes what they read into the graph: a changed temperature is a new trace). Globals
+read only by functions the forward calls are not seen. A forward that writes attributes of
+its modules (``self.features = h``) is not traced again after the first attempt: the trace
+would leave fx Proxies there (they are put back) and the graph would skip the writes.
 """
 
 from __future__ import annotations
 
 import inspect
 import operator
+import types
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +78,8 @@ def traced_head(split, h, args: tuple) -> TracedHead | None:
         model = model.model
     if not isinstance(model, nn.Module) or any(getattr(_module, g, None) for g in _GLOBAL_HOOKS):
         return None
+    if split.__dict__.get("_untraceable"):
+        return None
     key = _state(model)
     if key is None:
         return None
@@ -84,6 +91,9 @@ def traced_head(split, h, args: tuple) -> TracedHead | None:
         cache.clear()  # one model state at a time: the cache never outgrows one entry
         try:
             entry = _build(split, model, chain)
+        except _Stateful:  # its state changes with every call: never traced again
+            split.__dict__["_untraceable"] = True
+            return None
         except Exception:  # noqa: BLE001 (any tracing failure means: use the hook head)
             entry = None
         cache[key] = entry
@@ -108,19 +118,54 @@ def _state(model: nn.Module):
         if not type(m).__module__.startswith("torch.nn."):  # a model's own class: its forward is traced
             # fx bakes the attributes its forward reads (a temperature, a flag) into the graph
             key.append(tuple((k, _value(v)) for k, v in vars(m).items() if k not in _MODULE_OWN))
+            key.append(_globals_read(type(m).forward))
     return tuple(key)
 
 
-def _value(v):
+def _value(v, depth: int = 2):
     """A plain attribute as a cache key: numbers and strings by value (repr: -0.0 and nan are
-    themselves), containers item by item, anything else (a tensor, a function) by identity."""
+    themselves), containers item by item, a plain object (a config namespace, a dataclass) by
+    identity and its attributes, ``depth`` levels down; anything else (a tensor, a module, a
+    function) by identity."""
     if v is None or isinstance(v, (bool, int, float, complex, str)):
         return type(v), repr(v)
     if isinstance(v, (tuple, list)):
-        return type(v), tuple(_value(i) for i in v)
+        return type(v), tuple(_value(i, depth) for i in v)
     if isinstance(v, dict):
-        return dict, tuple((repr(k), _value(i)) for k, i in v.items())
+        return dict, tuple((repr(k), _value(i, depth)) for k, i in v.items())
+    if depth and not isinstance(v, (torch.Tensor, nn.Module, type, types.ModuleType)) and not callable(v) and hasattr(v, "__dict__"):
+        return id(v), tuple((k, _value(i, depth - 1)) for k, i in vars(v).items())
     return id(v)
+
+
+def _globals_read(forward) -> tuple:
+    """The module-level names a forward reads, with their values (fx bakes a global scale or flag
+    into the graph as it was when traced)."""
+    code, env = getattr(forward, "__code__", None), getattr(forward, "__globals__", None)
+    if code is None or env is None:
+        return ()
+    return tuple((name, _value(env[name])) for name in code.co_names if name in env)
+
+
+class _Stateful(Exception):
+    """The model's forward wrote attributes of its modules while traced."""
+
+
+def _restore(before: dict, model: nn.Module) -> list:
+    """Puts back every module attribute the trace added or replaced (a forward storing
+    ``self.features = h`` left an fx Proxy there; the tracer adds ``_tensor_constant`` entries
+    on the root); returns the names the forward itself wrote."""
+    written = []
+    for m, old in before.values():
+        for name in set(m.__dict__) - set(old):
+            if not name.startswith("_tensor_constant"):
+                written.append(name)
+            delattr(m, name)
+        for name, value in old.items():
+            if m.__dict__.get(name, _MISSING) is not value:
+                written.append(name)
+                m.__dict__[name] = value
+    return written
 
 
 class _Tracer(fx.Tracer):
@@ -138,13 +183,14 @@ def _build(split, model: nn.Module, chain: list) -> TracedHead | None:
         return None
     layer = split.modules[0]
     tracer = _Tracer([layer])
-    before = set(model.__dict__)
+    before = {id(m): (m, dict(m.__dict__)) for m in model.modules()}
     try:  # the tracer stores tensors made in forward on the root (_tensor_constant0): moved to gm
         graph = tracer.trace(model)
         gm = fx.GraphModule(model, graph)
     finally:
-        for name in set(model.__dict__) - before:
-            delattr(model, name)
+        stateful = _restore(before, model)
+    if stateful:  # NOTE: [Traced heads]: a forward that writes its own attributes
+        raise _Stateful(stateful)
     graph = gm.graph
     calls = []
     for n in graph.nodes:
