@@ -431,3 +431,30 @@ def test_differentiable_inside_torch_func(name):
         e = torch.zeros_like(X)
         e[i, j] = eps
         torch.testing.assert_close(g[i, j], (fn(X + e).sum() - fn(X - e).sum()) / (2 * eps), atol=1e-7, rtol=1e-6)
+
+
+def test_a_layer_input_that_also_feeds_a_skip_counts_only_the_paths_through_the_module():
+    """docs/layers.md section 6: inputs=True is the input as the module receives it. Reference:
+    the gradient with respect to a copy of the input given to the module alone (the skip keeps
+    the original), by autograd."""
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.block, self.out = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            u = torch.tanh(self.a(x))
+            return self.out(torch.tanh(self.block(u)) + u)
+
+    torch.manual_seed(0)
+    model = Residual().double().eval()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    u = torch.tanh(model.a(x)).detach().requires_grad_()
+    through = model.out(torch.tanh(model.block(u)) + u.detach())[:, 1].sum()
+    (module_only,) = torch.autograd.grad(through, u)
+    split = xattr.at_layer(xattr.target(model, 1), model.block, inputs=True)
+    got = xattr.gradient_x_activation(split, multiply=False)(x)
+    torch.testing.assert_close(got, module_only)
+    (every_use,) = torch.autograd.grad(model.out(torch.tanh(model.block(u)) + u)[:, 1].sum(), u)
+    assert not torch.allclose(got, every_use)  # Captum's gradient methods' answer (docs/migration.md)
