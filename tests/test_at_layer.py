@@ -197,3 +197,12 @@ def test_act_checks_single_calls_again_for_each_input_shape():
     torch.testing.assert_close(split.act(short), model.enc(short))  # the same shape: stops at the layer
     with pytest.raises(RuntimeError, match="called 2 times"):
         split.act(torch.randn(2, 8, 3))
+
+
+@pytest.mark.parametrize("method", ["gradient_x_activation", "grad_cam"])
+def test_a_layer_input_of_token_ids_is_a_clear_error(method):
+    """torch said only "`inputs` argument to grad() cannot be empty"."""
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2)).eval()
+    split = xattr.at_layer(xattr.target(model, 0), model[0], inputs=True)
+    with pytest.raises(TypeError, match="no floating-point tensor to differentiate"):
+        getattr(xattr, method)(split)(torch.randint(0, 10, (2, 3)))

@@ -254,6 +254,12 @@ def layer_vjp_rows(split: Split, args: tuple, *, weights=None, chunk_size=None):
     check_finite(out)
     h, z = split._pack(hs), split._pack(zs)
     flat = [t for t in T.leaves(z) if _is_float(t)]
+    if not flat:
+        where = "input" if split.inputs else "output"
+        raise TypeError(
+            f"the layer's {where} holds no floating-point tensor to differentiate (e.g. the token ids an "
+            "embedding reads): split at a layer whose " + where + " is float, such as the embedding's output"
+        )
     w = (torch.ones(out.shape[0], device=out.device) if weights is None else weights).to(out.dtype)
     if not multi:
         grads = torch.autograd.grad(out, flat, w if out.ndim else None, allow_unused=True)
