@@ -380,3 +380,11 @@ def test_saliency_and_gradient_shap_at_the_embedding():
 def test_token_ids_to_a_gradient_method_point_to_the_embedding():
     with pytest.raises(TypeError, match="at_layer"):
         xattr.saliency(xattr.target(TEXT, 0))(IDS)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_normalized_token_scores_of_small_half_precision_attributions_have_unit_norm(dtype):
+    attr = torch.full((2, 5, 3), 1e-5).to(dtype)  # squares of the 3e-5 scores underflow in float16
+    unit = xattr.token_scores(attr, normalize=True)
+    assert unit.dtype == dtype
+    torch.testing.assert_close(unit.float().norm(dim=-1), torch.ones(2), atol=1e-2, rtol=0)

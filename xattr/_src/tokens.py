@@ -54,6 +54,7 @@ def token_scores(attributions: torch.Tensor, *, normalize: bool = False) -> torc
       (B, [K,] T). Without normalization the scores of an IG attribution sum to f(x) - f(x').
     """
     scores = attributions.sum(-1)
-    if normalize:
-        scores = scores / scores.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(scores.dtype).tiny)
+    if normalize:  # in float32 at least: half-precision squares of small scores underflow
+        wide = scores.to(torch.promote_types(scores.dtype, torch.float32))
+        scores = (wide / wide.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(wide.dtype).tiny)).to(scores.dtype)
     return scores
