@@ -11,6 +11,15 @@ Colour maps:
   auto    "abs" when every value is >= 0, else "signed".
 Each map is divided by a high percentile of its |values| (99.5 by default), so one outlier
 pixel does not wash out the rest; values beyond it saturate.
+
+Non-finite values (NaN, +-inf) are left out of the sign and of that percentile, so the rest of
+the map is drawn as if they were absent; they are painted in neutral grey (`NONFINITE_COLOR`,
+named under the colour bar), a colour neither map uses.
+
+A map smaller than its input (a layer attribution such as a 4x4 Grad-CAM of a 16x16 image) is
+resized to the input's height and width by bilinear interpolation (``align_corners=False``, as
+``xattr.upsample(attr, size, mode="bilinear")``) before it is drawn, so it lines up with the
+input and its outline; a map larger than its input is an error.
 """
 
 from __future__ import annotations
@@ -23,11 +32,12 @@ import numpy as np
 SIGNED_CMAP = "RdBu_r"
 ABS_CMAP = "Reds"
 INPUT_CMAP = "gray_r"
+NONFINITE_COLOR = "0.6"  # grey: pixels whose attribution is NaN or +-inf
 
 
 def _numpy(a) -> np.ndarray:
     if hasattr(a, "detach"):
-        a = a.detach().cpu().float().numpy()
+        a = a.detach().cpu().double().numpy()  # float64 is exact for every real dtype (bf16 included)
     return np.asarray(a, dtype=np.float64)
 
 
@@ -50,48 +60,95 @@ def to_image(x) -> np.ndarray:
         a = a.transpose(1, 2, 0)
     elif a.ndim != 2:
         raise ValueError(f"an input image must have shape (1, H, W), (3, H, W) or (H, W), got {a.shape}")
-    lo, hi = a.min(), a.max()
-    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    finite = a[np.isfinite(a)]
+    lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+    return (a - lo) / (hi - lo) if hi > lo else np.where(np.isfinite(a), 0.0, np.nan)
 
 
 def resolve_sign(a: np.ndarray, sign: str) -> str:
+    """"auto" -> "abs" when every finite value is >= 0, else "signed"; other signs are checked."""
     if sign not in ("auto", "signed", "abs"):
         raise ValueError(f"sign must be 'auto', 'signed' or 'abs', got {sign!r}")
     if sign == "auto":
-        return "abs" if (a >= 0).all() else "signed"
+        return "abs" if (a[np.isfinite(a)] >= 0).all() else "signed"
     return sign
 
 
+def _percentile_scale(mags: np.ndarray, percentile: float) -> float:
+    """The ``percentile`` of the finite entries of ``mags`` (>= 0), or 1.0 when that is not > 0."""
+    mags = mags[np.isfinite(mags)]
+    scale = float(np.percentile(mags, percentile)) if mags.size else 0.0
+    return scale if scale > 0 else 1.0
+
+
 def normalize(a: np.ndarray, sign: str = "auto", *, percentile: float = 99.5, scale: float | None = None):
-    """Scales a map to [-1, 1] ("signed") or [0, 1] ("abs"); returns (values, sign, scale)."""
+    """Scales a map to [-1, 1] ("signed") or [0, 1] ("abs"); returns (values, sign, scale).
+
+    Non-finite entries (NaN, +-inf) take no part in the sign or the percentile scale and come
+    back as NaN, so one of them does not change how the finite rest is drawn.
+    """
+    a = np.asarray(a, dtype=np.float64)
     sign = resolve_sign(a, sign)
     v = np.abs(a) if sign == "abs" else a
-    if scale is None:
-        scale = float(np.percentile(np.abs(v), percentile))
+    scale = _percentile_scale(np.abs(v), percentile) if scale is None else scale
     scale = scale if scale > 0 else 1.0
     lo = 0.0 if sign == "abs" else -1.0
-    return np.clip(v / scale, lo, 1.0), sign, scale
+    return np.where(np.isfinite(v), np.clip(v / scale, lo, 1.0), np.nan), sign, scale
+
+
+def _cmap(name: str):
+    from matplotlib import colormaps
+
+    return colormaps[name].with_extremes(bad=NONFINITE_COLOR)
 
 
 def draw(ax, attr, image=None, *, sign: str = "auto", percentile: float = 99.5, scale: float | None = None, outline: bool = True):
     """Draws one example's attribution on a matplotlib axis; returns the sign map used.
 
-    With ``image`` and ``outline``, the input's shape is traced as a thin grey contour.
+    With ``image`` and ``outline``, the input's shape is traced as a thin grey contour. A map
+    smaller than ``image`` (a layer attribution) is scaled and signed at its own size, then
+    resized to the image's height and width by bilinear interpolation (as
+    ``xattr.upsample(attr, size, mode="bilinear")``; non-finite pixels stay grey blocks), so
+    map and outline line up. A map larger than ``image`` raises ValueError. Non-finite
+    values are drawn in `NONFINITE_COLOR`.
     """
     values, sign, _ = normalize(to_map(attr), sign, percentile=percentile, scale=scale)
+    img = to_image(image) if image is not None else None
+    if img is not None and values.shape != img.shape[:2]:
+        if values.shape[0] > img.shape[0] or values.shape[1] > img.shape[1]:
+            raise ValueError(
+                f"the attribution map {values.shape} is larger than its input image {img.shape[:2]}: "
+                "pass the matching input, or resize the attribution first"
+            )
+        values = _resize_bilinear(values, img.shape[:2])
     if sign == "signed":
-        ax.imshow(values, cmap=SIGNED_CMAP, vmin=-1, vmax=1, interpolation="nearest")
+        ax.imshow(values, cmap=_cmap(SIGNED_CMAP), vmin=-1, vmax=1, interpolation="nearest")
     else:
-        ax.imshow(values, cmap=ABS_CMAP, vmin=0, vmax=1, interpolation="nearest")
-    if image is not None and outline:
-        img = to_image(image)
+        ax.imshow(values, cmap=_cmap(ABS_CMAP), vmin=0, vmax=1, interpolation="nearest")
+    if img is not None and outline:
         gray = img.mean(-1) if img.ndim == 3 else img
-        if gray.min() < 0.5 < gray.max():
+        if np.nanmin(gray) < 0.5 < np.nanmax(gray):
             k = max(1, 64 // max(gray.shape))  # small images: trace a smooth, upsampled outline
             ys, xs = (np.linspace(0, n - 1, k * n) for n in gray.shape)
             ax.contour(xs, ys, _upsample(gray, k), levels=[0.5], colors="0.3", linewidths=0.7, alpha=0.75)
     _bare(ax)
     return sign
+
+
+def _resize_bilinear(a: np.ndarray, shape) -> np.ndarray:
+    """Resizes a 2D map to ``shape``: F.interpolate(mode="bilinear", align_corners=False) in numpy.
+
+    NaN pixels are resized as nearest-neighbour blocks (F.interpolate(mode="nearest")), and
+    weigh as 0 in the bilinear blend of their neighbours, so they neither grow nor vanish.
+    """
+    bad = ~np.isfinite(a)
+    a = np.where(bad, 0.0, a)
+    for axis, (n_in, n_out) in enumerate(zip(a.shape, shape)):
+        src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5  # np.interp clamps the ends as torch does
+        a = np.apply_along_axis(lambda r: np.interp(src, np.arange(n_in), r), axis, a)
+        near = np.minimum(np.floor(np.arange(n_out) * (n_in / n_out)).astype(int), n_in - 1)
+        bad = np.take(bad, near, axis=axis)
+    return np.where(bad, np.nan, a)
 
 
 def _upsample(a: np.ndarray, k: int) -> np.ndarray:
@@ -160,6 +217,8 @@ def save_grid(
         raise ValueError(f"shared_scale must be 'cell' or 'row', got {shared_scale!r}")
     if examples_as not in ("rows", "columns"):
         raise ValueError(f"examples_as must be 'rows' or 'columns', got {examples_as!r}")
+    if images is None and not columns:
+        raise ValueError("nothing to draw: pass images, or at least one attribution in columns")
     cols = {name: _batch(a, f"columns[{name!r}]") for name, a in columns.items()}
     imgs = _batch(images, "images") if images is not None else None
     n_ex = len(next(iter(cols.values()))) if cols else len(imgs)
@@ -180,7 +239,8 @@ def save_grid(
     label_w = (0.55 if side_labels else 0.0) if by_rows else 0.95
     lines = max((str(t).count("\n") + 1 for t in top_labels or []), default=0)
     head = (0.45 if title else 0.12) + 0.16 * lines
-    foot = 0.6
+    nonfinite = any(not np.isfinite(to_map(m)).all() for a in cols.values() for m in a)
+    foot = 0.6 + 0.14 * nonfinite  # room for the note on grey pixels
     fig = Figure(figsize=(label_w + cell * n_cols + 0.05, head + foot + cell * n_rows), dpi=dpi)
     FigureCanvasAgg(fig)
     width, height = fig.get_size_inches()
@@ -192,7 +252,7 @@ def save_grid(
         scales = {}
         if shared_scale == "row" and cols:
             mags = np.concatenate([np.abs(to_map(a[e])).ravel() for a in cols.values()])
-            scales = dict.fromkeys(cols, float(np.percentile(mags, 99.5)))
+            scales = dict.fromkeys(cols, _percentile_scale(mags, 99.5))
         if imgs is not None:
             ax = at(e, 0)
             img = to_image(imgs[e])
@@ -211,7 +271,7 @@ def save_grid(
         axes[0, j].set_title(text, fontsize=8.5)
     if title:
         fig.suptitle(title, fontsize=11, y=1 - 0.12 / height, va="top")
-    _legend(fig, used, foot / height, width)
+    _legend(fig, used | ({"nonfinite"} if nonfinite else set()), foot / height, width)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=dpi, facecolor="white")
     return str(path)
@@ -233,6 +293,8 @@ def _legend(fig, used: set, foot: float, width: float) -> None:
         bar.ax.tick_params(labelsize=7, length=2)
         bar.outline.set_linewidth(0.4)
         cax.set_title("signed attribution" if s == "signed" else "|attribution|", fontsize=7.5, pad=2)
+    if "nonfinite" in used:
+        fig.text(0.5, foot * 0.05, "grey: NaN or infinite attribution", ha="center", va="bottom", fontsize=7, color="0.35")
 
 
 def save_heatmap(path, attr, images=None, *, sign: str = "auto", name: str = "attribution", labels=None, title=None, **kw) -> str:
