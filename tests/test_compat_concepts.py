@@ -135,6 +135,18 @@ def test_files_are_plain_tensors_and_cavs_are_reused(tmp_path):
     assert loaded.stats["classes"] == [0, 1] and float(loaded.stats["accs"]) == 1.0
 
 
+def test_cached_activations_of_tagged_concepts_are_found(tmp_path):
+    from xattr.concepts import random_concepts
+
+    model, data, x = setup()
+    drawn = random_concepts(torch.cat(data), 2, 6, generator=0, first_id=0)  # tagged with a digest
+    tcav = X.TCAV(model, ["conv1"], classifier=MeanDiff(), save_path=str(tmp_path))
+    for c in drawn:
+        tcav.generate_activation("conv1", c)
+    layers, missing = tcav.load_cavs(drawn)
+    assert layers == ["conv1"] and not missing  # no CAV yet; the activations are on disk
+
+
 def test_layer_attr_method_gives_the_same_scores(tmp_path):
     model, data, x = setup()
     concepts = [X.Concept(i, f"c{i}", d) for i, d in enumerate(data)]

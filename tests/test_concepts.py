@@ -26,8 +26,10 @@ from xattr.concepts import (
     tcav,
     ttest,
 )
-from xattr.concepts._cache import load_plain
+from xattr.concepts._cache import Cache, load_plain
+from xattr.concepts._classifier import classifier_tag
 from xattr.concepts._stats import betainc
+from xattr.concepts._tcav import _cached_cav, concept_activations
 
 D, H = 16, 32
 
@@ -272,3 +274,88 @@ def test_errors(task):
         fit_cav(pool[:10], pool[10:20], test_fraction=1.0)
     with pytest.raises(TypeError, match="no data|tensor"):
         list(Concept(9, "empty", [1, 2]).batches())
+
+
+def _mean_diff(X, y):
+    return X[y == 1].mean(0) - X[y == 0].mean(0)
+
+
+def _count_files(root, kind):
+    return sum(len(fs) for r, _, fs in os.walk(root) if os.path.basename(r) == kind)
+
+
+def test_cache_keys_follow_the_random_pool_and_its_size(task, tmp_path):
+    model, concepts, pool, inputs = task
+    other = pool * 5 - 3
+    kw = dict(concepts=concepts[:1], n_random_runs=4, random_size=20, classifier=_mean_diff)
+    fresh = {(id(p), n): _run(task, randoms=p, **{**kw, "random_size": n}) for p in (pool, other) for n in (20, 30)}
+    for p, n in [(pool, 20), (other, 20), (other, 30), (pool, 30), (other, 20)]:
+        model.calls = 0
+        got = _run(task, randoms=p, **{**kw, "random_size": n}, cache_dir=tmp_path)
+        want = fresh[id(p), n]["planted"]["embed"]
+        for name in ("sign_count", "random_sign_count", "accuracy"):
+            torch.testing.assert_close(getattr(got["planted"]["embed"], name), getattr(want, name))
+    assert model.calls == 1, "the same pool and size come from the cache"
+    assert _count_files(tmp_path, "activations") == 1 + 4 * 5  # the concept, and 5 drawn concepts per (pool, size)
+    a, b = random_concepts(pool, 2, 20, generator=0), random_concepts(pool.clone(), 2, 20, generator=0)
+    assert [c.cache_key for c in a] == [c.cache_key for c in b] and a[0].name == "random0_s0"
+    for p, n in [(other, 20), (pool, 21), (pool.double(), 20)]:
+        c = random_concepts(p, 1, n)[0]
+        assert c.name == "random0_s0" and c.cache_key not in {x.cache_key for x in a}
+
+
+def _scaled(s):
+    return lambda X, y: s * (X[y == 1].mean(0) - X[y == 0].mean(0))
+
+
+class _Flag:
+    sign = 1.0
+
+
+def test_cache_keys_tell_function_classifiers_apart(task, tmp_path):
+    model, concepts, pool, inputs = task
+    randoms = random_concepts(pool, 4, 30, generator=0)
+    kw = dict(concepts=concepts[:1], randoms=randoms, n_random_runs=None)
+    flipped = lambda X, y: X[y == 0].mean(0) - X[y == 1].mean(0)  # noqa: E731
+    classifiers = [_mean_diff, flipped, _scaled(1.0), _scaled(-1.0), _scaled(torch.tensor(-2.0))]
+    for clf in classifiers:
+        want = _run(task, classifier=clf, **kw)["planted"]["embed"].sign_count
+        got = _run(task, classifier=clf, cache_dir=tmp_path, **kw)["planted"]["embed"].sign_count
+        torch.testing.assert_close(got, want)
+    assert _count_files(tmp_path, "cavs") == len(classifiers) * 6  # 3 concept CAVs and 3 random ones each
+    assert classifier_tag(_scaled(-1.0)) == classifier_tag(_scaled(-1.0))  # the same values: the same key
+    # a closure over an object cannot be named stably: its CAVs are never cached
+    flag = _Flag()
+    by_flag = lambda X, y: flag.sign * (X[y == 1].mean(0) - X[y == 0].mean(0))  # noqa: E731
+    assert classifier_tag(by_flag) is None
+    first = _run(task, classifier=by_flag, cache_dir=tmp_path, **kw)["planted"]["embed"].sign_count
+    flag.sign = -1.0
+    second = _run(task, classifier=by_flag, cache_dir=tmp_path, **kw)["planted"]["embed"].sign_count
+    torch.testing.assert_close(second, 1 - first)
+    assert _count_files(tmp_path, "cavs") == len(classifiers) * 6
+
+
+def test_per_example_outputs_with_chunks(task):
+    b = len(task[3])
+    idx = torch.stack([torch.arange(b) % 3, (torch.arange(b) + 1) % 3], 1)
+    kw = dict(concepts=task[1][:1], target=xattr.outputs(idx), n_random_runs=3, classifier=_mean_diff)
+    whole = _run(task, **kw)["planted"]["embed"]
+    chunked = _run(task, chunk_size=7, **kw)["planted"]["embed"]
+    assert whole.sign_count.shape == (3, 2)
+    torch.testing.assert_close(chunked.sign_count, whole.sign_count)
+    torch.testing.assert_close(chunked.magnitude, whole.magnitude)
+
+
+def test_cached_tensors_go_to_the_models_device(task, tmp_path):
+    # the cache loads on the CPU; a model elsewhere (here "meta", standing for a GPU) gets them on its device
+    model, concepts, _, _ = task
+    cache = Cache(str(tmp_path), "m")
+    named = [("embed", model.embed)]
+    (cpu,) = concept_activations(model, named, concepts[0], cache=cache)
+    elsewhere = Planted().to("meta")
+    (loaded,) = concept_activations(elsewhere, [("embed", elsewhere.embed)], concepts[0], cache=cache)
+    assert cpu.device.type == "cpu" and loaded.device.type == "meta" and loaded.shape == cpu.shape
+    c = fit_cav(cpu[:25], cpu[25:], classifier=_mean_diff)
+    cache.save("cavs", "k", c.as_dict())
+    moved = _cached_cav(cache, "k", torch.device("meta"))
+    assert moved.vector.device.type == "meta" and moved.weights.device.type == "meta" and moved.bias == c.bias

@@ -7,11 +7,14 @@ ints, floats or bools (checked before writing), and every read is
 ``torch.load(..., weights_only=True)``, which refuses anything else: a planted file can at worst
 fail to load, never execute. Files are written to a temporary name and renamed into place, so
 an interrupted or concurrent run never leaves half a file. Keys name what a file depends on:
-``<cache_dir>/<model key>/activations/<concept name-id>-<layer>.pt`` and
+``<cache_dir>/<model key>/activations/<concept name-id[-tag]>-<layer>.pt`` and
 ``<cache_dir>/<model key>/cavs/<concept>-<negative>-<layer>-<classifier and seed hash>.pt``,
 where the model key is ``model_id`` or a fingerprint of the model's class, structure,
-parameters, buffers and train/eval flags. A concept is identified by its id and name (as in
-Captum): change its examples, change its id or name, or clear the cache.
+parameters, buffers and train/eval flags. A concept is identified by its id, name and tag (the
+id and name as in Captum; drawn random concepts carry a digest of their examples as the tag):
+change its examples, change its id, name or tag, or clear the cache. A function classifier is
+identified by its code and the values it reads, or not cached (NOTE: [Naming a classifier
+function]). Files load on the CPU; TCAV moves them to the model's device.
 """
 
 from __future__ import annotations
@@ -40,9 +43,23 @@ def fingerprint(f) -> str:
         h.update(repr(m).encode())
         h.update(bytes(mm.training for mm in m.modules()))
         for name, t in itertools.chain(m.named_parameters(), m.named_buffers()):
-            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            h.update(f"{name}:".encode())
+            update_digest(h, t)
     return f"{type(mods[0]).__name__}-{h.hexdigest()[:16]}"
+
+
+def update_digest(h, t: torch.Tensor) -> None:
+    """Feeds a tensor's dtype, shape and bytes to the hash ``h`` (whatever its device)."""
+    h.update(f"{t.dtype}:{tuple(t.shape)}".encode())
+    h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def digest(tensors) -> str:
+    """A short hex digest of a sequence of tensors' dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for t in tensors:
+        update_digest(h, t)
+    return h.hexdigest()[:12]
 
 
 def safe_name(key: str) -> str:

@@ -20,12 +20,18 @@ drawn from the same seeded stream, and is NaN for ``test_fraction=0``.
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import math
+import sys
+import types
 import zlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from ._cache import update_digest
 
 
 @dataclass(frozen=True)
@@ -112,13 +118,129 @@ class LogisticRegression:
         return self
 
 
-def classifier_tag(classifier) -> str:
-    """What identifies a classifier's configuration in cache keys."""
+def classifier_tag(classifier) -> str | None:
+    """What identifies a classifier's configuration in cache keys; None when nothing identifies
+    it stably, and its CAVs must not be cached (NOTE: [Naming a classifier function])."""
     if classifier is None:
         return "SGDClassifier(alpha=0.01,max_iter=1000,tol=0.001)"
     if callable(classifier) and not hasattr(classifier, "fit"):
-        return f"{getattr(classifier, '__module__', '')}.{getattr(classifier, '__qualname__', repr(classifier))}"
+        ident = _Identity(getattr(classifier, "__module__", None))
+        if not ident.feed(classifier):
+            return None
+        name = getattr(classifier, "__qualname__", type(classifier).__qualname__)
+        return f"{getattr(classifier, '__module__', '')}.{name}-{ident.h.hexdigest()[:16]}"
     return repr(classifier)
+
+
+# NOTE: [Naming a classifier function]
+# A function classifier is named in CAV cache keys by what decides what it computes: its module
+# and qualified name, its compiled code (bytecode, constants, the names it uses, nested functions'
+# code), its defaults, its closure cells and the module globals it names. Two lambdas, or two
+# closures of one factory over different values, thus get different keys, and the same source
+# with the same values gets the same key in any process. A value is identified when it is plain
+# (None, numbers, strings, bytes, containers of them; tensors and arrays by dtype, shape and
+# bytes), a function of the classifier's own module (recursively, by content), a
+# functools.partial, a module, or an object found again under its module and qualified name
+# (classes, builtins, library functions: by that name, so editing library code does not change
+# keys). Anything else (an object in a closure or a global, a bound method, a callable instance)
+# has no stable identity: its state is unknown, and its repr may hold a memory address that a
+# later object reuses. Such a classifier's CAVs are computed afresh, never read from or written
+# to the cache; the activations are still cached.
+
+_SCALARS = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis), range, slice, torch.dtype,
+            torch.device)  # fmt: skip
+
+
+class _Identity:
+    """A hash of what identifies a classifier function (NOTE: [Naming a classifier function])."""
+
+    def __init__(self, home: str | None):
+        self.h, self.home, self.seen = hashlib.sha256(), home, set()
+
+    def feed(self, v) -> bool:
+        """Feeds what identifies ``v`` to the hash; False when nothing identifies it stably."""
+        self.h.update(f"<{type(v).__qualname__}>".encode())
+        if isinstance(v, _SCALARS):
+            self.h.update(repr(v).encode())
+            return True
+        if isinstance(v, torch.Tensor):
+            update_digest(self.h, v)
+            return True
+        if _is_array(v):
+            self.h.update(f"{v.dtype}:{v.shape}".encode() + v.tobytes())
+            return True
+        if isinstance(v, (tuple, list)):
+            self.h.update(str(len(v)).encode())
+            return all(self.feed(x) for x in v)
+        if isinstance(v, dict):
+            self.h.update(str(len(v)).encode())
+            return all(self.feed(k) and self.feed(x) for k, x in v.items())
+        if isinstance(v, (set, frozenset)):  # NOTE: iteration order differs between processes
+            parts = [self.digest_of(x) for x in v]
+            return None not in parts and self.feed(sorted(parts))
+        if isinstance(v, types.CodeType):
+            return self.feed_code(v)
+        if isinstance(v, types.FunctionType) and (v.__module__ == self.home or _name_of(v) is None):
+            return self.feed_function(v)
+        if isinstance(v, functools.partial):
+            return self.feed((v.func, v.args, v.keywords))
+        name = _name_of(v)
+        self.h.update(str(name).encode())
+        return name is not None
+
+    def digest_of(self, v) -> str | None:
+        sub = _Identity(self.home)
+        sub.seen = self.seen
+        return sub.h.hexdigest() if sub.feed(v) else None
+
+    def feed_code(self, code: types.CodeType) -> bool:
+        self.h.update(code.co_code)
+        self.h.update(repr((code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars)).encode())
+        return self.feed(code.co_consts)
+
+    def feed_function(self, fn: types.FunctionType) -> bool:
+        """A function's name, code, defaults, closure cells and the globals its code names."""
+        self.h.update(f"{fn.__module__}.{fn.__qualname__}".encode())
+        if id(fn) in self.seen:  # recursion (a function naming itself): its content is being fed
+            return True
+        self.seen.add(id(fn))
+        cells = []
+        for cell in fn.__closure__ or ():
+            try:
+                cells.append((cell.cell_contents,))
+            except ValueError:  # a cell not filled yet
+                cells.append(())
+        used = {n: fn.__globals__[n] for n in sorted(_names(fn.__code__)) if n in fn.__globals__}
+        return (self.feed_code(fn.__code__) and self.feed((fn.__defaults__, fn.__kwdefaults__))
+                and self.feed(cells) and self.feed(used))  # fmt: skip
+
+
+def _is_array(v) -> bool:
+    """A numpy array or scalar whose bytes are its values (no Python objects inside)."""
+    dtype = getattr(v, "dtype", None)
+    return type(v).__module__ == "numpy" and hasattr(v, "tobytes") and not getattr(dtype, "hasobject", True)
+
+
+def _name_of(v) -> str | None:
+    """``module.qualname`` for a module, or an object found again under that name; else None."""
+    if isinstance(v, types.ModuleType):
+        return v.__name__
+    module, qualname = getattr(v, "__module__", None), getattr(v, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        return None
+    found = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return f"{module}.{qualname}" if found is v else None
+
+
+def _names(code: types.CodeType) -> set:
+    """The global (and attribute) names used by a code object and the code nested in it."""
+    out = set(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            out |= _names(c)
+    return out
 
 
 def _fit(classifier, X: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, float]:

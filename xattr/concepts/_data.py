@@ -15,6 +15,7 @@ from torch import nn
 from .._src import tree as T
 from .._src.checks import _modules
 from .._src.sampling import streams
+from ._cache import digest
 
 
 @dataclass(frozen=True, eq=False)
@@ -22,11 +23,13 @@ class Concept:
     """A named set of example inputs for a concept (stripes, a sentiment, ...).
 
     Args:
-      id: a unique integer id (it and ``name`` identify the concept's cached activations).
+      id: a unique integer id (it, ``name`` and ``tag`` identify the concept's cached activations).
       name: a unique name; results are keyed by it.
       data: the examples, one batch or several: a tensor (one batch of examples, dim 0 the
         batch), a tuple of tensors (one batch of the model's positional arguments), or any
         iterable of such batches (a list, a ``DataLoader`` yielding tensors or lists of tensors).
+      tag: optional text naming the examples in cache keys (keyword only); change it when the
+        examples change. `random_concepts` sets a digest of the drawn examples.
 
     Concepts compare and hash by identity, like Captum's.
 
@@ -38,11 +41,17 @@ class Concept:
     id: int
     name: str
     data: Any = field(default=None, repr=False)
+    tag: str = field(default="", repr=False, kw_only=True)
 
     @property
     def identifier(self) -> str:
-        """``"name-id"``: the concept's key in caches (Captum's ``Concept.identifier``)."""
+        """``"name-id"`` (Captum's ``Concept.identifier``)."""
         return f"{self.name}-{self.id}"
+
+    @property
+    def cache_key(self) -> str:
+        """The concept's key in caches: ``identifier``, then ``tag`` if any."""
+        return f"{self.identifier}-{self.tag}" if self.tag else self.identifier
 
     def batches(self) -> Iterator[tuple]:
         """The concept's examples as tuples of model arguments, one tuple per batch."""
@@ -86,8 +95,8 @@ def random_concepts(
       n: how many concepts; size: examples in each.
       generator: int seed, torch.Generator, or None (torch's global generator).
       first_id: id of the first concept (the others follow); pick ids your concepts do not use.
-      name: prefix of the names, ``f"{name}{i}_s{seed}"`` (the seed keeps cached activations of
-        draws with other seeds apart).
+      name: prefix of the names, ``f"{name}{i}_s{seed}"``; each concept's ``tag`` is a digest
+        of its examples (NOTE: [Cache keys of drawn random concepts]).
 
     Example:
       >>> randoms = random_concepts(torch.rand(500, 3, 32, 32), n=11, size=50, generator=0)
@@ -104,8 +113,18 @@ def random_concepts(
     for i, seed in enumerate(streams(generator, n)):
         idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:size]
         data = tuple(a[idx.to(a.device)] for a in args)
-        out.append(Concept(first_id + i, f"{name}{i}_s{generator}", data[0] if len(data) == 1 else data))
+        one = data[0] if len(data) == 1 else data
+        out.append(Concept(first_id + i, f"{name}{i}_s{generator}", one, tag=digest(data)))
     return out
+
+
+# NOTE: [Cache keys of drawn random concepts]
+# The TCAV cache keys a concept's activations and CAVs by its name, id and tag, so the key of a
+# drawn concept must change whenever its examples do: another pool, another size, another seed.
+# Its tag is a digest of the drawn examples' dtypes, shapes and bytes: the same pool, size and
+# seed give the same key in any process (and hit the cache), anything else a new one. The tag
+# is kept out of the name, which seeds the CAVs' streams: results do not change with it. Hashing
+# the drawn examples rather than the pool costs ``size`` examples, not the whole pool.
 
 
 def root_module(f) -> nn.Module | None:

@@ -17,6 +17,7 @@ small linear problem per (concept, counterpart, layer). Activations and CAVs can
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -24,10 +25,11 @@ import torch
 from .._src import tree as T
 from .._src.layer_methods import gradient_x_activation, layer_activation
 from .._src.layers import Split, at_layer
+from .._src.targets import Outputs
 from .._src.targets import target as _target
 from ._cache import Cache, fingerprint
 from ._classifier import CAV, classifier_tag, fit_cav, seed_of
-from ._data import Concept, batches, flatten, named_layers, random_concepts
+from ._data import Concept, batches, flatten, named_layers, random_concepts, root_module
 from ._stats import ttest
 
 
@@ -81,21 +83,45 @@ def layer_key(name: str, layer_inputs: bool) -> str:
     return f"{name}.input" if layer_inputs else name
 
 
-def concept_activations(f, named, concept: Concept, *, layer_inputs=False, cache: Cache | None = None, force=False):
-    """[(N, F) per layer] for a concept: cached ones loaded, the rest from one split at those layers."""
-    keys = [f"{concept.identifier}-{layer_key(n, layer_inputs)}" for n, _ in named]
+def activation_key(concept: Concept, name: str, layer_inputs: bool) -> str:
+    """The cache key of a concept's activations at a layer."""
+    return f"{concept.cache_key}-{layer_key(name, layer_inputs)}"
+
+
+def device_of(module) -> torch.device | None:
+    """The device of a module's first parameter or buffer (None without any)."""
+    for t in [] if module is None else itertools.chain(module.parameters(), module.buffers()):
+        return t.device
+    return None
+
+
+def concept_activations(f, named, concept: Concept, *, layer_inputs=False, cache: Cache | None = None, force=False,
+                        device=None):  # fmt: skip
+    """[(N, F) per layer] for a concept: cached ones loaded, the rest from one split at those layers.
+
+    NOTE: the cache stores and loads tensors on the CPU, while fresh activations are where the
+    model runs; loaded ones are moved to ``device`` (default: the layer's, else the model's, else
+    the fresh ones'), so that activations of cached and fresh concepts can be concatenated to
+    train a CAV.
+    """
+    keys = [activation_key(concept, n, layer_inputs) for n, _ in named]
     out = [None] * len(named)
     if cache is not None and not force:
         for i, k in enumerate(keys):
             got = cache.load("activations", k)
             out[i] = None if got is None else got["activations"]
     missing = [i for i, a in enumerate(out) if a is None]
+    loaded = [i for i in range(len(named)) if i not in missing]
     if missing:
         split = at_layer(f, [named[i][1] for i in missing], inputs=layer_inputs)
         for i, a in zip(missing, activations(split, concept)):
             out[i] = a
             if cache is not None:
                 cache.save("activations", keys[i], {"activations": a})
+    fresh = out[missing[0]].device if missing else None
+    for i in loaded:
+        where = device or device_of(named[i][1]) or device_of(root_module(f)) or fresh
+        out[i] = out[i] if where is None else out[i].to(where)
     return out
 
 
@@ -103,7 +129,6 @@ def layer_gradients(f, named, args: tuple, target=None, *, layer_inputs=False, c
     """dF/dh at every layer, flattened to (B, [K,] F): one forward and one backward pass per chunk."""
     batch = T.batch_size(args[0])
     starts = range(0, batch, chunk_size) if chunk_size else [0]
-    per_example = isinstance(target, torch.Tensor) and target.ndim >= 1 and target.shape[0] == batch
     pieces = []
     for s in starts:
         e = s + chunk_size if chunk_size else batch
@@ -112,12 +137,31 @@ def layer_gradients(f, named, args: tuple, target=None, *, layer_inputs=False, c
             return t[s:e] if isinstance(t, torch.Tensor) and t.ndim and t.shape[0] == batch else t
 
         rows = tuple(T.tree_map(rows_of, a) for a in args)
-        t = target[s:e] if per_example and chunk_size else target
+        t = _target_rows(target, s, e, batch) if chunk_size else target
         fn = f if t is None else _target(f, t)
         split = at_layer(fn, [m for _, m in named], inputs=layer_inputs)
         g = gradient_x_activation(split, multiply=False)(*rows)
         pieces.append([flatten(gl, 2 if split.multi_output else 1) for gl in g])
     return [torch.cat(p) for p in zip(*pieces)]
+
+
+def _target_rows(target, s: int, e: int, batch: int):
+    """The rows s:e of a per-example target: a LongTensor (B,) or ``xattr.outputs`` of a (B, K) tensor."""
+    if isinstance(target, torch.Tensor) and target.ndim >= 1 and target.shape[0] == batch:
+        return target[s:e]
+    idx = target.indices if isinstance(target, Outputs) else None
+    if isinstance(idx, torch.Tensor) and idx.ndim == 2 and idx.shape[0] == batch:
+        return Outputs(idx[s:e])
+    return target
+
+
+def _cached_cav(cache: Cache | None, key: str, device) -> CAV | None:
+    """A CAV from the cache, its tensors moved to ``device`` (the cache loads them on the CPU)."""
+    got = cache.load("cavs", key) if cache is not None else None
+    if got is None:
+        return None
+    c = CAV.from_dict(got)
+    return c if device is None else CAV(c.vector.to(device), c.weights.to(device), c.bias, c.accuracy)
 
 
 @dataclass(frozen=True)
@@ -221,7 +265,9 @@ def tcav(f, layers, concepts, inputs, target=None, *, randoms, n_random_runs: in
         and Captum's tutorial) or "pairs" (``randoms[i]`` against ``randoms[i + 1]``).
       layer_inputs: use the layers' inputs instead of their outputs.
       cache_dir: a directory to cache activations and CAVs in (NOTE: [A cache that cannot run
-        code]); model_id names the model there (default: a fingerprint of its weights).
+        code]); model_id names the model there (default: a fingerprint of its weights). The CAVs
+        of a function classifier that cannot be identified stably are not cached (NOTE: [Naming
+        a classifier function]).
       chunk_size: most inputs per forward/backward pass.
 
     Returns:
@@ -253,20 +299,20 @@ def tcav(f, layers, concepts, inputs, target=None, *, randoms, n_random_runs: in
     else:
         pairs += [(randoms[i], randoms[i + 1]) for i in range(n_runs)]
     tag = classifier_tag(classifier)
+    cav_cache = cache if tag is not None else None  # NOTE: [Naming a classifier function]
     vectors, accs = [], []  # per layer: (len(pairs), F), (len(pairs),)
     for li, (name, _) in enumerate(named):
         lk, vs, acc = layer_key(name, layer_inputs), [], []
         for p, r in pairs:
             key = f"{p.identifier}-{r.identifier}-{lk}"
             seed = seed_of(base, key)
-            full = f"{key}|{tag}|seed={seed}|test_fraction={test_fraction}"
-            got = cache.load("cavs", full) if cache is not None else None
-            c = CAV.from_dict(got) if got is not None else None
+            full = f"{p.cache_key}-{r.cache_key}-{lk}|{tag}|seed={seed}|test_fraction={test_fraction}"
+            c = _cached_cav(cav_cache, full, acts[p.id][li].device)
             if c is None:
                 c = fit_cav(acts[p.id][li], acts[r.id][li], classifier=classifier, generator=seed,
                             test_fraction=test_fraction)  # fmt: skip
-                if cache is not None:
-                    cache.save("cavs", full, c.as_dict())
+                if cav_cache is not None:
+                    cav_cache.save("cavs", full, c.as_dict())
             vs.append(c.vector)
             acc.append(c.accuracy)
         vectors.append(torch.stack(vs))

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from xattr.concepts import Concept as _Concept
 from xattr.concepts._cache import Cache, load_plain, save_plain
 from xattr.concepts._data import flatten, named_layers
-from xattr.concepts._tcav import concept_activations, layer_gradients, layer_key
+from xattr.concepts._tcav import activation_key, concept_activations, layer_gradients
 
 from ._convert import Call
 
@@ -198,7 +198,7 @@ class TCAV:
                 continue
             layers.append(layer)
             for c in concepts:
-                ak = f"{_as_core(c).identifier}-{layer_key(layer, self.attribute_to_layer_input)}"
+                ak = activation_key(_as_core(c), layer, self.attribute_to_layer_input)
                 if not os.path.exists(self._cache.path("activations", ak)):
                     concept_layers[c].append(layer)
         return layers, concept_layers
