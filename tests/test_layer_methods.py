@@ -458,3 +458,22 @@ def test_a_layer_input_that_also_feeds_a_skip_counts_only_the_paths_through_the_
     torch.testing.assert_close(got, module_only)
     (every_use,) = torch.autograd.grad(model.out(torch.tanh(model.block(u)) + u)[:, 1].sum(), u)
     assert not torch.allclose(got, every_use)  # Captum's gradient methods' answer (docs/migration.md)
+
+
+@pytest.mark.parametrize("method", ["conductance", "internal_influence"])
+def test_a_layer_whose_outputs_are_not_batch_first_is_a_clear_error(method):
+    """nn.LSTM returns (output, (h_n, c_n)) with h_n of shape (layers, B, H); torch said only
+    "shape '[51, 0, 306, 4]' is invalid"."""
+
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.fc = nn.LSTM(3, 4, batch_first=True), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0][:, -1])
+
+    model = Recurrent().eval()
+    split = xattr.at_layer(xattr.target(model, 0), model.rnn)
+    with pytest.raises(ValueError, match=r"dim 0 is not the batch"):
+        getattr(xattr, method)(split, n_steps=3)(torch.randn(6, 5, 3))

@@ -56,7 +56,20 @@ def layer_path(
         rows = T.fold_rows(T.tree_map(lambda p: p[start:stop], points))
         w = None if weight is None else weight[start:stop].repeat_interleave(batch)
         h, _, g = layer_vjp_rows(split, _rows_args(args, nums, rows, c, batch), weights=w, chunk_size=chunk_size)
+        _check_batch_first(h, c * batch, method)
         yield T.unfold(h, c), T.unfold(g, c)
+
+
+def _check_batch_first(h, rows: int, method: str) -> None:
+    """The layer's tensors must carry the folded rows in dim 0 to be unfolded into copies."""
+    for leaf in T.leaves(h):
+        if isinstance(leaf, torch.Tensor) and (leaf.ndim == 0 or leaf.shape[0] != rows):
+            raise ValueError(
+                f"{method} folds copies of the batch into dim 0, but the layer gives a tensor of shape "
+                f"{tuple(leaf.shape)} for {rows} rows: its dim 0 is not the batch (an nn.LSTM/GRU returns its "
+                "hidden states as (layers, B, H)). Split where every tensor is batch-first, e.g. at a module "
+                "that takes the sequence output"
+            )
 
 
 def _with_k(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
