@@ -517,3 +517,31 @@ def test_min_param_grid_is_built_by_index_and_excludes_arg_max():
     for bad in ((0.0, 1.0, 0.0), (0.0, 1.0, -0.1), (0.0, math.inf, 0.1), (math.nan, 1.0, 0.1)):
         with pytest.raises(ValueError, match="arg_"):
             min_param_perturbation(lambda x: x, torch.zeros(1), attack, "v", *bad)
+
+
+def test_a_nan_gradient_entry_stays_where_it_is_and_the_rest_moves():
+    """A finite loss whose gradient has NaN entries: those entries stay (torch's sign of NaN is 0),
+    the others move, as Captum's threshold does; the docstring of fgsm promises it."""
+    w = torch.tensor([[1.0, -2.0, 0.5]])
+
+    def f(x):
+        return x @ w.T  # (B, 1)
+
+    def loss(out, target):
+        return out[:, 0]  # finite
+
+    x = torch.tensor([[0.2, 0.4, 0.6]])
+    nan_at_0 = torch.tensor([[float("nan"), 1.0, 1.0]])
+
+    class NanGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * nan_at_0
+
+    adv = fgsm(lambda x: f(NanGrad.apply(x)), x, epsilon=0.1, target=0, loss=loss)
+    assert torch.isfinite(adv).all()
+    torch.testing.assert_close(adv, torch.tensor([[0.2, 0.3, 0.7]]))

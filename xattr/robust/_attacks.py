@@ -185,7 +185,7 @@ def _direction(g: torch.Tensor, kind: str, zero_threshold: float) -> torch.Tenso
     if kind == "sign":
         if zero_threshold > 0:
             return torch.where(g.abs() > zero_threshold, g.sign(), torch.zeros_like(g))
-        return g.sign()
+        return g.sign()  # torch's sign of NaN is 0: a NaN entry has no direction and stays
     norms = _flat(g).norm(dim=1).reshape((-1,) + (1,) * (g.ndim - 1))
     return torch.where(norms > 0, g / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(g))
 
@@ -263,7 +263,9 @@ def fgsm(
         only elements where it is 1 move.
       lower_bound, upper_bound: the valid input range (numbers or broadcastable tensors).
       argnums: which of f's positional arguments are attacked.
-      zero_threshold: gradient entries with ``|g| <= zero_threshold`` do not move (Captum: 1e-6).
+      zero_threshold: gradient entries with ``|g| <= zero_threshold`` do not move (Captum: 1e-6);
+        NaN entries (a finite loss such as ``-log(p)`` with another probability exactly 0) never
+        move, infinite ones move by their sign, as in Captum.
 
     Returns:
       Perturbed inputs with x's structure: a tensor for a tensor, the tuple of f's arguments
