@@ -154,3 +154,66 @@ def test_symmetry_dummy_and_implementation_checkers_catch_violations():
         check_implementation_invariance(xattr.saliency, F, xattr.target(MODEL, 1), X)
     with pytest.raises(AssertionError, match="dtype"):
         check_dtype_device(lambda x: x.float(), X)
+
+
+def test_checkers_fail_on_nan_and_infinite_attributions():
+    """NaN compared False with every tolerance, so NaN attributions passed completeness and dummy."""
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(AssertionError, match="completeness fails"):
+            check_completeness(F, lambda x, bad=bad: torch.full_like(x, bad), X)
+        with pytest.raises(AssertionError, match="dummy"):
+            check_dummy(lambda x, bad=bad: torch.full_like(x, bad), X, [1])
+    nan_model = xattr.target(lambda x: MODEL(x) * float("nan"), 0)
+    with pytest.raises(AssertionError, match="not finite"):
+        check_completeness(nan_model, xattr.integrated_gradients(F), X)
+
+
+def test_completeness_checks_the_structure_of_the_attributions():
+    y = xst.random_tensor((3, 4), seed=2)
+    f2 = lambda a, b: MODEL(a + b)[:, 0]  # noqa: E731
+    ig = xattr.integrated_gradients(f2, argnums=(0, 1), n_steps=48)
+    check_completeness(f2, ig, X, y, argnums=(0, 1), atol=1e-6, rtol=1e-5)
+    with pytest.raises(AssertionError, match="structure"):
+        check_completeness(f2, lambda a, b: (*ig(a, b), torch.full((3, 7), 1e6)), X, y, argnums=(0, 1))
+    with pytest.raises(AssertionError, match="structure"):
+        check_completeness(F, lambda x: (xattr.integrated_gradients(F)(x), "extra"), X)
+
+
+def test_feature_indices_wrap_negatives_and_are_checked():
+    x = xst.random_tensor((2, 2, 3), seed=3)
+    x[:, 1, -1] = x[:, 0, -1]
+    attr = lambda x: x * torch.tensor([[1.0, 1.0, 2.0], [1.0, 1.0, 2.0]], dtype=x.dtype)  # noqa: E731
+    check_symmetry(attr, x, (0, -1), (1, -1))  # both the last column: equal weights, equal values
+    with pytest.raises(AssertionError, match="dummy"):
+        check_dummy(lambda x: x * (torch.arange(6).reshape(2, 3) == 5), x, [(1, -1)])  # (1, -1) is (1, 2)
+    with pytest.raises(IndexError, match="out of range"):
+        check_dummy(lambda x: x, x, [(2, 0)])
+    with pytest.raises(IndexError, match="3 entries for an example of shape"):
+        check_dummy(lambda x: x, x, [(0, 0, 0)])
+    with pytest.raises(ValueError, match="one example's shape"):
+        check_dummy(lambda x: x, x, torch.tensor([True, False]))
+
+
+def test_trees_close_refuses_a_tensor_against_a_number():
+    from xattr.testing import assert_trees_close
+
+    with pytest.raises(AssertionError, match="float where Tensor"):
+        assert_trees_close((X, 1.0), (X, torch.tensor(1.0)))
+    with pytest.raises(AssertionError, match="Tensor where float"):
+        assert_trees_close((X, torch.tensor(1.0)), (X, 1.0))
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp", "cnn"])
+@given(data=st.data())
+def test_dummy_masks_mark_exactly_what_the_model_ignores(kind, data):
+    """A linear model on (C, H, W) examples zeroed one flattened pixel but marked a whole channel."""
+    model, x, mask = data.draw(xst.dummy_models_and_inputs(kinds=(kind,)))
+    with torch.no_grad():
+        moved = x + 10.0 * mask.to(x.dtype)  # change only the masked features
+        torch.testing.assert_close(model(moved), model(x))
+
+
+@given(xst.twin_models_and_inputs())
+def test_twins_differ_in_their_parameters(case):
+    model, twin, _ = case
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))

@@ -15,6 +15,7 @@ Shared arguments:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable, Sequence
 
 import optree
@@ -45,8 +46,10 @@ def assert_trees_close(actual: Any, expected: Any, *, atol=None, rtol=None, what
         raise AssertionError(f"{what}: structure {sa} differs from the expected {se}")
     for path, a, e in zip(pa, la, le):
         where = f"{what}{''.join(f'[{p!r}]' for p in path)}"
-        if not isinstance(a, torch.Tensor) or not isinstance(e, torch.Tensor):
-            if a != e:
+        if isinstance(a, torch.Tensor) != isinstance(e, torch.Tensor):
+            raise AssertionError(f"{where}: {type(a).__name__} where {type(e).__name__} is expected")
+        if not isinstance(a, torch.Tensor):
+            if type(a) is not type(e) or a != e:
                 raise AssertionError(f"{where}: {a!r} != expected {e!r}")
             continue
         if a.shape != e.shape:
@@ -113,19 +116,28 @@ def check_completeness(
         out_x, out_b = f(*args), f(*call_b)
     if out_x.ndim == 2 and out_x.shape[1] == 1 and not getattr(f, "multi_output", False):
         out_x, out_b = out_x[:, 0], out_b[:, 0]
-    pairs = zip(optree.tree_leaves(attr, namespace="xattr"), optree.tree_leaves(selected, namespace="xattr"))
-    total = sum(_per_example_sum(a, x) for a, x in pairs)
+    attr_leaves, input_leaves = optree.tree_leaves(attr, namespace="xattr"), optree.tree_leaves(selected, namespace="xattr")
+    if optree.tree_structure(attr, namespace="xattr") != optree.tree_structure(selected, namespace="xattr") or not all(
+        isinstance(a, torch.Tensor) for a in attr_leaves
+    ):
+        raise AssertionError(
+            f"attributions have structure {optree.tree_structure(attr, namespace='xattr')} but the attributed "
+            f"inputs {optree.tree_structure(selected, namespace='xattr')}: one tensor per input tensor is expected"
+        )
+    total = sum(_per_example_sum(a, x) for a, x in zip(attr_leaves, input_leaves))
     delta = out_x - out_b
     if total.shape != delta.shape:
         raise AssertionError(
             f"attributions sum to shape {tuple(total.shape)} per batch but f(x) - f(baseline) has shape "
             f"{tuple(delta.shape)}: does attr_fn explain f?"
         )
+    if not torch.isfinite(delta).all():
+        raise AssertionError(f"completeness: f(x) - f(baseline) is not finite: {delta.flatten().tolist()[:8]}")
     at, rt = _tols(delta, atol, rtol)
     gap = (total - delta).abs()
-    bad = gap > at + rt * delta.abs()
+    bad = ~(gap <= at + rt * delta.abs())  # NaN attributions fail too
     if bad.any():
-        k = int(gap.argmax())
+        k = int(torch.where(torch.isnan(gap), torch.inf, gap).argmax())
         i = k // max(1, delta[0].numel()) if delta.ndim > 1 else k
         raise AssertionError(
             f"completeness fails for {int(bad.sum())} of {bad.numel()} example outputs (atol={at}, rtol={rt}); "
@@ -184,11 +196,21 @@ def check_linearity(method: Callable, f1: Callable, f2: Callable, a: float, b: f
 
 
 def _flat_index(index, shape: torch.Size) -> int:
+    """One example's feature index (an int into the flattened example, or a tuple with one entry
+    per dim; negative entries count from the end) as a flat index, checked against ``shape``."""
+    size = math.prod(shape)
     if isinstance(index, int):
-        return index
+        if not -size <= index < size:
+            raise IndexError(f"feature index {index} is out of range for an example of {size} features")
+        return index % size
+    index = tuple(index)
+    if len(index) != len(shape):
+        raise IndexError(f"feature index {index} has {len(index)} entries for an example of shape {tuple(shape)}")
     flat = 0
     for i, n in zip(index, shape):
-        flat = flat * n + i
+        if not -n <= i < n:
+            raise IndexError(f"feature index {index} is out of range for an example of shape {tuple(shape)}")
+        flat = flat * n + i % n
     return flat
 
 
@@ -218,13 +240,18 @@ def check_dummy(attr_fn: Callable, x: torch.Tensor, features, *, atol=None) -> N
     (ints into the flattened example, or tuples).
     """
     if isinstance(features, torch.Tensor) and features.dtype == torch.bool:
+        if features.shape != x.shape[1:]:
+            raise ValueError(
+                f"check_dummy: a boolean mask must have one example's shape {tuple(x.shape[1:])}, got {tuple(features.shape)}"
+            )
         flat_idx = features.reshape(-1).nonzero().flatten().tolist()
     else:
         flat_idx = [_flat_index(f, x.shape[1:]) for f in features]
     attr = _features(attr_fn(x), x)
     at = atol if atol is not None else default_tolerance(attr.dtype)[0]
     vals = attr[..., flat_idx].abs()
-    if vals.numel() and vals.max() > at:
+    if vals.numel() and not bool((vals <= at).all()):  # NaN attributions fail too
+        vals = torch.where(torch.isnan(vals), torch.inf, vals)
         worst = int(vals.reshape(-1, len(flat_idx)).max(0).values.argmax())
         raise AssertionError(
             f"dummy: features ignored by the model got non-zero attributions (atol={at}); worst is feature "

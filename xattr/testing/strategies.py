@@ -9,7 +9,7 @@ of examples runs in about a second on a CPU.
 Example:
   >>> from hypothesis import given
   >>> from xattr.testing import strategies as xst
-  >>> @given(xst.models_and_inputs(activations=xst.SMOOTH))
+  >>> @given(xst.models_and_inputs(activations=xst.SMOOTH, pool=False))  # max-pool is not smooth
   ... def test_ig_complete(model_x):
   ...     model, x = model_x
   ...     f = xattr.target(model, 0)
@@ -19,9 +19,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 import torch
+from hypothesis import assume
 from hypothesis import strategies as st
 from torch import nn
 
@@ -187,17 +189,22 @@ def dummy_models_and_inputs(draw, *, dtype: torch.dtype = torch.float64, **spec_
     """(model, x, mask): a model that ignores the input features where ``mask`` (x.shape[1:]) is True.
 
     MLPs ignore features whose first-layer weight columns are zero; CNNs ignore an input channel
-    whose filters are zero.
+    whose filters are zero; a linear model on a (C, H, W) example ignores a whole channel (the
+    columns of its flattened features are zero), so the mask marks what the model ignores.
     """
     spec = draw(model_specs(dtype=dtype, **spec_kwargs))
     model = spec.build()
     first = next(m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
     mask = torch.zeros(spec.in_shape, dtype=torch.bool)
     n_units = spec.in_shape[0]
+    inner = math.prod(spec.in_shape[1:])  # flattened features per entry of dim 0 (a Linear reads them all)
     dead = draw(st.lists(st.integers(0, n_units - 1), min_size=1, max_size=max(1, n_units - 1), unique=True))
     with torch.no_grad():
         for k in dead:
-            first.weight[:, k] = 0.0
+            if isinstance(first, nn.Linear):
+                first.weight[:, k * inner : (k + 1) * inner] = 0.0
+            else:
+                first.weight[:, k] = 0.0
             mask[k] = True
     return model, draw(inputs(spec.in_shape, dtype=dtype)), mask
 
@@ -210,9 +217,11 @@ def twin_models_and_inputs(draw, *, dtype: torch.dtype = torch.float64, **spec_k
     and the next layer's columns), so parameters and intermediate values differ but outputs agree.
     """
     spec = draw(model_specs(kinds=("mlp",), dtype=dtype, pool=False, **spec_kwargs))
-    model, twin = spec.build(), spec.build()
     width = spec.hidden[0]
-    perm = torch.tensor(draw(st.permutations(range(width))))
+    assume(width >= 2)  # one unit has no other order
+    model, twin = spec.build(), spec.build()
+    order = draw(st.permutations(range(width)).filter(lambda p: list(p) != sorted(p)))  # never the identity
+    perm = torch.tensor(order)
     first, second = twin[1], twin[3]
     with torch.no_grad():
         first.weight.copy_(first.weight[perm])

@@ -73,7 +73,15 @@ class NoiseTunnel(Attribution):
                     draw_baseline_from_distrib=False, generator=None, **kwargs):  # fmt: skip
         if nt_type not in _REDUCE:
             raise ValueError(f"nt_type must be one of {sorted(_REDUCE)}, got {nt_type!r}")
+        if nt_samples_batch_size is not None and (isinstance(nt_samples_batch_size, bool) or not isinstance(nt_samples_batch_size, int)
+                                                  or nt_samples_batch_size < 1):  # fmt: skip
+            raise ValueError(f"nt_samples_batch_size must be a positive int or None, got {nt_samples_batch_size!r}")
         inner = self.attribution_method
+        if kwargs.get("return_convergence_delta") and not inner.has_convergence_delta():
+            raise TypeError(
+                f"{type(inner).__name__} has no convergence delta: NoiseTunnel(...).attribute(return_convergence_delta=True) "
+                "needs a method that has one (IntegratedGradients, DeepLift, ...)"
+            )
         if inner.stochastic:
             kwargs["generator"] = subseed(generator, 1)
         with_delta = bool(kwargs.get("return_convergence_delta", False)) and inner.has_convergence_delta()
