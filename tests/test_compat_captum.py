@@ -450,3 +450,12 @@ def test_migration_guide_example_runs():
     blocks = re.findall(r"```python\n(.*?)```", open(path).read(), flags=re.S)
     assert blocks, "docs/migration.md has no python example"
     exec(compile(blocks[0], "docs/migration.md", "exec"), {})
+
+
+def test_noise_tunnel_refuses_a_delta_the_method_lacks_and_a_zero_batch_of_samples():
+    model = torch.nn.Linear(4, 3)
+    x = torch.randn(2, 4)
+    with pytest.raises(TypeError, match="Saliency has no convergence delta"):
+        X.NoiseTunnel(X.Saliency(model)).attribute(x, target=0, return_convergence_delta=True)
+    with pytest.raises(ValueError, match="nt_samples_batch_size must be a positive int"):
+        X.NoiseTunnel(X.Saliency(model)).attribute(x, target=0, nt_samples_batch_size=0)
