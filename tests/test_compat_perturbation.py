@@ -290,6 +290,8 @@ def test_captum_sklearn_models_become_xattr_solvers():
     assert S.solver(captum_like("SkLearnLasso", alpha=0.05)) == xattr.lasso(alpha=0.05)
     assert S.solver(captum_like("SkLearnRidge", alpha=2.0, fit_intercept=False)) == xattr.ridge(2.0, fit_intercept=False)
     assert S.solver(captum_like("SkLearnLinearRegression")) == xattr.linear_regression()
+    with pytest.raises(TypeError, match="takes no alpha"):  # it was the default lasso, silently
+        S.solver(captum_like("SkLearnLinearRegression", alpha=0.5))
     assert isinstance(S.solver(captum_like("SkLearnLasso", alpha=0.1, max_iter=5)), S._CaptumModel)  # fitted as given
     assert S.solver(None) is None
 

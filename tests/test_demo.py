@@ -15,6 +15,12 @@ from xattr import demo  # noqa: E402
 from xattr.viz import heatmap  # noqa: E402
 
 EXPECTED_ROWS = {
+    "deep_lift",
+    "guided_backprop",
+    "lrp",
+    "grad_cam",
+    "occlusion",
+    "kernel_shap",
     "saliency",
     "input_x_gradient",
     "ig_gausslegendre",
@@ -69,6 +75,7 @@ def test_demo_table_covers_every_method(result):
     # integrated gradients is complete up to quadrature error (logits of order 10)
     assert gaps["ig_gausslegendre"] < 0.5
     assert gaps["ig_all_classes"] < 0.5
+    assert gaps["deep_lift"] < 1e-3  # exact: summation-to-delta on a ReLU/max-pool CNN
     assert all(ms >= 0 for *_, ms in result["rows"])
 
 

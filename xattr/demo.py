@@ -1,8 +1,11 @@
-"""``python -m xattr.demo``: every xattr method on a small CNN trained on 8x8 digits.
+"""``python -m xattr.demo``: xattr's method families on a small CNN trained on 8x8 digits.
 
 Trains a CNN on scikit-learn's bundled digits (no downloads, seconds on a CPU), explains a
-handful of test images with every method in xattr, prints a table (completeness gap and time
-per method) and writes heatmap PNGs next to the inputs into an output folder:
+handful of test images with gradient and path methods (saliency, IG with every quadrature,
+gradient SHAP, the noise tunnels, expected IG), rule-based ones (DeepLift, guided backprop,
+LRP), a layer method (Grad-CAM), and perturbation ones (occlusion, KernelSHAP), prints a
+table (completeness gap and time per method) and writes heatmap PNGs next to the inputs into
+an output folder:
 
   overview.png       rows = images, columns = input + one column per method
   classes.png        integrated gradients for all 10 classes at once (xattr.outputs)
@@ -43,7 +46,7 @@ class Method:
 
 
 def build_methods(model, f, pool, *, batch: int, n_steps: int, samples: int, seed: int) -> list[Method]:
-    """Every method of xattr, explaining ``f`` (one class per example) or all 10 classes."""
+    """The demo's methods, explaining ``f`` (one class per example) or all 10 classes."""
     ig = xattr.integrated_gradients
     inner = max(8, n_steps // 4)  # IG steps inside a Monte Carlo transform
     mc = max(4, samples // 2)  # Monte Carlo samples around an IG
@@ -89,6 +92,22 @@ def build_methods(model, f, pool, *, batch: int, n_steps: int, samples: int, see
             xattr.expectation(ig(f, n_steps=inner), baselines=pool, n_samples=mc, generator=seed),
             "distribution", "signed", batch * inner * mc,
         ),
+        Method("deep_lift", "DeepLift", "deep_lift(f)", xattr.deep_lift(f), "zero", "signed", batch + 1),
+        Method("guided_backprop", "guided\nbackprop", "guided_backprop(f)", xattr.guided_backprop(f), None, "signed", batch),
+        Method("lrp", "LRP\n(epsilon)", "lrp(f)", xattr.lrp(f), None, "signed", batch),
+        Method(
+            "grad_cam", "Grad-CAM\n(2nd conv)", "grad_cam(at_layer(f, model[2]))",
+            xattr.grad_cam(xattr.at_layer(f, model[2])), None, "abs", batch,
+        ),
+        Method(
+            "occlusion", "occlusion\n2x2", "occlusion(f, sliding_window_shapes=(1, 2, 2))",
+            xattr.occlusion(f, sliding_window_shapes=(1, 2, 2)), None, "signed", batch * 49,
+        ),
+        Method(
+            "kernel_shap", "KernelSHAP\n2x2 patches", "kernel_shap(f, feature_mask=patches)",
+            xattr.kernel_shap(f, feature_mask=_patches(), n_samples=4 * samples, generator=seed),
+            None, "signed", batch * 4 * samples,  # a patch's value is on each of its 4 pixels: no pixel sum
+        ),
         Method(
             "ig_all_classes", "", "integrated_gradients(target(model, outputs(range(10))))",
             ig(xattr.target(model, xattr.outputs(range(10))), n_steps=n_steps),
@@ -96,6 +115,12 @@ def build_methods(model, f, pool, *, batch: int, n_steps: int, samples: int, see
         ),
     ]
     return methods
+
+
+def _patches() -> torch.Tensor:
+    """A feature mask of 16 2x2 patches of an 8x8 digit, (1, 8, 8): KernelSHAP's features."""
+    rows = torch.arange(8) // 2
+    return (rows[:, None] * 4 + rows[None, :])[None]
 
 
 @torch.no_grad()

@@ -76,7 +76,9 @@ def solver(model):
         kw = dict(getattr(model, "construct_kwargs", {}))
         if set(kw) <= {"alpha", "fit_intercept"}:
             if name == "SkLearnLinearRegression":
-                return None if "alpha" in kw else xattr.linear_regression(**kw)
+                if "alpha" in kw:  # Captum fails in sklearn's constructor; never fall back to the lasso
+                    raise TypeError("SkLearnLinearRegression takes no alpha (it is unregularised): use SkLearnLasso or SkLearnRidge")
+                return xattr.linear_regression(**kw)
             return (xattr.lasso if name == "SkLearnLasso" else xattr.ridge)(**{"alpha": 1.0, **kw})
     if callable(getattr(model, "representation", None)) and callable(getattr(model, "fit", None)):
         return _CaptumModel(model)
