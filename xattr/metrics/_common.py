@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 
 from .._src import tree as T
-from .._src.sampling import streams
+from .._src.sampling import row_seeds, streams
 
 
 def batch_of(tree) -> int:
@@ -59,11 +59,6 @@ def n_positional(fn: Callable) -> int:
     return sum(1 for p in params if p.kind in kinds and p.name != "generator")
 
 
-def example_seed(stream: int, i: int) -> int:
-    """Example i's seed within a stream: the seeds of ``xattr._src.sampling.per_example``."""
-    return (stream + 0x51ED27 * (i + 1)) % 2**63
-
-
 def draw_copies(perturb_func: Callable, x, n: int, *, batched=(), extra=(), generator=None, what: str):
     """Calls ``perturb_func(copies, *batched_copies, *extra[, generator=g])``; leaves come back (B, n, ...).
 
@@ -93,8 +88,8 @@ def draw_copies(perturb_func: Callable, x, n: int, *, batched=(), extra=(), gene
     (stream,) = streams(generator, 1)
     device = T.leaves(x)[0].device
     outs = []
-    for i in range(batch):
-        g = torch.Generator(device=device).manual_seed(example_seed(stream, i))
+    for i, seed in enumerate(row_seeds(stream, batch)):  # the seeds of `sampling.per_example`
+        g = torch.Generator(device=device).manual_seed(seed)
         sl = slice(i, i + 1)
         outs.append(_split_rows(call(copies(x, sl), [copies(b, sl) for b in batched], g), 1, n, what))
     return T.tree_map(lambda *parts: torch.cat(parts), *outs)
