@@ -409,9 +409,9 @@ def _as_output(out) -> torch.Tensor:
     raise TypeError(f"the model function must return a tensor, got {type(out).__name__}")
 
 
-def check_not_empty(batch: int | None) -> None:
+def check_not_empty(batch: int | None, why: str = "a perturbation method has nothing to perturb or attribute") -> None:
     if batch == 0:
-        raise ValueError("the batch is empty (0 examples): a perturbation method has nothing to perturb or attribute")
+        raise ValueError(f"the batch is empty (0 examples): {why}")
 
 
 def outputs_at(f: Callable, args: tuple, batch: int | None = None) -> tuple[torch.Tensor, bool]:

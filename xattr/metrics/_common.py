@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 
 from .._src import tree as T
+from .._src.perturb import check_not_empty
 from .._src.sampling import row_seeds, streams
 
 
@@ -31,12 +32,10 @@ def batch_of(tree) -> int:
     NOTE: [Empty batches]
     Every metric calls this first, on its inputs (or, for the metrics of attributions alone, on
     the attributions): with 0 examples there is nothing to evaluate, and the reshapes to (B, -1)
-    further on would fail with an unhelpful message. Worded as the perturbation methods' check
-    (``xattr._src.perturb.check_not_empty``).
+    further on would fail with an unhelpful message. The perturbation methods' check, reworded.
     """
     batch = T.batch_size(tree)
-    if batch == 0:
-        raise ValueError("the batch is empty (0 examples): a metric has nothing to evaluate")
+    check_not_empty(batch, "a metric has nothing to evaluate")
     return batch
 
 
