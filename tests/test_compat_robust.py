@@ -76,6 +76,20 @@ def test_comparator_keeps_the_metric_type_and_warns_on_missing_args():
     assert cmp.summary() == {}
 
 
+def test_comparator_summary_leaves_out_empty_batches():
+    """An empty batch's means are empty: the summary averages the other batches (Captum's turns nan)."""
+    model = MODELS["mlp"]
+    cmp = R.AttackComparator(model, lambda out: out[:, 0])
+    cmp.add_attack(lambda x: x + 0.1, "shift")
+    first = cmp.evaluate(G.X)
+    empty = cmp.evaluate(G.X[:0])
+    assert empty["Original"].shape == (0,) and empty["shift"]["mean"].shape == (0,)
+    second = cmp.evaluate(G.X[:2])
+    summary = cmp.summary()
+    for key, mean in (("Original", lambda r: r["Original"]), ("shift", lambda r: r["shift"]["mean"])):
+        torch.testing.assert_close(summary[key]["mean"], (mean(first).mean() + mean(second).mean()) / 2)
+
+
 def test_preproc_before_and_after_the_attack():
     """apply_before_preproc: the attack sees the raw inputs and the model their preprocessing."""
     model = MODELS["mlp"]

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 import xattr
+from xattr._src import tree as T
 from xattr.robust import _metrics as M
 
 from ._convert import captum_target, extra_args
@@ -239,11 +240,15 @@ class AttackComparator:
         values = M.run_comparison(forward, lambda out, **kw: _as_tensors(self.metric(out, **kw)), kwargs, jobs(),
                                   perturbations_per_eval)  # fmt: skip
         results: dict = {M.ORIGINAL: M.summarize(values[M.ORIGINAL])["mean"]}
-        self._update(M.ORIGINAL, results[M.ORIGINAL])
+        # An empty batch says nothing about the attacks: it is left out of `summary` (Captum
+        # averages its empty means in, and every later summary is nan).
+        counted = not _empty(preproc_input)
+        if counted:
+            self._update(M.ORIGINAL, results[M.ORIGINAL])
         for name, (_, n, *_rest) in self.attacks.items():
             stats = M.summarize(values[name])
             results[name] = {"mean": stats["mean"]} if n == 1 else stats
-            for key, value in results[name].items():
+            for key, value in results[name].items() if counted else ():
                 self._update(name if n == 1 else f"{name} {key.title()} Attempt", value)
         return results
 
@@ -262,6 +267,11 @@ class AttackComparator:
 
     def reset(self) -> None:
         self._running = {}
+
+
+def _empty(inputs) -> bool:
+    """Whether a batch has no examples: its batched tensors have 0 rows."""
+    return any(isinstance(t, torch.Tensor) and t.ndim > 0 and t.shape[0] == 0 for t in T.leaves(inputs))
 
 
 def _map(fn: Callable, value, *rest):
