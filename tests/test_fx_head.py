@@ -313,3 +313,44 @@ def test_a_forward_writing_its_attributes_is_not_traced_and_keeps_no_proxy(monke
     hook = xattr.layer_integrated_gradients(split, n_steps=4)(X)
     for g in got:
         torch.testing.assert_close(g, hook, rtol=0, atol=0)
+
+
+OFFSET = 0.0  # read by _shifted, a helper the forward calls, and by Helped._scaled through a lambda
+
+
+def _shifted(y):
+    return y + OFFSET
+
+
+class Helped(nn.Module):
+    """Reads globals only through a module-level helper and a method of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def _scaled(self, y):
+        return (lambda t: t * (1.0 + OFFSET))(y)
+
+    def forward(self, x):
+        return self._scaled(_shifted(self.b(torch.tanh(self.layer(x)))))
+
+
+def test_globals_read_by_called_functions_are_a_new_trace():
+    global OFFSET
+    model = _double(Helped())
+    split = xattr.at_layer(model, model.layer)
+
+    def check():
+        with torch.no_grad():
+            torch.testing.assert_close(split.head(split.act(X), X), model(X), rtol=0, atol=0)
+
+    try:
+        check()
+        traced = fx_head.traced_head(split, split.act(X), (X,))
+        assert traced is not None
+        OFFSET = 2.0
+        check()
+        assert fx_head.traced_head(split, split.act(X), (X,)) is not traced
+    finally:
+        OFFSET = 0.0

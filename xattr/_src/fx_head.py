@@ -21,8 +21,9 @@ the identity and mode of every module, parameter and buffer, and by the plain at
 (numbers, strings, flags, containers of them by value; plain objects such as a config
 namespace by identity and their attributes; other objects by identity) of every module whose
 own forward is traced, the model's own classes, and the module-level names their forwards
-read (fx bakes what they read into the graph: a changed temperature is a new trace). Globals
-read only by functions the forward calls are not seen. A forward that writes attributes of
+read, and those read by the Python functions they call (module-level functions and methods of
+the model's own classes, three calls deep): fx bakes what they read into the graph, so a changed
+temperature is a new trace. A forward that writes attributes of
 its modules (``self.features = h``) is not traced again after the first attempt: the trace
 would leave fx Proxies there (they are put back) and the graph would skip the writes.
 """
@@ -118,7 +119,7 @@ def _state(model: nn.Module):
         if not type(m).__module__.startswith("torch.nn."):  # a model's own class: its forward is traced
             # fx bakes the attributes its forward reads (a temperature, a flag) into the graph
             key.append(tuple((k, _value(v)) for k, v in vars(m).items() if k not in _MODULE_OWN))
-            key.append(_globals_read(type(m).forward))
+            key.append(_globals_read(type(m).forward, type(m)))
     return tuple(key)
 
 
@@ -138,13 +139,61 @@ def _value(v, depth: int = 2):
     return id(v)
 
 
-def _globals_read(forward) -> tuple:
+def _globals_read(forward, cls: type | None = None, depth: int = 3, seen: set | None = None) -> tuple:
     """The module-level names a forward reads, with their values (fx bakes a global scale or flag
-    into the graph as it was when traced)."""
+    into the graph as it was when traced), and those read by the Python functions it calls: the
+    module-level ones and the methods of ``cls`` (a model's own class), ``depth`` calls deep."""
     code, env = getattr(forward, "__code__", None), getattr(forward, "__globals__", None)
-    if code is None or env is None:
+    seen = set() if seen is None else seen
+    if code is None or env is None or code in seen:
         return ()
-    return tuple((name, _value(env[name])) for name in code.co_names if name in env)
+    seen.add(code)
+    key = []
+    for name in _names(code):
+        value = env.get(name, _MISSING)
+        if value is _MISSING and cls is not None:  # self.helper(...): a method of the class
+            value = next((k.__dict__[name] for k in _own_classes(cls) if name in k.__dict__), _MISSING)
+            value = getattr(value, "__func__", value)  # a staticmethod or classmethod
+            if not _user_function(value):
+                continue
+        if value is _MISSING:
+            continue
+        key.append((name, _value(value)))
+        if depth and _user_function(value):
+            key.append(_globals_read(value, cls, depth - 1, seen))
+    return tuple(key)
+
+
+_NAMES: dict = {}  # code object -> the names it and the functions defined in it read
+
+
+def _names(code) -> tuple:
+    """``co_names`` of a code object and of the code nested in it (lambdas, comprehensions)."""
+    names = _NAMES.get(code)
+    if names is None:
+        found, todo = {}, [code]
+        while todo:
+            c = todo.pop()
+            found.update(dict.fromkeys(c.co_names))
+            todo.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+        names = _NAMES[code] = tuple(found)
+    return names
+
+
+_OWN: dict = {}  # class -> its own classes
+
+
+def _own_classes(cls: type) -> tuple:
+    """The classes of ``cls``'s method resolution order that are not torch's own."""
+    own = _OWN.get(cls)
+    if own is None:
+        own = _OWN[cls] = tuple(k for k in cls.__mro__ if k is not object and not k.__module__.startswith("torch"))
+    return own
+
+
+def _user_function(value) -> bool:
+    """A Python function that is not torch's (fx traces through it, baking what it reads)."""
+    return isinstance(value, types.FunctionType) and not (value.__module__ or "").startswith("torch")
 
 
 class _Stateful(Exception):
