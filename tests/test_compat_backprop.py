@@ -393,3 +393,28 @@ def test_no_hooks_left_and_inputs_untouched():
     X.NeuronDeconvolution(model, model[5]).attribute(img, 4)
     assert all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks for m in model.modules())
     assert not img.requires_grad and torch.equal(img, G.IMG)
+
+
+@pytest.mark.parametrize("cls", ["DeepLift", "LayerDeepLift", "DeepLiftShap", "LayerDeepLiftShap"])
+def test_list_of_tuples_target_with_a_shared_reference_keeps_summation_to_delta(cls):
+    """A per-example list of tuple targets picks each example's own output for its reference row
+    too (one reference row is shared by the batch; it used to take example 0's target)."""
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4)).double().eval()
+    model = lambda x: lin(x).reshape(-1, 2, 2)  # noqa: E731
+    x = torch.randn(3, 3, dtype=torch.float64)
+    shap = cls.endswith("Shap")
+    baselines = torch.randn(4, 3, dtype=torch.float64) if shap else 0.0
+    explainer = getattr(X, cls)(model, lin[0]) if cls.startswith("Layer") else getattr(X, cls)(model)
+    attr, delta = explainer.attribute(x, baselines, target=[(1, 1), (0, 0), (1, 0)], return_convergence_delta=True)
+    assert delta.abs().max() < EXACT
+    if not shap:  # the same numbers as one tensor target per example on the flattened outputs
+        flat = lambda x: lin(x)  # noqa: E731
+        explainer = getattr(X, cls)(flat, lin[0]) if cls.startswith("Layer") else getattr(X, cls)(flat)
+        torch.testing.assert_close(attr, explainer.attribute(x, baselines, target=torch.tensor([3, 0, 2])))
+
+
+def test_float_tensor_target_is_a_type_error():
+    lin = torch.nn.Linear(3, 2).double()
+    with pytest.raises(TypeError, match="integer"):
+        X.DeepLift(lin).attribute(torch.randn(2, 3, dtype=torch.float64), target=torch.tensor([1.0, 0.0]))

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 import xattr
+from xattr._src import tree as T
 
 
 def captum_target(target, batch: int):
@@ -39,6 +40,8 @@ def captum_target(target, batch: int):
             raise ValueError(
                 f"a tensor target must hold one index, or one per example ({batch}); got shape {tuple(target.shape)}"
             )
+        if target.is_floating_point() or target.is_complex():
+            raise TypeError(f"a target tensor must hold integer indices, got {target.dtype} (Captum's gather refuses it too)")
         return target.long()
     if isinstance(target, list):
         if len(target) != batch:
@@ -65,6 +68,7 @@ class _PerExampleIndex:
         self.columns = [torch.tensor(col, dtype=torch.long) for col in zip(*indices)]
 
     def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        out = T.expand_shared(out)  # a reference row shared by the batch: one per example (deep_lift)
         rows = torch.arange(out.shape[0], device=out.device)
         example = rows % len(self.indices)
         return out[(rows,) + tuple(c.to(out.device)[example] for c in self.columns)]
