@@ -24,7 +24,7 @@ from .gradients import attribution_fn, is_multi_output, vjp_rows
 from .layer_methods import grad_cam, upsample
 from .layers import Split, layer_vjp_rows
 from .methods import _gap
-from .rules import rules
+from .rules import first_order_only, rules
 
 RESCALED = (F.relu, F.elu, F.leaky_relu, torch.sigmoid, torch.tanh, F.softplus, F.gelu, F.silu, F.hardswish, F.hardsigmoid,
             F.relu6, F.hardtanh, F.mish, F.selu, F.celu, F.softsign, F.logsigmoid, F.threshold, F.max_pool2d, F.softmax)
@@ -36,11 +36,12 @@ def deep_lift_rules(eps: float = 1e-10) -> dict:
     return {op: rule for op in RESCALED}
 
 
-def _ruled_grad(f: Callable, mapping: Mapping, argnums, chunk_size) -> Callable:
+def _ruled_grad(f: Callable, mapping: Mapping, argnums, chunk_size, method: str) -> Callable:
     ruled = rules(f, mapping)
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args):
+        first_order_only(method)  # NOTE: [Rule-based attributions are first-order]
         warn_if_training(f)
         with T.batch_scope(T.batch_size(T.split_args(args, nums)[0])):
             grads = vjp_rows(ruled, args, nums, chunk_size=chunk_size, method="a rule-based method")[1]
@@ -58,7 +59,7 @@ def guided_backprop(f: Callable, *, argnums: int | Sequence[int] = 0, chunk_size
     Example:
       >>> gb = xattr.guided_backprop(xattr.target(model, 3))(x)          # like x
     """
-    return attribution_fn(_ruled_grad(f, {F.relu: Guided()}, argnums, chunk_size), f)
+    return attribution_fn(_ruled_grad(f, {F.relu: Guided()}, argnums, chunk_size, "guided_backprop"), f)
 
 
 def deconvolution(f: Callable, *, argnums: int | Sequence[int] = 0, chunk_size: int | None = None) -> Callable:
@@ -69,7 +70,7 @@ def deconvolution(f: Callable, *, argnums: int | Sequence[int] = 0, chunk_size: 
     Example:
       >>> dc = xattr.deconvolution(xattr.target(model, 3))(x)            # like x
     """
-    return attribution_fn(_ruled_grad(f, {F.relu: Deconv()}, argnums, chunk_size), f)
+    return attribution_fn(_ruled_grad(f, {F.relu: Deconv()}, argnums, chunk_size, "deconvolution"), f)
 
 
 def guided_grad_cam(split: Split, *, argnums: int | Sequence[int] = 0, mode: str = "nearest") -> Callable:
@@ -99,6 +100,7 @@ def guided_grad_cam(split: Split, *, argnums: int | Sequence[int] = 0, mode: str
         return g * upsample(heat, tuple(g.shape[g.ndim - heat.ndim + 2 :]), mode)
 
     def fn(*args):
+        first_order_only("guided_grad_cam")  # before Grad-CAM's differentiable gradient
         heat = cam(*args)
         return T.tree_map(lambda g: scale(g, heat), guided(*args))
 
@@ -238,6 +240,7 @@ def deep_lift(
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args, baselines=baselines):
+        first_order_only("deep_lift")  # NOTE: [Rule-based attributions are first-order]
         warn_if_training(f)
         selected = T.split_args(args, nums)[0]
         with T.batch_scope(T.batch_size(selected)):
@@ -262,6 +265,8 @@ def _distribution(selected, baselines, as_tuple: bool):
     sizes = {b.shape[0] for b in T.leaves(baselines)}
     if len(sizes) != 1:
         raise ValueError(f"every baseline tensor needs the same number of rows N; got {sorted(sizes)}")
+    if 0 in sizes:
+        raise ValueError("DeepLift SHAP averages over the baseline distribution's rows, and it has none (N = 0): pass at least one row")
     for x, b in zip(T.leaves(selected), T.leaves(baselines)):
         if tuple(b.shape[1:]) != tuple(x.shape[1:]):
             raise ValueError(f"baselines rows of shape {tuple(b.shape[1:])} do not match inputs {tuple(x.shape[1:])}")
@@ -297,6 +302,7 @@ def deep_lift_shap(
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args, baselines=baselines):
+        first_order_only("deep_lift_shap")  # NOTE: [Rule-based attributions are first-order]
         warn_if_training(f)
         selected = T.split_args(args, nums)[0]
         batch = T.batch_size(selected)
@@ -383,6 +389,7 @@ def layer_deep_lift(
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args, baselines=baselines):
+        first_order_only("layer_deep_lift")  # NOTE: [Rule-based attributions are first-order]
         warn_if_training(split)
         selected = T.split_args(args, nums)[0]
         with T.batch_scope(T.batch_size(selected)):
@@ -419,6 +426,7 @@ def layer_deep_lift_shap(
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args, baselines=baselines):
+        first_order_only("layer_deep_lift_shap")  # NOTE: [Rule-based attributions are first-order]
         warn_if_training(split)
         selected = T.split_args(args, nums)[0]
         batch = T.batch_size(selected)

@@ -8,6 +8,20 @@ the same function, but LRP rules such as gamma and alpha-beta now see the true w
 composite layer (Montavon et al. 2019; Guillemot et al. 2020), instead of propagating through a
 separate elementwise layer.
 
+A merge is safe only where the layer's output goes to the batch norm alone and each of the two
+modules runs exactly once there: a layer also called elsewhere (``self.seq[0](x)`` beside
+``self.seq(x)``), or whose output also feeds a skip, would compute the batch norm there too. So
+pairs are taken from a torch.fx graph of the forward, which lists every module call and who
+reads its output (`_pairs`): one call each, the layer's only reader the batch norm, and neither
+module's parameters read by other code. A model with data-dependent control flow (``if
+x.sum() > 0``) has no single graph; it is traced once per path through its conditions, each
+condition answered True or False in turn (`_every_path`, at most 64 paths), and a pair is
+merged only where every path calls both modules as a pair or neither. The merged modules are
+then swapped into the model itself, whose forward (and its control flow) stays. A model that
+cannot be traced even so (loops over tensor values, numpy, too many paths) is returned
+unmerged, with a warning. What fx cannot see cannot be checked: hooks, and modules reached
+through globals.
+
 A linear layer acts on the last dim and a batch norm on dim 1: the two are the same dim only
 for activations of shape (B, F). A merged linear (`FoldedLinear`, still an ``nn.Linear``) keeps
 its original weights and the batch norm for other shapes, where it computes them unmerged. A
@@ -17,7 +31,9 @@ own statistics even in eval mode, is not affine, and is never merged.
 
 from __future__ import annotations
 
+import collections
 import copy
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -95,8 +111,10 @@ def merge_batch_norm(model: nn.Module) -> nn.Module:
 
     The original is untouched. The copy computes the same outputs (NOTE: [Merging batch norm]);
     module names are kept, merged batch norms become ``nn.Identity``, merged linears
-    `FoldedLinear`s (an ``nn.Linear``); batch norms without running statistics stay. Uses torch.fx when the
-    model traces; otherwise merges neighbours inside ``nn.Sequential`` containers.
+    `FoldedLinear`s (an ``nn.Linear``); batch norms without running statistics stay, and so do
+    pairs whose layer is also called elsewhere or whose output is also read elsewhere. Uses a
+    torch.fx graph of the model, or one per path through its data-dependent conditions; a model
+    fx cannot trace so comes back unmerged, with a warning.
 
     Example:
       >>> attr = xattr.lrp(xattr.target(xattr.merge_batch_norm(model), 3))(x)
@@ -105,37 +123,105 @@ def merge_batch_norm(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model)
     try:
         traced = fx.symbolic_trace(model)
-    except Exception:  # noqa: BLE001 - any tracing failure falls back to Sequential neighbours
-        _merge_sequential(model)
-        return model
+    except Exception:  # noqa: BLE001 - any tracing failure: trace each path through the conditions
+        return _merge_along_paths(model)
     modules = dict(traced.named_modules())
-    uses: dict = {}
-    for node in traced.graph.nodes:
-        if node.op == "call_module":
-            uses[node.target] = uses.get(node.target, 0) + 1
-    for node in list(traced.graph.nodes):
-        if node.op != "call_module" or not isinstance(modules[node.target], _NORMS):
+    for layer, norm in _safe_pairs([traced.graph], modules):
+        _replace(traced, layer, _merged(modules[layer], modules[norm]))
+        _replace(traced, norm, nn.Identity().train(False))  # the batch norm's mode (eval)
+    traced.recompile()
+    return traced
+
+
+def _merge_along_paths(model: nn.Module) -> nn.Module:
+    """Merges, in ``model`` itself, the pairs that are safe on every path through its forward."""
+    graphs, error = _every_path(model)
+    if graphs is None:
+        warnings.warn(
+            f"merge_batch_norm: torch.fx cannot trace {type(model).__name__} ({error}), not even one path through "
+            "its conditions at a time, so no batch norm was merged (the copy computes as the model does)",
+            stacklevel=3,
+        )
+        return model
+    modules = dict(model.named_modules())
+    for layer, norm in _safe_pairs(graphs, modules):
+        _replace(model, layer, _merged(modules[layer], modules[norm]))
+        _replace(model, norm, nn.Identity().train(False))
+    return model
+
+
+class _PathTracer(fx.Tracer):
+    """Traces one path through the forward's data-dependent conditions: each is answered from
+    ``choices`` in order, then False; ``made`` records the answers given."""
+
+    def __init__(self, choices: list):
+        super().__init__()
+        self.choices, self.made = choices, []
+
+    def to_bool(self, obj) -> bool:
+        choice = self.choices[len(self.made)] if len(self.made) < len(self.choices) else False
+        self.made.append(choice)
+        return choice
+
+
+_PATHS = 64  # most paths traced: a forward with more conditions is left unmerged
+
+
+def _every_path(model: nn.Module):
+    """(the fx graph of every path through the forward's conditions, None), or (None, why not).
+
+    Depth first: after a path, the last condition answered False is answered True next, those
+    after it dropped, until every condition on every path has been answered both ways."""
+    graphs, choices = [], []
+    before = set(vars(model))
+    try:
+        while len(graphs) < _PATHS:
+            tracer = _PathTracer(choices)
+            graphs.append(tracer.trace(model))
+            made = tracer.made
+            while made and made[-1]:
+                made.pop()
+            if not made:
+                return graphs, None
+            choices = made[:-1] + [True]
+        return None, f"more than {_PATHS} paths through its conditions"
+    except Exception as e:  # noqa: BLE001 - what fx cannot trace on any path
+        return None, f"{type(e).__name__}: {e}".split("\n")[0][:200]
+    finally:
+        for name in set(vars(model)) - before:  # tensor constants the tracer attached to the model
+            del model.__dict__[name]
+
+
+def _pairs(graph: fx.Graph, modules: dict) -> tuple[dict, collections.Counter, set]:
+    """In one graph: {layer: batch norm} for the mergeable pairs, the calls per module, and the
+    modules whose parameters or buffers the graph reads directly (get_attr)."""
+    uses = collections.Counter(node.target for node in graph.nodes if node.op == "call_module")
+    read = {node.target.rpartition(".")[0] for node in graph.nodes if node.op == "get_attr"}
+    pairs = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], _NORMS) or not node.args:
             continue
         prev = node.args[0]
         if not (isinstance(prev, fx.Node) and prev.op == "call_module" and _mergeable(modules[prev.target], modules[node.target])):
             continue
-        if len(prev.users) != 1 or uses[prev.target] != 1 or uses[node.target] != 1:
-            continue
-        _replace(traced, prev.target, _merged(modules[prev.target], modules[node.target]))
-        _replace(traced, node.target, nn.Identity().train(False))  # the batch norm's mode (eval)
-    traced.recompile()
-    return traced
+        if len(prev.users) == 1 and uses[prev.target] == 1 and uses[node.target] == 1:
+            pairs[prev.target] = node.target
+    return pairs, uses, read
+
+
+def _safe_pairs(graphs: list, modules: dict) -> list:
+    """The (layer, batch norm) pairs to merge: on every graph the two run as a pair or not at all,
+    and no graph reads their tensors directly (NOTE: [Merging batch norm])."""
+    found = [_pairs(graph, modules) for graph in graphs]
+    candidates = {pair for pairs, _, _ in found for pair in pairs.items()}
+    safe = []
+    for layer, norm in sorted(candidates):
+        if all((pairs.get(layer) == norm or uses[layer] == uses[norm] == 0) and not {layer, norm} & read
+               for pairs, uses, read in found):  # fmt: skip
+            safe.append((layer, norm))
+    return safe
 
 
 def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, leaf, new)
-
-
-def _merge_sequential(model: nn.Module) -> None:
-    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        names = list(seq._modules)
-        for a, b in zip(names, names[1:]):
-            if _mergeable(seq._modules[a], seq._modules[b]):
-                seq._modules[a] = _merged(seq._modules[a], seq._modules[b])
-                seq._modules[b] = nn.Identity().train(False)

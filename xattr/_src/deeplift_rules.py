@@ -32,7 +32,6 @@ import contextvars
 import math
 
 import torch
-import torch.nn.functional as F
 from torch.func import jvp
 
 from . import ops
@@ -219,11 +218,7 @@ def _both_halves(grad: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return (grad.unflatten(0, (2, -1)) * m).flatten(0, 1)
 
 
-def pool_with_indices(op: ops.Op, x: torch.Tensor):
-    """A max-pool op's output and the flat spatial index of each output's argmax."""
-    pool = getattr(F, f"max_pool{op.options['nd']}d_with_indices")
-    keys = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
-    return pool(x, **{k: op.options[k] for k in keys})
+pool_with_indices = ops.pool_with_indices  # a max-pool's output and argmax indices (plain or adaptive)
 
 
 def unpool(v: torch.Tensor, indices: torch.Tensor, shape, nd: int, *more, into: torch.Tensor | None = None) -> torch.Tensor:
@@ -234,8 +229,18 @@ def unpool(v: torch.Tensor, indices: torch.Tensor, shape, nd: int, *more, into: 
     """
     shape = tuple(shape)
     flat_shape = shape[: len(shape) - nd] + (math.prod(shape[len(shape) - nd :]),)
+    pairs = ((v, indices), *zip(more[::2], more[1::2]))
+    if torch._C._functorch.maybe_current_level() is not None:
+        # under vmap the values or indices may be batched where the zeros are not (a gradient that
+        # only affine ops passed is the same for every example): no in-place writes into them
+        if into is not None:
+            raise ValueError("unpool: no buffer to add into under torch.func transforms")
+        flat = v.new_zeros(flat_shape)
+        for values, idx in pairs:
+            flat = flat.scatter_add(-1, idx.flatten(-nd), values.flatten(-nd))
+        return flat.reshape(shape)
     flat = v.new_zeros(flat_shape) if into is None else into.view(flat_shape)
-    for values, idx in ((v, indices), *zip(more[::2], more[1::2])):
+    for values, idx in pairs:
         flat.scatter_add_(-1, idx.flatten(-nd), values.flatten(-nd))
     return flat.reshape(shape)
 
@@ -367,6 +372,13 @@ class Rescale(Rule):
         if i2.shape[0] != n:  # c shared reference rows, each for a block of n / c input rows
             i2 = T.repeat_references(i2, n, i2.shape[0])
         half = (n,) + tuple(shape[1:])
+        if torch._C._functorch.maybe_current_level() is not None:  # out of place: see `unpool`
+            first = unpool(g1 * extras[2], i1, half, nd, g1 * extras[3], i2)
+            if len(extras) == 6:
+                second = unpool(g2 * extras[4], i1, half, nd, g2 * extras[5], i2)
+            else:
+                second = first.new_zeros((shape[0] - n,) + tuple(shape[1:]))
+            return torch.cat([first, second])
         out = grad.new_zeros(shape)
         first, second = out[:n], out[n:]  # slices: in-place writes into chunk() views are refused under grad mode
         unpool(g1 * extras[2], i1, half, nd, g1 * extras[3], i2, into=first)

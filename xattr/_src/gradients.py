@@ -21,6 +21,8 @@ is not recorded, so attributions come back detached (as Captum's do) and no memo
 the parameters' graph. Inside a torch.func transform (jacrev over an attribution function for
 Integrated Hessians, torch.func.grad over functional_call for attribution-regularised
 training) nothing is disabled and attributions stay differentiable at that transform's level.
+The rule-based methods are the exception: they refuse to run inside a transform that would
+differentiate them (NOTE: [Rule-based attributions are first-order] in rules.py).
 """
 
 from __future__ import annotations

@@ -3,12 +3,28 @@
 NOTE: [LRP in gradient form] (lrp_rules.py) explains why this is LRP. The target output's own
 value is the relevance it starts with, so ``sum(relevance) ~ f(x)`` (exactly, for epsilon -> 0
 on a bias-free ReLU network; z+ on positive networks).
+
+NOTE: [Input-layer relevance]
+An input-layer rule (`ZBox`, `WSquare`, `Flat`) hands back its input's relevance itself, not a
+gradient to multiply by the input. Where it reads an attributed input directly, the signal that
+input receives is therefore relevance along that path and a gradient along every other (a
+second input, a skip from the input, a layer without such a rule reading it too), and one
+number cannot say which part is which. So `lrp` gives the model, beside each attributed input x,
+a copy c of equal value, and each input-layer op that reads x (or a view of x, e.g. through
+``nn.Flatten``) is rerouted to read c (or the same view of c; `_InputLayer._reroute`); nothing
+else sees c. One backward pass then gives c the relevance of the input-layer rules and x the
+gradient of the other paths, and the input's relevance is ``g_c + x * g_x``: the rules' share as
+is, the rest in gradient form. An input no such rule reads gets ``x * g_x`` (its g_c is zero),
+and an input-layer rule on a layer that reads anything else (a hidden layer, a normalised
+input) is an error, since what it returns would travel down the layers below as a gradient.
+Without input-layer rules in the composite no copy is made.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Mapping, Sequence
 
+import torch
 from torch import nn
 
 from . import tree as T
@@ -16,12 +32,42 @@ from .backprop_methods import _split_with
 from .checks import warn_if_training
 from .gradients import attribution_fn, vjp_rows
 from .layers import Split, layer_vjp_rows
-from .lrp_rules import ABOVE_SPLIT, lrp_rules
-from .rules import rules
+from .lrp_rules import ABOVE_SPLIT, INPUT_COPIES, lrp_rules
+from .rules import first_order_only, rules
 
 
 def _input_layer(mapping: Mapping) -> bool:
     return any(getattr(rule, "input_layer", False) for rule in mapping.values())
+
+
+class _ReadingCopies:
+    """``f(*args)`` called as ``g(*args, *copies)``: while f runs, input-layer rules read the copies
+    in place of the attributed inputs (NOTE: [Input-layer relevance])."""
+
+    def __init__(self, f: Callable, n_args: int, nums: tuple):
+        self.f, self.n_args, self.nums = f, n_args, nums
+        self.multi_output = bool(getattr(f, "multi_output", False))
+
+    def __call__(self, *args):
+        real, copies = args[: self.n_args], args[self.n_args :]
+        pairs = zip(T.leaves(tuple(real[i] for i in self.nums)), T.leaves(copies))
+        token = INPUT_COPIES.set({id(x): (x, c) for x, c in pairs if isinstance(x, torch.Tensor)})
+        try:
+            return self.f(*real)
+        finally:
+            INPUT_COPIES.reset(token)
+
+
+def _input_layer_rows(ruled: Callable, args: tuple, nums: tuple, chunk_size):
+    """(outputs, gradients of the attributed inputs, relevance the input-layer rules gave them),
+    from one forward and backward pass with a copy of each attributed input beside it (NOTE:
+    [Input-layer relevance])."""
+    n = len(args)
+    idx = tuple(i + n if i < 0 else i for i in nums)
+    copies = tuple(T.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, args[i]) for i in idx)
+    wrt = idx + tuple(range(n, n + len(idx)))
+    out, grads = vjp_rows(_ReadingCopies(ruled, n, idx), args + copies, wrt, chunk_size=chunk_size, method="lrp")
+    return out, grads[: len(idx)], grads[len(idx) :]
 
 
 def lrp(
@@ -43,8 +89,9 @@ def lrp(
 
     Args (beyond the shared ones):
       composite: ``{key: rule}`` as for `xattr.rules` (see `xattr.rule.epsilon_gamma_box`,
-        `xattr.rule.epsilon_plus`). With an input-layer rule (`ZBox`, `WSquare`, `Flat`), which
-        must sit on the layers reading the attributed inputs, its relevance is returned as is.
+        `xattr.rule.epsilon_plus`). An input-layer rule (`ZBox`, `WSquare`, `Flat`) must sit on
+        a layer reading an attributed input (or a view of it); the relevance it gives is
+        returned as is, plus ``x * g`` from any other path (NOTE: [Input-layer relevance]).
       root: the module that names in ``composite`` refer to (found behind f when omitted).
       return_delta: also return ``sum(R) - f(x)`` per example, (B,) or (B, K).
 
@@ -57,15 +104,20 @@ def lrp(
     """
     mapping = lrp_rules() if composite is None else composite
     ruled = rules(f, mapping, root=root)
-    as_relevance = _input_layer(mapping)
+    input_layer = _input_layer(mapping)
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args):
+        first_order_only("lrp")  # NOTE: [Rule-based attributions are first-order]
         warn_if_training(f)
         selected = T.split_args(args, nums)[0]
         with T.batch_scope(T.batch_size(selected)):
-            out, grads = vjp_rows(ruled, args, nums, chunk_size=chunk_size, method="lrp")
-        attr = grads if as_relevance else T.tree_map(lambda g, x: g * T.expand_like(x, g), grads, selected)
+            if not input_layer:
+                out, grads = vjp_rows(ruled, args, nums, chunk_size=chunk_size, method="lrp")
+                attr = T.tree_map(lambda g, x: g * T.expand_like(x, g), grads, selected)
+            else:  # NOTE: [Input-layer relevance]
+                out, grads, given = _input_layer_rows(ruled, args, nums, chunk_size)
+                attr = T.tree_map(lambda g, r, x: r + g * T.expand_like(x, g), grads, given, selected)
         result = attr if as_tuple else attr[0]
         return (result, _total(attr, out) - out) if return_delta else result
 
@@ -97,6 +149,7 @@ def layer_lrp(
     ruled = _split_with(split, mapping, root=root)
 
     def fn(*args):
+        first_order_only("layer_lrp")  # NOTE: [Rule-based attributions are first-order]
         warn_if_training(split)
         token = ABOVE_SPLIT.set(True)
         try:

@@ -11,9 +11,9 @@ which is exactly R_x = x * g_x for the epsilon (rho = id), gamma (rho(w) = w + g
 alpha-beta rules. What needs no rule comes out right by itself: flatten and reshape carry R
 unchanged; sums (residual adds, average pooling) split R in proportion to their terms (LRP-0);
 a ReLU's ordinary derivative passes R_y to its input unchanged. Other elementwise activations
-take `Pass` (relevance unchanged, g_x = g_y * y / x). Attributions are ``x * g_x``, except with
-an input-layer rule (`ZBox`, `WSquare`, `Flat`), which hands back the input's relevance itself;
-see `lrp`.
+take `Pass` (relevance unchanged, g_x = g_y * y / x). Attributions are ``x * g_x``, except along
+an input-layer rule (`ZBox`, `WSquare`, `Flat`), which hands back the input's relevance itself
+(NOTE: [Input-layer relevance] in lrp_methods.py).
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ from .rules import Rule, Saved, pullback
 
 # set by layer_lrp: an input-layer rule whose input depends on the layer's activation is an error
 ABOVE_SPLIT: contextvars.ContextVar = contextvars.ContextVar("xattr_layer_lrp", default=False)
+# set by lrp while the model runs: {id(attributed input): (input, its copy)} (NOTE: [Input-layer
+# relevance] in lrp_methods.py)
+INPUT_COPIES: contextvars.ContextVar = contextvars.ContextVar("xattr_lrp_input_copies", default=None)
 
 WEIGHTED = frozenset({"linear", "conv", "batch_norm"})
 LAYERS = WEIGHTED | {"avg_pool", "max_pool"}
@@ -261,6 +264,22 @@ class _InputLayer(Rule):
     def __init__(self, eps: float = 1e-9):
         self.eps = checked_eps(eps, type(self).__name__)
 
+    def _reroute(self, op):
+        """Inside `lrp`: the op reading the copy of the attributed input it reads, so that the
+        relevance this rule returns reaches that copy alone (NOTE: [Input-layer relevance])."""
+        copies = INPUT_COPIES.get()
+        if copies is None:  # rules(f, ...) outside lrp: the signal is the caller's to read
+            return op
+        copy = _copy_of(copies, op.tensors[0])
+        if copy is None:
+            raise ValueError(
+                f"lrp: the input-layer rule {type(self).__name__} is on a {op.kind} layer whose input is not an "
+                "attributed input (args[argnums], or a view of one such as nn.Flatten's): it returns relevance, "
+                "which the layers below it would treat as a gradient. Put it on the layer that reads the input "
+                "(by module name or instance), or use Epsilon/Gamma there"
+            )
+        return ops.Op(op.kind, op.fn, (copy,) + tuple(op.tensors[1:]), op.options, op.func, op.inplace)
+
     def forward(self, op, x, w, b):
         if ABOVE_SPLIT.get() and x.requires_grad:
             raise ValueError(
@@ -270,6 +289,19 @@ class _InputLayer(Rule):
             )
         z = op.fn(x, w, b)
         return z, (z.clone(),)
+
+
+def _copy_of(copies: dict, x: torch.Tensor):
+    """The copy standing for x: its own where x is an attributed input, the same view of its
+    input's copy where x is a view of one (``x.flatten(1)``), else None."""
+    hit = copies.get(id(x))
+    if hit is not None and hit[0] is x:
+        return hit[1]
+    base = x._base
+    hit = None if base is None else copies.get(id(base))
+    if hit is not None and hit[0] is base:
+        return x._view_func(hit[1])
+    return None
 
 
 class WSquare(_InputLayer):
@@ -346,21 +378,28 @@ class FixedAttention(Rule):
     """Attention with the attention weights held constant (Ali et al. 2022, the AH rule).
 
     For ``F.scaled_dot_product_attention``: relevance flows to the values through the weights
-    A (``g_v = A^T g``), none to queries and keys; conserved.
+    A (``g_v = A^T g``), none to queries and keys; conserved. With ``enable_gqa=True`` and fewer
+    key/value heads than query heads, each key/value head serves a group of query heads (as SDPA
+    repeats them), and its values' gradient is the sum over its group.
     """
 
     kinds = frozenset({"attention"})
 
     def forward(self, op, q, k, v):
         y = op.fn(q, k, v)
-        return y, (_attention_weights(q, k, op.options),)
+        return y, (_attention_weights(q, k, op.options), v.new_zeros(()).expand(v.shape))
 
     def backward(self, op, saved: Saved, grad):
-        (a,) = saved.extras
-        return (None, None, a.transpose(-2, -1) @ grad)
+        a, v = saved.extras  # v: the values' shape, no storage
+        g = a.transpose(-2, -1) @ grad  # per query head
+        if v.ndim >= 3 and g.shape[-3] != v.shape[-3]:  # grouped-query attention: back to each key/value head
+            g = g.unflatten(-3, (v.shape[-3], g.shape[-3] // v.shape[-3])).sum(-3)
+        return (None, None, g)
 
 
 def _attention_weights(q, k, options) -> torch.Tensor:
+    if options.get("enable_gqa") and k.ndim >= 3 and k.shape[-3] != q.shape[-3]:
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)  # as SDPA does for grouped-query attention
     scale = options["scale"] if options["scale"] is not None else q.shape[-1] ** -0.5
     scores = (q @ k.transpose(-2, -1)) * scale
     mask = options["attn_mask"]

@@ -92,6 +92,29 @@ def _max_pool(nd: int):
     return parse
 
 
+def _adaptive_max_pool(nd: int):
+    pool = getattr(F, f"adaptive_max_pool{nd}d_with_indices")
+
+    def parse(func, input, output_size, return_indices=False):
+        fn = lambda x: pool(x, output_size)[0]  # noqa: E731
+        options = dict(output_size=output_size, nd=nd, return_indices=bool(return_indices) or func is pool)
+        return Op("max_pool", fn, (input,), options, func, False)
+
+    return parse
+
+
+_POOL_KEYS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+
+
+def pool_with_indices(op: Op, x: torch.Tensor):
+    """A max-pool op's output at x and the flat spatial index of each output's argmax (the same
+    layout for plain and adaptive max-pools)."""
+    nd = op.options["nd"]
+    if "output_size" in op.options:
+        return getattr(F, f"adaptive_max_pool{nd}d_with_indices")(x, op.options["output_size"])
+    return getattr(F, f"max_pool{nd}d_with_indices")(x, **{k: op.options[k] for k in _POOL_KEYS})
+
+
 def _avg_pool(nd: int):
     pool = getattr(F, f"avg_pool{nd}d")
 
@@ -153,7 +176,7 @@ def _layer_norm(func, input, normalized_shape, weight=None, bias=None, eps=1e-5)
 def _sdpa(func, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     if dropout_p:
         return None
-    options = dict(attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+    options = dict(attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=bool(enable_gqa))
     fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, **options)  # noqa: E731
     return Op("attention", fn, (query, key, value), options, func, False)
 
@@ -209,6 +232,8 @@ def _table() -> tuple[dict, dict]:
     for nd in (1, 2, 3):
         for f in (getattr(F, f"max_pool{nd}d"), getattr(torch, f"max_pool{nd}d"), getattr(F, f"max_pool{nd}d_with_indices")):
             add(f, "max_pool", _max_pool(nd))
+        for f in (getattr(F, f"adaptive_max_pool{nd}d"), getattr(F, f"adaptive_max_pool{nd}d_with_indices")):
+            add(f, "max_pool", _adaptive_max_pool(nd))
         add(getattr(F, f"avg_pool{nd}d"), "avg_pool", _avg_pool(nd))
         add(getattr(F, f"adaptive_avg_pool{nd}d"), "avg_pool", _adaptive_avg_pool(nd))
         add(getattr(torch, f"conv{nd}d"), "conv", _conv(nd))

@@ -24,11 +24,13 @@ A mapping key is one of
     every linear layer, ``torch.conv2d`` every convolution (1-d, 2-d and 3-d), ``F.max_pool2d``
     every max-pool (two keys of one kind with different rules are an error);
   - an ``nn.Module`` subclass (``nn.Conv2d``): ops run inside such a module (subclasses too);
-  - an ``nn.Module`` instance: ops run inside that module;
+  - an ``nn.Module`` instance: ops run inside that module (it must be a module of ``root``
+    where one is known: an equal copy is another instance, and would never run);
   - a module name (``"features.0"``), resolved against ``root`` (found behind f when omitted).
 For each intercepted op, modules are searched from the innermost running module outwards; at
 each module its name, then the instance, then its type; then the op's kind. The first rule
-that accepts the op's kind (``rule.kinds``) wins; none leaves the ordinary gradient. Module keys
+that accepts the op's kind (``rule.kinds``) wins; none leaves the ordinary gradient (a kind key
+whose rule does not accept that kind is refused when the mapping is built). Module keys
 track the running modules with global forward hooks that exist only during the call.
 """
 
@@ -97,6 +99,13 @@ class Rule:
     def input_grad(self, op: ops.Op, grad: torch.Tensor) -> torch.Tensor:
         """The rule's gradient from the op's ordinary input gradient ``grad`` (optional; elementwise
         kinds). ``grad`` is the op's own backward result, used nowhere else: change it in place."""
+        raise NotImplementedError
+
+    def _reroute(self, op: ops.Op) -> ops.Op:
+        """The op to run instead, called with the op's own tensors before it runs (optional): the
+        same op with some tensors swapped for others of equal value, whose gradient the caller
+        reads apart (LRP's input-layer rules: NOTE: [Input-layer relevance] in lrp_methods.py). A
+        rule that reroutes always runs through its Function, never as a hook."""
         raise NotImplementedError
 
     def scales_output(self, op: ops.Op) -> bool:
@@ -268,6 +277,43 @@ def _hooked(rule: Rule, op: ops.Op, out):
     return out
 
 
+def differentiating_levels() -> int:
+    """How many torch.func transforms that differentiate are active around this call: ``grad``,
+    ``vjp`` and ``jacrev`` (reverse mode), ``jvp`` and ``jacfwd`` (forward mode); ``vmap`` and
+    ``functionalize`` do not count."""
+    if torch._C._functorch.maybe_current_level() is None:
+        return 0
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters  # noqa: PLC0415
+
+    kinds = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
+    return sum(i.key() in kinds for i in retrieve_all_functorch_interpreters())
+
+
+def first_order_only(method: str, *, allowed: int = 0) -> None:
+    """Refuses a rule-based computation that an outer transform would differentiate.
+
+    NOTE: [Rule-based attributions are first-order]
+    A rule replaces an op's derivative: autograd and torch.func know a ruled op only through the
+    rule's backward. An attribution computed through rules is right, but differentiating it again
+    (``grad``, ``vjp``, ``jacrev``, ``jvp`` or ``jacfwd`` around it) sends the outer derivative
+    through every ruled op by its rule too, not by the op's true derivative, which is wrong as soon
+    as a ruled op's output feeds a later nonlinearity (guided backprop through a tanh measured
+    -19.1 where finite differences give -8.94; DeepLift and LRP are off likewise, and so are
+    parameter gradients). So the rule-based methods refuse to run inside such a transform. They
+    look at entry, before their own VJP (itself a ``vjp`` transform inside another transform,
+    NOTE: [Two differentiation backends]); ``vmap`` alone leaves first-order results right, and is
+    allowed. ``rules(f)`` itself allows one level (the gradient that follows the rules) and
+    refuses a second. The gradient and perturbation methods stay differentiable (NOTE: [Detached
+    results])."""
+    if differentiating_levels() > allowed:
+        raise NotImplementedError(
+            f"{method} cannot run inside a torch.func transform that differentiates it (grad, vjp, jacrev, jvp, "
+            "jacfwd): its rules replace the derivatives of ops, so derivatives of its attributions would follow "
+            "the rules too and be wrong. Rule-based attributions are first-order only (vmap is fine); the "
+            "gradient methods (xattr.grad, integrated_gradients, ...) and the perturbation methods are differentiable"
+        )
+
+
 def pullback(fn: Callable, *primals: torch.Tensor):
     """``torch.func.vjp(fn, *primals)`` for use inside a rule's backward.
 
@@ -280,8 +326,32 @@ def pullback(fn: Callable, *primals: torch.Tensor):
     return torch.func.vjp(fn, *(p.clone() for p in primals))
 
 
+def _refuse_checkpoint(rule: Rule, op: ops.Op) -> None:
+    """NOTE: [Rules and activation checkpointing]
+    ``torch.utils.checkpoint(fn, use_reentrant=False)`` keeps none of fn's saved tensors: a
+    saved-tensor hook drops them in the forward, and the backward recomputes them by running fn
+    again, outside the rules' mode. An op run through a rule's `_Apply*` Function saves what the
+    rule's forward computed (DeepLift's multipliers, LRP's ratios), which the plain recomputation
+    does not produce: its backward would read the plain ops' tensors in their place (DeepLift
+    measured off by 6e-2 with no error) or the checkpoint's own check fails. So such an op under
+    a checkpoint is refused. Rules put on the graph instead (NOTE: [Rules as backward hooks],
+    [Rules as output hooks], [Rules as graph hooks]) keep the plain op's node and saved tensors,
+    which the recomputation reproduces: guided backprop and LRP-epsilon at layers stay right
+    (tested). With ``use_reentrant=True`` torch itself refuses ``torch.autograd.grad`` and
+    torch.func transforms, for every method."""
+    hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    if hooks is not None and getattr(hooks[0], "__module__", None) == "torch.utils.checkpoint":
+        raise RuntimeError(
+            f"xattr.rules: {type(rule).__name__} at a {op.kind!r} op inside torch.utils.checkpoint: the checkpoint "
+            "recomputes the forward in the backward pass, outside the rules, so the rule's saved values would be "
+            "replaced by the plain op's and the attribution would be wrong. Run the model without activation "
+            "checkpointing for rule-based attributions (e.g. checkpoint only in training mode)"
+        )
+
+
 def apply_rule(rule: Rule, op: ops.Op):
     """Runs ``op`` with ``rule``'s backward; handles in-place calls and returned pooling indices."""
+    _refuse_checkpoint(rule, op)  # NOTE: [Rules and activation checkpointing]
     tensors = op.tensors
     if _runs_in_place(rule, op):
         with torch._C.DisableTorchFunction():
@@ -300,9 +370,7 @@ def apply_rule(rule: Rule, op: ops.Op):
             out = op.tensors[0].copy_(out)
         if op.options.get("return_indices"):
             with torch.no_grad():
-                pool = getattr(torch.nn.functional, f"max_pool{op.options['nd']}d_with_indices")
-                keys = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
-                indices = pool(op.tensors[0], **{k: op.options[k] for k in keys})[1]
+                indices = ops.pool_with_indices(op, op.tensors[0])[1]
             return out, indices
     return out
 
@@ -326,6 +394,7 @@ class _Table:
                 self.by_module[id(key)] = (key, rule)
             elif key in ops.KIND_OF:
                 kind = ops.KIND_OF[key]
+                _check_accepts(key, kind, rule)
                 if kind in self.by_kind and self.by_kind[kind][1] is not rule:
                     raise ValueError(
                         f"{self.by_kind[kind][0]!r} and {key!r} both stand for every {kind!r} op but map to different "
@@ -346,6 +415,8 @@ class _Table:
             missing = sorted(set(self.by_name) - {n for names in self.names.values() for n in names})
             if missing:
                 raise ValueError(f"no module named {missing} in {type(root).__name__}")
+        if self.by_module and root is not None:
+            _check_instances(root, [key for key, _ in self.by_module.values()])
         self.tracks_modules = bool(self.by_name or self.by_module or self.by_type)
         # The parsers of the ops some rule could claim: the others are not parsed (a parser may
         # reject a call, e.g. softmax with an implicit dim, that runs fine untouched).
@@ -384,6 +455,32 @@ class _Table:
             yield self.by_type.get(cls)
 
 
+def _check_accepts(key, kind: str, rule: Rule) -> None:
+    """Refuses a kind key whose rule declares it never applies to that kind (``{F.relu: Gamma()}``):
+    the rule would be silently skipped at every such op. A rule with its own ``accepts`` decides
+    per op, so it is left to decide."""
+    if type(rule).accepts is Rule.accepts and kind not in rule.kinds:
+        name = getattr(key, "__name__", repr(key))
+        raise ValueError(
+            f"rules: {name} stands for every {kind!r} op, but {type(rule).__name__} applies to {sorted(rule.kinds)} "
+            "ops only, so it would never run; key it by an op of one of those kinds, or by module"
+        )
+
+
+def _check_instances(root: nn.Module, keys: list) -> None:
+    """Refuses module-instance keys that are not modules of ``root``: no op would ever run inside
+    them, and the rule would be silently skipped (a module of the original model keying a rule
+    for a copy of it, such as `merge_batch_norm`'s, is one)."""
+    inside = {id(m) for m in root.modules()}
+    strangers = [type(k).__name__ for k in keys if id(k) not in inside]
+    if strangers:
+        raise ValueError(
+            f"rules keyed by module instances that are not modules of the {type(root).__name__} being explained: "
+            f"{strangers}. A copy of a module is another instance (xattr.merge_batch_norm returns a copy of the "
+            "model: take the modules from the copy, or key by module name)"
+        )
+
+
 class _RulesMode(TorchFunctionMode):
     def __init__(self, table: _Table):
         super().__init__()
@@ -399,6 +496,8 @@ class _RulesMode(TorchFunctionMode):
         rule = None if op is None else self.table.resolve(op, self.stack)
         if rule is None:
             return func(*args, **kwargs)
+        if type(rule)._reroute is not Rule._reroute:
+            return apply_rule(rule, rule._reroute(op))
         if _as_hook(rule, op):
             return _hooked(rule, op, func(*args, **kwargs))
         if _as_output_hook(rule, op):
@@ -443,6 +542,8 @@ class Ruled:
         self.graph_hooks = bool(table.by_node) and not any(map(_fused_relus, _modules(f)))
 
     def __call__(self, *args, **kwargs):
+        if torch._C._functorch.maybe_current_level() is not None:
+            first_order_only("a gradient through xattr.rules", allowed=1)  # NOTE: [Rule-based attributions are first-order]
         if self.graph_hooks and torch.is_grad_enabled() and torch._C._functorch.maybe_current_level() is None:
             first = node_number()
             out = self.model(*args, **kwargs)
@@ -473,13 +574,16 @@ def rules(f: Callable, mapping: Mapping, *, root: nn.Module | None = None) -> Ru
 
     The forward pass is unchanged; gradients of the result (through ``xattr.grad``, any xattr
     method, ``torch.autograd`` or ``torch.func``) follow the rules. See NOTE: [Intercepting
-    operations] for how, and NOTE: [Choosing a rule] for the keys.
+    operations] for how, and NOTE: [Choosing a rule] for the keys. Such gradients are
+    first-order only: a second gradient transform around them is refused (NOTE: [Rule-based
+    attributions are first-order]).
 
     Args:
       f: model function (an ``nn.Module``, an ``xattr.target``, any callable).
       mapping: ``{key: rule}`` with keys torch functions (``F.relu`` stands for every ReLU
         spelling), module types, module instances or module names; values `xattr.rule.Rule`s.
-      root: the module that names refer to; found behind f when omitted.
+      root: the module that names refer to, and that module-instance keys must belong to;
+        found behind f when omitted.
 
     Returns:
       ``g(*args)`` computing f(*args), whose gradients follow the rules.
@@ -488,7 +592,7 @@ def rules(f: Callable, mapping: Mapping, *, root: nn.Module | None = None) -> Ru
       >>> guided = xattr.rules(model, {F.relu: xattr.rule.Guided()})
       >>> g = xattr.grad(xattr.target(guided, 3))(x)                  # guided backprop
     """
-    if root is None and any(isinstance(k, str) for k in mapping):
+    if root is None and any(isinstance(k, (str, nn.Module)) for k in mapping):  # names resolve, instances are checked
         found = _modules(f)
         root = found[0] if len(found) == 1 else None
     return Ruled(f, _Table(mapping, root), mapping)
