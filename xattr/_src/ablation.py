@@ -33,7 +33,7 @@ import torch
 from . import tree as T
 from .checks import warn_if_training
 from .gradients import attribution_fn, detached
-from .masks import constant, features, scatter_features, scatterer
+from .masks import SMALL, constant, features, scatter_features, scatterer
 from .perturb import Coalitions, baseline_tree, evaluate, outputs_at
 from .prepared import Prepared, drops_of
 from .sampling import streams
@@ -75,8 +75,7 @@ def feature_ablation(
 
             def setup(selected):
                 masks, n = features(selected, feature_mask)
-                device = T.leaves(masks)[0].device
-                ablate_one = constant(("ablate one", n, device), lambda: ~torch.eye(n, dtype=torch.bool, device=device))
+                ablate_one = _one_off(n, T.leaves(masks)[0].device)
                 return masks, baseline_tree(selected, baselines, as_tuple), ablate_one, scatterer(masks, selected)
 
             with detached():
@@ -85,6 +84,17 @@ def feature_ablation(
         return attr if as_tuple else attr[0]
 
     return attribution_fn(fn, f, detach=False)  # the served path runs under no_grad itself
+
+
+def _one_off(n: int, device) -> torch.Tensor | Coalitions:
+    """The n coalitions that each leave one feature out (copy j drops feature j), of feature
+    ablation and feature permutation. Up to `SMALL` entries they are one cached (n, n) tensor;
+    beyond, they are made chunk by chunk (`Coalitions`): all n^2 at once would be the largest
+    thing the call holds (0.9 GB for a 3x100x100 image with every element its own feature)."""
+    if n * n <= SMALL:
+        return constant(("ablate one", n, device), lambda: ~torch.eye(n, dtype=torch.bool, device=device))
+    ids = torch.arange(n, device=device)
+    return Coalitions(n, lambda s, e: (ids != torch.arange(s, e, device=device)[:, None])[None])
 
 
 def _positions(size: int, window: int, stride: int) -> list[int]:
@@ -134,9 +144,11 @@ class _Grid:
     covers whole cells, so elements of one cell are occluded together and get the same
     attribution. The cells (their product over dims) are occlusion's features: W windows over
     P elements need a (W, cells) coalition matrix, not (W, P) masks, and it is made chunk by
-    chunk from the per-dim (positions, cells) cover tables (`Coalitions`), so even stride 1
+    chunk from each dim's window starts and ends (`Coalitions`, `_Cover`), so even stride 1
     (cells = elements) never holds all W masks. Averaging the drops over the windows that
-    cover a cell is a contraction of the per-dim tables with the drops, dim by dim.
+    cover a cell sums, dim by dim, the drops of the consecutive positions that cover each of
+    the dim's cells: no (positions, cells) table either, which for a long axis at stride 1 is
+    L x L (1.5 GB as float32 for L = 12,000).
     """
 
     def __init__(self, shape, window, strides, device):
@@ -144,43 +156,73 @@ class _Grid:
         window, strides = _check_window(self.shape, window, strides)
         if any(st > w for st, w in zip(strides, window)):
             raise ValueError(f"strides {strides} exceed the sliding window {window}: elements between windows would never be occluded")
-        self.covers, cell_ids = [], []
+        self.dims, cell_ids = [], []
         for size, w, st in zip(self.shape, window, strides):
             starts = _positions(size, w, st)
             ends = [min(s + w, size) for s in starts]
             cuts = torch.tensor(sorted({0, size, *starts, *ends}), device=device)
-            lo, hi = cuts[:-1], cuts[1:]
-            s_, e_ = torch.tensor(starts, device=device), torch.tensor(ends, device=device)
-            self.covers.append((s_[:, None] <= lo[None, :]) & (hi[None, :] <= e_[:, None]))  # (positions, cells)
+            self.dims.append(_Cover(torch.tensor(starts, device=device), torch.tensor(ends, device=device), cuts))
             cell_ids.append(torch.searchsorted(cuts, torch.arange(size, device=device), right=True) - 1)
-        self.n_windows = math.prod(c.shape[0] for c in self.covers)
-        self.n_cells = math.prod(c.shape[1] for c in self.covers)
+        self.n_windows = math.prod(d.n_positions for d in self.dims)
+        self.n_cells = math.prod(d.n_cells for d in self.dims)
         ids = torch.zeros((), dtype=torch.long, device=device)
-        for c, cells in zip(self.covers, cell_ids):
-            ids = ids[..., None] * c.shape[1] + cells
+        for d, cells in zip(self.dims, cell_ids):
+            ids = ids[..., None] * d.n_cells + cells
         self.cell_of = ids  # (*shape): each element's cell
 
     def covered(self, start: int, stop: int) -> torch.Tensor:
         """(stop - start, cells): which cells windows start..stop-1 cover."""
         idx = torch.arange(start, stop, device=self.cell_of.device)
         out = torch.ones((stop - start, 1), dtype=torch.bool, device=idx.device)
-        for d in range(len(self.covers) - 1, -1, -1):  # row-major: the last dim varies fastest
-            n = self.covers[d].shape[0]
-            rows = self.covers[d][idx % n]  # (c, cells_d)
+        for d in reversed(self.dims):  # row-major: the last dim varies fastest
+            rows = d.covers(idx % d.n_positions)  # (c, cells_d)
             out = (rows[:, :, None] & out[:, None, :]).reshape(stop - start, -1)
-            idx = idx // n
+            idx = idx // d.n_positions
         return out
 
     def average(self, drops: torch.Tensor) -> torch.Tensor:
         """(..., W) drops per window -> (..., cells): the mean drop of the windows covering each cell."""
         lead = drops.shape[:-1]
-        t = drops.reshape(lead + tuple(c.shape[0] for c in self.covers))
+        t = drops.reshape(lead + tuple(d.n_positions for d in self.dims))
         counts = torch.ones((), dtype=drops.dtype, device=drops.device)
-        for c in self.covers:  # contract the positions of dim d with its cover table
-            c = c.to(drops.device, drops.dtype)
-            t = torch.tensordot(t, c, dims=([len(lead)], [0]))  # moves the dim's cells to the end
-            counts = counts[..., None] * c.sum(0)
+        for d in self.dims:  # sum over the positions of dim d, which moves the dim's cells to the end
+            t = d.sum_over(t, len(lead))
+            counts = counts[..., None] * d.counts().to(drops.device, drops.dtype)
         return (t / counts.clamp(min=1)).reshape(lead + (self.n_cells,))
+
+
+class _Cover:
+    """One dim of a `_Grid`: its window positions (starts, ends clipped at the edge) and the cells
+    ``[cuts[j], cuts[j + 1])`` they cut. Starts and ends both grow with the position, so the
+    windows covering cell j are the consecutive positions ``first[j]..last[j]``."""
+
+    def __init__(self, starts: torch.Tensor, ends: torch.Tensor, cuts: torch.Tensor):
+        self.starts, self.ends, self.lo, self.hi = starts, ends, cuts[:-1], cuts[1:]
+        self.n_positions, self.n_cells = len(starts), len(cuts) - 1
+        self.first = torch.searchsorted(ends, self.hi)  # the first window that ends at or after the cell's end
+        self.last = torch.searchsorted(starts, self.lo, right=True) - 1  # the last that starts at or before its start
+        self.most = int(self.counts().max())  # read once here: a served call's averaging waits for no device
+
+    def covers(self, positions: torch.Tensor) -> torch.Tensor:
+        """(len(positions), cells) bool: the cells each window covers."""
+        return (self.starts[positions, None] <= self.lo) & (self.hi <= self.ends[positions, None])
+
+    def counts(self) -> torch.Tensor:
+        """(cells,): how many windows cover each cell."""
+        return (self.last - self.first + 1).clamp(min=0)
+
+    def sum_over(self, t: torch.Tensor, axis: int) -> torch.Tensor:
+        """t with its ``axis`` of positions replaced by one of cells, moved to the end: for each cell
+        the sum over the windows covering it, one of them per step (at most window / stride)."""
+        first, last = self.first.to(t.device), self.last.to(t.device)
+        count = last - first + 1
+        tail = (1,) * (t.ndim - axis - 1)
+        total = None
+        for i in range(self.most):
+            part = t.index_select(axis, torch.minimum(first + i, last).clamp(min=0))
+            part = torch.where((i < count).reshape((-1,) + tail), part, 0)  # a cell covered fewer times adds nothing
+            total = part if total is None else total + part
+        return total.movedim(axis, -1)
 
 
 def _per_input(value, n: int, is_item) -> list:
@@ -362,8 +404,7 @@ def feature_permutation(
         device = T.leaves(masks)[0].device
         perms = _permutations(n, batch, generator, device)
         base = T.tree_map(lambda x: _Shuffled(x, perms.to(x.device)), selected)
-        permute_one = ~torch.eye(n, dtype=torch.bool, device=device)
-        outs = evaluate(f, args, nums, masks=masks, baselines=base, coalitions=permute_one, copy_baselines=True,
+        outs = evaluate(f, args, nums, masks=masks, baselines=base, coalitions=_one_off(n, device), copy_baselines=True,
                         aggregate=aggregate, chunk_size=chunk_size, memory_budget=memory_budget,
                         show_progress=show_progress)  # fmt: skip
         diff = drops_of(out, outs.movedim(1, 0))

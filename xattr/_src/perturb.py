@@ -20,9 +20,10 @@ bytes of perturbed inputs (default ``MEMORY_BUDGET`` on an accelerator, ``CPU_ME
 those rows come on top), and at most ``MAX_ROWS`` rows. A call always holds at least one whole
 copy of the batch. A perturbed element is exactly the input's or the baseline's value, for every
 dtype (``where(keep, x, b)``; for large float copies on CPU ``x * k + b * (1 - k)`` with k in
-{0, 1}, which is faster there and equal for finite values up to the sign of a zero: a kept -0.0
-comes out +0.0 beside a baseline >= 0, a removed one beside x >= 0 where the baseline is -0.0),
-never ``b + keep * (x - b)``, which rounds. Pass-through arguments with the batch in dim 0 are
+{0, 1}, which is faster there and equal up to the sign of a zero: a kept -0.0 comes out +0.0
+beside a baseline >= 0, a removed one beside x >= 0 where the baseline is -0.0; an input or
+baseline holding a NaN or an infinity, where ``inf * 0`` would be NaN, takes ``where``), never
+``b + keep * (x - b)``, which rounds. Pass-through arguments with the batch in dim 0 are
 tiled with the copies. Coalitions and per-copy baselines can be made chunk by chunk
 (`Coalitions`, and any ``leaf[s:e]``-sliceable baseline), so K copies never have to exist at
 once: occlusion with stride 1 and feature permutation of every pixel stay within the budget.
@@ -41,9 +42,9 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import tree as T
-from .checks import baselines_tuple, check_finite
+from .checks import baselines_tuple, check_finite, is_traced
 from .gradients import model_calls
-from .masks import constant, keep_masks
+from .masks import SMALL, constant, keep_masks
 
 # On a CUDA device the default budget is 1/64 of the memory free for new tensors (the device's
 # free memory plus what PyTorch's allocator holds unused), kept between MEMORY_BUDGET and
@@ -77,18 +78,26 @@ def _by_where(x: torch.Tensor, keep: torch.Tensor) -> bool:
     return x.device.type != "cpu" or x.numel() * keep.shape[0] <= WHERE_ELEMENTS
 
 
+def _finite(*ts: torch.Tensor) -> bool:
+    """Whether the float tensors ts hold finite values only, by one sum each: a NaN or an infinity
+    makes its sum NaN or infinite (a sum of finite values that overflows says no as well, which
+    costs only the faster kernel). False inside a torch.func transform or torch.compile, where
+    no value may be read."""
+    return not any(is_traced(t) for t in ts) and all(math.isfinite(t.sum().item()) for t in ts)
+
+
 def perturb(x: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Copies (c, B, ...): x where keep is 1, b where it is 0 (NOTE: [Perturbed copies in one call]).
 
-    Exact for every dtype: one ``torch.where``, or for large float copies on CPU
-    ``x * k + b * (1 - k)`` with k in {0, 1} (equal for finite values, up to the sign of a zero:
-    ``x * 1 + b * 0`` is +0.0 for x = -0.0 and b >= 0). A float keep strictly
+    Exact for every dtype: one ``torch.where``, or for large float copies on CPU with finite
+    inputs and baselines ``x * k + b * (1 - k)`` with k in {0, 1} (equal up to the sign of a
+    zero: ``x * 1 + b * 0`` is +0.0 for x = -0.0 and b >= 0). A float keep strictly
     between 0 and 1 (float inputs only) gives ``b + keep * (x - b)``.
     """
     if not x.is_floating_point():
         return torch.where(keep.bool(), x, b)
     if keep.dtype == torch.bool:
-        if _by_where(x, keep):
+        if _by_where(x, keep) or not _finite(x, b):  # NaN * 0 and inf * 0 are NaN: the float ops would spread them
             return torch.where(keep, x, b)  # one kernel
         # x * 1 + b * 0 == x and x * 0 + b * 1 == b for finite values (a zero's sign aside, see above)
         k = keep.to(x.dtype)  # float ops, ~10x faster than torch.where per element on CPU (NOTE: [Float masks])
@@ -107,7 +116,8 @@ def copier(x: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> tuple[Callab
     float32 elements: 5.8 us against 18-32 us with a broadcast baseline); a CPU float without a
     same-sized integer dtype keeps ``torch.where`` with its mask at full size (a broadcast operand
     costs that kernel twice the time). The float spelling of large copies keeps ``k`` and, when
-    it is no larger than ``k``, ``b * (1 - k)``."""
+    it is no larger than ``k``, ``b * (1 - k)``; like `perturb` it hands an input that is not
+    all finite to ``torch.where`` (a sum per call), and a baseline that is not, every input."""
     if not x.is_floating_point() or keep.dtype != torch.bool:
         return (lambda v: perturb(v, b, keep)), keep.numel() * keep.element_size()
     if _by_where(x, keep):
@@ -120,11 +130,18 @@ def copier(x: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> tuple[Callab
         m = full.to(bits)
         kept_bits = b.view(bits) * (1 - m)  # b's bits where a copy drops the feature, 0 where it keeps it
         return (lambda v: torch.addcmul(kept_bits, v.view(bits), m).view(v.dtype)), 2 * m.numel() * m.element_size()
+    if not _finite(b):
+        return (lambda v: torch.where(keep, v, b)), keep.numel()
     k = keep.to(x.dtype)
-    if torch.broadcast_shapes(b.shape, k.shape) != k.shape:  # a baseline per example: b * (1 - k) is copies-sized
-        return (lambda v: torch.addcmul(b * (1 - k), v, k)), k.numel() * k.element_size()
-    kept_base = b * (1 - k)
-    return (lambda v: torch.addcmul(kept_base, v, k)), 2 * k.numel() * k.element_size()
+    per_example = torch.broadcast_shapes(b.shape, k.shape) != k.shape  # b * (1 - k) is copies-sized: made per call
+    kept_base = None if per_example else b * (1 - k)
+
+    def copies(v: torch.Tensor) -> torch.Tensor:
+        if not _finite(v):  # as in `perturb`: NaN * 0 is NaN (rare: k's bool made again, not held)
+            return torch.where(k.bool(), v, b)
+        return torch.addcmul(b * (1 - k) if per_example else kept_base, v, k)
+
+    return copies, (1 if per_example else 2) * k.numel() * k.element_size()
 
 
 def default_budget(device: torch.device) -> int:
@@ -321,13 +338,15 @@ def _ones_first(z: torch.Tensor) -> torch.Tensor:
     return torch.cat([z.new_ones((z.shape[0], 1, z.shape[2])), z], 1)
 
 
-_WITH_ONES = WeakIdKeyDictionary()  # coalitions tensor -> (its version, the same with an all-keep copy 0)
+_WITH_ONES = WeakIdKeyDictionary()  # small coalitions tensor -> (its version, the same with an all-keep copy 0)
 
 
 def _with_ones(coalitions: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """``z`` (coalitions as (1 or B, K, F)) with an all-keep copy in front; made once per coalitions
-    tensor (feature ablation's is a cached constant) and version."""
-    version = None if coalitions.is_inference() else coalitions._version
+    tensor (feature ablation's small ones are a cached constant) and version when it has at most
+    `SMALL` elements: a larger one costs its making far less than the memory it would pin for as
+    long as the coalitions live."""
+    version = None if coalitions.is_inference() or z.numel() > SMALL else coalitions._version
     hit = _WITH_ONES.get(coalitions) if version is not None else None
     if hit is not None and hit[0] == version:
         return hit[1]
@@ -409,6 +428,13 @@ def _as_output(out) -> torch.Tensor:
     raise TypeError(f"the model function must return a tensor, got {type(out).__name__}")
 
 
+def as_floating(out: torch.Tensor) -> torch.Tensor:
+    """Model outputs as numbers every method can average and regress: bool and integer outputs (a
+    count, a vote) in the default float dtype, float ones as they are. All perturbation methods
+    take them so: their attributions are floats, never rounded to whole numbers."""
+    return out if out.is_floating_point() or out.is_complex() else out.to(torch.get_default_dtype())
+
+
 def check_not_empty(batch: int | None, why: str = "a perturbation method has nothing to perturb or attribute") -> None:
     if batch == 0:
         raise ValueError(f"the batch is empty (0 examples): {why}")
@@ -442,14 +468,17 @@ def baseline_tree(selected: tuple, baselines, as_tuple: bool) -> tuple:
     like that one argument), each leaf a tensor of its input's dtype broadcastable to it.
 
     Bool and integer inputs need baselines their dtype holds exactly (a clear error, not a
-    silent truncation of 0.5 to 0). A number stays one number (a 0-d tensor per input), so
-    copies are built from coalition-sized terms, not a full-size baseline."""
-    if isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
-        leaves = T.leaves(selected)
-        if all(isinstance(x, torch.Tensor) and x.is_floating_point() for x in leaves):
-            return T.tree_map(lambda x: constant(("baseline", repr(baselines), x.dtype, x.device),
-                                                 lambda: torch.tensor(baselines, dtype=x.dtype, device=x.device)), selected)
+    silent truncation of 0.5 to 0, nor a wrap of 300 to 44 in uint8). A number stays one number
+    (a 0-d tensor per input, made from the number itself: an int64 id past 2^53 is not rounded
+    through a float), so copies are built from coalition-sized terms, not a full-size baseline."""
+    leaves = T.leaves(selected)
+    number = isinstance(baselines, (bool, int, float)) and all(isinstance(x, torch.Tensor) for x in leaves)
+    if number and not isinstance(baselines, bool) and all(x.is_floating_point() for x in leaves):
+        return T.tree_map(lambda x: constant(("baseline", repr(baselines), x.dtype, x.device),
+                                             lambda: torch.tensor(baselines, dtype=x.dtype, device=x.device)), selected)
     _check_exact(selected if as_tuple else selected[0], baselines)
+    if number:
+        return T.tree_map(lambda x: torch.tensor(baselines, dtype=x.dtype, device=x.device), selected)
     base = baselines_tuple(selected, baselines, as_tuple)
     return T.tree_map(lambda x, b: torch.as_tensor(b, device=x.device).to(x.dtype), selected, base)
 
@@ -458,17 +487,13 @@ def _check_exact(inputs, baselines) -> None:
     def check(x, b):
         if not isinstance(x, torch.Tensor) or x.is_floating_point() or x.is_complex():
             return
-        t = torch.as_tensor(b)
-        if t.is_complex():
-            bad = True
-        elif x.dtype == torch.bool:
-            bad = t.dtype != torch.bool and not ((t == 0) | (t == 1)).all()
-        else:
-            bad = t.is_floating_point() and not (t == t.round()).all()
-        if bad:
+        lo, hi = (0, 1) if x.dtype == torch.bool else (torch.iinfo(x.dtype).min, torch.iinfo(x.dtype).max)
+        span = _whole_span(b)
+        if span is None or span[0] < lo or span[1] > hi:  # casting would truncate, or wrap (300 -> 44 in uint8)
+            values = [b] if isinstance(b, (bool, int, float)) else torch.as_tensor(b).flatten().tolist()
             raise ValueError(
-                f"baselines for a {x.dtype} input must be values of that dtype (e.g. a padding id), got "
-                f"{t.flatten()[:4].tolist()}{'...' if t.numel() > 4 else ''}"
+                f"baselines for a {x.dtype} input must be values of that dtype (e.g. a padding id), whole numbers "
+                f"from {lo} to {hi}; got {values[:4]}{'...' if len(values) > 4 else ''}"
             )
 
     n_leaves = len(T.leaves(inputs))
@@ -481,6 +506,22 @@ def _check_exact(inputs, baselines) -> None:
         if "baselines for a" in str(err):
             raise
         # a structure mismatch: baselines_like says so
+
+
+def _whole_span(b) -> tuple | None:
+    """(smallest, largest) value of a baseline given for a bool or integer input, as Python
+    numbers (a Python int may not fit a tensor), or None when some value is not a whole number
+    (a fraction, NaN, a complex number). An empty baseline spans nothing: (0, 0)."""
+    if isinstance(b, (bool, int)):
+        return b, b
+    if isinstance(b, float):
+        return (b, b) if b.is_integer() else None
+    t = torch.as_tensor(b)
+    if t.is_complex() or (t.is_floating_point() and not (t == t.round()).all()):  # NaN != NaN: refused too
+        return None
+    if not t.numel():
+        return 0, 0
+    return t.min().item(), t.max().item()
 
 
 def _progress(it, show: bool, total: int):

@@ -11,14 +11,15 @@ call, the method keeps what its second call with one *signature* found (a one-of
 not pay for preparing) and serves the third and later calls from it. A signature is the
 inputs' shapes, dtypes and devices, and the feature mask and baselines (numbers by value,
 tensors by identity and version counter; the prepared call holds them, so an identity cannot
-be reused by a new tensor; on the CPU it also compares their values with a copy before serving,
-since a write through ``.data`` or a numpy array sharing the memory keeps the version; a
+be reused by a new tensor; on the CPU it also compares their bits with a copy before serving,
+since a write through ``.data`` or a numpy array sharing the memory keeps the version (bits, not
+values: 0.0 -> -0.0 is a change, and NaN no change); a
 lazily negated tensor, ``z.conj().imag``, is never served, as it has no bit-level view). A served call makes the copies with a `perturb.copier` chosen when
 prepared (perturb's kernel and copies, its mask work done once), calls the model once, takes
 the drops f(x) - f(copy) (for one number per row, one subtraction of two strided views of the
 output rows), and hands them to the method's ``finish``, kept from its setup: feature
-ablation's spreads them over the features (no work at all for one (B, F) input with every
-feature its own), occlusion's averages the windows. It switches grad mode itself, so the
+ablation's spreads them over the features (no work at all for one float (B, F) input with
+every feature its own), occlusion's averages the windows. It switches grad mode itself, so the
 method skips `detached` (one no_grad, not two). The per-call checks still run: the train-mode
 warning, finite outputs, one output row per input row. Everything else takes the general path:
 pytrees and pass-through arguments, calls nested in another method's batch, torch.func
@@ -40,7 +41,7 @@ import torch
 from . import tree as T
 from .checks import check_finite
 from .masks import keep_masks
-from .perturb import Coalitions, _check_per_example, copier, copies_per_call, inputs_and_copies
+from .perturb import Coalitions, _check_per_example, as_floating, copier, copies_per_call, inputs_and_copies
 
 MAX_PREPARED = 4  # signatures kept per method function (the oldest goes first)
 # A prepared call keeps its copies' masks (bools, at full size when small; float 0/1 masks for
@@ -156,8 +157,26 @@ class Prepared:
 
 
 def drops_of(out: torch.Tensor, outs: torch.Tensor) -> torch.Tensor:
-    """f(x) (B, [O]) and the K copies' outputs copy-major (K, B, [O]) -> drops (B, [O,] K)."""
-    return (out - outs).movedim(0, -1)
+    """f(x) (B, [O]) and the K copies' outputs copy-major (K, B, [O]) -> drops (B, [O,] K), floats
+    for bool and integer outputs too (`perturb.as_floating`)."""
+    return (as_floating(out) - as_floating(outs)).movedim(0, -1)
+
+
+_INTS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # an integer dtype of each element size
+
+
+def _same_bits(t: torch.Tensor, snapshot: torch.Tensor) -> bool:
+    """Whether t holds its snapshot's values bit for bit. ``torch.equal`` compares numbers: it
+    takes a baseline flipped from 0.0 to -0.0 for unchanged (the copies would be served stale,
+    and the model may tell the zeros apart) and one holding a NaN for changed (never served)."""
+    return torch.equal(_bits(t), _bits(snapshot))
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """A float, complex or bool tensor's bits as integers of its element size (the same memory)."""
+    if t.is_complex():
+        t = torch.view_as_real(t)  # (a lazily conjugated tensor has no signature: see `signature`)
+    return t.view(_INTS[t.element_size()]) if t.is_floating_point() or t.dtype == torch.bool else t
 
 
 class OneCall:
@@ -203,7 +222,7 @@ class OneCall:
         """``finish(drops)`` (the method's attributions) from one model call on the inputs and
         their copies, or None when this call must take the general path."""
         for t, as_prepared in self.snapshots:
-            if not torch.equal(t, as_prepared):
+            if not _same_bits(t, as_prepared):
                 return None  # changed behind the version counter: the general path, from now on
         grad = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)  # torch.no_grad without its Python layers
@@ -223,6 +242,7 @@ class OneCall:
             raise TypeError(f"the model function must return a tensor, got {type(out).__name__}")
         if not out.is_floating_point() or not math.isfinite(out.sum().item()):
             check_finite(out)  # `check_finite`'s own test: one sum (no torch.func or compile here: see `signature`)
+            out = as_floating(out)  # as `drops_of` takes them
         if out.ndim == 0 or out.shape[0] != self.rows:
             return None  # not one output row per input row any more: the general path says why
         _check_per_example(out, self.multi)

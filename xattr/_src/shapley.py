@@ -31,7 +31,7 @@ from . import tree as T
 from .checks import warn_if_training
 from .gradients import attribution_fn
 from .masks import features, scatter_features
-from .perturb import Coalitions, baseline_tree, evaluate, outputs_at
+from .perturb import Coalitions, as_floating, baseline_tree, evaluate, outputs_at
 from .sampling import per_example, streams
 
 MAX_FEATURES = 20  # exact Shapley values: 2^20 coalitions, about a million model rows per example
@@ -124,8 +124,8 @@ def shapley_value_sampling(
         (stream,) = streams(generator, 1)
         rank = _ranks(rows, n_samples, n, stream, antithetic, device)  # (rows, S, F)
         coalitions = Coalitions(1 + n_samples * (n - 1), lambda s, e: _chain(rank, s, e), shared=rows == 1)
-        vals = evaluate(f, args, nums, masks=masks, baselines=base, coalitions=coalitions, aggregate=aggregate,
-                        chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
+        vals = as_floating(evaluate(f, args, nums, masks=masks, baselines=base, coalitions=coalitions, aggregate=aggregate,
+                                    chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress))  # fmt: skip
         tail = tuple(vals.shape[2:])  # (O,) for many outputs
         inner = vals[:, 1:].reshape((rows, n_samples, n - 1) + tail)
         start = vals[:, :1, None].expand((rows, n_samples, 1) + tail)
@@ -154,6 +154,12 @@ def _chain(rank: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         offset = first * (n - 1) + 1
         parts.append(block[:, start - offset : stop - offset])
     return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+
+
+def _power_of_two(n: int) -> str:
+    """2^n for a message: 1.05e+06, or "2^n" from n = 1024, past a float's range (a feature id of
+    a million is a valid mask)."""
+    return f"{2.0**n:.3g}" if n < 1024 else f"2^{n}"
 
 
 def _bits(codes: torch.Tensor, n: int) -> torch.Tensor:
@@ -204,15 +210,15 @@ def shapley_values(
         if n > max_features:
             raise ValueError(
                 f"shapley_values evaluates the model at all 2^F coalitions of the F features: F={n} would take "
-                f"{2**n:.3g} model rows per example (max_features={max_features}). Group the inputs into fewer "
+                f"{_power_of_two(n)} model rows per example (max_features={max_features}). Group the inputs into fewer "
                 "features with feature_mask, raise max_features if you can afford 2^F rows, or estimate the values "
                 "with xattr.shapley_value_sampling (n_samples * F rows) or xattr.kernel_shap."
             )
         selected, masks, n, base, out, aggregate = _prepare(f, args, nums, as_tuple, baselines, feature_mask)
         rows, device = out.shape[0], out.device
         every = Coalitions(2**n - 1, lambda s, e: _bits(torch.arange(s, e, device=device), n))  # not the full one
-        vals = evaluate(f, args, nums, masks=masks, baselines=base, coalitions=every, aggregate=aggregate,
-                        chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
+        vals = as_floating(evaluate(f, args, nums, masks=masks, baselines=base, coalitions=every, aggregate=aggregate,
+                                    chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress))  # fmt: skip
         tail = tuple(vals.shape[2:])
         v = torch.cat([vals, out[:, None].to(vals.dtype)], 1).to(torch.float64)  # (rows, 2^F[, O]), v[:, c]
         codes = torch.arange(2**n, device=device)

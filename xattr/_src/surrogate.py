@@ -24,7 +24,7 @@ from . import tree as T
 from .checks import warn_if_training
 from .gradients import attribution_fn
 from .masks import features, keep_masks, scatter_features
-from .perturb import baseline_tree, copies_per_call, evaluate, outputs_at, perturb
+from .perturb import as_floating, baseline_tree, copies_per_call, evaluate, outputs_at, perturb
 from .sampling import per_example, row_seeds, streams
 from .solvers import constrained_lstsq, lasso, linear_regression, ridge, sklearn_fit  # noqa: F401  (re-exported)
 
@@ -205,13 +205,14 @@ def kernel_shap(
     def fn(*args, baselines=baselines, feature_mask=feature_mask):
         selected, masks, m, base, out, aggregate, rows = _prepare(f, args, nums, as_tuple, feature_mask, baselines, "kernel_shap")
         device = out.device
+        dtype = as_floating(out).dtype  # the weights' (integer weights of an integer model would be 0)
         if m <= _MAX_ENUMERATED and n_samples >= 2**m:
-            z, w = _all_coalitions(m, device, out.dtype)
+            z, w = _all_coalitions(m, device, dtype)
             z, w = z[None], w[None].expand(rows, -1)
         else:
             (stream,) = streams(generator, 1)
             z = _shapley_draws(rows, n_samples - 2, m, stream, device)
-            w = torch.ones(rows, z.shape[1], dtype=out.dtype, device=device)
+            w = torch.ones(rows, z.shape[1], dtype=dtype, device=device)
         empty = torch.zeros(z.shape[0], 1, m, dtype=z.dtype, device=device)
         y = _evaluate(f, args, nums, masks, base, torch.cat([empty, z], 1), aggregate, chunk_size, memory_budget, show_progress)
         full = out.reshape(rows, -1).to(y.dtype)  # f(x): (rows, K)
@@ -241,7 +242,7 @@ def _evaluate(f, args, nums, masks, base, z, aggregate, chunk_size, memory_budge
     """The model at every coalition: (rows, N, K), K = 1 for one output per example."""
     y = evaluate(f, args, nums, masks=masks, baselines=base, coalitions=z, aggregate=aggregate,
                  chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
-    y = y if y.is_floating_point() else y.to(torch.get_default_dtype())
+    y = as_floating(y)
     return y if y.ndim == 3 else y[..., None]
 
 
@@ -287,7 +288,8 @@ def _shapley_draws(rows: int, n: int, m: int, stream, device) -> torch.Tensor:
 
 
 def _all_coalitions(m: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every coalition but the empty and the full one (2^m - 2, m), and its Shapley kernel weight."""
+    """Every coalition but the empty and the full one (2^m - 2, m), and its Shapley kernel weight
+    in the float dtype ``dtype``."""
     ids = torch.arange(1, 2**m - 1, device=device)
     z = ((ids[:, None] >> torch.arange(m, device=device)) & 1).to(torch.get_default_dtype())
     k = z.sum(1).long()
