@@ -260,15 +260,21 @@ class Configured(nn.Module):
         return -y if self.config.inner.flip else y
 
 
-def test_config_objects_changed_in_place_and_globals_are_a_new_trace():
-    global SCALE
-    model = _double(Configured())
+def _head_checker(model):
+    """(split at model.layer, check): check() asserts the head reproduces the model exactly."""
     split = xattr.at_layer(model, model.layer)
 
     def check():
         with torch.no_grad():
             torch.testing.assert_close(split.head(split.act(X), X), model(X), rtol=0, atol=0)
 
+    return split, check
+
+
+def test_config_objects_changed_in_place_and_globals_are_a_new_trace():
+    global SCALE
+    model = _double(Configured())
+    split, check = _head_checker(model)
     try:
         check()
         traced = fx_head.traced_head(split, split.act(X), (X,))
@@ -339,12 +345,7 @@ class Helped(nn.Module):
 def test_globals_read_by_called_functions_are_a_new_trace():
     global OFFSET
     model = _double(Helped())
-    split = xattr.at_layer(model, model.layer)
-
-    def check():
-        with torch.no_grad():
-            torch.testing.assert_close(split.head(split.act(X), X), model(X), rtol=0, atol=0)
-
+    split, check = _head_checker(model)
     try:
         check()
         traced = fx_head.traced_head(split, split.act(X), (X,))
