@@ -2,15 +2,35 @@
 per-feature values and per-element tensors that the perturbation engine (perturb.py, NOTE:
 [Features and coalitions]) and the methods built on it use: `features` (validated masks and
 the feature count), `keep_masks` (coalitions over features -> keep masks over elements),
-`scatter_features` (per-feature values -> attributions shaped like the inputs), and `constant`,
-the cache of small constant tensors (default masks, number baselines, feature ablation's
+`scatter_features` (per-feature values -> attributions shaped like the inputs), `feature_sets`
+(which features each example holds, NOTE: [Each example's own features]), and `constant`, the
+cache of small constant tensors (default masks, number baselines, feature ablation's
 coalitions).
+
+NOTE: [Each example's own features]
+F is the largest id plus one, but an example need not hold every id below it: a per-example
+mask may split one image into 3 regions and the next into 10, and any mask may skip ids
+([5, 5, 7, 7, 9, 9] holds 3 features). The exact methods need not care (in feature ablation and
+`shapley_values` a feature an example lacks changes nothing, and gets exactly 0). The
+estimators that draw coalitions or orders (LIME, KernelSHAP, Shapley sampling) must: drawing
+over an id the example lacks spends samples on a feature that changes nothing, gives it a
+coefficient, keeps KernelSHAP sampling where it could enumerate all 2^F_e coalitions of the
+example's F_e features, and makes the example's draws depend on the ids the *other* examples
+hold, that is on its batch. So `feature_sets` groups the examples by the ids they hold (a
+shared mask is one group; a default mask holds every id and costs nothing), each group draws
+and fits over its own features numbered 0..F_e-1 in the order of their ids, with its
+examples' own seeds (their positions in the whole batch: NOTE: [Explicit randomness]), `widen`
+lays its coalitions over all F ids for the one evaluation of the whole batch (one call, so a
+model that picks a target per row still sees the batch it was given), and `place` puts its
+values back at its examples' rows and its ids, exactly 0 at the ids an example lacks. A model
+that returns one number per batch explains the batch as one example: it holds every id of the
+batch.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Sequence
 
 import optree
 import torch
@@ -86,6 +106,92 @@ def features(selected, feature_mask) -> tuple[Any, int]:
     n = max((int(m.max()) + 1 for m in T.leaves(masks) if m.numel()), default=0)
     _check_some(n, "feature_mask selects no features: the attributed inputs have no elements")
     return masks, n
+
+
+class FeatureSet(NamedTuple):
+    """Examples that hold the same features, and those features (NOTE: [Each example's own features])."""
+
+    rows: torch.Tensor | None  # the examples' positions in the batch, ascending; None: every example
+    ids: torch.Tensor | None  # the features' ids, ascending; None: every id 0..F-1
+    n: int  # how many features the examples hold
+
+    def pick(self, values):
+        """This set's rows of ``values`` (a tensor or a list with one entry per example; None stays None)."""
+        if self.rows is None or values is None:
+            return values
+        if isinstance(values, torch.Tensor):
+            return values[self.rows]
+        return [values[i] for i in self.rows.tolist()]
+
+    def count(self, batch: int) -> int:
+        """How many examples hold these features, of a batch of ``batch``."""
+        return batch if self.rows is None else len(self.rows)
+
+
+def feature_sets(masks, n: int, batch: int) -> list[FeatureSet]:
+    """The examples grouped by the ids their masks hold, in the order of their first example.
+
+    ``batch`` is the rows explained (1 for a model returning one number per batch, whose one
+    example holds every id of the batch). One set when all examples hold the same ids, with
+    ``ids`` None when those are all of 0..n-1 (a default mask, at no cost)."""
+    leaves = T.leaves(masks)
+    if all(first_id(m) is not None for m in leaves):  # default masks: a range of ids each, together 0..n-1
+        return [FeatureSet(None, None, n)]
+    own = [m for m in leaves if m.shape[0] > 1 and batch > 1]  # one mask per example
+    shared = [m.flatten() for m in leaves if not (m.shape[0] > 1 and batch > 1)]  # ids every example holds
+    if not own:
+        ids = torch.unique(shared[0] if len(shared) == 1 else torch.cat(shared))  # ascending
+        return [FeatureSet(None, None if len(ids) == n else ids, len(ids))]
+    table = torch.zeros(batch, n, dtype=torch.bool, device=leaves[0].device)  # table[i, j]: example i holds id j
+    for m in shared:
+        table[:, m] = True
+    for m in own:
+        table.scatter_(1, m.reshape(batch, -1), True)
+    kinds, which = torch.unique(table, dim=0, return_inverse=True)
+    if kinds.shape[0] == 1:
+        return [_held_set(None, kinds[0])]
+    sets = [_held_set((which == k).nonzero()[:, 0], kinds[k]) for k in range(kinds.shape[0])]
+    return sorted(sets, key=lambda s: int(s.rows[0]))
+
+
+def _held_set(rows: torch.Tensor | None, held: torch.Tensor) -> FeatureSet:
+    ids = held.nonzero()[:, 0]
+    return FeatureSet(rows, None if len(ids) == len(held) else ids, len(ids))
+
+
+def widen(parts: Sequence[torch.Tensor], sets: Sequence[FeatureSet], n: int, batch: int, copies: int | None = None):
+    """Each set's coalitions over its own features, (its examples or 1, N_s, n_s), laid over all n
+    ids: (batch, copies, n), or (1, N, n) for one set shared by the whole batch. An id a set's
+    examples lack stays 0 (it has no elements there), and copies past a set's N_s are empty
+    coalitions (evaluated with the rest, never read). ``copies`` defaults to the largest N_s."""
+    if len(sets) == 1 and sets[0].ids is None and (copies is None or copies == parts[0].shape[1]):
+        return parts[0]
+    copies = max(z.shape[1] for z in parts) if copies is None else copies
+    rows = parts[0].shape[0] if len(sets) == 1 else batch
+    out = parts[0].new_zeros((rows, copies, n))
+    for s, z in zip(sets, parts):
+        at = torch.arange(rows, device=z.device) if s.rows is None or len(sets) == 1 else s.rows
+        ids = torch.arange(n, device=z.device) if s.ids is None else s.ids
+        out[at[:, None, None], torch.arange(z.shape[1], device=z.device)[:, None], ids] = z
+    return out
+
+
+def place(parts: Sequence[torch.Tensor], sets: Sequence[FeatureSet], n: int, dim: int = -1) -> torch.Tensor:
+    """Each set's per-feature values, (its examples, ..., n_s, ...) with the features along
+    ``dim``, put at its examples' rows and its ids: (batch, ..., n, ...), 0 at the ids an example
+    lacks. Out of place, so an attribution stays differentiable through it."""
+    if len(sets) == 1 and sets[0].ids is None:
+        return parts[0]
+    spread = []
+    for s, v in zip(sets, parts):
+        d = dim % v.ndim
+        if s.ids is not None:
+            v = v.new_zeros(v.shape[:d] + (n,) + v.shape[d + 1 :]).index_copy(d, s.ids, v)
+        spread.append(v)
+    if len(sets) == 1:
+        return spread[0]
+    order = torch.argsort(torch.cat([s.rows for s in sets]))  # the batch's rows, from the sets' order
+    return torch.cat(spread)[order]
 
 
 def _check_some(n: int, why: str) -> None:

@@ -82,18 +82,21 @@ def row_seeds(stream: int, rows: int) -> list[int]:
     return [(stream + 0x51ED27 * (i % b + 1) + 0x9E3779B97F4A7C15 * ids[i // b]) % 2**63 for i in range(rows)]
 
 
-def per_example(stream, out: torch.Tensor, fill) -> torch.Tensor:
+def per_example(stream, out: torch.Tensor, fill, seeds: list[int] | None = None) -> torch.Tensor:
     """Fills ``out`` (B, ...) in place, example i from its own generator seeded by (stream, i).
 
     torch's bulk samplers do not have the prefix property (the values drawn for the first
     elements depend on the total size drawn), so batch-size invariance needs one generator per
     example. ``fill(view, generator)`` samples into a view in place; with no stream the whole
-    buffer is filled from the global generator in one call.
+    buffer is filled from the global generator in one call. When ``out`` holds some of the
+    batch's examples only (a group of them: NOTE: [Each example's own features]), ``seeds`` are
+    theirs: the batch's `row_seeds` at their positions, so each draws what it would beside the
+    others.
     """
     if stream is None:
         fill(out, None)
         return out
-    for i, seed in enumerate(row_seeds(stream, out.shape[0])):
+    for i, seed in enumerate(row_seeds(stream, out.shape[0]) if seeds is None else seeds):
         fill(out[i], torch.Generator(device=out.device).manual_seed(seed))
     return out
 

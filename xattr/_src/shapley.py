@@ -17,7 +17,10 @@ and made chunk by chunk from the ranks (`Coalitions`), never all at once; v(all)
 itself. Permutations are drawn per example (NOTE: [Explicit randomness]), as the argsort of iid
 uniforms, so with an int seed an example gets the same permutations in any batch and for any
 chunk size. A model returning one number per batch shares one set of
-permutations across the batch.
+permutations across the batch. An example's orders are over the features its mask holds (NOTE:
+[Each example's own features] in masks.py), its chain F_e + 1 long: examples holding other sets
+of ids draw apart, and the shorter chains are padded with empty coalitions in the one
+evaluation.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ import torch
 from . import tree as T
 from .checks import warn_if_training
 from .gradients import attribution_fn
-from .masks import features, scatter_features
+from .masks import FeatureSet, feature_sets, features, place, scatter_features, widen
 from .perturb import Coalitions, as_floating, baseline_tree, evaluate, outputs_at
-from .sampling import per_example, streams
+from .sampling import per_example, row_seeds, streams
 
 MAX_FEATURES = 20  # exact Shapley values: 2^20 coalitions, about a million model rows per example
 
@@ -63,15 +66,16 @@ def _spread(phi: torch.Tensor, masks, selected, as_tuple: bool):
     return attr if as_tuple else attr[0]
 
 
-def _ranks(rows: int, n_samples: int, n: int, stream, antithetic: bool, device) -> torch.Tensor:
+def _ranks(rows: int, n_samples: int, n: int, stream, antithetic: bool, device, seeds=None) -> torch.Tensor:
     """(rows, n_samples, n): rank[b, s, i] = the position of feature i in example b's permutation s.
 
     The argsort of iid uniforms is a uniformly random permutation; antithetic pairs each drawn
     permutation with its reverse (rank -> n - 1 - rank), interleaved, cut to n_samples.
+    ``seeds``: the rows' own, when they are some of the batch's examples (`per_example`).
     """
     drawn = math.ceil(n_samples / 2) if antithetic else n_samples
     u = torch.empty((rows, drawn, n), dtype=torch.float64, device=device)
-    rank = per_example(stream, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g)).argsort(-1)
+    rank = per_example(stream, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g), seeds).argsort(-1)
     if antithetic:
         rank = torch.stack([rank, n - 1 - rank], dim=2).reshape(rows, 2 * drawn, n)[:, :n_samples]
     return rank
@@ -121,22 +125,52 @@ def shapley_value_sampling(
     def fn(*args, baselines=baselines, feature_mask=feature_mask):
         selected, masks, n, base, out, aggregate = _prepare(f, args, nums, as_tuple, baselines, feature_mask)
         rows, device = out.shape[0], out.device
+        sets = feature_sets(masks, n, rows)
         (stream,) = streams(generator, 1)
-        rank = _ranks(rows, n_samples, n, stream, antithetic, device)  # (rows, S, F)
-        coalitions = Coalitions(1 + n_samples * (n - 1), lambda s, e: _chain(rank, s, e), shared=rows == 1)
+        seeds = None if stream is None else row_seeds(stream, rows)
+        ranks = [_ranks(s.count(rows), n_samples, s.n, stream, antithetic, device, s.pick(seeds)) for s in sets]  # (r_s, S, F_s)
+        copies = max(_chain_length(n_samples, s.n) for s in sets)
+        coalitions = Coalitions(copies, lambda s, e: _chains(ranks, sets, n, rows, s, e), shared=rows == 1)
         vals = as_floating(evaluate(f, args, nums, masks=masks, baselines=base, coalitions=coalitions, aggregate=aggregate,
                                     chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress))  # fmt: skip
-        tail = tuple(vals.shape[2:])  # (O,) for many outputs
-        inner = vals[:, 1:].reshape((rows, n_samples, n - 1) + tail)
-        start = vals[:, :1, None].expand((rows, n_samples, 1) + tail)
-        end = out[:, None, None].expand((rows, n_samples, 1) + tail).to(vals.dtype)
-        v = torch.cat([start, inner, end], 2)  # (rows, S, F + 1[, O]): v along each chain
-        steps = v[:, :, 1:] - v[:, :, :-1]  # step j adds the feature of rank j
-        index = rank.reshape(rank.shape + (1,) * len(tail)).expand(rank.shape + tail)
-        phi = torch.gather(steps, 2, index).mean(1)  # (rows, F[, O])
+        phi = place([_contributions(s.pick(vals), s.pick(out), rank) for s, rank in zip(sets, ranks)], sets, n, dim=1)
         return _spread(phi, masks, selected, as_tuple)
 
     return attribution_fn(fn, f)
+
+
+def _chain_length(n_samples: int, n: int) -> int:
+    """Copies evaluated for S permutations of n features: the empty coalition, then each chain's
+    n - 1 inner ones."""
+    return 1 + n_samples * (n - 1)
+
+
+def _chains(ranks: list[torch.Tensor], sets: list[FeatureSet], n: int, rows: int, start: int, stop: int) -> torch.Tensor:
+    """Copies start..stop-1 of every feature set's chains over all n ids (rows, stop - start, n)
+    (`widen`): a set with fewer copies has empty coalitions past its last."""
+    if len(sets) == 1 and sets[0].ids is None:
+        return _chain(ranks[0], start, stop)
+    parts = []
+    for s, rank in zip(sets, ranks):
+        stop_s = min(stop, _chain_length(rank.shape[1], s.n))
+        parts.append(_chain(rank, start, stop_s) if start < stop_s else rank.new_zeros((rank.shape[0], 0, s.n), dtype=torch.bool))
+    return widen(parts, sets, n, rows, copies=stop - start)
+
+
+def _contributions(vals: torch.Tensor, out: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+    """Each feature's mean marginal contribution along the chains of ``rank`` (rows, S, F): (rows,
+    F[, O]), from the model at the chains' copies, vals (rows, >= 1 + S (F - 1)[, O]), and f(x),
+    out (rows[, O])."""
+    rows, n_samples, n = rank.shape
+    vals = vals[:, : _chain_length(n_samples, n)]
+    tail = tuple(vals.shape[2:])  # (O,) for many outputs
+    inner = vals[:, 1:].reshape((rows, n_samples, n - 1) + tail)
+    start = vals[:, :1, None].expand((rows, n_samples, 1) + tail)
+    end = out[:, None, None].expand((rows, n_samples, 1) + tail).to(vals.dtype)
+    v = torch.cat([start, inner, end], 2)  # (rows, S, F + 1[, O]): v along each chain
+    steps = v[:, :, 1:] - v[:, :, :-1]  # step j adds the feature of rank j
+    index = rank.reshape(rank.shape + (1,) * len(tail)).expand(rank.shape + tail)
+    return torch.gather(steps, 2, index).mean(1)  # (rows, F[, O])
 
 
 def _chain(rank: torch.Tensor, start: int, stop: int) -> torch.Tensor:

@@ -9,7 +9,9 @@ fitted to every example's N outputs, weighted by a similarity kernel, by one bat
 Draws come from one generator per example (NOTE: [Explicit randomness]), all made before any
 model call, so an example's attributions depend neither on the batch it is in nor on the chunk
 size. Models returning one number per batch (aggregate mode) are explained as one example: one
-set of coalitions for the whole batch, and one row of attributions.
+set of coalitions for the whole batch, and one row of attributions. An example's coalitions
+are over the features its mask holds (NOTE: [Each example's own features] in masks.py): drawn
+and fitted per group of examples holding the same ids, evaluated together.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from . import tree as T
 from .checks import warn_if_training
 from .gradients import attribution_fn
-from .masks import features, keep_masks, scatter_features
+from .masks import FeatureSet, feature_sets, features, keep_masks, place, scatter_features, widen
 from .perturb import as_floating, baseline_tree, copies_per_call, evaluate, outputs_at, perturb
 from .sampling import per_example, row_seeds, streams
 from .solvers import constrained_lstsq, lasso, linear_regression, ridge, sklearn_fit  # noqa: F401  (re-exported)
@@ -119,11 +121,14 @@ def lime(
         (B, N, ...) (the copies, built in memory-budget chunks along N), ``coalitions`` (B, N, F).
         In aggregate mode B is 1 and each leaf keeps the whole batch after it.
       perturb_func: ``(n_samples, n_features, generator) -> (n_samples, n_features)`` 0/1
-        coalitions, called once per example with that example's ``torch.Generator`` (on the
-        inputs' device; None for ``generator=None``): draw from it for reproducible results.
+        coalitions, called once per example, in the batch's order, with the number of features
+        that example's mask holds and its ``torch.Generator`` (on the inputs' device; None for
+        ``generator=None``): draw from it for reproducible results.
       generator: int seed, torch.Generator or None (NOTE: [Explicit randomness]).
       return_input_shape: True spreads each feature's coefficient over its elements (shaped
-        like ``args[argnums]``); False returns the coefficients, (B, F) (or (B, K, F)).
+        like ``args[argnums]``); False returns the coefficients, (B, F) (or (B, K, F)), F the
+        largest id + 1: an example's coalitions and fit are over the ids its own mask holds, and
+        the ids it lacks get exactly 0 (NOTE: [Each example's own features] in masks.py).
 
     Returns:
       ``fn(*args, baselines=..., feature_mask=...)``; a K axis after the batch for
@@ -144,20 +149,19 @@ def lime(
 
     def fn(*args, baselines=baselines, feature_mask=feature_mask):
         selected, masks, n, base, out, aggregate, rows = _prepare(f, args, nums, as_tuple, feature_mask, baselines, "lime")
+        sets = feature_sets(masks, n, rows)
         (stream,) = streams(generator, 1)
+        seeds = None if stream is None else row_seeds(stream, rows)
         device = out.device
         if perturb_func is None:
-            u = torch.empty(rows, n_samples, n, device=device)
-            z = (per_example(stream, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g)) < 0.5).to(u.dtype)
+            parts = [_bernoulli_draws(s.count(rows), n_samples, s.n, stream, s.pick(seeds), device) for s in sets]
         else:
-            z = _custom_draws(perturb_func, rows, n_samples, n, stream, device)
+            parts = _custom_draws(perturb_func, sets, rows, n_samples, n, seeds, device)
+        z = widen(parts, sets, n, rows)
         y = _evaluate(f, args, nums, masks, base, z, aggregate, chunk_size, memory_budget, show_progress)
-        zf = z.to(y.dtype)
-        w = _weights(similarity, selected, base, masks, zf, n, aggregate, as_tuple, chunk_size, memory_budget)
-        if hasattr(model, "fit"):
-            coef = sklearn_fit(model, zf, y, w.to(y.dtype))
-        else:
-            coef = model(zf, y, w.to(y.dtype))[0]
+        w = _weights(similarity, selected, base, masks, z.to(y.dtype), n, aggregate, as_tuple, chunk_size, memory_budget)
+        fit = (lambda *a: sklearn_fit(model, *a)) if hasattr(model, "fit") else (lambda *a: model(*a)[0])  # noqa: E731
+        coef = place([fit(zs.to(y.dtype), s.pick(y), s.pick(w).to(y.dtype)) for s, zs in zip(sets, parts)], sets, n)
         return _result(coef, out, masks, selected, as_tuple, return_input_shape)
 
     return attribution_fn(fn, f)
@@ -187,6 +191,8 @@ def kernel_shap(
     the two end coalitions 1e6 in an unconstrained fit). As N grows phi converges to the
     Shapley values. When ``n_samples >= 2^M`` every coalition is used once with its Shapley
     kernel weight ``(M - 1) / (C(M, k) k (M - k))`` and the result *is* the Shapley values.
+    M is the number of features the example's mask holds (NOTE: [Each example's own features]
+    in masks.py): ids it lacks, or a mask skips, are not drawn, and get exactly 0.
 
     Args: as `lime` (no surrogate options: the estimator is fixed); ``n_samples`` counts the two
     end coalitions, as Captum's does (Captum defaults to 25).
@@ -204,20 +210,16 @@ def kernel_shap(
 
     def fn(*args, baselines=baselines, feature_mask=feature_mask):
         selected, masks, m, base, out, aggregate, rows = _prepare(f, args, nums, as_tuple, feature_mask, baselines, "kernel_shap")
-        device = out.device
+        sets = feature_sets(masks, m, rows)
+        (stream,) = streams(generator, 1)
+        seeds = None if stream is None else row_seeds(stream, rows)
         dtype = as_floating(out).dtype  # the weights' (integer weights of an integer model would be 0)
-        if m <= _MAX_ENUMERATED and n_samples >= 2**m:
-            z, w = _all_coalitions(m, device, dtype)
-            z, w = z[None], w[None].expand(rows, -1)
-        else:
-            (stream,) = streams(generator, 1)
-            z = _shapley_draws(rows, n_samples - 2, m, stream, device)
-            w = torch.ones(rows, z.shape[1], dtype=dtype, device=device)
-        empty = torch.zeros(z.shape[0], 1, m, dtype=z.dtype, device=device)
+        drawn = [_kernel_coalitions(s, rows, n_samples, stream, seeds, out.device, dtype) for s in sets]
+        z = widen([zs for zs, _ in drawn], sets, m, rows)
+        empty = torch.zeros(z.shape[0], 1, m, dtype=z.dtype, device=out.device)
         y = _evaluate(f, args, nums, masks, base, torch.cat([empty, z], 1), aggregate, chunk_size, memory_budget, show_progress)
         full = out.reshape(rows, -1).to(y.dtype)  # f(x): (rows, K)
-        zf = z.to(y.dtype).expand(rows, -1, -1)
-        phi = constrained_lstsq(zf, y[:, 1:] - y[:, :1], w.to(y.dtype), full - y[:, 0])
+        phi = place([_shap_fit(s, zs, ws, y, full) for s, (zs, ws) in zip(sets, drawn)], sets, m)
         return _result(phi, out, masks, selected, as_tuple, return_input_shape)
 
     return attribution_fn(fn, f)
@@ -256,26 +258,60 @@ def _result(coef, out, masks, selected, as_tuple, return_input_shape):
     return attr if as_tuple else attr[0]
 
 
-def _custom_draws(perturb_func, rows, n, F, stream, device) -> torch.Tensor:
-    z = torch.empty(rows, n, F, device=device)
-    seeds = [None] * rows if stream is None else row_seeds(stream, rows)
-    for i, seed in enumerate(seeds):
+def _bernoulli_draws(rows: int, n: int, m: int, stream, seeds, device) -> torch.Tensor:
+    """LIME's (rows, n, m) coalitions: each feature kept with probability 1/2."""
+    u = torch.empty(rows, n, m, device=device)
+    return (per_example(stream, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g), seeds) < 0.5).to(u.dtype)
+
+
+def _custom_draws(perturb_func, sets: list[FeatureSet], rows: int, n: int, F: int, seeds, device) -> list[torch.Tensor]:
+    """perturb_func's coalitions, one call per example in the batch's order (a function may count
+    its calls), each over the example's own features; grouped as ``sets``. A function that
+    answers over all F ids (written for the mask's largest id + 1, as Captum's
+    num_interp_features) has its columns of the example's own ids taken."""
+    own = {i: s for s in sets for i in (range(rows) if s.rows is None else s.rows.tolist())}
+    drawn = []
+    for i in range(rows):
+        s, seed = own[i], None if seeds is None else seeds[i]
         g = None if seed is None else torch.Generator(device=device).manual_seed(seed)
-        drawn = torch.as_tensor(perturb_func(n, F, g), device=device)
-        if tuple(drawn.shape) != (n, F):
-            raise ValueError(f"perturb_func must return ({n}, {F}) coalitions (n_samples, n_features), got {tuple(drawn.shape)}")
-        if not bool(((drawn == 0) | (drawn == 1)).all()):
+        z = torch.as_tensor(perturb_func(n, s.n, g), device=device)
+        if s.ids is not None and tuple(z.shape) == (n, F):
+            z = z[:, s.ids]
+        if tuple(z.shape) != (n, s.n):
+            raise ValueError(f"perturb_func must return ({n}, {s.n}) coalitions (n_samples, n_features), got {tuple(z.shape)}")
+        if not bool(((z == 0) | (z == 1)).all()):
             raise ValueError("perturb_func must return 0/1 coalitions (1 keeps a feature, 0 sets it to its baseline)")
-        z[i] = drawn
-    return z
+        drawn.append(z.to(torch.get_default_dtype()))
+    return [torch.stack(s.pick(drawn)) for s in sets]
 
 
-def _shapley_draws(rows: int, n: int, m: int, stream, device) -> torch.Tensor:
+def _kernel_coalitions(s: FeatureSet, rows: int, n_samples: int, stream, seeds, device, dtype) -> tuple:
+    """One feature set's KernelSHAP coalitions over its own features, (its examples or 1, N, n_s),
+    and their weights (its examples, N): every coalition with its Shapley kernel weight when
+    ``n_samples >= 2^n_s``, else N = n_samples - 2 draws of weight 1."""
+    count = s.count(rows)
+    if s.n <= _MAX_ENUMERATED and n_samples >= 2**s.n:
+        z, w = _all_coalitions(s.n, device, dtype)
+        return z[None], w[None].expand(count, -1)
+    z = _shapley_draws(count, n_samples - 2, s.n, stream, device, s.pick(seeds))
+    return z, torch.ones(count, z.shape[1], dtype=dtype, device=device)
+
+
+def _shap_fit(s: FeatureSet, z: torch.Tensor, w: torch.Tensor, y: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """One feature set's Shapley values (its examples, K, n_s) from the model at its coalitions:
+    y (batch, 1 + N, K) holds f at the empty coalition, then at the set's N (and copies padding
+    other sets' longer lists, not read); full (batch, K) is f(x)."""
+    y, full = s.pick(y)[:, : 1 + z.shape[1]], s.pick(full)
+    zf = z.to(y.dtype).expand(y.shape[0], -1, -1)
+    return constrained_lstsq(zf, y[:, 1:] - y[:, :1], w.to(y.dtype), full - y[:, 0])
+
+
+def _shapley_draws(rows: int, n: int, m: int, stream, device, seeds=None) -> torch.Tensor:
     """(rows, n, m) coalitions: a size k in 1..m-1 with probability ~ (m-1)/(k(m-k)), then k of the
     m features uniformly, by selection sampling (feature j is taken with probability
     (k - taken so far) / (m - j): every k-subset equally likely, exactly k taken, no sort)."""
     u = torch.empty(rows, n, m + 1, device=device, dtype=torch.float64)
-    per_example(stream, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g))
+    per_example(stream, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g), seeds)
     sizes = torch.arange(1, m, dtype=torch.float64, device=device)
     cdf = torch.cumsum((m - 1) / (sizes * (m - sizes)), 0)
     need = (torch.searchsorted(cdf / cdf[-1], u[..., 0].contiguous(), right=True).clamp_max(m - 2) + 1).to(u.dtype)
