@@ -355,3 +355,37 @@ def test_globals_read_by_called_functions_are_a_new_trace():
         assert fx_head.traced_head(split, split.act(X), (X,)) is not traced
     finally:
         OFFSET = 0.0
+
+
+class ClassScaled(nn.Module):
+    """Reads a class attribute and an attribute of an imported module (here `types`' stand-in, a
+    module object made for the test)."""
+
+    FACTOR = 1.0
+
+    def __init__(self):
+        super().__init__()
+        self.layer, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.layer(x))) * self.FACTOR * _CFG.SHIFT
+
+
+_CFG = types.ModuleType("xattr_test_cfg")  # an imported configuration module
+_CFG.SHIFT = 1.0
+
+
+def test_class_attributes_and_module_attributes_are_a_new_trace():
+    model = _double(ClassScaled())
+    split, check = _head_checker(model)
+    try:
+        check()
+        traced = fx_head.traced_head(split, split.act(X), (X,))
+        assert traced is not None
+        ClassScaled.FACTOR = 2.0
+        check()
+        _CFG.SHIFT = 3.0
+        check()
+        assert fx_head.traced_head(split, split.act(X), (X,)) is not traced
+    finally:
+        ClassScaled.FACTOR, _CFG.SHIFT = 1.0, 1.0

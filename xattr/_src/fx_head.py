@@ -21,9 +21,10 @@ the identity and mode of every module, parameter and buffer, and by the plain at
 (numbers, strings, flags, containers of them by value; plain objects such as a config
 namespace by identity and their attributes; other objects by identity) of every module whose
 own forward is traced, the model's own classes, and the module-level names their forwards
-read, and those read by the Python functions they call (module-level functions and methods of
-the model's own classes, three calls deep): fx bakes what they read into the graph, so a changed
-temperature is a new trace. A forward that writes attributes of
+read, the attributes of the model's own classes and of imported modules that they read
+(``self.SCALE``, ``cfg.SCALE``), and the same for the Python functions they call (module-level
+functions, also through a module, and methods of the model's own classes, three calls deep):
+fx bakes what they read into the graph, so a changed temperature is a new trace. A forward that writes attributes of
 its modules (``self.features = h``) is not traced again after the first attempt: the trace
 would leave fx Proxies there (they are put back) and the graph would skip the writes.
 """
@@ -148,15 +149,29 @@ def _globals_read(forward, cls: type | None = None, depth: int = 3, seen: set | 
     if code is None or env is None or code in seen:
         return ()
     seen.add(code)
-    key = []
-    for name in _names(code):
+    names, key = _names(code), []
+    for name in names:
         value = env.get(name, _MISSING)
-        if value is _MISSING and cls is not None:  # self.helper(...): a method of the class
+        if value is _MISSING and cls is not None:  # self.helper(...), self.SCALE: the class's own
             value = next((k.__dict__[name] for k in _own_classes(cls) if name in k.__dict__), _MISSING)
-            value = getattr(value, "__func__", value)  # a staticmethod or classmethod
-            if not _user_function(value):
-                continue
+            value = getattr(value, "fget", None) or getattr(value, "__func__", value)  # a property, static or class method
         if value is _MISSING:
+            continue
+        key.append((name, _value(value)))
+        if depth and _user_function(value):
+            key.append(_globals_read(value, cls, depth - 1, seen))
+        elif isinstance(value, types.ModuleType) and not value.__name__.startswith("torch"):
+            key.append(_module_read(value, names, cls, depth, seen))  # cfg.SCALE, helpers.post(h)
+    return tuple(key)
+
+
+def _module_read(module: types.ModuleType, names: tuple, cls, depth: int, seen: set) -> tuple:
+    """What a forward may read off an imported module (``cfg.SCALE``, ``helpers.post``): its
+    attributes named in the code, by value, and the globals of its functions that are called."""
+    key = []
+    for name in names:
+        value = getattr(module, name, _MISSING)
+        if value is _MISSING or isinstance(value, types.ModuleType):
             continue
         key.append((name, _value(value)))
         if depth and _user_function(value):
@@ -176,6 +191,8 @@ def _names(code) -> tuple:
             c = todo.pop()
             found.update(dict.fromkeys(c.co_names))
             todo.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+        if len(_NAMES) > 4096:  # models built on the fly bring new code objects: never grow without bound
+            _NAMES.clear()
         names = _NAMES[code] = tuple(found)
     return names
 
@@ -187,6 +204,8 @@ def _own_classes(cls: type) -> tuple:
     """The classes of ``cls``'s method resolution order that are not torch's own."""
     own = _OWN.get(cls)
     if own is None:
+        if len(_OWN) > 4096:
+            _OWN.clear()
         own = _OWN[cls] = tuple(k for k in cls.__mro__ if k is not object and not k.__module__.startswith("torch"))
     return own
 
