@@ -205,3 +205,19 @@ def test_random_per_example_masks(ids, name):
     if name == "kernel_shap":
         with torch.no_grad():
             torch.testing.assert_close(coef.sum(1), f(x) - f(torch.zeros_like(x)), **CLOSE)
+
+
+@pytest.mark.parametrize("method", ["feature_ablation", "kernel_shap", "shapley_values"])
+def test_per_example_masks_inside_a_fold(method):
+    """smooth folds copies of the batch into its rows: a per-example mask follows its examples'
+    copies (it was refused: 'feature_mask has 4 rows for a batch of 12'). With no noise and
+    deterministic estimators (KernelSHAP enumerating), the smoothed result is the plain one."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1)).double()
+    f = lambda x: net(x)[:, 0]  # noqa: E731
+    x = torch.randn(4, 6, dtype=torch.float64)
+    mask = torch.tensor([[0, 0, 1, 1, 2, 2], [0, 1, 2, 3, 4, 5], [0, 0, 0, 1, 1, 1], [5, 5, 3, 3, 1, 1]])
+    extra = {"n_samples": 64, "generator": 0} if method == "kernel_shap" else {}
+    plain = getattr(xattr, method)(f, feature_mask=mask, **extra)
+    smoothed = xattr.smooth(plain, stdevs=0.0, n_samples=3, generator=1)
+    torch.testing.assert_close(smoothed(x), plain(x), rtol=0, atol=1e-12)

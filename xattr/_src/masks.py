@@ -225,6 +225,8 @@ def _check_mask(x: torch.Tensor, m) -> torch.Tensor:
         raise ValueError(f"feature_mask of shape {given} has more dims than the input {tuple(x.shape)}")
     if m.ndim < x.ndim:  # a mask for one example: add the batch axis
         m = m.reshape((1,) * (x.ndim - m.ndim) + tuple(m.shape))
+    if 1 < m.shape[0] != x.shape[0] and m.shape[0] == T.true_batch() and x.shape[0] % m.shape[0] == 0:
+        m = T.tile_rows(m, x.shape[0])  # per-example masks inside a fold (smooth, expectation, ...)
     if m.shape[0] not in (1, x.shape[0]):
         raise ValueError(f"feature_mask has {m.shape[0]} rows for a batch of {x.shape[0]}: use 1 (shared) or B")
     try:
