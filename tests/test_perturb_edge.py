@@ -100,6 +100,12 @@ def test_integer_baselines_the_dtype_cannot_hold_are_refused(dtype, baseline):
         xattr.feature_ablation(lambda i: i.double().sum(1), baselines=baseline)(ids)
 
 
+def test_the_refusal_names_the_baseline_values_out_of_range():
+    ids = torch.tensor([[4, 8, 1, 0, 2, 3]], dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"got \[300\]$"):
+        xattr.feature_ablation(lambda i: i.double().sum(1), baselines=torch.tensor([0, 1, 2, 3, 4, 300]))(ids)
+
+
 def test_integer_baselines_at_the_edges_of_the_range_are_exact():
     seen = []
     record = lambda i: (seen.append(i.clone()), i.double().sum(1))[1]  # noqa: E731

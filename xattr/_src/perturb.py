@@ -490,10 +490,9 @@ def _check_exact(inputs, baselines) -> None:
         lo, hi = (0, 1) if x.dtype == torch.bool else (torch.iinfo(x.dtype).min, torch.iinfo(x.dtype).max)
         span = _whole_span(b)
         if span is None or span[0] < lo or span[1] > hi:  # casting would truncate, or wrap (300 -> 44 in uint8)
-            values = [b] if isinstance(b, (bool, int, float)) else torch.as_tensor(b).flatten().tolist()
             raise ValueError(
                 f"baselines for a {x.dtype} input must be values of that dtype (e.g. a padding id), whole numbers "
-                f"from {lo} to {hi}; got {values[:4]}{'...' if len(values) > 4 else ''}"
+                f"from {lo} to {hi}; got {_offending(b, lo, hi)}"
             )
 
     n_leaves = len(T.leaves(inputs))
@@ -506,6 +505,18 @@ def _check_exact(inputs, baselines) -> None:
         if "baselines for a" in str(err):
             raise
         # a structure mismatch: baselines_like says so
+
+
+def _offending(b, lo, hi) -> str:
+    """The baseline values that break `_check_exact`'s rule (at most 4 of them), for its message."""
+    if isinstance(b, (bool, int, float)):
+        return repr(b)
+    t = torch.as_tensor(b).flatten()
+    if not t.is_complex():
+        t = t.double() if t.is_floating_point() else t
+        t = t[(t < lo) | (t > hi) | (t != t.round())] if t.is_floating_point() else t[(t < lo) | (t > hi)]
+    values = t.tolist()
+    return f"{values[:4]}{'...' if len(values) > 4 else ''}"
 
 
 def _whole_span(b) -> tuple | None:
