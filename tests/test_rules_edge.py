@@ -226,6 +226,89 @@ def test_an_input_layer_rule_behind_flatten_reads_a_view_of_the_input(rule):
     torch.testing.assert_close(k[:, 1], r)
 
 
+def flat_mlp(seed: int = 8) -> nn.Sequential:
+    return _seeded(seed, lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 8, bias=False), nn.ReLU(), nn.Linear(8, 3, bias=False)))
+
+
+def test_an_input_layer_rule_reads_a_batch_sliced_from_a_larger_tensor():
+    """A view of a view (``data[:4]`` handed to the model, then nn.Flatten) has no replayable
+    view function: it was refused as "not an attributed input"; it is the clone's relevance."""
+    model = flat_mlp()
+    data = torch.rand(10, 3, 4, dtype=D)
+    fn = xattr.lrp(xattr.target(model, 0), composite={**lrp_rules(1e-12), "1": ZBox(0.0, 1.0)}, return_delta=True)
+    r, delta = fn(data[:4])
+    expected, _ = fn(data[:4].clone())
+    torch.testing.assert_close(r, expected)
+    torch.testing.assert_close(delta, torch.zeros_like(delta), atol=1e-9, rtol=0)  # conserved (bias-free)
+
+
+class Moved(nn.Module):
+    """The input-layer linear reads data moved from the input (no view of it)."""
+
+    def __init__(self, move):
+        super().__init__()
+        self.move = move
+        self.a, self.b = nn.Linear(12, 8, bias=False), nn.Linear(8, 3, bias=False)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(self.move(x))))
+
+
+DATA_MOVES = {
+    "permute-flatten": lambda x: x.permute(0, 2, 1).flatten(1),
+    "permute-reshape": lambda x: torch.permute(x, (0, 2, 1)).reshape(x.shape[0], -1),
+    "transpose-contiguous": lambda x: x.transpose(1, 2).contiguous().flatten(1),
+    "cat of slices": lambda x: torch.cat([x.permute(0, 2, 1)[:, :2], x.permute(0, 2, 1)[:, 2:]], 1).flatten(1),
+    "full slice": lambda x: x.permute(0, 2, 1)[:, :].flatten(1),
+    "index": lambda x: x.permute(0, 2, 1).flatten(1)[:, torch.arange(12)],
+    "stack-unbind": lambda x: torch.stack(x.permute(0, 2, 1).unbind(1), 1).flatten(1),
+}
+
+
+@pytest.mark.parametrize("move", list(DATA_MOVES))
+def test_an_input_layer_rule_reads_data_moved_from_the_input(move):
+    """Data movement that is not a view (a copy after permute, cat, indexing) was refused as "not
+    an attributed input": the rules mode replays it on the copy (NOTE: [Input-layer relevance])."""
+    rule = ZBox(0.0, 1.0)
+    model = _seeded(10, lambda: Moved(DATA_MOVES[move]))
+    x = torch.rand(2, 3, 4, dtype=D)
+    r, delta = xattr.lrp(xattr.target(model, 0), composite={**lrp_rules(1e-12), "a": rule}, return_delta=True)(x)
+    torch.testing.assert_close(delta, torch.zeros_like(delta), atol=1e-9, rtol=0)  # conserved (bias-free)
+    moved = DATA_MOVES[move](x)
+    by_hand = xattr.grad(xattr.target(xattr.rules(lambda z: model.b(torch.relu(model.a(z))), {**lrp_rules(1e-12), model.a: rule},
+                                                  root=model), 0))(moved)  # fmt: skip
+    xr = x.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(DATA_MOVES[move](xr), xr, by_hand)  # the moved relevance, moved back
+    torch.testing.assert_close(r, expected)
+
+
+class MovedHidden(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8, bias=False), nn.Linear(8, 3, bias=False)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)).transpose(0, 1).contiguous().transpose(0, 1))
+
+
+def test_an_input_layer_rule_reading_a_moved_hidden_layer_is_refused():
+    model = _seeded(11, MovedHidden)
+    with pytest.raises(ValueError, match="whose input is not an attributed input"):
+        xattr.lrp(xattr.target(model, 1), composite={**lrp_rules(), "b": ZBox(0.0, 1.0)})(torch.rand(4, 6, dtype=D))
+
+
+def test_an_input_layer_rule_on_an_argument_not_attributed_runs_as_is():
+    """With argnums choosing a subset, ZBox on the layer reading the other argument was refused as
+    a hidden layer; it reads a leaf of the call, so its relevance simply goes nowhere."""
+    model = _seeded(6, TwoInputs)
+    img, tab = torch.rand(3, 6, dtype=D), torch.rand(3, 3, dtype=D)
+    f = xattr.target(model, 1)
+    boxed = {**lrp_rules(1e-12), "img": ZBox(0.0, 1.0), "tab": ZBox(0.0, 1.0)}
+    r_img, r_tab = xattr.lrp(f, argnums=(0, 1), composite=boxed)(img, tab)
+    torch.testing.assert_close(xattr.lrp(f, argnums=0, composite=boxed)(img, tab), r_img)
+    torch.testing.assert_close(xattr.lrp(f, argnums=1, composite=boxed)(img, tab), r_tab)
+
+
 # --------------------------------------------------------------------------- mapping keys
 
 

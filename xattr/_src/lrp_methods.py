@@ -9,15 +9,22 @@ An input-layer rule (`ZBox`, `WSquare`, `Flat`) hands back its input's relevance
 gradient to multiply by the input. Where it reads an attributed input directly, the signal that
 input receives is therefore relevance along that path and a gradient along every other (a
 second input, a skip from the input, a layer without such a rule reading it too), and one
-number cannot say which part is which. So `lrp` gives the model, beside each attributed input x,
-a copy c of equal value, and each input-layer op that reads x (or a view of x, e.g. through
-``nn.Flatten``) is rerouted to read c (or the same view of c; `_InputLayer._reroute`); nothing
-else sees c. One backward pass then gives c the relevance of the input-layer rules and x the
+number cannot say which part is which. So `lrp` gives the model, beside each attributed input x
+(handed over as a fresh clone, never a view of the caller's tensor), a copy c of equal value,
+and each input-layer op that reads x, or data moved from x, is rerouted to read c, or the same
+data moved from c (`_InputLayer._reroute`); nothing else sees c. While the model runs, the rules
+mode replays each data movement (views, reshape, permute, contiguous, cat, stack, indexing, ...:
+`rules.MOVES`) that takes x or data moved from x on the copies, and records the pair, so the
+input-layer op can find what to read (`rules._moved`); in a movement that mixes such data with
+other tensors, the replay reads those others detached, so the rules' relevance reaching them
+goes nowhere. One backward pass then gives c the relevance of the input-layer rules and x the
 gradient of the other paths, and the input's relevance is ``g_c + x * g_x``: the rules' share as
-is, the rest in gradient form. An input no such rule reads gets ``x * g_x`` (its g_c is zero),
-and an input-layer rule on a layer that reads anything else (a hidden layer, a normalised
-input) is an error, since what it returns would travel down the layers below as a gradient.
-Without input-layer rules in the composite no copy is made.
+is, the rest in gradient form. An input no such rule reads gets ``x * g_x`` (its g_c is zero).
+An input-layer op reading (data moved from) an argument of the call that is not attributed runs
+as it is: that argument is a leaf of the call, so its relevance goes nowhere. An input-layer
+rule on a layer that reads anything else (a hidden layer, a normalised input) is an error,
+since what it returns would travel down the layers below as a gradient. Without input-layer
+rules in the composite no copy is made and nothing is tracked.
 """
 
 from __future__ import annotations
@@ -49,13 +56,22 @@ class _ReadingCopies:
         self.multi_output = bool(getattr(f, "multi_output", False))
 
     def __call__(self, *args):
-        real, copies = args[: self.n_args], args[self.n_args :]
-        pairs = zip(T.leaves(tuple(real[i] for i in self.nums)), T.leaves(copies))
-        token = INPUT_COPIES.set({id(x): (x, c) for x, c in pairs if isinstance(x, torch.Tensor)})
+        real, copies = list(args[: self.n_args]), args[self.n_args :]
+        # the arguments not attributed stand for themselves: an input-layer op reading one runs as is
+        table = {id(t): (t, t) for i, a in enumerate(real) if i not in self.nums for t in _tensors(a)}
+        for i, c in zip(self.nums, copies):
+            # a fresh tensor, not a view of the caller's: views of it can be replayed on the copy
+            real[i] = T.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, real[i])
+            table.update((id(x), (x, y)) for x, y in zip(_tensors(real[i]), _tensors(c)))
+        token = INPUT_COPIES.set(table)
         try:
             return self.f(*real)
         finally:
             INPUT_COPIES.reset(token)
+
+
+def _tensors(tree) -> list:
+    return [t for t in T.leaves(tree) if isinstance(t, torch.Tensor)]
 
 
 def _input_layer_rows(ruled: Callable, args: tuple, nums: tuple, chunk_size):
@@ -90,7 +106,8 @@ def lrp(
     Args (beyond the shared ones):
       composite: ``{key: rule}`` as for `xattr.rules` (see `xattr.rule.epsilon_gamma_box`,
         `xattr.rule.epsilon_plus`). An input-layer rule (`ZBox`, `WSquare`, `Flat`) must sit on
-        a layer reading an attributed input (or a view of it); the relevance it gives is
+        a layer reading an argument of the call (or data moved from one: a view, reshape,
+        permute, cat, indexing); the relevance it gives is
         returned as is, plus ``x * g`` from any other path (NOTE: [Input-layer relevance]).
       root: the module that names in ``composite`` refer to (found behind f when omitted).
       return_delta: also return ``sum(R) - f(x)`` per example, (B,) or (B, K).

@@ -25,13 +25,10 @@ import torch.nn.functional as F
 
 from . import ops
 from .deeplift_rules import checked_eps, floored, pool_with_indices, unpool
-from .rules import Rule, Saved, pullback
+from .rules import INPUT_COPIES, Rule, Saved, pullback
 
 # set by layer_lrp: an input-layer rule whose input depends on the layer's activation is an error
 ABOVE_SPLIT: contextvars.ContextVar = contextvars.ContextVar("xattr_layer_lrp", default=False)
-# set by lrp while the model runs: {id(attributed input): (input, its copy)} (NOTE: [Input-layer
-# relevance] in lrp_methods.py)
-INPUT_COPIES: contextvars.ContextVar = contextvars.ContextVar("xattr_lrp_input_copies", default=None)
 
 WEIGHTED = frozenset({"linear", "conv", "batch_norm"})
 LAYERS = WEIGHTED | {"avg_pool", "max_pool"}
@@ -274,9 +271,10 @@ class _InputLayer(Rule):
         if copy is None:
             raise ValueError(
                 f"lrp: the input-layer rule {type(self).__name__} is on a {op.kind} layer whose input is not an "
-                "attributed input (args[argnums], or a view of one such as nn.Flatten's): it returns relevance, "
-                "which the layers below it would treat as a gradient. Put it on the layer that reads the input "
-                "(by module name or instance), or use Epsilon/Gamma there"
+                "attributed input (args[argnums], or data moved from one: a view such as nn.Flatten's, a reshape, "
+                "permute, cat, indexing): it returns relevance, which the layers below it would treat as a "
+                "gradient. Put it on the layer that reads the input (by module name or instance), or use "
+                "Epsilon/Gamma there"
             )
         return ops.Op(op.kind, op.fn, (copy,) + tuple(op.tensors[1:]), op.options, op.func, op.inplace)
 
@@ -292,12 +290,13 @@ class _InputLayer(Rule):
 
 
 def _copy_of(copies: dict, x: torch.Tensor):
-    """The copy standing for x: its own where x is an attributed input, the same view of its
-    input's copy where x is a view of one (``x.flatten(1)``), else None."""
+    """What the op reads in place of x: the copy of x where x is an attributed input or data
+    moved from one (``x.flatten(1)``, ``torch.cat``: `rules._moved` records these), x itself where
+    it is (moved from) an argument of the call that is not attributed, else None."""
     hit = copies.get(id(x))
     if hit is not None and hit[0] is x:
         return hit[1]
-    base = x._base
+    base = x._base  # a view made where the rules mode does not see it
     hit = None if base is None else copies.get(id(base))
     if hit is not None and hit[0] is base:
         return x._view_func(hit[1])

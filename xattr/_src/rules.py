@@ -37,6 +37,7 @@ track the running modules with global forward hooks that exist only during the c
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from typing import Callable, Mapping, NamedTuple
 
 import torch
@@ -481,15 +482,77 @@ def _check_instances(root: nn.Module, keys: list) -> None:
         )
 
 
+# set by lrp while the model runs: {id(tensor): (tensor, the tensor to read in its place)} for
+# the arguments of the call and the data moved from them (NOTE: [Input-layer relevance] in
+# lrp_methods.py; read by lrp_rules._InputLayer._reroute)
+INPUT_COPIES: contextvars.ContextVar = contextvars.ContextVar("xattr_lrp_input_copies", default=None)
+
+
+def _moving_functions() -> frozenset:
+    """Torch functions and Tensor methods that only move data (pick, reorder, join or repeat
+    elements, or change dtype): what they give from an input, they give alike from its copy."""
+    names = (
+        "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "ravel", "permute", "transpose",
+        "swapaxes", "swapdims", "movedim", "moveaxis", "t", "contiguous", "clone", "detach", "squeeze", "unsqueeze",
+        "expand", "expand_as", "broadcast_to", "narrow", "select", "index_select", "gather", "take_along_dim",
+        "masked_select", "__getitem__", "unfold", "as_strided", "flip", "fliplr", "flipud", "roll", "rot90",
+        "repeat", "tile", "repeat_interleave", "cat", "concat", "concatenate", "stack", "hstack", "vstack",
+        "dstack", "split", "chunk", "unbind", "tensor_split", "to", "type_as", "float", "double", "half",
+        "bfloat16", "atleast_1d", "atleast_2d", "atleast_3d",
+    )  # fmt: skip
+    found = (getattr(owner, name, None) for owner in (torch, torch.Tensor) for name in names)
+    return frozenset(f for f in found if callable(f))
+
+
+MOVES = _moving_functions()
+
+
+def _substituted(copies: dict, value, found: list):
+    """value with each tensor the table knows replaced by the one read in its place (listed in
+    found), and every other tensor detached: nothing but the copies may take the rules' relevance."""
+    if isinstance(value, torch.Tensor):
+        hit = copies.get(id(value))
+        if hit is not None and hit[0] is value:
+            found.append(hit[1] is value)
+            return hit[1]
+        return value.detach()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_substituted(copies, v, found) for v in value)
+    return value
+
+
+def _moved(copies: dict, func, args: tuple, kwargs: dict):
+    """func(*args, **kwargs), a data movement: where it takes an argument of the call or data
+    moved from one, the same call on what is read in their place is recorded beside its result,
+    so that an input-layer op reading the result can find its copy (`lrp_rules._copy_of`)."""
+    out = func(*args, **kwargs)
+    found: list = []
+    swapped = _substituted(copies, args, found), {k: _substituted(copies, v, found) for k, v in kwargs.items()}
+    if not found:
+        return out
+    # only arguments that stand for themselves (not attributed): the result stands for itself too
+    read = out if all(found) else func(*swapped[0], **swapped[1])
+    if isinstance(out, torch.Tensor):
+        copies[id(out)] = (out, read)
+    elif isinstance(out, (list, tuple)):
+        for o, r in zip(out, read):
+            if isinstance(o, torch.Tensor):
+                copies[id(o)] = (o, r)
+    return out
+
+
 class _RulesMode(TorchFunctionMode):
     def __init__(self, table: _Table):
         super().__init__()
         self.table, self.parsers = table, table.parsers
         self.stack: list = []
+        self.copies = INPUT_COPIES.get()  # None outside lrp's input-layer runs: no tracking then
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         parser = self.parsers.get(func)
         if parser is None:  # every call of the model passes here: keep it short
+            if self.copies is not None and func in MOVES:
+                return _moved(self.copies, func, args, kwargs or {})
             return func(*args, **kwargs) if kwargs else func(*args)
         kwargs = kwargs or {}
         op = parser(func, *args, **kwargs)
