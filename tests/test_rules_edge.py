@@ -514,3 +514,16 @@ def test_no_warning_from_a_plain_merge():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         xattr.merge_batch_norm(lenet())
+
+
+def test_neuron_conductance_of_a_ruled_model_under_vmap_equals_the_batch():
+    """Its dF/dh inside vmap is a gradient taken at a constant (stopped): not a second
+    differentiation of the rules (it was refused under vmap); an outer grad still is."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 36, 4)).double().eval()
+    x = torch.rand(3, 1, 6, 6, dtype=torch.float64)
+    ruled = xattr.rules(m, {F.relu: xattr.rule.Guided()})
+    nc = xattr.neuron_conductance(xattr.at_layer(xattr.target(ruled, 1), m[0]), (0, 2, 2))
+    torch.testing.assert_close(torch.func.vmap(nc)(x[:, None])[:, 0], nc(x))
+    with pytest.raises(NotImplementedError, match="differentiates"):
+        torch.func.grad(lambda x: nc(x).sum())(x)

@@ -42,6 +42,7 @@ from .checks import check_finite
 from .gradients import _rows, _zero_if_none, vjp_rows
 from .layers import Split, _clone
 from .paths import path_integral, straight_line_unit
+from .rules import taken_as_constant
 from .targets import Outputs, Targeted
 
 
@@ -67,7 +68,8 @@ def _value_and_layer_grad(split: Split, args: tuple):
     """(the layer's value, differentiable w.r.t. args; dF/dh, constant at this level) at ``args``."""
     if torch._C._functorch.maybe_current_level() is not None or torch.compiler.is_compiling():
         h = split.act(*args)
-        _, (g,) = vjp_rows(split.head, (h,) + tuple(args), (0,), method="neuron_conductance")
+        with taken_as_constant():  # stopped below: a ruled model's rules are not differentiated twice
+            _, (g,) = vjp_rows(split.head, (h,) + tuple(args), (0,), method="neuron_conductance")
         return h, T.tree_map(_stop_gradient, g)
     values: list[list] = [[] for _ in split.modules]
     fresh: list[list] = [[] for _ in split.modules]

@@ -290,6 +290,21 @@ def differentiating_levels() -> int:
     return sum(i.key() in kinds for i in retrieve_all_functorch_interpreters())
 
 
+_CONSTANT_LEVELS: contextvars.ContextVar = contextvars.ContextVar("xattr_constant_levels", default=0)
+
+
+@contextlib.contextmanager
+def taken_as_constant():
+    """Marks a gradient taken inside another transform whose result the caller stops (holds
+    constant) before anything differentiates it: its level does not count as differentiating
+    the rules (`first_order_only`; neuron conductance's dF/dh inside vmap)."""
+    token = _CONSTANT_LEVELS.set(_CONSTANT_LEVELS.get() + 1)
+    try:
+        yield
+    finally:
+        _CONSTANT_LEVELS.reset(token)
+
+
 def first_order_only(method: str, *, allowed: int = 0) -> None:
     """Refuses a rule-based computation that an outer transform would differentiate.
 
@@ -306,7 +321,7 @@ def first_order_only(method: str, *, allowed: int = 0) -> None:
     allowed. ``rules(f)`` itself allows one level (the gradient that follows the rules) and
     refuses a second. The gradient and perturbation methods stay differentiable (NOTE: [Detached
     results])."""
-    if differentiating_levels() > allowed:
+    if differentiating_levels() - _CONSTANT_LEVELS.get() > allowed:
         raise NotImplementedError(
             f"{method} cannot run inside a torch.func transform that differentiates it (grad, vjp, jacrev, jvp, "
             "jacfwd): its rules replace the derivatives of ops, so derivatives of its attributions would follow "
