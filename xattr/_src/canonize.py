@@ -16,11 +16,23 @@ reads its output (`_pairs`): one call each, the layer's only reader the batch no
 module's parameters read by other code. A model with data-dependent control flow (``if
 x.sum() > 0``) has no single graph; it is traced once per path through its conditions, each
 condition answered True or False in turn (`_every_path`, at most 64 paths), and a pair is
-merged only where every path calls both modules as a pair or neither. The merged modules are
-then swapped into the model itself, whose forward (and its control flow) stays. A model that
-cannot be traced even so (loops over tensor values, numpy, too many paths) is returned
-unmerged, with a warning. What fx cannot see cannot be checked: hooks, and modules reached
-through globals.
+merged only where every path calls both modules as a pair or neither. A path that raises when
+traced (an ``assert`` or ``raise`` on a condition: answered so, the model would raise too) is
+taken as one the model cannot run, and skipped: the pairs are checked on the paths that trace.
+One that fails because fx cannot trace its code (a Proxy where a value is needed: loops over
+tensor values, numpy) is not skipped, as that path may run for real and call a layer without
+its batch norm. The merged modules are then swapped into a copy of the model, whose forward
+(and its control flow) stays. A model that cannot be traced even so (code fx cannot trace on
+some path, no path that traces, too many paths) is returned unmerged, with a warning. What fx
+cannot see cannot be checked: hooks, and modules reached through globals; conditions on Python
+values (not tensors) are taken as they are when traced.
+
+Tracing runs the forward's Python code, and a forward may change the module's state (a call
+counter, a cache it fills on the first call, perhaps with an fx Proxy). So each trace runs on a
+throwaway deep copy of the model, and the merged modules go into a copy never traced (module
+names are the same in every copy). The GraphModule of a single graph is returned only where the
+trace wrote no attribute of any module: one that did has its writes baked into the graph or
+dropped, and gets an untraced copy with the merged modules swapped in instead.
 
 A linear layer acts on the last dim and a batch norm on dim 1: the two are the same dim only
 for activations of shape (B, F). A merged linear (`FoldedLinear`, still an ``nn.Linear``) keeps
@@ -33,6 +45,8 @@ from __future__ import annotations
 
 import collections
 import copy
+import os
+import traceback
 import warnings
 
 import torch
@@ -113,18 +127,24 @@ def merge_batch_norm(model: nn.Module) -> nn.Module:
     module names are kept, merged batch norms become ``nn.Identity``, merged linears
     `FoldedLinear`s (an ``nn.Linear``); batch norms without running statistics stay, and so do
     pairs whose layer is also called elsewhere or whose output is also read elsewhere. Uses a
-    torch.fx graph of the model, or one per path through its data-dependent conditions; a model
-    fx cannot trace so comes back unmerged, with a warning.
+    torch.fx graph of the model, or one per path through its data-dependent conditions (a path
+    that raises when traced, an ``assert``, is skipped), each traced on a throwaway copy: the copy
+    returned was never traced, so a forward that changes its own state starts as the model's does.
+    A model fx cannot trace so comes back unmerged, with a warning.
 
     Example:
       >>> attr = xattr.lrp(xattr.target(xattr.merge_batch_norm(model), 3))(x)
     """
     _check_eval(model)
-    model = copy.deepcopy(model)
+    throwaway = copy.deepcopy(model)  # tracing runs the forward, which may change its state
+    state = _state(throwaway)
     try:
-        traced = fx.symbolic_trace(model)
+        traced = fx.symbolic_trace(throwaway)
     except Exception:  # noqa: BLE001 - any tracing failure: trace each path through the conditions
         return _merge_along_paths(model)
+    constants = {(throwaway, node.target) for node in traced.graph.nodes if node.op == "get_attr"}
+    if _written(state, _state(throwaway), constants):  # the GraphModule would not write them
+        return _merge_into(copy.deepcopy(model), [traced.graph])
     modules = dict(traced.named_modules())
     for layer, norm in _safe_pairs([traced.graph], modules):
         _replace(traced, layer, _merged(modules[layer], modules[norm]))
@@ -134,7 +154,7 @@ def merge_batch_norm(model: nn.Module) -> nn.Module:
 
 
 def _merge_along_paths(model: nn.Module) -> nn.Module:
-    """Merges, in ``model`` itself, the pairs that are safe on every path through its forward."""
+    """A copy of ``model`` with the pairs merged that are safe on every path through its forward."""
     graphs, error = _every_path(model)
     if graphs is None:
         warnings.warn(
@@ -142,12 +162,48 @@ def _merge_along_paths(model: nn.Module) -> nn.Module:
             "its conditions at a time, so no batch norm was merged (the copy computes as the model does)",
             stacklevel=3,
         )
-        return model
+        return copy.deepcopy(model)
+    return _merge_into(copy.deepcopy(model), graphs)
+
+
+def _merge_into(model: nn.Module, graphs: list) -> nn.Module:
+    """Merges, in ``model`` itself (never traced), the pairs safe on every graph (traced from copies)."""
     modules = dict(model.named_modules())
     for layer, norm in _safe_pairs(graphs, modules):
         _replace(model, layer, _merged(modules[layer], modules[norm]))
         _replace(model, norm, nn.Identity().train(False))
     return model
+
+
+def _state(model: nn.Module) -> dict:
+    """Every attribute of every module: {(module, name): (value, its items if a container)}."""
+    state = {}
+    for module in model.modules():
+        for name, value in vars(module).items():
+            if name in ("_parameters", "_buffers", "_modules"):
+                state.update({(module, name, key): (item, None) for key, item in value.items()})
+            else:
+                items = value if isinstance(value, (list, tuple, set, frozenset)) else None
+                items = [*value.keys(), *value.values()] if isinstance(value, dict) else items
+                state[(module, name)] = (value, None if items is None else list(items))
+    return state
+
+
+def _written(before: dict, after: dict, constants: set) -> bool:
+    """Whether a trace changed the state (`_state`): an attribute set or deleted, a container's
+    items changed; the tensor constants fx itself attaches to the root (``constants``: (root,
+    name) of each get_attr of the graph) aside."""
+    if after.keys() - before.keys() - constants:
+        return True
+    return any(key not in after or not _same(value, after[key][0]) or not _same(items, after[key][1])
+               for key, (value, items) in before.items())  # fmt: skip
+
+
+def _same(a, b) -> bool:
+    """The same object, or lists of the same objects."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    return a is b
 
 
 class _PathTracer(fx.Tracer):
@@ -168,28 +224,42 @@ _PATHS = 64  # most paths traced: a forward with more conditions is left unmerge
 
 
 def _every_path(model: nn.Module):
-    """(the fx graph of every path through the forward's conditions, None), or (None, why not).
+    """(the fx graph of every path through the forward's conditions that traces, None), or
+    (None, why not). Each path is traced on a throwaway deep copy of ``model``.
 
     Depth first: after a path, the last condition answered False is answered True next, those
-    after it dropped, until every condition on every path has been answered both ways."""
-    graphs, choices = [], []
-    before = set(vars(model))
+    after it dropped, until every condition on every path has been answered both ways. A path
+    that raises is one the model cannot run, and skipped, unless fx could not trace its code
+    (NOTE: [Merging batch norm])."""
+    graphs, choices, error = [], [], None
+    for _ in range(_PATHS):
+        tracer = _PathTracer(choices)
+        try:
+            graphs.append(tracer.trace(copy.deepcopy(model)))
+        except Exception as e:  # noqa: BLE001 - a path the model cannot run, or code fx cannot trace
+            error = f"{type(e).__name__}: {e}".split("\n")[0][:200]
+            if _untraceable(e):
+                return None, error
+        made = tracer.made
+        while made and made[-1]:
+            made.pop()
+        if not made:
+            return (graphs, None) if graphs else (None, f"every path raises, {error}")
+        choices = made[:-1] + [True]
+    return None, f"more than {_PATHS} paths through its conditions"
+
+
+def _untraceable(error: Exception) -> bool:
+    """Whether ``error`` is fx failing to trace code (rather than the forward's own ``raise`` or
+    ``assert``): raised by fx, or by code handed a Proxy where it needs a value."""
+    frames = traceback.extract_tb(error.__traceback__)
+    in_fx = bool(frames) and os.path.dirname(fx.__file__) in os.path.abspath(frames[-1].filename)
     try:
-        while len(graphs) < _PATHS:
-            tracer = _PathTracer(choices)
-            graphs.append(tracer.trace(model))
-            made = tracer.made
-            while made and made[-1]:
-                made.pop()
-            if not made:
-                return graphs, None
-            choices = made[:-1] + [True]
-        return None, f"more than {_PATHS} paths through its conditions"
-    except Exception as e:  # noqa: BLE001 - what fx cannot trace on any path
-        return None, f"{type(e).__name__}: {e}".split("\n")[0][:200]
-    finally:
-        for name in set(vars(model)) - before:  # tensor constants the tracer attached to the model
-            del model.__dict__[name]
+        message = str(error)
+    except Exception:  # noqa: BLE001 - an error that cannot even say what it is
+        message = "'Proxy'"
+    handed = any(words in message for words in ("'Proxy'", "got Proxy"))  # "'Proxy' object cannot be ..."
+    return isinstance(error, fx.proxy.TraceError) or in_fx or (handed and not isinstance(error, AssertionError))
 
 
 def _pairs(graph: fx.Graph, modules: dict) -> tuple[dict, collections.Counter, set]:
@@ -199,10 +269,10 @@ def _pairs(graph: fx.Graph, modules: dict) -> tuple[dict, collections.Counter, s
     read = {node.target.rpartition(".")[0] for node in graph.nodes if node.op == "get_attr"}
     pairs = {}
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules[node.target], _NORMS) or not node.args:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), _NORMS) or not node.args:
             continue
         prev = node.args[0]
-        if not (isinstance(prev, fx.Node) and prev.op == "call_module" and _mergeable(modules[prev.target], modules[node.target])):
+        if not (isinstance(prev, fx.Node) and prev.op == "call_module" and _mergeable(modules.get(prev.target), modules[node.target])):
             continue
         if len(prev.users) == 1 and uses[prev.target] == 1 and uses[node.target] == 1:
             pairs[prev.target] = node.target
