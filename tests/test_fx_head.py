@@ -389,3 +389,26 @@ def test_class_attributes_and_module_attributes_are_a_new_trace():
         assert fx_head.traced_head(split, split.act(X), (X,)) is not traced
     finally:
         ClassScaled.FACTOR, _CFG.SHIFT = 1.0, 1.0
+
+
+_LAZY = types.ModuleType("xattr_test_lazy")  # a module whose __getattr__ (PEP 562) fails on other names
+_LAZY.__getattr__ = lambda name: {"SHIFT": 1.0}[name]
+
+
+class LazyConfigured(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.layer(x))
+        return self.b(h.reshape(h.shape[0], -1)) * _LAZY.SHIFT
+
+
+def test_a_module_with_its_own_getattr_is_read_without_calling_it():
+    """Keying reads a module's own attributes only: its __getattr__ ran for every name the
+    forward reads ('torch', 'shape', ...) and its KeyError escaped from the layer method."""
+    model = _double(LazyConfigured())
+    split, check = _head_checker(model)
+    check()
+    assert fx_head.traced_head(split, split.act(X), (X,)) is not None

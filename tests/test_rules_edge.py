@@ -527,3 +527,30 @@ def test_neuron_conductance_of_a_ruled_model_under_vmap_equals_the_batch():
     torch.testing.assert_close(torch.func.vmap(nc)(x[:, None])[:, 0], nc(x))
     with pytest.raises(NotImplementedError, match="differentiates"):
         torch.func.grad(lambda x: nc(x).sum())(x)
+
+
+class _WritesIntoItsInput(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.a, self.b = nn.Linear(4, 5, bias=False), nn.Linear(5, 1, bias=False)
+
+    def forward(self, x):
+        x = x.clone()
+        if self.how == "mul_":
+            x.mul_(2)
+        else:
+            x[:, 0] = 0.0
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("how", ["mul_", "setitem"])
+def test_an_input_layer_rule_reading_data_written_in_place_is_refused(how):
+    """A write into moved input data is not replayed on the copy: the copy would be stale and the
+    relevance that of another function (half of f(x) for x.mul_(2)), so it is refused."""
+    torch.manual_seed(0)
+    m = _WritesIntoItsInput(how).double().eval()
+    x = torch.rand(3, 4, dtype=torch.float64)
+    lrp = xattr.lrp(xattr.target(m, 0), composite={**lrp_rules(1e-12), "a": ZBox(0.0, 1.0)})
+    with pytest.raises(ValueError, match="not an attributed input"):
+        lrp(x)

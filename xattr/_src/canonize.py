@@ -16,12 +16,13 @@ reads its output (`_pairs`): one call each, the layer's only reader the batch no
 module's parameters read by other code. A model with data-dependent control flow (``if
 x.sum() > 0``) has no single graph; it is traced once per path through its conditions, each
 condition answered True or False in turn (`_every_path`, at most 64 paths), and a pair is
-merged only where every path calls both modules as a pair or neither. A path that raises when
-traced (an ``assert`` or ``raise`` on a condition: answered so, the model would raise too) is
-taken as one the model cannot run, and skipped: the pairs are checked on the paths that trace.
-One that fails because fx cannot trace its code (a Proxy where a value is needed: loops over
-tensor values, numpy) is not skipped, as that path may run for real and call a layer without
-its batch norm. The merged modules are then swapped into a copy of the model, whose forward
+merged only where every path calls both modules as a pair or neither. A path that raises right
+after a condition was answered, nothing traced in between (``assert cond``, ``if cond: raise``:
+answered so, the model would raise too), is taken as one the model cannot run, and skipped: the
+pairs are checked on the paths that trace. Any other error (a Proxy where a value is needed:
+loops over tensor values, numpy, ``isinstance`` checks on shapes) means fx cannot trace that
+code, and is not skipped, as that path may run for real and call a layer without its batch
+norm. The merged modules are then swapped into a copy of the model, whose forward
 (and its control flow) stays. A model that cannot be traced even so (code fx cannot trace on
 some path, no path that traces, too many paths) is returned unmerged, with a warning. What fx
 cannot see cannot be checked: hooks, and modules reached through globals; conditions on Python
@@ -45,8 +46,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import os
-import traceback
 import warnings
 
 import torch
@@ -213,11 +212,23 @@ class _PathTracer(fx.Tracer):
     def __init__(self, choices: list):
         super().__init__()
         self.choices, self.made = choices, []
+        self.nodes_when_answered = -1
 
     def to_bool(self, obj) -> bool:
         choice = self.choices[len(self.made)] if len(self.made) < len(self.choices) else False
         self.made.append(choice)
+        self.nodes_when_answered = len(self.graph.nodes)
         return choice
+
+    def cannot_run(self, error: Exception) -> bool:
+        """Whether ``error`` ends a path the model itself cannot take: raised right after a
+        condition this tracer answered, nothing traced in between (``assert cond``, ``if cond:
+        raise``). Anything else (numpy or ``isinstance`` handed a Proxy, fx's own errors) is code
+        fx cannot trace, which real inputs may well run."""
+        return (
+            not isinstance(error, fx.proxy.TraceError)
+            and self.nodes_when_answered == len(self.graph.nodes)
+        )
 
 
 _PATHS = 64  # most paths traced: a forward with more conditions is left unmerged
@@ -238,7 +249,7 @@ def _every_path(model: nn.Module):
             graphs.append(tracer.trace(copy.deepcopy(model)))
         except Exception as e:  # noqa: BLE001 - a path the model cannot run, or code fx cannot trace
             error = f"{type(e).__name__}: {e}".split("\n")[0][:200]
-            if _untraceable(e):
+            if not tracer.cannot_run(e):
                 return None, error
         made = tracer.made
         while made and made[-1]:
@@ -247,19 +258,6 @@ def _every_path(model: nn.Module):
             return (graphs, None) if graphs else (None, f"every path raises, {error}")
         choices = made[:-1] + [True]
     return None, f"more than {_PATHS} paths through its conditions"
-
-
-def _untraceable(error: Exception) -> bool:
-    """Whether ``error`` is fx failing to trace code (rather than the forward's own ``raise`` or
-    ``assert``): raised by fx, or by code handed a Proxy where it needs a value."""
-    frames = traceback.extract_tb(error.__traceback__)
-    in_fx = bool(frames) and os.path.dirname(fx.__file__) in os.path.abspath(frames[-1].filename)
-    try:
-        message = str(error)
-    except Exception:  # noqa: BLE001 - an error that cannot even say what it is
-        message = "'Proxy'"
-    handed = any(words in message for words in ("'Proxy'", "got Proxy"))  # "'Proxy' object cannot be ..."
-    return isinstance(error, fx.proxy.TraceError) or in_fx or (handed and not isinstance(error, AssertionError))
 
 
 def _pairs(graph: fx.Graph, modules: dict) -> tuple[dict, collections.Counter, set]:

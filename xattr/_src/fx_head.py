@@ -168,9 +168,9 @@ def _globals_read(forward, cls: type | None = None, depth: int = 3, seen: set | 
 def _module_read(module: types.ModuleType, names: tuple, cls, depth: int, seen: set) -> tuple:
     """What a forward may read off an imported module (``cfg.SCALE``, ``helpers.post``): its
     attributes named in the code, by value, and the globals of its functions that are called."""
-    key = []
+    key, held = [], vars(module)  # not getattr: a module's own __getattr__ (lazy imports) must not run
     for name in names:
-        value = getattr(module, name, _MISSING)
+        value = held.get(name, _MISSING)
         if value is _MISSING or isinstance(value, types.ModuleType):
             continue
         key.append((name, _value(value)))

@@ -40,7 +40,7 @@ from .checks import warn_if_training
 from .gradients import attribution_fn, vjp_rows
 from .layers import Split, layer_vjp_rows
 from .lrp_rules import ABOVE_SPLIT, INPUT_COPIES, lrp_rules
-from .rules import first_order_only, rules
+from .rules import entry, first_order_only, rules
 
 
 def _input_layer(mapping: Mapping) -> bool:
@@ -58,11 +58,11 @@ class _ReadingCopies:
     def __call__(self, *args):
         real, copies = list(args[: self.n_args]), args[self.n_args :]
         # the arguments not attributed stand for themselves: an input-layer op reading one runs as is
-        table = {id(t): (t, t) for i, a in enumerate(real) if i not in self.nums for t in _tensors(a)}
+        table = {id(t): entry(t, t) for i, a in enumerate(real) if i not in self.nums for t in _tensors(a)}
         for i, c in zip(self.nums, copies):
             # a fresh tensor, not a view of the caller's: views of it can be replayed on the copy
             real[i] = T.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, real[i])
-            table.update((id(x), (x, y)) for x, y in zip(_tensors(real[i]), _tensors(c)))
+            table.update((id(x), entry(x, y)) for x, y in zip(_tensors(real[i]), _tensors(c)))
         token = INPUT_COPIES.set(table)
         try:
             return self.f(*real)

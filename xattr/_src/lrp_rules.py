@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from . import ops
 from .deeplift_rules import checked_eps, floored, pool_with_indices, unpool
-from .rules import INPUT_COPIES, Rule, Saved, pullback
+from .rules import INPUT_COPIES, Rule, Saved, pullback, read_in_place_of
 
 # set by layer_lrp: an input-layer rule whose input depends on the layer's activation is an error
 ABOVE_SPLIT: contextvars.ContextVar = contextvars.ContextVar("xattr_layer_lrp", default=False)
@@ -293,14 +293,12 @@ def _copy_of(copies: dict, x: torch.Tensor):
     """What the op reads in place of x: the copy of x where x is an attributed input or data
     moved from one (``x.flatten(1)``, ``torch.cat``: `rules._moved` records these), x itself where
     it is (moved from) an argument of the call that is not attributed, else None."""
-    hit = copies.get(id(x))
-    if hit is not None and hit[0] is x:
-        return hit[1]
-    base = x._base  # a view made where the rules mode does not see it
-    hit = None if base is None else copies.get(id(base))
-    if hit is not None and hit[0] is base:
-        return x._view_func(hit[1])
-    return None
+    read = read_in_place_of(copies, x)
+    if read is not None:
+        return read
+    base = x._base  # a view made where the rules mode does not see it (it shares base's version)
+    read = None if base is None else read_in_place_of(copies, base)
+    return None if read is None else x._view_func(read)
 
 
 class WSquare(_InputLayer):

@@ -526,10 +526,10 @@ def _substituted(copies: dict, value, found: list):
     """value with each tensor the table knows replaced by the one read in its place (listed in
     found), and every other tensor detached: nothing but the copies may take the rules' relevance."""
     if isinstance(value, torch.Tensor):
-        hit = copies.get(id(value))
-        if hit is not None and hit[0] is value:
-            found.append(hit[1] is value)
-            return hit[1]
+        read = read_in_place_of(copies, value)
+        if read is not None:
+            found.append(read is value)
+            return read
         return value.detach()
     if isinstance(value, (list, tuple)):
         return type(value)(_substituted(copies, v, found) for v in value)
@@ -548,12 +548,28 @@ def _moved(copies: dict, func, args: tuple, kwargs: dict):
     # only arguments that stand for themselves (not attributed): the result stands for itself too
     read = out if all(found) else func(*swapped[0], **swapped[1])
     if isinstance(out, torch.Tensor):
-        copies[id(out)] = (out, read)
+        copies[id(out)] = entry(out, read)
     elif isinstance(out, (list, tuple)):
         for o, r in zip(out, read):
             if isinstance(o, torch.Tensor):
-                copies[id(o)] = (o, r)
+                copies[id(o)] = entry(o, r)
     return out
+
+
+def entry(t: torch.Tensor, read: torch.Tensor) -> tuple:
+    """A table entry: t, what is read in its place, and t's version when recorded (a write into t
+    afterwards, ``t.mul_(2)``, is not replayed on the copy: t no longer stands for it)."""
+    return t, read, t._version
+
+
+def read_in_place_of(copies: dict, t: torch.Tensor):
+    """What the table says is read in place of t, or None: t unknown, or written in place since
+    it was recorded (then its copy is stale, and an input-layer op reading it must be refused
+    rather than read the copy; an argument standing for itself needs no copy and stays)."""
+    hit = copies.get(id(t))
+    if hit is None or hit[0] is not t or (hit[1] is not t and t._version != hit[2]):
+        return None
+    return hit[1]
 
 
 class _RulesMode(TorchFunctionMode):
