@@ -24,7 +24,8 @@ from .gradients import attribution_fn, is_multi_output, vjp_rows
 from .layer_methods import grad_cam, upsample
 from .layers import Split, layer_vjp_rows
 from .methods import _gap
-from .rules import first_order_only, rules
+from .rule_limits import first_order_only
+from .rules import rules
 
 RESCALED = (F.relu, F.elu, F.leaky_relu, torch.sigmoid, torch.tanh, F.softplus, F.gelu, F.silu, F.hardswish, F.hardsigmoid,
             F.relu6, F.hardtanh, F.mish, F.selu, F.celu, F.softsign, F.logsigmoid, F.threshold, F.max_pool2d, F.softmax)

@@ -22,7 +22,7 @@ the parameters' graph. Inside a torch.func transform (jacrev over an attribution
 Integrated Hessians, torch.func.grad over functional_call for attribution-regularised
 training) nothing is disabled and attributions stay differentiable at that transform's level.
 The rule-based methods are the exception: they refuse to run inside a transform that would
-differentiate them (NOTE: [Rule-based attributions are first-order] in rules.py).
+differentiate them (NOTE: [Rule-based attributions are first-order] in rule_limits.py).
 """
 
 from __future__ import annotations

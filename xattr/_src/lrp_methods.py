@@ -14,8 +14,8 @@ number cannot say which part is which. So `lrp` gives the model, beside each att
 and each input-layer op that reads x, or data moved from x, is rerouted to read c, or the same
 data moved from c (`_InputLayer._reroute`); nothing else sees c. While the model runs, the rules
 mode replays each data movement (views, reshape, permute, contiguous, cat, stack, indexing, ...:
-`rules.MOVES`) that takes x or data moved from x on the copies, and records the pair, so the
-input-layer op can find what to read (`rules._moved`); in a movement that mixes such data with
+`input_copies.MOVES`) that takes x or data moved from x on the copies, and records the pair, so the
+input-layer op can find what to read (`input_copies.moved`); in a movement that mixes such data with
 other tensors, the replay reads those others detached, so the rules' relevance reaching them
 goes nowhere. One backward pass then gives c the relevance of the input-layer rules and x the
 gradient of the other paths, and the input's relevance is ``g_c + x * g_x``: the rules' share as
@@ -40,7 +40,9 @@ from .checks import warn_if_training
 from .gradients import attribution_fn, vjp_rows
 from .layers import Split, layer_vjp_rows
 from .lrp_rules import ABOVE_SPLIT, INPUT_COPIES, lrp_rules
-from .rules import entry, first_order_only, rules
+from .input_copies import entry
+from .rule_limits import first_order_only
+from .rules import rules
 
 
 def _input_layer(mapping: Mapping) -> bool:

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from . import ops
 from .deeplift_rules import checked_eps, floored, pool_with_indices, unpool
-from .rules import INPUT_COPIES, Rule, Saved, pullback, read_in_place_of
+from .input_copies import INPUT_COPIES, read_in_place_of
+from .rules import Rule, Saved, pullback
 
 # set by layer_lrp: an input-layer rule whose input depends on the layer's activation is an error
 ABOVE_SPLIT: contextvars.ContextVar = contextvars.ContextVar("xattr_layer_lrp", default=False)
@@ -291,7 +292,7 @@ class _InputLayer(Rule):
 
 def _copy_of(copies: dict, x: torch.Tensor):
     """What the op reads in place of x: the copy of x where x is an attributed input or data
-    moved from one (``x.flatten(1)``, ``torch.cat``: `rules._moved` records these), x itself where
+    moved from one (``x.flatten(1)``, ``torch.cat``: `input_copies.moved` records these), x itself where
     it is (moved from) an argument of the call that is not attributed, else None."""
     read = read_in_place_of(copies, x)
     if read is not None:

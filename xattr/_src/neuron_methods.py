@@ -42,7 +42,7 @@ from .checks import check_finite
 from .gradients import _rows, _zero_if_none, vjp_rows
 from .layers import Split, _clone
 from .paths import path_integral, straight_line_unit
-from .rules import taken_as_constant
+from .rule_limits import taken_as_constant
 from .targets import Outputs, Targeted
 
 

@@ -37,7 +37,6 @@ track the running modules with global forward hooks that exist only during the c
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from typing import Callable, Mapping, NamedTuple
 
 import torch
@@ -45,8 +44,11 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from . import ops
-from .graph_hooks import GRAPH_NODES, hook_graph, input_grad_hook, node_number
+from .graph_hooks import hook_graph, input_grad_hook, node_number
 from .checks import _modules
+from .input_copies import INPUT_COPIES, MOVES, moved
+from .rule_limits import first_order_only, refuse_checkpoint
+from .rule_table import Table
 
 
 class Saved(NamedTuple):
@@ -278,58 +280,6 @@ def _hooked(rule: Rule, op: ops.Op, out):
     return out
 
 
-def differentiating_levels() -> int:
-    """How many torch.func transforms that differentiate are active around this call: ``grad``,
-    ``vjp`` and ``jacrev`` (reverse mode), ``jvp`` and ``jacfwd`` (forward mode); ``vmap`` and
-    ``functionalize`` do not count."""
-    if torch._C._functorch.maybe_current_level() is None:
-        return 0
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters  # noqa: PLC0415
-
-    kinds = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
-    return sum(i.key() in kinds for i in retrieve_all_functorch_interpreters())
-
-
-_CONSTANT_LEVELS: contextvars.ContextVar = contextvars.ContextVar("xattr_constant_levels", default=0)
-
-
-@contextlib.contextmanager
-def taken_as_constant():
-    """Marks a gradient taken inside another transform whose result the caller stops (holds
-    constant) before anything differentiates it: its level does not count as differentiating
-    the rules (`first_order_only`; neuron conductance's dF/dh inside vmap)."""
-    token = _CONSTANT_LEVELS.set(_CONSTANT_LEVELS.get() + 1)
-    try:
-        yield
-    finally:
-        _CONSTANT_LEVELS.reset(token)
-
-
-def first_order_only(method: str, *, allowed: int = 0) -> None:
-    """Refuses a rule-based computation that an outer transform would differentiate.
-
-    NOTE: [Rule-based attributions are first-order]
-    A rule replaces an op's derivative: autograd and torch.func know a ruled op only through the
-    rule's backward. An attribution computed through rules is right, but differentiating it again
-    (``grad``, ``vjp``, ``jacrev``, ``jvp`` or ``jacfwd`` around it) sends the outer derivative
-    through every ruled op by its rule too, not by the op's true derivative, which is wrong as soon
-    as a ruled op's output feeds a later nonlinearity (guided backprop through a tanh measured
-    -19.1 where finite differences give -8.94; DeepLift and LRP are off likewise, and so are
-    parameter gradients). So the rule-based methods refuse to run inside such a transform. They
-    look at entry, before their own VJP (itself a ``vjp`` transform inside another transform,
-    NOTE: [Two differentiation backends]); ``vmap`` alone leaves first-order results right, and is
-    allowed. ``rules(f)`` itself allows one level (the gradient that follows the rules) and
-    refuses a second. The gradient and perturbation methods stay differentiable (NOTE: [Detached
-    results])."""
-    if differentiating_levels() - _CONSTANT_LEVELS.get() > allowed:
-        raise NotImplementedError(
-            f"{method} cannot run inside a torch.func transform that differentiates it (grad, vjp, jacrev, jvp, "
-            "jacfwd): its rules replace the derivatives of ops, so derivatives of its attributions would follow "
-            "the rules too and be wrong. Rule-based attributions are first-order only (vmap is fine); the "
-            "gradient methods (xattr.grad, integrated_gradients, ...) and the perturbation methods are differentiable"
-        )
-
-
 def pullback(fn: Callable, *primals: torch.Tensor):
     """``torch.func.vjp(fn, *primals)`` for use inside a rule's backward.
 
@@ -342,32 +292,9 @@ def pullback(fn: Callable, *primals: torch.Tensor):
     return torch.func.vjp(fn, *(p.clone() for p in primals))
 
 
-def _refuse_checkpoint(rule: Rule, op: ops.Op) -> None:
-    """NOTE: [Rules and activation checkpointing]
-    ``torch.utils.checkpoint(fn, use_reentrant=False)`` keeps none of fn's saved tensors: a
-    saved-tensor hook drops them in the forward, and the backward recomputes them by running fn
-    again, outside the rules' mode. An op run through a rule's `_Apply*` Function saves what the
-    rule's forward computed (DeepLift's multipliers, LRP's ratios), which the plain recomputation
-    does not produce: its backward would read the plain ops' tensors in their place (DeepLift
-    measured off by 6e-2 with no error) or the checkpoint's own check fails. So such an op under
-    a checkpoint is refused. Rules put on the graph instead (NOTE: [Rules as backward hooks],
-    [Rules as output hooks], [Rules as graph hooks]) keep the plain op's node and saved tensors,
-    which the recomputation reproduces: guided backprop and LRP-epsilon at layers stay right
-    (tested). With ``use_reentrant=True`` torch itself refuses ``torch.autograd.grad`` and
-    torch.func transforms, for every method."""
-    hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
-    if hooks is not None and getattr(hooks[0], "__module__", None) == "torch.utils.checkpoint":
-        raise RuntimeError(
-            f"xattr.rules: {type(rule).__name__} at a {op.kind!r} op inside torch.utils.checkpoint: the checkpoint "
-            "recomputes the forward in the backward pass, outside the rules, so the rule's saved values would be "
-            "replaced by the plain op's and the attribution would be wrong. Run the model without activation "
-            "checkpointing for rule-based attributions (e.g. checkpoint only in training mode)"
-        )
-
-
 def apply_rule(rule: Rule, op: ops.Op):
     """Runs ``op`` with ``rule``'s backward; handles in-place calls and returned pooling indices."""
-    _refuse_checkpoint(rule, op)  # NOTE: [Rules and activation checkpointing]
+    refuse_checkpoint(rule, op)  # NOTE: [Rules and activation checkpointing]
     tensors = op.tensors
     if _runs_in_place(rule, op):
         with torch._C.DisableTorchFunction():
@@ -391,189 +318,8 @@ def apply_rule(rule: Rule, op: ops.Op):
     return out
 
 
-class _Table:
-    """The mapping, sorted by key type (NOTE: [Choosing a rule])."""
-
-    def __init__(self, mapping: Mapping, root: nn.Module | None):
-        self.by_kind: dict = {}
-        self.by_name: dict = {}
-        self.by_module: dict = {}
-        self.by_type: dict = {}
-        for key, rule in mapping.items():
-            if not isinstance(rule, Rule):
-                raise TypeError(f"rules maps keys to xattr.rule.Rule objects; {key!r} maps to {type(rule).__name__}")
-            if isinstance(key, str):
-                self.by_name[key] = rule
-            elif isinstance(key, type) and issubclass(key, nn.Module):
-                self.by_type[key] = rule
-            elif isinstance(key, nn.Module):
-                self.by_module[id(key)] = (key, rule)
-            elif key in ops.KIND_OF:
-                kind = ops.KIND_OF[key]
-                _check_accepts(key, kind, rule)
-                if kind in self.by_kind and self.by_kind[kind][1] is not rule:
-                    raise ValueError(
-                        f"{self.by_kind[kind][0]!r} and {key!r} both stand for every {kind!r} op but map to different "
-                        "rules; key by module type (e.g. nn.Conv1d vs nn.Conv2d) to tell them apart"
-                    )
-                self.by_kind[kind] = (key, rule)
-            else:
-                raise TypeError(
-                    f"rules cannot key on {key!r}: use a torch function ({sorted(ops.KINDS)} have one), an "
-                    "nn.Module subclass, an nn.Module instance, or a module name"
-                )
-        self.names: dict = {}
-        if self.by_name:
-            if root is None:
-                raise ValueError("rules keyed by module name need root=the model those names belong to")
-            for n, m in root.named_modules(remove_duplicate=False):  # a shared module has several names
-                self.names.setdefault(id(m), []).append(n)
-            missing = sorted(set(self.by_name) - {n for names in self.names.values() for n in names})
-            if missing:
-                raise ValueError(f"no module named {missing} in {type(root).__name__}")
-        if self.by_module and root is not None:
-            _check_instances(root, [key for key, _ in self.by_module.values()])
-        self.tracks_modules = bool(self.by_name or self.by_module or self.by_type)
-        # The parsers of the ops some rule could claim: the others are not parsed (a parser may
-        # reject a call, e.g. softmax with an implicit dim, that runs fine untouched).
-        self.parsers = {func: parser for func, parser in ops.PARSERS.items() if self.tracks_modules or ops.KIND_OF[func] in self.by_kind}
-        self.by_node = self._graph_hooks()
-
-    def _graph_hooks(self) -> dict:
-        """{autograd node name: (rule, op without tensors)} when every rule can be put on the
-        graph after the call (NOTE: [Rules as graph hooks]), else {}."""
-        if self.tracks_modules or not self.by_kind:
-            return {}
-        by_node = {}
-        for kind, (key, rule) in self.by_kind.items():
-            if (kind not in GRAPH_NODES or kind not in rule.kinds or type(rule).accepts is not Rule.accepts
-                    or type(rule).input_grad is Rule.input_grad):  # fmt: skip
-                return {}
-            plain, names = GRAPH_NODES[kind]
-            light = _without_tensors(ops.PARSERS[plain](plain, torch.zeros(1)))
-            by_node.update(dict.fromkeys(names, (rule, light)))
-        return by_node
-
-    def resolve(self, op: ops.Op, stack: list) -> Rule | None:
-        for module in reversed(stack):
-            for rule in self._module_rules(module):
-                if rule is not None and rule.accepts(op):
-                    return rule
-        rule = self.by_kind.get(op.kind, (None, None))[1]
-        return rule if rule is not None and rule.accepts(op) else None
-
-    def _module_rules(self, module):
-        for name in self.names.get(id(module), ()):
-            yield self.by_name.get(name)
-        if self.by_module:
-            yield self.by_module.get(id(module), (None, None))[1]
-        for cls in type(module).__mro__ if self.by_type else ():
-            yield self.by_type.get(cls)
-
-
-def _check_accepts(key, kind: str, rule: Rule) -> None:
-    """Refuses a kind key whose rule declares it never applies to that kind (``{F.relu: Gamma()}``):
-    the rule would be silently skipped at every such op. A rule with its own ``accepts`` decides
-    per op, so it is left to decide."""
-    if type(rule).accepts is Rule.accepts and kind not in rule.kinds:
-        name = getattr(key, "__name__", repr(key))
-        raise ValueError(
-            f"rules: {name} stands for every {kind!r} op, but {type(rule).__name__} applies to {sorted(rule.kinds)} "
-            "ops only, so it would never run; key it by an op of one of those kinds, or by module"
-        )
-
-
-def _check_instances(root: nn.Module, keys: list) -> None:
-    """Refuses module-instance keys that are not modules of ``root``: no op would ever run inside
-    them, and the rule would be silently skipped (a module of the original model keying a rule
-    for a copy of it, such as `merge_batch_norm`'s, is one)."""
-    inside = {id(m) for m in root.modules()}
-    strangers = [type(k).__name__ for k in keys if id(k) not in inside]
-    if strangers:
-        raise ValueError(
-            f"rules keyed by module instances that are not modules of the {type(root).__name__} being explained: "
-            f"{strangers}. A copy of a module is another instance (xattr.merge_batch_norm returns a copy of the "
-            "model: take the modules from the copy, or key by module name)"
-        )
-
-
-# set by lrp while the model runs: {id(tensor): (tensor, the tensor to read in its place)} for
-# the arguments of the call and the data moved from them (NOTE: [Input-layer relevance] in
-# lrp_methods.py; read by lrp_rules._InputLayer._reroute)
-INPUT_COPIES: contextvars.ContextVar = contextvars.ContextVar("xattr_lrp_input_copies", default=None)
-
-
-def _moving_functions() -> frozenset:
-    """Torch functions and Tensor methods that only move data (pick, reorder, join or repeat
-    elements, or change dtype): what they give from an input, they give alike from its copy."""
-    names = (
-        "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "ravel", "permute", "transpose",
-        "swapaxes", "swapdims", "movedim", "moveaxis", "t", "contiguous", "clone", "detach", "squeeze", "unsqueeze",
-        "expand", "expand_as", "broadcast_to", "narrow", "select", "index_select", "gather", "take_along_dim",
-        "masked_select", "__getitem__", "unfold", "as_strided", "flip", "fliplr", "flipud", "roll", "rot90",
-        "repeat", "tile", "repeat_interleave", "cat", "concat", "concatenate", "stack", "hstack", "vstack",
-        "dstack", "split", "chunk", "unbind", "tensor_split", "to", "type_as", "float", "double", "half",
-        "bfloat16", "atleast_1d", "atleast_2d", "atleast_3d",
-    )  # fmt: skip
-    found = (getattr(owner, name, None) for owner in (torch, torch.Tensor) for name in names)
-    return frozenset(f for f in found if callable(f))
-
-
-MOVES = _moving_functions()
-
-
-def _substituted(copies: dict, value, found: list):
-    """value with each tensor the table knows replaced by the one read in its place (listed in
-    found), and every other tensor detached: nothing but the copies may take the rules' relevance."""
-    if isinstance(value, torch.Tensor):
-        read = read_in_place_of(copies, value)
-        if read is not None:
-            found.append(read is value)
-            return read
-        return value.detach()
-    if isinstance(value, (list, tuple)):
-        return type(value)(_substituted(copies, v, found) for v in value)
-    return value
-
-
-def _moved(copies: dict, func, args: tuple, kwargs: dict):
-    """func(*args, **kwargs), a data movement: where it takes an argument of the call or data
-    moved from one, the same call on what is read in their place is recorded beside its result,
-    so that an input-layer op reading the result can find its copy (`lrp_rules._copy_of`)."""
-    out = func(*args, **kwargs)
-    found: list = []
-    swapped = _substituted(copies, args, found), {k: _substituted(copies, v, found) for k, v in kwargs.items()}
-    if not found:
-        return out
-    # only arguments that stand for themselves (not attributed): the result stands for itself too
-    read = out if all(found) else func(*swapped[0], **swapped[1])
-    if isinstance(out, torch.Tensor):
-        copies[id(out)] = entry(out, read)
-    elif isinstance(out, (list, tuple)):
-        for o, r in zip(out, read):
-            if isinstance(o, torch.Tensor):
-                copies[id(o)] = entry(o, r)
-    return out
-
-
-def entry(t: torch.Tensor, read: torch.Tensor) -> tuple:
-    """A table entry: t, what is read in its place, and t's version when recorded (a write into t
-    afterwards, ``t.mul_(2)``, is not replayed on the copy: t no longer stands for it)."""
-    return t, read, t._version
-
-
-def read_in_place_of(copies: dict, t: torch.Tensor):
-    """What the table says is read in place of t, or None: t unknown, or written in place since
-    it was recorded (then its copy is stale, and an input-layer op reading it must be refused
-    rather than read the copy; an argument standing for itself needs no copy and stays)."""
-    hit = copies.get(id(t))
-    if hit is None or hit[0] is not t or (hit[1] is not t and t._version != hit[2]):
-        return None
-    return hit[1]
-
-
 class _RulesMode(TorchFunctionMode):
-    def __init__(self, table: _Table):
+    def __init__(self, table: Table):
         super().__init__()
         self.table, self.parsers = table, table.parsers
         self.stack: list = []
@@ -583,7 +329,7 @@ class _RulesMode(TorchFunctionMode):
         parser = self.parsers.get(func)
         if parser is None:  # every call of the model passes here: keep it short
             if self.copies is not None and func in MOVES:
-                return _moved(self.copies, func, args, kwargs or {})
+                return moved(self.copies, func, args, kwargs or {})
             return func(*args, **kwargs) if kwargs else func(*args)
         kwargs = kwargs or {}
         op = parser(func, *args, **kwargs)
@@ -626,7 +372,7 @@ class _RulesMode(TorchFunctionMode):
 class Ruled:
     """``f`` with modified backward rules (the result of `rules`)."""
 
-    def __init__(self, f: Callable, table: _Table, mapping: Mapping):
+    def __init__(self, f: Callable, table: Table, mapping: Mapping):
         self.model = f
         self.__wrapped__ = f
         self.table = table
@@ -689,4 +435,4 @@ def rules(f: Callable, mapping: Mapping, *, root: nn.Module | None = None) -> Ru
     if root is None and any(isinstance(k, (str, nn.Module)) for k in mapping):  # names resolve, instances are checked
         found = _modules(f)
         root = found[0] if len(found) == 1 else None
-    return Ruled(f, _Table(mapping, root), mapping)
+    return Ruled(f, Table(mapping, root), mapping)

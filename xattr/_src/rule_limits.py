@@ -1,0 +1,87 @@
+"""Where rule-based gradients cannot be trusted, refused: a second differentiation of the rules
+(NOTE: [Rule-based attributions are first-order]) and activation checkpointing (NOTE: [Rules and
+activation checkpointing])."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+
+import torch
+
+from . import ops
+
+
+def differentiating_levels() -> int:
+    """How many torch.func transforms that differentiate are active around this call: ``grad``,
+    ``vjp`` and ``jacrev`` (reverse mode), ``jvp`` and ``jacfwd`` (forward mode); ``vmap`` and
+    ``functionalize`` do not count."""
+    if torch._C._functorch.maybe_current_level() is None:
+        return 0
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters  # noqa: PLC0415
+
+    kinds = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
+    return sum(i.key() in kinds for i in retrieve_all_functorch_interpreters())
+
+
+_CONSTANT_LEVELS: contextvars.ContextVar = contextvars.ContextVar("xattr_constant_levels", default=0)
+
+
+@contextlib.contextmanager
+def taken_as_constant():
+    """Marks a gradient taken inside another transform whose result the caller stops (holds
+    constant) before anything differentiates it: its level does not count as differentiating
+    the rules (`first_order_only`; neuron conductance's dF/dh inside vmap)."""
+    token = _CONSTANT_LEVELS.set(_CONSTANT_LEVELS.get() + 1)
+    try:
+        yield
+    finally:
+        _CONSTANT_LEVELS.reset(token)
+
+
+def first_order_only(method: str, *, allowed: int = 0) -> None:
+    """Refuses a rule-based computation that an outer transform would differentiate.
+
+    NOTE: [Rule-based attributions are first-order]
+    A rule replaces an op's derivative: autograd and torch.func know a ruled op only through the
+    rule's backward. An attribution computed through rules is right, but differentiating it again
+    (``grad``, ``vjp``, ``jacrev``, ``jvp`` or ``jacfwd`` around it) sends the outer derivative
+    through every ruled op by its rule too, not by the op's true derivative, which is wrong as soon
+    as a ruled op's output feeds a later nonlinearity (guided backprop through a tanh measured
+    -19.1 where finite differences give -8.94; DeepLift and LRP are off likewise, and so are
+    parameter gradients). So the rule-based methods refuse to run inside such a transform. They
+    look at entry, before their own VJP (itself a ``vjp`` transform inside another transform,
+    NOTE: [Two differentiation backends]); ``vmap`` alone leaves first-order results right, and is
+    allowed. ``rules(f)`` itself allows one level (the gradient that follows the rules) and
+    refuses a second. The gradient and perturbation methods stay differentiable (NOTE: [Detached
+    results])."""
+    if differentiating_levels() - _CONSTANT_LEVELS.get() > allowed:
+        raise NotImplementedError(
+            f"{method} cannot run inside a torch.func transform that differentiates it (grad, vjp, jacrev, jvp, "
+            "jacfwd): its rules replace the derivatives of ops, so derivatives of its attributions would follow "
+            "the rules too and be wrong. Rule-based attributions are first-order only (vmap is fine); the "
+            "gradient methods (xattr.grad, integrated_gradients, ...) and the perturbation methods are differentiable"
+        )
+
+
+def refuse_checkpoint(rule, op: ops.Op) -> None:
+    """NOTE: [Rules and activation checkpointing]
+    ``torch.utils.checkpoint(fn, use_reentrant=False)`` keeps none of fn's saved tensors: a
+    saved-tensor hook drops them in the forward, and the backward recomputes them by running fn
+    again, outside the rules' mode. An op run through a rule's `_Apply*` Function saves what the
+    rule's forward computed (DeepLift's multipliers, LRP's ratios), which the plain recomputation
+    does not produce: its backward would read the plain ops' tensors in their place (DeepLift
+    measured off by 6e-2 with no error) or the checkpoint's own check fails. So such an op under
+    a checkpoint is refused. Rules put on the graph instead (NOTE: [Rules as backward hooks],
+    [Rules as output hooks], [Rules as graph hooks]) keep the plain op's node and saved tensors,
+    which the recomputation reproduces: guided backprop and LRP-epsilon at layers stay right
+    (tested). With ``use_reentrant=True`` torch itself refuses ``torch.autograd.grad`` and
+    torch.func transforms, for every method."""
+    hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    if hooks is not None and getattr(hooks[0], "__module__", None) == "torch.utils.checkpoint":
+        raise RuntimeError(
+            f"xattr.rules: {type(rule).__name__} at a {op.kind!r} op inside torch.utils.checkpoint: the checkpoint "
+            "recomputes the forward in the backward pass, outside the rules, so the rule's saved values would be "
+            "replaced by the plain op's and the attribution would be wrong. Run the model without activation "
+            "checkpointing for rule-based attributions (e.g. checkpoint only in training mode)"
+        )

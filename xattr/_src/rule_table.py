@@ -1,0 +1,119 @@
+"""A rule mapping sorted by key type, checked against the model (NOTE: [Choosing a rule] in
+rules.py)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from . import ops
+from . import rules as R  # Rule and the op helpers (rules imports this module: names are read at call time)
+from .graph_hooks import GRAPH_NODES
+
+
+class Table:
+    """The mapping, sorted by key type (NOTE: [Choosing a rule])."""
+
+    def __init__(self, mapping: Mapping, root: nn.Module | None):
+        self.by_kind: dict = {}
+        self.by_name: dict = {}
+        self.by_module: dict = {}
+        self.by_type: dict = {}
+        for key, rule in mapping.items():
+            if not isinstance(rule, R.Rule):
+                raise TypeError(f"rules maps keys to xattr.rule.Rule objects; {key!r} maps to {type(rule).__name__}")
+            if isinstance(key, str):
+                self.by_name[key] = rule
+            elif isinstance(key, type) and issubclass(key, nn.Module):
+                self.by_type[key] = rule
+            elif isinstance(key, nn.Module):
+                self.by_module[id(key)] = (key, rule)
+            elif key in ops.KIND_OF:
+                kind = ops.KIND_OF[key]
+                _check_accepts(key, kind, rule)
+                if kind in self.by_kind and self.by_kind[kind][1] is not rule:
+                    raise ValueError(
+                        f"{self.by_kind[kind][0]!r} and {key!r} both stand for every {kind!r} op but map to different "
+                        "rules; key by module type (e.g. nn.Conv1d vs nn.Conv2d) to tell them apart"
+                    )
+                self.by_kind[kind] = (key, rule)
+            else:
+                raise TypeError(
+                    f"rules cannot key on {key!r}: use a torch function ({sorted(ops.KINDS)} have one), an "
+                    "nn.Module subclass, an nn.Module instance, or a module name"
+                )
+        self.names: dict = {}
+        if self.by_name:
+            if root is None:
+                raise ValueError("rules keyed by module name need root=the model those names belong to")
+            for n, m in root.named_modules(remove_duplicate=False):  # a shared module has several names
+                self.names.setdefault(id(m), []).append(n)
+            missing = sorted(set(self.by_name) - {n for names in self.names.values() for n in names})
+            if missing:
+                raise ValueError(f"no module named {missing} in {type(root).__name__}")
+        if self.by_module and root is not None:
+            _check_instances(root, [key for key, _ in self.by_module.values()])
+        self.tracks_modules = bool(self.by_name or self.by_module or self.by_type)
+        # The parsers of the ops some rule could claim: the others are not parsed (a parser may
+        # reject a call, e.g. softmax with an implicit dim, that runs fine untouched).
+        self.parsers = {func: parser for func, parser in ops.PARSERS.items() if self.tracks_modules or ops.KIND_OF[func] in self.by_kind}
+        self.by_node = self._graph_hooks()
+
+    def _graph_hooks(self) -> dict:
+        """{autograd node name: (rule, op without tensors)} when every rule can be put on the
+        graph after the call (NOTE: [Rules as graph hooks]), else {}."""
+        if self.tracks_modules or not self.by_kind:
+            return {}
+        by_node = {}
+        for kind, (key, rule) in self.by_kind.items():
+            if (kind not in GRAPH_NODES or kind not in rule.kinds or type(rule).accepts is not R.Rule.accepts
+                    or type(rule).input_grad is R.Rule.input_grad):  # fmt: skip
+                return {}
+            plain, names = GRAPH_NODES[kind]
+            light = R._without_tensors(ops.PARSERS[plain](plain, torch.zeros(1)))
+            by_node.update(dict.fromkeys(names, (rule, light)))
+        return by_node
+
+    def resolve(self, op: ops.Op, stack: list) -> R.Rule | None:
+        for module in reversed(stack):
+            for rule in self._module_rules(module):
+                if rule is not None and rule.accepts(op):
+                    return rule
+        rule = self.by_kind.get(op.kind, (None, None))[1]
+        return rule if rule is not None and rule.accepts(op) else None
+
+    def _module_rules(self, module):
+        for name in self.names.get(id(module), ()):
+            yield self.by_name.get(name)
+        if self.by_module:
+            yield self.by_module.get(id(module), (None, None))[1]
+        for cls in type(module).__mro__ if self.by_type else ():
+            yield self.by_type.get(cls)
+
+
+def _check_accepts(key, kind: str, rule: R.Rule) -> None:
+    """Refuses a kind key whose rule declares it never applies to that kind (``{F.relu: Gamma()}``):
+    the rule would be silently skipped at every such op. A rule with its own ``accepts`` decides
+    per op, so it is left to decide."""
+    if type(rule).accepts is R.Rule.accepts and kind not in rule.kinds:
+        name = getattr(key, "__name__", repr(key))
+        raise ValueError(
+            f"rules: {name} stands for every {kind!r} op, but {type(rule).__name__} applies to {sorted(rule.kinds)} "
+            "ops only, so it would never run; key it by an op of one of those kinds, or by module"
+        )
+
+
+def _check_instances(root: nn.Module, keys: list) -> None:
+    """Refuses module-instance keys that are not modules of ``root``: no op would ever run inside
+    them, and the rule would be silently skipped (a module of the original model keying a rule
+    for a copy of it, such as `merge_batch_norm`'s, is one)."""
+    inside = {id(m) for m in root.modules()}
+    strangers = [type(k).__name__ for k in keys if id(k) not in inside]
+    if strangers:
+        raise ValueError(
+            f"rules keyed by module instances that are not modules of the {type(root).__name__} being explained: "
+            f"{strangers}. A copy of a module is another instance (xattr.merge_batch_norm returns a copy of the "
+            "model: take the modules from the copy, or key by module name)"
+        )
