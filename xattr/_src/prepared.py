@@ -162,23 +162,6 @@ def drops_of(out: torch.Tensor, outs: torch.Tensor) -> torch.Tensor:
     return (as_floating(out) - as_floating(outs)).movedim(0, -1)
 
 
-_INTS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # an integer dtype of each element size
-
-
-def _same_bits(t: torch.Tensor, snapshot: torch.Tensor) -> bool:
-    """Whether t holds its snapshot's values bit for bit. ``torch.equal`` compares numbers: it
-    takes a baseline flipped from 0.0 to -0.0 for unchanged (the copies would be served stale,
-    and the model may tell the zeros apart) and one holding a NaN for changed (never served)."""
-    return torch.equal(_bits(t), _bits(snapshot))
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    """A float, complex or bool tensor's bits as integers of its element size (the same memory)."""
-    if t.is_complex():
-        t = torch.view_as_real(t)  # (a lazily conjugated tensor has no signature: see `signature`)
-    return t.view(_INTS[t.element_size()]) if t.is_floating_point() or t.dtype == torch.bool else t
-
-
 class OneCall:
     """The inputs and K coalitions' copies of them in one model call (copy 0: the inputs).
 
@@ -222,7 +205,7 @@ class OneCall:
         """``finish(drops)`` (the method's attributions) from one model call on the inputs and
         their copies, or None when this call must take the general path."""
         for t, as_prepared in self.snapshots:
-            if not _same_bits(t, as_prepared):
+            if not T.matches_snapshot(t, as_prepared):
                 return None  # changed behind the version counter: the general path, from now on
         grad = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)  # torch.no_grad without its Python layers

@@ -56,7 +56,7 @@ _IN_RANGE = WeakIdKeyDictionary()  # target tensor -> (its version, output count
 def unchanged(t: torch.Tensor, version: int, values: torch.Tensor | None) -> bool:
     """Whether a target tensor still holds what a memo saw: its version counter, and its values
     as `T.cpu_snapshot` kept them."""
-    return t._version == version and (values is None or torch.equal(t, values))
+    return t._version == version and (values is None or T.matches_snapshot(t, values))
 
 
 def _check_range(out: torch.Tensor, t, n_out: int) -> None:

@@ -219,6 +219,23 @@ def cpu_snapshot(t: torch.Tensor) -> torch.Tensor | None:
     return t.clone() if t.device.type == "cpu" else None
 
 
+def matches_snapshot(t: torch.Tensor, snapshot: torch.Tensor) -> bool:
+    """Whether t holds its `cpu_snapshot`'s values bit for bit. ``torch.equal`` compares numbers:
+    it takes a value flipped from 0.0 to -0.0 for unchanged (a model may tell the zeros apart)
+    and one holding a NaN for changed."""
+    return torch.equal(_bits(t), _bits(snapshot))
+
+
+_INTS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # an integer dtype of each element size
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """A float, complex or bool tensor's bits as integers of its element size (the same memory)."""
+    if t.is_complex():
+        t = torch.view_as_real(t)  # (a lazily conjugated tensor has no bit-level view)
+    return t.view(_INTS[t.element_size()]) if t.is_floating_point() or t.dtype == torch.bool else t
+
+
 def checked_chunk_size(chunk_size):
     """chunk_size as given, when it is None or a positive int; else a ValueError."""
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
