@@ -157,12 +157,18 @@ def _globals_read(forward, cls: type | None = None, depth: int = 3, seen: set | 
             value = getattr(value, "fget", None) or getattr(value, "__func__", value)  # a property, static or class method
         if value is _MISSING:
             continue
-        key.append((name, _value(value)))
-        if depth and _user_function(value):
-            key.append(_globals_read(value, cls, depth - 1, seen))
-        elif isinstance(value, types.ModuleType) and not value.__name__.startswith("torch"):
+        key.extend(_keyed(name, value, cls, depth, seen))
+        if isinstance(value, types.ModuleType) and not value.__name__.startswith("torch"):
             key.append(_module_read(value, names, cls, depth, seen))  # cfg.SCALE, helpers.post(h)
     return tuple(key)
+
+
+def _keyed(name: str, value, cls, depth: int, seen: set) -> list:
+    """A name read and its value, and what the value reads when it is a function of the user's."""
+    key = [(name, _value(value))]
+    if depth and _user_function(value):
+        key.append(_globals_read(value, cls, depth - 1, seen))
+    return key
 
 
 def _module_read(module: types.ModuleType, names: tuple, cls, depth: int, seen: set) -> tuple:
@@ -171,11 +177,8 @@ def _module_read(module: types.ModuleType, names: tuple, cls, depth: int, seen: 
     key, held = [], vars(module)  # not getattr: a module's own __getattr__ (lazy imports) must not run
     for name in names:
         value = held.get(name, _MISSING)
-        if value is _MISSING or isinstance(value, types.ModuleType):
-            continue
-        key.append((name, _value(value)))
-        if depth and _user_function(value):
-            key.append(_globals_read(value, cls, depth - 1, seen))
+        if value is not _MISSING and not isinstance(value, types.ModuleType):
+            key.extend(_keyed(name, value, cls, depth, seen))
     return tuple(key)
 
 
