@@ -12,8 +12,10 @@ Python). ``input_grad`` then receives the kind's plain call (``torch.relu``, no 
 graph does not say how the op was spelled, nor whether it ran in place. The walk descends only
 into nodes made during the call (autograd numbers nodes in the order they are made, per thread),
 so a tensor that arrives with a history keeps its own gradients, as under the mode. An in-place
-op on a view hides its node inside a ``CopySlices`` node; when the walk meets one it cannot tell
-what is inside, so the call is run again under the mode (its first graph is dropped). A ReLU
+op on a view hides its node inside a ``CopySlices`` node, and a model compiled by
+``torch.compile`` leaves one ``CompiledFunctionBackward`` node for a whole compiled region; when
+the walk meets either it cannot tell what is inside, so the call is run again under the mode
+(its first graph is dropped), which dynamo traces into the compiled graph. A ReLU
 inside one fused torch call (``nn.RNN(nonlinearity="relu")``: ``torch.rnn_relu``) is not seen by
 the mode, and on a GPU (cuDNN) leaves no ReLU node either, but on CPU it leaves ReLU nodes in
 the graph: models holding one take the mode, so the fused ReLUs keep their gradient everywhere.
@@ -25,6 +27,7 @@ import torch
 
 from . import tree as T
 
+OPAQUE_NODES = frozenset({"CopySlices", "CompiledFunctionBackward"})  # may hide a ruled op
 GRAPH_NODES = {"relu": (torch.relu, frozenset({"ReluBackward0", "ReluBackward1"}))}  # kind: (plain call, node names)
 _PROBE = torch.zeros((), requires_grad=True)
 
@@ -42,8 +45,8 @@ def input_grad_hook(rule, light):
 
 def hook_graph(out, by_node: dict, first: int) -> bool:
     """Puts each rule's ``input_grad`` on the nodes of its kind in the graph of ``out`` made since
-    node number ``first`` (NOTE: [Rules as graph hooks]); False where a CopySlices node may hide
-    one."""
+    node number ``first`` (NOTE: [Rules as graph hooks]); False where an opaque node (CopySlices,
+    a compiled region) may hide one."""
     leaves = (out,) if isinstance(out, torch.Tensor) else T.leaves(out)
     todo = [t.grad_fn for t in leaves if isinstance(t, torch.Tensor) and t.grad_fn is not None]
     todo = [node for node in todo if node._sequence_nr() >= first]
@@ -54,7 +57,7 @@ def hook_graph(out, by_node: dict, first: int) -> bool:
             continue
         seen.add(node)
         name = type(node).__name__
-        if name == "CopySlices":
+        if name in OPAQUE_NODES:
             return False
         ruled = by_node.get(name)
         if ruled is not None:

@@ -1,13 +1,18 @@
 """Where rule-based gradients cannot be trusted, refused: a second differentiation of the rules
 (NOTE: [Rule-based attributions are first-order]) and activation checkpointing (NOTE: [Rules and
-activation checkpointing])."""
+activation checkpointing]); and compiled models, which rules see only as their Python source
+(NOTE: [Rules on compiled models])."""
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
+import sys
+from typing import Callable
 
 import torch
+from torch import nn
 
 from . import ops
 
@@ -85,3 +90,50 @@ def refuse_checkpoint(rule, op: ops.Op) -> None:
             "replaced by the plain op's and the attribution would be wrong. Run the model without activation "
             "checkpointing for rule-based attributions (e.g. checkpoint only in training mode)"
         )
+
+
+def eager_compiled():
+    """A context in which torch.compile'd code runs as its Python source (NOTE: [Rules on
+    compiled models]). Nothing where nothing can have been compiled (dynamo never imported), inside
+    a compiled region, or on a torch without ``torch.compiler.set_stance`` (before 2.6)."""
+    if "torch._dynamo" not in sys.modules or torch.compiler.is_compiling() or not hasattr(torch.compiler, "set_stance"):
+        return contextlib.nullcontext()
+    try:
+        return torch.compiler.set_stance("force_eager")  # ~25 us
+    except RuntimeError:  # run by a compiled function, past a graph break: dynamo's own stance holds
+        return contextlib.nullcontext()
+
+
+def calls_compiled(f: Callable) -> bool:
+    """Whether ``f`` is, wraps or holds a torch.compile'd function or module.
+
+    NOTE: [Rules on compiled models]
+    A model compiled by ``torch.compile`` runs as one graph that dynamo traced before any rule
+    was asked for: the graph walk (NOTE: [Rules as graph hooks]) meets one opaque
+    ``CompiledFunctionBackward`` node instead of ReLU nodes, and the torch function mode reaches
+    the ops only where dynamo retraces with it, which breaks on in-place ReLUs (wrong guided
+    backprop) and on the deconvolution rule (dynamo refuses its Function). So a ruled call runs
+    compiled code as its Python source (``torch.compiler.set_stance("force_eager")``, ~25 us a
+    call): the numbers of the eager model, without the compiled speed. Found here are compiled
+    modules anywhere in the model's module tree and compiled functions along the wrapper chain.
+    One reached only through a closure is found by the graph walk when it meets the opaque node,
+    and the call is run again under the mode, which runs compiled code eagerly whenever dynamo
+    has been imported (it cannot see a compiled region coming). Rules inside a compiled attribution
+    function (``torch.compile(xattr.deep_lift(f))``) are traced by dynamo as they are."""
+    todo, seen = [f], set()
+    while todo:
+        obj = todo.pop()
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if hasattr(obj, "_torchdynamo_orig_callable"):  # a compiled function
+            return True
+        if isinstance(obj, nn.Module):
+            if type(obj).__name__ == "OptimizedModule" and hasattr(obj, "_orig_mod"):
+                return True
+            todo.extend(c for c in obj._modules.values() if c is not None)
+            continue
+        if isinstance(obj, functools.partial):
+            todo.append(obj.func)
+        todo.extend(getattr(obj, attr, None) for attr in ("model", "__wrapped__", "__self__"))
+    return False

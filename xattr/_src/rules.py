@@ -47,7 +47,7 @@ from . import ops
 from .graph_hooks import hook_graph, input_grad_hook, node_number
 from .checks import _modules
 from .input_copies import INPUT_COPIES, MOVES, moved
-from .rule_limits import first_order_only, refuse_checkpoint
+from .rule_limits import calls_compiled, eager_compiled, first_order_only, refuse_checkpoint
 from .rule_table import Table
 
 
@@ -380,17 +380,24 @@ class Ruled:
         self.multi_output = bool(getattr(f, "multi_output", False))
         # the graph holds ReLU nodes the mode cannot see inside these (NOTE: [Rules as graph hooks])
         self.graph_hooks = bool(table.by_node) and not any(map(_fused_relus, _modules(f)))
+        self.compiled = calls_compiled(f)  # NOTE: [Rules on compiled models]
 
     def __call__(self, *args, **kwargs):
         if torch._C._functorch.maybe_current_level() is not None:
             first_order_only("a gradient through xattr.rules", allowed=1)  # NOTE: [Rule-based attributions are first-order]
+        if self.compiled:
+            with eager_compiled():
+                return self._call(args, kwargs)
+        return self._call(args, kwargs)
+
+    def _call(self, args, kwargs):
         if self.graph_hooks and torch.is_grad_enabled() and torch._C._functorch.maybe_current_level() is None:
             first = node_number()
             out = self.model(*args, **kwargs)
             if hook_graph(out, self.table.by_node, first):  # NOTE: [Rules as graph hooks]
                 return out
         mode = _RulesMode(self.table)
-        with mode, mode.tracking():
+        with eager_compiled(), mode, mode.tracking():  # compiled code reached through a closure, too
             return self.model(*args, **kwargs)
 
     def __repr__(self) -> str:
