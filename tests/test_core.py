@@ -293,6 +293,14 @@ def test_noise_tunnel_over_ig_with_per_example_baselines_fixed_at_build_time():
     b = torch.randn(5, 4, dtype=torch.float64)
     got = xattr.smoothgrad(xattr.integrated_gradients(f, n_steps=6, baselines=b), stdevs=0.0, n_samples=3)(X)
     torch.testing.assert_close(got, xattr.integrated_gradients(f, n_steps=6, baselines=b)(X))
+    # with noise, the built-in baselines follow their examples exactly as per-call ones do
+    built = xattr.smoothgrad(xattr.integrated_gradients(f, n_steps=6, baselines=b), stdevs=0.1, n_samples=3, generator=1)
+    per_call = xattr.smoothgrad(xattr.integrated_gradients(f, n_steps=6), stdevs=0.1, n_samples=3, generator=1)
+    torch.testing.assert_close(built(X), per_call(X, baselines=b))
+    torch.testing.assert_close(
+        xattr.smoothgrad(xattr.integrated_gradients(f, n_steps=6, baselines=b), stdevs=0.1, n_samples=3, generator=1, chunk_size=4)(X),
+        built(X),
+    )
 
 
 def test_aggregate_output_completeness_gap_is_one_number():
