@@ -28,7 +28,8 @@ from .rule_limits import first_order_only
 from .rules import rules
 
 RESCALED = (F.relu, F.elu, F.leaky_relu, torch.sigmoid, torch.tanh, F.softplus, F.gelu, F.silu, F.hardswish, F.hardsigmoid,
-            F.relu6, F.hardtanh, F.mish, F.selu, F.celu, F.softsign, F.logsigmoid, F.threshold, F.max_pool2d, F.softmax)
+            F.relu6, F.hardtanh, F.mish, F.selu, F.celu, F.softsign, F.logsigmoid, F.threshold, torch.clamp, F.max_pool2d,
+            F.softmax)
 
 
 def deep_lift_rules(eps: float = 1e-10) -> dict:

@@ -164,6 +164,8 @@ def derivative(op: ops.Op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     # torch's own backward of these two rounds a constant (1/alpha, 1/6) to float32: ~1e-8 off in float64
     if op.kind == "celu":
         return torch.exp(x.clamp(max=0) / op.options.get("alpha", 1.0))
+    if op.kind == "clamp":  # 1 on [min, max], as torch's clamp backward (bounds inclusive)
+        return torch.eq(y, x).to(x.dtype)
     if op.kind == "hardsigmoid":  # 1/6 on (-3, 3)
         return torch.rsub(x.abs(), 3).sign_().clamp_min_(0).div_(6)
     return jvp(op.fn, (x,), (torch.ones_like(x),))[1]
@@ -293,7 +295,7 @@ class Rescale(Rule):
     def __init__(self, eps: float = 1e-10):
         self.eps = checked_eps(eps, "Rescale")
 
-    def forward(self, op, x):
+    def forward(self, op, x, *bounds):  # bounds: a clamp's tensor bounds under transforms (ops.py)
         eps = floored(self.eps, x.dtype)
         if op.kind == "max_pool":
             y, indices = pool_with_indices(op, x)
@@ -301,7 +303,7 @@ class Rescale(Rule):
             if not _paired(x):
                 return y, (indices, shape)
             return y, (indices, shape, *self._max_pool_terms(op, x, y, indices, eps))
-        y = op.fn(x)
+        y = op.fn(x, *bounds)
         paired = _paired(x)
         if op.kind == "softmax":
             if not paired:
@@ -327,7 +329,7 @@ class Rescale(Rule):
             u = torch.where(near, ordinary, grad * ratio)
             return (u - u.mean(dim, keepdim=True),)
         m = saved.extras[0]
-        return (grad * m if m.shape[0] == grad.shape[0] else _both_halves(grad, m),)
+        return (grad * m if m.shape[0] == grad.shape[0] else _both_halves(grad, m),) + (None,) * len(op.options.get("bounds", ()))
 
     def _max_pool_terms(self, op, x, y, indices, eps: float) -> tuple:
         """Per pooled output: the multipliers of its two argmax positions, for each half.

@@ -249,7 +249,7 @@ class Pass(Rule):
         return y, (_safe_divide(y, tensors[0]),)
 
     def backward(self, op, saved: Saved, grad):
-        return (grad * saved.extras[0],) + (None,) * (2 if op.kind == "batch_norm" else 0)
+        return (grad * saved.extras[0],) + (None,) * (_n_tensors(op) - 1)
 
 
 class _InputLayer(Rule):
@@ -419,7 +419,7 @@ class Block(Rule):
 
 
 def _n_tensors(op) -> int:
-    return 3 if op.kind in WEIGHTED | {"layer_norm", "attention"} else 1
+    return 3 if op.kind in WEIGHTED | {"layer_norm", "attention"} else 1 + len(op.options.get("bounds", ()))
 
 
 class Refuse(Rule):
@@ -459,7 +459,7 @@ def lrp_rules(eps: float = 1e-9) -> dict:
 
     Keys stand for kinds: ``torch.conv2d`` for every convolution, ``F.max_pool2d`` for every
     max-pool, ``F.avg_pool2d`` for average and adaptive average pools. Linear, conv, batch-norm,
-    average and max pooling: `Epsilon`; tanh, sigmoid, ELU, GELU and
+    average and max pooling: `Epsilon`; tanh, sigmoid, ELU, GELU, clamp and
     the other elementwise activations: `Pass` (ReLU keeps its derivative, which is the same);
     layer norm: `FixedStd`; scaled-dot-product attention: `FixedAttention`; softmax,
     nn.MultiheadAttention and the recurrent layers (LSTM, GRU, RNN): a clear error.
@@ -468,7 +468,7 @@ def lrp_rules(eps: float = 1e-9) -> dict:
     mapping = {F.linear: layer, torch.conv2d: layer, F.batch_norm: layer, F.avg_pool2d: layer, F.max_pool2d: layer}
     mapping.update({fn: passing for fn in (F.elu, F.leaky_relu, torch.sigmoid, torch.tanh, F.softplus, F.gelu, F.silu,
                                                     F.hardswish, F.hardsigmoid, F.relu6, F.hardtanh, F.mish, F.selu,
-                                                    F.celu, F.softsign, F.logsigmoid, F.threshold)})
+                                                    F.celu, F.softsign, F.logsigmoid, F.threshold, torch.clamp)})
     mapping.update({F.layer_norm: FixedStd(), F.scaled_dot_product_attention: FixedAttention()})
     mapping.update({F.softmax: Refuse(_SOFTMAX), F.multi_head_attention_forward: Refuse(_FUSED), torch.lstm: Refuse(_RECURRENT)})
     return mapping

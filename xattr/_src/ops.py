@@ -35,7 +35,7 @@ class Op(NamedTuple):
 
 
 ELEMENTWISE = frozenset({"relu", "elu", "leaky_relu", "sigmoid", "tanh", "softplus", "gelu", "silu", "hardswish", "hardsigmoid",
-                         "relu6", "hardtanh", "mish", "selu", "celu", "softsign", "logsigmoid", "threshold"})
+                         "relu6", "hardtanh", "mish", "selu", "celu", "softsign", "logsigmoid", "threshold", "clamp"})
 AFFINE = frozenset({"linear", "conv", "batch_norm", "avg_pool"})  # affine in their input
 
 
@@ -71,6 +71,115 @@ _POSITIONAL = {
     "sigmoid": (),
     "tanh": (),
 }
+
+
+def _clamp(names: tuple, inplace: bool):
+    """A parser for ``torch.clamp``/``clip`` (``names`` = ("min", "max")), ``clamp_min`` ("min",)
+    or ``clamp_max`` ("max",), function or Tensor method, in place or not.
+
+    NOTE: [Clamp as an activation]
+    ``clamp(x, lo, hi)`` with bounds that are numbers, or tensors that are not differentiated
+    along with x, is elementwise in x (``y_i = min(max(x_i, lo_i), hi_i)``), so it is kind
+    ``"clamp"`` and the elementwise rules apply (DeepLift's Rescale, LRP's `Pass`, as at hardtanh);
+    the bounds get no gradient (`_clamp_op`). ``torch.maximum(x, c)``/``minimum`` with c such a
+    tensor are the same op (`_extremum`). A bound that is differentiated too (it depends on the
+    attributed input: ``x.clamp(min=other_activation)``, ``torch.maximum`` of two activations)
+    makes the op a function of two inputs, which no elementwise rule describes: the call is not
+    parsed and keeps its ordinary gradient (DeepLift's delta shows the gap; LRP's gradient there
+    routes each unit's relevance to the operand it took, which conserves it). So is a call with
+    ``out=``, on a non-float input, or whose bounds would broadcast the output beyond the input's
+    shape or change its dtype. A tensor is differentiated when it requires grad and was computed
+    from a tensor that requires grad and is not an ``nn.Parameter`` (`differentiated`): a bound
+    computed from parameters (a learnt threshold) stays fixed.
+    """
+
+    def parse(func, input, *bounds, out=None, **named):
+        if out is not None or len(bounds) > len(names) or set(named) - set(names):
+            return None  # torch's own error follows where the call is wrong
+        if not isinstance(input, torch.Tensor) or not input.is_floating_point():
+            return None
+        given = dict(zip(names, bounds))
+        given.update(named)
+        lo, hi = given.get("min"), given.get("max")
+        if (lo is None and hi is None) or not (_fixed_bound(lo, input) and _fixed_bound(hi, input)):
+            return None
+        return _clamp_op(func, input, {"min": lo, "max": hi}, inplace, lambda x, b: torch.clamp(x, min=b["min"], max=b["max"]))
+
+    return parse
+
+
+def _clamp_op(func, x: torch.Tensor, bounds: dict, inplace: bool, call: Callable) -> Op:
+    """The clamp `Op` of ``call(x, bounds)``. Outside torch.func transforms tensor bounds ride in
+    ``fn``; under them they are tensors of the op after x (a tensor of an outer level read inside
+    the rule's Function fails functorch's checks), named in order by ``options["bounds"]``: rules
+    give them no gradient."""
+    named = () if torch._C._functorch.maybe_current_level() is None else tuple(k for k, v in bounds.items() if isinstance(v, torch.Tensor))
+    fixed = {k: v for k, v in bounds.items() if k not in named}
+
+    def fn(t, *tensors):
+        return call(t, dict(fixed, **dict(zip(named, tensors))))
+
+    options = dict(fixed, bounds=named)
+    return Op("clamp", fn, (x, *(bounds[k] for k in named)), options, func, inplace)
+
+
+def _extremum(bound: str):
+    """A parser for ``torch.maximum``/``minimum`` (``bound`` "min"/"max"), their Tensor methods and
+    the two-tensor forms of ``torch.max``/``min``: with one operand differentiated and the other a
+    fixed bound for it, the call is ``clamp`` of the first (``torch.maximum(x, zeros)`` is a ReLU).
+    With both differentiated it is a function of two inputs: not parsed (NOTE: [Clamp as an
+    activation]). Reductions (``torch.max(x, dim)``) are not parsed either."""
+
+    def parse(func, input, other=None, *rest, out=None, **named):
+        if rest or named or out is not None or not isinstance(input, torch.Tensor) or not isinstance(other, torch.Tensor):
+            return None
+        if differentiated(other):
+            if differentiated(input):
+                return None
+            x, fixed = other, input
+        else:
+            x, fixed = input, other
+        if not x.is_floating_point() or not _fixed_bound(fixed, x, checked=True):
+            return None
+        call = (lambda t, b: func(b[bound], t)) if x is other else (lambda t, b: func(t, b[bound]))  # the order as called
+        return _clamp_op(func, x, {bound: fixed}, False, call)
+
+    return parse
+
+
+def _fixed_bound(bound, x: torch.Tensor, checked: bool = False) -> bool:
+    """Whether a clamp bound leaves the op elementwise in x (NOTE: [Clamp as an activation]);
+    ``checked``: the bound is known not to be differentiated."""
+    if not isinstance(bound, torch.Tensor):
+        return True
+    try:
+        if torch.result_type(x, bound) != x.dtype or torch.broadcast_shapes(bound.shape, x.shape) != x.shape:
+            return False
+    except RuntimeError:  # shapes that do not broadcast: torch's own error follows
+        return False
+    return checked or not differentiated(bound)
+
+
+def differentiated(t: torch.Tensor) -> bool:
+    """Whether gradients are taken through t from something other than parameters: t requires
+    grad (under torch.func transforms: at the innermost level) and is, or was computed from, a
+    tensor that requires grad and is not an ``nn.Parameter`` (an attributed input, or anything
+    computed from one). A bound computed from parameters alone (``self.raw_lo.exp()``) is not."""
+    if not t.requires_grad or isinstance(t, torch.nn.Parameter):
+        return False
+    todo, seen = [t.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None:
+            return True  # t itself is a leaf that requires grad
+        if node in seen:
+            continue
+        seen.add(node)
+        leaf = getattr(node, "variable", None)  # AccumulateGrad: a leaf
+        if leaf is not None and not isinstance(leaf, torch.nn.Parameter):
+            return True
+        todo.extend(n for n, _ in node.next_functions if n is not None)
+    return False
 
 
 def _softmax(func, input, dim=None, _stacklevel=3, dtype=None):
@@ -194,6 +303,14 @@ RECURRENT = (torch.lstm, torch.gru, torch.rnn_tanh, torch.rnn_relu, torch.lstm_c
              torch.rnn_relu_cell)
 
 
+_CLAMPS = (  # (positional bounds, out-of-place spellings, in-place spellings): all kind "clamp"
+    (("min", "max"), [torch.clamp, torch.Tensor.clamp, torch.clip, torch.Tensor.clip],
+     [torch.clamp_, torch.Tensor.clamp_, torch.clip_, torch.Tensor.clip_]),
+    (("min",), [torch.clamp_min, torch.Tensor.clamp_min], [torch.clamp_min_, torch.Tensor.clamp_min_]),
+    (("max",), [torch.clamp_max, torch.Tensor.clamp_max], [torch.clamp_max_, torch.Tensor.clamp_max_]),
+)
+
+
 def _table() -> tuple[dict, dict]:
     """(torch function -> parser, torch function -> kind)."""
     unary = {
@@ -237,6 +354,15 @@ def _table() -> tuple[dict, dict]:
         add(getattr(F, f"avg_pool{nd}d"), "avg_pool", _avg_pool(nd))
         add(getattr(F, f"adaptive_avg_pool{nd}d"), "avg_pool", _adaptive_avg_pool(nd))
         add(getattr(torch, f"conv{nd}d"), "conv", _conv(nd))
+    for names, plain, inplace in _CLAMPS:
+        for f in plain:
+            add(f, "clamp", _clamp(names, False))
+        for f in inplace:
+            add(f, "clamp", _clamp(names, True))
+    for f in (torch.maximum, torch.Tensor.maximum, torch.max, torch.Tensor.max):
+        add(f, "clamp", _extremum("min"))
+    for f in (torch.minimum, torch.Tensor.minimum, torch.min, torch.Tensor.min):
+        add(f, "clamp", _extremum("max"))
     add(F.linear, "linear", _linear)
     add(F.batch_norm, "batch_norm", _batch_norm)
     add(F.layer_norm, "layer_norm", _layer_norm)
