@@ -1,11 +1,47 @@
-"""Baselines for bool and integer inputs: values their dtype holds exactly, or a clear error
-(perturbation methods copy a baseline into such inputs, where a cast would truncate or wrap)."""
+"""Bool and integer numbers taken exactly by the perturbation methods: baselines for such inputs
+are values their dtype holds, or a clear error (a baseline is copied into such inputs, where a
+cast would truncate or wrap); such outputs become floats wide enough for the inputs' precision
+(`as_floating`).
+
+NOTE: [Integer outputs]
+A model may answer in bool or integer numbers (a vote, a count). Every perturbation method
+averages or regresses its outputs, so they become floats, in the widest float dtype among the
+default one and the float tensors the model is called with (`output_float_dtype`): a count
+past 2^24 from float64 inputs keeps its exact differences (in float32 it was rounded by up to
+64 at 2^30), while float32 and integer inputs keep float32 attributions. The engine converts
+each output as the model returns it (`perturb.outputs_at`, `perturb.evaluate`), where the
+inputs are known, so f(x) and its copies always share one dtype. The rule reads all the model's
+tensor arguments, attributed or passed through: `outputs_at` is not told which are attributed,
+and a model handed float64 data works in float64. (Always float64 for int64 outputs was not
+taken: float32 and integer inputs would get float64 attributions, a change of dtype for the
+common small counts.) An int64 count past 2^53 is rounded even in float64.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from . import tree as T
+
+
+def output_float_dtype(args) -> torch.dtype:
+    """The float dtype bool and integer model outputs are taken in: the widest among the default
+    float dtype and the float tensors of ``args`` (any tree; NOTE: [Integer outputs])."""
+    dtype = torch.get_default_dtype()
+    for t in T.leaves(args):
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != dtype:
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def as_floating(out: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Model outputs as numbers every method can average and regress: bool and integer outputs (a
+    count, a vote) in ``dtype`` (`output_float_dtype` of the model's arguments; the default float
+    dtype when not given), float ones as they are. All perturbation methods take them so: their
+    attributions are floats, never rounded to whole numbers (NOTE: [Integer outputs])."""
+    if out.is_floating_point() or out.is_complex():
+        return out
+    return out.to(torch.get_default_dtype() if dtype is None else dtype)
 
 
 def check_exact(inputs, baselines) -> None:

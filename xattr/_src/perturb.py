@@ -43,7 +43,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from . import tree as T
 from .checks import baselines_tuple, check_finite, is_traced
-from .exact_baselines import check_exact
+from .exact_baselines import as_floating, check_exact, output_float_dtype  # the methods import as_floating from here
 from .gradients import model_calls
 from .masks import SMALL, constant, keep_masks
 
@@ -267,7 +267,7 @@ def evaluate(
         raise ValueError("a model returning one number per batch needs coalitions shared by all examples")
     per = 1 if aggregate else copies_per_call(selected, batch, chunk_size, memory_budget, k)
     spans = _Spans(k, per, adaptive=chunk_size is None and not aggregate)
-    outs = []
+    outs, dtype = [], output_float_dtype(args)
     with model_calls(), T.batch_scope(batch):
         for s, e in _progress(spans, show_progress, total=math.ceil(k / per)):
             zs = rows_of(s, e)
@@ -287,7 +287,7 @@ def evaluate(
                 if with_inputs and s == 0 and e > 1:  # perhaps a model of one number per batch (a loss)
                     raise _OneNumber(err) from err
                 raise
-            out = _as_output(out)
+            out = as_floating(_as_output(out), dtype)  # an integer output: NOTE: [Integer outputs]
             check_finite(out)
             if aggregate:
                 if out.numel() != 1:
@@ -424,16 +424,11 @@ def _as_output(out) -> torch.Tensor:
     (Captum's forward functions may return one, e.g. a loss's ``.item()``)."""
     if isinstance(out, torch.Tensor):
         return out
+    if isinstance(out, int) and not isinstance(out, bool) and -(2**63) <= out < 2**63:
+        return torch.tensor(out)  # a count: exact, then taken as `as_floating` takes integer outputs
     if isinstance(out, (int, float)) and not isinstance(out, bool):
         return torch.tensor(float(out), dtype=torch.get_default_dtype())
     raise TypeError(f"the model function must return a tensor, got {type(out).__name__}")
-
-
-def as_floating(out: torch.Tensor) -> torch.Tensor:
-    """Model outputs as numbers every method can average and regress: bool and integer outputs (a
-    count, a vote) in the default float dtype, float ones as they are. All perturbation methods
-    take them so: their attributions are floats, never rounded to whole numbers."""
-    return out if out.is_floating_point() or out.is_complex() else out.to(torch.get_default_dtype())
 
 
 def check_not_empty(batch: int | None, why: str = "a perturbation method has nothing to perturb or attribute") -> None:
@@ -448,8 +443,11 @@ def outputs_at(f: Callable, args: tuple, batch: int | None = None) -> tuple[torc
     one; with ``batch`` given, any other output must have B rows.
     """
     check_not_empty(batch)
+    # the model gets copies: one writing into its input in place (x.clamp_()) must leave the user's
+    # tensors, and the perturbed copies made from them afterwards, as they were
+    private = T.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, args)
     with model_calls():
-        out = _as_output(f(*args))
+        out = as_floating(_as_output(f(*private)), output_float_dtype(args))  # NOTE: [Integer outputs]
     check_finite(out)
     if out.ndim == 0 or (batch is not None and batch > 1 and out.numel() == 1):
         return out.reshape(1), True

@@ -41,7 +41,7 @@ import torch
 from . import tree as T
 from .checks import check_finite
 from .masks import keep_masks
-from .perturb import Coalitions, _check_per_example, as_floating, copier, copies_per_call, inputs_and_copies
+from .perturb import Coalitions, _check_per_example, as_floating, copier, copies_per_call, inputs_and_copies, output_float_dtype
 
 MAX_PREPARED = 4  # signatures kept per method function (the oldest goes first)
 # A prepared call keeps its copies' masks (bools, at full size when small; float 0/1 masks for
@@ -172,6 +172,7 @@ class OneCall:
     def __init__(self, f: Callable, selected: tuple, keep: tuple, base: tuple, batch: int, n_copies: int, held: tuple, finish: Callable):
         self.f, self.batch, self.n_copies, self.finish = f, batch, n_copies, finish
         self.rows, self.copies_by_batch = n_copies * batch, (n_copies, batch)
+        self.float_dtype = output_float_dtype(selected)  # integer outputs' (NOTE: [Integer outputs])
         made = [copier(x, b.unsqueeze(0), kp) for x, b, kp in zip(selected, base, keep)]
         self.copies, self.nbytes = tuple(c for c, _ in made), sum(n for _, n in made)
         self.shapes = tuple((self.rows,) + tuple(x.shape[1:]) for x in selected)
@@ -225,7 +226,7 @@ class OneCall:
             raise TypeError(f"the model function must return a tensor, got {type(out).__name__}")
         if not out.is_floating_point() or not math.isfinite(out.sum().item()):
             check_finite(out)  # `check_finite`'s own test: one sum (no torch.func or compile here: see `signature`)
-            out = as_floating(out)  # as `drops_of` takes them
+            out = as_floating(out, self.float_dtype)  # as `perturb.evaluate` takes them
         if out.ndim == 0 or out.shape[0] != self.rows:
             return None  # not one output row per input row any more: the general path says why
         _check_per_example(out, self.multi)
