@@ -217,3 +217,17 @@ def test_float32_model_attributions_match_brute_force():
         got = explain(x)
         assert got.dtype == torch.float32
         torch.testing.assert_close(got, brute_ablation(f, x))
+
+
+def test_a_python_float_output_keeps_float64_precision():
+    # A loss's .item() is one number per batch in double precision; with float64 inputs its
+    # differences must not go through float32 (they did: relative errors up to 6.5e-4 here).
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double().eval()
+    x = torch.rand(8, 6, dtype=torch.float64)
+    as_tensor = lambda z: m(z).sum() + 1e4  # noqa: E731
+    as_python = lambda z: float(m(z).sum()) + 1e4  # noqa: E731
+    for explain in (xattr.feature_ablation, xattr.shapley_values, lambda g: xattr.kernel_shap(g, n_samples=64, generator=0)):
+        want, got = explain(as_tensor)(x), explain(as_python)(x)
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)

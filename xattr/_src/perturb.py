@@ -287,7 +287,7 @@ def evaluate(
                 if with_inputs and s == 0 and e > 1:  # perhaps a model of one number per batch (a loss)
                     raise _OneNumber(err) from err
                 raise
-            out = as_floating(_as_output(out), dtype)  # an integer output: NOTE: [Integer outputs]
+            out = as_floating(_as_output(out, dtype), dtype)  # an integer output: NOTE: [Integer outputs]
             check_finite(out)
             if aggregate:
                 if out.numel() != 1:
@@ -419,7 +419,7 @@ def _remember_one_number(f: Callable) -> None:
         pass
 
 
-def _as_output(out) -> torch.Tensor:
+def _as_output(out, dtype: torch.dtype) -> torch.Tensor:
     """A model function's output as a tensor: a Python number is one number for the whole batch
     (Captum's forward functions may return one, e.g. a loss's ``.item()``)."""
     if isinstance(out, torch.Tensor):
@@ -427,7 +427,7 @@ def _as_output(out) -> torch.Tensor:
     if isinstance(out, int) and not isinstance(out, bool) and -(2**63) <= out < 2**63:
         return torch.tensor(out)  # a count: exact, then taken as `as_floating` takes integer outputs
     if isinstance(out, (int, float)) and not isinstance(out, bool):
-        return torch.tensor(float(out), dtype=torch.get_default_dtype())
+        return torch.tensor(float(out), dtype=dtype)  # as an integer output is taken: float64 inputs keep it exact
     raise TypeError(f"the model function must return a tensor, got {type(out).__name__}")
 
 
@@ -447,7 +447,8 @@ def outputs_at(f: Callable, args: tuple, batch: int | None = None) -> tuple[torc
     # tensors, and the perturbed copies made from them afterwards, as they were
     private = T.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, args)
     with model_calls():
-        out = as_floating(_as_output(f(*private)), output_float_dtype(args))  # NOTE: [Integer outputs]
+        dtype = output_float_dtype(args)
+        out = as_floating(_as_output(f(*private), dtype), dtype)  # NOTE: [Integer outputs]
     check_finite(out)
     if out.ndim == 0 or (batch is not None and batch > 1 and out.numel() == 1):
         return out.reshape(1), True
