@@ -26,6 +26,7 @@ from .layers import Split, layer_vjp_rows
 from .methods import _gap
 from .rule_limits import first_order_only
 from .rules import rules
+from .sampling import distribution
 
 RESCALED = (F.relu, F.elu, F.leaky_relu, torch.sigmoid, torch.tanh, F.softplus, F.gelu, F.silu, F.hardswish, F.hardsigmoid,
             F.relu6, F.hardtanh, F.mish, F.selu, F.celu, F.softsign, F.logsigmoid, F.threshold, torch.clamp, F.max_pool2d,
@@ -256,23 +257,15 @@ def deep_lift(
     return attribution_fn(fn, f)
 
 
-def _distribution(selected, baselines, as_tuple: bool):
-    """The baseline distribution as a tree like ``selected`` of (N, ...) tensors, and N."""
-    if isinstance(baselines, (int, float)):
-        baselines = T.tree_map(lambda x: torch.full((1,) + tuple(x.shape[1:]), float(baselines), dtype=x.dtype), selected)
-    elif isinstance(baselines, torch.Tensor) and len(T.leaves(selected)) == 1:
-        baselines = T.tree_map(lambda x: baselines, selected)
-    elif not as_tuple:  # a tree like args[argnums]; selected is a 1-tuple of it
-        baselines = (baselines,)
-    sizes = {b.shape[0] for b in T.leaves(baselines)}
-    if len(sizes) != 1:
-        raise ValueError(f"every baseline tensor needs the same number of rows N; got {sorted(sizes)}")
-    if 0 in sizes:
-        raise ValueError("DeepLift SHAP averages over the baseline distribution's rows, and it has none (N = 0): pass at least one row")
-    for x, b in zip(T.leaves(selected), T.leaves(baselines)):
+def _distribution(selected, baselines, as_tuple: bool, method: str):
+    """The baseline distribution as a tree like ``selected`` of (N, ...) tensors, and N; numbers
+    are one-row distributions, whole or at a leaf (NOTE: [Baseline distributions] in sampling.py).
+    Tensors keep their dtype, as `deep_lift`'s baselines do."""
+    dist, n = distribution(selected, baselines, as_tuple, method=method, like_inputs=False)
+    for x, b in zip(T.leaves(selected), T.leaves(dist)):
         if tuple(b.shape[1:]) != tuple(x.shape[1:]):
             raise ValueError(f"baselines rows of shape {tuple(b.shape[1:])} do not match inputs {tuple(x.shape[1:])}")
-    return baselines, sizes.pop()
+    return dist, n
 
 
 def deep_lift_shap(
@@ -308,7 +301,7 @@ def deep_lift_shap(
         warn_if_training(f)
         selected = T.split_args(args, nums)[0]
         batch = T.batch_size(selected)
-        dist, n = _distribution(selected, baselines, as_tuple)
+        dist, n = _distribution(selected, baselines, as_tuple, "deep_lift_shap")
         base = T.tree_map(lambda b: b.repeat_interleave(batch, 0), dist)  # copy k is baseline row k
         with T.batch_scope(batch):
             end, ref, m = _multipliers(ruled, args, nums, base, n, chunk_size, shared=_can_share(ruled.mapping, args, nums))
@@ -432,7 +425,7 @@ def layer_deep_lift_shap(
         warn_if_training(split)
         selected = T.split_args(args, nums)[0]
         batch = T.batch_size(selected)
-        dist, n = _distribution(selected, baselines, as_tuple)
+        dist, n = _distribution(selected, baselines, as_tuple, "layer_deep_lift_shap")
         base = T.tree_map(lambda b: b.repeat_interleave(batch, 0), dist)
         with T.batch_scope(batch):
             h, h_ref, m, end, ref = _layer_pairs(ruled, args, nums, base, n, shared=_can_share(ruled.model.mapping, args, nums))

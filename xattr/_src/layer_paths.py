@@ -33,7 +33,7 @@ from .checks import baselines_like, check_float_inputs, warn_if_training
 from .gradients import attribution_fn
 from .layers import Split, layer_vjp_rows
 from .methods import completeness_gap
-from .paths import _rows_args, _walk, quadrature, straight_line
+from .paths import _rows_args, _walk, quadrature, real_dtype, straight_line
 
 
 def layer_path(
@@ -47,10 +47,12 @@ def layer_path(
     selected, _ = T.split_args(args, nums)
     check_float_inputs(selected, method)
     base = baselines_like(selected if as_tuple else selected[0], baselines)
-    batch, ref = T.batch_size(selected), T.leaves(selected)[0]
-    alpha = torch.as_tensor(alphas, dtype=ref.dtype, device=ref.device)
-    weight = None if weights is None else torch.as_tensor(weights, dtype=ref.dtype, device=ref.device)
-    points, _ = _walk(straight_line, selected, base if as_tuple else (base,), alpha)
+    batch, xs = T.batch_size(selected), T.leaves(selected)
+    # each leaf's path in its own dtype (NOTE: [Each leaf's path in its own dtype] in paths.py); the
+    # weights scale dF/dh, whose dtype is the layer's: the cotangent takes the output's dtype
+    wdtype = real_dtype(xs, torch.float32)
+    weight = None if weights is None else torch.as_tensor(weights, dtype=wdtype, device=xs[0].device)
+    points, _ = _walk(straight_line, selected, base if as_tuple else (base,), alphas)
     for start, stop in T.chunks(len(alphas), batch, chunk_size):
         c = stop - start
         rows = T.fold_rows(T.tree_map(lambda p: p[start:stop], points))

@@ -9,6 +9,16 @@ Alphas and weights on [0, 1] for n steps, matching Captum's except where Captum 
                    Captum uses w_i = 1/n halved at the ends, which sums to 1 - 1/n and so
                    under-integrates every path by a factor (n-1)/n; xattr uses the exact rule.
   gausslegendre    Gauss-Legendre nodes/weights mapped from [-1, 1] to [0, 1] (the default).
+
+NOTE: [Each leaf's path in its own dtype]
+The rules are float64 arrays. Each attributed tensor walks its path with the nodes in its own
+dtype, so a float32 tensor beside a float64 one reaches the model as float32 and the float64
+one's nodes keep float64 precision, whichever comes first in leaf order. The weights ride in
+the backward's cotangent in the widest dtype of the inputs (at least float32; the cotangent
+then takes the output's dtype); when the inputs' dtypes differ they are applied instead to each
+gradient after the backward pass, in the gradient's dtype. Every attributed tensor must be
+floating point (checked on the inputs, before any path is built): an integer leaf (a mask,
+token ids) would otherwise be interpolated as floats.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ import numpy as np
 import torch
 
 from . import tree as T
-from .checks import baselines_tuple, warn_if_training
+from .checks import baselines_tuple, check_float_inputs, warn_if_training
 from .gradients import attribution_fn, vjp_rows
 
 METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -116,43 +126,60 @@ def path_integral(
 
     def integrate(args, baselines):
         selected, rebuild = T.split_args(args, nums)
+        check_float_inputs(selected, "path_integral")  # NOTE: [Each leaf's path in its own dtype]
         base = baselines_tuple(selected, baselines, as_tuple)
         batch = T.batch_size(selected)
-        ref = T.leaves(selected)[0]
-        alphas = torch.as_tensor(alphas_np, dtype=ref.dtype, device=ref.device)
-        weights = torch.as_tensor(weights_np, dtype=ref.dtype, device=ref.device)
-        points, velocity = _walk(walk, selected, base, alphas)
+        xs = T.leaves(selected)
+        mixed = len({x.dtype for x in xs}) > 1
+        weights = torch.as_tensor(weights_np, dtype=real_dtype(xs, torch.float32), device=xs[0].device)
+        points, velocity = _walk(walk, selected, base, alphas_np)
         total, profile_out, profile_grads = None, [], []
         for start, stop in T.chunks(n_steps, batch, chunk_size):
             c = stop - start
             rows = T.fold_rows(T.tree_map(lambda p: p[start:stop], points))
             call_args = _rows_args(args, nums, rows, c, batch)
-            w = None if return_profile else weights[start:stop].repeat_interleave(batch)
+            w = None if return_profile or mixed else weights[start:stop].repeat_interleave(batch)
             out, grads = vjp_rows(f, call_args, nums, weights=w, chunk_size=chunk_size, method="path_integral")
             grads = T.unfold(grads, c)
             if return_profile:
                 profile_out.append(out.reshape((c, batch) + tuple(out.shape[1:])))
                 profile_grads.append(grads)
-                wc = weights[start:stop]
-                grads = T.tree_map(lambda g: g * wc.reshape((-1,) + (1,) * (g.ndim - 1)), grads)
+            if w is None:  # weights applied to each gradient in its own dtype
+                grads = T.tree_map(lambda g: g * weights[start:stop].to(g.dtype).reshape((-1,) + (1,) * (g.ndim - 1)), grads)
             part = T.tree_map(lambda g, x, v: _contract(g, x, v, start, stop), grads, selected, velocity)
             total = part if total is None else T.tree_map(torch.add, total, part)
         result = total if as_tuple else total[0]
         if not return_profile:
             return result
         grads_all = T.tree_map(lambda *gs: torch.cat(gs), *profile_grads)
-        profile = Profile(alphas, weights, torch.cat(profile_out), grads_all if as_tuple else grads_all[0])
+        like = real_dtype(xs)  # the inputs' dtype (the widest of them when they differ)
+        profile = Profile(
+            torch.as_tensor(alphas_np, dtype=like, device=xs[0].device), weights.to(like),
+            torch.cat(profile_out), grads_all if as_tuple else grads_all[0],
+        )  # fmt: skip
         return result, profile
 
     return attribution_fn(fn, f)
 
 
-def _walk(walk, selected, base, alphas):
-    pairs = [walk(x, b, alphas) for x, b in zip(T.leaves(selected), T.leaves(base))]
+def _walk(walk, selected, base, alphas: np.ndarray):
+    """Each leaf's path with the nodes in its own dtype (NOTE: [Each leaf's path in its own dtype])."""
+    leaves = zip(T.leaves(selected), T.leaves(base))
+    pairs = [walk(x, b, torch.as_tensor(alphas, dtype=x.dtype, device=x.device)) for x, b in leaves]
     treedef = T.optree.tree_structure(selected, namespace="xattr")
     points = T.optree.tree_unflatten(treedef, [p for p, _ in pairs])
     velocity = T.optree.tree_unflatten(treedef, [v for _, v in pairs])
     return points, velocity
+
+
+def real_dtype(xs: list, floor: torch.dtype | None = None) -> torch.dtype:
+    """The widest real dtype of the tensors xs (complex ones count as their real part), at least
+    ``floor``: the dtype for quadrature weights shared by all of them."""
+    out = floor
+    for x in xs:
+        d = x.dtype.to_real() if x.dtype.is_complex else x.dtype
+        out = d if out is None else torch.promote_types(out, d)
+    return out
 
 
 def _rows_args(args, nums, rows, c, batch):

@@ -18,18 +18,32 @@ batch size. `copy_blocks` therefore declares, for the inner call, that its rows 
 the true batch B, each block with an id that names the copy (and, nested, the copy of a copy);
 `row_seeds` seeds row i from (stream, example i mod B, its block's id). Outside any fold the
 id is 0 and the seeds are the plain per-example ones: a method's numbers do not change.
+
+NOTE: [Per-input numbers]
+``stdevs`` (one noise level per attributed tensor) is one number for all; a list or tuple of
+numbers, one per tensor in the inputs' *leaf order* (optree's: a dict's keys sorted, so for
+``{"z": ..., "a": ...}`` the first number is "a"'s); or a tree like the attributed inputs
+(a dict keyed like the input), where a number may also stand for a whole subtree.
+
+NOTE: [Baseline distributions]
+A distribution of baselines (gradient SHAP, DeepLift SHAP, `expectation`) is a tree like the
+attributed inputs of tensors (N, ...) whose row k is one baseline for every tensor together.
+A number is a one-row distribution of that value, whole or at one leaf; a leaf with one row
+(a number, or a tensor (1, ...)) is shared by every row of the others.
 """
 
 from __future__ import annotations
 
 import contextvars
+import numbers
 from typing import Any, Callable, Sequence
 
 import torch
 
 from . import tree as T
-from .checks import warn_if_training
+from .checks import check_float_inputs, warn_if_training
 from .gradients import attribution_fn
+from .layers import Split
 
 
 def streams(generator, n: int) -> list:
@@ -175,20 +189,41 @@ def monte_carlo(
     return (result, T.tree_map(lambda *parts: torch.cat(parts), *kept)) if collect else result
 
 
-def _per_leaf(value, selected, name: str) -> list:
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) or (isinstance(v, torch.Tensor) and v.ndim == 0 and not v.is_complex())
+
+
+def _per_leaf(value, selected: tuple, as_tuple: bool, name: str = "stdevs") -> list[float]:
+    """One number per attributed tensor, in leaf order (NOTE: [Per-input numbers])."""
     n = len(T.leaves(selected))
-    if isinstance(value, (int, float)):
+    if _is_number(value):
         return [float(value)] * n
-    value = list(value)
-    if len(value) != n:
-        raise ValueError(f"{name} has {len(value)} entries but there are {n} attributed input tensors")
-    return [float(v) for v in value]
+    flat = isinstance(value, (list, tuple)) and all(_is_number(v) for v in value)
+    if flat and len(value) == n:
+        return [float(v) for v in value]
+    tree = value if as_tuple else (value,)
+    try:  # a tree like the attributed inputs, or a prefix of it (one number for a whole argument)
+        given = T.optree.tree_leaves(tree, namespace="xattr")
+        subtrees = T.optree.tree_structure(tree, namespace="xattr").flatten_up_to(selected)
+    except (ValueError, TypeError):
+        given = None
+    if given is None or not all(_is_number(v) for v in given):
+        if flat:
+            raise ValueError(
+                f"{name} has {len(value)} entries but there are {n} attributed input tensors (a sequence gives one "
+                "number per tensor in the inputs' leaf order: a dict's sorted keys)"
+            )
+        raise ValueError(
+            f"{name} must be one number, a sequence of {n} number(s) (one per attributed input tensor, in leaf order: "
+            f"a dict's sorted keys), or a tree like the attributed inputs with a number for each tensor; got {value!r}"
+        )
+    return [float(v) for v, sub in zip(given, subtrees) for _ in T.leaves(sub)]
 
 
 def smooth(
     attr_fn: Callable,
     *,
-    stdevs: float | Sequence[float] = 1.0,
+    stdevs: Any = 1.0,
     n_samples: int = 5,
     reduce: str = "mean",
     argnums: int | Sequence[int] = 0,
@@ -201,7 +236,8 @@ def smooth(
 
     Args:
       attr_fn: any attribution function ``attr_fn(*args, **kw)`` (gradient, layer, perturbation).
-      stdevs: noise standard deviation, one number or one per attributed input tensor.
+      stdevs: noise standard deviation: one number, or one per attributed input tensor as a
+        list/tuple in leaf order or a tree like the inputs (NOTE: [Per-input numbers]).
       n_samples: S, the number of noisy copies.
       reduce: "mean" (SmoothGrad), "sq_mean" (SmoothGrad-squared) or "var" (VarGrad).
       argnums: which arguments receive noise; must be the ones attr_fn attributes.
@@ -219,7 +255,7 @@ def smooth(
     def fn(*args, **kwargs):
         selected, _ = T.split_args(args, nums)
         xs = T.leaves(selected)
-        sds = _per_leaf(stdevs, selected, "stdevs")
+        sds = _per_leaf(stdevs, selected, as_tuple)
         gens = streams(generator, len(xs))
         noise = [normal_like(x, n_samples, sd, g) for x, sd, g in zip(xs, sds, gens)]
         treedef = T.optree.tree_structure(selected, namespace="xattr")
@@ -245,7 +281,8 @@ def expectation(
     """Averages a baseline method over baselines drawn from a distribution.
 
     ``expectation(a)(x) = mean_{s=1..S} a(x, baselines=b_s)``, ``b_s`` drawn uniformly from the
-    rows of ``baselines``: a tensor (N, ...) or a tree of tensors sharing N.
+    rows of ``baselines``: a tensor (N, ...) or a tree of tensors sharing N; a number is a
+    one-row distribution, whole or at a leaf (NOTE: [Baseline distributions]).
     ``attr_fn`` must accept a ``baselines=`` keyword (every xattr baseline method does).
 
     Example:
@@ -256,8 +293,7 @@ def expectation(
     def fn(*args, **kwargs):
         selected, _ = T.split_args(args, nums)
         batch = T.batch_size(selected)
-        dist = baselines if as_tuple else (baselines,)
-        n_dist = T.batch_size(dist)
+        dist, n_dist = distribution(selected, baselines, as_tuple, method="expectation", like_inputs=False)
         ref = T.leaves(selected)[0]
         (gen,) = streams(generator, 1)
         idx = index_rows(batch, n_samples, n_dist, gen, ref.device)
@@ -274,7 +310,8 @@ def expectation(
 
 
 def shap_samples(
-    at_alpha: Callable, *, argnums, baselines, n_samples: int, stdevs, generator, chunk_size, return_delta: bool
+    at_alpha: Callable, *, argnums, baselines, n_samples: int, stdevs, generator, chunk_size, return_delta: bool,
+    method: str | None = None,
 ) -> Callable:
     """GradientShap's draws around any per-row attribution ``at_alpha(*rows, baselines, alphas)``.
 
@@ -283,17 +320,25 @@ def shap_samples(
     example, all made before chunking; ``monte_carlo`` averages over the ``n_samples`` copies.
     With ``return_delta`` at_alpha returns ``(attr, delta)`` and the deltas come back
     example-major, (B * n_samples, [K]), Captum's layout.
+
+    The attributed tensors are interpolated, so they must be floating point (checked up front).
+    The alphas are drawn in the narrowest of their dtypes, which every other one holds exactly:
+    ``b + a (x - b)`` then stays in each tensor's own dtype.
     """
     nums, as_tuple = T.normalize_argnums(argnums)
+    if method is None:
+        method = "layer_gradient_shap" if isinstance(getattr(at_alpha, "__wrapped__", None), Split) else "gradient_shap"
 
     def fn(*args):
         selected, _ = T.split_args(args, nums)
+        check_float_inputs(selected, method)
         xs, batch = T.leaves(selected), T.batch_size(selected)
-        dist = T.tree_map(_as_distribution, baselines if as_tuple else (baselines,), selected)
+        dist, n_dist = distribution(selected, baselines, as_tuple, method=method)
         gens = streams(generator, len(xs) + 2)
-        noise = [normal_like(x, n_samples, sd, g) for x, sd, g in zip(xs, _per_leaf(stdevs, selected, "stdevs"), gens)]
-        idx = index_rows(batch, n_samples, T.batch_size(dist), gens[-2], xs[0].device)
-        alphas = uniform_rows(batch, n_samples, gens[-1], xs[0])
+        sds = _per_leaf(stdevs, selected, as_tuple)
+        noise = [normal_like(x, n_samples, sd, g) for x, sd, g in zip(xs, sds, gens)]
+        idx = index_rows(batch, n_samples, n_dist, gens[-2], xs[0].device)
+        alphas = uniform_rows(batch, n_samples, gens[-1], _narrowest(xs, method))
         treedef = T.optree.tree_structure(selected, namespace="xattr")
 
         def draw(start, stop):
@@ -308,12 +353,59 @@ def shap_samples(
     return fn
 
 
-def _as_distribution(d, x: torch.Tensor) -> torch.Tensor:
-    if not isinstance(d, torch.Tensor):
-        return torch.full((1,) + tuple(x.shape[1:]), float(d), dtype=x.dtype, device=x.device)
-    if tuple(d.shape[1:]) != tuple(x.shape[1:]):
-        raise ValueError(
-            f"baselines for gradient SHAP are a distribution of shape (N, {', '.join(map(str, x.shape[1:]))}) "
-            f"matching one input example; got {tuple(d.shape)}"
-        )
-    return d.to(dtype=x.dtype, device=x.device)
+def _narrowest(xs: list, method: str) -> torch.Tensor:
+    """The input whose dtype every other input's promotes from (float16 < float32 < float64)."""
+    for x in xs:
+        if all(torch.promote_types(x.dtype, y.dtype) == y.dtype for y in xs):
+            return x
+    raise TypeError(
+        f"{method} interpolates every attributed tensor with one path position per sample, but their dtypes "
+        f"{sorted({str(y.dtype) for y in xs})} have no narrowest one (float16 beside bfloat16); give them one dtype"
+    )
+
+
+def distribution(selected: tuple, baselines, as_tuple: bool, *, method: str, like_inputs: bool = True):
+    """A baseline distribution as a tuple of trees like ``selected``, leaves (N, ...), and N.
+
+    NOTE: [Baseline distributions]. ``baselines`` is a number, a tensor (one attributed tensor),
+    or a tree like ``args[argnums]`` (a tuple of them for tuple argnums) of tensors and numbers.
+    With ``like_inputs`` each row must have its input's per-example shape and the tensors take
+    its dtype and device; without, rows are left as given (the inner method checks them) and
+    only numbers are made, in the input's dtype.
+    """
+    xs = T.leaves(selected)
+    treedef = T.optree.tree_structure(selected, namespace="xattr")
+    if _is_number(baselines) or (isinstance(baselines, torch.Tensor) and len(xs) == 1):
+        given = [baselines] * len(xs)
+    else:
+        try:
+            given = treedef.flatten_up_to(baselines if as_tuple else (baselines,))
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"{method}: baselines must be a number, or tensors (N, ...) (or numbers) in a tree like the attributed "
+                f"inputs, which have {len(xs)} tensor(s): {err}"
+            ) from None
+    for x, d in zip(xs, given):
+        if _is_number(d):
+            continue
+        if not isinstance(d, torch.Tensor) or d.ndim == 0:
+            raise TypeError(f"{method}: a baseline distribution's leaves are tensors (N, ...) or numbers, got {d!r}")
+        if like_inputs and tuple(d.shape[1:]) != tuple(x.shape[1:]):
+            raise ValueError(
+                f"{method}: baselines are a distribution of shape (N, {', '.join(map(str, x.shape[1:]))}) "
+                f"matching one input example; got {tuple(d.shape)}"
+            )
+    sizes = sorted({d.shape[0] for d in given if not _is_number(d)} - {1})
+    if len(sizes) > 1:
+        raise ValueError(f"{method}: every baseline tensor needs the same number of rows N (or one row); got {sizes}")
+    if any(not _is_number(d) and d.shape[0] == 0 for d in given):
+        raise ValueError(f"{method} averages over the baseline distribution's rows, and it has none (N = 0): pass at least one row")
+    n = sizes[0] if sizes else 1
+    rows = []
+    for x, d in zip(xs, given):
+        if _is_number(d):
+            d = torch.full((1,) + tuple(x.shape[1:]), float(d), dtype=x.dtype, device=x.device)
+        elif like_inputs:
+            d = d.to(dtype=x.dtype, device=x.device)
+        rows.append(d.expand((n,) + tuple(d.shape[1:])) if d.shape[0] != n else d)
+    return T.optree.tree_unflatten(treedef, rows), n
