@@ -19,6 +19,8 @@ the walk meets either it cannot tell what is inside, so the call is run again un
 inside one fused torch call (``nn.RNN(nonlinearity="relu")``: ``torch.rnn_relu``) is not seen by
 the mode, and on a GPU (cuDNN) leaves no ReLU node either, but on CPU it leaves ReLU nodes in
 the graph: models holding one take the mode, so the fused ReLUs keep their gradient everywhere.
+TorchScript's ``DifferentiableGraphBackward`` node hides ops the mode cannot see either: it is
+refused (NOTE: [Rules on TorchScript models] in rule_limits.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import torch
 
 from . import tree as T
+from .rule_limits import jit_error
 
 OPAQUE_NODES = frozenset({"CopySlices", "CompiledFunctionBackward"})  # may hide a ruled op
 GRAPH_NODES = {"relu": (torch.relu, frozenset({"ReluBackward0", "ReluBackward1"}))}  # kind: (plain call, node names)
@@ -59,6 +62,8 @@ def hook_graph(out, by_node: dict, first: int) -> bool:
         name = type(node).__name__
         if name in OPAQUE_NODES:
             return False
+        if name == "CppFunction" and "DifferentiableGraphBackward" in node.name():  # TorchScript's
+            raise jit_error("a DifferentiableGraphBackward node in the autograd graph", "xattr.rules")  # NOTE: [Rules on TorchScript models]
         ruled = by_node.get(name)
         if ruled is not None:
             node.register_hook(input_grad_hook(*ruled))

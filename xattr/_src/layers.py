@@ -19,6 +19,16 @@ tuple over calls and head substitutes each). The default, None, requires exactly
 says so otherwise. ``act`` stops the forward pass at the layer once it knows that is safe: at
 once for an int call_index, and after the split's first complete forward pass (which checks the
 single call) for None.
+
+NOTE: [Layers of compiled models]
+Dynamo does not guard on module hooks: a model compiled by ``torch.compile`` and called once
+without them (an evaluation under ``torch.no_grad``) reuses that graph when the split's hooks
+are on, so they never fire ("never called"), and with ``fullgraph=True`` a hook that makes a
+tensor requiring grad cannot be traced at all. So the split runs the model's compiled code as
+its Python source (`rule_limits.eager_compiled`, as the rules do: NOTE: [Rules on compiled
+models]), wherever it is reached from: the eager model's numbers, without the compiled speed.
+A model from ``torch.jit`` runs its layers without hooks: they are refused (NOTE: [Rules on
+TorchScript models] in rule_limits.py).
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from . import tree as T
 from .checks import check_finite
 from .fx_head import traced_head
 from .gradients import _rows, is_multi_output, vjp_rows
+from .rule_limits import calls_jit, eager_compiled, in_checkpoint, jit_error
 
 
 class _Stop(Exception):
@@ -48,6 +59,8 @@ class Split:
         for m in self.modules:
             if not isinstance(m, nn.Module):
                 raise TypeError(f"at_layer needs nn.Module layers, got {type(m).__name__}")
+            if isinstance(m, torch.jit.ScriptModule):  # its forward hooks never run
+                raise jit_error(type(m).__name__, "at_layer")  # NOTE: [Rules on TorchScript models]
         if not (call_index is None or call_index == "all" or (isinstance(call_index, int) and call_index >= 0)):
             raise ValueError(f"call_index must be None, a non-negative int or 'all', got {call_index!r}")
         self.inputs = inputs
@@ -64,8 +77,10 @@ class Split:
     def _wanted(self, k: int) -> bool:
         return self.call_index in (None, "all") or k == self.call_index
 
-    def _run(self, args, on_value: Callable, stop_when_done: bool):
-        """Runs f(*args) with hooks calling ``on_value(layer_i, call_k, value) -> replacement|None``."""
+    def _run(self, args, on_value: Callable, stop_when_done: bool, substitutes: bool = False):
+        """Runs f(*args) with hooks calling ``on_value(layer_i, call_k, value) -> replacement|None``;
+        ``substitutes``: the replacements may differ from the values (NOTE: [Layers under
+        activation checkpointing])."""
         counts = [0] * len(self.modules)
         handles = []
 
@@ -79,6 +94,8 @@ class Split:
                 new = on_value(i, k, value)
                 if new is None:
                     return None
+                if substitutes and torch.is_grad_enabled() and in_checkpoint():
+                    raise _checkpointed(module, "input" if self.inputs else "output")
                 return _pack_inputs(new) if self.inputs else new
 
             return hook
@@ -88,7 +105,8 @@ class Split:
                 h = m.register_forward_pre_hook(make(i)) if self.inputs else m.register_forward_hook(make(i))
                 handles.append(h)
             try:
-                out = self.model(*args)
+                with eager_compiled():  # NOTE: [Layers of compiled models]
+                    out = self.model(*args)
             except _Stop:
                 out = None
         finally:
@@ -104,6 +122,9 @@ class Split:
         for m, c in zip(self.modules, counts):
             name = type(m).__name__
             if c == 0:
+                jit = calls_jit(self.model)
+                if jit is not None:  # it runs the layer's own copy, or the layer without hooks
+                    raise jit_error(type(jit).__name__, "at_layer")
                 raise RuntimeError(f"the layer {name} was never called by the model's forward for these inputs")
             if self.call_index is None and c > 1:
                 raise RuntimeError(
@@ -197,7 +218,29 @@ class _Head:
             pos = k if s.call_index == "all" else 0
             return _clone(given[i][pos])
 
-        return s._run(args, on_value, stop_when_done=False)
+        return s._run(args, on_value, stop_when_done=False, substitutes=True)
+
+
+def _checkpointed(module: nn.Module, where: str) -> RuntimeError:
+    """NOTE: [Layers under activation checkpointing]
+    ``torch.utils.checkpoint(fn, use_reentrant=False)`` keeps none of fn's saved tensors and
+    recomputes them in the backward pass by running fn again, after `Split._run` has removed its
+    hooks. Where the hook replaced the layer's value by an equal one (the zero added by the layer
+    gradients, neuron conductance's leaf copy) the recomputation gives the same tensors, and those
+    methods stay right (tested). The head substitutes another h (layer integrated gradients, any
+    method applied to ``split.head``): the recomputed tensors after the layer would be those of
+    the model's own activation, and the gradients silently wrong (measured 0.14 of 0.22). Keeping
+    the hook for the recomputation would leave it on the model past the call, so the head refuses
+    a layer inside a checkpoint while gradients are recorded; under ``torch.no_grad`` nothing is
+    recomputed, and the perturbation methods run there. The traced head (NOTE: [Traced heads]),
+    where it runs, is right: fx traces through the checkpoint, whose function it inlines."""
+    return RuntimeError(
+        f"xattr.at_layer: split.head substitutes the {where} of {type(module).__name__}, which runs inside "
+        "torch.utils.checkpoint: its backward pass recomputes the checkpointed forward without the substitution, "
+        "so gradients of the head (layer integrated gradients, methods applied to split.head) would be wrong. "
+        "Run the model without activation checkpointing (e.g. checkpoint only in training mode); gradient x "
+        "activation, Grad-CAM, conductance, internal influence and layer gradient SHAP work as they are"
+    )
 
 
 def at_layer(f: Callable, layer: nn.Module | Sequence[nn.Module], *, inputs: bool = False, call_index=None) -> Split:

@@ -1,7 +1,8 @@
 """Where rule-based gradients cannot be trusted, refused: a second differentiation of the rules
 (NOTE: [Rule-based attributions are first-order]) and activation checkpointing (NOTE: [Rules and
-activation checkpointing]); and compiled models, which rules see only as their Python source
-(NOTE: [Rules on compiled models])."""
+activation checkpointing]); compiled models, which rules see only as their Python source
+(NOTE: [Rules on compiled models]); and TorchScript, which they cannot see at all (NOTE: [Rules
+on TorchScript models])."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import contextlib
 import contextvars
 import functools
 import sys
+import types
 from typing import Callable
 
 import torch
@@ -82,14 +84,20 @@ def refuse_checkpoint(rule, op: ops.Op) -> None:
     which the recomputation reproduces: guided backprop and LRP-epsilon at layers stay right
     (tested). With ``use_reentrant=True`` torch itself refuses ``torch.autograd.grad`` and
     torch.func transforms, for every method."""
-    hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
-    if hooks is not None and getattr(hooks[0], "__module__", None) == "torch.utils.checkpoint":
+    if in_checkpoint():
         raise RuntimeError(
             f"xattr.rules: {type(rule).__name__} at a {op.kind!r} op inside torch.utils.checkpoint: the checkpoint "
             "recomputes the forward in the backward pass, outside the rules, so the rule's saved values would be "
             "replaced by the plain op's and the attribution would be wrong. Run the model without activation "
             "checkpointing for rule-based attributions (e.g. checkpoint only in training mode)"
         )
+
+
+def in_checkpoint() -> bool:
+    """Whether this forward runs inside ``torch.utils.checkpoint(..., use_reentrant=False)``,
+    whose backward recomputes it (NOTE: [Rules and activation checkpointing])."""
+    hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    return hooks is not None and getattr(hooks[0], "__module__", None) == "torch.utils.checkpoint"
 
 
 def eager_compiled():
@@ -115,25 +123,82 @@ def calls_compiled(f: Callable) -> bool:
     backprop) and on the deconvolution rule (dynamo refuses its Function). So a ruled call runs
     compiled code as its Python source (``torch.compiler.set_stance("force_eager")``, ~25 us a
     call): the numbers of the eager model, without the compiled speed. Found here are compiled
-    modules anywhere in the model's module tree and compiled functions along the wrapper chain.
-    One reached only through a closure is found by the graph walk when it meets the opaque node,
+    modules anywhere in the model's module tree, and compiled functions and modules along the
+    wrapper chain and in the closures and globals of the user's functions (`_reachable`). One
+    hidden elsewhere (in a container) is found by the graph walk when it meets the opaque node,
     and the call is run again under the mode, which runs compiled code eagerly whenever dynamo
     has been imported (it cannot see a compiled region coming). Rules inside a compiled attribution
     function (``torch.compile(xattr.deep_lift(f))``) are traced by dynamo as they are."""
+    return any(hasattr(obj, "_torchdynamo_orig_callable")  # a compiled function
+               or (type(obj).__name__ == "OptimizedModule" and hasattr(obj, "_orig_mod")) for obj in _reachable(f))
+
+
+def _reachable(f: Callable):
+    """``f`` and what it is seen to call: the modules of module trees, and along wrapper chains
+    (``.model``, ``__wrapped__``, bound methods, partials) the values a Python function closes
+    over and the module-level names it reads, for functions that are not torch's or xattr's."""
     todo, seen = [f], set()
     while todo:
         obj = todo.pop()
         if obj is None or id(obj) in seen:
             continue
         seen.add(id(obj))
-        if hasattr(obj, "_torchdynamo_orig_callable"):  # a compiled function
-            return True
+        yield obj
         if isinstance(obj, nn.Module):
-            if type(obj).__name__ == "OptimizedModule" and hasattr(obj, "_orig_mod"):
-                return True
-            todo.extend(c for c in obj._modules.values() if c is not None)
+            if not isinstance(obj, torch.jit.ScriptModule):
+                todo.extend(c for c in obj._modules.values() if c is not None)
             continue
         if isinstance(obj, functools.partial):
             todo.append(obj.func)
+        if isinstance(obj, types.FunctionType) and (obj.__module__ or "").split(".")[0] not in ("torch", "xattr"):
+            todo.extend(c.cell_contents for c in obj.__closure__ or () if _callable_cell(c))
+            held = map(obj.__globals__.get, obj.__code__.co_names)
+            todo.extend(v for v in held if isinstance(v, (nn.Module, types.FunctionType, torch.jit.ScriptFunction)))
         todo.extend(getattr(obj, attr, None) for attr in ("model", "__wrapped__", "__self__"))
-    return False
+
+
+def _callable_cell(cell) -> bool:
+    try:
+        return callable(cell.cell_contents) and not isinstance(cell.cell_contents, type)
+    except ValueError:  # an empty cell
+        return False
+
+
+def calls_jit(f: Callable):
+    """The TorchScript module or function that ``f`` is, wraps or holds (`_reachable`), or None.
+
+    NOTE: [Rules on TorchScript models]
+    A model from ``torch.jit.script`` or ``torch.jit.trace`` runs its ops in the TorchScript
+    interpreter: the torch function mode never sees them (NOTE: [Intercepting operations]), and
+    once the executor has optimised the graph, autograd holds one opaque
+    ``DifferentiableGraphBackward`` node for it where the graph walk (NOTE: [Rules as graph
+    hooks]) would look for ReLU nodes. Rules could only be skipped there, and the attribution
+    would silently be the plain gradient (deconvolution, DeepLift, LRP measured exactly
+    ``x * grad``). So a ruled function refuses a TorchScript module anywhere in its module tree
+    or along its wrapper chain and closures; one the static search misses (held in a container)
+    is refused by the graph walk when it meets the optimised node, but not under the torch
+    function mode, which walks no graph (DeepLift, LRP: a walk per call to look would cost every
+    model, for a model hidden on purpose). Forward hooks do not run inside TorchScript either, so ``at_layer``
+    refuses its layers (layers.py). The eager module the jit model was made from works."""
+    for obj in _reachable(f):
+        if isinstance(obj, (torch.jit.ScriptModule, torch.jit.ScriptFunction, torch._C.ScriptMethod)):
+            return obj
+    return None
+
+
+def jit_error(found: str, what: str) -> TypeError:
+    """The error for TorchScript (``found``: what, in words) met by ``what`` (NOTE: [Rules on
+    TorchScript models])."""
+    return TypeError(
+        f"{what} cannot see inside TorchScript ({found}, from torch.jit.script or torch.jit.trace): "
+        "it runs its ops and submodules in the TorchScript interpreter, out of reach of xattr's rules and forward "
+        "hooks, so the attribution would silently be wrong. Pass the eager nn.Module the jit model was made from "
+        "(and its layers): gradient and perturbation methods also work on the jit model itself"
+    )
+
+
+def refuse_jit(f: Callable) -> None:
+    """Refuses rules on a function that holds TorchScript (NOTE: [Rules on TorchScript models])."""
+    found = calls_jit(f)
+    if found is not None:
+        raise jit_error(type(found).__name__, "xattr.rules (guided backprop, deconvolution, DeepLift, LRP and every rule-based method)")

@@ -47,7 +47,7 @@ from . import ops
 from .graph_hooks import hook_graph, input_grad_hook, node_number
 from .checks import _modules
 from .input_copies import INPUT_COPIES, MOVES, moved
-from .rule_limits import calls_compiled, eager_compiled, first_order_only, refuse_checkpoint
+from .rule_limits import calls_compiled, eager_compiled, first_order_only, refuse_checkpoint, refuse_jit
 from .rule_table import Table
 
 
@@ -439,6 +439,7 @@ def rules(f: Callable, mapping: Mapping, *, root: nn.Module | None = None) -> Ru
       >>> guided = xattr.rules(model, {F.relu: xattr.rule.Guided()})
       >>> g = xattr.grad(xattr.target(guided, 3))(x)                  # guided backprop
     """
+    refuse_jit(f)  # NOTE: [Rules on TorchScript models]
     if root is None and any(isinstance(k, (str, nn.Module)) for k in mapping):  # names resolve, instances are checked
         found = _modules(f)
         root = found[0] if len(found) == 1 else None
