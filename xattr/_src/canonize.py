@@ -40,6 +40,18 @@ for activations of shape (B, F). A merged linear (`FoldedLinear`, still an ``nn.
 its original weights and the batch norm for other shapes, where it computes them unmerged. A
 batch norm without running statistics (``track_running_stats=False``) normalises by the batch's
 own statistics even in eval mode, is not affine, and is never merged.
+
+A weight computed from other tensors on every access (``torch.nn.utils.parametrizations``'
+weight_norm, spectral_norm, orthogonal, any ``parametrize.register_parametrization``; the old
+hook-style ``torch.nn.utils.weight_norm``/``spectral_norm`` and ``prune``, which recompute it
+before every call) cannot be scaled in place: the scaling would be lost at the next access while
+the folded bias stays. So both modules of a pair are first made plain (`make_plain`): each such
+tensor becomes an ordinary parameter holding its current value (spectral norm's without another
+power-iteration step, as in eval mode), then folded. A merged layer computes what the original
+computes in eval mode; it no longer renormalises if trained further. A weight that is neither a
+parameter nor one of these (a user's own pre-hook writing it) is not merged. The old hook-style
+ones keep their computed weight as a non-leaf tensor attribute, which ``copy.deepcopy`` refuses:
+`copy_model` hands the copy a detached clone, which the copy's hook recomputes before each call.
 """
 
 from __future__ import annotations
@@ -51,6 +63,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.nn.utils import parametrize, prune
+from torch.nn.utils.spectral_norm import SpectralNorm as _HookSpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm as _HookWeightNorm
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = nn.modules.batchnorm._BatchNorm
@@ -89,12 +104,81 @@ def _affine(bn: nn.Module):
     return scale, bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
 
 
+def hook_reparametrized(module: nn.Module) -> dict:
+    """{tensor name: hook} of the old hook-style reparametrizations on ``module`` (weight_norm,
+    spectral_norm, pruning), which recompute the tensor before every call."""
+    found = {}
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, (_HookWeightNorm, _HookSpectralNorm)):
+            found[hook.name] = hook
+        elif isinstance(hook, prune.BasePruningMethod):
+            found[hook._tensor_name] = hook
+    return found
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, also of a model with old hook-style reparametrizations, whose
+    computed tensor (a non-leaf attribute) deepcopy refuses: the copy gets a detached clone of
+    it, which its own hook recomputes before each call (NOTE: [Merging batch norm])."""
+    memo = {}
+    for module in model.modules():
+        for name in hook_reparametrized(module):
+            t = module.__dict__.get(name)
+            if isinstance(t, torch.Tensor) and not t.is_leaf:
+                memo[id(t)] = t.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
+def _foldable(module: nn.Module) -> bool:
+    """Whether every weight and bias of ``module`` is a parameter (or None), parametrized, or
+    recomputed by a known hook: what `make_plain` can turn into a parameter."""
+    hooked = hook_reparametrized(module)
+    return all(name in module._parameters or parametrize.is_parametrized(module, name) or name in hooked
+               for name in ("weight", "bias") if hasattr(module, name))  # fmt: skip
+
+
+@torch.no_grad()
+def make_plain(module: nn.Module) -> None:
+    """Each parametrized or hook-recomputed tensor of ``module`` (a copy) made an ordinary
+    parameter (a buffer, where its originals are) holding its current value (NOTE: [Merging
+    batch norm]).
+
+    Not by ``parametrize.remove_parametrizations``: it deletes the tensor's property from the
+    module's class, which a deep copy shares with the original, so the original would lose its
+    weight (torch 2.x). The copy is given back the class it had before it was parametrized."""
+    if parametrize.is_parametrized(module):
+        values = {}
+        for name, plist in module.parametrizations.items():
+            plist.eval()  # spectral norm: no power-iteration step
+            originals = list(plist.parameters(recurse=False))
+            grad = any(t.requires_grad for t in originals)
+            values[name] = (getattr(module, name).detach().clone(), bool(originals), grad)
+        module.__class__ = type(module).__bases__[0]  # as remove_parametrizations restores it
+        del module._modules["parametrizations"]
+        for name, (value, parameter, grad) in values.items():
+            if parameter:
+                module.register_parameter(name, nn.Parameter(value, requires_grad=grad))
+            else:
+                module.register_buffer(name, value)
+    for name, hook in hook_reparametrized(module).items():
+        if isinstance(hook, _HookWeightNorm):
+            torch.nn.utils.remove_weight_norm(module, name)
+        elif isinstance(hook, _HookSpectralNorm):
+            torch.nn.utils.remove_spectral_norm(module, name)
+        else:
+            prune.remove(module, name)
+
+
 def _mergeable(layer: nn.Module, bn: nn.Module) -> bool:
-    return isinstance(layer, _LAYERS) and isinstance(bn, _NORMS) and bn.running_var is not None
+    return (isinstance(layer, _LAYERS) and isinstance(bn, _NORMS) and bn.running_var is not None
+            and _foldable(layer) and _foldable(bn))  # fmt: skip
 
 
 def _merged(layer: nn.Module, bn: nn.Module) -> nn.Module:
-    """The layer to put in place of ``layer``, with ``bn`` merged (``layer`` may be changed)."""
+    """The layer to put in place of ``layer``, with ``bn`` merged (``layer`` and ``bn``, from a
+    copy, may be changed)."""
+    make_plain(layer)
+    make_plain(bn)
     if isinstance(layer, nn.Linear):
         return FoldedLinear(layer, bn)
     _fold(layer, bn)
@@ -129,13 +213,15 @@ def merge_batch_norm(model: nn.Module) -> nn.Module:
     torch.fx graph of the model, or one per path through its data-dependent conditions (a path
     that raises when traced, an ``assert``, is skipped), each traced on a throwaway copy: the copy
     returned was never traced, so a forward that changes its own state starts as the model's does.
-    A model fx cannot trace so comes back unmerged, with a warning.
+    A model fx cannot trace so comes back unmerged, with a warning. A parametrized weight
+    (weight_norm, spectral_norm, orthogonal; old hook-style weight_norm, spectral_norm, pruning)
+    of a merged pair becomes a plain parameter holding its current value, then merged.
 
     Example:
       >>> attr = xattr.lrp(xattr.target(xattr.merge_batch_norm(model), 3))(x)
     """
     _check_eval(model)
-    throwaway = copy.deepcopy(model)  # tracing runs the forward, which may change its state
+    throwaway = copy_model(model)  # tracing runs the forward, which may change its state
     state = _state(throwaway)
     try:
         traced = fx.symbolic_trace(throwaway)
@@ -143,7 +229,7 @@ def merge_batch_norm(model: nn.Module) -> nn.Module:
         return _merge_along_paths(model)
     constants = {(throwaway, node.target) for node in traced.graph.nodes if node.op == "get_attr"}
     if _written(state, _state(throwaway), constants):  # the GraphModule would not write them
-        return _merge_into(copy.deepcopy(model), [traced.graph])
+        return _merge_into(copy_model(model), [traced.graph])
     modules = dict(traced.named_modules())
     for layer, norm in _safe_pairs([traced.graph], modules):
         _replace(traced, layer, _merged(modules[layer], modules[norm]))
@@ -161,8 +247,8 @@ def _merge_along_paths(model: nn.Module) -> nn.Module:
             "its conditions at a time, so no batch norm was merged (the copy computes as the model does)",
             stacklevel=3,
         )
-        return copy.deepcopy(model)
-    return _merge_into(copy.deepcopy(model), graphs)
+        return copy_model(model)
+    return _merge_into(copy_model(model), graphs)
 
 
 def _merge_into(model: nn.Module, graphs: list) -> nn.Module:
@@ -246,7 +332,7 @@ def _every_path(model: nn.Module):
     for _ in range(_PATHS):
         tracer = _PathTracer(choices)
         try:
-            graphs.append(tracer.trace(copy.deepcopy(model)))
+            graphs.append(tracer.trace(copy_model(model)))
         except Exception as e:  # noqa: BLE001 - a path the model cannot run, or code fx cannot trace
             error = f"{type(e).__name__}: {e}".split("\n")[0][:200]
             if not tracer.cannot_run(e):

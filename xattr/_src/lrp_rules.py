@@ -62,18 +62,22 @@ def stabilized_ratio(z: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def transpose(op: ops.Op, x: torch.Tensor, weight, bias, s: torch.Tensor) -> torch.Tensor:
-    """``J^T s`` for the op's Jacobian with respect to its input, at weight (affine ops: any x)."""
+    """``J^T s`` for the op's Jacobian with respect to its input, at weight (affine ops: any x).
+    Under autocast s has the forward's dtype (bfloat16), the saved input and weights float32: a
+    conv runs in s's dtype (oneDNN refuses mixed ones), a VJP gets s in its output's dtype."""
     if op.kind == "linear":
         return s @ weight.to(s.dtype)
     if op.kind == "conv" and isinstance(op.options["padding"], (int, tuple, list)):
         # the input gradient alone, given the real input: torch.nn.grad.conv{n}d_input passes a
         # stride-0 stand-in, for which oneDNN measured 3-13% slower on the LRP benchmark's convs
         o, nd = op.options, op.options["nd"]
+        x, weight = x.to(s.dtype), weight.to(s.dtype)
         return torch.ops.aten.convolution_backward(
             s, x, weight, None, _n(o["stride"], nd), _n(o["padding"], nd), _n(o["dilation"], nd), False, [0] * nd, o["groups"], (True, False, False)
         )[0]
     rest = () if weight is None else (weight, bias)
-    return pullback(lambda t: op.fn(t, *rest), x)[1](s)[0]
+    out, back = pullback(lambda t: op.fn(t, *rest), x)
+    return back(s.to(out.dtype))[0]
 
 
 def _n(v, nd: int) -> list:

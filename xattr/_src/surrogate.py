@@ -259,9 +259,11 @@ def _result(coef, out, masks, selected, as_tuple, return_input_shape):
 
 
 def _bernoulli_draws(rows: int, n: int, m: int, stream, seeds, device) -> torch.Tensor:
-    """LIME's (rows, n, m) coalitions: each feature kept with probability 1/2."""
-    u = torch.empty(rows, n, m, device=device)
-    return (per_example(stream, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g), seeds) < 0.5).to(u.dtype)
+    """LIME's (rows, n, m) coalitions: each feature kept with probability 1/2. Drawn in float32
+    whatever the default dtype (a float64 default drew other numbers from the same seed), then
+    held in the default dtype (0 and 1 are exact in any)."""
+    u = torch.empty(rows, n, m, device=device, dtype=torch.float32)
+    return (per_example(stream, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g), seeds) < 0.5).to(torch.get_default_dtype())
 
 
 def _custom_draws(perturb_func, sets: list[FeatureSet], rows: int, n: int, F: int, seeds, device) -> list[torch.Tensor]:

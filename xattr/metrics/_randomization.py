@@ -8,6 +8,27 @@ seeded from ``generator``, then copied into place; so the new weights are the sa
 device, and the global random state is unchanged. A layer without ``reset_parameters`` gets
 Gaussian weights with its own parameters' standard deviations. Each layer has one seed, so a
 layer gets the same new weights in every step of a cascade and in the independent mode.
+
+NOTE: [Re-initialising a parametrized layer]
+A parametrized weight (``torch.nn.utils.parametrizations.weight_norm``, ``spectral_norm``,
+``orthogonal``, any ``register_parametrization``) is computed from its originals on every
+access: ``reset_parameters()`` writes into that computed tensor and is lost, so the layer kept
+its trained weight. Instead the CPU copy is made plain (`make_plain`: each such weight an
+ordinary parameter), ``reset_parameters()`` draws the fresh weight there, and the fresh weight
+is assigned to the layer through its parametrization (``layer.weight = w``, which runs
+``right_inverse`` into the originals). So the layer computes what the same layer type with the
+same parametrization computes right after construction: weight norm gives ``w`` back exactly
+(g = |w|, v = w); orthogonal projects ``w`` onto the orthogonal matrices, as registering it
+does; spectral norm keeps ``w`` as its original and divides by its largest singular value,
+whose estimates (the ``_u``, ``_v`` buffers) are refreshed by 15 power iterations, as
+registering it runs (stale estimates from the trained weight would scale the new one by an
+arbitrary factor in eval mode). Re-initialising the originals themselves is not the same: the
+layer's initialiser is written for the weight, not for a magnitude and a direction or an
+unnormalised matrix. The internal ``X.parametrizations.weight`` modules are not layers of
+their own. The old hook-style ``torch.nn.utils.weight_norm``, ``spectral_norm`` and pruning (a
+forward pre-hook recomputing the weight before each call) are refused with a clear error on a
+layer to randomize, as is a TorchScript model (no ``reset_parameters``, no ``get_submodule``);
+elsewhere in the model they are copied (`copy_model`), which plain ``copy.deepcopy`` refuses.
 """
 
 from __future__ import annotations
@@ -18,8 +39,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm
 
 from .._src import tree as T
+from .._src.canonize import copy_model, hook_reparametrized, make_plain
 from .._src.sampling import streams
 from ._common import batch_of
 from ._similarity import MEASURES
@@ -79,11 +103,13 @@ def randomization_check(
     """
     if mode not in ("cascading", "independent"):
         raise ValueError(f"mode must be 'cascading' or 'independent', got {mode!r}")
-    fresh = (lambda: copy.deepcopy(model)) if isinstance(model, nn.Module) else model
+    fresh = (lambda: copy_model(model)) if isinstance(model, nn.Module) else model
     trained = model if isinstance(model, nn.Module) else model()
+    _check_eager(trained)
     args = x if isinstance(x, tuple) else (x,)
     measures = [(s, MEASURES[s]) if isinstance(s, str) and s in MEASURES else _custom(s) for s in similarity]
     names = _layer_names(trained, layers)
+    _check_hooks(trained, names)
     order = list(reversed(names))  # top (output) first
     seeds = _seeds(generator, len(order))
     original = _detach(method_builder(trained)(*args))
@@ -109,10 +135,44 @@ def _custom(s):
     raise ValueError(f"unknown similarity {s!r}: use {sorted(MEASURES)} or a callable (original, randomized) -> (B,)")
 
 
+def _check_eager(model: nn.Module) -> None:
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ValueError(
+            "randomization_check needs an eager nn.Module: a TorchScript model has neither its layers' "
+            "reset_parameters() nor get_submodule(). Pass the model before torch.jit.script/trace, or a builder "
+            "returning it"
+        )
+
+
+def _check_hooks(model: nn.Module, names: list) -> None:
+    """Old hook-style weight/spectral norms on a layer to randomize: refused (NOTE: [Re-initialising
+    a parametrized layer])."""
+    for name in names:
+        for sub_name, sub in model.get_submodule(name).named_modules(prefix=name):
+            hooked = hook_reparametrized(sub)
+            if hooked:
+                kinds = sorted({type(h).__name__ for h in hooked.values()})
+                raise ValueError(
+                    f"randomization_check cannot re-initialise layer {sub_name!r}: {', '.join(sorted(hooked))} is recomputed "
+                    f"before every call by an old hook-style reparametrization ({', '.join(kinds)}: "
+                    "torch.nn.utils.weight_norm, spectral_norm or prune), which reset_parameters() cannot reach. "
+                    "Use torch.nn.utils.parametrizations.weight_norm / spectral_norm (re-initialised through the "
+                    "parametrization), remove it (torch.nn.utils.remove_weight_norm, remove_spectral_norm), or leave "
+                    "the layer out of `layers`"
+                )
+
+
+def _inside_parametrizations(model: nn.Module) -> set:
+    """ids of the modules that implement parametrizations (``X.parametrizations.weight`` and theirs)."""
+    return {id(sub) for m in model.modules() if isinstance(m, parametrize.ParametrizationList) for sub in m.modules()}
+
+
 def _layer_names(model: nn.Module, layers) -> list:
     by_module = {id(m): n for n, m in model.named_modules()}
+    inner = _inside_parametrizations(model)
     if layers is None:
-        names = [n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+        names = [n for n, m in model.named_modules()
+                 if id(m) not in inner and (any(True for _ in m.parameters(recurse=False)) or parametrize.is_parametrized(m))]  # fmt: skip
         if not names:
             raise ValueError("the model has no layers with parameters to randomize")
         return names
@@ -121,10 +181,17 @@ def _layer_names(model: nn.Module, layers) -> list:
         if isinstance(layer, nn.Module):
             if id(layer) not in by_module:
                 raise ValueError(f"layer {type(layer).__name__} is not a submodule of the model")
-            out.append(by_module[id(layer)])
+            name = by_module[id(layer)]
         else:
+            name = layer
             model.get_submodule(layer)  # raises a clear AttributeError for a wrong name
-            out.append(layer)
+        if id(model.get_submodule(name)) in inner:
+            owner = name.split(".parametrizations")[0] if ".parametrizations" in name else "the parametrized layer"
+            raise ValueError(
+                f"{name!r} implements a parametrization, it is not a layer of its own: name the parametrized layer "
+                f"({owner!r}), whose weight is re-initialised through it"
+            )
+        out.append(name)
     return out
 
 
@@ -136,22 +203,50 @@ def _seeds(generator, n: int) -> list:
 
 @torch.no_grad()
 def _reinit(module: nn.Module, seed: int) -> None:
-    """See NOTE: [Re-initialising a layer on a copy]."""
-    own = dict(module.named_parameters(recurse=False))
+    """See NOTE: [Re-initialising a layer on a copy] and NOTE: [Re-initialising a parametrized layer]."""
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         if hasattr(module, "reset_parameters"):
             cpu = copy.deepcopy(module).to("cpu")
+            for sub in list(cpu.modules()):
+                make_plain(sub)
             cpu.reset_parameters()
-            new = dict(cpu.named_parameters())
-            for name, value in cpu.named_buffers():
-                module.get_buffer(name).copy_(value)
-            for name, p in module.named_parameters():
-                p.copy_(new[name])
+            _assign(module, {**dict(cpu.named_buffers()), **dict(cpu.named_parameters())})
             return
-        for p in own.values():
+        own = dict(module.named_parameters(recurse=False))
+        if parametrize.is_parametrized(module):
+            own.update({name: getattr(module, name) for name in module.parametrizations})
+        new = {}
+        for name, p in own.items():
             std = float(p.detach().float().std()) if p.numel() > 1 else 1.0
-            p.copy_(torch.randn(p.shape, dtype=torch.float64).mul_(std))
+            new[name] = torch.randn(p.shape, dtype=torch.float64).mul_(std)
+        _assign(module, new)
+
+
+def _assign(module: nn.Module, new: dict) -> None:
+    """Writes the new values (by name, as the plain copy names them) into the module's tensors:
+    a parametrized one through its parametrization (NOTE: [Re-initialising a parametrized layer])."""
+    for name, value in new.items():
+        owner_name, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_name) if owner_name else module
+        if parametrize.is_parametrized(owner, leaf):
+            current = getattr(owner, leaf)
+            setattr(owner, leaf, value.detach().to(device=current.device, dtype=current.dtype))  # right_inverse
+            _refresh(owner.parametrizations[leaf])
+        else:
+            owner._parameters[leaf].copy_(value) if leaf in owner._parameters else owner._buffers[leaf].copy_(value)
+
+
+def _refresh(plist: nn.Module) -> None:
+    """Spectral norm's singular-vector estimates for its new weight: 15 power iterations, as
+    ``torch.nn.utils.parametrizations.spectral_norm`` runs when registered."""
+    if not any(isinstance(p, _SpectralNorm) for p in plist):
+        return
+    value = plist.original if plist.is_tensor else tuple(getattr(plist, f"original{i}") for i in range(plist.ntensors))
+    for i, p in enumerate(plist):
+        if isinstance(p, _SpectralNorm) and value.ndim > 1:
+            p._power_method(p._reshape_weight_to_matrix(value), 15)
+        value = p(*value) if isinstance(value, tuple) else p(value)
 
 
 def _detach(tree):
