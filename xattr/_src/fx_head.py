@@ -34,6 +34,7 @@ from __future__ import annotations
 import inspect
 import operator
 import types
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -114,7 +115,7 @@ def _state(model: nn.Module):
     for m in model.modules():
         if m.training or m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
             return None
-        key.append(id(m))
+        key.append((id(m), type(m)))  # a module swapped for another class may get the freed id
         key.extend(id(t) for t in m._parameters.values())
         key.extend(id(t) for t in m._buffers.values())
         if not type(m).__module__.startswith("torch.nn."):  # a model's own class: its forward is traced
@@ -149,7 +150,9 @@ def _globals_read(forward, cls: type | None = None, depth: int = 3, seen: set | 
     if code is None or env is None or code in seen:
         return ()
     seen.add(code)
-    names, key = _names(code), []
+    # the function itself (held: a replaced forward or helper cannot hand its id on) and what its
+    # closure cells hold, by value, as for globals
+    names, key = _names(code), [forward, tuple(_value(_cell(c)) for c in getattr(forward, "__closure__", None) or ())]
     for name in names:
         value = env.get(name, _MISSING)
         if value is _MISSING and cls is not None:  # self.helper(...), self.SCALE: the class's own
@@ -200,17 +203,27 @@ def _names(code) -> tuple:
     return names
 
 
-_OWN: dict = {}  # class -> its own classes
+# class -> its own base classes; weak, so a class made per experiment (and what its methods close
+# over) dies with its models, and without cls itself in the value, which would keep the key alive
+_OWN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _own_classes(cls: type) -> tuple:
     """The classes of ``cls``'s method resolution order that are not torch's own."""
-    own = _OWN.get(cls)
-    if own is None:
-        if len(_OWN) > 4096:
-            _OWN.clear()
-        own = _OWN[cls] = tuple(k for k in cls.__mro__ if k is not object and not k.__module__.startswith("torch"))
-    return own
+    bases = _OWN.get(cls)
+    if bases is None:
+        bases = _OWN[cls] = tuple(k for k in cls.__mro__[1:] if k is not object and not k.__module__.startswith("torch"))
+    return bases if cls.__module__.startswith("torch") else (cls,) + bases
+
+
+_EMPTY = object()
+
+
+def _cell(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:  # a cell not yet filled
+        return _EMPTY
 
 
 def _user_function(value) -> bool:

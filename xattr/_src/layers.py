@@ -115,6 +115,8 @@ class Split:
         if not stop_when_done or out is not None:
             self._check_counts(counts)
             if self.call_index is None:
+                if len(self.checked_single_calls) >= 1024:  # variable-length inputs: one per length; forget, recheck
+                    self.checked_single_calls.clear()
                 self.checked_single_calls.add(_signature(args))
         return out
 
