@@ -418,3 +418,10 @@ def test_float_tensor_target_is_a_type_error():
     lin = torch.nn.Linear(3, 2).double()
     with pytest.raises(TypeError, match="integer"):
         X.DeepLift(lin).attribute(torch.randn(2, 3, dtype=torch.float64), target=torch.tensor([1.0, 0.0]))
+
+
+def test_bool_tensor_target_is_a_type_error():
+    # .long() would turn a mask into the per-example indices 0/1 without a word
+    lin = torch.nn.Linear(3, 2).double()
+    with pytest.raises(TypeError, match="integer"):
+        X.DeepLift(lin).attribute(torch.randn(2, 3, dtype=torch.float64), target=torch.tensor([True, False]))

@@ -13,6 +13,7 @@ Attributions have the structure and shapes of ``args[argnums]``.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -81,7 +82,9 @@ def _outputs(f: Callable, args: tuple) -> torch.Tensor:
 def _gap(attributions: tuple, end: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
     """Each row's attributions summed over features, minus (end - start): (R,) or (R, K)."""
     k_axis = end.ndim - 1  # 1 for many outputs
-    total = sum(a.reshape(a.shape[: 1 + k_axis] + (-1,)).sum(-1) for a in T.leaves(attributions))
+    # the feature count spelled out: reshape cannot infer a -1 from an empty batch's 0 elements
+    lead = 1 + k_axis
+    total = sum(a.reshape(a.shape[:lead] + (math.prod(a.shape[lead:]),)).sum(-1) for a in T.leaves(attributions))
     return total - (end - start)
 
 

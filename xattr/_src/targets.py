@@ -25,16 +25,17 @@ from .checks import is_traced
 class Outputs:
     """K outputs of every example; build it with `xattr.outputs`."""
 
-    indices: Any  # None (every output), a list of ints/tuples, or a LongTensor (K,) / (B, K)
+    indices: Any  # None (every output), a list of ints/tuples, or an integer tensor (K,) / (B, K)
 
 
 def outputs(indices: Sequence | torch.Tensor | range | None = None) -> Outputs:
     """Marks K outputs to be attributed at once, for every example.
 
     Args:
-      indices: output indices ``[k_1, ..., k_K]`` (ints, or tuples for multi-dim outputs), a
-        LongTensor of shape (K,), a LongTensor of shape (B, K) for K different outputs per
-        example, or None for every output of the model.
+      indices: output indices ``[k_1, ..., k_K]`` (ints, or tuples for multi-dim outputs), an
+        integer tensor (any integer dtype; bool is refused) of shape (K,), one of shape (B, K)
+        for K different outputs per example, or None for every output of the model. A negative
+        index counts from the last output, as for an int.
 
     Example:
       >>> attr = xattr.saliency(xattr.target(model, xattr.outputs(range(10))))(x)  # (B, 10, *x.shape[1:])
@@ -43,14 +44,43 @@ def outputs(indices: Sequence | torch.Tensor | range | None = None) -> Outputs:
         indices = list(indices)
     if isinstance(indices, (list, tuple)) and not indices:
         raise ValueError("outputs([]) selects nothing; give at least one index, or None for all")
+    if isinstance(indices, torch.Tensor):
+        _check_index_dtype(indices, "an xattr.outputs tensor")
     return Outputs(indices)
 
 
+_INDEX_DTYPES = frozenset(
+    {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32, torch.uint64}
+)
+_REDUCIBLE = frozenset({torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64})  # aminmax/remainder work
+
+
+def _check_index_dtype(t: torch.Tensor, what: str) -> None:
+    """Every integer dtype indexes (as int64: a uint8 tensor is never a mask); a bool tensor is
+    refused, since a mask and the indices 0/1 are equally plausible readings of it."""
+    if t.dtype in _INDEX_DTYPES:
+        return
+    if t.dtype == torch.bool:
+        raise TypeError(
+            f"{what} holds bool values: as a mask or as the indices 0/1 it would select different outputs; "
+            "give integer indices, e.g. mask.nonzero().flatten() for the outputs a mask marks"
+        )
+    raise TypeError(f"{what} must hold integer class indices (a LongTensor), got dtype {t.dtype}")
+
+
+def _as_index(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """An integer tensor as int64 on ``device`` (a LongTensor already there: itself, at the cost of
+    a plain ``.to(device)``, which a dtype argument would slow by half)."""
+    return t.to(device) if t.dtype == torch.long else t.to(device, torch.long)
+
+
 def _flat_outputs(out: torch.Tensor) -> torch.Tensor:
-    return out.reshape(out.shape[0], -1) if out.ndim > 1 else out.unsqueeze(1)
+    # not reshape(B, -1), which cannot infer the -1 from an empty batch's 0 elements
+    return out.flatten(1) if out.ndim > 1 else out.unsqueeze(1)
 
 
-_IN_RANGE = WeakIdKeyDictionary()  # target tensor -> (its version, output count, its values) last found in range
+# target tensor -> (its version, output count, its values, whether any is negative) last found in range
+_IN_RANGE = WeakIdKeyDictionary()
 
 
 def unchanged(t: torch.Tensor, version: int, values: torch.Tensor | None) -> bool:
@@ -59,19 +89,27 @@ def unchanged(t: torch.Tensor, version: int, values: torch.Tensor | None) -> boo
     return t._version == version and (values is None or T.matches_snapshot(t, values))
 
 
-def _check_range(out: torch.Tensor, t, n_out: int) -> None:
+def _check_range(out: torch.Tensor, t, n_out: int) -> bool:
+    """Raises an IndexError for an index outside [-n_out, n_out); for a tensor, returns whether it
+    may hold negative indices (True where unknown: traced values), which need wrapping for a gather."""
     if isinstance(t, torch.Tensor):
         version = None if t.is_inference() else t._version  # inference tensors have no version counter
         seen = _IN_RANGE.get(t) if version is not None else None
-        if (seen is not None and seen[1] == n_out and unchanged(t, seen[0], seen[2])) or not t.numel() or is_traced(t):
-            return  # checked once per tensor (until it is modified): a target is reused by every call
-        lo, hi = torch.aminmax(t)  # one reduction (a new target per batch pays this check every call)
-        if lo.item() < -n_out or hi.item() >= n_out:
+        if seen is not None and seen[1] == n_out and unchanged(t, seen[0], seen[2]):
+            return seen[3]  # checked once per tensor (until it is modified): a target is reused by every call
+        if not t.numel() or is_traced(t):
+            return True
+        # one reduction (a new target per batch pays this check every call)
+        lo, hi = torch.aminmax(t if t.dtype in _REDUCIBLE else t.long())
+        lo, hi = lo.item(), hi.item()
+        if lo < -n_out or hi >= n_out:
             raise IndexError(f"target values must lie in [0, {n_out}) for a model with {n_out} outputs; got {t.tolist()}")
         if version is not None:
-            _IN_RANGE[t] = (version, n_out, T.cpu_snapshot(t))
-    elif isinstance(t, int) and not -n_out <= t < n_out:
+            _IN_RANGE[t] = (version, n_out, T.cpu_snapshot(t), lo < 0)
+        return lo < 0
+    if isinstance(t, int) and not -n_out <= t < n_out:
         raise IndexError(f"target {t} is out of range for a model with {n_out} outputs (shape {tuple(out.shape)})")
+    return False
 
 
 def _select_one(out: torch.Tensor, t, memo: dict | None = None) -> torch.Tensor:
@@ -102,10 +140,10 @@ def _select_one(out: torch.Tensor, t, memo: dict | None = None) -> torch.Tensor:
             )
         return picked
     if isinstance(t, torch.Tensor):
-        if t.is_floating_point():
-            raise TypeError("a target tensor must hold integer class indices (a LongTensor)")
+        if t.dtype != torch.long:
+            _check_index_dtype(t, "a target tensor")
         if t.ndim == 0:
-            return _select_one(out, int(t)) if not is_traced(t) else out[:, t]
+            return _select_one(out, int(t)) if not is_traced(t) else _select_traced(out, t)
         if t.ndim != 1:
             raise ValueError(f"a per-example target must have shape (B,), got {tuple(t.shape)}")
         out = T.expand_shared(out)  # a reference row shared by the batch: one per example (deep_lift)
@@ -125,7 +163,9 @@ def _select_one(out: torch.Tensor, t, memo: dict | None = None) -> torch.Tensor:
             if t.is_inference():  # made under torch.inference_mode: autograd cannot save it as the index
                 t = t.clone()
             c = out.shape[1]
-            t = t.to(out.device).remainder(c)  # in range (checked): -1 is the last output, as an int target
+            # int64 (gather's index dtype; a no-op for a LongTensor), in range (checked): -1 is the
+            # last output, as for an int target
+            t = _as_index(t, out.device).remainder(c)
             if flat:  # row r's target at r * C + t[r % B] in row-major order (`take` reads any layout so)
                 index = torch.arange(0, n * b * c, c, device=out.device)
                 index.view(n, b).add_(t)
@@ -150,18 +190,34 @@ def _select_one(out: torch.Tensor, t, memo: dict | None = None) -> torch.Tensor:
     raise TypeError(f"unsupported target {t!r}: use an int, a tuple index, a LongTensor (B,), a callable or xattr.outputs")
 
 
+def _select_traced(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``out[:, t]`` for a 0-d target whose value a transform hides (one example's target under
+    vmap): a gather, which vmap batches under `grad` too (indexing with a batched tensor calls
+    .item()), reading any integer dtype as an index (indexing reads uint8 as a mask). The range
+    cannot be checked here: a negative index is wrapped, one past the end fails in the gather."""
+    t = t.to(dtype=torch.long)
+    t = torch.where(t < 0, t + out.shape[1], t)
+    index = t.reshape((1, 1) + (1,) * (out.ndim - 2)).expand((out.shape[0], 1) + tuple(out.shape[2:]))
+    return out.gather(1, index).squeeze(1)
+
+
 def _select_many(out: torch.Tensor, idx) -> torch.Tensor:
     """Picks K outputs per row: (R, ...) -> (R, K)."""
     if idx is None:
         return _flat_outputs(out)
     if isinstance(idx, torch.Tensor):
+        if idx.dtype != torch.long:
+            _check_index_dtype(idx, "an xattr.outputs tensor")
         flat = _flat_outputs(out)
-        _check_range(out, idx, flat.shape[1])
+        negative = _check_range(out, idx, flat.shape[1])
+        index = _as_index(idx, out.device)  # a uint8 tensor indexes too, never as a mask
         if idx.ndim == 1:
-            return flat[:, idx.to(out.device)]
+            return flat[:, index]
         if idx.ndim == 2:
             flat = T.expand_shared(flat)  # a reference row shared by the batch: one per example (deep_lift)
-            return torch.gather(flat, 1, T.tile_rows(idx.to(out.device), flat.shape[0]))
+            if negative:  # in range (checked): -1 is the last output, as in (K,); a gather wants it wrapped
+                index = index.remainder(flat.shape[1])
+            return torch.gather(flat, 1, T.tile_rows(index, flat.shape[0]))
         raise ValueError(f"outputs(tensor) needs shape (K,) or (B, K), got {tuple(idx.shape)}")
     flat_idx = _flat_indices(out, idx)
     if flat_idx is not None:  # one gather: K chained selects would each scatter a full-size zero
@@ -226,8 +282,8 @@ def target(f: Callable, t) -> Targeted:
     Args:
       f: model function, ``f(*args) -> Tensor`` with the batch in dim 0 (an ``nn.Module`` is one).
       t: which output: an int class index; a tuple index into a multi-dimensional output (with
-        slices, the region is summed); a
-        LongTensor (B,) with one index per example; a callable ``out -> (R,)``; or
+        slices, the region is summed); an integer tensor (B,) (any integer dtype; bool is
+        refused) with one index per example; a callable ``out -> (R,)``; or
         ``xattr.outputs([...])`` for K outputs of every example at once.
 
     Returns:

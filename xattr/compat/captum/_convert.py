@@ -40,7 +40,7 @@ def captum_target(target, batch: int):
             raise ValueError(
                 f"a tensor target must hold one index, or one per example ({batch}); got shape {tuple(target.shape)}"
             )
-        if target.is_floating_point() or target.is_complex():
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(f"a target tensor must hold integer indices, got {target.dtype} (Captum's gather refuses it too)")
         return target.long()
     if isinstance(target, list):
