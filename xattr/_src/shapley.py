@@ -183,10 +183,14 @@ def _chain(rank: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         start = 1
     if stop > start and n > 1:
         first, last = (start - 1) // (n - 1), (stop - 2) // (n - 1) + 1  # the permutations of copies start..stop-1
-        sizes = torch.arange(1, n, device=rank.device)
-        block = (rank[:, first:last, None, :] < sizes[:, None]).reshape(rows, -1, n)
-        offset = first * (n - 1) + 1
-        parts.append(block[:, start - offset : stop - offset])
+        if (last - first) * (n - 1) <= 2 * (stop - start) + 64:  # whole chains, little to cut off: one comparison
+            sizes = torch.arange(1, n, device=rank.device)
+            block = (rank[:, first:last, None, :] < sizes[:, None]).reshape(rows, -1, n)
+            offset = first * (n - 1) + 1
+            parts.append(block[:, start - offset : stop - offset])
+        else:  # a few copies of a long chain (many features, a small budget): those copies alone
+            copy = torch.arange(start - 1, stop - 1, device=rank.device)  # among the chains' copies
+            parts.append(rank[:, copy // (n - 1), :] < (copy % (n - 1) + 1)[:, None])
     return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
 
