@@ -243,18 +243,36 @@ def _names(code: types.CodeType) -> set:
     return out
 
 
+# NOTE: [CAVs of half-precision models]
+# numpy has no bfloat16, so activations are handed to a scikit-learn estimator as float32 (float16
+# and bfloat16, both exactly) or as they are (float32, float64). The boundary is read back, the
+# midpoint bias of a function classifier, the held-out accuracy and the unit vector are computed
+# in the same widened dtype; only the finished CAV's ``vector`` and ``weights`` are rounded to the
+# activations' dtype, so they multiply the model's activations and gradients as they are. In
+# bfloat16 a mean over examples, a dot product over F features or a norm would keep 8 significant
+# bits, enough to move examples across the boundary and the accuracy with them.
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """float32 for float16 and bfloat16, the dtype itself from float32 up (NOTE: [CAVs of half-precision models])."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _fit(classifier, X: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, float]:
-    """Trains the classifier on (X, y in {0, 1}); returns (w (F,), b) towards label 1."""
+    """Trains the classifier on (X, y in {0, 1}); returns (w (F,), b) towards label 1, w in
+    X's dtype widened to at least float32 (NOTE: [CAVs of half-precision models])."""
+    wide = _wide(X.dtype)
     if classifier is not None and callable(classifier) and not hasattr(classifier, "fit"):
         got = classifier(X, y)
         w, b = got if isinstance(got, tuple) else (got, None)
-        w = torch.as_tensor(w, dtype=X.dtype, device=X.device).reshape(-1)
+        w = torch.as_tensor(w, device=X.device).to(wide).reshape(-1)
         if b is None:
-            b = -float(w @ (X[y == 1].mean(0) + X[y == 0].mean(0))) / 2
+            Xw = X.to(wide)
+            b = -float(w @ (Xw[y == 1].mean(0) + Xw[y == 0].mean(0))) / 2
         return w, float(b)
     if isinstance(classifier, LogisticRegression):
         est = copy.copy(classifier).fit(X, y)
-        return est.coef_[0].to(X.dtype), float(est.intercept_[0])
+        return est.coef_[0].to(wide), float(est.intercept_[0])
     if classifier is None:
         from sklearn.linear_model import SGDClassifier
 
@@ -270,8 +288,8 @@ def _fit(classifier, X: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch
             est = copy.deepcopy(classifier)
         if hasattr(est, "get_params") and est.get_params().get("random_state", 0) is None:
             est.set_params(random_state=seed % 2**32)
-    est.fit(X.detach().cpu().numpy(), y.detach().cpu().long().numpy())
-    coef = torch.as_tensor(getattr(est, "coef_"), dtype=X.dtype).reshape(-1, X.shape[1])
+    est.fit(X.detach().cpu().to(wide).numpy(), y.detach().cpu().long().numpy())
+    coef = torch.as_tensor(getattr(est, "coef_"), dtype=wide).reshape(-1, X.shape[1])
     if coef.shape[0] != 1:
         raise ValueError(f"the classifier gave {coef.shape[0]} weight rows; a CAV needs a binary linear classifier")
     intercept = getattr(est, "intercept_", 0.0)
@@ -292,7 +310,8 @@ def fit_cav(
       test_fraction: share of the examples held out to measure accuracy.
 
     Returns:
-      A `CAV`.
+      A `CAV`, its ``vector`` and ``weights`` in the activations' dtype (fitted, normalised and
+      scored in float32 for float16 and bfloat16 activations, NOTE: [CAVs of half-precision models]).
     """
     if concept.ndim != 2 or negative.ndim != 2 or concept.shape[1] != negative.shape[1]:
         shapes = f"{tuple(concept.shape)} and {tuple(negative.shape)}"
@@ -307,11 +326,11 @@ def fit_cav(
     test, train = perm[:n_test], perm[n_test:]
     if len(torch.unique(y[train])) < 2:
         raise ValueError("the training split holds examples of one class only; give both sets more examples")
-    w, b = _fit(classifier, X[train], y[train], seed)
-    acc = float(((X[test] @ w + b > 0).to(y.dtype) == y[test]).float().mean()) if n_test else math.nan
+    w, b = _fit(classifier, X[train], y[train], seed)  # NOTE: [CAVs of half-precision models]
+    acc = float(((X[test].to(w.dtype) @ w + b > 0).to(y.dtype) == y[test]).float().mean()) if n_test else math.nan
     norm = w.norm()
     vector = w / norm if norm > 0 else w
-    return CAV(vector, w, b, acc)
+    return CAV(vector.to(X.dtype), w.to(X.dtype), b, acc)
 
 
 def seed_of(generator, key: str = "") -> int:

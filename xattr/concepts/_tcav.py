@@ -227,8 +227,9 @@ def _randoms(randoms, n_random_runs, random_size, generator) -> list[Concept]:
 
 def _scores(g: torch.Tensor, vectors: torch.Tensor):
     """sign_count and magnitude of S = g . v for each vector: g (B, [K,] F), vectors (P, F) -> (P, [K])."""
-    d = g @ vectors.to(g).T  # (B, [K,] P)
-    sign = (d > 0).to(g.dtype).mean(0)
+    wide = torch.promote_types(g.dtype, torch.float32)  # scores of a half-precision model: 0.85, not 0.8515625
+    d = g.to(wide) @ vectors.to(device=g.device, dtype=wide).T  # (B, [K,] P)
+    sign = (d > 0).to(wide).mean(0)
     pos, total = d.clamp_min(0).sum(0), d.abs().sum(0)
     mag = torch.where(total > 0, pos / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(total))
     return sign.movedim(-1, 0), mag.movedim(-1, 0)

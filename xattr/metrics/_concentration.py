@@ -7,13 +7,17 @@ from typing import Any
 import torch
 
 from ._common import batch_of, flat, resolve
+from ._similarity import result_dtype
 
 
 def _magnitudes(attributions: Any, args: tuple) -> torch.Tensor:
+    """``|phi|`` as (B, P) rows, widened to at least float32 (NOTE: [Metrics of half-precision
+    maps]): in float16 the positions 1..P, ``P * sum`` and the sum of an image's magnitudes
+    overflow (to inf, and the index comes out NaN or 0)."""
     phi = resolve(attributions, args)
     batch_of(phi)  # NOTE: [Empty batches]
     a = flat(phi).abs()
-    return a if a.is_floating_point() else a.to(torch.get_default_dtype())
+    return a.to(result_dtype(a.dtype))
 
 
 def sparseness(attributions: Any, *args) -> torch.Tensor:
@@ -25,7 +29,8 @@ def sparseness(attributions: Any, *args) -> torch.Tensor:
     all-zero map, which has no distribution to measure.
 
     ``attributions``: a tensor (B, ...), a tuple of them, or an attribution function, then
-    called as ``attributions(*args)``.
+    called as ``attributions(*args)``. Computed and returned in their dtype widened to at
+    least float32: float32 for float16 and bfloat16 maps (NOTE: [Metrics of half-precision maps]).
     """
     a = torch.sort(_magnitudes(attributions, args), dim=1).values
     p = a.shape[1]

@@ -33,13 +33,16 @@ from .._src.checks import check_finite, warn_if_training
 from .._src.masks import features
 from .._src.perturb import baseline_tree, copies_per_call, perturb
 from ._common import batch_of, match_attributions, model_rows, passthrough, positive_nums, resolve
+from ._similarity import result_dtype
 
 
 class Curve(NamedTuple):
     """A deletion or insertion curve: ``fractions`` (S+1,), ``scores`` (B, S+1), ``auc`` (B,).
 
     ``fractions`` is (B, S+1) for a feature mask with one row per example (NOTE: [Each
-    example's own features]); ``fractions.expand_as(scores)`` reads both forms alike.
+    example's own features]); ``fractions.expand_as(scores)`` reads both forms alike. All three
+    are in the model output's dtype widened to at least float32 (float32 for a float16 or
+    bfloat16 model, NOTE: [Metrics of half-precision maps]).
     """
 
     fractions: torch.Tensor
@@ -123,8 +126,11 @@ def _curve(
                 out = model_rows(f(*T.split_args(call, idx)[1](tree)))
                 check_finite(out)
                 outs.append(out.reshape(e - s, batch))
+        # NOTE: [Metrics of half-precision maps]: counts past 65504 are inf in float16
         scores = torch.cat(outs).T  # (B, S+1)
-        fractions = counts.to(scores.dtype) / n_own.to(scores.dtype)[:, None]
+        dtype = result_dtype(scores.dtype)
+        scores = scores.to(dtype)
+        fractions = counts.to(dtype) / n_own.to(dtype)[:, None]
         auc = torch.trapezoid(scores, fractions, dim=1)
         return Curve(fractions if _per_example(masks, batch) else fractions[0], scores, auc)
 

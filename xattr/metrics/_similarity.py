@@ -1,4 +1,15 @@
-"""Similarity of two attribution maps per example: rank correlation, SSIM, top-k intersection."""
+"""Similarity of two attribution maps per example: rank correlation, SSIM, top-k intersection.
+
+NOTE: [Metrics of half-precision maps]
+The metrics of attribution maps (these, `sparseness`, `complexity`) and the fractions and areas
+of the deletion / insertion curves are computed, and returned, in the maps' float dtype widened
+to at least float32 (`result_dtype`): float16 and bfloat16 give float32, float32 stays float32,
+float64 stays float64, bool and integer maps give the default float dtype. Widening a half map
+is exact, and what a metric adds up overflows float16 long before an image is large: float16's
+largest finite value is 65504, so a count of 76800 pixels, a hit count of k = 75264 or the sum of
+150528 magnitudes is inf there, and the results come out inf, NaN or 0. bfloat16 does not
+overflow but keeps 8 significant bits, so a count of 3000 is already off by 8.
+"""
 
 from __future__ import annotations
 
@@ -32,18 +43,20 @@ def spearman(a: Any, b: Any, *, abs: bool = False) -> torch.Tensor:
     """Spearman rank correlation of two maps per example: (B,), nan where a map is constant.
 
     ``a``, ``b``: tensors (B, ...) or trees of them (all elements of an example together); with
-    ``abs`` the magnitudes are ranked (the sign is ignored).
+    ``abs`` the magnitudes are ranked (the sign is ignored). Computed in float64; returned in
+    the maps' dtype widened to at least float32 (NOTE: [Metrics of half-precision maps]).
     """
     fa, fb = _flat_pair(a, b)
     if abs:
         fa, fb = fa.abs(), fb.abs()
-    return _pearson(_ranks(fa), _ranks(fb)).to(_dtype(fa))
+    return _pearson(_ranks(fa), _ranks(fb)).to(_pair_dtype(fa, fb))
 
 
 def top_k_intersection(a: Any, b: Any, *, k: int | float = 0.1) -> torch.Tensor:
     """The fraction of the k largest-magnitude elements of ``a`` that are also among ``b``'s: (B,).
 
-    ``k``: a count, or a fraction of the elements (0 < k <= 1, rounded up).
+    ``k``: a count, or a fraction of the elements (0 < k <= 1, rounded up). In the maps' dtype
+    widened to at least float32 (NOTE: [Metrics of half-precision maps]).
     """
     fa, fb = (m.abs() for m in _flat_pair(a, b))
     p = fa.shape[1]
@@ -53,7 +66,7 @@ def top_k_intersection(a: Any, b: Any, *, k: int | float = 0.1) -> torch.Tensor:
     ia = torch.topk(fa, kk, dim=1).indices
     ib = torch.topk(fb, kk, dim=1).indices
     hit = torch.zeros_like(fa, dtype=torch.bool).scatter_(1, ia, True)
-    return hit.gather(1, ib).sum(1).to(_dtype(fa)) / kk
+    return hit.gather(1, ib).sum(1).to(_pair_dtype(fa, fb)) / kk  # NOTE: [Metrics of half-precision maps]
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -61,7 +74,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1
 
     Maps are (B, H, W) or (B, C, H, W); each is min-max scaled to [0, 1] per example, SSIM is
     computed per channel with a Gaussian window (``window`` x ``window``, std ``sigma``; shrunk
-    to fit small maps) over the valid region, and averaged.
+    to fit small maps) over the valid region, and averaged. Computed and returned in the maps'
+    dtype widened to at least float32 (NOTE: [Metrics of half-precision maps]).
     """
     for m in (a, b):
         if not isinstance(m, torch.Tensor) or m.ndim not in (3, 4):
@@ -69,7 +83,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1
     if a.shape != b.shape:
         raise ValueError(f"ssim needs maps of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     batch_of(a)  # NOTE: [Empty batches]
-    dtype = _dtype(a)
+    dtype = _pair_dtype(a, b)  # NOTE: [Metrics of half-precision maps]
     x, y = (_unit(m.detach().to(dtype)) for m in (a, b))
     x, y = (m.reshape((-1, 1) + tuple(m.shape[-2:])) for m in (x, y))  # channels as rows
     size = min(window, x.shape[-1], x.shape[-2])
@@ -101,8 +115,15 @@ def _unit(m: torch.Tensor) -> torch.Tensor:
     return ((flat_m - lo) / span).reshape(m.shape)
 
 
-def _dtype(t: torch.Tensor) -> torch.dtype:
-    return t.dtype if t.is_floating_point() else torch.get_default_dtype()
+def _pair_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
+    return result_dtype(torch.promote_types(a.dtype, b.dtype))
+
+
+def result_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a metric of maps of ``dtype`` computes and returns (NOTE: [Metrics of half-precision maps])."""
+    if not dtype.is_floating_point:
+        return torch.get_default_dtype()
+    return torch.promote_types(dtype, torch.float32)
 
 
 MEASURES = {
