@@ -167,8 +167,10 @@ def monte_carlo(
     kept = []
     for start, stop in T.chunks(n_samples, batch, chunk_size):
         c = stop - start
-        passthrough = tuple(a if i in nums else T.fold(a, c, batch) for i, a in enumerate(args))
         with T.batch_scope(batch), copy_blocks(start, stop, batch):  # NOTE: [Seeds of folded copies]
+            # folded inside the scope, which records the shared tensors it leaves alone (NOTE:
+            # [Shared pass-through tensors under nesting])
+            passthrough = tuple(a if i in nums else T.fold(a, c, batch) for i, a in enumerate(args))
             rows, extra = draw(start, stop)
             out = attr_fn(*T.split_args(passthrough, nums)[1](rows), **T.fold(kwargs, c, batch), **extra)
         if collect:

@@ -8,6 +8,28 @@ batched torch call does (the "floor"). Anything per-example that travels with th
 pass-through arguments with a batch axis) is tiled the same way, so folds compose: a noise
 tunnel around integrated gradients gives n_steps * n_samples * B rows and row r is still example
 r % B. Measured faster than nested vmap for conv nets on CPU, and identical in value.
+
+NOTE: [Shared pass-through tensors under nesting]
+A pass-through argument is per-example when its dim 0 is the batch size B of the *outermost*
+call, and only then: the outermost call tiles those and hands every other leaf on unchanged
+(a weight vector, a (1, d) scale at B > 1). An inner method of a composition sees S*B folded
+rows, and a shared tensor whose length happens to be S*B looks per-example to it: tiled again,
+it multiplied a ``w.sum()`` by n_steps or crashed an elementwise use. So each outermost call's
+`batch_scope` keeps a record, by identity, of the tensor leaves that a `fold` inside it left
+unchanged, and a fold never tiles a recorded leaf: once an enclosing fold has decided that a
+tensor is shared, it stays shared however deep the nesting, whatever its length. Everything
+else keeps the dim-0 rule, so per-row values an enclosing method makes for its inner call (the
+baselines `expectation` draws, a per-example tensor rebuilt by the user's own wrapper) still
+follow their rows. Per-call keywords (``baselines=``) are folded, and recorded, the same way.
+Cost: a dict entry per untiled leaf per fold, and one check per tiled leaf once the record
+is non-empty; calls without pass-through tensors pay nothing. A fold made outside any batch
+scope records nothing, so a fold whose result goes to an inner attribution function must run
+inside the scope it calls it in (`monte_carlo` and the metrics' `passthrough` do).
+At B = 1 the rule cannot tell a shared (1, d) tensor from a per-example one: it is tiled, and a
+model that sums over its rows (``w.sum()``) sees n copies. Per-example extras concatenated to
+the input at B = 1 are the common case, so xattr keeps the one rule at every batch size (Captum
+tiles every tensor with a dim 0, at any B); give a shared tensor without the leading 1 (shape
+(d,) broadcasts alike) or bind it in a closure or `functools.partial`.
 """
 
 from __future__ import annotations
@@ -45,7 +67,19 @@ def normalize_argnums(argnums: int | Sequence[int]) -> tuple[tuple[int, ...], bo
     argnums = tuple(argnums)
     if not argnums or not all(isinstance(a, int) for a in argnums):
         raise TypeError(f"argnums must be an int or a non-empty tuple of ints, got {argnums!r}")
+    _check_unique(argnums, argnums)
     return argnums, True
+
+
+def _check_unique(argnums: tuple, idx: tuple) -> None:
+    """A ValueError when two argnums name one argument (as torch.func.grad refuses them): the
+    same argument attributed twice gets all zeros in one of its places."""
+    if len(idx) > 1 and len(set(idx)) < len(idx):
+        twice = next(i for n, i in enumerate(idx) if i in idx[:n])
+        raise ValueError(
+            f"argnums={argnums!r} names positional argument {twice} more than once; list each "
+            "attributed argument once"
+        )
 
 
 def split_args(args: tuple, argnums: tuple[int, ...]) -> tuple[tuple, Callable[[tuple], tuple]]:
@@ -55,6 +89,16 @@ def split_args(args: tuple, argnums: tuple[int, ...]) -> tuple[tuple, Callable[[
     for a, i in zip(argnums, idx):
         if not 0 <= i < n:
             raise IndexError(f"argnums={a} but the function was called with {n} positional argument(s)")
+    _check_unique(argnums, idx)  # (0, -3) with 3 arguments: normalize_argnums cannot see it
+    selected = tuple(args[i] for i in idx)
+    for a, x in zip(argnums, selected):
+        if isinstance(x, torch.Tensor):
+            if x.ndim == 0:
+                _not_batched(x, f"attributed argument {a}")
+        elif _BATCH.get() is None:  # the outermost split of a call (inner ones see its rows): a tree's leaves
+            for leaf in leaves(x):
+                if not isinstance(leaf, torch.Tensor) or leaf.ndim == 0:
+                    _not_batched(x, f"attributed argument {a}")
 
     def rebuild(selected: tuple) -> tuple:
         out = list(args)
@@ -62,34 +106,84 @@ def split_args(args: tuple, argnums: tuple[int, ...]) -> tuple[tuple, Callable[[
             out[i] = value
         return tuple(out)
 
-    return tuple(args[i] for i in idx), rebuild
+    return selected, rebuild
 
 
 def batch_size(tree: Tree) -> int:
-    sizes = {leaf.shape[0] for leaf in leaves(tree) if isinstance(leaf, torch.Tensor) and leaf.ndim > 0}
-    if len(sizes) != 1:
+    """The batch size B of the attributed inputs: every leaf a tensor, all sharing dim 0.
+
+    Every method computes it first, so this is where an attributed leaf that is not a batched
+    tensor (a float temperature, a 0-d tensor inside an attributed dict) is refused, by name."""
+    size = None
+    for leaf in leaves(tree):
+        if not isinstance(leaf, torch.Tensor) or leaf.ndim == 0:
+            _not_batched(tree, "the attributed argument(s)")
+        if size is None:
+            size = leaf.shape[0]
+        elif leaf.shape[0] != size:
+            size = -1
+    if size is None or size < 0:
+        sizes = sorted({leaf.shape[0] for leaf in leaves(tree)})
         raise ValueError(
             "attributed inputs must all share one batch size in dim 0; "
-            f"got dim-0 sizes {sorted(sizes) if sizes else 'none (scalars only)'}"
+            f"got dim-0 sizes {sizes if sizes else 'none (no tensors)'}"
         )
-    return sizes.pop()
+    return size
+
+
+def _not_batched(tree: Tree, name: str) -> None:
+    """Raises for the first leaf of ``tree`` that is not a tensor with a batch axis, naming it."""
+    paths, values, _ = optree.tree_flatten_with_path(tree, namespace="xattr")
+    path, leaf = next((p, v) for p, v in zip(paths, values) if not isinstance(v, torch.Tensor) or v.ndim == 0)
+    where = f"the leaf at {''.join(f'[{k!r}]' for k in path)} of {name}" if path else name
+    what = "a 0-d tensor" if isinstance(leaf, torch.Tensor) else f"a {type(leaf).__name__} ({leaf!r:.40})"
+    raise (ValueError if isinstance(leaf, torch.Tensor) else TypeError)(
+        f"attributed inputs must be tensors with a batch axis (dim 0), but {where} is {what}. Pass a "
+        "number or a shared tensor without a batch axis (a temperature, a weight) as a separate "
+        "positional argument left out of argnums, where it passes through unchanged, or bind it "
+        "in a closure (functools.partial)"
+    )
 
 
 def fold(tree: Tree, n: int, batch: int | None = None) -> Tree:
     """Tiles every batched tensor leaf n times along dim 0 (copy-major). See the NOTE above.
 
     With ``batch`` given, only tensors whose dim 0 equals it are tiled (pass-through arguments);
-    other leaves (scalars, non-batched tensors, non-tensors) are returned unchanged.
+    other leaves (scalars, non-batched tensors, non-tensors) are returned unchanged, and so is a
+    tensor that a fold enclosing this one left unchanged (NOTE: [Shared pass-through tensors
+    under nesting]).
     """
 
-    def tile(leaf):
+    if batch is None:
+        return tree_map(lambda leaf: _tile(leaf, n), tree)
+    scope = _BATCH.get()
+    if scope is None:  # outside any call's scope: nothing to record (see the NOTE)
+        return tree_map(lambda leaf: _tile(leaf, n) if _batched(leaf, batch) else leaf, tree)
+
+    def tile(leaf):  # NOTE: [Shared pass-through tensors under nesting]
         if not isinstance(leaf, torch.Tensor) or leaf.ndim == 0:
             return leaf
-        if batch is not None and leaf.shape[0] != batch:
+        kept = scope.kept
+        if leaf.shape[0] != batch:
+            if kept is None:
+                kept = scope.kept = {}
+            kept[id(leaf)] = leaf  # held: its id stays its own while the call runs
+            return leaf
+        if kept is not None and kept.get(id(leaf)) is leaf:
             return leaf
         return leaf.repeat((n,) + (1,) * (leaf.ndim - 1))
 
     return tree_map(tile, tree)
+
+
+def _batched(leaf, batch: int) -> bool:
+    return isinstance(leaf, torch.Tensor) and leaf.ndim > 0 and leaf.shape[0] == batch
+
+
+def _tile(leaf, n: int):
+    if not isinstance(leaf, torch.Tensor) or leaf.ndim == 0:
+        return leaf
+    return leaf.repeat((n,) + (1,) * (leaf.ndim - 1))
 
 
 def unfold(tree: Tree, n: int) -> Tree:
@@ -117,21 +211,24 @@ class batch_scope:
     baselines) must have B rows even though the inner method sees S*B folded rows. A class,
     not a generator context manager: it is entered on every attribution call, and the
     generator's machinery cost ~4x as much (a few microseconds that a small model notices).
+    The outermost scope is itself the context's value: it also holds ``kept``, the pass-through
+    tensors its folds left unchanged (NOTE: [Shared pass-through tensors under nesting]).
     """
 
-    __slots__ = ("batch", "token")
+    __slots__ = ("batch", "token", "kept")
 
     def __init__(self, batch: int):
-        self.batch, self.token = batch, None
+        self.batch, self.token, self.kept = batch, None, None
 
     def __enter__(self) -> None:
         if _BATCH.get() is None:
-            self.token = _BATCH.set(self.batch)
+            self.kept = None
+            self.token = _BATCH.set(self)
 
     def __exit__(self, *exc) -> None:
         if self.token is not None:
             _BATCH.reset(self.token)
-            self.token = None
+            self.token = self.kept = None
 
 
 @contextlib.contextmanager
@@ -146,7 +243,8 @@ def outside_batch_scope():
 
 
 def true_batch() -> int | None:
-    return _BATCH.get()
+    scope = _BATCH.get()
+    return None if scope is None else scope.batch
 
 
 _SHARED: contextvars.ContextVar = contextvars.ContextVar("xattr_shared_reference", default=None)
@@ -191,7 +289,7 @@ def tile_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 def copies_of(t: torch.Tensor, rows: int) -> int:
     """How many copies of the batch of a per-example tensor (B, ...) `rows` folded rows hold."""
-    b, true = t.shape[0], _BATCH.get()
+    b, true = t.shape[0], true_batch()
     if true is not None and b != true:
         raise ValueError(
             f"a per-example tensor has {b} rows but the inputs have a batch of {true}; "
