@@ -271,3 +271,9 @@ def test_an_empty_batch_with_an_empty_per_example_target():
         assert method(f)(empty).shape == (0, 4)
     with pytest.raises(ValueError, match="0 rows cannot follow a batch of 5 rows"):
         f(X)
+
+
+def test_layer_activation_warns_about_train_mode_and_names_the_running_statistics():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2)).train()
+    with pytest.warns(UserWarning, match="running statistics"):
+        xattr.layer_activation(xattr.at_layer(model, model[1]))(torch.randn(5, 3))

@@ -134,8 +134,9 @@ def warn_if_training(fn) -> None:
         if culprits:
             warnings.warn(
                 f"{type(model).__name__} is in train mode and contains {sorted(set(culprits))}: dropout "
-                "makes attributions random and batch-norm makes each example depend on the rest of "
-                "the batch. Call model.eval() before attributing (xattr never changes the mode for you).",
+                "makes attributions random, and batch-norm makes each example depend on the rest of "
+                "the batch and updates its running statistics on every model call (xattr's included). "
+                "Call model.eval() before attributing (xattr never changes the mode for you).",
                 UserWarning,
                 stacklevel=3,
             )

@@ -57,7 +57,11 @@ def layer_activation(split: Split) -> Callable:
     Example:
       >>> h = xattr.layer_activation(xattr.at_layer(model, model.conv2))(x)
     """
-    return attribution_fn(lambda *args: split.act(*args), split)
+    def fn(*args):
+        warn_if_training(split)
+        return split.act(*args)
+
+    return attribution_fn(fn, split)
 
 
 def gradient_x_activation(split: Split, *, multiply: bool = True) -> Callable:
