@@ -12,6 +12,15 @@ size. Models returning one number per batch (aggregate mode) are explained as on
 set of coalitions for the whole batch, and one row of attributions. An example's coalitions
 are over the features its mask holds (NOTE: [Each example's own features] in masks.py): drawn
 and fitted per group of examples holding the same ids, evaluated together.
+
+NOTE: [Similarity weights' precision]
+LIME's similarity weights are computed, and handed to the solver, in the output's dtype
+promoted to at least float32 (the built-in solvers fit in float64 anyway): in float16 eps^2 =
+1e-16 underflows to 0 (the empty coalition at a zero baseline gave cosine 0/0) and |x|^2
+overflows for inputs of a few hundred. `exp_kernel_similarity`'s closed form sums only terms
+of one sign per coalition, never a total minus the kept part: |x - x(z)|^2 = sum_f (1 - z_f)
+sum_{i in f} (x_i - b_i)^2 and |x(z)|^2 = sum_f z_f sum_{i in f} x_i^2 + (1 - z_f) sum_{i in f}
+b_i^2, which cancelled catastrophically on features of mixed scales as |x - b|^2 - z.(...).
 """
 
 from __future__ import annotations
@@ -52,13 +61,15 @@ def exp_kernel_similarity(distance: str = "cosine", kernel_width: float = 1.0) -
     def similarity(original, perturbed, coalitions):
         xs = [x.reshape(x.shape[0], 1, -1) for x in T.leaves(original)]
         ps = [p.reshape(p.shape[0], p.shape[1], -1) for p in T.leaves(perturbed)]
-        x, p = torch.cat(xs, -1).to(_dtype(ps[0])), torch.cat(ps, -1).to(_dtype(ps[0]))
+        dt = _weight_dtype(_dtype(ps[0]))
+        x, p = torch.cat(xs, -1).to(dt), torch.cat(ps, -1).to(dt)
         if distance == "cosine":
             eps = 1e-8
             d = 1 - (x * p).sum(-1) / (x.norm(dim=-1).clamp_min(eps) * p.norm(dim=-1).clamp_min(eps))
+            sq = d * d
         else:
-            d = (x - p).norm(dim=-1)
-        return torch.exp(-(d * d) / (2 * kernel_width**2))
+            sq = ((x - p) * (x - p)).sum(-1)  # the squared distance itself: no sqrt to square again
+        return torch.exp(-sq / (2 * kernel_width**2))
 
     setattr(similarity, _EXP_KERNEL, (distance, float(kernel_width)))
     similarity.__name__ = f"exp_kernel_similarity({distance!r}, {kernel_width})"
@@ -67,6 +78,11 @@ def exp_kernel_similarity(distance: str = "cosine", kernel_width: float = 1.0) -
 
 def _dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype if x.is_floating_point() else torch.get_default_dtype()
+
+
+def _weight_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Similarity weights are computed in at least float32 (NOTE: [Similarity weights' precision])."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def _prepare(f, args, nums, as_tuple, feature_mask, baselines, method: str):
@@ -115,7 +131,8 @@ def lime(
         (coef (B, K, F), intercept (B, K))`` (`xattr.lasso`, `xattr.ridge`,
         `xattr.linear_regression` or your own), or a scikit-learn style estimator with
         ``fit(X, y, sample_weight=...)`` and ``coef_``, then cloned and fitted per example on
-        the CPU (slow; for checking).
+        the CPU (slow; for checking). ``sample_weight`` is in at least float32 (NOTE:
+        [Similarity weights' precision]); the coefficients are cast to the output's dtype.
       similarity_func: ``(original, perturbed, coalitions) -> (B, N)`` weights: ``original`` is
         the attributed argument(s) (leaves (B, ...)), ``perturbed`` the same tree with leaves
         (B, N, ...) (the copies, built in memory-budget chunks along N), ``coalitions`` (B, N, F).
@@ -161,7 +178,7 @@ def lime(
         y = _evaluate(f, args, nums, masks, base, z, aggregate, chunk_size, memory_budget, show_progress)
         w = _weights(similarity, selected, base, masks, z.to(y.dtype), n, aggregate, as_tuple, chunk_size, memory_budget)
         fit = (lambda *a: sklearn_fit(model, *a)) if hasattr(model, "fit") else (lambda *a: model(*a)[0])  # noqa: E731
-        coef = place([fit(zs.to(y.dtype), s.pick(y), s.pick(w).to(y.dtype)) for s, zs in zip(sets, parts)], sets, n)
+        coef = place([fit(zs.to(y.dtype), s.pick(y), s.pick(w)).to(y.dtype) for s, zs in zip(sets, parts)], sets, n)
         return _result(coef, out, masks, selected, as_tuple, return_input_shape)
 
     return attribution_fn(fn, f)
@@ -354,35 +371,42 @@ def _weights(similarity, selected, base, masks, z, n_features, aggregate, as_tup
         if tuple(w.shape) != (z.shape[0], e - s):
             want = (z.shape[0], e - s)
             raise ValueError(f"similarity_func must return {want} weights (examples, samples), got {tuple(w.shape)}")
-        parts.append(w.to(z))
+        parts.append(w.to(device=z.device, dtype=_weight_dtype(z.dtype)))
     return torch.cat(parts, 1)
 
 
 def _exp_kernel_weights(kind, selected, base, masks, z, n_features, aggregate) -> torch.Tensor:
-    """The exp kernel's weights from per-feature sums: with d = x - b and p = b + z*d elementwise,
-    x.p = x.b + z.(sum_f x d), |p|^2 = |b|^2 + z.(sum_f x^2 - b^2), |x - p|^2 = z'.(sum_f d^2), z' = 1 - z."""
+    """The exp kernel's weights from per-feature sums (NOTE: [Similarity weights' precision]):
+    with p = x(z) and z' = 1 - z, x.p = z.(sum_f x^2) + z'.(sum_f x b), |p|^2 = z.(sum_f x^2) +
+    z'.(sum_f b^2) and |x - p|^2 = z'.(sum_f (x - b)^2)."""
     distance, width = kind
-    dt = z.dtype
+    dt = _weight_dtype(z.dtype)
+    z = z.to(dt)
     rows = T.batch_size(selected)
-    sums = torch.zeros(3, rows, n_features, dtype=dt, device=z.device)  # per feature: x d, x^2 - b^2, d^2
-    xb = bb = xx = 0.0
+    k = 3 if distance == "cosine" else 1
+    sums = torch.zeros(k, rows, n_features, dtype=dt, device=z.device)  # per feature: x^2, x b, b^2 or (x - b)^2
     for x, b, m in zip(T.leaves(selected), T.leaves(base), T.leaves(masks)):
         xf, bf = x.reshape(rows, -1).to(dt), torch.broadcast_to(b, x.shape).reshape(rows, -1).to(dt)
         ids = torch.broadcast_to(m, x.shape).reshape(rows, -1)
-        d = xf - bf
-        vals = torch.stack([xf * d, xf * xf - bf * bf, d * d])
-        sums.scatter_add_(2, ids.expand(3, -1, -1), vals)
-        xb, bb, xx = xb + (xf * bf).sum(1), bb + (bf * bf).sum(1), xx + (xf * xf).sum(1)
+        if distance == "cosine":
+            vals = torch.stack([xf * xf, xf * bf, bf * bf])
+        else:
+            d = xf - bf
+            vals = (d * d)[None]
+        sums.scatter_add_(2, ids.expand(k, -1, -1), vals)
     if aggregate:  # the whole batch is one example
-        sums, xb, bb, xx = sums.sum(1, keepdim=True), xb.sum(0, keepdim=True), bb.sum(0, keepdim=True), xx.sum(0, keepdim=True)
-    lin = torch.einsum("bnf,sbf->sbn", z, sums)  # (3, rows, N)
-    # norms clamped before their square roots (sqrt(max(s, eps^2)) = max(sqrt(s), eps)), and the
-    # euclidean distance used squared: no sqrt at 0, whose infinite derivative would make the
-    # gradient of an attribution NaN under torch.func.grad (a zero-norm copy: all features at a
-    # zero baseline)
-    if distance == "cosine":
-        eps = 1e-8
-        norm_p = (bb[:, None] + lin[1]).clamp_min(eps * eps).sqrt()
-        dist = 1 - (xb[:, None] + lin[0]) / (xx.clamp_min(eps * eps).sqrt()[:, None] * norm_p)
-        return torch.exp(-(dist * dist) / (2 * width**2))
-    return torch.exp(-(sums[2].sum(1)[:, None] - lin[2]).clamp_min(0) / (2 * width**2))
+        sums = sums.sum(1, keepdim=True)
+    if distance == "euclidean":
+        # used squared: no sqrt at 0, whose infinite derivative would make the gradient of an
+        # attribution NaN under torch.func.grad (the full coalition's distance is 0)
+        sq = torch.bmm(sums[0][:, None], (1 - z).transpose(1, 2))[:, 0]  # (rows, N); (1, F) @ (F, N): BLAS's fast layout
+        return torch.exp(-sq / (2 * width**2))
+    xx, xb, bb = sums
+    kept = torch.bmm(xx[:, None], z.transpose(1, 2))  # (rows, 1, N)
+    lin = (kept + torch.bmm(torch.stack([xb, bb], 1), (1 - z).transpose(1, 2))).transpose(0, 1)  # (2, rows, N): x.p, |p|^2
+    # norms clamped before their square roots (sqrt(max(s, eps^2)) = max(sqrt(s), eps)): a
+    # zero-norm copy (every feature at a zero baseline) gets cosine 0, and a finite gradient
+    eps = 1e-8
+    norm_x = xx.sum(-1).clamp_min(eps * eps).sqrt()[:, None]
+    dist = 1 - lin[0] / (norm_x * lin[1].clamp_min(eps * eps).sqrt())
+    return torch.exp(-(dist * dist) / (2 * width**2))
