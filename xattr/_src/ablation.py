@@ -36,6 +36,7 @@ from .gradients import attribution_fn, detached
 from .masks import SMALL, constant, features, scatter_features, scatterer
 from .perturb import Coalitions, baseline_tree, evaluate, outputs_at
 from .prepared import Prepared, drops_of
+from .paths import WIDE
 from .sampling import streams
 
 
@@ -182,13 +183,13 @@ class _Grid:
 
     def average(self, drops: torch.Tensor) -> torch.Tensor:
         """(..., W) drops per window -> (..., cells): the mean drop of the windows covering each cell."""
-        lead = drops.shape[:-1]
-        t = drops.reshape(lead + tuple(d.n_positions for d in self.dims))
-        counts = torch.ones((), dtype=drops.dtype, device=drops.device)
+        lead, wide = drops.shape[:-1], WIDE.get(drops.dtype, drops.dtype)  # NOTE: [Sums over chunks] in paths.py
+        t = drops.reshape(lead + tuple(d.n_positions for d in self.dims)).to(wide)
+        counts = torch.ones((), dtype=wide, device=drops.device)
         for d in self.dims:  # sum over the positions of dim d, which moves the dim's cells to the end
             t = d.sum_over(t, len(lead))
-            counts = counts[..., None] * d.counts().to(drops.device, drops.dtype)
-        return (t / counts.clamp(min=1)).reshape(lead + (self.n_cells,))
+            counts = counts[..., None] * d.counts().to(drops.device, wide)
+        return (t / counts.clamp(min=1)).to(drops.dtype).reshape(lead + (self.n_cells,))
 
 
 class _Cover:

@@ -260,12 +260,13 @@ def deep_lift(
 def _distribution(selected, baselines, as_tuple: bool, method: str):
     """The baseline distribution as a tree like ``selected`` of (N, ...) tensors, and N; numbers
     are one-row distributions, whole or at a leaf (NOTE: [Baseline distributions] in sampling.py).
-    Tensors keep their dtype, as `deep_lift`'s baselines do."""
+    Rows take their input's dtype and device, as `deep_lift`'s baselines do, so the attributions
+    keep the inputs' dtype whatever the distribution's."""
     dist, n = distribution(selected, baselines, as_tuple, method=method, like_inputs=False)
     for x, b in zip(T.leaves(selected), T.leaves(dist)):
         if tuple(b.shape[1:]) != tuple(x.shape[1:]):
             raise ValueError(f"baselines rows of shape {tuple(b.shape[1:])} do not match inputs {tuple(x.shape[1:])}")
-    return dist, n
+    return T.tree_map(lambda x, b: b.to(dtype=x.dtype, device=x.device), selected, dist), n
 
 
 def deep_lift_shap(

@@ -33,7 +33,7 @@ from .checks import baselines_like, check_float_inputs, warn_if_training
 from .gradients import attribution_fn
 from .layers import Split, layer_vjp_rows
 from .methods import completeness_gap
-from .paths import _rows_args, _walk, quadrature, real_dtype, straight_line
+from .paths import ChunkSum, _rows_args, _walk, quadrature, real_dtype, straight_line
 
 
 def layer_path(
@@ -77,10 +77,6 @@ def _check_batch_first(h, rows: int, method: str) -> None:
 def _with_k(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Inserts the K axis into v (c, B, ...) when g (c, B, K, ...) carries one."""
     return v.unsqueeze(2) if g.ndim == v.ndim + 1 else v
-
-
-def _add(total, part):
-    return part if total is None else T.tree_map(torch.add, total, part)
 
 
 def _public(fn: Callable, split: Split, nums: tuple) -> Callable:
@@ -136,13 +132,14 @@ def conductance(
     alphas, _ = quadrature(method, n_steps + 1)
 
     def fn(*args, baselines=baselines):
-        total, last = None, None
+        total, last = ChunkSum(), None  # NOTE: [Sums over chunks] in paths.py
         path = layer_path(split, args, nums, as_tuple, baselines, alphas, None, chunk_size, "conductance")
         for h, g in path:
             if last is not None:  # NOTE: [Layer gradients along the input path]: carry the last point
                 h, g = (T.tree_map(lambda p, t: torch.cat([p, t]), prev, now) for prev, now in zip(last, (h, g)))
-            total = _add(total, T.tree_map(lambda gi, hi: (gi[:-1] * _with_k(hi[1:] - hi[:-1], gi)).sum(0), g, h))
+            total.add(T.tree_map(lambda gi, hi: (gi[:-1] * _with_k(hi[1:] - hi[:-1], gi)).sum(0), g, h))
             last = T.tree_map(lambda t: t[-1:], h), T.tree_map(lambda t: t[-1:], g)
+        total = total.value()
         if not return_delta:
             return total
         return total, completeness_gap(split.model, args, argnums, total, baselines)
@@ -183,10 +180,10 @@ def internal_influence(
     alphas, weights = quadrature(method, n_steps)
 
     def fn(*args, baselines=baselines):
-        total = None
+        total = ChunkSum()  # NOTE: [Sums over chunks] in paths.py
         path = layer_path(split, args, nums, as_tuple, baselines, alphas, weights, chunk_size, "internal_influence")
         for _, g in path:
-            total = _add(total, T.tree_map(lambda t: t.sum(0), g))
-        return total
+            total.add(T.tree_map(lambda t: t.sum(0), g))
+        return total.value()
 
     return _public(fn, split, nums)

@@ -19,6 +19,17 @@ then takes the output's dtype); when the inputs' dtypes differ they are applied 
 gradient after the backward pass, in the gradient's dtype. Every attributed tensor must be
 floating point (checked on the inputs, before any path is built): an integer leaf (a mask,
 token ids) would otherwise be interpolated as floats.
+
+NOTE: [Sums over chunks]
+A chunked method adds each chunk's part (summed over the chunk's own rows, which torch does with
+a float32 accumulator for float16/bfloat16) to a running total. Kept in float16 (11 significant
+bits) or bfloat16 (8), a total stops growing once it is about 2^11 or 2^8 times a part, so
+small chunks of a long path or of many samples rounded away (bfloat16 IG over 1000 steps in
+chunks of 2 halved to quartered every feature). `ChunkSum` keeps a half-precision total in
+float32 and rounds it once, to the parts' dtype, at the end; float32 and float64 totals stay in
+their own dtype (no cast, no copy). The noise tunnel's sums over S samples also compute each
+part in float32 for half-precision attributions (`sampling.monte_carlo`): a float16 sum of
+S copies of 1000 overflows where their mean does not.
 """
 
 from __future__ import annotations
@@ -34,6 +45,45 @@ from .checks import baselines_tuple, check_float_inputs, warn_if_training
 from .gradients import attribution_fn, vjp_rows
 
 METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
+
+
+# the dtype a running sum of half-precision parts is kept in (NOTE: [Sums over chunks])
+WIDE = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.complex32: torch.complex64}
+
+
+class ChunkSum:
+    """The sum of per-chunk parts, trees of tensors alike (NOTE: [Sums over chunks])."""
+
+    __slots__ = ("total", "dtypes", "widened")
+
+    def __init__(self):
+        self.total = self.dtypes = None
+        self.widened = False
+
+    def add(self, part, like=None) -> None:
+        """Adds ``part``; ``like``: a tree whose dtypes the result takes, when the part was
+        computed wider than them (default: the first part's)."""
+        if self.total is None:
+            like = part if like is None else like
+            self.total, self.dtypes = part, T.tree_map(lambda p: p.dtype, like)
+            self.widened = any(p.dtype in WIDE for p in T.leaves(like))
+        else:
+            self.total = T.tree_map(_wide_add, self.total, part)
+
+    def value(self, divide_by: int | None = None):
+        """The total (divided by ``divide_by`` before rounding), in the parts' dtype."""
+        if divide_by is not None:
+            total = T.tree_map(lambda t: t / divide_by, self.total)
+        elif not self.widened:
+            return self.total
+        else:
+            total = self.total
+        return T.tree_map(lambda t, d: t.to(d), total, self.dtypes) if self.widened else total
+
+
+def _wide_add(total: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+    wide = WIDE.get(total.dtype)
+    return torch.add(total if wide is None else total.to(wide), part)
 
 
 def quadrature(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -133,7 +183,7 @@ def path_integral(
         mixed = len({x.dtype for x in xs}) > 1
         weights = torch.as_tensor(weights_np, dtype=real_dtype(xs, torch.float32), device=xs[0].device)
         points, velocity = _walk(walk, selected, base, alphas_np)
-        total, profile_out, profile_grads = None, [], []
+        total, profile_out, profile_grads = ChunkSum(), [], []
         for start, stop in T.chunks(n_steps, batch, chunk_size):
             c = stop - start
             rows = T.fold_rows(T.tree_map(lambda p: p[start:stop], points))
@@ -146,8 +196,8 @@ def path_integral(
                 profile_grads.append(grads)
             if w is None:  # weights applied to each gradient in its own dtype
                 grads = T.tree_map(lambda g: g * weights[start:stop].to(g.dtype).reshape((-1,) + (1,) * (g.ndim - 1)), grads)
-            part = T.tree_map(lambda g, x, v: _contract(g, x, v, start, stop), grads, selected, velocity)
-            total = part if total is None else T.tree_map(torch.add, total, part)
+            total.add(T.tree_map(lambda g, x, v: _contract(g, x, v, start, stop), grads, selected, velocity))
+        total = total.value()  # NOTE: [Sums over chunks]
         result = total if as_tuple else total[0]
         if not return_profile:
             return result

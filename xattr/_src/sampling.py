@@ -30,6 +30,20 @@ A distribution of baselines (gradient SHAP, DeepLift SHAP, `expectation`) is a t
 attributed inputs of tensors (N, ...) whose row k is one baseline for every tensor together.
 A number is a one-row distribution of that value, whole or at one leaf; a leaf with one row
 (a number, or a tensor (1, ...)) is shared by every row of the others.
+
+NOTE: [Variance over chunks]
+VarGrad's population variance is not computed as E[a^2] - E[a]^2 (Captum's formula): when the
+mean dominates the spread that difference cancels catastrophically and gives negative
+"variances" (float32 attributions near 1000 with a spread of 1e-2). The samples are shifted
+by each example's first one (so the means below are of the spread's size, not the mean's, and
+keep its precision); each chunk's mean and sum of squared deviations come from two passes over
+the chunk and are merged into the running ones with Chan, Golub & LeVeque's pairwise update
+    n = n_a + n_b,  d = mean_b - mean_a,  mean = mean_a + d n_b / n,
+    M2 = M2_a + M2_b + d^2 n_a n_b / n,
+so the result is M2 / S >= 0. Memory: three running tensors like the result (the shift, the
+mean, M2) and one temporary like a chunk's attributions, as E[a^2] had. Half
+precision attributions are merged in float32 (NOTE: [Sums over chunks] in paths.py). Complex
+attributions keep the formula's meaning, E[(a - E a)^2] without conjugation.
 """
 
 from __future__ import annotations
@@ -44,6 +58,7 @@ from . import tree as T
 from .checks import check_float_inputs, warn_if_training
 from .gradients import attribution_fn
 from .layers import Split
+from .paths import WIDE, ChunkSum
 
 
 def streams(generator, n: int) -> list:
@@ -150,7 +165,8 @@ def monte_carlo(
 
     ``draw(start, stop)`` returns (attributed rows as a tuple of trees (c*B, ...), extra kwargs
     already of c*B rows). The caller's ``args`` and ``kwargs`` with a batch axis are tiled.
-    ``reduce``: "mean", "sq_mean" (mean of squares) or "var" (E[a^2] - E[a]^2).
+    ``reduce``: "mean", "sq_mean" (mean of squares) or "var" (the population variance, E[(a - E a)^2],
+    NOTE: [Variance over chunks]).
 
     ``collect``: attr_fn returns ``(attributions, aux)``, aux a tree of per-row values (c*B, ...)
     that are kept, not reduced (a per-sample diagnostic such as a convergence delta). The result
@@ -163,8 +179,7 @@ def monte_carlo(
     warn_if_training(attr_fn)
     selected, rebuild = T.split_args(args, nums)
     batch = T.batch_size(selected)
-    s1 = s2 = None
-    kept = []
+    total, moments, kept = ChunkSum(), _Moments(), []
     for start, stop in T.chunks(n_samples, batch, chunk_size):
         c = stop - start
         with T.batch_scope(batch), copy_blocks(start, stop, batch):  # NOTE: [Seeds of folded copies]
@@ -177,18 +192,64 @@ def monte_carlo(
             out, aux = out
             kept.append(T.unfold(aux, c))
         out = T.unfold(out, c)
-        p1 = T.tree_map(lambda a: a.sum(0), out)
-        s1 = p1 if s1 is None else T.tree_map(torch.add, s1, p1)
-        if reduce != "mean":
-            p2 = T.tree_map(lambda a: (a * a).sum(0), out)
-            s2 = p2 if s2 is None else T.tree_map(torch.add, s2, p2)
-    if reduce == "mean":
-        result = T.tree_map(lambda a: a / n_samples, s1)
-    elif reduce == "sq_mean":
-        result = T.tree_map(lambda a: a / n_samples, s2)
-    else:
-        result = T.tree_map(lambda a, b: b / n_samples - (a / n_samples) ** 2, s1, s2)
+        if reduce == "var":  # NOTE: [Variance over chunks]
+            moments.add(out, c)
+        elif reduce == "mean":
+            total.add(T.tree_map(_sum0, out), like=out)  # NOTE: [Sums over chunks] in paths.py
+        else:
+            total.add(T.tree_map(lambda a: _squares(_widened(a)), out), like=out)
+    result = moments.value() if reduce == "var" else total.value(divide_by=n_samples)
     return (result, T.tree_map(lambda *parts: torch.cat(parts), *kept)) if collect else result
+
+
+def _widened(a: torch.Tensor) -> torch.Tensor:
+    wide = WIDE.get(a.dtype)
+    return a if wide is None else a.to(wide)
+
+
+def _squares(a: torch.Tensor) -> torch.Tensor:
+    return (a * a).sum(0)
+
+
+def _sum0(a: torch.Tensor) -> torch.Tensor:
+    """The sum over the samples of a chunk, in float32 for half-precision attributions."""
+    wide = WIDE.get(a.dtype)
+    return a.sum(0) if wide is None else a.sum(0, dtype=wide)
+
+
+class _Moments:
+    """The running count, mean and sum of squared deviations of the samples, leaf by leaf, about
+    each example's first sample (NOTE: [Variance over chunks])."""
+
+    __slots__ = ("n", "shift", "mean", "m2", "dtypes", "treedef")
+
+    def __init__(self):
+        self.n, self.shift, self.mean, self.m2 = 0, [], [], []
+
+    def add(self, out, c: int) -> None:
+        leaves, treedef = T.optree.tree_flatten(out, namespace="xattr")
+        if not self.n:
+            self.dtypes, self.treedef = [a.dtype for a in leaves], treedef
+            self.shift = [a[0].to(WIDE.get(a.dtype, a.dtype), copy=True) for a in leaves]
+        n = self.n + c
+        for i, a in enumerate(leaves):
+            d = a - self.shift[i]  # the one temporary (half precision: in float32)
+            mean = d.sum(0) / c
+            # a second pass in place (torch.var_mean over dim 0 is ~100x slower on CPU); complex:
+            # without conjugation, as E[a^2] - E[a]^2 had. pow_, not mul_(d): autograd and vmap
+            m2 = d.sub_(mean).pow_(2).sum(0)
+            if not self.n:
+                self.mean.append(mean)
+                self.m2.append(m2)
+                continue
+            d = mean - self.mean[i]
+            self.mean[i] = torch.add(self.mean[i], d, alpha=c / n)
+            self.m2[i] = torch.addcmul(self.m2[i] + m2, d, d, value=self.n * c / n)
+        self.n = n
+
+    def value(self):
+        var = [(m2 / self.n).to(dtype) for m2, dtype in zip(self.m2, self.dtypes)]
+        return T.optree.tree_unflatten(self.treedef, var)
 
 
 def _is_number(v) -> bool:
