@@ -52,10 +52,13 @@ def layer_path(
     # weights scale dF/dh, whose dtype is the layer's: the cotangent takes the output's dtype
     wdtype = real_dtype(xs, torch.float32)
     weight = None if weights is None else torch.as_tensor(weights, dtype=wdtype, device=xs[0].device)
-    points, _ = _walk(straight_line, selected, base if as_tuple else (base,), alphas)
-    for start, stop in T.chunks(len(alphas), batch, chunk_size):
+    spans, trees = list(T.chunks(len(alphas), batch, chunk_size)), base if as_tuple else (base,)
+    points = _walk(straight_line, selected, trees, alphas)[0] if len(spans) == 1 else None
+    for start, stop in spans:
         c = stop - start
-        rows = T.fold_rows(T.tree_map(lambda p: p[start:stop], points))
+        here = points if points is not None else _walk(straight_line, selected, trees, alphas[start:stop])[0]
+        at = start if points is not None else 0  # NOTE: [Path points per chunk] in paths.py
+        rows = T.fold_rows(T.tree_map(lambda p: p[at : at + c], here))
         w = None if weight is None else weight[start:stop].repeat_interleave(batch)
         h, _, g = layer_vjp_rows(split, _rows_args(args, nums, rows, c, batch), weights=w, chunk_size=chunk_size)
         _check_batch_first(h, c * batch, method)
