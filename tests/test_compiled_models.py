@@ -13,17 +13,12 @@ from torch import nn
 import xattr
 from xattr.testing import assert_trees_close
 
+from compile_support import needs_compile
+
 BACKEND = os.environ.get("XATTR_COMPILE_BACKEND", "aot_eager")
 
 
-def _compile_available() -> bool:
-    try:
-        return hasattr(torch, "compile") and torch._dynamo.is_dynamo_supported()
-    except Exception:  # noqa: BLE001
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _compile_available(), reason="torch.compile is not supported here")
+pytestmark = needs_compile
 
 
 class Net(nn.Module):

@@ -22,6 +22,7 @@ from xattr.testing import (
 )
 from xattr.testing.strategies import ModelSpec, random_tensor
 
+from compile_support import needs_compile
 from registry import BY_NAME, METHODS_UNDER_TEST, TwoInputs, changed_state, entries, state_snapshot
 
 B = 4
@@ -141,14 +142,7 @@ def test_per_example_baselines_keyword(method):
     assert_trees_close(one, fn(x, baselines=base[:1].expand_as(x)), what="broadcast baseline vs expanded")
 
 
-def _compile_available() -> bool:
-    try:
-        return hasattr(torch, "compile") and torch._dynamo.is_dynamo_supported()
-    except Exception:  # noqa: BLE001
-        return False
-
-
-@pytest.mark.skipif(not _compile_available(), reason="torch.compile is not supported on this platform")
+@needs_compile
 @pytest.mark.parametrize("name", ["saliency", "ig_gausslegendre"])
 def test_torch_compile_gives_the_same_numbers(name):
     # aot_eager traces through dynamo and AOT autograd without a C++ toolchain (inductor adds ~20 s

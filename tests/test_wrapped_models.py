@@ -20,6 +20,8 @@ from torch.utils.checkpoint import checkpoint
 import xattr
 from xattr.testing import assert_trees_close
 
+from compile_support import needs_compile
+
 
 class Net(nn.Module):
     def __init__(self):
@@ -189,14 +191,7 @@ class Wrap(nn.Module):
 # ----------------------------------------------------------------------------------- torch.compile
 
 
-def _compile_available() -> bool:
-    try:
-        return hasattr(torch, "compile") and torch._dynamo.is_dynamo_supported()
-    except Exception:  # noqa: BLE001
-        return False
-
-
-compiles = pytest.mark.skipif(not _compile_available(), reason="torch.compile is not supported here")
+compiles = needs_compile  # the marker of the torch.compile tests below
 
 
 class Small(nn.Module):
