@@ -125,6 +125,12 @@ def _training_stochastic(model: nn.Module) -> list[str]:
     return found
 
 
+def at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    """float32 for float16 and bfloat16 (complex32: complex64), the dtype itself from float32 up:
+    where sums, similarities, scores or classifier fits of half-precision values are computed."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def warn_if_training(fn) -> None:
     """Warns once per outermost attribution call (nested calls run inside its batch scope)."""
     if T.true_batch() is not None:

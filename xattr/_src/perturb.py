@@ -445,7 +445,7 @@ def outputs_at(f: Callable, args: tuple, batch: int | None = None) -> tuple[torc
     check_not_empty(batch)
     # the model gets copies: one writing into its input in place (x.clamp_()) must leave the user's
     # tensors, and the perturbed copies made from them afterwards, as they were
-    private = T.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, args)
+    private = T.cloned(args)
     with model_calls():
         dtype = output_float_dtype(args)
         out = as_floating(_as_output(f(*private), dtype), dtype)  # NOTE: [Integer outputs]

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import tree as T
-from .checks import warn_if_training
+from .checks import at_least_float32, warn_if_training  # similarity weights: NOTE: [Similarity weights' precision]
 from .gradients import attribution_fn
 from .masks import FeatureSet, feature_sets, features, keep_masks, place, scatter_features, widen
 from .perturb import as_floating, baseline_tree, copies_per_call, evaluate, outputs_at, perturb
@@ -61,7 +61,7 @@ def exp_kernel_similarity(distance: str = "cosine", kernel_width: float = 1.0) -
     def similarity(original, perturbed, coalitions):
         xs = [x.reshape(x.shape[0], 1, -1) for x in T.leaves(original)]
         ps = [p.reshape(p.shape[0], p.shape[1], -1) for p in T.leaves(perturbed)]
-        dt = _weight_dtype(_dtype(ps[0]))
+        dt = at_least_float32(_dtype(ps[0]))
         x, p = torch.cat(xs, -1).to(dt), torch.cat(ps, -1).to(dt)
         if distance == "cosine":
             eps = 1e-8
@@ -78,11 +78,6 @@ def exp_kernel_similarity(distance: str = "cosine", kernel_width: float = 1.0) -
 
 def _dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype if x.is_floating_point() else torch.get_default_dtype()
-
-
-def _weight_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Similarity weights are computed in at least float32 (NOTE: [Similarity weights' precision])."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 def _prepare(f, args, nums, as_tuple, feature_mask, baselines, method: str):
@@ -371,7 +366,7 @@ def _weights(similarity, selected, base, masks, z, n_features, aggregate, as_tup
         if tuple(w.shape) != (z.shape[0], e - s):
             want = (z.shape[0], e - s)
             raise ValueError(f"similarity_func must return {want} weights (examples, samples), got {tuple(w.shape)}")
-        parts.append(w.to(device=z.device, dtype=_weight_dtype(z.dtype)))
+        parts.append(w.to(device=z.device, dtype=at_least_float32(z.dtype)))
     return torch.cat(parts, 1)
 
 
@@ -380,7 +375,7 @@ def _exp_kernel_weights(kind, selected, base, masks, z, n_features, aggregate) -
     with p = x(z) and z' = 1 - z, x.p = z.(sum_f x^2) + z'.(sum_f x b), |p|^2 = z.(sum_f x^2) +
     z'.(sum_f b^2) and |x - p|^2 = z'.(sum_f (x - b)^2)."""
     distance, width = kind
-    dt = _weight_dtype(z.dtype)
+    dt = at_least_float32(z.dtype)
     z = z.to(dt)
     rows = T.batch_size(selected)
     k = 3 if distance == "cosine" else 1

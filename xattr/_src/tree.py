@@ -109,6 +109,12 @@ def split_args(args: tuple, argnums: tuple[int, ...]) -> tuple[tuple, Callable[[
     return selected, rebuild
 
 
+def cloned(tree: Tree) -> Tree:
+    """The tree with every tensor leaf copied: what a model that writes into its arguments in
+    place may be given, leaving the caller's tensors as they were."""
+    return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, tree)
+
+
 def batch_size(tree: Tree) -> int:
     """The batch size B of the attributed inputs: every leaf a tensor, all sharing dim 0.
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .._src.checks import at_least_float32  # NOTE: [CAVs of half-precision models]
 from ._cache import update_digest
 
 
@@ -253,15 +254,10 @@ def _names(code: types.CodeType) -> set:
 # bits, enough to move examples across the boundary and the accuracy with them.
 
 
-def _wide(dtype: torch.dtype) -> torch.dtype:
-    """float32 for float16 and bfloat16, the dtype itself from float32 up (NOTE: [CAVs of half-precision models])."""
-    return torch.promote_types(dtype, torch.float32)
-
-
 def _fit(classifier, X: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, float]:
     """Trains the classifier on (X, y in {0, 1}); returns (w (F,), b) towards label 1, w in
     X's dtype widened to at least float32 (NOTE: [CAVs of half-precision models])."""
-    wide = _wide(X.dtype)
+    wide = at_least_float32(X.dtype)
     if classifier is not None and callable(classifier) and not hasattr(classifier, "fit"):
         got = classifier(X, y)
         w, b = got if isinstance(got, tuple) else (got, None)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .._src import tree as T
+from .._src.checks import at_least_float32
 from .._src.layer_methods import gradient_x_activation, layer_activation
 from .._src.layers import Split, at_layer
 from .._src.targets import Outputs
@@ -227,7 +228,7 @@ def _randoms(randoms, n_random_runs, random_size, generator) -> list[Concept]:
 
 def _scores(g: torch.Tensor, vectors: torch.Tensor):
     """sign_count and magnitude of S = g . v for each vector: g (B, [K,] F), vectors (P, F) -> (P, [K])."""
-    wide = torch.promote_types(g.dtype, torch.float32)  # scores of a half-precision model: 0.85, not 0.8515625
+    wide = at_least_float32(g.dtype)  # scores of a half-precision model: 0.85, not 0.8515625
     d = g.to(wide) @ vectors.to(device=g.device, dtype=wide).T  # (B, [K,] P)
     sign = (d > 0).to(wide).mean(0)
     pos, total = d.clamp_min(0).sum(0), d.abs().sum(0)

@@ -29,7 +29,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import torch
 
 from .._src import tree as T
-from .._src.checks import check_finite, warn_if_training
+from .._src.checks import at_least_float32, check_finite, warn_if_training
 from .._src.masks import features
 from .._src.perturb import baseline_tree, copies_per_call, perturb
 from ._common import batch_of, match_attributions, model_rows, passthrough, positive_nums, resolve
@@ -145,7 +145,7 @@ def _element_ranks(phi: tuple, masks, selected, n_feat: int) -> tuple[list, torc
     batch = leaves_x[0].shape[0]
     device = leaves_x[0].device
     ids = [torch.broadcast_to(m, x.shape).reshape(batch, -1) for m, x in zip(leaves_m, leaves_x)]
-    dtype = torch.promote_types(leaves_a[0].dtype, torch.float32)
+    dtype = at_least_float32(leaves_a[0].dtype)
     score = torch.zeros(batch, n_feat, dtype=dtype, device=device)
     present = torch.zeros(batch, n_feat, dtype=torch.long, device=device)
     for i, a in zip(ids, leaves_a):

@@ -63,7 +63,7 @@ def infidelity(
         x = selected if as_tuple else selected[0]
         phi = match_attributions(resolve(attr_fn_or_attributions, args), x)
         with torch.no_grad():
-            fx = model_rows(f(*T.tree_map(_own_copy, args)))  # a model writing into its input leaves x as it was
+            fx = model_rows(f(*T.cloned(args)))  # a model writing into its input leaves x as it was
         check_finite(fx)
         batched = () if baselines is None else (baselines_like(x, baselines),)
         drawn = draw_copies(perturb_func, x, n, batched=batched, generator=generator, what="perturb_func")
@@ -83,10 +83,6 @@ def infidelity(
         return infidelity_from(iphi, df, normalize)
 
     return fn
-
-
-def _own_copy(t):
-    return t.clone() if isinstance(t, torch.Tensor) else t
 
 
 def infidelity_from(iphi: torch.Tensor, df: torch.Tensor, normalize: bool) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .._src import tree as T
+from .._src.checks import at_least_float32
 from ._common import batch_of, flat
 
 
@@ -123,7 +124,7 @@ def result_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype a metric of maps of ``dtype`` computes and returns (NOTE: [Metrics of half-precision maps])."""
     if not dtype.is_floating_point:
         return torch.get_default_dtype()
-    return torch.promote_types(dtype, torch.float32)
+    return at_least_float32(dtype)
 
 
 MEASURES = {
