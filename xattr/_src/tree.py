@@ -177,7 +177,7 @@ def fold(tree: Tree, n: int, batch: int | None = None) -> Tree:
             return leaf
         if kept is not None and kept.get(id(leaf)) is leaf:
             return leaf
-        return leaf.repeat((n,) + (1,) * (leaf.ndim - 1))
+        return _tile(leaf, n)
 
     return tree_map(tile, tree)
 
