@@ -160,7 +160,7 @@ def _occlusion(model: nn.Module, model_name: str, x: torch.Tensor, y: torch.Tens
 
 
 def _copies_per_call(x: torch.Tensor) -> int:
-    from xattr._src.perturb import copies_per_call  # noqa: PLC0415 (for the notes only)
+    from xattr._src.budget import copies_per_call  # noqa: PLC0415 (for the notes only)
 
     return copies_per_call((x,), x.shape[0], None, None)
 

@@ -18,7 +18,8 @@ from torch import nn
 
 import xattr
 from xattr._src.masks import features, first_id, keep_masks, scatter_features
-from xattr._src.perturb import Coalitions, evaluate, perturb
+from xattr._src.copies import perturb
+from xattr._src.perturb import Coalitions, evaluate
 from xattr.testing import assert_trees_close
 from xattr.testing.strategies import ModelSpec, random_tensor
 
@@ -231,7 +232,7 @@ def test_out_of_memory_is_raised_when_the_copies_per_call_are_fixed_or_one():
 
 
 def test_the_accelerator_budget_is_a_64th_of_free_memory_within_bounds():
-    from xattr._src.perturb import MAX_MEMORY_BUDGET, MEMORY_BUDGET, budget_from_free, default_budget
+    from xattr._src.budget import MAX_MEMORY_BUDGET, MEMORY_BUDGET, budget_from_free, default_budget
 
     assert budget_from_free(0) == MEMORY_BUDGET
     assert budget_from_free(64 * 3 * MEMORY_BUDGET) == 3 * MEMORY_BUDGET
@@ -409,7 +410,7 @@ def test_perturbed_values_are_exact():
 def test_both_spellings_of_the_copies_are_exact(monkeypatch):
     """Small copies are one torch.where, large ones (on CPU) float ops: the same values, bit for bit
     for nonzero finite values; a kept -0.0 may come out +0.0 from the float ops."""
-    from xattr._src import perturb as engine
+    from xattr._src import copies as engine
 
     x = random_tensor((3, 4, 50), seed=1)
     b = random_tensor((3, 4, 50), seed=2) * 1e6
@@ -442,7 +443,7 @@ def test_both_spellings_of_the_copies_are_exact(monkeypatch):
     seed=st.integers(0, 2**16),
 )
 def test_a_prepared_copier_makes_perturbs_copies_bit_for_bit(copies, batch, width, kind, base_rows, keep_rows, keep_dtype, where_elements, seed):
-    from xattr._src import perturb as engine
+    from xattr._src import copies as engine
 
     g = torch.Generator().manual_seed(seed)
     dtype = getattr(torch, kind)

@@ -12,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import xattr
 from xattr._src import masks as masks_module
+from xattr._src import copies as copies_module
 from xattr._src import perturb as perturb_module
 from xattr._src import prepared as prepared_module
 
@@ -196,9 +197,9 @@ def test_both_spellings_of_the_copies_agree_on_non_finite_values(monkeypatch, wh
     x, b = torch.randn(2, 5), torch.randn(1, 5)
     (x if where == "input" else b)[0, 2] = value
     keep = torch.rand((3, 2, 5), generator=torch.Generator().manual_seed(0)) > 0.5
-    monkeypatch.setattr(perturb_module, "WHERE_ELEMENTS", 0)
-    copier, _ = perturb_module.copier(x, b[None], keep)
-    by_ops, served = perturb_module.perturb(x[None], b[None], keep), copier(x)
+    monkeypatch.setattr(copies_module, "WHERE_ELEMENTS", 0)
+    copier, _ = copies_module.copier(x, b[None], keep)
+    by_ops, served = copies_module.perturb(x[None], b[None], keep), copier(x)
     want = torch.where(keep, x, b)
     assert torch.equal(by_ops.view(torch.int32), want.view(torch.int32)) and torch.equal(served.view(torch.int32), want.view(torch.int32))
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import xattr
 import xattr._src.ablation as ablation
-import xattr._src.perturb as perturb_module
+import xattr._src.copies as copies_module
 import xattr._src.prepared as prepared_module
 from xattr._src import tree as T
 from xattr._src.prepared import MAX_PREPARED, OneCall, Prepared, signature
@@ -285,7 +285,7 @@ def test_large_float_copies_keep_float_masks(monkeypatch):
     """Past WHERE_ELEMENTS on CPU the copies are x * k + b * (1 - k): the prepared call keeps k,
     and b * (1 - k) too unless the baseline is per example (then it would be copies-sized)."""
     model, x = MLP.build().double().eval(), random_tensor((B, 6), seed=3)
-    monkeypatch.setattr(perturb_module, "WHERE_ELEMENTS", 0)
+    monkeypatch.setattr(copies_module, "WHERE_ELEMENTS", 0)
     made = []
     monkeypatch.setattr(prepared_module, "OneCall", type("Recording", (OneCall,), {"make": classmethod(lambda cls, *a, **k: made.append(OneCall.make(*a, **k)) or made[-1])}))
     for baselines, held in ((0.5, 2 * 7 * 6 * 8), (random_tensor((B, 6), seed=4), 7 * 6 * 8)):

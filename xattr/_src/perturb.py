@@ -14,12 +14,12 @@ weighted regression). Occlusion's overlapping windows are coalitions over window
 NOTE: [Perturbed copies in one call]
 K coalitions for B examples make K*B model rows, folded copy-major into the batch (NOTE:
 [Folding copies into the batch axis]) and evaluated under ``torch.no_grad``
-(`gradients.model_calls`) in as few calls as the memory budget allows: ``chunk_size`` (model
+(`gradients.model_calls`) in as few calls as the memory budget allows (`budget.copies_per_call`): ``chunk_size`` (model
 rows per call, the library-wide knob) when given, else as many copies as fit ``memory_budget``
 bytes of perturbed inputs (default ``MEMORY_BUDGET`` on an accelerator, ``CPU_MEMORY_BUDGET`` on CPU; the model's activations for
 those rows come on top), and at most ``MAX_ROWS`` rows. A call always holds at least one whole
 copy of the batch. A perturbed element is exactly the input's or the baseline's value, for every
-dtype (``where(keep, x, b)``; for large float copies on CPU ``x * k + b * (1 - k)`` with k in
+dtype (`copies.perturb`: ``where(keep, x, b)``; for large float copies on CPU ``x * k + b * (1 - k)`` with k in
 {0, 1}, which is faster there and equal up to the sign of a zero: a kept -0.0 comes out +0.0
 beside a baseline >= 0, a removed one beside x >= 0 where the baseline is -0.0; an input or
 baseline holding a NaN or an infinity, where ``inf * 0`` would be NaN, takes ``where``), never
@@ -42,165 +42,12 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import tree as T
-from .checks import baselines_tuple, check_finite, is_traced
+from .budget import Spans, copies_per_call
+from .checks import baselines_tuple, check_finite
+from .copies import perturb
 from .exact_baselines import as_floating, check_exact, output_float_dtype  # the methods import as_floating from here
 from .gradients import model_calls
 from .masks import SMALL, constant, keep_masks
-
-# On a CUDA device the default budget is 1/64 of the memory free for new tensors (the device's
-# free memory plus what PyTorch's allocator holds unused), kept between MEMORY_BUDGET and
-# MAX_MEMORY_BUDGET: bigger calls are faster there (measured on an H100, ResNet-50 at 224 px:
-# 1360 rows in one call 214 ms, in calls of 128 rows 227 ms). The activations come on top
-# (about 20-40x the input for ResNet-50 and VGG-16), hence the 1/64; a call that still runs out of
-# memory is retried with half the copies (`evaluate`).
-MEMORY_BUDGET = 64 * 2**20  # bytes of perturbed inputs per model call on an accelerator, at least
-MAX_MEMORY_BUDGET = 2**30
-# On CPU a smaller call is faster: the activations of one call must stay in cache rather than be
-# faulted in fresh (measured, occlusion on the 3-conv CNN, 784 rows of 3x32x32: one call 221 ms,
-# calls of 128-160 rows 137-140 ms, of 400 rows 199 ms; 2 MiB of these inputs is 170 rows).
-CPU_MEMORY_BUDGET = 2 * 2**20
-# Without chunk_size, at most this many model rows per call: past a few thousand rows one call of
-# a small (tabular) model gets slower, not faster (measured on CPU: 20 features x 25 Shapley
-# samples x 32 rows in one call 7.1 ms, in calls of 4096 rows 3.4 ms: allocator page faults).
-MAX_ROWS = 4096
-# Perturbed copies of up to this many elements are one torch.where on CPU (four float ops
-# otherwise: per element where is ~10x slower there, but small tensors cost the calls, not the
-# elements); off the CPU always.
-WHERE_ELEMENTS = 2**15
-# A float dtype's same-sized integer dtype: a prepared call's small CPU copies are integer
-# arithmetic on the floats' bits (see `copier`).
-_BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16, torch.bfloat16: torch.int16}
-
-
-def _by_where(x: torch.Tensor, keep: torch.Tensor) -> bool:
-    """Whether float copies with a bool keep are one ``torch.where`` (off the CPU, or small
-    enough that the calls cost more than the elements) rather than float ops: `perturb`'s
-    choice, which `copier` must make alike."""
-    return x.device.type != "cpu" or x.numel() * keep.shape[0] <= WHERE_ELEMENTS
-
-
-def _finite(*ts: torch.Tensor) -> bool:
-    """Whether the float tensors ts hold finite values only, by one sum each: a NaN or an infinity
-    makes its sum NaN or infinite (a sum of finite values that overflows says no as well, which
-    costs only the faster kernel). False inside a torch.func transform or torch.compile, where
-    no value may be read."""
-    return not any(is_traced(t) for t in ts) and all(math.isfinite(t.sum().item()) for t in ts)
-
-
-def perturb(x: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Copies (c, B, ...): x where keep is 1, b where it is 0 (NOTE: [Perturbed copies in one call]).
-
-    Exact for every dtype: one ``torch.where``, or for large float copies on CPU with finite
-    inputs and baselines ``x * k + b * (1 - k)`` with k in {0, 1} (equal up to the sign of a
-    zero: ``x * 1 + b * 0`` is +0.0 for x = -0.0 and b >= 0). A float keep strictly
-    between 0 and 1 (float inputs only) gives ``b + keep * (x - b)``.
-    """
-    if not x.is_floating_point():
-        return torch.where(keep.bool(), x, b)
-    if keep.dtype == torch.bool:
-        if _by_where(x, keep) or not _finite(x, b):  # NaN * 0 and inf * 0 are NaN: the float ops would spread them
-            return torch.where(keep, x, b)  # one kernel
-        # x * 1 + b * 0 == x and x * 0 + b * 1 == b for finite values (a zero's sign aside, see above)
-        k = keep.to(x.dtype)  # float ops, ~10x faster than torch.where per element on CPU (NOTE: [Float masks])
-        return torch.addcmul(b * (1 - k), x, k)  # b * (1 - k) is coalition-sized when b is shared
-    keep = keep.to(x.dtype)
-    return torch.where(keep == 1, x, torch.where(keep == 0, b, b + keep * (x - b)))
-
-
-def copier(x: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
-    """(``v -> perturb(v, b, keep)`` for every v of x's shape, dtype and device, bytes it holds):
-    the kernel chosen and the mask's own work done once, for a prepared call (NOTE: [Prepared
-    calls]); the same copies bit for bit. Small copies, `perturb`'s ``torch.where``, are on CPU one
-    integer ``addcmul`` on the floats' bits instead, ``bits(v) * m + bits(b) * (1 - m)`` with m in
-    {0, 1} at full size: exact for every value (no float arithmetic touches them: NaN, infinities
-    and signed zeros come through as they are) and 3-4x faster there than ``torch.where`` (13,440
-    float32 elements: 5.8 us against 18-32 us with a broadcast baseline); a CPU float without a
-    same-sized integer dtype keeps ``torch.where`` with its mask at full size (a broadcast operand
-    costs that kernel twice the time). The float spelling of large copies keeps ``k`` and, when
-    it is no larger than ``k``, ``b * (1 - k)``; like `perturb` it hands an input that is not
-    all finite to ``torch.where`` (a sum per call), and a baseline that is not, every input."""
-    if not x.is_floating_point() or keep.dtype != torch.bool:
-        return (lambda v: perturb(v, b, keep)), keep.numel() * keep.element_size()
-    if _by_where(x, keep):
-        if x.device.type != "cpu":
-            return (lambda v: torch.where(keep, v, b)), keep.numel()
-        full, bits = keep.expand(torch.broadcast_shapes(keep.shape, x.shape)), _BITS.get(x.dtype)
-        if bits is None:
-            full = full.contiguous()
-            return (lambda v: torch.where(full, v, b)), full.numel()
-        m = full.to(bits)
-        kept_bits = b.view(bits) * (1 - m)  # b's bits where a copy drops the feature, 0 where it keeps it
-        return (lambda v: torch.addcmul(kept_bits, v.view(bits), m).view(v.dtype)), 2 * m.numel() * m.element_size()
-    if not _finite(b):
-        return (lambda v: torch.where(keep, v, b)), keep.numel()
-    k = keep.to(x.dtype)
-    per_example = torch.broadcast_shapes(b.shape, k.shape) != k.shape  # b * (1 - k) is copies-sized: made per call
-    kept_base = None if per_example else b * (1 - k)
-
-    def copies(v: torch.Tensor) -> torch.Tensor:
-        if not _finite(v):  # as in `perturb`: NaN * 0 is NaN (rare: k's bool made again, not held)
-            return torch.where(k.bool(), v, b)
-        return torch.addcmul(b * (1 - k) if per_example else kept_base, v, k)
-
-    return copies, (1 if per_example else 2) * k.numel() * k.element_size()
-
-
-def default_budget(device: torch.device) -> int:
-    """Bytes of perturbed inputs per call when neither chunk_size nor memory_budget is given."""
-    if device.type == "cpu":
-        return CPU_MEMORY_BUDGET
-    if device.type != "cuda":
-        return MEMORY_BUDGET
-    free, _ = torch.cuda.mem_get_info(device)
-    stats = torch.cuda.memory_stats(device)  # one call: each of memory_reserved/allocated builds this dict
-    unused = stats.get("reserved_bytes.all.current", 0) - stats.get("allocated_bytes.all.current", 0)
-    return budget_from_free(free + unused)
-
-
-def budget_from_free(free_bytes: int) -> int:
-    """1/64 of the free memory, between `MEMORY_BUDGET` and `MAX_MEMORY_BUDGET`."""
-    return int(min(MAX_MEMORY_BUDGET, max(MEMORY_BUDGET, free_bytes // 64)))
-
-
-class _Spans:
-    """Copies ``s..e-1`` for each model call, ``per`` at a time. `shrink` halves ``per`` and makes
-    the next span start again at ``s``: a call that ran out of memory is retried smaller."""
-
-    def __init__(self, k: int, per: int, adaptive: bool):
-        self.k, self.per, self.adaptive, self.next = k, per, adaptive, 0
-
-    def __iter__(self):
-        while self.next < self.k:
-            s, e = self.next, min(self.next + self.per, self.k)
-            self.next = e
-            yield s, e
-
-    def shrink(self, s: int, e: int) -> bool:
-        if not self.adaptive or e - s == 1:
-            return False
-        self.per, self.next = max(1, (e - s) // 2), s
-        return True
-
-
-def copies_per_call(selected, batch: int, chunk_size: int | None, memory_budget: int | None, n_copies: int | None = None) -> int:
-    """Copies of the batch per model call: ``chunk_size // B`` rows' worth, else as many copies
-    as fit ``memory_budget`` bytes of perturbed inputs and `MAX_ROWS` rows; at least one.
-
-    ``n_copies`` (how many copies there are, when known) spares the free-memory query on CUDA
-    when the smallest default budget already holds them all (the query costs ~1 ms there)."""
-    if T.checked_chunk_size(chunk_size) is not None:
-        return max(1, chunk_size // batch)
-    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1):
-        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
-    leaves = T.leaves(selected)
-    per_copy = sum(t.numel() * t.element_size() for t in leaves)
-    cap = max(1, MAX_ROWS // batch)
-    if memory_budget is None:
-        device = leaves[0].device
-        enough = MEMORY_BUDGET // max(1, per_copy) >= min(cap, n_copies if n_copies is not None else cap)
-        memory_budget = MEMORY_BUDGET if device.type == "cuda" and enough else default_budget(device)
-    by_bytes = memory_budget // max(1, per_copy)
-    return max(1, min(by_bytes, cap))
 
 
 class Coalitions:
@@ -266,7 +113,7 @@ def evaluate(
     if aggregate and not shared:
         raise ValueError("a model returning one number per batch needs coalitions shared by all examples")
     per = 1 if aggregate else copies_per_call(selected, batch, chunk_size, memory_budget, k)
-    spans = _Spans(k, per, adaptive=chunk_size is None and not aggregate)
+    spans = Spans(k, per, adaptive=chunk_size is None and not aggregate)
     outs, dtype = [], output_float_dtype(args)
     with model_calls(), T.batch_scope(batch):
         for s, e in _progress(spans, show_progress, total=math.ceil(k / per)):

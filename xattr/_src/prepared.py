@@ -14,7 +14,7 @@ tensors by identity and version counter; the prepared call holds them, so an ide
 be reused by a new tensor; on the CPU it also compares their bits with a copy before serving,
 since a write through ``.data`` or a numpy array sharing the memory keeps the version (bits, not
 values: 0.0 -> -0.0 is a change, and NaN no change); a
-lazily negated tensor, ``z.conj().imag``, is never served, as it has no bit-level view). A served call makes the copies with a `perturb.copier` chosen when
+lazily negated tensor, ``z.conj().imag``, is never served, as it has no bit-level view). A served call makes the copies with a `copies.copier` chosen when
 prepared (perturb's kernel and copies, its mask work done once), calls the model once, takes
 the drops f(x) - f(copy) (for one number per row, one subtraction of two strided views of the
 output rows), and hands them to the method's ``finish``, kept from its setup: feature
@@ -41,11 +41,13 @@ import torch
 from . import tree as T
 from .checks import check_finite
 from .masks import keep_masks
-from .perturb import Coalitions, _check_per_example, as_floating, copier, copies_per_call, inputs_and_copies, output_float_dtype
+from .budget import copies_per_call
+from .copies import copier
+from .perturb import Coalitions, _check_per_example, as_floating, inputs_and_copies, output_float_dtype
 
 MAX_PREPARED = 4  # signatures kept per method function (the oldest goes first)
 # A prepared call keeps its copies' masks (bools, at full size when small; float 0/1 masks for
-# large CPU copies, see `perturb.copier`); above this many bytes it is not prepared: the model's
+# large CPU copies, see `copies.copier`); above this many bytes it is not prepared: the model's
 # work on such copies dwarfs the Python that preparing saves, and a GPU should not hold large
 # masks between calls.
 MAX_KEEP_BYTES = 2**24

@@ -31,7 +31,9 @@ import torch
 from .._src import tree as T
 from .._src.checks import at_least_float32, check_finite, warn_if_training
 from .._src.masks import features
-from .._src.perturb import baseline_tree, copies_per_call, perturb
+from .._src.budget import copies_per_call
+from .._src.copies import perturb
+from .._src.perturb import baseline_tree
 from ._common import batch_of, match_attributions, model_rows, passthrough, positive_nums, resolve
 from ._similarity import result_dtype
 

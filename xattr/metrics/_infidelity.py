@@ -8,7 +8,7 @@ import torch
 
 from .._src import tree as T
 from .._src.checks import baselines_like, check_finite, warn_if_training
-from .._src.perturb import copies_per_call
+from .._src.budget import copies_per_call
 from ._common import (
     batch_of, draw_copies, match_attributions, model_rows, passthrough, positive_nums, resolve, same_structure,
 )  # fmt: skip

@@ -1,0 +1,71 @@
+"""LRP rules for transformer blocks (Ali et al. 2022, "XAI for Transformers: Better Explanations
+through Conservative Propagation"): layer norm with its scale held (`FixedStd`, the LN rule) and
+attention with its weights held (`FixedAttention`, the AH rule). Both conserve relevance; docs/rules.md
+has the math."""
+
+from __future__ import annotations
+
+import torch
+
+from .rules import Rule, Saved
+
+
+class FixedStd(Rule):
+    """Layer norm with its standard deviation held constant (Ali et al. 2022, the LN rule).
+
+    The centring ``x - mean(x)`` is linear and keeps its derivative; the division by the
+    standard deviation is treated as a constant scale, so relevance is conserved up to the bias.
+    """
+
+    kinds = frozenset({"layer_norm"})
+    keep_inputs = True
+
+    def forward(self, op, x, w, b):
+        y = op.fn(x, w, b)
+        dims = tuple(range(x.ndim - len(op.options["normalized_shape"]), x.ndim))
+        std = torch.sqrt(x.var(dims, unbiased=False, keepdim=True) + op.options["eps"])
+        return y, (std,)
+
+    def backward(self, op, saved: Saved, grad):
+        x, w, b = saved.inputs
+        (std,) = saved.extras
+        dims = tuple(range(x.ndim - len(op.options["normalized_shape"]), x.ndim))
+        v = grad * w / std
+        return (v - v.mean(dims, keepdim=True), None, None)
+
+
+class FixedAttention(Rule):
+    """Attention with the attention weights held constant (Ali et al. 2022, the AH rule).
+
+    For ``F.scaled_dot_product_attention``: relevance flows to the values through the weights
+    A (``g_v = A^T g``), none to queries and keys; conserved. With ``enable_gqa=True`` and fewer
+    key/value heads than query heads, each key/value head serves a group of query heads (as SDPA
+    repeats them), and its values' gradient is the sum over its group.
+    """
+
+    kinds = frozenset({"attention"})
+
+    def forward(self, op, q, k, v):
+        y = op.fn(q, k, v)
+        return y, (_attention_weights(q, k, op.options), v.new_zeros(()).expand(v.shape))
+
+    def backward(self, op, saved: Saved, grad):
+        a, v = saved.extras  # v: the values' shape, no storage
+        g = a.transpose(-2, -1) @ grad  # per query head
+        if v.ndim >= 3 and g.shape[-3] != v.shape[-3]:  # grouped-query attention: back to each key/value head
+            g = g.unflatten(-3, (v.shape[-3], g.shape[-3] // v.shape[-3])).sum(-3)
+        return (None, None, g)
+
+
+def _attention_weights(q, k, options) -> torch.Tensor:
+    if options.get("enable_gqa") and k.ndim >= 3 and k.shape[-3] != q.shape[-3]:
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)  # as SDPA does for grouped-query attention
+    scale = options["scale"] if options["scale"] is not None else q.shape[-1] ** -0.5
+    scores = (q @ k.transpose(-2, -1)) * scale
+    mask = options["attn_mask"]
+    if options["is_causal"]:
+        causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    return torch.softmax(scores, -1)
