@@ -1,6 +1,6 @@
 """LRP rules for transformer blocks (Ali et al. 2022, "XAI for Transformers: Better Explanations
 through Conservative Propagation"): layer norm with its scale held (`FixedStd`, the LN rule) and
-attention with its weights held (`FixedAttention`, the AH rule). Both conserve relevance; docs/rules.md
+attention with its weights held (`FixedAttention`, the AH rule). Both conserve relevance; docs/lrp.md
 has the math."""
 
 from __future__ import annotations
