@@ -12,7 +12,7 @@ This module imports only torch: tests/test_compat_backprop.py runs the same case
   CASES        deterministic; xattr must match Captum to float precision. The models are ones
                Captum handles correctly: every hooked module (nn.ReLU, nn.MaxPool2d, nn.Tanh, ...)
                is called once, and no two of them are called back to back (see DIFF_CASES).
-  DIFF_CASES   Captum's numbers where xattr deliberately differs (docs/migration.md):
+  DIFF_CASES   Captum's numbers where xattr deliberately differs (docs/migration_rules.md):
                - ``adjacent_*``: two hooked modules back to back (nn.ReLU -> nn.MaxPool2d,
                  nn.Tanh -> nn.Sigmoid). Captum records the first module's output gradient with
                  a tensor hook on the tensor they share, and that hook runs before the second

@@ -12,7 +12,7 @@ and set as ``module.rule`` before each call, from Captum's rule classes for Capt
 does too.
   CASES      xattr must match Captum's stored result to float precision.
   DIFFERENT  models where Captum's hooks give a different (non-conservative) answer: stored so
-             the tests can show the difference (docs/migration.md, LRP).
+             the tests can show the difference (docs/migration_rules.md, LRP).
   ERRORS     models Captum refuses, with the message it raised.
   VGG        a summary of Captum's LRP of torchvision's vgg11 (random weights): relevance summed
              over channels and 16 x 16 blocks, per channel, and the delta.

@@ -3,7 +3,7 @@
 GuidedBackprop, Deconvolution, GuidedGradCam, DeepLift, DeepLiftShap and their layer and neuron
 variants. The cases live in tests/gen_captum_backprop_expected.py, which wrote Captum's numbers
 (and its signatures) into tests/captum_backprop_expected.py; both libraries go through the same
-``run`` function. The documented differences (docs/migration.md, "Rule-based backpropagation")
+``run`` function. The documented differences (docs/migration_rules.md, "Rule-based backpropagation")
 are tested against Captum's stored numbers for them.
 """
 

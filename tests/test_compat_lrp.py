@@ -4,7 +4,7 @@ The cases live in tests/gen_captum_lrp_expected.py, which wrote Captum's numbers
 tests/captum_lrp_expected.py; both libraries go through the same ``run`` function, with Captum's
 rule classes for Captum and xattr.compat.captum.lrp's lookalikes for xattr. Where Captum's hooks
 give a different answer (torch.tanh, a plain ``+``) or refuse the model (a reused layer), the
-tests show what xattr does instead: documented differences (docs/migration.md).
+tests show what xattr does instead: documented differences (docs/migration_rules.md).
 """
 
 import pytest

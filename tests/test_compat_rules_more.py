@@ -6,7 +6,7 @@ layer inputs, lists of layers, nested Sequentials with rules on some modules, in
 batch size 1, float32 and inputs that require grad. Models are ones Captum handles correctly (each
 hooked module called once, none back to back); the live tests skip without captum.
 
-The documented differences found this way (docs/migration.md) are checked against references
+The documented differences found this way (docs/migration_rules.md) are checked against references
 computed by hand, which need no captum, and against Captum where it is installed.
 """
 

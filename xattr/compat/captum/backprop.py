@@ -10,7 +10,7 @@ return conventions are Captum 0.9's; the work is one xattr transform each:
 
 xattr applies the rules to operations, not to module types, so ``F.relu``, reused modules and
 modules called back to back get the rule too (Captum's hooks miss or mis-chain those; see the
-"Rule-based backpropagation" section of docs/migration.md for every deliberate difference).
+"Rule-based backpropagation" section of docs/migration_rules.md for every deliberate difference).
 """
 
 from __future__ import annotations

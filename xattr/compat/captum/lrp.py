@@ -22,7 +22,7 @@ Return conventions are Captum's (tensor in -> tensor out, tuple in -> tuple out;
 layers gives a list), and so is the sign of the convergence delta: ``f(x) - sum(R)`` (the
 functional API's ``return_delta`` gives ``sum(R) - f(x)``). The deliberate differences (rules
 stay on the modules, F.tanh, residual adds, reused modules, modules Captum rejects) are listed
-in docs/migration.md.
+in docs/migration_rules.md.
 """
 
 from __future__ import annotations
