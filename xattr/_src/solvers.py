@@ -19,7 +19,11 @@ scikit-learn class named after it (tested against it to ~1e-9 in float64):
 The intercept c is not penalised: X and y are centred at their w-weighted means, beta is fitted
 to the centred data and c = mean(y) - mean(X).beta (``fit_intercept=False``: c = 0, no centring).
 Fits run in float64 on the F x F weighted Gram matrix (cheap for the tens to hundreds of
-features a surrogate has). Ridge and least squares are closed forms (a Cholesky solve; an
+features a surrogate has), summed over steps of samples (``memory_budget``: `sample_rows`), so
+no float64 (B, N, F) copy of X is made; `lime` and `kernel_shap` call them on groups of
+examples (NOTE: [Surrogate fits within the memory budget] in surrogate_fits.py). A built-in
+solver also takes ``memory_budget=`` (bytes of those steps' temporaries; None: all at once)
+and says what one example's fit holds, ``fit_bytes(F, K)``. Ridge and least squares are closed forms (a Cholesky solve; an
 eigendecomposition pseudo-inverse where the Gram matrix is singular, giving the minimum-norm
 solution). The lasso: accelerated proximal gradient (FISTA with adaptive restart) guesses the
 support and signs of the solution; after the first step and every few steps after it the KKT
@@ -39,13 +43,43 @@ import warnings
 import torch
 
 
-def _center(X, y, w, fit_intercept: bool):
-    s = w.sum(1, keepdim=True).clamp_min(torch.finfo(X.dtype).tiny)  # (B, 1)
-    if not fit_intercept:
-        return X, y, X.new_zeros(X.shape[0], X.shape[2]), y.new_zeros(y.shape[0], y.shape[2]), s
-    xm = torch.einsum("bn,bnf->bf", w, X) / s
-    ym = torch.einsum("bn,bnk->bk", w, y) / s
-    return X - xm[:, None], y - ym[:, None], xm, ym, s
+def sample_rows(memory_budget: int | None, batch: int, n_features: int, n_samples: int, copies: int = 2) -> int:
+    """Samples per step of the normal equations' accumulation: ``copies`` float64 (batch, rows,
+    F) temporaries within ``memory_budget`` bytes (all N when None); at least one."""
+    if memory_budget is None:
+        return max(1, n_samples)
+    return max(1, min(n_samples, memory_budget // max(1, copies * 8 * batch * n_features)))
+
+
+def _spans(n: int, rows: int):
+    return ((a, min(a + rows, n)) for a in range(0, max(n, 1), rows))
+
+
+def normal_equations(X, y, w, fit_intercept: bool, rows: int, normalise: bool = False):
+    """The centred weighted least-squares system in float64: (X_c' W X_c (B, F, F), X_c' W y_c
+    (B, F, K), y_c (B, N, K), x mean (B, F), y mean (B, K), weights (B, N)), X_c and y_c centred
+    at the w-weighted means (not centred without an intercept). X is read ``rows`` samples at a
+    time, so no float64 (B, N, F) copy of it is made (NOTE: [Batched surrogate fits]); W is the
+    weights divided by their sum when ``normalise``."""
+    B, N, F = X.shape
+    w = w.to(torch.float64)
+    s = w.sum(1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)  # (B, 1)
+    y = y.to(torch.float64)
+    xm, ym = X.new_zeros(B, F, dtype=torch.float64), y.new_zeros(B, y.shape[2])
+    if fit_intercept:
+        for a, b in _spans(N, rows):
+            xm += torch.einsum("bn,bnf->bf", w[:, a:b], X[:, a:b].to(torch.float64))
+        xm /= s
+        ym = torch.einsum("bn,bnk->bk", w, y) / s
+        y = y - ym[:, None]
+    wn = w / s if normalise else w
+    gram, xty = xm.new_zeros(B, F, F), xm.new_zeros(B, F, y.shape[2])
+    for a, b in _spans(N, rows):
+        xc = torch.sub(X[:, a:b], xm[:, None])  # float64, centred (subtracting exact zeros without an intercept)
+        xw = xc * wn[:, a:b, None]
+        gram.baddbmm_(xw.transpose(1, 2), xc)
+        xty.baddbmm_(xw.transpose(1, 2), y[:, a:b])
+    return gram, xty, y, xm, ym, wn
 
 
 def _intercept(coef, xm, ym):
@@ -69,14 +103,11 @@ class linear_regression:  # noqa: N801  (a factory-like callable, spelled like t
 
     fit_intercept: bool = True
 
-    def __call__(self, X, y, sample_weight):
-        _check(X, y, sample_weight)
-        X, y, w = _f64(X, y, sample_weight)
-        Xc, yc, xm, ym, _ = _center(X, y, w, self.fit_intercept)
-        Xw = Xc * w[..., None]
-        beta = solve_psd(Xw.transpose(1, 2) @ Xc, Xw.transpose(1, 2) @ yc)  # (B, F, K)
-        coef = beta.transpose(1, 2)
-        return _out(coef, _intercept(coef, xm, ym), sample_weight.dtype)
+    def __call__(self, X, y, sample_weight, *, memory_budget: int | None = None):
+        return ridge(0.0, self.fit_intercept)(X, y, sample_weight, memory_budget=memory_budget)
+
+    def fit_bytes(self, n_features: int, n_outputs: int) -> int:
+        return ridge(0.0).fit_bytes(n_features, n_outputs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,17 +120,19 @@ class ridge:  # noqa: N801
     alpha: float = 1.0
     fit_intercept: bool = True
 
-    def __call__(self, X, y, sample_weight):
+    def __call__(self, X, y, sample_weight, *, memory_budget: int | None = None):
         _check(X, y, sample_weight)
-        if self.alpha <= 0:
-            return linear_regression(self.fit_intercept)(X, y, sample_weight)
-        X, y, w = _f64(X, y, sample_weight)
-        Xc, yc, xm, ym, _ = _center(X, y, w, self.fit_intercept)
-        Xw = Xc * w[..., None]
-        eye = torch.eye(X.shape[2], dtype=X.dtype, device=X.device)
-        beta = solve_psd(Xw.transpose(1, 2) @ Xc + self.alpha * eye, Xw.transpose(1, 2) @ yc)
-        coef = beta.transpose(1, 2)
+        rows = sample_rows(memory_budget, *X.shape[::2], X.shape[1])
+        gram, xty, _, xm, ym, _ = normal_equations(X, y, sample_weight, self.fit_intercept, rows)
+        if self.alpha > 0:
+            gram.diagonal(dim1=-2, dim2=-1).add_(self.alpha)
+        coef = solve_psd(gram, xty).transpose(1, 2)  # (B, K, F)
         return _out(coef, _intercept(coef, xm, ym), sample_weight.dtype)
+
+    def fit_bytes(self, n_features: int, n_outputs: int) -> int:
+        """Float64 bytes of one example's fit: the Gram matrix, its Cholesky factor and, where it
+        is singular, an eigendecomposition (a copy, the eigenvectors, LAPACK's workspace)."""
+        return 8 * n_features * (6 * n_features + 3 * n_outputs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,18 +151,22 @@ class lasso:  # noqa: N801
     max_iter: int = 20_000
     check_every: int = 10
 
-    def __call__(self, X, y, sample_weight):
+    def __call__(self, X, y, sample_weight, *, memory_budget: int | None = None):
         _check(X, y, sample_weight)
-        X, y, w = _f64(X, y, sample_weight)
-        Xc, yc, xm, ym, s = _center(X, y, w, self.fit_intercept)
-        wn = w / s
-        Xw = Xc * wn[..., None]
-        gram = Xw.transpose(1, 2) @ Xc  # (B, F, F)
-        r = Xw.transpose(1, 2) @ yc  # (B, F, K)
+        rows = sample_rows(memory_budget, *X.shape[::2], X.shape[1])
+        gram, r, yc, xm, ym, wn = normal_equations(X, y, sample_weight, self.fit_intercept, rows, normalise=True)
         yy = torch.einsum("bn,bnk->bk", wn, yc * yc)  # (B, K)
         beta = lasso_gram(gram, r, yy, self.alpha, tol=self.tol, max_iter=self.max_iter, check_every=self.check_every)
         coef = beta.transpose(1, 2)
         return _out(coef, _intercept(coef, xm, ym), sample_weight.dtype)
+
+    def fit_bytes(self, n_features: int, n_outputs: int) -> int:
+        """Float64 bytes of one example's fit: the Gram matrix, and per output the KKT system,
+        its Cholesky factor and their bool mask."""
+        return 8 * n_features * (n_features * (1 + 3 * n_outputs) + 8 * n_outputs)
+
+
+BUILT_IN = (linear_regression, ridge, lasso)
 
 
 def _f64(*ts):
@@ -189,7 +226,6 @@ def lasso_gram(
     slack = 1e3 * eps * (alpha + r.abs().amax(1))  # (B, K) tolerance of the KKT check
     gap_tol = max(tol, 100 * eps) * yy  # (B, K)
     gram_k = gram[:, None]  # (B, 1, F, F) shared by the K outputs
-    eye = torch.eye(F, dtype=dt, device=r.device)
 
     beta = r.new_zeros(B, F, K)
     momentum = beta
@@ -211,7 +247,7 @@ def lasso_gram(
         # exact solves on beta's support and signs, then on supports corrected by the KKT conditions
         active, sign = (beta != 0).transpose(1, 2), torch.sign(beta).transpose(1, 2)
         for _ in range(refine + 1):
-            sol, grad_at, valid = _kkt_solve(gram_k, rt, active, sign, alpha, slack, eye)
+            sol, grad_at, valid = _kkt_solve(gram_k, rt, active, sign, alpha, slack)
             fresh = ~done & valid
             result = torch.where(fresh[..., None], sol, result)
             done = done | fresh
@@ -237,12 +273,12 @@ def _soft(v, thresh):
     return torch.sign(v) * (v.abs() - thresh).clamp_min(0)
 
 
-def _kkt_solve(gram_k, rt, active, sign, alpha, slack, eye):
+def _kkt_solve(gram_k, rt, active, sign, alpha, slack):
     """Solves the optimality conditions on an active set A with signs s: G_AA beta_A = r_A - alpha s_A,
     beta = 0 off A. (beta (B, K, F), gradient G beta - r (B, K, F), valid (B, K)): beta is the
     minimiser iff its signs on A are s and |gradient| <= alpha off A (the KKT conditions)."""
-    pair = active[..., :, None] & active[..., None, :]
-    system = torch.where(pair, gram_k, 0.0) + torch.where(active[..., None], 0.0, eye)
+    system = torch.where(active[..., :, None] & active[..., None, :], gram_k, 0.0)
+    system.diagonal(dim1=-2, dim2=-1).masked_fill_(~active, 1.0)  # identity rows off A
     rhs = torch.where(active, rt - alpha * sign, 0.0)
     chol, info = torch.linalg.cholesky_ex(system)  # G_AA is positive definite where the solution is unique
     sol = torch.cholesky_solve(rhs[..., None], chol)[..., 0]
@@ -275,29 +311,36 @@ def _duality_gap(gram, r, yy, beta, alpha):
     return primal - dual
 
 
-def constrained_lstsq(X, t, w, total):
+def constrained_lstsq(X, t, w, total, *, memory_budget: int | None = None):
     """KernelSHAP's fit: argmin_phi sum_n w_n (x_n.phi - t_n)^2 subject to sum(phi) = total.
 
     X (B, N, M), t (B, N, K), w (B, N), total (B, K) -> phi (B, K, M). The constraint is imposed
     exactly: phi = total/M + u with u in the plane sum(u) = 0, u the minimum-norm least-squares
     solution there (symmetric in the features, unlike eliminating one of them), from the normal
-    equations in float64.
+    equations in float64, accumulated over samples as `sample_rows` allows ``memory_budget``.
     """
     dtype = t.dtype
-    X, t, w, total = _f64(X, t, w, total)
+    t, w, total = _f64(t, w, total)
     B, N, M = X.shape
     base = total / M  # (B, K)
     if N == 0 or M == 1:
         return base[..., None].expand(B, total.shape[1], M).to(dtype)
-    centred = X - X.mean(2, keepdim=True)  # X P with P = I - 11'/M
-    cw = centred * w[..., None]
-    gram = cw.transpose(1, 2) @ centred  # P X'WX P: singular along 1 ...
+    gram, rhs = t.new_zeros(B, M, M), t.new_zeros(B, M, t.shape[2])
+    for a, b in _spans(N, sample_rows(memory_budget, B, M, N, copies=3)):
+        x = X[:, a:b].to(torch.float64)
+        centred = x - x.mean(2, keepdim=True)  # X P with P = I - 11'/M
+        cw = centred * w[:, a:b, None]
+        gram.baddbmm_(cw.transpose(1, 2), centred)  # P X'WX P: singular along 1 ...
+        rhs.baddbmm_(cw.transpose(1, 2), t[:, a:b] - base[:, None, :] * x.sum(2, keepdim=True))  # (B, M, K)
     lift = torch.diagonal(gram, dim1=-2, dim2=-1).mean(-1).clamp_min(1.0)[:, None, None] / M
-    gram = gram + lift  # ... made definite along 1, which the right side is orthogonal to
-    rhs = cw.transpose(1, 2) @ (t - base[:, None, :] * X.sum(2, keepdim=True))  # (B, M, K)
-    u = solve_psd(gram, rhs)
+    u = solve_psd(gram.add_(lift), rhs)  # ... made definite along 1, which the right side is orthogonal to
     u = u - u.mean(1, keepdim=True)  # exact zero sum
     return (base[..., None] + u.transpose(1, 2)).to(dtype)
+
+
+def constrained_lstsq_bytes(n_features: int, n_outputs: int) -> int:
+    """Float64 bytes of one example's `constrained_lstsq`: as `ridge`'s."""
+    return ridge().fit_bytes(n_features, n_outputs)
 
 
 def sklearn_fit(estimator, X, y, w):

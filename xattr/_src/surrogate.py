@@ -38,6 +38,7 @@ from .masks import FeatureSet, feature_sets, features, keep_masks, place, scatte
 from .perturb import as_floating, baseline_tree, copies_per_call, evaluate, outputs_at, perturb
 from .sampling import per_example, row_seeds, streams
 from .solvers import constrained_lstsq, lasso, linear_regression, ridge, sklearn_fit  # noqa: F401  (re-exported)
+from .surrogate_fits import fit_budget, lime_fit, shap_fit
 
 _EXP_KERNEL = "_xattr_exp_kernel"
 _MAX_ENUMERATED = 24  # kernel_shap enumerates every coalition when n_samples >= 2^F and F is at most this
@@ -172,8 +173,8 @@ def lime(
         z = widen(parts, sets, n, rows)
         y = _evaluate(f, args, nums, masks, base, z, aggregate, chunk_size, memory_budget, show_progress)
         w = _weights(similarity, selected, base, masks, z.to(y.dtype), n, aggregate, as_tuple, chunk_size, memory_budget)
-        fit = (lambda *a: sklearn_fit(model, *a)) if hasattr(model, "fit") else (lambda *a: model(*a)[0])  # noqa: E731
-        coef = place([fit(zs.to(y.dtype), s.pick(y), s.pick(w)).to(y.dtype) for s, zs in zip(sets, parts)], sets, n)
+        fit = lime_fit(model, memory_budget)  # NOTE: [Surrogate fits within the memory budget]
+        coef = place([fit(zs, s.pick(y), s.pick(w)).to(y.dtype) for s, zs in zip(sets, parts)], sets, n)
         return _result(coef, out, masks, selected, as_tuple, return_input_shape)
 
     return attribution_fn(fn, f)
@@ -226,12 +227,12 @@ def kernel_shap(
         (stream,) = streams(generator, 1)
         seeds = None if stream is None else row_seeds(stream, rows)
         dtype = as_floating(out).dtype  # the weights' (integer weights of an integer model would be 0)
-        drawn = [_kernel_coalitions(s, rows, n_samples, stream, seeds, out.device, dtype) for s in sets]
-        z = widen([zs for zs, _ in drawn], sets, m, rows)
-        empty = torch.zeros(z.shape[0], 1, m, dtype=z.dtype, device=out.device)
-        y = _evaluate(f, args, nums, masks, base, torch.cat([empty, z], 1), aggregate, chunk_size, memory_budget, show_progress)
+        budget = fit_budget(memory_budget, out.device)
+        drawn = [_kernel_coalitions(s, rows, n_samples, stream, seeds, out.device, dtype, budget) for s in sets]
+        coalitions, drawn = _with_empty(drawn, sets, m, rows)
+        y = _evaluate(f, args, nums, masks, base, coalitions, aggregate, chunk_size, memory_budget, show_progress)
         full = out.reshape(rows, -1).to(y.dtype)  # f(x): (rows, K)
-        phi = place([_shap_fit(s, zs, ws, y, full) for s, (zs, ws) in zip(sets, drawn)], sets, m)
+        phi = place([_shap_fit(s, zs, ws, y, full, memory_budget) for s, (zs, ws) in zip(sets, drawn)], sets, m)
         return _result(phi, out, masks, selected, as_tuple, return_input_shape)
 
     return attribution_fn(fn, f)
@@ -273,9 +274,10 @@ def _result(coef, out, masks, selected, as_tuple, return_input_shape):
 def _bernoulli_draws(rows: int, n: int, m: int, stream, seeds, device) -> torch.Tensor:
     """LIME's (rows, n, m) coalitions: each feature kept with probability 1/2. Drawn in float32
     whatever the default dtype (a float64 default drew other numbers from the same seed), then
-    held in the default dtype (0 and 1 are exact in any)."""
+    held in the default dtype (0 and 1 are exact in any), written over the draws: no second copy."""
     u = torch.empty(rows, n, m, device=device, dtype=torch.float32)
-    return (per_example(stream, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g), seeds) < 0.5).to(torch.get_default_dtype())
+    per_example(stream, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g), seeds)
+    return torch.lt(u, 0.5, out=u).to(torch.get_default_dtype())
 
 
 def _custom_draws(perturb_func, sets: list[FeatureSet], rows: int, n: int, F: int, seeds, device) -> list[torch.Tensor]:
@@ -299,7 +301,7 @@ def _custom_draws(perturb_func, sets: list[FeatureSet], rows: int, n: int, F: in
     return [torch.stack(s.pick(drawn)) for s in sets]
 
 
-def _kernel_coalitions(s: FeatureSet, rows: int, n_samples: int, stream, seeds, device, dtype) -> tuple:
+def _kernel_coalitions(s: FeatureSet, rows: int, n_samples: int, stream, seeds, device, dtype, budget: int) -> tuple:
     """One feature set's KernelSHAP coalitions over its own features, (its examples or 1, N, n_s),
     and their weights (its examples, N): every coalition with its Shapley kernel weight when
     ``n_samples >= 2^n_s``, else N = n_samples - 2 draws of weight 1."""
@@ -307,34 +309,54 @@ def _kernel_coalitions(s: FeatureSet, rows: int, n_samples: int, stream, seeds, 
     if s.n <= _MAX_ENUMERATED and n_samples >= 2**s.n:
         z, w = _all_coalitions(s.n, device, dtype)
         return z[None], w[None].expand(count, -1)
-    z = _shapley_draws(count, n_samples - 2, s.n, stream, device, s.pick(seeds))
+    z = _shapley_draws(count, n_samples - 2, s.n, stream, device, s.pick(seeds), budget)
     return z, torch.ones(count, z.shape[1], dtype=dtype, device=device)
 
 
-def _shap_fit(s: FeatureSet, z: torch.Tensor, w: torch.Tensor, y: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+def _with_empty(drawn: list, sets: list[FeatureSet], m: int, rows: int) -> tuple:
+    """The coalitions to evaluate, (rows or 1, 1 + N, m): the empty one, then the sets' draws
+    laid over all m ids; and the draws, as views of them where they are the same numbers (one
+    set over every id), so the draws are not held twice."""
+    z = widen([zs for zs, _ in drawn], sets, m, rows)
+    coalitions = torch.cat([z.new_zeros(z.shape[0], 1, m), z], 1)
+    if z is drawn[0][0]:
+        drawn = [(coalitions[:, 1:], drawn[0][1])]
+    return coalitions, drawn
+
+
+def _shap_fit(s: FeatureSet, z: torch.Tensor, w: torch.Tensor, y: torch.Tensor, full: torch.Tensor, memory_budget) -> torch.Tensor:
     """One feature set's Shapley values (its examples, K, n_s) from the model at its coalitions:
     y (batch, 1 + N, K) holds f at the empty coalition, then at the set's N (and copies padding
     other sets' longer lists, not read); full (batch, K) is f(x)."""
     y, full = s.pick(y)[:, : 1 + z.shape[1]], s.pick(full)
-    zf = z.to(y.dtype).expand(y.shape[0], -1, -1)
-    return constrained_lstsq(zf, y[:, 1:] - y[:, :1], w.to(y.dtype), full - y[:, 0])
+    return shap_fit(z, y[:, 1:] - y[:, :1], w.to(y.dtype), full - y[:, 0], memory_budget)
 
 
-def _shapley_draws(rows: int, n: int, m: int, stream, device, seeds=None) -> torch.Tensor:
+def _shapley_draws(rows: int, n: int, m: int, stream, device, seeds=None, budget: int | None = None) -> torch.Tensor:
     """(rows, n, m) coalitions: a size k in 1..m-1 with probability ~ (m-1)/(k(m-k)), then k of the
     m features uniformly, by selection sampling (feature j is taken with probability
-    (k - taken so far) / (m - j): every k-subset equally likely, exactly k taken, no sort)."""
-    u = torch.empty(rows, n, m + 1, device=device, dtype=torch.float64)
-    per_example(stream, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g), seeds)
-    sizes = torch.arange(1, m, dtype=torch.float64, device=device)
+    (k - taken so far) / (m - j): every k-subset equally likely, exactly k taken, no sort). With
+    a stream and a ``budget``, the float64 uniforms are drawn for as many examples at a time as
+    fit it (each example has its own generator: the same draws)."""
+    z = torch.empty(rows, n, m, device=device, dtype=torch.get_default_dtype())
+    per = rows if stream is None or budget is None else max(1, budget // max(1, 8 * n * (m + 1)))
+    seeds = row_seeds(stream, rows) if seeds is None and per < rows else seeds
+    for a in range(0, rows, per):
+        u = torch.empty(min(per, rows - a), n, m + 1, device=device, dtype=torch.float64)
+        per_example(stream, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g), None if seeds is None else seeds[a : a + per])
+        _select(z[a : a + per], u, m)
+    return z
+
+
+def _select(z: torch.Tensor, u: torch.Tensor, m: int) -> None:
+    """Writes `_shapley_draws`' coalitions for the uniforms u (rows, n, m + 1) into z (rows, n, m)."""
+    sizes = torch.arange(1, m, dtype=torch.float64, device=u.device)
     cdf = torch.cumsum((m - 1) / (sizes * (m - sizes)), 0)
     need = (torch.searchsorted(cdf / cdf[-1], u[..., 0].contiguous(), right=True).clamp_max(m - 2) + 1).to(u.dtype)
-    z = torch.empty(rows, n, m, device=device, dtype=torch.get_default_dtype())
     for j in range(m):
         take = u[..., j + 1] * (m - j) < need
         z[..., j] = take
         need = need - take.to(need.dtype)
-    return z
 
 
 def _all_coalitions(m: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -351,7 +373,7 @@ def _weights(similarity, selected, base, masks, z, n_features, aggregate, as_tup
     """Similarity weights (rows, N) of every coalition."""
     kind = getattr(similarity, _EXP_KERNEL, None)
     if kind is not None:
-        return _exp_kernel_weights(kind, selected, base, masks, z, n_features, aggregate)
+        return _exp_kernel_weights(kind, selected, base, masks, z, n_features, aggregate, fit_budget(memory_budget, z.device))
     batch = T.batch_size(selected)
     per = copies_per_call(selected, batch, chunk_size, memory_budget, z.shape[1])
     user = lambda tree: tree if as_tuple else tree[0]  # noqa: E731
@@ -370,7 +392,7 @@ def _weights(similarity, selected, base, masks, z, n_features, aggregate, as_tup
     return torch.cat(parts, 1)
 
 
-def _exp_kernel_weights(kind, selected, base, masks, z, n_features, aggregate) -> torch.Tensor:
+def _exp_kernel_weights(kind, selected, base, masks, z, n_features, aggregate, budget: int) -> torch.Tensor:
     """The exp kernel's weights from per-feature sums (NOTE: [Similarity weights' precision]):
     with p = x(z) and z' = 1 - z, x.p = z.(sum_f x^2) + z'.(sum_f x b), |p|^2 = z.(sum_f x^2) +
     z'.(sum_f b^2) and |x - p|^2 = z'.(sum_f (x - b)^2)."""
@@ -394,14 +416,21 @@ def _exp_kernel_weights(kind, selected, base, masks, z, n_features, aggregate) -
     if distance == "euclidean":
         # used squared: no sqrt at 0, whose infinite derivative would make the gradient of an
         # attribution NaN under torch.func.grad (the full coalition's distance is 0)
-        sq = torch.bmm(sums[0][:, None], (1 - z).transpose(1, 2))[:, 0]  # (rows, N); (1, F) @ (F, N): BLAS's fast layout
+        sq = _removed_dots(sums[0][:, None], z, budget)[:, 0]  # (rows, N)
         return torch.exp(-sq / (2 * width**2))
     xx, xb, bb = sums
     kept = torch.bmm(xx[:, None], z.transpose(1, 2))  # (rows, 1, N)
-    lin = (kept + torch.bmm(torch.stack([xb, bb], 1), (1 - z).transpose(1, 2))).transpose(0, 1)  # (2, rows, N): x.p, |p|^2
+    lin = (kept + _removed_dots(torch.stack([xb, bb], 1), z, budget)).transpose(0, 1)  # (2, rows, N): x.p, |p|^2
     # norms clamped before their square roots (sqrt(max(s, eps^2)) = max(sqrt(s), eps)): a
     # zero-norm copy (every feature at a zero baseline) gets cosine 0, and a finite gradient
     eps = 1e-8
     norm_x = xx.sum(-1).clamp_min(eps * eps).sqrt()[:, None]
     dist = 1 - lin[0] / (norm_x * lin[1].clamp_min(eps * eps).sqrt())
     return torch.exp(-(dist * dist) / (2 * width**2))
+
+
+def _removed_dots(v: torch.Tensor, z: torch.Tensor, budget: int) -> torch.Tensor:
+    """v (rows, k, F) . (1 - z) (rows, N, F) -> (rows, k, N), with 1 - z made ``budget`` bytes
+    at a time ((F, N) on the right: BLAS's fast layout)."""
+    step = max(1, budget // max(1, z.shape[0] * z.shape[2] * z.element_size()))
+    return torch.cat([torch.bmm(v, (1 - z[:, a : a + step]).transpose(1, 2)) for a in range(0, max(z.shape[1], 1), step)], 2)
