@@ -183,6 +183,8 @@ class _ApplyEager(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rule, op, *tensors):
         out, *extras = _Apply.forward(rule, op, *tensors)
+        if out._is_view():  # F.linear of a 3-d input: a view returned by a Function may not be modified in place
+            out = out.clone()
         _save(ctx, rule, op, tensors, out, tuple(extras), returned=False)
         return out
 
@@ -249,7 +251,9 @@ def _as_output_hook(rule: Rule, op: ops.Op) -> bool:
     backward (NOTE: [Rules as backward hooks]), and the native backward kernel instead of the
     rule's spelling of it. A hook registered on a tensor that is later modified in place (a conv
     followed by ``ReLU(inplace=True)``) still receives the gradient with respect to the value the
-    op returned (torch's documented behaviour, tested here). Not for in-place calls or ops that
+    op returned (torch's documented behaviour, tested here); on an output that is a view
+    (``F.linear`` of a 3-d input, a 1-d pool of a transposed input) the hook would be lost, so it
+    goes on the view's base instead (`_hook_holder`). Not for in-place calls or ops that
     return indices. One difference outside the attributions: with ``loss.backward()`` the op's
     parameters receive gradients (of the rescaled signal), where the Function gives them none.
     """
@@ -259,11 +263,32 @@ def _as_output_hook(rule: Rule, op: ops.Op) -> bool:
 
 def _scaled(rule: Rule, op: ops.Op, out):
     """``out`` with a hook multiplying its incoming gradient by ``rule.output_scale(op, out)``."""
-    if isinstance(out, torch.Tensor) and out.requires_grad:
-        with torch.no_grad(), torch._C.DisableTorchFunction():
-            scale = rule.output_scale(op, out.detach())
-        out.register_hook(lambda g: None if g is None else g * scale)  # None: no gradient reached it
+    if not (isinstance(out, torch.Tensor) and out.requires_grad):
+        return out
+    with torch.no_grad(), torch._C.DisableTorchFunction():
+        scale = rule.output_scale(op, out.detach())
+    out, held = _hook_holder(op, out)
+    scale = scale.reshape(held.shape)
+    held.register_hook(lambda g: None if g is None else g * scale)  # None: no gradient reached it
     return out
+
+
+def _hook_holder(op: ops.Op, out: torch.Tensor) -> tuple:
+    """(the output to return, the tensor whose gradient hook stands for the output's).
+
+    An output that is a view (``F.linear`` of a 3-d input with a bias returns ``addmm(...).view(...)``)
+    loses a hook of its own when it is modified in place (``ReLU(inplace=True)`` next: the view's
+    history is rebuilt on its base), so the hook goes on a base the op made and the view covers
+    element for element; any other view is replaced by a copy."""
+    base = out._base
+    if base is None:
+        return out, out
+    if (base.requires_grad and base.numel() == out.numel() and base.is_contiguous() and out.is_contiguous()
+            and all(base is not t for t in op.tensors)):
+        return out, base
+    with torch._C.DisableTorchFunction():
+        out = out.clone()
+    return out, out
 
 
 def _without_tensors(op: ops.Op) -> ops.Op:
