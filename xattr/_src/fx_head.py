@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import inspect
 import operator
+import threading
 import types
 import weakref
 
@@ -252,13 +253,36 @@ def _restore(before: dict, model: nn.Module) -> list:
     return written
 
 
+# NOTE: [Tracing beside other threads]
+# ``fx.Tracer.trace`` patches ``nn.Module.__call__`` and ``nn.Module.__getattr__`` for the whole
+# process while it runs, and puts back what it found when it ends. Another thread's forward
+# during a trace went through the tracer (any model: NameError "module is not installed as a
+# submodule"; the traced model: fx Proxies), and two traces in two threads could end out of
+# order and leave the patch on the class for good (measured: two threads splitting models
+# left ``nn.Module.__getattr__`` patched). So the tracer lets every other thread's modules
+# run as they are, and xattr's traces take a lock, one at a time (reentrant: a model may split
+# another while it is traced).
+_TRACING = threading.RLock()
+
+
 class _Tracer(fx.Tracer):
     def __init__(self, leaves):
         super().__init__()
         self.leaves = leaves
+        self.thread = threading.get_ident()
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return any(m is x for x in self.leaves) or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        if threading.get_ident() != self.thread:  # NOTE: [Tracing beside other threads]
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val, parameter_proxy_cache: dict):
+        if threading.get_ident() != self.thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
 
 def _build(split, model: nn.Module, chain: list) -> TracedHead | None:
@@ -266,13 +290,14 @@ def _build(split, model: nn.Module, chain: list) -> TracedHead | None:
     if any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params):
         return None
     layer = split.modules[0]
-    tracer = _Tracer([layer])
-    before = {id(m): (m, dict(m.__dict__)) for m in model.modules()}
-    try:  # the tracer stores tensors made in forward on the root (_tensor_constant0): moved to gm
-        graph = tracer.trace(model)
-        gm = fx.GraphModule(model, graph)
-    finally:
-        stateful = _restore(before, model)
+    with _TRACING:  # NOTE: [Tracing beside other threads]
+        tracer = _Tracer([layer])
+        before = {id(m): (m, dict(m.__dict__)) for m in model.modules()}
+        try:  # the tracer stores tensors made in forward on the root (_tensor_constant0): moved to gm
+            graph = tracer.trace(model)
+            gm = fx.GraphModule(model, graph)
+        finally:
+            stateful = _restore(before, model)
     if stateful:  # NOTE: [Traced heads]: a forward that writes its own attributes
         raise _Stateful(stateful)
     graph = gm.graph

@@ -29,10 +29,20 @@ its Python source (`rule_limits.eager_compiled`, as the rules do: NOTE: [Rules o
 models]), wherever it is reached from: the eager model's numbers, without the compiled speed.
 A model from ``torch.jit`` runs its layers without hooks: they are refused (NOTE: [Rules on
 TorchScript models] in rule_limits.py).
+
+NOTE: [Layers of shared models in threads]
+A module's hooks are seen by every thread that runs it, while the split's hooks belong to one
+call. Another thread's forward of the same model during that call (a plain prediction, or its
+own attribution) would otherwise run them: its activations would be counted and captured as the
+call's ("the layer is called 5 times"), the head's h substituted into its forward, and the early
+stop of ``act`` raised in it. So a hook acts only in the thread that registered it and is a
+no-op elsewhere; each thread then gets the numbers it gets alone. A model that runs the layer
+in threads of its own (``nn.DataParallel`` on several GPUs) cannot be split: "never called".
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Callable, Sequence
 
 import torch
@@ -83,9 +93,12 @@ class Split:
         activation checkpointing])."""
         counts = [0] * len(self.modules)
         handles = []
+        owner = threading.get_ident()  # NOTE: [Layers of shared models in threads]
 
         def make(i):
             def hook(module, inp, out=None):
+                if threading.get_ident() != owner:
+                    return None
                 k = counts[i]
                 counts[i] += 1
                 if not self._wanted(k):

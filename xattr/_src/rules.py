@@ -37,6 +37,7 @@ track the running modules with global forward hooks that exist only during the c
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Callable, Mapping, NamedTuple
 
 import torch
@@ -371,17 +372,20 @@ class _RulesMode(TorchFunctionMode):
 
     @contextlib.contextmanager
     def tracking(self):
-        """Keeps ``self.stack`` = the modules running now, with global hooks that die with the call."""
+        """Keeps ``self.stack`` = the modules running now, with global hooks that die with the call.
+        Every thread runs global hooks: only this thread's modules are kept (another thread's
+        plain forward, inside module "0" meanwhile, gave later ops module "0"'s rule)."""
         if not self.table.tracks_modules:
             yield
             return
-        stack = self.stack
+        stack, owner = self.stack, threading.get_ident()
 
         def enter(module, args):
-            stack.append(module)
+            if threading.get_ident() == owner:
+                stack.append(module)
 
         def leave(module, args, out):
-            if stack and stack[-1] is module:
+            if stack and stack[-1] is module and threading.get_ident() == owner:
                 stack.pop()
 
         pre = nn.modules.module.register_module_forward_pre_hook(enter)

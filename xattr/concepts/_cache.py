@@ -6,7 +6,8 @@ globals allowed. Here every cached file is ``torch.save`` of a dict whose values
 ints, floats or bools (checked before writing), and every read is
 ``torch.load(..., weights_only=True)``, which refuses anything else: a planted file can at worst
 fail to load, never execute. Files are written to a temporary name and renamed into place, so
-an interrupted or concurrent run never leaves half a file. Keys name what a file depends on:
+an interrupted or concurrent run (another process, or another thread writing the same
+key) never leaves half a file. Keys name what a file depends on:
 ``<cache_dir>/<model key>/activations/<concept name-id[-tag]>-<layer>.pt`` and
 ``<cache_dir>/<model key>/cavs/<concept>-<negative>-<layer>-<classifier and seed hash>.pt``,
 where the model key is ``model_id`` or a fingerprint of the model's class, structure,
@@ -19,10 +20,12 @@ function]). Files load on the CPU; TCAV moves them to the model's device.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
 import re
+import threading
 
 import torch
 
@@ -86,9 +89,14 @@ def save_plain(path: str, obj: dict) -> None:
     _check_plain(obj)
     obj = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in obj.items()}
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    tmp = f"{path}.tmp{os.getpid()}-{threading.get_ident()}"  # a writer's own: threads of one process too
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # an interrupted write leaves no temporary file either
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def load_plain(path: str) -> dict | None:

@@ -34,6 +34,7 @@ elsewhere in the model they are copied (`copy_model`), which plain ``copy.deepco
 from __future__ import annotations
 
 import copy
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -201,10 +202,18 @@ def _seeds(generator, n: int) -> list:
     return streams(generator, n)
 
 
+# ``reset_parameters()`` draws from torch's global generator, which all threads share: two checks
+# re-initialising layers in two threads seeded it in turn, and each drew the other's numbers
+# (measured: 21 of 24 concurrent checks gave other scores than alone, Spearman off by up to
+# 0.45). Re-initialisations take turns; another thread drawing from the global generator
+# meanwhile (generator=None) still shares it, as it would with any torch initialiser.
+_GLOBAL_GENERATOR = threading.Lock()
+
+
 @torch.no_grad()
 def _reinit(module: nn.Module, seed: int) -> None:
     """See NOTE: [Re-initialising a layer on a copy] and NOTE: [Re-initialising a parametrized layer]."""
-    with torch.random.fork_rng(devices=[]):
+    with _GLOBAL_GENERATOR, torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         if hasattr(module, "reset_parameters"):
             cpu = copy.deepcopy(module).to("cpu")
