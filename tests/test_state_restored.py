@@ -153,3 +153,30 @@ def test_interrupted_cache_write_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(_cache.torch, "save", save)
     _cache.save_plain(path, {"v": torch.ones(3)})
     assert torch.equal(_cache.load_plain(path)["v"], torch.ones(3))
+
+
+def test_an_activation_capture_stops_a_forward_that_catches_exceptions():
+    """The early stop of a capture is a BaseException: a forward wrapping its layers in
+    ``try/except Exception`` does not swallow it and run on (the model's later layers)."""
+
+    class Guarded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.after = nn.Linear(3, 4), nn.Linear(4, 2), 0
+
+        def forward(self, x):
+            try:
+                h = self.a(x)
+            except Exception:  # noqa: BLE001 (the point of the test)
+                h = torch.zeros(x.shape[0], 4)
+            self.after += 1
+            return self.b(h)
+
+    torch.manual_seed(0)
+    model, x = Guarded().eval(), torch.randn(2, 3)
+    fn = xattr.layer_activation(xattr.at_layer(model, model.a))
+    fn(x)  # the first call of a signature runs the whole forward, to count the layer's calls
+    model.after = 0
+    act = fn(x)  # later calls stop at the layer
+    torch.testing.assert_close(act, model.a(x).detach())
+    assert model.after == 0

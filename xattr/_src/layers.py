@@ -55,8 +55,10 @@ from .gradients import _rows, is_multi_output, vjp_rows
 from .rule_limits import calls_jit, eager_compiled, in_checkpoint, jit_error
 
 
-class _Stop(Exception):
-    """Raised by a capture hook once every requested activation is in hand."""
+class _Stop(BaseException):
+    """Raised by a capture hook once every requested activation is in hand. A `BaseException`,
+    as ``KeyboardInterrupt`` is: a forward that wraps its layers in ``try/except Exception`` must
+    not catch it and run on to the end."""
 
 
 class Split:

@@ -113,8 +113,8 @@ class Prepared:
         if call is None:  # does not fit one call: no need to find that out again
             self.refuse(key)
             return
-        if len(self.calls) >= MAX_PREPARED:
-            del self.calls[next(iter(self.calls))]
+        if len(self.calls) >= MAX_PREPARED:  # the oldest goes (pop: another thread may evict it first)
+            self.calls.pop(next(iter(self.calls), None), None)
         self.calls[key] = call
 
     def refuse(self, key: tuple) -> None:
