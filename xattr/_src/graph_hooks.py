@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from . import tree as T
-from .rule_limits import jit_error
+from .rule_limits import jit_error, refuse_second_backward
 
 OPAQUE_NODES = frozenset({"CopySlices", "CompiledFunctionBackward"})  # may hide a ruled op
 GRAPH_NODES = {"relu": (torch.relu, frozenset({"ReluBackward0", "ReluBackward1"}))}  # kind: (plain call, node names)
@@ -43,7 +43,12 @@ def node_number() -> int:
 def input_grad_hook(rule, light):
     """A hook for an op's autograd node that rewrites its input gradient with ``rule.input_grad``
     (``light``: the op without its tensors, which the hook must not hold)."""
-    return lambda grad_inputs, grad_outputs: (rule.input_grad(light, grad_inputs[0]),) + grad_inputs[1:]
+
+    def hook(grad_inputs, grad_outputs):
+        refuse_second_backward()  # NOTE: [Rule-based attributions are first-order]
+        return (rule.input_grad(light, grad_inputs[0]),) + grad_inputs[1:]
+
+    return hook
 
 
 def hook_graph(out, by_node: dict, first: int) -> bool:

@@ -20,7 +20,7 @@ import torch
 
 from . import tree as T
 from .checks import baselines_tuple
-from .gradients import attribution_fn, grad, vjp_rows
+from .gradients import attribution_fn, grad, model_calls, vjp_rows
 from .paths import path_integral
 from .sampling import shap_samples, smooth
 
@@ -63,7 +63,7 @@ def completeness_gap(f: Callable, args: tuple, argnums: int | Sequence[int], att
     batch = T.batch_size(selected)
     both = T.tree_map(lambda x, b: torch.cat([x, b]), selected, base)
     call = tuple(a if i in nums else T.fold(a, 2, batch) for i, a in enumerate(args))
-    with torch.no_grad(), T.batch_scope(batch):
+    with model_calls(), T.batch_scope(batch):  # differentiable inside grad transforms (NOTE: [Detached results])
         out = _outputs(f, T.split_args(call, nums)[1](both))
         if out.ndim == 0:  # one number per call ("aggregate" output): evaluate x and b apart
             total = sum(a.sum() for a in T.leaves(attributions))

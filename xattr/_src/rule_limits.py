@@ -60,14 +60,31 @@ def first_order_only(method: str, *, allowed: int = 0) -> None:
     look at entry, before their own VJP (itself a ``vjp`` transform inside another transform,
     NOTE: [Two differentiation backends]); ``vmap`` alone leaves first-order results right, and is
     allowed. ``rules(f)`` itself allows one level (the gradient that follows the rules) and
-    refuses a second. The gradient and perturbation methods stay differentiable (NOTE: [Detached
-    results])."""
+    refuses a second. Plain autograd is refused alike where a rule's eager backward sees
+    ``create_graph=True`` (`refuse_second_backward`). The gradient and perturbation methods stay
+    differentiable (NOTE: [Detached results])."""
     if differentiating_levels() - _CONSTANT_LEVELS.get() > allowed:
         raise NotImplementedError(
             f"{method} cannot run inside a torch.func transform that differentiates it (grad, vjp, jacrev, jvp, "
             "jacfwd): its rules replace the derivatives of ops, so derivatives of its attributions would follow "
             "the rules too and be wrong. Rule-based attributions are first-order only (vmap is fine); the "
             "gradient methods (xattr.grad, integrated_gradients, ...) and the perturbation methods are differentiable"
+        )
+
+
+def refuse_second_backward() -> None:
+    """Refuses a rule's eager backward run with ``create_graph=True``: plain autograd taking a
+    derivative of a gradient through `rules` (``torch.autograd.grad(..., create_graph=True)``, then
+    a second backward), which would differentiate the ruled ops by their rules again (NOTE:
+    [Rule-based attributions are first-order]; guided backprop through a tanh measured 56% off
+    finite differences). For the backward pieces used outside torch.func transforms only (the
+    node hooks of `graph_hooks`): there autograd runs a backward with grad mode on exactly when
+    it records a graph of it."""
+    if torch.is_grad_enabled():
+        raise NotImplementedError(
+            "a backward pass through xattr.rules with create_graph=True: the rules replace the derivatives of ops, so "
+            "a derivative of these gradients would follow the rules too and be wrong. Rule-based gradients are "
+            "first-order only; differentiate the gradient methods (xattr.grad, integrated_gradients, ...) instead"
         )
 
 

@@ -89,11 +89,19 @@ def unchanged(t: torch.Tensor, version: int, values: torch.Tensor | None) -> boo
     return t._version == version and (values is None or T.matches_snapshot(t, values))
 
 
+def _memo_allowed(t: torch.Tensor) -> bool:
+    """Whether a memo may keep tensors made from ``t``: not for an inference tensor (no version
+    counter), nor inside a torch.func transform, where even a copy of a plain tensor comes out
+    wrapped at the transform's level and would outlive it (the next call failed with an internal
+    assert in functorch)."""
+    return not t.is_inference() and torch._C._functorch.maybe_current_level() is None
+
+
 def _check_range(out: torch.Tensor, t, n_out: int) -> bool:
     """Raises an IndexError for an index outside [-n_out, n_out); for a tensor, returns whether it
     may hold negative indices (True where unknown: traced values), which need wrapping for a gather."""
     if isinstance(t, torch.Tensor):
-        version = None if t.is_inference() else t._version  # inference tensors have no version counter
+        version = t._version if _memo_allowed(t) else None
         seen = _IN_RANGE.get(t) if version is not None else None
         if seen is not None and seen[1] == n_out and unchanged(t, seen[0], seen[2]):
             return seen[3]  # checked once per tensor (until it is modified): a target is reused by every call
@@ -152,7 +160,7 @@ def _select_one(out: torch.Tensor, t, memo: dict | None = None) -> torch.Tensor:
         # one flat `take` instead of a gather and a squeeze: one kernel call fewer per model call
         flat = out.ndim == 2 and not torch.is_grad_enabled() and torch._C._functorch.maybe_current_level() is None
         key = index = None
-        if memo is not None and not t.is_inference() and not is_traced(t):
+        if memo is not None and _memo_allowed(t) and not is_traced(t):
             key = (t._version, n, out.shape[1], tuple(out.shape[2:]), out.device, flat)
             index, values = memo.get(key, (None, None))
             if index is not None and not unchanged(t, key[0], values):

@@ -140,16 +140,26 @@ def match_attributions(attributions, x, what: str = "attributions"):
                 f"{what} of shape {shape} do not match their input's shape {tuple(xi.shape)} (a many-outputs "
                 "target adds a K axis: explain one output per example, with xattr.target(model, t))"
             )
-        return a.detach()
+        return stopped(a)
 
     return T.tree_map(check, attributions, x)
 
 
 def resolve(attributions, args: tuple):
-    """Precomputed attributions as given, or an attribution function's result at args (detached)."""
+    """Precomputed attributions as given, or an attribution function's result at args (`stopped`)."""
     if callable(attributions):
-        return T.tree_map(lambda a: a.detach() if isinstance(a, torch.Tensor) else a, attributions(*args))
+        return stopped(attributions(*args))
     return attributions
+
+
+def stopped(tree):
+    """Attributions detached at top level (the metrics return plain numbers, as Captum's do), and
+    kept as they are inside a torch.func transform: there ``detach`` would cut them off from the
+    transform's level too, and ``torch.func.grad`` of a metric (attribution robustness training)
+    came back silently zero (NOTE: [Detached results] in gradients.py)."""
+    if torch._C._functorch.maybe_current_level() is not None:
+        return tree
+    return T.tree_map(lambda a: a.detach() if isinstance(a, torch.Tensor) else a, tree)
 
 
 def flat(tree, lead: int = 1) -> torch.Tensor:

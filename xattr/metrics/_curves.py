@@ -33,6 +33,7 @@ from .._src.checks import at_least_float32, check_finite, warn_if_training
 from .._src.masks import features
 from .._src.budget import copies_per_call
 from .._src.copies import perturb
+from .._src.gradients import model_calls
 from .._src.perturb import baseline_tree
 from ._common import batch_of, match_attributions, model_rows, passthrough, positive_nums, resolve
 from ._similarity import result_dtype
@@ -114,7 +115,7 @@ def _curve(
         counts, steps = _step_counts(n_own, n_steps)  # (B, S+1)
         per = copies_per_call(selected, batch, chunk_size, memory_budget, steps + 1)
         outs = []
-        with torch.no_grad(), T.batch_scope(batch):
+        with model_calls(), T.batch_scope(batch):  # differentiable inside grad transforms (NOTE: [Detached results])
             for s in range(0, steps + 1, per):
                 e = min(s + per, steps + 1)
                 c = counts[:, s:e].T  # (e - s, B)

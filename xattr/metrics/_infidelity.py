@@ -8,6 +8,7 @@ import torch
 
 from .._src import tree as T
 from .._src.checks import baselines_like, check_finite, warn_if_training
+from .._src.gradients import model_calls
 from .._src.budget import copies_per_call
 from ._common import (
     batch_of, draw_copies, match_attributions, model_rows, passthrough, positive_nums, resolve, same_structure,
@@ -46,6 +47,8 @@ def infidelity(
         perturb_func with a ``generator`` keyword.
       chunk_size, memory_budget: model rows, or bytes of perturbed inputs, per no-grad call
         (default budget: 2 MiB on CPU, at least 64 MiB on an accelerator; at most 4096 rows).
+        Inside a torch.func gradient transform the model calls are differentiated, so
+        ``torch.func.grad`` of the metric is its gradient (NOTE: [Detached results]).
 
     Returns:
       ``fn(*args) -> (B,)`` tensor of infidelities (lower is better).
@@ -62,7 +65,7 @@ def infidelity(
         batch = batch_of(selected)
         x = selected if as_tuple else selected[0]
         phi = match_attributions(resolve(attr_fn_or_attributions, args), x)
-        with torch.no_grad():
+        with model_calls():
             fx = model_rows(f(*T.cloned(args)))  # a model writing into its input leaves x as it was
         check_finite(fx)
         batched = () if baselines is None else (baselines_like(x, baselines),)
@@ -71,7 +74,7 @@ def infidelity(
         iphi = _dot(pert_size, phi)  # (B, n)
         per = copies_per_call(selected, batch, chunk_size, memory_budget, n)
         outs = []
-        with torch.no_grad(), T.batch_scope(batch):
+        with model_calls(), T.batch_scope(batch):
             for s in range(0, n, per):
                 e = min(s + per, n)
                 rows = T.tree_map(lambda p: p[:, s:e].transpose(0, 1).reshape((-1,) + tuple(p.shape[2:])), pert)

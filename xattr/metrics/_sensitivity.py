@@ -9,7 +9,7 @@ import torch
 from .._src import tree as T
 from .._src.checks import warn_if_training
 from .._src.sampling import copy_blocks
-from ._common import batch_of, draw_copies, flat, n_positional, passthrough, positive_nums, same_structure
+from ._common import batch_of, draw_copies, flat, n_positional, passthrough, positive_nums, same_structure, stopped
 from ._noise import uniform_noise
 
 
@@ -43,7 +43,8 @@ def sensitivity_max(
       chunk_size: most rows (examples x copies) per call of attr_fn.
 
     Returns:
-      (B,) tensor (lower is more stable).
+      (B,) tensor (lower is more stable); differentiable inside a torch.func transform, detached
+      otherwise (NOTE: [Detached results]).
     """
     if not isinstance(n_perturb_samples, int) or n_perturb_samples < 1:
         raise ValueError(f"n_perturb_samples must be a positive int, got {n_perturb_samples!r}")
@@ -55,7 +56,7 @@ def sensitivity_max(
     batch = batch_of(selected)
     x = selected if as_tuple else selected[0]
     n = n_perturb_samples
-    phi0 = _detach(attr_fn(*args))
+    phi0 = stopped(attr_fn(*args))
     ref = flat(phi0)  # (B, P)
     extra = (perturb_radius,) if n_positional(perturb_func) > 1 else ()
     pert = draw_copies(perturb_func, x, n, extra=extra, generator=generator, what="perturb_func")
@@ -67,7 +68,7 @@ def sensitivity_max(
             rows = T.tree_map(lambda p: p[:, s:e].transpose(0, 1).reshape((-1,) + tuple(p.shape[2:])), pert)
             call = passthrough(args, idx, e - s, batch)
             with copy_blocks(s, e, batch):  # a seeded stochastic attr_fn: NOTE: [Seeds of folded copies]
-                phi = _detach(attr_fn(*T.split_args(call, idx)[1](rows if as_tuple else (rows,))))
+                phi = stopped(attr_fn(*T.split_args(call, idx)[1](rows if as_tuple else (rows,))))
             got = flat(phi).reshape(e - s, batch, -1)
             if got.shape[-1] != ref.shape[-1]:
                 raise ValueError(
@@ -85,7 +86,3 @@ def _ord(norm_ord) -> float:
     if isinstance(norm_ord, (int, float)) and not isinstance(norm_ord, bool):
         return float(norm_ord)
     raise ValueError(f"norm_ord must be 'fro' or a number (2, 1, float('inf'), ...), got {norm_ord!r}")
-
-
-def _detach(tree):
-    return T.tree_map(lambda a: a.detach() if isinstance(a, torch.Tensor) else a, tree)
