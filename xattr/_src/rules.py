@@ -48,7 +48,9 @@ from . import ops
 from .graph_hooks import hook_graph, input_grad_hook, node_number
 from .checks import _modules
 from .input_copies import INPUT_COPIES, MOVES, moved
-from .rule_limits import calls_compiled, eager_compiled, first_order_only, refuse_checkpoint, refuse_jit
+from .rule_limits import (
+    calls_compiled, eager_compiled, first_order_only, refuse_checkpoint, refuse_jit, refuse_second_backward,
+)
 from .rule_table import Table
 
 
@@ -191,6 +193,7 @@ class _ApplyEager(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        refuse_second_backward()  # NOTE: [Rule-based attributions are first-order]
         return _Apply.backward(ctx, grad)
 
 
@@ -270,8 +273,13 @@ def _scaled(rule: Rule, op: ops.Op, out):
         scale = rule.output_scale(op, out.detach())
     out, held = _hook_holder(op, out)
     scale = scale.reshape(held.shape)
-    held.register_hook(lambda g: None if g is None else g * scale)  # None: no gradient reached it
+    held.register_hook(lambda g: None if g is None else _rescaled(g, scale))  # None: no gradient reached it
     return out
+
+
+def _rescaled(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    refuse_second_backward()  # NOTE: [Rule-based attributions are first-order]
+    return grad * scale
 
 
 def _hook_holder(op: ops.Op, out: torch.Tensor) -> tuple:
@@ -362,6 +370,9 @@ class _RulesMode(TorchFunctionMode):
         rule = None if op is None else self.table.resolve(op, self.stack)
         if rule is None:
             return func(*args, **kwargs)
+        if torch._C._functorch.maybe_current_level() is not None:  # the transforms around this op, not
+            # only those around the call (``rules(attribution_fn)`` takes its own gradient inside it)
+            first_order_only("a gradient through xattr.rules", allowed=1)  # NOTE: [Rule-based attributions are first-order]
         if type(rule)._reroute is not Rule._reroute:
             return apply_rule(rule, rule._reroute(op))
         if _as_hook(rule, op):
