@@ -222,3 +222,20 @@ def test_rules_around_an_attribution_function_refuse_a_second_derivative():
         torch.func.jacrev(guided)(X)
 
 
+
+
+@pytest.mark.parametrize("method", [xattr.lime, xattr.kernel_shap], ids=["lime", "kernel_shap"])
+def test_surrogate_methods_refuse_vmap_clearly_and_run_under_grad(method):
+    # under vmap they failed deep inside torch (a randomness-mode error, a data-dependent branch);
+    # they batch over the examples of one call already
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).double().eval()
+    fn = method(xattr.target(model, 0), n_samples=40, generator=0)
+    with pytest.raises(NotImplementedError, match="vmap"):
+        torch.func.vmap(lambda v: fn(v[None])[0])(X)
+    # grad with respect to the input goes through the model calls (samples and weights held)
+    g = grad(lambda v: fn(v).sum())(X)
+    eps, e = 1e-6, torch.zeros_like(X)
+    e[1, 2] = eps
+    fd = (fn(X + e).sum() - fn(X - e).sum()) / (2 * eps)
+    torch.testing.assert_close(g[1, 2], fd, atol=1e-6, rtol=1e-5)

@@ -161,6 +161,7 @@ def lime(
     similarity = exp_kernel_similarity() if similarity_func is None else similarity_func
 
     def fn(*args, baselines=baselines, feature_mask=feature_mask):
+        _refuse_vmap("lime")
         selected, masks, n, base, out, aggregate, rows = _prepare(f, args, nums, as_tuple, feature_mask, baselines, "lime")
         sets = feature_sets(masks, n, rows)
         (stream,) = streams(generator, 1)
@@ -222,6 +223,7 @@ def kernel_shap(
     _check_n_samples(n_samples, 2)
 
     def fn(*args, baselines=baselines, feature_mask=feature_mask):
+        _refuse_vmap("kernel_shap")
         selected, masks, m, base, out, aggregate, rows = _prepare(f, args, nums, as_tuple, feature_mask, baselines, "kernel_shap")
         sets = feature_sets(masks, m, rows)
         (stream,) = streams(generator, 1)
@@ -390,6 +392,22 @@ def _weights(similarity, selected, base, masks, z, n_features, aggregate, as_tup
             raise ValueError(f"similarity_func must return {want} weights (examples, samples), got {tuple(w.shape)}")
         parts.append(w.to(device=z.device, dtype=at_least_float32(z.dtype)))
     return torch.cat(parts, 1)
+
+
+def _refuse_vmap(method: str) -> None:
+    """A clear error under ``torch.func.vmap`` (which otherwise fails deep inside with torch's
+    randomness or data-dependent control-flow errors): the draws, the solvers' checks and the
+    budget's grouping read values. Both methods already batch over the examples of one call,
+    and they run under ``grad`` and ``jacrev``."""
+    if torch._C._functorch.maybe_current_level() is None:
+        return
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters  # noqa: PLC0415
+
+    if any(i.key() == torch._C._functorch.TransformType.Vmap for i in retrieve_all_functorch_interpreters()):
+        raise NotImplementedError(
+            f"{method} cannot run under torch.func.vmap: it draws samples and solves its surrogate with steps that "
+            "read values. It batches over the examples already: call it on the whole batch (rows of x), or loop"
+        )
 
 
 def _exp_kernel_weights(kind, selected, base, masks, z, n_features, aggregate, budget: int) -> torch.Tensor:

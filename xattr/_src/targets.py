@@ -271,8 +271,8 @@ class Targeted:
                 return self.t(out)
             if isinstance(out, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in out):
                 raise TypeError(
-                    f"the model (or layer) returns {len(out)} tensors, so an index cannot pick one output of "
-                    "it; give a callable that takes them all and returns one value per row, e.g. "
+                    f"the model (or layer) returns a {type(out).__name__} of {len(out)} tensor{'s' * (len(out) != 1)}, so an "
+                    "index cannot pick one output of it; give a callable that takes them all and returns one value per row, e.g. "
                     "lambda outs: outs[0][:, 3]"
                 )
             raise TypeError(f"the model must return a tensor, got {type(out).__name__}")
