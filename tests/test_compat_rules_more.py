@@ -449,3 +449,17 @@ def test_deep_lift_through_max_pools_with_shared_inputs(name):
             return
         theirs, their_delta = ca.DeepLift(model).attribute(x.clone(), **kw)
     assert (theirs - ours).abs().max() > 0.25 * ours.abs().max() and their_delta.abs().max() > 0.01
+
+
+def test_layer_deep_lift_of_a_list_of_layers_gives_lists_like_layer_lrp():
+    from xattr.compat.captum import LayerDeepLift
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3), nn.ReLU(), nn.Linear(3, 2)).double().eval()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    attrs, deltas = LayerDeepLift(m, [m[1], m[3]]).attribute(x, target=0, return_convergence_delta=True)
+    assert isinstance(attrs, list) and isinstance(deltas, list) and len(deltas) == 2
+    for layer, a, d in zip([m[1], m[3]], attrs, deltas):
+        one, one_delta = LayerDeepLift(m, layer).attribute(x, target=0, return_convergence_delta=True)
+        torch.testing.assert_close(a, one)
+        torch.testing.assert_close(d, one_delta)

@@ -268,9 +268,14 @@ class LayerDeepLift(LayerAttribution):
         )  # fmt: skip
         k = len(bases)
 
+        several = isinstance(self.layer, (list, tuple))
+
         def fn(*args):  # (*inputs, *additional_forward_args, *baselines)
             out = ldl(*args[:-k], baselines=args[-k:])
-            return out if return_convergence_delta else (out, None)
+            if not return_convergence_delta:
+                return out, None
+            attrs, delta = out
+            return attrs, (list(delta) if several else delta)  # a list of deltas for a list of layers, as LayerLRP's
 
         return fn, bases
 
