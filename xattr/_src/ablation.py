@@ -34,6 +34,7 @@ from . import tree as T
 from .checks import warn_if_training
 from .gradients import attribution_fn, detached
 from .masks import SMALL, constant, features, scatter_features, scatterer
+from .nesting import as_new_call, inside_model
 from .perturb import Coalitions, baseline_tree, evaluate, outputs_at
 from .prepared import Prepared, drops_of
 from .paths import WIDE
@@ -69,6 +70,8 @@ def feature_ablation(
     prepared = Prepared()  # NOTE: [Prepared calls]
 
     def fn(*args, baselines=baselines, feature_mask=feature_mask):
+        if inside_model():  # NOTE: [Attributions inside a model's forward] in nesting.py
+            return as_new_call(fn, args, {"baselines": baselines, "feature_mask": feature_mask})
         warn_if_training(f)
         key = prepared.key(args, nums, show_progress, baselines, feature_mask)
         attr = prepared.serve(key, args)
@@ -286,6 +289,8 @@ def occlusion(
     prepared = Prepared()  # NOTE: [Prepared calls]
 
     def fn(*args, baselines=baselines):
+        if inside_model():  # NOTE: [Attributions inside a model's forward] in nesting.py
+            return as_new_call(fn, args, {"baselines": baselines})
         warn_if_training(f)
         key = prepared.key(args, nums, show_progress, baselines)
         attr = prepared.serve(key, args)

@@ -36,6 +36,7 @@ from torch.func import vjp, vmap
 
 from . import tree as T
 from .checks import check_finite, check_float_inputs, warn_if_training
+from .nesting import as_new_call, inside_model, marked, running_model
 
 
 def detached():
@@ -65,25 +66,31 @@ def model_calls():
     """``torch.no_grad()`` for the model calls, unless a torch.func gradient transform (grad, vjp,
     jacrev) is differentiating this call: attributions are then differentiable at its level, as
     NOTE: [Detached results] promises (a no_grad inside the transformed function would make its
-    gradient zero). Under vmap alone, or outside transforms, nothing is recorded."""
+    gradient zero). Under vmap alone, or outside transforms, nothing is recorded. It also marks
+    the region as the model's (NOTE: [Attributions inside a model's forward] in nesting.py)."""
     if torch._C._functorch.maybe_current_level() is None:
-        return torch.no_grad()
+        return running_model(no_grad=True)
     from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters  # noqa: PLC0415
 
     if any(i.key() == torch._C._functorch.TransformType.Grad for i in retrieve_all_functorch_interpreters()):
-        return contextlib.nullcontext()
-    return torch.no_grad()
+        return running_model()
+    return running_model(no_grad=True)
 
 
 def attribution_fn(inner: Callable, wrapped: Callable, *, detach: bool = True) -> Callable:
     """Marks a public attribution function: runs it `detached()` (``detach=False``: ``inner``
-    sees to that itself), records what it wraps."""
+    sees to that itself, and to a call from inside a model), records what it wraps. Called
+    from inside a model's forward it runs as a call of its own (NOTE: [Attributions inside a
+    model's forward] in nesting.py)."""
 
     if not detach:  # no wrapper: a call layer costs a small model's loop a few percent
         inner.__wrapped__ = wrapped
+        inner.attribution_function = True
         return inner
 
     def fn(*args, **kwargs):
+        if inside_model():
+            return as_new_call(fn, args, kwargs)
         with detached():
             if _made_in_inference_mode(args):  # NOTE: [Inference mode]
                 args = T.tree_map(_ordinary, args)
@@ -91,6 +98,7 @@ def attribution_fn(inner: Callable, wrapped: Callable, *, detach: bool = True) -
 
     fn.__wrapped__ = wrapped
     fn.__doc__ = inner.__doc__
+    fn.attribution_function = True  # `rules` composes with it (NOTE: [Attributions inside a model's forward])
     return fn
 
 
@@ -199,7 +207,7 @@ def _forward(fn: Callable, selected: tuple):
     checks the top-level path; tests/test_core.py the transform path).
     """
     if torch._C._functorch.maybe_current_level() is not None or torch.compiler.is_compiling():
-        out, pullback = vjp(fn, *selected)
+        out, pullback = vjp(marked(fn), *selected)  # NOTE: [Attributions inside a model's forward]
 
         def pull(cotangent, retain):
             return pullback(cotangent, retain_graph=retain)
@@ -208,7 +216,7 @@ def _forward(fn: Callable, selected: tuple):
         return out, pull
     flat, treedef = T.optree.tree_flatten(selected, namespace="xattr")
     diff = [t.detach().requires_grad_() if isinstance(t, torch.Tensor) else t for t in flat]
-    with torch.enable_grad():
+    with torch.enable_grad(), running_model():  # NOTE: [Attributions inside a model's forward]
         out = fn(*T.optree.tree_unflatten(treedef, diff))
     wrt = [t for t in diff if isinstance(t, torch.Tensor)]
 

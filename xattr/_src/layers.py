@@ -48,6 +48,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from . import nesting
 from . import tree as T
 from .checks import check_finite
 from .fx_head import traced_head
@@ -96,10 +97,11 @@ class Split:
         counts = [0] * len(self.modules)
         handles = []
         owner = threading.get_ident()  # NOTE: [Layers of shared models in threads]
+        level = nesting.depth()  # an attribution inside the forward runs the layer deeper: not this run's
 
         def make(i):
             def hook(module, inp, out=None):
-                if threading.get_ident() != owner:
+                if threading.get_ident() != owner or nesting.depth() != level:
                     return None
                 k = counts[i]
                 counts[i] += 1
@@ -120,7 +122,7 @@ class Split:
                 h = m.register_forward_pre_hook(make(i)) if self.inputs else m.register_forward_hook(make(i))
                 handles.append(h)
             try:
-                with eager_compiled():  # NOTE: [Layers of compiled models]
+                with eager_compiled(), nesting.running_model():  # NOTE: [Layers of compiled models]
                     out = self.model(*args)
             except _Stop:
                 out = None

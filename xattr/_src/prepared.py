@@ -41,6 +41,7 @@ import torch
 from . import tree as T
 from .checks import check_finite
 from .masks import keep_masks
+from .nesting import running_model
 from .budget import copies_per_call
 from .copies import copier
 from .perturb import Coalitions, _check_per_example, as_floating, inputs_and_copies, output_float_dtype
@@ -216,7 +217,8 @@ class OneCall:
             with T.batch_scope(self.batch):
                 rows = [copy(x).reshape(shape) for x, copy, shape in zip(args, self.copies, self.shapes)]
                 try:
-                    out = self.f(*rows)
+                    with running_model():  # NOTE: [Attributions inside a model's forward] in nesting.py
+                        out = self.f(*rows)
                 except torch.cuda.OutOfMemoryError:  # the general path retries with fewer copies
                     return None
             return self._finish(out)

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from . import ops
+from . import nesting, ops
 from .graph_hooks import hook_graph, input_grad_hook, node_number
 from .checks import _modules
 from .input_copies import INPUT_COPIES, MOVES, moved
@@ -237,11 +237,18 @@ def _as_hook(rule: Rule, op: ops.Op) -> bool:
     comparisons ranged from -2% to +5%).
 
     Only where the op surely makes its own node with a freshly computed gradient: an elementwise
-    kind (each has a dedicated backward kernel), called out of place or in place on a tensor that
-    is not a view (in place on a view, the tensor's node is a view node, not the op's), and
-    outside torch.func transforms (there the rule's ``backward`` runs through `_Apply`)."""
-    return (type(rule).input_grad is not Rule.input_grad and op.kind in ops.ELEMENTWISE
+    kind (each has a dedicated backward kernel) other than clamp, called out of place or in place
+    on a tensor that is not a view (in place on a view, the tensor's node is a view node, not the
+    op's), and outside torch.func transforms (there the rule's ``backward`` runs through `_Apply`).
+    A clamp's node is not its own in that sense: ``torch.maximum(zeros, x)``'s takes x second and
+    halves the gradient at ties, a tensor bound's node gives the bound a gradient too, and a clamp
+    passes the gradient at its bounds where the ReLU a rule of ReLUs sees in it does not (NOTE:
+    [Clamps that are ReLUs] in deeplift_rules.py): clamps run through the rule's Function."""
+    return (type(rule).input_grad is not Rule.input_grad and op.kind in _HOOK_KINDS
             and not (op.inplace and op.tensors[0]._base is not None) and torch._C._functorch.maybe_current_level() is None)
+
+
+_HOOK_KINDS = ops.ELEMENTWISE - {"clamp"}  # NOTE: [Rules as backward hooks]
 
 
 def _as_output_hook(rule: Rule, op: ops.Op) -> bool:
@@ -353,6 +360,8 @@ def apply_rule(rule: Rule, op: ops.Op):
 
 
 class _RulesMode(TorchFunctionMode):
+    nested_calls_skip = True  # an attribution inside the model runs without it (nesting.py)
+
     def __init__(self, table: Table):
         super().__init__()
         self.table, self.parsers = table, table.parsers
@@ -421,6 +430,8 @@ class Ruled:
         # the graph holds ReLU nodes the mode cannot see inside these (NOTE: [Rules as graph hooks])
         self.graph_hooks = bool(table.by_node) and not any(map(_fused_relus, _modules(f)))
         self.compiled = calls_compiled(f)  # NOTE: [Rules on compiled models]
+        # around an attribution function: composition (NOTE: [Attributions inside a model's forward])
+        self.composes = bool(getattr(f, "attribution_function", False))
 
     def __call__(self, *args, **kwargs):
         if torch._C._functorch.maybe_current_level() is not None:
@@ -431,13 +442,21 @@ class Ruled:
         return self._call(args, kwargs)
 
     def _call(self, args, kwargs):
+        if self.composes:  # NOTE: [Attributions inside a model's forward]
+            inside = nesting.inside_model()
+            return nesting.as_new_call(self._ruled, (args, kwargs, False), {}) if inside else self._ruled(args, kwargs, False)
         if self.graph_hooks and torch.is_grad_enabled() and torch._C._functorch.maybe_current_level() is None:
             first = node_number()
-            out = self.model(*args, **kwargs)
+            with nesting.running_model():
+                out = self.model(*args, **kwargs)
             if hook_graph(out, self.table.by_node, first):  # NOTE: [Rules as graph hooks]
                 return out
+        return self._ruled(args, kwargs, True)
+
+    def _ruled(self, args, kwargs, model: bool):
         mode = _RulesMode(self.table)
-        with eager_compiled(), mode, mode.tracking():  # compiled code reached through a closure, too
+        marked = nesting.running_model() if model else contextlib.nullcontext()
+        with eager_compiled(), mode, mode.tracking(), marked:  # compiled code reached through a closure, too
             return self.model(*args, **kwargs)
 
     def __repr__(self) -> str:

@@ -33,6 +33,7 @@ import torch
 import xattr
 from xattr._src import tree as T
 from xattr._src.masks import default_mask, features
+from xattr._src.nesting import running_model
 from xattr._src.solvers import sklearn_fit
 
 from ._convert import Attribution, Call
@@ -178,7 +179,7 @@ def lime_mask(feature_mask):
 def _is_aggregate(call: Call) -> bool:
     if call.batch < 2:
         return False
-    with torch.no_grad():
+    with running_model(no_grad=True):  # NOTE: [Attributions inside a model's forward]
         out = call.model(*call.args)
     return isinstance(out, torch.Tensor) and out.numel() == 1
 
@@ -258,7 +259,7 @@ def _evaluate(call: Call, model_inputs: list) -> torch.Tensor:
     parts = [m if isinstance(m, tuple) else (m,) for m in model_inputs]
     joined = tuple(torch.cat(ts) for ts in zip(*parts))
     c = len(model_inputs)
-    with torch.no_grad(), T.batch_scope(call.batch):
+    with running_model(no_grad=True), T.batch_scope(call.batch):  # NOTE: [Attributions inside a model's forward]
         out = call.model(*joined, *T.fold(call.extra, c, call.batch))
     out = torch.as_tensor(out).reshape(-1)
     if out.numel() != c:
