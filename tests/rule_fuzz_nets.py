@@ -24,8 +24,8 @@ from torch import nn
 
 RELU_SPELLINGS = ("module", "shared_module", "module_inplace", "functional", "functional_inplace", "torch_relu_", "method",
                   "method_inplace")
-IN_PLACE_SPELLINGS = frozenset({"module_inplace", "functional_inplace", "torch_relu_", "method_inplace"})
-CLAMP_SPELLINGS = ("clamp", "maximum")  # ReLU's values, kind "clamp": DeepLift and LRP treat them as ReLU, guided backprop does not
+IN_PLACE_SPELLINGS = frozenset({"module_inplace", "functional_inplace", "torch_relu_", "method_inplace", "clamp_min_"})
+CLAMP_SPELLINGS = ("clamp", "maximum", "clamp_min_")  # ReLU's values, kind "clamp": every rule method treats them as ReLU
 SMOOTH = ("leaky_relu", "elu", "sigmoid", "tanh", "softplus", "gelu", "silu")
 _FUNCTIONS = {"relu": torch.relu, "leaky_relu": lambda t: F.leaky_relu(t, 0.1), "elu": lambda t: F.elu(t, 0.7),
               "sigmoid": torch.sigmoid, "tanh": torch.tanh, "softplus": lambda t: F.softplus(t, beta=1.5), "gelu": F.gelu,
@@ -174,7 +174,8 @@ class FuzzNet(nn.Module):
         return {"shared_module": lambda: self.shared_relu(x), "module_inplace": lambda: layer(x),
                 "functional": lambda: F.relu(x), "functional_inplace": lambda: F.relu(x, inplace=True),
                 "torch_relu_": lambda: torch.relu_(x), "method": lambda: x.relu(), "method_inplace": lambda: x.relu_(),
-                "clamp": lambda: x.clamp(min=0), "maximum": lambda: torch.maximum(x, torch.zeros_like(x))}[spelling]()
+                "clamp": lambda: x.clamp(min=0), "maximum": lambda: torch.maximum(x, torch.zeros_like(x)),
+                "clamp_min_": lambda: x.clamp_min_(0)}[spelling]()
 
     def forward(self, x):
         nodes = [x]

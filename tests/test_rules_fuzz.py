@@ -10,7 +10,8 @@ op: guided backprop's masked ReLU backward, and DeepLift's Rescale multiplier pe
 ``[x; b]``. Properties:
 
 - the ruled forward is the model's forward, and the model is left as it was;
-- guided backprop and deconvolution equal their masked backward, whatever the ReLUs' spelling;
+- guided backprop and deconvolution equal their masked backward, whatever the ReLUs' spelling
+  (``clamp(min=0)`` and ``maximum(x, zeros)`` included);
 - DeepLift equals the per-op Rescale reference wherever there is no max-pool (the reference has
   no max-pool rule), and sums to ``f(x) - f(b)`` where every op is one it promises that for;
   its ``return_delta`` is that gap wherever it is not zero;
@@ -70,7 +71,7 @@ def _reference_grad(model, mode, target, x, **kw):
 
 
 @fuzz
-@given(nets(), st.sampled_from(["guided", "deconv"]))
+@given(nets(spellings=RELU_SPELLINGS + CLAMP_SPELLINGS), st.sampled_from(["guided", "deconv"]))
 def test_guided_backprop_and_deconvolution_equal_their_masked_backward(case, name):
     model, x, _, t = case
     before = state_snapshot(model, x)
@@ -83,7 +84,7 @@ def test_guided_backprop_and_deconvolution_equal_their_masked_backward(case, nam
 @given(nets(ops=("linear", "conv", "act", "pool", "add", "cat", "flatten", "transpose"), kinds=("relu",)),
        st.sampled_from(RELU_SPELLINGS + CLAMP_SPELLINGS))
 def test_every_relu_spelling_gives_the_same_attributions(case, spelling):
-    """Every spelling of ReLU; ``clamp(min=0)`` and ``maximum(x, 0)`` are ReLU for DeepLift and LRP only."""
+    """Every spelling of ReLU, ``clamp(min=0)`` and ``maximum(x, 0)`` included, for every rule method."""
     model, x, b, t = case
     respelled_as = "functional" if spelling in IN_PLACE_SPELLINGS else spelling
     arch = tuple(s[:3] + (respelled_as,) if s[0] == "act" else s for s in model.arch)
@@ -92,7 +93,7 @@ def test_every_relu_spelling_gives_the_same_attributions(case, spelling):
     eps = xattr.rule.Epsilon(0.25)  # a large eps: a layer that skipped it would show
     lrp = {**xattr.rule.lrp_rules(), F.linear: eps, F.max_pool2d: eps, F.avg_pool2d: eps, torch.conv2d: xattr.rule.Gamma(0.25)}
     methods = [lambda f: xattr.lrp(f, composite=lrp), lambda f: xattr.deep_lift(f, baselines=b)]
-    for method in methods + ([xattr.guided_backprop, xattr.deconvolution] if spelling in RELU_SPELLINGS else []):
+    for method in methods + [xattr.guided_backprop, xattr.deconvolution]:
         assert_trees_close(method(xattr.target(respelled, t))(x), method(xattr.target(model, t))(x), **TOL)
 
 
@@ -174,7 +175,7 @@ def _methods(b):
 
 
 @fuzz
-@given(nets(), st.sampled_from(["guided", "deconv", "deep_lift", "lrp"]))
+@given(nets(spellings=RELU_SPELLINGS + CLAMP_SPELLINGS), st.sampled_from(["guided", "deconv", "deep_lift", "lrp"]))
 def test_rule_methods_are_batch_chunk_and_vmap_invariant(case, name):
     model, x, _, t = case
     if name == "lrp" and _has(model, "softmax", "attention"):  # LRP raises at a softmax (docs/rules.md)

@@ -20,18 +20,26 @@ inside one fused torch call (``nn.RNN(nonlinearity="relu")``: ``torch.rnn_relu``
 the mode, and on a GPU (cuDNN) leaves no ReLU node either, but on CPU it leaves ReLU nodes in
 the graph: models holding one take the mode, so the fused ReLUs keep their gradient everywhere.
 TorchScript's ``DifferentiableGraphBackward`` node hides ops the mode cannot see either: it is
-refused (NOTE: [Rules on TorchScript models] in rule_limits.py).
+refused (NOTE: [Rules on TorchScript models] in rule_limits.py). Clamps that are ReLUs (NOTE:
+[Clamps that are ReLUs] in deeplift_rules.py) are hooked where the node's saved bounds say so,
+or send the call back under the mode where a bound is a tensor.
 """
 
 from __future__ import annotations
 
 import torch
 
+from . import ops
 from . import tree as T
 from .rule_limits import jit_error, refuse_second_backward
 
 OPAQUE_NODES = frozenset({"CopySlices", "CompiledFunctionBackward"})  # may hide a ruled op
-GRAPH_NODES = {"relu": (torch.relu, frozenset({"ReluBackward0", "ReluBackward1"}))}  # kind: (plain call, node names)
+# kind: (plain call, node names). Clamp: only the nodes of a number-bound clamp, a ReLU where the
+# node's bounds are min=0 and no max (`_relu_clamp_node`); for rules that accept only such clamps
+GRAPH_NODES = {"relu": (torch.relu, frozenset({"ReluBackward0", "ReluBackward1"})),
+               "clamp": (torch.clamp_min, frozenset({"ClampBackward1", "ClampMinBackward0"}))}
+TENSOR_CLAMP_NODES = frozenset({"ClampBackward0", "ClampMinBackward1", "MaximumBackward0"})  # may hide a ReLU clamp
+UNDER_MODE = ("run the call again under the mode",)  # `by_node`'s entry for such nodes
 _PROBE = torch.zeros((), requires_grad=True)
 
 
@@ -51,10 +59,36 @@ def input_grad_hook(rule, light):
     return hook
 
 
+def accepts_relus(rule, op: ops.Op) -> bool:
+    """`Rule.accepts` for rules of ReLUs (`Guided`, `Deconv`): ReLU ops, and clamp ops that are
+    ReLUs (`ops.relu_clamp`; NOTE: [Clamps that are ReLUs] in deeplift_rules.py), where the rule's
+    kinds include "clamp". The graph walk knows this test (`_relu_clamp_node`)."""
+    return op.kind in rule.kinds and (op.kind != "clamp" or ops.relu_clamp(op))
+
+
+def _relu_clamp_node(node) -> bool:
+    """Whether a ``ClampBackward1``/``ClampMinBackward0`` node is a ReLU's: min 0 and no max."""
+    lo = node._saved_min
+    return isinstance(lo, (int, float)) and lo == 0 and getattr(node, "_saved_max", None) is None
+
+
+def relu_clamp_hook(rule, light, x: torch.Tensor):
+    """`input_grad_hook` for the node of a clamp that is a ReLU: the rule receives ReLU's gradient
+    ``g * [x > 0]`` (x: the clamp's input, which the node saves), not the clamp's ``g * [x >= 0]``."""
+
+    def hook(grad_inputs, grad_outputs):
+        refuse_second_backward()  # NOTE: [Rule-based attributions are first-order]
+        relu_grad = torch.ops.aten.threshold_backward(grad_inputs[0], x, 0)
+        return (rule.input_grad(light, relu_grad),) + grad_inputs[1:]
+
+    return hook
+
+
 def hook_graph(out, by_node: dict, first: int) -> bool:
     """Puts each rule's ``input_grad`` on the nodes of its kind in the graph of ``out`` made since
     node number ``first`` (NOTE: [Rules as graph hooks]); False where an opaque node (CopySlices,
-    a compiled region) may hide one."""
+    a compiled region, a clamp against a tensor bound: ``by_node[name] is UNDER_MODE``)
+    may hide one."""
     leaves = (out,) if isinstance(out, torch.Tensor) else T.leaves(out)
     todo = [t.grad_fn for t in leaves if isinstance(t, torch.Tensor) and t.grad_fn is not None]
     todo = [node for node in todo if node._sequence_nr() >= first]
@@ -71,6 +105,11 @@ def hook_graph(out, by_node: dict, first: int) -> bool:
             raise jit_error("a DifferentiableGraphBackward node in the autograd graph", "xattr.rules")  # NOTE: [Rules on TorchScript models]
         ruled = by_node.get(name)
         if ruled is not None:
-            node.register_hook(input_grad_hook(*ruled))
+            if ruled is UNDER_MODE:  # a tensor-bound clamp: a ReLU at some elements, maybe
+                return False
+            if ruled[1].kind == "relu":
+                node.register_hook(input_grad_hook(*ruled))
+            elif _relu_clamp_node(node):
+                node.register_hook(relu_clamp_hook(*ruled, node._saved_self))
         todo.extend(n for n, _ in node.next_functions if n is not None and n._sequence_nr() >= first)
     return True

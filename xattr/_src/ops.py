@@ -123,6 +123,17 @@ def _clamp_op(func, x: torch.Tensor, bounds: dict, inplace: bool, call: Callable
     return Op("clamp", fn, (x, *(bounds[k] for k in named)), options, func, inplace)
 
 
+def relu_clamp(op: Op) -> bool:
+    """Whether a clamp op is a ReLU, wholly or at some elements (NOTE: [Clamps that are ReLUs] in
+    deeplift_rules.py): no upper bound, and a lower bound that is the number 0 or a tensor (a ReLU
+    at the elements where it is 0, decided without reading it)."""
+    options = op.options
+    if op.kind != "clamp" or options.get("max") is not None or "max" in options["bounds"]:
+        return False
+    lo = options.get("min")
+    return "min" in options["bounds"] or isinstance(lo, torch.Tensor) or (isinstance(lo, (int, float)) and lo == 0)
+
+
 def _extremum(bound: str):
     """A parser for ``torch.maximum``/``minimum`` (``bound`` "min"/"max"), their Tensor methods and
     the two-tensor forms of ``torch.max``/``min``: with one operand differentiated and the other a

@@ -10,7 +10,7 @@ from torch import nn
 
 from . import ops
 from . import rules as R  # Rule and the op helpers (rules imports this module: names are read at call time)
-from .graph_hooks import GRAPH_NODES
+from .graph_hooks import GRAPH_NODES, TENSOR_CLAMP_NODES, UNDER_MODE, accepts_relus
 
 
 class Table:
@@ -68,12 +68,17 @@ class Table:
             return {}
         by_node = {}
         for kind, (key, rule) in self.by_kind.items():
-            if (kind not in GRAPH_NODES or kind not in rule.kinds or type(rule).accepts is not R.Rule.accepts
-                    or type(rule).input_grad is R.Rule.input_grad):  # fmt: skip
+            # a rule that decides per op is not known to the walk, but for `accepts_relus`, whose
+            # test at clamps the walk makes itself (NOTE: [Clamps that are ReLUs] in deeplift_rules.py)
+            accepts = type(rule).accepts
+            walkable = accepts is accepts_relus or (accepts is R.Rule.accepts and kind != "clamp")
+            if kind not in GRAPH_NODES or kind not in rule.kinds or not walkable or type(rule).input_grad is R.Rule.input_grad:
                 return {}
             plain, names = GRAPH_NODES[kind]
-            light = R._without_tensors(ops.PARSERS[plain](plain, torch.zeros(1)))
+            light = R._without_tensors(ops.PARSERS[plain](plain, torch.zeros(1), *((0,) if kind == "clamp" else ())))
             by_node.update(dict.fromkeys(names, (rule, light)))
+            if kind == "clamp":
+                by_node.update(dict.fromkeys(TENSOR_CLAMP_NODES, UNDER_MODE))
         return by_node
 
     def resolve(self, op: ops.Op, stack: list) -> R.Rule | None:
@@ -97,7 +102,7 @@ def _check_accepts(key, kind: str, rule: R.Rule) -> None:
     """Refuses a kind key whose rule declares it never applies to that kind (``{F.relu: Gamma()}``):
     the rule would be silently skipped at every such op. A rule with its own ``accepts`` decides
     per op, so it is left to decide."""
-    if type(rule).accepts is R.Rule.accepts and kind not in rule.kinds:
+    if type(rule).accepts in (R.Rule.accepts, accepts_relus) and kind not in rule.kinds:
         name = getattr(key, "__name__", repr(key))
         raise ValueError(
             f"rules: {name} stands for every {kind!r} op, but {type(rule).__name__} applies to {sorted(rule.kinds)} "

@@ -53,6 +53,8 @@ from .rule_limits import (
 )
 from .rule_table import Table
 
+_HOOK_KINDS = ops.ELEMENTWISE - {"clamp"}  # NOTE: [Rules as backward hooks]: clamp runs through the Function
+
 
 class Saved(NamedTuple):
     """What a rule's backward receives: the op's input tensors (when the rule keeps them), the
@@ -237,18 +239,10 @@ def _as_hook(rule: Rule, op: ops.Op) -> bool:
     comparisons ranged from -2% to +5%).
 
     Only where the op surely makes its own node with a freshly computed gradient: an elementwise
-    kind (each has a dedicated backward kernel) other than clamp, called out of place or in place
-    on a tensor that is not a view (in place on a view, the tensor's node is a view node, not the
-    op's), and outside torch.func transforms (there the rule's ``backward`` runs through `_Apply`).
-    A clamp's node is not its own in that sense: ``torch.maximum(zeros, x)``'s takes x second and
-    halves the gradient at ties, a tensor bound's node gives the bound a gradient too, and a clamp
-    passes the gradient at its bounds where the ReLU a rule of ReLUs sees in it does not (NOTE:
-    [Clamps that are ReLUs] in deeplift_rules.py): clamps run through the rule's Function."""
+    kind but clamp (NOTE: [Clamps that are ReLUs]), out of place or in place on a non-view (in place
+    on a view the node is a view node), and outside transforms (there `_Apply` runs ``backward``)."""
     return (type(rule).input_grad is not Rule.input_grad and op.kind in _HOOK_KINDS
             and not (op.inplace and op.tensors[0]._base is not None) and torch._C._functorch.maybe_current_level() is None)
-
-
-_HOOK_KINDS = ops.ELEMENTWISE - {"clamp"}  # NOTE: [Rules as backward hooks]
 
 
 def _as_output_hook(rule: Rule, op: ops.Op) -> bool:
