@@ -77,6 +77,8 @@ def workloads(lib) -> dict[str, Callable[[], Callable[[], object]]]:
         "occlusion": lambda: call(lib.occlusion(lib.target(base, y), sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4)), x),
         "feature_ablation": lambda: call(lib.feature_ablation(lib.target(tab, yt)), xt),
         "shapley_value_sampling": lambda: call(lib.shapley_value_sampling(lib.target(tab, yt), n_samples=25, generator=0), xt),
+        "kernel_shap": lambda: call(lib.kernel_shap(lib.target(tab, yt), n_samples=200, generator=0), xt),
+        "lime": lambda: call(lib.lime(lib.target(tab, yt), n_samples=200, generator=0), xt),
     }
 
 
