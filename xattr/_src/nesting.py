@@ -18,12 +18,23 @@ scale, where the rules promise an unchanged forward pass).
 
 So the methods mark the region where they run the model function (`running_model`): the
 forward of the VJP (`gradients._forward`), `gradients.model_calls` (perturbation methods,
-completeness gaps, metrics), a prepared call (prepared.py), a layer split's run (layers.py) and
-a `Ruled` model's call (rules.py). An attribution function entered inside that region (the
-wrapper `gradients.attribution_fn` makes; feature ablation and occlusion, which skip it, check
-at their own entry) runs as a new outermost call (`as_new_call`): every per-call variable at
-its default, the mark cleared (its own model calls set it again), and the outer call's rule
-modes taken off torch's function-mode stack for its duration (other modes stay, in order).
+completeness gaps, metrics), a prepared call (prepared.py), a layer split's run (layers.py), a
+`Ruled` model's call (rules.py), and the model calls of the attacks and robustness metrics (an
+attack's prediction, `robust._metrics.grouped_forward`, Captum's AttackComparator and
+MinParamPerturbation). An attribution function entered inside that region (the wrapper
+`gradients.attribution_fn` makes; feature ablation and occlusion, which skip it, check at their
+own entry) runs as a new outermost call (`as_new_call`). The metrics and the robustness
+functions (xattr.metrics: sensitivity_max, infidelity, deletion, insertion, sparseness,
+complexity, randomization_check; xattr.robust: fgsm, pgd, attack_comparator,
+min_param_perturbation; Captum's AttackComparator and MinParamPerturbation ``evaluate``) skip
+that wrapper too and do the same at their entry (`new_call_inside_model`): inside a model they
+inherited the outer state, so sensitivity_max's own inner calls (the model region still marked)
+started over without the batch scope it made for them, infidelity and the curves met the outer
+batch scope ("a per-example tensor has 16 rows but the inputs have a batch of 4"), and pgd's
+seeded random start moved with the outer copy blocks (tests/test_metrics_in_forward.py). A new
+outermost call has every per-call variable at its default, the mark cleared (its own model
+calls set it again), and the outer call's rule modes taken off torch's function-mode stack for
+its duration (other modes stay, in order).
 Composition is untouched: an outer method calls its inner attribution function directly,
 outside any model region, and sees the state made for it as before. ``rules(attribution_fn)``
 is composition too (the rules apply to the gradient the function takes): a `Ruled` that wraps
@@ -34,8 +45,8 @@ outer split. A context variable that nesting must keep (`rule_limits._CONSTANT_L
 transforms held constant around the whole call) is listed in `INHERITED`; tests check that
 every other one of xattr's context variables is reset.
 
-Cost on the common path: one context-variable read per attribution call, and a set and reset
-per model call (a fraction of a microsecond).
+Cost on the common path: one context-variable read per attribution, metric or attack call, and
+a set and reset per model call (a fraction of a microsecond).
 """
 
 from __future__ import annotations
@@ -98,6 +109,21 @@ def per_call_state() -> tuple:
 
     fresh = contextvars.Context()  # where every variable reads its default
     return tuple((v, fresh.run(v.get)) for v in (_BATCH, _SHARED, _COPIES, _ROWS, INPUT_COPIES, ABOVE_SPLIT, _IN_MODEL))
+
+
+def new_call_inside_model(fn: Callable) -> Callable:
+    """fn, run as a new outermost call (`as_new_call`) when entered inside a model's forward:
+    the entry check of the metrics and robustness functions, which skip `attribution_fn`'s
+    wrapper (NOTE: [Attributions inside a model's forward]). One context-variable read per call."""
+
+    @functools.wraps(fn)
+    def entry(*args, **kwargs):
+        if _IN_MODEL.get():
+            return as_new_call(fn, args, kwargs)
+        return fn(*args, **kwargs)
+
+    entry.enters_as_new_call = True  # tests check that every public metric and attack has it
+    return entry
 
 
 def as_new_call(fn: Callable, args: tuple, kwargs: dict):

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from .._src.nesting import new_call_inside_model
 from ._common import batch_of, flat, resolve
 from ._similarity import result_dtype
 
@@ -20,6 +21,7 @@ def _magnitudes(attributions: Any, args: tuple) -> torch.Tensor:
     return a.to(result_dtype(a.dtype))
 
 
+@new_call_inside_model  # an attribution function's call (NOTE: [Attributions inside a model's forward])
 def sparseness(attributions: Any, *args) -> torch.Tensor:
     """The Gini index of ``|phi|`` per example (Chalasani et al. 2020): (B,), in [0, 1 - 1/P].
 
@@ -40,6 +42,7 @@ def sparseness(attributions: Any, *args) -> torch.Tensor:
     return torch.where(total > 0, gini, torch.full_like(gini, float("nan")))
 
 
+@new_call_inside_model
 def complexity(attributions: Any, *args) -> torch.Tensor:
     """The entropy of the normalised magnitudes ``p = |phi| / sum |phi|`` per example (Bhatt et al. 2020).
 

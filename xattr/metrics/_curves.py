@@ -34,6 +34,7 @@ from .._src.masks import features
 from .._src.budget import copies_per_call
 from .._src.copies import perturb
 from .._src.gradients import model_calls
+from .._src.nesting import new_call_inside_model
 from .._src.perturb import baseline_tree
 from ._common import batch_of, match_attributions, model_rows, passthrough, positive_nums, resolve
 from ._similarity import result_dtype
@@ -102,6 +103,7 @@ def _curve(
         raise ValueError(f"n_steps must be a positive int or None, got {n_steps!r}")
     nums, as_tuple = T.normalize_argnums(argnums)
 
+    @new_call_inside_model  # NOTE: [Attributions inside a model's forward] in nesting.py
     def fn(*args):
         warn_if_training(f)
         idx = positive_nums(nums, len(args))

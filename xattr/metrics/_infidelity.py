@@ -9,6 +9,7 @@ import torch
 from .._src import tree as T
 from .._src.checks import baselines_like, check_finite, warn_if_training
 from .._src.gradients import model_calls
+from .._src.nesting import new_call_inside_model
 from .._src.budget import copies_per_call
 from ._common import (
     batch_of, draw_copies, match_attributions, model_rows, passthrough, positive_nums, resolve, same_structure,
@@ -58,6 +59,7 @@ def infidelity(
     nums, as_tuple = T.normalize_argnums(argnums)
     n = n_perturb_samples
 
+    @new_call_inside_model  # NOTE: [Attributions inside a model's forward] in nesting.py
     def fn(*args):
         warn_if_training(f)
         idx = positive_nums(nums, len(args))

@@ -45,6 +45,7 @@ from torch.nn.utils.parametrizations import _SpectralNorm
 
 from .._src import tree as T
 from .._src.canonize import copy_model, hook_reparametrized, make_plain
+from .._src.nesting import new_call_inside_model
 from .._src.sampling import streams
 from ._common import batch_of
 from ._similarity import MEASURES
@@ -67,6 +68,7 @@ class Randomization:
     attributions: list = field(default_factory=list)
 
 
+@new_call_inside_model  # NOTE: [Attributions inside a model's forward] in nesting.py
 def randomization_check(
     model: nn.Module | Callable[[], nn.Module],
     method_builder: Callable[[nn.Module], Callable],

@@ -8,11 +8,13 @@ import torch
 
 from .._src import tree as T
 from .._src.checks import warn_if_training
+from .._src.nesting import new_call_inside_model
 from .._src.sampling import copy_blocks
 from ._common import batch_of, draw_copies, flat, n_positional, passthrough, positive_nums, same_structure, stopped
 from ._noise import uniform_noise
 
 
+@new_call_inside_model  # NOTE: [Attributions inside a model's forward] in nesting.py
 def sensitivity_max(
     attr_fn: Callable,
     *args,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from .._src import tree as T
 from .._src.checks import warn_if_training
 from .._src.gradients import detached, value_and_grad
+from .._src.nesting import new_call_inside_model, running_model
 from .._src.sampling import per_example, streams
 
 _NORMS = ("Linf", "L2")
@@ -83,7 +84,8 @@ class _Setup:
         if target is None and loss is None:
             if targeted:
                 raise ValueError("a targeted attack needs target= (the class to move towards)")
-            target = _logits(f(*self.args)).argmax(1)  # the model's own prediction: move away from it
+            with running_model():  # NOTE: [Attributions inside a model's forward] in nesting.py
+                target = _logits(f(*self.args)).argmax(1)  # the model's own prediction: move away from it
         self.f, self.target, self.loss = f, target, cross_entropy if loss is None else loss
         self.sign = -1.0 if targeted else 1.0
         self.masks = self._masks(mask)
@@ -229,6 +231,7 @@ def _random_start(x: torch.Tensor, radius, norm: str, mask, stream_z, stream_r) 
     return x + (noise if mask is None else noise * mask)
 
 
+@new_call_inside_model  # NOTE: [Attributions inside a model's forward] in nesting.py
 def fgsm(
     f: Callable,
     x,
@@ -282,6 +285,7 @@ def fgsm(
             return setup.output([_bound(v, lower_bound, upper_bound) for v in leaves])
 
 
+@new_call_inside_model
 def pgd(
     f: Callable,
     x,

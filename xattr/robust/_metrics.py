@@ -24,6 +24,7 @@ import torch
 
 from .._src import tree as T
 from .._src.gradients import detached
+from .._src.nesting import new_call_inside_model, running_model
 
 ORIGINAL = "Original"
 _STATS = ("mean", "min", "max")
@@ -106,7 +107,7 @@ def grouped_forward(f: Callable) -> Callable:
     """``forward(list of inputs) -> list of outputs`` with one call of f (NOTE above)."""
 
     def forward(xs: list) -> list:
-        with detached():
+        with detached(), running_model():  # NOTE: [Attributions inside a model's forward] in nesting.py
             if len(xs) == 1:
                 return [call_model(f, xs[0])]
             out = call_model(f, concat(xs))
@@ -180,6 +181,7 @@ def attack_entries(attacks: dict) -> list:
     return entries
 
 
+@new_call_inside_model  # NOTE: [Attributions inside a model's forward] in nesting.py
 def attack_comparator(
     f: Callable,
     x,
@@ -322,6 +324,7 @@ def check_search(arg_min, arg_max, arg_step, mode: str) -> str:
     return mode.lower()
 
 
+@new_call_inside_model
 def min_param_perturbation(
     f: Callable,
     x,

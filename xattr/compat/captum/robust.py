@@ -21,6 +21,7 @@ import torch
 
 import xattr
 from xattr._src import tree as T
+from xattr._src.nesting import new_call_inside_model, running_model
 from xattr.robust import _metrics as M
 
 from ._convert import captum_target, extra_args
@@ -168,7 +169,7 @@ def _captum_forward(forward_func: Callable, additional_forward_args) -> Callable
     def forward(xs: list) -> list:
         n = len(xs)
         args = tuple(torch.cat([a] * n) if isinstance(a, torch.Tensor) and a.ndim > 0 else a for a in extra)
-        with torch.no_grad():
+        with torch.no_grad(), running_model():  # NOTE: [Attributions inside a model's forward] in nesting.py
             if n == 1:
                 return [forward_func(xs[0], *args)]
             out = forward_func(M.concat(xs), *args)
@@ -217,6 +218,7 @@ class AttackComparator:
         self.attacks[name] = (attack, num_attempts, apply_before_preproc, dict(attack_kwargs or {}),
                               list(additional_attack_arg_names or []))  # fmt: skip
 
+    @new_call_inside_model  # NOTE: [Attributions inside a model's forward] in nesting.py
     def evaluate(self, inputs, additional_forward_args: Any = None, perturbations_per_eval: int = 1, **kwargs) -> dict:
         preproc_input = self.preproc_fn(inputs) if self.preproc_fn is not None else inputs
 
@@ -299,6 +301,7 @@ class MinParamPerturbation:
         self.preproc_fn, self.apply_before_preproc = preproc_fn, apply_before_preproc
         self.correct_fn = correct_fn if correct_fn is not None else M.all_correct
 
+    @new_call_inside_model
     def evaluate(self, inputs, additional_forward_args: Any = None, target: Any = None, perturbations_per_eval: int = 1,
                  attack_kwargs: dict | None = None, correct_fn_kwargs: dict | None = None):  # fmt: skip
         preproc_input = self.preproc_fn(inputs) if self.preproc_fn else inputs
