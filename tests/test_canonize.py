@@ -164,13 +164,39 @@ class Constant(nn.Module):
         return (self.f(x) + torch.arange(4.0).view(1, 4, 1, 1)).flatten(1)
 
 
-def test_merge_batch_norm_keeps_the_graph_of_a_forward_that_writes_nothing():
+def test_merge_batch_norm_returns_the_models_class_for_a_forward_that_writes_nothing():
     model, inputs = _made(Constant), _inputs()
     merged = _merged(model, inputs[0])
-    assert isinstance(merged, fx.GraphModule) and _norms(merged) == 0
+    assert type(merged) is Constant and _norms(merged) == 0  # not a GraphModule, which inlines blocks
     tensors = [*model.parameters(), *model.buffers()]
     assert all(p.data_ptr() != q.data_ptr() for p in [*merged.parameters(), *merged.buffers()] for q in tensors)
     _close(merged, model, inputs)
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return x + torch.relu(self.bn(self.conv(x)))
+
+
+def test_merge_batch_norm_keeps_blocks_running_for_composite_keys_and_layers():
+    """A composite keyed by a block's type or name still applies after merging, and at_layer finds the
+    block (the GraphModule returned before inlined it: the keys changed nothing, layer_lrp raised)."""
+    model = nn.Sequential(Block(), nn.Flatten(), nn.Linear(3 * 16, 2)).double().eval()
+    with torch.no_grad():
+        model[0].bn.running_mean.normal_(generator=torch.Generator().manual_seed(1))
+    merged, x = xattr.merge_batch_norm(model), torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    assert type(merged) is nn.Sequential and _norms(merged) == 0
+    on_conv = xattr.lrp(xattr.target(merged, 1), composite={**xattr.rule.lrp_rules(), "0.conv": xattr.rule.Gamma(1.0)})(x)
+    plain = xattr.lrp(xattr.target(merged, 1))(x)
+    assert not torch.allclose(on_conv, plain)
+    for key in (Block, "0", merged[0]):
+        keyed = xattr.lrp(xattr.target(merged, 1), composite={**xattr.rule.lrp_rules(), key: xattr.rule.Gamma(1.0)})(x)
+        torch.testing.assert_close(keyed, on_conv)
+    assert xattr.layer_lrp(xattr.at_layer(xattr.target(merged, 1), merged[0]))(x).shape == x.shape
 
 
 # ----------------------------------------------------------------------------- paths that raise

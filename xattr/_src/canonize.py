@@ -31,9 +31,11 @@ values (not tensors) are taken as they are when traced.
 Tracing runs the forward's Python code, and a forward may change the module's state (a call
 counter, a cache it fills on the first call, perhaps with an fx Proxy). So each trace runs on a
 throwaway deep copy of the model, and the merged modules go into a copy never traced (module
-names are the same in every copy). The GraphModule of a single graph is returned only where the
-trace wrote no attribute of any module: one that did has its writes baked into the graph or
-dropped, and gets an untraced copy with the merged modules swapped in instead.
+names are the same in every copy), of the model's own class with its own forward. Never the
+GraphModule of a trace, even where its forward writes nothing: fx inlines every module it does
+not treat as a leaf (a residual block, a Sequential), so in a GraphModule those modules never
+run, and a composite key on them (``{BasicBlock: Gamma()}``, ``"layer1"``), their hooks and
+``at_layer`` at them would silently do nothing.
 
 A linear layer acts on the last dim and a batch norm on dim 1: the two are the same dim only
 for activations of shape (B, F). A merged linear (`FoldedLinear`, still an ``nn.Linear``) keeps
@@ -212,7 +214,9 @@ def merge_batch_norm(model: nn.Module) -> nn.Module:
     pairs whose layer is also called elsewhere or whose output is also read elsewhere. Uses a
     torch.fx graph of the model, or one per path through its data-dependent conditions (a path
     that raises when traced, an ``assert``, is skipped), each traced on a throwaway copy: the copy
-    returned was never traced, so a forward that changes its own state starts as the model's does.
+    returned was never traced, so a forward that changes its own state starts as the model's does,
+    and is of the model's class, with its forward: every module in it still runs (composite keys on
+    a block, ``at_layer`` at it).
     A model fx cannot trace so comes back unmerged, with a warning. A parametrized weight
     (weight_norm, spectral_norm, orthogonal; old hook-style weight_norm, spectral_norm, pruning)
     of a merged pair becomes a plain parameter holding its current value, then merged.
@@ -221,21 +225,13 @@ def merge_batch_norm(model: nn.Module) -> nn.Module:
       >>> attr = xattr.lrp(xattr.target(xattr.merge_batch_norm(model), 3))(x)
     """
     _check_eval(model)
-    throwaway = copy_model(model)  # tracing runs the forward, which may change its state
-    state = _state(throwaway)
     try:
-        traced = fx.symbolic_trace(throwaway)
+        traced = fx.symbolic_trace(copy_model(model))  # tracing runs the forward, which may change its state
     except Exception:  # noqa: BLE001 - any tracing failure: trace each path through the conditions
         return _merge_along_paths(model)
-    constants = {(throwaway, node.target) for node in traced.graph.nodes if node.op == "get_attr"}
-    if _written(state, _state(throwaway), constants):  # the GraphModule would not write them
-        return _merge_into(copy_model(model), [traced.graph])
-    modules = dict(traced.named_modules())
-    for layer, norm in _safe_pairs([traced.graph], modules):
-        _replace(traced, layer, _merged(modules[layer], modules[norm]))
-        _replace(traced, norm, nn.Identity().train(False))  # the batch norm's mode (eval)
-    traced.recompile()
-    return traced
+    # never the GraphModule: it inlines every module it does not treat as a leaf (a residual block),
+    # whose keys in a composite (by name or type) and hooks (at_layer) then never apply
+    return _merge_into(copy_model(model), [traced.graph])
 
 
 def _merge_along_paths(model: nn.Module) -> nn.Module:
@@ -258,37 +254,6 @@ def _merge_into(model: nn.Module, graphs: list) -> nn.Module:
         _replace(model, layer, _merged(modules[layer], modules[norm]))
         _replace(model, norm, nn.Identity().train(False))
     return model
-
-
-def _state(model: nn.Module) -> dict:
-    """Every attribute of every module: {(module, name): (value, its items if a container)}."""
-    state = {}
-    for module in model.modules():
-        for name, value in vars(module).items():
-            if name in ("_parameters", "_buffers", "_modules"):
-                state.update({(module, name, key): (item, None) for key, item in value.items()})
-            else:
-                items = value if isinstance(value, (list, tuple, set, frozenset)) else None
-                items = [*value.keys(), *value.values()] if isinstance(value, dict) else items
-                state[(module, name)] = (value, None if items is None else list(items))
-    return state
-
-
-def _written(before: dict, after: dict, constants: set) -> bool:
-    """Whether a trace changed the state (`_state`): an attribute set or deleted, a container's
-    items changed; the tensor constants fx itself attaches to the root (``constants``: (root,
-    name) of each get_attr of the graph) aside."""
-    if after.keys() - before.keys() - constants:
-        return True
-    return any(key not in after or not _same(value, after[key][0]) or not _same(items, after[key][1])
-               for key, (value, items) in before.items())  # fmt: skip
-
-
-def _same(a, b) -> bool:
-    """The same object, or lists of the same objects."""
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(map(_same, a, b))
-    return a is b
 
 
 class _PathTracer(fx.Tracer):
