@@ -101,7 +101,7 @@ class GammaRule(PropagationRule):
         self.set_bias_to_zero = set_bias_to_zero
 
     def xattr_rule(self) -> Rule:
-        return Gamma(self.gamma, self.STABILITY_FACTOR, zero_bias=self.set_bias_to_zero, modify_bias=False)
+        return _on_norm_parameters(Gamma(self.gamma, self.STABILITY_FACTOR, zero_bias=self.set_bias_to_zero, modify_bias=False))
 
 
 class Alpha1_Beta0_Rule(PropagationRule):  # noqa: N801 - Captum's name
@@ -112,7 +112,7 @@ class Alpha1_Beta0_Rule(PropagationRule):  # noqa: N801 - Captum's name
         self.set_bias_to_zero = set_bias_to_zero
 
     def xattr_rule(self) -> Rule:
-        return PositiveWeights(self.STABILITY_FACTOR, zero_bias=self.set_bias_to_zero)
+        return _on_norm_parameters(PositiveWeights(self.STABILITY_FACTOR, zero_bias=self.set_bias_to_zero))
 
 
 class IdentityRule(EpsilonRule):
@@ -123,6 +123,13 @@ class IdentityRule(EpsilonRule):
 
 
 _CAPTUM_RULES = "captum.attr._utils.lrp_rules"
+
+
+def _on_norm_parameters(rule: Rule) -> Rule:
+    """``rule`` applied to a batch norm's own weight and bias, as Captum's hooks rewrite them
+    (xattr's rules act on the norm's affine map; docs/migration_rules.md)."""
+    rule.norm_parameters = True
+    return rule
 
 
 def xattr_rule(rule, where: str = "a module") -> Rule | None:
@@ -141,9 +148,9 @@ def xattr_rule(rule, where: str = "a module") -> Rule | None:
         if cls.__name__ == "EpsilonRule":
             return Epsilon(eps)
         if cls.__name__ == "GammaRule":
-            return Gamma(rule.gamma, eps, zero_bias=zero_bias, modify_bias=False)
+            return _on_norm_parameters(Gamma(rule.gamma, eps, zero_bias=zero_bias, modify_bias=False))
         if cls.__name__ == "Alpha1_Beta0_Rule":
-            return PositiveWeights(eps, zero_bias=zero_bias)
+            return _on_norm_parameters(PositiveWeights(eps, zero_bias=zero_bias))
     if any(c.__name__ == "PropagationRule" and c.__module__ == _CAPTUM_RULES for c in cls.__mro__):
         raise TypeError(
             f"{where} has rule {cls.__name__}, a custom Captum PropagationRule, which xattr cannot translate "
