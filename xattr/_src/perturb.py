@@ -273,7 +273,9 @@ def _as_output(out, dtype: torch.dtype) -> torch.Tensor:
         return out
     if isinstance(out, int) and not isinstance(out, bool) and -(2**63) <= out < 2**63:
         return torch.tensor(out)  # a count: exact, then taken as `as_floating` takes integer outputs
-    if isinstance(out, (int, float)) and not isinstance(out, bool):
+    if isinstance(out, float):  # a double, kept so: in float32 the drop 1000.0002 - 1000.0 came out 0.000183
+        return torch.tensor(out, dtype=torch.float64)
+    if isinstance(out, int) and not isinstance(out, bool):
         return torch.tensor(float(out), dtype=dtype)  # as an integer output is taken: float64 inputs keep it exact
     raise TypeError(f"the model function must return a tensor, got {type(out).__name__}")
 
