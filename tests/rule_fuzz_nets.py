@@ -37,7 +37,9 @@ _MODULES = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.1), "elu": lam
 INEXACT = frozenset({"gate", "layer_norm", "softmax", "attention"})
 
 
-class _GuidedReLU(torch.autograd.Function):
+class GuidedReLU(torch.autograd.Function):
+    """Guided backprop's ReLU, written out: ``max(g, 0) * [x > 0]``."""
+
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
@@ -49,7 +51,9 @@ class _GuidedReLU(torch.autograd.Function):
         return g.clamp(min=0) * (x > 0).to(g.dtype)
 
 
-class _DeconvReLU(torch.autograd.Function):
+class DeconvReLU(torch.autograd.Function):
+    """Deconvolution's ReLU, written out: ``max(g, 0)``."""
+
     @staticmethod
     def forward(ctx, x):
         return x.clamp(min=0)
@@ -159,7 +163,7 @@ class FuzzNet(nn.Module):
 
     def nonlinear(self, kind: str, x, spelling: str = "functional", layer=None):
         if self.mode in ("guided", "deconv") and kind == "relu":
-            return (_GuidedReLU if self.mode == "guided" else _DeconvReLU).apply(x)
+            return (GuidedReLU if self.mode == "guided" else DeconvReLU).apply(x)
         if self.mode == "deep_lift":
             if kind == "softmax":
                 return _RescaleSoftmax.apply(x, -1, self.eps)

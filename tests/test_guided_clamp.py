@@ -21,6 +21,7 @@ from xattr.rule import Deconv, Guided
 from xattr.testing import check_batch_invariance, check_chunk_invariance
 
 from compile_support import needs_compile
+from rule_fuzz_nets import DeconvReLU, GuidedReLU
 
 # every spelling of ReLU as a clamp, as f(h); in-place ones write into a fresh layer output
 RELU_CLAMPS = {
@@ -163,31 +164,7 @@ def test_a_user_mapping_keyed_by_clamp():
 # ----------------------------------------------------------------------------- clamps that are no ReLU
 
 
-class _GuidedRelu(torch.autograd.Function):
-    """Guided backprop's ReLU, written out: ``max(g, 0) * [x > 0]``."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g.clamp(min=0) * (x > 0).to(g.dtype)
-
-
-class _DeconvRelu(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g.clamp(min=0)
-
-
-REFERENCE_RELU = {"guided": _GuidedRelu.apply, "deconv": _DeconvRelu.apply}
+REFERENCE_RELU = {"guided": GuidedReLU.apply, "deconv": DeconvReLU.apply}  # written out in rule_fuzz_nets
 NO_RELUS = {  # (the clamp as called, as the reference computes it: ordinary gradient)
     "clamp(0, 0.6)": lambda h: h.clamp(0, 0.6),
     "clamp(min=0.2)": lambda h: h.clamp(min=0.2),

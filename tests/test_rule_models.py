@@ -21,6 +21,7 @@ from xattr.testing.strategies import random_tensor
 from xattr.testing.vision import models as vision_models
 
 from registry import changed_state, state_snapshot
+from rule_fuzz_nets import GuidedReLU
 from test_deep_lift import one_hot, reference
 
 tv = vision_models()
@@ -83,18 +84,6 @@ def vgg_style() -> nn.Sequential:
         head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 16), nn.ReLU(True), nn.Dropout(), nn.Linear(16, 5)]
         model = nn.Sequential(*features, *head)
     return model.double().eval()
-
-
-class GuidedReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g.clamp(min=0) * (x > 0)
 
 
 class SwappedReLU(nn.Module):
