@@ -19,6 +19,17 @@ def is_traced(t: torch.Tensor) -> bool:
     return torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
+def transforms_around(*kinds) -> int:
+    """How many torch.func transforms of these kinds (``torch._C._functorch.TransformType``:
+    Grad for grad/vjp/jacrev, Jvp for jvp/jacfwd, Vmap) are active around this call; 0 at once
+    outside every transform."""
+    if torch._C._functorch.maybe_current_level() is None:
+        return 0
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters  # noqa: PLC0415
+
+    return sum(i.key() in kinds for i in retrieve_all_functorch_interpreters())
+
+
 def check_float_inputs(selected: tuple, method: str) -> None:
     for leaf in T.leaves(selected):
         if isinstance(leaf, torch.Tensor) and not (leaf.is_floating_point() or leaf.is_complex()):

@@ -35,7 +35,7 @@ import torch
 from torch.func import vjp, vmap
 
 from . import tree as T
-from .checks import check_finite, check_float_inputs, warn_if_training
+from .checks import check_finite, check_float_inputs, transforms_around, warn_if_training
 from .nesting import as_new_call, inside_model, marked, running_model
 
 
@@ -68,13 +68,7 @@ def model_calls():
     NOTE: [Detached results] promises (a no_grad inside the transformed function would make its
     gradient zero). Under vmap alone, or outside transforms, nothing is recorded. It also marks
     the region as the model's (NOTE: [Attributions inside a model's forward] in nesting.py)."""
-    if torch._C._functorch.maybe_current_level() is None:
-        return running_model(no_grad=True)
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters  # noqa: PLC0415
-
-    if any(i.key() == torch._C._functorch.TransformType.Grad for i in retrieve_all_functorch_interpreters()):
-        return running_model()
-    return running_model(no_grad=True)
+    return running_model(no_grad=not transforms_around(torch._C._functorch.TransformType.Grad))
 
 
 def attribution_fn(inner: Callable, wrapped: Callable, *, detach: bool = True) -> Callable:

@@ -17,18 +17,14 @@ import torch
 from torch import nn
 
 from . import ops
+from .checks import transforms_around
 
 
 def differentiating_levels() -> int:
     """How many torch.func transforms that differentiate are active around this call: ``grad``,
     ``vjp`` and ``jacrev`` (reverse mode), ``jvp`` and ``jacfwd`` (forward mode); ``vmap`` and
     ``functionalize`` do not count."""
-    if torch._C._functorch.maybe_current_level() is None:
-        return 0
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters  # noqa: PLC0415
-
-    kinds = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
-    return sum(i.key() in kinds for i in retrieve_all_functorch_interpreters())
+    return transforms_around(torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
 
 
 _CONSTANT_LEVELS: contextvars.ContextVar = contextvars.ContextVar("xattr_constant_levels", default=0)

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import tree as T
-from .checks import at_least_float32, warn_if_training  # similarity weights: NOTE: [Similarity weights' precision]
+from .checks import at_least_float32, transforms_around, warn_if_training  # similarity weights: NOTE: [Similarity weights' precision]
 from .gradients import attribution_fn
 from .masks import FeatureSet, feature_sets, features, keep_masks, place, scatter_features, widen
 from .perturb import as_floating, baseline_tree, copies_per_call, evaluate, outputs_at, perturb
@@ -399,11 +399,7 @@ def _refuse_vmap(method: str) -> None:
     randomness or data-dependent control-flow errors): the draws, the solvers' checks and the
     budget's grouping read values. Both methods already batch over the examples of one call,
     and they run under ``grad`` and ``jacrev``."""
-    if torch._C._functorch.maybe_current_level() is None:
-        return
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters  # noqa: PLC0415
-
-    if any(i.key() == torch._C._functorch.TransformType.Vmap for i in retrieve_all_functorch_interpreters()):
+    if transforms_around(torch._C._functorch.TransformType.Vmap):
         raise NotImplementedError(
             f"{method} cannot run under torch.func.vmap: it draws samples and solves its surrogate with steps that "
             "read values. It batches over the examples already: call it on the whole batch (rows of x), or loop"
