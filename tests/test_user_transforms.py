@@ -100,11 +100,7 @@ def test_grad_of_infidelity():
         f = _bound(model, p, LABELS)
         return M.infidelity(f, xattr.saliency(f, abs=False), _perturb, n_perturb_samples=4, generator=0)(v).sum()
 
-    got = grad(infidelity)(params, X)
-    assert max(g.abs().max() for g in got.values()) > 1e-4
-    _assert_params_close(got, _central_params(lambda p: infidelity(p, X), params))
-    by_x = lambda v: infidelity(params, v)
-    torch.testing.assert_close(grad(by_x)(X), _central(by_x, X), atol=1e-7, rtol=1e-5)
+    _assert_grads_are_central_differences(infidelity, params, smallest_largest=1e-4)
 
 
 def test_grad_of_sensitivity_max():
@@ -116,10 +112,16 @@ def test_grad_of_sensitivity_max():
         attr_fn = xattr.integrated_gradients(_bound(model, p, LABELS), n_steps=4)
         return M.sensitivity_max(attr_fn, v, n_perturb_samples=3, perturb_radius=0.1, generator=0).sum()
 
-    got = grad(sensitivity)(params, X)
-    assert max(g.abs().max() for g in got.values()) > 1e-3
-    _assert_params_close(got, _central_params(lambda p: sensitivity(p, X), params))
-    by_x = lambda v: sensitivity(params, v)
+    _assert_grads_are_central_differences(sensitivity, params, smallest_largest=1e-3)
+
+
+def _assert_grads_are_central_differences(metric, params, smallest_largest: float):
+    """grad of ``metric(params, x)`` in the parameters (its largest entry above
+    ``smallest_largest``: not silently zero) and in x, against central differences at X."""
+    got = grad(metric)(params, X)
+    assert max(g.abs().max() for g in got.values()) > smallest_largest
+    _assert_params_close(got, _central_params(lambda p: metric(p, X), params))
+    by_x = lambda v: metric(params, v)  # noqa: E731
     torch.testing.assert_close(grad(by_x)(X), _central(by_x, X), atol=1e-7, rtol=1e-5)
 
 
