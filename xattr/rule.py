@@ -27,7 +27,7 @@ from ._src.lrp_rules import (
     lrp_rules,
 )
 from ._src.ops import ELEMENTWISE, KINDS, Op
-from ._src.rules import Rule, Saved, pullback
+from ._src.rule_base import Rule, Saved, pullback
 
 __all__ = [
     "AlphaBeta",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .rules import Rule, Saved
+from .rule_base import Rule, Saved
 
 
 class FixedStd(Rule):

@@ -37,7 +37,7 @@ from torch.func import jvp
 from . import ops
 from . import tree as T
 from .graph_hooks import accepts_relus
-from .rules import Rule, Saved, pullback
+from .rule_base import Rule, Saved
 
 _ROWS: contextvars.ContextVar = contextvars.ContextVar("xattr_paired_rows", default=(None, True, 0))
 
@@ -263,7 +263,7 @@ def unpool(v: torch.Tensor, indices: torch.Tensor, shape, nd: int, *more, into: 
 # (``ClampBackward1``, ``ClampMinBackward0``: bounds read from the node) with ReLU's mask taken from
 # the node's saved input; a node of a tensor-bound clamp (``ClampBackward0``, ``ClampMinBackward1``,
 # ``MaximumBackward0``) sends the call back under the mode (NOTE: [Rules as graph hooks]). Under the
-# mode a clamp always runs through the rule's Function, not a hook on its node (`rules._as_hook`):
+# mode a clamp always runs through the rule's Function, not a hook on its node (`rule_apply._as_hook`):
 # ``torch.maximum(zeros, x)``'s node takes x second and halves the gradient at ties, a tensor
 # bound's node gives the bound a gradient too, and neither node holds ReLU's mask.
 

@@ -1,7 +1,7 @@
 """Rules put on the autograd graph after a plain call, without the torch function mode.
 
 NOTE: [Rules as graph hooks]
-A mapping whose every rule is a hook rule (NOTE: [Rules as backward hooks] in rules.py) for op
+A mapping whose every rule is a hook rule (NOTE: [Rules as backward hooks] in rule_apply.py) for op
 kinds that leave one recognisable node in the autograd graph (ReLU: ``ReluBackward0``, whichever
 spelling called it), keyed by kind alone, needs nothing from the forward. Outside torch.func
 transforms `rules.Ruled` then calls f as it is, with no torch function mode, and walks the graph

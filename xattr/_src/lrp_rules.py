@@ -27,7 +27,7 @@ from . import ops
 from .deeplift_rules import checked_eps, floored, pool_with_indices, unpool
 from .attention_rules import FixedAttention, FixedStd
 from .input_copies import INPUT_COPIES, read_in_place_of
-from .rules import Rule, Saved, pullback
+from .rule_base import Rule, Saved, pullback
 
 # set by layer_lrp: an input-layer rule whose input depends on the layer's activation is an error
 ABOVE_SPLIT: contextvars.ContextVar = contextvars.ContextVar("xattr_layer_lrp", default=False)

@@ -388,7 +388,7 @@ PARSERS, KIND_OF = _table()
 KINDS = frozenset(KIND_OF.values())
 # In-place forms ``fn(x, **op.options)`` of the elementwise kinds that have one: an in-place call
 # under a rule that needs neither the input nor a forward of its own runs in place for real
-# (rules.py, `_ApplyEagerInPlace`), not out of place and copied back.
+# (rule_apply.py, `_ApplyEagerInPlace`), not out of place and copied back.
 IN_PLACE = {"relu": torch.relu_, "elu": F.elu_, "leaky_relu": F.leaky_relu_, "sigmoid": torch.sigmoid_, "tanh": torch.tanh_}
 
 

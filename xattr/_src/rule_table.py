@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import ops
-from . import rules as R  # Rule and the op helpers (rules imports this module: names are read at call time)
+from . import rule_apply, rule_base
 from .graph_hooks import GRAPH_NODES, TENSOR_CLAMP_NODES, UNDER_MODE, accepts_relus
 
 
@@ -22,7 +22,7 @@ class Table:
         self.by_module: dict = {}
         self.by_type: dict = {}
         for key, rule in mapping.items():
-            if not isinstance(rule, R.Rule):
+            if not isinstance(rule, rule_base.Rule):
                 raise TypeError(f"rules maps keys to xattr.rule.Rule objects; {key!r} maps to {type(rule).__name__}")
             if isinstance(key, str):
                 self.by_name[key] = rule
@@ -71,17 +71,17 @@ class Table:
             # a rule that decides per op is not known to the walk, but for `accepts_relus`, whose
             # test at clamps the walk makes itself (NOTE: [Clamps that are ReLUs] in deeplift_rules.py)
             accepts = type(rule).accepts
-            walkable = accepts is accepts_relus or (accepts is R.Rule.accepts and kind != "clamp")
-            if kind not in GRAPH_NODES or kind not in rule.kinds or not walkable or type(rule).input_grad is R.Rule.input_grad:
+            walkable = accepts is accepts_relus or (accepts is rule_base.Rule.accepts and kind != "clamp")
+            if kind not in GRAPH_NODES or kind not in rule.kinds or not walkable or type(rule).input_grad is rule_base.Rule.input_grad:
                 return {}
             plain, names = GRAPH_NODES[kind]
-            light = R._without_tensors(ops.PARSERS[plain](plain, torch.zeros(1), *((0,) if kind == "clamp" else ())))
+            light = rule_apply._without_tensors(ops.PARSERS[plain](plain, torch.zeros(1), *((0,) if kind == "clamp" else ())))
             by_node.update(dict.fromkeys(names, (rule, light)))
             if kind == "clamp":
                 by_node.update(dict.fromkeys(TENSOR_CLAMP_NODES, UNDER_MODE))
         return by_node
 
-    def resolve(self, op: ops.Op, stack: list) -> R.Rule | None:
+    def resolve(self, op: ops.Op, stack: list) -> rule_base.Rule | None:
         for module in reversed(stack):
             for rule in self._module_rules(module):
                 if rule is not None and rule.accepts(op):
@@ -98,11 +98,11 @@ class Table:
             yield self.by_type.get(cls)
 
 
-def _check_accepts(key, kind: str, rule: R.Rule) -> None:
+def _check_accepts(key, kind: str, rule: rule_base.Rule) -> None:
     """Refuses a kind key whose rule declares it never applies to that kind (``{F.relu: Gamma()}``):
     the rule would be silently skipped at every such op. A rule with its own ``accepts`` decides
     per op, so it is left to decide."""
-    if type(rule).accepts in (R.Rule.accepts, accepts_relus) and kind not in rule.kinds:
+    if type(rule).accepts in (rule_base.Rule.accepts, accepts_relus) and kind not in rule.kinds:
         name = getattr(key, "__name__", repr(key))
         raise ValueError(
             f"rules: {name} stands for every {kind!r} op, but {type(rule).__name__} applies to {sorted(rule.kinds)} "

@@ -35,7 +35,7 @@ from torch import nn
 import xattr
 from xattr._src.lrp_rules import LAYERS, Epsilon, Gamma, PositiveWeights, _n_tensors, _safe_divide, lrp_rules
 from xattr._src.ops import ELEMENTWISE
-from xattr._src.rules import Rule, Saved
+from xattr._src.rule_base import Rule, Saved
 
 from ._convert import Attribution, Call
 from .layer import LayerAttribution

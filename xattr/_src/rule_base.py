@@ -1,0 +1,99 @@
+"""`Rule`, the base class of every modified backward rule, and what a rule's backward receives.
+
+How rules are chosen and applied: NOTE: [Intercepting operations] in rules.py; how an op runs
+under its rule: rule_apply.py."""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+
+from . import ops
+
+
+class Saved(NamedTuple):
+    """What a rule's backward receives: the op's input tensors (when the rule keeps them), the
+    extra tensors its forward computed, and its output (when the rule keeps it)."""
+
+    inputs: tuple
+    extras: tuple
+    output: torch.Tensor | None = None
+
+
+class Rule:
+    """A modified backward pass for some kinds of operation (subclass it; see docs/rules.md).
+
+    Override ``backward(op, saved, grad)`` to return one gradient per tensor of ``op.tensors``
+    (None where there is none), and optionally ``forward(op, *tensors) -> (output, extras)`` to
+    compute tensors the backward needs. Set ``kinds`` to the op kinds the rule accepts and
+    ``keep_inputs = True`` to receive the op's inputs in ``saved.inputs`` (``keep_output = True``:
+    its output in ``saved.output``).
+
+    A rule in a DeepLift mapping that never reads an example's row beside its reference's (it
+    pairs no rows) may set ``shares_reference = True``: DeepLift may then run one reference row
+    for the batch (NOTE: [Shared reference]); without it, the 2B paired rows. (The built-in
+    `Rescale` pairs rows through helpers that know both layouts.)
+
+    A rule for an elementwise kind whose gradient is a function of the op's ordinary one
+    (guided backprop: ``max(dx, 0)`` of the ReLU's own ``dx``) may also override
+    ``input_grad(op, grad)``: outside torch.func transforms the op then runs untouched and
+    ``input_grad`` is a hook on its autograd node (NOTE: [Rules as backward hooks]); ``backward``
+    must give the same values (transforms use it).
+    """
+
+    kinds: frozenset = frozenset()
+    keep_inputs: bool = False
+    keep_output: bool = False
+    shares_reference: bool = False  # see above and NOTE: [Shared reference]
+
+    def accepts(self, op: ops.Op) -> bool:
+        return op.kind in self.kinds
+
+    def keeps(self, op: ops.Op) -> bool:
+        """Whether the backward needs the op's input tensors (``saved.inputs``)."""
+        return self.keep_inputs
+
+    def forward(self, op: ops.Op, *tensors):
+        return op.fn(*tensors), ()
+
+    def backward(self, op: ops.Op, saved: Saved, grad: torch.Tensor) -> tuple:
+        raise NotImplementedError
+
+    def input_grad(self, op: ops.Op, grad: torch.Tensor) -> torch.Tensor:
+        """The rule's gradient from the op's ordinary input gradient ``grad`` (optional; elementwise
+        kinds). ``grad`` is the op's own backward result, used nowhere else: change it in place."""
+        raise NotImplementedError
+
+    def _reroute(self, op: ops.Op) -> ops.Op:
+        """The op to run instead, called with the op's own tensors before it runs (optional): the
+        same op with some tensors swapped for others of equal value, whose gradient the caller
+        reads apart (LRP's input-layer rules: NOTE: [Input-layer relevance] in lrp_methods.py). A
+        rule that reroutes always runs through its Function, never as a hook."""
+        raise NotImplementedError
+
+    def scales_output(self, op: ops.Op) -> bool:
+        """Whether, for this op, the rule's gradient is the op's ordinary VJP of the incoming
+        gradient times `output_scale` (NOTE: [Rules as output hooks]); decided before the op runs."""
+        return False
+
+    def output_scale(self, op: ops.Op, out: torch.Tensor) -> torch.Tensor:
+        """The factor of the incoming gradient, from the op's output (called without grad, where
+        `scales_output` said yes); ``backward`` must give the same gradients (transforms use it)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+def pullback(fn: Callable, *primals: torch.Tensor):
+    """``torch.func.vjp(fn, *primals)`` for use inside a rule's backward.
+
+    NOTE: [vjp inside a rule]
+    Under ``vmap`` a rule's backward runs on saved tensors that belong to the vmapped forward;
+    handing such a tensor straight to ``torch.func.vjp`` trips an internal functorch assertion
+    (torch 2.13: "batched == nullptr"). A fresh copy made inside the backward is an ordinary
+    tensor of the current level, so the primals are cloned first (cheap next to the VJP).
+    """
+    return torch.func.vjp(fn, *(p.clone() for p in primals))
