@@ -235,3 +235,68 @@ def test_compiled_models(method):
             assert torch.equal(attr(xattr.target(compiled, 1))(x), attr(xattr.target(Cnn(F.relu), 1))(x)), spelling
     finally:
         torch._dynamo.reset()
+
+
+# ----------------------------------------------------------------------------- thresholds
+
+
+RELU_THRESHOLDS = {  # F.threshold(x, 0, 0): x where x > 0, else 0, a ReLU
+    "F.threshold(x, 0, 0)": lambda h: F.threshold(h, 0.0, 0.0),
+    "torch.threshold(x, 0, 0)": lambda h: torch.threshold(h, 0, 0),
+    "nn.Threshold(0, 0)": nn.Threshold(0.0, 0.0),
+    "F.threshold_(x, 0, 0)": lambda h: F.threshold_(h, 0.0, 0.0),
+    "nn.Threshold(0, 0, inplace=True)": nn.Threshold(0.0, 0.0, inplace=True),
+}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("spelling", sorted(RELU_THRESHOLDS))
+def test_a_zero_threshold_is_a_relu(spelling, method):
+    attr, act = METHODS[method], RELU_THRESHOLDS[spelling]
+    x = _inputs()
+    expected = attr(xattr.target(Mlp(torch.relu), 1))(x)
+    for on_view in (False, True):  # the call sent to the mode from the graph walk, and straight there
+        got = attr(xattr.target(Mlp(act, on_view), 1))(x)
+        assert torch.equal(got, attr(xattr.target(Mlp(torch.relu, on_view), 1))(x)), (spelling, on_view)
+    model, relu = Mlp(act), Mlp(torch.relu)
+    vmapped = torch.func.vmap(lambda r: attr(xattr.target(model, 1))(r[None])[0])(x)
+    assert torch.equal(vmapped, torch.func.vmap(lambda r: attr(xattr.target(relu, 1))(r[None])[0])(x))
+    torch.testing.assert_close(vmapped, expected, atol=1e-8, rtol=1e-6)  # vmap's matmuls round otherwise
+    check_chunk_invariance(lambda c: attr(xattr.target(model, 1), chunk_size=c), x, chunk_sizes=(1, 2))
+    x4 = torch.randn(4, 2, 5, 5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(attr(xattr.target(Cnn(act), 2))(x4), attr(xattr.target(Cnn(F.relu), 2))(x4))
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_thresholds_beside_relu_modules(method):
+    """A net with nn.ReLU modules (the graph walk's nodes) and one zero threshold (sent to the mode)."""
+    attr, x = METHODS[method], _inputs()
+
+    class Mixed(Mlp):
+        def forward(self, x):
+            return self.l3(F.threshold(self.l2(torch.relu(self.l1(x))), 0.0, 0.0))
+
+    assert torch.equal(attr(xattr.target(Mixed(None), 0))(x), attr(xattr.target(Mlp(torch.relu), 0))(x))
+
+
+NO_RELU_THRESHOLDS = {
+    "threshold(x, 0.2, 0)": lambda h: F.threshold(h, 0.2, 0.0),
+    "threshold(x, 0, 0.5)": lambda h: F.threshold(h, 0.0, 0.5),
+    "threshold(x, -0.1, -0.1)": lambda h: F.threshold(h, -0.1, -0.1),
+}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(NO_RELU_THRESHOLDS))
+def test_other_thresholds_keep_their_gradient(name, method):
+    threshold, x = NO_RELU_THRESHOLDS[name], _inputs()
+
+    class Mixed(Mlp):
+        def forward(self, x):
+            return self.l3(threshold(self.l2(torch.relu(self.l1(x)))))
+
+    attr, model = METHODS[method], Mixed(None)
+    got = attr(xattr.target(model, 1))(x)
+    torch.testing.assert_close(got, _reference(method, threshold, x, 1), atol=1e-6, rtol=1e-5)
+    vmapped = torch.func.vmap(lambda r: attr(xattr.target(model, 1))(r[None])[0])(x)
+    torch.testing.assert_close(vmapped, got, atol=1e-6, rtol=1e-5)

@@ -53,32 +53,36 @@ def _ruled_grad(f: Callable, mapping: Mapping, argnums, chunk_size, method: str)
     return fn
 
 
+_RELU_KEYS = (F.relu, torch.clamp, F.threshold)  # the kinds with ReLU spellings (NOTE: [Clamps that are ReLUs])
+
+
 def guided_backprop(f: Callable, *, argnums: int | Sequence[int] = 0, chunk_size: int | None = None) -> Callable:
     """Guided backpropagation: the gradient with ReLUs passing only positive gradients of active units.
 
     Springenberg et al. 2015, "Striving for Simplicity". Every ReLU spelling is covered (``nn.ReLU``,
-    ``F.relu``, in place, reused, ``x.clamp(min=0)``, ``torch.maximum(x, zeros)``), unlike Captum's,
-    which skips all but ``nn.ReLU`` modules. A clamp with an upper bound or a nonzero lower bound is
-    no ReLU and keeps its gradient (NOTE: [Clamps that are ReLUs]).
+    ``F.relu``, in place, reused, ``x.clamp(min=0)``, ``torch.maximum(x, zeros)``, ``F.threshold(x, 0,
+    0)``), unlike Captum's, which skips all but ``nn.ReLU`` modules. A clamp with an upper bound or a
+    nonzero lower bound is no ReLU and keeps its gradient (NOTE: [Clamps that are ReLUs]), as does a
+    threshold other than (0, 0).
 
     Example:
       >>> gb = xattr.guided_backprop(xattr.target(model, 3))(x)          # like x
     """
     rule = Guided()
-    return attribution_fn(_ruled_grad(f, {F.relu: rule, torch.clamp: rule}, argnums, chunk_size, "guided_backprop"), f)
+    return attribution_fn(_ruled_grad(f, dict.fromkeys(_RELU_KEYS, rule), argnums, chunk_size, "guided_backprop"), f)
 
 
 def deconvolution(f: Callable, *, argnums: int | Sequence[int] = 0, chunk_size: int | None = None) -> Callable:
     """Deconvolution: the gradient with each ReLU's backward replaced by a ReLU of the gradient.
 
     Zeiler & Fergus 2014, "Visualizing and Understanding Convolutional Networks". The same ReLU
-    spellings as `guided_backprop` (clamps that are ReLUs included).
+    spellings as `guided_backprop` (clamps and thresholds that are ReLUs included).
 
     Example:
       >>> dc = xattr.deconvolution(xattr.target(model, 3))(x)            # like x
     """
     rule = Deconv()
-    return attribution_fn(_ruled_grad(f, {F.relu: rule, torch.clamp: rule}, argnums, chunk_size, "deconvolution"), f)
+    return attribution_fn(_ruled_grad(f, dict.fromkeys(_RELU_KEYS, rule), argnums, chunk_size, "deconvolution"), f)
 
 
 def guided_grad_cam(split: Split, *, argnums: int | Sequence[int] = 0, mode: str = "nearest") -> Callable:

@@ -300,10 +300,11 @@ class Guided(Rule):
 
     ``dx = max(g, 0) * [x > 0]`` (Springenberg et al. 2015). Also at a clamp that is a ReLU
     (``x.clamp(min=0)``, ``torch.maximum(x, zeros)``: NOTE: [Clamps that are ReLUs]), with ReLU's
-    mask; a clamp with an upper bound or a nonzero lower bound keeps its ordinary gradient.
+    mask; a clamp with an upper bound or a nonzero lower bound keeps its ordinary gradient. And at
+    ``F.threshold(x, 0, 0)`` (``nn.Threshold(0, 0)``), also a ReLU; other thresholds keep theirs.
     """
 
-    kinds = frozenset({"relu", "clamp"})
+    kinds = frozenset({"relu", "clamp", "threshold"})
     accepts = accepts_relus
     keep_output = True
     shares_reference = True  # pairs no rows
@@ -321,10 +322,10 @@ class Guided(Rule):
 class Deconv(Rule):
     """Deconvolution at ReLU: the ReLU is applied to the gradient instead, ``dx = max(g, 0)``.
 
-    Zeiler & Fergus 2014. Also at a clamp that is a ReLU, like `Guided`.
+    Zeiler & Fergus 2014. Also at a clamp or a threshold that is a ReLU, like `Guided`.
     """
 
-    kinds = frozenset({"relu", "clamp"})
+    kinds = frozenset({"relu", "clamp", "threshold"})
     accepts = accepts_relus
     shares_reference = True  # pairs no rows
 

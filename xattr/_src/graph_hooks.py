@@ -39,6 +39,8 @@ OPAQUE_NODES = frozenset({"CopySlices", "CompiledFunctionBackward"})  # may hide
 GRAPH_NODES = {"relu": (torch.relu, frozenset({"ReluBackward0", "ReluBackward1"})),
                "clamp": (torch.clamp_min, frozenset({"ClampBackward1", "ClampMinBackward0"}))}
 TENSOR_CLAMP_NODES = frozenset({"ClampBackward0", "ClampMinBackward1", "MaximumBackward0"})  # may hide a ReLU clamp
+# F.threshold's nodes: a ReLU where threshold and value are 0, but the node does not save value
+THRESHOLD_NODES = frozenset({"ThresholdBackward0", "ThresholdBackward1"})
 UNDER_MODE = ("run the call again under the mode",)  # `by_node`'s entry for such nodes
 _PROBE = torch.zeros((), requires_grad=True)
 
@@ -60,10 +62,13 @@ def input_grad_hook(rule, light):
 
 
 def accepts_relus(rule, op: ops.Op) -> bool:
-    """`Rule.accepts` for rules of ReLUs (`Guided`, `Deconv`): ReLU ops, and clamp ops that are
-    ReLUs (`ops.relu_clamp`; NOTE: [Clamps that are ReLUs] in deeplift_rules.py), where the rule's
-    kinds include "clamp". The graph walk knows this test (`_relu_clamp_node`)."""
-    return op.kind in rule.kinds and (op.kind != "clamp" or ops.relu_clamp(op))
+    """`Rule.accepts` for rules of ReLUs (`Guided`, `Deconv`): ReLU ops, clamp ops that are ReLUs
+    (`ops.relu_clamp`; NOTE: [Clamps that are ReLUs] in deeplift_rules.py) and thresholds that are
+    (`ops.relu_threshold`: ``F.threshold(x, 0, 0)``), where the rule's kinds include "clamp" and
+    "threshold". The graph walk knows the clamp test (`_relu_clamp_node`); a threshold's node
+    sends the call back under the mode."""
+    kind = op.kind
+    return kind in rule.kinds and (kind == "relu" or ops.relu_clamp(op) or ops.relu_threshold(op))
 
 
 def _relu_clamp_node(node) -> bool:

@@ -134,6 +134,16 @@ def relu_clamp(op: Op) -> bool:
     return "min" in options["bounds"] or isinstance(lo, torch.Tensor) or (isinstance(lo, (int, float)) and lo == 0)
 
 
+def relu_threshold(op: Op) -> bool:
+    """Whether a threshold op is a ReLU: ``F.threshold(x, 0, 0)`` (x where x > 0, else 0)."""
+    options = op.options
+    return op.kind == "threshold" and _is_zero(options.get("threshold")) and _is_zero(options.get("value"))
+
+
+def _is_zero(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0
+
+
 def _extremum(bound: str):
     """A parser for ``torch.maximum``/``minimum`` (``bound`` "min"/"max"), their Tensor methods and
     the two-tensor forms of ``torch.max``/``min``: with one operand differentiated and the other a

@@ -10,7 +10,7 @@ from torch import nn
 
 from . import ops
 from . import rule_apply, rule_base
-from .graph_hooks import GRAPH_NODES, TENSOR_CLAMP_NODES, UNDER_MODE, accepts_relus
+from .graph_hooks import GRAPH_NODES, TENSOR_CLAMP_NODES, THRESHOLD_NODES, UNDER_MODE, accepts_relus
 
 
 class Table:
@@ -71,6 +71,9 @@ class Table:
             # a rule that decides per op is not known to the walk, but for `accepts_relus`, whose
             # test at clamps the walk makes itself (NOTE: [Clamps that are ReLUs] in deeplift_rules.py)
             accepts = type(rule).accepts
+            if kind == "threshold" and accepts is accepts_relus:  # the node does not tell ReLU thresholds apart
+                by_node.update(dict.fromkeys(THRESHOLD_NODES, UNDER_MODE))
+                continue
             walkable = accepts is accepts_relus or (accepts is rule_base.Rule.accepts and kind != "clamp")
             if kind not in GRAPH_NODES or kind not in rule.kinds or not walkable or type(rule).input_grad is rule_base.Rule.input_grad:
                 return {}
