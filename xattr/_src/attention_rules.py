@@ -15,22 +15,29 @@ class FixedStd(Rule):
 
     The centring ``x - mean(x)`` is linear and keeps its derivative; the division by the
     standard deviation is treated as a constant scale, so relevance is conserved up to the bias.
+    RMS norm (``nn.RMSNorm``, ``F.rms_norm``: no centring) likewise, with its root mean square
+    held: ``g_x = g * w / rms(x)``, conserved exactly (it has no bias).
     """
 
-    kinds = frozenset({"layer_norm"})
+    kinds = frozenset({"layer_norm", "rms_norm"})
     keep_inputs = True
 
-    def forward(self, op, x, w, b):
-        y = op.fn(x, w, b)
+    def forward(self, op, x, w, *b):
+        y = op.fn(x, w, *b)
         dims = tuple(range(x.ndim - len(op.options["normalized_shape"]), x.ndim))
-        std = torch.sqrt(x.var(dims, unbiased=False, keepdim=True) + op.options["eps"])
-        return y, (std,)
+        if op.kind == "rms_norm":
+            scale = torch.sqrt(x.pow(2).mean(dims, keepdim=True) + op.options["eps"])
+        else:
+            scale = torch.sqrt(x.var(dims, unbiased=False, keepdim=True) + op.options["eps"])
+        return y, (scale,)
 
     def backward(self, op, saved: Saved, grad):
-        x, w, b = saved.inputs
-        (std,) = saved.extras
+        x, w, *b = saved.inputs
+        (scale,) = saved.extras
+        v = grad * w / scale
+        if op.kind == "rms_norm":
+            return (v, None)
         dims = tuple(range(x.ndim - len(op.options["normalized_shape"]), x.ndim))
-        v = grad * w / std
         return (v - v.mean(dims, keepdim=True), None, None)
 
 
@@ -40,21 +47,24 @@ class FixedAttention(Rule):
     For ``F.scaled_dot_product_attention``: relevance flows to the values through the weights
     A (``g_v = A^T g``), none to queries and keys; conserved. With ``enable_gqa=True`` and fewer
     key/value heads than query heads, each key/value head serves a group of query heads (as SDPA
-    repeats them), and its values' gradient is the sum over its group.
+    repeats them), and its values' gradient is the sum over its group. A mask that is the op's
+    fourth tensor (one wrapped by a torch.func transform, NOTE: [Attention masks under transforms] in
+    ops.py) gets no gradient.
     """
 
     kinds = frozenset({"attention"})
 
-    def forward(self, op, q, k, v):
-        y = op.fn(q, k, v)
-        return y, (_attention_weights(q, k, op.options), v.new_zeros(()).expand(v.shape))
+    def forward(self, op, q, k, v, *mask):
+        y = op.fn(q, k, v, *mask)
+        options = dict(op.options, attn_mask=mask[0]) if mask else op.options
+        return y, (_attention_weights(q, k, options), v.new_zeros(()).expand(v.shape))
 
     def backward(self, op, saved: Saved, grad):
         a, v = saved.extras  # v: the values' shape, no storage
         g = a.transpose(-2, -1) @ grad  # per query head
         if v.ndim >= 3 and g.shape[-3] != v.shape[-3]:  # grouped-query attention: back to each key/value head
             g = g.unflatten(-3, (v.shape[-3], g.shape[-3] // v.shape[-3])).sum(-3)
-        return (None, None, g)
+        return (None, None, g) + (None,) * int(op.options.get("mask_tensor", False))
 
 
 def _attention_weights(q, k, options) -> torch.Tensor:

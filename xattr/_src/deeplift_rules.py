@@ -368,7 +368,9 @@ class Rescale(Rule):
             if not paired:
                 return y, (y.clone(),)
             dx, dy = _delta(x), _delta(y)
-            near = dx.abs() < eps
+            # a score masked in both rows (-inf, an attention mask) is a tie: -inf - -inf is nan,
+            # which divided dy into nan multipliers (NaN attributions through masked attention)
+            near = (dx.abs() < eps) | dx.isnan()
             ratio = dy / torch.where(near, torch.ones_like(dx), dx)
             return y, (ratio, near, y.clone())
         if not paired:

@@ -379,7 +379,11 @@ class Block(Rule):
 
 
 def _n_tensors(op) -> int:
-    return 3 if op.kind in WEIGHTED | {"layer_norm", "attention"} else 1 + len(op.options.get("bounds", ()))
+    if op.kind == "attention":
+        return 3 + int(op.options.get("mask_tensor", False))  # NOTE: [Attention masks under transforms] in ops.py
+    if op.kind == "rms_norm":
+        return 2
+    return 3 if op.kind in WEIGHTED | {"layer_norm"} else 1 + len(op.options.get("bounds", ()))
 
 
 class Refuse(Rule):
@@ -421,7 +425,7 @@ def lrp_rules(eps: float = 1e-9) -> dict:
     max-pool, ``F.avg_pool2d`` for average and adaptive average pools. Linear, conv, batch-norm,
     average and max pooling: `Epsilon`; tanh, sigmoid, ELU, GELU, clamp and
     the other elementwise activations: `Pass` (ReLU keeps its derivative, which is the same);
-    layer norm: `FixedStd`; scaled-dot-product attention: `FixedAttention`; softmax,
+    layer norm and RMS norm: `FixedStd`; scaled-dot-product attention: `FixedAttention`; softmax,
     nn.MultiheadAttention and the recurrent layers (LSTM, GRU, RNN): a clear error.
     """
     layer, passing = Epsilon(eps), Pass()
@@ -429,7 +433,8 @@ def lrp_rules(eps: float = 1e-9) -> dict:
     mapping.update({fn: passing for fn in (F.elu, F.leaky_relu, torch.sigmoid, torch.tanh, F.softplus, F.gelu, F.silu,
                                                     F.hardswish, F.hardsigmoid, F.relu6, F.hardtanh, F.mish, F.selu,
                                                     F.celu, F.softsign, F.logsigmoid, F.threshold, torch.clamp)})
-    mapping.update({F.layer_norm: FixedStd(), F.scaled_dot_product_attention: FixedAttention()})
+    norm = FixedStd()
+    mapping.update({F.layer_norm: norm, F.rms_norm: norm, F.scaled_dot_product_attention: FixedAttention()})
     mapping.update({F.softmax: Refuse(_SOFTMAX), F.multi_head_attention_forward: Refuse(_FUSED), torch.lstm: Refuse(_RECURRENT)})
     return mapping
 

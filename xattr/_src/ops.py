@@ -303,12 +303,35 @@ def _layer_norm(func, input, normalized_shape, weight=None, bias=None, eps=1e-5)
     return Op("layer_norm", fn, (input, w, b), {"normalized_shape": shape, "eps": eps}, func, False)
 
 
+def _rms_norm(func, input, normalized_shape, weight=None, eps=None):
+    shape = tuple(normalized_shape) if not isinstance(normalized_shape, int) else (normalized_shape,)
+    w = torch.ones(shape, dtype=input.dtype, device=input.device) if weight is None else weight
+    eps = torch.finfo(input.dtype).eps if eps is None else eps  # torch's default
+    fn = lambda x, w: F.rms_norm(x, shape, w, eps)  # noqa: E731
+    return Op("rms_norm", fn, (input, w), {"normalized_shape": shape, "eps": eps}, func, False)
+
+
 def _sdpa(func, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """NOTE: [Attention masks under transforms]
+    A tensor ``attn_mask`` rides in ``fn`` and ``options``, except one that a torch.func transform
+    has wrapped (a mask given per example, batched by an outer ``vmap``): a tensor of an outer level
+    read inside the rule's Function failed functorch's checks (an internal assert), so such a mask
+    is the op's fourth tensor (``options["attn_mask"]`` is then None and ``options["mask_tensor"]``
+    True), as a clamp's tensor bounds are (NOTE: [Clamp as an activation]). Rules give it no
+    gradient."""
     if dropout_p:
         return None
-    options = dict(attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=bool(enable_gqa))
-    fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, **options)  # noqa: E731
-    return Op("attention", fn, (query, key, value), options, func, False)
+    options = dict(attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=bool(enable_gqa), mask_tensor=False)
+    tensors = (query, key, value)
+    if isinstance(attn_mask, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(attn_mask):
+        options.update(attn_mask=None, mask_tensor=True)
+        tensors += (attn_mask,)
+    call = {k: v for k, v in options.items() if k != "mask_tensor"}
+
+    def fn(q, k, v, *mask):
+        return F.scaled_dot_product_attention(q, k, v, **(dict(call, attn_mask=mask[0]) if mask else call))
+
+    return Op("attention", fn, tensors, options, func, False)
 
 
 def _fused_attention(func, *args, **kwargs):
@@ -387,6 +410,9 @@ def _table() -> tuple[dict, dict]:
     add(F.linear, "linear", _linear)
     add(F.batch_norm, "batch_norm", _batch_norm)
     add(F.layer_norm, "layer_norm", _layer_norm)
+    for f in (F.rms_norm, getattr(torch, "rms_norm", None)):  # torch.rms_norm: not in every torch >= 2.4
+        if f is not None:
+            add(f, "rms_norm", _rms_norm)
     add(F.scaled_dot_product_attention, "attention", _sdpa)
     add(F.multi_head_attention_forward, "fused_attention", _fused_attention)
     for f in RECURRENT:
