@@ -25,6 +25,7 @@ from .layer_methods import grad_cam, upsample
 from .layers import Split, layer_vjp_rows
 from .methods import _gap
 from .rule_limits import first_order_only
+from .rule_table import merged
 from .rules import rules
 from .sampling import distribution
 
@@ -242,13 +243,15 @@ def deep_lift(
       attribution_func: ``(multipliers, inputs, baselines) -> attributions`` replacing the
         product (trees like ``args[argnums]``; Captum's ``custom_attribution_func``).
       eps: below this ``|x - x_ref|`` the ordinary derivative is used.
-      mapping: rules added to (or replacing) the defaults, as for `xattr.rules`.
+      mapping: rules added to (or replacing) the defaults, as for `xattr.rules`; a torch-function
+        key replaces the default of its kind however it is spelled (``{torch.relu: rule}``
+        replaces the Rescale rule that DeepLift keys by ``F.relu``).
       return_delta: also return ``sum(attributions) - (f(x) - f(b))`` per example, (B,) or (B, K).
 
     Example:
       >>> attr, delta = xattr.deep_lift(xattr.target(model, 3), baselines=0.0, return_delta=True)(x)
     """
-    ruled = rules(f, {**deep_lift_rules(eps), **(mapping or {})})
+    ruled = rules(f, merged(deep_lift_rules(eps), mapping))
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args, baselines=baselines):
@@ -303,7 +306,7 @@ def deep_lift_shap(
     Example:
       >>> attr = xattr.deep_lift_shap(xattr.target(model, 3), baselines=x_train[:20])(x)
     """
-    ruled = rules(f, {**deep_lift_rules(eps), **(mapping or {})})
+    ruled = rules(f, merged(deep_lift_rules(eps), mapping))
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args, baselines=baselines):
@@ -390,7 +393,7 @@ def layer_deep_lift(
     Example:
       >>> attr = xattr.layer_deep_lift(xattr.at_layer(xattr.target(model, 3), model.conv2))(x)
     """
-    ruled = _split_with(split, {**deep_lift_rules(eps), **(mapping or {})})
+    ruled = _split_with(split, merged(deep_lift_rules(eps), mapping))
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args, baselines=baselines):
@@ -427,7 +430,7 @@ def layer_deep_lift_shap(
       >>> split = xattr.at_layer(xattr.target(model, 3), model.conv2)
       >>> attr = xattr.layer_deep_lift_shap(split, baselines=x_train[:20])(x)
     """
-    ruled = _split_with(split, {**deep_lift_rules(eps), **(mapping or {})})
+    ruled = _split_with(split, merged(deep_lift_rules(eps), mapping))
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args, baselines=baselines):

@@ -56,9 +56,23 @@ def input_grad_hook(rule, light):
 
     def hook(grad_inputs, grad_outputs):
         refuse_second_backward()  # NOTE: [Rule-based attributions are first-order]
-        return (rule.input_grad(light, grad_inputs[0]),) + grad_inputs[1:]
+        return (_rewritten(rule, light, grad_inputs[0]),) + grad_inputs[1:]
 
     return hook
+
+
+def _rewritten(rule, light, grad: torch.Tensor) -> torch.Tensor:
+    """``rule.input_grad(light, grad)``, refused unless it is a gradient of grad's shape: a hook that
+    returns None leaves torch's node no gradient at all (an ``input_grad`` that only changed grad in
+    place and forgot to return it gave zeros)."""
+    if grad is None:  # no gradient flows into the op's input
+        return grad
+    got = rule.input_grad(light, grad)
+    if not isinstance(got, torch.Tensor) or got.shape != grad.shape:
+        what = f"shape {tuple(got.shape)}" if isinstance(got, torch.Tensor) else type(got).__name__
+        raise TypeError(f"{rule!r}.input_grad must return the op's input gradient, a tensor of shape "
+                        f"{tuple(grad.shape)} (grad itself after changing it in place); it returned {what}")
+    return got
 
 
 def accepts_relus(rule, op: ops.Op) -> bool:
@@ -84,7 +98,7 @@ def relu_clamp_hook(rule, light, x: torch.Tensor):
     def hook(grad_inputs, grad_outputs):
         refuse_second_backward()  # NOTE: [Rule-based attributions are first-order]
         relu_grad = torch.ops.aten.threshold_backward(grad_inputs[0], x, 0)
-        return (rule.input_grad(light, relu_grad),) + grad_inputs[1:]
+        return (_rewritten(rule, light, relu_grad),) + grad_inputs[1:]
 
     return hook
 

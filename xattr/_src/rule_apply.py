@@ -8,10 +8,14 @@ import torch
 
 from . import ops
 from .graph_hooks import input_grad_hook
-from .rule_base import Rule, Saved
+from .rule_base import NOT_KEPT, Rule, Saved
 from .rule_limits import refuse_checkpoint, refuse_second_backward
 
-_HOOK_KINDS = ops.ELEMENTWISE - {"clamp"}  # NOTE: [Rules as backward hooks]: clamp runs through the Function
+# NOTE: [Rules as backward hooks]: clamp runs through the Function, and so does softsign, which torch
+# writes in Python as x / (1 + |x|): its last node is a division whose first input gradient is only the
+# numerator's share (a hook there left the rest unruled: off by 0.027 where the largest entry of the
+# gradient was 0.076, on a small MLP)
+_HOOK_KINDS = ops.ELEMENTWISE - {"clamp", "softsign"}
 
 
 class _Apply(torch.autograd.Function):
@@ -21,9 +25,13 @@ class _Apply(torch.autograd.Function):
 
     @staticmethod
     def forward(rule, op, *tensors):
-        out, extras = rule.forward(op, *tensors)
-        if extras and any(e is out for e in extras):
-            raise RuntimeError(f"{rule!r}.forward returned its output among its extras: return a copy (out.clone())")
+        result = rule.forward(op, *tensors)
+        if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.Tensor)):
+            raise TypeError(f"{rule!r}.forward must return (output, extras), extras a tuple of tensors (() for none); "
+                            f"it returned {_described(result)}")
+        out, extras = result
+        if extras:
+            _check_extras(rule, out, tuple(extras), tensors)
         return (out, *extras)
 
     @staticmethod
@@ -38,21 +46,54 @@ class _Apply(torch.autograd.Function):
         saved = ctx.saved_tensors
         out = saved[-1] if ctx.keep_output else None
         saved = saved[:-1] if ctx.keep_output else saved
-        grads = ctx.rule.backward(ctx.op, Saved(saved[: ctx.n_kept], saved[ctx.n_kept :], out), grad)
-        if len(grads) != ctx.n_inputs:
-            raise RuntimeError(f"{ctx.rule!r}.backward returned {len(grads)} gradients for {ctx.n_inputs} tensors")
+        inputs = saved[: ctx.n_kept] if ctx.n_kept else NOT_KEPT
+        grads = ctx.rule.backward(ctx.op, Saved(inputs, saved[ctx.n_kept :], out), grad)
+        if not isinstance(grads, (tuple, list)) or len(grads) != ctx.n_inputs:
+            got = f"{len(grads)} gradients" if isinstance(grads, (tuple, list)) else _described(grads)
+            raise RuntimeError(f"{ctx.rule!r}.backward returned {got} for {ctx.n_inputs} tensors: return a tuple with "
+                               f"one gradient (or None) per tensor of the {ctx.op.kind!r} op")
         return (None, None, *grads)
+
+
+def _described(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}" if not isinstance(value, tuple) else f"a tuple of {len(value)}"
+
+
+def _check_extras(rule: Rule, out: torch.Tensor, extras: tuple, tensors: tuple) -> None:
+    """Refuses extras a Function cannot save beside its outputs: the output itself, an input, a non-tensor."""
+    for e in extras:
+        if not isinstance(e, torch.Tensor):
+            raise TypeError(f"{rule!r}.forward returned a {type(e).__name__} among its extras: extras are tensors "
+                            "(keep numbers on the rule or in op.options)")
+        if e is out:
+            raise RuntimeError(f"{rule!r}.forward returned its output among its extras: return a copy (out.clone()), "
+                               "or set keep_output = True")
+        if any(e is t for t in tensors):
+            raise RuntimeError(f"{rule!r}.forward returned one of its inputs among its extras: set keep_inputs = True "
+                               "to receive the inputs in saved.inputs, or return a copy")
 
 
 def _save(ctx, rule: Rule, op: ops.Op, tensors, out: torch.Tensor, extras: tuple, *, returned: bool = True) -> None:
     """What every `_Apply*` keeps for the rule's backward (``returned``: the extras are outputs
-    of the Function too, as `_Apply` needs for its vmap rule)."""
+    of the Function too, as `_Apply` needs for its vmap rule).
+
+    NOTE: [A kept output is a copy]
+    Outside transforms the Function's output is what the model goes on with, and models write into
+    such outputs: ``ReLU(inplace=True)`` after a linear or conv, ResNet's ``out += identity`` after
+    a batch norm. Where the op's own backward does not save its output (linear, conv, batch norm)
+    plain autograd allows that, but a saved output would be at a later version and the backward
+    would fail. So the output a rule keeps (``keep_output``) is saved as a copy: one allocation per
+    op of such a rule. Under transforms `apply_rule` already hands the model a copy."""
     if extras and returned:
         ctx.mark_non_differentiable(*extras)
     ctx.set_materialize_grads(False)  # the extras never get gradients: no zero tensors for them
     ctx.rule, ctx.op, ctx.n_inputs, ctx.keep_output = rule, op, len(tensors), rule.keep_output
     kept = tuple(tensors) if rule.keeps(op) else ()
     ctx.n_kept = len(kept)
+    if rule.keep_output and not returned:
+        out = out.detach().clone()  # NOTE: [A kept output is a copy]
     ctx.save_for_backward(*kept, *extras, *((out,) if rule.keep_output else ()))
 
 
@@ -155,10 +196,21 @@ def _scaled(rule: Rule, op: ops.Op, out):
         return out
     with torch.no_grad(), torch._C.DisableTorchFunction():
         scale = rule.output_scale(op, out.detach())
+        if isinstance(scale, torch.Tensor) and scale.shape != out.shape:  # a factor that broadcasts over the output
+            scale = _broadcast(rule, scale, out.shape)
     out, held = _hook_holder(op, out)
-    scale = scale.reshape(held.shape)
+    if isinstance(scale, torch.Tensor):
+        scale = scale.reshape(held.shape)
     held.register_hook(lambda g: None if g is None else _rescaled(g, scale))  # None: no gradient reached it
     return out
+
+
+def _broadcast(rule: Rule, scale: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    try:
+        return scale.expand(shape)
+    except RuntimeError:
+        raise RuntimeError(f"{rule!r}.output_scale returned shape {tuple(scale.shape)}, which does not broadcast to the "
+                           f"output's {tuple(shape)}") from None
 
 
 def _rescaled(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -201,6 +253,12 @@ def _hooked(rule: Rule, op: ops.Op, out):
 def apply_rule(rule: Rule, op: ops.Op):
     """Runs ``op`` with ``rule``'s backward; handles in-place calls and returned pooling indices."""
     refuse_checkpoint(rule, op)  # NOTE: [Rules and activation checkpointing]
+    if op.fn is None and type(rule).forward is Rule.forward:
+        raise NotImplementedError(
+            f"{rule!r} cannot apply to a {op.kind!r} op (nn.MultiheadAttention, nn.LSTM, nn.GRU, nn.RNN): it is one fused "
+            "call whose tensors no rule sees, so a rule there can only refuse it (xattr.rule.Refuse). Remove that key "
+            "from the mapping to give the op its ordinary gradient"
+        )
     tensors = op.tensors
     if _runs_in_place(rule, op):
         with torch._C.DisableTorchFunction():

@@ -21,14 +21,27 @@ class Saved(NamedTuple):
     output: torch.Tensor | None = None
 
 
+class _NotKept(tuple):
+    """``saved.inputs`` of a rule that keeps no inputs: empty, and indexing it says why."""
+
+    def __getitem__(self, index):
+        raise IndexError("saved.inputs is empty: this rule keeps no inputs (set keep_inputs = True, or override keeps(op))")
+
+
+NOT_KEPT = _NotKept()
+
+
 class Rule:
     """A modified backward pass for some kinds of operation (subclass it; see docs/rules.md).
 
-    Override ``backward(op, saved, grad)`` to return one gradient per tensor of ``op.tensors``
+    Override ``backward(op, saved, grad)`` to return a tuple with one gradient per tensor of the op
     (None where there is none), and optionally ``forward(op, *tensors) -> (output, extras)`` to
-    compute tensors the backward needs. Set ``kinds`` to the op kinds the rule accepts and
+    compute tensors the backward needs (output: ``op.fn(*tensors)``; extras: a tuple of new
+    tensors). Set ``kinds`` to a frozenset of the op kinds the rule accepts (`ops.KINDS`) and
     ``keep_inputs = True`` to receive the op's inputs in ``saved.inputs`` (``keep_output = True``:
-    its output in ``saved.output``).
+    its output in ``saved.output``, a copy outside transforms: NOTE: [A kept output is a copy]).
+    ``forward``, ``backward`` and ``input_grad`` receive the op without its tensors
+    (``op.tensors == ()``); ``accepts``, ``keeps`` and ``scales_output`` receive them.
 
     A rule in a DeepLift mapping that never reads an example's row beside its reference's (it
     pairs no rows) may set ``shares_reference = True``: DeepLift may then run one reference row
@@ -58,12 +71,16 @@ class Rule:
         return op.fn(*tensors), ()
 
     def backward(self, op: ops.Op, saved: Saved, grad: torch.Tensor) -> tuple:
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} has no backward(op, saved, grad): every rule needs one (a rule with input_grad or "
+            "output_scale too: under torch.func transforms and at in-place calls on views it runs)"
+        )
 
     def input_grad(self, op: ops.Op, grad: torch.Tensor) -> torch.Tensor:
         """The rule's gradient from the op's ordinary input gradient ``grad`` (optional; elementwise
-        kinds). ``grad`` is the op's own backward result, used nowhere else: change it in place."""
-        raise NotImplementedError
+        kinds). ``grad`` is the op's own backward result, used nowhere else: change it in place, and
+        return it (returning None would leave the op no gradient: it is refused)."""
+        raise NotImplementedError(f"{type(self).__name__} has no input_grad(op, grad)")
 
     def _reroute(self, op: ops.Op) -> ops.Op:
         """The op to run instead, called with the op's own tensors before it runs (optional): the
@@ -79,8 +96,8 @@ class Rule:
 
     def output_scale(self, op: ops.Op, out: torch.Tensor) -> torch.Tensor:
         """The factor of the incoming gradient, from the op's output (called without grad, where
-        `scales_output` said yes); ``backward`` must give the same gradients (transforms use it)."""
-        raise NotImplementedError
+        `scales_output` said yes): a tensor that broadcasts to ``out``, or a number; ``backward`` must give the same gradients (transforms use it)."""
+        raise NotImplementedError(f"{type(self).__name__}.scales_output said yes but it has no output_scale(op, out)")
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())

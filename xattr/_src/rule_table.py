@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import ops
@@ -24,6 +25,7 @@ class Table:
         for key, rule in mapping.items():
             if not isinstance(rule, rule_base.Rule):
                 raise TypeError(f"rules maps keys to xattr.rule.Rule objects; {key!r} maps to {type(rule).__name__}")
+            _check_kinds(rule)
             if isinstance(key, str):
                 self.by_name[key] = rule
             elif isinstance(key, type) and issubclass(key, nn.Module):
@@ -35,8 +37,10 @@ class Table:
                 _check_accepts(key, kind, rule)
                 if kind in self.by_kind and self.by_kind[kind][1] is not rule:
                     raise ValueError(
-                        f"{self.by_kind[kind][0]!r} and {key!r} both stand for every {kind!r} op but map to different "
-                        "rules; key by module type (e.g. nn.Conv1d vs nn.Conv2d) to tell them apart"
+                        f"{_name(self.by_kind[kind][0])} and {_name(key)} both stand for every {kind!r} op but map to "
+                        "different rules; key by module type (e.g. nn.Conv1d vs nn.Conv2d) to tell them apart. To "
+                        "replace an entry of a shipped mapping (lrp_rules(), epsilon_plus()), key by the same function "
+                        f"({_name(self.by_kind[kind][0])}) or delete that entry first"
                     )
                 self.by_kind[kind] = (key, rule)
             else:
@@ -101,14 +105,51 @@ class Table:
             yield self.by_type.get(cls)
 
 
+def _name(fn) -> str:
+    """``F.relu``, ``torch.sigmoid``, ``Tensor.relu``: how a torch function key is written (for errors)."""
+    for prefix, space in (("F", F), ("torch", torch), ("Tensor", torch.Tensor)):
+        for name in dir(space):
+            if not name.startswith("_") and getattr(space, name, None) is fn:
+                return f"{prefix}.{name}"
+    return repr(fn)
+
+
+def _check_kinds(rule: rule_base.Rule) -> None:
+    """Refuses a rule whose ``kinds`` is not a collection of op kind names (``kinds = "relu"``
+    would test substrings: "elu" is in "relu"; ``{"ReLU"}`` would never match), or is empty where
+    the rule decides by kind alone: such a rule would be silently skipped at every op."""
+    kinds = rule.kinds
+    if isinstance(kinds, str) or not isinstance(kinds, (set, frozenset, tuple, list)):
+        raise TypeError(f"{type(rule).__name__}.kinds must be a frozenset of op kinds such as frozenset({{'relu'}}), "
+                        f"not {kinds!r}")
+    unknown = sorted(k for k in kinds if k not in ops.KINDS)
+    if unknown:
+        raise ValueError(f"{type(rule).__name__}.kinds names no op kind: {unknown}; the kinds are {sorted(ops.KINDS)}")
+    if not kinds and type(rule).accepts is rule_base.Rule.accepts:
+        raise ValueError(f"{type(rule).__name__}.kinds is empty, so the rule applies to no op: set kinds (or override "
+                         "accepts(op))")
+
+
+def merged(defaults: Mapping, mapping: Mapping | None) -> dict:
+    """``{**defaults, **mapping}`` where a torch-function key of ``mapping`` also replaces the
+    defaults' key of its kind: ``{torch.relu: rule}`` over DeepLift's ``{F.relu: Rescale()}``
+    replaces it (the two stand for one kind, which a mapping may map to only one rule)."""
+    mapping = dict(mapping or {})
+    kinds = {ops.KIND_OF[k] for k in mapping if _is_kind_key(k)}
+    return {**{k: r for k, r in defaults.items() if not (_is_kind_key(k) and ops.KIND_OF[k] in kinds)}, **mapping}
+
+
+def _is_kind_key(key) -> bool:
+    return not isinstance(key, (str, type, nn.Module)) and key in ops.KIND_OF
+
+
 def _check_accepts(key, kind: str, rule: rule_base.Rule) -> None:
     """Refuses a kind key whose rule declares it never applies to that kind (``{F.relu: Gamma()}``):
     the rule would be silently skipped at every such op. A rule with its own ``accepts`` decides
     per op, so it is left to decide."""
     if type(rule).accepts in (rule_base.Rule.accepts, accepts_relus) and kind not in rule.kinds:
-        name = getattr(key, "__name__", repr(key))
         raise ValueError(
-            f"rules: {name} stands for every {kind!r} op, but {type(rule).__name__} applies to {sorted(rule.kinds)} "
+            f"rules: {_name(key)} stands for every {kind!r} op, but {type(rule).__name__} applies to {sorted(rule.kinds)} "
             "ops only, so it would never run; key it by an op of one of those kinds, or by module"
         )
 

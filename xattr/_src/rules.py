@@ -29,8 +29,9 @@ A mapping key is one of
   - a module name (``"features.0"``), resolved against ``root`` (found behind f when omitted).
 For each intercepted op, modules are searched from the innermost running module outwards; at
 each module its name, then the instance, then its type; then the op's kind. The first rule
-that accepts the op's kind (``rule.kinds``) wins; none leaves the ordinary gradient (a kind key
-whose rule does not accept that kind is refused when the mapping is built). Module keys
+that accepts the op (``rule.accepts(op)``, by default ``op.kind in rule.kinds``) wins; none
+leaves the ordinary gradient (a kind key whose rule does not accept that kind is refused when the
+mapping is built, and so are ``kinds`` that are no set of known kinds). Module keys
 track the running modules with global forward hooks that exist only during the call.
 """
 
