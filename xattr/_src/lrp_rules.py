@@ -405,8 +405,9 @@ _SOFTMAX = (
 )
 _FUSED = (
     "LRP cannot see inside nn.MultiheadAttention: it runs as one fused op. Write attention with "
-    "F.scaled_dot_product_attention (xattr then holds the attention weights constant, the AH rule), "
-    "or map F.multi_head_attention_forward to a rule of your own."
+    "F.scaled_dot_product_attention (xattr then holds the attention weights constant, the AH rule; "
+    "docs/lrp.md, Transformers), or leave F.multi_head_attention_forward out of the mapping to give it "
+    "its ordinary gradient (relevance is then not conserved through it)."
 )
 
 _RECURRENT = (
