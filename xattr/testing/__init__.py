@@ -4,7 +4,7 @@ In the spirit of ``jax.test_util.check_grads``: each ``check_*`` returns None wh
 holds and raises AssertionError saying where and by how much it fails, with ``atol``/``rtol``
 defaulting by dtype (`default_tolerance`).
 
-Checkers (xattr.testing.checks):
+Checkers (xattr.testing.checks, xattr.testing.rule_checks):
   check_completeness               sum of attributions == f(x) - f(baseline), per example
   check_batch_invariance           batched result == per-example loop (or batch prefixes)
   check_chunk_invariance           the same result for every chunk_size
@@ -14,6 +14,7 @@ Checkers (xattr.testing.checks):
   check_implementation_invariance  functionally equal models get equal attributions
   check_dtype_device               attributions keep the inputs' structure, shape, dtype, device
   check_grads_match_finite_differences   xattr.grad against central differences
+  check_rule_paths                 a rule's input_grad/output_scale hooks agree with its backward
   assert_trees_close               the comparison every checker uses
 
 Strategies (``xattr.testing.strategies``, needs the ``hypothesis`` package): small random
@@ -40,6 +41,7 @@ from .checks import (
     check_symmetry,
     default_tolerance,
 )
+from .rule_checks import check_rule_paths
 
 __all__ = [
     "assert_trees_close",
@@ -51,6 +53,7 @@ __all__ = [
     "check_grads_match_finite_differences",
     "check_implementation_invariance",
     "check_linearity",
+    "check_rule_paths",
     "check_symmetry",
     "default_tolerance",
 ]
