@@ -474,9 +474,8 @@ class SeqFirst(nn.Module):
 
 
 def test_sequence_first_layers_are_batch_invariant_where_the_rows_do_not_collide():
-    """DeepLift pairs rows in dim 0 (NOTE: [Paired rows]); inside a sequence-first layer the rows
-    sit in dim 1, so its ReLUs keep their ordinary derivative (documented) and each example alone
-    still gives its row, with guided backprop too."""
+    """Inside a sequence-first layer the rows sit in dim 1, where DeepLift's rules find them (NOTE:
+    [Rows in dim 0 or dim 1]); each example alone gives its row, with guided backprop too."""
     model = _seeded(15, SeqFirst)
     x = _randn(3, 7, D, seed=16)  # 7 tokens: neither 3 + 1 nor 2 * 3 rows
     f = xattr.target(model, 0)
@@ -486,10 +485,15 @@ def test_sequence_first_layers_are_batch_invariant_where_the_rows_do_not_collide
         torch.testing.assert_close(alone, attr(x, **kw), rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.xfail(strict=True, reason="known: a sequence dim equal to DeepLift's row count (B + 1 or 2B) is taken for the rows")
-def test_sequence_first_layer_whose_length_equals_the_rows():
+@pytest.mark.parametrize("length, kw", [(4, {}), (6, {"baselines": "flip"}), (2, {})], ids=["B+1", "2B", "2"])
+def test_sequence_first_layer_whose_length_equals_the_rows(length, kw):
+    """A sequence-first (L, R, D) tensor with L equal to DeepLift's row count (3 + 1 shared, 2 * 3
+    paired) looked batch-first, and its positions were paired as if they were examples: an example
+    alone differed from its row in the batch by 1e-2 to 7e-2, with no error. Such a call now runs
+    again with more rows (NOTE: [Rows in dim 0 or dim 1]); L == 2 is B == 1's row count."""
     model = _seeded(15, SeqFirst)
-    x = _randn(3, 4, D, seed=16)  # 4 tokens == 3 inputs + 1 shared reference row
+    x = _randn(3, length, D, seed=16)
+    kw = {"baselines": x.flip(0) * 0.1} if kw else {}
     attr = xattr.deep_lift(xattr.target(model, 0))
-    alone = torch.cat([attr(x[j : j + 1]) for j in range(3)])
-    torch.testing.assert_close(alone, attr(x), rtol=1e-9, atol=1e-11)
+    alone = torch.cat([attr(x[j : j + 1], **{k: v[j : j + 1] for k, v in kw.items()}) for j in range(3)])
+    torch.testing.assert_close(alone, attr(x, **kw), rtol=1e-9, atol=1e-11)

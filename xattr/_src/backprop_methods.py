@@ -7,7 +7,9 @@ with ``F.relu``, in-place and reused ReLUs, and composes with ``at_layer`` and `
     xattr.deep_lift(xattr.neuron(split, idx), baselines=b)     # Captum's NeuronDeepLift
 
 Shared arguments: ``f``, ``argnums`` and ``chunk_size`` as in methods.py. DeepLift runs each
-example and its reference in one call (NOTE: [Paired rows]), so a call holds at least 2B rows.
+example and its reference in one call (NOTE: [Paired rows]): 2B rows, or B + 1 (NOTE: [Shared
+reference]), and more where a sequence-first tensor could hold them in two dims (NOTE: [Rows in
+dim 0 or dim 1]).
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import torch.nn.functional as F
 
 from . import tree as T
 from .checks import baselines_tuple, is_traced, warn_if_training
-from .deeplift_rules import Deconv, Guided, Rescale, paired_rows
+from .deeplift_rules import Deconv, Guided, Rescale
 from .gradients import attribution_fn, is_multi_output, vjp_rows
 from .layer_methods import grad_cam, upsample
 from .layers import Split, layer_vjp_rows
 from .methods import _gap
 from .rule_limits import first_order_only
+from .row_layout import rows_dim, rows_scope, unambiguous
 from .rule_table import merged
 from .rules import rules
 from .sampling import distribution
@@ -127,6 +130,8 @@ def _multipliers(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: i
     with copies*B rows. Each call holds whole pairs of copies (NOTE: [Paired rows]); with
     ``shared`` (`_can_share`; every copy's B reference rows are one row repeated), a call of c
     copies holds their c*B input rows and one reference row per copy (NOTE: [Shared reference]).
+    A call with a tensor whose rows could sit in dim 0 or dim 1 runs again with its copies
+    repeated (NOTE: [Rows in dim 0 or dim 1]).
     """
     selected = T.split_args(args, nums)[0]
     batch = T.batch_size(selected)
@@ -134,25 +139,37 @@ def _multipliers(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: i
     ends, refs, grads = [], [], []
     for s, e in T.chunks(copies, batch + 1 if shared else 2 * batch, chunk_size):
         c, rows = e - s, (e - s) * batch
-        xs = T.fold(selected, c)
-        if shared:
-            bs = T.tree_map(lambda b: b[s * batch : e * batch : batch], base_rows)  # copy k's row
-            call = T.split_args(args, nums)[1](T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), xs, bs))
-            with paired_rows(rows + c, reference_grads=False, shared=c):
-                out, g = vjp_rows(_ExpandShared(ruled), call, nums, weights=_first_half(rows, device), method="deep_lift")
-        else:
-            bs = T.tree_map(lambda b: b[s * batch : e * batch], base_rows)
-            both = T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), xs, bs)
-            call = tuple(a if i in nums else T.fold(a, 2 * c, batch) for i, a in enumerate(args))
-            with paired_rows(2 * rows, reference_grads=False):
-                out, g = vjp_rows(ruled, T.split_args(call, nums)[1](both), nums, weights=_first_half(rows, device), method="deep_lift")
-        ends.append(out[:rows])
-        refs.append(out[rows:])
-        grads.append(T.tree_map(lambda t: t[:rows], g))
+
+        def call(k, notes, s=s, e=e, c=c, rows=rows):  # the chunk's c copies, repeated k times
+            xs = T.fold(selected, c * k)
+            if shared:
+                bs = T.tree_map(lambda b: _tiled(b[s * batch : e * batch : batch], k), base_rows)  # each copy's row
+                rows_args = T.split_args(args, nums)[1](T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), xs, bs))
+                with rows_scope(k * (rows + c), reference_grads=False, shared=c * k, notes=notes):
+                    out, g = vjp_rows(_ExpandShared(ruled), rows_args, nums, weights=_first_half(k * rows, device),
+                                      method="deep_lift")
+            else:
+                bs = T.tree_map(lambda b: _tiled(b[s * batch : e * batch], k), base_rows)
+                both = T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), xs, bs)
+                folded = tuple(a if i in nums else T.fold(a, 2 * c * k, batch) for i, a in enumerate(args))
+                with rows_scope(2 * k * rows, reference_grads=False, notes=notes):
+                    out, g = vjp_rows(ruled, T.split_args(folded, nums)[1](both), nums, weights=_first_half(k * rows, device),
+                                      method="deep_lift")
+            return out[:rows], out[k * rows : (k + 1) * rows], T.tree_map(lambda t: t[:rows], g)
+
+        end, ref, g = unambiguous(call, rows + c if shared else 2 * rows)
+        ends.append(end)
+        refs.append(ref)
+        grads.append(g)
     if len(ends) == 1:  # one call: no copies
         return ends[0], refs[0], grads[0]
     cat = lambda *ts: torch.cat(ts)  # noqa: E731
     return torch.cat(ends), torch.cat(refs), T.tree_map(cat, *grads)
+
+
+def _tiled(t: torch.Tensor, k: int) -> torch.Tensor:
+    """t's rows repeated k times (copy-major): the copies of a retried call."""
+    return t if k == 1 else t.repeat((k,) + (1,) * (t.ndim - 1))
 
 
 class _ExpandShared:
@@ -339,23 +356,46 @@ def _split_with(split: Split, mapping: Mapping, root=None) -> Split:
 def _layer_pairs(split: Split, args: tuple, nums: tuple, base_rows, copies: int, *, shared: bool = False):
     """(h, h_ref, multipliers at h, outputs, reference outputs) for copies x B paired rows, or
     with ``shared`` for their inputs and one reference row per copy (NOTE: [Shared reference]):
-    h_ref is then each copy's row repeated over its batch (an expanded view for one copy)."""
+    h_ref is then each copy's row repeated over its batch (an expanded view for one copy). Run
+    again with the copies repeated where a tensor is ambiguous (NOTE: [Rows in dim 0 or dim 1])."""
     selected = T.split_args(args, nums)[0]
     batch = T.batch_size(selected)
     rows = copies * batch
-    if shared:
-        bs = T.tree_map(lambda b: b[::batch], base_rows)  # copy k's row
-        both = T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), T.fold(selected, copies), bs)
-        with paired_rows(rows + copies, reference_grads=False, shared=copies):
-            h, out, g = layer_vjp_rows(split, T.split_args(args, nums)[1](both), weights=_first_half(rows, out_device(selected)))
-        head, ref = (lambda t: t[:rows]), (lambda t: T.repeat_references(t[rows:], rows, copies))  # noqa: E731
-        return T.tree_map(head, h), T.tree_map(ref, h), T.tree_map(head, g), out[:rows], out[rows:]
-    both = T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), T.fold(selected, copies), base_rows)
-    call = tuple(a if i in nums else T.fold(a, 2 * copies, batch) for i, a in enumerate(args))
-    with paired_rows(2 * rows, reference_grads=False):
-        h, out, g = layer_vjp_rows(split, T.split_args(call, nums)[1](both), weights=_first_half(rows, out_device(selected)))
-    top, bottom = (lambda t: t[:rows]), (lambda t: t[rows:])  # noqa: E731
-    return T.tree_map(top, h), T.tree_map(bottom, h), T.tree_map(top, g), out[:rows], out[rows:]
+    weights = lambda k: _first_half(k * rows, out_device(selected))  # noqa: E731
+
+    def call(k, notes):
+        xs = T.fold(selected, copies * k)
+        if shared:
+            bs = T.tree_map(lambda b: _tiled(b[::batch], k), base_rows)  # each copy's row
+            both = T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), xs, bs)
+            with rows_scope(k * (rows + copies), reference_grads=False, shared=copies * k, notes=notes):
+                h, out, g = layer_vjp_rows(split, T.split_args(args, nums)[1](both), weights=weights(k))
+                _check_layer_rows(h)
+            head = lambda t: t[:rows]  # noqa: E731
+            ref = lambda t: T.repeat_references(t[k * rows : k * rows + copies], rows, copies)  # noqa: E731
+            return T.tree_map(head, h), T.tree_map(ref, h), T.tree_map(head, g), out[:rows], out[k * rows : (k + 1) * rows]
+        both = T.tree_map(lambda x, b: torch.cat([x, b.to(x.dtype)]), xs, T.tree_map(lambda b: _tiled(b, k), base_rows))
+        folded = tuple(a if i in nums else T.fold(a, 2 * copies * k, batch) for i, a in enumerate(args))
+        with rows_scope(2 * k * rows, reference_grads=False, notes=notes):
+            h, out, g = layer_vjp_rows(split, T.split_args(folded, nums)[1](both), weights=weights(k))
+            _check_layer_rows(h)
+        top, bottom = (lambda t: t[:rows]), (lambda t: t[k * rows : (k + 1) * rows])  # noqa: E731
+        return T.tree_map(top, h), T.tree_map(bottom, h), T.tree_map(top, g), out[:rows], out[k * rows : (k + 1) * rows]
+
+    return unambiguous(call, rows + copies if shared else 2 * rows)
+
+
+def _check_layer_rows(h) -> None:
+    """Refuses a layer activation without the call's rows in dim 0 (a sequence-first layer's
+    ``(L, B, D)``), whose rows would be read from the wrong dim; one that could hold them in dim 0
+    or dim 1 retries the call (NOTE: [Rows in dim 0 or dim 1])."""
+    for t in T.leaves(h):
+        if rows_dim(t) != 0:
+            raise ValueError(
+                f"layer DeepLift: the layer's activation of shape {tuple(t.shape)} does not hold the call's rows "
+                "(inputs and references) in dim 0; attribute at a batch-first layer (a sequence-first layer's output is "
+                "(L, B, ...): attribute where the model is batch-first, or use batch_first=True)"
+            )
 
 
 def out_device(selected):

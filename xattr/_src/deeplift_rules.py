@@ -4,11 +4,15 @@ NOTE: [Paired rows]
 DeepLift compares each example with its reference. Like Captum, xattr runs both in one batch:
 rows ``[x_1..x_B, r_1..r_B]``, so every intercepted op sees its input as two halves, and the
 Rescale multiplier of an element is ``(y_i - y_ref_i) / (x_i - x_ref_i)`` with the same value on
-both halves. ``deep_lift`` records the number of rows it feeds (`paired_rows`); an op whose input
-has another number of rows in dim 0 (a parameter, a reshaped sequence layout) does not carry the
-batch, so it keeps its ordinary derivative, and so does every op outside a `paired_rows` block
-(``rules(model, deep_lift_rules())`` alone never pairs example i with example i + B/2). The rules propagate the gradient of each half from
-that half's own cotangent; ``deep_lift`` seeds the input half only.
+both halves. ``deep_lift`` records the number of rows it feeds (`paired_rows`), and a rule finds
+them in dim 0 of its input, or in dim 1 of a 3-d sequence-first ``(L, R, D)`` input, where it
+runs on the transposed views; where a 3-d tensor could hold them in either dim, the call runs
+again with more rows (NOTE: [Rows in dim 0 or dim 1] in row_layout.py). An op whose input holds
+no dim of that size where the rows may sit (a parameter, the batch merged with another dim, a
+sequence-first tensor of another rank) does not carry the batch, so it keeps its ordinary
+derivative, and so does every op outside a `paired_rows` block (``rules(model,
+deep_lift_rules())`` alone never pairs example i with example i + B/2). The rules propagate the
+gradient of each half from that half's own cotangent; ``deep_lift`` seeds the input half only.
 
 NOTE: [Shared reference]
 When every example has the same reference (a number, one row broadcast over the batch, or a
@@ -27,8 +31,6 @@ argument beside the inputs or a batch of one.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
 
 import torch
@@ -37,42 +39,8 @@ from torch.func import jvp
 from . import ops
 from . import tree as T
 from .graph_hooks import accepts_relus
+from .row_layout import _ROWS, paired_rows, rows_dim  # noqa: F401 (_ROWS, paired_rows: their home before row_layout.py)
 from .rule_base import Rule, Saved
-
-_ROWS: contextvars.ContextVar = contextvars.ContextVar("xattr_paired_rows", default=(None, True, 0))
-
-
-@contextlib.contextmanager
-def paired_rows(rows: int, *, reference_grads: bool = True, shared: int = 0):
-    """Declares that ops of this many rows hold inputs then references (NOTE: [Paired rows]).
-
-    ``reference_grads=False`` promises that only the input half is seeded (deep_lift's case):
-    rules may then skip the reference half's multipliers and give it zero gradients.
-    ``shared=c`` (``True`` is 1): the rows are ``rows - c`` inputs, c copies of a batch one after
-    the other, then c reference rows, one shared by each copy (NOTE: [Shared reference]); it
-    needs ``reference_grads=False``, and it also declares the layout to per-example output
-    selections (`tree.shared_reference`).
-    """
-    shared = int(shared)
-    if shared and reference_grads:
-        raise ValueError("paired_rows(shared=...) gives the shared reference rows no gradient: pass reference_grads=False")
-    if shared and (rows - shared) % shared:
-        raise ValueError(f"paired_rows: {rows - shared} input rows do not split into {shared} copies of a batch")
-    token = _ROWS.set((rows, reference_grads, shared))
-    try:
-        if shared:
-            with T.shared_reference(rows - shared, shared):
-                yield
-        else:
-            yield
-    finally:
-        _ROWS.reset(token)
-
-
-def _paired(x: torch.Tensor) -> bool:
-    expected = _ROWS.get()[0]
-    return expected is not None and x.ndim > 0 and x.shape[0] == expected
-
 
 def _halves(t: torch.Tensor):
     """The input rows and the reference rows of paired rows, as two views: two halves; or the
@@ -345,7 +313,8 @@ class Rescale(Rule):
     argmax positions of each, and divided by ``x - x_ref`` (so summation-to-delta holds through
     the pool). Softmax: the elementwise multipliers times g, minus their mean over the softmax
     dim (the paper's normalisation; per example, where Captum takes the mean over the whole
-    doubled batch). Rows pair as in NOTE: [Paired rows].
+    doubled batch). Rows pair as in NOTE: [Paired rows], in dim 0 or, in a sequence-first 3-d
+    tensor, dim 1 (NOTE: [Rows in dim 0 or dim 1]).
     """
 
     kinds = ops.ELEMENTWISE | {"max_pool", "softmax"}
@@ -356,29 +325,58 @@ class Rescale(Rule):
 
     def forward(self, op, x, *bounds):  # bounds: a clamp's tensor bounds under transforms (ops.py)
         eps = floored(self.eps, x.dtype)
+        dim = rows_dim(x)  # NOTE: [Rows in dim 0 or dim 1]
+        if dim == 1:  # a sequence-first layout: the dim-0 rule on the transposed views
+            if op.kind != "max_pool" or x.ndim - op.options["nd"] > 1:
+                return self._rows_second(op, x, bounds, eps)
+            dim = None  # an unbatched pool over (rows, ...): it mixes rows, no pairs to keep
         if op.kind == "max_pool":
             y, indices = pool_with_indices(op, x)
             shape = x.new_zeros(()).expand(x.shape)  # the input's shape, no storage
-            if not _paired(x):
+            if dim is None:
                 return y, (indices, shape)
             return y, (indices, shape, *self._max_pool_terms(op, x, y, indices, eps))
         y = op.fn(x, *bounds)
-        paired = _paired(x)
         if op.kind == "softmax":
-            if not paired:
+            if dim is None:
                 return y, (y.clone(),)
-            dx, dy = _delta(x), _delta(y)
-            # a score masked in both rows (-inf, an attention mask) is a tie: -inf - -inf is nan,
-            # which divided dy into nan multipliers (NaN attributions through masked attention)
-            near = (dx.abs() < eps) | dx.isnan()
-            ratio = dy / torch.where(near, torch.ones_like(dx), dx)
-            return y, (ratio, near, y.clone())
-        if not paired:
+            return y, (*self._softmax_terms(x, y, eps), y.clone())
+        if dim is None:
             return y, (derivative(op, x, y),)
         return y, (_rescaled(op, x, y, eps, rows=x.shape[0] if _ROWS.get()[2] else None),)
 
+    @staticmethod
+    def _softmax_terms(x, y, eps: float) -> tuple:
+        dx, dy = _delta(x), _delta(y)
+        # a score masked in both rows (-inf, an attention mask) is a tie: -inf - -inf is nan,
+        # which divided dy into nan multipliers (NaN attributions through masked attention)
+        near = (dx.abs() < eps) | dx.isnan()
+        return dy / torch.where(near, torch.ones_like(dx), dx), near
+
+    def _rows_second(self, op, x, bounds, eps: float):
+        """`forward` where the rows sit in dim 1: the extras hold every row (the elementwise
+        multipliers and the softmax terms in x's layout, so the backward is unchanged; the
+        max-pool's terms transposed, which its backward tells by their shape)."""
+        xt = x.transpose(0, 1)
+        if op.kind == "max_pool":
+            yt, indices = pool_with_indices(op, xt)
+            extras = (indices, xt.new_zeros(()).expand(xt.shape), *self._max_pool_terms(op, xt, yt, indices, eps))
+            return yt.transpose(0, 1).contiguous(), extras
+        y = op.fn(x, *bounds)
+        yt = y.transpose(0, 1)
+        if op.kind == "softmax":
+            ratio, near = self._softmax_terms(xt, yt, eps)
+            return y, (ratio.transpose(0, 1), near.transpose(0, 1), y.clone())
+        rows, reference_grads, shared = _ROWS.get()[:3]
+        m = _rescaled(op, xt, yt, eps, rows=None if reference_grads else rows)  # the reference rows: none, or zeros
+        if m.shape[0] != rows:  # both halves seeded: each pair's multipliers on both
+            m = torch.cat([m, m])
+        return y, (m.transpose(0, 1),)
+
     def backward(self, op, saved: Saved, grad):
         if op.kind == "max_pool":
+            if grad.shape[0] != saved.extras[0].shape[0]:  # rows in dim 1: terms transposed (`_rows_second`)
+                return (self._max_pool(op, saved.extras, grad.transpose(0, 1)).transpose(0, 1),)
             return (self._max_pool(op, saved.extras, grad),)
         if op.kind == "softmax":
             *paired, y = saved.extras
