@@ -212,7 +212,7 @@ def test_kernel_shap_draws_sizes_by_the_shapley_kernel():
     p = p / p.sum()
     freq = torch.bincount(sizes, minlength=m)[1:].to(D) / n
     assert (freq - p).abs().max() < 4 * math.sqrt(0.25 / n)
-    per_feature = z[sizes == 2].mean(0)  # uniform subsets: each feature in 2/m of the size-2 ones
+    per_feature = z[sizes == 2].to(D).mean(0)  # uniform subsets: each feature in 2/m of the size-2 ones
     assert (per_feature - 2 / m).abs().max() < 0.03
 
 

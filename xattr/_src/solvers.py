@@ -31,8 +31,13 @@ system on that active set is solved exactly and checked (signs agree, |gradient|
 the set), a failed check corrected by up to three primal-dual active-set steps (keep the
 features whose sign held, add those whose gradient exceeds alpha). A passed check makes the
 result the exact minimiser, not an approximation to a tolerance; LIME's problems usually pass
-within the first few solves. Problems without a unique solution stop on scikit-learn's
-criterion instead, a duality gap below ``tol`` times the weighted variance of y.
+within the first few solves. With at most half as many samples as features (N <= F / 2) the
+support and signs come from the solution path instead (NOTE: [Lasso by homotopy when samples
+are few] in lasso_path.py), then the same exact solve and check: proximal gradient needed
+thousands of steps there (3 s for 50 samples over 256 features), the path about N. Problems
+without a unique solution stop on scikit-learn's criterion instead, a duality gap below ``tol``
+times the weighted variance of y. X may be bool (LIME's and KernelSHAP's coalitions): each step
+of samples is made float64 as it is read.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ import dataclasses
 import warnings
 
 import torch
+
+from .lasso_path import lasso_path
 
 
 def sample_rows(memory_budget: int | None, batch: int, n_features: int, n_samples: int, copies: int = 2) -> int:
@@ -75,7 +82,7 @@ def normal_equations(X, y, w, fit_intercept: bool, rows: int, normalise: bool = 
     wn = w / s if normalise else w
     gram, xty = xm.new_zeros(B, F, F), xm.new_zeros(B, F, y.shape[2])
     for a, b in _spans(N, rows):
-        xc = torch.sub(X[:, a:b], xm[:, None])  # float64, centred (subtracting exact zeros without an intercept)
+        xc = X[:, a:b].to(torch.float64, copy=True).sub_(xm[:, None])  # centred (exact zeros without an intercept); X may be bool
         xw = xc * wn[:, a:b, None]
         gram.baddbmm_(xw.transpose(1, 2), xc)
         xty.baddbmm_(xw.transpose(1, 2), y[:, a:b])
@@ -141,8 +148,9 @@ class lasso:  # noqa: N801
 
     ``lasso(alpha)(X, y, sample_weight) -> (coef, intercept)``: NOTE [Batched surrogate fits].
     ``tol``: the duality-gap tolerance (relative to the weighted variance of y) for problems
-    whose solution is not unique; ``max_iter``: proximal-gradient steps at most; ``check_every``:
-    steps between exact KKT solves.
+    whose solution is not unique; ``max_iter``: proximal-gradient steps at most (none are taken
+    where the solution path, used for N <= F / 2, finds the minimiser); ``check_every``: steps
+    between exact KKT solves.
     """
 
     alpha: float = 0.01
@@ -156,7 +164,10 @@ class lasso:  # noqa: N801
         rows = sample_rows(memory_budget, *X.shape[::2], X.shape[1])
         gram, r, yc, xm, ym, wn = normal_equations(X, y, sample_weight, self.fit_intercept, rows, normalise=True)
         yy = torch.einsum("bn,bnk->bk", wn, yc * yc)  # (B, K)
-        beta = lasso_gram(gram, r, yy, self.alpha, tol=self.tol, max_iter=self.max_iter, check_every=self.check_every)
+        N, F = X.shape[1:]
+        path = 2 * N <= F  # NOTE: [Lasso by homotopy when samples are few]
+        beta = lasso_gram(gram, r, yy, self.alpha, tol=self.tol, max_iter=self.max_iter, check_every=self.check_every,
+                          path_slots=min(N, F) if path else None)  # fmt: skip
         coef = beta.transpose(1, 2)
         return _out(coef, _intercept(coef, xm, ym), sample_weight.dtype)
 
@@ -202,13 +213,16 @@ def solve_psd(gram: torch.Tensor, rhs: torch.Tensor, rtol: float = 1e-12) -> tor
 
 
 def lasso_gram(
-    gram, r, yy, alpha: float, *, tol: float = 1e-12, max_iter: int = 20_000, check_every: int = 10, refine: int = 3
+    gram, r, yy, alpha: float, *, tol: float = 1e-12, max_iter: int = 20_000, check_every: int = 10, refine: int = 3,
+    path_slots: int | None = None,
 ):
     """argmin_beta 1/2 beta'G beta - r'beta + alpha ||beta||_1 for every (example, output) at once.
 
     gram (B, F, F) symmetric PSD, r (B, F, K), yy (B, K) the weighted sum of squares of the
     centred targets (for the duality gap). Returns beta (B, F, K). NOTE: [Batched surrogate fits].
-    ``refine``: active-set corrections tried after each exact solve that fails its check.
+    ``refine``: active-set corrections tried after each exact solve that fails its check;
+    ``path_slots``: first follow the solution path with at most that many active features
+    (NOTE: [Lasso by homotopy when samples are few]), None: proximal gradient from the start.
     """
     if alpha < 0:
         raise ValueError(f"lasso alpha must be >= 0, got {alpha}")
@@ -233,6 +247,11 @@ def lasso_gram(
     result = r.new_zeros(B, K, F)
     done = torch.zeros(B, K, dtype=torch.bool, device=r.device)
     rt = r.transpose(1, 2)
+    if path_slots is not None:
+        active, sign, _ = lasso_path(gram, r, alpha, path_slots)
+        result, done = _settle(gram_k, rt, active, sign, alpha, slack, refine, result, done)
+        if bool(done.all()):
+            return result.transpose(1, 2)
     for it in range(1, max_iter + 1):
         grad = gram @ momentum - r
         new = _soft(momentum - step * grad, thresh)
@@ -246,14 +265,9 @@ def lasso_gram(
             continue
         # exact solves on beta's support and signs, then on supports corrected by the KKT conditions
         active, sign = (beta != 0).transpose(1, 2), torch.sign(beta).transpose(1, 2)
-        for _ in range(refine + 1):
-            sol, grad_at, valid = _kkt_solve(gram_k, rt, active, sign, alpha, slack)
-            fresh = ~done & valid
-            result = torch.where(fresh[..., None], sol, result)
-            done = done | fresh
-            if bool(done.all()):
-                return result.transpose(1, 2)
-            active, sign = _next_support(sol, grad_at, active, sign, alpha)
+        result, done = _settle(gram_k, rt, active, sign, alpha, slack, refine, result, done)
+        if bool(done.all()):
+            return result.transpose(1, 2)
         # not unique or not found yet: scikit-learn's duality-gap rule on the proximal-gradient iterate
         fresh = ~done & (_duality_gap(gram, r, yy, beta, alpha) <= gap_tol)
         result = torch.where(fresh[..., None], beta.transpose(1, 2), result)
@@ -267,6 +281,20 @@ def lasso_gram(
         stacklevel=3,
     )
     return torch.where(done[:, None, :], result.transpose(1, 2), beta)
+
+
+def _settle(gram_k, rt, active, sign, alpha, slack, refine, result, done):
+    """The exact solve on a guessed support and signs, and up to ``refine`` corrections of it:
+    (result, done) with the problems whose solve passed its KKT check filled in."""
+    for _ in range(refine + 1):
+        sol, grad_at, valid = _kkt_solve(gram_k, rt, active, sign, alpha, slack)
+        fresh = ~done & valid
+        result = torch.where(fresh[..., None], sol, result)
+        done = done | fresh
+        if bool(done.all()):
+            break
+        active, sign = _next_support(sol, grad_at, active, sign, alpha)
+    return result, done
 
 
 def _soft(v, thresh):

@@ -21,6 +21,15 @@ overflows for inputs of a few hundred. `exp_kernel_similarity`'s closed form sum
 of one sign per coalition, never a total minus the kept part: |x - x(z)|^2 = sum_f (1 - z_f)
 sum_{i in f} (x_i - b_i)^2 and |x(z)|^2 = sum_f z_f sum_{i in f} x_i^2 + (1 - z_f) sum_{i in f}
 b_i^2, which cancelled catastrophically on features of mixed scales as |x - b|^2 - z.(...).
+
+NOTE: [Coalitions held as bool]
+The (B, N, F) coalitions are the one tensor of a surrogate call that grows with B * N * F and
+lives for the whole call, so they are held as bool: a quarter of float32's bytes (they were in
+the default dtype, and LIME made a second such copy for its weights). They are made 0/1 floats
+only in the steps that read them: the model's copies (as masks), the exp kernel's dot products
+and the fits' normal equations (float64, a memory budget of samples at a time); a custom
+``similarity_func`` gets each chunk as 0/1 in the output's dtype, a custom solver or
+scikit-learn estimator the whole X so (as documented for them).
 """
 
 from __future__ import annotations
@@ -168,12 +177,13 @@ def lime(
         seeds = None if stream is None else row_seeds(stream, rows)
         device = out.device
         if perturb_func is None:
-            parts = [_bernoulli_draws(s.count(rows), n_samples, s.n, stream, s.pick(seeds), device) for s in sets]
+            budget = fit_budget(memory_budget, device)
+            parts = [_bernoulli_draws(s.count(rows), n_samples, s.n, stream, s.pick(seeds), device, budget) for s in sets]
         else:
             parts = _custom_draws(perturb_func, sets, rows, n_samples, n, seeds, device)
         z = widen(parts, sets, n, rows)
         y = _evaluate(f, args, nums, masks, base, z, aggregate, chunk_size, memory_budget, show_progress)
-        w = _weights(similarity, selected, base, masks, z.to(y.dtype), n, aggregate, as_tuple, chunk_size, memory_budget)
+        w = _weights(similarity, selected, base, masks, z, y.dtype, n, aggregate, as_tuple, chunk_size, memory_budget)
         fit = lime_fit(model, memory_budget)  # NOTE: [Surrogate fits within the memory budget]
         coef = place([fit(zs, s.pick(y), s.pick(w)).to(y.dtype) for s, zs in zip(sets, parts)], sets, n)
         return _result(coef, out, masks, selected, as_tuple, return_input_shape)
@@ -273,13 +283,19 @@ def _result(coef, out, masks, selected, as_tuple, return_input_shape):
     return attr if as_tuple else attr[0]
 
 
-def _bernoulli_draws(rows: int, n: int, m: int, stream, seeds, device) -> torch.Tensor:
-    """LIME's (rows, n, m) coalitions: each feature kept with probability 1/2. Drawn in float32
-    whatever the default dtype (a float64 default drew other numbers from the same seed), then
-    held in the default dtype (0 and 1 are exact in any), written over the draws: no second copy."""
-    u = torch.empty(rows, n, m, device=device, dtype=torch.float32)
-    per_example(stream, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g), seeds)
-    return torch.lt(u, 0.5, out=u).to(torch.get_default_dtype())
+def _bernoulli_draws(rows: int, n: int, m: int, stream, seeds, device, budget: int) -> torch.Tensor:
+    """LIME's (rows, n, m) coalitions, bool: each feature kept with probability 1/2 (NOTE:
+    [Coalitions held as bool]). The uniforms are drawn in float32 whatever the default dtype (a
+    float64 default drew other numbers from the same seed), with a stream for as many examples
+    at a time as ``budget`` bytes hold (each example has its own generator: the same draws)."""
+    z = torch.empty(rows, n, m, device=device, dtype=torch.bool)
+    per = rows if stream is None else max(1, budget // max(1, 4 * n * m))
+    seeds = row_seeds(stream, rows) if seeds is None and per < rows else seeds
+    for a in range(0, rows, per):
+        u = torch.empty(min(per, rows - a), n, m, device=device, dtype=torch.float32)
+        per_example(stream, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g), None if seeds is None else seeds[a : a + per])
+        torch.lt(u, 0.5, out=z[a : a + per])
+    return z
 
 
 def _custom_draws(perturb_func, sets: list[FeatureSet], rows: int, n: int, F: int, seeds, device) -> list[torch.Tensor]:
@@ -299,7 +315,7 @@ def _custom_draws(perturb_func, sets: list[FeatureSet], rows: int, n: int, F: in
             raise ValueError(f"perturb_func must return ({n}, {s.n}) coalitions (n_samples, n_features), got {tuple(z.shape)}")
         if not bool(((z == 0) | (z == 1)).all()):
             raise ValueError("perturb_func must return 0/1 coalitions (1 keeps a feature, 0 sets it to its baseline)")
-        drawn.append(z.to(torch.get_default_dtype()))
+        drawn.append(z != 0)
     return [torch.stack(s.pick(drawn)) for s in sets]
 
 
@@ -340,7 +356,7 @@ def _shapley_draws(rows: int, n: int, m: int, stream, device, seeds=None, budget
     (k - taken so far) / (m - j): every k-subset equally likely, exactly k taken, no sort). With
     a stream and a ``budget``, the float64 uniforms are drawn for as many examples at a time as
     fit it (each example has its own generator: the same draws)."""
-    z = torch.empty(rows, n, m, device=device, dtype=torch.get_default_dtype())
+    z = torch.empty(rows, n, m, device=device, dtype=torch.bool)  # NOTE: [Coalitions held as bool]
     per = rows if stream is None or budget is None else max(1, budget // max(1, 8 * n * (m + 1)))
     seeds = row_seeds(stream, rows) if seeds is None and per < rows else seeds
     for a in range(0, rows, per):
@@ -365,17 +381,19 @@ def _all_coalitions(m: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Every coalition but the empty and the full one (2^m - 2, m), and its Shapley kernel weight
     in the float dtype ``dtype``."""
     ids = torch.arange(1, 2**m - 1, device=device)
-    z = ((ids[:, None] >> torch.arange(m, device=device)) & 1).to(torch.get_default_dtype())
-    k = z.sum(1).long()
+    z = ((ids[:, None] >> torch.arange(m, device=device)) & 1) != 0
+    k = z.sum(1)
     kernel = torch.tensor([0.0] + [(m - 1) / (math.comb(m, j) * j * (m - j)) for j in range(1, m)] + [0.0], dtype=torch.float64)
     return z, kernel.to(device)[k].to(dtype)
 
 
-def _weights(similarity, selected, base, masks, z, n_features, aggregate, as_tuple, chunk_size, memory_budget) -> torch.Tensor:
-    """Similarity weights (rows, N) of every coalition."""
+def _weights(similarity, selected, base, masks, z, dtype, n_features, aggregate, as_tuple, chunk_size, memory_budget) -> torch.Tensor:
+    """Similarity weights (rows, N) of every coalition (z bool), in ``dtype`` promoted to at least
+    float32; a custom similarity_func gets the coalitions as 0/1 in ``dtype``."""
     kind = getattr(similarity, _EXP_KERNEL, None)
+    dt = at_least_float32(dtype)
     if kind is not None:
-        return _exp_kernel_weights(kind, selected, base, masks, z, n_features, aggregate, fit_budget(memory_budget, z.device))
+        return _exp_kernel_weights(kind, selected, base, masks, z, dt, n_features, aggregate, fit_budget(memory_budget, z.device))
     batch = T.batch_size(selected)
     per = copies_per_call(selected, batch, chunk_size, memory_budget, z.shape[1])
     user = lambda tree: tree if as_tuple else tree[0]  # noqa: E731
@@ -383,14 +401,14 @@ def _weights(similarity, selected, base, masks, z, n_features, aggregate, as_tup
     parts = []
     for s in range(0, z.shape[1], per):
         e = min(s + per, z.shape[1])
-        keep = keep_masks(z[:, s:e] != 0, masks, selected, batch)
+        keep = keep_masks(z[:, s:e], masks, selected, batch)
         copies = T.tree_map(lambda x, b, kp: perturb(x.unsqueeze(0), b.unsqueeze(0), kp), selected, base, keep)  # (c, B, ...)
         copies = T.tree_map(lambda c: c[None] if aggregate else c.transpose(0, 1), copies)
-        w = torch.as_tensor(similarity(user(original), user(copies), z[:, s:e]))
+        w = torch.as_tensor(similarity(user(original), user(copies), z[:, s:e].to(dtype)))
         if tuple(w.shape) != (z.shape[0], e - s):
             want = (z.shape[0], e - s)
             raise ValueError(f"similarity_func must return {want} weights (examples, samples), got {tuple(w.shape)}")
-        parts.append(w.to(device=z.device, dtype=at_least_float32(z.dtype)))
+        parts.append(w.to(device=z.device, dtype=dt))
     return torch.cat(parts, 1)
 
 
@@ -406,13 +424,11 @@ def _refuse_vmap(method: str) -> None:
         )
 
 
-def _exp_kernel_weights(kind, selected, base, masks, z, n_features, aggregate, budget: int) -> torch.Tensor:
-    """The exp kernel's weights from per-feature sums (NOTE: [Similarity weights' precision]):
-    with p = x(z) and z' = 1 - z, x.p = z.(sum_f x^2) + z'.(sum_f x b), |p|^2 = z.(sum_f x^2) +
-    z'.(sum_f b^2) and |x - p|^2 = z'.(sum_f (x - b)^2)."""
+def _exp_kernel_weights(kind, selected, base, masks, z, dt, n_features, aggregate, budget: int) -> torch.Tensor:
+    """The exp kernel's weights in ``dt`` from per-feature sums (NOTE: [Similarity weights'
+    precision]): with p = x(z) and z' = 1 - z, x.p = z.(sum_f x^2) + z'.(sum_f x b), |p|^2 =
+    z.(sum_f x^2) + z'.(sum_f b^2) and |x - p|^2 = z'.(sum_f (x - b)^2)."""
     distance, width = kind
-    dt = at_least_float32(z.dtype)
-    z = z.to(dt)
     rows = T.batch_size(selected)
     k = 3 if distance == "cosine" else 1
     sums = torch.zeros(k, rows, n_features, dtype=dt, device=z.device)  # per feature: x^2, x b, b^2 or (x - b)^2
@@ -430,11 +446,10 @@ def _exp_kernel_weights(kind, selected, base, masks, z, n_features, aggregate, b
     if distance == "euclidean":
         # used squared: no sqrt at 0, whose infinite derivative would make the gradient of an
         # attribution NaN under torch.func.grad (the full coalition's distance is 0)
-        sq = _removed_dots(sums[0][:, None], z, budget)[:, 0]  # (rows, N)
+        sq = _coalition_dots(None, sums[0][:, None], z, budget)[:, 0]  # (rows, N)
         return torch.exp(-sq / (2 * width**2))
     xx, xb, bb = sums
-    kept = torch.bmm(xx[:, None], z.transpose(1, 2))  # (rows, 1, N)
-    lin = (kept + _removed_dots(torch.stack([xb, bb], 1), z, budget)).transpose(0, 1)  # (2, rows, N): x.p, |p|^2
+    lin = _coalition_dots(xx[:, None], torch.stack([xb, bb], 1), z, budget).transpose(0, 1)  # (2, rows, N): x.p, |p|^2
     # norms clamped before their square roots (sqrt(max(s, eps^2)) = max(sqrt(s), eps)): a
     # zero-norm copy (every feature at a zero baseline) gets cosine 0, and a finite gradient
     eps = 1e-8
@@ -443,8 +458,14 @@ def _exp_kernel_weights(kind, selected, base, masks, z, n_features, aggregate, b
     return torch.exp(-(dist * dist) / (2 * width**2))
 
 
-def _removed_dots(v: torch.Tensor, z: torch.Tensor, budget: int) -> torch.Tensor:
-    """v (rows, k, F) . (1 - z) (rows, N, F) -> (rows, k, N), with 1 - z made ``budget`` bytes
-    at a time ((F, N) on the right: BLAS's fast layout)."""
-    step = max(1, budget // max(1, z.shape[0] * z.shape[2] * z.element_size()))
-    return torch.cat([torch.bmm(v, (1 - z[:, a : a + step]).transpose(1, 2)) for a in range(0, max(z.shape[1], 1), step)], 2)
+def _coalition_dots(kept, removed: torch.Tensor, z: torch.Tensor, budget: int) -> torch.Tensor:
+    """kept (rows, 1, F) . z + removed (rows, k, F) . (1 - z) for the bool coalitions z (rows, N,
+    F): (rows, k, N), z made 0/1 in removed's dtype ``budget`` bytes at a time ((F, N) on the
+    right: BLAS's fast layout). ``kept`` None: the removed part only."""
+    step = max(1, budget // max(1, 2 * z.shape[0] * z.shape[2] * removed.element_size()))
+    parts = []
+    for a in range(0, max(z.shape[1], 1), step):
+        on = z[:, a : a + step].to(removed.dtype).transpose(1, 2)
+        dots = torch.bmm(removed, 1 - on)
+        parts.append(dots if kept is None else torch.bmm(kept, on) + dots)
+    return torch.cat(parts, 2)

@@ -11,11 +11,12 @@ example, sample and feature (24 for KernelSHAP), fit the same budget (`solvers.s
 So the fits need about ``2 * memory_budget`` bytes, or one example's systems plus a budget's
 worth of sample steps when a single example's systems exceed it: an explicit ``memory_budget``
 then gets a warning naming the size (no built-in fit works without the F x F system; fewer
-features, by a coarser ``feature_mask``, is the remedy). The coalitions, (B, N, F) in the
-default dtype, are held for the whole call on top. Every example's fit is its own, so the
-grouping changes no result; stepping over samples sums the normal equations in another order
-(float64 rounding, ~1e-16 relative). A custom solver gets every example and sample at once, as
-documented; a scikit-learn estimator is fitted per example anyway.
+features, by a coarser ``feature_mask``, is the remedy). The coalitions, (B, N, F) bool
+(NOTE: [Coalitions held as bool] in surrogate.py), are held for the whole call on top. Every
+example's fit is its own, so the grouping changes no result; stepping over samples sums the
+normal equations in another order (float64 rounding, ~1e-16 relative). A custom solver gets
+every example and sample at once, as documented; a scikit-learn estimator is fitted per example
+anyway.
 """
 
 from __future__ import annotations
