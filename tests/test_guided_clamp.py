@@ -165,7 +165,7 @@ def test_a_user_mapping_keyed_by_clamp():
 
 
 REFERENCE_RELU = {"guided": GuidedReLU.apply, "deconv": DeconvReLU.apply}  # written out in rule_fuzz_nets
-NO_RELUS = {  # (the clamp as called, as the reference computes it: ordinary gradient)
+NO_RELUS = {  # (the clamp or threshold as called, as the reference computes it: ordinary gradient)
     "clamp(0, 0.6)": lambda h: h.clamp(0, 0.6),
     "clamp(min=0.2)": lambda h: h.clamp(min=0.2),
     "clamp_min(-0.3)": lambda h: h.clamp_min(-0.3),
@@ -173,6 +173,10 @@ NO_RELUS = {  # (the clamp as called, as the reference computes it: ordinary gra
     "clamp(max=0)": lambda h: h.clamp(max=0),
     "maximum(x, 0.1)": lambda h: torch.maximum(h, torch.full_like(h, 0.1)),
     "clamp(min=zeros, max=ones)": lambda h: h.clamp(min=torch.zeros_like(h), max=torch.ones_like(h)),
+    # thresholds other than (0, 0) (F.threshold(x, 0, 0) is a ReLU: below)
+    "threshold(x, 0.2, 0)": lambda h: F.threshold(h, 0.2, 0.0),
+    "threshold(x, 0, 0.5)": lambda h: F.threshold(h, 0.0, 0.5),
+    "threshold(x, -0.1, -0.1)": lambda h: F.threshold(h, -0.1, -0.1),
 }
 
 
@@ -278,25 +282,3 @@ def test_thresholds_beside_relu_modules(method):
 
     assert torch.equal(attr(xattr.target(Mixed(None), 0))(x), attr(xattr.target(Mlp(torch.relu), 0))(x))
 
-
-NO_RELU_THRESHOLDS = {
-    "threshold(x, 0.2, 0)": lambda h: F.threshold(h, 0.2, 0.0),
-    "threshold(x, 0, 0.5)": lambda h: F.threshold(h, 0.0, 0.5),
-    "threshold(x, -0.1, -0.1)": lambda h: F.threshold(h, -0.1, -0.1),
-}
-
-
-@pytest.mark.parametrize("method", sorted(METHODS))
-@pytest.mark.parametrize("name", sorted(NO_RELU_THRESHOLDS))
-def test_other_thresholds_keep_their_gradient(name, method):
-    threshold, x = NO_RELU_THRESHOLDS[name], _inputs()
-
-    class Mixed(Mlp):
-        def forward(self, x):
-            return self.l3(threshold(self.l2(torch.relu(self.l1(x)))))
-
-    attr, model = METHODS[method], Mixed(None)
-    got = attr(xattr.target(model, 1))(x)
-    torch.testing.assert_close(got, _reference(method, threshold, x, 1), atol=1e-6, rtol=1e-5)
-    vmapped = torch.func.vmap(lambda r: attr(xattr.target(model, 1))(r[None])[0])(x)
-    torch.testing.assert_close(vmapped, got, atol=1e-6, rtol=1e-5)

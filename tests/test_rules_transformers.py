@@ -291,22 +291,27 @@ def _rows(attr, kw, x, keep, j):
     return attr(x[j : j + 1], keep[j : j + 1], **kw)
 
 
+def _check_methods_per_example(f, x, keep, *, vmapped: bool) -> None:
+    """Every method's batch equals the loop over its 3 examples (and, with ``vmapped``, vmap over them)."""
+    for name, (attr, kw) in _methods(f).items():
+        batch = attr(x, keep, **kw)
+        loop = torch.cat([_rows(attr, kw, x, keep, j) for j in range(3)])
+        torch.testing.assert_close(loop, batch, rtol=1e-9, atol=1e-11, msg=lambda m: f"{name}: {m}")
+        if vmapped and name != "deep_lift_shap":
+            def one(r, k, *b):
+                return attr(r[None], k[None], **dict(zip(kw, (t[None] for t in b))))[0]
+
+            mapped = torch.func.vmap(one)(x, keep, *kw.values())
+            torch.testing.assert_close(mapped, batch, rtol=1e-9, atol=1e-11, msg=lambda m: f"{name} vmap: {m}")
+
+
 @pytest.mark.parametrize("i, cfg", list(enumerate(_encoder_configs(6, seed=1))), ids=lambda v: str(v) if isinstance(v, int) else "")
 def test_torch_layers_batch_and_vmap_invariance(i, cfg):
     model = _seeded(30 + i, lambda: Encoder(**cfg))
     x, keep = _randn(3, L, D, seed=40 + i), _padding(3)
     f = xattr.target(model, 0)
     before = state_snapshot(model, x)
-    for name, (attr, kw) in _methods(f).items():
-        batch = attr(x, keep, **kw)
-        loop = torch.cat([_rows(attr, kw, x, keep, j) for j in range(3)])
-        torch.testing.assert_close(loop, batch, rtol=1e-9, atol=1e-11, msg=lambda m: f"{name}: {m}")
-        if name != "deep_lift_shap":
-            def one(r, k, *b):
-                return attr(r[None], k[None], **dict(zip(kw, (t[None] for t in b))))[0]
-
-            mapped = torch.func.vmap(one)(x, keep, *kw.values())
-            torch.testing.assert_close(mapped, batch, rtol=1e-9, atol=1e-11, msg=lambda m: f"{name} vmap: {m}")
+    _check_methods_per_example(f, x, keep, vmapped=True)
     assert changed_state(before, state_snapshot(model, x)) == []
     with pytest.raises(NotImplementedError, match="nn.MultiheadAttention"):
         xattr.lrp(f)(x, keep)
@@ -351,10 +356,7 @@ def test_multihead_attention_called_directly(seed):
     x, keep = _randn(3, L, D, seed=60 + seed), _padding(3)
     f = xattr.target(model, 1)
     before = state_snapshot(model, x)
-    for name, (attr, kw) in _methods(f).items():
-        batch = attr(x, keep, **kw)
-        loop = torch.cat([_rows(attr, kw, x, keep, j) for j in range(3)])
-        torch.testing.assert_close(loop, batch, rtol=1e-9, atol=1e-11, msg=lambda m: f"{name}: {m}")
+    _check_methods_per_example(f, x, keep, vmapped=False)
     assert changed_state(before, state_snapshot(model, x)) == []
     with pytest.raises(NotImplementedError, match="nn.MultiheadAttention"):
         xattr.lrp(f)(x, keep)
