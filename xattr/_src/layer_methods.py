@@ -29,18 +29,23 @@ import torch.nn.functional as F
 from . import tree as T
 from .checks import baselines_like, warn_if_training
 from .gradients import attribution_fn
+from .layer_layout import check_rows
 from .layers import Split, layer_vjp_rows
 from .methods import _gap, _outputs, completeness_gap, integrated_gradients
 from .sampling import shap_samples
 
 
-def _at_both(fn: Callable, args: tuple, nums: tuple, base: tuple):
-    """(fn at args, fn at args with args[nums] replaced by base): one call on 2B rows, split."""
+def _at_both(fn: Callable, args: tuple, nums: tuple, base: tuple, *, layer_of: tuple | None = None):
+    """(fn at args, fn at args with args[nums] replaced by base): one call on 2B rows, split.
+
+    ``layer_of=(split, method)``: fn is ``split.act``, whose rows are checked (NOTE: [Batch-first layers])."""
     selected, rebuild = T.split_args(args, nums)
     batch = T.batch_size(selected)
     both = T.tree_map(lambda x, b: torch.cat([x, b]), selected, base)
-    call = tuple(a if i in nums else T.fold(a, 2, batch) for i, a in enumerate(args))
-    out = fn(*T.split_args(call, nums)[1](both))
+    call = T.split_args(tuple(a if i in nums else T.fold(a, 2, batch) for i, a in enumerate(args)), nums)[1](both)
+    out = fn(*call)
+    if layer_of is not None:
+        check_rows(layer_of[0], out, call, 2 * batch, layer_of[1])
     return T.tree_map(lambda t: t[:batch], out), T.tree_map(lambda t: t[batch:], out)
 
 
@@ -120,7 +125,8 @@ def grad_cam(split: Split, *, relu: bool = True, sum_channels: bool = True) -> C
 
     def fn(*args):
         warn_if_training(split)
-        h, _, g = layer_vjp_rows(split, args)
+        h, out, g = layer_vjp_rows(split, args)
+        check_rows(split, h, args, out.shape[0] if out.ndim else None, "grad_cam")  # NOTE: [Batch-first layers]
         return T.tree_map(cam, g, h)
 
     return attribution_fn(fn, split)
@@ -182,7 +188,8 @@ def layer_integrated_gradients(
         selected, _ = T.split_args(args, nums)
         with T.batch_scope(T.batch_size(selected)):
             base = baselines_like(selected if as_tuple else selected[0], baselines)
-            h, h0 = _at_both(split.act, args, nums, base if as_tuple else (base,))
+            layer_of = (split, "layer_integrated_gradients")  # NOTE: [Batch-first layers]
+            h, h0 = _at_both(split.act, args, nums, base if as_tuple else (base,), layer_of=layer_of)
             attr = ig(h, *args, baselines=h0)
             return (attr, completeness_gap(split.model, args, argnums, attr, baselines)) if return_delta else attr
 
@@ -227,7 +234,8 @@ def layer_gradient_shap(
     def at_alpha(*args, baselines, alphas):  # one sample per row
         selected, rebuild = T.split_args(args, nums)
         points = T.tree_map(lambda x, b: b + alphas.reshape((-1,) + (1,) * (x.ndim - 1)) * (x - b), selected, baselines)
-        _, _, attr = layer_vjp_rows(split, rebuild(points))
+        h, _, attr = layer_vjp_rows(split, rebuild(points))
+        check_rows(split, h, rebuild(points), T.batch_size(points), "layer_gradient_shap")  # NOTE: [Batch-first layers]
         if multiply_by_inputs:
             attr = T.tree_map(lambda g, hx, hb: _times(g, hx - hb), attr, *_at_both(split.act, args, nums, baselines))
         if not return_delta:

@@ -31,6 +31,7 @@ import torch
 from . import tree as T
 from .checks import baselines_like, check_float_inputs, warn_if_training
 from .gradients import attribution_fn
+from .layer_layout import check_rows
 from .layers import Split, layer_vjp_rows
 from .methods import completeness_gap
 from .paths import ChunkSum, _rows_args, _walk, quadrature, real_dtype, straight_line
@@ -60,21 +61,10 @@ def layer_path(
         at = start if points is not None else 0  # NOTE: [Path points per chunk] in paths.py
         rows = T.fold_rows(T.tree_map(lambda p: p[at : at + c], here))
         w = None if weight is None else weight[start:stop].repeat_interleave(batch)
-        h, _, g = layer_vjp_rows(split, _rows_args(args, nums, rows, c, batch), weights=w, chunk_size=chunk_size)
-        _check_batch_first(h, c * batch, method)
+        call = _rows_args(args, nums, rows, c, batch)
+        h, _, g = layer_vjp_rows(split, call, weights=w, chunk_size=chunk_size)
+        check_rows(split, h, call, c * batch, method)  # NOTE: [Batch-first layers]
         yield T.unfold(h, c), T.unfold(g, c)
-
-
-def _check_batch_first(h, rows: int, method: str) -> None:
-    """The layer's tensors must carry the folded rows in dim 0 to be unfolded into copies."""
-    for leaf in T.leaves(h):
-        if isinstance(leaf, torch.Tensor) and (leaf.ndim == 0 or leaf.shape[0] != rows):
-            raise ValueError(
-                f"{method} folds copies of the batch into dim 0, but the layer gives a tensor of shape "
-                f"{tuple(leaf.shape)} for {rows} rows: its dim 0 is not the batch (an nn.LSTM/GRU returns its "
-                "hidden states as (layers, B, H)). Split where every tensor is batch-first, e.g. at a module "
-                "that takes the sequence output"
-            )
 
 
 def _with_k(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ import torch
 
 from .ablation import feature_ablation, feature_permutation
 from .gradients import attribution_fn, model_calls
+from .layer_layout import check_rows, first_rows
 from .layers import Split
 
 
@@ -37,9 +38,11 @@ def _check_split(split, name: str) -> Split:
     return split
 
 
-def _activation(split: Split, args: tuple):
+def _activation(split: Split, args: tuple, method: str):
     with model_calls():
-        return split.act(*args)
+        h = split.act(*args)
+        check_rows(split, h, args, first_rows(args), method)  # NOTE: [Batch-first layers]
+    return h
 
 
 def layer_feature_ablation(
@@ -80,7 +83,8 @@ def layer_feature_ablation(
                               show_progress=show_progress)  # fmt: skip
 
     def fn(*args, layer_baselines=layer_baselines, layer_mask=layer_mask):
-        return ablate(_activation(split, args), *args, baselines=layer_baselines, feature_mask=layer_mask)
+        h = _activation(split, args, "layer_feature_ablation")
+        return ablate(h, *args, baselines=layer_baselines, feature_mask=layer_mask)
 
     return attribution_fn(fn, split.model)
 
@@ -114,6 +118,6 @@ def layer_feature_permutation(
                                   memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
 
     def fn(*args, layer_mask=layer_mask):
-        return permute(_activation(split, args), *args, feature_mask=layer_mask)
+        return permute(_activation(split, args, "layer_feature_permutation"), *args, feature_mask=layer_mask)
 
     return attribution_fn(fn, split.model)

@@ -40,6 +40,7 @@ import torch
 from . import tree as T
 from .checks import check_finite
 from .gradients import _rows, _zero_if_none, vjp_rows
+from .layer_layout import check_rows, first_rows
 from .layers import Split, _clone
 from .paths import path_integral, straight_line_unit
 from .rule_limits import taken_as_constant
@@ -100,6 +101,7 @@ class _Conductance:
 
     def __call__(self, *args) -> torch.Tensor:
         h, dfdh = _value_and_layer_grad(self.split, args)
+        check_rows(self.split, h, args, first_rows(args), "neuron_conductance")  # NOTE: [Batch-first layers]
         return self.pick(h) * self.pick(dfdh)
 
 

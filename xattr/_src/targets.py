@@ -319,5 +319,19 @@ def neuron(f: Callable, index) -> Targeted:
       >>> nig = xattr.integrated_gradients(xattr.neuron(split, (4, 2, 2)))(x)      # like x
       >>> many = xattr.saliency(xattr.neuron(split, xattr.outputs([(0, 1, 1), (3, 2, 2)])))(x)
     """
-    act = getattr(f, "act", f)
-    return Targeted(act, index)
+    return Targeted(_CheckedAct(f) if hasattr(f, "act") else f, index)
+
+
+class _CheckedAct:
+    """``split.act`` that refuses an activation without the batch in dim 0: the index skips dim 0
+    (NOTE: [Batch-first layers] in layer_layout.py)."""
+
+    def __init__(self, split):
+        self.split, self.model = split, split.model
+
+    def __call__(self, *args):
+        from .layer_layout import check_rows, first_rows  # layers imports gradients, which imports this module
+
+        h = self.split.act(*args)
+        check_rows(self.split, h, args, first_rows(args), "xattr.neuron")
+        return h
