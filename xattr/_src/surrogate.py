@@ -29,12 +29,12 @@ the default dtype, and LIME made a second such copy for its weights). They are m
 only in the steps that read them: the model's copies (as masks), the exp kernel's dot products
 and the fits' normal equations (float64, a memory budget of samples at a time); a custom
 ``similarity_func`` gets each chunk as 0/1 in the output's dtype, a custom solver or
-scikit-learn estimator the whole X so (as documented for them).
+scikit-learn estimator the whole X so (as documented for them). They are drawn a memory budget
+at a time (NOTE: [Coalition draws within the memory budget] in coalitions.py).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -42,15 +42,16 @@ import torch
 
 from . import tree as T
 from .checks import at_least_float32, transforms_around, warn_if_training  # similarity weights: NOTE: [Similarity weights' precision]
+from .coalitions import bernoulli_draws, kernel_draws
+from .coalitions import shapley_draws as _shapley_draws  # noqa: F401  (tests draw with it)
 from .gradients import attribution_fn
 from .masks import FeatureSet, feature_sets, features, keep_masks, place, scatter_features, widen
 from .perturb import as_floating, baseline_tree, copies_per_call, evaluate, outputs_at, perturb
-from .sampling import per_example, row_seeds, streams
+from .sampling import row_seeds, streams
 from .solvers import constrained_lstsq, lasso, linear_regression, ridge, sklearn_fit  # noqa: F401  (re-exported)
 from .surrogate_fits import fit_budget, lime_fit, shap_fit
 
 _EXP_KERNEL = "_xattr_exp_kernel"
-_MAX_ENUMERATED = 24  # kernel_shap enumerates every coalition when n_samples >= 2^F and F is at most this
 _MANY_FEATURES = 10_000  # Captum warns above this too
 
 
@@ -178,7 +179,7 @@ def lime(
         device = out.device
         if perturb_func is None:
             budget = fit_budget(memory_budget, device)
-            parts = [_bernoulli_draws(s.count(rows), n_samples, s.n, stream, s.pick(seeds), device, budget) for s in sets]
+            parts = [bernoulli_draws(s.count(rows), n_samples, s.n, stream, s.pick(seeds), device, budget) for s in sets]
         else:
             parts = _custom_draws(perturb_func, sets, rows, n_samples, n, seeds, device)
         z = widen(parts, sets, n, rows)
@@ -240,8 +241,7 @@ def kernel_shap(
         seeds = None if stream is None else row_seeds(stream, rows)
         dtype = as_floating(out).dtype  # the weights' (integer weights of an integer model would be 0)
         budget = fit_budget(memory_budget, out.device)
-        drawn = [_kernel_coalitions(s, rows, n_samples, stream, seeds, out.device, dtype, budget) for s in sets]
-        coalitions, drawn = _with_empty(drawn, sets, m, rows)
+        coalitions, drawn = kernel_draws(sets, m, rows, n_samples, stream, seeds, out.device, dtype, budget)
         y = _evaluate(f, args, nums, masks, base, coalitions, aggregate, chunk_size, memory_budget, show_progress)
         full = out.reshape(rows, -1).to(y.dtype)  # f(x): (rows, K)
         phi = place([_shap_fit(s, zs, ws, y, full, memory_budget) for s, (zs, ws) in zip(sets, drawn)], sets, m)
@@ -283,21 +283,6 @@ def _result(coef, out, masks, selected, as_tuple, return_input_shape):
     return attr if as_tuple else attr[0]
 
 
-def _bernoulli_draws(rows: int, n: int, m: int, stream, seeds, device, budget: int) -> torch.Tensor:
-    """LIME's (rows, n, m) coalitions, bool: each feature kept with probability 1/2 (NOTE:
-    [Coalitions held as bool]). The uniforms are drawn in float32 whatever the default dtype (a
-    float64 default drew other numbers from the same seed), with a stream for as many examples
-    at a time as ``budget`` bytes hold (each example has its own generator: the same draws)."""
-    z = torch.empty(rows, n, m, device=device, dtype=torch.bool)
-    per = rows if stream is None else max(1, budget // max(1, 4 * n * m))
-    seeds = row_seeds(stream, rows) if seeds is None and per < rows else seeds
-    for a in range(0, rows, per):
-        u = torch.empty(min(per, rows - a), n, m, device=device, dtype=torch.float32)
-        per_example(stream, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g), None if seeds is None else seeds[a : a + per])
-        torch.lt(u, 0.5, out=z[a : a + per])
-    return z
-
-
 def _custom_draws(perturb_func, sets: list[FeatureSet], rows: int, n: int, F: int, seeds, device) -> list[torch.Tensor]:
     """perturb_func's coalitions, one call per example in the batch's order (a function may count
     its calls), each over the example's own features; grouped as ``sets``. A function that
@@ -319,72 +304,12 @@ def _custom_draws(perturb_func, sets: list[FeatureSet], rows: int, n: int, F: in
     return [torch.stack(s.pick(drawn)) for s in sets]
 
 
-def _kernel_coalitions(s: FeatureSet, rows: int, n_samples: int, stream, seeds, device, dtype, budget: int) -> tuple:
-    """One feature set's KernelSHAP coalitions over its own features, (its examples or 1, N, n_s),
-    and their weights (its examples, N): every coalition with its Shapley kernel weight when
-    ``n_samples >= 2^n_s``, else N = n_samples - 2 draws of weight 1."""
-    count = s.count(rows)
-    if s.n <= _MAX_ENUMERATED and n_samples >= 2**s.n:
-        z, w = _all_coalitions(s.n, device, dtype)
-        return z[None], w[None].expand(count, -1)
-    z = _shapley_draws(count, n_samples - 2, s.n, stream, device, s.pick(seeds), budget)
-    return z, torch.ones(count, z.shape[1], dtype=dtype, device=device)
-
-
-def _with_empty(drawn: list, sets: list[FeatureSet], m: int, rows: int) -> tuple:
-    """The coalitions to evaluate, (rows or 1, 1 + N, m): the empty one, then the sets' draws
-    laid over all m ids; and the draws, as views of them where they are the same numbers (one
-    set over every id), so the draws are not held twice."""
-    z = widen([zs for zs, _ in drawn], sets, m, rows)
-    coalitions = torch.cat([z.new_zeros(z.shape[0], 1, m), z], 1)
-    if z is drawn[0][0]:
-        drawn = [(coalitions[:, 1:], drawn[0][1])]
-    return coalitions, drawn
-
-
 def _shap_fit(s: FeatureSet, z: torch.Tensor, w: torch.Tensor, y: torch.Tensor, full: torch.Tensor, memory_budget) -> torch.Tensor:
     """One feature set's Shapley values (its examples, K, n_s) from the model at its coalitions:
     y (batch, 1 + N, K) holds f at the empty coalition, then at the set's N (and copies padding
     other sets' longer lists, not read); full (batch, K) is f(x)."""
     y, full = s.pick(y)[:, : 1 + z.shape[1]], s.pick(full)
     return shap_fit(z, y[:, 1:] - y[:, :1], w.to(y.dtype), full - y[:, 0], memory_budget)
-
-
-def _shapley_draws(rows: int, n: int, m: int, stream, device, seeds=None, budget: int | None = None) -> torch.Tensor:
-    """(rows, n, m) coalitions: a size k in 1..m-1 with probability ~ (m-1)/(k(m-k)), then k of the
-    m features uniformly, by selection sampling (feature j is taken with probability
-    (k - taken so far) / (m - j): every k-subset equally likely, exactly k taken, no sort). With
-    a stream and a ``budget``, the float64 uniforms are drawn for as many examples at a time as
-    fit it (each example has its own generator: the same draws)."""
-    z = torch.empty(rows, n, m, device=device, dtype=torch.bool)  # NOTE: [Coalitions held as bool]
-    per = rows if stream is None or budget is None else max(1, budget // max(1, 8 * n * (m + 1)))
-    seeds = row_seeds(stream, rows) if seeds is None and per < rows else seeds
-    for a in range(0, rows, per):
-        u = torch.empty(min(per, rows - a), n, m + 1, device=device, dtype=torch.float64)
-        per_example(stream, u, lambda v, g: v.uniform_(0.0, 1.0, generator=g), None if seeds is None else seeds[a : a + per])
-        _select(z[a : a + per], u, m)
-    return z
-
-
-def _select(z: torch.Tensor, u: torch.Tensor, m: int) -> None:
-    """Writes `_shapley_draws`' coalitions for the uniforms u (rows, n, m + 1) into z (rows, n, m)."""
-    sizes = torch.arange(1, m, dtype=torch.float64, device=u.device)
-    cdf = torch.cumsum((m - 1) / (sizes * (m - sizes)), 0)
-    need = (torch.searchsorted(cdf / cdf[-1], u[..., 0].contiguous(), right=True).clamp_max(m - 2) + 1).to(u.dtype)
-    for j in range(m):
-        take = u[..., j + 1] * (m - j) < need
-        z[..., j] = take
-        need = need - take.to(need.dtype)
-
-
-def _all_coalitions(m: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every coalition but the empty and the full one (2^m - 2, m), and its Shapley kernel weight
-    in the float dtype ``dtype``."""
-    ids = torch.arange(1, 2**m - 1, device=device)
-    z = ((ids[:, None] >> torch.arange(m, device=device)) & 1) != 0
-    k = z.sum(1)
-    kernel = torch.tensor([0.0] + [(m - 1) / (math.comb(m, j) * j * (m - j)) for j in range(1, m)] + [0.0], dtype=torch.float64)
-    return z, kernel.to(device)[k].to(dtype)
 
 
 def _weights(similarity, selected, base, masks, z, dtype, n_features, aggregate, as_tuple, chunk_size, memory_budget) -> torch.Tensor:
