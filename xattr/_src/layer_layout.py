@@ -42,7 +42,10 @@ def check_rows(split, h, args: tuple, rows: int | None, method: str) -> None:
     the call's ``rows`` in dim 0 (NOTE: [Batch-first layers])."""
     if rows is None:
         return
-    leaves = [t for t in T.leaves(h) if isinstance(t, torch.Tensor) and t.ndim > 0]  # a 0-d one has no units per row
+    if isinstance(h, torch.Tensor):  # the common case, without a tree walk (~3 us)
+        leaves = [h] if h.ndim > 0 else []
+    else:
+        leaves = [t for t in T.leaves(h) if isinstance(t, torch.Tensor) and t.ndim > 0]  # a 0-d one has no units per row
     for leaf in leaves:
         if leaf.shape[0] != rows:
             raise _error(split, method, leaf.shape, rows)
