@@ -23,7 +23,7 @@ from xattr.testing import check_batch_invariance, check_chunk_invariance
 from compile_support import needs_compile
 from rule_fuzz_nets import DeconvReLU, GuidedReLU
 
-# every spelling of ReLU as a clamp, as f(h); in-place ones write into a fresh layer output
+# every spelling of ReLU as a clamp or a threshold, as f(h); in-place ones write into a fresh layer output
 RELU_CLAMPS = {
     "x.clamp(min=0)": lambda h: h.clamp(min=0),
     "torch.clamp(x, 0)": lambda h: torch.clamp(h, 0),
@@ -45,6 +45,12 @@ RELU_CLAMPS = {
     "x.clamp(min=zeros)": lambda h: h.clamp(min=torch.zeros_like(h)),
     "torch.clamp_min(x, zeros)": lambda h: torch.clamp_min(h, torch.zeros(h.shape[-1], dtype=h.dtype)),
     "x.clamp_min_(zeros)": lambda h: h.clamp_min_(torch.zeros_like(h)),
+    # F.threshold(x, 0, 0): x where x > 0, else 0, a ReLU too (its node sends the call to the mode)
+    "F.threshold(x, 0, 0)": lambda h: F.threshold(h, 0.0, 0.0),
+    "torch.threshold(x, 0, 0)": lambda h: torch.threshold(h, 0, 0),
+    "nn.Threshold(0, 0)": nn.Threshold(0.0, 0.0),
+    "F.threshold_(x, 0, 0)": lambda h: F.threshold_(h, 0.0, 0.0),
+    "nn.Threshold(0, 0, inplace=True)": nn.Threshold(0.0, 0.0, inplace=True),
 }
 METHODS = {"guided": xattr.guided_backprop, "deconv": xattr.deconvolution}
 
@@ -111,7 +117,8 @@ def test_every_clamp_spelling_equals_the_relu_spelling(spelling, method):
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-@pytest.mark.parametrize("spelling", ["x.clamp(min=0)", "x.clamp_min_(0)", "torch.maximum(zeros, x)", "x.clamp(min=zeros)"])
+@pytest.mark.parametrize("spelling", ["x.clamp(min=0)", "x.clamp_min_(0)", "torch.maximum(zeros, x)", "x.clamp(min=zeros)",
+                                      "nn.Threshold(0, 0, inplace=True)"])
 def test_conv_nets_and_every_target(spelling, method):
     attr, act = METHODS[method], RELU_CLAMPS[spelling]
     x = torch.randn(4, 2, 5, 5, generator=torch.Generator().manual_seed(3))
@@ -241,34 +248,7 @@ def test_compiled_models(method):
         torch._dynamo.reset()
 
 
-# ----------------------------------------------------------------------------- thresholds
-
-
-RELU_THRESHOLDS = {  # F.threshold(x, 0, 0): x where x > 0, else 0, a ReLU
-    "F.threshold(x, 0, 0)": lambda h: F.threshold(h, 0.0, 0.0),
-    "torch.threshold(x, 0, 0)": lambda h: torch.threshold(h, 0, 0),
-    "nn.Threshold(0, 0)": nn.Threshold(0.0, 0.0),
-    "F.threshold_(x, 0, 0)": lambda h: F.threshold_(h, 0.0, 0.0),
-    "nn.Threshold(0, 0, inplace=True)": nn.Threshold(0.0, 0.0, inplace=True),
-}
-
-
-@pytest.mark.parametrize("method", sorted(METHODS))
-@pytest.mark.parametrize("spelling", sorted(RELU_THRESHOLDS))
-def test_a_zero_threshold_is_a_relu(spelling, method):
-    attr, act = METHODS[method], RELU_THRESHOLDS[spelling]
-    x = _inputs()
-    expected = attr(xattr.target(Mlp(torch.relu), 1))(x)
-    for on_view in (False, True):  # the call sent to the mode from the graph walk, and straight there
-        got = attr(xattr.target(Mlp(act, on_view), 1))(x)
-        assert torch.equal(got, attr(xattr.target(Mlp(torch.relu, on_view), 1))(x)), (spelling, on_view)
-    model, relu = Mlp(act), Mlp(torch.relu)
-    vmapped = torch.func.vmap(lambda r: attr(xattr.target(model, 1))(r[None])[0])(x)
-    assert torch.equal(vmapped, torch.func.vmap(lambda r: attr(xattr.target(relu, 1))(r[None])[0])(x))
-    torch.testing.assert_close(vmapped, expected, atol=1e-8, rtol=1e-6)  # vmap's matmuls round otherwise
-    check_chunk_invariance(lambda c: attr(xattr.target(model, 1), chunk_size=c), x, chunk_sizes=(1, 2))
-    x4 = torch.randn(4, 2, 5, 5, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(attr(xattr.target(Cnn(act), 2))(x4), attr(xattr.target(Cnn(F.relu), 2))(x4))
+# ----------------------------------------------------------------------------- thresholds beside ReLU modules
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
