@@ -27,15 +27,8 @@ from ._src.layer_methods import (
 from ._src.ablation import feature_ablation, feature_permutation, occlusion, window_masks
 from ._src.layer_perturb import layer_feature_ablation, layer_feature_permutation
 from ._src.shapley import shapley_value_sampling, shapley_values
-from ._src.backprop_methods import (
-    deconvolution,
-    deep_lift,
-    deep_lift_shap,
-    guided_backprop,
-    guided_grad_cam,
-    layer_deep_lift,
-    layer_deep_lift_shap,
-)
+from ._src.backprop_methods import deep_lift, deep_lift_shap, layer_deep_lift, layer_deep_lift_shap
+from ._src.guided_methods import deconvolution, guided_backprop, guided_grad_cam
 from ._src.canonize import merge_batch_norm
 from ._src.layer_paths import conductance, internal_influence
 from ._src.lrp_methods import layer_lrp, lrp
