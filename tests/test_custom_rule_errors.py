@@ -183,6 +183,19 @@ def test_reading_inputs_a_rule_does_not_keep_says_how_to_keep_them():
     assert Forgot().keep_inputs is False
 
 
+@pytest.mark.parametrize("use", ["compare", "torch", "method", "arithmetic"])
+def test_reading_an_output_a_rule_does_not_keep_says_how_to_keep_it(use):
+    class Forgot(WithExtras):
+        def backward(self, op, saved, grad):
+            out = saved.output
+            mask = {"compare": lambda: out > 0, "torch": lambda: torch.sign(out), "method": lambda: out.sign(),
+                    "arithmetic": lambda: 1 - out}[use]()
+            return (grad * mask,)
+
+    with pytest.raises((TypeError, AttributeError), match="saved.output is not kept: set keep_output = True"):
+        relu_grad_of(Forgot(), "vmap")
+
+
 def test_a_rule_without_backward_names_itself():
     class OnlyHook(AsHook):
         backward = Rule.backward

@@ -8,7 +8,7 @@ import torch
 
 from . import ops
 from .graph_hooks import input_grad_hook
-from .rule_base import NOT_KEPT, Rule, Saved
+from .rule_base import NOT_KEPT, OUTPUT_NOT_KEPT, Rule, Saved
 from .rule_limits import refuse_checkpoint, refuse_second_backward
 
 # NOTE: [Rules as backward hooks]: clamp runs through the Function, and so does softsign, which torch
@@ -44,7 +44,7 @@ class _Apply(torch.autograd.Function):
         if grad is None:  # the op's output did not reach what is differentiated
             return (None,) * (2 + ctx.n_inputs)
         saved = ctx.saved_tensors
-        out = saved[-1] if ctx.keep_output else None
+        out = saved[-1] if ctx.keep_output else OUTPUT_NOT_KEPT
         saved = saved[:-1] if ctx.keep_output else saved
         inputs = saved[: ctx.n_kept] if ctx.n_kept else NOT_KEPT
         grads = ctx.rule.backward(ctx.op, Saved(inputs, saved[ctx.n_kept :], out), grad)

@@ -30,6 +30,37 @@ class _NotKept(tuple):
 
 NOT_KEPT = _NotKept()
 
+_NO_OUTPUT = "saved.output is not kept: set keep_output = True on the rule to receive the op's output"
+
+
+class _OutputNotKept:
+    """``saved.output`` of a rule that does not keep its output: using it says why (a bare None
+    failed far from the cause, e.g. "'>' not supported between 'NoneType' and 'int'")."""
+
+    def __getattr__(self, name):
+        raise AttributeError(_NO_OUTPUT)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        raise TypeError(_NO_OUTPUT)
+
+    def __bool__(self):
+        raise TypeError(_NO_OUTPUT)
+
+    def __repr__(self) -> str:
+        return "<saved.output not kept: keep_output = False>"
+
+
+def _refuse(self, *args):
+    raise TypeError(_NO_OUTPUT)
+
+
+for _op in ("add radd sub rsub mul rmul truediv rtruediv floordiv pow rpow matmul rmatmul neg pos abs "
+            "gt ge lt le getitem float int").split():
+    setattr(_OutputNotKept, f"__{_op}__", _refuse)
+
+OUTPUT_NOT_KEPT = _OutputNotKept()
+
 
 class Rule:
     """A modified backward pass for some kinds of operation (subclass it; see docs/rules.md).
