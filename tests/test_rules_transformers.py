@@ -291,6 +291,17 @@ def _rows(attr, kw, x, keep, j):
     return attr(x[j : j + 1], keep[j : j + 1], **kw)
 
 
+def _check_attention_model(model, target: int, x, keep, *, vmapped: bool) -> None:
+    """Every method's batch equals the loop over its 3 examples (and, with ``vmapped``, vmap over
+    them), the model is left as it was, and LRP refuses its nn.MultiheadAttention."""
+    f = xattr.target(model, target)
+    before = state_snapshot(model, x)
+    _check_methods_per_example(f, x, keep, vmapped=vmapped)
+    assert changed_state(before, state_snapshot(model, x)) == []
+    with pytest.raises(NotImplementedError, match="nn.MultiheadAttention"):
+        xattr.lrp(f)(x, keep)
+
+
 def _check_methods_per_example(f, x, keep, *, vmapped: bool) -> None:
     """Every method's batch equals the loop over its 3 examples (and, with ``vmapped``, vmap over them)."""
     for name, (attr, kw) in _methods(f).items():
@@ -309,12 +320,7 @@ def _check_methods_per_example(f, x, keep, *, vmapped: bool) -> None:
 def test_torch_layers_batch_and_vmap_invariance(i, cfg):
     model = _seeded(30 + i, lambda: Encoder(**cfg))
     x, keep = _randn(3, L, D, seed=40 + i), _padding(3)
-    f = xattr.target(model, 0)
-    before = state_snapshot(model, x)
-    _check_methods_per_example(f, x, keep, vmapped=True)
-    assert changed_state(before, state_snapshot(model, x)) == []
-    with pytest.raises(NotImplementedError, match="nn.MultiheadAttention"):
-        xattr.lrp(f)(x, keep)
+    _check_attention_model(model, 0, x, keep, vmapped=True)
 
 
 def test_deep_lift_reports_the_true_gap_and_sums_above_the_blocks():
@@ -354,12 +360,7 @@ def test_multihead_attention_called_directly(seed):
 
     model = _seeded(50 + seed, Attend)
     x, keep = _randn(3, L, D, seed=60 + seed), _padding(3)
-    f = xattr.target(model, 1)
-    before = state_snapshot(model, x)
-    _check_methods_per_example(f, x, keep, vmapped=False)
-    assert changed_state(before, state_snapshot(model, x)) == []
-    with pytest.raises(NotImplementedError, match="nn.MultiheadAttention"):
-        xattr.lrp(f)(x, keep)
+    _check_attention_model(model, 1, x, keep, vmapped=False)
 
 
 def test_full_transformer_with_causal_target_mask():
