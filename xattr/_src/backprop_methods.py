@@ -383,7 +383,8 @@ def layer_deep_lift_shap(
     """`layer_deep_lift` averaged over a baseline distribution (N, ...) in input space.
 
     Returns:
-      ``fn(*args)`` like ``split.act(*args)``, or ``(attributions, delta)`` with delta (B, N).
+      ``fn(*args)`` like ``split.act(*args)``, or ``(attributions, delta)`` with delta (B, N)
+      (a tuple with one per layer for a split at several layers).
 
     Example:
       >>> split = xattr.at_layer(xattr.target(model, 3), model.conv2)
@@ -405,9 +406,11 @@ def layer_deep_lift_shap(
         mean = T.tree_map(lambda a: T.unfold(a, n).mean(0), attr)
         if not return_delta:
             return mean
-        gap = _gap(T.leaves(attr), end, ref)
-        if split.many:
-            raise ValueError("layer_deep_lift_shap's return_delta needs a split at one layer")
-        return mean, gap.reshape((n, batch) + tuple(gap.shape[1:])).movedim(0, 1)
+
+        def per_pair(a):  # (N * B,) baseline-major -> (B, N)
+            gap = _gap(T.leaves(a), end, ref)
+            return gap.reshape((n, batch) + tuple(gap.shape[1:])).movedim(0, 1)
+
+        return mean, (tuple(per_pair(a) for a in attr) if split.many else per_pair(attr))
 
     return attribution_fn(fn, split)

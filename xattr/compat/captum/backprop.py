@@ -58,13 +58,14 @@ def _attribution_func(custom: Callable | None):
 
 def _with_shap_delta(method: Callable, return_delta: bool) -> Callable:
     """``fn(*args) -> (attributions, delta or None)`` for a DeepLiftShap method: xattr's (B, N)
-    deltas of a baseline distribution as Captum's (B * N,), example-major."""
+    deltas of a baseline distribution as Captum's (B * N,), example-major; a list of them for a
+    list of layers (xattr's tuple), as LayerDeepLift's."""
 
     def fn(*args):
         if not return_delta:
             return method(*args), None
         attr, delta = method(*args)
-        return attr, delta.reshape(-1)
+        return attr, ([d.reshape(-1) for d in delta] if isinstance(delta, tuple) else delta.reshape(-1))
 
     return fn
 
