@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from . import ops
 from .deeplift_rules import checked_eps, floored, pool_with_indices, unpool
 from .attention_rules import FixedAttention, FixedStd
+from .gate_rules import FixedGate
 from .input_copies import INPUT_COPIES, read_in_place_of
 from .rule_base import Rule, Saved, pullback
 
@@ -426,7 +427,8 @@ def lrp_rules(eps: float = 1e-9) -> dict:
     max-pool, ``F.avg_pool2d`` for average and adaptive average pools. Linear, conv, batch-norm,
     average and max pooling: `Epsilon`; tanh, sigmoid, ELU, GELU, clamp and
     the other elementwise activations: `Pass` (ReLU keeps its derivative, which is the same);
-    layer norm and RMS norm: `FixedStd`; scaled-dot-product attention: `FixedAttention`; softmax,
+    layer norm and RMS norm: `FixedStd`; scaled-dot-product attention: `FixedAttention`; products
+    of two activations (squeeze-and-excitation gates, GLU): `FixedGate`; softmax,
     nn.MultiheadAttention and the recurrent layers (LSTM, GRU, RNN): a clear error.
     """
     layer, passing = Epsilon(eps), Pass()
@@ -436,6 +438,7 @@ def lrp_rules(eps: float = 1e-9) -> dict:
                                                     F.celu, F.softsign, F.logsigmoid, F.threshold, torch.clamp)})
     norm = FixedStd()
     mapping.update({F.layer_norm: norm, F.rms_norm: norm, F.scaled_dot_product_attention: FixedAttention()})
+    mapping[torch.mul] = FixedGate()  # products of two activations (NOTE: [Products of two activations] in ops.py)
     mapping.update({F.softmax: Refuse(_SOFTMAX), F.multi_head_attention_forward: Refuse(_FUSED), torch.lstm: Refuse(_RECURRENT)})
     return mapping
 

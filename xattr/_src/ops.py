@@ -203,6 +203,31 @@ def differentiated(t: torch.Tensor) -> bool:
     return False
 
 
+def _product(inplace: bool):
+    """A parser for ``torch.mul`` and its spellings (``a * b``, ``a.mul(b)``, ``a.mul_(b)``).
+
+    NOTE: [Products of two activations]
+    ``a * b`` with both factors differentiated (`differentiated`: each depends on the attributed
+    input, as a squeeze-and-excitation gate and the feature map it scales do, or the two halves of
+    a GLU) is kind ``"product"``: a function of two inputs, whose ordinary gradient hands each
+    factor the product's whole relevance, so LRP would count it twice (`FixedGate` in
+    gate_rules.py). A factor that is a number, a parameter or computed from parameters alone
+    (ConvNeXt's layer scale) is a fixed weight: the op is linear in the other factor, is not
+    parsed, and keeps its gradient. So is a call with ``out=`` or on non-float tensors.
+    """
+
+    def parse(func, input, other=None, *rest, out=None, **named):
+        if rest or named or out is not None or not isinstance(input, torch.Tensor) or not isinstance(other, torch.Tensor):
+            return None
+        if not (input.is_floating_point() and other.is_floating_point()):
+            return None
+        if not (differentiated(input) and differentiated(other)):  # cheap checks first, then the graph walks
+            return None
+        return Op("product", torch.mul, (input, other), {}, func, inplace)
+
+    return parse
+
+
 def _softmax(func, input, dim=None, _stacklevel=3, dtype=None):
     if dim is None:
         raise ValueError("xattr.rules needs softmax's dim given explicitly (implicit dim is deprecated in torch)")
@@ -407,6 +432,10 @@ def _table() -> tuple[dict, dict]:
         add(f, "clamp", _extremum("min"))
     for f in (torch.minimum, torch.Tensor.minimum, torch.min, torch.Tensor.min):
         add(f, "clamp", _extremum("max"))
+    for f in (torch.mul, torch.multiply, torch.Tensor.mul, torch.Tensor.multiply, torch.Tensor.__mul__, torch.Tensor.__rmul__):
+        add(f, "product", _product(False))
+    for f in (torch.Tensor.mul_, torch.Tensor.multiply_, torch.Tensor.__imul__):
+        add(f, "product", _product(True))
     add(F.linear, "linear", _linear)
     add(F.batch_norm, "batch_norm", _batch_norm)
     add(F.layer_norm, "layer_norm", _layer_norm)
