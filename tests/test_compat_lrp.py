@@ -189,6 +189,35 @@ def test_residual_plus_conserves_where_captum_does_not():
     assert (torch.tensor(E.DIFFERENT["diff_res_plus"]["delta"], dtype=out.dtype).abs() > 0.1 * out.abs()).any()
 
 
+class _Gated(nn.Module):
+    """``h * tanh(g(h))``: a product of two activations between bias-free linear layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.g, self.l2 = nn.Linear(4, 6, bias=False), nn.Linear(6, 6, bias=False), nn.Linear(6, 1, bias=False)
+        self.t = nn.Tanh()
+
+    def forward(self, x):
+        h = self.l1(x)
+        return self.l2(h * self.t(self.g(h)))
+
+
+def test_product_of_activations_conserves_where_captum_does_not():
+    """docs/migration_rules.md, Products of two activations: xattr's FixedGate holds relevance to
+    f(x) (a bias-free model, epsilon 1e-9); Captum's chain rule through the product does not
+    (its sum of relevance was 0.043 where f(x) = -0.050 on this model)."""
+    torch.manual_seed(0)
+    model = _Gated().double().eval()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    f = model(x)[:, 0].detach()
+    relevance, delta = X.LRP(model).attribute(x, target=0, return_convergence_delta=True)
+    torch.testing.assert_close(relevance.sum(1), f, atol=1e-8, rtol=0)
+    torch.testing.assert_close(delta, torch.zeros_like(delta), atol=1e-8, rtol=0)
+    captum_attr = pytest.importorskip("captum.attr")
+    theirs = captum_attr.LRP(model).attribute(x, target=0)
+    assert ((theirs.sum(1) - f).abs() > 0.5 * f.abs()).any()
+
+
 def test_reused_layer_works_where_captum_refuses():
     """Captum raises for a layer called twice; xattr propagates through both calls and, the model
     being bias-free ReLU, conserves relevance. The result is a reference written out by hand."""
