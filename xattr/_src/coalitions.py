@@ -50,7 +50,8 @@ def uniform_steps(z: torch.Tensor, width: int, dtype, stream, seeds, budget: int
     for i in range(rows):
         g = None if stream is None else torch.Generator(device=z.device).manual_seed(seeds[i])
         for a in range(0, n, step):
-            write(z[i, a : a + step], torch.empty(min(step, n - a), width, dtype=dtype).uniform_(0.0, 1.0, generator=g))
+            u = torch.empty(min(step, n - a), width, dtype=dtype, device=z.device)
+            write(z[i, a : a + step], u.uniform_(0.0, 1.0, generator=g))
 
 
 def bernoulli_draws(rows: int, n: int, m: int, stream, seeds, device, budget: int) -> torch.Tensor:
@@ -90,15 +91,23 @@ def shapley_draws(rows: int, n: int, m: int, stream, device, seeds=None, budget:
     no sort). The float64 uniforms, m + 1 per coalition, are drawn ``budget`` bytes at a time
     (None: at once; NOTE: [Coalition draws within the memory budget])."""
     z = torch.empty(rows, n, m, device=device, dtype=torch.bool) if out is None else out  # NOTE: [Coalitions held as bool]
-    uniform_steps(z, m + 1, torch.float64, stream, seeds, budget, lambda part, u: _select(part, u, m))
+    cdf = _size_cdf(m, z.device) if m > 1 else None
+    uniform_steps(z, m + 1, torch.float64, stream, seeds, budget, lambda part, u: _select(part, u, m, cdf))
     return z
 
 
-def _select(z: torch.Tensor, u: torch.Tensor, m: int) -> None:
-    """Writes `shapley_draws`' coalitions for the uniforms u (..., m + 1) into z (..., m)."""
-    sizes = torch.arange(1, m, dtype=torch.float64, device=u.device)
+def _size_cdf(m: int, device) -> torch.Tensor:
+    """The CDF of `shapley_draws`' coalition sizes 1..m-1, made on the CPU and moved to ``device``:
+    torch.cumsum of floats on CUDA raises under ``torch.use_deterministic_algorithms(True)``."""
+    sizes = torch.arange(1, m, dtype=torch.float64)
     cdf = torch.cumsum((m - 1) / (sizes * (m - sizes)), 0)
-    need = (torch.searchsorted(cdf / cdf[-1], u[..., 0].contiguous(), right=True).clamp_max(m - 2) + 1).to(u.dtype)
+    return (cdf / cdf[-1]).to(device)
+
+
+def _select(z: torch.Tensor, u: torch.Tensor, m: int, cdf: torch.Tensor) -> None:
+    """Writes `shapley_draws`' coalitions for the uniforms u (..., m + 1) into z (..., m), the
+    sizes drawn by their CDF ``cdf`` (`_size_cdf`)."""
+    need = (torch.searchsorted(cdf, u[..., 0].contiguous(), right=True).clamp_max(m - 2) + 1).to(u.dtype)
     for j in range(m):
         take = u[..., j + 1] * (m - j) < need
         z[..., j] = take

@@ -134,7 +134,7 @@ def evaluate(
                 if with_inputs and s == 0 and e > 1:  # perhaps a model of one number per batch (a loss)
                     raise _OneNumber(err) from err
                 raise
-            out = as_floating(_as_output(out, dtype), dtype)  # an integer output: NOTE: [Integer outputs]
+            out = as_floating(_as_output(out, dtype, args), dtype)  # an integer output: NOTE: [Integer outputs]
             check_finite(out)
             if aggregate:
                 if out.numel() != 1:
@@ -266,17 +266,21 @@ def _remember_one_number(f: Callable) -> None:
         pass
 
 
-def _as_output(out, dtype: torch.dtype) -> torch.Tensor:
+def _as_output(out, dtype: torch.dtype, args) -> torch.Tensor:
     """A model function's output as a tensor: a Python number is one number for the whole batch
-    (Captum's forward functions may return one, e.g. a loss's ``.item()``)."""
+    (Captum's forward functions may return one, e.g. a loss's ``.item()``), put on the device of
+    the model's tensor arguments, the first one off the CPU if any (made on the CPU, it met CUDA
+    feature masks in `scatter_features`)."""
     if isinstance(out, torch.Tensor):
         return out
+    devices = [t.device for t in T.leaves(args) if isinstance(t, torch.Tensor)]
+    device = next((d for d in devices if d.type != "cpu"), None)
     if isinstance(out, int) and not isinstance(out, bool) and -(2**63) <= out < 2**63:
-        return torch.tensor(out)  # a count: exact, then taken as `as_floating` takes integer outputs
+        return torch.tensor(out, device=device)  # a count: exact, then taken as `as_floating` takes integer outputs
     if isinstance(out, float):  # a double, kept so: in float32 the drop 1000.0002 - 1000.0 came out 0.000183
-        return torch.tensor(out, dtype=torch.float64)
+        return torch.tensor(out, dtype=torch.float64, device=device)
     if isinstance(out, int) and not isinstance(out, bool):
-        return torch.tensor(float(out), dtype=dtype)  # as an integer output is taken: float64 inputs keep it exact
+        return torch.tensor(float(out), dtype=dtype, device=device)  # as an integer output is taken: float64 inputs keep it exact
     raise TypeError(f"the model function must return a tensor, got {type(out).__name__}")
 
 
@@ -297,7 +301,7 @@ def outputs_at(f: Callable, args: tuple, batch: int | None = None) -> tuple[torc
     private = T.cloned(args)
     with model_calls():
         dtype = output_float_dtype(args)
-        out = as_floating(_as_output(f(*private), dtype), dtype)  # NOTE: [Integer outputs]
+        out = as_floating(_as_output(f(*private), dtype, args), dtype)  # NOTE: [Integer outputs]
     check_finite(out)
     if out.ndim == 0 or (batch is not None and batch > 1 and out.numel() == 1):
         return out.reshape(1), True
