@@ -58,16 +58,34 @@ def top_k_intersection(a: Any, b: Any, *, k: int | float = 0.1) -> torch.Tensor:
 
     ``k``: a count, or a fraction of the elements (0 < k <= 1, rounded up). In the maps' dtype
     widened to at least float32 (NOTE: [Metrics of half-precision maps]).
+
+    NOTE: [Ties at the k-th magnitude]
+    Where several elements tie at the k-th largest magnitude (the zeros of a sparse or ReLU'd
+    map), "the k largest" does not say which of them count, and ``torch.topk`` picks some, in an
+    order that differs between CPU and CUDA and between sizes (on the CPU, of the 5 elements
+    ``[1, 1, 0, 0, 0]``, k = 3 took the zero at index 4), so two maps that tie differently scored
+    by chance. Instead the tied elements share what is left of k: each element's membership in
+    the top k is 1 above the k-th magnitude and ``(k - #above) / #at`` at it, and the result is
+    ``sum(min(w_a, w_b)) / k``, the size of the (fuzzy) intersection over k. It is 1 for a map
+    and itself, symmetric, the same on every device, and without ties at the k-th magnitude
+    the plain count.
     """
     fa, fb = (m.abs() for m in _flat_pair(a, b))
     p = fa.shape[1]
     kk = math.ceil(k * p) if isinstance(k, float) else int(k)
     if not 1 <= kk <= p:
         raise ValueError(f"k={k!r} gives {kk} of {p} elements; it must select between 1 and all of them")
-    ia = torch.topk(fa, kk, dim=1).indices
-    ib = torch.topk(fb, kk, dim=1).indices
-    hit = torch.zeros_like(fa, dtype=torch.bool).scatter_(1, ia, True)
-    return hit.gather(1, ib).sum(1).to(_pair_dtype(fa, fb)) / kk  # NOTE: [Metrics of half-precision maps]
+    wa, wb = _top_k_weights(fa, kk), _top_k_weights(fb, kk)
+    return (torch.minimum(wa, wb).sum(1) / kk).to(_pair_dtype(fa, fb))  # NOTE: [Metrics of half-precision maps]
+
+
+def _top_k_weights(f: torch.Tensor, k: int) -> torch.Tensor:
+    """Each element's membership in the k largest of its row of f (B, P): 1 above the k-th
+    value, the rest of k shared at it (NOTE: [Ties at the k-th magnitude]): float64 (B, P)."""
+    kth = torch.topk(f, k, dim=1).values[:, -1:]  # the k-th largest value is the same whatever ties
+    above, at = f > kth, f == kth
+    share = (k - above.sum(1, keepdim=True)).to(torch.float64) / at.sum(1, keepdim=True)
+    return above.to(torch.float64) + at * share
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
