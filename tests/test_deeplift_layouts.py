@@ -158,8 +158,8 @@ def _spied(model, rows: list):
 
 
 def test_batch_first_models_run_one_call_and_ambiguous_ones_one_more():
-    """Dim 1 is read in 3-d tensors only: a CNN with as many channels as rows, an MLP as wide, a
-    batch-first encoder with L != R run once. L == R runs again, with twice the rows."""
+    """A CNN with as many channels as rows, (R, R, H, W), and a batch-first encoder with L != R run
+    once (tests/test_deeplift_layouts_rank.py: other ranks). L == R runs again, with twice the rows."""
     torch.manual_seed(0)
     cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 9, 4), nn.ReLU(),
                         nn.Linear(4, 2)).double().eval()

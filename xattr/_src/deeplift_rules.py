@@ -5,11 +5,11 @@ DeepLift compares each example with its reference. Like Captum, xattr runs both 
 rows ``[x_1..x_B, r_1..r_B]``, so every intercepted op sees its input as two halves, and the
 Rescale multiplier of an element is ``(y_i - y_ref_i) / (x_i - x_ref_i)`` with the same value on
 both halves. ``deep_lift`` records the number of rows it feeds (`paired_rows`), and a rule finds
-them in dim 0 of its input, or in dim 1 of a 3-d sequence-first ``(L, R, D)`` input, where it
-runs on the transposed views; where a 3-d tensor could hold them in either dim, the call runs
-again with more rows (NOTE: [Rows in dim 0 or dim 1] in row_layout.py). An op whose input holds
-no dim of that size where the rows may sit (a parameter, the batch merged with another dim, a
-sequence-first tensor of another rank) does not carry the batch, so it keeps its ordinary
+them in dim 0 of its input, or in dim 1 of a sequence-first one (``(L, R, D)``, ``(out, R)``,
+``(L, R, H, d)``), where it runs on the transposed views; where a tensor could hold them in either
+dim, the call runs again with more rows (NOTE: [Rows in dim 0 or dim 1] in row_layout.py). An op
+whose input holds no dim of that size where the rows may sit (a parameter, the batch merged with
+another dim, rows in dim 2 or later) does not carry the batch, so it keeps its ordinary
 derivative, and so does every op outside a `paired_rows` block (``rules(model,
 deep_lift_rules())`` alone never pairs example i with example i + B/2). The rules propagate the
 gradient of each half from that half's own cotangent; ``deep_lift`` seeds the input half only.
@@ -313,7 +313,7 @@ class Rescale(Rule):
     argmax positions of each, and divided by ``x - x_ref`` (so summation-to-delta holds through
     the pool). Softmax: the elementwise multipliers times g, minus their mean over the softmax
     dim (the paper's normalisation; per example, where Captum takes the mean over the whole
-    doubled batch). Rows pair as in NOTE: [Paired rows], in dim 0 or, in a sequence-first 3-d
+    doubled batch). Rows pair as in NOTE: [Paired rows], in dim 0 or, in a sequence-first
     tensor, dim 1 (NOTE: [Rows in dim 0 or dim 1]).
     """
 
