@@ -186,7 +186,12 @@ class Attribution:
         call = Call.build(self.forward_func, inputs, target, additional_forward_args)
         fn, aux = self._functional(call, **keywords)
         attributions, delta = fn(*call.args, *aux)
-        return call.output(attributions, delta, bool(keywords.get("return_convergence_delta", False)))
+        return self._output(call, attributions, delta, bool(keywords.get("return_convergence_delta", False)))
+
+    def _output(self, call: Call, attributions, delta, with_delta: bool):
+        """Captum's return value from ``fn``'s result: one attribution per input (``call.output``);
+        the layer adapters return the layer's structure instead (and a noise tunnel its method's)."""
+        return call.output(attributions, delta, with_delta)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.forward_func!r})"

@@ -48,12 +48,14 @@ class LayerAttribution(Attribution):
     def _run(self, inputs, target, additional_forward_args, grad_kwargs=None, **keywords):
         if grad_kwargs:
             raise ValueError("grad_kwargs is not supported by xattr.compat.captum (gradients are taken by xattr)")
-        call = Call.build(self.forward_func, inputs, target, additional_forward_args)
-        fn, aux = self._functional(call, **keywords)
-        attributions, delta = fn(*call.args, *aux)
-        if isinstance(self.layer, (list, tuple)):  # at_layer gives a tuple over layers; Captum a list
+        return super()._run(inputs, target, additional_forward_args, **keywords)
+
+    def _output(self, call: Call, attributions, delta, with_delta: bool):
+        """The layer's structure (a tensor, or a tuple for a layer with several outputs), a list
+        of them for a list of layers (at_layer gives a tuple over layers), whatever the inputs'."""
+        if isinstance(self.layer, (list, tuple)):
             attributions = list(attributions)
-        return (attributions, delta) if keywords.get("return_convergence_delta") else attributions
+        return (attributions, delta) if with_delta else attributions
 
 
 def _no_delta(fn):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 import xattr
+from xattr._src import tree as T
 
 from ._convert import Attribution, Call, subseed
 
@@ -92,7 +93,7 @@ class NoiseTunnel(Attribution):
         def attr_fn(*args):  # one chunk of noisy copies, folded copy-major
             attributions, delta = inner_fn(*args)
             if with_delta:  # (copies * B * per-row deltas,) copy-major -> example-major
-                rows = attributions[0].shape[0]
+                rows = T.leaves(attributions)[0].shape[0]  # a layer method's attributions: its layer's structure
                 deltas.append(delta.reshape(rows // batch[0], batch[0], -1).transpose(0, 1).reshape(-1))
             return attributions
 
@@ -117,3 +118,7 @@ class NoiseTunnel(Attribution):
             return attributions, (torch.cat(deltas) if with_delta else None)
 
         return fn, tail
+
+    def _output(self, call: Call, attributions, delta, with_delta: bool):
+        """The inner method's return convention (one attribution per input, or a layer's structure)."""
+        return self.attribution_method._output(call, attributions, delta, with_delta)
