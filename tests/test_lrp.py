@@ -692,18 +692,25 @@ def test_softmax_inside_lrp_is_refused():
         xattr.lrp(xattr.target(model, 0))(random_tensor((2, 3), seed=0))
 
 
-def test_multihead_attention_is_refused():
+def test_multihead_attention_runs_written_out_and_dropout_in_training_is_refused():
+    """nn.MultiheadAttention was refused ("cannot see inside"); it now runs as its projections and
+    SDPA (xattr.rule.Unfused): bias-free, relevance is conserved. Dropout in training is random:
+    refused."""
+
     class MHA(nn.Module):
         def __init__(self):
             super().__init__()
-            self.att = nn.MultiheadAttention(4, 2, batch_first=True)
+            self.att = nn.MultiheadAttention(4, 2, batch_first=True, bias=False, dropout=0.5)
 
         def forward(self, x):
             return self.att(x, x, x, need_weights=False)[0].sum((1, 2))
 
     model = _seeded(21, MHA)
-    with pytest.raises(NotImplementedError, match="cannot see inside nn.MultiheadAttention"):
-        xattr.lrp(model)(random_tensor((2, 3, 4), seed=0))
+    x = random_tensor((2, 3, 4), seed=0)
+    R, delta = xattr.lrp(model, composite=xattr.rule.lrp_rules(1e-12), return_delta=True)(x)
+    assert delta.abs().max() < 1e-9 and R.abs().sum() > 0
+    with pytest.raises(NotImplementedError, match="dropout 0.5 in training mode"):
+        xattr.lrp(model.train())(x)
 
 
 class Recurrent(nn.Module):

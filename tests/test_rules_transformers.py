@@ -6,7 +6,8 @@ additive and per-example masks; mean and CLS pooling), and equals the gradient o
 the norms' scales and the attention weights detached. Guided backprop, deconvolution and DeepLift
 on torch's transformer layers and ``nn.MultiheadAttention``: each example alone gives its row,
 ``vmap`` equals the loop, the model is left as it was, and torch's fused eval-mode kernels cannot
-bypass the rules. DeepLift's delta is the true gap; LRP refuses ``nn.MultiheadAttention``.
+bypass the rules. DeepLift's delta is the true gap. LRP runs ``nn.MultiheadAttention`` written out
+(tests/test_lrp_mha.py), with each example alone giving its row here too.
 """
 
 from __future__ import annotations
@@ -283,6 +284,7 @@ def _methods(f):
         "deep_lift": (xattr.deep_lift(f), {}),
         "deep_lift_per_example": (xattr.deep_lift(f), {"baselines": base}),
         "deep_lift_shap": (xattr.deep_lift_shap(f, baselines=_randn(2, L, D, seed=98) * 0.1), {}),
+        "lrp": (xattr.lrp(f), {}),  # was refused: "cannot see inside nn.MultiheadAttention"
     }
 
 
@@ -293,13 +295,11 @@ def _rows(attr, kw, x, keep, j):
 
 def _check_attention_model(model, target: int, x, keep, *, vmapped: bool) -> None:
     """Every method's batch equals the loop over its 3 examples (and, with ``vmapped``, vmap over
-    them), the model is left as it was, and LRP refuses its nn.MultiheadAttention."""
+    them; LRP too, through its nn.MultiheadAttention written out), and the model is left as it was."""
     f = xattr.target(model, target)
     before = state_snapshot(model, x)
     _check_methods_per_example(f, x, keep, vmapped=vmapped)
     assert changed_state(before, state_snapshot(model, x)) == []
-    with pytest.raises(NotImplementedError, match="nn.MultiheadAttention"):
-        xattr.lrp(f)(x, keep)
 
 
 def _check_methods_per_example(f, x, keep, *, vmapped: bool) -> None:
@@ -378,7 +378,7 @@ def test_full_transformer_with_causal_target_mask():
     src, tgt = _randn(3, L, D, seed=8), _randn(3, 4, D, seed=9)
     f = xattr.target(model, 0)
     before = state_snapshot(model, src)
-    for attr in (xattr.guided_backprop(f, argnums=(0, 1)), xattr.deep_lift(f, argnums=(0, 1))):
+    for attr in (xattr.guided_backprop(f, argnums=(0, 1)), xattr.deep_lift(f, argnums=(0, 1)), xattr.lrp(f, argnums=(0, 1))):
         batch = attr(src, tgt)
         for j in range(3):
             alone = attr(src[j : j + 1], tgt[j : j + 1])
@@ -394,7 +394,7 @@ def test_fused_kernels_cannot_bypass_the_rules(monkeypatch):
     """With every parameter frozen, in eval mode, torch's TransformerEncoderLayer and
     MultiheadAttention take one fused kernel when nothing requires grad. Under the rules the
     attributed input requires grad (and the mode is a torch function override), so the Python
-    path runs: the numbers equal those with the fast path switched off, and LRP still refuses."""
+    path runs: the numbers equal those with the fast path switched off, LRP's too."""
     model = _seeded(11, lambda: Encoder(activation="relu", heads=2))
     for p in model.parameters():
         p.requires_grad_(False)
@@ -409,11 +409,10 @@ def test_fused_kernels_cannot_bypass_the_rules(monkeypatch):
     fused.clear()
     methods = {"guided_backprop": xattr.guided_backprop(f), "deconvolution": xattr.deconvolution(f), "deep_lift": xattr.deep_lift(f),
                "layer_deep_lift": xattr.layer_deep_lift(xattr.at_layer(f, model.layer.linear1)),
-               "neuron_guided": xattr.guided_backprop(xattr.neuron(xattr.at_layer(f, model.layer.linear1), (1, 3)))}
+               "neuron_guided": xattr.guided_backprop(xattr.neuron(xattr.at_layer(f, model.layer.linear1), (1, 3))),
+               "lrp": xattr.lrp(f)}
     got = {name: attr(x, keep) for name, attr in methods.items()}
     assert not fused
-    with pytest.raises(NotImplementedError, match="nn.MultiheadAttention"):
-        xattr.lrp(f)(x, keep)
     before = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:

@@ -29,6 +29,7 @@ from .attention_rules import FixedAttention, FixedStd
 from .gate_rules import FixedGate
 from .input_copies import INPUT_COPIES, read_in_place_of
 from .rule_base import Rule, Saved, pullback
+from .unfused import Unfused
 
 # set by layer_lrp: an input-layer rule whose input depends on the layer's activation is an error
 ABOVE_SPLIT: contextvars.ContextVar = contextvars.ContextVar("xattr_layer_lrp", default=False)
@@ -404,12 +405,6 @@ _SOFTMAX = (
     "model function), or, for attention written with an explicit softmax, map F.softmax to "
     "xattr.rule.Block() (attention weights held constant, Ali et al. 2022)."
 )
-_FUSED = (
-    "LRP cannot see inside nn.MultiheadAttention: it runs as one fused op. Write attention with "
-    "F.scaled_dot_product_attention (xattr then holds the attention weights constant, the AH rule; "
-    "docs/lrp.md, Transformers), or leave F.multi_head_attention_forward out of the mapping to give it "
-    "its ordinary gradient (relevance is then not conserved through it)."
-)
 
 _RECURRENT = (
     "LRP has no rule for nn.LSTM, nn.GRU or nn.RNN: each runs as one fused op whose gates multiply "
@@ -427,9 +422,10 @@ def lrp_rules(eps: float = 1e-9) -> dict:
     max-pool, ``F.avg_pool2d`` for average and adaptive average pools. Linear, conv, batch-norm,
     average and max pooling: `Epsilon`; tanh, sigmoid, ELU, GELU, clamp and
     the other elementwise activations: `Pass` (ReLU keeps its derivative, which is the same);
-    layer norm and RMS norm: `FixedStd`; scaled-dot-product attention: `FixedAttention`; products
-    of two activations (squeeze-and-excitation gates, GLU): `FixedGate`; softmax,
-    nn.MultiheadAttention and the recurrent layers (LSTM, GRU, RNN): a clear error.
+    layer norm and RMS norm: `FixedStd`; scaled-dot-product attention: `FixedAttention`;
+    nn.MultiheadAttention: `Unfused` (its projections and attention then take those rules);
+    products of two activations (squeeze-and-excitation gates, GLU): `FixedGate`; softmax and the
+    recurrent layers (LSTM, GRU, RNN): a clear error.
     """
     layer, passing = Epsilon(eps), Pass()
     mapping = {F.linear: layer, torch.conv2d: layer, F.batch_norm: layer, F.avg_pool2d: layer, F.max_pool2d: layer}
@@ -439,7 +435,7 @@ def lrp_rules(eps: float = 1e-9) -> dict:
     norm = FixedStd()
     mapping.update({F.layer_norm: norm, F.rms_norm: norm, F.scaled_dot_product_attention: FixedAttention()})
     mapping[torch.mul] = FixedGate()  # products of two activations (NOTE: [Products of two activations] in ops.py)
-    mapping.update({F.softmax: Refuse(_SOFTMAX), F.multi_head_attention_forward: Refuse(_FUSED), torch.lstm: Refuse(_RECURRENT)})
+    mapping.update({F.softmax: Refuse(_SOFTMAX), F.multi_head_attention_forward: Unfused(), torch.lstm: Refuse(_RECURRENT)})
     return mapping
 
 

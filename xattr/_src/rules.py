@@ -10,8 +10,10 @@ replaced by ``_Apply`` (rule_apply.py), a ``torch.autograd.Function`` (with ``se
 ``generate_vmap_rule=True``) whose forward is the op itself and whose backward is the rule's
 (a rule with ``input_grad`` runs as called, with a hook on its node: NOTE: [Rules as backward
 hooks]; one that only rescales its output's gradient, with a hook on its output: NOTE: [Rules
-as output hooks]). Forward values never change: only gradients do. Everything else runs untouched, and so does
-every op no rule claims, so the cost is one dictionary lookup per torch call.
+as output hooks]; a fused call under `Unfused` runs as the ops it is made of, with the mode on
+again: NOTE: [Fused attention written out] in unfused.py). Forward values never change (but for
+rounding where `Unfused` spells a call another way): only gradients do. Everything else runs
+untouched, and so does every op no rule claims, so the cost is one dictionary lookup per torch call.
 
 Because the op is intercepted, not the module, the same rule applies to ``nn.ReLU``, ``F.relu``,
 ``x.relu_()`` and a ReLU module reused five times, and works in plain functions that are not
@@ -53,6 +55,7 @@ from .rule_apply import _as_hook, _as_output_hook, _hooked, _scaled, apply_rule
 from .rule_base import Rule
 from .rule_limits import calls_compiled, eager_compiled, first_order_only, refuse_jit
 from .rule_table import Table
+from .unfused import Unfused
 
 
 class _RulesMode(TorchFunctionMode):
@@ -78,6 +81,9 @@ class _RulesMode(TorchFunctionMode):
         if torch._C._functorch.maybe_current_level() is not None:  # the transforms around this op, not
             # only those around the call (``rules(attribution_fn)`` takes its own gradient inside it)
             first_order_only("a gradient through xattr.rules", allowed=1)  # NOTE: [Rule-based attributions are first-order]
+        if op.fn is None and isinstance(rule, Unfused):  # NOTE: [Fused attention written out]
+            with self:  # the mode is off while it handles a call: on again for the ops written out
+                return rule.written_out(func)(*args, **kwargs)
         if type(rule)._reroute is not Rule._reroute:
             return apply_rule(rule, rule._reroute(op))
         if _as_hook(rule, op):
