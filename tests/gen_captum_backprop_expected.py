@@ -31,6 +31,9 @@ This module imports only torch: tests/test_compat_backprop.py runs the same case
                  Captum computes for them alone (``..._second_alone``).
                - ``softmax``: Captum's softmax rule subtracts one mean over the whole doubled
                  batch, so an example's attributions depend on the other examples.
+               - ``ndl_callable``: a neuron selector that multiplies two neurons. Captum keeps the
+                 product's gradient there (summation-to-delta fails); xattr's DeepLift has a
+                 rule for products of two activations, which conserves.
 """
 
 from __future__ import annotations
@@ -267,8 +270,6 @@ CASES = [
          {"neuron_selector": 2, "baselines": B_EACH, "attribute_to_neuron_input": True}, layer="3"),  # fmt: skip
     Case("ndl_slice_cnn", "NeuronDeepLift", "cnn", "img", {"neuron_selector": (1, slice(0, 2), 0), "baselines": B_IMG},
          layer="2"),  # fmt: skip
-    Case("ndl_callable", "NeuronDeepLift", "acts", "x",
-         {"neuron_selector": product_of_first_and_third, "baselines": B_EACH}, layer="4"),  # fmt: skip
     Case("ndl_pair_args", "NeuronDeepLift", "two", "pair", {"neuron_selector": 1, "baselines": (B_ROW, 0.1), **TWO_ARGS},
          layer="l3"),  # fmt: skip
     Case("ndl_not_multiplied", "NeuronDeepLift", "relu", "x", {"neuron_selector": 0, "baselines": B_EACH}, ctor=LOCAL,
@@ -310,6 +311,9 @@ DIFF_CASES = [
     Case("pool_equal_region", "DeepLift", "pool", "img3", {"baselines": B_REGION, "target": 1}, ctor=LOCAL),
     Case("pool_equal_region_second_alone", "DeepLift", "pool", "img3_second", {"baselines": B_REGION[1:2], "target": 1},
          ctor=LOCAL),  # fmt: skip
+    # a neuron selector multiplying two neurons: a product of two activations, where Captum keeps the gradient
+    Case("ndl_callable", "NeuronDeepLift", "acts", "x",
+         {"neuron_selector": product_of_first_and_third, "baselines": B_EACH}, layer="4"),  # fmt: skip
     # the same example with another example beside it, and alone
     Case("softmax_batch", "DeepLift", "softmax", "x", {"baselines": B_ROW, "target": 1, **DELTA}),
     Case("softmax_alone", "DeepLift", "softmax", "x_first", {"baselines": B_ROW, "target": 1, **DELTA}),

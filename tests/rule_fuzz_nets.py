@@ -32,9 +32,9 @@ _FUNCTIONS = {"relu": torch.relu, "leaky_relu": lambda t: F.leaky_relu(t, 0.1), 
               "silu": F.silu}
 _MODULES = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.1), "elu": lambda: nn.ELU(0.7), "sigmoid": nn.Sigmoid,
             "tanh": nn.Tanh, "softplus": lambda: nn.Softplus(beta=1.5), "gelu": nn.GELU, "silu": nn.SiLU}
-# steps whose backward DeepLift's Rescale does not replace by a multiplier (docs/rules.md): with them
-# summation-to-delta is not promised
-INEXACT = frozenset({"gate", "layer_norm", "softmax", "attention"})
+# steps whose backward DeepLift's rules do not replace by a multiplier (docs/rules.md): with them
+# summation-to-delta is not promised (a gate, a product of two paths, has DeepLift's product rule)
+INEXACT = frozenset({"layer_norm", "softmax", "attention"})
 
 
 class GuidedReLU(torch.autograd.Function):
@@ -83,6 +83,46 @@ class _Rescale(torch.autograd.Function):
     def backward(ctx, g):
         (m,) = ctx.saved_tensors
         return g * torch.cat([m, m]), None, None
+
+
+class PairedProduct(torch.autograd.Function):
+    """``a * b`` on rows [x; b] in dim 0, each factor's gradient the other factor averaged over
+    each input row and its reference row (a factor of one row is its own average), broadcast
+    where the factors broadcast and summed back: ``a * b - a_ref * b_ref = avg(b) (a - a_ref) +
+    avg(a) (b - b_ref)``."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        return (g * _pair_average(b)).sum_to_size(a.shape), (g * _pair_average(a)).sum_to_size(b.shape)
+
+
+class PairedMatmul(torch.autograd.Function):
+    """``a @ b`` (batched, both at least 2-d, rows [x; b] in dim 0), with matmul's gradient at the
+    factors averaged over each input row and its reference row: ``a @ b - a_ref @ b_ref =
+    (a - a_ref) @ avg(b) + avg(a) @ (b - b_ref)``."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a @ b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = (_pair_average(t) for t in ctx.saved_tensors)
+        return g @ b.transpose(-2, -1), a.transpose(-2, -1) @ g
+
+
+def _pair_average(t: torch.Tensor) -> torch.Tensor:
+    if t.shape[0] == 1:
+        return t
+    half = t.shape[0] // 2
+    return torch.cat([(t[:half] + t[half:]) / 2] * 2)
 
 
 class _RescaleSoftmax(torch.autograd.Function):
@@ -214,7 +254,8 @@ class FuzzNet(nn.Module):
         if op == "add":
             return x + ins[1]
         if op == "gate":  # a product of two paths of the input
-            return x * self.nonlinear("sigmoid", ins[1])
+            gate = self.nonlinear("sigmoid", ins[1])
+            return PairedProduct.apply(x, gate) if self.mode == "deep_lift" else x * gate
         if op == "cat":
             return torch.cat(ins, 1)
         if op == "scale":
@@ -234,7 +275,8 @@ class FuzzNet(nn.Module):
             if opts[0] == "sdpa":
                 out = F.scaled_dot_product_attention(q, k, v)
             else:
-                out = self.nonlinear("softmax", q @ k.transpose(1, 2) / math.sqrt(q.shape[-1])) @ v
+                mm = PairedMatmul.apply if self.mode == "deep_lift" else torch.matmul
+                out = mm(self.nonlinear("softmax", mm(q, k.transpose(1, 2)) / math.sqrt(q.shape[-1])), v)
             return out.transpose(1, 2)
         raise ValueError(op)
 

@@ -288,6 +288,23 @@ def test_softmax_rule_is_per_example():
     assert not torch.allclose(batch, captum_batch)
 
 
+def test_neuron_selector_multiplying_two_neurons():
+    """``h[:, 0] * h[:, 2]`` is a product of two activations: xattr's DeepLift passes each factor
+    the other's average over the example and its reference (docs/migration_rules.md), so the
+    attributions are the two neurons' DeepLift weighted by those averages and sum to the change
+    of the product. Captum keeps the product's gradient: its sum misses the change."""
+    model, x, b = MODELS["acts"], G.X, G.B_EACH
+    attr = _run("ndl_callable")
+    split = xattr.at_layer(model, model[4])
+    h, h_ref = model[:5](x).detach(), model[:5](b).detach()
+    avg = (h + h_ref) / 2
+    first, third = (xattr.deep_lift(xattr.neuron(split, j), baselines=b)(x) for j in (0, 2))
+    torch.testing.assert_close(attr, avg[:, 2:3] * first + avg[:, 0:1] * third, rtol=1e-12, atol=1e-14)
+    change = h[:, 0] * h[:, 2] - h_ref[:, 0] * h_ref[:, 2]
+    assert (attr.sum(1) - change).abs().max() < EXACT
+    assert (_stored("ndl_callable").sum(1) - change).abs().max() > 1e-3 * change.abs().max()  # 0.8% off
+
+
 class Reused(torch.nn.Module):
     """One nn.ReLU module called twice."""
 

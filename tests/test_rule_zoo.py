@@ -4,9 +4,10 @@ Guided backprop and deconvolution must equal the model run with its ReLUs swappe
 written-out autograd Functions of rule_fuzz_nets (every torchvision ReLU goes through ``F.relu``:
 ``nn.ReLU``, DenseNet's and GoogLeNet's functional, in-place calls), and equal the plain gradient
 on models without a ReLU (ReLU6, SiLU, GELU are no ReLUs: docs/rules.md). DeepLift must sum to
-``f(x) - f(b)`` on the models made of conserving ops, and on the others (squeeze-and-excitation
-gates, layer norm, attention) equal the model run on rows ``[x; b]`` with its nonlinearities
-swapped for rule_fuzz_nets' Rescale Functions. On every model an example attributed alone must
+``f(x) - f(b)`` on the models made of conserving ops (squeeze-and-excitation gates included:
+products of two activations), and on the others (layer norm, attention) and the gated ones equal
+the model run on rows ``[x; b]`` with its nonlinearities swapped for rule_fuzz_nets' Rescale
+Functions and its gates for its product Function. On every model an example attributed alone must
 equal its row of a batch, with a reference per example and a shared one (B + 1 rows), also at
 batch sizes whose row count equals a ViT's token count (NOTE: [Rows in dim 0 or dim 1]); DeepLift
 SHAP must not depend on ``chunk_size``; no call may change the model.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 
 import pytest
 import torch
@@ -35,9 +37,10 @@ from xattr.testing.strategies import random_tensor
 from xattr.testing.vision import models as vision_models
 
 from registry import changed_state, state_snapshot
-from rule_fuzz_nets import DeconvReLU, GuidedReLU, _Rescale, _RescaleSoftmax
+from rule_fuzz_nets import DeconvReLU, GuidedReLU, PairedProduct, _Rescale, _RescaleSoftmax
 
 tv = vision_models()
+SqueezeExcitation = None if tv is None else importlib.import_module("torchvision.ops.misc").SqueezeExcitation
 pytestmark = pytest.mark.skipif(tv is None, reason="torchvision is not installed")
 
 SIZE = 32
@@ -108,9 +111,11 @@ BUILDERS = {
     "swin": _swin,
     "swin_v2": functools.partial(_swin, v2=True),
 }
-# summation-to-delta holds (docs/rules.md: affine maps, elementwise nonlinearities, max-pools)
+# summation-to-delta holds (docs/rules.md: affine maps, elementwise nonlinearities, max-pools,
+# products of two activations)
+GATED = ("mobilenet_v3_small", "efficientnet")  # squeeze-and-excitation gates: products
 CONSERVING = ("densenet", "squeezenet1_1", "mobilenet_v2", "shufflenet_v2_x0_5", "regnet_x_400mf", "mnasnet0_5", "googlenet",
-              "resnext")
+              "resnext", *GATED)
 # no ReLU at all: ReLU6 (hardtanh), SiLU, GELU; guided backprop and deconvolution are the gradient
 NO_RELU = ("mobilenet_v2", "efficientnet", "convnext", "vit", "swin", "swin_v2")
 
@@ -167,6 +172,8 @@ def rescaled(rows: int):
         mp.setattr(torch, "sigmoid", elementwise(torch.sigmoid))
         softmax = lambda x, a, k: _RescaleSoftmax.apply(x, k["dim"] if "dim" in k else a[0], 1e-10)  # noqa: E731
         mp.setattr(torch.Tensor, "softmax", wrap(torch.Tensor.softmax, softmax))
+        # the squeeze-and-excitation gates of MobileNetV3 and EfficientNet: ``scale * input``
+        mp.setattr(SqueezeExcitation, "forward", lambda self, t: PairedProduct.apply(self._scale(t), t))
         yield
 
 
@@ -249,9 +256,10 @@ def test_deep_lift_sums_to_delta_on_conserving_models(name):
     assert not changed_state(before, state_snapshot(model, x))
 
 
-@pytest.mark.parametrize("name", [n for n in BUILDERS if n not in CONSERVING])
+@pytest.mark.parametrize("name", [n for n in BUILDERS if n not in CONSERVING or n in GATED])
 def test_deep_lift_equals_the_rescale_reference_elsewhere(name):
-    """Gates, layer norms and attention keep their gradient in both; the delta is not small."""
+    """Squeeze-and-excitation gates take the product's multipliers in both; layer norms and
+    attention keep their gradient in both (the delta is not small there)."""
     model = zoo(name)
     x, base = inputs(2)
     before = state_snapshot(model, x)

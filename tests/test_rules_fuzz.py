@@ -4,10 +4,10 @@ Nets are random DAGs (`rule_fuzz_nets.architectures`) mixing linear and conv lay
 ReLU spelling (module, a reused module, in place, functional, method), the smooth activations,
 max and average pools (overlapping windows, padding, ceil_mode, adaptive), batch norm, residual
 adds, cat, chunk and split, reshapes, transposes, means, scaling and dropout, and the ops
-DeepLift gives no multiplier (gates, layer norm, softmax, attention by matmul and by
-``F.scaled_dot_product_attention``). The references (in `rule_fuzz_nets`) are written out per
-op: guided backprop's masked ReLU backward, and DeepLift's Rescale multiplier per pair of rows
-``[x; b]``. Properties:
+DeepLift gives no multiplier (layer norm, softmax, attention by matmul and by
+``F.scaled_dot_product_attention``), and gates (a product of two paths). The references (in
+`rule_fuzz_nets`) are written out per op: guided backprop's masked ReLU backward, and DeepLift's
+Rescale multiplier per pair of rows ``[x; b]`` and its product rule at gates. Properties:
 
 - the ruled forward is the model's forward, and the model is left as it was;
 - guided backprop and deconvolution equal their masked backward, whatever the ReLUs' spelling

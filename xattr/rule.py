@@ -10,6 +10,7 @@ See docs/rules.md for how rules are chosen and how to write one.
 from ._src.deeplift_rules import Deconv, Guided, Rescale, paired_rows
 from ._src.attention_rules import FixedAttention, FixedStd
 from ._src.gate_rules import FixedGate
+from ._src.deeplift_products import Product
 from ._src.backprop_methods import deep_lift_rules
 from ._src.lrp_rules import (
     AlphaBeta,
@@ -46,6 +47,7 @@ __all__ = [
     "Op",
     "Pass",
     "PositiveWeights",
+    "Product",
     "Refuse",
     "Rescale",
     "Rule",

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from . import tree as T
 from .checks import baselines_tuple, is_traced, warn_if_training
+from .deeplift_products import Product
 from .deeplift_rules import Rescale
 from .gradients import attribution_fn, is_multi_output, vjp_rows
 from .layers import Split, layer_vjp_rows
@@ -37,9 +38,11 @@ RESCALED = (F.relu, F.elu, F.leaky_relu, torch.sigmoid, torch.tanh, F.softplus, 
 
 
 def deep_lift_rules(eps: float = 1e-10) -> dict:
-    """DeepLift's mapping: the Rescale rule for every elementwise nonlinearity, max-pool and softmax."""
-    rule = Rescale(eps)
-    return {op: rule for op in RESCALED}
+    """DeepLift's mapping: the Rescale rule for every elementwise nonlinearity, max-pool and
+    softmax, and `Product` for products of two activations, elementwise or matrix (NOTE:
+    [DeepLift at a product])."""
+    rule, product = Rescale(eps), Product()
+    return {**{op: rule for op in RESCALED}, torch.mul: product, torch.matmul: product}
 
 
 def _multipliers(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: int, chunk_size, *, shared: bool = False):
@@ -168,8 +171,10 @@ def deep_lift(
     Shrikumar et al. 2017, "Learning Important Features Through Propagating Activation
     Differences". Each elementwise nonlinearity (ReLU, ELU, LeakyReLU, sigmoid, tanh, softplus,
     GELU, SiLU) passes ``g * (y - y_ref) / (x - x_ref)`` back instead of ``g * phi'(x)``; max-pool
-    and softmax have their own rules (`xattr.rule.Rescale`). Summation-to-delta holds exactly for
-    networks of affine maps, elementwise nonlinearities and max-pools:
+    and softmax have their own rules (`xattr.rule.Rescale`), and so do products of two
+    activations, ``a * b`` and ``a @ b`` (`xattr.rule.Product`: each factor's multiplier is the
+    other averaged over the example and its reference). Summation-to-delta holds exactly for
+    networks of affine maps, elementwise nonlinearities, max-pools and such products:
     ``sum(attributions) = f(x) - f(b)`` (tested; softmax inside the model breaks it).
 
     Args (beyond the shared ones):

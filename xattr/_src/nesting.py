@@ -4,7 +4,8 @@ NOTE: [Attributions inside a model's forward]
 xattr keeps per-call state in context variables: the batch scope and the record of shared
 pass-through tensors (tree.py), DeepLift's shared reference rows (tree.py) and paired rows
 (deeplift_rules.py), the copy blocks of seeded draws (sampling.py), LRP's input copies and its
-layer flag (input_copies.py, lrp_rules.py); and the rule methods run the model under a
+layer flag (input_copies.py, lrp_rules.py), the graph nodes a ruled call found to depend on its
+input (dependence.py); and the rule methods run the model under a
 TorchFunctionMode (rules.py). That state is set up for the methods a user composes: in
 ``smoothgrad(integrated_gradients(f))`` the noise tunnel calls the inner attribution function
 itself, inside the batch scope and copy blocks it made for it. A model whose forward itself
@@ -102,13 +103,14 @@ def marked(fn: Callable) -> Callable:
 def per_call_state() -> tuple:
     """(variable, default) for every context variable a new call starts from (NOTE above)."""
     from .deeplift_rules import _ROWS  # noqa: PLC0415 (these modules import this one's users)
+    from .dependence import _PROVEN  # noqa: PLC0415
     from .input_copies import INPUT_COPIES  # noqa: PLC0415
     from .lrp_rules import ABOVE_SPLIT  # noqa: PLC0415
     from .sampling import _COPIES  # noqa: PLC0415
     from .tree import _BATCH, _SHARED  # noqa: PLC0415
 
     fresh = contextvars.Context()  # where every variable reads its default
-    return tuple((v, fresh.run(v.get)) for v in (_BATCH, _SHARED, _COPIES, _ROWS, INPUT_COPIES, ABOVE_SPLIT, _IN_MODEL))
+    return tuple((v, fresh.run(v.get)) for v in (_BATCH, _SHARED, _COPIES, _ROWS, INPUT_COPIES, ABOVE_SPLIT, _IN_MODEL, _PROVEN))
 
 
 def new_call_inside_model(fn: Callable) -> Callable:

@@ -16,6 +16,8 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .dependence import differentiated  # noqa: F401 (its home before dependence.py)
+
 
 class Op(NamedTuple):
     """One intercepted call: ``fn(*tensors)`` recomputes its output out of place.
@@ -181,28 +183,6 @@ def _fixed_bound(bound, x: torch.Tensor, checked: bool = False) -> bool:
     return checked or not differentiated(bound)
 
 
-def differentiated(t: torch.Tensor) -> bool:
-    """Whether gradients are taken through t from something other than parameters: t requires
-    grad (under torch.func transforms: at the innermost level) and is, or was computed from, a
-    tensor that requires grad and is not an ``nn.Parameter`` (an attributed input, or anything
-    computed from one). A bound computed from parameters alone (``self.raw_lo.exp()``) is not."""
-    if not t.requires_grad or isinstance(t, torch.nn.Parameter):
-        return False
-    todo, seen = [t.grad_fn], set()
-    while todo:
-        node = todo.pop()
-        if node is None:
-            return True  # t itself is a leaf that requires grad
-        if node in seen:
-            continue
-        seen.add(node)
-        leaf = getattr(node, "variable", None)  # AccumulateGrad: a leaf
-        if leaf is not None and not isinstance(leaf, torch.nn.Parameter):
-            return True
-        todo.extend(n for n, _ in node.next_functions if n is not None)
-    return False
-
-
 def _product(inplace: bool):
     """A parser for ``torch.mul`` and its spellings (``a * b``, ``a.mul(b)``, ``a.mul_(b)``).
 
@@ -211,9 +191,13 @@ def _product(inplace: bool):
     input, as a squeeze-and-excitation gate and the feature map it scales do, or the two halves of
     a GLU) is kind ``"product"``: a function of two inputs, whose ordinary gradient hands each
     factor the product's whole relevance, so LRP would count it twice (`FixedGate` in
-    gate_rules.py). A factor that is a number, a parameter or computed from parameters alone
-    (ConvNeXt's layer scale) is a fixed weight: the op is linear in the other factor, is not
-    parsed, and keeps its gradient. So is a call with ``out=`` or on non-float tensors.
+    gate_rules.py), and evaluates each factor at the input alone, so DeepLift's sum would miss
+    the change (`Product` in deeplift_products.py: NOTE: [DeepLift at a product]). A factor that
+    is a number, a parameter or computed from parameters alone (ConvNeXt's layer scale) is a fixed
+    weight: the op is linear in the other factor, is not parsed, and keeps its gradient. So is a
+    call with ``out=`` or on non-float tensors. ``torch.matmul``, ``@`` and ``torch.bmm`` of two
+    such tensors (the scores ``q @ k.transpose(-2, -1)`` and ``attn @ v`` of attention written by
+    hand) are kind ``"matmul"`` on the same terms (`_matmul`).
     """
 
     def parse(func, input, other=None, *rest, out=None, **named):
@@ -226,6 +210,19 @@ def _product(inplace: bool):
         return Op("product", torch.mul, (input, other), {}, func, inplace)
 
     return parse
+
+
+def _matmul(func, input, other=None, *rest, out=None, **named):
+    """A parser for ``torch.matmul``, ``@`` and ``torch.bmm`` (function or Tensor method) of two
+    differentiated float tensors: kind ``"matmul"`` (NOTE: [Products of two activations])."""
+    if rest or named or out is not None or not isinstance(input, torch.Tensor) or not isinstance(other, torch.Tensor):
+        return None
+    if not (input.is_floating_point() and other.is_floating_point() and input.ndim and other.ndim):
+        return None
+    if not (differentiated(input) and differentiated(other)):
+        return None
+    fn = torch.bmm if func in (torch.bmm, torch.Tensor.bmm) else torch.matmul
+    return Op("matmul", fn, (input, other), {}, func, False)
 
 
 def _softmax(func, input, dim=None, _stacklevel=3, dtype=None):
@@ -436,6 +433,8 @@ def _table() -> tuple[dict, dict]:
         add(f, "product", _product(False))
     for f in (torch.Tensor.mul_, torch.Tensor.multiply_, torch.Tensor.__imul__):
         add(f, "product", _product(True))
+    for f in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm):
+        add(f, "matmul", _matmul)
     add(F.linear, "linear", _linear)
     add(F.batch_norm, "batch_norm", _batch_norm)
     add(F.layer_norm, "layer_norm", _layer_norm)

@@ -146,8 +146,9 @@ class _ApplyEagerInPlace(torch.autograd.Function):
 
 
 def _runs_in_place(rule: Rule, op: ops.Op) -> bool:
-    return (op.inplace and (op.kind in ops.IN_PLACE or type(rule).forward is not Rule.forward) and not rule.keeps(op)
-            and torch._C._functorch.maybe_current_level() is None)
+    # one tensor: ``a.mul_(b)`` (kind "product") computes out of place and is copied back
+    return (op.inplace and len(op.tensors) == 1 and (op.kind in ops.IN_PLACE or type(rule).forward is not Rule.forward)
+            and not rule.keeps(op) and torch._C._functorch.maybe_current_level() is None)
 
 
 def _as_hook(rule: Rule, op: ops.Op) -> bool:

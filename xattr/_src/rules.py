@@ -49,6 +49,7 @@ from torch.overrides import TorchFunctionMode
 
 from . import nesting
 from .checks import _modules
+from .dependence import remembering
 from .graph_hooks import hook_graph, node_number
 from .input_copies import INPUT_COPIES, MOVES, moved
 from .rule_apply import _as_hook, _as_output_hook, _hooked, _scaled, apply_rule
@@ -158,7 +159,8 @@ class Ruled:
     def _ruled(self, args, kwargs, model: bool):
         mode = _RulesMode(self.table)
         marked = nesting.running_model() if model else contextlib.nullcontext()
-        with eager_compiled(), mode, mode.tracking(), marked:  # compiled code reached through a closure, too
+        # remembering: NOTE: [Remembered graph walks] in dependence.py
+        with eager_compiled(), mode, mode.tracking(), marked, remembering():  # compiled code reached through a closure, too
             return self.model(*args, **kwargs)
 
     def __repr__(self) -> str:
