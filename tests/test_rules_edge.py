@@ -554,3 +554,34 @@ def test_an_input_layer_rule_reading_data_written_in_place_is_refused(how):
     lrp = xattr.lrp(xattr.target(m, 0), composite={**lrp_rules(1e-12), "a": ZBox(0.0, 1.0)})
     with pytest.raises(ValueError, match="not an attributed input"):
         lrp(x)
+
+
+class _Scores(nn.Module):
+    """Attention without softmax, gated: two-tensor ops (kinds "matmul" and "product")."""
+
+    def forward(self, q, k, v):
+        return (q @ k.transpose(1, 2)) @ v * q
+
+
+class _WithScores(nn.Module):
+    def __init__(self, detach: bool = False):
+        super().__init__()
+        self.a, self.scores, self.out, self.detach = nn.Linear(3, 3), _Scores(), nn.Linear(3, 1), detach
+
+    def forward(self, x):
+        h = self.a(x)
+        s = self.scores(h, h, h)
+        return self.out((s.detach() if self.detach else s) + h).sum((1, 2))
+
+
+def test_block_keyed_by_a_module_holding_products_and_matmuls():
+    """Block returns one gradient per tensor of the op: two at ``a * b`` and ``a @ b``. Before,
+    it returned one there and the call raised 'Block().backward returned 1 gradients for 2
+    tensors'. Blocked, the module passes nothing back: the gradient of the model with its output
+    detached."""
+    torch.manual_seed(0)
+    model, twin = _WithScores().double(), _WithScores(detach=True).double()
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(2, 4, 3, dtype=torch.float64)
+    got = xattr.grad(xattr.rules(model, {_Scores: xattr.rule.Block()}, root=model))(x)
+    torch.testing.assert_close(got, xattr.grad(twin)(x))

@@ -42,6 +42,24 @@ TENSOR_CLAMP_NODES = frozenset({"ClampBackward0", "ClampMinBackward1", "MaximumB
 # F.threshold's nodes: a ReLU where threshold and value are 0, but the node does not save value
 THRESHOLD_NODES = frozenset({"ThresholdBackward0", "ThresholdBackward1"})
 UNDER_MODE = ("run the call again under the mode",)  # `by_node`'s entry for such nodes
+def eager(fn):
+    """``fn`` run without torch.compile (NOTE: [Rule callbacks run eagerly]).
+
+    NOTE: [Rule callbacks run eagerly]
+    The rules' backward callbacks (the Functions' ``backward`` in rule_apply.py, the hooks on
+    nodes and outputs) run inside autograd's backward pass, which the methods start with
+    ``torch.func.vjp``, so they receive torch.func's wrapped tensors. Under
+    ``torch.compile(xattr.guided_backprop(f))`` dynamo breaks the graph around the rules and
+    compiles every Python frame called past a break, these callbacks included, and inductor's
+    compiled code reads the storage a wrapped tensor does not have: every rule-based method raised
+    "Cannot access data pointer of Tensor that doesn't have storage" with the default backend
+    (``aot_eager`` ran). So the callbacks are ``torch.compiler.disable``d: compiled attribution
+    functions give the eager numbers (tests/test_compiled_inductor.py), at about 0.5 us per
+    callback when nothing is compiled.
+    """
+    return torch.compiler.disable(fn)
+
+
 _PROBE = torch.zeros((), requires_grad=True)
 
 
@@ -54,6 +72,7 @@ def input_grad_hook(rule, light):
     """A hook for an op's autograd node that rewrites its input gradient with ``rule.input_grad``
     (``light``: the op without its tensors, which the hook must not hold)."""
 
+    @eager  # NOTE: [Rule callbacks run eagerly]
     def hook(grad_inputs, grad_outputs):
         refuse_second_backward()  # NOTE: [Rule-based attributions are first-order]
         return (_rewritten(rule, light, grad_inputs[0]),) + grad_inputs[1:]
@@ -95,6 +114,7 @@ def relu_clamp_hook(rule, light, x: torch.Tensor):
     """`input_grad_hook` for the node of a clamp that is a ReLU: the rule receives ReLU's gradient
     ``g * [x > 0]`` (x: the clamp's input, which the node saves), not the clamp's ``g * [x >= 0]``."""
 
+    @eager  # NOTE: [Rule callbacks run eagerly]
     def hook(grad_inputs, grad_outputs):
         refuse_second_backward()  # NOTE: [Rule-based attributions are first-order]
         relu_grad = torch.ops.aten.threshold_backward(grad_inputs[0], x, 0)

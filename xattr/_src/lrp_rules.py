@@ -383,7 +383,7 @@ class Block(Rule):
 def _n_tensors(op) -> int:
     if op.kind == "attention":
         return 3 + int(op.options.get("mask_tensor", False))  # NOTE: [Attention masks under transforms] in ops.py
-    if op.kind == "rms_norm":
+    if op.kind in ("rms_norm", "product", "matmul"):  # product, matmul: a * b, a @ b (NOTE: [Products of two activations])
         return 2
     return 3 if op.kind in WEIGHTED | {"layer_norm"} else 1 + len(op.options.get("bounds", ()))
 

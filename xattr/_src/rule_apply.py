@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from . import ops
-from .graph_hooks import input_grad_hook
+from .graph_hooks import eager, input_grad_hook
 from .rule_base import NOT_KEPT, OUTPUT_NOT_KEPT, Rule, Saved
 from .rule_limits import refuse_checkpoint, refuse_second_backward
 
@@ -40,6 +40,7 @@ class _Apply(torch.autograd.Function):
         _save(ctx, rule, op, tensors, output[0], output[1:])
 
     @staticmethod
+    @eager  # NOTE: [Rule callbacks run eagerly] in graph_hooks.py
     def backward(ctx, grad, *_):
         if grad is None:  # the op's output did not reach what is differentiated
             return (None,) * (2 + ctx.n_inputs)
@@ -118,6 +119,7 @@ class _ApplyEager(torch.autograd.Function):
         return out
 
     @staticmethod
+    @eager  # NOTE: [Rule callbacks run eagerly] in graph_hooks.py
     def backward(ctx, grad):
         refuse_second_backward()  # NOTE: [Rule-based attributions are first-order]
         return _Apply.backward(ctx, grad)
@@ -214,6 +216,7 @@ def _broadcast(rule: Rule, scale: torch.Tensor, shape: torch.Size) -> torch.Tens
                            f"output's {tuple(shape)}") from None
 
 
+@eager  # NOTE: [Rule callbacks run eagerly] in graph_hooks.py
 def _rescaled(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     refuse_second_backward()  # NOTE: [Rule-based attributions are first-order]
     return grad * scale
@@ -257,7 +260,8 @@ def apply_rule(rule: Rule, op: ops.Op):
     if op.fn is None and type(rule).forward is Rule.forward:
         raise NotImplementedError(
             f"{rule!r} cannot apply to a {op.kind!r} op (nn.MultiheadAttention, nn.LSTM, nn.GRU, nn.RNN): it is one fused "
-            "call whose tensors no rule sees, so a rule there can only refuse it (xattr.rule.Refuse). Remove that key "
+            "call whose tensors no rule sees, so a rule there can only refuse it (xattr.rule.Refuse) or, at "
+            "nn.MultiheadAttention, run it written out (xattr.rule.Unfused(), LRP's default). Remove that key "
             "from the mapping to give the op its ordinary gradient"
         )
     tensors = op.tensors
