@@ -27,6 +27,8 @@ or send the call back under the mode where a bound is a tensor.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import ops
@@ -54,8 +56,10 @@ def eager(fn):
     compiled code reads the storage a wrapped tensor does not have: every rule-based method raised
     "Cannot access data pointer of Tensor that doesn't have storage" with the default backend
     (``aot_eager`` ran). So the callbacks are ``torch.compiler.disable``d: compiled attribution
-    functions give the eager numbers (tests/test_compiled_inductor.py), at about 0.5 us per
-    callback when nothing is compiled.
+    functions give the eager numbers (tests/test_compiled_inductor.py), at about 1.5 us per
+    callback when nothing is compiled. The wrappers are made once, at import: the node hooks are
+    ``functools.partial``s of them, since wrapping a closure per ruled call cost guided backprop
+    2-3% on the benchmark CNN.
     """
     return torch.compiler.disable(fn)
 
@@ -71,13 +75,13 @@ def node_number() -> int:
 def input_grad_hook(rule, light):
     """A hook for an op's autograd node that rewrites its input gradient with ``rule.input_grad``
     (``light``: the op without its tensors, which the hook must not hold)."""
+    return functools.partial(_input_grad, rule, light)  # no closure made and wrapped per call
 
-    @eager  # NOTE: [Rule callbacks run eagerly]
-    def hook(grad_inputs, grad_outputs):
-        refuse_second_backward()  # NOTE: [Rule-based attributions are first-order]
-        return (_rewritten(rule, light, grad_inputs[0]),) + grad_inputs[1:]
 
-    return hook
+@eager  # NOTE: [Rule callbacks run eagerly]
+def _input_grad(rule, light, grad_inputs, grad_outputs):
+    refuse_second_backward()  # NOTE: [Rule-based attributions are first-order]
+    return (_rewritten(rule, light, grad_inputs[0]),) + grad_inputs[1:]
 
 
 def _rewritten(rule, light, grad: torch.Tensor) -> torch.Tensor:
@@ -113,14 +117,14 @@ def _relu_clamp_node(node) -> bool:
 def relu_clamp_hook(rule, light, x: torch.Tensor):
     """`input_grad_hook` for the node of a clamp that is a ReLU: the rule receives ReLU's gradient
     ``g * [x > 0]`` (x: the clamp's input, which the node saves), not the clamp's ``g * [x >= 0]``."""
+    return functools.partial(_relu_clamp, rule, light, x)
 
-    @eager  # NOTE: [Rule callbacks run eagerly]
-    def hook(grad_inputs, grad_outputs):
-        refuse_second_backward()  # NOTE: [Rule-based attributions are first-order]
-        relu_grad = torch.ops.aten.threshold_backward(grad_inputs[0], x, 0)
-        return (_rewritten(rule, light, relu_grad),) + grad_inputs[1:]
 
-    return hook
+@eager  # NOTE: [Rule callbacks run eagerly]
+def _relu_clamp(rule, light, x, grad_inputs, grad_outputs):
+    refuse_second_backward()  # NOTE: [Rule-based attributions are first-order]
+    relu_grad = torch.ops.aten.threshold_backward(grad_inputs[0], x, 0)
+    return (_rewritten(rule, light, relu_grad),) + grad_inputs[1:]
 
 
 def hook_graph(out, by_node: dict, first: int) -> bool:
