@@ -329,10 +329,11 @@ def test_captum_neuron_classes_fail_for_an_input_the_neuron_ignores(cls):
 
 
 class SquareSum(nn.Module):
-    """sum(h ** 2): an operation DeepLift has no rule for (both keep its gradient)."""
+    """sum(h ** 2) as one einsum: an operation DeepLift has no rule for (both keep its gradient;
+    xattr's Rescale covers ``h ** 2`` itself)."""
 
     def forward(self, h):
-        return (h**2).sum((1, 2))
+        return torch.einsum("bct,bct->b", h, h)
 
 
 def _conv_square(pool: bool):

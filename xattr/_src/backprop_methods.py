@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from . import pointwise
 from . import tree as T
 from .checks import baselines_tuple, is_traced, warn_if_training
 from .deeplift_products import Product
@@ -34,11 +35,12 @@ from .sampling import distribution
 
 RESCALED = (F.relu, F.elu, F.leaky_relu, torch.sigmoid, torch.tanh, F.softplus, F.gelu, F.silu, F.hardswish, F.hardsigmoid,
             F.relu6, F.hardtanh, F.mish, F.selu, F.celu, F.softsign, F.logsigmoid, F.threshold, torch.clamp, F.max_pool2d,
-            F.softmax)
+            F.softmax) + pointwise.KEYS  # exp, log, sqrt, abs, pow... (NOTE: [Elementwise functions of one input])
 
 
 def deep_lift_rules(eps: float = 1e-10) -> dict:
-    """DeepLift's mapping: the Rescale rule for every elementwise nonlinearity, max-pool and
+    """DeepLift's mapping: the Rescale rule for every elementwise nonlinearity and elementwise
+    function of one input (exp, log, sqrt, abs, pow with a number exponent...), max-pool and
     softmax, and `Product` for products of two activations, elementwise or matrix (NOTE:
     [DeepLift at a product])."""
     rule, product = Rescale(eps), Product()
@@ -170,7 +172,8 @@ def deep_lift(
 
     Shrikumar et al. 2017, "Learning Important Features Through Propagating Activation
     Differences". Each elementwise nonlinearity (ReLU, ELU, LeakyReLU, sigmoid, tanh, softplus,
-    GELU, SiLU) passes ``g * (y - y_ref) / (x - x_ref)`` back instead of ``g * phi'(x)``; max-pool
+    GELU, SiLU; also exp, log, sqrt, abs, ``x ** p`` and the other elementwise functions of
+    docs/rules.md) passes ``g * (y - y_ref) / (x - x_ref)`` back instead of ``g * phi'(x)``; max-pool
     and softmax have their own rules (`xattr.rule.Rescale`), and so do products of two
     activations, ``a * b`` and ``a @ b`` (`xattr.rule.Product`: each factor's multiplier is the
     other averaged over the example and its reference). Summation-to-delta holds exactly for

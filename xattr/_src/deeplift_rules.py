@@ -36,7 +36,7 @@ import math
 import torch
 from torch.func import jvp
 
-from . import ops
+from . import ops, pointwise
 from . import tree as T
 from .graph_hooks import accepts_relus
 from .row_layout import _ROWS, paired_rows, rows_dim  # noqa: F401 (_ROWS, paired_rows: their home before row_layout.py)
@@ -137,6 +137,9 @@ def derivative(op: ops.Op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return torch.eq(y, x).to(x.dtype)
     if op.kind == "hardsigmoid":  # 1/6 on (-3, 3)
         return torch.rsub(x.abs(), 3).sign_().clamp_min_(0).div_(6)
+    closed = pointwise.DERIVATIVES.get(op.kind)  # exp, log, sqrt, abs, pow...
+    if closed is not None:
+        return closed(x, y, op.options)
     return jvp(op.fn, (x,), (torch.ones_like(x),))[1]
 
 
@@ -155,6 +158,9 @@ def _rescaled(op: ops.Op, x, y, eps: float, *, where: bool | None = None, rows: 
     x1, x2 = _halves(x)
     y1, y2 = _halves(y)
     dx = x1 - x2
+    if op.kind in pointwise.KINDS:  # NOTE: [Rescale off the domain] in pointwise.py
+        m = _flat(pointwise.rescaled(dx, y1 - y2, derivative(op, x1, y1), eps), x)
+        return m if rows is None else _padded(m, rows)
     if where if where is not None else x.device.type != "cpu":
         m = _flat(torch.where(dx.abs() < eps, derivative(op, x1, y1), (y1 - y2).div_(dx)), x)
         return m if rows is None else _padded(m, rows)
@@ -307,8 +313,9 @@ class Deconv(Rule):
 class Rescale(Rule):
     """DeepLift's Rescale rule (Shrikumar et al. 2017) for elementwise ops, max-pooling and softmax.
 
-    Elementwise y = phi(x): multiplier ``m = (y - y_ref) / (x - x_ref)``, or phi'(x) where
-    ``|x - x_ref| < eps``; ``dx = g * m``. Max-pooling: each output's change ``y - y_ref`` is split
+    Elementwise y = phi(x) (activations, clamp, and exp, log, sqrt, abs, pow...: NOTE: [Elementwise
+    functions of one input]): multiplier ``m = (y - y_ref) / (x - x_ref)``, or phi'(x) where
+    ``|x - x_ref| < eps`` or the ratio is not finite (NOTE: [Rescale off the domain]); ``dx = g * m``. Max-pooling: each output's change ``y - y_ref`` is split
     into the part from x's maximum and the part from the reference's maximum, routed to the
     argmax positions of each, and divided by ``x - x_ref`` (so summation-to-delta holds through
     the pool). Softmax: the elementwise multipliers times g, minus their mean over the softmax

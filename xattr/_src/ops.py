@@ -16,6 +16,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from . import pointwise
 from .dependence import differentiated  # noqa: F401 (its home before dependence.py)
 
 
@@ -38,6 +39,7 @@ class Op(NamedTuple):
 
 ELEMENTWISE = frozenset({"relu", "elu", "leaky_relu", "sigmoid", "tanh", "softplus", "gelu", "silu", "hardswish", "hardsigmoid",
                          "relu6", "hardtanh", "mish", "selu", "celu", "softsign", "logsigmoid", "threshold", "clamp"})
+ELEMENTWISE |= pointwise.KINDS  # exp, log, sqrt, abs, pow... (NOTE: [Elementwise functions of one input] in pointwise.py)
 AFFINE = frozenset({"linear", "conv", "batch_norm", "avg_pool"})  # affine in their input
 
 
@@ -435,6 +437,8 @@ def _table() -> tuple[dict, dict]:
         add(f, "product", _product(True))
     for f in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm):
         add(f, "matmul", _matmul)
+    for f, kind, parser in pointwise.spellings(Op):
+        add(f, kind, parser)
     add(F.linear, "linear", _linear)
     add(F.batch_norm, "batch_norm", _batch_norm)
     add(F.layer_norm, "layer_norm", _layer_norm)

@@ -1,0 +1,135 @@
+"""Elementwise functions of one tensor that `rules` can intercept (exp, log, sqrt, abs, pow...):
+their kinds, spellings, parsers and closed-form derivatives. ops.py adds them to its table.
+
+NOTE: [Elementwise functions of one input]
+``torch.exp(x)``, ``x.exp()``, ``x.exp_()``, ``torch.exp_(x)`` and, where torch has one, the
+``torch.special`` alias are kind ``"exp"``; likewise exp2, expm1, log, log2, log10, log1p, sqrt,
+rsqrt, reciprocal, abs (also ``abs(x)``, ``torch.absolute``), sin, cos, erf, erfc, atan, sinh,
+cosh and asinh. ``x ** p``, ``torch.pow(x, p)``, ``x.pow(p)``, ``x.pow_(p)``, ``x **= p`` with
+p a number (int or float, fractional or negative too) and ``torch.square(x)`` (p = 2) are kind
+``"pow"``, with ``options["exponent"]``. Each is ``y = phi(x)``, so the elementwise rules apply:
+DeepLift's Rescale (NOTE: [Rescale off the domain]) and, where a mapping keys them, LRP's `Pass`
+(LRP's default mapping does not: they keep their gradient there, as before). Not parsed, so
+keeping the ordinary gradient: a pow whose exponent is a tensor (even one not computed from the
+input) or whose base is a number (``2 ** x``, ``torch.pow(2, x)``), ``c / x`` (write
+``c * torch.reciprocal(x)``), a call with ``out=``, and a call on a tensor that is not floating
+point.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable
+
+import torch
+
+_LN2, _LN10 = math.log(2.0), math.log(10.0)
+_ERF = 2.0 / math.sqrt(math.pi)
+
+# kind: derivative(x, y, options), the closed form of torch's own backward (tested against it)
+DERIVATIVES: dict = {
+    "exp": lambda x, y, o: y.clone(),  # a new tensor: extras may not be the output itself
+    "exp2": lambda x, y, o: y * _LN2,
+    "expm1": lambda x, y, o: y + 1,
+    "log": lambda x, y, o: x.reciprocal(),
+    "log2": lambda x, y, o: (x * _LN2).reciprocal(),
+    "log10": lambda x, y, o: (x * _LN10).reciprocal(),
+    "log1p": lambda x, y, o: (x + 1).reciprocal(),
+    "sqrt": lambda x, y, o: (2 * y).reciprocal(),
+    "rsqrt": lambda x, y, o: -0.5 * y * y * y,
+    "reciprocal": lambda x, y, o: -y * y,
+    "abs": lambda x, y, o: torch.sign(x),
+    "pow": lambda x, y, o: _pow_derivative(x, o["exponent"]),
+    "sin": lambda x, y, o: torch.cos(x),
+    "cos": lambda x, y, o: -torch.sin(x),
+    "erf": lambda x, y, o: _ERF * torch.exp(-x * x),
+    "erfc": lambda x, y, o: -_ERF * torch.exp(-x * x),
+    "atan": lambda x, y, o: (x * x + 1).reciprocal(),
+    "sinh": lambda x, y, o: torch.cosh(x),
+    "cosh": lambda x, y, o: torch.sinh(x),
+    "asinh": lambda x, y, o: (x * x + 1).rsqrt(),
+}
+KINDS = frozenset(DERIVATIVES)
+# one torch function per kind: the keys DeepLift's mapping uses (each stands for its kind)
+KEYS = tuple(torch.pow if kind == "pow" else getattr(torch, kind) for kind in sorted(KINDS))
+
+
+def _pow_derivative(x: torch.Tensor, p) -> torch.Tensor:
+    """``p * x ** (p - 1)``, 0 where p == 0 (torch's pow backward)."""
+    if p == 0:
+        return torch.zeros_like(x)
+    return p * x.pow(p - 1)
+
+
+def rescaled(dx: torch.Tensor, dy: torch.Tensor, slope: torch.Tensor, eps: float) -> torch.Tensor:
+    """Rescale multipliers ``dy / dx``, or the derivative ``slope`` where ``|dx| < eps`` or the
+    ratio is not finite.
+
+    NOTE: [Rescale off the domain]
+    log, log2, log10, log1p, sqrt, rsqrt, reciprocal and pow with a negative or fractional exponent
+    are infinite or undefined at some points, and exp, sinh, cosh overflow: with a reference there
+    (``log`` of a baseline of 0, the usual one) ``phi(x_ref)`` is inf or nan, and so is the secant
+    ``(phi(x) - phi(x_ref)) / (x - x_ref)``, where the gradient at x is finite. Such elements take
+    phi'(x) instead, as ties do, so no inf or nan multiplier appears where the gradient has none
+    (phi'(x) is inf where x itself is at a pole: the ordinary gradient is too). The secant is
+    finite wherever both values are, and is then exact: abs across a sign change (``|x| - |x_ref|``
+    over ``x - x_ref``, between -1 and 1), sqrt and pow with ``x_ref = 0``. ``f(b)`` is not finite
+    when the reference is off the domain, so summation-to-delta has nothing to hold there; it
+    holds wherever every op's reference value is finite. One ``torch.where`` on every device (NOTE:
+    [Float masks] in deeplift_rules.py): these ops are few next to a model's activations.
+    """
+    ratio = dy / dx
+    keep = (dx.abs() >= eps) & torch.isfinite(ratio)
+    return torch.where(keep, ratio, slope)
+
+
+def _is_float(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.is_floating_point()
+
+
+def _is_number(p) -> bool:
+    return isinstance(p, (int, float)) and not isinstance(p, bool)
+
+
+def _function(make: Callable, kind: str, fn: Callable, inplace: bool):
+    def parse(func, input=None, *rest, out=None, **named):
+        if rest or named or out is not None or not _is_float(input):
+            return None
+        return make(kind, fn, (input,), {}, func, inplace)
+
+    return parse
+
+
+def _pow(make: Callable, inplace: bool, square: bool = False):
+    def parse(func, input=None, exponent=None, *rest, out=None, **named):
+        if square:
+            rest, exponent = ((exponent,) + rest if exponent is not None else rest), 2
+        if rest or named or out is not None or not _is_float(input) or not _is_number(exponent):
+            return None  # a tensor exponent or a number base: not parsed (NOTE: [Elementwise functions of one input])
+        fn = functools.partial(torch.pow, exponent=exponent)
+        return make("pow", fn, (input,), {"exponent": exponent}, func, inplace)
+
+    return parse
+
+
+def spellings(make: Callable) -> list:
+    """``[(torch function, kind, parser)]`` for every spelling; ``make`` builds an `ops.Op`."""
+    out = []
+    for kind in sorted(KINDS - {"pow", "abs"}):
+        fn = getattr(torch, kind)
+        plain = [fn, getattr(torch.Tensor, kind), getattr(torch.special, kind, None)]
+        inplace = [getattr(torch, kind + "_", None), getattr(torch.Tensor, kind + "_")]
+        out += [(f, kind, _function(make, kind, fn, False)) for f in plain if f is not None]
+        out += [(f, kind, _function(make, kind, fn, True)) for f in inplace if f is not None]
+    for f in (torch.abs, torch.Tensor.abs, torch.Tensor.__abs__, torch.absolute, torch.Tensor.absolute):
+        out.append((f, "abs", _function(make, "abs", torch.abs, False)))
+    for f in (torch.abs_, torch.Tensor.abs_, torch.Tensor.absolute_):
+        out.append((f, "abs", _function(make, "abs", torch.abs, True)))
+    for f in (torch.pow, torch.Tensor.pow, torch.Tensor.__pow__):
+        out.append((f, "pow", _pow(make, False)))
+    for f in (torch.Tensor.pow_, torch.Tensor.__ipow__):
+        out.append((f, "pow", _pow(make, True)))
+    out += [(torch.square, "pow", _pow(make, False, square=True)), (torch.Tensor.square, "pow", _pow(make, False, square=True))]
+    out += [(torch.square_, "pow", _pow(make, True, square=True)), (torch.Tensor.square_, "pow", _pow(make, True, square=True))]
+    return out
