@@ -11,6 +11,7 @@ from ._src.deeplift_rules import Deconv, Guided, Rescale, paired_rows
 from ._src.attention_rules import FixedAttention, FixedStd
 from ._src.gate_rules import FixedGate
 from ._src.deeplift_products import Product
+from ._src.deeplift_softmax import ExactSoftmax
 from ._src.unfused import Unfused
 from ._src.backprop_methods import deep_lift_rules
 from ._src.lrp_rules import (
@@ -38,6 +39,7 @@ __all__ = [
     "Deconv",
     "ELEMENTWISE",
     "Epsilon",
+    "ExactSoftmax",
     "FixedAttention",
     "FixedGate",
     "FixedStd",

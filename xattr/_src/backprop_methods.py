@@ -178,7 +178,8 @@ def deep_lift(
     activations, ``a * b`` and ``a @ b`` (`xattr.rule.Product`: each factor's multiplier is the
     other averaged over the example and its reference). Summation-to-delta holds exactly for
     networks of affine maps, elementwise nonlinearities, max-pools and such products:
-    ``sum(attributions) = f(x) - f(b)`` (tested; softmax inside the model breaks it).
+    ``sum(attributions) = f(x) - f(b)`` (tested; softmax inside the model breaks it, unless
+    ``mapping={F.softmax: xattr.rule.ExactSoftmax()}``).
 
     Args (beyond the shared ones):
       baselines: the reference: number, tensor broadcastable to the input, or tree like it;
