@@ -72,7 +72,7 @@ class Rule:
     ``keep_inputs = True`` to receive the op's inputs in ``saved.inputs`` (``keep_output = True``:
     its output in ``saved.output``, a copy outside transforms: NOTE: [A kept output is a copy]).
     ``forward``, ``backward`` and ``input_grad`` receive the op without its tensors
-    (``op.tensors == ()``); ``accepts``, ``keeps`` and ``scales_output`` receive them.
+    (``op.tensors == ()``); ``accepts``, ``keeps``, ``scales_output`` and ``written_out`` receive them.
 
     A rule in a DeepLift mapping that never reads an example's row beside its reference's (it
     pairs no rows) may set ``shares_reference = True``: DeepLift may then run one reference row
@@ -112,6 +112,12 @@ class Rule:
         kinds). ``grad`` is the op's own backward result, used nowhere else: change it in place, and
         return it (returning None would leave the op no gradient: it is refused)."""
         raise NotImplementedError(f"{type(self).__name__} has no input_grad(op, grad)")
+
+    def written_out(self, op: ops.Op) -> Callable | None:
+        """A function to run in the op's place, called with the op's own arguments, with the rules
+        on (optional): the op written as calls the rules see, each then ruled by the mapping
+        (`Unfused`: NOTE: [Ops written out] in rules.py). None: the op runs, with this rule's backward."""
+        return None
 
     def _reroute(self, op: ops.Op) -> ops.Op:
         """The op to run instead, called with the op's own tensors before it runs (optional): the

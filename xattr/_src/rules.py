@@ -10,15 +10,24 @@ replaced by ``_Apply`` (rule_apply.py), a ``torch.autograd.Function`` (with ``se
 ``generate_vmap_rule=True``) whose forward is the op itself and whose backward is the rule's
 (a rule with ``input_grad`` runs as called, with a hook on its node: NOTE: [Rules as backward
 hooks]; one that only rescales its output's gradient, with a hook on its output: NOTE: [Rules
-as output hooks]; a fused call under `Unfused` runs as the ops it is made of, with the mode on
-again: NOTE: [Fused attention written out] in unfused.py). Forward values never change (but for
-rounding where `Unfused` spells a call another way): only gradients do. Everything else runs
-untouched, and so does every op no rule claims, so the cost is one dictionary lookup per torch call.
+as output hooks]; a call whose rule writes it out runs as the ops it is made of: NOTE: [Ops
+written out]). Forward values never change (but for rounding where `Unfused` spells a call
+another way): only gradients do. Everything else runs untouched, and so does every op no rule
+claims, so the cost is one dictionary lookup per torch call.
 
 Because the op is intercepted, not the module, the same rule applies to ``nn.ReLU``, ``F.relu``,
 ``x.relu_()`` and a ReLU module reused five times, and works in plain functions that are not
 modules at all. In-place calls write into their input: inside the rule's Function
 (`_ApplyEagerInPlace`) where the rule keeps no input, else recomputed out of place and copied back.
+
+NOTE: [Ops written out]
+A rule whose ``written_out(op)`` returns a function has the call answered by that function, with
+the call's own arguments and the mode on again (it is off while it handles a call), so the ops
+the function is made of are intercepted and ruled by the same mapping, module keys included.
+`Unfused` does this for the fused ``F.multi_head_attention_forward``, whose inside the mode never
+sees (NOTE: [Fused attention written out] in unfused.py), and for SDPA, layer and RMS norm, whose
+single backward would otherwise replace the steps' rules (NOTE: [Attention and norms written out]
+in written_out.py). A written-out function must not call its own op again under the same rule.
 
 NOTE: [Choosing a rule]
 A mapping key is one of
@@ -56,7 +65,6 @@ from .rule_apply import _as_hook, _as_output_hook, _hooked, _scaled, apply_rule
 from .rule_base import Rule
 from .rule_limits import calls_compiled, eager_compiled, first_order_only, refuse_jit
 from .rule_table import Table
-from .unfused import Unfused
 
 
 class _RulesMode(TorchFunctionMode):
@@ -82,9 +90,11 @@ class _RulesMode(TorchFunctionMode):
         if torch._C._functorch.maybe_current_level() is not None:  # the transforms around this op, not
             # only those around the call (``rules(attribution_fn)`` takes its own gradient inside it)
             first_order_only("a gradient through xattr.rules", allowed=1)  # NOTE: [Rule-based attributions are first-order]
-        if op.fn is None and isinstance(rule, Unfused):  # NOTE: [Fused attention written out]
-            with self:  # the mode is off while it handles a call: on again for the ops written out
-                return rule.written_out(func)(*args, **kwargs)
+        if type(rule).written_out is not Rule.written_out:  # NOTE: [Ops written out]
+            written = rule.written_out(op)
+            if written is not None:
+                with self:  # the mode is off while it handles a call: on again for the ops written out
+                    return written(*args, **kwargs)
         if type(rule)._reroute is not Rule._reroute:
             return apply_rule(rule, rule._reroute(op))
         if _as_hook(rule, op):

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .rule_base import Rule
+from .written_out import attention, layer_norm, rms_norm
 
 _UNSUPPORTED = (
     "xattr.rule.Unfused cannot write this nn.MultiheadAttention call out: {}. Call model.eval() for dropout, or "
@@ -36,25 +37,28 @@ _UNSUPPORTED = (
 
 
 class Unfused(Rule):
-    """Runs a fused call as the ops it is made of, under the same rules (NOTE: [Fused attention written out]).
+    """Runs a call as the ops it is made of, under the same rules (NOTE: [Fused attention written
+    out], NOTE: [Attention and norms written out] in written_out.py).
 
-    For ``F.multi_head_attention_forward`` (``nn.MultiheadAttention`` and torch's transformer
-    layers): input projections ``F.linear``, attention ``F.scaled_dot_product_attention``, output
-    projection ``F.linear``, each then ruled by the mapping. Returned attention weights
-    (``need_weights=True``) are held constant. In `lrp_rules`.
+    ``F.multi_head_attention_forward`` (``nn.MultiheadAttention`` and torch's transformer layers):
+    input projections ``F.linear``, attention ``F.scaled_dot_product_attention``, output
+    projection ``F.linear``; returned attention weights (``need_weights=True``) are held constant.
+    In `lrp_rules` at that key only. ``F.scaled_dot_product_attention``: ``q @ k^T`` times the
+    scale, the mask, softmax over the keys, ``@ v``. ``F.layer_norm`` and ``F.rms_norm``: the
+    statistics as means of products, ``rsqrt``, the affine weights. Each step then takes the
+    mapping's rule for its kind: under DeepLift with ``{F.scaled_dot_product_attention:
+    Unfused(), F.layer_norm: Unfused(), F.softmax: ExactSoftmax()}`` a transformer conserves.
     """
 
-    kinds = frozenset({"fused_attention"})
+    kinds = frozenset({"fused_attention", "attention", "layer_norm", "rms_norm"})
+    shares_reference = True  # pairs no rows: the ops written out have rules of their own
 
-    def written_out(self, func):
-        """The function computing ``func``'s call with ops the rules see."""
-        if func not in _WRITTEN_OUT:
-            raise NotImplementedError(f"xattr.rule.Unfused has no written-out form of {func.__name__} (it has one for "
-                                      "F.multi_head_attention_forward)")
-        return _WRITTEN_OUT[func]
+    def written_out(self, op):
+        """The function computing ``op``'s call with ops the rules see (same arguments)."""
+        return _WRITTEN_OUT[op.kind]
 
     def backward(self, op, saved, grad):  # never reached: the written-out ops carry the rules
-        raise NotImplementedError("Unfused runs the ops a fused call is made of; it has no backward of its own")
+        raise NotImplementedError("Unfused runs the ops a call is made of; it has no backward of its own")
 
 
 def multi_head_attention(query, key, value, embed_dim_to_check, num_heads, in_proj_weight, in_proj_bias, bias_k, bias_v,
@@ -194,4 +198,4 @@ def _weights(q, k, mask, bsz: int, num_heads: int, average: bool) -> torch.Tenso
         return weights.mean(dim=1) if average else weights
 
 
-_WRITTEN_OUT = {F.multi_head_attention_forward: multi_head_attention}
+_WRITTEN_OUT = {"fused_attention": multi_head_attention, "attention": attention, "layer_norm": layer_norm, "rms_norm": rms_norm}

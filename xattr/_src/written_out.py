@@ -1,0 +1,90 @@
+"""Attention and normalisation written as the calls they are made of (`Unfused` runs them).
+
+NOTE: [Attention and norms written out]
+``F.scaled_dot_product_attention``, ``F.layer_norm`` and ``F.rms_norm`` are single calls: a rule
+there replaces the whole call's backward (LRP: `FixedAttention`, `FixedStd`), and with no rule
+the call keeps its gradient, which under DeepLift breaks summation-to-delta. Under `Unfused` the
+mode answers such a call with the function below, run with the mode on again, so each step is an
+op of its own kind that the mapping rules:
+
+    attention:  s = (q @ k^T) * scale (+ mask),  a = softmax(s, -1),  out = a @ v
+    layer norm: c = x - mean(x),  var = mean(c * c),  out = c * rsqrt(var + eps) * w + b
+    RMS norm:   out = x * rsqrt(mean(x * x) + eps) * w
+
+(means over the normalised dims, the variance biased, as torch's). Under DeepLift the products
+of two activations take `Product`, the softmax `ExactSoftmax` and rsqrt `Rescale`, each exact,
+and everything else is affine, so the call conserves. The forward equals torch's up to rounding
+(1e-15 relative in float64; tested over masks, causal, scale, GQA, shapes, weights and eps), with
+torch's conventions: a bool mask is True where a key is attended, a float mask is added, the
+causal mask is ``tril`` of the (L, S) scores (aligned at the top left), and a query whose keys
+are all masked gets zeros (its scores are read as zeros, so the softmax stays finite, and its
+weights are zeroed: no gradient reaches them). ``enable_gqa`` repeats each key and value head
+for its group of query heads. Half and bfloat16 inputs are normalised in float32, as torch does.
+What torch's call does but has no rule-visible spelling raises: dropout (random, in training).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """``F.scaled_dot_product_attention`` written out (NOTE: [Attention and norms written out])."""
+    if dropout_p:
+        raise NotImplementedError(f"xattr.rule.Unfused cannot write out attention with dropout_p={dropout_p} (random): "
+                                  "call model.eval(), or pass dropout_p=0.0")
+    if is_causal and attn_mask is not None:
+        raise RuntimeError("scaled_dot_product_attention: attn_mask and is_causal cannot both be set")
+    if enable_gqa and key.shape[-3] != query.shape[-3]:
+        group = query.shape[-3] // key.shape[-3]
+        key, value = key.repeat_interleave(group, dim=-3), value.repeat_interleave(group, dim=-3)
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    scores = (query @ key.transpose(-2, -1)) * scale
+    bias = _bias(attn_mask, is_causal, scores)
+    if bias is None:
+        return torch.softmax(scores, dim=-1) @ value
+    dead = torch.isneginf(bias).all(dim=-1, keepdim=True)  # a query with no key to attend
+    weights = torch.softmax(scores + bias.masked_fill(dead, 0.0), dim=-1)
+    return weights.masked_fill(dead, 0.0) @ value
+
+
+def _bias(attn_mask, is_causal: bool, scores: torch.Tensor):
+    """The additive mask of the (..., L, S) scores: 0 where attended, -inf where not; None if none."""
+    if is_causal:
+        n, s = scores.shape[-2:]
+        attn_mask = torch.ones(n, s, dtype=torch.bool, device=scores.device).tril()
+    if attn_mask is None or attn_mask.dtype != torch.bool:
+        return attn_mask
+    return torch.zeros(attn_mask.shape, dtype=scores.dtype, device=scores.device).masked_fill(~attn_mask, float("-inf"))
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """``F.layer_norm`` written out (NOTE: [Attention and norms written out])."""
+    x, dims = _upcast(input), _dims(normalized_shape)
+    centred = x - x.mean(dims, keepdim=True)
+    out = centred * torch.rsqrt((centred * centred).mean(dims, keepdim=True) + eps)
+    out = out if weight is None else out * weight
+    out = out if bias is None else out + bias
+    return out.to(input.dtype)
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=None):
+    """``F.rms_norm`` written out (NOTE: [Attention and norms written out])."""
+    x, dims = _upcast(input), _dims(normalized_shape)
+    eps = torch.finfo(input.dtype).eps if eps is None else eps
+    out = x * torch.rsqrt((x * x).mean(dims, keepdim=True) + eps)
+    out = out if weight is None else out * weight
+    return out.to(input.dtype)
+
+
+def _dims(normalized_shape) -> tuple:
+    n = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
+    return tuple(range(-n, 0))
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype in _HALF else x
