@@ -2,6 +2,7 @@
 
     xattr.rules(model, {F.relu: xattr.rule.Guided()})          # guided backprop's backward
     xattr.rules(model, xattr.rule.deep_lift_rules())            # DeepLift's Rescale everywhere
+    xattr.deep_lift(f, mapping=xattr.rule.exact_deep_lift_rules())  # ... and exact through transformers
     xattr.lrp(f, composite=xattr.rule.epsilon_plus())           # an LRP composite
 
 See docs/rules.md for how rules are chosen and how to write one.
@@ -13,6 +14,7 @@ from ._src.gate_rules import FixedGate
 from ._src.deeplift_products import Product
 from ._src.deeplift_softmax import ExactSoftmax
 from ._src.unfused import Unfused
+from ._src.exact_rules import exact_deep_lift_rules
 from ._src.backprop_methods import deep_lift_rules
 from ._src.lrp_rules import (
     AlphaBeta,
@@ -61,6 +63,7 @@ __all__ = [
     "ZPlus",
     "deep_lift_rules",
     "epsilon_gamma_box",
+    "exact_deep_lift_rules",
     "epsilon_plus",
     "lrp_rules",
     "paired_rows",
