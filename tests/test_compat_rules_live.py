@@ -329,11 +329,12 @@ def test_captum_neuron_classes_fail_for_an_input_the_neuron_ignores(cls):
 
 
 class SquareSum(nn.Module):
-    """sum(h ** 2) as one einsum: an operation DeepLift has no rule for (both keep its gradient;
-    xattr's Rescale covers ``h ** 2`` itself)."""
+    """sum(h ** 2) as a pow with a tensor exponent: an operation DeepLift has no rule for (both
+    keep its gradient; xattr's Rescale covers ``h ** 2`` itself, and `Product` ``einsum("bct,bct->b",
+    h, h)``)."""
 
     def forward(self, h):
-        return torch.einsum("bct,bct->b", h, h)
+        return torch.pow(h, torch.tensor(2.0, dtype=h.dtype)).sum((1, 2))
 
 
 def _conv_square(pool: bool):

@@ -9,7 +9,8 @@ property on small random MLPs and CNNs (function, Tensor-method, in-place, opera
 example alone equals its row of a batch (per-example and shared references, under vmap too); the
 derivative where ``|x - x_ref| < eps`` and where the secant is not finite (a reference off the
 domain); the closed-form derivatives against torch's gradient; DeepLift SHAP; what is not parsed
-(a tensor exponent, a number base) keeps its gradient; LRP's default mapping leaves them alone.
+(a tensor exponent) keeps its gradient; LRP's default mapping leaves them alone. ``c / x`` and
+``c ** x``: test_deeplift_gaps.py.
 """
 
 from __future__ import annotations
@@ -243,11 +244,11 @@ def test_secant_from_the_edge_of_the_domain_is_exact():
 
 
 def test_not_parsed_keeps_the_gradient():
-    """A tensor exponent, a number base, ``out=``: no elementwise function of one input the rule
-    describes (or no parse): the ordinary gradient, and no error."""
+    """A tensor exponent, ``out=``: no elementwise function of one input the rule describes (or no
+    parse): the ordinary gradient, and no error (a number base is kind "rpow": test_deeplift_gaps.py)."""
     x, b = _randn(2, 5, seed=50), _randn(2, 5, seed=51)
     p = torch.full((5,), 2.0, dtype=F64)
-    for fn in (lambda t: t**p, lambda t: 2.0**t, lambda t: torch.pow(2.0, t), lambda t: torch.pow(t, p)):
+    for fn in (lambda t: t**p, lambda t: torch.pow(t, p)):
         m = xattr.deep_lift(lambda t: fn(t).sum(1), baselines=b, multiply_by_inputs=False)(x)
         torch.testing.assert_close(m, _grad(fn, x), rtol=1e-12, atol=1e-14)
     ints = torch.arange(6).reshape(2, 3)
@@ -266,7 +267,7 @@ def test_kind_keys_and_lrp():
     torch.testing.assert_close(squared, x)
     lin1, lin2 = nn.Linear(4, 5).double(), nn.Linear(5, 2).double()
     lrp_exp = xattr.lrp(xattr.target(lambda t: lin2(torch.exp(lin1(t))), 1))(x)
-    lrp_pow = xattr.lrp(xattr.target(lambda t: lin2(math.e ** lin1(t)), 1))(x)  # a number base: never parsed
+    lrp_pow = xattr.lrp(xattr.target(lambda t: lin2(math.e ** lin1(t)), 1))(x)  # a number base: kind "rpow", unmapped
     torch.testing.assert_close(lrp_exp, lrp_pow, rtol=1e-10, atol=1e-12)
 
 

@@ -24,6 +24,7 @@ from . import tree as T
 from .checks import baselines_tuple, is_traced, warn_if_training
 from .deeplift_products import Product
 from .deeplift_rules import Rescale
+from .deeplift_softmax import ExactSoftmax
 from .gradients import attribution_fn, is_multi_output, vjp_rows
 from .layers import Split, layer_vjp_rows
 from .methods import _gap
@@ -40,11 +41,13 @@ RESCALED = (F.relu, F.elu, F.leaky_relu, torch.sigmoid, torch.tanh, F.softplus, 
 
 def deep_lift_rules(eps: float = 1e-10) -> dict:
     """DeepLift's mapping: the Rescale rule for every elementwise nonlinearity and elementwise
-    function of one input (exp, log, sqrt, abs, pow with a number exponent...), max-pool and
-    softmax, and `Product` for products of two activations, elementwise or matrix (NOTE:
-    [DeepLift at a product])."""
+    function of one input (exp, log, sqrt, abs, pow with a number exponent, ``c / x``, ``c **
+    x``...), max-pool and softmax, `Product` for products of two activations, elementwise, matrix
+    or einsum, and their quotients (NOTE: [DeepLift at a product], [Quotients of two
+    activations]), and `ExactSoftmax` at log_softmax (NOTE: [DeepLift through log_softmax])."""
     rule, product = Rescale(eps), Product()
-    return {**{op: rule for op in RESCALED}, torch.mul: product, torch.matmul: product}
+    return {**{op: rule for op in RESCALED}, torch.mul: product, torch.matmul: product, torch.einsum: product,
+            torch.div: product, F.log_softmax: ExactSoftmax(eps)}
 
 
 def _multipliers(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: int, chunk_size, *, shared: bool = False):
@@ -175,9 +178,10 @@ def deep_lift(
     GELU, SiLU; also exp, log, sqrt, abs, ``x ** p`` and the other elementwise functions of
     docs/rules.md) passes ``g * (y - y_ref) / (x - x_ref)`` back instead of ``g * phi'(x)``; max-pool
     and softmax have their own rules (`xattr.rule.Rescale`), and so do products of two
-    activations, ``a * b`` and ``a @ b`` (`xattr.rule.Product`: each factor's multiplier is the
-    other averaged over the example and its reference). Summation-to-delta holds exactly for
-    networks of affine maps, elementwise nonlinearities, max-pools and such products:
+    activations, ``a * b``, ``a @ b`` and ``torch.einsum`` (`xattr.rule.Product`: each factor's
+    multiplier is the other averaged over the example and its reference), their quotients ``a /
+    b``, and log_softmax (`xattr.rule.ExactSoftmax`). Summation-to-delta holds exactly for
+    networks of affine maps, elementwise nonlinearities, max-pools, log_softmax and such products:
     ``sum(attributions) = f(x) - f(b)`` (tested; softmax inside the model breaks it, unless
     ``mapping={F.softmax: xattr.rule.ExactSoftmax()}``).
 

@@ -33,19 +33,34 @@ import torch
 from .deeplift_rules import _flat, _halves, _padded
 from .row_layout import _ROWS, rows_dim
 from .rule_base import Rule, Saved, pullback
+from .two_inputs import einsum_dims
+
+
+def _paired(t: torch.Tensor, dim: int | None, of_pair, unpaired) -> torch.Tensor:
+    """``of_pair(input rows, reference rows)`` of t's rows in ``dim``, on every row (repeated for
+    reference rows that are seeded, zeros for those that are not), in t's shape; ``unpaired(t)``
+    where t holds no rows (``dim`` None)."""
+    if dim is None:
+        return unpaired(t)
+    rows, reference_grads = _ROWS.get()[:2]
+    first = t.movedim(dim, 0) if dim else t
+    m = _flat(of_pair(*_halves(first)), first)
+    m = torch.cat([m, m]) if reference_grads else _padded(m, rows)
+    return m.movedim(0, dim) if dim else m
 
 
 def _averaged(t: torch.Tensor, dim: int | None) -> torch.Tensor:
     """t averaged over each pair of rows (an input row and its reference), in t's shape; t itself
     (a copy) where it holds no rows (``dim`` None)."""
-    if dim is None:
-        return t.clone()
-    rows, reference_grads = _ROWS.get()[:2]
-    first = t.movedim(dim, 0) if dim else t
-    x, r = _halves(first)
-    m = _flat((x + r).mul_(0.5), first)
-    m = torch.cat([m, m]) if reference_grads else _padded(m, rows)
-    return m.movedim(0, dim) if dim else m
+    return _paired(t, dim, lambda x, r: (x + r).mul_(0.5), torch.clone)
+
+
+def _reciprocal_secant(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """``(1 / b - 1 / b_ref) / (b - b_ref) = -r r_ref`` of reciprocals x = 1 / b and r = 1 / b_ref,
+    or the derivative ``-x ** 2`` where that is not finite (NOTE: [Quotients of two activations]
+    in two_inputs.py)."""
+    m = x * r
+    return torch.where(torch.isfinite(m), m, x * x).neg_()
 
 
 def _rows_of(shape, out_dim: int | None, out_ndim: int, rows: int) -> int | None:
@@ -81,11 +96,14 @@ class Product(Rule):
     the ordinary VJP's, evaluated at ``(avg(a), avg(b))`` instead of ``(a, b)``, and
     summation-to-delta holds through squeeze-and-excitation gates, GLU, SwiGLU, ``x *
     torch.sigmoid(x)`` written out, and the bilinear steps of attention written by hand (NOTE:
-    [DeepLift at a product] in deeplift_products.py). The gradient where the reference equals the
-    input. `deep_lift_rules` maps ``torch.mul`` and ``torch.matmul`` to it.
+    [DeepLift at a product] in deeplift_products.py); so is ``torch.einsum`` of two such operands
+    (kind ``"einsum"``). At ``a / b`` (kind ``"quotient"``) it is the product rule on a and ``1 /
+    b`` with Rescale's secant at the reciprocal, ``-1 / (b b_ref)`` (NOTE: [Quotients of two
+    activations] in two_inputs.py). The gradient where the reference equals the input.
+    `deep_lift_rules` maps ``torch.mul``, ``torch.matmul``, ``torch.einsum`` and ``torch.div`` to it.
     """
 
-    kinds = frozenset({"product", "matmul"})
+    kinds = frozenset({"product", "matmul", "einsum", "quotient"})
     shares_reference = True
 
     def forward(self, op, a, b):
@@ -94,14 +112,21 @@ class Product(Rule):
         dim = rows_dim(out)  # NOTE: [Rows in dim 0 or dim 1]
         if op.kind == "matmul":
             dims = _matmul_rows(a, b, dim, out.ndim, rows)
+        elif op.kind == "einsum":
+            dims = einsum_dims(op.options["equation"], a, b, dim, rows)
         else:
             dims = _rows_of(a.shape, dim, out.ndim, rows), _rows_of(b.shape, dim, out.ndim, rows)
+        if op.kind == "quotient":  # a * r, r = 1 / b: NOTE: [Quotients of two activations] in two_inputs.py
+            r = b.reciprocal()
+            return out, (_averaged(a, dims[0]), _averaged(r, dims[1]), _paired(r, dims[1], _reciprocal_secant, lambda t: -t * t))
         return out, (_averaged(a, dims[0]), _averaged(b, dims[1]))
 
     def backward(self, op, saved: Saved, grad):
-        a, b = saved.extras  # the averages
+        a, b = saved.extras[:2]  # the averages (of a and 1 / b at a quotient)
         if op.kind == "product":
             return (grad * b).sum_to_size(a.shape), (grad * a).sum_to_size(b.shape)
-        if a.ndim >= 2 and b.ndim >= 2:
+        if op.kind == "quotient":
+            return (grad * b).sum_to_size(a.shape), (grad * a).sum_to_size(b.shape) * saved.extras[2]
+        if op.kind == "matmul" and a.ndim >= 2 and b.ndim >= 2:
             return (grad @ b.mT).sum_to_size(a.shape), (a.mT @ grad).sum_to_size(b.shape)
         return tuple(pullback(op.fn, a, b)[1](grad))

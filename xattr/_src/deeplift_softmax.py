@@ -26,6 +26,16 @@ random rows of 8 scores against a reference near 0: at scores of scale 5, contri
 to changes below 1 (float32 sums off by 0.26), at scale 10 of 4e9 (float64 off by 2e-3); the
 spelling above gave contributions below 4 and sums off by 3e-6 (float32) and 4e-15 (float64).
 
+NOTE: [DeepLift through log_softmax]
+``y = log_softmax(x) = x - L`` needs only the second line: ``y_j - y_ref_j = (x_j - x_ref_j) -
+sum_k w_k (x_k - x_ref_k)``, so the backward of g is ``g - w sum(g)`` (softmax's Jacobian's
+transpose with w in place of softmax(x), which it is where x equals its reference). It is what
+DeepLift's Rescale at exp and log gives on ``x - x.exp().sum(dim, keepdim=True).log()`` written
+out (tested), every w_k is positive and at most ``r <= 1 + |L - L_ref|``, with no cancellation,
+so `deep_lift_rules` maps log_softmax to `ExactSoftmax` by default: Captum has no rule for
+log_softmax (``nn.LogSoftmax`` is not among its nonlinearities: the gradient), so there is no
+convention to keep, unlike softmax's mean-normalised multipliers.
+
 Rows pair as in NOTE: [Paired rows] (deeplift_rules.py), in dim 0 or dim 1 (NOTE: [Rows in dim 0
 or dim 1]); a softmax over the rows' own dim mixes examples, and keeps its ordinary gradient, as
 does every softmax outside paired rows.
@@ -46,20 +56,21 @@ def _secant(num: torch.Tensor, den: torch.Tensor, slope: torch.Tensor, eps: floa
     return torch.where(near, slope, num / torch.where(near, torch.ones_like(den), den))
 
 
-def _terms(x: torch.Tensor, y: torch.Tensor, dim: int, eps: float) -> tuple:
+def _terms(x: torch.Tensor, y: torch.Tensor, dim: int, eps: float, log: bool = False) -> tuple:
     """The multipliers m and w of NOTE: [DeepLift through softmax, exactly] for the input rows of
-    x (rows in dim 0), in the input rows' shape."""
+    x (rows in dim 0), in the input rows' shape; with ``log`` (y is log_softmax) w alone."""
     x1, x2 = _halves(x)
-    y1, y2 = _halves(y)
     dim -= x.ndim  # from the right: shared reference rows view the halves with one dim more
     lse1, lse2 = x1.logsumexp(dim, keepdim=True), x2.logsumexp(dim, keepdim=True)
-    m = _secant(y1 - y2, (x1 - lse1) - (x2 - lse2), y1, eps)
+    if not log:
+        y1, y2 = _halves(y)
+        m = _flat(_secant(y1 - y2, (x1 - lse1) - (x2 - lse2), y1, eps), x)
     c = torch.maximum(lse1, lse2)
     e1, e2 = (x1 - c).exp(), (x2 - c).exp()
     d = (lse1 - lse2).abs()
     r = _secant(d, -torch.expm1(-d), torch.ones_like(d), eps)  # (L - L_ref) / (S - S_ref), one S is 1
-    w = r * _secant(e1 - e2, x1 - x2, e1, eps)
-    return _flat(m, x), _flat(w, x)
+    w = _flat(r * _secant(e1 - e2, x1 - x2, e1, eps), x)
+    return (w,) if log else (m, w)
 
 
 def _on_rows(t: torch.Tensor) -> torch.Tensor:
@@ -80,10 +91,11 @@ class ExactSoftmax(Rule):
     `Rescale`, keeps the paper's and Captum's rule): ``xattr.deep_lift(f, mapping={F.softmax:
     xattr.rule.ExactSoftmax()})``. With `Product` (the default for ``@``), summation-to-delta
     holds through attention written by hand. ``eps``: below it a difference is a tie, and the
-    derivative is used.
+    derivative is used. At ``log_softmax`` (``y = x - logsumexp(x)``) the backward is ``g - w *
+    sum(g, dim)``: exact, and DeepLift's default there (NOTE: [DeepLift through log_softmax]).
     """
 
-    kinds = frozenset({"softmax"})
+    kinds = frozenset({"softmax", "log_softmax"})
     shares_reference = True
 
     def __init__(self, eps: float = 1e-10):
@@ -91,19 +103,21 @@ class ExactSoftmax(Rule):
 
     def forward(self, op, x):
         y = op.fn(x)
+        log = op.kind == "log_softmax"
         rows = rows_dim(x)  # NOTE: [Rows in dim 0 or dim 1]
         dim = op.options["dim"] % max(x.ndim, 1)
         if rows is None or x.ndim == 0 or dim == rows:  # not paired, or a softmax across examples
-            return y, (y.clone(),)
+            return y, (y.exp() if log else y.clone(),)
         xc = x if y.dtype == x.dtype else x.to(y.dtype)  # softmax(..., dtype=)
         if rows == 1:  # sequence-first: the dim-0 terms on the transposed views
-            m, w = _terms(xc.transpose(0, 1), y.transpose(0, 1), {0: 1, 1: 0}.get(dim, dim), floored(self.eps, y.dtype))
-            return y, (_on_rows(m).transpose(0, 1), _on_rows(w).transpose(0, 1))
-        m, w = _terms(xc, y, dim, floored(self.eps, y.dtype))
-        return y, (_on_rows(m), _on_rows(w))
+            terms = _terms(xc.transpose(0, 1), y.transpose(0, 1), {0: 1, 1: 0}.get(dim, dim), floored(self.eps, y.dtype), log)
+            return y, tuple(_on_rows(t).transpose(0, 1) for t in terms)
+        return y, tuple(_on_rows(t) for t in _terms(xc, y, dim, floored(self.eps, y.dtype), log))
 
     def backward(self, op, saved: Saved, grad):
         dim = op.options["dim"]
+        if op.kind == "log_softmax":  # w: the secants of logsumexp, or softmax (the ordinary gradient)
+            return (grad - saved.extras[0] * grad.sum(dim, keepdim=True),)
         if len(saved.extras) == 1:  # the ordinary gradient
             (y,) = saved.extras
             return (y * (grad - (grad * y).sum(dim, keepdim=True)),)

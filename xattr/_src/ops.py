@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import pointwise
+from . import pointwise, two_inputs
 from .dependence import differentiated  # noqa: F401 (its home before dependence.py)
 
 
@@ -199,7 +199,8 @@ def _product(inplace: bool):
     weight: the op is linear in the other factor, is not parsed, and keeps its gradient. So is a
     call with ``out=`` or on non-float tensors. ``torch.matmul``, ``@`` and ``torch.bmm`` of two
     such tensors (the scores ``q @ k.transpose(-2, -1)`` and ``attn @ v`` of attention written by
-    hand) are kind ``"matmul"`` on the same terms (`_matmul`).
+    hand) are kind ``"matmul"`` on the same terms (`_matmul`); quotients and einsum of two such
+    tensors are kinds ``"quotient"`` and ``"einsum"`` (two_inputs.py).
     """
 
     def parse(func, input, other=None, *rest, out=None, **named):
@@ -227,11 +228,15 @@ def _matmul(func, input, other=None, *rest, out=None, **named):
     return Op("matmul", fn, (input, other), {}, func, False)
 
 
-def _softmax(func, input, dim=None, _stacklevel=3, dtype=None):
-    if dim is None:
-        raise ValueError("xattr.rules needs softmax's dim given explicitly (implicit dim is deprecated in torch)")
-    options = {"dim": dim, "dtype": dtype}
-    return Op("softmax", functools.partial(torch.softmax, dim=dim, dtype=dtype), (input,), options, func, False)
+def _softmax(kind: str, fn: Callable):
+    """A parser for softmax (``fn`` torch.softmax) or log_softmax (torch.log_softmax)."""
+
+    def parse(func, input, dim=None, _stacklevel=3, dtype=None):
+        if dim is None:
+            raise ValueError(f"xattr.rules needs {kind}'s dim given explicitly (implicit dim is deprecated in torch)")
+        return Op(kind, functools.partial(fn, dim=dim, dtype=dtype), (input,), {"dim": dim, "dtype": dtype}, func, False)
+
+    return parse
 
 
 def _max_pool(nd: int):
@@ -413,7 +418,9 @@ def _table() -> tuple[dict, dict]:
         for f in inplace:
             add(f, kind, _unary(kind, fn, inplace_default=True))
     for f in (F.softmax, torch.softmax, torch.Tensor.softmax):
-        add(f, "softmax", _softmax)
+        add(f, "softmax", _softmax("softmax", torch.softmax))
+    for f in (F.log_softmax, torch.log_softmax, torch.Tensor.log_softmax, torch.special.log_softmax):
+        add(f, "log_softmax", _softmax("log_softmax", torch.log_softmax))
     for nd in (1, 2, 3):
         for f in (getattr(F, f"max_pool{nd}d"), getattr(torch, f"max_pool{nd}d"), getattr(F, f"max_pool{nd}d_with_indices")):
             add(f, "max_pool", _max_pool(nd))
@@ -437,7 +444,7 @@ def _table() -> tuple[dict, dict]:
         add(f, "product", _product(True))
     for f in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm):
         add(f, "matmul", _matmul)
-    for f, kind, parser in pointwise.spellings(Op):
+    for f, kind, parser in pointwise.spellings(Op) + two_inputs.spellings(Op):
         add(f, kind, parser)
     add(F.linear, "linear", _linear)
     add(F.batch_norm, "batch_norm", _batch_norm)
@@ -454,6 +461,9 @@ def _table() -> tuple[dict, dict]:
 
 PARSERS, KIND_OF = _table()
 KINDS = frozenset(KIND_OF.values())
+# the kinds each function's calls parse into: its own, and for torch.div (``c / x``) and torch.pow
+# (``c ** x``) the other side's (rule_table.py parses a function's calls where a rule claims one)
+PARSES = {f: frozenset({kind}) | two_inputs.ALSO.get(kind, frozenset()) for f, kind in KIND_OF.items()}
 # In-place forms ``fn(x, **op.options)`` of the elementwise kinds that have one: an in-place call
 # under a rule that needs neither the input nor a forward of its own runs in place for real
 # (rule_apply.py, `_ApplyEagerInPlace`), not out of place and copied back.

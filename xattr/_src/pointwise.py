@@ -7,13 +7,18 @@ NOTE: [Elementwise functions of one input]
 rsqrt, reciprocal, abs (also ``abs(x)``, ``torch.absolute``), sin, cos, erf, erfc, atan, sinh,
 cosh and asinh. ``x ** p``, ``torch.pow(x, p)``, ``x.pow(p)``, ``x.pow_(p)``, ``x **= p`` with
 p a number (int or float, fractional or negative too) and ``torch.square(x)`` (p = 2) are kind
-``"pow"``, with ``options["exponent"]``. Each is ``y = phi(x)``, so the elementwise rules apply:
-DeepLift's Rescale (NOTE: [Rescale off the domain]) and, where a mapping keys them, LRP's `Pass`
-(LRP's default mapping does not: they keep their gradient there, as before). Not parsed, so
-keeping the ordinary gradient: a pow whose exponent is a tensor (even one not computed from the
-input) or whose base is a number (``2 ** x``, ``torch.pow(2, x)``), ``c / x`` (write
-``c * torch.reciprocal(x)``), a call with ``out=``, and a call on a tensor that is not floating
-point.
+``"pow"``, with ``options["exponent"]``. With the number on the other side, ``c / x`` (also
+``torch.div(c, x)``, ``torch.true_divide``, ``torch.divide``) is kind ``"rdiv"`` with
+``options["numerator"]``, and ``c ** x`` (``torch.pow(c, x)``) kind ``"rpow"`` with
+``options["base"]``: torch's own names for them, ``Tensor.__rdiv__`` and ``Tensor.__rpow__``,
+are their keys. Each is ``y = phi(x)``, so the elementwise rules apply: DeepLift's Rescale (NOTE:
+[Rescale off the domain]) and, where a mapping keys them, LRP's `Pass` (LRP's default mapping
+does not: they keep their gradient there, as before). Not parsed, so keeping the ordinary
+gradient: a pow whose exponent and base are both tensors (even ones not computed from the
+input), ``t / x`` with t a tensor that is not computed from the input (write ``t *
+torch.reciprocal(x)``; with both computed from it, ``a / b`` is kind ``"quotient"``: NOTE:
+[Quotients of two activations] in two_inputs.py), a call with ``out=`` or ``rounding_mode=``,
+and a call on a tensor that is not floating point.
 """
 
 from __future__ import annotations
@@ -49,10 +54,13 @@ DERIVATIVES: dict = {
     "sinh": lambda x, y, o: torch.cosh(x),
     "cosh": lambda x, y, o: torch.sinh(x),
     "asinh": lambda x, y, o: (x * x + 1).rsqrt(),
+    "rdiv": lambda x, y, o: -y / x,  # c / x: -c / x ** 2
+    "rpow": lambda x, y, o: _rpow_derivative(x, y, o["base"]),
 }
 KINDS = frozenset(DERIVATIVES)
+_KEY = {"pow": torch.pow, "rdiv": torch.Tensor.__rdiv__, "rpow": torch.Tensor.__rpow__}
 # one torch function per kind: the keys DeepLift's mapping uses (each stands for its kind)
-KEYS = tuple(torch.pow if kind == "pow" else getattr(torch, kind) for kind in sorted(KINDS))
+KEYS = tuple(_KEY.get(kind) or getattr(torch, kind) for kind in sorted(KINDS))
 
 
 def _pow_derivative(x: torch.Tensor, p) -> torch.Tensor:
@@ -60,6 +68,13 @@ def _pow_derivative(x: torch.Tensor, p) -> torch.Tensor:
     if p == 0:
         return torch.zeros_like(x)
     return p * x.pow(p - 1)
+
+
+def _rpow_derivative(x: torch.Tensor, y: torch.Tensor, c) -> torch.Tensor:
+    """``c ** x * log(c)``, 0 where c == 0 and x >= 0 (torch's backward of a number base)."""
+    if c == 0:
+        return torch.where(x >= 0, torch.zeros_like(y), -math.inf * y)
+    return y * (math.log(c) if c > 0 else math.nan)
 
 
 def rescaled(dx: torch.Tensor, dy: torch.Tensor, slope: torch.Tensor, eps: float) -> torch.Tensor:
@@ -105,10 +120,31 @@ def _pow(make: Callable, inplace: bool, square: bool = False):
     def parse(func, input=None, exponent=None, *rest, out=None, **named):
         if square:
             rest, exponent = ((exponent,) + rest if exponent is not None else rest), 2
-        if rest or named or out is not None or not _is_float(input) or not _is_number(exponent):
-            return None  # a tensor exponent or a number base: not parsed (NOTE: [Elementwise functions of one input])
+        if rest or named or out is not None:
+            return None
+        if _is_number(input) and _is_float(exponent) and not inplace:  # torch.pow(c, x)
+            return number_side("rpow", make, func, input, exponent)
+        if not _is_float(input) or not _is_number(exponent):
+            return None  # tensors on both sides: not parsed (NOTE: [Elementwise functions of one input])
         fn = functools.partial(torch.pow, exponent=exponent)
         return make("pow", fn, (input,), {"exponent": exponent}, func, inplace)
+
+    return parse
+
+
+def number_side(kind: str, make: Callable, func, c, x):
+    """The op ``c / x`` (kind "rdiv") or ``c ** x`` ("rpow") of a number c and a float tensor x."""
+    fn, name = (functools.partial(torch.div, c), "numerator") if kind == "rdiv" else (functools.partial(torch.pow, c), "base")
+    return make(kind, fn, (x,), {name: c}, func, False)
+
+
+def _reflected(kind: str, make: Callable):
+    """A parser for ``Tensor.__rdiv__(x, c)`` (``c / x``) and ``Tensor.__rpow__(x, c)`` (``c ** x``)."""
+
+    def parse(func, input=None, other=None, *rest, **named):
+        if rest or named or not _is_float(input) or not _is_number(other):
+            return None
+        return number_side(kind, make, func, other, input)
 
     return parse
 
@@ -116,7 +152,7 @@ def _pow(make: Callable, inplace: bool, square: bool = False):
 def spellings(make: Callable) -> list:
     """``[(torch function, kind, parser)]`` for every spelling; ``make`` builds an `ops.Op`."""
     out = []
-    for kind in sorted(KINDS - {"pow", "abs"}):
+    for kind in sorted(KINDS - {"pow", "abs", "rdiv", "rpow"}):
         fn = getattr(torch, kind)
         plain = [fn, getattr(torch.Tensor, kind), getattr(torch.special, kind, None)]
         inplace = [getattr(torch, kind + "_", None), getattr(torch.Tensor, kind + "_")]
@@ -132,4 +168,5 @@ def spellings(make: Callable) -> list:
         out.append((f, "pow", _pow(make, True)))
     out += [(torch.square, "pow", _pow(make, False, square=True)), (torch.Tensor.square, "pow", _pow(make, False, square=True))]
     out += [(torch.square_, "pow", _pow(make, True, square=True)), (torch.Tensor.square_, "pow", _pow(make, True, square=True))]
-    return out
+    out += [(torch.Tensor.__rdiv__, "rdiv", _reflected("rdiv", make)), (torch.Tensor.__rpow__, "rpow", _reflected("rpow", make))]
+    return out  # torch.div(c, x) and its aliases: two_inputs.py

@@ -14,8 +14,9 @@ from .rule_limits import refuse_checkpoint, refuse_second_backward
 # NOTE: [Rules as backward hooks]: clamp runs through the Function, and so does softsign, which torch
 # writes in Python as x / (1 + |x|): its last node is a division whose first input gradient is only the
 # numerator's share (a hook there left the rest unruled: off by 0.027 where the largest entry of the
-# gradient was 0.076, on a small MLP)
-_HOOK_KINDS = ops.ELEMENTWISE - {"clamp", "softsign"}
+# gradient was 0.076, on a small MLP); so does ``c / x`` (kind "rdiv"), which torch writes as
+# ``x.reciprocal() * c``: its last node is the product
+_HOOK_KINDS = ops.ELEMENTWISE - {"clamp", "softsign", "rdiv"}
 
 
 class _Apply(torch.autograd.Function):

@@ -62,7 +62,8 @@ class Table:
         self.tracks_modules = bool(self.by_name or self.by_module or self.by_type)
         # The parsers of the ops some rule could claim: the others are not parsed (a parser may
         # reject a call, e.g. softmax with an implicit dim, that runs fine untouched).
-        self.parsers = {func: parser for func, parser in ops.PARSERS.items() if self.tracks_modules or ops.KIND_OF[func] in self.by_kind}
+        self.parsers = {func: parser for func, parser in ops.PARSERS.items()
+                        if self.tracks_modules or not ops.PARSES[func].isdisjoint(self.by_kind)}
         self.by_node = self._graph_hooks()
 
     def _graph_hooks(self) -> dict:
