@@ -25,11 +25,9 @@ import xattr
 from xattr._src import ops
 from xattr.testing.strategies import seeds
 
+from test_deeplift_elementwise import Net as _ElementwiseNet, _randn
+
 F64 = torch.float64
-
-
-def _randn(*shape, seed: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
 def _idiv(h):
@@ -61,25 +59,9 @@ SPELLINGS = {
 }
 
 
-class Net(nn.Module):
-    """Affine, phi_a, affine, phi_b, linear head (3 outputs); an MLP on (B, 4) or a CNN on (B, 2, 5, 5)."""
-
-    def __init__(self, a: str, b: str, cnn: bool, seed: int):
-        super().__init__()
-        self.a, self.b, self.cnn = SPELLINGS[a], SPELLINGS[b], cnn
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            if cnn:
-                self.l1, self.l2, self.head = nn.Conv2d(2, 3, 3), nn.Conv2d(3, 3, 1), nn.Linear(27, 3)
-            else:
-                self.l1, self.l2, self.head = nn.Linear(4, 6), nn.Linear(6, 5), nn.Linear(5, 3)
-        self.double().eval()
-
-    def in_shape(self) -> tuple:
-        return (2, 5, 5) if self.cnn else (4,)
-
-    def forward(self, x):
-        return self.head(self.b(self.l2(self.a(self.l1(x)))).flatten(1))
+def Net(a: str, b: str, cnn: bool, seed: int) -> nn.Module:
+    """test_deeplift_elementwise's net (affine, phi_a, affine, phi_b, linear head) with this file's spellings."""
+    return _ElementwiseNet(a, b, cnn, seed, spellings=SPELLINGS)
 
 
 def _bases(shape, batch: int, seed: int) -> dict:
