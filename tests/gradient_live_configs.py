@@ -24,12 +24,14 @@ import torch
 try:  # tests/ on sys.path (pytest's default rootdir-less import mode) or tests as a package
     from .rules_live_configs import (
         F64, Spec, assert_same, build, captum_attr, draw_extras, draw_inputs, draw_selector, draw_spec,
-        draw_target, first_plus_last, first_times_last, fresh, layer_shape, leaves, module_names, quiet, randn,
+        draw_target, first_plus_last, first_times_last, fresh, layer_shape, leaves, module_names, one_baseline, quiet,
+        randn,
     )
 except ImportError:
     from rules_live_configs import (
         F64, Spec, assert_same, build, captum_attr, draw_extras, draw_inputs, draw_selector, draw_spec,
-        draw_target, first_plus_last, first_times_last, fresh, layer_shape, leaves, module_names, quiet, randn,
+        draw_target, first_plus_last, first_times_last, fresh, layer_shape, leaves, module_names, one_baseline, quiet,
+        randn,
     )
 
 __all__ = [
@@ -72,22 +74,13 @@ def draw_common(rng, g, seed, *, target=True, linear=False, **spec_kw):
     return spec, inputs, batch, kwargs
 
 
-def _one_baseline(rng, g, batch, shape, dtype):
-    kind = rng.choice(["int", "float", "row", "each", "each"])
-    if kind == "int":
-        return rng.choice([0, 1, -1])
-    if kind == "float":
-        return rng.choice([0.0, 0.25, -0.5])
-    return randn(g, 1 if kind == "row" else batch, *shape, dtype=dtype)
-
-
 def draw_baselines(rng, g, spec: Spec, batch: int, inputs):
     """None, or per input a number, a ``(1, ...)`` or a ``(B, ...)`` tensor (Captum's forms: a
     ``(1, C, 1, ...)`` tensor broadcast further fails in its layer methods, which run the model on
     the baselines as given, and with ``internal_batch_size``)."""
     if rng.random() < 0.2:
         return None
-    out = tuple(_one_baseline(rng, g, batch, s, spec.dtype) for s in spec.shapes)
+    out = tuple(one_baseline(rng, g, batch, s, spec.dtype, kinds=["int", "float", "row", "each", "each"]) for s in spec.shapes)
     return out if isinstance(inputs, tuple) else out[0]
 
 

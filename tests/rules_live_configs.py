@@ -264,8 +264,10 @@ def draw_extras(rng, g, batch, dtype, *, lrp=False):
             "all": {"additional_forward_args": (scale, "neg", -0.25, True)}}[kind]  # fmt: skip
 
 
-def _one_baseline(rng, g, batch, shape, dtype, constant=True):
-    kind = rng.choice(["int", "float", "row", "each"] if constant else ["row", "each"])
+def one_baseline(rng, g, batch, shape, dtype, constant=True, kinds=None):
+    """A number, a ``(1, ...)`` or a ``(B, ...)`` tensor, drawn among ``kinds`` (by default all
+    four, or the tensors alone where not ``constant``; a kind listed twice is drawn twice as often)."""
+    kind = rng.choice(kinds or (["int", "float", "row", "each"] if constant else ["row", "each"]))
     if kind == "int":
         return rng.choice([0, 1, -1])
     if kind == "float":
@@ -280,7 +282,7 @@ def draw_baselines(rng, g, spec: Spec, batch: int, inputs):
     pooled = bool(module_names(spec, ("MaxPool1d", "MaxPool2d")))
     if not pooled and rng.random() < 0.2:
         return None
-    out = tuple(_one_baseline(rng, g, batch, s, spec.dtype, constant=not pooled) for s in spec.shapes)
+    out = tuple(one_baseline(rng, g, batch, s, spec.dtype, constant=not pooled) for s in spec.shapes)
     return out if isinstance(inputs, tuple) else out[0]
 
 
