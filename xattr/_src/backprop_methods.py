@@ -33,6 +33,7 @@ from .row_layout import rows_dim, rows_scope, unambiguous
 from .rule_table import merged
 from .rules import rules
 from .sampling import distribution
+from .unfused import Unfused
 
 RESCALED = (F.relu, F.elu, F.leaky_relu, torch.sigmoid, torch.tanh, F.softplus, F.gelu, F.silu, F.hardswish, F.hardsigmoid,
             F.relu6, F.hardtanh, F.mish, F.selu, F.celu, F.softsign, F.logsigmoid, F.threshold, torch.clamp, F.max_pool2d,
@@ -44,10 +45,11 @@ def deep_lift_rules(eps: float = 1e-10) -> dict:
     function of one input (exp, log, sqrt, abs, pow with a number exponent, ``c / x``, ``c **
     x``...), max-pool and softmax, `Product` for products of two activations, elementwise, matrix
     or einsum, and their quotients (NOTE: [DeepLift at a product], [Quotients of two
-    activations]), and `ExactSoftmax` at log_softmax (NOTE: [DeepLift through log_softmax])."""
+    activations]), `ExactSoftmax` at log_softmax (NOTE: [DeepLift through log_softmax]), and
+    `Unfused` at ``F.glu`` (``nn.GLU``), which then runs as ``a * torch.sigmoid(b)``."""
     rule, product = Rescale(eps), Product()
     return {**{op: rule for op in RESCALED}, torch.mul: product, torch.matmul: product, torch.einsum: product,
-            torch.div: product, F.log_softmax: ExactSoftmax(eps)}
+            torch.div: product, F.log_softmax: ExactSoftmax(eps), F.glu: Unfused()}
 
 
 def _multipliers(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: int, chunk_size, *, shared: bool = False):

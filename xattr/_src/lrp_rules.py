@@ -435,7 +435,8 @@ def lrp_rules(eps: float = 1e-9) -> dict:
     norm = FixedStd()
     mapping.update({F.layer_norm: norm, F.rms_norm: norm, F.scaled_dot_product_attention: FixedAttention()})
     mapping[torch.mul] = FixedGate()  # products of two activations (NOTE: [Products of two activations] in ops.py)
-    mapping.update({F.softmax: Refuse(_SOFTMAX), F.multi_head_attention_forward: Unfused(), torch.lstm: Refuse(_RECURRENT)})
+    unfused = Unfused()  # nn.MultiheadAttention; nn.GLU as a * sigmoid(b), whose product then takes FixedGate
+    mapping.update({F.softmax: Refuse(_SOFTMAX), F.multi_head_attention_forward: unfused, F.glu: unfused, torch.lstm: Refuse(_RECURRENT)})
     return mapping
 
 

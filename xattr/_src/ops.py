@@ -363,6 +363,13 @@ def _sdpa(func, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=Fals
     return Op("attention", fn, tensors, options, func, False)
 
 
+def _glu(func, input, dim=-1):
+    """``F.glu`` (``nn.GLU``): ``a * sigmoid(b)`` of the two halves of ``input`` along ``dim``, one
+    call whose product no rule sees unless it is written out (`Unfused`: NOTE: [Products of two
+    activations])."""
+    return Op("glu", lambda x: F.glu(x, dim), (input,), {"dim": dim}, func, False)
+
+
 def _fused_attention(func, *args, **kwargs):
     return Op("fused_attention", None, (), {}, func, False)
 
@@ -454,6 +461,7 @@ def _table() -> tuple[dict, dict]:
             add(f, "rms_norm", _rms_norm)
     add(F.scaled_dot_product_attention, "attention", _sdpa)
     add(F.multi_head_attention_forward, "fused_attention", _fused_attention)
+    add(F.glu, "glu", _glu)
     for f in RECURRENT:
         add(f, "fused_recurrent", _fused_recurrent)
     return table, kinds

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .rule_base import Rule
-from .written_out import attention, layer_norm, rms_norm
+from .written_out import attention, glu, layer_norm, rms_norm
 
 _UNSUPPORTED = (
     "xattr.rule.Unfused cannot write this nn.MultiheadAttention call out: {}. Call model.eval() for dropout, or "
@@ -45,12 +45,13 @@ class Unfused(Rule):
     projection ``F.linear``; returned attention weights (``need_weights=True``) are held constant.
     In `lrp_rules` at that key only. ``F.scaled_dot_product_attention``: ``q @ k^T`` times the
     scale, the mask, softmax over the keys, ``@ v``. ``F.layer_norm`` and ``F.rms_norm``: the
-    statistics as means of products, ``rsqrt``, the affine weights. Each step then takes the
+    statistics as means of products, ``rsqrt``, the affine weights. ``F.glu`` (``nn.GLU``): ``a *
+    torch.sigmoid(b)`` of its halves (`lrp_rules` and `deep_lift_rules` map it here). Each step then takes the
     mapping's rule for its kind: under DeepLift with ``{F.scaled_dot_product_attention:
     Unfused(), F.layer_norm: Unfused(), F.softmax: ExactSoftmax()}`` a transformer conserves.
     """
 
-    kinds = frozenset({"fused_attention", "attention", "layer_norm", "rms_norm"})
+    kinds = frozenset({"fused_attention", "attention", "layer_norm", "rms_norm", "glu"})
     shares_reference = True  # pairs no rows: the ops written out have rules of their own
 
     def written_out(self, op):
@@ -198,4 +199,5 @@ def _weights(q, k, mask, bsz: int, num_heads: int, average: bool) -> torch.Tenso
         return weights.mean(dim=1) if average else weights
 
 
-_WRITTEN_OUT = {"fused_attention": multi_head_attention, "attention": attention, "layer_norm": layer_norm, "rms_norm": rms_norm}
+_WRITTEN_OUT = {"fused_attention": multi_head_attention, "attention": attention, "layer_norm": layer_norm, "rms_norm": rms_norm,
+                "glu": glu}

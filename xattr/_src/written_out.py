@@ -88,3 +88,10 @@ def _dims(normalized_shape) -> tuple:
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in _HALF else x
+
+
+def glu(input, dim=-1):
+    """``F.glu`` written out: the first half times the sigmoid of the second (a product of two
+    activations, then ruled as one: NOTE: [Products of two activations] in ops.py)."""
+    a, b = input.chunk(2, dim)
+    return a * torch.sigmoid(b)
