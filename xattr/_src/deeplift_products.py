@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from .deeplift_rules import _flat, _halves, _padded
+from .deeplift_rules import _flat, _halves, _on_rows
 from .row_layout import _ROWS, rows_dim
 from .rule_base import Rule, Saved, pullback
 from .two_inputs import einsum_dims
@@ -42,10 +42,8 @@ def _paired(t: torch.Tensor, dim: int | None, of_pair, unpaired) -> torch.Tensor
     where t holds no rows (``dim`` None)."""
     if dim is None:
         return unpaired(t)
-    rows, reference_grads = _ROWS.get()[:2]
     first = t.movedim(dim, 0) if dim else t
-    m = _flat(of_pair(*_halves(first)), first)
-    m = torch.cat([m, m]) if reference_grads else _padded(m, rows)
+    m = _on_rows(_flat(of_pair(*_halves(first)), first))
     return m.movedim(0, dim) if dim else m
 
 

@@ -67,6 +67,13 @@ def _split(t: torch.Tensor, n: int):
     return t[:n], t[n:]
 
 
+def _on_rows(m: torch.Tensor) -> torch.Tensor:
+    """The input rows' multipliers m on every row of the call: repeated for reference rows that
+    are seeded too, zeros for those that are not (deep_lift seeds the input half only)."""
+    rows, reference_grads = _ROWS.get()[:2]
+    return torch.cat([m, m]) if reference_grads and m.shape[0] != rows else _padded(m, rows)
+
+
 def _padded(m: torch.Tensor, rows: int) -> torch.Tensor:
     """The input rows' multipliers m, with zero rows appended up to ``rows`` (a shared reference
     row takes no gradient): the backward is then one product, like the plain op's."""

@@ -45,8 +45,8 @@ from __future__ import annotations
 
 import torch
 
-from .deeplift_rules import _flat, _halves, _padded, checked_eps, floored
-from .row_layout import _ROWS, rows_dim
+from .deeplift_rules import _flat, _halves, _on_rows, checked_eps, floored
+from .row_layout import rows_dim
 from .rule_base import Rule, Saved
 
 
@@ -71,13 +71,6 @@ def _terms(x: torch.Tensor, y: torch.Tensor, dim: int, eps: float, log: bool = F
     r = _secant(d, -torch.expm1(-d), torch.ones_like(d), eps)  # (L - L_ref) / (S - S_ref), one S is 1
     w = _flat(r * _secant(e1 - e2, x1 - x2, e1, eps), x)
     return (w,) if log else (m, w)
-
-
-def _on_rows(t: torch.Tensor) -> torch.Tensor:
-    """The input rows' multipliers t on every row: repeated for reference rows that are seeded
-    too, zeros for reference rows that are not (deep_lift seeds the input half only)."""
-    rows, reference_grads = _ROWS.get()[:2]
-    return torch.cat([t, t]) if reference_grads and t.shape[0] != rows else _padded(t, rows)
 
 
 class ExactSoftmax(Rule):

@@ -204,11 +204,7 @@ def _product(inplace: bool):
     """
 
     def parse(func, input, other=None, *rest, out=None, **named):
-        if rest or named or out is not None or not isinstance(input, torch.Tensor) or not isinstance(other, torch.Tensor):
-            return None
-        if not (input.is_floating_point() and other.is_floating_point()):
-            return None
-        if not (differentiated(input) and differentiated(other)):  # cheap checks first, then the graph walks
+        if rest or named or out is not None or not two_inputs.both_differentiated(input, other):
             return None
         return Op("product", torch.mul, (input, other), {}, func, inplace)
 
@@ -218,11 +214,7 @@ def _product(inplace: bool):
 def _matmul(func, input, other=None, *rest, out=None, **named):
     """A parser for ``torch.matmul``, ``@`` and ``torch.bmm`` (function or Tensor method) of two
     differentiated float tensors: kind ``"matmul"`` (NOTE: [Products of two activations])."""
-    if rest or named or out is not None or not isinstance(input, torch.Tensor) or not isinstance(other, torch.Tensor):
-        return None
-    if not (input.is_floating_point() and other.is_floating_point() and input.ndim and other.ndim):
-        return None
-    if not (differentiated(input) and differentiated(other)):
+    if rest or named or out is not None or not two_inputs.both_differentiated(input, other) or not (input.ndim and other.ndim):
         return None
     fn = torch.bmm if func in (torch.bmm, torch.Tensor.bmm) else torch.matmul
     return Op("matmul", fn, (input, other), {}, func, False)

@@ -40,7 +40,8 @@ from .dependence import differentiated
 ALSO = {"quotient": frozenset({"rdiv"}), "pow": frozenset({"rpow"})}
 
 
-def _both_differentiated(a, b) -> bool:
+def both_differentiated(a, b) -> bool:
+    """Whether a and b are float tensors both computed from the attributed input (`differentiated`)."""
     if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.is_floating_point() and b.is_floating_point()):
         return False
     return differentiated(a) and differentiated(b)  # cheap checks first, then the graph walks
@@ -54,7 +55,7 @@ def _division(make, inplace: bool):
             return None
         if pointwise._is_number(input) and pointwise._is_float(other) and not inplace:  # torch.div(c, x)
             return pointwise.number_side("rdiv", make, func, input, other)
-        if not _both_differentiated(input, other):
+        if not both_differentiated(input, other):
             return None
         return make("quotient", torch.div, (input, other), {}, func, inplace)
 
@@ -65,7 +66,7 @@ def _einsum(make):
     def parse(func, equation=None, *operands):
         if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
             operands = tuple(operands[0])
-        if not isinstance(equation, str) or len(operands) != 2 or not _both_differentiated(*operands):
+        if not isinstance(equation, str) or len(operands) != 2 or not both_differentiated(*operands):
             return None
         return make("einsum", lambda a, b: torch.einsum(equation, a, b), tuple(operands), {"equation": equation}, func, False)
 
