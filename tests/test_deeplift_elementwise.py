@@ -98,6 +98,16 @@ class Net(nn.Module):
         return self.head(h.flatten(1))
 
 
+def check_sums_to_delta(model: nn.Module, x: torch.Tensor, base) -> None:
+    """DeepLift's attributions of output 1 are finite and sum to f(x) - f(b); its delta says so."""
+    attr, delta = xattr.deep_lift(xattr.target(model, 1), baselines=base, return_delta=True)(x)
+    with torch.no_grad():
+        gap = model(x)[:, 1] - model(torch.as_tensor(base, dtype=F64).expand_as(x))[:, 1]
+    assert torch.isfinite(attr).all()
+    torch.testing.assert_close(attr.flatten(1).sum(1), gap, rtol=1e-9, atol=1e-10)
+    assert delta.abs().max() <= 1e-10 + 1e-9 * gap.abs().max()
+
+
 def _randn(*shape, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
@@ -110,12 +120,7 @@ def test_summation_to_delta(a, b, cnn, batch, seed, reference):
     x = _randn(batch, *model.in_shape(), seed=seed + 1)
     base = {"each": _randn(batch, *model.in_shape(), seed=seed + 2), "row": _randn(1, *model.in_shape(), seed=seed + 3),
             "zero": 0.0}[reference]
-    attr, delta = xattr.deep_lift(xattr.target(model, 1), baselines=base, return_delta=True)(x)
-    with torch.no_grad():
-        gap = model(x)[:, 1] - model(torch.as_tensor(base, dtype=F64).expand_as(x))[:, 1]
-    assert torch.isfinite(attr).all()
-    torch.testing.assert_close(attr.flatten(1).sum(1), gap, rtol=1e-9, atol=1e-10)
-    assert delta.abs().max() <= 1e-10 + 1e-9 * gap.abs().max()
+    check_sums_to_delta(model, x, base)
 
 
 # kind: (phi written with torch.func-free math, spellings of one op on x, domain of x and x_ref)

@@ -25,7 +25,7 @@ import xattr
 from xattr._src import ops
 from xattr.testing.strategies import seeds
 
-from test_deeplift_elementwise import Net as _ElementwiseNet, _randn
+from test_deeplift_elementwise import Net as _ElementwiseNet, _randn, check_sums_to_delta
 
 F64 = torch.float64
 
@@ -75,12 +75,7 @@ def test_summation_to_delta(a, b, cnn, batch, seed, reference):
     model = Net(a, b, cnn, seed)
     x = _randn(batch, *model.in_shape(), seed=seed + 1)
     base = _bases(model.in_shape(), batch, seed + 2)[reference]
-    attr, delta = xattr.deep_lift(xattr.target(model, 1), baselines=base, return_delta=True)(x)
-    with torch.no_grad():
-        gap = model(x)[:, 1] - model(torch.as_tensor(base, dtype=F64).expand_as(x))[:, 1]
-    assert torch.isfinite(attr).all()
-    torch.testing.assert_close(attr.flatten(1).sum(1), gap, rtol=1e-9, atol=1e-10)
-    assert delta.abs().max() <= 1e-10 + 1e-9 * gap.abs().max()
+    check_sums_to_delta(model, x, base)
 
 
 @pytest.mark.parametrize("name", sorted(SPELLINGS))
