@@ -22,7 +22,7 @@ from xattr.testing.vision import models as vision_models
 
 from registry import changed_state, state_snapshot
 from rule_fuzz_nets import GuidedReLU
-from test_deep_lift import one_hot, reference
+from deep_lift_ref import one_hot, reference
 
 tv = vision_models()
 needs_torchvision = pytest.mark.skipif(tv is None, reason="torchvision is not installed")
