@@ -214,6 +214,7 @@ def test_min_param_grid_is_built_by_index_and_excludes_arg_max():
         with pytest.raises(ValueError, match="arg_"):
             min_param_perturbation(lambda x: x, torch.zeros(1), attack, "v", *bad)
 
+# ----------------------------------------------------------------------------- empty batches
 
 
 def test_empty_batch_gives_empty_results():
