@@ -33,12 +33,12 @@ import torch
 from . import tree as T
 from .checks import warn_if_training
 from .gradients import attribution_fn, detached
-from .masks import SMALL, constant, features, scatter_features, scatterer
+from .masks import SMALL, constant, features, held_ids, scatter_features, scatterer
 from .nesting import as_new_call, inside_model
 from .perturb import Coalitions, baseline_tree, evaluate, outputs_at
 from .prepared import Prepared, drops_of
 from .paths import WIDE
-from .sampling import streams
+from .sampling import block_seed, folded_blocks, streams
 
 
 def feature_ablation(
@@ -79,8 +79,9 @@ def feature_ablation(
 
             def setup(selected):
                 masks, n = features(selected, feature_mask)
-                ablate_one = _one_off(n, T.leaves(masks)[0].device)
-                return masks, baseline_tree(selected, baselines, as_tuple), ablate_one, scatterer(masks, selected)
+                held, spread = held_ids(masks, n), scatterer(masks, selected)
+                finish = spread if held is None else lambda drops: spread(_at_ids(drops, held, n))
+                return masks, baseline_tree(selected, baselines, as_tuple), _one_off(n, T.leaves(masks)[0].device, held), finish
 
             with detached():
                 attr = prepared.attributions(key, f, args, nums, setup, held=(baselines, feature_mask), chunk_size=chunk_size,
@@ -90,15 +91,23 @@ def feature_ablation(
     return attribution_fn(fn, f, detach=False)  # the served path runs under no_grad itself
 
 
-def _one_off(n: int, device) -> torch.Tensor | Coalitions:
+def _one_off(n: int, device, held: torch.Tensor | None = None) -> torch.Tensor | Coalitions:
     """The n coalitions that each leave one feature out (copy j drops feature j), of feature
-    ablation and feature permutation. Up to `SMALL` entries they are one cached (n, n) tensor;
+    ablation and feature permutation; with ``held``, those of the held ids only (copy j drops
+    feature held[j]). Up to `SMALL` entries they are one cached (n, n) tensor;
     beyond, they are made chunk by chunk (`Coalitions`): all n^2 at once would be the largest
     thing the call holds (0.9 GB for a 3x100x100 image with every element its own feature)."""
+    ids = torch.arange(n, device=device)
+    if held is not None:
+        return held[:, None] != ids if len(held) * n <= SMALL else Coalitions(len(held), lambda s, e: (ids != held[s:e, None])[None])
     if n * n <= SMALL:
         return constant(("ablate one", n, device), lambda: ~torch.eye(n, dtype=torch.bool, device=device))
-    ids = torch.arange(n, device=device)
     return Coalitions(n, lambda s, e: (ids != torch.arange(s, e, device=device)[:, None])[None])
+
+
+def _at_ids(values: torch.Tensor, held: torch.Tensor, n: int) -> torch.Tensor:
+    """Values (..., len(held)) of the held ids as (..., n), 0 at the ids no example holds."""
+    return values.new_zeros(values.shape[:-1] + (n,)).index_copy(-1, held, values)
 
 
 def _positions(size: int, window: int, stride: int) -> list[int]:
@@ -349,9 +358,24 @@ class _Shuffled:
 
 def _permutations(n: int, batch: int, generator, device) -> torch.Tensor:
     """(n, batch): one uniformly random permutation of the batch per feature, never the identity
-    (Captum redraws it too: it would leave the feature in place and give zero)."""
+    (Captum redraws it too: it would leave the feature in place and give zero).
+
+    Rows that are folded copies of a batch (feature permutation inside `smooth` or
+    `expectation`: NOTE: [Seeds of folded copies]) are each copy's batch shuffled within itself,
+    with the copy's own draws: shuffling across copies mixed an example with its own noisy
+    copies, and made the numbers depend on how many copies a chunk held."""
     (stream,) = streams(generator, 1)
-    gen = None if stream is None else torch.Generator().manual_seed(stream)
+    blocks = folded_blocks(batch)
+    if blocks is None:
+        return _shuffles(n, batch, stream, device)
+    b, ids = blocks
+    parts = [_shuffles(n, b, None if stream is None else block_seed(stream, i), device) + k * b for k, i in enumerate(ids)]
+    return torch.cat(parts, 1)
+
+
+def _shuffles(n: int, batch: int, seed: int | None, device) -> torch.Tensor:
+    """(n, batch) permutations of the batch, none the identity, from ``seed`` (None: torch's global generator)."""
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
     perms = torch.rand((n, batch), generator=gen, dtype=torch.float64).argsort(1)
     ident = torch.arange(batch)
     while True:
@@ -400,20 +424,23 @@ def feature_permutation(
         warn_if_training(f)
         selected = T.split_args(args, nums)[0]
         batch = T.batch_size(selected)
-        if batch < 2:
+        examples = batch if folded_blocks(batch) is None else folded_blocks(batch)[0]  # a folded copy's batch
+        if examples < 2:
             raise ValueError(
                 "feature_permutation shuffles each feature across the batch, so it needs a batch of at least 2 "
-                f"examples (got {batch}); for one example use feature_ablation with a baseline"
+                f"examples (got {examples}); for one example use feature_ablation with a baseline"
             )
         masks, n = features(selected, feature_mask)
         out, aggregate = outputs_at(f, args, batch)
         device = T.leaves(masks)[0].device
-        perms = _permutations(n, batch, generator, device)
+        perms, held = _permutations(n, batch, generator, device), held_ids(masks, n)  # one per id: ids keep their draws
+        perms = perms if held is None else perms[held]  # copies of the held ids only
         base = T.tree_map(lambda x: _Shuffled(x, perms.to(x.device)), selected)
-        outs = evaluate(f, args, nums, masks=masks, baselines=base, coalitions=_one_off(n, device), copy_baselines=True,
+        outs = evaluate(f, args, nums, masks=masks, baselines=base, coalitions=_one_off(n, device, held), copy_baselines=True,
                         aggregate=aggregate, chunk_size=chunk_size, memory_budget=memory_budget,
                         show_progress=show_progress)  # fmt: skip
         diff = drops_of(out, outs.movedim(1, 0))
+        diff = diff if held is None else _at_ids(diff, held, n)
         attr = scatter_features(diff, masks, selected)
         return attr if as_tuple else attr[0]
 

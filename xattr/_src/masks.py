@@ -10,18 +10,22 @@ coalitions).
 NOTE: [Each example's own features]
 F is the largest id plus one, but an example need not hold every id below it: a per-example
 mask may split one image into 3 regions and the next into 10, and any mask may skip ids
-([5, 5, 7, 7, 9, 9] holds 3 features). The exact methods need not care (in feature ablation and
-`shapley_values` a feature an example lacks changes nothing, and gets exactly 0). The
-estimators that draw coalitions or orders (LIME, KernelSHAP, Shapley sampling) must: drawing
+([5, 5, 7, 7, 9, 9] holds 3 features). Feature ablation and permutation need not care beyond
+making copies of the ids some example holds only (`held_ids`; a feature an example lacks
+changes nothing, and gets exactly 0). Exact Shapley values must: enumerating 2^F coalitions
+over ids an example lacks doubles the cost with each one ([0, 0, 30, 30] would take 2^31 rows,
+not 3) and makes its sums, so its last bits, depend on the ids its batch-mates hold. Nor may
+the estimators that draw coalitions or orders (LIME, KernelSHAP, Shapley sampling): drawing
 over an id the example lacks spends samples on a feature that changes nothing, gives it a
 coefficient, keeps KernelSHAP sampling where it could enumerate all 2^F_e coalitions of the
 example's F_e features, and makes the example's draws depend on the ids the *other* examples
 hold, that is on its batch. So `feature_sets` groups the examples by the ids they hold (a
 shared mask is one group; a default mask holds every id and costs nothing), each group draws
-and fits over its own features numbered 0..F_e-1 in the order of their ids, with its
-examples' own seeds (their positions in the whole batch: NOTE: [Explicit randomness]), `widen`
-lays its coalitions over all F ids for the one evaluation of the whole batch (one call, so a
-model that picks a target per row still sees the batch it was given), and `place` puts its
+and fits (or enumerates) over its own features numbered 0..F_e-1 in the order of their ids,
+with its examples' own seeds (their positions in the whole batch: NOTE: [Explicit
+randomness]), `widen` lays its coalitions over all F ids for the one evaluation of the whole
+batch (one call, so a model that picks a target per row still sees the batch it was given),
+and `place` puts its
 values back at its examples' rows and its ids, exactly 0 at the ids an example lacks. A model
 that returns one number per batch explains the batch as one example: it holds every id of the
 batch.
@@ -152,6 +156,19 @@ def feature_sets(masks, n: int, batch: int) -> list[FeatureSet]:
         return [_held_set(None, kinds[0])]
     sets = [_held_set((which == k).nonzero()[:, 0], kinds[k]) for k in range(kinds.shape[0])]
     return sorted(sets, key=lambda s: int(s.rows[0]))
+
+
+def held_ids(masks, n: int) -> torch.Tensor | None:
+    """The ids some example holds, ascending, or None when every id 0..n-1 is held (a default
+    mask at no cost): feature ablation makes copies of the held ids only, so ids with gaps
+    ([0, 0, 50000, 50000], token ids as features) cost one copy per feature, not per id."""
+    leaves = T.leaves(masks)
+    if all(first_id(m) is not None for m in leaves):
+        return None
+    table = torch.zeros(n, dtype=torch.bool, device=leaves[0].device)
+    for m in leaves:
+        table.index_fill_(0, m.flatten(), True)
+    return None if bool(table.all()) else table.nonzero()[:, 0]
 
 
 def _held_set(rows: torch.Tensor | None, held: torch.Tensor) -> FeatureSet:

@@ -59,7 +59,23 @@ class Coalitions:
         self.n_copies, self.rows, self.shared = n_copies, rows, shared
 
 
-def evaluate(
+def evaluate(f: Callable, args: tuple, nums: tuple, *, aggregate: bool = False, **kwargs) -> torch.Tensor:
+    """f at K perturbed copies of the inputs: (B, K) outputs, (B, K, O) for many outputs (`_evaluate`).
+
+    A batch of one is one example and one batch at once: a model may answer it with one number
+    that is the batch's (a loss shaped (1,), or (1, 1)), which `outputs_at` cannot tell from the
+    example's. Its first call of several copies then returns one number for them all, and the
+    copies go one per call as in aggregate mode: for one example the same numbers, those that
+    ``chunk_size=1`` gives."""
+    try:
+        return _evaluate(f, args, nums, aggregate=aggregate, **kwargs)
+    except _OneNumber:
+        if aggregate or kwargs.get("with_inputs"):
+            raise
+        return _evaluate(f, args, nums, aggregate=True, **kwargs)
+
+
+def _evaluate(
     f: Callable,
     args: tuple,
     nums: tuple,
@@ -143,6 +159,8 @@ def evaluate(
                 continue
             if with_inputs and s == 0:
                 _check_rows(out, (e - s) * batch, getattr(f, "multi_output", False))
+            elif batch == 1 and e - s > 1 and out.numel() == 1:
+                raise _OneNumber  # one number for several copies of a batch of one: see `evaluate`
             if out.ndim == 0 or out.shape[0] != (e - s) * batch:
                 raise ValueError(
                     f"the model returned {tuple(out.shape)} for {(e - s) * batch} input rows ({e - s} copies of a "
@@ -234,14 +252,15 @@ def inputs_and_copies(f: Callable, args: tuple, nums: tuple, batch: int, **kwarg
     may round them differently in the last bit (the brute-force tests compare to 1e-12 in float64).
     """
     check_not_empty(batch)
-    error = None
+    error, one_number = None, False
     if not _known_one_number(f):
         try:
             outs = evaluate(f, args, nums, with_inputs=True, **kwargs)
             return outs[:, 0], False, outs[:, 1:]
         except _OneNumber as refused:
-            error = refused.error
+            error, one_number = refused.error, refused.error is None
     out, aggregate = outputs_at(f, args, batch)
+    aggregate = aggregate or (one_number and batch == 1 and out.numel() == 1)  # a batch of one's number (see `evaluate`)
     if aggregate:
         _remember_one_number(f)
     elif error is not None:

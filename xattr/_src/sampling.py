@@ -17,7 +17,9 @@ by its row index, so which draws a copy got depended on how the copies were chun
 batch size. `copy_blocks` therefore declares, for the inner call, that its rows are blocks of
 the true batch B, each block with an id that names the copy (and, nested, the copy of a copy);
 `row_seeds` seeds row i from (stream, example i mod B, its block's id). Outside any fold the
-id is 0 and the seeds are the plain per-example ones: a method's numbers do not change.
+id is 0 and the seeds are the plain per-example ones: a method's numbers do not change. Feature
+permutation, whose draws belong to the batch and not to an example, shuffles each block within
+itself with the block's own seed (`folded_blocks`, `block_seed`).
 
 NOTE: [Per-input numbers]
 ``stdevs`` (one noise level per attributed tensor) is one number for all; a list or tuple of
@@ -99,6 +101,18 @@ class copy_blocks:
 
     def __exit__(self, *exc) -> None:
         _COPIES.reset(self.token)
+
+
+def folded_blocks(rows: int) -> tuple[int, tuple[int, ...]] | None:
+    """(B, the blocks' ids) when ``rows`` are folded copies of a batch of B, copy-major, each
+    block a copy with its own id (NOTE: [Seeds of folded copies]); None for a batch of examples."""
+    blocks = _COPIES.get()
+    return blocks if blocks is not None and rows == blocks[0] * len(blocks[1]) else None
+
+
+def block_seed(stream: int, block: int) -> int:
+    """The seed of one folded copy's draws that are shared by its rows (a permutation of its batch)."""
+    return (stream + 0x9E3779B97F4A7C15 * block) % 2**63
 
 
 def row_seeds(stream: int, rows: int) -> list[int]:
