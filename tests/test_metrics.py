@@ -475,8 +475,9 @@ def test_randomization_independent_mode_builder_and_layers():
 
 
 def test_sensitivity_of_a_seeded_stochastic_attribution_is_chunk_and_batch_invariant():
-    """NOTE: [Seeds of folded copies]: the perturbed copies' SmoothGrad noise follows (example,
-    copy), not the row's place in a chunk (chunk_size=B gave every copy phi(x)'s noise)."""
+    """NOTE: [Seeds of folded copies]: every perturbed copy draws SmoothGrad's noise of phi(x)
+    (the example's own seeds), not by the row's place in a chunk (chunk_size=B and the default
+    chunking once gave different noise; tests/test_metrics_folded.py has the loop reference)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).double().eval()
     x = torch.rand(4, 6, dtype=torch.float64)

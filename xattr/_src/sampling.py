@@ -21,6 +21,11 @@ id is 0 and the seeds are the plain per-example ones: a method's numbers do not 
 permutation, whose draws belong to the batch and not to an example, shuffles each block within
 itself with the block's own seed (`folded_blocks`, `block_seed`).
 
+The noise tunnel and expectation average over copies, so each copy has its own id. Sensitivity
+compares ``phi(x_s)`` with ``phi(x)`` for one seeded function ``phi``: its copies keep the
+caller's ids (``same_draws``) and draw what ``phi(x_s)`` alone draws, phi(x)'s (own draws
+scored the method's noise: 0.1 to 1.8 at a perturbation radius of 0).
+
 NOTE: [Per-input numbers]
 ``stdevs`` (one noise level per attributed tensor) is one number for all; a list or tuple of
 numbers, one per tensor in the inputs' *leaf order* (optree's: a dict's keys sorted, so for
@@ -85,15 +90,16 @@ def _mix(parent: int, copy: int) -> int:
 
 class copy_blocks:
     """Declares that the inner call's rows are copies ``start..stop`` (copy-major, as `T.fold`
-    lays them out) of the caller's ``rows`` rows (NOTE: [Seeds of folded copies])."""
+    lays them out) of the caller's ``rows`` rows (NOTE: [Seeds of folded copies]); with
+    ``same_draws`` every copy keeps the caller's ids, so draws, as if it were called alone."""
 
     __slots__ = ("ids", "token")
 
-    def __init__(self, start: int, stop: int, rows: int):
+    def __init__(self, start: int, stop: int, rows: int, *, same_draws: bool = False):
         outer = _COPIES.get()
         if outer is None or rows != outer[0] * len(outer[1]):
             outer = (rows, (0,))  # the caller's rows are a batch of examples
-        self.ids = (outer[0], tuple(_mix(q, p) for p in range(start, stop) for q in outer[1]))
+        self.ids = (outer[0], tuple(q if same_draws else _mix(q, p) for p in range(start, stop) for q in outer[1]))
         self.token = None
 
     def __enter__(self):

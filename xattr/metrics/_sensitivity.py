@@ -33,7 +33,11 @@ def sensitivity_max(
 
     Args:
       attr_fn: any attribution function; it is called once at ``args`` and once (or once per
-        chunk) on all ``n_perturb_samples * B`` perturbed copies folded into the batch.
+        chunk) on all ``n_perturb_samples * B`` perturbed copies folded into the batch. A
+        seeded one (an int ``generator``) is one function: each copy gets the draws (noise,
+        coalitions, baselines, feature permutation) that ``attr_fn`` called on that copy of
+        the batch alone gets, which are phi(x)'s (NOTE: [Seeds of folded copies]), so the
+        metric is 0 at ``perturb_radius=0``.
       args: its arguments.
       perturb_func: ``perturb_func(x[, perturb_radius][, generator=g]) -> perturbed x`` (the
         radius is passed when the function takes a second positional argument); default
@@ -69,7 +73,7 @@ def sensitivity_max(
         for s, e in T.chunks(n, batch, chunk_size):
             rows = T.tree_map(lambda p: p[:, s:e].transpose(0, 1).reshape((-1,) + tuple(p.shape[2:])), pert)
             call = passthrough(args, idx, e - s, batch)
-            with copy_blocks(s, e, batch):  # a seeded stochastic attr_fn: NOTE: [Seeds of folded copies]
+            with copy_blocks(s, e, batch, same_draws=True):  # phi(x)'s draws: NOTE: [Seeds of folded copies]
                 phi = stopped(attr_fn(*T.split_args(call, idx)[1](rows if as_tuple else (rows,))))
             got = flat(phi).reshape(e - s, batch, -1)
             if got.shape[-1] != ref.shape[-1]:
