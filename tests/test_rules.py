@@ -540,8 +540,8 @@ def test_jacrev_and_grad_follow_the_rules():
 
 
 def test_guided_backprop_under_vmap_and_grad_of_an_attribution():
-    """vmap of a rule-based attribution is the batch; differentiating one is refused (NOTE:
-    [Rule-based attributions are first-order]): the outer derivative would follow the rules."""
+    """vmap of a rule-based attribution is the batch; differentiating one follows the true
+    derivative of the guided map (NOTE: [Derivatives of rule-based attributions]), not the rules."""
     model = small_mlp()
     x = X[:, :4]
     gb = xattr.guided_backprop(xattr.target(model, 2))
@@ -551,8 +551,8 @@ def test_guided_backprop_under_vmap_and_grad_of_an_attribution():
     gbt = xattr.guided_backprop(xattr.target(f, 0))
     hand = lambda x: (1 - torch.tanh(x @ w[0]) ** 2).unsqueeze(-1) * (x @ w[0] > 0).unsqueeze(-1) * w[0]  # noqa: E731
     assert_trees_close(gbt(x), hand(x), what="guided through tanh")
-    with pytest.raises(NotImplementedError, match="guided_backprop cannot run inside a torch.func transform that differentiates"):
-        torch.func.jacrev(lambda x: gb(x).sum())(x)
+    assert_trees_close(torch.func.jacrev(lambda x: gbt(x).sum())(x), torch.func.jacrev(lambda x: hand(x).sum())(x),
+                       what="derivative of guided backprop through tanh")
 
 
 def test_nested_rules_inner_first_then_outer():

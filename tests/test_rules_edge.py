@@ -1,7 +1,7 @@
 """Edges of the rule-based methods: what they refuse, and what they get right at the borders.
 
-Rule-based attributions are first-order only (refused inside torch.func gradient transforms,
-fine under vmap); activation checkpointing; LRP's input-layer rules beside other paths and
+DeepLift's attributions are first-order only (refused inside torch.func gradient transforms,
+fine under vmap), the other rule-based methods' run under them; activation checkpointing; LRP's input-layer rules beside other paths and
 inputs; mapping keys checked against the model; merge_batch_norm on models fx cannot trace in
 one piece; DeepLift's max-pool rule under vmap; adaptive max-pools; empty baseline
 distributions; grouped-query attention.
@@ -61,7 +61,7 @@ METHODS = list(rule_methods(convnet()))
 
 OUTER = {
     "grad": lambda s, x: grad(s)(x),
-    "vjp": lambda s, x: vjp(s, x),
+    "vjp": lambda s, x: (lambda out, pull: pull(torch.ones_like(out)))(*vjp(s, x)),
     "jacrev": lambda s, x: jacrev(s)(x),
     "jvp": lambda s, x: jvp(s, (x,), (x,)),
     "jacfwd": lambda s, x: jacfwd(s)(x),
@@ -73,14 +73,27 @@ OUTER = {
 # --------------------------------------------------------------------------- first order only
 
 
+FIRST_ORDER = [name for name in METHODS if "deep_lift" in name]  # the rest: NOTE: [Derivatives of rule-based attributions]
+
+
 @pytest.mark.parametrize("outer", list(OUTER))
-@pytest.mark.parametrize("name", METHODS)
-def test_rule_based_methods_refuse_an_outer_derivative(name, outer):
+@pytest.mark.parametrize("name", FIRST_ORDER)
+def test_deep_lift_methods_refuse_an_outer_derivative(name, outer):
     """NOTE: [Rule-based attributions are first-order]: the outer derivative would go back through
     the rules (guided backprop through a tanh gave -19.1 where finite differences give -8.94)."""
     fn = rule_methods(convnet())[name]
     with pytest.raises(NotImplementedError, match=f"^{name} cannot run inside a torch.func transform .*first-order only"):
         OUTER[outer](lambda x: fn(x).sum(), X)
+
+
+@pytest.mark.parametrize("outer", list(OUTER))
+@pytest.mark.parametrize("name", [name for name in METHODS if name not in FIRST_ORDER])
+def test_other_rule_based_methods_run_under_an_outer_derivative(name, outer):
+    """Their derivatives are checked against central differences in
+    tests/test_attribution_derivatives.py; here every transform runs on the CNN, finite."""
+    fn = rule_methods(convnet())[name]
+    out = OUTER[outer](lambda x: fn(x).sum(), X)
+    assert all(torch.isfinite(t).all() for t in torch.utils._pytree.tree_leaves(out))
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -21,7 +21,7 @@ from .deeplift_rules import Deconv, Guided
 from .gradients import attribution_fn, vjp_rows
 from .layer_methods import grad_cam, upsample
 from .layers import Split
-from .rule_limits import first_order_only
+from .rule_limits import differentiable_rules
 from .rules import rules
 
 
@@ -30,9 +30,9 @@ def _ruled_grad(f: Callable, mapping: Mapping, argnums, chunk_size, method: str)
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args):
-        first_order_only(method)  # NOTE: [Rule-based attributions are first-order]
         warn_if_training(f)
-        with T.batch_scope(T.batch_size(T.split_args(args, nums)[0])):
+        # NOTE: [Derivatives of rule-based attributions]
+        with differentiable_rules(method), T.batch_scope(T.batch_size(T.split_args(args, nums)[0])):
             grads = vjp_rows(ruled, args, nums, chunk_size=chunk_size, method="a rule-based method")[1]
         return grads if as_tuple else grads[0]
 
@@ -98,7 +98,6 @@ def guided_grad_cam(split: Split, *, argnums: int | Sequence[int] = 0, mode: str
         return g * upsample(heat, tuple(g.shape[g.ndim - heat.ndim + 2 :]), mode)
 
     def fn(*args):
-        first_order_only("guided_grad_cam")  # before Grad-CAM's differentiable gradient
         heat = cam(*args)
         return T.tree_map(lambda g: scale(g, heat), guided(*args))
 

@@ -41,7 +41,7 @@ from .gradients import attribution_fn, vjp_rows
 from .layers import Split, layer_vjp_rows
 from .lrp_rules import ABOVE_SPLIT, INPUT_COPIES, lrp_rules
 from .input_copies import entry
-from .rule_limits import first_order_only
+from .rule_limits import differentiable_rules
 from .rules import rules
 
 
@@ -127,10 +127,10 @@ def lrp(
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args):
-        first_order_only("lrp")  # NOTE: [Rule-based attributions are first-order]
         warn_if_training(f)
         selected = T.split_args(args, nums)[0]
-        with T.batch_scope(T.batch_size(selected)):
+        # NOTE: [Derivatives of rule-based attributions] in rule_limits.py
+        with differentiable_rules("lrp"), T.batch_scope(T.batch_size(selected)):
             if not input_layer:
                 out, grads = vjp_rows(ruled, args, nums, chunk_size=chunk_size, method="lrp")
                 attr = T.tree_map(lambda g, x: g * T.expand_like(x, g), grads, selected)
@@ -168,11 +168,11 @@ def layer_lrp(
     ruled = _split_with(split, mapping, root=root)
 
     def fn(*args):
-        first_order_only("layer_lrp")  # NOTE: [Rule-based attributions are first-order]
         warn_if_training(split)
         token = ABOVE_SPLIT.set(True)
         try:
-            h, out, g = layer_vjp_rows(ruled, args)
+            with differentiable_rules("layer_lrp"):  # NOTE: [Derivatives of rule-based attributions]
+                h, out, g = layer_vjp_rows(ruled, args)
         finally:
             ABOVE_SPLIT.reset(token)
         attr = T.tree_map(lambda gi, hi: gi * T.expand_like(hi, gi), g, h)

@@ -106,11 +106,13 @@ def per_call_state() -> tuple:
     from .dependence import _PROVEN  # noqa: PLC0415
     from .input_copies import INPUT_COPIES  # noqa: PLC0415
     from .lrp_rules import ABOVE_SPLIT  # noqa: PLC0415
+    from .rule_limits import RULED_VJP  # noqa: PLC0415
     from .sampling import _COPIES  # noqa: PLC0415
     from .tree import _BATCH, _SHARED  # noqa: PLC0415
 
     fresh = contextvars.Context()  # where every variable reads its default
-    return tuple((v, fresh.run(v.get)) for v in (_BATCH, _SHARED, _COPIES, _ROWS, INPUT_COPIES, ABOVE_SPLIT, _IN_MODEL, _PROVEN))
+    return tuple((v, fresh.run(v.get))
+                 for v in (_BATCH, _SHARED, _COPIES, _ROWS, INPUT_COPIES, ABOVE_SPLIT, _IN_MODEL, _PROVEN, RULED_VJP))
 
 
 def new_call_inside_model(fn: Callable) -> Callable:

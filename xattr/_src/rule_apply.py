@@ -8,8 +8,8 @@ import torch
 
 from . import ops
 from .graph_hooks import eager, input_grad_hook
-from .rule_base import NOT_KEPT, OUTPUT_NOT_KEPT, Rule, Saved
-from .rule_limits import refuse_checkpoint, refuse_second_backward
+from .rule_base import NOT_KEPT, OUTPUT_NOT_KEPT, Rule, Saved, pullback
+from .rule_limits import RULED_VJP, refuse_checkpoint, refuse_second_backward
 
 # NOTE: [Rules as backward hooks]: clamp runs through the Function, and so does softsign, which torch
 # writes in Python as x / (1 + |x|): its last node is a division whose first input gradient is only the
@@ -41,20 +41,58 @@ class _Apply(torch.autograd.Function):
         _save(ctx, rule, op, tensors, output[0], output[1:])
 
     @staticmethod
+    def jvp(ctx, *tangents):
+        return _jvp(ctx, *tangents)
+
+    @staticmethod
     @eager  # NOTE: [Rule callbacks run eagerly] in graph_hooks.py
     def backward(ctx, grad, *_):
         if grad is None:  # the op's output did not reach what is differentiated
             return (None,) * (2 + ctx.n_inputs)
+        if ctx.ruled_vjp is not None:  # NOTE: [Derivatives of rule-based attributions] in rule_limits.py
+            return (None, None, *_differentiable_backward(ctx, grad))
         saved = ctx.saved_tensors
         out = saved[-1] if ctx.keep_output else OUTPUT_NOT_KEPT
         saved = saved[:-1] if ctx.keep_output else saved
         inputs = saved[: ctx.n_kept] if ctx.n_kept else NOT_KEPT
-        grads = ctx.rule.backward(ctx.op, Saved(inputs, saved[ctx.n_kept :], out), grad)
-        if not isinstance(grads, (tuple, list)) or len(grads) != ctx.n_inputs:
-            got = f"{len(grads)} gradients" if isinstance(grads, (tuple, list)) else _described(grads)
-            raise RuntimeError(f"{ctx.rule!r}.backward returned {got} for {ctx.n_inputs} tensors: return a tuple with "
-                               f"one gradient (or None) per tensor of the {ctx.op.kind!r} op")
-        return (None, None, *grads)
+        return (None, None, *_checked(ctx, ctx.rule.backward(ctx.op, Saved(inputs, saved[ctx.n_kept :], out), grad)))
+
+
+def _jvp(ctx, *tangents) -> tuple:
+    """The op's true JVP, for a forward-mode transform around a method's own VJP (NOTE:
+    [Derivatives of rule-based attributions] in rule_limits.py): tangents follow the forward
+    pass, where no rule applies; the extras carry none (the backward recomputes them)."""
+    if ctx.ruled_vjp is None:
+        raise NotImplementedError(
+            f"xattr.rules: {ctx.rule!r} at a {ctx.op.kind!r} op under jvp or jacfwd: rules replace backward passes, "
+            "so a forward-mode derivative of a ruled function is not defined. Take the ruled gradient with grad or vjp "
+            "(the rule-based methods themselves may sit inside jvp, jacfwd and hessian)")
+    inputs = ctx.saved_tensors
+    tangents = tuple(torch.zeros_like(x) if t is None else t for x, t in zip(inputs, tangents[2:]))
+    out_t = torch.func.jvp(ctx.op.fn, tuple(x.clone() for x in inputs), tangents)[1]  # NOTE: [vjp inside a rule]
+    return (out_t, *(None for _ in range(ctx.n_extras)))
+
+
+def _differentiable_backward(ctx, grad: torch.Tensor) -> tuple:
+    """The backward of an op made inside a method's own VJP under an outer reverse-mode transform
+    (NOTE: [Derivatives of rule-based attributions] in rule_limits.py): the rule's, from its
+    forward recomputed on the saved inputs while the method takes its VJP; the op's true VJP
+    once the method has returned (the outer transform going back through the forward pass)."""
+    inputs = ctx.saved_tensors
+    if not ctx.ruled_vjp.armed:
+        return tuple(pullback(ctx.op.fn, *inputs)[1](grad))
+    out, extras = ctx.rule.forward(ctx.op, *inputs)
+    saved = Saved(inputs if ctx.rule_keeps else NOT_KEPT, tuple(extras), out if ctx.keep_output else OUTPUT_NOT_KEPT)
+    return _checked(ctx, ctx.rule.backward(ctx.op, saved, grad))
+
+
+def _checked(ctx, grads) -> tuple:
+    """A rule's backward result, refused unless it has one gradient per tensor of the op."""
+    if not isinstance(grads, (tuple, list)) or len(grads) != ctx.n_inputs:
+        got = f"{len(grads)} gradients" if isinstance(grads, (tuple, list)) else _described(grads)
+        raise RuntimeError(f"{ctx.rule!r}.backward returned {got} for {ctx.n_inputs} tensors: return a tuple with "
+                           f"one gradient (or None) per tensor of the {ctx.op.kind!r} op")
+    return tuple(grads)
 
 
 def _described(value) -> str:
@@ -92,6 +130,12 @@ def _save(ctx, rule: Rule, op: ops.Op, tensors, out: torch.Tensor, extras: tuple
         ctx.mark_non_differentiable(*extras)
     ctx.set_materialize_grads(False)  # the extras never get gradients: no zero tensors for them
     ctx.rule, ctx.op, ctx.n_inputs, ctx.keep_output = rule, op, len(tensors), rule.keep_output
+    ctx.ruled_vjp = RULED_VJP.get() if returned else None  # NOTE: [Derivatives of rule-based attributions]
+    if ctx.ruled_vjp is not None:  # the inputs alone: the rest is recomputed from them
+        ctx.rule_keeps, ctx.n_extras = rule.keeps(op), len(extras)
+        ctx.save_for_backward(*tensors)
+        ctx.save_for_forward(*tensors)
+        return
     kept = tuple(tensors) if rule.keeps(op) else ()
     ctx.n_kept = len(kept)
     if rule.keep_output and not returned:
@@ -269,7 +313,7 @@ def apply_rule(rule: Rule, op: ops.Op):
     if _runs_in_place(rule, op):
         with torch._C.DisableTorchFunction():
             return _ApplyEagerInPlace.apply(rule, _without_tensors(op), tensors[0])
-    if op.inplace and rule.keeps(op):
+    if op.inplace and (rule.keeps(op) or RULED_VJP.get() is not None):  # the input is saved: not the one written
         tensors = (tensors[0].clone(),) + tensors[1:]
     light = _without_tensors(op)  # the context must not hold the op's tensors
     with torch._C.DisableTorchFunction():  # the rule's own ops are not intercepted again

@@ -42,6 +42,60 @@ def taken_as_constant():
         _CONSTANT_LEVELS.reset(token)
 
 
+class RuledVjp:
+    """One rule-based attribution's own VJP, taken inside a reverse-mode transform that
+    differentiates it (NOTE: [Derivatives of rule-based attributions]). ``armed`` while the
+    method takes its ruled gradient; afterwards the ruled ops it made differentiate as the ops."""
+
+    __slots__ = ("armed", "levels")
+
+    def __init__(self, levels: int):
+        self.armed, self.levels = True, levels
+
+
+RULED_VJP: contextvars.ContextVar = contextvars.ContextVar("xattr_ruled_vjp", default=None)
+
+
+@contextlib.contextmanager
+def differentiable_rules(method: str):
+    """Runs a rule-based method's body so that a transform differentiating it (``grad``, ``vjp``,
+    ``jacrev``, ``jvp``, ``jacfwd``, ``hessian``) gets the true derivative of its attributions.
+
+    NOTE: [Derivatives of rule-based attributions]
+    A rule replaces an op's derivative in the method's own VJP, but a derivative *of* the
+    attribution needs the op's true derivative wherever the outer transform goes back through
+    the forward pass (guided backprop through a tanh after a ReLU: the tanh's derivative depends
+    on the ReLU's output), and the derivative of the rule's backward itself where it goes back
+    through that backward. Both are the same ruled op's autograd node, told apart by time: every
+    ruled op made during the method's call holds this call's `RuledVjp`, armed while the method
+    takes its own VJP and disarmed when the call ends, before any outer reverse-mode transform
+    differentiates the result. An armed op runs its rule's backward on the inputs it saved,
+    recomputing the rule's forward extras from them (the extras the forward returned are cut
+    from the graph), so the rule's backward is differentiated as written; a disarmed one returns
+    the op's true VJP, and forward mode always takes the op's true JVP (rule_apply.py). Without
+    the disarming, guided backprop's gradient with respect to the input was off by 136% on an
+    MLP with a tanh after its ReLU. Checked against central differences of the attribution, with
+    respect to inputs and parameters, and jacfwd against jacrev
+    (tests/test_attribution_derivatives.py). Only the methods that enter this context get it
+    (guided backprop, deconvolution, guided Grad-CAM, LRP, layer LRP); DeepLift's multipliers are
+    computed in place and stay refused (`first_order_only`). Plain autograd never differentiates
+    a method's attributions, which come back detached (NOTE: [Detached results]);
+    ``torch.autograd.grad(..., create_graph=True)`` through `rules` itself stays refused
+    (`refuse_second_backward`), and so do nested transforms around `rules` itself: nothing marks
+    where their first-order pass ends."""
+    levels = differentiating_levels() - _CONSTANT_LEVELS.get()
+    if levels <= 0:
+        yield
+        return
+    state = RuledVjp(levels)
+    token = RULED_VJP.set(state)
+    try:
+        yield
+    finally:
+        state.armed = False
+        RULED_VJP.reset(token)
+
+
 def first_order_only(method: str, *, allowed: int = 0) -> None:
     """Refuses a rule-based computation that an outer transform would differentiate.
 
@@ -52,19 +106,27 @@ def first_order_only(method: str, *, allowed: int = 0) -> None:
     through every ruled op by its rule too, not by the op's true derivative, which is wrong as soon
     as a ruled op's output feeds a later nonlinearity (guided backprop through a tanh measured
     -19.1 where finite differences give -8.94; DeepLift and LRP are off likewise, and so are
-    parameter gradients). So the rule-based methods refuse to run inside such a transform. They
-    look at entry, before their own VJP (itself a ``vjp`` transform inside another transform,
-    NOTE: [Two differentiation backends]); ``vmap`` alone leaves first-order results right, and is
-    allowed. ``rules(f)`` itself allows one level (the gradient that follows the rules) and
-    refuses a second. Plain autograd is refused alike where a rule's eager backward sees
-    ``create_graph=True`` (`refuse_second_backward`). The gradient and perturbation methods stay
-    differentiable (NOTE: [Detached results])."""
+    parameter gradients). Guided backprop, deconvolution, guided Grad-CAM, LRP and layer LRP
+    tell the two apart by time and are differentiable (NOTE: [Derivatives of
+    rule-based attributions]). The DeepLift methods refuse to run inside such a transform: their
+    Rescale multipliers are computed in place, which autograd cannot differentiate (an error
+    deep inside torch otherwise). They look at entry, before their own VJP (itself a ``vjp``
+    transform inside another transform, NOTE: [Two differentiation backends]); ``vmap`` alone
+    leaves first-order results right, and is allowed. ``rules(f)`` itself allows one level (the
+    gradient that follows the rules) and refuses a second, except inside a method's own VJP.
+    Plain autograd is refused alike where a rule's eager backward sees ``create_graph=True``
+    (`refuse_second_backward`). The gradient and perturbation methods stay differentiable (NOTE:
+    [Detached results])."""
+    state = RULED_VJP.get()
+    if state is not None and state.armed:  # inside a method's own VJP (NOTE: [Derivatives of rule-based attributions])
+        allowed += state.levels
     if differentiating_levels() - _CONSTANT_LEVELS.get() > allowed:
         raise NotImplementedError(
             f"{method} cannot run inside a torch.func transform that differentiates it (grad, vjp, jacrev, jvp, "
             "jacfwd): its rules replace the derivatives of ops, so derivatives of its attributions would follow "
-            "the rules too and be wrong. Rule-based attributions are first-order only (vmap is fine); the "
-            "gradient methods (xattr.grad, integrated_gradients, ...) and the perturbation methods are differentiable"
+            "the rules too and be wrong. Its attributions are first-order only (vmap is fine). Differentiable: "
+            "guided_backprop, deconvolution, guided_grad_cam, lrp, layer_lrp, the gradient methods (xattr.grad, integrated_gradients, which DeepLift approximates, ...) "
+            "and the perturbation methods"
         )
 
 
@@ -80,7 +142,9 @@ def refuse_second_backward() -> None:
         raise NotImplementedError(
             "a backward pass through xattr.rules with create_graph=True: the rules replace the derivatives of ops, so "
             "a derivative of these gradients would follow the rules too and be wrong. Rule-based gradients are "
-            "first-order only; differentiate the gradient methods (xattr.grad, integrated_gradients, ...) instead"
+            "first-order only under plain autograd; differentiate the gradient methods (xattr.grad, integrated_gradients, ...) "
+            "instead, or guided_backprop, deconvolution, guided_grad_cam, lrp or layer_lrp inside torch.func.grad, vjp, "
+            "jacrev or jacfwd (docs/rules.md, Derivatives of attributions)"
         )
 
 
