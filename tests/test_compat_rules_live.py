@@ -329,12 +329,12 @@ def test_captum_neuron_classes_fail_for_an_input_the_neuron_ignores(cls):
 
 
 class SquareSum(nn.Module):
-    """sum(h ** 2) as a pow with a tensor exponent: an operation DeepLift has no rule for (both
-    keep its gradient; xattr's Rescale covers ``h ** 2`` itself, and `Product` ``einsum("bct,bct->b",
-    h, h)``)."""
+    """sum(h ** 2) as ``torch.float_power``: an operation DeepLift has no rule for (both keep its
+    gradient; xattr's Rescale covers ``h ** 2`` and ``h ** torch.tensor(2.0)`` (kind "tensor_pow"),
+    and `Product` ``einsum("bct,bct->b", h, h)``)."""
 
     def forward(self, h):
-        return torch.pow(h, torch.tensor(2.0, dtype=h.dtype)).sum((1, 2))
+        return torch.float_power(h, 2).sum((1, 2))
 
 
 def _conv_square(pool: bool):

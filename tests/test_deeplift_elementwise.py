@@ -9,7 +9,8 @@ property on small random MLPs and CNNs (function, Tensor-method, in-place, opera
 example alone equals its row of a batch (per-example and shared references, under vmap too); the
 derivative where ``|x - x_ref| < eps`` and where the secant is not finite (a reference off the
 domain); the closed-form derivatives against torch's gradient; DeepLift SHAP; what is not parsed
-(a tensor exponent) keeps its gradient; LRP's default mapping leaves them alone. ``c / x`` and
+keeps its gradient (a tensor exponent is parsed: test_deeplift_binary.py); LRP's default mapping
+leaves them alone. ``c / x`` and
 ``c ** x``: test_deeplift_gaps.py.
 """
 
@@ -250,13 +251,14 @@ def test_secant_from_the_edge_of_the_domain_is_exact():
 
 
 def test_not_parsed_keeps_the_gradient():
-    """A tensor exponent, ``out=``: no elementwise function of one input the rule describes (or no
-    parse): the ordinary gradient, and no error (a number base is kind "rpow": test_deeplift_gaps.py)."""
+    """Non-float tensors: no parse, and no error. A fixed tensor exponent is kind "tensor_pow"
+    (test_deeplift_binary.py), whose rule with a fixed exponent is this secant (a number base is
+    kind "rpow": test_deeplift_gaps.py)."""
     x, b = _randn(2, 5, seed=50), _randn(2, 5, seed=51)
     p = torch.full((5,), 2.0, dtype=F64)
     for fn in (lambda t: t**p, lambda t: torch.pow(t, p)):
         m = xattr.deep_lift(lambda t: fn(t).sum(1), baselines=b, multiply_by_inputs=False)(x)
-        torch.testing.assert_close(m, _grad(fn, x), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(m, x + b, rtol=1e-12, atol=1e-14)
     ints = torch.arange(6).reshape(2, 3)
     assert torch.equal(xattr.rules(lambda t: t.abs() ** 2, xattr.rule.deep_lift_rules())(ints), ints**2)
 

@@ -732,13 +732,17 @@ RECURRENT = {
 
 
 @pytest.mark.parametrize("kind", sorted(RECURRENT))
-def test_recurrent_layers_are_refused_and_can_be_let_through(kind):
-    """A fused recurrent op multiplies gates: no rule conserves through it, so LRP says so (it was
-    silently the plain gradient); dropping the entry runs it with the ordinary gradient."""
+def test_recurrent_layers_run_written_out_and_can_be_left_fused(kind):
+    """A fused recurrent op multiplies gates: LRP runs it written out (its gates held, Arras et al.
+    2017), which conserves relevance without biases (it raised before: tests/test_recurrent_rules.py
+    checks the rule itself); dropping the entry runs it fused, with the ordinary gradient."""
     model = _seeded(22, lambda: Recurrent(RECURRENT[kind]()).double()).eval()
     x = random_tensor((2, 5, 3) if "cell" not in kind else (2, 3), seed=1)
-    with pytest.raises(NotImplementedError, match="no rule for nn.LSTM, nn.GRU or nn.RNN"):
-        xattr.lrp(xattr.target(model, 0))(x)
+    with torch.no_grad():  # bias-free: biases absorb relevance
+        for p in model.parameters():
+            p.mul_(p.ndim > 1)
+    _, gap = xattr.lrp(xattr.target(model, 0), composite=lrp_rules(1e-13), return_delta=True)(x)
+    assert gap.abs().max() < 1e-10 * model(x).abs().max()
     composite = lrp_rules()
     del composite[torch.lstm]
     got = xattr.lrp(xattr.target(model, 0), composite=composite)(x)

@@ -38,18 +38,23 @@ from .unfused import Unfused
 RESCALED = (F.relu, F.elu, F.leaky_relu, torch.sigmoid, torch.tanh, F.softplus, F.gelu, F.silu, F.hardswish, F.hardsigmoid,
             F.relu6, F.hardtanh, F.mish, F.selu, F.celu, F.softsign, F.logsigmoid, F.threshold, torch.clamp, F.max_pool2d,
             F.softmax) + pointwise.KEYS  # exp, log, sqrt, abs, pow... (NOTE: [Elementwise functions of one input])
+RESCALED += (torch.atan2, torch.logaddexp, torch.logaddexp2, torch.xlogy, torch.copysign)  # and torch.pow: two inputs
 
 
 def deep_lift_rules(eps: float = 1e-10) -> dict:
     """DeepLift's mapping: the Rescale rule for every elementwise nonlinearity and elementwise
     function of one input (exp, log, sqrt, abs, pow with a number exponent, ``c / x``, ``c **
-    x``...), max-pool and softmax, `Product` for products of two activations, elementwise, matrix
-    or einsum, and their quotients (NOTE: [DeepLift at a product], [Quotients of two
-    activations]), `ExactSoftmax` at log_softmax (NOTE: [DeepLift through log_softmax]), and
-    `Unfused` at ``F.glu`` (``nn.GLU``), which then runs as ``a * torch.sigmoid(b)``."""
-    rule, product = Rescale(eps), Product()
+    x``...) or of two (``a ** b``, atan2, logaddexp, logaddexp2, xlogy, copysign: NOTE: [DeepLift
+    at two inputs]), max-pool and softmax, `Product` for products of two activations, elementwise,
+    matrix or einsum, their quotients, einsum of more operands and cumprod (NOTE: [DeepLift at a
+    product], [Quotients of two activations], [DeepLift at a multilinear op]), `ExactSoftmax` at
+    log_softmax (NOTE: [DeepLift through log_softmax]), and `Unfused` at ``F.glu`` (``nn.GLU``),
+    which then runs as ``a * torch.sigmoid(b)``, and at ``torch.lstm`` (every recurrent op:
+    ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` and their cells), which then run step by step with their
+    gates as products (NOTE: [Recurrent layers written out])."""
+    rule, product, written = Rescale(eps), Product(), Unfused()
     return {**{op: rule for op in RESCALED}, torch.mul: product, torch.matmul: product, torch.einsum: product,
-            torch.div: product, F.log_softmax: ExactSoftmax(eps), F.glu: Unfused()}
+            torch.div: product, torch.cumprod: product, F.log_softmax: ExactSoftmax(eps), F.glu: written, torch.lstm: written}
 
 
 def _multipliers(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: int, chunk_size, *, shared: bool = False):

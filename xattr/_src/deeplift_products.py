@@ -97,14 +97,24 @@ class Product(Rule):
     [DeepLift at a product] in deeplift_products.py); so is ``torch.einsum`` of two such operands
     (kind ``"einsum"``). At ``a / b`` (kind ``"quotient"``) it is the product rule on a and ``1 /
     b`` with Rescale's secant at the reciprocal, ``-1 / (b b_ref)`` (NOTE: [Quotients of two
-    activations] in two_inputs.py). The gradient where the reference equals the input.
-    `deep_lift_rules` maps ``torch.mul``, ``torch.matmul``, ``torch.einsum`` and ``torch.div`` to it.
+    activations] in two_inputs.py). ``torch.einsum`` of three operands or more (two of them at
+    least computed from the input) and ``torch.cumprod`` are multilinear in their players: each
+    player's multiplier is the op's VJP integrated along the straight path from the reference,
+    exactly, by Gauss-Legendre with ``ceil(k / 2)`` nodes for k players: their Shapley split
+    (NOTE: [DeepLift at a multilinear op] in multilinear.py). The gradient where the reference
+    equals the input. `deep_lift_rules` maps ``torch.mul``, ``torch.matmul``, ``torch.einsum``,
+    ``torch.div`` and ``torch.cumprod`` to it.
     """
 
-    kinds = frozenset({"product", "matmul", "einsum", "quotient"})
+    kinds = frozenset({"product", "matmul", "einsum", "quotient", "cumprod"})
     shares_reference = True
 
-    def forward(self, op, a, b):
+    def forward(self, op, *tensors):
+        if op.kind == "cumprod" or "players" in op.options:  # NOTE: [DeepLift at a multilinear op]
+            from . import multilinear  # it imports this module's helpers
+
+            return multilinear.forward(op, tensors)
+        a, b = tensors
         out = op.fn(a, b)
         rows = _ROWS.get()[0]
         dim = rows_dim(out)  # NOTE: [Rows in dim 0 or dim 1]
@@ -120,6 +130,10 @@ class Product(Rule):
         return out, (_averaged(a, dims[0]), _averaged(b, dims[1]))
 
     def backward(self, op, saved: Saved, grad):
+        if op.kind == "cumprod" or "players" in op.options:
+            from . import multilinear
+
+            return multilinear.backward(op, saved.extras, grad)
         a, b = saved.extras[:2]  # the averages (of a and 1 / b at a quotient)
         if op.kind == "product":
             return (grad * b).sum_to_size(a.shape), (grad * a).sum_to_size(b.shape)

@@ -36,7 +36,7 @@ import math
 import torch
 from torch.func import jvp
 
-from . import ops, pointwise
+from . import ops, pairwise, pointwise
 from . import tree as T
 from .graph_hooks import accepts_relus
 from .row_layout import _ROWS, paired_rows, rows_dim  # noqa: F401 (_ROWS, paired_rows: their home before row_layout.py)
@@ -322,16 +322,19 @@ class Rescale(Rule):
 
     Elementwise y = phi(x) (activations, clamp, and exp, log, sqrt, abs, pow...: NOTE: [Elementwise
     functions of one input]): multiplier ``m = (y - y_ref) / (x - x_ref)``, or phi'(x) where
-    ``|x - x_ref| < eps`` or the ratio is not finite (NOTE: [Rescale off the domain]); ``dx = g * m``. Max-pooling: each output's change ``y - y_ref`` is split
-    into the part from x's maximum and the part from the reference's maximum, routed to the
-    argmax positions of each, and divided by ``x - x_ref`` (so summation-to-delta holds through
-    the pool). Softmax: the elementwise multipliers times g, minus their mean over the softmax
+    ``|x - x_ref| < eps`` or the ratio is not finite (NOTE: [Rescale off the domain]); ``dx = g *
+    m``. Elementwise y = g(a, b) (``a ** b``, atan2, logaddexp, logaddexp2, xlogy, copysign: NOTE:
+    [Elementwise functions of two inputs]): each input's Shapley share of the change over its
+    difference (NOTE: [DeepLift at two inputs] in deeplift_pairs.py). Max-pooling: each output's
+    change ``y - y_ref`` is split into the part from x's maximum and the part from the
+    reference's maximum, routed to the argmax positions of each, and divided by ``x - x_ref`` (so
+    summation-to-delta holds through the pool). Softmax: the elementwise multipliers times g, minus their mean over the softmax
     dim (the paper's normalisation; per example, where Captum takes the mean over the whole
     doubled batch). Rows pair as in NOTE: [Paired rows], in dim 0 or, in a sequence-first
     tensor, dim 1 (NOTE: [Rows in dim 0 or dim 1]).
     """
 
-    kinds = ops.ELEMENTWISE | {"max_pool", "softmax"}
+    kinds = ops.ELEMENTWISE | pairwise.PAIRS | {"max_pool", "softmax"}
     shares_reference = True
 
     def __init__(self, eps: float = 1e-10):
@@ -339,6 +342,10 @@ class Rescale(Rule):
 
     def forward(self, op, x, *bounds):  # bounds: a clamp's tensor bounds under transforms (ops.py)
         eps = floored(self.eps, x.dtype)
+        if op.kind in pairwise.PAIRS:  # y = g(a, b): NOTE: [DeepLift at two inputs] in deeplift_pairs.py
+            from . import deeplift_pairs  # it imports this module's helpers
+
+            return deeplift_pairs.forward(op, x, bounds[0], eps)
         dim = rows_dim(x)  # NOTE: [Rows in dim 0 or dim 1]
         if dim == 1:  # a sequence-first layout: the dim-0 rule on the transposed views
             if op.kind != "max_pool" or x.ndim - op.options["nd"] > 1:
@@ -401,6 +408,10 @@ class Rescale(Rule):
             ratio, near = paired
             u = torch.where(near, ordinary, grad * ratio)
             return (u - u.mean(dim, keepdim=True),)
+        if op.kind in pairwise.PAIRS:
+            from . import deeplift_pairs
+
+            return deeplift_pairs.backward(op, saved.extras, grad)
         m = saved.extras[0]
         return (grad * m if m.shape[0] == grad.shape[0] else _both_halves(grad, m),) + (None,) * len(op.options.get("bounds", ()))
 

@@ -22,7 +22,10 @@ class FixedGate(Rule):
     the other factor all of it, ``R_b = R_z`` (signal-take-all, Arras et al. 2017, as the attention
     weights of `FixedAttention` are held). Otherwise (equal shapes: GLU, SwiGLU, ``x *
     torch.sigmoid(x)``) each factor gets half, ``R_a = R_b = R_z / 2`` (the uniform rule of
-    Achtibat et al. 2024, "AttnLRP"). Both conserve relevance. `lrp_rules` maps ``torch.mul`` to it.
+    Achtibat et al. 2024, "AttnLRP"). The gates of a recurrent layer written out (`Unfused`:
+    NOTE: [Recurrent layers written out] in written_recurrent.py) are named as such, the first
+    factor, and held constant whatever the shapes: the LSTM rule of Arras et al. 2017. All three
+    conserve relevance. `lrp_rules` maps ``torch.mul`` to it.
     """
 
     kinds = frozenset({"product"})
@@ -30,6 +33,8 @@ class FixedGate(Rule):
 
     def backward(self, op, saved: Saved, grad):
         a, b = saved.inputs
+        if op.options.get("gate") == 0:  # a recurrent layer's gate (ops._gated)
+            return (None, (grad * a).sum_to_size(b.shape))
         a_gate, b_gate = a.shape != grad.shape, b.shape != grad.shape
         if a_gate and not b_gate:
             return (None, grad * a)

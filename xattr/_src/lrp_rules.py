@@ -406,15 +406,6 @@ _SOFTMAX = (
     "xattr.rule.Block() (attention weights held constant, Ali et al. 2022)."
 )
 
-_RECURRENT = (
-    "LRP has no rule for nn.LSTM, nn.GRU or nn.RNN: each runs as one fused op whose gates multiply "
-    "activations, and relevance through it would not be conserved. LRP for LSTMs (Arras et al. 2017) "
-    "needs the cell written out with its gates. To run anyway, with the layer's ordinary gradient, "
-    "pass a composite without the torch.lstm entry (it stands for every recurrent op): "
-    "c = xattr.rule.lrp_rules(); del c[torch.lstm]."
-)
-
-
 def lrp_rules(eps: float = 1e-9) -> dict:
     """The default LRP mapping (Captum's defaults): epsilon for every layer, activations pass.
 
@@ -424,8 +415,11 @@ def lrp_rules(eps: float = 1e-9) -> dict:
     the other elementwise activations: `Pass` (ReLU keeps its derivative, which is the same);
     layer norm and RMS norm: `FixedStd`; scaled-dot-product attention: `FixedAttention`;
     nn.MultiheadAttention: `Unfused` (its projections and attention then take those rules);
-    products of two activations (squeeze-and-excitation gates, GLU): `FixedGate`; softmax and the
-    recurrent layers (LSTM, GRU, RNN): a clear error.
+    products of two activations (squeeze-and-excitation gates, GLU): `FixedGate`; the recurrent
+    layers (``torch.lstm`` stands for ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` and their cells):
+    `Unfused`, which runs them step by step, so their projections take `Epsilon`, their sigmoid
+    and tanh `Pass` and their gate products `FixedGate`, which holds each gate constant (Arras et
+    al. 2017: NOTE: [Recurrent layers written out] in written_recurrent.py); softmax: a clear error.
     """
     layer, passing = Epsilon(eps), Pass()
     mapping = {F.linear: layer, torch.conv2d: layer, F.batch_norm: layer, F.avg_pool2d: layer, F.max_pool2d: layer}
@@ -435,8 +429,8 @@ def lrp_rules(eps: float = 1e-9) -> dict:
     norm = FixedStd()
     mapping.update({F.layer_norm: norm, F.rms_norm: norm, F.scaled_dot_product_attention: FixedAttention()})
     mapping[torch.mul] = FixedGate()  # products of two activations (NOTE: [Products of two activations] in ops.py)
-    unfused = Unfused()  # nn.MultiheadAttention; nn.GLU as a * sigmoid(b), whose product then takes FixedGate
-    mapping.update({F.softmax: Refuse(_SOFTMAX), F.multi_head_attention_forward: unfused, F.glu: unfused, torch.lstm: Refuse(_RECURRENT)})
+    unfused = Unfused()  # nn.MultiheadAttention; nn.GLU as a * sigmoid(b), whose product then takes FixedGate; LSTMs
+    mapping.update({F.softmax: Refuse(_SOFTMAX), F.multi_head_attention_forward: unfused, F.glu: unfused, torch.lstm: unfused})
     return mapping
 
 

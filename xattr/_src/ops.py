@@ -16,7 +16,8 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import pointwise, two_inputs
+from . import pairwise, pointwise, two_inputs
+from .written_recurrent import gated
 from .dependence import differentiated  # noqa: F401 (its home before dependence.py)
 
 
@@ -209,6 +210,14 @@ def _product(inplace: bool):
         return Op("product", torch.mul, (input, other), {}, func, inplace)
 
     return parse
+
+
+def _gated(func, gate, signal):
+    """A parser for `written_recurrent.gated` (the gates of a recurrent layer written out): kind
+    ``"product"`` with ``options["gate"] = 0``, the first factor a gate (`FixedGate` holds it)."""
+    if not two_inputs.both_differentiated(gate, signal):
+        return None
+    return Op("product", torch.mul, (gate, signal), {"gate": 0}, func, False)
 
 
 def _matmul(func, input, other=None, *rest, out=None, **named):
@@ -441,9 +450,10 @@ def _table() -> tuple[dict, dict]:
         add(f, "product", _product(False))
     for f in (torch.Tensor.mul_, torch.Tensor.multiply_, torch.Tensor.__imul__):
         add(f, "product", _product(True))
+    add(gated, "product", _gated)  # NOTE: [Recurrent layers written out] in written_recurrent.py
     for f in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm):
         add(f, "matmul", _matmul)
-    for f, kind, parser in pointwise.spellings(Op) + two_inputs.spellings(Op):
+    for f, kind, parser in pointwise.spellings(Op) + two_inputs.spellings(Op) + pairwise.spellings(Op):
         add(f, kind, parser)
     add(F.linear, "linear", _linear)
     add(F.batch_norm, "batch_norm", _batch_norm)
@@ -460,7 +470,7 @@ def _table() -> tuple[dict, dict]:
 
 
 PARSERS, KIND_OF = _table()
-KINDS = frozenset(KIND_OF.values())
+KINDS = frozenset(KIND_OF.values()) | pairwise.PAIRS  # "tensor_pow": no function of its own (pairwise.STANDS_FOR)
 # the kinds each function's calls parse into: its own, and for torch.div (``c / x``) and torch.pow
 # (``c ** x``) the other side's (rule_table.py parses a function's calls where a rule claims one)
 PARSES = {f: frozenset({kind}) | two_inputs.ALSO.get(kind, frozenset()) for f, kind in KIND_OF.items()}

@@ -14,11 +14,11 @@ p a number (int or float, fractional or negative too) and ``torch.square(x)`` (p
 are their keys. Each is ``y = phi(x)``, so the elementwise rules apply: DeepLift's Rescale (NOTE:
 [Rescale off the domain]) and, where a mapping keys them, LRP's `Pass` (LRP's default mapping
 does not: they keep their gradient there, as before). Not parsed, so keeping the ordinary
-gradient: a pow whose exponent and base are both tensors (even ones not computed from the
-input), ``t / x`` with t a tensor that is not computed from the input (write ``t *
-torch.reciprocal(x)``; with both computed from it, ``a / b`` is kind ``"quotient"``: NOTE:
-[Quotients of two activations] in two_inputs.py), a call with ``out=`` or ``rounding_mode=``,
-and a call on a tensor that is not floating point.
+gradient: a call with ``out=`` or ``rounding_mode=``, and a call on a tensor that is not floating
+point. A pow with tensors on both sides is kind ``"tensor_pow"`` (NOTE: [Elementwise functions of
+two inputs] in pairwise.py); ``t / x`` with t a float tensor not computed from the input is kind
+``"rdiv"`` too, with that tensor as ``options["numerator"]`` (NOTE: [Quotients of two
+activations] in two_inputs.py).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import math
 from typing import Callable
 
 import torch
+
+from . import pairwise
 
 _LN2, _LN10 = math.log(2.0), math.log(10.0)
 _ERF = 2.0 / math.sqrt(math.pi)
@@ -124,8 +126,10 @@ def _pow(make: Callable, inplace: bool, square: bool = False):
             return None
         if _is_number(input) and _is_float(exponent) and not inplace:  # torch.pow(c, x)
             return number_side("rpow", make, func, input, exponent)
+        if isinstance(input, torch.Tensor) and isinstance(exponent, torch.Tensor):  # NOTE: [Elementwise functions of two inputs]
+            return pairwise.pair(make, "tensor_pow", torch.pow, func, input, exponent, inplace)
         if not _is_float(input) or not _is_number(exponent):
-            return None  # tensors on both sides: not parsed (NOTE: [Elementwise functions of one input])
+            return None
         fn = functools.partial(torch.pow, exponent=exponent)
         return make("pow", fn, (input,), {"exponent": exponent}, func, inplace)
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
+from . import ops, pairwise
 from . import rule_apply, rule_base
 from .graph_hooks import GRAPH_NODES, TENSOR_CLAMP_NODES, THRESHOLD_NODES, UNDER_MODE, accepts_relus
 
@@ -43,6 +43,9 @@ class Table:
                         f"({_name(self.by_kind[kind][0])}) or delete that entry first"
                     )
                 self.by_kind[kind] = (key, rule)
+                for also in pairwise.STANDS_FOR.get(kind, ()):  # "tensor_pow", by "pow"'s keys
+                    if also in rule.kinds:
+                        self.by_kind[also] = (key, rule)
             else:
                 raise TypeError(
                     f"rules cannot key on {key!r}: use a torch function ({sorted(ops.KINDS)} have one), an "
@@ -148,7 +151,8 @@ def _check_accepts(key, kind: str, rule: rule_base.Rule) -> None:
     """Refuses a kind key whose rule declares it never applies to that kind (``{F.relu: Gamma()}``):
     the rule would be silently skipped at every such op. A rule with its own ``accepts`` decides
     per op, so it is left to decide."""
-    if type(rule).accepts in (rule_base.Rule.accepts, accepts_relus) and kind not in rule.kinds:
+    accepted = {kind} | pairwise.STANDS_FOR.get(kind, frozenset())  # NOTE: [Elementwise functions of two inputs]
+    if type(rule).accepts in (rule_base.Rule.accepts, accepts_relus) and accepted.isdisjoint(rule.kinds):
         raise ValueError(
             f"rules: {_name(key)} stands for every {kind!r} op, but {type(rule).__name__} applies to {sorted(rule.kinds)} "
             "ops only, so it would never run; key it by an op of one of those kinds, or by module"

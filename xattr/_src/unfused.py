@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from .rule_base import Rule
 from .written_out import attention, glu, layer_norm, rms_norm
+from .written_recurrent import WRITTEN as _RECURRENT
 
 _UNSUPPORTED = (
     "xattr.rule.Unfused cannot write this nn.MultiheadAttention call out: {}. Call model.eval() for dropout, or "
@@ -46,17 +47,21 @@ class Unfused(Rule):
     In `lrp_rules` at that key only. ``F.scaled_dot_product_attention``: ``q @ k^T`` times the
     scale, the mask, softmax over the keys, ``@ v``. ``F.layer_norm`` and ``F.rms_norm``: the
     statistics as means of products, ``rsqrt``, the affine weights. ``F.glu`` (``nn.GLU``): ``a *
-    torch.sigmoid(b)`` of its halves (`lrp_rules` and `deep_lift_rules` map it here). Each step then takes the
+    torch.sigmoid(b)`` of its halves (`lrp_rules` and `deep_lift_rules` map it here). The
+    recurrent layers, ``torch.lstm`` and every op it stands for (``nn.LSTM``, ``nn.GRU``,
+    ``nn.RNN`` and their cells): a loop over the time steps of ``F.linear``, sigmoid, tanh (or
+    ReLU) and gate products (NOTE: [Recurrent layers written out] in written_recurrent.py;
+    `lrp_rules` and `deep_lift_rules` map them here). Each step then takes the
     mapping's rule for its kind: under DeepLift with ``{F.scaled_dot_product_attention:
     Unfused(), F.layer_norm: Unfused(), F.softmax: ExactSoftmax()}`` a transformer conserves.
     """
 
-    kinds = frozenset({"fused_attention", "attention", "layer_norm", "rms_norm", "glu"})
+    kinds = frozenset({"fused_attention", "attention", "layer_norm", "rms_norm", "glu", "fused_recurrent"})
     shares_reference = True  # pairs no rows: the ops written out have rules of their own
 
     def written_out(self, op):
         """The function computing ``op``'s call with ops the rules see (same arguments)."""
-        return _WRITTEN_OUT[op.kind]
+        return _RECURRENT[op.func] if op.kind == "fused_recurrent" else _WRITTEN_OUT[op.kind]
 
     def backward(self, op, saved, grad):  # never reached: the written-out ops carry the rules
         raise NotImplementedError("Unfused runs the ops a call is made of; it has no backward of its own")
