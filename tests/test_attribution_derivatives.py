@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, hessian, jacfwd, jacrev, vjp, vmap
+from torch.overrides import TorchFunctionMode
 
 import xattr
-from xattr.rule import AlphaBeta, Flat, WSquare, epsilon_gamma_box, lrp_rules
+from xattr.rule import AlphaBeta, Flat, Gamma, WSquare, ZBox, ZPlus, epsilon_gamma_box, lrp_rules
 
 DT = torch.float64
 H = 1e-6  # central-difference step
@@ -88,6 +89,24 @@ def _assert_close(got: torch.Tensor, ref: torch.Tensor) -> None:
     err, scale = (got - ref).abs().max().item(), ref.abs().max().item()
     assert scale > 0, "a derivative that is zero here tests nothing"
     assert err <= RTOL * scale + 1e-13, f"off by {err:.2e} where the derivative's largest entry is {scale:.2e}"
+
+
+def check_grads(make, model: nn.Module, x: torch.Tensor, params) -> None:
+    """grad of the squared attribution ``make(forward)`` with respect to x (every entry) and to the
+    parameters named in ``params`` (their largest entries, and their first two, where a wrong zero
+    would show; through functional_call), against central differences."""
+    s = _squared(make(model))
+    _assert_close(grad(s)(x).reshape(-1), _central(s, x, range(x.numel())))
+    weights = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    def penalty(p):
+        return _squared(make(lambda v: functional_call(model, p, (v,))))(x)
+
+    got = grad(penalty)(weights)
+    for key in params:
+        flat = got[key].reshape(-1)
+        idx = sorted(set(flat.abs().topk(min(4, flat.numel())).indices.tolist()) | {0, 1})
+        _assert_close(flat[idx], _central(lambda w, key=key: penalty({**weights, key: w}), weights[key], idx))
 
 
 def _methods(f, split=None, root=None) -> dict:
@@ -259,9 +278,142 @@ def test_attributions_outside_transforms_are_detached():
 
 
 @pytest.mark.parametrize("name", ["deep_lift", "deep_lift_shap"])
-def test_deep_lift_derivatives_are_refused_by_name(name):
+def test_deep_lift_derivatives_match_central_differences(name):
+    """Refused before (NotImplementedError: its multipliers were computed in place). Every
+    DeepLift rule, layer and neuron forms: tests/test_attribution_derivatives_deeplift.py."""
     model = _mlp()
     f = xattr.target(model, 1)
-    attr = xattr.deep_lift(f) if name == "deep_lift" else xattr.deep_lift_shap(f, baselines=torch.zeros(2, 5, dtype=DT))
-    with pytest.raises(NotImplementedError, match=f"^{name} cannot run inside .*first-order only.*integrated_gradients"):
-        grad(lambda v: (attr(v) ** 2).sum())(X_MLP)
+    ref = torch.full_like(X_MLP, 0.1)
+    dist = torch.randn(3, 5, dtype=DT, generator=torch.Generator().manual_seed(6))
+
+    def make(eps, forward=model):
+        g = xattr.target(forward, 1)
+        return xattr.deep_lift(g, baselines=ref, eps=eps) if name == "deep_lift" else xattr.deep_lift_shap(g, baselines=dist, eps=eps)
+
+    for point in (X_MLP, ref, dist):
+        _relu_inputs_away_from_zero(model, point)
+    # no difference x - x_ref the rules divide by is below MARGIN (eps switches to the derivative)
+    torch.testing.assert_close(make(MARGIN)(X_MLP), make(1e-10)(X_MLP), rtol=0, atol=1e-13)
+    check_grads(lambda forward: make(1e-10, forward), model, X_MLP, ("0.weight", "2.bias", "4.weight"))
+
+
+# --------------------------------------------------------------------------- LRP's rule families
+
+
+class _Linears(TorchFunctionMode):
+    """Records every F.linear's input, weight and output seen from outside fused calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is F.linear:
+            self.seen.append((args[0], args[1], out))
+        return out
+
+
+def _linears_away_from_zero(model, x, *, inputs: bool) -> None:
+    """Every LRP denominator (a linear's output z) at least MARGIN from 0; with ``inputs``, also
+    every input and weight entry, where alpha-beta, z+ and gamma split positive from negative."""
+    with _Linears() as rec, torch.no_grad():
+        model(x)
+    assert rec.seen
+    for a, w, z in rec.seen:
+        assert z.abs().min() > MARGIN
+        assert not inputs or min(a.abs().min(), w.abs().min()) > MARGIN
+
+
+class _Transformer(nn.Module):
+    """nn.MultiheadAttention (Unfused: F.linear with Epsilon, SDPA with FixedAttention), layer
+    norm (FixedStd), GLU (FixedGate); ``weights``: the attention weights feed the output too."""
+
+    def __init__(self, weights: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp, self.mha, self.ln = nn.Linear(4, 8), nn.MultiheadAttention(8, 2, batch_first=True), nn.LayerNorm(8)
+        self.out, self.weights = nn.Linear(4, 3), weights
+        self.to(DT).eval()
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        a, w = self.mha(h, h, h, need_weights=self.weights)
+        h = self.ln(h + a + (w @ h if self.weights else 0))
+        return self.out(F.glu(h).mean(1))
+
+
+class _Attention(nn.Module):
+    """F.scaled_dot_product_attention, causal (FixedAttention), and RMS norm (FixedStd)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.q, self.k, self.v, self.rms, self.out = nn.Linear(4, 6), nn.Linear(4, 6), nn.Linear(4, 6), nn.RMSNorm(6), nn.Linear(6, 3)
+        self.to(DT).eval()
+
+    def forward(self, x):
+        return self.out(self.rms(F.scaled_dot_product_attention(self.q(x), self.k(x), self.v(x), is_causal=True)).sum(1))
+
+
+class _Recurrent(nn.Module):
+    def __init__(self, kind: str):
+        super().__init__()
+        torch.manual_seed(2)
+        self.r, self.out = getattr(nn, kind)(4, 5, batch_first=True), nn.Linear(5, 3)
+        self.to(DT).eval()
+
+    def forward(self, x):
+        return self.out(self.r(x)[0][:, -1])
+
+
+class _Gated(nn.Module):
+    """A squeeze-and-excitation gate (FixedGate holds it), and a parameter concatenated beside the
+    input before the first layer (which an input-layer rule reads)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.p = nn.Parameter(torch.randn(2))
+        self.a, self.g, self.b, self.out = nn.Linear(6, 6), nn.Linear(6, 1), nn.Linear(6, 5), nn.Linear(5, 3)
+        self.to(DT).eval()
+
+    def forward(self, x):
+        h = F.softplus(self.a(torch.cat([x, torch.tanh(self.p).expand(x.shape[0], 2)], 1)))
+        return self.out(torch.tanh(self.b(h * torch.sigmoid(self.g(h)))))
+
+
+X_SEQ = torch.randn(2, 3, 4, dtype=DT, generator=torch.Generator().manual_seed(7))
+X_VEC = torch.randn(2, 4, dtype=DT, generator=torch.Generator().manual_seed(8))
+_LRP_CASES = {  # name: (model, input, parameters checked, composite or None, whether inputs and weights are split by sign)
+    "transformer": (lambda: _Transformer(), X_SEQ, ("inp.weight", "mha.in_proj_weight", "ln.weight"), None, False),
+    "attention_weights_used": (lambda: _Transformer(weights=True), X_SEQ, ("inp.weight", "mha.in_proj_weight"), None, False),
+    "sdpa_rms_norm": (_Attention, X_SEQ, ("q.weight", "v.weight", "rms.weight"), None, False),
+    "lstm": (lambda: _Recurrent("LSTM"), X_SEQ, ("r.weight_hh_l0", "r.weight_ih_l0"), None, False),
+    "gru": (lambda: _Recurrent("GRU"), X_SEQ, ("r.weight_hh_l0", "r.bias_hh_l0"), None, False),
+    "se_gate": (_Gated, X_VEC, ("a.weight", "g.weight"), None, False),
+    "alpha_beta": (_Gated, X_VEC, ("a.weight", "b.weight"), {F.linear: AlphaBeta(2.0, 1.0)}, True),
+    "z_plus": (_Gated, X_VEC, ("a.weight", "b.weight"), {F.linear: ZPlus()}, True),
+    "gamma": (_Gated, X_VEC, ("a.weight", "b.weight"), {F.linear: Gamma(0.25)}, True),
+    "z_box_beside_a_parameter": (_Gated, X_VEC, ("p", "a.weight"), {"a": ZBox(-3.0, 3.0)}, False),
+    "flat_beside_a_parameter": (_Gated, X_VEC, ("p", "g.weight"), {"a": Flat()}, False),
+}
+
+
+@pytest.mark.parametrize("name", list(_LRP_CASES))
+def test_lrp_rule_families_under_derivatives(name):
+    """The attention weights torch returns, and what is concatenated beside an input that an
+    input-layer rule reads, were detached in the forward: their whole derivative was lost (3% of
+    the input gradient; 100% of the parameter's)."""
+    build, x, params, rules, signs = _LRP_CASES[name]
+    model = build()
+    _linears_away_from_zero(model, x, inputs=signs)
+    composite = None if rules is None else {**lrp_rules(), **rules}
+    check_grads(lambda forward: xattr.lrp(xattr.target(forward, 1), composite=composite, root=model), model, x, params)
+
+
+def test_guided_backprop_through_a_fused_lstm_is_its_ordinary_derivative():
+    """No ReLU: guided backprop is the gradient, and its derivative the second derivative."""
+    model = _Recurrent("LSTM")
+    check_grads(lambda forward: xattr.guided_backprop(xattr.target(forward, 1)), model, X_SEQ, ("r.weight_hh_l0",))
+    torch.testing.assert_close(xattr.guided_backprop(xattr.target(model, 1))(X_SEQ), xattr.saliency(xattr.target(model, 1), abs=False)(X_SEQ))

@@ -1,7 +1,7 @@
 """Edges of the rule-based methods: what they refuse, and what they get right at the borders.
 
-DeepLift's attributions are first-order only (refused inside torch.func gradient transforms,
-fine under vmap), the other rule-based methods' run under them; activation checkpointing; LRP's input-layer rules beside other paths and
+Every rule-based method, DeepLift's included, runs under torch.func gradient transforms (their
+derivatives: tests/test_attribution_derivatives*.py); activation checkpointing; LRP's input-layer rules beside other paths and
 inputs; mapping keys checked against the model; merge_batch_norm on models fx cannot trace in
 one piece; DeepLift's max-pool rule under vmap; adaptive max-pools; empty baseline
 distributions; grouped-query attention.
@@ -70,26 +70,15 @@ OUTER = {
 }
 
 
-# --------------------------------------------------------------------------- first order only
-
-
-FIRST_ORDER = [name for name in METHODS if "deep_lift" in name]  # the rest: NOTE: [Derivatives of rule-based attributions]
+# --------------------------------------------------------------------------- outer derivatives
 
 
 @pytest.mark.parametrize("outer", list(OUTER))
-@pytest.mark.parametrize("name", FIRST_ORDER)
-def test_deep_lift_methods_refuse_an_outer_derivative(name, outer):
-    """NOTE: [Rule-based attributions are first-order]: the outer derivative would go back through
-    the rules (guided backprop through a tanh gave -19.1 where finite differences give -8.94)."""
-    fn = rule_methods(convnet())[name]
-    with pytest.raises(NotImplementedError, match=f"^{name} cannot run inside a torch.func transform .*first-order only"):
-        OUTER[outer](lambda x: fn(x).sum(), X)
-
-
-@pytest.mark.parametrize("outer", list(OUTER))
-@pytest.mark.parametrize("name", [name for name in METHODS if name not in FIRST_ORDER])
-def test_other_rule_based_methods_run_under_an_outer_derivative(name, outer):
-    """Their derivatives are checked against central differences in
+@pytest.mark.parametrize("name", METHODS)
+def test_rule_based_methods_run_under_an_outer_derivative(name, outer):
+    """The DeepLift methods refused every transform here before (NotImplementedError); their
+    derivatives are checked against central differences in
+    tests/test_attribution_derivatives_deeplift.py, the others' in
     tests/test_attribution_derivatives.py; here every transform runs on the CNN, finite."""
     fn = rule_methods(convnet())[name]
     out = OUTER[outer](lambda x: fn(x).sum(), X)

@@ -28,7 +28,7 @@ from .deeplift_softmax import ExactSoftmax
 from .gradients import attribution_fn, is_multi_output, vjp_rows
 from .layers import Split, layer_vjp_rows
 from .methods import _gap
-from .rule_limits import first_order_only
+from .rule_limits import differentiable_rules
 from .row_layout import rows_dim, rows_scope, unambiguous
 from .rule_table import merged
 from .rules import rules
@@ -211,10 +211,10 @@ def deep_lift(
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args, baselines=baselines):
-        first_order_only("deep_lift")  # NOTE: [Rule-based attributions are first-order]
         warn_if_training(f)
         selected = T.split_args(args, nums)[0]
-        with T.batch_scope(T.batch_size(selected)):
+        # NOTE: [Derivatives of rule-based attributions] in rule_limits.py
+        with differentiable_rules("deep_lift"), T.batch_scope(T.batch_size(selected)):
             base = _broadcast_baselines(selected, baselines, as_tuple)
             shared = _shares_reference(ruled.mapping, args, nums, base)
             end, ref, m = _multipliers(ruled, args, nums, base, 1, chunk_size, shared=shared)
@@ -266,13 +266,12 @@ def deep_lift_shap(
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args, baselines=baselines):
-        first_order_only("deep_lift_shap")  # NOTE: [Rule-based attributions are first-order]
         warn_if_training(f)
         selected = T.split_args(args, nums)[0]
         batch = T.batch_size(selected)
         dist, n = _distribution(selected, baselines, as_tuple, "deep_lift_shap")
         base = T.tree_map(lambda b: b.repeat_interleave(batch, 0), dist)  # copy k is baseline row k
-        with T.batch_scope(batch):
+        with differentiable_rules("deep_lift_shap"), T.batch_scope(batch):
             end, ref, m = _multipliers(ruled, args, nums, base, n, chunk_size, shared=_can_share(ruled.mapping, args, nums))
         xs = T.fold(selected, n)
         attr = _combine(m, xs, base, multiply_by_inputs, attribution_func, as_tuple)
@@ -376,10 +375,9 @@ def layer_deep_lift(
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args, baselines=baselines):
-        first_order_only("layer_deep_lift")  # NOTE: [Rule-based attributions are first-order]
         warn_if_training(split)
         selected = T.split_args(args, nums)[0]
-        with T.batch_scope(T.batch_size(selected)):
+        with differentiable_rules("layer_deep_lift"), T.batch_scope(T.batch_size(selected)):
             base = _broadcast_baselines(selected, baselines, as_tuple)
             shared = _shares_reference(ruled.model.mapping, args, nums, base)
             h, h_ref, m, end, ref = _layer_pairs(ruled, args, nums, base, 1, shared=shared)
@@ -414,13 +412,12 @@ def layer_deep_lift_shap(
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args, baselines=baselines):
-        first_order_only("layer_deep_lift_shap")  # NOTE: [Rule-based attributions are first-order]
         warn_if_training(split)
         selected = T.split_args(args, nums)[0]
         batch = T.batch_size(selected)
         dist, n = _distribution(selected, baselines, as_tuple, "layer_deep_lift_shap")
         base = T.tree_map(lambda b: b.repeat_interleave(batch, 0), dist)
-        with T.batch_scope(batch):
+        with differentiable_rules("layer_deep_lift_shap"), T.batch_scope(batch):
             h, h_ref, m, end, ref = _layer_pairs(ruled, args, nums, base, n, shared=_can_share(ruled.model.mapping, args, nums))
         attr = _combine(m, h, h_ref, multiply_by_inputs, attribution_func)
         mean = T.tree_map(lambda a: T.unfold(a, n).mean(0), attr)

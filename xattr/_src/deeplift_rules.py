@@ -168,10 +168,14 @@ def _rescaled(op: ops.Op, x, y, eps: float, *, where: bool | None = None, rows: 
     if op.kind in pointwise.KINDS:  # NOTE: [Rescale off the domain] in pointwise.py
         m = _flat(pointwise.rescaled(dx, y1 - y2, derivative(op, x1, y1), eps), x)
         return m if rows is None else _padded(m, rows)
-    if where if where is not None else x.device.type != "cpu":
-        m = _flat(torch.where(dx.abs() < eps, derivative(op, x1, y1), (y1 - y2).div_(dx)), x)
-        return m if rows is None else _padded(m, rows)
     eager = torch._C._functorch.maybe_current_level() is None
+    if where if where is not None else x.device.type != "cpu":
+        near = dx.abs() < eps
+        # under transforms out of place, never 0/0 (its nan would reach an outer gradient through the
+        # where: NOTE: [Derivatives of rule-based attributions] in rule_limits.py)
+        ratio = (y1 - y2).div_(dx) if eager else (y1 - y2) / torch.where(near, torch.ones_like(dx), dx)
+        m = _flat(torch.where(near, derivative(op, x1, y1), ratio), x)
+        return m if rows is None else _padded(m, rows)
     out = None
     if rows is not None and eager:
         buffer = x.new_empty((rows,) + tuple(x.shape[1:]))
@@ -187,7 +191,8 @@ def _rescaled(op: ops.Op, x, y, eps: float, *, where: bool | None = None, rows: 
             m = torch.sub(y1, y2, out=scratch).div_(dx)
             return _flat(m, x) if out is None else buffer
     near = below(dx, eps)
-    ratio = (y1 - y2).div_(dx.add_(near))  # never 0/0: dx + near != 0 where near = 0 or 1
+    # never 0/0: dx + near != 0 where near = 0 or 1; out of place under transforms (autograd saved dx)
+    ratio = (y1 - y2).div_(dx.add_(near)) if eager else (y1 - y2) / (dx + near)
     # lerp picks exactly at weights 0 and 1 (start + 0 * d below 1/2, end - d * 0 above): one
     # kernel for "the derivative where near, else the ratio"
     m = torch.lerp(ratio, derivative(op, x1, y1), near, out=out)
@@ -437,8 +442,11 @@ class Rescale(Rule):
         dx_a = y1 - _at(x2, i1, nd)  # dx at x's argmax
         dx_r = _at(x1, i2, nd) - y2  # dx at the reference's argmax
         near_a, near_r = below(dx_a, eps), below(dx_r, eps)
-        q_a = (top - y2).div_(dx_a.add_(near_a))  # never 0/0: dx + near != 0
-        q_r = (y1 - top).div_(dx_r.add_(near_r))
+        if torch._C._functorch.maybe_current_level() is None:
+            q_a = (top - y2).div_(dx_a.add_(near_a))  # never 0/0: dx + near != 0
+            q_r = (y1 - top).div_(dx_r.add_(near_r))
+        else:  # out of place: autograd saved dx_a and dx_r for |dx| (see `_rescaled`)
+            q_a, q_r = (top - y2) / (dx_a + near_a), (y1 - top) / (dx_r + near_r)
         one, zero = q_a.new_ones(()), q_a.new_zeros(())
         # where near, the input half takes the ordinary gradient at a (x's argmax) and nothing at r;
         # the reference half the reverse (lerp picks exactly at weights 0 and 1, see `_rescaled`)

@@ -21,6 +21,7 @@ import weakref
 
 import torch
 
+from .rule_limits import held
 
 # set by lrp while the model runs: {id(tensor): `entry`} for the arguments of the call and the
 # data moved from them (NOTE: [Input-layer relevance] in lrp_methods.py; read by
@@ -55,7 +56,7 @@ def _substituted(copies: dict, value, found: list):
         if read is not None:
             found.append(read is value)
             return read
-        return value.detach()
+        return held(value)
     if isinstance(value, (list, tuple)):
         return type(value)(_substituted(copies, v, found) for v in value)
     return value

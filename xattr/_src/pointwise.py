@@ -98,6 +98,11 @@ def rescaled(dx: torch.Tensor, dy: torch.Tensor, slope: torch.Tensor, eps: float
     """
     ratio = dy / dx
     keep = (dx.abs() >= eps) & torch.isfinite(ratio)
+    if torch._C._functorch.maybe_current_level() is not None:
+        # a derivative of the multipliers (NOTE: [Derivatives of rule-based attributions] in
+        # rule_limits.py) takes 0 * d(dy / dx) where not kept: nan at a tie (dx = 0) unless the
+        # ratio there is taken of finite numbers
+        ratio = torch.where(keep, dy, 0.0) / torch.where(keep, dx, 1.0)
     return torch.where(keep, ratio, slope)
 
 

@@ -4,6 +4,8 @@ which, per op (NOTE: [Intercepting operations])."""
 
 from __future__ import annotations
 
+import contextvars
+
 import torch
 
 from . import ops
@@ -81,7 +83,10 @@ def _differentiable_backward(ctx, grad: torch.Tensor) -> tuple:
     inputs = ctx.saved_tensors
     if not ctx.ruled_vjp.armed:
         return tuple(pullback(ctx.op.fn, *inputs)[1](grad))
-    out, extras = ctx.rule.forward(ctx.op, *inputs)
+    # in the forward's context: the rule reads the call's (DeepLift's paired rows, LRP's input
+    # copies), and on a GPU autograd runs backward passes on threads of its own, where a context
+    # variable reads its default (DeepLift's multipliers were then the plain derivatives)
+    out, extras = ctx.context.run(ctx.rule.forward, ctx.op, *inputs)
     saved = Saved(inputs if ctx.rule_keeps else NOT_KEPT, tuple(extras), out if ctx.keep_output else OUTPUT_NOT_KEPT)
     return _checked(ctx, ctx.rule.backward(ctx.op, saved, grad))
 
@@ -132,7 +137,7 @@ def _save(ctx, rule: Rule, op: ops.Op, tensors, out: torch.Tensor, extras: tuple
     ctx.rule, ctx.op, ctx.n_inputs, ctx.keep_output = rule, op, len(tensors), rule.keep_output
     ctx.ruled_vjp = RULED_VJP.get() if returned else None  # NOTE: [Derivatives of rule-based attributions]
     if ctx.ruled_vjp is not None:  # the inputs alone: the rest is recomputed from them
-        ctx.rule_keeps, ctx.n_extras = rule.keeps(op), len(extras)
+        ctx.rule_keeps, ctx.n_extras, ctx.context = rule.keeps(op), len(extras), contextvars.copy_context()
         ctx.save_for_backward(*tensors)
         ctx.save_for_forward(*tensors)
         return

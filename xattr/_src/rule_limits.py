@@ -76,9 +76,17 @@ def differentiable_rules(method: str):
     the disarming, guided backprop's gradient with respect to the input was off by 136% on an
     MLP with a tanh after its ReLU. Checked against central differences of the attribution, with
     respect to inputs and parameters, and jacfwd against jacrev
-    (tests/test_attribution_derivatives.py). Only the methods that enter this context get it
-    (guided backprop, deconvolution, guided Grad-CAM, LRP, layer LRP); DeepLift's multipliers are
-    computed in place and stay refused (`first_order_only`). Plain autograd never differentiates
+    (tests/test_attribution_derivatives.py, and every DeepLift rule in
+    tests/test_attribution_derivatives_deeplift.py). The methods that enter this context get it:
+    guided backprop, deconvolution, guided Grad-CAM, LRP, layer LRP, and the DeepLift methods
+    (deep_lift, deep_lift_shap, their layer and neuron forms). What that asks of a rule's
+    forward: no in-place write into a tensor autograd saved for the recomputation (DeepLift's
+    Rescale and max-pool divide out of place under transforms, in place only eagerly), no 0 / 0
+    even where a `torch.where` drops it (its zero cotangent times nan is nan: the secants divide
+    by 1 at ties), no reading of context variables but through the forward's context (the
+    recomputation runs in it: on a GPU autograd runs backward passes on threads of its own), and
+    nothing detached in the forward that the model's output depends on (`held` instead: cut from
+    the method's own VJP only). Plain autograd never differentiates
     a method's attributions, which come back detached (NOTE: [Detached results]);
     ``torch.autograd.grad(..., create_graph=True)`` through `rules` itself stays refused
     (`refuse_second_backward`), and so do nested transforms around `rules` itself: nothing marks
@@ -96,6 +104,42 @@ def differentiable_rules(method: str):
         RULED_VJP.reset(token)
 
 
+def held(t: torch.Tensor) -> torch.Tensor:
+    """t, through which the rules' relevance goes nowhere: detached, or, inside a method that a
+    torch.func transform differentiates, cut from the method's own VJP only, so that the outer
+    derivative still reaches what t is computed from (NOTE: [Derivatives of rule-based
+    attributions]). Detached there, a parameter concatenated beside the input of a z-box layer
+    lost its whole derivative (1.0e-3 off where it was 1.0e-3), and a model using the attention
+    weights of an ``nn.MultiheadAttention`` under LRP 3% of it."""
+    state = RULED_VJP.get()
+    if state is None:
+        return t.detach()
+    with torch._C.DisableTorchFunction():  # the clone inside is no data movement to replay
+        return _Held.apply(t, state)
+
+
+class _Held(torch.autograd.Function):
+    """The identity, with no gradient while ``state`` is armed (`held`)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(t, state):
+        return t.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.state = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (None if ctx.state.armed else grad), None
+
+    @staticmethod
+    def jvp(ctx, tangent, _):
+        return tangent
+
+
 def first_order_only(method: str, *, allowed: int = 0) -> None:
     """Refuses a rule-based computation that an outer transform would differentiate.
 
@@ -106,14 +150,14 @@ def first_order_only(method: str, *, allowed: int = 0) -> None:
     through every ruled op by its rule too, not by the op's true derivative, which is wrong as soon
     as a ruled op's output feeds a later nonlinearity (guided backprop through a tanh measured
     -19.1 where finite differences give -8.94; DeepLift and LRP are off likewise, and so are
-    parameter gradients). Guided backprop, deconvolution, guided Grad-CAM, LRP and layer LRP
-    tell the two apart by time and are differentiable (NOTE: [Derivatives of
-    rule-based attributions]). The DeepLift methods refuse to run inside such a transform: their
-    Rescale multipliers are computed in place, which autograd cannot differentiate (an error
-    deep inside torch otherwise). They look at entry, before their own VJP (itself a ``vjp``
-    transform inside another transform, NOTE: [Two differentiation backends]); ``vmap`` alone
-    leaves first-order results right, and is allowed. ``rules(f)`` itself allows one level (the
-    gradient that follows the rules) and refuses a second, except inside a method's own VJP.
+    parameter gradients). The rule-based methods (guided backprop, deconvolution, guided
+    Grad-CAM, LRP, layer LRP, DeepLift and DeepLift SHAP with their layer and neuron forms) tell
+    the two apart by time and are differentiable (NOTE: [Derivatives of rule-based
+    attributions]). What stays refused is a gradient through ``rules(f)`` itself under more
+    transforms than it takes: it allows one level (the gradient that follows the rules) and
+    refuses a second, except inside a method's own VJP; it looks at entry, before its VJP (itself a
+    ``vjp`` transform inside another transform, NOTE: [Two differentiation backends]); ``vmap``
+    alone leaves first-order results right, and is allowed.
     Plain autograd is refused alike where a rule's eager backward sees ``create_graph=True``
     (`refuse_second_backward`). The gradient and perturbation methods stay differentiable (NOTE:
     [Detached results])."""
@@ -125,8 +169,8 @@ def first_order_only(method: str, *, allowed: int = 0) -> None:
             f"{method} cannot run inside a torch.func transform that differentiates it (grad, vjp, jacrev, jvp, "
             "jacfwd): its rules replace the derivatives of ops, so derivatives of its attributions would follow "
             "the rules too and be wrong. Its attributions are first-order only (vmap is fine). Differentiable: "
-            "guided_backprop, deconvolution, guided_grad_cam, lrp, layer_lrp, the gradient methods (xattr.grad, integrated_gradients, which DeepLift approximates, ...) "
-            "and the perturbation methods"
+            "guided_backprop, deconvolution, guided_grad_cam, lrp, layer_lrp, deep_lift, deep_lift_shap (and their layer "
+            "and neuron forms), the gradient methods (xattr.grad, integrated_gradients, ...) and the perturbation methods"
         )
 
 
@@ -143,8 +187,8 @@ def refuse_second_backward() -> None:
             "a backward pass through xattr.rules with create_graph=True: the rules replace the derivatives of ops, so "
             "a derivative of these gradients would follow the rules too and be wrong. Rule-based gradients are "
             "first-order only under plain autograd; differentiate the gradient methods (xattr.grad, integrated_gradients, ...) "
-            "instead, or guided_backprop, deconvolution, guided_grad_cam, lrp or layer_lrp inside torch.func.grad, vjp, "
-            "jacrev or jacfwd (docs/rules.md, Derivatives of attributions)"
+            "instead, or guided_backprop, deconvolution, guided_grad_cam, lrp, layer_lrp, deep_lift or deep_lift_shap "
+            "inside torch.func.grad, vjp, jacrev or jacfwd (docs/rules.md, Derivatives of attributions)"
         )
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .rule_base import Rule
+from .rule_limits import held
 from .written_out import attention, glu, layer_norm, rms_norm
 from .written_recurrent import WRITTEN as _RECURRENT
 
@@ -194,12 +195,14 @@ def _projected(query, key, value, weights, bias) -> tuple:
 
 def _weights(q, k, mask, bsz: int, num_heads: int, average: bool) -> torch.Tensor:
     """The attention weights torch returns, computed as torch computes them, held constant: out of
-    the rules' sight (they would refuse the softmax) and outside the graph."""
+    the rules' sight (they would refuse the softmax) and outside the method's own VJP (`held`: a
+    derivative of the attributions still sees them depend on q and k, NOTE: [Derivatives of
+    rule-based attributions] in rule_limits.py; detached, a model using them was 3% off)."""
     with torch._C.DisableTorchFunction():
-        q, k = q.detach(), k.detach()
+        q, k = held(q), held(k)
         scaled = q * math.sqrt(1.0 / float(q.shape[-1]))
         keys = k.transpose(-2, -1)
-        scores = torch.bmm(scaled, keys) if mask is None else torch.baddbmm(mask.detach(), scaled, keys)
+        scores = torch.bmm(scaled, keys) if mask is None else torch.baddbmm(held(mask), scaled, keys)
         weights = torch.softmax(scores, dim=-1).view(bsz, num_heads, q.shape[1], k.shape[1])
         return weights.mean(dim=1) if average else weights
 
