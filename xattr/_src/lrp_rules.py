@@ -23,7 +23,7 @@ import contextvars
 import torch
 import torch.nn.functional as F
 
-from . import ops
+from . import ops, pairwise
 from .deeplift_rules import checked_eps, floored, pool_with_indices, unpool
 from .attention_rules import FixedAttention, FixedStd
 from .gate_rules import FixedGate
@@ -261,8 +261,10 @@ class Pass(Rule):
     """Relevance passes an elementwise op unchanged (``R_x = R_y``; g_x = g_y * y / x).
 
     For ReLU this is its ordinary derivative; for tanh, sigmoid, GELU... it is the usual LRP
-    treatment of activations (Captum's handling of nn.Tanh). Also for any same-shape layer
-    (Captum's IdentityRule, e.g. on batch-norm).
+    treatment of activations (Captum's handling of nn.Tanh). Kinds: every elementwise kind of one
+    input (activations, clamp, exp, log, ``x ** p``, ``c / x``...: `ops.ELEMENTWISE`; a clamp's
+    tensor bounds and the fixed t of ``t / x`` get no gradient) and batch norm (Captum's
+    IdentityRule there); not the functions of two inputs (``a ** b``, atan2...).
     """
 
     kinds = ops.ELEMENTWISE | {"batch_norm"}
@@ -372,20 +374,45 @@ class ZBox(_InputLayer):
 
 
 class Block(Rule):
-    """No gradient through the op: its output is treated as a constant (e.g. explicit attention weights)."""
+    """No gradient through the op: its output is treated as a constant (e.g. explicit attention weights).
+
+    Every kind: none of the op's tensors (inputs, weights, each operand of a product, quotient,
+    einsum or function of two inputs) receives a gradient. At a fused op (``nn.MultiheadAttention``,
+    the recurrent layers) it raises when the op runs, as every rule but `Refuse` and `Unfused` does.
+
+    NOTE: [Blocking an in-place call on a view]
+    ``torch.relu_(t[:, 1:])`` under a rule that keeps no input runs inside the rule's Function
+    (`rule_apply._ApplyEagerInPlace`), and torch records the write into t's view as a
+    ``CopySlices`` node, which hands t's other elements their gradient only when the Function
+    returns one for the view: for a None it returns none for the whole of t. So at an in-place
+    call Block returns zeros: before, the gradient of every element of t outside the view was
+    lost too (x's whole gradient None where ``t = lin(x)``, where it is up to 0.37 per input on a
+    small float64 net), which the out-of-place call ``cat([t[:, :1], torch.relu(t[:, 1:])])`` keeps.
+    """
 
     kinds = frozenset(ops.KINDS)
 
     def backward(self, op, saved: Saved, grad):
+        if op.inplace:  # a zero gradient, not None: see the NOTE
+            return (torch.zeros_like(grad),) + (None,) * (_n_tensors(op) - 1)
         return (None,) * _n_tensors(op)
 
 
 def _n_tensors(op) -> int:
+    """How many tensors an op has, from its kind and options (a rule's forward and backward see
+    the op without them). Every kind is counted (tests/test_rule_kind_matrix.py keys `Block` to
+    each): before, a quotient, an einsum and the elementwise functions of two inputs counted one,
+    and `Block` there failed ("returned 1 gradients for 2 tensors")."""
     if op.kind == "attention":
         return 3 + int(op.options.get("mask_tensor", False))  # NOTE: [Attention masks under transforms] in ops.py
-    if op.kind in ("rms_norm", "product", "matmul"):  # product, matmul: a * b, a @ b (NOTE: [Products of two activations])
+    if op.kind == "einsum":  # its operands, two or more (NOTE: [Einsum of two activations] in two_inputs.py)
+        return op.options["equation"].partition("->")[0].count(",") + 1
+    if op.kind in _TWO_TENSORS:  # a * b, a @ b, a / b (NOTE: [Products of two activations]), g(a, b) (pairwise.py)
         return 2
     return 3 if op.kind in WEIGHTED | {"layer_norm"} else 1 + len(op.options.get("bounds", ()))
+
+
+_TWO_TENSORS = frozenset({"rms_norm", "product", "matmul", "quotient"}) | pairwise.PAIRS
 
 
 class Refuse(Rule):
