@@ -59,7 +59,9 @@ def eager(fn):
     functions give the eager numbers (tests/test_compiled_inductor.py), at about 1.5 us per
     callback when nothing is compiled. The wrappers are made once, at import: the node hooks are
     ``functools.partial``s of them, since wrapping a closure per ruled call cost guided backprop
-    2-3% on the benchmark CNN.
+    2-3% on the benchmark CNN. On a GPU they run on autograd's device threads, where they must
+    read no context variable (NOTE: [Backward callbacks read no context] in rule_base.py); a new
+    node hook must be added to tests/device_threads.py, which runs them in an empty context.
     """
     return torch.compiler.disable(fn)
 

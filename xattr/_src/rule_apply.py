@@ -85,7 +85,8 @@ def _differentiable_backward(ctx, grad: torch.Tensor) -> tuple:
         return tuple(pullback(ctx.op.fn, *inputs)[1](grad))
     # in the forward's context: the rule reads the call's (DeepLift's paired rows, LRP's input
     # copies), and on a GPU autograd runs backward passes on threads of its own, where a context
-    # variable reads its default (DeepLift's multipliers were then the plain derivatives)
+    # variable reads its default (DeepLift's multipliers were then the plain derivatives; NOTE:
+    # [Backward callbacks read no context] in rule_base.py)
     out, extras = ctx.context.run(ctx.rule.forward, ctx.op, *inputs)
     saved = Saved(inputs if ctx.rule_keeps else NOT_KEPT, tuple(extras), out if ctx.keep_output else OUTPUT_NOT_KEPT)
     return _checked(ctx, ctx.rule.backward(ctx.op, saved, grad))

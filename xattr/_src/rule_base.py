@@ -61,6 +61,24 @@ for _op in ("add radd sub rsub mul rmul truediv rtruediv floordiv pow rpow matmu
 
 OUTPUT_NOT_KEPT = _OutputNotKept()
 
+# NOTE: [Backward callbacks read no context]
+# On CUDA, torch's autograd engine runs a backward pass on a worker thread of its own per device.
+# torch's thread-local state goes with it (grad mode, torch.func's levels, torch function modes),
+# but not Python's ``contextvars``: there every context variable reads its default. xattr keeps
+# its per-call state in context variables (DeepLift's paired rows, `rows_dim`, the shared
+# reference, LRP's input copies and layer flag, the batch scope, `RULED_VJP`: nesting.py lists
+# them), so whatever runs in a backward pass (a rule's ``backward`` and ``input_grad``, the
+# Functions' ``backward`` and the node and output hooks of rule_apply.py and graph_hooks.py)
+# must not read them: it would read the call's values on CPU and the defaults on a GPU, and give
+# wrong numbers with no error. What a backward needs from the call is computed in ``forward``
+# (its extras, their shapes: `Rescale` finds its input rows from a saved tensor's, not from
+# `_ROWS`) or decided in ``forward``/``output_scale`` and kept on the Function's context or in the
+# hook. The one backward that runs a rule's ``forward`` again (`rule_apply._differentiable_backward`,
+# under torch.func transforms) runs it in a copy of the forward's context. Tested on CPU by running
+# every backward callback in an empty context (tests/test_device_threads.py, whose
+# tests/device_threads.py stands in for the device threads): DeepLift's derivatives read the
+# defaults before that copy, 0.022 off.
+
 
 class Rule:
     """A modified backward pass for some kinds of operation (subclass it; see docs/rules.md).
@@ -84,6 +102,10 @@ class Rule:
     ``input_grad(op, grad)``: outside torch.func transforms the op then runs untouched and
     ``input_grad`` is a hook on its autograd node (NOTE: [Rules as backward hooks]); ``backward``
     must give the same values (transforms use it).
+
+    ``backward`` and ``input_grad`` may run on another thread (autograd's, on a GPU), where
+    context variables read their defaults: they use only what ``forward`` saved, never per-call
+    state (NOTE: [Backward callbacks read no context]).
     """
 
     kinds: frozenset = frozenset()
