@@ -8,7 +8,8 @@
 See docs/rules.md for how rules are chosen and how to write one.
 """
 
-from ._src.deeplift_rules import Deconv, Guided, Rescale, paired_rows
+from ._src.deeplift_rules import Rescale, paired_rows
+from ._src.guided_rules import Deconv, Guided
 from ._src.attention_rules import FixedAttention, FixedStd
 from ._src.gate_rules import FixedGate
 from ._src.deeplift_products import Product

@@ -21,7 +21,7 @@ the mode, and on a GPU (cuDNN) leaves no ReLU node either, but on CPU it leaves 
 the graph: models holding one take the mode, so the fused ReLUs keep their gradient everywhere.
 TorchScript's ``DifferentiableGraphBackward`` node hides ops the mode cannot see either: it is
 refused (NOTE: [Rules on TorchScript models] in rule_limits.py). Clamps that are ReLUs (NOTE:
-[Clamps that are ReLUs] in deeplift_rules.py) are hooked where the node's saved bounds say so,
+[Clamps that are ReLUs] in guided_rules.py) are hooked where the node's saved bounds say so,
 or send the call back under the mode where a bound is a tensor.
 """
 
@@ -102,7 +102,7 @@ def _rewritten(rule, light, grad: torch.Tensor) -> torch.Tensor:
 
 def accepts_relus(rule, op: ops.Op) -> bool:
     """`Rule.accepts` for rules of ReLUs (`Guided`, `Deconv`): ReLU ops, clamp ops that are ReLUs
-    (`ops.relu_clamp`; NOTE: [Clamps that are ReLUs] in deeplift_rules.py) and thresholds that are
+    (`ops.relu_clamp`; NOTE: [Clamps that are ReLUs] in guided_rules.py) and thresholds that are
     (`ops.relu_threshold`: ``F.threshold(x, 0, 0)``), where the rule's kinds include "clamp" and
     "threshold". The graph walk knows the clamp test (`_relu_clamp_node`); a threshold's node
     sends the call back under the mode."""

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from . import tree as T
 from .checks import warn_if_training
-from .deeplift_rules import Deconv, Guided
+from .guided_rules import Deconv, Guided
 from .gradients import attribution_fn, vjp_rows
 from .layer_methods import grad_cam, upsample
 from .layers import Split

@@ -130,7 +130,7 @@ def _clamp_op(func, x: torch.Tensor, bounds: dict, inplace: bool, call: Callable
 
 def relu_clamp(op: Op) -> bool:
     """Whether a clamp op is a ReLU, wholly or at some elements (NOTE: [Clamps that are ReLUs] in
-    deeplift_rules.py): no upper bound, and a lower bound that is the number 0 or a tensor (a ReLU
+    guided_rules.py): no upper bound, and a lower bound that is the number 0 or a tensor (a ReLU
     at the elements where it is 0, decided without reading it)."""
     options = op.options
     if op.kind != "clamp" or options.get("max") is not None or "max" in options["bounds"]:

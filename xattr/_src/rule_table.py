@@ -77,7 +77,7 @@ class Table:
         by_node = {}
         for kind, (key, rule) in self.by_kind.items():
             # a rule that decides per op is not known to the walk, but for `accepts_relus`, whose
-            # test at clamps the walk makes itself (NOTE: [Clamps that are ReLUs] in deeplift_rules.py)
+            # test at clamps the walk makes itself (NOTE: [Clamps that are ReLUs] in guided_rules.py)
             accepts = type(rule).accepts
             if kind == "threshold" and accepts is accepts_relus:  # the node does not tell ReLU thresholds apart
                 by_node.update(dict.fromkeys(THRESHOLD_NODES, UNDER_MODE))
