@@ -186,6 +186,21 @@ def _pools() -> list:
     return specs
 
 
+def _maxima() -> list:
+    """Kind "max" (NOTE: [Max along a dim] in extrema.py) on h viewed (B, 2, 3): never along dim 0,
+    which holds the rows (a max across examples keeps its gradient, tests/test_deeplift_max_dim.py)."""
+    v = lambda h: (h.view(-1, 2, 3),)  # noqa: E731
+    specs = [Spec("max", f"{n}(x, 2)", 6, lambda m, x, f=f: f(x, 2), v) for n, f in _spelled("max")]
+    return specs + [
+        Spec("max", "torch.max(x, 2).values", 6, lambda m, x: torch.max(x, 2).values, v),
+        Spec("max", "Tensor.max(dim=1, keepdim=True)[0]", 6, lambda m, x: x.max(dim=1, keepdim=True)[0], v),
+        Spec("max", "torch.min(x, 2)[0]", 6, lambda m, x: torch.min(x, 2)[0], v),
+        Spec("max", "Tensor.min(1).values", 6, lambda m, x: x.min(1).values, v),
+        Spec("max", "torch.amax(x, (1, 2), keepdim=True)", 6, lambda m, x: torch.amax(x, (1, 2), keepdim=True), v),
+        Spec("max", "Tensor.amin(-1, keepdim=True)", 6, lambda m, x: x.amin(-1, keepdim=True)),
+    ]
+
+
 def _set(**factories):
     def parts(m):
         torch.manual_seed(3)
@@ -274,7 +289,7 @@ def all_specs() -> dict:
     """``{kind: [Spec]}`` for every kind in `ops.KINDS`."""
     specs = [s for k in sorted(ops.ELEMENTWISE - _SPECIAL) for s in _unary(k, k in POSITIVE)]
     specs += _clamps() + _thresholds() + _powers() + [s for k in sorted(pairwise.PAIRS - {"tensor_pow"}) for s in _pairs(k)]
-    specs += _two_inputs() + _pools() + _layers() + _attention() + _softmaxes()
+    specs += _two_inputs() + _pools() + _maxima() + _layers() + _attention() + _softmaxes()
     specs.append(Spec("product", "gated(gate, signal)", 6, lambda m, g, s: gated(g, s), _halves))
     out: dict = {}
     for s in specs:

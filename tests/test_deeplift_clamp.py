@@ -300,7 +300,10 @@ def test_every_spelling_parses_as_the_clamp_kind():
                                (torch.clamp, (h,), {"min": 0, "out": torch.empty(2, 3)}),
                                (torch.clamp, (torch.arange(3),), {"max": 1}),
                                (torch.clamp, (zero,), {"min": h}), (torch.maximum, (zero, h), {})]:  # fmt: skip
-        assert ops.parse(func, args, kwargs) is None, (func, args, kwargs)
+        op = ops.parse(func, args, kwargs)
+        assert op is None or op.kind != "clamp", (func, args, kwargs)
+    # reductions are kind "max" (NOTE: [Max along a dim] in xattr/_src/extrema.py)
+    assert [ops.parse(torch.max, a, k).kind for a, k in [((h, 1), {}), ((h,), {"dim": 0}), ((h,), {})]] == ["max"] * 3
 
 
 class Gated(nn.Module):

@@ -190,7 +190,7 @@ def _reference(name, spec, net, h, n):
     if name == "Block":  # documented: no gradient through the op
         return torch.zeros_like(h)
     if name in ("Rescale", "Product"):
-        if kind == "max_pool":
+        if kind in ("max_pool", "max"):  # a max along dims is a max-pool (NOTE: [Max along a dim])
             return _rescale_max_pool(spec, net, h, n)
         if kind == "softmax":
             return _rescale_softmax(spec, net, h, n)
@@ -259,7 +259,7 @@ def _rescale_max_pool(spec, net, h, n):
         ja = torch.autograd.functional.jacobian(pool, xi).reshape(y[0].numel(), -1)
         jr = torch.autograd.functional.jacobian(pool, ri).reshape(y[0].numel(), -1)
         yi, yr = y[i].flatten(), y[j].flatten()
-        top = torch.maximum(yi, yr)
+        top = (torch.minimum if "min" in spec.name else torch.maximum)(yi, yr)  # a min: -max(-x)
         gi = g[i].flatten()
         out[i] = (ja.T @ (gi * (top - yr)) + jr.T @ (gi * (yi - top))) / (xi - ri).flatten()
     return _to_h(spec, h, [out.view(x.shape)])

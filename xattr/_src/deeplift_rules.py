@@ -37,7 +37,7 @@ import math
 import torch
 from torch.func import jvp
 
-from . import ops, pairwise, pointwise
+from . import deeplift_max, ops, pairwise, pointwise
 from . import tree as T
 from .row_layout import _ROWS, paired_rows, rows_dim  # noqa: F401 (_ROWS, paired_rows: their home before row_layout.py)
 from .rule_base import Rule, Saved
@@ -245,13 +245,14 @@ class Rescale(Rule):
     difference (NOTE: [DeepLift at two inputs] in deeplift_pairs.py). Max-pooling: each output's
     change ``y - y_ref`` is split into the part from x's maximum and the part from the
     reference's maximum, routed to the argmax positions of each, and divided by ``x - x_ref`` (so
-    summation-to-delta holds through the pool). Softmax: the elementwise multipliers times g, minus their mean over the softmax
-    dim (the paper's normalisation; per example, where Captum takes the mean over the whole
+    summation-to-delta holds through the pool); a max or min along dims (``x.max(dim)``,
+    ``torch.amax``) is such a pool (NOTE: [Max along a dim] in extrema.py). Softmax: the
+    elementwise multipliers times g, minus their mean over the softmax dim (the paper's normalisation; per example, where Captum takes the mean over the whole
     doubled batch). Rows pair as in NOTE: [Paired rows], in dim 0 or, in a sequence-first
     tensor, dim 1 (NOTE: [Rows in dim 0 or dim 1]).
     """
 
-    kinds = ops.ELEMENTWISE | pairwise.PAIRS | {"max_pool", "softmax"}
+    kinds = ops.ELEMENTWISE | pairwise.PAIRS | {"max_pool", "max", "softmax"}
     shares_reference = True
 
     def __init__(self, eps: float = 1e-10):
@@ -264,6 +265,8 @@ class Rescale(Rule):
 
             return deeplift_pairs.forward(op, x, bounds[0], eps)
         dim = rows_dim(x)  # NOTE: [Rows in dim 0 or dim 1]
+        if op.kind == "max":  # a max along dims: the max-pool rule on a view (deeplift_max.py)
+            return deeplift_max.forward(self, op, x, dim, eps)
         if dim == 1:  # a sequence-first layout: the dim-0 rule on the transposed views
             if op.kind != "max_pool" or x.ndim - op.options["nd"] > 1:
                 return self._rows_second(op, x, bounds, eps)
@@ -312,6 +315,8 @@ class Rescale(Rule):
         return y, (m.transpose(0, 1),)
 
     def backward(self, op, saved: Saved, grad):
+        if op.kind == "max":
+            return (deeplift_max.backward(self, op, saved.extras, grad),)
         if op.kind == "max_pool":
             if grad.shape[0] != saved.extras[0].shape[0]:  # rows in dim 1: terms transposed (`_rows_second`)
                 return (self._max_pool(op, saved.extras, grad.transpose(0, 1)).transpose(0, 1),)

@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import pairwise, pointwise, two_inputs
+from . import extrema, pairwise, pointwise, two_inputs
 from .written_recurrent import gated
 from .dependence import differentiated  # noqa: F401 (its home before dependence.py)
 
@@ -154,7 +154,8 @@ def _extremum(bound: str):
     the two-tensor forms of ``torch.max``/``min``: with one operand differentiated and the other a
     fixed bound for it, the call is ``clamp`` of the first (``torch.maximum(x, zeros)`` is a ReLU).
     With both differentiated it is a function of two inputs: not parsed (NOTE: [Clamp as an
-    activation]). Reductions (``torch.max(x, dim)``) are not parsed either."""
+    activation]). Reductions (``torch.max(x, dim)``) are kind ``"max"`` (NOTE: [Max along a dim] in
+    extrema.py)."""
 
     def parse(func, input, other=None, *rest, out=None, **named):
         if rest or named or out is not None or not isinstance(input, torch.Tensor) or not isinstance(other, torch.Tensor):
@@ -442,10 +443,12 @@ def _table() -> tuple[dict, dict]:
             add(f, "clamp", _clamp(names, False))
         for f in inplace:
             add(f, "clamp", _clamp(names, True))
-    for f in (torch.maximum, torch.Tensor.maximum, torch.max, torch.Tensor.max):
+    for f in (torch.maximum, torch.Tensor.maximum):
         add(f, "clamp", _extremum("min"))
-    for f in (torch.minimum, torch.Tensor.minimum, torch.min, torch.Tensor.min):
+    for f in (torch.minimum, torch.Tensor.minimum):
         add(f, "clamp", _extremum("max"))
+    for f, kind, parser in extrema.spellings(Op, _extremum):  # torch.max/min: "clamp" or "max" (PARSES)
+        add(f, kind, parser)
     for f in (torch.mul, torch.multiply, torch.Tensor.mul, torch.Tensor.multiply, torch.Tensor.__mul__, torch.Tensor.__rmul__):
         add(f, "product", _product(False))
     for f in (torch.Tensor.mul_, torch.Tensor.multiply_, torch.Tensor.__imul__):
@@ -474,6 +477,7 @@ KINDS = frozenset(KIND_OF.values()) | pairwise.PAIRS  # "tensor_pow": no functio
 # the kinds each function's calls parse into: its own, and for torch.div (``c / x``) and torch.pow
 # (``c ** x``) the other side's (rule_table.py parses a function's calls where a rule claims one)
 PARSES = {f: frozenset({kind}) | two_inputs.ALSO.get(kind, frozenset()) for f, kind in KIND_OF.items()}
+PARSES.update(dict.fromkeys(extrema.TWO_KINDS, frozenset({"clamp", "max"})))
 # In-place forms ``fn(x, **op.options)`` of the elementwise kinds that have one: an in-place call
 # under a rule that needs neither the input nor a forward of its own runs in place for real
 # (rule_apply.py, `_ApplyEagerInPlace`), not out of place and copied back.

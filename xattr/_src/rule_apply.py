@@ -8,7 +8,7 @@ import contextvars
 
 import torch
 
-from . import ops
+from . import extrema, ops
 from .graph_hooks import eager, input_grad_hook
 from .rule_base import NOT_KEPT, OUTPUT_NOT_KEPT, Rule, Saved, pullback
 from .rule_limits import RULED_VJP, refuse_checkpoint, refuse_second_backward
@@ -333,6 +333,8 @@ def apply_rule(rule: Rule, op: ops.Op):
             out = op.tensors[0].copy_(out)
         if op.options.get("return_indices"):
             with torch.no_grad():
+                if op.kind == "max":  # torch.max(x, dim): its named tuple (NOTE: [Max along a dim] in extrema.py)
+                    return extrema.with_indices(op, out, op.tensors[0])
                 indices = ops.pool_with_indices(op, op.tensors[0])[1]
             return out, indices
     return out
