@@ -424,7 +424,8 @@ def feature_permutation(
         warn_if_training(f)
         selected = T.split_args(args, nums)[0]
         batch = T.batch_size(selected)
-        examples = batch if folded_blocks(batch) is None else folded_blocks(batch)[0]  # a folded copy's batch
+        blocks = folded_blocks(batch)
+        examples = batch if blocks is None else blocks[0]  # a folded copy's batch
         if examples < 2:
             raise ValueError(
                 "feature_permutation shuffles each feature across the batch, so it needs a batch of at least 2 "
