@@ -13,7 +13,7 @@ TORCHVISION_VERSION ?= 0.28.0
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "torch==$(TORCH_VERSION)"
-	$(PIP) install -q -e ".[test,demo]"
+	$(PIP) install -q -e ".[test,demo,text]"
 	if $(PY) -c "import sys, torch; sys.exit(not torch.__version__.startswith('$(TORCH_VERSION)'))"; then \
 		$(PIP) install -q "torchvision==$(TORCHVISION_VERSION)"; \
 	else echo "torch is not $(TORCH_VERSION): torchvision not installed, its tests will skip"; fi
