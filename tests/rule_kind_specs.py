@@ -11,6 +11,7 @@ Spellings with a Tensor method or in place come from `ops.KIND_OF` itself where 
 
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import torch
@@ -201,6 +202,41 @@ def _maxima() -> list:
     ]
 
 
+def _sorts() -> list:
+    """Kind "sort" (NOTE: [Order statistics along a dim] in order_stats.py) on h viewed (B, 2, 3),
+    never along dim 0 (rows); msort sorts dim 0, so on h viewed (3, B, 2), rows in dim 1."""
+    v = lambda h: (h.view(-1, 2, 3),)  # noqa: E731
+    s = lambda name, fn, split=v: Spec("sort", name, 6, fn, split)  # noqa: E731
+    return [
+        s("torch.sort(x, 2).values", lambda m, x: torch.sort(x, 2).values),
+        s("Tensor.sort(dim=1, descending=True)[0]", lambda m, x: x.sort(dim=1, descending=True)[0]),
+        s("torch.sort(x, descending=True, stable=True)[0]", lambda m, x: torch.sort(x, descending=True, stable=True)[0]),
+        s("Tensor.topk(2).values", lambda m, x: x.topk(2).values),
+        s("torch.topk(x, 1, 1, largest=False)[0]", lambda m, x: torch.topk(x, 1, 1, largest=False)[0]),
+        s("Tensor.kthvalue(2, 2, keepdim=True).values", lambda m, x: x.kthvalue(2, 2, keepdim=True).values),
+        s("torch.kthvalue(x, 1, 1)[0]", lambda m, x: torch.kthvalue(x, 1, 1)[0]),
+        s("torch.median(x, -1).values", lambda m, x: torch.median(x, -1).values),
+        s("Tensor.median(1, keepdim=True)[0]", lambda m, x: x.median(1, keepdim=True)[0]),
+        s("torch.msort(x)", lambda m, x: torch.msort(x).permute(1, 2, 0), lambda h: (h.view(-1, 2, 3).permute(2, 0, 1),)),
+        s("Tensor.msort()", lambda m, x: x.msort().permute(1, 2, 0), lambda h: (h.view(-1, 2, 3).permute(2, 0, 1),)),
+    ]
+
+
+def _extrema_of_two() -> list:
+    """Kind "maximum" (NOTE: [Maximum of two activations] in pairwise.py): both operands halves of h."""
+    e = lambda name, fn: Spec("maximum", name, 6, fn, _halves)  # noqa: E731
+    return [
+        e("torch.maximum(a, b)", lambda m, a, b: torch.maximum(a, b)), e("Tensor.minimum", lambda m, a, b: a.minimum(b)),
+        e("torch.max(a, b)", lambda m, a, b: torch.max(a, b)), e("Tensor.min(other=b)", lambda m, a, b: a.min(other=b)),
+        e("torch.fmax", lambda m, a, b: torch.fmax(a, b)), e("Tensor.fmin", lambda m, a, b: a.fmin(b)),
+        e("torch.clamp(a, min=b)", lambda m, a, b: torch.clamp(a, min=b)),
+        e("Tensor.clamp_max(b)", lambda m, a, b: a.clamp_max(b)),
+        e("Tensor.clip(max=b)", lambda m, a, b: a.clip(max=b)),
+        e("Tensor.clamp_(min=b)", lambda m, a, b: a.clone().clamp_(min=b)),
+        e("torch.clamp_min_(a, b)", lambda m, a, b: torch.clamp_min_(a.clone(), b)),
+    ]
+
+
 def _set(**factories):
     def parts(m):
         torch.manual_seed(3)
@@ -217,6 +253,24 @@ def _set(**factories):
         m.double().eval()
 
     return parts
+
+
+def _norms() -> list:
+    """Vector norms, F.normalize and F.cosine_similarity (NOTE: [Vector norms written out])."""
+    v = lambda name, fn: Spec("vector_norm", name, 6, fn)  # noqa: E731
+    return [
+        v("torch.linalg.vector_norm(x, dim=-1, keepdim=True)", lambda m, x: torch.linalg.vector_norm(x, dim=-1, keepdim=True)),
+        v("torch.linalg.vector_norm(x, 1, 1, True)", lambda m, x: torch.linalg.vector_norm(x, 1, 1, True)),
+        v("torch.norm(x.view(-1, 2, 3), dim=2)", lambda m, x: torch.norm(x.view(-1, 2, 3), dim=2)),
+        v("Tensor.norm(3.0, -1, True)", lambda m, x: x.norm(3.0, -1, True)),
+        v("Tensor.norm(inf, 1, keepdim=True)", lambda m, x: x.norm(math.inf, 1, keepdim=True)),
+        v("torch.linalg.norm(x, dim=(1,), keepdim=True)", lambda m, x: torch.linalg.norm(x, dim=(1,), keepdim=True)),
+        Spec("normalize", "F.normalize(x)", 6, lambda m, x: F.normalize(x)),
+        Spec("normalize", "F.normalize(x.view(-1, 2, 3), p=1, dim=-1)", 6, lambda m, x: F.normalize(x.view(-1, 2, 3), p=1.0, dim=-1)),
+        Spec("cosine_similarity", "F.cosine_similarity(a, b)", 6, lambda m, a, b: F.cosine_similarity(a, b)[:, None], _halves),
+        Spec("cosine_similarity", "F.cosine_similarity(a, t, dim=-1)", 6, lambda m, a: F.cosine_similarity(a, m.t, dim=-1)[:, None],
+             lambda h: (h[:, :3],), parts=_fixed),
+    ]
 
 
 def _layers() -> list:
@@ -288,8 +342,8 @@ _SPECIAL = {"clamp", "threshold", "pow", "rdiv", "rpow"}
 def all_specs() -> dict:
     """``{kind: [Spec]}`` for every kind in `ops.KINDS`."""
     specs = [s for k in sorted(ops.ELEMENTWISE - _SPECIAL) for s in _unary(k, k in POSITIVE)]
-    specs += _clamps() + _thresholds() + _powers() + [s for k in sorted(pairwise.PAIRS - {"tensor_pow"}) for s in _pairs(k)]
-    specs += _two_inputs() + _pools() + _maxima() + _layers() + _attention() + _softmaxes()
+    specs += _clamps() + _thresholds() + _powers() + [s for k in sorted(pairwise.PAIRS - {"tensor_pow", "maximum"}) for s in _pairs(k)]
+    specs += _two_inputs() + _pools() + _maxima() + _sorts() + _extrema_of_two() + _layers() + _norms() + _attention() + _softmaxes()
     specs.append(Spec("product", "gated(gate, signal)", 6, lambda m, g, s: gated(g, s), _halves))
     out: dict = {}
     for s in specs:
@@ -301,6 +355,7 @@ IN_PLACE = frozenset(f for f in ops.KIND_OF if _in_place(f))
 # the torch function that keys each kind in a mapping (tensor_pow: pow's keys stand for it)
 KEY = {k: next(f for f, kind in ops.KIND_OF.items() if kind == k) for k in set(ops.KIND_OF.values())}
 KEY["tensor_pow"] = torch.pow
+KEY["maximum"] = torch.maximum  # a "clamp" key: clamp's keys stand for it (NOTE: [Maximum of two activations])
 
 
 class Inner(nn.Module):

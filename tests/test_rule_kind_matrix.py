@@ -194,6 +194,8 @@ def _reference(name, spec, net, h, n):
             return _rescale_max_pool(spec, net, h, n)
         if kind == "softmax":
             return _rescale_softmax(spec, net, h, n)
+        if kind == "sort":
+            return _rescale_sort(spec, net, h, n)
         return _shapley_multipliers(spec, net, h, n)
     operands, y, g, loss = _plain(spec, net, h)
     if name == "Unfused" or (name in ("Guided", "Deconv") and not (kind == "relu" or spec.relu)):
@@ -213,6 +215,8 @@ def _reference(name, spec, net, h, n):
         a, b = (t.detach() for t in operands)
         if spec.name.startswith("gated"):  # the first factor a recurrent layer's gate
             return _to_h(spec, h, [None, g * a])
+        if spec.kind == "quotient":  # the divisor held constant: d(a / b)/da
+            return _to_h(spec, h, [g / b, None])
         if spec.name == "a * gate":
             return _to_h(spec, h, [(g * b), None])
         return _to_h(spec, h, [g * b / 2, g * a / 2])
@@ -263,6 +267,23 @@ def _rescale_max_pool(spec, net, h, n):
         gi = g[i].flatten()
         out[i] = (ja.T @ (gi * (top - yr)) + jr.T @ (gi * (yi - top))) / (xi - ri).flatten()
     return _to_h(spec, h, [out.view(x.shape)])
+
+
+def _rescale_sort(spec, net, h, n):
+    """NOTE: [DeepLift at order statistics]: the op's Jacobian averaged along the straight path
+    from the reference row to the input row, taken at the midpoint of every piece between the
+    times where two elements of h cross (the op is linear on each piece)."""
+    _, _, g, _ = _plain(spec, net, h, rows=n)
+    op = lambda t: spec.op(net.inner, *spec.split(t)).flatten(1)  # noqa: E731
+    out = torch.zeros_like(h)
+    for i in range(n):
+        x, r = h[i], _ref_row(h, n, i)
+        a, c = r[None, :] - r[:, None], x[None, :] - x[:, None]
+        times = sorted({0.0, 1.0} | {float(t) for t in (a / (a - c)).flatten() if 0 < t < 1})
+        mean = sum((t1 - t0) * torch.autograd.functional.jacobian(op, (r + (t0 + t1) / 2 * (x - r))[None])[0, :, 0]
+                   for t0, t1 in zip(times, times[1:]))
+        out[i] = mean.T @ g[i].flatten()
+    return out
 
 
 def _rescale_softmax(spec, net, h, n):

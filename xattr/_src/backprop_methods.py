@@ -38,15 +38,18 @@ from .unfused import Unfused
 RESCALED = (F.relu, F.elu, F.leaky_relu, torch.sigmoid, torch.tanh, F.softplus, F.gelu, F.silu, F.hardswish, F.hardsigmoid,
             F.relu6, F.hardtanh, F.mish, F.selu, F.celu, F.softsign, F.logsigmoid, F.threshold, torch.clamp, F.max_pool2d,
             F.softmax, torch.amax) + pointwise.KEYS  # exp, log, sqrt, pow... (NOTE: [Elementwise functions of one input])
-RESCALED += (torch.atan2, torch.logaddexp, torch.logaddexp2, torch.xlogy, torch.copysign)  # and torch.pow: two inputs
+RESCALED += (torch.atan2, torch.logaddexp, torch.logaddexp2, torch.xlogy, torch.copysign, torch.hypot)  # torch.pow too
+RESCALED += (torch.sort,)  # order statistics (NOTE: [DeepLift at order statistics]); torch.clamp keys "maximum" too
 
 
 def deep_lift_rules(eps: float = 1e-10) -> dict:
     """DeepLift's mapping: the Rescale rule for every elementwise nonlinearity and elementwise
     function of one input (exp, log, sqrt, abs, pow with a number exponent, ``c / x``, ``c **
-    x``...) or of two (``a ** b``, atan2, logaddexp, logaddexp2, xlogy, copysign: NOTE: [DeepLift
-    at two inputs]), max-pool, max and min along dims (``x.max(dim)``, ``torch.amax``: NOTE: [Max
-    along a dim]) and softmax, `Product` for products of two activations, elementwise, matrix or
+    x``...) or of two (``a ** b``, atan2, logaddexp, logaddexp2, xlogy, copysign, hypot, the
+    maximum or minimum of two activations: NOTE: [DeepLift at two inputs], [Maximum of two
+    activations]), max-pool, max and min along dims (``x.max(dim)``, ``torch.amax``: NOTE: [Max
+    along a dim]), order statistics along a dim (sort, topk, kthvalue, median: NOTE: [DeepLift at
+    order statistics]) and softmax, `Product` for products of two activations, elementwise, matrix or
     einsum, their quotients, einsum of more operands and cumprod (NOTE: [DeepLift at a
     product], [Quotients of two activations], [DeepLift at a multilinear op]), `ExactSoftmax` at
     log_softmax (NOTE: [DeepLift through log_softmax]), and `Unfused` at ``F.glu`` (``nn.GLU``),

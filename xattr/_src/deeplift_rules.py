@@ -246,13 +246,15 @@ class Rescale(Rule):
     change ``y - y_ref`` is split into the part from x's maximum and the part from the
     reference's maximum, routed to the argmax positions of each, and divided by ``x - x_ref`` (so
     summation-to-delta holds through the pool); a max or min along dims (``x.max(dim)``,
-    ``torch.amax``) is such a pool (NOTE: [Max along a dim] in extrema.py). Softmax: the
+    ``torch.amax``) is such a pool (NOTE: [Max along a dim] in extrema.py). Order statistics along a
+    dim (sort, topk, kthvalue, median): the op's permutation averaged along the straight path from
+    the reference to the example (NOTE: [DeepLift at order statistics] in deeplift_sort.py). Softmax: the
     elementwise multipliers times g, minus their mean over the softmax dim (the paper's normalisation; per example, where Captum takes the mean over the whole
     doubled batch). Rows pair as in NOTE: [Paired rows], in dim 0 or, in a sequence-first
     tensor, dim 1 (NOTE: [Rows in dim 0 or dim 1]).
     """
 
-    kinds = ops.ELEMENTWISE | pairwise.PAIRS | {"max_pool", "max", "softmax"}
+    kinds = ops.ELEMENTWISE | pairwise.PAIRS | {"max_pool", "max", "sort", "softmax"}
     shares_reference = True
 
     def __init__(self, eps: float = 1e-10):
@@ -267,6 +269,10 @@ class Rescale(Rule):
         dim = rows_dim(x)  # NOTE: [Rows in dim 0 or dim 1]
         if op.kind == "max":  # a max along dims: the max-pool rule on a view (deeplift_max.py)
             return deeplift_max.forward(self, op, x, dim, eps)
+        if op.kind == "sort":  # order statistics: the path-averaged permutation (deeplift_sort.py)
+            from . import deeplift_sort  # it imports this module's helpers
+
+            return deeplift_sort.forward(op, x, dim)
         if dim == 1:  # a sequence-first layout: the dim-0 rule on the transposed views
             if op.kind != "max_pool" or x.ndim - op.options["nd"] > 1:
                 return self._rows_second(op, x, bounds, eps)
@@ -317,6 +323,10 @@ class Rescale(Rule):
     def backward(self, op, saved: Saved, grad):
         if op.kind == "max":
             return (deeplift_max.backward(self, op, saved.extras, grad),)
+        if op.kind == "sort":
+            from . import deeplift_sort
+
+            return (deeplift_sort.backward(op, saved.extras, grad),)
         if op.kind == "max_pool":
             if grad.shape[0] != saved.extras[0].shape[0]:  # rows in dim 1: terms transposed (`_rows_second`)
                 return (self._max_pool(op, saved.extras, grad.transpose(0, 1)).transpose(0, 1),)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from .deeplift_softmax import ExactSoftmax
@@ -12,8 +13,10 @@ from .unfused import Unfused
 def exact_deep_lift_rules(eps: float = 1e-10) -> dict:
     """Rules to add to DeepLift's for summation-to-delta through attention and norms.
 
-    ``nn.MultiheadAttention``, ``F.scaled_dot_product_attention`` and layer and RMS norm run
-    written out (`Unfused`: matmuls, softmax, means of products, ``rsqrt``), and softmax takes
+    ``nn.MultiheadAttention``, ``F.scaled_dot_product_attention``, layer and RMS norm, vector
+    norms (``torch.linalg.vector_norm``, ``torch.norm``, ``x.norm()``...), ``F.normalize`` and
+    ``F.cosine_similarity`` run written out (`Unfused`: matmuls, softmax, means and sums of
+    products, ``rsqrt``, ``sqrt``, quotients; NOTE: [Vector norms written out]), and softmax takes
     `ExactSoftmax` (``eps``: its tie threshold) instead of the paper's normalisation, which
     Captum shares. Every op of a transformer block is then one DeepLift conserves through; the
     forward equals the fused calls' up to rounding.
@@ -23,4 +26,5 @@ def exact_deep_lift_rules(eps: float = 1e-10) -> dict:
     """
     written = Unfused()
     return {F.multi_head_attention_forward: written, F.scaled_dot_product_attention: written,
-            F.layer_norm: written, F.rms_norm: written, F.softmax: ExactSoftmax(eps)}  # fmt: skip
+            F.layer_norm: written, F.rms_norm: written, F.softmax: ExactSoftmax(eps),
+            torch.linalg.vector_norm: written, F.normalize: written, F.cosine_similarity: written}  # fmt: skip

@@ -412,7 +412,7 @@ def _n_tensors(op) -> int:
     return 3 if op.kind in WEIGHTED | {"layer_norm"} else 1 + len(op.options.get("bounds", ()))
 
 
-_TWO_TENSORS = frozenset({"rms_norm", "product", "matmul", "quotient"}) | pairwise.PAIRS
+_TWO_TENSORS = frozenset({"rms_norm", "product", "matmul", "quotient", "cosine_similarity"}) | pairwise.PAIRS
 
 
 class Refuse(Rule):
@@ -442,7 +442,9 @@ def lrp_rules(eps: float = 1e-9) -> dict:
     the other elementwise activations: `Pass` (ReLU keeps its derivative, which is the same);
     layer norm and RMS norm: `FixedStd`; scaled-dot-product attention: `FixedAttention`;
     nn.MultiheadAttention: `Unfused` (its projections and attention then take those rules);
-    products of two activations (squeeze-and-excitation gates, GLU): `FixedGate`; the recurrent
+    products of two activations (squeeze-and-excitation gates, GLU): `FixedGate`, which holds the
+    divisor of a quotient of two activations too (a norm written by hand; ``F.normalize`` and
+    ``F.cosine_similarity`` run written out by `Unfused`, so their norms are held); the recurrent
     layers (``torch.lstm`` stands for ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` and their cells):
     `Unfused`, which runs them step by step, so their projections take `Epsilon`, their sigmoid
     and tanh `Pass` and their gate products `FixedGate`, which holds each gate constant (Arras et
@@ -455,9 +457,11 @@ def lrp_rules(eps: float = 1e-9) -> dict:
                                                     F.celu, F.softsign, F.logsigmoid, F.threshold, torch.clamp)})
     norm = FixedStd()
     mapping.update({F.layer_norm: norm, F.rms_norm: norm, F.scaled_dot_product_attention: FixedAttention()})
-    mapping[torch.mul] = FixedGate()  # products of two activations (NOTE: [Products of two activations] in ops.py)
+    gate = FixedGate()  # products of two activations (NOTE: [Products of two activations] in ops.py)
+    mapping.update({torch.mul: gate, torch.div: gate})  # a / b: the divisor held (NOTE: [A divisor held constant])
     unfused = Unfused()  # nn.MultiheadAttention; nn.GLU as a * sigmoid(b), whose product then takes FixedGate; LSTMs
     mapping.update({F.softmax: Refuse(_SOFTMAX), F.multi_head_attention_forward: unfused, F.glu: unfused, torch.lstm: unfused})
+    mapping.update({F.normalize: unfused, F.cosine_similarity: unfused})  # their divisions then hold the norms (gate)
     return mapping
 
 

@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import extrema, pairwise, pointwise, two_inputs
+from . import extrema, order_stats, pairwise, pointwise, two_inputs, written_norms
 from .written_recurrent import gated
 from .dependence import differentiated  # noqa: F401 (its home before dependence.py)
 
@@ -89,9 +89,11 @@ def _clamp(names: tuple, inplace: bool):
     the bounds get no gradient (`_clamp_op`). ``torch.maximum(x, c)``/``minimum`` with c such a
     tensor are the same op (`_extremum`). A bound that is differentiated too (it depends on the
     attributed input: ``x.clamp(min=other_activation)``, ``torch.maximum`` of two activations)
-    makes the op a function of two inputs, which no elementwise rule describes: the call is not
-    parsed and keeps its ordinary gradient (DeepLift's delta shows the gap; LRP's gradient there
-    routes each unit's relevance to the operand it took, which conserves it). So is a call with
+    makes the op a function of two inputs, which no elementwise rule describes: with that bound
+    alone it is kind ``"maximum"`` (NOTE: [Maximum of two activations] in pairwise.py; LRP and
+    guided backprop keep the ordinary gradient there, which routes each unit's relevance to the
+    operand it took and conserves it); with both bounds the call is not parsed and keeps its
+    ordinary gradient (DeepLift's delta shows the gap). So is a call with
     ``out=``, on a non-float input, or whose bounds would broadcast the output beyond the input's
     shape or change its dtype. A tensor is differentiated when it requires grad and was computed
     from a tensor that requires grad and is not an ``nn.Parameter`` (`differentiated`): a bound
@@ -107,7 +109,7 @@ def _clamp(names: tuple, inplace: bool):
         given.update(named)
         lo, hi = given.get("min"), given.get("max")
         if (lo is None and hi is None) or not (_fixed_bound(lo, input) and _fixed_bound(hi, input)):
-            return None
+            return pairwise.bounded(Op, func, input, lo, hi, inplace)  # a bound computed from the input: or None
         return _clamp_op(func, input, {"min": lo, "max": hi}, inplace, lambda x, b: torch.clamp(x, min=b["min"], max=b["max"]))
 
     return parse
@@ -153,8 +155,8 @@ def _extremum(bound: str):
     """A parser for ``torch.maximum``/``minimum`` (``bound`` "min"/"max"), their Tensor methods and
     the two-tensor forms of ``torch.max``/``min``: with one operand differentiated and the other a
     fixed bound for it, the call is ``clamp`` of the first (``torch.maximum(x, zeros)`` is a ReLU).
-    With both differentiated it is a function of two inputs: not parsed (NOTE: [Clamp as an
-    activation]). Reductions (``torch.max(x, dim)``) are kind ``"max"`` (NOTE: [Max along a dim] in
+    With both differentiated it is a function of two inputs: kind ``"maximum"`` (NOTE: [Maximum of
+    two activations] in pairwise.py). Reductions (``torch.max(x, dim)``) are kind ``"max"`` (NOTE: [Max along a dim] in
     extrema.py)."""
 
     def parse(func, input, other=None, *rest, out=None, **named):
@@ -162,7 +164,7 @@ def _extremum(bound: str):
             return None
         if differentiated(other):
             if differentiated(input):
-                return None
+                return pairwise.extremum(Op, func, input, other)
             x, fixed = other, input
         else:
             x, fixed = input, other
@@ -449,6 +451,8 @@ def _table() -> tuple[dict, dict]:
         add(f, "clamp", _extremum("max"))
     for f, kind, parser in extrema.spellings(Op, _extremum):  # torch.max/min: "clamp" or "max" (PARSES)
         add(f, kind, parser)
+    for f, kind, parser in order_stats.spellings(Op):  # sort, topk, kthvalue, median, msort: "sort"
+        add(f, kind, parser)
     for f in (torch.mul, torch.multiply, torch.Tensor.mul, torch.Tensor.multiply, torch.Tensor.__mul__, torch.Tensor.__rmul__):
         add(f, "product", _product(False))
     for f in (torch.Tensor.mul_, torch.Tensor.multiply_, torch.Tensor.__imul__):
@@ -456,7 +460,8 @@ def _table() -> tuple[dict, dict]:
     add(gated, "product", _gated)  # NOTE: [Recurrent layers written out] in written_recurrent.py
     for f in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm):
         add(f, "matmul", _matmul)
-    for f, kind, parser in pointwise.spellings(Op) + two_inputs.spellings(Op) + pairwise.spellings(Op):
+    # norms, F.normalize, F.cosine_similarity: NOTE: [Vector norms written out] in written_norms.py
+    for f, kind, parser in pointwise.spellings(Op) + two_inputs.spellings(Op) + pairwise.spellings(Op) + written_norms.spellings(Op):
         add(f, kind, parser)
     add(F.linear, "linear", _linear)
     add(F.batch_norm, "batch_norm", _batch_norm)
@@ -476,8 +481,8 @@ PARSERS, KIND_OF = _table()
 KINDS = frozenset(KIND_OF.values()) | pairwise.PAIRS  # "tensor_pow": no function of its own (pairwise.STANDS_FOR)
 # the kinds each function's calls parse into: its own, and for torch.div (``c / x``) and torch.pow
 # (``c ** x``) the other side's (rule_table.py parses a function's calls where a rule claims one)
-PARSES = {f: frozenset({kind}) | two_inputs.ALSO.get(kind, frozenset()) for f, kind in KIND_OF.items()}
-PARSES.update(dict.fromkeys(extrema.TWO_KINDS, frozenset({"clamp", "max"})))
+PARSES = {f: frozenset({kind}) | two_inputs.ALSO.get(kind, pairwise.STANDS_FOR.get(kind, frozenset())) for f, kind in KIND_OF.items()}
+PARSES.update(dict.fromkeys(extrema.TWO_KINDS, frozenset({"clamp", "max", "maximum"})))
 # In-place forms ``fn(x, **op.options)`` of the elementwise kinds that have one: an in-place call
 # under a rule that needs neither the input nor a forward of its own runs in place for real
 # (rule_apply.py, `_ApplyEagerInPlace`), not out of place and copied back.

@@ -8,7 +8,7 @@ import contextvars
 
 import torch
 
-from . import extrema, ops
+from . import extrema, ops, order_stats
 from .graph_hooks import eager, input_grad_hook
 from .rule_base import NOT_KEPT, OUTPUT_NOT_KEPT, Rule, Saved, pullback
 from .rule_limits import RULED_VJP, refuse_checkpoint, refuse_second_backward
@@ -335,6 +335,8 @@ def apply_rule(rule: Rule, op: ops.Op):
             with torch.no_grad():
                 if op.kind == "max":  # torch.max(x, dim): its named tuple (NOTE: [Max along a dim] in extrema.py)
                     return extrema.with_indices(op, out, op.tensors[0])
+                if op.kind == "sort":  # torch.sort, topk...: theirs (NOTE: [Order statistics along a dim])
+                    return order_stats.returned(op, out, op.tensors[0])
                 indices = ops.pool_with_indices(op, op.tensors[0])[1]
             return out, indices
     return out

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from .rule_base import Rule
 from .rule_limits import held
+from . import written_norms
 from .written_out import attention, glu, layer_norm, rms_norm
 from .written_recurrent import WRITTEN as _RECURRENT
 
@@ -52,16 +53,21 @@ class Unfused(Rule):
     recurrent layers, ``torch.lstm`` and every op it stands for (``nn.LSTM``, ``nn.GRU``,
     ``nn.RNN`` and their cells): a loop over the time steps of ``F.linear``, sigmoid, tanh (or
     ReLU) and gate products (NOTE: [Recurrent layers written out] in written_recurrent.py;
-    `lrp_rules` and `deep_lift_rules` map them here). Each step then takes the
+    `lrp_rules` and `deep_lift_rules` map them here). Vector norms (``torch.linalg.vector_norm``
+    and every spelling of it), ``F.normalize`` and ``F.cosine_similarity``: sums of products or of
+    ``abs``, sqrt, clamped quotients (NOTE: [Vector norms written out] in written_norms.py;
+    `exact_deep_lift_rules` maps them here). Each step then takes the
     mapping's rule for its kind: under DeepLift with ``{F.scaled_dot_product_attention:
     Unfused(), F.layer_norm: Unfused(), F.softmax: ExactSoftmax()}`` a transformer conserves.
     """
 
-    kinds = frozenset({"fused_attention", "attention", "layer_norm", "rms_norm", "glu", "fused_recurrent"})
+    kinds = frozenset({"fused_attention", "attention", "layer_norm", "rms_norm", "glu", "fused_recurrent"}) | frozenset(written_norms.WRITTEN)
     shares_reference = True  # pairs no rows: the ops written out have rules of their own
 
     def written_out(self, op):
         """The function computing ``op``'s call with ops the rules see (same arguments)."""
+        if op.kind in written_norms.WRITTEN:  # from the parsed call: its spellings' signatures differ
+            return lambda *args, **kwargs: written_norms.WRITTEN[op.kind](*op.tensors, **op.options)
         return _RECURRENT[op.func] if op.kind == "fused_recurrent" else _WRITTEN_OUT[op.kind]
 
     def backward(self, op, saved, grad):  # never reached: the written-out ops carry the rules
