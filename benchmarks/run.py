@@ -96,11 +96,13 @@ def run_suite(model_name: str, device: str, args) -> tuple[list[list[str]], list
     from .metric_workloads import build as build_metrics  # noqa: PLC0415 (imports captum)
     from .perturbation_workloads import build as build_perturbation  # noqa: PLC0415 (imports captum)
     from .rule_workloads import build as build_rules  # noqa: PLC0415 (imports captum)
+    from .text_workloads import build as build_text  # noqa: PLC0415 (imports captum)
     from .workloads import build  # noqa: PLC0415 (imports captum)
 
     rows, notes = [], []
     resnet = tuple(args.resnet_deeplift) if args.resnet_deeplift else None
     suite = (build(model_name, device) + build_layers(model_name, device) + build_rules(model_name, device, resnet=resnet)
+             + build_text(device)
              + build_perturbation(model_name, device) + build_metrics(model_name, device))
     for w in suite:
         if args.only and not any(part.strip().lower() in w.name.lower() for part in args.only.split(",")):
