@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from . import tree as T
+from .exact_baselines import check_exact
 
 
 def is_traced(t: torch.Tensor) -> bool:
@@ -30,14 +31,44 @@ def transforms_around(*kinds) -> int:
     return sum(i.key() in kinds for i in retrieve_all_functorch_interpreters())
 
 
+# Layer methods that walk a path in (or add noise to) the model's *inputs*, as Captum's do: already
+# split at a layer, they need other advice than "split at the embedding" for token ids.
+INPUT_PATH_LAYER_METHODS = ("conductance", "internal_influence", "layer_gradient_shap")
+
+
 def check_float_inputs(selected: tuple, method: str) -> None:
     for leaf in T.leaves(selected):
         if isinstance(leaf, torch.Tensor) and not (leaf.is_floating_point() or leaf.is_complex()):
+            got = f"got a {leaf.dtype} tensor (per-example shape {tuple(leaf.shape[1:])})"
+            if method in INPUT_PATH_LAYER_METHODS:
+                raise TypeError(
+                    f"{method} interpolates between the model's inputs and their baselines (as Captum's does), "
+                    f"but {got}: token ids cannot be interpolated. Split the model at its embedding, "
+                    "emb = xattr.at_layer(f, model.embedding), and run the method on emb.head with the "
+                    "embedding's output as its input, e.g. xattr.conductance(xattr.at_layer(emb.head, layer), "
+                    "baselines=emb.act(ref))(emb.act(ids), ids) or xattr.gradient_shap(emb.head, "
+                    "baselines=emb.act(refs))(emb.act(ids), ids); xattr.layer_integrated_gradients(emb, "
+                    "baselines=ref)(ids) interpolates the embedding itself."
+                )
             raise TypeError(
-                f"{method} differentiates with respect to its inputs, but got a {leaf.dtype} tensor "
-                f"(per-example shape {tuple(leaf.shape[1:])}). Integer inputs (token ids) have no gradient: split the "
+                f"{method} differentiates with respect to its inputs, but {got}. Integer inputs (token ids) "
+                "have no gradient: split the "
                 "model at its embedding with xattr.at_layer(model, model.embedding) and attribute "
                 "the embedding output instead, or attribute with a perturbation method."
+            )
+
+
+def check_noisy_inputs(xs: list, stdevs: list) -> None:
+    """The noise tunnel adds Gaussian noise: refuse it on bool and integer inputs (token ids)."""
+    for x, sd in zip(xs, stdevs):
+        if sd != 0 and isinstance(x, torch.Tensor) and not (x.is_floating_point() or x.is_complex()):
+            raise TypeError(
+                f"the noise tunnel adds Gaussian noise to its inputs, but got a {x.dtype} tensor (per-example "
+                f"shape {tuple(x.shape[1:])}) with stdev {sd}: token ids cannot take noise. Put the noise on the "
+                "embedding: emb = xattr.at_layer(f, model.embedding), then e.g. "
+                "xattr.smoothgrad(xattr.saliency(emb.head), stdevs=s)(emb.act(ids), ids), or "
+                "xattr.smoothgrad(xattr.integrated_gradients(emb.head, baselines=emb.act(ref)), stdevs=s)"
+                "(emb.act(ids), ids)."
             )
 
 
@@ -57,6 +88,8 @@ def check_finite(out: torch.Tensor, what: str = "the model") -> None:
 
 def check_baseline(x: torch.Tensor, b, name: str = "baselines") -> torch.Tensor:
     """Broadcasts a baseline (number or tensor) to x's shape, or raises a clear error."""
+    if not (x.is_floating_point() or x.is_complex()):  # token ids: 0.5 would truncate to id 0, 300 wrap in uint8
+        check_exact(x, b)
     if not isinstance(b, torch.Tensor):
         return torch.full_like(x, float(b))
     if b.ndim == x.ndim and 1 < b.shape[0] != x.shape[0] and b.shape[0] == T.true_batch():

@@ -62,7 +62,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import tree as T
-from .checks import check_float_inputs, warn_if_training
+from .checks import check_float_inputs, check_noisy_inputs, warn_if_training
 from .gradients import attribution_fn
 from .layers import Split
 from .paths import WIDE, ChunkSum
@@ -339,6 +339,7 @@ def smooth(
         selected, _ = T.split_args(args, nums)
         xs = T.leaves(selected)
         sds = _per_leaf(stdevs, selected, as_tuple)
+        check_noisy_inputs(xs, sds)
         gens = streams(generator, len(xs))
         noise = [normal_like(x, n_samples, sd, g) for x, sd, g in zip(xs, sds, gens)]
         treedef = T.optree.tree_structure(selected, namespace="xattr")
