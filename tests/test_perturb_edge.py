@@ -240,3 +240,29 @@ def test_occlusion_over_a_long_axis_builds_no_length_squared_table():
         got = xattr.occlusion(lambda v: v @ w, sliding_window_shapes=(1,), chunk_size=chunk)(x)
     assert seen.numel <= chunk * length
     torch.testing.assert_close(got, x * w)  # window 1 of a linear model: each element's own term
+
+
+def test_token_ids_count_as_embedding_rows_in_the_default_budget():
+    """An id costs the model a row of floats, not 8 bytes (`budget.INDEX_BYTES`): one 256-token
+    text goes in calls of 8 copies on CPU (2 MiB / 1 KiB an id), not in one call of 257 rows
+    (measured 31 s and 2.7 GB on all-MiniLM-L6-v2 against 13 s and 0.9 GB). Floats and bools
+    count as their bytes, as before."""
+    rows = []
+    table = torch.nn.Embedding(1000, 4)
+
+    def f(ids):
+        rows.append(len(ids))
+        return table(ids).sum((1, 2))
+
+    ids = torch.randint(0, 1000, (1, 256))
+    with torch.no_grad():
+        out = xattr.feature_ablation(f, baselines=0)(ids)
+    assert rows == [8] * 32 + [1], rows  # 256 copies 8 at a time, then f(x)
+    rows.clear()
+    torch.testing.assert_close(xattr.feature_ablation(f, baselines=0, chunk_size=300)(ids), out, rtol=0, atol=0)
+    assert rows == [257]  # f(x) is one more copy
+    flags = torch.zeros(1, 256, dtype=torch.bool)
+    for x in (flags, flags.float()):
+        rows.clear()
+        xattr.feature_ablation(lambda t: (rows.append(len(t)), t.sum(1))[1], baselines=1)(x)
+        assert rows == [257], (x.dtype, rows)
