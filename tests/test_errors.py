@@ -277,3 +277,18 @@ def test_layer_activation_warns_about_train_mode_and_names_the_running_statistic
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2)).train()
     with pytest.warns(UserWarning, match="running statistics"):
         xattr.layer_activation(xattr.at_layer(model, model[1]))(torch.randn(5, 3))
+
+
+def test_integrated_gradients_and_neuron_conductance_on_token_ids_name_themselves():
+    """Both run on `path_integral`; its name in their error sent users to a function they never called."""
+    emb = torch.nn.Embedding(10, 4)
+    lin = torch.nn.Linear(4, 1)
+    f = lambda ids: lin(emb(ids)).sum((1, 2))  # noqa: E731
+    ids = torch.tensor([[1, 2, 3]])
+    with pytest.raises(TypeError, match=r"^integrated_gradients differentiates .*torch.int64.*at_layer"):
+        xattr.integrated_gradients(f)(ids)
+    with pytest.raises(TypeError, match=r"^neuron_conductance differentiates .*torch.int64"):
+        xattr.neuron_conductance(xattr.at_layer(f, lin), 0)(ids)
+    x = torch.randn(2, 3, 4)
+    g = lambda e: lin(e).sum((1, 2))  # noqa: E731
+    torch.testing.assert_close(xattr.integrated_gradients(g)(x), xattr.path_integral(g)(x), rtol=0, atol=0)

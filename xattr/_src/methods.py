@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import tree as T
-from .checks import baselines_tuple
+from .checks import baselines_tuple, check_float_inputs
 from .gradients import attribution_fn, grad, model_calls, vjp_rows
 from .paths import path_integral
 from .sampling import shap_samples, smooth
@@ -116,7 +116,10 @@ def integrated_gradients(
         f, argnums=argnums, baselines=baselines, n_steps=n_steps, method=method, chunk_size=chunk_size
     )
 
+    nums = T.normalize_argnums(argnums)[0]
+
     def fn(*args, baselines=baselines):
+        check_float_inputs(T.split_args(args, nums)[0], "integrated_gradients")  # named, not path_integral
         attr = integral(*args, baselines=baselines)
         return (attr, completeness_gap(f, args, argnums, attr, baselines)) if return_delta else attr
 

@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import tree as T
-from .checks import check_finite
+from .checks import check_finite, check_float_inputs
 from .gradients import _rows, _zero_if_none, vjp_rows
 from .layer_layout import check_rows, first_rows
 from .layers import Split, _clone
@@ -154,7 +154,14 @@ def neuron_conductance(
             "(K neurons at once: index=xattr.outputs([...]))"
         )
     path = None if multiply_by_inputs else straight_line_unit
-    return path_integral(
+    integral = path_integral(
         _Conductance(split, index), argnums=argnums, baselines=baselines, n_steps=n_steps, method=method,
         path=path, chunk_size=chunk_size,
     )  # fmt: skip
+    nums = T.normalize_argnums(argnums)[0]
+
+    def fn(*args, baselines=baselines):
+        check_float_inputs(T.split_args(args, nums)[0], "neuron_conductance")  # named, not path_integral
+        return integral(*args, baselines=baselines)
+
+    return fn
