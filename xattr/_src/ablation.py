@@ -32,6 +32,7 @@ import torch
 
 from . import tree as T
 from .checks import warn_if_training
+from .folded_errors import noted
 from .gradients import attribution_fn, detached
 from .masks import SMALL, constant, features, held_ids, scatter_features, scatterer
 from .nesting import as_new_call, inside_model
@@ -83,7 +84,7 @@ def feature_ablation(
                 finish = spread if held is None else lambda drops: spread(_at_ids(drops, held, n))
                 return masks, baseline_tree(selected, baselines, as_tuple), _one_off(n, T.leaves(masks)[0].device, held), finish
 
-            with detached():
+            with detached(), noted(f, args):
                 attr = prepared.attributions(key, f, args, nums, setup, held=(baselines, feature_mask), chunk_size=chunk_size,
                                              memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
         return attr if as_tuple else attr[0]
@@ -304,7 +305,7 @@ def occlusion(
         key = prepared.key(args, nums, show_progress, baselines)
         attr = prepared.serve(key, args)
         if attr is None:
-            with detached():
+            with detached(), noted(f, args):
                 attr = prepared.attributions(key, f, args, nums, lambda selected: setup(selected, baselines), held=(baselines,),
                                              chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
         return attr if as_tuple else attr[0]

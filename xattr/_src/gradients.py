@@ -36,6 +36,7 @@ from torch.func import vjp, vmap
 
 from . import tree as T
 from .checks import check_finite, check_float_inputs, transforms_around, warn_if_training
+from .folded_errors import note_folded
 from .nesting import as_new_call, inside_model, marked, running_model
 
 
@@ -88,7 +89,11 @@ def attribution_fn(inner: Callable, wrapped: Callable, *, detach: bool = True) -
         with detached():
             if _made_in_inference_mode(args):  # NOTE: [Inference mode]
                 args = T.tree_map(_ordinary, args)
-            return inner(*args, **kwargs)
+            try:
+                return inner(*args, **kwargs)
+            except (RuntimeError, IndexError) as err:  # NOTE: [Per-example tensors from outside the arguments]
+                note_folded(err, wrapped, args)
+                raise
 
     fn.__wrapped__ = wrapped
     fn.__doc__ = inner.__doc__

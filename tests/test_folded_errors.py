@@ -1,0 +1,80 @@
+"""A model function that reads a per-example tensor from outside its arguments (an attention mask
+from an enclosing scope) fails once a method folds copies into the batch; the error says what to
+do (NOTE: [Per-example tensors from outside the arguments] in xattr/_src/folded_errors.py)."""
+
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import xattr
+
+pytestmark = pytest.mark.skipif(sys.version_info < (3, 11), reason="PEP 678 notes need Python 3.11")
+
+torch.manual_seed(0)
+LIN = nn.Linear(4, 1).double()
+X = torch.randn(3, 4, dtype=torch.float64)
+MASK = torch.tensor([[1.0, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.float64)
+
+
+def closed(x):
+    return LIN(x * MASK)[:, 0]  # MASK has 3 rows, whatever x has
+
+
+def passed(x, mask):
+    return LIN(x * mask)[:, 0]
+
+
+split_closed = xattr.at_layer(closed, LIN)
+METHODS = {
+    "integrated_gradients": lambda f: xattr.integrated_gradients(f),
+    "deep_lift": lambda f: xattr.deep_lift(f, baselines=torch.randn(3, 4, dtype=torch.float64)),
+    "gradient_shap": lambda f: xattr.gradient_shap(f, baselines=torch.zeros(2, 4, dtype=torch.float64), generator=0),
+    "smoothgrad": lambda f: xattr.smoothgrad(xattr.saliency(f), stdevs=0.1, n_samples=4, generator=0),
+    "feature_ablation": lambda f: xattr.feature_ablation(f),
+    "occlusion": lambda f: xattr.occlusion(f, sliding_window_shapes=(2,)),
+    "shapley_value_sampling": lambda f: xattr.shapley_value_sampling(f, n_samples=2, generator=0),
+    "kernel_shap": lambda f: xattr.kernel_shap(f, n_samples=20, generator=0),
+    "lime": lambda f: xattr.lime(f, n_samples=20, generator=0),
+}
+
+
+def notes(err):
+    return " ".join(getattr(err, "__notes__", []))
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_closed_over_mask_gets_a_note_and_passing_it_works(name):
+    with pytest.raises((RuntimeError, IndexError)) as info:
+        METHODS[name](closed)(X)
+    assert "extra argument" in notes(info.value) and "f(ids, mask)" in notes(info.value), notes(info.value)
+    assert notes(info.value).count("xattr:") == 1  # once, even through nested methods
+    attr = METHODS[name](passed)(X, MASK)  # what the note says to do
+    assert attr.shape == X.shape and torch.isfinite(attr).all()
+
+
+def test_layer_methods_get_it_too():
+    with pytest.raises(RuntimeError) as info:
+        xattr.layer_integrated_gradients(split_closed)(X)
+    assert "extra argument" in notes(info.value)
+
+
+def test_no_note_where_it_does_not_apply():
+    assert torch.equal(xattr.saliency(closed)(X), xattr.saliency(passed)(X, MASK))  # B rows: no copies, no error
+
+    def broken(x):  # fails on the examples as given too: another cause
+        return LIN(x * MASK[:2])[:, 0]
+
+    with pytest.raises(RuntimeError) as info:
+        xattr.integrated_gradients(broken)(X)
+    assert not notes(info.value)
+
+    def not_a_size_error(x):
+        if len(x) > 3:
+            raise RuntimeError("the model refuses large batches")
+        return LIN(x)[:, 0]
+
+    with pytest.raises(RuntimeError) as info:
+        xattr.integrated_gradients(not_a_size_error)(X)
+    assert not notes(info.value)
