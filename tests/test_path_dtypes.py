@@ -15,7 +15,7 @@ from torch import nn
 
 import xattr
 
-INTEGER_ERROR = r"Integer inputs \(token ids\) have no gradient"
+INTEGER_ERROR = r"Integer inputs \(token ids\) have no gradient|token ids cannot be interpolated"
 
 
 def _counted(fn):
