@@ -34,10 +34,13 @@ class FixedGate(Rule):
     torch.sigmoid(x)``) each factor gets half, ``R_a = R_b = R_z / 2`` (the uniform rule of
     Achtibat et al. 2024, "AttnLRP"). The gates of a recurrent layer written out (`Unfused`:
     NOTE: [Recurrent layers written out] in written_recurrent.py) are named as such, the first
-    factor, and held constant whatever the shapes: the LSTM rule of Arras et al. 2017. A quotient
+    factor, and held constant whatever the shapes: the LSTM rule of Arras et al. 2017; so is the
+    gate of an activation written out as its input times a gate computed from it alone (``0.5 * x
+    * (1 + tanh(...))``, Hugging Face's GELUs: NOTE: [Activations written out] in
+    written_activations.py), which passes the activation's relevance on whole, as `Pass`. A quotient
     ``z = a / b`` of two activations (kind ``"quotient"``: ``F.normalize``, a norm written by hand)
     is ``a`` times the gate ``1 / b``: the divisor is held constant, ``R_a = R_z`` (NOTE: [A
-    divisor held constant]). All four conserve relevance. `lrp_rules` maps ``torch.mul`` and
+    divisor held constant]). All conserve relevance. `lrp_rules` maps ``torch.mul`` and
     ``torch.div`` to it.
     """
 
@@ -48,8 +51,11 @@ class FixedGate(Rule):
         a, b = saved.inputs
         if op.kind == "quotient":  # NOTE: [A divisor held constant]
             return ((grad / b).sum_to_size(a.shape), None)
-        if op.options.get("gate") == 0:  # a recurrent layer's gate (ops._gated)
+        gate = op.options.get("gate")
+        if gate == 0:  # a recurrent layer's gate (ops._gated), or x's in gate(x) * x
             return (None, (grad * a).sum_to_size(b.shape))
+        if gate == 1:  # x * gate(x): NOTE: [Activations written out] in written_activations.py
+            return ((grad * b).sum_to_size(a.shape), None)
         a_gate, b_gate = a.shape != grad.shape, b.shape != grad.shape
         if a_gate and not b_gate:
             return (None, grad * a)

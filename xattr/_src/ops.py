@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import extrema, order_stats, pairwise, pointwise, two_inputs, written_norms
+from . import extrema, order_stats, pairwise, pointwise, two_inputs, written_activations, written_norms
 from .written_recurrent import gated
 from .dependence import differentiated  # noqa: F401 (its home before dependence.py)
 
@@ -210,7 +210,8 @@ def _product(inplace: bool):
     def parse(func, input, other=None, *rest, out=None, **named):
         if rest or named or out is not None or not two_inputs.both_differentiated(input, other):
             return None
-        return Op("product", torch.mul, (input, other), {}, func, inplace)
+        gate = written_activations.self_gated(input, other)  # x * gate(x): NOTE: [Activations written out]
+        return Op("product", torch.mul, (input, other), {} if gate is None else {"gate": gate}, func, inplace)
 
     return parse
 
@@ -304,6 +305,18 @@ def _bias(bias, weight: torch.Tensor, rows: int) -> torch.Tensor:
 def _linear(func, input, weight, bias=None):
     fn = lambda x, w, b: F.linear(x, w, b)  # noqa: E731
     return Op("linear", fn, (input, weight, _bias(bias, weight, weight.shape[0])), {}, func, False)
+
+
+def _addmm(func, input, mat1, mat2, *, beta=1, alpha=1, out=None):
+    """``torch.addmm(b, x, W)`` is ``F.linear(x, W.T, b)`` (Hugging Face's ``Conv1D``: GPT-2's
+    projections): kind "linear" where b is a bias (one dim, or none of it) and W a weight, not an
+    activation. Before, it kept its ordinary gradient, so LRP-epsilon was LRP-0 there."""
+    if out is not None or beta != 1 or alpha != 1 or not isinstance(input, torch.Tensor) or input.ndim > 1:
+        return None
+    if not (isinstance(mat1, torch.Tensor) and isinstance(mat2, torch.Tensor)) or mat1.ndim != 2 or differentiated(mat2):
+        return None
+    bias = input.expand(mat2.shape[1]) if input.ndim == 0 or input.shape[0] != mat2.shape[1] else input
+    return Op("linear", lambda x, w, b: F.linear(x, w, b), (mat1, mat2.t(), bias), {}, func, False)
 
 
 def _conv(nd: int):
@@ -464,6 +477,8 @@ def _table() -> tuple[dict, dict]:
     for f, kind, parser in pointwise.spellings(Op) + two_inputs.spellings(Op) + pairwise.spellings(Op) + written_norms.spellings(Op):
         add(f, kind, parser)
     add(F.linear, "linear", _linear)
+    for f in (torch.addmm, torch.Tensor.addmm):
+        add(f, "linear", _addmm)
     add(F.batch_norm, "batch_norm", _batch_norm)
     add(F.layer_norm, "layer_norm", _layer_norm)
     for f in (F.rms_norm, getattr(torch, "rms_norm", None)):  # torch.rms_norm: not in every torch >= 2.4
