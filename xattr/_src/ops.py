@@ -16,9 +16,10 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import extrema, order_stats, pairwise, pointwise, two_inputs, written_activations, written_norms
+from . import extrema, order_stats, pairwise, pointwise, pools, two_inputs, written_activations, written_norms
 from .written_recurrent import gated
 from .dependence import differentiated  # noqa: F401 (its home before dependence.py)
+from .pools import pool_with_indices  # noqa: F401 (its home before pools.py)
 
 
 class Op(NamedTuple):
@@ -244,60 +245,6 @@ def _softmax(kind: str, fn: Callable):
     return parse
 
 
-def _max_pool(nd: int):
-    pool = getattr(F, f"max_pool{nd}d_with_indices")
-
-    def parse(func, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
-        return_indices = return_indices or func is pool
-        options = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
-        fn = lambda x: pool(x, **options)[0]  # noqa: E731
-        return Op("max_pool", fn, (input,), dict(options, nd=nd, return_indices=return_indices), func, False)
-
-    return parse
-
-
-def _adaptive_max_pool(nd: int):
-    pool = getattr(F, f"adaptive_max_pool{nd}d_with_indices")
-
-    def parse(func, input, output_size, return_indices=False):
-        fn = lambda x: pool(x, output_size)[0]  # noqa: E731
-        options = dict(output_size=output_size, nd=nd, return_indices=bool(return_indices) or func is pool)
-        return Op("max_pool", fn, (input,), options, func, False)
-
-    return parse
-
-
-_POOL_KEYS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
-
-
-def pool_with_indices(op: Op, x: torch.Tensor):
-    """A max-pool op's output at x and the flat spatial index of each output's argmax (the same
-    layout for plain and adaptive max-pools)."""
-    nd = op.options["nd"]
-    if "output_size" in op.options:
-        return getattr(F, f"adaptive_max_pool{nd}d_with_indices")(x, op.options["output_size"])
-    return getattr(F, f"max_pool{nd}d_with_indices")(x, **{k: op.options[k] for k in _POOL_KEYS})
-
-
-def _avg_pool(nd: int):
-    pool = getattr(F, f"avg_pool{nd}d")
-
-    def parse(func, input, *rest, **kwargs):
-        fn = lambda x: pool(x, *rest, **kwargs)  # noqa: E731
-        return Op("avg_pool", fn, (input,), {"nd": nd}, func, False)
-
-    return parse
-
-
-def _adaptive_avg_pool(nd: int):
-    pool = getattr(F, f"adaptive_avg_pool{nd}d")
-
-    def parse(func, input, output_size):
-        return Op("avg_pool", lambda x: pool(x, output_size), (input,), {"nd": nd}, func, False)
-
-    return parse
-
-
 def _bias(bias, weight: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.zeros(rows, dtype=weight.dtype, device=weight.device) if bias is None else bias
 
@@ -446,13 +393,9 @@ def _table() -> tuple[dict, dict]:
     for f in (F.log_softmax, torch.log_softmax, torch.Tensor.log_softmax, torch.special.log_softmax):
         add(f, "log_softmax", _softmax("log_softmax", torch.log_softmax))
     for nd in (1, 2, 3):
-        for f in (getattr(F, f"max_pool{nd}d"), getattr(torch, f"max_pool{nd}d"), getattr(F, f"max_pool{nd}d_with_indices")):
-            add(f, "max_pool", _max_pool(nd))
-        for f in (getattr(F, f"adaptive_max_pool{nd}d"), getattr(F, f"adaptive_max_pool{nd}d_with_indices")):
-            add(f, "max_pool", _adaptive_max_pool(nd))
-        add(getattr(F, f"avg_pool{nd}d"), "avg_pool", _avg_pool(nd))
-        add(getattr(F, f"adaptive_avg_pool{nd}d"), "avg_pool", _adaptive_avg_pool(nd))
         add(getattr(torch, f"conv{nd}d"), "conv", _conv(nd))
+    for f, kind, parser in pools.spellings(Op):  # max and average pools, plain and adaptive
+        add(f, kind, parser)
     for names, plain, inplace in _CLAMPS:
         for f in plain:
             add(f, "clamp", _clamp(names, False))
