@@ -46,14 +46,21 @@ def _float(x) -> bool:
     return isinstance(x, torch.Tensor) and x.is_floating_point() and x.ndim > 0
 
 
+def _given(input, args: tuple, named: dict, out, names: tuple, also: tuple = ()):
+    """The call's arguments by name (positional ones named by ``names``; keywords among ``names``
+    and ``also``), or None where it is not parsed: ``out=``, a non-float or 0-d input, an
+    argument given twice or not known."""
+    if out is not None or len(args) > len(names) or not _float(input) or set(named) - set(names) - set(also):
+        return None
+    given = dict(zip(names, args))
+    return None if set(given) & set(named) else {**given, **named}
+
+
 def _sort(op_type):
     def parse(func, input, *args, out=None, **named):
-        if out is not None or len(args) > 2 or not _float(input) or set(named) - {"dim", "descending", "stable"}:
+        given = _given(input, args, named, out, ("dim", "descending"), ("stable",))
+        if given is None:
             return None
-        given = dict(zip(("dim", "descending"), args))
-        if set(given) & set(named):
-            return None
-        given.update(named)
         dim = _index(given.get("dim", -1), input.ndim)
         if dim is None:
             return None
@@ -80,13 +87,9 @@ def _msort(op_type):
 
 def _topk(op_type):
     def parse(func, input, *args, out=None, **named):
-        names = ("k", "dim", "largest", "sorted")
-        if out is not None or len(args) > 4 or not _float(input) or set(named) - set(names):
+        given = _given(input, args, named, out, ("k", "dim", "largest", "sorted"))
+        if given is None or "k" not in given:
             return None
-        given = dict(zip(names, args))
-        if set(given) & set(named) or "k" not in {**given, **named}:
-            return None
-        given.update(named)
         dim = _index(given.get("dim", -1), input.ndim)
         if dim is None or not given.get("sorted", True):
             return None
@@ -109,13 +112,9 @@ def _topk(op_type):
 
 def _kthvalue(op_type):
     def parse(func, input, *args, out=None, **named):
-        names = ("k", "dim", "keepdim")
-        if out is not None or len(args) > 3 or not _float(input) or set(named) - set(names):
+        given = _given(input, args, named, out, ("k", "dim", "keepdim"))
+        if given is None or "k" not in given:
             return None
-        given = dict(zip(names, args))
-        if set(given) & set(named) or "k" not in {**given, **named}:
-            return None
-        given.update(named)
         dim = _index(given.get("dim", -1), input.ndim)
         try:
             k = operator.index(given["k"])
@@ -135,14 +134,8 @@ def _kthvalue(op_type):
 
 def _median(op_type):
     def parse(func, input, *args, out=None, **named):
-        names = ("dim", "keepdim")
-        if out is not None or len(args) > 2 or not _float(input) or set(named) - set(names):
-            return None
-        given = dict(zip(names, args))
-        if set(given) & set(named):
-            return None
-        given.update(named)
-        if given.get("dim") is None:  # over every element: not parsed
+        given = _given(input, args, named, out, ("dim", "keepdim"))
+        if given is None or given.get("dim") is None:  # no dim: over every element, not parsed
             return None
         dim = _index(given["dim"], input.ndim)
         if dim is None:
