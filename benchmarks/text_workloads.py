@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import xattr
-from xattr.testing.text import mean_pooled, minilm
+from xattr.testing.text import embed, mean_pooled, minilm
 
 from .rule_workloads import _captum_error, _delta_text
 from .workloads import Workload, device_tol
@@ -64,10 +64,7 @@ def _setup(device: str):
     model, tok = loaded
     model.to(device)
     enc = tok(SENTENCES, padding=True, return_tensors="pt").to(device)
-    other = tok([ANCHOR], return_tensors="pt").to(device)
-    with torch.no_grad():
-        anchor = mean_pooled(model(**other).last_hidden_state, other["attention_mask"])
-    sim = Similarity(model, anchor).eval()
+    sim = Similarity(model, embed(model, tok, [ANCHOR])).eval()
     ids, mask = enc["input_ids"], enc["attention_mask"]
     ref = xattr.reference_tokens(ids, tok.pad_token_id, keep=(tok.cls_token_id, tok.sep_token_id))
     return sim, ids, mask, ref

