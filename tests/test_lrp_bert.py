@@ -74,20 +74,24 @@ def _embedding_component(model, positions: bool = False):
     return f
 
 
+def _at_embeddings(f, model, ids, mask, composite) -> tuple:
+    """(relevance at the word, token-type and position embeddings, its total per example, f(x))."""
+    e = model.embeddings
+    split = xattr.at_layer(f, [e.word_embeddings, e.token_type_embeddings, e.position_embeddings])
+    relevance = xattr.layer_lrp(split, composite=composite)(ids, mask)
+    with torch.no_grad():
+        out = f(ids, mask)
+    return relevance, sum(r.flatten(1).sum(1) for r in relevance), out
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_bias_free_bert_conserves(impl, batch):
     """Six layers, float64: the word, token-type and position embeddings' relevance sums to f(x)."""
     ids, mask = batch
     model = _bert(impl, bias=False)
-    f = _embedding_component(model, positions=True)
-    e = model.embeddings
-    split = xattr.at_layer(f, [e.word_embeddings, e.token_type_embeddings, e.position_embeddings])
     before = state_snapshot(model, ids)
-    relevance = xattr.layer_lrp(split, composite=_composite(impl))(ids, mask)
+    relevance, total, out = _at_embeddings(_embedding_component(model, positions=True), model, ids, mask, _composite(impl))
     assert changed_state(before, state_snapshot(model, ids)) == []
-    with torch.no_grad():
-        out = f(ids, mask)
-    total = sum(r.flatten(1).sum(1) for r in relevance)
     torch.testing.assert_close(total, out, rtol=1e-9, atol=0)
     for r in relevance:
         assert r.shape == (2, 8, 384) and torch.isfinite(r).all()
@@ -163,12 +167,8 @@ def test_cosine_similarity_to_an_anchor_conserves(batch):
         hidden = model(input_ids=ids, attention_mask=mask, position_ids=torch.arange(ids.shape[1]).expand_as(ids))
         return F.cosine_similarity(mean_pooled(hidden.last_hidden_state, mask), anchor[None], dim=-1)
 
-    e = model.embeddings
-    split = xattr.at_layer(f, [e.word_embeddings, e.token_type_embeddings, e.position_embeddings])
-    relevance = xattr.layer_lrp(split, composite=lrp_rules(EPS))(ids, mask)
-    with torch.no_grad():
-        out = f(ids, mask)
-    torch.testing.assert_close(sum(r.flatten(1).sum(1) for r in relevance), out, rtol=1e-9, atol=0)
+    _, total, out = _at_embeddings(f, model, ids, mask, lrp_rules(EPS))
+    torch.testing.assert_close(total, out, rtol=1e-9, atol=0)
 
 
 def test_the_tanh_pooler_conserves(batch):
@@ -180,12 +180,8 @@ def test_the_tanh_pooler_conserves(batch):
         positions = torch.arange(ids.shape[1]).expand_as(ids)
         return model(input_ids=ids, attention_mask=mask, position_ids=positions).pooler_output[:, 5]
 
-    e = model.embeddings
-    split = xattr.at_layer(f, [e.word_embeddings, e.token_type_embeddings, e.position_embeddings])
-    relevance = xattr.layer_lrp(split, composite=lrp_rules(EPS))(ids, mask)
-    with torch.no_grad():
-        out = f(ids, mask)
-    torch.testing.assert_close(sum(r.flatten(1).sum(1) for r in relevance), out, rtol=1e-9, atol=0)
+    _, total, out = _at_embeddings(f, model, ids, mask, lrp_rules(EPS))
+    torch.testing.assert_close(total, out, rtol=1e-9, atol=0)
 
 
 # ----------------------------------------------------------------------------- the divisor, without transformers
