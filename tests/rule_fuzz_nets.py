@@ -110,12 +110,12 @@ class PairedMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
-        return a @ b
+        return torch.matmul(a, b)  # torch.matmul: test_rule_zoo's reference patches the Tensor methods with this
 
     @staticmethod
     def backward(ctx, g):
         a, b = (_pair_average(t) for t in ctx.saved_tensors)
-        return g @ b.transpose(-2, -1), a.transpose(-2, -1) @ g
+        return torch.matmul(g, b.transpose(-2, -1)), torch.matmul(a.transpose(-2, -1), g)
 
 
 def _pair_average(t: torch.Tensor) -> torch.Tensor:

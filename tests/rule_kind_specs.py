@@ -152,6 +152,9 @@ def _two_inputs() -> list:
     specs = [Spec("product", n, 6, lambda m, a, b, f=f: _fresh(f, a, b), _halves) for n, f in _spelled("product")]
     specs.append(Spec("product", "a * gate", 5, lambda m, a, g: a * g, lambda h: (h[:, :3], h[:, 3:4])))
     specs += [Spec("matmul", n, 12, lambda m, a, b, f=f: f(a, b), mm) for n, f in _spelled("matmul")]
+    bias = lambda m: setattr(m, "bias", torch.randn(2, 2, dtype=torch.float64))  # noqa: E731  (one for every example)
+    specs += [Spec("baddbmm", "torch.baddbmm", 12, lambda m, a, b: torch.baddbmm(m.bias, a, b, beta=0.5, alpha=2.0), mm, parts=bias),
+              Spec("baddbmm", "Tensor.baddbmm", 12, lambda m, a, b: m.bias.expand(a.shape[0], 2, 2).baddbmm(a, b), mm, parts=bias)]
     specs += [
         Spec("einsum", "bi,bi->bi", 6, lambda m, a, b: torch.einsum("bi,bi->bi", a, b), _halves),
         Spec("einsum", "bij,bjk->bik [list]", 9, lambda m, a, b: torch.einsum("bij,bjk->bik", [a, b]),

@@ -200,23 +200,28 @@ def test_batch_first_coincidences_run_one_call_and_sequence_first_ones_one_more(
     """R == 4 (3 examples and a shared reference row): a CNN with 4 channels (R, R, H, W) and an MLP
     4 wide (R, R) run one call, as before. A transposed MLP of widths (4, 5) reads its (R, R)
     batch-first until (5, R) holds the rows in dim 1, a (L, R, H, d) with d == R may hold them in
-    dim 3, and tokens merged into the rows, (R * L, 4), may be (L', R): each runs again with twice
-    the rows, and gives what an unambiguous call gives (tested above, and below for the tokens)."""
+    dim 3: each runs again with twice the rows, and gives what an unambiguous call gives (tested
+    above). Tokens merged into the rows, (R * L, 4), are read merged, not as (L', R) (NOTE: [Rows
+    merged with another dim]): the shared call stops there and runs again unshared, 2B rows."""
     torch.manual_seed(0)
     cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 9, 4), nn.ReLU(),
                         nn.Linear(4, 2)).double().eval()
     mlp = nn.Sequential(nn.Linear(D, 4), nn.Tanh(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).double().eval()
     tokens = Tokens().double().eval()
     cases = [(cnn, _randn(3, 3, 8, 8, seed=40), [4]), (mlp, _randn(3, D, seed=41), [4]),
-             (tokens, _randn(3, 5, 4, seed=42), [4, 8]),
+             (tokens, _randn(3, 5, 4, seed=42), [4, 6]),
              (_twins(lambda bf: Transposed(bf, (4, 5)), seed=43)[1], _randn(3, D, seed=44), [4, 8]),
              (_twins(lambda bf: Transposed(bf, (6, 5)), seed=43)[1], _randn(3, D, seed=44), [4]),
              (_twins(lambda bf: Heads("pointwise", bf), seed=45)[1], _randn(3, 5, D, seed=46), [4, 8])]
     for model, x, want in cases:
         assert _rows_of_calls(model, x) == want
-    x = _randn(3, 5, 4, seed=42)  # the merged tokens hold no rows in dim 1: their ReLU keeps its gradient
-    plain = xattr.input_x_gradient(xattr.target(tokens, 1))(x)
-    torch.testing.assert_close(xattr.deep_lift(xattr.target(tokens, 1))(x), plain, rtol=1e-12, atol=1e-14)
+    x = _randn(3, 5, 4, seed=42)  # the merged tokens pair their rows (the ReLU kept its gradient before)
+    f = xattr.target(tokens, 1)
+    attr = xattr.deep_lift(f)(x)
+    with torch.no_grad():
+        gap = f(x) - f(torch.zeros_like(x))
+    torch.testing.assert_close(attr.sum((1, 2)), gap, rtol=1e-12, atol=1e-14)
+    assert (attr - xattr.input_x_gradient(f)(x)).abs().max() > 1e-3 * attr.abs().max()
 
 
 class LaterRows(nn.Module):

@@ -37,7 +37,7 @@ from xattr.testing.strategies import random_tensor
 from xattr.testing.vision import models as vision_models
 
 from registry import changed_state, state_snapshot
-from rule_fuzz_nets import DeconvReLU, GuidedReLU, PairedProduct, _Rescale, _RescaleSoftmax
+from rule_fuzz_nets import DeconvReLU, GuidedReLU, PairedMatmul, PairedProduct, _Rescale, _RescaleSoftmax
 
 tv = vision_models()
 SqueezeExcitation = None if tv is None else importlib.import_module("torchvision.ops.misc").SqueezeExcitation
@@ -151,13 +151,15 @@ def swapped_grad(model, x, k, fn):
 
 @contextlib.contextmanager
 def rescaled(rows: int):
-    """The elementwise nonlinearities torchvision calls, and ``Tensor.softmax``, replaced by the
-    Rescale references on tensors with ``rows`` rows in dim 0 (as DeepLift reads them); other
-    tensors (Swin's windows, parameters) keep their op."""
+    """The elementwise nonlinearities torchvision calls, ``Tensor.softmax`` and products of two
+    activations (``Tensor.matmul``, ``@``), replaced by the
+    Rescale references on tensors whose dim 0 holds the ``rows`` rows, alone or merged with the
+    dim after them, each example's together (Swin's windows, ``(rows * windows, ...)``: the first
+    half are the inputs', as DeepLift reads them); other tensors (parameters) keep their op."""
 
     def wrap(orig, rule):
         def call(x, *args, **kwargs):
-            if not (isinstance(x, torch.Tensor) and x.ndim and x.shape[0] == rows and x.requires_grad):
+            if not (isinstance(x, torch.Tensor) and x.ndim and x.shape[0] % rows == 0 and x.requires_grad):
                 return orig(x, *args, **kwargs)
             kwargs.pop("inplace", None)
             args = tuple(a for a in args if not isinstance(a, bool))  # a positional inplace flag
@@ -172,6 +174,10 @@ def rescaled(rows: int):
         mp.setattr(torch, "sigmoid", elementwise(torch.sigmoid))
         softmax = lambda x, a, k: _RescaleSoftmax.apply(x, k["dim"] if "dim" in k else a[0], 1e-10)  # noqa: E731
         mp.setattr(torch.Tensor, "softmax", wrap(torch.Tensor.softmax, softmax))
+        # Swin's attention: products of two activations on its windows
+        matmul = lambda orig: wrap(orig, lambda x, a, k: PairedMatmul.apply(x, a[0]) if a[0].requires_grad else orig(x, *a))  # noqa: E731
+        for name in ("matmul", "__matmul__"):
+            mp.setattr(torch.Tensor, name, matmul(getattr(torch.Tensor, name)))
         # the squeeze-and-excitation gates of MobileNetV3 and EfficientNet: ``scale * input``
         mp.setattr(SqueezeExcitation, "forward", lambda self, t: PairedProduct.apply(self._scale(t), t))
         yield

@@ -29,6 +29,7 @@ from .gradients import attribution_fn, is_multi_output, vjp_rows
 from .layers import Split, layer_vjp_rows
 from .methods import _gap
 from .rule_limits import differentiable_rules
+from .merged_rows import Unshared
 from .row_layout import rows_dim, rows_scope, unambiguous
 from .rule_table import merged
 from .rules import rules
@@ -53,15 +54,27 @@ def deep_lift_rules(eps: float = 1e-10) -> dict:
     einsum, their quotients, einsum of more operands and cumprod (NOTE: [DeepLift at a
     product], [Quotients of two activations], [DeepLift at a multilinear op]), `ExactSoftmax` at
     log_softmax (NOTE: [DeepLift through log_softmax]), and `Unfused` at ``F.glu`` (``nn.GLU``),
-    which then runs as ``a * torch.sigmoid(b)``, and at ``torch.lstm`` (every recurrent op:
+    which then runs as ``a * torch.sigmoid(b)``, at ``torch.baddbmm`` of two activations, which
+    runs as ``alpha * torch.bmm(a, b) + beta * t``, and at ``torch.lstm`` (every recurrent op:
     ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` and their cells), which then run step by step with their
     gates as products (NOTE: [Recurrent layers written out])."""
     rule, product, written = Rescale(eps), Product(), Unfused()
     return {**{op: rule for op in RESCALED}, torch.mul: product, torch.matmul: product, torch.einsum: product,
-            torch.div: product, torch.cumprod: product, F.log_softmax: ExactSoftmax(eps), F.glu: written, torch.lstm: written}
+            torch.div: product, torch.cumprod: product, F.log_softmax: ExactSoftmax(eps), F.glu: written, torch.baddbmm: written, torch.lstm: written}
 
 
 def _multipliers(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: int, chunk_size, *, shared: bool = False):
+    """`_pair_calls`, shared where it can be: a model that merges the rows with another dim runs
+    unshared (NOTE: [Rows merged with another dim] in merged_rows.py)."""
+    if shared:
+        try:
+            return _pair_calls(ruled, args, nums, base_rows, copies, chunk_size, shared=True)
+        except Unshared:
+            pass
+    return _pair_calls(ruled, args, nums, base_rows, copies, chunk_size)
+
+
+def _pair_calls(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: int, chunk_size, *, shared: bool = False):
     """DeepLift multipliers at ``copies`` copies of the inputs against ``base_rows`` (copies*B rows).
 
     Returns (outputs at the inputs, outputs at the references, multipliers tree), all copy-major
@@ -296,6 +309,16 @@ def _split_with(split: Split, mapping: Mapping, root=None) -> Split:
 
 
 def _layer_pairs(split: Split, args: tuple, nums: tuple, base_rows, copies: int, *, shared: bool = False):
+    """`_layer_pair_calls`, shared where it can be (as `_multipliers`)."""
+    if shared:
+        try:
+            return _layer_pair_calls(split, args, nums, base_rows, copies, shared=True)
+        except Unshared:
+            pass
+    return _layer_pair_calls(split, args, nums, base_rows, copies)
+
+
+def _layer_pair_calls(split: Split, args: tuple, nums: tuple, base_rows, copies: int, *, shared: bool = False):
     """(h, h_ref, multipliers at h, outputs, reference outputs) for copies x B paired rows, or
     with ``shared`` for their inputs and one reference row per copy (NOTE: [Shared reference]):
     h_ref is then each copy's row repeated over its batch (an expanded view for one copy). Run
@@ -336,7 +359,8 @@ def _check_layer_rows(h) -> None:
             raise ValueError(
                 f"layer DeepLift: the layer's activation of shape {tuple(t.shape)} does not hold the call's rows "
                 "(inputs and references) in dim 0; attribute at a batch-first layer (a sequence-first layer's output is "
-                "(L, B, ...): attribute where the model is batch-first, or use batch_first=True)"
+                "(L, B, ...): attribute where the model is batch-first, or use batch_first=True; a layer on rows merged "
+                "with another dim, (B * L, ...), as OPT's MLP: attribute before the merge or after it is undone)"
             )
 
 

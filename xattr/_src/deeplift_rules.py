@@ -9,10 +9,12 @@ both halves. ``deep_lift`` records the number of rows it feeds (`paired_rows`), 
 them in dim 0 of its input, or in dim 1 of a sequence-first one (``(L, R, D)``, ``(out, R)``,
 ``(L, R, H, d)``), where it runs on the transposed views; where a tensor could hold them in either
 dim, the call runs again with more rows (NOTE: [Rows in dim 0 or dim 1] in row_layout.py). An op
-whose input holds no dim of that size where the rows may sit (a parameter, the batch merged with
-another dim, rows in dim 2 or later) does not carry the batch, so it keeps its ordinary
-derivative, and so does every op outside a `paired_rows` block (``rules(model,
-deep_lift_rules())`` alone never pairs example i with example i + B/2). The rules propagate the
+whose input holds no dim of that size where the rows may sit (a parameter, the batch interleaved
+with another dim, rows in dim 2 or later) does not carry the batch, so it keeps its ordinary
+derivative (the batch merged with another dim, each example's rows together, pairs as NOTE:
+[Rows merged with another dim] in merged_rows.py says), and so does every op outside a
+`paired_rows` block (``rules(model, deep_lift_rules())`` alone never pairs example i with example
+i + B/2). The rules propagate the
 gradient of each half from that half's own cotangent; ``deep_lift`` seeds the input half only.
 
 NOTE: [Shared reference]

@@ -234,6 +234,17 @@ def _matmul(func, input, other=None, *rest, out=None, **named):
     return Op("matmul", fn, (input, other), {}, func, False)
 
 
+def _baddbmm(func, input, batch1, batch2, *, beta=1, alpha=1, out=None):
+    """``torch.baddbmm(t, a, b)``, ``beta * t + alpha * (a @ b)`` (BLOOM's attention scores with
+    their ALiBi bias), of two differentiated float tensors a and b: kind ``"baddbmm"``, which
+    `Unfused` writes out so that ``a @ b`` takes the matmul rule. Affine in one activation, it
+    is not parsed (NOTE: [Products of two activations])."""
+    if out is not None or not two_inputs.both_differentiated(batch1, batch2):
+        return None
+    return Op("baddbmm", lambda t, a, b: torch.baddbmm(t, a, b, beta=beta, alpha=alpha), (input, batch1, batch2),
+              {"beta": beta, "alpha": alpha}, func, False)
+
+
 def _softmax(kind: str, fn: Callable):
     """A parser for softmax (``fn`` torch.softmax) or log_softmax (torch.log_softmax)."""
 
@@ -416,6 +427,8 @@ def _table() -> tuple[dict, dict]:
     add(gated, "product", _gated)  # NOTE: [Recurrent layers written out] in written_recurrent.py
     for f in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm):
         add(f, "matmul", _matmul)
+    for f in (torch.baddbmm, torch.Tensor.baddbmm):
+        add(f, "baddbmm", _baddbmm)
     # norms, F.normalize, F.cosine_similarity: NOTE: [Vector norms written out] in written_norms.py
     for f, kind, parser in pointwise.spellings(Op) + two_inputs.spellings(Op) + pairwise.spellings(Op) + written_norms.spellings(Op):
         add(f, kind, parser)

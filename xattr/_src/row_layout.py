@@ -40,7 +40,9 @@ dim of R (``(R * L, R)``). What stays unseen: a model whose only sequence-first 
 or >= 4 are ``(R, R, ...)`` (an ``(L, R, H, d)`` at L == R and no other ruled sequence-first op)
 has them paired by position (measured: 3.5e-2 off the batch-first twin, whose attributions were
 below 0.1; the delta shows it, 8e-2 instead of 1e-16); a tensor whose rows sit in dim 2 or later
-keeps its ordinary gradient (a 3-d ``(L, R, R)`` reads dim 1); a tensor of parameters alone with R
+keeps its ordinary gradient (a 3-d ``(L, R, R)`` reads dim 1), and so do rows merged with another
+dim unless a watched op made them (NOTE: [Rows merged with another dim] in merged_rows.py, which
+also reads ``(R * L, R)`` so made without a retry); a tensor of parameters alone with R
 in dim 0 or dim 1 is paired as if it held the rows (no input's gradient passes through it).
 Layer DeepLift reads its activations' rows in dim 0 and checks them with `rows_dim` too: an
 ambiguous one retries, one with the rows elsewhere (a sequence-first layer's output) is a
@@ -132,10 +134,11 @@ class _Seen:
     """What one call's tensors showed so far: whether one held the rows in dim 1, and the shapes
     (R, R, ...) of rank 2 or >= 4 read in dim 0 although dim 1 could hold the rows too."""
 
-    __slots__ = ("second", "batch_first")
+    __slots__ = ("second", "batch_first", "merged")
 
     def __init__(self):
         self.second, self.batch_first = False, []
+        self.merged: dict = {}  # {size: how the rows sit in a dim of it} (NOTE: [Rows merged with another dim] in merged_rows.py)
 
 
 def _found_in_second(shape, notes: list | None, seen: _Seen) -> int:

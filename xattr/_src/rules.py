@@ -61,9 +61,11 @@ from .checks import _modules
 from .dependence import remembering
 from .graph_hooks import hook_graph, node_number
 from .input_copies import INPUT_COPIES, MOVES, moved
+from .merged_rows import WATCHED, Unshared, merged_rows, watched
 from .rule_apply import _as_hook, _as_output_hook, _hooked, _scaled, apply_rule
 from .rule_base import Rule
 from .rule_limits import calls_compiled, eager_compiled, first_order_only, refuse_jit
+from .row_layout import _ROWS
 from .rule_table import Table
 
 
@@ -75,12 +77,16 @@ class _RulesMode(TorchFunctionMode):
         self.table, self.parsers = table, table.parsers
         self.stack: list = []
         self.copies = INPUT_COPIES.get()  # None outside lrp's input-layer runs: no tracking then
+        paired = _ROWS.get()  # inside deep_lift's call: its rows, and what the call noted of merges
+        self.rows, self.merged = (paired[0], paired[4].merged) if paired[0] is not None else (None, None)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         parser = self.parsers.get(func)
         if parser is None:  # every call of the model passes here: keep it short
             if self.copies is not None and func in MOVES:
                 return moved(self.copies, func, args, kwargs or {})
+            if self.merged is not None and func in WATCHED:  # NOTE: [Rows merged with another dim]
+                return watched(self.merged, self.rows, func, args, kwargs or {})
             return func(*args, **kwargs) if kwargs else func(*args)
         kwargs = kwargs or {}
         op = parser(func, *args, **kwargs)
@@ -90,6 +96,24 @@ class _RulesMode(TorchFunctionMode):
         if torch._C._functorch.maybe_current_level() is not None:  # the transforms around this op, not
             # only those around the call (``rules(attribution_fn)`` takes its own gradient inside it)
             first_order_only("a gradient through xattr.rules", allowed=1)  # NOTE: [Rule-based attributions are first-order]
+        if self.merged:  # NOTE: [Rows merged with another dim]
+            n = merged_rows(self.merged, self.rows, op.tensors)
+            if n is not None:
+                return self._at_merged(n, rule, op, func, args, kwargs)
+        return self._dispatch(rule, op, func, args, kwargs)
+
+    def _at_merged(self, n: int, rule, op, func, args, kwargs):
+        """`_dispatch` with the op's n rows, the paired rows merged with another dim, as the call's."""
+        rows, reference_grads, shared, notes, seen = _ROWS.get()
+        if shared:
+            raise Unshared
+        token = _ROWS.set((n, reference_grads, 0, notes, seen))
+        try:
+            return self._dispatch(rule, op, func, args, kwargs)
+        finally:
+            _ROWS.reset(token)
+
+    def _dispatch(self, rule, op, func, args, kwargs):
         if type(rule).written_out is not Rule.written_out:  # NOTE: [Ops written out]
             written = rule.written_out(op)
             if written is not None:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from .rule_base import Rule
 from .rule_limits import held
 from . import written_norms
-from .written_out import attention, glu, layer_norm, rms_norm
+from .written_out import attention, baddbmm, glu, layer_norm, rms_norm
 from .written_recurrent import WRITTEN as _RECURRENT
 
 _UNSUPPORTED = (
@@ -49,7 +49,8 @@ class Unfused(Rule):
     In `lrp_rules` at that key only. ``F.scaled_dot_product_attention``: ``q @ k^T`` times the
     scale, the mask, softmax over the keys, ``@ v``. ``F.layer_norm`` and ``F.rms_norm``: the
     statistics as means of products, ``rsqrt``, the affine weights. ``F.glu`` (``nn.GLU``): ``a *
-    torch.sigmoid(b)`` of its halves (`lrp_rules` and `deep_lift_rules` map it here). The
+    torch.sigmoid(b)`` of its halves (`lrp_rules` and `deep_lift_rules` map it here). ``torch.baddbmm``
+    of two activations: ``alpha * torch.bmm(a, b) + beta * input`` (`deep_lift_rules`). The
     recurrent layers, ``torch.lstm`` and every op it stands for (``nn.LSTM``, ``nn.GRU``,
     ``nn.RNN`` and their cells): a loop over the time steps of ``F.linear``, sigmoid, tanh (or
     ReLU) and gate products (NOTE: [Recurrent layers written out] in written_recurrent.py;
@@ -61,7 +62,7 @@ class Unfused(Rule):
     Unfused(), F.layer_norm: Unfused(), F.softmax: ExactSoftmax()}`` a transformer conserves.
     """
 
-    kinds = frozenset({"fused_attention", "attention", "layer_norm", "rms_norm", "glu", "fused_recurrent"}) | frozenset(written_norms.WRITTEN)
+    kinds = frozenset({"fused_attention", "attention", "layer_norm", "rms_norm", "glu", "baddbmm", "fused_recurrent"}) | frozenset(written_norms.WRITTEN)
     shares_reference = True  # pairs no rows: the ops written out have rules of their own
 
     def written_out(self, op):
@@ -214,4 +215,4 @@ def _weights(q, k, mask, bsz: int, num_heads: int, average: bool) -> torch.Tenso
 
 
 _WRITTEN_OUT = {"fused_attention": multi_head_attention, "attention": attention, "layer_norm": layer_norm, "rms_norm": rms_norm,
-                "glu": glu}
+                "glu": glu, "baddbmm": baddbmm}

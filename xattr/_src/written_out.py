@@ -95,3 +95,13 @@ def glu(input, dim=-1):
     activations, then ruled as one: NOTE: [Products of two activations] in ops.py)."""
     a, b = input.chunk(2, dim)
     return a * torch.sigmoid(b)
+
+
+def baddbmm(input, batch1, batch2, *, beta=1, alpha=1, out=None):
+    """``torch.baddbmm`` written out: ``alpha * (batch1 @ batch2)``, a product of two activations
+    (NOTE: [Products of two activations] in ops.py), plus ``beta * input``; ``beta=0`` ignores
+    input, as torch does (a nan there does not propagate)."""
+    product = torch.bmm(batch1, batch2)
+    if alpha != 1:
+        product = product * alpha
+    return product if beta == 0 else product + (input if beta == 1 else input * beta)
