@@ -292,3 +292,25 @@ def test_baddbmm_of_two_activations_is_written_out():
     assert torch.allclose(attr, twin, rtol=0, atol=1e-12)
     # affine in one activation (k a parameter): not parsed, the ordinary gradient is exact there
     assert xattr._src.ops.PARSERS[torch.baddbmm](torch.baddbmm, bias, x, w.expand(3, 4, 4)) is None
+
+
+def test_a_shared_reference_stops_once_per_attribution_function():
+    """Against one shared reference row the first call stops at the merged MLP and runs 2B rows;
+    the same attribution function then runs 2B rows at once, and so does its layer variant."""
+    merged, _ = _twins(4, 3)
+    x = torch.randn(3, 5, 4, dtype=torch.float64)
+    rows: list = []
+
+    def spied(t):
+        rows.append(t.shape[0])
+        return merged(t)
+
+    attribute = xattr.deep_lift(spied, mapping=EXACT)
+    first = attribute(x)
+    assert rows == [4, 6]
+    assert torch.equal(attribute(x), first) and rows == [4, 6, 6]
+    layer = xattr.layer_deep_lift(xattr.at_layer(spied, merged.embed), mapping=EXACT)
+    rows.clear()
+    layer(x)
+    layer(x)
+    assert rows == [4, 6, 6]

@@ -27,9 +27,9 @@ from .deeplift_rules import Rescale
 from .deeplift_softmax import ExactSoftmax
 from .gradients import attribution_fn, is_multi_output, vjp_rows
 from .layers import Split, layer_vjp_rows
+from .merged_rows import unshared_if_merged
 from .methods import _gap
 from .rule_limits import differentiable_rules
-from .merged_rows import Unshared
 from .row_layout import rows_dim, rows_scope, unambiguous
 from .rule_table import merged
 from .rules import rules
@@ -66,12 +66,8 @@ def deep_lift_rules(eps: float = 1e-10) -> dict:
 def _multipliers(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: int, chunk_size, *, shared: bool = False):
     """`_pair_calls`, shared where it can be: a model that merges the rows with another dim runs
     unshared (NOTE: [Rows merged with another dim] in merged_rows.py)."""
-    if shared:
-        try:
-            return _pair_calls(ruled, args, nums, base_rows, copies, chunk_size, shared=True)
-        except Unshared:
-            pass
-    return _pair_calls(ruled, args, nums, base_rows, copies, chunk_size)
+    run = lambda shared: _pair_calls(ruled, args, nums, base_rows, copies, chunk_size, shared=shared)  # noqa: E731
+    return unshared_if_merged(run, ruled, shared)
 
 
 def _pair_calls(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: int, chunk_size, *, shared: bool = False):
@@ -310,12 +306,7 @@ def _split_with(split: Split, mapping: Mapping, root=None) -> Split:
 
 def _layer_pairs(split: Split, args: tuple, nums: tuple, base_rows, copies: int, *, shared: bool = False):
     """`_layer_pair_calls`, shared where it can be (as `_multipliers`)."""
-    if shared:
-        try:
-            return _layer_pair_calls(split, args, nums, base_rows, copies, shared=True)
-        except Unshared:
-            pass
-    return _layer_pair_calls(split, args, nums, base_rows, copies)
+    return unshared_if_merged(lambda shared: _layer_pair_calls(split, args, nums, base_rows, copies, shared=shared), split.model, shared)
 
 
 def _layer_pair_calls(split: Split, args: tuple, nums: tuple, base_rows, copies: int, *, shared: bool = False):

@@ -26,7 +26,8 @@ noted both ways is read as neither (its ops keep their ordinary gradient, as bef
 With a shared reference row (NOTE: [Shared reference]) a merged tensor is ``B * m`` input rows
 then ``m`` reference rows, which the rules' broadcasting does not pair: the call stops
 (`Unshared`, a ``BaseException`` like ``row_layout.Ambiguous``) and DeepLift runs it again with
-2B rows.
+2B rows; the ruled model remembers it (`unshared_if_merged`), so its later calls run 2B rows at
+once.
 
 What stays unseen: tensors of a noted size that were not made from the rows by a watched op
 (indexing, ``index_add_``: a mixture of experts' dispatch, whose experts see different tokens for
@@ -37,6 +38,7 @@ major merges keep their ordinary gradient (the delta shows it).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -54,6 +56,17 @@ WATCHED = _RESHAPES | _JOINS | _REPEATS | _INTERLEAVES
 
 class Unshared(BaseException):
     """A merged tensor in a call with shared reference rows (NOTE: [Rows merged with another dim])."""
+
+
+def unshared_if_merged(run: Callable[[bool], object], ruled, shared: bool):
+    """``run(shared)``; ``run(False)`` where a merged tensor stopped the shared call, and from then
+    on for this ruled model (``ruled.merges_rows``: its later calls skip the aborted one)."""
+    if shared and not ruled.merges_rows:
+        try:
+            return run(True)
+        except Unshared:
+            ruled.merges_rows = True
+    return run(False)
 
 
 def watched(merged: dict, rows: int, func, args: tuple, kwargs: dict):

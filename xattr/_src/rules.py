@@ -169,6 +169,7 @@ class Ruled:
         self.compiled = calls_compiled(f)  # NOTE: [Rules on compiled models]
         # around an attribution function: composition (NOTE: [Attributions inside a model's forward])
         self.composes = bool(getattr(f, "attribution_function", False))
+        self.merges_rows = False  # DeepLift runs it unshared (NOTE: [Rows merged with another dim] in merged_rows.py)
 
     def __call__(self, *args, **kwargs):
         if torch._C._functorch.maybe_current_level() is not None:
