@@ -314,3 +314,26 @@ def test_a_shared_reference_stops_once_per_attribution_function():
     layer(x)
     layer(x)
     assert rows == [4, 6, 6]
+
+
+@pytest.mark.parametrize("how", ["seq", "batch"])
+def test_a_merge_of_r_by_r_rows_is_read_after_a_retry(how):
+    """(R, R, D) merged: batch-first ``x.flatten(0, 1)`` or sequence-first ``x.transpose(0, 1)``
+    then flattened, at L == R (2 examples, a reference each: R = 4 = L). Size cannot tell them
+    apart, so the call runs again with more rows, as for a ruled op on (R, R, D): the batch-first
+    merge is then paired (exact), the interleaved one keeps its gradient (before the retry the
+    interleaved one was noted batch-major: wrong pairs)."""
+    torch.manual_seed(0)
+    up, down = nn.Linear(3, 5).double(), nn.Linear(5, 1).double()
+
+    def f(x, act):
+        h = x.flatten(0, 1) if how == "batch" else x.transpose(0, 1).reshape(-1, 3)
+        out = down(act(up(h))).view(x.shape[0], x.shape[1]) if how == "batch" else down(act(up(h))).view(x.shape[1], x.shape[0]).T
+        return out.sum(1)
+
+    x, base = torch.randn(2, 4, 3, dtype=torch.float64), torch.randn(2, 4, 3, dtype=torch.float64)
+    attr, delta = xattr.deep_lift(lambda t: f(t, torch.relu), baselines=base, return_delta=True)(x)
+    if how == "batch":
+        assert delta.abs().max() < 1e-12
+    else:
+        assert torch.allclose(attr, xattr.deep_lift(lambda t: f(t, _kept), baselines=base)(x), rtol=0, atol=1e-13)

@@ -42,6 +42,8 @@ from typing import Callable
 
 import torch
 
+from .row_layout import _ROWS, rows_dim
+
 BATCH, POSITION, BOTH = "batch", "position", "both"
 
 _RESHAPES = frozenset(
@@ -95,8 +97,13 @@ def note(merged: dict, size: int, layout: str) -> None:
 
 def _row_dims(merged: dict, rows: int, x: torch.Tensor) -> list:
     """x's dims (0 or 1) whose outermost factor is the paired rows: R of them, or a size noted
-    batch-major; dim 1 only where dim 0 is neither."""
+    batch-major; dim 1 only where dim 0 is neither. ``(R, R, ...)`` is read as `rows_dim` reads
+    it: a 3-d one stops the call to run it with more rows, as a ruled op on it would (its
+    permuted twin, sequence-first ``(L, R, D)`` at L == R, would otherwise be noted batch-major)."""
     held = [d for d in range(min(x.ndim, 2)) if x.shape[d] == rows or merged.get(x.shape[d]) == BATCH]
+    if len(held) == 2 and x.shape[0] == x.shape[1] == rows and _ROWS.get()[0] == rows:
+        d = rows_dim(x)  # (R, R, ...): read as the ruled ops read it (NOTE: [Rows in dim 0 or dim 1]; 3-d retries)
+        return [] if d is None else [d]
     return held[:1]
 
 
