@@ -22,6 +22,7 @@ from torch import nn
 import xattr
 from test_attribution_derivatives import check_grads
 from xattr.rule import deep_lift_rules
+from xattr.testing import check_batch_invariance
 
 D = torch.float64
 SPELLINGS = {  # reduce(h, dim) along one dim
@@ -193,10 +194,8 @@ def test_one_example_alone_equals_its_row_in_the_batch_and_under_vmap():
     f = _net("x.sort(dim).values", (3, 4), 2, 3)
     x, b = _weights((4, 5), 4), _weights((1, 5), 5)
     method = xattr.deep_lift(f, baselines=b)
-    batch = method(x)
-    alone = torch.cat([method(x[i : i + 1]) for i in range(4)])
-    torch.testing.assert_close(alone, batch, rtol=1e-13, atol=1e-15)
-    torch.testing.assert_close(torch.func.vmap(lambda r: method(r[None])[0])(x), batch, rtol=1e-13, atol=1e-15)
+    check_batch_invariance(method, x, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(torch.func.vmap(lambda r: method(r[None])[0])(x), method(x), rtol=1e-13, atol=1e-15)
 
 
 class _Net(nn.Module):
