@@ -37,6 +37,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+import xattr
 from xattr.testing.vision import models as _vision_models
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -131,6 +132,41 @@ def _build(model_name, config_name, kwargs, attn):
     return getattr(transformers, model_name)(config).eval().double()
 
 
+def text_inputs(model):
+    """The inputs of a text case: ids of a padded batch (the second example padded after 5
+    tokens), its mask, and the reference: the reference token at every unpadded position."""
+
+    def inputs():
+        ids = torch.randint(3, V, (B, L), generator=torch.Generator().manual_seed(1))
+        mask = torch.ones(B, L, dtype=torch.long)
+        mask[1, 5:] = 0
+        pad = model.config.pad_token_id if model.config.pad_token_id is not None else PAD
+        ids = ids.masked_fill(mask == 0, pad)
+        ref = ids.masked_fill(mask == 1, REF_TOKEN)
+        return ids, mask, ref
+
+    return inputs
+
+
+def deep_lift_gap(case, mapping, f, min_change: float) -> tuple:
+    """|delta| / |f(x) - f(b)| of DeepLift (layer DeepLift at the word embeddings for text, with
+    the mask f's second argument), the largest over the examples, and the attributions; every
+    example's change must exceed ``min_change``."""
+    kw = {} if mapping is None else {"mapping": mapping}
+    if case.kind == "text":
+        ids, mask, ref = case.inputs()
+        attr, delta = xattr.layer_deep_lift(xattr.at_layer(f, case.embedding), baselines=ref, return_delta=True, **kw)(ids, mask)
+        with torch.no_grad():
+            gap = f(ids, mask) - f(ref, mask)
+    else:
+        x, ref = case.inputs()
+        attr, delta = xattr.deep_lift(f, baselines=ref, return_delta=True, **kw)(x)
+        with torch.no_grad():
+            gap = f(x) - f(ref)
+    assert gap.abs().min() > min_change
+    return (delta.abs() / gap.abs()).max().item(), attr
+
+
 def _text_case(name, attn) -> Case:
     model_name, config_name, kwargs, _, head = _TEXT[name]
     model = _build(model_name, config_name, dict(kwargs, vocab_size=V), attn)
@@ -156,16 +192,7 @@ def _text_case(name, attn) -> Case:
         last = mask.sum(1) - 1
         return out.last_hidden_state[torch.arange(ids.shape[0]), last] @ w
 
-    def inputs():
-        ids = torch.randint(3, V, (B, L), generator=torch.Generator().manual_seed(1))
-        mask = torch.ones(B, L, dtype=torch.long)
-        mask[1, 5:] = 0
-        pad = model.config.pad_token_id if model.config.pad_token_id is not None else PAD
-        ids = ids.masked_fill(mask == 0, pad)
-        ref = ids.masked_fill(mask == 1, REF_TOKEN)
-        return ids, mask, ref
-
-    return Case(name, attn, model, "text", word, embeddings, f, inputs, head)
+    return Case(name, attn, model, "text", word, embeddings, f, text_inputs(model), head)
 
 
 def _path(model, module) -> str:

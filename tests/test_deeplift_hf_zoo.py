@@ -50,20 +50,7 @@ def _casts(key):
 
 def _relative_delta(case, mapping=EXACT, f=None):
     """|delta| / |f(x) - f(b)| per example, and the attributions."""
-    f = f or case.f
-    kw = {} if mapping is None else {"mapping": mapping}
-    if case.kind == "text":
-        ids, mask, ref = case.inputs()
-        attr, delta = xattr.layer_deep_lift(xattr.at_layer(f, case.embedding), baselines=ref, return_delta=True, **kw)(ids, mask)
-        with torch.no_grad():
-            gap = f(ids, mask) - f(ref, mask)
-    else:
-        x, ref = case.inputs()
-        attr, delta = xattr.deep_lift(f, baselines=ref, return_delta=True, **kw)(x)
-        with torch.no_grad():
-            gap = f(x) - f(ref)
-    assert gap.abs().min() > 1e-5
-    return (delta.abs() / gap.abs()).max().item(), attr
+    return hf_zoo.deep_lift_gap(case, mapping, f or case.f, 1e-5)
 
 
 CONSERVING = [k for k in hf_zoo.ZOO if _name(k) not in GAPS]

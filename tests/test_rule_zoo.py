@@ -46,8 +46,8 @@ pytestmark = pytest.mark.skipif(tv is None, reason="torchvision is not installed
 SIZE = 32
 
 
-def _calibrated(model: nn.Module) -> nn.Module:
-    """float64, batch norms' statistics from one random batch, eval mode."""
+def _calibrated(model: nn.Module, shape: tuple = (3, SIZE, SIZE)) -> nn.Module:
+    """float64, batch norms' statistics from one random batch of inputs of ``shape``, eval mode."""
     model = model.double()
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for bn in norms:
@@ -56,7 +56,7 @@ def _calibrated(model: nn.Module) -> nn.Module:
     if norms:
         model.train()
         with torch.no_grad():
-            model(random_tensor((8, 3, SIZE, SIZE), seed=99))
+            model(random_tensor((8, *shape), seed=99))
     return model.eval()
 
 

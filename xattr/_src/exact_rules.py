@@ -13,7 +13,8 @@ from .unfused import Unfused
 def exact_deep_lift_rules(eps: float = 1e-10) -> dict:
     """Rules to add to DeepLift's for summation-to-delta through attention and norms.
 
-    ``nn.MultiheadAttention``, ``F.scaled_dot_product_attention``, layer and RMS norm, vector
+    ``nn.MultiheadAttention``, ``F.scaled_dot_product_attention``, layer, RMS, group and
+    instance norm (``F.group_norm`` stands for both), vector
     norms (``torch.linalg.vector_norm``, ``torch.norm``, ``x.norm()``...), ``F.normalize`` and
     ``F.cosine_similarity`` run written out (`Unfused`: matmuls, softmax, means and sums of
     products, ``rsqrt``, ``sqrt``, quotients; NOTE: [Vector norms written out]), and softmax takes
@@ -27,4 +28,5 @@ def exact_deep_lift_rules(eps: float = 1e-10) -> dict:
     written = Unfused()
     return {F.multi_head_attention_forward: written, F.scaled_dot_product_attention: written,
             F.layer_norm: written, F.rms_norm: written, F.softmax: ExactSoftmax(eps),
-            torch.linalg.vector_norm: written, F.normalize: written, F.cosine_similarity: written}  # fmt: skip
+            torch.linalg.vector_norm: written, F.normalize: written, F.cosine_similarity: written,
+            F.group_norm: written}  # fmt: skip

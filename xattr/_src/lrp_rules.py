@@ -409,7 +409,7 @@ def _n_tensors(op) -> int:
         return op.options["equation"].partition("->")[0].count(",") + 1
     if op.kind in _TWO_TENSORS:  # a * b, a @ b, a / b (NOTE: [Products of two activations]), g(a, b) (pairwise.py)
         return 2
-    return 3 if op.kind in WEIGHTED | {"layer_norm", "baddbmm"} else 1 + len(op.options.get("bounds", ()))
+    return 3 if op.kind in WEIGHTED | {"layer_norm", "group_norm", "baddbmm"} else 1 + len(op.options.get("bounds", ()))
 
 
 _TWO_TENSORS = frozenset({"rms_norm", "product", "matmul", "quotient", "cosine_similarity"}) | pairwise.PAIRS

@@ -12,10 +12,15 @@ example ``i // L``), ``(L, R, D).reshape(-1, D)`` or ``torch.cat([h, h2])`` inte
 (position-major: row ``i`` is example ``i % R``), both ``(R * L, D)``.
 
 So while DeepLift's call runs, the mode watches the ops that make such tensors (`WATCHED`: the
-reshapes, concatenations and repeats) and notes, per size, how the rows sit in it (`note`): a
-reshape whose output dim starts where the input's rows start and is a multiple of R holds each
-example's rows together (for a C-order reshape the block of one example is then a whole number
-of that dim's rows), a repeat-interleave too; a concatenation or a repeat along the rows, or a
+reshapes, concatenations and repeats) of tensors computed from the attributed input (a table of
+parameters or constants has no rows, whatever its size: DeBERTa-v2 repeats its relative position
+keys, ``(H, 2k, d)``, to ``(R * H, 2k, d)``, and at H == R that repeat, read by size, noted the
+heads' merged size position-major and left its attention's products their ordinary gradient,
+2.4e-4 of the change; a per-example argument beside the input, an attention mask, is merged
+as the activations it masks are, and goes unwatched), and notes, per size, how the rows sit in
+it (`note`): a reshape whose output dim starts where the input's rows start and is a multiple of
+R holds each example's rows together (for a C-order reshape the block of one example is then a
+whole number of that dim's rows), a repeat-interleave too; a concatenation or a repeat along the rows, or a
 reshape that merges the rows into an outer dim, does not. A ruled op whose tensor has, in dim 0
 (or dim 1, past a dim 0 that is neither), a size noted batch-major and never otherwise, runs with
 that size as its paired rows (`merged_rows`): the first half of its N rows are the inputs'
@@ -42,6 +47,7 @@ from typing import Callable
 
 import torch
 
+from .dependence import differentiated
 from .row_layout import _ROWS, rows_dim
 
 BATCH, POSITION, BOTH = "batch", "position", "both"
@@ -97,10 +103,13 @@ def note(merged: dict, size: int, layout: str) -> None:
 
 def _row_dims(merged: dict, rows: int, x: torch.Tensor) -> list:
     """x's dims (0 or 1) whose outermost factor is the paired rows: R of them, or a size noted
-    batch-major; dim 1 only where dim 0 is neither. ``(R, R, ...)`` is read as `rows_dim` reads
-    it: a 3-d one stops the call to run it with more rows, as a ruled op on it would (its
-    permuted twin, sequence-first ``(L, R, D)`` at L == R, would otherwise be noted batch-major)."""
+    batch-major; dim 1 only where dim 0 is neither; none where x is not computed from the input.
+    ``(R, R, ...)`` is read as `rows_dim` reads it: a 3-d one stops the call to run it with more
+    rows, as a ruled op on it would (its permuted twin, sequence-first ``(L, R, D)`` at L == R,
+    would otherwise be noted batch-major)."""
     held = [d for d in range(min(x.ndim, 2)) if x.shape[d] == rows or merged.get(x.shape[d]) == BATCH]
+    if not held or not differentiated(x):  # not computed from the input: no rows, whatever its size
+        return []
     if len(held) == 2 and x.shape[0] == x.shape[1] == rows and _ROWS.get()[0] == rows:
         d = rows_dim(x)  # (R, R, ...): read as the ruled ops read it (NOTE: [Rows in dim 0 or dim 1]; 3-d retries)
         return [] if d is None else [d]

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import extrema, order_stats, pairwise, pointwise, pools, two_inputs, written_activations, written_norms
+from .written_out import norm_spellings
 from .written_recurrent import gated
 from .dependence import differentiated  # noqa: F401 (its home before dependence.py)
 from .pools import pool_with_indices  # noqa: F401 (its home before pools.py)
@@ -437,6 +438,8 @@ def _table() -> tuple[dict, dict]:
         add(f, "linear", _addmm)
     add(F.batch_norm, "batch_norm", _batch_norm)
     add(F.layer_norm, "layer_norm", _layer_norm)
+    for f, kind, parser in norm_spellings(Op):  # group and instance norms (NOTE: [Attention and norms written out])
+        add(f, kind, parser)
     for f in (F.rms_norm, getattr(torch, "rms_norm", None)):  # torch.rms_norm: not in every torch >= 2.4
         if f is not None:
             add(f, "rms_norm", _rms_norm)

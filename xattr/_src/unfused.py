@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from .rule_base import Rule
 from .rule_limits import held
 from . import written_norms
-from .written_out import attention, baddbmm, glu, layer_norm, rms_norm
+from .written_out import attention, baddbmm, glu, group_norm, layer_norm, rms_norm
 from .written_recurrent import WRITTEN as _RECURRENT
 
 _UNSUPPORTED = (
@@ -37,6 +37,8 @@ _UNSUPPORTED = (
     "leave F.multi_head_attention_forward out of the mapping to give the call its ordinary gradient (under LRP "
     "relevance is then not conserved through it)."
 )
+
+_FROM_OP = {**written_norms.WRITTEN, "group_norm": group_norm}  # written out from the parsed call's tensors and options
 
 
 class Unfused(Rule):
@@ -48,8 +50,10 @@ class Unfused(Rule):
     projection ``F.linear``; returned attention weights (``need_weights=True``) are held constant.
     In `lrp_rules` at that key only. ``F.scaled_dot_product_attention``: ``q @ k^T`` times the
     scale, the mask, softmax over the keys, ``@ v``. ``F.layer_norm`` and ``F.rms_norm``: the
-    statistics as means of products, ``rsqrt``, the affine weights. ``F.glu`` (``nn.GLU``): ``a *
-    torch.sigmoid(b)`` of its halves (`lrp_rules` and `deep_lift_rules` map it here). ``torch.baddbmm``
+    statistics as means of products, ``rsqrt``, the affine weights; ``F.group_norm`` and
+    ``F.instance_norm`` (``nn.GroupNorm``, ``nn.InstanceNorm*`` with the instance's statistics)
+    the same over each group of channels (`exact_deep_lift_rules` maps them here). ``F.glu``
+    (``nn.GLU``): ``a * torch.sigmoid(b)`` of its halves (`lrp_rules` and `deep_lift_rules` map it here). ``torch.baddbmm``
     of two activations: ``alpha * torch.bmm(a, b) + beta * input`` (`deep_lift_rules`). The
     recurrent layers, ``torch.lstm`` and every op it stands for (``nn.LSTM``, ``nn.GRU``,
     ``nn.RNN`` and their cells): a loop over the time steps of ``F.linear``, sigmoid, tanh (or
@@ -62,13 +66,13 @@ class Unfused(Rule):
     Unfused(), F.layer_norm: Unfused(), F.softmax: ExactSoftmax()}`` a transformer conserves.
     """
 
-    kinds = frozenset({"fused_attention", "attention", "layer_norm", "rms_norm", "glu", "baddbmm", "fused_recurrent"}) | frozenset(written_norms.WRITTEN)
+    kinds = frozenset({"fused_attention", "attention", "layer_norm", "rms_norm", "glu", "baddbmm", "fused_recurrent"}) | frozenset(_FROM_OP)
     shares_reference = True  # pairs no rows: the ops written out have rules of their own
 
     def written_out(self, op):
         """The function computing ``op``'s call with ops the rules see (same arguments)."""
-        if op.kind in written_norms.WRITTEN:  # from the parsed call: its spellings' signatures differ
-            return lambda *args, **kwargs: written_norms.WRITTEN[op.kind](*op.tensors, **op.options)
+        if op.kind in _FROM_OP:  # from the parsed call: its spellings' signatures differ
+            return lambda *args, **kwargs: _FROM_OP[op.kind](*op.tensors, **op.options)
         return _RECURRENT[op.func] if op.kind == "fused_recurrent" else _WRITTEN_OUT[op.kind]
 
     def backward(self, op, saved, grad):  # never reached: the written-out ops carry the rules

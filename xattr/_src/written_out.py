@@ -10,6 +10,8 @@ op of its own kind that the mapping rules:
     attention:  s = (q @ k^T) * scale (+ mask),  a = softmax(s, -1),  out = a @ v
     layer norm: c = x - mean(x),  var = mean(c * c),  out = c * rsqrt(var + eps) * w + b
     RMS norm:   out = x * rsqrt(mean(x * x) + eps) * w
+    group norm: layer norm's steps over each group of channels (and the dims after them), then
+                the per-channel w and b; an instance norm is a group norm of one channel each
 
 (means over the normalised dims, the variance biased, as torch's). Under DeepLift the products
 of two activations take `Product`, the softmax `ExactSoftmax` and rsqrt `Rescale`, each exact,
@@ -28,6 +30,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -79,6 +82,44 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
     out = x * torch.rsqrt((x * x).mean(dims, keepdim=True) + eps)
     out = out if weight is None else out * weight
     return out.to(input.dtype)
+
+
+def group_norm(input, weight, bias, *, groups: int, eps: float):
+    """``F.group_norm`` (and ``F.instance_norm`` with the instance's statistics: ``groups`` the
+    channels) written out from the parsed call (NOTE: [Attention and norms written out])."""
+    x = _upcast(input)
+    grouped = x.reshape(x.shape[0], groups, -1)
+    centred = grouped - grouped.mean(-1, keepdim=True)
+    out = (centred * torch.rsqrt((centred * centred).mean(-1, keepdim=True) + eps)).reshape(x.shape)
+    per_channel = (-1,) + (1,) * (x.ndim - 2)
+    return (out * weight.reshape(per_channel) + bias.reshape(per_channel)).to(input.dtype)
+
+
+def norm_spellings(Op) -> list:
+    """(torch function, kind, parser) of the group and instance norms: kind ``group_norm``,
+    tensors (input, weight, bias: ones and zeros where missing), options ``groups`` and ``eps``.
+    An instance norm that keeps running statistics is not parsed: with them it is affine, and
+    while it updates them (training) the written-out call would not."""
+
+    def parsed(func, call, input, groups, weight, bias, eps):
+        c = input.shape[1]
+        w = torch.ones(c, dtype=input.dtype, device=input.device) if weight is None else weight
+        b = torch.zeros(c, dtype=input.dtype, device=input.device) if bias is None else bias
+        given = lambda t, original: None if original is None else t  # noqa: E731 (torch's own kernel: the same rounding)
+        fn = lambda x, w, b: call(x, given(w, weight), given(b, bias))  # noqa: E731
+        return Op("group_norm", fn, (input, w, b), {"groups": groups, "eps": eps}, func, False)
+
+    def group(func, input, num_groups, weight=None, bias=None, eps=1e-5):
+        return parsed(func, lambda x, w, b: F.group_norm(x, num_groups, w, b, eps), input, num_groups, weight, bias, eps)
+
+    def instance(func, input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True, momentum=0.1,
+                 eps=1e-5):
+        if not use_input_stats or running_mean is not None or running_var is not None or input.ndim < 3:
+            return None
+        call = lambda x, w, b: F.instance_norm(x, None, None, w, b, True, momentum, eps)  # noqa: E731
+        return parsed(func, call, input, input.shape[1], weight, bias, eps)
+
+    return [(F.group_norm, "group_norm", group), (F.instance_norm, "group_norm", instance)]
 
 
 def _dims(normalized_shape) -> tuple:
