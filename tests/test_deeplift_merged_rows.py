@@ -41,6 +41,16 @@ def _batch_major(ids: torch.Tensor, dim: int, rows: int) -> bool:
     return torch.equal(ids, (torch.arange(n, dtype=torch.float64) // (n // rows)).view(view).expand(ids.shape))
 
 
+def _in_blocks(ids: torch.Tensor, dim: int, rows: int) -> bool:
+    """Whether the example ids along ``dim`` run 0,1,..,R-1,0,1,.. (k blocks of the rows)."""
+    n = ids.shape[dim]
+    if n % rows:
+        return False
+    view = [1] * ids.ndim
+    view[dim] = n
+    return torch.equal(ids, (torch.arange(n, dtype=torch.float64) % rows).view(view).expand(ids.shape))
+
+
 def _noted(func, args, rows: int, kwargs=None) -> tuple:
     merged: dict = {}
     out = M.watched(merged, rows, func, args, kwargs or {})
@@ -78,6 +88,8 @@ def test_a_reshape_notes_batch_major_exactly_where_the_ids_say_so(case):
     for j, n in enumerate(out.shape):
         if merged.get(n) == M.BATCH:
             assert any(_batch_major(out, k, rows) for k, m in enumerate(out.shape) if m == n)
+        if merged.get(n) == M.POSITION:
+            assert any(_in_blocks(out, k, rows) for k, m in enumerate(out.shape) if m == n)
         if j < 2 and n > rows and n % rows == 0 and at == 0 and math.prod(out.shape[:j]) == 1:
             assert merged.get(n) == M.BATCH and _batch_major(out, j, rows)
     if at == 1 and shape[0] > 1 and target[0] == shape[0] * rows:  # (L, R, ...) -> (L * R, ...): interleaved
@@ -87,7 +99,7 @@ def test_a_reshape_notes_batch_major_exactly_where_the_ids_say_so(case):
 @pytest.mark.parametrize(
     "name, make, layout",
     [
-        ("cat along the rows", lambda x: torch.cat([x, x * 2]), M.POSITION),
+        ("cat along the rows", lambda x: torch.cat([x, x + 0]), M.POSITION),
         ("repeat along the rows", lambda x: x.repeat(2, 1, 1), M.POSITION),
         ("tile", lambda x: torch.tile(x, (3, 1, 1)), M.POSITION),
         ("repeat_interleave", lambda x: x.repeat_interleave(2, dim=0), M.BATCH),
@@ -112,6 +124,7 @@ def test_watched_ops_note_the_layout_the_ids_show(name, make, layout):
     sizes = [n for n in out.shape[:1] if n > rows and n % rows == 0]
     assert sizes and merged.get(sizes[0]) == layout
     assert _batch_major(out, 0, rows) == (layout == M.BATCH)
+    assert _in_blocks(out, 0, rows) == (layout == M.POSITION)
 
 
 def test_a_size_made_both_ways_is_neither():
@@ -128,7 +141,7 @@ def test_an_op_with_rows_in_dim_0_is_not_read_by_a_parameter_of_a_merged_size():
     off while its norms' weights, 64 wide, were taken for 64 merged rows)."""
     merged = {64: M.BATCH}
     assert M.merged_rows(merged, 4, (torch.zeros(4, 64, 64), torch.zeros(64), torch.zeros(64))) is None
-    assert M.merged_rows(merged, 4, (torch.zeros(64, 16), torch.zeros(16))) == 64
+    assert M.merged_rows(merged, 4, (torch.zeros(64, 16), torch.zeros(16))) == (M.BATCH, 64)
 
 
 # --- DeepLift on models that merge the rows ----------------------------------------------------
@@ -280,29 +293,52 @@ def _kept(h):
 
 
 class Interleaved(nn.Module):
-    """A token-wise MLP on rows merged position-major: ``(L, B, D) -> (L * B, D)`` (``seq``), or
-    the batch stacked twice, ``cat([x, -x])`` (a siamese pair)."""
+    """A token-wise MLP on the examples interleaved with another dim: ``(L, B, D) -> (L * B, D)``
+    (``seq``: L blocks of the rows), the batch joined to its negation, ``cat([x, -x])`` (``cat``:
+    a siamese pair, two blocks), the same then merged with the tokens, ``(2 * B * L, D)``
+    (``cat+flatten``: two blocks, each example's tokens together in each), or ``merge=False``:
+    the same function on batch-first tensors."""
 
-    def __init__(self, d: int, how: str, act):
+    def __init__(self, d: int, how: str, act=torch.relu, merge: bool = True):
         super().__init__()
-        self.up, self.down, self.how, self.act = nn.Linear(d, 2 * d), nn.Linear(2 * d, 1), how, act
+        self.up, self.down, self.how, self.act, self.merge = nn.Linear(d, 2 * d), nn.Linear(2 * d, 1), how, act, merge
+
+    def mlp(self, h):
+        return self.down(self.act(self.up(h)))
 
     def forward(self, x):
         b, length, d = x.shape
+        if not self.merge:
+            return self.mlp(x).sum((1, 2)) + (self.mlp(-x).sum((1, 2)) if self.how != "seq" else 0)
         if self.how == "seq":
-            h = x.transpose(0, 1).reshape(-1, d)
-            return self.down(self.act(self.up(h))).view(length, b).sum(0)
-        h = torch.cat([x, -x]).reshape(-1, d)  # the cat's 2B rows, then merged with L: (2B * L, D)
-        return self.down(self.act(self.up(h))).view(2, b, length).sum((0, 2))
+            return self.mlp(x.transpose(0, 1).reshape(-1, d)).view(length, b).sum(0)
+        if self.how == "cat":
+            return self.mlp(torch.cat([x, -x])).view(2, b, length).sum((0, 2))
+        return self.mlp(torch.cat([x, -x]).reshape(-1, d)).view(2, b, length).sum((0, 2))
+
+
+def _interleaved(how, act=torch.relu, merge=True):
+    torch.manual_seed(0)
+    return Interleaved(4, how, act, merge).double()
 
 
 @pytest.mark.parametrize("how", ["seq", "cat"])
-def test_interleaved_rows_keep_the_ordinary_gradient(how):
-    """Rows merged position-major are not paired (the first half of them is not the inputs'): the
-    ReLU there keeps its ordinary gradient, as one no rule parses does, for any reference."""
-    torch.manual_seed(0)
-    ruled, kept = Interleaved(4, how, torch.relu).double(), Interleaved(4, how, _kept).double()
-    kept.load_state_dict(ruled.state_dict())
+def test_rows_in_blocks_pair_on_their_views(how):
+    """k blocks of the R rows (a sequence-first merge, two batches joined) pair on their (k, R,
+    ...) views (NOTE: [Interleaved rows]): exact, and the batch-first twin's numbers, with a
+    shared reference and with one per example (before, their ReLUs kept the gradient)."""
+    ruled, twin = _interleaved(how), _interleaved(how, merge=False)
+    x = torch.randn(3, 5, 4, dtype=torch.float64)
+    for base in (0.0, torch.randn(3, 5, 4, dtype=torch.float64)):
+        attr, delta = xattr.deep_lift(ruled, baselines=base, return_delta=True)(x)
+        assert delta.abs().max() < 1e-12 * _gap(ruled, x, base).abs().min()
+        assert torch.allclose(attr, xattr.deep_lift(twin, baselines=base)(x), rtol=0, atol=1e-12)
+
+
+def test_blocks_merged_again_keep_the_ordinary_gradient():
+    """Two blocks of rows, each then merged with its tokens: (2, R, L) in one dim, neither layout
+    the rules pair. The ReLU there keeps its ordinary gradient, as one no rule parses does."""
+    ruled, kept = _interleaved("cat+flatten"), _interleaved("cat+flatten", _kept)
     x = torch.randn(3, 5, 4, dtype=torch.float64)
     for base in (0.0, torch.randn(3, 5, 4, dtype=torch.float64)):
         a = xattr.deep_lift(ruled, baselines=base)(x)
@@ -356,20 +392,46 @@ def test_a_shared_reference_stops_once_per_attribution_function():
 def test_a_merge_of_r_by_r_rows_is_read_after_a_retry(how):
     """(R, R, D) merged: batch-first ``x.flatten(0, 1)`` or sequence-first ``x.transpose(0, 1)``
     then flattened, at L == R (2 examples, a reference each: R = 4 = L). Size cannot tell them
-    apart, so the call runs again with more rows, as for a ruled op on (R, R, D): the batch-first
-    merge is then paired (exact), the interleaved one keeps its gradient (before the retry the
-    interleaved one was noted batch-major: wrong pairs)."""
+    apart, so the call runs again with more rows, as for a ruled op on (R, R, D): then both pair,
+    batch-major and in blocks, and are exact (before the retry the sequence-first merge was noted
+    batch-major: wrong pairs, 0.06 off; the batch-first twin is the same function)."""
     torch.manual_seed(0)
     up, down = nn.Linear(3, 5).double(), nn.Linear(5, 1).double()
 
-    def f(x, act):
+    def f(x, merge=True):
+        if not merge:
+            return down(torch.relu(up(x))).sum((1, 2))
         h = x.flatten(0, 1) if how == "batch" else x.transpose(0, 1).reshape(-1, 3)
-        out = down(act(up(h))).view(x.shape[0], x.shape[1]) if how == "batch" else down(act(up(h))).view(x.shape[1], x.shape[0]).T
+        out = down(torch.relu(up(h))).view(x.shape[0], x.shape[1]) if how == "batch" else down(torch.relu(up(h))).view(x.shape[1], x.shape[0]).T
         return out.sum(1)
 
     x, base = torch.randn(2, 4, 3, dtype=torch.float64), torch.randn(2, 4, 3, dtype=torch.float64)
-    attr, delta = xattr.deep_lift(lambda t: f(t, torch.relu), baselines=base, return_delta=True)(x)
-    if how == "batch":
-        assert delta.abs().max() < 1e-12
-    else:
-        assert torch.allclose(attr, xattr.deep_lift(lambda t: f(t, _kept), baselines=base)(x), rtol=0, atol=1e-13)
+    attr, delta = xattr.deep_lift(f, baselines=base, return_delta=True)(x)
+    assert delta.abs().max() < 1e-12
+    assert torch.allclose(attr, xattr.deep_lift(lambda t: f(t, False), baselines=base)(x), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+def test_blocks_through_bmm_softmax_and_an_in_place_relu(per_example):
+    """Sequence-first blocks ``(L * R, 2, 3)``: ``torch.bmm`` of two activations, softmax along a
+    non-negative dim (shifted on the view) and ``relu_`` (written into the merged tensor) pair on
+    their views: exact, and the batch-first twin's numbers."""
+    torch.manual_seed(0)
+    up = nn.Linear(4, 6).double()
+
+    def f(x, merge=True):
+        b, length, _ = x.shape
+        h = up(x)
+        if merge:
+            q = h.transpose(0, 1).reshape(length * b, 2, 3)
+            s = torch.bmm(q, q.transpose(1, 2)).softmax(1)
+            return s.clone().relu_().mul(s).view(length, b, 4).sum((0, 2)) + torch.tanh(q).view(length, b, 6).sum((0, 2))
+        q = h.view(b, length, 2, 3)
+        s = (q @ q.transpose(-2, -1)).softmax(2)
+        return s.clone().relu_().mul(s).flatten(2).sum((1, 2)) + torch.tanh(q).flatten(1).sum(1)
+
+    x = torch.randn(3, 5, 4, dtype=torch.float64)
+    base = torch.randn(3, 5, 4, dtype=torch.float64) if per_example else 0.0
+    attr, delta = xattr.deep_lift(f, baselines=base, mapping=EXACT, return_delta=True)(x)
+    assert delta.abs().max() < 1e-12 * _gap(f, x, base).abs().min()
+    assert torch.allclose(attr, xattr.deep_lift(lambda t: f(t, False), baselines=base, mapping=EXACT)(x), rtol=0, atol=1e-12)

@@ -20,13 +20,16 @@ heads' merged size position-major and left its attention's products their ordina
 as the activations it masks are, and goes unwatched), and notes, per size, how the rows sit in
 it (`note`): a reshape whose output dim starts where the input's rows start and is a multiple of
 R holds each example's rows together (for a C-order reshape the block of one example is then a
-whole number of that dim's rows), a repeat-interleave too; a concatenation or a repeat along the rows, or a
-reshape that merges the rows into an outer dim, does not. A ruled op whose tensor has, in dim 0
-(or dim 1, past a dim 0 that is neither), a size noted batch-major and never otherwise, runs with
+whole number of that dim's rows), a repeat-interleave by one count too (BATCH); a concatenation of
+batches or a repeat along the rows, or a reshape of the rows into an outer dim that ends where
+the rows end (a sequence-first merge), holds k whole blocks of the R rows (POSITION: paired on
+views, NOTE: [Interleaved rows] in interleaved_rows.py); any other interleaving (blocks merged
+again with the tokens, per-row repeat counts) holds neither (BOTH). A ruled op whose tensor has,
+in dim 0 (or dim 1, past a dim 0 that is neither), a size noted batch-major and never otherwise, runs with
 that size as its paired rows (`merged_rows`): the first half of its N rows are the inputs'
 (examples 1..B, each's rows together) and the second half the references', row ``j`` pairing
 with ``j + N / 2`` exactly as example ``b`` with ``b + B``, so every rule works unchanged. A size
-noted both ways is read as neither (its ops keep their ordinary gradient, as before).
+noted two ways is read as neither (its ops keep their ordinary gradient, as before).
 
 With a shared reference row (NOTE: [Shared reference]) a merged tensor is ``B * m`` input rows
 then ``m`` reference rows, which the rules' broadcasting does not pair: the call stops
@@ -36,8 +39,8 @@ once.
 
 What stays unseen: tensors of a noted size that were not made from the rows by a watched op
 (indexing, ``index_add_``: a mixture of experts' dispatch, whose experts see different tokens for
-an example and its reference) are read by their size, as parameters with R rows are; position-
-major merges keep their ordinary gradient (the delta shows it).
+an example and its reference) are read by their size, as parameters with R rows are;
+interleavings other than whole blocks keep their ordinary gradient (the delta shows it).
 """
 
 from __future__ import annotations
@@ -128,8 +131,10 @@ def _reshaped(merged: dict, rows: int, x: torch.Tensor, out: torch.Tensor) -> No
             if outer == start and _merged(n, rows):  # begins where the rows begin: each example's rows together
                 note(merged, n, BATCH)
                 return
-            if outer < start < outer * n and _merged(n, rows):  # the rows inside an outer dim: interleaved
-                note(merged, n, POSITION)
+            if outer < start < outer * n and _merged(n, rows):  # the rows inside an outer dim: interleaved,
+                # as k blocks of R rows where the dim ends where the rows end (a sequence-first merge)
+                blocks = x.shape[d] == rows and outer * n == start * rows
+                note(merged, n, POSITION if blocks else BOTH)
                 return
             outer *= n
 
@@ -138,15 +143,19 @@ def _joined(merged: dict, rows: int, tensors, dim, out: torch.Tensor) -> None:
     if not isinstance(dim, int) or not isinstance(tensors, (list, tuple)):
         return
     d = dim % out.ndim
-    if d < 2 and _merged(out.shape[d], rows) and any(isinstance(t, torch.Tensor) and t.ndim == out.ndim and d in _row_dims(merged, rows, t) for t in tensors):
-        note(merged, out.shape[d], POSITION)
+    parts = [t for t in tensors if isinstance(t, torch.Tensor) and t.ndim == out.ndim]
+    if d > 1 or not _merged(out.shape[d], rows) or not any(d in _row_dims(merged, rows, t) for t in parts):
+        return
+    # blocks of R rows one after another where every part is such blocks (batches joined), else neither
+    blocks = all(differentiated(t) and (t.shape[d] == rows or merged.get(t.shape[d]) == POSITION) for t in parts)
+    note(merged, out.shape[d], POSITION if blocks else BOTH)
 
 
 def _repeated(merged: dict, rows: int, x: torch.Tensor, out: torch.Tensor) -> None:
     for d in _row_dims(merged, rows, x):
         j = d + out.ndim - x.ndim  # a repeat may add leading dims
-        if out.shape[j] != x.shape[d] and _merged(out.shape[j], rows):
-            note(merged, out.shape[j], POSITION)
+        if out.shape[j] != x.shape[d] and _merged(out.shape[j], rows):  # blocks of R rows, or of merged ones
+            note(merged, out.shape[j], POSITION if x.shape[d] == rows else BOTH)
 
 
 def _interleaved(merged: dict, rows: int, x: torch.Tensor, out: torch.Tensor, dim, repeats) -> None:
@@ -157,24 +166,26 @@ def _interleaved(merged: dict, rows: int, x: torch.Tensor, out: torch.Tensor, di
         d = dim % x.ndim
         held = d in _row_dims(merged, rows, x)
     if held and _merged(out.shape[d], rows):
-        note(merged, out.shape[d], BATCH if isinstance(repeats, int) else POSITION)
+        note(merged, out.shape[d], BATCH if isinstance(repeats, int) else BOTH)  # per-row counts: no layout
 
 
-def merged_rows(merged: dict, rows: int, tensors: tuple) -> int | None:
-    """The rows of an op's call when its tensors hold the paired rows merged batch-major with
-    another dim: the size noted for them (dim 0, or dim 1 past a dim 0 that holds no rows), or
-    None (a tensor holds R rows in dim 0, or in dim 1 past a dim 0 not noted, as the op's input
-    with its parameters does, or none holds a merged size)."""
+def merged_rows(merged: dict, rows: int, tensors: tuple) -> tuple | None:
+    """How an op's tensors hold the paired rows merged with another dim: ``(BATCH, n)``, n the
+    size noted batch-major (dim 0, or dim 1 past a dim 0 that holds no rows), the op's rows;
+    ``(POSITION, n)``, n = k * R rows in dim 0 as k blocks of R (NOTE: [Interleaved rows] in
+    interleaved_rows.py); or None (a tensor holds R rows in dim 0, or in dim 1 past a dim 0 not
+    noted, as the op's input with its parameters does, or none holds a size noted one way)."""
     found = None
     for t in tensors:
         if not isinstance(t, torch.Tensor) or not t.ndim:
             continue
         if t.shape[0] == rows:
             return None
-        if merged.get(t.shape[0]) == BATCH:  # (R * L, R) too: made from the rows, not sequence-first
-            found = found or t.shape[0]
+        layout = merged.get(t.shape[0])
+        if layout in (BATCH, POSITION):  # (R * L, R) too: made from the rows, not sequence-first
+            found = found or (layout, t.shape[0])
         elif t.ndim > 1 and t.shape[1] == rows:
             return None
-        elif t.ndim > 1 and t.shape[0] not in merged and merged.get(t.shape[1]) == BATCH:
-            found = found or t.shape[1]
+        elif t.ndim > 1 and layout is None and merged.get(t.shape[1]) == BATCH:
+            found = found or (BATCH, t.shape[1])
     return found

@@ -61,7 +61,8 @@ from .checks import _modules
 from .dependence import remembering
 from .graph_hooks import hook_graph, node_number
 from .input_copies import INPUT_COPIES, MOVES, moved
-from .merged_rows import WATCHED, Unshared, merged_rows, watched
+from .interleaved_rows import viewed
+from .merged_rows import POSITION, WATCHED, Unshared, merged_rows, watched
 from .rule_apply import _as_hook, _as_output_hook, _hooked, _scaled, apply_rule
 from .rule_base import Rule
 from .rule_limits import calls_compiled, eager_compiled, first_order_only, refuse_jit
@@ -97,13 +98,21 @@ class _RulesMode(TorchFunctionMode):
             # only those around the call (``rules(attribution_fn)`` takes its own gradient inside it)
             first_order_only("a gradient through xattr.rules", allowed=1)  # NOTE: [Rule-based attributions are first-order]
         if self.merged:  # NOTE: [Rows merged with another dim]
-            n = merged_rows(self.merged, self.rows, op.tensors)
-            if n is not None:
-                return self._at_merged(n, rule, op, func, args, kwargs)
+            found = merged_rows(self.merged, self.rows, op.tensors)
+            if found is not None:
+                return self._at_merged(*found, rule, op, func, args, kwargs)
         return self._dispatch(rule, op, func, args, kwargs)
 
-    def _at_merged(self, n: int, rule, op, func, args, kwargs):
-        """`_dispatch` with the op's n rows, the paired rows merged with another dim, as the call's."""
+    def _at_merged(self, layout: str, n: int, rule, op, func, args, kwargs):
+        """`_dispatch` where the op's tensors hold the paired rows merged with another dim: n rows
+        batch-major, taken as the call's rows; or k blocks of R, ruled on their ``(k, R, ...)``
+        views (NOTE: [Interleaved rows] in interleaved_rows.py)."""
+        if layout == POSITION:
+            on = viewed(op, n, self.rows) if self._applied(rule, op) else None
+            if on is None:
+                return self._dispatch(rule, op, func, args, kwargs)
+            out = apply_rule(rule, on)
+            return args[0] if op.inplace else out.flatten(0, 1)
         rows, reference_grads, shared, notes, seen = _ROWS.get()
         if shared:
             raise Unshared
@@ -112,6 +121,14 @@ class _RulesMode(TorchFunctionMode):
             return self._dispatch(rule, op, func, args, kwargs)
         finally:
             _ROWS.reset(token)
+
+    @staticmethod
+    def _applied(rule, op) -> bool:
+        """Whether `_dispatch` runs ``op`` through `apply_rule` itself (not written out, rerouted
+        or hooked)."""
+        written = type(rule).written_out is not Rule.written_out and rule.written_out(op) is not None
+        rerouted = type(rule)._reroute is not Rule._reroute
+        return not (written or rerouted or _as_hook(rule, op) or _as_output_hook(rule, op))
 
     def _dispatch(self, rule, op, func, args, kwargs):
         if type(rule).written_out is not Rule.written_out:  # NOTE: [Ops written out]
