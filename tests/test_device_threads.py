@@ -262,3 +262,23 @@ def test_strict_refuses_a_read_of_xattrs_variables():
         Reads.apply(t).sum().backward()
     with device_threads(strict=True), pytest.raises(RuntimeError, match="read one of xattr's context variables"):
         Reads.apply(t).sum().backward()
+
+
+@pytest.mark.parametrize("how", ["batch-major", "blocks"])
+def test_deep_lift_on_merged_rows(how):
+    """Rows merged with another dim, batch-major (run with the merged size as the call's rows) and
+    in blocks (ruled on views), shared (the call stops and runs unshared) and paired, under grad:
+    the forward decides all of it, the backward reads no context."""
+    from test_deeplift_merged_rows import EXACT, _interleaved, _twins
+
+    model = _twins(4, 5)[0] if how == "batch-major" else _interleaved("seq")
+    x = _randn(3, 5, 4, seed=11)
+    runs = {"shared": lambda: xattr.deep_lift(model, mapping=EXACT, return_delta=True)(x),
+            "paired": lambda: xattr.deep_lift(model, baselines=_randn(3, 5, 4, seed=12), mapping=EXACT)(x),
+            "grad": lambda: grad(_squares(xattr.deep_lift(model, mapping=EXACT)))(x)}
+    for name, run in runs.items():
+        want = run()
+        with device_threads(strict=True) as count:
+            got = run()
+        assert count["callbacks"] > 0
+        _assert_same(got, want, f"{how} {name}")
