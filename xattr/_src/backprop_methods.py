@@ -351,7 +351,8 @@ def _check_layer_rows(h) -> None:
                 f"layer DeepLift: the layer's activation of shape {tuple(t.shape)} does not hold the call's rows "
                 "(inputs and references) in dim 0; attribute at a batch-first layer (a sequence-first layer's output is "
                 "(L, B, ...): attribute where the model is batch-first, or use batch_first=True; a layer on rows merged "
-                "with another dim, (B * L, ...), as OPT's MLP: attribute before the merge or after it is undone)"
+                "with another dim, (B * L, ...) as OPT's MLP, or joined with another batch, torch.cat([h1, h2]): attribute "
+                "before the merge or after it is undone)"
             )
 
 
