@@ -435,3 +435,41 @@ def test_blocks_through_bmm_softmax_and_an_in_place_relu(per_example):
     attr, delta = xattr.deep_lift(f, baselines=base, mapping=EXACT, return_delta=True)(x)
     assert delta.abs().max() < 1e-12 * _gap(f, x, base).abs().min()
     assert torch.allclose(attr, xattr.deep_lift(lambda t: f(t, False), baselines=base, mapping=EXACT)(x), rtol=0, atol=1e-12)
+
+
+class _CaptumMerged(nn.Module):
+    """A token-wise MLP whose ReLU is one ``nn.ReLU`` module (Captum's hooks see it), on the rows
+    merged batch-major (``batch``), sequence-first (``seq``) or two batches joined (``cat``)."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.up, self.act, self.down, self.how = nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2), how
+
+    def forward(self, x):
+        b, length, d = x.shape
+        if self.how == "batch":
+            return self.down(self.act(self.up(x.reshape(-1, d)))).view(b, length, 2).sum(1)
+        if self.how == "seq":
+            return self.down(self.act(self.up(x.transpose(0, 1).reshape(-1, d)))).view(length, b, 2).sum(0)
+        return self.down(self.act(self.up(torch.cat([x, -x])))).view(2, b, length, 2).sum((0, 2))
+
+
+@pytest.mark.parametrize("how", ["batch", "seq", "cat"])
+def test_captum_deep_lift_on_merged_rows(how):
+    """Captum pairs the two halves of a hooked module's input: right on batch-major rows, where
+    `xattr.compat.captum.DeepLift` gives its numbers; wrong on rows in blocks, whose halves are not
+    the inputs' and references' (its delta 0.42 and 1.0 of an output of about 1), where ours is
+    exact (documented: docs/migration_rules.md)."""
+    captum = pytest.importorskip("captum.attr")
+    from xattr.compat import captum as compat
+
+    torch.manual_seed(0)
+    model = _CaptumMerged(how).double()
+    x, base = torch.randn(3, 5, 4, dtype=torch.float64), torch.randn(3, 5, 4, dtype=torch.float64)
+    theirs, their_delta = captum.DeepLift(model).attribute(x, baselines=base, target=1, return_convergence_delta=True)
+    ours, delta = compat.DeepLift(model).attribute(x, baselines=base, target=1, return_convergence_delta=True)
+    assert delta.abs().max() < 1e-12
+    if how == "batch":
+        assert torch.allclose(ours, theirs, rtol=0, atol=1e-12)
+    else:
+        assert their_delta.abs().max() > 0.1
