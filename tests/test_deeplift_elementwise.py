@@ -10,7 +10,7 @@ example alone equals its row of a batch (per-example and shared references, unde
 derivative where ``|x - x_ref| < eps`` and where the secant is not finite (a reference off the
 domain); the closed-form derivatives against torch's gradient; DeepLift SHAP; what is not parsed
 keeps its gradient (a tensor exponent is parsed: test_deeplift_binary.py); LRP's default mapping
-leaves them alone. ``c / x`` and
+passes relevance through them (`Pass`; conservation: test_lrp_pointwise.py). ``c / x`` and
 ``c ** x``: test_deeplift_gaps.py.
 """
 
@@ -265,7 +265,8 @@ def test_not_parsed_keeps_the_gradient():
 
 def test_kind_keys_and_lrp():
     """Each function stands for its kind in a mapping (``torch.square`` and ``x ** p`` are kind
-    "pow"); LRP's default mapping leaves them their gradient (``torch.exp`` as ``e ** h``)."""
+    "pow"); LRP's default mapping gives each kind `Pass` (``torch.exp`` as ``e ** h``, a number
+    base, kind "rpow"; HEAD left them their gradient)."""
     assert {torch.square, torch.Tensor.pow_, torch.Tensor.__ipow__, torch.Tensor.__abs__} <= set(xattr._src.ops.KIND_OF)
     assert {"exp", "log", "pow", "abs", "sqrt"} <= xattr.rule.KINDS and "pow" in xattr.rule.ELEMENTWISE
     x = _randn(3, 4, seed=60)
@@ -275,8 +276,12 @@ def test_kind_keys_and_lrp():
     torch.testing.assert_close(squared, x)
     lin1, lin2 = nn.Linear(4, 5).double(), nn.Linear(5, 2).double()
     lrp_exp = xattr.lrp(xattr.target(lambda t: lin2(torch.exp(lin1(t))), 1))(x)
-    lrp_pow = xattr.lrp(xattr.target(lambda t: lin2(math.e ** lin1(t)), 1))(x)  # a number base: kind "rpow", unmapped
+    lrp_pow = xattr.lrp(xattr.target(lambda t: lin2(math.e ** lin1(t)), 1))(x)  # a number base: kind "rpow"
     torch.testing.assert_close(lrp_exp, lrp_pow, rtol=1e-10, atol=1e-12)
+    passing = {**xattr.rule.lrp_rules(), torch.exp: xattr.rule.Pass()}
+    torch.testing.assert_close(lrp_exp, xattr.lrp(xattr.target(lambda t: lin2(torch.exp(lin1(t))), 1), composite=passing)(x))
+    kinds = {xattr._src.ops.KIND_OF[k] for k, rule in xattr.rule.lrp_rules().items() if isinstance(rule, xattr.rule.Pass)}
+    assert xattr._src.pointwise.KINDS <= kinds
 
 
 def test_rule_paths_agree():

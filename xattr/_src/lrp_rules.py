@@ -10,8 +10,9 @@ receives R_z = z * g_z and passes back
 which is exactly R_x = x * g_x for the epsilon (rho = id), gamma (rho(w) = w + gamma w+) and
 alpha-beta rules. What needs no rule comes out right by itself: flatten and reshape carry R
 unchanged; sums (residual adds, average pooling) split R in proportion to their terms (LRP-0);
-a ReLU's ordinary derivative passes R_y to its input unchanged. Other elementwise activations
-take `Pass` (relevance unchanged, g_x = g_y * y / x). Attributions are ``x * g_x``, except along
+a ReLU's ordinary derivative passes R_y to its input unchanged. Other elementwise functions of
+one input take `Pass` (relevance unchanged, g_x = g_y * y / x: NOTE: [Elementwise functions pass
+relevance] in pointwise.py). Attributions are ``x * g_x``, except along
 an input-layer rule (`ZBox`, `WSquare`, `Flat`), which hands back the input's relevance itself
 (NOTE: [Input-layer relevance] in lrp_methods.py).
 """
@@ -23,7 +24,7 @@ import contextvars
 import torch
 import torch.nn.functional as F
 
-from . import ops, pairwise
+from . import ops, pairwise, pointwise
 from .deeplift_rules import checked_eps, floored, pool_with_indices, unpool
 from .attention_rules import FixedAttention, FixedStd
 from .gate_rules import FixedGate
@@ -438,8 +439,11 @@ def lrp_rules(eps: float = 1e-9) -> dict:
 
     Keys stand for kinds: ``torch.conv2d`` for every convolution, ``F.max_pool2d`` for every
     max-pool, ``F.avg_pool2d`` for average and adaptive average pools. Linear, conv, batch-norm,
-    average and max pooling: `Epsilon`; tanh, sigmoid, ELU, GELU, clamp and
-    the other elementwise activations: `Pass` (ReLU keeps its derivative, which is the same);
+    average and max pooling: `Epsilon`; tanh, sigmoid, ELU, GELU, clamp, the other elementwise
+    activations and every elementwise function of one input (exp, log, sqrt, abs, ``x ** p``,
+    ``c / x``, ``c ** x``, sin...: ``torch.exp``, ``torch.pow``... each key stands for its kind):
+    `Pass` (ReLU keeps its derivative, which is the same; NOTE: [Elementwise functions pass
+    relevance] in pointwise.py);
     layer norm and RMS norm: `FixedStd`; scaled-dot-product attention: `FixedAttention`;
     nn.MultiheadAttention: `Unfused` (its projections and attention then take those rules);
     products of two activations (squeeze-and-excitation gates, GLU): `FixedGate`, which holds the
@@ -455,6 +459,7 @@ def lrp_rules(eps: float = 1e-9) -> dict:
     mapping.update({fn: passing for fn in (F.elu, F.leaky_relu, torch.sigmoid, torch.tanh, F.softplus, F.gelu, F.silu,
                                                     F.hardswish, F.hardsigmoid, F.relu6, F.hardtanh, F.mish, F.selu,
                                                     F.celu, F.softsign, F.logsigmoid, F.threshold, torch.clamp)})
+    mapping.update(dict.fromkeys(pointwise.KEYS, passing))  # exp, log, x ** p...: NOTE: [Elementwise functions pass relevance]
     norm = FixedStd()
     mapping.update({F.layer_norm: norm, F.rms_norm: norm, F.scaled_dot_product_attention: FixedAttention()})
     gate = FixedGate()  # products of two activations (NOTE: [Products of two activations] in ops.py)

@@ -12,13 +12,33 @@ p a number (int or float, fractional or negative too) and ``torch.square(x)`` (p
 ``options["numerator"]``, and ``c ** x`` (``torch.pow(c, x)``) kind ``"rpow"`` with
 ``options["base"]``: torch's own names for them, ``Tensor.__rdiv__`` and ``Tensor.__rpow__``,
 are their keys. Each is ``y = phi(x)``, so the elementwise rules apply: DeepLift's Rescale (NOTE:
-[Rescale off the domain]) and, where a mapping keys them, LRP's `Pass` (LRP's default mapping
-does not: they keep their gradient there, as before). Not parsed, so keeping the ordinary
+[Rescale off the domain]) and LRP's `Pass` (NOTE: [Elementwise functions pass relevance],
+below). Not parsed, so keeping the ordinary
 gradient: a call with ``out=`` or ``rounding_mode=``, and a call on a tensor that is not floating
 point. A pow with tensors on both sides is kind ``"tensor_pow"`` (NOTE: [Elementwise functions of
 two inputs] in pairwise.py); ``t / x`` with t a float tensor not computed from the input is kind
 ``"rdiv"`` too, with that tensor as ``options["numerator"]`` (NOTE: [Quotients of two
 activations] in two_inputs.py).
+
+NOTE: [Elementwise functions pass relevance]
+In LRP's gradient form (NOTE: [LRP in gradient form] in lrp_rules.py) ``y = phi(x)`` with its
+ordinary derivative hands back ``R_x = x phi'(x) g_y`` where ``R_y = phi(x) g_y``: equal only
+where phi is homogeneous of degree 1 (ReLU, abs); elsewhere relevance is scaled by ``x phi'(x) /
+phi(x)``: by p at ``x ** p`` (Persimmon's squared ReLU doubled it), by -1 at ``c / x``, by x at
+exp. So `lrp_rules` maps every kind here to `Pass` (``R_x = R_y``), as it maps tanh and GELU: the
+usual LRP treatment of a neuron's activation function (Montavon et al. 2019). On a bias-free
+float64 MLP with one such function between two linear layers, ``sum(R)`` missed ``f(x)`` by 1.0
+(squared ReLU), 2.0 (``x ** 3``, ``1 / x``), 0.5 (sqrt), 0.64 (exp), 6.8 (cos) times it, and
+meets it to 1e-10 with `Pass` (tests/test_lrp_pointwise.py; bias-free Persimmon 0.24 -> 1e-11).
+Powers whose degrees multiply to 1 along a path (``sqrt(mean(x ** 2))``) give the same relevance
+either way. A norm written by hand (``x / sqrt(sum(x ** 2))``, ``x * rsqrt(mean(x ** 2) + eps)``)
+holds its divisor (`FixedGate`), so its pow and sqrt get no signal. A constant added in between
+is a bias: ``log(1 + exp(x))`` leaves its 1 a share (0.41 of ``f(x)`` on that MLP), where
+``log1p(exp(x))`` conserves, as ``F.softplus`` does. `Pass` divides by x: where x is exactly 0
+(``exp(0) = 1``) R_y is lost, as at sigmoid. The functions of two inputs (pairwise.py) keep their
+gradient: maximum, hypot and copysign are of degree 1 and conserve with it; atan2 (degree 0: all
+relevance lost), logaddexp, xlogy and ``a ** b`` have no standard split of R_y between two
+activations, and do not conserve.
 """
 
 from __future__ import annotations
