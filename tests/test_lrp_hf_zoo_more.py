@@ -14,11 +14,12 @@ features. Gap ``|sum(R) - f(x)| / |f(x)|``, the largest of the two examples.
   now passes relevance through it (`Pass`: 8e-12); with pow's gradient, the old default, 0.24
   (relevance doubled there);
 - Mamba, 7.2e-3: its selective scan's ``ssm_state @ C`` is a product of two activations as
-  ``@`` (kind ``matmul``, no rule in `lrp_rules`: each factor takes the whole product's
-  relevance; documented, `GAPS`). Spelled ``(ssm_state * C[:, None]).sum(-1)`` (C a broadcast
-  gate, held) it conserves to float32's rounding (1.3e-7; 1.5e-11 in float64 throughout), now that
-  ``exp(A * dt)`` passes relevance on (with exp's gradient, the old default: 9.7e-3; 2.6e-3 as
-  it is).
+  ``@`` (kind ``matmul``), which `lrp_rules` leaves its gradient (each factor takes the whole
+  product's relevance; the default, which hand-written attention with its softmax held needs).
+  With ``torch.matmul: FixedGate()`` added (the factors share it: NOTE: [Matrix products share
+  relevance]) it conserves to float32's rounding inside its scan (3e-7; 1.5e-11 in float64
+  throughout), and so does the scan spelled ``(ssm_state * C[:, None]).sum(-1)`` (C a broadcast
+  gate, held), now that ``exp(A * dt)`` passes relevance on.
 """
 
 from __future__ import annotations
@@ -108,6 +109,15 @@ def test_bias_free_image_models_conserve_once_their_learned_tokens_are_zero(key)
 def test_documented_gaps():
     measured = _gap(_bias_free("mamba:eager"))
     assert GAPS["mamba"] / 3 < measured < GAPS["mamba"] * 3
+
+
+def test_mamba_conserves_with_its_scan_products_shared():
+    """``torch.matmul: FixedGate()``: the scan's ``ssm_state @ C`` shares its relevance between its
+    factors (NOTE: [Matrix products share relevance]); float32's rounding inside the scan."""
+    composite = {**_composite(), torch.matmul: xattr.rule.FixedGate()}
+    case = _bias_free("mamba:eager")
+    assert _gap(case, composite=composite) < 1e-6
+    assert _gap(case, hf_zoo.in_float64(case.f), composite=composite) < 1e-9
 
 
 def test_persimmon_squared_relu_needs_pass_at_pow():

@@ -211,6 +211,8 @@ def _reference(name, spec, net, h, n):
         return _to_h(spec, h, [_fixed_std(spec, inner, x, g), None, None])
     if name == "FixedAttention":
         return _to_h(spec, h, _fixed_attention(spec, inner, *[t.detach() for t in operands], g))
+    if name == "FixedGate" and kind in ("matmul", "einsum"):  # the factors share evenly: 1/k of each one's gradient
+        return _to_h(spec, h, [d / len(operands) for d in torch.autograd.grad(loss, operands)])
     if name == "FixedGate":
         a, b = (t.detach() for t in operands)
         if spec.name.startswith("gated"):  # the first factor a recurrent layer's gate

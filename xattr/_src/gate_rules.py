@@ -20,7 +20,22 @@ biases, where LRP-0 should conserve exactly, ``sum(R) - f(x)`` was 1e3 to 1e15 t
 
 from __future__ import annotations
 
-from .rule_base import Rule, Saved
+from .rule_base import Rule, Saved, pullback
+
+# NOTE: [Matrix products share relevance]
+# ``z = a @ b`` (or an einsum) of activations is linear in each factor, so its ordinary gradient
+# hands each factor the whole relevance: ``sum(a * (g @ b.T)) = sum(b * (a.T @ g)) = sum(g * z)``,
+# counted twice (k times for k factors computed from the input; parameters among an einsum's
+# operands are no players). Scaled by 1/k the factors share it evenly and the sum conserves: the
+# uniform rule of AttnLRP (Achtibat et al. 2024), as `FixedGate` splits an elementwise product of
+# equal shapes. Mamba's selective scan (Hugging Face's slow path: ``ssm_state @ C`` per step)
+# misses conservation by 7.2e-3 of f(x) while its products keep their gradient (bias-free, float64
+# throughout), and conserves with ``{torch.matmul: FixedGate()}`` added to `lrp_rules`
+# (tests/test_lrp_matmul.py, tests/test_lrp_hf_zoo_more.py). Not the default: attention written
+# by hand, ``softmax(q @ k.T) @ v`` with softmax mapped to `Block` (the weights held, signal-take-
+# all), conserves only where ``@ v`` hands v the whole relevance, as its gradient does; shared,
+# the weights' half would stop at the softmax (2e-2 of f(x) lost on XLNet, 25 of 39 of the zoo's
+# bias-free checks).
 
 
 class FixedGate(Rule):
@@ -41,13 +56,20 @@ class FixedGate(Rule):
     ``z = a / b`` of two activations (kind ``"quotient"``: ``F.normalize``, a norm written by hand)
     is ``a`` times the gate ``1 / b``: the divisor is held constant, ``R_a = R_z`` (NOTE: [A
     divisor held constant]). All conserve relevance. `lrp_rules` maps ``torch.mul`` and
-    ``torch.div`` to it.
+    ``torch.div`` to it. Keyed to ``torch.matmul`` or ``torch.einsum`` (not by default), matrix
+    products and einsum of activations (a selective scan's ``state @ C``, a bilinear layer written
+    by hand) share their relevance evenly among their k factors computed from the input (NOTE:
+    [Matrix products share relevance]).
     """
 
-    kinds = frozenset({"product", "quotient"})
+    kinds = frozenset({"product", "quotient", "matmul", "einsum"})
     keep_inputs = True
 
     def backward(self, op, saved: Saved, grad):
+        if op.kind in ("matmul", "einsum"):  # NOTE: [Matrix products share relevance]
+            players = op.options.get("players", range(len(saved.inputs)))
+            grads = pullback(op.fn, *saved.inputs)[1](grad * (1.0 / len(players)))
+            return tuple(g if i in players else None for i, g in enumerate(grads))
         a, b = saved.inputs
         if op.kind == "quotient":  # NOTE: [A divisor held constant]
             return ((grad / b).sum_to_size(a.shape), None)
