@@ -194,6 +194,16 @@ def test_backward_callbacks_read_no_context(name):
         _assert_same(got, want, f"{name} (strict={strict})")
 
 
+def _same_on_device_threads(runs: dict, label: str) -> None:
+    """Each run gives its numbers again under the strict simulation, with callbacks seen."""
+    for name, run in runs.items():
+        want = run()
+        with device_threads(strict=True) as count:
+            got = run()
+        assert count["callbacks"] > 0
+        _assert_same(got, want, f"{label} {name}")
+
+
 @pytest.mark.parametrize("kind", ["mlp", "mha", "lstm"])
 def test_deep_lift_sequence_first_and_its_retry(kind):
     """Rows in dim 1 (sequence-first), at a length equal to the shared row count (B + 1 = L: the
@@ -205,12 +215,7 @@ def test_deep_lift_sequence_first_and_its_retry(kind):
             "paired": lambda: xattr.deep_lift(f, baselines=_randn(3, 4, 8, seed=9) * 0.1)(x),
             "shap": lambda: xattr.deep_lift_shap(f, baselines=_randn(2, 4, 8, seed=10) * 0.1)(x),
             "grad": lambda: grad(_squares(xattr.deep_lift(f)))(x)}
-    for name, run in runs.items():
-        want = run()
-        with device_threads(strict=True) as count:
-            got = run()
-        assert count["callbacks"] > 0
-        _assert_same(got, want, f"{kind} {name}")
+    _same_on_device_threads(runs, kind)
 
 
 def test_the_simulation_runs_callbacks_in_an_empty_context():
@@ -276,9 +281,4 @@ def test_deep_lift_on_merged_rows(how):
     runs = {"shared": lambda: xattr.deep_lift(model, mapping=EXACT, return_delta=True)(x),
             "paired": lambda: xattr.deep_lift(model, baselines=_randn(3, 5, 4, seed=12), mapping=EXACT)(x),
             "grad": lambda: grad(_squares(xattr.deep_lift(model, mapping=EXACT)))(x)}
-    for name, run in runs.items():
-        want = run()
-        with device_threads(strict=True) as count:
-            got = run()
-        assert count["callbacks"] > 0
-        _assert_same(got, want, f"{how} {name}")
+    _same_on_device_threads(runs, how)
