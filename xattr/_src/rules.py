@@ -108,11 +108,7 @@ class _RulesMode(TorchFunctionMode):
         batch-major, taken as the call's rows; or k blocks of R, ruled on their ``(k, R, ...)``
         views (NOTE: [Interleaved rows] in interleaved_rows.py)."""
         if layout == POSITION:
-            on = viewed(op, n, self.rows) if self._applied(rule, op) else None
-            if on is None:
-                return self._dispatch(rule, op, func, args, kwargs)
-            out = apply_rule(rule, on)
-            return args[0] if op.inplace else out.flatten(0, 1)
+            return self._dispatch(rule, op, func, args, kwargs, blocks=n)
         rows, reference_grads, shared, notes, seen = _ROWS.get()
         if shared:
             raise Unshared
@@ -122,15 +118,9 @@ class _RulesMode(TorchFunctionMode):
         finally:
             _ROWS.reset(token)
 
-    @staticmethod
-    def _applied(rule, op) -> bool:
-        """Whether `_dispatch` runs ``op`` through `apply_rule` itself (not written out, rerouted
-        or hooked)."""
-        written = type(rule).written_out is not Rule.written_out and rule.written_out(op) is not None
-        rerouted = type(rule)._reroute is not Rule._reroute
-        return not (written or rerouted or _as_hook(rule, op) or _as_output_hook(rule, op))
-
-    def _dispatch(self, rule, op, func, args, kwargs):
+    def _dispatch(self, rule, op, func, args, kwargs, blocks: int | None = None):
+        """Runs ``op`` under ``rule``; ``blocks``: its tensors hold that many rows as blocks of the
+        paired rows, applied on their views where its kind allows (NOTE: [Interleaved rows])."""
         if type(rule).written_out is not Rule.written_out:  # NOTE: [Ops written out]
             written = rule.written_out(op)
             if written is not None:
@@ -142,6 +132,10 @@ class _RulesMode(TorchFunctionMode):
             return _hooked(rule, op, func(*args, **kwargs))
         if _as_output_hook(rule, op):
             return _scaled(rule, op, func(*args, **kwargs))
+        on = None if blocks is None else viewed(op, blocks, self.rows)
+        if on is not None:
+            out = apply_rule(rule, on)
+            return args[0] if op.inplace else out.flatten(0, 1)
         return apply_rule(rule, op)
 
     @contextlib.contextmanager
