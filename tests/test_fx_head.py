@@ -412,3 +412,20 @@ def test_a_module_with_its_own_getattr_is_read_without_calling_it():
     split, check = _head_checker(model)
     check()
     assert fx_head.traced_head(split, split.act(X), (X,)) is not None
+
+
+@pytest.mark.parametrize("where", ["root", "submodule"])
+def test_a_forward_replaced_on_the_instance_is_not_traced(where):
+    """fx traces the root's class forward: a ``model.forward = ...`` (accelerate's hooks wrap
+    forward so) was ignored and the head gave the class forward's numbers (off by 0.54). A
+    submodule's replaced forward is what fx calls, but what it reads is not in the cache key:
+    both run the hook head."""
+    model = _double(Scaled())
+    if where == "root":
+        model.forward = lambda x: model.b(model.layer(model.a(x)) * 2.0)
+    else:
+        inner = model.b.forward
+        model.b.forward = lambda h: inner(h) * 3.0
+    split, check = _head_checker(model)
+    assert fx_head.traced_head(split, split.act(X), (X,)) is None
+    check()

@@ -11,7 +11,9 @@ stay, and the model's own arguments are still fed. The GraphModule shares the mo
 submodules and parameters by reference; nothing is registered on the model.
 
 Exactness first: the hook head runs whenever this one might differ: a model in train mode
-(dropout, batch-norm statistics), any module or global hook, a non-tensor argument or one left
+(dropout, batch-norm statistics), any module or global hook, a module whose ``forward`` is
+replaced on the instance (``m.forward = ...``, as accelerate's hooks do: fx traces the root's
+class forward), a non-tensor argument or one left
 to its default (fx would bake Python values into the graph), several layers or
 ``call_index="all"``, a layer not seen as exactly the call the hooks would see (traced through,
 or inside another leaf module), or a failed trace. Dead nodes are kept when they may write into
@@ -115,6 +117,8 @@ def _state(model: nn.Module):
     key = []
     for m in model.modules():
         if m.training or m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+            return None
+        if "forward" in vars(m):  # replaced on the instance (accelerate's hooks): fx traces type(root).forward
             return None
         key.append((id(m), type(m)))  # a module swapped for another class may get the freed id
         key.extend(id(t) for t in m._parameters.values())
