@@ -301,7 +301,7 @@ def deep_lift_shap(
 def _split_with(split: Split, mapping: Mapping, root=None) -> Split:
     """The same split of ``rules(split.model, mapping)``."""
     layers = split.modules if split.many else split.modules[0]
-    return Split(rules(split.model, mapping, root=root), layers, split.inputs, split.call_index)
+    return Split(rules(split.model, mapping, root=root), layers, split.inputs, split.call_index, split.batch_dim)
 
 
 def _layer_pairs(split: Split, args: tuple, nums: tuple, base_rows, copies: int, *, shared: bool = False):
@@ -350,7 +350,7 @@ def _check_layer_rows(h) -> None:
             raise ValueError(
                 f"layer DeepLift: the layer's activation of shape {tuple(t.shape)} does not hold the call's rows "
                 "(inputs and references) in dim 0; attribute at a batch-first layer (a sequence-first layer's output is "
-                "(L, B, ...): attribute where the model is batch-first, or use batch_first=True; a layer on rows merged "
+                "(L, B, ...): say so with xattr.at_layer(..., batch_dim=1), or use batch_first=True; a layer on rows merged "
                 "with another dim, (B * L, ...) as OPT's MLP, or joined with another batch, torch.cat([h1, h2]): attribute "
                 "before the merge or after it is undone)"
             )

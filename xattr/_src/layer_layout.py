@@ -17,6 +17,8 @@ is then run once more, up to the layer only, on the call's rows repeated twice: 
 layer gives ``(2R, R, D)``, a sequence-first one ``(R, 2R, D)`` (refused). That costs a partial
 forward only in the coincidence, never for a layer whose dim 1 differs from R. Unseen: a
 sequence-first tensor of another rank whose dim 0 equals R (``(L, B)`` with L == B).
+``at_layer(..., batch_dim=1)`` moves such a layer's batch to dim 0 for every method (NOTE:
+[Layers with the batch in another dim] in batch_dims.py), and the error says so.
 ``layer_activation``, ``gradient_x_activation`` and ``layer_lrp`` treat every unit alike
 whatever its axis, so they accept any layout (their K axis, with ``xattr.outputs``, comes after
 dim 0).
@@ -73,7 +75,8 @@ def _error(split, method: str, shape, rows: int, doubled=None) -> ValueError:
         "is not the batch. A "
         "sequence-first layout (L, B, D) (nn.TransformerEncoderLayer, nn.MultiheadAttention or nn.LSTM with "
         "batch_first=False, a transpose(0, 1) in the model) or an LSTM's (layers, B, H) hidden state holds the "
-        "batch in dim 1, and reading it in dim 0 would take positions for examples. Build the layer with "
-        "batch_first=True, or split at a module whose " + where + " is batch-first; layer_activation and "
-        "gradient_x_activation accept any layout (docs/layers.md, NOTE: [Batch-first layers])"
+        "batch in dim 1, and reading it in dim 0 would take positions for examples. Say where the batch is with "
+        "xattr.at_layer(..., batch_dim=1) (a tuple such as (0, 1) for a batch-first LSTM's (output, (h_n, c_n))): "
+        "the methods then see the layer batch-first; or build the layer with batch_first=True (docs/layers.md, "
+        "NOTE: [Batch-first layers])"
     )

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from . import nesting
+from .batch_dims import check_batch_dim, to_front, to_layout
 from . import tree as T
 from .checks import check_finite
 from .fx_head import traced_head
@@ -65,7 +66,7 @@ class _Stop(BaseException):
 class Split:
     """A model function split at one or more modules (see NOTE: [Splitting a model at a layer])."""
 
-    def __init__(self, f: Callable, modules, inputs: bool, call_index):
+    def __init__(self, f: Callable, modules, inputs: bool, call_index, batch_dim=0):
         self.model = f
         self.many = isinstance(modules, (list, tuple))
         self.modules = list(modules) if self.many else [modules]
@@ -78,6 +79,8 @@ class Split:
             raise ValueError(f"call_index must be None, a non-negative int or 'all', got {call_index!r}")
         self.inputs = inputs
         self.call_index = call_index
+        self.batch_dim = check_batch_dim(batch_dim)  # NOTE: [Layers with the batch in another dim]
+        self.where = "input" if inputs else "output"
         self.checked_single_calls: set = set()  # signatures (`_signature`) of args checked with a whole forward
         self.act = _Act(self)
         self.head = _Head(self)
@@ -108,9 +111,10 @@ class Split:
                 if not self._wanted(k):
                     return None
                 value = _unpack_inputs(inp) if self.inputs else out
-                new = on_value(i, k, value)
+                new = on_value(i, k, to_front(value, self.batch_dim, self.where))
                 if new is None:
                     return None
+                new = to_layout(new, self.batch_dim, self.where)
                 if substitutes and torch.is_grad_enabled() and in_checkpoint():
                     raise _checkpointed(module, "input" if self.inputs else "output")
                 return _pack_inputs(new) if self.inputs else new
@@ -230,7 +234,7 @@ class _Head:
         s = self.split
         traced = traced_head(s, h, args)  # NOTE: [Traced heads]: the same numbers, less work
         if traced is not None:
-            return traced(h, *args)
+            return traced(to_layout(h, s.batch_dim, s.where), *args)
         given = s._unpack(h)
 
         def on_value(i, k, value):
@@ -262,7 +266,9 @@ def _checkpointed(module: nn.Module, where: str) -> RuntimeError:
     )
 
 
-def at_layer(f: Callable, layer: nn.Module | Sequence[nn.Module], *, inputs: bool = False, call_index=None) -> Split:
+def at_layer(
+    f: Callable, layer: nn.Module | Sequence[nn.Module], *, inputs: bool = False, call_index=None, batch_dim=0
+) -> Split:
     """Splits a model function at a module (or several) into activation and head.
 
     Args:
@@ -271,6 +277,11 @@ def at_layer(f: Callable, layer: nn.Module | Sequence[nn.Module], *, inputs: boo
       inputs: split at the module's input instead of its output (Captum's
         ``attribute_to_layer_input``); a module with several positional inputs gives a tuple.
       call_index: for modules called more than once per forward: an int (0-based) or "all".
+      batch_dim: the dim of the layer's value that holds the examples, moved to dim 0 for the
+        methods (1 for a sequence-first ``(L, B, D)`` layer); an int, or a tuple shaped like the
+        value, e.g. ``(0, 1)`` for a batch-first LSTM's ``(output, (h_n, c_n))``. The
+        activation and attributions are then batch-first (NOTE: [Layers with the batch in
+        another dim]).
 
     Returns:
       A `Split` with ``act(*args) -> h`` and ``head(h, *args) -> f(*args) with h substituted``.
@@ -280,7 +291,7 @@ def at_layer(f: Callable, layer: nn.Module | Sequence[nn.Module], *, inputs: boo
       >>> h = split.act(x)
       >>> layer_ig = xattr.integrated_gradients(split.head)(h, x)   # attributions shaped like h
     """
-    return Split(f, layer, inputs, call_index)
+    return Split(f, layer, inputs, call_index, batch_dim)
 
 
 def layer_vjp_rows(split: Split, args: tuple, *, weights=None, chunk_size=None):
