@@ -26,6 +26,7 @@ from .deeplift_products import Product
 from .deeplift_rules import Rescale
 from .deeplift_softmax import ExactSoftmax
 from .gradients import attribution_fn, is_multi_output, vjp_rows
+from .layer_layout import check_merged
 from .layers import Split, layer_vjp_rows
 from .merged_rows import unshared_if_merged
 from .methods import _gap
@@ -396,6 +397,7 @@ def layer_deep_lift(
 
     def fn(*args, baselines=baselines):
         warn_if_training(split)
+        check_merged(split, args, "layer_deep_lift")
         selected = T.split_args(args, nums)[0]
         with differentiable_rules("layer_deep_lift"), T.batch_scope(T.batch_size(selected)):
             base = _broadcast_baselines(selected, baselines, as_tuple)
@@ -433,6 +435,7 @@ def layer_deep_lift_shap(
 
     def fn(*args, baselines=baselines):
         warn_if_training(split)
+        check_merged(split, args, "layer_deep_lift_shap")
         selected = T.split_args(args, nums)[0]
         batch = T.batch_size(selected)
         dist, n = _distribution(selected, baselines, as_tuple, "layer_deep_lift_shap")

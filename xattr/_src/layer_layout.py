@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 
 from . import tree as T
+from .batch_dims import MERGED
 
 
 def first_rows(args) -> int | None:
@@ -42,6 +43,7 @@ def first_rows(args) -> int | None:
 def check_rows(split, h, args: tuple, rows: int | None, method: str) -> None:
     """Raises a ValueError unless every tensor of the activation ``h = split.act(*args)`` holds
     the call's ``rows`` in dim 0 (NOTE: [Batch-first layers])."""
+    check_merged(split, args, method)
     if rows is None:
         return
     if isinstance(h, torch.Tensor):  # the common case, without a tree walk (~3 us)
@@ -62,6 +64,35 @@ def check_rows(split, h, args: tuple, rows: int | None, method: str) -> None:
         for leaf, again in zip(leaves, [t for t in T.leaves(probe) if isinstance(t, torch.Tensor) and t.ndim > 0]):
             if again.shape[0] != 2 * rows:
                 raise _error(split, method, leaf.shape, rows, again.shape)
+
+
+def check_merged(split, args: tuple, method: str) -> None:
+    """With ``batch_dim="merged"``, once per signature of ``args``: runs the layer on the rows
+    repeated twice, ``[x; x]``, and refuses a value whose two halves differ. Each example's rows
+    together (batch-major, ``(B * k, ...)``) repeat as whole blocks; a sequence-first merge,
+    ``(L, B, D).reshape(-1, D)``, interleaves them, and read as batch-major it would give each
+    example another's positions (NOTE: [Layers with the batch in another dim])."""
+    if MERGED not in T.leaves(split.batch_dim):
+        return
+    rows = first_rows(args)
+    checked = split.__dict__.setdefault("_merged_checked", set())
+    key = tuple((t.shape, t.dtype, t.device) if isinstance(t, torch.Tensor) else type(t) for t in T.leaves(args))
+    if rows is None or key in checked:
+        return
+    doubled = T.tree_map(
+        lambda a: torch.cat([a, a]) if isinstance(a, torch.Tensor) and a.ndim > 0 and a.shape[0] == rows else a, args
+    )
+    with T.batch_scope(rows), torch.no_grad():
+        probe = split.act(*doubled)
+    for t in T.leaves(probe):
+        if isinstance(t, torch.Tensor) and t.ndim > 0 and not torch.allclose(t[:rows], t[rows:], rtol=1e-4, atol=1e-6):
+            raise ValueError(
+                f"{method}: at_layer(..., batch_dim='merged') needs each example's rows together in dim 0 of the "
+                f"layer's value ((B * k, ...), batch-major), but with the examples repeated twice its halves differ: "
+                "the rows are interleaved (a sequence-first merge, (L, B, D).reshape(-1, D)). Split the layer before "
+                "the merge, or where the model is batch-first"
+            )
+    checked.add(key)
 
 
 def _error(split, method: str, shape, rows: int, doubled=None) -> ValueError:

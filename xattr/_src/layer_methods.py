@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from . import tree as T
 from .checks import baselines_like, warn_if_training
 from .gradients import attribution_fn
-from .layer_layout import check_rows
+from .layer_layout import check_merged, check_rows
 from .layers import Split, layer_vjp_rows
 from .methods import _gap, _outputs, completeness_gap, integrated_gradients
 from .sampling import shap_samples
@@ -64,6 +64,7 @@ def layer_activation(split: Split) -> Callable:
     """
     def fn(*args):
         warn_if_training(split)
+        check_merged(split, args, "layer_activation")
         return split.act(*args)
 
     return attribution_fn(fn, split)
@@ -89,6 +90,7 @@ def gradient_x_activation(split: Split, *, multiply: bool = True) -> Callable:
 
     def fn(*args):
         warn_if_training(split)
+        check_merged(split, args, "gradient_x_activation")
         h, _, g = layer_vjp_rows(split, args)
         return T.tree_map(_times, g, h) if multiply else g
 

@@ -49,10 +49,11 @@ import torch
 from torch import nn
 
 from . import nesting
-from .batch_dims import check_batch_dim, to_front, to_layout
+from .batch_dims import check_batch_dim, is_batch_first, to_front, to_layout
 from . import tree as T
 from .checks import check_finite
 from .fx_head import traced_head
+from .layer_layout import first_rows
 from .gradients import _rows, is_multi_output, vjp_rows
 from .rule_limits import calls_jit, eager_compiled, in_checkpoint, jit_error
 
@@ -101,6 +102,7 @@ class Split:
         handles = []
         owner = threading.get_ident()  # NOTE: [Layers of shared models in threads]
         level = nesting.depth()  # an attribution inside the forward runs the layer deeper: not this run's
+        rows = None if is_batch_first(self.batch_dim) else first_rows(args)  # NOTE: [Layers with the batch in another dim]
 
         def make(i):
             def hook(module, inp, out=None):
@@ -111,10 +113,10 @@ class Split:
                 if not self._wanted(k):
                     return None
                 value = _unpack_inputs(inp) if self.inputs else out
-                new = on_value(i, k, to_front(value, self.batch_dim, self.where))
+                new = on_value(i, k, to_front(value, self.batch_dim, self.where, rows))
                 if new is None:
                     return None
-                new = to_layout(new, self.batch_dim, self.where)
+                new = to_layout(new, self.batch_dim, self.where, rows)
                 if substitutes and torch.is_grad_enabled() and in_checkpoint():
                     raise _checkpointed(module, "input" if self.inputs else "output")
                 return _pack_inputs(new) if self.inputs else new
@@ -234,7 +236,7 @@ class _Head:
         s = self.split
         traced = traced_head(s, h, args)  # NOTE: [Traced heads]: the same numbers, less work
         if traced is not None:
-            return traced(to_layout(h, s.batch_dim, s.where), *args)
+            return traced(to_layout(h, s.batch_dim, s.where, None), *args)
         given = s._unpack(h)
 
         def on_value(i, k, value):
@@ -279,7 +281,9 @@ def at_layer(
       call_index: for modules called more than once per forward: an int (0-based) or "all".
       batch_dim: the dim of the layer's value that holds the examples, moved to dim 0 for the
         methods (1 for a sequence-first ``(L, B, D)`` layer); an int, or a tuple shaped like the
-        value, e.g. ``(0, 1)`` for a batch-first LSTM's ``(output, (h_n, c_n))``. The
+        value, e.g. ``(0, 1)`` for a batch-first LSTM's ``(output, (h_n, c_n))``; or
+        ``"merged"`` for a value whose dim 0 holds each example's rows together, ``(B * k,
+        ...)`` (OPT's MLP on ``hidden.reshape(-1, D)``), seen as ``(B, k, ...)``. The
         activation and attributions are then batch-first (NOTE: [Layers with the batch in
         another dim]).
 

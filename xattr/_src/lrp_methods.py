@@ -38,6 +38,7 @@ from . import tree as T
 from .backprop_methods import _split_with
 from .checks import warn_if_training
 from .gradients import attribution_fn, vjp_rows
+from .layer_layout import check_merged
 from .layers import Split, layer_vjp_rows
 from .lrp_rules import ABOVE_SPLIT, INPUT_COPIES, lrp_rules
 from .input_copies import entry
@@ -169,6 +170,7 @@ def layer_lrp(
 
     def fn(*args):
         warn_if_training(split)
+        check_merged(split, args, "layer_lrp")
         token = ABOVE_SPLIT.set(True)
         try:
             with differentiable_rules("layer_lrp"):  # NOTE: [Derivatives of rule-based attributions]
