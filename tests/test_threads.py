@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import types
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -29,8 +30,14 @@ class Gate(nn.Module):
 
     def __init__(self):
         super().__init__()
-        # mutated, never reassigned in forward: a forward writing its attributes is not traced
-        self.owner, self.on_trace, self.meanwhile, self.result = [None], [False], [], {}
+        # kept on a plain object, not as the module's own lists and dicts: a forward that writes
+        # its attributes, or changes their contents, is not traced (NOTE: [Traced heads])
+        self.box = types.SimpleNamespace(owner=[None], on_trace=[False], meanwhile=[], result={})
+
+    owner = property(lambda self: self.box.owner)
+    on_trace = property(lambda self: self.box.on_trace)
+    meanwhile = property(lambda self: self.box.meanwhile)
+    result = property(lambda self: self.box.result)
 
     def forward(self, x):
         traced = isinstance(x, torch.fx.Proxy)

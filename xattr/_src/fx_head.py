@@ -13,7 +13,10 @@ submodules and parameters by reference; nothing is registered on the model.
 Exactness first: the hook head runs whenever this one might differ: a model in train mode
 (dropout, batch-norm statistics), any module or global hook, a module whose ``forward`` is
 replaced on the instance (``m.forward = ...``, as accelerate's hooks do: fx traces the root's
-class forward), a non-tensor argument or one left
+class forward), a forward that changes the grad, inference or autocast mode (``with
+torch.no_grad():`` around a stop-gradient, a ``torch.autocast`` block: fx traces through the
+context manager and records no mode, so the graph would differentiate what the model does not;
+seen as a node made under a mode other than the trace's), a non-tensor argument or one left
 to its default (fx would bake Python values into the graph), several layers or
 ``call_index="all"``, a layer not seen as exactly the call the hooks would see (traced through,
 or inside another leaf module), or a failed trace. Dead nodes are kept when they may write into
@@ -27,12 +30,14 @@ read, the attributes of the model's own classes and of imported modules that the
 (``self.SCALE``, ``cfg.SCALE``), and the same for the Python functions they call (module-level
 functions, also through a module, and methods of the model's own classes, three calls deep):
 fx bakes what they read into the graph, so a changed temperature is a new trace. A forward that writes attributes of
-its modules (``self.features = h``) is not traced again after the first attempt: the trace
-would leave fx Proxies there (they are put back) and the graph would skip the writes.
+its modules (``self.features = h``), or changes a list, dict or set they hold in place
+(``self.seen.append(h)``), is not traced again after the first attempt: the trace would leave
+fx Proxies there (what was there is put back) and the graph would skip the writes.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import operator
 import threading
@@ -240,12 +245,36 @@ class _Stateful(Exception):
     """The model's forward wrote attributes of its modules while traced."""
 
 
+def _contents(m: nn.Module) -> dict:
+    """Shallow copies of the lists, dicts and sets a module holds (not nn.Module's own)."""
+    return {k: copy.copy(v) for k, v in vars(m).items() if type(v) in (list, dict, set) and k not in _MODULE_OWN}
+
+
+def _same_contents(now, then) -> bool:
+    if type(now) is dict:
+        return now.keys() == then.keys() and all(now[k] is then[k] for k in now)
+    if type(now) is list:
+        return len(now) == len(then) and all(a is b for a, b in zip(now, then))
+    return now == then
+
+
 def _restore(before: dict, model: nn.Module) -> list:
     """Puts back every module attribute the trace added or replaced (a forward storing
     ``self.features = h`` left an fx Proxy there; the tracer adds ``_tensor_constant`` entries
-    on the root); returns the names the forward itself wrote."""
+    on the root), and the contents of the lists, dicts and sets the forward changed in place
+    (``self.seen.append(h)``, ``self.cache["h"] = h`` left Proxies in them); returns the names
+    the forward itself wrote."""
     written = []
-    for m, old in before.values():
+    for m, old, contents in before.values():
+        for name, then in contents.items():
+            now = m.__dict__.get(name)
+            if type(now) is type(then) and not _same_contents(now, then):
+                written.append(name)
+                now.clear()
+                if type(now) is list:
+                    now.extend(then)
+                else:
+                    now.update(then)
         for name in set(m.__dict__) - set(old):
             if not name.startswith("_tensor_constant"):
                 written.append(name)
@@ -269,11 +298,24 @@ def _restore(before: dict, model: nn.Module) -> list:
 _TRACING = threading.RLock()
 
 
+def _modes() -> tuple:
+    """Grad, inference and autocast modes: fx records none of them in a graph."""
+    return (torch.is_grad_enabled(), torch.is_inference_mode_enabled(), torch.is_autocast_enabled("cpu"),
+            torch.is_autocast_enabled("cuda"))  # fmt: skip
+
+
 class _Tracer(fx.Tracer):
     def __init__(self, leaves):
         super().__init__()
         self.leaves = leaves
         self.thread = threading.get_ident()
+        self.modes = _modes()
+        self.modes_changed = False  # NOTE: [Traced heads]: a node made under torch.no_grad() in forward
+
+    def create_node(self, *args, **kwargs):
+        if threading.get_ident() == self.thread and _modes() != self.modes:
+            self.modes_changed = True
+        return super().create_node(*args, **kwargs)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return any(m is x for x in self.leaves) or super().is_leaf_module(m, qualname)
@@ -296,14 +338,18 @@ def _build(split, model: nn.Module, chain: list) -> TracedHead | None:
     layer = split.modules[0]
     with _TRACING:  # NOTE: [Tracing beside other threads]
         tracer = _Tracer([layer])
-        before = {id(m): (m, dict(m.__dict__)) for m in model.modules()}
+        before = {id(m): (m, dict(m.__dict__), _contents(m)) for m in model.modules()}
         try:  # the tracer stores tensors made in forward on the root (_tensor_constant0): moved to gm
-            graph = tracer.trace(model)
+            with torch.enable_grad():
+                tracer.modes = _modes()
+                graph = tracer.trace(model)
             gm = fx.GraphModule(model, graph)
         finally:
             stateful = _restore(before, model)
     if stateful:  # NOTE: [Traced heads]: a forward that writes its own attributes
         raise _Stateful(stateful)
+    if tracer.modes_changed:
+        return None
     graph = gm.graph
     calls = []
     for n in graph.nodes:
