@@ -20,6 +20,15 @@ says so otherwise. ``act`` stops the forward pass at the layer once it knows tha
 once for an int call_index, and after the split's first complete forward pass (which checks the
 single call) for None.
 
+NOTE: [Layer inputs given by keyword]
+A module's forward pre-hook sees its positional arguments only, so with ``inputs=True`` a layer
+called by keyword alone (``self.block(x=h, scale=2.0)``, ``layer(hidden_states=h, ...)``) showed
+an empty input, ``()``, and every method failed on it (Captum's ``attribute_to_layer_input``
+likewise: IndexError). The layer's input is its positional arguments, as before; a call with
+none gives, by keyword, the argument of the forward's first parameter, the one a positional
+call would give first, and the head substitutes it there. Other keyword arguments (masks,
+position ids, flags) are never part of the input, whichever way the layer is called.
+
 NOTE: [Layers of compiled models]
 Dynamo does not guard on module hooks: a model compiled by ``torch.compile`` and called once
 without them (an evaluation under ``torch.no_grad``) reuses that graph when the split's hooks
@@ -42,6 +51,7 @@ in threads of its own (``nn.DataParallel`` on several GPUs) cannot be split: "ne
 
 from __future__ import annotations
 
+import inspect
 import threading
 from typing import Callable, Sequence
 
@@ -54,6 +64,7 @@ from . import tree as T
 from .checks import check_finite
 from .fx_head import traced_head
 from .layer_layout import first_rows
+from .layer_values import is_plain, restored, shown
 from .gradients import _rows, is_multi_output, vjp_rows
 from .rule_limits import calls_jit, eager_compiled, in_checkpoint, jit_error
 
@@ -105,27 +116,37 @@ class Split:
         rows = None if is_batch_first(self.batch_dim) else first_rows(args)  # NOTE: [Layers with the batch in another dim]
 
         def make(i):
-            def hook(module, inp, out=None):
+            def replaced(module, value):
                 if threading.get_ident() != owner or nesting.depth() != level:
                     return None
                 k = counts[i]
                 counts[i] += 1
                 if not self._wanted(k):
                     return None
-                value = _unpack_inputs(inp) if self.inputs else out
-                new = on_value(i, k, to_front(value, self.batch_dim, self.where, rows))
+                new = on_value(i, k, shown(to_front(value, self.batch_dim, self.where, rows)))
                 if new is None:
                     return None
-                new = to_layout(new, self.batch_dim, self.where, rows)
+                new = restored(to_layout(new, self.batch_dim, self.where, rows), value)  # NOTE: [Layer values with more than tensors]
                 if substitutes and torch.is_grad_enabled() and in_checkpoint():
-                    raise _checkpointed(module, "input" if self.inputs else "output")
-                return _pack_inputs(new) if self.inputs else new
+                    raise _checkpointed(module, self.where)
+                return new
 
-            return hook
+            def pre_hook(module, inp, kwargs):  # NOTE: [Layer inputs given by keyword]
+                key = None if inp else _first_parameter(module)
+                if key is None or key not in kwargs:
+                    new = replaced(module, _unpack_inputs(inp))
+                    return None if new is None else (_pack_inputs(new), kwargs)
+                new = replaced(module, kwargs[key])
+                return None if new is None else (inp, {**kwargs, key: new})
+
+            return pre_hook if self.inputs else (lambda module, inp, out: replaced(module, out))
 
         try:
             for i, m in enumerate(self.modules):
-                h = m.register_forward_pre_hook(make(i)) if self.inputs else m.register_forward_hook(make(i))
+                if self.inputs:
+                    h = m.register_forward_pre_hook(make(i), with_kwargs=True)
+                else:
+                    h = m.register_forward_hook(make(i))
                 handles.append(h)
             try:
                 with eager_compiled(), nesting.running_model():  # NOTE: [Layers of compiled models]
@@ -172,6 +193,16 @@ class Split:
 
 def _unpack_inputs(inp: tuple):
     return inp[0] if len(inp) == 1 else inp
+
+
+def _first_parameter(module: nn.Module) -> str | None:
+    """The name of the first parameter of ``module.forward`` that can be given by keyword."""
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    first = next(iter(params), None)
+    return first.name if first is not None and first.kind in (first.POSITIONAL_OR_KEYWORD, first.KEYWORD_ONLY) else None
 
 
 def _pack_inputs(value):
@@ -234,7 +265,7 @@ class _Head:
 
     def __call__(self, h, *args):
         s = self.split
-        traced = traced_head(s, h, args)  # NOTE: [Traced heads]: the same numbers, less work
+        traced = traced_head(s, h, args) if is_plain(h) else None  # NOTE: [Traced heads]: the same numbers, less work
         if traced is not None:
             return traced(to_layout(h, s.batch_dim, s.where, None), *args)
         given = s._unpack(h)
@@ -277,7 +308,8 @@ def at_layer(
       f: model function (may be ``xattr.target(model, t)``: the head then returns the target).
       layer: the module, or a list of modules (activations become a tuple, one per module).
       inputs: split at the module's input instead of its output (Captum's
-        ``attribute_to_layer_input``); a module with several positional inputs gives a tuple.
+        ``attribute_to_layer_input``): its positional inputs (a tuple where there are several),
+        or for a call by keyword alone, ``block(x=h, mask=m)``, its forward's first parameter.
       call_index: for modules called more than once per forward: an int (0-based) or "all".
       batch_dim: the dim of the layer's value that holds the examples, moved to dim 0 for the
         methods (1 for a sequence-first ``(L, B, D)`` layer); an int, or a tuple shaped like the

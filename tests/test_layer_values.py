@@ -1,0 +1,115 @@
+"""Layers whose value holds more than tensors (NOTE: [Layer values with more than tensors]):
+a dict with a count and a None, a tuple with a cache object, a Hugging Face ``ModelOutput``.
+Every method must give, at the value's tensor, the numbers of a twin whose layer returns that
+tensor alone, and the model must read its own non-tensor leaves back; before, the methods failed
+on them ("'int' object has no attribute 'ndim'", "'int' object is not subscriptable")."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import xattr
+
+from layer_registry import LAYER_METHODS_UNDER_TEST
+
+
+class Cache:
+    """A non-tensor object in a layer's output, as older transformers' past_key_value."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+
+class Block(nn.Module):
+    def __init__(self, style: str):
+        super().__init__()
+        self.style = style
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.lin(x)
+        if self.style == "dict":
+            return {"h": h, "none": None, "n": 2, "name": "block"}
+        if self.style == "tuple":
+            return h, Cache(2.0)
+        return h
+
+
+class Model(nn.Module):
+    def __init__(self, style: str):
+        super().__init__()
+        torch.manual_seed(0)
+        self.style = style
+        self.proj, self.block, self.out = nn.Linear(3, 4), Block(style), nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.block(self.proj(x))
+        if self.style == "dict":
+            assert y["name"] == "block" and y["none"] is None
+            h, scale = y["h"], y["n"]  # the model reads its own count back
+        elif self.style == "tuple":
+            h, scale = y[0], y[1].scale
+        else:
+            h, scale = y, 2.0
+        return self.out(torch.tanh(h * scale))
+
+
+X = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
+def _pair(style):
+    a, b = Model(style).double().eval(), Model("tensor").double().eval()
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def _tensor_of(style, attr):
+    return attr["h"] if style == "dict" else attr[0]
+
+
+@pytest.mark.parametrize("method", [m for m in LAYER_METHODS_UNDER_TEST if not m.neuron], ids=repr)
+@pytest.mark.parametrize("style", ["dict", "tuple"])
+def test_every_layer_method_at_a_value_with_more_than_tensors(method, style):
+    """(``xattr.neuron`` indexes a tensor activation only.)"""
+    model, twin = _pair(style)
+    split = lambda m: xattr.at_layer(xattr.target(m, 1), m.block)  # noqa: E731
+    got = method.make(split(model), generator=0)(X)
+    want = method.make(split(twin), generator=0)(X)
+    if style == "dict":
+        assert (got["n"], got["none"], got["name"]) == (None, None, None)
+    else:
+        assert len(got) == 2 and got[1] is None
+    torch.testing.assert_close(_tensor_of(style, got), want)
+
+
+@pytest.mark.parametrize("style", ["dict", "tuple"])
+def test_the_head_gives_the_model_its_own_leaves_back(style):
+    model, twin = _pair(style)
+    split = xattr.at_layer(xattr.target(model, 1), model.block)
+    h = split.act(X)
+    zero = {"h": torch.zeros(5, 4, dtype=torch.float64), "none": None, "n": None, "name": None} if style == "dict" else (
+        torch.zeros(5, 4, dtype=torch.float64), None)  # fmt: skip
+    with torch.no_grad():
+        torch.testing.assert_close(split.head(h, X), xattr.target(twin, 1)(X))
+        torch.testing.assert_close(split.head(zero, X), twin.out(torch.zeros(5, 4, dtype=torch.float64))[:, 1])
+
+
+def test_a_hugging_face_model_output():
+    """BertModel's encoder returns a BaseModelOutput (one optree leaf): layer IG there equals
+    layer IG at its last layer's tensor, and the whole base model's output gives one attribution
+    per field."""
+    pytest.importorskip("transformers")
+    import hf_zoo
+
+    case = hf_zoo.ZOO["bert:eager"]()
+    ids, mask, ref = case.inputs()
+    encoder = case.model.bert.encoder
+    at_encoder = xattr.layer_integrated_gradients(xattr.at_layer(case.f, encoder), baselines=ref, n_steps=4)(ids, mask)
+    at_last = xattr.layer_integrated_gradients(xattr.at_layer(case.f, encoder.layer[-1]), baselines=ref, n_steps=4)(ids, mask)
+    assert set(at_encoder) == {"last_hidden_state"}
+    torch.testing.assert_close(at_encoder["last_hidden_state"], at_last)
+    gxa = xattr.gradient_x_activation(xattr.at_layer(case.f, case.model.bert))(ids, mask)
+    assert set(gxa) == {"last_hidden_state", "pooler_output"}
+    assert gxa["last_hidden_state"].shape == (ids.shape[0], ids.shape[1], case.model.config.hidden_size)
