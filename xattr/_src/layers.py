@@ -29,6 +29,16 @@ none gives, by keyword, the argument of the forward's first parameter, the one a
 call would give first, and the head substitutes it there. Other keyword arguments (masks,
 position ids, flags) are never part of the input, whichever way the layer is called.
 
+NOTE: [Layers inside torch.no_grad]
+A model may run the layer inside a ``torch.no_grad()`` block of its own: a frozen backbone,
+``with torch.no_grad(): features = backbone(x)``, before a head. The output still depends on the
+layer's value through the ops after the block, and that dependence is what the layer methods
+measure (Captum's layer IG sees it too). The hooks run inside the block, so the head's
+substitute (a copy of h) and the layer gradients' added zero were made untracked, and every
+layer method returned zeros. So the hooks make them with grad recording on where the split's
+caller had it on; under the caller's own ``torch.no_grad`` (the perturbation methods) they
+stay untracked. Ops after the layer but still inside the block are not recorded either way.
+
 NOTE: [Layers of compiled models]
 Dynamo does not guard on module hooks: a model compiled by ``torch.compile`` and called once
 without them (an evaluation under ``torch.no_grad``) reuses that graph when the split's hooks
@@ -114,6 +124,7 @@ class Split:
         owner = threading.get_ident()  # NOTE: [Layers of shared models in threads]
         level = nesting.depth()  # an attribution inside the forward runs the layer deeper: not this run's
         rows = None if is_batch_first(self.batch_dim) else first_rows(args)  # NOTE: [Layers with the batch in another dim]
+        recording = torch.is_grad_enabled()  # NOTE: [Layers inside torch.no_grad]
 
         def make(i):
             def replaced(module, value):
@@ -123,10 +134,11 @@ class Split:
                 counts[i] += 1
                 if not self._wanted(k):
                     return None
-                new = on_value(i, k, shown(to_front(value, self.batch_dim, self.where, rows)))
-                if new is None:
-                    return None
-                new = restored(to_layout(new, self.batch_dim, self.where, rows), value)  # NOTE: [Layer values with more than tensors]
+                with torch.set_grad_enabled(recording or torch.is_grad_enabled()):  # NOTE: [Layers inside torch.no_grad]
+                    new = on_value(i, k, shown(to_front(value, self.batch_dim, self.where, rows)))
+                    if new is None:
+                        return None
+                    new = restored(to_layout(new, self.batch_dim, self.where, rows), value)  # NOTE: [Layer values with more than tensors]
                 if substitutes and torch.is_grad_enabled() and in_checkpoint():
                     raise _checkpointed(module, self.where)
                 return new
