@@ -4,7 +4,7 @@ A method is a transform ``method(f, **options) -> attr_fn``; ``attr_fn(*args)`` 
 attributions shaped like the attributed argument. See docs/concepts.md.
 """
 
-from ._src.gradients import grad, value_and_grad
+from ._src.gradients import NoGradientPathWarning, grad, value_and_grad
 from ._src.layers import Split, at_layer
 from ._src.methods import (
     completeness_gap,
@@ -48,6 +48,7 @@ from . import robust
 __version__ = "0.1.0"
 
 __all__ = [
+    "NoGradientPathWarning",
     "deconvolution",
     "feature_ablation",
     "feature_permutation",

@@ -27,9 +27,9 @@ differentiate them (NOTE: [Rule-based attributions are first-order] in rule_limi
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
-
 import contextlib
+import warnings
+from typing import Callable, Sequence
 
 import torch
 from torch.func import vjp, vmap
@@ -224,12 +224,36 @@ def _forward(fn: Callable, selected: tuple):
             grads = torch.autograd.grad(out, wrt, cotangent, retain_graph=retain, allow_unused=True)
         else:  # the output does not depend on the inputs at all
             grads = (None,) * len(wrt)
+        if wrt and out.numel() and all(g is None for g in grads):
+            warnings.warn(NO_PATH, NoGradientPathWarning, stacklevel=2)  # NOTE: [No gradient path]
         it = iter(grads)
         leaves = [_zero_if_none(next(it), t) if isinstance(t, torch.Tensor) else t for t in diff]
         return T.optree.tree_unflatten(treedef, leaves)
 
     pull.eager = True
     return out.detach(), pull
+
+
+# NOTE: [No gradient path]
+# Where the model computes its output from the attributed inputs without recording gradients
+# (a ``torch.no_grad()`` block around a frozen backbone, ``.detach()``, ``.item()``, an integer
+# op), autograd finds no path and every gradient is None. Captum raises ("appears to not have
+# been used in the graph"); xattr gives zeros, the gradient autograd defines, and says why with
+# a NoGradientPathWarning, since all-zero attributions look like an answer. A rule that blocks
+# every path (an LRP composite with softmax blocked) gives the same Nones and the same warning.
+# A path from some of the inputs (one of several unused) is not warned about: that is a
+# model's ordinary case; nor is an empty batch.
+class NoGradientPathWarning(UserWarning):
+    """The attributed output has no autograd path from the attributed inputs."""
+
+
+NO_PATH = (
+    "xattr: no gradient reaches the attributed inputs from the output (every gradient is None), so the "
+    "attributions are zero. Either the model computes the output from them without recording gradients, "
+    "through a torch.no_grad() block (a frozen backbone), .detach(), .item() or an integer op such as argmax "
+    "(to attribute past that point, split the model after it with xattr.at_layer), or a rule blocks every "
+    "path (xattr.rule.Block)"
+)
 
 
 def _zero_if_none(g, t: torch.Tensor) -> torch.Tensor:
