@@ -225,3 +225,17 @@ def test_an_empty_batch_gives_empty_deltas(t):
     attr, delta = xattr.gradient_shap(xattr.target(NET, t), baselines=BG, generator=0, return_delta=True)(x0)
     assert attr.shape == (0, 5) and delta.shape == (0,)
     assert xattr.completeness_gap(xattr.target(NET, xattr.outputs([0, 3])), (x0,), 0, torch.zeros(0, 2, 5), 0.0).shape == (0, 2)
+
+
+def test_a_model_returning_a_mapping_names_its_tensors():
+    """A dict or a Hugging Face ModelOutput: the error names the tensors and how to pick one."""
+    from collections import OrderedDict
+
+    lin = torch.nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    for out_type in (dict, OrderedDict):
+        model = lambda x, out_type=out_type: out_type(logits=lin(x), hidden=None)  # noqa: E731
+        with pytest.raises(TypeError, match=r"the tensors \['logits'\]: pick one .*model\(\*args\)\['logits'\]"):
+            xattr.saliency(xattr.target(model, 1))(x)
+        picked = xattr.target(lambda x, m=model: m(x)["logits"], 1)
+        torch.testing.assert_close(xattr.saliency(picked, abs=False)(x), lin.weight[1].expand(4, 3))

@@ -11,6 +11,7 @@ gradients.py), never by a Python loop over targets.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -274,6 +275,13 @@ class Targeted:
                     f"the model (or layer) returns a {type(out).__name__} of {len(out)} tensor{'s' * (len(out) != 1)}, so an "
                     "index cannot pick one output of it; give a callable that takes them all and returns one value per row, e.g. "
                     "lambda outs: outs[0][:, 3]"
+                )
+            if isinstance(out, Mapping):  # a dict, a Hugging Face ModelOutput
+                keys = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
+                raise TypeError(
+                    f"the model must return a tensor, got a {type(out).__name__} with the tensors {keys}: pick one "
+                    f"before the target, e.g. xattr.target(lambda *args: model(*args)[{keys[0] if keys else 'logits'!r}], t), "
+                    "or give t as a callable that takes it and returns one value per row"
                 )
             raise TypeError(f"the model must return a tensor, got {type(out).__name__}")
         if self.multi_output:
