@@ -126,6 +126,7 @@ OUTER = {
 
 @pytest.mark.parametrize("inner", ["saliency", "ig", "ablation", "deep_lift"])
 @pytest.mark.parametrize("outer", list(OUTER))
+@pytest.mark.filterwarnings("ignore::xattr.NoGradientPathWarning")  # sub feeds the output only through detached maps
 def test_outer_method_sees_the_forward_of_the_closed_form_model(outer, inner):
     nested, by_hand = Explained(inner), Explained(inner, closed_form=True)
     x = _inputs()
@@ -139,6 +140,7 @@ def test_outer_method_sees_the_forward_of_the_closed_form_model(outer, inner):
 
 @pytest.mark.parametrize("inner", ["saliency", "ig", "ablation", "deep_lift", "smoothgrad"])
 @pytest.mark.parametrize("outer", list(OUTER))
+@pytest.mark.filterwarnings("ignore::xattr.NoGradientPathWarning")  # sub feeds the output only through detached maps
 def test_inner_call_equals_the_same_call_at_top_level(outer, inner):
     # the inner call gives, on the rows the outer method ran the model on, what it gives alone:
     # seeded draws included (the outer copy blocks used to move them)

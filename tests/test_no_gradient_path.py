@@ -73,3 +73,32 @@ def test_a_path_from_one_of_two_inputs_says_nothing():
         warnings.simplefilter("error", xattr.NoGradientPathWarning)
         gx, gy = xattr.saliency(xattr.target(model, 1), argnums=(0, 1), abs=False)(X, X.clone())
     assert torch.count_nonzero(gx) == 0 and torch.count_nonzero(gy) > 0
+
+
+class Aux(nn.Module):
+    """``aux`` runs on the hidden layer, and the output never reads it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.aux, self.b = nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        self.aux(h)
+        return self.b(torch.tanh(h))
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_a_layer_the_output_never_reads_gives_zeros_and_says_why(many):
+    """With K outputs the layer gradients' stack met None and raised a TypeError; one output gave
+    silent zeros."""
+    model = Aux().double().eval()
+    f = xattr.target(model, xattr.outputs([0, 1]) if many else 1)
+    with pytest.warns(xattr.NoGradientPathWarning, match="no gradient reaches the layer's value"):
+        attr = xattr.gradient_x_activation(xattr.at_layer(f, model.aux))(X)
+    assert attr.shape == ((4, 2, 3) if many else (4, 3))
+    assert torch.count_nonzero(attr) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", xattr.NoGradientPathWarning)
+        assert torch.count_nonzero(xattr.gradient_x_activation(xattr.at_layer(f, model.a))(X)) > 0

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -75,7 +76,7 @@ from .checks import check_finite
 from .fx_head import traced_head
 from .layer_layout import first_rows
 from .layer_values import is_plain, restored, shown
-from .gradients import _rows, is_multi_output, vjp_rows
+from .gradients import NoGradientPathWarning, _rows, is_multi_output, vjp_rows
 from .rule_limits import calls_jit, eager_compiled, in_checkpoint, jit_error
 
 
@@ -383,15 +384,27 @@ def layer_vjp_rows(split: Split, args: tuple, *, weights=None, chunk_size=None):
         )
     w = (torch.ones(out.shape[0], device=out.device) if weights is None else weights).to(out.dtype)
     if not multi:
-        grads = torch.autograd.grad(out, flat, w if out.ndim else None, allow_unused=True)
+        grads = list(torch.autograd.grad(out, flat, w if out.ndim else None, allow_unused=True))
+        zero = torch.zeros_like
     else:
         k = out.shape[1]
         cots = torch.eye(k, dtype=out.dtype, device=out.device)[:, None, :] * w[None, :, None]
         per = [torch.autograd.grad(out, flat, cots[j], retain_graph=j < k - 1, allow_unused=True) for j in range(k)]
-        grads = [torch.stack(gs, 1) for gs in zip(*per)]
-    grads = iter([torch.zeros_like(t) if g is None else g for g, t in zip(grads, flat)])
+        zero = lambda t: t.new_zeros(t.shape[:1] + (k,) + t.shape[1:])  # noqa: E731
+        grads = [None if all(g is None for g in gs) else torch.stack([torch.zeros_like(t) if g is None else g for g in gs], 1)
+                 for gs, t in zip(zip(*per), flat)]  # fmt: skip
+    if out.numel() and all(g is None for g in grads):  # NOTE: [No gradient path] in gradients.py
+        warnings.warn(NO_LAYER_PATH, NoGradientPathWarning, stacklevel=2)
+    grads = iter([zero(t) if g is None else g for g, t in zip(grads, flat)])
     g = T.tree_map(lambda t: next(grads) if _is_float(t) else t, h)
     return h, out.detach(), g
+
+
+NO_LAYER_PATH = (
+    "xattr: no gradient reaches the layer's value from the output (every gradient is None), so the layer "
+    "attributions are zero: the output does not use the layer (a branch the output never reads, an auxiliary "
+    "head), or the model uses it without recording gradients (.detach(), .item(), an integer op)"
+)
 
 
 def _is_float(t) -> bool:
