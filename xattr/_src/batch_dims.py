@@ -19,8 +19,9 @@ of the activation's structure: ``(0, 1)`` for a ``batch_first=True`` LSTM's
 MLP runs on ``hidden.reshape(-1, D)``, some attentions fold heads into the batch as
 ``(B * H, L, d)``. The split views it as ``(B, k, ...)`` (``unflatten``, B the call's rows,
 dim 0 of its first tensor argument) and flattens it back for the model. A sequence-first merge,
-``(L * B, D)`` from an ``(L, B, D)`` tensor, is not this layout and cannot be told from it by
-shape: it must not be split as "merged" (split before the merge instead).
+``(L * B, D)`` from an ``(L, B, D)`` tensor, has the same shape but interleaves the examples; the
+layer methods run the layer once per input shape on the rows repeated twice and refuse it
+(`layer_layout.check_merged`): split before the merge instead.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import torch
 
 from . import tree as T
 
+MERGED = "merged"
+
 
 def check_batch_dim(spec: Any) -> Any:
     """``spec`` if it is an int or a tuple/list tree of ints, else a TypeError."""
@@ -41,9 +44,6 @@ def check_batch_dim(spec: Any) -> Any:
                 f"batch_dim must be an int, 'merged' or a tuple of them (one per part of the layer's value), got {spec!r}"
             )
     return spec
-
-
-MERGED = "merged"
 
 
 def is_batch_first(spec: Any) -> bool:

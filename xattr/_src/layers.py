@@ -70,13 +70,13 @@ import torch
 from torch import nn
 
 from . import nesting
-from .batch_dims import check_batch_dim, is_batch_first, to_front, to_layout
 from . import tree as T
+from .batch_dims import check_batch_dim, is_batch_first, to_front, to_layout
 from .checks import check_finite
 from .fx_head import traced_head
+from .gradients import NoGradientPathWarning, _rows, is_multi_output, vjp_rows
 from .layer_layout import first_rows
 from .layer_values import is_plain, restored, shown
-from .gradients import NoGradientPathWarning, _rows, is_multi_output, vjp_rows
 from .rule_limits import calls_jit, eager_compiled, in_checkpoint, jit_error
 
 
