@@ -113,3 +113,36 @@ def test_a_hugging_face_model_output():
     gxa = xattr.gradient_x_activation(xattr.at_layer(case.f, case.model.bert))(ids, mask)
     assert set(gxa) == {"last_hidden_state", "pooler_output"}
     assert gxa["last_hidden_state"].shape == (ids.shape[0], ids.shape[1], case.model.config.hidden_size)
+
+
+def test_a_model_output_with_the_batch_in_dim_1():
+    """``batch_dim`` applies to the tensors in the value's shown structure: a ModelOutput (one
+    optree leaf) was passed over, its tensor left sequence-first, and refused."""
+    modeling_outputs = pytest.importorskip("transformers.modeling_outputs")
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+        def forward(self, h):
+            return modeling_outputs.BaseModelOutput(last_hidden_state=self.lin(h))
+
+    class Seq(nn.Module):
+        def __init__(self, seq_first: bool):
+            super().__init__()
+            torch.manual_seed(0)
+            self.seq_first, self.a, self.block, self.b = seq_first, nn.Linear(3, 3), Wrapped(), nn.Linear(3, 2)
+
+        def forward(self, x):  # (B, L, 3)
+            h = self.a(x).transpose(0, 1) if self.seq_first else self.a(x)
+            y = self.block(h).last_hidden_state
+            y = y.transpose(0, 1) if self.seq_first else y
+            return self.b(torch.tanh(y).mean(1))
+
+    sf, bf = Seq(True).double().eval(), Seq(False).double().eval()
+    bf.load_state_dict(sf.state_dict())
+    x = torch.randn(3, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    got = xattr.layer_integrated_gradients(xattr.at_layer(xattr.target(sf, 1), sf.block, batch_dim=1), n_steps=4)(x)
+    want = xattr.layer_integrated_gradients(xattr.at_layer(xattr.target(bf, 1), bf.block), n_steps=4)(x)
+    torch.testing.assert_close(got["last_hidden_state"], want["last_hidden_state"])

@@ -12,7 +12,8 @@ layer's own layout). The moves are views (``movedim``), so the numbers are those
 batch-first twin of the layer, bit for bit.
 
 ``batch_dim`` is an int for every tensor of the activation, or a tree of ints that is a prefix
-of the activation's structure: ``(0, 1)`` for a ``batch_first=True`` LSTM's
+of the activation's structure as the methods see it (NOTE: [Layer values with more than
+tensors]: a ``ModelOutput`` as a dict): ``(0, 1)`` for a ``batch_first=True`` LSTM's
 ``(output, (h_n, c_n))``, whose output is batch-first and its states are not.
 
 ``"merged"`` is a layer whose dim 0 holds each example's rows together, ``(B * k, ...)``: OPT's

@@ -136,7 +136,7 @@ class Split:
                 if not self._wanted(k):
                     return None
                 with torch.set_grad_enabled(recording or torch.is_grad_enabled()):  # NOTE: [Layers inside torch.no_grad]
-                    new = on_value(i, k, shown(to_front(value, self.batch_dim, self.where, rows)))
+                    new = on_value(i, k, to_front(shown(value), self.batch_dim, self.where, rows))
                     if new is None:
                         return None
                     new = restored(to_layout(new, self.batch_dim, self.where, rows), value)  # NOTE: [Layer values with more than tensors]
