@@ -146,3 +146,15 @@ def test_a_model_output_with_the_batch_in_dim_1():
     got = xattr.layer_integrated_gradients(xattr.at_layer(xattr.target(sf, 1), sf.block, batch_dim=1), n_steps=4)(x)
     want = xattr.layer_integrated_gradients(xattr.at_layer(xattr.target(bf, 1), bf.block), n_steps=4)(x)
     torch.testing.assert_close(got["last_hidden_state"], want["last_hidden_state"])
+
+
+@pytest.mark.parametrize("style", ["dict", "tuple"])
+def test_a_neuron_of_a_value_with_more_than_tensors_is_picked_by_a_callable(style):
+    model, twin = _pair(style)
+    split = xattr.at_layer(xattr.target(model, 1), model.block)
+    pick = (lambda a: a["h"][:, 2]) if style == "dict" else (lambda a: a[0][:, 2])
+    got = xattr.integrated_gradients(xattr.neuron(split, pick), n_steps=4)(X)
+    want = xattr.integrated_gradients(xattr.neuron(xattr.at_layer(xattr.target(twin, 1), twin.block), 2), n_steps=4)(X)
+    torch.testing.assert_close(got, want)
+    with pytest.raises(TypeError, match="callable"):  # an int cannot say which part
+        xattr.saliency(xattr.neuron(split, 2))(X)

@@ -196,7 +196,7 @@ def test_an_index_with_too_few_dims_says_how_many_it_needs():
 
 def test_an_index_into_a_layer_of_several_tensors_says_to_use_a_callable():
     m = TwoBranches().eval()
-    with pytest.raises(TypeError, match="returns a tuple of 2 tensors.*callable"):
+    with pytest.raises(TypeError, match="returns a tuple of 2 parts.*callable"):
         xattr.saliency(xattr.neuron(xattr.at_layer(m, m.pair), 1))(X)
 
 

@@ -270,14 +270,19 @@ class Targeted:
         if not isinstance(out, torch.Tensor):
             if callable(self.t) and not self.multi_output:  # a selector may read a tuple of outputs
                 return self.t(out)
-            if isinstance(out, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in out):
+            if isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out):
                 raise TypeError(
-                    f"the model (or layer) returns a {type(out).__name__} of {len(out)} tensor{'s' * (len(out) != 1)}, so an "
+                    f"the model (or layer) returns a {type(out).__name__} of {len(out)} part{'s' * (len(out) != 1)}, so an "
                     "index cannot pick one output of it; give a callable that takes them all and returns one value per row, e.g. "
                     "lambda outs: outs[0][:, 3]"
                 )
             if isinstance(out, Mapping):  # a dict, a Hugging Face ModelOutput
                 keys = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
+                if isinstance(self.model, _CheckedAct):  # xattr.neuron at a layer with a mapping value
+                    raise TypeError(
+                        f"the layer's value is a {type(out).__name__} with the tensors {keys}: give the neuron as a "
+                        f"callable that picks it, e.g. xattr.neuron(split, lambda act: act[{keys[0] if keys else 'key'!r}][:, i])"
+                    )
                 raise TypeError(
                     f"the model must return a tensor, got a {type(out).__name__} with the tensors {keys}: pick one "
                     f"before the target, e.g. xattr.target(lambda *args: model(*args)[{keys[0] if keys else 'logits'!r}], t), "
