@@ -181,18 +181,23 @@ def _text_case(name, attn) -> Case:
     w = torch.randn(H, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
 
     def f(ids, mask):
-        extra = {}
-        if positions:
-            extra["position_ids"] = torch.arange(ids.shape[1]).expand_as(ids)
-        if token_types:
-            extra["token_type_ids"] = torch.zeros_like(ids)
-        out = model(input_ids=ids, attention_mask=mask, **extra)
+        out = model(input_ids=ids, attention_mask=mask, **id_inputs(ids, positions, token_types))
         if head:
             return out.logits[:, 1]
         last = mask.sum(1) - 1
         return out.last_hidden_state[torch.arange(ids.shape[0]), last] @ w
 
     return Case(name, attn, model, "text", word, embeddings, f, text_inputs(model), head)
+
+
+def id_inputs(ids, positions: bool, token_types: bool) -> dict:
+    """The position ids (0, 1, ... per row) and zero token-type ids a text model takes, as asked."""
+    extra = {}
+    if positions:
+        extra["position_ids"] = torch.arange(ids.shape[1]).expand_as(ids)
+    if token_types:
+        extra["token_type_ids"] = torch.zeros_like(ids)
+    return extra
 
 
 def _path(model, module) -> str:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_zoo import BERT, LLAMA, PAD, VIT, B, Case, H, V, _build, _path, text_inputs, transformers
+from hf_zoo import BERT, LLAMA, PAD, VIT, B, Case, H, V, _build, _path, id_inputs, text_inputs, transformers
 
 GPT = dict(n_embd=H, n_layer=2, n_head=4, n_positions=32, pad_token_id=PAD)
 SEQ2SEQ = dict(d_model=H, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
@@ -106,13 +106,8 @@ def _text_case(name, attn) -> Case:
     w = _w()
 
     def f(ids, mask):
-        extra = {}
-        if positions:
-            extra["position_ids"] = torch.arange(ids.shape[1]).expand_as(ids)
-        if token_types:
-            extra["token_type_ids"] = torch.zeros_like(ids)
         given = dict(inputs_embeds=word(ids)) if through == "embeds" else dict(input_ids=ids)
-        out = body(attention_mask=mask, **given, **extra)
+        out = body(attention_mask=mask, **given, **id_inputs(ids, positions, token_types))
         last = mask.sum(1) - 1
         return out.last_hidden_state[torch.arange(ids.shape[0]), last] @ w
 
