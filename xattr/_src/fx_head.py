@@ -300,8 +300,11 @@ _TRACING = threading.RLock()
 
 def _modes() -> tuple:
     """Grad, inference and autocast modes: fx records none of them in a graph."""
-    return (torch.is_grad_enabled(), torch.is_inference_mode_enabled(), torch.is_autocast_enabled("cpu"),
-            torch.is_autocast_enabled("cuda"))  # fmt: skip
+    try:
+        autocast = (torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda"))
+    except TypeError:  # a torch without the device_type argument
+        autocast = (torch.is_autocast_cpu_enabled(), torch.is_autocast_enabled())
+    return (torch.is_grad_enabled(), torch.is_inference_mode_enabled()) + autocast
 
 
 class _Tracer(fx.Tracer):
