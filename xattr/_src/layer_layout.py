@@ -76,7 +76,7 @@ def check_merged(split, args: tuple, method: str) -> None:
         return
     rows = first_rows(args)
     checked = split.__dict__.setdefault("_merged_checked", set())
-    key = tuple((t.shape, t.dtype, t.device) if isinstance(t, torch.Tensor) else type(t) for t in T.leaves(args))
+    key = T.signature(args)
     if rows is None or key in checked:
         return
     doubled = T.tree_map(

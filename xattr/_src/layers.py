@@ -104,7 +104,7 @@ class Split:
         self.call_index = call_index
         self.batch_dim = check_batch_dim(batch_dim)  # NOTE: [Layers with the batch in another dim]
         self.where = "input" if inputs else "output"
-        self.checked_single_calls: set = set()  # signatures (`_signature`) of args checked with a whole forward
+        self.checked_single_calls: set = set()  # signatures (`tree.signature`) of args checked with a whole forward
         self.act = _Act(self)
         self.head = _Head(self)
 
@@ -174,7 +174,7 @@ class Split:
             if self.call_index is None:
                 if len(self.checked_single_calls) >= 1024:  # variable-length inputs: one per length; forget, recheck
                     self.checked_single_calls.clear()
-                self.checked_single_calls.add(_signature(args))
+                self.checked_single_calls.add(T.signature(args))
         return out
 
     def _check_counts(self, counts):
@@ -226,11 +226,6 @@ def _clone(tree):
     return T.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, tree)
 
 
-def _signature(args) -> tuple:
-    """The shapes, dtypes and devices of args' tensors (other leaves by type)."""
-    return tuple((t.shape, t.dtype, t.device) if isinstance(t, torch.Tensor) else type(t) for t in T.leaves(args))
-
-
 class _Act:
     """split.act(*args): the layer's activation(s), computed as far as the layer and no further."""
 
@@ -245,7 +240,7 @@ class _Act:
         # dtypes and devices) runs the whole forward to check each layer is called exactly once;
         # later calls with it stop at the layer (NOTE: [Splitting a model at a layer]). Another
         # shape may call the layer another number of times (a layer run per chunk of tokens).
-        once = isinstance(s.call_index, int) or (s.call_index is None and _signature(args) in s.checked_single_calls)
+        once = isinstance(s.call_index, int) or (s.call_index is None and T.signature(args) in s.checked_single_calls)
         need = len(s.modules) if once else None
 
         def on_value(i, k, value):

@@ -60,6 +60,11 @@ def leaves(tree: Tree) -> list:
     return optree.tree_leaves(tree, namespace="xattr")
 
 
+def signature(args) -> tuple:
+    """The shapes, dtypes and devices of args' tensors (other leaves by type)."""
+    return tuple((t.shape, t.dtype, t.device) if isinstance(t, torch.Tensor) else type(t) for t in leaves(args))
+
+
 def normalize_argnums(argnums: int | Sequence[int]) -> tuple[tuple[int, ...], bool]:
     """Returns (argnums as a tuple, whether the caller asked for a tuple)."""
     if isinstance(argnums, int):
