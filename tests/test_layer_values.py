@@ -158,3 +158,40 @@ def test_a_neuron_of_a_value_with_more_than_tensors_is_picked_by_a_callable(styl
     torch.testing.assert_close(got, want)
     with pytest.raises(TypeError, match="callable"):  # an int cannot say which part
         xattr.saliency(xattr.neuron(split, 2))(X)
+
+
+class PositionalConstants(nn.Module):
+    """``block(h, None, 2.0)``: the layer's input (``inputs=True``) is ``(h, None, 2.0)``."""
+
+    def __init__(self, positional: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.positional = positional
+        self.proj, self.block, self.out = nn.Linear(3, 4), _Gated(), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.proj(x)
+        y = self.block(h, None, 2.0) if self.positional else self.block(h, scale=2.0)
+        return self.out(torch.tanh(y))
+
+
+class _Gated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x, gate=None, scale=1.0):
+        return self.lin(x) * scale
+
+
+@pytest.mark.parametrize("method", [m for m in LAYER_METHODS_UNDER_TEST if not m.neuron], ids=repr)
+def test_a_layer_input_with_positional_constants(method):
+    """The float 2.0 in the input made the methods fail; now it comes back as None, and the
+    tensor's attributions are a twin's that passes the constant by keyword."""
+    model, twin = PositionalConstants(True).double().eval(), PositionalConstants(False).double().eval()
+    twin.load_state_dict(model.state_dict())
+    split = lambda m: xattr.at_layer(xattr.target(m, 1), m.block, inputs=True)  # noqa: E731
+    got = method.make(split(model), generator=0)(X)
+    want = method.make(split(twin), generator=0)(X)
+    assert len(got) == 3 and got[1] is None and got[2] is None
+    torch.testing.assert_close(got[0], want)
