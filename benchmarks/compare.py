@@ -73,6 +73,10 @@ def workloads(lib) -> dict[str, Callable[[], Callable[[], object]]]:
         "guided_backprop": lambda: call(lib.guided_backprop(lib.target(base, y)), x),
         "deep_lift": lambda: call(lib.deep_lift(lib.target(two_pool, y), baselines=0.0), x),
         "deep_lift_resnet50": lambda: _resnet_deep_lift(lib),
+        "grad_cam": lambda: call(lib.grad_cam(lib.at_layer(lib.target(base, y), base.conv3)), x),
+        "layer_integrated_gradients": lambda: call(
+            lib.layer_integrated_gradients(lib.at_layer(lib.target(base, y), base.conv2), n_steps=50), x
+        ),
         "lrp": lambda: call(lib.lrp(lib.target(W._seeded(lambda: R.VGGStyle()).eval(), y)), x),
         "occlusion": lambda: call(lib.occlusion(lib.target(base, y), sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4)), x),
         "feature_ablation": lambda: call(lib.feature_ablation(lib.target(tab, yt)), xt),
