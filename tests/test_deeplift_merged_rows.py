@@ -33,22 +33,22 @@ def _ids(shape, rows: int, dim: int) -> torch.Tensor:
 
 def _batch_major(ids: torch.Tensor, dim: int, rows: int) -> bool:
     """Whether the example ids along ``dim`` run 0,0,..,1,1,.. (each example's rows together)."""
-    n = ids.shape[dim]
-    if n % rows:
-        return False
-    view = [1] * ids.ndim
-    view[dim] = n
-    return torch.equal(ids, (torch.arange(n, dtype=torch.float64) // (n // rows)).view(view).expand(ids.shape))
+    return _ids_run(ids, dim, rows, lambda i, n: i // (n // rows))
 
 
 def _in_blocks(ids: torch.Tensor, dim: int, rows: int) -> bool:
     """Whether the example ids along ``dim`` run 0,1,..,R-1,0,1,.. (k blocks of the rows)."""
+    return _ids_run(ids, dim, rows, lambda i, n: i % rows)
+
+
+def _ids_run(ids: torch.Tensor, dim: int, rows: int, example_at) -> bool:
+    """Whether the ids along ``dim`` are ``example_at(position, size)``, the same across the other dims."""
     n = ids.shape[dim]
     if n % rows:
         return False
     view = [1] * ids.ndim
     view[dim] = n
-    return torch.equal(ids, (torch.arange(n, dtype=torch.float64) % rows).view(view).expand(ids.shape))
+    return torch.equal(ids, example_at(torch.arange(n, dtype=torch.float64), n).view(view).expand(ids.shape))
 
 
 def _noted(func, args, rows: int, kwargs=None) -> tuple:
