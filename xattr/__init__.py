@@ -35,6 +35,7 @@ from ._src.lrp_methods import layer_lrp, lrp
 from ._src.neuron_methods import neuron_conductance
 from ._src.paths import Profile, path_integral, quadrature
 from ._src.rules import rules
+from ._src.rule_limits import RuleBypassedWarning
 from ._src.sampling import expectation, smooth
 from ._src.surrogate import exp_kernel_similarity, kernel_shap, lasso, lime, linear_regression, ridge
 from ._src.targets import Outputs, neuron, outputs, target
@@ -44,11 +45,13 @@ from . import rule
 from . import concepts
 from . import metrics
 from . import robust
+from . import viz
 
 __version__ = "0.1.0"
 
 __all__ = [
     "NoGradientPathWarning",
+    "RuleBypassedWarning",
     "deconvolution",
     "feature_ablation",
     "feature_permutation",
@@ -68,6 +71,7 @@ __all__ = [
     "concepts",
     "metrics",
     "robust",
+    "viz",
     "rule",
     "rules",
     "Outputs",

@@ -33,8 +33,9 @@ import torch
 
 from . import ops
 from . import tree as T
-from .rule_limits import jit_error, refuse_second_backward
+from .rule_limits import jit_error, own_function, refuse_second_backward
 
+CUSTOM_NODE = torch.autograd.function.BackwardCFunction  # the node of a torch.autograd.Function's call
 OPAQUE_NODES = frozenset({"CopySlices", "CompiledFunctionBackward"})  # may hide a ruled op
 # kind: (plain call, node names). Clamp: only the nodes of a number-bound clamp, a ReLU where the
 # node's bounds are min=0 and no max (`_relu_clamp_node`); for rules that accept only such clamps
@@ -146,6 +147,8 @@ def hook_graph(out, by_node: dict, first: int) -> bool:
         name = type(node).__name__
         if name in OPAQUE_NODES:
             return False
+        if isinstance(node, CUSTOM_NODE) and not own_function(type(node)._forward_cls):
+            return False  # ops inside a model's own Function: the mode finds them (NOTE: [Ops inside a custom autograd.Function])
         if name == "CppFunction" and "DifferentiableGraphBackward" in node.name():  # TorchScript's
             raise jit_error("a DifferentiableGraphBackward node in the autograd graph", "xattr.rules")  # NOTE: [Rules on TorchScript models]
         ruled = by_node.get(name)

@@ -2,7 +2,8 @@
 (NOTE: [Rule-based attributions are first-order]) and activation checkpointing (NOTE: [Rules and
 activation checkpointing]); compiled models, which rules see only as their Python source
 (NOTE: [Rules on compiled models]); and TorchScript, which they cannot see at all (NOTE: [Rules
-on TorchScript models])."""
+on TorchScript models]). A model's own ``torch.autograd.Function`` hides its ops' gradients from the
+rules: warned about (NOTE: [Ops inside a custom autograd.Function])."""
 
 from __future__ import annotations
 
@@ -323,3 +324,59 @@ def refuse_jit(f: Callable) -> None:
     found = calls_jit(f)
     if found is not None:
         raise jit_error(type(found).__name__, "xattr.rules (guided backprop, deconvolution, DeepLift, LRP and every rule-based method)")
+
+
+# NOTE: [Ops inside a custom autograd.Function]
+# A model may compute part of its forward in a ``torch.autograd.Function`` of its own (BLOOM's
+# GELU, straight-through estimators, fused kernels written in Python). The mode sees the ops of
+# the Function's forward, but they run with gradients off, and the gradient there comes from the
+# Function's own backward: no rule can act on them. Until now such ops were ruled silently to no
+# effect, and DeepLift's sum missed (BLOOM 3.4e-3 of the change; a GELU Function in a two-layer
+# MLP 0.13 of 0.11) and guided backprop left the ReLUs inside unguided. So where an op a rule
+# claims runs with gradients off inside a call that records them, the Python frames above it are
+# searched for ``Function.apply`` (frames only: no torch state says "inside a Function's
+# forward"), and a Function that is not xattr's own gets a RuleBypassedWarning, once per call
+# and Function class. A ``torch.no_grad()`` block in the model is no Function and is not warned
+# about: no gradient passes there at all (NOTE: [No gradient path]). The graph-hook path
+# (NOTE: [Rules as graph hooks]) never sees those ops: a custom Function's node in the graph
+# sends the call to the mode instead (graph_hooks.py), which then finds them.
+class RuleBypassedWarning(UserWarning):
+    """An op that a rule claims runs inside a model's own ``torch.autograd.Function``, whose
+    backward, not the rule, gives the gradient there."""
+
+
+_APPLY_CODE = torch.autograd.Function.apply.__func__.__code__
+_FRAMES = 64  # how far up to look for Function.apply
+
+
+def enclosing_function(skip: int = 2) -> type | None:
+    """The ``torch.autograd.Function`` subclass whose forward the caller's caller runs inside, if
+    one that is not xattr's own is found in the nearest ``_FRAMES`` Python frames (NOTE: [Ops
+    inside a custom autograd.Function])."""
+    frame = sys._getframe(skip)
+    for _ in range(_FRAMES):
+        if frame is None:
+            return None
+        if frame.f_code is _APPLY_CODE:
+            cls = frame.f_locals.get("cls")
+            if isinstance(cls, type) and not own_function(cls):
+                return cls
+        frame = frame.f_back
+    return None
+
+
+def own_function(cls: type) -> bool:
+    """Whether an autograd.Function class is xattr's (its rules' Functions run ops with grad off
+    by design) or torch's reentrant checkpoint (which torch refuses under every xattr method)."""
+    return (getattr(cls, "__module__", "") or "").startswith(("xattr.", "torch.utils.checkpoint"))
+
+
+def bypassed_warning(cls: type, kind: str) -> str:
+    return (
+        f"xattr.rules: a {kind!r} op that a rule claims runs inside the forward of {cls.__module__}.{cls.__qualname__}, "
+        "a torch.autograd.Function of the model's, where gradients are off and the Function's own backward gives the "
+        "gradient: the rule cannot act there, so the attributions do not follow it at that op (DeepLift's "
+        "summation-to-delta and LRP's conservation need not hold). To have it ruled, write that computation with plain "
+        "torch ops in the model (Hugging Face BLOOM: set each block's mlp.gelu_impl = nn.GELU(approximate='tanh'), the "
+        "same function)"
+    )

@@ -13,6 +13,16 @@ from . import ops, pairwise
 from . import rule_apply, rule_base
 from .graph_hooks import GRAPH_NODES, TENSOR_CLAMP_NODES, THRESHOLD_NODES, UNDER_MODE, accepts_relus
 
+try:  # what a torch function mode sees of an autograd.Function's call under torch.func transforms
+    from torch._functorch.autograd_function import custom_function_call as FUNCTION_CALL
+except ImportError:  # pragma: no cover (torch before 2.1)
+    FUNCTION_CALL = None
+
+
+def _answered_by_mode(func, *args, **kwargs):
+    """`FUNCTION_CALL`'s entry in `Table.parsers`: the mode answers it before parsing."""
+    return None
+
 
 class Table:
     """The mapping, sorted by key type (NOTE: [Choosing a rule])."""
@@ -68,6 +78,9 @@ class Table:
         self.parsers = {func: parser for func, parser in ops.PARSERS.items()
                         if self.tracks_modules or not ops.PARSES[func].isdisjoint(self.by_kind)}
         self.by_node = self._graph_hooks()
+        if FUNCTION_CALL is not None:  # a model's own autograd.Function under torch.func transforms
+            self.parsers[FUNCTION_CALL] = _answered_by_mode  # rules.py, `_RulesMode._function_call`
+        self.inside_functions: dict = {}  # Function class -> kind of a ruled op inside, or None
 
     def _graph_hooks(self) -> dict:
         """{autograd node name: (rule, op without tensors)} when every rule can be put on the

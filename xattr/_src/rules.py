@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 from typing import Callable, Mapping
 
 import torch
@@ -65,9 +66,18 @@ from .interleaved_rows import viewed
 from .merged_rows import POSITION, WATCHED, Unshared, merged_rows, watched
 from .rule_apply import _as_hook, _as_output_hook, _hooked, _scaled, apply_rule
 from .rule_base import Rule
-from .rule_limits import calls_compiled, eager_compiled, first_order_only, refuse_jit
+from .rule_limits import (
+    RuleBypassedWarning,
+    bypassed_warning,
+    calls_compiled,
+    eager_compiled,
+    enclosing_function,
+    first_order_only,
+    own_function,
+    refuse_jit,
+)
 from .row_layout import _ROWS
-from .rule_table import Table
+from .rule_table import FUNCTION_CALL, Table
 
 
 class _RulesMode(TorchFunctionMode):
@@ -80,6 +90,8 @@ class _RulesMode(TorchFunctionMode):
         self.copies = INPUT_COPIES.get()  # None outside lrp's input-layer runs: no tracking then
         paired = _ROWS.get()  # inside deep_lift's call: its rows, and what the call noted of merges
         self.rows, self.merged = (paired[0], paired[4].merged) if paired[0] is not None else (None, None)
+        self.recording = torch.is_grad_enabled()  # NOTE: [Ops inside a custom autograd.Function]
+        self.bypassed: set = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         parser = self.parsers.get(func)
@@ -90,10 +102,15 @@ class _RulesMode(TorchFunctionMode):
                 return watched(self.merged, self.rows, func, args, kwargs or {})
             return func(*args, **kwargs) if kwargs else func(*args)
         kwargs = kwargs or {}
+        if func is FUNCTION_CALL:  # a model's own autograd.Function under torch.func transforms
+            self._function_call(args[0], args[1:], kwargs)
+            return func(*args, **kwargs)
         op = parser(func, *args, **kwargs)
         rule = None if op is None else self.table.resolve(op, self.stack)
         if rule is None:
             return func(*args, **kwargs)
+        if self.recording and not torch.is_grad_enabled():  # NOTE: [Ops inside a custom autograd.Function]
+            self._bypassed(op)
         if torch._C._functorch.maybe_current_level() is not None:  # the transforms around this op, not
             # only those around the call (``rules(attribution_fn)`` takes its own gradient inside it)
             first_order_only("a gradient through xattr.rules", allowed=1)  # NOTE: [Rule-based attributions are first-order]
@@ -102,6 +119,30 @@ class _RulesMode(TorchFunctionMode):
             if found is not None:
                 return self._at_merged(*found, rule, op, func, args, kwargs)
         return self._dispatch(rule, op, func, args, kwargs)
+
+    def _bypassed(self, op):
+        """Warns, once per call and Function class, where ``op`` runs inside a model's own
+        autograd.Function (NOTE: [Ops inside a custom autograd.Function])."""
+        cls = enclosing_function(3)
+        if cls is not None and cls not in self.bypassed:
+            self.bypassed.add(cls)
+            warnings.warn(bypassed_warning(cls, op.kind), RuleBypassedWarning, stacklevel=4)
+
+    def _function_call(self, cls, args, kwargs):
+        """Under torch.func transforms the mode sees a Function's call (``custom_function_call``),
+        not the ops inside it: whether a rule would claim one is found by running its forward once
+        per mapping and class, under `_Probe` (NOTE: [Ops inside a custom autograd.Function])."""
+        if not self.recording or own_function(cls) or cls in self.bypassed:
+            return
+        found = self.table.inside_functions
+        if cls not in found:
+            probe = _Probe(self.table, list(self.stack))
+            with torch.no_grad(), probe:
+                cls.forward(*args, **kwargs)
+            found[cls] = probe.kind
+        if found[cls] is not None:
+            self.bypassed.add(cls)
+            warnings.warn(bypassed_warning(cls, found[cls]), RuleBypassedWarning, stacklevel=4)
 
     def _at_merged(self, layout: str, n: int, rule, op, func, args, kwargs):
         """`_dispatch` where the op's tensors hold the paired rows merged with another dim: n rows
@@ -164,6 +205,24 @@ class _RulesMode(TorchFunctionMode):
             pre.remove()
             post.remove()
             stack.clear()
+
+
+class _Probe(TorchFunctionMode):
+    """Runs ops as they are, noting the kind of the first that the table's rules would claim
+    (NOTE: [Ops inside a custom autograd.Function])."""
+
+    def __init__(self, table: Table, stack: list):
+        super().__init__()
+        self.table, self.stack, self.kind = table, stack, None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        parser = self.table.parsers.get(func)
+        if parser is not None and self.kind is None and func is not FUNCTION_CALL:
+            op = parser(func, *args, **kwargs)
+            if op is not None and self.table.resolve(op, self.stack) is not None:
+                self.kind = op.kind
+        return func(*args, **kwargs)
 
 
 class Ruled:
