@@ -78,3 +78,32 @@ def test_no_note_where_it_does_not_apply():
     with pytest.raises(RuntimeError) as info:
         xattr.integrated_gradients(not_a_size_error)(X)
     assert not notes(info.value)
+
+
+def test_an_extra_argument_with_the_examples_in_another_dim_is_named():
+    """A DLRM's offsets, one table per row: ``(tables, B)``, passed whole, never tiled; the note names
+    it and says what to do (its first advice, pass it as an extra argument, is already taken)."""
+    mask_t = MASK.T.contiguous()  # (4 features, 3 examples)
+
+    def transposed(x, m):
+        return LIN(x * m.T)[:, 0]
+
+    with pytest.raises(RuntimeError) as info:
+        xattr.integrated_gradients(transposed)(X, mask_t)
+    said = notes(info.value)
+    assert "argument 1 (4, 3) has no dim 0 of 3" in said and "examples in dim 0" in said, said
+
+    def batch_first(x, m):  # what the note says to do
+        return LIN(x * m)[:, 0]
+
+    attr = xattr.integrated_gradients(batch_first)(X, mask_t.T)
+    torch.testing.assert_close(attr, xattr.integrated_gradients(passed)(X, MASK))
+    assert "no dim 0 of" not in notes(_raised(closed))  # every tensor argument has the batch: no sentence
+
+
+def _raised(f):
+    try:
+        xattr.integrated_gradients(f)(X)
+    except RuntimeError as err:
+        return err
+    raise AssertionError("no error")

@@ -49,7 +49,21 @@ def note_folded(err: BaseException, model_fn: Callable, args: tuple) -> None:
         "reads from outside its arguments (an attention mask from an enclosing scope) keeps its rows "
         "and no longer fits. Pass it as an extra argument instead, f(ids, mask), and call the method "
         "with it, method(f)(ids, mask): extra arguments are tiled with the copies (NOTE: [Per-example "
-        "tensors from outside the arguments])."
+        "tensors from outside the arguments])." + _whole(args, batch)
+    )
+
+
+def _whole(args: tuple, batch) -> str:
+    """The note's sentence on tensor arguments whose dim 0 is not the batch: passed whole, never
+    tiled, so a model reading examples along another of their dims cannot take the copies."""
+    odd = [f"argument {i} {tuple(t.shape)}" for i, t in enumerate(args)
+           if isinstance(t, torch.Tensor) and t.ndim and batch is not None and t.shape[0] != batch]
+    if not odd:
+        return ""
+    return (
+        f" Here {', '.join(odd)} {'has' if len(odd) == 1 else 'have'} no dim 0 of {batch}: such tensors are passed whole to every call, not tiled, "
+        "so a model that reads its examples along another of their dims (offsets per table, a sequence-first "
+        "mask) cannot take the copies. Give them with the examples in dim 0 and move that dim inside the model function."
     )
 
 
