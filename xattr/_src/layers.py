@@ -66,6 +66,7 @@ import threading
 import warnings
 from typing import Callable, Sequence
 
+import optree
 import torch
 from torch import nn
 
@@ -390,6 +391,8 @@ def layer_vjp_rows(split: Split, args: tuple, *, weights=None, chunk_size=None):
                  for gs, t in zip(zip(*per), flat)]  # fmt: skip
     if out.numel() and all(g is None for g in grads):  # NOTE: [No gradient path] in gradients.py
         warnings.warn(NO_LAYER_PATH, NoGradientPathWarning, stacklevel=2)
+    elif out.numel() and any(g is None for g in grads):  # NOTE: [Parts of a layer's value no path reads]
+        warnings.warn(_unread_parts(z, grads, split.inputs), NoGradientPathWarning, stacklevel=2)
     grads = iter([zero(t) if g is None else g for g, t in zip(grads, flat)])
     g = T.tree_map(lambda t: next(grads) if _is_float(t) else t, h)
     return h, out.detach(), g
@@ -400,6 +403,34 @@ NO_LAYER_PATH = (
     "attributions are zero: the output does not use the layer (a branch the output never reads, an auxiliary "
     "head), or the model uses it without recording gradients (.detach(), .item(), an integer op)"
 )
+
+
+def _unread_parts(z, grads: list, inputs: bool) -> str:
+    """NOTE: [Parts of a layer's value no path reads]
+    A layer whose value has several tensors (``(context, attention_probs)``, an LSTM's ``(output,
+    (h_n, c_n))``) gets each part's gradient from the paths that read that part after the layer
+    (before it, with ``inputs=True``). A part nothing reads there gets zeros, which look like an
+    answer: say so, and name the parts. The usual surprise is a part the layer itself used to
+    compute another (attention weights, read by the context inside the module): that use is inside
+    the layer and is not counted, where Captum's gradient layer methods (LayerConductance,
+    InternalInfluence, LayerGradientXActivation) differentiate the tensor with all its uses. Found
+    in Captum's BERT tutorial, whose attention-matrix attributions came out zero without a word."""
+    paths = [p for p, leaf in zip(optree.tree_paths(z, namespace="xattr"), optree.tree_leaves(z, namespace="xattr"))
+             if _is_float(leaf)]
+    unread = [_path(p) for p, g in zip(paths, grads) if g is None]
+    where = "input" if inputs else "output"
+    return (
+        f"xattr: the part(s) {', '.join(unread)} of the layer's {where} reach the model's output by no path "
+        f"{'through the layer' if inputs else 'after the layer'}, so their attributions are zero. Only the paths "
+        f"from the values the layer {'receives' if inputs else 'returns'} count: a value the layer also uses inside "
+        "itself to compute another part (attention weights, read by its context) has that use inside the layer, "
+        "not counted, where Captum's gradient layer methods count it (docs/layers.md, section 6). To attribute to "
+        "such a tensor with its uses, split at a module that produces it before it is used"
+    )
+
+
+def _path(p: tuple) -> str:
+    return "[" + "][".join(repr(k) for k in p) + "]" if p else "[]"
 
 
 def _is_float(t) -> bool:
