@@ -51,8 +51,20 @@ from .perturbation import (
     ShapleyValueSampling,
 )
 from .surrogate import KernelShap, Lime, LimeBase
+from .text import (
+    InterpretableEmbeddingBase,
+    TokenReferenceBase,
+    configure_interpretable_embedding_layer,
+    remove_interpretable_embedding_layer,
+)
+from . import visualization
 
 __all__ = [
+    "InterpretableEmbeddingBase",
+    "TokenReferenceBase",
+    "configure_interpretable_embedding_layer",
+    "remove_interpretable_embedding_layer",
+    "visualization",
     "infidelity",
     "infidelity_perturb_func_decorator",
     "sensitivity_max",
