@@ -267,3 +267,32 @@ def test_reused_module_in_layer_lrp_needs_call_index():
     r = X.LayerLRP(model, model.relu, call_index=1).attribute(G.INPUTS["x"], target=0)
     want = xattr.layer_lrp(xattr.at_layer(xattr.target(model, 0), model.relu, call_index=1))(G.INPUTS["x"])
     torch.testing.assert_close(r, want)
+
+
+def test_a_list_of_layers_is_one_pass():
+    """LayerLRP and LayerGradientXActivation on a list of layers run the model once, as for one
+    layer (they ran one pass per layer: 8x Captum's time on 16 layers), with each layer's numbers
+    and delta those of its own split."""
+    from xattr.compat.captum import LayerGradientXActivation
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3)).double().eval()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    layers = [model[0], model[2], model[4]]
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        for make in (lambda l: X.LayerLRP(model, l), lambda l: LayerGradientXActivation(model, l)):
+            calls.clear()
+            make(model[0]).attribute(x, target=1)
+            one = len(calls)
+            calls.clear()
+            got = make(layers).attribute(x, target=1)
+            assert len(calls) == one and isinstance(got, list) and len(got) == 3
+    finally:
+        handle.remove()
+    rel, deltas = X.LayerLRP(model, layers).attribute(x, target=1, return_convergence_delta=True)
+    for r, d, layer in zip(rel, deltas, layers):
+        r1, d1 = X.LayerLRP(model, layer).attribute(x, target=1, return_convergence_delta=True)
+        torch.testing.assert_close(r, r1)
+        torch.testing.assert_close(d, d1)

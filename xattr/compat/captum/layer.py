@@ -94,19 +94,10 @@ class LayerGradientXActivation(LayerAttribution):
                          attribute_to_layer_input=attribute_to_layer_input)  # fmt: skip
 
     def _functional(self, call: Call, *, attribute_to_layer_input=False):
-        if not isinstance(self.layer, (list, tuple)):
-            split = self._split(call, attribute_to_layer_input)
-            return _no_delta(xattr.gradient_x_activation(split, multiply=self._multiply_by_inputs)), ()
-        # Captum differentiates each layer in the unmodified model: one split per layer, not one
-        # split substituting every layer (where an earlier layer's paths through a later one vanish)
-        fns = [
-            xattr.gradient_x_activation(
-                xattr.at_layer(call.model, m, inputs=attribute_to_layer_input, call_index=self.call_index),
-                multiply=self._multiply_by_inputs,
-            )
-            for m in self.layer
-        ]  # fmt: skip
-        return (lambda *args: (tuple(f(*args) for f in fns), None)), ()
+        # a list of layers: one split of them all, each layer's gradient its total derivative in the
+        # unmodified model, as Captum's (NOTE: [Layer gradients are total derivatives]): one pass
+        split = self._split(call, attribute_to_layer_input)
+        return _no_delta(xattr.gradient_x_activation(split, multiply=self._multiply_by_inputs)), ()
 
     @property
     def multiplies_by_inputs(self) -> bool:

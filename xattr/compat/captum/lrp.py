@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 import xattr
+from xattr._src.lrp_methods import _total
 from xattr._src.lrp_rules import LAYERS, Epsilon, Gamma, PositiveWeights, _n_tensors, _safe_divide, lrp_rules
 from xattr._src.ops import ELEMENTWISE
 from xattr._src.rule_base import Rule, Saved
@@ -231,8 +232,8 @@ class LayerLRP(LayerAttribution):
     """``LayerLRP(model, layer)``: the LRP relevance of a layer's output (or input); ``layer`` may be a list.
 
     xattr: ``xattr.layer_lrp(xattr.at_layer(xattr.target(model, target), layer,
-    inputs=attribute_to_layer_input), composite=composite(model), return_delta=True)``, one split
-    per layer of a list (as Captum, which reads each layer's relevance from one pass). Deltas use
+    inputs=attribute_to_layer_input), composite=composite(model), return_delta=True)``; a list
+    of layers is one split of them all, each layer's relevance read from one pass (as Captum). Deltas use
     Captum's sign, ``f(x) - sum(R)``, and are a list for a list of layers. ``device_ids`` is
     accepted and ignored; ``call_index`` picks the call of a module called more than once.
     """
@@ -249,21 +250,20 @@ class LayerLRP(LayerAttribution):
 
     def _functional(self, call: Call, *, return_convergence_delta=False, attribute_to_layer_input=False, verbose=False):
         mapping = composite(self.model, verbose)
-        layers = self.layer if isinstance(self.layer, (list, tuple)) else [self.layer]
-        fns = [
-            xattr.layer_lrp(
-                xattr.at_layer(call.model, m, inputs=attribute_to_layer_input, call_index=self.call_index),
-                composite=mapping, return_delta=True,
-            )
-            for m in layers
-        ]  # fmt: skip
+        several = isinstance(self.layer, (list, tuple))
+        layers = list(self.layer) if several else self.layer
+        # one pass for a list too: each layer's relevance is read from the same backward, as Captum's
+        fn = xattr.layer_lrp(xattr.at_layer(call.model, layers, inputs=attribute_to_layer_input, call_index=self.call_index),
+                             composite=mapping, return_delta=True)  # fmt: skip
 
         def run(*args):
-            pairs = [f(*args) for f in fns]
-            deltas = [_captum_delta(d) for _, d in pairs]
-            if isinstance(self.layer, (list, tuple)):
-                return tuple(a for a, _ in pairs), (deltas if return_convergence_delta else None)
-            return pairs[0][0], (deltas[0] if return_convergence_delta else None)
+            attr, delta = fn(*args)
+            if not several:
+                return attr, (_captum_delta(delta) if return_convergence_delta else None)
+            if not return_convergence_delta:
+                return tuple(attr), None
+            out = _total(attr, delta) - delta  # delta is sum(R over every layer) - f(x)
+            return tuple(attr), [_captum_delta(_total(a, delta) - out) for a in attr]
 
         return run, ()
 
