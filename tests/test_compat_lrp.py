@@ -148,12 +148,12 @@ def test_identity_rule_needs_a_same_shape_layer():
 
 def test_verbose_prints_the_rules(capsys):
     model = MODELS["mlp"]
-    model.l1.rule = X.EpsilonRule(0.25)
+    model.l1.rule = rule = X.EpsilonRule(0.25)
     try:
         X.LRP(model).attribute(G.INPUTS["x"], target=0, verbose=True)
     finally:
         del model.l1.rule
-    assert "Applied Epsilon(eps=0.25" in capsys.readouterr().out
+    assert f"Applied {rule} on layer {model.l1}" in capsys.readouterr().out  # the rule object given, as Captum prints
 
 
 def test_layer_lrp_is_xattr_layer_lrp_and_accepts_device_ids():
@@ -296,3 +296,31 @@ def test_a_list_of_layers_is_one_pass():
         r1, d1 = X.LayerLRP(model, layer).attribute(x, target=1, return_convergence_delta=True)
         torch.testing.assert_close(r, r1)
         torch.testing.assert_close(d, d1)
+
+
+def test_verbose_lists_the_layers_captum_lists():
+    """verbose=True prints one line per leaf module whose rule applies, defaults included, and
+    none for ReLU, Dropout or Tanh (rules Captum ignores there), as Captum does; Captum's
+    tutorial sets rules on those too."""
+    import contextlib
+    import copy
+    import io
+
+    captum = pytest.importorskip("captum.attr")
+    from captum.attr._utils.lrp_rules import EpsilonRule, GammaRule
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Dropout(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).eval()
+    x = torch.randn(2, 4)
+
+    def printed(cls):
+        m = copy.deepcopy(net)
+        m[1].rule, m[2].rule, m[3].rule = GammaRule(), EpsilonRule(epsilon=0), EpsilonRule(epsilon=0)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            cls(m).attribute(x, target=0, verbose=True)
+        return [line.split(" on layer ", 1)[1] for line in out.getvalue().splitlines()]
+
+    ours = printed(X.LRP)
+    assert ours == printed(captum.LRP)
+    assert ours == [repr(net[0]), repr(net[3]), repr(net[5])]

@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import xattr
@@ -171,12 +172,34 @@ def composite(model: Callable, verbose: bool = False) -> dict:
     if not isinstance(model, nn.Module):
         return mapping
     for name, module in model.named_modules():
-        rule = xattr_rule(getattr(module, "rule", None), f"module {name or type(module).__name__!r}")
+        given = getattr(module, "rule", None)
+        rule = xattr_rule(given, f"module {name or type(module).__name__!r}")
         if rule is not None:
             mapping[module] = rule
-            if verbose:
-                print(f"Applied {rule} on layer {module}")
+        if verbose:
+            _say_applied(module, given, mapping)
     return mapping
+
+
+# Captum's verbose output lists each leaf module whose forward its rules hook: the modules of
+# these types (their default rule where none is set), not its activations (ReLU, Dropout, Tanh),
+# whose rules it ignores; the default rule's key in xattr's mapping by module type
+_DEFAULT_KEYS = ((nn.Linear, F.linear), ((nn.Conv1d, nn.Conv2d, nn.Conv3d), torch.conv2d),
+                 ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), F.batch_norm),
+                 ((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d), F.max_pool2d),
+                 ((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+                   nn.AdaptiveAvgPool3d), F.avg_pool2d))  # fmt: skip
+_IGNORED = (nn.ReLU, nn.Dropout, nn.Tanh)
+
+
+def _say_applied(module: nn.Module, given, mapping: dict) -> None:
+    """``LRP(..., verbose=True)``: prints the rule applied at a leaf module, as Captum does."""
+    if next(module.children(), None) is not None or isinstance(module, _IGNORED):
+        return
+    if given is None:
+        given = next((mapping.get(key) for types, key in _DEFAULT_KEYS if isinstance(module, types)), None)
+    if given is not None:
+        print(f"Applied {given} on layer {module}")
 
 
 def _captum_delta(delta: torch.Tensor) -> torch.Tensor:
