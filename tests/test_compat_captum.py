@@ -459,3 +459,12 @@ def test_noise_tunnel_refuses_a_delta_the_method_lacks_and_a_zero_batch_of_sampl
         X.NoiseTunnel(X.Saliency(model)).attribute(x, target=0, return_convergence_delta=True)
     with pytest.raises(ValueError, match="nt_samples_batch_size must be a positive int"):
         X.NoiseTunnel(X.Saliency(model)).attribute(x, target=0, nt_samples_batch_size=0)
+
+
+def test_noise_tunnel_refuses_a_keyword_in_the_wrapped_methods_name():
+    """Captum's wording: the method whose ``attribute`` does not take it (the old NoiseTunnel
+    ``n_samples``), not a private method of the adapter."""
+    with pytest.raises(TypeError, match=r"^Saliency\.attribute\(\) got an unexpected keyword argument 'n_samples'$"):
+        X.NoiseTunnel(X.Saliency(MODELS["mlp"])).attribute(G.X, target=0, nt_samples=2, n_samples=5, stdevs=0.1)
+    with pytest.raises(TypeError, match=r"^IntegratedGradients\.attribute\(\) got an unexpected keyword argument 'n_step'$"):
+        X.NoiseTunnel(_ig()).attribute(G.X, target=0, nt_samples=2, n_step=5, stdevs=0.1)

@@ -12,6 +12,8 @@ and concatenated).
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 import xattr
@@ -86,6 +88,7 @@ class NoiseTunnel(Attribution):
         if inner.stochastic:
             kwargs["generator"] = subseed(generator, 1)
         with_delta = bool(kwargs.get("return_convergence_delta", False)) and inner.has_convergence_delta()
+        _check_keywords(inner, kwargs)
         inner_fn, aux = inner._functional(call, **kwargs)
         deltas: list[torch.Tensor] = []  # NOTE: [Noise tunnel deltas]
         batch = [call.batch]
@@ -122,3 +125,15 @@ class NoiseTunnel(Attribution):
     def _output(self, call: Call, attributions, delta, with_delta: bool):
         """The inner method's return convention (one attribution per input, or a layer's structure)."""
         return self.attribution_method._output(call, attributions, delta, with_delta)
+
+
+def _check_keywords(inner, kwargs: dict) -> None:
+    """A keyword the wrapped method's ``attribute`` does not take is refused in its name, as Captum's
+    error reads (the old NoiseTunnel ``n_samples``), not in that of a private method."""
+    params = inspect.signature(type(inner).attribute).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in kwargs if k not in params and k != "generator"]
+    if unknown:
+        raise TypeError(f"{type(inner).__name__}.attribute() got an unexpected keyword argument {unknown[0]!r}")
+
