@@ -16,6 +16,9 @@ Non-finite values (NaN, +-inf) are left out of the sign and of that percentile, 
 the map is drawn as if they were absent; they are painted in neutral grey (`NONFINITE_COLOR`,
 named under the colour bar), a colour neither map uses.
 
+Attributions are channel-first, (C, H, W), as torch gives them; a channel-last (H, W, C) array
+(as Captum's tutorials build for ``visualize_image_attr``) is recognised too, see `to_map`.
+
 A map smaller than its input (a layer attribution such as a 4x4 Grad-CAM of a 16x16 image) is
 resized to the input's height and width by bilinear interpolation (``align_corners=False``, as
 ``xattr.upsample(attr, size, mode="bilinear")``) before it is drawn, so it lines up with the
@@ -41,14 +44,56 @@ def _numpy(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
-def to_map(attr) -> np.ndarray:
-    """One example's attribution (C, H, W) or (H, W) -> an (H, W) map, summing over channels."""
+CHANNEL_SIZES = (1, 3, 4)  # sizes a channel dim of an image attribution is taken to have
+
+
+def to_map(attr, size=None) -> np.ndarray:
+    """One example's attribution (C, H, W), (H, W, C) or (H, W) -> an (H, W) map, summing channels.
+
+    A 3-d array is channel-first, (C, H, W), unless it reads as channel-last:
+
+    * without ``size``: channel-last when its last dim is 1, 3 or 4 and its first dim is not
+      (``(32, 32, 3)`` is channel-last, ``(3, 32, 32)`` and ``(1, 4, 4)`` channel-first);
+    * with ``size``, the (H, W) of the image it is drawn over: the layout whose (H, W) equals
+      ``size`` is used. When only the channel-last reading matches but the array does not read
+      as channel-last by the rule above (``(4, 4, 1)`` over a 4x4 image, where both ends could
+      be channels, or ``(8, 8, 5)`` over an 8x8 one), that is a ValueError asking for the
+      channel-first array. A map matching
+      neither (a layer-sized map) is channel-first, or channel-last where the rule above says
+      so and that reading fits inside the image with the nearer aspect ratio.
+    """
     a = _numpy(attr)
     if a.ndim == 3:
-        a = a.sum(0)
+        a = a.sum(-1) if _channel_last(a.shape, size) else a.sum(0)
     if a.ndim != 2:
-        raise ValueError(f"an image attribution must have shape (C, H, W) or (H, W), got {a.shape}")
+        raise ValueError(f"an image attribution must have shape (C, H, W), (H, W, C) or (H, W), got {a.shape}")
     return a
+
+
+def _channel_last(shape, size) -> bool:
+    """Whether a 3-d attribution of ``shape`` is (H, W, C) rather than (C, H, W); see `to_map`."""
+    first, _, last = shape
+    by_shape = last in CHANNEL_SIZES and first not in CHANNEL_SIZES
+    size = None if size is None else tuple(int(n) for n in size)
+    if size is None or 0 in shape or 0 in size:
+        return by_shape
+    first_hw, last_hw = tuple(shape[1:]), tuple(shape[:2])
+    if first_hw == size:
+        return False
+    if last_hw == size:
+        if not by_shape:
+            raise ValueError(
+                f"the attribution's shape {tuple(shape)} could be (C, H, W) or (H, W, C), and only (H, W, C) "
+                f"matches its {size[0]}x{size[1]} image: pass it channel-first, shape {(last, *last_hw)} "
+                "(np.moveaxis(attr, -1, 0), or attr.permute(2, 0, 1) for a tensor)"
+            )
+        return True
+    if not by_shape or last_hw[0] > size[0] or last_hw[1] > size[1]:
+        return False
+    if first_hw[0] > size[0] or first_hw[1] > size[1]:
+        return True
+    target = np.log(size[0] / size[1])
+    return abs(np.log(last_hw[0] / last_hw[1]) - target) < abs(np.log(first_hw[0] / first_hw[1]) - target)
 
 
 def to_image(x) -> np.ndarray:
@@ -112,8 +157,8 @@ def draw(ax, attr, image=None, *, sign: str = "auto", percentile: float = 99.5, 
     map and outline line up. A map larger than ``image`` raises ValueError. Non-finite
     values are drawn in `NONFINITE_COLOR`.
     """
-    values, sign, _ = normalize(to_map(attr), sign, percentile=percentile, scale=scale)
     img = to_image(image) if image is not None else None
+    values, sign, _ = normalize(to_map(attr, img.shape[:2] if img is not None else None), sign, percentile=percentile, scale=scale)
     if img is not None and values.shape != img.shape[:2]:
         if values.shape[0] > img.shape[0] or values.shape[1] > img.shape[1]:
             raise ValueError(
@@ -251,7 +296,8 @@ def save_grid(
     for e in range(n_ex):
         scales = {}
         if shared_scale == "row" and cols:
-            mags = np.concatenate([np.abs(to_map(a[e])).ravel() for a in cols.values()])
+            size = to_image(imgs[e]).shape[:2] if imgs is not None else None
+            mags = np.concatenate([np.abs(to_map(a[e], size)).ravel() for a in cols.values()])
             scales = dict.fromkeys(cols, _percentile_scale(mags, 99.5))
         if imgs is not None:
             ax = at(e, 0)
