@@ -339,7 +339,8 @@ def refuse_jit(f: Callable) -> None:
 # and Function class. A ``torch.no_grad()`` block in the model is no Function and is not warned
 # about: no gradient passes there at all (NOTE: [No gradient path]). The graph-hook path
 # (NOTE: [Rules as graph hooks]) never sees those ops: a custom Function's node in the graph
-# sends the call to the mode instead (graph_hooks.py), which then finds them.
+# sends the call to the mode instead (graph_hooks.py), which then finds them; a model holding
+# one so pays a second forward under guided backprop and LRP-epsilon, whatever is inside it.
 class RuleBypassedWarning(UserWarning):
     """An op that a rule claims runs inside a model's own ``torch.autograd.Function``, whose
     backward, not the rule, gives the gradient there."""
