@@ -212,3 +212,20 @@ def test_bloom_warns_and_its_gelu_as_a_module_conserves():
         gap = hf_zoo.deep_lift_gap(case, exact, f, 1e-5)[0]
     assert not [w for w in seen if issubclass(w.category, xattr.RuleBypassedWarning)]
     assert gap < 1e-12
+
+
+@pytest.mark.parametrize("transform", [None, "vmap"])
+def test_the_warning_points_at_the_models_call_of_the_function(transform):
+    """Shown at the line that calls ``Function.apply`` in the model (Net.forward's ``self.act``
+    line), not inside torch or xattr."""
+    import inspect
+
+    x = _x()
+    model = Net(ReluFunc.apply).double()
+    gb = xattr.guided_backprop(xattr.target(model, 0))
+    run = gb if transform is None else (lambda x: torch.func.vmap(gb)(x[:, None]))
+    (warned,) = _bypassed(run, x)
+    lines, first = inspect.getsourcelines(Net.forward)
+    line = first + next(i for i, text in enumerate(lines) if "self.act(self.a(x))" in text)
+    assert (warned.filename, warned.lineno) == (__file__, line)
+

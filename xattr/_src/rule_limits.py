@@ -12,6 +12,7 @@ import contextvars
 import functools
 import sys
 import types
+import warnings
 from typing import Callable
 
 import torch
@@ -350,10 +351,11 @@ _APPLY_CODE = torch.autograd.Function.apply.__func__.__code__
 _FRAMES = 64  # how far up to look for Function.apply
 
 
-def enclosing_function(skip: int = 2) -> type | None:
-    """The ``torch.autograd.Function`` subclass whose forward the caller's caller runs inside, if
-    one that is not xattr's own is found in the nearest ``_FRAMES`` Python frames (NOTE: [Ops
-    inside a custom autograd.Function])."""
+def enclosing_function(skip: int = 2) -> tuple | None:
+    """``(cls, frame)``: the ``torch.autograd.Function`` subclass whose ``apply`` the caller's
+    caller runs inside, and the frame that called ``apply`` (the model's line), if one that is
+    not xattr's own is found in the nearest ``_FRAMES`` Python frames (NOTE: [Ops inside a
+    custom autograd.Function])."""
     frame = sys._getframe(skip)
     for _ in range(_FRAMES):
         if frame is None:
@@ -361,9 +363,19 @@ def enclosing_function(skip: int = 2) -> type | None:
         if frame.f_code is _APPLY_CODE:
             cls = frame.f_locals.get("cls")
             if isinstance(cls, type) and not own_function(cls):
-                return cls
+                return cls, frame.f_back
         frame = frame.f_back
     return None
+
+
+def warn_bypassed(cls: type, kind: str, frame) -> None:
+    """The RuleBypassedWarning, shown at the model's line that calls the Function (``frame``)."""
+    if frame is None:
+        warnings.warn(bypassed_warning(cls, kind), RuleBypassedWarning, stacklevel=3)
+        return
+    registry = frame.f_globals.setdefault("__warningregistry__", {})
+    warnings.warn_explicit(bypassed_warning(cls, kind), RuleBypassedWarning, frame.f_code.co_filename, frame.f_lineno,
+                           module=frame.f_globals.get("__name__"), registry=registry)  # fmt: skip
 
 
 def own_function(cls: type) -> bool:

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import warnings
 from typing import Callable, Mapping
 
 import torch
@@ -67,14 +66,13 @@ from .merged_rows import POSITION, WATCHED, Unshared, merged_rows, watched
 from .rule_apply import _as_hook, _as_output_hook, _hooked, _scaled, apply_rule
 from .rule_base import Rule
 from .rule_limits import (
-    RuleBypassedWarning,
-    bypassed_warning,
     calls_compiled,
     eager_compiled,
     enclosing_function,
     first_order_only,
     own_function,
     refuse_jit,
+    warn_bypassed,
 )
 from .row_layout import _ROWS
 from .rule_table import FUNCTION_CALL, Table
@@ -123,10 +121,10 @@ class _RulesMode(TorchFunctionMode):
     def _bypassed(self, op):
         """Warns, once per call and Function class, where ``op`` runs inside a model's own
         autograd.Function (NOTE: [Ops inside a custom autograd.Function])."""
-        cls = enclosing_function(3)
-        if cls is not None and cls not in self.bypassed:
-            self.bypassed.add(cls)
-            warnings.warn(bypassed_warning(cls, op.kind), RuleBypassedWarning, stacklevel=4)
+        found = enclosing_function(3)
+        if found is not None and found[0] not in self.bypassed:
+            self.bypassed.add(found[0])
+            warn_bypassed(found[0], op.kind, found[1])
 
     def _function_call(self, cls, args, kwargs):
         """Under torch.func transforms the mode sees a Function's call (``custom_function_call``),
@@ -142,7 +140,8 @@ class _RulesMode(TorchFunctionMode):
             found[cls] = probe.kind
         if found[cls] is not None:
             self.bypassed.add(cls)
-            warnings.warn(bypassed_warning(cls, found[cls]), RuleBypassedWarning, stacklevel=4)
+            where = enclosing_function(3)
+            warn_bypassed(cls, found[cls], None if where is None else where[1])
 
     def _at_merged(self, layout: str, n: int, rule, op, func, args, kwargs):
         """`_dispatch` where the op's tensors hold the paired rows merged with another dim: n rows
