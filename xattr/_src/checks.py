@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 
 import torch
 from torch import nn
 
 from . import tree as T
 from .exact_baselines import check_exact
+from .warn import warn
 
 
 def is_traced(t: torch.Tensor) -> bool:
@@ -182,12 +182,11 @@ def warn_if_training(fn) -> None:
     for model in _modules(fn):
         culprits = _training_stochastic(model)
         if culprits:
-            warnings.warn(
+            warn(
                 f"{type(model).__name__} is in train mode and contains {sorted(set(culprits))}: dropout "
                 "makes attributions random, and batch-norm makes each example depend on the rest of "
                 "the batch and updates its running statistics on every model call (xattr's included). "
                 "Call model.eval() before attributing (xattr never changes the mode for you).",
                 UserWarning,
-                stacklevel=3,
-            )
+            )  # NOTE: [Warnings at the user's line] in warn.py
             return

@@ -28,7 +28,6 @@ differentiate them (NOTE: [Rule-based attributions are first-order] in rule_limi
 from __future__ import annotations
 
 import contextlib
-import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -38,6 +37,7 @@ from . import tree as T
 from .checks import check_finite, check_float_inputs, transforms_around, warn_if_training
 from .folded_errors import note_folded
 from .nesting import as_new_call, inside_model, marked, running_model
+from .warn import warn
 
 
 def detached():
@@ -225,7 +225,7 @@ def _forward(fn: Callable, selected: tuple):
         else:  # the output does not depend on the inputs at all
             grads = (None,) * len(wrt)
         if wrt and out.numel() and all(g is None for g in grads):
-            warnings.warn(NO_PATH, NoGradientPathWarning, stacklevel=2)  # NOTE: [No gradient path]
+            warn(NO_PATH, NoGradientPathWarning)  # NOTE: [No gradient path], [Warnings at the user's line]
         it = iter(grads)
         leaves = [_zero_if_none(next(it), t) if isinstance(t, torch.Tensor) else t for t in diff]
         return T.optree.tree_unflatten(treedef, leaves)

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import inspect
 import threading
-import warnings
 from typing import Callable, Sequence
 
 import optree
@@ -79,6 +78,7 @@ from .gradients import NoGradientPathWarning, _rows, is_multi_output, vjp_rows
 from .layer_layout import first_rows
 from .layer_values import is_plain, restored, shown
 from .rule_limits import calls_jit, eager_compiled, in_checkpoint, jit_error
+from .warn import warn
 
 
 class _Stop(BaseException):
@@ -390,9 +390,9 @@ def layer_vjp_rows(split: Split, args: tuple, *, weights=None, chunk_size=None):
         grads = [None if all(g is None for g in gs) else torch.stack([torch.zeros_like(t) if g is None else g for g in gs], 1)
                  for gs, t in zip(zip(*per), flat)]  # fmt: skip
     if out.numel() and all(g is None for g in grads):  # NOTE: [No gradient path] in gradients.py
-        warnings.warn(NO_LAYER_PATH, NoGradientPathWarning, stacklevel=2)
+        warn(NO_LAYER_PATH, NoGradientPathWarning)  # NOTE: [Warnings at the user's line] in warn.py
     elif out.numel() and any(g is None for g in grads):  # NOTE: [Parts of a layer's value no path reads]
-        warnings.warn(_unread_parts(z, grads, split.inputs), NoGradientPathWarning, stacklevel=2)
+        warn(_unread_parts(z, grads, split.inputs), NoGradientPathWarning)
     grads = iter([zero(t) if g is None else g for g, t in zip(grads, flat)])
     g = T.tree_map(lambda t: next(grads) if _is_float(t) else t, h)
     return h, out.detach(), g

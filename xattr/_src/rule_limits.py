@@ -20,6 +20,7 @@ from torch import nn
 
 from . import ops
 from .checks import transforms_around
+from .warn import warn
 
 
 def differentiating_levels() -> int:
@@ -371,7 +372,7 @@ def enclosing_function(skip: int = 2) -> tuple | None:
 def warn_bypassed(cls: type, kind: str, frame) -> None:
     """The RuleBypassedWarning, shown at the model's line that calls the Function (``frame``)."""
     if frame is None:
-        warnings.warn(bypassed_warning(cls, kind), RuleBypassedWarning, stacklevel=3)
+        warn(bypassed_warning(cls, kind), RuleBypassedWarning)
         return
     registry = frame.f_globals.setdefault("__warningregistry__", {})
     warnings.warn_explicit(bypassed_warning(cls, kind), RuleBypassedWarning, frame.f_code.co_filename, frame.f_lineno,
