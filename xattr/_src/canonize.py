@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +67,8 @@ from torch import fx, nn
 from torch.nn.utils import parametrize, prune
 from torch.nn.utils.spectral_norm import SpectralNorm as _HookSpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm as _HookWeightNorm
+
+from .warn import warn
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = nn.modules.batchnorm._BatchNorm
@@ -238,10 +239,9 @@ def _merge_along_paths(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with the pairs merged that are safe on every path through its forward."""
     graphs, error = _every_path(model)
     if graphs is None:
-        warnings.warn(
+        warn(
             f"merge_batch_norm: torch.fx cannot trace {type(model).__name__} ({error}), not even one path through "
             "its conditions at a time, so no batch norm was merged (the copy computes as the model does)",
-            stacklevel=3,
         )
         return copy_model(model)
     return _merge_into(copy_model(model), graphs)

@@ -48,6 +48,7 @@ from .copies import perturb
 from .exact_baselines import as_floating, check_exact, output_float_dtype  # the methods import as_floating from here
 from .gradients import model_calls
 from .masks import SMALL, constant, keep_masks
+from .warn import warn
 
 
 class Coalitions:
@@ -361,8 +362,6 @@ def _progress(it, show: bool, total: int):
     try:
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is optional (the demo extra): no bar, but say so once
-        import warnings
-
-        warnings.warn("show_progress needs tqdm (pip install tqdm); running without a progress bar", stacklevel=3)
+        warn("show_progress needs tqdm (pip install tqdm); running without a progress bar")
         return it
     return tqdm(it, total=total, desc="perturbed copies", unit="call")

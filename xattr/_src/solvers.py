@@ -48,11 +48,11 @@ of samples is made float64 as it is read.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import torch
 
 from .lasso_path import lasso_path
+from .warn import warn
 
 
 def sample_rows(memory_budget: int | None, batch: int, n_features: int, n_samples: int, copies: int = 2) -> int:
@@ -284,11 +284,10 @@ def lasso_gram(
         if it == 1:  # more steps to take: start again from 0 with longer ones
             step = torch.where(flat, 0.0, 1.0 / torch.where(flat, 1.0, _tighter(gram, lipschitz)))[:, None, None]
             thresh, beta, momentum, t = alpha * step, torch.zeros_like(beta), torch.zeros_like(beta), torch.ones_like(t)
-    warnings.warn(
+    warn(
         f"the lasso fit did not converge for {int((~done).sum())} of {done.numel()} problems in {max_iter} "
         "steps (its duality gap is above tol); raise max_iter or alpha",
         RuntimeWarning,
-        stacklevel=3,
     )
     return torch.where(done[:, None, :], result.transpose(1, 2), beta)
 

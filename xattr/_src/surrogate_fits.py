@@ -21,13 +21,13 @@ anyway.
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable
 
 import torch
 
 from .budget import default_budget
 from .solvers import BUILT_IN, constrained_lstsq, constrained_lstsq_bytes, sklearn_fit
+from .warn import warn
 
 
 def lime_fit(model, memory_budget: int | None) -> Callable:
@@ -63,12 +63,11 @@ def examples_per_fit(need: int, count: int, memory_budget: int | None, budget: i
     """Examples per group: as many as ``budget`` bytes hold at ``need`` each, at least one
     (warned when an explicit ``memory_budget`` cannot hold one)."""
     if memory_budget is not None and need > memory_budget:
-        warnings.warn(
+        warn(
             f"{method}'s fit needs {need} bytes (float64 F x F systems) per example, more than memory_budget="
             f"{memory_budget}: fitting one example at a time over that budget; fewer features (a coarser "
             "feature_mask) need less",
             UserWarning,
-            stacklevel=5,
         )
     return max(1, min(count, budget // max(1, need)))
 
