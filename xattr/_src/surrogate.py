@@ -35,7 +35,6 @@ at a time (NOTE: [Coalition draws within the memory budget] in coalitions.py).
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Callable, Sequence
 
 import torch
@@ -50,6 +49,7 @@ from .perturb import as_floating, baseline_tree, copies_per_call, evaluate, outp
 from .sampling import row_seeds, streams
 from .solvers import constrained_lstsq, lasso, linear_regression, ridge, sklearn_fit  # noqa: F401  (re-exported)
 from .surrogate_fits import fit_budget, lime_fit, shap_fit
+from .warn import warn
 
 _EXP_KERNEL = "_xattr_exp_kernel"
 _MANY_FEATURES = 10_000  # Captum warns above this too
@@ -70,6 +70,15 @@ def exp_kernel_similarity(distance: str = "cosine", kernel_width: float = 1.0) -
         raise ValueError(f"kernel_width must be positive, got {kernel_width}")
 
     def similarity(original, perturbed, coalitions):
+        for x, p in zip(T.leaves(original), T.leaves(perturbed)):
+            if p.ndim != x.ndim + 1 or p.shape[0] != x.shape[0] or p.shape[2:] != x.shape[1:]:
+                raise ValueError(
+                    f"exp_kernel_similarity's function takes the original inputs (B, ...) and every example's N "
+                    f"perturbed copies (B, N, ...) at once (lime's batched similarity_func); got original "
+                    f"{tuple(x.shape)} and perturbed {tuple(p.shape)}. For Captum's per-sample call "
+                    "similarity(original, perturbed, interp_sample) use "
+                    "xattr.compat.captum.get_exp_kernel_similarity_function(distance, kernel_width)"
+                )
         xs = [x.reshape(x.shape[0], 1, -1) for x in T.leaves(original)]
         ps = [p.reshape(p.shape[0], p.shape[1], -1) for p in T.leaves(perturbed)]
         dt = at_least_float32(_dtype(ps[0]))
@@ -252,11 +261,10 @@ def kernel_shap(
 
 def _warn_if_many(n_features: int, method: str) -> None:
     if n_features > _MANY_FEATURES:
-        warnings.warn(
+        warn(
             f"{method} fits a linear model over {n_features} features (an F x F system per example): group the "
             "input's elements into fewer features with feature_mask (superpixels, patches, tokens)",
             UserWarning,
-            stacklevel=4,
         )
 
 

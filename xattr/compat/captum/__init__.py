@@ -50,6 +50,8 @@ from .perturbation import (
     ShapleyValues,
     ShapleyValueSampling,
 )
+from .linear_models import SkLearnLasso, SkLearnLinearRegression, SkLearnRidge
+from .lime_defaults import default_from_interp_rep_transform, default_perturb_func, get_exp_kernel_similarity_function
 from .surrogate import KernelShap, Lime, LimeBase
 from .text import (
     InterpretableEmbeddingBase,
@@ -80,6 +82,12 @@ __all__ = [
     "LayerFeaturePermutation",
     "Lime",
     "LimeBase",
+    "SkLearnLasso",
+    "SkLearnLinearRegression",
+    "SkLearnRidge",
+    "default_from_interp_rep_transform",
+    "default_perturb_func",
+    "get_exp_kernel_similarity_function",
     "NeuronFeatureAblation",
     "Occlusion",
     "ShapleyValueSampling",

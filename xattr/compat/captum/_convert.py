@@ -195,3 +195,10 @@ class Attribution:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.forward_func!r})"
+
+
+def _captum(obj, *names: str) -> bool:
+    """Whether obj is Captum's function, or an instance of Captum's class, of one of these names
+    (without importing captum)."""
+    kind = obj if inspect.isfunction(obj) else type(obj)
+    return (getattr(kind, "__module__", None) or "").startswith("captum.") and kind.__qualname__ in names
