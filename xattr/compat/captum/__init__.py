@@ -23,7 +23,8 @@ from .backprop import (
     NeuronDeepLiftShap,
     NeuronGuidedBackprop,
 )
-from .concepts import CAV, TCAV, Classifier, Concept, DefaultClassifier
+from .concepts import CAV, TCAV, Classifier, Concept, CustomIterableDataset, DefaultClassifier, concepts_to_str, dataset_to_dataloader
+from .input_wrapper import InputIdentity, ModelInputWrapper
 from .gradient import GradientShap, InputXGradient, IntegratedGradients, Saliency
 from .layer import (
     InternalInfluence,
@@ -62,6 +63,11 @@ from .text import (
 from . import visualization
 
 __all__ = [
+    "CustomIterableDataset",
+    "InputIdentity",
+    "ModelInputWrapper",
+    "concepts_to_str",
+    "dataset_to_dataloader",
     "InterpretableEmbeddingBase",
     "TokenReferenceBase",
     "configure_interpretable_embedding_layer",

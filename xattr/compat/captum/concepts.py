@@ -270,4 +270,31 @@ class TCAV:
         return out
 
 
-__all__ = ["CAV", "Classifier", "Concept", "DefaultClassifier", "TCAV", "concepts_to_str"]
+class CustomIterableDataset(torch.utils.data.IterableDataset):
+    """``CustomIterableDataset(transform_filename_to_tensor, path)`` (Captum's concept data iterator):
+    for a directory, every file in it, sorted, each read by ``transform_filename_to_tensor(filename)``
+    as it is iterated; for a file, what ``transform_filename_to_tensor(path)`` yields (a reader of
+    one file holding many examples, as Captum's text TCAV tutorial's CSV). Captum globs
+    ``path + "*"``, which without a trailing separator matches the directory itself; here both
+    spellings list its files."""
+
+    def __init__(self, transform_filename_to_tensor, path: str) -> None:
+        import glob  # noqa: PLC0415
+
+        self.path = path
+        self.transform_filename_to_tensor = transform_filename_to_tensor
+        self.file_itr = sorted(glob.glob(os.path.join(path, "*"))) if os.path.isdir(path) else None
+
+    def __iter__(self):
+        if self.file_itr is None:
+            return iter(self.transform_filename_to_tensor(self.path))
+        return map(self.transform_filename_to_tensor, self.file_itr)
+
+
+def dataset_to_dataloader(dataset, batch_size: int = 64, *, collate_fn=None) -> torch.utils.data.DataLoader:
+    """A ``DataLoader`` over ``dataset`` in batches of ``batch_size`` (Captum's concept helper)."""
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn)
+
+
+__all__ = ["CAV", "Classifier", "Concept", "CustomIterableDataset", "DefaultClassifier", "TCAV", "concepts_to_str",
+           "dataset_to_dataloader"]
