@@ -31,6 +31,18 @@ def test_baseline_tree_structure_mismatch():
         ig({"a": torch.ones(5, 2), "b": torch.ones(5, 3)})
 
 
+def test_one_baseline_per_argument_without_argnums_names_argnums():
+    """Baselines for two arguments while argnums is left at 0 (a two-input model translated from
+    Captum's tuple inputs): the error says to pass argnums, not an internal float() complaint."""
+    f = lambda a, b: a.sum(1) * b.sum(1)  # noqa: E731
+    a, b = torch.ones(5, 2), torch.ones(5, 3)
+    with pytest.raises(ValueError, match=r"2 parts for 1 attributed input.*argnums=\(0, 1\)") as info:
+        xattr.integrated_gradients(f, baselines=(a * 0, b * 0))(a, b)
+    assert "float()" not in str(info.value)
+    got = xattr.integrated_gradients(f, baselines=(a * 0, b * 0), argnums=(0, 1))(a, b)  # what it says to do
+    assert [g.shape for g in got] == [a.shape, b.shape]
+
+
 @pytest.mark.parametrize("t", [3, -4, (7,), torch.tensor([0, 1, 2, 3, 9])])
 def test_target_out_of_range(t):
     with pytest.raises(IndexError, match="out of range|must lie in"):

@@ -119,6 +119,12 @@ def baselines_like(selected, baselines, *, name: str = "baselines"):
     except (ValueError, TypeError) as err:
         if "does not broadcast" in str(err):
             raise
+        if isinstance(baselines, (tuple, list)) and len(baselines) != n_leaves:
+            raise ValueError(
+                f"{name} has {len(baselines)} parts for {n_leaves} attributed input tensor(s). A method attributes the "
+                "arguments argnums picks (by default argnums=0, the first argument alone): to attribute several "
+                f"arguments, pass argnums=(0, 1, ...) with one baseline each{' (argnums=' + str(tuple(range(len(baselines)))) + ')' if n_leaves == 1 else ''}"
+            ) from None
         raise ValueError(
             f"{name} must have the same structure as the attributed inputs (or be one number); "
             f"inputs have {n_leaves} tensor(s): {err}"
