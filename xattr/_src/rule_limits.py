@@ -334,7 +334,7 @@ def refuse_jit(f: Callable) -> None:
 # the Function's forward, but they run with gradients off, and the gradient there comes from the
 # Function's own backward: no rule can act on them. Until now such ops were ruled silently to no
 # effect, and DeepLift's sum missed (BLOOM 3.4e-3 of the change; a GELU Function in a two-layer
-# MLP 0.13 of 0.11) and guided backprop left the ReLUs inside unguided. So where an op a rule
+# MLP 0.13 where f(x) - f(0) was 0.17) and guided backprop left the ReLUs inside unguided. So where an op a rule
 # claims runs with gradients off inside a call that records them, the Python frames above it are
 # searched for ``Function.apply`` (frames only: no torch state says "inside a Function's
 # forward"), and a Function that is not xattr's own gets a RuleBypassedWarning, once per call
