@@ -23,6 +23,7 @@ from .backprop import (
     NeuronDeepLiftShap,
     NeuronGuidedBackprop,
 )
+from .dataloader_attr import DataLoaderAttribution, InputRole
 from .concepts import CAV, TCAV, Classifier, Concept, CustomIterableDataset, DefaultClassifier, concepts_to_str, dataset_to_dataloader
 from .input_wrapper import InputIdentity, ModelInputWrapper
 from .gradient import GradientShap, InputXGradient, IntegratedGradients, Saliency
@@ -54,6 +55,7 @@ from .perturbation import (
 from .linear_models import SkLearnLasso, SkLearnLinearRegression, SkLearnRidge
 from .lime_defaults import default_from_interp_rep_transform, default_perturb_func, get_exp_kernel_similarity_function
 from .surrogate import KernelShap, Lime, LimeBase
+from .summarizer import MSE, ClassSummarizer, CommonStats, Count, Max, Mean, Min, StatValue, StdDev, Sum, Summarizer, SummarizerSingleTensor, Var
 from .text import (
     InterpretableEmbeddingBase,
     TokenReferenceBase,
@@ -63,6 +65,8 @@ from .text import (
 from . import visualization
 
 __all__ = [
+    "DataLoaderAttribution",
+    "InputRole",
     "CustomIterableDataset",
     "InputIdentity",
     "ModelInputWrapper",
@@ -138,4 +142,17 @@ __all__ = [
     "NeuronIntegratedGradients",
     "NoiseTunnel",
     "Saliency",
+    "ClassSummarizer",
+    "CommonStats",
+    "Count",
+    "MSE",
+    "Max",
+    "Mean",
+    "Min",
+    "StatValue",
+    "StdDev",
+    "Sum",
+    "Summarizer",
+    "SummarizerSingleTensor",
+    "Var",
 ]
