@@ -294,3 +294,23 @@ def test_save_grid_with_channel_last_columns(tmp_path, monkeypatch):
     hwc = x.permute(0, 2, 3, 1).numpy()
     heatmap.save_grid(tmp_path / "g.png", x, {"hwc": list(hwc), "chw": x}, shared_scale="row")
     assert shapes == [(10, 8)] * 4
+
+
+def test_save_heatmap_takes_channel_last_images_and_captums_sign_names(tmp_path):
+    """Captum's tutorials hand matplotlib-style (H, W, C) images and say 'all' / 'absolute_value':
+    save_heatmap draws the same picture as from the channel-first image and xattr's names."""
+    from matplotlib.figure import Figure
+
+    attr, image = torch.randn(3, 8, 8), torch.rand(3, 8, 8)
+    pictures = []
+    for img, sign in ((image, "signed"), (image.permute(1, 2, 0).numpy(), "all"), (image, "abs"), (image, "absolute_value")):
+        ax = Figure().subplots()
+        heatmap.draw(ax, attr, img, sign=sign)
+        pictures.append([im.get_array() for im in ax.images])
+    for a, b in ((0, 1), (2, 3)):
+        assert len(pictures[a]) == len(pictures[b])
+        for p, q in zip(pictures[a], pictures[b]):
+            np.testing.assert_array_equal(np.asarray(p), np.asarray(q))
+    np.testing.assert_array_equal(heatmap.to_image(image[:1].permute(1, 2, 0).numpy()), heatmap.to_image(image[:1]))
+    with pytest.raises(ValueError, match="'positive'.*visualize_image_attr"):
+        heatmap.save_heatmap(tmp_path / "p.png", attr[None], image[None], sign="positive")

@@ -97,23 +97,33 @@ def _channel_last(shape, size) -> bool:
 
 
 def to_image(x) -> np.ndarray:
-    """One input image (1, H, W), (3, H, W) or (H, W) -> (H, W) or (H, W, 3) scaled to [0, 1]."""
+    """One input image (1, H, W), (3, H, W), (H, W), or channel-last (H, W, 1), (H, W, 3) as Captum's
+    tutorials build them -> (H, W) or (H, W, 3) scaled to [0, 1]."""
     a = _numpy(x)
     if a.ndim == 3 and a.shape[0] == 1:
         a = a[0]
     elif a.ndim == 3 and a.shape[0] == 3:
         a = a.transpose(1, 2, 0)
+    elif a.ndim == 3 and a.shape[-1] in (1, 3):  # channel-last (numpy, matplotlib, Captum's tutorials)
+        a = a[..., 0] if a.shape[-1] == 1 else a
     elif a.ndim != 2:
-        raise ValueError(f"an input image must have shape (1, H, W), (3, H, W) or (H, W), got {a.shape}")
+        raise ValueError(f"an input image must have shape (1, H, W), (3, H, W), (H, W), (H, W, 1) or (H, W, 3), got {a.shape}")
     finite = a[np.isfinite(a)]
     lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
     return (a - lo) / (hi - lo) if hi > lo else np.where(np.isfinite(a), 0.0, np.nan)
 
 
+_CAPTUM_SIGNS = {"all": "signed", "absolute_value": "abs"}
+
+
 def resolve_sign(a: np.ndarray, sign: str) -> str:
-    """"auto" -> "abs" when every finite value is >= 0, else "signed"; other signs are checked."""
+    """"auto" -> "abs" when every finite value is >= 0, else "signed"; other signs are checked.
+    Captum's names for these two, "all" and "absolute_value", are accepted too; its "positive" and
+    "negative" are drawn by `visualize_image_attr`."""
+    sign = _CAPTUM_SIGNS.get(sign, sign)
     if sign not in ("auto", "signed", "abs"):
-        raise ValueError(f"sign must be 'auto', 'signed' or 'abs', got {sign!r}")
+        hint = " (Captum's 'positive' and 'negative' maps: xattr.viz.visualize_image_attr)" if sign in ("positive", "negative") else ""
+        raise ValueError(f"sign must be 'auto', 'signed' or 'abs' (or Captum's 'all', 'absolute_value'), got {sign!r}{hint}")
     if sign == "auto":
         return "abs" if (a[np.isfinite(a)] >= 0).all() else "signed"
     return sign
