@@ -120,10 +120,12 @@ def baselines_like(selected, baselines, *, name: str = "baselines"):
         if "does not broadcast" in str(err):
             raise
         if isinstance(baselines, (tuple, list)) and len(baselines) != n_leaves:
+            advice = (f"A method attributes the arguments argnums picks (by default argnums=0, the first argument alone): "
+                      f"to attribute several, pass argnums={tuple(range(len(baselines)))} with one baseline each"
+                      if n_leaves == 1 else "give one baseline per attributed tensor, in the inputs' structure")  # fmt: skip
             raise ValueError(
-                f"{name} has {len(baselines)} parts for {n_leaves} attributed input tensor(s). A method attributes the "
-                "arguments argnums picks (by default argnums=0, the first argument alone): to attribute several "
-                f"arguments, pass argnums=(0, 1, ...) with one baseline each{' (argnums=' + str(tuple(range(len(baselines)))) + ')' if n_leaves == 1 else ''}"
+                f"{name} must have the same structure as the attributed inputs: it has {len(baselines)} parts for "
+                f"{n_leaves} attributed input tensor(s). {advice}"
             ) from None
         raise ValueError(
             f"{name} must have the same structure as the attributed inputs (or be one number); "
