@@ -59,3 +59,19 @@ def _strict(request):
     after = _global_state()
     leaked = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
     assert not leaked, f"{request.node.nodeid} left global state changed (before, after): {leaked}"
+
+
+@pytest.fixture
+def drawn_shapes(monkeypatch):
+    """The shape of each map ``xattr.viz.heatmap.draw`` draws, in order (draw still runs)."""
+    from xattr.viz import heatmap  # noqa: PLC0415
+
+    shapes, draw = [], heatmap.draw
+
+    def spy(ax, attr, image=None, **kw):
+        sign = draw(ax, attr, image, **kw)
+        shapes.append(ax.images[0].get_array().shape)
+        return sign
+
+    monkeypatch.setattr(heatmap, "draw", spy)
+    return shapes

@@ -280,16 +280,8 @@ def test_to_map_ambiguous_layout_against_the_image_is_an_error():
     np.testing.assert_array_equal(heatmap.to_map(np.moveaxis(a, -1, 0), (4, 4)), a[..., 0])
 
 
-def test_save_grid_with_channel_last_columns(tmp_path, monkeypatch):
-    shapes = []
-    draw = heatmap.draw
-
-    def spy(ax, attr, image=None, **kw):
-        sign = draw(ax, attr, image, **kw)
-        shapes.append(ax.images[0].get_array().shape)
-        return sign
-
-    monkeypatch.setattr(heatmap, "draw", spy)
+def test_save_grid_with_channel_last_columns(tmp_path, drawn_shapes):
+    shapes = drawn_shapes
     x = torch.rand(2, 3, 10, 8)
     hwc = x.permute(0, 2, 3, 1).numpy()
     heatmap.save_grid(tmp_path / "g.png", x, {"hwc": list(hwc), "chw": x}, shared_scale="row")

@@ -148,16 +148,8 @@ def test_map_larger_than_the_image_is_an_error():
         heatmap.draw(_axis(), torch.rand(1, 16, 16), _square_image(8))
 
 
-def test_save_grid_with_a_layer_sized_column(tmp_path, monkeypatch):
-    shapes = []
-    draw = heatmap.draw
-
-    def spy(ax, attr, image=None, **kw):
-        sign = draw(ax, attr, image, **kw)
-        shapes.append(ax.images[0].get_array().shape)
-        return sign
-
-    monkeypatch.setattr(heatmap, "draw", spy)
+def test_save_grid_with_a_layer_sized_column(tmp_path, drawn_shapes):
+    shapes = drawn_shapes
     x = torch.stack([_square_image(16), _square_image(16)])
     path = heatmap.save_grid(tmp_path / "cam.png", x, {"cam 4x4": torch.rand(2, 1, 4, 4), "input": torch.rand(2, 1, 16, 16)})
     assert os.path.getsize(path) > 1000
