@@ -12,7 +12,6 @@ import contextvars
 import functools
 import sys
 import types
-import warnings
 from typing import Callable
 
 import torch
@@ -370,13 +369,9 @@ def enclosing_function(skip: int = 2) -> tuple | None:
 
 
 def warn_bypassed(cls: type, kind: str, frame) -> None:
-    """The RuleBypassedWarning, shown at the model's line that calls the Function (``frame``)."""
-    if frame is None:
-        warn(bypassed_warning(cls, kind), RuleBypassedWarning)
-        return
-    registry = frame.f_globals.setdefault("__warningregistry__", {})
-    warnings.warn_explicit(bypassed_warning(cls, kind), RuleBypassedWarning, frame.f_code.co_filename, frame.f_lineno,
-                           module=frame.f_globals.get("__name__"), registry=registry)  # fmt: skip
+    """The RuleBypassedWarning, shown at the model's line that calls the Function (``frame``; where
+    it is unknown, at the user's line)."""
+    warn(bypassed_warning(cls, kind), RuleBypassedWarning, at=frame)
 
 
 def own_function(cls: type) -> bool:

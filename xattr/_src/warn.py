@@ -24,11 +24,14 @@ _INSIDE = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
 _INSIDE += (os.path.abspath(contextlib.__file__),)
 
 
-def warn(message: str, category: type = UserWarning) -> None:
-    """``warnings.warn(message, category)`` shown at the first frame outside xattr and torch."""
-    frame = sys._getframe(1)
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_INSIDE):
-        frame = frame.f_back
+def warn(message: str, category: type = UserWarning, *, at=None) -> None:
+    """``warnings.warn(message, category)`` shown at frame ``at``, or by default at the first frame
+    outside xattr and torch."""
+    frame = at
+    if frame is None:
+        frame = sys._getframe(1)
+        while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_INSIDE):
+            frame = frame.f_back
     if frame is None:  # called from xattr or torch alone (a thread's target): where it is
         warnings.warn(message, category, stacklevel=2)
         return
