@@ -43,6 +43,7 @@ from ._src.tokens import reference_tokens, token_scores
 
 from . import rule
 from . import concepts
+from . import llm
 from . import metrics
 from . import robust
 from . import viz
@@ -69,6 +70,7 @@ __all__ = [
     "lrp",
     "merge_batch_norm",
     "concepts",
+    "llm",
     "metrics",
     "robust",
     "viz",

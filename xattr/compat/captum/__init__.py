@@ -53,6 +53,9 @@ from .perturbation import (
     ShapleyValueSampling,
 )
 from .linear_models import SkLearnLasso, SkLearnLinearRegression, SkLearnRidge
+from .llm_inputs import ImageMaskInput, InterpretableInput, TextTemplateInput, TextTokenInput
+from .llm_result import LLMAttributionResult
+from .llm import BaseLLMAttribution, LLMAttribution, LLMGradientAttribution
 from .lime_defaults import default_from_interp_rep_transform, default_perturb_func, get_exp_kernel_similarity_function
 from .surrogate import KernelShap, Lime, LimeBase
 from .summarizer import MSE, ClassSummarizer, CommonStats, Count, Max, Mean, Min, StatValue, StdDev, Sum, Summarizer, SummarizerSingleTensor, Var
@@ -65,6 +68,14 @@ from .text import (
 from . import visualization
 
 __all__ = [
+    "ImageMaskInput",
+    "InterpretableInput",
+    "BaseLLMAttribution",
+    "LLMAttribution",
+    "LLMAttributionResult",
+    "LLMGradientAttribution",
+    "TextTemplateInput",
+    "TextTokenInput",
     "DataLoaderAttribution",
     "InputRole",
     "CustomIterableDataset",

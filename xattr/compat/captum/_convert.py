@@ -31,7 +31,7 @@ def captum_target(target, batch: int):
     *per example*. Per-example forms must work on R = n * B folded rows, where row r belongs to
     example r % B (NOTE: [Folding copies into the batch axis] in xattr/_src/tree.py).
     """
-    if target is None or isinstance(target, (int, tuple)):
+    if target is None or isinstance(target, (int, tuple, xattr.Outputs)):  # xattr.outputs(...): K outputs in one pass
         return target
     if isinstance(target, torch.Tensor):
         if target.numel() == 1:

@@ -1,0 +1,60 @@
+"""Prompts as features: attributing a subset of the prompt's tokens, and generating a target."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from ._log_probs import _logits
+
+DEFAULT_GEN_ARGS = {"max_new_tokens": 25, "do_sample": False, "temperature": None, "top_p": None}
+
+
+def free_positions(ids: torch.Tensor, skip: Sequence[int] | torch.Tensor = ()) -> torch.Tensor:
+    """The positions (a 1-D LongTensor) of a (1, L) prompt whose token is not in ``skip``
+    (special tokens such as BOS that a user does not want as features)."""
+    if ids.ndim != 2 or ids.shape[0] != 1:
+        raise ValueError(f"free_positions takes one prompt, ids of shape (1, L); got {tuple(ids.shape)}")
+    skip = torch.as_tensor(list(skip) if not isinstance(skip, torch.Tensor) else skip, dtype=ids.dtype, device=ids.device)
+    return torch.nonzero(~torch.isin(ids[0], skip.reshape(-1)))[:, 0]
+
+
+def free_tokens(f: Callable, ids: torch.Tensor, positions: torch.Tensor) -> Callable:
+    """``g(free_ids, *rest) = f(ids with free_ids written at positions, *rest)``.
+
+    The attributed input of ``g`` is the prompt's tokens at ``positions`` only, (B, P); the
+    others stay as in ``ids`` (1 or B rows, L). A method applied to ``g`` gives one score per
+    free token and never perturbs the others (Captum's ``TextTokenInput(skip_tokens=...)``).
+    """
+    positions = torch.as_tensor(positions, dtype=torch.long, device=ids.device)
+
+    def with_fixed(free_ids: torch.Tensor, *rest):
+        full = ids.to(free_ids.device).expand(free_ids.shape[0], -1)
+        return f(full.index_copy(1, positions.to(free_ids.device), free_ids.to(full.dtype)), *rest)
+
+    return with_fixed
+
+
+@torch.no_grad()
+def generate(model: Callable, ids: torch.Tensor, **gen_args) -> torch.Tensor:
+    """The model's continuation of one prompt (1, L), as a 1-D LongTensor of new token ids.
+
+    A model with a Hugging Face ``generate`` method runs it with ``gen_args`` over greedy
+    defaults (``max_new_tokens=25, do_sample=False``, Captum's); any other causal LM is decoded
+    greedily, one full forward per token (``max_new_tokens`` and ``eos_token_id`` are read).
+    """
+    if ids.ndim != 2 or ids.shape[0] != 1:
+        raise ValueError(f"generate takes one prompt, ids of shape (1, L); got {tuple(ids.shape)}")
+    args = {**DEFAULT_GEN_ARGS, **gen_args}
+    if callable(getattr(model, "generate", None)):
+        out = model.generate(input_ids=ids, **args)
+        return out[0, ids.shape[1]:]
+    eos = args.get("eos_token_id")
+    seq = ids
+    for _ in range(int(args["max_new_tokens"])):
+        nxt = _logits(model(seq))[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt.to(seq.dtype)], 1)
+        if eos is not None and int(nxt) == eos:
+            break
+    return seq[0, ids.shape[1]:]
