@@ -79,6 +79,25 @@ def test_demo_table_covers_every_method(result):
     assert all(ms >= 0 for *_, ms in result["rows"])
 
 
+def test_demo_explains_a_language_model(result):
+    """Step 4: a tiny LM on the Zen of Python; Shapley efficiency and layer IG completeness hold
+    for the whole continuation and each token (printed), and the token plot is written."""
+    from xattr.testing.llm import zen_lm
+
+    if zen_lm() is None:
+        assert result["llm"] is None
+        pytest.skip("needs the 'text' extra")
+    text = result["llm"]
+    assert "continuation 'ugly.'" in text
+    for word in ("beautiful", "is", "better", "than"):
+        assert f"\n{word} " in text
+    numbers = text.rsplit("efficiency: max |sum - (f(x) - f(unk))| = ", 1)[1]
+    efficiency, completeness = float(numbers.split(";")[0]), float(numbers.split("= ")[1].split(",")[0])
+    assert efficiency < 1e-4 and completeness < 1e-2
+    path = os.path.join(result["out"], "llm_tokens.png")
+    assert path in result["files"] and os.path.getsize(path) > 1000
+
+
 def test_format_table_marks_missing_gaps():
     table = demo.format_table([("a", "saliency(f)", 6, None, 1.25), ("b", "ig(f)", 300, 0.001, 20.0)])
     lines = table.splitlines()

@@ -106,6 +106,8 @@ def test_free_tokens_attributes_only_free_positions():
     got = xattr.feature_ablation(g, baselines=0)(ids[:, free])
     whole = xattr.feature_ablation(xattr.target(f, xattr.outputs()), baselines=0)(ids)
     torch.testing.assert_close(got, whole[..., free])
+    inside = xattr.llm.free_tokens(xattr.target(spy, xattr.outputs()), ids, free)  # target inside: the same
+    torch.testing.assert_close(xattr.feature_ablation(inside, baselines=0)(ids[:, free]), got)
     rows = torch.cat(seen)
     assert (rows[:, 0] == 1).all() and (rows[:, 4] == 2).all()  # never perturbed
     assert (rows[:, free] == 0).any()

@@ -12,6 +12,9 @@ an output folder:
   ig_quadrature.png  integrated gradients with each quadrature rule
   methods/<name>.png one method per file, inputs above their attributions
   table.md           the printed table
+  llm_tokens.png     a tiny language model trained on the Zen of Python: which words of
+                     "beautiful is better than" make it continue with "ugly." (exact Shapley
+                     values per target token; needs the 'text' extra, skipped without it)
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Callable
 import torch
 
 import xattr
-from xattr._src import demo_model
+from xattr._src import demo_llm, demo_model
 
 QUADRATURE = ("gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right")
 NOISE = 0.15  # SmoothGrad noise: 15% of the [0, 1] pixel range (Smilkov et al. suggest 10-20%)
@@ -199,7 +202,7 @@ def parse(argv):
 
 
 def main(argv=None) -> dict:
-    """Runs the demo; returns {"accuracy", "rows", "table", "files", "out"} (used by the tests)."""
+    """Runs the demo; returns {"accuracy", "rows", "table", "files", "out", "llm"} (used by the tests)."""
     from tqdm.auto import tqdm
 
     from xattr.viz import save_grid, save_heatmap
@@ -209,7 +212,7 @@ def main(argv=None) -> dict:
     out_dir = os.path.abspath(args.out)
     os.makedirs(os.path.join(out_dir, "methods"), exist_ok=True)
 
-    say(f"[1/3] training a small CNN on scikit-learn's 8x8 digits ({args.epochs} epochs, seed {args.seed})")
+    say(f"[1/4] training a small CNN on scikit-learn's 8x8 digits ({args.epochs} epochs, seed {args.seed})")
     start = time.perf_counter()
     data = demo_model.load_digits(args.seed)
     model = demo_model.train(data, epochs=args.epochs, lr=1e-2, seed=args.seed)
@@ -229,7 +232,7 @@ def main(argv=None) -> dict:
     pool = data.x_train[:256]  # the baseline distribution of gradient SHAP and expected IG
     methods = build_methods(model, f, pool, batch=len(x), n_steps=args.n_steps, samples=args.samples, seed=args.seed)
 
-    say(f"[2/3] explaining {len(x)} test images with {len(methods)} methods (time: best of {args.repeats})")
+    say(f"[2/4] explaining {len(x)} test images with {len(methods)} methods (time: best of {args.repeats})")
     xattr.saliency(f)(x)  # warm-up: one-off set-up costs do not land in the first timing
     rows, attrs = [], {}
     bar = tqdm(methods, disable=args.no_progress, unit="method", file=sys.stdout, leave=False, ncols=90)
@@ -240,7 +243,7 @@ def main(argv=None) -> dict:
         rows.append((m.name, m.expr, m.rows, gap, ms))
     bar.close()
 
-    say(f"[3/3] writing heatmaps to {out_dir}")
+    say(f"[3/4] writing heatmaps to {out_dir}")
     labels = [f"{int(t)} -> {int(p)}\n{100 * float(probs[i, p]):.0f}%" for i, (t, p) in enumerate(zip(y, pred))]
     shown = [m for m in methods if m.overview]
     quad = [m for m in methods if m.name.startswith("ig_") and not m.all_classes]
@@ -268,6 +271,11 @@ def main(argv=None) -> dict:
             path = os.path.join(out_dir, "methods", f"{m.name}.png")
             files.append(save_heatmap(path, attrs[m.name], x, sign=m.sign, name=m.column, labels=labels, title=m.expr))
 
+    say("[4/4] a language model: training a tiny GPT-2 on the Zen of Python and explaining a continuation")
+    llm = demo_llm.run(out_dir, say)
+    if llm is not None:
+        files += llm[0]
+
     table = format_table(rows)
     note = (
         "completeness gap: mean |sum(attr) - (f(x) - f(b))| over images (and classes); f = the explained\n"
@@ -278,8 +286,10 @@ def main(argv=None) -> dict:
     files.append(os.path.join(out_dir, "table.md"))
     with open(files[-1], "w") as fh:
         fh.write(f"test accuracy: {100 * acc:.1f}%\n\n{table}\n\n{note}\n")
+    if llm is not None:
+        print(f"\n{llm[1]}", flush=True)
     print(f"\n{table}\n\n{note}\n\nwrote {len(files)} files to {out_dir} (start with overview.png)", flush=True)
-    return {"accuracy": acc, "rows": rows, "table": table, "files": files, "out": out_dir}
+    return {"accuracy": acc, "rows": rows, "table": table, "files": files, "out": out_dir, "llm": llm and llm[1]}
 
 
 if __name__ == "__main__":

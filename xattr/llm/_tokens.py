@@ -6,6 +6,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from xattr._src.gradients import is_multi_output
+
 from ._log_probs import _logits
 
 DEFAULT_GEN_ARGS = {"max_new_tokens": 25, "do_sample": False, "temperature": None, "top_p": None}
@@ -33,6 +35,7 @@ def free_tokens(f: Callable, ids: torch.Tensor, positions: torch.Tensor) -> Call
         full = ids.to(free_ids.device).expand(free_ids.shape[0], -1)
         return f(full.index_copy(1, positions.to(free_ids.device), free_ids.to(full.dtype)), *rest)
 
+    with_fixed.multi_output = is_multi_output(f)  # f = xattr.target(..., xattr.outputs()) keeps its K outputs
     return with_fixed
 
 
