@@ -79,6 +79,25 @@ def test_prob_total_and_mask_options():
     torch.testing.assert_close(masked, logp)
 
 
+def test_output_layer_runs_on_the_target_positions_only():
+    """Hugging Face causal LMs take ``logits_to_keep``: the output layer runs on the last T + 1
+    positions, not the prompt's; a model without it (a plain callable) returns every position's
+    logits, and both read the same numbers."""
+    lm, ids, target = _lm("llama"), _ids(2, 9), torch.tensor([7, 8, 9])
+    shapes = []
+    hook = lm.lm_head.register_forward_hook(lambda m, a, o: shapes.append(tuple(o.shape)))
+    try:
+        with torch.no_grad():
+            kept = xattr.llm.target_log_probs(lm, target)(ids)
+            full = xattr.llm.target_log_probs(lambda x: lm(x), target)(ids)
+    finally:
+        hook.remove()
+    assert shapes == [(2, 4, V), (2, 12, V)]
+    torch.testing.assert_close(kept, full)
+    with pytest.raises(ValueError, match="last 4"):
+        xattr.llm.target_log_probs(lambda x: lm(x).logits[:, -2:], target)(ids)
+
+
 def test_feature_ablation_of_every_target_token_equals_one_call_per_token():
     lm, ids, target = _lm(), _ids(2, 6), torch.tensor([11, 12, 13])
     f = xattr.llm.target_log_probs(lm, target)

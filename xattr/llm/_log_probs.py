@@ -12,11 +12,13 @@ of all T tokens are one model function's (B, T) output, so a perturbation method
 them from the same perturbed copies, and a gradient method takes their T gradients in one
 vmapped pass (``xattr.outputs()``). It assumes causal attention: for a model whose position i
 sees later tokens (a masked LM, prefix-LM attention over the target) it is not generation's
-probability.
+probability. A Hugging Face causal LM is also given ``logits_to_keep=T + 1``, so its output
+layer runs on the target's positions only (`keep_logits`).
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
@@ -52,15 +54,34 @@ def as_target(target, device=None) -> torch.Tensor:
     return t.long()
 
 
-def read_log_probs(out, length: int, t: torch.Tensor, *, total: bool, prob: bool) -> torch.Tensor:
-    """(B, [1 +] T) from a model's output on ``[prompt, target]`` rows: the prompt is ``length``
-    tokens long and ``t`` (B, T) holds the target's ids."""
+def read_log_probs(out, t: torch.Tensor, *, total: bool, prob: bool) -> torch.Tensor:
+    """(B, [1 +] T) from a model's output on ``[prompt, target]`` rows, ``t`` (B, T) the target's
+    ids. The logits that predict the target are the T before the last position's (whether the
+    model returned all positions' logits or, with ``logits_to_keep``, only the last T + 1)."""
     n = t.shape[1]
-    logits = _logits(out)[:, length - 1 : length - 1 + n]
-    each = torch.log_softmax(logits, -1).gather(-1, t[..., None])[..., 0]  # (B, T)
+    logits = _logits(out)
+    if logits.shape[1] < n + 1:
+        raise ValueError(f"the model returned logits for {logits.shape[1]} positions; the target's {n} tokens need the "
+                         f"last {n + 1}")
+    each = torch.log_softmax(logits[:, -(n + 1) : -1], -1).gather(-1, t[..., None])[..., 0]  # (B, T)
     if total:
         each = torch.cat([each.sum(-1, keepdim=True), each], -1)
     return each.exp() if prob else each
+
+
+_KEEP = ("logits_to_keep", "num_logits_to_keep")
+
+
+def keep_logits(model: Callable, n: int) -> dict:
+    """``{"logits_to_keep": n + 1}`` for a model whose forward takes it (Hugging Face causal LMs:
+    the output layer then runs on the last n + 1 positions only, not on the prompt's; for a
+    vocabulary of 150k that is most of the logits' memory), else ``{}``."""
+    forward = getattr(model, "forward", model)
+    try:
+        params = inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return next(({k: n + 1} for k in _KEEP if k in params), {})
 
 
 def target_log_probs(model: Callable, target, *, total: bool = True, prob: bool = False) -> Callable:
@@ -98,16 +119,14 @@ def target_log_probs(model: Callable, target, *, total: bool = True, prob: bool 
         if ids.ndim != 2:
             raise ValueError(f"prompt ids must be (batch, length), got shape {tuple(ids.shape)}")
         rows, length, n = ids.shape[0], ids.shape[1], tokens.shape[0]
+        keep = dict(keep_logits(model, n))
         if length == 0:
             raise ValueError("the prompt is empty: the first target token needs a position to be predicted from")
         t = tokens.to(ids.device).expand(rows, n)
         full = torch.cat([ids, t.to(ids.dtype)], 1)
-        if attention_mask is None:
-            out = model(full)
-        else:
-            mask = torch.cat([attention_mask, attention_mask.new_ones(rows, n)], 1)
-            out = model(full, attention_mask=mask)
-        return read_log_probs(out, length, t, total=total, prob=prob)
+        if attention_mask is not None:
+            keep["attention_mask"] = torch.cat([attention_mask, attention_mask.new_ones(rows, n)], 1)
+        return read_log_probs(model(full, **keep), t, total=total, prob=prob)
 
     log_probs.__qualname__ = log_probs.__name__ = "target_log_probs"
     return log_probs

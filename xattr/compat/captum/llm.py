@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 import xattr
-from xattr.llm._log_probs import read_log_probs
+from xattr.llm._log_probs import keep_logits, read_log_probs
 
 from .layer import LayerGradientShap, LayerGradientXActivation, LayerIntegratedGradients
 from .llm_inputs import TextTokenInput
@@ -125,13 +125,14 @@ class LLMAttribution(BaseLLMAttribution):
 
         def run(model_inp: dict) -> torch.Tensor:
             ids = model_inp["input_ids"]
-            rows, length = ids.shape
+            rows = ids.shape[0]
             t = tokens.expand(rows, -1)
             full = torch.cat([ids, t.to(ids.dtype)], 1)
             inputs = {**model_inp, "input_ids": full,
-                      "attention_mask": torch.ones(full.shape, dtype=torch.long, device=full.device)}
+                      "attention_mask": torch.ones(full.shape, dtype=torch.long, device=full.device),
+                      **keep_logits(self.model, t.shape[1])}
             with torch.no_grad():
-                values = read_log_probs(self.model(**inputs), length, t, total=True, prob=prob)
+                values = read_log_probs(self.model(**inputs), t, total=True, prob=prob)
             if inspect is not None:
                 response = self.tokenizer.decode(target_tokens)
                 for row in range(rows):
