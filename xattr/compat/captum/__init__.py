@@ -56,6 +56,7 @@ from .linear_models import SkLearnLasso, SkLearnLinearRegression, SkLearnRidge
 from .llm_inputs import ImageMaskInput, InterpretableInput, TextTemplateInput, TextTokenInput
 from .llm_result import LLMAttributionResult
 from .llm import BaseLLMAttribution, LLMAttribution, LLMGradientAttribution
+from .baselines import ProductBaselines
 from .lime_defaults import default_from_interp_rep_transform, default_perturb_func, get_exp_kernel_similarity_function
 from .surrogate import KernelShap, Lime, LimeBase
 from .summarizer import MSE, ClassSummarizer, CommonStats, Count, Max, Mean, Min, StatValue, StdDev, Sum, Summarizer, SummarizerSingleTensor, Var
@@ -74,6 +75,7 @@ __all__ = [
     "LLMAttribution",
     "LLMAttributionResult",
     "LLMGradientAttribution",
+    "ProductBaselines",
     "TextTemplateInput",
     "TextTokenInput",
     "DataLoaderAttribution",
