@@ -98,6 +98,24 @@ def test_output_layer_runs_on_the_target_positions_only():
         xattr.llm.target_log_probs(lambda x: lm(x).logits[:, -2:], target)(ids)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_left_padded_prompts_read_what_they_read_alone(arch):
+    """Prompts of lengths 6, 4 and 2 left-padded into one batch with a mask: each row equals the
+    prompt run alone (position ids from the mask). SDPA attention: transformers' eager
+    attention gives NaN for padded rows in float64 (Llama, OPT), with or without xattr."""
+    lm, target = tiny_lm(arch, dtype=torch.float64, attn_implementation="sdpa"), torch.tensor([9, 10, 11])
+    prompts = [_ids(1, n, seed=n)[0] for n in (6, 4, 2)]
+    ids = torch.zeros(3, 6, dtype=torch.long)
+    mask = torch.zeros(3, 6, dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, 6 - len(p):], mask[r, 6 - len(p):] = p, 1
+    f = xattr.llm.target_log_probs(lm, target)
+    with torch.no_grad():
+        got = f(ids, mask)
+        alone = torch.cat([f(p[None]) for p in prompts])
+    torch.testing.assert_close(got, alone, rtol=1e-7, atol=1e-7)
+
+
 def test_feature_ablation_of_every_target_token_equals_one_call_per_token():
     lm, ids, target = _lm(), _ids(2, 6), torch.tensor([11, 12, 13])
     f = xattr.llm.target_log_probs(lm, target)
@@ -125,6 +143,10 @@ def test_free_tokens_attributes_only_free_positions():
     got = xattr.feature_ablation(g, baselines=0)(ids[:, free])
     whole = xattr.feature_ablation(xattr.target(f, xattr.outputs()), baselines=0)(ids)
     torch.testing.assert_close(got, whole[..., free])
+    two = torch.cat([ids, ids.flip(1)])  # one prompt per example: each keeps its own fixed tokens
+    both = xattr.feature_ablation(xattr.target(xattr.llm.free_tokens(f, two, free), xattr.outputs()), baselines=0)
+    torch.testing.assert_close(both(two[:, free])[1], xattr.feature_ablation(
+        xattr.target(xattr.llm.free_tokens(f, two[1:], free), xattr.outputs()), baselines=0)(two[1:, free])[0])
     inside = xattr.llm.free_tokens(xattr.target(spy, xattr.outputs()), ids, free)  # target inside: the same
     torch.testing.assert_close(xattr.feature_ablation(inside, baselines=0)(ids[:, free]), got)
     rows = torch.cat(seen)

@@ -72,16 +72,20 @@ def read_log_probs(out, t: torch.Tensor, *, total: bool, prob: bool) -> torch.Te
 _KEEP = ("logits_to_keep", "num_logits_to_keep")
 
 
+def takes(model: Callable, keyword: str) -> bool:
+    """Whether the model's forward takes ``keyword``."""
+    forward = getattr(model, "forward", model)
+    try:
+        return keyword in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def keep_logits(model: Callable, n: int) -> dict:
     """``{"logits_to_keep": n + 1}`` for a model whose forward takes it (Hugging Face causal LMs:
     the output layer then runs on the last n + 1 positions only, not on the prompt's; for a
     vocabulary of 150k that is most of the logits' memory), else ``{}``."""
-    forward = getattr(model, "forward", model)
-    try:
-        params = inspect.signature(forward).parameters
-    except (TypeError, ValueError):
-        return {}
-    return next(({k: n + 1} for k in _KEEP if k in params), {})
+    return next(({k: n + 1} for k in _KEEP if takes(model, k)), {})
 
 
 def target_log_probs(model: Callable, target, *, total: bool = True, prob: bool = False) -> Callable:
@@ -106,8 +110,11 @@ def target_log_probs(model: Callable, target, *, total: bool = True, prob: bool 
       ``f(ids, attention_mask=None) -> (B, 1 + T)`` (or (B, T)), differentiable, so every
       method composes: ``xattr.feature_ablation(xattr.target(f, xattr.outputs()), baselines=unk)``
       for perturbations of the token ids, ``xattr.at_layer(..., model.get_input_embeddings())``
-      for gradient methods. A mask given to ``f`` covers the prompt; the target's positions are
-      attended.
+      for gradient methods. A mask given to ``f`` covers the prompt (the target's positions are
+      attended): prompts of different lengths batch when padded on the left, and a model whose
+      forward takes ``position_ids`` is given them from the mask (0 at each row's first real
+      token), so a padded row reads what it reads alone. Right padding cannot work: the target
+      must follow the prompt's last token.
 
     Example:
       >>> f = xattr.llm.target_log_probs(lm, tokenizer.encode(" ugly", add_special_tokens=False))
@@ -125,7 +132,10 @@ def target_log_probs(model: Callable, target, *, total: bool = True, prob: bool 
         t = tokens.to(ids.device).expand(rows, n)
         full = torch.cat([ids, t.to(ids.dtype)], 1)
         if attention_mask is not None:
-            keep["attention_mask"] = torch.cat([attention_mask, attention_mask.new_ones(rows, n)], 1)
+            mask = torch.cat([attention_mask, attention_mask.new_ones(rows, n)], 1)
+            keep["attention_mask"] = mask
+            if takes(model, "position_ids"):  # left padding: the first real token is position 0
+                keep["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
         return read_log_probs(model(full, **keep), t, total=total, prob=prob)
 
     log_probs.__qualname__ = log_probs.__name__ = "target_log_probs"

@@ -26,13 +26,19 @@ def free_tokens(f: Callable, ids: torch.Tensor, positions: torch.Tensor) -> Call
     """``g(free_ids, *rest) = f(ids with free_ids written at positions, *rest)``.
 
     The attributed input of ``g`` is the prompt's tokens at ``positions`` only, (B, P); the
-    others stay as in ``ids`` (1 or B rows, L). A method applied to ``g`` gives one score per
+    others stay as in ``ids`` (1 row shared by all, or B rows, one per example, L). A method applied to ``g`` gives one score per
     free token and never perturbs the others (Captum's ``TextTokenInput(skip_tokens=...)``).
     """
     positions = torch.as_tensor(positions, dtype=torch.long, device=ids.device)
 
     def with_fixed(free_ids: torch.Tensor, *rest):
-        full = ids.to(free_ids.device).expand(free_ids.shape[0], -1)
+        rows, held = free_ids.shape[0], ids.shape[0]
+        if held == 1:
+            full = ids.to(free_ids.device).expand(rows, -1)
+        elif rows % held == 0:  # methods fold copies of the B examples copy-major: row r is example r % B
+            full = ids.to(free_ids.device).repeat(rows // held, 1)
+        else:
+            raise ValueError(f"free_tokens holds {held} prompts but was given {rows} rows of free tokens")
         return f(full.index_copy(1, positions.to(free_ids.device), free_ids.to(full.dtype)), *rest)
 
     with_fixed.multi_output = is_multi_output(f)  # f = xattr.target(..., xattr.outputs()) keeps its K outputs
