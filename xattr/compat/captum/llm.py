@@ -192,7 +192,14 @@ class LLMGradientAttribution(BaseLLMAttribution):
     (``LayerIntegratedGradients``, ``LayerGradientXActivation``, ``LayerGradientShap``; its
     layer is the model's input embedding) over the tokens of a ``TextTokenInput``, explaining the
     log-probability of each target token; ``seq_attr`` is their sum. All T target tokens take
-    one run of the method (Captum: T runs). Attributions are summed over the embedding's width."""
+    one run of the method (Captum: T runs). Attributions are summed over the embedding's width.
+
+    As in Captum, the method's input is the 0/1 token tensor, not the embedding: its baselines
+    are 0/1 tensors too (0: the token's baseline id). ``LayerGradientShap`` scales that tensor
+    towards its baseline, and a token whose entry is below 1 is replaced, so its gradients are
+    taken at the baseline prompt (every random point gives the same one); layer IG
+    interpolates the embedding itself. Captum's ``LayerGradientShap`` here explains the first
+    target token again for later ones (docs/llm.md, section 9); xattr explains each."""
 
     SUPPORTED_METHODS = (LayerGradientShap, LayerGradientXActivation, LayerIntegratedGradients)
 
