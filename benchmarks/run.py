@@ -7,6 +7,7 @@
     python -m benchmarks.run --only IG --out -    # workloads whose name contains "IG", print only
     python -m benchmarks.run --only Lime --out -  # also Occlusion, FeatureAblation, Shapley, KernelShap,
                                                   # infidelity, sensitivity, TCAV
+    python -m benchmarks.run --only LLM --out -   # LLMAttribution and LLMGradientAttribution on a small Llama
 
 See benchmarks/README.md for what is measured and how targets are judged.
 """
@@ -32,16 +33,20 @@ TARGETS = {
     "surrogate": ">= 100x faster than Captum at the same n_samples; results statistically equivalent",
     "metric": "<= 1.2x floor",
     "tcav": "never slower than Captum",
+    "ablation-llm": "<= 1.2x floor; on GPU also >= 4x faster than Captum's defaults (cached token-by-token decoding, one perturbation per call)",
+    "sampling-llm": ">= 100x faster than Captum's defaults at the same n_samples; results statistically equivalent",
 }
 TARGET_GROUPS = [  # (label in RESULTS.md, families)
     ("gradient methods (also layer IG, Grad-CAM, DeepLift, GuidedBackprop, LRP)", ["gradient"]),
-    ("many outputs (all classes, K neurons)", ["many"]),
+    ("many outputs (all classes, K neurons, K target tokens of an LLM)", ["many"]),
     ("occlusion on Captum's defaults", ["occlusion-defaults"]),
     ("occlusion, perturbations_per_eval=64", ["occlusion"]),
     ("feature ablation and Shapley sampling (tabular)", ["ablation-tabular"]),
     ("KernelSHAP and LIME", ["surrogate"]),
     ("metrics (infidelity, sensitivity_max)", ["metric"]),
     ("TCAV", ["tcav"]),
+    ("feature ablation on an LLM (LLMAttribution), Captum's defaults", ["ablation-llm"]),
+    ("Shapley sampling on an LLM (LLMAttribution)", ["sampling-llm"]),
 ]
 GPU_RESULTS = "benchmarks/RESULTS-gpu.md"  # written on a GPU machine by --device cuda --out GPU_RESULTS
 COLUMNS = ["workload", "xattr ms", "Captum ms", "floor ms", "xattr/floor", "Captum/floor",
@@ -60,6 +65,8 @@ def limits(family: str, device: str) -> tuple[float | None, float | None]:
         "surrogate": (None, 100.0),
         "metric": (1.2, None),
         "tcav": (None, 1.0),
+        "ablation-llm": (1.2, 4.0 if gpu else None),
+        "sampling-llm": (None, 100.0),
     }[family]
 
 
@@ -93,6 +100,7 @@ def judge(family: str, x_floor: float, speedup: float, agreed: bool, device: str
 
 def run_suite(model_name: str, device: str, args) -> tuple[list[list[str]], list[str]]:
     from .layer_workloads import build as build_layers  # noqa: PLC0415 (imports captum)
+    from .llm_workloads import build as build_llm  # noqa: PLC0415 (imports captum)
     from .metric_workloads import build as build_metrics  # noqa: PLC0415 (imports captum)
     from .perturbation_workloads import build as build_perturbation  # noqa: PLC0415 (imports captum)
     from .rule_workloads import build as build_rules  # noqa: PLC0415 (imports captum)
@@ -102,7 +110,7 @@ def run_suite(model_name: str, device: str, args) -> tuple[list[list[str]], list
     rows, notes = [], []
     resnet = tuple(args.resnet_deeplift) if args.resnet_deeplift else None
     suite = (build(model_name, device) + build_layers(model_name, device) + build_rules(model_name, device, resnet=resnet)
-             + build_text(device)
+             + build_text(device) + build_llm(device)
              + build_perturbation(model_name, device) + build_metrics(model_name, device))
     for w in suite:
         if args.only and not any(part.strip().lower() in w.name.lower() for part in args.only.split(",")):
@@ -306,7 +314,11 @@ def main(argv=None) -> int:
            "(image models) or 4096 (tabular) rows, the faster counts; infidelity = the same for x and its perturbed "
            "copies; "
            "sensitivity_max = one fwd+bwd of x and its perturbed copies; TCAV = the concept examples' activations "
-           "(one no-grad forward) plus one forward+backward of the inputs to the layers (no classifier). "
+           "(one no-grad forward) plus one forward+backward of the inputs to the layers (no classifier); "
+           "LLM feature ablation and Shapley sampling = one no-grad forward of the rows [perturbed prompt, target] "
+           "the method needs (all target tokens from that one teacher-forced pass); LLM layer IG = the embeddings "
+           "of input and baseline plus one forward of the n_steps rows [path embeddings, target] and one backward "
+           "pass per target token (fastest plain-torch spelling). "
            "Floor inputs are built before timing, so the floor times the model's work only.", ""]
     text = "\n".join(md)
     if args.out == "-":

@@ -157,6 +157,11 @@ def test_zen_lm_copies(zen):
 
 def test_zen_tokenizer(zen):
     model, tokenizer = zen
+    from xattr.testing.llm import zen_tokenizer
+
+    alone = zen_tokenizer()  # the same vocabulary without training a model
+    assert alone.get_vocab() == tokenizer.get_vocab()
+    assert alone.encode("beautiful is better than") == tokenizer.encode("beautiful is better than")
     assert len(tokenizer) == model.config.vocab_size == model.get_input_embeddings().num_embeddings
     ids = tokenizer.encode("Beautiful is better than", return_tensors="pt")
     assert ids.shape == (1, 5) and ids[0, 0] == tokenizer.bos_token_id

