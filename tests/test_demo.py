@@ -51,7 +51,7 @@ def test_demo_trains_a_sane_model(result):
 
 def test_demo_writes_its_files(result):
     out = result["out"]
-    for name in ("overview.png", "classes.png", "ig_quadrature.png", "table.md"):
+    for name in ("overview.png", "classes.png", "ig_quadrature.png", "table.md", "explorer.html"):
         path = os.path.join(out, name)
         assert os.path.getsize(path) > 1000 or name == "table.md", name
     per_method = sorted(os.listdir(os.path.join(out, "methods")))
@@ -60,6 +60,9 @@ def test_demo_writes_its_files(result):
         assert os.path.isfile(path), path
     with open(os.path.join(out, "overview.png"), "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(os.path.join(out, "explorer.html")) as fh:
+        page = fh.read()
+    assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") >= demo.EXPLORED
 
 
 def test_demo_table_covers_every_method(result):

@@ -47,6 +47,7 @@ from . import llm
 from . import metrics
 from . import robust
 from . import viz
+from . import insights
 
 __version__ = "0.1.0"
 
@@ -74,6 +75,7 @@ __all__ = [
     "metrics",
     "robust",
     "viz",
+    "insights",
     "rule",
     "rules",
     "Outputs",

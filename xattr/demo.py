@@ -12,6 +12,8 @@ an output folder:
   ig_quadrature.png  integrated gradients with each quadrature rule
   methods/<name>.png one method per file, inputs above their attributions
   table.md           the printed table
+  explorer.html      an interactive page (no server): 120 test images, filter by class or
+                     mistakes, open one to compare four methods (xattr.insights.explore)
   llm_tokens.png     a tiny language model trained on the Zen of Python: which words of
                      "beautiful is better than" make it continue with "ugly." (exact Shapley
                      values per target token; needs the 'text' extra, skipped without it)
@@ -32,6 +34,7 @@ import xattr
 from xattr._src import demo_llm, demo_model
 
 QUADRATURE = ("gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right")
+EXPLORED = 120  # test images in explorer.html
 NOISE = 0.15  # SmoothGrad noise: 15% of the [0, 1] pixel range (Smilkov et al. suggest 10-20%)
 
 
@@ -266,6 +269,10 @@ def main(argv=None) -> dict:
             title=f"integrated gradients, {args.n_steps} steps, by quadrature rule",
         ),
     ]
+    explorer = os.path.join(out_dir, "explorer.html")  # every test image, filterable, 4 methods each
+    files.append(xattr.insights.explore(
+        model, data.x_test[:EXPLORED], labels=data.y_test[:EXPLORED], path=explorer, show_progress=False,
+        title=f"xattr on 8x8 digits: the first {EXPLORED} test images"))
     for m in methods:
         if not m.all_classes:
             path = os.path.join(out_dir, "methods", f"{m.name}.png")

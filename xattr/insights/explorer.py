@@ -1,0 +1,232 @@
+"""`explore`: attributions of a classifier over a set of examples, written as one static HTML page.
+
+    path = xattr.insights.explore(model, x_test[:100], labels=y_test[:100], classes=names)
+
+The page (docs/insights.md) filters the examples by predicted and true class, shows the
+misclassified ones, finds examples by index, and opens any example to compare every method's
+attribution of it. It is one self-contained file: no server, no network, no script library;
+the numbers and pictures are one JSON payload inside it (`_payload`), the page is `_page`.
+
+Each method is a function ``make(f) -> attr_fn``, ``f`` the model restricted to each
+example's explained class (``xattr.target(model, targets)``); it is called once per chunk of
+examples, so every method runs batched over all of them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+import xattr
+
+from . import _page, _payload
+
+KINDS = ("image", "tabular", "text")
+
+
+def default_methods(kind: str, model: Callable, inputs: torch.Tensor, *, baseline_id: int = 0) -> dict:
+    """The methods `explore` runs when none are given, name -> ``make(f)``.
+
+    image:   saliency, integrated gradients (32 steps), occlusion (a square window about an
+             eighth of the image's side, at least 2 pixels, moved by half a window), and
+             guided backprop when the model has an ``nn.ReLU``.
+    tabular: saliency, integrated gradients (32 steps), feature ablation, Shapley value
+             sampling (25 permutations, seed 0); baselines are zero.
+    text:    feature ablation and Shapley value sampling (25 permutations, seed 0) over tokens,
+             each token replaced by ``baseline_id`` (the tokenizer's padding id when it has one).
+    """
+    if kind == "image":
+        side = max(2, min(inputs.shape[-2:]) // 8)
+        step = max(1, side // 2)
+        window = (side, side) if inputs.dim() == 3 else (inputs.shape[1], side, side)
+        strides = (step, step) if inputs.dim() == 3 else (inputs.shape[1], step, step)
+        methods = {
+            "saliency": lambda f: xattr.saliency(f),
+            "integrated gradients": lambda f: xattr.integrated_gradients(f, n_steps=32),
+            f"occlusion {side}x{side}": lambda f: xattr.occlusion(f, sliding_window_shapes=window, strides=strides),
+        }
+        modules = model.modules() if isinstance(model, nn.Module) else ()
+        if any(isinstance(m, nn.ReLU) for m in modules):
+            methods["guided backprop"] = lambda f: xattr.guided_backprop(f)
+        return methods
+    if kind == "tabular":
+        return {
+            "saliency": lambda f: xattr.saliency(f),
+            "integrated gradients": lambda f: xattr.integrated_gradients(f, n_steps=32),
+            "feature ablation": lambda f: xattr.feature_ablation(f),
+            "shapley value sampling": lambda f: xattr.shapley_value_sampling(f, n_samples=25, generator=0),
+        }
+    return {
+        "feature ablation": lambda f: xattr.feature_ablation(f, baselines=baseline_id),
+        "shapley value sampling": lambda f: xattr.shapley_value_sampling(f, n_samples=25, baselines=baseline_id, generator=0),
+    }
+
+
+def _kind(kind, inputs: torch.Tensor, tokens) -> str:
+    if kind is not None:
+        if kind not in KINDS:
+            raise ValueError(f"explore: kind must be one of {KINDS} or None (inferred), got {kind!r}")
+        want = {"image": (3, 4), "tabular": (2,), "text": (2,)}[kind]
+        if inputs.dim() not in want:
+            shapes = {"image": "(N, C, H, W) or (N, H, W)", "tabular": "(N, F)", "text": "(N, T) token ids"}[kind]
+            raise ValueError(f"explore: {kind} inputs must have shape {shapes}, got {tuple(inputs.shape)}")
+        return kind
+    if tokens is not None or (inputs.dim() == 2 and not inputs.is_floating_point()):
+        return "text"
+    if inputs.dim() == 2:
+        return "tabular"
+    if inputs.dim() in (3, 4):
+        return "image"
+    raise ValueError(
+        f"explore: cannot tell what kind of inputs of shape {tuple(inputs.shape)} are: pass kind='image' "
+        "(N, C, H, W), 'tabular' (N, F) or 'text' (N, T) with tokens="
+    )
+
+
+def _token_strings(tokens, inputs: torch.Tensor) -> list[list[str]]:
+    if tokens is None:
+        raise ValueError("explore: text inputs need tokens=: a list of token strings per example, or a tokenizer")
+    if inputs.is_floating_point() or inputs.is_complex():
+        raise TypeError(f"explore: text inputs must be integer token ids, got a {inputs.dtype} tensor")
+    if hasattr(tokens, "convert_ids_to_tokens"):
+        return [[str(t) for t in tokens.convert_ids_to_tokens(row)] for row in inputs.tolist()]
+    if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence):
+        raise TypeError(f"explore: tokens must be a list of token-string lists or a tokenizer, got {type(tokens).__name__}")
+    if len(tokens) != len(inputs):
+        raise ValueError(f"explore: {len(tokens)} token lists for {len(inputs)} examples")
+    out = []
+    for i, row in enumerate(tokens):
+        if isinstance(row, str) or len(row) > inputs.shape[1]:
+            raise ValueError(f"explore: tokens[{i}] must be a list of at most {inputs.shape[1]} token strings (one per id)")
+        out.append([str(t) for t in row])
+    return out
+
+
+def _labels(labels, n: int, n_classes: int) -> torch.Tensor | None:
+    if labels is None:
+        return None
+    labels = torch.as_tensor(labels).detach().cpu()
+    if labels.dim() != 1 or len(labels) != n:
+        raise ValueError(f"explore: labels must have one class per example, {n}, got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"explore: labels must be integer class indices, got {labels.dtype}")
+    if n and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"explore: labels must be class indices in [0, {n_classes}), got values in [{int(labels.min())}, {int(labels.max())}]")
+    return labels.long()
+
+
+def _targets(target, pred: torch.Tensor, labels: torch.Tensor | None, n_classes: int) -> tuple[torch.Tensor, str]:
+    if isinstance(target, str):
+        if target == "predicted":
+            return pred.clone(), "predicted class"
+        if target == "true":
+            if labels is None:
+                raise ValueError("explore: target='true' explains each example's true class: pass labels=")
+            return labels.clone(), "true class"
+        raise ValueError(f"explore: target must be 'predicted', 'true', a class index or one index per example, got {target!r}")
+    if isinstance(target, int) and not isinstance(target, bool):
+        if not 0 <= target < n_classes:
+            raise ValueError(f"explore: target class {target} is not in [0, {n_classes})")
+        return torch.full_like(pred, target), f"class {target}"
+    t = torch.as_tensor(target).detach().cpu()
+    if t.dim() != 1 or len(t) != len(pred) or t.is_floating_point() or t.dtype == torch.bool:
+        got = f"shape {tuple(t.shape)} ({t.dtype})" if t.dim() else repr(target)
+        raise ValueError(f"explore: target must be 'predicted', 'true', a class index or one class index per example ({len(pred)}), got {got}")
+    if len(t) and (t.min() < 0 or t.max() >= n_classes):
+        raise ValueError(f"explore: target classes must be in [0, {n_classes})")
+    return t.long(), "given classes"
+
+
+def _names(names, n: int, what: str, default: str) -> list[str]:
+    if names is None:
+        return [default.format(i) for i in range(n)]
+    names = list(names)
+    if len(names) != n:
+        raise ValueError(f"explore: got {len(names)} {what}, expected {n}")
+    return [str(c) for c in names]
+
+
+def explore(
+    model: Callable,
+    inputs: torch.Tensor,
+    *,
+    labels=None,
+    classes: Sequence | None = None,
+    methods: Mapping[str, Callable] | None = None,
+    target="predicted",
+    path: str | os.PathLike = "xattr-explorer.html",
+    kind: str | None = None,
+    tokens=None,
+    feature_names: Sequence | None = None,
+    title: str | None = None,
+    chunk_size: int | None = None,
+    show_progress: bool = True,
+) -> str:
+    """Writes an interactive, offline HTML explorer of ``model``'s attributions over ``inputs``.
+
+    Args:
+      model: model function returning logits (B, C) (an ``nn.Module`` in eval mode is one).
+      inputs: (N, ...) examples: images (N, C, H, W) or (N, H, W), tabular rows (N, F), or token
+        ids (N, T) with ``tokens``.
+      labels: true classes (N,), optional; enables the true-class filter and misclassified flags.
+      classes: class names, one per logit (default "0", "1", ...).
+      methods: name -> ``make(f) -> attr_fn``, ``f`` the targeted model function; default
+        `default_methods` for the kind.
+      target: which class each attribution explains: "predicted", "true" (needs labels), a
+        class index, or one index per example.
+      path: the HTML file to write (its folder is created).
+      kind: "image", "tabular" or "text"; inferred from the inputs when None.
+      tokens: for text: a list of token strings per example (at most T each; extra ids are not
+        shown), or a tokenizer with ``convert_ids_to_tokens``.
+      feature_names: for tabular inputs: one name per feature (default "x0", "x1", ...).
+      title: the page's title (default "xattr explorer"); nothing else varies between runs.
+      chunk_size: most examples per method call (default: all in one call). Seeded methods
+        draw per example position in its call, so their numbers depend on the chunking.
+      show_progress: a tqdm bar over the methods (needs tqdm).
+
+    Returns:
+      ``path`` as a str.
+    """
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"explore: inputs must be a tensor (N, ...), got {type(inputs).__name__}")
+    if inputs.dim() < 2 or len(inputs) == 0:
+        raise ValueError(f"explore: inputs must be a non-empty batch (N, ...), got shape {tuple(inputs.shape)}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"explore: chunk_size must be a positive int or None, got {chunk_size!r}")
+    kind = _kind(kind, inputs, tokens)
+    token_lists = _token_strings(tokens, inputs) if kind == "text" else None
+    if kind != "text" and tokens is not None:
+        raise ValueError(f"explore: tokens= is for text inputs, not {kind} ones")
+    if kind in ("image", "tabular") and not inputs.is_floating_point():
+        raise TypeError(f"explore: {kind} inputs must be floating point, got {inputs.dtype}")
+    if feature_names is not None and kind != "tabular":
+        raise ValueError(f"explore: feature_names= is for tabular inputs, not {kind} ones")
+    names = _names(feature_names, inputs.shape[1], "feature_names (one per input feature)", "x{}") if kind == "tabular" else None
+
+    logits = _payload.logits(model, inputs, chunk_size)
+    n_classes = logits.shape[1]
+    class_names = _names(classes, n_classes, "class names (one per logit the model returns)", "{}")
+    labels = _labels(labels, len(inputs), n_classes)
+    targets, target_mode = _targets(target, logits.argmax(1), labels, n_classes)
+
+    if methods is None:
+        methods = default_methods(kind, model, inputs, baseline_id=int(getattr(tokens, "pad_token_id", None) or 0))
+    if not isinstance(methods, Mapping) or not methods:
+        raise TypeError("explore: methods must be a non-empty dict of name -> make(f) -> attr_fn")
+    for name, make in methods.items():
+        if not isinstance(name, str) or not callable(make):
+            raise TypeError(f"explore: methods must map names (str) to functions make(f) -> attr_fn; got {name!r}: {make!r}")
+
+    attrs = _payload.compute(methods, model, inputs, targets, kind, chunk_size, show_progress)
+    data = _payload.payload(kind=kind, title=title or "xattr explorer", inputs=inputs, logits_=logits, labels=labels,
+                            targets=targets, target_mode=target_mode, classes=class_names, attrs=attrs,
+                            feature_names=names, tokens=token_lists)  # fmt: skip
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(_page.render(data))
+    return path
