@@ -314,3 +314,44 @@ def test_clear_errors(zen):
         no_generate.attribute(inp)
     with pytest.raises(NotImplementedError):
         llm.attribute_future()
+
+
+class _VisionLM(torch.nn.Module):
+    """A toy multimodal causal LM: the first position also sees the image's mean colour
+    (``pixel_values``), the way a vision-language model's processor output is consumed."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.lm = tiny_lm("gpt2", vocab_size=vocab, dtype=torch.float64)
+        self.proj = torch.nn.Linear(3, 32).double()
+        self.calls = []
+
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, **kwargs):
+        self.calls.append(input_ids.shape[0])
+        emb = self.lm.get_input_embeddings()(input_ids)
+        emb = torch.cat([emb[:, :1] + self.proj(pixel_values.mean((2, 3)))[:, None], emb[:, 1:]], 1)
+        return self.lm(inputs_embeds=emb, attention_mask=attention_mask)
+
+
+@pytest.mark.parametrize("method", ["FeatureAblation", "ShapleyValues"])
+def test_image_mask_input_same_as_captum_in_one_call(zen, method):
+    np = pytest.importorskip("numpy")
+    image_module = pytest.importorskip("PIL.Image")
+    tok = zen[1]
+    model = _VisionLM(len(tok)).eval()
+    img = image_module.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    mask = torch.zeros(8, 8, dtype=torch.long)
+    mask[:4], mask[4:, :4] = 1, 2
+
+    def processor(im):
+        pixels = torch.tensor(np.array(im), dtype=torch.float64).permute(2, 0, 1)[None] / 255
+        return {"input_ids": tok.encode(PROMPT, return_tensors="pt"), "pixel_values": pixels}
+
+    got = xc.LLMAttribution(getattr(xc, method)(model), tok).attribute(
+        xc.ImageMaskInput(img, mask=mask, processor_fn=processor), target=TARGET)
+    calls, model.calls = model.calls, []
+    want = _captum(captum_attr.LLMAttribution(getattr(captum_attr, method)(model), tok),
+                   captum_attr.ImageMaskInput(img, mask=mask, processor_fn=processor), target=TARGET)
+    _same_result(got, want, atol=1e-8)
+    assert got.seq_attr.abs().max() > 0
+    assert len(calls) <= 2 and len(model.calls) > 2 * len(calls)  # equal-shaped inputs: batched (Captum: one by one)
