@@ -15,6 +15,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from .llm_inputs import keyed_list
+
 __all__ = ["ProductBaselines"]
 
 
@@ -23,15 +25,7 @@ class ProductBaselines:
     baseline. See the module docstring."""
 
     def __init__(self, baseline_values, *, rng: random.Random | None = None) -> None:
-        if isinstance(baseline_values, dict):
-            self.dict_keys = list(baseline_values)
-            values = [baseline_values[k] for k in self.dict_keys]
-        elif isinstance(baseline_values, (list, tuple)):
-            self.dict_keys = []
-            values = list(baseline_values)
-        else:
-            raise TypeError(f"baseline_values must be a list of candidate lists or a dict of them, "
-                            f"got {type(baseline_values).__name__}")
+        self.dict_keys, values = keyed_list(baseline_values, "baseline_values must be a list of candidate lists or a dict of them")
         for i, candidates in enumerate(values):
             if isinstance(candidates, (str, bytes)) or not hasattr(candidates, "__len__") or len(candidates) == 0:
                 key = self.dict_keys[i] if self.dict_keys else i

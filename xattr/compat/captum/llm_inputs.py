@@ -43,6 +43,17 @@ from torch import Tensor
 __all__ = ["ImageMaskInput", "InterpretableInput", "TextTemplateInput", "TextTokenInput"]
 
 
+def keyed_list(values, expected: str) -> tuple[list, list]:
+    """``(keys, values as a list)`` of a dict (in its order) or ``([], list)`` of a list or
+    tuple; anything else is a TypeError that starts with ``expected``."""
+    if isinstance(values, dict):
+        keys = list(values)
+        return keys, [values[k] for k in keys]
+    if isinstance(values, (list, tuple)):
+        return [], list(values)
+    raise TypeError(f"{expected}, got {type(values).__name__}")
+
+
 def _identity(x):
     return x
 
@@ -91,14 +102,7 @@ class TextTemplateInput(InterpretableInput):
     """
 
     def __init__(self, template: str | Callable[..., str], values, baselines=None, mask=None) -> None:
-        if isinstance(values, dict):
-            self.dict_keys = list(values)
-            values = [values[k] for k in self.dict_keys]
-        elif isinstance(values, (list, tuple)):
-            self.dict_keys = []
-            values = list(values)
-        else:
-            raise TypeError(f"values must be a list of strings or a dict of strings, got {type(values).__name__}")
+        self.dict_keys, values = keyed_list(values, "values must be a list of strings or a dict of strings")
         self.values = values
         n = self.n_features = len(values)
         if baselines is None:
