@@ -121,12 +121,14 @@ def target_log_probs(model: Callable, target, *, total: bool = True, prob: bool 
       >>> f(ids)                                # (1, 2): log p(" ugly" | prompt), then per token
     """
     tokens = as_target(target)
+    n = tokens.shape[0]
+    kept, positions = keep_logits(model, n), takes(model, "position_ids")  # the model's keywords, read once
 
     def log_probs(ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if ids.ndim != 2:
             raise ValueError(f"prompt ids must be (batch, length), got shape {tuple(ids.shape)}")
-        rows, length, n = ids.shape[0], ids.shape[1], tokens.shape[0]
-        keep = dict(keep_logits(model, n))
+        rows, length = ids.shape
+        keep = dict(kept)
         if length == 0:
             raise ValueError("the prompt is empty: the first target token needs a position to be predicted from")
         t = tokens.to(ids.device).expand(rows, n)
@@ -134,7 +136,7 @@ def target_log_probs(model: Callable, target, *, total: bool = True, prob: bool 
         if attention_mask is not None:
             mask = torch.cat([attention_mask, attention_mask.new_ones(rows, n)], 1)
             keep["attention_mask"] = mask
-            if takes(model, "position_ids"):  # left padding: the first real token is position 0
+            if positions:  # left padding: the first real token is position 0
                 keep["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
         return read_log_probs(model(full, **keep), t, total=total, prob=prob)
 
