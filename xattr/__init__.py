@@ -34,6 +34,7 @@ from ._src.canonize import merge_batch_norm
 from ._src.layer_paths import conductance, internal_influence
 from ._src.lrp_methods import layer_lrp, lrp
 from ._src.neuron_methods import neuron_conductance
+from ._src.padding_bias import border_ratio, padding_bias
 from ._src.paths import Profile, path_integral, quadrature
 from ._src.rules import rules
 from ._src.rule_limits import RuleBypassedWarning
@@ -99,6 +100,8 @@ __all__ = [
     "neuron",
     "neuron_conductance",
     "outputs",
+    "padding_bias",
+    "border_ratio",
     "path_integral",
     "quadrature",
     "reference_tokens",
