@@ -48,7 +48,7 @@ from .copies import perturb
 from .exact_baselines import as_floating, check_exact, output_float_dtype  # the methods import as_floating from here
 from .gradients import model_calls
 from .masks import SMALL, constant, keep_masks
-from .warn import warn
+from .progress import progress
 
 
 class Coalitions:
@@ -133,7 +133,7 @@ def _evaluate(
     spans = Spans(k, per, adaptive=chunk_size is None and not aggregate)
     outs, dtype = [], output_float_dtype(args)
     with model_calls(), T.batch_scope(batch):
-        for s, e in _progress(spans, show_progress, total=math.ceil(k / per)):
+        for s, e in progress(show_progress, spans, total=math.ceil(k / per), desc="perturbed copies", unit="call"):
             zs = rows_of(s, e)
             zs = zs if zs.ndim == 3 else zs.unsqueeze(0)
             keep = keep_masks(zs if zs.dtype == torch.bool else zs != 0, masks, selected, batch)
@@ -354,14 +354,3 @@ def baseline_tree(selected: tuple, baselines, as_tuple: bool) -> tuple:
         return T.tree_map(lambda x: torch.tensor(baselines, dtype=x.dtype, device=x.device), selected)
     base = baselines_tuple(selected, baselines, as_tuple)
     return T.tree_map(lambda x, b: torch.as_tensor(b, device=x.device).to(x.dtype), selected, base)
-
-
-def _progress(it, show: bool, total: int):
-    if not show:
-        return it
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is optional (the demo extra): no bar, but say so once
-        warn("show_progress needs tqdm (pip install tqdm); running without a progress bar")
-        return it
-    return tqdm(it, total=total, desc="perturbed copies", unit="call")

@@ -11,12 +11,12 @@ stored as null (JSON has no NaN), so the same inputs always give the same page.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Callable, Mapping, Sequence
 
 import torch
 
 from .._src.targets import target as _target
+from .._src.progress import progress
 from . import _png
 
 TOP_K = 3
@@ -94,14 +94,7 @@ def _checked(name: str, attr: torch.Tensor, x: torch.Tensor, kind: str) -> torch
 def compute(methods: Mapping[str, Callable], model: Callable, inputs: torch.Tensor, targets: torch.Tensor,
             kind: str, chunk_size: int | None, show_progress: bool) -> dict:  # fmt: skip
     """Every method's attributions for every example: name -> (N, ...) tensor."""
-    items = list(methods.items())
-    if show_progress:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # tqdm is optional (the demo extra)
-            warnings.warn("show_progress needs tqdm (pip install tqdm); running without a progress bar", stacklevel=3)
-        else:
-            items = tqdm(items, desc="xattr explore", unit="method", leave=False)
+    items = progress(show_progress, list(methods.items()), desc="xattr explore", unit="method", leave=False)
     out = {}
     for name, make in items:
         if hasattr(items, "set_postfix_str"):

@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 
 from xattr._src.checks import warn_if_training
-from xattr._src.warn import warn
+from xattr._src.progress import progress
 
 from ._convert import Attribution, _captum
 from .perturbation import FeatureAblation
@@ -219,17 +219,6 @@ def _per_pass(perturbations_per_pass) -> int:
     return p
 
 
-def _progress(show: bool, total):
-    if not show:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is optional (the demo extra)
-        warn("show_progress needs tqdm (pip install tqdm); running without a progress bar")
-        return None
-    return tqdm(total=total, desc="dataloader batches", unit="batch")
-
-
 def _metric(state, to_metric, like: torch.Tensor | None) -> torch.Tensor:
     metric = state if to_metric is None else to_metric(state)
     source = "reduce (to_metric is None)" if to_metric is None else "to_metric"
@@ -375,7 +364,7 @@ class DataLoaderAttribution(Attribution):
         passes = [features[i : i + per_pass] for i in range(0, len(features), per_pass)]
         passes[0] = [_UNABLATED] + passes[0]
         warn_if_training(self.forward_func)
-        bar = _progress(show_progress, _total(dataloader, len(passes)))
+        bar = progress(show_progress, total=_total(dataloader, len(passes)), desc="dataloader batches", unit="batch")
         run = _Run(self.forward_func, dataloader, layout, roles, base, masks, holders, reduce or _concat, batch_copies, bar)
         metrics = {}
         try:
