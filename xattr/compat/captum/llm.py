@@ -122,6 +122,7 @@ class LLMAttribution(BaseLLMAttribution):
         tokens = target_tokens.to(self.device)
         total_only = not self.include_per_token_attr
         prob = self.attr_target == "prob"
+        response = self.tokenizer.decode(target_tokens) if inspect is not None else None  # the same for every call
 
         def run(model_inp: dict) -> torch.Tensor:
             ids = model_inp["input_ids"]
@@ -134,7 +135,6 @@ class LLMAttribution(BaseLLMAttribution):
             with torch.no_grad():
                 values = read_log_probs(self.model(**inputs), t, total=True, prob=prob)
             if inspect is not None:
-                response = self.tokenizer.decode(target_tokens)
                 for row in range(rows):
                     inspect(self.tokenizer.decode(ids[row]), response, values[row].tolist())
             return values[:, 0] if total_only else values
