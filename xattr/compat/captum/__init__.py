@@ -10,6 +10,7 @@ are listed in docs/migration.md.
 """
 
 from ._convert import Attribution
+from .bases import GradientAttribution, NeuronAttribution, PerturbationAttribution
 from .backprop import (
     Deconvolution,
     DeepLift,
@@ -72,6 +73,9 @@ __all__ = [
     "ImageMaskInput",
     "InterpretableInput",
     "BaseLLMAttribution",
+    "GradientAttribution",
+    "NeuronAttribution",
+    "PerturbationAttribution",
     "LLMAttribution",
     "LLMAttributionResult",
     "LLMGradientAttribution",

@@ -24,7 +24,8 @@ from torch import nn
 
 import xattr
 
-from ._convert import Attribution, Call
+from ._convert import Call
+from .bases import GradientAttribution
 from .layer import LayerAttribution, _no_delta
 from .neuron import _NeuronAttribution
 
@@ -73,7 +74,7 @@ def _with_shap_delta(method: Callable, return_delta: bool) -> Callable:
 # ----------------------------------------------------------------------------- guided backprop, deconvolution
 
 
-class GuidedBackprop(Attribution):
+class GuidedBackprop(GradientAttribution):
     """``GuidedBackprop(model)``: the gradient with ReLUs passing positive gradients of active units.
 
     xattr: ``xattr.guided_backprop(xattr.target(model, target), argnums=...)``; every ReLU spelling
@@ -102,7 +103,7 @@ class Deconvolution(GuidedBackprop):
     _method = staticmethod(xattr.deconvolution)
 
 
-class GuidedGradCam(Attribution):
+class GuidedGradCam(GradientAttribution):
     """``GuidedGradCam(model, layer, device_ids=None)``: guided backprop times the upsampled Grad-CAM.
 
     xattr: ``xattr.guided_grad_cam(xattr.at_layer(xattr.target(model, target), layer,
@@ -157,7 +158,7 @@ class GuidedGradCam(Attribution):
 # ----------------------------------------------------------------------------- DeepLift, DeepLift SHAP
 
 
-class DeepLift(Attribution):
+class DeepLift(GradientAttribution):
     """``DeepLift(model, multiply_by_inputs=True, eps=1e-10)``: the Rescale rule.
 
     xattr: ``xattr.deep_lift(xattr.target(model, target), baselines=..., argnums=...,
@@ -234,7 +235,7 @@ class DeepLiftShap(DeepLift):
 # ----------------------------------------------------------------------------- layer DeepLift
 
 
-class LayerDeepLift(LayerAttribution):
+class LayerDeepLift(LayerAttribution, GradientAttribution):
     """``LayerDeepLift(model, layer, multiply_by_inputs=True)``: DeepLift at a layer.
 
     xattr: ``xattr.layer_deep_lift(xattr.at_layer(xattr.target(model, target), layer,
@@ -318,7 +319,7 @@ class LayerDeepLiftShap(LayerDeepLift):
 # ----------------------------------------------------------------------------- neuron variants
 
 
-class NeuronDeepLift(_NeuronAttribution):
+class NeuronDeepLift(_NeuronAttribution, GradientAttribution):
     """``NeuronDeepLift(model, layer, multiply_by_inputs=True)``: DeepLift of one neuron.
 
     xattr: ``xattr.deep_lift(xattr.neuron(xattr.at_layer(model, layer,
@@ -360,7 +361,7 @@ class NeuronDeepLiftShap(NeuronDeepLift):
     _inner = DeepLiftShap
 
 
-class NeuronGuidedBackprop(_NeuronAttribution):
+class NeuronGuidedBackprop(_NeuronAttribution, GradientAttribution):
     """``NeuronGuidedBackprop(model, layer, device_ids=None)``: guided backprop of one neuron.
 
     xattr: ``xattr.guided_backprop(xattr.neuron(xattr.at_layer(model, layer,

@@ -11,10 +11,11 @@ from typing import Callable
 import xattr
 from xattr._src.paths import straight_line_unit
 
-from ._convert import Attribution, Call
+from ._convert import Call
+from .bases import GradientAttribution
 
 
-class Saliency(Attribution):
+class Saliency(GradientAttribution):
     """``Saliency(forward_func)``: gradients of the target output, absolute by default.
 
     xattr: ``xattr.saliency(xattr.target(f, target), argnums=..., abs=abs)``.
@@ -28,7 +29,7 @@ class Saliency(Attribution):
         return (lambda *args: (fn(*args), None)), ()
 
 
-class InputXGradient(Attribution):
+class InputXGradient(GradientAttribution):
     """``InputXGradient(forward_func)``: input times gradient. xattr: ``xattr.input_x_gradient``."""
 
     def attribute(self, inputs, target=None, additional_forward_args=None):
@@ -43,7 +44,7 @@ class InputXGradient(Attribution):
         return True
 
 
-class IntegratedGradients(Attribution):
+class IntegratedGradients(GradientAttribution):
     """``IntegratedGradients(forward_func, multiply_by_inputs=True)``.
 
     xattr: ``xattr.integrated_gradients(xattr.target(f, target), baselines=..., n_steps=...,
@@ -98,7 +99,7 @@ class IntegratedGradients(Attribution):
         return self._multiply_by_inputs
 
 
-class GradientShap(Attribution):
+class GradientShap(GradientAttribution):
     """``GradientShap(forward_func, multiply_by_inputs=True)``: expected gradients.
 
     xattr: ``xattr.gradient_shap(xattr.target(f, target), baselines=..., n_samples=...,

@@ -20,6 +20,7 @@ import xattr
 from xattr._src.checks import baselines_like
 
 from ._convert import Attribution, Call
+from .bases import GradientAttribution
 from xattr._src.paths import straight_line_unit
 
 
@@ -76,7 +77,7 @@ class LayerActivation(LayerAttribution):
         return True
 
 
-class LayerGradientXActivation(LayerAttribution):
+class LayerGradientXActivation(LayerAttribution, GradientAttribution):
     """``LayerGradientXActivation(forward_func, layer, multiply_by_inputs=True)``.
 
     xattr: ``xattr.gradient_x_activation(split, multiply=multiply_by_inputs)``.
@@ -104,7 +105,7 @@ class LayerGradientXActivation(LayerAttribution):
         return self._multiply_by_inputs
 
 
-class _InputPath(LayerAttribution):
+class _InputPath(LayerAttribution, GradientAttribution):
     """Shared ``attribute`` for the classes with baselines, n_steps, method and internal_batch_size."""
 
     def attribute(self, inputs, baselines=None, target=None, additional_forward_args=None, n_steps: int = 50,
@@ -209,7 +210,7 @@ class InternalInfluence(_InputPath):
         return False
 
 
-class LayerGradCam(LayerAttribution):
+class LayerGradCam(LayerAttribution, GradientAttribution):
     """``LayerGradCam(forward_func, layer)``: xattr: ``xattr.grad_cam(split, relu=relu_attributions,
     sum_channels=attr_dim_summation)`` (Captum's default ``relu_attributions=False``)."""
 
@@ -226,7 +227,7 @@ class LayerGradCam(LayerAttribution):
         return _no_delta(xattr.grad_cam(split, relu=relu_attributions, sum_channels=attr_dim_summation)), ()
 
 
-class LayerGradientShap(LayerAttribution):
+class LayerGradientShap(LayerAttribution, GradientAttribution):
     """``LayerGradientShap(forward_func, layer, multiply_by_inputs=True)``.
 
     xattr: ``xattr.layer_gradient_shap(split, baselines=..., n_samples=..., stdevs=...,

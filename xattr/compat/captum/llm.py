@@ -33,6 +33,7 @@ import torch
 import xattr
 from xattr.llm._log_probs import keep_logits, read_log_probs
 
+from ._convert import Attribution
 from .layer import LayerGradientShap, LayerGradientXActivation, LayerIntegratedGradients
 from .llm_inputs import TextTokenInput
 from .llm_result import LLMAttributionResult, pretty_tokens
@@ -47,7 +48,7 @@ def _token_input(inp) -> bool:
     return isinstance(inp, TextTokenInput) or all(hasattr(inp, a) for a in ("inp_tensor", "itp_tensor", "itp_mask"))
 
 
-class BaseLLMAttribution:
+class BaseLLMAttribution(Attribution):
     """Shared by both classes: the model, tokenizer and device, the target's tokens, and the
     model input made from an interpretable input."""
 

@@ -39,7 +39,8 @@ from xattr._src.lrp_rules import LAYERS, Epsilon, Gamma, PositiveWeights, _n_ten
 from xattr._src.ops import ELEMENTWISE
 from xattr._src.rule_base import Rule, Saved
 
-from ._convert import Attribution, Call
+from ._convert import Call
+from .bases import GradientAttribution
 from .layer import LayerAttribution
 
 # ----------------------------------------------------------------------------- rules
@@ -210,7 +211,7 @@ def _captum_delta(delta: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- LRP, LayerLRP
 
 
-class LRP(Attribution):
+class LRP(GradientAttribution):
     """``LRP(model)``: layer-wise relevance propagation with Captum's default rules and ``module.rule``.
 
     xattr: ``xattr.lrp(xattr.target(model, target), composite=composite(model), argnums=...,
@@ -251,7 +252,7 @@ class LRP(Attribution):
         return output.flatten() - total.flatten()
 
 
-class LayerLRP(LayerAttribution):
+class LayerLRP(LayerAttribution, GradientAttribution):
     """``LayerLRP(model, layer)``: the LRP relevance of a layer's output (or input); ``layer`` may be a list.
 
     xattr: ``xattr.layer_lrp(xattr.at_layer(xattr.target(model, target), layer,

@@ -17,7 +17,8 @@ from torch import nn
 
 import xattr
 
-from ._convert import Attribution, Call
+from ._convert import Call
+from .bases import GradientAttribution, NeuronAttribution
 from .gradient import GradientShap, IntegratedGradients, Saliency
 
 
@@ -39,15 +40,13 @@ def _selector(neuron_selector):
     return neuron_selector
 
 
-class _NeuronAttribution(Attribution):
+class _NeuronAttribution(NeuronAttribution):
     """Holds ``layer``; ``_split``/``_neuron_call`` put the neuron in place of the model."""
 
     def __init__(
         self, forward_func: Callable, layer: nn.Module, device_ids=None, multiply_by_inputs: bool = True
     ) -> None:
-        super().__init__(forward_func)
-        self.layer = layer
-        self.device_ids = device_ids  # ignored: xattr runs on the inputs' device
+        super().__init__(forward_func, layer, device_ids)
         self._multiply_by_inputs = multiply_by_inputs
 
     @property
@@ -61,11 +60,8 @@ class _NeuronAttribution(Attribution):
         neuron = xattr.neuron(self._split(call, attribute_to_neuron_input), _selector(neuron_selector))
         return dataclasses.replace(call, model=neuron)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.forward_func!r}, {self.layer!r})"
 
-
-class NeuronGradient(_NeuronAttribution):
+class NeuronGradient(_NeuronAttribution, GradientAttribution):
     """``NeuronGradient(forward_func, layer, device_ids=None)``: gradients of one neuron.
 
     xattr: ``xattr.saliency(xattr.neuron(xattr.at_layer(f, layer), selector), abs=False)``.
@@ -85,7 +81,7 @@ class NeuronGradient(_NeuronAttribution):
         return Saliency(call.model)._functional(call, abs=False)
 
 
-class NeuronIntegratedGradients(_NeuronAttribution):
+class NeuronIntegratedGradients(_NeuronAttribution, GradientAttribution):
     """``NeuronIntegratedGradients(forward_func, layer, device_ids=None, multiply_by_inputs=True)``.
 
     xattr: ``xattr.integrated_gradients(xattr.neuron(xattr.at_layer(f, layer), selector),
@@ -115,7 +111,7 @@ class NeuronIntegratedGradients(_NeuronAttribution):
         return IntegratedGradients(call.model, self._multiply_by_inputs)._functional(call, **keywords)
 
 
-class NeuronGradientShap(_NeuronAttribution):
+class NeuronGradientShap(_NeuronAttribution, GradientAttribution):
     """``NeuronGradientShap(forward_func, layer, device_ids=None, multiply_by_inputs=True)``.
 
     xattr: ``xattr.gradient_shap(xattr.neuron(xattr.at_layer(f, layer), selector),
@@ -148,7 +144,7 @@ class NeuronGradientShap(_NeuronAttribution):
         return GradientShap(call.model, self._multiply_by_inputs)._functional(call, **keywords)
 
 
-class NeuronConductance(_NeuronAttribution):
+class NeuronConductance(_NeuronAttribution, GradientAttribution):
     """``NeuronConductance(forward_func, layer, device_ids=None, multiply_by_inputs=True)``.
 
     xattr: ``xattr.neuron_conductance(xattr.at_layer(xattr.target(f, target), layer), selector,

@@ -27,7 +27,8 @@ from xattr._src.checks import warn_if_training
 from xattr._src.masks import features, scatter_features
 from xattr._src.perturb import Coalitions, evaluate, outputs_at
 
-from ._convert import Attribution, Call
+from ._convert import Call
+from .bases import PerturbationAttribution
 from .layer import LayerAttribution
 from .neuron import _NeuronAttribution
 
@@ -68,12 +69,8 @@ def _no_delta(fn):
     return lambda *args: (fn(*args), None)
 
 
-class _Perturbation(Attribution):
-    """Captum's PerturbationAttribution flags: no convergence delta, multiplies_by_inputs True."""
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return True
+class _Perturbation(PerturbationAttribution):
+    """Captum's PerturbationAttribution: no convergence delta, multiplies_by_inputs True."""
 
     def attribute_future(self, *args, **kwargs):
         raise NotImplementedError(
@@ -308,10 +305,8 @@ class ShapleyValues(_Perturbation):
         return _no_delta(fn), ()
 
 
-class _LayerPerturbation(LayerAttribution):
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return True
+class _LayerPerturbation(LayerAttribution, PerturbationAttribution):
+    pass
 
 
 class LayerFeatureAblation(_LayerPerturbation):
@@ -361,7 +356,7 @@ class LayerFeaturePermutation(_LayerPerturbation):
         return _no_delta(fn), ()
 
 
-class NeuronFeatureAblation(_NeuronAttribution):
+class NeuronFeatureAblation(_NeuronAttribution, PerturbationAttribution):
     """``NeuronFeatureAblation(forward_func, layer, device_ids=None)``: ablate inputs, watch one neuron.
 
     xattr: ``xattr.feature_ablation(xattr.neuron(xattr.at_layer(f, layer,

@@ -42,7 +42,8 @@ from xattr._src.nesting import running_model
 from xattr._src.solvers import sklearn_fit
 from xattr._src.warn import warn
 
-from ._convert import Attribution, Call, _captum
+from ._convert import Call, _captum
+from .bases import PerturbationAttribution
 from .fitted_models import _fitted_model, _last_example, _leave_fitted, _recording
 from .lime_defaults import (
     _CAPTUM_KERNEL,
@@ -214,7 +215,7 @@ def _is_aggregate(call: Call) -> bool:
     return isinstance(out, torch.Tensor) and out.numel() == 1
 
 
-class LimeBase(Attribution):
+class LimeBase(PerturbationAttribution):
     """``LimeBase(forward_func, interpretable_model, similarity_func, perturb_func,
     perturb_interpretable_space, from_interp_rep_transform, to_interp_rep_transform)``.
 
