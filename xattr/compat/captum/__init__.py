@@ -57,6 +57,7 @@ from .linear_models import SkLearnLasso, SkLearnLinearRegression, SkLearnRidge
 from .llm_inputs import ImageMaskInput, InterpretableInput, TextTemplateInput, TextTokenInput
 from .llm_result import LLMAttributionResult
 from .llm import BaseLLMAttribution, LLMAttribution, LLMGradientAttribution
+from .llm_remote import RemoteLLMAttribution, RemoteLLMProvider, VLLMProvider
 from .baselines import ProductBaselines
 from .lime_defaults import default_from_interp_rep_transform, default_perturb_func, get_exp_kernel_similarity_function
 from .surrogate import KernelShap, Lime, LimeBase
@@ -79,6 +80,9 @@ __all__ = [
     "LLMAttribution",
     "LLMAttributionResult",
     "LLMGradientAttribution",
+    "RemoteLLMAttribution",
+    "RemoteLLMProvider",
+    "VLLMProvider",
     "ProductBaselines",
     "TextTemplateInput",
     "TextTokenInput",

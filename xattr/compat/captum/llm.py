@@ -20,7 +20,8 @@ target token] in xattr/llm/_log_probs.py):
 
 Per-token attributions come from the methods whose estimate is linear in the model's outputs
 per coalition (``FeatureAblation``, ``ShapleyValueSampling``, ``ShapleyValues``); ``Lime`` and
-``KernelShap`` give ``seq_attr`` only, as in Captum. ``RemoteLLMAttribution`` is not provided.
+``KernelShap`` give ``seq_attr`` only, as in Captum. ``RemoteLLMAttribution`` (a model behind
+an API) is in llm_remote.py.
 """
 
 from __future__ import annotations
