@@ -136,3 +136,30 @@ def test_a_user_subclass_of_gradient_attribution():
     m = Doubled(model)
     assert isinstance(m, X.Attribution) and not m.has_convergence_delta()
     torch.testing.assert_close(m.attribute(x, target=1), 2 * model.weight[1].detach().expand(4, 3))
+
+
+@pytest.mark.parametrize("module,base,names", [
+    ("captum.robust", "Perturbation", ["FGSM", "PGD", "MinParamPerturbation", "AttackComparator"]),
+    ("captum.concept", "ConceptInterpreter", ["TCAV"]),
+])  # fmt: skip
+def test_robust_and_concept_bases_as_captum(module, base, names):
+    theirs = pytest.importorskip(module)
+    for n in names:
+        assert issubclass(getattr(X, n), getattr(X, base)) == issubclass(getattr(theirs, n), getattr(theirs, base)), n
+
+
+def test_user_subclasses_of_robust_and_concept_bases():
+    class Shift(X.Perturbation):
+        def perturb(self, inputs, by=1.0):
+            return inputs + by
+
+    assert torch.equal(Shift()(torch.zeros(2), by=3.0), torch.full((2,), 3.0))
+
+    class Norms(X.ConceptInterpreter):
+        def interpret(self, inputs):
+            return self.model(inputs).norm(dim=1)
+
+    model = nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(Norms(model).interpret(x), model(x).norm(dim=1))
+    assert isinstance(X.FGSM(model), X.Perturbation)

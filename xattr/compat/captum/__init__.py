@@ -25,7 +25,7 @@ from .backprop import (
     NeuronGuidedBackprop,
 )
 from .dataloader_attr import DataLoaderAttribution, InputRole
-from .concepts import CAV, TCAV, Classifier, Concept, CustomIterableDataset, DefaultClassifier, concepts_to_str, dataset_to_dataloader
+from .concepts import CAV, Classifier, Concept, ConceptInterpreter, CustomIterableDataset, DefaultClassifier, TCAV, concepts_to_str, dataset_to_dataloader
 from .input_wrapper import InputIdentity, ModelInputWrapper
 from .gradient import GradientShap, InputXGradient, IntegratedGradients, Saliency
 from .layer import (
@@ -42,7 +42,7 @@ from .lrp import LRP, Alpha1_Beta0_Rule, EpsilonRule, GammaRule, IdentityRule, L
 from .neuron import NeuronConductance, NeuronGradient, NeuronGradientShap, NeuronIntegratedGradients
 from .metrics import infidelity, infidelity_perturb_func_decorator, sensitivity_max
 from .noise_tunnel import NoiseTunnel
-from .robust import FGSM, PGD, AttackComparator, MinParamPerturbation
+from .robust import FGSM, PGD, AttackComparator, MinParamPerturbation, Perturbation
 from .perturbation import (
     FeatureAblation,
     FeaturePermutation,
@@ -102,6 +102,8 @@ __all__ = [
     "infidelity_perturb_func_decorator",
     "sensitivity_max",
     "CAV",
+    "ConceptInterpreter",
+    "Perturbation",
     "Classifier",
     "Concept",
     "DefaultClassifier",

@@ -151,13 +151,21 @@ class CAV:
         return CAV([Concept(c.id, c.name, None) for c in concepts], layer, stats, cavs_path, model_id)
 
 
-class TCAV:
+class ConceptInterpreter:
+    """Base of concept-based interpreters (Captum's ``captum.concept.ConceptInterpreter``): holds
+    the model; a subclass writes ``interpret(inputs, ...)``."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+
+class TCAV(ConceptInterpreter):
     """Captum's ``TCAV`` (see the module docstring for what differs)."""
 
     def __init__(self, model, layers, model_id: str = "default_model_id", classifier: Classifier | None = None,
                  layer_attr_method=None, attribute_to_layer_input: bool = False, save_path: str = "./cav/",
                  **classifier_kwargs: Any) -> None:  # fmt: skip
-        self.model = model
+        super().__init__(model)
         self.layers = [layers] if isinstance(layers, str) else list(layers)
         self.model_id = model_id
         self.concepts: set = set()

@@ -77,8 +77,16 @@ def _captum_loss(loss_func: Callable) -> Callable:
     return lambda outputs, target: _FiniteValue.apply(loss_func(outputs, target))
 
 
-class _Attack:
-    """Shared state of FGSM and PGD; ``__call__`` is ``perturb`` (Captum's Perturbation)."""
+class Perturbation:
+    """Base of the attacks (Captum's ``captum.robust.Perturbation``): a subclass writes
+    ``perturb(inputs, ...)``, and calling the object calls it."""
+
+    def __call__(self, *args, **kwargs):
+        return self.perturb(*args, **kwargs)
+
+
+class _Attack(Perturbation):
+    """Shared state of FGSM and PGD."""
 
     def __init__(self, forward_func: Callable, loss_func: Callable | None, lower_bound: float, upper_bound: float):
         self.forward_func = forward_func
@@ -89,9 +97,6 @@ class _Attack:
     def bound(self) -> Callable:
         """Clamps to [lower_bound, upper_bound] (read-only here: set the bounds in the constructor)."""
         return lambda x: torch.clamp(x, min=self.lower_bound, max=self.upper_bound)
-
-    def __call__(self, *args, **kwargs):
-        return self.perturb(*args, **kwargs)
 
     def _attack(self, core: Callable, inputs, target, additional_forward_args, mask, **keywords):
         inputs, is_tuple = _inputs(inputs)
