@@ -35,6 +35,9 @@ from ._src.layer_paths import conductance, internal_influence
 from ._src.lrp_methods import layer_lrp, lrp
 from ._src.neuron_methods import neuron_conductance
 from ._src.padding_bias import border_ratio, padding_bias
+from ._src.dataset_stats import AttributionStatistics
+from ._src.dataset_pass import attribution_statistics
+from ._src.attribution_clusters import Clusters, cluster_attributions
 from ._src.paths import Profile, path_integral, quadrature
 from ._src.rules import rules
 from ._src.rule_limits import RuleBypassedWarning
@@ -102,6 +105,10 @@ __all__ = [
     "outputs",
     "padding_bias",
     "border_ratio",
+    "AttributionStatistics",
+    "attribution_statistics",
+    "Clusters",
+    "cluster_attributions",
     "path_integral",
     "quadrature",
     "reference_tokens",

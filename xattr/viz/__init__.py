@@ -9,6 +9,7 @@ matplotlib is imported lazily, when a figure is drawn, through the Agg canvas; p
 from .heatmap import draw, normalize, save_grid, save_heatmap, to_image, to_map
 from .image import normalize_image_attr, visualize_image_attr, visualize_image_attr_multiple
 from .text import TextVisualization, VisualizationDataRecord, visualize_text
+from .dataset import plot_class_means, plot_clusters, plot_importance, plot_spectrum
 
 __all__ = [
     "TextVisualization",
@@ -16,6 +17,10 @@ __all__ = [
     "draw",
     "normalize",
     "normalize_image_attr",
+    "plot_class_means",
+    "plot_clusters",
+    "plot_importance",
+    "plot_spectrum",
     "save_grid",
     "save_heatmap",
     "to_image",
