@@ -35,6 +35,7 @@ from ._src.layer_paths import conductance, internal_influence
 from ._src.lrp_methods import layer_lrp, lrp
 from ._src.neuron_methods import neuron_conductance
 from ._src.padding_bias import border_ratio, padding_bias
+from ._src.padding_remedies import LayerPadding, UnevenPadding, even_input_sizes, uneven_padding, with_padding_mode
 from ._src.dataset_stats import AttributionStatistics
 from ._src.dataset_pass import attribution_statistics
 from ._src.attribution_clusters import Clusters, cluster_attributions
@@ -105,6 +106,11 @@ __all__ = [
     "outputs",
     "padding_bias",
     "border_ratio",
+    "LayerPadding",
+    "UnevenPadding",
+    "uneven_padding",
+    "even_input_sizes",
+    "with_padding_mode",
     "AttributionStatistics",
     "attribution_statistics",
     "Clusters",
