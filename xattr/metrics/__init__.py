@@ -3,30 +3,57 @@
 They take a model function and an attribution function (or precomputed attributions), draw
 perturbed copies of every example with explicit, per-example randomness, and evaluate all copies
 folded into the batch in few calls. See docs/metrics/.
+
+Beside them: bias checks of a classifier (mutual information of its predictions with protected
+attributes and their intersections, subgroup rates, counterfactual flips; docs/metrics/bias.md)
+and the input-multiplier sanity check of saliency methods (docs/sanity.md).
 """
 
+from ._bias import bias_check
+from ._bias_report import BiasReport, Counterfactual, GroupStats, Interactions
 from ._concentration import complexity, sparseness
 from ._curves import Curve, deletion, insertion, patch_mask
 from ._infidelity import infidelity
+from ._mutual_info import (
+    bins,
+    entropy,
+    mutual_information,
+    mutual_information_test,
+    normalized_mutual_information,
+    soft_mutual_information,
+    subgroups,
+)
 from ._noise import gaussian_noise, subset_to_baseline, uniform_noise
 from ._randomization import Randomization, randomization_check
 from ._sensitivity import sensitivity_max
 from ._similarity import spearman, ssim, top_k_intersection
 
 __all__ = [
+    "BiasReport",
+    "Counterfactual",
     "Curve",
+    "GroupStats",
+    "Interactions",
     "Randomization",
+    "bias_check",
+    "bins",
     "complexity",
     "deletion",
+    "entropy",
     "gaussian_noise",
     "infidelity",
     "insertion",
+    "mutual_information",
+    "mutual_information_test",
+    "normalized_mutual_information",
     "patch_mask",
     "randomization_check",
     "sensitivity_max",
+    "soft_mutual_information",
     "sparseness",
     "spearman",
     "ssim",
+    "subgroups",
     "subset_to_baseline",
     "top_k_intersection",
     "uniform_noise",
