@@ -280,7 +280,8 @@ PURE = {"Curve", "Randomization", "gaussian_noise", "uniform_noise", "subset_to_
         "top_k_intersection", "cross_entropy",
         # the bias checks' estimators on given values, and result classes: no model call
         "BiasReport", "Counterfactual", "GroupStats", "Interactions", "bins", "entropy", "mutual_information",
-        "mutual_information_test", "normalized_mutual_information", "soft_mutual_information", "subgroups"}  # fmt: skip
+        "mutual_information_test", "normalized_mutual_information", "soft_mutual_information", "subgroups",
+        "MultiplierCheck"}  # fmt: skip
 
 
 def test_every_public_metric_and_attack_checks_at_entry():

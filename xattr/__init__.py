@@ -27,6 +27,7 @@ from ._src.layer_methods import (
 from ._src.ablation import feature_ablation, feature_permutation, occlusion, window_masks
 from ._src.layer_perturb import layer_feature_ablation, layer_feature_permutation
 from ._src.shapley import shapley_value_sampling, shapley_values
+from ._src.softened import softened
 from ._src.split_ig import split_integrated_gradients
 from ._src.backprop_methods import deep_lift, deep_lift_shap, layer_deep_lift, layer_deep_lift_shap
 from ._src.guided_methods import deconvolution, guided_backprop, guided_grad_cam
@@ -124,6 +125,7 @@ __all__ = [
     "smooth",
     "smoothgrad",
     "smoothgrad_sq",
+    "softened",
     "split_integrated_gradients",
     "target",
     "token_scores",

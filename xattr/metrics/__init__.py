@@ -14,6 +14,7 @@ from ._bias_report import BiasReport, Counterfactual, GroupStats, Interactions
 from ._concentration import complexity, sparseness
 from ._curves import Curve, deletion, insertion, patch_mask
 from ._infidelity import infidelity
+from ._multiplier import MultiplierCheck, multiplier_check
 from ._mutual_info import (
     bins,
     entropy,
@@ -34,6 +35,7 @@ __all__ = [
     "Curve",
     "GroupStats",
     "Interactions",
+    "MultiplierCheck",
     "Randomization",
     "bias_check",
     "bins",
@@ -43,6 +45,7 @@ __all__ = [
     "gaussian_noise",
     "infidelity",
     "insertion",
+    "multiplier_check",
     "mutual_information",
     "mutual_information_test",
     "normalized_mutual_information",
