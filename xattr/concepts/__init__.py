@@ -11,11 +11,17 @@ gradients of ``xattr.gradient_x_activation(split, multiply=False)``. See docs/tc
     res = tcav(model, ["conv2"], [Concept(0, "stripes", striped)], zebras, target=3,
                randoms=random_images, n_random_runs=10, generator=0)
     res["stripes"]["conv2"].score, res["stripes"]["conv2"].p_value
+
+Probes (docs/probes.md): ``probe(model, layers, inputs, labels)`` fits a linear probe on every
+layer's activations, with a control task (selectivity) and the noise level at which its
+accuracy collapses (fragility).
 """
 
 from ._cache import fingerprint
 from ._classifier import CAV, LogisticRegression, fit_cav
 from ._data import Concept, random_concepts
+from ._fragility import ProbeResult, activation_scale, collapse_level, noise_curve
+from ._probes import MultinomialLogisticRegression, probe
 from ._stats import ttest
 from ._tcav import TCAVResult, TCAVScore, activations, cav, tcav
 
@@ -23,12 +29,18 @@ __all__ = [
     "CAV",
     "Concept",
     "LogisticRegression",
+    "MultinomialLogisticRegression",
+    "ProbeResult",
     "TCAVResult",
     "TCAVScore",
+    "activation_scale",
     "activations",
     "cav",
+    "collapse_level",
     "fingerprint",
     "fit_cav",
+    "noise_curve",
+    "probe",
     "random_concepts",
     "tcav",
     "ttest",
