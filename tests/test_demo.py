@@ -51,7 +51,7 @@ def test_demo_trains_a_sane_model(result):
 
 def test_demo_writes_its_files(result):
     out = result["out"]
-    for name in ("overview.png", "classes.png", "ig_quadrature.png", "table.md", "explorer.html"):
+    for name in ("overview.png", "classes.png", "ig_quadrature.png", "class_means.png", "table.md", "explorer.html"):
         path = os.path.join(out, name)
         assert os.path.getsize(path) > 1000 or name == "table.md", name
     per_method = sorted(os.listdir(os.path.join(out, "methods")))

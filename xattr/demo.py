@@ -22,6 +22,7 @@ an output folder:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -273,6 +274,12 @@ def main(argv=None) -> dict:
     files.append(xattr.insights.explore(
         model, data.x_test[:EXPLORED], labels=data.y_test[:EXPLORED], path=explorer, show_progress=False,
         title=f"xattr on 8x8 digits: the first {EXPLORED} test images"))
+    # the dataset view: every test image's IG for its label, streamed, then each class's mean map
+    stats = xattr.attribution_statistics(
+        functools.partial(xattr.integrated_gradients, n_steps=16), model, data.x_test, labels=data.y_test, batch_size=128)
+    files.append(os.path.join(out_dir, "class_means.png"))
+    xattr.viz.plot_class_means(stats, path=files[-1], title=(
+        f"mean integrated gradients per class over {stats.n} test images: xattr.attribution_statistics"))
     for m in methods:
         if not m.all_classes:
             path = os.path.join(out_dir, "methods", f"{m.name}.png")
