@@ -176,10 +176,20 @@ def _per_example(value, x: torch.Tensor, name: str):
     return float(value)
 
 
-def _bound(x: torch.Tensor, lower, upper) -> torch.Tensor:
-    if isinstance(lower, (int, float)) and isinstance(upper, (int, float)) and lower == -math.inf and upper == math.inf:
-        return x
-    return torch.clamp(x, min=lower, max=upper)
+def _unbounded(lower, upper) -> bool:
+    return isinstance(lower, (int, float)) and isinstance(upper, (int, float)) and lower == -math.inf and upper == math.inf
+
+
+def _clip(lower, upper, bound: Callable | None) -> Callable:
+    """The function keeping a perturbed input valid: ``bound`` (the user's), or the clamp to
+    [lower, upper] (the identity for an unbounded range)."""
+    if bound is None:
+        return (lambda x: x) if _unbounded(lower, upper) else (lambda x: torch.clamp(x, min=lower, max=upper))
+    if not callable(bound):
+        raise TypeError(f"bound must be a function tensor -> tensor, got {type(bound).__name__}")
+    if not _unbounded(lower, upper):
+        raise ValueError("give bound (a function applied to each perturbed input) or lower_bound/upper_bound, not both")
+    return bound
 
 
 def _direction(g: torch.Tensor, kind: str, zero_threshold: float) -> torch.Tensor:
@@ -245,6 +255,7 @@ def fgsm(
     upper_bound=math.inf,
     argnums: int | Sequence[int] = 0,
     zero_threshold: float = 0.0,
+    bound: Callable | None = None,
 ):
     """Fast gradient sign method: one step of size epsilon along the sign of the loss gradient.
 
@@ -269,6 +280,9 @@ def fgsm(
       zero_threshold: gradient entries with ``|g| <= zero_threshold`` do not move (Captum: 1e-6);
         NaN entries (a finite loss such as ``-log(p)`` with another probability exactly 0) never
         move, infinite ones move by their sign, as in Captum.
+      bound: a function applied to each perturbed input tensor in place of the clamp to
+        [lower_bound, upper_bound] (e.g. clamp and quantise to 8-bit levels); Captum's
+        overridable ``bound`` attribute. Give it or the bounds, not both.
 
     Returns:
       Perturbed inputs with x's structure: a tensor for a tensor, the tuple of f's arguments
@@ -282,7 +296,8 @@ def fgsm(
         with T.batch_scope(setup.batch):
             eps = [_per_example(epsilon, leaf, "epsilon") for leaf in setup.leaves]
             leaves = _step(setup, setup.leaves, eps, "sign", zero_threshold)
-            return setup.output([_bound(v, lower_bound, upper_bound) for v in leaves])
+            clip = _clip(lower_bound, upper_bound, bound)
+            return setup.output([clip(v) for v in leaves])
 
 
 @new_call_inside_model
@@ -305,6 +320,7 @@ def pgd(
     generator=None,
     direction: str = "sign",
     zero_threshold: float = 0.0,
+    bound: Callable | None = None,
 ):
     """Projected gradient descent: ``step_num`` gradient steps, each projected back to the ball.
 
@@ -315,8 +331,9 @@ def pgd(
     ``direction="l2"``, the gradient divided by its per-example L2 norm (the usual L2 attack).
 
     Args:
-      f, x, target, loss, targeted, mask, lower_bound, upper_bound, argnums, zero_threshold: as
-        in `fgsm`; the target is fixed once (the prediction at x when None).
+      f, x, target, loss, targeted, mask, lower_bound, upper_bound, argnums, zero_threshold, bound:
+        as in `fgsm` (``bound`` is applied after the random start and after every projected
+        step); the target is fixed once (the prediction at x when None).
       radius: radius of the ball (a number or a tensor (B,)).
       step_size: size of each step (a number or a tensor (B,)).
       step_num: number of steps (each one forward and one backward pass of the batch).
@@ -335,6 +352,7 @@ def pgd(
         raise ValueError(f"direction must be one of {_DIRECTIONS}, got {direction!r}")
     if isinstance(step_num, bool) or not isinstance(step_num, int) or step_num < 0:
         raise ValueError(f"step_num must be a non-negative int, got {step_num!r}")
+    clip = _clip(lower_bound, upper_bound, bound)
     with detached():
         setup = _Setup(f, x, argnums, target, loss, targeted, mask)
         with T.batch_scope(setup.batch):
@@ -345,12 +363,12 @@ def pgd(
             if random_start:
                 seeds = streams(generator, 2 * len(centers))
                 leaves = [
-                    _bound(_random_start(c, r, norm, m, seeds[2 * i], seeds[2 * i + 1]), lower_bound, upper_bound)
+                    clip(_random_start(c, r, norm, m, seeds[2 * i], seeds[2 * i + 1]))
                     for i, (c, r, m) in enumerate(zip(centers, radii, setup.masks))
                 ]
             for _ in range(step_num):
                 leaves = _step(setup, leaves, sizes, direction, zero_threshold)
                 leaves = [
-                    _bound(_project(c, v, r, norm), lower_bound, upper_bound) for c, v, r in zip(centers, leaves, radii)
+                    clip(_project(c, v, r, norm)) for c, v, r in zip(centers, leaves, radii)
                 ]
             return setup.output(leaves)

@@ -92,11 +92,21 @@ class _Attack(Perturbation):
         self.forward_func = forward_func
         self.loss_func = loss_func
         self.lower_bound, self.upper_bound = lower_bound, upper_bound
+        self._bound = None  # a function the user assigned to ``bound``
 
     @property
     def bound(self) -> Callable:
-        """Clamps to [lower_bound, upper_bound] (read-only here: set the bounds in the constructor)."""
+        """The function keeping each perturbed input valid: the clamp to [lower_bound, upper_bound],
+        or the function assigned to it (as in Captum: ``attack.bound = my_fn``)."""
+        if self._bound is not None:
+            return self._bound
         return lambda x: torch.clamp(x, min=self.lower_bound, max=self.upper_bound)
+
+    @bound.setter
+    def bound(self, fn: Callable) -> None:
+        if not callable(fn):
+            raise TypeError(f"bound must be a function tensor -> tensor, got {type(fn).__name__}")
+        self._bound = fn
 
     def _attack(self, core: Callable, inputs, target, additional_forward_args, mask, **keywords):
         inputs, is_tuple = _inputs(inputs)
@@ -108,8 +118,8 @@ class _Attack(Perturbation):
             target=target,
             loss=_captum_loss(self.loss_func if self.loss_func is not None else _neg_log_loss),
             mask=mask,
-            lower_bound=self.lower_bound,
-            upper_bound=self.upper_bound,
+            **({"bound": self._bound} if self._bound is not None
+               else {"lower_bound": self.lower_bound, "upper_bound": self.upper_bound}),
             argnums=tuple(range(len(inputs))),
             **keywords,
         )
