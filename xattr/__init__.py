@@ -55,6 +55,7 @@ from . import metrics
 from . import robust
 from . import viz
 from . import insights
+from . import influence
 
 __version__ = "0.1.0"
 
