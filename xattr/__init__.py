@@ -29,6 +29,7 @@ from ._src.layer_perturb import layer_feature_ablation, layer_feature_permutatio
 from ._src.shapley import shapley_value_sampling, shapley_values
 from ._src.softened import softened
 from ._src.split_ig import split_integrated_gradients
+from ._src.integrated_hessians import integrated_hessians
 from ._src.backprop_methods import deep_lift, deep_lift_shap, layer_deep_lift, layer_deep_lift_shap
 from ._src.guided_methods import deconvolution, guided_backprop, guided_grad_cam
 from ._src.canonize import merge_batch_norm
@@ -128,6 +129,7 @@ __all__ = [
     "smoothgrad_sq",
     "softened",
     "split_integrated_gradients",
+    "integrated_hessians",
     "target",
     "token_scores",
     "upsample",
