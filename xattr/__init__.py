@@ -37,6 +37,7 @@ from ._src.layer_paths import conductance, internal_influence
 from ._src.lrp_methods import layer_lrp, lrp
 from ._src.neuron_methods import neuron_conductance
 from ._src.padding_bias import border_ratio, padding_bias
+from ._src.stochastic_gates import BinaryConcreteStochasticGates, GaussianStochasticGates
 from ._src.padding_remedies import LayerPadding, UnevenPadding, even_input_sizes, uneven_padding, with_padding_mode
 from ._src.dataset_stats import AttributionStatistics
 from ._src.dataset_pass import attribution_statistics
@@ -85,6 +86,7 @@ __all__ = [
     "robust",
     "viz",
     "insights",
+    "influence",
     "rule",
     "rules",
     "Outputs",
@@ -109,6 +111,8 @@ __all__ = [
     "outputs",
     "padding_bias",
     "border_ratio",
+    "BinaryConcreteStochasticGates",
+    "GaussianStochasticGates",
     "LayerPadding",
     "UnevenPadding",
     "uneven_padding",

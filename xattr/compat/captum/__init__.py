@@ -61,6 +61,7 @@ from .llm_remote import RemoteLLMAttribution, RemoteLLMProvider, VLLMProvider
 from .baselines import ProductBaselines
 from .lime_defaults import default_from_interp_rep_transform, default_perturb_func, get_exp_kernel_similarity_function
 from .surrogate import KernelShap, Lime, LimeBase
+from ..._src.stochastic_gates import BinaryConcreteStochasticGates, GaussianStochasticGates, StochasticGatesBase
 from .summarizer import MSE, ClassSummarizer, CommonStats, Count, Max, Mean, Min, StatValue, StdDev, Sum, Summarizer, SummarizerSingleTensor, Var
 from .text import (
     InterpretableEmbeddingBase,
@@ -118,6 +119,9 @@ __all__ = [
     "SkLearnLasso",
     "SkLearnLinearRegression",
     "SkLearnRidge",
+    "BinaryConcreteStochasticGates",
+    "GaussianStochasticGates",
+    "StochasticGatesBase",
     "default_from_interp_rep_transform",
     "default_perturb_func",
     "get_exp_kernel_similarity_function",
