@@ -30,6 +30,8 @@ from ._src.shapley import shapley_value_sampling, shapley_values
 from ._src.softened import softened
 from ._src.split_ig import split_integrated_gradients
 from ._src.integrated_hessians import integrated_hessians
+from ._src.blur_ig import blur_integrated_gradients
+from ._src.guided_ig import guided_integrated_gradients
 from ._src.backprop_methods import deep_lift, deep_lift_shap, layer_deep_lift, layer_deep_lift_shap
 from ._src.guided_methods import deconvolution, guided_backprop, guided_grad_cam
 from ._src.canonize import merge_batch_norm
@@ -134,6 +136,8 @@ __all__ = [
     "softened",
     "split_integrated_gradients",
     "integrated_hessians",
+    "blur_integrated_gradients",
+    "guided_integrated_gradients",
     "target",
     "token_scores",
     "upsample",
