@@ -340,6 +340,9 @@ def _attention() -> list:
 def _softmaxes() -> list:
     specs = [Spec("softmax", n, 5, lambda m, x, f=f: f(x, -1)) for n, f in _spelled("softmax")]
     specs += [Spec("log_softmax", n, 5, lambda m, x, f=f: f(x, 1)) for n, f in _spelled("log_softmax")]
+    specs += [Spec("logsumexp", n, 6, lambda m, x, f=f: f(x.view(-1, 2, 3), 2)) for n, f in _spelled("logsumexp")]
+    specs.append(Spec("logsumexp", "torch.logsumexp((1, 2), keepdim=True)", 6,
+                      lambda m, x: torch.logsumexp(x.view(-1, 2, 3), (1, 2), keepdim=True).flatten(1)))
     return specs
 
 

@@ -54,14 +54,16 @@ def deep_lift_rules(eps: float = 1e-10) -> dict:
     order statistics]) and softmax, `Product` for products of two activations, elementwise, matrix or
     einsum, their quotients, einsum of more operands and cumprod (NOTE: [DeepLift at a
     product], [Quotients of two activations], [DeepLift at a multilinear op]), `ExactSoftmax` at
-    log_softmax (NOTE: [DeepLift through log_softmax]), and `Unfused` at ``F.glu`` (``nn.GLU``),
+    log_softmax and logsumexp (NOTE: [DeepLift through log_softmax], [DeepLift through logsumexp]:
+    the LSE pools of `xattr.softened` among them), and `Unfused` at ``F.glu`` (``nn.GLU``),
     which then runs as ``a * torch.sigmoid(b)``, at ``torch.baddbmm`` of two activations, which
     runs as ``alpha * torch.bmm(a, b) + beta * t``, and at ``torch.lstm`` (every recurrent op:
     ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` and their cells), which then run step by step with their
     gates as products (NOTE: [Recurrent layers written out])."""
-    rule, product, written = Rescale(eps), Product(), Unfused()
+    rule, product, written, exact = Rescale(eps), Product(), Unfused(), ExactSoftmax(eps)
     return {**{op: rule for op in RESCALED}, torch.mul: product, torch.matmul: product, torch.einsum: product,
-            torch.div: product, torch.cumprod: product, F.log_softmax: ExactSoftmax(eps), F.glu: written, torch.baddbmm: written, torch.lstm: written}
+            torch.div: product, torch.cumprod: product, F.log_softmax: exact, torch.logsumexp: exact, F.glu: written,
+            torch.baddbmm: written, torch.lstm: written}
 
 
 def _multipliers(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: int, chunk_size, *, shared: bool = False):
@@ -201,8 +203,9 @@ def deep_lift(
     and softmax have their own rules (`xattr.rule.Rescale`), and so do products of two
     activations, ``a * b``, ``a @ b`` and ``torch.einsum`` (`xattr.rule.Product`: each factor's
     multiplier is the other averaged over the example and its reference), their quotients ``a /
-    b``, and log_softmax (`xattr.rule.ExactSoftmax`). Summation-to-delta holds exactly for
-    networks of affine maps, elementwise nonlinearities, max-pools, log_softmax and such products:
+    b``, and log_softmax and logsumexp (`xattr.rule.ExactSoftmax`: the LSE pools of
+    `xattr.softened` too). Summation-to-delta holds exactly for networks of affine maps,
+    elementwise nonlinearities, max-pools, log_softmax, logsumexp and such products:
     ``sum(attributions) = f(x) - f(b)`` (tested; softmax inside the model breaks it, unless
     ``mapping={F.softmax: xattr.rule.ExactSoftmax()}``).
 

@@ -1,4 +1,5 @@
-"""An exact DeepLift rule for softmax, opt-in: `ExactSoftmax`.
+"""Exact DeepLift rules for softmax (opt-in), log_softmax and logsumexp (DeepLift's defaults):
+`ExactSoftmax`.
 
 NOTE: [DeepLift through softmax, exactly]
 `Rescale` gives softmax the elementwise ratios ``(y - y_ref) / (x - x_ref)`` minus their mean over
@@ -36,9 +37,24 @@ so `deep_lift_rules` maps log_softmax to `ExactSoftmax` by default: Captum has n
 log_softmax (``nn.LogSoftmax`` is not among its nonlinearities: the gradient), so there is no
 convention to keep, unlike softmax's mean-normalised multipliers.
 
+NOTE: [DeepLift through logsumexp]
+``y = logsumexp(x, dims)`` is L itself, so the second line above is its decomposition, and the
+backward of g is ``w * g`` (g broadcast over the reduced dims; with ``keepdim=False`` they are
+put back first). Over several dims nothing changes: with K the positions of one reduced group
+(the product of the dims), ``S = sum_{k in K} e_k`` and ``S - S_ref = sum_{k in K} q_k (x_k -
+x_ref_k)`` exactly (a sum of exp's exact secants), and ``L - L_ref = r (S - S_ref)`` (log's), so
+``w_k = r q_k`` with one r per group, the secant of logsumexp over the flattened dims. Composing
+one dim at a time (``lse_2(lse_1(x))``) would be exact too (a chain of exact secants), but gives
+other numbers in general (the inner groups' r differ from the whole group's); the flat secant is
+what DeepLift's Rescale at exp and log gives on ``x.exp().sum(dims).log()`` written out (tested),
+so that is the one used. Every w_k is positive; where x equals its reference, w is softmax(x)
+over the dims, the ordinary gradient. `deep_lift_rules` maps ``torch.logsumexp`` (every
+spelling) to `ExactSoftmax`: Captum has no rule there either, and without one DeepLift missed
+part of f(x) - f(b) through every LSE pool of `xattr.softened` (NOTE: [Softened operations]).
+
 Rows pair as in NOTE: [Paired rows] (deeplift_rules.py), in dim 0 or dim 1 (NOTE: [Rows in dim 0
-or dim 1]); a softmax over the rows' own dim mixes examples, and keeps its ordinary gradient, as
-does every softmax outside paired rows.
+or dim 1]); a softmax or logsumexp over the rows' own dim mixes examples, and keeps its ordinary
+gradient, as does every one outside paired rows.
 """
 
 from __future__ import annotations
@@ -56,12 +72,14 @@ def _secant(num: torch.Tensor, den: torch.Tensor, slope: torch.Tensor, eps: floa
     return torch.where(near, slope, num / torch.where(near, torch.ones_like(den), den))
 
 
-def _terms(x: torch.Tensor, y: torch.Tensor, dim: int, eps: float, log: bool = False) -> tuple:
+def _terms(x: torch.Tensor, y: torch.Tensor | None, dims: tuple, eps: float, log: bool = False) -> tuple:
     """The multipliers m and w of NOTE: [DeepLift through softmax, exactly] for the input rows of
-    x (rows in dim 0), in the input rows' shape; with ``log`` (y is log_softmax) w alone."""
+    x (rows in dim 0), in the input rows' shape, over ``dims`` (nonnegative; several for a
+    logsumexp: NOTE: [DeepLift through logsumexp]); with ``log`` (y is log_softmax or logsumexp,
+    unread) w alone."""
     x1, x2 = _halves(x)
-    dim -= x.ndim  # from the right: shared reference rows view the halves with one dim more
-    lse1, lse2 = x1.logsumexp(dim, keepdim=True), x2.logsumexp(dim, keepdim=True)
+    dims = tuple(d - x.ndim for d in dims)  # from the right: shared reference rows view the halves with one dim more
+    lse1, lse2 = x1.logsumexp(dims, keepdim=True), x2.logsumexp(dims, keepdim=True)
     if not log:
         y1, y2 = _halves(y)
         m = _flat(_secant(y1 - y2, (x1 - lse1) - (x2 - lse2), y1, eps), x)
@@ -85,16 +103,20 @@ class ExactSoftmax(Rule):
     xattr.rule.ExactSoftmax()})``. With `Product` (the default for ``@``), summation-to-delta
     holds through attention written by hand. ``eps``: below it a difference is a tie, and the
     derivative is used. At ``log_softmax`` (``y = x - logsumexp(x)``) the backward is ``g - w *
-    sum(g, dim)``: exact, and DeepLift's default there (NOTE: [DeepLift through log_softmax]).
+    sum(g, dim)``, and at ``logsumexp`` (over a dim or a tuple of dims, ``keepdim`` or not) ``w *
+    g``: exact, and DeepLift's default at both (NOTE: [DeepLift through log_softmax], [DeepLift
+    through logsumexp]).
     """
 
-    kinds = frozenset({"softmax", "log_softmax"})
+    kinds = frozenset({"softmax", "log_softmax", "logsumexp"})
     shares_reference = True
 
     def __init__(self, eps: float = 1e-10):
         self.eps = checked_eps(eps, "ExactSoftmax")
 
     def forward(self, op, x):
+        if op.kind == "logsumexp":
+            return self._logsumexp(op, x)
         y = op.fn(x)
         log = op.kind == "log_softmax"
         rows = rows_dim(x)  # NOTE: [Rows in dim 0 or dim 1]
@@ -103,11 +125,30 @@ class ExactSoftmax(Rule):
             return y, (y.exp() if log else y.clone(),)
         xc = x if y.dtype == x.dtype else x.to(y.dtype)  # softmax(..., dtype=)
         if rows == 1:  # sequence-first: the dim-0 terms on the transposed views
-            terms = _terms(xc.transpose(0, 1), y.transpose(0, 1), {0: 1, 1: 0}.get(dim, dim), floored(self.eps, y.dtype), log)
+            swapped = ({0: 1, 1: 0}.get(dim, dim),)
+            terms = _terms(xc.transpose(0, 1), y.transpose(0, 1), swapped, floored(self.eps, y.dtype), log)
             return y, tuple(_on_rows(t).transpose(0, 1) for t in terms)
-        return y, tuple(_on_rows(t) for t in _terms(xc, y, dim, floored(self.eps, y.dtype), log))
+        return y, tuple(_on_rows(t) for t in _terms(xc, y, (dim,), floored(self.eps, y.dtype), log))
+
+    def _logsumexp(self, op, x):
+        """y and w (NOTE: [DeepLift through logsumexp]); outside paired rows, or over the rows'
+        own dim, softmax(x) over the dims: the ordinary gradient."""
+        y = op.fn(x)
+        dims = _dims(op, x.ndim)
+        rows = rows_dim(x)  # NOTE: [Rows in dim 0 or dim 1]
+        if rows is None or x.ndim == 0 or rows in dims:  # not paired, or a logsumexp across examples
+            return y, ((x - (y if op.options["keepdim"] else _kept(y, dims))).exp(),)
+        eps = floored(self.eps, y.dtype)
+        if rows == 1:  # sequence-first: w on the transposed view
+            (w,) = _terms(x.transpose(0, 1), None, tuple({0: 1, 1: 0}.get(d, d) for d in dims), eps, log=True)
+            return y, (_on_rows(w).transpose(0, 1),)
+        (w,) = _terms(x, None, dims, eps, log=True)
+        return y, (_on_rows(w),)
 
     def backward(self, op, saved: Saved, grad):
+        if op.kind == "logsumexp":  # w, or softmax over the dims (the ordinary gradient), times g
+            w = saved.extras[0]  # g put back over the reduced dims first
+            return (w * (grad if op.options["keepdim"] else _kept(grad, _dims(op, w.ndim))),)
         dim = op.options["dim"]
         if op.kind == "log_softmax":  # w: the secants of logsumexp, or softmax (the ordinary gradient)
             return (grad - saved.extras[0] * grad.sum(dim, keepdim=True),)
@@ -117,3 +158,16 @@ class ExactSoftmax(Rule):
         m, w = saved.extras
         u = grad * m
         return (u - w * u.sum(dim, keepdim=True),)
+
+
+def _dims(op, ndim: int) -> tuple:
+    """A logsumexp's reduced dims, nonnegative and sorted (none for a 0-d input, which torch takes
+    with dim 0 or -1)."""
+    return tuple(sorted({d % ndim for d in op.options["dim"]})) if ndim else ()
+
+
+def _kept(t: torch.Tensor, dims: tuple) -> torch.Tensor:
+    """t, reduced over ``dims`` (sorted) without keepdim, with those dims back as size 1."""
+    for d in dims:
+        t = t.unsqueeze(d)
+    return t

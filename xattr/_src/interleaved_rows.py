@@ -8,8 +8,9 @@ siamese network, RAFT's two frames through one encoder), ``h.repeat(k, 1)``. No 
 holds the inputs, but its view ``(k, R, ...)`` holds them in dim 1, as a sequence-first tensor
 does, and the rules pair dim 1 already (NOTE: [Rows in dim 0 or dim 1] in row_layout.py). So an
 op of a kind that computes the same values on that view (`VIEWED`: elementwise functions of one or
-two tensors, products and quotients, matrix products, softmax along another dim) runs its rule on
-the views of its tensors that hold the k * R rows, and its result is flattened back; a shared
+two tensors, products and quotients, matrix products, softmax and logsumexp along other dims)
+runs its rule on the views of its tensors that hold the k * R rows, and its result is flattened
+back (a logsumexp over the k * R rows themselves keeps its ordinary gradient); a shared
 reference row needs no second call here (each block is inputs then their reference rows). Other
 kinds (pools, order statistics, einsum, cumprod) keep their ordinary gradient there, as before.
 At k == R a view of rank 2 or 4 and more would read batch-first: the call runs again with more
@@ -26,7 +27,7 @@ from . import pairwise, pointwise
 from .ops import ELEMENTWISE, Op
 from .row_layout import _ROWS, _ambiguous
 
-VIEWED = ELEMENTWISE | pointwise.KINDS | pairwise.PAIRS | {"product", "quotient", "matmul", "softmax", "log_softmax"}
+VIEWED = ELEMENTWISE | pointwise.KINDS | pairwise.PAIRS | {"product", "quotient", "matmul", "softmax", "log_softmax", "logsumexp"}
 
 
 def viewed(op: Op, n: int, rows: int) -> Op | None:
@@ -35,6 +36,11 @@ def viewed(op: Op, n: int, rows: int) -> Op | None:
     computed alike on them."""
     if op.kind not in VIEWED:
         return None
+    if op.kind == "logsumexp":  # over dims that hold no rows only: then dims + 1 on the view
+        ndim = op.tensors[0].ndim
+        dims = tuple(d % ndim for d in op.options["dim"]) if ndim else (0,)
+        if 0 in dims:  # a logsumexp over the k * R rows: not computed alike on the view
+            return None
     k = n // rows
     top = max(t.ndim for t in op.tensors if isinstance(t, torch.Tensor))
     tensors = tuple(t.unflatten(0, (k, rows)) if isinstance(t, torch.Tensor) and t.ndim == top and t.shape[0] == n else t
@@ -47,4 +53,8 @@ def viewed(op: Op, n: int, rows: int) -> Op | None:
         dim = op.options["dim"] + 1
         fn = functools.partial(op.fn.func, dim=dim, dtype=op.options["dtype"])
         return op._replace(fn=fn, tensors=tensors, options={**op.options, "dim": dim})
+    if op.kind == "logsumexp":
+        dims = tuple(d + 1 for d in dims)
+        fn = functools.partial(torch.logsumexp, dim=dims, keepdim=op.options["keepdim"])
+        return op._replace(fn=fn, tensors=tensors, options={**op.options, "dim": dims})
     return op._replace(tensors=tensors)

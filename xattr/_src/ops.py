@@ -11,6 +11,7 @@ rules.py).
 from __future__ import annotations
 
 import functools
+import operator
 from typing import Callable, NamedTuple
 
 import torch
@@ -257,6 +258,24 @@ def _softmax(kind: str, fn: Callable):
     return parse
 
 
+def _logsumexp(func, input, dim=None, keepdim=False, *, out=None):
+    """A parser for ``torch.logsumexp`` (``x.logsumexp``, ``torch.special.logsumexp``) of a float
+    tensor over one dim or several: kind ``"logsumexp"``, ``options["dim"]`` a tuple of ints (as
+    given, negative ones too), ``options["keepdim"]``. A call with ``out=``, named dims or no dims
+    is not parsed (torch's own error follows where the call is wrong)."""
+    if out is not None or not isinstance(input, torch.Tensor) or not input.is_floating_point():
+        return None
+    try:
+        dims = (operator.index(dim),) if not isinstance(dim, (tuple, list)) else tuple(operator.index(d) for d in dim)
+    except TypeError:  # None, a name
+        return None
+    if not dims:
+        return None
+    keepdim = bool(keepdim)
+    return Op("logsumexp", functools.partial(torch.logsumexp, dim=dims, keepdim=keepdim), (input,),
+              {"dim": dims, "keepdim": keepdim}, func, False)
+
+
 def _bias(bias, weight: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.zeros(rows, dtype=weight.dtype, device=weight.device) if bias is None else bias
 
@@ -404,6 +423,9 @@ def _table() -> tuple[dict, dict]:
         add(f, "softmax", _softmax("softmax", torch.softmax))
     for f in (F.log_softmax, torch.log_softmax, torch.Tensor.log_softmax, torch.special.log_softmax):
         add(f, "log_softmax", _softmax("log_softmax", torch.log_softmax))
+    for f in (torch.logsumexp, torch.Tensor.logsumexp, getattr(torch.special, "logsumexp", None)):
+        if f is not None:  # torch.special.logsumexp: torch >= 1.13
+            add(f, "logsumexp", _logsumexp)
     for nd in (1, 2, 3):
         add(getattr(torch, f"conv{nd}d"), "conv", _conv(nd))
     for f, kind, parser in pools.spellings(Op):  # max and average pools, plain and adaptive
