@@ -42,6 +42,8 @@ from .lrp import LRP, Alpha1_Beta0_Rule, EpsilonRule, GammaRule, IdentityRule, L
 from .neuron import NeuronConductance, NeuronGradient, NeuronGradientShap, NeuronIntegratedGradients
 from .metrics import infidelity, infidelity_perturb_func_decorator, sensitivity_max
 from .noise_tunnel import NoiseTunnel
+from .influence_functions import NaiveInfluenceFunction, SimilarityInfluence
+from .influence import DataInfluence, KMostInfluentialResults, TracInCP, TracInCPBase, TracInCPFast, TracInCPFastRandProj
 from .robust import FGSM, PGD, AttackComparator, MinParamPerturbation, Perturbation
 from .perturbation import (
     FeatureAblation,
@@ -72,6 +74,12 @@ from .text import (
 from . import visualization
 
 __all__ = [
+    "DataInfluence",
+    "KMostInfluentialResults",
+    "TracInCP",
+    "TracInCPBase",
+    "TracInCPFast",
+    "TracInCPFastRandProj",
     "ImageMaskInput",
     "InterpretableInput",
     "BaseLLMAttribution",
@@ -168,6 +176,8 @@ __all__ = [
     "NeuronGuidedBackprop",
     "NeuronIntegratedGradients",
     "NoiseTunnel",
+    "NaiveInfluenceFunction",
+    "SimilarityInfluence",
     "Saliency",
     "ClassSummarizer",
     "CommonStats",

@@ -1,0 +1,397 @@
+"""Influence functions (Koh and Liang 2017) on torch.func: per-example gradients and the Hessian.
+
+NOTE: [Influence function sign and scale]
+With the trained parameters theta minimising the mean training loss (1/n) sum_i L(z_i, theta),
+upweighting one training point z by eps (adding eps L(z, theta) to the objective) moves the
+optimum by d theta / d eps = -H^{-1} g(z), H the Hessian of the mean training loss and g(z) the
+gradient of L(z). The test loss then changes at the rate
+
+    d L(z_test) / d eps = - g(z_test)^T H^{-1} g(z)       (Koh and Liang's I_up,loss).
+
+`influence_function` returns its negative, I(z, z_test) = g(z_test)^T H^{-1} g(z), entry
+[i, j] for test example i and training example j, so that every score in xattr.influence has
+one sign: positive where upweighting z_j lowers the test loss (a helpful, "proponent" point,
+as in TracIn and Captum's classes), negative where it raises it (an opponent). Removing z_j is
+eps = -1/n, so the leave-one-out change of the test loss is about +I / n: leaving out a
+proponent raises the test loss.
+
+NOTE: [Damped eigen-inverse of the Hessian]
+H is formed explicitly (``torch.func.hessian`` of the mean loss over the flattened chosen
+parameters, summed over chunks of the Hessian data), symmetrised and, in float64,
+decomposed as H + damping I = V diag(l) V^T. Eigenpairs with l <= tol are dropped: negative
+and near-zero curvature (a non-convex loss, directions the data never moves) would otherwise
+dominate the inverse; ``projection_dim`` keeps only the largest ones left. With R =
+V_kept diag(l_kept^{-1/2}), H^{-1} ~= R R^T, and every score is a dot product of "influence
+embeddings" g^T R: I = (g_test^T R)(g^T R)^T, self-influence |g^T R|^2. Each eigenvector's
+sign is fixed by making its entries sum to a positive number (Captum's rule), so R is
+reproducible. The default tol is rounding level: P * eps64 * max |l|, P the number of
+parameters. `method="cg"` never forms H: it solves (H + damping I) s = g_test by conjugate
+gradients with Hessian-vector products (forward over reverse: ``jvp`` of ``grad``), which needs
+H + damping I positive definite (a convex loss, or enough damping).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, hessian, jvp, vmap
+
+from .._src.progress import progress
+
+__all__ = ["influence_function", "influence_function_self_influence"]
+
+
+# ---------------------------------------------------------------------------------------------
+# arguments
+
+
+def chosen_parameters(model: nn.Module, layers) -> dict[str, torch.Tensor]:
+    """``{name: detached parameter}`` of the chosen layers (modules or their names), in order;
+    every parameter of the model for ``layers=None``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if layers is None:
+        named = dict(model.named_parameters())
+    else:
+        if isinstance(layers, (str, nn.Module)):
+            layers = [layers]
+        if not isinstance(layers, (list, tuple)) or not layers:
+            raise ValueError("layers must be a module, a module name, or a non-empty list of them")
+        paths = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+        named = {}
+        for layer in layers:
+            if isinstance(layer, str):
+                try:
+                    module, prefix = model.get_submodule(layer), layer
+                except AttributeError:
+                    raise ValueError(f"the model has no module named {layer!r}") from None
+            elif isinstance(layer, nn.Module):
+                if id(layer) not in paths:
+                    raise ValueError(f"layer {type(layer).__name__} is not a module of the model")
+                module, prefix = layer, paths[id(layer)]
+            else:
+                raise TypeError(f"layers must hold modules or their names, got {type(layer).__name__}")
+            for n, p in module.named_parameters():
+                named.setdefault(f"{prefix}.{n}" if prefix else n, p)
+    if not named:
+        raise ValueError("the chosen layers have no parameters: choose layers with weights")
+    return {n: p.detach() for n, p in named.items()}
+
+
+def as_batch(data, what: str) -> tuple[torch.Tensor, ...]:
+    """``(*inputs, labels)``: a tuple of tensors with the same number of rows, at least 2."""
+    if isinstance(data, torch.Tensor) or not isinstance(data, (tuple, list)) or len(data) < 2:
+        raise TypeError(f"{what} must be a tuple (*model_inputs, labels) of tensors, got {type(data).__name__}")
+    if not all(isinstance(t, torch.Tensor) for t in data):
+        raise TypeError(f"{what} must hold tensors only: (*model_inputs, labels)")
+    n = data[0].shape[0] if data[0].ndim else None
+    if n is None or n == 0 or any(t.ndim == 0 or t.shape[0] != n for t in data):
+        shapes = [tuple(t.shape) for t in data]
+        raise ValueError(f"every tensor of {what} needs the same non-zero number of rows (dim 0), got {shapes}")
+    return tuple(data)
+
+
+def _reduction(loss_fn: Callable) -> str:
+    red = getattr(loss_fn, "reduction", "none")
+    if red not in ("none", "sum", "mean"):
+        raise ValueError(f"loss_fn.reduction must be 'none', 'sum' or 'mean', got {red!r}")
+    return red
+
+
+def total_loss(loss_fn: Callable, out, labels: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The sum of the per-example losses of a batch, whatever the loss function's reduction."""
+    loss = loss_fn(out, labels)
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"loss_fn must return a tensor, got {type(loss).__name__}")
+    n = labels.shape[0]
+    if reduction == "none":
+        if loss.ndim == 0 and n > 1:
+            raise ValueError(
+                f"loss_fn returned one number for a batch of {n}: return per-example losses "
+                "(reduction='none'), or give loss_fn a .reduction attribute 'sum' or 'mean'"
+            )
+        return loss.sum()
+    if loss.ndim != 0:
+        raise ValueError(f"loss_fn.reduction is {reduction!r} but it returned shape {tuple(loss.shape)}")
+    return loss * n if reduction == "mean" else loss
+
+
+def _positive_int(value, name: str, allow_none: bool = True):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
+    return value
+
+
+def _nonnegative(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# gradients and the Hessian
+
+
+_TRAIN_MODE_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+class LossGeometry:
+    """The flattened chosen parameters of a model, their per-example loss gradients and the
+    Hessian (or Hessian-vector products) of the mean loss over some data."""
+
+    def __init__(self, model: nn.Module, layers, chunk_size: int | None, show_progress: bool):
+        self.model = model
+        self.params = chosen_parameters(model, layers)
+        moving = [n for n, m in model.named_modules() if m.training and isinstance(m, _TRAIN_MODE_LAYERS)]
+        if moving:
+            raise ValueError(
+                f"layer {moving[0]!r} ({type(model.get_submodule(moving[0])).__name__}) is in train mode: its "
+                "output depends on the batch or on chance; call model.eval() first (the model is never changed)"
+            )
+        self.names = list(self.params)
+        self.shapes = [p.shape for p in self.params.values()]
+        self.sizes = [p.numel() for p in self.params.values()]
+        self.flat = torch.cat([p.reshape(-1) for p in self.params.values()])
+        # buffers are passed as copies: a module that updates them in its forward (batch norm in
+        # train mode) then writes into the copies, never into the user's model
+        self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+        self.chunk_size = _positive_int(chunk_size, "chunk_size")
+        self.show = bool(show_progress)
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {n: t.reshape(s) for n, s, t in zip(self.names, self.shapes, flat.split(self.sizes))}
+
+    def batch_loss(self, flat, batch, loss_fn, reduction) -> torch.Tensor:
+        out = functional_call(self.model, (self.unflatten(flat), self.buffers), tuple(batch[:-1]), strict=False)
+        return total_loss(loss_fn, out, batch[-1], reduction)
+
+    def gradients(self, batch, loss_fn: Callable, desc: str) -> torch.Tensor:
+        """(n, P): one row per example, d L(z_i) / d theta, by vmap over grad."""
+        reduction = _reduction(loss_fn)
+
+        def one(flat, *example):
+            return self.batch_loss(flat, [e.unsqueeze(0) for e in example], loss_fn, reduction)
+
+        per_example = vmap(grad(one), in_dims=(None,) + (0,) * len(batch))
+        rows = []
+        for lo, hi in progress(self.show, self._chunks(batch), desc=desc, unit="chunk"):
+            rows.append(per_example(self.flat, *(t[lo:hi] for t in batch)).detach())
+        return torch.cat(rows)
+
+    def _chunks(self, batch) -> list[tuple[int, int]]:
+        n = batch[0].shape[0]
+        step = self.chunk_size or n
+        return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+    def hessian(self, batch, loss_fn: Callable) -> torch.Tensor:
+        """(P, P) Hessian of the mean loss over ``batch``, chunk by chunk, in float64."""
+        reduction = _reduction(loss_fn)
+        n = batch[0].shape[0]
+        total = torch.zeros(self.flat.numel(), self.flat.numel(), dtype=torch.float64, device=self.flat.device)
+        for lo, hi in progress(self.show, self._chunks(batch), desc="Hessian", unit="chunk"):
+            part = [t[lo:hi] for t in batch]
+            total += hessian(lambda f: self.batch_loss(f, part, loss_fn, reduction))(self.flat).detach().double()
+        total /= n
+        return (total + total.T) / 2
+
+    def hvp(self, batch, loss_fn: Callable) -> Callable:
+        """v (k, P) -> (H v_i) rows, H the Hessian of the mean loss over ``batch``, never formed."""
+        reduction = _reduction(loss_fn)
+        n = batch[0].shape[0]
+        chunks = self._chunks(batch)
+
+        def product(v: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(v.shape, dtype=torch.float64, device=v.device)
+            for lo, hi in chunks:
+                part = [t[lo:hi] for t in batch]
+                g = grad(lambda f: self.batch_loss(f, part, loss_fn, reduction))
+                one = lambda u: jvp(g, (self.flat,), (u,))[1]  # noqa: E731
+                out += vmap(one)(v.to(self.flat.dtype)).detach().double()
+            return out / n
+
+        return product
+
+
+# ---------------------------------------------------------------------------------------------
+# the inverse
+
+
+def inverse_root(H: torch.Tensor, damping: float, tol: float | None, projection_dim: int | None) -> torch.Tensor:
+    """R (P, k) with (H + damping I)^{-1} ~= R R^T over the eigenpairs above tol, the
+    ``projection_dim`` largest of them (NOTE: [Damped eigen-inverse of the Hessian])."""
+    A = H.double() + damping * torch.eye(H.shape[0], dtype=torch.float64, device=H.device)
+    evals, evecs = torch.linalg.eigh(A)  # ascending
+    if tol is None:
+        tol = A.shape[0] * torch.finfo(torch.float64).eps * float(evals.abs().max())
+    keep = evals > tol
+    evals, evecs = evals[keep], evecs[:, keep]
+    if projection_dim is not None:
+        evals, evecs = evals[-projection_dim:], evecs[:, -projection_dim:]
+    if evals.numel() == 0:
+        raise ValueError(
+            f"the damped Hessian has no eigenvalue above tol={tol:g}: raise damping (the loss may be "
+            "flat or non-convex at these parameters) or lower tol"
+        )
+    signs = torch.where(evecs.sum(0) > 0, 1.0, -1.0).to(evecs.dtype)
+    return evecs * signs / evals.sqrt()
+
+
+def conjugate_gradient(product: Callable, b: torch.Tensor, damping: float, steps: int, rtol: float) -> torch.Tensor:
+    """Solves (H + damping I) x_i = b_i for every row b_i of b (k, P) at once, float64."""
+    b = b.double()
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rs = (r * r).sum(1)
+    stop = (rtol * b.norm(dim=1)) ** 2
+    for _ in range(steps):
+        if bool((rs <= stop).all()):
+            break
+        Ap = product(p) + damping * p
+        curv = (p * Ap).sum(1)
+        if bool((curv[rs > stop] <= 0).any()):
+            raise ValueError(
+                "conjugate gradients met non-positive curvature: H + damping I is not positive definite "
+                "here; raise damping or use method='eigen' (which drops such directions)"
+            )
+        alpha = torch.where(rs > stop, rs / torch.where(curv > 0, curv, 1.0), 0.0)
+        x = x + alpha[:, None] * p
+        r = r - alpha[:, None] * Ap
+        rs_new = (r * r).sum(1)
+        p = r + (rs_new / torch.where(rs > 0, rs, 1.0))[:, None] * p
+        rs = rs_new
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# public functions
+
+
+def _setup(model, loss_fn, train, hessian_data, layers, damping, tol, projection_dim, method, chunk_size, show_progress):
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable: loss_fn(model_output, labels), got {type(loss_fn).__name__}")
+    if method not in ("eigen", "cg"):
+        raise ValueError(f"method must be 'eigen' (explicit Hessian) or 'cg' (conjugate gradients), got {method!r}")
+    damping = _nonnegative(damping, "damping")
+    if tol is not None:
+        tol = _nonnegative(tol, "tol")
+    projection_dim = _positive_int(projection_dim, "projection_dim")
+    if method == "cg" and projection_dim is not None:
+        raise ValueError("projection_dim needs the eigendecomposition: use method='eigen'")
+    geo = LossGeometry(model, layers, chunk_size, show_progress)
+    as_batch(train, "train")
+    h_batch = as_batch(train if hessian_data is None else hessian_data, "hessian_data")
+    return geo, h_batch, damping, tol, projection_dim
+
+
+def influence_function(
+    model: nn.Module,
+    loss_fn: Callable,
+    train: Sequence[torch.Tensor],
+    test: Sequence[torch.Tensor],
+    *,
+    layers=None,
+    damping: float = 0.0,
+    tol: float | None = None,
+    projection_dim: int | None = None,
+    hessian_data: Sequence[torch.Tensor] | None = None,
+    test_loss_fn: Callable | None = None,
+    method: str = "eigen",
+    cg_steps: int = 200,
+    cg_rtol: float = 1e-10,
+    chunk_size: int | None = None,
+    show_progress: bool = False,
+) -> torch.Tensor:
+    """Influence of upweighting each training example on each test example's loss (Koh and Liang).
+
+    ``I[i, j] = g(test_i)^T (H + damping I)^{-1} g(train_j)`` (NOTE: [Influence function sign
+    and scale] in ``xattr/influence/_influence_function.py``): g the gradient of one example's
+    loss and H the Hessian of the mean training loss, both with respect to the parameters of
+    ``layers`` at the model's current values. Positive (a proponent): upweighting train_j
+    lowers test_i's loss; leaving train_j out raises it by about ``I[i, j] / n_train``. Koh
+    and Liang's I_up,loss is ``-I``.
+
+    Args:
+      model: an ``nn.Module``, used as it is (in eval mode, as trained); never changed.
+      loss_fn: ``loss_fn(model(*inputs), labels)`` -> per-example losses ``(n,)``, or a loss
+        module with ``.reduction`` 'sum' or 'mean'.
+      train, test: tuples ``(*model_inputs, labels)`` of tensors with one row per example.
+      layers: a module, a module name or a list of them whose parameters count (default: all).
+      damping: added to H's diagonal before inverting.
+      tol: eigenvalues of H + damping I at or below it are dropped (default: rounding level;
+        NOTE: [Damped eigen-inverse of the Hessian]).
+      projection_dim: keep only this many of the largest eigenvalues (default: all above tol).
+      hessian_data: ``(*inputs, labels)`` for H (default: ``train``).
+      test_loss_fn: the loss of the test examples (default: ``loss_fn``).
+      method: ``"eigen"`` (H formed, P x P) or ``"cg"`` (conjugate gradients on Hessian-vector
+        products, ``cg_steps`` at most, to relative residual ``cg_rtol``; H never formed).
+      chunk_size: examples per vmap/Hessian chunk (default: all at once).
+      show_progress: a progress bar over the chunks.
+
+    Returns:
+      ``(n_test, n_train)`` tensor in the parameters' dtype.
+
+    Example:
+      >>> I = influence_function(model, nn.CrossEntropyLoss(reduction="none"), (x_tr, y_tr), (x_te, y_te), damping=1e-3)
+      >>> helpful = I.argsort(dim=1, descending=True)[:, :5]   # the five most helpful per test point
+    """
+    geo, h_batch, damping, tol, projection_dim = _setup(
+        model, loss_fn, train, hessian_data, layers, damping, tol, projection_dim, method, chunk_size, show_progress
+    )
+    train, test = as_batch(train, "train"), as_batch(test, "test")
+    test_loss_fn = loss_fn if test_loss_fn is None else test_loss_fn
+    if not callable(test_loss_fn):
+        raise TypeError(f"test_loss_fn must be callable, got {type(test_loss_fn).__name__}")
+    g_train = geo.gradients(train, loss_fn, "train gradients").double()
+    g_test = geo.gradients(test, test_loss_fn, "test gradients").double()
+    if method == "eigen":
+        R = inverse_root(geo.hessian(h_batch, loss_fn), damping, tol, projection_dim)
+        scores = (g_test @ R) @ (g_train @ R).T
+    else:
+        solved = conjugate_gradient(geo.hvp(h_batch, loss_fn), g_test, damping, cg_steps, cg_rtol)
+        scores = solved @ g_train.T
+    return scores.to(geo.flat.dtype)
+
+
+def influence_function_self_influence(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Sequence[torch.Tensor],
+    *,
+    layers=None,
+    damping: float = 0.0,
+    tol: float | None = None,
+    projection_dim: int | None = None,
+    hessian_data: Sequence[torch.Tensor] | None = None,
+    method: str = "eigen",
+    cg_steps: int = 200,
+    cg_rtol: float = 1e-10,
+    chunk_size: int | None = None,
+    show_progress: bool = False,
+) -> torch.Tensor:
+    """``g(z)^T (H + damping I)^{-1} g(z)`` for every example z of ``data``: ``(n,)``.
+
+    The diagonal of `influence_function` with ``train = test = data``, without the off-diagonal
+    entries; at least 0 where H + damping I is positive definite. The largest are the
+    examples the model leans on most (often mislabelled or atypical ones). H is the Hessian of
+    the mean loss over ``hessian_data``, by default ``data`` itself; the other arguments as in
+    `influence_function`.
+    """
+    geo, h_batch, damping, tol, projection_dim = _setup(
+        model, loss_fn, data, hessian_data, layers, damping, tol, projection_dim, method, chunk_size, show_progress
+    )
+    data = as_batch(data, "data")
+    g = geo.gradients(data, loss_fn, "gradients").double()
+    if method == "eigen":
+        R = inverse_root(geo.hessian(h_batch, loss_fn), damping, tol, projection_dim)
+        scores = ((g @ R) ** 2).sum(1)
+    else:
+        solved = conjugate_gradient(geo.hvp(h_batch, loss_fn), g, damping, cg_steps, cg_rtol)
+        scores = (solved * g).sum(1)
+    return scores.to(geo.flat.dtype)
