@@ -35,6 +35,7 @@ TARGETS = {
     "tcav": "never slower than Captum",
     "ablation-llm": "<= 1.2x floor; on GPU also >= 4x faster than Captum's defaults (cached token-by-token decoding, one perturbation per call)",
     "sampling-llm": ">= 100x faster than Captum's defaults at the same n_samples; results statistically equivalent",
+    "influence": "never slower than Captum (no target in benchmarks.md: training-data influence came later)",
 }
 TARGET_GROUPS = [  # (label in RESULTS.md, families)
     ("gradient methods (also layer IG, Grad-CAM, DeepLift, GuidedBackprop, LRP)", ["gradient"]),
@@ -47,6 +48,7 @@ TARGET_GROUPS = [  # (label in RESULTS.md, families)
     ("TCAV", ["tcav"]),
     ("feature ablation on an LLM (LLMAttribution), Captum's defaults", ["ablation-llm"]),
     ("Shapley sampling on an LLM (LLMAttribution)", ["sampling-llm"]),
+    ("training-data influence (TracInCP, TracInCPFast)", ["influence"]),
 ]
 GPU_RESULTS = "benchmarks/RESULTS-gpu.md"  # written on a GPU machine by --device cuda --out GPU_RESULTS
 COLUMNS = ["workload", "xattr ms", "Captum ms", "floor ms", "xattr/floor", "Captum/floor",
@@ -67,6 +69,7 @@ def limits(family: str, device: str) -> tuple[float | None, float | None]:
         "tcav": (None, 1.0),
         "ablation-llm": (1.2, 4.0 if gpu else None),
         "sampling-llm": (None, 100.0),
+        "influence": (None, 1.0),
     }[family]
 
 
@@ -99,6 +102,7 @@ def judge(family: str, x_floor: float, speedup: float, agreed: bool, device: str
 
 
 def run_suite(model_name: str, device: str, args) -> tuple[list[list[str]], list[str]]:
+    from .influence_workloads import build as build_influence  # noqa: PLC0415 (imports captum)
     from .layer_workloads import build as build_layers  # noqa: PLC0415 (imports captum)
     from .llm_workloads import build as build_llm  # noqa: PLC0415 (imports captum)
     from .metric_workloads import build as build_metrics  # noqa: PLC0415 (imports captum)
@@ -111,7 +115,7 @@ def run_suite(model_name: str, device: str, args) -> tuple[list[list[str]], list
     resnet = tuple(args.resnet_deeplift) if args.resnet_deeplift else None
     suite = (build(model_name, device) + build_layers(model_name, device) + build_rules(model_name, device, resnet=resnet)
              + build_text(device) + build_llm(device)
-             + build_perturbation(model_name, device) + build_metrics(model_name, device))
+             + build_perturbation(model_name, device) + build_metrics(model_name, device) + build_influence(device))
     for w in suite:
         if args.only and not any(part.strip().lower() in w.name.lower() for part in args.only.split(",")):
             continue
