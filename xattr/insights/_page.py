@@ -5,6 +5,9 @@ every other string (class, method, feature names, tokens) travels in the JSON pa
 ``<``, ``>`` and ``&`` are written as ``\\u003c``, ``\\u003e``, ``\\u0026`` so no ``</script>``
 or comment can close its script element, and the page's script puts them into the document
 with ``textContent`` and ``setAttribute`` only, never as markup.
+
+Pages of several inputs and models (payload kind "features", `_features`) add their drawing
+functions from `_page_parts` to the same script, and a "Model" list to the controls.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import html
 import json
 
-from . import _png
+from . import _page_parts, _png
 
 PAYLOAD_ID = "xattr-data"
 
@@ -58,7 +61,7 @@ JS = r"""
 "use strict";
 var D = JSON.parse(document.getElementById("xattr-data").textContent);
 var PAGE = 120, shown = PAGE, openEx = null;
-var state = {pred: "", truth: "", wrong: false, index: "", method: D.methods[0]};
+var state = {pred: "", truth: "", wrong: false, index: "", method: D.methods[0], model: ""};
 function $(id) { return document.getElementById(id); }
 function el(tag, cls, text) {
   var e = document.createElement(tag);
@@ -105,6 +108,7 @@ function matches(ex, ranges) {
   if (state.pred !== "" && ex.p !== +state.pred) return false;
   if (state.truth !== "" && ex.y !== +state.truth) return false;
   if (state.wrong && !ex.wrong) return false;
+  if (state.model !== "" && ex.m !== +state.model) return false;
   if (ranges && !ranges.some(function (r) { return ex.i >= r[0] && ex.i <= r[1]; })) return false;
   return true;
 }
@@ -150,6 +154,7 @@ function barChart(names, vals, k, width) {
 
 function preview(ex) {
   var box = el("div", "thumbs"), a = ex.a[state.method];
+  if (D.kind === "features") return partsPreview(ex, a);
   if (D.kind === "image") {
     box.appendChild(img(ex.x, "input #" + ex.i));
     box.appendChild(img(a.png, state.method));
@@ -167,7 +172,8 @@ function card(ex) {
   c.appendChild(preview(ex));
   var meta = el("div", "meta");
   meta.appendChild(el("div", "idx", "#" + ex.i + (ex.wrong ? "  misclassified" : "")));
-  meta.appendChild(el("div", null, "pred " + cls(ex.p) + " (" + pct(ex.conf) + ")"));
+  if (D.kind === "features" && modelName(ex)) meta.appendChild(el("div", null, modelName(ex)));
+  meta.appendChild(el("div", null, "pred " + cls(ex.p) + " (" + score(ex.conf) + ")"));
   if (D.labels) meta.appendChild(el("div", null, "true " + cls(ex.y)));
   c.appendChild(meta);
   c.addEventListener("click", function () { openDetail(ex); });
@@ -186,16 +192,17 @@ function probs(ex) {
   var box = el("div");
   ex.top.forEach(function (cp) {
     var row = el("div", "prob"), track = el("div", "track"), fill = el("div", "fill");
-    fill.style.width = (100 * (cp[1] || 0)).toFixed(1) + "%";
+    fill.style.width = scoreWidth(ex, cp[1]).toFixed(1) + "%";
     track.appendChild(fill);
     row.appendChild(el("span", "name", cls(cp[0])));
     row.appendChild(track);
-    row.appendChild(el("span", null, pct(cp[1])));
+    row.appendChild(el("span", null, score(cp[1])));
     box.appendChild(row);
   });
   return box;
 }
 function inputView(ex) {
+  if (D.kind === "features") return partsInput(ex);
   if (D.kind === "image") { var b = el("div", "big"); b.appendChild(img(ex.x, "input #" + ex.i)); return b; }
   if (D.kind === "text") return el("div", "tokens", ex.x.join(" "));
   var t = el("table", "values");
@@ -212,7 +219,8 @@ function methodView(ex, name) {
   var h = el("h3", null, name + " ");
   h.appendChild(el("span", "sum", "sum " + fmt(a.sum)));
   sec.appendChild(h);
-  if (D.kind === "image") { var b = el("div", "big"); b.appendChild(img(a.png, name + ", #" + ex.i)); sec.appendChild(b); }
+  if (D.kind === "features") partsMethod(ex, a, sec);
+  else if (D.kind === "image") { var b = el("div", "big"); b.appendChild(img(a.png, name + ", #" + ex.i)); sec.appendChild(b); }
   else if (D.kind === "tabular") sec.appendChild(barChart(D.feature_names, a.v, 12, 520));
   else sec.appendChild(tokens(ex.x, a.v));
   return sec;
@@ -221,12 +229,12 @@ function openDetail(ex) {
   openEx = ex;
   var body = $("detail-body");
   body.textContent = "";
-  body.appendChild(el("h2", null, "Example #" + ex.i));
-  body.appendChild(el("p", "facts" + (ex.wrong ? " wrong" : ""), "predicted " + cls(ex.p) + " (" + pct(ex.conf) + ")" +
+  body.appendChild(el("h2", null, "Example #" + ex.i + (D.kind === "features" && modelName(ex) ? ", " + modelName(ex) : "")));
+  body.appendChild(el("p", "facts" + (ex.wrong ? " wrong" : ""), "predicted " + cls(ex.p) + " (" + score(ex.conf) + ")" +
     (D.labels ? ", true " + cls(ex.y) : "") + (ex.wrong ? ", misclassified" : "") + "; attributions explain class " + cls(ex.t)));
   body.appendChild(el("h3", null, "Input"));
   body.appendChild(inputView(ex));
-  body.appendChild(el("h3", null, "Top probabilities"));
+  body.appendChild(el("h3", null, D.scores === "raw" ? "Top scores" : "Top probabilities"));
   body.appendChild(probs(ex));
   var order = [state.method].concat(D.methods.filter(function (m) { return m !== state.method; }));
   order.forEach(function (m) { body.appendChild(methodView(ex, m)); });
@@ -258,9 +266,13 @@ on("f-true", "change", function (t) { state.truth = t.value; });
 on("f-wrong", "change", function (t) { state.wrong = t.checked; });
 on("f-index", "input", function (t) { state.index = t.value; });
 on("f-method", "change", function (t) { state.method = t.value; if (openEx) openDetail(openEx); });
+on("f-model", "change", function (t) { state.model = t.value; });
 $("more").addEventListener("click", function () { shown += PAGE; render(); });
 $("close").addEventListener("click", closeDetail);
 document.addEventListener("keydown", function (e) { if (e.key === "Escape") closeDetail(); });
+"""
+
+JS_END = """
 render();
 })();
 """
@@ -278,11 +290,19 @@ def _gradient(anchors) -> str:
 
 def _summary(data: dict) -> str:
     n, parts = data["n"], []
-    parts.append(f"{n} example{'s' * (n != 1)} ({data['kind']})")
+    if data["kind"] == "features":  # one card per example and model (_features)
+        m, names = data["n_examples"], ", ".join(p["name"] for p in data["parts"])
+        parts.append(f"{m} example{'s' * (m != 1)} ({names})")
+        parts.append(f"{len(data['models'])} model{'s' * (len(data['models']) != 1)}")
+    else:
+        parts.append(f"{n} example{'s' * (n != 1)} ({data['kind']})")
     parts.append(f"{len(data['classes'])} classes")
     parts.append(f"{len(data['methods'])} method{'s' * (len(data['methods']) != 1)}")
     parts.append(f"attributions explain the {data['target']}")
-    if data["labels"]:
+    if data["labels"] and data.get("misclassified_by_model"):
+        m = data["n_examples"]
+        parts.append("accuracy " + ", ".join(f"{name} {100 * (m - w) / m:.1f}%" for name, w in zip(data["models"], data["misclassified_by_model"])))
+    elif data["labels"]:
         wrong = data["misclassified"]
         parts.append(f"accuracy {100 * (n - wrong) / n:.1f}% ({wrong} misclassified)")
     return " \u00b7 ".join(parts)
@@ -303,7 +323,7 @@ def render(data: dict) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="generator" content="xattr.insights">
 <title>{title}</title>
-<style>{CSS}</style>
+<style>{CSS}{_page_parts.CSS}</style>
 </head>
 <body>
 <header>
@@ -317,6 +337,7 @@ def render(data: dict) -> str:
 <label><input type="checkbox" id="f-wrong"> only misclassified</label>
 <label>Index <input type="search" id="f-index" placeholder="e.g. 3, 10-20" size="12"></label>
 <label>Method <select id="f-method"></select></label>
+<label id="l-model" hidden>Model <select id="f-model"><option value="">any</option></select></label>
 <span id="count"></span>
 </section>
 <main>
@@ -329,7 +350,7 @@ def render(data: dict) -> str:
 <div id="detail-body"></div>
 </aside>
 <script type="application/json" id="{PAYLOAD_ID}">{script_json(data)}</script>
-<script>{JS}</script>
+<script>{JS}{_page_parts.JS}{JS_END}</script>
 </body>
 </html>
 """

@@ -72,6 +72,7 @@ from .text import (
     remove_interpretable_embedding_layer,
 )
 from . import visualization
+from .insights import AttributionVisualizer, BaseFeature, Batch, GeneralFeature, ImageFeature, TextFeature
 
 __all__ = [
     "DataInfluence",
@@ -107,6 +108,12 @@ __all__ = [
     "configure_interpretable_embedding_layer",
     "remove_interpretable_embedding_layer",
     "visualization",
+    "AttributionVisualizer",
+    "BaseFeature",
+    "Batch",
+    "GeneralFeature",
+    "ImageFeature",
+    "TextFeature",
     "infidelity",
     "infidelity_perturb_func_decorator",
     "sensitivity_max",
