@@ -1,15 +1,25 @@
 """METHODS_UNDER_TEST: every attribution method, crossed with every invariant in test_invariants.py.
 
-A new method enters here once and inherits every invariant test. Each entry's ``make(f, *,
-argnums=0, chunk_size=None, generator=0) -> attr_fn`` builds the method with small settings
-(few steps and samples: the invariants are exact, so accuracy does not matter here). Flags say
-which invariants apply:
+A new method enters here once and inherits every invariant test; test_axioms.py crosses it with
+the attribution axioms too. Methods whose inputs or outputs those axioms' checkers cannot take
+(image-only inputs, one value per pair of features) enter ``SHAPED_METHODS_UNDER_TEST`` instead;
+test_invariants.py crosses ``ALL_METHODS``, both lists. Each entry's ``make(f, *, argnums=0,
+chunk_size=None, generator=0) -> attr_fn`` builds the method with small settings (few steps and
+samples: the invariants are exact, so accuracy does not matter here). Flags say which invariants
+apply:
 
   deterministic  the same inputs always give the same result (no generator involved)
   stochastic     draws random numbers from ``generator`` (an int seed or torch.Generator)
   complete       sum of attributions == f(x) - f(0) exactly on affine models (zero baseline)
   baselines      attr_fn accepts a ``baselines=`` keyword per call (IG's and its wrappers')
   linear         method(a f1 + b f2) == a method(f1) + b method(f2) (for a fixed seed)
+  output         "input": attributions shaped like the attributed inputs; "pairs": one value per
+                 pair of features, (B, *x.shape[1:], *x.shape[1:]) (Integrated Hessians)
+  refuses        (invariant or model kind, exception type, message regex) for each documented
+                 refusal: where the registry's invariant does not apply because the method refuses
+                 the case (many outputs, pytrees, inputs without spatial dims), test_invariants.py
+                 checks that the case raises that error instead of skipping it
+                 (`Method.refusal`; keys in `INVARIANT_KEYS`)
 """
 
 from __future__ import annotations
@@ -38,9 +48,27 @@ class Method:
     complete: bool = False
     baselines: bool = False
     linear: bool = True
+    output: str = "input"
+    refuses: tuple[tuple[str, type, str], ...] = ()
+
+    def __post_init__(self):
+        unknown = [k for k, _, _ in self.refuses if k not in INVARIANT_KEYS]
+        if unknown or self.output not in ("input", "pairs"):
+            raise ValueError(f"{self.name}: unknown refusal keys {unknown} or output {self.output!r}")
 
     def __repr__(self) -> str:
         return self.name
+
+    def refusal(self, *keys: str) -> tuple[type, str] | None:
+        """(exception type, message regex) if the method refuses any of these cases, else None."""
+        for key, error, match in self.refuses:
+            if key in keys:
+                return error, match
+        return None
+
+
+# What a `Method.refuses` entry can name: an invariant of test_invariants.py, or a shared model.
+INVARIANT_KEYS = ("many_outputs", "pytree", "mlp", "cnn")
 
 
 def baseline_distribution(x: torch.Tensor, n: int = 4) -> torch.Tensor:
@@ -393,3 +421,82 @@ class TwoInputs(nn.Module):
 
     def forward(self, a, b, scale):
         return self.out(torch.tanh(self.lin_a(a) + self.lin_b(b)) * scale)
+
+
+# ----------------------------------------------------------------------------- IG variants (split, guided, blur; Hessians)
+
+_ONE_OUTPUT = (ValueError, "one output per example")  # the message each of them gives
+
+
+def _split_part(side: int):
+    """One part of Split IG: 0 the left part [0, alpha*], 1 the right part [alpha*, 1]."""
+
+    def make(f, *, argnums=0, chunk_size=None, generator=0):
+        split = xattr.split_integrated_gradients(f, n_steps=N_STEPS, argnums=argnums, chunk_size=chunk_size)
+
+        def attr_fn(*args, **kwargs):
+            return split(*args, **kwargs)[side]
+
+        return attr_fn
+
+    return make
+
+
+def _guided_ig(f, *, argnums=0, chunk_size=None, generator=0):
+    return xattr.guided_integrated_gradients(f, n_steps=N_STEPS, max_dist=0.1, argnums=argnums, chunk_size=chunk_size)
+
+
+# Split IG returns a pair (left, right); each part is the method's own output, with alpha* and its
+# quadrature, so each goes through every invariant as an entry of its own (their sum, IG over the
+# whole path cut at alpha*, would let an error move attribution between the parts unseen). Neither
+# part alone is complete (sum(left) = f(gamma(alpha*)) - f(0)); alpha* depends on f's values, so
+# Split IG is not linear in f. Guided IG's path follows f's gradient (not linear in f); on affine
+# models the gradient is constant along any path that ends at x, so its left Riemann sum is exact.
+# Both refuse many-outputs targets (each output would need its own split or path); guided IG's
+# chunk_size has no effect (each step is one pass of B rows): the chunk invariant checks exactly that.
+METHODS_UNDER_TEST += [
+    Method("split_ig_left", _split_part(0), baselines=True, linear=False, refuses=(("many_outputs", *_ONE_OUTPUT),)),
+    Method("split_ig_right", _split_part(1), baselines=True, linear=False, refuses=(("many_outputs", *_ONE_OUTPUT),)),
+    Method("guided_ig", _guided_ig, complete=True, baselines=True, linear=False, refuses=(("many_outputs", *_ONE_OUTPUT),)),
+]
+
+
+def _blur_ig(f, *, argnums=0, chunk_size=None, generator=0):
+    # max_sigma 2 on 4 x 4 images: kernel radius 8 folds the reflected border several times
+    return xattr.blur_integrated_gradients(f, max_sigma=2.0, n_steps=N_STEPS, argnums=argnums, chunk_size=chunk_size)
+
+
+def _smooth_target(f):
+    """f on ``xattr.softened(model)`` when the model has ReLUs or max-pools (the shared CNN): their
+    second derivatives vanish, so Integrated Hessians would warn and give zero interactions, and
+    the invariants would compare zeros (NOTE: [Piecewise-linear models have no interactions])."""
+    model = getattr(f, "model", None)
+    kinked = isinstance(model, nn.Module) and any(isinstance(m, (nn.ReLU, nn.MaxPool2d)) for m in model.modules())
+    return xattr.target(xattr.softened(model), f.t) if kinked else f
+
+
+def _integrated_hessians(f, *, argnums=0, chunk_size=None, generator=0):
+    return xattr.integrated_hessians(_smooth_target(f), n_steps=3, argnums=argnums, chunk_size=chunk_size)
+
+
+# Methods whose inputs or outputs the property tests of test_axioms.py cannot take (they cross
+# METHODS_UNDER_TEST with random MLPs and expect attributions shaped like the input): Blur IG
+# blurs the last two dims of each example, so it needs image-shaped inputs (B, ..., H, W) and
+# refuses the shared MLP's (B, 5) and the pytree case's vectors (tests/test_new_method_invariants.py
+# runs the pytree invariant on images); Integrated Hessians gives (B, *x.shape[1:], *x.shape[1:])
+# and refuses many outputs and trees of inputs. test_invariants.py crosses them with its invariants
+# as it does METHODS_UNDER_TEST. Blur IG's path starts at the blurred input, not a baseline (no
+# baselines keyword; sum(attr) = f(x) - f(blur(x, max_sigma))); it is linear in f (the path does
+# not depend on f), which tests/test_new_method_invariants.py checks. Integrated Hessians is exact
+# on affine models (no interactions, diagonal = IG) but the completeness checker expects input-
+# shaped attributions; the same file checks it.
+_NO_IMAGE = (ValueError, r"at least 3 dims")
+SHAPED_METHODS_UNDER_TEST: list[Method] = [
+    Method("blur_ig", _blur_ig, refuses=(("mlp", *_NO_IMAGE), ("pytree", *_NO_IMAGE))),
+    Method(
+        "integrated_hessians", _integrated_hessians, baselines=True, output="pairs",
+        refuses=(("many_outputs", *_ONE_OUTPUT), ("pytree", TypeError, "attributes one tensor")),
+    ),  # fmt: skip
+]
+ALL_METHODS = METHODS_UNDER_TEST + SHAPED_METHODS_UNDER_TEST
+BY_NAME = {m.name: m for m in ALL_METHODS}

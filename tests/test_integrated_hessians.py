@@ -302,3 +302,27 @@ def test_per_example_targets_and_progress_bar_give_the_same_numbers():
         warnings.simplefilter("ignore")  # without tqdm: a warning and no bar
         shown = xattr.integrated_hessians(xattr.target(net, labels), n_steps=5, chunk_size=4, show_progress=True)(x)
     torch.testing.assert_close(shown, gamma, atol=0, rtol=0)
+
+
+def test_compiled_models_and_compiled_calls_give_the_same_numbers():
+    """Regression: autograd cannot differentiate a compiled graph twice, so the reverse-over-reverse
+    path failed with "aot_autograd does not currently support double backward" both on a
+    torch.compile'd model and inside a torch.compile'd call (past a graph break dynamo compiled the
+    model's forward on its own). NOTE: [Two Hessian-vector product backends]."""
+    pytest.importorskip("torch._dynamo")
+    if not torch._dynamo.is_dynamo_supported():
+        pytest.skip("torch.compile is not supported on this platform")
+    model = mlp(16)
+    x, base = inputs(16, (3, 4)), inputs(17, (3, 4)) * 0.1
+    eager = xattr.integrated_hessians(xattr.target(model, 0), baselines=base, n_steps=4)(x)
+    assert (eager * (1 - torch.eye(4, dtype=D))).abs().max() > 1e-4  # interactions to compare
+    torch._dynamo.reset()
+    try:
+        compiled_model = torch.compile(model, backend="aot_eager")
+        on_compiled = xattr.integrated_hessians(xattr.target(compiled_model, 0), baselines=base, n_steps=4)(x)
+        torch.testing.assert_close(on_compiled, eager, atol=1e-12, rtol=1e-10)
+        torch._dynamo.reset()
+        call = torch.compile(xattr.integrated_hessians(xattr.target(model, 0), baselines=base, n_steps=4), backend="aot_eager")
+        torch.testing.assert_close(call(x), eager, atol=1e-12, rtol=1e-10)
+    finally:
+        torch._dynamo.reset()

@@ -3,15 +3,19 @@
 Invariants: batch invariance, chunk invariance, dtype/shape preservation, determinism given a
 seed, many-outputs consistency, pytree inputs with a pass-through argument, per-call baselines,
 torch.compile, and no hidden state (no mutation of the model or the user's tensors, no hooks).
+
+Where a method documents a refusal of a case (registry.py's ``Method.refuses``: many outputs,
+trees of inputs, inputs without spatial dims), the invariant checks that the case raises that
+error (`refused`) instead of skipping it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
 import torch
-from torch import nn
 
 import xattr
 from xattr.testing import (
@@ -23,14 +27,14 @@ from xattr.testing import (
 from xattr.testing.strategies import ModelSpec, random_tensor
 
 from compile_support import needs_compile
-from registry import BY_NAME, METHODS_UNDER_TEST, TwoInputs, changed_state, entries, state_snapshot
+from registry import ALL_METHODS, BY_NAME, TwoInputs, changed_state, state_snapshot
 
 B = 4
 SPECS = {
     "mlp": ModelSpec("mlp", seed=1, in_shape=(5,), n_out=3, activation="gelu", hidden=(6,), softmax=True),
     "cnn": ModelSpec("cnn", seed=2, in_shape=(2, 4, 4), n_out=3, activation="relu", hidden=(3,), pool=True),
 }
-all_methods = pytest.mark.parametrize("method", METHODS_UNDER_TEST, ids=repr)
+all_methods = pytest.mark.parametrize("method", ALL_METHODS, ids=repr)
 both_models = pytest.mark.parametrize("kind", sorted(SPECS))
 
 
@@ -40,12 +44,35 @@ def setup(kind: str, dtype: torch.dtype = torch.float64, batch: int = B):
     return model, random_tensor((batch,) + spec.in_shape, seed=7, dtype=dtype)
 
 
+def home(method) -> str:
+    """The model for the single-model invariants: the MLP, or the CNN for methods refusing it."""
+    return next(kind for kind in ("mlp", "cnn") if method.refusal(kind) is None)
+
+
+def refused(method, *keys: str):
+    """A context in which the method must raise its documented error if it refuses any of these
+    cases (registry.py's ``Method.refuses``), or must run the invariant through otherwise."""
+    found = method.refusal(*keys)
+    return contextlib.nullcontext() if found is None else pytest.raises(found[0], match=found[1])
+
+
+def check_shapes(method, attr_fn, *args, n_outputs=None) -> None:
+    """check_dtype_device, or for "pairs" outputs the shape (B, *s, *s) of one value per pair."""
+    if method.output == "input":
+        return check_dtype_device(attr_fn, *args, n_outputs=n_outputs)
+    x, out = args[0], attr_fn(*args)
+    want = (x.shape[0],) + tuple(x.shape[1:]) * 2
+    got = (tuple(out.shape), out.dtype, out.device)
+    assert got == (want, x.dtype, x.device), f"{method.name}: (shape, dtype, device) {got}, expected {(want, x.dtype, x.device)}"
+
+
 @all_methods
 @both_models
 def test_batch_invariance(method, kind):
     model, x = setup(kind)
     by = "prefix" if method.stochastic else "example"  # seeded noise is drawn by batch position
-    check_batch_invariance(method.make(xattr.target(model, 1), generator=0), x, by=by)
+    with refused(method, kind):
+        check_batch_invariance(method.make(xattr.target(model, 1), generator=0), x, by=by)
 
 
 @all_methods
@@ -54,7 +81,8 @@ def test_per_example_target_batch_invariance(method, kind):
     model, x = setup(kind)
     t = torch.tensor([2, 0, 1, 2])
     fn = lambda x, t: method.make(xattr.target(model, t), generator=0)(x)  # noqa: E731
-    check_batch_invariance(fn, x, t, by="prefix" if method.stochastic else "example")
+    with refused(method, kind):
+        check_batch_invariance(fn, x, t, by="prefix" if method.stochastic else "example")
 
 
 @all_methods
@@ -62,7 +90,8 @@ def test_per_example_target_batch_invariance(method, kind):
 def test_chunk_invariance(method, kind):
     model, x = setup(kind)
     f = xattr.target(model, 1)
-    check_chunk_invariance(lambda cs: method.make(f, chunk_size=cs, generator=0), x, chunk_sizes=(1, B, 2 * B + 1))
+    with refused(method, kind):
+        check_chunk_invariance(lambda cs: method.make(f, chunk_size=cs, generator=0), x, chunk_sizes=(1, B, 2 * B + 1))
 
 
 @all_methods
@@ -70,12 +99,13 @@ def test_chunk_invariance(method, kind):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_dtype_and_shape(method, kind, dtype):
     model, x = setup(kind, dtype)
-    check_dtype_device(method.make(xattr.target(model, 0), generator=0), x)
+    with refused(method, kind):
+        check_shapes(method, method.make(xattr.target(model, 0), generator=0), x)
 
 
 @all_methods
 def test_determinism_given_a_seed(method):
-    model, x = setup("mlp")
+    model, x = setup(home(method))
     f = xattr.target(model, 2)
     rng = torch.get_rng_state()
     first, second = method.make(f, generator=5)(x), method.make(f, generator=5)(x)
@@ -93,11 +123,12 @@ def test_determinism_given_a_seed(method):
 def test_many_outputs_match_single_targets(method, kind):
     model, x = setup(kind)
     ks = [2, 0, 1]
-    many = method.make(xattr.target(model, xattr.outputs(ks)), generator=0)(x)
-    check_dtype_device(lambda x: many, x, n_outputs=len(ks))
-    for j, k in enumerate(ks):
-        one = method.make(xattr.target(model, k), generator=0)(x)
-        assert_trees_close(many[:, j], one, what=f"outputs({ks})[:, {j}] vs target {k}")
+    with refused(method, kind, "many_outputs"):
+        many = method.make(xattr.target(model, xattr.outputs(ks)), generator=0)(x)
+        check_dtype_device(lambda x: many, x, n_outputs=len(ks))
+        for j, k in enumerate(ks):
+            one = method.make(xattr.target(model, k), generator=0)(x)
+            assert_trees_close(many[:, j], one, what=f"outputs({ks})[:, {j}] vs target {k}")
 
 
 def _pytree_case(form: str):
@@ -115,6 +146,10 @@ def _pytree_case(form: str):
 @pytest.mark.parametrize("form", ["dict", "tuple"])
 def test_pytree_inputs_with_pass_through_argument(method, form):
     f, args, argnums, as_dict = _pytree_case(form)
+    if method.refusal("pytree") is not None:  # the documented error, when built or when called
+        with refused(method, "pytree"):
+            method.make(f, argnums=argnums, generator=0)(*args)
+        return
     fn = method.make(f, argnums=argnums, generator=0)
     check_dtype_device(fn, *args, argnums=argnums)
     check_batch_invariance(fn, *args, argnums=argnums, by="prefix" if method.stochastic else "example")
@@ -132,9 +167,9 @@ def _call_flat(f, form, z, s):
     return f.model({"a": a, "b": b}, s) if form == "dict" else f.model(a, b, s)
 
 
-@pytest.mark.parametrize("method", entries(baselines=True), ids=repr)
+@pytest.mark.parametrize("method", [m for m in ALL_METHODS if m.baselines], ids=repr)
 def test_per_example_baselines_keyword(method):
-    model, x = setup("mlp")
+    model, x = setup(home(method))
     base = random_tensor(x.shape, seed=9) * 0.1
     fn = method.make(xattr.target(model, 1), generator=0)
     check_batch_invariance(lambda x, b: fn(x, baselines=b), x, base, by="prefix" if method.stochastic else "example")
@@ -143,7 +178,7 @@ def test_per_example_baselines_keyword(method):
 
 
 @needs_compile
-@pytest.mark.parametrize("name", ["saliency", "ig_gausslegendre"])
+@pytest.mark.parametrize("name", ["saliency", "ig_gausslegendre", "split_ig_left", "guided_ig", "blur_ig", "integrated_hessians"])
 def test_torch_compile_gives_the_same_numbers(name):
     # aot_eager traces through dynamo and AOT autograd without a C++ toolchain (inductor adds ~20 s
     # per test on CPU); set XATTR_COMPILE_BACKEND=inductor to compile fully.
@@ -159,7 +194,7 @@ def test_torch_compile_gives_the_same_numbers(name):
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["plain", "requires_grad"])
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_no_mutation_and_no_hooks_left(method, requires_grad, mode):
-    model, x = setup("mlp")  # no dropout/batch-norm: train mode is legitimate and must be kept
+    model, x = setup(home(method))  # no dropout/batch-norm: train mode is legitimate and must be kept
     model.train(mode == "train")
     x.requires_grad_(requires_grad)
     before = state_snapshot(model, x)
@@ -170,6 +205,6 @@ def test_no_mutation_and_no_hooks_left(method, requires_grad, mode):
 
 @all_methods
 def test_results_are_detached_outside_transforms(method):
-    model, x = setup("mlp")
+    model, x = setup(home(method))
     out = method.make(xattr.target(model, 0), generator=0)(x.requires_grad_())
     assert not out.requires_grad and out.grad_fn is None

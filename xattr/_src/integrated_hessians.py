@@ -54,6 +54,7 @@ from .gradients import NO_PATH, NoGradientPathWarning, _rows, attribution_fn, is
 from .nesting import running_model
 from .paths import quadrature
 from .progress import progress
+from .rule_limits import eager_compiled
 from .softened import Softened
 from .warn import warn
 
@@ -243,6 +244,11 @@ def _interactions(f, args, num, x, baselines, s_np, c_np, features, chunk_size, 
 # CPU (one thread, a 2-hidden-layer Softplus MLP, B = 8, float32): 44 ms against 74 ms (vmapped
 # jvp) at D = 64, n_steps = 16, and 195 ms against 818 ms at n_steps = 32; the vmapped backward
 # of all directions at once is memory-bound, as for the K outputs (NOTE: [K backward passes]).
+# Autograd cannot differentiate a torch.compile'd graph twice ("aot_autograd does not currently
+# support double backward"), so the top-level path runs compiled code as its Python source: the
+# model's forward under `eager_compiled` (a compiled model), and the whole path outside dynamo
+# (`torch.compiler.disable`: a compiled attribution function runs it eagerly past a graph break,
+# where dynamo would otherwise compile the model's forward on its own). Same numbers, eager speed.
 
 
 def _func_hvps(f, rest, num, rows, weights, tangents, starts, bar):
@@ -260,9 +266,10 @@ def _func_hvps(f, rest, num, rows, weights, tangents, starts, bar):
     return grads, torch.cat(parts)
 
 
+@torch.compiler.disable  # NOTE: [Two Hessian-vector product backends]
 def _eager_hvps(f, rest, num, rows, weights, tangents, starts, bar):
     r = rows.detach().requires_grad_()
-    with torch.enable_grad(), running_model():  # NOTE: [Attributions inside a model's forward]
+    with torch.enable_grad(), running_model(), eager_compiled():  # NOTE: [Attributions inside a model's forward]
         out = _rows(f(*(rest[:num] + (r,) + rest[num + 1 :])), False)
         if out.ndim != 1:
             raise ValueError(
