@@ -5,6 +5,7 @@ the graph walk of NOTE: [Rules as graph hooks] must hand such calls to the torch
 """
 
 import os
+import warnings
 
 import pytest
 import torch
@@ -98,3 +99,19 @@ def test_a_compiled_attribution_function(name, model_and_input):
     model, x = model_and_input
     fn = METHODS[name](xattr.target(model, 2))
     assert_trees_close(torch.compile(fn, backend=BACKEND)(x), fn(x), what=f"compiled {name} vs eager")
+
+
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients"])
+def test_compiled_attribution_of_a_compiled_model(method):
+    """torch.compile(attr_fn) over a torch.compile'd model: dynamo refused a module that the
+    target wrapper held under two attributes (.model and __wrapped__); __wrapped__ is now a
+    property."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    x = torch.randn(5, 4)
+    make = getattr(xattr, method)
+    want = make(xattr.target(model, 1))(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = torch.compile(make(xattr.target(torch.compile(model, backend=BACKEND), 1)), backend=BACKEND)(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

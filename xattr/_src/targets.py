@@ -262,8 +262,14 @@ class Targeted:
         self.model = model
         self.t = t
         self.multi_output = isinstance(t, Outputs)
-        self.__wrapped__ = model
         self._index_memo: dict = {}  # see _select_one
+
+    @property
+    def __wrapped__(self) -> Callable:
+        """The model (for ``inspect.signature`` and the wrapper chain): a property, not a second
+        attribute holding it, since torch.compile refuses a module reachable by two attributes
+        of one object when the module is itself compiled."""
+        return self.model
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         out = self.model(*args, **kwargs)
