@@ -40,6 +40,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, TensorDataset, default_collate
 
 from .._src.progress import progress
+from ._by_checkpoint import by_checkpoint, checkpoints_per_call, grams, groups, weighted_sum
 
 
 class TopK(NamedTuple):
@@ -214,6 +215,12 @@ def example_loss(model: nn.Module, loss_fn: Callable | None) -> Callable:
 def per_example_grads(model, state, names, loss_fn, batch, chunk_size=None) -> torch.Tensor:
     """``(b, P)``: the loss gradient of each example of ``batch`` w.r.t. the parameters
     ``names`` (flattened and concatenated in that order) at the parameter values ``state``."""
+    g = _grads(model, state, names, loss_fn, batch, chunk_size)
+    return torch.cat([g[n].reshape(g[n].shape[0], -1) for n in names], dim=1)
+
+
+def _grads(model, state, names, loss_fn, batch, chunk_size) -> dict:
+    """``{name: (b, *shape)}``: per-example gradients, one tensor per parameter."""
     f = example_loss(model, loss_fn)
     trained = {n: state[n] for n in names}
     canonical = {id(p): n for n, p in model.named_parameters()}
@@ -224,8 +231,13 @@ def per_example_grads(model, state, names, loss_fn, batch, chunk_size=None) -> t
         return f({**held, **p}, inputs, label)
 
     *inputs, labels = batch
-    g = vmap(grad(one), in_dims=(None, 0, 0), chunk_size=chunk_size)(trained, tuple(inputs), labels)
-    return torch.cat([g[n].reshape(g[n].shape[0], -1) for n in names], dim=1)
+    return vmap(grad(one), in_dims=(None, 0, 0), chunk_size=chunk_size)(trained, tuple(inputs), labels)
+
+
+def _squared_norms(model, state, names, loss_fn, batch, chunk_size) -> torch.Tensor:
+    """``(b,)``: each example's squared gradient norm, without concatenating the gradients."""
+    g = _grads(model, state, names, loss_fn, batch, chunk_size)
+    return sum(g[n].reshape(g[n].shape[0], -1).square().sum(1) for n in names)
 
 
 def _check_common(model, loss_fn, test_loss_fn, chunk_size):
@@ -284,15 +296,19 @@ def tracin(
     train_b, test_b = batches(train, batch_size, "train"), batches(test, batch_size, "test")
     test_fn = loss_fn if test_loss_fn is None else test_loss_fn
     bar = progress(show_progress, total=len(states) * len(train_b), desc="TracIn", unit="batch")
+    rows = max(sum(len(b[0]) for b in test_b), max(len(b[0]) for b in train_b))
     total = None
-    for state, lr in states:
-        g_test = torch.cat([per_example_grads(model, state, names, test_fn, b, chunk_size) for b in test_b])
+    # NOTE: [Checkpoints in one vectorised call] in _by_checkpoint.py
+    for group, rates in groups(states, checkpoints_per_call(len(states), rows, batch_size, chunk_size)):
+        g_test = torch.cat([by_checkpoint(lambda s: per_example_grads(model, s, names, test_fn, b, chunk_size), group)
+                            for b in test_b], dim=1)  # fmt: skip
         cols = []
         for b in train_b:
-            cols.append(g_test @ per_example_grads(model, state, names, loss_fn, b, chunk_size).T)
+            g = by_checkpoint(lambda s: per_example_grads(model, s, names, loss_fn, b, chunk_size), group)
+            cols.append(weighted_sum(rates, grams(g_test, g)))
             if bar is not None:
-                bar.update()
-        scores = lr * torch.cat(cols, dim=1)
+                bar.update(len(group))
+        scores = torch.cat(cols, dim=1)
         total = scores if total is None else total + scores
     if bar is not None:
         bar.close()
@@ -319,10 +335,10 @@ def tracin_self_influence(
     train_b = batches(train, batch_size, "train")
     bar = progress(show_progress, total=len(states) * len(train_b), desc="TracIn self-influence", unit="batch")
     total = None
-    for state, lr in states:
+    for state, lr in states:  # one checkpoint per call: see NOTE: [Checkpoints in one vectorised call] in _by_checkpoint.py
         parts = []
         for b in train_b:
-            parts.append(per_example_grads(model, state, names, loss_fn, b, chunk_size).square().sum(1))
+            parts.append(_squared_norms(model, state, names, loss_fn, b, chunk_size))
             if bar is not None:
                 bar.update()
         scores = lr * torch.cat(parts)

@@ -39,6 +39,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from .._src.progress import progress
+from ._by_checkpoint import by_checkpoint, checkpoints_per_call, groups, weighted_sum
 from ._tracin import _check_common, batches, checkpoint_states
 
 
@@ -101,10 +102,21 @@ def layer_factors(model, state, layer: nn.Linear, loss_fn, batch, *, include_bia
     return a.detach(), g.detach()
 
 
-def _factors(model, states, layer, loss_fn, bs, include_bias, chunk_size):
-    for state, lr in states:
-        parts = [layer_factors(model, state, layer, loss_fn, b, include_bias=include_bias, chunk_size=chunk_size) for b in bs]
-        yield lr, torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+def _stacked_factors(model, group, layer, loss_fn, bs, include_bias, chunk_size):
+    """``(a, g)``, each ``(k, n, ·)``: `layer_factors` at each of the k states of ``group``
+    for the examples of all the batches ``bs``. NOTE: [Checkpoints in one vectorised call] in
+    _by_checkpoint.py."""
+    parts = [by_checkpoint(lambda s: layer_factors(model, s, layer, loss_fn, b, include_bias=include_bias, chunk_size=chunk_size), group)
+             for b in bs]  # fmt: skip
+    return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
+
+
+def _factors(model, states, layer, loss_fn, bs, include_bias, chunk_size, batch_size):
+    """``(lr, a, g)`` per checkpoint, ``a`` and ``g`` over all the examples of ``bs``."""
+    rows = sum(len(b[0]) for b in bs)
+    for group, rates in groups(states, checkpoints_per_call(len(states), rows, batch_size, chunk_size)):
+        a, g = _stacked_factors(model, group, layer, loss_fn, bs, include_bias, chunk_size)
+        yield from zip(rates, a, g)
 
 
 def tracin_fast(
@@ -133,21 +145,42 @@ def tracin_fast(
     train_b, test_b = batches(train, batch_size, "train"), batches(test, batch_size, "test")
     test_fn = loss_fn if test_loss_fn is None else test_loss_fn
     bar = progress(show_progress, total=len(states) * len(train_b), desc="TracIn (fast)", unit="batch")
+    n_test = sum(len(b[0]) for b in test_b)
+    per = checkpoints_per_call(len(states), max(n_test, max(len(b[0]) for b in train_b)), batch_size, chunk_size)
+    joint = _joint_batch(test_b, train_b[0], per, len(states), batch_size, chunk_size) if test_fn is loss_fn else None
     total = None
-    for state, lr in states:
-        parts = [layer_factors(model, state, fc, test_fn, b, include_bias=include_bias, chunk_size=chunk_size) for b in test_b]
-        a_t, g_t = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    # NOTE: [Checkpoints in one vectorised call] in _by_checkpoint.py
+    for group, rates in groups(states, per):
+        if joint is not None:  # the test examples and the first training batch in one call
+            a_j, g_j = _stacked_factors(model, group, fc, loss_fn, [joint], include_bias, chunk_size)
+            a_t, g_t, first = a_j[:, :n_test], g_j[:, :n_test], (a_j[:, n_test:], g_j[:, n_test:])
+        else:
+            (a_t, g_t), first = _stacked_factors(model, group, fc, test_fn, test_b, include_bias, chunk_size), None
         cols = []
-        for b in train_b:
-            a, g = layer_factors(model, state, fc, loss_fn, b, include_bias=include_bias, chunk_size=chunk_size)
-            cols.append((g_t @ g.T) * (a_t @ a.T))
+        for j, b in enumerate(train_b):
+            a, g = first if j == 0 and first is not None else _stacked_factors(model, group, fc, loss_fn, [b], include_bias, chunk_size)
+            cols.append(weighted_sum(rates, torch.bmm(g_t, g.transpose(1, 2)) * torch.bmm(a_t, a.transpose(1, 2))))  # small: one bmm
             if bar is not None:
-                bar.update()
-        scores = lr * torch.cat(cols, dim=1)
+                bar.update(len(group))
+        scores = torch.cat(cols, dim=1)
         total = scores if total is None else total + scores
     if bar is not None:
         bar.close()
     return total
+
+
+def _joint_batch(test_b: list, first: tuple, per: int, n_checkpoints: int, batch_size, chunk_size) -> tuple | None:
+    """The test examples (one batch) followed by the first training batch, as one batch, when
+    their tensors agree in dtype, device and shape beyond the batch dim, and the joint batch
+    keeps within ``batch_size`` without fewer checkpoints per call; else None."""
+    if len(test_b) != 1 or batch_size is None or len(test_b[0]) != len(first):
+        return None
+    rows = len(test_b[0][0]) + len(first[0])
+    if rows > batch_size or checkpoints_per_call(n_checkpoints, rows, batch_size, chunk_size) < per:
+        return None
+    if any(t.dtype != u.dtype or t.device != u.device or t.shape[1:] != u.shape[1:] for t, u in zip(test_b[0], first)):
+        return None
+    return tuple(torch.cat([t, u]) for t, u in zip(test_b[0], first))
 
 
 def tracin_fast_self_influence(
@@ -171,7 +204,7 @@ def tracin_fast_self_influence(
     train_b = batches(train, batch_size, "train")
     bar = progress(show_progress, total=len(states), desc="TracIn (fast) self-influence", unit="checkpoint")
     total = None
-    for lr, a, g in _factors(model, states, fc, loss_fn, train_b, include_bias, chunk_size):
+    for lr, a, g in _factors(model, states, fc, loss_fn, train_b, include_bias, chunk_size, batch_size):
         scores = lr * g.square().sum(1) * a.square().sum(1)
         total = scores if total is None else total + scores
         if bar is not None:
@@ -232,7 +265,7 @@ def tracin_fast_features(
     if any(lr < 0 for _, lr in states):
         raise ValueError("feature vectors need learning rates >= 0 (they carry sqrt(learning rate))")
     feats = []
-    for lr, a, g in _factors(model, states, fc, loss_fn, batches(data, batch_size, "data"), include_bias, chunk_size):
+    for lr, a, g in _factors(model, states, fc, loss_fn, batches(data, batch_size, "data"), include_bias, chunk_size, batch_size):
         if projections is not None:
             p_g, p_a = projections
             if p_g.shape[0] != g.shape[1] or p_a.shape[0] != a.shape[1]:

@@ -7,10 +7,12 @@ arguments and ``influence`` / ``self_influence`` keywords, and return what Captu
 ``(n_test, n_train)`` tensor, or with ``k`` a `KMostInfluentialResults`. The numbers are
 Captum's (tests/test_compat_tracin.py compares them). What differs, by design:
 
-- The model is never changed. Each call loads the checkpoints with ``checkpoints_load_func``
-  into a private copy of the model and hands their states to the functional core; Captum loads
+- The model is never changed. The checkpoints are loaded with ``checkpoints_load_func`` into
+  a private copy of the model and their states handed to the functional core; Captum loads
   them into the user's model (leaving the last one there) and sets ``requires_grad`` on the
-  chosen layers.
+  chosen layers. What was loaded is kept for later calls while it cannot have changed (NOTE:
+  [Loaded checkpoints are kept] in _loaded_checkpoints.py); Captum loads them again on every
+  call.
 - Per-example gradients come from ``vmap(grad)`` on one example at a time (NOTE: [Per-example
   losses] in xattr/influence/_tracin.py), so any ``reduction`` of ``loss_fn`` gives the same
   numbers: Captum's requirement of ``reduction="none"`` (or "sum"/"mean" with
@@ -25,6 +27,14 @@ Captum's (tests/test_compat_tracin.py compares them). What differs, by design:
 - ``TracInCPFast`` differentiates at the output of ``final_fc_layer``; Captum at the model's
   output, the same when that layer is the model's last module.
 
+NOTE: [Rows per gradient call]
+Captum's ``batch_size`` only batches the training Dataset. ``TracInCP`` hands the core a
+``batch_size`` of as many rows as keep one per-example gradient matrix within
+``_GRADIENT_BYTES`` (64 MiB; at least one row), not the core's default 256: on a small model
+all examples, and several checkpoints, go through one vectorised call (NOTE: [Checkpoints in
+one vectorised call] in xattr/influence/_by_checkpoint.py); on a large one the rows shrink
+so that memory stays bounded.
+
 NOTE: [Captum's projection seed]
 Captum's ``TracInCPFastRandProj`` seeds torch's global generator with ``seed``, then starts
 iterating the training DataLoader (whose iterator draws one int64 base seed from that generator,
@@ -35,7 +45,6 @@ global generator is left alone.
 
 from __future__ import annotations
 
-import copy
 import glob
 import os
 import re
@@ -53,6 +62,7 @@ from ...influence._tracin_fast import (
     tracin_fast_projections,
     tracin_fast_self_influence,
 )
+from ._loaded_checkpoints import LoadedCheckpoints
 
 
 class KMostInfluentialResults(NamedTuple):
@@ -73,6 +83,16 @@ def _load_flexible_state_dict(model: nn.Module, path) -> float:
         state = {k[len("module."):]: v for k, v in state.items()}
     model.load_state_dict(state)
     return lr
+
+
+_GRADIENT_BYTES = 64 * 2**20  # per-example gradient rows one vectorised call may hold
+
+
+def _gradient_rows(model: nn.Module, names: list) -> int:
+    """Rows of per-example gradients of the parameters ``names`` within ``_GRADIENT_BYTES``."""
+    params = dict(model.named_parameters())
+    row = sum(params[n].numel() * params[n].element_size() for n in names)
+    return max(1, _GRADIENT_BYTES // max(row, 1))
 
 
 def _natural_key(s: str) -> list:
@@ -147,17 +167,12 @@ class TracInCPBase(DataInfluence):
         if not found:
             raise ValueError(f"no checkpoints given (or found) in {checkpoints!r}")
         self._checkpoints = found
+        self._loaded = LoadedCheckpoints()  # NOTE: [Loaded checkpoints are kept] in _loaded_checkpoints.py
 
     def _states(self) -> tuple[list, list]:
         """Each checkpoint loaded by ``checkpoints_load_func`` into a copy of the model: its
-        state dict and learning rate (None counts as 1)."""
-        work = copy.deepcopy(self.model)
-        states, lrs = [], []
-        for ckpt in self.checkpoints:
-            lr = self.checkpoints_load_func(work, ckpt)
-            states.append({k: v.detach().clone() for k, v in work.state_dict().items()})
-            lrs.append(1.0 if lr is None else float(lr))
-        return states, lrs
+        state dict and learning rate (None counts as 1); kept while valid."""
+        return self._loaded.get(self.model, self.checkpoints, self.checkpoints_load_func)
 
     def _top(self, scores: torch.Tensor, k: int, proponents: bool) -> KMostInfluentialResults:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -200,13 +215,17 @@ class TracInCP(TracInCPBase):
         self.layers = layers
         self._names = parameter_names(model, layers)  # checks the layer names now
 
+    def _rows(self) -> int:
+        # NOTE: [Rows per gradient call]
+        return _gradient_rows(self.model, parameter_names(self.model, self.layers))
+
     def influence(self, inputs, k: int | None = None, proponents: bool = True, show_progress: bool = False, aggregate: bool = False):
         """``(n_test, n_train)`` scores (``(1, n_train)`` summed over the test examples with
         ``aggregate``), or with ``k`` the k proponents (``proponents=False``: opponents)."""
         _check_inputs(inputs)
         states, lrs = self._states()
         scores = tracin(self.model, states, self.loss_fn, self.train_dataloader, inputs, test_loss_fn=self.test_loss_fn,
-                        layers=self.layers, learning_rates=lrs, show_progress=show_progress)  # fmt: skip
+                        layers=self.layers, learning_rates=lrs, batch_size=self._rows(), show_progress=show_progress)  # fmt: skip
         if aggregate:
             scores = scores.sum(0, keepdim=True)
         return scores if k is None else self._top(scores, k, proponents)
@@ -216,14 +235,14 @@ class TracInCP(TracInCPBase):
         states, lrs = self._states()
         data = self.train_dataloader if inputs is None else inputs
         return tracin_self_influence(self.model, states, self.loss_fn, data, layers=self.layers, learning_rates=lrs,
-                                     show_progress=show_progress)  # fmt: skip
+                                     batch_size=self._rows(), show_progress=show_progress)  # fmt: skip
 
     def compute_intermediate_quantities(self, inputs, aggregate: bool = False) -> torch.Tensor:
         """``(n, C * P)``: per example, ``learning_rate * gradient`` at each of the C checkpoints,
         concatenated (Captum's scaling: the dot product of two rows is NOT the TracIn score
         unless every learning rate is 1); summed over examples with ``aggregate``."""
         states, lrs = self._states()
-        bs = batches(inputs, 256, "inputs")
+        bs = batches(inputs, self._rows(), "inputs")
         parts = [lr * torch.cat([per_example_grads(self.model, s, self._names, self.loss_fn, b) for b in bs])
                  for s, lr in zip(states, lrs)]  # fmt: skip
         out = torch.cat(parts, dim=1).detach()
