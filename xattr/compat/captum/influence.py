@@ -35,6 +35,16 @@ all examples, and several checkpoints, go through one vectorised call (NOTE: [Ch
 one vectorised call] in xattr/influence/_by_checkpoint.py); on a large one the rows shrink
 so that memory stays bounded.
 
+NOTE: [The last child is not the last layer]
+Captum's tutorial passes ``final_fc_layer=list(net.children())[-1]``, the module registered last
+in ``__init__``; its ``Net`` registers its ReLUs after the last Linear, so that is a ReLU. Captum
+accepts any module: it pairs the module's *input* (here the last hidden layer before its ReLU)
+with the loss gradient at the *model's output*, a product that is the gradient of no parameter
+of the model (the last Linear's weight gradient pairs the same output gradient with the ReLU's
+output). The proponents it finds differ from those of the last Linear (tests/
+test_influence_tutorials.py). ``TracInCPFast`` here takes an ``nn.Linear`` only and says which
+one to pass.
+
 NOTE: [Captum's projection seed]
 Captum's ``TracInCPFastRandProj`` seeds torch's global generator with ``seed``, then starts
 iterating the training DataLoader (whose iterator draws one int64 base seed from that generator,
@@ -93,6 +103,17 @@ def _gradient_rows(model: nn.Module, names: list) -> int:
     params = dict(model.named_parameters())
     row = sum(params[n].numel() * params[n].element_size() for n in names)
     return max(1, _GRADIENT_BYTES // max(row, 1))
+
+
+def _not_linear_message(model: nn.Module, layer) -> str:
+    """Why ``layer`` cannot be ``final_fc_layer``, naming the model's last-registered Linear.
+    See NOTE: [The last child is not the last layer]."""
+    name = next((n for n, m in model.named_modules() if m is layer), None)
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    got = type(layer).__name__ + (f" {name!r}" if name else "")
+    hint = f"; pass the last fully-connected layer, e.g. final_fc_layer={linears[-1]!r}" if linears else ""
+    return (f"final_fc_layer must be an nn.Linear (or its name), got {got}. list(model.children())[-1] is the "
+            f"module registered last in __init__, not necessarily the one applied last{hint}")
 
 
 def _natural_key(s: str) -> list:
@@ -275,7 +296,7 @@ class TracInCPFast(TracInCPBase):
             except AttributeError as err:
                 raise ValueError(f"Invalid final_fc_layer str: {final_fc_layer!r}: the model has no such module") from err
         if not isinstance(final_fc_layer, nn.Linear):
-            raise TypeError(f"final_fc_layer must be an nn.Linear (or its name), got {type(final_fc_layer).__name__}")
+            raise TypeError(_not_linear_message(model, final_fc_layer))
         self.final_fc_layer = final_fc_layer
 
     def influence(self, inputs, k: int | None = None, proponents: bool = True, show_progress: bool = False):
