@@ -13,7 +13,10 @@ an output folder:
   methods/<name>.png one method per file, inputs above their attributions
   table.md           the printed table
   explorer.html      an interactive page (no server): 120 test images, filter by class or
-                     mistakes, open one to compare four methods (xattr.insights.explore)
+                     mistakes, open one to compare four methods, or see each class's mean
+                     maps (xattr.insights.explore)
+  class_means.png    each class's mean integrated-gradients map over every test image
+                     (xattr.attribution_statistics)
   llm_tokens.png     a tiny language model trained on the Zen of Python: which words of
                      "beautiful is better than" make it continue with "ugly." (exact Shapley
                      values per target token; needs the 'text' extra, skipped without it)

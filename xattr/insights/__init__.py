@@ -3,8 +3,8 @@
 ``xattr.insights.explore(model, inputs, labels=..., classes=...)`` computes every method's
 attributions for every example (batched, one call per method) and writes one static,
 self-contained HTML page to browse them: filter by predicted and true class, show the
-misclassified examples, open one to compare the methods. No server and no network; see
-docs/insights.md.
+misclassified examples, open one to compare the methods, or see each class's mean
+attribution per method. No server and no network; see docs/insights.md.
 """
 
 from .explorer import default_methods, explore

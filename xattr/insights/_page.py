@@ -7,7 +7,8 @@ or comment can close its script element, and the page's script puts them into th
 with ``textContent`` and ``setAttribute`` only, never as markup.
 
 Pages of several inputs and models (payload kind "features", `_features`) add their drawing
-functions from `_page_parts` to the same script, and a "Model" list to the controls.
+functions from `_page_parts` to the same script, and a "Model" list to the controls. The
+dataset view (payload entry ``dataset``, `_dataset`) draws with `_page_dataset`'s functions.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import html
 import json
 
-from . import _page_parts, _png
+from . import _page_dataset, _page_parts, _png
 
 PAYLOAD_ID = "xattr-data"
 
@@ -61,7 +62,7 @@ JS = r"""
 "use strict";
 var D = JSON.parse(document.getElementById("xattr-data").textContent);
 var PAGE = 120, shown = PAGE, openEx = null;
-var state = {pred: "", truth: "", wrong: false, index: "", method: D.methods[0], model: ""};
+var state = {pred: "", truth: "", wrong: false, index: "", method: D.methods[0], model: "", view: "examples", by: "label"};
 function $(id) { return document.getElementById(id); }
 function el(tag, cls, text) {
   var e = document.createElement(tag);
@@ -180,6 +181,10 @@ function card(ex) {
   return c;
 }
 function render() {
+  var ds = state.view === "dataset";
+  $("grid").hidden = ds;
+  $("dataset").hidden = !ds;
+  if (ds) { $("more").hidden = true; renderDataset(); return; }
   var ranges = parseIndex(state.index), hits = D.examples.filter(function (ex) { return matches(ex, ranges); });
   var grid = $("grid");
   grid.textContent = "";
@@ -314,7 +319,7 @@ def render(data: dict) -> str:
     legend = (
         f'<span>signed attribution: against<span class="bar" style="background:{_gradient(_png.SIGNED_ANCHORS)}"></span>for</span>'
         f'<span>magnitude (all values &ge; 0): 0<span class="bar" style="background:{_gradient(_png.ABS_ANCHORS)}"></span>large</span>'
-        "<span>each map is scaled per example and method; a red left edge marks a misclassified example</span>"
+        "<span>each map is scaled on its own (per example, or per class mean, and method); a red left edge marks a misclassified example</span>"
     )
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -323,7 +328,7 @@ def render(data: dict) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="generator" content="xattr.insights">
 <title>{title}</title>
-<style>{CSS}{_page_parts.CSS}</style>
+<style>{CSS}{_page_parts.CSS}{_page_dataset.CSS}</style>
 </head>
 <body>
 <header>
@@ -332,17 +337,20 @@ def render(data: dict) -> str:
 <div class="legend">{legend}</div>
 </header>
 <section id="controls">
-<label>Predicted <select id="f-pred"><option value="">any</option></select></label>
-<label>True <select id="f-true"><option value="">any</option></select></label>
+<label id="l-view" hidden>View <select id="f-view"><option value="examples">examples</option><option value="dataset">class means</option></select></label>
+<label id="l-pred">Predicted <select id="f-pred"><option value="">any</option></select></label>
+<label id="l-true">True <select id="f-true"><option value="">any</option></select></label>
 <label><input type="checkbox" id="f-wrong"> only misclassified</label>
-<label>Index <input type="search" id="f-index" placeholder="e.g. 3, 10-20" size="12"></label>
+<label id="l-index">Index <input type="search" id="f-index" placeholder="e.g. 3, 10-20" size="12"></label>
 <label>Method <select id="f-method"></select></label>
+<label id="l-by" hidden>Group by <select id="f-by"><option id="o-by-label" value="label">true label</option><option value="prediction">prediction</option></select></label>
 <label id="l-model" hidden>Model <select id="f-model"><option value="">any</option></select></label>
 <span id="count"></span>
 </section>
 <main>
 <noscript><p>This page needs JavaScript (it runs offline, in the page).</p></noscript>
 <div id="grid"></div>
+<div id="dataset" hidden></div>
 <button id="more" type="button" hidden>show more</button>
 </main>
 <aside id="detail" hidden>
@@ -350,7 +358,7 @@ def render(data: dict) -> str:
 <div id="detail-body"></div>
 </aside>
 <script type="application/json" id="{PAYLOAD_ID}">{script_json(data)}</script>
-<script>{JS}{_page_parts.JS}{JS_END}</script>
+<script>{JS}{_page_parts.JS}{_page_dataset.JS}{JS_END}</script>
 </body>
 </html>
 """

@@ -4,8 +4,10 @@
 
 The page (docs/insights.md) filters the examples by predicted and true class, shows the
 misclassified ones, finds examples by index, and opens any example to compare every method's
-attribution of it. It is one self-contained file: no server, no network, no script library;
-the numbers and pictures are one JSON payload inside it (`_payload`), the page is `_page`.
+attribution of it. Its dataset view (`_dataset`) shows each class's mean attribution and mean
+|attribution| per method, computed from the same attributions. It is one self-contained file:
+no server, no network, no script library; the numbers and pictures are one JSON payload inside
+it (`_payload`, `_dataset`), the page is `_page`.
 
 Each method is a function ``make(f) -> attr_fn``, ``f`` the model restricted to each
 example's explained class (``xattr.target(model, targets)``); it is called once per chunk of
@@ -22,7 +24,7 @@ from torch import nn
 
 import xattr
 
-from . import _page, _payload
+from . import _dataset, _page, _payload
 
 KINDS = ("image", "tabular", "text")
 
@@ -164,6 +166,7 @@ def explore(
     title: str | None = None,
     chunk_size: int | None = None,
     show_progress: bool = True,
+    dataset_view: bool = True,
 ) -> str:
     """Writes an interactive, offline HTML explorer of ``model``'s attributions over ``inputs``.
 
@@ -186,6 +189,10 @@ def explore(
       chunk_size: most examples per method call (default: all in one call). Seeded methods
         draw per example position in its call, so their numbers depend on the chunking.
       show_progress: a tqdm bar over the methods (needs tqdm).
+      dataset_view: add the page's "class means" view: per method, each class's mean
+        attribution and mean |attribution|, by true label or prediction, over every example
+        or the misclassified ones (images and tabular rows; NOTE: [Class means on the
+        explorer page] in `_dataset`). It reuses the attributions above: no second pass.
 
     Returns:
       ``path`` as a str.
@@ -196,6 +203,8 @@ def explore(
         raise ValueError(f"explore: inputs must be a non-empty batch (N, ...), got shape {tuple(inputs.shape)}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"explore: chunk_size must be a positive int or None, got {chunk_size!r}")
+    if not isinstance(dataset_view, bool):
+        raise TypeError(f"explore: dataset_view must be True or False, got {dataset_view!r}")
     kind = _kind(kind, inputs, tokens)
     token_lists = _token_strings(tokens, inputs) if kind == "text" else None
     if kind != "text" and tokens is not None:
@@ -224,6 +233,7 @@ def explore(
     data = _payload.payload(kind=kind, title=title or "xattr explorer", inputs=inputs, logits_=logits, labels=labels,
                             targets=targets, target_mode=target_mode, classes=class_names, attrs=attrs,
                             feature_names=names, tokens=token_lists)  # fmt: skip
+    data["dataset"] = _dataset.payload(kind, inputs, attrs, labels, logits.argmax(1)) if dataset_view else None
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
