@@ -425,9 +425,6 @@ class TwoInputs(nn.Module):
 
 # ----------------------------------------------------------------------------- IG variants (split, guided, blur; Hessians)
 
-_ONE_OUTPUT = (ValueError, "one output per example")  # the message each of them gives
-
-
 def _split_part(side: int):
     """One part of Split IG: 0 the left part [0, alpha*], 1 the right part [alpha*, 1]."""
 
@@ -452,12 +449,13 @@ def _guided_ig(f, *, argnums=0, chunk_size=None, generator=0):
 # part alone is complete (sum(left) = f(gamma(alpha*)) - f(0)); alpha* depends on f's values, so
 # Split IG is not linear in f. Guided IG's path follows f's gradient (not linear in f); on affine
 # models the gradient is constant along any path that ends at x, so its left Riemann sum is exact.
-# Both refuse many-outputs targets (each output would need its own split or path); guided IG's
+# Both take many-outputs targets as K copies of the batch, one split or path per example and
+# output (NOTE: [K outputs as K copies of the batch] in xattr/_src/split_ig.py); guided IG's
 # chunk_size has no effect (each step is one pass of B rows): the chunk invariant checks exactly that.
 METHODS_UNDER_TEST += [
-    Method("split_ig_left", _split_part(0), baselines=True, linear=False, refuses=(("many_outputs", *_ONE_OUTPUT),)),
-    Method("split_ig_right", _split_part(1), baselines=True, linear=False, refuses=(("many_outputs", *_ONE_OUTPUT),)),
-    Method("guided_ig", _guided_ig, complete=True, baselines=True, linear=False, refuses=(("many_outputs", *_ONE_OUTPUT),)),
+    Method("split_ig_left", _split_part(0), baselines=True, linear=False),
+    Method("split_ig_right", _split_part(1), baselines=True, linear=False),
+    Method("guided_ig", _guided_ig, complete=True, baselines=True, linear=False),
 ]
 
 
@@ -484,7 +482,7 @@ def _integrated_hessians(f, *, argnums=0, chunk_size=None, generator=0):
 # blurs the last two dims of each example, so it needs image-shaped inputs (B, ..., H, W) and
 # refuses the shared MLP's (B, 5) and the pytree case's vectors (tests/test_new_method_invariants.py
 # runs the pytree invariant on images); Integrated Hessians gives (B, *x.shape[1:], *x.shape[1:])
-# and refuses many outputs and trees of inputs. test_invariants.py crosses them with its invariants
+# ((B, K, ...) for many outputs) and refuses trees of inputs. test_invariants.py crosses them with its invariants
 # as it does METHODS_UNDER_TEST. Blur IG's path starts at the blurred input, not a baseline (no
 # baselines keyword; sum(attr) = f(x) - f(blur(x, max_sigma))); it is linear in f (the path does
 # not depend on f), which tests/test_new_method_invariants.py checks. Integrated Hessians is exact
@@ -495,7 +493,7 @@ SHAPED_METHODS_UNDER_TEST: list[Method] = [
     Method("blur_ig", _blur_ig, refuses=(("mlp", *_NO_IMAGE), ("pytree", *_NO_IMAGE))),
     Method(
         "integrated_hessians", _integrated_hessians, baselines=True, output="pairs",
-        refuses=(("many_outputs", *_ONE_OUTPUT), ("pytree", TypeError, "attributes one tensor")),
+        refuses=(("pytree", TypeError, "attributes one tensor"),),
     ),  # fmt: skip
 ]
 ALL_METHODS = METHODS_UNDER_TEST + SHAPED_METHODS_UNDER_TEST

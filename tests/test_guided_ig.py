@@ -250,10 +250,46 @@ def test_bad_arguments_are_refused_when_the_method_is_built(kwargs, match):
         xattr.guided_integrated_gradients(lambda x: x.sum(1), **kwargs)
 
 
-def test_many_outputs_integer_inputs_and_nonfinite_gradients_are_refused():
-    model = nn.Linear(4, 3).to(D)
-    with pytest.raises(ValueError, match="one output per example"):
-        xattr.guided_integrated_gradients(xattr.target(model, xattr.outputs([0, 2])))
+def classes(seed: int, d_in: int = 6, n_out: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d_in, 8), nn.Tanh(), nn.Linear(8, n_out)).to(D).eval()
+
+
+@pytest.mark.parametrize("form", ["list", "per_example"])
+def test_many_outputs_match_the_loop_for_each_example_and_output(form):
+    # one path per example and output: every (b, k) against the algorithm's loop for that output
+    model = classes(11)
+    x, b = inputs(11, (3, 6)), inputs(12, (3, 6))
+    idx = torch.tensor([[2, 0], [1, 1], [0, 2]]) if form == "per_example" else torch.tensor([[2, 0]] * 3)
+    many = xattr.outputs(idx if form == "per_example" else [2, 0])
+    attr = xattr.guided_integrated_gradients(
+        xattr.target(model, many), baselines=b, n_steps=12, fraction=0.3, max_dist=0.1
+    )(x)
+    assert attr.shape == (3, 2, 6)
+    for i in range(3):
+        for j in range(2):
+            f1 = lambda v, k=int(idx[i, j]): model(v[None])[0, k]  # noqa: E731
+            ref = reference(f1, x[i : i + 1], b[i : i + 1], 12, 0.3, 0.1)
+            torch.testing.assert_close(attr[i, j], ref[0], atol=1e-11, rtol=1e-9)
+
+
+@settings(max_examples=5, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 10_000), batch=st.integers(0, 3), ks=st.lists(st.integers(-3, 2), min_size=1, max_size=3))
+def test_many_outputs_equal_single_output_runs(seed, batch, ks):
+    # the K axis is a loop over single targets, and each output's attributions add up to its change
+    model = classes(seed)
+    x = inputs(seed, (batch, 6))
+    gig = lambda t: xattr.guided_integrated_gradients(xattr.target(model, t), n_steps=30)  # noqa: E731
+    attr = gig(xattr.outputs(ks))(x)
+    assert attr.shape == (batch, len(ks), 6)
+    for j, k in enumerate(ks):
+        torch.testing.assert_close(attr[:, j], gig(k)(x), atol=1e-12, rtol=1e-10)
+    with torch.no_grad():
+        change = model(x)[:, ks] - model(torch.zeros_like(x))[:, ks]
+    torch.testing.assert_close(attr.sum(-1), change, atol=0.05, rtol=0.05)
+
+
+def test_integer_inputs_and_nonfinite_gradients_are_refused():
     with pytest.raises(TypeError, match="guided_integrated_gradients"):
         xattr.guided_integrated_gradients(lambda x: x.sum(1).double())(torch.ones(2, 4, dtype=torch.long))
     with pytest.raises(FloatingPointError, match="not finite"):

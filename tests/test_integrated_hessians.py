@@ -277,9 +277,6 @@ def test_bad_arguments_are_refused_when_built(kwargs, error, match):
 def test_bad_inputs_are_refused_when_called():
     with pytest.raises(TypeError, match="integrated_hessians"):
         xattr.integrated_hessians(lambda v: v.sum(1).double())(torch.ones(2, 3, dtype=torch.long))
-    many = xattr.target(nn.Linear(3, 2).to(D), xattr.outputs([0, 1]))
-    with pytest.raises(ValueError, match="one output per example"):
-        xattr.integrated_hessians(many)(inputs(0, (2, 3)))
     with pytest.raises(ValueError, match="does not broadcast"):
         xattr.integrated_hessians(lambda v: v.sum(1), features=torch.tensor([0, 1]))(inputs(0, (2, 3)))
     with pytest.raises(ValueError, match="empty"):
@@ -326,3 +323,61 @@ def test_compiled_models_and_compiled_calls_give_the_same_numbers():
         torch.testing.assert_close(call(x), eager, atol=1e-12, rtol=1e-10)
     finally:
         torch._dynamo.reset()
+
+
+def classes(seed: int, d_in: int = 4, n_out: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d_in, 6), nn.Tanh(), nn.Linear(6, n_out)).to(D).eval()
+
+
+@pytest.mark.parametrize("form", ["list", "per_example"])
+def test_many_outputs_match_the_slow_loop_for_each_example_and_output(form):
+    # a K axis after the batch: Gamma[b, k] is the per-point Hessian loop of output idx[b, k]
+    model = classes(7)
+    x, b = inputs(7, (3, 4)), inputs(8, (3, 4))
+    idx = torch.tensor([[2, 0], [1, 1], [0, 2]]) if form == "per_example" else torch.tensor([[2, 0]] * 3)
+    many = xattr.outputs(idx if form == "per_example" else [2, 0])
+    gamma = xattr.integrated_hessians(xattr.target(model, many), baselines=b, n_steps=3, method="riemann_middle")(x)
+    assert gamma.shape == (3, 2, 4, 4)
+    for i in range(3):
+        for j in range(2):
+            f1 = lambda v, k=int(idx[i, j]): model(v[None])[0, k]  # noqa: E731
+            ref = reference(f1, x[i : i + 1], b[i : i + 1], 3, "riemann_middle")
+            torch.testing.assert_close(gamma[i, j], ref[0], atol=1e-12, rtol=1e-10)
+
+
+@settings(max_examples=5, deadline=None, derandomize=True)
+@given(
+    seed=st.integers(0, 10_000),
+    batch=st.integers(0, 3),
+    ks=st.lists(st.integers(-3, 2), min_size=1, max_size=3),
+    grouped=st.booleans(),
+)
+def test_many_outputs_equal_single_output_runs(seed, batch, ks, grouped):
+    # the K axis is a loop over single targets, with or without feature groups; the row sums
+    # of each output's interactions are that output's integrated gradients
+    model = classes(seed)
+    x = inputs(seed, (batch, 4))
+    features = torch.tensor([0, 1, 0, -1]) if grouped else None
+    ih = lambda t: xattr.integrated_hessians(xattr.target(model, t), n_steps=4, features=features)  # noqa: E731
+    gamma = ih(xattr.outputs(ks))(x)
+    assert gamma.shape == (batch, len(ks)) + ((2, 2) if grouped else (4, 4))
+    for j, k in enumerate(ks):
+        torch.testing.assert_close(gamma[:, j], ih(k)(x), atol=1e-12, rtol=1e-10)
+    if not grouped:
+        ig = xattr.integrated_gradients(xattr.target(model, xattr.outputs(ks)), n_steps=24)(x)
+        torch.testing.assert_close(gamma.sum(-1), ig, atol=2e-3, rtol=2e-3)
+
+
+def test_many_outputs_inside_torch_func_transforms():
+    # the functional backend (under grad) and the eager one agree per output, and the gradient
+    # of the K-axis interactions is the sum of the single outputs' gradients
+    model = classes(9)
+    x = inputs(9, (2, 4))
+    many = xattr.integrated_hessians(xattr.target(model, xattr.outputs([1, 2])), n_steps=3)
+    ones = [xattr.integrated_hessians(xattr.target(model, k), n_steps=3) for k in (1, 2)]
+    grad = torch.func.grad(lambda z: many(z).sum())(x)
+    want = sum(torch.func.grad(lambda z, one=one: one(z).sum())(x) for one in ones)
+    torch.testing.assert_close(grad, want, atol=1e-12, rtol=1e-10)
+    per_example = vmap(lambda z: many(z[None])[0])(x)
+    torch.testing.assert_close(per_example, many(x), atol=1e-12, rtol=1e-10)

@@ -6,8 +6,9 @@ their documented refusals are checked there as refusals). What it cannot run is 
 invariant of Blur IG on image-shaped inputs (the shared pytree case has vectors); the axioms of
 tests/test_axioms.py, whose checkers expect attributions shaped like an MLP's input, for Blur IG
 (on CNNs) and Integrated Hessians (on its (B, D, D) result); Split IG's completeness per part on
-affine models (neither part alone is complete, so its entries are not ``complete``); and a check
-that the refusal machinery fails when a method does not refuse what its entry says.
+affine models (neither part alone is complete, so its entries are not ``complete``); Integrated
+Hessians' K axis on the shared models, with its (B, K, *s, *s) shape; and a check that the
+refusal machinery fails when a method does not refuse what its entry says.
 """
 
 from __future__ import annotations
@@ -199,6 +200,20 @@ def test_split_ig_parts_on_affine_models(model_x, fraction, data):
 
 
 # ----------------------------------------------------------------------------- the refusal machinery
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_integrated_hessians_many_outputs_match_single_targets_on_shared_models(kind):
+    # the registry's many-outputs invariant with the pairs shape (B, K, *s, *s), per-example
+    # targets included: outputs(idx) with idx (B, K) against the LongTensor targets idx[:, j]
+    model, x = test_invariants.setup(kind)
+    idx = torch.stack([torch.tensor([2, 0, 1, 2]), torch.tensor([1, 1, 0, 2])], 1)[: x.shape[0]]
+    for many_t, ones in ((xattr.outputs([2, 0]), [2, 0]), (xattr.outputs(idx), [idx[:, 0], idx[:, 1]])):
+        many = HESSIANS.make(xattr.target(model, many_t), generator=0)(x)
+        assert many.shape == (x.shape[0], 2) + tuple(x.shape[1:]) * 2 and many.dtype == x.dtype
+        for j, t in enumerate(ones):
+            one = HESSIANS.make(xattr.target(model, t), generator=0)(x)
+            assert_trees_close(many[:, j], one, what=f"outputs[:, {j}] vs its single target")
 
 
 def test_a_claimed_refusal_that_does_not_happen_fails_the_invariant():

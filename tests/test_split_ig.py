@@ -225,11 +225,67 @@ def test_bad_arguments_are_refused_when_the_method_is_built(kwargs, match):
         xattr.split_integrated_gradients(lambda x: x.sum(1), **kwargs)
 
 
-def test_many_outputs_and_integer_inputs_are_refused():
-    model = nn.Linear(4, 3).to(D)
-    many = xattr.target(model, xattr.outputs([0, 2]))
-    with pytest.raises(ValueError, match="one output per example"):
-        xattr.split_integrated_gradients(many)(inputs(0, (2, 4)))
+def classes(seed: int, d_in: int = 5, n_out: int = 4) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d_in, 7), nn.Tanh(), nn.Linear(7, n_out)).to(D).eval()
+
+
+@pytest.mark.parametrize("form", ["list", "per_example"])
+def test_many_outputs_match_the_slow_loop_for_each_example_and_output(form):
+    # one alpha* per example and output: every (b, k) against the loop reference of that output
+    model = classes(3)
+    x, b = inputs(3, (3, 5)), inputs(13, (3, 5))
+    idx = torch.tensor([[2, 0, 3], [1, 1, 0], [3, 2, 2]]) if form == "per_example" else torch.tensor([[2, 0, 3]] * 3)
+    many = xattr.outputs(idx if form == "per_example" else [2, 0, 3])
+    split = xattr.split_integrated_gradients(
+        xattr.target(model, many), baselines=b, fraction=0.6, n_steps=10, method="riemann_middle", n_search=7,
+        return_split=True,
+    )  # fmt: skip
+    left, right, alpha = split(x)
+    assert left.shape == right.shape == (3, 3, 5) and alpha.shape == (3, 3)
+    for i in range(3):
+        for j in range(3):
+            f1 = lambda v, k=int(idx[i, j]): model(v[None])[0, k]  # noqa: E731
+            ref_left, ref_right, ref_alpha = reference(f1, x[i : i + 1], b[i : i + 1], 0.6, 10, 7)
+            torch.testing.assert_close(alpha[i, j], ref_alpha[0], atol=1e-12, rtol=0)
+            torch.testing.assert_close(left[i, j], ref_left[0], atol=1e-10, rtol=1e-9)
+            torch.testing.assert_close(right[i, j], ref_right[0], atol=1e-10, rtol=1e-9)
+
+
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 10_000), batch=st.integers(0, 3), ks=st.lists(st.integers(-4, 3), min_size=1, max_size=3))
+def test_many_outputs_equal_single_output_runs(seed, batch, ks):
+    # the K axis is a loop over single targets; every output's parts add up to its own change
+    model = classes(seed)
+    x = inputs(seed, (batch, 5))
+    split = lambda t: xattr.split_integrated_gradients(xattr.target(model, t), n_steps=6, return_split=True)  # noqa: E731
+    left, right, alpha = split(xattr.outputs(ks))(x)
+    assert left.shape == (batch, len(ks), 5) and alpha.shape == (batch, len(ks))
+    for j, k in enumerate(ks):
+        one = split(k)(x)
+        for got, want in zip((left[:, j], right[:, j], alpha[:, j]), one):
+            torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+    with torch.no_grad():
+        change = model(x)[:, ks] - model(torch.zeros_like(x))[:, ks]
+    torch.testing.assert_close((left + right).sum(-1), change, atol=1e-3, rtol=1e-3)
+
+
+def test_many_outputs_and_pass_through_arguments_keep_their_rows():
+    # a pass-through tensor with the batch's rows follows each copy of the batch
+    model = classes(4)
+    x, scale = inputs(4, (3, 5)), 1.0 + inputs(5, (3, 1)).abs()
+    split = lambda t: xattr.split_integrated_gradients(  # noqa: E731
+        xattr.target(lambda v, s: model(v * s), t), n_steps=6, return_split=True
+    )
+    left, right, alpha = split(xattr.outputs([1, 3]))(x, scale)
+    for j, k in enumerate([1, 3]):
+        one_left, one_right, one_alpha = split(k)(x, scale)
+        torch.testing.assert_close(left[:, j], one_left, atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(right[:, j], one_right, atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(alpha[:, j], one_alpha, atol=1e-12, rtol=1e-10)
+
+
+def test_integer_inputs_are_refused():
     with pytest.raises(TypeError, match="split_integrated_gradients"):
         xattr.split_integrated_gradients(lambda x: x.sum(1).double())(torch.ones(2, 4, dtype=torch.long))
 

@@ -39,7 +39,8 @@ at the current one, so its n gradient passes of B rows run one after another, th
 `vjp_rows` (the primitive under ``xattr.grad``). Each pass is one copy of the batch, and as
 everywhere in xattr a chunk holds at least one whole copy (per-example targets and pass-through
 tensors follow the batch's rows), so ``chunk_size`` cannot split it: it is accepted, checked
-and handed to `vjp_rows`, where it bounds only a many-outputs backward (refused here).
+and handed to `vjp_rows`, where it bounds only a many-outputs backward (never one here: K
+outputs are K copies of the batch, each with one output).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from . import tree as T
 from .checks import baselines_tuple, check_float_inputs, warn_if_training
 from .gradients import attribution_fn, is_multi_output, vjp_rows
 from .progress import progress
+from .output_copies import each_output
 
 CLOSE = 1e-9  # the authors' tolerance for "the step's L1 target is reached"
 
@@ -96,7 +98,10 @@ def guided_integrated_gradients(
       chunk_size: accepted and checked; each step is one pass of the B rows, which xattr never
         splits (NOTE: [Guided IG is not a path_integral]).
 
-    Only targets with one output per example (each output would need its own path).
+    A many-outputs target (``xattr.outputs``) gets one path per example and output, all walked
+    together as K copies of the batch (NOTE: [K outputs as K copies of the batch] in
+    ``xattr/_src/output_copies.py``): attributions ``(B, K, *x.shape[1:])``, the numbers of K
+    single-output runs.
 
     Returns:
       ``fn(*args, baselines=...)`` giving a tree like ``args[argnums]``.
@@ -109,17 +114,18 @@ def guided_integrated_gradients(
     q = _checked_share(fraction, "fraction", 0.0, lower_open=True)
     dist = _checked_share(max_dist, "max_dist", 0.0, lower_open=False)
     T.checked_chunk_size(chunk_size)
-    if is_multi_output(f):
-        raise ValueError(
-            "guided_integrated_gradients needs one output per example: its path follows the gradient of one "
-            "output, so several outputs would need one path each. Attribute each with xattr.target(model, t)."
-        )
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args, baselines=baselines):
-        warn_if_training(f)
         selected = T.split_args(args, nums)[0]
         check_float_inputs(selected, "guided_integrated_gradients")
+        if is_multi_output(f):  # one path per example and output: NOTE: [K outputs as K copies of the batch]
+            one = lambda g: guided_integrated_gradients(  # noqa: E731
+                g, n_steps=n_steps, fraction=fraction, max_dist=max_dist, argnums=argnums, chunk_size=chunk_size,
+                show_progress=show_progress,
+            )  # fmt: skip
+            return each_output(f, one, args, argnums, baselines)
+        warn_if_training(f)
         base = baselines_tuple(selected, baselines, as_tuple)
         batch = T.batch_size(selected)
         with T.batch_scope(batch):
@@ -127,7 +133,7 @@ def guided_integrated_gradients(
         xs = T.leaves(selected)
         parts, at = [], 0
         for x in xs:
-            size = x[0].numel()
+            size = math.prod(x.shape[1:])
             parts.append(flat[:, at : at + size].reshape(x.shape).to(x.dtype))
             at += size
         treedef = T.optree.tree_structure(selected, namespace="xattr")
@@ -136,8 +142,8 @@ def guided_integrated_gradients(
 
     def _walk(args, selected, base, batch):
         xs, bs = T.leaves(selected), T.leaves(base)
-        x_in = torch.cat([x.reshape(batch, -1).to(torch.float64) for x in xs], 1)
-        x_b = torch.cat([b.reshape(batch, -1).to(torch.float64) for b in bs], 1)
+        x_in = torch.cat([x.reshape(batch, math.prod(x.shape[1:])).to(torch.float64) for x in xs], 1)
+        x_b = torch.cat([b.reshape(batch, math.prod(x.shape[1:])).to(torch.float64) for x, b in zip(xs, bs)], 1)
         diff = x_in - x_b
         moving = diff != 0
         l1_total = diff.abs().sum(1)
@@ -178,12 +184,12 @@ def guided_integrated_gradients(
         treedef = T.optree.tree_structure(selected, namespace="xattr")
         leaves, at = [], 0
         for x in T.leaves(selected):
-            size = x[0].numel()
+            size = math.prod(x.shape[1:])
             leaves.append(p[:, at : at + size].reshape(x.shape).to(x.dtype))
             at += size
         call = T.split_args(args, nums)[1](T.optree.tree_unflatten(treedef, leaves))
         grads = vjp_rows(f, call, nums, chunk_size=chunk_size, method="guided_integrated_gradients")[1]
-        g = torch.cat([leaf.reshape(batch, -1).to(torch.float64) for leaf in T.leaves(grads)], 1)
+        g = torch.cat([leaf.reshape(batch, math.prod(leaf.shape[1:])).to(torch.float64) for leaf in T.leaves(grads)], 1)
         if not bool(torch.isfinite(g).all()):
             raise FloatingPointError(
                 "guided_integrated_gradients: the model's gradient is not finite (nan/inf) at a point of the "

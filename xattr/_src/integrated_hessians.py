@@ -56,6 +56,7 @@ from .paths import quadrature
 from .progress import progress
 from .rule_limits import eager_compiled
 from .softened import Softened
+from .output_copies import each_output
 from .warn import warn
 
 # module types whose second derivative is zero almost everywhere
@@ -96,8 +97,9 @@ def integrated_hessians(
     (NOTE: [Piecewise-linear models have no interactions]); attribute ``xattr.softened(model)``.
 
     Args:
-      f: model function with one output per example (``xattr.target``); many-outputs targets
-        raise ValueError (build one per output).
+      f: model function with one output per example (``xattr.target``), or K outputs of every
+        example (``xattr.outputs``): each output gets its own interactions, computed in one call
+        on K copies of the batch (K times the work of one output).
       baselines: number, tensor broadcastable to the input; also a call keyword.
       n_steps, method: the quadrature on each axis (riemann_left/right/middle/trapezoid,
         gausslegendre). Cost: n_steps (n_steps + 1) / 2 points per example.
@@ -114,7 +116,9 @@ def integrated_hessians(
     Returns:
       ``fn(*args, baselines=...)`` giving Gamma of shape ``(B, *x.shape[1:], *x.shape[1:])``
       (``Gamma[b, i, j]`` for feature multi-indices i and j, e.g. ``Gamma[b, c, h, w, c2, h2,
-      w2]`` for images; ``.reshape(B, D, D)`` flattens it), or ``(B, G, G)`` with ``features``.
+      w2]`` for images; ``.reshape(B, D, D)`` flattens it), or ``(B, G, G)`` with ``features``;
+      a many-outputs target adds a K axis after the batch: ``(B, K, *x.shape[1:], *x.shape[1:])``
+      or ``(B, K, G, G)``.
 
     Example:
       >>> gamma = xattr.integrated_hessians(xattr.target(xattr.softened(model), 0))(x)  # (B, D, D)
@@ -138,13 +142,6 @@ def integrated_hessians(
     s_np, c_np = points(method, n_steps)
 
     def fn(*args, baselines=baselines):
-        warn_if_training(f)
-        _warn_if_kinked(f)
-        if is_multi_output(f):
-            raise ValueError(
-                "integrated_hessians needs one output per example; build one per output, e.g. "
-                "xattr.integrated_hessians(xattr.target(model, k)) for each k"
-            )
         if not 0 <= argnums < len(args) and not -len(args) <= argnums < 0:
             raise ValueError(f"argnums={argnums} but the model function got {len(args)} positional argument(s)")
         x = args[argnums]
@@ -154,6 +151,14 @@ def integrated_hessians(
                 "inputs into one tensor inside the model function"
             )
         check_float_inputs((x,), "integrated_hessians")
+        if is_multi_output(f):  # NOTE: [K outputs as K copies of the batch] in output_copies.py
+            one = lambda g: integrated_hessians(  # noqa: E731
+                g, n_steps=n_steps, method=method, argnums=argnums, features=features, chunk_size=chunk_size,
+                show_progress=show_progress,
+            )  # fmt: skip
+            return each_output(f, one, args, argnums, baselines)
+        warn_if_training(f)
+        _warn_if_kinked(f)
         with T.batch_scope(x.shape[0]):
             return _interactions(f, args, argnums % len(args), x, baselines, s_np, c_np, features, chunk_size, show_progress)
 
@@ -223,9 +228,10 @@ def _interactions(f, args, num, x, baselines, s_np, c_np, features, chunk_size, 
         hess.append(parts.reshape((n_dir, m, batch) + shape).sum(1).movedim(0, 1))
     if bar is not None:
         bar.close()
-    flat_d = d.reshape(batch, -1)
-    hess = sum(hess[1:], hess[0]).reshape(batch, n_dir, -1) * flat_d[:, None, :]  # (B, G, D): d_i (H (d * m_g))_i
-    diag = first.reshape(batch, -1) * flat_d  # d_i sum_s c df/dx_i
+    n_feat = int(np.prod(shape))  # not -1: a reshape cannot infer it from an empty batch
+    flat_d = d.reshape(batch, n_feat)
+    hess = sum(hess[1:], hess[0]).reshape(batch, n_dir, n_feat) * flat_d[:, None, :]  # (B, G, D): d_i (H (d * m_g))_i
+    diag = first.reshape(batch, n_feat) * flat_d  # d_i sum_s c df/dx_i
     if features is None:  # Gamma[b, i, j] = hess[b, j, i] + [i = j] diag[b, i]
         gamma = hess.transpose(1, 2) + torch.diag_embed(diag)
         return gamma.reshape((batch,) + shape + shape)

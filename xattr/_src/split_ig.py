@@ -23,7 +23,8 @@ import torch
 
 from . import tree as T
 from .checks import check_float_inputs
-from .gradients import attribution_fn
+from .gradients import attribution_fn, is_multi_output
+from .output_copies import each_output
 from .paths import path_integral, quadrature
 
 
@@ -66,10 +67,11 @@ def split_integrated_gradients(
       fraction: the share of the output's change that marks the split, 0 < fraction < 1.
       n_steps, method: quadrature of each part (riemann_left/right/middle/trapezoid, gausslegendre).
       n_search: points of the search grid for alpha*, at least 2 (default n_steps + 1).
-      return_split: also return alpha*, one per example (B,).
+      return_split: also return alpha*, one per example (B,), or (B, K) for K outputs.
 
-    Only targets with one output per example: a many-outputs target would need one split per
-    output and raises ValueError.
+    A many-outputs target (``xattr.outputs``) gets one split per example and output: the parts
+    gain a K axis after the batch, ``(B, K, *x.shape[1:])``, and alpha* is (B, K); the numbers
+    are those of K single-output runs (NOTE: [K outputs as K copies of the batch]).
 
     Returns:
       ``fn(*args, baselines=...)`` giving ``(left, right)``, trees like ``args[argnums]``, or
@@ -101,6 +103,12 @@ def split_integrated_gradients(
 
     def fn(*args, baselines=baselines):
         check_float_inputs(T.split_args(args, nums)[0], "split_integrated_gradients")
+        if is_multi_output(f):  # NOTE: [K outputs as K copies of the batch]
+            one = lambda g: split_integrated_gradients(  # noqa: E731
+                g, fraction=fraction, n_steps=n_steps, method=method, n_search=n_search, argnums=argnums,
+                chunk_size=chunk_size, return_split=return_split,
+            )  # fmt: skip
+            return each_output(f, one, args, argnums, baselines)
         _, profile = search(*args, baselines=baselines)
         alpha = split_point(profile.alphas, profile.outputs, q)
         left = part(torch.zeros_like(alpha), alpha)(*args, baselines=baselines)
