@@ -12,7 +12,7 @@ from torch import nn
 
 import xattr.influence as xi
 from xattr.compat.captum import SimilarityInfluence
-from xattr.compat.captum.influence_functions import euclidean_distance
+from xattr.compat.captum import euclidean_distance  # exported where Captum users look for it
 
 D = torch.float64
 

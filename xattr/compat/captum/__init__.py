@@ -42,7 +42,7 @@ from .lrp import LRP, Alpha1_Beta0_Rule, EpsilonRule, GammaRule, IdentityRule, L
 from .neuron import NeuronConductance, NeuronGradient, NeuronGradientShap, NeuronIntegratedGradients
 from .metrics import infidelity, infidelity_perturb_func_decorator, sensitivity_max
 from .noise_tunnel import NoiseTunnel
-from .influence_functions import NaiveInfluenceFunction, SimilarityInfluence
+from .influence_functions import NaiveInfluenceFunction, SimilarityInfluence, cosine_similarity, euclidean_distance
 from .influence import DataInfluence, KMostInfluentialResults, TracInCP, TracInCPBase, TracInCPFast, TracInCPFastRandProj
 from .robust import FGSM, PGD, AttackComparator, MinParamPerturbation, Perturbation
 from .perturbation import (
@@ -185,6 +185,8 @@ __all__ = [
     "NoiseTunnel",
     "NaiveInfluenceFunction",
     "SimilarityInfluence",
+    "cosine_similarity",
+    "euclidean_distance",
     "Saliency",
     "ClassSummarizer",
     "CommonStats",
