@@ -69,9 +69,16 @@ def _seed(generator) -> int:
 
 def features(attributions, *, pool: int | None = None, normalize: bool = True) -> torch.Tensor:
     """The (N, D) float64 rows clustered: pooled (images), flattened, optionally unit-L2 rows."""
-    a = torch.as_tensor(attributions).detach().to("cpu", torch.float64)
+    if not isinstance(attributions, torch.Tensor):
+        try:
+            attributions = torch.as_tensor(attributions)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"attributions must be a tensor (or array) of shape (N, ...), got {type(attributions).__name__}") from None
+    a = attributions.detach().to("cpu", torch.float64)
     if a.ndim < 2:
         raise ValueError(f"attributions must be batched, shape (N, ...); got {tuple(a.shape)}")
+    if a.shape[0] == 0 or a[0].numel() == 0:
+        raise ValueError(f"attributions are empty (shape {tuple(a.shape)}): give at least 3 non-empty maps")
     if not torch.isfinite(a).all():
         raise ValueError("attributions hold NaN or infinite values; cluster finite maps")
     if pool is not None:

@@ -52,7 +52,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import tree as T
-from .checks import baselines_tuple, check_float_inputs, warn_if_training
+from .checks import baselines_tuple, check_float_inputs, is_traced, warn_if_training
 from .gradients import attribution_fn, is_multi_output, vjp_rows
 from .progress import progress
 from .output_copies import each_output
@@ -109,6 +109,8 @@ def guided_integrated_gradients(
     Example:
       >>> attr = xattr.guided_integrated_gradients(xattr.target(model, 3), n_steps=64)(x)
     """
+    if not callable(f):
+        raise TypeError(f"guided_integrated_gradients needs a callable model function f (e.g. xattr.target(model, c)), got {type(f).__name__}")
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
     q = _checked_share(fraction, "fraction", 0.0, lower_open=True)
@@ -119,6 +121,9 @@ def guided_integrated_gradients(
     def fn(*args, baselines=baselines):
         selected = T.split_args(args, nums)[0]
         check_float_inputs(selected, "guided_integrated_gradients")
+        for leaf in T.leaves(selected):  # else the path silently walks through NaN
+            if isinstance(leaf, torch.Tensor) and not is_traced(leaf) and not bool(torch.isfinite(leaf).all()):
+                raise ValueError("guided_integrated_gradients: the inputs hold NaN or infinite values; pass finite inputs")
         if is_multi_output(f):  # one path per example and output: NOTE: [K outputs as K copies of the batch]
             one = lambda g: guided_integrated_gradients(  # noqa: E731
                 g, n_steps=n_steps, fraction=fraction, max_dist=max_dist, argnums=argnums, chunk_size=chunk_size,

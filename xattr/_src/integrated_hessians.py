@@ -123,6 +123,8 @@ def integrated_hessians(
     Example:
       >>> gamma = xattr.integrated_hessians(xattr.target(xattr.softened(model), 0))(x)  # (B, D, D)
     """
+    if not callable(f):
+        raise TypeError(f"integrated_hessians needs a callable model function f (e.g. xattr.target(model, c)), got {type(f).__name__}")
     quadrature(method, n_steps)  # checks method and n_steps now
     T.checked_chunk_size(chunk_size)
     if isinstance(argnums, bool) or not isinstance(argnums, int):

@@ -103,6 +103,8 @@ class StochasticGatesBase(nn.Module):
         if x.ndim < 2:
             raise ValueError(f"input_tensor must be a batch with at least 2 dims (B, ...), got shape {tuple(x.shape)}")
         batch = x.shape[0]
+        if batch == 0:
+            raise ValueError(f"input_tensor is an empty batch (shape {tuple(x.shape)}): give at least one example")
         if self.mask is None:
             if x[0].numel() != self.n_gates:
                 raise ValueError(f"without a mask each example needs n_gates = {self.n_gates} elements, got "

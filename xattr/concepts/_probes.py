@@ -275,8 +275,14 @@ def probe(model, layers, inputs, labels, *, classifier=None, test_fraction: floa
     args = inputs if isinstance(inputs, tuple) else (inputs,)
     if not args or not all(isinstance(a, torch.Tensor) for a in args) or args[0].ndim == 0:
         raise TypeError("inputs must be a tensor (N, ...) or a tuple of tensors sharing dim 0")
+    if not callable(model):
+        raise TypeError(f"model must be an nn.Module or a function of the inputs, got {type(model).__name__}")
     named = _layers(model, layers)
     n = args[0].shape[0]
+    if n == 0:
+        raise ValueError("inputs are empty (0 examples): a probe needs examples of two or more classes")
+    if any(a.is_floating_point() and not bool(torch.isfinite(a).all()) for a in args):
+        raise ValueError("inputs hold NaN or infinite values: their activations, and so every probe, would be NaN")
     classes, y = _labels(labels, n)
     levels = check_levels(DEFAULT_LEVELS if noise is None else noise)
     if not (isinstance(test_fraction, (int, float)) and 0 < test_fraction < 1):

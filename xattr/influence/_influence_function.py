@@ -92,6 +92,8 @@ def as_batch(data, what: str) -> tuple[torch.Tensor, ...]:
     if n is None or n == 0 or any(t.ndim == 0 or t.shape[0] != n for t in data):
         shapes = [tuple(t.shape) for t in data]
         raise ValueError(f"every tensor of {what} needs the same non-zero number of rows (dim 0), got {shapes}")
+    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in data):
+        raise ValueError(f"{what} holds NaN or infinite values: its loss gradients, and so every score, would be NaN")
     return tuple(data)
 
 
@@ -244,6 +246,10 @@ def inverse_root(H: torch.Tensor, damping: float, tol: float | None, projection_
 
 def conjugate_gradient(product: Callable, b: torch.Tensor, damping: float, steps: int, rtol: float) -> torch.Tensor:
     """Solves (H + damping I) x_i = b_i for every row b_i of b (k, P) at once, float64."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"cg_steps must be a positive int (the most conjugate-gradient steps), got {steps!r}")
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 <= rtol < 1:
+        raise ValueError(f"cg_rtol must be a number in [0, 1) (the relative residual to stop at), got {rtol!r}")
     b = b.double()
     x = torch.zeros_like(b)
     r = b.clone()

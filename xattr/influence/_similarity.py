@@ -21,6 +21,7 @@ from torch import nn
 from .._src.layers import at_layer
 from .._src.progress import progress
 from .._src.warn import warn
+from ._tracin import _TRAIN_MODE_LAYERS
 
 __all__ = ["similarity_influence"]
 
@@ -85,6 +86,8 @@ def _inputs(data, what: str) -> tuple[torch.Tensor, ...]:
     n = data[0].shape[0] if data[0].ndim else 0
     if n == 0 or any(t.ndim == 0 or t.shape[0] != n for t in data):
         raise ValueError(f"every tensor of {what} needs the same non-zero number of rows (dim 0)")
+    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in data):
+        raise ValueError(f"{what} holds NaN or infinite values: their activations, and so the similarities, would be NaN")
     return tuple(data)
 
 
@@ -158,6 +161,11 @@ def similarity_influence(
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
     named = named_layers(model, layers)
     train, test = _inputs(train, "train"), _inputs(test, "test")
+    moving = sorted({type(m).__name__ for m in model.modules() if m.training and isinstance(m, _TRAIN_MODE_LAYERS)})
+    if moving:
+        warn(f"{type(model).__name__} is in train mode and contains {moving}: dropout makes the activations random "
+             "and batch-norm makes each one depend on the rest of the batch. Call model.eval() first "
+             "(xattr never changes the mode for you).")  # fmt: skip
     n_train = train[0].shape[0]
     if top_k is not None and top_k > n_train:
         raise ValueError(f"top_k={top_k} is more than the {n_train} training examples")

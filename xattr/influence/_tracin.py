@@ -114,6 +114,10 @@ def _check_batch(batch, what: str) -> tuple:
     n = batch[0].shape[0]
     if any(t.shape[0] != n for t in batch):
         raise ValueError(f"the tensors of a batch of {what} differ in their first (batch) dim: {[t.shape[0] for t in batch]}")
+    if n == 0:
+        raise ValueError(f"a batch of {what} is empty (0 examples): give at least one example")
+    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in batch):
+        raise ValueError(f"a batch of {what} holds NaN or infinite values: their gradients, and so every score, would be NaN")
     return tuple(batch)
 
 
@@ -240,9 +244,18 @@ def _squared_norms(model, state, names, loss_fn, batch, chunk_size) -> torch.Ten
     return sum(g[n].reshape(g[n].shape[0], -1).square().sum(1) for n in names)
 
 
+_TRAIN_MODE_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
 def _check_common(model, loss_fn, test_loss_fn, chunk_size):
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    moving = [n for n, m in model.named_modules() if m.training and isinstance(m, _TRAIN_MODE_LAYERS)]
+    if moving:  # else vmap fails deep inside torch on dropout's random draw
+        raise ValueError(
+            f"layer {moving[0]!r} ({type(model.get_submodule(moving[0])).__name__}) is in train mode: its "
+            "output depends on the batch or on chance; call model.eval() first (the model is never changed)"
+        )
     for name, fn in (("loss_fn", loss_fn), ("test_loss_fn", test_loss_fn)):
         if fn is not None and not callable(fn):
             raise TypeError(f"{name} must be callable or None, got {type(fn).__name__}")
@@ -353,6 +366,8 @@ def top_k(scores: torch.Tensor, k: int, proponents: bool = True) -> TopK:
     negative first) of each row of an ``(n_test, n_train)`` score matrix."""
     if not isinstance(scores, torch.Tensor) or scores.ndim != 2:
         raise ValueError("scores must be an (n_test, n_train) tensor, e.g. what tracin returns")
+    if scores.is_floating_point() and not bool(torch.isfinite(scores).all()):
+        raise ValueError("scores hold NaN or infinite values: their ranking is meaningless; check the data and checkpoints")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= scores.shape[1]:
         raise ValueError(f"k must be an int in [1, n_train = {scores.shape[1]}], got {k!r}")
     values, indices = torch.topk(scores if proponents else -scores, k, dim=1)

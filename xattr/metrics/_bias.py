@@ -135,6 +135,11 @@ def bias_check(
     n = x.shape[0] if x.ndim else 0
     if n < 2:
         raise ValueError(f"bias_check needs at least 2 examples, got {n}")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError("x holds NaN or infinite values: the model's outputs, and so every statistic, would be NaN")
+    for what, m in (("protected", protected), ("columns", columns)):
+        if m is not None and not isinstance(m, Mapping):
+            raise TypeError(f"{what} must be a dict {{name: {'values' if what == 'protected' else 'column'}}}, got {type(m).__name__}")
     protected = dict(protected or {})
     columns = dict(columns or {})
     if not protected and not columns:

@@ -217,6 +217,8 @@ def multiplier_check(
     quadrature("gausslegendre", n_steps)
     args = x if isinstance(x, tuple) else (x,)
     batch_of(args)
+    if not callable(model):
+        raise TypeError(f"model must be an nn.Module or a builder returning one, got {type(model).__name__}")
     trained = model if isinstance(model, nn.Module) else model()
     if not isinstance(trained, nn.Module):
         raise TypeError(f"model must be an nn.Module or a builder returning one, got {type(trained).__name__}")

@@ -302,6 +302,8 @@ def soft_mutual_information(probs: torch.Tensor, groups, *, base: float | None =
     if _TRANSFORMED() is None:  # a value check needs concrete numbers, not a transform's tracers
         eps = torch.finfo(probs.dtype).eps
         sums = probs.detach().sum(1)
+        if not torch.isfinite(probs.detach()).all():
+            raise ValueError("probs hold NaN or infinite values: pass finite probabilities (apply softmax to finite logits)")
         if (probs.detach() < 0).any() or ((sums - 1).abs() > max(1e-6, 64 * eps * probs.shape[1])).any():
             raise ValueError("probs must be probabilities: non-negative rows that sum to 1 (apply softmax to logits)")
     ids = ids.to(probs.device)

@@ -46,6 +46,20 @@ def _names(n: int, shape, feature_names) -> list[str]:
     return [str(j) if len(shape) == 1 else str(tuple(int(i) for i in np.unravel_index(j, shape))) for j in range(n)]
 
 
+_STATS_OBJ = "the AttributionStatistics that xattr.attribution_statistics returns"
+_CLUSTERS_OBJ = "the Clusters that xattr.cluster_attributions returns"
+
+
+def _expect(obj, attrs: tuple, what: str, fn: str) -> None:
+    if not all(hasattr(obj, a) for a in attrs):
+        raise TypeError(f"{fn} needs {what}, got {type(obj).__name__}")
+
+
+def _check_sign(sign) -> None:
+    if sign not in ("auto", "signed", "abs"):
+        raise ValueError(f"sign must be 'auto', 'signed' or 'abs', got {sign!r}")
+
+
 def _bars(ax, values, names, *, err=None, signed=True) -> None:
     """Horizontal bars, the first value on top; red for positive, blue for negative."""
     y = np.arange(len(values))[::-1]
@@ -86,6 +100,8 @@ def plot_class_means(
     Returns:
       the Figure: one axis per group, plus one colour bar axis for image maps.
     """
+    _expect(stats, ("groups", "importance"), _STATS_OBJ, "plot_class_means")
+    _check_sign(sign)
     if stat not in _STATS:
         raise ValueError(f"stat must be one of {_STATS}, got {stat!r}")
     if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
@@ -143,6 +159,7 @@ def plot_importance(
     """
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ValueError(f"top must be a positive int, got {top!r}")
+    _expect(stats, ("importance", "importance_interval"), _STATS_OBJ, "plot_importance")
     imp = _numpy(stats.importance).ravel()
     lo, hi = (_numpy(t).ravel() for t in stats.importance_interval(level))
     names = _names(imp.size, stats.feature_shape, feature_names)
@@ -162,6 +179,7 @@ def plot_spectrum(clusters, *, title: str | None = None, path=None, dpi: int = 1
 
     Returns the Figure (one axis).
     """
+    _expect(clusters, ("eigenvalues", "n_clusters"), _CLUSTERS_OBJ, "plot_spectrum")
     vals = _numpy(clusters.eigenvalues)
     k = clusters.n_clusters
     fig = _figure(4.5, 3.0, dpi)
@@ -196,6 +214,8 @@ def plot_clusters(
     """
     from matplotlib import colormaps
 
+    _expect(clusters, ("embedding", "labels", "means"), _CLUSTERS_OBJ, "plot_clusters")
+    _check_sign(sign)
     emb = _numpy(clusters.embedding)
     labels = _numpy(clusters.labels).astype(int)
     k = clusters.n_clusters
