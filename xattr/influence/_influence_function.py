@@ -41,6 +41,7 @@ from torch import nn
 from torch.func import functional_call, grad, hessian, jvp, vmap
 
 from .._src.progress import progress
+from ._layers import module_paths, resolve_layer
 
 __all__ = ["influence_function", "influence_function_self_influence"]
 
@@ -61,20 +62,10 @@ def chosen_parameters(model: nn.Module, layers) -> dict[str, torch.Tensor]:
             layers = [layers]
         if not isinstance(layers, (list, tuple)) or not layers:
             raise ValueError("layers must be a module, a module name, or a non-empty list of them")
-        paths = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+        paths = module_paths(model)
         named = {}
         for layer in layers:
-            if isinstance(layer, str):
-                try:
-                    module, prefix = model.get_submodule(layer), layer
-                except AttributeError:
-                    raise ValueError(f"the model has no module named {layer!r}") from None
-            elif isinstance(layer, nn.Module):
-                if id(layer) not in paths:
-                    raise ValueError(f"layer {type(layer).__name__} is not a module of the model")
-                module, prefix = layer, paths[id(layer)]
-            else:
-                raise TypeError(f"layers must hold modules or their names, got {type(layer).__name__}")
+            prefix, module = resolve_layer(model, layer, paths)
             for n, p in module.named_parameters():
                 named.setdefault(f"{prefix}.{n}" if prefix else n, p)
     if not named:

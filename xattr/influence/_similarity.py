@@ -21,6 +21,7 @@ from torch import nn
 from .._src.layers import at_layer
 from .._src.progress import progress
 from .._src.warn import warn
+from ._layers import module_paths, resolve_layer
 from ._tracin import _TRAIN_MODE_LAYERS
 
 __all__ = ["similarity_influence"]
@@ -45,9 +46,7 @@ METRICS = {"cosine": cosine, "euclidean": euclidean}
 
 def named_layers(model: nn.Module, layers) -> dict[str, nn.Module]:
     """``{name: module}`` from a module, a name, a list of them, or a dict name -> module."""
-    paths = {}
-    for name, m in model.named_modules(remove_duplicate=False):
-        paths.setdefault(id(m), name)
+    paths = module_paths(model)
     if isinstance(layers, Mapping):
         named = dict(layers)
     else:
@@ -56,18 +55,7 @@ def named_layers(model: nn.Module, layers) -> dict[str, nn.Module]:
             raise TypeError(f"layers must be a module, a name, a list of them or a dict, got {type(layers).__name__}")
         named = {}
         for item in items:
-            if isinstance(item, str):
-                try:
-                    module = model.get_submodule(item)
-                except AttributeError:
-                    raise ValueError(f"the model has no module named {item!r}") from None
-                name = item
-            elif isinstance(item, nn.Module):
-                if id(item) not in paths:
-                    raise ValueError(f"layer {type(item).__name__} is not a module of the model")
-                module, name = item, paths[id(item)]
-            else:
-                raise TypeError(f"layers must hold modules or module names, got {type(item).__name__}")
+            name, module = resolve_layer(model, item, paths)
             if name in named:
                 raise ValueError(f"layer {name!r} is given twice")
             named[name] = module

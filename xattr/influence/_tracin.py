@@ -41,6 +41,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSample
 
 from .._src.progress import progress
 from ._by_checkpoint import by_checkpoint, checkpoints_per_call, grams, groups, weighted_sum
+from ._layers import module_paths, resolve_layer
 
 
 class TopK(NamedTuple):
@@ -178,17 +179,10 @@ def parameter_names(model: nn.Module, layers) -> list[str]:
     if not isinstance(layers, (list, tuple)) or not layers:
         raise ValueError("layers must be a non-empty list of modules of the model or of their names")
     by_id = {id(p): n for n, p in named}
+    paths = module_paths(model)
     chosen: dict[str, None] = {}
     for layer in layers:
-        if isinstance(layer, str):
-            try:
-                layer = model.get_submodule(layer)
-            except AttributeError as err:
-                raise ValueError(f"the model has no module named {layer!r}") from err
-        if not isinstance(layer, nn.Module):
-            raise TypeError(f"layers must hold modules or module names, got {type(layer).__name__}")
-        if not any(m is layer for m in model.modules()):
-            raise ValueError(f"layer {type(layer).__name__} is not a module of the model")
+        _, layer = resolve_layer(model, layer, paths)
         ps = list(layer.parameters())
         if not ps:
             raise ValueError(f"layer {type(layer).__name__} has no parameters")
