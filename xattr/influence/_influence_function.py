@@ -41,7 +41,7 @@ from torch import nn
 from torch.func import functional_call, grad, hessian, jvp, vmap
 
 from .._src.progress import progress
-from ._layers import module_paths, resolve_layer
+from ._layers import module_paths, refuse_train_mode, resolve_layer
 
 __all__ = ["influence_function", "influence_function_self_influence"]
 
@@ -131,9 +131,6 @@ def _nonnegative(value, name: str) -> float:
 # gradients and the Hessian
 
 
-_TRAIN_MODE_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
-
-
 class LossGeometry:
     """The flattened chosen parameters of a model, their per-example loss gradients and the
     Hessian (or Hessian-vector products) of the mean loss over some data."""
@@ -141,12 +138,7 @@ class LossGeometry:
     def __init__(self, model: nn.Module, layers, chunk_size: int | None, show_progress: bool):
         self.model = model
         self.params = chosen_parameters(model, layers)
-        moving = [n for n, m in model.named_modules() if m.training and isinstance(m, _TRAIN_MODE_LAYERS)]
-        if moving:
-            raise ValueError(
-                f"layer {moving[0]!r} ({type(model.get_submodule(moving[0])).__name__}) is in train mode: its "
-                "output depends on the batch or on chance; call model.eval() first (the model is never changed)"
-            )
+        refuse_train_mode(model)
         self.names = list(self.params)
         self.shapes = [p.shape for p in self.params.values()]
         self.sizes = [p.numel() for p in self.params.values()]

@@ -27,3 +27,18 @@ def resolve_layer(model: nn.Module, layer, paths: dict[int, str]) -> tuple[str, 
             raise ValueError(f"layer {type(layer).__name__} is not a module of the model")
         return paths[id(layer)], layer
     raise TypeError(f"layers must hold modules or module names, got {type(layer).__name__}")
+
+
+TRAIN_MODE_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+def refuse_train_mode(model: nn.Module) -> None:
+    """Per-example gradients need a model whose output for one example depends on that example
+    only: refuse batch-norm and dropout layers in train mode (else vmap fails deep inside torch
+    on dropout's random draw)."""
+    moving = [n for n, m in model.named_modules() if m.training and isinstance(m, TRAIN_MODE_LAYERS)]
+    if moving:
+        raise ValueError(
+            f"layer {moving[0]!r} ({type(model.get_submodule(moving[0])).__name__}) is in train mode: its "
+            "output depends on the batch or on chance; call model.eval() first (the model is never changed)"
+        )

@@ -21,8 +21,7 @@ from torch import nn
 from .._src.layers import at_layer
 from .._src.progress import progress
 from .._src.warn import warn
-from ._layers import module_paths, resolve_layer
-from ._tracin import _TRAIN_MODE_LAYERS
+from ._layers import TRAIN_MODE_LAYERS, module_paths, resolve_layer
 
 __all__ = ["similarity_influence"]
 
@@ -149,7 +148,7 @@ def similarity_influence(
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
     named = named_layers(model, layers)
     train, test = _inputs(train, "train"), _inputs(test, "test")
-    moving = sorted({type(m).__name__ for m in model.modules() if m.training and isinstance(m, _TRAIN_MODE_LAYERS)})
+    moving = sorted({type(m).__name__ for m in model.modules() if m.training and isinstance(m, TRAIN_MODE_LAYERS)})
     if moving:
         warn(f"{type(model).__name__} is in train mode and contains {moving}: dropout makes the activations random "
              "and batch-norm makes each one depend on the rest of the batch. Call model.eval() first "

@@ -41,7 +41,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSample
 
 from .._src.progress import progress
 from ._by_checkpoint import by_checkpoint, checkpoints_per_call, grams, groups, weighted_sum
-from ._layers import module_paths, resolve_layer
+from ._layers import module_paths, refuse_train_mode, resolve_layer
 
 
 class TopK(NamedTuple):
@@ -238,18 +238,10 @@ def _squared_norms(model, state, names, loss_fn, batch, chunk_size) -> torch.Ten
     return sum(g[n].reshape(g[n].shape[0], -1).square().sum(1) for n in names)
 
 
-_TRAIN_MODE_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
-
-
 def _check_common(model, loss_fn, test_loss_fn, chunk_size):
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    moving = [n for n, m in model.named_modules() if m.training and isinstance(m, _TRAIN_MODE_LAYERS)]
-    if moving:  # else vmap fails deep inside torch on dropout's random draw
-        raise ValueError(
-            f"layer {moving[0]!r} ({type(model.get_submodule(moving[0])).__name__}) is in train mode: its "
-            "output depends on the batch or on chance; call model.eval() first (the model is never changed)"
-        )
+    refuse_train_mode(model)
     for name, fn in (("loss_fn", loss_fn), ("test_loss_fn", test_loss_fn)):
         if fn is not None and not callable(fn):
             raise TypeError(f"{name} must be callable or None, got {type(fn).__name__}")
