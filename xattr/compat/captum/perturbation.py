@@ -28,6 +28,7 @@ from xattr._src.masks import features, scatter_features
 from xattr._src.perturb import Coalitions, evaluate, outputs_at
 
 from ._convert import Call
+from ._futures import FutureAttribution
 from .bases import PerturbationAttribution
 from .layer import LayerAttribution
 from .neuron import _NeuronAttribution
@@ -74,12 +75,12 @@ class _Perturbation(PerturbationAttribution):
 
     def attribute_future(self, *args, **kwargs):
         raise NotImplementedError(
-            f"{type(self).__name__}.attribute_future: xattr calls the model synchronously; "
-            "use attribute with a forward function returning tensors"
+            f"{type(self).__name__}.attribute_future is not provided (nor by Captum); use attribute "
+            "(FeatureAblation, FeaturePermutation and the Shapley classes take a model returning futures)"
         )
 
 
-class FeatureAblation(_Perturbation):
+class FeatureAblation(FutureAttribution, _Perturbation):
     """``FeatureAblation(forward_func)``: the output's drop when a feature takes its baseline.
 
     xattr: ``xattr.feature_ablation(xattr.target(f, t), baselines=b, feature_mask=m,
@@ -176,7 +177,7 @@ def _default_perm(perm_func) -> bool:
     )
 
 
-class FeaturePermutation(_Perturbation):
+class FeaturePermutation(FutureAttribution, _Perturbation):
     """``FeaturePermutation(forward_func, perm_func=_permute_feature)``: permutation importance.
 
     With the default ``perm_func``: ``xattr.feature_permutation(xattr.target(f, t),
@@ -255,7 +256,7 @@ def _custom_permutation(model, perm_func, feature_mask, argnums, chunk_size, sho
     return fn
 
 
-class ShapleyValueSampling(_Perturbation):
+class ShapleyValueSampling(FutureAttribution, _Perturbation):
     """``ShapleyValueSampling(forward_func)``: Shapley values from random feature orders.
 
     xattr: ``xattr.shapley_value_sampling(xattr.target(f, t), n_samples=n, baselines=b,
@@ -284,7 +285,7 @@ class ShapleyValueSampling(_Perturbation):
         return _no_delta(fn), ()
 
 
-class ShapleyValues(_Perturbation):
+class ShapleyValues(FutureAttribution, _Perturbation):
     """``ShapleyValues(forward_func)``: exact Shapley values over every coalition.
 
     xattr: ``xattr.shapley_values(xattr.target(f, t), baselines=b, feature_mask=m, argnums=...)``:
