@@ -147,5 +147,5 @@ def test_errors():
     for kw, err, match in cases:
         with pytest.raises(err, match=match):
             metrics.multiplier_check(model, ids, **kw)
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValueError, match="no module named 'embeddings' .did you mean 'embedding'"):
         metrics.multiplier_check(model, ids, layer="embeddings")

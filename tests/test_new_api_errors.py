@@ -274,6 +274,8 @@ CASES = [
     ("top-k-float", lambda: I.top_k(torch.randn(3, 5), 2.5), ValueError, "k must be an int"),
     ("top-k-1d", lambda: I.top_k(torch.randn(5), 2), ValueError, r"\(n_test, n_train\)"),
     ("top-k-nan", lambda: I.top_k(torch.full((3, 5), NAN), 2), ValueError, "NaN"),  # was a silent ranking of NaNs
+    ("randomize-name", lambda: M.randomization_check(MLP, lambda m: xattr.saliency(xattr.target(m, 0)), X, layers=["02"]),
+     ValueError, r"no module named '02' \(did you mean '2', '0'\?\)"),  # was AttributeError
 ]
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from . import ops, pairwise
 from . import rule_apply, rule_base
+from .submodules import near_names
 from .graph_hooks import GRAPH_NODES, TENSOR_CLAMP_NODES, THRESHOLD_NODES, UNDER_MODE, accepts_relus
 
 try:  # what a torch function mode sees of an autograd.Function's call under torch.func transforms
@@ -69,7 +70,7 @@ class Table:
                 self.names.setdefault(id(m), []).append(n)
             missing = sorted(set(self.by_name) - {n for names in self.names.values() for n in names})
             if missing:
-                raise ValueError(f"no module named {missing} in {type(root).__name__}")
+                raise ValueError(f"no module named {missing} in {type(root).__name__}{near_names(root, missing[0])}")
         if self.by_module and root is not None:
             _check_instances(root, [key for key, _ in self.by_module.values()])
         self.tracks_modules = bool(self.by_name or self.by_module or self.by_type)

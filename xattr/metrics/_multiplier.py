@@ -44,6 +44,7 @@ from torch import nn
 from .._src.methods import input_x_gradient, integrated_gradients, saliency
 from .._src.gradients import grad
 from .._src.layers import at_layer
+from .._src.submodules import submodule
 from .._src.nesting import new_call_inside_model
 from .._src.paths import path_integral, quadrature
 from .._src.progress import progress
@@ -269,7 +270,7 @@ def _layer_name(model: nn.Module, layer) -> str | None:
         raise ValueError(f"layer {type(layer).__name__} is not a module of the model")
     if not isinstance(layer, str):
         raise TypeError(f"layer must be a module name, an nn.Module of the model or None, got {type(layer).__name__}")
-    model.get_submodule(layer)  # a clear AttributeError for a wrong name
+    submodule(model, layer)  # a ValueError naming the near names for a wrong one
     return layer
 
 

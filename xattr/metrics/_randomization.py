@@ -47,6 +47,7 @@ from .._src import tree as T
 from .._src.canonize import copy_model, hook_reparametrized, make_plain
 from .._src.nesting import new_call_inside_model
 from .._src.sampling import streams
+from .._src.submodules import submodule
 from ._common import batch_of
 from ._similarity import MEASURES
 
@@ -187,7 +188,7 @@ def _layer_names(model: nn.Module, layers) -> list:
             name = by_module[id(layer)]
         else:
             name = layer
-            model.get_submodule(layer)  # raises a clear AttributeError for a wrong name
+            submodule(model, layer)  # a ValueError naming the near names for a wrong one
         if id(model.get_submodule(name)) in inner:
             owner = name.split(".parametrizations")[0] if ".parametrizations" in name else "the parametrized layer"
             raise ValueError(
