@@ -194,7 +194,8 @@ def test_no_second_model_pass_and_options(digits, tmp_path):
     ids = torch.tensor([[3, 4, 5, 0], [7, 1, 2, 9]])
     _, _, data = parse(xattr.insights.explore(EmbedModel().eval(), ids, tokens=[["a"] * 4] * 2, methods={"fa": xattr.feature_ablation},
                                               path=tmp_path / "t.html", show_progress=False))  # fmt: skip
-    assert data["dataset"] is None  # text: no dataset view (NOTE: [Class means on the explorer page])
+    views = data["dataset"]["views"]  # text: the token view (xattr/insights/_tokens.py), not class means
+    assert list(views) == ["prediction"] and set(views["prediction"]["methods"]["fa"][0]) == {"t", "pos", "neg"}
     with pytest.raises(TypeError, match="dataset_view must be True or False"):
         xattr.insights.explore(model, x, path=tmp_path / "e.html", show_progress=False, dataset_view="yes")
 

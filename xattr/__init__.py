@@ -43,6 +43,8 @@ from ._src.stochastic_gates import BinaryConcreteStochasticGates, GaussianStocha
 from ._src.padding_remedies import LayerPadding, UnevenPadding, even_input_sizes, uneven_padding, with_padding_mode
 from ._src.dataset_stats import AttributionStatistics
 from ._src.dataset_pass import attribution_statistics
+from ._src.token_stats import TokenStatistics
+from ._src.token_pass import token_statistics
 from ._src.attribution_clusters import Clusters, cluster_attributions
 from ._src.paths import Profile, path_integral, quadrature
 from ._src.rules import rules
@@ -122,6 +124,8 @@ __all__ = [
     "with_padding_mode",
     "AttributionStatistics",
     "attribution_statistics",
+    "TokenStatistics",
+    "token_statistics",
     "Clusters",
     "cluster_attributions",
     "path_integral",

@@ -107,29 +107,40 @@ def attribution_statistics(
         total = len(data)
     stats = None
     for i, (x, y) in enumerate(progress(show_progress, _batches(data, labels, batch_size), total=total, desc="attribution statistics", unit="batch")):
-        n_ex = x.shape[0] if x.ndim else 0
-        if y is not None:
-            y = _as_labels(y, f"the labels of batch {i}")
-            if y.shape[0] != n_ex:
-                raise ValueError(f"batch {i} has {n_ex} inputs but {y.shape[0]} labels: give one label per example")
-        if n_ex == 0:
+        done = attribute_batch(method, model, x, y, i, by=by, target=target, inputs="inputs", shape="one tensor")
+        if done is None:
             continue
-        tgt = target or (by if by is not None else ("label" if y is not None else "prediction"))
-        if y is None and "label" in (by, tgt):
-            raise ValueError(f"{'by' if by == 'label' else 'target'}='label' needs labels: pass labels= with a tensor, or (x, y) batches")
-        pred = _predict(model, x) if "prediction" in (by, tgt) else None
-        t = (y if tgt == "label" else pred).to(x.device)
-        attr = method(_target(model, t))(x)
-        if not isinstance(attr, torch.Tensor):
-            raise TypeError(f"method's attr_fn must return one tensor, got {type(attr).__name__}")
+        attr, groups = done
+        n_ex = x.shape[0]
         if attr.ndim < 1 or attr.shape[0] != n_ex:
             raise ValueError(f"method's attributions have shape {tuple(attr.shape)}, not one row per example of the batch of {n_ex}")
-        groups = None if by is None else (y if by == "label" else pred)
         part = AttributionStatistics.from_attributions(attr.reshape(n_ex, -1) if attr.ndim == 1 else attr, groups, top_k=top_k, by=by)
         stats = part if stats is None else stats.merge(part)
     if stats is None:
         raise ValueError("data holds no examples: give at least one batch with examples")
     return stats
+
+
+def attribute_batch(method: Callable, model: Callable, x: torch.Tensor, y, i: int, *, by, target, inputs: str, shape: str):
+    """One batch of a dataset pass (attribution_statistics, token_statistics): its labels checked,
+    the target chosen (``target``, else ``by``, else the labels where given, else the prediction),
+    the attributions and each example's group; None for an empty batch."""
+    n_ex = x.shape[0] if x.ndim else 0
+    if y is not None:
+        y = _as_labels(y, f"the labels of batch {i}")
+        if y.shape[0] != n_ex:
+            raise ValueError(f"batch {i} has {n_ex} {inputs} but {y.shape[0]} labels: give one label per example")
+    if n_ex == 0:
+        return None
+    tgt = target or (by if by is not None else ("label" if y is not None else "prediction"))
+    if y is None and "label" in (by, tgt):
+        first = "x" if inputs == "inputs" else "ids"
+        raise ValueError(f"{'by' if by == 'label' else 'target'}='label' needs labels: pass labels= with a tensor, or ({first}, y) batches")
+    pred = _predict(model, x) if "prediction" in (by, tgt) else None
+    attr = method(_target(model, (y if tgt == "label" else pred).to(x.device)))(x)
+    if not isinstance(attr, torch.Tensor):
+        raise TypeError(f"method's attr_fn must return {shape}, got {type(attr).__name__}")
+    return attr, None if by is None else (y if by == "label" else pred)
 
 
 def _predict(model: Callable, x: torch.Tensor) -> torch.Tensor:

@@ -78,14 +78,7 @@ class AttributionStatistics:
         n_feat = flat.shape[1]
         if n_feat == 0:
             raise ValueError(f"attributions of shape {tuple(a.shape)} have no features")
-        if groups is None:
-            keys, inv = ("all",), torch.zeros(n_ex, dtype=torch.long)
-        else:
-            g = _as_labels(groups, "groups")
-            if g.shape != (n_ex,):
-                raise ValueError(f"groups has shape {tuple(g.shape)} but there are {n_ex} attributions: give one key per example")
-            uniq, inv = torch.unique(g, sorted=True, return_inverse=True)
-            keys = tuple(int(k) for k in uniq)
+        keys, inv = group_keys(groups, n_ex, "attributions")
         n_g = len(keys)
         count = torch.bincount(inv, minlength=n_g)
         mean, m2 = _group_moments(flat, inv, count)
@@ -239,6 +232,18 @@ def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     n = n_a + n_b
     delta = mean_b - mean_a
     return mean_a + delta * (n_b / n), m2_a + m2_b + delta * delta * (n_a * n_b / n)
+
+
+def group_keys(groups, n_ex: int, noun: str) -> tuple[tuple, torch.Tensor]:
+    """``(keys, inv)``: the sorted distinct group keys (``("all",)`` without groups) and each
+    example's index into them."""
+    if groups is None:
+        return ("all",), torch.zeros(n_ex, dtype=torch.long)
+    g = _as_labels(groups, "groups")
+    if g.shape != (n_ex,):
+        raise ValueError(f"groups has shape {tuple(g.shape)} but there are {n_ex} {noun}: give one key per example")
+    uniq, inv = torch.unique(g, sorted=True, return_inverse=True)
+    return tuple(int(k) for k in uniq), inv
 
 
 def _merge_rows(keys: tuple, a: AttributionStatistics, b: AttributionStatistics) -> AttributionStatistics:

@@ -19,9 +19,10 @@ input of each group as a grey or RGB PNG, and per method and group the signed me
 mean |a| drawn over it as PNG heatmaps (`_png.heatmap_png`: channels summed, each map scaled
 on its own), plus their totals (``s`` = the mean map's sum, which is the group's mean of the
 examples' stored sums; ``as`` = the sum of mean |a|), so that groups can be compared in size;
-for tabular rows, the two mean vectors themselves (6 significant digits). Text has no dataset
-view: token positions hold different words in different examples, so a per-position mean is
-not a property of any word, and the page leaves it out.
+for tabular rows, the two mean vectors themselves (6 significant digits). Text gets no
+per-position means: token positions hold different words in different examples, so such a
+mean is not a property of any word; its view is per token instead (`_tokens`, NOTE: [Token
+statistics on the explorer page]).
 
 A method whose attributions hold NaN or infinite values gets no dataset view (a warning says
 which); its examples are shown as before.
@@ -84,7 +85,7 @@ def _group_inputs(inputs: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, 
 
 def payload(kind: str, inputs: torch.Tensor, attrs: Mapping[str, torch.Tensor], labels: torch.Tensor | None,
             pred: torch.Tensor) -> dict | None:  # fmt: skip
-    """The page's ``dataset`` entry (module docstring), or None for text."""
+    """The page's ``dataset`` entry (module docstring), or None for text (whose view is `_tokens`')."""
     if kind == "text":
         return None
     names, skipped = finite_methods(attrs)

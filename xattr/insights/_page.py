@@ -8,7 +8,8 @@ with ``textContent`` and ``setAttribute`` only, never as markup.
 
 Pages of several inputs and models (payload kind "features", `_features`) add their drawing
 functions from `_page_parts` to the same script, and a "Model" list to the controls. The
-dataset view (payload entry ``dataset``, `_dataset`) draws with `_page_dataset`'s functions.
+dataset view (payload entry ``dataset``, `_dataset`) draws with `_page_dataset`'s functions,
+and a text page's (`_tokens`) with `_page_tokens`'.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import html
 import json
 
-from . import _page_dataset, _page_parts, _png
+from . import _page_dataset, _page_parts, _page_tokens, _png
 
 PAYLOAD_ID = "xattr-data"
 
@@ -184,7 +185,7 @@ function render() {
   var ds = state.view === "dataset";
   $("grid").hidden = ds;
   $("dataset").hidden = !ds;
-  if (ds) { $("more").hidden = true; renderDataset(); return; }
+  if (ds) { $("more").hidden = true; if (D.kind === "text") renderTokens(); else renderDataset(); return; }
   var ranges = parseIndex(state.index), hits = D.examples.filter(function (ex) { return matches(ex, ranges); });
   var grid = $("grid");
   grid.textContent = "";
@@ -328,7 +329,7 @@ def render(data: dict) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="generator" content="xattr.insights">
 <title>{title}</title>
-<style>{CSS}{_page_parts.CSS}{_page_dataset.CSS}</style>
+<style>{CSS}{_page_parts.CSS}{_page_dataset.CSS}{_page_tokens.CSS}</style>
 </head>
 <body>
 <header>
@@ -337,7 +338,7 @@ def render(data: dict) -> str:
 <div class="legend">{legend}</div>
 </header>
 <section id="controls">
-<label id="l-view" hidden>View <select id="f-view"><option value="examples">examples</option><option value="dataset">class means</option></select></label>
+<label id="l-view" hidden>View <select id="f-view"><option value="examples">examples</option><option id="o-view-dataset" value="dataset">class means</option></select></label>
 <label id="l-pred">Predicted <select id="f-pred"><option value="">any</option></select></label>
 <label id="l-true">True <select id="f-true"><option value="">any</option></select></label>
 <label><input type="checkbox" id="f-wrong"> only misclassified</label>
@@ -358,7 +359,7 @@ def render(data: dict) -> str:
 <div id="detail-body"></div>
 </aside>
 <script type="application/json" id="{PAYLOAD_ID}">{script_json(data)}</script>
-<script>{JS}{_page_parts.JS}{_page_dataset.JS}{JS_END}</script>
+<script>{JS}{_page_parts.JS}{_page_dataset.JS}{_page_tokens.JS}{JS_END}</script>
 </body>
 </html>
 """

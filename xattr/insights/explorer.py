@@ -5,7 +5,8 @@
 The page (docs/insights.md) filters the examples by predicted and true class, shows the
 misclassified ones, finds examples by index, and opens any example to compare every method's
 attribution of it. Its dataset view (`_dataset`) shows each class's mean attribution and mean
-|attribution| per method, computed from the same attributions. It is one self-contained file:
+|attribution| per method (for text, `_tokens`: each class's tokens of largest and most
+negative mean attribution), computed from the same attributions. It is one self-contained file:
 no server, no network, no script library; the numbers and pictures are one JSON payload inside
 it (`_payload`, `_dataset`), the page is `_page`.
 
@@ -24,7 +25,7 @@ from torch import nn
 
 import xattr
 
-from . import _dataset, _page, _payload
+from . import _dataset, _page, _payload, _tokens
 
 KINDS = ("image", "tabular", "text")
 
@@ -192,7 +193,9 @@ def explore(
       dataset_view: add the page's "class means" view: per method, each class's mean
         attribution and mean |attribution|, by true label or prediction, over every example
         or the misclassified ones (images and tabular rows; NOTE: [Class means on the
-        explorer page] in `_dataset`). It reuses the attributions above: no second pass.
+        explorer page] in `_dataset`); for text, each class's tokens of largest and most
+        negative mean attribution (NOTE: [Token statistics on the explorer page] in
+        `_tokens`). It reuses the attributions above: no second pass.
 
     Returns:
       ``path`` as a str.
@@ -233,7 +236,13 @@ def explore(
     data = _payload.payload(kind=kind, title=title or "xattr explorer", inputs=inputs, logits_=logits, labels=labels,
                             targets=targets, target_mode=target_mode, classes=class_names, attrs=attrs,
                             feature_names=names, tokens=token_lists)  # fmt: skip
-    data["dataset"] = _dataset.payload(kind, inputs, attrs, labels, logits.argmax(1)) if dataset_view else None
+    if not dataset_view:
+        data["dataset"] = None
+    elif kind == "text":
+        pad_id = getattr(tokens, "pad_token_id", None)
+        data["dataset"] = _tokens.payload(inputs, attrs, labels, logits.argmax(1), token_lists, pad_id if isinstance(pad_id, int) else None)
+    else:
+        data["dataset"] = _dataset.payload(kind, inputs, attrs, labels, logits.argmax(1))
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)

@@ -10,6 +10,7 @@ from .heatmap import draw, normalize, save_grid, save_heatmap, to_image, to_map
 from .image import normalize_image_attr, visualize_image_attr, visualize_image_attr_multiple
 from .text import TextVisualization, VisualizationDataRecord, visualize_text
 from .dataset import plot_class_means, plot_clusters, plot_importance, plot_spectrum
+from .tokens import plot_token_statistics
 
 __all__ = [
     "TextVisualization",
@@ -21,6 +22,7 @@ __all__ = [
     "plot_clusters",
     "plot_importance",
     "plot_spectrum",
+    "plot_token_statistics",
     "save_grid",
     "save_heatmap",
     "to_image",

@@ -5,6 +5,8 @@
                                        dataset=formatted_data_iter())
     visualizer.render()        # a notebook: the page in an iframe; elsewhere: the file's path
     visualizer.serve()         # no server: writes the page and prints where
+    visualizer.visualize()     # a notebook: the page inline; elsewhere: writes it, prints where
+    visualizer.get_insights_config()   # Insights' /init answer: classes, methods, their arguments
 
 NOTE: [Insights as a static page]
 Insights ran a Flask server (or a Jupyter widget) that pulled a few batches at a time from
@@ -45,6 +47,31 @@ from . import methods as _methods
 from .features import BaseFeature
 
 DEFAULT_PATH = "xattr-insights.html"
+
+# Insights' method list and side-panel arguments (its attr_vis/config.py), in the JSON form its
+# /init route sent (named tuples as dicts): every method by Captum's get_name(), in Insights'
+# order, and the editable arguments of the three methods that had any.
+INSIGHTS_METHODS = ("Deconvolution", "Deep Lift", "Guided Backprop", "Input X Gradient", "Integrated Gradients",
+                    "Saliency", "Feature Ablation", "Occlusion")  # fmt: skip
+APPROXIMATIONS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
+
+
+def _method_arguments() -> dict:
+    def number(value, limit):
+        return {"value": value, "limit": limit, "type": "number"}
+
+    return {
+        "Integrated Gradients": {
+            "n_steps": number(25, (2, None)),
+            "method": {"value": "gausslegendre", "limit": list(APPROXIMATIONS), "type": "enum"},
+        },
+        "Feature Ablation": {"perturbations_per_eval": number(1, (1, 100))},
+        "Occlusion": {
+            "sliding_window_shapes": {"value": "", "type": "string"},
+            "strides": {"value": "", "type": "string"},
+            "perturbations_per_eval": number(1, (1, 100)),
+        },
+    }
 
 
 class Batch:
@@ -109,6 +136,7 @@ class AttributionVisualizer:
         self.models, self.classes, self.features, self.dataset = models, [str(c) for c in classes], features, dataset
         self.score_func, self.use_label_for_attr = score_func, use_label_for_attr
         self._batches: list = []  # (inputs tuple, labels or None, additional args tuple), as read
+        self._selected = "Integrated Gradients"  # the page's first method, after an export
         self._exhausted = False
 
     # ---- the dataset -------------------------------------------------------------------------
@@ -309,6 +337,7 @@ class AttributionVisualizer:
         if target not in ("predicted", "true"):
             raise ValueError(f"AttributionVisualizer: target must be 'predicted' or 'true', got {target!r}")
         cards, n, mode, chosen = self._cards(_methods.resolve(methods), methods is None, target, show_progress, max_examples)
+        self._selected = next(iter(chosen))
         parts = [{"name": f.name, "type": f.visualization_type(), "categories": getattr(f, "categories", None)} for f in self.features]
         names = [f"model {m}" if len(self.models) > 1 else "model" for m in range(len(self.models))]
         data = _features.payload(title=title or "Captum Insights (xattr)", parts=parts, models=names, classes=self.classes,
@@ -325,12 +354,41 @@ class AttributionVisualizer:
         iframe; returns the path. ``debug`` (Insights' widget log) is accepted and unused."""
         path = self.export(path, **options)
         if _in_notebook():
-            from IPython.display import HTML, display
-
-            with open(path, encoding="utf-8") as fh:
-                page = html.escape(fh.read(), quote=True)
-            display(HTML(f'<iframe srcdoc="{page}" style="width:100%;height:{int(height)}px;border:1px solid #ddd"></iframe>'))
+            _display_inline(path, height)
         return path
+
+    def visualize(self, *, path: Union[str, os.PathLike] = DEFAULT_PATH, height: int = 800, **options) -> str:
+        """Writes the page (`export`'s keywords) and shows it: inline in a Jupyter or Colab
+        kernel, otherwise by printing where it was written. Returns the path.
+
+        Insights' ``visualize()`` computed the next few examples' `VisualizationOutput` records
+        for its server to send to the browser; here every example is on the page already, so
+        this is the call that shows it.
+        """
+        path = self.export(path, **options)
+        if _in_notebook():
+            _display_inline(path, height)
+        else:
+            print(f"xattr: the Captum Insights page is written to {os.path.abspath(path)}; open it in a browser "
+                  "(no server is needed)")  # fmt: skip
+        return path
+
+    def get_insights_config(self) -> dict:
+        """What Insights' page asked its server for first (the /init route), with Insights' keys:
+
+        ``classes`` (the class names), ``methods`` (every method Insights offered, by Captum's
+        names), ``method_arguments`` (per method with editable arguments, each argument's
+        ``value``, ``limit`` and ``type``: "number", "enum" or "string") and
+        ``selected_method`` (Integrated Gradients, Insights' default; after an `export`, the
+        first method of the page written). The arguments are Insights' defaults: this page's
+        settings are chosen per call, through ``methods=``.
+        """
+        return {
+            "classes": list(self.classes),
+            "methods": list(INSIGHTS_METHODS),
+            "method_arguments": _method_arguments(),
+            "selected_method": self._selected,
+        }
 
     def serve(self, blocking: bool = False, debug: bool = False, port: Optional[int] = None, bind_all: bool = False, *,
               path: Union[str, os.PathLike] = DEFAULT_PATH, **options) -> str:  # fmt: skip
@@ -343,6 +401,18 @@ class AttributionVisualizer:
         path = self.export(path, **options)
         print(f"xattr: Captum Insights' server is replaced by a static page; open {os.path.abspath(path)} in a browser")
         return path
+
+
+def _display_inline(path: str, height: int) -> None:
+    """Shows the page at ``path`` in the notebook's output, inside an iframe of its own."""
+    try:
+        from IPython.display import HTML, display
+    except ImportError:  # _in_notebook said yes, but the display module is missing: say where the page is
+        print(f"xattr: the Captum Insights page is written to {os.path.abspath(path)}; open it in a browser")
+        return
+    with open(path, encoding="utf-8") as fh:
+        page = html.escape(fh.read(), quote=True)
+    display(HTML(f'<iframe srcdoc="{page}" style="width:100%;height:{int(height)}px;border:1px solid #ddd"></iframe>'))
 
 
 def _cut(inputs: tuple, labels, extra: tuple, n: int) -> tuple:
