@@ -53,13 +53,40 @@ by ``pyplot`` and ``pyplot.show()`` is called). With ``use_pyplot=False`` the fi
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, Sequence
 
 import numpy as np
 
 from .heatmap import CHANNEL_SIZES, NONFINITE_COLOR
 
-__all__ = ["normalize_image_attr", "visualize_image_attr", "visualize_image_attr_multiple"]
+__all__ = [
+    "ImageVisualizationMethod",
+    "VisualizeSign",
+    "normalize_image_attr",
+    "visualize_image_attr",
+    "visualize_image_attr_multiple",
+]
+
+
+class ImageVisualizationMethod(Enum):
+    """Captum's names (and numbers) of the ``method`` values of `visualize_image_attr`."""
+
+    heat_map = 1
+    blended_heat_map = 2
+    original_image = 3
+    masked_image = 4
+    alpha_scaling = 5
+
+
+class VisualizeSign(Enum):
+    """Captum's names (and numbers) of the ``sign`` values of the image and time-series plots."""
+
+    positive = 1
+    absolute_value = 2
+    negative = 3
+    all = 4
+
 
 METHODS = ("heat_map", "blended_heat_map", "original_image", "masked_image", "alpha_scaling")
 SIGNS = ("all", "positive", "negative", "absolute_value")

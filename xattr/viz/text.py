@@ -9,6 +9,11 @@ attributions explain, the attributions' total, and the words, each highlighted b
 green for positive, red for negative, more saturated the larger the magnitude. Scores are
 clipped to [-1, 1], so scale them first (``xattr.token_scores(attr, normalize=True)``).
 
+The table is built from Captum's four HTML helpers, public here under Captum's names so code
+that assembles its own tables keeps working: `format_classname` (one bold table cell),
+`format_special_tokens` (``<unk>`` -> ``#unk``), `format_word_importances` (the cell of
+highlighted words, the same code `visualize_text` uses) and `format_tooltip`.
+
 No dependency: IPython is used only to display the table when it runs inside a notebook.
 """
 
@@ -21,7 +26,15 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-__all__ = ["TextVisualization", "VisualizationDataRecord", "visualize_text"]
+__all__ = [
+    "TextVisualization",
+    "VisualizationDataRecord",
+    "format_classname",
+    "format_special_tokens",
+    "format_tooltip",
+    "format_word_importances",
+    "visualize_text",
+]
 
 
 class VisualizationDataRecord:
@@ -105,12 +118,21 @@ def _color(score: float) -> str:
     return f"hsl(0, 75%, {100 - int(-40 * score)}%)"
 
 
-def _display_word(token: str) -> str:
-    """A token as shown, HTML-escaped; a token written ``<name>`` (``<pad>``, ``<unk>``) shows as ``#name``."""
+def format_special_tokens(token: str) -> str:
+    """A token written ``<name>`` (``<pad>``, ``<unk>``, ``</s>``) as ``#name``; others unchanged.
+
+    Captum's rule: the token's leading and trailing ``<`` and ``>`` characters are stripped, so
+    ``"</s>"`` gives ``"#/s"``. Plain text in, plain text out (not escaped).
+    """
     token = str(token)
     if token.startswith("<") and token.endswith(">"):
-        token = "#" + token.strip("<>")
-    return _html.escape(token, quote=True)
+        return "#" + token.strip("<>")
+    return token
+
+
+def _display_word(token: str) -> str:
+    """A token as shown: `format_special_tokens`, then HTML-escaped."""
+    return _html.escape(format_special_tokens(token), quote=True)
 
 
 def _scores(importances: Any) -> list[float]:
@@ -125,8 +147,15 @@ def _scores(importances: Any) -> list[float]:
     return [float(v) for v in importances]
 
 
-def _word_importances(words: Sequence[str], importances: Any) -> str:
-    """The table cell of highlighted words: one ``<mark>`` per word, coloured by its score."""
+def format_word_importances(words: Sequence[str], importances: Any) -> str:
+    """The table cell of highlighted words: one ``<mark>`` per word, coloured by its score.
+
+    ``importances`` is a 1-d tensor, array or sequence with at least one score per word (extra
+    scores are ignored); None or empty gives ``"<td></td>"``. Each word goes through
+    `format_special_tokens` and is HTML-escaped. Captum's markup, colours and order; its
+    line-continuation whitespace inside the tags is one space here. ValueError for a
+    multi-dimensional ``importances`` or fewer scores than words (Captum: AssertionError).
+    """
     if importances is None:
         return "<td></td>"
     scores = _scores(importances)
@@ -143,8 +172,19 @@ def _word_importances(words: Sequence[str], importances: Any) -> str:
     return f"<td>{marks}</td>"
 
 
-def _cell(value: str) -> str:
-    return f'<td><text style="padding-right:2em"><b>{_html.escape(value, quote=True)}</b></text></td>'
+def format_classname(classname: Any) -> str:
+    """One bold table cell holding ``str(classname)``, HTML-escaped (Captum's markup)."""
+    return f'<td><text style="padding-right:2em"><b>{_html.escape(str(classname), quote=True)}</b></text></td>'
+
+
+def format_tooltip(item: str, text: str) -> str:
+    """``item`` with a hover tooltip ``text``: Captum's ``tooltip`` / ``tooltiptext`` markup.
+
+    Both are inserted as HTML, unescaped, as in Captum (``item`` is usually a marked-up word);
+    pass ``html.escape(s)`` for raw text. The page must define the two CSS classes. Captum's
+    string up to whitespace: its indentation between the tags is one space here.
+    """
+    return f'<div class="tooltip">{item} <span class="tooltiptext">{text}</span> </div>'
 
 
 _HEADER = (
@@ -199,11 +239,11 @@ def visualize_text(datarecords: Iterable[VisualizationDataRecord], legend: bool 
     for record in datarecords:
         rows.append(
             "<tr>"
-            + _cell(str(record.true_class))
-            + _cell(f"{record.pred_class} ({format(record.pred_prob, '.2f')})")
-            + _cell(str(record.attr_class))
-            + _cell(format(record.attr_score, ".2f"))
-            + _word_importances(record.raw_input_ids, record.word_attributions)
+            + format_classname(record.true_class)
+            + format_classname(f"{record.pred_class} ({format(record.pred_prob, '.2f')})")
+            + format_classname(record.attr_class)
+            + format_classname(format(record.attr_score, ".2f"))
+            + format_word_importances(record.raw_input_ids, record.word_attributions)
             + "</tr>"
         )
     page = (_legend() if legend else "") + '<table style="width: 100%">' + "".join(rows) + "</table>"
