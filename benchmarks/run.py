@@ -36,6 +36,7 @@ TARGETS = {
     "ablation-llm": "<= 1.2x floor; on GPU also >= 4x faster than Captum's defaults (cached token-by-token decoding, one perturbation per call)",
     "sampling-llm": ">= 100x faster than Captum's defaults at the same n_samples; results statistically equivalent",
     "influence": "never slower than Captum (no target in benchmarks.md: training-data influence came later)",
+    "other-library": "never slower than the other library (zennit, shap; no target in benchmarks.md)",
 }
 TARGET_GROUPS = [  # (label in RESULTS.md, families)
     ("gradient methods (also layer IG, Grad-CAM, DeepLift, GuidedBackprop, LRP)", ["gradient"]),
@@ -49,6 +50,7 @@ TARGET_GROUPS = [  # (label in RESULTS.md, families)
     ("feature ablation on an LLM (LLMAttribution), Captum's defaults", ["ablation-llm"]),
     ("Shapley sampling on an LLM (LLMAttribution)", ["sampling-llm"]),
     ("training-data influence (TracInCP, TracInCPFast)", ["influence"]),
+    ("against other libraries (zennit's LRP, shap's explainers; own section)", ["other-library"]),
 ]
 GPU_RESULTS = "benchmarks/RESULTS-gpu.md"  # written on a GPU machine by --device cuda --out GPU_RESULTS
 COLUMNS = ["workload", "xattr ms", "Captum ms", "floor ms", "xattr/floor", "Captum/floor",
@@ -70,6 +72,7 @@ def limits(family: str, device: str) -> tuple[float | None, float | None]:
         "ablation-llm": (1.2, 4.0 if gpu else None),
         "sampling-llm": (None, 100.0),
         "influence": (None, 1.0),
+        "other-library": (None, 1.0),
     }[family]
 
 
@@ -101,7 +104,7 @@ def judge(family: str, x_floor: float, speedup: float, agreed: bool, device: str
     return "yes" + (f" (borderline: {'; '.join(close)})" if close else "")
 
 
-def run_suite(model_name: str, device: str, args) -> tuple[list[list[str]], list[str]]:
+def run_suite(model_name: str, device: str, args, suite=None) -> tuple[list[list[str]], list[str]]:
     from .influence_workloads import build as build_influence  # noqa: PLC0415 (imports captum)
     from .layer_workloads import build as build_layers  # noqa: PLC0415 (imports captum)
     from .llm_workloads import build as build_llm  # noqa: PLC0415 (imports captum)
@@ -113,7 +116,7 @@ def run_suite(model_name: str, device: str, args) -> tuple[list[list[str]], list
 
     rows, notes = [], []
     resnet = tuple(args.resnet_deeplift) if args.resnet_deeplift else None
-    suite = (build(model_name, device) + build_layers(model_name, device) + build_rules(model_name, device, resnet=resnet)
+    suite = suite if suite is not None else (build(model_name, device) + build_layers(model_name, device) + build_rules(model_name, device, resnet=resnet)
              + build_text(device) + build_llm(device)
              + build_perturbation(model_name, device) + build_metrics(model_name, device) + build_influence(device))
     for w in suite:
@@ -196,8 +199,11 @@ def run_suite(model_name: str, device: str, args) -> tuple[list[list[str]], list
     return rows, notes
 
 
-def table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+OTHER_COLUMNS = [c.replace("Captum", "other") for c in COLUMNS]
+
+
+def table(rows: list[list[str]], columns: list[str] = COLUMNS) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -263,7 +269,7 @@ def main(argv=None) -> int:
     gpu_md = gpu_section(args.gpu_from) if from_file else None
     start = time.perf_counter()
     info = timing.machine_info("cuda" if "cuda" in devices and torch.cuda.is_available() else "cpu")
-    sections, notes_all = [], []
+    sections = []
     for device in devices:
         if device.startswith("cuda"):
             if not torch.cuda.is_available():
@@ -284,6 +290,14 @@ def main(argv=None) -> int:
         print(f"{label}", flush=True)
         rows, notes = run_suite(model, device, args)
         sections.append((label, rows, notes))
+        if not device.startswith("cuda"):
+            from .other_libraries import build as build_other  # noqa: PLC0415 (imports zennit, shap where installed)
+
+            print("against other libraries", flush=True)
+            rows, notes = run_suite(model, device, args, suite=build_other(device))
+            if rows:
+                sections.append(("CPU: against other libraries (the 'other' columns: zennit or shap, as the workload says)",
+                                 rows, notes, OTHER_COLUMNS))
     if gpu_note and not gpu_md:
         sections.append(gpu_note)
     elapsed = time.perf_counter() - start
@@ -297,10 +311,10 @@ def main(argv=None) -> int:
            "its load. A verdict gives its ratio's 95% bootstrap interval over this run's rounds; separate runs can "
            "differ by more (benchmarks/README.md, 'Reading CPU numbers'). Targets (from /work/shared/benchmarks.md):"]
     md += [f"- {label}: {'; '.join(TARGETS[f] for f in fams)}" for label, fams in TARGET_GROUPS]
-    for label, rows, notes in sections:
+    for label, rows, notes, *columns in sections:
         md += ["", f"## {label}", ""]
         if rows is not None:
-            md += [table(rows), ""]
+            md += [table(rows, *columns), ""]
         md += ["Notes:", ""] + [f"- {n}" for n in notes]
     if gpu_md:
         md += [""] + gpu_md
