@@ -279,12 +279,21 @@ def test_batch_and_chunk_invariance_and_the_model_left_unchanged():
     assert not model.training
 
 
-def test_packed_sequences_and_training_dropout_are_refused_clearly():
-    lstm = _seeded(71, lambda: nn.LSTM(3, 4, batch_first=True).to(D).eval())
+def test_packed_sequences_run_and_training_dropout_is_refused_clearly():
+    """A PackedSequence input was refused; now written out too (NOTE: [Packed sequences written
+    out] in written_packed.py; tests/test_packed_recurrent.py has the rest)."""
+
+    class Packed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(3, 4, batch_first=True)
+
+        def forward(self, x):
+            out, (h, c) = self.lstm(nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 3]), batch_first=True))
+            return out.data, h, c
+
     x = _randn(2, 5, 3, seed=72)
-    packed = nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 3]), batch_first=True)
-    with pytest.raises(NotImplementedError, match="PackedSequence inputs are not supported; pad the sequences"):
-        _written(lambda p: lstm(p)[0].data)(packed)
+    _assert_same_forward_and_gradient(_seeded(71, lambda: Packed().to(D).eval()), (x.clone().requires_grad_(),), seed=75)
     deep = _seeded(73, lambda: nn.GRU(3, 4, num_layers=2, dropout=0.5, batch_first=True).to(D).train())
     with pytest.raises(NotImplementedError, match=r"dropout 0.5 between layers in training mode is random; call model.eval\(\)"):
         _written(deep)(x)

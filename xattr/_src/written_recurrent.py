@@ -29,9 +29,11 @@ states (differentiated or not), an LSTM's ``proj_size`` and the cells are writte
 torch's to rounding (1e-15 relative in float64, 1e-6 in float32: the additions run in another
 order, and a GRU's last step is spelled ``(1 - z) * n + z * h`` where torch computes ``n + z *
 (h - n)``), and so does its ordinary gradient. What torch's call does but has no rule-visible
-spelling here raises: dropout between layers in training mode (random), and PackedSequence
-inputs. The cost is the loop: about 10 ruled calls per step and direction instead of one fused
-call (docs/rules.md gives the measured times).
+spelling here raises: dropout between layers in training mode (random). PackedSequence inputs
+(the packed overloads, ``torch.lstm(data, batch_sizes, ...)``) are written out too, by the same
+steps over the sequences still running (NOTE: [Packed sequences written out] in
+written_packed.py; they were refused before). The cost is the loop: about 10 ruled calls per
+step and direction instead of one fused call (docs/rules.md gives the measured times).
 """
 
 from __future__ import annotations
@@ -80,32 +82,41 @@ def _rnn_step(activation):
 _STEPS = {"LSTM": _lstm_step, "GRU": _gru_step, "RNN_TANH": _rnn_step(torch.tanh), "RNN_RELU": _rnn_step(torch.relu)}
 
 
-def _direction(mode: str, x, state: tuple, weights: tuple, has_biases: bool, reverse: bool):
-    """One layer in one direction over the (L, B, D) sequence x: its (L, B, H) outputs and final states."""
+def unpacked(mode: str, weights: tuple, has_biases: bool) -> tuple:
+    """One layer and direction's (w_ih, w_hh, b_ih, b_hh, w_hr) from torch's flat weights (None where absent)."""
     w_ih, w_hh = weights[:2]
     b_ih, b_hh = weights[2:4] if has_biases else (None, None)
     w_hr = weights[-1] if mode == "LSTM" and len(weights) == 3 + 2 * has_biases else None
+    return w_ih, w_hh, b_ih, b_hh, w_hr
+
+
+def advanced(mode: str, projected, state: tuple, w_hh, b_hh, w_hr) -> tuple:
+    """The states after one step whose input projection is ``projected``: (h, c) or (h,)."""
+    if mode == "LSTM":
+        return _lstm_step(projected, *state, w_hh, b_hh, w_hr)
+    return (_STEPS[mode](projected, state[0], w_hh, b_hh),)
+
+
+def _direction(mode: str, x, state: tuple, weights: tuple, has_biases: bool, reverse: bool):
+    """One layer in one direction over the (L, B, D) sequence x: its (L, B, H) outputs and final states."""
+    w_ih, w_hh, b_ih, b_hh, w_hr = unpacked(mode, weights, has_biases)
     projected = F.linear(x, w_ih, b_ih)  # every step's input projection in one call
-    step = _STEPS[mode]
     outputs = [None] * x.shape[0]
     for t in (reversed(range(x.shape[0])) if reverse else range(x.shape[0])):
-        if mode == "LSTM":
-            state = step(projected[t], *state, w_hh, b_hh, w_hr)
-        else:
-            state = (step(projected[t], state[0], w_hh, b_hh),)
+        state = advanced(mode, projected[t], state, w_hh, b_hh, w_hr)
         outputs[t] = state[0]
     return torch.stack(outputs), state
 
 
-def _layers(mode: str, name: str, input, hx: tuple, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
-    """The stacked layers of ``torch.lstm``/``gru``/``rnn_*``: (output, final states per kind)."""
-    if isinstance(has_biases, (list, tuple)):  # (data, batch_sizes, hx, params, ...): a PackedSequence
-        raise NotImplementedError(_REFUSED.format(name, "PackedSequence inputs are not supported; pad the sequences "
-                                                  "(torch.nn.utils.rnn.pad_packed_sequence) and run the layer on the "
-                                                  "padded batch"))
+def refuse_dropout(name: str, num_layers: int, dropout: float, train: bool) -> None:
     if train and dropout > 0 and num_layers > 1:
         raise NotImplementedError(_REFUSED.format(name, f"dropout {dropout} between layers in training mode is random; "
                                                   "call model.eval()"))
+
+
+def _layers(mode: str, name: str, input, hx: tuple, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    """The stacked layers of ``torch.lstm``/``gru``/``rnn_*``: (output, final states per kind)."""
+    refuse_dropout(name, num_layers, dropout, train)
     if input.dim() != 3:
         raise ValueError(f"{name}: expected a 3-d input (the module adds an unbatched input's batch dim), got "
                          f"{input.dim()}-d")
@@ -126,14 +137,28 @@ def _layers(mode: str, name: str, input, hx: tuple, params, has_biases, num_laye
     return (output, *(torch.stack(s) for s in zip(*finals)))
 
 
+def _packed(mode: str, name: str, *args):
+    """The packed overload, ``(data, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
+    bidirectional)``: NOTE: [Packed sequences written out] in written_packed.py."""
+    from .written_packed import layers  # noqa: PLC0415 (it imports this module's steps)
+
+    return layers(mode, name, *args)
+
+
 def lstm(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first=None):
     """``torch.lstm`` written out (NOTE: [Recurrent layers written out]): (output, h_n, c_n)."""
+    if isinstance(has_biases, (list, tuple)):  # the packed overload: hx holds batch_sizes, params hx, ...
+        return _packed("LSTM", "nn.LSTM", input, hx, tuple(params), has_biases, num_layers, dropout, train,
+                       bidirectional, batch_first)
     return _layers("LSTM", "nn.LSTM", input, tuple(hx), params, has_biases, num_layers, dropout, train, bidirectional,
                    batch_first)
 
 
 def _single(mode: str, name: str):
     def written(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first=None):
+        if isinstance(has_biases, (list, tuple)):  # the packed overload, as for lstm
+            return _packed(mode, name, input, hx, (params,), has_biases, num_layers, dropout, train, bidirectional,
+                           batch_first)
         return _layers(mode, name, input, (hx,), params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
 
     written.__doc__ = f"``torch.{mode.lower()}`` written out (NOTE: [Recurrent layers written out]): (output, h_n)."
