@@ -18,6 +18,13 @@ rates; 1000 training and 100 test examples, float32, training DataLoader batches
   matrices multiplied.
 - TracInCP ``self_influence()`` over the 1000 training examples (Captum's default loop order).
   Floor: per checkpoint, ``vmap(grad)`` per-example gradients of the 1000 and their squared norms.
+- TracInCPFast on the last layer for 10 query batches of 10 test examples: xattr builds a
+  ``tracin_fast_index`` once (the training factors) and queries it 10 times; Captum, which
+  keeps nothing between calls of its ``TracInCPFast``, calls ``influence`` 10 times (its
+  ``TracInCPFastRandProj`` does precompute, but needs the ``annoy`` package by default). For
+  reference (not a contender) xattr's ``TracInCPFast.influence`` 10 times. Floor: the training
+  factors once per checkpoint (one batched forward and backward), then per query the test
+  factors and the two Gram matrices.
 Agreement: max abs difference against Captum's scores, relative to the largest score.
 
 Run standalone: ``python -m benchmarks.influence_workloads`` prints both libraries' medians.
@@ -111,23 +118,46 @@ def _floor_full(model, train, test, states, lrs, self_only=False):
     return run
 
 
+def _fc_factors(work, x, y):
+    """The last layer's input and the loss gradient at the model's output, for a batch."""
+    a = work[:-1](x)
+    out = work[-1](a).detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(nn.functional.cross_entropy(out, y, reduction="sum"), out)
+    return a.detach(), g
+
+
 def _floor_fast(model, train, test, states, lrs):
     work = copy.deepcopy(model)
-
-    def factors(x, y):
-        a = work[:-1](x)
-        out = work[-1](a).detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(nn.functional.cross_entropy(out, y, reduction="sum"), out)
-        return a.detach(), g
 
     def run():
         total = 0
         for state, lr in zip(states, lrs):
             work.load_state_dict(state)
-            at, gt = factors(*test)
-            ar, gr = factors(*train)
+            at, gt = _fc_factors(work, *test)
+            ar, gr = _fc_factors(work, *train)
             total = total + lr * (gt @ gr.T) * (at @ ar.T)
         return total
+
+    return run
+
+
+def _floor_fast_index(model, train, queries, states, lrs):
+    work = copy.deepcopy(model)
+
+    def run():
+        held = []
+        for state in states:
+            work.load_state_dict(state)
+            held.append(_fc_factors(work, *train))
+        out = []
+        for q in queries:
+            total = 0
+            for state, lr, (ar, gr) in zip(states, lrs, held):
+                work.load_state_dict(state)
+                at, gt = _fc_factors(work, *q)
+                total = total + lr * (gt @ gr.T) * (at @ ar.T)
+            out.append(total)
+        return out
 
     return run
 
@@ -139,6 +169,7 @@ def build(device: str = "cpu") -> list[Workload]:
     import captum.influence as ci  # noqa: PLC0415
 
     from xattr.compat.captum import TracInCP, TracInCPFast  # noqa: PLC0415
+    from xattr.influence import tracin_fast_index  # noqa: PLC0415
 
     model, train, test, paths, load = _setup()
     states = [torch.load(p) for p in paths]
@@ -164,6 +195,14 @@ def build(device: str = "cpu") -> list[Workload]:
         return run
 
     how = "max abs difference of the (100, 1000) scores against Captum's, within 1e-4 of the largest score"
+    queries = [(test[0][i:i + 10], test[1][i:i + 10]) for i in range(0, N_TEST, 10)]
+
+    def ours_index():
+        index = tracin_fast_index(model, model[2], paths, total, train, learning_rates=lrs, include_bias=False)
+        return torch.cat([index.influence(q) for q in queries])
+
+    def ten_calls(obj):
+        return lambda: torch.cat([obj.influence(q) for q in queries])
     return [
         Workload("TracInCP (digits MLP)", "influence", lambda: ours_cp.influence(test), quiet(lambda: theirs_cp.influence(test)),
                  {"vmap grads + matmul": _floor_full(model, train, test, states, lrs)},
@@ -177,6 +216,11 @@ def build(device: str = "cpu") -> list[Workload]:
                  {"vmap grads, squared norms": _floor_full(model, train, test, states, lrs, self_only=True)},
                  lambda: _agreement(ours_cp.self_influence(), quiet(lambda: theirs_cp.self_influence())()),
                  "max abs difference of the 1000 self-influence scores against Captum's"),
+        Workload("TracInCPFast, 10 query batches via index (digits MLP)", "influence", ours_index, quiet(ten_calls(theirs_fast)),
+                 {"training factors once, Gram products per query": _floor_fast_index(model, train, queries, states, lrs)},
+                 lambda: _agreement(ours_index(), quiet(ten_calls(theirs_fast))()),
+                 "max abs difference of the 10 stacked (10, 1000) score blocks against Captum's TracInCPFast",
+                 info={"xattr TracInCPFast.influence x10 (no index)": ten_calls(ours_fast)}),
     ]  # fmt: skip
 
 

@@ -19,7 +19,7 @@ import xattr.compat.captum._loaded_checkpoints as loaded_checkpoints
 import xattr.influence._tracin as core
 import xattr.influence._tracin_fast as core_fast
 from xattr.compat.captum import TracInCP, TracInCPFast, TracInCPFastRandProj
-from xattr.compat.captum.influence import _GRADIENT_BYTES, _gradient_rows
+from xattr.compat.captum.influence import _GRADIENT_BYTES
 from xattr.influence import (
     tracin,
     tracin_fast,
@@ -28,6 +28,7 @@ from xattr.influence import (
     tracin_self_influence,
 )
 from xattr.influence._by_checkpoint import checkpoints_per_call
+from xattr.influence._per_example import rows_within
 
 D = torch.float64
 
@@ -160,11 +161,11 @@ def test_fast_joint_batch_matches_separate_calls_and_the_weight_reference(monkey
 
 def test_gradient_rows_keep_the_budget():
     model = mlp(0)  # 4*6 + 6 + 6*3 + 3 = 51 float64 parameters
-    assert _gradient_rows(model, [n for n, _ in model.named_parameters()]) == _GRADIENT_BYTES // (51 * 8)
-    assert _gradient_rows(model, ["2.weight"]) == _GRADIENT_BYTES // (18 * 8)
-    big = nn.Module()
-    big.weight = nn.Parameter(torch.empty(2**24 + 1))  # a row of more than 64 MiB: still one row
-    assert _gradient_rows(big, ["weight"]) == 1
+    params = dict(model.named_parameters())
+    assert rows_within(params, list(params), _GRADIENT_BYTES) == _GRADIENT_BYTES // (51 * 8)
+    assert rows_within(params, ["2.weight"], _GRADIENT_BYTES) == _GRADIENT_BYTES // (18 * 8)
+    big = {"weight": torch.empty(2**24 + 1)}  # a row of more than 64 MiB: still one row
+    assert rows_within(big, ["weight"], _GRADIENT_BYTES) == 1
 
 
 # ------------------------------------------------------------------ loaded checkpoints kept

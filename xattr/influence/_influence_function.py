@@ -41,84 +41,14 @@ from torch import nn
 from torch.func import functional_call, grad, hessian, jvp, vmap
 
 from .._src.progress import progress
-from ._layers import module_paths, refuse_train_mode, resolve_layer
+from ._layers import refuse_train_mode
+from ._per_example import check_batch, loss_reduction, parameter_names, per_example_grads, positive_int, row_chunks, summed_loss
 
 __all__ = ["influence_function", "influence_function_self_influence"]
 
 
 # ---------------------------------------------------------------------------------------------
 # arguments
-
-
-def chosen_parameters(model: nn.Module, layers) -> dict[str, torch.Tensor]:
-    """``{name: detached parameter}`` of the chosen layers (modules or their names), in order;
-    every parameter of the model for ``layers=None``."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if layers is None:
-        named = dict(model.named_parameters())
-    else:
-        if isinstance(layers, (str, nn.Module)):
-            layers = [layers]
-        if not isinstance(layers, (list, tuple)) or not layers:
-            raise ValueError("layers must be a module, a module name, or a non-empty list of them")
-        paths = module_paths(model)
-        named = {}
-        for layer in layers:
-            prefix, module = resolve_layer(model, layer, paths)
-            for n, p in module.named_parameters():
-                named.setdefault(f"{prefix}.{n}" if prefix else n, p)
-    if not named:
-        raise ValueError("the chosen layers have no parameters: choose layers with weights")
-    return {n: p.detach() for n, p in named.items()}
-
-
-def as_batch(data, what: str) -> tuple[torch.Tensor, ...]:
-    """``(*inputs, labels)``: a tuple of tensors with the same number of rows, at least 2."""
-    if isinstance(data, torch.Tensor) or not isinstance(data, (tuple, list)) or len(data) < 2:
-        raise TypeError(f"{what} must be a tuple (*model_inputs, labels) of tensors, got {type(data).__name__}")
-    if not all(isinstance(t, torch.Tensor) for t in data):
-        raise TypeError(f"{what} must hold tensors only: (*model_inputs, labels)")
-    n = data[0].shape[0] if data[0].ndim else None
-    if n is None or n == 0 or any(t.ndim == 0 or t.shape[0] != n for t in data):
-        shapes = [tuple(t.shape) for t in data]
-        raise ValueError(f"every tensor of {what} needs the same non-zero number of rows (dim 0), got {shapes}")
-    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in data):
-        raise ValueError(f"{what} holds NaN or infinite values: its loss gradients, and so every score, would be NaN")
-    return tuple(data)
-
-
-def _reduction(loss_fn: Callable) -> str:
-    red = getattr(loss_fn, "reduction", "none")
-    if red not in ("none", "sum", "mean"):
-        raise ValueError(f"loss_fn.reduction must be 'none', 'sum' or 'mean', got {red!r}")
-    return red
-
-
-def total_loss(loss_fn: Callable, out, labels: torch.Tensor, reduction: str) -> torch.Tensor:
-    """The sum of the per-example losses of a batch, whatever the loss function's reduction."""
-    loss = loss_fn(out, labels)
-    if not isinstance(loss, torch.Tensor):
-        raise TypeError(f"loss_fn must return a tensor, got {type(loss).__name__}")
-    n = labels.shape[0]
-    if reduction == "none":
-        if loss.ndim == 0 and n > 1:
-            raise ValueError(
-                f"loss_fn returned one number for a batch of {n}: return per-example losses "
-                "(reduction='none'), or give loss_fn a .reduction attribute 'sum' or 'mean'"
-            )
-        return loss.sum()
-    if loss.ndim != 0:
-        raise ValueError(f"loss_fn.reduction is {reduction!r} but it returned shape {tuple(loss.shape)}")
-    return loss * n if reduction == "mean" else loss
-
-
-def _positive_int(value, name: str, allow_none: bool = True):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
-    return value
 
 
 def _nonnegative(value, name: str) -> float:
@@ -135,18 +65,20 @@ class LossGeometry:
     """The flattened chosen parameters of a model, their per-example loss gradients and the
     Hessian (or Hessian-vector products) of the mean loss over some data."""
 
-    def __init__(self, model: nn.Module, layers, chunk_size: int | None, show_progress: bool):
+    def __init__(self, model: nn.Module, layers, chunk_size: int | None, show_progress: bool, max_bytes: int | None = None):
         self.model = model
-        self.params = chosen_parameters(model, layers)
+        self.names = parameter_names(model, layers, trainable_only=False)
         refuse_train_mode(model)
-        self.names = list(self.params)
+        params = dict(model.named_parameters())
+        self.params = {n: params[n].detach() for n in self.names}
         self.shapes = [p.shape for p in self.params.values()]
         self.sizes = [p.numel() for p in self.params.values()]
         self.flat = torch.cat([p.reshape(-1) for p in self.params.values()])
         # buffers are passed as copies: a module that updates them in its forward (batch norm in
         # train mode) then writes into the copies, never into the user's model
         self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-        self.chunk_size = _positive_int(chunk_size, "chunk_size")
+        self.chunk_size = positive_int(chunk_size, "chunk_size")
+        self.max_bytes = max_bytes
         self.show = bool(show_progress)
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -154,29 +86,20 @@ class LossGeometry:
 
     def batch_loss(self, flat, batch, loss_fn, reduction) -> torch.Tensor:
         out = functional_call(self.model, (self.unflatten(flat), self.buffers), tuple(batch[:-1]), strict=False)
-        return total_loss(loss_fn, out, batch[-1], reduction)
+        return summed_loss(loss_fn, out, batch[-1], reduction)
 
     def gradients(self, batch, loss_fn: Callable, desc: str) -> torch.Tensor:
-        """(n, P): one row per example, d L(z_i) / d theta, by vmap over grad."""
-        reduction = _reduction(loss_fn)
-
-        def one(flat, *example):
-            return self.batch_loss(flat, [e.unsqueeze(0) for e in example], loss_fn, reduction)
-
-        per_example = vmap(grad(one), in_dims=(None,) + (0,) * len(batch))
-        rows = []
-        for lo, hi in progress(self.show, self._chunks(batch), desc=desc, unit="chunk"):
-            rows.append(per_example(self.flat, *(t[lo:hi] for t in batch)).detach())
-        return torch.cat(rows)
+        """(n, P): one row per example, d L(z_i) / d theta (NOTE: [Per-example losses] in _per_example.py)."""
+        return per_example_grads(self.model, {**self.params, **self.buffers}, self.names, loss_fn, batch,
+                                 reduction=loss_reduction(loss_fn), chunk_size=self.chunk_size, max_bytes=self.max_bytes,
+                                 show_progress=self.show, desc=desc)  # fmt: skip
 
     def _chunks(self, batch) -> list[tuple[int, int]]:
-        n = batch[0].shape[0]
-        step = self.chunk_size or n
-        return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+        return row_chunks(batch[0].shape[0], self.chunk_size)
 
     def hessian(self, batch, loss_fn: Callable) -> torch.Tensor:
         """(P, P) Hessian of the mean loss over ``batch``, chunk by chunk, in float64."""
-        reduction = _reduction(loss_fn)
+        reduction = loss_reduction(loss_fn)
         n = batch[0].shape[0]
         total = torch.zeros(self.flat.numel(), self.flat.numel(), dtype=torch.float64, device=self.flat.device)
         for lo, hi in progress(self.show, self._chunks(batch), desc="Hessian", unit="chunk"):
@@ -187,7 +110,7 @@ class LossGeometry:
 
     def hvp(self, batch, loss_fn: Callable) -> Callable:
         """v (k, P) -> (H v_i) rows, H the Hessian of the mean loss over ``batch``, never formed."""
-        reduction = _reduction(loss_fn)
+        reduction = loss_reduction(loss_fn)
         n = batch[0].shape[0]
         chunks = self._chunks(batch)
 
@@ -270,12 +193,12 @@ def _setup(model, loss_fn, train, hessian_data, layers, damping, tol, projection
     damping = _nonnegative(damping, "damping")
     if tol is not None:
         tol = _nonnegative(tol, "tol")
-    projection_dim = _positive_int(projection_dim, "projection_dim")
+    projection_dim = positive_int(projection_dim, "projection_dim")
     if method == "cg" and projection_dim is not None:
         raise ValueError("projection_dim needs the eigendecomposition: use method='eigen'")
     geo = LossGeometry(model, layers, chunk_size, show_progress)
-    as_batch(train, "train")
-    h_batch = as_batch(train if hessian_data is None else hessian_data, "hessian_data")
+    check_batch(train, "train")
+    h_batch = check_batch(train if hessian_data is None else hessian_data, "hessian_data")
     return geo, h_batch, damping, tol, projection_dim
 
 
@@ -333,7 +256,7 @@ def influence_function(
     geo, h_batch, damping, tol, projection_dim = _setup(
         model, loss_fn, train, hessian_data, layers, damping, tol, projection_dim, method, chunk_size, show_progress
     )
-    train, test = as_batch(train, "train"), as_batch(test, "test")
+    train, test = check_batch(train, "train"), check_batch(test, "test")
     test_loss_fn = loss_fn if test_loss_fn is None else test_loss_fn
     if not callable(test_loss_fn):
         raise TypeError(f"test_loss_fn must be callable, got {type(test_loss_fn).__name__}")
@@ -375,7 +298,7 @@ def influence_function_self_influence(
     geo, h_batch, damping, tol, projection_dim = _setup(
         model, loss_fn, data, hessian_data, layers, damping, tol, projection_dim, method, chunk_size, show_progress
     )
-    data = as_batch(data, "data")
+    data = check_batch(data, "data")
     g = geo.gradients(data, loss_fn, "gradients").double()
     if method == "eigen":
         R = inverse_root(geo.hessian(h_batch, loss_fn), damping, tol, projection_dim)

@@ -22,6 +22,7 @@ from .._src.layers import at_layer
 from .._src.progress import progress
 from .._src.warn import warn
 from ._layers import TRAIN_MODE_LAYERS, module_paths, resolve_layer
+from ._per_example import positive_int
 
 __all__ = ["similarity_influence"]
 
@@ -142,10 +143,8 @@ def similarity_influence(
         fn = metric
     else:
         raise TypeError(f"metric must be 'cosine', 'euclidean' or a callable, got {type(metric).__name__}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    positive_int(top_k, "top_k")
+    positive_int(batch_size, "batch_size")
     named = named_layers(model, layers)
     train, test = _inputs(train, "train"), _inputs(test, "test")
     moving = sorted({type(m).__name__ for m in model.modules() if m.training and isinstance(m, TRAIN_MODE_LAYERS)})

@@ -17,16 +17,7 @@ adds ``eta_c G_test G_batch^T`` to the (n_test, n_train) score matrix: nothing o
 n_train x P is ever held. Checkpoints are passed to ``torch.func.functional_call`` as
 parameter dicts: the model is never loaded, changed or put back.
 
-NOTE: [Per-example losses]
-Per-example gradients come from ``vmap(grad(loss))`` where ``loss`` runs the model on ONE
-example as a batch of one, ``loss_fn(model(x[None]), y[None])``, summed to a scalar. On a batch
-of one, a loss with reduction "sum", "mean" or "none" (summed) is the same number, the
-example's own loss, so no reduction needs to be known or corrected for (Captum multiplies "mean"
-gradients by the batch size, and assumes "sum" for a loss without a ``reduction`` attribute;
-both give the same per-example gradient as here for a loss that is a sum or mean over examples).
-With ``loss_fn=None`` the "loss" is the sum of the model's outputs for the example, as in
-Captum. The model must run under ``torch.func.vmap``: eval-mode batch norm, no dropout in train
-mode, no ``.item()`` on activations.
+Per-example gradients: NOTE: [Per-example losses] in _per_example.py.
 """
 
 from __future__ import annotations
@@ -36,12 +27,12 @@ from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, TensorDataset, default_collate
 
 from .._src.progress import progress
 from ._by_checkpoint import by_checkpoint, checkpoints_per_call, grams, groups, weighted_sum
-from ._layers import module_paths, refuse_train_mode, resolve_layer
+from ._layers import refuse_train_mode
+from ._per_example import check_batch, parameter_names, per_example_grads, positive_int, squared_norms
 
 
 class TopK(NamedTuple):
@@ -65,12 +56,11 @@ def batches(data, batch_size: int | None, what: str) -> list:
     ``batch_size=None``, or batches that cannot be joined (shapes that differ beyond the batch
     dim), they stay as they come.
     """
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    positive_int(batch_size, "batch_size")
     if isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data):
-        return _cut(_check_batch(data, what), batch_size)
+        return _cut(check_batch(data, what), batch_size)
     if batch_size is not None and _plain_tensor_loader(data):  # its batches would be these slices
-        return _cut(_check_batch(data.dataset.tensors, what), batch_size)
+        return _cut(check_batch(data.dataset.tensors, what), batch_size)
     if isinstance(data, Dataset) and not isinstance(data, DataLoader) and hasattr(data, "__len__"):
         data = DataLoader(data, batch_size=batch_size or 1, shuffle=False)
     if isinstance(data, torch.Tensor) or not isinstance(data, Iterable):
@@ -78,7 +68,7 @@ def batches(data, batch_size: int | None, what: str) -> list:
             f"{what} must be a batch (a tuple of tensors whose last element holds the labels), a Dataset "
             f"or a DataLoader of such batches, got {type(data).__name__}"
         )
-    out = [_check_batch(b, what) for b in data]
+    out = [check_batch(b, what) for b in data]
     if not out:
         raise ValueError(f"{what} holds no batches")
     if batch_size is None or len(out) == 1 or len({len(b) for b in out}) != 1:
@@ -102,24 +92,6 @@ def _cut(batch: tuple, batch_size: int | None) -> list:
     if batch_size is None or batch_size >= n:
         return [batch]
     return [tuple(t[i:i + batch_size] for t in batch) for i in range(0, n, batch_size)]
-
-
-def _check_batch(batch, what: str) -> tuple:
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise TypeError(
-            f"each batch of {what} must be a tuple (x_1, ..., x_m, labels) with at least one input "
-            f"and the labels last, got {type(batch).__name__}" + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
-        )
-    if not all(isinstance(t, torch.Tensor) and t.ndim >= 1 for t in batch):
-        raise TypeError(f"each element of a batch of {what} must be a tensor with a batch dim")
-    n = batch[0].shape[0]
-    if any(t.shape[0] != n for t in batch):
-        raise ValueError(f"the tensors of a batch of {what} differ in their first (batch) dim: {[t.shape[0] for t in batch]}")
-    if n == 0:
-        raise ValueError(f"a batch of {what} is empty (0 examples): give at least one example")
-    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in batch):
-        raise ValueError(f"a batch of {what} holds NaN or infinite values: their gradients, and so every score, would be NaN")
-    return tuple(batch)
 
 
 # -------------------------------------------------------------------------- checkpoints
@@ -164,80 +136,6 @@ def checkpoint_states(model: nn.Module, checkpoints, learning_rates=None) -> lis
     return out
 
 
-def parameter_names(model: nn.Module, layers) -> list[str]:
-    """Names (as ``model.named_parameters()`` gives them) of the parameters TracIn differentiates:
-    with ``layers=None`` every parameter that requires grad, else every parameter of the given
-    modules (modules or their names), whether it requires grad or not."""
-    named = list(model.named_parameters())
-    if layers is None:
-        names = [n for n, p in named if p.requires_grad]
-        if not names:
-            raise ValueError("the model has no parameter that requires grad: name the layers to use with layers=")
-        return names
-    if isinstance(layers, (str, nn.Module)):
-        layers = [layers]
-    if not isinstance(layers, (list, tuple)) or not layers:
-        raise ValueError("layers must be a non-empty list of modules of the model or of their names")
-    by_id = {id(p): n for n, p in named}
-    paths = module_paths(model)
-    chosen: dict[str, None] = {}
-    for layer in layers:
-        _, layer = resolve_layer(model, layer, paths)
-        ps = list(layer.parameters())
-        if not ps:
-            raise ValueError(f"layer {type(layer).__name__} has no parameters")
-        for p in ps:
-            chosen[by_id[id(p)]] = None
-    return list(chosen)
-
-
-# ------------------------------------------------------------------ per-example gradients
-
-
-def example_loss(model: nn.Module, loss_fn: Callable | None) -> Callable:
-    """``f(state, inputs, label) -> scalar``: the loss of ONE example (no batch dim), run as a
-    batch of one. See NOTE: [Per-example losses]."""
-    if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable or None, got {type(loss_fn).__name__}")
-
-    def f(state, inputs, label):
-        out = functional_call(model, state, tuple(x.unsqueeze(0) for x in inputs))
-        if loss_fn is None:
-            return out.sum()
-        loss = loss_fn(out, label.unsqueeze(0))
-        return loss.sum()
-
-    return f
-
-
-def per_example_grads(model, state, names, loss_fn, batch, chunk_size=None) -> torch.Tensor:
-    """``(b, P)``: the loss gradient of each example of ``batch`` w.r.t. the parameters
-    ``names`` (flattened and concatenated in that order) at the parameter values ``state``."""
-    g = _grads(model, state, names, loss_fn, batch, chunk_size)
-    return torch.cat([g[n].reshape(g[n].shape[0], -1) for n in names], dim=1)
-
-
-def _grads(model, state, names, loss_fn, batch, chunk_size) -> dict:
-    """``{name: (b, *shape)}``: per-example gradients, one tensor per parameter."""
-    f = example_loss(model, loss_fn)
-    trained = {n: state[n] for n in names}
-    canonical = {id(p): n for n, p in model.named_parameters()}
-    tied = {n for n, p in model.named_parameters(remove_duplicate=False) if canonical[id(p)] in trained}
-    held = {k: v for k, v in state.items() if k not in tied}  # a tied alias follows its trained name
-
-    def one(p, inputs, label):
-        return f({**held, **p}, inputs, label)
-
-    *inputs, labels = batch
-    return vmap(grad(one), in_dims=(None, 0, 0), chunk_size=chunk_size)(trained, tuple(inputs), labels)
-
-
-def _squared_norms(model, state, names, loss_fn, batch, chunk_size) -> torch.Tensor:
-    """``(b,)``: each example's squared gradient norm, without concatenating the gradients."""
-    g = _grads(model, state, names, loss_fn, batch, chunk_size)
-    return sum(g[n].reshape(g[n].shape[0], -1).square().sum(1) for n in names)
-
-
 def _check_common(model, loss_fn, test_loss_fn, chunk_size):
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -245,8 +143,7 @@ def _check_common(model, loss_fn, test_loss_fn, chunk_size):
     for name, fn in (("loss_fn", loss_fn), ("test_loss_fn", test_loss_fn)):
         if fn is not None and not callable(fn):
             raise TypeError(f"{name} must be callable or None, got {type(fn).__name__}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    positive_int(chunk_size, "chunk_size")
 
 
 # -------------------------------------------------------------------------------- TracIn
@@ -268,7 +165,7 @@ def tracin(
 ) -> torch.Tensor:
     """TracIn scores of every training example on every test example.
 
-    See NOTE: [TracIn over checkpoints] and NOTE: [Per-example losses].
+    See NOTE: [TracIn over checkpoints] and NOTE: [Per-example losses] in _per_example.py.
 
     Args:
       model: an ``nn.Module``; only its structure is used (parameters come from the
@@ -299,11 +196,11 @@ def tracin(
     total = None
     # NOTE: [Checkpoints in one vectorised call] in _by_checkpoint.py
     for group, rates in groups(states, checkpoints_per_call(len(states), rows, batch_size, chunk_size)):
-        g_test = torch.cat([by_checkpoint(lambda s: per_example_grads(model, s, names, test_fn, b, chunk_size), group)
+        g_test = torch.cat([by_checkpoint(lambda s: per_example_grads(model, s, names, test_fn, b, chunk_size=chunk_size), group)
                             for b in test_b], dim=1)  # fmt: skip
         cols = []
         for b in train_b:
-            g = by_checkpoint(lambda s: per_example_grads(model, s, names, loss_fn, b, chunk_size), group)
+            g = by_checkpoint(lambda s: per_example_grads(model, s, names, loss_fn, b, chunk_size=chunk_size), group)
             cols.append(weighted_sum(rates, grams(g_test, g)))
             if bar is not None:
                 bar.update(len(group))
@@ -337,7 +234,7 @@ def tracin_self_influence(
     for state, lr in states:  # one checkpoint per call: see NOTE: [Checkpoints in one vectorised call] in _by_checkpoint.py
         parts = []
         for b in train_b:
-            parts.append(_squared_norms(model, state, names, loss_fn, b, chunk_size))
+            parts.append(squared_norms(per_example_grads(model, state, names, loss_fn, b, chunk_size=chunk_size, flat=False)))
             if bar is not None:
                 bar.update()
         scores = lr * torch.cat(parts)

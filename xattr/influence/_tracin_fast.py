@@ -23,7 +23,10 @@ NOTE: [Random projections of the factors]
 capped at each dim and entries of variance 1/k, so that ``E[P P^T] = I`` and each projected dot
 product is an unbiased estimate of the exact one, with relative spread O(1/sqrt(k)). An example's
 features are ``sqrt(eta_c) vec((P_g^T g)(P_a^T a)^T)`` concatenated over checkpoints (k_g k_a
-numbers per checkpoint), and scores are one matmul of test and training features. When
+numbers per checkpoint), whose dot products are the projected scores; `tracin_fast_projected`
+computes the same numbers (to rounding) from the projected factors, as `tracin_fast` does from
+the exact ones: ``sum_c eta_c (P_g^T g_i . P_g^T g_j)(P_a^T a_i . P_a^T a_j)``, which allows
+negative learning rates too. When
 ``d_out * d_a <= projection_dim`` (or ``projection_dim=None``) nothing is projected and the
 scores are exact. The matrices are drawn once, ``P_g`` first, from ``generator``; with the same
 integer seed and ``include_bias=False`` they are Captum's (which seeds torch's global generator).
@@ -40,26 +43,19 @@ from torch.func import functional_call, grad, vmap
 
 from .._src.progress import progress
 from ._by_checkpoint import by_checkpoint, checkpoints_per_call, groups, weighted_sum
+from ._layers import module_paths, resolve_layer
+from ._per_example import positive_int, summed_loss
 from ._tracin import _check_common, batches, checkpoint_states
 
 
 def _fc_layer(model: nn.Module, layer) -> tuple[str, nn.Linear]:
-    if isinstance(layer, str):
-        try:
-            module = model.get_submodule(layer)
-        except AttributeError as err:
-            raise ValueError(f"the model has no module named {layer!r}") from err
-    else:
-        module = layer
+    name, module = resolve_layer(model, layer, module_paths(model))
     if not isinstance(module, nn.Linear):
         raise TypeError(
             f"the fast TracIn needs an nn.Linear layer (the last fully-connected one), got {type(module).__name__}; "
             "use tracin(..., layers=[layer]) for any other layer"
         )
-    for name, m in model.named_modules():
-        if m is module:
-            return name, module
-    raise ValueError("layer is not a module of the model")
+    return name, module
 
 
 def layer_factors(model, state, layer: nn.Linear, loss_fn, batch, *, include_bias=True, chunk_size=None):
@@ -91,8 +87,7 @@ def layer_factors(model, state, layer: nn.Linear, loss_fn, batch, *, include_bia
                 f"the fast TracIn needs a layer input of one vector per example ({layer.in_features},), got {got}; "
                 "use tracin(..., layers=[layer]) for a layer applied over a sequence or image"
             )
-        loss = out.sum() if loss_fn is None else loss_fn(out, label.unsqueeze(0)).sum()
-        return loss, a[0]
+        return summed_loss(loss_fn, out, label.unsqueeze(0), None), a[0]
 
     *inputs, labels = batch
     g, a = vmap(grad(one, has_aux=True), in_dims=(None, 0, 0), chunk_size=chunk_size)(zero, tuple(inputs), labels)
@@ -111,12 +106,24 @@ def _stacked_factors(model, group, layer, loss_fn, bs, include_bias, chunk_size)
     return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
 
 
-def _factors(model, states, layer, loss_fn, bs, include_bias, chunk_size, batch_size):
-    """``(lr, a, g)`` per checkpoint, ``a`` and ``g`` over all the examples of ``bs``."""
+def all_factors(model, states, layer, loss_fn, bs, include_bias, chunk_size, batch_size, bar=None):
+    """``(a, g)``, each ``(C, n, ·)``: the factors at each of the C ``states`` (``[(state,
+    lr), ...]``) for all the examples of ``bs``, checkpoints grouped as in `tracin_fast`."""
     rows = sum(len(b[0]) for b in bs)
-    for group, rates in groups(states, checkpoints_per_call(len(states), rows, batch_size, chunk_size)):
-        a, g = _stacked_factors(model, group, layer, loss_fn, bs, include_bias, chunk_size)
-        yield from zip(rates, a, g)
+    parts = []
+    for group, _ in groups(states, checkpoints_per_call(len(states), rows, batch_size, chunk_size)):
+        parts.append(_stacked_factors(model, group, layer, loss_fn, bs, include_bias, chunk_size))
+        if bar is not None:
+            bar.update(len(group))
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def fast_scores(rates: list, a_test, g_test, a, g) -> torch.Tensor:
+    """``sum_c rates[c] (g_test[c] g[c]^T) * (a_test[c] a[c]^T)`` of ``(C, ·, ·)`` factor
+    stacks: the score columns of the training examples of ``a`` and ``g`` (one ``bmm`` each: small)."""
+    return weighted_sum(rates, torch.bmm(g_test, g.transpose(1, 2)) * torch.bmm(a_test, a.transpose(1, 2)))
 
 
 def tracin_fast(
@@ -159,7 +166,7 @@ def tracin_fast(
         cols = []
         for j, b in enumerate(train_b):
             a, g = first if j == 0 and first is not None else _stacked_factors(model, group, fc, loss_fn, [b], include_bias, chunk_size)
-            cols.append(weighted_sum(rates, torch.bmm(g_t, g.transpose(1, 2)) * torch.bmm(a_t, a.transpose(1, 2))))  # small: one bmm
+            cols.append(fast_scores(rates, a_t, g_t, a, g))
             if bar is not None:
                 bar.update(len(group))
         scores = torch.cat(cols, dim=1)
@@ -183,37 +190,6 @@ def _joint_batch(test_b: list, first: tuple, per: int, n_checkpoints: int, batch
     return tuple(torch.cat([t, u]) for t, u in zip(test_b[0], first))
 
 
-def tracin_fast_self_influence(
-    model: nn.Module,
-    layer,
-    checkpoints,
-    loss_fn: Callable | None,
-    train,
-    *,
-    learning_rates=None,
-    include_bias: bool = True,
-    batch_size: int | None = 4096,
-    chunk_size: int | None = None,
-    show_progress: bool = False,
-) -> torch.Tensor:
-    """``(n,)``: ``sum_c eta_c |g|^2 |a|^2`` (``|a|^2 + 1`` with the bias), the self-influence of
-    `tracin_fast`."""
-    _check_common(model, loss_fn, None, chunk_size)
-    _, fc = _fc_layer(model, layer)
-    states = checkpoint_states(model, checkpoints, learning_rates)
-    train_b = batches(train, batch_size, "train")
-    bar = progress(show_progress, total=len(states), desc="TracIn (fast) self-influence", unit="checkpoint")
-    total = None
-    for lr, a, g in _factors(model, states, fc, loss_fn, train_b, include_bias, chunk_size, batch_size):
-        scores = lr * g.square().sum(1) * a.square().sum(1)
-        total = scores if total is None else total + scores
-        if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.close()
-    return total
-
-
 def _as_generator(generator):
     if generator is None or isinstance(generator, torch.Generator):
         return generator
@@ -227,10 +203,8 @@ def tracin_fast_projections(model: nn.Module, layer, projection_dim: int | None,
     least the layer's ``d_out * d_a`` (then nothing is projected). See NOTE: [Random projections
     of the factors]. ``generator``: an int seed, a ``torch.Generator``, or None (torch's global)."""
     _, fc = _fc_layer(model, layer)
-    if projection_dim is None:
+    if positive_int(projection_dim, "projection_dim") is None:
         return None
-    if isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim < 1:
-        raise ValueError(f"projection_dim must be a positive int or None, got {projection_dim!r}")
     gen = _as_generator(generator)
     d_g = fc.out_features
     d_a = fc.in_features + (1 if include_bias and fc.bias is not None else 0)
@@ -241,66 +215,3 @@ def tracin_fast_projections(model: nn.Module, layer, projection_dim: int | None,
     p_g = torch.normal(torch.zeros(d_g, k_g), 1.0 / k_g**0.5, generator=gen)
     p_a = torch.normal(torch.zeros(d_a, k_a), 1.0 / k_a**0.5, generator=gen)
     return p_g.to(fc.weight), p_a.to(fc.weight)
-
-
-def tracin_fast_features(
-    model: nn.Module,
-    layer,
-    checkpoints,
-    loss_fn: Callable | None,
-    data,
-    *,
-    projections=None,
-    learning_rates=None,
-    include_bias: bool = True,
-    batch_size: int | None = 4096,
-    chunk_size: int | None = None,
-) -> torch.Tensor:
-    """``(n, C k_g k_a)``: per example, ``sqrt(eta_c) vec((P_g^T g)(P_a^T a)^T)`` over the C
-    checkpoints (unprojected with ``projections=None``), so that the dot product of two examples'
-    features is their (projected) fast TracIn score. Learning rates must be >= 0."""
-    _check_common(model, loss_fn, None, chunk_size)
-    _, fc = _fc_layer(model, layer)
-    states = checkpoint_states(model, checkpoints, learning_rates)
-    if any(lr < 0 for _, lr in states):
-        raise ValueError("feature vectors need learning rates >= 0 (they carry sqrt(learning rate))")
-    feats = []
-    for lr, a, g in _factors(model, states, fc, loss_fn, batches(data, batch_size, "data"), include_bias, chunk_size, batch_size):
-        if projections is not None:
-            p_g, p_a = projections
-            if p_g.shape[0] != g.shape[1] or p_a.shape[0] != a.shape[1]:
-                raise ValueError(
-                    f"projections of shapes {tuple(p_g.shape)}, {tuple(p_a.shape)} do not fit the layer's "
-                    f"output ({g.shape[1]}) and input ({a.shape[1]}): draw them with tracin_fast_projections "
-                    "with the same include_bias"
-                )
-            g, a = g @ p_g, a @ p_a
-        feats.append(math.sqrt(lr) * (g[:, :, None] * a[:, None, :]).flatten(1))
-    return torch.cat(feats, dim=1)
-
-
-def tracin_fast_projected(
-    model: nn.Module,
-    layer,
-    checkpoints,
-    loss_fn: Callable | None,
-    train,
-    test,
-    *,
-    projection_dim: int | None,
-    generator=None,
-    test_loss_fn: Callable | None = None,
-    learning_rates=None,
-    include_bias: bool = True,
-    batch_size: int | None = 4096,
-    chunk_size: int | None = None,
-) -> torch.Tensor:
-    """`tracin_fast` estimated through random projections of the layer's input and output
-    gradient to about ``projection_dim`` numbers per checkpoint: ``(n_test, n_train)``. Exact
-    where nothing needs projecting. See NOTE: [Random projections of the factors]."""
-    proj = tracin_fast_projections(model, layer, projection_dim, generator=generator, include_bias=include_bias)
-    common = dict(projections=proj, learning_rates=learning_rates, include_bias=include_bias, batch_size=batch_size, chunk_size=chunk_size)
-    f_train = tracin_fast_features(model, layer, checkpoints, loss_fn, train, **common)
-    test_fn = loss_fn if test_loss_fn is None else test_loss_fn
-    f_test = tracin_fast_features(model, layer, checkpoints, test_fn, test, **common)
-    return f_test @ f_train.T

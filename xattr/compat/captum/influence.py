@@ -14,7 +14,7 @@ Captum's (tests/test_compat_tracin.py compares them). What differs, by design:
   [Loaded checkpoints are kept] in _loaded_checkpoints.py); Captum loads them again on every
   call.
 - Per-example gradients come from ``vmap(grad)`` on one example at a time (NOTE: [Per-example
-  losses] in xattr/influence/_tracin.py), so any ``reduction`` of ``loss_fn`` gives the same
+  losses] in xattr/influence/_per_example.py), so any ``reduction`` of ``loss_fn`` gives the same
   numbers: Captum's requirement of ``reduction="none"`` (or "sum"/"mean" with
   ``sample_wise_grads_per_batch=True``) is not enforced. ``sample_wise_grads_per_batch``,
   ``vectorize`` and ``outer_loop_by_checkpoints`` are accepted and change nothing.
@@ -23,7 +23,10 @@ Captum's (tests/test_compat_tracin.py compares them). What differs, by design:
   features use ``loss_fn`` (Captum uses ``test_loss_fn`` for them too); and without
   ``nearest_neighbors`` its proponents are the exact top k of the projected scores (Captum
   defaults to Annoy's approximate search, which needs the ``annoy`` package). A given
-  ``nearest_neighbors`` object is used as Captum uses it.
+  ``nearest_neighbors`` object is used as Captum uses it. Its training features are computed
+  at construction, as Captum's are, and so are the checkpoint states its test features use
+  (Captum loads the checkpoints again on each call: after a checkpoint changes, build a new
+  object, whose training features then agree with it).
 - ``TracInCPFast`` differentiates at the output of ``final_fc_layer``; Captum at the model's
   output, the same when that layer is the model's last module.
 
@@ -65,13 +68,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ...influence._tracin import batches, parameter_names, per_example_grads, top_k, tracin, tracin_self_influence
-from ...influence._tracin_fast import (
-    tracin_fast,
-    tracin_fast_features,
-    tracin_fast_projections,
-    tracin_fast_self_influence,
-)
+from ...influence._per_example import parameter_names, per_example_grads, rows_within
+from ...influence._tracin import batches, top_k, tracin, tracin_self_influence
+from ...influence._tracin_fast import tracin_fast, tracin_fast_projections
+from ...influence._tracin_index import _index, tracin_fast_self_influence
 from ._loaded_checkpoints import LoadedCheckpoints
 
 
@@ -96,13 +96,6 @@ def _load_flexible_state_dict(model: nn.Module, path) -> float:
 
 
 _GRADIENT_BYTES = 64 * 2**20  # per-example gradient rows one vectorised call may hold
-
-
-def _gradient_rows(model: nn.Module, names: list) -> int:
-    """Rows of per-example gradients of the parameters ``names`` within ``_GRADIENT_BYTES``."""
-    params = dict(model.named_parameters())
-    row = sum(params[n].numel() * params[n].element_size() for n in names)
-    return max(1, _GRADIENT_BYTES // max(row, 1))
 
 
 def _not_linear_message(model: nn.Module, layer) -> str:
@@ -238,7 +231,7 @@ class TracInCP(TracInCPBase):
 
     def _rows(self) -> int:
         # NOTE: [Rows per gradient call]
-        return _gradient_rows(self.model, parameter_names(self.model, self.layers))
+        return rows_within(dict(self.model.named_parameters()), parameter_names(self.model, self.layers), _GRADIENT_BYTES)
 
     def influence(self, inputs, k: int | None = None, proponents: bool = True, show_progress: bool = False, aggregate: bool = False):
         """``(n_test, n_train)`` scores (``(1, n_train)`` summed over the test examples with
@@ -318,8 +311,8 @@ class TracInCPFast(TracInCPBase):
 
 class TracInCPFastRandProj(TracInCPFast):
     """`TracInCPFast` through random projections, with the training features computed once at
-    construction (Captum's ``TracInCPFastRandProj``); the core is
-    `xattr.influence.tracin_fast_features`."""
+    construction (Captum's ``TracInCPFastRandProj``); the core is a
+    `xattr.influence.TracInFastIndex` built there, which also keeps the checkpoints it used."""
 
     def __init__(
         self,
@@ -347,24 +340,23 @@ class TracInCPFastRandProj(TracInCPFast):
             torch.empty((), dtype=torch.int64).random_(generator=gen)
         self.projection_quantities = tracin_fast_projections(model, self.final_fc_layer, projection_dim,
                                                              generator=gen, include_bias=False)  # fmt: skip
-        self.src_intermediate_quantities = self._features(self.train_dataloader, self.loss_fn)
+        states, lrs = self._states()
+        # the training factors, computed once (as Captum does): NOTE: [A user-held index of training factors]
+        self._index = _index(model, self.final_fc_layer, states, self.loss_fn, self.train_dataloader,
+                             projections=self.projection_quantities, learning_rates=lrs, include_bias=False)  # fmt: skip
+        self.src_intermediate_quantities = self._index.features()
         if nearest_neighbors is not None:
             nearest_neighbors.setup(self.src_intermediate_quantities)
 
-    def _features(self, data, loss_fn) -> torch.Tensor:
-        states, lrs = self._states()
-        return tracin_fast_features(self.model, self.final_fc_layer, states, loss_fn, data, projections=self.projection_quantities,
-                                    learning_rates=lrs, include_bias=False)  # fmt: skip
-
     def compute_intermediate_quantities(self, inputs) -> torch.Tensor:
         """``(n, C k_g k_a)``: the (projected) feature vectors whose dot products are the scores."""
-        return self._features(inputs, self.loss_fn)
+        return self._index.features(inputs, self.loss_fn)
 
     def influence(self, inputs=None, k: int | None = 5, proponents: bool = True):
         """With ``k=None`` the ``(n_test, n_train)`` projected scores; else (the default, k=5)
         the k proponents (``proponents=False``: opponents)."""
         _check_inputs(inputs)
-        test = self._features(inputs, self.test_loss_fn)
+        test = self._index.features(inputs, self.test_loss_fn)
         if k is None:
             return test @ self.src_intermediate_quantities.T
         if self.nearest_neighbors is None:

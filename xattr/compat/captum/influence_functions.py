@@ -35,8 +35,9 @@ from torch.utils.data import DataLoader
 from ..._src.layers import at_layer
 from ..._src.progress import progress
 from ..._src.warn import warn
-from ...influence._influence_function import LossGeometry, as_batch, inverse_root
-from .influence import KMostInfluentialResults
+from ...influence._influence_function import LossGeometry, inverse_root
+from ...influence._per_example import check_batch
+from .influence import _GRADIENT_BYTES, KMostInfluentialResults
 
 __all__ = ["NaiveInfluenceFunction", "SimilarityInfluence", "cosine_similarity", "euclidean_distance"]
 
@@ -55,7 +56,7 @@ def _concat_batches(data, batch_size, what: str) -> tuple[torch.Tensor, ...]:
     """All examples of a DataLoader, a Dataset (batched by ``batch_size``) or one tuple batch,
     as one tuple ``(*inputs, labels)``."""
     if isinstance(data, (tuple, list)):
-        return as_batch(tuple(data), what)
+        return check_batch(tuple(data), what)
     if not isinstance(data, DataLoader):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"{what} is a Dataset, so batch_size must be a positive int, got {batch_size!r}")
@@ -63,7 +64,7 @@ def _concat_batches(data, batch_size, what: str) -> tuple[torch.Tensor, ...]:
     batches = [tuple(b) for b in data]
     if not batches:
         raise ValueError(f"{what} is empty")
-    return as_batch(tuple(torch.cat(parts) for parts in zip(*batches)), what)
+    return check_batch(tuple(torch.cat(parts) for parts in zip(*batches)), what)
 
 
 class _WithReduction:
@@ -138,7 +139,7 @@ class NaiveInfluenceFunction:
         self.hessian_inverse_tol = float(hessian_inverse_tol)
         self.train_data = _concat_batches(train_dataset, batch_size, "train_dataset")
         hess = self.train_data if hessian_dataset is None else _concat_batches(hessian_dataset, batch_size, "hessian_dataset")
-        self._geo = LossGeometry(self.model, layers, None, show_progress)
+        self._geo = LossGeometry(self.model, layers, None, show_progress, max_bytes=_GRADIENT_BYTES)
         n = hess[0].shape[0]
         R = inverse_root(self._geo.hessian(hess, self.loss_fn), self.hessian_reg / n, self.hessian_inverse_tol / n, projection_dim)
         self._R64 = R / n**0.5  # Captum's R for the summed loss: H_sum^{-1} ~= R R^T
