@@ -157,6 +157,26 @@ def test_batch_equals_per_example_loop_and_chunks_change_nothing():
     torch.testing.assert_close(chunked, whole, atol=1e-13, rtol=1e-11)
 
 
+def test_chunks_walk_the_path_chunk_by_chunk(monkeypatch):
+    """With chunk_size the blurred images are made per chunk (NOTE: [Path points per chunk]):
+    no call builds more scales than one chunk's steps, and the numbers do not change."""
+    import xattr._src.blur_ig as B
+
+    sizes, real = [], B.blur_and_derivative
+
+    def counting(x, sigmas, top):
+        sizes.append(len(sigmas))
+        return real(x, sigmas, top)
+
+    f = xattr.target(small_cnn(5), 0)
+    x = images(7, (2, 1, 5, 6))
+    whole = xattr.blur_integrated_gradients(f, max_sigma=4.0, n_steps=12)(x)
+    monkeypatch.setattr(B, "blur_and_derivative", counting)
+    chunked = xattr.blur_integrated_gradients(f, max_sigma=4.0, n_steps=12, chunk_size=6)(x)  # 3 steps x 2 rows a chunk
+    assert sizes == [3, 3, 3, 3]
+    torch.testing.assert_close(chunked, whole, atol=1e-13, rtol=1e-11)
+
+
 def test_many_outputs_give_one_attribution_per_output():
     model = small_cnn(6, classes=3)
     x = images(6, (2, 1, 5, 6))

@@ -61,3 +61,21 @@ def test_a_custom_path_is_walked_whole_once(walked):
     walked.clear()
     torch.testing.assert_close(fn(chunk_size=8), whole)
     assert walked == [20]
+
+
+def test_a_custom_path_marked_pointwise_is_walked_chunk_by_chunk(walked):
+    def bent(x, b, alphas):
+        a = alphas.reshape((-1,) + (1,) * x.ndim)
+        return b + a**2 * (x - b), 2 * a * (x - b)
+
+    model, x = _model(), torch.randn(4, 6, dtype=torch.float64)
+    fn = lambda **kw: xattr.path_integral(xattr.target(model, 0), path=bent, n_steps=20, **kw)(x)  # noqa: E731
+    whole = fn()
+    bent.pointwise = True
+    walked.clear()
+    torch.testing.assert_close(fn(chunk_size=8), whole)
+    assert walked == [2] * 10
+    bent.pointwise = "yes"  # only True counts
+    walked.clear()
+    fn(chunk_size=8)
+    assert walked == [20]

@@ -155,6 +155,7 @@ def blur_integrated_gradients(
         points, d_ds = blur_and_derivative(x, (1 - alphas.to(torch.float64)) * top, top)
         return points, -top * d_ds
 
+    walk.pointwise = True  # each alpha's image and velocity are its own: chunk_size bounds the path's memory too
     integral = path_integral(f, argnums=argnums, n_steps=n_steps, method=method, path=walk, chunk_size=chunk_size)
 
     def fn(*args):

@@ -157,7 +157,9 @@ def path_integral(
         Can be overridden per call with ``fn(*args, baselines=...)``.
       n_steps, method: quadrature (see NOTE: [Quadrature rules]).
       path: custom path ``path(x, baseline, alphas) -> (points (n, B, ...), velocities)``, with
-        velocities (n, B, ...) or (B, ...) for a constant one; applied to each input tensor.
+        velocities (n, B, ...) or (B, ...) for a constant one; applied to each input tensor. A
+        path whose point and velocity at each alpha depend on that alpha alone can say so with
+        ``path.pointwise = True``: it is then walked chunk by chunk (NOTE: [Path points per chunk]).
       chunk_size: most model rows (examples x steps) per forward/backward call.
       return_profile: also return a `Profile` of the integrand along the path.
 
@@ -183,7 +185,7 @@ def path_integral(
         mixed = len({x.dtype for x in xs}) > 1
         weights = torch.as_tensor(weights_np, dtype=real_dtype(xs, torch.float32), device=xs[0].device)
         spans = list(T.chunks(n_steps, batch, chunk_size))
-        upfront = len(spans) == 1 or walk not in POINTWISE  # NOTE: [Path points per chunk]
+        upfront = len(spans) == 1 or not (walk in POINTWISE or getattr(walk, "pointwise", False) is True)  # NOTE: [Path points per chunk]
         if upfront:
             points, velocity = _walk(walk, selected, base, alphas_np)
         total, profile_out, profile_grads = ChunkSum(), [], []
@@ -224,7 +226,8 @@ def path_integral(
 # depends on its own alpha alone, so chunk_size bounds the path's memory as well as the model's
 # rows (all n_steps x B copies at once had cost 2x their size whatever chunk_size was: +770 MiB
 # for B=8 3x64x64 inputs at n_steps=1024). A custom ``path`` is walked whole, once, as before:
-# it may compute its velocities from neighbouring alphas.
+# it may compute its velocities from neighbouring alphas; one marked ``pointwise = True`` (Blur
+# IG's) is walked chunk by chunk like the straight line.
 POINTWISE = (straight_line, straight_line_unit)
 
 
