@@ -14,6 +14,7 @@ from ._bias_report import BiasReport, Counterfactual, GroupStats, Interactions
 from ._concentration import complexity, sparseness
 from ._curves import Curve, deletion, insertion, patch_mask
 from ._infidelity import infidelity
+from ._localization import attribution_localization, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
 from ._multiplier import MultiplierCheck, multiplier_check
 from ._mutual_info import (
     bins,
@@ -28,6 +29,12 @@ from ._noise import gaussian_noise, subset_to_baseline, uniform_noise
 from ._randomization import Randomization, randomization_check
 from ._sensitivity import sensitivity_max
 from ._similarity import spearman, ssim, top_k_intersection
+from ._stability import (
+    local_lipschitz_estimate,
+    relative_input_stability,
+    relative_output_stability,
+    relative_representation_stability,
+)
 
 __all__ = [
     "BiasReport",
@@ -37,6 +44,7 @@ __all__ = [
     "Interactions",
     "MultiplierCheck",
     "Randomization",
+    "attribution_localization",
     "bias_check",
     "bins",
     "complexity",
@@ -45,12 +53,19 @@ __all__ = [
     "gaussian_noise",
     "infidelity",
     "insertion",
+    "local_lipschitz_estimate",
     "multiplier_check",
     "mutual_information",
     "mutual_information_test",
     "normalized_mutual_information",
     "patch_mask",
+    "pointing_game",
     "randomization_check",
+    "relative_input_stability",
+    "relative_output_stability",
+    "relative_representation_stability",
+    "relevance_mass_accuracy",
+    "relevance_rank_accuracy",
     "sensitivity_max",
     "soft_mutual_information",
     "sparseness",
