@@ -281,13 +281,15 @@ PURE = {"Curve", "Randomization", "gaussian_noise", "uniform_noise", "subset_to_
         # the bias checks' estimators on given values, and result classes: no model call
         "BiasReport", "Counterfactual", "GroupStats", "Interactions", "bins", "entropy", "mutual_information",
         "mutual_information_test", "normalized_mutual_information", "soft_mutual_information", "subgroups",
-        "MultiplierCheck"}  # fmt: skip
+        "MultiplierCheck", "noisy_linear_imputation"}  # fmt: skip
 
 
 def test_every_public_metric_and_attack_checks_at_entry():
     ident = lambda v: v  # noqa: E731
     made = {"infidelity": lambda fn: fn(ident, ident, ident), "deletion": lambda fn: fn(ident, ident),
-            "insertion": lambda fn: fn(ident, ident)}  # fmt: skip
+            "insertion": lambda fn: fn(ident, ident), "faithfulness_correlation": lambda fn: fn(ident, ident, subset_size=1),
+            "monotonicity_correlation": lambda fn: fn(ident, ident), "monotonicity": lambda fn: fn(ident, ident),
+            "road": lambda fn: fn(ident, ident)}  # fmt: skip
     for module in (xattr.metrics, xattr.robust):
         for name in set(module.__all__) - PURE:
             fn = made.get(name, lambda fn: fn)(getattr(module, name))

@@ -13,6 +13,7 @@ from ._bias import bias_check
 from ._bias_report import BiasReport, Counterfactual, GroupStats, Interactions
 from ._concentration import complexity, sparseness
 from ._curves import Curve, deletion, insertion, patch_mask
+from ._faithfulness import faithfulness_correlation, monotonicity, monotonicity_correlation
 from ._infidelity import infidelity
 from ._localization import attribution_localization, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
 from ._multiplier import MultiplierCheck, multiplier_check
@@ -27,6 +28,7 @@ from ._mutual_info import (
 )
 from ._noise import gaussian_noise, subset_to_baseline, uniform_noise
 from ._randomization import Randomization, randomization_check
+from ._road import noisy_linear_imputation, road
 from ._sensitivity import sensitivity_max
 from ._similarity import spearman, ssim, top_k_intersection
 from ._stability import (
@@ -50,13 +52,17 @@ __all__ = [
     "complexity",
     "deletion",
     "entropy",
+    "faithfulness_correlation",
     "gaussian_noise",
     "infidelity",
     "insertion",
     "local_lipschitz_estimate",
+    "monotonicity",
+    "monotonicity_correlation",
     "multiplier_check",
     "mutual_information",
     "mutual_information_test",
+    "noisy_linear_imputation",
     "normalized_mutual_information",
     "patch_mask",
     "pointing_game",
@@ -66,6 +72,7 @@ __all__ = [
     "relative_representation_stability",
     "relevance_mass_accuracy",
     "relevance_rank_accuracy",
+    "road",
     "sensitivity_max",
     "soft_mutual_information",
     "sparseness",

@@ -188,3 +188,15 @@ def model_rows(out: Any, what: str = "the model function") -> torch.Tensor:
             "example: choose it with xattr.target(model, t)"
         )
     return out
+
+
+def attributed(args: tuple, nums: tuple, as_tuple: bool, attributions):
+    """A metric's call: ``(idx, selected, rebuild, batch, x, phi)``: the attributed argument
+    positions, those arguments and how to put them back, the batch size, the input as the user
+    gave it (a tensor or a tuple) and the attributions matched to it (computed first where
+    ``attributions`` is an attribution function)."""
+    idx = positive_nums(nums, len(args))
+    selected, rebuild = T.split_args(args, idx)
+    batch = batch_of(selected)
+    x = selected if as_tuple else selected[0]
+    return idx, selected, rebuild, batch, x, match_attributions(resolve(attributions, args), x)

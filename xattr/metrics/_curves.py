@@ -36,7 +36,7 @@ from .._src.copies import perturb
 from .._src.gradients import model_calls
 from .._src.nesting import new_call_inside_model
 from .._src.perturb import baseline_tree
-from ._common import batch_of, match_attributions, model_rows, passthrough, positive_nums, resolve
+from ._common import attributed, model_rows, passthrough
 from ._similarity import result_dtype
 
 
@@ -106,11 +106,7 @@ def _curve(
     @new_call_inside_model  # NOTE: [Attributions inside a model's forward] in nesting.py
     def fn(*args):
         warn_if_training(f)
-        idx = positive_nums(nums, len(args))
-        selected, _ = T.split_args(args, idx)
-        batch = batch_of(selected)
-        x = selected if as_tuple else selected[0]
-        phi = match_attributions(resolve(attributions, args), x)
+        idx, selected, _, batch, x, phi = attributed(args, nums, as_tuple, attributions)
         masks, n_feat = features(selected, feature_mask)
         base = baseline_tree(selected, baselines, as_tuple)
         ranks, n_own = _element_ranks(phi if as_tuple else (phi,), masks, selected, n_feat)

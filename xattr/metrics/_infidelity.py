@@ -11,9 +11,7 @@ from .._src.checks import baselines_like, check_finite, warn_if_training
 from .._src.gradients import model_calls
 from .._src.nesting import new_call_inside_model
 from .._src.budget import copies_per_call
-from ._common import (
-    batch_of, draw_copies, match_attributions, model_rows, passthrough, positive_nums, resolve, same_structure,
-)  # fmt: skip
+from ._common import attributed, draw_copies, model_rows, passthrough, same_structure
 
 
 def infidelity(
@@ -62,11 +60,7 @@ def infidelity(
     @new_call_inside_model  # NOTE: [Attributions inside a model's forward] in nesting.py
     def fn(*args):
         warn_if_training(f)
-        idx = positive_nums(nums, len(args))
-        selected, rebuild = T.split_args(args, idx)
-        batch = batch_of(selected)
-        x = selected if as_tuple else selected[0]
-        phi = match_attributions(resolve(attr_fn_or_attributions, args), x)
+        idx, selected, rebuild, batch, x, phi = attributed(args, nums, as_tuple, attr_fn_or_attributions)
         with model_calls():
             fx = model_rows(f(*T.cloned(args)))  # a model writing into its input leaves x as it was
         check_finite(fx)

@@ -1,0 +1,309 @@
+"""ROAD, remove and debias (Rong et al. 2022): pixels removed in attribution order and filled in by
+noisy linear imputation, so that the shape of what was removed does not tell the model the class.
+
+NOTE: [Noisy linear imputation]
+Each removed pixel takes the weighted mean of its 8 neighbours inside the image, the 4 direct
+ones weighing 1/6 and the 4 diagonal ones 1/12 (so 1 in all for an inner pixel; at the border
+the weights of the neighbours that exist are renormalised by their sum s_i). Removed neighbours
+are unknowns too, so per image and channel it is one linear system over the removed pixels:
+  s_i v_i - sum_{j removed} w_ij v_j = sum_{j kept} w_ij x_j      (i removed).
+It is written over the whole grid, a kept pixel's row being v_i = x_i:
+  A = diag(r s + (1 - r)) - (r r') * W,   rhs = (1 - r) x + r (W ((1 - r) x)),
+with r the 0/1 removal indicator and W the neighbour weights (a 3x3 convolution with zero
+padding). A is symmetric, and positive definite when at least one pixel is kept (every
+8-connected region of removed pixels then borders a kept pixel, which makes the restriction of
+D - W to it irreducibly diagonally dominant), which is why a percentage must keep one pixel.
+Images of up to `DENSE_PIXELS` pixels are solved densely (``torch.linalg.solve`` in float64,
+all images of a chunk and their channels at once); larger ones by conjugate gradients with the
+Jacobi preconditioner, matrix-free (one convolution of the whole chunk per iteration), in
+float64 for float64 images and float32 otherwise. Then Gaussian noise of std ``noise`` is added
+to the removed pixels only (the paper's "noisy" part: the imputation should not be a smooth
+give-away either); kept pixels keep their values exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .._src import tree as T
+from .._src.budget import copies_per_call
+from .._src.checks import check_finite, warn_if_training
+from .._src.gradients import model_calls
+from .._src.nesting import new_call_inside_model
+from .._src.progress import progress
+from .._src.sampling import per_example, streams
+from .._src.warn import warn
+from ._common import batch_of, model_rows, passthrough, positive_nums, resolve, stopped
+from ._curves import Curve
+from ._similarity import result_dtype
+
+DENSE_PIXELS = 256  # images of up to 16x16 pixels: a dense solve; larger: conjugate gradients
+DENSE_BYTES = 64 * 2**20  # float64 matrices per dense solve call
+_SIDE, _CORNER = 1.0 / 6.0, 1.0 / 12.0
+PERCENTAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def road(
+    f: Callable,
+    attr_fn_or_attributions: Any,
+    *,
+    percentages: Sequence[float] = PERCENTAGES,
+    order: str = "morf",
+    imputation: str = "noisy_linear",
+    noise: float = 0.01,
+    argnums: int = 0,
+    generator=None,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    show_progress: bool = False,
+) -> Callable:
+    """ROAD curve: the output as the top (MoRF) or bottom (LeRF) p% of pixels are imputed away.
+
+    Rong, Leemann, Borisov, Kasneci, Kasneci, ICML 2022, "A Consistent and Efficient Evaluation
+    Strategy for Attribution Methods". Pixels are ranked by their attribution summed over
+    channels (highest first; ties: lower pixel index first); for each p the ``round(p H W)``
+    highest-ranked (MoRF) or lowest-ranked (LeRF) pixels, all channels, are replaced by noisy
+    linear imputation (NOTE: [Noisy linear imputation]). No retraining: the same model scores
+    every imputed image.
+
+    Args:
+      f: model function with one output per example (``xattr.target``): a class probability, or
+        a 0/1 correctness (``lambda x, y: (model(x).argmax(1) == y).double()`` with the labels
+        a pass-through argument) whose batch mean is the accuracy curve.
+      attr_fn_or_attributions: an attribution function (called once) or attributions shaped
+        like the image (B, C, H, W), or per pixel (B, 1, H, W) or (B, H, W).
+      percentages: increasing fractions of removed pixels in [0, 1); each must keep a pixel.
+      order: "morf" (most relevant first: faithful attributions make the output fall fast,
+        lower AUC is better) or "lerf" (least relevant first: it should stay, higher is better).
+      imputation: "noisy_linear" (the paper's; ``noise=0`` makes it plain linear imputation).
+      noise: std of the Gaussian noise added to the imputed pixels, >= 0.
+      argnums: the image argument (one (B, C, H, W) float tensor); others pass through.
+      generator: int seed or torch.Generator for the noise, per example (NOTE: [Explicit randomness]).
+      chunk_size, memory_budget: model rows, or bytes of imputed images, per model call.
+      show_progress: a progress bar over the model calls (needs tqdm).
+
+    Returns:
+      ``fn(*args) -> Curve(fractions (P,), scores (B, P), auc (B,))``: ``fractions`` are the
+      fractions actually removed (``round(p H W) / (H W)``), the AUC the trapezoid rule over them.
+    """
+    ps = _percentages(percentages)
+    if order not in ("morf", "lerf"):
+        raise ValueError(f"order must be 'morf' (most relevant first) or 'lerf' (least relevant first), got {order!r}")
+    if imputation != "noisy_linear":
+        raise ValueError(
+            f"imputation must be 'noisy_linear' (pass noise=0 for plain linear imputation), got {imputation!r}"
+        )
+    _check_noise(noise)
+    if isinstance(argnums, bool) or not isinstance(argnums, int):
+        raise TypeError(f"argnums must be an int (ROAD attributes one image tensor), got {argnums!r}")
+
+    @new_call_inside_model  # NOTE: [Attributions inside a model's forward] in nesting.py
+    def fn(*args):
+        warn_if_training(f)
+        (idx,) = positive_nums((argnums,), len(args))
+        (x,), _ = T.split_args(args, (idx,))
+        batch = batch_of((x,))
+        _check_image(x)
+        _, c, h, w = x.shape
+        pixel = _pixel_scores(stopped(resolve(attr_fn_or_attributions, args)), x)  # (B, H W)
+        counts = [round(p * h * w) for p in ps]
+        if counts[-1] >= h * w:
+            raise ValueError(f"percentage {ps[-1]} removes all {h * w} pixels of a {h}x{w} image; ROAD imputes "
+                             "from the kept pixels, so every percentage must keep one (use a smaller one)")  # fmt: skip
+        order_ = torch.sort(pixel, dim=1, descending=order == "morf", stable=True).indices
+        rank = torch.empty_like(order_).scatter_(1, order_, torch.arange(h * w, device=x.device).expand(batch, -1))
+        cnt = torch.tensor(counts, device=x.device)
+        removed = (rank[:, None, :] < cnt[None, :, None]).reshape(batch, len(ps), h, w)  # (B, P, H, W)
+        (stream,) = streams(generator, 1)
+        z = None
+        if noise > 0:
+            z = torch.empty((batch, len(ps), c, h, w), dtype=x.dtype, device=x.device)
+            z = per_example(stream, z, lambda v, g: v.normal_(0.0, float(noise), generator=g))
+        k = len(ps)
+        per = copies_per_call((x,), batch, chunk_size, memory_budget, k)
+        outs = []
+        spans = [(s, min(s + per, k)) for s in range(0, k, per)]
+        with model_calls(), T.batch_scope(batch):
+            for s, e in progress(show_progress, spans, total=len(spans), desc="ROAD", unit="call"):
+                xs = x.unsqueeze(1).expand(-1, e - s, -1, -1, -1).reshape(-1, c, h, w)
+                r = removed[:, s:e].reshape(-1, h, w)
+                filled = _impute(xs, r, None if z is None else z[:, s:e].reshape(-1, c, h, w))
+                rows = filled.reshape(batch, e - s, c, h, w).transpose(0, 1).reshape(-1, c, h, w)
+                call = passthrough(args, (idx,), e - s, batch)
+                out = model_rows(f(*T.split_args(call, (idx,))[1]((rows,))))
+                check_finite(out)
+                outs.append(out.reshape(e - s, batch))
+        scores = torch.cat(outs).T
+        dtype = result_dtype(scores.dtype)
+        scores = scores.to(dtype)
+        fractions = torch.tensor(counts, dtype=dtype, device=x.device) / (h * w)
+        return Curve(fractions, scores, torch.trapezoid(scores, fractions, dim=1))
+
+    return fn
+
+
+def noisy_linear_imputation(
+    x: torch.Tensor, removed: torch.Tensor, *, noise: float = 0.01, generator=None
+) -> torch.Tensor:
+    """Images (B, C, H, W) with the ``removed`` pixels filled in by noisy linear imputation.
+
+    ``removed``: bool (B, H, W), (B, 1, H, W), or (H, W) shared by the batch, True where a pixel
+    (all its channels) is removed; each image must keep at least one pixel. Each removed pixel
+    becomes the weighted mean of its 8 neighbours (1/6 direct, 1/12 diagonal, renormalised at the
+    border; removed neighbours are unknowns too) plus N(0, noise^2) noise, drawn per example from
+    ``generator`` (NOTE: [Noisy linear imputation]). Kept pixels are returned as they are.
+    """
+    _check_image(x)
+    _check_noise(noise)
+    b, c, h, w = x.shape
+    if not isinstance(removed, torch.Tensor) or removed.dtype != torch.bool:
+        raise TypeError(f"removed must be a bool tensor, got {getattr(removed, 'dtype', type(removed).__name__)}")
+    if removed.ndim == 4 and removed.shape[1] == 1:
+        removed = removed[:, 0]
+    if removed.ndim == 2:
+        removed = removed.unsqueeze(0)
+    if removed.ndim != 3 or removed.shape[1:] != (h, w) or removed.shape[0] not in (1, b):
+        raise ValueError(f"removed of shape {tuple(removed.shape)} must be (B, H, W), (B, 1, H, W) or (H, W) "
+                         f"for images of shape {tuple(x.shape)}")  # fmt: skip
+    removed = removed.to(x.device).expand(b, h, w)
+    if bool(removed.reshape(b, -1).all(1).any()):
+        raise ValueError("an image has every pixel removed: linear imputation needs at least one kept pixel")
+    z = None
+    if noise > 0:
+        (stream,) = streams(generator, 1)
+        z = per_example(stream, torch.empty_like(x), lambda v, g: v.normal_(0.0, float(noise), generator=g))
+    return _impute(stopped(x), removed, z)
+
+
+def _impute(x: torch.Tensor, removed: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+    """x (R, C, H, W) with the removed (R, H, W) pixels solved for, plus the noise z at them."""
+    h, w = x.shape[2:]
+    rm = removed.unsqueeze(1)
+    if not bool(removed.any()):
+        return x.clone()
+    if h * w <= DENSE_PIXELS:
+        v = _dense_fill(x, removed)
+    else:
+        v = _cg_fill(x, removed)
+    v = torch.where(rm, v.to(x.dtype), x)
+    return v if z is None else v + z * rm
+
+
+def _kernel(dtype, device) -> torch.Tensor:
+    rows = [[_CORNER, _SIDE, _CORNER], [_SIDE, 0.0, _SIDE], [_CORNER, _SIDE, _CORNER]]
+    return torch.tensor(rows, dtype=dtype, device=device).reshape(1, 1, 3, 3)
+
+
+def _neighbours(v: torch.Tensor) -> torch.Tensor:
+    """sum_j w_ij v_j for every pixel of v (R, C, H, W): the 3x3 kernel, zero outside the image."""
+    r, c, h, w = v.shape
+    return F.conv2d(v.reshape(r * c, 1, h, w), _kernel(v.dtype, v.device), padding=1).reshape(r, c, h, w)
+
+
+def _dense_fill(x: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """The system of NOTE: [Noisy linear imputation] solved densely in float64, chunk by chunk."""
+    r, c, h, w = x.shape
+    n = h * w
+    eye = torch.eye(n, dtype=torch.float64, device=x.device).reshape(n, 1, h, w)
+    wmat = _neighbours(eye).reshape(n, n)  # column j: the weights w_ij of basis pixel j (W is symmetric)
+    s = wmat.sum(1)
+    per = max(1, DENSE_BYTES // (8 * n * n))
+    out = []
+    for a in range(0, r, per):
+        rf = removed[a : a + per].reshape(-1, n).to(torch.float64)  # (R', N)
+        xv = x[a : a + per].reshape(-1, c, n).transpose(1, 2).to(torch.float64)  # (R', N, C)
+        mat = torch.diag_embed(rf * s + (1 - rf)) - rf[:, :, None] * rf[:, None, :] * wmat
+        kept = (1 - rf)[..., None] * xv
+        rhs = kept + rf[..., None] * (wmat @ kept)
+        out.append(torch.linalg.solve(mat, rhs).transpose(1, 2).reshape(-1, c, h, w))
+    return torch.cat(out)
+
+
+def _cg_fill(x: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """The same system by preconditioned conjugate gradients, matrix-free, all images at once."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    xv = x.to(dtype)
+    rm = removed.unsqueeze(1).to(dtype)  # (R, 1, H, W)
+    s = _neighbours(torch.ones_like(rm))
+    diag = rm * s + (1 - rm)
+
+    def apply(v):
+        return diag * v - rm * _neighbours(rm * v)
+
+    kept = (1 - rm) * xv
+    rhs = kept + rm * _neighbours(kept)
+    mean = kept.sum((2, 3), keepdim=True) / (1 - rm).sum((2, 3), keepdim=True)
+    v = kept + rm * mean  # start: the removed pixels at the kept ones' mean
+    res = rhs - apply(v)
+    zz = res / diag
+    p = zz
+    rz = (res * zz).sum((2, 3), keepdim=True)
+    goal = tol * rhs.flatten(2).norm(dim=2)[..., None, None].clamp_min(torch.finfo(dtype).tiny)
+    h, w = x.shape[2:]
+    limit = 50 * (h + w) + 100
+    for it in range(limit):
+        if it % 8 == 0 and bool((res.flatten(2).norm(dim=2)[..., None, None] <= goal).all()):
+            break
+        ap = apply(p)
+        pap = (p * ap).sum((2, 3), keepdim=True)
+        alpha = torch.where(pap > 0, rz / torch.where(pap > 0, pap, torch.ones_like(pap)), torch.zeros_like(pap))
+        v = v + alpha * p
+        res = res - alpha * ap
+        zz = res / diag
+        rz_new = (res * zz).sum((2, 3), keepdim=True)
+        beta = torch.where(rz > 0, rz_new / torch.where(rz > 0, rz, torch.ones_like(rz)), torch.zeros_like(rz))
+        p = zz + beta * p
+        rz = rz_new
+    else:
+        worst = float((res.flatten(2).norm(dim=2)[..., None, None] / goal * tol).max())
+        warn(f"noisy linear imputation: conjugate gradients stopped after {limit} iterations at a relative "
+             f"residual of {worst:.1e} (asked: {tol:.0e})")  # fmt: skip
+    return v
+
+
+def _pixel_scores(phi: Any, x: torch.Tensor) -> torch.Tensor:
+    """Each pixel's attribution summed over channels, (B, H W)."""
+    b, c, h, w = x.shape
+    if isinstance(phi, (tuple, list)) and len(phi) == 1:
+        phi = phi[0]
+    if not isinstance(phi, torch.Tensor) or tuple(phi.shape) not in ((b, c, h, w), (b, 1, h, w), (b, h, w)):
+        shape = tuple(phi.shape) if isinstance(phi, torch.Tensor) else type(phi).__name__
+        raise ValueError(f"attributions of shape {shape} do not fit images of shape {tuple(x.shape)}: give them "
+                         f"like the image {(b, c, h, w)}, or per pixel {(b, 1, h, w)} or {(b, h, w)}")  # fmt: skip
+    phi = phi.reshape(b, -1, h * w) if phi.ndim == 4 else phi.reshape(b, 1, h * w)
+    return phi.to(torch.promote_types(phi.dtype, torch.float32)).sum(1)
+
+
+def _check_image(x) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
+        what = f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"ROAD imputes pixels of float images (B, C, H, W) from their 8 neighbours; got {what} "
+                         "(a single image needs its batch dim: x[None]; a grey image its channel dim)")  # fmt: skip
+    if x.shape[2] * x.shape[3] < 2:
+        raise ValueError(f"images of {x.shape[2]}x{x.shape[3]} pixels have no neighbours to impute from")
+
+
+def _check_noise(noise) -> None:
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not math.isfinite(noise) or noise < 0:
+        raise ValueError(f"noise must be a finite number >= 0 (the std of the imputation noise), got {noise!r}")
+
+
+def _percentages(percentages) -> tuple[float, ...]:
+    if isinstance(percentages, numbers.Real) and not isinstance(percentages, bool):
+        percentages = (percentages,)
+    try:
+        ps = tuple(percentages)
+    except TypeError:
+        raise TypeError(f"percentages must be a sequence of numbers in [0, 1), got {percentages!r}") from None
+    if not ps or not all(isinstance(p, numbers.Real) and not isinstance(p, bool) and 0 <= p < 1 for p in ps):
+        raise ValueError(f"percentages must be a non-empty sequence of numbers in [0, 1) (fractions of pixels "
+                         f"removed), got {percentages!r}")  # fmt: skip
+    if any(b <= a for a, b in zip(ps, ps[1:])):
+        raise ValueError(f"percentages must be strictly increasing, got {ps!r}")
+    return tuple(float(p) for p in ps)
