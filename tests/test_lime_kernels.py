@@ -1,4 +1,4 @@
-"""LIME's exp kernel (xattr/_src/surrogate.py, NOTE: [Similarity weights' precision]).
+"""LIME's exp kernel (xattr/_src/similarity_kernels.py, NOTE: [Similarity weights' precision]).
 
 The closed-form weights `lime` computes for `xattr.exp_kernel_similarity` equal the formulas of
 docs/methods/lime.md evaluated here per sample by explicit loops (each copy built element by

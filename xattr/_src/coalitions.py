@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from .kernel_sampling import paired_coalitions
 from .masks import FeatureSet, widen
 from .sampling import per_example, row_seeds
 
@@ -63,10 +64,13 @@ def bernoulli_draws(rows: int, n: int, m: int, stream, seeds, device, budget: in
     return z
 
 
-def kernel_draws(sets: list[FeatureSet], m: int, rows: int, n_samples: int, stream, seeds, device, dtype, budget: int) -> tuple:
+def kernel_draws(sets: list[FeatureSet], m: int, rows: int, n_samples: int, stream, seeds, device, dtype, budget: int,
+                 sampling: str = "captum") -> tuple:  # fmt: skip
     """KernelSHAP's coalitions to evaluate, (rows or 1, 1 + N, m) bool: the empty one, then each
-    set's over all m ids; and per set its coalitions (views, without the empty one) and weights."""
-    drawn = [_kernel_coalitions(s, rows, n_samples, stream, seeds, device, dtype, budget) for s in sets]
+    set's over all m ids; and per set its coalitions (views, without the empty one) and weights.
+    ``sampling="paired"``: NOTE: [Paired KernelSHAP sampling] in kernel_sampling.py."""
+    draw = _kernel_coalitions if sampling == "captum" else paired_coalitions
+    drawn = [draw(s, rows, n_samples, stream, seeds, device, dtype, budget) for s in sets]
     return widen([z for z, _ in drawn], sets, m, rows), [(z[:, 1:], w) for z, w in drawn]
 
 

@@ -13,15 +13,6 @@ set of coalitions for the whole batch, and one row of attributions. An example's
 are over the features its mask holds (NOTE: [Each example's own features] in masks.py): drawn
 and fitted per group of examples holding the same ids, evaluated together.
 
-NOTE: [Similarity weights' precision]
-LIME's similarity weights are computed, and handed to the solver, in the output's dtype
-promoted to at least float32 (the built-in solvers fit in float64 anyway): in float16 eps^2 =
-1e-16 underflows to 0 (the empty coalition at a zero baseline gave cosine 0/0) and |x|^2
-overflows for inputs of a few hundred. `exp_kernel_similarity`'s closed form sums only terms
-of one sign per coalition, never a total minus the kept part: |x - x(z)|^2 = sum_f (1 - z_f)
-sum_{i in f} (x_i - b_i)^2 and |x(z)|^2 = sum_f z_f sum_{i in f} x_i^2 + (1 - z_f) sum_{i in f}
-b_i^2, which cancelled catastrophically on features of mixed scales as |x - b|^2 - z.(...).
-
 NOTE: [Coalitions held as bool]
 The (B, N, F) coalitions are the one tensor of a surrogate call that grows with B * N * F and
 lives for the whole call, so they are held as bool: a quarter of float32's bytes (they were in
@@ -40,10 +31,13 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import tree as T
-from .checks import at_least_float32, transforms_around, warn_if_training  # similarity weights: NOTE: [Similarity weights' precision]
+from .checks import at_least_float32, transforms_around, warn_if_training  # weights' dtype: NOTE: [Similarity weights' precision] in similarity_kernels.py
 from .coalitions import bernoulli_draws, kernel_draws
 from .coalitions import shapley_draws as _shapley_draws  # noqa: F401  (tests draw with it)
 from .gradients import attribution_fn
+from .kernel_sampling import SAMPLINGS
+from .similarity_kernels import EXP_KERNEL, exp_kernel_similarity  # noqa: F401  (exported from here too)
+from .similarity_kernels import exp_kernel_weights as _exp_kernel_weights
 from .masks import FeatureSet, feature_sets, features, keep_masks, place, scatter_features, widen
 from .perturb import as_floating, baseline_tree, copies_per_call, evaluate, outputs_at, perturb
 from .sampling import row_seeds, streams
@@ -51,49 +45,7 @@ from .solvers import constrained_lstsq, lasso, linear_regression, ridge, sklearn
 from .surrogate_fits import fit_budget, lime_fit, shap_fit
 from .warn import warn
 
-_EXP_KERNEL = "_xattr_exp_kernel"
 _MANY_FEATURES = 10_000  # Captum warns above this too
-
-
-def exp_kernel_similarity(distance: str = "cosine", kernel_width: float = 1.0) -> Callable:
-    """LIME's default similarity: ``exp(-d(x, x')^2 / (2 kernel_width^2))``.
-
-    ``d`` is the cosine distance ``1 - cos(x, x')`` (``distance="cosine"``) or the Euclidean
-    distance between an example's attributed inputs, flattened and concatenated, and its
-    perturbed copy (Captum's ``get_exp_kernel_similarity_function``). The returned function
-    has the `lime` ``similarity_func`` signature; `lime` recognises it and computes the same
-    weights from per-feature sums in O(N F) per example, without building the copies.
-    """
-    if distance not in ("cosine", "euclidean"):
-        raise ValueError(f"distance must be 'cosine' or 'euclidean', got {distance!r}")
-    if not kernel_width > 0:
-        raise ValueError(f"kernel_width must be positive, got {kernel_width}")
-
-    def similarity(original, perturbed, coalitions):
-        for x, p in zip(T.leaves(original), T.leaves(perturbed)):
-            if p.ndim != x.ndim + 1 or p.shape[0] != x.shape[0] or p.shape[2:] != x.shape[1:]:
-                raise ValueError(
-                    f"exp_kernel_similarity's function takes the original inputs (B, ...) and every example's N "
-                    f"perturbed copies (B, N, ...) at once (lime's batched similarity_func); got original "
-                    f"{tuple(x.shape)} and perturbed {tuple(p.shape)}. For Captum's per-sample call "
-                    "similarity(original, perturbed, interp_sample) use "
-                    "xattr.compat.captum.get_exp_kernel_similarity_function(distance, kernel_width)"
-                )
-        xs = [x.reshape(x.shape[0], 1, -1) for x in T.leaves(original)]
-        ps = [p.reshape(p.shape[0], p.shape[1], -1) for p in T.leaves(perturbed)]
-        dt = at_least_float32(_dtype(ps[0]))
-        x, p = torch.cat(xs, -1).to(dt), torch.cat(ps, -1).to(dt)
-        if distance == "cosine":
-            eps = 1e-8
-            d = 1 - (x * p).sum(-1) / (x.norm(dim=-1).clamp_min(eps) * p.norm(dim=-1).clamp_min(eps))
-            sq = d * d
-        else:
-            sq = ((x - p) * (x - p)).sum(-1)  # the squared distance itself: no sqrt to square again
-        return torch.exp(-sq / (2 * kernel_width**2))
-
-    setattr(similarity, _EXP_KERNEL, (distance, float(kernel_width)))
-    similarity.__name__ = f"exp_kernel_similarity({distance!r}, {kernel_width})"
-    return similarity
 
 
 def _dtype(x: torch.Tensor) -> torch.dtype:
@@ -147,7 +99,7 @@ def lime(
         `xattr.linear_regression` or your own), or a scikit-learn style estimator with
         ``fit(X, y, sample_weight=...)`` and ``coef_``, then cloned and fitted per example on
         the CPU (slow; for checking). ``sample_weight`` is in at least float32 (NOTE:
-        [Similarity weights' precision]); the coefficients are cast to the output's dtype.
+        [Similarity weights' precision] in similarity_kernels.py); the coefficients are cast to the output's dtype.
       similarity_func: ``(original, perturbed, coalitions) -> (B, N)`` weights: ``original`` is
         the attributed argument(s) (leaves (B, ...)), ``perturbed`` the same tree with leaves
         (B, N, ...) (the copies, built in memory-budget chunks along N), ``coalitions`` (B, N, F).
@@ -205,6 +157,7 @@ def kernel_shap(
     f: Callable,
     *,
     n_samples: int = 50,
+    sampling: str = "captum",
     baselines: Any = 0.0,
     feature_mask: Any = None,
     argnums: int | Sequence[int] = 0,
@@ -228,8 +181,16 @@ def kernel_shap(
     M is the number of features the example's mask holds (NOTE: [Each example's own features]
     in masks.py): ids it lacks, or a mask skips, are not drawn, and get exactly 0.
 
+    ``sampling="paired"`` spends the same budget as shap's ``KernelExplainer`` does: whole
+    coalition sizes enumerated from the extremes inward while the budget covers them (exact
+    kernel weights), the rest drawn with their complements, repeats merged into one coalition
+    with their weights added, the same exact efficiency constraint; exact once ``n_samples >=
+    2^M`` (NOTE: [Paired KernelSHAP sampling] in kernel_sampling.py). Usually far more accurate
+    at the same budget (docs/methods/kernel_shap.md measures it).
+
     Args: as `lime` (no surrogate options: the estimator is fixed); ``n_samples`` counts the two
-    end coalitions, as Captum's does (Captum defaults to 25).
+    end coalitions, as Captum's does (Captum defaults to 25); ``sampling``: ``"captum"`` (the
+    default, Captum's sampler) or ``"paired"``.
 
     Returns:
       ``fn(*args, baselines=..., feature_mask=...)``: attributions shaped like ``args[argnums]``
@@ -241,6 +202,8 @@ def kernel_shap(
     """
     nums, as_tuple = T.normalize_argnums(argnums)
     _check_n_samples(n_samples, 2)
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS} (Captum's sampler, or shap's enumerated and paired one), got {sampling!r}")
 
     def fn(*args, baselines=baselines, feature_mask=feature_mask):
         _refuse_vmap("kernel_shap")
@@ -250,7 +213,7 @@ def kernel_shap(
         seeds = None if stream is None else row_seeds(stream, rows)
         dtype = as_floating(out).dtype  # the weights' (integer weights of an integer model would be 0)
         budget = fit_budget(memory_budget, out.device)
-        coalitions, drawn = kernel_draws(sets, m, rows, n_samples, stream, seeds, out.device, dtype, budget)
+        coalitions, drawn = kernel_draws(sets, m, rows, n_samples, stream, seeds, out.device, dtype, budget, sampling)
         y = _evaluate(f, args, nums, masks, base, coalitions, aggregate, chunk_size, memory_budget, show_progress)
         full = out.reshape(rows, -1).to(y.dtype)  # f(x): (rows, K)
         phi = place([_shap_fit(s, zs, ws, y, full, memory_budget) for s, (zs, ws) in zip(sets, drawn)], sets, m)
@@ -323,7 +286,7 @@ def _shap_fit(s: FeatureSet, z: torch.Tensor, w: torch.Tensor, y: torch.Tensor, 
 def _weights(similarity, selected, base, masks, z, dtype, n_features, aggregate, as_tuple, chunk_size, memory_budget) -> torch.Tensor:
     """Similarity weights (rows, N) of every coalition (z bool), in ``dtype`` promoted to at least
     float32; a custom similarity_func gets the coalitions as 0/1 in ``dtype``."""
-    kind = getattr(similarity, _EXP_KERNEL, None)
+    kind = getattr(similarity, EXP_KERNEL, None)
     dt = at_least_float32(dtype)
     if kind is not None:
         return _exp_kernel_weights(kind, selected, base, masks, z, dt, n_features, aggregate, fit_budget(memory_budget, z.device))
@@ -355,50 +318,3 @@ def _refuse_vmap(method: str) -> None:
             f"{method} cannot run under torch.func.vmap: it draws samples and solves its surrogate with steps that "
             "read values. It batches over the examples already: call it on the whole batch (rows of x), or loop"
         )
-
-
-def _exp_kernel_weights(kind, selected, base, masks, z, dt, n_features, aggregate, budget: int) -> torch.Tensor:
-    """The exp kernel's weights in ``dt`` from per-feature sums (NOTE: [Similarity weights'
-    precision]): with p = x(z) and z' = 1 - z, x.p = z.(sum_f x^2) + z'.(sum_f x b), |p|^2 =
-    z.(sum_f x^2) + z'.(sum_f b^2) and |x - p|^2 = z'.(sum_f (x - b)^2)."""
-    distance, width = kind
-    rows = T.batch_size(selected)
-    k = 3 if distance == "cosine" else 1
-    sums = torch.zeros(k, rows, n_features, dtype=dt, device=z.device)  # per feature: x^2, x b, b^2 or (x - b)^2
-    for x, b, m in zip(T.leaves(selected), T.leaves(base), T.leaves(masks)):
-        xf, bf = x.reshape(rows, -1).to(dt), torch.broadcast_to(b, x.shape).reshape(rows, -1).to(dt)
-        ids = torch.broadcast_to(m, x.shape).reshape(rows, -1)
-        if distance == "cosine":
-            vals = torch.stack([xf * xf, xf * bf, bf * bf])
-        else:
-            d = xf - bf
-            vals = (d * d)[None]
-        sums.scatter_add_(2, ids.expand(k, -1, -1), vals)
-    if aggregate:  # the whole batch is one example
-        sums = sums.sum(1, keepdim=True)
-    if distance == "euclidean":
-        # used squared: no sqrt at 0, whose infinite derivative would make the gradient of an
-        # attribution NaN under torch.func.grad (the full coalition's distance is 0)
-        sq = _coalition_dots(None, sums[0][:, None], z, budget)[:, 0]  # (rows, N)
-        return torch.exp(-sq / (2 * width**2))
-    xx, xb, bb = sums
-    lin = _coalition_dots(xx[:, None], torch.stack([xb, bb], 1), z, budget).transpose(0, 1)  # (2, rows, N): x.p, |p|^2
-    # norms clamped before their square roots (sqrt(max(s, eps^2)) = max(sqrt(s), eps)): a
-    # zero-norm copy (every feature at a zero baseline) gets cosine 0, and a finite gradient
-    eps = 1e-8
-    norm_x = xx.sum(-1).clamp_min(eps * eps).sqrt()[:, None]
-    dist = 1 - lin[0] / (norm_x * lin[1].clamp_min(eps * eps).sqrt())
-    return torch.exp(-(dist * dist) / (2 * width**2))
-
-
-def _coalition_dots(kept, removed: torch.Tensor, z: torch.Tensor, budget: int) -> torch.Tensor:
-    """kept (rows, 1, F) . z + removed (rows, k, F) . (1 - z) for the bool coalitions z (rows, N,
-    F): (rows, k, N), z made 0/1 in removed's dtype ``budget`` bytes at a time ((F, N) on the
-    right: BLAS's fast layout). ``kept`` None: the removed part only."""
-    step = max(1, budget // max(1, 2 * z.shape[0] * z.shape[2] * removed.element_size()))
-    parts = []
-    for a in range(0, max(z.shape[1], 1), step):
-        on = z[:, a : a + step].to(removed.dtype).transpose(1, 2)
-        dots = torch.bmm(removed, 1 - on)
-        parts.append(dots if kept is None else torch.bmm(kept, on) + dots)
-    return torch.cat(parts, 2)
