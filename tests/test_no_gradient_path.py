@@ -102,3 +102,28 @@ def test_a_layer_the_output_never_reads_gives_zeros_and_says_why(many):
     with warnings.catch_warnings():
         warnings.simplefilter("error", xattr.NoGradientPathWarning)
         assert torch.count_nonzero(xattr.gradient_x_activation(xattr.at_layer(f, model.a))(X)) > 0
+
+
+@pytest.mark.parametrize("how", ["no_grad", "detach", "none"])
+@pytest.mark.parametrize("transform", ["vmap", "grad", "compile"])
+def test_the_same_warning_under_transforms(how, transform):
+    """Inside torch.func transforms (and torch.compile) the VJP is torch.func.vjp (NOTE: [Two
+    differentiation backends]); whether the output requires grad at vjp's own level says whether
+    it depends on the inputs, so the warning is the same as at top level (before: none)."""
+    model = Cut(how).double().eval()
+    sal = xattr.saliency(xattr.target(model, 1), abs=False)
+    if transform == "vmap":
+        run = lambda: torch.func.vmap(sal)(X[:, None])[:, 0]  # noqa: E731
+    elif transform == "grad":
+        run = lambda: torch.func.grad(lambda x: (sal(x) * x).sum())(X)  # noqa: E731
+    else:
+        torch._dynamo.reset()
+        run = lambda: torch.compile(sal, backend="eager", fullgraph=False)(X)  # noqa: E731
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        out = run()
+    warned = [w for w in seen if issubclass(w.category, xattr.NoGradientPathWarning)]
+    assert bool(warned) == (how != "none"), [str(w.message)[:80] for w in seen]
+    want = sal(X) if how == "none" else torch.zeros_like(X)
+    if transform != "grad":
+        torch.testing.assert_close(out, want)

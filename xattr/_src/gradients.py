@@ -206,7 +206,16 @@ def _forward(fn: Callable, selected: tuple):
     checks the top-level path; tests/test_core.py the transform path).
     """
     if torch._C._functorch.maybe_current_level() is not None or torch.compiler.is_compiling():
-        out, pullback = vjp(marked(fn), *selected)  # NOTE: [Attributions inside a model's forward]
+        tracked = []
+
+        def traced(*sel):  # requires_grad at vjp's own level: whether the output depends on sel
+            out = fn(*sel)
+            tracked.append(not isinstance(out, torch.Tensor) or out.requires_grad)
+            return out
+
+        out, pullback = vjp(marked(traced), *selected)  # NOTE: [Attributions inside a model's forward]
+        if tracked and not tracked[0] and out.numel():
+            warn(NO_PATH, NoGradientPathWarning)  # NOTE: [No gradient path]: the same warning under transforms
 
         def pull(cotangent, retain):
             return pullback(cotangent, retain_graph=retain)
@@ -242,7 +251,10 @@ def _forward(fn: Callable, selected: tuple):
 # a NoGradientPathWarning, since all-zero attributions look like an answer. A rule that blocks
 # every path (an LRP composite with softmax blocked) gives the same Nones and the same warning.
 # A path from some of the inputs (one of several unused) is not warned about: that is a
-# model's ordinary case; nor is an empty batch.
+# model's ordinary case; nor is an empty batch. Inside torch.func transforms and torch.compile
+# (the torch.func.vjp backend) the output's requires_grad at vjp's own level says whether any
+# path exists (parameters or an outer transform's tracking do not set it), so the same warning
+# comes there too.
 class NoGradientPathWarning(UserWarning):
     """The attributed output has no autograd path from the attributed inputs."""
 
