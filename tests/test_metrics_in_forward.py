@@ -281,7 +281,7 @@ PURE = {"Curve", "Randomization", "gaussian_noise", "uniform_noise", "subset_to_
         # the bias checks' estimators on given values, and result classes: no model call
         "BiasReport", "Counterfactual", "GroupStats", "Interactions", "bins", "entropy", "mutual_information",
         "mutual_information_test", "normalized_mutual_information", "soft_mutual_information", "subgroups",
-        "MultiplierCheck", "noisy_linear_imputation"}  # fmt: skip
+        "MultiplierCheck", "noisy_linear_imputation", "Cell", "Comparison", "Evaluation", "entries"}  # fmt: skip
 
 
 def test_every_public_metric_and_attack_checks_at_entry():

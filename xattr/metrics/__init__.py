@@ -11,8 +11,11 @@ and the input-multiplier sanity check of saliency methods (docs/sanity.md).
 
 from ._bias import bias_check
 from ._bias_report import BiasReport, Counterfactual, GroupStats, Interactions
+from . import entries
 from ._concentration import complexity, sparseness
 from ._curves import Curve, deletion, insertion, patch_mask
+from ._evaluate import evaluate
+from ._evaluation import Cell, Comparison, Evaluation
 from ._faithfulness import faithfulness_correlation, monotonicity, monotonicity_correlation
 from ._infidelity import infidelity
 from ._localization import attribution_localization, pointing_game, relevance_mass_accuracy, relevance_rank_accuracy
@@ -40,8 +43,11 @@ from ._stability import (
 
 __all__ = [
     "BiasReport",
+    "Cell",
+    "Comparison",
     "Counterfactual",
     "Curve",
+    "Evaluation",
     "GroupStats",
     "Interactions",
     "MultiplierCheck",
@@ -51,7 +57,9 @@ __all__ = [
     "bins",
     "complexity",
     "deletion",
+    "entries",
     "entropy",
+    "evaluate",
     "faithfulness_correlation",
     "gaussian_noise",
     "infidelity",

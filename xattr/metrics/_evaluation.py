@@ -1,0 +1,237 @@
+"""`Evaluation`: the per-example values of `evaluate` and their tables, ranks, comparisons and plot.
+
+NOTE: [Intervals of an evaluation]
+A cell's interval is the percentile bootstrap of its mean over examples: with the cell's n
+finite values v (nan values, e.g. a correlation of an all-zero map, are left out of the mean
+and of the interval, and ``n`` says how many counted), ``n_boot`` resamples of n indices are
+drawn with replacement by ``numpy.random.default_rng(seed).integers(0, n, size=(n_boot, n))``,
+each resample's mean is taken, and the interval runs from the ``(1 - level) / 2`` to the
+``(1 + level) / 2`` quantile of those means (numpy's default linear interpolation). ``seed`` is
+the evaluation's (its ``generator``), so every cell of the same n draws the same resamples: the
+intervals repeat on a rerun, and methods are resampled on the same examples. `compare` uses the
+same scheme on the paired differences ``a_j - b_j`` over the examples where both are finite.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+N_BOOT = 1000
+ARROWS = {"higher": "↑", "lower": "↓"}
+
+
+class Cell(NamedTuple):
+    """One method under one metric: the mean over examples, its interval, and how many counted."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+class Comparison(NamedTuple):
+    """`Evaluation.compare`: the mean of ``a - b`` with its paired interval, the fraction of
+    examples where a is better (by the metric's direction), where they tie, and how many counted."""
+
+    difference: float
+    low: float
+    high: float
+    wins: float
+    ties: float
+    n: int
+
+
+def bootstrap(v: np.ndarray, level: float, n_boot: int, seed: int) -> tuple[float, float]:
+    """The percentile bootstrap interval of the mean of v (NOTE: [Intervals of an evaluation])."""
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    means = v[idx].mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def average_ranks(means: list[float], direction: str) -> list[float]:
+    """Rank 1 for the best mean; equal means share the mean of their ranks; nan last, as nan."""
+    finite = [(m if direction == "lower" else -m, i) for i, m in enumerate(means) if not math.isnan(m)]
+    finite.sort()
+    ranks = [math.nan] * len(means)
+    j = 0
+    while j < len(finite):
+        k = j
+        while k + 1 < len(finite) and finite[k + 1][0] == finite[j][0]:
+            k += 1
+        for _, i in finite[j : k + 1]:
+            ranks[i] = (j + k) / 2 + 1
+        j = k + 1
+    return ranks
+
+
+class Evaluation:
+    """Per-example metric values of several attribution methods: ``values`` (M, K, N) float64.
+
+    ``methods`` (M names), ``metrics`` (K names), ``directions`` (metric -> "higher" or
+    "lower", the better), ``targets`` (N,) the explained classes, ``seed`` the bootstrap seed.
+    `table` gives means with percentile-bootstrap intervals (NOTE: [Intervals of an
+    evaluation]), `ranks` the methods' order per metric, `compare` a paired comparison, and
+    `to_markdown`, `to_html`, `to_dict`, `plot` the same table in other forms.
+    """
+
+    def __init__(self, methods, metrics, directions, values, targets, *, seed: int = 0):
+        self.methods, self.metrics = list(methods), list(metrics)
+        self.directions = dict(directions)
+        self.values = torch.as_tensor(values, dtype=torch.float64)
+        if self.values.shape[:2] != (len(self.methods), len(self.metrics)):
+            raise ValueError(f"values of shape {tuple(self.values.shape)} do not match {len(self.methods)} methods "
+                             f"x {len(self.metrics)} metrics")  # fmt: skip
+        self.targets, self.seed = targets, seed
+
+    def _index(self, method: str, metric: str) -> tuple[int, int]:
+        if method not in self.methods:
+            raise KeyError(f"unknown method {method!r}; the methods are {self.methods}")
+        if metric not in self.metrics:
+            raise KeyError(f"unknown metric {metric!r}; the metrics are {self.metrics}")
+        return self.methods.index(method), self.metrics.index(metric)
+
+    def per_example(self, method: str, metric: str) -> torch.Tensor:
+        """The (N,) values of one method under one metric (nan where the metric has none)."""
+        i, k = self._index(method, metric)
+        return self.values[i, k].clone()
+
+    def table(self, level: float = 0.95, n_boot: int = N_BOOT) -> dict:
+        """metric -> method -> `Cell` (mean, low, high, n)."""
+        _check_level(level, n_boot)
+        out = {}
+        for k, metric in enumerate(self.metrics):
+            out[metric] = {}
+            for i, method in enumerate(self.methods):
+                v = self.values[i, k].numpy()
+                v = v[np.isfinite(v)]
+                lo, hi = bootstrap(v, level, n_boot, self.seed)
+                out[metric][method] = Cell(float(v.mean()) if len(v) else math.nan, lo, hi, len(v))
+        return out
+
+    def ranks(self) -> dict:
+        """metric -> method -> rank of its mean (1 the best by the metric's direction; tied means
+        share the mean of their ranks; a nan mean has a nan rank)."""
+        out = {}
+        for k, metric in enumerate(self.metrics):
+            means = [_nanmean(self.values[i, k].numpy()) for i in range(len(self.methods))]
+            out[metric] = dict(zip(self.methods, average_ranks(means, self.directions[metric])))
+        return out
+
+    def compare(self, a: str, b: str, metric: str, level: float = 0.95, n_boot: int = N_BOOT) -> Comparison:
+        """Method a against b under one metric, paired by example (NOTE: [Intervals of an evaluation])."""
+        _check_level(level, n_boot)
+        i, k = self._index(a, metric)
+        j, _ = self._index(b, metric)
+        va, vb = self.values[i, k].numpy(), self.values[j, k].numpy()
+        both = np.isfinite(va) & np.isfinite(vb)
+        d = va[both] - vb[both]
+        if len(d) == 0:
+            return Comparison(math.nan, math.nan, math.nan, math.nan, math.nan, 0)
+        lo, hi = bootstrap(d, level, n_boot, self.seed)
+        better = d > 0 if self.directions[metric] == "higher" else d < 0
+        return Comparison(float(d.mean()), lo, hi, float(better.mean()), float((d == 0).mean()), len(d))
+
+    def to_dict(self, level: float = 0.95, n_boot: int = N_BOOT) -> dict:
+        """Plain Python: the table, the ranks and the per-example values."""
+        table, ranks = self.table(level, n_boot), self.ranks()
+        return {
+            "methods": list(self.methods),
+            "level": level,
+            "interval": f"percentile bootstrap of the mean over examples, {n_boot} resamples, seed {self.seed}",
+            "metrics": {
+                m: {
+                    "direction": self.directions[m],
+                    "methods": {
+                        name: {**table[m][name]._asdict(), "rank": ranks[m][name],
+                               "values": self.values[i, k].tolist()}  # fmt: skip
+                        for i, name in enumerate(self.methods)
+                    },
+                }
+                for k, m in enumerate(self.metrics)
+            },
+        }
+
+    def _rows(self, digits: int, level: float, n_boot: int) -> tuple[list, list]:
+        table = self.table(level, n_boot)
+        head = ["method"] + [f"{m} {ARROWS[self.directions[m]]}" for m in self.metrics]
+        rows = [[name] + [_cell(table[m][name], digits) for m in self.metrics] for name in self.methods]
+        return head, rows
+
+    def to_markdown(self, digits: int = 4, level: float = 0.95, n_boot: int = N_BOOT) -> str:
+        """A markdown table: one row per method, cells ``mean [low, high]`` (↑: higher is better)."""
+        head, rows = self._rows(digits, level, n_boot)
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+
+    def to_html(self, digits: int = 4, level: float = 0.95, n_boot: int = N_BOOT) -> str:
+        """An HTML ``<table>`` of the same cells as `to_markdown`."""
+        head, rows = self._rows(digits, level, n_boot)
+        th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+        return f'<table class="xattr-evaluation"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+    def __repr__(self) -> str:
+        head, rows = self._rows(3, 0.95, N_BOOT)
+        widths = [max(len(r[c]) for r in [head] + rows) for c in range(len(head))]
+        fmt = lambda r: "  ".join(s.ljust(w) for s, w in zip(r, widths)).rstrip()  # noqa: E731
+        n = self.values.shape[2]
+        lines = [f"Evaluation of {len(self.methods)} methods x {len(self.metrics)} metrics on {n} examples "
+                 "(mean [95% bootstrap interval]; ↑ higher / ↓ lower is better)", fmt(head)]  # fmt: skip
+        return "\n".join(lines + [fmt(r) for r in rows])
+
+    def plot(self, *, level: float = 0.95, n_boot: int = N_BOOT, path=None, ncols: int = 4, dpi: int = 100):
+        """A matplotlib Figure (no pyplot): one panel per metric, each method a point with its
+        interval bar, the best method filled, the better direction in the panel's title."""
+        from ..viz.dataset import _done, _figure
+
+        table = self.table(level, n_boot)
+        k = len(self.metrics)
+        cols = min(k, ncols)
+        rows = math.ceil(k / cols)
+        fig = _figure(3.0 * cols + 1.2, 0.35 * len(self.methods) * rows + 1.2 * rows, dpi)
+        ranks = self.ranks()
+        for p, metric in enumerate(self.metrics):
+            ax = fig.add_subplot(rows, cols, p + 1)
+            top = min((r for r in ranks[metric].values() if not math.isnan(r)), default=math.nan)
+            for y, name in enumerate(self.methods):
+                c = table[metric][name]
+                err = None if math.isnan(c.mean) else [[c.mean - c.low], [c.high - c.mean]]
+                best = ranks[metric][name] == top
+                ax.errorbar([c.mean], [y], xerr=err, fmt="o", color="C0", mfc="C0" if best else "white", capsize=3)
+            ax.set_yticks(range(len(self.methods)))
+            ax.set_yticklabels(self.methods if p % cols == 0 else [""] * len(self.methods), fontsize=8)
+            ax.invert_yaxis()
+            better = "higher is better →" if self.directions[metric] == "higher" else "← lower is better"
+            ax.set_title(f"{metric}\n{better}", fontsize=9)
+            ax.tick_params(axis="x", labelsize=7)
+            ax.grid(axis="x", alpha=0.3)
+        fig.tight_layout()
+        return _done(fig, path, dpi)
+
+
+def _nanmean(v: np.ndarray) -> float:
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else math.nan
+
+
+def _cell(c: Cell, digits: int) -> str:
+    if math.isnan(c.mean):
+        return "nan"
+    return f"{c.mean:.{digits}g} [{c.low:.{digits}g}, {c.high:.{digits}g}]"
+
+
+def _check_level(level, n_boot) -> None:
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), e.g. 0.95, got {level!r}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive int, got {n_boot!r}")
