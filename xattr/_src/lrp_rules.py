@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from . import ops, pairwise, pointwise
-from .deeplift_rules import checked_eps, floored, pool_with_indices, unpool
+from .deeplift_rules import checked_eps, pool_with_indices, unpool
 from .attention_rules import FixedAttention, FixedStd
 from .gate_rules import FixedGate
 from .input_copies import INPUT_COPIES, read_in_place_of
-from .rule_base import Rule, Saved, pullback
+from .lrp_math import _added, _eager, _masked, _times, non_negative, stabilize, stabilized_ratio, transpose, transposes
+from .rule_base import Rule, Saved
 from .unfused import Unfused
 
 # set by layer_lrp: an input-layer rule whose input depends on the layer's activation is an error
@@ -39,59 +40,15 @@ WEIGHTED = frozenset({"linear", "conv", "batch_norm"})
 LAYERS = WEIGHTED | {"avg_pool", "max_pool"}
 
 
-def stabilize(z: torch.Tensor, eps: float, *, where: bool | None = None) -> torch.Tensor:
-    """``z + eps * sign(z)`` with sign(0) = 1, so it is never 0 for eps > 0.
-
-    Two spellings with equal values: float ops on CPU (NOTE: [Float masks]); on other devices
-    (``where=None``: by z's device) a ``torch.where`` of 4 kernels instead of 7, which on a GPU
-    is memory traffic saved on every layer's activation.
-    """
-    eps = floored(eps, z.dtype)
-    if where if where is not None else z.device.type != "cpu":
-        return torch.where(z >= 0, z + eps, z - eps)
-    sign = torch.sign(z)
-    return sign.abs().neg_().add_(1).add_(sign).mul_(eps).add_(z)  # in place on one new tensor
-
-
-def stabilized_ratio(z: torch.Tensor, eps: float) -> torch.Tensor:
-    """``z / stabilize(z, eps)``, as ``|z| / (|z| + eps)``: the stabilized value has z's sign and
-    size ``|z| + eps``, and IEEE rounding is symmetric in sign, so the quotients are equal (but for
-    the sign of a zero quotient at ``z = -0.0``). 3 kernels and 2 new tensors on every device,
-    where the quotient of `stabilize` costs 8 kernels on CPU (5 elsewhere): it runs on every ruled
-    layer's output. (Fresh tensors cost: a third one measured 1.5x the time of the two.)"""
-    a, eps = z.abs(), floored(eps, z.dtype)
-    if torch._C._functorch.maybe_current_level() is not None:
-        return a / (a + eps)
-    return a.div_(a + eps)
-
-
-def transpose(op: ops.Op, x: torch.Tensor, weight, bias, s: torch.Tensor) -> torch.Tensor:
-    """``J^T s`` for the op's Jacobian with respect to its input, at weight (affine ops: any x).
-    Under autocast s has the forward's dtype (bfloat16), the saved input and weights float32: a
-    conv runs in s's dtype (oneDNN refuses mixed ones), a VJP gets s in its output's dtype."""
-    if op.kind == "linear":
-        return s @ weight.to(s.dtype)
-    if op.kind == "conv" and isinstance(op.options["padding"], (int, tuple, list)):
-        # the input gradient alone, given the real input: torch.nn.grad.conv{n}d_input passes a
-        # stride-0 stand-in, for which oneDNN measured 3-13% slower on the LRP benchmark's convs
-        o, nd = op.options, op.options["nd"]
-        x, weight = x.to(s.dtype), weight.to(s.dtype)
-        return torch.ops.aten.convolution_backward(
-            s, x, weight, None, _n(o["stride"], nd), _n(o["padding"], nd), _n(o["dilation"], nd), False, [0] * nd, o["groups"], (True, False, False)
-        )[0]
-    rest = () if weight is None else (weight, bias)
-    out, back = pullback(lambda t: op.fn(t, *rest), x)
-    return back(s.to(out.dtype))[0]
-
-
-def _n(v, nd: int) -> list:
-    """A conv option (an int or one per spatial dim) as a list of nd ints."""
-    return [v] * nd if isinstance(v, int) else list(v)
-
-
 def _safe_divide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a / b, with 0 where b == 0 (float ops only, NOTE: [Float masks])."""
     return torch.nan_to_num(a / b, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _ratio(z: torch.Tensor, z_mod: torch.Tensor, eps: float) -> torch.Tensor:
+    """``z / stabilize(z_mod, eps)``, into the stabilizer's fresh tensor outside transforms."""
+    s = stabilize(z_mod, eps)
+    return torch.div(z, s, out=s) if _eager() else z / s
 
 
 class _Layer(Rule):
@@ -153,7 +110,7 @@ class _Layer(Rule):
         w, b = self._modified(op, tensors)
         if w is None or (w is tensors[1] and b is tensors[2]):
             return z, (stabilized_ratio(z, self.eps),)
-        return z, (z / stabilize(op.fn(tensors[0], w, b), self.eps),)
+        return z, (_ratio(z, op.fn(tensors[0], w, b), self.eps),)
 
     def backward(self, op, saved: Saved, grad):
         if op.kind == "max_pool":
@@ -212,6 +169,9 @@ class AlphaBeta(Rule):
 
     ``R_i = sum_j (alpha z+_ij / z+_j - beta z-_ij / z-_j) R_j`` with ``alpha - beta = 1``; the
     bias joins the part of its sign (``bias=False`` drops it). Bach et al. 2015. Linear and conv.
+    On an input known to have no negative entry (after a ReLU) the terms of its negative part are
+    skipped, and with beta = 0 the negative contributions are never built (NOTE: [Alpha-beta
+    convolutions per layer] in lrp_math.py).
     """
 
     kinds = frozenset({"linear", "conv"})
@@ -222,32 +182,48 @@ class AlphaBeta(Rule):
             raise ValueError(f"alpha - beta must be 1 to conserve relevance; got alpha={alpha}, beta={beta}")
         self.alpha, self.beta, self.eps, self.bias = alpha, beta, checked_eps(eps, type(self).__name__), bias
 
-    def _parts(self, op, x, w, b):
-        xp, xn, wp, wn = x.clamp(min=0), x.clamp(max=0), w.clamp(min=0), w.clamp(max=0)
-        zero = torch.zeros_like(b)
-        bp, bn = (b.clamp(min=0), b.clamp(max=0)) if self.bias else (zero, zero)
-        z_pos = op.fn(xp, wp, bp) + op.fn(xn, wn, zero)
-        z_neg = op.fn(xp, wn, bn) + op.fn(xn, wp, zero)
-        return (xp, xn, wp, wn, zero), z_pos, z_neg
-
     def forward(self, op, x, w, b):
         z = op.fn(x, w, b)
-        _, z_pos, z_neg = self._parts(op, x, w, b)
-        return z, (z / stabilize(z_pos, self.eps), z / stabilize(z_neg, self.eps))
+        signed = not non_negative(x)  # NOTE: [Alpha-beta convolutions per layer] in lrp_math.py
+        wp = w.clamp(min=0)
+        wn = w.clamp(max=0) if signed or self.beta else None
+        zero = torch.zeros_like(b)
+        bp, bn = (b.clamp(min=0), b.clamp(max=0)) if self.bias else (zero, zero)
+        if signed:
+            xp, xn = x.clamp(min=0), x.clamp(max=0)
+            z_pos = _added(op.fn(xp, wp, bp), op.fn(xn, wn, zero))
+            z_neg = _added(op.fn(xp, wn, bn), op.fn(xn, wp, zero)) if self.beta else None
+        else:  # x+ = x and x- = 0: the terms of x- are 0
+            z_pos = op.fn(x, wp, bp)
+            z_neg = op.fn(x, wn, bn) if self.beta else None
+        ratios = (_ratio(z, z_pos, self.eps),) + ((_ratio(z, z_neg, self.eps),) if self.beta else ())
+        # the backward reads no context (NOTE: [Backward callbacks read no context] in rule_base.py):
+        # an empty tensor after the ratios says the input has negative entries
+        return z, ratios + ((x.new_empty(0),) if signed else ())
 
     def backward(self, op, saved: Saved, grad):
         x, w, b = saved.inputs
-        pos, neg = saved.extras
-        on, off = (x > 0).to(grad.dtype), (x < 0).to(grad.dtype)
-        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        n = 2 if self.beta else 1
+        ratios, signed = saved.extras[:n], len(saved.extras) > n
+        wp = w.clamp(min=0)
+        wn = w.clamp(max=0) if signed or self.beta else None
 
         def back(weight, s):
             return transpose(op, x, weight, None, s)
 
-        sp, sn = grad * pos, grad * neg
-        g = self.alpha * (on * back(wp, sp) + off * back(wn, sp))
+        sp = grad * ratios[0]
+        if not signed:  # [x < 0] is 0: its terms are skipped
+            on = x > 0
+            g = _times(self.alpha, _masked(back(wp, sp), on))
+            if self.beta:
+                g = g - self.beta * _masked(back(wn, grad * ratios[1]), on)
+            return (g, None, None)
+        on, off = (x > 0).to(grad.dtype), (x < 0).to(grad.dtype)
+        tp, tn = transposes(op, x, (wp, wn), sp)
+        g = _times(self.alpha, on * tp + off * tn)
         if self.beta:
-            g = g - self.beta * (on * back(wn, sn) + off * back(wp, sn))
+            tn, tp = transposes(op, x, (wn, wp), grad * ratios[1])
+            g = g - self.beta * (on * tn + off * tp)
         return (g, None, None)
 
 
@@ -365,13 +341,21 @@ class ZBox(_InputLayer):
     def backward(self, op, saved: Saved, grad):
         x, w, b = saved.inputs
         (z,) = saved.extras
-        low = torch.as_tensor(self.low, dtype=x.dtype, device=x.device).expand_as(x)
-        high = torch.as_tensor(self.high, dtype=x.dtype, device=x.device).expand_as(x)
+        low, high = _bound(self.low, x), _bound(self.high, x)  # NOTE: [z-box per layer] in lrp_math.py
         wp, wn, zero = w.clamp(min=0), w.clamp(max=0), torch.zeros_like(b)
         denom = op.fn(x, w, zero) - op.fn(low, wp, zero) - op.fn(high, wn, zero)
         s = z * grad / stabilize(denom, self.eps)
-        r = x * transpose(op, x, w, None, s) - low * transpose(op, x, wp, None, s) - high * transpose(op, x, wn, None, s)
-        return (r, None, None)
+        t, tp, tn = transposes(op, x, (w, wp, wn), s)
+        return (x * t - low * tp - high * tn, None, None)
+
+
+def _bound(value, x: torch.Tensor) -> torch.Tensor:
+    """A bound of `ZBox` as a tensor like x, of one row where it is the same for every row
+    (NOTE: [z-box per layer] in lrp_math.py)."""
+    t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+    if x.ndim and (t.ndim < x.ndim or t.shape[0] == 1):
+        return t.expand((1,) + tuple(x.shape[1:]))
+    return t.expand_as(x)
 
 
 class Block(Rule):
