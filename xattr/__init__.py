@@ -53,6 +53,8 @@ from ._src.sampling import expectation, smooth
 from ._src.surrogate import exp_kernel_similarity, kernel_shap, lasso, lime, linear_regression, ridge
 from ._src.targets import Outputs, neuron, outputs, target
 from ._src.tokens import reference_tokens, token_scores
+from ._src.attention_capture import attention_gradients, attention_weights
+from ._src.attention_maps import attention_flow, attention_gradient_rollout, attention_rollout, query_row, tokens_to_image
 
 from . import rule
 from . import concepts
@@ -144,6 +146,13 @@ __all__ = [
     "guided_integrated_gradients",
     "target",
     "token_scores",
+    "attention_weights",
+    "attention_gradients",
+    "attention_rollout",
+    "attention_flow",
+    "attention_gradient_rollout",
+    "query_row",
+    "tokens_to_image",
     "upsample",
     "value_and_grad",
     "vargrad",

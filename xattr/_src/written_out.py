@@ -40,6 +40,14 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     if dropout_p:
         raise NotImplementedError(f"xattr.rule.Unfused cannot write out attention with dropout_p={dropout_p} (random): "
                                   "call model.eval(), or pass dropout_p=0.0")
+    weights, value = attention_probs(query, key, value, attn_mask, is_causal, scale, enable_gqa)
+    return weights @ value
+
+
+def attention_probs(query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, dtype=None):
+    """``(softmax(q k^T scale + mask), value)`` of a ``scaled_dot_product_attention`` call (grouped
+    keys and values repeated to the query heads); a query with no key to attend gets zeros. The
+    softmax runs in ``dtype`` when given and is cast back to the scores'."""
     if is_causal and attn_mask is not None:
         raise RuntimeError("scaled_dot_product_attention: attn_mask and is_causal cannot both be set")
     if enable_gqa and key.shape[-3] != query.shape[-3]:
@@ -49,10 +57,10 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     scores = (query @ key.transpose(-2, -1)) * scale
     bias = _bias(attn_mask, is_causal, scores)
     if bias is None:
-        return torch.softmax(scores, dim=-1) @ value
+        return torch.softmax(scores, dim=-1, dtype=dtype).to(scores.dtype), value
     dead = torch.isneginf(bias).all(dim=-1, keepdim=True)  # a query with no key to attend
-    weights = torch.softmax(scores + bias.masked_fill(dead, 0.0), dim=-1)
-    return weights.masked_fill(dead, 0.0) @ value
+    weights = torch.softmax(scores + bias.masked_fill(dead, 0.0), dim=-1, dtype=dtype).to(scores.dtype)
+    return weights.masked_fill(dead, 0.0), value
 
 
 def _bias(attn_mask, is_causal: bool, scores: torch.Tensor):
