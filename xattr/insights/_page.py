@@ -9,7 +9,9 @@ with ``textContent`` and ``setAttribute`` only, never as markup.
 Pages of several inputs and models (payload kind "features", `_features`) add their drawing
 functions from `_page_parts` to the same script, and a "Model" list to the controls. The
 dataset view (payload entry ``dataset``, `_dataset`) draws with `_page_dataset`'s functions,
-and a text page's (`_tokens`) with `_page_tokens`'.
+and a text page's (`_tokens`) with `_page_tokens`'. The evaluation view (payload entry
+``evaluation``, `_evaluation_view`) adds `_page_eval`'s style, controls and script, and only to
+pages that have one: without it the page is what it was before that view existed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import html
 import json
 
-from . import _page_dataset, _page_parts, _page_tokens, _png
+from . import _page_dataset, _page_eval, _page_parts, _page_tokens, _png
 
 PAYLOAD_ID = "xattr-data"
 
@@ -311,12 +313,16 @@ def _summary(data: dict) -> str:
     elif data["labels"]:
         wrong = data["misclassified"]
         parts.append(f"accuracy {100 * (n - wrong) / n:.1f}% ({wrong} misclassified)")
+    if data.get("evaluation") is not None:
+        k = len(data["evaluation"]["metrics"])
+        parts.append(f"evaluated under {k} metric{'s' * (k != 1)}")
     return " \u00b7 ".join(parts)
 
 
 def render(data: dict) -> str:
     """The whole page for a payload from `_payload.payload`."""
     title = html.escape(data["title"], quote=True)
+    ev_css, ev_controls, ev_main, ev_js = _page_eval.parts(data)  # all "" without an evaluation
     legend = (
         f'<span>signed attribution: against<span class="bar" style="background:{_gradient(_png.SIGNED_ANCHORS)}"></span>for</span>'
         f'<span>magnitude (all values &ge; 0): 0<span class="bar" style="background:{_gradient(_png.ABS_ANCHORS)}"></span>large</span>'
@@ -329,7 +335,7 @@ def render(data: dict) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="generator" content="xattr.insights">
 <title>{title}</title>
-<style>{CSS}{_page_parts.CSS}{_page_dataset.CSS}{_page_tokens.CSS}</style>
+<style>{CSS}{_page_parts.CSS}{_page_dataset.CSS}{_page_tokens.CSS}{ev_css}</style>
 </head>
 <body>
 <header>
@@ -346,20 +352,20 @@ def render(data: dict) -> str:
 <label>Method <select id="f-method"></select></label>
 <label id="l-by" hidden>Group by <select id="f-by"><option id="o-by-label" value="label">true label</option><option value="prediction">prediction</option></select></label>
 <label id="l-model" hidden>Model <select id="f-model"><option value="">any</option></select></label>
-<span id="count"></span>
+{ev_controls}<span id="count"></span>
 </section>
 <main>
 <noscript><p>This page needs JavaScript (it runs offline, in the page).</p></noscript>
 <div id="grid"></div>
 <div id="dataset" hidden></div>
-<button id="more" type="button" hidden>show more</button>
+{ev_main}<button id="more" type="button" hidden>show more</button>
 </main>
 <aside id="detail" hidden>
 <button id="close" type="button" aria-label="close">&times;</button>
 <div id="detail-body"></div>
 </aside>
 <script type="application/json" id="{PAYLOAD_ID}">{script_json(data)}</script>
-<script>{JS}{_page_parts.JS}{_page_dataset.JS}{_page_tokens.JS}{JS_END}</script>
+<script>{JS}{_page_parts.JS}{_page_dataset.JS}{_page_tokens.JS}{ev_js}{JS_END}</script>
 </body>
 </html>
 """

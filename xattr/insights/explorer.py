@@ -8,7 +8,9 @@ attribution of it. Its dataset view (`_dataset`) shows each class's mean attribu
 |attribution| per method (for text, `_tokens`: each class's tokens of largest and most
 negative mean attribution), computed from the same attributions. It is one self-contained file:
 no server, no network, no script library; the numbers and pictures are one JSON payload inside
-it (`_payload`, `_dataset`), the page is `_page`.
+it (`_payload`, `_dataset`), the page is `_page`. With ``evaluation=``, `_evaluation_view` scores
+the methods with `xattr.metrics.evaluate` and the page shows its table and per-example scores
+(`_page_eval`).
 
 Each method is a function ``make(f) -> attr_fn``, ``f`` the model restricted to each
 example's explained class (``xattr.target(model, targets)``); it is called once per chunk of
@@ -25,7 +27,7 @@ from torch import nn
 
 import xattr
 
-from . import _dataset, _page, _payload, _tokens
+from . import _dataset, _evaluation_view, _page, _payload, _tokens
 
 KINDS = ("image", "tabular", "text")
 
@@ -168,6 +170,9 @@ def explore(
     chunk_size: int | None = None,
     show_progress: bool = True,
     dataset_view: bool = True,
+    evaluation=False,
+    masks: torch.Tensor | None = None,
+    generator=0,
 ) -> str:
     """Writes an interactive, offline HTML explorer of ``model``'s attributions over ``inputs``.
 
@@ -196,6 +201,17 @@ def explore(
         explorer page] in `_dataset`); for text, each class's tokens of largest and most
         negative mean attribution (NOTE: [Token statistics on the explorer page] in
         `_tokens`). It reuses the attributions above: no second pass.
+      evaluation: True, or a list or dict of `xattr.metrics.entries` entries (or their names):
+        score every method with `xattr.metrics.evaluate` (True: its default metrics) on the same
+        inputs and targets, and add an "evaluation" view (the method x metric table of means
+        and 95% bootstrap intervals, best per metric marked), each method's scores next to its
+        map in the detail panel, and an "Order" list of the examples where the methods
+        disagree most. The metrics that only read attributions use the page's own; those
+        that call the method again rerun it (NOTE: [Evaluation on the explorer page] in
+        `_evaluation_view`). False (the default): no evaluation, and the page is unchanged.
+      masks: (N, ...) ground-truth masks for the evaluation's localization entries.
+      generator: the evaluation's seed (int or torch.Generator; None: unseeded): its metrics'
+        draws and intervals, as `evaluate`'s. The methods take their own seeds.
 
     Returns:
       ``path`` as a str.
@@ -209,6 +225,7 @@ def explore(
     if not isinstance(dataset_view, bool):
         raise TypeError(f"explore: dataset_view must be True or False, got {dataset_view!r}")
     kind = _kind(kind, inputs, tokens)
+    chosen = _evaluation_view.entries(evaluation, masks, len(inputs))  # None: no evaluation
     token_lists = _token_strings(tokens, inputs) if kind == "text" else None
     if kind != "text" and tokens is not None:
         raise ValueError(f"explore: tokens= is for text inputs, not {kind} ones")
@@ -243,6 +260,10 @@ def explore(
         data["dataset"] = _tokens.payload(inputs, attrs, labels, logits.argmax(1), token_lists, pad_id if isinstance(pad_id, int) else None)
     else:
         data["dataset"] = _dataset.payload(kind, inputs, attrs, labels, logits.argmax(1))
+    if chosen is not None:
+        ev = _evaluation_view.run(chosen, model, methods, inputs, targets, attrs, masks=masks, chunk_size=chunk_size,
+                                  generator=generator, show_progress=show_progress)  # fmt: skip
+        data["evaluation"] = _evaluation_view.payload(ev)
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
