@@ -1,5 +1,5 @@
 """ROAD and noisy linear imputation: the neighbour-average equations solved exactly (dense and
-conjugate-gradient paths), a numpy solve of the same system built pixel by pixel, ROAD curves
+sparse paths; every solver in test_road_solvers.py), a numpy solve of the same system built pixel by pixel, ROAD curves
 against a per-example, per-percentage loop, the maximum principle, noise, batch invariance,
 the known effect on a small digits CNN, and argument errors."""
 
@@ -15,7 +15,7 @@ from torch import nn
 
 import xattr
 from xattr import metrics as M
-from xattr.metrics import _road
+from xattr.metrics import _road_solvers
 
 D = torch.float64
 OFFSETS = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0)]
@@ -77,10 +77,10 @@ def holes(seed: int, shape, p: float) -> torch.Tensor:
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < p
 
 
-@pytest.mark.parametrize("size", [(5, 7), (20, 20)])  # the dense path, and conjugate gradients past 256 pixels
+@pytest.mark.parametrize("size", [(5, 7), (20, 20)])  # the dense path, and the sparse one past 256 pixels
 def test_noise_free_imputation_solves_the_neighbour_equations(size):
     h, w = size
-    assert (h * w <= _road.DENSE_PIXELS) == (size == (5, 7))
+    assert (h * w <= _road_solvers.DENSE_PIXELS) == (size == (5, 7))
     x = images(0, (3, 2, h, w))
     removed = holes(1, (3, h, w), 0.6)
     removed[2] = True

@@ -13,12 +13,14 @@ with r the 0/1 removal indicator and W the neighbour weights (a 3x3 convolution 
 padding). A is symmetric, and positive definite when at least one pixel is kept (every
 8-connected region of removed pixels then borders a kept pixel, which makes the restriction of
 D - W to it irreducibly diagonally dominant), which is why a percentage must keep one pixel.
-Images of up to `DENSE_PIXELS` pixels are solved densely (``torch.linalg.solve`` in float64,
-all images of a chunk and their channels at once); larger ones by conjugate gradients with the
-Jacobi preconditioner, matrix-free (one convolution of the whole chunk per iteration), in
-float64 for float64 images and float32 otherwise. Then Gaussian noise of std ``noise`` is added
-to the removed pixels only (the paper's "noisy" part: the imputation should not be a smooth
-give-away either); kept pixels keep their values exactly.
+The paper's own code (and this one) keeps the weights w_ij = w_ji as they are and puts s_i on
+the diagonal, so no row is rescaled and the matrix over the removed pixels stays symmetric: CG
+is valid. Small images are solved densely, larger ones by a sparse LU per mask on CPU (scipy)
+and by conjugate gradients on other devices (NOTE: [Choosing the imputation solver] in
+_road_solvers.py, with measured times); all three give the same solution to 1e-10 in float64.
+Then Gaussian noise of std ``noise`` is added to the removed pixels only (the paper's "noisy"
+part: the imputation should not be a smooth give-away either); kept pixels keep their values
+exactly.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import numbers
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .._src import tree as T
 from .._src.budget import copies_per_call
@@ -37,14 +38,11 @@ from .._src.gradients import model_calls
 from .._src.nesting import new_call_inside_model
 from .._src.progress import progress
 from .._src.sampling import per_example, streams
-from .._src.warn import warn
 from ._common import batch_of, model_rows, passthrough, positive_nums, resolve, stopped
 from ._curves import Curve
+from ._road_solvers import solve
 from ._similarity import result_dtype
 
-DENSE_PIXELS = 256  # images of up to 16x16 pixels: a dense solve; larger: conjugate gradients
-DENSE_BYTES = 64 * 2**20  # float64 matrices per dense solve call
-_SIDE, _CORNER = 1.0 / 6.0, 1.0 / 12.0
 PERCENTAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -180,91 +178,12 @@ def noisy_linear_imputation(
     return _impute(stopped(x), removed, z)
 
 
-def _impute(x: torch.Tensor, removed: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+def _impute(x: torch.Tensor, removed: torch.Tensor, z: torch.Tensor | None, method: str = "auto") -> torch.Tensor:
     """x (R, C, H, W) with the removed (R, H, W) pixels solved for, plus the noise z at them."""
-    h, w = x.shape[2:]
-    rm = removed.unsqueeze(1)
     if not bool(removed.any()):
         return x.clone()
-    if h * w <= DENSE_PIXELS:
-        v = _dense_fill(x, removed)
-    else:
-        v = _cg_fill(x, removed)
-    v = torch.where(rm, v.to(x.dtype), x)
-    return v if z is None else v + z * rm
-
-
-def _kernel(dtype, device) -> torch.Tensor:
-    rows = [[_CORNER, _SIDE, _CORNER], [_SIDE, 0.0, _SIDE], [_CORNER, _SIDE, _CORNER]]
-    return torch.tensor(rows, dtype=dtype, device=device).reshape(1, 1, 3, 3)
-
-
-def _neighbours(v: torch.Tensor) -> torch.Tensor:
-    """sum_j w_ij v_j for every pixel of v (R, C, H, W): the 3x3 kernel, zero outside the image."""
-    r, c, h, w = v.shape
-    return F.conv2d(v.reshape(r * c, 1, h, w), _kernel(v.dtype, v.device), padding=1).reshape(r, c, h, w)
-
-
-def _dense_fill(x: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
-    """The system of NOTE: [Noisy linear imputation] solved densely in float64, chunk by chunk."""
-    r, c, h, w = x.shape
-    n = h * w
-    eye = torch.eye(n, dtype=torch.float64, device=x.device).reshape(n, 1, h, w)
-    wmat = _neighbours(eye).reshape(n, n)  # column j: the weights w_ij of basis pixel j (W is symmetric)
-    s = wmat.sum(1)
-    per = max(1, DENSE_BYTES // (8 * n * n))
-    out = []
-    for a in range(0, r, per):
-        rf = removed[a : a + per].reshape(-1, n).to(torch.float64)  # (R', N)
-        xv = x[a : a + per].reshape(-1, c, n).transpose(1, 2).to(torch.float64)  # (R', N, C)
-        mat = torch.diag_embed(rf * s + (1 - rf)) - rf[:, :, None] * rf[:, None, :] * wmat
-        kept = (1 - rf)[..., None] * xv
-        rhs = kept + rf[..., None] * (wmat @ kept)
-        out.append(torch.linalg.solve(mat, rhs).transpose(1, 2).reshape(-1, c, h, w))
-    return torch.cat(out)
-
-
-def _cg_fill(x: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
-    """The same system by preconditioned conjugate gradients, matrix-free, all images at once."""
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    tol = 1e-12 if dtype == torch.float64 else 1e-6
-    xv = x.to(dtype)
-    rm = removed.unsqueeze(1).to(dtype)  # (R, 1, H, W)
-    s = _neighbours(torch.ones_like(rm))
-    diag = rm * s + (1 - rm)
-
-    def apply(v):
-        return diag * v - rm * _neighbours(rm * v)
-
-    kept = (1 - rm) * xv
-    rhs = kept + rm * _neighbours(kept)
-    mean = kept.sum((2, 3), keepdim=True) / (1 - rm).sum((2, 3), keepdim=True)
-    v = kept + rm * mean  # start: the removed pixels at the kept ones' mean
-    res = rhs - apply(v)
-    zz = res / diag
-    p = zz
-    rz = (res * zz).sum((2, 3), keepdim=True)
-    goal = tol * rhs.flatten(2).norm(dim=2)[..., None, None].clamp_min(torch.finfo(dtype).tiny)
-    h, w = x.shape[2:]
-    limit = 50 * (h + w) + 100
-    for it in range(limit):
-        if it % 8 == 0 and bool((res.flatten(2).norm(dim=2)[..., None, None] <= goal).all()):
-            break
-        ap = apply(p)
-        pap = (p * ap).sum((2, 3), keepdim=True)
-        alpha = torch.where(pap > 0, rz / torch.where(pap > 0, pap, torch.ones_like(pap)), torch.zeros_like(pap))
-        v = v + alpha * p
-        res = res - alpha * ap
-        zz = res / diag
-        rz_new = (res * zz).sum((2, 3), keepdim=True)
-        beta = torch.where(rz > 0, rz_new / torch.where(rz > 0, rz, torch.ones_like(rz)), torch.zeros_like(rz))
-        p = zz + beta * p
-        rz = rz_new
-    else:
-        worst = float((res.flatten(2).norm(dim=2)[..., None, None] / goal * tol).max())
-        warn(f"noisy linear imputation: conjugate gradients stopped after {limit} iterations at a relative "
-             f"residual of {worst:.1e} (asked: {tol:.0e})")  # fmt: skip
-    return v
+    v = solve(x, removed, method)  # NOTE: [Choosing the imputation solver] in _road_solvers.py
+    return v if z is None else v + z * removed.unsqueeze(1)
 
 
 def _pixel_scores(phi: Any, x: torch.Tensor) -> torch.Tensor:
