@@ -34,7 +34,8 @@ from typing import Mapping
 import torch
 
 from ..metrics import evaluate as _evaluate
-from ..metrics._evaluate import _base_seed, _masks, _metrics
+from ..metrics import entries as _entries
+from ..metrics._evaluate import base_seed
 from ..metrics._evaluation import N_BOOT, Evaluation, average_ranks
 from ._payload import num
 
@@ -49,16 +50,16 @@ def entries(evaluation, masks, n: int) -> dict | None:
             raise ValueError("explore: masks= are for the evaluation's localization metrics: pass evaluation= too")
         return None
     if evaluation is True:
-        chosen = _metrics(None)
+        chosen = _entries.resolve(None)
     elif isinstance(evaluation, (Mapping, list, tuple)):
-        chosen = _metrics(evaluation)
+        chosen = _entries.resolve(evaluation)
     else:
         raise TypeError(
             "explore: evaluation must be True (evaluate's default metrics), False, or a list or dict of "
             f"xattr.metrics.entries entries (or their names), got {type(evaluation).__name__}"
         )
     try:
-        _masks(masks, n, chosen)
+        _entries.check_masks(masks, n, chosen)
     except ValueError as e:
         raise ValueError(f"explore: evaluation: {e}") from None
     return chosen
@@ -75,7 +76,7 @@ def run(chosen: dict, model, methods: Mapping, inputs: torch.Tensor, targets: to
                 f"{name!r} gives {tuple(a.shape)} (a map summed over channels): leave it out of methods, or "
                 "pass evaluation=False"
             )
-    base = _base_seed(generator)  # one seed for both halves, even from a torch.Generator
+    base = base_seed(generator)  # one seed for both halves, even from a torch.Generator
     shared = {k: e for k, e in chosen.items() if "method" not in e.needs}
     rerun = {k: e for k, e in chosen.items() if "method" in e.needs}
     kw = dict(target=targets.to(inputs.device), masks=masks, batch_size=chunk_size, generator=base,

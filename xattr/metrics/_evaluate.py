@@ -25,10 +25,11 @@ draw per position in their call.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from .._src import tree as T
 from .._src.nesting import new_call_inside_model
 from .._src.progress import progress
 from .._src.targets import target as _target
@@ -40,17 +41,7 @@ OUTPUTS = ("logit", "probability")
 
 
 def _registry() -> dict:
-    return {
-        "deletion": E.deletion, "insertion": E.insertion, "infidelity": E.infidelity,
-        "faithfulness_correlation": E.faithfulness_correlation, "sparseness": E.sparseness,
-        "complexity": E.complexity, "sensitivity_max": E.sensitivity_max, "monotonicity": E.monotonicity,
-        "monotonicity_correlation": E.monotonicity_correlation, "road_morf": lambda: E.road(order="morf"),
-        "road_lerf": lambda: E.road(order="lerf"), "local_lipschitz": E.local_lipschitz_estimate,
-        "relative_input_stability": E.relative_input_stability,
-        "relative_output_stability": E.relative_output_stability, "randomization": E.randomization,
-        "pointing_game": E.pointing_game, "relevance_mass": E.relevance_mass_accuracy,
-        "relevance_rank": E.relevance_rank_accuracy, "attribution_localization": E.attribution_localization,
-    }  # fmt: skip
+    return E.known()
 
 
 def derive(base: int, *parts) -> int:
@@ -63,8 +54,8 @@ def derive(base: int, *parts) -> int:
 def evaluate(
     model: Callable,
     methods: Mapping[str, Any],
-    inputs: torch.Tensor,
-    *,
+    *args,
+    argnums: int | Sequence[int] = 0,
     metrics=None,
     target="predicted",
     labels=None,
@@ -81,8 +72,17 @@ def evaluate(
         used as it is (never put in eval mode for you; the metrics warn about a model in train mode).
       methods: name -> ``make(f) -> attr_fn`` (as `xattr.insights.explore`'s: ``lambda f:
         xattr.integrated_gradients(f, n_steps=32)``), or name -> precomputed attributions
-        shaped like ``inputs`` (the metrics that recompute attributions then refuse them).
-      inputs: one tensor (N, ...) of examples.
+        shaped like ``args[argnums]`` (a tuple of tensors for a tuple ``argnums``; the metrics that
+        recompute attributions then refuse them).
+      *args: the model's positional arguments, batched: ``model(*args)``. ``args[argnums]`` are
+        the attributed inputs (tensors (N, ...)); the others pass through to the model, the
+        methods and the metrics (an attention mask, lengths): tensors with N rows are sliced
+        with the batches, 0-d tensors and non-tensors are passed as they are.
+      argnums: the attributed argument(s), an int or a tuple, as for every metric of
+        `xattr.metrics`; build each method with the same ``argnums`` (its attributions have the
+        structure of ``args[argnums]``: a tuple of tensors for a tuple). Entries that score one
+        attributed tensor refuse a tuple up front (NOTE: [Entries with several inputs] in
+        entries.py).
       metrics: name -> `entries.Entry`, or a list of entries or names (``"deletion"``,
         ``"road_morf"``, ...: the entries with their default options); None: `entries.defaults`
         (deletion, insertion, faithfulness correlation, infidelity, sparseness: model calls
@@ -91,7 +91,8 @@ def evaluate(
         every method and metric: "predicted" (the argmax of the model's output), "labels" (the
         ``labels``), an int, or an int tensor (N,).
       labels: (N,) true classes, for ``target="labels"``.
-      masks: (N, ...) ground-truth masks, one per example, for the localization metrics.
+      masks: (N, ...) ground-truth masks, one per example, for the localization metrics (over
+        one attributed input: with several, the entry's ``argnum`` names it).
       batch_size: examples per call of each method and metric (None: all at once); see NOTE:
         [Seeds of an evaluation] for what it changes.
       generator: int seed (or torch.Generator, from which one seed is drawn) for every draw
@@ -105,22 +106,21 @@ def evaluate(
     """
     if not callable(model):
         raise TypeError(f"evaluate needs a model function, got {type(model).__name__}")
-    if not isinstance(inputs, torch.Tensor) or inputs.ndim < 2 or len(inputs) == 0:
-        got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-        raise ValueError(f"inputs must be a non-empty tensor (N, ...) of examples, got {got}")
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-    n = len(inputs)
+    nums, inputs, n = _inputs(args, argnums)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-    base = _base_seed(generator)
+    base = base_seed(generator)
     named = _methods(methods, inputs)
-    chosen = _metrics(metrics)
-    mask = _masks(masks, n, chosen)
+    chosen = E.resolve(metrics)
+    E.check_inputs(chosen, nums)
+    mask = E.check_masks(masks, n, chosen)
     _check_precomputed(named, chosen)
     bs = n if batch_size is None else batch_size
     spans = [(s, min(s + bs, n)) for s in range(0, n, bs)]
-    targets = _targets(model, inputs, target, labels, spans)
+    device = T.leaves(inputs)[0].device
+    targets = _targets(model, args, n, device, target, labels, spans)
     wrap = (lambda m: m) if output == "logit" else _Softmax
 
     values = torch.full((len(named), len(chosen), n), float("nan"), dtype=torch.float64)
@@ -128,22 +128,23 @@ def evaluate(
     try:
         for i, (mname, method) in enumerate(named.items()):
             for b, (s, e) in enumerate(spans):
-                xb, tb = inputs[s:e], targets[s:e]
+                ab, tb = _rows(args, n, s, e), targets[s:e]
+                xb = ab[nums] if isinstance(nums, int) else tuple(ab[j] for j in nums)
                 f_of = _f_of(wrap, tb)
                 f = f_of(model)
                 make = method if callable(method) else None
-                with _seeded(base, xb, "method", mname, b):
-                    phi = method(f)(xb) if make is not None else method[s:e]
+                with _seeded(base, device, "method", mname, b):
+                    phi = method(f)(*ab) if make is not None else T.tree_map(lambda t: t[s:e], method)
                 phi = _check_attributions(phi, xb, mname)
-                attr = _Cached(None if make is None else make(f), xb, phi, mname)
+                attr = _Cached(None if make is None else make(f), ab, phi, mname)
                 for k, (kname, entry) in enumerate(chosen.items()):
                     if bar is not None:
                         bar.set_postfix_str(f"{mname} / {kname}")
                     seed = None if base is None else derive(base, "metric", kname, b)
                     run_seed = None if base is None else derive(base, "metric", kname)
-                    with _seeded(base, xb, "metric", kname, b):
+                    with _seeded(base, device, "metric", kname, b):
                         out = entry(f, attr, xb, model=model, mask=None if mask is None else mask[s:e], make=make,
-                                    f_of=f_of, generator=seed, run_seed=run_seed)  # fmt: skip
+                                    f_of=f_of, generator=seed, run_seed=run_seed, args=ab, argnums=nums)  # fmt: skip
                     values[i, k, s:e] = _per_example(out, e - s, kname)
                     if bar is not None:
                         bar.update(1)
@@ -154,7 +155,9 @@ def evaluate(
     return Evaluation(list(named), list(chosen), directions, values, targets.cpu(), seed=0 if base is None else base)
 
 
-def _base_seed(generator) -> int | None:
+def base_seed(generator) -> int | None:
+    """The evaluation's base seed: an int as given, one drawn from a torch.Generator, or None
+    (NOTE: [Seeds of an evaluation]); a TypeError for anything else."""
     if generator is None:
         return None
     if isinstance(generator, torch.Generator):
@@ -164,73 +167,72 @@ def _base_seed(generator) -> int | None:
     return generator
 
 
-def _methods(methods, inputs: torch.Tensor) -> dict:
+def _methods(methods, inputs) -> dict:
     if not isinstance(methods, Mapping) or not methods:
         raise TypeError("methods must be a non-empty dict name -> make(f) -> attr_fn (or -> precomputed attributions)")
     for name, m in methods.items():
         if not isinstance(name, str):
             raise TypeError(f"method names must be str, got {name!r}")
-        if isinstance(m, torch.Tensor):
-            if tuple(m.shape) != tuple(inputs.shape):
+        if isinstance(m, list):
+            m = tuple(m)
+        if isinstance(m, (torch.Tensor, tuple)):
+            if _shapes(m) != _shapes(inputs):
                 raise ValueError(
-                    f"precomputed attributions of method {name!r} have shape {tuple(m.shape)}, but the inputs "
-                    f"have shape {tuple(inputs.shape)}: give one attribution per input element"
+                    f"precomputed attributions of method {name!r} have shape {_shapes(m)}, but the attributed "
+                    f"inputs have shape {_shapes(inputs)}: give one attribution per input element (a tuple of "
+                    "tensors for several attributed inputs)"
                 )
         elif not callable(m):
             raise TypeError(
                 f"method {name!r} must be make(f) -> attr_fn or a tensor of attributions, got {type(m).__name__}"
             )
-    return dict(methods)
+    return {k: tuple(m) if isinstance(m, list) else m for k, m in methods.items()}
 
 
-def _metrics(metrics) -> dict:
-    if metrics is None:
-        return E.defaults()
-    known = _registry()
-    items = list(metrics.items()) if isinstance(metrics, Mapping) else [(None, m) for m in metrics]
-    if not items:
-        raise ValueError("metrics is empty: give at least one (or None for the defaults)")
-    out = {}
-    for key, m in items:
-        if isinstance(m, str):
-            key = m if key is None else key
-            if m not in known:
-                hint = ""
-                if "representation" in m:
-                    hint = " (it needs a layer: entries.relative_representation_stability(layer=...))"
-                raise ValueError(
-                    f"unknown metric {m!r}{hint}; known names: {sorted(known)}, or give an xattr.metrics.entries entry"
-                )
-            m = known[m]()
-        if not isinstance(m, E.Entry):
-            raise TypeError(
-                f"metric {key or m!r} must be an xattr.metrics.entries entry (or a name); wrap your own function "
-                "fn(f, attr_fn, x) -> (B,) as entries.custom(fn, 'higher' or 'lower')"
-            )
-        name = key if key is not None else m.name
-        if name in out:
-            raise ValueError(f"metric {name!r} is given twice: give one of them another name= or dict key")
-        out[name] = m
-    return out
+def _shapes(tree):
+    if isinstance(tree, tuple):
+        return tuple(_shapes(t) for t in tree)
+    return tuple(tree.shape) if isinstance(tree, torch.Tensor) else type(tree).__name__
 
 
-def _masks(masks, n: int, chosen: dict):
-    needing = [k for k, e in chosen.items() if "mask" in e.needs]
-    if masks is None:
-        if needing:
+def _inputs(args: tuple, argnums):
+    """(argnums normalised: an int or a tuple of non-negative positions, the attributed
+    input(s) ``args[argnums]``, N), after checking that every batched argument has N rows."""
+    if not args:
+        raise TypeError("evaluate needs the model's inputs: evaluate(model, methods, x) or (model, methods, *args)")
+    if isinstance(argnums, bool):
+        raise TypeError(f"argnums must be an int or a tuple of ints, got {argnums!r}")
+    nums, as_tuple = T.normalize_argnums(argnums)
+    if any(isinstance(a, bool) or not isinstance(a, int) or not -len(args) <= a < len(args) for a in nums):
+        raise ValueError(f"argnums={argnums!r} must name positional arguments among the {len(args)} given")
+    nums = tuple(a % len(args) for a in nums)
+    for j in nums:
+        x = args[j]
+        if not isinstance(x, torch.Tensor) or x.ndim < 2 or len(x) == 0:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            what = "inputs" if len(args) == 1 else f"the attributed argument {j}"
+            raise ValueError(f"{what} must be a non-empty tensor (N, ...) of examples, got {got}")
+    n = len(args[nums[0]])
+    for j, a in enumerate(args):
+        if isinstance(a, torch.Tensor) and a.ndim >= 1 and len(a) != n:
             raise ValueError(
-                f"metric(s) {needing} compare attributions with ground-truth regions: pass masks= (N, ...)"
+                f"argument {j} has {len(a)} rows but the attributed input(s) have N = {n}: every tensor argument "
+                "is batched with the examples and sliced with them (a tensor shared by every example: close "
+                "over it in the model, e.g. functools.partial)"
             )
-        return None
-    if not isinstance(masks, torch.Tensor) or masks.ndim < 2 or masks.shape[0] != n:
-        got = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
-        raise ValueError(f"masks must be a tensor (N, ...) with one mask per example (N = {n}), got {got}; "
-                         "a mask shared by every example: masks=mask.expand(N, *mask.shape)")  # fmt: skip
-    return masks
+    inputs = tuple(args[j] for j in nums) if as_tuple else args[nums[0]]
+    return (nums if as_tuple else nums[0]), inputs, n
+
+
+def _rows(args: tuple, n: int, s: int, e: int) -> tuple:
+    """Rows s:e of every batched argument; the others as they are."""
+    if (s, e) == (0, n):
+        return tuple(args)
+    return tuple(a[s:e] if isinstance(a, torch.Tensor) and a.ndim >= 1 else a for a in args)
 
 
 def _check_precomputed(named: dict, chosen: dict) -> None:
-    fixed = [m for m, v in named.items() if isinstance(v, torch.Tensor)]
+    fixed = [m for m, v in named.items() if not callable(v)]
     calling = [k for k, e in chosen.items() if "method" in e.needs]
     if fixed and calling:
         raise ValueError(
@@ -239,8 +241,7 @@ def _check_precomputed(named: dict, chosen: dict) -> None:
         )
 
 
-def _targets(model, inputs, target, labels, spans) -> torch.Tensor:
-    n = len(inputs)
+def _targets(model, args: tuple, n: int, device, target, labels, spans) -> torch.Tensor:
     if labels is not None:
         labels = torch.as_tensor(labels)
         if labels.shape != (n,) or labels.is_floating_point() or labels.dtype == torch.bool:
@@ -251,19 +252,19 @@ def _targets(model, inputs, target, labels, spans) -> torch.Tensor:
         if target == "labels":
             if labels is None:
                 raise ValueError("target='labels' needs labels= (N,)")
-            return labels.long().to(inputs.device)
+            return labels.long().to(device)
         if target != "predicted":
             raise ValueError(f"target must be 'predicted', 'labels', an int or an int tensor (N,), got {target!r}")
         with torch.no_grad():
-            outs = [model(inputs[s:e]) for s, e in spans]
+            outs = [model(*_rows(args, n, s, e)) for s, e in spans]
         if not all(isinstance(o, torch.Tensor) and o.ndim == 2 for o in outs):
             raise ValueError("target='predicted' needs a model returning logits (N, K); give target= yourself")
         return torch.cat(outs).argmax(1)
     if isinstance(target, int) and not isinstance(target, bool):
-        return torch.full((n,), target, dtype=torch.long, device=inputs.device)
+        return torch.full((n,), target, dtype=torch.long, device=device)
     if isinstance(target, torch.Tensor) and target.shape == (n,) and not target.is_floating_point():
         if target.dtype != torch.bool:
-            return target.long().to(inputs.device)
+            return target.long().to(device)
     raise ValueError(f"target must be 'predicted', 'labels', an int or an int tensor (N,) = ({n},), got {target!r}")
 
 
@@ -284,9 +285,9 @@ def _f_of(wrap, t: torch.Tensor) -> Callable:
 class _seeded:
     """torch's global generator forked (CPU, and the inputs' accelerator) and seeded, for one call."""
 
-    def __init__(self, base, x: torch.Tensor, *parts):
+    def __init__(self, base, device: torch.device, *parts):
         self.seed = None if base is None else derive(base, "global", *parts)
-        self.devices = [x.device] if x.device.type != "cpu" else []
+        self.devices = [device] if device.type != "cpu" else []
         self.fork = None
 
     def __enter__(self):
@@ -306,25 +307,29 @@ class _Cached:
     """The method's attribution function that gives the attributions already computed when
     called at the batch itself (every metric first calls it there), and computes otherwise."""
 
-    def __init__(self, fn, x, phi, name: str):
-        self.fn, self.x, self.phi, self.name = fn, x, phi, name
+    def __init__(self, fn, args: tuple, phi, name: str):
+        self.fn, self.args, self.phi, self.name = fn, args, phi, name
         self.__wrapped__ = fn
 
     def __call__(self, *args, **kwargs):
-        if len(args) == 1 and not kwargs and args[0] is self.x:
+        if not kwargs and len(args) == len(self.args) and all(a is b for a, b in zip(args, self.args)):
             return self.phi
         if self.fn is None:
             raise ValueError(f"method {self.name!r} is precomputed: this metric needs make(f) -> attr_fn")
         return self.fn(*args, **kwargs)
 
 
-def _check_attributions(phi, x: torch.Tensor, name: str) -> torch.Tensor:
-    if isinstance(phi, (tuple, list)) and len(phi) == 1:
+def _check_attributions(phi, x, name: str):
+    if isinstance(phi, list):
+        phi = tuple(phi)
+    if isinstance(x, torch.Tensor) and isinstance(phi, tuple) and len(phi) == 1:
         phi = phi[0]
-    if not isinstance(phi, torch.Tensor) or tuple(phi.shape) != tuple(x.shape):
-        got = tuple(phi.shape) if isinstance(phi, torch.Tensor) else type(phi).__name__
-        raise ValueError(f"method {name!r} gave attributions of shape {got} for inputs of shape {tuple(x.shape)}")
-    return phi.detach()
+    if _shapes(phi) != _shapes(x) or not all(isinstance(t, torch.Tensor) for t in T.leaves(phi)):
+        raise ValueError(
+            f"method {name!r} gave attributions of shape {_shapes(phi)} for attributed inputs of shape "
+            f"{_shapes(x)}: build it with evaluate's argnums (a tuple of tensors for several inputs)"
+        )
+    return T.tree_map(lambda t: t.detach(), phi)
 
 
 def _per_example(out, batch: int, name: str) -> torch.Tensor:

@@ -19,17 +19,33 @@ re-initialises the same weights for every batch).
 ``needs`` names what an entry cannot run without: ``"mask"``, or ``"method"`` (it calls the
 attribution function at other inputs than x, or builds it anew, so precomputed attributions
 cannot serve it).
+
+NOTE: [Entries with several inputs]
+A model may take several positional arguments: attributed inputs (an image and a table of
+features) and pass-through ones (an attention mask, lengths). The context's ``args`` holds all
+of them (sliced to the batch) and ``argnums`` names the attributed ones, as for every metric of
+`xattr.metrics` (``metric(f, attr_fn, argnums=...)(*args)``); ``x`` is then ``args[argnums]``,
+a tensor for an int ``argnums`` and a tuple for a tuple, and the attributions have its
+structure. Every entry calls its metric with ``*args`` and ``argnums``: the metrics perturb the
+attributed inputs and tile the others with the copies. Three metrics score one attributed
+tensor, and their entries refuse a tuple ``argnums`` before anything runs (``Entry.refuses``):
+ROAD (it imputes pixels of one image; the other inputs may still pass through), the
+localization metrics unless the entry's ``argnum`` names the attributed argument the masks
+cover (then the masks are (N, ...) over that argument's map and the other attributions are not
+read), and the randomization check with ``similarity="ssim"`` (an image measure; the rank
+measures compare all attributed elements of an example together).
 """
 
 from __future__ import annotations
 
 import numbers
-from typing import Callable, NamedTuple
+from typing import Mapping
 
 import torch
 
 from ._concentration import complexity as _complexity, sparseness as _sparseness
-from ._curves import Curve, deletion as _deletion, insertion as _insertion
+from ._curves import deletion as _deletion, insertion as _insertion
+from ._entry import Context, Entry, _args, _one_input, _seed, custom
 from ._faithfulness import (
     faithfulness_correlation as _faithfulness_correlation,
     monotonicity as _monotonicity,
@@ -52,62 +68,6 @@ from ._stability import (
     relative_output_stability as _relative_output_stability,
     relative_representation_stability as _relative_representation_stability,
 )
-
-DIRECTIONS = ("higher", "lower")
-NEEDS = ("mask", "method")
-
-
-class Context(NamedTuple):
-    """What an entry may read beside ``(f, attr_fn, x)`` (NOTE: [Metric entries])."""
-
-    model: Callable | None = None
-    mask: torch.Tensor | None = None
-    make: Callable | None = None
-    f_of: Callable | None = None
-    generator: int | None = None
-    run_seed: int | None = None
-
-
-class Entry:
-    """A metric for `evaluate`: ``fn(f, attr_fn, x, context) -> (B,) tensor or Curve``, its
-    ``direction`` ("higher" or "lower" is better), a ``name`` and what it ``needs`` ("mask",
-    "method"; NOTE: [Metric entries]). Called as ``entry(f, attr_fn, x, **context)``."""
-
-    def __init__(self, fn: Callable, direction: str, *, name: str, needs=()):
-        if not callable(fn):
-            raise TypeError(f"Entry needs a function fn(f, attr_fn, x, context), got {type(fn).__name__}")
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be 'higher' or 'lower' (which values are better), got {direction!r}")
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"name must be a non-empty str, got {name!r}")
-        needs = (needs,) if isinstance(needs, str) else tuple(needs)
-        bad = [n for n in needs if n not in NEEDS]
-        if bad:
-            raise ValueError(f"needs may hold {NEEDS}, got {bad}")
-        self.fn, self.direction, self.name, self.needs = fn, direction, name, needs
-
-    def __call__(self, f, attr_fn, x, **context) -> torch.Tensor:
-        ctx = Context(**context)
-        if "mask" in self.needs and ctx.mask is None:
-            raise ValueError(f"metric {self.name!r} needs ground-truth masks: pass masks=")
-        out = self.fn(f, attr_fn, x, ctx)
-        if isinstance(out, Curve):
-            out = out.auc
-        return out
-
-    def __repr__(self) -> str:
-        return f"Entry({self.name!r}, {self.direction} is better)"
-
-
-def custom(fn: Callable, direction: str, *, name: str | None = None) -> Entry:
-    """An entry from your own ``fn(f, attr_fn, x) -> (B,) tensor or Curve``; ``evaluate`` runs it
-    with torch's global generator forked and seeded, so its draws repeat with the same seed."""
-    return Entry(lambda f, a, x, ctx: fn(f, a, x), direction, name=name or getattr(fn, "__name__", "custom"))
-
-
-def _seed(ctx: Context):
-    return ctx.generator
-
 
 def _count(value, n: int, what: str) -> int:
     """An int count, or a fraction in (0, 1) of n (at least 1)."""
@@ -142,7 +102,7 @@ def infidelity(*, perturb="subset", n_samples: int = 10, normalize: bool = True,
 
     def run(f, a, x, ctx):
         return _infidelity(f, a, fn_perturb, n_perturb_samples=n_samples, normalize=normalize, baselines=base,
-                           generator=_seed(ctx))(x)  # fmt: skip
+                           argnums=ctx.argnums, generator=_seed(ctx))(*_args(x, ctx))  # fmt: skip
 
     return Entry(run, "lower", name=name)
 
@@ -152,8 +112,8 @@ def sensitivity_max(*, radius: float = 0.02, n_samples: int = 10, perturb_func=u
     """`sensitivity_max` (lower is better); recomputes the attributions at n_samples copies."""
 
     def run(f, a, x, ctx):
-        return _sensitivity_max(a, x, perturb_func=perturb_func, perturb_radius=radius, n_perturb_samples=n_samples,
-                                generator=_seed(ctx))  # fmt: skip
+        return _sensitivity_max(a, *_args(x, ctx), perturb_func=perturb_func, perturb_radius=radius,
+                                n_perturb_samples=n_samples, argnums=ctx.argnums, generator=_seed(ctx))  # fmt: skip
 
     return Entry(run, "lower", name=name, needs="method")
 
@@ -161,43 +121,50 @@ def sensitivity_max(*, radius: float = 0.02, n_samples: int = 10, perturb_func=u
 def deletion(*, n_steps: int | None = 16, baselines=0.0, feature_mask=None, name: str = "deletion") -> Entry:
     """The area under the `deletion` curve (lower is better)."""
     kw = dict(n_steps=n_steps, baselines=baselines, feature_mask=feature_mask)
-    return Entry(lambda f, a, x, ctx: _deletion(f, a, **kw)(x), "lower", name=name)
+    return Entry(lambda f, a, x, ctx: _deletion(f, a, argnums=ctx.argnums, **kw)(*_args(x, ctx)), "lower", name=name)
 
 
 def insertion(*, n_steps: int | None = 16, baselines=0.0, feature_mask=None, name: str = "insertion") -> Entry:
     """The area under the `insertion` curve (higher is better)."""
     kw = dict(n_steps=n_steps, baselines=baselines, feature_mask=feature_mask)
-    return Entry(lambda f, a, x, ctx: _insertion(f, a, **kw)(x), "higher", name=name)
+    return Entry(lambda f, a, x, ctx: _insertion(f, a, argnums=ctx.argnums, **kw)(*_args(x, ctx)), "higher", name=name)
 
 
 def sparseness(*, name: str = "sparseness") -> Entry:
     """`sparseness`, the Gini index of |phi| (higher: more concentrated, is counted better)."""
-    return Entry(lambda f, a, x, ctx: _sparseness(a, x), "higher", name=name)
+    return Entry(lambda f, a, x, ctx: _sparseness(a, *_args(x, ctx)), "higher", name=name)
 
 
 def complexity(*, name: str = "complexity") -> Entry:
     """`complexity`, the entropy of |phi| (lower is better)."""
-    return Entry(lambda f, a, x, ctx: _complexity(a, x), "lower", name=name)
+    return Entry(lambda f, a, x, ctx: _complexity(a, *_args(x, ctx)), "lower", name=name)
 
 
 def faithfulness_correlation(*, subset=0.25, n_samples: int = 20, baselines=0.0, feature_mask=None,
                              name: str = "faithfulness_correlation") -> Entry:  # fmt: skip
     """`faithfulness_correlation` (higher is better); ``subset``: the subset size, an int or a
-    fraction of the elements of one example (with a ``feature_mask``: of its ids)."""
+    fraction of the elements of one example, all attributed inputs together (with a
+    ``feature_mask``: of its ids)."""
 
     def run(f, a, x, ctx):
-        n = x[0].numel() if feature_mask is None else int(torch.as_tensor(feature_mask).unique().numel())
+        if feature_mask is None:
+            n = sum(t[0].numel() for t in (x if isinstance(x, tuple) else (x,)))
+        else:
+            leaves = feature_mask if isinstance(feature_mask, (tuple, list)) else (feature_mask,)
+            n = int(torch.cat([torch.as_tensor(m).flatten() for m in leaves]).unique().numel())
         size = _count(subset, n, "subset")
         return _faithfulness_correlation(f, a, subset_size=size, n_samples=n_samples, baselines=baselines,
-                                         feature_mask=feature_mask, generator=_seed(ctx))(x)  # fmt: skip
+                                         feature_mask=feature_mask, argnums=ctx.argnums,
+                                         generator=_seed(ctx))(*_args(x, ctx))  # fmt: skip
 
     return Entry(run, "higher", name=name)
 
 
 def monotonicity(*, baselines=0.0, feature_mask=None, name: str = "monotonicity") -> Entry:
     """`monotonicity` of Arya et al. (higher is better); one model row per feature."""
-    return Entry(lambda f, a, x, ctx: _monotonicity(f, a, baselines=baselines, feature_mask=feature_mask)(x),
-                 "higher", name=name)  # fmt: skip
+    kw = dict(baselines=baselines, feature_mask=feature_mask)
+    return Entry(lambda f, a, x, ctx: _monotonicity(f, a, argnums=ctx.argnums, **kw)(*_args(x, ctx)), "higher",
+                 name=name)  # fmt: skip
 
 
 def monotonicity_correlation(*, n_samples: int = 1, perturb_func=None, baselines=None, feature_mask=None,
@@ -206,21 +173,23 @@ def monotonicity_correlation(*, n_samples: int = 1, perturb_func=None, baselines
 
     def run(f, a, x, ctx):
         return _monotonicity_correlation(f, a, n_samples=n_samples, perturb_func=perturb_func, baselines=baselines,
-                                         feature_mask=feature_mask,
-                                         generator=None if perturb_func is None else _seed(ctx))(x)  # fmt: skip
+                                         feature_mask=feature_mask, argnums=ctx.argnums,
+                                         generator=None if perturb_func is None else _seed(ctx))(*_args(x, ctx))  # fmt: skip
 
     return Entry(run, "higher", name=name)
 
 
 def road(*, order: str = "morf", percentages=PERCENTAGES, noise: float = 0.01, name: str | None = None) -> Entry:
-    """The area under the `road` curve: "morf" lower is better, "lerf" higher."""
+    """The area under the `road` curve: "morf" lower is better, "lerf" higher; one attributed
+    image (an int ``argnums``; NOTE: [Entries with several inputs])."""
     if order not in ("morf", "lerf"):
         raise ValueError(f"order must be 'morf' or 'lerf', got {order!r}")
 
     def run(f, a, x, ctx):
-        return _road(f, a, percentages=percentages, order=order, noise=noise, generator=_seed(ctx))(x)
+        return _road(f, a, percentages=percentages, order=order, noise=noise, argnums=ctx.argnums,
+                     generator=_seed(ctx))(*_args(x, ctx))  # fmt: skip
 
-    return Entry(run, "lower" if order == "morf" else "higher", name=name or f"road_{order}")
+    return Entry(run, "lower" if order == "morf" else "higher", name=name or f"road_{order}", refuse=_one_input)
 
 
 def local_lipschitz_estimate(*, radius: float = 0.05, n_samples: int = 10, norm="l2",
@@ -228,7 +197,8 @@ def local_lipschitz_estimate(*, radius: float = 0.05, n_samples: int = 10, norm=
     """`local_lipschitz_estimate` (lower is better); recomputes the attributions at the copies."""
 
     def run(f, a, x, ctx):
-        return _local_lipschitz_estimate(a, x, radius=radius, n_samples=n_samples, norm=norm, generator=_seed(ctx))
+        return _local_lipschitz_estimate(a, *_args(x, ctx), radius=radius, n_samples=n_samples, norm=norm,
+                                         argnums=ctx.argnums, generator=_seed(ctx))  # fmt: skip
 
     return Entry(run, "lower", name=name, needs="method")
 
@@ -238,7 +208,8 @@ def relative_input_stability(*, radius: float = 0.05, n_samples: int = 10,
     """`relative_input_stability` (lower is better), the class constraint read from the model."""
 
     def run(f, a, x, ctx):
-        return _relative_input_stability(ctx.model, a, x, radius=radius, n_samples=n_samples, generator=_seed(ctx))
+        return _relative_input_stability(ctx.model, a, *_args(x, ctx), radius=radius, n_samples=n_samples,
+                                         argnums=ctx.argnums, generator=_seed(ctx))  # fmt: skip
 
     return Entry(run, "lower", name=name, needs="method")
 
@@ -248,7 +219,8 @@ def relative_output_stability(*, radius: float = 0.05, n_samples: int = 10,
     """`relative_output_stability` (lower is better): the model's logits in the denominator."""
 
     def run(f, a, x, ctx):
-        return _relative_output_stability(ctx.model, a, x, radius=radius, n_samples=n_samples, generator=_seed(ctx))
+        return _relative_output_stability(ctx.model, a, *_args(x, ctx), radius=radius, n_samples=n_samples,
+                                          argnums=ctx.argnums, generator=_seed(ctx))  # fmt: skip
 
     return Entry(run, "lower", name=name, needs="method")
 
@@ -258,7 +230,8 @@ def relative_representation_stability(*, layer, radius: float = 0.05, n_samples:
     """`relative_representation_stability` at ``layer`` (a module of the model; lower is better)."""
 
     def run(f, a, x, ctx):
-        return _relative_representation_stability(ctx.model, a, x, layer=layer, radius=radius, n_samples=n_samples,
+        return _relative_representation_stability(ctx.model, a, *_args(x, ctx), layer=layer, radius=radius,
+                                                  n_samples=n_samples, argnums=ctx.argnums,
                                                   generator=_seed(ctx))  # fmt: skip
 
     return Entry(run, "lower", name=name, needs="method")
@@ -273,36 +246,62 @@ def randomization(*, similarity: str = "spearman_abs", mode: str = "cascading", 
     def run(f, a, x, ctx):
         if not isinstance(ctx.model, torch.nn.Module):
             raise TypeError(f"metric {name or 'randomization'!r} re-initialises layers: the model must be an nn.Module")
-        out = _randomization_check(ctx.model, lambda m: ctx.make(ctx.f_of(m)), x, mode=mode, layers=layers,
-                                   similarity=(similarity,), generator=ctx.run_seed)  # fmt: skip
+        out = _randomization_check(ctx.model, lambda m: ctx.make(ctx.f_of(m)), _args(x, ctx), mode=mode,
+                                   layers=layers, similarity=(similarity,), generator=ctx.run_seed)  # fmt: skip
         return out.scores[similarity][-1]
 
-    return Entry(run, "lower", name=name or f"randomization_{similarity}", needs="method")
+    refuse = _one_input if similarity == "ssim" else None
+    return Entry(run, "lower", name=name or f"randomization_{similarity}", needs="method", refuse=refuse)
 
 
-def _localization(metric, direction: str, name: str, **kw) -> Entry:
-    return Entry(lambda f, a, x, ctx: metric(a, ctx.mask, x, **kw), direction, name=name, needs="mask")
+def _localization(metric, direction: str, name: str, argnum: int | None, **kw) -> Entry:
+    if argnum is not None and (isinstance(argnum, bool) or not isinstance(argnum, int)):
+        raise TypeError(f"argnum must be an int (the attributed argument the masks cover) or None, got {argnum!r}")
+
+    def run(f, a, x, ctx):
+        phi = a(*_args(x, ctx)) if callable(a) else a
+        if not isinstance(ctx.argnums, int):
+            phi = phi[tuple(ctx.argnums).index(argnum)]
+        return metric(phi, ctx.mask, **kw)
+
+    def refuse(argnums):
+        if isinstance(argnums, int):
+            return None
+        if argnum is None:
+            return (f"it compares one map with the masks, but argnums={tuple(argnums)!r} names several attributed "
+                    f"inputs: give the entry argnum= (the one of {tuple(argnums)!r} the masks cover)")  # fmt: skip
+        if argnum not in tuple(argnums):
+            return f"its argnum={argnum} is not among the attributed arguments argnums={tuple(argnums)!r}"
+        return None
+
+    return Entry(run, direction, name=name, needs="mask", refuse=refuse)
 
 
-def pointing_game(*, tolerance: float = 0, channel_dim: int | None = 1, name: str = "pointing_game") -> Entry:
-    """`pointing_game` against ``masks`` (higher is better)."""
-    return _localization(_pointing_game, "higher", name, tolerance=tolerance, channel_dim=channel_dim)
+def pointing_game(*, tolerance: float = 0, channel_dim: int | None = 1, argnum: int | None = None,
+                  name: str = "pointing_game") -> Entry:  # fmt: skip
+    """`pointing_game` against ``masks`` (higher is better). ``argnum``: with several attributed
+    inputs, the one the masks cover (NOTE: [Entries with several inputs]); the same for the
+    other localization entries."""
+    return _localization(_pointing_game, "higher", name, argnum, tolerance=tolerance, channel_dim=channel_dim)
 
 
-def relevance_mass_accuracy(*, channel_dim: int | None = 1, name: str = "relevance_mass") -> Entry:
+def relevance_mass_accuracy(*, channel_dim: int | None = 1, argnum: int | None = None,
+                            name: str = "relevance_mass") -> Entry:  # fmt: skip
     """`relevance_mass_accuracy` against ``masks`` (higher is better)."""
-    return _localization(_relevance_mass_accuracy, "higher", name, channel_dim=channel_dim)
+    return _localization(_relevance_mass_accuracy, "higher", name, argnum, channel_dim=channel_dim)
 
 
-def relevance_rank_accuracy(*, channel_dim: int | None = 1, name: str = "relevance_rank") -> Entry:
+def relevance_rank_accuracy(*, channel_dim: int | None = 1, argnum: int | None = None,
+                            name: str = "relevance_rank") -> Entry:  # fmt: skip
     """`relevance_rank_accuracy` against ``masks`` (higher is better)."""
-    return _localization(_relevance_rank_accuracy, "higher", name, channel_dim=channel_dim)
+    return _localization(_relevance_rank_accuracy, "higher", name, argnum, channel_dim=channel_dim)
 
 
-def attribution_localization(*, weighted: bool = False, channel_dim: int | None = 1,
+def attribution_localization(*, weighted: bool = False, channel_dim: int | None = 1, argnum: int | None = None,
                              name: str = "attribution_localization") -> Entry:  # fmt: skip
     """`attribution_localization` against ``masks`` (higher is better)."""
-    return _localization(_attribution_localization, "higher", name, weighted=weighted, channel_dim=channel_dim)
+    return _localization(_attribution_localization, "higher", name, argnum, weighted=weighted,
+                         channel_dim=channel_dim)  # fmt: skip
 
 
 def defaults() -> dict:
@@ -315,10 +314,87 @@ def defaults() -> dict:
     return {e.name: e for e in (deletion(), insertion(), faithfulness_correlation(), infidelity(), sparseness())}
 
 
+
+def known() -> dict:
+    """Name -> a builder of the entry with its default options: the names `resolve` accepts."""
+    return {
+        "deletion": deletion, "insertion": insertion, "infidelity": infidelity,
+        "faithfulness_correlation": faithfulness_correlation, "sparseness": sparseness,
+        "complexity": complexity, "sensitivity_max": sensitivity_max, "monotonicity": monotonicity,
+        "monotonicity_correlation": monotonicity_correlation, "road_morf": lambda: road(order="morf"),
+        "road_lerf": lambda: road(order="lerf"), "local_lipschitz": local_lipschitz_estimate,
+        "relative_input_stability": relative_input_stability,
+        "relative_output_stability": relative_output_stability, "randomization": randomization,
+        "pointing_game": pointing_game, "relevance_mass": relevance_mass_accuracy,
+        "relevance_rank": relevance_rank_accuracy, "attribution_localization": attribution_localization,
+    }  # fmt: skip
+
+
+def resolve(metrics) -> dict:
+    """The metrics ``evaluate(metrics=...)`` runs, name -> `Entry`, in order: None gives
+    `defaults`; a dict name -> entry (or a known name) keeps its keys; a list of entries or
+    names names each by its entry's name. Unknown names, objects that are not entries and a name
+    given twice are errors, before anything is computed."""
+    if metrics is None:
+        return defaults()
+    names = known()
+    items = list(metrics.items()) if isinstance(metrics, Mapping) else [(None, m) for m in metrics]
+    if not items:
+        raise ValueError("metrics is empty: give at least one (or None for the defaults)")
+    out = {}
+    for key, m in items:
+        if isinstance(m, str):
+            key = m if key is None else key
+            if m not in names:
+                hint = ""
+                if "representation" in m:
+                    hint = " (it needs a layer: entries.relative_representation_stability(layer=...))"
+                raise ValueError(
+                    f"unknown metric {m!r}{hint}; known names: {sorted(names)}, or give an xattr.metrics.entries entry"
+                )
+            m = names[m]()
+        if not isinstance(m, Entry):
+            raise TypeError(
+                f"metric {key or m!r} must be an xattr.metrics.entries entry (or a name); wrap your own function "
+                "fn(f, attr_fn, x) -> (B,) as entries.custom(fn, 'higher' or 'lower')"
+            )
+        name = key if key is not None else m.name
+        if name in out:
+            raise ValueError(f"metric {name!r} is given twice: give one of them another name= or dict key")
+        out[name] = m
+    return out
+
+
+def check_masks(masks, n: int, chosen: Mapping):
+    """``masks`` checked for the ``chosen`` entries (name -> Entry) and ``n`` examples: None when
+    no entry needs them, else one mask per example (N, ...); returns ``masks``."""
+    needing = [k for k, e in chosen.items() if "mask" in e.needs]
+    if masks is None:
+        if needing:
+            raise ValueError(
+                f"metric(s) {needing} compare attributions with ground-truth regions: pass masks= (N, ...)"
+            )
+        return None
+    if not isinstance(masks, torch.Tensor) or masks.ndim < 2 or masks.shape[0] != n:
+        got = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
+        raise ValueError(f"masks must be a tensor (N, ...) with one mask per example (N = {n}), got {got}; "
+                         "a mask shared by every example: masks=mask.expand(N, *mask.shape)")  # fmt: skip
+    return masks
+
+
+def check_inputs(chosen: Mapping, argnums) -> None:
+    """A ValueError naming every entry of ``chosen`` that cannot score inputs attributed at
+    ``argnums`` (NOTE: [Entries with several inputs])."""
+    reasons = [f"metric {k!r}: {r}" for k, e in chosen.items() if (r := e.refuses(argnums)) is not None]
+    if reasons:
+        raise ValueError("; ".join(reasons))
+
 __all__ = [
     "Context",
     "Entry",
     "attribution_localization",
+    "check_inputs",
+    "check_masks",
     "complexity",
     "custom",
     "defaults",
@@ -326,6 +402,7 @@ __all__ = [
     "faithfulness_correlation",
     "infidelity",
     "insertion",
+    "known",
     "local_lipschitz_estimate",
     "monotonicity",
     "monotonicity_correlation",
@@ -336,6 +413,7 @@ __all__ = [
     "relative_representation_stability",
     "relevance_mass_accuracy",
     "relevance_rank_accuracy",
+    "resolve",
     "road",
     "sensitivity_max",
     "sparseness",

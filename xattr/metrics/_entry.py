@@ -1,0 +1,92 @@
+"""The `Entry` of a metric for `xattr.metrics.evaluate` and its context (NOTE: [Metric entries]
+and NOTE: [Entries with several inputs] in `xattr/metrics/entries.py`)."""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+
+from ._curves import Curve
+
+DIRECTIONS = ("higher", "lower")
+NEEDS = ("mask", "method")
+
+
+class Context(NamedTuple):
+    """What an entry may read beside ``(f, attr_fn, x)`` (NOTE: [Metric entries])."""
+
+    model: Callable | None = None
+    mask: torch.Tensor | None = None
+    make: Callable | None = None
+    f_of: Callable | None = None
+    generator: int | None = None
+    run_seed: int | None = None
+    args: tuple | None = None
+    argnums: int | tuple = 0
+
+
+class Entry:
+    """A metric for `evaluate`: ``fn(f, attr_fn, x, context) -> (B,) tensor or Curve``, its
+    ``direction`` ("higher" or "lower" is better), a ``name``, what it ``needs`` ("mask",
+    "method"; NOTE: [Metric entries]) and ``refuse(argnums) -> reason or None``, the inputs it
+    cannot score (NOTE: [Entries with several inputs]). Called as ``entry(f, attr_fn, x, **context)``."""
+
+    def __init__(self, fn: Callable, direction: str, *, name: str, needs=(), refuse: Callable | None = None):
+        if not callable(fn):
+            raise TypeError(f"Entry needs a function fn(f, attr_fn, x, context), got {type(fn).__name__}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be 'higher' or 'lower' (which values are better), got {direction!r}")
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        needs = (needs,) if isinstance(needs, str) else tuple(needs)
+        bad = [n for n in needs if n not in NEEDS]
+        if bad:
+            raise ValueError(f"needs may hold {NEEDS}, got {bad}")
+        if refuse is not None and not callable(refuse):
+            raise TypeError(f"refuse must be a function argnums -> reason or None, got {type(refuse).__name__}")
+        self.fn, self.direction, self.name, self.needs, self._refuse = fn, direction, name, needs, refuse
+
+    def refuses(self, argnums) -> str | None:
+        """Why this metric cannot score inputs attributed at ``argnums`` (an int or a tuple), or None."""
+        return None if self._refuse is None else self._refuse(argnums)
+
+    def __call__(self, f, attr_fn, x, **context) -> torch.Tensor:
+        ctx = Context(**context)
+        if "mask" in self.needs and ctx.mask is None:
+            raise ValueError(f"metric {self.name!r} needs ground-truth masks: pass masks=")
+        reason = self.refuses(ctx.argnums)
+        if reason is not None:
+            raise ValueError(f"metric {self.name!r}: {reason}")
+        out = self.fn(f, attr_fn, x, ctx)
+        if isinstance(out, Curve):
+            out = out.auc
+        return out
+
+    def __repr__(self) -> str:
+        return f"Entry({self.name!r}, {self.direction} is better)"
+
+
+def custom(fn: Callable, direction: str, *, name: str | None = None) -> Entry:
+    """An entry from your own ``fn(f, attr_fn, *args) -> (B,) tensor or Curve`` (``fn(f, attr_fn,
+    x)`` for one input; ``args`` are all the model's arguments, NOTE: [Entries with several
+    inputs]); ``evaluate`` runs it with torch's global generator forked and seeded, so its
+    draws repeat with the same seed."""
+    named = name or getattr(fn, "__name__", "custom")
+    return Entry(lambda f, a, x, ctx: fn(f, a, *_args(x, ctx)), direction, name=named)
+
+
+def _seed(ctx: Context):
+    return ctx.generator
+
+
+def _args(x, ctx: Context) -> tuple:
+    """The model's positional arguments: the context's, or the attributed input alone."""
+    return (x,) if ctx.args is None else tuple(ctx.args)
+
+
+def _one_input(argnums) -> str | None:
+    if isinstance(argnums, int):
+        return None
+    return (f"it scores one attributed tensor, but argnums={tuple(argnums)!r} names several; give argnums as an "
+            "int (the other arguments pass through)")  # fmt: skip
