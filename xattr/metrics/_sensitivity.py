@@ -6,12 +6,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from .._src import tree as T
-from .._src.checks import warn_if_training
 from .._src.nesting import new_call_inside_model
-from .._src.sampling import copy_blocks
-from ._common import batch_of, draw_copies, flat, n_positional, passthrough, positive_nums, same_structure, stopped
 from ._noise import uniform_noise
+from ._worst_case import worst_over_copies
 
 
 @new_call_inside_model  # NOTE: [Attributions inside a model's forward] in nesting.py
@@ -49,41 +46,21 @@ def sensitivity_max(
       chunk_size: most rows (examples x copies) per call of attr_fn.
 
     Returns:
-      (B,) tensor (lower is more stable); differentiable inside a torch.func transform, detached
-      otherwise (NOTE: [Detached results]).
+      (B,) tensor in the attributions' dtype, as Captum's (lower is more stable); differentiable
+      inside a torch.func transform, detached otherwise (NOTE: [Detached results]).
     """
     if not isinstance(n_perturb_samples, int) or n_perturb_samples < 1:
         raise ValueError(f"n_perturb_samples must be a positive int, got {n_perturb_samples!r}")
     ord_ = _ord(norm_ord)
-    nums, as_tuple = T.normalize_argnums(argnums)
-    idx = positive_nums(nums, len(args))
-    warn_if_training(attr_fn)
-    selected, rebuild = T.split_args(args, idx)
-    batch = batch_of(selected)
-    x = selected if as_tuple else selected[0]
-    n = n_perturb_samples
-    phi0 = stopped(attr_fn(*args))
-    ref = flat(phi0)  # (B, P)
-    extra = (perturb_radius,) if n_positional(perturb_func) > 1 else ()
-    pert = draw_copies(perturb_func, x, n, extra=extra, generator=generator, what="perturb_func")
-    if not same_structure(pert, x):
-        raise ValueError("perturb_func must return perturbed input(s) with the structure of the attributed input(s)")
-    worst = None
-    with T.batch_scope(batch):
-        for s, e in T.chunks(n, batch, chunk_size):
-            rows = T.tree_map(lambda p: p[:, s:e].transpose(0, 1).reshape((-1,) + tuple(p.shape[2:])), pert)
-            call = passthrough(args, idx, e - s, batch)
-            with copy_blocks(s, e, batch, same_draws=True):  # phi(x)'s draws: NOTE: [Seeds of folded copies]
-                phi = stopped(attr_fn(*T.split_args(call, idx)[1](rows if as_tuple else (rows,))))
-            got = flat(phi).reshape(e - s, batch, -1)
-            if got.shape[-1] != ref.shape[-1]:
-                raise ValueError(
-                    f"attr_fn returned {got.shape[-1]} values per perturbed copy but {ref.shape[-1]} per example"
-                )
-            dist = torch.linalg.vector_norm(got - ref.unsqueeze(0), ord=ord_, dim=-1).amax(0)
-            worst = dist if worst is None else torch.maximum(worst, dist)
-    norm = torch.linalg.vector_norm(ref, ord=ord_, dim=-1)
-    return worst / torch.where(norm == 0, torch.ones_like(norm), norm)
+
+    def score(x0, xs, e0, es, outs0, outs):
+        # max_s(d_s / |phi(x)|) is max_s(d_s) / |phi(x)| to the bit: rounding a quotient is monotone
+        norm = torch.linalg.vector_norm(e0, ord=ord_, dim=-1)
+        dist = torch.linalg.vector_norm(es - e0.unsqueeze(0), ord=ord_, dim=-1)
+        return dist / torch.where(norm == 0, torch.ones_like(norm), norm)
+
+    return worst_over_copies(attr_fn, args, score, n_perturb_samples, perturb_func, perturb_radius, argnums,
+                             generator, chunk_size, widen=False, reads_inputs=False)  # fmt: skip
 
 
 def _ord(norm_ord) -> float:

@@ -4,16 +4,17 @@
 
 NOTE: [Neighbourhoods of the stability metrics]
 Each metric is a sup over a neighbourhood of x, estimated by the max over ``n_samples``
-perturbed copies (a lower bound of the sup that grows with ``n_samples``). The copies are drawn
-exactly as `sensitivity_max` draws them (`draw_copies` with the radius as the second positional
-argument, one generator per example: NOTE: [Perturbed copies of each example]), by default with
-`uniform_noise`: uniform in the L-infinity box ``|x'_j - x_j| <= radius``. With the same
-``perturb_func``, ``radius``, ``n_samples`` and seed every metric here and `sensitivity_max` see
-the same copies. The attribution function is called once at x and once per chunk on all copies
-folded into the batch; a seeded stochastic one keeps phi(x)'s draws on every copy (NOTE: [Seeds
-of folded copies]), so it is scored as one function of its input and every metric is 0 at a
-radius of 0. Model and layer calls (predicted classes, logits, representations) run on the same
-folded rows, under ``torch.no_grad`` outside torch.func transforms.
+perturbed copies (a lower bound of the sup that grows with ``n_samples``) in
+`worst_over_copies`, the loop of `sensitivity_max` too: with the same ``perturb_func``,
+``radius``, ``n_samples`` and seed every metric here and `sensitivity_max` see the same copies.
+They are drawn by `draw_copies` with the radius as the second positional argument, one generator
+per example (NOTE: [Perturbed copies of each example]), by default with `uniform_noise`: uniform
+in the L-infinity box ``|x'_j - x_j| <= radius``. The attribution function is called once at x
+and once per chunk on all copies folded into the batch; a seeded stochastic one keeps phi(x)'s
+draws on every copy (NOTE: [Seeds of folded copies]), so it is scored as one function of its
+input and every metric is 0 at a radius of 0. Model and layer calls (predicted classes, logits,
+representations) run on the same folded rows, under ``torch.no_grad`` outside torch.func
+transforms.
 
 NOTE: [Percent changes of the relative stability metrics]
 Agarwal et al. divide elementwise by the unperturbed value, ``(v - v') / v``, for the
@@ -39,17 +40,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from .._src import tree as T
-from .._src.checks import warn_if_training
-from .._src.gradients import model_calls
 from .._src.layers import at_layer
 from .._src.nesting import new_call_inside_model
-from .._src.progress import progress
-from .._src.sampling import copy_blocks
 from .._src.warn import warn
-from ._common import batch_of, draw_copies, flat, n_positional, passthrough, positive_nums, same_structure, stopped
 from ._noise import uniform_noise
-from ._similarity import result_dtype
+from ._worst_case import worst_over_copies
 
 
 @new_call_inside_model  # NOTE: [Attributions inside a model's forward] in nesting.py
@@ -134,7 +129,7 @@ def relative_input_stability(
       (B,) tensor, >= 0 (lower is more stable); nan for an example no copy of which kept its class.
     """
     o = _ord(p, "p")
-    _check_eps(eps_min, eps_div)
+    _positive(eps_min=eps_min, eps_div=eps_div)
 
     def score(x0, xs, e0, es, outs0, outs):
         num = _pct_norm(e0, es, o, eps_div)
@@ -171,7 +166,7 @@ def relative_output_stability(
     x's predicted class. Arguments as `relative_input_stability`'s, ``model`` required.
     """
     o = _ord(p, "p")
-    _check_eps(eps_min, eps_div)
+    _positive(eps_min=eps_min, eps_div=eps_div)
     if not callable(model):
         raise TypeError(f"relative_output_stability needs the model function giving the logits, got {model!r}")
 
@@ -212,7 +207,7 @@ def relative_representation_stability(
     required.
     """
     o = _ord(p, "p")
-    _check_eps(eps_min, eps_div)
+    _positive(eps_min=eps_min, eps_div=eps_div)
     if not callable(model):
         raise TypeError(f"relative_representation_stability needs the model function, got {model!r}")
     act = at_layer(model, layer).act
@@ -229,63 +224,14 @@ def relative_representation_stability(
 
 def _worst(attr_fn, args, calls, score, radius, n_samples, perturb_func, argnums, generator, chunk_size,
            show_progress, desc) -> torch.Tensor:  # fmt: skip
-    """The max over the copies of ``score(x0, xs, e0, es, outs0, outs)`` (-inf where none counts).
-
-    ``x0`` (B, P) are the attributed inputs and ``e0`` (B, Q) the attributions at them, ``xs``
-    (c, B, P) and ``es`` (c, B, Q) those of a chunk of c copies; ``outs0[i]`` (B, R_i) and
-    ``outs[i]`` (c, B, R_i) the outputs of ``calls[i]`` (NOTE: [Neighbourhoods of the stability
-    metrics])."""
-    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 < radius < math.inf:
-        raise ValueError(f"radius must be a positive finite number, got {radius!r}")
+    """`worst_over_copies` of ``score`` (-inf where no copy counts), widened to at least float32."""
+    _positive(radius=radius)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
     if not callable(attr_fn):
         raise TypeError(f"attr_fn must be an attribution function, got {type(attr_fn).__name__}")
-    nums, as_tuple = T.normalize_argnums(argnums)
-    idx = positive_nums(nums, len(args))
-    warn_if_training(attr_fn)
-    selected, _ = T.split_args(args, idx)
-    batch = batch_of(selected)
-    x = selected if as_tuple else selected[0]
-    e0 = _wide(flat(stopped(attr_fn(*args))))
-    x0 = _wide(flat(x))
-    outs0 = _outputs(calls, args, batch)
-    extra = (radius,) if n_positional(perturb_func) > 1 else ()
-    pert = draw_copies(perturb_func, x, n_samples, extra=extra, generator=generator, what="perturb_func")
-    if not same_structure(pert, x):
-        raise ValueError("perturb_func must return perturbed input(s) with the structure of the attributed input(s)")
-    worst = torch.full((batch,), -math.inf, dtype=e0.dtype, device=e0.device)
-    with T.batch_scope(batch):
-        spans = T.chunks(n_samples, batch, chunk_size)
-        for s, e in progress(show_progress, spans, total=len(spans), desc=desc, unit="chunk"):
-            rows = T.tree_map(lambda t: t[:, s:e].transpose(0, 1).reshape((-1,) + tuple(t.shape[2:])), pert)
-            call = T.split_args(passthrough(args, idx, e - s, batch), idx)[1](rows if as_tuple else (rows,))
-            xs = _wide(flat(rows)).reshape(e - s, batch, -1)  # before any call could write into the rows
-            with copy_blocks(s, e, batch, same_draws=True):  # phi(x)'s draws: NOTE: [Seeds of folded copies]
-                es = _wide(flat(stopped(attr_fn(*call)))).reshape(e - s, batch, -1)
-            if es.shape[-1] != e0.shape[-1]:
-                raise ValueError(
-                    f"attr_fn returned {es.shape[-1]} values per perturbed copy but {e0.shape[-1]} per example"
-                )
-            outs = [o.reshape(e - s, batch, -1) for o in _outputs(calls, call, (e - s) * batch)]
-            worst = torch.maximum(worst, score(x0, xs, e0, es, outs0, outs).amax(0))
-    return worst
-
-
-def _outputs(calls, args: tuple, rows: int) -> list:
-    """Each call's output on args as (rows, R) float rows; the model may write into its inputs."""
-    outs = []
-    with model_calls():
-        for c in calls:
-            out = _wide(flat(stopped(c(*T.cloned(args)))))
-            if out.shape[0] != rows:
-                raise ValueError(f"the model gave {out.shape[0]} rows of output for {rows} rows of input")
-            outs.append(out)
-    return outs
-
-
-def _wide(t: torch.Tensor) -> torch.Tensor:
-    return t.to(result_dtype(t.dtype))
+    return worst_over_copies(attr_fn, args, score, n_samples, perturb_func, radius, argnums, generator, chunk_size,
+                             calls=calls, show_progress=show_progress, desc=desc)  # fmt: skip
 
 
 def _safe(v: torch.Tensor, eps_div: float) -> torch.Tensor:
@@ -332,7 +278,7 @@ def _ord(norm, what: str) -> float:
     raise ValueError(f"{what} must be 'l1', 'l2', 'linf' or a number >= 1 (math.inf included), got {norm!r}")
 
 
-def _check_eps(eps_min, eps_div) -> None:
-    for name, v in (("eps_min", eps_min), ("eps_div", eps_div)):
+def _positive(**values) -> None:
+    for name, v in values.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
             raise ValueError(f"{name} must be a positive finite number, got {v!r}")
