@@ -42,6 +42,7 @@ def visualizer(feature_cls=ImageFeature, batch_cls=Batch, visualizer_cls=Attribu
 
 
 def test_config_has_insights_keys_and_captums_names():
+    pytest.importorskip("captum.attr")
     from captum.attr import (Deconvolution, DeepLift, FeatureAblation, GuidedBackprop, InputXGradient, IntegratedGradients,
                              Occlusion, Saliency)  # fmt: skip
     from captum.attr._utils.approximation_methods import SUPPORTED_METHODS
