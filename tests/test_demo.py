@@ -63,6 +63,9 @@ def test_demo_writes_its_files(result):
     with open(os.path.join(out, "explorer.html")) as fh:
         page = fh.read()
     assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") >= demo.EXPLORED
+    with open(os.path.join(out, "evaluation.md")) as fh:
+        scored = fh.read()
+    assert "| random |" in scored and "faithfulness_correlation" in scored and os.path.getsize(os.path.join(out, "evaluation.png")) > 1000
 
 
 def test_demo_table_covers_every_method(result):

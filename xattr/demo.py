@@ -17,6 +17,9 @@ an output folder:
                      maps (xattr.insights.explore)
   class_means.png    each class's mean integrated-gradients map over every test image
                      (xattr.attribution_statistics)
+  evaluation.md      the explorer's methods (and a random map) scored on the same images
+  evaluation.png     by deletion, insertion, faithfulness correlation, infidelity and
+                     sparseness, with 95% intervals (xattr.metrics.evaluate)
   llm_tokens.png     a tiny language model trained on the Zen of Python: which words of
                      "beautiful is better than" make it continue with "ugly." (exact Shapley
                      values per target token; needs the 'text' extra, skipped without it)
@@ -283,6 +286,18 @@ def main(argv=None) -> dict:
     files.append(os.path.join(out_dir, "class_means.png"))
     xattr.viz.plot_class_means(stats, path=files[-1], title=(
         f"mean integrated gradients per class over {stats.n} test images: xattr.attribution_statistics"))
+    # the same images' methods scored by faithfulness and complexity metrics, a random map beside them
+    scored = dict(xattr.insights.explorer.default_methods("image", model, data.x_test[:EXPLORED]))
+    scored["random"] = lambda f: (lambda v: torch.randn(v.shape, generator=torch.Generator().manual_seed(args.seed), dtype=v.dtype))
+    evaluation = xattr.metrics.evaluate(model, scored, data.x_test[:EXPLORED],
+                                        output="probability", show_progress=False, generator=args.seed)  # fmt: skip
+    files.append(os.path.join(out_dir, "evaluation.md"))
+    with open(files[-1], "w") as fh:
+        fh.write(f"methods on the first {EXPLORED} test images, predicted class, probability output "
+                 f"(xattr.metrics.evaluate; arrows: better direction; [95% bootstrap interval])\n\n"
+                 f"{evaluation.to_markdown(digits=3)}\n")  # fmt: skip
+    files.append(os.path.join(out_dir, "evaluation.png"))
+    evaluation.plot(path=files[-1])
     for m in methods:
         if not m.all_classes:
             path = os.path.join(out_dir, "methods", f"{m.name}.png")
