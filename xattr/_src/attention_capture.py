@@ -237,6 +237,11 @@ def run_captured(f: Callable, args: tuple, kwargs: dict, layers, *, gates: bool)
         raise ValueError(f"layer(s) {missing} made no attention call in the forward pass: choose the attention "
                          "modules (e.g. every module of the attention class: "
                          "layers=type(model.encoder.layer[0].attention))")
+    if session.found[0].probs.shape[0] == 0:
+        raise ValueError("the batch is empty (0 examples): there are no attention maps to read")
+    if not all(bool(torch.isfinite(c.probs).all()) for c in session.found):
+        raise ValueError("the attention probabilities hold NaN or infinite values (check the inputs for NaN): "
+                         "every map computed from them would be NaN or meaningless")
     return out, session.found
 
 

@@ -272,6 +272,8 @@ def query_row(maps: torch.Tensor, query=0) -> torch.Tensor:
     ``query`` is an int (0: the [CLS] token; -1: the last), or an integer tensor with one index
     per example (B,) (the last real token of each padded sentence, for a decoder). Returns (..., T).
     """
+    if not isinstance(maps, torch.Tensor):
+        raise TypeError(f"query_row needs a tensor of maps (..., T, T), got {type(maps).__name__}")
     if maps.ndim < 2 or maps.shape[-1] != maps.shape[-2]:
         raise ValueError(f"query_row needs maps (..., T, T), got shape {tuple(maps.shape)}")
     t = maps.shape[-1]
@@ -289,6 +291,9 @@ def query_row(maps: torch.Tensor, query=0) -> torch.Tensor:
     return maps[..., int(query), :]
 
 
+_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
+
+
 def tokens_to_image(rel: torch.Tensor, grid_hw, *, prefix: int = 1, size=None, mode: str = "bilinear") -> torch.Tensor:
     """A vision transformer's per-token relevance (..., T) as a patch grid (..., h, w).
 
@@ -301,6 +306,14 @@ def tokens_to_image(rel: torch.Tensor, grid_hw, *, prefix: int = 1, size=None, m
         raise ValueError(f"grid_hw must be two positive ints (patch rows, patch columns), got {grid_hw!r}")
     if isinstance(prefix, bool) or not isinstance(prefix, int) or prefix < 0:
         raise ValueError(f"prefix must be a non-negative int (the tokens before the patches), got {prefix!r}")
+    if not isinstance(rel, torch.Tensor):
+        raise TypeError(f"tokens_to_image needs a relevance tensor (..., T), got {type(rel).__name__}")
+    if size is not None and not (isinstance(size, int) and not isinstance(size, bool) and size > 0) and not (
+            isinstance(size, (tuple, list)) and len(size) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in size)):  # fmt: skip
+        raise ValueError(f"size must be None, a positive int or two positive ints (H, W), got {size!r}")
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES} (F.interpolate's modes for images), got {mode!r}")
     h, w = grid_hw
     if rel.ndim < 1 or rel.shape[-1] != prefix + h * w:
         raise ValueError(f"tokens_to_image: {prefix} prefix token(s) + a {h}x{w} grid is {prefix + h * w} tokens, "

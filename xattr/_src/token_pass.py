@@ -109,6 +109,8 @@ def _text_batches(data, labels, mask, batch_size):
     if isinstance(data, torch.Tensor):
         if data.ndim != 2 or data.shape[0] == 0:
             raise ValueError(f"data must be token ids (N, T) with at least one example, got shape {tuple(data.shape)}")
+        if data.dtype.is_floating_point or data.dtype.is_complex or data.dtype == torch.bool:
+            raise TypeError(f"data must hold integer token ids, got {data.dtype}: pass ids.long()")
         n = data.shape[0]
         if labels is not None:
             labels = torch.as_tensor(labels)

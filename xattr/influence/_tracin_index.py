@@ -73,6 +73,8 @@ class TracInFastIndex:
         DataLoader), equal to `tracin_fast` (`tracin_fast_projected` when projected); with an
         int ``k`` the ``TopK`` proponents (``proponents=False``: opponents) of each test example.
         ``test_loss_fn``: the loss of the test examples (default: the index's ``loss_fn``)."""
+        if not isinstance(proponents, bool):
+            raise TypeError(f"proponents must be True (the largest scores) or False (the smallest), got {proponents!r}")
         if test_loss_fn is not None and not callable(test_loss_fn):
             raise TypeError(f"test_loss_fn must be callable or None, got {type(test_loss_fn).__name__}")
         a_t, g_t = self._factors(test, self.loss_fn if test_loss_fn is None else test_loss_fn, "test")
@@ -150,6 +152,8 @@ def tracin_fast_index(
       >>> index = tracin_fast_index(model, "fc", paths, nn.CrossEntropyLoss(), (x_train, y_train))
       >>> s1, s2 = index.influence((x1, y1)), index.influence((x2, y2))   # no training pass
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     proj = tracin_fast_projections(model, layer, projection_dim, generator=generator, include_bias=include_bias)
     return _index(model, layer, checkpoints, loss_fn, train, projections=proj, learning_rates=learning_rates,
                   include_bias=include_bias, batch_size=batch_size, chunk_size=chunk_size, show_progress=show_progress,

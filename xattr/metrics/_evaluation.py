@@ -194,6 +194,8 @@ class Evaluation:
         interval bar, the best method filled, the better direction in the panel's title."""
         from ..viz.dataset import _done, _figure
 
+        if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
+            raise ValueError(f"ncols must be a positive int (panels per row), got {ncols!r}")
         table = self.table(level, n_boot)
         k = len(self.metrics)
         cols = min(k, ncols)

@@ -78,6 +78,8 @@ def faithfulness_correlation(
         raise ValueError(f"subset_size must be a positive int, got {subset_size!r}")
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
         raise ValueError(f"n_samples must be an int >= 2 (a correlation needs two subsets at least), got {n_samples!r}")
+    if not callable(f):
+        raise TypeError(f"f must be the model function (one output per example, e.g. xattr.target(model, c)), got {type(f).__name__}")
     nums, as_tuple = T.normalize_argnums(argnums)
     n = n_samples
 
@@ -154,6 +156,8 @@ def monotonicity_correlation(
     """
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    if perturb_func is not None and not callable(perturb_func):
+        raise TypeError(f"perturb_func must be callable or None, got {type(perturb_func).__name__}")
     if perturb_func is None and n_samples != 1:
         raise ValueError(
             f"n_samples={n_samples} without a perturb_func: the baseline is one draw, so pass n_samples=1, or a "
@@ -161,6 +165,8 @@ def monotonicity_correlation(
         )
     if perturb_func is None and generator is not None:
         raise ValueError("generator is given but there is nothing random to draw: pass a perturb_func too")
+    if not callable(f):
+        raise TypeError(f"f must be the model function (one output per example, e.g. xattr.target(model, c)), got {type(f).__name__}")
     nums, as_tuple = T.normalize_argnums(argnums)
     n = n_samples
 
@@ -224,11 +230,14 @@ def monotonicity(
       to at least float32.
     """
 
+    if not callable(f):
+        raise TypeError(f"f must be the model function (one output per example, e.g. xattr.target(model, c)), got {type(f).__name__}")
     nums, as_tuple = T.normalize_argnums(argnums)
 
     @new_call_inside_model  # NOTE: [Attributions inside a model's forward] in nesting.py
     def fn(*args):
         phi = attributed(args, nums, as_tuple, attr_fn_or_attributions)[-1]
+        finite_attributions(phi)
         least_first = T.tree_map(torch.neg, phi)
         curve = insertion(f, least_first, n_steps=None, baselines=baselines, feature_mask=feature_mask,
                           argnums=argnums, chunk_size=chunk_size, memory_budget=memory_budget)(*args)  # fmt: skip
@@ -242,9 +251,17 @@ def monotonicity(
     return fn
 
 
+def finite_attributions(phi) -> None:
+    """Refuse NaN or infinite attributions: the metrics would rank or correlate garbage."""
+    if not all(bool(torch.isfinite(a).all()) for a in T.leaves(phi)):
+        raise ValueError("the attributions hold NaN or infinite values: the metric would rank or correlate garbage; "
+                         "check the attribution method (or the precomputed attributions) for NaN")
+
+
 def feature_scores(selected, phi: tuple, feature_mask) -> tuple[list, torch.Tensor, torch.Tensor]:
     """(each input's element ids (B, P), each feature's summed attribution (B, F), which ids each
     example uses (B, F) bool): NOTE: [Features of the faithfulness metrics]."""
+    finite_attributions(phi)
     masks, n_feat = features(selected, feature_mask)
     leaves_x = T.leaves(selected)
     batch, device = leaves_x[0].shape[0], leaves_x[0].device

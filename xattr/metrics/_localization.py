@@ -110,6 +110,8 @@ def attribution_localization(
     whose object covers much of the image; select those examples yourself. Arguments as
     `pointing_game`'s; nan for a map with no positive element.
     """
+    if not isinstance(weighted, bool):
+        raise TypeError(f"weighted must be True or False, got {weighted!r}")
     m, k, _ = _map_and_mask(attributions, mask, args, channel_dim)
     mu = _mass(m, k)
     if not weighted:

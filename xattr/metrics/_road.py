@@ -159,6 +159,10 @@ def noisy_linear_imputation(
     _check_image(x)
     _check_noise(noise)
     b, c, h, w = x.shape
+    if b == 0:
+        raise ValueError("the batch is empty (0 images): there is nothing to impute")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x holds NaN or infinite values: every imputed pixel next to one would be NaN; clean the images first")
     if not isinstance(removed, torch.Tensor) or removed.dtype != torch.bool:
         raise TypeError(f"removed must be a bool tensor, got {getattr(removed, 'dtype', type(removed).__name__)}")
     if removed.ndim == 4 and removed.shape[1] == 1:
@@ -195,6 +199,9 @@ def _pixel_scores(phi: Any, x: torch.Tensor) -> torch.Tensor:
         shape = tuple(phi.shape) if isinstance(phi, torch.Tensor) else type(phi).__name__
         raise ValueError(f"attributions of shape {shape} do not fit images of shape {tuple(x.shape)}: give them "
                          f"like the image {(b, c, h, w)}, or per pixel {(b, 1, h, w)} or {(b, h, w)}")  # fmt: skip
+    if not bool(torch.isfinite(phi).all()):
+        raise ValueError("the attributions hold NaN or infinite values: the pixel order they give is garbage; "
+                         "check the attribution method (or the precomputed attributions) for NaN")
     phi = phi.reshape(b, -1, h * w) if phi.ndim == 4 else phi.reshape(b, 1, h * w)
     return phi.to(torch.promote_types(phi.dtype, torch.float32)).sum(1)
 

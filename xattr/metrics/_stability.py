@@ -130,6 +130,8 @@ def relative_input_stability(
     """
     o = _ord(p, "p")
     _positive(eps_min=eps_min, eps_div=eps_div)
+    if model is not None and not callable(model):
+        raise TypeError(f"model must be the model function giving the logits (or None), got {type(model).__name__}")
 
     def score(x0, xs, e0, es, outs0, outs):
         num = _pct_norm(e0, es, o, eps_div)

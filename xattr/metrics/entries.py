@@ -110,6 +110,8 @@ def infidelity(*, perturb="subset", n_samples: int = 10, normalize: bool = True,
 def sensitivity_max(*, radius: float = 0.02, n_samples: int = 10, perturb_func=uniform_noise,
                     name: str = "sensitivity_max") -> Entry:  # fmt: skip
     """`sensitivity_max` (lower is better); recomputes the attributions at n_samples copies."""
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
 
     def run(f, a, x, ctx):
         return _sensitivity_max(a, *_args(x, ctx), perturb_func=perturb_func, perturb_radius=radius,

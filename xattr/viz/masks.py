@@ -43,7 +43,16 @@ def _mask(mask) -> np.ndarray:
         raise ValueError(f"mask must be 2-d, (H, W), got shape {m.shape}: pass one segment's mask")
     if not (m.dtype == bool or np.issubdtype(m.dtype, np.number)):
         raise ValueError(f"mask must hold booleans or numbers, got dtype {m.dtype}")
+    if m.dtype != bool and not np.isfinite(m).all():
+        raise ValueError("mask holds NaN or infinite values: pass a boolean (or 0/1) mask")
     return m != 0
+
+
+def _check_ax(ax) -> None:
+    from matplotlib.axes import Axes
+
+    if not isinstance(ax, Axes):
+        raise TypeError(f"ax must be a matplotlib Axes (e.g. fig, ax = plt.subplots()), got {type(ax).__name__}")
 
 
 def mask_border(mask, border_width: int = 1) -> np.ndarray:
@@ -77,6 +86,7 @@ def draw_mask_border(ax, mask, border_width: int = 1, border_color="black"):
     """
     from matplotlib.colors import to_rgba
 
+    _check_ax(ax)
     border = mask_border(mask, border_width)  # checks both first
     rgba = np.asarray(to_rgba(border_color if isinstance(border_color, str) else tuple(np.ravel(border_color))))
     if not border.any():  # only an empty mask has no border: erosion takes its outermost pixels
@@ -99,6 +109,7 @@ def draw_mask_legend(
     non-convex segment, as in Captum). The text is centred there, in ``text_color`` and
     ``fontsize``, on a rounded box of ``bbox_facecolor`` at opacity ``bbox_alpha``.
     """
+    _check_ax(ax)
     inside = _mask(mask)
     if not inside.any():
         return None
