@@ -341,17 +341,23 @@ CASES = [
     # entries.*: refused when built, or by their metric when evaluate runs them
     ("entry-road-order", lambda: E.road(order="x"), ValueError, "order must be 'morf' or 'lerf'"),
     ("entry-name", lambda: E.sparseness(name=3), TypeError, "name must be a non-empty str"),
-    ("entry-subset-fraction", lambda: _ev(E.faithfulness_correlation(subset=1.5)), ValueError, r"fraction must lie in \(0, 1\)"),
+    ("entry-subset-fraction", lambda: E.faithfulness_correlation(subset=1.5), ValueError, r"fraction must lie in \(0, 1\)"),  # was at evaluate
+    ("entry-subset-0", lambda: E.faithfulness_correlation(subset=0), ValueError, "subset must be an int >= 1"),  # was at evaluate
+    ("entry-fc-n-samples", lambda: E.faithfulness_correlation(n_samples=1), ValueError, "n_samples must be an int >= 2"),  # was at evaluate
     ("entry-sensitivity-n-samples", lambda: E.sensitivity_max(n_samples=True), ValueError,
-     "n_samples must be a positive int"),  # was torch's repeat_interleave TypeError inside evaluate
-    ("entry-infidelity-n-samples", lambda: _ev(E.infidelity(n_samples=0)), ValueError, "n_perturb_samples"),
-    ("entry-lipschitz-radius", lambda: _ev(E.local_lipschitz_estimate(radius=-1.0)), ValueError, "radius"),
+     "n_samples must be an int >= 1"),  # was torch's repeat_interleave TypeError inside evaluate
+    ("entry-sensitivity-radius", lambda: E.sensitivity_max(radius=0), ValueError, "radius must be a positive"),
+    ("entry-infidelity-n-samples", lambda: E.infidelity(n_samples=0), ValueError, "n_samples must be an int >= 1"),  # was at evaluate
+    ("entry-lipschitz-radius", lambda: E.local_lipschitz_estimate(radius=-1.0), ValueError, "radius must be a positive"),  # was at evaluate
+    ("entry-ris-n-samples", lambda: E.relative_input_stability(n_samples=0), ValueError, "n_samples must be an int >= 1"),
+    ("entry-ros-radius", lambda: E.relative_output_stability(radius=True), ValueError, "radius must be a positive"),
     ("entry-deletion-n-steps", lambda: _ev(E.deletion(n_steps=0)), ValueError, "n_steps"),
-    ("entry-mc-n-samples", lambda: _ev(E.monotonicity_correlation(n_samples=0)), ValueError, "n_samples"),
+    ("entry-mc-n-samples", lambda: E.monotonicity_correlation(n_samples=0), ValueError, "n_samples must be an int >= 1"),  # was at evaluate
     ("entry-pointing-tolerance", lambda: _ev(E.pointing_game(tolerance=-1), IMG_NET, IMG, MASK), ValueError, "tolerance"),
     ("entry-randomization-similarity", lambda: _ev(E.randomization(similarity="x")), ValueError, "unknown similarity 'x'"),
     ("entry-randomization-mode", lambda: _ev(E.randomization(mode="x")), ValueError, "mode must be 'cascading'"),
     ("entry-rrs-layer", lambda: _ev(E.relative_representation_stability(layer=None)), TypeError, "nn.Module layers"),
+    ("entry-rrs-n-samples", lambda: E.relative_representation_stability(layer=None, n_samples=True), ValueError, "n_samples"),
     ("entry-road-percentages", lambda: _ev(E.road(percentages=[2.0]), IMG_NET, IMG), ValueError, "percentages"),
     # tracin_fast_index and .influence
     ("index-model-str", lambda: I.tracin_fast_index("m", "2", STATES, CE, (X, Y)), TypeError,

@@ -69,6 +69,19 @@ from ._stability import (
     relative_representation_stability as _relative_representation_stability,
 )
 
+def _check_n(value, least: int = 1, what: str = "n_samples") -> int:
+    """An entry's count, checked when the entry is built (not after the attributions are computed)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{what} must be an int >= {least}, got {value!r}")
+    return value
+
+
+def _check_radius(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < float("inf"):
+        raise ValueError(f"radius must be a positive finite number, got {value!r}")
+    return value
+
+
 def _count(value, n: int, what: str) -> int:
     """An int count, or a fraction in (0, 1) of n (at least 1)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -97,6 +110,7 @@ def infidelity(*, perturb="subset", n_samples: int = 10, normalize: bool = True,
     input x gradient), "noise" (`gaussian_noise(std)`: suits gradients) or a perturbation
     function. ``normalize=True`` (not the metric's default) makes it blind to the attributions'
     scale, so that methods of different scales compare."""
+    _check_n(n_samples)
     fn_perturb = _perturbation(perturb, std, p)
     base = baselines if perturb == "subset" else None
 
@@ -110,8 +124,7 @@ def infidelity(*, perturb="subset", n_samples: int = 10, normalize: bool = True,
 def sensitivity_max(*, radius: float = 0.02, n_samples: int = 10, perturb_func=uniform_noise,
                     name: str = "sensitivity_max") -> Entry:  # fmt: skip
     """`sensitivity_max` (lower is better); recomputes the attributions at n_samples copies."""
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    _check_n(n_samples), _check_radius(radius)
 
     def run(f, a, x, ctx):
         return _sensitivity_max(a, *_args(x, ctx), perturb_func=perturb_func, perturb_radius=radius,
@@ -147,6 +160,11 @@ def faithfulness_correlation(*, subset=0.25, n_samples: int = 20, baselines=0.0,
     """`faithfulness_correlation` (higher is better); ``subset``: the subset size, an int or a
     fraction of the elements of one example, all attributed inputs together (with a
     ``feature_mask``: of its ids)."""
+    _check_n(n_samples, 2)
+    if isinstance(subset, numbers.Integral) and not isinstance(subset, bool):
+        _check_n(int(subset), 1, "subset")
+    else:
+        _count(subset, 1, "subset")  # a fraction: its type and range now, its count per call
 
     def run(f, a, x, ctx):
         if feature_mask is None:
@@ -172,6 +190,7 @@ def monotonicity(*, baselines=0.0, feature_mask=None, name: str = "monotonicity"
 def monotonicity_correlation(*, n_samples: int = 1, perturb_func=None, baselines=None, feature_mask=None,
                              name: str = "monotonicity_correlation") -> Entry:  # fmt: skip
     """`monotonicity_correlation` of Nguyen & Martinez (higher is better)."""
+    _check_n(n_samples)
 
     def run(f, a, x, ctx):
         return _monotonicity_correlation(f, a, n_samples=n_samples, perturb_func=perturb_func, baselines=baselines,
@@ -197,6 +216,7 @@ def road(*, order: str = "morf", percentages=PERCENTAGES, noise: float = 0.01, n
 def local_lipschitz_estimate(*, radius: float = 0.05, n_samples: int = 10, norm="l2",
                              name: str = "local_lipschitz") -> Entry:  # fmt: skip
     """`local_lipschitz_estimate` (lower is better); recomputes the attributions at the copies."""
+    _check_n(n_samples), _check_radius(radius)
 
     def run(f, a, x, ctx):
         return _local_lipschitz_estimate(a, *_args(x, ctx), radius=radius, n_samples=n_samples, norm=norm,
@@ -208,6 +228,7 @@ def local_lipschitz_estimate(*, radius: float = 0.05, n_samples: int = 10, norm=
 def relative_input_stability(*, radius: float = 0.05, n_samples: int = 10,
                              name: str = "relative_input_stability") -> Entry:  # fmt: skip
     """`relative_input_stability` (lower is better), the class constraint read from the model."""
+    _check_n(n_samples), _check_radius(radius)
 
     def run(f, a, x, ctx):
         return _relative_input_stability(ctx.model, a, *_args(x, ctx), radius=radius, n_samples=n_samples,
@@ -219,6 +240,7 @@ def relative_input_stability(*, radius: float = 0.05, n_samples: int = 10,
 def relative_output_stability(*, radius: float = 0.05, n_samples: int = 10,
                               name: str = "relative_output_stability") -> Entry:  # fmt: skip
     """`relative_output_stability` (lower is better): the model's logits in the denominator."""
+    _check_n(n_samples), _check_radius(radius)
 
     def run(f, a, x, ctx):
         return _relative_output_stability(ctx.model, a, *_args(x, ctx), radius=radius, n_samples=n_samples,
@@ -230,6 +252,7 @@ def relative_output_stability(*, radius: float = 0.05, n_samples: int = 10,
 def relative_representation_stability(*, layer, radius: float = 0.05, n_samples: int = 10,
                                       name: str = "relative_representation_stability") -> Entry:  # fmt: skip
     """`relative_representation_stability` at ``layer`` (a module of the model; lower is better)."""
+    _check_n(n_samples), _check_radius(radius)
 
     def run(f, a, x, ctx):
         return _relative_representation_stability(ctx.model, a, *_args(x, ctx), layer=layer, radius=radius,
