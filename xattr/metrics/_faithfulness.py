@@ -78,8 +78,7 @@ def faithfulness_correlation(
         raise ValueError(f"subset_size must be a positive int, got {subset_size!r}")
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
         raise ValueError(f"n_samples must be an int >= 2 (a correlation needs two subsets at least), got {n_samples!r}")
-    if not callable(f):
-        raise TypeError(f"f must be the model function (one output per example, e.g. xattr.target(model, c)), got {type(f).__name__}")
+    _check_model_fn(f)
     nums, as_tuple = T.normalize_argnums(argnums)
     n = n_samples
 
@@ -165,8 +164,7 @@ def monotonicity_correlation(
         )
     if perturb_func is None and generator is not None:
         raise ValueError("generator is given but there is nothing random to draw: pass a perturb_func too")
-    if not callable(f):
-        raise TypeError(f"f must be the model function (one output per example, e.g. xattr.target(model, c)), got {type(f).__name__}")
+    _check_model_fn(f)
     nums, as_tuple = T.normalize_argnums(argnums)
     n = n_samples
 
@@ -230,8 +228,7 @@ def monotonicity(
       to at least float32.
     """
 
-    if not callable(f):
-        raise TypeError(f"f must be the model function (one output per example, e.g. xattr.target(model, c)), got {type(f).__name__}")
+    _check_model_fn(f)
     nums, as_tuple = T.normalize_argnums(argnums)
 
     @new_call_inside_model  # NOTE: [Attributions inside a model's forward] in nesting.py
@@ -249,6 +246,11 @@ def monotonicity(
         return up.sum(1).to(curve.scores.dtype) / steps.sum(1).to(curve.scores.dtype)
 
     return fn
+
+
+def _check_model_fn(f) -> None:
+    if not callable(f):
+        raise TypeError(f"f must be the model function (one output per example, e.g. xattr.target(model, c)), got {type(f).__name__}")
 
 
 def finite_attributions(phi) -> None:
