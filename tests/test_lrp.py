@@ -875,7 +875,7 @@ def test_the_stabilized_ratio_equals_z_over_the_stabilizer_bit_for_bit(dtype):
 
 
 def test_lrp_with_the_where_stabilizer_equals_the_default_also_under_vmap(monkeypatch):
-    from xattr._src import lrp_rules as module
+    from xattr._src import lrp_input_rules, lrp_rules as module
 
     model, x = setup("cnn")
     fns = [xattr.lrp(xattr.target(model, 1), composite=m) for m in (lrp_rules(), epsilon_gamma_box("0", -3.0, 3.0))]
@@ -888,6 +888,7 @@ def test_lrp_with_the_where_stabilizer_equals_the_default_also_under_vmap(monkey
         return plain(*args, **kwargs, where=True)
 
     monkeypatch.setattr(module, "stabilize", where_spelling)
+    monkeypatch.setattr(lrp_input_rules, "stabilize", where_spelling)  # ZBox, epsilon-gamma-box's input layer
     for fn, e, bt in zip(fns, expected, batched):
         assert torch.equal(fn(x), e)
         assert torch.equal(torch.func.vmap(lambda xi: fn(xi[None])[0])(x), bt)

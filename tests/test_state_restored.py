@@ -15,12 +15,12 @@ from torch import nn
 from torch.nn.modules import module as _module
 
 import xattr
-from xattr._src import deeplift_rules, input_copies, lrp_rules, rule_limits, sampling
+from xattr._src import deeplift_rules, input_copies, lrp_input_rules, rule_limits, sampling
 from xattr._src import tree as T
 from xattr.concepts import _cache
 
 _SCOPES = (T._BATCH, T._SHARED, sampling._COPIES, deeplift_rules._ROWS, input_copies.INPUT_COPIES,
-           lrp_rules.ABOVE_SPLIT, rule_limits._CONSTANT_LEVELS)  # fmt: skip
+           lrp_input_rules.ABOVE_SPLIT, rule_limits._CONSTANT_LEVELS)  # fmt: skip
 _GLOBAL_HOOKS = ("_global_forward_pre_hooks", "_global_forward_hooks", "_global_forward_hooks_always_called",
                  "_global_backward_pre_hooks", "_global_backward_hooks")  # fmt: skip
 

@@ -17,17 +17,15 @@ from ._src.deeplift_softmax import ExactSoftmax
 from ._src.unfused import Unfused
 from ._src.exact_rules import exact_deep_lift_rules
 from ._src.backprop_methods import deep_lift_rules
+from ._src.lrp_input_rules import Flat, WSquare, ZBox
 from ._src.lrp_rules import (
     AlphaBeta,
     Block,
     Epsilon,
-    Flat,
     Gamma,
     Pass,
     PositiveWeights,
     Refuse,
-    WSquare,
-    ZBox,
     ZPlus,
     epsilon_gamma_box,
     epsilon_plus,

@@ -40,8 +40,9 @@ from .checks import warn_if_training
 from .gradients import attribution_fn, vjp_rows
 from .layer_layout import check_merged
 from .layers import Split, layer_vjp_rows
-from .lrp_rules import ABOVE_SPLIT, INPUT_COPIES, lrp_rules
-from .input_copies import entry
+from .input_copies import INPUT_COPIES, entry
+from .lrp_input_rules import ABOVE_SPLIT
+from .lrp_rules import lrp_rules
 from .rule_limits import differentiable_rules
 from .rules import rules
 

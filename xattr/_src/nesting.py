@@ -105,7 +105,7 @@ def per_call_state() -> tuple:
     from .deeplift_rules import _ROWS  # noqa: PLC0415 (these modules import this one's users)
     from .dependence import _PROVEN  # noqa: PLC0415
     from .input_copies import INPUT_COPIES  # noqa: PLC0415
-    from .lrp_rules import ABOVE_SPLIT  # noqa: PLC0415
+    from .lrp_input_rules import ABOVE_SPLIT  # noqa: PLC0415
     from .rule_limits import RULED_VJP  # noqa: PLC0415
     from .sampling import _COPIES  # noqa: PLC0415
     from .tree import _BATCH, _SHARED  # noqa: PLC0415
