@@ -1,5 +1,6 @@
-"""The `Entry` of a metric for `xattr.metrics.evaluate` and its context (NOTE: [Metric entries]
-and NOTE: [Entries with several inputs] in `xattr/metrics/entries.py`)."""
+"""The `Entry` of a metric for `xattr.metrics.evaluate`, its context and what one call of it
+gives (NOTE: [Metric entries] and NOTE: [Entries with several inputs] in
+`xattr/metrics/entries.py`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from ._curves import Curve
 
 DIRECTIONS = ("higher", "lower")
 NEEDS = ("mask", "method")
+RULES = ("trapezoid", "last")
 
 
 class Context(NamedTuple):
@@ -26,13 +28,32 @@ class Context(NamedTuple):
     argnums: int | tuple = 0
 
 
+class Traced(NamedTuple):
+    """One call of an entry: ``values`` (B,), one per example, and for a curve metric the curve
+    behind them (NOTE: [Curves of an evaluation] in `xattr/metrics/_evaluation_curves.py`):
+    ``x`` (S,) or (B, S), ``y`` (B, S), the ``rule`` that sums a curve up into its value
+    ("trapezoid": the area over x; "last": the last point), what x counts (``x_label``) and,
+    where the points have names (the randomized layers), their ``ticks``; what y is (``y_label``)."""
+
+    values: torch.Tensor
+    x: torch.Tensor | None = None
+    y: torch.Tensor | None = None
+    rule: str | None = None
+    x_label: str | None = None
+    ticks: tuple | None = None
+    y_label: str | None = None
+
+
 class Entry:
     """A metric for `evaluate`: ``fn(f, attr_fn, x, context) -> (B,) tensor or Curve``, its
     ``direction`` ("higher" or "lower" is better), a ``name``, what it ``needs`` ("mask",
     "method"; NOTE: [Metric entries]) and ``refuse(argnums) -> reason or None``, the inputs it
-    cannot score (NOTE: [Entries with several inputs]). Called as ``entry(f, attr_fn, x, **context)``."""
+    cannot score (NOTE: [Entries with several inputs]). Called as ``entry(f, attr_fn, x,
+    **context) -> (B,)``; ``entry.trace(...)`` gives the curve too (a `Traced`). ``fn`` may
+    also return a `Traced` itself. ``x_label`` names the x axis of the curves it returns."""
 
-    def __init__(self, fn: Callable, direction: str, *, name: str, needs=(), refuse: Callable | None = None):
+    def __init__(self, fn: Callable, direction: str, *, name: str, needs=(), refuse: Callable | None = None,
+                 x_label: str = "fraction"):  # fmt: skip
         if not callable(fn):
             raise TypeError(f"Entry needs a function fn(f, attr_fn, x, context), got {type(fn).__name__}")
         if direction not in DIRECTIONS:
@@ -45,13 +66,20 @@ class Entry:
             raise ValueError(f"needs may hold {NEEDS}, got {bad}")
         if refuse is not None and not callable(refuse):
             raise TypeError(f"refuse must be a function argnums -> reason or None, got {type(refuse).__name__}")
+        if not isinstance(x_label, str):
+            raise TypeError(f"x_label must be a str (what the x axis of the curves counts), got {x_label!r}")
         self.fn, self.direction, self.name, self.needs, self._refuse = fn, direction, name, needs, refuse
+        self.x_label = x_label
 
     def refuses(self, argnums) -> str | None:
         """Why this metric cannot score inputs attributed at ``argnums`` (an int or a tuple), or None."""
         return None if self._refuse is None else self._refuse(argnums)
 
     def __call__(self, f, attr_fn, x, **context) -> torch.Tensor:
+        return self.trace(f, attr_fn, x, **context).values
+
+    def trace(self, f, attr_fn, x, **context) -> Traced:
+        """The values (B,) and, for a metric that gives a curve, the curve (NOTE: [Curves of an evaluation])."""
         ctx = Context(**context)
         if "mask" in self.needs and ctx.mask is None:
             raise ValueError(f"metric {self.name!r} needs ground-truth masks: pass masks=")
@@ -60,8 +88,12 @@ class Entry:
             raise ValueError(f"metric {self.name!r}: {reason}")
         out = self.fn(f, attr_fn, x, ctx)
         if isinstance(out, Curve):
-            out = out.auc
-        return out
+            return Traced(out.auc, out.fractions, out.scores, "trapezoid", self.x_label, None, "model output f")
+        if isinstance(out, Traced):
+            if out.y is not None and out.rule not in RULES:
+                raise ValueError(f"metric {self.name!r}: a curve's rule must be one of {RULES}, got {out.rule!r}")
+            return out
+        return Traced(out)
 
     def __repr__(self) -> str:
         return f"Entry({self.name!r}, {self.direction} is better)"
@@ -72,6 +104,10 @@ def custom(fn: Callable, direction: str, *, name: str | None = None) -> Entry:
     x)`` for one input; ``args`` are all the model's arguments, NOTE: [Entries with several
     inputs]); ``evaluate`` runs it with torch's global generator forked and seeded, so its
     draws repeat with the same seed."""
+    if not callable(fn):
+        raise TypeError(f"custom needs a function fn(f, attr_fn, *args) -> (B,) or Curve, got {type(fn).__name__}")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"name must be a non-empty str (or None: the function's name), got {name!r}")
     named = name or getattr(fn, "__name__", "custom")
     return Entry(lambda f, a, x, ctx: fn(f, a, *_args(x, ctx)), direction, name=named)
 

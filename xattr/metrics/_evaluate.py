@@ -36,6 +36,7 @@ from .._src.targets import target as _target
 from .._src.warn import warn
 from . import entries as E
 from ._evaluation import Evaluation
+from ._evaluation_curves import Collector
 
 OUTPUTS = ("logit", "probability")
 
@@ -102,7 +103,9 @@ def evaluate(
         "logit" (the target's logit) or "probability" (its softmax probability).
 
     Returns:
-      `Evaluation` with the per-example values (method x metric x example) and its tables.
+      `Evaluation` with the per-example values (method x metric x example) and its tables, and
+      for the curve metrics (deletion, insertion, ROAD, randomization) every example's curve
+      (NOTE: [Curves of an evaluation] in _evaluation_curves.py).
     """
     if not callable(model):
         raise TypeError(f"evaluate needs a model function, got {type(model).__name__}")
@@ -124,6 +127,7 @@ def evaluate(
     wrap = (lambda m: m) if output == "logit" else _Softmax
 
     values = torch.full((len(named), len(chosen), n), float("nan"), dtype=torch.float64)
+    kept = Collector(len(named), n)  # NOTE: [Curves of an evaluation] in _evaluation_curves.py
     bar = progress(show_progress, total=len(named) * len(chosen) * len(spans), desc="xattr evaluate", unit="metric")
     try:
         for i, (mname, method) in enumerate(named.items()):
@@ -143,16 +147,19 @@ def evaluate(
                     seed = None if base is None else derive(base, "metric", kname, b)
                     run_seed = None if base is None else derive(base, "metric", kname)
                     with _seeded(base, device, "metric", kname, b):
-                        out = entry(f, attr, xb, model=model, mask=None if mask is None else mask[s:e], make=make,
-                                    f_of=f_of, generator=seed, run_seed=run_seed, args=ab, argnums=nums)  # fmt: skip
-                    values[i, k, s:e] = _per_example(out, e - s, kname)
+                        out = entry.trace(f, attr, xb, model=model, mask=None if mask is None else mask[s:e],
+                                          make=make, f_of=f_of, generator=seed, run_seed=run_seed, args=ab,
+                                          argnums=nums)  # fmt: skip
+                    values[i, k, s:e] = _per_example(out.values, e - s, kname)
+                    kept.add(kname, i, s, e, out)
                     if bar is not None:
                         bar.update(1)
     finally:
         if bar is not None:
             bar.close()
     directions = {k: entry.direction for k, entry in chosen.items()}
-    return Evaluation(list(named), list(chosen), directions, values, targets.cpu(), seed=0 if base is None else base)
+    return Evaluation(list(named), list(chosen), directions, values, targets.cpu(), seed=0 if base is None else base,
+                      curves=kept.build())  # fmt: skip
 
 
 def base_seed(generator) -> int | None:

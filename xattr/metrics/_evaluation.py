@@ -1,4 +1,6 @@
-"""`Evaluation`: the per-example values of `evaluate` and their tables, ranks, comparisons and plot.
+"""`Evaluation`: the per-example values of `evaluate` and their tables, ranks, comparisons and
+plot, and the curves behind its curve metrics (NOTE: [Curves of an evaluation] in
+_evaluation_curves.py).
 
 NOTE: [Intervals of an evaluation]
 A cell's interval is the percentile bootstrap of its mean over examples: with the cell's n
@@ -20,6 +22,9 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from . import _evaluation_curves as C
+from ._evaluation_curves import Curves
 
 N_BOOT = 1000
 ARROWS = {"higher": "↑", "lower": "↓"}
@@ -80,10 +85,13 @@ class Evaluation:
     "lower", the better), ``targets`` (N,) the explained classes, ``seed`` the bootstrap seed.
     `table` gives means with percentile-bootstrap intervals (NOTE: [Intervals of an
     evaluation]), `ranks` the methods' order per metric, `compare` a paired comparison, and
-    `to_markdown`, `to_html`, `to_dict`, `plot` the same table in other forms.
+    `to_markdown`, `to_html`, `to_dict`, `plot` the same table in other forms. For the curve
+    metrics (``curve_metrics``: deletion, insertion, ROAD, randomization) it also keeps every
+    example's curve (``curves``: metric -> `CurveSet`, float64 (M, N, S) x and y; NOTE: [Curves
+    of an evaluation]): `curves`, `mean_curves` and `plot_curves` read them.
     """
 
-    def __init__(self, methods, metrics, directions, values, targets, *, seed: int = 0):
+    def __init__(self, methods, metrics, directions, values, targets, *, seed: int = 0, curves=None):
         self.methods, self.metrics = list(methods), list(metrics)
         self.directions = dict(directions)
         self.values = torch.as_tensor(values, dtype=torch.float64)
@@ -91,6 +99,57 @@ class Evaluation:
             raise ValueError(f"values of shape {tuple(self.values.shape)} do not match {len(self.methods)} methods "
                              f"x {len(self.metrics)} metrics")  # fmt: skip
         self.targets, self.seed = targets, seed
+        self._curves = C.check(curves, self.methods, self.metrics, self.values.shape[2])
+
+    @property
+    def curve_metrics(self) -> list:
+        """The metrics whose curves are kept, in the order of ``metrics``."""
+        return [m for m in self.metrics if m in self._curves]
+
+    def _curve_set(self, metric: str):
+        if metric not in self._curves:
+            if metric not in self.metrics:
+                raise KeyError(f"unknown metric {metric!r}; the metrics are {self.metrics}")
+            raise ValueError(f"metric {metric!r} gives one number per example, not a curve; the metrics with "
+                             f"curves are {self.curve_metrics}")  # fmt: skip
+        return self._curves[metric]
+
+    def curves(self, metric: str) -> dict:
+        """method -> `Curves` (x, y, values, rule, x_label, ticks): every example's curve under a
+        curve metric, copies (NOTE: [Curves of an evaluation]). ``x`` is (S,) when every example
+        shares it, else (N, S); ``values`` is `per_example`, the ``rule`` ("trapezoid": area over
+        x; "last": last point) of each curve."""
+        c = self._curve_set(metric)
+        k = self.metrics.index(metric)
+        return {name: Curves(C.shared_x(c.x[i]), c.y[i].clone(), self.values[i, k].clone(), c.rule, c.x_label,
+                             c.ticks) for i, name in enumerate(self.methods)}  # fmt: skip
+
+    def mean_curves(self, metric: str, level: float = 0.95, n_boot: int = N_BOOT) -> dict:
+        """method -> `Band` (x, mean, low, high, n): the mean curve over the examples with a
+        bootstrap interval at each point (NOTE: [Curves of an evaluation]); its area (or last
+        point) is the table's mean."""
+        _check_level(level, n_boot)
+        c = self._curve_set(metric)
+        return {name: C.band(c.x[i].numpy(), c.y[i].numpy(), level, n_boot, self.seed)
+                for i, name in enumerate(self.methods)}  # fmt: skip
+
+    def plot_curves(self, metric: str, ax=None, *, level: float = 0.95, n_boot: int = N_BOOT, path=None,
+                    dpi: int = 100):  # fmt: skip
+        """The mean curve of every method under a curve metric with its bootstrap band, into
+        ``ax`` (a matplotlib Axes) or a new Figure (no pyplot); returns the Figure (saved to
+        ``path`` when given)."""
+        from ..viz.dataset import _done, _figure
+
+        self._curve_set(metric)
+        if ax is None:
+            fig = _figure(6.0, 4.0, dpi)
+            ax = fig.add_subplot(1, 1, 1)
+        elif not hasattr(ax, "fill_between") or ax.figure is None:
+            raise TypeError(f"ax must be a matplotlib Axes (or None for a new figure), got {type(ax).__name__}")
+        C.plot(self, metric, ax, level, n_boot)
+        if ax.figure.get_layout_engine() is None:
+            ax.figure.tight_layout()
+        return _done(ax.figure, path, dpi)
 
     def _index(self, method: str, metric: str) -> tuple[int, int]:
         if method not in self.methods:
@@ -141,9 +200,11 @@ class Evaluation:
         return Comparison(float(d.mean()), lo, hi, float(better.mean()), float((d == 0).mean()), len(d))
 
     def to_dict(self, level: float = 0.95, n_boot: int = N_BOOT) -> dict:
-        """Plain Python: the table, the ranks and the per-example values."""
+        """Plain Python: the table, the ranks and the per-example values; for a curve metric also
+        ``"curve"`` (its rule, x label and point names) and per method ``"x"`` ((S,) or (N, S))
+        and ``"curves"`` ((N, S)) as lists (NOTE: [Curves of an evaluation])."""
         table, ranks = self.table(level, n_boot), self.ranks()
-        return {
+        out = {
             "methods": list(self.methods),
             "level": level,
             "interval": f"percentile bootstrap of the mean over examples, {n_boot} resamples, seed {self.seed}",
@@ -159,6 +220,14 @@ class Evaluation:
                 for k, m in enumerate(self.metrics)
             },
         }
+        for m in self.curve_metrics:
+            c = self._curves[m]
+            entry = out["metrics"][m]
+            entry["curve"] = {"rule": c.rule, "x_label": c.x_label, "y_label": c.y_label,
+                              "ticks": None if c.ticks is None else list(c.ticks)}  # fmt: skip
+            for name, cv in self.curves(m).items():
+                entry["methods"][name].update(x=cv.x.tolist(), curves=cv.y.tolist())
+        return out
 
     def _rows(self, digits: int, level: float, n_boot: int) -> tuple[list, list]:
         table = self.table(level, n_boot)
@@ -173,12 +242,20 @@ class Evaluation:
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines)
 
-    def to_html(self, digits: int = 4, level: float = 0.95, n_boot: int = N_BOOT) -> str:
-        """An HTML ``<table>`` of the same cells as `to_markdown`."""
+    def to_html(self, digits: int = 4, level: float = 0.95, n_boot: int = N_BOOT, *, curves: bool = False) -> str:
+        """An HTML ``<table>`` of the same cells as `to_markdown`; ``curves=True`` adds after it
+        the `plot_curves` figure of every curve metric, as an inline PNG."""
+        if not isinstance(curves, bool):
+            raise TypeError(f"curves must be True or False, got {curves!r}")
         head, rows = self._rows(digits, level, n_boot)
         th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-        return f'<table class="xattr-evaluation"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+        out = f'<table class="xattr-evaluation"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+        if curves:
+            figs = [C.figure_html(self.plot_curves(m, level=level, n_boot=n_boot), f"{m} curves")
+                    for m in self.curve_metrics]  # fmt: skip
+            out += "".join(figs)
+        return out
 
     def __repr__(self) -> str:
         head, rows = self._rows(3, 0.95, N_BOOT)
