@@ -1,5 +1,6 @@
-"""xattr against other attribution libraries: zennit (LRP) and shap (KernelSHAP, DeepExplainer,
-GradientExplainer). The workloads are in `zennit_workloads` and `shap_workloads`; each is skipped
+"""xattr against other attribution libraries: zennit (LRP), shap (KernelSHAP, DeepExplainer,
+GradientExplainer) and Quantus (evaluation metrics). The workloads are in `zennit_workloads`,
+`shap_workloads` and `quantus_workloads`; each is skipped
 with a note when its library is missing.
 
     python -m benchmarks.other_libraries                 # time them all, print a markdown table
@@ -7,7 +8,8 @@ with a note when its library is missing.
 
 Wired into run.py as a family, `build(device)` gives the workloads, whose ``captum`` contender is
 the other library. Families: LRP workloads are "gradient" (<= 1.05x floor and never slower than
-the other library), the shap ones "other-library" (`TARGETS`, `LIMITS`: never slower than shap).
+the other library), the shap and Quantus ones "other-library" (`TARGETS`, `LIMITS`: never slower than
+the other library).
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ import torch
 from . import timing
 from .workloads import Workload
 
-TARGETS = {"other-library": "never slower than the other library (zennit, shap)"}
+TARGETS = {"other-library": "never slower than the other library (zennit, shap, quantus)"}
 LIMITS = {"other-library": (None, 1.0)}  # (most xattr/floor, least other/xattr), as run.limits
 COLUMNS = ["workload", "xattr ms", "other ms", "floor ms", "xattr/floor", "other/floor", "other/xattr", "agreement"]
 
 
 def build(device: str = "cpu") -> list[Workload]:
+    from .quantus_workloads import build as build_quantus  # noqa: PLC0415
     from .shap_workloads import build as build_shap  # noqa: PLC0415
     from .zennit_workloads import build as build_zennit  # noqa: PLC0415
 
-    return build_zennit(device) + build_shap(device)
+    return build_zennit(device) + build_shap(device) + build_quantus(device)
 
 
 def run_one(w: Workload, device: str, repeats: int, budget: float) -> list[str]:
