@@ -27,6 +27,9 @@ from ._src.layer_methods import (
 from ._src.ablation import feature_ablation, feature_permutation, occlusion, window_masks
 from ._src.layer_perturb import layer_feature_ablation, layer_feature_permutation
 from ._src.shapley import shapley_value_sampling, shapley_values
+from ._src.shapley_interactions import shapley_interactions
+from ._src.shapley_interactions_sampled import shapley_interaction_sampling
+from ._src.interaction_indices import Interactions
 from ._src.softened import softened
 from ._src.split_ig import split_integrated_gradients
 from ._src.integrated_hessians import integrated_hessians
@@ -134,6 +137,9 @@ __all__ = [
     "quadrature",
     "reference_tokens",
     "saliency",
+    "shapley_interaction_sampling",
+    "shapley_interactions",
+    "Interactions",
     "shapley_value_sampling",
     "shapley_values",
     "smooth",
