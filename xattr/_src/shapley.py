@@ -256,14 +256,14 @@ def shapley_values(
     return attribution_fn(fn, f)
 
 
-def _check_count(n: int, max_features: int) -> None:
+def _check_count(n: int, max_features: int, method: str = "shapley_values",
+                 estimate: str = "the values with xattr.shapley_value_sampling (n_samples * F rows) or xattr.kernel_shap") -> None:  # fmt: skip
     """Refuses more than ``max_features`` features held by one example (2^F model rows each)."""
     if n > max_features:
         raise ValueError(
-            f"shapley_values evaluates the model at all 2^F coalitions of the F features: F={n} would take "
+            f"{method} evaluates the model at all 2^F coalitions of the F features: F={n} would take "
             f"{_power_of_two(n)} model rows per example (max_features={max_features}). Group the inputs into fewer "
-            "features with feature_mask, raise max_features if you can afford 2^F rows, or estimate the values "
-            "with xattr.shapley_value_sampling (n_samples * F rows) or xattr.kernel_shap."
+            f"features with feature_mask, raise max_features if you can afford 2^F rows, or estimate {estimate}."
         )
 
 

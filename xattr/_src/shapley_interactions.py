@@ -30,7 +30,7 @@ from .gradients import attribution_fn
 from .interaction_indices import Interactions, check_index, combinations, gamma_table, ranks
 from .masks import FeatureSet, feature_sets, features
 from .perturb import Coalitions, as_floating, evaluate
-from .shapley import _bits, _every, _power_of_two, _prepare
+from .shapley import _bits, _check_count, _every, _prepare
 
 MAX_FEATURES = 20  # 2^20 coalitions: about a million model rows per example, as for shapley_values
 BLOCK = 2**22  # the most elements of one block of the weight table (32 MiB in float64)
@@ -86,7 +86,8 @@ def shapley_interactions(
     def fn(*args, baselines=baselines, feature_mask=feature_mask):
         selected = T.split_args(args, nums)[0]
         masks, n = features(selected, feature_mask)
-        _check_count(max(s.n for s in feature_sets(masks, n, T.batch_size(selected))), max_features)
+        _check_count(max(s.n for s in feature_sets(masks, n, T.batch_size(selected))), max_features,
+                     "shapley_interactions", "the indices with xattr.shapley_interaction_sampling")  # fmt: skip
         selected, masks, n, base, out, aggregate = _prepare(f, args, nums, as_tuple, baselines, feature_mask)
         rows, device = out.shape[0], out.device
         sets = feature_sets(masks, n, rows)  # NOTE: [Each example's own features]
@@ -99,16 +100,6 @@ def shapley_interactions(
         return Interactions(index, order, n, by_order, out, vals[:, 0])  # copy 0: the empty coalition
 
     return attribution_fn(fn, f)
-
-
-def _check_count(n: int, max_features: int) -> None:
-    if n > max_features:
-        raise ValueError(
-            f"shapley_interactions evaluates the model at all 2^F coalitions of the F features: F={n} would take "
-            f"{_power_of_two(n)} model rows per example (max_features={max_features}). Group the inputs into fewer "
-            "features with feature_mask, raise max_features if you can afford 2^F rows, or estimate the indices "
-            "with xattr.shapley_interaction_sampling."
-        )
 
 
 def _exact(index: str, order: int, vals: torch.Tensor, out: torch.Tensor, n: int) -> dict[int, torch.Tensor]:
