@@ -30,6 +30,8 @@ from ._src.shapley import shapley_value_sampling, shapley_values
 from ._src.shapley_interactions import shapley_interactions
 from ._src.shapley_interactions_sampled import shapley_interaction_sampling
 from ._src.interaction_indices import Interactions
+from ._src.sage import sage
+from ._src.sage_result import SageResult
 from ._src.softened import softened
 from ._src.split_ig import split_integrated_gradients
 from ._src.integrated_hessians import integrated_hessians
@@ -137,6 +139,8 @@ __all__ = [
     "quadrature",
     "reference_tokens",
     "saliency",
+    "sage",
+    "SageResult",
     "shapley_interaction_sampling",
     "shapley_interactions",
     "Interactions",

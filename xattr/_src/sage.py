@@ -1,0 +1,257 @@
+"""SAGE: global feature importance as the Shapley values of the model's loss reduction.
+
+Covert, Lundberg and Lee, "Understanding Global Feature Contributions With Additive Importance
+Measures" (NeurIPS 2020). The estimators and losses are in sage_estimators.py, the result
+class, its plot and summary in sage_result.py.
+
+NOTE: [The SAGE game under marginal imputation]
+With the features split into F groups, a coalition S of them is "known" and the rest unknown.
+The model restricted to S predicts the average of the model over the unknown features,
+  f_S(x_S) = E_{X'}[ f(x_S, X'_{not S}) ],
+where X' is drawn from the background rows independently of x: the *marginal* distribution,
+the paper's default ("marginal imputation"), in place of the conditional X_{not S} | X_S = x_S
+that the definition asks for. The game is the loss reduction that knowing S buys,
+  v(S) = E_{X,Y}[ loss(f_{}(), Y) ] - E_{X,Y}[ loss(f_S(X_S), Y) ],
+so v({}) = 0 and v(all) = E[loss(mean prediction, Y)] - E[loss(f(X), Y)], the loss the model
+saves over predicting its average. SAGE values are this game's Shapley values: they sum to
+v(all). The loss is applied to the *averaged* prediction (a cross-entropy to the averaged
+class probabilities, not to averaged logits). Where features are correlated the marginal draws
+pair them in ways the data never shows (a tall child with a short parent) and the model is
+asked about points off the data: the values then tell how the model depends on each feature,
+not what information the feature carries. A feature the model never reads gets 0 even when it
+is a copy of one it does read (the conditional game would split the two), and two models that
+agree on every data point can get different values (docs/methods/sage.md shows both).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Callable, Sequence
+
+import torch
+
+from .checks import warn_if_training
+from .masks import features
+from .sage_estimators import exact, loss_function, permutation
+from .sage_result import SageResult
+from .warn import warn
+
+MAX_EXACT_FEATURES = 12  # exact SAGE: (2^F - 1) M + 1 model rows per example; 2^12 already 4095 M
+
+
+def sage(
+    model: Callable,
+    loss,
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    *,
+    background: torch.Tensor,
+    feature_mask: torch.Tensor | None = None,
+    estimator: str = "permutation",
+    n_permutations: int = 4096,
+    n_background: int | None = None,
+    convergence: float | None = 0.05,
+    block_size: int = 64,
+    extra_args: Sequence = (),
+    feature_names: Sequence[str] | None = None,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    show_progress: bool = False,
+    generator=None,
+) -> SageResult:
+    """SAGE values: each feature's share of the loss reduction the model gets from the features.
+
+    The Shapley values of ``v(S) = E[loss(f_{}, Y)] - E[loss(f_S(X_S), Y)]`` with the unknown
+    features drawn from ``background`` independently of the known ones (marginal imputation;
+    NOTE: [The SAGE game under marginal imputation]). They sum to ``v(all)``: the expected loss
+    of the model's mean prediction minus that of the model. Positive: the feature lowers the
+    loss; about 0: the model does not need it (given the others).
+
+    Args:
+      model: a function of one batch ``model(x, *extra_args)`` returning one output row per
+        input row: logits (B, C) for "cross_entropy", one logit (B,) or (B, 1) for
+        "binary_cross_entropy", predictions for "mse" or a callable loss. Only called (under
+        ``torch.no_grad``), never modified; pass an ``nn.Module`` in eval mode.
+      loss: "mse" (squared error, averaged over the output's elements), "cross_entropy" (class
+        ids Y; the softmax probabilities are averaged over the background rows),
+        "binary_cross_entropy" (Y in [0, 1]; sigmoid probabilities averaged), or a callable
+        ``loss(mean_output, y) -> (B,)`` per-example losses, given the model's raw outputs
+        averaged over the background rows (so the model should output something whose average
+        means something: probabilities, not logits).
+      X, Y: the data the importance is measured on, (N, ...) and (N, ...); draws are uniform
+        over the N rows.
+      background: (M, ...) rows like X's whose features fill in the unknown ones (the marginal
+        distribution: 32 to 512 rows of training data, or a k-means summary).
+      feature_mask: int ids per element of one example, shape ``X.shape[1:]`` or (1, ...): the
+        features (groups) that are known or unknown together. None: every element its own
+        feature. Ids no element holds get value 0 and cost nothing.
+      estimator: "permutation" (the paper's sampling estimator, NOTE: [SAGE permutation draws
+        in one evaluation] in sage_estimators.py) or "exact" (every coalition of the F features, averaged over all N
+        examples and all M background rows: N ((2^F - 1) M + 1) model rows, F at most
+        ``MAX_EXACT_FEATURES``).
+      n_permutations: the most draws (example, order, background rows) of the permutation
+        estimator; with ``convergence=None`` exactly this many.
+      n_background: background rows averaged per coalition, drawn anew for each draw without
+        replacement; None (default): all M rows (deterministic, the exact estimator's game).
+        The exact estimator always uses every row.
+      convergence: stop when the largest standard error < convergence * (max value - min
+        value), checked after each block (the paper suggests 0.05); None: run all draws.
+      block_size: draws per batched evaluation and between convergence checks (the criterion
+        may stop a run from ``MIN_DRAWS`` = 32 draws on); examples per evaluation for "exact".
+        The outputs of one block's evaluation are held at once.
+      extra_args: more positional arguments of the model; a tensor with N rows goes with its
+        example (never from the background), anything else is passed as it is.
+      feature_names: one name per feature id, for the summary and the plot.
+      chunk_size, memory_budget: model rows per call, or bytes of perturbed inputs per call
+        (NOTE: [Perturbed copies in one call] in perturb.py); a call holds at least one copy of
+        a block (``block_size`` rows; N rows for the exact estimator).
+      show_progress: a tqdm bar over the draws (the model calls for the exact estimator).
+      generator: int seed, ``torch.Generator`` or None (torch's global generator); the same
+        seed gives the same result (NOTE: [Explicit randomness] in sampling.py).
+
+    Returns:
+      a `SageResult`: ``values`` and ``std_errors`` (F,) float64 on the CPU, the mean losses
+      ``loss_empty`` and ``loss_full``, ``n_draws``, ``converged``, ``.summary()``,
+      ``.to_dict()``, ``.plot()``.
+
+    Example:
+      >>> res = xattr.sage(model, "cross_entropy", x_test, y_test, background=x_train[:64], generator=0)
+      >>> print(res.summary())
+    """
+    loss_fn = loss_function(loss)
+    X, Y, bg = _check_data(X, Y, background)
+    _check_options(estimator, n_permutations, n_background, convergence, block_size, show_progress, bg.shape[0])
+    warn_if_training(model)
+    mask, ids, n_ids = _mask(X, feature_mask)
+    n = len(ids)
+    names = _names(feature_names, n_ids)
+    per_example, call = _extra(model, extra_args, X.shape[0])
+    if estimator == "exact":
+        if n > MAX_EXACT_FEATURES:
+            raise ValueError(
+                f"estimator='exact' evaluates all 2^F coalitions of the F features, each over every example and "
+                f"background row: F={n} is more than {MAX_EXACT_FEATURES}. Group the inputs into fewer features with "
+                "feature_mask, or use estimator='permutation'."
+            )
+        if n_background is not None:
+            raise ValueError(
+                "estimator='exact' averages over every background row: leave n_background=None and pass a smaller "
+                "background instead"
+            )
+        phi, l_empty, l_full = exact(call, loss_fn, X, Y, bg, mask, n, per_example, block_size, chunk_size, memory_budget,
+                                      show_progress)  # fmt: skip
+        se, draws, converged, ratio = torch.zeros_like(phi), 0, True, 0.0
+    else:
+        phi, se, l_empty, l_full, draws, converged, ratio = permutation(
+            call, loss_fn, X, Y, bg, mask, n, per_example, n_permutations, n_background, convergence, block_size,
+            chunk_size, memory_budget, show_progress, generator,
+        )  # fmt: skip
+        if convergence is not None and not converged:
+            warn(
+                f"sage did not converge within n_permutations={n_permutations} draws: the largest standard error is "
+                f"{ratio:.3g} of the values' spread, not below convergence={convergence}. Raise n_permutations, or "
+                "read the standard errors."
+            )
+    values, errors = _at_ids(phi, ids, n_ids), _at_ids(se, ids, n_ids)
+    return SageResult(values, errors, float(l_empty), float(l_full), names, estimator, draws, converged, ratio)
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def _check_data(X, Y, background):
+    for name, t in (("X", X), ("Y", Y), ("background", background)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"sage needs {name} as a tensor, got {type(t).__name__}")
+    if X.ndim < 2:
+        raise ValueError(f"X must be (N, ...) with features after the batch dim, got shape {tuple(X.shape)}")
+    if X.shape[0] == 0 or Y.ndim == 0 or Y.shape[0] != X.shape[0]:
+        raise ValueError(f"X and Y need the same number N > 0 of rows, got {tuple(X.shape)} and {tuple(Y.shape)}")
+    if background.ndim != X.ndim or tuple(background.shape[1:]) != tuple(X.shape[1:]) or background.shape[0] == 0:
+        raise ValueError(
+            f"background must be rows (M, {', '.join(map(str, X.shape[1:]))}) like X's, M > 0; got {tuple(background.shape)}"
+        )
+    if background.dtype != X.dtype and not (background.is_floating_point() and X.is_floating_point()):
+        raise TypeError(f"background of dtype {background.dtype} cannot stand in for X of dtype {X.dtype}: give it X's dtype")
+    return X, Y.to(X.device), background.to(device=X.device, dtype=X.dtype)
+
+
+def _positive_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_options(estimator, n_permutations, n_background, convergence, block_size, show_progress, m: int) -> None:
+    if estimator not in ("permutation", "exact"):
+        raise ValueError(f"estimator must be 'permutation' or 'exact', got {estimator!r}")
+    _positive_int(n_permutations, "n_permutations")
+    _positive_int(block_size, "block_size")
+    if n_background is not None:
+        _positive_int(n_background, "n_background")
+        if n_background > m:
+            raise ValueError(f"n_background={n_background} is more than the background's {m} rows: use None for all")
+    if convergence is not None and (
+        isinstance(convergence, bool) or not isinstance(convergence, numbers.Real) or not convergence > 0
+    ):
+        raise ValueError(f"convergence must be a positive number (e.g. 0.05) or None, got {convergence!r}")
+    if not isinstance(show_progress, bool):
+        raise TypeError(f"show_progress must be True or False, got {show_progress!r}")
+
+
+def _mask(X: torch.Tensor, feature_mask):
+    """The engine's mask (1, ...) over the held ids renumbered 0..F-1, the held ids, and the
+    number of ids (largest + 1) the values are reported over."""
+    one = X[:1]
+    if feature_mask is None:
+        masks, n = features((one,), None)
+        return masks[0], torch.arange(n), n
+    if not isinstance(feature_mask, torch.Tensor):
+        raise TypeError(f"feature_mask must be an integer tensor of one example's shape, got {type(feature_mask).__name__}")
+    m = feature_mask.to(X.device)
+    if m.ndim == X.ndim and m.shape[0] != 1:
+        raise ValueError(
+            f"SAGE explains the model over the whole data set, so its features are the same for every example: give "
+            f"feature_mask of one example's shape {tuple(X.shape[1:])} (or (1, ...)), got {tuple(m.shape)}"
+        )
+    masks, n_ids = features((one,), m)
+    m = masks[0]
+    if m.ndim < X.ndim:
+        m = m.reshape((1,) * (X.ndim - m.ndim) + tuple(m.shape))
+    ids = torch.unique(m)
+    if m.min() < 0:
+        raise ValueError("feature_mask ids must be non-negative")
+    relabelled = torch.searchsorted(ids, m.contiguous())
+    masks, _ = features((one,), relabelled)
+    return masks[0], ids.cpu(), n_ids
+
+
+def _names(feature_names, n_ids: int) -> list[str]:
+    if feature_names is None:
+        return [str(i) for i in range(n_ids)]
+    names = [str(s) for s in feature_names]
+    if len(names) != n_ids:
+        raise ValueError(f"{len(names)} feature_names for {n_ids} feature ids")
+    return names
+
+
+def _extra(model: Callable, extra_args: Sequence, n: int):
+    """Which extra arguments go with their example (tensors of N rows), and the model function of
+    the features and those: the others are closed over, never tiled."""
+    if not isinstance(extra_args, (tuple, list)):
+        raise TypeError(f"extra_args must be a tuple of the model's further arguments, got {type(extra_args).__name__}")
+    rows = [i for i, a in enumerate(extra_args) if isinstance(a, torch.Tensor) and a.ndim > 0 and a.shape[0] == n]
+    per_example = [extra_args[i] for i in rows]
+
+    def call(x, *mine):
+        args = list(extra_args)
+        for i, a in zip(rows, mine):
+            args[i] = a
+        return model(x, *args)
+
+    return per_example, call
+
+
+def _at_ids(phi: torch.Tensor, ids: torch.Tensor, n_ids: int) -> torch.Tensor:
+    out = torch.zeros(n_ids, dtype=torch.float64)
+    out[ids] = phi.to(device="cpu", dtype=torch.float64)
+    return out

@@ -1,0 +1,246 @@
+"""SAGE's estimators (permutation sampling and exact enumeration) and the losses of averaged
+predictions; `xattr.sage` in sage.py checks the arguments and calls them.
+
+NOTE: [SAGE permutation draws in one evaluation]
+A draw is one example (x, y) taken uniformly from the data, one uniformly random order p of
+the F features and (with ``n_background`` m) m background rows taken without replacement;
+``n_background=None`` uses every background row. Along the chain {}, {p_1}, {p_1, p_2}, ...,
+all F, each coalition S gets the loss of the model averaged over the m rows with x's features
+in S kept: L_0, ..., L_F (L_F = loss(f(x), y), one row). Feature p_j's sample is
+L_{j-1} - L_j, the loss it removes when it joins, and a draw's samples telescope to
+L_0 - L_F exactly. A block of D draws is one `evaluate` of D examples by F m + 1 copies (copy
+(j, k): the first j features of the order kept, the rest from the draw's background row k; the
+last copy keeps everything), in as few model calls as ``chunk_size``/``memory_budget`` allow;
+the coalitions and backgrounds are made per call. The running mean and variance of every
+feature's samples are merged block by block (Welford's update for a block: Chan, Golub and
+LeVeque), the standard errors are sqrt(var / n), and after each block the run stops when the
+largest standard error is below ``convergence`` times the spread of the values (max - min), the
+paper's criterion (from `MIN_DRAWS` draws on: a handful of draws can agree by chance). With an int seed, draw i comes from its own generator seeded by (seed, i):
+the draws do not depend on ``block_size`` or ``chunk_size``, only where the run stops does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from .perturb import Coalitions, evaluate
+from .progress import progress
+from .sampling import streams
+
+MIN_DRAWS = 32  # draws before the convergence criterion may stop a run: fewer give no usable variance
+LOSSES = ("mse", "cross_entropy", "binary_cross_entropy")
+
+
+def loss_function(loss) -> Callable:
+    """The per-example loss of the prediction averaged over m background rows: a function of the
+    outputs (R, m, ...) and the labels (R, ...) giving (R,) losses in float64."""
+    if callable(loss) and not isinstance(loss, str):
+        return _custom(loss)
+    if loss == "mse":
+        return _mse
+    if loss == "cross_entropy":
+        return _cross_entropy
+    if loss == "binary_cross_entropy":
+        return _binary_cross_entropy
+    raise ValueError(f"loss must be one of {LOSSES} or a callable loss(output, y) -> (B,) losses, got {loss!r}")
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float32 if t.device.type == "mps" else torch.float64)
+
+
+def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    mean = _wide(out).mean(1).reshape(out.shape[0], -1)
+    target = _wide(y).reshape(y.shape[0], -1)
+    if target.shape[1] != mean.shape[1]:
+        raise ValueError(
+            f"loss='mse': the model gives {mean.shape[1]} number(s) per example but Y has {target.shape[1]}; "
+            "give Y one value per model output"
+        )
+    return (mean - target).pow(2).mean(1)
+
+
+def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if out.ndim != 3:
+        raise ValueError(f"loss='cross_entropy' needs logits (B, C) from the model, got {tuple(out.shape[2:])} per example")
+    if y.is_floating_point() or y.ndim != 1:
+        raise ValueError(f"loss='cross_entropy' needs Y as class ids (N,) of an integer dtype, got {y.dtype} {tuple(y.shape)}")
+    # log of the averaged probability of the true class, exactly: logsumexp of log-softmax - log m
+    logp = torch.log_softmax(_wide(out), dim=2)
+    picked = logp.gather(2, y.long()[:, None, None].expand(-1, out.shape[1], 1))[..., 0]
+    return math.log(out.shape[1]) - torch.logsumexp(picked, dim=1)
+
+
+def _binary_cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    z = _wide(out).reshape(out.shape[0], out.shape[1], -1)
+    if z.shape[2] != 1:
+        raise ValueError(f"loss='binary_cross_entropy' needs one logit per example, got {tuple(out.shape[2:])}")
+    z, t, log_m = z[..., 0], _wide(y).reshape(-1), math.log(out.shape[1])
+    log_p = torch.logsumexp(torch.nn.functional.logsigmoid(z), 1) - log_m
+    log_q = torch.logsumexp(torch.nn.functional.logsigmoid(-z), 1) - log_m
+    return -(t * log_p + (1 - t) * log_q)
+
+
+def _custom(loss: Callable) -> Callable:
+    def fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        value = loss(_wide(out).mean(1), y)
+        if not isinstance(value, torch.Tensor) or value.shape != (out.shape[0],):
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(
+                f"the loss must return one loss per example, a tensor ({out.shape[0]},), got {got}: use reduction='none'"
+            )
+        return _wide(value)
+
+    return fn
+
+
+class _Backgrounds:
+    """Per-copy baselines (e - s, D, ...) of copies s..e-1: copy c takes each draw's background row
+    ``rows[:, c % m]`` (the last copy, which keeps every feature, any row)."""
+
+    def __init__(self, bg: torch.Tensor, rows: torch.Tensor):
+        self.bg, self.rows = bg, rows  # rows: (D, m) indices into bg
+
+    def __getitem__(self, sl: slice) -> torch.Tensor:
+        m = self.rows.shape[1]
+        k = torch.arange(sl.start, sl.stop, device=self.rows.device) % m
+        return self.bg[self.rows[:, k].T]  # (e - s, D, ...)
+
+
+def _evaluate(call, x, per_example, mask, coalitions, baselines, chunk_size, memory_budget, show_progress):
+    return evaluate(call, (x, *per_example), (0,), masks=(mask,), baselines=(baselines,), coalitions=coalitions,
+                    copy_baselines=True, chunk_size=chunk_size, memory_budget=memory_budget,
+                    show_progress=show_progress)  # fmt: skip
+
+
+def _chain_losses(call, loss_fn, x, y, per_example, bg, rows, rank, mask, chunk_size, memory_budget) -> torch.Tensor:
+    """(D, F + 1) losses along each draw's chain (NOTE: [SAGE permutation draws in one evaluation])."""
+    d, n = rank.shape
+    m = rows.shape[1]
+
+    def coalitions(s: int, e: int) -> torch.Tensor:
+        j = torch.arange(s, e, device=rank.device).div(m, rounding_mode="floor")  # features kept; F for the last copy
+        return rank[:, None, :] < j[None, :, None]
+
+    outs = _evaluate(call, x, per_example, mask, Coalitions(n * m + 1, coalitions, shared=False), _Backgrounds(bg, rows),
+                     chunk_size, memory_budget, False)  # fmt: skip
+    tail = tuple(outs.shape[2:])
+    inner = loss_fn(outs[:, : n * m].reshape((d * n, m) + tail), y.repeat_interleave(n, 0)).reshape(d, n)
+    full = loss_fn(outs[:, n * m :], y)
+    return torch.cat([inner, full[:, None]], 1)
+
+
+def _draws(stream, start: int, stop: int, n_rows: int, n: int, m_all: int, m: int | None):
+    """Draws start..stop-1: example indices (D,), ranks (D, F), background rows (D, m)."""
+    d = stop - start
+    if stream is None:  # torch's global generator, in bulk
+        idx = torch.randint(0, n_rows, (d,))
+        rank = torch.rand(d, n, dtype=torch.float64).argsort(1).argsort(1)
+        rows = torch.rand(d, m_all).argsort(1)[:, :m] if m is not None else torch.arange(m_all).expand(d, -1)
+        return idx, rank, rows
+    gen = torch.Generator()
+    idx, rank, rows = [], [], []
+    for i in range(start, stop):
+        gen.manual_seed((stream + 0x51ED27 * (i + 1)) % 2**63)
+        idx.append(torch.randint(0, n_rows, (1,), generator=gen))
+        rank.append(torch.rand(n, dtype=torch.float64, generator=gen).argsort().argsort())
+        if m is not None:
+            rows.append(torch.randperm(m_all, generator=gen)[:m])
+    rows = torch.stack(rows) if m is not None else torch.arange(m_all).expand(d, -1)
+    return torch.cat(idx), torch.stack(rank), rows
+
+
+def permutation(call, loss_fn, X, Y, bg, mask, n, per_example, n_permutations, n_background, convergence, block_size,
+                 chunk_size, memory_budget, show_progress, generator):  # fmt: skip
+    (stream,) = streams(generator, 1)
+    device = X.device
+    count, mean, m2 = 0, torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    loss_sums = torch.zeros(2, dtype=torch.float64)  # sums of L_0 and L_F over the draws
+    converged, ratio = False, math.inf
+    bar = progress(show_progress, total=n_permutations, desc="SAGE draws", unit="draw")
+    try:
+        while count < n_permutations:
+            stop = min(count + block_size, n_permutations)
+            idx, rank, rows = _draws(stream, count, stop, X.shape[0], n, bg.shape[0], n_background)
+            idx, rank, rows = idx.to(device), rank.to(device), rows.to(device)
+            pe = [a[idx.to(a.device)] for a in per_example]
+            losses = _chain_losses(call, loss_fn, X[idx], Y[idx], pe, bg, rows, rank, mask, chunk_size,
+                                   memory_budget).cpu()  # fmt: skip
+            steps = losses[:, :-1] - losses[:, 1:]  # the loss removed by the feature of rank j
+            samples = steps.gather(1, rank.cpu())  # (D, F): each feature's sample
+            count, mean, m2 = _merge(count, mean, m2, samples)
+            loss_sums += torch.stack([losses[:, 0].sum(), losses[:, -1].sum()])
+            if bar is not None:
+                bar.update(samples.shape[0])
+            if count >= max(2, MIN_DRAWS) or count == n_permutations:
+                se = (m2 / (count - 1) / count).sqrt() if count >= 2 else torch.full_like(mean, math.inf)
+                spread = float(mean.max() - mean.min())
+                worst = float(se.max())
+                ratio = worst / spread if spread > 0 else (0.0 if worst == 0 else math.inf)
+                if bar is not None:
+                    bar.set_postfix(ratio=f"{ratio:.3g}")
+                if convergence is not None and ratio < convergence and count >= MIN_DRAWS:
+                    converged = True
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+    se = (m2 / (count - 1) / count).sqrt() if count >= 2 else torch.full((n,), math.inf, dtype=torch.float64)
+    l_empty, l_full = (loss_sums / count).tolist()
+    return mean, se, l_empty, l_full, count, converged, ratio
+
+
+def _merge(count: int, mean: torch.Tensor, m2: torch.Tensor, samples: torch.Tensor):
+    """Welford's running mean and sum of squared deviations, merged with a block of samples
+    (Chan, Golub and LeVeque's update; NOTE: [Variance over chunks] in sampling.py)."""
+    c = samples.shape[0]
+    b_mean = samples.mean(0)
+    b_m2 = (samples - b_mean).pow(2).sum(0)
+    total = count + c
+    delta = b_mean - mean
+    return total, mean + delta * (c / total), m2 + b_m2 + delta.pow(2) * (count * c / total)
+
+
+def exact(call, loss_fn, X, Y, bg, mask, n, per_example, block_size, chunk_size, memory_budget, show_progress):
+    """Exact SAGE values over the N examples and M background rows, and L({}), L(all). The
+    examples go ``block_size`` at a time (the outputs of a block, (block, (2^F - 1) M + 1, ...),
+    are held at once)."""
+    m, device = bg.shape[0], X.device
+    codes = 2**n - 1  # every coalition but the full one, times M background rows, then f(x)
+
+    def coalitions(s: int, e: int) -> torch.Tensor:
+        code = torch.arange(s, e, device=device).div(m, rounding_mode="floor")  # codes // M; 2^F - 1 for the last
+        return (((code[:, None] >> torch.arange(n, device=device)) & 1) == 1)[None]
+
+    total = torch.zeros(codes + 1, dtype=torch.float64)
+    for start in range(0, X.shape[0], block_size):
+        stop = min(start + block_size, X.shape[0])
+        x, y, b = X[start:stop], Y[start:stop], stop - start
+        pe = [a[start:stop] for a in per_example]
+        rows = torch.arange(m, device=device).expand(b, -1)
+        outs = _evaluate(call, x, pe, mask, Coalitions(codes * m + 1, coalitions, shared=True), _Backgrounds(bg, rows),
+                         chunk_size, memory_budget, show_progress)  # fmt: skip
+        tail = tuple(outs.shape[2:])
+        inner = loss_fn(outs[:, : codes * m].reshape((b * codes, m) + tail), y.repeat_interleave(codes, 0)).reshape(b, codes)
+        full = loss_fn(outs[:, codes * m :], y)
+        total += torch.cat([inner, full[:, None]], 1).sum(0).cpu()
+    loss = total / X.shape[0]  # L(S) for S coded 0 .. 2^F - 1
+    return shapley_of_losses(loss, n), float(loss[0]), float(loss[-1])
+
+
+def shapley_of_losses(loss: torch.Tensor, n: int) -> torch.Tensor:
+    """phi_i = sum over S without i of |S|! (F - |S| - 1)! / F! [L(S) - L(S + i)], for the losses
+    L (2^F,) of the coalitions coded by their bits (feature i: bit i)."""
+    code = torch.arange(2**n)
+    size = torch.zeros(2**n, dtype=torch.long)
+    for i in range(n):
+        size += (code >> i) & 1
+    weight = torch.tensor([1.0 / (n * math.comb(n - 1, k)) for k in range(n)], dtype=torch.float64)
+    phi = torch.empty(n, dtype=torch.float64)
+    for i in range(n):
+        without = code[((code >> i) & 1) == 0]
+        phi[i] = (weight[size[without]] * (loss[without] - loss[without | (1 << i)])).sum()
+    return phi
