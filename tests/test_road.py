@@ -151,20 +151,20 @@ def test_road_equals_the_loop_reference(order):
     net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 6 * 5, 1)).to(D).eval()
     f = lambda v: net(v)[:, 0]  # noqa: E731
     x, attr = images(4, (3, 2, 6, 5)), torch.randn(3, 2, 6, 5, dtype=D)
-    attr[0, :, 1, 1] = attr[0, :, 2, 2] = 0.5  # a tie: the lower pixel index goes first
+    attr[0, :, 1, 1] = attr[0, :, 2, 2] = 0.5  # a tie: the lower pixel index first (random: test_road_authors.py)
     ps = (0.0, 0.15, 0.5, 0.9)
     before = (x.clone(), attr.clone())
-    curve = M.road(f, attr, percentages=ps, order=order, noise=0.0, chunk_size=3)(x)
+    curve = M.road(f, attr, percentages=ps, order=order, noise=0.0, ties="index", chunk_size=3)(x)
     assert torch.equal(x, before[0]) and torch.equal(attr, before[1]) and not net.training
     want = road_reference(lambda v: net(v), x, attr, ps, order)
     torch.testing.assert_close(curve.scores, want, atol=1e-10, rtol=0)
     fractions = torch.tensor([round(p * 30) / 30 for p in ps], dtype=D)
     torch.testing.assert_close(curve.fractions, fractions)
     torch.testing.assert_close(curve.auc, torch.trapezoid(want, fractions, dim=1), atol=1e-10, rtol=0)
-    per_pixel = M.road(f, attr.sum(1), percentages=ps, order=order, noise=0.0)(x)  # (B, H, W) attributions
+    per_pixel = M.road(f, attr.sum(1), percentages=ps, order=order, noise=0.0, ties="index")(x)  # (B, H, W)
     torch.testing.assert_close(per_pixel.scores, curve.scores)
-    loop = torch.cat([M.road(f, attr[i : i + 1], percentages=ps, order=order, noise=0.0)(x[i : i + 1]).scores
-                      for i in range(3)])  # fmt: skip
+    one = lambda i: M.road(f, attr[i : i + 1], percentages=ps, order=order, noise=0.0, ties="index")  # noqa: E731
+    loop = torch.cat([one(i)(x[i : i + 1]).scores for i in range(3)])
     torch.testing.assert_close(loop, curve.scores)
 
 
@@ -185,6 +185,10 @@ def test_road_noise_is_deterministic_and_batch_prefix_invariant():
 
 @pytest.fixture(scope="module")
 def digits_cnn():
+    return train_digits_cnn()
+
+
+def train_digits_cnn():
     """A small CNN on scikit-learn's 8x8 digits, trained for a few seconds with a fixed seed."""
     data, labels = load_digits(return_X_y=True)
     x = torch.tensor(data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16

@@ -200,3 +200,28 @@ def test_bad_settings_are_refused():
     for kw in ({"sweeps": 0}, {"omega": 1.0}, {"omega": 0.0}, {"overcorrect": 0.0}):
         with pytest.raises(ValueError, match="symmetric positive definite only"):
             MG.Multigrid(rm, D, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, D])
+def test_the_hierarchy_holds_eleven_numbers_a_pixel_per_level_and_is_shared_by_equal_masks(dtype):
+    """Counted level by level: (9 coefficients + Jacobi weights + prolongation mask) per cell of
+    every level, the coarsest level's dense Cholesky factor and known-cell flags; so linear in
+    the images and their pixels (no (H W)^2 term), and one copy for a mask every image shares."""
+    size = torch.finfo(dtype).bits // 8
+
+    def expected(images: int, h: int, w: int) -> int:
+        total = 0
+        while True:
+            total += images * 11 * h * w * size
+            if h * w <= MG.COARSEST:
+                return total + images * (h * w * h * w + h * w) * size
+            h, w = (h + 1) // 2, (w + 1) // 2
+
+    for b, h, w in [(1, 40, 33), (3, 40, 33), (2, 97, 64)]:
+        rm = torch.rand(b, h, w, generator=torch.Generator().manual_seed(h * w + b)) < 0.5
+        rm[:, 0, 0] = False
+        assert MG.Multigrid(rm, dtype).held_bytes() == expected(b, h, w)
+        assert MG.Multigrid(rm[:1].expand(b, h, w), dtype).held_bytes() == expected(1, h, w)
+    one = torch.rand(1, 224, 224, generator=torch.Generator().manual_seed(0)) < 0.5
+    per_pixel = MG.Multigrid(one, dtype).held_bytes() / (224 * 224)
+    assert per_pixel == expected(1, 224, 224) / (224 * 224) < (60 if dtype == torch.float32 else 120)  # 58.8, 117.7

@@ -13,14 +13,57 @@ with r the 0/1 removal indicator and W the neighbour weights (a 3x3 convolution 
 padding). A is symmetric, and positive definite when at least one pixel is kept (every
 8-connected region of removed pixels then borders a kept pixel, which makes the restriction of
 D - W to it irreducibly diagonally dominant), which is why a percentage must keep one pixel.
-The paper's own code (and this one) keeps the weights w_ij = w_ji as they are and puts s_i on
-the diagonal, so no row is rescaled and the matrix over the removed pixels stays symmetric: CG
-is valid. Small images are solved densely, larger ones by a sparse LU per mask on CPU (scipy)
-and by conjugate gradients on other devices (NOTE: [Choosing the imputation solver] in
+Small images are solved densely, larger ones by a sparse LU per mask on CPU (scipy) and by
+conjugate gradients on other devices (NOTE: [Choosing the imputation solver] in
 _road_solvers.py, with measured times); all three give the same solution to 1e-10 in float64.
-Then Gaussian noise of std ``noise`` is added to the removed pixels only (the paper's "noisy"
-part: the imputation should not be a smooth give-away either); kept pixels keep their values
-exactly.
+Then Gaussian noise of std ``noise`` is added to the removed pixels only, independently per
+pixel and channel, after the solve; kept pixels keep their values exactly.
+
+NOTE: [ROAD as the authors' code does it]
+Checked against the authors' reference implementation (github.com/tleemann/road_evaluation,
+``road/imputations.py`` class ``NoisyLinearImputer``, ``road/imputed_dataset.py``,
+``road/utils.py``), read for its definitions only:
+- Weights and border: the same 8 offsets with 1/6 (direct) and 1/12 (diagonal); a pixel's sum
+  of weights starts at 1 and loses the weight of every neighbour outside the image, and it is
+  the diagonal of their system (-s_i v_i + sum_{j removed} w_ij v_j = -sum_{j kept} w_ij x_j,
+  our system times -1), so nothing differs at the border either. They solve it with
+  ``scipy.sparse.linalg.spsolve``, one system per image, the C channels as C right-hand sides.
+- Noise: ``noise * N(0, 1)``, one independent draw per imputed pixel and channel, added to the
+  solution after the solve, at the removed pixels only; default ``noise=0.01``. It is absolute,
+  in the units of the image they impute: in their experiments [0, 1] images (``ToTensor``),
+  normalised only after the imputation. xattr imputes the image it is given, so for
+  normalised inputs the equivalent is ``noise = 0.01 / std``. xattr's default is this.
+  tests/test_road.py reproduces their system and noise with a loop-built dense solve.
+- Ranking: their attribution map is summed over channels (signed, no absolute value),
+  min-max normalised to [0, 1] and given ``1e-4 * N(0, 1)`` per pixel ("a constant small
+  perturbation for attribution maps with many equal values"), then sorted, highest first. The
+  perturbation orders tied pixels at random. It is drawn once per evaluated percentage and
+  shared by all images; it also reorders pixels whose normalised values lie within about 1e-4.
+  xattr's ``ties="random"`` (the default) sorts by (attribution, a uniform random key drawn per
+  example from ``generator``): exact ties in random order, nothing else moved, and one order
+  for all percentages, so the removed sets grow with the percentage. ``ties="index"`` is the
+  deterministic order (lower pixel index first) xattr used before; NOTE: [Tied attributions
+  in ROAD] says why the difference matters.
+- Counts: MoRF removes ``int(p H W)`` pixels (rounded down). Their LeRF at ``p`` removes every
+  pixel *but* the ``int(p H W)`` most relevant, i.e. a fraction ``1 - p``. xattr indexes both
+  orders by the fraction removed and removes ``round(p H W)``: for LeRF, curves at p and at
+  their 1 - p use the same masks up to that rounding.
+
+NOTE: [Tied attributions in ROAD]
+On the 8x8 digits CNN of docs/metrics/faithfulness.md, 50% of integrated gradients' pixels are
+exactly 0 (the background, where the image equals the zero baseline) and 19% negative. With ties
+in pixel order LeRF removes the background from the top rows down (at 40% removed, 78% of the
+top row against 49% with random ties), and the imputation fills those regions from the strokes
+below them (mean imputed background 0.37 against 0.18): IG's LeRF AUC is 0.43 against 0.51 for
+random attributions. With ties in random order (the authors' handling) it is 0.49 to 0.51 over
+four seeds (the authors' exact perturbation, 1e-4 N(0, 1) on the normalised map, gave the same:
+0.50 against 0.51 for this key, means over five seeds). Tie order was worth 0.06 to 0.08 of AUC;
+MoRF, which removes IG's nonzero pixels first, moves by 0.013 at most. What remains is not ties:
+IG ranks the whole background below every positive stroke pixel, so past 70% removed LeRF keeps
+stroke pixels only (99.9% of the 13 kept at 80%, against 52% for random attributions), the
+imputation paints the background from them (mean imputed background 0.68 against 0.28) and the
+probability collapses (0.27 at 70%, 0.09 at 80%). Removal by imputation is not the removal to
+the zero baseline that IG explains. The docs measure the other variants.
 """
 
 from __future__ import annotations
@@ -54,6 +97,7 @@ def road(
     order: str = "morf",
     imputation: str = "noisy_linear",
     noise: float = 0.01,
+    ties: str = "random",
     argnums: int = 0,
     generator=None,
     chunk_size: int | None = None,
@@ -64,7 +108,8 @@ def road(
 
     Rong, Leemann, Borisov, Kasneci, Kasneci, ICML 2022, "A Consistent and Efficient Evaluation
     Strategy for Attribution Methods". Pixels are ranked by their attribution summed over
-    channels (highest first; ties: lower pixel index first); for each p the ``round(p H W)``
+    channels (highest first; equal ones in random order, NOTE: [Tied attributions in ROAD]); for
+    each p the ``round(p H W)``
     highest-ranked (MoRF) or lowest-ranked (LeRF) pixels, all channels, are replaced by noisy
     linear imputation (NOTE: [Noisy linear imputation]). No retraining: the same model scores
     every imputed image.
@@ -79,9 +124,14 @@ def road(
       order: "morf" (most relevant first: faithful attributions make the output fall fast,
         lower AUC is better) or "lerf" (least relevant first: it should stay, higher is better).
       imputation: "noisy_linear" (the paper's; ``noise=0`` makes it plain linear imputation).
-      noise: std of the Gaussian noise added to the imputed pixels, >= 0.
+      noise: std of the Gaussian noise added to the imputed pixels, >= 0, in the image's units
+        (the authors' 0.01 is for [0, 1] images: NOTE: [ROAD as the authors' code does it]).
+      ties: the order of pixels with equal attributions: "random" (the authors' handling: per
+        example from ``generator``, one order for every percentage) or "index" (lower pixel
+        index first, deterministic).
       argnums: the image argument (one (B, C, H, W) float tensor); others pass through.
-      generator: int seed or torch.Generator for the noise, per example (NOTE: [Explicit randomness]).
+      generator: int seed or torch.Generator for the noise and the tie order, per example
+        (NOTE: [Explicit randomness]).
       chunk_size, memory_budget: model rows, or bytes of imputed images, per model call.
       show_progress: a progress bar over the model calls (needs tqdm).
 
@@ -97,6 +147,9 @@ def road(
             f"imputation must be 'noisy_linear' (pass noise=0 for plain linear imputation), got {imputation!r}"
         )
     _check_noise(noise)
+    if ties not in ("random", "index"):
+        raise ValueError(f"ties must be 'random' (equal attributions in random order, the authors' handling) or "
+                         f"'index' (lower pixel index first), got {ties!r}")  # fmt: skip
     if isinstance(argnums, bool) or not isinstance(argnums, int):
         raise TypeError(f"argnums must be an int (ROAD attributes one image tensor), got {argnums!r}")
 
@@ -113,11 +166,10 @@ def road(
         if counts[-1] >= h * w:
             raise ValueError(f"percentage {ps[-1]} removes all {h * w} pixels of a {h}x{w} image; ROAD imputes "
                              "from the kept pixels, so every percentage must keep one (use a smaller one)")  # fmt: skip
-        order_ = torch.sort(pixel, dim=1, descending=order == "morf", stable=True).indices
-        rank = torch.empty_like(order_).scatter_(1, order_, torch.arange(h * w, device=x.device).expand(batch, -1))
+        stream, tie_stream = streams(generator, 2)  # the first is the noise's stream as it always was
+        rank = _ranks(pixel, order == "morf", ties, tie_stream)
         cnt = torch.tensor(counts, device=x.device)
         removed = (rank[:, None, :] < cnt[None, :, None]).reshape(batch, len(ps), h, w)  # (B, P, H, W)
-        (stream,) = streams(generator, 1)
         z = None
         if noise > 0:
             z = torch.empty((batch, len(ps), c, h, w), dtype=x.dtype, device=x.device)
@@ -154,7 +206,9 @@ def noisy_linear_imputation(
     (all its channels) is removed; each image must keep at least one pixel. Each removed pixel
     becomes the weighted mean of its 8 neighbours (1/6 direct, 1/12 diagonal, renormalised at the
     border; removed neighbours are unknowns too) plus N(0, noise^2) noise, drawn per example from
-    ``generator`` (NOTE: [Noisy linear imputation]). Kept pixels are returned as they are.
+    ``generator`` (NOTE: [Noisy linear imputation]). Kept pixels are returned as they are. This
+    is the authors' ``NoisyLinearImputer`` (NOTE: [ROAD as the authors' code does it]); their
+    ``noise=0.01`` is for images in [0, 1].
     """
     _check_image(x)
     _check_noise(noise)
@@ -188,6 +242,23 @@ def _impute(x: torch.Tensor, removed: torch.Tensor, z: torch.Tensor | None, meth
         return x.clone()
     v = solve(x, removed, method)  # NOTE: [Choosing the imputation solver] in _road_solvers.py
     return v if z is None else v + z * removed.unsqueeze(1)
+
+
+def _ranks(pixel: torch.Tensor, descending: bool, ties: str, stream) -> torch.Tensor:
+    """Each pixel's place (B, N) in the removal order of the scores (B, N), 0 removed first:
+    sorted by score, equal scores by a uniform random key per example (``ties="random"``,
+    NOTE: [Tied attributions in ROAD]) or by pixel index (``"index"``)."""
+    b, n = pixel.shape
+    if ties == "random":
+        # drawn on CPU in float64: the same order on every device, and 53 random bits make equal keys
+        # (which would fall back to pixel order) practically impossible
+        key = per_example(stream, torch.empty(b, n, dtype=torch.float64), lambda v, g: v.uniform_(generator=g))
+        shuffle = torch.argsort(key.to(pixel.device), dim=1)  # a uniform random permutation per example
+        within = torch.sort(torch.gather(pixel, 1, shuffle), dim=1, descending=descending, stable=True).indices
+        order = torch.gather(shuffle, 1, within)
+    else:
+        order = torch.sort(pixel, dim=1, descending=descending, stable=True).indices
+    return torch.empty_like(order).scatter_(1, order, torch.arange(n, device=pixel.device).expand(b, -1))
 
 
 def _pixel_scores(phi: Any, x: torch.Tensor) -> torch.Tensor:
