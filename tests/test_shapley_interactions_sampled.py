@@ -1,4 +1,4 @@
-"""Sampled Shapley interaction indices: the stratified estimator against a slow reference built
+"""Sampled Shapley interaction indices, ``estimator="stratified"``: the stratified estimator against a slow reference built
 from brute-force weights, exactness at a full budget, unbiasedness and convergence, the plan of
 strata and the draws, and determinism."""
 
@@ -14,6 +14,10 @@ import xattr
 from xattr._src.masks import FeatureSet
 from xattr._src.sampling import row_seeds, streams
 from xattr._src.shapley_interactions_sampled import _coalitions, plan
+
+
+def stratified(f, **kw):
+    return xattr.shapley_interaction_sampling(f, estimator="stratified", **kw)
 
 
 def unit_weights(index, n, order):
@@ -54,8 +58,7 @@ def test_matches_the_reference_estimator(index):
     model = mlp(30)
     x, b = inputs(30, (2, 5)), inputs(31, (2, 5))
     for budget in (9, 20):
-        inter = xattr.shapley_interaction_sampling(xattr.target(model, 0), index=index, order=2, n_samples=budget,
-                                                   baselines=b, generator=5)(x)  # fmt: skip
+        inter = stratified(xattr.target(model, 0), index=index, order=2, n_samples=budget, baselines=b, generator=5)(x)
         for e in range(2):
             want = reference_estimate(index, 2, lambda t: model(t)[0, 0], x[e], b[e], budget, 5, e, 2)
             close(as_dict(inter, e), want, tol=1e-10)
@@ -68,7 +71,7 @@ def test_exact_when_the_budget_covers_every_coalition(index):
     for order in (1, 2, 3):
         exact = xattr.shapley_interactions(f, index=index, order=order)(x)
         for budget in (32, 40):
-            est = xattr.shapley_interaction_sampling(f, index=index, order=order, n_samples=budget, generator=0)(x)
+            est = stratified(f, index=index, order=order, n_samples=budget, generator=0)(x)
             for j in range(1, order + 1):
                 torch.testing.assert_close(est.values(j), exact.values(j), atol=1e-12, rtol=0)
 
@@ -83,7 +86,7 @@ def test_unbiased_and_converging(index):
     want = torch.cat([exact.main_effects[0], exact.pairs[0].flatten()])
     rmse = []
     for budget in (16, 40):
-        est = xattr.shapley_interaction_sampling(f, index=index, n_samples=budget, generator=1)(x.expand(400, -1))
+        est = stratified(f, index=index, n_samples=budget, generator=1)(x.expand(400, -1))
         got = torch.cat([est.main_effects, est.pairs.flatten(1)], 1)  # (R, entries)
         se = got.std(0) / math.sqrt(got.shape[0])
         assert ((got.mean(0) - want).abs() <= 4.5 * se + 1e-12).all()  # unbiased: every entry within 4.5 standard errors
@@ -128,19 +131,19 @@ def test_seeds_batches_chunks_and_outputs():
     model = mlp(34, out=2)
     f = xattr.target(model, 1)
     x = inputs(34, (3, 5))
-    method = xattr.shapley_interaction_sampling(f, index="k-SII", n_samples=14, generator=7)
+    method = stratified(f, index="k-SII", n_samples=14, generator=7)
     a, again = method(x), method(x)
     torch.testing.assert_close(a.pairs, again.pairs, atol=0, rtol=0)
     prefix = method(x[:2])
     torch.testing.assert_close(prefix.pairs, a.pairs[:2], atol=1e-12, rtol=0)
-    chunked = xattr.shapley_interaction_sampling(f, index="k-SII", n_samples=14, generator=7, chunk_size=5)(x)
+    chunked = stratified(f, index="k-SII", n_samples=14, generator=7, chunk_size=5)(x)
     torch.testing.assert_close(chunked.pairs, a.pairs, atol=1e-12, rtol=0)
-    other = xattr.shapley_interaction_sampling(f, index="k-SII", n_samples=14, generator=8)(x)
+    other = stratified(f, index="k-SII", n_samples=14, generator=8)(x)
     assert not torch.allclose(other.pairs, a.pairs)
-    both = xattr.shapley_interaction_sampling(xattr.target(model, xattr.outputs()), index="k-SII", n_samples=14, generator=7)(x)
+    both = stratified(xattr.target(model, xattr.outputs()), index="k-SII", n_samples=14, generator=7)(x)
     assert both.pairs.shape == (3, 2, 5, 5)
     torch.testing.assert_close(both.pairs[:, 1], a.pairs, atol=1e-12, rtol=0)  # the same draws for every output
-    g = xattr.shapley_interaction_sampling(f, n_samples=14, generator=torch.Generator().manual_seed(3))(x)
+    g = stratified(f, n_samples=14, generator=torch.Generator().manual_seed(3))(x)
     assert g.pairs.shape == (3, 5, 5)
 
 
@@ -148,7 +151,7 @@ def test_per_example_masks_at_a_full_budget_are_exact():
     f = xattr.target(mlp(35, d_in=6), 0)
     x = inputs(35, (2, 6))
     masks = torch.tensor([[0, 0, 1, 1, 2, 2], [5, 5, 5, 1, 1, 3]])
-    est = xattr.shapley_interaction_sampling(f, index="STII", n_samples=8, feature_mask=masks, generator=0)(x)
+    est = stratified(f, index="STII", n_samples=8, feature_mask=masks, generator=0)(x)
     exact = xattr.shapley_interactions(f, index="STII", feature_mask=masks)(x)
     torch.testing.assert_close(est.pairs, exact.pairs, atol=1e-12, rtol=0)
     torch.testing.assert_close(est.main_effects, exact.main_effects, atol=1e-12, rtol=0)
@@ -160,7 +163,7 @@ def test_bad_arguments_are_refused():
         with pytest.raises(ValueError, match="n_samples must be an int"):
             xattr.shapley_interaction_sampling(f, n_samples=bad)
     with pytest.raises(ValueError, match="n_samples >= 6"):
-        xattr.shapley_interaction_sampling(f, n_samples=5, generator=0)(inputs(36, (1, 5)))
+        stratified(f, n_samples=5, generator=0)(inputs(36, (1, 5)))
     with pytest.raises(ValueError, match="index must be one of"):
         xattr.shapley_interaction_sampling(f, index="Banzhaf")
     with pytest.raises(TypeError, match="generator"):

@@ -38,14 +38,23 @@ INDICES = ("k-SII", "SII", "STII", "FSII")
 EFFICIENT = ("k-SII", "STII", "FSII")
 
 
+# other spellings: any case, with or without "-", "_" or spaces, and the papers' names
+ALIASES = {"ksii": "k-SII", "sii": "SII", "stii": "STII", "sti": "STII", "shapleytaylor": "STII", "fsii": "FSII",
+           "fsi": "FSII", "faithshap": "FSII"}  # fmt: skip
+
+
 def check_index(index, order) -> str:
-    """The index's canonical name; refuses unknown indices and orders that are not positive ints."""
-    names = {name.lower(): name for name in INDICES}
-    if not isinstance(index, str) or index.lower() not in names:
-        raise ValueError(f"index must be one of {', '.join(repr(i) for i in INDICES)}, got {index!r}")
+    """The index's canonical name (`ALIASES`: "kSII", "k_sii", "Faith-SHAP", "Shapley-Taylor", ...
+    are accepted); refuses unknown indices and orders that are not positive ints."""
+    key = "".join(c for c in index.lower() if c not in "-_ ") if isinstance(index, str) else None
+    if key not in ALIASES:
+        raise ValueError(
+            f"index must be one of {', '.join(repr(i) for i in INDICES)} (any case, '-' and '_' optional; "
+            f"also 'Faith-SHAP', 'Shapley-Taylor'), got {index!r}"
+        )
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
         raise ValueError(f"order must be a positive int (2 for pairs), got {order!r}")
-    return names[index.lower()]
+    return ALIASES[key]
 
 
 @lru_cache(maxsize=None)
@@ -190,10 +199,22 @@ class Interactions:
 
     def top(self, n: int = 10, *, example: int = 0, output: int | None = None, order: int | None = None) -> list:
         """The ``n`` largest indices by magnitude of one example (and output, for many outputs), as
-        ``[((i, j, ...), value), ...]``; over all orders, or one ``order``."""
+        ``[((i, j, ...), value), ...]``; over all orders, or one ``order``. Ties keep the order
+        of `to_dict` (lower orders first, then `combinations` order)."""
         many = self.output.ndim == 2
-        if many and output is None:
-            raise ValueError(f"the model has {self.output.shape[1]} outputs: choose one with output=k")
+        rows = self.output.shape[0]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be an int >= 0 (how many indices to list), got {n!r}")
+        if isinstance(example, bool) or not isinstance(example, int) or not -rows <= example < rows:
+            raise ValueError(f"example must be an int in 0..{rows - 1} (the rows explained), got {example!r}")
+        if many:
+            k = self.output.shape[1]
+            if output is None:
+                raise ValueError(f"the model has {k} outputs: choose one with output=k")
+            if isinstance(output, bool) or not isinstance(output, int) or not -k <= output < k:
+                raise ValueError(f"output must be an int in 0..{k - 1} (the model's outputs), got {output!r}")
+        elif output is not None:
+            raise ValueError(f"the model has one output per example: leave output=None, got output={output!r}")
         orders = range(1, self.order + 1) if order is None else [self._check(order)]
         items = []
         for j in orders:

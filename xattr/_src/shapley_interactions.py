@@ -64,7 +64,8 @@ def shapley_interactions(
     [Interactions from all coalitions] (``B (2^F - 1)`` perturbed rows).
 
     Args (beyond the perturbation methods' shared ones, see ablation.py):
-      index: "k-SII", "SII", "STII" or "FSII" (any case).
+      index: "k-SII", "SII", "STII" or "FSII": any case, "-", "_" and spaces optional ("kSII"),
+        or the papers' names "Faith-SHAP" / "FSI", "Shapley-Taylor" / "STI".
       order: the largest set size k explained (2: pairs and main effects).
       max_features: refuse an example holding more features than this (the cost doubles with
         each one); group inputs into features with ``feature_mask``, or estimate with

@@ -1,4 +1,5 @@
-"""Shapley interaction indices estimated from coalitions sampled by size (SHAP-IQ style).
+"""Shapley interaction indices estimated from sampled coalitions: by regression (the default,
+NOTE: [Interaction regression] in interaction_regression.py) or stratified by size (SHAP-IQ style).
 
 NOTE: [Stratified interaction sampling]
 Every index of NOTE: [Interaction indices as weights on the game] (interaction_indices.py) is a
@@ -19,8 +20,11 @@ coalitions are split into strata by size, and of the budget of ``n_samples`` coa
     where G_j(s) = sum_{|L| = s} gamma_j(s, |L & T|) is known exactly (`stratum_totals`) and
     c = (v({}) + v(all)) / 2 is a constant per example and output: a control variate that
     takes the coalitions' common level out of the sampled sum without biasing it.
-So each stratum's sum, and the estimate, is unbiased, with a standard error ~ 1 / sqrt(M_s); it
-is not exactly efficient (the efficient indices' sums are f(x) - f(b) only in expectation). An
+So each stratum's sum, and the estimate, is unbiased, with a standard error ~ 1 / sqrt(M_s). It is
+exactly efficient for every draw (STII, FSII, k-SII): the index of the game that is 1 at one
+proper coalition L and 0 elsewhere sums to 0 over the sets of 1..k features, so L's weights
+gamma_j(|L|, |L & T|) sum to 0 over all T and orders, and so do the strata's totals G_j(s): every
+term but v({}) and v(all) drops out of the sum. An
 example's coalitions are drawn from its own generator (NOTE: [Explicit randomness]): as the
 argsort of (M, F_e) iid uniforms, a feature in the coalition when its rank is below the
 stratum's size, so an example gets the same coalitions in any batch and for any chunk size.
@@ -37,11 +41,17 @@ import torch
 from . import tree as T
 from .gradients import attribution_fn
 from .interaction_indices import Interactions, check_index, combinations, gamma_table, stratum_totals
+from .interaction_regression import check_terms, n_terms, regression
+from .kernel_sampling import paired_coalitions
 from .masks import FeatureSet, feature_sets, widen
 from .perturb import as_floating, evaluate
 from .sampling import row_seeds, streams
 from .shapley import _prepare
 from .shapley_interactions import combine, spread
+from .surrogate_fits import fit_budget
+from .warn import warn
+
+ESTIMATORS = ("regression", "stratified")
 
 
 def shapley_interaction_sampling(
@@ -50,6 +60,7 @@ def shapley_interaction_sampling(
     index: str = "k-SII",
     order: int = 2,
     n_samples: int = 1024,
+    estimator: str = "regression",
     baselines: Any = 0.0,
     feature_mask: Any = None,
     argnums: int | Sequence[int] = 0,
@@ -61,16 +72,23 @@ def shapley_interaction_sampling(
     """Shapley interaction indices estimated from ``n_samples`` coalitions per example.
 
     The indices of `shapley_interactions` ("k-SII", "SII", "STII", "FSII", sets of 1..``order``
-    features), each written as a weighted sum over the coalitions and estimated stratum by
-    stratum of coalition size: the small and large strata enumerated, the middle ones sampled
-    uniformly, with a control variate (NOTE: [Stratified interaction sampling]). Unbiased; exact
-    when ``n_samples >= 2^F``. Cost: ``B (n_samples - 1)`` perturbed rows (the full coalition
-    is f(x)).
+    features). ``estimator="regression"`` (default): KernelSHAP's paired coalitions (the outer
+    sizes enumerated, the rest drawn with their complements), the Faith-SHAP weighted least
+    squares fit of a degree-``order`` polynomial to them (FSII itself), and for the other indices
+    the polynomial's exact index plus the residual's, estimated from the same coalitions (NOTE:
+    [Interaction regression]); slightly biased, far lower error (see the docs). ``"stratified"``:
+    each index as a weighted sum over the coalitions, estimated stratum by stratum of coalition
+    size with a control variate (NOTE: [Stratified interaction sampling]); unbiased. Both are
+    exact when ``n_samples >= 2^F`` and exactly efficient for STII, FSII and k-SII. Cost:
+    ``B (n_samples - 1)`` perturbed rows at most (the full coalition is f(x)).
 
     Args (beyond the perturbation methods' shared ones, see ablation.py):
       index, order: as for `shapley_interactions`.
-      n_samples: coalitions per example, the empty and the full one included; at least F + 1
-        (one per coalition size) unless ``2^F`` is fewer.
+      n_samples: coalitions per example, the empty and the full one included. "stratified":
+        at least F + 1 (one per coalition size) unless ``2^F`` is fewer. "regression": any >= 2;
+        below about ``p + 2`` (p the sets of 1..order features) the fit is singular and its
+        minimum-norm solution is used.
+      estimator: "regression" or "stratified".
       generator: int seed, ``torch.Generator`` or None (NOTE: [Explicit randomness]); each
         example draws its own coalitions.
 
@@ -84,12 +102,17 @@ def shapley_interaction_sampling(
     index = check_index(index, order)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
         raise ValueError(f"n_samples must be an int >= 2 (the empty and the full coalition at least), got {n_samples!r}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args, baselines=baselines, feature_mask=feature_mask):
         selected, masks, n, base, out, aggregate = _prepare(f, args, nums, as_tuple, baselines, feature_mask)
         rows, device = out.shape[0], out.device
         sets = feature_sets(masks, n, rows)
+        if estimator == "regression":
+            return _regression(f, args, nums, index, order, n_samples, generator, masks, n, base, out, aggregate, sets,
+                               chunk_size, memory_budget, show_progress)  # fmt: skip
         plans = [plan(s.n, n_samples) for s in sets]
         (stream,) = streams(generator, 1)
         seeds = None if stream is None else row_seeds(stream, rows)
@@ -102,6 +125,32 @@ def shapley_interaction_sampling(
         return Interactions(index, order, n, by_order, out, vals[:, 0])  # copy 0: the empty coalition
 
     return attribution_fn(fn, f)
+
+
+def _regression(f, args, nums, index, order, n_samples, generator, masks, n, base, out, aggregate, sets, chunk_size,
+                memory_budget, show_progress) -> Interactions:  # fmt: skip
+    """``estimator="regression"``: NOTE: [Interaction regression] in interaction_regression.py."""
+    rows, device = out.shape[0], out.device
+    for s in sets:
+        check_terms(s.n, order)
+    short = [s.n for s in sets if n_samples - 2 < n_terms(s.n, order) and n_samples < 2**s.n]
+    if short:
+        warn(
+            f"n_samples={n_samples} leaves fewer coalitions than the {n_terms(max(short), order)} sets of 1..{order} of "
+            f"F={max(short)} features that estimator='regression' fits: the fit is singular and its minimum-norm "
+            f"solution is used. Use n_samples >= {n_terms(max(short), order) + 2} (or more) for a determined fit",
+            UserWarning,
+        )
+    (stream,) = streams(generator, 1)
+    seeds = None if stream is None else row_seeds(stream, rows)
+    budget = fit_budget(memory_budget, device)
+    drawn = [paired_coalitions(s, rows, n_samples, stream, seeds, device, torch.float64, budget) for s in sets]
+    z = widen([d[0] for d in drawn], sets, n, rows)
+    vals = as_floating(evaluate(f, args, nums, masks=masks, baselines=base, coalitions=z, aggregate=aggregate,
+                                chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress))  # fmt: skip
+    parts = [regression(index, order, s.pick(vals), s.pick(out), zs[:, 1:], ws) for s, (zs, ws) in zip(sets, drawn)]
+    by_order = {j: spread([p[j] for p in parts], sets, n, j, rows).to(vals.dtype) for j in range(1, order + 1)}
+    return Interactions(index, order, n, by_order, out, vals[:, 0])  # copy 0: the empty coalition
 
 
 def plan(n: int, budget: int) -> tuple[list[int], dict[int, int]]:
