@@ -32,7 +32,7 @@ import torch
 
 from .checks import warn_if_training
 from .masks import features
-from .sage_estimators import exact, loss_function, permutation
+from .sage_estimators import MIN_DRAWS, exact, loss_function, permutation
 from .sage_result import SageResult
 from .warn import warn
 
@@ -76,8 +76,9 @@ def sage(
         ids Y; the softmax probabilities are averaged over the background rows),
         "binary_cross_entropy" (Y in [0, 1]; sigmoid probabilities averaged), or a callable
         ``loss(mean_output, y) -> (B,)`` per-example losses, given the model's raw outputs
-        averaged over the background rows (so the model should output something whose average
-        means something: probabilities, not logits).
+        averaged over the background rows, in the model's own per-example shape (a (B, 1) output
+        stays (B, 1)), so the model should output something whose average means something:
+        probabilities, not logits. Labels, data and losses must be finite.
       X, Y: the data the importance is measured on, (N, ...) and (N, ...); draws are uniform
         over the N rows.
       background: (M, ...) rows like X's whose features fill in the unknown ones (the marginal
@@ -93,9 +94,12 @@ def sage(
         estimator; with ``convergence=None`` exactly this many.
       n_background: background rows averaged per coalition, drawn anew for each draw without
         replacement; None (default): all M rows (deterministic, the exact estimator's game).
-        The exact estimator always uses every row.
+        Fewer rows estimate another game, whose loss of an m-row average is larger, and whose
+        total is too (NOTE: [SAGE inner samples] in sage_estimators.py). The exact estimator
+        always uses every row.
       convergence: stop when the largest standard error < convergence * (max value - min
-        value), checked after each block (the paper suggests 0.05); None: run all draws.
+        value), checked after each block (the paper suggests 0.05); for a single feature, its
+        |value| stands for the spread. None: run all draws.
       block_size: draws per batched evaluation and between convergence checks (the criterion
         may stop a run from ``MIN_DRAWS`` = 32 draws on); examples per evaluation for "exact".
         The outputs of one block's evaluation are held at once.
@@ -120,6 +124,7 @@ def sage(
     """
     loss_fn = loss_function(loss)
     X, Y, bg = _check_data(X, Y, background)
+    _check_labels(loss, Y)
     _check_options(estimator, n_permutations, n_background, convergence, block_size, show_progress, bg.shape[0])
     warn_if_training(model)
     mask, ids, n_ids = _mask(X, feature_mask)
@@ -147,10 +152,14 @@ def sage(
             chunk_size, memory_budget, show_progress, generator,
         )  # fmt: skip
         if convergence is not None and not converged:
+            if draws < MIN_DRAWS:
+                why = (f"the criterion is checked from {MIN_DRAWS} draws on (fewer give no usable variance) and "
+                       f"n_permutations={n_permutations} is fewer")  # fmt: skip
+            else:
+                why = f"the largest standard error is {ratio:.3g} of the values' spread, not below convergence={convergence}"
             warn(
-                f"sage did not converge within n_permutations={n_permutations} draws: the largest standard error is "
-                f"{ratio:.3g} of the values' spread, not below convergence={convergence}. Raise n_permutations, or "
-                "read the standard errors."
+                f"sage did not converge within n_permutations={n_permutations} draws: {why}. Raise n_permutations, "
+                "or read the standard errors."
             )
     values, errors = _at_ids(phi, ids, n_ids), _at_ids(se, ids, n_ids)
     return SageResult(values, errors, float(l_empty), float(l_full), names, estimator, draws, converged, ratio)
@@ -173,7 +182,34 @@ def _check_data(X, Y, background):
         )
     if background.dtype != X.dtype and not (background.is_floating_point() and X.is_floating_point()):
         raise TypeError(f"background of dtype {background.dtype} cannot stand in for X of dtype {X.dtype}: give it X's dtype")
+    for name, t in (("X", X), ("background", background), ("Y", Y)):
+        _check_finite(t, name)
     return X, Y.to(X.device), background.to(device=X.device, dtype=X.dtype)
+
+
+def _check_finite(t: torch.Tensor, name: str) -> None:
+    """NaN or infinity in the data: refused here, in the user's terms (a NaN label made every value
+    NaN without a word; a NaN input met the engine's check on the model's outputs)."""
+    if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name} holds {bad} non-finite value(s) (nan/inf): SAGE needs finite data; drop or impute those rows")
+
+
+def _check_labels(loss, Y: torch.Tensor) -> None:
+    """Labels the built-in losses can take, checked against the user's Y (the losses see them
+    repeated per coalition). The class ids' range is checked with the logits (loss_function)."""
+    if loss == "cross_entropy" and (Y.is_floating_point() or Y.is_complex() or Y.ndim != 1):
+        raise ValueError(
+            f"loss='cross_entropy' needs Y as class ids of shape ({Y.shape[0]},) of an integer dtype, got {Y.dtype} "
+            f"{tuple(Y.shape)}; for probabilities of one class use 'binary_cross_entropy'"
+        )
+    if loss == "binary_cross_entropy":
+        t = Y.to(torch.float64)
+        if Y.is_complex() or bool(((t < 0) | (t > 1)).any()):
+            raise ValueError(
+                f"loss='binary_cross_entropy' needs Y in [0, 1] (labels 0/1 or probabilities), got values from "
+                f"{t.min().item():.4g} to {t.max().item():.4g}"
+            )
 
 
 def _positive_int(value, name: str) -> None:
@@ -213,6 +249,16 @@ def _mask(X: torch.Tensor, feature_mask):
             f"SAGE explains the model over the whole data set, so its features are the same for every example: give "
             f"feature_mask of one example's shape {tuple(X.shape[1:])} (or (1, ...)), got {tuple(m.shape)}"
         )
+    try:  # one example's ids (a leading 1 allowed): per-example masks were refused above
+        one_shape = m.shape[1:] if m.ndim == X.ndim else m.shape
+        fits = m.ndim <= X.ndim and torch.broadcast_shapes(one_shape, X.shape[1:]) == X.shape[1:]
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"feature_mask of shape {tuple(m.shape)} does not fit one example of X: give ids of one example's "
+            f"shape {tuple(X.shape[1:])} (or (1, ...), or a shape that broadcasts to it)"
+        )
     masks, n_ids = features((one,), m)
     m = masks[0]
     if m.ndim < X.ndim:
@@ -228,6 +274,8 @@ def _mask(X: torch.Tensor, feature_mask):
 def _names(feature_names, n_ids: int) -> list[str]:
     if feature_names is None:
         return [str(i) for i in range(n_ids)]
+    if isinstance(feature_names, (str, bytes)):
+        raise TypeError(f"feature_names must be a list of names, one per feature id, got the string {feature_names!r}")
     names = [str(s) for s in feature_names]
     if len(names) != n_ids:
         raise ValueError(f"{len(names)} feature_names for {n_ids} feature ids")
@@ -248,6 +296,7 @@ def _extra(model: Callable, extra_args: Sequence, n: int):
             args[i] = a
         return model(x, *args)
 
+    call.multi_output = True  # the engine keeps the output's shape: a (B, 1) output stays (B, 1) for a callable loss
     return per_example, call
 
 

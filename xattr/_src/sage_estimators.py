@@ -15,8 +15,27 @@ the coalitions and backgrounds are made per call. The running mean and variance 
 feature's samples are merged block by block (Welford's update for a block: Chan, Golub and
 LeVeque), the standard errors are sqrt(var / n), and after each block the run stops when the
 largest standard error is below ``convergence`` times the spread of the values (max - min), the
-paper's criterion (from `MIN_DRAWS` draws on: a handful of draws can agree by chance). With an int seed, draw i comes from its own generator seeded by (seed, i):
-the draws do not depend on ``block_size`` or ``chunk_size``, only where the run stops does.
+paper's criterion (from `MIN_DRAWS` draws on: a handful of draws can agree by chance). One
+feature (F = 1, a single group) has no spread, and the paper's ratio would be infinite for ever:
+its spread is taken as its |value| (the error relative to the value). Where all values are about
+equal (interchangeable features) the spread tends to 0 as fast as the errors and the run seldom
+converges: the warning then says so. With an int seed, draw i comes from its own generator
+seeded by (seed, i): the draws do not depend on ``block_size`` or ``chunk_size``, only where the
+run stops does.
+
+NOTE: [SAGE inner samples]
+With ``n_background`` = m < M every L_j of a draw, L_0 included, is the loss of the model
+averaged over the same m rows drawn for that draw, so the estimate is unbiased for the game
+L_m(S) = E[loss(mean of f(x_S, b_k) over m rows)], not for the game over all M rows (the exact
+estimator's). By Jensen's inequality L_m(S) >= L(S) for a convex loss, by more where the
+unknown features move the prediction more; L_m(all) = L(all). For the squared error the gap is
+E_x Var_b f(x_S, b) (M - m) / (m (M - 1)), the variance of a mean drawn without replacement, so
+the total is too large by Var_b f(b) (M - m) / (m (M - 1)). The paper (Algorithm 1) takes L_0
+from the mean prediction over all the data instead: the total is then right on average, but a
+feature the model ignores gets -(gap at {}) / F and every value moves by that much: neither way
+removes the bias of the values, and ours keeps the game a game (v({}) = 0, dummies 0).
+``n_background=None`` (the default) uses every row and has no such bias; docs/methods/sage.md
+measures it on the diabetes model.
 """
 
 from __future__ import annotations
@@ -64,10 +83,21 @@ def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if out.ndim == 2 or (out.ndim == 3 and out.shape[2] == 1):  # a softmax over one logit is 1: every loss 0
+        raise ValueError(
+            "loss='cross_entropy' needs logits (B, C) of C >= 2 classes, but the model gives one number per "
+            "example: for one logit of a binary classifier use loss='binary_cross_entropy'"
+        )
     if out.ndim != 3:
         raise ValueError(f"loss='cross_entropy' needs logits (B, C) from the model, got {tuple(out.shape[2:])} per example")
     if y.is_floating_point() or y.ndim != 1:
         raise ValueError(f"loss='cross_entropy' needs Y as class ids (N,) of an integer dtype, got {y.dtype} {tuple(y.shape)}")
+    c = out.shape[2]
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= c):
+        raise ValueError(
+            f"loss='cross_entropy': the model gives {c} logits, so Y must hold class ids 0 .. {c - 1}; got ids from "
+            f"{int(y.min())} to {int(y.max())}"
+        )
     # log of the averaged probability of the true class, exactly: logsumexp of log-softmax - log m
     logp = torch.log_softmax(_wide(out), dim=2)
     picked = logp.gather(2, y.long()[:, None, None].expand(-1, out.shape[1], 1))[..., 0]
@@ -92,7 +122,13 @@ def _custom(loss: Callable) -> Callable:
             raise ValueError(
                 f"the loss must return one loss per example, a tensor ({out.shape[0]},), got {got}: use reduction='none'"
             )
-        return _wide(value)
+        value = _wide(value)
+        if not bool(torch.isfinite(value).all()):
+            raise FloatingPointError(
+                f"the loss returned {int((~torch.isfinite(value)).sum())} non-finite value(s) (nan/inf) for the model's "
+                "averaged outputs: clamp probabilities away from 0 before a log, or average probabilities, not logits"
+            )
+        return value
 
     return fn
 
@@ -177,7 +213,8 @@ def permutation(call, loss_fn, X, Y, bg, mask, n, per_example, n_permutations, n
                 bar.update(samples.shape[0])
             if count >= max(2, MIN_DRAWS) or count == n_permutations:
                 se = (m2 / (count - 1) / count).sqrt() if count >= 2 else torch.full_like(mean, math.inf)
-                spread = float(mean.max() - mean.min())
+                # NOTE: [SAGE permutation draws in one evaluation]: one feature's spread is its |value|
+                spread = float(mean.max() - mean.min()) if n > 1 else float(mean.abs().max())
                 worst = float(se.max())
                 ratio = worst / spread if spread > 0 else (0.0 if worst == 0 else math.inf)
                 if bar is not None:

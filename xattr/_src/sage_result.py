@@ -4,6 +4,7 @@ pyplot)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,8 @@ class SageResult:
         estimator up to rounding, as every draw's samples telescope).
       std_errors: (F,) standard errors of the values (0 for the exact estimator).
       loss_empty: mean loss of the model's average prediction, no feature known (estimated
-        over the draws for the permutation estimator).
+        over the draws for the permutation estimator; with ``n_background`` m, the loss of an
+        m-row average, larger: NOTE: [SAGE inner samples] in sage_estimators.py).
       loss_full: mean loss of the model with every feature known.
       feature_names: one name per feature id.
       estimator: "permutation" or "exact".
@@ -49,22 +51,24 @@ class SageResult:
         return sorted(range(len(self.values)), key=lambda i: (-float(self.values[i]), i))
 
     def to_dict(self) -> dict:
-        """Plain Python numbers and lists (JSON-ready)."""
+        """Plain Python numbers and lists, strict JSON: a non-finite number (the infinite standard
+        errors and ratio of a single draw) becomes None."""
         return {
-            "values": self.values.tolist(),
-            "std_errors": self.std_errors.tolist(),
+            "values": [_finite(v) for v in self.values.tolist()],
+            "std_errors": [_finite(v) for v in self.std_errors.tolist()],
             "feature_names": list(self.feature_names),
-            "loss_empty": self.loss_empty,
-            "loss_full": self.loss_full,
-            "total": self.total,
+            "loss_empty": _finite(self.loss_empty),
+            "loss_full": _finite(self.loss_full),
+            "total": _finite(self.total),
             "estimator": self.estimator,
-            "n_draws": self.n_draws,
-            "converged": self.converged,
-            "ratio": self.ratio,
+            "n_draws": int(self.n_draws),
+            "converged": bool(self.converged),
+            "ratio": _finite(self.ratio),
         }
 
     def summary(self, top: int | None = None) -> str:
         """A table of the features by value, with standard errors and shares of the total."""
+        _check_top(top)
         ids = self.order()[: top if top is not None else len(self.values)]
         width = max([7] + [len(self.feature_names[i]) for i in ids])
         how = "exact" if self.estimator == "exact" else f"{self.n_draws} draws, largest std err {self.ratio:.2g} of the spread"
@@ -87,8 +91,7 @@ class SageResult:
 
         from ..viz.dataset import _bars, _done, _figure
 
-        if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
-            raise ValueError(f"top must be a positive int or None, got {top!r}")
+        _check_top(top)
         ids = self.order()[: top if top is not None else len(self.values)]
         values = self.values.numpy()[ids]
         err = 1.96 * self.std_errors.numpy()[ids]
@@ -100,3 +103,12 @@ class SageResult:
         ax.set_title(title or "SAGE global feature importance", fontsize=10)
         fig.tight_layout()
         return _done(fig, path, dpi)
+
+
+def _check_top(top) -> None:
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
+        raise ValueError(f"top must be a positive int or None, got {top!r}")
+
+
+def _finite(v: float):
+    return float(v) if math.isfinite(v) else None
