@@ -233,7 +233,7 @@ def test_attention_flow_rows_are_distributions_and_one_layer_is_rollout(seed, re
 
 
 def test_max_flow_on_a_textbook_graph():
-    from xattr._src.attention_maps import max_flow
+    from xattr._src.max_flow import max_flow
 
     # s=0, t=5: the classic CLRS network, maximum flow 23
     cap = np.zeros((6, 6))
