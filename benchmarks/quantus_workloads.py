@@ -14,6 +14,14 @@ copies Quantus drew (the timed xattr call draws its own: the same work).
 - monotonicity correlation: every pixel alone set to the image mean (64 model rows per example).
 - local Lipschitz estimate and max-sensitivity: 10 gaussian (Quantus) copies; agreement on
   Quantus' own copies replayed through ``perturb_func``.
+- removal curves (tests/test_vs_quantus_more.py): pixel flipping (64 single-pixel steps),
+  region perturbation and selectivity (16 patches of 2x2) as xattr's deletion curve, ROAD at 8
+  percentages (Quantus' rounded-down counts passed as xattr's fractions, no noise), of random
+  maps (no ties; Quantus orders ties as numpy's quicksort does).
+- infidelity: Quantus' cumulative 2x2 patches to the black baseline (16 copies), built in torch
+  as xattr's ``perturb_func``.
+- model-parameter randomisation: cascading over the 3 layers, Spearman of |a|; agreement on the
+  randomized models Quantus explains (it draws other weights).
 
     python -m benchmarks.quantus_workloads                    # time them all, print a table
     python -m benchmarks.quantus_workloads --only Lipschitz   # those whose name contains it
@@ -179,13 +187,141 @@ def _worst(quantus, model, x, y, attr) -> list[Workload]:
     return out
 
 
+ROAD_PERCENT = (10, 20, 30, 40, 45, 50, 60, 70)
+PATCH = 2
+
+
+def _removal(quantus, model, x, y) -> list[Workload]:
+    a = torch.randn(x.shape, generator=torch.Generator().manual_seed(SEED + 1))  # no ties
+    f = xattr.target(model, y)
+    base = x.amin((1, 2, 3), keepdim=True)
+    n_pix = x[0].numel()
+    mask = M.patch_mask(tuple(x.shape[1:]), (1, PATCH, PATCH))
+    n_patch = int(mask.max()) + 1
+    with torch.no_grad():
+        fx = model(x)[torch.arange(x.shape[0]), y][:, None]
+    flip = lambda: M.deletion(f, a, baselines=base)(x)  # noqa: E731
+    patches = lambda: M.deletion(f, a, feature_mask=mask, baselines=base)(x)  # noqa: E731
+    floored = [int(p * n_pix / 100) / n_pix for p in ROAD_PERCENT]
+    road = M.road(lambda v, t: (model(v).argmax(1) == t).double(), a, percentages=floored, noise=0.0)
+    q_flip = quantus.PixelFlipping(normalise=False, disable_warnings=True)
+    q_region = quantus.RegionPerturbation(patch_size=PATCH, regions_evaluation=n_patch, normalise=False, disable_warnings=True)
+    q_sel = quantus.Selectivity(patch_size=PATCH, normalise=False, disable_warnings=True)
+    q_road = quantus.ROAD(percentages=list(ROAD_PERCENT), noise=0.0, normalise=False, disable_warnings=True)
+
+    def road_theirs():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = q_road(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), channel_first=True)
+        return torch.tensor(list(out.values()), dtype=torch.float64)
+
+    rows = lambda k: x.repeat(k, 1, 1, 1)  # noqa: E731
+    note = "xattr's deletion curve without its first (unperturbed) point; each image's smallest pixel as the baseline"
+    return [
+        Workload(f"pixel flipping {n_pix} steps vs Quantus (digits CNN, {ROWS} rows)", "other-library", flip,
+                 lambda: _call(q_flip, model, x, y, a, softmax=False), forward_floors(model, rows(n_pix + 1), 4096),
+                 lambda: exact(flip().scores[:, 1:].double(), _call(q_flip, model, x, y, a, softmax=False), 1e-5), "exact, tol 1e-5",
+                 notes=[f"pixel flipping vs Quantus: {note}; floor: one no-grad forward of the {(n_pix + 1) * ROWS} rows, prebuilt."]),
+        Workload(f"region perturbation {n_patch} patches {PATCH}x{PATCH} vs Quantus (digits CNN, {ROWS} rows)", "other-library",
+                 lambda: fx - patches().scores[:, 1:], lambda: _call(q_region, model, x, y, a, softmax=False),
+                 forward_floors(model, rows(n_patch + 1), 4096),
+                 lambda: exact((fx - patches().scores[:, 1:]).double(), _call(q_region, model, x, y, a, softmax=False), 1e-5),
+                 "exact, tol 1e-5", notes=[f"region perturbation vs Quantus: f(x) minus {note}, patch_mask features."]),
+        Workload(f"selectivity {n_patch} patches {PATCH}x{PATCH} vs Quantus (digits CNN, {ROWS} rows)", "other-library", patches,
+                 lambda: _call(q_sel, model, x, y, a, softmax=False), forward_floors(model, rows(n_patch + 1), 4096),
+                 lambda: exact(patches().scores[:, 1:].double(), _call(q_sel, model, x, y, a, softmax=False), 1e-5),
+                 "exact, tol 1e-5", notes=[f"selectivity vs Quantus: {note}, patch_mask features."]),
+        Workload(f"ROAD {len(ROAD_PERCENT)} percentages vs Quantus (digits CNN, {ROWS} rows)", "other-library",
+                 lambda: road(x, y), road_theirs, forward_floors(model, rows(len(ROAD_PERCENT)), 4096),
+                 lambda: exact(road(x, y).scores.mean(0), road_theirs(), 1e-12), "exact accuracy per percentage",
+                 notes=["ROAD vs Quantus: noise 0, Quantus' rounded-down pixel counts passed to xattr as fractions; Quantus "
+                        "returns the accuracy per percentage, xattr each example's 0/1 correctness (their mean); floor: one "
+                        "no-grad forward of the imputed rows, without the imputation."]),
+    ]  # fmt: skip
+
+
+def _patch_copies(x: torch.Tensor, base: torch.Tensor, p: int) -> torch.Tensor:
+    """Example-major copies (B K, ...): copy k has the first k + 1 p x p patches of the row-major
+    grid set to ``base`` (B, 1, 1, 1), as Quantus' Infidelity perturbs."""
+    keep = M.patch_mask(tuple(x.shape[1:]), (1, p, p))[0]
+    k = int(keep.max()) + 1
+    gone = keep[None] <= torch.arange(k).reshape(k, 1, 1, 1)  # (K, C, H, W)
+    return torch.where(gone[None], base.unsqueeze(1), x.unsqueeze(1)).reshape((-1,) + tuple(x.shape[1:]))
+
+
+def _infidelity(quantus, model, x, y, attr) -> list[Workload]:
+    a = attr(x).detach()
+    base = x.amin((1, 2, 3), keepdim=True)
+    copies = _patch_copies(x, base, PATCH)
+    k = copies.shape[0] // x.shape[0]
+    inf = M.infidelity(xattr.target(model, y), a, lambda v: _patch_copies(v[::k], base, PATCH), n_perturb_samples=k)
+    q_inf = quantus.Infidelity(perturb_patch_sizes=[PATCH], n_perturb_samples=1, disable_warnings=True)
+    return [Workload(
+        f"infidelity {k} cumulative {PATCH}x{PATCH} patches vs Quantus (digits CNN, input x gradient, {ROWS} rows)", "other-library",
+        lambda: inf(x), lambda: _call(q_inf, model, x, y, a), forward_floors(model, copies, 4096),
+        lambda: exact(inf(x).double(), _call(q_inf, model, x, y, a), 1e-5), "exact, tol 1e-5",
+        notes=[f"infidelity vs Quantus: Quantus' copies (the first 1..{k} patches to the black baseline) built in torch as "
+               f"xattr's perturb_func; floor: one no-grad forward of the {k * ROWS} copies."],
+    )]  # fmt: skip
+
+
+class _Models:
+    """input x gradient as a Quantus explain_func, keeping every model it explains."""
+
+    def __init__(self):
+        self.models = []
+
+    def __call__(self, model, inputs, targets, **kw):
+        import copy  # noqa: PLC0415
+
+        self.models.append(copy.deepcopy(model))
+        t = torch.as_tensor(inputs, dtype=torch.float32)
+        return xattr.input_x_gradient(xattr.target(model, torch.as_tensor(targets)))(t).detach().numpy()
+
+
+def _mprt(quantus, model, x, y) -> list[Workload]:
+    a = xattr.input_x_gradient(xattr.target(model, y))(x).detach()
+    check = lambda: M.randomization_check(model, lambda m: xattr.input_x_gradient(xattr.target(m, y)), x,  # noqa: E731
+                                          similarity=("spearman_abs",), generator=SEED)  # fmt: skip
+    q_mprt = quantus.MPRT(disable_warnings=True)
+
+    def theirs(ex=None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return q_mprt(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), channel_first=True,
+                          explain_func=ex or _Models())  # fmt: skip
+
+    def agree():
+        ex = _Models()
+        out = theirs(ex)
+        layers = check().layers
+        if list(out) != ["original"] + layers:
+            return f"layers differ: {list(out)} vs {layers}", False
+        orig = xattr.input_x_gradient(xattr.target(ex.models[0], y))(x)
+        ours = torch.stack([M.spearman(orig, xattr.input_x_gradient(xattr.target(m, y))(x), abs=True)
+                            for m in ex.models[1:]]).double()  # fmt: skip
+        text, ok = exact(ours, torch.tensor(np.stack([out[n] for n in layers]), dtype=torch.float64), 1e-6)
+        return f"same layers ({', '.join(layers)}); Spearman of |a| on Quantus' randomized models: {text}", ok
+
+    fwd = fwd_bwd(model, x, _one_hot(y, 1, 10))
+    n_maps = 1 + len(check().layers)
+    return [Workload(
+        f"model-parameter randomisation, cascading, {n_maps - 1} layers vs Quantus (digits CNN, input x gradient, {ROWS} rows)",
+        "other-library", check, theirs, {f"{n_maps} fwd+bwd": lambda: [fwd() for _ in range(n_maps)]}, agree,
+        "same layer order; Quantus' scores equal xattr's spearman_abs on the models Quantus randomized (different weights)",
+        notes=["MPRT vs Quantus: both re-initialise with PyTorch's default initialisers from their own generators; "
+               f"floor: {n_maps} fwd+bwd of the {ROWS} rows (the attributions of the trained and each randomized model)."],
+    )]  # fmt: skip
+
+
 def build(device: str = "cpu") -> list[Workload]:
     """The Quantus workloads (CPU only: Quantus takes numpy arrays)."""
     quantus = import_quantus()
     if quantus is None:
         return [Workload("vs Quantus", "other-library", None, None, {}, None, "", skip="quantus is not installed")]
     model, x, y, attr = _setup()
-    return _maps(quantus, model, x, y) + _faithfulness(quantus, model, x, y, attr) + _worst(quantus, model, x, y, attr)
+    return (_maps(quantus, model, x, y) + _faithfulness(quantus, model, x, y, attr) + _worst(quantus, model, x, y, attr)
+            + _removal(quantus, model, x, y) + _infidelity(quantus, model, x, y, attr) + _mprt(quantus, model, x, y))
 
 
 def main(argv=None) -> int:

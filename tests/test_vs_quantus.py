@@ -20,11 +20,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 import xattr
 from xattr import metrics as M
 from xattr.testing.vision import models
+from quantus_common import Recorder, close, digits_mlp, ixg, predicted, run
 
 models()  # torchvision's CPU wheels need this repair before quantus imports zennit, which imports torchvision
 quantus = pytest.importorskip("quantus")
@@ -32,64 +32,13 @@ quantus = pytest.importorskip("quantus")
 B, SIDE = 4, 8
 
 
-class Recorder(nn.Module):
-    """The model, keeping a copy of every batch it is called on."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.seen = model, []
-
-    def forward(self, v):
-        self.seen.append(v.detach().clone())
-        return self.model(v)
-
-
 @pytest.fixture(scope="module")
 def digits():
-    """A digits MLP (64-32-10, 150 full-batch Adam steps, seeded), 4 held-out digits (1, 8, 8) in
-    [0, 1] and the same shifted by 0.25 (no pixel at 0), their predicted classes."""
-    from sklearn.datasets import load_digits
-
-    data, labels = load_digits(return_X_y=True)
-    images = torch.tensor(data, dtype=torch.float32).reshape(-1, 1, SIDE, SIDE) / 16
-    labels = torch.tensor(labels)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-        opt = torch.optim.Adam(model.parameters(), 1e-2)
-        for _ in range(150):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(images[:1500]), labels[:1500]).backward()
-            opt.step()
-    model.eval()
-    with torch.no_grad():
-        assert (model(images[1500:]).argmax(1) == labels[1500:]).float().mean() > 0.85
+    """The digits MLP (quantus_common.digits_mlp), 4 held-out digits (1, 8, 8) in [0, 1] and the
+    same shifted by 0.25 (no pixel at 0)."""
+    model, images, _ = digits_mlp()
     x = images[1500:1500 + B].clone()
     return model, x, x + 0.25
-
-
-def predicted(model, x):
-    with torch.no_grad():
-        return model(x).argmax(1)
-
-
-def ixg(model, x, y):
-    return xattr.input_x_gradient(xattr.target(model, y))(x)
-
-
-def run(metric, model, x, y, a, s=None, explain=None, **call):
-    out = metric(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=None if a is None else a.numpy(),
-                 s_batch=None if s is None else s.numpy().copy(), explain_func=explain, channel_first=True, **call)
-    return torch.as_tensor(np.asarray(list(out.values()) if isinstance(out, dict) else out, dtype=np.float64))
-
-
-def close(ours, theirs, tol=1e-5):
-    ours, theirs = torch.as_tensor(ours, dtype=torch.float64), torch.as_tensor(theirs, dtype=torch.float64)
-    assert ours.shape == theirs.shape
-    assert torch.equal(ours.isnan(), theirs.isnan()), (ours, theirs)
-    ok = ~ours.isnan()
-    gap = float((ours[ok] - theirs[ok]).abs().max()) if ok.any() else 0.0
-    assert gap <= tol * max(1.0, float(theirs[ok].abs().max())), (ours, theirs)
 
 
 def masks(b=B):
