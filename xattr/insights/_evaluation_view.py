@@ -24,6 +24,21 @@ values (0.5 when n is 1), and the example's spread is ``max q - min q`` over the
 a finite value there (none when fewer than two have one). A spread near 1 means one method
 finds the example among its best and another among its worst. The spread is the same for
 either direction, and for any increasing transform of one method's values.
+
+NOTE: [Curves on the explorer page]
+For every curve metric of the evaluation (deletion, insertion, ROAD, randomization: NOTE:
+[Curves of an evaluation] in `xattr/metrics/_evaluation_curves.py`) the page holds what
+`Evaluation.mean_curves` gives, each method's mean curve with its 95% bootstrap band per point
+(over all the examples, with the table's seed and resamples), and what `Evaluation.curves`
+gives, each example's curve per method, so the page can overlay an example's curves on the
+means. When the rerun half of the metrics (randomization) and the shared half both have
+curves, the joined `Evaluation` keeps both halves' curves. Curve numbers are stored as the
+page's other numbers (6 significant digits, None for nan); the points x once per metric when
+every example shares them (the usual case), else per method and example too. The per-example
+curves are the page's bulk: M methods x N examples x S points per metric (x2 with per-example
+x). Past ``MAX_CURVE_VALUES`` of them over all curve metrics, the page keeps the curves of
+every k-th example only (#0, #k, #2k, ...; k the smallest stride that fits) and says so; the
+means and bands stay over every example.
 """
 
 from __future__ import annotations
@@ -40,6 +55,7 @@ from ..metrics._evaluation import N_BOOT, Evaluation, average_ranks
 from ._payload import num
 
 LEVEL = 0.95
+MAX_CURVE_VALUES = 50_000  # per-example curve numbers on one page (NOTE: [Curves on the explorer page])
 
 
 def entries(evaluation, masks, n: int) -> dict | None:
@@ -95,7 +111,8 @@ def run(chosen: dict, model, methods: Mapping, inputs: torch.Tensor, targets: to
         for k, metric in enumerate(ev.metrics):
             values[:, names.index(metric)] = ev.values[:, k]
     directions = {k: e.direction for k, e in chosen.items()}
-    return Evaluation(list(attrs), names, directions, values, parts[0].targets, seed=parts[0].seed)
+    curves = {m: ev._curve_set(m) for ev in parts for m in ev.curve_metrics}  # both halves' curves
+    return Evaluation(list(attrs), names, directions, values, parts[0].targets, seed=parts[0].seed, curves=curves)
 
 
 def positions(values, direction: str) -> list:
@@ -116,11 +133,66 @@ def disagreement(values: torch.Tensor, direction: str) -> list:
     return out
 
 
+def shared_x(x: torch.Tensor):
+    """The points of every finite curve of ``x`` (M, N, S) when they are all the same, else None."""
+    rows = x.reshape(-1, x.shape[-1])
+    rows = rows[~torch.isnan(rows).any(1)]
+    if len(rows) and bool((rows == rows[0]).all()):
+        return rows[0]
+    return None
+
+
+def curve_examples(n: int, per_example: int, limit: int) -> list:
+    """The examples whose curves the page embeds: all of them when ``n * per_example`` numbers
+    fit in ``limit``, else every k-th from #0 with the smallest stride k that fits (at least #0)."""
+    if n * per_example <= limit:
+        return list(range(n))
+    keep = max(1, limit // per_example)
+    return list(range(0, n, math.ceil(n / keep)))
+
+
+def _rows(t: torch.Tensor) -> list:
+    return [[num(v) for v in row] for row in t.tolist()]
+
+
+def curves_payload(ev: Evaluation, limit: int | None = None) -> tuple[dict, dict | None]:
+    """(metric -> its ``curve`` entry, the page's ``curves`` entry or None): the mean curves
+    with their bands and the embedded examples' curves (NOTE: [Curves on the explorer page])."""
+    limit = MAX_CURVE_VALUES if limit is None else limit
+    sets = {m: ev._curve_set(m) for m in ev.curve_metrics}
+    if not sets:
+        return {}, None
+    n = int(ev.values.shape[2])
+    shared = {m: shared_x(c.x) for m, c in sets.items()}
+    per_example = sum(c.y.shape[0] * c.y.shape[2] * (1 if shared[m] is not None else 2) for m, c in sets.items())
+    keep = curve_examples(n, per_example, limit)
+    out = {}
+    for m, c in sets.items():
+        bands = ev.mean_curves(m, LEVEL, N_BOOT)
+        out[m] = {
+            "rule": c.rule,
+            "x_label": c.x_label,
+            "y_label": c.y_label,
+            "ticks": None if c.ticks is None else list(c.ticks),
+            "x": None if shared[m] is None else [num(v) for v in shared[m].tolist()],
+            "mean": [{"x": [num(v) for v in b.x.tolist()], "mean": [num(v) for v in b.mean.tolist()],
+                      "low": [num(v) for v in b.low.tolist()], "high": [num(v) for v in b.high.tolist()], "n": b.n}
+                     for b in bands.values()],  # fmt: skip
+            "y": [_rows(c.y[i, keep]) for i in range(len(ev.methods))],
+            "ex_x": None if shared[m] is not None else [_rows(c.x[i, keep]) for i in range(len(ev.methods))],
+        }  # fmt: skip
+    stride = keep[1] - keep[0] if len(keep) > 1 else (1 if n == 1 else n)
+    return out, {"examples": keep, "of": n, "stride": stride, "values": len(keep) * per_example, "limit": limit}
+
+
 def payload(ev: Evaluation) -> dict:
     """The page's ``evaluation`` entry: per metric (in order) its direction, each method's cell
-    [mean, low, high, n] and rank, the best methods, and per method and example the value, its
-    place among the methods there, and the examples' disagreement spreads."""
+    [mean, low, high, n] and rank, the best methods, per method and example the value, its
+    place among the methods there, the examples' disagreement spreads, and for a curve metric
+    its ``curve`` (None for the others); ``curves`` says which examples' curves are embedded
+    (None without curve metrics; NOTE: [Curves on the explorer page])."""
     table, ranks = ev.table(LEVEL, N_BOOT), ev.ranks()
+    curves, embedded = curves_payload(ev)
     metrics = []
     for k, metric in enumerate(ev.metrics):
         d = ev.directions[metric]
@@ -138,10 +210,12 @@ def payload(ev: Evaluation) -> dict:
             "values": [[num(v) for v in row.tolist()] for row in vals],
             "place": [[num(p[i]) for p in places] for i in range(len(ev.methods))],
             "spread": [None if s is None else num(s) for s in disagreement(vals, d)],
+            "curve": curves.get(metric),
         })  # fmt: skip
     return {
         "n": int(ev.values.shape[2]),
         "level": LEVEL,
         "interval": f"{round(100 * LEVEL)}% percentile bootstrap of the mean over examples, {N_BOOT} resamples, seed {ev.seed}",
         "metrics": metrics,
+        "curves": embedded,
     }

@@ -15,10 +15,15 @@ names, so their callers reach the wrapped ones. It adds:
   (the spread of NOTE: [Evaluation on the explorer page] in `_evaluation_view`, largest first,
   then by index; examples without a spread last), each card then showing its spread;
 - in the detail panel, under each method's map, its value under every metric on this example
-  and its place among the methods there.
+  and its place among the methods there;
+- one colour per method (matplotlib's tab10, as `Evaluation.plot_curves` draws them), shown as a
+  swatch before its name in the table and used by the curves (`_page_curves`, written after
+  this script when the evaluation has a curve metric).
 """
 
 from __future__ import annotations
+
+from . import _page_curves
 
 CSS = """
 #evaluation[hidden]{display:none}
@@ -29,6 +34,7 @@ table.evaltable td.best{font-weight:700;background:#e7f3e7}
 #evaluation button{margin:0 8px 8px 0}
 table.evals{margin-top:4px}table.evals tr.best td{font-weight:700}
 .spread{color:#8a5a00}
+.swatch{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:5px;vertical-align:baseline}
 """
 
 CONTROLS = (
@@ -39,6 +45,9 @@ MAIN = '<div id="evaluation" hidden></div>\n'
 
 JS = r"""
 var ARROW = {higher: "\u2191", lower: "\u2193"};
+var PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+function mcolor(m) { return PALETTE[m % PALETTE.length]; }
+function swatch(m) { var s = el("span", "swatch"); s.style.background = mcolor(m); return s; }
 state.order = "";
 function evfmt(v) {
   if (v === null) return "n/a";
@@ -54,8 +63,10 @@ function renderEvaluation() {
   E.metrics.forEach(function (k) { head.appendChild(el("th", null, metricHead(k))); });
   t.appendChild(head);
   D.methods.forEach(function (name, i) {
-    var tr = el("tr");
-    tr.appendChild(el("th", null, name));
+    var tr = el("tr"), th = el("th");
+    th.appendChild(swatch(i));
+    th.appendChild(el("span", null, name));
+    tr.appendChild(th);
     E.metrics.forEach(function (k) {
       var c = k.cells[i], best = k.best.indexOf(i) >= 0;
       var td = el("td", best ? "best" : null, evfmt(c[0]) + (c[0] === null ? "" : " [" + evfmt(c[1]) + ", " + evfmt(c[2]) + "]"));
@@ -156,4 +167,6 @@ def parts(data: dict) -> tuple[str, str, str, str]:
     """(CSS, controls markup, main markup, script) for the page: all empty without an evaluation."""
     if data.get("evaluation") is None:
         return "", "", "", ""
-    return CSS, CONTROLS, MAIN, JS
+    if data["evaluation"].get("curves") is None:  # no curve metric: no curves
+        return CSS, CONTROLS, MAIN, JS
+    return CSS + _page_curves.CSS, CONTROLS, MAIN, JS + _page_curves.JS
