@@ -205,8 +205,9 @@ def explore(
         score every method with `xattr.metrics.evaluate` (True: its default metrics) on the same
         inputs and targets, and add an "evaluation" view (the method x metric table of means
         and 95% bootstrap intervals, best per metric marked), each method's scores next to its
-        map in the detail panel, and an "Order" list of the examples where the methods
-        disagree most. The metrics that only read attributions use the page's own; those
+        map in the detail panel, the mean curves of the curve metrics (deletion, insertion,
+        ROAD, randomization) with the selected example's own (NOTE: [Curves on the explorer
+        page]), and an "Order" list of the examples where the methods disagree most. The metrics that only read attributions use the page's own; those
         that call the method again rerun it (NOTE: [Evaluation on the explorer page] in
         `_evaluation_view`). False (the default): no evaluation, and the page is unchanged.
       masks: (N, ...) ground-truth masks for the evaluation's localization entries.
