@@ -209,6 +209,7 @@ def layer_gradient_shap(
     chunk_size: int | None = None,
     multiply_by_inputs: bool = True,
     return_delta: bool = False,
+    return_std_error: bool = False,
 ) -> Callable:
     """Gradient SHAP at a layer: ``E[(h(x + e) - h(b)) * dF/dh(b + a (x + e - b))]``.
 
@@ -223,9 +224,12 @@ def layer_gradient_shap(
       multiply_by_inputs: False drops the ``(h(x + e) - h(b))`` factor (the expected layer gradient).
       return_delta: also return each sample's ``sum(a_s) - (F(x + e_s) - F(b_s))``, shape
         (B * n_samples,) or (B * n_samples, K), example-major (Captum's layout).
+      return_std_error: also return each element's Monte Carlo standard error, last, as
+        ``xattr.gradient_shap`` does.
 
     Returns:
-      ``fn(*args)`` giving a tree like h (K axis for ``xattr.outputs``), or ``(attributions, delta)``.
+      ``fn(*args)`` giving a tree like h (K axis for ``xattr.outputs``), or ``(attributions, delta)``,
+      with the standard errors appended when ``return_std_error``.
 
     Example:
       >>> split = xattr.at_layer(xattr.target(model, 3), model.conv2)
@@ -248,6 +252,6 @@ def layer_gradient_shap(
     at_alpha.__wrapped__ = split  # lets monte_carlo find the model for its train-mode warning
     sample = shap_samples(
         at_alpha, argnums=argnums, baselines=baselines, n_samples=n_samples, stdevs=stdevs, generator=generator,
-        chunk_size=chunk_size, return_delta=return_delta,
+        chunk_size=chunk_size, return_delta=return_delta, return_std_error=return_std_error,
     )  # fmt: skip
     return attribution_fn(sample, split)

@@ -137,6 +137,7 @@ def gradient_shap(
     chunk_size: int | None = None,
     multiply_by_inputs: bool = True,
     return_delta: bool = False,
+    return_std_error: bool = False,
 ) -> Callable:
     """Gradient SHAP (expected gradients): ``E[(x + e - b) * df(b + a (x + e - b))/dx]``.
 
@@ -157,9 +158,14 @@ def gradient_shap(
         (B * n_samples,), or (B * n_samples, K), example-major (example i's samples at rows
         i * n_samples ... (i + 1) * n_samples - 1), which is Captum's layout. Costs one extra
         forward pass at the noisy inputs and one at the baselines per sample.
+      return_std_error: also return each element's Monte Carlo standard error, ``sqrt(s^2 / S)``
+        with s^2 the unbiased variance of the S per-sample attributions, from the same draws
+        (NOTE: [Standard errors of Monte Carlo attributions] in std_error.py); n_samples >= 2.
 
     Returns:
-      ``fn(*args)`` giving a tree like ``args[argnums]``, or ``(attributions, delta)``.
+      ``fn(*args)`` giving a tree like ``args[argnums]``, or ``(attributions, delta)``,
+      ``(attributions, std_error)`` or ``(attributions, delta, std_error)``: the standard error,
+      a tree like the attributions, always last.
 
     Example:
       >>> gs = xattr.gradient_shap(xattr.target(model, 3), baselines=x_train[:50], n_samples=25, generator=0)
@@ -182,14 +188,14 @@ def gradient_shap(
     sample = shap_samples(
         at_alpha, argnums=argnums, baselines=baselines, n_samples=n_samples, stdevs=stdevs,
         generator=generator, chunk_size=chunk_size, return_delta=return_delta,
+        return_std_error=return_std_error,
     )  # fmt: skip
 
     def fn(*args):
         out = sample(*args)
-        if not return_delta:
-            return out if as_tuple else out[0]
-        attr, delta = out
-        return (attr if as_tuple else attr[0]), delta
+        parts = out if return_delta or return_std_error else (out,)  # attr[, delta][, std error]
+        parts = tuple(p if as_tuple or (return_delta and i == 1) else p[0] for i, p in enumerate(parts))
+        return parts if len(parts) > 1 else parts[0]
 
     return _wrap(fn, f)
 

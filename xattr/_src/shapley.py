@@ -36,6 +36,7 @@ from .gradients import attribution_fn
 from .masks import FeatureSet, feature_sets, features, place, scatter_features, widen
 from .perturb import Coalitions, as_floating, baseline_tree, evaluate, outputs_at
 from .sampling import per_example, row_seeds, streams
+from .std_error import check_std_error, mean_and_std_error
 
 MAX_FEATURES = 20  # exact Shapley values: 2^20 coalitions, about a million model rows per example
 
@@ -88,6 +89,7 @@ def shapley_value_sampling(
     chunk_size: int | None = None,
     memory_budget: int | None = None,
     show_progress: bool = False,
+    return_std_error: bool = False,
 ) -> Callable:
     """Shapley values estimated from random feature permutations (Strumbelj & Kononenko 2010).
 
@@ -105,16 +107,21 @@ def shapley_value_sampling(
       antithetic: pair each permutation with its reverse (S/2 drawn, each used twice, an odd S
         drops the last reverse); reduces the variance when contributions grow or shrink with
         the coalition's size.
+      return_std_error: also return each feature's Monte Carlo standard error, ``sqrt(s^2 / S)``
+        with s^2 the unbiased variance of its S marginal contributions (antithetic: of the S/2
+        pair means, over S/2), from the same evaluations (NOTE: [Standard errors of Monte Carlo
+        attributions] in std_error.py); n_samples >= 2 (antithetic: even, >= 4).
 
     Returns:
       ``fn(*args, baselines=..., feature_mask=...)`` like ``args[argnums]`` (a K axis after the
-      batch for ``xattr.outputs``).
+      batch for ``xattr.outputs``), or ``(attributions, std_error)``, the second alike.
 
     Example:
       >>> attr = xattr.shapley_value_sampling(xattr.target(model, 1), n_samples=50, generator=0)(x)
     """
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    check_std_error(return_std_error, n_samples, "shapley_value_sampling", pairs=antithetic)
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args, baselines=baselines, feature_mask=feature_mask):
@@ -128,8 +135,12 @@ def shapley_value_sampling(
         coalitions = Coalitions(copies, lambda s, e: _chains(ranks, sets, n, rows, s, e), shared=rows == 1)
         vals = as_floating(evaluate(f, args, nums, masks=masks, baselines=base, coalitions=coalitions, aggregate=aggregate,
                                     chunk_size=chunk_size, memory_budget=memory_budget, show_progress=show_progress))  # fmt: skip
-        phi = place([_contributions(s.pick(vals), s.pick(out), rank) for s, rank in zip(sets, ranks)], sets, n, dim=1)
-        return _spread(phi, masks, selected, as_tuple)
+        pairs = antithetic if return_std_error else None
+        parts = [_contributions(s.pick(vals), s.pick(out), rank, pairs) for s, rank in zip(sets, ranks)]
+        phi = _spread(place([m for m, _ in parts], sets, n, dim=1), masks, selected, as_tuple)
+        if not return_std_error:
+            return phi
+        return phi, _spread(place([se for _, se in parts], sets, n, dim=1), masks, selected, as_tuple)
 
     return attribution_fn(fn, f)
 
@@ -152,10 +163,11 @@ def _chains(ranks: list[torch.Tensor], sets: list[FeatureSet], n: int, rows: int
     return widen(parts, sets, n, rows, copies=stop - start)
 
 
-def _contributions(vals: torch.Tensor, out: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
-    """Each feature's mean marginal contribution along the chains of ``rank`` (rows, S, F): (rows,
+def _contributions(vals: torch.Tensor, out: torch.Tensor, rank: torch.Tensor, pairs: bool | None = None):
+    """Each feature's mean marginal contribution along the chains of ``rank`` (rows, S, F), (rows,
     F[, O]), from the model at the chains' copies, vals (rows, >= 1 + S (F - 1)[, O]), and f(x),
-    out (rows[, O])."""
+    out (rows[, O]); and its standard error alike, or None when ``pairs`` is None (``pairs``: the
+    chains are antithetic pairs, NOTE: [Standard errors of Monte Carlo attributions] in std_error.py)."""
     rows, n_samples, n = rank.shape
     vals = vals[:, : _chain_length(n_samples, n)]
     tail = tuple(vals.shape[2:])  # (O,) for many outputs
@@ -165,7 +177,8 @@ def _contributions(vals: torch.Tensor, out: torch.Tensor, rank: torch.Tensor) ->
     v = torch.cat([start, inner, end], 2)  # (rows, S, F + 1[, O]): v along each chain
     steps = v[:, :, 1:] - v[:, :, :-1]  # step j adds the feature of rank j
     index = rank.reshape(rank.shape + (1,) * len(tail)).expand(rank.shape + tail)
-    return torch.gather(steps, 2, index).mean(1)  # (rows, F[, O])
+    samples = torch.gather(steps, 2, index)  # (rows, S, F[, O]): each feature's contribution per chain
+    return (samples.mean(1), None) if pairs is None else mean_and_std_error(samples, 1, pairs)
 
 
 def _chain(rank: torch.Tensor, start: int, stop: int) -> torch.Tensor:
