@@ -5,7 +5,7 @@ once it is 2^11 / 2^8 times a chunk's part, so with a small ``chunk_size`` a lon
 samples rounded away. Each method here runs on a linear model whose answer does not depend on
 the random draws, in float16 and bfloat16 with ``chunk_size=None`` and with one copy (or path
 step) per chunk; both must agree at the dtype's tolerance with each other and with the same
-method in float64. NOTE: [Variance over chunks] in xattr/_src/sampling.py: VarGrad is a
+method in float64. NOTE: [Variance over chunks] in xattr/_src/noise_tunnel.py: VarGrad is a
 population variance, non-negative and equal to a two-pass float64 reference over the very
 attributions it reduced.
 """

@@ -54,7 +54,7 @@ from ._src.attribution_clusters import Clusters, cluster_attributions
 from ._src.paths import Profile, path_integral, quadrature
 from ._src.rules import rules
 from ._src.rule_limits import RuleBypassedWarning
-from ._src.sampling import expectation, smooth
+from ._src.noise_tunnel import expectation, smooth
 from ._src.surrogate import exp_kernel_similarity, kernel_shap, lasso, lime, linear_regression, ridge
 from ._src.targets import Outputs, neuron, outputs, target
 from ._src.tokens import reference_tokens, token_scores

@@ -32,7 +32,7 @@ from .gradients import attribution_fn
 from .layer_layout import check_merged, check_rows
 from .layers import Split, layer_vjp_rows
 from .methods import _gap, _outputs, completeness_gap, integrated_gradients
-from .sampling import shap_samples
+from .noise_tunnel import shap_samples
 
 
 def _at_both(fn: Callable, args: tuple, nums: tuple, base: tuple, *, layer_of: tuple | None = None):

@@ -22,7 +22,7 @@ from . import tree as T
 from .checks import baselines_tuple, check_float_inputs
 from .gradients import attribution_fn, grad, model_calls, vjp_rows
 from .paths import path_integral
-from .sampling import shap_samples, smooth
+from .noise_tunnel import shap_samples, smooth
 
 
 def saliency(f: Callable, *, argnums: int | Sequence[int] = 0, abs: bool = True, chunk_size: int | None = None) -> Callable:

@@ -28,7 +28,7 @@ small chunks of a long path or of many samples rounded away (bfloat16 IG over 10
 chunks of 2 halved to quartered every feature). `ChunkSum` keeps a half-precision total in
 float32 and rounds it once, to the parts' dtype, at the end; float32 and float64 totals stay in
 their own dtype (no cast, no copy). The noise tunnel's sums over S samples also compute each
-part in float32 for half-precision attributions (`sampling.monte_carlo`): a float16 sum of
+part in float32 for half-precision attributions (`noise_tunnel.monte_carlo`): a float16 sum of
 S copies of 1000 overflows where their mean does not.
 """
 

@@ -232,7 +232,7 @@ def permutation(call, loss_fn, X, Y, bg, mask, n, per_example, n_permutations, n
 
 def _merge(count: int, mean: torch.Tensor, m2: torch.Tensor, samples: torch.Tensor):
     """Welford's running mean and sum of squared deviations, merged with a block of samples
-    (Chan, Golub and LeVeque's update; NOTE: [Variance over chunks] in sampling.py)."""
+    (Chan, Golub and LeVeque's update; NOTE: [Variance over chunks] in noise_tunnel.py)."""
     c = samples.shape[0]
     b_mean = samples.mean(0)
     b_m2 = (samples - b_mean).pow(2).sum(0)

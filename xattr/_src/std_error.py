@@ -10,7 +10,7 @@ around a stochastic inner method too), so the mean's standard deviation is sigma
 estimated by
     SE = sqrt(s^2 / S),   s^2 = sum_s (a_s - mean)^2 / (S - 1),
 from the very samples the mean is made of: no model call more. The sum of squared deviations is
-merged over chunks as VarGrad's is (NOTE: [Variance over chunks] in sampling.py): the SE does not
+merged over chunks as VarGrad's is (NOTE: [Variance over chunks] in noise_tunnel.py): the SE does not
 depend on chunk_size beyond rounding, and half-precision samples are accumulated in float32.
 SmoothGrad-squared's samples are a_s^2, and its SE is that of their mean. Complex attributions
 count |a_s - mean|^2 (the SE is real). Memory: three more running tensors like the result (the
