@@ -1,6 +1,7 @@
 """xattr against other attribution libraries: zennit (LRP), shap (KernelSHAP, DeepExplainer,
-GradientExplainer) and Quantus (evaluation metrics). The workloads are in `zennit_workloads`,
-`shap_workloads` and `quantus_workloads`; each is skipped
+GradientExplainer), Quantus (evaluation metrics), shapiq (Shapley interactions) and sage-importance
+(SAGE). The workloads are in `zennit_workloads`, `shap_workloads`, `quantus_workloads` and
+`interaction_workloads`; each is skipped
 with a note when its library is missing.
 
     python -m benchmarks.other_libraries                 # time them all, print a markdown table
@@ -22,17 +23,18 @@ import torch
 from . import timing
 from .workloads import Workload
 
-TARGETS = {"other-library": "never slower than the other library (zennit, shap, quantus)"}
+TARGETS = {"other-library": "never slower than the other library (zennit, shap, quantus, shapiq, sage-importance)"}
 LIMITS = {"other-library": (None, 1.0)}  # (most xattr/floor, least other/xattr), as run.limits
 COLUMNS = ["workload", "xattr ms", "other ms", "floor ms", "xattr/floor", "other/floor", "other/xattr", "agreement"]
 
 
 def build(device: str = "cpu") -> list[Workload]:
+    from .interaction_workloads import build as build_interactions  # noqa: PLC0415
     from .quantus_workloads import build as build_quantus  # noqa: PLC0415
     from .shap_workloads import build as build_shap  # noqa: PLC0415
     from .zennit_workloads import build as build_zennit  # noqa: PLC0415
 
-    return build_zennit(device) + build_shap(device) + build_quantus(device)
+    return build_zennit(device) + build_shap(device) + build_quantus(device) + build_interactions(device)
 
 
 def run_one(w: Workload, device: str, repeats: int, budget: float) -> list[str]:
@@ -54,16 +56,21 @@ def run_one(w: Workload, device: str, repeats: int, budget: float) -> list[str]:
             f"{to / tx:.2f}", text + verdict]
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.other_libraries", description=__doc__.splitlines()[0])
+def parser(module: str, doc: str, *, repeats: int = 9, budget: float = 4.0) -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks.<module>`` for a family of other-library workloads."""
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{module}", description=doc.splitlines()[0])
     p.add_argument("--only", default="", help="run only workloads whose name contains this (comma-separated)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=9)
-    p.add_argument("--budget", type=float, default=4.0, help="seconds of timed rounds per workload")
-    args = p.parse_args(argv)
+    p.add_argument("--repeats", type=int, default=repeats)
+    p.add_argument("--budget", type=float, default=budget, help="seconds of timed rounds per workload")
+    return p
+
+
+def print_table(build_fn, args) -> int:
+    """Times the workloads of ``build_fn("cpu")`` selected by ``args`` and prints a markdown table."""
     timing.configure("cpu", args.threads)
     rows = []
-    for w in build("cpu"):
+    for w in build_fn("cpu"):
         if args.only and not any(part.strip().lower() in w.name.lower() for part in args.only.split(",")):
             continue
         t0 = time.perf_counter()
@@ -73,6 +80,10 @@ def main(argv=None) -> int:
     for r in rows:
         print("| " + " | ".join(r) + " |")
     return 0
+
+
+def main(argv=None) -> int:
+    return print_table(build, parser("other_libraries", __doc__).parse_args(argv))
 
 
 if __name__ == "__main__":

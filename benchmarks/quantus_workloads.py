@@ -29,8 +29,6 @@ copies Quantus drew (the timed xattr call draws its own: the same work).
 
 from __future__ import annotations
 
-import argparse
-import time
 import warnings
 
 import numpy as np
@@ -39,7 +37,6 @@ import torch
 import xattr
 from xattr import metrics as M
 
-from . import timing
 from .perturbation_workloads import few_rounds, forward_floors
 from .shap_workloads import digits
 from .workloads import SEED, Workload, _one_hot, exact, fwd_bwd
@@ -325,27 +322,9 @@ def build(device: str = "cpu") -> list[Workload]:
 
 
 def main(argv=None) -> int:
-    from .other_libraries import COLUMNS, run_one  # noqa: PLC0415
+    from .other_libraries import parser, print_table  # noqa: PLC0415
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.quantus_workloads", description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="", help="run only workloads whose name contains this (comma-separated)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--budget", type=float, default=2.0, help="seconds of timed rounds per workload")
-    args = p.parse_args(argv)
-    timing.configure("cpu", args.threads)
-    rows = []
-    for w in build("cpu"):
-        if args.only and not any(part.strip().lower() in w.name.lower() for part in args.only.split(",")):
-            continue
-        t0 = time.perf_counter()
-        rows.append(run_one(w, "cpu", args.repeats, args.budget))
-        print(f"  {' | '.join(rows[-1])} [{time.perf_counter() - t0:.0f} s]", flush=True)
-    print("\n| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS))
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
-    return 0
-
+    return print_table(build, parser("quantus_workloads", __doc__, repeats=5, budget=2.0).parse_args(argv))
 
 if __name__ == "__main__":
     torch.manual_seed(0)
