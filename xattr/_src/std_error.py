@@ -29,6 +29,9 @@ value at S -> infinity (for the noise tunnel E_e[A(x + e)], not A(x); for gradie
 expected gradients), not the method's bias nor its faithfulness. mean +- 1.96 SE is a 95%
 interval under the normal approximation, which needs S large enough for the central limit
 theorem; heavy-tailed samples (a gradient that jumps where noise crosses a ReLU kink) need more.
+
+KernelSHAP's estimate is a regression's solution, not a mean: its SE is the delta method's over
+the same coalitions (NOTE: [Standard errors of KernelSHAP] in kernel_shap_error.py).
 """
 
 from __future__ import annotations

@@ -36,6 +36,8 @@ from .coalitions import bernoulli_draws, kernel_draws
 from .coalitions import shapley_draws as _shapley_draws  # noqa: F401  (tests draw with it)
 from .gradients import attribution_fn
 from .kernel_sampling import SAMPLINGS
+from .kernel_shap_error import check_n_samples as check_kernel_shap_error
+from .kernel_shap_error import sampled_units, shap_std_error
 from .similarity_kernels import EXP_KERNEL, exp_kernel_similarity  # noqa: F401  (exported from here too)
 from .similarity_kernels import exp_kernel_weights as _exp_kernel_weights
 from .masks import FeatureSet, feature_sets, features, keep_masks, place, scatter_features, widen
@@ -166,6 +168,7 @@ def kernel_shap(
     chunk_size: int | None = None,
     memory_budget: int | None = None,
     show_progress: bool = False,
+    return_std_error: bool = False,
 ) -> Callable:
     """KernelSHAP (Lundberg & Lee 2017): Shapley values as a weighted regression over coalitions.
 
@@ -190,18 +193,24 @@ def kernel_shap(
 
     Args: as `lime` (no surrogate options: the estimator is fixed); ``n_samples`` counts the two
     end coalitions, as Captum's does (Captum defaults to 25); ``sampling``: ``"captum"`` (the
-    default, Captum's sampler) or ``"paired"``.
+    default, Captum's sampler) or ``"paired"``; ``return_std_error``: also return each Shapley
+    value's standard error, estimated from the same coalitions by the delta method (Covert & Lee
+    2021; drawn pairs are the paired sampler's independent units, enumerated sizes add no
+    variance; 0 where every coalition is enumerated; refused where undefined, e.g. ``n_samples
+    < 4``: NOTE: [Standard errors of KernelSHAP] in kernel_shap_error.py).
 
     Returns:
       ``fn(*args, baselines=..., feature_mask=...)``: attributions shaped like ``args[argnums]``
       (each feature's value on each of its elements), or (B, [K,] M) with
-      ``return_input_shape=False``; a K axis after the batch for ``xattr.outputs``.
+      ``return_input_shape=False``; a K axis after the batch for ``xattr.outputs``. With
+      ``return_std_error``: ``(attributions, std_error)``, the second alike.
 
     Example:
       >>> phi = xattr.kernel_shap(xattr.target(model, 1), n_samples=200, generator=0)(x)
     """
     nums, as_tuple = T.normalize_argnums(argnums)
     _check_n_samples(n_samples, 2)
+    check_kernel_shap_error(return_std_error, n_samples)
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS} (Captum's sampler, or shap's enumerated and paired one), got {sampling!r}")
 
@@ -209,6 +218,7 @@ def kernel_shap(
         _refuse_vmap("kernel_shap")
         selected, masks, m, base, out, aggregate, rows = _prepare(f, args, nums, as_tuple, feature_mask, baselines, "kernel_shap")
         sets = feature_sets(masks, m, rows)
+        units = [sampled_units(s.n, n_samples, sampling) for s in sets] if return_std_error else None  # refusals first
         (stream,) = streams(generator, 1)
         seeds = None if stream is None else row_seeds(stream, rows)
         dtype = as_floating(out).dtype  # the weights' (integer weights of an integer model would be 0)
@@ -216,8 +226,12 @@ def kernel_shap(
         coalitions, drawn = kernel_draws(sets, m, rows, n_samples, stream, seeds, out.device, dtype, budget, sampling)
         y = _evaluate(f, args, nums, masks, base, coalitions, aggregate, chunk_size, memory_budget, show_progress)
         full = out.reshape(rows, -1).to(y.dtype)  # f(x): (rows, K)
-        phi = place([_shap_fit(s, zs, ws, y, full, memory_budget) for s, (zs, ws) in zip(sets, drawn)], sets, m)
-        return _result(phi, out, masks, selected, as_tuple, return_input_shape)
+        fits = [_shap_fit(s, zs, ws, y, full, memory_budget) for s, (zs, ws) in zip(sets, drawn)]
+        phi = _result(place(fits, sets, m), out, masks, selected, as_tuple, return_input_shape)
+        if not return_std_error:
+            return phi
+        se = [_shap_error(s, zs, ws, y, fit, u, memory_budget) for s, (zs, ws), fit, u in zip(sets, drawn, fits, units)]
+        return phi, _result(place(se, sets, m), out, masks, selected, as_tuple, return_input_shape)
 
     return attribution_fn(fn, f)
 
@@ -281,6 +295,14 @@ def _shap_fit(s: FeatureSet, z: torch.Tensor, w: torch.Tensor, y: torch.Tensor, 
     other sets' longer lists, not read); full (batch, K) is f(x)."""
     y, full = s.pick(y)[:, : 1 + z.shape[1]], s.pick(full)
     return shap_fit(z, y[:, 1:] - y[:, :1], w.to(y.dtype), full - y[:, 0], memory_budget)
+
+
+def _shap_error(s: FeatureSet, z, w, y, phi, units, memory_budget) -> torch.Tensor:
+    """The standard errors of `_shap_fit`'s phi (its examples, K, n_s), in phi's dtype (NOTE:
+    [Standard errors of KernelSHAP] in kernel_shap_error.py); ``units``: `sampled_units`."""
+    y = s.pick(y)[:, : 1 + z.shape[1]]
+    se = shap_std_error(z, w, y[:, 1:] - y[:, :1], phi, units, fit_budget(memory_budget, y.device))
+    return se.to(phi.dtype)
 
 
 def _weights(similarity, selected, base, masks, z, dtype, n_features, aggregate, as_tuple, chunk_size, memory_budget) -> torch.Tensor:
