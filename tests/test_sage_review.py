@@ -480,3 +480,29 @@ def test_n_background_rows_estimate_the_m_row_game(seed, m):
     assert ((est.values - game_m).abs() <= 4.5 * est.std_errors + 1e-12).all(), (est.values, game_m, est.std_errors)
     # the m-row game's total exceeds the full game's by that gap (0 for m = M)
     assert game_m.sum().item() - game.sum().item() == pytest.approx(var * (M - m) / (m * (M - 1)), abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- the chains' rows
+
+
+@pytest.mark.parametrize("n_bg", [None, 3])
+def test_the_empty_coalition_is_evaluated_once_and_matches_the_per_example_path(n_bg):
+    # without a per-example argument f(background) is computed once (M rows) and each draw costs
+    # (F - 1) m + 1 rows; with one (ignored here) every draw costs F m + 1: the same values
+    model, X, Y, bg = mlp(40), randn(40, 9, 4), torch.arange(9) % 3, randn(41, 5, 4)
+    seen = []
+
+    def counted(x, *extra):
+        seen.append(x.shape[0])
+        return model(x)
+
+    kw = dict(background=bg, n_background=n_bg, n_permutations=17, convergence=None, generator=11, block_size=5)
+    plain = xattr.sage(counted, "cross_entropy", X, Y, **kw)
+    m = 5 if n_bg is None else n_bg
+    assert sum(seen) == 5 + 17 * (3 * m + 1)
+    seen.clear()
+    extra = xattr.sage(counted, "cross_entropy", X, Y, extra_args=(torch.zeros(9, 2),), **kw)
+    assert sum(seen) == 17 * (4 * m + 1)
+    torch.testing.assert_close(extra.values, plain.values, atol=1e-12, rtol=0)
+    torch.testing.assert_close(extra.std_errors, plain.std_errors, atol=1e-12, rtol=0)
+    assert extra.loss_empty == pytest.approx(plain.loss_empty, abs=1e-12)

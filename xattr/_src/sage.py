@@ -107,11 +107,13 @@ def sage(
         example (never from the background), anything else is passed as it is.
       feature_names: one name per feature id, for the summary and the plot.
       chunk_size, memory_budget: model rows per call, or bytes of perturbed inputs per call
-        (NOTE: [Perturbed copies in one call] in perturb.py); a call holds at least one copy of
-        a block (``block_size`` rows; N rows for the exact estimator).
+        (NOTE: [Perturbed copies in one call] in perturb.py); a call holds at least one draw's
+        chain ((F - 1) M + 1 rows, NOTE: [SAGE permutation draws in one evaluation]), for the
+        exact estimator one copy of a block (``block_size`` examples).
       show_progress: a tqdm bar over the draws (the model calls for the exact estimator).
-      generator: int seed, ``torch.Generator`` or None (torch's global generator); the same
-        seed gives the same result (NOTE: [Explicit randomness] in sampling.py).
+      generator: int seed, ``torch.Generator`` or None (torch's global generator gives the
+        run's seed); the same seed gives the same result whatever ``block_size`` and
+        ``chunk_size`` (NOTE: [Counter-based draws] in counter_rng.py).
 
     Returns:
       a `SageResult`: ``values`` and ``std_errors`` (F,) float64 on the CPU, the mean losses
