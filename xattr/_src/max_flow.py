@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from scipy.sparse.csgraph import breadth_first_order, maximum_flow
 
 from .warn import warn
@@ -133,10 +134,12 @@ def _solve(graph: _Graph, source: int, sink: int, h: np.ndarray):
 def max_flow(capacity: np.ndarray, source: int, sink: int) -> float:
     """The maximum flow from ``source`` to ``sink`` of a dense capacity matrix (V, V) of floats >= 0
     (NOTE: [Maximum flow by certified integer rounds]); the diagonal is ignored."""
-    cap = np.array(capacity, dtype=np.float64)
+    cap = _real_array(capacity, "max_flow: capacity")
     if cap.ndim != 2 or cap.shape[0] != cap.shape[1]:
         raise ValueError(f"max_flow needs a square capacity matrix (V, V), got shape {cap.shape}")
     v = cap.shape[0]
+    if not (_is_int(source) and _is_int(sink)):
+        raise ValueError(f"source and sink must be two different nodes (ints) in [0, {v}), got {source!r} and {sink!r}")
     if not (0 <= source < v and 0 <= sink < v) or source == sink:
         raise ValueError(f"source and sink must be two different nodes in [0, {v}), got {source} and {sink}")
     if not np.isfinite(cap).all() or (cap < 0).any():
@@ -147,6 +150,20 @@ def max_flow(capacity: np.ndarray, source: int, sink: int) -> float:
     graph = _Graph(m.indptr, m.indices, np.zeros(len(m.indices), dtype=np.int64), 1)
     values, _ = _solve(graph, source, sink, cap[graph.rows, graph.indices])
     return float(values[0])
+
+
+def _is_int(i) -> bool:
+    return isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_))
+
+
+def _real_array(a, what: str) -> np.ndarray:
+    """``a`` (an array, a tensor or nested lists of real numbers) as a new float64 array."""
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{what} must hold real numbers >= 0, got dtype {arr.dtype}")
+    return arr.astype(np.float64)
 
 
 def _union(n_copies: int, layers: int, t: int):
@@ -204,11 +221,23 @@ def layered_flows(steps, rows, progress_bar=None) -> np.ndarray:
 
     ``steps``: the maps A'_1 .. A'_L (T, T) in forward order, float64; ``rows``: output tokens.
     Returns (len(rows), T): entry [r, j] is the maximum flow from (L, rows[r]) to (0, j)."""
-    steps = [np.asarray(s, dtype=np.float64) for s in steps]
+    steps = [_real_array(s, "attention flow: each layer's map") for s in steps]
+    if not steps:
+        raise ValueError("attention flow needs the maps of one layer at least; got none")
+    t = steps[0].shape[0] if steps[0].ndim == 2 else -1
+    if any(s.shape != (t, t) for s in steps):
+        raise ValueError(f"attention flow needs every layer's map square and over the same tokens, (T, T); got shapes "
+                         f"{[s.shape for s in steps]}")  # fmt: skip
     if not all(np.isfinite(s).all() for s in steps):
         raise ValueError("attention flow: the attention maps hold NaN or inf; check the model's attention")
-    layers, t = len(steps), steps[0].shape[0]
-    rows = np.asarray(rows, dtype=np.int64)
+    if any((s < 0).any() for s in steps):
+        raise ValueError("attention flow: the attention maps hold negative entries; flows need capacities >= 0 "
+                         "(attention probabilities)")  # fmt: skip
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or (len(rows) and (rows.dtype.kind not in "iu" or rows.min() < 0 or rows.max() >= t)):
+        raise ValueError(f"attention flow: rows must be output token indices (ints) in [0, {t}), got {rows.tolist()}")
+    rows = rows.astype(np.int64)
+    layers = len(steps)
     if layers <= 2:
         if layers == 1:
             out = steps[0][rows].copy()

@@ -55,7 +55,7 @@ def monte_carlo(
     """
     if reduce not in ("mean", "sq_mean", "var"):
         raise ValueError(f"reduce must be 'mean', 'sq_mean' or 'var', got {reduce!r}")
-    if not isinstance(n_samples, int) or n_samples < 1:
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
     warn_if_training(attr_fn)
     selected, rebuild = T.split_args(args, nums)

@@ -27,7 +27,7 @@ import torch
 
 from . import tree as T
 from .gradients import attribution_fn
-from .interaction_indices import Interactions, check_index, combinations, gamma_table, ranks
+from .interaction_indices import Interactions, check_index, check_model, combinations, gamma_table, ranks
 from .masks import FeatureSet, feature_sets, features
 from .perturb import Coalitions, as_floating, evaluate
 from .shapley import _bits, _check_count, _every, _prepare
@@ -81,7 +81,11 @@ def shapley_interactions(
       >>> inter = xattr.shapley_interactions(xattr.target(model, 1), index="STII", feature_mask=groups)(x)
       >>> inter.pairs[0]  # the first example's (F, F) pair matrix
     """
+    check_model(f, "shapley_interactions")
     index = check_index(index, order)
+    if isinstance(max_features, bool) or not isinstance(max_features, int) or max_features < 1:
+        raise ValueError(f"max_features must be a positive int (the most features one example may hold; the cost "
+                         f"is 2^F model rows), got {max_features!r}")  # fmt: skip
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args, baselines=baselines, feature_mask=feature_mask):

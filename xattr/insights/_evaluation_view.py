@@ -68,7 +68,13 @@ def entries(evaluation, masks, n: int) -> dict | None:
     if evaluation is True:
         chosen = _entries.resolve(None)
     elif isinstance(evaluation, (Mapping, list, tuple)):
-        chosen = _entries.resolve(evaluation)
+        if not evaluation:
+            raise ValueError("explore: evaluation is empty: give at least one entry (or its name), True for "
+                             "evaluate's default metrics, or False for no evaluation")  # fmt: skip
+        try:
+            chosen = _entries.resolve(evaluation)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"explore: evaluation: {e}") from None
     else:
         raise TypeError(
             "explore: evaluation must be True (evaluate's default metrics), False, or a list or dict of "

@@ -107,6 +107,9 @@ class Evaluation:
         return [m for m in self.metrics if m in self._curves]
 
     def _curve_set(self, metric: str):
+        if not isinstance(metric, str):
+            raise TypeError(f"metric must be the name of one curve metric (a str), one of {self.curve_metrics}, "
+                            f"got {type(metric).__name__}")  # fmt: skip
         if metric not in self._curves:
             if metric not in self.metrics:
                 raise KeyError(f"unknown metric {metric!r}; the metrics are {self.metrics}")
