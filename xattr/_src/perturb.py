@@ -54,10 +54,15 @@ from .progress import progress
 class Coalitions:
     """K coalitions made chunk by chunk: ``rows(start, stop)`` gives copies start..stop-1 as a
     (1 or B, stop - start, F) 0/1 tensor (1: shared by all examples). For coalition sets too
-    large to hold at once (occlusion's windows over every pixel)."""
+    large to hold at once (occlusion's windows over every pixel). ``copies(start, stop)``, when
+    given, makes those copies of the inputs itself: a tree like the attributed inputs, each leaf
+    ((stop - start) * B, ...) copy-major, exactly the copies `perturb` makes from ``rows`` (up to
+    the sign of a zero where `perturb` allows it), or None to leave them to ``rows``; start may
+    be -1, for `evaluate`'s ``with_inputs``: copy -1 keeps every feature."""
 
-    def __init__(self, n_copies: int, rows: Callable[[int, int], torch.Tensor], shared: bool = True):
-        self.n_copies, self.rows, self.shared = n_copies, rows, shared
+    def __init__(self, n_copies: int, rows: Callable[[int, int], torch.Tensor], shared: bool = True,
+                 copies: Callable[[int, int], object] | None = None):  # fmt: skip
+        self.n_copies, self.rows, self.shared, self.copies = n_copies, rows, shared, copies
 
 
 def evaluate(f: Callable, args: tuple, nums: tuple, *, aggregate: bool = False, **kwargs) -> torch.Tensor:
@@ -111,8 +116,9 @@ def _evaluate(
     """
     selected = T.split_args(args, nums)[0]
     batch = T.batch_size(selected)
+    made = None  # a maker of the copies themselves (`Coalitions.copies`)
     if isinstance(coalitions, Coalitions):
-        k, shared, rows_of = coalitions.n_copies, coalitions.shared, coalitions.rows
+        k, shared, rows_of, made = coalitions.n_copies, coalitions.shared, coalitions.rows, coalitions.copies
     else:
         z = coalitions if coalitions.ndim == 3 else coalitions.unsqueeze(0)
         if z.shape[0] not in (1, batch):
@@ -122,6 +128,7 @@ def _evaluate(
         if copy_baselines or aggregate:
             raise ValueError("with_inputs needs shared baselines and a model with one output row per input row")
         if isinstance(coalitions, Coalitions):
+            made = None if made is None else (lambda s, e, copies=made: copies(s - 1, e - 1))  # copy -1: the inputs
             rows_of = _after_ones(rows_of)
         else:
             z = _with_ones(coalitions, z)
@@ -134,16 +141,19 @@ def _evaluate(
     outs, dtype = [], output_float_dtype(args)
     with model_calls(), T.batch_scope(batch):
         for s, e in progress(show_progress, spans, total=math.ceil(k / per), desc="perturbed copies", unit="call"):
-            zs = rows_of(s, e)
-            zs = zs if zs.ndim == 3 else zs.unsqueeze(0)
-            keep = keep_masks(zs if zs.dtype == torch.bool else zs != 0, masks, selected, batch)
-            base = T.tree_map(lambda b: b[s:e], baselines) if copy_baselines else T.tree_map(lambda b: b.unsqueeze(0), baselines)
-            rows = T.tree_map(lambda x, b, kp: perturb(x.unsqueeze(0), b, kp).reshape((-1,) + tuple(x.shape[1:])), selected, base, keep)
+            rows = None if made is None or copy_baselines else made(s, e)
+            if rows is None:
+                zs = rows_of(s, e)
+                zs = zs if zs.ndim == 3 else zs.unsqueeze(0)
+                keep = keep_masks(zs if zs.dtype == torch.bool else zs != 0, masks, selected, batch)
+                base = T.tree_map(lambda b: b[s:e], baselines) if copy_baselines else T.tree_map(lambda b: b.unsqueeze(0), baselines)
+                rows = T.tree_map(lambda x, b, kp: perturb(x.unsqueeze(0), b, kp).reshape((-1,) + tuple(x.shape[1:])), selected, base, keep)
+                del zs, keep, base
             call = tuple(a if i in nums else T.fold(a, e - s, batch) for i, a in enumerate(args))
             try:
                 out = f(*T.split_args(call, nums)[1](rows))
             except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError on torch >= 2.5, any device
-                del zs, keep, base, rows, call
+                del rows, call
                 if not spans.shrink(s, e):  # a fixed chunk_size, or one copy per call already
                     raise
                 continue
@@ -240,10 +250,12 @@ def _check_per_example(out: torch.Tensor, multi: bool) -> None:
         )
 
 
-def inputs_and_copies(f: Callable, args: tuple, nums: tuple, batch: int, **kwargs) -> tuple[torch.Tensor, bool, torch.Tensor]:
+def inputs_and_copies(f: Callable, args: tuple, nums: tuple, batch: int, *, coalitions, **kwargs) -> tuple[torch.Tensor, bool, torch.Tensor]:
     """(f(x), aggregate, f at the K copies): `outputs_at` and `evaluate` in one, f(x) folded into
     the first model call as one more copy (a call fewer: on a small model each call's fixed cost
-    is a large part of the total).
+    is a large part of the total). ``coalitions`` as `evaluate` takes them, or a function of
+    ``aggregate`` that gives them (Shapley sampling's permutations are shared in aggregate mode):
+    called with False first, and with the mode found if the folded call fails.
 
     A model that returns one number per batch cannot take folded copies: its first call returns
     one number, or fails (a loss closed over B labels); that call is thrown away, `outputs_at`
@@ -253,10 +265,11 @@ def inputs_and_copies(f: Callable, args: tuple, nums: tuple, batch: int, **kwarg
     may round them differently in the last bit (the brute-force tests compare to 1e-12 in float64).
     """
     check_not_empty(batch)
+    make = coalitions if callable(coalitions) and not isinstance(coalitions, (torch.Tensor, Coalitions)) else lambda aggregate: coalitions
     error, one_number = None, False
     if not _known_one_number(f):
         try:
-            outs = evaluate(f, args, nums, with_inputs=True, **kwargs)
+            outs = evaluate(f, args, nums, with_inputs=True, coalitions=make(False), **kwargs)
             return outs[:, 0], False, outs[:, 1:]
         except _OneNumber as refused:
             error, one_number = refused.error, refused.error is None
@@ -266,7 +279,7 @@ def inputs_and_copies(f: Callable, args: tuple, nums: tuple, batch: int, **kwarg
         _remember_one_number(f)
     elif error is not None:
         raise error  # the model fails on folded copies: its own error
-    return out, aggregate, evaluate(f, args, nums, aggregate=aggregate, **kwargs)
+    return out, aggregate, evaluate(f, args, nums, aggregate=aggregate, coalitions=make(aggregate), **kwargs)
 
 
 _ONE_NUMBER = weakref.WeakSet()  # model functions seen returning one number per batch
