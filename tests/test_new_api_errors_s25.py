@@ -304,8 +304,7 @@ CASES = [
      ValueError, "give an even n_samples"),
     ("svs-se-antithetic-2", lambda: xattr.shapley_value_sampling(F0, n_samples=2, antithetic=True, return_std_error=True),
      ValueError, r"antithetic pairs \(n_samples >= 4\)"),
-    ("svs-antithetic-str", lambda: xattr.shapley_value_sampling(F0, n_samples=4, antithetic="yes"), TypeError, "antithetic must be True or False",
-     "shapley.py (being edited by another helper) reads any truthy antithetic as True"),
+    ("svs-antithetic-str", lambda: xattr.shapley_value_sampling(F0, n_samples=4, antithetic="yes"), TypeError, "antithetic must be True or False"),  # was read as True
     ("ks-se-int", lambda: xattr.kernel_shap(F0, n_samples=10, return_std_error=1), TypeError, "return_std_error must be True or False"),
     ("ks-se-str", lambda: xattr.kernel_shap(F0, n_samples=10, return_std_error="yes"), TypeError, "return_std_error must be True or False"),
     ("ks-se-n-3", lambda: xattr.kernel_shap(F0, n_samples=3, return_std_error=True), ValueError, r"at least two of them besides the empty and the full one \(n_samples >= 4\)"),

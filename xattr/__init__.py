@@ -26,7 +26,8 @@ from ._src.layer_methods import (
 )
 from ._src.ablation import feature_ablation, feature_permutation, occlusion, window_masks
 from ._src.layer_perturb import layer_feature_ablation, layer_feature_permutation
-from ._src.shapley import shapley_value_sampling, shapley_values
+from ._src.shapley import shapley_value_sampling
+from ._src.shapley_exact import shapley_values
 from ._src.shapley_interactions import shapley_interactions
 from ._src.shapley_interactions_sampled import shapley_interaction_sampling
 from ._src.interaction_indices import Interactions

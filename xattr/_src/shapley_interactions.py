@@ -30,7 +30,8 @@ from .gradients import attribution_fn
 from .interaction_indices import Interactions, check_index, check_model, combinations, gamma_table, ranks
 from .masks import FeatureSet, feature_sets, features
 from .perturb import Coalitions, as_floating, evaluate
-from .shapley import _bits, _check_count, _every, _prepare
+from .shapley import _prepare
+from .shapley_exact import _bits, _check_count, _every
 
 MAX_FEATURES = 20  # 2^20 coalitions: about a million model rows per example, as for shapley_values
 BLOCK = 2**22  # the most elements of one block of the weight table (32 MiB in float64)
