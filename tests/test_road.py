@@ -16,39 +16,10 @@ from torch import nn
 import xattr
 from xattr import metrics as M
 from xattr.metrics import _road_solvers
+from test_road_solvers import OFFSETS, weight
+from test_road_solvers import numpy_solve as numpy_imputation  # the paper's system, by loops, solved by numpy
 
 D = torch.float64
-OFFSETS = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0)]
-
-
-def weight(di: int, dj: int) -> float:
-    return 1 / 12 if di and dj else 1 / 6
-
-
-def numpy_imputation(img: np.ndarray, removed: np.ndarray) -> np.ndarray:
-    """The paper's system over the removed pixels, one pixel and neighbour at a time, solved by
-    numpy: s_i v_i - sum_{j removed} w_ij v_j = sum_{j kept} w_ij x_j, s_i the in-image weights."""
-    c, h, w = img.shape
-    unknown = [(i, j) for i in range(h) for j in range(w) if removed[i, j]]
-    index = {p: k for k, p in enumerate(unknown)}
-    a = np.zeros((len(unknown), len(unknown)))
-    rhs = np.zeros((len(unknown), c))
-    for k, (i, j) in enumerate(unknown):
-        for di, dj in OFFSETS:
-            ni, nj = i + di, j + dj
-            if not (0 <= ni < h and 0 <= nj < w):
-                continue
-            a[k, k] += weight(di, dj)
-            if removed[ni, nj]:
-                a[k, index[(ni, nj)]] -= weight(di, dj)
-            else:
-                rhs[k] += weight(di, dj) * img[:, ni, nj]
-    out = img.copy()
-    if unknown:
-        sol = np.linalg.solve(a, rhs)
-        for k, (i, j) in enumerate(unknown):
-            out[:, i, j] = sol[k]
-    return out
 
 
 def max_residual(img: np.ndarray, removed: np.ndarray) -> float:
