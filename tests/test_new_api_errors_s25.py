@@ -6,7 +6,6 @@ floats for ints, wrong ranks and shapes, NaN inputs, unknown names and out-of-ra
 raise a clear ValueError / TypeError whose message names the argument or says what to do, never
 an internal error from deep inside torch, numpy or scipy, and never a silent wrong answer."""
 
-import math
 
 import matplotlib
 import numpy as np
@@ -19,6 +18,7 @@ import xattr.metrics as M
 import xattr.metrics.entries as E
 from xattr._src.max_flow import layered_flows, max_flow
 from xattr.insights import explore
+from test_new_api_errors_today import _Attention  # two heads, softmax probabilities, residual
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -38,20 +38,6 @@ IMG_NET = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(7
 IMG = torch.randn(2, 1, 6, 6, dtype=D, generator=torch.Generator().manual_seed(2))
 FI = xattr.target(IMG_NET, 0)
 Y6 = torch.tensor([0, 1, 2, 0, 1, 2])
-
-
-class _Attention(nn.Module):
-    """Self-attention of two heads with the probabilities from a softmax, plus the residual."""
-
-    def __init__(self, dim: int = 4, heads: int = 2):
-        super().__init__()
-        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-
-    def forward(self, x):
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        p = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d // self.heads), dim=-1)
-        return x + self.proj((p @ v).transpose(1, 2).reshape(b, t, d))
 
 
 torch.manual_seed(0)
