@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .checks import _modules, at_least_float32, warn_if_training
+from .checks import _modules, at_least_float32, check_model_fn, warn_if_training
 from .gradients import _rows, attribution_fn, is_multi_output
 from .rule_limits import eager_compiled, refuse_jit
 from .unfused import multi_head_attention
@@ -292,8 +292,7 @@ def attention_gradients(f: Callable, *, layers=None) -> Callable:
     Example:
       >>> weights, grads = xattr.attention_gradients(xattr.target(vit, 3))(images)
     """
-    if not callable(f):
-        raise TypeError(f"attention_gradients needs a model function (a callable), got {type(f).__name__}")
+    check_model_fn(f, "attention_gradients")
     multi = is_multi_output(f)
     resolved = _resolve_layers(f, layers)
 

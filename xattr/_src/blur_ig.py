@@ -44,7 +44,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import tree as T
-from .checks import check_float_inputs
+from .checks import check_float_inputs, check_model_fn
 from .gradients import attribution_fn
 from .paths import path_integral, quadrature
 
@@ -145,8 +145,7 @@ def blur_integrated_gradients(
     Example:
       >>> attr = xattr.blur_integrated_gradients(xattr.target(model, 3), max_sigma=8.0)(x)
     """
-    if not callable(f):
-        raise TypeError(f"blur_integrated_gradients needs a callable model function f (e.g. xattr.target(model, c)), got {type(f).__name__}")
+    check_model_fn(f, "blur_integrated_gradients")
     top = _check_sigma(max_sigma, "max_sigma")
     quadrature(method, n_steps)  # checks method and n_steps now, not at the first call
     nums = T.normalize_argnums(argnums)[0]

@@ -36,6 +36,14 @@ def transforms_around(*kinds) -> int:
 INPUT_PATH_LAYER_METHODS = ("conductance", "internal_influence", "layer_gradient_shap")
 
 
+def check_model_fn(f, method: str, what: str = "") -> None:
+    """Refuses, when a method is built, a model function that is not callable (it would fail at
+    the first call, inside the method). ``what``: what f must return, for the message."""
+    if not callable(f):
+        raise TypeError(f"{method}: f must be the model function, a callable{what} (e.g. xattr.target(model, c)), "
+                        f"got {type(f).__name__}")  # fmt: skip
+
+
 def check_float_inputs(selected: tuple, method: str) -> None:
     for leaf in T.leaves(selected):
         if isinstance(leaf, torch.Tensor) and not (leaf.is_floating_point() or leaf.is_complex()):

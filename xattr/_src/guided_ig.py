@@ -52,7 +52,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import tree as T
-from .checks import baselines_tuple, check_float_inputs, is_traced, warn_if_training
+from .checks import baselines_tuple, check_float_inputs, check_model_fn, is_traced, warn_if_training
 from .gradients import attribution_fn, is_multi_output, vjp_rows
 from .progress import progress
 from .output_copies import each_output
@@ -109,8 +109,7 @@ def guided_integrated_gradients(
     Example:
       >>> attr = xattr.guided_integrated_gradients(xattr.target(model, 3), n_steps=64)(x)
     """
-    if not callable(f):
-        raise TypeError(f"guided_integrated_gradients needs a callable model function f (e.g. xattr.target(model, c)), got {type(f).__name__}")
+    check_model_fn(f, "guided_integrated_gradients")
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
     q = _checked_share(fraction, "fraction", 0.0, lower_open=True)

@@ -49,7 +49,7 @@ from torch import nn
 from torch.func import jvp, vmap
 
 from . import tree as T
-from .checks import _modules, baselines_tuple, check_finite, check_float_inputs, warn_if_training
+from .checks import _modules, baselines_tuple, check_finite, check_float_inputs, check_model_fn, warn_if_training
 from .gradients import NO_PATH, NoGradientPathWarning, _rows, attribution_fn, is_multi_output, vjp_rows
 from .nesting import running_model
 from .paths import quadrature
@@ -123,8 +123,7 @@ def integrated_hessians(
     Example:
       >>> gamma = xattr.integrated_hessians(xattr.target(xattr.softened(model), 0))(x)  # (B, D, D)
     """
-    if not callable(f):
-        raise TypeError(f"integrated_hessians needs a callable model function f (e.g. xattr.target(model, c)), got {type(f).__name__}")
+    check_model_fn(f, "integrated_hessians")
     quadrature(method, n_steps)  # checks method and n_steps now
     T.checked_chunk_size(chunk_size)
     if isinstance(argnums, bool) or not isinstance(argnums, int):

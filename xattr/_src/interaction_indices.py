@@ -57,12 +57,6 @@ def check_index(index, order) -> str:
     return ALIASES[key]
 
 
-def check_model(f, method: str) -> None:
-    """Refuses, when the call is built, a model function that is not callable."""
-    if not callable(f):
-        raise TypeError(f"{method}: f must be the model function (e.g. xattr.target(model, k)), got {type(f).__name__}")
-
-
 @lru_cache(maxsize=None)
 def _bernoulli(n: int) -> tuple[Fraction, ...]:
     """B_0..B_n with B_1 = -1/2, from sum_{l=0}^{m} C(m+1, l) B_l = 0 (m >= 1)."""

@@ -27,7 +27,8 @@ import torch
 
 from . import tree as T
 from .gradients import attribution_fn
-from .interaction_indices import Interactions, check_index, check_model, combinations, gamma_table, ranks
+from .checks import check_model_fn
+from .interaction_indices import Interactions, check_index, combinations, gamma_table, ranks
 from .masks import FeatureSet, feature_sets, features
 from .perturb import Coalitions, as_floating, evaluate
 from .shapley import _prepare
@@ -82,7 +83,7 @@ def shapley_interactions(
       >>> inter = xattr.shapley_interactions(xattr.target(model, 1), index="STII", feature_mask=groups)(x)
       >>> inter.pairs[0]  # the first example's (F, F) pair matrix
     """
-    check_model(f, "shapley_interactions")
+    check_model_fn(f, "shapley_interactions")
     index = check_index(index, order)
     if isinstance(max_features, bool) or not isinstance(max_features, int) or max_features < 1:
         raise ValueError(f"max_features must be a positive int (the most features one example may hold; the cost "

@@ -40,7 +40,8 @@ import torch
 
 from . import tree as T
 from .gradients import attribution_fn
-from .interaction_indices import Interactions, check_index, check_model, combinations, gamma_table, stratum_totals
+from .checks import check_model_fn
+from .interaction_indices import Interactions, check_index, combinations, gamma_table, stratum_totals
 from .interaction_regression import check_terms, n_terms, regression
 from .kernel_sampling import paired_coalitions
 from .masks import FeatureSet, feature_sets, widen
@@ -99,7 +100,7 @@ def shapley_interaction_sampling(
     Example:
       >>> inter = xattr.shapley_interaction_sampling(xattr.target(model, 1), n_samples=4096, generator=0)(x)
     """
-    check_model(f, "shapley_interaction_sampling")
+    check_model_fn(f, "shapley_interaction_sampling")
     index = check_index(index, order)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
         raise ValueError(f"n_samples must be an int >= 2 (the empty and the full coalition at least), got {n_samples!r}")

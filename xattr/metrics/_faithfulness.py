@@ -23,7 +23,7 @@ import torch
 
 from .._src import tree as T
 from .._src.budget import copies_per_call
-from .._src.checks import baselines_like, check_finite, warn_if_training
+from .._src.checks import baselines_like, check_finite, check_model_fn, warn_if_training
 from .._src.copies import perturb
 from .._src.gradients import model_calls
 from .._src.masks import features
@@ -78,7 +78,7 @@ def faithfulness_correlation(
         raise ValueError(f"subset_size must be a positive int, got {subset_size!r}")
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
         raise ValueError(f"n_samples must be an int >= 2 (a correlation needs two subsets at least), got {n_samples!r}")
-    _check_model_fn(f)
+    check_model_fn(f, "faithfulness_correlation", ", one output per example")
     nums, as_tuple = T.normalize_argnums(argnums)
     n = n_samples
 
@@ -164,7 +164,7 @@ def monotonicity_correlation(
         )
     if perturb_func is None and generator is not None:
         raise ValueError("generator is given but there is nothing random to draw: pass a perturb_func too")
-    _check_model_fn(f)
+    check_model_fn(f, "monotonicity_correlation", ", one output per example")
     nums, as_tuple = T.normalize_argnums(argnums)
     n = n_samples
 
@@ -228,7 +228,7 @@ def monotonicity(
       to at least float32.
     """
 
-    _check_model_fn(f)
+    check_model_fn(f, "monotonicity", ", one output per example")
     nums, as_tuple = T.normalize_argnums(argnums)
 
     @new_call_inside_model  # NOTE: [Attributions inside a model's forward] in nesting.py
@@ -246,11 +246,6 @@ def monotonicity(
         return up.sum(1).to(curve.scores.dtype) / steps.sum(1).to(curve.scores.dtype)
 
     return fn
-
-
-def _check_model_fn(f) -> None:
-    if not callable(f):
-        raise TypeError(f"f must be the model function (one output per example, e.g. xattr.target(model, c)), got {type(f).__name__}")
 
 
 def finite_attributions(phi) -> None:
