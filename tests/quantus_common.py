@@ -1,9 +1,11 @@
-"""What tests/test_vs_quantus.py and tests/test_vs_quantus_more.py share: the digits MLP, a model
-that records its inputs, input x gradient, one call of a Quantus metric, and the comparison."""
+"""What tests/test_vs_quantus.py, tests/test_vs_quantus_more.py and tests/test_vs_quantus_axioms.py
+share: the digits MLP, a model that records its inputs, input x gradient, one call of a Quantus
+metric, the comparison, and round 2's held-out digits and target outputs."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -71,3 +73,26 @@ def close(ours, theirs, tol=1e-5):
     ok = ~ours.isnan()
     gap = float((ours[ok] - theirs[ok]).abs().max()) if ok.any() else 0.0
     assert gap <= tol * max(1.0, float(theirs[ok].abs().max())), (gap, ours, theirs)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """Round 2's fixture: the digits MLP (`digits_mlp`); 4 held-out digits (1, 8, 8) in [0, 1] (half
+    the pixels 0), and the same shifted by 0.25 plus a little noise, so that no two pixels are equal
+    and each image has one smallest pixel."""
+    model, images, _ = digits_mlp()
+    x = images[1500:1504].clone()
+    shifted = x + 0.25 + 0.01 * torch.rand(x.shape, generator=torch.Generator().manual_seed(1))
+    return model, x, shifted
+
+
+@pytest.fixture
+def trapz(monkeypatch):
+    """Quantus 0.6.0 calls ``np.trapz``, which numpy 2 removed: its AUCs need it put back."""
+    monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)
+
+
+def out_of(model, v, y):
+    """The model's outputs at the targets y, in float64."""
+    with torch.no_grad():
+        return model(v)[torch.arange(v.shape[0]), y].double()
