@@ -29,6 +29,9 @@ test: venv
 
 $(VENV)/.bench: $(VENV)/.installed
 	$(PIP) install -q -e ".[bench]"
+	# LXT (AttnLRP's authors' library) without its dependencies: it declares bitsandbytes, open_clip
+	# and zennit, none of which its efficient mode needs here (transformers is in the text extra)
+	$(PIP) install -q --no-deps "lxt==2.1"
 	touch $@
 
 bench: $(VENV)/.bench

@@ -1,7 +1,7 @@
 """xattr against other attribution libraries: zennit (LRP), shap (KernelSHAP, DeepExplainer,
-GradientExplainer), Quantus (evaluation metrics), shapiq (Shapley interactions) and sage-importance
-(SAGE). The workloads are in `zennit_workloads`, `shap_workloads`, `quantus_workloads` and
-`interaction_workloads`; each is skipped
+GradientExplainer), Quantus (evaluation metrics), shapiq (Shapley interactions), sage-importance
+(SAGE) and LXT (AttnLRP). The workloads are in `zennit_workloads`, `shap_workloads`,
+`quantus_workloads`, `interaction_workloads` and `lxt_workloads`; each is skipped
 with a note when its library is missing.
 
     python -m benchmarks.other_libraries                 # time them all, print a markdown table
@@ -23,18 +23,19 @@ import torch
 from . import timing
 from .workloads import Workload
 
-TARGETS = {"other-library": "never slower than the other library (zennit, shap, quantus, shapiq, sage-importance)"}
+TARGETS = {"other-library": "never slower than the other library (zennit, shap, quantus, shapiq, sage-importance, lxt)"}
 LIMITS = {"other-library": (None, 1.0)}  # (most xattr/floor, least other/xattr), as run.limits
 COLUMNS = ["workload", "xattr ms", "other ms", "floor ms", "xattr/floor", "other/floor", "other/xattr", "agreement"]
 
 
 def build(device: str = "cpu") -> list[Workload]:
     from .interaction_workloads import build as build_interactions  # noqa: PLC0415
+    from .lxt_workloads import build as build_lxt  # noqa: PLC0415
     from .quantus_workloads import build as build_quantus  # noqa: PLC0415
     from .shap_workloads import build as build_shap  # noqa: PLC0415
     from .zennit_workloads import build as build_zennit  # noqa: PLC0415
 
-    return build_zennit(device) + build_shap(device) + build_quantus(device) + build_interactions(device)
+    return build_zennit(device) + build_shap(device) + build_quantus(device) + build_interactions(device) + build_lxt(device)
 
 
 def run_one(w: Workload, device: str, repeats: int, budget: float) -> list[str]:

@@ -100,3 +100,27 @@ def test_the_default_keeps_the_gradient_for_attention_written_by_hand():
     torch.testing.assert_close(xattr.lrp(f, composite=held)(x).sum((1, 2)), f(x).detach(), rtol=1e-9, atol=1e-12)
     shared = {**held, torch.matmul: xattr.rule.FixedGate()}
     assert (xattr.lrp(f, composite=shared)(x).sum((1, 2)) - f(x)).abs().max() > 1e-3
+
+
+SHAPES = [((3, 4), (4, 5)), ((2, 3, 4), (2, 4, 5)), ((2, 3, 4), (4, 5)), ((3, 4), (2, 4, 5)),
+          ((1, 2, 3, 4), (5, 2, 4, 6)), ((5, 1, 3, 4), (1, 2, 4, 6)), ((2, 1, 3, 4), (2, 4, 6))]
+
+
+@pytest.mark.parametrize("shapes", SHAPES)
+def test_the_direct_matmul_backward_is_autograds(shapes):
+    """FixedGate's matmul backward (`gate_rules._matmul_vjp`: two products, no re-run of the
+    product) equals autograd's VJP of ``a @ b`` for every broadcast of the batch dims (bmm too)."""
+    from xattr._src.gate_rules import _matmul_vjp
+
+    gen = torch.Generator().manual_seed(len(shapes[0]) * 10 + len(shapes[1]))
+    a = torch.randn(shapes[0], dtype=D, generator=gen, requires_grad=True)
+    b = torch.randn(shapes[1], dtype=D, generator=gen, requires_grad=True)
+    fns = [torch.matmul] + ([torch.bmm] if a.ndim == b.ndim == 3 else [])
+    for fn in fns:
+        z = fn(a, b)
+        g = torch.randn(z.shape, dtype=D, generator=gen)
+        want = torch.autograd.grad(z, (a, b), g)
+        got = _matmul_vjp(a.detach(), b.detach(), g)
+        for w, o in zip(want, got):
+            assert o.shape == w.shape
+            torch.testing.assert_close(o, w, rtol=1e-12, atol=1e-12)

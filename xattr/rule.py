@@ -16,6 +16,7 @@ from ._src.deeplift_products import Product
 from ._src.deeplift_softmax import ExactSoftmax
 from ._src.unfused import Unfused
 from ._src.exact_rules import exact_deep_lift_rules
+from ._src.attn_lrp import attn_lrp_rules
 from ._src.backprop_methods import deep_lift_rules
 from ._src.lrp_input_rules import Flat, WSquare, ZBox
 from ._src.lrp_rules import (
@@ -60,6 +61,7 @@ __all__ = [
     "WSquare",
     "ZBox",
     "ZPlus",
+    "attn_lrp_rules",
     "deep_lift_rules",
     "epsilon_gamma_box",
     "exact_deep_lift_rules",

@@ -20,6 +20,8 @@ biases, where LRP-0 should conserve exactly, ``sum(R) - f(x)`` was 1e3 to 1e15 t
 
 from __future__ import annotations
 
+import torch
+
 from .rule_base import Rule, Saved, pullback
 
 # NOTE: [Matrix products share relevance]
@@ -68,7 +70,10 @@ class FixedGate(Rule):
     def backward(self, op, saved: Saved, grad):
         if op.kind in ("matmul", "einsum"):  # NOTE: [Matrix products share relevance]
             players = op.options.get("players", range(len(saved.inputs)))
-            grads = pullback(op.fn, *saved.inputs)[1](grad * (1.0 / len(players)))
+            share = grad * (1.0 / len(players))
+            if op.kind == "matmul" and min(t.ndim for t in saved.inputs) >= 2 and torch._C._functorch.maybe_current_level() is None:
+                return _matmul_vjp(*saved.inputs, share)
+            grads = pullback(op.fn, *saved.inputs)[1](share)
             return tuple(g if i in players else None for i, g in enumerate(grads))
         a, b = saved.inputs
         if op.kind == "quotient":  # NOTE: [A divisor held constant]
@@ -85,3 +90,11 @@ class FixedGate(Rule):
             return (grad * b, None)
         half = grad * 0.5
         return ((half * b).sum_to_size(a.shape), (half * a).sum_to_size(b.shape))
+
+
+def _matmul_vjp(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor) -> tuple:
+    """The VJP of ``a @ b`` (or ``torch.bmm``) for factors of 2 or more dims, batch dims
+    broadcast: ``g @ b^T`` and ``a^T @ g``, each summed to its factor's shape. Two products, where
+    `pullback` would clone both factors and run the product again first (the AttnLRP benchmark on
+    a 4-layer Llama: ~12% of the call)."""
+    return torch.matmul(g, b.transpose(-1, -2)).sum_to_size(a.shape), torch.matmul(a.transpose(-1, -2), g).sum_to_size(b.shape)
