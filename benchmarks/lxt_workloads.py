@@ -24,6 +24,8 @@ patch replaces ``ALL_ATTENTION_FUNCTIONS`` by a plain dict where transformers 5 
 nothing more). ``monkey_patch`` changes classes for the whole process (``torch.nn.Dropout.forward``
 among them): `lxt_patched` restores every attribute it changed on leaving.
 
+Vision transformers: `lxt_vit_workloads`.
+
     python -m benchmarks.lxt_workloads      # time both, print a table
 """
 
@@ -112,12 +114,18 @@ def lxt_patched(modeling, patch_map):
         yield
     finally:
         for target, before in saved.items():
-            now = dict(vars(target))
-            for key in now.keys() - before.keys():
-                delattr(target, key)
-            for key, value in before.items():
-                if now.get(key) is not value:
-                    setattr(target, key, value)
+            _restore(target, before)
+
+
+def _restore(target, before: dict) -> None:
+    """Puts back the attributes of a class or module as ``dict(vars(target))`` had them: those
+    added since are deleted, those changed are set back."""
+    now = dict(vars(target))
+    for key in now.keys() - before.keys():
+        delattr(target, key)
+    for key, value in before.items():
+        if now.get(key) is not value:
+            setattr(target, key, value)
 
 
 def llama_patches():
@@ -192,10 +200,12 @@ def _llama_workload(layers: int = 4, hidden: int = 256, tokens: int = 32) -> Wor
 
 
 def build(device: str = "cpu") -> list[Workload]:
-    """The LXT workload (CPU), skipped with a note when lxt or transformers is missing."""
+    """The LXT workloads (CPU: Llama, ViT), skipped with a note when lxt or transformers is missing."""
     if import_lxt() is None:
         return [Workload("AttnLRP vs LXT", "other-library", None, None, {}, None, "", skip="lxt is not installed")]
-    return [_llama_workload()]
+    from .lxt_vit_workloads import build_vit  # noqa: PLC0415 (it imports this module)
+
+    return [_llama_workload(), build_vit()]
 
 
 def main(argv=None) -> int:

@@ -249,16 +249,17 @@ def test_hold_attention_is_the_cp_lrp_recipe():
 
 
 def test_gamma_and_linear_options():
-    """``gamma=g`` is ``linear=Gamma(g)`` at linear and conv layers; ``conv`` alone changes convs."""
+    """``gamma=g`` is ``linear=GeneralizedGamma(g)`` at linear and conv layers (the gamma rule for
+    signed inputs); ``conv`` alone changes convs."""
     rules = xr.attn_lrp_rules(1e-6, gamma=0.25)
-    assert isinstance(rules[F.linear], xr.Gamma) and rules[F.linear].gamma == 0.25 and rules[F.linear].eps == 1e-6
+    assert isinstance(rules[F.linear], xr.GeneralizedGamma) and rules[F.linear].gamma == 0.25 and rules[F.linear].eps == 1e-6
     assert rules[torch.conv2d] is rules[F.linear]
     rules = xr.attn_lrp_rules(conv=xr.ZPlus())
     assert isinstance(rules[torch.conv2d], xr.ZPlus) and isinstance(rules[F.linear], xr.Epsilon)
     assert F.softmax not in xr.attn_lrp_rules() and isinstance(xr.attn_lrp_rules()[torch.matmul], xr.FixedGate)
     block, x = AttentionBlock(seed=1), _inputs(1)
     a = xattr.lrp(block, composite=xr.attn_lrp_rules(gamma=0.25))(x)
-    b = xattr.lrp(block, composite={**xr.attn_lrp_rules(), F.linear: xr.Gamma(0.25, 1e-9)})(x)
+    b = xattr.lrp(block, composite={**xr.attn_lrp_rules(), F.linear: xr.GeneralizedGamma(0.25, 1e-9)})(x)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.allclose(a, xattr.lrp(block, composite=xr.attn_lrp_rules())(x))
 

@@ -19,6 +19,7 @@ from ._src.exact_rules import exact_deep_lift_rules
 from ._src.attn_lrp import attn_lrp_rules
 from ._src.backprop_methods import deep_lift_rules
 from ._src.lrp_input_rules import Flat, WSquare, ZBox
+from ._src.lrp_generalized_gamma import GeneralizedGamma
 from ._src.lrp_rules import (
     AlphaBeta,
     Block,
@@ -47,6 +48,7 @@ __all__ = [
     "FixedStd",
     "Flat",
     "Gamma",
+    "GeneralizedGamma",
     "Guided",
     "KINDS",
     "Op",

@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from .attention_rules import FixedAttention
 from .deeplift_rules import checked_eps
 from .gate_rules import FixedGate
-from .lrp_rules import Block, Epsilon, Gamma, lrp_rules
+from .lrp_generalized_gamma import GeneralizedGamma
+from .lrp_rules import Block, Epsilon, lrp_rules
 from .rule_base import Rule
 from .unfused import Unfused
 
@@ -81,8 +82,10 @@ def attn_lrp_rules(
     Args:
       eps: the epsilon of `Epsilon` at linear, conv, batch-norm and pooling layers (0: the
         ordinary gradient, LRP-0, as the authors' library LXT in its efficient mode).
-      gamma: a number: `Gamma(gamma, eps)` at linear and conv layers instead (the authors
-        recommend the gamma rule for vision transformers, where epsilon gives noisy heat maps).
+      gamma: a number: `GeneralizedGamma(gamma, eps)` at linear and conv layers instead, the
+        gamma rule for signed inputs (the authors' library uses it, through zennit, for vision
+        transformers; `Gamma`, made for inputs >= 0, can divide by a near-zero or sign-flipped sum
+        on the signed outputs of layer norms: NOTE: [Gamma for signed inputs]).
       linear: any rule for linear layers (``F.linear``, and GPT-2's ``Conv1D`` through
         ``torch.addmm``), instead of epsilon or gamma.
       conv: a rule for convolutions (a ViT's patch embedding); default: the linear layers' rule.
@@ -101,10 +104,10 @@ def attn_lrp_rules(
     eps = checked_eps(eps, "attn_lrp_rules")
     if gamma is not None:
         if linear is not None:
-            raise ValueError("attn_lrp_rules: give gamma or linear, not both (gamma=g is linear=xattr.rule.Gamma(g))")
+            raise ValueError("attn_lrp_rules: give gamma or linear, not both (gamma=g is linear=xattr.rule.GeneralizedGamma(g, eps))")
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0:
             raise ValueError(f"attn_lrp_rules: gamma must be a number >= 0, got {gamma!r}")
-        linear = Gamma(float(gamma), eps)
+        linear = GeneralizedGamma(float(gamma), eps)  # NOTE: [Gamma for signed inputs]
     if not isinstance(hold_attention, bool):
         raise TypeError(f"attn_lrp_rules: hold_attention must be True or False, got {hold_attention!r}")
     linear = _rule(linear, "linear") or Epsilon(eps)
