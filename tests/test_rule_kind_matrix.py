@@ -35,6 +35,7 @@ SPECS = all_specs()
 RULES = {
     "Guided": R.Guided, "Deconv": R.Deconv, "Rescale": R.Rescale, "Product": R.Product, "ExactSoftmax": R.ExactSoftmax,
     "Unfused": R.Unfused, "Epsilon": lambda: R.Epsilon(0.01), "Gamma": lambda: R.Gamma(0.5, eps=0.01),
+    "GeneralizedGamma": lambda: R.GeneralizedGamma(0.5, eps=0.01),
     "PositiveWeights": lambda: R.PositiveWeights(0.01), "AlphaBeta": lambda: R.AlphaBeta(2.0, 1.0, eps=0.01),
     "ZPlus": lambda: R.ZPlus(0.01), "Pass": R.Pass, "WSquare": lambda: R.WSquare(0.01), "Flat": lambda: R.Flat(0.01),
     "ZBox": lambda: R.ZBox(-1.0, 2.0, eps=0.01), "FixedStd": R.FixedStd, "FixedAttention": R.FixedAttention,
@@ -339,6 +340,12 @@ def _lrp(name, spec, inner, x, g):
                    "PositiveWeights": lambda w: w.clamp(min=0)}[name]
             rho_b = lambda b: b if name == "PositiveWeights" else rho(b)  # noqa: E731 (w+ keeps the bias)
             Jr, cr = (rho(J), rho_b(c)) if weighted else (J, c)
+            gi = Jr.T @ (R / _stab(Jr @ xf + cr, 0.01))
+        elif name == "GeneralizedGamma":  # w + 0.5 w+ where x_j and z_i share a sign, w + 0.5 w- where not
+            pos = z >= 0
+            same = (xf[None, :] >= 0) == pos[:, None]
+            Jr = torch.where(same, J + 0.5 * J.clamp(min=0), J + 0.5 * J.clamp(max=0))
+            cr = torch.where(pos, c + 0.5 * c.clamp(min=0), c + 0.5 * c.clamp(max=0))
             gi = Jr.T @ (R / _stab(Jr @ xf + cr, 0.01))
         elif name in ("AlphaBeta", "ZPlus"):
             alpha, beta, bias = (2.0, 1.0, True) if name == "AlphaBeta" else (1.0, 0.0, False)
