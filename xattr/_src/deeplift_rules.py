@@ -149,6 +149,10 @@ def derivative(op: ops.Op, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     closed = pointwise.DERIVATIVES.get(op.kind)  # exp, log, sqrt, abs, pow...
     if closed is not None:
         return closed(x, y, op.options)
+    if op.kind == "gelu" and torch._C._functorch.maybe_current_level() is None:
+        # torch's own backward kernel, bit for bit the jvp below (tested), without jvp's machinery:
+        # 47 us against 127 us on (4, 13, 1536), one thread (a GELU with a tie: once per call on MiniLM)
+        return torch.ops.aten.gelu_backward(torch.ones_like(x), x, approximate=op.options.get("approximate", "none"))
     return jvp(op.fn, (x,), (torch.ones_like(x),))[1]
 
 

@@ -72,14 +72,17 @@ def _secant(num: torch.Tensor, den: torch.Tensor, slope: torch.Tensor, eps: floa
     return torch.where(near, slope, num / torch.where(near, torch.ones_like(den), den))
 
 
-def _terms(x: torch.Tensor, y: torch.Tensor | None, dims: tuple, eps: float, log: bool = False) -> tuple:
+def _terms(x: torch.Tensor, y: torch.Tensor | None, dims: tuple, eps: float, log: bool = False, lse=None) -> tuple:
     """The multipliers m and w of NOTE: [DeepLift through softmax, exactly] for the input rows of
     x (rows in dim 0), in the input rows' shape, over ``dims`` (nonnegative; several for a
     logsumexp: NOTE: [DeepLift through logsumexp]); with ``log`` (y is log_softmax or logsumexp,
-    unread) w alone."""
+    unread) w alone. ``lse``: x's logsumexp over ``dims`` (keepdim), where the caller has it."""
     x1, x2 = _halves(x)
     dims = tuple(d - x.ndim for d in dims)  # from the right: shared reference rows view the halves with one dim more
-    lse1, lse2 = x1.logsumexp(dims, keepdim=True), x2.logsumexp(dims, keepdim=True)
+    if lse is None:
+        lse1, lse2 = x1.logsumexp(dims, keepdim=True), x2.logsumexp(dims, keepdim=True)
+    else:
+        lse1, lse2 = _halves(lse)
     if not log:
         y1, y2 = _halves(y)
         m = _flat(_secant(y1 - y2, (x1 - lse1) - (x2 - lse2), y1, eps), x)

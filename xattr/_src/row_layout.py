@@ -130,6 +130,16 @@ def rows_dim(x) -> int | None:
     return _found_in_second(shape, notes, seen)
 
 
+def rows_in_dim_0(shape) -> bool:
+    """Whether `rows_dim` reads the call's rows in dim 0 of a tensor of this shape plainly (dim 0
+    holds them, dim 1 cannot), without raising or noting anything. DeepLift's fused ops
+    (deeplift_fused.py) run only there; anything else (rows in dim 1, merged with another dim, a
+    shape `rows_dim` would retry or remember) runs written out, where the steps' own rules decide
+    as before: a fused op must not raise where the steps would not (NOTE: [Rows in dim 0 or dim 1])."""
+    rows = _ROWS.get()[0]
+    return len(shape) > 0 and shape[0] == rows and (len(shape) == 1 or shape[1] != rows)
+
+
 class _Seen:
     """What one call's tensors showed so far: whether one held the rows in dim 1, and the shapes
     (R, R, ...) of rank 2 or >= 4 read in dim 0 although dim 1 could hold the rows too."""

@@ -13,7 +13,9 @@ hooks]; one that only rescales its output's gradient, with a hook on its output:
 as output hooks]; a call whose rule writes it out runs as the ops it is made of: NOTE: [Ops
 written out]). Forward values never change (but for rounding where `Unfused` spells a call
 another way): only gradients do. Everything else runs untouched, and so does every op no rule
-claims, so the cost is one dictionary lookup per torch call.
+claims, so the cost is one dictionary lookup per torch call; but in DeepLift's paired rows,
+where only the input rows are seeded, linear ops are parsed too and skip the reference rows in
+their backward (NOTE: [Reference rows take no gradient] in deeplift_dead_rows.py).
 
 Because the op is intercepted, not the module, the same rule applies to ``nn.ReLU``, ``F.relu``,
 ``x.relu_()`` and a ReLU module reused five times, and works in plain functions that are not
@@ -28,6 +30,8 @@ the function is made of are intercepted and ruled by the same mapping, module ke
 sees (NOTE: [Fused attention written out] in unfused.py), and for SDPA, layer and RMS norm, whose
 single backward would otherwise replace the steps' rules (NOTE: [Attention and norms written out]
 in written_out.py). A written-out function must not call its own op again under the same rule.
+In paired rows, a layer norm or SDPA whose steps would take exactly DeepLift's rules runs as one
+op with those steps' multipliers instead (NOTE: [Written-out steps fused] in deeplift_fused.py).
 
 NOTE: [Choosing a rule]
 A mapping key is one of
@@ -58,6 +62,8 @@ from torch.overrides import TorchFunctionMode
 
 from . import nesting
 from .checks import _modules
+from .deeplift_dead_rows import linear_rows, parsers_with_linear
+from .deeplift_fused import fused
 from .dependence import remembering
 from .graph_hooks import hook_graph, node_number
 from .input_copies import INPUT_COPIES, MOVES, moved
@@ -88,6 +94,10 @@ class _RulesMode(TorchFunctionMode):
         self.copies = INPUT_COPIES.get()  # None outside lrp's input-layer runs: no tracking then
         paired = _ROWS.get()  # inside deep_lift's call: its rows, and what the call noted of merges
         self.rows, self.merged = (paired[0], paired[4].merged) if paired[0] is not None else (None, None)
+        # the input rows where only they are seeded (NOTE: [Reference rows take no gradient])
+        self.input_rows = None if paired[0] is None or paired[1] else paired[0] - (paired[2] or paired[0] // 2)
+        if self.input_rows is not None:
+            self.parsers = parsers_with_linear(table)
         self.recording = torch.is_grad_enabled()  # NOTE: [Ops inside a custom autograd.Function]
         self.bypassed: set = set()
 
@@ -106,6 +116,10 @@ class _RulesMode(TorchFunctionMode):
         op = parser(func, *args, **kwargs)
         rule = None if op is None else self.table.resolve(op, self.stack)
         if rule is None:
+            if self.input_rows is not None and op is not None and op.kind == "linear":
+                out = linear_rows(op, self.rows, self.input_rows)  # NOTE: [Reference rows take no gradient]
+                if out is not None:
+                    return out
             return func(*args, **kwargs)
         if self.recording and not torch.is_grad_enabled():  # NOTE: [Ops inside a custom autograd.Function]
             self._bypassed(op)
@@ -162,6 +176,10 @@ class _RulesMode(TorchFunctionMode):
         """Runs ``op`` under ``rule``; ``blocks``: its tensors hold that many rows as blocks of the
         paired rows, applied on their views where its kind allows (NOTE: [Interleaved rows])."""
         if type(rule).written_out is not Rule.written_out:  # NOTE: [Ops written out]
+            if self.rows is not None and blocks is None and self.copies is None and _ROWS.get()[0] == self.rows:
+                one = fused(rule, op, self.table, self.stack)  # NOTE: [Written-out steps fused]
+                if one is not None:
+                    return apply_rule(one, op)
             written = rule.written_out(op)
             if written is not None:
                 with self:  # the mode is off while it handles a call: on again for the ops written out
