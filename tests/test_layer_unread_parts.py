@@ -1,7 +1,7 @@
 """A layer whose value has a part nothing after it reads (attention weights that the module itself
 used for its context, as in Captum's BERT tutorial): the gradient layer methods give that part
 zeros and say so with a NoGradientPathWarning naming it (NOTE: [Parts of a layer's value no path
-reads] in xattr/_src/layers.py); the other parts are unchanged, and nothing is said where every
+reads] in xattr/_src/layer_grads.py); the other parts are unchanged, and nothing is said where every
 part is read."""
 
 from __future__ import annotations

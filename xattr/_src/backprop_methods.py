@@ -27,7 +27,8 @@ from .deeplift_rules import Rescale
 from .deeplift_softmax import ExactSoftmax
 from .gradients import attribution_fn, is_multi_output, vjp_rows
 from .layer_layout import check_merged
-from .layers import Split, layer_vjp_rows
+from .layer_grads import layer_vjp_rows
+from .layers import Split
 from .merged_rows import unshared_if_merged
 from .methods import _gap
 from .rule_limits import differentiable_rules

@@ -152,6 +152,10 @@ def baselines_tuple(selected: tuple, baselines, as_tuple: bool, *, name: str = "
 
 def _modules(fn) -> list[nn.Module]:
     """Finds nn.Modules behind a model function (through xattr wrappers and functools.partial)."""
+    while getattr(type(fn), "reaches_model_only", False):  # a target or a split: what its .model reaches (~1 us less)
+        fn = fn.model
+    if isinstance(fn, nn.Module):
+        return [fn]
     found, seen, todo = [], set(), [fn]
     while todo:
         obj = todo.pop()

@@ -30,7 +30,8 @@ from . import tree as T
 from .checks import baselines_like, warn_if_training
 from .gradients import attribution_fn
 from .layer_layout import check_merged, check_rows
-from .layers import Split, layer_vjp_rows
+from .layer_grads import layer_vjp_rows
+from .layers import Split
 from .methods import _gap, _outputs, completeness_gap, integrated_gradients
 from .noise_tunnel import shap_samples
 
@@ -92,7 +93,9 @@ def gradient_x_activation(split: Split, *, multiply: bool = True) -> Callable:
         warn_if_training(split)
         check_merged(split, args, "gradient_x_activation")
         h, _, g = layer_vjp_rows(split, args)
-        return T.tree_map(_times, g, h) if multiply else g
+        if not multiply:
+            return g
+        return _times(g, h) if isinstance(h, torch.Tensor) else T.tree_map(_times, g, h)
 
     return attribution_fn(fn, split)
 
@@ -129,7 +132,7 @@ def grad_cam(split: Split, *, relu: bool = True, sum_channels: bool = True) -> C
         warn_if_training(split)
         h, out, g = layer_vjp_rows(split, args)
         check_rows(split, h, args, out.shape[0] if out.ndim else None, "grad_cam")  # NOTE: [Batch-first layers]
-        return T.tree_map(cam, g, h)
+        return cam(g, h) if isinstance(h, torch.Tensor) else T.tree_map(cam, g, h)
 
     return attribution_fn(fn, split)
 

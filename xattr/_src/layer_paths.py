@@ -32,7 +32,8 @@ from . import tree as T
 from .checks import baselines_like, check_float_inputs, warn_if_training
 from .gradients import attribution_fn
 from .layer_layout import check_rows
-from .layers import Split, layer_vjp_rows
+from .layer_grads import layer_vjp_rows
+from .layers import Split
 from .methods import completeness_gap
 from .paths import ChunkSum, _rows_args, _walk, quadrature, real_dtype, straight_line
 

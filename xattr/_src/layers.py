@@ -65,20 +65,17 @@ import inspect
 import threading
 from typing import Callable, Sequence
 
-import optree
 import torch
 from torch import nn
 
 from . import nesting
 from . import tree as T
 from .batch_dims import check_batch_dim, is_batch_first, to_front, to_layout
-from .checks import check_finite
 from .fx_head import traced_head
-from .gradients import NoGradientPathWarning, _rows, is_multi_output, vjp_rows
+from .gradients import is_multi_output
 from .layer_layout import first_rows
 from .layer_values import is_plain, restored, shown
 from .rule_limits import calls_jit, eager_compiled, in_checkpoint, jit_error
-from .warn import warn
 
 
 class _Stop(BaseException):
@@ -89,6 +86,8 @@ class _Stop(BaseException):
 
 class Split:
     """A model function split at one or more modules (see NOTE: [Splitting a model at a layer])."""
+
+    reaches_model_only = True  # `checks._modules`: only its .model leads to the model (no __wrapped__, __self__)
 
     def __init__(self, f: Callable, modules, inputs: bool, call_index, batch_dim=0):
         self.model = f
@@ -106,6 +105,7 @@ class Split:
         self.batch_dim = check_batch_dim(batch_dim)  # NOTE: [Layers with the batch in another dim]
         self.where = "input" if inputs else "output"
         self.checked_single_calls: set = set()  # signatures (`tree.signature`) of args checked with a whole forward
+        self.copied_values = False  # the layer gradients add zeros: the model writes in place after the layer
         self.act = _Act(self)
         self.head = _Head(self)
 
@@ -117,10 +117,10 @@ class Split:
     def _wanted(self, k: int) -> bool:
         return self.call_index in (None, "all") or k == self.call_index
 
-    def _run(self, args, on_value: Callable, stop_when_done: bool, substitutes: bool = False):
+    def _run(self, args, on_value: Callable, stop_when_done: bool, substitutes: bool = False, model: Callable | None = None):
         """Runs f(*args) with hooks calling ``on_value(layer_i, call_k, value) -> replacement|None``;
         ``substitutes``: the replacements may differ from the values (NOTE: [Layers under
-        activation checkpointing])."""
+        activation checkpointing]); ``model``: run instead of f (its target's model)."""
         counts = [0] * len(self.modules)
         handles = []
         owner = threading.get_ident()  # NOTE: [Layers of shared models in threads]
@@ -136,11 +136,15 @@ class Split:
                 counts[i] += 1
                 if not self._wanted(k):
                     return None
-                with torch.set_grad_enabled(recording or torch.is_grad_enabled()):  # NOTE: [Layers inside torch.no_grad]
+                grad = torch.is_grad_enabled()
+                torch._C._set_grad_enabled(recording or grad)  # NOTE: [Layers inside torch.no_grad]; no context object
+                try:
                     new = on_value(i, k, to_front(shown(value), self.batch_dim, self.where, rows))
                     if new is None:
                         return None
                     new = restored(to_layout(new, self.batch_dim, self.where, rows), value)  # NOTE: [Layer values with more than tensors]
+                finally:
+                    torch._C._set_grad_enabled(grad)
                 if substitutes and torch.is_grad_enabled() and in_checkpoint():
                     raise _checkpointed(module, self.where)
                 return new
@@ -164,7 +168,7 @@ class Split:
                 handles.append(h)
             try:
                 with eager_compiled(), nesting.running_model():  # NOTE: [Layers of compiled models]
-                    out = self.model(*args)
+                    out = (self.model if model is None else model)(*args)
             except _Stop:
                 out = None
         finally:
@@ -337,120 +341,3 @@ def at_layer(
       >>> layer_ig = xattr.integrated_gradients(split.head)(h, x)   # attributions shaped like h
     """
     return Split(f, layer, inputs, call_index, batch_dim)
-
-
-def layer_vjp_rows(split: Split, args: tuple, *, weights=None, chunk_size=None):
-    """(h, outputs, dF/dh) at the rows ``args``: one forward and one backward pass at top level.
-
-    NOTE: [Layer gradients are total derivatives]
-    dF/dh is taken by adding a zero tensor z to each chosen activation and differentiating with
-    respect to z, not by substituting h. So with several layers where one feeds the next, each
-    gets its own full gradient (paths through the later layers included), as Captum computes
-    per layer, while layer IG (which substitutes h through ``head``) moves all layers at once.
-    At top level z is created inside the capture hook, so h, the outputs and dF/dh come from one
-    forward and one backward pass, like Captum's layer hooks. Inside torch.func transforms z must
-    exist before the VJP, so ``act`` runs first (two forwards).
-    """
-    multi = split.multi_output
-    eager = torch._C._functorch.maybe_current_level() is None and not torch.compiler.is_compiling()
-    if not eager:
-        h = split.act(*args)
-        out, grads = vjp_rows(_Perturbed(split), (T.tree_map(torch.zeros_like, h),) + tuple(args), (0,),
-                              weights=weights, chunk_size=chunk_size, method="a layer method")  # fmt: skip
-        return h, out, grads[0]
-    hs: list[list] = [[] for _ in split.modules]
-    zs: list[list] = [[] for _ in split.modules]
-
-    def add_zero(i, k, value):
-        z = T.tree_map(lambda t: torch.zeros_like(t).requires_grad_() if _is_float(t) else t, value)
-        hs[i].append(T.tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, value))
-        zs[i].append(z)
-        return T.tree_map(lambda t, zt: t + zt if _is_float(t) else t, value, z)
-
-    with torch.enable_grad():
-        out = _rows(T.expand_shared(split._run(args, add_zero, stop_when_done=False)), multi)  # NOTE: [Shared reference]
-    check_finite(out)
-    h, z = split._pack(hs), split._pack(zs)
-    flat = [t for t in T.leaves(z) if _is_float(t)]
-    if not flat:
-        where = "input" if split.inputs else "output"
-        raise TypeError(
-            f"the layer's {where} holds no floating-point tensor to differentiate (e.g. the token ids an "
-            "embedding reads): split at a layer whose " + where + " is float, such as the embedding's output"
-        )
-    w = (torch.ones(out.shape[0], device=out.device) if weights is None else weights).to(out.dtype)
-    if not multi:
-        grads = list(torch.autograd.grad(out, flat, w if out.ndim else None, allow_unused=True))
-        zero = torch.zeros_like
-    else:
-        k = out.shape[1]
-        cots = torch.eye(k, dtype=out.dtype, device=out.device)[:, None, :] * w[None, :, None]
-        per = [torch.autograd.grad(out, flat, cots[j], retain_graph=j < k - 1, allow_unused=True) for j in range(k)]
-        zero = lambda t: t.new_zeros(t.shape[:1] + (k,) + t.shape[1:])  # noqa: E731
-        grads = [None if all(g is None for g in gs) else torch.stack([torch.zeros_like(t) if g is None else g for g in gs], 1)
-                 for gs, t in zip(zip(*per), flat)]  # fmt: skip
-    if out.numel() and all(g is None for g in grads):  # NOTE: [No gradient path] in gradients.py
-        warn(NO_LAYER_PATH, NoGradientPathWarning)  # NOTE: [Warnings at the user's line] in warn.py
-    elif out.numel() and any(g is None for g in grads):  # NOTE: [Parts of a layer's value no path reads]
-        warn(_unread_parts(z, grads, split.inputs), NoGradientPathWarning)
-    grads = iter([zero(t) if g is None else g for g, t in zip(grads, flat)])
-    g = T.tree_map(lambda t: next(grads) if _is_float(t) else t, h)
-    return h, out.detach(), g
-
-
-NO_LAYER_PATH = (
-    "xattr: no gradient reaches the layer's value from the output (every gradient is None), so the layer "
-    "attributions are zero: the output does not use the layer (a branch the output never reads, an auxiliary "
-    "head), or the model uses it without recording gradients (.detach(), .item(), an integer op)"
-)
-
-
-def _unread_parts(z, grads: list, inputs: bool) -> str:
-    """NOTE: [Parts of a layer's value no path reads]
-    A layer whose value has several tensors (``(context, attention_probs)``, an LSTM's ``(output,
-    (h_n, c_n))``) gets each part's gradient from the paths that read that part after the layer
-    (before it, with ``inputs=True``). A part nothing reads there gets zeros, which look like an
-    answer: say so, and name the parts. The usual surprise is a part the layer itself used to
-    compute another (attention weights, read by the context inside the module): that use is inside
-    the layer and is not counted, where Captum's gradient layer methods (LayerConductance,
-    InternalInfluence, LayerGradientXActivation) differentiate the tensor with all its uses. Found
-    in Captum's BERT tutorial, whose attention-matrix attributions came out zero without a word."""
-    paths = [p for p, leaf in zip(optree.tree_paths(z, namespace="xattr"), optree.tree_leaves(z, namespace="xattr"))
-             if _is_float(leaf)]
-    unread = [_path(p) for p, g in zip(paths, grads) if g is None]
-    where = "input" if inputs else "output"
-    return (
-        f"xattr: the part(s) {', '.join(unread)} of the layer's {where} reach the model's output by no path "
-        f"{'through the layer' if inputs else 'after the layer'}, so their attributions are zero. Only the paths "
-        f"from the values the layer {'receives' if inputs else 'returns'} count: a value the layer also uses inside "
-        "itself to compute another part (attention weights, read by its context) has that use inside the layer, "
-        "not counted, where Captum's gradient layer methods count it (docs/layers.md, section 6). To attribute to "
-        "such a tensor with its uses, split at a module that produces it before it is used"
-    )
-
-
-def _path(p: tuple) -> str:
-    return "[" + "][".join(repr(k) for k in p) + "]" if p else "[]"
-
-
-def _is_float(t) -> bool:
-    return isinstance(t, torch.Tensor) and t.is_floating_point()
-
-
-class _Perturbed:
-    """``(z, *args) -> f(*args)`` with z added to the chosen activation(s) (see NOTE above)."""
-
-    def __init__(self, split: Split):
-        self.split = split
-        self.model = split.model
-        self.multi_output = split.multi_output
-
-    def __call__(self, z, *args):
-        s = self.split
-        given = s._unpack(z)
-
-        def add(i, k, value):
-            zt = given[i][k if s.call_index == "all" else 0]
-            return T.tree_map(lambda t, d: t + d if _is_float(t) else t, value, zt)
-
-        return T.expand_shared(s._run(args, add, stop_when_done=False))  # NOTE: [Shared reference]

@@ -39,7 +39,8 @@ from .backprop_methods import _split_with
 from .checks import warn_if_training
 from .gradients import attribution_fn, vjp_rows
 from .layer_layout import check_merged
-from .layers import Split, layer_vjp_rows
+from .layer_grads import layer_vjp_rows
+from .layers import Split
 from .input_copies import INPUT_COPIES, entry
 from .lrp_input_rules import ABOVE_SPLIT
 from .lrp_rules import lrp_rules

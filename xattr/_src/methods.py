@@ -20,7 +20,7 @@ import torch
 
 from . import tree as T
 from .checks import baselines_tuple, check_float_inputs
-from .gradients import attribution_fn, grad, model_calls, vjp_rows
+from .gradients import attribution_fn, model_calls, unwrapped_grad, vjp_rows
 from .paths import path_integral
 from .noise_tunnel import shap_samples, smooth
 
@@ -33,13 +33,13 @@ def saliency(f: Callable, *, argnums: int | Sequence[int] = 0, abs: bool = True,
     Example:
       >>> xattr.saliency(xattr.target(model, 3))(x).shape == x.shape
     """
-    g = grad(f, argnums=argnums, chunk_size=chunk_size)
+    g = unwrapped_grad(f, argnums=argnums, chunk_size=chunk_size)  # one wrapper: NOTE: [Gradient call overhead]
     return _wrap(lambda *args: T.tree_map(torch.abs, g(*args)) if abs else g(*args), f)
 
 
 def input_x_gradient(f: Callable, *, argnums: int | Sequence[int] = 0, chunk_size: int | None = None) -> Callable:
     """Input x gradient: ``x * df/dx``. Shrikumar et al. 2016; exact (complete) for linear f with zero baseline."""
-    g = grad(f, argnums=argnums, chunk_size=chunk_size)
+    g = unwrapped_grad(f, argnums=argnums, chunk_size=chunk_size)
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args):

@@ -156,35 +156,10 @@ def _select_one(out: torch.Tensor, t, memo: dict | None = None) -> torch.Tensor:
         if t.ndim != 1:
             raise ValueError(f"a per-example target must have shape (B,), got {tuple(t.shape)}")
         out = T.expand_shared(out)  # a reference row shared by the batch: one per example (deep_lift)
-        n, b = T.copies_of(t, out.shape[0]), t.shape[0]  # rows fold n copies of the batch (copy-major)
         # without autograd or a transform (a perturbation method's calls), a (R, C) output takes
         # one flat `take` instead of a gather and a squeeze: one kernel call fewer per model call
         flat = out.ndim == 2 and not torch.is_grad_enabled() and torch._C._functorch.maybe_current_level() is None
-        key = index = None
-        if memo is not None and _memo_allowed(t) and not is_traced(t):
-            key = (t._version, n, out.shape[1], tuple(out.shape[2:]), out.device, flat)
-            index, values = memo.get(key, (None, None))
-            if index is not None and not unchanged(t, key[0], values):
-                index = None
-        if index is None:
-            _check_range(out, t, out.shape[1])
-            given = t
-            if t.is_inference():  # made under torch.inference_mode: autograd cannot save it as the index
-                t = t.clone()
-            c = out.shape[1]
-            # int64 (gather's index dtype; a no-op for a LongTensor), in range (checked): -1 is the
-            # last output, as for an int target
-            t = _as_index(t, out.device).remainder(c)
-            if flat:  # row r's target at r * C + t[r % B] in row-major order (`take` reads any layout so)
-                index = torch.arange(0, n * b * c, c, device=out.device)
-                index.view(n, b).add_(t)
-            else:  # (R, 1, ...), tiled copy-major: contiguous along the rows, since a gather with a
-                # (R, 1) index is 2x as fast as one with the batch's index expanded
-                index = t.repeat(n).reshape((n * b, 1) + (1,) * (out.ndim - 2)).expand((n * b, 1) + tuple(out.shape[2:]))
-            if key is not None:
-                if len(memo) > 16:  # a handful of layouts per target in practice; never grow without bound
-                    memo.clear()
-                memo[key] = (index, T.cpu_snapshot(given))
+        index = _target_index(out, t, memo, flat)
         if flat:
             return out.take(index)
         return out.gather(1, index).squeeze(1)  # (R, 1, ...) -> (R, ...): a view
@@ -197,6 +172,38 @@ def _select_one(out: torch.Tensor, t, memo: dict | None = None) -> torch.Tensor:
     if callable(t):
         return t(out)
     raise TypeError(f"unsupported target {t!r}: use an int, a tuple index, a LongTensor (B,), a callable or xattr.outputs")
+
+
+def _target_index(out: torch.Tensor, t: torch.Tensor, memo: dict | None, flat: bool) -> torch.Tensor:
+    """The index of a per-example target tensor (B,) into the output rows (R, C, ...): flat
+    positions (R,) for `take` when ``flat``, else a (R, 1, ...) gather index; kept in ``memo``."""
+    n, b = T.copies_of(t, out.shape[0]), t.shape[0]  # rows fold n copies of the batch (copy-major)
+    key = index = None
+    if memo is not None and _memo_allowed(t) and not is_traced(t):
+        key = (t._version, n, out.shape[1], tuple(out.shape[2:]), out.device, flat)
+        index, values = memo.get(key, (None, None))
+        if index is not None and not unchanged(t, key[0], values):
+            index = None
+    if index is None:
+        _check_range(out, t, out.shape[1])
+        given = t
+        if t.is_inference():  # made under torch.inference_mode: autograd cannot save it as the index
+            t = t.clone()
+        c = out.shape[1]
+        # int64 (gather's index dtype; a no-op for a LongTensor), in range (checked): -1 is the
+        # last output, as for an int target
+        t = _as_index(t, out.device).remainder(c)
+        if flat:  # row r's target at r * C + t[r % B] in row-major order (`take` reads any layout so)
+            index = torch.arange(0, n * b * c, c, device=out.device)
+            index.view(n, b).add_(t)
+        else:  # (R, 1, ...), tiled copy-major: contiguous along the rows, since a gather with a
+            # (R, 1) index is 2x as fast as one with the batch's index expanded
+            index = t.repeat(n).reshape((n * b, 1) + (1,) * (out.ndim - 2)).expand((n * b, 1) + tuple(out.shape[2:]))
+        if key is not None:
+            if len(memo) > 16:  # a handful of layouts per target in practice; never grow without bound
+                memo.clear()
+            memo[key] = (index, T.cpu_snapshot(given))
+    return index
 
 
 def _select_traced(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -258,6 +265,8 @@ def _flat_indices(out: torch.Tensor, idx) -> list[int] | None:
 class Targeted:
     """A model function restricted to chosen outputs. `multi_output` tells methods to add a K axis."""
 
+    reaches_model_only = True  # `checks._modules`: its __wrapped__ is its .model, it has no __self__
+
     def __init__(self, model: Callable, t):
         self.model = model
         self.t = t
@@ -272,7 +281,29 @@ class Targeted:
         return self.model
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
-        out = self.model(*args, **kwargs)
+        return self.select(self.model(*args, **kwargs))
+
+    def one_hot_rows(self, out) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For a gradient taken at top level (NOTE: [Targets differentiated by a one-hot
+        cotangent]): (the picked rows (R,), detached, and their flat positions in ``out`` (R,)),
+        where a per-example target tensor picks one number per row of a (R, C) float output; else
+        None (`select` then picks them as usual)."""
+        t = self.t
+        if (self.multi_output or not isinstance(t, torch.Tensor) or t.ndim != 1 or not isinstance(out, torch.Tensor)
+                or out.ndim != 2 or not out.is_floating_point() or T.expand_shared(out) is not out):  # fmt: skip
+            return None
+        if t.dtype != torch.long:
+            _check_index_dtype(t, "a target tensor")
+        index = _target_index(out, t, self._index_memo, True)
+        grad = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)  # the rows without autograd (one op: no detach)
+        try:
+            return out.take(index), index
+        finally:
+            torch._C._set_grad_enabled(grad)
+
+    def select(self, out) -> torch.Tensor:
+        """The chosen outputs of the model's output ``out``."""
         if not isinstance(out, torch.Tensor):
             if callable(self.t) and not self.multi_output:  # a selector may read a tuple of outputs
                 return self.t(out)

@@ -45,6 +45,8 @@ Tree = Any
 
 
 def tree_map(fn: Callable, tree: Tree, *rest: Tree) -> Tree:
+    if isinstance(tree, torch.Tensor) and all(isinstance(r, torch.Tensor) for r in rest):
+        return fn(tree, *rest)  # one tensor: a leaf of its own (~3 us of optree's walk saved)
     if type(tree) is tuple and _tensors(tree) and all(type(r) is tuple and len(r) == len(tree) and _tensors(r) for r in rest):
         return tuple(fn(*leaf) for leaf in zip(tree, *rest))  # the common case, without flattening
     return optree.tree_map(fn, tree, *rest, namespace="xattr")
@@ -318,20 +320,35 @@ def copies_of(t: torch.Tensor, rows: int) -> int:
     return rows // b
 
 
-def cpu_snapshot(t: torch.Tensor) -> torch.Tensor | None:
+SMALL_SNAPSHOT = 1024  # elements of an integer or bool tensor whose snapshot is a Python list
+
+
+class _Listed(list):
+    """A small integer or bool tensor's values as Python numbers (``tolist``), a `cpu_snapshot`."""
+
+
+def cpu_snapshot(t: torch.Tensor) -> torch.Tensor | _Listed | None:
     """A copy of a CPU tensor's values, to compare with later (None on other devices).
 
     A memo keyed on a tensor and its version counter misses writes that bypass the counter
     (through ``.data``, or a numpy array sharing a CPU tensor's memory); comparing values with
     this copy sees them. On a GPU comparing would wait for the device, so there only ``.data``
-    writes go unseen."""
-    return t.clone() if t.device.type == "cpu" else None
+    writes go unseen. A small integer or bool tensor (a target per example, a feature mask) is
+    kept as a Python list, compared without a torch op: its numbers are its bits, and a memo
+    checks it on every call, where one op more costs ~5 us (NOTE: [Prepared calls])."""
+    if t.device.type != "cpu":
+        return None
+    if not (t.is_floating_point() or t.is_complex()) and t.numel() <= SMALL_SNAPSHOT:
+        return _Listed([t.shape, t.tolist()])
+    return t.clone()
 
 
-def matches_snapshot(t: torch.Tensor, snapshot: torch.Tensor) -> bool:
+def matches_snapshot(t: torch.Tensor, snapshot: torch.Tensor | _Listed) -> bool:
     """Whether t holds its `cpu_snapshot`'s values bit for bit. ``torch.equal`` compares numbers:
     it takes a value flipped from 0.0 to -0.0 for unchanged (a model may tell the zeros apart)
     and one holding a NaN for changed."""
+    if type(snapshot) is _Listed:
+        return t.shape == snapshot[0] and not (t.is_floating_point() or t.is_complex()) and t.tolist() == snapshot[1]
     return torch.equal(_bits(t), _bits(snapshot))
 
 
