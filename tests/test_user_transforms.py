@@ -241,3 +241,17 @@ def test_surrogate_methods_refuse_vmap_clearly_and_run_under_grad(method):
     e[1, 2] = eps
     fd = (fn(X + e).sum() - fn(X - e).sum()) / (2 * eps)
     torch.testing.assert_close(g[1, 2], fd, atol=1e-6, rtol=1e-5)
+
+
+def test_constants_made_inside_grad_are_not_served_after_it():
+    """A small constant the perturbation engine caches (masks.constant), made inside ``grad`` as a
+    tensor of the transform's level, was served to later calls: Shapley sampling with a chunk
+    size then saw its model return 6 rows for 3 (found by test order: this file, then
+    test_std_error.py)."""
+    model = _model()
+    loss = lambda v: (xattr.feature_ablation(xattr.target(model, LABELS))(v) * W).sum()  # noqa: E731
+    grad(loss)(X)
+    f = xattr.target(model, 1)
+    runs = [xattr.shapley_value_sampling(f, n_samples=4, generator=1, chunk_size=c)(X) for c in (None, 1, 3, 13)]
+    for other in runs[1:]:
+        torch.testing.assert_close(other, runs[0], rtol=1e-12, atol=1e-14)

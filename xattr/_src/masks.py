@@ -48,7 +48,9 @@ _CONSTANTS: dict = {}  # (what, ..., dtype, device) -> a small constant tensor t
 def constant(key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
     """A cached small constant (a number baseline, feature ablation's coalitions): made once per
     key instead of on every call, where on a GPU each is a kernel or a host-to-device copy.
-    Not cached under inference mode (an inference tensor cannot serve outside it), nor above
+    Not cached under inference mode (an inference tensor cannot serve outside it), nor when made
+    as a torch.func transform's wrapped tensor (served after the transform, one such constant made
+    inside ``grad`` turned a later Shapley sampling call's model output from 3 rows into 6), nor above
     `SMALL` elements: the cache outlives the call, and a large constant costs its making far
     less than the memory it would pin (feature ablation's coalitions of a 40x40 RGB image: 22 MiB)."""
     if torch.is_inference_mode_enabled():
@@ -56,8 +58,8 @@ def constant(key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
     t = _CONSTANTS.get(key)
     if t is None:
         t = make()
-        if t.numel() > SMALL:
-            return t
+        if t.numel() > SMALL or torch._C._functorch.is_functorch_wrapped_tensor(t):
+            return t  # a wrapped tensor belongs to its transform's level, dead after it
         if len(_CONSTANTS) >= 64:
             _CONSTANTS.clear()
         _CONSTANTS[key] = t
