@@ -37,14 +37,10 @@ import torch.nn.functional as F
 
 import xattr
 from xattr import rule as xr
+from xattr._src.lrp_math import stabilize
 
 from .lxt_workloads import TOL64, LxtPass, _restore, import_lxt, lxt_patched
 from .workloads import SEED, Workload
-
-
-def _stab(t: torch.Tensor, eps: float) -> torch.Tensor:
-    """``t + eps sign(t)`` with sign(0) = 1 (zennit's and xattr's stabilizer)."""
-    return torch.where(t >= 0, t + eps, t - eps)
 
 
 class LxtGamma(xr.GeneralizedGamma):
@@ -64,7 +60,7 @@ class LxtGamma(xr.GeneralizedGamma):
         g, *rest = super().backward(op, saved, grad)
         if self.input_eps is not None:
             x = saved.inputs[0]
-            g = g * x / _stab(x, self.input_eps)
+            g = g * x / stabilize(x, self.input_eps)  # x + eps sign(x), sign(0) = 1: zennit's too
         return (g, *rest)
 
 
