@@ -123,6 +123,39 @@ def test_other_gradient_methods_equal_the_gather_path(method):
         assert torch.equal(a, b)
 
 
+class Clamped(nn.Module):
+    """ReLUs spelt as clamps against a tensor bound: the rules take the mode, not graph hooks."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.fc = nn.Linear(3, 5)
+
+    def forward(self, x):
+        h = torch.maximum(self.conv(x), torch.zeros(()))
+        return self.fc(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["guided_backprop", "deconvolution", "lrp", "guided_backprop, under the mode"])
+def test_rule_methods_pick_the_target_by_a_one_hot_cotangent_as_the_gather_path(method):
+    """`rules` around a target run the target's model ruled (graph hooks or the mode) and pick
+    the rows themselves: bit for bit the gather path's, and the shortcut really ran."""
+    from unittest import mock  # noqa: PLC0415
+
+    from xattr._src.targets import Targeted  # noqa: PLC0415
+
+    torch.manual_seed(5)
+    model = Clamped().to(D).eval() if "mode" in method else net(5)
+    x, y = data(5, 4)
+    make = getattr(xattr, method.split(",")[0])
+    with mock.patch.object(Targeted, "one_hot_rows", autospec=True, side_effect=Targeted.one_hot_rows) as picked:
+        fast = make(xattr.target(model, y))(x)
+    assert picked.call_count == 1
+    slow = make(general(xattr.target(model, y)))(x)
+    assert torch.equal(fast, slow)
+    assert fast.abs().sum() > 0
+
+
 def test_folded_copies_and_weights_use_the_same_rows():
     """Noise tunnel folds copies of the batch into the rows (the target index tiles them)."""
     model = net(4)

@@ -174,14 +174,17 @@ def vjp_rows(
     selected, rebuild = T.split_args(args, argnums)
     check_float_inputs(selected, method)
     multi = is_multi_output(f)
-    target = f if type(f) is Targeted and not multi and isinstance(f.t, torch.Tensor) \
-        and not torch._C._len_torch_function_stack() else None  # NOTE: [Targets differentiated by a one-hot cotangent]
+    # NOTE: [Targets differentiated by a one-hot cotangent]: f a target, or the rules around one
+    ruled = getattr(f, "one_hot_target", None) if not multi and type(f) is not Targeted else None
+    target = f if type(f) is Targeted else None if ruled is None else ruled()
+    if multi or target is None or not isinstance(target.t, torch.Tensor) or torch._C._len_torch_function_stack():
+        target = None
 
     def fn(*sel):
         return _rows(f(*rebuild(sel)), multi)
 
     def model(*sel):
-        return target.model(*rebuild(sel))
+        return target.model(*rebuild(sel)) if ruled is None else f.run(target.model, rebuild(sel), {})
 
     out, pull = _forward(fn, selected, None if target is None else (target, model))
     # check_finite(out) waits for the device: on a GPU it comes after the backward is queued, so
@@ -296,9 +299,12 @@ def one_hot(full: torch.Tensor, index: torch.Tensor, cotangent: torch.Tensor | N
     output itself with that cotangent built directly: the same numbers (tests compare every
     gradient method against the gather path), two ops and two autograd nodes fewer per call
     (29 us of 2.07 ms, 1.4%, on the benchmark's CNN at batch 16 and one thread, interleaved).
-    Anything else (an int or callable target, K outputs, an output that is not (R, C) float, a
-    shared reference row, a torch.func transform, a torch function mode such as the rule
-    methods') takes the target's usual selection."""
+    `rules` around a target (guided backprop, LRP: ``rules(target(model, t), mapping)``) run the
+    target's model with the rules (`Ruled.run`: graph hooks, or the mode during the model call
+    only) and pick the rows the same way, so the mode no longer dispatches the selection's ops
+    either. Anything else (an int or callable target, K outputs, an output that is not (R, C)
+    float, a shared reference row, a torch.func transform, a torch function mode active around
+    the call, DeepLift's paired rows) takes the target's usual selection."""
     cot = full.new_zeros(full.shape)  # contiguous: the positions are its own
     if cotangent is None:
         return cot.view(-1).index_fill_(0, index, 1.0).view(full.shape)

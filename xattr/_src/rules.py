@@ -82,6 +82,7 @@ from .rule_limits import (
 )
 from .row_layout import _ROWS
 from .rule_table import FUNCTION_CALL, Table
+from .targets import Targeted
 
 
 class _RulesMode(TorchFunctionMode):
@@ -259,31 +260,41 @@ class Ruled:
         self.merges_rows = False  # DeepLift runs it unshared (NOTE: [Rows merged with another dim] in merged_rows.py)
 
     def __call__(self, *args, **kwargs):
+        return self.run(self.model, args, kwargs)
+
+    def one_hot_target(self):
+        """The `Targeted` that f is, whose model `run` may call ruled so that a gradient method
+        picks the target's rows itself (NOTE: [Targets differentiated by a one-hot cotangent] in
+        gradients.py); None where f is anything else or composes."""
+        return self.model if type(self.model) is Targeted and not self.composes else None
+
+    def run(self, fn: Callable, args: tuple, kwargs: dict):
+        """``fn(*args, **kwargs)`` with the rules: fn is f, or the model of the `Targeted` f is."""
         if torch._C._functorch.maybe_current_level() is not None:
             first_order_only("a gradient through xattr.rules", allowed=1)  # NOTE: [Rule-based attributions are first-order]
         if self.compiled:
             with eager_compiled():
-                return self._call(args, kwargs)
-        return self._call(args, kwargs)
+                return self._call(fn, args, kwargs)
+        return self._call(fn, args, kwargs)
 
-    def _call(self, args, kwargs):
+    def _call(self, fn, args, kwargs):
         if self.composes:  # NOTE: [Attributions inside a model's forward]
             inside = nesting.inside_model()
-            return nesting.as_new_call(self._ruled, (args, kwargs, False), {}) if inside else self._ruled(args, kwargs, False)
+            return nesting.as_new_call(self._ruled, (fn, args, kwargs, False), {}) if inside else self._ruled(fn, args, kwargs, False)
         if self.graph_hooks and torch.is_grad_enabled() and torch._C._functorch.maybe_current_level() is None:
             first = node_number()
             with nesting.running_model():
-                out = self.model(*args, **kwargs)
+                out = fn(*args, **kwargs)
             if hook_graph(out, self.table.by_node, first):  # NOTE: [Rules as graph hooks]
                 return out
-        return self._ruled(args, kwargs, True)
+        return self._ruled(fn, args, kwargs, True)
 
-    def _ruled(self, args, kwargs, model: bool):
+    def _ruled(self, fn, args, kwargs, model: bool):
         mode = _RulesMode(self.table)
         marked = nesting.running_model() if model else contextlib.nullcontext()
         # remembering: NOTE: [Remembered graph walks] in dependence.py
         with eager_compiled(), mode, mode.tracking(), marked, remembering():  # compiled code reached through a closure, too
-            return self.model(*args, **kwargs)
+            return fn(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"rules({self.model!r}, {self.mapping!r})"
