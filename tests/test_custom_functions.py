@@ -131,6 +131,43 @@ def test_guided_backprop_warns_at_a_relu_function():
     assert not _bypassed(xattr.guided_backprop(xattr.target(plain, 1)), x)
 
 
+class Counted(Net):
+    """Net counting its forward calls."""
+
+    calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("act", ["a custom Function", "an in-place ReLU on a view"])
+def test_a_graph_that_hid_ops_sends_later_calls_to_the_mode_at_once(act):
+    """NOTE: [Rules as graph hooks]: the first call walks the graph, finds a node that may hide
+    a ReLU and runs again under the mode (two forwards); later calls of the same function go to
+    the mode at once (one forward each), with the same numbers and the same warning."""
+    def relu_on_a_view(h):
+        h = h.clone()
+        h[:, :4].relu_()
+        return F.relu(h)
+
+    model = Counted(ReluFunc.apply if "Function" in act else relu_on_a_view).double()
+    x = _x()
+    gb = xattr.guided_backprop(xattr.target(model, 1))
+    warned = [len(_bypassed(gb, x))]
+    assert model.calls == 2
+    first = gb(x)
+    warned.append(len(_bypassed(gb, x)))
+    assert model.calls == 4
+    assert torch.equal(gb(x), first)
+    assert warned == ([1, 1] if "Function" in act else [0, 0])  # the mode warns on every call
+    fresh = Counted(model.act).double()
+    assert torch.equal(xattr.guided_backprop(xattr.target(fresh, 1))(x), first)  # as a new function's first call
+    assert fresh.calls == 2
+    if "view" in act:  # guided at the view's ReLU too: not the plain gradient
+        assert not torch.equal(first, xattr.saliency(xattr.target(model, 1), abs=False)(x))
+
+
 @pytest.mark.parametrize("transform", ["vmap", "grad"])
 def test_warns_under_torch_func_transforms(transform):
     """There the mode sees the Function's call, not the ops inside: a probe of its forward finds them."""

@@ -15,7 +15,10 @@ so a tensor that arrives with a history keeps its own gradients, as under the mo
 op on a view hides its node inside a ``CopySlices`` node, and a model compiled by
 ``torch.compile`` leaves one ``CompiledFunctionBackward`` node for a whole compiled region; when
 the walk meets either it cannot tell what is inside, so the call is run again under the mode
-(its first graph is dropped), which dynamo traces into the compiled graph. A ReLU
+(its first graph is dropped), which dynamo traces into the compiled graph. That `rules(f, ...)`
+then sends its later calls to the mode at once: f's graph hid ops once, and the mode is right
+for any graph, so a model holding a custom Function or an in-place op on a view pays the second
+forward on its first call only (a new `rules`, or a new attribution function, walks again). A ReLU
 inside one fused torch call (``nn.RNN(nonlinearity="relu")``: ``torch.rnn_relu``) is not seen by
 the mode, and on a GPU (cuDNN) leaves no ReLU node either, but on CPU it leaves ReLU nodes in
 the graph: models holding one take the mode, so the fused ReLUs keep their gradient everywhere.

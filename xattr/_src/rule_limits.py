@@ -341,7 +341,8 @@ def refuse_jit(f: Callable) -> None:
 # about: no gradient passes there at all (NOTE: [No gradient path]). The graph-hook path
 # (NOTE: [Rules as graph hooks]) never sees those ops: a custom Function's node in the graph
 # sends the call to the mode instead (graph_hooks.py), which then finds them; a model holding
-# one so pays a second forward under guided backprop and LRP-epsilon, whatever is inside it.
+# one so pays a second forward under guided backprop and LRP-epsilon, whatever is inside it, on
+# the first call of an attribution function (its later calls go to the mode at once).
 class RuleBypassedWarning(UserWarning):
     """An op that a rule claims runs inside a model's own ``torch.autograd.Function``, whose
     backward, not the rule, gives the gradient there."""

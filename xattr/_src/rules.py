@@ -287,6 +287,7 @@ class Ruled:
                 out = fn(*args, **kwargs)
             if hook_graph(out, self.table.by_node, first):  # NOTE: [Rules as graph hooks]
                 return out
+            self.graph_hooks = False  # this f's graph hides ops: its later calls go to the mode at once
         return self._ruled(fn, args, kwargs, True)
 
     def _ruled(self, fn, args, kwargs, model: bool):
