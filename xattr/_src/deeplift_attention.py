@@ -15,22 +15,50 @@ input rows:
     g_a = g @ avg(v)^T,  g_v = avg(a)^T @ g,  u = g_a m (0 where a query has no key),
     g_s = (u - w sum(u)) scale,  g_q = g_s @ avg(k),  g_k = g_s^T @ avg(q)
 
-The attributions equal the steps' to rounding (tests/test_deeplift_speed_paths.py). Written out as
-before: other rules at the steps, q, k or v not computed from the input, a mask that requires grad,
-grouped keys and values, dropout, inputs other than float32/float64 of rank 4 with the rows in
-dim 0, and whatever deeplift_fused.py leaves written out.
+The attributions equal the steps' to rounding (tests/test_deeplift_speed_paths.py; every mask
+shape, dead rows, causal, key padding, a mask as long as the rows, shared references and DeepLift
+SHAP's copies: tests/test_deeplift_attention_masks.py). Written out as before: other rules at the
+steps, q, k or v not computed from the input, a mask that requires grad or has more dims than q
+(torch's SDPA refuses it; the steps broadcast it), grouped keys and values, dropout, inputs other
+than float32/float64 of rank 4 with the rows in dim 0 (and not in dim 1: heads as many as the
+rows run written out), and whatever deeplift_fused.py leaves written out.
+
+The mask's dead rows (queries with no key: weights and g_a zeroed, as the steps' ``masked_fill``)
+keep the mask's shape, so the backward takes the input rows' share only of a mask with a row per
+call row (4-d, dim 0 the rows); an (L, S) or (H, L, S) mask whose L or H happens to equal the
+rows is per query or per head, and broadcasts whole.
 
 NOTE: [Softmax as exp(z - logsumexp)]
 On CPU ``torch.softmax`` over a short last dim is slow: 185 us for scores (8, 12, 13, 13) on one
 thread, against 39 us for ``logsumexp`` and 10 us for ``exp`` (interleaved medians). The fused op
 needs the logsumexp anyway (`ExactSoftmax`'s terms, `deeplift_softmax._terms`, take it instead of
 one per half), so the weights are ``exp(z - logsumexp(z))``: equal to softmax to rounding (a
-masked score of -inf gives 0, as there). `ExactSoftmax`'s secants divide by differences of
-log-probabilities, which amplifies that rounding: on a float64 transformer block
-(tests/test_deeplift_speed_paths.py) the attributions moved by up to 2e-11 of the largest from the
-steps' (the fused layer norm alone: 1e-16), summation-to-delta 1e-16 either way; on MiniLM in
-float32 the attributions are 4.5e-7 off the float64 ones, the steps' 9.0e-7 (largest 0.02). Measured with the fused attention on and off in the
-whole call: NOTE: [Fast paths on MiniLM] in deeplift_fused.py.
+masked score of -inf gives 0, as there), once divided by their sum (NOTE: [Rows masked by a
+finite number]). `ExactSoftmax`'s secants divide by differences of log-probabilities, which
+amplifies that rounding: on a float64 transformer block (tests/test_deeplift_speed_paths.py) the
+attributions moved by up to 2e-11 of the largest from the steps' (the fused layer norm alone:
+1e-16), summation-to-delta 1e-16 either way; on MiniLM in float32 the attributions are 4.5e-7
+off the float64 ones, the steps' 9.0e-7 (largest 0.02; before the division by the sum).
+Measured with the fused attention on and off in the whole call: NOTE: [Fast paths on MiniLM] in
+deeplift_fused.py.
+
+NOTE: [Rows masked by a finite number]
+``exp(z - logsumexp(z))`` is softmax up to the rounding of the logsumexp, which is relative to
+its size: where a finite mask hides every key of a query (transformers' ``finfo.min`` padding,
+the older -1e4; left padding with a causal mask gives such queries), z is the mask plus scores
+it absorbs, and the weights were off: at ``finfo.min`` the logsumexp rounds to the scores' value
+and every weight came out 1 instead of 1/S (the ruled forward of a tiny float64 model with a
+padded-out example was 2.1 off, relative to its largest output: S times the values); at -1e4 in
+float32 the weights were 5e-4 off, relative (softmax: 3e-7), the tiny model's output 4.9e-5
+(now 6.6e-8). The weights are divided by their sum: the rounding scales a row's weights alike, so
+that undoes it (at finfo.min 1/S exactly, at -1e4 in float32 2.6e-7; 10 us more on (8, 12, 13,
+13) on one thread, 55 -> 65 us, softmax 192 us). The terms keep that logsumexp, which is the
+one `ExactSoftmax` takes of the same scores. On tests/test_deeplift_bert.py's padded pair in
+float32 (SDPA, the cosine at the word embeddings) the attributions moved from 3.0e-6 off the
+float64 ones to 2.2e-6 (the steps': 8.7e-7; largest 0.028). At a query whose scores a finite
+mask absorbed, neither the fused op nor the steps conserve (the forward sees equal z at the input
+and the reference; the backward passes the scores' differences on: delta 0.17 on the tiny
+model's padded-out example, the same in both).
 """
 
 from __future__ import annotations
@@ -58,7 +86,7 @@ def fused_attention(op: ops.Op, table, stack: list) -> Rule | None:
     mask = o["attn_mask"]
     if (len(op.tensors) != 3 or q.ndim != 4 or k.ndim != 4 or v.ndim != 4 or not q.dtype == k.dtype == v.dtype
             or q.dtype not in _FLOATS or k.shape[1] != q.shape[1] or v.shape[1] != q.shape[1]
-            or (isinstance(mask, torch.Tensor) and mask.requires_grad)):
+            or (isinstance(mask, torch.Tensor) and (mask.requires_grad or mask.ndim > 4))):
         return None
     if not (differentiated(q) and differentiated(k) and differentiated(v)):
         return None
@@ -106,6 +134,7 @@ class _Attention(Rule):
         # NOTE: [Softmax as exp(z - logsumexp)]
         lse = z.logsumexp(-1, keepdim=True)
         weights = (z - lse).exp_()
+        weights = weights.div_(weights.sum(-1, keepdim=True))  # NOTE: [Rows masked by a finite number]
         m, w = _terms(z, weights, (z.ndim - 1,), floored(self.eps, z.dtype), lse=lse)  # ExactSoftmax's, at softmax(z)
         if dead is not None:
             weights = weights.masked_fill(dead, 0.0)
