@@ -71,3 +71,62 @@ def test_guided_backprop_keeps_glu_as_it_was():
     model, _ = _twins(3)
     x = torch.randn(2, 4, generator=torch.Generator().manual_seed(1), dtype=D)
     torch.testing.assert_close(xattr.guided_backprop(xattr.target(model, 0))(x), xattr.saliency(xattr.target(model, 0), abs=False)(x))
+
+
+class _Bilinear(nn.Module):
+    """``out(a(x) * b(x))`` bias-free, the factors in either order (equal shapes)."""
+
+    def __init__(self, seed: int, swapped: bool = False):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.a, self.b, self.out = nn.Linear(3, 5, bias=False), nn.Linear(3, 5, bias=False), nn.Linear(5, 1, bias=False)
+        self.swapped = swapped
+        self.to(D).eval()
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        return self.out(b * a if self.swapped else a * b)[:, 0]
+
+
+def _held_by_hand(net, x, held: str):
+    """LRP-0 by loops, the factor ``held`` ("a" or "b") held at the product: the other factor's
+    linear layer passes each unit's whole relevance to the inputs."""
+    rows = []
+    for xi in x.tolist():
+        W = {k: getattr(net, k).weight.detach().tolist() for k in ("a", "b", "out")}
+        z = {k: [sum(W[k][j][i] * xi[i] for i in range(3)) for j in range(5)] for k in ("a", "b")}
+        r_unit = [W["out"][0][j] * z["a"][j] * z["b"][j] for j in range(5)]  # LRP-0 at out: R_j = z_j w_j
+        k = "b" if held == "a" else "a"
+        rows.append([sum(xi[i] * W[k][j][i] / z[k][j] * r_unit[j] for j in range(5)) for i in range(3)])
+    return torch.tensor(rows, dtype=D)
+
+
+@given(st.integers(0, 50), st.sampled_from([0, 1]), st.booleans())
+def test_fixed_gate_holds_the_named_factor(seed, gate, swapped):
+    """``FixedGate(gate=k)`` holds factor k of a product of equal shapes (the shapes alone would
+    split it in half): relevance by hand, conservation, and the swapped product with the other
+    index gives the same numbers."""
+    net = _Bilinear(seed, swapped)
+    x = torch.randn(2, 3, dtype=D, generator=torch.Generator().manual_seed(seed))
+    rules = {**xattr.rule.lrp_rules(0.0), torch.mul: xattr.rule.FixedGate(gate=gate)}
+    got = xattr.lrp(net, composite=rules)(x)
+    first = "b" if swapped else "a"
+    held = first if gate == 0 else ("a" if first == "b" else "b")
+    torch.testing.assert_close(got, _held_by_hand(net, x, held), rtol=1e-9, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(got.sum(1), net(x), rtol=1e-9, atol=1e-12)
+    other = xattr.lrp(_Bilinear(seed, not swapped), composite={**rules, torch.mul: xattr.rule.FixedGate(gate=1 - gate)})(x)
+    torch.testing.assert_close(got, other, rtol=1e-12, atol=1e-14)
+    halved = xattr.lrp(net, composite={**rules, torch.mul: xattr.rule.FixedGate()})(x)
+    assert not torch.allclose(got, halved)
+
+
+def test_fixed_gate_refuses_other_gates():
+    for bad in (2, -1, True, "0", 0.0):
+        try:
+            xattr.rule.FixedGate(gate=bad)
+        except ValueError as err:
+            assert "gate must be None" in str(err)
+        else:
+            raise AssertionError(f"accepted gate={bad!r}")
+    assert repr(xattr.rule.FixedGate()) == "FixedGate()" and repr(xattr.rule.FixedGate(gate=1)) == "FixedGate(gate=1)"

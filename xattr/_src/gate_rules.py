@@ -62,10 +62,23 @@ class FixedGate(Rule):
     products and einsum of activations (a selective scan's ``state @ C``, a bilinear layer written
     by hand) share their relevance evenly among their k factors computed from the input (NOTE:
     [Matrix products share relevance]).
+
+    ``gate=0`` or ``gate=1`` names the factor of a two-factor product that is held whatever the
+    shapes (the other takes all the relevance): keyed by a gated MLP's class, ``{LlamaMLP:
+    FixedGate(gate=0)}`` holds SwiGLU's ``act(gate_proj(x))`` and hands ``up_proj(x)`` the
+    relevance, as LXT's CP-LRP does (its quotients and matrix products are unchanged).
     """
 
     kinds = frozenset({"product", "quotient", "matmul", "einsum"})
     keep_inputs = True
+
+    def __init__(self, gate: int | None = None):
+        if gate is not None and (type(gate) is not int or gate not in (0, 1)):
+            raise ValueError(f"gate must be None (by shapes), 0 (the first factor held) or 1 (the second), got {gate!r}")
+        self.gate = gate
+
+    def __repr__(self) -> str:
+        return "FixedGate()" if self.gate is None else f"FixedGate(gate={self.gate})"
 
     def backward(self, op, saved: Saved, grad):
         if op.kind in ("matmul", "einsum"):  # NOTE: [Matrix products share relevance]
@@ -78,7 +91,7 @@ class FixedGate(Rule):
         a, b = saved.inputs
         if op.kind == "quotient":  # NOTE: [A divisor held constant]
             return ((grad / b).sum_to_size(a.shape), None)
-        gate = op.options.get("gate")
+        gate = op.options.get("gate") if self.gate is None else self.gate
         if gate == 0:  # a recurrent layer's gate (ops._gated), or x's in gate(x) * x
             return (None, (grad * a).sum_to_size(b.shape))
         if gate == 1:  # x * gate(x): NOTE: [Activations written out] in written_activations.py
