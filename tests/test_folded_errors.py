@@ -107,3 +107,39 @@ def _raised(f):
     except RuntimeError as err:
         return err
     raise AssertionError("no error")
+
+
+SHARED = {
+    "integrated_gradients": lambda f: xattr.integrated_gradients(f, n_steps=8),
+    "deep_lift": lambda f: xattr.deep_lift(f),
+    "smoothgrad": lambda f: xattr.smoothgrad(xattr.saliency(f), stdevs=0.1, n_samples=4, generator=0),
+    "feature_ablation": lambda f: xattr.feature_ablation(f),
+    "shapley_value_sampling": lambda f: xattr.shapley_value_sampling(f, n_samples=2, generator=0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHARED))
+def test_a_shared_tensor_whose_dim_0_equals_the_batch_is_named(name):
+    """An (L, L) attention mask shared by every example, with L equal to the batch size by
+    coincidence, is taken for one row per example and tiled; the note names it and says to give
+    it a leading dim of 1, which passes it whole: then the attributions are those of the mask given
+    with a row per example, and (deterministic methods) of each example alone."""
+    torch.manual_seed(2)
+    x = torch.randn(3, 3, 4, dtype=torch.float64)
+    mask = torch.zeros(3, 3, dtype=torch.float64)
+    mask[0, 2] = -1e9
+
+    def attend(x, m):
+        s = x @ x.transpose(1, 2) + m
+        return (s.softmax(-1) @ x).sum((1, 2))
+
+    with pytest.raises(RuntimeError) as info:
+        SHARED[name](attend)(x, mask)
+    said = notes(info.value)
+    assert "argument 1 (3, 3) has dim 0 of 3, the batch size" in said and "mask[None]" in said, said
+    whole = SHARED[name](attend)(x, mask[None])
+    torch.testing.assert_close(whole, SHARED[name](attend)(x, mask.expand(3, 3, 3).contiguous()), rtol=1e-9, atol=1e-12)
+    if name in ("integrated_gradients", "deep_lift", "feature_ablation"):
+        alone = torch.cat([SHARED[name](attend)(x[i : i + 1], mask[None]) for i in range(3)])
+        torch.testing.assert_close(whole, alone, rtol=1e-9, atol=1e-12)
+    assert "the batch size, so" not in notes(_raised(closed))  # no extra argument: no sentence

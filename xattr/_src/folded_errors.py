@@ -49,7 +49,23 @@ def note_folded(err: BaseException, model_fn: Callable, args: tuple) -> None:
         "reads from outside its arguments (an attention mask from an enclosing scope) keeps its rows "
         "and no longer fits. Pass it as an extra argument instead, f(ids, mask), and call the method "
         "with it, method(f)(ids, mask): extra arguments are tiled with the copies (NOTE: [Per-example "
-        "tensors from outside the arguments])." + _whole(args, batch)
+        "tensors from outside the arguments])." + _whole(args, batch) + _coincident(args, batch)
+    )
+
+
+def _coincident(args: tuple, batch) -> str:
+    """The note's sentence on extra tensor arguments whose dim 0 equals the batch: tiled as one row
+    per example, which a tensor shared by every example (an (L, S) mask with L = B) is not."""
+    same = [f"argument {i} {tuple(t.shape)}" for i, t in enumerate(args)
+            if i and isinstance(t, torch.Tensor) and t.ndim and batch is not None and t.shape[0] == batch]
+    if not same:
+        return ""
+    return (
+        f" Here {', '.join(same)} {'has' if len(same) == 1 else 'have'} dim 0 of {batch}, the batch size, so "
+        f"{'it was' if len(same) == 1 else 'they were'} read as one row per example and tiled with the copies. "
+        "A tensor shared by every example whose dim 0 only happens to equal the batch size (an (L, S) "
+        "attention mask with L = B) must not be: give it a leading dim of 1 (mask[None], which broadcasts "
+        "in the model), and it is passed whole."
     )
 
 
