@@ -54,6 +54,19 @@ def test_attention_forward_equals_torch(seed, mask, gqa, scale, src, lead):
     torch.testing.assert_close(got, want, **TOL)
 
 
+@pytest.mark.parametrize("shape", [(1, 2, 3, 4, 4), (3, 2, 3, 4, 4), (2, 5, 4)])
+def test_a_mask_that_does_not_broadcast_to_the_scores_is_refused_as_by_torch(shape):
+    """A mask with more dims than the scores, or one that would widen them, makes torch's SDPA raise;
+    written out it would broadcast and return another shape: refused the same way."""
+    g = torch.Generator().manual_seed(1)
+    q = _rand(g, 2, 3, 4, 5)
+    mask = torch.zeros(shape, dtype=torch.float64)
+    with pytest.raises(RuntimeError):
+        F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+    with pytest.raises(RuntimeError, match="does not broadcast"):
+        _ruled(lambda t: F.scaled_dot_product_attention(t, t, t, attn_mask=mask), F.scaled_dot_product_attention)(q)
+
+
 def test_attention_runs_written_out():
     g = torch.Generator().manual_seed(0)
     q, k, v = (_rand(g, 2, 2, 3, 4).requires_grad_() for _ in range(3))

@@ -58,9 +58,17 @@ def attention_probs(query, key, value, attn_mask=None, is_causal=False, scale=No
     bias = _bias(attn_mask, is_causal, scores)
     if bias is None:
         return torch.softmax(scores, dim=-1, dtype=dtype).to(scores.dtype), value
+    if bias.shape != scores.shape and not _broadcasts(bias.shape, scores.shape):
+        raise RuntimeError(f"scaled_dot_product_attention: attn_mask of shape {tuple(bias.shape)} does not broadcast "
+                           f"to the scores' shape {tuple(scores.shape)} (torch's own call refuses it too)")
     dead = torch.isneginf(bias).all(dim=-1, keepdim=True)  # a query with no key to attend
     weights = torch.softmax(scores + bias.masked_fill(dead, 0.0), dim=-1, dtype=dtype).to(scores.dtype)
     return weights.masked_fill(dead, 0.0), value
+
+
+def _broadcasts(shape, to) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``to`` without widening it."""
+    return len(shape) <= len(to) and all(a in (1, b) for a, b in zip(reversed(shape), reversed(to)))
 
 
 def _bias(attn_mask, is_causal: bool, scores: torch.Tensor):
