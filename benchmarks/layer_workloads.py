@@ -171,14 +171,30 @@ def build(model_name: str, device: str, *, neuron_steps: int = 20, n_neurons: in
             to_layer(both)  # the layer activation of input and baseline
         return path_fb()
 
+    path_cot = _one_hot(y, n_steps, n_out).to(device) * w.repeat_interleave(batch)[:, None]
+
+    def lig_plain():
+        """Layer IG in plain torch, written for this one case: the layer's values at x and the
+        baseline, the path built, one fwd+bwd after the layer, the weighted sum over the steps."""
+        with torch.no_grad():
+            h = to_layer(both)
+        hx, h0 = h[:batch], h[batch:]
+        delta = hx - h0
+        path = (h0 + a.reshape((-1,) + (1,) * hx.ndim) * delta).reshape((-1,) + tuple(hx.shape[1:])).requires_grad_()
+        (g,) = torch.autograd.grad(after_layer(path), path, path_cot)
+        return g.reshape((n_steps,) + tuple(hx.shape)).sum(0) * delta
+
     work.append(Workload(
         f"LayerIntegratedGradients at {lname}, n_steps={n_steps}", "gradient", lig_x, lig_captum,
         {"act(x, baseline) + fwd+bwd after the layer": lig_floor},
         lambda: exact(lig_x(), lig_captum()), "exact, tol 1e-5",
         notes=[f"LayerIntegratedGradients: xattr: layer_integrated_gradients(at_layer(target(model, y), {lname}), "
                f"n_steps={n_steps}); Captum: LayerIntegratedGradients(model, {lname})"
-               f".attribute(x, target=y, n_steps={n_steps})."],
-        info={"fwd+bwd after the layer alone": path_fb},
+               f".attribute(x, target=y, n_steps={n_steps}); 'plain-torch LayerIntegratedGradients' (for reference): "
+               "the method hand-written for this model (the layer's values at x and 0, the path built, one fwd+bwd "
+               "after the layer, the weighted sum over the steps): the floor leaves out building the path and the "
+               "sum, which any implementation pays."],
+        info={"fwd+bwd after the layer alone": path_fb, "plain-torch LayerIntegratedGradients": lig_plain},
     ))
 
     # Grad-CAM at the last conv layer.

@@ -512,3 +512,54 @@ def test_a_forward_changing_its_containers_in_place_is_not_traced_and_keeps_no_p
     hook = xattr.layer_integrated_gradients(xattr.at_layer(xattr.target(model, 1), model.layer), n_steps=4)(X)
     for g in got:
         torch.testing.assert_close(g, hook, rtol=0, atol=0)
+
+
+class LastLayer(nn.Module):
+    """The layer is the last call: the head returns h itself (through a view)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.layer = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.layer(torch.tanh(self.a(x))).view(-1, 3)
+
+
+class ViewThenInPlace(nn.Module):
+    """An in-place op on a view of the layer's output (reshape, then relu_)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.layer(x)
+        h.view(-1, 2, 3).relu_()
+        return self.b(h)
+
+
+@pytest.mark.parametrize("name, clones", [("cnn", True), ("skip", False), ("inplace-0", False), ("last", True),
+                                          ("view-then-relu_", True)])
+def test_h_is_cloned_only_where_the_graph_may_write_into_it_or_return_it(name, clones):
+    """NOTE: [Traced heads]: the clone of h is kept where an in-place op may reach h (a
+    ReLU(inplace=True) right after the layer, relu_ on a view of it) or the head returns h; else
+    skipped. Either way the caller's h is never written and the numbers are the hook head's."""
+    cases = {**CASES, "last": (lambda: _double(LastLayer()), lambda m: m.layer, (X,), {}),
+             "view-then-relu_": (lambda: _double(ViewThenInPlace()), lambda m: m.layer, (X,), {})}
+    make, layer_of, args, kw = cases[name]
+    model = make()
+    split = xattr.at_layer(model, layer_of(model), **kw)
+    h = split.act(*args) + 0.1
+    h_before = h.clone()
+    traced = fx_head.traced_head(split, h, args)
+    assert traced is not None and traced.clones is clones
+    out = split.head(h, *args)
+    torch.testing.assert_close(out, _hook_head(split, h, *args), rtol=0, atol=0)
+    assert torch.equal(h, h_before)
+    if name == "last":  # writing into the result leaves h alone
+        out.add_(1.0)
+        assert torch.equal(h, h_before)
+    leaf = h.detach().requires_grad_()  # as layer IG hands the path: a leaf that requires grad
+    (g,) = torch.autograd.grad(split.head(leaf, *args).sum(), leaf)
+    (g_hook,) = torch.autograd.grad(_hook_head(split, leaf, *args).sum(), leaf)
+    torch.testing.assert_close(g, g_hook, rtol=0, atol=0)
