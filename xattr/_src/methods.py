@@ -174,11 +174,12 @@ def gradient_shap(
 
     def at_alpha(*args, baselines, alphas):  # one sample per row: its attribution (and delta)
         selected, rebuild = T.split_args(args, nums)
-        points = T.tree_map(lambda x, b: b + alphas.reshape((-1,) + (1,) * (x.ndim - 1)) * (x - b), selected, baselines)
-        _, grads = vjp_rows(f, rebuild(points), nums, method="gradient_shap")
+        deltas = T.tree_map(lambda x, b: x - b, selected, baselines)
+        points = T.tree_map(lambda d, b: torch.mul(alphas.reshape((-1,) + (1,) * (d.ndim - 1)), d).add_(b), deltas, baselines)
+        _, grads = vjp_rows(f, rebuild(points), nums, method="gradient_shap")  # b + a (x - b), as before, bit for bit
         attr = grads
         if multiply_by_inputs:
-            attr = T.tree_map(lambda g, x, b: g * T.expand_like(x - b, g), grads, selected, baselines)
+            attr = T.tree_map(lambda g, d: g * T.expand_like(d, g), grads, deltas)
         if not return_delta:
             return attr
         return attr, _gap(attr, _outputs(f, rebuild(selected)), _outputs(f, rebuild(baselines)))

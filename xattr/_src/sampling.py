@@ -145,7 +145,11 @@ def noisy_rows(x: torch.Tensor, noise: torch.Tensor | None, start: int, stop: in
     """Copies start..stop of x (B, ...) plus their noise, folded to ((stop - start) * B, ...)."""
     if noise is None:
         return T.fold(x, stop - start)
-    return T.fold_rows(x.unsqueeze(0) + noise[start:stop])
+    part = noise[start:stop]  # example-major in memory (drawn per example): a plain add would keep that
+    if torch._C._functorch.maybe_current_level() is not None or part.requires_grad or x.requires_grad:
+        return T.fold_rows(x.unsqueeze(0) + part)
+    out = torch.empty(part.shape, dtype=torch.result_type(x, part), device=x.device)  # copy-major: the fold is a view
+    return T.fold_rows(torch.add(x.unsqueeze(0), part, out=out))
 
 
 def uniform_rows(batch: int, n: int, stream, like: torch.Tensor) -> torch.Tensor:
