@@ -75,3 +75,16 @@ def drawn_shapes(monkeypatch):
 
     monkeypatch.setattr(heatmap, "draw", spy)
     return shapes
+
+
+@pytest.fixture(scope="module")
+def lxt_transformers():
+    """transformers, with LXT's model patches importable (`benchmarks.lxt_workloads.import_lxt`),
+    or the test skips (tests/test_vs_lxt.py, tests/test_vs_lxt_cp.py)."""
+    from benchmarks.lxt_workloads import import_lxt  # noqa: PLC0415
+
+    if import_lxt() is None:
+        pytest.skip("transformers (or LXT) is not installed")
+    from xattr.testing.text import transformers_module  # noqa: PLC0415
+
+    return transformers_module()

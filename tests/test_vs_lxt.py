@@ -20,7 +20,6 @@ pytest.importorskip("lxt")
 from benchmarks.lxt_workloads import (  # noqa: E402
     LxtPass,
     gpt2_patches,
-    import_lxt,
     last_logit,
     llama_patches,
     lxt_patched,
@@ -31,15 +30,6 @@ from benchmarks.lxt_workloads import (  # noqa: E402
 
 D = torch.float64
 TOKEN = 3
-
-
-@pytest.fixture(scope="module")
-def transformers():
-    if import_lxt() is None:
-        pytest.skip("transformers is not installed")
-    from xattr.testing.text import transformers_module
-
-    return transformers_module()
 
 
 def _ids(batch=2, length=7, vocab=50):
@@ -62,7 +52,7 @@ def _gpt2(transformers, activation, attn):
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_llama_equals_lxt_bit_for_bit_with_its_settings(transformers, attn):
+def test_llama_equals_lxt_bit_for_bit_with_its_settings(lxt_transformers, attn):
     """eps = 0 (LXT's linear layers keep their gradient) and LXT's ``x + 1e-10`` at SiLU: the same
     numbers to the last bit; with xattr's `Pass` they differ by LXT's stabiliser alone (about 1e-8
     of the largest relevance here), with the default eps 1e-9 by about 1e-6."""
@@ -80,7 +70,7 @@ def test_llama_equals_lxt_bit_for_bit_with_its_settings(transformers, attn):
     assert _gap(grad_x_input, theirs) > 1e-2
 
 
-def test_llama_padded_batch_and_layer_lrp(transformers):
+def test_llama_padded_batch_and_layer_lrp(lxt_transformers):
     """Relevance taken at the embedding layer (`layer_lrp`), a right-padded batch with its mask,
     each example's last real token explained: LXT's numbers; the padding takes none in both.
     (Left padding gives nan logits in float64 in transformers itself: a fully masked query row
@@ -103,21 +93,21 @@ def test_llama_padded_batch_and_layer_lrp(transformers):
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_gpt2_equals_lxt(transformers, attn):
+def test_gpt2_equals_lxt(lxt_transformers, attn):
     """GPT-2 (``Conv1D`` linears, layer norms): with erf GELU and LXT's stabiliser equal to
     rounding (LXT writes the layer norm out, ``(x - mean) / std`` with std detached: the centring
     keeps its gradient, as `FixedStd`'s does); with ``gelu_new`` (written out, its gate held by
     xattr, divided by ``x + 1e-10`` in LXT) they differ by the stabiliser only."""
-    model = _gpt2(transformers, "gelu", attn)
+    model = _gpt2(lxt_transformers, "gelu", attn)
     e = model.transformer.wte(_ids()).detach()
     theirs = lxt_relevance(model, gpt2_patches(), e, _last)
     assert _gap(xattr.lrp(last_logit(model, TOKEN), composite=lxt_rules())(e), theirs) < 1e-13
-    model = _gpt2(transformers, "gelu_new", attn)
+    model = _gpt2(lxt_transformers, "gelu_new", attn)
     theirs = lxt_relevance(model, gpt2_patches(), e, _last)
     assert 1e-12 < _gap(xattr.lrp(last_logit(model, TOKEN), composite=lxt_rules())(e), theirs) < 1e-7
 
 
-def test_lxt_patches_are_undone(transformers):
+def test_lxt_patches_are_undone(lxt_transformers):
     """LXT's monkey_patch changes torch.nn.Dropout, torch.nn.LayerNorm and the model classes for
     the whole process; `lxt_patched` puts every attribute back, so no other test sees it."""
     modeling, patch_map = gpt2_patches()

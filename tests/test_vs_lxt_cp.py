@@ -46,22 +46,12 @@ import xattr
 from xattr import rule as xr
 
 pytest.importorskip("lxt")
-from benchmarks.lxt_workloads import import_lxt, lxt_patched, lxt_rules, tiny_llama  # noqa: E402
+from benchmarks.lxt_workloads import lxt_patched, lxt_rules, tiny_llama  # noqa: E402
 from benchmarks.lxt_vit_workloads import lxt_vit_rules, tiny_vit, vit_patches  # noqa: E402
 from test_vs_lxt import _gpt2, _ids  # noqa: E402
 
 D = torch.float64
 TOKEN = 3
-
-
-@pytest.fixture(scope="module")
-def hf():
-    """transformers, with LXT's model patches importable (`import_lxt`), or the module's tests skip."""
-    if import_lxt() is None:
-        pytest.skip("transformers is not installed")
-    from xattr.testing.text import transformers_module
-
-    return transformers_module()
 
 
 @contextlib.contextmanager
@@ -120,7 +110,7 @@ def llama_case(attn):
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_llama_cp_lrp_equals_lxt_once_the_gate_is_held(hf, attn):
+def test_llama_cp_lrp_equals_lxt_once_the_gate_is_held(lxt_transformers, attn):
     """LXT's Llama ``cp_LRP`` (a right-padded batch, each example's last real token, relevance at the
     embedding layer): ``hold_attention=True`` with the MLP's gate held is LXT's numbers to the last
     bit; without it they differ by the gate (4.9e-2 of the largest relevance, measured); the
@@ -143,7 +133,7 @@ def test_llama_cp_lrp_equals_lxt_once_the_gate_is_held(hf, attn):
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_llama_the_gate_is_the_only_difference(hf, attn):
+def test_llama_the_gate_is_the_only_difference(lxt_transformers, attn):
     """LXT's ``cp_LRP`` map with its ``attnLRP`` MLP patch put back (identity rule at SiLU, the
     product's gradient halved) is ``hold_attention=True`` exactly, with LXT's stabiliser at SiLU
     (`LxtPass`); with xattr's `Pass` the two differ by that stabiliser alone (measured 9e-9 eager,
@@ -168,7 +158,7 @@ GATED = {  # LXT's module: (config, model, MLP class) in transformers; the gap w
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("name", sorted(GATED))
-def test_other_gated_models_equal_lxt_once_the_gate_is_held(hf, name, attn):
+def test_other_gated_models_equal_lxt_once_the_gate_is_held(lxt_transformers, name, attn):
     """LXT's other ``cp_LRP`` maps (random float64 models of 2 layers, width 32; Qwen 2 has
     biases at q, k, v; Qwen 3 RMS norms on q and k; Gemma 3 a tanh GELU gate, a sliding window and
     a scaled embedding): the same as on Llama, bit for bit with the gate held, and apart by the
@@ -179,7 +169,7 @@ def test_other_gated_models_equal_lxt_once_the_gate_is_held(hf, name, attn):
                    num_key_value_heads=2, max_position_embeddings=128, attn_implementation=attn)  # fmt: skip
     if name == "gemma3":
         options.update(head_dim=8, sliding_window=4)
-    model = getattr(hf, cls)(getattr(hf, config)(**options)).to(D).eval()
+    model = getattr(lxt_transformers, cls)(getattr(lxt_transformers, config)(**options)).to(D).eval()
     modeling, _, cp_map = lxt_maps(name)
     ids, embed = _ids(), model.get_input_embeddings()
     theirs = lxt_grad_x_input(model, lxt_cp_patched(modeling, cp_map), embed(ids), lambda out: out.logits[:, -1, TOKEN])
@@ -190,14 +180,14 @@ def test_other_gated_models_equal_lxt_once_the_gate_is_held(hf, name, attn):
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_gpt2_cp_lrp_equals_lxt(hf, attn):
+def test_gpt2_cp_lrp_equals_lxt(lxt_transformers, attn):
     """GPT-2 (no gated MLP): LXT's ``cp_LRP`` is ``hold_attention=True`` with LXT's stabiliser at
     GELU, to rounding (erf GELU; measured 1e-16 - 3e-16 of the largest relevance), and with
     ``gelu_new`` (written out, its gate held by xattr) to LXT's ``x + 1e-10`` (measured 7.5e-9).
     AttnLRP is 2.5e-2 away."""
     modeling, _, cp_map = lxt_maps("gpt2")
     for activation in ("gelu", "gelu_new"):
-        model = _gpt2(hf, activation, attn)
+        model = _gpt2(lxt_transformers, activation, attn)
         e = model.transformer.wte(_ids()).detach()
         theirs = lxt_grad_x_input(model, lxt_cp_patched(modeling, cp_map), e, lambda out: out.logits[:, -1, TOKEN])
 
@@ -232,7 +222,7 @@ def conservation(model, ids):
 
 
 @pytest.fixture(scope="module")
-def bias_free_llama(hf):
+def bias_free_llama(lxt_transformers):
     model = tiny_llama()
     assert not [n for n, _ in model.named_parameters() if n.endswith("bias")]  # Llama: no biases anywhere
     return model
@@ -358,7 +348,7 @@ def test_held_gate_matches_the_rule_by_hand(seed, d, hidden):
             torch.testing.assert_close(r.sum().item(), f, rtol=1e-9, atol=1e-12 * scale)
 
 
-def test_lxt_cp_patch_writes_the_shared_registry_and_is_undone(hf):
+def test_lxt_cp_patch_writes_the_shared_registry_and_is_undone(lxt_transformers):
     """``patch_cp_attention`` wraps the functions of the attention registry in place: the registry
     GPT-2's module sees changes too (one object for every model). `lxt_cp_patched` restores it,
     the classes get their attributes back, and LXT's AttnLRP patch (which refuses functions it
