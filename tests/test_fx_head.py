@@ -563,3 +563,38 @@ def test_h_is_cloned_only_where_the_graph_may_write_into_it_or_return_it(name, c
     (g,) = torch.autograd.grad(split.head(leaf, *args).sum(), leaf)
     (g_hook,) = torch.autograd.grad(_hook_head(split, leaf, *args).sum(), leaf)
     torch.testing.assert_close(g, g_hook, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name, unread", [("cnn", {0}), ("skip", set()), ("tokens", {0})])
+def test_layer_ig_passes_arguments_the_traced_head_never_reads_as_empty_stand_ins(name, unread, monkeypatch):
+    """NOTE: [Traced heads]: layer IG hands an argument the pruned head never reads (the model's
+    input, for a head that starts at a middle layer) as an empty stand-in instead of tiling it
+    with the path's steps; the attributions are those of the tiled call, bit for bit; an argument
+    the head reads (a skip from the input, a mask) is tiled as before; and a head call that takes
+    the hook head after all (tracing busy in another thread) gets the tensors back, tiled."""
+    import xattr._src.layer_methods as LM  # noqa: PLC0415
+    import xattr._src.layers as L  # noqa: PLC0415
+
+    make, layer_of, args, kw = CASES[name]
+    model = make()
+    split = xattr.at_layer(xattr.target(model, 1), layer_of(model), **kw)
+    traced = fx_head.traced_head(split, split.act(*args), args)
+    assert traced is not None and set(traced.unread) == unread
+    seen = []
+    real = LM.unread_dropped
+    monkeypatch.setattr(LM, "unread_dropped", lambda *a: seen.append(real(*a)) or seen[-1])
+    got = xattr.layer_integrated_gradients(split, n_steps=8, chunk_size=16)(*args)
+    assert [i for i, a in enumerate(seen[0]) if a.numel() == 0] == sorted(unread)
+    calls = []
+
+    def first_only(*a):  # traced for unread_dropped's question, then busy: every head call takes the hook head
+        calls.append(1)
+        return fx_head.traced_head(*a) if len(calls) == 1 else None
+
+    monkeypatch.setattr(L, "traced_head", first_only)
+    seen.clear()
+    assert torch.equal(got, xattr.layer_integrated_gradients(split, n_steps=8, chunk_size=16)(*args))
+    assert len(calls) > 2 and [i for i, a in enumerate(seen[0]) if a.numel() == 0] == sorted(unread)
+    monkeypatch.setattr(L, "traced_head", fx_head.traced_head)
+    monkeypatch.setattr(LM, "unread_dropped", lambda split, h, args: args)
+    assert torch.equal(got, xattr.layer_integrated_gradients(split, n_steps=8, chunk_size=16)(*args))

@@ -25,7 +25,9 @@ numbers. h is cloned on entry, as the hook head does, where the pruned graph has
 whose target may be h or a view of it (followed back through every node that does not make a
 fresh tensor: a ReLU(inplace=True) right after the layer), or may return h itself; elsewhere
 nothing can write into h and the copy is skipped (layer IG at the CPU benchmark's conv2: a 26 MB
-copy of the path per call; fx_graph_writes.py). Traces are cached on the Split, keyed by
+copy of the path per call; fx_graph_writes.py). The model's arguments the pruned graph never
+reads are recorded (``TracedHead.unread``), and layer IG hands them as empty stand-ins instead of
+tiling them with the path's steps (`layers.unread_dropped`). Traces are cached on the Split, keyed by
 the identity and mode of every module, parameter and buffer, and by the plain attributes
 (numbers, strings, flags, containers of them by value; plain objects such as a config
 namespace by identity and their attributes; other objects by identity) of every module whose
@@ -63,8 +65,9 @@ _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_
 class TracedHead:
     """``(h, *args) -> f(*args)`` with h substituted, on the traced and pruned graph."""
 
-    def __init__(self, gm: fx.GraphModule, fn, n_args: int, clones: bool = True):
+    def __init__(self, gm: fx.GraphModule, fn, n_args: int, clones: bool = True, unread: frozenset = frozenset()):
         self.gm, self.fn, self.n_args, self.clones = gm, fn, n_args, clones
+        self.unread = unread  # positions of the model's arguments the pruned graph never reads
 
     def __call__(self, h, *args):
         if not self.clones:  # NOTE: [Traced heads]: nothing in the graph writes into h
@@ -380,4 +383,5 @@ def _build(split, model: nn.Module, chain: list) -> TracedHead | None:
     for t in reversed(chain):
         fn = Targeted(fn, t)
     clones = any(mutates(n, gm) and reaches(n, h, gm) for n in graph.nodes) or returned(graph, h)
-    return TracedHead(gm, fn, len(placeholders), clones)
+    unread = frozenset(i for i, p in enumerate(placeholders) if not p.users)
+    return TracedHead(gm, fn, len(placeholders), clones, unread)

@@ -31,7 +31,7 @@ from .checks import baselines_like, warn_if_training
 from .gradients import attribution_fn
 from .layer_layout import check_merged, check_rows
 from .layer_grads import layer_vjp_rows
-from .layers import Split
+from .layers import Split, unread_dropped
 from .methods import _gap, _outputs, completeness_gap, integrated_gradients
 from .noise_tunnel import shap_samples
 
@@ -195,7 +195,7 @@ def layer_integrated_gradients(
             base = baselines_like(selected if as_tuple else selected[0], baselines)
             layer_of = (split, "layer_integrated_gradients")  # NOTE: [Batch-first layers]
             h, h0 = _at_both(split.act, args, nums, base if as_tuple else (base,), layer_of=layer_of)
-            attr = ig(h, *args, baselines=h0)
+            attr = ig(h, *unread_dropped(split, h, args), baselines=h0)
             return (attr, completeness_gap(split.model, args, argnums, attr, baselines)) if return_delta else attr
 
     return attribution_fn(fn, split)
