@@ -56,8 +56,7 @@ def note_folded(err: BaseException, model_fn: Callable, args: tuple) -> None:
 def _coincident(args: tuple, batch) -> str:
     """The note's sentence on extra tensor arguments whose dim 0 equals the batch: tiled as one row
     per example, which a tensor shared by every example (an (L, S) mask with L = B) is not."""
-    same = [f"argument {i} {tuple(t.shape)}" for i, t in enumerate(args)
-            if i and isinstance(t, torch.Tensor) and t.ndim and batch is not None and t.shape[0] == batch]
+    same = _described(args, batch, lambda i, t: i and t.shape[0] == batch)
     if not same:
         return ""
     return (
@@ -69,11 +68,17 @@ def _coincident(args: tuple, batch) -> str:
     )
 
 
+def _described(args: tuple, batch, chosen) -> list:
+    """"argument i (shape)" for each tensor argument with a dim 0 that ``chosen(i, t)`` picks (none
+    when the batch is unknown)."""
+    return [f"argument {i} {tuple(t.shape)}" for i, t in enumerate(args)
+            if isinstance(t, torch.Tensor) and t.ndim and batch is not None and chosen(i, t)]
+
+
 def _whole(args: tuple, batch) -> str:
     """The note's sentence on tensor arguments whose dim 0 is not the batch: passed whole, never
     tiled, so a model reading examples along another of their dims cannot take the copies."""
-    odd = [f"argument {i} {tuple(t.shape)}" for i, t in enumerate(args)
-           if isinstance(t, torch.Tensor) and t.ndim and batch is not None and t.shape[0] != batch]
+    odd = _described(args, batch, lambda i, t: t.shape[0] != batch)
     if not odd:
         return ""
     return (

@@ -97,12 +97,12 @@ def _may_alias(n, gm):
             stack.extend(x.all_input_nodes)
 
 
-def returned(graph: fx.Graph, h) -> bool:
+def returned(graph: fx.Graph, h, gm) -> bool:
     """Whether the output may hold h itself or a view of it, which a caller could write into (the
     clone keeps h out of its reach, as the hook head's does): the output's inputs followed back
     through every node but those that make fresh tensors."""
     out = next(n for n in reversed(graph.nodes) if n.op == "output")
-    return reaches(out, h, graph.owning_module)
+    return reaches(out, h, gm)
 
 
 def _fresh(x, gm) -> bool:

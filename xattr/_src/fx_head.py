@@ -382,6 +382,6 @@ def _build(split, model: nn.Module, chain: list) -> TracedHead | None:
     fn = gm
     for t in reversed(chain):
         fn = Targeted(fn, t)
-    clones = any(mutates(n, gm) and reaches(n, h, gm) for n in graph.nodes) or returned(graph, h)
+    clones = any(mutates(n, gm) and reaches(n, h, gm) for n in graph.nodes) or returned(graph, h, gm)
     unread = frozenset(i for i, p in enumerate(placeholders) if not p.users)
     return TracedHead(gm, fn, len(placeholders), clones, unread)

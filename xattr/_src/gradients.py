@@ -174,17 +174,13 @@ def vjp_rows(
     selected, rebuild = T.split_args(args, argnums)
     check_float_inputs(selected, method)
     multi = is_multi_output(f)
-    # NOTE: [Targets differentiated by a one-hot cotangent]: f a target, or the rules around one
-    ruled = getattr(f, "one_hot_target", None) if not multi and type(f) is not Targeted else None
-    target = f if type(f) is Targeted else None if ruled is None else ruled()
-    if multi or target is None or not isinstance(target.t, torch.Tensor) or torch._C._len_torch_function_stack():
-        target = None
+    target = None if multi else _one_hot_target(f)  # NOTE: [Targets differentiated by a one-hot cotangent]
 
     def fn(*sel):
         return _rows(f(*rebuild(sel)), multi)
 
-    def model(*sel):
-        return target.model(*rebuild(sel)) if ruled is None else f.run(target.model, rebuild(sel), {})
+    def model(*sel):  # the target's model, with the rules where f is `rules` around the target
+        return target.model(*rebuild(sel)) if target is f else f.run(target.model, rebuild(sel), {})
 
     out, pull = _forward(fn, selected, None if target is None else (target, model))
     # check_finite(out) waits for the device: on a GPU it comes after the backward is queued, so
@@ -211,6 +207,20 @@ def vjp_rows(
     per = None if chunk_size is None else max(1, chunk_size // max(1, out.shape[0]))
     grads = vmap(lambda c: pull(c, True), chunk_size=per)(cotangents)
     return out, T.tree_map(lambda g: g.movedim(0, 1), grads)
+
+
+def _one_hot_target(f: Callable) -> Targeted | None:
+    """The `Targeted` whose rows a gradient method may pick by a one-hot cotangent: f itself, or
+    the target that `rules` wrap (`Ruled.one_hot_target`); None where its target is no tensor or a
+    torch function mode is active around the call."""
+    if type(f) is Targeted:
+        target = f
+    else:
+        ruled = getattr(f, "one_hot_target", None)
+        target = None if ruled is None else ruled()
+    if target is None or not isinstance(target.t, torch.Tensor) or torch._C._len_torch_function_stack():
+        return None
+    return target
 
 
 def _forward(fn: Callable, selected: tuple, targeted: tuple | None = None):
