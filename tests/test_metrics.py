@@ -132,17 +132,23 @@ def test_infidelity_batch_and_chunk_invariance():
     torch.testing.assert_close(metric(memory_budget=1)(x), full)
 
 
-def test_infidelity_evaluates_all_copies_in_one_no_grad_call():
+def test_infidelity_evaluates_x_and_all_copies_in_one_no_grad_call():
+    # NOTE: [x as copy 0] in _common.py: x is the first block of the one call
     model = mlp(3)
     rows = []
 
     def f(x):
-        rows.append((x.shape[0], torch.is_grad_enabled()))
+        rows.append((x.clone(), torch.is_grad_enabled()))
         return model(x)[:, 0]
 
     x = torch.randn(4, 6, dtype=D)
-    M.infidelity(f, torch.ones_like(x), M.gaussian_noise(0.1), n_perturb_samples=50)(x)
-    assert rows == [(4, False), (200, False)]
+    got = M.infidelity(f, torch.ones_like(x), M.gaussian_noise(0.1), n_perturb_samples=50, generator=0)(x)
+    assert [(r.shape[0], grad) for r, grad in rows] == [(204, False)] and torch.equal(rows[0][0][:4], x)
+    rows.clear()
+    chunked = M.infidelity(f, torch.ones_like(x), M.gaussian_noise(0.1), n_perturb_samples=50, generator=0,
+                           chunk_size=40)(x)
+    assert [r.shape[0] for r, _ in rows] == [40] * 5 + [4] and torch.equal(rows[0][0][:4], x)
+    torch.testing.assert_close(chunked, got)
 
 
 def test_infidelity_errors():
@@ -175,21 +181,24 @@ def test_sensitivity_max_equals_its_definition_as_a_loop():
     torch.testing.assert_close(got, torch.stack(want))
 
 
-def test_sensitivity_max_calls_the_attribution_once_on_all_copies():
+def test_sensitivity_max_calls_the_attribution_once_on_x_and_all_copies():
+    # NOTE: [x as copy 0] in _worst_case.py: x is the first block of the copies' call
     f = xattr.target(mlp(5), 0)
     seen = []
     occ = xattr.feature_ablation(f)
 
     def attr_fn(x):
-        seen.append(x.shape[0])
+        seen.append(x.clone())
         return occ(x)
 
     x = torch.randn(4, 6, dtype=D)
     out = M.sensitivity_max(attr_fn, x, n_perturb_samples=10, generator=0)
-    assert seen == [4, 40] and out.shape == (4,) and (out > 0).all()
+    assert [r.shape[0] for r in seen] == [44] and out.shape == (4,) and (out > 0).all()
+    assert torch.equal(seen[0][:4], x) and not torch.equal(seen[0][4:8], x)
     seen.clear()
     chunked = M.sensitivity_max(attr_fn, x, n_perturb_samples=10, generator=0, chunk_size=12)
-    assert seen == [4] + [12] * 3 + [4]
+    assert [r.shape[0] for r in seen] == [12] * 3 + [8]
+    assert torch.equal(seen[0][:4], x)
     torch.testing.assert_close(chunked, out)
     torch.testing.assert_close(M.sensitivity_max(attr_fn, x[:2], n_perturb_samples=10, generator=0), out[:2])
 

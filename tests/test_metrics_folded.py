@@ -151,7 +151,8 @@ def test_feature_permutation_under_sensitivity_shuffles_within_each_copy(chunk_s
         return perm(x)
 
     _sens(attr_fn, X, chunk_size=chunk_size)
-    assert len(calls) == 1 + {None: 1, B: N, 2 * B: 2}[chunk_size]
+    assert len(calls) == {None: 1, B: N + 1, 2 * B: -(-(N + 1) // 2)}[chunk_size]  # x is copy 0 of the first call
+    assert torch.equal(calls[0][0][:B], X)
     shuffles = []
     for given, seen in calls:
         copies = given.reshape(-1, B, P)  # (c, B, P)

@@ -268,7 +268,9 @@ def test_attribution_inside_the_forward_of_an_attack_inside_a_metric():
         return out
 
     got = sensitivity_max(displacement, x, n_perturb_samples=2, generator=0)
-    (x0, phi0), (rows, phi) = record
+    ((rows, phi_all),) = record  # x and its two copies in one call (NOTE: [x as copy 0] in _worst_case.py)
+    assert torch.equal(rows[:B], x)
+    phi0, phi = phi_all[:B], phi_all[B:]
     for v, out in record:  # what the attack gives on those rows at top level
         torch.testing.assert_close(out, fgsm(model, v, epsilon=0.1) - v, atol=1e-12, rtol=0)
     dist = (phi.reshape(2, B, D) - phi0).norm(dim=-1).amax(0)

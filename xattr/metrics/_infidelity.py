@@ -11,7 +11,7 @@ from .._src.checks import baselines_like, check_finite, warn_if_training
 from .._src.gradients import model_calls
 from .._src.nesting import new_call_inside_model
 from .._src.budget import copies_per_call
-from ._common import attributed, draw_copies, model_rows, passthrough, same_structure
+from ._common import attributed, block_rows, draw_copies, model_rows, passthrough, same_structure, x_foldable
 
 
 def infidelity(
@@ -61,24 +61,29 @@ def infidelity(
     def fn(*args):
         warn_if_training(f)
         idx, selected, rebuild, batch, x, phi = attributed(args, nums, as_tuple, attr_fn_or_attributions)
-        with model_calls():
-            fx = model_rows(f(*T.cloned(args)))  # a model writing into its input leaves x as it was
-        check_finite(fx)
         batched = () if baselines is None else (baselines_like(x, baselines),)
         drawn = draw_copies(perturb_func, x, n, batched=batched, generator=generator, what="perturb_func")
         pert, pert_size = _perturbation(drawn, x)
         iphi = _dot(pert_size, phi)  # (B, n)
-        per = copies_per_call(selected, batch, chunk_size, memory_budget, n)
+        lead = int(x_foldable(x, pert))  # f(x) is block 0 of the first call: NOTE: [x as copy 0] in _common.py
+        if not lead:
+            with model_calls():
+                fx = model_rows(f(*T.cloned(args)))  # a model writing into its input leaves x as it was
+            check_finite(fx)
+        per = copies_per_call(selected, batch, chunk_size, memory_budget, n + lead)
         outs = []
         with model_calls(), T.batch_scope(batch):
-            for s in range(0, n, per):
-                e = min(s + per, n)
-                rows = T.tree_map(lambda p: p[:, s:e].transpose(0, 1).reshape((-1,) + tuple(p.shape[2:])), pert)
+            for s in range(0, n + lead, per):
+                e = min(s + per, n + lead)
+                rows = block_rows(x, pert, s, e, lead)
                 call = passthrough(args, idx, e - s, batch)
                 out = model_rows(f(*T.split_args(call, idx)[1](rows if as_tuple else (rows,))))
                 check_finite(out)
                 outs.append(out.reshape(e - s, batch))
-        df = fx[:, None] - torch.cat(outs).T  # (B, n)
+        outs = torch.cat(outs)
+        if lead:
+            fx, outs = outs[0], outs[1:]
+        df = fx[:, None] - outs.T  # (B, n)
         return infidelity_from(iphi, df, normalize)
 
     return fn
@@ -116,6 +121,12 @@ def _same_shape(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 def _dot(pert_size, phi) -> torch.Tensor:
-    """sum over features of I * phi, per example and copy: (B, n)."""
-    pairs = zip(T.leaves(pert_size), T.leaves(phi))
-    return sum((i * a.unsqueeze(1)).reshape(i.shape[0], i.shape[1], -1).sum(-1) for i, a in pairs)
+    """sum over features of I * phi, per example and copy: (B, n), as one batched matrix product
+    per leaf (no (B, n, ...) product in memory)."""
+    total = 0
+    for i, a in zip(T.leaves(pert_size), T.leaves(phi)):
+        dtype = torch.promote_types(i.dtype, a.dtype)
+        dtype = torch.int64 if dtype == torch.bool else dtype  # bmm has no bool kernel; a sum of bools is int64
+        rows, cols = i.reshape(i.shape[0], i.shape[1], -1).to(dtype), a.reshape(a.shape[0], -1, 1).to(dtype)
+        total = total + torch.bmm(rows, cols)[..., 0]
+    return total

@@ -29,8 +29,8 @@ def sensitivity_max(
     counts as 1 (Captum's convention).
 
     Args:
-      attr_fn: any attribution function; it is called once at ``args`` and once (or once per
-        chunk) on all ``n_perturb_samples * B`` perturbed copies folded into the batch. A
+      attr_fn: any attribution function; it is called once (or once per chunk) on x and its
+        ``n_perturb_samples`` perturbed copies folded into the batch, x first. A
         seeded one (an int ``generator``) is one function: each copy gets the draws (noise,
         coalitions, baselines, feature permutation) that ``attr_fn`` called on that copy of
         the batch alone gets, which are phi(x)'s (NOTE: [Seeds of folded copies]), so the
