@@ -26,8 +26,9 @@ whose target may be h or a view of it (followed back through every node that doe
 fresh tensor: a ReLU(inplace=True) right after the layer), or may return h itself; elsewhere
 nothing can write into h and the copy is skipped (layer IG at the CPU benchmark's conv2: a 26 MB
 copy of the path per call; fx_graph_writes.py). The model's arguments the pruned graph never
-reads are recorded (``TracedHead.unread``), and layer IG hands them as empty stand-ins instead of
-tiling them with the path's steps (`layers.unread_dropped`). Traces are cached on the Split, keyed by
+reads are recorded (``TracedHead.unread``), and layer IG, layer feature ablation and layer feature
+permutation hand them as empty stand-ins instead of tiling them with the path's steps or the
+perturbed copies (`layers.unread_dropped`; `tree.cloned` passes an empty tensor as it is). Traces are cached on the Split, keyed by
 the identity and mode of every module, parameter and buffer, and by the plain attributes
 (numbers, strings, flags, containers of them by value; plain objects such as a config
 namespace by identity and their attributes; other objects by identity) of every module whose

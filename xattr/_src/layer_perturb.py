@@ -24,12 +24,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import torch
 
 from .ablation import feature_ablation, feature_permutation
 from .gradients import attribution_fn, model_calls
 from .layer_layout import check_rows, first_rows
-from .layers import Split
+from .layers import Split, unread_dropped
 
 
 def _check_split(split, name: str) -> Split:
@@ -84,7 +83,7 @@ def layer_feature_ablation(
 
     def fn(*args, layer_baselines=layer_baselines, layer_mask=layer_mask):
         h = _activation(split, args, "layer_feature_ablation")
-        return ablate(h, *args, baselines=layer_baselines, feature_mask=layer_mask)
+        return ablate(h, *unread_dropped(split, h, args), baselines=layer_baselines, feature_mask=layer_mask)
 
     return attribution_fn(fn, split.model)
 
@@ -118,6 +117,7 @@ def layer_feature_permutation(
                                   memory_budget=memory_budget, show_progress=show_progress)  # fmt: skip
 
     def fn(*args, layer_mask=layer_mask):
-        return permute(_activation(split, args, "layer_feature_permutation"), *args, feature_mask=layer_mask)
+        h = _activation(split, args, "layer_feature_permutation")
+        return permute(h, *unread_dropped(split, h, args), feature_mask=layer_mask)
 
     return attribution_fn(fn, split.model)

@@ -118,8 +118,10 @@ def split_args(args: tuple, argnums: tuple[int, ...]) -> tuple[tuple, Callable[[
 
 def cloned(tree: Tree) -> Tree:
     """The tree with every tensor leaf copied: what a model that writes into its arguments in
-    place may be given, leaving the caller's tensors as they were."""
-    return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, tree)
+    place may be given, leaving the caller's tensors as they were. An empty tensor has no values
+    to protect and is passed as it is (so layer methods' stand-ins for unread arguments keep what
+    they stand for: `layers.unread_dropped`)."""
+    return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) and t.numel() else t, tree)
 
 
 def batch_size(tree: Tree) -> int:
