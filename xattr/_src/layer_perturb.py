@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-
 from .ablation import feature_ablation, feature_permutation
 from .gradients import attribution_fn, model_calls
 from .layer_layout import check_rows, first_rows
