@@ -33,6 +33,7 @@ layer that all paths cross, it is F(x) - F(x') (completeness; tested).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
 import torch
@@ -42,6 +43,7 @@ from .checks import check_finite, check_float_inputs
 from .gradients import _rows, _zero_if_none, vjp_rows
 from .layer_layout import check_rows, first_rows
 from .layers import Split, _clone
+from .neuron_parts import PartOf, as_path, needs_part, part_split, pick_part
 from .paths import path_integral, straight_line_unit
 from .rule_limits import taken_as_constant
 from .targets import Outputs, Targeted
@@ -93,15 +95,20 @@ def _value_and_layer_grad(split: Split, args: tuple):
 class _Conductance:
     """``c(*args) = y_n * sg(dF/dy_n)``: its input gradient is the conductance integrand."""
 
-    def __init__(self, split: Split, index):
-        self.split = split
-        self.pick = Targeted(_identity, index)
+    def __init__(self, split: Split, index, part=None):
+        self.split, self.path = split, as_path(part)  # NOTE: [Neurons in one part of a layer's value]
+        self.pick = Targeted(_identity if self.path is None else PartOf(_identity, self.path), index)
+        self.checked = part_split(split, self.path)
+        self.indexed = isinstance(index, Outputs) or not callable(index)
         self.multi_output = isinstance(index, Outputs)
         self.model = split.model  # lets the train-mode warning find the modules
 
     def __call__(self, *args) -> torch.Tensor:
         h, dfdh = _value_and_layer_grad(self.split, args)
-        check_rows(self.split, h, args, first_rows(args), "neuron_conductance")  # NOTE: [Batch-first layers]
+        read = h if self.path is None else pick_part(h, self.path)
+        if self.path is None and self.indexed and isinstance(read, (tuple, list, Mapping)):
+            raise needs_part(read, "neuron_conductance's layer")
+        check_rows(self.checked, read, args, first_rows(args), "neuron_conductance")  # NOTE: [Batch-first layers]
         return self.pick(h) * self.pick(dfdh)
 
 
@@ -115,6 +122,7 @@ def neuron_conductance(
     method: str = "riemann_trapezoid",
     chunk_size: int | None = None,
     multiply_by_inputs: bool = True,
+    part=None,
 ) -> Callable:
     """Neuron conductance: each input feature's share of the output's flow through one neuron.
 
@@ -136,6 +144,8 @@ def neuron_conductance(
         [Quadrature rules]): Captum's numbers are these times ``(n_steps - 1) / n_steps``.
       chunk_size: most model rows (examples x steps) per forward/backward call.
       multiply_by_inputs: False drops the ``(x - x')`` factor (Captum's ``multiply_by_inputs``).
+      part: for a layer that returns several tensors, the one the index applies to, as in
+        ``xattr.neuron`` (an int position, a dict key, or a tuple path: ``part=(1, 0)``).
 
     Returns:
       ``fn(*args, baselines=None)``: a tree like ``args[argnums]``, with a K axis after the batch
@@ -155,7 +165,7 @@ def neuron_conductance(
         )
     path = None if multiply_by_inputs else straight_line_unit
     integral = path_integral(
-        _Conductance(split, index), argnums=argnums, baselines=baselines, n_steps=n_steps, method=method,
+        _Conductance(split, index, part), argnums=argnums, baselines=baselines, n_steps=n_steps, method=method,
         path=path, chunk_size=chunk_size,
     )  # fmt: skip
     nums = T.normalize_argnums(argnums)[0]

@@ -354,7 +354,7 @@ def target(f: Callable, t) -> Targeted:
     return Targeted(f, t)
 
 
-def neuron(f: Callable, index) -> Targeted:
+def neuron(f: Callable, index, *, part=None) -> Targeted:
     """Restricts a layer's activation to one neuron, a summed region, or K neurons at once.
 
     Args:
@@ -363,25 +363,37 @@ def neuron(f: Callable, index) -> Targeted:
       index: an int or tuple index into one example's activation (slices are summed, as in
         Captum's neuron methods); a callable ``act -> (R,)``; or ``xattr.outputs([idx_1, ...])``
         for K neurons in one call (attributions gain a K axis after the batch axis).
+      part: for a layer that returns several tensors, the one the index applies to: an int
+        position in a tuple, a dict key, or a tuple path into a nested value (``part=(1, 0)``:
+        ``h_n`` of an LSTM's ``(output, (h_n, c_n))``). Only that tensor needs the batch in dim
+        0 (NOTE: [Neurons in one part of a layer's value] in neuron_parts.py). Without it, an
+        index into such a layer is refused; a callable then receives the whole value.
 
     Example:
       >>> split = xattr.at_layer(model, model.conv2)
       >>> nig = xattr.integrated_gradients(xattr.neuron(split, (4, 2, 2)))(x)      # like x
       >>> many = xattr.saliency(xattr.neuron(split, xattr.outputs([(0, 1, 1), (3, 2, 2)])))(x)
+      >>> out_unit = xattr.saliency(xattr.neuron(xattr.at_layer(rnn, rnn.lstm), (4, 2), part=0))(x)
     """
-    return Targeted(_CheckedAct(f) if hasattr(f, "act") else f, index)
+    from .neuron_parts import PartOf, as_path
+
+    path = as_path(part)
+    if hasattr(f, "act"):
+        return Targeted(_CheckedAct(f, path, isinstance(index, Outputs) or not callable(index)), index)
+    return Targeted(f if path is None else PartOf(f, path), index)
 
 
 class _CheckedAct:
-    """``split.act`` that refuses an activation without the batch in dim 0: the index skips dim 0
-    (NOTE: [Batch-first layers] in layer_layout.py)."""
+    """``split.act`` (its tensor at ``path``, where given) that refuses an activation without the
+    batch in dim 0: the index skips dim 0 (NOTE: [Batch-first layers] in layer_layout.py).
+    ``indexed``: the index is no callable, so it needs one tensor of the value."""
 
-    def __init__(self, split):
+    def __init__(self, split, path: tuple | None = None, indexed: bool = False):
+        from .neuron_parts import checked_act, part_split  # imported on use, as the layer checks always were
+
         self.split, self.model = split, split.model
+        self.path, self.indexed, self.checked = path, indexed, part_split(split, path)
+        self._checked_act = checked_act
 
     def __call__(self, *args):
-        from .layer_layout import check_rows, first_rows  # layers imports gradients, which imports this module
-
-        h = self.split.act(*args)
-        check_rows(self.split, h, args, first_rows(args), "xattr.neuron")
-        return h
+        return self._checked_act(self.split, self.checked, self.path, self.indexed, args)
