@@ -315,11 +315,6 @@ class Targeted:
                 )
             if isinstance(out, Mapping):  # a dict, a Hugging Face ModelOutput
                 keys = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
-                if isinstance(self.model, _CheckedAct):  # xattr.neuron at a layer with a mapping value
-                    raise TypeError(
-                        f"the layer's value is a {type(out).__name__} with the tensors {keys}: give the neuron as a "
-                        f"callable that picks it, e.g. xattr.neuron(split, lambda act: act[{keys[0] if keys else 'key'!r}][:, i])"
-                    )
                 raise TypeError(
                     f"the model must return a tensor, got a {type(out).__name__} with the tensors {keys}: pick one "
                     f"before the target, e.g. xattr.target(lambda *args: model(*args)[{keys[0] if keys else 'logits'!r}], t), "
