@@ -195,7 +195,8 @@ def kernel_shap(
     end coalitions, as Captum's does (Captum defaults to 25); ``sampling``: ``"captum"`` (the
     default, Captum's sampler) or ``"paired"``; ``return_std_error``: also return each Shapley
     value's standard error, estimated from the same coalitions by the delta method (Covert & Lee
-    2021) with each draw's residual leverage-corrected (HC2, calibrated from ~60 samples on; drawn pairs are the paired sampler's independent units, enumerated sizes add no
+    2021) with each draw's residual leverage-corrected (HC2: calibrated from about 60 samples
+    on; drawn pairs are the paired sampler's independent units, enumerated sizes add no
     variance; 0 where every coalition is enumerated; refused where undefined, e.g. ``n_samples
     < 4``: NOTE: [Standard errors of KernelSHAP] in kernel_shap_error.py).
 
