@@ -71,12 +71,15 @@ class SizePlan(NamedTuple):
     left: int  # N': the budget left after the enumeration (2 P or 2 P + 1)
 
 
-def size_plan(m: int, n_coalitions: int) -> SizePlan:
-    """Which sizes ``n_coalitions`` (besides the empty and the full one) enumerate, and what is drawn."""
+def size_plan(m: int, n_coalitions: int, start: int = 0) -> SizePlan:
+    """Which sizes ``n_coalitions`` (besides the empty and the full one) enumerate, and what is
+    drawn; ``start``: the first pairs of sizes {s, m - s}, s = 1..start, are enumerated whatever
+    the budget (KernelSHAP-IQ's border; the caller checks that the budget holds them)."""
     half = m // 2
     count = [math.comb(m, s) * (1 if 2 * s == m else 2) for s in range(1, half + 1)]
     mass = [(m - 1) / (s * (m - s)) * (1 if 2 * s == m else 2) for s in range(1, half + 1)]
-    left, j = n_coalitions, 0
+    j = min(start, half)
+    left = n_coalitions - sum(count[:j])
     if n_coalitions >= 2**m - 2:
         j, left = half, n_coalitions - (2**m - 2)
     while j < half and left * (mass[j] / math.fsum(mass[j:])) / count[j] >= 1 - 1e-8:
@@ -101,12 +104,14 @@ def enumerated_coalitions(m: int, plan: SizePlan, device, dtype) -> tuple[torch.
     return torch.cat(parts), torch.tensor(weights, dtype=torch.float64).to(device=device, dtype=dtype)
 
 
-def paired_coalitions(s: FeatureSet, rows: int, n_samples: int, stream, seeds, device, dtype, budget: int) -> tuple:
+def paired_coalitions(s: FeatureSet, rows: int, n_samples: int, stream, seeds, device, dtype, budget: int,
+                      plan: SizePlan | None = None) -> tuple:  # fmt: skip
     """One feature set's coalitions with the paired sampler, as `_kernel_coalitions` gives them:
     (its examples or 1, 1 + E + 2P, n_s) bool, the empty one first, and the others' weights (its
-    examples, E + 2P) (NOTE: [Paired KernelSHAP sampling])."""
+    examples, E + 2P) (NOTE: [Paired KernelSHAP sampling]); ``plan``: `size_plan`'s for the set,
+    where the caller fixes one (KernelSHAP-IQ's border)."""
     m, count = s.n, s.count(rows)
-    plan = size_plan(m, n_samples - 2)
+    plan = size_plan(m, n_samples - 2) if plan is None else plan
     enum, w_enum = enumerated_coalitions(m, plan, device, dtype)
     if plan.pairs == 0:
         z = torch.cat([torch.zeros(1, m, dtype=torch.bool, device=device), enum])[None]

@@ -1,5 +1,6 @@
 """Shapley interaction indices estimated from sampled coalitions: by regression (the default,
-NOTE: [Interaction regression] in interaction_regression.py) or stratified by size (SHAP-IQ style).
+NOTE: [Interaction regression] in interaction_regression.py), stratified by size (SHAP-IQ style)
+or by KernelSHAP-IQ (NOTE: [KernelSHAP-IQ] in kernelshap_iq.py).
 
 NOTE: [Stratified interaction sampling]
 Every index of NOTE: [Interaction indices as weights on the game] (interaction_indices.py) is a
@@ -38,6 +39,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from . import kernelshap_iq
 from . import tree as T
 from .gradients import attribution_fn
 from .checks import check_model_fn
@@ -52,7 +54,7 @@ from .shapley_interactions import combine, spread
 from .surrogate_fits import fit_budget
 from .warn import warn
 
-ESTIMATORS = ("regression", "stratified")
+ESTIMATORS = ("regression", "stratified", "kernelshap_iq")
 
 
 def shapley_interaction_sampling(
@@ -79,8 +81,12 @@ def shapley_interaction_sampling(
     the polynomial's exact index plus the residual's, estimated from the same coalitions (NOTE:
     [Interaction regression]); slightly biased, far lower error (see the docs). ``"stratified"``:
     each index as a weighted sum over the coalitions, estimated stratum by stratum of coalition
-    size with a control variate (NOTE: [Stratified interaction sampling]); unbiased. Both are
-    exact when ``n_samples >= 2^F`` and exactly efficient for STII, FSII and k-SII. Cost:
+    size with a control variate (NOTE: [Stratified interaction sampling]); unbiased.
+    ``"kernelshap_iq"`` (SII and k-SII only): KernelSHAP-IQ (Fumagalli et al. 2024), SII fitted
+    order by order to the residual of the lower orders with each order's kernel, on the same
+    paired coalitions with the border sizes 1..order-1 and F-order+1..F-1 enumerated; k-SII
+    folded from it (NOTE: [KernelSHAP-IQ] in kernelshap_iq.py). All three are exact when
+    ``n_samples >= 2^F``; exactly efficient for STII, FSII and k-SII. Cost:
     ``B (n_samples - 1)`` perturbed rows at most (the full coalition is f(x)).
 
     Args (beyond the perturbation methods' shared ones, see ablation.py):
@@ -88,8 +94,9 @@ def shapley_interaction_sampling(
       n_samples: coalitions per example, the empty and the full one included. "stratified":
         at least F + 1 (one per coalition size) unless ``2^F`` is fewer. "regression": any >= 2;
         below about ``p + 2`` (p the sets of 1..order features) the fit is singular and its
-        minimum-norm solution is used.
-      estimator: "regression" or "stratified".
+        minimum-norm solution is used. "kernelshap_iq": at least 2 plus the coalitions of sizes
+        1..order-1 and F-order+1..F-1 (unless ``2^F`` is fewer); singular fits as "regression".
+      estimator: "regression", "stratified" or "kernelshap_iq".
       generator: int seed, ``torch.Generator`` or None (NOTE: [Explicit randomness]); each
         example draws its own coalitions.
 
@@ -106,12 +113,17 @@ def shapley_interaction_sampling(
         raise ValueError(f"n_samples must be an int >= 2 (the empty and the full coalition at least), got {n_samples!r}")
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if estimator == "kernelshap_iq":
+        kernelshap_iq.check_index(index)
     nums, as_tuple = T.normalize_argnums(argnums)
 
     def fn(*args, baselines=baselines, feature_mask=feature_mask):
         selected, masks, n, base, out, aggregate = _prepare(f, args, nums, as_tuple, baselines, feature_mask)
         rows, device = out.shape[0], out.device
         sets = feature_sets(masks, n, rows)
+        if estimator == "kernelshap_iq":  # NOTE: [KernelSHAP-IQ] in kernelshap_iq.py
+            return kernelshap_iq.interactions(f, args, nums, index, order, n_samples, generator, masks, n, base, out,
+                                              aggregate, sets, chunk_size, memory_budget, show_progress)  # fmt: skip
         if estimator == "regression":
             return _regression(f, args, nums, index, order, n_samples, generator, masks, n, base, out, aggregate, sets,
                                chunk_size, memory_budget, show_progress)  # fmt: skip
