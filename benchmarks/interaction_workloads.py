@@ -264,7 +264,7 @@ def error_table(indices=("k-SII", "STII", "FSII"), budgets=ERROR_BUDGETS, seeds:
         mine = {
             f"xattr {e}": lambda b, s, e=e: torch.stack([v[0] for v in xattr.shapley_interaction_sampling(
                 f, index=index, order=2, n_samples=b, estimator=e, baselines=base, generator=s)(x).to_dict().values()])
-            for e in ("regression", "stratified")
+            for e in ("regression", "stratified") + (("kernelshap_iq",) if index in ("k-SII", "SII") else ())
         }  # fmt: skip
         theirs = {name: (lambda b, s, mk=mk: as_tensor([mk(s).approximate(b, game)], keys)[0])
                   for name, mk in _approximators(shapiq, index, FEATURES).items()}  # fmt: skip
