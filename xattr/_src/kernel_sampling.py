@@ -71,12 +71,17 @@ class SizePlan(NamedTuple):
     left: int  # N': the budget left after the enumeration (2 P or 2 P + 1)
 
 
+def pair_counts(m: int) -> list[int]:
+    """The coalitions of each pair of sizes {s, m - s}, s = 1..m // 2 (one size where 2 s = m)."""
+    return [math.comb(m, s) * (1 if 2 * s == m else 2) for s in range(1, m // 2 + 1)]
+
+
 def size_plan(m: int, n_coalitions: int, start: int = 0) -> SizePlan:
     """Which sizes ``n_coalitions`` (besides the empty and the full one) enumerate, and what is
     drawn; ``start``: the first pairs of sizes {s, m - s}, s = 1..start, are enumerated whatever
     the budget (KernelSHAP-IQ's border; the caller checks that the budget holds them)."""
     half = m // 2
-    count = [math.comb(m, s) * (1 if 2 * s == m else 2) for s in range(1, half + 1)]
+    count = pair_counts(m)
     mass = [(m - 1) / (s * (m - s)) * (1 if 2 * s == m else 2) for s in range(1, half + 1)]
     j = min(start, half)
     left = n_coalitions - sum(count[:j])

@@ -148,7 +148,7 @@ from typing import NamedTuple
 import torch
 
 from .coalitions import MAX_ENUMERATED
-from .kernel_sampling import _WORD, _runs, size_plan
+from .kernel_sampling import _WORD, _runs, pair_counts, size_plan
 from .solvers import sample_rows
 from .warn import warn
 
@@ -195,7 +195,7 @@ def sampled_units(m: int, n_samples: int, sampling: str) -> Units:
             f"a standard error needs two drawn pairs at least. "
             f"Raise n_samples (to {n_samples + 4 - 2 * plan.pairs} or more)"
         )
-    first = sum(math.comb(m, s) * (1 if 2 * s == m else 2) for s in range(1, plan.enumerated + 1))
+    first = sum(pair_counts(m)[: plan.enumerated])
     return Units("pairs", first, plan.pairs, plan.mass, 4 * plan.left)
 
 

@@ -64,7 +64,7 @@ import torch
 
 from .interaction_indices import Interactions, _bernoulli, combinations, gamma_table
 from .interaction_regression import MAX_TERMS, containment
-from .kernel_sampling import SizePlan, enumerated_coalitions, paired_coalitions, size_plan
+from .kernel_sampling import SizePlan, enumerated_coalitions, pair_counts, paired_coalitions, size_plan
 from .masks import FeatureSet, widen
 from .perturb import as_floating, evaluate
 from .sampling import row_seeds, streams
@@ -86,25 +86,21 @@ def check_index(index: str) -> None:
         )
 
 
-def _pair_counts(m: int) -> list[int]:
-    return [math.comb(m, s) * (1 if 2 * s == m else 2) for s in range(1, m // 2 + 1)]
-
-
 def border_count(m: int, k: int) -> int:
     """The coalitions of sizes 1..k-1 and m-k+1..m-1 of m features: the first pairs of sizes the
     paired enumeration lists, and the border of order k (empty and full not counted)."""
-    return sum(_pair_counts(m)[: min(k - 1, m // 2)])
+    return sum(pair_counts(m)[: min(k - 1, m // 2)])
 
 
 def border_plan(m: int, n_coalitions: int, order: int) -> SizePlan:
     """The paired sampler's plan with the border of ``order`` enumerated whatever the budget
     (NOTE: [KernelSHAP-IQ]); the rule of `kernel_sampling.size_plan` from there inward."""
-    j = min(order - 1, m // 2)
-    if n_coalitions < 2**m - 2 and n_coalitions < sum(_pair_counts(m)[:j]):
+    j, held = min(order - 1, m // 2), border_count(m, order)
+    if n_coalitions < 2**m - 2 and n_coalitions < held:
         sizes = f"sizes 1..{order - 1} and {m - order + 1}..{m - 1}" if j < m // 2 else "every size"
         raise ValueError(
             f"estimator='kernelshap_iq' at order={order} uses every coalition of {sizes} of F={m} features (their "
-            f"kernel weight is infinite): use n_samples >= {sum(_pair_counts(m)[:j]) + 2}, or a lower order"
+            f"kernel weight is infinite): use n_samples >= {held + 2}, or a lower order"
         )
     return size_plan(m, n_coalitions, start=j)
 

@@ -33,7 +33,6 @@ layer that all paths cross, it is F(x) - F(x') (completeness; tested).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
 import torch
@@ -41,9 +40,8 @@ import torch
 from . import tree as T
 from .checks import check_finite, check_float_inputs
 from .gradients import _rows, _zero_if_none, vjp_rows
-from .layer_layout import check_rows, first_rows
 from .layers import Split, _clone
-from .neuron_parts import PartOf, as_path, needs_part, part_split, pick_part
+from .neuron_parts import PartOf, as_path, checked_part, part_split
 from .paths import path_integral, straight_line_unit
 from .rule_limits import taken_as_constant
 from .targets import Outputs, Targeted
@@ -105,10 +103,8 @@ class _Conductance:
 
     def __call__(self, *args) -> torch.Tensor:
         h, dfdh = _value_and_layer_grad(self.split, args)
-        read = h if self.path is None else pick_part(h, self.path)
-        if self.path is None and self.indexed and isinstance(read, (tuple, list, Mapping)):
-            raise needs_part(read, "neuron_conductance's layer")
-        check_rows(self.checked, read, args, first_rows(args), "neuron_conductance")  # NOTE: [Batch-first layers]
+        # NOTE: [Batch-first layers], on the part the index reads
+        checked_part(self.split, self.checked, h, self.path, self.indexed, args, "neuron_conductance")
         return self.pick(h) * self.pick(dfdh)
 
 

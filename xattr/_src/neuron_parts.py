@@ -158,9 +158,14 @@ def part_split(split, path: tuple | None):
 
 def checked_act(split, checked, path: tuple | None, indexed: bool, args: tuple):
     """``split.act(*args)``, or its part at ``path``, after the batch-first check of what the
-    index reads (``indexed``: an index, not a callable, which needs one tensor; ``checked``:
-    `part_split`'s)."""
-    h = split.act(*args)
+    index reads (`checked_part`)."""
+    return checked_part(split, checked, split.act(*args), path, indexed, args, "xattr.neuron")
+
+
+def checked_part(split, checked, h, path: tuple | None, indexed: bool, args: tuple, method: str):
+    """The layer's value ``h`` at ``args``, or its part at ``path``, after the batch-first check of
+    what the index reads (``indexed``: an index, not a callable, which needs one tensor;
+    ``checked``: `part_split`'s)."""
     if path is not None:
         if isinstance(h, torch.Tensor):
             raise ValueError(
@@ -169,6 +174,6 @@ def checked_act(split, checked, path: tuple | None, indexed: bool, args: tuple):
             )
         h = pick_part(h, path)
     elif indexed and isinstance(h, (tuple, list, Mapping)):
-        raise needs_part(h)
-    check_rows(checked, h, args, first_rows(args), "xattr.neuron")
+        raise needs_part(h, "the layer" if method == "xattr.neuron" else f"{method}'s layer")
+    check_rows(checked, h, args, first_rows(args), method)
     return h

@@ -44,23 +44,24 @@ def worst_over_copies(attr_fn: Callable, args: tuple, score: Callable, n: int, p
     e0 = outs0 = None
     if not lead:
         e0 = cast(flat(stopped(attr_fn(*T.cloned(args)))))  # an attr_fn writing into its input leaves x as it was
-        outs0 = _outputs(calls, T.cloned(args), batch)
+        outs0 = _outputs(calls, args, batch)  # it clones the arguments for each call
     worst = None
     with T.batch_scope(batch):
         spans = T.chunks(n + lead, batch, chunk_size)
         for s, e in progress(show_progress, spans, total=len(spans), desc=desc, unit="chunk"):
             rows = block_rows(x, pert, s, e, lead)
             call = T.split_args(passthrough(args, idx, e - s, batch), idx)[1](rows if as_tuple else (rows,))
-            xs = cast(flat(rows)).reshape(e - s, batch, -1).clone() if reads_inputs else None
+            at_x = int(lead and s == 0)  # block 0 is x: score never reads it as a copy
+            xs = cast(flat(rows)).reshape(e - s, batch, -1)[at_x:].clone() if reads_inputs else None
             with copy_blocks(s, e, batch, same_draws=True):  # phi(x)'s draws: NOTE: [Seeds of folded copies]
                 es = cast(flat(stopped(attr_fn(*call))))
             if es.shape[0] != (e - s) * batch:
                 raise ValueError(f"attr_fn returned {es.shape[0]} rows of attributions for {(e - s) * batch} rows of input")
             es = es.reshape(e - s, batch, -1)
             outs = [o.reshape(e - s, batch, -1) for o in _outputs(calls, call, (e - s) * batch)]
-            if lead and s == 0:  # block 0 is x
+            if at_x:
                 e0, outs0 = es[0], [o[0] for o in outs]
-                es, outs, xs = es[1:], [o[1:] for o in outs], None if xs is None else xs[1:]
+                es, outs = es[1:], [o[1:] for o in outs]
                 if es.shape[0] == 0:
                     continue
             if es.shape[-1] != e0.shape[-1]:
