@@ -60,7 +60,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from . import nesting
+from . import nesting, pools
 from .checks import _modules
 from .deeplift_dead_rows import linear_rows, parsers_with_linear
 from .deeplift_fused import fused
@@ -188,9 +188,9 @@ class _RulesMode(TorchFunctionMode):
         if type(rule)._reroute is not Rule._reroute:
             return apply_rule(rule, rule._reroute(op))
         if _as_hook(rule, op):
-            return _hooked(rule, op, func(*args, **kwargs))
+            return _hooked(rule, op, pools.called(op, func, args, kwargs))
         if _as_output_hook(rule, op):
-            return _scaled(rule, op, func(*args, **kwargs))
+            return _scaled(rule, op, pools.called(op, func, args, kwargs))
         on = None if blocks is None else viewed(op, blocks, self.rows)
         if on is not None:
             out = apply_rule(rule, on)
