@@ -54,6 +54,7 @@ TABULAR_ROWS = 32
 # keep the CNN's largest activation at 8 MiB; 4096 tabular rows are xattr's own MAX_ROWS.
 SPLIT_ROWS = {"cnn": 128, "resnet50": 128, "tabular": 4096}
 OCCLUSION = {"cnn": ((3, 8, 8), (3, 4, 4)), "resnet50": ((3, 32, 32), (3, 16, 16))}  # (window, strides)
+FRESH_DRAWS = "xattr, fresh draws every call (a torch.Generator)"
 CAPTUM_ROUNDS_SLOW = 3  # timed rounds of Captum where one call takes seconds (KernelShap, Lime)
 
 
@@ -213,6 +214,7 @@ def _shapley_sampling(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_samp
 
     f = xattr.target(model, y)
     sv_x = xattr.shapley_value_sampling(f, n_samples=n_samples, generator=SEED)
+    fresh = xattr.shapley_value_sampling(f, n_samples=n_samples, generator=torch.Generator().manual_seed(SEED))
     sv_c = ShapleyValueSampling(model)
     n, b = x.shape[1], x.shape[0]
 
@@ -234,8 +236,11 @@ def _shapley_sampling(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_samp
         lambda: sv_x(x), captum, forward_floors(model, _random_rows(x, copies), SPLIT_ROWS["tabular"]),
         agree, "z-RMS in [0.8, 1.25] (sd of one estimate from xattr's single-permutation estimates, "
         f"scaled by sqrt(2/{n_samples}))",
+        info={FRESH_DRAWS: lambda: fresh(x)},
         notes=[f"ShapleyValueSampling: xattr: shapley_value_sampling(target(mlp, y), n_samples={n_samples}, "
-               f"generator=0): {b} x (1 + {n_samples} x {n - 1}) perturbed rows in one batched evaluation; Captum: "
+               f"generator=0): {b} x (1 + {n_samples} x {n - 1}) perturbed rows in one batched evaluation, the "
+               "permutations drawn on the first call and reused by the later ones, which draw the same (an int seed: "
+               f"NOTE: [Remembered permutations]); '{FRESH_DRAWS}' (for reference) draws them on every call; Captum: "
                f"ShapleyValueSampling(mlp).attribute(x, target=y, n_samples={n_samples}) (perturbations_per_eval=1: "
                f"one forward of {b} rows per step of each permutation); floor: one no-grad forward of the "
                f"{(copies + 1) * b} rows the estimator needs at least (every chain's inner coalitions, the empty one "

@@ -97,6 +97,32 @@ def _ranks(rows: int, n_samples: int, n: int, stream, antithetic: bool, device, 
     return rank
 
 
+# NOTE: [Remembered permutations]
+# With an int seed the permutations are a function of the rows' seeds (`row_seeds`: the seed, the
+# row's position, its copy id), S, F and the antithetic flag, so a call with the same ones draws
+# exactly what an earlier call drew. The attribution function keeps the last few such draws (each
+# at most `MEMO_ELEMENTS` ranks) keyed by those, and a later call with the same batch size reuses
+# them: the same numbers, bit for bit, without 32 generator seedings and an argsort of 800 rows
+# (~0.25 ms of the tabular benchmark's ~2 ms). A torch.Generator or None draws afresh every call,
+# as it must. The remembered ranks are read, never written.
+MEMO_SIZE, MEMO_ELEMENTS = 4, 2**20
+
+
+def _remembered_ranks(memo: dict, rows: int, n_samples: int, n: int, stream, antithetic: bool, device, seeds=None):
+    """`_ranks`, looked up in ``memo`` first (NOTE: [Remembered permutations]); ``memo`` None: drawn."""
+    if memo is None or rows * n_samples * n > MEMO_ELEMENTS:
+        return _ranks(rows, n_samples, n, stream, antithetic, device, seeds)
+    seeds = row_seeds(stream, rows) if seeds is None else seeds
+    key = (tuple(seeds), n_samples, n, antithetic, str(device))
+    rank = memo.get(key)
+    if rank is None:
+        rank = _ranks(rows, n_samples, n, stream, antithetic, device, seeds)
+        if len(memo) >= MEMO_SIZE:
+            memo.pop(next(iter(memo)))  # the oldest
+        memo[key] = rank
+    return rank
+
+
 def _uniforms(stream, u: torch.Tensor, seeds=None) -> torch.Tensor:
     """`per_example`'s uniform draws into u (rows, ...), each row from its own generator, with one
     generator object re-seeded for each row (the same numbers as a new one each, ~1 us a row less)."""
@@ -156,6 +182,7 @@ def shapley_value_sampling(
         raise TypeError(f"antithetic must be True or False, got {antithetic!r}")
     check_std_error(return_std_error, n_samples, "shapley_value_sampling", pairs=antithetic)
     nums, as_tuple = T.normalize_argnums(argnums)
+    memo = {} if isinstance(generator, int) and not isinstance(generator, bool) else None  # NOTE: [Remembered permutations]
 
     def fn(*args, baselines=baselines, feature_mask=feature_mask):
         warn_if_training(f)
@@ -172,7 +199,8 @@ def shapley_value_sampling(
                 sets = feature_sets(masks, n, rows)
                 seeds = None if stream is None else row_seeds(stream, rows)
                 device = T.leaves(selected)[0].device
-                drawn[rows] = sets, [_ranks(s.count(rows), n_samples, s.n, stream, antithetic, device, s.pick(seeds)) for s in sets]
+                drawn[rows] = sets, [_remembered_ranks(memo, s.count(rows), n_samples, s.n, stream, antithetic, device, s.pick(seeds))
+                                     for s in sets]
             sets, ranks = drawn[rows]  # (r_s, S, F_s)
             copies = max(_chain_length(n_samples, s.n) for s in sets)
             made = _copy_maker(ranks[0], selected, masks, base) if len(sets) == 1 and sets[0].ids is None else None
