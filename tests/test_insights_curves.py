@@ -316,10 +316,10 @@ def test_page_script_draws_means_bands_and_the_chosen_example(page, tmp_path):
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the page's script")
 def test_capped_page_embeds_every_kth_example(digits, tmp_path, monkeypatch):
     model, x, y = digits
-    monkeypatch.setattr(_evaluation_view, "MAX_CURVE_VALUES", 2 * 17 * 5)  # room for 5 examples of 2 methods
     methods = {"saliency": xattr.saliency, "occlusion": METHODS["occlusion"]}
     text, _, data = parse(xattr.insights.explore(model, x, methods=methods, evaluation=["deletion"], generator=1,
-                                                 path=tmp_path / "c.html", show_progress=False))  # fmt: skip
+                                                 path=tmp_path / "c.html", show_progress=False,
+                                                 max_curve_values=2 * 17 * 5))  # room for 5 examples of 2 methods
     E = data["evaluation"]
     assert E["curves"] == {"examples": [0, 5, 10, 15, 20], "of": 24, "stride": 5, "values": 170, "limit": 170}
     c = E["metrics"][0]["curve"]
@@ -334,10 +334,18 @@ def test_capped_page_embeds_every_kth_example(digits, tmp_path, monkeypatch):
     assert not [p for ch in out["detail"] + out["typed"] for p in ch["paths"] if p[0] == "example"]
     out = run_probe(text, tmp_path, 10)
     assert len([p for p in out["detail"][0]["paths"] if p[0] == "example"]) == 2
-    monkeypatch.setattr(_evaluation_view, "MAX_CURVE_VALUES", 2 * 17)  # room for one example: #0
+    monkeypatch.setattr(_evaluation_view, "MAX_CURVE_VALUES", 2 * 17)  # the default: room for one example, #0
     text, _, data = parse(xattr.insights.explore(model, x[:6], methods=methods, evaluation=["deletion"], generator=1,
                                                  path=tmp_path / "one.html", show_progress=False))  # fmt: skip
     assert data["evaluation"]["curves"]["examples"] == [0]
     out = run_probe(text, tmp_path, 0)
     assert "holds the curves of example #0 only" in out["notes"][1]
     assert len([p for p in out["detail"][0]["paths"] if p[0] == "example"]) == 2
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "many"])
+def test_max_curve_values_must_be_a_positive_int(digits, tmp_path, bad):
+    model, x, _ = digits
+    with pytest.raises(ValueError, match="max_curve_values must be a positive int or None"):
+        xattr.insights.explore(model, x[:2], methods={"saliency": xattr.saliency}, evaluation=["deletion"],
+                               path=tmp_path / "bad.html", show_progress=False, max_curve_values=bad)

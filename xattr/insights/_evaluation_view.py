@@ -191,14 +191,14 @@ def curves_payload(ev: Evaluation, limit: int | None = None) -> tuple[dict, dict
     return out, {"examples": keep, "of": n, "stride": stride, "values": len(keep) * per_example, "limit": limit}
 
 
-def payload(ev: Evaluation) -> dict:
+def payload(ev: Evaluation, max_curve_values: int | None = None) -> dict:
     """The page's ``evaluation`` entry: per metric (in order) its direction, each method's cell
     [mean, low, high, n] and rank, the best methods, per method and example the value, its
     place among the methods there, the examples' disagreement spreads, and for a curve metric
     its ``curve`` (None for the others); ``curves`` says which examples' curves are embedded
     (None without curve metrics; NOTE: [Curves on the explorer page])."""
     table, ranks = ev.table(LEVEL, N_BOOT), ev.ranks()
-    curves, embedded = curves_payload(ev)
+    curves, embedded = curves_payload(ev, max_curve_values)
     metrics = []
     for k, metric in enumerate(ev.metrics):
         d = ev.directions[metric]

@@ -173,6 +173,7 @@ def explore(
     evaluation=False,
     masks: torch.Tensor | None = None,
     generator=0,
+    max_curve_values: int | None = None,
 ) -> str:
     """Writes an interactive, offline HTML explorer of ``model``'s attributions over ``inputs``.
 
@@ -213,6 +214,9 @@ def explore(
       masks: (N, ...) ground-truth masks for the evaluation's localization entries.
       generator: the evaluation's seed (int or torch.Generator; None: unseeded): its metrics'
         draws and intervals, as `evaluate`'s. The methods take their own seeds.
+      max_curve_values: most per-example curve numbers the page embeds over all curve metrics
+        (None: 50,000); past it the page keeps every k-th example's curves and says so, the
+        mean curves and bands stay over every example (NOTE: [Curves on the explorer page]).
 
     Returns:
       ``path`` as a str.
@@ -225,6 +229,9 @@ def explore(
         raise ValueError(f"explore: chunk_size must be a positive int or None, got {chunk_size!r}")
     if not isinstance(dataset_view, bool):
         raise TypeError(f"explore: dataset_view must be True or False, got {dataset_view!r}")
+    if max_curve_values is not None and (isinstance(max_curve_values, bool) or not isinstance(max_curve_values, int)
+                                         or max_curve_values < 1):
+        raise ValueError(f"explore: max_curve_values must be a positive int or None, got {max_curve_values!r}")
     kind = _kind(kind, inputs, tokens)
     chosen = _evaluation_view.entries(evaluation, masks, len(inputs))  # None: no evaluation
     token_lists = _token_strings(tokens, inputs) if kind == "text" else None
@@ -264,7 +271,7 @@ def explore(
     if chosen is not None:
         ev = _evaluation_view.run(chosen, model, methods, inputs, targets, attrs, masks=masks, chunk_size=chunk_size,
                                   generator=generator, show_progress=show_progress)  # fmt: skip
-        data["evaluation"] = _evaluation_view.payload(ev)
+        data["evaluation"] = _evaluation_view.payload(ev, max_curve_values)
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
