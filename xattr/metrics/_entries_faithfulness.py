@@ -137,17 +137,19 @@ def _unused(*args, **kwargs):
     raise AssertionError("a metric built only to check its options is never called")
 
 
-def road(*, order: str = "morf", percentages=PERCENTAGES, noise: float = 0.01, name: str | None = None) -> Entry:
+def road(*, order: str = "morf", percentages=PERCENTAGES, noise: float = 0.01, counts: str = "nearest",
+         name: str | None = None) -> Entry:
     """The area under the `road` curve: "morf" lower is better, "lerf" higher; one attributed
-    image (an int ``argnums``; NOTE: [Entries with several inputs]); `evaluate` keeps the curves."""
+    image (an int ``argnums``; NOTE: [Entries with several inputs]); `evaluate` keeps the curves.
+    ``counts``: "nearest" or "authors", as `road`'s."""
     if order not in ("morf", "lerf"):
         raise ValueError(f"order must be 'morf' or 'lerf', got {order!r}")
     check_name(name)
-    # the metric checks percentages and noise when it is built: build it once, now
-    _road(_unused, _unused, percentages=percentages, order=order, noise=noise)
+    # the metric checks percentages, noise and counts when it is built: build it once, now
+    _road(_unused, _unused, percentages=percentages, order=order, noise=noise, counts=counts)
 
     def run(f, a, x, ctx):
-        return _road(f, a, percentages=percentages, order=order, noise=noise, argnums=ctx.argnums,
+        return _road(f, a, percentages=percentages, order=order, noise=noise, counts=counts, argnums=ctx.argnums,
                      generator=_seed(ctx))(*_args(x, ctx))  # fmt: skip
 
     return Entry(run, "lower" if order == "morf" else "higher", name=name or f"road_{order}", refuse=_one_input,

@@ -46,8 +46,12 @@ Checked against the authors' reference implementation (github.com/tleemann/road_
   in ROAD] says why the difference matters.
 - Counts: MoRF removes ``int(p H W)`` pixels (rounded down). Their LeRF at ``p`` removes every
   pixel *but* the ``int(p H W)`` most relevant, i.e. a fraction ``1 - p``. xattr indexes both
-  orders by the fraction removed and removes ``round(p H W)``: for LeRF, curves at p and at
-  their 1 - p use the same masks up to that rounding.
+  orders by the fraction removed and removes ``round(p H W)`` (``counts="nearest"``, the
+  default): for LeRF, curves at p and at their 1 - p use the same masks up to that rounding.
+  ``counts="authors"`` removes what their code removes at the same fraction removed: ``int(p H
+  W)`` for MoRF, ``H W - int((1 - p) H W)`` for LeRF, in Python floats as theirs: ``int(0.29 *
+  100)`` is 28, and LeRF at p = 0.9 of 10 pixels would remove all 10 (``(1 - 0.9) * 10`` is
+  0.9999999999999998), which ROAD refuses.
 
 NOTE: [Tied attributions in ROAD]
 On the 8x8 digits CNN of docs/metrics/faithfulness.md, 50% of integrated gradients' pixels are
@@ -98,6 +102,7 @@ def road(
     imputation: str = "noisy_linear",
     noise: float = 0.01,
     ties: str = "random",
+    counts: str = "nearest",
     argnums: int = 0,
     generator=None,
     chunk_size: int | None = None,
@@ -129,6 +134,8 @@ def road(
       ties: the order of pixels with equal attributions: "random" (the authors' handling: per
         example from ``generator``, one order for every percentage) or "index" (lower pixel
         index first, deterministic).
+      counts: pixels removed at fraction p: "nearest" (``round(p H W)``) or "authors" (their
+        code's, rounded down: ``int(p H W)`` for MoRF, ``H W - int((1 - p) H W)`` for LeRF).
       argnums: the image argument (one (B, C, H, W) float tensor); others pass through.
       generator: int seed or torch.Generator for the noise and the tie order, per example
         (NOTE: [Explicit randomness]).
@@ -137,7 +144,7 @@ def road(
 
     Returns:
       ``fn(*args) -> Curve(fractions (P,), scores (B, P), auc (B,))``: ``fractions`` are the
-      fractions actually removed (``round(p H W) / (H W)``), the AUC the trapezoid rule over them.
+      fractions actually removed (``counts / (H W)``), the AUC the trapezoid rule over them.
     """
     ps = _percentages(percentages)
     if order not in ("morf", "lerf"):
@@ -150,6 +157,9 @@ def road(
     if ties not in ("random", "index"):
         raise ValueError(f"ties must be 'random' (equal attributions in random order, the authors' handling) or "
                          f"'index' (lower pixel index first), got {ties!r}")  # fmt: skip
+    if counts not in ("nearest", "authors"):
+        raise ValueError(f"counts must be 'nearest' (round(p H W) pixels) or 'authors' (their code's, rounded down), "
+                         f"got {counts!r}")  # fmt: skip
     if isinstance(argnums, bool) or not isinstance(argnums, int):
         raise TypeError(f"argnums must be an int (ROAD attributes one image tensor), got {argnums!r}")
 
@@ -162,13 +172,13 @@ def road(
         _check_image(x)
         _, c, h, w = x.shape
         pixel = _pixel_scores(stopped(resolve(attr_fn_or_attributions, args)), x)  # (B, H W)
-        counts = [round(p * h * w) for p in ps]
-        if counts[-1] >= h * w:
+        n = _removed_counts(ps, h * w, counts, order)
+        if n[-1] >= h * w:
             raise ValueError(f"percentage {ps[-1]} removes all {h * w} pixels of a {h}x{w} image; ROAD imputes "
                              "from the kept pixels, so every percentage must keep one (use a smaller one)")  # fmt: skip
         stream, tie_stream = streams(generator, 2)  # the first is the noise's stream as it always was
         rank = _ranks(pixel, order == "morf", ties, tie_stream)
-        cnt = torch.tensor(counts, device=x.device)
+        cnt = torch.tensor(n, device=x.device)
         removed = (rank[:, None, :] < cnt[None, :, None]).reshape(batch, len(ps), h, w)  # (B, P, H, W)
         z = None
         if noise > 0:
@@ -191,10 +201,19 @@ def road(
         scores = torch.cat(outs).T
         dtype = result_dtype(scores.dtype)
         scores = scores.to(dtype)
-        fractions = torch.tensor(counts, dtype=dtype, device=x.device) / (h * w)
+        fractions = torch.tensor(n, dtype=dtype, device=x.device) / (h * w)
         return Curve(fractions, scores, torch.trapezoid(scores, fractions, dim=1))
 
     return fn
+
+
+def _removed_counts(ps, pixels: int, counts: str, order: str) -> list[int]:
+    """Pixels removed at each fraction p (NOTE: [ROAD as the authors' code does it], Counts)."""
+    if counts == "nearest":
+        return [round(p * pixels) for p in ps]
+    if order == "morf":
+        return [int(p * pixels) for p in ps]
+    return [pixels - int((1 - p) * pixels) for p in ps]
 
 
 def noisy_linear_imputation(
