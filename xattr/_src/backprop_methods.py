@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from . import pointwise
 from . import tree as T
 from .checks import baselines_tuple, is_traced, warn_if_training
+from .deeplift_moe import dense_experts
 from .deeplift_products import Product
 from .deeplift_rules import Rescale
 from .deeplift_softmax import ExactSoftmax
@@ -71,7 +72,8 @@ def _multipliers(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: i
     """`_pair_calls`, shared where it can be: a model that merges the rows with another dim runs
     unshared (NOTE: [Rows merged with another dim] in merged_rows.py)."""
     run = lambda shared: _pair_calls(ruled, args, nums, base_rows, copies, chunk_size, shared=shared)  # noqa: E731
-    return unshared_if_merged(run, ruled, shared)
+    with dense_experts(ruled):  # NOTE: [Experts dispatched densely] in deeplift_moe.py
+        return unshared_if_merged(run, ruled, shared)
 
 
 def _pair_calls(ruled: Callable, args: tuple, nums: tuple, base_rows, copies: int, chunk_size, *, shared: bool = False):
@@ -311,7 +313,8 @@ def _split_with(split: Split, mapping: Mapping, root=None) -> Split:
 
 def _layer_pairs(split: Split, args: tuple, nums: tuple, base_rows, copies: int, *, shared: bool = False):
     """`_layer_pair_calls`, shared where it can be (as `_multipliers`)."""
-    return unshared_if_merged(lambda shared: _layer_pair_calls(split, args, nums, base_rows, copies, shared=shared), split.model, shared)
+    with dense_experts(split.model):  # NOTE: [Experts dispatched densely] in deeplift_moe.py
+        return unshared_if_merged(lambda shared: _layer_pair_calls(split, args, nums, base_rows, copies, shared=shared), split.model, shared)
 
 
 def _layer_pair_calls(split: Split, args: tuple, nums: tuple, base_rows, copies: int, *, shared: bool = False):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import types
 
 import torch
 from torch import nn
@@ -150,14 +151,16 @@ def baselines_tuple(selected: tuple, baselines, as_tuple: bool, *, name: str = "
     return base if as_tuple else (base,)
 
 
-def _modules(fn) -> list[nn.Module]:
-    """Finds nn.Modules behind a model function (through xattr wrappers and functools.partial)."""
+def _modules(fn, deep: bool = False) -> list[nn.Module]:
+    """Finds nn.Modules behind a model function (through xattr wrappers and functools.partial);
+    ``deep``: also those a plain function closes over or reads as globals, through the functions
+    it closes over or calls by global name (at most 64 objects looked at)."""
     while getattr(type(fn), "reaches_model_only", False):  # a target or a split: what its .model reaches (~1 us less)
         fn = fn.model
     if isinstance(fn, nn.Module):
         return [fn]
     found, seen, todo = [], set(), [fn]
-    while todo:
+    while todo and (not deep or len(seen) < 64):
         obj = todo.pop()
         if id(obj) in seen or obj is None:
             continue
@@ -168,7 +171,25 @@ def _modules(fn) -> list[nn.Module]:
         if isinstance(obj, functools.partial):
             todo.append(obj.func)
         todo.extend(getattr(obj, attr, None) for attr in ("model", "__wrapped__", "__self__"))
+        if deep:
+            todo.extend(_reached(obj))
     return found
+
+
+def _reached(obj) -> list:
+    """The modules and functions a function closes over, and those it reads as globals (a
+    notebook's ``def f(x): return model(x)[:, 0]``)."""
+    out = []
+    for cell in getattr(obj, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if isinstance(value, nn.Module) or callable(value):
+            out.append(value)
+    if isinstance(obj, types.FunctionType):
+        out.extend(v for n in obj.__code__.co_names if isinstance(v := obj.__globals__.get(n), (nn.Module, types.FunctionType)))
+    return out
 
 
 _STOCHASTIC = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm, nn.AlphaDropout)

@@ -1,0 +1,152 @@
+"""The routing weights of a softmax-top-k mixture-of-experts router, and DeepLift's rule for them.
+
+NOTE: [DeepLift at top-k routing]
+A Mixtral or Qwen2-MoE router turns each token's expert probabilities p (E of them, a softmax)
+into dense routing weights ``D = G(p)``, ``G(p)_e = p_e * s_e(p)``, ``s_e = 1[e in S(p)] * r(p)``:
+S(p) the k experts of largest p (``torch.topk``), ``r = 1 / Z``, ``Z`` the sum of p over S(p)
+where the router renormalises (Mixtral always, Qwen2-MoE with ``norm_topk_prob``), else r = 1.
+DeepLift needs multipliers M (E x E per token) with ``M (p - q) = G(p) - G(q)`` exactly, q the
+reference token's probabilities. Write ``avg(t) = (t(p) + t(q)) / 2`` and ``d(t) = t(p) - t(q)``
+for I = 1[e in S], r, s, p. The product identity ``d(ab) = avg(b) d(a) + avg(a) d(b)``, applied
+three times (``p_e s_e``, ``I_e r`` and, where r = 1 / Z, ``d(r) = -r(p) r(q) d(Z)`` with ``Z =
+sum_j I_j p_j``), splits the change into a part linear in dp and a part from the top-k set
+alone:
+
+    d(G_e) = sum_j A_ej dp_j + c_e
+    A_ej = avg(s_e) [e == j] - w_e avg(I_j),     w_e = avg(p_e) avg(I_e) kappa
+    c_e  = avg(p_e) avg(r) d(I_e) - w_e sum_j avg(p_j) d(I_j)
+
+with ``kappa = r(p) r(q)`` where the router renormalises, else 0. A is what DeepLift's own rules
+give the same steps written out (`Product` at the two products and the quotient); where the
+top-k sets agree, c = 0 and M = A; where p == q, A is G's Jacobian. The jump c (an expert
+entering or leaving the top k, and the normaliser's share of it) is a step, owed to no single
+p_j: it is spread over the experts in either top-k set, U = S(p) | S(q), in proportion to their
+own change, ``c dp_U^T / |dp_U|^2`` (the multipliers of least norm that carry c on U). Each
+p_j in U then takes the share ``dp_j^2 / |dp_U|^2`` of the jump, whatever its sign: the experts
+that moved most are held responsible for the switch, and an expert outside both sets, which
+took no part in it (its own change reaches D only through the softmax, upstream), takes none.
+That is one exact split among many (any M with ``M dp = c`` on top of A conserves); it is chosen
+because it is exact, equals the written-out rules and the Jacobian where those are defined, and
+needs no division by a single dp_j (which a tie would make 0/0). Where ``dp_U = 0`` but the sets
+differ (a tie broken differently, p and q equal on U) the jump is spread over every dp_j; where
+dp = 0, c = 0. So ``M dp = d(G)`` holds to rounding for every pair of probability rows
+(tests/test_deeplift_moe.py checks it against a loop per token pair).
+
+The multipliers are kept factored, five vectors per token (`routing_terms`): the backward is
+``g * avg(s) - (g . w) avg(I) + (g . c) v``, ``v = dp_U / |dp_U|^2``, O(E) per token, never the
+E x E matrix (`routing_multipliers` builds it, for tests).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from . import ops
+from .deeplift_rules import _flat, _halves, _on_rows
+from .merged_rows import BATCH, Unshared, merged_rows
+from .row_layout import _ROWS
+from .rule_apply import apply_rule
+from .rule_base import Rule, Saved
+
+
+def routing_weights(p: torch.Tensor, top_k: int, normalize: bool) -> torch.Tensor:
+    """Dense routing weights ``G(p)`` (..., E): p at its k largest entries along the last dim (divided
+    by their sum where ``normalize``), 0 elsewhere; the values Hugging Face's routers return as
+    ``(scores, indices)``, scattered (the same ``topk`` and the same sum, so the same numbers)."""
+    values, indices = torch.topk(p, top_k, dim=-1)
+    if normalize:
+        values = values / values.sum(dim=-1, keepdim=True)
+    return torch.zeros_like(p).scatter(-1, indices, values)
+
+
+def _indicator(p: torch.Tensor, top_k: int, normalize: bool):
+    """``1[e in S(p)]`` and r(p) (ones where the router does not renormalise)."""
+    values, indices = torch.topk(p, top_k, dim=-1)
+    one = torch.zeros_like(p).scatter(-1, indices, 1.0)
+    r = values.sum(dim=-1, keepdim=True).reciprocal() if normalize else torch.ones_like(values[..., :1])
+    return one, r
+
+
+def routing_terms(p: torch.Tensor, q: torch.Tensor, top_k: int, normalize: bool) -> torch.Tensor:
+    """The factored multipliers of G from q to p (NOTE: [DeepLift at top-k routing]): ``avg(s), w,
+    avg(I), c, v`` joined along the last dim, (..., 5E); p and q broadcast against each other."""
+    ip, rp = _indicator(p, top_k, normalize)
+    iq, rq = _indicator(q, top_k, normalize)
+    avg_p, avg_i = (p + q) * 0.5, (ip + iq) * 0.5
+    avg_s = (ip * rp + iq * rq) * 0.5
+    w = avg_p * avg_i * (rp * rq) if normalize else torch.zeros_like(avg_p)
+    d_i = ip - iq
+    c = avg_p * ((rp + rq) * 0.5) * d_i - w * (avg_p * d_i).sum(dim=-1, keepdim=True)
+    dp = (p - q).expand_as(avg_p)
+    on_u = dp * torch.maximum(ip, iq)
+    norm_u = (on_u * on_u).sum(dim=-1, keepdim=True)
+    spread = torch.where(norm_u == 0, dp, on_u)  # the sets differ with p == q on U: over every dp_j
+    norm = torch.where(norm_u == 0, (dp * dp).sum(dim=-1, keepdim=True), norm_u)
+    v = spread / torch.where(norm == 0, torch.ones_like(norm), norm)  # dp == 0: c == 0, v == 0
+    return torch.cat([avg_s.expand_as(avg_p), w, avg_i.expand_as(avg_p), c, v], dim=-1)
+
+
+def _parts(terms: torch.Tensor) -> tuple:
+    return terms.unflatten(-1, (5, terms.shape[-1] // 5)).unbind(-2)
+
+
+def routing_multipliers(p: torch.Tensor, q: torch.Tensor, top_k: int, normalize: bool) -> torch.Tensor:
+    """The multipliers M (..., E, E) of G from q to p, ``M[e, j] = d G_e / d p_j`` in DeepLift's
+    sense: ``M @ (p - q) == G(p) - G(q)`` (NOTE: [DeepLift at top-k routing])."""
+    avg_s, w, avg_i, c, v = _parts(routing_terms(p, q, top_k, normalize))
+    return torch.diag_embed(avg_s) - w.unsqueeze(-1) * avg_i.unsqueeze(-2) + c.unsqueeze(-1) * v.unsqueeze(-2)
+
+
+def pulled(grad: torch.Tensor, terms: torch.Tensor) -> torch.Tensor:
+    """``grad @ M`` from the factored terms: what reaches p of the gradient at G(p)."""
+    avg_s, w, avg_i, c, v = _parts(terms)
+    return grad * avg_s - (grad * w).sum(-1, keepdim=True) * avg_i + (grad * c).sum(-1, keepdim=True) * v
+
+
+class TopKRouting(Rule):
+    """DeepLift at a softmax-top-k router's dense routing weights ``G(p)`` (NOTE: [DeepLift at
+    top-k routing]): paired rows (an input token's probabilities and its reference's, in dim 0)
+    take the exact multipliers; rows that are not paired, G's Jacobian. Applied by
+    `ruled_routing`, not through a mapping (deeplift_moe.py runs it)."""
+
+    shares_reference = True
+
+    def forward(self, op, p):
+        k, normalize = op.options["top_k"], op.options["normalize"]
+        y = routing_weights(p, k, normalize)
+        rows = _ROWS.get()[0]
+        if rows is None or p.ndim != 2 or p.shape[0] != rows:
+            return y, (routing_terms(p, p, k, normalize),)
+        x, ref = _halves(p)
+        return y, (_on_rows(_flat(routing_terms(x, ref, k, normalize), p)),)
+
+    def backward(self, op, saved: Saved, grad):
+        return (pulled(grad, saved.extras[0]),)
+
+
+_RULE = TopKRouting()
+
+
+def ruled_routing(p: torch.Tensor, top_k: int, normalize: bool) -> torch.Tensor:
+    """``routing_weights(p, top_k, normalize)`` whose backward is `TopKRouting`'s. The tokens of a
+    mixture-of-experts block are the paired rows merged with the sequence, ``(R * L, E)``: where the
+    call noted that size batch-major (NOTE: [Rows merged with another dim]), they are the rows of
+    the op, as the rules mode takes them for its own ops; against a shared reference row such a
+    tensor stops the call for DeepLift to run it unshared (`Unshared`), as there."""
+    op = ops.Op("moe_routing", functools.partial(routing_weights, top_k=top_k, normalize=normalize), (p,),
+                {"top_k": top_k, "normalize": normalize}, routing_weights, False)
+    rows, reference_grads, shared, notes, seen = _ROWS.get()
+    if rows is None or p.ndim != 2 or p.shape[0] == rows or seen is None or not seen.merged:
+        return apply_rule(_RULE, op)
+    found = merged_rows(seen.merged, rows, (p,))
+    if found is None or found[0] != BATCH:  # no rows to pair: the Jacobian
+        return apply_rule(_RULE, op)
+    if shared:
+        raise Unshared
+    token = _ROWS.set((found[1], reference_grads, 0, notes, seen))
+    try:
+        return apply_rule(_RULE, op)
+    finally:
+        _ROWS.reset(token)
