@@ -1,4 +1,4 @@
-"""DeepLift through Hugging Face mixture-of-experts blocks (Mixtral, Qwen2-MoE): dense dispatch.
+"""DeepLift through Hugging Face mixture-of-experts blocks (Mixtral, Qwen2/3-MoE, DeepSeek, GPT-OSS...): dense dispatch.
 
 NOTE: [Experts dispatched densely]
 A Mixtral or Qwen2-MoE block routes each token to k experts by index: ``experts(hidden (T, H),
@@ -11,16 +11,19 @@ the change of the output. While a DeepLift method runs (`dense_experts`), every 
 model is computed densely instead: every expert on every token,
 
     out = sum_e D[:, e:e+1] * FFN_e(h),   FFN_e(h) = linear(act(g) * u, down_proj[e]),
-    g, u = linear(h, gate_up_proj[e]).chunk(2, -1),   D = G(softmax(router_logits))
+    g, u = linear(h, gate_up_proj[e]).chunk(2, -1),   D = G(scores(router_logits))
 
 D the dense routing weights (0 off the top k), so every op is on whole rows and takes the
 mapping's rules (Rescale or the exact rules at the softmax and SiLU, `Product` at ``act * up``
 and ``D * FFN``), and G takes `TopKRouting` (NOTE: [DeepLift at top-k routing] in
-moe_routing.py). The forward is the block's own: unselected experts add exact zeros, in the
+moe_routing.py; the scores, softmax or sigmoid, and G's kind: NOTE: [Routers of other kinds] in
+moe_routers.py). FFN_e is `expert`: Hugging Face's declared experts layouts (``has_gate``,
+``has_bias``, ``is_transposed``; the module's own ``_apply_gate``, GPT-OSS's clamped GLU
+included), as its experts implementations compute them. The forward is the block's own: unselected experts add exact zeros, in the
 order the block adds its experts, and D holds the router's own weights. Every call checks that:
-where ``scatter(top_k_weights, top_k_index)`` differs from D (a router that is not softmax-top-k:
-sigmoid scores, groups, a scaling factor) it is a ValueError naming the module, never a wrong
-answer. The cost is E experts on every token instead of k.
+where ``scatter(top_k_weights, top_k_index)`` differs from D (a router of a kind its attributes
+do not say: PhiMoE's sparsemixer, a scale without ``routed_scaling_factor``) it is a ValueError
+naming the module, never a wrong answer. The cost is E experts on every token instead of k.
 
 How: a forward hook on the router keeps its ``router_logits`` output (an activation of the
 graph), a pre-hook on the experts module computes the dense output and hands the module's own
@@ -33,10 +36,12 @@ behind f as `rules` finds it, or in the closures and globals of a plain function
 without them pays one cache lookup per call. Where no module is found behind f at all (a model
 reached some other way: an attribute of an object, a container), a global pre-hook looks for
 blocks as their modules run (every module call
-of the DeepLift call then passes a Python hook). A block counts where it has ``gate`` (``top_k``,
-a 2-d ``weight`` (E, H)) and ``experts`` (3-d ``gate_up_proj`` (E, 2I, H) and ``down_proj``
-(E, H, I), ``act_fn``, Hugging Face's default layout: no bias, not transposed, gate and up
-concatenated); others keep their own forward (and their gap).
+of the DeepLift call then passes a Python hook). A block counts where it has a router, ``gate``
+or ``router`` (``top_k``, a 2-d ``weight`` (E, H), or ``wg.weight``), called with the tokens and
+returning ``(router_logits, top_k_weights, top_k_index)``, and ``experts`` called with
+``(hidden, top_k_index, top_k_weights)`` in one of Hugging Face's layouts (3-d ``gate_up_proj`` (E,
+2I, H), or (E, H, 2I) transposed, ``down_proj`` to match, optional biases, no post-expert norm);
+others (JetMoE, DBRX, Llama 4's dense experts) keep their own forward (and their gap).
 """
 
 from __future__ import annotations
@@ -51,39 +56,81 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import _modules, is_traced
+from .checks import _modules
+from .moe_routers import check_routing, router_routing
 from .moe_routing import ruled_routing
 
-_BLOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # root module -> ((name, gate, experts), ...)
+_BLOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # root module -> ((name, gate, experts, block), ...)
 
 
-def _is_experts(m) -> bool:
-    up, down = getattr(m, "gate_up_proj", None), getattr(m, "down_proj", None)
+def _flags(m) -> tuple:
+    """(has_gate, has_bias, is_transposed): Hugging Face's experts layout (``use_experts_implementation``)."""
+    return bool(getattr(m, "has_gate", True)), bool(getattr(m, "has_bias", False)), bool(getattr(m, "is_transposed", False))
+
+
+def _experts_shape(m):
+    """(E, H) of an experts module in a layout we compute densely (NOTE: [Experts dispatched
+    densely]), or None."""
+    has_gate, has_bias, transposed = _flags(m)
+    up, down = getattr(m, "gate_up_proj" if has_gate else "up_proj", None), getattr(m, "down_proj", None)
     if not (isinstance(up, torch.Tensor) and isinstance(down, torch.Tensor) and up.ndim == 3 and down.ndim == 3):
-        return False
-    e, two_i, h = up.shape
-    if two_i % 2 or tuple(down.shape) != (e, h, two_i // 2) or not callable(getattr(m, "act_fn", None)):
-        return False
-    layout = (getattr(m, "has_gate", True), getattr(m, "has_bias", False), getattr(m, "is_transposed", False),
-              getattr(m, "is_concatenated", True), getattr(m, "has_post_expert_norm", False))
-    gate = getattr(type(m), "_apply_gate", None)
-    return layout == (True, False, False, True, False) and (gate is None or getattr(gate, "__name__", None) == "_default_apply_gate")
+        return None
+    if getattr(m, "has_post_expert_norm", False) or (not has_gate or not hasattr(type(m), "_apply_gate")) and not callable(
+            getattr(m, "act_fn", None)):
+        return None
+    e, out, h = (up.shape[0], up.shape[2], up.shape[1]) if transposed else up.shape
+    inner = out // 2 if has_gate else out
+    if has_gate and out % 2 or tuple(down.shape) != ((e, inner, h) if transposed else (e, h, inner)):
+        return None
+    if has_bias:
+        biases = getattr(m, "gate_up_proj_bias" if has_gate else "up_proj_bias", None), getattr(m, "down_proj_bias", None)
+        if not all(isinstance(t, torch.Tensor) for t in biases) or (tuple(biases[0].shape), tuple(biases[1].shape)) != (
+                (e, out), (e, h)):
+            return None
+    return e, h
+
+
+def _linear(x, weight, bias, transposed: bool):
+    y = x @ weight if transposed else F.linear(x, weight)
+    return y if bias is None else y + bias
+
+
+def expert(m: nn.Module, hidden: torch.Tensor, e: int) -> torch.Tensor:
+    """Expert e of m on every row of hidden, as Hugging Face's experts implementations compute it:
+    up (or gate-up) projection, the module's ``_apply_gate`` (or its activation), down projection."""
+    has_gate, has_bias, transposed = _flags(m)
+    up = m.gate_up_proj if has_gate else m.up_proj
+    y = _linear(hidden, up[e], (m.gate_up_proj_bias if has_gate else m.up_proj_bias)[e] if has_bias else None, transposed)
+    if not has_gate:
+        y = m.act_fn(y)
+    elif hasattr(type(m), "_apply_gate"):
+        y = m._apply_gate(y)
+    else:
+        g, u = y.chunk(2, dim=-1)
+        y = m.act_fn(g) * u
+    return _linear(y, m.down_proj[e], m.down_proj_bias[e] if has_bias else None, transposed)
+
+
+def _router_weight(r: nn.Module):
+    weight = getattr(r, "weight", None)
+    return weight if isinstance(weight, torch.Tensor) else getattr(getattr(r, "wg", None), "weight", None)
 
 
 def _block(m: nn.Module):
-    """(gate, experts) of a mixture-of-experts block this module is, or None."""
-    gate, experts = getattr(m, "gate", None), getattr(m, "experts", None)
-    if not isinstance(gate, nn.Module) or not isinstance(experts, nn.Module) or not _is_experts(experts):
+    """(router, experts, m) of a mixture-of-experts block m, or None."""
+    experts = getattr(m, "experts", None)
+    gate = next((r for r in (getattr(m, "gate", None), getattr(m, "router", None)) if isinstance(r, nn.Module)), None)
+    shape = _experts_shape(experts) if isinstance(experts, nn.Module) else None
+    if gate is None or shape is None:
         return None
-    weight, k = getattr(gate, "weight", None), getattr(gate, "top_k", None)
+    weight, k = _router_weight(gate), getattr(gate, "top_k", None)
     if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or not isinstance(k, int):
         return None
-    e, _, h = experts.gate_up_proj.shape
-    return (gate, experts) if tuple(weight.shape) == (e, h) and 0 < k <= e else None
+    return (gate, experts, m) if tuple(weight.shape) == shape and 0 < k <= shape[0] else None
 
 
 def moe_blocks(root: nn.Module) -> tuple:
-    """``((name, gate, experts), ...)``: the mixture-of-experts blocks of root (cached per root)."""
+    """``((name, gate, experts, block), ...)``: the mixture-of-experts blocks of root (cached per root)."""
     found = _BLOCKS.get(root)
     if found is None:
         found = tuple((name, *parts) for name, m in root.named_modules() if (parts := _block(m)) is not None)
@@ -108,7 +155,7 @@ class _Dense:
         self.logits: dict = {}
         self.outputs: dict = {}
 
-    def add(self, name: str, gate: nn.Module, experts: nn.Module) -> None:
+    def add(self, name: str, gate: nn.Module, experts: nn.Module, block: nn.Module | None = None) -> None:
         if id(experts) in self.hooked:
             return
         self.hooked.add(id(experts))
@@ -126,7 +173,7 @@ class _Dense:
             if logits is None:
                 raise ValueError(f"DeepLift's dense experts: {name or type(module).__name__} ({type(module).__name__}) ran "
                                  f"without its router ({type(gate).__name__}) before it; it cannot be computed densely")
-            self.outputs[key] = dense_output(module, gate, hidden, logits, index, weights, name)
+            self.outputs[key] = dense_output(module, gate, hidden, logits, index, weights, name, block)
             return call(hidden[:0], index[:0], weights[:0])  # its own forward: zero tokens, no work
 
         def after(module, args, out):
@@ -167,44 +214,23 @@ def _bound(module, args: tuple, kwargs: dict):
 
 
 def dense_output(experts: nn.Module, gate: nn.Module, hidden: torch.Tensor, logits: torch.Tensor, index: torch.Tensor,
-                 weights: torch.Tensor, name: str = "") -> torch.Tensor:
+                 weights: torch.Tensor, name: str = "", block: nn.Module | None = None) -> torch.Tensor:
     """The experts' output with every expert on every token, weighted by the dense routing weights
     of the router's logits (NOTE: [Experts dispatched densely]); checked against the router's own
     ``(top_k_index, top_k_weights)``."""
-    k = gate.top_k
-    normalize = bool(getattr(gate, "norm_topk_prob", True))
-    p = torch.softmax(logits, dim=-1, dtype=torch.float32)  # both routers: the softmax in float32
-    routing = ruled_routing(p, k, normalize)
-    _check(routing, index, weights, k, name, gate, experts)
-    routing = routing.to(hidden.dtype)
+    routing = router_routing(gate, block)
+    if routing.score == "sigmoid":
+        p = torch.sigmoid(logits)
+    else:
+        p = torch.softmax(logits, dim=-1, dtype=torch.float32)  # as the routers do: the softmax in float32
+    dense = ruled_routing(p, routing)
+    check_routing(dense, index, weights, routing, name, gate, experts)
+    dense = dense.to(hidden.dtype)
     out = None
-    for e in range(experts.gate_up_proj.shape[0]):
-        g, u = F.linear(hidden, experts.gate_up_proj[e]).chunk(2, dim=-1)
-        y = F.linear(experts.act_fn(g) * u, experts.down_proj[e])
-        term = y * routing[:, e : e + 1]
+    for e in range(dense.shape[-1]):
+        term = expert(experts, hidden, e) * dense[:, e : e + 1]
         out = term if out is None else out + term
     return out
-
-
-def _check(routing: torch.Tensor, index, weights, k: int, name: str, gate, experts) -> None:
-    """Refuses a router whose own top-k weights are not ``routing`` (NOTE: [Experts dispatched densely])."""
-    where = f"{name or type(experts).__name__} (router {type(gate).__name__})"
-    if not (isinstance(index, torch.Tensor) and isinstance(weights, torch.Tensor)) or tuple(index.shape) != (routing.shape[0], k):
-        got = tuple(index.shape) if isinstance(index, torch.Tensor) else type(index).__name__
-        raise ValueError(f"DeepLift's dense experts: {where} gave top_k_index of shape {got}, not ({routing.shape[0]}, {k}): "
-                         "not a softmax-top-k router; DeepLift cannot compute this block densely")
-    if is_traced(routing) or is_traced(weights):  # no data-dependent check under transforms
-        return
-    with torch.no_grad():
-        theirs = torch.zeros(routing.shape, dtype=torch.float64, device=routing.device)
-        theirs.scatter_(-1, index.long(), weights.detach().to(torch.float64))
-        gap = (theirs - routing.detach().to(torch.float64)).abs().max().item() if theirs.numel() else 0.0
-    tol = 64 * max(torch.finfo(routing.dtype).eps, torch.finfo(weights.dtype).eps if weights.is_floating_point() else 0.0)
-    if not gap <= tol:
-        raise ValueError(
-            f"DeepLift's dense experts: {where} routes by other weights than softmax and top-{k} of its logits"
-            f"{' (renormalised)' if getattr(gate, 'norm_topk_prob', True) else ''} (they differ by {gap:.3g}): a router of "
-            "another kind, whose block DeepLift cannot compute densely; its attributions would be wrong")
 
 
 @contextlib.contextmanager
@@ -218,8 +244,8 @@ def dense_experts(f):
         return
     dense = _Dense()
     try:
-        for name, gate, experts in blocks:
-            dense.add(name, gate, experts)
+        for name, gate, experts, block in blocks:
+            dense.add(name, gate, experts, block)
         if not roots:  # a function whose model is not found: look at each module as it runs
             dense.handles.append(nn.modules.module.register_module_forward_pre_hook(functools.partial(_discover, dense)))
         yield

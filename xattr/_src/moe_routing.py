@@ -39,6 +39,7 @@ E x E matrix (`routing_multipliers` builds it, for tests).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
@@ -51,34 +52,89 @@ from .rule_apply import apply_rule
 from .rule_base import Rule, Saved
 
 
-def routing_weights(p: torch.Tensor, top_k: int, normalize: bool) -> torch.Tensor:
-    """Dense routing weights ``G(p)`` (..., E): p at its k largest entries along the last dim (divided
-    by their sum where ``normalize``), 0 elsewhere; the values Hugging Face's routers return as
-    ``(scores, indices)``, scattered (the same ``topk`` and the same sum, so the same numbers)."""
-    values, indices = torch.topk(p, top_k, dim=-1)
-    if normalize:
-        values = values / values.sum(dim=-1, keepdim=True)
+@dataclasses.dataclass(frozen=True, eq=False)
+class Routing:
+    """How a router turns its scores s (softmax or sigmoid of its logits) into dense routing
+    weights (NOTE: [Routers of other kinds] in moe_routers.py): the experts of the top_k largest ``s + bias``
+    (``bias`` None: of s) among the ``topk_group`` best of ``groups`` equal groups (scored by the
+    sum of their two largest ``s + bias``, or, ``group_score="max"``, by their largest s), weighted
+    by s, divided by ``max(sum + eps, floor)`` over the chosen where ``normalize``, times ``scale``."""
+
+    top_k: int
+    normalize: bool = True
+    score: str = "softmax"
+    scale: float = 1.0
+    eps: float = 0.0
+    bias: torch.Tensor | None = None
+    groups: int = 1
+    topk_group: int = 1
+    group_score: str = "top2"
+    floor: float = 0.0
+
+
+def _spec(routing, normalize) -> Routing:
+    return routing if isinstance(routing, Routing) else Routing(int(routing), bool(normalize))
+
+
+def selected(s: torch.Tensor, routing: Routing) -> torch.Tensor:
+    """``top_k_index`` (..., k) of the chosen experts, as the router picks them."""
+    choice = s if routing.bias is None else s + routing.bias.to(s.dtype)
+    if routing.groups > 1:
+        e = s.shape[-1]
+        grouped = choice.unflatten(-1, (routing.groups, e // routing.groups))
+        if routing.group_score == "max":
+            group_scores = (s.unflatten(-1, (routing.groups, e // routing.groups))).amax(-1)
+        else:
+            group_scores = grouped.topk(2, dim=-1)[0].sum(-1)
+        best = torch.topk(group_scores, routing.topk_group, dim=-1, sorted=False)[1]
+        keep = torch.zeros_like(group_scores).scatter(-1, best, 1.0).bool()
+        choice = choice.masked_fill(~keep.repeat_interleave(e // routing.groups, dim=-1), float("-inf"))
+    return torch.topk(choice, routing.top_k, dim=-1)[1]
+
+
+def routing_weights(p: torch.Tensor, routing, normalize: bool | None = None) -> torch.Tensor:
+    """Dense routing weights ``G(p)`` (..., E) of scores p: the router's own top-k weights, scattered
+    (the same gather, sum and scaling, so the same numbers to a rounding of the sum's order). The
+    routing is a `Routing`, or a softmax-top-k router's ``top_k, normalize``."""
+    routing = _spec(routing, normalize)
+    indices = selected(p, routing)
+    values = p.gather(-1, indices)
+    if routing.normalize:
+        values = values / _floored(values.sum(dim=-1, keepdim=True) + routing.eps, routing.floor)
+    if routing.scale != 1.0:
+        values = values * routing.scale
     return torch.zeros_like(p).scatter(-1, indices, values)
 
 
-def _indicator(p: torch.Tensor, top_k: int, normalize: bool):
-    """``1[e in S(p)]`` and r(p) (ones where the router does not renormalise)."""
-    values, indices = torch.topk(p, top_k, dim=-1)
-    one = torch.zeros_like(p).scatter(-1, indices, 1.0)
-    r = values.sum(dim=-1, keepdim=True).reciprocal() if normalize else torch.ones_like(values[..., :1])
-    return one, r
+def _floored(z: torch.Tensor, floor: float) -> torch.Tensor:
+    return z.clamp(min=floor) if floor else z
 
 
-def routing_terms(p: torch.Tensor, q: torch.Tensor, top_k: int, normalize: bool) -> torch.Tensor:
+def _indicator(p: torch.Tensor, routing: Routing):
+    """``1[e in S(p)]``, r(p) (ones where the router does not renormalise), Z(p) and ``max(Z + eps, floor)``."""
+    one = torch.zeros_like(p).scatter(-1, selected(p, routing), 1.0)
+    z = (one * p).sum(dim=-1, keepdim=True)
+    floored = _floored(z + routing.eps, routing.floor)
+    r = floored.reciprocal() if routing.normalize else torch.ones_like(z)
+    return one, r, z, floored
+
+
+def routing_terms(p: torch.Tensor, q: torch.Tensor, routing, normalize: bool | None = None) -> torch.Tensor:
     """The factored multipliers of G from q to p (NOTE: [DeepLift at top-k routing]): ``avg(s), w,
     avg(I), c, v`` joined along the last dim, (..., 5E); p and q broadcast against each other."""
-    ip, rp = _indicator(p, top_k, normalize)
-    iq, rq = _indicator(q, top_k, normalize)
+    routing = _spec(routing, normalize)
+    ip, rp, zp, fp = _indicator(p, routing)
+    iq, rq, zq, fq = _indicator(q, routing)
+    scale = routing.scale
     avg_p, avg_i = (p + q) * 0.5, (ip + iq) * 0.5
-    avg_s = (ip * rp + iq * rq) * 0.5
-    w = avg_p * avg_i * (rp * rq) if normalize else torch.zeros_like(avg_p)
+    avg_s = (ip * rp + iq * rq) * (0.5 * scale)
+    # the floor's multiplier d(max(Z + eps, floor)) / dZ: 1 above it, its own slope across it
+    dz = zp - zq
+    slope = 1.0 if not routing.floor else torch.where(
+        dz == 0, (zp + routing.eps >= routing.floor).to(p.dtype), (fp - fq) / torch.where(dz == 0, 1, dz))
+    w = avg_p * avg_i * (rp * rq * slope * scale) if routing.normalize else torch.zeros_like(avg_p)
     d_i = ip - iq
-    c = avg_p * ((rp + rq) * 0.5) * d_i - w * (avg_p * d_i).sum(dim=-1, keepdim=True)
+    c = avg_p * ((rp + rq) * (0.5 * scale)) * d_i - w * (avg_p * d_i).sum(dim=-1, keepdim=True)
     dp = (p - q).expand_as(avg_p)
     on_u = dp * torch.maximum(ip, iq)
     norm_u = (on_u * on_u).sum(dim=-1, keepdim=True)
@@ -92,10 +148,10 @@ def _parts(terms: torch.Tensor) -> tuple:
     return terms.unflatten(-1, (5, terms.shape[-1] // 5)).unbind(-2)
 
 
-def routing_multipliers(p: torch.Tensor, q: torch.Tensor, top_k: int, normalize: bool) -> torch.Tensor:
+def routing_multipliers(p: torch.Tensor, q: torch.Tensor, routing, normalize: bool | None = None) -> torch.Tensor:
     """The multipliers M (..., E, E) of G from q to p, ``M[e, j] = d G_e / d p_j`` in DeepLift's
     sense: ``M @ (p - q) == G(p) - G(q)`` (NOTE: [DeepLift at top-k routing])."""
-    avg_s, w, avg_i, c, v = _parts(routing_terms(p, q, top_k, normalize))
+    avg_s, w, avg_i, c, v = _parts(routing_terms(p, q, routing, normalize))
     return torch.diag_embed(avg_s) - w.unsqueeze(-1) * avg_i.unsqueeze(-2) + c.unsqueeze(-1) * v.unsqueeze(-2)
 
 
@@ -114,13 +170,13 @@ class TopKRouting(Rule):
     shares_reference = True
 
     def forward(self, op, p):
-        k, normalize = op.options["top_k"], op.options["normalize"]
-        y = routing_weights(p, k, normalize)
+        routing = op.options["routing"]
+        y = routing_weights(p, routing)
         rows = _ROWS.get()[0]
         if rows is None or p.ndim != 2 or p.shape[0] != rows:
-            return y, (routing_terms(p, p, k, normalize),)
+            return y, (routing_terms(p, p, routing),)
         x, ref = _halves(p)
-        return y, (_on_rows(_flat(routing_terms(x, ref, k, normalize), p)),)
+        return y, (_on_rows(_flat(routing_terms(x, ref, routing), p)),)
 
     def backward(self, op, saved: Saved, grad):
         return (pulled(grad, saved.extras[0]),)
@@ -129,14 +185,14 @@ class TopKRouting(Rule):
 _RULE = TopKRouting()
 
 
-def ruled_routing(p: torch.Tensor, top_k: int, normalize: bool) -> torch.Tensor:
-    """``routing_weights(p, top_k, normalize)`` whose backward is `TopKRouting`'s. The tokens of a
+def ruled_routing(p: torch.Tensor, routing: Routing) -> torch.Tensor:
+    """``routing_weights(p, routing)`` whose backward is `TopKRouting`'s. The tokens of a
     mixture-of-experts block are the paired rows merged with the sequence, ``(R * L, E)``: where the
     call noted that size batch-major (NOTE: [Rows merged with another dim]), they are the rows of
     the op, as the rules mode takes them for its own ops; against a shared reference row such a
     tensor stops the call for DeepLift to run it unshared (`Unshared`), as there."""
-    op = ops.Op("moe_routing", functools.partial(routing_weights, top_k=top_k, normalize=normalize), (p,),
-                {"top_k": top_k, "normalize": normalize}, routing_weights, False)
+    op = ops.Op("moe_routing", functools.partial(routing_weights, routing=routing), (p,), {"routing": routing},
+                routing_weights, False)
     rows, reference_grads, shared, notes, seen = _ROWS.get()
     if rows is None or p.ndim != 2 or p.shape[0] == rows or seen is None or not seen.merged:
         return apply_rule(_RULE, op)
