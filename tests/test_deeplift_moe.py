@@ -21,7 +21,7 @@ from xattr._src import backprop_methods
 
 hf_zoo = pytest.importorskip("hf_zoo")  # its float64_throughout mode; transformers optional
 from xattr._src.deeplift_moe import _behind, dense_experts, dense_output, moe_blocks
-from xattr._src.moe_routing import pulled, routing_multipliers, routing_terms, routing_weights
+from xattr._src.moe_routing import Routing, pulled, routing_multipliers, routing_terms, routing_weights
 
 D = torch.float64
 EXACT = xattr.rule.exact_deep_lift_rules()
@@ -200,12 +200,12 @@ def probability_rows(seed, n, e, ties):
 def test_multipliers_match_a_loop_and_conserve(seed, e, k_minus, norm, ties):
     k = 1 + k_minus % e
     p, q = probability_rows(seed, 4, e, ties)
-    m = routing_multipliers(p, q, k, norm)
+    m = routing_multipliers(p, q, Routing(k, norm))
     torch.testing.assert_close(m, slow_multipliers(p, q, k, norm), rtol=0, atol=1e-12)
     dg = slow_weights(p, k, norm) - slow_weights(q, k, norm)
     torch.testing.assert_close(m @ (p - q).unsqueeze(-1), dg.unsqueeze(-1), rtol=0, atol=1e-12)
     g = torch.randn(4, e, generator=torch.Generator().manual_seed(seed), dtype=D)
-    torch.testing.assert_close(pulled(g, routing_terms(p, q, k, norm)), (g.unsqueeze(-2) @ m).squeeze(-2), rtol=0, atol=1e-12)
+    torch.testing.assert_close(pulled(g, routing_terms(p, q, Routing(k, norm))), (g.unsqueeze(-2) @ m).squeeze(-2), rtol=0, atol=1e-12)
 
 
 @settings(max_examples=15, deadline=None)
@@ -213,9 +213,9 @@ def test_multipliers_match_a_loop_and_conserve(seed, e, k_minus, norm, ties):
 def test_multipliers_at_equal_rows_are_the_jacobian(seed, e, k_minus, norm):
     k = 1 + k_minus % e
     p, _ = probability_rows(seed, 3, e, False)
-    jac = torch.func.vmap(torch.func.jacrev(lambda r: routing_weights(r, k, norm)))(p)
-    torch.testing.assert_close(routing_multipliers(p, p, k, norm), jac, rtol=0, atol=1e-12)
-    torch.testing.assert_close(routing_weights(p, k, norm), slow_weights(p, k, norm), rtol=0, atol=1e-15)
+    jac = torch.func.vmap(torch.func.jacrev(lambda r: routing_weights(r, Routing(k, norm))))(p)
+    torch.testing.assert_close(routing_multipliers(p, p, Routing(k, norm)), jac, rtol=0, atol=1e-12)
+    torch.testing.assert_close(routing_weights(p, Routing(k, norm)), slow_weights(p, k, norm), rtol=0, atol=1e-15)
 
 
 def test_set_changes_are_exercised():
@@ -223,7 +223,7 @@ def test_set_changes_are_exercised():
     p, q = probability_rows(3, 50, 4, False)
     changed = (torch.topk(p, 2).indices.sort().values != torch.topk(q, 2).indices.sort().values).any(-1)
     assert changed.sum() > 10
-    c = routing_terms(p, q, 2, True).unflatten(-1, (5, 4))[:, 3]
+    c = routing_terms(p, q, Routing(2, True)).unflatten(-1, (5, 4))[:, 3]
     assert c[changed].abs().amax(-1).min() > 1e-4
 
 

@@ -6,7 +6,7 @@ estimators that take them."""
 
 import pytest
 import torch
-from test_shapley_interactions import as_dict, close, game, inputs, mlp, reference, subsets
+from test_shapley_interactions import as_dict, close, game, inputs, mlp, reference, subsets, total_game
 
 import xattr
 
@@ -74,14 +74,7 @@ def test_per_example_feature_sets_at_a_partial_budget():
 
 @pytest.mark.parametrize("index", ["SII", "k-SII"])
 def test_a_model_of_one_number_per_batch(index):
-    model = mlp(57, d_in=4)
-
-    def total(x):
-        return model(x).sum()
-
-    x = inputs(57, (3, 4))
-    with torch.no_grad():
-        v = {S: float(total(torch.where(torch.tensor([i in S for i in range(4)]), x, 0.0))) for S in subsets(range(4))}
+    total, x, v = total_game()
     full = ksiq(total, index=index, n_samples=16, generator=0)(x)
     assert full.pairs.shape == (1, 4, 4)
     close(as_dict(full), reference(index, v, 4, 2))

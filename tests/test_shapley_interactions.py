@@ -124,6 +124,20 @@ def test_each_index_equals_its_definition(index, order):
 table_games = st.lists(st.floats(-3, 3, allow_nan=False), min_size=16, max_size=16)
 
 
+def total_game(seed: int = 57, d_in: int = 4, rows: int = 3):
+    """A model of one number per batch (the sum of an MLP's outputs), its inputs, and its game
+    v(S) over the d_in features (the others at 0), by brute force."""
+    model = mlp(seed, d_in=d_in)
+
+    def total(x):
+        return model(x).sum()
+
+    x = inputs(seed, (rows, d_in))
+    with torch.no_grad():
+        v = {S: float(total(torch.where(torch.tensor([i in S for i in range(d_in)]), x, 0.0))) for S in subsets(range(d_in))}
+    return total, x, v
+
+
 def table_model(table):
     """A model whose value at the coalition coded c (input 1 on its features, baseline 0) is table[c]."""
     t = torch.tensor(table, dtype=D)

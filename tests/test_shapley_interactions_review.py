@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_shapley_interactions import INDICES, as_dict, close, game, inputs, mlp, reference, subsets, table_model
+from test_shapley_interactions import INDICES, as_dict, close, game, inputs, mlp, reference, subsets, table_model, total_game
 
 import xattr
 
@@ -113,14 +113,7 @@ def test_a_float32_model_gives_float32_values_close_to_float64():
 @pytest.mark.filterwarnings("ignore:n_samples=.*minimum-norm:UserWarning")  # budgets below the unknowns on purpose
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_a_model_of_one_number_per_batch_when_sampled(estimator):
-    model = mlp(57, d_in=4)
-
-    def total(x):
-        return model(x).sum()
-
-    x = inputs(57, (3, 4))
-    with torch.no_grad():
-        v = {S: float(total(torch.where(torch.tensor([i in S for i in range(4)]), x, 0.0))) for S in subsets(range(4))}
+    total, x, v = total_game()
     full = sampled(total, estimator, index="STII", n_samples=16, generator=0)(x)
     assert full.pairs.shape == (1, 4, 4)
     close(as_dict(full), reference("STII", v, 4, 2))

@@ -72,10 +72,6 @@ class Routing:
     floor: float = 0.0
 
 
-def _spec(routing, normalize) -> Routing:
-    return routing if isinstance(routing, Routing) else Routing(int(routing), bool(normalize))
-
-
 def selected(s: torch.Tensor, routing: Routing) -> torch.Tensor:
     """``top_k_index`` (..., k) of the chosen experts, as the router picks them."""
     choice = s if routing.bias is None else s + routing.bias.to(s.dtype)
@@ -92,11 +88,9 @@ def selected(s: torch.Tensor, routing: Routing) -> torch.Tensor:
     return torch.topk(choice, routing.top_k, dim=-1)[1]
 
 
-def routing_weights(p: torch.Tensor, routing, normalize: bool | None = None) -> torch.Tensor:
+def routing_weights(p: torch.Tensor, routing: Routing) -> torch.Tensor:
     """Dense routing weights ``G(p)`` (..., E) of scores p: the router's own top-k weights, scattered
-    (the same gather, sum and scaling, so the same numbers to a rounding of the sum's order). The
-    routing is a `Routing`, or a softmax-top-k router's ``top_k, normalize``."""
-    routing = _spec(routing, normalize)
+    (the same gather, sum and scaling, so the same numbers to a rounding of the sum's order)."""
     indices = selected(p, routing)
     values = p.gather(-1, indices)
     if routing.normalize:
@@ -119,10 +113,9 @@ def _indicator(p: torch.Tensor, routing: Routing):
     return one, r, z, floored
 
 
-def routing_terms(p: torch.Tensor, q: torch.Tensor, routing, normalize: bool | None = None) -> torch.Tensor:
+def routing_terms(p: torch.Tensor, q: torch.Tensor, routing: Routing) -> torch.Tensor:
     """The factored multipliers of G from q to p (NOTE: [DeepLift at top-k routing]): ``avg(s), w,
     avg(I), c, v`` joined along the last dim, (..., 5E); p and q broadcast against each other."""
-    routing = _spec(routing, normalize)
     ip, rp, zp, fp = _indicator(p, routing)
     iq, rq, zq, fq = _indicator(q, routing)
     scale = routing.scale
@@ -148,10 +141,10 @@ def _parts(terms: torch.Tensor) -> tuple:
     return terms.unflatten(-1, (5, terms.shape[-1] // 5)).unbind(-2)
 
 
-def routing_multipliers(p: torch.Tensor, q: torch.Tensor, routing, normalize: bool | None = None) -> torch.Tensor:
+def routing_multipliers(p: torch.Tensor, q: torch.Tensor, routing: Routing) -> torch.Tensor:
     """The multipliers M (..., E, E) of G from q to p, ``M[e, j] = d G_e / d p_j`` in DeepLift's
     sense: ``M @ (p - q) == G(p) - G(q)`` (NOTE: [DeepLift at top-k routing])."""
-    avg_s, w, avg_i, c, v = _parts(routing_terms(p, q, routing, normalize))
+    avg_s, w, avg_i, c, v = _parts(routing_terms(p, q, routing))
     return torch.diag_embed(avg_s) - w.unsqueeze(-1) * avg_i.unsqueeze(-2) + c.unsqueeze(-1) * v.unsqueeze(-2)
 
 
