@@ -1,12 +1,12 @@
 """The review cases of tests/test_shapley_interactions_review.py for ``estimator="kernelshap_iq"``
-(SII and k-SII only): pytree inputs, orders at and above the feature count, per-example feature
-sets at a partial budget, one number per batch, many outputs and float32, each against brute
+(SII and k-SII only; orders at and above the feature count run in that file's estimator loop):
+pytree inputs, per-example feature sets at a partial budget, one number per batch, many outputs and float32, each against brute
 force or the same call with another target; STII and FSII refused with a message naming the
 estimators that take them."""
 
 import pytest
 import torch
-from test_shapley_interactions import as_dict, close, game, inputs, mlp, reference, subsets, total_game
+from test_shapley_interactions import as_dict, close, game, inputs, mlp, reference, total_game
 
 import xattr
 
@@ -28,25 +28,6 @@ def test_a_dict_input_at_every_coalition_is_exact():
     for e in range(2):  # ids: a's elements 0, 1, then b's 2, 3
         v = game(lambda t: f({"a": t[:, :2], "b": t[:, 2:]})[0], torch.cat([a[e], b[e]]), torch.zeros(4, dtype=D))
         close(as_dict(est, e), reference("k-SII", v, 4, 3))
-
-
-@pytest.mark.parametrize("index", ["SII", "k-SII"])
-@pytest.mark.parametrize("order", [3, 5])
-def test_orders_at_and_above_the_feature_count(index, order):
-    model = mlp(53, d_in=3)
-    f = xattr.target(model, 0)
-    x, b = inputs(53, (2, 3)), inputs(54, (2, 3))
-    exact = xattr.shapley_interactions(f, index=index, order=order, baselines=b)(x)
-    est = ksiq(f, index=index, order=order, n_samples=8, baselines=b, generator=1)(x)
-    for j in range(1, order + 1):
-        torch.testing.assert_close(est.values(j), exact.values(j), atol=1e-12, rtol=0)
-    for e in range(2):
-        v = game(lambda t: model(t)[0, 0], x[e], b[e])
-        if index == "SII":
-            close(as_dict(est, e), reference("SII", v, 3, 3))
-        else:  # k-SII at order >= F: the Moebius dividends
-            want = reference("SII", v, 3, 3)
-            close(as_dict(est, e), {T: sum((-1) ** (len(T) - len(L)) * v[L] for L in subsets(T)) for T in want})
 
 
 @pytest.mark.parametrize("index", ["STII", "FSII"])
