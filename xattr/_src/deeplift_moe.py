@@ -40,8 +40,11 @@ of the DeepLift call then passes a Python hook). A block counts where it has a r
 or ``router`` (``top_k``, a 2-d ``weight`` (E, H), or ``wg.weight``), called with the tokens and
 returning ``(router_logits, top_k_weights, top_k_index)``, and ``experts`` called with
 ``(hidden, top_k_index, top_k_weights)`` in one of Hugging Face's layouts (3-d ``gate_up_proj`` (E,
-2I, H), or (E, H, 2I) transposed, ``down_proj`` to match, optional biases, no post-expert norm);
-others (JetMoE, DBRX, Llama 4's dense experts) keep their own forward (and their gap).
+2I, H), or (E, H, 2I) transposed, ``down_proj`` to match, optional biases, no post-expert norm),
+or where it is one of Llama 4's, DBRX's or JetMoE's blocks, or JetMoE's attention, laid out their
+own way (`_layout`: NOTE: [Experts of their own layouts] in moe_layouts.py, NOTE: [A mixture of
+attention heads, densely] in moe_attention.py, with hooks of their own, `_Dense._add_layout`);
+others keep their own forward.
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import _modules
+from .moe_attention import bound as attention_bound
+from .moe_attention import find_moa, moa_dense
+from .moe_layouts import find_layout, layout_dense
 from .moe_routers import check_routing, router_routing
 from .moe_routing import ruled_routing
 
@@ -117,16 +123,24 @@ def _router_weight(r: nn.Module):
 
 
 def _block(m: nn.Module):
-    """(router, experts, m) of a mixture-of-experts block m, or None."""
+    """(router, experts, m) of a mixture-of-experts block m, or None (Llama 4's, DBRX's and
+    JetMoE's: their `Layout`'s router and replaced module, NOTE: [Experts of their own layouts])."""
     experts = getattr(m, "experts", None)
     gate = next((r for r in (getattr(m, "gate", None), getattr(m, "router", None)) if isinstance(r, nn.Module)), None)
     shape = _experts_shape(experts) if isinstance(experts, nn.Module) else None
     if gate is None or shape is None:
-        return None
+        layout = _layout(m)
+        return None if layout is None else (layout.gate, layout.experts, m)
     weight, k = _router_weight(gate), getattr(gate, "top_k", None)
     if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or not isinstance(k, int):
         return None
     return (gate, experts, m) if tuple(weight.shape) == shape and 0 < k <= shape[0] else None
+
+
+def _layout(m: nn.Module):
+    """The `Layout` of a block of NOTE: [Experts of their own layouts] or of a JetMoE attention
+    (NOTE: [A mixture of attention heads, densely]), or None."""
+    return find_layout(m) or find_moa(m)
 
 
 def moe_blocks(root: nn.Module) -> tuple:
@@ -160,6 +174,9 @@ class _Dense:
             return
         self.hooked.add(id(experts))
         key = id(experts)
+        layout = None if block is None or _experts_shape(experts) is not None else _layout(block)
+        if layout is not None:
+            return self._add_layout(name, layout, block, key)
 
         def keep(module, args, out):
             if threading.get_ident() == self.owner:
@@ -178,6 +195,73 @@ class _Dense:
 
         def after(module, args, out):
             if threading.get_ident() == self.owner and key in self.outputs:
+                return self.outputs.pop(key)
+            return None
+
+        self.handles += [gate.register_forward_hook(keep), experts.register_forward_pre_hook(before, with_kwargs=True),
+                         experts.register_forward_hook(after)]
+
+    def _add_layout(self, name: str, layout, block: nn.Module, key: int) -> None:
+        """The hooks of a block of NOTE: [Experts of their own layouts] (moe_layouts.py)."""
+        mine = lambda: threading.get_ident() == self.owner  # noqa: E731
+        gate, experts = layout.gate, layout.experts
+        if layout.kind == "moa":  # the dense attention from the call's arguments; its own forward without the cache
+            def before_attention(module, args, kwargs):
+                if not mine():
+                    return None
+                hidden, mask, rotary, cache, extra, call = attention_bound(module, args, kwargs)
+                self.outputs[key], replay = moa_dense(layout, hidden, mask, rotary, cache, extra, name)
+                return call(replay)
+
+            def after_attention(module, args, out):
+                if mine() and key in self.outputs:
+                    return (self.outputs.pop(key),) + tuple(out[1:])
+                return None
+
+            self.handles += [experts.register_forward_pre_hook(before_attention, with_kwargs=True),
+                             experts.register_forward_hook(after_attention)]
+            return
+        if layout.kind == "jetmoe":  # the whole block: zero tokens in, the dense output out
+            def before(module, args):
+                if mine():
+                    self.logits[key] = args[0]
+                    return (args[0][..., :0, :],) + args[1:]
+                return None
+
+            def after(module, args, out):
+                if not mine() or key not in self.logits:
+                    return None
+                x = self.logits.pop(key)
+                hidden = x.reshape(-1, x.shape[-1])
+                _, batch_index, batch_gates, sizes, logits = gate(hidden)
+                return layout_dense(layout, hidden, logits, (batch_index, batch_gates, sizes), name).view(x.shape)
+
+            self.handles += [experts.register_forward_pre_hook(before), experts.register_forward_hook(after)]
+            return
+
+        def keep(module, args, out):  # llama4: its input and (scores, logits); dbrx: the logits
+            if mine() and (args or layout.kind != "llama4"):  # llama4's router called by keyword: not kept, refused
+                self.logits[key] = (args[0], out) if layout.kind == "llama4" else out
+
+        def before(module, args, kwargs):
+            if not mine():
+                return None
+            kept = self.logits.pop(key, None)
+            if kept is None:
+                raise ValueError(f"DeepLift's dense experts: {name or type(module).__name__} ({type(module).__name__}) ran "
+                                 f"without its router ({type(gate).__name__}) before it; it cannot be computed densely")
+            if layout.kind == "llama4":
+                hidden, (scores, logits) = kept
+                self.outputs[key] = layout_dense(layout, hidden, logits, (scores,), name)
+                e, h = experts.gate_up_proj.shape[:2]  # its own forward on E zero tokens (0 would not view as (E, -1, H))
+                return (torch.zeros(e, h, dtype=hidden.dtype, device=hidden.device),) + args[1:], kwargs
+            hidden, index, weights, call = _bound(module, args, kwargs)
+            flat = hidden.reshape(-1, hidden.shape[-1])
+            self.outputs[key] = layout_dense(layout, flat, kept, (index, weights), name).view(hidden.shape)
+            return call(hidden[..., :0, :], index[:0], weights[:0])
+
+        def after(module, args, out):
+            if mine() and key in self.outputs:
                 return self.outputs.pop(key)
             return None
 
@@ -254,8 +338,14 @@ def dense_experts(f):
 
 
 def _discover(dense: _Dense, module, args):
-    if threading.get_ident() == dense.owner and id(module) not in dense.checked:
-        dense.checked.add(id(module))
-        parts = _block(module)
-        if parts is not None:
-            dense.add(type(module).__name__, *parts)
+    """A module about to run, and its children: a block among them is hooked before its parts run
+    (a JetMoE block or attention, whose own forward the hooks replace, is found by its parent: hooks
+    added to the module being called would miss this call)."""
+    if threading.get_ident() != dense.owner:
+        return
+    for m in (module, *module.children()):
+        if id(m) not in dense.checked:
+            dense.checked.add(id(m))
+            parts = _block(m)
+            if parts is not None:
+                dense.add(type(m).__name__, *parts)

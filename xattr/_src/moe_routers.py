@@ -66,7 +66,9 @@ def _describe(routing: Routing) -> str:
     parts = [f"{routing.score} and top-{routing.top_k}"]
     parts += ["+ a score bias"] * (routing.bias is not None)
     parts += [f"in the best {routing.topk_group} of {routing.groups} groups"] * (routing.groups > 1)
-    parts += ["(renormalised)"] * routing.normalize + [f"(at least {routing.floor:g})"] * bool(routing.floor) + [f"times {routing.scale:g}"] * (routing.scale != 1.0)
+    norm = "(renormalised)" if routing.power == 1 else f"(divided by their {routing.power:g}-norm)"
+    parts += [norm] * routing.normalize + [f"(at least {routing.floor:g})"] * bool(routing.floor)
+    parts += [f"times {routing.scale:g}"] * (routing.scale != 1.0)
     return " ".join(parts)
 
 
@@ -84,12 +86,24 @@ def check_routing(dense: torch.Tensor, index, weights, spec: Routing, name: str,
     with torch.no_grad():
         theirs = torch.zeros(routing.shape, dtype=torch.float64, device=routing.device)
         theirs.scatter_(-1, index.long(), weights.detach().to(torch.float64))
-        gap = (theirs - routing.detach().to(torch.float64)).abs().max().item() if theirs.numel() else 0.0
-    tol = 64 * max(torch.finfo(routing.dtype).eps, torch.finfo(weights.dtype).eps if weights.is_floating_point() else 0.0)
+    check_dense(routing, theirs, spec, name, gate, experts, weights.dtype)
+
+
+def check_dense(dense: torch.Tensor, theirs: torch.Tensor, spec: Routing, name: str, gate, experts, dtype=None) -> None:
+    """Refuses a router whose own dense routing weights ``theirs`` (T, E) are not ``dense``
+    (to 64 rounding units of the coarser dtype; ``dtype``: theirs' own, before a cast)."""
+    if is_traced(dense) or is_traced(theirs):  # no data-dependent check under transforms
+        return
+    where = f"{name or type(experts).__name__} (router {type(gate).__name__})"
+    if tuple(theirs.shape) != tuple(dense.shape):
+        raise ValueError(f"DeepLift's dense experts: {where} gave routing weights of shape {tuple(theirs.shape)}, not "
+                         f"{tuple(dense.shape)}: DeepLift cannot compute this block densely")
+    with torch.no_grad():
+        gap = (theirs.detach().to(torch.float64) - dense.detach().to(torch.float64)).abs().max().item() if theirs.numel() else 0.0
+    dtype = theirs.dtype if dtype is None else dtype
+    tol = 64 * max(torch.finfo(dense.dtype).eps, torch.finfo(dtype).eps if dtype.is_floating_point else 0.0)
     if not gap <= tol:
         raise ValueError(
             f"DeepLift's dense experts: {where} routes by other weights than {_describe(spec)} of its logits "
             f"(they differ by {gap:.3g}): a router of "
             "another kind, whose block DeepLift cannot compute densely; its attributions would be wrong")
-
-

@@ -35,6 +35,25 @@ dp = 0, c = 0. So ``M dp = d(G)`` holds to rounding for every pair of probabilit
 The multipliers are kept factored, five vectors per token (`routing_terms`): the backward is
 ``g * avg(s) - (g . w) avg(I) + (g . c) v``, ``v = dp_U / |dp_U|^2``, O(E) per token, never the
 E x E matrix (`routing_multipliers` builds it, for tests).
+
+NOTE: [A p-norm normaliser]
+DBRX divides the top-k weights by their P-norm, ``N = (sum_j I_j p_j^P)^(1/P)`` (P = 1 by
+default: the sum). Write ``Z_P = sum_j I_j p_j^P``, so ``N = Z_P^(1/P)``. Two secants carry the
+change of N exactly: ``d(N) = sigma d(Z_P)``, sigma = ``d(N) / d(Z_P)`` (``N / (P Z_P)``, the
+slope, where ``Z_P`` does not change), and ``d(p_j^P) = t_j dp_j``, ``t_j = d(p_j^P) / dp_j``
+(``P p_j^(P-1)`` where p_j does not change). The product identity on ``Z_P`` then gives
+
+    d(Z_P) = sum_j avg(I_j) t_j dp_j + sum_j avg(p_j^P) d(I_j),
+
+so the rule above holds with kappa times sigma, ``avg(I_j)`` in A times ``t_j``, and the jump's
+normaliser share summing ``avg(p_j^P) d(I_j)`` in place of ``avg(p_j) d(I_j)``:
+
+    A_ej = avg(s_e) [e == j] - w_e avg(I_j) t_j,    w_e = avg(p_e) avg(I_e) r(p) r(q) sigma
+    c_e  = avg(p_e) avg(r) d(I_e) - w_e sum_j avg(p_j^P) d(I_j).
+
+P = 1 gives t = sigma = 1 and the rule above, bit for bit (it is computed so); at p == q, A is
+G's Jacobian again. The third vector of the factored terms is ``avg(I) t``.
+(tests/test_deeplift_moe_more.py checks ``M dp == d(G)`` against a loop per token pair.)
 """
 
 from __future__ import annotations
@@ -58,7 +77,8 @@ class Routing:
     weights (NOTE: [Routers of other kinds] in moe_routers.py): the experts of the top_k largest ``s + bias``
     (``bias`` None: of s) among the ``topk_group`` best of ``groups`` equal groups (scored by the
     sum of their two largest ``s + bias``, or, ``group_score="max"``, by their largest s), weighted
-    by s, divided by ``max(sum + eps, floor)`` over the chosen where ``normalize``, times ``scale``."""
+    by s, divided by ``max(sum + eps, floor)`` over the chosen where ``normalize`` (or by their
+    ``power``-norm, NOTE: [A p-norm normaliser]), times ``scale``."""
 
     top_k: int
     normalize: bool = True
@@ -70,6 +90,7 @@ class Routing:
     topk_group: int = 1
     group_score: str = "top2"
     floor: float = 0.0
+    power: float = 1.0
 
 
 def selected(s: torch.Tensor, routing: Routing) -> torch.Tensor:
@@ -94,7 +115,9 @@ def routing_weights(p: torch.Tensor, routing: Routing) -> torch.Tensor:
     indices = selected(p, routing)
     values = p.gather(-1, indices)
     if routing.normalize:
-        values = values / _floored(values.sum(dim=-1, keepdim=True) + routing.eps, routing.floor)
+        total = values.sum(dim=-1, keepdim=True) if routing.power == 1 else torch.norm(
+            values, p=routing.power, dim=-1, keepdim=True)  # as DBRX's router
+        values = values / _floored(total + routing.eps, routing.floor)
     if routing.scale != 1.0:
         values = values * routing.scale
     return torch.zeros_like(p).scatter(-1, indices, values)
@@ -105,36 +128,60 @@ def _floored(z: torch.Tensor, floor: float) -> torch.Tensor:
 
 
 def _indicator(p: torch.Tensor, routing: Routing):
-    """``1[e in S(p)]``, r(p) (ones where the router does not renormalise), Z(p) and ``max(Z + eps, floor)``."""
+    """``1[e in S(p)]``, r(p) (ones where the router does not renormalise), Z(p), ``max(Z + eps,
+    floor)`` and the sum of ``p^power`` over S(p) (Z is its ``1 / power``-th power)."""
     one = torch.zeros_like(p).scatter(-1, selected(p, routing), 1.0)
-    z = (one * p).sum(dim=-1, keepdim=True)
+    if routing.power == 1:
+        z = z_pow = (one * p).sum(dim=-1, keepdim=True)
+    else:
+        z_pow = (one * p.pow(routing.power)).sum(dim=-1, keepdim=True)
+        z = z_pow.pow(1.0 / routing.power)
     floored = _floored(z + routing.eps, routing.floor)
     r = floored.reciprocal() if routing.normalize else torch.ones_like(z)
-    return one, r, z, floored
+    return one, r, z, floored, z_pow
+
+
+def _secant(fp: torch.Tensor, fq: torch.Tensor, p: torch.Tensor, q: torch.Tensor, slope_at_p: torch.Tensor) -> torch.Tensor:
+    """``(f(p) - f(q)) / (p - q)``, f's slope at p where p == q."""
+    d = p - q
+    return torch.where(d == 0, slope_at_p, (fp - fq) / torch.where(d == 0, torch.ones_like(d), d))
+
+
+def _power_terms(p, q, zp, zq, zpow_p, zpow_q, power: float):
+    """(t, sigma, avg(p^power)) of NOTE: [A p-norm normaliser]: t_j the secant of ``x^power`` from
+    q_j to p_j, sigma the secant of ``z^(1/power)`` from ``Z_P(q)`` to ``Z_P(p)``."""
+    if power == 1:
+        return 1.0, 1.0, (p + q) * 0.5
+    p, q = torch.broadcast_tensors(p, q)
+    pp, qp = p.pow(power), q.pow(power)
+    t = _secant(pp, qp, p, q, power * p.pow(power - 1))
+    sigma = _secant(zp, zq, zpow_p, zpow_q, zp / (power * zpow_p))  # d z^(1/P) / dz = z^(1/P) / (P z)
+    return t, sigma, (pp + qp) * 0.5
 
 
 def routing_terms(p: torch.Tensor, q: torch.Tensor, routing: Routing) -> torch.Tensor:
     """The factored multipliers of G from q to p (NOTE: [DeepLift at top-k routing]): ``avg(s), w,
     avg(I), c, v`` joined along the last dim, (..., 5E); p and q broadcast against each other."""
-    ip, rp, zp, fp = _indicator(p, routing)
-    iq, rq, zq, fq = _indicator(q, routing)
+    ip, rp, zp, fp, zpow_p = _indicator(p, routing)
+    iq, rq, zq, fq, zpow_q = _indicator(q, routing)
     scale = routing.scale
     avg_p, avg_i = (p + q) * 0.5, (ip + iq) * 0.5
+    t, sigma, avg_pow = _power_terms(p, q, zp, zq, zpow_p, zpow_q, routing.power) if routing.normalize else (1.0, 1.0, avg_p)
     avg_s = (ip * rp + iq * rq) * (0.5 * scale)
     # the floor's multiplier d(max(Z + eps, floor)) / dZ: 1 above it, its own slope across it
     dz = zp - zq
     slope = 1.0 if not routing.floor else torch.where(
         dz == 0, (zp + routing.eps >= routing.floor).to(p.dtype), (fp - fq) / torch.where(dz == 0, 1, dz))
-    w = avg_p * avg_i * (rp * rq * slope * scale) if routing.normalize else torch.zeros_like(avg_p)
+    w = avg_p * avg_i * (rp * rq * slope * sigma * scale) if routing.normalize else torch.zeros_like(avg_p)
     d_i = ip - iq
-    c = avg_p * ((rp + rq) * (0.5 * scale)) * d_i - w * (avg_p * d_i).sum(dim=-1, keepdim=True)
+    c = avg_p * ((rp + rq) * (0.5 * scale)) * d_i - w * (avg_pow * d_i).sum(dim=-1, keepdim=True)
     dp = (p - q).expand_as(avg_p)
     on_u = dp * torch.maximum(ip, iq)
     norm_u = (on_u * on_u).sum(dim=-1, keepdim=True)
     spread = torch.where(norm_u == 0, dp, on_u)  # the sets differ with p == q on U: over every dp_j
     norm = torch.where(norm_u == 0, (dp * dp).sum(dim=-1, keepdim=True), norm_u)
     v = spread / torch.where(norm == 0, torch.ones_like(norm), norm)  # dp == 0: c == 0, v == 0
-    return torch.cat([avg_s.expand_as(avg_p), w, avg_i.expand_as(avg_p), c, v], dim=-1)
+    return torch.cat([avg_s.expand_as(avg_p), w, (avg_i * t).expand_as(avg_p), c, v], dim=-1)
 
 
 def _parts(terms: torch.Tensor) -> tuple:
