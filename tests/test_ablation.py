@@ -243,6 +243,18 @@ def test_occlusion_errors():
         xattr.occlusion(lambda a, b: f(a) + b.sum(1), sliding_window_shapes=((1, 2, 2),) * 3, argnums=(0, 1))(x, x[:, 0, 0])
 
 
+def test_occlusion_window_over_a_whole_dim_takes_any_stride():
+    """Captum's usual call (window (C, h, w), one int stride): the channel dim has one position."""
+    model, x = cnn()
+    f = xattr.target(model, 0)
+    c = x.shape[1]
+    got = xattr.occlusion(f, sliding_window_shapes=(c, 2, 2), strides=2)(x)
+    want = xattr.occlusion(f, sliding_window_shapes=(c, 2, 2), strides=(1, 2, 2))(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="exceed the sliding window"):  # a dim the window does not span still refuses
+        xattr.occlusion(f, sliding_window_shapes=(c, 2, 2), strides=3)(x)
+
+
 # ----------------------------------------------------------------------------- feature permutation
 
 

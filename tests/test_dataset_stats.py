@@ -173,6 +173,11 @@ def test_grouping_and_targets():
         stats = xattr.attribution_statistics(ig, model, x, labels=y, by=by, target=target, batch_size=7, top_k=3)
         attr = ig(xattr.target(model, explained))(x)
         assert_matches(stats if by is not None else _keyed(stats), attr, groups, 3)
+    # metrics.evaluate's words for the same choices
+    words = xattr.attribution_statistics(ig, model, x, labels=y, by="labels", target="predicted", batch_size=7, top_k=3)
+    same = xattr.attribution_statistics(ig, model, x, labels=y, by="label", target="prediction", batch_size=7, top_k=3)
+    assert words.groups == same.groups
+    torch.testing.assert_close(words.mean, same.mean, atol=0, rtol=0)
     # by=None without labels explains the prediction
     stats = xattr.attribution_statistics(ig, model, x, by=None)
     assert stats.groups == ("all",)

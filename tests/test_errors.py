@@ -196,6 +196,20 @@ def test_bad_options():
         xattr.smooth(xattr.saliency(f), stdevs=(0.1, 0.2))(X)
 
 
+@pytest.mark.parametrize("sd", [-0.1, float("nan"), float("inf")])
+def test_a_noise_scale_that_is_no_standard_deviation_is_named(sd):
+    f = xattr.target(_mlp(), 0)
+    with pytest.raises(ValueError, match="stdevs must be finite and >= 0"):
+        xattr.smoothgrad(xattr.saliency(f), stdevs=sd, generator=0)(X)
+    with pytest.raises(ValueError, match="stdevs must be finite and >= 0"):
+        xattr.gradient_shap(f, baselines=torch.zeros(3, 4), stdevs=sd)(X)
+    with pytest.raises(ValueError, match="stdevs must be finite and >= 0"):  # one of the per-input numbers
+        xattr.smooth(xattr.saliency(lambda a, b: f(a + b)), stdevs=[0.1, sd], argnums=(0, 1))(X, X)
+    with pytest.raises(ValueError, match="perturb_radius must be a finite number >= 0"):
+        xattr.metrics.sensitivity_max(xattr.saliency(f), X, perturb_radius=sd)
+    torch.testing.assert_close(xattr.smoothgrad(xattr.saliency(f), stdevs=0.0, generator=0)(X), xattr.saliency(f)(X))  # 0: allowed
+
+
 def test_gradient_shap_baseline_distribution_shape():
     gs = xattr.gradient_shap(xattr.target(_mlp(), 0), baselines=torch.zeros(10, 3))
     with pytest.raises(ValueError, match=r"distribution of shape \(N, 4\)"):
@@ -304,3 +318,18 @@ def test_integrated_gradients_and_neuron_conductance_on_token_ids_name_themselve
     x = torch.randn(2, 3, 4)
     g = lambda e: lin(e).sum((1, 2))  # noqa: E731
     torch.testing.assert_close(xattr.integrated_gradients(g)(x), xattr.path_integral(g)(x), rtol=0, atol=0)
+
+
+def test_numpy_integer_targets_are_ints_and_integer_arrays_tensors():
+    np = pytest.importorskip("numpy")
+    f = _mlp()
+    sal = lambda t: xattr.saliency(xattr.target(f, t))(X)  # noqa: E731
+    assert torch.equal(sal(np.int64(2)), sal(2))
+    assert torch.equal(sal(np.uint8(1)), sal(1))
+    ys = np.array([0, 2, 1, 1, 0])
+    assert torch.equal(sal(ys), sal(torch.tensor([0, 2, 1, 1, 0])))
+    split = xattr.at_layer(f, f[0])
+    assert torch.equal(xattr.saliency(xattr.neuron(split, (np.int32(3),)))(X), xattr.saliency(xattr.neuron(split, (3,)))(X))
+    for bad in (np.float64(1.0), np.array([True, False, True, True, False])):
+        with pytest.raises(TypeError, match="unsupported target"):
+            sal(bad)

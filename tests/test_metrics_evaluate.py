@@ -183,6 +183,13 @@ def test_targets_labels_ints_and_probabilities():
     assert torch.equal(by_labels.targets, labels)
     by_tensor = M.evaluate(model, {"s": METHODS["saliency"]}, x, metrics=names, target=labels, show_progress=False)
     torch.testing.assert_close(by_labels.values, by_tensor.values, atol=0, rtol=0)
+    # attribution_statistics' words for the same choices
+    by_label = M.evaluate(model, {"s": METHODS["saliency"]}, x, metrics=names, target="label", labels=labels,
+                          show_progress=False)  # fmt: skip
+    torch.testing.assert_close(by_label.values, by_labels.values, atol=0, rtol=0)
+    predicted = M.evaluate(model, {"s": METHODS["saliency"]}, x, metrics=names, show_progress=False)
+    by_prediction = M.evaluate(model, {"s": METHODS["saliency"]}, x, metrics=names, target="prediction", show_progress=False)
+    assert torch.equal(by_prediction.targets, predicted.targets)
     one = M.evaluate(model, {"s": METHODS["saliency"]}, x, metrics=names, target=1, show_progress=False)
     assert torch.equal(one.targets, torch.ones(5, dtype=torch.long))
     prob = M.evaluate(model, {"s": METHODS["saliency"]}, x, metrics=names, output="probability", show_progress=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -20,7 +21,6 @@ import xattr
 from xattr._src.masks import features, first_id, keep_masks, scatter_features
 from xattr._src.copies import perturb
 from xattr._src.perturb import Coalitions, evaluate
-from xattr.testing import assert_trees_close
 from xattr.testing.strategies import ModelSpec, random_tensor
 
 from registry import changed_state, state_snapshot
@@ -328,6 +328,30 @@ def test_show_progress_draws_a_bar(capsys):
     assert "perturbed copies" in err and "3/3" in err
     xattr.feature_ablation(xattr.target(model, 0))(x)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("method", ["shapley_values", "shapley_interactions"])
+def test_exact_enumerations_show_a_bar_only_when_they_run_long(method, capsys, monkeypatch):
+    """show_progress=None (their default): nothing on a short run; a bar once the run has lasted
+    AUTO_DELAY seconds (here 0); the same numbers either way; False never draws one."""
+    from xattr._src import progress
+
+    model, x = mlp()
+    make = getattr(xattr, method)
+    quiet = make(xattr.target(model, 0), chunk_size=6)(x)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(progress, "AUTO_DELAY", 0.0)
+    shown = make(xattr.target(model, 0), chunk_size=6)(x)
+    err = capsys.readouterr().err
+    assert "perturbed copies" in err
+    tensor = lambda r: r if isinstance(r, torch.Tensor) else r.compressed()  # noqa: E731 (Interactions)
+    assert torch.equal(tensor(shown), tensor(quiet))
+    make(xattr.target(model, 0), chunk_size=6, show_progress=False)(x)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # without tqdm: no bar, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make(xattr.target(model, 0), chunk_size=6)(x)
 
 
 def test_show_progress_without_tqdm_warns_and_runs(monkeypatch):

@@ -10,6 +10,8 @@ from typing import Callable
 import torch
 
 from .dataset_stats import _BY, AttributionStatistics, _as_labels, _check_top_k
+
+_SPELLINGS = {"labels": "label", "predicted": "prediction"}  # metrics.evaluate's words for them
 from .progress import progress
 from .targets import target as _target
 
@@ -75,7 +77,8 @@ def attribution_statistics(
         ``(x, y, ...)`` whose ``y`` is the labels.
       by: group the examples by their "label", by the model's "prediction", or None for one
         group ``"all"``.
-      target: which output to explain for each example: "label" or "prediction". Default:
+      target: which output to explain for each example: "label" or "prediction" ("labels" and
+        "predicted", `xattr.metrics.evaluate`'s words, mean the same, here and for ``by``). Default:
         the same as ``by``; with ``by=None``, the label where labels are given, else the
         prediction.
       labels: integer labels ``(N,)`` when ``data`` is a tensor.
@@ -91,6 +94,7 @@ def attribution_statistics(
       >>> stats.mean[stats.index(3)]          # class 3's mean map
       >>> lo, hi = stats.importance_interval()  # 95% interval of the global mean |a|
     """
+    by, target = (_SPELLINGS.get(v, v) if isinstance(v, str) else v for v in (by, target))
     if by not in _BY:
         raise ValueError(f"by must be 'label', 'prediction' or None, got {by!r}")
     if target not in ("label", "prediction", None):

@@ -44,6 +44,7 @@ A number is a one-row distribution of that value, whole or at one leaf; a leaf w
 from __future__ import annotations
 
 import contextvars
+import math
 import numbers
 
 import torch
@@ -169,7 +170,19 @@ def _is_number(v) -> bool:
 
 
 def _per_leaf(value, selected: tuple, as_tuple: bool, name: str = "stdevs") -> list[float]:
-    """One number per attributed tensor, in leaf order (NOTE: [Per-input numbers])."""
+    """One number per attributed tensor, in leaf order (NOTE: [Per-input numbers]); each a finite
+    number >= 0 (a standard deviation)."""
+    return _non_negative(_leaf_numbers(value, selected, as_tuple, name), value, name)
+
+
+def _non_negative(values: list[float], given, name: str) -> list[float]:
+    bad = [v for v in values if not (math.isfinite(v) and v >= 0)]
+    if bad:
+        raise ValueError(f"{name} must be finite and >= 0 (a noise standard deviation), got {given!r}")
+    return values
+
+
+def _leaf_numbers(value, selected: tuple, as_tuple: bool, name: str) -> list[float]:
     n = len(T.leaves(selected))
     if _is_number(value):
         return [float(value)] * n

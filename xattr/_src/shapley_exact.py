@@ -43,7 +43,7 @@ def shapley_values(
     argnums: int | Sequence[int] = 0,
     chunk_size: int | None = None,
     memory_budget: int | None = None,
-    show_progress: bool = False,
+    show_progress: bool | None = None,
     max_features: int = MAX_FEATURES,
 ) -> Callable:
     """Exact Shapley values over all 2^F coalitions of the F features (Shapley 1953).
@@ -57,6 +57,9 @@ def shapley_values(
     (tested). Group inputs into at most ``max_features`` features with ``feature_mask``.
 
     Args (beyond the perturbation methods' shared ones, see ablation.py):
+      show_progress: None (default): a progress bar over the model calls appears once they have
+        run for 10 s (2^F rows can take minutes on an image model), nothing on shorter runs;
+        True: a bar from the start; False: never.
       max_features: refuse an example holding more features than this (the cost doubles with
         each one).
 

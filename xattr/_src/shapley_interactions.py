@@ -48,7 +48,7 @@ def shapley_interactions(
     argnums: int | Sequence[int] = 0,
     chunk_size: int | None = None,
     memory_budget: int | None = None,
-    show_progress: bool = False,
+    show_progress: bool | None = None,
     max_features: int = MAX_FEATURES,
 ) -> Callable:
     """Exact Shapley interaction indices of every set of 1..``order`` features.
@@ -69,6 +69,9 @@ def shapley_interactions(
       index: "k-SII", "SII", "STII" or "FSII": any case, "-", "_" and spaces optional ("kSII"),
         or the papers' names "Faith-SHAP" / "FSI", "Shapley-Taylor" / "STI".
       order: the largest set size k explained (2: pairs and main effects).
+      show_progress: None (default): a progress bar over the model calls appears once they have
+        run for 10 s (2^F rows can take minutes on an image model), nothing on shorter runs;
+        True: a bar from the start; False: never.
       max_features: refuse an example holding more features than this (the cost doubles with
         each one); group inputs into features with ``feature_mask``, or estimate with
         ``xattr.shapley_interaction_sampling``.

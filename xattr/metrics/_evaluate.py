@@ -90,7 +90,8 @@ def evaluate(
         only, no further attribution call).
       target: the class each example is explained and scored for, chosen once and shared by
         every method and metric: "predicted" (the argmax of the model's output), "labels" (the
-        ``labels``), an int, or an int tensor (N,).
+        ``labels``), an int, or an int tensor (N,). "prediction" and "label" (the words of
+        `xattr.attribution_statistics`) mean the same.
       labels: (N,) true classes, for ``target="labels"``.
       masks: (N, ...) ground-truth masks, one per example, for the localization metrics (over
         one attributed input: with several, the entry's ``argnum`` names it).
@@ -106,6 +107,11 @@ def evaluate(
       `Evaluation` with the per-example values (method x metric x example) and its tables, and
       for the curve metrics (deletion, insertion, ROAD, randomization) every example's curve
       (NOTE: [Curves of an evaluation] in _evaluation_curves.py).
+
+    Example:
+      >>> methods = {"saliency": xattr.saliency, "ig": lambda f: xattr.integrated_gradients(f, n_steps=32)}
+      >>> ev = xattr.metrics.evaluate(model, methods, x, target="labels", labels=y)
+      >>> print(ev.to_markdown())             # method x metric means with 95% intervals
     """
     if not callable(model):
         raise TypeError(f"evaluate needs a model function, got {type(model).__name__}")
@@ -248,7 +254,12 @@ def _check_precomputed(named: dict, chosen: dict) -> None:
         )
 
 
+_TARGET_SPELLINGS = {"label": "labels", "prediction": "predicted"}  # attribution_statistics' words
+
+
 def _targets(model, args: tuple, n: int, device, target, labels, spans) -> torch.Tensor:
+    if isinstance(target, str):
+        target = _TARGET_SPELLINGS.get(target, target)
     if labels is not None:
         labels = torch.as_tensor(labels)
         if labels.shape != (n,) or labels.is_floating_point() or labels.dtype == torch.bool:

@@ -20,6 +20,8 @@ it divides nothing and needs no guard where ``x == baseline`` (there ``I`` is th
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable
 
 import torch
@@ -32,7 +34,14 @@ def uniform_noise(x, perturb_radius: float = 0.02, *, generator=None):
 
     The default perturbation of `sensitivity_max` (the same distribution as Captum's default).
     ``x`` is a tensor or a tuple of tensors; the result has its structure.
+
+    Example:
+      >>> s = xattr.metrics.sensitivity_max(sal, x, perturb_func=xattr.metrics.uniform_noise, perturb_radius=0.05)
+      >>> x_near = xattr.metrics.uniform_noise(x, 0.05, generator=torch.Generator().manual_seed(0))   # like x
     """
+
+    if isinstance(perturb_radius, bool) or not (isinstance(perturb_radius, numbers.Real) and 0 <= perturb_radius < math.inf):
+        raise ValueError(f"perturb_radius must be a finite number >= 0, got {perturb_radius!r}")
 
     def one(t):
         u = torch.empty_like(t).uniform_(-perturb_radius, perturb_radius, generator=generator)
@@ -46,6 +55,9 @@ def gaussian_noise(std: float = 0.1) -> Callable:
 
     Returns ``perturb(x, *, generator=None) -> (I, x - I)`` (Yeh et al. 2019's noisy baseline
     perturbation). ``x`` is a tensor or a tuple of tensors.
+
+    Example:
+      >>> inf = xattr.metrics.infidelity(f, xattr.saliency(f), xattr.metrics.gaussian_noise(0.1), generator=0)(x)
     """
     if not std > 0:
         raise ValueError(f"std must be positive, got {std!r}")
@@ -65,6 +77,10 @@ def subset_to_baseline(p: float = 0.5) -> Callable:
     Returns ``perturb(x, baselines, *, generator=None) -> (I, perturbed)`` with ``I`` the 0/1
     mask of the replaced elements (NOTE: [Removal masks for global attributions]). ``x`` is a
     tensor or a tuple of tensors; ``baselines`` has its structure and shapes.
+
+    Example:
+      >>> ig = xattr.integrated_gradients(f)
+      >>> inf = xattr.metrics.infidelity(f, ig, xattr.metrics.subset_to_baseline(0.5), baselines=0.0, generator=0)(x)
     """
     if not 0 < p <= 1:
         raise ValueError(f"p must lie in (0, 1], got {p!r}")
