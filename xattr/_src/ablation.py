@@ -140,6 +140,9 @@ def window_masks(shape: Sequence[int], window: Sequence[int], strides: Sequence[
     of the dim, which may be cut short by the input's edge (Captum's placement:
     ``ceil((size - window) / stride) + 1`` positions per dim). Positions are in row-major order
     of their corners (the order of occlusion's copies).
+
+    Example:
+      >>> masks = xattr.window_masks((1, 8, 8), (1, 4, 4), 2)   # (9, 1, 8, 8) bool, one per position
     """
     shape = tuple(shape)
     window, strides = _check_window(shape, window, strides)
@@ -168,8 +171,10 @@ class _Grid:
     def __init__(self, shape, window, strides, device):
         self.shape = tuple(shape)
         window, strides = _check_window(self.shape, window, strides)
-        if any(st > w for st, w in zip(strides, window)):
-            raise ValueError(f"strides {strides} exceed the sliding window {window}: elements between windows would never be occluded")
+        # a window spanning a whole dim has one position there, whatever the stride (as in Captum)
+        if any(st > w and w < size for st, w, size in zip(strides, window, self.shape)):
+            raise ValueError(f"strides {strides} exceed the sliding window {window} over an input of shape {self.shape}: "
+                             "elements between windows would never be occluded")
         self.dims, cell_ids = [], []
         for size, w, st in zip(self.shape, window, strides):
             starts = _positions(size, w, st)

@@ -24,7 +24,11 @@ from .checks import is_traced
 
 @dataclass(frozen=True)
 class Outputs:
-    """K outputs of every example; build it with `xattr.outputs`."""
+    """K outputs of every example; build it with `xattr.outputs`.
+
+    Example:
+      >>> attr = xattr.saliency(xattr.target(model, xattr.outputs([0, 3])))(x)   # (B, 2, *x.shape[1:])
+    """
 
     indices: Any  # None (every output), a list of ints/tuples, or an integer tensor (K,) / (B, K)
 
@@ -337,7 +341,8 @@ def target(f: Callable, t) -> Targeted:
       t: which output: an int class index; a tuple index into a multi-dimensional output (with
         slices, the region is summed); an integer tensor (B,) (any integer dtype; bool is
         refused) with one index per example; a callable ``out -> (R,)``; or
-        ``xattr.outputs([...])`` for K outputs of every example at once.
+        ``xattr.outputs([...])`` for K outputs of every example at once. NumPy integers
+        (``y[i]``, ``np.argmax(...)``) count as ints, NumPy integer arrays as tensors.
 
     Returns:
       ``g(*args) -> (R,)``, or ``(R, K)`` for ``outputs``; every xattr method accepts it.
@@ -346,7 +351,18 @@ def target(f: Callable, t) -> Targeted:
       >>> ig = xattr.integrated_gradients(xattr.target(model, 3))
       >>> ig(x).shape == x.shape
     """
-    return Targeted(f, t)
+    return Targeted(f, _from_numpy(t))
+
+
+def _from_numpy(t):
+    """A NumPy integer as an int (also inside a tuple index), a NumPy integer array as a tensor;
+    anything else as it is (refused later where it is no target)."""
+    if type(t).__module__ != "numpy":
+        return tuple(_from_numpy(i) for i in t) if type(t) is tuple else t
+    kind = getattr(getattr(t, "dtype", None), "kind", None)
+    if kind not in ("i", "u"):
+        return t
+    return torch.as_tensor(t) if getattr(t, "ndim", 0) else int(t)
 
 
 def neuron(f: Callable, index, *, part=None) -> Targeted:
@@ -372,7 +388,7 @@ def neuron(f: Callable, index, *, part=None) -> Targeted:
     """
     from .neuron_parts import PartOf, as_path
 
-    path = as_path(part)
+    path, index = as_path(part), _from_numpy(index)
     if hasattr(f, "act"):
         return Targeted(_CheckedAct(f, path, isinstance(index, Outputs) or not callable(index)), index)
     return Targeted(f if path is None else PartOf(f, path), index)
