@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from . import pointwise
 from . import tree as T
 from .checks import baselines_tuple, is_traced, warn_if_training
+from .deeplift_check import warn_if_off
 from .deeplift_moe import dense_experts
 from .deeplift_products import Product
 from .deeplift_rules import Rescale
@@ -61,7 +62,11 @@ def deep_lift_rules(eps: float = 1e-10) -> dict:
     which then runs as ``a * torch.sigmoid(b)``, at ``torch.baddbmm`` of two activations, which
     runs as ``alpha * torch.bmm(a, b) + beta * t``, and at ``torch.lstm`` (every recurrent op:
     ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` and their cells), which then run step by step with their
-    gates as products (NOTE: [Recurrent layers written out])."""
+    gates as products (NOTE: [Recurrent layers written out]).
+
+    Example:
+      >>> attr = xattr.deep_lift(xattr.target(model, 3), mapping=xattr.rule.deep_lift_rules(1e-6))(x)  # like x
+    """
     rule, product, written, exact = Rescale(eps), Product(), Unfused(), ExactSoftmax(eps)
     return {**{op: rule for op in RESCALED}, torch.mul: product, torch.matmul: product, torch.einsum: product,
             torch.div: product, torch.cumprod: product, F.log_softmax: exact, torch.logsumexp: exact, F.glu: written,
@@ -229,6 +234,7 @@ def deep_lift(
     """
     ruled = rules(f, merged(deep_lift_rules(eps), mapping))
     nums, as_tuple = T.normalize_argnums(argnums)
+    unchecked = [True]  # emptied by the first call's summation check
 
     def fn(*args, baselines=baselines):
         warn_if_training(f)
@@ -240,7 +246,11 @@ def deep_lift(
             end, ref, m = _multipliers(ruled, args, nums, base, 1, chunk_size, shared=shared)
         attr = _combine(m, selected, base, multiply_by_inputs, attribution_func, as_tuple)
         out = attr if as_tuple else attr[0]
-        return (out, _gap(attr, end, ref)) if return_delta else out
+        checked = unchecked and multiply_by_inputs and attribution_func is None
+        gap = _gap(attr, end, ref) if return_delta or checked else None
+        if checked and warn_if_off(attr, gap):  # NOTE: [Summation-to-delta checked once] in deeplift_check.py
+            unchecked.clear()
+        return (out, gap) if return_delta else out
 
     return attribution_fn(fn, f)
 
