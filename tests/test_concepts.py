@@ -138,6 +138,11 @@ def test_logistic_regression_matches_sklearn():
         ref = sk.LogisticRegression(C=1 / (0.05 * n), tol=1e-12, max_iter=100_000)
         ref.fit(((X - X.mean(0)) / sd).numpy(), y.numpy())
         torch.testing.assert_close(ours.coef_[0] * sd, torch.tensor(ref.coef_[0]), rtol=1e-5, atol=1e-6)
+        logits = ours.decision_function(X)  # as sklearn's: (N,), and predict its sign
+        torch.testing.assert_close(logits, X @ ours.coef_[0] + ours.intercept_[0])
+        assert torch.equal(ours.predict(X), (logits > 0).long())
+        z = ((X - X.mean(0)) / sd).numpy()
+        assert (ours.predict(X).numpy() == ref.predict(z)).mean() > 0.97
 
 
 def test_ttest_matches_scipy_and_handles_constant_samples():

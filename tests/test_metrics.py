@@ -499,3 +499,16 @@ def test_sensitivity_of_a_seeded_stochastic_attribution_is_chunk_and_batch_invar
     f2 = xattr.target(model, torch.tensor([0, 2]))
     sg2 = xattr.smoothgrad(xattr.saliency(f2), stdevs=0.1, n_samples=4, generator=1)
     torch.testing.assert_close(M.sensitivity_max(sg2, x[:2], perturb_radius=0.05, n_perturb_samples=5, generator=0), full[:2])
+
+
+def test_the_perturbation_functions_take_an_int_seed_as_every_stochastic_function_does():
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    seeded = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    assert torch.equal(xattr.metrics.uniform_noise(x, 0.1, generator=7), xattr.metrics.uniform_noise(x, 0.1, generator=seeded(7)))
+    noise = xattr.metrics.gaussian_noise(0.1)
+    assert torch.equal(noise(x, generator=7)[0], noise(x, generator=seeded(7))[0])
+    subset = xattr.metrics.subset_to_baseline(0.5)
+    assert torch.equal(subset(x, torch.zeros_like(x), generator=7)[0], subset(x, torch.zeros_like(x), generator=seeded(7))[0])
+    assert not torch.equal(noise(x, generator=7)[0], noise(x, generator=8)[0])
+    with pytest.raises(TypeError, match="generator must be an int seed"):
+        xattr.metrics.uniform_noise(x, generator=1.5)

@@ -244,6 +244,9 @@ def query_row(maps: torch.Tensor, query=0) -> torch.Tensor:
 
     ``query`` is an int (0: the [CLS] token; -1: the last), or an integer tensor with one index
     per example (B,) (the last real token of each padded sentence, for a decoder). Returns (..., T).
+
+    Example:
+      >>> cls_rel = xattr.query_row(xattr.attention_rollout(vit)(images), 0)   # (B, T): [CLS]'s row
     """
     if not isinstance(maps, torch.Tensor):
         raise TypeError(f"query_row needs a tensor of maps (..., T, T), got {type(maps).__name__}")
@@ -273,6 +276,9 @@ def tokens_to_image(rel: torch.Tensor, grid_hw, *, prefix: int = 1, size=None, m
     The first ``prefix`` tokens ([CLS], register or distillation tokens) are dropped and the
     other ``h * w`` laid out row by row (ViT's patch order). With ``size`` (an int or (H, W))
     the grid is resized to the image with ``F.interpolate(..., mode=mode)``.
+
+    Example:
+      >>> heat = xattr.tokens_to_image(cls_rel, (14, 14), size=224)        # (B, 224, 224)
     """
     if (not isinstance(grid_hw, (tuple, list)) or len(grid_hw) != 2
             or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in grid_hw)):  # fmt: skip

@@ -27,6 +27,10 @@ class FixedStd(Rule):
     eps)`` by rounding only. Under torch.func transforms the rule keeps ``x.var``: the kernel's
     rstd has no derivative in autograd, and a transform differentiating the attributions
     differentiates the held scale too (NOTE: [Derivatives of rule-based attributions]).
+
+    Example:
+      >>> composite = {**xattr.rule.lrp_rules(), F.layer_norm: xattr.rule.FixedStd()}
+      >>> relevance = xattr.lrp(f, composite=composite)(embeddings)                 # like embeddings
     """
 
     kinds = frozenset({"layer_norm", "rms_norm"})
@@ -62,6 +66,10 @@ class FixedAttention(Rule):
     repeats them), and its values' gradient is the sum over its group. A mask that is the op's
     fourth tensor (one wrapped by a torch.func transform, NOTE: [Attention masks under transforms] in
     ops.py) gets no gradient.
+
+    Example:
+      >>> composite = {**xattr.rule.lrp_rules(), F.scaled_dot_product_attention: xattr.rule.FixedAttention()}
+      >>> relevance = xattr.lrp(f, composite=composite)(embeddings)                 # like embeddings
     """
 
     kinds = frozenset({"attention"})

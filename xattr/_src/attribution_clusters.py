@@ -47,6 +47,10 @@ class Clusters:
       means: (k, *map_shape) float64, each cluster's mean of the given attributions.
       counts: (k,) int64 cluster sizes.
       embedding_kind: "spectral" or "tsne", how ``embedding`` was made.
+
+    Example:
+      >>> clusters = xattr.cluster_attributions(maps)
+      >>> clusters.n_clusters, clusters.counts               # k and the size of each cluster
     """
 
     labels: torch.Tensor
@@ -156,6 +160,11 @@ def cluster_attributions(
 
     Returns:
       a `Clusters`: labels, k, eigenvalues, eigengap, 2-D embedding, per-cluster mean maps.
+
+    Example:
+      >>> maps = xattr.saliency(xattr.target(model, 3))(x_train[y_train == 3])
+      >>> clusters = xattr.cluster_attributions(maps, max_clusters=6)
+      >>> clusters.labels, clusters.means                   # (N,) cluster ids, (k, *map_shape)
     """
     from sklearn.cluster import KMeans
 

@@ -48,6 +48,10 @@ class AttributionStatistics:
         largest |attribution| (ties: the lower flat index first).
       top_k: k of ``top_k_count`` (clamped to the number of features).
       by: how examples were grouped ("label", "prediction", None), for `summary`.
+
+    Example:
+      >>> stats = xattr.AttributionStatistics.from_attributions(attr, y, by="label")
+      >>> stats.mean[stats.index(3)], stats.importance   # class 3's mean map; global mean |a|
     """
 
     groups: tuple

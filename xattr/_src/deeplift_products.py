@@ -104,6 +104,10 @@ class Product(Rule):
     (NOTE: [DeepLift at a multilinear op] in multilinear.py). The gradient where the reference
     equals the input. `deep_lift_rules` maps ``torch.mul``, ``torch.matmul``, ``torch.einsum``,
     ``torch.div`` and ``torch.cumprod`` to it.
+
+    Example:
+      >>> mapping = {**xattr.rule.deep_lift_rules(), torch.mul: xattr.rule.Product()}
+      >>> attr, delta = xattr.deep_lift(xattr.target(model, 1), mapping=mapping, return_delta=True)(x)
     """
 
     kinds = frozenset({"product", "matmul", "einsum", "quotient", "cumprod"})

@@ -258,6 +258,10 @@ class Rescale(Rule):
     elementwise multipliers times g, minus their mean over the softmax dim (the paper's normalisation; per example, where Captum takes the mean over the whole
     doubled batch). Rows pair as in NOTE: [Paired rows], in dim 0 or, in a sequence-first
     tensor, dim 1 (NOTE: [Rows in dim 0 or dim 1]).
+
+    Example:
+      >>> mapping = {**xattr.rule.deep_lift_rules(), F.relu: xattr.rule.Rescale(eps=1e-6)}
+      >>> attr = xattr.deep_lift(xattr.target(model, 3), mapping=mapping)(x)        # like x
     """
 
     kinds = ops.ELEMENTWISE | pairwise.PAIRS | {"max_pool", "max", "sort", "softmax"}

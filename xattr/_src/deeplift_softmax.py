@@ -109,6 +109,10 @@ class ExactSoftmax(Rule):
     sum(g, dim)``, and at ``logsumexp`` (over a dim or a tuple of dims, ``keepdim`` or not) ``w *
     g``: exact, and DeepLift's default at both (NOTE: [DeepLift through log_softmax], [DeepLift
     through logsumexp]).
+
+    Example:
+      >>> mapping = {**xattr.rule.deep_lift_rules(), F.softmax: xattr.rule.ExactSoftmax()}
+      >>> attr, delta = xattr.deep_lift(xattr.target(model, 1), mapping=mapping, return_delta=True)(x)
     """
 
     kinds = frozenset({"softmax", "log_softmax", "logsumexp"})

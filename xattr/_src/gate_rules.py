@@ -67,6 +67,10 @@ class FixedGate(Rule):
     shapes (the other takes all the relevance): keyed by a gated MLP's class, ``{LlamaMLP:
     FixedGate(gate=0)}`` holds SwiGLU's ``act(gate_proj(x))`` and hands ``up_proj(x)`` the
     relevance, as LXT's CP-LRP does (its quotients and matrix products are unchanged).
+
+    Example:
+      >>> composite = {**xattr.rule.lrp_rules(), torch.mul: xattr.rule.FixedGate()}
+      >>> relevance = xattr.lrp(xattr.target(model, 1), composite=composite)(x)      # like x
     """
 
     kinds = frozenset({"product", "quotient", "matmul", "einsum"})

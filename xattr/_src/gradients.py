@@ -334,7 +334,12 @@ def one_hot(full: torch.Tensor, index: torch.Tensor, cotangent: torch.Tensor | N
 # path exists (parameters or an outer transform's tracking do not set it), so the same warning
 # comes there too.
 class NoGradientPathWarning(UserWarning):
-    """The attributed output has no autograd path from the attributed inputs."""
+    """The attributed output has no autograd path from the attributed inputs.
+
+    Example:
+      >>> warnings.simplefilter("error", xattr.NoGradientPathWarning)   # make a zero attribution an error
+      >>> xattr.saliency(lambda z: model(z.detach())[:, 3])(x)           # raises: no path from z
+    """
 
 
 NO_PATH = (
@@ -384,7 +389,11 @@ def _value_and_grad(f: Callable, argnums, chunk_size) -> Callable:
 
 
 def grad(f: Callable, *, argnums: int | Sequence[int] = 0, chunk_size: int | None = None) -> Callable:
-    """Like `value_and_grad`, returning only the gradients."""
+    """Like `value_and_grad`, returning only the gradients.
+
+    Example:
+      >>> g = xattr.grad(xattr.target(model, 3))(x)              # like x
+    """
     return attribution_fn(unwrapped_grad(f, argnums=argnums, chunk_size=chunk_size), f)
 
 

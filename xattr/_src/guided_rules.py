@@ -62,6 +62,9 @@ class Guided(Rule):
     (``x.clamp(min=0)``, ``torch.maximum(x, zeros)``: NOTE: [Clamps that are ReLUs]), with ReLU's
     mask; a clamp with an upper bound or a nonzero lower bound keeps its ordinary gradient. And at
     ``F.threshold(x, 0, 0)`` (``nn.Threshold(0, 0)``), also a ReLU; other thresholds keep theirs.
+
+    Example:
+      >>> g = xattr.grad(xattr.target(xattr.rules(model, {F.relu: xattr.rule.Guided()}), 3))(x)  # = guided_backprop
     """
 
     kinds = frozenset({"relu", "clamp", "threshold"})
@@ -83,6 +86,9 @@ class Deconv(Rule):
     """Deconvolution at ReLU: the ReLU is applied to the gradient instead, ``dx = max(g, 0)``.
 
     Zeiler & Fergus 2014. Also at a clamp or a threshold that is a ReLU, like `Guided`.
+
+    Example:
+      >>> g = xattr.grad(xattr.target(xattr.rules(model, {F.relu: xattr.rule.Deconv()}), 3))(x)  # = deconvolution
     """
 
     kinds = frozenset({"relu", "clamp", "threshold"})

@@ -138,6 +138,10 @@ class Interactions:
     ``values(2)``. ``output`` is f(x) and ``baseline_output`` f(baseline) = v({}), each (rows[, K]);
     ``total()`` sums every index of orders 1..order (= output - baseline_output for the efficient
     indices, NOTE: [Interaction indices as weights on the game]).
+
+    Example:
+      >>> inter = xattr.shapley_interactions(xattr.target(model, 1), order=2)(x)
+      >>> inter.pairs                          # (B, F, F) pairwise indices; inter.total() = f(x) - f(baseline)
     """
 
     def __init__(self, index: str, order: int, n_features: int, by_order: dict, output, baseline_output):

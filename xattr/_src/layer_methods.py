@@ -142,6 +142,10 @@ def upsample(attributions: torch.Tensor, size, mode: str = "nearest") -> torch.T
 
     ``torch.nn.functional.interpolate(attributions, size, mode=mode)``; a K axis (which needs
     ``size`` as a tuple, one entry per spatial dim) is folded into the batch and restored.
+
+    Example:
+      >>> cam = xattr.grad_cam(xattr.at_layer(xattr.target(model, 3), model.conv2))(x)
+      >>> heat = xattr.upsample(cam, x.shape[2:], mode="bilinear")           # (B, 1, H, W)
     """
     if isinstance(size, int) or attributions.ndim == len(size) + 2:
         return F.interpolate(attributions, size, mode=mode)

@@ -110,6 +110,10 @@ def layer_feature_permutation(
 
     Returns:
       ``fn(*args, layer_mask=...)`` shaped like h.
+
+    Example:
+      >>> split = xattr.at_layer(xattr.target(model, 3), model.conv2)
+      >>> attr = xattr.layer_feature_permutation(split, generator=0)(x)     # like split.act(x)
     """
     split = _check_split(split, "layer_feature_permutation")
     permute = feature_permutation(split.head, argnums=0, generator=generator, chunk_size=chunk_size,

@@ -85,7 +85,12 @@ class _Stop(BaseException):
 
 
 class Split:
-    """A model function split at one or more modules (see NOTE: [Splitting a model at a layer])."""
+    """A model function split at one or more modules (see NOTE: [Splitting a model at a layer]).
+
+    Example:
+      >>> split = xattr.at_layer(xattr.target(model, 3), model.conv2)
+      >>> h = split.act(x)                    # the layer's output; split.head(h, x) is f from there
+    """
 
     reaches_model_only = True  # `checks._modules`: only its .model leads to the model (no __wrapped__, __self__)
 

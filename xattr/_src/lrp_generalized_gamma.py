@@ -46,6 +46,10 @@ class GeneralizedGamma(Rule):
     Equal to `Gamma` where inputs and outputs are non-negative; where they are not, `Gamma`'s
     ``w + gamma w+`` can cancel the output it divides by. ``eps`` stabilises ``z'`` as in
     `Epsilon`. Biases: ``b + gamma b+`` for outputs >= 0, ``b + gamma b-`` below.
+
+    Example:
+      >>> composite = {**xattr.rule.lrp_rules(), nn.Linear: xattr.rule.GeneralizedGamma(0.25)}
+      >>> relevance = xattr.lrp(xattr.target(model, 3), composite=composite)(x)      # like x
     """
 
     kinds = frozenset({"linear", "conv"})

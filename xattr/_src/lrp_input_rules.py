@@ -72,7 +72,12 @@ def _copy_of(copies: dict, x: torch.Tensor):
 
 
 class WSquare(_InputLayer):
-    """LRP-w^2: ``R_i = sum_j w_ij^2 / sum_i w_ij^2 R_j``, independent of x (Montavon et al. 2017)."""
+    """LRP-w^2: ``R_i = sum_j w_ij^2 / sum_i w_ij^2 R_j``, independent of x (Montavon et al. 2017).
+
+    Example:
+      >>> composite = {**xattr.rule.lrp_rules(), model.conv1: xattr.rule.WSquare()}   # the first layer only
+      >>> relevance = xattr.lrp(xattr.target(model, 3), composite=composite)(x)      # like x
+    """
 
     def backward(self, op, saved: Saved, grad):
         x, w, b = saved.inputs
@@ -84,7 +89,12 @@ class WSquare(_InputLayer):
 
 
 class Flat(_InputLayer):
-    """LRP-flat: relevance spread uniformly over each output's receptive field (w replaced by 1)."""
+    """LRP-flat: relevance spread uniformly over each output's receptive field (w replaced by 1).
+
+    Example:
+      >>> composite = {**xattr.rule.lrp_rules(), model.conv1: xattr.rule.Flat()}   # the first layer only
+      >>> relevance = xattr.lrp(xattr.target(model, 3), composite=composite)(x)      # like x
+    """
 
     def backward(self, op, saved: Saved, grad):
         x, w, b = saved.inputs
@@ -99,6 +109,10 @@ class ZBox(_InputLayer):
 
     ``R_i = sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) / (z_j - l.w+_j - h.w-_j) R_j``
     (Montavon et al. 2017). ``low``/``high``: numbers or tensors broadcastable to one input.
+
+    Example:
+      >>> composite = {**xattr.rule.lrp_rules(), model.conv1: xattr.rule.ZBox(0.0, 1.0)}   # pixels in [0, 1]
+      >>> relevance = xattr.lrp(xattr.target(model, 3), composite=composite)(x)      # like x
     """
 
     def __init__(self, low, high, eps: float = 1e-9):

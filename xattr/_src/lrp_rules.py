@@ -122,6 +122,10 @@ class Epsilon(_Layer):
     """LRP-epsilon: ``R_i = sum_j x_i w_ij / (z_j + eps sign(z_j)) R_j``; eps -> 0 is LRP-0.
 
     Bach et al. 2015. Applies to linear, conv, batch-norm and pooling layers.
+
+    Example:
+      >>> composite = {**xattr.rule.lrp_rules(), nn.Linear: xattr.rule.Epsilon(1e-6)}
+      >>> relevance = xattr.lrp(xattr.target(model, 3), composite=composite)(x)      # like x
     """
 
 
@@ -129,6 +133,10 @@ class Gamma(_Layer):
     """LRP-gamma: weights (and biases) ``w + gamma * max(w, 0)``, favouring positive contributions.
 
     Montavon et al. 2019. ``modify_bias=False`` keeps the bias as it is (Captum's GammaRule).
+
+    Example:
+      >>> composite = {**xattr.rule.lrp_rules(), nn.Conv2d: xattr.rule.Gamma(0.25)}
+      >>> relevance = xattr.lrp(xattr.target(model, 3), composite=composite)(x)      # like x
     """
 
     def __init__(self, gamma: float = 0.25, eps: float = 1e-9, zero_bias: bool = False, modify_bias: bool = True):
@@ -150,6 +158,10 @@ class PositiveWeights(_Layer):
 
     Equal to alpha=1, beta=0 when inputs and biases are non-negative; `AlphaBeta` is the rule
     for any sign.
+
+    Example:
+      >>> composite = {**xattr.rule.lrp_rules(), nn.Conv2d: xattr.rule.PositiveWeights()}
+      >>> relevance = xattr.lrp(xattr.target(model, 3), composite=composite)(x)      # like x
     """
 
     def rho(self, w):
@@ -167,6 +179,10 @@ class AlphaBeta(Rule):
     On an input known to have no negative entry (after a ReLU) the terms of its negative part are
     skipped, and with beta = 0 the negative contributions are never built (NOTE: [Alpha-beta
     convolutions per layer] in lrp_math.py).
+
+    Example:
+      >>> composite = {**xattr.rule.lrp_rules(), nn.Conv2d: xattr.rule.AlphaBeta(alpha=2.0, beta=1.0)}
+      >>> relevance = xattr.lrp(xattr.target(model, 3), composite=composite)(x)      # like x
     """
 
     kinds = frozenset({"linear", "conv"})
@@ -223,7 +239,12 @@ class AlphaBeta(Rule):
 
 
 class ZPlus(AlphaBeta):
-    """LRP-z+: alpha=1, beta=0 without the bias (Montavon et al. 2017, deep Taylor decomposition)."""
+    """LRP-z+: alpha=1, beta=0 without the bias (Montavon et al. 2017, deep Taylor decomposition).
+
+    Example:
+      >>> composite = {**xattr.rule.lrp_rules(), nn.Conv2d: xattr.rule.ZPlus()}
+      >>> relevance = xattr.lrp(xattr.target(model, 3), composite=composite)(x)      # like x
+    """
 
     def __init__(self, eps: float = 1e-9):
         super().__init__(1.0, 0.0, eps, bias=False)
@@ -237,6 +258,10 @@ class Pass(Rule):
     input (activations, clamp, exp, log, ``x ** p``, ``c / x``...: `ops.ELEMENTWISE`; a clamp's
     tensor bounds and the fixed t of ``t / x`` get no gradient) and batch norm (Captum's
     IdentityRule there); not the functions of two inputs (``a ** b``, atan2...).
+
+    Example:
+      >>> composite = {**xattr.rule.lrp_rules(), torch.tanh: xattr.rule.Pass()}
+      >>> relevance = xattr.lrp(xattr.target(model, 3), composite=composite)(x)      # like x
     """
 
     kinds = ops.ELEMENTWISE | {"batch_norm"}
@@ -264,6 +289,10 @@ class Block(Rule):
     call Block returns zeros: before, the gradient of every element of t outside the view was
     lost too (x's whole gradient None where ``t = lin(x)``, where it is up to 0.37 per input on a
     small float64 net), which the out-of-place call ``cat([t[:, :1], torch.relu(t[:, 1:])])`` keeps.
+
+    Example:
+      >>> composite = {**xattr.rule.lrp_rules(), F.softmax: xattr.rule.Block()}     # attention weights held
+      >>> relevance = xattr.lrp(xattr.target(model, 3), composite=composite)(x)      # like x
     """
 
     kinds = frozenset(ops.KINDS)
@@ -292,7 +321,12 @@ _TWO_TENSORS = frozenset({"rms_norm", "product", "matmul", "quotient", "cosine_s
 
 
 class Refuse(Rule):
-    """Raises a clear error when an op it claims runs (for ops a method has no sound rule for)."""
+    """Raises a clear error when an op it claims runs (for ops a method has no sound rule for).
+
+    Example:
+      >>> composite = {**xattr.rule.lrp_rules(), torch.tanh: xattr.rule.Refuse("no LRP rule for tanh here")}
+      >>> xattr.lrp(xattr.target(model, 3), composite=composite)(x)   # NotImplementedError if a tanh runs
+    """
 
     kinds = frozenset(ops.KINDS)
 
@@ -328,6 +362,10 @@ def lrp_rules(eps: float = 1e-9) -> dict:
     `Unfused`, which runs them step by step, so their projections take `Epsilon`, their sigmoid
     and tanh `Pass` and their gate products `FixedGate`, which holds each gate constant (Arras et
     al. 2017: NOTE: [Recurrent layers written out] in written_recurrent.py); softmax: a clear error.
+
+    Example:
+      >>> composite = {**xattr.rule.lrp_rules(), nn.Conv2d: xattr.rule.Gamma(0.25)}   # defaults, then overrides
+      >>> relevance = xattr.lrp(xattr.target(model, 3), composite=composite)(x)      # like x
     """
     layer, passing = Epsilon(eps), Pass()
     mapping = {F.linear: layer, torch.conv2d: layer, F.batch_norm: layer, F.avg_pool2d: layer, F.max_pool2d: layer}
@@ -352,6 +390,10 @@ def epsilon_gamma_box(first, low, high, *, gamma: float = 0.25, eps: float = 0.2
       first: the module (or module name) reading the input.
       low, high: the input's bounds for `ZBox`.
       gamma, eps: the gamma and epsilon of the conv and dense layers.
+
+    Example:
+      >>> composite = xattr.rule.epsilon_gamma_box(model.conv1, 0.0, 1.0)    # pixels in [0, 1]
+      >>> relevance = xattr.lrp(xattr.target(model, 3), composite=composite)(x)      # like x
     """
     mapping = lrp_rules()
     mapping.update({torch.conv2d: Gamma(gamma), F.linear: Epsilon(eps)})
@@ -360,7 +402,11 @@ def epsilon_gamma_box(first, low, high, *, gamma: float = 0.25, eps: float = 0.2
 
 
 def epsilon_plus(*, eps: float = 1e-6) -> dict:
-    """z+ for conv layers and epsilon for dense layers (a composite for ReLU CNNs)."""
+    """z+ for conv layers and epsilon for dense layers (a composite for ReLU CNNs).
+
+    Example:
+      >>> relevance = xattr.lrp(xattr.target(model, 3), composite=xattr.rule.epsilon_plus())(x)   # like x
+    """
     mapping = lrp_rules()
     mapping.update({torch.conv2d: ZPlus(), F.linear: Epsilon(eps)})
     return mapping

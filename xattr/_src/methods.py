@@ -38,7 +38,11 @@ def saliency(f: Callable, *, argnums: int | Sequence[int] = 0, abs: bool = True,
 
 
 def input_x_gradient(f: Callable, *, argnums: int | Sequence[int] = 0, chunk_size: int | None = None) -> Callable:
-    """Input x gradient: ``x * df/dx``. Shrikumar et al. 2016; exact (complete) for linear f with zero baseline."""
+    """Input x gradient: ``x * df/dx``. Shrikumar et al. 2016; exact (complete) for linear f with zero baseline.
+
+    Example:
+      >>> ixg = xattr.input_x_gradient(xattr.target(model, 3))(x)   # like x
+    """
     g = unwrapped_grad(f, argnums=argnums, chunk_size=chunk_size)
     nums, as_tuple = T.normalize_argnums(argnums)
 
@@ -56,6 +60,11 @@ def completeness_gap(f: Callable, args: tuple, argnums: int | Sequence[int], att
     For a model function returning one number for the whole batch, one number (0-d).
 
     The convergence delta of integrated gradients (and of any method satisfying completeness).
+
+    Example:
+      >>> f = xattr.target(model, 3)
+      >>> attr = xattr.integrated_gradients(f)(x)
+      >>> xattr.completeness_gap(f, (x,), 0, attr, 0.0)        # (B,): near 0 when complete
     """
     nums, as_tuple = T.normalize_argnums(argnums)
     selected, rebuild = T.split_args(args, nums)
@@ -205,8 +214,20 @@ _wrap = attribution_fn
 
 
 smoothgrad = functools.partial(smooth, reduce="mean")
-smoothgrad.__doc__ = "SmoothGrad (Smilkov et al. 2017): `smooth` with reduce='mean'."
+smoothgrad.__doc__ = """SmoothGrad (Smilkov et al. 2017): `smooth` with reduce='mean'.
+
+    Example:
+      >>> sg = xattr.smoothgrad(xattr.saliency(xattr.target(model, 3)), stdevs=0.1, n_samples=25, generator=0)(x)
+"""
 smoothgrad_sq = functools.partial(smooth, reduce="sq_mean")
-smoothgrad_sq.__doc__ = "SmoothGrad-squared (Hooker et al. 2019): `smooth` with reduce='sq_mean'."
+smoothgrad_sq.__doc__ = """SmoothGrad-squared (Hooker et al. 2019): `smooth` with reduce='sq_mean'.
+
+    Example:
+      >>> sg2 = xattr.smoothgrad_sq(xattr.integrated_gradients(xattr.target(model, 3)), stdevs=0.1, generator=0)(x)
+"""
 vargrad = functools.partial(smooth, reduce="var")
-vargrad.__doc__ = "VarGrad (Adebayo et al. 2018): `smooth` with reduce='var'."
+vargrad.__doc__ = """VarGrad (Adebayo et al. 2018): `smooth` with reduce='var'.
+
+    Example:
+      >>> vg = xattr.vargrad(xattr.saliency(xattr.target(model, 3)), stdevs=0.1, n_samples=25, generator=0)(x)
+"""

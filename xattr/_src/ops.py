@@ -31,6 +31,11 @@ class Op(NamedTuple):
     the differentiable inputs (input first; then weight and bias for linear/conv/norm kinds, a
     missing bias is a zero tensor), ``options`` holds the non-tensor arguments (``dim``,
     ``stride``...), ``func`` is the torch function that was called.
+
+    Example:
+      >>> def backward(self, op, saved, grad):        # in a Rule of kind "softmax", keep_output = True
+      ...     y = saved.output                          # op.kind == "softmax"; op.options holds its dim
+      ...     return (y * (grad - (grad * y).sum(op.options["dim"], keepdim=True)),)
     """
 
     kind: str

@@ -137,6 +137,10 @@ def border_ratio(map, width: int = 1, *, tol: float | None = None) -> float:
     Returns:
       The ratio as a float: 0 for a constant map, ``inf`` where the interior is constant but
       the border is not, and 0 where both are constant (0/0).
+
+    Example:
+      >>> maps = xattr.padding_bias(model, [model[0], model[2]], (1, 28, 28))
+      >>> xattr.border_ratio(maps["2"], width=1)   # a float: 0 for a flat map, large for a bright rim
     """
     m = torch.as_tensor(map).detach()
     if m.ndim != 2:

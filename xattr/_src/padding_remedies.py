@@ -100,7 +100,12 @@ class LayerPadding:
 
     ``unread``: rows at the end of the padded input that no window reads; ``unread_input``: how
     many of them are input rows; ``skipped``: input rows no window reads anywhere;
-    ``pad_read``: (left, right) padding rows read; ``asymmetric``: the two differ."""
+    ``pad_read``: (left, right) padding rows read; ``asymmetric``: the two differ.
+
+    Example:
+      >>> rec = xattr.uneven_padding(model, (1, 28, 28))[0]
+      >>> rec.name, rec.unread, rec.asymmetric      # e.g. ("0", (1, 1), (True, True))
+    """
 
     name: str
     call: int
@@ -129,7 +134,12 @@ def _x(values) -> str:
 
 
 class UnevenPadding(list):
-    """The list of `LayerPadding` records of `uneven_padding`, in call order, with `summary`."""
+    """The list of `LayerPadding` records of `uneven_padding`, in call order, with `summary`.
+
+    Example:
+      >>> report = xattr.uneven_padding(model, (1, 28, 28))
+      >>> print(report.summary()); report.uneven     # the records of the asymmetric calls
+    """
 
     @property
     def uneven(self) -> list[LayerPadding]:

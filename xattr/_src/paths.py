@@ -87,7 +87,11 @@ def _wide_add(total: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
 
 
 def quadrature(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (alphas, weights), float64 arrays of length n_steps. See NOTE: [Quadrature rules]."""
+    """Returns (alphas, weights), float64 arrays of length n_steps. See NOTE: [Quadrature rules].
+
+    Example:
+      >>> alphas, weights = xattr.quadrature("gausslegendre", 8)   # (8,) each; weights sum to 1
+    """
     if not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
     n = n_steps
@@ -126,6 +130,10 @@ class Profile:
 
     alphas (n,), weights (n,), outputs (n, B) or (n, B, K), grads shaped (n, B, [K], ...) like
     the attributed inputs (raw gradients at the path points, before weighting).
+
+    Example:
+      >>> ig, prof = xattr.path_integral(xattr.target(model, 3), return_profile=True)(x)
+      >>> prof.outputs                        # (n_steps, B): f along the path
     """
 
     alphas: torch.Tensor
@@ -167,6 +175,9 @@ def path_integral(
     Returns:
       ``fn(*args, baselines=None)`` giving a tree like ``args[argnums]`` (K axis after the batch
       for many-outputs targets), or ``(integral, Profile)``.
+
+    Example:
+      >>> ig = xattr.path_integral(xattr.target(model, 3), n_steps=32, method="riemann_trapezoid")(x)  # like x
     """
     nums, as_tuple = T.normalize_argnums(argnums)
     alphas_np, weights_np = quadrature(method, n_steps)

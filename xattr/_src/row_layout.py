@@ -80,6 +80,12 @@ def paired_rows(rows: int, *, reference_grads: bool = True, shared: int = 0):
     rows, one shared by each copy (NOTE: [Shared reference]); it needs
     ``reference_grads=False``, and it also declares the layout to per-example output selections
     (`tree.shared_reference`).
+
+    Example:
+      >>> ruled = xattr.rules(model, xattr.rule.deep_lift_rules())
+      >>> with xattr.rule.paired_rows(2 * len(x)):          # rows: x, then its references
+      ...     m = xattr.grad(lambda z: ruled(z)[:, 3].sum())(torch.cat([x, x_ref]))[:len(x)]
+      >>> attr = m * (x - x_ref)                           # DeepLift's attribution
     """
     with rows_scope(rows, reference_grads=reference_grads, shared=shared):
         yield

@@ -14,7 +14,13 @@ from . import ops
 
 class Saved(NamedTuple):
     """What a rule's backward receives: the op's input tensors (when the rule keeps them), the
-    extra tensors its forward computed, and its output (when the rule keeps it)."""
+    extra tensors its forward computed, and its output (when the rule keeps it).
+
+    Example:
+      >>> def backward(self, op, saved, grad):        # in a Rule with keep_inputs = True
+      ...     (x,) = saved.inputs
+      ...     return (grad * (x > 0),)
+    """
 
     inputs: tuple
     extras: tuple
@@ -106,6 +112,13 @@ class Rule:
     ``backward`` and ``input_grad`` may run on another thread (autograd's, on a GPU), where
     context variables read their defaults: they use only what ``forward`` saved, never per-call
     state (NOTE: [Backward callbacks read no context]).
+
+    Example:
+      >>> class MyTanh(xattr.rule.Rule):
+      ...     kinds, keep_inputs = frozenset({"tanh"}), True
+      ...     def backward(self, op, saved, grad):
+      ...         return xattr.rule.pullback(op.fn, *saved.inputs)[1](grad)   # tanh's own gradient
+      >>> g = xattr.grad(xattr.target(xattr.rules(model, {torch.tanh: MyTanh()}), 1))(x)
     """
 
     kinds: frozenset = frozenset()
@@ -171,5 +184,10 @@ def pullback(fn: Callable, *primals: torch.Tensor):
     handing such a tensor straight to ``torch.func.vjp`` trips an internal functorch assertion
     (torch 2.13: "batched == nullptr"). A fresh copy made inside the backward is an ordinary
     tensor of the current level, so the primals are cloned first (cheap next to the VJP).
+
+    Example:
+      >>> def backward(self, op, saved, grad):        # in a Rule with keep_inputs = True
+      ...     _, vjp = xattr.rule.pullback(op.fn, *saved.inputs)
+      ...     return vjp(grad)                          # one gradient per tensor of the op
     """
     return torch.func.vjp(fn, *(p.clone() for p in primals))

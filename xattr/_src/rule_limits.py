@@ -345,7 +345,12 @@ def refuse_jit(f: Callable) -> None:
 # the first call of an attribution function (its later calls go to the mode at once).
 class RuleBypassedWarning(UserWarning):
     """An op that a rule claims runs inside a model's own ``torch.autograd.Function``, whose
-    backward, not the rule, gives the gradient there."""
+    backward, not the rule, gives the gradient there.
+
+    Example:
+      >>> warnings.simplefilter("error", xattr.RuleBypassedWarning)     # refuse a partly ruled gradient
+      >>> relevance = xattr.lrp(xattr.target(model, 3))(x)
+    """
 
 
 _APPLY_CODE = torch.autograd.Function.apply.__func__.__code__

@@ -29,6 +29,10 @@ class SageResult:
       converged: whether the convergence criterion was met (always True for "exact"; False
         when ``convergence=None`` asked for no check).
       ratio: the last largest standard error over the values' spread (max - min).
+
+    Example:
+      >>> res = xattr.sage(model, "cross_entropy", X, Y, background=X[:50], generator=0)
+      >>> print(res.summary()); res.values   # (F,), summing to loss_empty - loss_full
     """
 
     values: torch.Tensor

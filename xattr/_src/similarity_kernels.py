@@ -30,6 +30,10 @@ def exp_kernel_similarity(distance: str = "cosine", kernel_width: float = 1.0) -
     perturbed copy (Captum's ``get_exp_kernel_similarity_function``). The returned function
     has the `lime` ``similarity_func`` signature; `lime` recognises it and computes the same
     weights from per-feature sums in O(N F) per example, without building the copies.
+
+    Example:
+      >>> sim = xattr.exp_kernel_similarity("euclidean", kernel_width=0.75)
+      >>> attr = xattr.lime(xattr.target(model, 1), similarity_func=sim, n_samples=200, generator=0)(x)
     """
     if distance not in ("cosine", "euclidean"):
         raise ValueError(f"distance must be 'cosine' or 'euclidean', got {distance!r}")

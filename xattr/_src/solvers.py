@@ -111,6 +111,9 @@ class linear_regression:  # noqa: N801  (a factory-like callable, spelled like t
     """Weighted least squares, scikit-learn's ``LinearRegression`` (minimum-norm when rank deficient).
 
     ``linear_regression()(X, y, sample_weight) -> (coef, intercept)``: NOTE [Batched surrogate fits].
+
+    Example:
+      >>> attr = xattr.lime(xattr.target(model, 1), interpretable_model=xattr.linear_regression(), generator=0)(x)
     """
 
     fit_intercept: bool = True
@@ -127,6 +130,9 @@ class ridge:  # noqa: N801
     """Weighted ridge regression, scikit-learn's ``Ridge(alpha)``: one Cholesky solve per example.
 
     ``ridge(alpha)(X, y, sample_weight) -> (coef, intercept)``: NOTE [Batched surrogate fits].
+
+    Example:
+      >>> coef, intercept = xattr.ridge(1.0)(X, y, w)   # X (B, N, F), y (B, N, K), w (B, N) -> (B, K, F), (B, K)
     """
 
     alpha: float = 1.0
@@ -156,6 +162,9 @@ class lasso:  # noqa: N801
     whose solution is not unique; ``max_iter``: proximal-gradient steps at most (none are taken
     where the solution path, used for N <= F / 2, finds the minimiser); ``check_every``: steps
     between exact KKT solves.
+
+    Example:
+      >>> attr = xattr.lime(xattr.target(model, 1), interpretable_model=xattr.lasso(0.01), generator=0)(x)
     """
 
     alpha: float = 0.01

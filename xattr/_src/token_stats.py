@@ -73,6 +73,10 @@ class TokenStatistics:
       by: how examples were grouped ("label", "prediction", None).
       reduce: how attributions were made one number per token ("sum" or "norm").
       vocab: one string per id (``vocab[v]``), or None: tokens are then named "[v]".
+
+    Example:
+      >>> stats = xattr.TokenStatistics.from_attributions(ids, scores, y, pad_id=0, vocab=words)
+      >>> stats.top(1, 5, min_count=10)      # class 1's five tokens of largest mean attribution
     """
 
     groups: tuple

@@ -52,6 +52,10 @@ def token_scores(attributions: torch.Tensor, *, normalize: bool = False) -> torc
 
     Returns:
       (B, [K,] T). Without normalization the scores of an IG attribution sum to f(x) - f(x').
+
+    Example:
+      >>> split = xattr.at_layer(xattr.target(model, 1), model.embedding)
+      >>> scores = xattr.token_scores(xattr.layer_integrated_gradients(split, baselines=pad_ids)(ids))  # (B, T)
     """
     scores = attributions.sum(-1)
     if normalize:  # in float32 at least: half-precision squares of small scores underflow

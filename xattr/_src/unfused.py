@@ -64,6 +64,10 @@ class Unfused(Rule):
     `exact_deep_lift_rules` maps them here). Each step then takes the
     mapping's rule for its kind: under DeepLift with ``{F.scaled_dot_product_attention:
     Unfused(), F.layer_norm: Unfused(), F.softmax: ExactSoftmax()}`` a transformer conserves.
+
+    Example:
+      >>> composite = {**xattr.rule.lrp_rules(), F.multi_head_attention_forward: xattr.rule.Unfused()}
+      >>> relevance = xattr.lrp(f, composite=composite)(embeddings)                 # like embeddings
     """
 
     kinds = frozenset({"fused_attention", "attention", "layer_norm", "rms_norm", "glu", "baddbmm", "fused_recurrent"}) | frozenset(_FROM_OP)

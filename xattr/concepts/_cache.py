@@ -35,7 +35,11 @@ _PLAIN = (torch.Tensor, bool, int, float)
 
 
 def fingerprint(f) -> str:
-    """A short key for the model behind ``f``: its class, structure, parameters, buffers and modes."""
+    """A short key for the model behind ``f``: its class, structure, parameters, buffers and modes.
+
+    Example:
+      >>> xattr.concepts.fingerprint(model)     # e.g. "Net-b1bff80f8b110dd8"; changes with the weights
+    """
     mods = _modules(f)
     if not mods:
         raise TypeError(

@@ -44,6 +44,10 @@ class CAV:
       weights: (F,) the classifier's raw weights (same direction, the classifier's scale).
       bias: the classifier's intercept (decision: ``h @ weights + bias > 0`` means concept).
       accuracy: held-out accuracy of the classifier (NaN without a test split).
+
+    Example:
+      >>> c = xattr.concepts.cav(xattr.at_layer(model, model.conv2), stripes, random0, generator=0)
+      >>> c.vector, c.accuracy                # (F,) unit vector towards the concept, held-out accuracy
     """
 
     vector: torch.Tensor
@@ -69,7 +73,12 @@ class LogisticRegression:
     their (right) singular vectors: r <= min(N, F) unknowns whatever the layer's width, a few Newton
     steps with a backtracking line search. Deterministic, runs where the activations are, no
     sklearn. ``standardize`` fits on features scaled to unit variance and maps w back.
-    After ``fit``: ``coef_`` (1, F), ``intercept_`` (1,), ``classes_`` [0, 1] (sklearn's layout).
+    After ``fit``: ``coef_`` (1, F), ``intercept_`` (1,), ``classes_`` [0, 1] (sklearn's layout),
+    and ``decision_function``/``predict`` as sklearn's.
+
+    Example:
+      >>> clf = xattr.concepts.LogisticRegression(l2=0.1)
+      >>> c = xattr.concepts.fit_cav(h_concept, h_random, classifier=clf, generator=0)   # a CAV
     """
 
     def __init__(self, l2: float = 1e-2, max_iter: int = 100, tol: float = 1e-10, standardize: bool = True):
@@ -117,6 +126,15 @@ class LogisticRegression:
         self.intercept_ = (theta[-1] - (coef * mean).sum()).reshape(1)
         self.classes_ = torch.tensor([0, 1])
         return self
+
+    def decision_function(self, X) -> torch.Tensor:
+        """The logit (N,) of class 1 for the rows of X (N, F), as sklearn's binary classifiers give it."""
+        X = torch.as_tensor(X).detach().to(device=self.coef_.device, dtype=torch.float64)
+        return X @ self.coef_[0] + self.intercept_[0]
+
+    def predict(self, X) -> torch.Tensor:
+        """The class (0 or 1) of each row of X (N, F): 1 where the logit is positive."""
+        return self.classes_.to(self.coef_.device)[(self.decision_function(X) > 0).long()]
 
 
 def classifier_tag(classifier) -> str | None:
@@ -308,6 +326,11 @@ def fit_cav(
     Returns:
       A `CAV`, its ``vector`` and ``weights`` in the activations' dtype (fitted, normalised and
       scored in float32 for float16 and bfloat16 activations, NOTE: [CAVs of half-precision models]).
+
+    Example:
+      >>> split = xattr.at_layer(model, model.conv2)
+      >>> h_c, h_r = xattr.concepts.activations(split, stripes), xattr.concepts.activations(split, random0)
+      >>> c = xattr.concepts.fit_cav(h_c, h_r, generator=0)              # CAV: c.vector (F,)
     """
     if concept.ndim != 2 or negative.ndim != 2 or concept.shape[1] != negative.shape[1]:
         shapes = f"{tuple(concept.shape)} and {tuple(negative.shape)}"

@@ -51,7 +51,11 @@ DEFAULT_LEVELS = tuple(10.0 ** (k / 5) for k in range(-10, 11))  # 0.01 .. 100, 
 
 def activation_scale(X: torch.Tensor) -> float:
     """The root-mean-square of the centred activations X (N, F): the unit of the noise levels
-    (NOTE: [Fragility of a probe])."""
+    (NOTE: [Fragility of a probe]).
+
+    Example:
+      >>> scale = xattr.concepts.activation_scale(h_train)   # a float: the unit of the noise levels
+    """
     X = torch.as_tensor(X).detach().double()
     if X.ndim != 2 or X.shape[0] < 1:
         raise ValueError(f"activation_scale needs activations (N, F) with N >= 1, got shape {tuple(X.shape)}")
@@ -84,6 +88,10 @@ def noise_curve(predict: Callable, X: torch.Tensor, y: torch.Tensor, levels, *, 
 
     Returns:
       (S,) float64 accuracies in [0, 1].
+
+    Example:
+      >>> levels = torch.tensor([0.0, 0.5, 1.0, 2.0, 4.0])
+      >>> acc = xattr.concepts.noise_curve(clf.predict, h_test, y_test, levels, scale=scale, generator=0)  # (5,)
     """
     lv = check_levels(levels)
     if isinstance(n_repeats, bool) or not isinstance(n_repeats, int) or n_repeats < 1:
@@ -110,7 +118,12 @@ def noise_curve(predict: Callable, X: torch.Tensor, y: torch.Tensor, levels, *, 
 def collapse_level(levels, curve, clean: float, chance: float) -> float:
     """The noise level at which ``curve`` falls to the midpoint of ``clean`` and ``chance``
     (NOTE: [Fragility of a probe]): log-linear between grid levels; inf if it never does, nan
-    if ``clean <= chance``, ``levels[0]`` if it already has there."""
+    if ``clean <= chance``, ``levels[0]`` if it already has there.
+
+    Example:
+      >>> acc = xattr.concepts.noise_curve(clf.predict, h_test, y_test, levels, scale=scale, generator=0)
+      >>> xattr.concepts.collapse_level(levels, acc, float(acc[0]), chance=0.1)   # a float sigma
+    """
     lv = check_levels(levels)
     a = torch.as_tensor(curve, dtype=torch.float64).reshape(-1).cpu()
     if a.shape != lv.shape:
@@ -147,6 +160,10 @@ class ProbeResult:
       scale: (L,) each layer's activation scale (RMS of its centred training activations).
       chance: the frequency of the most common class among the held-out labels.
       classes: (K,) the class labels; train_index, test_index: the rows of the split.
+
+    Example:
+      >>> res = xattr.concepts.probe(model, ["fc1", "fc2"], x, y, generator=0)
+      >>> res.accuracy, res.control_accuracy, res.collapse   # (L,) each
     """
 
     layers: tuple

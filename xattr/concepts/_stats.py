@@ -91,6 +91,9 @@ def ttest(a: torch.Tensor, b: torch.Tensor, *, equal_var: bool = True) -> tuple[
 
     Returns:
       ``(t, p)`` float64 tensors shaped like ``a.shape[1:]``.
+
+    Example:
+      >>> t, p = xattr.concepts.ttest(scores, random_scores)   # (n_a, K), (n_b, K) -> (K,), (K,)
     """
     a, b = torch.as_tensor(a).double().cpu(), torch.as_tensor(b).double().cpu()
     na, nb = a.shape[0], b.shape[0]

@@ -39,6 +39,9 @@ def activations(split: Split, data):
 
     Returns a tensor, or a tuple with one per layer for a split at several layers. One forward
     pass per batch of examples reaches every layer of the split.
+
+    Example:
+      >>> h = xattr.concepts.activations(xattr.at_layer(model, model.conv2), stripes)   # (N, C*H*W)
     """
     it = data.batches() if isinstance(data, Concept) else batches(data)
     act, parts = layer_activation(split), None
@@ -175,6 +178,11 @@ class TCAVScore:
       accuracy: (R,) held-out accuracy of each of the concept's CAV classifiers.
       p_value: () or (K,): two-sided t-test of the tested score against the random scores.
       significant: ``p_value < alpha``.
+
+    Example:
+      >>> res = xattr.concepts.tcav(model, ["conv2"], [stripes], zebras, target=3, randoms=pool, generator=0)
+      >>> s = res["stripes"]["conv2"]
+      >>> s.sign_count.mean(), s.p_value, s.significant
     """
 
     sign_count: torch.Tensor
@@ -192,7 +200,12 @@ class TCAVScore:
 
 
 class TCAVResult(dict):
-    """``{concept name: {layer name: TCAVScore}}`` with a printable ``summary()``."""
+    """``{concept name: {layer name: TCAVScore}}`` with a printable ``summary()``.
+
+    Example:
+      >>> res = xattr.concepts.tcav(model, ["conv2"], [stripes], zebras, target=3, randoms=pool, generator=0)
+      >>> print(res.summary()); res["stripes"]["conv2"]   # a TCAVScore
+    """
 
     def summary(self) -> str:
         """A table: mean sign-count score and random score (per target), p-value, significance."""

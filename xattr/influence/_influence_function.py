@@ -294,6 +294,11 @@ def influence_function_self_influence(
     examples the model leans on most (often mislabelled or atypical ones). H is the Hessian of
     the mean loss over ``hessian_data``, by default ``data`` itself; the other arguments as in
     `influence_function`.
+
+    Example:
+      >>> loss = nn.CrossEntropyLoss(reduction="none")
+      >>> s = xattr.influence.influence_function_self_influence(model, loss, (x_tr, y_tr), damping=1e-3)
+      >>> suspects = s.argsort(descending=True)[:10]   # (n,) scores; the ten most self-influential
     """
     geo, h_batch, damping, tol, projection_dim = _setup(
         model, loss_fn, data, hessian_data, layers, damping, tol, projection_dim, method, chunk_size, show_progress

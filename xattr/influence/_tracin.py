@@ -37,7 +37,12 @@ from ._per_example import check_batch, parameter_names, per_example_grads, posit
 
 class TopK(NamedTuple):
     """The ``k`` most influential training examples of each test example: ``indices``
-    ``(n_test, k)`` into the training set and their ``scores`` ``(n_test, k)``, best first."""
+    ``(n_test, k)`` into the training set and their ``scores`` ``(n_test, k)``, best first.
+
+    Example:
+      >>> best = xattr.influence.top_k(scores, 5)
+      >>> best.indices, best.scores            # (n_test, 5) each, best first
+    """
 
     indices: torch.Tensor
     scores: torch.Tensor
@@ -185,6 +190,11 @@ def tracin(
     Returns:
       A detached ``(n_test, n_train)`` tensor: ``[i, j]`` is training example j's influence on
       test example i.
+
+    Example:
+      >>> loss = nn.CrossEntropyLoss()
+      >>> scores = xattr.influence.tracin(model, ["ckpt1.pt", "ckpt2.pt"], loss, (x_tr, y_tr), (x_te, y_te))
+      >>> scores.shape                         # (n_test, n_train)
     """
     _check_common(model, loss_fn, test_loss_fn, chunk_size)
     names = parameter_names(model, layers)
@@ -224,7 +234,11 @@ def tracin_self_influence(
     show_progress: bool = False,
 ) -> torch.Tensor:
     """TracIn of each example on itself: ``sum_c eta_c |grad L(theta_c, z)|^2``, a detached
-    ``(n,)`` tensor, without forming the n x n matrix. Arguments as for `tracin`."""
+    ``(n,)`` tensor, without forming the n x n matrix. Arguments as for `tracin`.
+
+    Example:
+      >>> s = xattr.influence.tracin_self_influence(model, checkpoints, loss, (x_tr, y_tr))  # (n_train,)
+    """
     _check_common(model, loss_fn, None, chunk_size)
     names = parameter_names(model, layers)
     states = checkpoint_states(model, checkpoints, learning_rates)
@@ -246,7 +260,12 @@ def tracin_self_influence(
 
 def top_k(scores: torch.Tensor, k: int, proponents: bool = True) -> TopK:
     """The ``k`` proponents (largest scores, best first) or opponents (smallest scores, most
-    negative first) of each row of an ``(n_test, n_train)`` score matrix."""
+    negative first) of each row of an ``(n_test, n_train)`` score matrix.
+
+    Example:
+      >>> scores = xattr.influence.tracin(model, checkpoints, nn.CrossEntropyLoss(), (x_tr, y_tr), (x_te, y_te))
+      >>> opponents = xattr.influence.top_k(scores, 5, proponents=False)   # TopK: indices, scores (n_test, 5)
+    """
     if not isinstance(scores, torch.Tensor) or scores.ndim != 2:
         raise ValueError("scores must be an (n_test, n_train) tensor, e.g. what tracin returns")
     if scores.is_floating_point() and not bool(torch.isfinite(scores).all()):

@@ -145,7 +145,12 @@ def tracin_fast(
     forming any per-example weight gradient: ``(n_test, n_train)``, equal to
     ``tracin(..., layers=[layer])`` (with ``include_bias=False``: to its weight part alone).
     Other arguments as for `tracin` (``batch_size`` defaults higher: an example costs only
-    ``d_in + d_out`` numbers here). See NOTE: [TracIn on the last layer, factorised]."""
+    ``d_in + d_out`` numbers here). See NOTE: [TracIn on the last layer, factorised].
+
+    Example:
+      >>> scores = xattr.influence.tracin_fast(model, "fc", checkpoints, loss, (x_tr, y_tr), (x_te, y_te))
+      >>> scores.shape                         # (n_test, n_train), as tracin(..., layers=["fc"])
+    """
     _check_common(model, loss_fn, test_loss_fn, chunk_size)
     _, fc = _fc_layer(model, layer)
     states = checkpoint_states(model, checkpoints, learning_rates)
@@ -201,7 +206,11 @@ def _as_generator(generator):
 def tracin_fast_projections(model: nn.Module, layer, projection_dim: int | None, *, generator=None, include_bias: bool = True):
     """``(P_g, P_a)`` for `tracin_fast_features`, or None when ``projection_dim`` is None or at
     least the layer's ``d_out * d_a`` (then nothing is projected). See NOTE: [Random projections
-    of the factors]. ``generator``: an int seed, a ``torch.Generator``, or None (torch's global)."""
+    of the factors]. ``generator``: an int seed, a ``torch.Generator``, or None (torch's global).
+
+    Example:
+      >>> P = xattr.influence.tracin_fast_projections(model, "fc", 64, generator=0)   # (P_g, P_a), or None
+    """
     _, fc = _fc_layer(model, layer)
     if positive_int(projection_dim, "projection_dim") is None:
         return None

@@ -42,6 +42,10 @@ class TracInFastIndex:
     ``k_g`` columns), ``learning_rates`` (C floats), ``projections`` (``(P_g, P_a)`` or None).
     Stale once the model's structure, the checkpoints or the training data change (it keeps its
     own copies of the checkpoint states: later in-place changes do not reach it).
+
+    Example:
+      >>> index = xattr.influence.tracin_fast_index(model, "fc", checkpoints, nn.CrossEntropyLoss(), (x_tr, y_tr))
+      >>> index.influence((x_te, y_te)), index.self_influence()   # (n_test, n_train), (n_train,)
     """
 
     def __init__(self, model, layer, states, loss_fn, train, *, projections, include_bias, batch_size, chunk_size, show_progress):
@@ -164,7 +168,11 @@ def tracin_fast_self_influence(model: nn.Module, layer, checkpoints, loss_fn: Ca
                                include_bias: bool = True, batch_size: int | None = 4096, chunk_size: int | None = None,
                                show_progress: bool = False) -> torch.Tensor:  # fmt: skip
     """``(n,)``: ``sum_c eta_c |g|^2 |a|^2`` (``|a|^2 + 1`` with the bias), the self-influence of
-    `tracin_fast`: ``tracin_fast_index(...).self_influence()``."""
+    `tracin_fast`: ``tracin_fast_index(...).self_influence()``.
+
+    Example:
+      >>> s = xattr.influence.tracin_fast_self_influence(model, "fc", checkpoints, loss, (x_tr, y_tr))  # (n_train,)
+    """
     return _index(model, layer, checkpoints, loss_fn, train, learning_rates=learning_rates, include_bias=include_bias,
                   batch_size=batch_size, chunk_size=chunk_size, show_progress=show_progress).self_influence()  # fmt: skip
 
@@ -175,7 +183,14 @@ def tracin_fast_features(model: nn.Module, layer, checkpoints, loss_fn: Callable
     """``(n, C k_g k_a)``: per example, ``sqrt(eta_c) vec((P_g^T g)(P_a^T a)^T)`` over the C
     checkpoints (unprojected with ``projections=None``; else ``(P_g, P_a)`` from
     `tracin_fast_projections`), so that the dot product of two examples' features is their
-    (projected) fast TracIn score. Learning rates must be >= 0."""
+    (projected) fast TracIn score. Learning rates must be >= 0.
+
+    Example:
+      >>> P = xattr.influence.tracin_fast_projections(model, "fc", 64, generator=0)
+      >>> a = xattr.influence.tracin_fast_features(model, "fc", checkpoints, loss, (x_tr, y_tr), projections=P)
+      >>> b = xattr.influence.tracin_fast_features(model, "fc", checkpoints, loss, (x_te, y_te), projections=P)
+      >>> scores = b @ a.T                     # (n_test, n_train), the projected fast TracIn
+    """
     index = _index(model, layer, checkpoints, loss_fn, data, projections=projections, learning_rates=learning_rates,
                    include_bias=include_bias, batch_size=batch_size, chunk_size=chunk_size)  # fmt: skip
     return index.features()
@@ -186,9 +201,16 @@ def tracin_fast_projected(model: nn.Module, layer, checkpoints, loss_fn: Callabl
                           learning_rates=None, include_bias: bool = True, batch_size: int | None = 4096,
                           chunk_size: int | None = None) -> torch.Tensor:  # fmt: skip
     """`tracin_fast` estimated through random projections of the layer's input and output
-    gradient to about ``projection_dim`` numbers per checkpoint: ``(n_test, n_train)``. Exact
+    gradient to at most ``projection_dim`` numbers per checkpoint, ``k_g * k_a`` with each factor
+    projected to ``k = isqrt(projection_dim)`` dims or fewer where the layer has fewer (a 3-output
+    layer at 8: 2 * 2 = 4): ``(n_test, n_train)``. Exact
     where nothing needs projecting. See NOTE: [Random projections of the factors] in
-    _tracin_fast.py; ``tracin_fast_index(..., projection_dim=...).influence(test)``."""
+    _tracin_fast.py; ``tracin_fast_index(..., projection_dim=...).influence(test)``.
+
+    Example:
+      >>> scores = xattr.influence.tracin_fast_projected(
+      ...     model, "fc", checkpoints, loss, (x_tr, y_tr), (x_te, y_te), projection_dim=64, generator=0)
+    """
     _check_common(model, loss_fn, test_loss_fn, chunk_size)
     index = tracin_fast_index(model, layer, checkpoints, loss_fn, train, learning_rates=learning_rates, include_bias=include_bias,
                               projection_dim=projection_dim, generator=generator, batch_size=batch_size, chunk_size=chunk_size)  # fmt: skip

@@ -42,6 +42,10 @@ def default_methods(kind: str, model: Callable, inputs: torch.Tensor, *, baselin
              sampling (25 permutations, seed 0); baselines are zero.
     text:    feature ablation and Shapley value sampling (25 permutations, seed 0) over tokens,
              each token replaced by ``baseline_id`` (the tokenizer's padding id when it has one).
+
+    Example:
+      >>> methods = xattr.insights.default_methods("image", model, x)   # name -> make(f)
+      >>> sal = methods["saliency"](xattr.target(model, 3))(x)           # like x
     """
     if kind == "image":
         side = max(2, min(inputs.shape[-2:]) // 8)
@@ -220,6 +224,9 @@ def explore(
 
     Returns:
       ``path`` as a str.
+
+    Example:
+      >>> xattr.insights.explore(model, x_test, labels=y_test, path="explorer.html")   # returns the path
     """
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"explore: inputs must be a tensor (N, ...), got {type(inputs).__name__}")

@@ -15,7 +15,11 @@ DEFAULT_GEN_ARGS = {"max_new_tokens": 25, "do_sample": False, "temperature": Non
 
 def free_positions(ids: torch.Tensor, skip: Sequence[int] | torch.Tensor = ()) -> torch.Tensor:
     """The positions (a 1-D LongTensor) of a (1, L) prompt whose token is not in ``skip``
-    (special tokens such as BOS that a user does not want as features)."""
+    (special tokens such as BOS that a user does not want as features).
+
+    Example:
+      >>> free = xattr.llm.free_positions(ids, [tok.cls_token_id])      # e.g. tensor([1, 2, 3])
+    """
     if ids.ndim != 2 or ids.shape[0] != 1:
         raise ValueError(f"free_positions takes one prompt, ids of shape (1, L); got {tuple(ids.shape)}")
     skip = torch.as_tensor(list(skip) if not isinstance(skip, torch.Tensor) else skip, dtype=ids.dtype, device=ids.device)
@@ -28,6 +32,10 @@ def free_tokens(f: Callable, ids: torch.Tensor, positions: torch.Tensor) -> Call
     The attributed input of ``g`` is the prompt's tokens at ``positions`` only, (B, P); the
     others stay as in ``ids`` (1 row shared by all, or B rows, one per example, L). A method applied to ``g`` gives one score per
     free token and never perturbs the others (Captum's ``TextTokenInput(skip_tokens=...)``).
+
+    Example:
+      >>> g = xattr.target(xattr.llm.free_tokens(log_probs, ids, free), xattr.outputs())
+      >>> phi = xattr.shapley_values(g, baselines=unk_id)(ids[:, free])   # (1, 1 + T, P)
     """
     positions = torch.as_tensor(positions, dtype=torch.long, device=ids.device)
 
@@ -52,6 +60,10 @@ def generate(model: Callable, ids: torch.Tensor, **gen_args) -> torch.Tensor:
     A model with a Hugging Face ``generate`` method runs it with ``gen_args`` over greedy
     defaults (``max_new_tokens=25, do_sample=False``, Captum's); any other causal LM is decoded
     greedily, one full forward per token (``max_new_tokens`` and ``eos_token_id`` are read).
+
+    Example:
+      >>> new_ids = xattr.llm.generate(lm, ids, max_new_tokens=5)   # 1-D LongTensor of new tokens
+      >>> tok.decode(new_ids)
     """
     if ids.ndim != 2 or ids.shape[0] != 1:
         raise ValueError(f"generate takes one prompt, ids of shape (1, L); got {tuple(ids.shape)}")

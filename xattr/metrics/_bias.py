@@ -121,6 +121,10 @@ def bias_check(
 
     Returns:
       A `BiasReport` with ``summary()`` and ``plot()``.
+
+    Example:
+      >>> report = xattr.metrics.bias_check(model, x, {"sex": sex}, labels=y, generator=0)
+      >>> print(report.summary())
     """
     if outputs not in ("logits", "probs"):
         raise ValueError(f"outputs must be 'logits' or 'probs', got {outputs!r}")

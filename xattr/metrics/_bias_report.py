@@ -19,6 +19,10 @@ class GroupStats:
     difference of pred_rate between groups (binary: of the positive class 1; several classes: the
     largest over classes). eo_gap: the same for recall (equal opportunity), groups with no example
     of the class left out.
+
+    Example:
+      >>> g = xattr.metrics.bias_check(model, x, {"sex": sex}, labels=y, generator=0).groups["sex"]
+      >>> g.pred_rate, g.mi, g.p_value, g.dp_gap
     """
 
     names: list
@@ -43,6 +47,10 @@ class Counterfactual:
     of examples that flip for at least one; mean_change, max_change: of the total-variation distance
     between predicted distributions. flip_matrix[g, h]: the flip rate of the examples at combination g
     set to h (0 on the diagonal); change_matrix likewise. See NOTE: [Counterfactual protected columns].
+
+    Example:
+      >>> report = xattr.metrics.bias_check(model, x, columns={"sex": 0}, generator=0)
+      >>> report.counterfactual.flip_rate     # share of (example, other value) pairs whose class flips
     """
 
     attributes: list
@@ -63,6 +71,10 @@ class Interactions:
     protected: the protected attributes' names (rows of ``strength``); others: the other columns'
     indices (its columns). strength[p, j] = mean |Delta| of the pair; main[k] = mean |f(x) - f(x^{k})|
     of each column k of x; baseline: the row b (D,).
+
+    Example:
+      >>> report = xattr.metrics.bias_check(model, x, columns={"sex": 0}, interactions=True, generator=0)
+      >>> report.interactions.strength        # (P, D - P): each protected column with each other column
     """
 
     protected: list
@@ -76,7 +88,12 @@ class Interactions:
 class BiasReport:
     """The result of `bias_check`: ``groups`` maps each attribute (and, for several, the
     intersection ``"a x b"``) to its `GroupStats`; ``counterfactual`` is a `Counterfactual` when the
-    protected attributes include input columns, ``interactions`` an `Interactions` when asked for."""
+    protected attributes include input columns, ``interactions`` an `Interactions` when asked for.
+
+    Example:
+      >>> report = xattr.metrics.bias_check(model, x, {"sex": sex, "age": xattr.metrics.bins(age, 3)}, generator=0)
+      >>> print(report.summary()); report.groups["sex"].dp_gap
+    """
 
     n: int
     classes: int

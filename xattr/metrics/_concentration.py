@@ -33,6 +33,9 @@ def sparseness(attributions: Any, *args) -> torch.Tensor:
     ``attributions``: a tensor (B, ...), a tuple of them, or an attribution function, then
     called as ``attributions(*args)``. Computed and returned in their dtype widened to at
     least float32: float32 for float16 and bfloat16 maps (NOTE: [Metrics of half-precision maps]).
+
+    Example:
+      >>> gini = xattr.metrics.sparseness(xattr.saliency(xattr.target(model, 3))(x))   # (B,), higher: sparser
     """
     a = torch.sort(_magnitudes(attributions, args), dim=1).values
     p = a.shape[1]
@@ -49,6 +52,9 @@ def complexity(attributions: Any, *args) -> torch.Tensor:
     ``H = -sum_j p_j log p_j`` (natural log, ``0 log 0 = 0``): (B,), in [0, log P]. 0 for a map
     with one non-zero element, ``log P`` (the maximum) for a uniform map; nan for an all-zero map.
     Lower is simpler. Arguments as `sparseness`'s.
+
+    Example:
+      >>> h = xattr.metrics.complexity(xattr.saliency(xattr.target(model, 3))(x))      # (B,), lower: simpler
     """
     a = _magnitudes(attributions, args)
     total = a.sum(1, keepdim=True)

@@ -47,6 +47,10 @@ class Curve(NamedTuple):
     example's own features]); ``fractions.expand_as(scores)`` reads both forms alike. All three
     are in the model output's dtype widened to at least float32 (float32 for a float16 or
     bfloat16 model, NOTE: [Metrics of half-precision maps]).
+
+    Example:
+      >>> curve = xattr.metrics.deletion(f, xattr.saliency(f))(x)
+      >>> curve.fractions, curve.scores, curve.auc                 # (S+1,), (B, S+1), (B,)
     """
 
     fractions: torch.Tensor
@@ -59,6 +63,10 @@ def deletion(f: Callable, attr_fn_or_attributions: Any, **options) -> Callable:
 
     A faithful attribution makes the output fall fast: lower area under the curve is better.
     Options as `insertion`'s. Returns ``fn(*args) -> Curve``.
+
+    Example:
+      >>> f = xattr.target(model, 3)
+      >>> curve = xattr.metrics.deletion(f, xattr.saliency(f))(x)    # Curve: curve.auc (B,), lower is better
     """
     return _curve(f, attr_fn_or_attributions, insert=False, **options)
 
@@ -83,6 +91,10 @@ def insertion(f: Callable, attr_fn_or_attributions: Any, **options) -> Callable:
 
     Returns:
       ``fn(*args) -> Curve(fractions, scores, auc)``.
+
+    Example:
+      >>> f = xattr.target(model, 3)
+      >>> curve = xattr.metrics.insertion(f, xattr.integrated_gradients(f))(x)   # curve.auc (B,): higher is better
     """
     return _curve(f, attr_fn_or_attributions, insert=True, **options)
 
@@ -180,6 +192,10 @@ def patch_mask(shape: Sequence[int], patch: Sequence[int]) -> torch.Tensor:
     ``patch`` has one entry per dim of ``shape`` (e.g. ``(3, 4, 4)`` for a 3x32x32 image: all
     channels of a 4x4 window are one feature); edge blocks may be smaller. Ids run row-major over
     the block grid.
+
+    Example:
+      >>> patches = xattr.metrics.patch_mask((1, 8, 8), (1, 2, 2))           # (1, 1, 8, 8): 16 patch ids
+      >>> curve = xattr.metrics.deletion(f, attributions, feature_mask=patches)(x)
     """
     shape, patch = tuple(shape), tuple(patch)
     if len(shape) != len(patch) or any(p < 1 for p in patch):

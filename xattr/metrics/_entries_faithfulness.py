@@ -48,7 +48,12 @@ def infidelity(*, perturb="subset", n_samples: int = 10, normalize: bool = True,
     element set to ``baselines`` with probability p: suits global attributions such as IG or
     input x gradient), "noise" (`gaussian_noise(std)`: suits gradients) or a perturbation
     function. ``normalize=True`` (not the metric's default) makes it blind to the attributions'
-    scale, so that methods of different scales compare."""
+    scale, so that methods of different scales compare.
+
+    Example:
+      >>> entry = xattr.metrics.entries.infidelity(perturb="noise", std=0.05)   # for gradient maps
+      >>> ev = xattr.metrics.evaluate(model, methods, x, metrics=[entry])
+    """
     check_n(n_samples), check_bool(normalize, "normalize")
     fn_perturb = _perturbation(perturb, std, p)
     if perturb == "subset":
@@ -68,14 +73,22 @@ def _curve_options(n_steps, baselines, feature_mask) -> dict:
 
 
 def deletion(*, n_steps: int | None = 16, baselines=0.0, feature_mask=None, name: str = "deletion") -> Entry:
-    """The area under the `deletion` curve (lower is better); `evaluate` keeps the curves."""
+    """The area under the `deletion` curve (lower is better); `evaluate` keeps the curves.
+
+    Example:
+      >>> ev = xattr.metrics.evaluate(model, methods, x, metrics=[xattr.metrics.entries.deletion(n_steps=32)])
+    """
     kw = _curve_options(n_steps, baselines, feature_mask)
     return Entry(lambda f, a, x, ctx: _deletion(f, a, argnums=ctx.argnums, **kw)(*_args(x, ctx)), "lower", name=name,
                  x_label="fraction of features removed")  # fmt: skip
 
 
 def insertion(*, n_steps: int | None = 16, baselines=0.0, feature_mask=None, name: str = "insertion") -> Entry:
-    """The area under the `insertion` curve (higher is better); `evaluate` keeps the curves."""
+    """The area under the `insertion` curve (higher is better); `evaluate` keeps the curves.
+
+    Example:
+      >>> ev = xattr.metrics.evaluate(model, methods, x, metrics=[xattr.metrics.entries.insertion(n_steps=32)])
+    """
     kw = _curve_options(n_steps, baselines, feature_mask)
     return Entry(lambda f, a, x, ctx: _insertion(f, a, argnums=ctx.argnums, **kw)(*_args(x, ctx)), "higher",
                  name=name, x_label="fraction of features inserted")  # fmt: skip
@@ -85,7 +98,12 @@ def faithfulness_correlation(*, subset=0.25, n_samples: int = 20, baselines=0.0,
                              name: str = "faithfulness_correlation") -> Entry:  # fmt: skip
     """`faithfulness_correlation` (higher is better); ``subset``: the subset size, an int or a
     fraction of the elements of one example, all attributed inputs together (with a
-    ``feature_mask``: of its ids)."""
+    ``feature_mask``: of its ids).
+
+    Example:
+      >>> entry = xattr.metrics.entries.faithfulness_correlation(subset=0.1, n_samples=50)
+      >>> ev = xattr.metrics.evaluate(model, methods, x, metrics=[entry])
+    """
     check_n(n_samples, 2), check_baselines(baselines), check_feature_mask(feature_mask)
     if isinstance(subset, numbers.Integral) and not isinstance(subset, bool):
         check_n(int(subset), 1, "subset")
@@ -107,7 +125,11 @@ def faithfulness_correlation(*, subset=0.25, n_samples: int = 20, baselines=0.0,
 
 
 def monotonicity(*, baselines=0.0, feature_mask=None, name: str = "monotonicity") -> Entry:
-    """`monotonicity` of Arya et al. (higher is better); one model row per feature."""
+    """`monotonicity` of Arya et al. (higher is better); one model row per feature.
+
+    Example:
+      >>> ev = xattr.metrics.evaluate(model, methods, x, metrics=[xattr.metrics.entries.monotonicity()])
+    """
     check_baselines(baselines), check_feature_mask(feature_mask)
     kw = dict(baselines=baselines, feature_mask=feature_mask)
     return Entry(lambda f, a, x, ctx: _monotonicity(f, a, argnums=ctx.argnums, **kw)(*_args(x, ctx)), "higher",
@@ -116,7 +138,11 @@ def monotonicity(*, baselines=0.0, feature_mask=None, name: str = "monotonicity"
 
 def monotonicity_correlation(*, n_samples: int = 1, perturb_func=None, baselines=None, feature_mask=None,
                              name: str = "monotonicity_correlation") -> Entry:  # fmt: skip
-    """`monotonicity_correlation` of Nguyen & Martinez (higher is better)."""
+    """`monotonicity_correlation` of Nguyen & Martinez (higher is better).
+
+    Example:
+      >>> ev = xattr.metrics.evaluate(model, methods, x, metrics=[xattr.metrics.entries.monotonicity_correlation()])
+    """
     check_n(n_samples), check_feature_mask(feature_mask)
     check_callable(perturb_func, "perturb_func", optional=True, hint=" (perturb_func(x[, baselines], generator=g))")
     if perturb_func is None:
@@ -141,7 +167,11 @@ def road(*, order: str = "morf", percentages=PERCENTAGES, noise: float = 0.01, c
          name: str | None = None) -> Entry:
     """The area under the `road` curve: "morf" lower is better, "lerf" higher; one attributed
     image (an int ``argnums``; NOTE: [Entries with several inputs]); `evaluate` keeps the curves.
-    ``counts``: "nearest" or "authors", as `road`'s."""
+    ``counts``: "nearest" or "authors", as `road`'s.
+
+    Example:
+      >>> ev = xattr.metrics.evaluate(model, methods, images, metrics=[xattr.metrics.entries.road(order="lerf")])
+    """
     if order not in ("morf", "lerf"):
         raise ValueError(f"order must be 'morf' or 'lerf', got {order!r}")
     check_name(name)

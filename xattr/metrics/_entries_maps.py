@@ -16,12 +16,20 @@ from ._localization import (
 
 
 def sparseness(*, name: str = "sparseness") -> Entry:
-    """`sparseness`, the Gini index of |phi| (higher: more concentrated, is counted better)."""
+    """`sparseness`, the Gini index of |phi| (higher: more concentrated, is counted better).
+
+    Example:
+      >>> g = xattr.metrics.entries.sparseness()(f, xattr.saliency(f), x)     # (B,), as metrics.sparseness
+    """
     return Entry(lambda f, a, x, ctx: _sparseness(a, *_args(x, ctx)), "higher", name=name)
 
 
 def complexity(*, name: str = "complexity") -> Entry:
-    """`complexity`, the entropy of |phi| (lower is better)."""
+    """`complexity`, the entropy of |phi| (lower is better).
+
+    Example:
+      >>> ev = xattr.metrics.evaluate(model, methods, x, metrics=[xattr.metrics.entries.complexity()])
+    """
     return Entry(lambda f, a, x, ctx: _complexity(a, *_args(x, ctx)), "lower", name=name)
 
 
@@ -53,26 +61,43 @@ def pointing_game(*, tolerance: float = 0, channel_dim: int | None = 1, argnum: 
                   name: str = "pointing_game") -> Entry:  # fmt: skip
     """`pointing_game` against ``masks`` (higher is better). ``argnum``: with several attributed
     inputs, the one the masks cover (NOTE: [Entries with several inputs]); the same for the
-    other localization entries."""
+    other localization entries.
+
+    Example:
+      >>> ev = xattr.metrics.evaluate(model, methods, x, metrics=[xattr.metrics.entries.pointing_game()], masks=masks)
+    """
     check_real(tolerance, "tolerance", low=0.0, meaning=" (pixels around the mask that still count as a hit)")
     return _localization(_pointing_game, "higher", name, argnum, tolerance=tolerance, channel_dim=channel_dim)
 
 
 def relevance_mass_accuracy(*, channel_dim: int | None = 1, argnum: int | None = None,
                             name: str = "relevance_mass") -> Entry:  # fmt: skip
-    """`relevance_mass_accuracy` against ``masks`` (higher is better)."""
+    """`relevance_mass_accuracy` against ``masks`` (higher is better).
+
+    Example:
+      >>> ev = xattr.metrics.evaluate(model, methods, x, metrics=[xattr.metrics.entries.relevance_mass_accuracy()], masks=masks)
+    """
     return _localization(_relevance_mass_accuracy, "higher", name, argnum, channel_dim=channel_dim)
 
 
 def relevance_rank_accuracy(*, channel_dim: int | None = 1, argnum: int | None = None,
                             name: str = "relevance_rank") -> Entry:  # fmt: skip
-    """`relevance_rank_accuracy` against ``masks`` (higher is better)."""
+    """`relevance_rank_accuracy` against ``masks`` (higher is better).
+
+    Example:
+      >>> ev = xattr.metrics.evaluate(model, methods, x, metrics=[xattr.metrics.entries.relevance_rank_accuracy()], masks=masks)
+    """
     return _localization(_relevance_rank_accuracy, "higher", name, argnum, channel_dim=channel_dim)
 
 
 def attribution_localization(*, weighted: bool = False, channel_dim: int | None = 1, argnum: int | None = None,
                              name: str = "attribution_localization") -> Entry:  # fmt: skip
-    """`attribution_localization` against ``masks`` (higher is better)."""
+    """`attribution_localization` against ``masks`` (higher is better).
+
+    Example:
+      >>> entry = xattr.metrics.entries.attribution_localization(weighted=True)
+      >>> ev = xattr.metrics.evaluate(model, methods, x, metrics=[entry], masks=masks)
+    """
     check_bool(weighted, "weighted")
     return _localization(_attribution_localization, "higher", name, argnum, weighted=weighted,
                          channel_dim=channel_dim)  # fmt: skip

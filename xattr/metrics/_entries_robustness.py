@@ -32,7 +32,11 @@ def _perturb_checks(radius, n_samples, perturb_func=uniform_noise) -> None:
 
 def sensitivity_max(*, radius: float = 0.02, n_samples: int = 10, perturb_func=uniform_noise,
                     name: str = "sensitivity_max") -> Entry:  # fmt: skip
-    """`sensitivity_max` (lower is better); recomputes the attributions at n_samples copies."""
+    """`sensitivity_max` (lower is better); recomputes the attributions at n_samples copies.
+
+    Example:
+      >>> ev = xattr.metrics.evaluate(model, methods, x, metrics=[xattr.metrics.entries.sensitivity_max(radius=0.05)])
+    """
     _perturb_checks(radius, n_samples, perturb_func)
 
     def run(f, a, x, ctx):
@@ -44,7 +48,12 @@ def sensitivity_max(*, radius: float = 0.02, n_samples: int = 10, perturb_func=u
 
 def local_lipschitz_estimate(*, radius: float = 0.05, n_samples: int = 10, norm="l2",
                              name: str = "local_lipschitz") -> Entry:  # fmt: skip
-    """`local_lipschitz_estimate` (lower is better); recomputes the attributions at the copies."""
+    """`local_lipschitz_estimate` (lower is better); recomputes the attributions at the copies.
+
+    Example:
+      >>> entry = xattr.metrics.entries.local_lipschitz_estimate(radius=0.05, n_samples=20)
+      >>> ev = xattr.metrics.evaluate(model, methods, x, metrics=[entry])
+    """
     _perturb_checks(radius, n_samples), check_norm(norm)
 
     def run(f, a, x, ctx):
@@ -56,7 +65,11 @@ def local_lipschitz_estimate(*, radius: float = 0.05, n_samples: int = 10, norm=
 
 def relative_input_stability(*, radius: float = 0.05, n_samples: int = 10,
                              name: str = "relative_input_stability") -> Entry:  # fmt: skip
-    """`relative_input_stability` (lower is better), the class constraint read from the model."""
+    """`relative_input_stability` (lower is better), the class constraint read from the model.
+
+    Example:
+      >>> ev = xattr.metrics.evaluate(model, methods, x, metrics=[xattr.metrics.entries.relative_input_stability()])
+    """
     _perturb_checks(radius, n_samples)
 
     def run(f, a, x, ctx):
@@ -68,7 +81,11 @@ def relative_input_stability(*, radius: float = 0.05, n_samples: int = 10,
 
 def relative_output_stability(*, radius: float = 0.05, n_samples: int = 10,
                               name: str = "relative_output_stability") -> Entry:  # fmt: skip
-    """`relative_output_stability` (lower is better): the model's logits in the denominator."""
+    """`relative_output_stability` (lower is better): the model's logits in the denominator.
+
+    Example:
+      >>> ev = xattr.metrics.evaluate(model, methods, x, metrics=[xattr.metrics.entries.relative_output_stability()])
+    """
     _perturb_checks(radius, n_samples)
 
     def run(f, a, x, ctx):
@@ -92,7 +109,12 @@ def _check_layers(layer, what: str, *, optional: bool) -> None:
 
 def relative_representation_stability(*, layer, radius: float = 0.05, n_samples: int = 10,
                                       name: str = "relative_representation_stability") -> Entry:  # fmt: skip
-    """`relative_representation_stability` at ``layer`` (a module of the model; lower is better)."""
+    """`relative_representation_stability` at ``layer`` (a module of the model; lower is better).
+
+    Example:
+      >>> entry = xattr.metrics.entries.relative_representation_stability(layer=model.conv2)
+      >>> ev = xattr.metrics.evaluate(model, methods, x, metrics=[entry])
+    """
     _perturb_checks(radius, n_samples), _check_layers(layer, "layer", optional=False)
 
     def run(f, a, x, ctx):
@@ -110,7 +132,12 @@ def randomization(*, similarity="spearman_abs", mode: str = "cascading", layers=
     the weights). Builds the method anew through its ``make`` on deep copies of the model.
     ``similarity``: a name of ``xattr.metrics`` similarity measures ("spearman", "spearman_abs",
     "ssim", "topk") or a function ``(original, randomized) -> (B,)``. `evaluate` keeps every
-    step's similarity as a curve over the layers."""
+    step's similarity as a curve over the layers.
+
+    Example:
+      >>> entry = xattr.metrics.entries.randomization(similarity="ssim")
+      >>> ev = xattr.metrics.evaluate(model, methods, x, metrics=[entry])   # lower: maps that follow the weights
+    """
     if not (isinstance(similarity, str) and similarity in MEASURES) and not callable(similarity):
         raise ValueError(f"similarity must be one of {sorted(MEASURES)} or a function (original, randomized) -> "
                          f"(B,), got {similarity!r}")  # fmt: skip

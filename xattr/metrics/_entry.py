@@ -16,7 +16,12 @@ RULES = ("trapezoid", "last")
 
 
 class Context(NamedTuple):
-    """What an entry may read beside ``(f, attr_fn, x)`` (NOTE: [Metric entries])."""
+    """What an entry may read beside ``(f, attr_fn, x)`` (NOTE: [Metric entries]).
+
+    Example:
+      >>> ctx = xattr.metrics.entries.Context(model=model, mask=masks, generator=0)
+      >>> values = entry.fn(f, attr_fn, x, ctx)       # what an Entry's call builds from its keywords
+    """
 
     model: Callable | None = None
     mask: torch.Tensor | None = None
@@ -33,7 +38,12 @@ class Traced(NamedTuple):
     behind them (NOTE: [Curves of an evaluation] in `xattr/metrics/_evaluation_curves.py`):
     ``x`` (S,) or (B, S), ``y`` (B, S), the ``rule`` that sums a curve up into its value
     ("trapezoid": the area over x; "last": the last point), what x counts (``x_label``) and,
-    where the points have names (the randomized layers), their ``ticks``; what y is (``y_label``)."""
+    where the points have names (the randomized layers), their ``ticks``; what y is (``y_label``).
+
+    Example:
+      >>> tr = xattr.metrics.entries.deletion(n_steps=8).trace(f, xattr.saliency(f), x)
+      >>> tr.values, tr.x, tr.y               # (B,) areas, (S,) fractions, (B, S) outputs
+    """
 
     values: torch.Tensor
     x: torch.Tensor | None = None
@@ -50,7 +60,13 @@ class Entry:
     "method"; NOTE: [Metric entries]) and ``refuse(argnums) -> reason or None``, the inputs it
     cannot score (NOTE: [Entries with several inputs]). Called as ``entry(f, attr_fn, x,
     **context) -> (B,)``; ``entry.trace(...)`` gives the curve too (a `Traced`). ``fn`` may
-    also return a `Traced` itself. ``x_label`` names the x axis of the curves it returns."""
+    also return a `Traced` itself. ``x_label`` names the x axis of the curves it returns.
+
+    Example:
+      >>> max_abs = xattr.metrics.entries.Entry(lambda f, attr_fn, x, ctx: attr_fn(x).abs().flatten(1).amax(1),
+      ...                                       "lower", name="max_abs")
+      >>> max_abs(xattr.target(model, 3), xattr.saliency(xattr.target(model, 3)), x)   # (B,)
+    """
 
     def __init__(self, fn: Callable, direction: str, *, name: str, needs=(), refuse: Callable | None = None,
                  x_label: str = "fraction"):  # fmt: skip
@@ -103,7 +119,12 @@ def custom(fn: Callable, direction: str, *, name: str | None = None) -> Entry:
     """An entry from your own ``fn(f, attr_fn, *args) -> (B,) tensor or Curve`` (``fn(f, attr_fn,
     x)`` for one input; ``args`` are all the model's arguments, NOTE: [Entries with several
     inputs]); ``evaluate`` runs it with torch's global generator forked and seeded, so its
-    draws repeat with the same seed."""
+    draws repeat with the same seed.
+
+    Example:
+      >>> max_abs = xattr.metrics.entries.custom(lambda f, attr_fn, x: attr_fn(x).abs().flatten(1).amax(1), "lower")
+      >>> ev = xattr.metrics.evaluate(model, methods, x, metrics={"max_abs": max_abs, "deletion": "deletion"})
+    """
     if not callable(fn):
         raise TypeError(f"custom needs a function fn(f, attr_fn, *args) -> (B,) or Curve, got {type(fn).__name__}")
     if name is not None and (not isinstance(name, str) or not name):

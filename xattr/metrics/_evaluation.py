@@ -31,7 +31,12 @@ ARROWS = {"higher": "↑", "lower": "↓"}
 
 
 class Cell(NamedTuple):
-    """One method under one metric: the mean over examples, its interval, and how many counted."""
+    """One method under one metric: the mean over examples, its interval, and how many counted.
+
+    Example:
+      >>> cell = ev.table()["deletion"]["ig"]
+      >>> cell.mean, cell.low, cell.high      # the mean over examples and its 95% interval
+    """
 
     mean: float
     low: float
@@ -41,7 +46,12 @@ class Cell(NamedTuple):
 
 class Comparison(NamedTuple):
     """`Evaluation.compare`: the mean of ``a - b`` with its paired interval, the fraction of
-    examples where a is better (by the metric's direction), where they tie, and how many counted."""
+    examples where a is better (by the metric's direction), where they tie, and how many counted.
+
+    Example:
+      >>> cmp = ev.compare("saliency", "ig", "deletion")
+      >>> cmp.difference, cmp.low, cmp.high, cmp.wins
+    """
 
     difference: float
     low: float
@@ -89,6 +99,11 @@ class Evaluation:
     metrics (``curve_metrics``: deletion, insertion, ROAD, randomization) it also keeps every
     example's curve (``curves``: metric -> `CurveSet`, float64 (M, N, S) x and y; NOTE: [Curves
     of an evaluation]): `curves`, `mean_curves` and `plot_curves` read them.
+
+    Example:
+      >>> ev = xattr.metrics.evaluate(model, {"saliency": xattr.saliency, "ig": xattr.integrated_gradients}, x)
+      >>> ev.table()["deletion"]["ig"]        # Cell(mean, low, high, n)
+      >>> ev.per_example("ig", "deletion")    # (N,)
     """
 
     def __init__(self, methods, metrics, directions, values, targets, *, seed: int = 0, curves=None):

@@ -73,6 +73,10 @@ def faithfulness_correlation(
     Returns:
       ``fn(*args) -> (B,)`` correlations in float64 (nan where the attribution sums or the drops
       are the same for every subset: an all-zero attribution, a model blind to the features).
+
+    Example:
+      >>> f = xattr.target(model, 3)
+      >>> r = xattr.metrics.faithfulness_correlation(f, xattr.saliency(f), subset_size=16, generator=0)(x)  # (B,)
     """
     if isinstance(subset_size, bool) or not isinstance(subset_size, int) or subset_size < 1:
         raise ValueError(f"subset_size must be a positive int, got {subset_size!r}")
@@ -152,6 +156,10 @@ def monotonicity_correlation(
     Returns:
       ``fn(*args) -> (B,)`` in float64, nan where |phi| or e is the same for every feature.
       Costs ``F * n_samples`` model rows per example.
+
+    Example:
+      >>> f = xattr.target(model, 3)
+      >>> rho = xattr.metrics.monotonicity_correlation(f, xattr.saliency(f), feature_mask=patches)(x)  # (B,)
     """
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
@@ -226,6 +234,10 @@ def monotonicity(
     Returns:
       ``fn(*args) -> (B,)``: the fraction of monotone steps, in the model output's dtype widened
       to at least float32.
+
+    Example:
+      >>> f = xattr.target(model, 3)
+      >>> frac = xattr.metrics.monotonicity(f, xattr.integrated_gradients(f))(x)   # (B,), in [0, 1]
     """
 
     check_model_fn(f, "monotonicity", ", one output per example")

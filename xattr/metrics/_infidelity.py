@@ -51,6 +51,10 @@ def infidelity(
 
     Returns:
       ``fn(*args) -> (B,)`` tensor of infidelities (lower is better).
+
+    Example:
+      >>> f = xattr.target(model, 3)
+      >>> inf = xattr.metrics.infidelity(f, xattr.saliency(f), xattr.metrics.gaussian_noise(0.1), generator=0)(x)  # (B,)
     """
     if not isinstance(n_perturb_samples, int) or n_perturb_samples < 1:
         raise ValueError(f"n_perturb_samples must be a positive int, got {n_perturb_samples!r}")

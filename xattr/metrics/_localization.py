@@ -56,6 +56,9 @@ def pointing_game(attributions: Any, mask, *args, tolerance: float = 0, channel_
 
     Returns:
       (B,) tensor in [0, 1], in the attributions' dtype widened to at least float32.
+
+    Example:
+      >>> hit = xattr.metrics.pointing_game(xattr.saliency(xattr.target(model, 3))(x), masks)   # (B,); masks (B, H, W)
     """
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < math.inf:
         raise ValueError(f"tolerance must be a finite number of pixels >= 0, got {tolerance!r}")
@@ -73,6 +76,9 @@ def relevance_mass_accuracy(attributions: Any, mask, *args, channel_dim: int | N
     ``sum_{j in mask} max(m_j, 0) / sum_j max(m_j, 0)`` for the map ``m``: (B,), in [0, 1];
     1 when all positive relevance is inside, ``|mask| / N`` for a constant positive map; nan
     for a map with no positive element. Arguments as `pointing_game`'s.
+
+    Example:
+      >>> acc = xattr.metrics.relevance_mass_accuracy(xattr.saliency(xattr.target(model, 3))(x), masks)   # (B,)
     """
     m, k, _ = _map_and_mask(attributions, mask, args, channel_dim)
     return _mass(m, k)
@@ -86,6 +92,9 @@ def relevance_rank_accuracy(attributions: Any, mask, *args, channel_dim: int | N
     Ranked by the signed map (channels summed); ties at the K-th value count in expectation
     (NOTE: [Ties in the localization metrics]). (B,), in [0, 1]; 1 when the mask's pixels
     are the top K, ``|mask| / N`` for a constant map. Arguments as `pointing_game`'s.
+
+    Example:
+      >>> acc = xattr.metrics.relevance_rank_accuracy(xattr.saliency(xattr.target(model, 3))(x), masks)   # (B,)
     """
     m, k, _ = _map_and_mask(attributions, mask, args, channel_dim)
     size = k.sum(1)  # K per example, >= 1
@@ -109,6 +118,9 @@ def attribution_localization(
     large objects no longer score high for free. Kohlbrenner et al. also leave out images
     whose object covers much of the image; select those examples yourself. Arguments as
     `pointing_game`'s; nan for a map with no positive element.
+
+    Example:
+      >>> mu = xattr.metrics.attribution_localization(xattr.saliency(xattr.target(model, 3))(x), masks)   # (B,)
     """
     if not isinstance(weighted, bool):
         raise TypeError(f"weighted must be True or False, got {weighted!r}")

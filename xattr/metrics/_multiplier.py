@@ -76,6 +76,10 @@ class MultiplierCheck:
     to_multiplier: name -> measure -> (L + 1, B): the map against its multiplier's map, row 0 on
       the trained model, row j + 1 after step j.
     multipliers: kind ("x" or "x - b") -> list of L + 1 reduced multiplier maps (trained first).
+
+    Example:
+      >>> check = xattr.metrics.multiplier_check(model, x, target=3, generator=0)
+      >>> print(check.summary()); check.plot("multiplier.png")
     """
 
     mode: str

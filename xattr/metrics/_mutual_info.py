@@ -142,6 +142,9 @@ def entropy(a, *, correction: str | None = None, base: float | None = None) -> f
 
     ``correction="miller_madow"`` adds (m - 1) / (2N), m the number of values observed;
     ``base`` changes the unit (2: bits). See NOTE: [Plug-in mutual information].
+
+    Example:
+      >>> xattr.metrics.entropy(sex, base=2)                  # a float, in bits
     """
     _check_correction(correction)
     scale = _scale(base)
@@ -166,6 +169,9 @@ def mutual_information(a, b, *, correction: str | None = None, base: float | Non
     Returns:
       A float, computed in float64 from the contingency table (one ``bincount``, no loop).
       Equals ``sklearn.metrics.mutual_info_score(a, b)`` for 1-D inputs.
+
+    Example:
+      >>> xattr.metrics.mutual_information(sex, model(x).argmax(1))   # a float, in nats
     """
     _check_correction(correction)
     scale = _scale(base)
@@ -192,6 +198,9 @@ def normalized_mutual_information(a, b, *, average: str = "arithmetic") -> float
     ``average`` is the mean of the two entropies: ``"arithmetic"`` (the default, as scikit-learn's
     ``normalized_mutual_info_score``), ``"geometric"``, ``"min"`` or ``"max"``. As in
     scikit-learn, two constant variables give 1 and independent ones (MI = 0) give 0.
+
+    Example:
+      >>> xattr.metrics.normalized_mutual_information(sex, model(x).argmax(1))   # a float in [0, 1]
     """
     if average not in _AVERAGES:
         raise ValueError(f"average must be one of {sorted(_AVERAGES)}, got {average!r}")
@@ -217,6 +226,10 @@ def subgroups(*attributes, names: Sequence[str] | None = None, **named) -> tuple
     Returns:
       ``(ids, names)``: ids (N,) long in 0..G-1, one per combination of values that occurs, in
       lexicographic order of the values; ``names[g]`` reads like ``"sex=1, age=0"``.
+
+    Example:
+      >>> ids, names = xattr.metrics.subgroups(sex=sex, age=xattr.metrics.bins(age, 3))
+      >>> names[ids[0]]                        # e.g. "sex=0, age=1"
     """
     if named:
         if attributes or names is not None:
@@ -254,6 +267,10 @@ def bins(x, edges_or_n, *, return_edges: bool = False):
     e_1 < ... < e_m themselves. Intervals are closed on the right, as ``pandas.cut``'s: bin k
     holds e_k < x <= e_{k+1}, bin 0 is ``x <= e_1``, bin m is ``x > e_m``. With
     ``return_edges`` also returns the edges (float64).
+
+    Example:
+      >>> band = xattr.metrics.bins(age, 3)                   # (N,) ids 0..2, equal-frequency bins
+      >>> band = xattr.metrics.bins(age, [30.0, 50.0])        # (N,) ids 0..2: <= 30, <= 50, above
     """
     t = _as_tensor(x, "x")
     if t.ndim != 1 or t.shape[0] == 0:
@@ -291,6 +308,10 @@ def soft_mutual_information(probs: torch.Tensor, groups, *, base: float | None =
     Returns:
       A 0-d tensor in ``probs``' dtype, with gradients to ``probs``: the training penalty
       ``loss + lam * soft_mutual_information(logits.softmax(-1), ids)``.
+
+    Example:
+      >>> ids, names = xattr.metrics.subgroups(sex=sex, age=band)
+      >>> loss = F.cross_entropy(logits, y) + 0.1 * xattr.metrics.soft_mutual_information(logits.softmax(-1), ids)
     """
     scale = _scale(base)
     if not isinstance(probs, torch.Tensor) or not probs.is_floating_point() or probs.ndim != 2:
@@ -332,6 +353,9 @@ def mutual_information_test(a, b, *, n_permutations: int = 999, generator=None) 
     p = (1 + #{permutations with MI >= observed}) / (1 + n_permutations), so never 0
     (NOTE: [Permutation test of mutual information]). ``generator``: an int seed, a
     torch.Generator or None (torch's global generator).
+
+    Example:
+      >>> mi, p = xattr.metrics.mutual_information_test(sex, model(x).argmax(1), n_permutations=999, generator=0)
     """
     if isinstance(n_permutations, bool) or not isinstance(n_permutations, int) or n_permutations < 1:
         raise ValueError(f"n_permutations must be a positive int, got {n_permutations!r}")

@@ -29,6 +29,17 @@ import torch
 from .._src import tree as T
 
 
+def _torch_generator(generator, x):
+    """``generator`` as torch's samplers take it: an int seed becomes a ``torch.Generator`` on the
+    device of x's first tensor, seeded with it (NOTE: [Explicit randomness]); a Generator or None
+    as it is."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, bool) or not isinstance(generator, numbers.Integral):
+        raise TypeError(f"generator must be an int seed, a torch.Generator or None, got {type(generator).__name__}")
+    return torch.Generator(device=T.leaves(x)[0].device).manual_seed(int(generator))
+
+
 def uniform_noise(x, perturb_radius: float = 0.02, *, generator=None):
     """``x + u`` with ``u ~ U(-r, r)`` elementwise: a uniform draw from the L-infinity ball of radius r.
 
@@ -37,11 +48,13 @@ def uniform_noise(x, perturb_radius: float = 0.02, *, generator=None):
 
     Example:
       >>> s = xattr.metrics.sensitivity_max(sal, x, perturb_func=xattr.metrics.uniform_noise, perturb_radius=0.05)
-      >>> x_near = xattr.metrics.uniform_noise(x, 0.05, generator=torch.Generator().manual_seed(0))   # like x
+      >>> x_near = xattr.metrics.uniform_noise(x, 0.05, generator=0)   # like x
     """
 
     if isinstance(perturb_radius, bool) or not (isinstance(perturb_radius, numbers.Real) and 0 <= perturb_radius < math.inf):
         raise ValueError(f"perturb_radius must be a finite number >= 0, got {perturb_radius!r}")
+
+    generator = _torch_generator(generator, x)
 
     def one(t):
         u = torch.empty_like(t).uniform_(-perturb_radius, perturb_radius, generator=generator)
@@ -63,6 +76,7 @@ def gaussian_noise(std: float = 0.1) -> Callable:
         raise ValueError(f"std must be positive, got {std!r}")
 
     def perturb(x, *, generator=None):
+        generator = _torch_generator(generator, x)
         noise = T.tree_map(lambda t: torch.empty_like(t).normal_(0.0, std, generator=generator), x)
         return noise, T.tree_map(torch.sub, x, noise)
 
@@ -86,6 +100,8 @@ def subset_to_baseline(p: float = 0.5) -> Callable:
         raise ValueError(f"p must lie in (0, 1], got {p!r}")
 
     def perturb(x, baselines, *, generator=None):
+        generator = _torch_generator(generator, x)
+
         def draw(t):
             return torch.empty(t.shape, dtype=t.dtype, device=t.device).bernoulli_(p, generator=generator)
 

@@ -60,6 +60,10 @@ class Randomization:
       with all earlier ones too in the cascading mode). scores: measure name -> (L, B) tensor of
       similarities between the original and step j's attributions. original: the attributions of
       the unmodified model. attributions: step j's attributions, when kept (``keep=True``).
+
+    Example:
+      >>> rnd = xattr.metrics.randomization_check(model, lambda m: xattr.saliency(xattr.target(m, 3)), x, generator=0)
+      >>> rnd.layers, rnd.scores["ssim"]      # step names, (L, B) similarities
     """
 
     mode: str
@@ -104,6 +108,10 @@ def randomization_check(
 
     Returns:
       `Randomization` with per-step, per-example scores.
+
+    Example:
+      >>> rnd = xattr.metrics.randomization_check(model, lambda m: xattr.saliency(xattr.target(m, 3)), x, generator=0)
+      >>> rnd.scores["spearman"]              # (L, B): similarity to the trained model's maps, per step
     """
     if mode not in ("cascading", "independent"):
         raise ValueError(f"mode must be 'cascading' or 'independent', got {mode!r}")

@@ -145,6 +145,10 @@ def road(
     Returns:
       ``fn(*args) -> Curve(fractions (P,), scores (B, P), auc (B,))``: ``fractions`` are the
       fractions actually removed (``counts / (H W)``), the AUC the trapezoid rule over them.
+
+    Example:
+      >>> f = xattr.target(model, 3)
+      >>> curve = xattr.metrics.road(f, xattr.saliency(f), order="morf", generator=0)(images)   # Curve, auc (B,)
     """
     ps = _percentages(percentages)
     if order not in ("morf", "lerf"):
@@ -228,6 +232,10 @@ def noisy_linear_imputation(
     ``generator`` (NOTE: [Noisy linear imputation]). Kept pixels are returned as they are. This
     is the authors' ``NoisyLinearImputer`` (NOTE: [ROAD as the authors' code does it]); their
     ``noise=0.01`` is for images in [0, 1].
+
+    Example:
+      >>> removed = torch.zeros(B, H, W, dtype=torch.bool); removed[:, 2:5, 2:5] = True
+      >>> filled = xattr.metrics.noisy_linear_imputation(images, removed, generator=0)   # like images
     """
     _check_image(x)
     _check_noise(noise)

@@ -48,6 +48,10 @@ def sensitivity_max(
     Returns:
       (B,) tensor in the attributions' dtype, as Captum's (lower is more stable); differentiable
       inside a torch.func transform, detached otherwise (NOTE: [Detached results]).
+
+    Example:
+      >>> sal = xattr.saliency(xattr.target(model, 3))
+      >>> s = xattr.metrics.sensitivity_max(sal, x, perturb_radius=0.02, n_perturb_samples=10, generator=0)  # (B,)
     """
     if not isinstance(n_perturb_samples, int) or n_perturb_samples < 1:
         raise ValueError(f"n_perturb_samples must be a positive int, got {n_perturb_samples!r}")

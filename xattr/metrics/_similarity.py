@@ -46,6 +46,9 @@ def spearman(a: Any, b: Any, *, abs: bool = False) -> torch.Tensor:
     ``a``, ``b``: tensors (B, ...) or trees of them (all elements of an example together); with
     ``abs`` the magnitudes are ranked (the sign is ignored). Computed in float64; returned in
     the maps' dtype widened to at least float32 (NOTE: [Metrics of half-precision maps]).
+
+    Example:
+      >>> rho = xattr.metrics.spearman(xattr.saliency(f)(x), xattr.integrated_gradients(f)(x))   # (B,)
     """
     fa, fb = _flat_pair(a, b)
     if abs:
@@ -69,6 +72,9 @@ def top_k_intersection(a: Any, b: Any, *, k: int | float = 0.1) -> torch.Tensor:
     ``sum(min(w_a, w_b)) / k``, the size of the (fuzzy) intersection over k. It is 1 for a map
     and itself, symmetric, the same on every device, and without ties at the k-th magnitude
     the plain count.
+
+    Example:
+      >>> share = xattr.metrics.top_k_intersection(xattr.saliency(f)(x), xattr.integrated_gradients(f)(x), k=0.1)
     """
     fa, fb = (m.abs() for m in _flat_pair(a, b))
     p = fa.shape[1]
@@ -95,6 +101,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1
     computed per channel with a Gaussian window (``window`` x ``window``, std ``sigma``; shrunk
     to fit small maps) over the valid region, and averaged. Computed and returned in the maps'
     dtype widened to at least float32 (NOTE: [Metrics of half-precision maps]).
+
+    Example:
+      >>> s = xattr.metrics.ssim(xattr.saliency(f)(x), xattr.integrated_gradients(f)(x))   # (B,), at most 1
     """
     for m in (a, b):
         if not isinstance(m, torch.Tensor) or m.ndim not in (3, 4):

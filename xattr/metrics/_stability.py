@@ -80,6 +80,10 @@ def local_lipschitz_estimate(
 
     Returns:
       (B,) tensor, >= 0 (lower is more stable).
+
+    Example:
+      >>> sal = xattr.saliency(xattr.target(model, 3))
+      >>> L = xattr.metrics.local_lipschitz_estimate(sal, x, radius=0.05, n_samples=10, generator=0)   # (B,)
     """
     p = _ord(norm, "norm")
 
@@ -127,6 +131,10 @@ def relative_input_stability(
 
     Returns:
       (B,) tensor, >= 0 (lower is more stable); nan for an example no copy of which kept its class.
+
+    Example:
+      >>> sal = xattr.saliency(xattr.target(model, 3))
+      >>> ris = xattr.metrics.relative_input_stability(model, sal, x, radius=0.05, n_samples=10, generator=0)  # (B,)
     """
     o = _ord(p, "p")
     _positive(eps_min=eps_min, eps_div=eps_div)
@@ -166,6 +174,10 @@ def relative_output_stability(
 
     with ``h = model`` the logits (the plain difference, as in the paper), over copies x' with
     x's predicted class. Arguments as `relative_input_stability`'s, ``model`` required.
+
+    Example:
+      >>> sal = xattr.saliency(xattr.target(model, 3))
+      >>> ros = xattr.metrics.relative_output_stability(model, sal, x, radius=0.05, n_samples=10, generator=0)  # (B,)
     """
     o = _ord(p, "p")
     _positive(eps_min=eps_min, eps_div=eps_div)
@@ -207,6 +219,11 @@ def relative_representation_stability(
     together), read through `xattr.at_layer` (its hooks exist only during each call), over
     copies x' with x's predicted class. Arguments as `relative_input_stability`'s, ``model``
     required.
+
+    Example:
+      >>> sal = xattr.saliency(xattr.target(model, 3))
+      >>> rrs = xattr.metrics.relative_representation_stability(
+      ...     model, sal, x, layer=model.conv2, radius=0.05, n_samples=10, generator=0)           # (B,)
     """
     o = _ord(p, "p")
     _positive(eps_min=eps_min, eps_div=eps_div)

@@ -83,12 +83,20 @@ def defaults() -> dict:
     of half the elements set to 0, scale-normalised) and sparseness. Each costs model calls (or
     nothing) but no further attribution call, so the cost does not grow with the method's; the
     metrics that recompute attributions (sensitivity, stability, randomization) and the
-    localization ones (they need masks) are left to ask for."""
+    localization ones (they need masks) are left to ask for.
+
+    Example:
+      >>> list(xattr.metrics.entries.defaults())   # ['deletion', 'insertion', 'faithfulness_correlation', ...]
+    """
     return {e.name: e for e in (deletion(), insertion(), faithfulness_correlation(), infidelity(), sparseness())}
 
 
 def known() -> dict:
-    """Name -> a builder of the entry with its default options: the names `resolve` accepts."""
+    """Name -> a builder of the entry with its default options: the names `resolve` accepts.
+
+    Example:
+      >>> sorted(xattr.metrics.entries.known())     # the names evaluate(metrics=[...]) accepts
+    """
     return {
         "deletion": deletion, "insertion": insertion, "infidelity": infidelity,
         "faithfulness_correlation": faithfulness_correlation, "sparseness": sparseness,
@@ -106,7 +114,11 @@ def resolve(metrics) -> dict:
     """The metrics ``evaluate(metrics=...)`` runs, name -> `Entry`, in order: None gives
     `defaults`; a dict name -> entry (or a known name) keeps its keys; a list of entries or
     names names each by its entry's name. Unknown names, objects that are not entries and a name
-    given twice are errors, before anything is computed."""
+    given twice are errors, before anything is computed.
+
+    Example:
+      >>> chosen = xattr.metrics.entries.resolve(["deletion", xattr.metrics.entries.road(order="lerf")])  # name -> Entry
+    """
     if metrics is None:
         return defaults()
     names = known()
@@ -139,7 +151,12 @@ def resolve(metrics) -> dict:
 
 def check_masks(masks, n: int, chosen: Mapping):
     """``masks`` checked for the ``chosen`` entries (name -> Entry) and ``n`` examples: None when
-    no entry needs them, else one mask per example (N, ...); returns ``masks``."""
+    no entry needs them, else one mask per example (N, ...); returns ``masks``.
+
+    Example:
+      >>> chosen = {"pointing_game": xattr.metrics.entries.pointing_game()}
+      >>> masks = xattr.metrics.entries.check_masks(masks, len(x), chosen)   # (N, ...) checked, or ValueError
+    """
     needing = [k for k, e in chosen.items() if "mask" in e.needs]
     if masks is None:
         if needing:
@@ -156,7 +173,11 @@ def check_masks(masks, n: int, chosen: Mapping):
 
 def check_inputs(chosen: Mapping, argnums) -> None:
     """A ValueError naming every entry of ``chosen`` that cannot score inputs attributed at
-    ``argnums`` (NOTE: [Entries with several inputs])."""
+    ``argnums`` (NOTE: [Entries with several inputs]).
+
+    Example:
+      >>> xattr.metrics.entries.check_inputs({"road": xattr.metrics.entries.road()}, (0, 1))   # ValueError: one image only
+    """
     reasons = [f"metric {k!r}: {r}" for k, e in chosen.items() if (r := e.refuses(argnums)) is not None]
     if reasons:
         raise ValueError("; ".join(reasons))

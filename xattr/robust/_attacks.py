@@ -36,7 +36,11 @@ _DIRECTIONS = ("sign", "l2")
 
 
 def cross_entropy(outputs: torch.Tensor, target) -> torch.Tensor:
-    """The default attack loss: per-example cross-entropy of logits (B, C) against labels (B,)."""
+    """The default attack loss: per-example cross-entropy of logits (B, C) against labels (B,).
+
+    Example:
+      >>> xattr.robust.cross_entropy(model(x), y)   # (B,) per-example losses
+    """
     return F.cross_entropy(_logits(outputs), labels(target, outputs), reduction="none")
 
 

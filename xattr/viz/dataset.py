@@ -99,6 +99,10 @@ def plot_class_means(
 
     Returns:
       the Figure: one axis per group, plus one colour bar axis for image maps.
+
+    Example:
+      >>> stats = xattr.attribution_statistics(xattr.saliency, model, loader, by="label")
+      >>> fig = xattr.viz.plot_class_means(stats, path="class_means.png")   # one panel per class
     """
     _expect(stats, ("groups", "importance"), _STATS_OBJ, "plot_class_means")
     _check_sign(sign)
@@ -156,6 +160,10 @@ def plot_importance(
 
     Bars are `AttributionStatistics.importance`, sorted, with error bars of its ``level``
     normal interval (`importance_interval`). Returns the Figure (one axis).
+
+    Example:
+      >>> stats = xattr.attribution_statistics(xattr.saliency, model, loader)
+      >>> fig = xattr.viz.plot_importance(stats, top=10, feature_names=names)
     """
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ValueError(f"top must be a positive int, got {top!r}")
@@ -178,6 +186,9 @@ def plot_spectrum(clusters, *, title: str | None = None, path=None, dpi: int = 1
     """The smallest eigenvalues of the normalised Laplacian, the eigengap of the chosen k marked.
 
     Returns the Figure (one axis).
+
+    Example:
+      >>> fig = xattr.viz.plot_spectrum(xattr.cluster_attributions(maps))   # the eigengap that chose k
     """
     _expect(clusters, ("eigenvalues", "n_clusters"), _CLUSTERS_OBJ, "plot_spectrum")
     vals = _numpy(clusters.eigenvalues)
@@ -211,6 +222,10 @@ def plot_clusters(
     """The 2-D embedding coloured by cluster, beside each cluster's mean map as a thumbnail.
 
     Returns the Figure: the scatter axis, then one thumbnail axis per cluster.
+
+    Example:
+      >>> clusters = xattr.cluster_attributions(maps)
+      >>> fig = xattr.viz.plot_clusters(clusters, path="clusters.png")
     """
     from matplotlib import colormaps
 

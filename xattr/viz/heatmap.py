@@ -61,6 +61,9 @@ def to_map(attr, size=None) -> np.ndarray:
       channel-first array. A map matching
       neither (a layer-sized map) is channel-first, or channel-last where the rule above says
       so and that reading fits inside the image with the nearer aspect ratio.
+
+    Example:
+      >>> m = xattr.viz.to_map(attr[0])         # (H, W), channels summed
     """
     a = _numpy(attr)
     if a.ndim == 3:
@@ -98,7 +101,11 @@ def _channel_last(shape, size) -> bool:
 
 def to_image(x) -> np.ndarray:
     """One input image (1, H, W), (3, H, W), (H, W), or channel-last (H, W, 1), (H, W, 3) as Captum's
-    tutorials build them -> (H, W) or (H, W, 3) scaled to [0, 1]."""
+    tutorials build them -> (H, W) or (H, W, 3) scaled to [0, 1].
+
+    Example:
+      >>> img = xattr.viz.to_image(x[0])        # (H, W) or (H, W, 3), in [0, 1]
+    """
     a = _numpy(x)
     if a.ndim == 3 and a.shape[0] == 1:
         a = a[0]
@@ -141,6 +148,9 @@ def normalize(a: np.ndarray, sign: str = "auto", *, percentile: float = 99.5, sc
 
     Non-finite entries (NaN, +-inf) take no part in the sign or the percentile scale and come
     back as NaN, so one of them does not change how the finite rest is drawn.
+
+    Example:
+      >>> values, sign, scale = xattr.viz.normalize(attr[0, 0].numpy())   # values in [-1, 1] or [0, 1]
     """
     a = np.asarray(a, dtype=np.float64)
     sign = resolve_sign(a, sign)
@@ -166,6 +176,10 @@ def draw(ax, attr, image=None, *, sign: str = "auto", percentile: float = 99.5, 
     ``xattr.upsample(attr, size, mode="bilinear")``; non-finite pixels stay grey blocks), so
     map and outline line up. A map larger than ``image`` raises ValueError. Non-finite
     values are drawn in `NONFINITE_COLOR`.
+
+    Example:
+      >>> fig, ax = plt.subplots()
+      >>> sign = xattr.viz.draw(ax, attr[0], x[0])       # "signed" or "abs": the colour map used
     """
     img = to_image(image) if image is not None else None
     values, sign, _ = normalize(to_map(attr, img.shape[:2] if img is not None else None), sign, percentile=percentile, scale=scale)
@@ -264,6 +278,11 @@ def save_grid(
 
     Returns:
       the path written, as a string.
+
+    Example:
+      >>> f = xattr.target(model, 3)
+      >>> columns = {"IG": xattr.integrated_gradients(f)(x), "saliency": xattr.saliency(f)(x)}
+      >>> xattr.viz.save_grid("grid.png", x, columns)        # returns the path
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -358,6 +377,10 @@ def save_heatmap(path, attr, images=None, *, sign: str = "auto", name: str = "at
 
     ``attr`` is batched, (B, C, H, W) or (B, H, W); for one example pass ``attr[None]``.
     Other keywords go to `save_grid`.
+
+    Example:
+      >>> attr = xattr.integrated_gradients(xattr.target(model, 3))(x)
+      >>> xattr.viz.save_heatmap("ig.png", attr, x)          # returns the path
     """
     kw.setdefault("examples_as", "columns")
     return save_grid(path, images, {name: attr}, signs=sign, row_labels=labels, title=title, **kw)

@@ -230,6 +230,9 @@ def normalize_image_attr(attr, sign: str = "absolute_value", outlier_perc: float
     Numbers equal Captum's on finite inputs (same dtype: float32 stays float32). A map with
     nothing of ``sign`` is all zeros; NaN and infinite entries take no part in the scale and
     come back as NaN.
+
+    Example:
+      >>> m = xattr.viz.normalize_image_attr(attr[0].permute(1, 2, 0).numpy(), sign="all")   # (H, W) in [-1, 1]
     """
     _check_sign(sign)
     _check_outlier_perc(outlier_perc)
@@ -370,6 +373,10 @@ def visualize_image_attr(
       fig_size: size in inches of a new figure.
       use_pyplot: make the figure with pyplot and call ``pyplot.show()``; False returns a plain
         ``matplotlib.figure.Figure`` (Agg canvas) and never imports pyplot.
+
+    Example:
+      >>> fig, ax = xattr.viz.visualize_image_attr(attr[0].permute(1, 2, 0), x[0].permute(1, 2, 0),
+      ...                                          method="blended_heat_map", sign="all")
     """
     img, norm = _check(attr, original_image, method, sign, outlier_perc)
     if plt_fig_axis is not None:
@@ -414,6 +421,10 @@ def visualize_image_attr_multiple(
     other keywords (``outlier_perc``, ``cmap``, ``alpha_overlay``, ``show_colorbar``) go to
     every plot. Returns ``(figure, axes)``: a list of axes, or one axis for one method (as
     Captum 0.9). Every plot is checked before the figure is made.
+
+    Example:
+      >>> fig, axes = xattr.viz.visualize_image_attr_multiple(attr[0].permute(1, 2, 0), x[0].permute(1, 2, 0),
+      ...                                                     ["original_image", "heat_map"], ["all", "positive"])
     """
     methods, signs = list(methods), list(signs)
     if not methods:

@@ -83,6 +83,10 @@ def draw_mask_border(ax, mask, border_width: int = 1, border_color="black"):
 
     An empty mask draws nothing and returns None. The border is an RGBA image, transparent off
     the border (NOTE: [Border of a mask] in ``xattr/viz/masks.py``), drawn with ``ax.imshow``.
+
+    Example:
+      >>> fig, ax = xattr.viz.visualize_image_attr(None, image, method="original_image")
+      >>> xattr.viz.draw_mask_border(ax, segments == 3, border_width=2, border_color="red")
     """
     from matplotlib.colors import to_rgba
 
@@ -108,6 +112,9 @@ def draw_mask_legend(
     The centroid is the mean row and mean column of the mask's pixels (it may lie outside a
     non-convex segment, as in Captum). The text is centred there, in ``text_color`` and
     ``fontsize``, on a rounded box of ``bbox_facecolor`` at opacity ``bbox_alpha``.
+
+    Example:
+      >>> xattr.viz.draw_mask_legend(ax, segments == 3, "segment 3")   # the label at the segment's centroid
     """
     _check_ax(ax)
     inside = _mask(mask)

@@ -49,6 +49,10 @@ class VisualizationDataRecord:
       attr_score: the attributions' sum (or any score to show next to them).
       raw_input_ids: the words (tokens) as strings, one per score (fewer is allowed).
       convergence_score: the attribution's convergence delta; stored, not shown (as in Captum).
+
+    Example:
+      >>> record = xattr.viz.VisualizationDataRecord(scores, 0.92, "pos", "pos", "pos", scores.sum(), words, 0.0)
+      >>> html = xattr.viz.visualize_text([record])
     """
 
     __slots__ = (
@@ -92,6 +96,10 @@ class TextVisualization(str):
 
     ``.data`` is the same string (the attribute IPython's ``HTML`` object has, which Captum's
     ``visualize_text`` returns).
+
+    Example:
+      >>> html = xattr.viz.visualize_text([record])
+      >>> open("words.html", "w").write(html)   # a str; notebooks render it
     """
 
     __slots__ = ()
@@ -234,6 +242,10 @@ def visualize_text(datarecords: Iterable[VisualizationDataRecord], legend: bool 
     width as a style); IPython is optional (Captum asserts it is installed); a NaN score is
     drawn neutral; a record with more words than scores raises ValueError (Captum:
     AssertionError).
+
+    Example:
+      >>> html = xattr.viz.visualize_text([xattr.viz.VisualizationDataRecord(
+      ...     scores, 0.92, "pos", "pos", "pos", scores.sum(), words, 0.0)])   # a TextVisualization (str)
     """
     rows = [_HEADER]
     for record in datarecords:

@@ -237,6 +237,9 @@ def visualize_timeseries_attr(
     Returns:
       ``(figure, axes)``: as Captum, one ``Axes`` for a one-panel plot, else the numpy array of
       the panels' axes (what was passed in ``plt_fig_axis``, when given).
+
+    Example:
+      >>> fig, ax = xattr.viz.visualize_timeseries_attr(attr[0], series[0], method="overlay_combined", sign="all")
     """
     method, sign, a, d, x, channel_labels = _check(
         attr, data, x_values, method, sign, channel_labels, channels_last, outlier_perc, alpha_overlay

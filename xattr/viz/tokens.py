@@ -30,6 +30,10 @@ def plot_token_statistics(
     bars of one standard error and each token's count in its label.
 
     Returns the Figure: one axis per group, in the order of ``groups`` (default: every group).
+
+    Example:
+      >>> stats = xattr.token_statistics(method, model, loader, pad_id=0, vocab=words)
+      >>> fig = xattr.viz.plot_token_statistics(stats, k=5, min_count=10, path="tokens.png")
     """
     _expect(stats, ("groups", "top", "n_examples"), _OBJ, "plot_token_statistics")
     keys = list(stats.groups) if groups is None else list(groups)
