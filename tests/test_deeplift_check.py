@@ -106,3 +106,12 @@ def test_off_by_equals_a_loop(rows, changes):
         assert got is not None and got[0] == pytest.approx(big) and got[1] == pytest.approx(worst)
     else:
         assert got is None
+
+
+def test_captums_deep_lift_class_checks_its_first_call_only():
+    from xattr.compat.captum import DeepLift
+
+    dl = DeepLift(_Attention().eval())
+    _, first = _caught(lambda: dl.attribute(X_SEQ, target=1))
+    _, later = _caught(lambda: [dl.attribute(X_SEQ, target=1) for _ in range(3)])
+    assert len(first) == 1 and later == []

@@ -252,7 +252,9 @@ def deep_lift(
             unchecked.clear()
         return (out, gap) if return_delta else out
 
-    return attribution_fn(fn, f)
+    wrapped = attribution_fn(fn, f)
+    wrapped.sum_unchecked = unchecked  # cleared by a caller that has checked already (compat's DeepLift)
+    return wrapped
 
 
 def _distribution(selected, baselines, as_tuple: bool, method: str):

@@ -11,7 +11,9 @@ gap (one sum over the attributions, which the method has at hand; with ``return_
 that result) and warns where it exceeds `REL_TOL` of the scale ``max(|f(x) - f(b)|, sum |a|)``
 in some row, naming the size and the remedy. Only the first call: the check reads the gap back
 (a device sync on a GPU), and a model whose rules break the property breaks it on every batch.
-Skipped where the property is not the method's (``multiply_by_inputs=False``, an
+`xattr.compat.captum.DeepLift` builds a function per ``attribute`` call and clears the flag
+(``sum_unchecked``) of all but its first, so a loop over batches warns once, not per batch (the
+numbers in the message would defeat Python's once-per-line filter). Skipped where the property is not the method's (``multiply_by_inputs=False``, an
 ``attribution_func``) and under torch.func transforms (no value to read). Layer DeepLift is not
 checked: there a path that bypasses the layer breaks the sum by design.
 """

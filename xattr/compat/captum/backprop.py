@@ -187,6 +187,9 @@ class DeepLift(GradientAttribution):
             attribution_func=_attribution_func(custom_attribution_func), eps=self.eps,
             return_delta=return_convergence_delta,
         )  # fmt: skip
+        if getattr(self, "_sum_checked", False):  # NOTE: [Summation-to-delta checked once]: per DeepLift object
+            dl.sum_unchecked.clear()
+        self._sum_checked = True
         k = len(bases)
 
         def fn(*args):  # (*inputs, *additional_forward_args, *baselines): a noise tunnel folds per-example baselines
