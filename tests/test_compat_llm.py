@@ -355,3 +355,23 @@ def test_image_mask_input_same_as_captum_in_one_call(zen, method):
     _same_result(got, want, atol=1e-8)
     assert got.seq_attr.abs().max() > 0
     assert len(calls) <= 2 and len(model.calls) > 2 * len(calls)  # equal-shaped inputs: batched (Captum: one by one)
+
+
+def test_a_target_that_is_no_sequence_of_token_ids_is_refused(zen):
+    """An empty target gave all-zero attributions; a 2-d or float tensor a raw torch error."""
+    lm, tok = zen
+    llm = xc.LLMAttribution(xc.FeatureAblation(lm), tok)
+    inp = xc.TextTokenInput(PROMPT, tok)
+    with pytest.raises(ValueError, match="encodes to no tokens"):
+        llm.attribute(inp, target="")
+    with pytest.raises(ValueError, match="target tensor is empty"):
+        llm.attribute(inp, target=torch.tensor([], dtype=torch.long))
+    with pytest.raises(TypeError, match="integer tensor"):
+        llm.attribute(inp, target=torch.tensor([5.0, 6.0]))
+    with pytest.raises(ValueError, match=r"shape \(T,\) or \(1, T\)"):
+        llm.attribute(inp, target=torch.tensor([[5, 6], [7, 8]]))
+    ids = torch.tensor(tok.encode(TARGET, add_special_tokens=False))
+    one = llm.attribute(inp, target=ids)
+    batch_of_one = llm.attribute(inp, target=ids[None])  # Captum's (1, T)
+    assert torch.equal(one.seq_attr, batch_of_one.seq_attr)
+    assert torch.equal(one.seq_attr, llm.attribute(inp, target=TARGET).seq_attr)

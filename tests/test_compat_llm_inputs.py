@@ -395,3 +395,13 @@ def test_pretty_tokens_fallback_split_characters():
         CL._convert_ids_to_pretty_tokens(torch.tensor([7, 5]), tok)
     with pytest.warns(UserWarning, match="decoding each token on its own"):
         assert pretty_tokens([7, 5], tok) == ["cat", "\ufffd"]
+
+
+def test_a_template_whose_slots_do_not_match_its_values_is_refused_when_built():
+    from xattr.compat.captum import TextTemplateInput
+
+    with pytest.raises(ValueError, match="does not take the values"):
+        TextTemplateInput("{} is {}", ["a"])
+    with pytest.raises(ValueError, match="does not take the values"):
+        TextTemplateInput("{x} is {y}", {"x": "a"})
+    assert TextTemplateInput("{x} is {y}", {"x": "a", "y": "b"}).to_model_input() == "a is b"

@@ -197,3 +197,12 @@ def test_clear_errors():
         xattr.llm.target_log_probs(lambda ids: {"x": 1}, [3])(_ids(1, 2))
     with pytest.raises(ValueError, match="one prompt"):
         xattr.llm.generate(lm, _ids(2, 3))
+
+
+def test_float_prompt_ids_are_refused_with_the_remedy():
+    lm = _lm()
+    f = xattr.llm.target_log_probs(lm, torch.tensor([3, 4]))
+    ids = _ids(2, 5)
+    assert f(ids).shape == (2, 3)
+    with pytest.raises(TypeError, match="integer tensor of token ids"):
+        f(ids.float())

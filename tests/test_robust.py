@@ -314,3 +314,26 @@ def test_a_nan_gradient_entry_stays_where_it_is_and_the_rest_moves():
     adv = fgsm(lambda x: f(NanGrad.apply(x)), x, epsilon=0.1, target=0, loss=loss)
     assert torch.isfinite(adv).all()
     torch.testing.assert_close(adv, torch.tensor([[0.2, 0.3, 0.7]]))
+
+
+@pytest.mark.parametrize("attack, size", [(fgsm, "epsilon"), (pgd, "radius"), (pgd, "step_size")])
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), "tensor"])
+def test_a_negative_size_is_refused_not_turned_around(attack, size, bad):
+    """A negative epsilon or radius flipped the step (the loss fell where it should rise) silently."""
+    value = torch.tensor([0.1, 0.1, -0.1, 0.1, 0.1, 0.1]) if bad == "tensor" else bad
+    kwargs = {"epsilon": 0.1} if attack is fgsm else {"radius": 0.1, "step_size": 0.05, "step_num": 2}
+    kwargs[size] = value
+    with pytest.raises(ValueError, match=f"{size} must be >= 0"):
+        attack(MODEL, X, target=Y, **kwargs)
+    kwargs[size] = 0.0  # zero is a size: no perturbation
+    assert torch.equal(attack(MODEL, X, target=Y, **kwargs), X)
+
+
+@pytest.mark.parametrize("lo, hi", [(1.0, 0.0), (torch.zeros(5), -torch.ones(5))])
+def test_inverted_bounds_are_refused(lo, hi):
+    """lower_bound > upper_bound clamped every input to the upper bound."""
+    for attack in (lambda **kw: fgsm(MODEL, X, epsilon=0.1, target=Y, **kw),
+                   lambda **kw: pgd(MODEL, X, radius=0.1, step_size=0.05, step_num=2, target=Y, **kw)):
+        with pytest.raises(ValueError, match="lower_bound must not exceed upper_bound"):
+            attack(lower_bound=lo, upper_bound=hi)
+    assert fgsm(MODEL, X, epsilon=0.1, target=Y, lower_bound=-10.0, upper_bound=10.0).shape == X.shape

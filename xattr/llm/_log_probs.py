@@ -127,6 +127,9 @@ def target_log_probs(model: Callable, target, *, total: bool = True, prob: bool 
     def log_probs(ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if ids.ndim != 2:
             raise ValueError(f"prompt ids must be (batch, length), got shape {tuple(ids.shape)}")
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise TypeError(f"prompt ids must be an integer tensor of token ids, got {ids.dtype} (to attribute "
+                            "embeddings, attribute at the embedding layer: xattr.at_layer(f, model.get_input_embeddings()))")
         rows, length = ids.shape
         keep = dict(kept)
         if length == 0:

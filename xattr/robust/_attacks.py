@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .._src import tree as T
-from .._src.checks import warn_if_training
+from .._src.checks import is_traced, warn_if_training
 from .._src.gradients import detached, value_and_grad
 from .._src.nesting import new_call_inside_model, running_model
 from .._src.sampling import per_example, streams
@@ -168,15 +168,18 @@ def _describe(leaf) -> str:
 
 
 def _per_example(value, x: torch.Tensor, name: str):
-    """A number, or a tensor (B,) of per-example values shaped to broadcast against x."""
+    """A number >= 0, or a tensor (B,) of them, shaped to broadcast against x (a size: a negative
+    one would turn the step or ball around, quietly)."""
     if isinstance(value, torch.Tensor):
-        if value.ndim == 0:
-            return value.to(x)
-        if value.shape != (x.shape[0],):
+        if value.ndim not in (0, 1) or (value.ndim == 1 and value.shape != (x.shape[0],)):
             raise ValueError(f"{name} must be a number or a tensor of shape ({x.shape[0]},), got {tuple(value.shape)}")
-        return value.to(x).reshape((-1,) + (1,) * (x.ndim - 1))
+        if not is_traced(value) and not bool((value >= 0).all()):  # nan compares False too
+            raise ValueError(f"{name} must be >= 0 (a size), got {value.tolist()}")
+        return value.to(x) if value.ndim == 0 else value.to(x).reshape((-1,) + (1,) * (x.ndim - 1))
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number or a tensor of shape (B,), got {value!r}")
+    if not value >= 0:  # nan compares False too
+        raise ValueError(f"{name} must be >= 0 (a size; targeted=True attacks towards the target), got {value!r}")
     return float(value)
 
 
@@ -186,7 +189,12 @@ def _unbounded(lower, upper) -> bool:
 
 def _clip(lower, upper, bound: Callable | None) -> Callable:
     """The function keeping a perturbed input valid: ``bound`` (the user's), or the clamp to
-    [lower, upper] (the identity for an unbounded range)."""
+    [lower, upper] (the identity for an unbounded range); refuses a lower bound above the upper."""
+    inverted = lower > upper if not isinstance(lower, torch.Tensor) and not isinstance(upper, torch.Tensor) else (
+        not is_traced(torch.as_tensor(lower)) and not is_traced(torch.as_tensor(upper))
+        and bool((torch.as_tensor(lower) > torch.as_tensor(upper)).any()))
+    if inverted:
+        raise ValueError(f"lower_bound must not exceed upper_bound, got lower_bound={lower!r}, upper_bound={upper!r}")
     if bound is None:
         return (lambda x: x) if _unbounded(lower, upper) else (lambda x: torch.clamp(x, min=lower, max=upper))
     if not callable(bound):

@@ -82,9 +82,12 @@ class BaseLLMAttribution(Attribution):
         if gen_args is not None:
             raise ValueError("gen_args is for generating the target: pass it only with target=None")
         if isinstance(target, str):
-            return torch.tensor(self.tokenizer.encode(target, add_special_tokens=False), dtype=torch.long)
+            ids = torch.tensor(self.tokenizer.encode(target, add_special_tokens=False), dtype=torch.long)
+            if not ids.numel():
+                raise ValueError(f"target {target!r} encodes to no tokens: give the text whose log-probability to explain")
+            return ids
         if isinstance(target, torch.Tensor):
-            return target
+            return _target_ids(target)
         raise TypeError(f"target must be a string, a tensor of token ids or None; got {type(target).__name__}")
 
     def _format_model_input(self, model_input) -> dict:
@@ -101,6 +104,19 @@ class BaseLLMAttribution(Attribution):
     def attribute_future(self) -> Callable:
         raise NotImplementedError(f"attribute_future is not implemented for {type(self).__name__}")
 
+
+
+def _target_ids(target: torch.Tensor) -> torch.Tensor:
+    """A target given as token ids: integers, one sequence (T,) (or (1, T), Captum's batch of one), not empty."""
+    if target.dtype in (torch.bool,) or target.is_floating_point() or target.is_complex():
+        raise TypeError(f"a target tensor holds token ids: an integer tensor, got {target.dtype}")
+    if target.ndim == 2 and target.shape[0] == 1:
+        target = target[0]
+    if target.ndim != 1:
+        raise ValueError(f"a target tensor holds one sequence of token ids, shape (T,) or (1, T); got {tuple(target.shape)}")
+    if not target.numel():
+        raise ValueError("the target tensor is empty: give the token ids whose log-probability to explain")
+    return target.long()
 
 class LLMAttribution(BaseLLMAttribution):
     """``LLMAttribution(attr_method, tokenizer, attr_target="log_prob")``: a perturbation method

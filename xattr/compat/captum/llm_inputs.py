@@ -127,6 +127,13 @@ class TextTemplateInput(InterpretableInput):
             self.format_fn = template
         else:
             raise TypeError(f"template must be a format string or a callable, got {type(template).__name__}")
+        if isinstance(template, str):  # its slots and the values must match now, not at the first perturbation
+            try:
+                self.to_model_input()
+            except (IndexError, KeyError) as err:
+                raise ValueError(f"template {template!r} does not take the values {values!r}"
+                                 f"{' (keys ' + repr(self.dict_keys) + ')' if self.dict_keys else ''}: "
+                                 f"{type(err).__name__}: {err}") from None
 
     def _as_list(self, arg, name: str, allow_callable: bool = False, returned: bool = False) -> list:
         """``arg`` (a dict when values is one, else a list) as a list with one entry per value."""

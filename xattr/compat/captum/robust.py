@@ -44,6 +44,11 @@ def _neg_log_loss(outputs: torch.Tensor, target) -> torch.Tensor:
     return neg_log(outputs) if t is None else xattr.target(neg_log, t)(outputs)
 
 
+
+class _NormError(ValueError, AssertionError):
+    """PGD's unknown norm: an AssertionError as Captum raises it, and a ValueError as xattr's
+    bad arguments are, so code catching either works."""
+
 class _FiniteValue(torch.autograd.Function):
     """The loss with its nan/inf values read as 0 and its gradient unchanged (NOTE below).
 
@@ -167,8 +172,8 @@ class PGD(_Attack):
     def perturb(self, inputs, radius: float, step_size: float, step_num: int, target: Any,
                 additional_forward_args: Any = None, targeted: bool = False, random_start: bool = False,
                 norm: str = "Linf", mask=None, *, generator=None):  # fmt: skip
-        if norm not in ("Linf", "L2"):
-            raise AssertionError("Norm constraint must be L2 or Linf.")
+        if norm not in ("Linf", "L2"):  # Captum's message and AssertionError, and a ValueError as xattr's errors are
+            raise _NormError(f"Norm constraint must be L2 or Linf (got norm={norm!r}).")
         return self._attack(
             xattr.robust.pgd, inputs, target, additional_forward_args, mask, radius=radius, step_size=step_size,
             step_num=step_num, norm=norm, random_start=random_start, targeted=targeted, generator=generator,
