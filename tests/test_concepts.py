@@ -273,7 +273,7 @@ def test_errors(task):
         _run(task, concepts=[concepts[0], Concept(0, "again", pool[:10])])
     with pytest.raises(ValueError, match="at least 3 random"):
         _run(task, randoms=random_concepts(pool, 2, 10), n_random_runs=None)
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValueError, match="the model has no submodule 'no_such_layer'; see model.named_modules"):
         _run(task, layers="no_such_layer")
     with pytest.raises(ValueError, match="test_fraction"):
         fit_cav(pool[:10], pool[10:20], test_fraction=1.0)

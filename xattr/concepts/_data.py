@@ -15,6 +15,7 @@ from torch import nn
 from .._src import tree as T
 from .._src.checks import _modules
 from .._src.sampling import streams
+from .._src.submodules import near_names
 from ._cache import digest
 
 
@@ -43,6 +44,15 @@ class Concept:
     data: Any = field(default=None, repr=False)
     tag: str = field(default="", repr=False, kw_only=True)
 
+    def __post_init__(self):
+        if isinstance(self.id, bool) or not isinstance(self.id, int):
+            raise TypeError(f"Concept: id must be an int, got {self.id!r} ({type(self.id).__name__})")
+        if not isinstance(self.name, str):
+            raise TypeError(f"Concept: name must be a str, got {self.name!r} ({type(self.name).__name__})")
+        if not isinstance(self.tag, str):
+            raise TypeError(f"Concept {self.name!r}: tag must be a str, got {type(self.tag).__name__}")
+        _check_data(self.data, f"Concept {self.name!r}")
+
     @property
     def identifier(self) -> str:
         """``"name-id"`` (Captum's ``Concept.identifier``)."""
@@ -55,27 +65,54 @@ class Concept:
 
     def batches(self) -> Iterator[tuple]:
         """The concept's examples as tuples of model arguments, one tuple per batch."""
-        return batches(self.data, self.identifier)
+        return batches(self.data, f"concept {self.identifier!r}")
+
+
+def _check_data(data, what: str) -> None:
+    """Refuses data that is not examples: a scalar, a string, an empty or 0-d tensor batch (None: no data yet)."""
+    if data is None:
+        return
+    one = (data,) if isinstance(data, torch.Tensor) else data
+    if isinstance(one, tuple) and one and all(isinstance(t, torch.Tensor) for t in one):
+        if any(t.ndim == 0 for t in one):
+            raise ValueError(f"{what}: data must be a batch of examples (dim 0 the batch), got a 0-d tensor")
+        if any(t.shape[0] == 0 for t in one):
+            raise ValueError(f"{what} has no examples: its data is an empty batch (0 rows)")
+        return
+    if isinstance(data, (str, bytes)) or not hasattr(data, "__iter__"):
+        raise TypeError(
+            f"{what}: data must be example inputs: a tensor, a tuple of tensors, or an iterable of batches "
+            f"(a list, a DataLoader); got {type(data).__name__}"
+        )
+
+
+def _rows(batch: tuple) -> int | None:
+    """The batch's size along dim 0 (its first tensor's), None when it has no tensor with a dim 0."""
+    first = next((t for t in batch if isinstance(t, torch.Tensor) and t.ndim), None)
+    return None if first is None else first.shape[0]
 
 
 def batches(data, what: str = "concept") -> Iterator[tuple]:
     """Yields ``data`` as argument tuples: a tensor or a tuple of tensors is one batch, else iterated."""
     if data is None:
         raise ValueError(f"{what} has no data: give example inputs (a tensor, a tuple of tensors or batches)")
-    if isinstance(data, torch.Tensor):
-        yield (data,)
-        return
-    if isinstance(data, tuple) and data and all(isinstance(t, torch.Tensor) for t in data):
-        yield data
+    if isinstance(data, torch.Tensor) or isinstance(data, tuple) and data and all(isinstance(t, torch.Tensor) for t in data):
+        one = (data,) if isinstance(data, torch.Tensor) else data
+        if _rows(one) == 0:
+            raise ValueError(f"{what} has no examples: its data is an empty batch (0 rows)")
+        yield one
         return
     n = 0
     for item in data:
         if isinstance(item, torch.Tensor):
-            yield (item,)
+            item = (item,)
         elif isinstance(item, (tuple, list)):
-            yield tuple(item)
+            item = tuple(item)
         else:
             raise TypeError(f"{what}: a batch must be a tensor or a tuple/list of tensors, got {type(item).__name__}")
+        if _rows(item) == 0:
+            raise ValueError(f"{what}: batch {n} has no examples (0 rows); drop empty batches")
+        yield item
         n += 1
     if n == 0:
         raise ValueError(f"{what} has no examples (its data yielded no batch)")
@@ -155,7 +192,13 @@ def named_layers(f, layers) -> list[tuple[str, nn.Module]]:
         if isinstance(layer, str):
             if root is None:
                 raise TypeError(f"layer {layer!r} is a name but the model function wraps no nn.Module to look it up in")
-            module, name = root.get_submodule(layer), layer if name is None else name
+            try:
+                module = root.get_submodule(layer)
+            except AttributeError:
+                raise ValueError(
+                    f"the model has no submodule {layer!r}{near_names(root, layer)}; see model.named_modules()"
+                ) from None
+            name = layer if name is None else name
         elif isinstance(layer, nn.Module):
             module = layer
             name = (paths.get(id(layer)) or f"layer{i}") if name is None else name

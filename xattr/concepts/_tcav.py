@@ -222,13 +222,54 @@ class TCAVResult(dict):
         return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def _count(value, name: str, least: int, why: str) -> None:
+    """Refuses ``value`` unless it is None or an int (not a bool) of at least ``least``."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"tcav: {name} must be an int or None (the default), got {value!r} ({type(value).__name__})")
+    if value < least:
+        raise ValueError(f"tcav: {name} must be at least {least} ({why}), got {value}")
+
+
+def _concepts(concepts) -> list[Concept]:
+    """``concepts`` as a list of `Concept`s; anything else is refused, saying what it must be."""
+    if isinstance(concepts, Concept):
+        return [concepts]
+    if isinstance(concepts, (str, bytes)) or not hasattr(concepts, "__iter__"):
+        raise TypeError(f"tcav: concepts must be a Concept or a list of Concepts, got {type(concepts).__name__}")
+    out = list(concepts)
+    if not out:
+        raise ValueError("tcav: concepts is empty: give at least one Concept")
+    for c in out:
+        if not isinstance(c, Concept):
+            raise TypeError(f"tcav: concepts must be a Concept or a list of Concepts, got a {type(c).__name__} in the list")
+    return out
+
+
 def _randoms(randoms, n_random_runs, random_size, generator) -> list[Concept]:
-    is_pool = isinstance(randoms, tuple) and all(isinstance(t, torch.Tensor) for t in randoms)
+    # the t-test needs R >= 2 runs, R + 1 random concepts (as the list branch below demands)
+    _count(n_random_runs, "n_random_runs", 2, "the significance test needs at least 2 runs")
+    is_pool = isinstance(randoms, tuple) and randoms and all(isinstance(t, torch.Tensor) for t in randoms)
     if isinstance(randoms, torch.Tensor) or is_pool:
         pool = randoms
-        size = random_size or min(50, T.batch_size(pool) // 2)
-        return random_concepts(pool, (n_random_runs or 10) + 1, size, generator=seed_of(generator, "randoms"))
+        total = T.batch_size(pool)
+        _count(random_size, "random_size", 1, "examples per random concept")
+        if random_size is not None and random_size > total:
+            raise ValueError(f"tcav: random_size={random_size} is more than the pool's {total} examples")
+        size = min(50, total // 2) if random_size is None else random_size
+        if size < 1:
+            raise ValueError(f"tcav: a pool of {total} example(s) is too small to draw random concepts from; give more")
+        runs = 10 if n_random_runs is None else n_random_runs
+        return random_concepts(pool, runs + 1, size, generator=seed_of(generator, "randoms"))
+    if random_size is not None:
+        raise ValueError("tcav: random_size is for a pool of random examples, not for a list of random Concepts")
+    if isinstance(randoms, (str, bytes)) or not hasattr(randoms, "__iter__"):
+        raise TypeError(f"tcav: randoms must be a list of Concepts or a pool of examples (a tensor), got {type(randoms).__name__}")
     randoms = list(randoms)
+    for c in randoms:
+        if not isinstance(c, Concept):
+            raise TypeError(f"tcav: randoms must be a list of Concepts or a pool of examples (a tensor), got a {type(c).__name__} in the list")
     if n_random_runs is not None:
         if len(randoms) < n_random_runs + 1:
             need = f"n_random_runs={n_random_runs} needs {n_random_runs + 1} random concepts"
@@ -269,8 +310,9 @@ def tcav(f, layers, concepts, inputs, target=None, *, randoms, n_random_runs: in
       inputs: the examples to explain (typically of one class): a tensor or a tuple of arguments.
       randoms: random `Concept`s (R + 1 of them), or a pool of example inputs
         from which ``n_random_runs + 1`` random concepts of ``random_size`` examples are drawn.
-      n_random_runs: R (default: all given randoms; 10 for a pool).
-      random_size: examples per drawn random concept (default: 50, at most half the pool).
+      n_random_runs: R, an int of at least 2 (default: all given randoms; 10 for a pool).
+      random_size: examples per drawn random concept, for a pool only (default: 50, at most
+        half the pool).
       classifier, test_fraction: the CAV classifier (NOTE: [Which classifier makes the CAV]).
       generator: int seed, torch.Generator or None; each (concept, counterpart, layer) gets its own
         stream, so results do not depend on the order of concepts or layers.
@@ -296,7 +338,7 @@ def tcav(f, layers, concepts, inputs, target=None, *, randoms, n_random_runs: in
         raise ValueError(f"test must be 'sign_count' or 'magnitude', got {test!r}")
     if null not in ("anchor", "pairs"):
         raise ValueError(f"null must be 'anchor' or 'pairs', got {null!r}")
-    concepts = [concepts] if isinstance(concepts, Concept) else list(concepts)
+    concepts = _concepts(concepts)
     named = named_layers(f, layers)
     randoms = _randoms(randoms, n_random_runs, random_size, generator)
     every = concepts + randoms

@@ -20,12 +20,14 @@ examples, so every method runs batched over all of them.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 import xattr
+from xattr._src.checks import warn_if_training
 
 from . import _dataset, _evaluation_view, _page, _payload, _tokens
 
@@ -114,7 +116,7 @@ def _token_strings(tokens, inputs: torch.Tensor) -> list[list[str]]:
     return out
 
 
-def _labels(labels, n: int, n_classes: int) -> torch.Tensor | None:
+def _labels(labels, n: int, n_classes: int | None) -> torch.Tensor | None:
     if labels is None:
         return None
     labels = torch.as_tensor(labels).detach().cpu()
@@ -122,7 +124,7 @@ def _labels(labels, n: int, n_classes: int) -> torch.Tensor | None:
         raise ValueError(f"explore: labels must have one class per example, {n}, got shape {tuple(labels.shape)}")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"explore: labels must be integer class indices, got {labels.dtype}")
-    if n and (labels.min() < 0 or labels.max() >= n_classes):
+    if n and n_classes is not None and (labels.min() < 0 or labels.max() >= n_classes):
         raise ValueError(f"explore: labels must be class indices in [0, {n_classes}), got values in [{int(labels.min())}, {int(labels.max())}]")
     return labels.long()
 
@@ -147,6 +149,50 @@ def _targets(target, pred: torch.Tensor, labels: torch.Tensor | None, n_classes:
     if len(t) and (t.min() < 0 or t.max() >= n_classes):
         raise ValueError(f"explore: target classes must be in [0, {n_classes})")
     return t.long(), "given classes"
+
+
+def _options(*, path, title, show_progress, generator, labels, target, classes) -> None:
+    """The options that need no model call, refused before any (a bad one must not cost a run of every method)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"explore: path must be a file path (str or os.PathLike), got {type(path).__name__}")
+    if os.path.isdir(path):
+        raise ValueError(f"explore: path {os.fspath(path)!r} is a directory; give the HTML file to write, e.g. a path ending in .html")
+    parent = os.path.dirname(os.path.abspath(os.fspath(path)))
+    while not os.path.exists(parent):  # the nearest folder that exists ("/" at worst)
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"explore: path {os.fspath(path)!r} cannot be written: {parent!r} is a file, not a folder")
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"explore: title must be a str or None (the default), got {type(title).__name__}")
+    if not isinstance(show_progress, bool):
+        raise TypeError(f"explore: show_progress must be True or False, got {show_progress!r}")
+    if generator is not None and not isinstance(generator, torch.Generator) and (isinstance(generator, bool) or not isinstance(generator, int)):
+        raise TypeError(f"explore: generator must be an int seed, a torch.Generator or None, got {type(generator).__name__}")
+    if isinstance(target, str) and target not in ("predicted", "true"):
+        raise ValueError(f"explore: target must be 'predicted', 'true', a class index or one index per example, got {target!r}")
+    if isinstance(target, str) and target == "true" and labels is None:
+        raise ValueError("explore: target='true' explains each example's true class: pass labels=")
+    if isinstance(target, int) and not isinstance(target, bool) and target < 0:
+        raise ValueError(f"explore: target class {target} is negative; give a class index")
+    if classes is not None and (isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__")):
+        raise TypeError(f"explore: classes must be a list of class names (one per logit), got {type(classes).__name__}")
+
+
+def _methods(methods) -> None:
+    if not isinstance(methods, Mapping) or not methods:
+        raise TypeError("explore: methods must be a non-empty dict of name -> make(f) -> attr_fn")
+    for name, make in methods.items():
+        if not isinstance(name, str) or not callable(make):
+            raise TypeError(f"explore: methods must map names (str) to functions make(f) -> attr_fn; got {name!r}: {make!r}")
+
+
+# NOTE: [One train-mode warning per explore]
+# Every attribution call warns when the model is in train mode with dropout or batch norm; explore
+# makes one call per method (and more for its evaluation), so the same warning would repeat for
+# each. explore warns once at entry (at the user's line), then silences that one message while
+# its methods run, with ``warnings.catch_warnings``: like every use of it, it swaps the process's
+# warning filters for the call, so it is not thread-safe against other threads editing filters.
+_TRAIN_MODE = r".* is in train mode and contains "
 
 
 def _names(names, n: int, what: str, default: str) -> list[str]:
@@ -239,6 +285,10 @@ def explore(
     if max_curve_values is not None and (isinstance(max_curve_values, bool) or not isinstance(max_curve_values, int)
                                          or max_curve_values < 1):
         raise ValueError(f"explore: max_curve_values must be a positive int or None, got {max_curve_values!r}")
+    _options(path=path, title=title, show_progress=show_progress, generator=generator, labels=labels, target=target,
+             classes=classes)  # fmt: skip
+    if methods is not None:
+        _methods(methods)
     kind = _kind(kind, inputs, tokens)
     chosen = _evaluation_view.entries(evaluation, masks, len(inputs))  # None: no evaluation
     token_lists = _token_strings(tokens, inputs) if kind == "text" else None
@@ -249,7 +299,20 @@ def explore(
     if feature_names is not None and kind != "tabular":
         raise ValueError(f"explore: feature_names= is for tabular inputs, not {kind} ones")
     names = _names(feature_names, inputs.shape[1], "feature_names (one per input feature)", "x{}") if kind == "tabular" else None
+    if labels is not None:
+        _labels(labels, len(inputs), None)  # its shape and dtype now; its range once the classes are known
+    warn_if_training(model)  # NOTE: [One train-mode warning per explore]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_TRAIN_MODE, category=UserWarning)
+        return _explore(model, inputs, labels=labels, classes=classes, methods=methods, target=target, path=path,
+                        kind=kind, tokens=tokens, names=names, token_lists=token_lists, title=title,
+                        chunk_size=chunk_size, show_progress=show_progress, dataset_view=dataset_view, chosen=chosen,
+                        masks=masks, generator=generator, max_curve_values=max_curve_values)  # fmt: skip
 
+
+def _explore(model, inputs, *, labels, classes, methods, target, path, kind, tokens, names, token_lists, title,
+             chunk_size, show_progress, dataset_view, chosen, masks, generator, max_curve_values) -> str:  # fmt: skip
+    """`explore` after its arguments are checked."""
     logits = _payload.logits(model, inputs, chunk_size)
     n_classes = logits.shape[1]
     class_names = _names(classes, n_classes, "class names (one per logit the model returns)", "{}")
@@ -258,11 +321,7 @@ def explore(
 
     if methods is None:
         methods = default_methods(kind, model, inputs, baseline_id=int(getattr(tokens, "pad_token_id", None) or 0))
-    if not isinstance(methods, Mapping) or not methods:
-        raise TypeError("explore: methods must be a non-empty dict of name -> make(f) -> attr_fn")
-    for name, make in methods.items():
-        if not isinstance(name, str) or not callable(make):
-            raise TypeError(f"explore: methods must map names (str) to functions make(f) -> attr_fn; got {name!r}: {make!r}")
+    _methods(methods)
 
     attrs = _payload.compute(methods, model, inputs, targets, kind, chunk_size, show_progress)
     data = _payload.payload(kind=kind, title=title or "xattr explorer", inputs=inputs, logits_=logits, labels=labels,
