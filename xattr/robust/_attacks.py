@@ -190,10 +190,8 @@ def _unbounded(lower, upper) -> bool:
 def _clip(lower, upper, bound: Callable | None) -> Callable:
     """The function keeping a perturbed input valid: ``bound`` (the user's), or the clamp to
     [lower, upper] (the identity for an unbounded range); refuses a lower bound above the upper."""
-    inverted = lower > upper if not isinstance(lower, torch.Tensor) and not isinstance(upper, torch.Tensor) else (
-        not is_traced(torch.as_tensor(lower)) and not is_traced(torch.as_tensor(upper))
-        and bool((torch.as_tensor(lower) > torch.as_tensor(upper)).any()))
-    if inverted:
+    lo, hi = torch.as_tensor(lower), torch.as_tensor(upper)
+    if not (is_traced(lo) or is_traced(hi)) and bool((lo > hi).any()):
         raise ValueError(f"lower_bound must not exceed upper_bound, got lower_bound={lower!r}, upper_bound={upper!r}")
     if bound is None:
         return (lambda x: x) if _unbounded(lower, upper) else (lambda x: torch.clamp(x, min=lower, max=upper))
