@@ -512,3 +512,14 @@ def test_the_perturbation_functions_take_an_int_seed_as_every_stochastic_functio
     assert not torch.equal(noise(x, generator=7)[0], noise(x, generator=8)[0])
     with pytest.raises(TypeError, match="generator must be an int seed"):
         xattr.metrics.uniform_noise(x, generator=1.5)
+
+
+@pytest.mark.parametrize("metric", ["spearman", "top_k_intersection"])
+def test_similarities_refuse_maps_of_other_examples_or_sizes(metric):
+    """A batch of one against five broadcast silently (every row scored against example 0)."""
+    a = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    fn = getattr(M, metric)
+    for other in (a[:1], a[:2], a[:, :, :4]):
+        with pytest.raises(ValueError, match="same examples and the same number of values"):
+            fn(a, other)
+    assert fn(a, a).shape == (5,)

@@ -176,3 +176,14 @@ def test_float64_tensors_keep_their_precision():
 def test_low_precision_tensors_still_convert():
     a = torch.tensor([[0.5, -1.0]], dtype=torch.bfloat16)
     np.testing.assert_array_equal(heatmap.to_map(a), [[0.5, -1.0]])
+
+
+def test_save_grid_refuses_images_and_columns_of_other_batch_sizes(tmp_path):
+    """More images than attributions dropped the extra images silently; fewer raised an IndexError."""
+    import xattr.viz as V
+
+    x, a = torch.rand(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    for images, column in ((x, a[:1]), (x[:1], a)):
+        with pytest.raises(ValueError, match="images has .* examples but the columns have"):
+            V.save_grid(str(tmp_path / "g.png"), images, {"s": column})
+    assert (tmp_path / "ok.png").name in str(V.save_grid(str(tmp_path / "ok.png"), x, {"s": a}))

@@ -131,9 +131,14 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1
 
 
 def _flat_pair(a: Any, b: Any) -> tuple:
-    """Both maps as detached (B, P) rows; see NOTE: [Empty batches]."""
+    """Both maps as detached (B, P) rows, of one B and one P (a batch of one would broadcast
+    against the other's rows, silently); see NOTE: [Empty batches]."""
     batch_of(a), batch_of(b)
-    return flat(a).detach(), flat(b).detach()
+    fa, fb = flat(a).detach(), flat(b).detach()
+    if fa.shape != fb.shape:
+        raise ValueError(f"the two attributions must have the same examples and the same number of values per example: "
+                         f"(B, values) = {tuple(fa.shape)} and {tuple(fb.shape)}")
+    return fa, fb
 
 
 def _unit(m: torch.Tensor) -> torch.Tensor:

@@ -299,6 +299,8 @@ def save_grid(
     for name, a in cols.items():
         if len(a) != n_ex:
             raise ValueError(f"column {name!r} has {len(a)} examples but the others have {n_ex}")
+    if imgs is not None and len(imgs) != n_ex:
+        raise ValueError(f"images has {len(imgs)} examples but the columns have {n_ex}: give one attribution per image")
     if row_labels is not None and len(row_labels) != n_ex:
         raise ValueError(f"{len(row_labels)} row_labels for {n_ex} examples")
     sign_of = (lambda n: signs) if isinstance(signs, str) else (lambda n: signs.get(n, "auto"))
