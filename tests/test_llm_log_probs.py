@@ -206,3 +206,38 @@ def test_float_prompt_ids_are_refused_with_the_remedy():
     assert f(ids).shape == (2, 3)
     with pytest.raises(TypeError, match="integer tensor of token ids"):
         f(ids.float())
+
+
+def test_a_right_padded_batch_is_refused_and_a_left_padded_one_equals_each_prompt_alone():
+    """The target follows the last column: right padding predicted t_1 from a pad, silently."""
+    lm = _lm("gpt2")  # (HF's eager Llama in float64 gives nan on padded rows: its softmax runs in float32, where the mask is -inf)
+    target = torch.tensor([7, 8])
+    f = xattr.llm.target_log_probs(lm, target)
+    short, long = _ids(1, 3, seed=1), _ids(1, 5, seed=2)
+    pad = torch.zeros(1, 2, dtype=long.dtype)
+    right = torch.cat([torch.cat([short, pad], 1), long])
+    right_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    with pytest.raises(ValueError, match="padded on the right"):
+        f(right, right_mask)
+    with pytest.raises(ValueError, match="must have the prompt ids' shape"):
+        f(right, right_mask[:, :4])
+    left = torch.cat([torch.cat([pad, short], 1), long])
+    got = f(left, right_mask.flip(1))
+    torch.testing.assert_close(got[0], f(short)[0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(got[1], f(long)[0], atol=1e-6, rtol=1e-6)
+
+
+def test_free_token_positions_are_checked_when_given():
+    ids = _ids(1, 6)
+    f = xattr.llm.target_log_probs(_lm(), torch.tensor([3]))
+    with pytest.raises(TypeError, match="1-D integer tensor"):
+        xattr.llm.free_tokens(f, ids, torch.tensor([1.5, 2.0]))
+    with pytest.raises(ValueError, match="distinct"):
+        xattr.llm.free_tokens(f, ids, torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match=r"lie in \[0, 6\)"):
+        xattr.llm.free_tokens(f, ids, torch.tensor([2, 6]))
+    with pytest.raises(TypeError, match="skip must be a sequence"):
+        xattr.llm.free_positions(ids, None)
+    free = xattr.llm.free_positions(ids, [int(ids[0, 0])])
+    g = xattr.llm.free_tokens(f, ids, free)
+    torch.testing.assert_close(g(ids[:, free]), f(ids))

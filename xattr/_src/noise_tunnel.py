@@ -172,7 +172,8 @@ def smooth(
         list/tuple in leaf order or a tree like the inputs (NOTE: [Per-input numbers]).
       n_samples: S, the number of noisy copies.
       reduce: "mean" (SmoothGrad), "sq_mean" (SmoothGrad-squared) or "var" (VarGrad).
-      argnums: which arguments receive noise; must be the ones attr_fn attributes.
+      argnums: which arguments receive noise: those attr_fn attributes, or fewer of them (noise on
+        the image, not on a mask beside it); its attributions come back for all it attributes.
       generator: int seed or torch.Generator (NOTE: [Explicit randomness]).
       chunk_size: most model rows (examples x copies) per call of attr_fn.
       return_std_error: also return each element's Monte Carlo standard error, ``sqrt(s^2 / S)``

@@ -23,6 +23,8 @@ from typing import Callable
 
 import torch
 
+from xattr._src.checks import is_traced
+
 
 def _logits(out) -> torch.Tensor:
     """The logits of a model's output: a tensor, ``.logits`` (Hugging Face), or a tuple's first."""
@@ -88,6 +90,19 @@ def keep_logits(model: Callable, n: int) -> dict:
     return next(({k: n + 1} for k in _KEEP if takes(model, k)), {})
 
 
+def _check_left_padded(mask: torch.Tensor, ids: torch.Tensor) -> None:
+    """The target goes after each prompt's last column, so every row's real tokens must end
+    there: a prompt padded on the right would predict the first target token from a pad (log
+    P(" than") -11.6 where the prompt alone gives -0.0008, silently)."""
+    if tuple(mask.shape) != tuple(ids.shape):
+        raise ValueError(f"attention_mask must have the prompt ids' shape {tuple(ids.shape)}, got {tuple(mask.shape)}")
+    if is_traced(mask):
+        return
+    if not bool(mask[:, -1].all()):
+        raise ValueError("the prompts are padded on the right (the attention mask ends in 0 in some row): the target "
+                         "follows each prompt's last column, so pad on the left (tokenizer.padding_side = 'left')")
+
+
 def target_log_probs(model: Callable, target, *, total: bool = True, prob: bool = False) -> Callable:
     """A model function: prompts in, the target continuation's log-probabilities out.
 
@@ -137,6 +152,7 @@ def target_log_probs(model: Callable, target, *, total: bool = True, prob: bool 
         t = tokens.to(ids.device).expand(rows, n)
         full = torch.cat([ids, t.to(ids.dtype)], 1)
         if attention_mask is not None:
+            _check_left_padded(attention_mask, ids)
             mask = torch.cat([attention_mask, attention_mask.new_ones(rows, n)], 1)
             keep["attention_mask"] = mask
             if positions:  # left padding: the first real token is position 0

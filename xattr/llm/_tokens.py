@@ -22,6 +22,8 @@ def free_positions(ids: torch.Tensor, skip: Sequence[int] | torch.Tensor = ()) -
     """
     if ids.ndim != 2 or ids.shape[0] != 1:
         raise ValueError(f"free_positions takes one prompt, ids of shape (1, L); got {tuple(ids.shape)}")
+    if skip is None or isinstance(skip, (str, bytes)):
+        raise TypeError(f"skip must be a sequence (or tensor) of token ids, got {skip!r}")
     skip = torch.as_tensor(list(skip) if not isinstance(skip, torch.Tensor) else skip, dtype=ids.dtype, device=ids.device)
     return torch.nonzero(~torch.isin(ids[0], skip.reshape(-1)))[:, 0]
 
@@ -37,7 +39,7 @@ def free_tokens(f: Callable, ids: torch.Tensor, positions: torch.Tensor) -> Call
       >>> g = xattr.target(xattr.llm.free_tokens(log_probs, ids, free), xattr.outputs())
       >>> phi = xattr.shapley_values(g, baselines=unk_id)(ids[:, free])   # (1, 1 + T, P)
     """
-    positions = torch.as_tensor(positions, dtype=torch.long, device=ids.device)
+    positions = _checked_positions(positions, ids)
 
     def with_fixed(free_ids: torch.Tensor, *rest):
         rows, held = free_ids.shape[0], ids.shape[0]
@@ -51,6 +53,22 @@ def free_tokens(f: Callable, ids: torch.Tensor, positions: torch.Tensor) -> Call
 
     with_fixed.multi_output = is_multi_output(f)  # f = xattr.target(..., xattr.outputs()) keeps its K outputs
     return with_fixed
+
+
+def _checked_positions(positions, ids: torch.Tensor) -> torch.Tensor:
+    """``positions`` as a 1-D LongTensor of distinct columns of ``ids`` (a float was truncated,
+    a repeated position let one of its written tokens win, out of range failed inside the call)."""
+    given = torch.as_tensor(positions, device=ids.device)
+    if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool or given.ndim != 1:
+        raise TypeError(f"positions must be a 1-D integer tensor of prompt positions, got {given.dtype} of shape "
+                        f"{tuple(given.shape)} (xattr.llm.free_positions makes one)")
+    positions = given.long()
+    length = ids.shape[-1]
+    if positions.numel() and not bool(((positions >= 0) & (positions < length)).all()):
+        raise ValueError(f"positions must lie in [0, {length}) for prompts of length {length}, got {positions.tolist()}")
+    if positions.unique().numel() != positions.numel():
+        raise ValueError(f"positions must be distinct, got {positions.tolist()}")
+    return positions
 
 
 @torch.no_grad()
