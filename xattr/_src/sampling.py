@@ -52,6 +52,18 @@ import torch
 from . import tree as T
 
 
+def torch_generator(generator, device=None) -> torch.Generator | None:
+    """``generator`` as torch's samplers take it: an int seed becomes a ``torch.Generator`` (on
+    ``device``) seeded with it (modulo 2^64, as ``manual_seed`` reads a negative one); a
+    Generator or None as it is (NOTE: [Explicit randomness])."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, bool) or not isinstance(generator, numbers.Integral):
+        raise TypeError(f"generator must be an int seed, a torch.Generator or None, got {type(generator).__name__}")
+    made = torch.Generator() if device is None else torch.Generator(device=device)
+    return made.manual_seed(int(generator) % 2**64)
+
+
 def streams(generator, n: int) -> list:
     """n independent stream seeds derived from `generator` (None: torch's global generator)."""
     if generator is None:

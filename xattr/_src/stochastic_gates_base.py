@@ -20,15 +20,9 @@ import numbers
 import torch
 from torch import nn
 
+from .sampling import torch_generator
+
 _REDUCTIONS = ("sum", "mean", "none")
-
-
-def _as_generator(generator) -> torch.Generator | None:
-    if generator is None or isinstance(generator, torch.Generator):
-        return generator
-    if isinstance(generator, bool) or not isinstance(generator, numbers.Integral):
-        raise TypeError(f"generator must be an int seed, a torch.Generator or None, got {type(generator).__name__}")
-    return torch.Generator().manual_seed(int(generator) % 2**64)
 
 
 def _real(name: str, value) -> float:
@@ -70,7 +64,7 @@ class StochasticGatesBase(nn.Module):
         self.reg_weight = _real("reg_weight", reg_weight)
         self.reg_reduction = reg_reduction
         self.register_buffer("mask", mask)
-        self._generator = _as_generator(generator)
+        self._generator = torch_generator(generator)
 
     # NOTE: [Random streams of stochastic gates]
     def _draw(self, shape, fill, like: torch.Tensor | None = None) -> torch.Tensor:

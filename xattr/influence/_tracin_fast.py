@@ -42,6 +42,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from .._src.progress import progress
+from .._src.sampling import torch_generator
 from ._by_checkpoint import by_checkpoint, checkpoints_per_call, groups, weighted_sum
 from ._layers import module_paths, resolve_layer
 from ._per_example import positive_int, summed_loss
@@ -195,14 +196,6 @@ def _joint_batch(test_b: list, first: tuple, per: int, n_checkpoints: int, batch
     return tuple(torch.cat([t, u]) for t, u in zip(test_b[0], first))
 
 
-def _as_generator(generator):
-    if generator is None or isinstance(generator, torch.Generator):
-        return generator
-    if isinstance(generator, bool) or not isinstance(generator, int):
-        raise TypeError(f"generator must be an int seed, a torch.Generator or None, got {type(generator).__name__}")
-    return torch.Generator().manual_seed(generator)
-
-
 def tracin_fast_projections(model: nn.Module, layer, projection_dim: int | None, *, generator=None, include_bias: bool = True):
     """``(P_g, P_a)`` for `tracin_fast_features`, or None when ``projection_dim`` is None or at
     least the layer's ``d_out * d_a`` (then nothing is projected). See NOTE: [Random projections
@@ -214,7 +207,7 @@ def tracin_fast_projections(model: nn.Module, layer, projection_dim: int | None,
     _, fc = _fc_layer(model, layer)
     if positive_int(projection_dim, "projection_dim") is None:
         return None
-    gen = _as_generator(generator)
+    gen = torch_generator(generator)
     d_g = fc.out_features
     d_a = fc.in_features + (1 if include_bias and fc.bias is not None else 0)
     if d_g * d_a <= projection_dim:

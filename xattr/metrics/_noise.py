@@ -27,17 +27,12 @@ from typing import Callable
 import torch
 
 from .._src import tree as T
+from .._src.sampling import torch_generator
 
 
 def _torch_generator(generator, x):
-    """``generator`` as torch's samplers take it: an int seed becomes a ``torch.Generator`` on the
-    device of x's first tensor, seeded with it (NOTE: [Explicit randomness]); a Generator or None
-    as it is."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return generator
-    if isinstance(generator, bool) or not isinstance(generator, numbers.Integral):
-        raise TypeError(f"generator must be an int seed, a torch.Generator or None, got {type(generator).__name__}")
-    return torch.Generator(device=T.leaves(x)[0].device).manual_seed(int(generator))
+    """`torch_generator` on the device of x's first tensor."""
+    return torch_generator(generator, T.leaves(x)[0].device)
 
 
 def uniform_noise(x, perturb_radius: float = 0.02, *, generator=None):
